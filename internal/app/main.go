@@ -1,0 +1,208 @@
+// Package app is the flock-api command: flags and environment, the module
+// graph, the migrate subcommand, and running until a signal stops it.
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/flock-io/flock-api/internal/buildinfo"
+	"github.com/flock-io/flock-api/internal/config"
+	"github.com/flock-io/flock-api/internal/logging"
+	"github.com/flock-io/flock-api/internal/modules"
+	"github.com/flock-io/flock-api/internal/postgres"
+)
+
+// Exit codes.
+const (
+	ExitOK    = 0
+	ExitError = 1
+	ExitUsage = 2
+)
+
+// Main runs the command with args (without the program name) and returns the
+// exit status. ctx is cancelled by SIGTERM/SIGINT.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	if len(args) > 0 && args[0] == "migrate" {
+		return migrateMain(ctx, args[1:], stdout, stderr, getenv)
+	}
+	return serveMain(ctx, args, stdout, stderr, getenv)
+}
+
+func newFlagSet(name string, stderr io.Writer) (*flag.FlagSet, *config.Settings) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs, config.Register(fs)
+}
+
+func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	fs, settings := newFlagSet("flock-api", stderr)
+	listTargets := fs.Bool("list-targets", false, "print the targets and their dependencies, then exit")
+	printConfig := fs.Bool("print-config", false, "print the effective configuration (secrets redacted), then exit")
+	version := fs.Bool("version", false, "print the version, then exit")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: flock-api [flags]\n       flock-api migrate up|down|status [flags]\n\nFlags (each also set by its environment variable):\n")
+		settings.Usage(stderr)
+		fmt.Fprintf(stderr, "  --list-targets\n  --print-config\n  --version\n")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return ExitOK
+		}
+		return ExitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "flock-api: unexpected argument %q (subcommands: migrate)\n", fs.Arg(0))
+		return ExitUsage
+	}
+	if *version {
+		bi := buildinfo.Get()
+		fmt.Fprintf(stdout, "flock-api %s (commit %s, %s)\n", bi.Version, bi.Commit, bi.GoVersion)
+		return ExitOK
+	}
+	if err := settings.Resolve(fs, getenv); err != nil {
+		fmt.Fprintf(stderr, "flock-api: %v\n", err)
+		return ExitUsage
+	}
+	cfg := settings.Config()
+	log, err := logging.New(stderr, cfg.LogFormat, cfg.LogLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "flock-api: %v\n", err)
+		return ExitUsage
+	}
+	a := New(cfg, log)
+	if *listTargets {
+		PrintTargets(stdout, a.Manager())
+		return ExitOK
+	}
+	order, err := a.Manager().Resolve(modules.ParseTargets(cfg.Target))
+	if err != nil {
+		name := "FLOCK_TARGET"
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "target" {
+				name = "--target"
+			}
+		})
+		fmt.Fprintf(stderr, "flock-api: invalid %s: %v\n", name, err)
+		return ExitUsage
+	}
+	if *printConfig {
+		settings.Print(stdout)
+		return ExitOK
+	}
+	slog.SetDefault(log)
+	return a.run(ctx, order)
+}
+
+// run initialises the resolved modules and runs them until ctx ends.
+func (a *App) run(ctx context.Context, order []string) int {
+	for _, name := range order {
+		if !hidden[name] && name != All {
+			a.targets = append(a.targets, name)
+		}
+	}
+	running, err := a.mgr.Init(ctx, order, a.log)
+	if err != nil {
+		a.log.Error("start-up failed", "error", err.Error())
+		return ExitError
+	}
+	err = running.Run(ctx, func() {
+		a.ready.Drain()
+		if d := a.cfg.ShutdownDelay; d > 0 {
+			a.log.Info("readiness is 503; waiting before draining", "delay", d.String())
+			time.Sleep(d)
+		}
+	})
+	if err != nil {
+		a.log.Error("stopped with error", "error", err.Error())
+		return ExitError
+	}
+	a.log.Info("stopped")
+	return ExitOK
+}
+
+// PrintTargets writes each visible target with its dependencies.
+func PrintTargets(w io.Writer, m *modules.Manager) {
+	for _, t := range m.Targets() {
+		fmt.Fprintf(w, "%s\n", t)
+		if d := m.Deps(t); len(d) > 0 {
+			fmt.Fprintf(w, "  needs: %s\n", strings.Join(d, ", "))
+		}
+	}
+}
+
+func migrateMain(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	fs, settings := newFlagSet("flock-api migrate", stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: flock-api migrate up|down|status [--database-url URL]\n")
+	}
+	// Accept flags before or after the verb.
+	if err := fs.Parse(args); err != nil {
+		return ExitUsage
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		fs.Usage()
+		return ExitUsage
+	}
+	verb := rest[0]
+	if err := fs.Parse(rest[1:]); err != nil {
+		return ExitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "flock-api migrate: unexpected argument %q\n", fs.Arg(0))
+		return ExitUsage
+	}
+	if err := settings.Resolve(fs, getenv); err != nil {
+		fmt.Fprintf(stderr, "flock-api: %v\n", err)
+		return ExitUsage
+	}
+	cfg := settings.Config()
+	log, err := logging.New(stderr, cfg.LogFormat, cfg.LogLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "flock-api: %v\n", err)
+		return ExitUsage
+	}
+	switch verb {
+	case "up", "down", "status":
+	default:
+		fmt.Fprintf(stderr, "flock-api migrate: unknown verb %q (want up, down or status)\n", verb)
+		return ExitUsage
+	}
+	pool, err := postgres.Open(ctx, cfg.DatabaseURL)
+	if err != nil {
+		fmt.Fprintf(stderr, "flock-api migrate: FLOCK_DATABASE_URL: %v\n", err)
+		return ExitError
+	}
+	defer pool.Close()
+	m, err := postgres.NewMigrator(pool, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "flock-api migrate: %v\n", err)
+		return ExitError
+	}
+	defer m.Close()
+	switch verb {
+	case "up":
+		var n int
+		if n, err = m.Up(ctx); err == nil {
+			fmt.Fprintf(stdout, "applied %d migration(s)\n", n)
+		}
+	case "down":
+		if err = m.Down(ctx); err == nil {
+			fmt.Fprintln(stdout, "rolled back 1 migration")
+		}
+	case "status":
+		err = m.Status(ctx, stdout)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "flock-api migrate: %v\n", err)
+		return ExitError
+	}
+	return ExitOK
+}

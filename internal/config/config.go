@@ -1,0 +1,271 @@
+// Package config defines every setting of flock-api in one place: its flag,
+// its FLOCK_* environment variable, its default and how it is checked. A flag
+// on the command line beats the environment, which beats the default.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the effective configuration of one process.
+type Config struct {
+	Target        string
+	Dev           bool
+	HTTPAddr      string
+	HTTPBodyLimit ByteSize
+	DatabaseURL   string
+	LogLevel      string
+	LogFormat     string
+	ShutdownGrace time.Duration
+	ShutdownDelay time.Duration
+}
+
+// Setting describes one configurable value.
+type Setting struct {
+	Flag   string
+	Usage  string
+	Secret bool
+	value  flag.Value
+	def    string
+	source string
+}
+
+// Env is the environment variable that overrides the flag's default.
+func (s *Setting) Env() string {
+	return "FLOCK_" + strings.ToUpper(strings.ReplaceAll(s.Flag, "-", "_"))
+}
+
+// Settings binds a Config to a flag set and remembers where each value came from.
+type Settings struct {
+	cfg  *Config
+	list []*Setting
+}
+
+// Error is a bad setting; its message is the one line the process exits with.
+type Error struct {
+	Setting string
+	Err     error
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("invalid %s: %v", e.Setting, e.Err) }
+func (e *Error) Unwrap() error { return e.Err }
+
+// Register adds every setting to fs, with defaults, and returns the binding.
+func Register(fs *flag.FlagSet) *Settings {
+	c := &Config{}
+	s := &Settings{cfg: c}
+	add := func(name, def, usage string, v flag.Value, secret bool) {
+		if err := v.Set(def); err != nil {
+			panic(fmt.Sprintf("default of %s: %v", name, err))
+		}
+		fs.Var(v, name, usage)
+		s.list = append(s.list, &Setting{Flag: name, Usage: usage, Secret: secret, value: v, def: def, source: "default"})
+	}
+	add("target", "all", "targets to mount: one name, a comma list, or all", (*stringValue)(&c.Target), false)
+	add("dev", "false", "dev mode: migrate at start, human-readable logs", (*boolValue)(&c.Dev), false)
+	add("http-addr", ":8080", "HTTP listen address (API, probes, metrics)", (*stringValue)(&c.HTTPAddr), false)
+	add("http-body-limit", "1MiB", "largest request body accepted (bytes, or with KiB/MiB/GiB)", &c.HTTPBodyLimit, false)
+	add("database-url", "postgres://postgres@127.0.0.1:5432/flock?sslmode=disable", "PostgreSQL connection URL", (*stringValue)(&c.DatabaseURL), true)
+	add("log-level", "info", "log level: debug, info, warn or error", (*stringValue)(&c.LogLevel), false)
+	add("log-format", "", "log format: json or text (default json, text in dev mode)", (*stringValue)(&c.LogFormat), false)
+	add("shutdown-grace", "25s", "how long in-flight requests may take to finish after SIGTERM", (*durationValue)(&c.ShutdownGrace), false)
+	add("shutdown-delay", "0s", "how long /readyz reports 503 before draining starts (give load balancers time to notice)", (*durationValue)(&c.ShutdownDelay), false)
+	return s
+}
+
+// Config returns the bound configuration.
+func (s *Settings) Config() *Config { return s.cfg }
+
+// List returns the settings in declaration order.
+func (s *Settings) List() []*Setting { return s.list }
+
+// Resolve applies FLOCK_* variables to every flag not given on the command
+// line (fs must be parsed already), then validates the result.
+func (s *Settings) Resolve(fs *flag.FlagSet, getenv func(string) string) error {
+	explicit := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+	for _, st := range s.list {
+		if explicit[st.Flag] {
+			st.source = "flag"
+			continue
+		}
+		if v := getenv(st.Env()); v != "" {
+			if err := st.value.Set(v); err != nil {
+				return &Error{Setting: st.Env(), Err: err}
+			}
+			st.source = "env"
+		}
+	}
+	if s.cfg.LogFormat == "" {
+		s.cfg.LogFormat = "json"
+		if s.cfg.Dev {
+			s.cfg.LogFormat = "text"
+		}
+	}
+	return s.validate()
+}
+
+func (s *Settings) name(flagName string) string {
+	for _, st := range s.list {
+		if st.Flag == flagName {
+			if st.source == "flag" {
+				return "--" + st.Flag
+			}
+			return st.Env()
+		}
+	}
+	return flagName
+}
+
+func (s *Settings) validate() error {
+	c := s.cfg
+	if err := checkListenAddr(c.HTTPAddr); err != nil {
+		return &Error{Setting: s.name("http-addr"), Err: err}
+	}
+	if c.HTTPBodyLimit <= 0 {
+		return &Error{Setting: s.name("http-body-limit"), Err: errors.New("must be positive")}
+	}
+	if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+		return &Error{Setting: s.name("database-url"), Err: errors.New("want a postgres:// URL")}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return &Error{Setting: s.name("log-level"), Err: fmt.Errorf("%q: want debug, info, warn or error", c.LogLevel)}
+	}
+	switch c.LogFormat {
+	case "json", "text":
+	default:
+		return &Error{Setting: s.name("log-format"), Err: fmt.Errorf("%q: want json or text", c.LogFormat)}
+	}
+	if c.ShutdownGrace <= 0 {
+		return &Error{Setting: s.name("shutdown-grace"), Err: errors.New("must be positive")}
+	}
+	if c.ShutdownDelay < 0 {
+		return &Error{Setting: s.name("shutdown-delay"), Err: errors.New("must not be negative")}
+	}
+	return nil
+}
+
+func checkListenAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: want host:port or :port", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: port must be a number from 0 to 65535", addr)
+	}
+	if host != "" && net.ParseIP(host) == nil && strings.ContainsAny(host, " /") {
+		return fmt.Errorf("%q: bad host", addr)
+	}
+	return nil
+}
+
+// Print writes the effective configuration, one setting a line, with secrets
+// redacted and the source of each value.
+func (s *Settings) Print(w io.Writer) {
+	for _, st := range s.list {
+		v := st.value.String()
+		if st.Flag == "log-format" && st.source == "default" {
+			v = s.cfg.LogFormat
+		}
+		if st.Secret {
+			v = redact(v)
+		}
+		fmt.Fprintf(w, "%-18s %-28s %-8s %s\n", st.Flag, st.Env(), st.source, strconv.Quote(v))
+	}
+}
+
+// redact hides a URL's password, or the whole value when it is not a URL.
+func redact(v string) string {
+	if v == "" {
+		return v
+	}
+	u, err := url.Parse(v)
+	if err != nil || u.Scheme == "" {
+		return "REDACTED"
+	}
+	return u.Redacted()
+}
+
+// Usage prints every setting with its environment variable and default.
+func (s *Settings) Usage(w io.Writer) {
+	list := append([]*Setting(nil), s.list...)
+	sort.SliceStable(list, func(i, j int) bool { return list[i].Flag < list[j].Flag })
+	for _, st := range list {
+		fmt.Fprintf(w, "  --%s (%s, default %q)\n      %s\n", st.Flag, st.Env(), st.def, st.Usage)
+	}
+}
+
+type stringValue string
+
+func (v *stringValue) Set(s string) error { *v = stringValue(s); return nil }
+func (v *stringValue) String() string     { return string(*v) }
+
+type boolValue bool
+
+func (v *boolValue) Set(s string) error {
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return fmt.Errorf("%q: want true or false", s)
+	}
+	*v = boolValue(b)
+	return nil
+}
+func (v *boolValue) String() string   { return strconv.FormatBool(bool(*v)) }
+func (v *boolValue) IsBoolFlag() bool { return true }
+
+type durationValue time.Duration
+
+func (v *durationValue) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q: want a duration such as 30s or 2m", s)
+	}
+	*v = durationValue(d)
+	return nil
+}
+func (v *durationValue) String() string { return time.Duration(*v).String() }
+
+// ByteSize is a size in bytes, written as a number with an optional
+// KiB, MiB or GiB suffix.
+type ByteSize int64
+
+func (b *ByteSize) Set(s string) error {
+	mult := int64(1)
+	num := strings.TrimSpace(s)
+	for suf, m := range map[string]int64{"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30} {
+		if strings.HasSuffix(num, suf) {
+			mult, num = m, strings.TrimSpace(strings.TrimSuffix(num, suf))
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 {
+		return fmt.Errorf("%q: want a byte count such as 1048576 or 1MiB", s)
+	}
+	*b = ByteSize(n * mult)
+	return nil
+}
+
+func (b *ByteSize) String() string {
+	n := int64(*b)
+	switch {
+	case n != 0 && n%(1<<30) == 0:
+		return strconv.FormatInt(n>>30, 10) + "GiB"
+	case n != 0 && n%(1<<20) == 0:
+		return strconv.FormatInt(n>>20, 10) + "MiB"
+	case n != 0 && n%(1<<10) == 0:
+		return strconv.FormatInt(n>>10, 10) + "KiB"
+	}
+	return strconv.FormatInt(n, 10)
+}

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Makes the services flock-api's development and tests need run on 127.0.0.1:
+# PostgreSQL (with a `flock` database), Redis and Mosquitto. Installs each with
+# apt-get when it is missing and starts it when it is down. Safe to run again.
+set -euo pipefail
+
+PGURL_ADMIN="postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable&connect_timeout=5"
+
+log() { printf 'services: %s\n' "$*"; }
+die() { printf 'services: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    die "need root for: $* (run as root or install sudo)"; fi
+}
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" -eq 0 ]; then
+    log "apt-get update"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  log "installing $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+port_open() { timeout 2 bash -c "</dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
+wait_port() {
+  for _ in $(seq 1 50); do port_open "$1" && return 0; sleep 0.2; done
+  return 1
+}
+
+# --- PostgreSQL -------------------------------------------------------------
+postgres_up() {
+  command -v pg_ctlcluster >/dev/null || apt_install postgresql postgresql-client
+  local ver
+  ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1 || true)
+  if [ -z "$ver" ]; then
+    ver=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+    log "creating PostgreSQL $ver cluster main"
+    as_root pg_createcluster "$ver" main >/dev/null
+  fi
+  if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    log "starting PostgreSQL $ver"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$ver" main start
+    for _ in $(seq 1 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
+    pg_isready -q -h 127.0.0.1 -p 5432 || die "PostgreSQL did not come up on 127.0.0.1:5432"
+  fi
+
+  # flock-api's default URL and the tests connect as postgres over TCP with no
+  # password. Debian's default asks for one there; on a development machine we
+  # let the local postgres user in, as the CI machines already do.
+  local out
+  if ! out=$(PGPASSWORD= psql -w "$PGURL_ADMIN" -tAc 'select 1' 2>&1); then
+    case "$out" in
+      *password*|*"no pg_hba.conf entry"*)
+        local hba
+        hba=$(as_root runuser -u postgres -- psql -tAc 'show hba_file')
+        log "allowing passwordless TCP login for user postgres from localhost in $hba"
+        as_root sed -i '1i host all postgres 127.0.0.1/32 trust\nhost all postgres ::1/128 trust' "$hba"
+        as_root runuser -u postgres -- psql -qtAc 'select pg_reload_conf()' >/dev/null
+        sleep 0.5
+        PGPASSWORD= psql -w "$PGURL_ADMIN" -tAc 'select 1' >/dev/null || die "cannot log in to PostgreSQL as postgres on 127.0.0.1"
+        ;;
+      *) die "PostgreSQL refuses connections: $out" ;;
+    esac
+  fi
+  if [ "$(psql -w "$PGURL_ADMIN" -tAc "select 1 from pg_database where datname = 'flock'")" != 1 ]; then
+    log "creating database flock"
+    psql -w "$PGURL_ADMIN" -qc 'create database flock'
+  fi
+  log "PostgreSQL ready on 127.0.0.1:5432"
+}
+
+# --- Redis ------------------------------------------------------------------
+redis_up() {
+  command -v redis-server >/dev/null || apt_install redis-server redis-tools
+  if ! port_open 6379; then
+    log "starting Redis"
+    as_root mkdir -p /var/lib/redis /var/log/redis
+    as_root redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+      --dir /var/lib/redis --logfile /var/log/redis/flock.log
+    wait_port 6379 || die "Redis did not come up on 127.0.0.1:6379"
+  fi
+  log "Redis ready on 127.0.0.1:6379"
+}
+
+# --- Mosquitto --------------------------------------------------------------
+mosquitto_up() {
+  command -v mosquitto >/dev/null || apt_install mosquitto
+  if ! port_open 1883; then
+    log "starting Mosquitto"
+    # Started as root with -d, Mosquitto exits silently when its pid and log
+    # files sit in root-owned folders: hand them to the mosquitto user.
+    as_root mkdir -p /run/mosquitto /var/log/mosquitto /var/lib/mosquitto
+    as_root chown mosquitto: /run/mosquitto /var/log/mosquitto /var/lib/mosquitto
+    local conf=/etc/mosquitto/mosquitto.conf
+    if ! grep -q '^listener 1883' "$conf" 2>/dev/null; then
+      conf=/etc/mosquitto/conf.d/flock-local.conf
+      printf 'listener 1883 127.0.0.1\nallow_anonymous true\n' | as_root tee "$conf" >/dev/null
+    fi
+    as_root mosquitto -d -c "$conf"
+    wait_port 1883 || die "Mosquitto did not come up on 127.0.0.1:1883 (see /var/log/mosquitto)"
+  fi
+  log "Mosquitto ready on 127.0.0.1:1883"
+}
+
+# --- Node.js (code generation, Swagger UI assets, the TypeScript SDK) -------
+node_up() {
+  command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+  local v
+  v=$(node -p 'process.versions.node')
+  case "$v" in
+    1[0-9].*|20.1[0-8].*|20.[0-9].*) log "warning: Node.js $v is older than the 20.19 the code generators need" ;;
+  esac
+}
+
+case "${1:-all}" in
+  postgres) postgres_up ;;
+  redis) redis_up ;;
+  mosquitto) mosquitto_up ;;
+  node) node_up ;;
+  all) postgres_up; redis_up; mosquitto_up; node_up ;;
+  *) die "usage: $0 [all|postgres|redis|mosquitto|node]" ;;
+esac
