@@ -125,12 +125,13 @@ func From(err error) (*Error, bool) {
 func Write(w http.ResponseWriter, r *http.Request, err error) {
 	pe, internal := From(err)
 	reqID := reqinfo.ID(r.Context())
-	level := slog.LevelInfo
 	if internal {
-		level = slog.LevelError
+		slog.Default().LogAttrs(r.Context(), slog.LevelError, "request failed",
+			slog.Int("status", pe.Status), slog.String("code", pe.Code), slog.String("error", err.Error()))
+	} else {
+		slog.Default().LogAttrs(r.Context(), slog.LevelInfo, "request refused",
+			slog.Int("status", pe.Status), slog.String("code", pe.Code), slog.String("detail", pe.Detail))
 	}
-	slog.Default().LogAttrs(r.Context(), level, "request failed",
-		slog.Int("status", pe.Status), slog.String("code", pe.Code), slog.String("error", err.Error()))
 
 	p := Problem{
 		Type:      "urn:flock:problem:" + pe.Code,

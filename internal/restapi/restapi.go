@@ -200,21 +200,20 @@ func describe(f problem.FieldError) string {
 	return fmt.Sprintf("%s %s: %s", f.In, f.Field, f.Detail)
 }
 
-// requestErrors flattens the validator's nesting of MultiErrors.
+// requestErrors flattens the validator's nesting of MultiErrors. It matches
+// types directly: errors.As would look through a RequestError into the
+// schema errors it wraps.
 func requestErrors(err error) []*openapi3filter.RequestError {
 	var out []*openapi3filter.RequestError
 	var walk func(error)
 	walk = func(e error) {
-		var me openapi3.MultiError
-		if errors.As(e, &me) {
-			for _, x := range me {
-				walk(x)
+		switch x := e.(type) {
+		case openapi3.MultiError:
+			for _, y := range x {
+				walk(y)
 			}
-			return
-		}
-		var re *openapi3filter.RequestError
-		if errors.As(e, &re) {
-			out = append(out, re)
+		case *openapi3filter.RequestError:
+			out = append(out, x)
 		}
 	}
 	walk(err)
@@ -227,8 +226,7 @@ func schemaFields(in, name string, err error) []problem.FieldError {
 	var out []problem.FieldError
 	var walk func(error)
 	walk = func(e error) {
-		var me openapi3.MultiError
-		if errors.As(e, &me) {
+		if me, ok := e.(openapi3.MultiError); ok {
 			for _, x := range me {
 				walk(x)
 			}

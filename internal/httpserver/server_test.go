@@ -1,0 +1,118 @@
+package httpserver_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/flock-io/flock-api/internal/httpserver"
+	"github.com/flock-io/flock-api/internal/metrics"
+)
+
+func newServer(t *testing.T, ready *httpserver.Readiness) *httpserver.Server {
+	t.Helper()
+	srv, err := httpserver.New(httpserver.Config{Addr: "127.0.0.1:0", BodyLimit: 1 << 20, ShutdownGrace: 5 * time.Second},
+		metrics.New(), ready, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestReadiness(t *testing.T) {
+	ready := httpserver.NewReadiness()
+	srv := newServer(t, ready)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	base := "http://" + srv.Addr()
+
+	var failing atomic.Bool
+	ready.Add("store", func(context.Context) error {
+		if failing.Load() {
+			return errors.New("connection refused")
+		}
+		return nil
+	})
+
+	if code, body := get(t, base+"/readyz"); code != 200 || !strings.Contains(body, `"store":"ok"`) {
+		t.Fatalf("readyz = %d %s", code, body)
+	}
+	failing.Store(true)
+	if code, body := get(t, base+"/readyz"); code != 503 || !strings.Contains(body, "store: connection refused") {
+		t.Fatalf("readyz with a failing check = %d %s", code, body)
+	}
+	failing.Store(false)
+	ready.Drain()
+	if code, body := get(t, base+"/readyz"); code != 503 || !strings.Contains(body, `"code":"draining"`) {
+		t.Fatalf("readyz while draining = %d %s", code, body)
+	}
+	if code, _ := get(t, base+"/healthz"); code != 200 {
+		t.Fatalf("healthz while draining = %d, want 200 (alive)", code)
+	}
+	if code, body := get(t, base+"/metrics"); code != 200 ||
+		!strings.Contains(body, `flock_http_requests_total{method="GET",operation="readyz",status="503"} 2`) ||
+		!strings.Contains(body, "go_goroutines") || !strings.Contains(body, "flock_http_request_duration_seconds_bucket") {
+		t.Fatalf("metrics lack request counts or runtime metrics:\n%s", body)
+	}
+}
+
+func TestShutdownLetsInFlightRequestsFinish(t *testing.T) {
+	srv := newServer(t, httpserver.NewReadiness())
+	entered := make(chan struct{})
+	srv.Router().Get("/slow", func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		time.Sleep(300 * time.Millisecond)
+		io.WriteString(w, "finished")
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+
+	type result struct {
+		code int
+		body string
+	}
+	res := make(chan result, 1)
+	go func() {
+		code, body := get(t, "http://"+srv.Addr()+"/slow")
+		res <- result{code, body}
+	}()
+	<-entered
+	cancel()
+	r := <-res
+	if r.code != 200 || r.body != "finished" {
+		t.Fatalf("in-flight request = %d %q, want 200 finished", r.code, r.body)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v, want nil after a clean drain", err)
+	}
+	if _, err := http.Get("http://" + srv.Addr() + "/healthz"); err == nil {
+		t.Fatal("server still accepts connections after shutdown")
+	}
+}
+
+func TestListenErrorNamesTheSetting(t *testing.T) {
+	_, err := httpserver.New(httpserver.Config{Addr: "256.0.0.1:80"}, metrics.New(), httpserver.NewReadiness(), slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), "FLOCK_HTTP_ADDR") {
+		t.Fatalf("err = %v", err)
+	}
+}
