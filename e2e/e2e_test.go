@@ -1,0 +1,239 @@
+// Package e2e builds the flock-api binary and drives it as an operator and a
+// customer would: migrate, start --target=all, call it through the generated
+// Go client and the TypeScript SDK, then stop it with SIGTERM.
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flock-io/flock-api/gen/client"
+	"github.com/flock-io/flock-api/internal/testutil/apptest"
+	"github.com/flock-io/flock-api/internal/testutil/pgtest"
+)
+
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// build compiles the binary once per test run into a shared temp dir.
+func build(t *testing.T) string {
+	t.Helper()
+	root := repoRoot(t)
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "flock-e2e-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "flock-api")
+		cmd := exec.Command("go", "build", "-o", binPath, ".")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binPath != "" {
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
+
+// logLines collects the process's stderr, one JSON record a line.
+type logLines struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logLines) add(s string) { l.mu.Lock(); l.lines = append(l.lines, s); l.mu.Unlock() }
+func (l *logLines) all() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.lines...)
+}
+
+func TestBinaryEndToEnd(t *testing.T) {
+	bin := build(t)
+	dbURL := pgtest.EmptyURL(t)
+
+	// An operator migrates first; the server refuses a database that is behind.
+	out, err := exec.Command(bin, "migrate", "up", "--database-url", dbURL).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "applied") {
+		t.Fatalf("migrate up: %v\n%s", err, out)
+	}
+	out, err = exec.Command(bin, "migrate", "status", "--database-url", dbURL).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "applied") {
+		t.Fatalf("migrate status: %v\n%s", err, out)
+	}
+
+	cmd := exec.Command(bin, "--target=all", "--http-addr=127.0.0.1:0", "--shutdown-delay=1s")
+	cmd.Env = append(os.Environ(), "FLOCK_DATABASE_URL="+dbURL, "FLOCK_DEV=", "FLOCK_LOG_FORMAT=")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	logs := &logLines{}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			logs.add(sc.Text())
+			var rec struct{ Msg, Addr string }
+			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "http server listening" {
+				addr <- rec.Addr
+			}
+		}
+		exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+
+	var base string
+	select {
+	case a := <-addr:
+		base = "http://" + a
+	case err := <-exited:
+		t.Fatalf("flock-api exited before listening: %v\n%s", err, strings.Join(logs.all(), "\n"))
+	case <-time.After(60 * time.Second):
+		t.Fatal("flock-api did not listen within 60s")
+	}
+	if err := apptest.WaitReady(base, 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("go client", func(t *testing.T) {
+		c, err := client.NewClientWithResponses(base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := c.VersionGetWithResponse(context.Background())
+		if err != nil || resp.JSON200 == nil {
+			t.Fatalf("version: %v %d %s", err, resp.StatusCode(), resp.Body)
+		}
+		if got := resp.JSON200.Targets; len(got) != 1 || got[0] != "api" {
+			t.Errorf("targets = %v, want every target that exists: [api]", got)
+		}
+	})
+
+	t.Run("typescript sdk", func(t *testing.T) {
+		sdk := filepath.Join(repoRoot(t), "sdk", "typescript")
+		if _, err := os.Stat(filepath.Join(sdk, "dist", "index.js")); err != nil {
+			if os.Getenv("FLOCK_SKIP_SDK_TEST") == "1" {
+				t.Skip("FLOCK_SKIP_SDK_TEST=1")
+			}
+			t.Fatalf("the TypeScript SDK is not built (run make sdk, or set FLOCK_SKIP_SDK_TEST=1): %v", err)
+		}
+		node := exec.Command("node", "--test", "test/")
+		node.Dir = sdk
+		node.Env = append(os.Environ(), "FLOCK_API_URL="+base)
+		out, err := node.CombinedOutput()
+		if err != nil {
+			t.Fatalf("node --test: %v\n%s", err, out)
+		}
+		if !strings.Contains(string(out), "# pass 2") || !strings.Contains(string(out), "# fail 0") {
+			t.Fatalf("node tests did not all pass:\n%s", out)
+		}
+	})
+
+	t.Run("metrics by operation", func(t *testing.T) {
+		resp, err := http.Get(base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(b), `flock_http_requests_total{method="GET",operation="version:get",status="200"}`) {
+			t.Fatalf("metrics lack version:get:\n%s", b)
+		}
+	})
+
+	// SIGTERM: readiness turns 503 at once, then the process drains and exits 0.
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(900 * time.Millisecond)
+	saw503 := false
+	for !saw503 && time.Now().Before(deadline) {
+		if resp, err := http.Get(base + "/readyz"); err == nil {
+			saw503 = resp.StatusCode == http.StatusServiceUnavailable
+			resp.Body.Close()
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !saw503 {
+		t.Error("/readyz did not turn 503 after SIGTERM")
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, strings.Join(logs.all(), "\n"))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("flock-api did not exit within 30s of SIGTERM")
+	}
+
+	// Every log line is JSON; every request line carries its request id.
+	requests := 0
+	for _, line := range logs.all() {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Errorf("log line is not JSON: %q", line)
+			continue
+		}
+		if rec["msg"] == "request" {
+			requests++
+			if id, _ := rec["request_id"].(string); id == "" {
+				t.Errorf("request log line without request_id: %s", line)
+			}
+		}
+	}
+	if requests == 0 {
+		t.Error("no request was logged")
+	}
+}
+
+func TestRefusesADatabaseThatIsBehind(t *testing.T) {
+	bin := build(t)
+	cmd := exec.Command(bin, "--target=api", "--http-addr=127.0.0.1:0", "--database-url", pgtest.EmptyURL(t))
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("exit = %v, want 1\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "flock-api migrate up") {
+		t.Fatalf("output does not tell the operator what to do:\n%s", out)
+	}
+}
