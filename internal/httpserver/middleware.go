@@ -121,4 +121,3 @@ func TooLarge(limit int64) *problem.Error {
 	return problem.Errorf(http.StatusRequestEntityTooLarge, "body_too_large",
 		"the request body exceeds the limit of %d bytes", limit)
 }
-
