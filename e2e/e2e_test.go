@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +20,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/flock-io/flock-api/gen/client"
+	"github.com/flock-io/flock-api/internal/devoidc"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
 )
@@ -97,8 +101,12 @@ func TestBinaryEndToEnd(t *testing.T) {
 		t.Fatalf("migrate status: %v\n%s", err, out)
 	}
 
+	// Outside dev mode the server trusts an external OpenID Connect issuer:
+	// here a zitadel/oidc provider in this test process, reached over HTTP.
+	issuer, mint := externalIssuer(t, dbURL)
 	cmd := exec.Command(bin, "--target=all", "--http-addr=127.0.0.1:0", "--shutdown-delay=1s")
-	cmd.Env = append(os.Environ(), "FLOCK_DATABASE_URL="+dbURL, "FLOCK_DEV=", "FLOCK_LOG_FORMAT=")
+	cmd.Env = append(os.Environ(), "FLOCK_DATABASE_URL="+dbURL, "FLOCK_DEV=", "FLOCK_LOG_FORMAT=",
+		"FLOCK_OIDC_ISSUER="+issuer, "FLOCK_OIDC_AUDIENCE=flock-e2e")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -147,6 +155,28 @@ func TestBinaryEndToEnd(t *testing.T) {
 		if got := resp.JSON200.Targets; len(got) != 1 || got[0] != "api" {
 			t.Errorf("targets = %v, want every target that exists: [api]", got)
 		}
+
+		token := mint("alice@example.com")
+		authed, err := client.NewClientWithResponses(base, client.WithRequestEditorFn(func(_ context.Context, r *http.Request) error {
+			r.Header.Set("Authorization", "Bearer "+token)
+			return nil
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		org, err := authed.OrgCreateWithResponse(context.Background(), client.OrgCreateJSONRequestBody{Name: "Acme"})
+		if err != nil || org.JSON201 == nil || org.JSON201.Role != client.Owner {
+			t.Fatalf("create org: %v %d %s", err, org.StatusCode(), org.Body)
+		}
+		me, err := authed.MeGetWithResponse(context.Background())
+		if err != nil || me.JSON200 == nil || string(me.JSON200.User.Email) != "alice@example.com" ||
+			len(me.JSON200.Memberships) != 1 || me.JSON200.Memberships[0].OrgId != org.JSON201.Id {
+			t.Fatalf("me: %v %d %s", err, me.StatusCode(), me.Body)
+		}
+		anon, err := c.MeGetWithResponse(context.Background())
+		if err != nil || anon.StatusCode() != http.StatusUnauthorized || anon.ApplicationproblemJSONDefault == nil {
+			t.Fatalf("anonymous me: %v %d %s", err, anon.StatusCode(), anon.Body)
+		}
 	})
 
 	t.Run("typescript sdk", func(t *testing.T) {
@@ -159,12 +189,12 @@ func TestBinaryEndToEnd(t *testing.T) {
 		}
 		node := exec.Command("node", "--test", "test/")
 		node.Dir = sdk
-		node.Env = append(os.Environ(), "FLOCK_API_URL="+base)
+		node.Env = append(os.Environ(), "FLOCK_API_URL="+base, "FLOCK_API_TOKEN="+mint("sdk@example.com"))
 		out, err := node.CombinedOutput()
 		if err != nil {
 			t.Fatalf("node --test: %v\n%s", err, out)
 		}
-		if !strings.Contains(string(out), "# pass 2") || !strings.Contains(string(out), "# fail 0") {
+		if !strings.Contains(string(out), "# pass 3") || !strings.Contains(string(out), "# fail 0") {
 			t.Fatalf("node tests did not all pass:\n%s", out)
 		}
 	})
@@ -226,9 +256,106 @@ func TestBinaryEndToEnd(t *testing.T) {
 	}
 }
 
+// externalIssuer serves a zitadel/oidc provider over HTTP from the test and
+// returns its issuer URL and a function that mints its tokens.
+func externalIssuer(t *testing.T, dbURL string) (string, func(email string) string) {
+	t.Helper()
+	mux := http.NewServeMux()
+	ts := httptest.NewServer(mux)
+	t.Cleanup(ts.Close)
+	issuer := ts.URL + "/dev/oidc"
+	pool, err := pgxpool.New(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	prov, err := devoidc.New(context.Background(), pool, issuer, "flock-e2e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux.Handle("/dev/oidc/", http.StripPrefix("/dev/oidc", prov.Handler()))
+	return issuer, func(email string) string {
+		tok, err := prov.Mint(context.Background(), email, "", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+}
+
+// TestDevToken: in dev mode, `flock-api dev-token` prints a token that the
+// running dev server accepts.
+func TestDevToken(t *testing.T) {
+	bin := build(t)
+	dbURL := pgtest.EmptyURL(t) // dev mode migrates it
+	cmd := exec.Command(bin, "--dev", "--http-addr=127.0.0.1:0", "--log-format=json", "--database-url", dbURL)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var rec struct{ Msg, Addr string }
+			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "http server listening" {
+				addr <- rec.Addr
+			}
+		}
+	}()
+	var base string
+	select {
+	case a := <-addr:
+		base = "http://" + a
+	case <-time.After(60 * time.Second):
+		t.Fatal("dev server did not listen")
+	}
+	if err := apptest.WaitReady(base, 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "dev-token", "--email", "alice@example.com", "--database-url", dbURL).Output()
+	if err != nil {
+		t.Fatalf("dev-token: %v", err)
+	}
+	req, _ := http.NewRequest("GET", base+"/v1/me", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(out)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"email":"alice@example.com"`) {
+		t.Fatalf("GET /v1/me with the dev token = %d %s", resp.StatusCode, body)
+	}
+	// The dev provider's discovery is served under the public URL's path.
+	resp, err = http.Get(base + "/dev/oidc/.well-known/openid-configuration")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"issuer":"http://127.0.0.1:8080/dev/oidc"`) {
+		t.Fatalf("discovery = %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestRefusesToStartWithoutAnIssuer(t *testing.T) {
+	bin := build(t)
+	out, err := exec.Command(bin, "--target=api", "--http-addr=127.0.0.1:0").CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "FLOCK_OIDC_ISSUER") {
+		t.Fatalf("exit = %v, want 2 naming FLOCK_OIDC_ISSUER\n%s", err, out)
+	}
+}
+
 func TestRefusesADatabaseThatIsBehind(t *testing.T) {
 	bin := build(t)
-	cmd := exec.Command(bin, "--target=api", "--http-addr=127.0.0.1:0", "--database-url", pgtest.EmptyURL(t))
+	cmd := exec.Command(bin, "--target=api", "--http-addr=127.0.0.1:0", "--database-url", pgtest.EmptyURL(t),
+		"--oidc-issuer=https://id.example.com", "--oidc-audience=x")
 	out, err := cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
 		t.Fatalf("exit = %v, want 1\n%s", err, out)

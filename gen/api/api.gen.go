@@ -9,15 +9,55 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/go-chi/chi/v5"
+	"github.com/oapi-codegen/runtime"
+	openapi_types "github.com/oapi-codegen/runtime/types"
 )
+
+// Defines values for ActorType.
+const (
+	ActorTypeApiKey ActorType = "api_key"
+	ActorTypeUser   ActorType = "user"
+)
+
+// Valid indicates whether the value is a known member of the ActorType enum.
+func (e ActorType) Valid() bool {
+	switch e {
+	case ActorTypeApiKey:
+		return true
+	case ActorTypeUser:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for AuditEventOutcome.
+const (
+	Failure AuditEventOutcome = "failure"
+	Success AuditEventOutcome = "success"
+)
+
+// Valid indicates whether the value is a known member of the AuditEventOutcome enum.
+func (e AuditEventOutcome) Valid() bool {
+	switch e {
+	case Failure:
+		return true
+	case Success:
+		return true
+	default:
+		return false
+	}
+}
 
 // Defines values for FieldErrorIn.
 const (
@@ -41,6 +81,149 @@ func (e FieldErrorIn) Valid() bool {
 	default:
 		return false
 	}
+}
+
+// Defines values for Role.
+const (
+	Admin     Role = "admin"
+	Developer Role = "developer"
+	Owner     Role = "owner"
+	Viewer    Role = "viewer"
+)
+
+// Valid indicates whether the value is a known member of the Role enum.
+func (e Role) Valid() bool {
+	switch e {
+	case Admin:
+		return true
+	case Developer:
+		return true
+	case Owner:
+		return true
+	case Viewer:
+		return true
+	default:
+		return false
+	}
+}
+
+// Actor Who made a change.
+type Actor struct {
+	Id openapi_types.UUID `json:"id"`
+
+	// Label The user's email or the API key's name, as it was at the time.
+	Label string    `json:"label"`
+	Type  ActorType `json:"type"`
+}
+
+// ActorType defines model for Actor.Type.
+type ActorType string
+
+// ApiKey defines model for ApiKey.
+type ApiKey struct {
+	CreatedAt time.Time `json:"created_at"`
+
+	// CreatedBy The user who created the key.
+	CreatedBy *openapi_types.UUID `json:"created_by,omitempty"`
+	ExpiresAt *time.Time          `json:"expires_at,omitempty"`
+	Id        openapi_types.UUID  `json:"id"`
+
+	// LastUsedAt When the key last authenticated a request (to the minute).
+	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
+	Name       string     `json:"name"`
+
+	// Prefix The first characters of the secret, to tell keys apart.
+	//
+	// Example: flk_3f9c2ab1
+	Prefix string `json:"prefix"`
+
+	// Role A member's role in an organisation, from least to most: viewer (reads),
+	// developer (also changes fleets, devices and releases), admin (also manages
+	// members and API keys, reads the audit log), owner (also deletes the
+	// organisation and manages owners).
+	Role Role `json:"role"`
+}
+
+// ApiKeyCreate defines model for ApiKeyCreate.
+type ApiKeyCreate struct {
+	// ExpiresAt When the key stops working; omit for a key that does not expire.
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	Name      string     `json:"name"`
+
+	// Role A member's role in an organisation, from least to most: viewer (reads),
+	// developer (also changes fleets, devices and releases), admin (also manages
+	// members and API keys, reads the audit log), owner (also deletes the
+	// organisation and manages owners).
+	Role Role `json:"role"`
+}
+
+// ApiKeyCreated defines model for ApiKeyCreated.
+type ApiKeyCreated struct {
+	CreatedAt time.Time `json:"created_at"`
+
+	// CreatedBy The user who created the key.
+	CreatedBy *openapi_types.UUID `json:"created_by,omitempty"`
+	ExpiresAt *time.Time          `json:"expires_at,omitempty"`
+	Id        openapi_types.UUID  `json:"id"`
+
+	// LastUsedAt When the key last authenticated a request (to the minute).
+	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
+	Name       string     `json:"name"`
+
+	// Prefix The first characters of the secret, to tell keys apart.
+	//
+	// Example: flk_3f9c2ab1
+	Prefix string `json:"prefix"`
+
+	// Role A member's role in an organisation, from least to most: viewer (reads),
+	// developer (also changes fleets, devices and releases), admin (also manages
+	// members and API keys, reads the audit log), owner (also deletes the
+	// organisation and manages owners).
+	Role Role `json:"role"`
+
+	// Secret The key itself, shown only in this response; send it as
+	// `Authorization: Bearer <secret>`. Flock keeps only its hash.
+	//
+	//
+	// Example: flk_3f9c2ab1d0e44c5b8e0f7a6b5c4d3e2f_Q2hhbmdlIG1lIQ
+	Secret string `json:"secret"`
+}
+
+// ApiKeyPage defines model for ApiKeyPage.
+type ApiKeyPage struct {
+	Items      []ApiKey `json:"items"`
+	NextCursor *string  `json:"next_cursor,omitempty"`
+}
+
+// AuditEvent defines model for AuditEvent.
+type AuditEvent struct {
+	// Actor Who made a change.
+	Actor Actor              `json:"actor"`
+	Id    openapi_types.UUID `json:"id"`
+
+	// Operation The operationId of the request, e.g. `member:create`.
+	//
+	// Example: member:create
+	Operation string             `json:"operation"`
+	OrgId     openapi_types.UUID `json:"org_id"`
+	Outcome   AuditEventOutcome  `json:"outcome"`
+	RequestId string             `json:"request_id"`
+
+	// Status The HTTP status the request got.
+	Status int `json:"status"`
+
+	// TargetId The id of the resource the request changed, when there is one.
+	TargetId *string   `json:"target_id,omitempty"`
+	Time     time.Time `json:"time"`
+}
+
+// AuditEventOutcome defines model for AuditEvent.Outcome.
+type AuditEventOutcome string
+
+// AuditEventPage defines model for AuditEventPage.
+type AuditEventPage struct {
+	Items      []AuditEvent `json:"items"`
+	NextCursor *string      `json:"next_cursor,omitempty"`
 }
 
 // DatabaseVersion defines model for DatabaseVersion.
@@ -74,6 +257,111 @@ type FieldError struct {
 
 // FieldErrorIn Where the invalid value was.
 type FieldErrorIn string
+
+// Me The signed-in user and the organisations they belong to.
+type Me struct {
+	Memberships []Membership `json:"memberships"`
+	User        User         `json:"user"`
+}
+
+// Member defines model for Member.
+type Member struct {
+	CreatedAt time.Time `json:"created_at"`
+
+	// Role A member's role in an organisation, from least to most: viewer (reads),
+	// developer (also changes fleets, devices and releases), admin (also manages
+	// members and API keys, reads the audit log), owner (also deletes the
+	// organisation and manages owners).
+	Role Role `json:"role"`
+	User User `json:"user"`
+}
+
+// MemberCreate defines model for MemberCreate.
+type MemberCreate struct {
+	// Email The person's email. Someone who has not signed in yet becomes a member
+	// as soon as they sign in with this (verified) email.
+	Email openapi_types.Email `json:"email"`
+
+	// Role A member's role in an organisation, from least to most: viewer (reads),
+	// developer (also changes fleets, devices and releases), admin (also manages
+	// members and API keys, reads the audit log), owner (also deletes the
+	// organisation and manages owners).
+	Role Role `json:"role"`
+}
+
+// MemberPage defines model for MemberPage.
+type MemberPage struct {
+	Items      []Member `json:"items"`
+	NextCursor *string  `json:"next_cursor,omitempty"`
+}
+
+// MemberUpdate defines model for MemberUpdate.
+type MemberUpdate struct {
+	// Role A member's role in an organisation, from least to most: viewer (reads),
+	// developer (also changes fleets, devices and releases), admin (also manages
+	// members and API keys, reads the audit log), owner (also deletes the
+	// organisation and manages owners).
+	Role Role `json:"role"`
+}
+
+// Membership defines model for Membership.
+type Membership struct {
+	OrgId   openapi_types.UUID `json:"org_id"`
+	OrgName string             `json:"org_name"`
+
+	// Role A member's role in an organisation, from least to most: viewer (reads),
+	// developer (also changes fleets, devices and releases), admin (also manages
+	// members and API keys, reads the audit log), owner (also deletes the
+	// organisation and manages owners).
+	Role Role `json:"role"`
+}
+
+// Org defines model for Org.
+type Org struct {
+	CreatedAt time.Time          `json:"created_at"`
+	Id        openapi_types.UUID `json:"id"`
+
+	// Name A display name; it need not be unique.
+	//
+	// Example: Acme Robotics
+	Name OrgName `json:"name"`
+
+	// Role A member's role in an organisation, from least to most: viewer (reads),
+	// developer (also changes fleets, devices and releases), admin (also manages
+	// members and API keys, reads the audit log), owner (also deletes the
+	// organisation and manages owners).
+	Role      Role      `json:"role"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// OrgCreate defines model for OrgCreate.
+type OrgCreate struct {
+	// Name A display name; it need not be unique.
+	//
+	// Example: Acme Robotics
+	Name OrgName `json:"name"`
+}
+
+// OrgName A display name; it need not be unique.
+//
+// Example: Acme Robotics
+type OrgName = string
+
+// OrgPage defines model for OrgPage.
+type OrgPage struct {
+	Items []Org `json:"items"`
+
+	// NextCursor Pass as `cursor` for the next page; absent on the last page.
+	NextCursor *string `json:"next_cursor,omitempty"`
+}
+
+// OrgUpdate defines model for OrgUpdate.
+type OrgUpdate struct {
+	// Name A display name; it need not be unique.
+	//
+	// Example: Acme Robotics
+	Name *OrgName `json:"name,omitempty"`
+}
 
 // Problem An RFC 9457 problem document with Flock's extension members.
 type Problem struct {
@@ -114,6 +402,24 @@ type Problem struct {
 	Type string `json:"type"`
 }
 
+// Role A member's role in an organisation, from least to most: viewer (reads),
+// developer (also changes fleets, devices and releases), admin (also manages
+// members and API keys, reads the audit log), owner (also deletes the
+// organisation and manages owners).
+type Role string
+
+// User defines model for User.
+type User struct {
+	CreatedAt time.Time `json:"created_at"`
+
+	// Email Example: alice@example.com
+	Email openapi_types.Email `json:"email"`
+	Id    openapi_types.UUID  `json:"id"`
+
+	// Name Example: Alice Example
+	Name string `json:"name"`
+}
+
 // Version defines model for Version.
 type Version struct {
 	// Commit The VCS revision the binary was built from, or `unknown`.
@@ -136,8 +442,122 @@ type Version struct {
 	Version string `json:"version"`
 }
 
+// Cursor defines model for Cursor.
+type Cursor = string
+
+// KeyId defines model for KeyId.
+type KeyId = openapi_types.UUID
+
+// Limit defines model for Limit.
+type Limit = int
+
+// OrgId defines model for OrgId.
+type OrgId = openapi_types.UUID
+
+// UserId defines model for UserId.
+type UserId = openapi_types.UUID
+
+// OrgListParams defines parameters for OrgList.
+type OrgListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// ApiKeyListParams defines parameters for ApiKeyList.
+type ApiKeyListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// AuditEventListParams defines parameters for AuditEventList.
+type AuditEventListParams struct {
+	// Since Only events at or after this time.
+	Since *time.Time `form:"since,omitempty" json:"since,omitempty"`
+
+	// Until Only events before this time.
+	Until *time.Time `form:"until,omitempty" json:"until,omitempty"`
+
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// MemberListParams defines parameters for MemberList.
+type MemberListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// OrgCreateJSONRequestBody defines body for OrgCreate for application/json ContentType.
+type OrgCreateJSONRequestBody = OrgCreate
+
+// OrgUpdateJSONRequestBody defines body for OrgUpdate for application/json ContentType.
+type OrgUpdateJSONRequestBody = OrgUpdate
+
+// ApiKeyCreateJSONRequestBody defines body for ApiKeyCreate for application/json ContentType.
+type ApiKeyCreateJSONRequestBody = ApiKeyCreate
+
+// MemberCreateJSONRequestBody defines body for MemberCreate for application/json ContentType.
+type MemberCreateJSONRequestBody = MemberCreate
+
+// MemberUpdateJSONRequestBody defines body for MemberUpdate for application/json ContentType.
+type MemberUpdateJSONRequestBody = MemberUpdate
+
 // ServerInterface represents all server handlers.
 type ServerInterface interface {
+	// MeGet The signed-in user
+	// (GET /v1/me)
+	MeGet(w http.ResponseWriter, r *http.Request)
+	// OrgList My organisations
+	// (GET /v1/orgs)
+	OrgList(w http.ResponseWriter, r *http.Request, params OrgListParams)
+	// OrgCreate Create an organisation
+	// (POST /v1/orgs)
+	OrgCreate(w http.ResponseWriter, r *http.Request)
+	// OrgDelete Delete an organisation
+	// (DELETE /v1/orgs/{orgId})
+	OrgDelete(w http.ResponseWriter, r *http.Request, orgId OrgId)
+	// OrgGet An organisation
+	// (GET /v1/orgs/{orgId})
+	OrgGet(w http.ResponseWriter, r *http.Request, orgId OrgId)
+	// OrgUpdate Rename an organisation
+	// (PATCH /v1/orgs/{orgId})
+	OrgUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId)
+	// ApiKeyList API keys of an organisation
+	// (GET /v1/orgs/{orgId}/api-keys)
+	ApiKeyList(w http.ResponseWriter, r *http.Request, orgId OrgId, params ApiKeyListParams)
+	// ApiKeyCreate Create an API key
+	// (POST /v1/orgs/{orgId}/api-keys)
+	ApiKeyCreate(w http.ResponseWriter, r *http.Request, orgId OrgId)
+	// ApiKeyDelete Revoke an API key
+	// (DELETE /v1/orgs/{orgId}/api-keys/{keyId})
+	ApiKeyDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, keyId KeyId)
+	// AuditEventList The audit log of an organisation
+	// (GET /v1/orgs/{orgId}/audit-events)
+	AuditEventList(w http.ResponseWriter, r *http.Request, orgId OrgId, params AuditEventListParams)
+	// MemberList Members of an organisation
+	// (GET /v1/orgs/{orgId}/members)
+	MemberList(w http.ResponseWriter, r *http.Request, orgId OrgId, params MemberListParams)
+	// MemberCreate Add a member
+	// (POST /v1/orgs/{orgId}/members)
+	MemberCreate(w http.ResponseWriter, r *http.Request, orgId OrgId)
+	// MemberDelete Remove a member
+	// (DELETE /v1/orgs/{orgId}/members/{userId})
+	MemberDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId)
+	// MemberUpdate Change a member's role
+	// (PATCH /v1/orgs/{orgId}/members/{userId})
+	MemberUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId)
 	// VersionGet Version of this deployment
 	// (GET /v1/version)
 	VersionGet(w http.ResponseWriter, r *http.Request)
@@ -146,6 +566,90 @@ type ServerInterface interface {
 // Unimplemented server implementation that returns http.StatusNotImplemented for each endpoint.
 
 type Unimplemented struct{}
+
+// MeGet The signed-in user
+// (GET /v1/me)
+func (_ Unimplemented) MeGet(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// OrgList My organisations
+// (GET /v1/orgs)
+func (_ Unimplemented) OrgList(w http.ResponseWriter, r *http.Request, params OrgListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// OrgCreate Create an organisation
+// (POST /v1/orgs)
+func (_ Unimplemented) OrgCreate(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// OrgDelete Delete an organisation
+// (DELETE /v1/orgs/{orgId})
+func (_ Unimplemented) OrgDelete(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// OrgGet An organisation
+// (GET /v1/orgs/{orgId})
+func (_ Unimplemented) OrgGet(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// OrgUpdate Rename an organisation
+// (PATCH /v1/orgs/{orgId})
+func (_ Unimplemented) OrgUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ApiKeyList API keys of an organisation
+// (GET /v1/orgs/{orgId}/api-keys)
+func (_ Unimplemented) ApiKeyList(w http.ResponseWriter, r *http.Request, orgId OrgId, params ApiKeyListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ApiKeyCreate Create an API key
+// (POST /v1/orgs/{orgId}/api-keys)
+func (_ Unimplemented) ApiKeyCreate(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ApiKeyDelete Revoke an API key
+// (DELETE /v1/orgs/{orgId}/api-keys/{keyId})
+func (_ Unimplemented) ApiKeyDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, keyId KeyId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// AuditEventList The audit log of an organisation
+// (GET /v1/orgs/{orgId}/audit-events)
+func (_ Unimplemented) AuditEventList(w http.ResponseWriter, r *http.Request, orgId OrgId, params AuditEventListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// MemberList Members of an organisation
+// (GET /v1/orgs/{orgId}/members)
+func (_ Unimplemented) MemberList(w http.ResponseWriter, r *http.Request, orgId OrgId, params MemberListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// MemberCreate Add a member
+// (POST /v1/orgs/{orgId}/members)
+func (_ Unimplemented) MemberCreate(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// MemberDelete Remove a member
+// (DELETE /v1/orgs/{orgId}/members/{userId})
+func (_ Unimplemented) MemberDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// MemberUpdate Change a member's role
+// (PATCH /v1/orgs/{orgId}/members/{userId})
+func (_ Unimplemented) MemberUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
 
 // VersionGet Version of this deployment
 // (GET /v1/version)
@@ -161,6 +665,506 @@ type ServerInterfaceWrapper struct {
 }
 
 type MiddlewareFunc func(http.Handler) http.Handler
+
+// MeGet operation middleware
+func (siw *ServerInterfaceWrapper) MeGet(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.MeGet(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// OrgList operation middleware
+func (siw *ServerInterfaceWrapper) OrgList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params OrgListParams
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.OrgList(w, r, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// OrgCreate operation middleware
+func (siw *ServerInterfaceWrapper) OrgCreate(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.OrgCreate(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// OrgDelete operation middleware
+func (siw *ServerInterfaceWrapper) OrgDelete(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.OrgDelete(w, r, orgId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// OrgGet operation middleware
+func (siw *ServerInterfaceWrapper) OrgGet(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.OrgGet(w, r, orgId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// OrgUpdate operation middleware
+func (siw *ServerInterfaceWrapper) OrgUpdate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.OrgUpdate(w, r, orgId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ApiKeyList operation middleware
+func (siw *ServerInterfaceWrapper) ApiKeyList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ApiKeyListParams
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ApiKeyList(w, r, orgId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ApiKeyCreate operation middleware
+func (siw *ServerInterfaceWrapper) ApiKeyCreate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ApiKeyCreate(w, r, orgId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ApiKeyDelete operation middleware
+func (siw *ServerInterfaceWrapper) ApiKeyDelete(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	// ------------- Path parameter "keyId" -------------
+	var keyId KeyId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "keyId", chi.URLParam(r, "keyId"), &keyId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "keyId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ApiKeyDelete(w, r, orgId, keyId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// AuditEventList operation middleware
+func (siw *ServerInterfaceWrapper) AuditEventList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params AuditEventListParams
+
+	// ------------- Optional query parameter "since" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "since", r.URL.Query(), &params.Since, runtime.BindQueryParameterOptions{Type: "string", Format: "date-time"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "since"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "since", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "until" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "until", r.URL.Query(), &params.Until, runtime.BindQueryParameterOptions{Type: "string", Format: "date-time"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "until"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "until", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.AuditEventList(w, r, orgId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// MemberList operation middleware
+func (siw *ServerInterfaceWrapper) MemberList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params MemberListParams
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.MemberList(w, r, orgId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// MemberCreate operation middleware
+func (siw *ServerInterfaceWrapper) MemberCreate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.MemberCreate(w, r, orgId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// MemberDelete operation middleware
+func (siw *ServerInterfaceWrapper) MemberDelete(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	// ------------- Path parameter "userId" -------------
+	var userId UserId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "userId", chi.URLParam(r, "userId"), &userId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "userId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.MemberDelete(w, r, orgId, userId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// MemberUpdate operation middleware
+func (siw *ServerInterfaceWrapper) MemberUpdate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	// ------------- Path parameter "userId" -------------
+	var userId UserId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "userId", chi.URLParam(r, "userId"), &userId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "userId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.MemberUpdate(w, r, orgId, userId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
 
 // VersionGet operation middleware
 func (siw *ServerInterfaceWrapper) VersionGet(w http.ResponseWriter, r *http.Request) {
@@ -292,11 +1296,590 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/v1/version", wrapper.VersionGet)
 	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/me", wrapper.MeGet)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/orgs", wrapper.OrgList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/orgs", wrapper.OrgCreate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/v1/orgs/{orgId}", wrapper.OrgDelete)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/orgs/{orgId}", wrapper.OrgGet)
+	})
+	r.Group(func(r chi.Router) {
+		r.Patch(options.BaseURL+"/v1/orgs/{orgId}", wrapper.OrgUpdate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/orgs/{orgId}/members", wrapper.MemberList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/orgs/{orgId}/members", wrapper.MemberCreate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/v1/orgs/{orgId}/members/{userId}", wrapper.MemberDelete)
+	})
+	r.Group(func(r chi.Router) {
+		r.Patch(options.BaseURL+"/v1/orgs/{orgId}/members/{userId}", wrapper.MemberUpdate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/orgs/{orgId}/api-keys", wrapper.ApiKeyList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/orgs/{orgId}/api-keys", wrapper.ApiKeyCreate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/v1/orgs/{orgId}/api-keys/{keyId}", wrapper.ApiKeyDelete)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/orgs/{orgId}/audit-events", wrapper.AuditEventList)
+	})
 
 	return r
 }
 
 type ProblemApplicationProblemPlusJSONResponse Problem
+
+type MeGetRequestObject struct {
+}
+
+type MeGetResponseObject interface {
+	VisitMeGetResponse(w http.ResponseWriter) error
+}
+
+type MeGet200JSONResponse Me
+
+func (response MeGet200JSONResponse) VisitMeGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type MeGetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response MeGetdefaultApplicationProblemPlusJSONResponse) VisitMeGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type OrgListRequestObject struct {
+	Params OrgListParams
+}
+
+type OrgListResponseObject interface {
+	VisitOrgListResponse(w http.ResponseWriter) error
+}
+
+type OrgList200JSONResponse OrgPage
+
+func (response OrgList200JSONResponse) VisitOrgListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type OrgListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response OrgListdefaultApplicationProblemPlusJSONResponse) VisitOrgListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type OrgCreateRequestObject struct {
+	Body *OrgCreateJSONRequestBody
+}
+
+type OrgCreateResponseObject interface {
+	VisitOrgCreateResponse(w http.ResponseWriter) error
+}
+
+type OrgCreate201JSONResponse Org
+
+func (response OrgCreate201JSONResponse) VisitOrgCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type OrgCreatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response OrgCreatedefaultApplicationProblemPlusJSONResponse) VisitOrgCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type OrgDeleteRequestObject struct {
+	OrgId OrgId `json:"orgId"`
+}
+
+type OrgDeleteResponseObject interface {
+	VisitOrgDeleteResponse(w http.ResponseWriter) error
+}
+
+type OrgDelete204Response struct {
+}
+
+func (response OrgDelete204Response) VisitOrgDeleteResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type OrgDeletedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response OrgDeletedefaultApplicationProblemPlusJSONResponse) VisitOrgDeleteResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type OrgGetRequestObject struct {
+	OrgId OrgId `json:"orgId"`
+}
+
+type OrgGetResponseObject interface {
+	VisitOrgGetResponse(w http.ResponseWriter) error
+}
+
+type OrgGet200JSONResponse Org
+
+func (response OrgGet200JSONResponse) VisitOrgGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type OrgGetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response OrgGetdefaultApplicationProblemPlusJSONResponse) VisitOrgGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type OrgUpdateRequestObject struct {
+	OrgId OrgId `json:"orgId"`
+	Body  *OrgUpdateJSONRequestBody
+}
+
+type OrgUpdateResponseObject interface {
+	VisitOrgUpdateResponse(w http.ResponseWriter) error
+}
+
+type OrgUpdate200JSONResponse Org
+
+func (response OrgUpdate200JSONResponse) VisitOrgUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type OrgUpdatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response OrgUpdatedefaultApplicationProblemPlusJSONResponse) VisitOrgUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ApiKeyListRequestObject struct {
+	OrgId  OrgId `json:"orgId"`
+	Params ApiKeyListParams
+}
+
+type ApiKeyListResponseObject interface {
+	VisitApiKeyListResponse(w http.ResponseWriter) error
+}
+
+type ApiKeyList200JSONResponse ApiKeyPage
+
+func (response ApiKeyList200JSONResponse) VisitApiKeyListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ApiKeyListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response ApiKeyListdefaultApplicationProblemPlusJSONResponse) VisitApiKeyListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ApiKeyCreateRequestObject struct {
+	OrgId OrgId `json:"orgId"`
+	Body  *ApiKeyCreateJSONRequestBody
+}
+
+type ApiKeyCreateResponseObject interface {
+	VisitApiKeyCreateResponse(w http.ResponseWriter) error
+}
+
+type ApiKeyCreate201JSONResponse ApiKeyCreated
+
+func (response ApiKeyCreate201JSONResponse) VisitApiKeyCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ApiKeyCreatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response ApiKeyCreatedefaultApplicationProblemPlusJSONResponse) VisitApiKeyCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ApiKeyDeleteRequestObject struct {
+	OrgId OrgId `json:"orgId"`
+	KeyId KeyId `json:"keyId"`
+}
+
+type ApiKeyDeleteResponseObject interface {
+	VisitApiKeyDeleteResponse(w http.ResponseWriter) error
+}
+
+type ApiKeyDelete204Response struct {
+}
+
+func (response ApiKeyDelete204Response) VisitApiKeyDeleteResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type ApiKeyDeletedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response ApiKeyDeletedefaultApplicationProblemPlusJSONResponse) VisitApiKeyDeleteResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AuditEventListRequestObject struct {
+	OrgId  OrgId `json:"orgId"`
+	Params AuditEventListParams
+}
+
+type AuditEventListResponseObject interface {
+	VisitAuditEventListResponse(w http.ResponseWriter) error
+}
+
+type AuditEventList200JSONResponse AuditEventPage
+
+func (response AuditEventList200JSONResponse) VisitAuditEventListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type AuditEventListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response AuditEventListdefaultApplicationProblemPlusJSONResponse) VisitAuditEventListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type MemberListRequestObject struct {
+	OrgId  OrgId `json:"orgId"`
+	Params MemberListParams
+}
+
+type MemberListResponseObject interface {
+	VisitMemberListResponse(w http.ResponseWriter) error
+}
+
+type MemberList200JSONResponse MemberPage
+
+func (response MemberList200JSONResponse) VisitMemberListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type MemberListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response MemberListdefaultApplicationProblemPlusJSONResponse) VisitMemberListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type MemberCreateRequestObject struct {
+	OrgId OrgId `json:"orgId"`
+	Body  *MemberCreateJSONRequestBody
+}
+
+type MemberCreateResponseObject interface {
+	VisitMemberCreateResponse(w http.ResponseWriter) error
+}
+
+type MemberCreate201JSONResponse Member
+
+func (response MemberCreate201JSONResponse) VisitMemberCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type MemberCreatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response MemberCreatedefaultApplicationProblemPlusJSONResponse) VisitMemberCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type MemberDeleteRequestObject struct {
+	OrgId  OrgId  `json:"orgId"`
+	UserId UserId `json:"userId"`
+}
+
+type MemberDeleteResponseObject interface {
+	VisitMemberDeleteResponse(w http.ResponseWriter) error
+}
+
+type MemberDelete204Response struct {
+}
+
+func (response MemberDelete204Response) VisitMemberDeleteResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type MemberDeletedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response MemberDeletedefaultApplicationProblemPlusJSONResponse) VisitMemberDeleteResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type MemberUpdateRequestObject struct {
+	OrgId  OrgId  `json:"orgId"`
+	UserId UserId `json:"userId"`
+	Body   *MemberUpdateJSONRequestBody
+}
+
+type MemberUpdateResponseObject interface {
+	VisitMemberUpdateResponse(w http.ResponseWriter) error
+}
+
+type MemberUpdate200JSONResponse Member
+
+func (response MemberUpdate200JSONResponse) VisitMemberUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type MemberUpdatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response MemberUpdatedefaultApplicationProblemPlusJSONResponse) VisitMemberUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
 
 type VersionGetRequestObject struct {
 }
@@ -338,6 +1921,48 @@ func (response VersionGetdefaultApplicationProblemPlusJSONResponse) VisitVersion
 
 // StrictServerInterface represents all server handlers.
 type StrictServerInterface interface {
+	// MeGet The signed-in user
+	// (GET /v1/me)
+	MeGet(ctx context.Context, request MeGetRequestObject) (MeGetResponseObject, error)
+	// OrgList My organisations
+	// (GET /v1/orgs)
+	OrgList(ctx context.Context, request OrgListRequestObject) (OrgListResponseObject, error)
+	// OrgCreate Create an organisation
+	// (POST /v1/orgs)
+	OrgCreate(ctx context.Context, request OrgCreateRequestObject) (OrgCreateResponseObject, error)
+	// OrgDelete Delete an organisation
+	// (DELETE /v1/orgs/{orgId})
+	OrgDelete(ctx context.Context, request OrgDeleteRequestObject) (OrgDeleteResponseObject, error)
+	// OrgGet An organisation
+	// (GET /v1/orgs/{orgId})
+	OrgGet(ctx context.Context, request OrgGetRequestObject) (OrgGetResponseObject, error)
+	// OrgUpdate Rename an organisation
+	// (PATCH /v1/orgs/{orgId})
+	OrgUpdate(ctx context.Context, request OrgUpdateRequestObject) (OrgUpdateResponseObject, error)
+	// ApiKeyList API keys of an organisation
+	// (GET /v1/orgs/{orgId}/api-keys)
+	ApiKeyList(ctx context.Context, request ApiKeyListRequestObject) (ApiKeyListResponseObject, error)
+	// ApiKeyCreate Create an API key
+	// (POST /v1/orgs/{orgId}/api-keys)
+	ApiKeyCreate(ctx context.Context, request ApiKeyCreateRequestObject) (ApiKeyCreateResponseObject, error)
+	// ApiKeyDelete Revoke an API key
+	// (DELETE /v1/orgs/{orgId}/api-keys/{keyId})
+	ApiKeyDelete(ctx context.Context, request ApiKeyDeleteRequestObject) (ApiKeyDeleteResponseObject, error)
+	// AuditEventList The audit log of an organisation
+	// (GET /v1/orgs/{orgId}/audit-events)
+	AuditEventList(ctx context.Context, request AuditEventListRequestObject) (AuditEventListResponseObject, error)
+	// MemberList Members of an organisation
+	// (GET /v1/orgs/{orgId}/members)
+	MemberList(ctx context.Context, request MemberListRequestObject) (MemberListResponseObject, error)
+	// MemberCreate Add a member
+	// (POST /v1/orgs/{orgId}/members)
+	MemberCreate(ctx context.Context, request MemberCreateRequestObject) (MemberCreateResponseObject, error)
+	// MemberDelete Remove a member
+	// (DELETE /v1/orgs/{orgId}/members/{userId})
+	MemberDelete(ctx context.Context, request MemberDeleteRequestObject) (MemberDeleteResponseObject, error)
+	// MemberUpdate Change a member's role
+	// (PATCH /v1/orgs/{orgId}/members/{userId})
+	MemberUpdate(ctx context.Context, request MemberUpdateRequestObject) (MemberUpdateResponseObject, error)
 	// VersionGet Version of this deployment
 	// (GET /v1/version)
 	VersionGet(ctx context.Context, request VersionGetRequestObject) (VersionGetResponseObject, error)
@@ -382,6 +2007,407 @@ type strictHandler struct {
 	options     StrictHTTPServerOptions
 }
 
+// MeGet operation middleware
+func (sh *strictHandler) MeGet(w http.ResponseWriter, r *http.Request) {
+	var request MeGetRequestObject
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.MeGet(ctx, request.(MeGetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "MeGet")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(MeGetResponseObject); ok {
+		if err := validResponse.VisitMeGetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// OrgList operation middleware
+func (sh *strictHandler) OrgList(w http.ResponseWriter, r *http.Request, params OrgListParams) {
+	var request OrgListRequestObject
+
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.OrgList(ctx, request.(OrgListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "OrgList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(OrgListResponseObject); ok {
+		if err := validResponse.VisitOrgListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// OrgCreate operation middleware
+func (sh *strictHandler) OrgCreate(w http.ResponseWriter, r *http.Request) {
+	var request OrgCreateRequestObject
+
+	var body OrgCreateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.OrgCreate(ctx, request.(OrgCreateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "OrgCreate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(OrgCreateResponseObject); ok {
+		if err := validResponse.VisitOrgCreateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// OrgDelete operation middleware
+func (sh *strictHandler) OrgDelete(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+	var request OrgDeleteRequestObject
+
+	request.OrgId = orgId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.OrgDelete(ctx, request.(OrgDeleteRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "OrgDelete")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(OrgDeleteResponseObject); ok {
+		if err := validResponse.VisitOrgDeleteResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// OrgGet operation middleware
+func (sh *strictHandler) OrgGet(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+	var request OrgGetRequestObject
+
+	request.OrgId = orgId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.OrgGet(ctx, request.(OrgGetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "OrgGet")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(OrgGetResponseObject); ok {
+		if err := validResponse.VisitOrgGetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// OrgUpdate operation middleware
+func (sh *strictHandler) OrgUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+	var request OrgUpdateRequestObject
+
+	request.OrgId = orgId
+
+	var body OrgUpdateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.OrgUpdate(ctx, request.(OrgUpdateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "OrgUpdate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(OrgUpdateResponseObject); ok {
+		if err := validResponse.VisitOrgUpdateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ApiKeyList operation middleware
+func (sh *strictHandler) ApiKeyList(w http.ResponseWriter, r *http.Request, orgId OrgId, params ApiKeyListParams) {
+	var request ApiKeyListRequestObject
+
+	request.OrgId = orgId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ApiKeyList(ctx, request.(ApiKeyListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ApiKeyList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ApiKeyListResponseObject); ok {
+		if err := validResponse.VisitApiKeyListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ApiKeyCreate operation middleware
+func (sh *strictHandler) ApiKeyCreate(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+	var request ApiKeyCreateRequestObject
+
+	request.OrgId = orgId
+
+	var body ApiKeyCreateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ApiKeyCreate(ctx, request.(ApiKeyCreateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ApiKeyCreate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ApiKeyCreateResponseObject); ok {
+		if err := validResponse.VisitApiKeyCreateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ApiKeyDelete operation middleware
+func (sh *strictHandler) ApiKeyDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, keyId KeyId) {
+	var request ApiKeyDeleteRequestObject
+
+	request.OrgId = orgId
+	request.KeyId = keyId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ApiKeyDelete(ctx, request.(ApiKeyDeleteRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ApiKeyDelete")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ApiKeyDeleteResponseObject); ok {
+		if err := validResponse.VisitApiKeyDeleteResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// AuditEventList operation middleware
+func (sh *strictHandler) AuditEventList(w http.ResponseWriter, r *http.Request, orgId OrgId, params AuditEventListParams) {
+	var request AuditEventListRequestObject
+
+	request.OrgId = orgId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.AuditEventList(ctx, request.(AuditEventListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "AuditEventList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(AuditEventListResponseObject); ok {
+		if err := validResponse.VisitAuditEventListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// MemberList operation middleware
+func (sh *strictHandler) MemberList(w http.ResponseWriter, r *http.Request, orgId OrgId, params MemberListParams) {
+	var request MemberListRequestObject
+
+	request.OrgId = orgId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.MemberList(ctx, request.(MemberListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "MemberList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(MemberListResponseObject); ok {
+		if err := validResponse.VisitMemberListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// MemberCreate operation middleware
+func (sh *strictHandler) MemberCreate(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+	var request MemberCreateRequestObject
+
+	request.OrgId = orgId
+
+	var body MemberCreateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.MemberCreate(ctx, request.(MemberCreateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "MemberCreate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(MemberCreateResponseObject); ok {
+		if err := validResponse.VisitMemberCreateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// MemberDelete operation middleware
+func (sh *strictHandler) MemberDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId) {
+	var request MemberDeleteRequestObject
+
+	request.OrgId = orgId
+	request.UserId = userId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.MemberDelete(ctx, request.(MemberDeleteRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "MemberDelete")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(MemberDeleteResponseObject); ok {
+		if err := validResponse.VisitMemberDeleteResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// MemberUpdate operation middleware
+func (sh *strictHandler) MemberUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId) {
+	var request MemberUpdateRequestObject
+
+	request.OrgId = orgId
+	request.UserId = userId
+
+	var body MemberUpdateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.MemberUpdate(ctx, request.(MemberUpdateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "MemberUpdate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(MemberUpdateResponseObject); ok {
+		if err := validResponse.VisitMemberUpdateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // VersionGet operation middleware
 func (sh *strictHandler) VersionGet(w http.ResponseWriter, r *http.Request) {
 	var request VersionGetRequestObject
@@ -411,31 +2437,73 @@ func (sh *strictHandler) VersionGet(w http.ResponseWriter, r *http.Request) {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"lFdtb9s2EP4rB25AW0yxnaTpFu1T0CVbhq7Nmq4bUAcxLZ0lNiKpkic7RuH/Phwpv8vp9smWSN3r8zw8",
-	"fhWZ1bU1aMiL9Ktw6GtrPIaHG2fHFWr+m1lDaIj/yrquVCZJWdOv444fPntreM1nJWrJ/753OBGp+K6/",
-	"tt+Pq76/tLtYLBKRo8+cqtmcSMWFAXTOugSkB2ng/dVrOH959iO0niC3WaPRUE/wx61FdviLJDmWHj+i",
-	"8ypGUztboyMVs4l776fr9W3XH0oEgzP0BFoVLiQIIVnMgSxQiZC3TnoiEfgodV2hSI8TMbFOSxKpUIZe",
-	"vRSJoHmN8RELdIJDRTdF97T7G+upcHj75xuI2595aD/Y8iiOz3rH52s3npwyRaiIwy+NcpiL9NOuy2S3",
-	"BHcrA3b8GTPiMK8UVvklt2A/xHcGQZmprFQOtXQEdgIS2CN64gC3C54jSVXtm/m7nIdiTmXVICi/tLmd",
-	"YsyJlytrCnRApTTw6hSyUjqZETq/X4BETDj+fZ8X8Pvtu7dQW+6IA2Xaho5tPofno76RGkcvErAuvK6l",
-	"kxopNICXtkMLu7ucK9OVLToMRpeli3nPpA9WTaO5VxwIV1BSKRLxpUHHjyXKHN1Gow50WnF3Y+rJsu5d",
-	"3d1g9B7vDlINZopKuKps9vDMAz4SGoYPaNRjdH6/8ZnNcd/FHzIrlcEjhzKX4woT8BR/KztDB97IB7zP",
-	"pMdVBGxou/ShgoGa9xOpKsy72nAYeJJgFjJy1hQxLyqVX2I4gYl1IKFstNxhXOjIGhcwFJXSioYCdOMJ",
-	"xgiSQFtPcDYYdAUVZM13kwoNsfEAzIiR0MsEZiWagJ02QIhJw7oMHKUi1P5bortB7MUqPOmcnEfkepIm",
-	"w25dYlQy2TcjIS5mDGeHHdPjvnVFJzvbj+9V3u1I5Ttu4jlQeQue+6ZiNUb/HL2P60fX+QgiS3pdDj1J",
-	"any3s98+fLiBuCEgLboOaIiH4FZeLweDRGj5qDQT9uz8PBFamfh0zGv7kk+KKuzSIl9aR+AbraWbLzN+",
-	"UCZk34L/5/DSS40BlDhl/Nksa5xDk+3Qoq3GBi7gMD3ii/2o/np/DQ4nGOyz7LH+dkZmDQa0jrhso+1Q",
-	"GmfSCWtF2m5P/wNnd+QsrC7rt2piEoVlC0VdIndwAsis1oq6wfDx9S04nKqgbOFkUIabM5Mexo2qCCbO",
-	"6nBAjBrzYOzM7CR+OjnPTuS4U5DaseFbHN2dYRaJKOzmyLD2Vtjj3smr3k+dDZauQDqA+nYxIr12NkPv",
-	"QdvGkE+YX57Cye5aRq08fhKyVlzvldocANZaVJ6cdRxWyFpvJxDgciRrFcub43QUhdhAY0gWBeahBztC",
-	"Mx30jnuDb4JpPf60/d8q6rpaG23aR9UiaOTEdh1rRhbI52QCOU5VhiBNDmHOMLKCi5trzjEcnwlIqCtJ",
-	"PC5GAXWN8UOjm4rUEc/YUhl0y9p4YB5XyO2yE3ijTPPY+vC9oRmayyAK4WThQempeRmejw4N7qMXQ5NJ",
-	"5+bMdwl655xuWR6yCuK7pt8oJkElDs2OJi81tBXnqOEOqXGGYxeJqFSGJnIizFOpuKhlVuLRSWhq4yqR",
-	"ipKo9mm/P5vNejIs96wr+u23vv/m+vXl29tL/qZXkq42ZFeEknP9xQYURQTNIhG2RsOQTsVpb9A7bYev",
-	"gGw+wjbAW+AB0Qig3GYSNzQJdVoSTVFLr1UFWc8C8BX5oVndKeAtYu7BWMgc5mhIyaqtFatYaNx1LtKl",
-	"wP2KFMRw48Z2Mhg8cVv7f7e0lQjt39ICfxtjGDCr+0nYNZFNRYcsr0LduAHyxShrnKK5SD/dJaI9FNdZ",
-	"rk7lHOvKzhnLgbSFD1ecuSfU4m6xWF2x+H1Xs+JqRGz432rg+ka5BF1fLO5WLnZNXcmMWzm2De3GxRZa",
-	"KLdxLe4W/wYAAP//",
+	"1Fx7c9u2lv8qGO7OJJmlJTuP3hvln/VN07u+TeI0SW93JspYEHlEoSYBFgClaDP+7jvnAKRICaTsRO5M",
+	"/6oVgsDBefzOk/0aJaoolQRpTTT5GpVc8wIsaPr1stJGafwrBZNoUVqhZDSJPi6BzSR8sVcJrZgxtWB2",
+	"CazUsBKqMqzkGbxgqhCWLZSmZwuhjaUHoyiOBO7zRwV6E8WR5AVEk8htFsWRSZZQcDy34F9eg8zsMpo8",
+	"Pj2NI7spcaWxWsgsurmJo59hc5GGSTx/d8GuYfPAMJE2Z5bcLrdHXtPbcaThj0poSKOJ1RW0KVgoXXAb",
+	"TaKqErhyn4LXohA2TEGhjGXCQmGYVUyDrbRkQjIlYZATOW3ZJiOFBa9yG02encbIFVFUBf7AX0K6X2cN",
+	"dUJayEATeZc662OQ0hmXwnD8pyEuKdri+7j0qwHdR0dlQA+dX7l3v4eAG3zZlEoaINV+p9U8hwL/TJS0",
+	"IEmCvCxzkRA/xqVb8V+/G6Tza+us/9SwiCbRf4y3tjN2T8243pdO7N70XDLQWumYccO4ZO9/esmeP332",
+	"N+ZPYqlKqgKkHRHD/I544HliQ2b421KxgqfAOEuWXDp1KrUqQVvhrinSWzAnjnI+h3xQNlBwkTNvylvD",
+	"QgHRfYRla7yWpQVWFETM3kHuH75GIFFhP5Fkozjipbi6hk30OaQ5W6F/ck/jiG7hiN6+oua/Q2LxlPNS",
+	"/AwbwrMONxIN3EJ6xW2HKym3cIIkhyiu35lv+vnD1kvF/EK6/zVs8PoH+Q5fSqHB3ImgW4vU2KvKNLfd",
+	"VR2QNaUMlzJe2SVIi9oPKeMMuQ7GsodW0cJCyMrCo861Bul0tvt1/0GpYSG+hLnpnESy5Jon6IVqx2Ig",
+	"0WBjRFELeY5kG8ZLri0SBF94UeZ4yiK/vnqyeJ485vOzEFFa5XDIhN/jml3FIybTlfwmzT3itlr1a+NL",
+	"WkQgk6YCr8zzdy3tXPDcwK75dvVjQITGqtKwtdLXQmYtx8vpqV1yy1IFhkllmdv07oJs+eIz73ea3zEi",
+	"tgWNhE2nH47K+jbXD/GXbIPn+eUimnwaPsuDxE28ixJO18L6idwU1kC+iJlZqjW68nyDLt0uhWG1i3nB",
+	"DMgUQZGbqZydV3aptPg/ciwT9g/gGjSbVqenTxJ3Gv0NsxH7KVfJNbsGKI3f2hq25GY5mspeTU9P4enT",
+	"5Nn873C6+Bv/Yf4seZo+gceLq18eL5fzIs0v/nmWX/wSHUJXf/N9Jn9u2PyOZ7APrBTidP64FefrY7jW",
+	"nH63YsoAdOyaJJ0V1IgqFfbVyjv1Lqm89qWDFNKi24MtHsCdmgTjrPrxRVoDmofXmMEoG7FZAcUc9MQh",
+	"yayLaZ1nwdN1dnVbQiubqKLjgk2VJGAMwgEXeaUh4IUd48FYf87eY2O5rUz49v/z8eM75ha0r84yZVsx",
+	"QhOyxpHlOoP6qP39RIuJRlU6gc62LhRKY7b2AKmBCTSmnohEOHbcBgtDPsGv9DKIvX61VaLDvK0IGqYN",
+	"a/BRDG5rD/dndD9yy+fcwL9BG28JO7hK1Fytts/3ZSthjTIsROaYxygix6jKRSGpP6RjIWctTyak/eFp",
+	"UKsM6BXo4ePfKWMzDR9+ec3c8geG+Re6Nnn2bHT2/BZ42jky3mVBiI0/CcjTV5gn7JN4KYEJueK5SBnG",
+	"PmgHTaS2H/ynYLnIQ5HDhpi54nlFtuH37F7R3Qkf50pmgJE/l+yHJ63oLGRPC6R//8xz9q8Pl29ZqVAi",
+	"mgnpBTpX6YY9nI3Ryc8exXWG0dQhfI7RJW3sQ4L92FgG4yTtEKJmnbv3mhva1cMgEhLFdeJZ5+NL4Cno",
+	"w3mJQOm6q8c130PSfQNhxTMik5CeCOnyCS5dHtFO0Ak8N2wOKA5m1b68naMwS1HeHhreNO+EoIHSswM7",
+	"YGK/xw+f17UpCrMDnx8nUbt9fPn99/IZwIHA393u2wL/Imi5qColaEPlGlozYh9UAUoC5aBL7kJ8p04Y",
+	"lm7AsjmgwzGMMyePqeSGGYXo6pUK1+PqtbBLF8k+XIEWCwHpI38OhZ+NJBx9cac+9+zpMaP++oTesN9x",
+	"9xju0Wvh/blGd8CvZXp3Rfhm/h3gG1n8Ht/uEknq7Ko3xf9mqpswqtl+QAMudXYc6LjllevrDt3qUmdv",
+	"cdldAYl04y5UH65PtDjROaCHld+EU3diSSiv7yHmrd93N4hIhSlzvqGY4AXm1xIgJcibA6uk+KPaCRXO",
+	"kwLYezVXViSmC1jfUsS41NkxEAc19zDcdC//jhuDgD2rey51YwXf8g0XPjcgLVOuMER1vbrN8K3Ydamz",
+	"WwJXIWT7X8++V1f2SGnV7Pcq673FdOfTqKyCPvOLBYmxt3eFZj+KSlQaUL03PFkKCScaeMrnOcSY0dJ/",
+	"c7UGzYzk13CVcAMNBbhRVxkp/KRg7gpzbQiiTH/Uzi1b0400RoBbX93UElzFb1kVfCddoXB2G1Szqesw",
+	"TSNWVIZsh1vXrHp2ehosVGNCYsIZCUiLm1NU7wJsCoS3CXiTmrtLsy0bqN9zG4NpZUUBuxHSWC6Tntga",
+	"Q/qdsouriDpydlKL1dlY6SyY2nRrIMOFCS8RbhjPjWJklsJxY/a/J+/d85OLdMZcihGsTdy2qoKa5o5u",
+	"1SA793p62mkbPn/ebhu2GqvtKoyweRCDzVJpy0xVFFxv6htfC0m398r/wlXteQGklLBC/VNJUmkNMtkx",
+	"C8+Nll6wfvOoO0i7VP36/oJpWADtj/4Bk9cgZdR8Bc1myLadWlul5WSBWDHxyye3sNlwj8rxrxFi7ICl",
+	"o0UhvH2vwlx3ePXAMPTuqEpcdtLDmC20KlgOCPpWkTVP2EoAotNDhC3zKJ7KFFaQI9yxh6SYrlpm2CIH",
+	"sCZmKaxEgrmCTJkG3A3Mo5jxtBDSv1JwyTMwU+khlNb6lqCJGR1FnOdVKizLVYZ5/Vo2Z6aQgwVaM5Xt",
+	"O9BOfnv3hnnk694+S3f3oRzb3yOKIyIOY0Z8I1i9/NUcK8tsErOtzvBcJPDf/vcoUUUoUfremLMV0eBx",
+	"7JX/fau4sCbCx4cH0tbeAl6iit5Jh3+//MA0rAT5VirsCInwsOaGzSuRW1JPqu/MKnkt1VrumJ5vZgRd",
+	"oq/6HfISuyXImzjKVLvitz0tU2ejxz+M/h6EGKo/9+Cuf+iwttQqAWNYoSqJ1iMkQrK2TGmP6c2JnyJe",
+	"CuR34+96oG3r1gZLld44EdkIsE54KRx7U1i54JBLVknLswxSksGOq1udjs5Gpwc1aFu99PLvMHXLrZaY",
+	"9rWK6q9JpYXdfEBhOYWaUyMshHZ+6oBTa4JZdQ2IPuxfv310MIcadlmCvPiRvVRSQmJRFiuRgn6BUkhh",
+	"NZWFSiFms4Y9+K8nbq+TEzfQsFFV23JnrNRCWuoWuGIklzsQ5YGOPZwt8uur0Wg08xBFSoh39rdqeLC0",
+	"tnTzIEIuVCi0RMDDWLWGX8JBKpRKntOJauFC2JhxVubcIm64IEZXEqG4yq04SZS0XCDQ1tCNqYCDdtzi",
+	"tZDVlxriR1M5la/IMVN0x8TwVAp7OOsbj5k9msqEa71Bn8tZsRMre0/bVDVnWxc4c5cgT7ATF9VxjA+Q",
+	"XBzlRqiM4zgCoXSo4AeFzkueLOHkMal1pXPPfTMZj9fr9YjT45HS2di/a8avL16+evvhFb4zWtoib4U+",
+	"kWvGnr+7iFrGGDmzcV0/iUY9iZ6MTkdPfPWYNBvDSAfcWV8rmQq9c1gKzxWnNk7X4zq6B6F3isDkmFUO",
+	"ZsTeAqSGcbeTfw9TYd5o6ajdiLpIUdngn2CjnWGox6enA4NQdxuAegOh2af6wiOX4fhZtvBODWmtYao4",
+	"8vFmsF5OKJQZ5+9AWmE30Wd8qYnmhwSxV2RnCc9zEk6uZEajew89nnq+xtSWp/Z/62VEjDylREdo15Dp",
+	"Mv9SZ6+FsaQo2znLnjmF7ZKxmzC8iQ8u9AObN5/vUcB1CSQ04UbVBkSaDk+PIfQ3m+6eLZGTgD/fxFGp",
+	"TI+IG4G6QrgXHuiQDQXF9rJuvnvo+odKN8fkqN//put8ra7gZk+UZ8c8uM9YJaw7DD+GDN0ldxOXfUm2",
+	"DHf8lWZPb5xYMW3YF/CP23Sis7HDUJR1KFEZsUtKMGjKJihzt+8+Vj7tIyE9BpPcVoeZFNeAtkf3PQP8",
+	"gNIcW2HODzPhbkDqZqERHktuk2WQfb7aeW+m7ve/lan/KVLzrYGjS+89YFT2TeY+5qU4QSvtddw/w8aQ",
+	"gavK+jjJTa+ZuB4i6XHCbvrsr++HW/N4g66YwO4YxuiBk4ZOemXaCO67jLPXkTsZu5mVbrnT4TjzQ5pN",
+	"ncw0lW10BFT5UPqB6VOLe/XznSP+ZFffHZIdcPqY2zaO07H7uL7f61FYZ4awYPyVvtYZjAU+huahUQWU",
+	"TGDEfqyrhoYVfMM0rNQ11EPUfhbCV8deuJonBg2bcCrlWHqHKOE9HZceB1uJ8kPs/EYTPAxw7qsrmgve",
+	"l1eVCnsCq/qbsiB+u8KDqz67j1h8d6Rb0z4A5c1cYxjOd3tV+YY5skgjNOMLS3NtwjRfrIS+xjJCJhAF",
+	"vzYabNAPETCHhaKxtANnV9JS6fbuZ/+lfFl33HXQnzkGHquQ0PQoDrg1XPYdPi1kJz4raZnIbqkGn//1",
+	"A5XWoNagYD0/dosoR6gd+PRvUMK1NI4ft5ynVGFwc3tsvvHf0pGT5S5MkYotRbash2y3NagHZsTO/atT",
+	"2Yz4wQp0a8gPo5w0pSlpRUluLuQ1pE0DfuO/q/JjflPpq4vcsnrMrz3lF1LDew2MOkf8yYFRPfzXHxE5",
+	"zThKCJ2mzRBmUPUGYGL81X0FOxj+nLuQRUOhVtCUPVBtUkWlYVVZzeU1KkXxAkMbJYFCoRz4Clz4TGND",
+	"rl+bcOlnq9yW6ahHPe4UBfmdjhEF0T0HWXpvIZD/oLlTTOje9K2i6faES6a5MFBbO58j1b64TzXkOhCq",
+	"b0Ii87IyXli2TzQpFMr2i+Ze6xmdI/7kksaw5dZVjeNZ78uujHyKOWTHrQZub/eBGrPdbrKupIndd9S+",
+	"2SysbzE3PTRjMZ1SC0zTprL5LMbXsyV9jkytEJ6bEKr7Fvk91wqbRnxYRrqSEvOz5hObbxaS7y1Hk0+f",
+	"2yLz5zezUSmUudoUeK+t2MzGWChQat2dtv3pT5/Ryt3XPKHMwlUm8KlzqvS3HxHYftRfdyTHhBn+9N2t",
+	"fuIJSnnuylodkketjMSRvJ9i7PfGWm81vbFAatLpgSEoua7xC1aCKnPYfnZCaNQOXkad/0+E6SHKb7Mf",
+	"gtUaLbRva263q+1pmNwTk6gSUpfBU5uusqpoxgv9Xk1SvL/Zb8t6DAojJt7mswv7bz7f/H8AAAD//w==",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

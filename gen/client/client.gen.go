@@ -4,6 +4,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,7 +12,47 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
+
+	"github.com/oapi-codegen/runtime"
+	openapi_types "github.com/oapi-codegen/runtime/types"
 )
+
+// Defines values for ActorType.
+const (
+	ActorTypeApiKey ActorType = "api_key"
+	ActorTypeUser   ActorType = "user"
+)
+
+// Valid indicates whether the value is a known member of the ActorType enum.
+func (e ActorType) Valid() bool {
+	switch e {
+	case ActorTypeApiKey:
+		return true
+	case ActorTypeUser:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for AuditEventOutcome.
+const (
+	Failure AuditEventOutcome = "failure"
+	Success AuditEventOutcome = "success"
+)
+
+// Valid indicates whether the value is a known member of the AuditEventOutcome enum.
+func (e AuditEventOutcome) Valid() bool {
+	switch e {
+	case Failure:
+		return true
+	case Success:
+		return true
+	default:
+		return false
+	}
+}
 
 // Defines values for FieldErrorIn.
 const (
@@ -35,6 +76,149 @@ func (e FieldErrorIn) Valid() bool {
 	default:
 		return false
 	}
+}
+
+// Defines values for Role.
+const (
+	Admin     Role = "admin"
+	Developer Role = "developer"
+	Owner     Role = "owner"
+	Viewer    Role = "viewer"
+)
+
+// Valid indicates whether the value is a known member of the Role enum.
+func (e Role) Valid() bool {
+	switch e {
+	case Admin:
+		return true
+	case Developer:
+		return true
+	case Owner:
+		return true
+	case Viewer:
+		return true
+	default:
+		return false
+	}
+}
+
+// Actor Who made a change.
+type Actor struct {
+	Id openapi_types.UUID `json:"id"`
+
+	// Label The user's email or the API key's name, as it was at the time.
+	Label string    `json:"label"`
+	Type  ActorType `json:"type"`
+}
+
+// ActorType defines model for Actor.Type.
+type ActorType string
+
+// ApiKey defines model for ApiKey.
+type ApiKey struct {
+	CreatedAt time.Time `json:"created_at"`
+
+	// CreatedBy The user who created the key.
+	CreatedBy *openapi_types.UUID `json:"created_by,omitempty"`
+	ExpiresAt *time.Time          `json:"expires_at,omitempty"`
+	Id        openapi_types.UUID  `json:"id"`
+
+	// LastUsedAt When the key last authenticated a request (to the minute).
+	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
+	Name       string     `json:"name"`
+
+	// Prefix The first characters of the secret, to tell keys apart.
+	//
+	// Example: flk_3f9c2ab1
+	Prefix string `json:"prefix"`
+
+	// Role A member's role in an organisation, from least to most: viewer (reads),
+	// developer (also changes fleets, devices and releases), admin (also manages
+	// members and API keys, reads the audit log), owner (also deletes the
+	// organisation and manages owners).
+	Role Role `json:"role"`
+}
+
+// ApiKeyCreate defines model for ApiKeyCreate.
+type ApiKeyCreate struct {
+	// ExpiresAt When the key stops working; omit for a key that does not expire.
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	Name      string     `json:"name"`
+
+	// Role A member's role in an organisation, from least to most: viewer (reads),
+	// developer (also changes fleets, devices and releases), admin (also manages
+	// members and API keys, reads the audit log), owner (also deletes the
+	// organisation and manages owners).
+	Role Role `json:"role"`
+}
+
+// ApiKeyCreated defines model for ApiKeyCreated.
+type ApiKeyCreated struct {
+	CreatedAt time.Time `json:"created_at"`
+
+	// CreatedBy The user who created the key.
+	CreatedBy *openapi_types.UUID `json:"created_by,omitempty"`
+	ExpiresAt *time.Time          `json:"expires_at,omitempty"`
+	Id        openapi_types.UUID  `json:"id"`
+
+	// LastUsedAt When the key last authenticated a request (to the minute).
+	LastUsedAt *time.Time `json:"last_used_at,omitempty"`
+	Name       string     `json:"name"`
+
+	// Prefix The first characters of the secret, to tell keys apart.
+	//
+	// Example: flk_3f9c2ab1
+	Prefix string `json:"prefix"`
+
+	// Role A member's role in an organisation, from least to most: viewer (reads),
+	// developer (also changes fleets, devices and releases), admin (also manages
+	// members and API keys, reads the audit log), owner (also deletes the
+	// organisation and manages owners).
+	Role Role `json:"role"`
+
+	// Secret The key itself, shown only in this response; send it as
+	// `Authorization: Bearer <secret>`. Flock keeps only its hash.
+	//
+	//
+	// Example: flk_3f9c2ab1d0e44c5b8e0f7a6b5c4d3e2f_Q2hhbmdlIG1lIQ
+	Secret string `json:"secret"`
+}
+
+// ApiKeyPage defines model for ApiKeyPage.
+type ApiKeyPage struct {
+	Items      []ApiKey `json:"items"`
+	NextCursor *string  `json:"next_cursor,omitempty"`
+}
+
+// AuditEvent defines model for AuditEvent.
+type AuditEvent struct {
+	// Actor Who made a change.
+	Actor Actor              `json:"actor"`
+	Id    openapi_types.UUID `json:"id"`
+
+	// Operation The operationId of the request, e.g. `member:create`.
+	//
+	// Example: member:create
+	Operation string             `json:"operation"`
+	OrgId     openapi_types.UUID `json:"org_id"`
+	Outcome   AuditEventOutcome  `json:"outcome"`
+	RequestId string             `json:"request_id"`
+
+	// Status The HTTP status the request got.
+	Status int `json:"status"`
+
+	// TargetId The id of the resource the request changed, when there is one.
+	TargetId *string   `json:"target_id,omitempty"`
+	Time     time.Time `json:"time"`
+}
+
+// AuditEventOutcome defines model for AuditEvent.Outcome.
+type AuditEventOutcome string
+
+// AuditEventPage defines model for AuditEventPage.
+type AuditEventPage struct {
+	Items      []AuditEvent `json:"items"`
+	NextCursor *string      `json:"next_cursor,omitempty"`
 }
 
 // DatabaseVersion defines model for DatabaseVersion.
@@ -68,6 +252,111 @@ type FieldError struct {
 
 // FieldErrorIn Where the invalid value was.
 type FieldErrorIn string
+
+// Me The signed-in user and the organisations they belong to.
+type Me struct {
+	Memberships []Membership `json:"memberships"`
+	User        User         `json:"user"`
+}
+
+// Member defines model for Member.
+type Member struct {
+	CreatedAt time.Time `json:"created_at"`
+
+	// Role A member's role in an organisation, from least to most: viewer (reads),
+	// developer (also changes fleets, devices and releases), admin (also manages
+	// members and API keys, reads the audit log), owner (also deletes the
+	// organisation and manages owners).
+	Role Role `json:"role"`
+	User User `json:"user"`
+}
+
+// MemberCreate defines model for MemberCreate.
+type MemberCreate struct {
+	// Email The person's email. Someone who has not signed in yet becomes a member
+	// as soon as they sign in with this (verified) email.
+	Email openapi_types.Email `json:"email"`
+
+	// Role A member's role in an organisation, from least to most: viewer (reads),
+	// developer (also changes fleets, devices and releases), admin (also manages
+	// members and API keys, reads the audit log), owner (also deletes the
+	// organisation and manages owners).
+	Role Role `json:"role"`
+}
+
+// MemberPage defines model for MemberPage.
+type MemberPage struct {
+	Items      []Member `json:"items"`
+	NextCursor *string  `json:"next_cursor,omitempty"`
+}
+
+// MemberUpdate defines model for MemberUpdate.
+type MemberUpdate struct {
+	// Role A member's role in an organisation, from least to most: viewer (reads),
+	// developer (also changes fleets, devices and releases), admin (also manages
+	// members and API keys, reads the audit log), owner (also deletes the
+	// organisation and manages owners).
+	Role Role `json:"role"`
+}
+
+// Membership defines model for Membership.
+type Membership struct {
+	OrgId   openapi_types.UUID `json:"org_id"`
+	OrgName string             `json:"org_name"`
+
+	// Role A member's role in an organisation, from least to most: viewer (reads),
+	// developer (also changes fleets, devices and releases), admin (also manages
+	// members and API keys, reads the audit log), owner (also deletes the
+	// organisation and manages owners).
+	Role Role `json:"role"`
+}
+
+// Org defines model for Org.
+type Org struct {
+	CreatedAt time.Time          `json:"created_at"`
+	Id        openapi_types.UUID `json:"id"`
+
+	// Name A display name; it need not be unique.
+	//
+	// Example: Acme Robotics
+	Name OrgName `json:"name"`
+
+	// Role A member's role in an organisation, from least to most: viewer (reads),
+	// developer (also changes fleets, devices and releases), admin (also manages
+	// members and API keys, reads the audit log), owner (also deletes the
+	// organisation and manages owners).
+	Role      Role      `json:"role"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// OrgCreate defines model for OrgCreate.
+type OrgCreate struct {
+	// Name A display name; it need not be unique.
+	//
+	// Example: Acme Robotics
+	Name OrgName `json:"name"`
+}
+
+// OrgName A display name; it need not be unique.
+//
+// Example: Acme Robotics
+type OrgName = string
+
+// OrgPage defines model for OrgPage.
+type OrgPage struct {
+	Items []Org `json:"items"`
+
+	// NextCursor Pass as `cursor` for the next page; absent on the last page.
+	NextCursor *string `json:"next_cursor,omitempty"`
+}
+
+// OrgUpdate defines model for OrgUpdate.
+type OrgUpdate struct {
+	// Name A display name; it need not be unique.
+	//
+	// Example: Acme Robotics
+	Name *OrgName `json:"name,omitempty"`
+}
 
 // Problem An RFC 9457 problem document with Flock's extension members.
 type Problem struct {
@@ -108,6 +397,24 @@ type Problem struct {
 	Type string `json:"type"`
 }
 
+// Role A member's role in an organisation, from least to most: viewer (reads),
+// developer (also changes fleets, devices and releases), admin (also manages
+// members and API keys, reads the audit log), owner (also deletes the
+// organisation and manages owners).
+type Role string
+
+// User defines model for User.
+type User struct {
+	CreatedAt time.Time `json:"created_at"`
+
+	// Email Example: alice@example.com
+	Email openapi_types.Email `json:"email"`
+	Id    openapi_types.UUID  `json:"id"`
+
+	// Name Example: Alice Example
+	Name string `json:"name"`
+}
+
 // Version defines model for Version.
 type Version struct {
 	// Commit The VCS revision the binary was built from, or `unknown`.
@@ -129,6 +436,78 @@ type Version struct {
 	// Example: v0.1.0
 	Version string `json:"version"`
 }
+
+// Cursor defines model for Cursor.
+type Cursor = string
+
+// KeyId defines model for KeyId.
+type KeyId = openapi_types.UUID
+
+// Limit defines model for Limit.
+type Limit = int
+
+// OrgId defines model for OrgId.
+type OrgId = openapi_types.UUID
+
+// UserId defines model for UserId.
+type UserId = openapi_types.UUID
+
+// OrgListParams defines parameters for OrgList.
+type OrgListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// ApiKeyListParams defines parameters for ApiKeyList.
+type ApiKeyListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// AuditEventListParams defines parameters for AuditEventList.
+type AuditEventListParams struct {
+	// Since Only events at or after this time.
+	Since *time.Time `form:"since,omitempty" json:"since,omitempty"`
+
+	// Until Only events before this time.
+	Until *time.Time `form:"until,omitempty" json:"until,omitempty"`
+
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// MemberListParams defines parameters for MemberList.
+type MemberListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// OrgCreateJSONRequestBody defines body for OrgCreate for application/json ContentType.
+type OrgCreateJSONRequestBody = OrgCreate
+
+// OrgUpdateJSONRequestBody defines body for OrgUpdate for application/json ContentType.
+type OrgUpdateJSONRequestBody = OrgUpdate
+
+// ApiKeyCreateJSONRequestBody defines body for ApiKeyCreate for application/json ContentType.
+type ApiKeyCreateJSONRequestBody = ApiKeyCreate
+
+// MemberCreateJSONRequestBody defines body for MemberCreate for application/json ContentType.
+type MemberCreateJSONRequestBody = MemberCreate
+
+// MemberUpdateJSONRequestBody defines body for MemberUpdate for application/json ContentType.
+type MemberUpdateJSONRequestBody = MemberUpdate
 
 // RequestEditorFn is the function signature for the RequestEditor callback function
 type RequestEditorFn func(ctx context.Context, req *http.Request) error
@@ -204,6 +583,155 @@ func WithRequestEditorFn(fn RequestEditorFn) ClientOption {
 // The interface specification for the client above.
 type ClientInterface interface {
 
+	// MeGet The signed-in user
+	//
+	// The user behind the bearer token, with their organisations and roles. Needs a user token, not an API key.
+	//
+	// Corresponds with GET /v1/me (the `MeGet` operationId).
+	MeGet(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// OrgList My organisations
+	//
+	// The organisations the caller belongs to (for an API key, its own organisation), oldest first.
+	//
+	// Corresponds with GET /v1/orgs (the `OrgList` operationId).
+	OrgList(ctx context.Context, params *OrgListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// OrgCreateWithBody Create an organisation
+	//
+	// The caller becomes its owner. Needs a user token.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/orgs (the `OrgCreate` operationId).
+	OrgCreateWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// OrgCreate Create an organisation
+	//
+	// The caller becomes its owner. Needs a user token.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/orgs (the `OrgCreate` operationId).
+	OrgCreate(ctx context.Context, body OrgCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// OrgDelete Delete an organisation
+	//
+	// Deletes the organisation with its members and API keys. Owners only.
+	//
+	// Corresponds with DELETE /v1/orgs/{orgId} (the `OrgDelete` operationId).
+	OrgDelete(ctx context.Context, orgId OrgId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// OrgGet An organisation
+	//
+	// Corresponds with GET /v1/orgs/{orgId} (the `OrgGet` operationId).
+	OrgGet(ctx context.Context, orgId OrgId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// OrgUpdateWithBody Rename an organisation
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /v1/orgs/{orgId} (the `OrgUpdate` operationId).
+	OrgUpdateWithBody(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// OrgUpdate Rename an organisation
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /v1/orgs/{orgId} (the `OrgUpdate` operationId).
+	OrgUpdate(ctx context.Context, orgId OrgId, body OrgUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ApiKeyList API keys of an organisation
+	//
+	// Keys without their secrets, newest first.
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/api-keys (the `ApiKeyList` operationId).
+	ApiKeyList(ctx context.Context, orgId OrgId, params *ApiKeyListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ApiKeyCreateWithBody Create an API key
+	//
+	// The secret is in this response only. The key's role is at most its creator's.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/api-keys (the `ApiKeyCreate` operationId).
+	ApiKeyCreateWithBody(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ApiKeyCreate Create an API key
+	//
+	// The secret is in this response only. The key's role is at most its creator's.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/api-keys (the `ApiKeyCreate` operationId).
+	ApiKeyCreate(ctx context.Context, orgId OrgId, body ApiKeyCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ApiKeyDelete Revoke an API key
+	//
+	// The key stops working at once. Developers may revoke the keys they created; admins any key.
+	//
+	// Corresponds with DELETE /v1/orgs/{orgId}/api-keys/{keyId} (the `ApiKeyDelete` operationId).
+	ApiKeyDelete(ctx context.Context, orgId OrgId, keyId KeyId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// AuditEventList The audit log of an organisation
+	//
+	// Every change made in the organisation, newest first.
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/audit-events (the `AuditEventList` operationId).
+	AuditEventList(ctx context.Context, orgId OrgId, params *AuditEventListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// MemberList Members of an organisation
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/members (the `MemberList` operationId).
+	MemberList(ctx context.Context, orgId OrgId, params *MemberListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// MemberCreateWithBody Add a member
+	//
+	// Adds a person by email with a role no higher than the caller's. A person
+	// who has never signed in is added too and linked when they first sign in
+	// with that verified email.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/members (the `MemberCreate` operationId).
+	MemberCreateWithBody(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// MemberCreate Add a member
+	//
+	// Adds a person by email with a role no higher than the caller's. A person
+	// who has never signed in is added too and linked when they first sign in
+	// with that verified email.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/members (the `MemberCreate` operationId).
+	MemberCreate(ctx context.Context, orgId OrgId, body MemberCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// MemberDelete Remove a member
+	//
+	// Admins remove members who do not outrank them; anyone may leave. The last owner cannot be removed.
+	//
+	// Corresponds with DELETE /v1/orgs/{orgId}/members/{userId} (the `MemberDelete` operationId).
+	MemberDelete(ctx context.Context, orgId OrgId, userId UserId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// MemberUpdateWithBody Change a member's role
+	//
+	// Nobody can raise a role above their own or change a member who outranks them; the last owner cannot be demoted.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
+	MemberUpdateWithBody(ctx context.Context, orgId OrgId, userId UserId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// MemberUpdate Change a member's role
+	//
+	// Nobody can raise a role above their own or change a member who outranks them; the last owner cannot be demoted.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
+	MemberUpdate(ctx context.Context, orgId OrgId, userId UserId, body MemberUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// VersionGet Version of this deployment
 	//
 	// The build this process runs, the targets it mounts and the state of its
@@ -211,6 +739,345 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /v1/version (the `VersionGet` operationId).
 	VersionGet(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+}
+
+// MeGet The signed-in user
+//
+// The user behind the bearer token, with their organisations and roles. Needs a user token, not an API key.
+//
+// Corresponds with GET /v1/me (the `MeGet` operationId).
+func (c *Client) MeGet(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMeGetRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// OrgList My organisations
+//
+// The organisations the caller belongs to (for an API key, its own organisation), oldest first.
+//
+// Corresponds with GET /v1/orgs (the `OrgList` operationId).
+func (c *Client) OrgList(ctx context.Context, params *OrgListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOrgListRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// OrgCreateWithBody Create an organisation
+//
+// The caller becomes its owner. Needs a user token.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/orgs (the `OrgCreate` operationId).
+func (c *Client) OrgCreateWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOrgCreateRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// OrgCreate Create an organisation
+//
+// The caller becomes its owner. Needs a user token.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/orgs (the `OrgCreate` operationId).
+func (c *Client) OrgCreate(ctx context.Context, body OrgCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOrgCreateRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// OrgDelete Delete an organisation
+//
+// Deletes the organisation with its members and API keys. Owners only.
+//
+// Corresponds with DELETE /v1/orgs/{orgId} (the `OrgDelete` operationId).
+func (c *Client) OrgDelete(ctx context.Context, orgId OrgId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOrgDeleteRequest(c.Server, orgId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// OrgGet An organisation
+//
+// Corresponds with GET /v1/orgs/{orgId} (the `OrgGet` operationId).
+func (c *Client) OrgGet(ctx context.Context, orgId OrgId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOrgGetRequest(c.Server, orgId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// OrgUpdateWithBody Rename an organisation
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /v1/orgs/{orgId} (the `OrgUpdate` operationId).
+func (c *Client) OrgUpdateWithBody(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOrgUpdateRequestWithBody(c.Server, orgId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// OrgUpdate Rename an organisation
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /v1/orgs/{orgId} (the `OrgUpdate` operationId).
+func (c *Client) OrgUpdate(ctx context.Context, orgId OrgId, body OrgUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOrgUpdateRequest(c.Server, orgId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ApiKeyList API keys of an organisation
+//
+// Keys without their secrets, newest first.
+//
+// Corresponds with GET /v1/orgs/{orgId}/api-keys (the `ApiKeyList` operationId).
+func (c *Client) ApiKeyList(ctx context.Context, orgId OrgId, params *ApiKeyListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewApiKeyListRequest(c.Server, orgId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ApiKeyCreateWithBody Create an API key
+//
+// The secret is in this response only. The key's role is at most its creator's.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/orgs/{orgId}/api-keys (the `ApiKeyCreate` operationId).
+func (c *Client) ApiKeyCreateWithBody(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewApiKeyCreateRequestWithBody(c.Server, orgId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ApiKeyCreate Create an API key
+//
+// The secret is in this response only. The key's role is at most its creator's.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/orgs/{orgId}/api-keys (the `ApiKeyCreate` operationId).
+func (c *Client) ApiKeyCreate(ctx context.Context, orgId OrgId, body ApiKeyCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewApiKeyCreateRequest(c.Server, orgId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ApiKeyDelete Revoke an API key
+//
+// The key stops working at once. Developers may revoke the keys they created; admins any key.
+//
+// Corresponds with DELETE /v1/orgs/{orgId}/api-keys/{keyId} (the `ApiKeyDelete` operationId).
+func (c *Client) ApiKeyDelete(ctx context.Context, orgId OrgId, keyId KeyId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewApiKeyDeleteRequest(c.Server, orgId, keyId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// AuditEventList The audit log of an organisation
+//
+// Every change made in the organisation, newest first.
+//
+// Corresponds with GET /v1/orgs/{orgId}/audit-events (the `AuditEventList` operationId).
+func (c *Client) AuditEventList(ctx context.Context, orgId OrgId, params *AuditEventListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewAuditEventListRequest(c.Server, orgId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// MemberList Members of an organisation
+//
+// Corresponds with GET /v1/orgs/{orgId}/members (the `MemberList` operationId).
+func (c *Client) MemberList(ctx context.Context, orgId OrgId, params *MemberListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMemberListRequest(c.Server, orgId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// MemberCreateWithBody Add a member
+//
+// Adds a person by email with a role no higher than the caller's. A person
+// who has never signed in is added too and linked when they first sign in
+// with that verified email.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/orgs/{orgId}/members (the `MemberCreate` operationId).
+func (c *Client) MemberCreateWithBody(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMemberCreateRequestWithBody(c.Server, orgId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// MemberCreate Add a member
+//
+// Adds a person by email with a role no higher than the caller's. A person
+// who has never signed in is added too and linked when they first sign in
+// with that verified email.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/orgs/{orgId}/members (the `MemberCreate` operationId).
+func (c *Client) MemberCreate(ctx context.Context, orgId OrgId, body MemberCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMemberCreateRequest(c.Server, orgId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// MemberDelete Remove a member
+//
+// Admins remove members who do not outrank them; anyone may leave. The last owner cannot be removed.
+//
+// Corresponds with DELETE /v1/orgs/{orgId}/members/{userId} (the `MemberDelete` operationId).
+func (c *Client) MemberDelete(ctx context.Context, orgId OrgId, userId UserId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMemberDeleteRequest(c.Server, orgId, userId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// MemberUpdateWithBody Change a member's role
+//
+// Nobody can raise a role above their own or change a member who outranks them; the last owner cannot be demoted.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
+func (c *Client) MemberUpdateWithBody(ctx context.Context, orgId OrgId, userId UserId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMemberUpdateRequestWithBody(c.Server, orgId, userId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// MemberUpdate Change a member's role
+//
+// Nobody can raise a role above their own or change a member who outranks them; the last owner cannot be demoted.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
+func (c *Client) MemberUpdate(ctx context.Context, orgId OrgId, userId UserId, body MemberUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMemberUpdateRequest(c.Server, orgId, userId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
 }
 
 // VersionGet Version of this deployment
@@ -229,6 +1096,727 @@ func (c *Client) VersionGet(ctx context.Context, reqEditors ...RequestEditorFn) 
 		return nil, err
 	}
 	return c.Client.Do(req)
+}
+
+// NewMeGetRequest constructs an http.Request for the MeGet method
+func NewMeGetRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/me")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewOrgListRequest constructs an http.Request for the OrgList method
+func NewOrgListRequest(server string, params *OrgListParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewOrgCreateRequest calls the generic OrgCreate builder with application/json body
+func NewOrgCreateRequest(server string, body OrgCreateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewOrgCreateRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewOrgCreateRequestWithBody constructs an http.Request for the OrgCreate method, with any body, and a specified content type
+func NewOrgCreateRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewOrgDeleteRequest constructs an http.Request for the OrgDelete method
+func NewOrgDeleteRequest(server string, orgId OrgId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewOrgGetRequest constructs an http.Request for the OrgGet method
+func NewOrgGetRequest(server string, orgId OrgId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewOrgUpdateRequest calls the generic OrgUpdate builder with application/json body
+func NewOrgUpdateRequest(server string, orgId OrgId, body OrgUpdateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewOrgUpdateRequestWithBody(server, orgId, "application/json", bodyReader)
+}
+
+// NewOrgUpdateRequestWithBody constructs an http.Request for the OrgUpdate method, with any body, and a specified content type
+func NewOrgUpdateRequestWithBody(server string, orgId OrgId, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewApiKeyListRequest constructs an http.Request for the ApiKeyList method
+func NewApiKeyListRequest(server string, orgId OrgId, params *ApiKeyListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/api-keys", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewApiKeyCreateRequest calls the generic ApiKeyCreate builder with application/json body
+func NewApiKeyCreateRequest(server string, orgId OrgId, body ApiKeyCreateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewApiKeyCreateRequestWithBody(server, orgId, "application/json", bodyReader)
+}
+
+// NewApiKeyCreateRequestWithBody constructs an http.Request for the ApiKeyCreate method, with any body, and a specified content type
+func NewApiKeyCreateRequestWithBody(server string, orgId OrgId, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/api-keys", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewApiKeyDeleteRequest constructs an http.Request for the ApiKeyDelete method
+func NewApiKeyDeleteRequest(server string, orgId OrgId, keyId KeyId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "keyId", keyId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/api-keys/%s", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewAuditEventListRequest constructs an http.Request for the AuditEventList method
+func NewAuditEventListRequest(server string, orgId OrgId, params *AuditEventListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/audit-events", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Since != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "since", *params.Since, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date-time"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Until != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "until", *params.Until, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date-time"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewMemberListRequest constructs an http.Request for the MemberList method
+func NewMemberListRequest(server string, orgId OrgId, params *MemberListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/members", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewMemberCreateRequest calls the generic MemberCreate builder with application/json body
+func NewMemberCreateRequest(server string, orgId OrgId, body MemberCreateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewMemberCreateRequestWithBody(server, orgId, "application/json", bodyReader)
+}
+
+// NewMemberCreateRequestWithBody constructs an http.Request for the MemberCreate method, with any body, and a specified content type
+func NewMemberCreateRequestWithBody(server string, orgId OrgId, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/members", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewMemberDeleteRequest constructs an http.Request for the MemberDelete method
+func NewMemberDeleteRequest(server string, orgId OrgId, userId UserId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "userId", userId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/members/%s", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewMemberUpdateRequest calls the generic MemberUpdate builder with application/json body
+func NewMemberUpdateRequest(server string, orgId OrgId, userId UserId, body MemberUpdateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewMemberUpdateRequestWithBody(server, orgId, userId, "application/json", bodyReader)
+}
+
+// NewMemberUpdateRequestWithBody constructs an http.Request for the MemberUpdate method, with any body, and a specified content type
+func NewMemberUpdateRequestWithBody(server string, orgId OrgId, userId UserId, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "userId", userId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/members/%s", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
 }
 
 // NewVersionGetRequest constructs an http.Request for the VersionGet method
@@ -302,6 +1890,173 @@ func WithBaseURL(baseURL string) ClientOption {
 // ClientWithResponsesInterface is the interface specification for the client with responses above.
 type ClientWithResponsesInterface interface {
 
+	// MeGetWithResponse The signed-in user
+	//
+	// The user behind the bearer token, with their organisations and roles. Needs a user token, not an API key.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/me (the `MeGet` operationId).
+	MeGetWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*MeGetResponse, error)
+
+	// OrgListWithResponse My organisations
+	//
+	// The organisations the caller belongs to (for an API key, its own organisation), oldest first.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/orgs (the `OrgList` operationId).
+	OrgListWithResponse(ctx context.Context, params *OrgListParams, reqEditors ...RequestEditorFn) (*OrgListResponse, error)
+
+	// OrgCreateWithBodyWithResponse Create an organisation
+	//
+	// The caller becomes its owner. Needs a user token.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/orgs (the `OrgCreate` operationId).
+	OrgCreateWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*OrgCreateResponse, error)
+
+	// OrgCreateWithResponse Create an organisation
+	//
+	// The caller becomes its owner. Needs a user token.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/orgs (the `OrgCreate` operationId).
+	OrgCreateWithResponse(ctx context.Context, body OrgCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*OrgCreateResponse, error)
+
+	// OrgDeleteWithResponse Delete an organisation
+	//
+	// Deletes the organisation with its members and API keys. Owners only.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/orgs/{orgId} (the `OrgDelete` operationId).
+	OrgDeleteWithResponse(ctx context.Context, orgId OrgId, reqEditors ...RequestEditorFn) (*OrgDeleteResponse, error)
+
+	// OrgGetWithResponse An organisation
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/orgs/{orgId} (the `OrgGet` operationId).
+	OrgGetWithResponse(ctx context.Context, orgId OrgId, reqEditors ...RequestEditorFn) (*OrgGetResponse, error)
+
+	// OrgUpdateWithBodyWithResponse Rename an organisation
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/orgs/{orgId} (the `OrgUpdate` operationId).
+	OrgUpdateWithBodyWithResponse(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*OrgUpdateResponse, error)
+
+	// OrgUpdateWithResponse Rename an organisation
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/orgs/{orgId} (the `OrgUpdate` operationId).
+	OrgUpdateWithResponse(ctx context.Context, orgId OrgId, body OrgUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*OrgUpdateResponse, error)
+
+	// ApiKeyListWithResponse API keys of an organisation
+	//
+	// Keys without their secrets, newest first.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/api-keys (the `ApiKeyList` operationId).
+	ApiKeyListWithResponse(ctx context.Context, orgId OrgId, params *ApiKeyListParams, reqEditors ...RequestEditorFn) (*ApiKeyListResponse, error)
+
+	// ApiKeyCreateWithBodyWithResponse Create an API key
+	//
+	// The secret is in this response only. The key's role is at most its creator's.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/api-keys (the `ApiKeyCreate` operationId).
+	ApiKeyCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ApiKeyCreateResponse, error)
+
+	// ApiKeyCreateWithResponse Create an API key
+	//
+	// The secret is in this response only. The key's role is at most its creator's.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/api-keys (the `ApiKeyCreate` operationId).
+	ApiKeyCreateWithResponse(ctx context.Context, orgId OrgId, body ApiKeyCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*ApiKeyCreateResponse, error)
+
+	// ApiKeyDeleteWithResponse Revoke an API key
+	//
+	// The key stops working at once. Developers may revoke the keys they created; admins any key.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/orgs/{orgId}/api-keys/{keyId} (the `ApiKeyDelete` operationId).
+	ApiKeyDeleteWithResponse(ctx context.Context, orgId OrgId, keyId KeyId, reqEditors ...RequestEditorFn) (*ApiKeyDeleteResponse, error)
+
+	// AuditEventListWithResponse The audit log of an organisation
+	//
+	// Every change made in the organisation, newest first.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/audit-events (the `AuditEventList` operationId).
+	AuditEventListWithResponse(ctx context.Context, orgId OrgId, params *AuditEventListParams, reqEditors ...RequestEditorFn) (*AuditEventListResponse, error)
+
+	// MemberListWithResponse Members of an organisation
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/members (the `MemberList` operationId).
+	MemberListWithResponse(ctx context.Context, orgId OrgId, params *MemberListParams, reqEditors ...RequestEditorFn) (*MemberListResponse, error)
+
+	// MemberCreateWithBodyWithResponse Add a member
+	//
+	// Adds a person by email with a role no higher than the caller's. A person
+	// who has never signed in is added too and linked when they first sign in
+	// with that verified email.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/members (the `MemberCreate` operationId).
+	MemberCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MemberCreateResponse, error)
+
+	// MemberCreateWithResponse Add a member
+	//
+	// Adds a person by email with a role no higher than the caller's. A person
+	// who has never signed in is added too and linked when they first sign in
+	// with that verified email.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/members (the `MemberCreate` operationId).
+	MemberCreateWithResponse(ctx context.Context, orgId OrgId, body MemberCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*MemberCreateResponse, error)
+
+	// MemberDeleteWithResponse Remove a member
+	//
+	// Admins remove members who do not outrank them; anyone may leave. The last owner cannot be removed.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/orgs/{orgId}/members/{userId} (the `MemberDelete` operationId).
+	MemberDeleteWithResponse(ctx context.Context, orgId OrgId, userId UserId, reqEditors ...RequestEditorFn) (*MemberDeleteResponse, error)
+
+	// MemberUpdateWithBodyWithResponse Change a member's role
+	//
+	// Nobody can raise a role above their own or change a member who outranks them; the last owner cannot be demoted.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
+	MemberUpdateWithBodyWithResponse(ctx context.Context, orgId OrgId, userId UserId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MemberUpdateResponse, error)
+
+	// MemberUpdateWithResponse Change a member's role
+	//
+	// Nobody can raise a role above their own or change a member who outranks them; the last owner cannot be demoted.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
+	MemberUpdateWithResponse(ctx context.Context, orgId OrgId, userId UserId, body MemberUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*MemberUpdateResponse, error)
+
 	// VersionGetWithResponse Version of this deployment
 	//
 	// The build this process runs, the targets it mounts and the state of its
@@ -311,6 +2066,657 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /v1/version (the `VersionGet` operationId).
 	VersionGetWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*VersionGetResponse, error)
+}
+
+type MeGetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Me
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r MeGetResponse) GetJSON200() *Me {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r MeGetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r MeGetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r MeGetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r MeGetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r MeGetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type OrgListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *OrgPage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r OrgListResponse) GetJSON200() *OrgPage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r OrgListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r OrgListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r OrgListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r OrgListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r OrgListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type OrgCreateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Org
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r OrgCreateResponse) GetJSON201() *Org {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r OrgCreateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r OrgCreateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r OrgCreateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r OrgCreateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r OrgCreateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type OrgDeleteResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r OrgDeleteResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r OrgDeleteResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r OrgDeleteResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r OrgDeleteResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r OrgDeleteResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type OrgGetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Org
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r OrgGetResponse) GetJSON200() *Org {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r OrgGetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r OrgGetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r OrgGetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r OrgGetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r OrgGetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type OrgUpdateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Org
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r OrgUpdateResponse) GetJSON200() *Org {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r OrgUpdateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r OrgUpdateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r OrgUpdateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r OrgUpdateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r OrgUpdateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ApiKeyListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *ApiKeyPage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ApiKeyListResponse) GetJSON200() *ApiKeyPage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r ApiKeyListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ApiKeyListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ApiKeyListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ApiKeyListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ApiKeyListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ApiKeyCreateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *ApiKeyCreated
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r ApiKeyCreateResponse) GetJSON201() *ApiKeyCreated {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r ApiKeyCreateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ApiKeyCreateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ApiKeyCreateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ApiKeyCreateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ApiKeyCreateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ApiKeyDeleteResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r ApiKeyDeleteResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ApiKeyDeleteResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ApiKeyDeleteResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ApiKeyDeleteResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ApiKeyDeleteResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type AuditEventListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *AuditEventPage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r AuditEventListResponse) GetJSON200() *AuditEventPage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r AuditEventListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r AuditEventListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r AuditEventListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r AuditEventListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r AuditEventListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type MemberListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *MemberPage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r MemberListResponse) GetJSON200() *MemberPage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r MemberListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r MemberListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r MemberListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r MemberListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r MemberListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type MemberCreateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Member
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r MemberCreateResponse) GetJSON201() *Member {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r MemberCreateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r MemberCreateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r MemberCreateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r MemberCreateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r MemberCreateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type MemberDeleteResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r MemberDeleteResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r MemberDeleteResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r MemberDeleteResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r MemberDeleteResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r MemberDeleteResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type MemberUpdateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Member
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r MemberUpdateResponse) GetJSON200() *Member {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r MemberUpdateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r MemberUpdateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r MemberUpdateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r MemberUpdateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r MemberUpdateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
 }
 
 type VersionGetResponse struct {
@@ -361,6 +2767,287 @@ func (r VersionGetResponse) ContentType() string {
 	return ""
 }
 
+// MeGetWithResponse The signed-in user
+//
+// The user behind the bearer token, with their organisations and roles. Needs a user token, not an API key.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/me (the `MeGet` operationId).
+func (c *ClientWithResponses) MeGetWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*MeGetResponse, error) {
+	rsp, err := c.MeGet(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMeGetResponse(rsp)
+}
+
+// OrgListWithResponse My organisations
+//
+// The organisations the caller belongs to (for an API key, its own organisation), oldest first.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/orgs (the `OrgList` operationId).
+func (c *ClientWithResponses) OrgListWithResponse(ctx context.Context, params *OrgListParams, reqEditors ...RequestEditorFn) (*OrgListResponse, error) {
+	rsp, err := c.OrgList(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseOrgListResponse(rsp)
+}
+
+// OrgCreateWithBodyWithResponse Create an organisation
+//
+// The caller becomes its owner. Needs a user token.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/orgs (the `OrgCreate` operationId).
+func (c *ClientWithResponses) OrgCreateWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*OrgCreateResponse, error) {
+	rsp, err := c.OrgCreateWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseOrgCreateResponse(rsp)
+}
+
+// OrgCreateWithResponse Create an organisation
+//
+// The caller becomes its owner. Needs a user token.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/orgs (the `OrgCreate` operationId).
+func (c *ClientWithResponses) OrgCreateWithResponse(ctx context.Context, body OrgCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*OrgCreateResponse, error) {
+	rsp, err := c.OrgCreate(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseOrgCreateResponse(rsp)
+}
+
+// OrgDeleteWithResponse Delete an organisation
+//
+// Deletes the organisation with its members and API keys. Owners only.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/orgs/{orgId} (the `OrgDelete` operationId).
+func (c *ClientWithResponses) OrgDeleteWithResponse(ctx context.Context, orgId OrgId, reqEditors ...RequestEditorFn) (*OrgDeleteResponse, error) {
+	rsp, err := c.OrgDelete(ctx, orgId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseOrgDeleteResponse(rsp)
+}
+
+// OrgGetWithResponse An organisation
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/orgs/{orgId} (the `OrgGet` operationId).
+func (c *ClientWithResponses) OrgGetWithResponse(ctx context.Context, orgId OrgId, reqEditors ...RequestEditorFn) (*OrgGetResponse, error) {
+	rsp, err := c.OrgGet(ctx, orgId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseOrgGetResponse(rsp)
+}
+
+// OrgUpdateWithBodyWithResponse Rename an organisation
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/orgs/{orgId} (the `OrgUpdate` operationId).
+func (c *ClientWithResponses) OrgUpdateWithBodyWithResponse(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*OrgUpdateResponse, error) {
+	rsp, err := c.OrgUpdateWithBody(ctx, orgId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseOrgUpdateResponse(rsp)
+}
+
+// OrgUpdateWithResponse Rename an organisation
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/orgs/{orgId} (the `OrgUpdate` operationId).
+func (c *ClientWithResponses) OrgUpdateWithResponse(ctx context.Context, orgId OrgId, body OrgUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*OrgUpdateResponse, error) {
+	rsp, err := c.OrgUpdate(ctx, orgId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseOrgUpdateResponse(rsp)
+}
+
+// ApiKeyListWithResponse API keys of an organisation
+//
+// Keys without their secrets, newest first.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/orgs/{orgId}/api-keys (the `ApiKeyList` operationId).
+func (c *ClientWithResponses) ApiKeyListWithResponse(ctx context.Context, orgId OrgId, params *ApiKeyListParams, reqEditors ...RequestEditorFn) (*ApiKeyListResponse, error) {
+	rsp, err := c.ApiKeyList(ctx, orgId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseApiKeyListResponse(rsp)
+}
+
+// ApiKeyCreateWithBodyWithResponse Create an API key
+//
+// The secret is in this response only. The key's role is at most its creator's.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/orgs/{orgId}/api-keys (the `ApiKeyCreate` operationId).
+func (c *ClientWithResponses) ApiKeyCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ApiKeyCreateResponse, error) {
+	rsp, err := c.ApiKeyCreateWithBody(ctx, orgId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseApiKeyCreateResponse(rsp)
+}
+
+// ApiKeyCreateWithResponse Create an API key
+//
+// The secret is in this response only. The key's role is at most its creator's.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/orgs/{orgId}/api-keys (the `ApiKeyCreate` operationId).
+func (c *ClientWithResponses) ApiKeyCreateWithResponse(ctx context.Context, orgId OrgId, body ApiKeyCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*ApiKeyCreateResponse, error) {
+	rsp, err := c.ApiKeyCreate(ctx, orgId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseApiKeyCreateResponse(rsp)
+}
+
+// ApiKeyDeleteWithResponse Revoke an API key
+//
+// The key stops working at once. Developers may revoke the keys they created; admins any key.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/orgs/{orgId}/api-keys/{keyId} (the `ApiKeyDelete` operationId).
+func (c *ClientWithResponses) ApiKeyDeleteWithResponse(ctx context.Context, orgId OrgId, keyId KeyId, reqEditors ...RequestEditorFn) (*ApiKeyDeleteResponse, error) {
+	rsp, err := c.ApiKeyDelete(ctx, orgId, keyId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseApiKeyDeleteResponse(rsp)
+}
+
+// AuditEventListWithResponse The audit log of an organisation
+//
+// Every change made in the organisation, newest first.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/orgs/{orgId}/audit-events (the `AuditEventList` operationId).
+func (c *ClientWithResponses) AuditEventListWithResponse(ctx context.Context, orgId OrgId, params *AuditEventListParams, reqEditors ...RequestEditorFn) (*AuditEventListResponse, error) {
+	rsp, err := c.AuditEventList(ctx, orgId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAuditEventListResponse(rsp)
+}
+
+// MemberListWithResponse Members of an organisation
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/orgs/{orgId}/members (the `MemberList` operationId).
+func (c *ClientWithResponses) MemberListWithResponse(ctx context.Context, orgId OrgId, params *MemberListParams, reqEditors ...RequestEditorFn) (*MemberListResponse, error) {
+	rsp, err := c.MemberList(ctx, orgId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMemberListResponse(rsp)
+}
+
+// MemberCreateWithBodyWithResponse Add a member
+//
+// Adds a person by email with a role no higher than the caller's. A person
+// who has never signed in is added too and linked when they first sign in
+// with that verified email.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/orgs/{orgId}/members (the `MemberCreate` operationId).
+func (c *ClientWithResponses) MemberCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MemberCreateResponse, error) {
+	rsp, err := c.MemberCreateWithBody(ctx, orgId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMemberCreateResponse(rsp)
+}
+
+// MemberCreateWithResponse Add a member
+//
+// Adds a person by email with a role no higher than the caller's. A person
+// who has never signed in is added too and linked when they first sign in
+// with that verified email.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/orgs/{orgId}/members (the `MemberCreate` operationId).
+func (c *ClientWithResponses) MemberCreateWithResponse(ctx context.Context, orgId OrgId, body MemberCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*MemberCreateResponse, error) {
+	rsp, err := c.MemberCreate(ctx, orgId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMemberCreateResponse(rsp)
+}
+
+// MemberDeleteWithResponse Remove a member
+//
+// Admins remove members who do not outrank them; anyone may leave. The last owner cannot be removed.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/orgs/{orgId}/members/{userId} (the `MemberDelete` operationId).
+func (c *ClientWithResponses) MemberDeleteWithResponse(ctx context.Context, orgId OrgId, userId UserId, reqEditors ...RequestEditorFn) (*MemberDeleteResponse, error) {
+	rsp, err := c.MemberDelete(ctx, orgId, userId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMemberDeleteResponse(rsp)
+}
+
+// MemberUpdateWithBodyWithResponse Change a member's role
+//
+// Nobody can raise a role above their own or change a member who outranks them; the last owner cannot be demoted.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
+func (c *ClientWithResponses) MemberUpdateWithBodyWithResponse(ctx context.Context, orgId OrgId, userId UserId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MemberUpdateResponse, error) {
+	rsp, err := c.MemberUpdateWithBody(ctx, orgId, userId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMemberUpdateResponse(rsp)
+}
+
+// MemberUpdateWithResponse Change a member's role
+//
+// Nobody can raise a role above their own or change a member who outranks them; the last owner cannot be demoted.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
+func (c *ClientWithResponses) MemberUpdateWithResponse(ctx context.Context, orgId OrgId, userId UserId, body MemberUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*MemberUpdateResponse, error) {
+	rsp, err := c.MemberUpdate(ctx, orgId, userId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMemberUpdateResponse(rsp)
+}
+
 // VersionGetWithResponse Version of this deployment
 //
 // The build this process runs, the targets it mounts and the state of its
@@ -375,6 +3062,456 @@ func (c *ClientWithResponses) VersionGetWithResponse(ctx context.Context, reqEdi
 		return nil, err
 	}
 	return ParseVersionGetResponse(rsp)
+}
+
+// ParseMeGetResponse parses an HTTP response from a MeGetWithResponse call
+func ParseMeGetResponse(rsp *http.Response) (*MeGetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &MeGetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Me
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseOrgListResponse parses an HTTP response from a OrgListWithResponse call
+func ParseOrgListResponse(rsp *http.Response) (*OrgListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &OrgListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest OrgPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseOrgCreateResponse parses an HTTP response from a OrgCreateWithResponse call
+func ParseOrgCreateResponse(rsp *http.Response) (*OrgCreateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &OrgCreateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Org
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseOrgDeleteResponse parses an HTTP response from a OrgDeleteWithResponse call
+func ParseOrgDeleteResponse(rsp *http.Response) (*OrgDeleteResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &OrgDeleteResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseOrgGetResponse parses an HTTP response from a OrgGetWithResponse call
+func ParseOrgGetResponse(rsp *http.Response) (*OrgGetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &OrgGetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Org
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseOrgUpdateResponse parses an HTTP response from a OrgUpdateWithResponse call
+func ParseOrgUpdateResponse(rsp *http.Response) (*OrgUpdateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &OrgUpdateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Org
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseApiKeyListResponse parses an HTTP response from a ApiKeyListWithResponse call
+func ParseApiKeyListResponse(rsp *http.Response) (*ApiKeyListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ApiKeyListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest ApiKeyPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseApiKeyCreateResponse parses an HTTP response from a ApiKeyCreateWithResponse call
+func ParseApiKeyCreateResponse(rsp *http.Response) (*ApiKeyCreateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ApiKeyCreateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest ApiKeyCreated
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseApiKeyDeleteResponse parses an HTTP response from a ApiKeyDeleteWithResponse call
+func ParseApiKeyDeleteResponse(rsp *http.Response) (*ApiKeyDeleteResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ApiKeyDeleteResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseAuditEventListResponse parses an HTTP response from a AuditEventListWithResponse call
+func ParseAuditEventListResponse(rsp *http.Response) (*AuditEventListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &AuditEventListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest AuditEventPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseMemberListResponse parses an HTTP response from a MemberListWithResponse call
+func ParseMemberListResponse(rsp *http.Response) (*MemberListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &MemberListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest MemberPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseMemberCreateResponse parses an HTTP response from a MemberCreateWithResponse call
+func ParseMemberCreateResponse(rsp *http.Response) (*MemberCreateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &MemberCreateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Member
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseMemberDeleteResponse parses an HTTP response from a MemberDeleteWithResponse call
+func ParseMemberDeleteResponse(rsp *http.Response) (*MemberDeleteResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &MemberDeleteResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseMemberUpdateResponse parses an HTTP response from a MemberUpdateWithResponse call
+func ParseMemberUpdateResponse(rsp *http.Response) (*MemberUpdateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &MemberUpdateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Member
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
 }
 
 // ParseVersionGetResponse parses an HTTP response from a VersionGetWithResponse call

@@ -5,12 +5,122 @@
 package db
 
 import (
+	"database/sql/driver"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgtype"
 )
+
+type OrgRole string
+
+const (
+	OrgRoleViewer    OrgRole = "viewer"
+	OrgRoleDeveloper OrgRole = "developer"
+	OrgRoleAdmin     OrgRole = "admin"
+	OrgRoleOwner     OrgRole = "owner"
+)
+
+func (e *OrgRole) Scan(src interface{}) error {
+	switch s := src.(type) {
+	case []byte:
+		*e = OrgRole(s)
+	case string:
+		*e = OrgRole(s)
+	default:
+		return fmt.Errorf("unsupported scan type for OrgRole: %T", src)
+	}
+	return nil
+}
+
+type NullOrgRole struct {
+	OrgRole OrgRole
+	Valid   bool // Valid is true if OrgRole is not NULL
+}
+
+// Scan implements the Scanner interface.
+func (ns *NullOrgRole) Scan(value interface{}) error {
+	if value == nil {
+		ns.OrgRole, ns.Valid = "", false
+		return nil
+	}
+	ns.Valid = true
+	return ns.OrgRole.Scan(value)
+}
+
+// Value implements the driver Valuer interface.
+func (ns NullOrgRole) Value() (driver.Value, error) {
+	if !ns.Valid {
+		return nil, nil
+	}
+	return string(ns.OrgRole), nil
+}
+
+type ApiKey struct {
+	ID         uuid.UUID
+	OrgID      uuid.UUID
+	Name       string
+	Role       OrgRole
+	Prefix     string
+	SecretHash []byte
+	CreatedBy  uuid.NullUUID
+	CreatedAt  time.Time
+	ExpiresAt  *time.Time
+	LastUsedAt *time.Time
+}
+
+type AuditEvent struct {
+	ID         uuid.UUID
+	OrgID      uuid.UUID
+	OccurredAt time.Time
+	ActorType  string
+	ActorID    uuid.UUID
+	ActorLabel string
+	Operation  string
+	TargetID   *string
+	RequestID  string
+	Outcome    string
+	Status     int32
+}
 
 type GooseDbVersion struct {
 	ID        int32
 	VersionID int64
 	IsApplied bool
 	Tstamp    pgtype.Timestamp
+}
+
+type Membership struct {
+	OrgID     uuid.UUID
+	UserID    uuid.UUID
+	Role      OrgRole
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+type Org struct {
+	ID        uuid.UUID
+	Name      string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+type SigningKey struct {
+	Kid        string
+	Purpose    string
+	Algorithm  string
+	PrivateKey []byte
+	CreatedAt  time.Time
+	RetiredAt  *time.Time
+}
+
+type User struct {
+	ID        uuid.UUID
+	Issuer    *string
+	Subject   *string
+	Email     string
+	Name      string
+	CreatedAt time.Time
+	UpdatedAt time.Time
 }

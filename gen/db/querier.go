@@ -6,13 +6,57 @@ package db
 
 import (
 	"context"
+
+	"github.com/google/uuid"
 )
 
 type Querier interface {
+	ApiKeyByID(ctx context.Context, id uuid.UUID) (ApiKeyByIDRow, error)
+	ApiKeyCreate(ctx context.Context, arg ApiKeyCreateParams) (ApiKey, error)
+	ApiKeyDelete(ctx context.Context, arg ApiKeyDeleteParams) (int64, error)
+	ApiKeyGet(ctx context.Context, arg ApiKeyGetParams) (ApiKey, error)
+	// Newest first, keyset pagination on (created_at, id).
+	ApiKeyList(ctx context.Context, arg ApiKeyListParams) ([]ApiKey, error)
+	// Records use at most once a minute, so authentication is not a write per request.
+	ApiKeyTouch(ctx context.Context, id uuid.UUID) error
+	AuditEventInsert(ctx context.Context, arg AuditEventInsertParams) error
+	// Newest first within [since, until), keyset pagination on (occurred_at, id).
+	AuditEventList(ctx context.Context, arg AuditEventListParams) ([]AuditEvent, error)
 	// The server's version and the newest applied migration, for /v1/version.
 	DatabaseVersion(ctx context.Context) (DatabaseVersionRow, error)
+	MemberGet(ctx context.Context, arg MemberGetParams) (MemberGetRow, error)
+	MemberList(ctx context.Context, arg MemberListParams) ([]MemberListRow, error)
+	MembershipCreate(ctx context.Context, arg MembershipCreateParams) (Membership, error)
+	MembershipDelete(ctx context.Context, arg MembershipDeleteParams) (int64, error)
+	MembershipRole(ctx context.Context, arg MembershipRoleParams) (OrgRole, error)
+	MembershipUpdateRole(ctx context.Context, arg MembershipUpdateRoleParams) (Membership, error)
+	MembershipsOfUser(ctx context.Context, userID uuid.UUID) ([]MembershipsOfUserRow, error)
+	OrgByID(ctx context.Context, id uuid.UUID) (Org, error)
+	OrgCreate(ctx context.Context, name string) (Org, error)
+	OrgDelete(ctx context.Context, id uuid.UUID) (int64, error)
+	// Keyset pagination on (created_at, id), oldest first.
+	OrgListForUser(ctx context.Context, arg OrgListForUserParams) ([]OrgListForUserRow, error)
+	OrgUpdateName(ctx context.Context, arg OrgUpdateNameParams) (Org, error)
+	// Locks the organisation's owner rows so two concurrent demotions cannot both
+	// see another owner and leave none.
+	OwnerCountForUpdate(ctx context.Context, orgID uuid.UUID) (int64, error)
 	// Readiness: proves a pooled connection can run a query, not only connect.
 	Ping(ctx context.Context) (int32, error)
+	SigningKeyDelete(ctx context.Context, arg SigningKeyDeleteParams) (int64, error)
+	SigningKeyInsert(ctx context.Context, arg SigningKeyInsertParams) error
+	// Published keys of a purpose, newest first; the first one signs.
+	SigningKeyList(ctx context.Context, purpose string) ([]SigningKey, error)
+	UserByEmail(ctx context.Context, email string) (User, error)
+	UserByID(ctx context.Context, id uuid.UUID) (User, error)
+	UserByIdentity(ctx context.Context, arg UserByIdentityParams) (User, error)
+	// Links a user added by email (no identity yet) to the identity that signed in with that email.
+	UserClaimByEmail(ctx context.Context, arg UserClaimByEmailParams) (User, error)
+	// The first sign-in of a new subject. Concurrent first requests race here;
+	// the loser gets nothing and reads the winner's row.
+	UserCreateFromIdentity(ctx context.Context, arg UserCreateFromIdentityParams) (User, error)
+	// A person added to an organisation before they ever signed in.
+	UserCreateInvited(ctx context.Context, email string) (User, error)
+	UserUpdateProfile(ctx context.Context, arg UserUpdateProfileParams) error
 }
 
 var _ Querier = (*Queries)(nil)

@@ -10,15 +10,15 @@ import (
 	"github.com/flock-io/flock-api/internal/buildinfo"
 )
 
-// Handler implements the system operations.
-type Handler struct {
+// System implements the system operations.
+type System struct {
 	DB      db.Querier
 	Build   buildinfo.Info
 	Targets []string
 }
 
 // VersionGet reports the build, the mounted targets and the database state.
-func (h *Handler) VersionGet(ctx context.Context, _ api.VersionGetRequestObject) (api.VersionGetResponseObject, error) {
+func (h *System) VersionGet(ctx context.Context, _ api.VersionGetRequestObject) (api.VersionGetResponseObject, error) {
 	dbv, err := h.DB.DatabaseVersion(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("read database version: %w", err)

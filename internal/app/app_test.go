@@ -19,8 +19,9 @@ func TestGraph(t *testing.T) {
 		t.Errorf("targets = %v, want %v", got, want)
 	}
 	edges := map[string][]string{
-		"api":         {"config", "postgres", "metrics", "http-server"},
+		"api":         {"config", "postgres", "metrics", "audit", "http-server"},
 		"http-server": {"config", "metrics"},
+		"audit":       {"config", "metrics"},
 		"postgres":    {"config"},
 		"metrics":     {"config"},
 		"all":         {"api"},
@@ -34,7 +35,7 @@ func TestGraph(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"config", "postgres", "metrics", "http-server", "api", "all"}; !reflect.DeepEqual(order, want) {
+	if want := []string{"config", "postgres", "metrics", "audit", "http-server", "api", "all"}; !reflect.DeepEqual(order, want) {
 		t.Errorf("all resolves to %v, want %v (the HTTP server must start after the stores it serves)", order, want)
 	}
 }
@@ -56,7 +57,7 @@ func TestMainExitCodes(t *testing.T) {
 			wantErr: `flock-api: invalid FLOCK_HTTP_ADDR: "notaport": want host:port or :port`},
 		{name: "unknown flag", args: []string{"--nope"}, wantCode: 2},
 		{name: "list targets", args: []string{"--list-targets"}, wantCode: 0,
-			wantOut: "all\n  needs: api\napi\n  needs: config, postgres, metrics, http-server\n"},
+			wantOut: "all\n  needs: api\napi\n  needs: config, postgres, metrics, audit, http-server\n"},
 		{name: "print config", args: []string{"--print-config", "--database-url=postgres://u:pw@h/db"}, wantCode: 0,
 			wantOut: `"postgres://u:xxxxx@h/db"`},
 		{name: "migrate without verb", args: []string{"migrate"}, wantCode: 2},

@@ -5,60 +5,161 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/flock-io/flock-api/gen"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/handlers"
-	"github.com/flock-io/flock-api/handlers/system"
 	"github.com/flock-io/flock-api/internal/app"
-	"github.com/flock-io/flock-api/internal/buildinfo"
+	"github.com/flock-io/flock-api/internal/audit"
+	"github.com/flock-io/flock-api/internal/auth"
+	"github.com/flock-io/flock-api/internal/auth/oidcverify"
+	"github.com/flock-io/flock-api/internal/devoidc"
 	"github.com/flock-io/flock-api/internal/httpserver"
 	"github.com/flock-io/flock-api/internal/metrics"
+	"github.com/flock-io/flock-api/internal/restapi"
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
 )
 
 // fixedQuerier answers DatabaseVersion from memory. It exists only to
 // separate the middleware stack's own cost from the PostgreSQL round trip in
-// the benchmark below; every test uses the real database.
+// the benchmarks below; every test uses the real database.
 type fixedQuerier struct{ db.Querier }
 
 func (fixedQuerier) DatabaseVersion(context.Context) (db.DatabaseVersionRow, error) {
 	return db.DatabaseVersionRow{ServerVersion: "15", SchemaVersion: 1}, nil
 }
 
+type benchStack struct {
+	h    http.Handler
+	prov *devoidc.Provider
+	pool *pgxpool.Pool
+}
+
 // stack is the whole production HTTP stack (request id, access log, metrics,
-// recovery, body limit, spec validation, strict handler, JSON) around q.
-func stack(b *testing.B, q db.Querier) http.Handler {
+// recovery, body limit, authentication, spec validation, access guard,
+// strict handler, JSON) with the dev OIDC provider, as the api target builds
+// it; versionDB answers /v1/version.
+func stack(b *testing.B, versionDB func(*pgxpool.Pool) db.Querier) *benchStack {
 	b.Helper()
-	srv, err := httpserver.New(httpserver.Config{Addr: "127.0.0.1:0", BodyLimit: 1 << 20, ShutdownGrace: 1},
-		metrics.New(), httpserver.NewReadiness(), slog.New(slog.DiscardHandler))
+	ctx := context.Background()
+	log := slog.New(slog.DiscardHandler)
+	pool := pgtest.Pool(b)
+	srv, err := httpserver.New(httpserver.Config{Addr: "127.0.0.1:0", BodyLimit: 1 << 20, ShutdownGrace: time.Second},
+		metrics.New(), httpserver.NewReadiness(), log)
 	if err != nil {
 		b.Fatal(err)
 	}
-	err = app.MountAPI(context.Background(), srv.Router(), &handlers.Server{
-		Handler: &system.Handler{DB: q, Build: buildinfo.Get(), Targets: []string{"api"}},
+	spec, err := restapi.LoadSpec(ctx, gen.OpenAPIYAML)
+	if err != nil {
+		b.Fatal(err)
+	}
+	issuer := app.DevIssuer("http://flock.test")
+	prov, err := devoidc.New(ctx, pool, issuer, app.DevAudience)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ph := http.StripPrefix("/dev/oidc", prov.Handler())
+	verifier, err := oidcverify.New(oidcverify.Config{Issuer: issuer, Audience: app.DevAudience,
+		HTTPClient: &http.Client{Transport: devoidc.Transport(ph)}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	guard, err := auth.NewGuard(spec, handlers.Policy, pool, audit.NewRecorder(nil), log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	server := handlers.New(pool, []string{"api"})
+	server.System.DB = versionDB(pool)
+	app.MountAPI(srv.Router(), spec, server, auth.NewAuthenticator(verifier, pool, log), guard)
+	return &benchStack{h: srv.Router(), prov: prov, pool: pool}
+}
+
+func (s *benchStack) run(b *testing.B, method, path, token string) {
+	b.Helper()
+	do := func() *httptest.ResponseRecorder {
+		req := httptest.NewRequest(method, path, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		rec := httptest.NewRecorder()
+		s.h.ServeHTTP(rec, req)
+		return rec
+	}
+	if rec := do(); rec.Code != http.StatusOK { // warms the JWKS and user caches
+		b.Fatalf("status %d: %s", rec.Code, rec.Body)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if rec := do(); rec.Code != http.StatusOK {
+				b.Fatalf("status %d: %s", rec.Code, rec.Body)
+			}
+		}
 	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	return srv.Router()
 }
 
 // BenchmarkVersionGet is the baseline later issues measure their overhead
 // against: GET /v1/version through the whole stack, in process (no socket).
 func BenchmarkVersionGet(b *testing.B) {
-	run := func(b *testing.B, h http.Handler) {
-		b.ReportAllocs()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				rec := httptest.NewRecorder()
-				h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/v1/version", nil))
-				if rec.Code != http.StatusOK {
-					b.Fatalf("status %d: %s", rec.Code, rec.Body)
-				}
-			}
-		})
+	b.Run("stack-only", func(b *testing.B) {
+		stack(b, func(*pgxpool.Pool) db.Querier { return fixedQuerier{} }).run(b, "GET", "/v1/version", "")
+	})
+	b.Run("postgres", func(b *testing.B) {
+		stack(b, func(p *pgxpool.Pool) db.Querier { return db.New(p) }).run(b, "GET", "/v1/version", "")
+	})
+}
+
+// BenchmarkAuthenticated measures what identity adds per request: JWT
+// verification with cached keys (version with a token, against version
+// without), an API key lookup, and an org-scoped read (verification plus
+// the membership lookup plus the read itself).
+func BenchmarkAuthenticated(b *testing.B) {
+	s := stack(b, func(*pgxpool.Pool) db.Querier { return fixedQuerier{} })
+	token, err := s.prov.Mint(context.Background(), "bench@example.com", "", time.Hour)
+	if err != nil {
+		b.Fatal(err)
 	}
-	b.Run("stack-only", func(b *testing.B) { run(b, stack(b, fixedQuerier{})) })
-	b.Run("postgres", func(b *testing.B) { run(b, stack(b, db.New(pgtest.Pool(b)))) })
+	org := createOrg(b, s, token)
+	key := createKey(b, s, token, org)
+	b.Run("version-anonymous", func(b *testing.B) { s.run(b, "GET", "/v1/version", "") })
+	b.Run("version-jwt", func(b *testing.B) { s.run(b, "GET", "/v1/version", token) })
+	b.Run("version-api-key", func(b *testing.B) { s.run(b, "GET", "/v1/version", key) })
+	b.Run("org-get-jwt", func(b *testing.B) { s.run(b, "GET", "/v1/orgs/"+org, token) })
+}
+
+func post(b *testing.B, s *benchStack, path, token, body string) string {
+	b.Helper()
+	req := httptest.NewRequest("POST", path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	rec := httptest.NewRecorder()
+	s.h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusCreated {
+		b.Fatalf("POST %s = %d: %s", path, rec.Code, rec.Body)
+	}
+	return rec.Body.String()
+}
+
+func field(b *testing.B, js, name string) string {
+	b.Helper()
+	i := strings.Index(js, `"`+name+`":"`)
+	if i < 0 {
+		b.Fatalf("no %s in %s", name, js)
+	}
+	rest := js[i+len(name)+4:]
+	return rest[:strings.IndexByte(rest, '"')]
+}
+
+func createOrg(b *testing.B, s *benchStack, token string) string {
+	return field(b, post(b, s, "/v1/orgs", token, `{"name":"bench"}`), "id")
+}
+
+func createKey(b *testing.B, s *benchStack, token, org string) string {
+	return field(b, post(b, s, "/v1/orgs/"+org+"/api-keys", token, `{"name":"bench","role":"viewer"}`), "secret")
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/flock-io/flock-api/internal/buildinfo"
 	"github.com/flock-io/flock-api/internal/config"
+	"github.com/flock-io/flock-api/internal/devoidc"
 	"github.com/flock-io/flock-api/internal/logging"
 	"github.com/flock-io/flock-api/internal/modules"
 	"github.com/flock-io/flock-api/internal/postgres"
@@ -29,8 +30,13 @@ const (
 // Main runs the command with args (without the program name) and returns the
 // exit status. ctx is cancelled by SIGTERM/SIGINT.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
-	if len(args) > 0 && args[0] == "migrate" {
-		return migrateMain(ctx, args[1:], stdout, stderr, getenv)
+	if len(args) > 0 {
+		switch args[0] {
+		case "migrate":
+			return migrateMain(ctx, args[1:], stdout, stderr, getenv)
+		case "dev-token":
+			return devTokenMain(ctx, args[1:], stdout, stderr, getenv)
+		}
 	}
 	return serveMain(ctx, args, stdout, stderr, getenv)
 }
@@ -47,7 +53,7 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	printConfig := fs.Bool("print-config", false, "print the effective configuration (secrets redacted), then exit")
 	version := fs.Bool("version", false, "print the version, then exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: flock-api [flags]\n       flock-api migrate up|down|status [flags]\n\nFlags (each also set by its environment variable):\n")
+		fmt.Fprintf(stderr, "Usage: flock-api [flags]\n       flock-api migrate up|down|status [flags]\n       flock-api dev-token --email EMAIL [--name NAME] [--ttl 12h]\n\nFlags (each also set by its environment variable):\n")
 		settings.Usage(stderr)
 		fmt.Fprintf(stderr, "  --list-targets\n  --print-config\n  --version\n")
 	}
@@ -58,7 +64,7 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		return ExitUsage
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "flock-api: unexpected argument %q (subcommands: migrate)\n", fs.Arg(0))
+		fmt.Fprintf(stderr, "flock-api: unexpected argument %q (subcommands: migrate, dev-token)\n", fs.Arg(0))
 		return ExitUsage
 	}
 	if *version {
@@ -95,6 +101,10 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	if *printConfig {
 		settings.Print(stdout)
 		return ExitOK
+	}
+	if err := settings.CheckServe(); err != nil {
+		fmt.Fprintf(stderr, "flock-api: %v\n", err)
+		return ExitUsage
 	}
 	slog.SetDefault(log)
 	return a.run(ctx, order)
@@ -204,5 +214,56 @@ func migrateMain(ctx context.Context, args []string, stdout, stderr io.Writer, g
 		fmt.Fprintf(stderr, "flock-api migrate: %v\n", err)
 		return ExitError
 	}
+	return ExitOK
+}
+
+// devTokenMain prints a token of the dev OIDC provider. It signs with the
+// provider's key in the database, so the token is exactly one the running
+// dev server (same database, same public URL) accepts.
+func devTokenMain(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	fs, settings := newFlagSet("flock-api dev-token", stderr)
+	email := fs.String("email", "", "the user's email (required)")
+	name := fs.String("name", "", "the user's name (default: the part of the email before @)")
+	ttl := fs.Duration("ttl", 12*time.Hour, "how long the token is valid")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: flock-api dev-token --email EMAIL [--name NAME] [--ttl 12h] [--database-url URL] [--public-url URL]\n")
+	}
+	if err := fs.Parse(args); err != nil {
+		return ExitUsage
+	}
+	if err := settings.Resolve(fs, getenv); err != nil {
+		fmt.Fprintf(stderr, "flock-api: %v\n", err)
+		return ExitUsage
+	}
+	cfg := settings.Config()
+	if *email == "" || !strings.Contains(*email, "@") {
+		fmt.Fprintln(stderr, "flock-api dev-token: --email must be an email address")
+		return ExitUsage
+	}
+	if *ttl <= 0 {
+		fmt.Fprintln(stderr, "flock-api dev-token: --ttl must be positive")
+		return ExitUsage
+	}
+	if cfg.OIDCIssuer != "" {
+		fmt.Fprintf(stderr, "flock-api dev-token: FLOCK_OIDC_ISSUER is set (%s); the server verifies that issuer's tokens, not the dev provider's\n", cfg.OIDCIssuer)
+		return ExitUsage
+	}
+	pool, err := postgres.Open(ctx, cfg.DatabaseURL)
+	if err != nil {
+		fmt.Fprintf(stderr, "flock-api dev-token: FLOCK_DATABASE_URL: %v\n", err)
+		return ExitError
+	}
+	defer pool.Close()
+	prov, err := devoidc.New(ctx, pool, DevIssuer(cfg.PublicURL), DevAudience)
+	if err != nil {
+		fmt.Fprintf(stderr, "flock-api dev-token: %v (run flock-api migrate up, or start the server with --dev once)\n", err)
+		return ExitError
+	}
+	token, err := prov.Mint(ctx, *email, *name, *ttl)
+	if err != nil {
+		fmt.Fprintf(stderr, "flock-api dev-token: %v\n", err)
+		return ExitError
+	}
+	fmt.Fprintln(stdout, token)
 	return ExitOK
 }

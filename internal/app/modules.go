@@ -4,7 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/url"
 	"sort"
+
+	"github.com/getkin/kin-openapi/openapi3"
 	"strings"
 
 	"github.com/go-chi/chi/v5"
@@ -14,14 +18,18 @@ import (
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/handlers"
-	"github.com/flock-io/flock-api/handlers/system"
+	"github.com/flock-io/flock-api/internal/audit"
+	"github.com/flock-io/flock-api/internal/auth"
+	"github.com/flock-io/flock-api/internal/auth/oidcverify"
 	"github.com/flock-io/flock-api/internal/buildinfo"
 	"github.com/flock-io/flock-api/internal/config"
+	"github.com/flock-io/flock-api/internal/devoidc"
 	"github.com/flock-io/flock-api/internal/docs"
 	"github.com/flock-io/flock-api/internal/httpserver"
 	"github.com/flock-io/flock-api/internal/metrics"
 	"github.com/flock-io/flock-api/internal/modules"
 	"github.com/flock-io/flock-api/internal/postgres"
+	"github.com/flock-io/flock-api/internal/reqinfo"
 	"github.com/flock-io/flock-api/internal/restapi"
 )
 
@@ -30,6 +38,7 @@ const (
 	Config     = "config"
 	Metrics    = "metrics"
 	Postgres   = "postgres"
+	Audit      = "audit"
 	HTTPServer = "http-server"
 
 	API = "api"
@@ -42,11 +51,12 @@ var deps = map[string][]string{
 	Config:     nil,
 	Metrics:    {Config},
 	Postgres:   {Config},
+	Audit:      {Config, Metrics},
 	HTTPServer: {Config, Metrics},
-	API:        {Config, Postgres, Metrics, HTTPServer},
+	API:        {Config, Postgres, Metrics, Audit, HTTPServer},
 }
 
-var hidden = map[string]bool{Config: true, Metrics: true, Postgres: true, HTTPServer: true}
+var hidden = map[string]bool{Config: true, Metrics: true, Postgres: true, Audit: true, HTTPServer: true}
 
 // App is the state the modules of one process share as they are wired.
 type App struct {
@@ -59,6 +69,7 @@ type App struct {
 	metrics *metrics.Metrics
 	pool    *pgxpool.Pool
 	server  *httpserver.Server
+	audit   *audit.Recorder
 }
 
 // New builds the module graph for cfg.
@@ -68,6 +79,7 @@ func New(cfg *config.Config, log *slog.Logger) *App {
 		Config:     a.initConfig,
 		Metrics:    a.initMetrics,
 		Postgres:   a.initPostgres,
+		Audit:      a.initAudit,
 		HTTPServer: a.initHTTPServer,
 		API:        a.initAPI,
 	}
@@ -149,28 +161,88 @@ func (a *App) initHTTPServer(context.Context) (*modules.Service, error) {
 	return &modules.Service{Run: srv.Run}, nil
 }
 
+func (a *App) initAudit(context.Context) (*modules.Service, error) {
+	if a.cfg.LokiURL == "" {
+		a.audit = audit.NewRecorder(nil)
+		a.log.Info("store engine", "concern", "audit", "engine", "postgresql", "mode", "external")
+		return nil, nil
+	}
+	loki := audit.NewLoki(a.cfg.LokiURL, a.log, a.metrics.Registry)
+	a.audit = audit.NewRecorder(loki)
+	a.log.Info("store engine", "concern", "audit", "engine", "postgresql+loki", "mode", "external")
+	return &modules.Service{Run: loki.Run}, nil
+}
+
 func (a *App) initAPI(ctx context.Context) (*modules.Service, error) {
-	err := MountAPI(ctx, a.server.Router(), &handlers.Server{
-		Handler: &system.Handler{DB: db.New(a.pool), Build: buildinfo.Get(), Targets: a.targets},
-	})
+	spec, err := restapi.LoadSpec(ctx, gen.OpenAPIYAML)
 	if err != nil {
 		return nil, err
 	}
+	verifier, err := a.userTokenVerifier(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a.ready.Add("oidc", verifier.Ready)
+	guard, err := auth.NewGuard(spec, handlers.Policy, a.pool, a.audit, a.log)
+	if err != nil {
+		return nil, err
+	}
+	MountAPI(a.server.Router(), spec, handlers.New(a.pool, a.targets), auth.NewAuthenticator(verifier, a.pool, a.log), guard)
 	docs.Mount(a.server.Router())
 	return nil, nil
+}
+
+// DevAudience is the audience of the dev provider's tokens.
+const DevAudience = "flock-dev"
+
+// DevIssuer is where the dev provider lives: under the public URL, so
+// Swagger UI and other clients on this machine can discover it.
+func DevIssuer(publicURL string) string {
+	return strings.TrimRight(publicURL, "/") + "/dev/oidc"
+}
+
+// userTokenVerifier verifies tokens of the configured issuer, or in dev mode
+// without one, of the in-process dev provider, which it mounts.
+func (a *App) userTokenVerifier(ctx context.Context) (*oidcverify.Verifier, error) {
+	if a.cfg.OIDCIssuer != "" {
+		a.log.Info("store engine", "concern", "human identity", "engine", "oidc", "mode", "external", "issuer", a.cfg.OIDCIssuer)
+		return oidcverify.New(oidcverify.Config{Issuer: a.cfg.OIDCIssuer, Audience: a.cfg.OIDCAudience})
+	}
+	issuer := DevIssuer(a.cfg.PublicURL)
+	prov, err := devoidc.New(ctx, a.pool, issuer, DevAudience)
+	if err != nil {
+		return nil, fmt.Errorf("dev OIDC provider: %w", err)
+	}
+	h := prov.Handler()
+	prefix := strings.TrimRight(mustPath(issuer), "/")
+	a.server.Router().With(reqinfo.Label("dev-oidc")).Handle(prefix+"/*", http.StripPrefix(prefix, h))
+	a.log.Info("store engine", "concern", "human identity", "engine", "dev-oidc", "mode", "embedded", "issuer", issuer,
+		"hint", "flock-api dev-token --email you@example.com")
+	return oidcverify.New(oidcverify.Config{Issuer: issuer, Audience: DevAudience,
+		HTTPClient: &http.Client{Transport: devoidc.Transport(http.StripPrefix(prefix, h))}})
+}
+
+func mustPath(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "/"
+	}
+	return p.Path
 }
 
 // MountAPI wraps the strict server in spec validation and problem mapping
 // and routes every path under the spec's top-level prefixes (/v1, ...) to it,
 // so unknown paths there get the validator's 404 and known paths with a wrong
 // method its 405.
-func MountAPI(ctx context.Context, r chi.Router, s api.StrictServerInterface) error {
-	spec, err := restapi.LoadSpec(ctx, gen.OpenAPIYAML)
-	if err != nil {
-		return err
-	}
+func MountAPI(r chi.Router, spec *openapi3.T, s api.StrictServerInterface, authn *auth.Authenticator, guard *auth.Guard) {
+	ops := restapi.NewOperations(spec)
+	// The last middleware is the outermost: the operation is labelled
+	// before the guard may refuse the request.
 	strict := api.NewStrictHandlerWithOptions(s,
-		[]api.StrictMiddlewareFunc{restapi.StrictMiddleware[api.StrictHandlerFunc](restapi.NewOperations(spec))},
+		[]api.StrictMiddlewareFunc{
+			auth.StrictMiddleware[api.StrictHandlerFunc](guard, ops.ID),
+			restapi.StrictMiddleware[api.StrictHandlerFunc](ops),
+		},
 		api.StrictHTTPServerOptions{
 			RequestErrorHandlerFunc:  restapi.RequestError,
 			ResponseErrorHandlerFunc: restapi.ResponseError,
@@ -179,9 +251,8 @@ func MountAPI(ctx context.Context, r chi.Router, s api.StrictServerInterface) er
 		BaseRouter:       chi.NewRouter(),
 		ErrorHandlerFunc: restapi.RequestError,
 	})
-	validated := restapi.Validator(spec, restapi.Options{})(h)
+	handler := authn.Middleware(restapi.Validator(spec, restapi.Options{Authenticate: auth.RequirePrincipal})(h))
 	for _, p := range restapi.Prefixes(spec) {
-		r.Handle(p+"/*", validated)
+		r.Handle(p+"/*", handler)
 	}
-	return nil
 }

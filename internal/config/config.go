@@ -27,6 +27,10 @@ type Config struct {
 	LogFormat     string
 	ShutdownGrace time.Duration
 	ShutdownDelay time.Duration
+	PublicURL     string
+	OIDCIssuer    string
+	OIDCAudience  string
+	LokiURL       string
 }
 
 // Setting describes one configurable value.
@@ -78,6 +82,10 @@ func Register(fs *flag.FlagSet) *Settings {
 	add("log-level", "info", "log level: debug, info, warn or error", (*stringValue)(&c.LogLevel), false)
 	add("log-format", "", "log format: json or text (default json, text in dev mode)", (*stringValue)(&c.LogFormat), false)
 	add("shutdown-grace", "25s", "how long in-flight requests may take to finish after SIGTERM", (*durationValue)(&c.ShutdownGrace), false)
+	add("public-url", "http://127.0.0.1:8080", "how devices and users reach this deployment", (*stringValue)(&c.PublicURL), false)
+	add("oidc-issuer", "", "OpenID Connect issuer of user tokens (Zitadel); required outside dev mode", (*stringValue)(&c.OIDCIssuer), false)
+	add("oidc-audience", "", "audience user tokens must carry (Zitadel: the project id); required with an issuer", (*stringValue)(&c.OIDCAudience), false)
+	add("loki-url", "", "Loki push endpoint (http://loki:3100/loki/api/v1/push) that also receives the audit log; unset = PostgreSQL only", (*stringValue)(&c.LokiURL), true)
 	add("shutdown-delay", "0s", "how long /readyz reports 503 before draining starts (give load balancers time to notice)", (*durationValue)(&c.ShutdownDelay), false)
 	return s
 }
@@ -150,8 +158,45 @@ func (s *Settings) validate() error {
 	if c.ShutdownGrace <= 0 {
 		return &Error{Setting: s.name("shutdown-grace"), Err: errors.New("must be positive")}
 	}
+	if err := checkHTTPURL(c.PublicURL, true); err != nil {
+		return &Error{Setting: s.name("public-url"), Err: err}
+	}
+	if err := checkHTTPURL(c.OIDCIssuer, false); err != nil {
+		return &Error{Setting: s.name("oidc-issuer"), Err: err}
+	}
+	if c.OIDCIssuer != "" && c.OIDCAudience == "" {
+		return &Error{Setting: s.name("oidc-audience"), Err: errors.New("required with an issuer (Zitadel: the project id)")}
+	}
+	if err := checkHTTPURL(c.LokiURL, false); err != nil {
+		return &Error{Setting: s.name("loki-url"), Err: err}
+	}
 	if c.ShutdownDelay < 0 {
 		return &Error{Setting: s.name("shutdown-delay"), Err: errors.New("must not be negative")}
+	}
+	return nil
+}
+
+// CheckServe adds the checks that only matter for running the server (not
+// for --print-config or --list-targets): what must be set outside dev mode.
+func (s *Settings) CheckServe() error {
+	if s.cfg.OIDCIssuer == "" && !s.cfg.Dev {
+		return &Error{Setting: s.name("oidc-issuer"),
+			Err: errors.New("required outside dev mode (the OpenID Connect issuer, e.g. your Zitadel instance)")}
+	}
+	return nil
+}
+
+// checkHTTPURL accepts an absolute http(s) URL, or "" when not required.
+func checkHTTPURL(v string, required bool) error {
+	if v == "" {
+		if required {
+			return errors.New("required")
+		}
+		return nil
+	}
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%q: want an absolute http or https URL", v)
 	}
 	return nil
 }

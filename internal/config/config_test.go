@@ -103,3 +103,25 @@ func TestPrintRedactsSecrets(t *testing.T) {
 		t.Fatalf("print lacks the redacted URL or its source:\n%s", out.String())
 	}
 }
+
+func TestServeNeedsAnIssuerOutsideDevMode(t *testing.T) {
+	s, err := load(t, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CheckServe(); err == nil || !strings.HasPrefix(err.Error(), "invalid FLOCK_OIDC_ISSUER: required outside dev mode") {
+		t.Fatalf("CheckServe = %v", err)
+	}
+	s, err = load(t, []string{"--dev"}, nil)
+	if err != nil || s.CheckServe() != nil {
+		t.Fatalf("dev mode runs without an issuer: %v %v", err, s.CheckServe())
+	}
+	if _, err := load(t, nil, map[string]string{"FLOCK_OIDC_ISSUER": "https://id.example.com"}); err == nil ||
+		!strings.HasPrefix(err.Error(), "invalid FLOCK_OIDC_AUDIENCE: required") {
+		t.Fatalf("issuer without audience: %v", err)
+	}
+	if _, err := load(t, nil, map[string]string{"FLOCK_OIDC_ISSUER": "id.example.com"}); err == nil ||
+		!strings.HasPrefix(err.Error(), "invalid FLOCK_OIDC_ISSUER") {
+		t.Fatalf("issuer without scheme: %v", err)
+	}
+}

@@ -103,14 +103,19 @@ func GoName(operationID string) string {
 	return b.String()
 }
 
+// ID returns the operationId of a generated Go method name.
+func (ops Operations) ID(goName string) string {
+	if id, ok := ops[goName]; ok {
+		return id
+	}
+	return goName
+}
+
 // StrictMiddleware records the operationId of requests that passed
 // validation; pass it to the generated NewStrictHandlerWithOptions.
 func StrictMiddleware[F ~func(context.Context, http.ResponseWriter, *http.Request, any) (any, error)](ops Operations) func(F, string) F {
 	return func(f F, goName string) F {
-		id, ok := ops[goName]
-		if !ok {
-			id = goName
-		}
+		id := ops.ID(goName)
 		return func(ctx context.Context, w http.ResponseWriter, r *http.Request, req any) (any, error) {
 			reqinfo.SetOperation(ctx, id)
 			return f(ctx, w, r, req)
@@ -149,6 +154,11 @@ func FromValidation(r *http.Request, err error, spec *openapi3.T) *problem.Error
 			"the request body exceeds the limit of %d bytes", maxErr.Limit)
 	}
 
+	if isSecurityError(err) {
+		return &problem.Error{Status: http.StatusUnauthorized, Code: "unauthorized",
+			Detail: "this operation needs a bearer token or an API key",
+			Header: http.Header{"WWW-Authenticate": {`Bearer`}}}
+	}
 	var fields []problem.FieldError
 	var other []string
 	for _, re := range requestErrors(err) {
@@ -174,12 +184,6 @@ func FromValidation(r *http.Request, err error, spec *openapi3.T) *problem.Error
 			other = append(other, re.Error())
 		}
 	}
-	var secErr *openapi3filter.SecurityRequirementsError
-	if errors.As(err, &secErr) {
-		return &problem.Error{Status: http.StatusUnauthorized, Code: "unauthorized",
-			Detail: "missing or invalid credentials", Err: err,
-			Header: http.Header{"WWW-Authenticate": {`Bearer`}}}
-	}
 	if len(fields) == 0 && len(other) == 0 {
 		other = append(other, err.Error())
 	}
@@ -191,6 +195,21 @@ func FromValidation(r *http.Request, err error, spec *openapi3.T) *problem.Error
 		detail = strings.Join(other, "; ")
 	}
 	return &problem.Error{Status: http.StatusBadRequest, Code: "validation_failed", Detail: detail, Errors: fields}
+}
+
+// isSecurityError finds a failed security requirement at the top of the
+// validator's error: authentication is reported before anything else.
+func isSecurityError(err error) bool {
+	errs := []error{err}
+	if me, ok := err.(openapi3.MultiError); ok {
+		errs = me
+	}
+	for _, e := range errs {
+		if _, ok := e.(*openapi3filter.SecurityRequirementsError); ok {
+			return true
+		}
+	}
+	return false
 }
 
 func describe(f problem.FieldError) string {

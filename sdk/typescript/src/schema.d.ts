@@ -25,6 +25,205 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/me": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The signed-in user
+         * @description The user behind the bearer token, with their organisations and roles. Needs a user token, not an API key.
+         */
+        get: operations["me:get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orgs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * My organisations
+         * @description The organisations the caller belongs to (for an API key, its own organisation), oldest first.
+         */
+        get: operations["org:list"];
+        put?: never;
+        /**
+         * Create an organisation
+         * @description The caller becomes its owner. Needs a user token.
+         */
+        post: operations["org:create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orgs/{orgId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        /** An organisation */
+        get: operations["org:get"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete an organisation
+         * @description Deletes the organisation with its members and API keys. Owners only.
+         */
+        delete: operations["org:delete"];
+        options?: never;
+        head?: never;
+        /** Rename an organisation */
+        patch: operations["org:update"];
+        trace?: never;
+    };
+    "/v1/orgs/{orgId}/members": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        /** Members of an organisation */
+        get: operations["member:list"];
+        put?: never;
+        /**
+         * Add a member
+         * @description Adds a person by email with a role no higher than the caller's. A person
+         *     who has never signed in is added too and linked when they first sign in
+         *     with that verified email.
+         */
+        post: operations["member:create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orgs/{orgId}/members/{userId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+                /** @description The user's id. */
+                userId: components["parameters"]["UserId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Remove a member
+         * @description Admins remove members who do not outrank them; anyone may leave. The last owner cannot be removed.
+         */
+        delete: operations["member:delete"];
+        options?: never;
+        head?: never;
+        /**
+         * Change a member's role
+         * @description Nobody can raise a role above their own or change a member who outranks them; the last owner cannot be demoted.
+         */
+        patch: operations["member:update"];
+        trace?: never;
+    };
+    "/v1/orgs/{orgId}/api-keys": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * API keys of an organisation
+         * @description Keys without their secrets, newest first.
+         */
+        get: operations["api-key:list"];
+        put?: never;
+        /**
+         * Create an API key
+         * @description The secret is in this response only. The key's role is at most its creator's.
+         */
+        post: operations["api-key:create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orgs/{orgId}/api-keys/{keyId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+                /** @description The API key's id. */
+                keyId: components["parameters"]["KeyId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Revoke an API key
+         * @description The key stops working at once. Developers may revoke the keys they created; admins any key.
+         */
+        delete: operations["api-key:delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orgs/{orgId}/audit-events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * The audit log of an organisation
+         * @description Every change made in the organisation, newest first.
+         */
+        get: operations["audit-event:list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -119,6 +318,166 @@ export interface components {
              */
             schema_version: number;
         };
+        User: {
+            /** Format: uuid */
+            id: string;
+            /**
+             * Format: email
+             * @example alice@example.com
+             */
+            email: string;
+            /** @example Alice Example */
+            name: string;
+            /** Format: date-time */
+            created_at: string;
+        };
+        /**
+         * @description A member's role in an organisation, from least to most: viewer (reads),
+         *     developer (also changes fleets, devices and releases), admin (also manages
+         *     members and API keys, reads the audit log), owner (also deletes the
+         *     organisation and manages owners).
+         * @enum {string}
+         */
+        Role: "viewer" | "developer" | "admin" | "owner";
+        Membership: {
+            /** Format: uuid */
+            org_id: string;
+            org_name: string;
+            role: components["schemas"]["Role"];
+        };
+        /** @description The signed-in user and the organisations they belong to. */
+        Me: {
+            user: components["schemas"]["User"];
+            memberships: components["schemas"]["Membership"][];
+        };
+        /**
+         * @description A display name; it need not be unique.
+         * @example Acme Robotics
+         */
+        OrgName: string;
+        Org: {
+            /** Format: uuid */
+            id: string;
+            name: components["schemas"]["OrgName"];
+            role: components["schemas"]["Role"];
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            updated_at: string;
+        };
+        OrgPage: {
+            items: components["schemas"]["Org"][];
+            /** @description Pass as `cursor` for the next page; absent on the last page. */
+            next_cursor?: string;
+        };
+        OrgCreate: {
+            name: components["schemas"]["OrgName"];
+        };
+        OrgUpdate: {
+            name?: components["schemas"]["OrgName"];
+        };
+        Member: {
+            user: components["schemas"]["User"];
+            role: components["schemas"]["Role"];
+            /** Format: date-time */
+            created_at: string;
+        };
+        MemberPage: {
+            items: components["schemas"]["Member"][];
+            next_cursor?: string;
+        };
+        MemberCreate: {
+            /**
+             * Format: email
+             * @description The person's email. Someone who has not signed in yet becomes a member
+             *     as soon as they sign in with this (verified) email.
+             */
+            email: string;
+            role: components["schemas"]["Role"];
+        };
+        MemberUpdate: {
+            role: components["schemas"]["Role"];
+        };
+        ApiKey: {
+            /** Format: uuid */
+            id: string;
+            name: string;
+            role: components["schemas"]["Role"];
+            /**
+             * @description The first characters of the secret, to tell keys apart.
+             * @example flk_3f9c2ab1
+             */
+            prefix: string;
+            /**
+             * Format: uuid
+             * @description The user who created the key.
+             */
+            created_by?: string;
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            expires_at?: string;
+            /**
+             * Format: date-time
+             * @description When the key last authenticated a request (to the minute).
+             */
+            last_used_at?: string;
+        };
+        ApiKeyPage: {
+            items: components["schemas"]["ApiKey"][];
+            next_cursor?: string;
+        };
+        ApiKeyCreate: {
+            name: string;
+            role: components["schemas"]["Role"];
+            /**
+             * Format: date-time
+             * @description When the key stops working; omit for a key that does not expire.
+             */
+            expires_at?: string;
+        };
+        ApiKeyCreated: components["schemas"]["ApiKey"] & {
+            /**
+             * @description The key itself, shown only in this response; send it as
+             *     `Authorization: Bearer <secret>`. Flock keeps only its hash.
+             * @example flk_3f9c2ab1d0e44c5b8e0f7a6b5c4d3e2f_Q2hhbmdlIG1lIQ
+             */
+            secret: string;
+        };
+        /** @description Who made a change. */
+        Actor: {
+            /** @enum {string} */
+            type: "user" | "api_key";
+            /** Format: uuid */
+            id: string;
+            /** @description The user's email or the API key's name, as it was at the time. */
+            label: string;
+        };
+        AuditEvent: {
+            /** Format: uuid */
+            id: string;
+            /** Format: date-time */
+            time: string;
+            /** Format: uuid */
+            org_id: string;
+            actor: components["schemas"]["Actor"];
+            /**
+             * @description The operationId of the request, e.g. `member:create`.
+             * @example member:create
+             */
+            operation: string;
+            /** @description The id of the resource the request changed, when there is one. */
+            target_id?: string;
+            request_id: string;
+            /** @enum {string} */
+            outcome: "success" | "failure";
+            /** @description The HTTP status the request got. */
+            status: number;
+        };
+        AuditEventPage: {
+            items: components["schemas"]["AuditEvent"][];
+            next_cursor?: string;
+        };
     };
     responses: {
         /** @description An error, as an RFC 9457 problem document. */
@@ -131,7 +490,18 @@ export interface components {
             };
         };
     };
-    parameters: never;
+    parameters: {
+        /** @description The most items to return in one page. */
+        Limit: number;
+        /** @description The `next_cursor` of the previous page; omit for the first page. */
+        Cursor: string;
+        /** @description The organisation's id. */
+        OrgId: string;
+        /** @description The user's id. */
+        UserId: string;
+        /** @description The API key's id. */
+        KeyId: string;
+    };
     requestBodies: never;
     headers: never;
     pathItems: never;
@@ -154,6 +524,377 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Version"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "me:get": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The user. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Me"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "org:list": {
+        parameters: {
+            query?: {
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of organisations. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrgPage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "org:create": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["OrgCreate"];
+            };
+        };
+        responses: {
+            /** @description The new organisation. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Org"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "org:get": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The organisation. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Org"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "org:delete": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "org:update": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["OrgUpdate"];
+            };
+        };
+        responses: {
+            /** @description The updated organisation. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Org"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "member:list": {
+        parameters: {
+            query?: {
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of members, oldest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MemberPage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "member:create": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MemberCreate"];
+            };
+        };
+        responses: {
+            /** @description The new member. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Member"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "member:delete": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+                /** @description The user's id. */
+                userId: components["parameters"]["UserId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Removed. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "member:update": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+                /** @description The user's id. */
+                userId: components["parameters"]["UserId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MemberUpdate"];
+            };
+        };
+        responses: {
+            /** @description The updated member. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Member"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "api-key:list": {
+        parameters: {
+            query?: {
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of keys. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiKeyPage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "api-key:create": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ApiKeyCreate"];
+            };
+        };
+        responses: {
+            /** @description The new key with its secret. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ApiKeyCreated"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "api-key:delete": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+                /** @description The API key's id. */
+                keyId: components["parameters"]["KeyId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Revoked. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "audit-event:list": {
+        parameters: {
+            query?: {
+                /** @description Only events at or after this time. */
+                since?: string;
+                /** @description Only events before this time. */
+                until?: string;
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of events. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditEventPage"];
                 };
             };
             default: components["responses"]["Problem"];

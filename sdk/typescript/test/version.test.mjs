@@ -25,3 +25,18 @@ test("errors arrive as problem documents", { skip: !baseUrl && "FLOCK_API_URL is
   assert.equal(body.code, "not_found");
   assert.equal(body.request_id, res.headers.get("x-request-id"));
 });
+
+const token = process.env.FLOCK_API_TOKEN;
+
+test("authenticated calls carry the bearer token", { skip: !(baseUrl && token) && "FLOCK_API_URL or FLOCK_API_TOKEN is not set" }, async () => {
+  const client = createFlockClient(baseUrl, { headers: { Authorization: `Bearer ${token}` } });
+  const { data, error, response } = await client.GET("/v1/me");
+  assert.equal(error, undefined, JSON.stringify(error));
+  assert.equal(response.status, 200);
+  assert.match(data.user.email, /@/);
+
+  const anonymous = createFlockClient(baseUrl);
+  const denied = await anonymous.GET("/v1/me");
+  assert.equal(denied.response.status, 401);
+  assert.equal(denied.error.code, "unauthorized");
+});

@@ -1,0 +1,44 @@
+package orgs
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/flock-io/flock-api/gen/api"
+	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/auth"
+	"github.com/flock-io/flock-api/internal/pagination"
+)
+
+// OrgList lists the caller's organisations; an API key sees its own.
+func (h *Orgs) OrgList(ctx context.Context, req api.OrgListRequestObject) (api.OrgListResponseObject, error) {
+	p := auth.AccessFrom(ctx).Principal
+	q := db.New(h.Pool)
+	if p.Kind == auth.KindAPIKey {
+		o, err := q.OrgByID(ctx, p.KeyOrg)
+		if err != nil {
+			return nil, fmt.Errorf("load org %s: %w", p.KeyOrg, err)
+		}
+		return api.OrgList200JSONResponse{Items: []api.Org{org(o, p.KeyRole)}}, nil
+	}
+	afterT, afterID, err := pagination.Decode(req.Params.Cursor)
+	if err != nil {
+		return nil, err
+	}
+	limit := pagination.Limit(req.Params.Limit)
+	rows, err := q.OrgListForUser(ctx, db.OrgListForUserParams{UserID: p.UserID, AfterTime: afterT, AfterID: afterID, MaxRows: limit + 1})
+	if err != nil {
+		return nil, fmt.Errorf("list orgs of %s: %w", p.UserID, err)
+	}
+	page := api.OrgList200JSONResponse{Items: make([]api.Org, 0, len(rows))}
+	if len(rows) > int(limit) {
+		rows = rows[:limit]
+		last := rows[len(rows)-1]
+		next := pagination.Encode(last.CreatedAt, last.ID)
+		page.NextCursor = &next
+	}
+	for _, r := range rows {
+		page.Items = append(page.Items, org(db.Org{ID: r.ID, Name: r.Name, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}, r.Role))
+	}
+	return page, nil
+}

@@ -1,0 +1,159 @@
+package handlers_test
+
+import (
+	"net/http"
+	"sort"
+	"testing"
+
+	"github.com/getkin/kin-openapi/openapi3"
+
+	"github.com/flock-io/flock-api/gen"
+	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/handlers"
+	"github.com/flock-io/flock-api/internal/auth"
+	"github.com/flock-io/flock-api/internal/testutil/apptest"
+)
+
+func specOperations(t *testing.T) []string {
+	t.Helper()
+	spec, err := openapi3.NewLoader().LoadFromData(gen.OpenAPIYAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ops []string
+	for _, item := range spec.Paths.Map() {
+		for _, op := range item.Operations() {
+			ops = append(ops, op.OperationID)
+		}
+	}
+	sort.Strings(ops)
+	return ops
+}
+
+// TestPolicyCoversEveryOperation walks the embedded spec: an operation added
+// without an access rule fails here (and the server refuses to start).
+func TestPolicyCoversEveryOperation(t *testing.T) {
+	ops := specOperations(t)
+	inSpec := map[string]bool{}
+	for _, op := range ops {
+		inSpec[op] = true
+		rule, ok := handlers.Policy[op]
+		if !ok {
+			t.Errorf("operation %s has no entry in handlers.Policy", op)
+			continue
+		}
+		if rule.Level == auth.OrgRole && rule.MinRole == "" {
+			t.Errorf("operation %s needs a role but names none", op)
+		}
+	}
+	for op := range handlers.Policy {
+		if !inSpec[op] {
+			t.Errorf("handlers.Policy names %s, which the spec does not have", op)
+		}
+	}
+}
+
+// fixture builds one valid request for an operation in a world. minRole
+// overrides the policy's least role where the handler is stricter for this
+// request (acting on someone else's member or key).
+type fixture struct {
+	req     func(w *world) (method, path string, body any)
+	minRole db.OrgRole
+}
+
+var fixtures = map[string]fixture{
+	"version:get": {req: func(w *world) (string, string, any) { return "GET", "/v1/version", nil }},
+	"me:get":      {req: func(w *world) (string, string, any) { return "GET", "/v1/me", nil }},
+	"org:list":    {req: func(w *world) (string, string, any) { return "GET", "/v1/orgs", nil }},
+	"org:create": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/orgs", map[string]any{"name": "New"}
+	}},
+	"org:get": {req: func(w *world) (string, string, any) { return "GET", "/v1/orgs/" + w.org, nil }},
+	"org:update": {req: func(w *world) (string, string, any) {
+		return "PATCH", "/v1/orgs/" + w.org, map[string]any{"name": "Renamed"}
+	}},
+	"org:delete":  {req: func(w *world) (string, string, any) { return "DELETE", "/v1/orgs/" + w.org, nil }},
+	"member:list": {req: func(w *world) (string, string, any) { return "GET", "/v1/orgs/" + w.org + "/members", nil }},
+	"member:create": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/orgs/" + w.org + "/members", map[string]any{"email": "new@example.com", "role": "viewer"}
+	}},
+	"member:update": {req: func(w *world) (string, string, any) {
+		return "PATCH", "/v1/orgs/" + w.org + "/members/" + w.victimID, map[string]any{"role": "viewer"}
+	}},
+	"member:delete": {minRole: db.OrgRoleAdmin, req: func(w *world) (string, string, any) {
+		return "DELETE", "/v1/orgs/" + w.org + "/members/" + w.victimID, nil
+	}},
+	"api-key:list": {req: func(w *world) (string, string, any) { return "GET", "/v1/orgs/" + w.org + "/api-keys", nil }},
+	"api-key:create": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/orgs/" + w.org + "/api-keys", map[string]any{"name": "deploy", "role": "viewer"}
+	}},
+	"api-key:delete": {minRole: db.OrgRoleAdmin, req: func(w *world) (string, string, any) {
+		return "DELETE", "/v1/orgs/" + w.org + "/api-keys/" + w.ownerKeyID, nil
+	}},
+	"audit-event:list": {req: func(w *world) (string, string, any) { return "GET", "/v1/orgs/" + w.org + "/audit-events", nil }},
+}
+
+var callers = []string{"owner", "admin", "developer", "viewer", "outsider", "anonymous"}
+
+// expect is the status class a caller must get: "ok" (2xx) or an exact status.
+func expect(rule auth.Rule, fx fixture, caller string) int {
+	if rule.Level == auth.Public {
+		return 0
+	}
+	if caller == "anonymous" {
+		return http.StatusUnauthorized
+	}
+	if rule.Level != auth.OrgRole {
+		return 0
+	}
+	if caller == "outsider" {
+		return http.StatusNotFound
+	}
+	min := rule.MinRole
+	if fx.minRole != "" {
+		min = fx.minRole
+	}
+	if !auth.AtLeast(db.OrgRole(caller), min) {
+		return http.StatusForbidden
+	}
+	return 0
+}
+
+// TestRBACMatrix checks allow and deny for every caller on every operation.
+func TestRBACMatrix(t *testing.T) {
+	srv := apptest.Start(t)
+	shared := newWorld(t, srv) // reads do not change the world
+	for _, op := range specOperations(t) {
+		fx, ok := fixtures[op]
+		if !ok {
+			t.Errorf("operation %s has no fixture in the RBAC matrix", op)
+			continue
+		}
+		rule := handlers.Policy[op]
+		for _, caller := range callers {
+			t.Run(op+"/"+caller, func(t *testing.T) {
+				w := shared
+				if rule.Write {
+					w = newWorld(t, srv)
+				}
+				method, path, body := fx.req(w)
+				status, hdr, out := call(t, srv, method, path, w.token(caller), body)
+				want := expect(rule, fx, caller)
+				switch {
+				case want == 0 && status/100 != 2:
+					t.Fatalf("%s as %s = %d, want success: %v", op, caller, status, out)
+				case want != 0 && status != want:
+					t.Fatalf("%s as %s = %d, want %d: %v", op, caller, status, want, out)
+				}
+				if status == http.StatusUnauthorized && hdr.Get("WWW-Authenticate") == "" {
+					t.Error("401 without WWW-Authenticate")
+				}
+				if status == http.StatusForbidden {
+					if d, _ := out["detail"].(string); d == "" {
+						t.Error("403 without a detail naming the role needed")
+					}
+				}
+			})
+		}
+	}
+}

@@ -1,0 +1,280 @@
+package auth
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/auth/oidcverify"
+	"github.com/flock-io/flock-api/internal/problem"
+)
+
+// Authenticator resolves the Authorization header to a Principal. A request
+// without the header passes on anonymous (the Guard decides whether the
+// operation allows that); a request with a bad credential is refused here,
+// whatever it asks for.
+type Authenticator struct {
+	verifier *oidcverify.Verifier
+	pool     *pgxpool.Pool
+	log      *slog.Logger
+	users    userCache
+	tokens   tokenCache
+}
+
+// NewAuthenticator verifies user tokens with v and looks up users and API
+// keys in pool.
+func NewAuthenticator(v *oidcverify.Verifier, pool *pgxpool.Pool, log *slog.Logger) *Authenticator {
+	return &Authenticator{verifier: v, pool: pool, log: log, users: userCache{m: map[string]cachedUser{}},
+		tokens: tokenCache{m: map[[32]byte]cachedToken{}}}
+}
+
+// Middleware stores the caller's Principal in the request context.
+func (a *Authenticator) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		header := r.Header.Get("Authorization")
+		if header == "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		p, err := a.Authenticate(r.Context(), header)
+		if err != nil {
+			problem.Write(w, r, err)
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(WithPrincipal(r.Context(), p)))
+	})
+}
+
+// invalidToken is the 401 for a credential that was sent but is no good
+// (RFC 6750 §3.1).
+func invalidToken(detail string, cause error) *problem.Error {
+	return &problem.Error{Status: http.StatusUnauthorized, Code: "invalid_token", Detail: detail, Err: cause,
+		Header: http.Header{"WWW-Authenticate": {fmt.Sprintf(`Bearer error="invalid_token", error_description=%q`, detail)}}}
+}
+
+// Authenticate resolves an Authorization header value.
+func (a *Authenticator) Authenticate(ctx context.Context, header string) (*Principal, error) {
+	scheme, token, ok := strings.Cut(header, " ")
+	token = strings.TrimSpace(token)
+	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+		return nil, &problem.Error{Status: http.StatusUnauthorized, Code: "invalid_request",
+			Detail: "the Authorization header must be `Bearer <token>`",
+			Header: http.Header{"WWW-Authenticate": {`Bearer error="invalid_request"`}}}
+	}
+	if strings.HasPrefix(token, APIKeyPrefix) {
+		return a.apiKey(ctx, token)
+	}
+	if a.verifier == nil {
+		return nil, invalidToken("this deployment accepts only API keys", nil)
+	}
+	claims, ok := a.tokens.get(token)
+	if !ok {
+		var err error
+		claims, err = a.verifier.Verify(ctx, token)
+		switch {
+		case errors.Is(err, oidcverify.ErrInvalidToken):
+			return nil, invalidToken(err.Error(), err)
+		case errors.Is(err, oidcverify.ErrUnavailable):
+			return nil, &problem.Error{Status: http.StatusServiceUnavailable, Code: "unavailable",
+				Detail: "the identity provider cannot be reached to verify the token; retry shortly", Err: err,
+				Header: http.Header{"Retry-After": {"5"}}}
+		case err != nil:
+			return nil, fmt.Errorf("verify token: %w", err)
+		}
+		a.tokens.put(token, claims)
+	}
+	return a.user(ctx, claims)
+}
+
+func (a *Authenticator) apiKey(ctx context.Context, secret string) (*Principal, error) {
+	id, err := parseAPIKey(secret)
+	if err != nil {
+		return nil, invalidToken("malformed API key", err)
+	}
+	q := db.New(a.pool)
+	k, err := q.ApiKeyByID(ctx, id)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && !secretMatches(secret, k.SecretHash)) {
+		return nil, invalidToken("unknown or revoked API key", nil)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load API key %s: %w", id, err)
+	}
+	if k.ExpiresAt != nil && !k.ExpiresAt.After(time.Now()) {
+		return nil, invalidToken("API key expired at "+k.ExpiresAt.UTC().Format(time.RFC3339), nil)
+	}
+	if k.LastUsedAt == nil || time.Since(*k.LastUsedAt) > time.Minute {
+		if err := q.ApiKeyTouch(ctx, k.ID); err != nil {
+			a.log.WarnContext(ctx, "record API key use", "key_id", k.ID, "error", err.Error())
+		}
+	}
+	return &Principal{Kind: KindAPIKey, KeyID: k.ID, KeyName: k.Name, KeyOrg: k.OrgID, KeyRole: k.Role}, nil
+}
+
+// user maps verified claims to a user row, creating it on the first request
+// of a new subject, or claiming the row of someone added by email before
+// they ever signed in.
+func (a *Authenticator) user(ctx context.Context, c *oidcverify.Claims) (*Principal, error) {
+	key := c.Issuer + "\x00" + c.Subject
+	if u, ok := a.users.get(key); ok && u.email == c.Email && u.name == c.Name {
+		return &Principal{Kind: KindUser, UserID: u.id, Email: u.email}, nil
+	}
+	q := db.New(a.pool)
+	issuer, subject := &c.Issuer, &c.Subject
+	u, err := q.UserByIdentity(ctx, db.UserByIdentityParams{Issuer: issuer, Subject: subject})
+	switch {
+	case err == nil:
+		if u.Email != c.Email || u.Name != c.Name {
+			if err := q.UserUpdateProfile(ctx, db.UserUpdateProfileParams{ID: u.ID, Email: c.Email, Name: c.Name}); err != nil {
+				if isUniqueViolation(err) {
+					return nil, invalidToken("the token's email belongs to another account", err)
+				}
+				return nil, fmt.Errorf("update user %s: %w", u.ID, err)
+			}
+			u.Email, u.Name = c.Email, c.Name
+		}
+	case errors.Is(err, pgx.ErrNoRows):
+		u, err = a.firstSignIn(ctx, q, c)
+		if err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("load user %s: %w", c.Subject, err)
+	}
+	a.users.put(key, cachedUser{id: u.ID, email: u.Email, name: u.Name})
+	return &Principal{Kind: KindUser, UserID: u.ID, Email: u.Email}, nil
+}
+
+func (a *Authenticator) firstSignIn(ctx context.Context, q *db.Queries, c *oidcverify.Claims) (db.User, error) {
+	issuer, subject := &c.Issuer, &c.Subject
+	if c.EmailVerified {
+		u, err := q.UserClaimByEmail(ctx, db.UserClaimByEmailParams{Issuer: issuer, Subject: subject, Name: c.Name, Email: c.Email})
+		if err == nil {
+			a.log.InfoContext(ctx, "invited user signed in", "user_id", u.ID, "email", u.Email)
+			return u, nil
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return db.User{}, fmt.Errorf("claim user %s: %w", c.Email, err)
+		}
+	}
+	u, err := q.UserCreateFromIdentity(ctx, db.UserCreateFromIdentityParams{Issuer: issuer, Subject: subject, Email: c.Email, Name: c.Name})
+	switch {
+	case err == nil:
+		a.log.InfoContext(ctx, "user created on first sign-in", "user_id", u.ID, "email", u.Email)
+		return u, nil
+	case errors.Is(err, pgx.ErrNoRows):
+		// A concurrent first request created it.
+		return q.UserByIdentity(ctx, db.UserByIdentityParams{Issuer: issuer, Subject: subject})
+	case isUniqueViolation(err):
+		return db.User{}, invalidToken("the token's email belongs to another account", err)
+	default:
+		return db.User{}, fmt.Errorf("create user %s: %w", c.Email, err)
+	}
+}
+
+func isUniqueViolation(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505"
+}
+
+// userCache remembers which user an (issuer, subject) is. That mapping never
+// changes, so only a changed email or name sends a request to the database;
+// roles are never cached.
+type userCache struct {
+	mu sync.RWMutex
+	m  map[string]cachedUser
+}
+
+type cachedUser struct {
+	id          uuid.UUID
+	email, name string
+}
+
+const userCacheSize = 10000
+
+func (c *userCache) get(k string) (cachedUser, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	u, ok := c.m[k]
+	return u, ok
+}
+
+func (c *userCache) put(k string, u cachedUser) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= userCacheSize {
+		for old := range c.m { // random eviction is enough for a bound
+			delete(c.m, old)
+			break
+		}
+	}
+	c.m[k] = u
+}
+
+// tokenCache remembers tokens that verified, for at most a minute and never
+// past their expiry: a client sends the same token for many requests, and an
+// RSA verification costs far more than the rest of a request. A key removed
+// from the issuer stops being honoured within that minute at the latest.
+type tokenCache struct {
+	mu sync.RWMutex
+	m  map[[32]byte]cachedToken
+}
+
+type cachedToken struct {
+	claims *oidcverify.Claims
+	until  time.Time
+}
+
+const (
+	tokenCacheSize = 10000
+	tokenCacheTTL  = time.Minute
+)
+
+func (c *tokenCache) get(token string) (*oidcverify.Claims, bool) {
+	k := sha256Key(token)
+	c.mu.RLock()
+	e, ok := c.m[k]
+	c.mu.RUnlock()
+	if !ok || !time.Now().Before(e.until) {
+		return nil, false
+	}
+	return e.claims, true
+}
+
+func (c *tokenCache) put(token string, claims *oidcverify.Claims) {
+	until := time.Now().Add(tokenCacheTTL)
+	if claims.Expiry.Before(until) {
+		until = claims.Expiry
+	}
+	k := sha256Key(token)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= tokenCacheSize {
+		now := time.Now()
+		for old, e := range c.m { // drop the expired, or one at random when none are
+			if !now.Before(e.until) {
+				delete(c.m, old)
+			}
+		}
+		for old := range c.m {
+			if len(c.m) < tokenCacheSize {
+				break
+			}
+			delete(c.m, old)
+		}
+	}
+	c.m[k] = cachedToken{claims: claims, until: until}
+}
+
+func sha256Key(token string) [32]byte { return sha256.Sum256([]byte(token)) }

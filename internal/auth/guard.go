@@ -1,0 +1,241 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/go-chi/chi/v5"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/audit"
+	"github.com/flock-io/flock-api/internal/dbtx"
+	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/reqinfo"
+)
+
+// Level is who may call an operation at all.
+type Level int
+
+const (
+	// Public operations need no credentials.
+	Public Level = iota + 1
+	// Authenticated operations take any user or API key.
+	Authenticated
+	// UserOnly operations take a user's token, never an API key.
+	UserOnly
+	// OrgRole operations act in the organisation of the {orgId} path
+	// parameter and need at least Rule.MinRole there.
+	OrgRole
+)
+
+// Rule is the access policy of one operation.
+type Rule struct {
+	Level   Level
+	MinRole db.OrgRole
+	// Write operations run in one transaction with their audit record.
+	Write bool
+	// NoAPIKeys refuses API keys on an OrgRole operation (a key must not
+	// mint keys that outlive it).
+	NoAPIKeys bool
+}
+
+// Policy maps every operationId of the API to its rule.
+type Policy map[string]Rule
+
+// Guard enforces a Policy in front of the handlers.
+type Guard struct {
+	policy   Policy
+	pool     *pgxpool.Pool
+	recorder *audit.Recorder
+	log      *slog.Logger
+	success  map[string]int    // operationId -> its 2xx status
+	target   map[string]string // operationId -> its last path parameter
+}
+
+// NewGuard checks that policy covers every operation of spec, so an
+// operation added to the spec without a rule stops the process from starting
+// (and fails the policy test) instead of going out unguarded.
+func NewGuard(spec *openapi3.T, policy Policy, pool *pgxpool.Pool, rec *audit.Recorder, log *slog.Logger) (*Guard, error) {
+	g := &Guard{policy: policy, pool: pool, recorder: rec, log: log, success: map[string]int{}, target: map[string]string{}}
+	var missing []string
+	for path, item := range spec.Paths.Map() {
+		for _, op := range item.Operations() {
+			rule, ok := policy[op.OperationID]
+			if !ok {
+				missing = append(missing, op.OperationID)
+				continue
+			}
+			if rule.Level == OrgRole && !strings.Contains(path, "{orgId}") {
+				return nil, fmt.Errorf("policy of %s needs {orgId} in its path %s", op.OperationID, path)
+			}
+			for code := range op.Responses.Map() {
+				if n, err := strconv.Atoi(code); err == nil && n/100 == 2 {
+					g.success[op.OperationID] = n
+				}
+			}
+			if i := strings.LastIndex(path, "{"); i >= 0 {
+				g.target[op.OperationID] = strings.TrimSuffix(path[i+1:], "}")
+			}
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		return nil, fmt.Errorf("operations without an access rule: %s", strings.Join(missing, ", "))
+	}
+	return g, nil
+}
+
+// Operation maps a generated Go method name to its operationId.
+type Operation func(goName string) string
+
+// StrictMiddleware returns the generated strict server's middleware that
+// enforces the policy; opID maps the Go method names it is given back to
+// operationIds.
+func StrictMiddleware[F ~func(context.Context, http.ResponseWriter, *http.Request, any) (any, error)](g *Guard, opID Operation) func(F, string) F {
+	return func(f F, goName string) F {
+		op := opID(goName)
+		return func(ctx context.Context, w http.ResponseWriter, r *http.Request, req any) (any, error) {
+			return g.serve(ctx, r, op, func(ctx context.Context) (any, error) { return f(ctx, w, r, req) })
+		}
+	}
+}
+
+var errAuthRequired = &problem.Error{Status: http.StatusUnauthorized, Code: "unauthorized",
+	Detail: "this operation needs a bearer token or an API key",
+	Header: http.Header{"WWW-Authenticate": {`Bearer`}}}
+
+func (g *Guard) serve(ctx context.Context, r *http.Request, op string, next func(context.Context) (any, error)) (any, error) {
+	rule, ok := g.policy[op]
+	if !ok {
+		return nil, fmt.Errorf("operation %s has no access rule", op)
+	}
+	if rule.Level == Public {
+		return next(ctx)
+	}
+	p := PrincipalFrom(ctx)
+	if p == nil {
+		return nil, errAuthRequired
+	}
+	acc := &Access{Principal: p, Operation: op}
+	switch rule.Level {
+	case UserOnly:
+		if p.Kind != KindUser {
+			return nil, problem.Errorf(http.StatusForbidden, "forbidden", "%s needs a user's token; API keys cannot call it", op)
+		}
+	case OrgRole:
+		orgID, err := uuid.Parse(chi.URLParam(r, "orgId"))
+		if err != nil {
+			return nil, problem.Errorf(http.StatusNotFound, "not_found", "organisation %s not found", chi.URLParam(r, "orgId"))
+		}
+		role, err := g.roleIn(ctx, p, orgID)
+		if err != nil {
+			return nil, err
+		}
+		acc.OrgID, acc.Role = orgID, role
+		if rule.NoAPIKeys && p.Kind == KindAPIKey {
+			return nil, problem.Errorf(http.StatusForbidden, "forbidden", "%s needs a user's token; API keys cannot call it", op)
+		}
+		if !AtLeast(role, rule.MinRole) {
+			denied := problem.Errorf(http.StatusForbidden, "forbidden",
+				"%s needs the %s role or higher in this organisation; you have %s", op, rule.MinRole, role)
+			if rule.Write {
+				g.recordFailure(ctx, r, acc, denied)
+			}
+			return nil, denied
+		}
+	}
+	ctx = withAccess(ctx, acc)
+	if !rule.Write {
+		return next(ctx)
+	}
+	return g.write(ctx, r, acc, next)
+}
+
+// roleIn is the caller's role in org; a non-member gets 404 so that the
+// existence of other organisations is never revealed.
+func (g *Guard) roleIn(ctx context.Context, p *Principal, org uuid.UUID) (db.OrgRole, error) {
+	notFound := problem.Errorf(http.StatusNotFound, "not_found", "organisation %s not found", org)
+	if p.Kind == KindAPIKey {
+		if p.KeyOrg != org {
+			return "", notFound
+		}
+		return p.KeyRole, nil
+	}
+	role, err := db.New(g.pool).MembershipRole(ctx, db.MembershipRoleParams{OrgID: org, UserID: p.UserID})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", notFound
+	}
+	if err != nil {
+		return "", fmt.Errorf("load membership in %s: %w", org, err)
+	}
+	return role, nil
+}
+
+// write runs a changing operation and its audit record in one transaction.
+func (g *Guard) write(ctx context.Context, r *http.Request, acc *Access, next func(context.Context) (any, error)) (any, error) {
+	tx, err := g.pool.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("begin %s: %w", acc.Operation, err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
+	resp, err := next(dbtx.With(ctx, tx))
+	if err != nil {
+		_ = tx.Rollback(ctx)
+		g.recordFailure(ctx, r, acc, err)
+		return nil, err
+	}
+	ev := g.event(ctx, r, acc, audit.Success, g.success[acc.Operation])
+	if acc.OrgID != uuid.Nil {
+		if err := g.recorder.Insert(ctx, db.New(tx), ev); err != nil {
+			return nil, err
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return nil, fmt.Errorf("commit %s: %w", acc.Operation, err)
+	}
+	if acc.OrgID != uuid.Nil {
+		g.recorder.Committed(ev)
+	}
+	return resp, nil
+}
+
+// recordFailure logs a refused or failed write in its own transaction (the
+// operation's own rolled back). Only writes inside an organisation the
+// caller belongs to are recorded.
+func (g *Guard) recordFailure(ctx context.Context, r *http.Request, acc *Access, cause error) {
+	if acc.OrgID == uuid.Nil || acc.Role == "" {
+		return
+	}
+	pe, _ := problem.From(cause)
+	ev := g.event(ctx, r, acc, audit.Failure, pe.Status)
+	if err := g.recorder.Insert(context.WithoutCancel(ctx), db.New(g.pool), ev); err != nil {
+		g.log.ErrorContext(ctx, "record failed write in the audit log", "operation", acc.Operation, "error", err.Error())
+		return
+	}
+	g.recorder.Committed(ev)
+}
+
+func (g *Guard) event(ctx context.Context, r *http.Request, acc *Access, outcome string, status int) audit.Event {
+	ev := audit.NewEvent()
+	ev.OrgID = acc.OrgID
+	ev.ActorType, ev.ActorID, ev.ActorLabel = acc.Principal.ActorType(), acc.Principal.ActorID(), acc.Principal.Label()
+	ev.Operation, ev.Outcome, ev.Status = acc.Operation, outcome, status
+	ev.RequestID = reqinfo.ID(ctx)
+	ev.TargetID = acc.target
+	if ev.TargetID == "" && r != nil {
+		if name := g.target[acc.Operation]; name != "" {
+			ev.TargetID = chi.URLParam(r, name)
+		}
+	}
+	return ev
+}

@@ -1,0 +1,56 @@
+// Package pagination encodes keyset cursors: the sort key of the last item of
+// a page, opaque to clients, so pages stay stable while rows are added.
+package pagination
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/flock-io/flock-api/internal/problem"
+)
+
+// DefaultLimit is the page size when the client gives none.
+const DefaultLimit = 50
+
+type cursor struct {
+	T  time.Time `json:"t"`
+	ID uuid.UUID `json:"i"`
+}
+
+// Encode returns the cursor that continues after (t, id).
+func Encode(t time.Time, id uuid.UUID) string {
+	b, _ := json.Marshal(cursor{T: t.UTC(), ID: id})
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// Decode parses a cursor from a query parameter; a nil or empty one means the
+// first page. A bad one is the client's error.
+func Decode(s *string) (*time.Time, uuid.NullUUID, error) {
+	if s == nil || *s == "" {
+		return nil, uuid.NullUUID{}, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(*s)
+	var c cursor
+	if err == nil {
+		err = json.Unmarshal(b, &c)
+	}
+	if err != nil || c.T.IsZero() {
+		return nil, uuid.NullUUID{}, &problem.Error{Status: http.StatusBadRequest, Code: "validation_failed",
+			Detail: "cursor is not one this API returned",
+			Errors: []problem.FieldError{{In: "query", Field: "cursor", Detail: fmt.Sprintf("unrecognised cursor %q", *s)}}}
+	}
+	return &c.T, uuid.NullUUID{UUID: c.ID, Valid: true}, nil
+}
+
+// Limit returns the requested page size or the default.
+func Limit(l *int) int32 {
+	if l == nil {
+		return DefaultLimit
+	}
+	return int32(*l)
+}
