@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flock-io/flock-api/internal/app"
+	"github.com/flock-io/flock-api/internal/devoidc"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
 )
 
@@ -80,6 +82,9 @@ func TestBadCredentials(t *testing.T) {
 		t.Fatal(err)
 	}
 	forged := w.owner[:len(w.owner)-4] + "AAAA"
+	// Same database, so same signing keys: only the claim under test is wrong.
+	wrongIssuer := mintWith(t, srv, "https://elsewhere.example.com/dev/oidc", app.DevAudience)
+	wrongAudience := mintWith(t, srv, app.DevIssuer(apptest.PublicURL), "someone-else")
 	tests := []struct {
 		name, header string
 		wantStatus   int
@@ -88,6 +93,8 @@ func TestBadCredentials(t *testing.T) {
 		{"no token", "", 401, "Bearer"},
 		{"expired", "Bearer " + expired, 401, `error="invalid_token"`},
 		{"forged signature", "Bearer " + forged, 401, `error="invalid_token"`},
+		{"wrong issuer", "Bearer " + wrongIssuer, 401, `error="invalid_token"`},
+		{"wrong audience", "Bearer " + wrongAudience, 401, `error="invalid_token"`},
 		{"garbage", "Bearer not-a-jwt", 401, `error="invalid_token"`},
 		{"wrong scheme", "Basic dXNlcjpwYXNz", 401, `error="invalid_request"`},
 		{"unknown API key", "Bearer flk_00000000000000000000000000000000_nope", 401, `error="invalid_token"`},
@@ -110,11 +117,30 @@ func TestBadCredentials(t *testing.T) {
 			}
 		})
 	}
+	// After a key rotation the server fetches the new key on first sight.
+	if _, err := prov.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	must(t, srv, 200, "GET", "/v1/orgs/"+w.org, srv.Token(t, "owner@example.com"), nil)
+
 	// Anonymous with a bad body still learns nothing but 401.
 	status, _, out := call(t, srv, "POST", "/v1/orgs", "", map[string]any{"nope": 1})
 	if status != 401 {
 		t.Fatalf("anonymous bad body = %d %v, want 401", status, out)
 	}
+}
+
+func mintWith(t *testing.T, srv *apptest.Server, issuer, audience string) string {
+	t.Helper()
+	p, err := devoidc.New(context.Background(), srv.Pool(t), issuer, audience)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := p.Mint(context.Background(), "owner@example.com", "", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
 }
 
 func TestMembers(t *testing.T) {
