@@ -2,11 +2,19 @@ package handlers_test
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
 	"testing"
+	"time"
 
+	"github.com/google/uuid"
+
+	"github.com/flock-io/flock-api/internal/app"
+	"github.com/flock-io/flock-api/internal/devicetoken"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
 )
 
@@ -67,11 +75,24 @@ type world struct {
 	outsider                          string
 	victimID                          string // a viewer for writes to act on
 	ownerKeyID, ownerKey              string // an API key the owner created (role viewer)
+
+	// Set by withFleet.
+	fleet, provKeyID, provKey, release string
+	fleetVar, deviceVar                string
+	device                             *fakeDevice
+	t                                  *testing.T // the subtest using the world now
+}
+
+func newDeviceT(w *world) *fakeDevice { return newDevice(w.t) }
+
+// emptyFleet creates a fleet with no devices.
+func (w *world) emptyFleet() string {
+	return must(w.t, w.srv, 201, "POST", "/v1/orgs/"+w.org+"/fleets", w.owner, map[string]any{"name": "empty", "architecture": "amd64"})["id"].(string)
 }
 
 func newWorld(t *testing.T, srv *apptest.Server) *world {
 	t.Helper()
-	w := &world{srv: srv}
+	w := &world{srv: srv, t: t}
 	w.owner = srv.Token(t, "owner@example.com")
 	w.admin = srv.Token(t, "admin@example.com")
 	w.developer = srv.Token(t, "dev@example.com")
@@ -111,4 +132,67 @@ func (w *world) token(role string) string {
 		return w.outsider
 	}
 	return ""
+}
+
+// fakeDevice is a device as its agent would be: its own uuid and key pair.
+type fakeDevice struct {
+	id   uuid.UUID
+	priv ed25519.PrivateKey
+	pub  ed25519.PublicKey
+}
+
+func newDevice(t *testing.T) *fakeDevice {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fakeDevice{id: uuid.New(), priv: priv, pub: pub}
+}
+
+func (d *fakeDevice) registration(provisioningKey string) map[string]any {
+	return map[string]any{"provisioning_key": provisioningKey, "uuid": d.id.String(),
+		"public_key": base64.RawURLEncoding.EncodeToString(d.pub), "name": "dev-" + d.id.String()[:8], "device_type": "generic-amd64"}
+}
+
+// assertion signs a fresh assertion for the token endpoint.
+func (d *fakeDevice) assertion(t *testing.T) string {
+	t.Helper()
+	a, err := devicetoken.SignAssertion(d.priv, d.id, app.TokenEndpoint(apptest.PublicURL), 2*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// token registers nothing; it trades a fresh assertion for a device token.
+func (d *fakeDevice) token(t *testing.T, srv *apptest.Server) string {
+	t.Helper()
+	out := must(t, srv, 200, "POST", "/device/v1/token", "", map[string]any{"assertion": d.assertion(t)})
+	return out["access_token"].(string)
+}
+
+const digestA = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+
+func releaseBody(status string) map[string]any {
+	return map[string]any{"version": "1.0", "status": status, "services": []any{map[string]any{
+		"name": "app", "images": map[string]any{"amd64": map[string]any{"image": "registry.example.com/acme/app:1.0", "digest": digestA}},
+		"environment": map[string]any{"MODE": "release"}, "ports": []any{"8080:80/tcp"},
+	}}}
+}
+
+// fleetWorld adds a fleet with a provisioning key, a final release, a
+// registered device and a variable at each scope.
+func (w *world) withFleet(t *testing.T) *world {
+	t.Helper()
+	srv := w.srv
+	w.fleet = must(t, srv, 201, "POST", "/v1/orgs/"+w.org+"/fleets", w.owner, map[string]any{"name": "sensors", "architecture": "amd64"})["id"].(string)
+	pk := must(t, srv, 201, "POST", "/v1/fleets/"+w.fleet+"/provisioning-keys", w.owner, map[string]any{"name": "factory"})
+	w.provKeyID, w.provKey = pk["id"].(string), pk["secret"].(string)
+	w.release = must(t, srv, 201, "POST", "/v1/fleets/"+w.fleet+"/releases", w.owner, releaseBody("final"))["id"].(string)
+	w.device = newDevice(t)
+	must(t, srv, 201, "POST", "/device/v1/register", "", w.device.registration(w.provKey))
+	w.fleetVar = must(t, srv, 201, "POST", "/v1/fleets/"+w.fleet+"/variables", w.owner, map[string]any{"name": "LEVEL", "value": "1"})["id"].(string)
+	w.deviceVar = must(t, srv, 201, "POST", "/v1/devices/"+w.device.id.String()+"/variables", w.owner, map[string]any{"name": "LEVEL", "value": "2"})["id"].(string)
+	return w
 }

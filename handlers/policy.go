@@ -31,4 +31,41 @@ var Policy = auth.Policy{
 	"api-key:delete": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
 
 	"audit-event:list": {Level: auth.OrgRole, MinRole: db.OrgRoleAdmin},
+
+	"fleet:list":   {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"fleet:create": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+	"fleet:get":    {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"fleet:update": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+	"fleet:delete": {Level: auth.OrgRole, MinRole: db.OrgRoleAdmin, Write: true},
+
+	"provisioning-key:list":   {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper},
+	"provisioning-key:create": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+	"provisioning-key:delete": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+
+	"release:list":   {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"release:create": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+	"release:get":    {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"release:update": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+
+	"device:list":   {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"device:get":    {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"device:update": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+	"device:delete": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+
+	"fleet-variable:list":    {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"fleet-variable:create":  {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+	"fleet-variable:update":  {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+	"fleet-variable:delete":  {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+	"device-variable:list":   {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"device-variable:create": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+	"device-variable:update": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+	"device-variable:delete": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+
+	// The device API: registration proves itself with a provisioning key in
+	// the body, the token endpoint with a signed assertion.
+	"device:register":     {Level: auth.Public},
+	"device:token":        {Level: auth.Public},
+	"jwks:get":            {Level: auth.Public},
+	"device-state:get":    {Level: auth.Device},
+	"device-state:update": {Level: auth.Device},
 }

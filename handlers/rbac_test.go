@@ -59,6 +59,9 @@ func TestPolicyCoversEveryOperation(t *testing.T) {
 type fixture struct {
 	req     func(w *world) (method, path string, body any)
 	minRole db.OrgRole
+	// bare runs in a world without a fleet (an organisation with fleets
+	// cannot be deleted).
+	bare bool
 }
 
 var fixtures = map[string]fixture{
@@ -72,7 +75,7 @@ var fixtures = map[string]fixture{
 	"org:update": {req: func(w *world) (string, string, any) {
 		return "PATCH", "/v1/orgs/" + w.org, map[string]any{"name": "Renamed"}
 	}},
-	"org:delete":  {req: func(w *world) (string, string, any) { return "DELETE", "/v1/orgs/" + w.org, nil }},
+	"org:delete":  {bare: true, req: func(w *world) (string, string, any) { return "DELETE", "/v1/orgs/" + w.org, nil }},
 	"member:list": {req: func(w *world) (string, string, any) { return "GET", "/v1/orgs/" + w.org + "/members", nil }},
 	"member:create": {req: func(w *world) (string, string, any) {
 		return "POST", "/v1/orgs/" + w.org + "/members", map[string]any{"email": "new@example.com", "role": "viewer"}
@@ -91,6 +94,75 @@ var fixtures = map[string]fixture{
 		return "DELETE", "/v1/orgs/" + w.org + "/api-keys/" + w.ownerKeyID, nil
 	}},
 	"audit-event:list": {req: func(w *world) (string, string, any) { return "GET", "/v1/orgs/" + w.org + "/audit-events", nil }},
+
+	"fleet:list": {req: func(w *world) (string, string, any) { return "GET", "/v1/orgs/" + w.org + "/fleets", nil }},
+	"fleet:create": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/orgs/" + w.org + "/fleets", map[string]any{"name": "more", "architecture": "arm64"}
+	}},
+	"fleet:get": {req: func(w *world) (string, string, any) { return "GET", "/v1/fleets/" + w.fleet, nil }},
+	"fleet:update": {req: func(w *world) (string, string, any) {
+		return "PATCH", "/v1/fleets/" + w.fleet, map[string]any{"tags": map[string]any{"site": "lab"}}
+	}},
+	// A fleet with devices cannot go: this one is empty.
+	"fleet:delete": {req: func(w *world) (string, string, any) { return "DELETE", "/v1/fleets/" + w.emptyFleet(), nil }},
+	"provisioning-key:list": {req: func(w *world) (string, string, any) {
+		return "GET", "/v1/fleets/" + w.fleet + "/provisioning-keys", nil
+	}},
+	"provisioning-key:create": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/fleets/" + w.fleet + "/provisioning-keys", map[string]any{"name": "line 2"}
+	}},
+	"provisioning-key:delete": {req: func(w *world) (string, string, any) {
+		return "DELETE", "/v1/fleets/" + w.fleet + "/provisioning-keys/" + w.provKeyID, nil
+	}},
+	"release:list": {req: func(w *world) (string, string, any) { return "GET", "/v1/fleets/" + w.fleet + "/releases", nil }},
+	"release:create": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/fleets/" + w.fleet + "/releases", releaseBody("draft")
+	}},
+	"release:get": {req: func(w *world) (string, string, any) { return "GET", "/v1/releases/" + w.release, nil }},
+	"release:update": {req: func(w *world) (string, string, any) {
+		return "PATCH", "/v1/releases/" + w.release, map[string]any{"tags": map[string]any{"qa": "passed"}}
+	}},
+	"device:list": {req: func(w *world) (string, string, any) { return "GET", "/v1/orgs/" + w.org + "/devices", nil }},
+	"device:get":  {req: func(w *world) (string, string, any) { return "GET", "/v1/devices/" + w.device.id.String(), nil }},
+	"device:update": {req: func(w *world) (string, string, any) {
+		return "PATCH", "/v1/devices/" + w.device.id.String(), map[string]any{"name": "renamed"}
+	}},
+	"device:delete":       {req: func(w *world) (string, string, any) { return "DELETE", "/v1/devices/" + w.device.id.String(), nil }},
+	"fleet-variable:list": {req: func(w *world) (string, string, any) { return "GET", "/v1/fleets/" + w.fleet + "/variables", nil }},
+	"fleet-variable:create": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/fleets/" + w.fleet + "/variables", map[string]any{"name": "NEW", "value": "x"}
+	}},
+	"fleet-variable:update": {req: func(w *world) (string, string, any) {
+		return "PATCH", "/v1/fleets/" + w.fleet + "/variables/" + w.fleetVar, map[string]any{"value": "9"}
+	}},
+	"fleet-variable:delete": {req: func(w *world) (string, string, any) {
+		return "DELETE", "/v1/fleets/" + w.fleet + "/variables/" + w.fleetVar, nil
+	}},
+	"device-variable:list": {req: func(w *world) (string, string, any) {
+		return "GET", "/v1/devices/" + w.device.id.String() + "/variables", nil
+	}},
+	"device-variable:create": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/devices/" + w.device.id.String() + "/variables", map[string]any{"name": "NEW", "value": "x"}
+	}},
+	"device-variable:update": {req: func(w *world) (string, string, any) {
+		return "PATCH", "/v1/devices/" + w.device.id.String() + "/variables/" + w.deviceVar, map[string]any{"value": "9"}
+	}},
+	"device-variable:delete": {req: func(w *world) (string, string, any) {
+		return "DELETE", "/v1/devices/" + w.device.id.String() + "/variables/" + w.deviceVar, nil
+	}},
+	// The device API answers devices, not people: registration and the token
+	// endpoint prove themselves in the body, so any caller may call them.
+	"device:register": {req: func(w *world) (string, string, any) {
+		return "POST", "/device/v1/register", newDeviceT(w).registration(w.provKey)
+	}},
+	"device:token": {req: func(w *world) (string, string, any) {
+		return "POST", "/device/v1/token", map[string]any{"assertion": w.device.assertion(w.t)}
+	}},
+	"jwks:get":         {req: func(w *world) (string, string, any) { return "GET", "/.well-known/jwks.json", nil }},
+	"device-state:get": {req: func(w *world) (string, string, any) { return "GET", "/device/v1/state", nil }},
+	"device-state:update": {req: func(w *world) (string, string, any) {
+		return "PATCH", "/device/v1/state", map[string]any{"os_version": "1"}
+	}},
 }
 
 var callers = []string{"owner", "admin", "developer", "viewer", "outsider", "anonymous"}
@@ -99,6 +171,9 @@ var callers = []string{"owner", "admin", "developer", "viewer", "outsider", "ano
 func expect(rule auth.Rule, fx fixture, caller string) int {
 	if rule.Level == auth.Public {
 		return 0
+	}
+	if rule.Level == auth.Device { // people and API keys are not devices
+		return http.StatusUnauthorized
 	}
 	if caller == "anonymous" {
 		return http.StatusUnauthorized
@@ -122,7 +197,7 @@ func expect(rule auth.Rule, fx fixture, caller string) int {
 // TestRBACMatrix checks allow and deny for every caller on every operation.
 func TestRBACMatrix(t *testing.T) {
 	srv := apptest.Start(t)
-	shared := newWorld(t, srv) // reads do not change the world
+	shared := newWorld(t, srv).withFleet(t) // reads do not change the world
 	for _, op := range specOperations(t) {
 		fx, ok := fixtures[op]
 		if !ok {
@@ -135,7 +210,11 @@ func TestRBACMatrix(t *testing.T) {
 				w := shared
 				if rule.Write {
 					w = newWorld(t, srv)
+					if !fx.bare {
+						w.withFleet(t)
+					}
 				}
+				w.t = t
 				method, path, body := fx.req(w)
 				status, hdr, out := call(t, srv, method, path, w.token(caller), body)
 				want := expect(rule, fx, caller)

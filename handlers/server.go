@@ -9,11 +9,18 @@ import (
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/handlers/apikeys"
 	"github.com/flock-io/flock-api/handlers/auditlog"
+	"github.com/flock-io/flock-api/handlers/deviceapi"
+	"github.com/flock-io/flock-api/handlers/devices"
+	"github.com/flock-io/flock-api/handlers/fleets"
 	"github.com/flock-io/flock-api/handlers/identity"
 	"github.com/flock-io/flock-api/handlers/members"
 	"github.com/flock-io/flock-api/handlers/orgs"
+	"github.com/flock-io/flock-api/handlers/provisioning"
+	"github.com/flock-io/flock-api/handlers/releases"
 	"github.com/flock-io/flock-api/handlers/system"
+	"github.com/flock-io/flock-api/handlers/variables"
 	"github.com/flock-io/flock-api/internal/buildinfo"
+	"github.com/flock-io/flock-api/internal/devicetoken"
 )
 
 // Server implements every operation of the OpenAPI document; each embedded
@@ -25,19 +32,31 @@ type Server struct {
 	*members.Members
 	*apikeys.APIKeys
 	*auditlog.AuditLog
+	*fleets.Fleets
+	*provisioning.Provisioning
+	*releases.Releases
+	*devices.Devices
+	*variables.Variables
+	*deviceapi.DeviceAPI
 }
 
 var _ api.StrictServerInterface = (*Server)(nil)
 
 // New wires every handler to pool; targets are the mounted targets that
-// /v1/version reports.
-func New(pool *pgxpool.Pool, targets []string) *Server {
+// /v1/version reports; tokens issues device tokens for the token endpoint.
+func New(pool *pgxpool.Pool, targets []string, tokens *devicetoken.Service, tokenEndpoint string) *Server {
 	return &Server{
-		System:   &system.System{DB: db.New(pool), Build: buildinfo.Get(), Targets: targets},
-		Identity: &identity.Identity{Pool: pool},
-		Orgs:     &orgs.Orgs{Pool: pool},
-		Members:  &members.Members{Pool: pool},
-		APIKeys:  &apikeys.APIKeys{Pool: pool},
-		AuditLog: &auditlog.AuditLog{Pool: pool},
+		System:       &system.System{DB: db.New(pool), Build: buildinfo.Get(), Targets: targets},
+		Identity:     &identity.Identity{Pool: pool},
+		Orgs:         &orgs.Orgs{Pool: pool},
+		Members:      &members.Members{Pool: pool},
+		APIKeys:      &apikeys.APIKeys{Pool: pool},
+		AuditLog:     &auditlog.AuditLog{Pool: pool},
+		Fleets:       &fleets.Fleets{Pool: pool},
+		Provisioning: &provisioning.Provisioning{Pool: pool},
+		Releases:     &releases.Releases{Pool: pool},
+		Devices:      &devices.Devices{Pool: pool},
+		Variables:    &variables.Variables{Pool: pool},
+		DeviceAPI:    &deviceapi.DeviceAPI{Pool: pool, Tokens: tokens, TokenEndpoint: tokenEndpoint},
 	}
 }

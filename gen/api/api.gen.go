@@ -19,6 +19,7 @@ import (
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/go-chi/chi/v5"
+	"github.com/oapi-codegen/nullable"
 	"github.com/oapi-codegen/runtime"
 	openapi_types "github.com/oapi-codegen/runtime/types"
 )
@@ -41,6 +42,36 @@ func (e ActorType) Valid() bool {
 	}
 }
 
+// Defines values for Architecture.
+const (
+	Amd64   Architecture = "amd64"
+	Arm64   Architecture = "arm64"
+	Armv6   Architecture = "armv6"
+	Armv7   Architecture = "armv7"
+	I386    Architecture = "i386"
+	Riscv64 Architecture = "riscv64"
+)
+
+// Valid indicates whether the value is a known member of the Architecture enum.
+func (e Architecture) Valid() bool {
+	switch e {
+	case Amd64:
+		return true
+	case Arm64:
+		return true
+	case Armv6:
+		return true
+	case Armv7:
+		return true
+	case I386:
+		return true
+	case Riscv64:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for AuditEventOutcome.
 const (
 	Failure AuditEventOutcome = "failure"
@@ -53,6 +84,21 @@ func (e AuditEventOutcome) Valid() bool {
 	case Failure:
 		return true
 	case Success:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for DeviceTokenTokenType.
+const (
+	Bearer DeviceTokenTokenType = "Bearer"
+)
+
+// Valid indicates whether the value is a known member of the DeviceTokenTokenType enum.
+func (e DeviceTokenTokenType) Valid() bool {
+	switch e {
+	case Bearer:
 		return true
 	default:
 		return false
@@ -83,6 +129,105 @@ func (e FieldErrorIn) Valid() bool {
 	}
 }
 
+// Defines values for ReleaseCreateStatus.
+const (
+	ReleaseCreateStatusDraft ReleaseCreateStatus = "draft"
+	ReleaseCreateStatusFinal ReleaseCreateStatus = "final"
+)
+
+// Valid indicates whether the value is a known member of the ReleaseCreateStatus enum.
+func (e ReleaseCreateStatus) Valid() bool {
+	switch e {
+	case ReleaseCreateStatusDraft:
+		return true
+	case ReleaseCreateStatusFinal:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ReleasePolicy.
+const (
+	Pinned      ReleasePolicy = "pinned"
+	TrackLatest ReleasePolicy = "track_latest"
+)
+
+// Valid indicates whether the value is a known member of the ReleasePolicy enum.
+func (e ReleasePolicy) Valid() bool {
+	switch e {
+	case Pinned:
+		return true
+	case TrackLatest:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ReleaseServiceRestart.
+const (
+	Always        ReleaseServiceRestart = "always"
+	No            ReleaseServiceRestart = "no"
+	OnFailure     ReleaseServiceRestart = "on-failure"
+	UnlessStopped ReleaseServiceRestart = "unless-stopped"
+)
+
+// Valid indicates whether the value is a known member of the ReleaseServiceRestart enum.
+func (e ReleaseServiceRestart) Valid() bool {
+	switch e {
+	case Always:
+		return true
+	case No:
+		return true
+	case OnFailure:
+		return true
+	case UnlessStopped:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ReleaseStatus.
+const (
+	ReleaseStatusDraft  ReleaseStatus = "draft"
+	ReleaseStatusFailed ReleaseStatus = "failed"
+	ReleaseStatusFinal  ReleaseStatus = "final"
+)
+
+// Valid indicates whether the value is a known member of the ReleaseStatus enum.
+func (e ReleaseStatus) Valid() bool {
+	switch e {
+	case ReleaseStatusDraft:
+		return true
+	case ReleaseStatusFailed:
+		return true
+	case ReleaseStatusFinal:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ReleaseUpdateStatus.
+const (
+	ReleaseUpdateStatusFailed ReleaseUpdateStatus = "failed"
+	ReleaseUpdateStatusFinal  ReleaseUpdateStatus = "final"
+)
+
+// Valid indicates whether the value is a known member of the ReleaseUpdateStatus enum.
+func (e ReleaseUpdateStatus) Valid() bool {
+	switch e {
+	case ReleaseUpdateStatusFailed:
+		return true
+	case ReleaseUpdateStatusFinal:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for Role.
 const (
 	Admin     Role = "admin"
@@ -101,6 +246,36 @@ func (e Role) Valid() bool {
 	case Owner:
 		return true
 	case Viewer:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ServiceStatusStatus.
+const (
+	ServiceStatusStatusDownloading ServiceStatusStatus = "downloading"
+	ServiceStatusStatusExited      ServiceStatusStatus = "exited"
+	ServiceStatusStatusFailed      ServiceStatusStatus = "failed"
+	ServiceStatusStatusInstalling  ServiceStatusStatus = "installing"
+	ServiceStatusStatusRunning     ServiceStatusStatus = "running"
+	ServiceStatusStatusStopped     ServiceStatusStatus = "stopped"
+)
+
+// Valid indicates whether the value is a known member of the ServiceStatusStatus enum.
+func (e ServiceStatusStatus) Valid() bool {
+	switch e {
+	case ServiceStatusStatusDownloading:
+		return true
+	case ServiceStatusStatusExited:
+		return true
+	case ServiceStatusStatusFailed:
+		return true
+	case ServiceStatusStatusInstalling:
+		return true
+	case ServiceStatusStatusRunning:
+		return true
+	case ServiceStatusStatusStopped:
 		return true
 	default:
 		return false
@@ -195,6 +370,9 @@ type ApiKeyPage struct {
 	NextCursor *string  `json:"next_cursor,omitempty"`
 }
 
+// Architecture A CPU architecture, in OCI platform spelling.
+type Architecture string
+
 // AuditEvent defines model for AuditEvent.
 type AuditEvent struct {
 	// Actor Who made a change.
@@ -239,6 +417,106 @@ type DatabaseVersion struct {
 	ServerVersion string `json:"server_version"`
 }
 
+// Device defines model for Device.
+type Device struct {
+	// Architecture A CPU architecture, in OCI platform spelling.
+	Architecture Architecture       `json:"architecture"`
+	CreatedAt    time.Time          `json:"created_at"`
+	DeviceType   string             `json:"device_type"`
+	FleetId      openapi_types.UUID `json:"fleet_id"`
+	Id           openapi_types.UUID `json:"id"`
+	LastSeenAt   *time.Time         `json:"last_seen_at,omitempty"`
+	Name         Name               `json:"name"`
+
+	// Online Whether the device reported its state in the last 10 minutes.
+	Online          bool                `json:"online"`
+	OrgId           openapi_types.UUID  `json:"org_id"`
+	PinnedReleaseId *openapi_types.UUID `json:"pinned_release_id,omitempty"`
+
+	// ReportedState What a device says it runs.
+	ReportedState *ReportedState `json:"reported_state,omitempty"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags      Tags      `json:"tags"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// DevicePage defines model for DevicePage.
+type DevicePage struct {
+	Items      []Device `json:"items"`
+	NextCursor *string  `json:"next_cursor,omitempty"`
+}
+
+// DeviceRegister defines model for DeviceRegister.
+type DeviceRegister struct {
+	// Architecture A CPU architecture, in OCI platform spelling.
+	Architecture *Architecture `json:"architecture,omitempty"`
+
+	// DeviceType Example: raspberrypi4-64
+	DeviceType      string `json:"device_type"`
+	Name            Name   `json:"name"`
+	ProvisioningKey string `json:"provisioning_key"`
+
+	// PublicKey The device's Ed25519 public key, 32 bytes in unpadded base64url.
+	PublicKey string `json:"public_key"`
+
+	// Uuid Generated by the device; its identity from now on.
+	Uuid openapi_types.UUID `json:"uuid"`
+}
+
+// DeviceRegistration defines model for DeviceRegistration.
+type DeviceRegistration struct {
+	DeviceId openapi_types.UUID `json:"device_id"`
+	FleetId  openapi_types.UUID `json:"fleet_id"`
+	OrgId    openapi_types.UUID `json:"org_id"`
+
+	// TokenEndpoint Where to trade signed assertions for device tokens; also the `aud` the assertions must carry.
+	TokenEndpoint string `json:"token_endpoint"`
+}
+
+// DeviceToken defines model for DeviceToken.
+type DeviceToken struct {
+	AccessToken string    `json:"access_token"`
+	ExpiresAt   time.Time `json:"expires_at"`
+
+	// ExpiresIn Seconds until it expires.
+	ExpiresIn int                  `json:"expires_in"`
+	TokenType DeviceTokenTokenType `json:"token_type"`
+}
+
+// DeviceTokenTokenType defines model for DeviceToken.TokenType.
+type DeviceTokenTokenType string
+
+// DeviceTokenRequest defines model for DeviceTokenRequest.
+type DeviceTokenRequest struct {
+	// Assertion A JWT signed (EdDSA) with the device's private key: iss = sub = the
+	// device uuid, aud = the token endpoint URL, exp at most 5 minutes ahead,
+	// and a jti never used before.
+	Assertion string `json:"assertion"`
+}
+
+// DeviceUpdate defines model for DeviceUpdate.
+type DeviceUpdate struct {
+	// FleetId Moves the device to another fleet of the same organisation and architecture.
+	FleetId *openapi_types.UUID `json:"fleet_id,omitempty"`
+	Name    *Name               `json:"name,omitempty"`
+
+	// PinnedReleaseId A final release of the device's fleet to run regardless of the fleet's policy; null to follow the fleet.
+	PinnedReleaseId nullable.Nullable[openapi_types.UUID] `json:"pinned_release_id,omitempty"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// Digest An OCI content digest.
+//
+// Example: sha256:4b1d0c9fa4f5b0f8f0a6b7c52f1e07e4a0d27f3b6e5d8c9a1b2c3d4e5f6a7b8c
+type Digest = string
+
 // FieldError One invalid part of a request.
 type FieldError struct {
 	// Detail Why the value is invalid.
@@ -257,6 +535,78 @@ type FieldError struct {
 
 // FieldErrorIn Where the invalid value was.
 type FieldErrorIn string
+
+// Fleet defines model for Fleet.
+type Fleet struct {
+	// Architecture A CPU architecture, in OCI platform spelling.
+	Architecture Architecture       `json:"architecture"`
+	CreatedAt    time.Time          `json:"created_at"`
+	Id           openapi_types.UUID `json:"id"`
+	Name         Name               `json:"name"`
+	OrgId        openapi_types.UUID `json:"org_id"`
+
+	// PinnedReleaseId The release every device runs when the policy is `pinned`.
+	PinnedReleaseId *openapi_types.UUID `json:"pinned_release_id,omitempty"`
+
+	// ReleasePolicy `track_latest`: devices follow the fleet's newest final release; `pinned`: they run `pinned_release_id`.
+	ReleasePolicy ReleasePolicy `json:"release_policy"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags      Tags      `json:"tags"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// FleetCreate defines model for FleetCreate.
+type FleetCreate struct {
+	// Architecture A CPU architecture, in OCI platform spelling.
+	Architecture Architecture `json:"architecture"`
+	Name         Name         `json:"name"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// FleetPage defines model for FleetPage.
+type FleetPage struct {
+	Items      []Fleet `json:"items"`
+	NextCursor *string `json:"next_cursor,omitempty"`
+}
+
+// FleetUpdate defines model for FleetUpdate.
+type FleetUpdate struct {
+	Name *Name `json:"name,omitempty"`
+
+	// PinnedReleaseId A final release of this fleet; set together with `release_policy` `pinned`.
+	PinnedReleaseId nullable.Nullable[openapi_types.UUID] `json:"pinned_release_id,omitempty"`
+
+	// ReleasePolicy `track_latest`: devices follow the fleet's newest final release; `pinned`: they run `pinned_release_id`.
+	ReleasePolicy *ReleasePolicy `json:"release_policy,omitempty"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// JWKS defines model for JWKS.
+type JWKS struct {
+	Keys []JWKS_Keys_Item `json:"keys"`
+}
+
+// JWKS_Keys_Item defines model for JWKS.keys.Item.
+type JWKS_Keys_Item struct {
+	Alg                  *string                `json:"alg,omitempty"`
+	Crv                  *string                `json:"crv,omitempty"`
+	Kid                  string                 `json:"kid"`
+	Kty                  string                 `json:"kty"`
+	Use                  *string                `json:"use,omitempty"`
+	X                    *string                `json:"x,omitempty"`
+	AdditionalProperties map[string]interface{} `json:"-"`
+}
 
 // Me The signed-in user and the organisations they belong to.
 type Me struct {
@@ -315,6 +665,9 @@ type Membership struct {
 	// organisation and manages owners).
 	Role Role `json:"role"`
 }
+
+// Name defines model for Name.
+type Name = string
 
 // Org defines model for Org.
 type Org struct {
@@ -402,11 +755,232 @@ type Problem struct {
 	Type string `json:"type"`
 }
 
+// ProvisioningKey defines model for ProvisioningKey.
+type ProvisioningKey struct {
+	CreatedAt time.Time           `json:"created_at"`
+	CreatedBy *openapi_types.UUID `json:"created_by,omitempty"`
+	ExpiresAt *time.Time          `json:"expires_at,omitempty"`
+	FleetId   openapi_types.UUID  `json:"fleet_id"`
+	Id        openapi_types.UUID  `json:"id"`
+
+	// MaxUses The most devices this key may register.
+	MaxUses *int   `json:"max_uses,omitempty"`
+	Name    string `json:"name"`
+
+	// Prefix Example: flp_3f9c2ab1
+	Prefix    string     `json:"prefix"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+
+	// Uses Devices registered with this key so far.
+	Uses int `json:"uses"`
+}
+
+// ProvisioningKeyCreate defines model for ProvisioningKeyCreate.
+type ProvisioningKeyCreate struct {
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	MaxUses   *int       `json:"max_uses,omitempty"`
+	Name      Name       `json:"name"`
+}
+
+// ProvisioningKeyCreated defines model for ProvisioningKeyCreated.
+type ProvisioningKeyCreated struct {
+	CreatedAt time.Time           `json:"created_at"`
+	CreatedBy *openapi_types.UUID `json:"created_by,omitempty"`
+	ExpiresAt *time.Time          `json:"expires_at,omitempty"`
+	FleetId   openapi_types.UUID  `json:"fleet_id"`
+	Id        openapi_types.UUID  `json:"id"`
+
+	// MaxUses The most devices this key may register.
+	MaxUses *int   `json:"max_uses,omitempty"`
+	Name    string `json:"name"`
+
+	// Prefix Example: flp_3f9c2ab1
+	Prefix    string     `json:"prefix"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+
+	// Secret The key itself, shown only in this response. Devices send it to `POST /device/v1/register`.
+	Secret string `json:"secret"`
+
+	// Uses Devices registered with this key so far.
+	Uses int `json:"uses"`
+}
+
+// ProvisioningKeyPage defines model for ProvisioningKeyPage.
+type ProvisioningKeyPage struct {
+	Items      []ProvisioningKey `json:"items"`
+	NextCursor *string           `json:"next_cursor,omitempty"`
+}
+
+// Release defines model for Release.
+type Release struct {
+	CreatedAt   time.Time          `json:"created_at"`
+	FinalizedAt *time.Time         `json:"finalized_at,omitempty"`
+	FleetId     openapi_types.UUID `json:"fleet_id"`
+	Id          openapi_types.UUID `json:"id"`
+	Services    []ReleaseService   `json:"services"`
+
+	// Status `draft` while being assembled; `final` to be deployed (then immutable); `failed` when it never will be.
+	Status ReleaseStatus `json:"status"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags Tags `json:"tags"`
+
+	// Version A free-form label such as a semantic version or commit.
+	Version string `json:"version"`
+}
+
+// ReleaseCreate defines model for ReleaseCreate.
+type ReleaseCreate struct {
+	Services []ReleaseService     `json:"services"`
+	Status   *ReleaseCreateStatus `json:"status,omitempty"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags    *Tags   `json:"tags,omitempty"`
+	Version *string `json:"version,omitempty"`
+}
+
+// ReleaseCreateStatus defines model for ReleaseCreate.Status.
+type ReleaseCreateStatus string
+
+// ReleasePage defines model for ReleasePage.
+type ReleasePage struct {
+	Items      []Release `json:"items"`
+	NextCursor *string   `json:"next_cursor,omitempty"`
+}
+
+// ReleasePolicy `track_latest`: devices follow the fleet's newest final release; `pinned`: they run `pinned_release_id`.
+type ReleasePolicy string
+
+// ReleaseService One container of a release, in the spirit of a compose service.
+type ReleaseService struct {
+	CapAdd      *[]string          `json:"cap_add,omitempty"`
+	Environment *map[string]string `json:"environment,omitempty"`
+
+	// Images The image for each architecture the release supports.
+	Images struct {
+		Amd64   *ServiceImage `json:"amd64,omitempty"`
+		Arm64   *ServiceImage `json:"arm64,omitempty"`
+		Armv6   *ServiceImage `json:"armv6,omitempty"`
+		Armv7   *ServiceImage `json:"armv7,omitempty"`
+		I386    *ServiceImage `json:"i386,omitempty"`
+		Riscv64 *ServiceImage `json:"riscv64,omitempty"`
+	} `json:"images"`
+	Labels     *map[string]string     `json:"labels,omitempty"`
+	Name       string                 `json:"name"`
+	Ports      *[]string              `json:"ports,omitempty"`
+	Privileged *bool                  `json:"privileged,omitempty"`
+	Restart    *ReleaseServiceRestart `json:"restart,omitempty"`
+	Volumes    *[]string              `json:"volumes,omitempty"`
+}
+
+// ReleaseServiceRestart defines model for ReleaseService.Restart.
+type ReleaseServiceRestart string
+
+// ReleaseStatus `draft` while being assembled; `final` to be deployed (then immutable); `failed` when it never will be.
+type ReleaseStatus string
+
+// ReleaseUpdate Only a draft may change status; tags may change at any time.
+type ReleaseUpdate struct {
+	Status *ReleaseUpdateStatus `json:"status,omitempty"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// ReleaseUpdateStatus defines model for ReleaseUpdate.Status.
+type ReleaseUpdateStatus string
+
+// ReportedState What a device says it runs.
+type ReportedState struct {
+	AgentVersion     *string             `json:"agent_version,omitempty"`
+	IpAddresses      *[]string           `json:"ip_addresses,omitempty"`
+	OsVersion        *string             `json:"os_version,omitempty"`
+	RunningReleaseId *openapi_types.UUID `json:"running_release_id,omitempty"`
+	Services         *[]ServiceStatus    `json:"services,omitempty"`
+}
+
 // Role A member's role in an organisation, from least to most: viewer (reads),
 // developer (also changes fleets, devices and releases), admin (also manages
 // members and API keys, reads the audit log), owner (also deletes the
 // organisation and manages owners).
 type Role string
+
+// ServiceImage defines model for ServiceImage.
+type ServiceImage struct {
+	// Digest An OCI content digest.
+	//
+	// Example: sha256:4b1d0c9fa4f5b0f8f0a6b7c52f1e07e4a0d27f3b6e5d8c9a1b2c3d4e5f6a7b8c
+	Digest Digest `json:"digest"`
+
+	// Image The image reference (registry/repository[:tag]).
+	//
+	// Example: registry.example.com/acme/sensor:1.4
+	Image string `json:"image"`
+}
+
+// ServiceStatus defines model for ServiceStatus.
+type ServiceStatus struct {
+	DownloadProgress *int                `json:"download_progress,omitempty"`
+	Name             string              `json:"name"`
+	Status           ServiceStatusStatus `json:"status"`
+}
+
+// ServiceStatusStatus defines model for ServiceStatus.Status.
+type ServiceStatusStatus string
+
+// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+//
+// Example: {"batch":"2026-11","site":"lab-3"}
+type Tags map[string]string
+
+// TargetRelease The release to run; absent when the fleet has no final release yet.
+type TargetRelease struct {
+	Id      openapi_types.UUID `json:"id"`
+	Version string             `json:"version"`
+}
+
+// TargetService defines model for TargetService.
+type TargetService struct {
+	CapAdd []string `json:"cap_add"`
+
+	// Digest An OCI content digest.
+	//
+	// Example: sha256:4b1d0c9fa4f5b0f8f0a6b7c52f1e07e4a0d27f3b6e5d8c9a1b2c3d4e5f6a7b8c
+	Digest Digest `json:"digest"`
+
+	// Environment The service's environment with the configuration variables merged in.
+	Environment map[string]string `json:"environment"`
+
+	// Image The image to pull, pinned by digest (repository@sha256:...).
+	Image      string            `json:"image"`
+	Labels     map[string]string `json:"labels"`
+	Name       string            `json:"name"`
+	Ports      []string          `json:"ports"`
+	Privileged bool              `json:"privileged"`
+	Restart    string            `json:"restart"`
+	Volumes    []string          `json:"volumes"`
+}
+
+// TargetState What a device should run.
+type TargetState struct {
+	DeviceId openapi_types.UUID `json:"device_id"`
+
+	// Release The release to run; absent when the fleet has no final release yet.
+	Release  *TargetRelease  `json:"release,omitempty"`
+	Services []TargetService `json:"services"`
+
+	// Variables The variables that apply to every service, merged (device beats fleet).
+	Variables map[string]string `json:"variables"`
+
+	// Version Changes whenever anything in the target state changes; also the ETag.
+	Version string `json:"version"`
+}
 
 // User defines model for User.
 type User struct {
@@ -418,6 +992,47 @@ type User struct {
 
 	// Name Example: Alice Example
 	Name string `json:"name"`
+}
+
+// Variable defines model for Variable.
+type Variable struct {
+	CreatedAt time.Time `json:"created_at"`
+
+	// DeviceId Set for device-scoped variables.
+	DeviceId *openapi_types.UUID `json:"device_id,omitempty"`
+	FleetId  openapi_types.UUID  `json:"fleet_id"`
+	Id       openapi_types.UUID  `json:"id"`
+	Name     string              `json:"name"`
+	Secret   bool                `json:"secret"`
+
+	// Service The service it applies to; empty for every service.
+	Service   string    `json:"service"`
+	UpdatedAt time.Time `json:"updated_at"`
+
+	// Value Absent for secret variables, which are write-only.
+	Value *string `json:"value,omitempty"`
+}
+
+// VariableCreate defines model for VariableCreate.
+type VariableCreate struct {
+	// Name An environment variable name; the FLOCK_ prefix is reserved.
+	Name   string `json:"name"`
+	Secret *bool  `json:"secret,omitempty"`
+
+	// Service The service it applies to; empty for every service.
+	Service *string `json:"service,omitempty"`
+	Value   string  `json:"value"`
+}
+
+// VariablePage defines model for VariablePage.
+type VariablePage struct {
+	Items      []Variable `json:"items"`
+	NextCursor *string    `json:"next_cursor,omitempty"`
+}
+
+// VariableUpdate defines model for VariableUpdate.
+type VariableUpdate struct {
+	Value string `json:"value"`
 }
 
 // Version defines model for Version.
@@ -445,6 +1060,12 @@ type Version struct {
 // Cursor defines model for Cursor.
 type Cursor = string
 
+// DeviceId defines model for DeviceId.
+type DeviceId = openapi_types.UUID
+
+// FleetId defines model for FleetId.
+type FleetId = openapi_types.UUID
+
 // KeyId defines model for KeyId.
 type KeyId = openapi_types.UUID
 
@@ -454,8 +1075,60 @@ type Limit = int
 // OrgId defines model for OrgId.
 type OrgId = openapi_types.UUID
 
+// ProvisioningKeyId defines model for ProvisioningKeyId.
+type ProvisioningKeyId = openapi_types.UUID
+
+// ReleaseId defines model for ReleaseId.
+type ReleaseId = openapi_types.UUID
+
 // UserId defines model for UserId.
 type UserId = openapi_types.UUID
+
+// VariableId defines model for VariableId.
+type VariableId = openapi_types.UUID
+
+// DeviceStateGetParams defines parameters for DeviceStateGet.
+type DeviceStateGetParams struct {
+	IfNoneMatch *string `json:"If-None-Match,omitempty"`
+}
+
+// DeviceVariableListParams defines parameters for DeviceVariableList.
+type DeviceVariableListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// ProvisioningKeyListParams defines parameters for ProvisioningKeyList.
+type ProvisioningKeyListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// ReleaseListParams defines parameters for ReleaseList.
+type ReleaseListParams struct {
+	Status *ReleaseStatus `form:"status,omitempty" json:"status,omitempty"`
+
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// FleetVariableListParams defines parameters for FleetVariableList.
+type FleetVariableListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
 
 // OrgListParams defines parameters for OrgList.
 type OrgListParams struct {
@@ -490,6 +1163,35 @@ type AuditEventListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// DeviceListParams defines parameters for DeviceList.
+type DeviceListParams struct {
+	FleetId *openapi_types.UUID `form:"fleet_id,omitempty" json:"fleet_id,omitempty"`
+
+	// TagKey Only devices with this tag.
+	TagKey *string `form:"tag_key,omitempty" json:"tag_key,omitempty"`
+
+	// TagValue With tag_key, only devices whose tag has this value.
+	TagValue         *string             `form:"tag_value,omitempty" json:"tag_value,omitempty"`
+	Online           *bool               `form:"online,omitempty" json:"online,omitempty"`
+	RunningReleaseId *openapi_types.UUID `form:"running_release_id,omitempty" json:"running_release_id,omitempty"`
+	NamePrefix       *string             `form:"name_prefix,omitempty" json:"name_prefix,omitempty"`
+
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// FleetListParams defines parameters for FleetList.
+type FleetListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
 // MemberListParams defines parameters for MemberList.
 type MemberListParams struct {
 	// Limit The most items to return in one page.
@@ -498,6 +1200,39 @@ type MemberListParams struct {
 	// Cursor The `next_cursor` of the previous page; omit for the first page.
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
+
+// DeviceRegisterJSONRequestBody defines body for DeviceRegister for application/json ContentType.
+type DeviceRegisterJSONRequestBody = DeviceRegister
+
+// DeviceStateUpdateJSONRequestBody defines body for DeviceStateUpdate for application/json ContentType.
+type DeviceStateUpdateJSONRequestBody = ReportedState
+
+// DeviceTokenJSONRequestBody defines body for DeviceToken for application/json ContentType.
+type DeviceTokenJSONRequestBody = DeviceTokenRequest
+
+// DeviceUpdateJSONRequestBody defines body for DeviceUpdate for application/json ContentType.
+type DeviceUpdateJSONRequestBody = DeviceUpdate
+
+// DeviceVariableCreateJSONRequestBody defines body for DeviceVariableCreate for application/json ContentType.
+type DeviceVariableCreateJSONRequestBody = VariableCreate
+
+// DeviceVariableUpdateJSONRequestBody defines body for DeviceVariableUpdate for application/json ContentType.
+type DeviceVariableUpdateJSONRequestBody = VariableUpdate
+
+// FleetUpdateJSONRequestBody defines body for FleetUpdate for application/json ContentType.
+type FleetUpdateJSONRequestBody = FleetUpdate
+
+// ProvisioningKeyCreateJSONRequestBody defines body for ProvisioningKeyCreate for application/json ContentType.
+type ProvisioningKeyCreateJSONRequestBody = ProvisioningKeyCreate
+
+// ReleaseCreateJSONRequestBody defines body for ReleaseCreate for application/json ContentType.
+type ReleaseCreateJSONRequestBody = ReleaseCreate
+
+// FleetVariableCreateJSONRequestBody defines body for FleetVariableCreate for application/json ContentType.
+type FleetVariableCreateJSONRequestBody = VariableCreate
+
+// FleetVariableUpdateJSONRequestBody defines body for FleetVariableUpdate for application/json ContentType.
+type FleetVariableUpdateJSONRequestBody = VariableUpdate
 
 // OrgCreateJSONRequestBody defines body for OrgCreate for application/json ContentType.
 type OrgCreateJSONRequestBody = OrgCreate
@@ -508,14 +1243,231 @@ type OrgUpdateJSONRequestBody = OrgUpdate
 // ApiKeyCreateJSONRequestBody defines body for ApiKeyCreate for application/json ContentType.
 type ApiKeyCreateJSONRequestBody = ApiKeyCreate
 
+// FleetCreateJSONRequestBody defines body for FleetCreate for application/json ContentType.
+type FleetCreateJSONRequestBody = FleetCreate
+
 // MemberCreateJSONRequestBody defines body for MemberCreate for application/json ContentType.
 type MemberCreateJSONRequestBody = MemberCreate
 
 // MemberUpdateJSONRequestBody defines body for MemberUpdate for application/json ContentType.
 type MemberUpdateJSONRequestBody = MemberUpdate
 
+// ReleaseUpdateJSONRequestBody defines body for ReleaseUpdate for application/json ContentType.
+type ReleaseUpdateJSONRequestBody = ReleaseUpdate
+
+// Getter for additional properties for JWKS_Keys_Item. Returns the specified
+// element and whether it was found
+func (a JWKS_Keys_Item) Get(fieldName string) (value interface{}, found bool) {
+	if a.AdditionalProperties != nil {
+		value, found = a.AdditionalProperties[fieldName]
+	}
+	return
+}
+
+// Setter for additional properties for JWKS_Keys_Item
+func (a *JWKS_Keys_Item) Set(fieldName string, value interface{}) {
+	if a.AdditionalProperties == nil {
+		a.AdditionalProperties = make(map[string]interface{})
+	}
+	a.AdditionalProperties[fieldName] = value
+}
+
+// Override default JSON handling for JWKS_Keys_Item to handle AdditionalProperties
+func (a *JWKS_Keys_Item) UnmarshalJSON(b []byte) error {
+	object := make(map[string]json.RawMessage)
+	err := json.Unmarshal(b, &object)
+	if err != nil {
+		return err
+	}
+
+	if raw, found := object["alg"]; found {
+		err = json.Unmarshal(raw, &a.Alg)
+		if err != nil {
+			return fmt.Errorf("error reading 'alg': %w", err)
+		}
+		delete(object, "alg")
+	}
+
+	if raw, found := object["crv"]; found {
+		err = json.Unmarshal(raw, &a.Crv)
+		if err != nil {
+			return fmt.Errorf("error reading 'crv': %w", err)
+		}
+		delete(object, "crv")
+	}
+
+	if raw, found := object["kid"]; found {
+		err = json.Unmarshal(raw, &a.Kid)
+		if err != nil {
+			return fmt.Errorf("error reading 'kid': %w", err)
+		}
+		delete(object, "kid")
+	}
+
+	if raw, found := object["kty"]; found {
+		err = json.Unmarshal(raw, &a.Kty)
+		if err != nil {
+			return fmt.Errorf("error reading 'kty': %w", err)
+		}
+		delete(object, "kty")
+	}
+
+	if raw, found := object["use"]; found {
+		err = json.Unmarshal(raw, &a.Use)
+		if err != nil {
+			return fmt.Errorf("error reading 'use': %w", err)
+		}
+		delete(object, "use")
+	}
+
+	if raw, found := object["x"]; found {
+		err = json.Unmarshal(raw, &a.X)
+		if err != nil {
+			return fmt.Errorf("error reading 'x': %w", err)
+		}
+		delete(object, "x")
+	}
+
+	if len(object) != 0 {
+		a.AdditionalProperties = make(map[string]interface{})
+		for fieldName, fieldBuf := range object {
+			var fieldVal interface{}
+			err := json.Unmarshal(fieldBuf, &fieldVal)
+			if err != nil {
+				return fmt.Errorf("error unmarshaling field %s: %w", fieldName, err)
+			}
+			a.AdditionalProperties[fieldName] = fieldVal
+		}
+	}
+	return nil
+}
+
+// Override default JSON handling for JWKS_Keys_Item to handle AdditionalProperties
+func (a JWKS_Keys_Item) MarshalJSON() ([]byte, error) {
+	var err error
+	object := make(map[string]json.RawMessage)
+
+	if a.Alg != nil {
+		object["alg"], err = json.Marshal(a.Alg)
+		if err != nil {
+			return nil, fmt.Errorf("error marshaling 'alg': %w", err)
+		}
+	}
+
+	if a.Crv != nil {
+		object["crv"], err = json.Marshal(a.Crv)
+		if err != nil {
+			return nil, fmt.Errorf("error marshaling 'crv': %w", err)
+		}
+	}
+
+	object["kid"], err = json.Marshal(a.Kid)
+	if err != nil {
+		return nil, fmt.Errorf("error marshaling 'kid': %w", err)
+	}
+
+	object["kty"], err = json.Marshal(a.Kty)
+	if err != nil {
+		return nil, fmt.Errorf("error marshaling 'kty': %w", err)
+	}
+
+	if a.Use != nil {
+		object["use"], err = json.Marshal(a.Use)
+		if err != nil {
+			return nil, fmt.Errorf("error marshaling 'use': %w", err)
+		}
+	}
+
+	if a.X != nil {
+		object["x"], err = json.Marshal(a.X)
+		if err != nil {
+			return nil, fmt.Errorf("error marshaling 'x': %w", err)
+		}
+	}
+
+	for fieldName, field := range a.AdditionalProperties {
+		object[fieldName], err = json.Marshal(field)
+		if err != nil {
+			return nil, fmt.Errorf("error marshaling '%s': %w", fieldName, err)
+		}
+	}
+	return json.Marshal(object)
+}
+
 // ServerInterface represents all server handlers.
 type ServerInterface interface {
+	// JwksGet Keys that sign device tokens
+	// (GET /.well-known/jwks.json)
+	JwksGet(w http.ResponseWriter, r *http.Request)
+	// DeviceRegister Register a device
+	// (POST /device/v1/register)
+	DeviceRegister(w http.ResponseWriter, r *http.Request)
+	// DeviceStateGet The device's target state
+	// (GET /device/v1/state)
+	DeviceStateGet(w http.ResponseWriter, r *http.Request, params DeviceStateGetParams)
+	// DeviceStateUpdate Report the device's state
+	// (PATCH /device/v1/state)
+	DeviceStateUpdate(w http.ResponseWriter, r *http.Request)
+	// DeviceToken Trade a signed assertion for a device token
+	// (POST /device/v1/token)
+	DeviceToken(w http.ResponseWriter, r *http.Request)
+	// DeviceDelete Delete a device
+	// (DELETE /v1/devices/{deviceId})
+	DeviceDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId)
+	// DeviceGet A device, with its reported state
+	// (GET /v1/devices/{deviceId})
+	DeviceGet(w http.ResponseWriter, r *http.Request, deviceId DeviceId)
+	// DeviceUpdate Rename, move, pin or retag a device
+	// (PATCH /v1/devices/{deviceId})
+	DeviceUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId)
+	// DeviceVariableList Configuration variables of a device
+	// (GET /v1/devices/{deviceId}/variables)
+	DeviceVariableList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceVariableListParams)
+	// DeviceVariableCreate Set a configuration variable of a device
+	// (POST /v1/devices/{deviceId}/variables)
+	DeviceVariableCreate(w http.ResponseWriter, r *http.Request, deviceId DeviceId)
+	// DeviceVariableDelete Remove a device variable
+	// (DELETE /v1/devices/{deviceId}/variables/{variableId})
+	DeviceVariableDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId)
+	// DeviceVariableUpdate Change a device variable's value
+	// (PATCH /v1/devices/{deviceId}/variables/{variableId})
+	DeviceVariableUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId)
+	// FleetDelete Delete a fleet
+	// (DELETE /v1/fleets/{fleetId})
+	FleetDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId)
+	// FleetGet A fleet
+	// (GET /v1/fleets/{fleetId})
+	FleetGet(w http.ResponseWriter, r *http.Request, fleetId FleetId)
+	// FleetUpdate Change a fleet
+	// (PATCH /v1/fleets/{fleetId})
+	FleetUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId)
+	// ProvisioningKeyList Provisioning keys of a fleet
+	// (GET /v1/fleets/{fleetId}/provisioning-keys)
+	ProvisioningKeyList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params ProvisioningKeyListParams)
+	// ProvisioningKeyCreate Create a provisioning key
+	// (POST /v1/fleets/{fleetId}/provisioning-keys)
+	ProvisioningKeyCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId)
+	// ProvisioningKeyDelete Revoke a provisioning key
+	// (DELETE /v1/fleets/{fleetId}/provisioning-keys/{keyId})
+	ProvisioningKeyDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, keyId ProvisioningKeyId)
+	// ReleaseList Releases of a fleet
+	// (GET /v1/fleets/{fleetId}/releases)
+	ReleaseList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params ReleaseListParams)
+	// ReleaseCreate Register a release
+	// (POST /v1/fleets/{fleetId}/releases)
+	ReleaseCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId)
+	// FleetVariableList Configuration variables of a fleet
+	// (GET /v1/fleets/{fleetId}/variables)
+	FleetVariableList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetVariableListParams)
+	// FleetVariableCreate Set a configuration variable of a fleet
+	// (POST /v1/fleets/{fleetId}/variables)
+	FleetVariableCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId)
+	// FleetVariableDelete Remove a fleet variable
+	// (DELETE /v1/fleets/{fleetId}/variables/{variableId})
+	FleetVariableDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId)
+	// FleetVariableUpdate Change a fleet variable's value
+	// (PATCH /v1/fleets/{fleetId}/variables/{variableId})
+	FleetVariableUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId)
 	// MeGet The signed-in user
 	// (GET /v1/me)
 	MeGet(w http.ResponseWriter, r *http.Request)
@@ -546,6 +1498,15 @@ type ServerInterface interface {
 	// AuditEventList The audit log of an organisation
 	// (GET /v1/orgs/{orgId}/audit-events)
 	AuditEventList(w http.ResponseWriter, r *http.Request, orgId OrgId, params AuditEventListParams)
+	// DeviceList Devices of an organisation
+	// (GET /v1/orgs/{orgId}/devices)
+	DeviceList(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceListParams)
+	// FleetList Fleets of an organisation
+	// (GET /v1/orgs/{orgId}/fleets)
+	FleetList(w http.ResponseWriter, r *http.Request, orgId OrgId, params FleetListParams)
+	// FleetCreate Create a fleet
+	// (POST /v1/orgs/{orgId}/fleets)
+	FleetCreate(w http.ResponseWriter, r *http.Request, orgId OrgId)
 	// MemberList Members of an organisation
 	// (GET /v1/orgs/{orgId}/members)
 	MemberList(w http.ResponseWriter, r *http.Request, orgId OrgId, params MemberListParams)
@@ -558,6 +1519,12 @@ type ServerInterface interface {
 	// MemberUpdate Change a member's role
 	// (PATCH /v1/orgs/{orgId}/members/{userId})
 	MemberUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId)
+	// ReleaseGet A release
+	// (GET /v1/releases/{releaseId})
+	ReleaseGet(w http.ResponseWriter, r *http.Request, releaseId ReleaseId)
+	// ReleaseUpdate Finalise, fail or retag a release
+	// (PATCH /v1/releases/{releaseId})
+	ReleaseUpdate(w http.ResponseWriter, r *http.Request, releaseId ReleaseId)
 	// VersionGet Version of this deployment
 	// (GET /v1/version)
 	VersionGet(w http.ResponseWriter, r *http.Request)
@@ -566,6 +1533,150 @@ type ServerInterface interface {
 // Unimplemented server implementation that returns http.StatusNotImplemented for each endpoint.
 
 type Unimplemented struct{}
+
+// JwksGet Keys that sign device tokens
+// (GET /.well-known/jwks.json)
+func (_ Unimplemented) JwksGet(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceRegister Register a device
+// (POST /device/v1/register)
+func (_ Unimplemented) DeviceRegister(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceStateGet The device's target state
+// (GET /device/v1/state)
+func (_ Unimplemented) DeviceStateGet(w http.ResponseWriter, r *http.Request, params DeviceStateGetParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceStateUpdate Report the device's state
+// (PATCH /device/v1/state)
+func (_ Unimplemented) DeviceStateUpdate(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceToken Trade a signed assertion for a device token
+// (POST /device/v1/token)
+func (_ Unimplemented) DeviceToken(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceDelete Delete a device
+// (DELETE /v1/devices/{deviceId})
+func (_ Unimplemented) DeviceDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceGet A device, with its reported state
+// (GET /v1/devices/{deviceId})
+func (_ Unimplemented) DeviceGet(w http.ResponseWriter, r *http.Request, deviceId DeviceId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceUpdate Rename, move, pin or retag a device
+// (PATCH /v1/devices/{deviceId})
+func (_ Unimplemented) DeviceUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceVariableList Configuration variables of a device
+// (GET /v1/devices/{deviceId}/variables)
+func (_ Unimplemented) DeviceVariableList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceVariableListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceVariableCreate Set a configuration variable of a device
+// (POST /v1/devices/{deviceId}/variables)
+func (_ Unimplemented) DeviceVariableCreate(w http.ResponseWriter, r *http.Request, deviceId DeviceId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceVariableDelete Remove a device variable
+// (DELETE /v1/devices/{deviceId}/variables/{variableId})
+func (_ Unimplemented) DeviceVariableDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceVariableUpdate Change a device variable's value
+// (PATCH /v1/devices/{deviceId}/variables/{variableId})
+func (_ Unimplemented) DeviceVariableUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// FleetDelete Delete a fleet
+// (DELETE /v1/fleets/{fleetId})
+func (_ Unimplemented) FleetDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// FleetGet A fleet
+// (GET /v1/fleets/{fleetId})
+func (_ Unimplemented) FleetGet(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// FleetUpdate Change a fleet
+// (PATCH /v1/fleets/{fleetId})
+func (_ Unimplemented) FleetUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ProvisioningKeyList Provisioning keys of a fleet
+// (GET /v1/fleets/{fleetId}/provisioning-keys)
+func (_ Unimplemented) ProvisioningKeyList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params ProvisioningKeyListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ProvisioningKeyCreate Create a provisioning key
+// (POST /v1/fleets/{fleetId}/provisioning-keys)
+func (_ Unimplemented) ProvisioningKeyCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ProvisioningKeyDelete Revoke a provisioning key
+// (DELETE /v1/fleets/{fleetId}/provisioning-keys/{keyId})
+func (_ Unimplemented) ProvisioningKeyDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, keyId ProvisioningKeyId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ReleaseList Releases of a fleet
+// (GET /v1/fleets/{fleetId}/releases)
+func (_ Unimplemented) ReleaseList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params ReleaseListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ReleaseCreate Register a release
+// (POST /v1/fleets/{fleetId}/releases)
+func (_ Unimplemented) ReleaseCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// FleetVariableList Configuration variables of a fleet
+// (GET /v1/fleets/{fleetId}/variables)
+func (_ Unimplemented) FleetVariableList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetVariableListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// FleetVariableCreate Set a configuration variable of a fleet
+// (POST /v1/fleets/{fleetId}/variables)
+func (_ Unimplemented) FleetVariableCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// FleetVariableDelete Remove a fleet variable
+// (DELETE /v1/fleets/{fleetId}/variables/{variableId})
+func (_ Unimplemented) FleetVariableDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// FleetVariableUpdate Change a fleet variable's value
+// (PATCH /v1/fleets/{fleetId}/variables/{variableId})
+func (_ Unimplemented) FleetVariableUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
 
 // MeGet The signed-in user
 // (GET /v1/me)
@@ -627,6 +1738,24 @@ func (_ Unimplemented) AuditEventList(w http.ResponseWriter, r *http.Request, or
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// DeviceList Devices of an organisation
+// (GET /v1/orgs/{orgId}/devices)
+func (_ Unimplemented) DeviceList(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// FleetList Fleets of an organisation
+// (GET /v1/orgs/{orgId}/fleets)
+func (_ Unimplemented) FleetList(w http.ResponseWriter, r *http.Request, orgId OrgId, params FleetListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// FleetCreate Create a fleet
+// (POST /v1/orgs/{orgId}/fleets)
+func (_ Unimplemented) FleetCreate(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // MemberList Members of an organisation
 // (GET /v1/orgs/{orgId}/members)
 func (_ Unimplemented) MemberList(w http.ResponseWriter, r *http.Request, orgId OrgId, params MemberListParams) {
@@ -651,6 +1780,18 @@ func (_ Unimplemented) MemberUpdate(w http.ResponseWriter, r *http.Request, orgI
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// ReleaseGet A release
+// (GET /v1/releases/{releaseId})
+func (_ Unimplemented) ReleaseGet(w http.ResponseWriter, r *http.Request, releaseId ReleaseId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// ReleaseUpdate Finalise, fail or retag a release
+// (PATCH /v1/releases/{releaseId})
+func (_ Unimplemented) ReleaseUpdate(w http.ResponseWriter, r *http.Request, releaseId ReleaseId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // VersionGet Version of this deployment
 // (GET /v1/version)
 func (_ Unimplemented) VersionGet(w http.ResponseWriter, r *http.Request) {
@@ -665,6 +1806,771 @@ type ServerInterfaceWrapper struct {
 }
 
 type MiddlewareFunc func(http.Handler) http.Handler
+
+// JwksGet operation middleware
+func (siw *ServerInterfaceWrapper) JwksGet(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.JwksGet(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceRegister operation middleware
+func (siw *ServerInterfaceWrapper) DeviceRegister(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceRegister(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceStateGet operation middleware
+func (siw *ServerInterfaceWrapper) DeviceStateGet(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceStateGetParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "If-None-Match" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("If-None-Match")]; found {
+		var IfNoneMatch string
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "If-None-Match", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "If-None-Match", valueList[0], &IfNoneMatch, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "If-None-Match", Err: err})
+			return
+		}
+
+		params.IfNoneMatch = &IfNoneMatch
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceStateGet(w, r, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceStateUpdate operation middleware
+func (siw *ServerInterfaceWrapper) DeviceStateUpdate(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceStateUpdate(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceToken operation middleware
+func (siw *ServerInterfaceWrapper) DeviceToken(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceToken(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceDelete operation middleware
+func (siw *ServerInterfaceWrapper) DeviceDelete(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceDelete(w, r, deviceId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceGet operation middleware
+func (siw *ServerInterfaceWrapper) DeviceGet(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceGet(w, r, deviceId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceUpdate operation middleware
+func (siw *ServerInterfaceWrapper) DeviceUpdate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceUpdate(w, r, deviceId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceVariableList operation middleware
+func (siw *ServerInterfaceWrapper) DeviceVariableList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceVariableListParams
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceVariableList(w, r, deviceId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceVariableCreate operation middleware
+func (siw *ServerInterfaceWrapper) DeviceVariableCreate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceVariableCreate(w, r, deviceId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceVariableDelete operation middleware
+func (siw *ServerInterfaceWrapper) DeviceVariableDelete(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	// ------------- Path parameter "variableId" -------------
+	var variableId VariableId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "variableId", chi.URLParam(r, "variableId"), &variableId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "variableId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceVariableDelete(w, r, deviceId, variableId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceVariableUpdate operation middleware
+func (siw *ServerInterfaceWrapper) DeviceVariableUpdate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	// ------------- Path parameter "variableId" -------------
+	var variableId VariableId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "variableId", chi.URLParam(r, "variableId"), &variableId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "variableId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceVariableUpdate(w, r, deviceId, variableId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// FleetDelete operation middleware
+func (siw *ServerInterfaceWrapper) FleetDelete(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.FleetDelete(w, r, fleetId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// FleetGet operation middleware
+func (siw *ServerInterfaceWrapper) FleetGet(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.FleetGet(w, r, fleetId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// FleetUpdate operation middleware
+func (siw *ServerInterfaceWrapper) FleetUpdate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.FleetUpdate(w, r, fleetId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ProvisioningKeyList operation middleware
+func (siw *ServerInterfaceWrapper) ProvisioningKeyList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ProvisioningKeyListParams
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ProvisioningKeyList(w, r, fleetId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ProvisioningKeyCreate operation middleware
+func (siw *ServerInterfaceWrapper) ProvisioningKeyCreate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ProvisioningKeyCreate(w, r, fleetId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ProvisioningKeyDelete operation middleware
+func (siw *ServerInterfaceWrapper) ProvisioningKeyDelete(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	// ------------- Path parameter "keyId" -------------
+	var keyId ProvisioningKeyId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "keyId", chi.URLParam(r, "keyId"), &keyId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "keyId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ProvisioningKeyDelete(w, r, fleetId, keyId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ReleaseList operation middleware
+func (siw *ServerInterfaceWrapper) ReleaseList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ReleaseListParams
+
+	// ------------- Optional query parameter "status" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "status", r.URL.Query(), &params.Status, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "status"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "status", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ReleaseList(w, r, fleetId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ReleaseCreate operation middleware
+func (siw *ServerInterfaceWrapper) ReleaseCreate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ReleaseCreate(w, r, fleetId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// FleetVariableList operation middleware
+func (siw *ServerInterfaceWrapper) FleetVariableList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params FleetVariableListParams
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.FleetVariableList(w, r, fleetId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// FleetVariableCreate operation middleware
+func (siw *ServerInterfaceWrapper) FleetVariableCreate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.FleetVariableCreate(w, r, fleetId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// FleetVariableDelete operation middleware
+func (siw *ServerInterfaceWrapper) FleetVariableDelete(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	// ------------- Path parameter "variableId" -------------
+	var variableId VariableId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "variableId", chi.URLParam(r, "variableId"), &variableId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "variableId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.FleetVariableDelete(w, r, fleetId, variableId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// FleetVariableUpdate operation middleware
+func (siw *ServerInterfaceWrapper) FleetVariableUpdate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	// ------------- Path parameter "variableId" -------------
+	var variableId VariableId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "variableId", chi.URLParam(r, "variableId"), &variableId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "variableId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.FleetVariableUpdate(w, r, fleetId, variableId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
 
 // MeGet operation middleware
 func (siw *ServerInterfaceWrapper) MeGet(w http.ResponseWriter, r *http.Request) {
@@ -1015,6 +2921,220 @@ func (siw *ServerInterfaceWrapper) AuditEventList(w http.ResponseWriter, r *http
 	handler.ServeHTTP(w, r)
 }
 
+// DeviceList operation middleware
+func (siw *ServerInterfaceWrapper) DeviceList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceListParams
+
+	// ------------- Optional query parameter "fleet_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "fleet_id", r.URL.Query(), &params.FleetId, runtime.BindQueryParameterOptions{Type: "string", Format: "uuid"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "fleet_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleet_id", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "tag_key" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "tag_key", r.URL.Query(), &params.TagKey, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "tag_key"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "tag_key", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "tag_value" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "tag_value", r.URL.Query(), &params.TagValue, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "tag_value"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "tag_value", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "online" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "online", r.URL.Query(), &params.Online, runtime.BindQueryParameterOptions{Type: "boolean", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "online"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "online", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "running_release_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "running_release_id", r.URL.Query(), &params.RunningReleaseId, runtime.BindQueryParameterOptions{Type: "string", Format: "uuid"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "running_release_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "running_release_id", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "name_prefix" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "name_prefix", r.URL.Query(), &params.NamePrefix, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "name_prefix"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "name_prefix", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceList(w, r, orgId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// FleetList operation middleware
+func (siw *ServerInterfaceWrapper) FleetList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params FleetListParams
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.FleetList(w, r, orgId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// FleetCreate operation middleware
+func (siw *ServerInterfaceWrapper) FleetCreate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.FleetCreate(w, r, orgId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // MemberList operation middleware
 func (siw *ServerInterfaceWrapper) MemberList(w http.ResponseWriter, r *http.Request) {
 
@@ -1157,6 +3277,58 @@ func (siw *ServerInterfaceWrapper) MemberUpdate(w http.ResponseWriter, r *http.R
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.MemberUpdate(w, r, orgId, userId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ReleaseGet operation middleware
+func (siw *ServerInterfaceWrapper) ReleaseGet(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "releaseId" -------------
+	var releaseId ReleaseId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "releaseId", chi.URLParam(r, "releaseId"), &releaseId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "releaseId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ReleaseGet(w, r, releaseId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// ReleaseUpdate operation middleware
+func (siw *ServerInterfaceWrapper) ReleaseUpdate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "releaseId" -------------
+	var releaseId ReleaseId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "releaseId", chi.URLParam(r, "releaseId"), &releaseId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "releaseId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.ReleaseUpdate(w, r, releaseId)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -1338,11 +3510,1054 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/v1/orgs/{orgId}/audit-events", wrapper.AuditEventList)
 	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/orgs/{orgId}/fleets", wrapper.FleetList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/orgs/{orgId}/fleets", wrapper.FleetCreate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/v1/fleets/{fleetId}", wrapper.FleetDelete)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/fleets/{fleetId}", wrapper.FleetGet)
+	})
+	r.Group(func(r chi.Router) {
+		r.Patch(options.BaseURL+"/v1/fleets/{fleetId}", wrapper.FleetUpdate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/fleets/{fleetId}/provisioning-keys", wrapper.ProvisioningKeyList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/fleets/{fleetId}/provisioning-keys", wrapper.ProvisioningKeyCreate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/v1/fleets/{fleetId}/provisioning-keys/{keyId}", wrapper.ProvisioningKeyDelete)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/fleets/{fleetId}/releases", wrapper.ReleaseList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/fleets/{fleetId}/releases", wrapper.ReleaseCreate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/releases/{releaseId}", wrapper.ReleaseGet)
+	})
+	r.Group(func(r chi.Router) {
+		r.Patch(options.BaseURL+"/v1/releases/{releaseId}", wrapper.ReleaseUpdate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/fleets/{fleetId}/variables", wrapper.FleetVariableList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/fleets/{fleetId}/variables", wrapper.FleetVariableCreate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/v1/fleets/{fleetId}/variables/{variableId}", wrapper.FleetVariableDelete)
+	})
+	r.Group(func(r chi.Router) {
+		r.Patch(options.BaseURL+"/v1/fleets/{fleetId}/variables/{variableId}", wrapper.FleetVariableUpdate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/orgs/{orgId}/devices", wrapper.DeviceList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/v1/devices/{deviceId}", wrapper.DeviceDelete)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/devices/{deviceId}", wrapper.DeviceGet)
+	})
+	r.Group(func(r chi.Router) {
+		r.Patch(options.BaseURL+"/v1/devices/{deviceId}", wrapper.DeviceUpdate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/devices/{deviceId}/variables", wrapper.DeviceVariableList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/devices/{deviceId}/variables", wrapper.DeviceVariableCreate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/v1/devices/{deviceId}/variables/{variableId}", wrapper.DeviceVariableDelete)
+	})
+	r.Group(func(r chi.Router) {
+		r.Patch(options.BaseURL+"/v1/devices/{deviceId}/variables/{variableId}", wrapper.DeviceVariableUpdate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/device/v1/register", wrapper.DeviceRegister)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/device/v1/token", wrapper.DeviceToken)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/device/v1/state", wrapper.DeviceStateGet)
+	})
+	r.Group(func(r chi.Router) {
+		r.Patch(options.BaseURL+"/device/v1/state", wrapper.DeviceStateUpdate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/.well-known/jwks.json", wrapper.JwksGet)
+	})
 
 	return r
 }
 
 type ProblemApplicationProblemPlusJSONResponse Problem
+
+type JwksGetRequestObject struct {
+}
+
+type JwksGetResponseObject interface {
+	VisitJwksGetResponse(w http.ResponseWriter) error
+}
+
+type JwksGet200JSONResponse JWKS
+
+func (response JwksGet200JSONResponse) VisitJwksGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type JwksGetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response JwksGetdefaultApplicationProblemPlusJSONResponse) VisitJwksGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceRegisterRequestObject struct {
+	Body *DeviceRegisterJSONRequestBody
+}
+
+type DeviceRegisterResponseObject interface {
+	VisitDeviceRegisterResponse(w http.ResponseWriter) error
+}
+
+type DeviceRegister200JSONResponse DeviceRegistration
+
+func (response DeviceRegister200JSONResponse) VisitDeviceRegisterResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceRegister201JSONResponse DeviceRegistration
+
+func (response DeviceRegister201JSONResponse) VisitDeviceRegisterResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceRegisterdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceRegisterdefaultApplicationProblemPlusJSONResponse) VisitDeviceRegisterResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceStateGetRequestObject struct {
+	Params DeviceStateGetParams
+}
+
+type DeviceStateGetResponseObject interface {
+	VisitDeviceStateGetResponse(w http.ResponseWriter) error
+}
+
+type DeviceStateGet200ResponseHeaders struct {
+	ETag *string
+}
+
+type DeviceStateGet200JSONResponse struct {
+	Body    TargetState
+	Headers DeviceStateGet200ResponseHeaders
+}
+
+func (response DeviceStateGet200JSONResponse) VisitDeviceStateGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if response.Headers.ETag != nil {
+		w.Header().Set("ETag", fmt.Sprint(*response.Headers.ETag))
+	}
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceStateGet304ResponseHeaders struct {
+	ETag *string
+}
+
+type DeviceStateGet304Response struct {
+	Headers DeviceStateGet304ResponseHeaders
+}
+
+func (response DeviceStateGet304Response) VisitDeviceStateGetResponse(w http.ResponseWriter) error {
+	if response.Headers.ETag != nil {
+		w.Header().Set("ETag", fmt.Sprint(*response.Headers.ETag))
+	}
+	w.WriteHeader(304)
+	return nil
+}
+
+type DeviceStateGetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceStateGetdefaultApplicationProblemPlusJSONResponse) VisitDeviceStateGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceStateUpdateRequestObject struct {
+	Body *DeviceStateUpdateJSONRequestBody
+}
+
+type DeviceStateUpdateResponseObject interface {
+	VisitDeviceStateUpdateResponse(w http.ResponseWriter) error
+}
+
+type DeviceStateUpdate204Response struct {
+}
+
+func (response DeviceStateUpdate204Response) VisitDeviceStateUpdateResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type DeviceStateUpdatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceStateUpdatedefaultApplicationProblemPlusJSONResponse) VisitDeviceStateUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceTokenRequestObject struct {
+	Body *DeviceTokenJSONRequestBody
+}
+
+type DeviceTokenResponseObject interface {
+	VisitDeviceTokenResponse(w http.ResponseWriter) error
+}
+
+type DeviceToken200JSONResponse DeviceToken
+
+func (response DeviceToken200JSONResponse) VisitDeviceTokenResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceTokendefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceTokendefaultApplicationProblemPlusJSONResponse) VisitDeviceTokenResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceDeleteRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+}
+
+type DeviceDeleteResponseObject interface {
+	VisitDeviceDeleteResponse(w http.ResponseWriter) error
+}
+
+type DeviceDelete204Response struct {
+}
+
+func (response DeviceDelete204Response) VisitDeviceDeleteResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type DeviceDeletedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceDeletedefaultApplicationProblemPlusJSONResponse) VisitDeviceDeleteResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceGetRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+}
+
+type DeviceGetResponseObject interface {
+	VisitDeviceGetResponse(w http.ResponseWriter) error
+}
+
+type DeviceGet200JSONResponse Device
+
+func (response DeviceGet200JSONResponse) VisitDeviceGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceGetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceGetdefaultApplicationProblemPlusJSONResponse) VisitDeviceGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceUpdateRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+	Body     *DeviceUpdateJSONRequestBody
+}
+
+type DeviceUpdateResponseObject interface {
+	VisitDeviceUpdateResponse(w http.ResponseWriter) error
+}
+
+type DeviceUpdate200JSONResponse Device
+
+func (response DeviceUpdate200JSONResponse) VisitDeviceUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceUpdatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceUpdatedefaultApplicationProblemPlusJSONResponse) VisitDeviceUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceVariableListRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+	Params   DeviceVariableListParams
+}
+
+type DeviceVariableListResponseObject interface {
+	VisitDeviceVariableListResponse(w http.ResponseWriter) error
+}
+
+type DeviceVariableList200JSONResponse VariablePage
+
+func (response DeviceVariableList200JSONResponse) VisitDeviceVariableListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceVariableListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceVariableListdefaultApplicationProblemPlusJSONResponse) VisitDeviceVariableListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceVariableCreateRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+	Body     *DeviceVariableCreateJSONRequestBody
+}
+
+type DeviceVariableCreateResponseObject interface {
+	VisitDeviceVariableCreateResponse(w http.ResponseWriter) error
+}
+
+type DeviceVariableCreate201JSONResponse Variable
+
+func (response DeviceVariableCreate201JSONResponse) VisitDeviceVariableCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceVariableCreatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceVariableCreatedefaultApplicationProblemPlusJSONResponse) VisitDeviceVariableCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceVariableDeleteRequestObject struct {
+	DeviceId   DeviceId   `json:"deviceId"`
+	VariableId VariableId `json:"variableId"`
+}
+
+type DeviceVariableDeleteResponseObject interface {
+	VisitDeviceVariableDeleteResponse(w http.ResponseWriter) error
+}
+
+type DeviceVariableDelete204Response struct {
+}
+
+func (response DeviceVariableDelete204Response) VisitDeviceVariableDeleteResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type DeviceVariableDeletedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceVariableDeletedefaultApplicationProblemPlusJSONResponse) VisitDeviceVariableDeleteResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceVariableUpdateRequestObject struct {
+	DeviceId   DeviceId   `json:"deviceId"`
+	VariableId VariableId `json:"variableId"`
+	Body       *DeviceVariableUpdateJSONRequestBody
+}
+
+type DeviceVariableUpdateResponseObject interface {
+	VisitDeviceVariableUpdateResponse(w http.ResponseWriter) error
+}
+
+type DeviceVariableUpdate200JSONResponse Variable
+
+func (response DeviceVariableUpdate200JSONResponse) VisitDeviceVariableUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceVariableUpdatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceVariableUpdatedefaultApplicationProblemPlusJSONResponse) VisitDeviceVariableUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetDeleteRequestObject struct {
+	FleetId FleetId `json:"fleetId"`
+}
+
+type FleetDeleteResponseObject interface {
+	VisitFleetDeleteResponse(w http.ResponseWriter) error
+}
+
+type FleetDelete204Response struct {
+}
+
+func (response FleetDelete204Response) VisitFleetDeleteResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type FleetDeletedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response FleetDeletedefaultApplicationProblemPlusJSONResponse) VisitFleetDeleteResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetGetRequestObject struct {
+	FleetId FleetId `json:"fleetId"`
+}
+
+type FleetGetResponseObject interface {
+	VisitFleetGetResponse(w http.ResponseWriter) error
+}
+
+type FleetGet200JSONResponse Fleet
+
+func (response FleetGet200JSONResponse) VisitFleetGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetGetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response FleetGetdefaultApplicationProblemPlusJSONResponse) VisitFleetGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetUpdateRequestObject struct {
+	FleetId FleetId `json:"fleetId"`
+	Body    *FleetUpdateJSONRequestBody
+}
+
+type FleetUpdateResponseObject interface {
+	VisitFleetUpdateResponse(w http.ResponseWriter) error
+}
+
+type FleetUpdate200JSONResponse Fleet
+
+func (response FleetUpdate200JSONResponse) VisitFleetUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetUpdatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response FleetUpdatedefaultApplicationProblemPlusJSONResponse) VisitFleetUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ProvisioningKeyListRequestObject struct {
+	FleetId FleetId `json:"fleetId"`
+	Params  ProvisioningKeyListParams
+}
+
+type ProvisioningKeyListResponseObject interface {
+	VisitProvisioningKeyListResponse(w http.ResponseWriter) error
+}
+
+type ProvisioningKeyList200JSONResponse ProvisioningKeyPage
+
+func (response ProvisioningKeyList200JSONResponse) VisitProvisioningKeyListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ProvisioningKeyListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response ProvisioningKeyListdefaultApplicationProblemPlusJSONResponse) VisitProvisioningKeyListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ProvisioningKeyCreateRequestObject struct {
+	FleetId FleetId `json:"fleetId"`
+	Body    *ProvisioningKeyCreateJSONRequestBody
+}
+
+type ProvisioningKeyCreateResponseObject interface {
+	VisitProvisioningKeyCreateResponse(w http.ResponseWriter) error
+}
+
+type ProvisioningKeyCreate201JSONResponse ProvisioningKeyCreated
+
+func (response ProvisioningKeyCreate201JSONResponse) VisitProvisioningKeyCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ProvisioningKeyCreatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response ProvisioningKeyCreatedefaultApplicationProblemPlusJSONResponse) VisitProvisioningKeyCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ProvisioningKeyDeleteRequestObject struct {
+	FleetId FleetId           `json:"fleetId"`
+	KeyId   ProvisioningKeyId `json:"keyId"`
+}
+
+type ProvisioningKeyDeleteResponseObject interface {
+	VisitProvisioningKeyDeleteResponse(w http.ResponseWriter) error
+}
+
+type ProvisioningKeyDelete204Response struct {
+}
+
+func (response ProvisioningKeyDelete204Response) VisitProvisioningKeyDeleteResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type ProvisioningKeyDeletedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response ProvisioningKeyDeletedefaultApplicationProblemPlusJSONResponse) VisitProvisioningKeyDeleteResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ReleaseListRequestObject struct {
+	FleetId FleetId `json:"fleetId"`
+	Params  ReleaseListParams
+}
+
+type ReleaseListResponseObject interface {
+	VisitReleaseListResponse(w http.ResponseWriter) error
+}
+
+type ReleaseList200JSONResponse ReleasePage
+
+func (response ReleaseList200JSONResponse) VisitReleaseListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ReleaseListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response ReleaseListdefaultApplicationProblemPlusJSONResponse) VisitReleaseListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ReleaseCreateRequestObject struct {
+	FleetId FleetId `json:"fleetId"`
+	Body    *ReleaseCreateJSONRequestBody
+}
+
+type ReleaseCreateResponseObject interface {
+	VisitReleaseCreateResponse(w http.ResponseWriter) error
+}
+
+type ReleaseCreate201JSONResponse Release
+
+func (response ReleaseCreate201JSONResponse) VisitReleaseCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ReleaseCreatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response ReleaseCreatedefaultApplicationProblemPlusJSONResponse) VisitReleaseCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetVariableListRequestObject struct {
+	FleetId FleetId `json:"fleetId"`
+	Params  FleetVariableListParams
+}
+
+type FleetVariableListResponseObject interface {
+	VisitFleetVariableListResponse(w http.ResponseWriter) error
+}
+
+type FleetVariableList200JSONResponse VariablePage
+
+func (response FleetVariableList200JSONResponse) VisitFleetVariableListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetVariableListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response FleetVariableListdefaultApplicationProblemPlusJSONResponse) VisitFleetVariableListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetVariableCreateRequestObject struct {
+	FleetId FleetId `json:"fleetId"`
+	Body    *FleetVariableCreateJSONRequestBody
+}
+
+type FleetVariableCreateResponseObject interface {
+	VisitFleetVariableCreateResponse(w http.ResponseWriter) error
+}
+
+type FleetVariableCreate201JSONResponse Variable
+
+func (response FleetVariableCreate201JSONResponse) VisitFleetVariableCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetVariableCreatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response FleetVariableCreatedefaultApplicationProblemPlusJSONResponse) VisitFleetVariableCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetVariableDeleteRequestObject struct {
+	FleetId    FleetId    `json:"fleetId"`
+	VariableId VariableId `json:"variableId"`
+}
+
+type FleetVariableDeleteResponseObject interface {
+	VisitFleetVariableDeleteResponse(w http.ResponseWriter) error
+}
+
+type FleetVariableDelete204Response struct {
+}
+
+func (response FleetVariableDelete204Response) VisitFleetVariableDeleteResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type FleetVariableDeletedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response FleetVariableDeletedefaultApplicationProblemPlusJSONResponse) VisitFleetVariableDeleteResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetVariableUpdateRequestObject struct {
+	FleetId    FleetId    `json:"fleetId"`
+	VariableId VariableId `json:"variableId"`
+	Body       *FleetVariableUpdateJSONRequestBody
+}
+
+type FleetVariableUpdateResponseObject interface {
+	VisitFleetVariableUpdateResponse(w http.ResponseWriter) error
+}
+
+type FleetVariableUpdate200JSONResponse Variable
+
+func (response FleetVariableUpdate200JSONResponse) VisitFleetVariableUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetVariableUpdatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response FleetVariableUpdatedefaultApplicationProblemPlusJSONResponse) VisitFleetVariableUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
 
 type MeGetRequestObject struct {
 }
@@ -1726,6 +4941,126 @@ func (response AuditEventListdefaultApplicationProblemPlusJSONResponse) VisitAud
 	return err
 }
 
+type DeviceListRequestObject struct {
+	OrgId  OrgId `json:"orgId"`
+	Params DeviceListParams
+}
+
+type DeviceListResponseObject interface {
+	VisitDeviceListResponse(w http.ResponseWriter) error
+}
+
+type DeviceList200JSONResponse DevicePage
+
+func (response DeviceList200JSONResponse) VisitDeviceListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceListdefaultApplicationProblemPlusJSONResponse) VisitDeviceListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetListRequestObject struct {
+	OrgId  OrgId `json:"orgId"`
+	Params FleetListParams
+}
+
+type FleetListResponseObject interface {
+	VisitFleetListResponse(w http.ResponseWriter) error
+}
+
+type FleetList200JSONResponse FleetPage
+
+func (response FleetList200JSONResponse) VisitFleetListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response FleetListdefaultApplicationProblemPlusJSONResponse) VisitFleetListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetCreateRequestObject struct {
+	OrgId OrgId `json:"orgId"`
+	Body  *FleetCreateJSONRequestBody
+}
+
+type FleetCreateResponseObject interface {
+	VisitFleetCreateResponse(w http.ResponseWriter) error
+}
+
+type FleetCreate201JSONResponse Fleet
+
+func (response FleetCreate201JSONResponse) VisitFleetCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetCreatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response FleetCreatedefaultApplicationProblemPlusJSONResponse) VisitFleetCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type MemberListRequestObject struct {
 	OrgId  OrgId `json:"orgId"`
 	Params MemberListParams
@@ -1881,6 +5216,85 @@ func (response MemberUpdatedefaultApplicationProblemPlusJSONResponse) VisitMembe
 	return err
 }
 
+type ReleaseGetRequestObject struct {
+	ReleaseId ReleaseId `json:"releaseId"`
+}
+
+type ReleaseGetResponseObject interface {
+	VisitReleaseGetResponse(w http.ResponseWriter) error
+}
+
+type ReleaseGet200JSONResponse Release
+
+func (response ReleaseGet200JSONResponse) VisitReleaseGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ReleaseGetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response ReleaseGetdefaultApplicationProblemPlusJSONResponse) VisitReleaseGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ReleaseUpdateRequestObject struct {
+	ReleaseId ReleaseId `json:"releaseId"`
+	Body      *ReleaseUpdateJSONRequestBody
+}
+
+type ReleaseUpdateResponseObject interface {
+	VisitReleaseUpdateResponse(w http.ResponseWriter) error
+}
+
+type ReleaseUpdate200JSONResponse Release
+
+func (response ReleaseUpdate200JSONResponse) VisitReleaseUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type ReleaseUpdatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response ReleaseUpdatedefaultApplicationProblemPlusJSONResponse) VisitReleaseUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type VersionGetRequestObject struct {
 }
 
@@ -1921,6 +5335,78 @@ func (response VersionGetdefaultApplicationProblemPlusJSONResponse) VisitVersion
 
 // StrictServerInterface represents all server handlers.
 type StrictServerInterface interface {
+	// JwksGet Keys that sign device tokens
+	// (GET /.well-known/jwks.json)
+	JwksGet(ctx context.Context, request JwksGetRequestObject) (JwksGetResponseObject, error)
+	// DeviceRegister Register a device
+	// (POST /device/v1/register)
+	DeviceRegister(ctx context.Context, request DeviceRegisterRequestObject) (DeviceRegisterResponseObject, error)
+	// DeviceStateGet The device's target state
+	// (GET /device/v1/state)
+	DeviceStateGet(ctx context.Context, request DeviceStateGetRequestObject) (DeviceStateGetResponseObject, error)
+	// DeviceStateUpdate Report the device's state
+	// (PATCH /device/v1/state)
+	DeviceStateUpdate(ctx context.Context, request DeviceStateUpdateRequestObject) (DeviceStateUpdateResponseObject, error)
+	// DeviceToken Trade a signed assertion for a device token
+	// (POST /device/v1/token)
+	DeviceToken(ctx context.Context, request DeviceTokenRequestObject) (DeviceTokenResponseObject, error)
+	// DeviceDelete Delete a device
+	// (DELETE /v1/devices/{deviceId})
+	DeviceDelete(ctx context.Context, request DeviceDeleteRequestObject) (DeviceDeleteResponseObject, error)
+	// DeviceGet A device, with its reported state
+	// (GET /v1/devices/{deviceId})
+	DeviceGet(ctx context.Context, request DeviceGetRequestObject) (DeviceGetResponseObject, error)
+	// DeviceUpdate Rename, move, pin or retag a device
+	// (PATCH /v1/devices/{deviceId})
+	DeviceUpdate(ctx context.Context, request DeviceUpdateRequestObject) (DeviceUpdateResponseObject, error)
+	// DeviceVariableList Configuration variables of a device
+	// (GET /v1/devices/{deviceId}/variables)
+	DeviceVariableList(ctx context.Context, request DeviceVariableListRequestObject) (DeviceVariableListResponseObject, error)
+	// DeviceVariableCreate Set a configuration variable of a device
+	// (POST /v1/devices/{deviceId}/variables)
+	DeviceVariableCreate(ctx context.Context, request DeviceVariableCreateRequestObject) (DeviceVariableCreateResponseObject, error)
+	// DeviceVariableDelete Remove a device variable
+	// (DELETE /v1/devices/{deviceId}/variables/{variableId})
+	DeviceVariableDelete(ctx context.Context, request DeviceVariableDeleteRequestObject) (DeviceVariableDeleteResponseObject, error)
+	// DeviceVariableUpdate Change a device variable's value
+	// (PATCH /v1/devices/{deviceId}/variables/{variableId})
+	DeviceVariableUpdate(ctx context.Context, request DeviceVariableUpdateRequestObject) (DeviceVariableUpdateResponseObject, error)
+	// FleetDelete Delete a fleet
+	// (DELETE /v1/fleets/{fleetId})
+	FleetDelete(ctx context.Context, request FleetDeleteRequestObject) (FleetDeleteResponseObject, error)
+	// FleetGet A fleet
+	// (GET /v1/fleets/{fleetId})
+	FleetGet(ctx context.Context, request FleetGetRequestObject) (FleetGetResponseObject, error)
+	// FleetUpdate Change a fleet
+	// (PATCH /v1/fleets/{fleetId})
+	FleetUpdate(ctx context.Context, request FleetUpdateRequestObject) (FleetUpdateResponseObject, error)
+	// ProvisioningKeyList Provisioning keys of a fleet
+	// (GET /v1/fleets/{fleetId}/provisioning-keys)
+	ProvisioningKeyList(ctx context.Context, request ProvisioningKeyListRequestObject) (ProvisioningKeyListResponseObject, error)
+	// ProvisioningKeyCreate Create a provisioning key
+	// (POST /v1/fleets/{fleetId}/provisioning-keys)
+	ProvisioningKeyCreate(ctx context.Context, request ProvisioningKeyCreateRequestObject) (ProvisioningKeyCreateResponseObject, error)
+	// ProvisioningKeyDelete Revoke a provisioning key
+	// (DELETE /v1/fleets/{fleetId}/provisioning-keys/{keyId})
+	ProvisioningKeyDelete(ctx context.Context, request ProvisioningKeyDeleteRequestObject) (ProvisioningKeyDeleteResponseObject, error)
+	// ReleaseList Releases of a fleet
+	// (GET /v1/fleets/{fleetId}/releases)
+	ReleaseList(ctx context.Context, request ReleaseListRequestObject) (ReleaseListResponseObject, error)
+	// ReleaseCreate Register a release
+	// (POST /v1/fleets/{fleetId}/releases)
+	ReleaseCreate(ctx context.Context, request ReleaseCreateRequestObject) (ReleaseCreateResponseObject, error)
+	// FleetVariableList Configuration variables of a fleet
+	// (GET /v1/fleets/{fleetId}/variables)
+	FleetVariableList(ctx context.Context, request FleetVariableListRequestObject) (FleetVariableListResponseObject, error)
+	// FleetVariableCreate Set a configuration variable of a fleet
+	// (POST /v1/fleets/{fleetId}/variables)
+	FleetVariableCreate(ctx context.Context, request FleetVariableCreateRequestObject) (FleetVariableCreateResponseObject, error)
+	// FleetVariableDelete Remove a fleet variable
+	// (DELETE /v1/fleets/{fleetId}/variables/{variableId})
+	FleetVariableDelete(ctx context.Context, request FleetVariableDeleteRequestObject) (FleetVariableDeleteResponseObject, error)
+	// FleetVariableUpdate Change a fleet variable's value
+	// (PATCH /v1/fleets/{fleetId}/variables/{variableId})
+	FleetVariableUpdate(ctx context.Context, request FleetVariableUpdateRequestObject) (FleetVariableUpdateResponseObject, error)
 	// MeGet The signed-in user
 	// (GET /v1/me)
 	MeGet(ctx context.Context, request MeGetRequestObject) (MeGetResponseObject, error)
@@ -1951,6 +5437,15 @@ type StrictServerInterface interface {
 	// AuditEventList The audit log of an organisation
 	// (GET /v1/orgs/{orgId}/audit-events)
 	AuditEventList(ctx context.Context, request AuditEventListRequestObject) (AuditEventListResponseObject, error)
+	// DeviceList Devices of an organisation
+	// (GET /v1/orgs/{orgId}/devices)
+	DeviceList(ctx context.Context, request DeviceListRequestObject) (DeviceListResponseObject, error)
+	// FleetList Fleets of an organisation
+	// (GET /v1/orgs/{orgId}/fleets)
+	FleetList(ctx context.Context, request FleetListRequestObject) (FleetListResponseObject, error)
+	// FleetCreate Create a fleet
+	// (POST /v1/orgs/{orgId}/fleets)
+	FleetCreate(ctx context.Context, request FleetCreateRequestObject) (FleetCreateResponseObject, error)
 	// MemberList Members of an organisation
 	// (GET /v1/orgs/{orgId}/members)
 	MemberList(ctx context.Context, request MemberListRequestObject) (MemberListResponseObject, error)
@@ -1963,6 +5458,12 @@ type StrictServerInterface interface {
 	// MemberUpdate Change a member's role
 	// (PATCH /v1/orgs/{orgId}/members/{userId})
 	MemberUpdate(ctx context.Context, request MemberUpdateRequestObject) (MemberUpdateResponseObject, error)
+	// ReleaseGet A release
+	// (GET /v1/releases/{releaseId})
+	ReleaseGet(ctx context.Context, request ReleaseGetRequestObject) (ReleaseGetResponseObject, error)
+	// ReleaseUpdate Finalise, fail or retag a release
+	// (PATCH /v1/releases/{releaseId})
+	ReleaseUpdate(ctx context.Context, request ReleaseUpdateRequestObject) (ReleaseUpdateResponseObject, error)
 	// VersionGet Version of this deployment
 	// (GET /v1/version)
 	VersionGet(ctx context.Context, request VersionGetRequestObject) (VersionGetResponseObject, error)
@@ -2005,6 +5506,708 @@ type strictHandler struct {
 	ssi         StrictServerInterface
 	middlewares []StrictMiddlewareFunc
 	options     StrictHTTPServerOptions
+}
+
+// JwksGet operation middleware
+func (sh *strictHandler) JwksGet(w http.ResponseWriter, r *http.Request) {
+	var request JwksGetRequestObject
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.JwksGet(ctx, request.(JwksGetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "JwksGet")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(JwksGetResponseObject); ok {
+		if err := validResponse.VisitJwksGetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceRegister operation middleware
+func (sh *strictHandler) DeviceRegister(w http.ResponseWriter, r *http.Request) {
+	var request DeviceRegisterRequestObject
+
+	var body DeviceRegisterJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceRegister(ctx, request.(DeviceRegisterRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceRegister")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceRegisterResponseObject); ok {
+		if err := validResponse.VisitDeviceRegisterResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceStateGet operation middleware
+func (sh *strictHandler) DeviceStateGet(w http.ResponseWriter, r *http.Request, params DeviceStateGetParams) {
+	var request DeviceStateGetRequestObject
+
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceStateGet(ctx, request.(DeviceStateGetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceStateGet")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceStateGetResponseObject); ok {
+		if err := validResponse.VisitDeviceStateGetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceStateUpdate operation middleware
+func (sh *strictHandler) DeviceStateUpdate(w http.ResponseWriter, r *http.Request) {
+	var request DeviceStateUpdateRequestObject
+
+	var body DeviceStateUpdateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceStateUpdate(ctx, request.(DeviceStateUpdateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceStateUpdate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceStateUpdateResponseObject); ok {
+		if err := validResponse.VisitDeviceStateUpdateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceToken operation middleware
+func (sh *strictHandler) DeviceToken(w http.ResponseWriter, r *http.Request) {
+	var request DeviceTokenRequestObject
+
+	var body DeviceTokenJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceToken(ctx, request.(DeviceTokenRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceToken")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceTokenResponseObject); ok {
+		if err := validResponse.VisitDeviceTokenResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceDelete operation middleware
+func (sh *strictHandler) DeviceDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId) {
+	var request DeviceDeleteRequestObject
+
+	request.DeviceId = deviceId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceDelete(ctx, request.(DeviceDeleteRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceDelete")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceDeleteResponseObject); ok {
+		if err := validResponse.VisitDeviceDeleteResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceGet operation middleware
+func (sh *strictHandler) DeviceGet(w http.ResponseWriter, r *http.Request, deviceId DeviceId) {
+	var request DeviceGetRequestObject
+
+	request.DeviceId = deviceId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceGet(ctx, request.(DeviceGetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceGet")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceGetResponseObject); ok {
+		if err := validResponse.VisitDeviceGetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceUpdate operation middleware
+func (sh *strictHandler) DeviceUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId) {
+	var request DeviceUpdateRequestObject
+
+	request.DeviceId = deviceId
+
+	var body DeviceUpdateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceUpdate(ctx, request.(DeviceUpdateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceUpdate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceUpdateResponseObject); ok {
+		if err := validResponse.VisitDeviceUpdateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceVariableList operation middleware
+func (sh *strictHandler) DeviceVariableList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceVariableListParams) {
+	var request DeviceVariableListRequestObject
+
+	request.DeviceId = deviceId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceVariableList(ctx, request.(DeviceVariableListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceVariableList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceVariableListResponseObject); ok {
+		if err := validResponse.VisitDeviceVariableListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceVariableCreate operation middleware
+func (sh *strictHandler) DeviceVariableCreate(w http.ResponseWriter, r *http.Request, deviceId DeviceId) {
+	var request DeviceVariableCreateRequestObject
+
+	request.DeviceId = deviceId
+
+	var body DeviceVariableCreateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceVariableCreate(ctx, request.(DeviceVariableCreateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceVariableCreate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceVariableCreateResponseObject); ok {
+		if err := validResponse.VisitDeviceVariableCreateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceVariableDelete operation middleware
+func (sh *strictHandler) DeviceVariableDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId) {
+	var request DeviceVariableDeleteRequestObject
+
+	request.DeviceId = deviceId
+	request.VariableId = variableId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceVariableDelete(ctx, request.(DeviceVariableDeleteRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceVariableDelete")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceVariableDeleteResponseObject); ok {
+		if err := validResponse.VisitDeviceVariableDeleteResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceVariableUpdate operation middleware
+func (sh *strictHandler) DeviceVariableUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId) {
+	var request DeviceVariableUpdateRequestObject
+
+	request.DeviceId = deviceId
+	request.VariableId = variableId
+
+	var body DeviceVariableUpdateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceVariableUpdate(ctx, request.(DeviceVariableUpdateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceVariableUpdate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceVariableUpdateResponseObject); ok {
+		if err := validResponse.VisitDeviceVariableUpdateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// FleetDelete operation middleware
+func (sh *strictHandler) FleetDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+	var request FleetDeleteRequestObject
+
+	request.FleetId = fleetId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.FleetDelete(ctx, request.(FleetDeleteRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "FleetDelete")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(FleetDeleteResponseObject); ok {
+		if err := validResponse.VisitFleetDeleteResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// FleetGet operation middleware
+func (sh *strictHandler) FleetGet(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+	var request FleetGetRequestObject
+
+	request.FleetId = fleetId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.FleetGet(ctx, request.(FleetGetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "FleetGet")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(FleetGetResponseObject); ok {
+		if err := validResponse.VisitFleetGetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// FleetUpdate operation middleware
+func (sh *strictHandler) FleetUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+	var request FleetUpdateRequestObject
+
+	request.FleetId = fleetId
+
+	var body FleetUpdateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.FleetUpdate(ctx, request.(FleetUpdateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "FleetUpdate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(FleetUpdateResponseObject); ok {
+		if err := validResponse.VisitFleetUpdateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ProvisioningKeyList operation middleware
+func (sh *strictHandler) ProvisioningKeyList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params ProvisioningKeyListParams) {
+	var request ProvisioningKeyListRequestObject
+
+	request.FleetId = fleetId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ProvisioningKeyList(ctx, request.(ProvisioningKeyListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ProvisioningKeyList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ProvisioningKeyListResponseObject); ok {
+		if err := validResponse.VisitProvisioningKeyListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ProvisioningKeyCreate operation middleware
+func (sh *strictHandler) ProvisioningKeyCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+	var request ProvisioningKeyCreateRequestObject
+
+	request.FleetId = fleetId
+
+	var body ProvisioningKeyCreateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ProvisioningKeyCreate(ctx, request.(ProvisioningKeyCreateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ProvisioningKeyCreate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ProvisioningKeyCreateResponseObject); ok {
+		if err := validResponse.VisitProvisioningKeyCreateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ProvisioningKeyDelete operation middleware
+func (sh *strictHandler) ProvisioningKeyDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, keyId ProvisioningKeyId) {
+	var request ProvisioningKeyDeleteRequestObject
+
+	request.FleetId = fleetId
+	request.KeyId = keyId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ProvisioningKeyDelete(ctx, request.(ProvisioningKeyDeleteRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ProvisioningKeyDelete")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ProvisioningKeyDeleteResponseObject); ok {
+		if err := validResponse.VisitProvisioningKeyDeleteResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ReleaseList operation middleware
+func (sh *strictHandler) ReleaseList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params ReleaseListParams) {
+	var request ReleaseListRequestObject
+
+	request.FleetId = fleetId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ReleaseList(ctx, request.(ReleaseListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ReleaseList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ReleaseListResponseObject); ok {
+		if err := validResponse.VisitReleaseListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ReleaseCreate operation middleware
+func (sh *strictHandler) ReleaseCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+	var request ReleaseCreateRequestObject
+
+	request.FleetId = fleetId
+
+	var body ReleaseCreateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ReleaseCreate(ctx, request.(ReleaseCreateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ReleaseCreate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ReleaseCreateResponseObject); ok {
+		if err := validResponse.VisitReleaseCreateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// FleetVariableList operation middleware
+func (sh *strictHandler) FleetVariableList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetVariableListParams) {
+	var request FleetVariableListRequestObject
+
+	request.FleetId = fleetId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.FleetVariableList(ctx, request.(FleetVariableListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "FleetVariableList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(FleetVariableListResponseObject); ok {
+		if err := validResponse.VisitFleetVariableListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// FleetVariableCreate operation middleware
+func (sh *strictHandler) FleetVariableCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+	var request FleetVariableCreateRequestObject
+
+	request.FleetId = fleetId
+
+	var body FleetVariableCreateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.FleetVariableCreate(ctx, request.(FleetVariableCreateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "FleetVariableCreate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(FleetVariableCreateResponseObject); ok {
+		if err := validResponse.VisitFleetVariableCreateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// FleetVariableDelete operation middleware
+func (sh *strictHandler) FleetVariableDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId) {
+	var request FleetVariableDeleteRequestObject
+
+	request.FleetId = fleetId
+	request.VariableId = variableId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.FleetVariableDelete(ctx, request.(FleetVariableDeleteRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "FleetVariableDelete")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(FleetVariableDeleteResponseObject); ok {
+		if err := validResponse.VisitFleetVariableDeleteResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// FleetVariableUpdate operation middleware
+func (sh *strictHandler) FleetVariableUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId) {
+	var request FleetVariableUpdateRequestObject
+
+	request.FleetId = fleetId
+	request.VariableId = variableId
+
+	var body FleetVariableUpdateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.FleetVariableUpdate(ctx, request.(FleetVariableUpdateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "FleetVariableUpdate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(FleetVariableUpdateResponseObject); ok {
+		if err := validResponse.VisitFleetVariableUpdateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
 }
 
 // MeGet operation middleware
@@ -2287,6 +6490,93 @@ func (sh *strictHandler) AuditEventList(w http.ResponseWriter, r *http.Request, 
 	}
 }
 
+// DeviceList operation middleware
+func (sh *strictHandler) DeviceList(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceListParams) {
+	var request DeviceListRequestObject
+
+	request.OrgId = orgId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceList(ctx, request.(DeviceListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceListResponseObject); ok {
+		if err := validResponse.VisitDeviceListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// FleetList operation middleware
+func (sh *strictHandler) FleetList(w http.ResponseWriter, r *http.Request, orgId OrgId, params FleetListParams) {
+	var request FleetListRequestObject
+
+	request.OrgId = orgId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.FleetList(ctx, request.(FleetListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "FleetList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(FleetListResponseObject); ok {
+		if err := validResponse.VisitFleetListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// FleetCreate operation middleware
+func (sh *strictHandler) FleetCreate(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+	var request FleetCreateRequestObject
+
+	request.OrgId = orgId
+
+	var body FleetCreateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.FleetCreate(ctx, request.(FleetCreateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "FleetCreate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(FleetCreateResponseObject); ok {
+		if err := validResponse.VisitFleetCreateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // MemberList operation middleware
 func (sh *strictHandler) MemberList(w http.ResponseWriter, r *http.Request, orgId OrgId, params MemberListParams) {
 	var request MemberListRequestObject
@@ -2408,6 +6698,65 @@ func (sh *strictHandler) MemberUpdate(w http.ResponseWriter, r *http.Request, or
 	}
 }
 
+// ReleaseGet operation middleware
+func (sh *strictHandler) ReleaseGet(w http.ResponseWriter, r *http.Request, releaseId ReleaseId) {
+	var request ReleaseGetRequestObject
+
+	request.ReleaseId = releaseId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ReleaseGet(ctx, request.(ReleaseGetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ReleaseGet")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ReleaseGetResponseObject); ok {
+		if err := validResponse.VisitReleaseGetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// ReleaseUpdate operation middleware
+func (sh *strictHandler) ReleaseUpdate(w http.ResponseWriter, r *http.Request, releaseId ReleaseId) {
+	var request ReleaseUpdateRequestObject
+
+	request.ReleaseId = releaseId
+
+	var body ReleaseUpdateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.ReleaseUpdate(ctx, request.(ReleaseUpdateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "ReleaseUpdate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(ReleaseUpdateResponseObject); ok {
+		if err := validResponse.VisitReleaseUpdateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // VersionGet operation middleware
 func (sh *strictHandler) VersionGet(w http.ResponseWriter, r *http.Request) {
 	var request VersionGetRequestObject
@@ -2437,73 +6786,153 @@ func (sh *strictHandler) VersionGet(w http.ResponseWriter, r *http.Request) {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"1Fx7c9u2lv8qGO7OJJmlJTuP3hvln/VN07u+TeI0SW93JspYEHlEoSYBFgClaDP+7jvnAKRICaTsRO5M",
-	"/6oVgsDBefzOk/0aJaoolQRpTTT5GpVc8wIsaPr1stJGafwrBZNoUVqhZDSJPi6BzSR8sVcJrZgxtWB2",
-	"CazUsBKqMqzkGbxgqhCWLZSmZwuhjaUHoyiOBO7zRwV6E8WR5AVEk8htFsWRSZZQcDy34F9eg8zsMpo8",
-	"Pj2NI7spcaWxWsgsurmJo59hc5GGSTx/d8GuYfPAMJE2Z5bcLrdHXtPbcaThj0poSKOJ1RW0KVgoXXAb",
-	"TaKqErhyn4LXohA2TEGhjGXCQmGYVUyDrbRkQjIlYZATOW3ZJiOFBa9yG02encbIFVFUBf7AX0K6X2cN",
-	"dUJayEATeZc662OQ0hmXwnD8pyEuKdri+7j0qwHdR0dlQA+dX7l3v4eAG3zZlEoaINV+p9U8hwL/TJS0",
-	"IEmCvCxzkRA/xqVb8V+/G6Tza+us/9SwiCbRf4y3tjN2T8243pdO7N70XDLQWumYccO4ZO9/esmeP332",
-	"N+ZPYqlKqgKkHRHD/I544HliQ2b421KxgqfAOEuWXDp1KrUqQVvhrinSWzAnjnI+h3xQNlBwkTNvylvD",
-	"QgHRfYRla7yWpQVWFETM3kHuH75GIFFhP5Fkozjipbi6hk30OaQ5W6F/ck/jiG7hiN6+oua/Q2LxlPNS",
-	"/AwbwrMONxIN3EJ6xW2HKym3cIIkhyiu35lv+vnD1kvF/EK6/zVs8PoH+Q5fSqHB3ImgW4vU2KvKNLfd",
-	"VR2QNaUMlzJe2SVIi9oPKeMMuQ7GsodW0cJCyMrCo861Bul0tvt1/0GpYSG+hLnpnESy5Jon6IVqx2Ig",
-	"0WBjRFELeY5kG8ZLri0SBF94UeZ4yiK/vnqyeJ485vOzEFFa5XDIhN/jml3FIybTlfwmzT3itlr1a+NL",
-	"WkQgk6YCr8zzdy3tXPDcwK75dvVjQITGqtKwtdLXQmYtx8vpqV1yy1IFhkllmdv07oJs+eIz73ea3zEi",
-	"tgWNhE2nH47K+jbXD/GXbIPn+eUimnwaPsuDxE28ixJO18L6idwU1kC+iJlZqjW68nyDLt0uhWG1i3nB",
-	"DMgUQZGbqZydV3aptPg/ciwT9g/gGjSbVqenTxJ3Gv0NsxH7KVfJNbsGKI3f2hq25GY5mspeTU9P4enT",
-	"5Nn873C6+Bv/Yf4seZo+gceLq18eL5fzIs0v/nmWX/wSHUJXf/N9Jn9u2PyOZ7APrBTidP64FefrY7jW",
-	"nH63YsoAdOyaJJ0V1IgqFfbVyjv1Lqm89qWDFNKi24MtHsCdmgTjrPrxRVoDmofXmMEoG7FZAcUc9MQh",
-	"yayLaZ1nwdN1dnVbQiubqKLjgk2VJGAMwgEXeaUh4IUd48FYf87eY2O5rUz49v/z8eM75ha0r84yZVsx",
-	"QhOyxpHlOoP6qP39RIuJRlU6gc62LhRKY7b2AKmBCTSmnohEOHbcBgtDPsGv9DKIvX61VaLDvK0IGqYN",
-	"a/BRDG5rD/dndD9yy+fcwL9BG28JO7hK1Fytts/3ZSthjTIsROaYxygix6jKRSGpP6RjIWctTyak/eFp",
-	"UKsM6BXo4ePfKWMzDR9+ec3c8geG+Re6Nnn2bHT2/BZ42jky3mVBiI0/CcjTV5gn7JN4KYEJueK5SBnG",
-	"PmgHTaS2H/ynYLnIQ5HDhpi54nlFtuH37F7R3Qkf50pmgJE/l+yHJ63oLGRPC6R//8xz9q8Pl29ZqVAi",
-	"mgnpBTpX6YY9nI3Ryc8exXWG0dQhfI7RJW3sQ4L92FgG4yTtEKJmnbv3mhva1cMgEhLFdeJZ5+NL4Cno",
-	"w3mJQOm6q8c130PSfQNhxTMik5CeCOnyCS5dHtFO0Ak8N2wOKA5m1b68naMwS1HeHhreNO+EoIHSswM7",
-	"YGK/xw+f17UpCrMDnx8nUbt9fPn99/IZwIHA393u2wL/Imi5qColaEPlGlozYh9UAUoC5aBL7kJ8p04Y",
-	"lm7AsjmgwzGMMyePqeSGGYXo6pUK1+PqtbBLF8k+XIEWCwHpI38OhZ+NJBx9cac+9+zpMaP++oTesN9x",
-	"9xju0Wvh/blGd8CvZXp3Rfhm/h3gG1n8Ht/uEknq7Ko3xf9mqpswqtl+QAMudXYc6LjllevrDt3qUmdv",
-	"cdldAYl04y5UH65PtDjROaCHld+EU3diSSiv7yHmrd93N4hIhSlzvqGY4AXm1xIgJcibA6uk+KPaCRXO",
-	"kwLYezVXViSmC1jfUsS41NkxEAc19zDcdC//jhuDgD2rey51YwXf8g0XPjcgLVOuMER1vbrN8K3Ydamz",
-	"WwJXIWT7X8++V1f2SGnV7Pcq673FdOfTqKyCPvOLBYmxt3eFZj+KSlQaUL03PFkKCScaeMrnOcSY0dJ/",
-	"c7UGzYzk13CVcAMNBbhRVxkp/KRg7gpzbQiiTH/Uzi1b0400RoBbX93UElzFb1kVfCddoXB2G1Szqesw",
-	"TSNWVIZsh1vXrHp2ehosVGNCYsIZCUiLm1NU7wJsCoS3CXiTmrtLsy0bqN9zG4NpZUUBuxHSWC6Tntga",
-	"Q/qdsouriDpydlKL1dlY6SyY2nRrIMOFCS8RbhjPjWJklsJxY/a/J+/d85OLdMZcihGsTdy2qoKa5o5u",
-	"1SA793p62mkbPn/ebhu2GqvtKoyweRCDzVJpy0xVFFxv6htfC0m398r/wlXteQGklLBC/VNJUmkNMtkx",
-	"C8+Nll6wfvOoO0i7VP36/oJpWADtj/4Bk9cgZdR8Bc1myLadWlul5WSBWDHxyye3sNlwj8rxrxFi7ICl",
-	"o0UhvH2vwlx3ePXAMPTuqEpcdtLDmC20KlgOCPpWkTVP2EoAotNDhC3zKJ7KFFaQI9yxh6SYrlpm2CIH",
-	"sCZmKaxEgrmCTJkG3A3Mo5jxtBDSv1JwyTMwU+khlNb6lqCJGR1FnOdVKizLVYZ5/Vo2Z6aQgwVaM5Xt",
-	"O9BOfnv3hnnk694+S3f3oRzb3yOKIyIOY0Z8I1i9/NUcK8tsErOtzvBcJPDf/vcoUUUoUfremLMV0eBx",
-	"7JX/fau4sCbCx4cH0tbeAl6iit5Jh3+//MA0rAT5VirsCInwsOaGzSuRW1JPqu/MKnkt1VrumJ5vZgRd",
-	"oq/6HfISuyXImzjKVLvitz0tU2ejxz+M/h6EGKo/9+Cuf+iwttQqAWNYoSqJ1iMkQrK2TGmP6c2JnyJe",
-	"CuR34+96oG3r1gZLld44EdkIsE54KRx7U1i54JBLVknLswxSksGOq1udjs5Gpwc1aFu99PLvMHXLrZaY",
-	"9rWK6q9JpYXdfEBhOYWaUyMshHZ+6oBTa4JZdQ2IPuxfv310MIcadlmCvPiRvVRSQmJRFiuRgn6BUkhh",
-	"NZWFSiFms4Y9+K8nbq+TEzfQsFFV23JnrNRCWuoWuGIklzsQ5YGOPZwt8uur0Wg08xBFSoh39rdqeLC0",
-	"tnTzIEIuVCi0RMDDWLWGX8JBKpRKntOJauFC2JhxVubcIm64IEZXEqG4yq04SZS0XCDQ1tCNqYCDdtzi",
-	"tZDVlxriR1M5la/IMVN0x8TwVAp7OOsbj5k9msqEa71Bn8tZsRMre0/bVDVnWxc4c5cgT7ATF9VxjA+Q",
-	"XBzlRqiM4zgCoXSo4AeFzkueLOHkMal1pXPPfTMZj9fr9YjT45HS2di/a8avL16+evvhFb4zWtoib4U+",
-	"kWvGnr+7iFrGGDmzcV0/iUY9iZ6MTkdPfPWYNBvDSAfcWV8rmQq9c1gKzxWnNk7X4zq6B6F3isDkmFUO",
-	"ZsTeAqSGcbeTfw9TYd5o6ajdiLpIUdngn2CjnWGox6enA4NQdxuAegOh2af6wiOX4fhZtvBODWmtYao4",
-	"8vFmsF5OKJQZ5+9AWmE30Wd8qYnmhwSxV2RnCc9zEk6uZEajew89nnq+xtSWp/Z/62VEjDylREdo15Dp",
-	"Mv9SZ6+FsaQo2znLnjmF7ZKxmzC8iQ8u9AObN5/vUcB1CSQ04UbVBkSaDk+PIfQ3m+6eLZGTgD/fxFGp",
-	"TI+IG4G6QrgXHuiQDQXF9rJuvnvo+odKN8fkqN//put8ra7gZk+UZ8c8uM9YJaw7DD+GDN0ldxOXfUm2",
-	"DHf8lWZPb5xYMW3YF/CP23Sis7HDUJR1KFEZsUtKMGjKJihzt+8+Vj7tIyE9BpPcVoeZFNeAtkf3PQP8",
-	"gNIcW2HODzPhbkDqZqERHktuk2WQfb7aeW+m7ve/lan/KVLzrYGjS+89YFT2TeY+5qU4QSvtddw/w8aQ",
-	"gavK+jjJTa+ZuB4i6XHCbvrsr++HW/N4g66YwO4YxuiBk4ZOemXaCO67jLPXkTsZu5mVbrnT4TjzQ5pN",
-	"ncw0lW10BFT5UPqB6VOLe/XznSP+ZFffHZIdcPqY2zaO07H7uL7f61FYZ4awYPyVvtYZjAU+huahUQWU",
-	"TGDEfqyrhoYVfMM0rNQ11EPUfhbCV8deuJonBg2bcCrlWHqHKOE9HZceB1uJ8kPs/EYTPAxw7qsrmgve",
-	"l1eVCnsCq/qbsiB+u8KDqz67j1h8d6Rb0z4A5c1cYxjOd3tV+YY5skgjNOMLS3NtwjRfrIS+xjJCJhAF",
-	"vzYabNAPETCHhaKxtANnV9JS6fbuZ/+lfFl33HXQnzkGHquQ0PQoDrg1XPYdPi1kJz4raZnIbqkGn//1",
-	"A5XWoNagYD0/dosoR6gd+PRvUMK1NI4ft5ynVGFwc3tsvvHf0pGT5S5MkYotRbash2y3NagHZsTO/atT",
-	"2Yz4wQp0a8gPo5w0pSlpRUluLuQ1pE0DfuO/q/JjflPpq4vcsnrMrz3lF1LDew2MOkf8yYFRPfzXHxE5",
-	"zThKCJ2mzRBmUPUGYGL81X0FOxj+nLuQRUOhVtCUPVBtUkWlYVVZzeU1KkXxAkMbJYFCoRz4Clz4TGND",
-	"rl+bcOlnq9yW6ahHPe4UBfmdjhEF0T0HWXpvIZD/oLlTTOje9K2i6faES6a5MFBbO58j1b64TzXkOhCq",
-	"b0Ii87IyXli2TzQpFMr2i+Ze6xmdI/7kksaw5dZVjeNZ78uujHyKOWTHrQZub/eBGrPdbrKupIndd9S+",
-	"2SysbzE3PTRjMZ1SC0zTprL5LMbXsyV9jkytEJ6bEKr7Fvk91wqbRnxYRrqSEvOz5hObbxaS7y1Hk0+f",
-	"2yLz5zezUSmUudoUeK+t2MzGWChQat2dtv3pT5/Ryt3XPKHMwlUm8KlzqvS3HxHYftRfdyTHhBn+9N2t",
-	"fuIJSnnuylodkketjMSRvJ9i7PfGWm81vbFAatLpgSEoua7xC1aCKnPYfnZCaNQOXkad/0+E6SHKb7Mf",
-	"gtUaLbRva263q+1pmNwTk6gSUpfBU5uusqpoxgv9Xk1SvL/Zb8t6DAojJt7mswv7bz7f/H8AAAD//w==",
+	"7H1rc9s4tuBfQWmnKvZtWpYd20nsujXXN53MeroTZ+JkemvjrAWRkIQ2CXAAUI7G6/++hQOABCmQkmwp",
+	"md6afIltknic9wsH972YZzlnhCnZO73v5VjgjCgi4LfXhZBc6J8SImNBc0U56532Pk0JGjLyTd3E8MYQ",
+	"8TFSU4JyQWaUFxLleELOEM+oQmMu4NmYCqngQb8X9age5x8FEfNe1GM4I73TnhmsF/VkPCUZ1vNm+Nuv",
+	"hE3UtHd6OBhEPTXP9ZtSCcomvYeHqPczmdGYXCThVSbw9JlERUGTct4cq2k1beJGiHqC/KOggiS9UyUK",
+	"4i9kzEWGVe+0pwfqhRbyNiVEta1jrB8+k6h1EWP79dPW8AuZt63g/MMFuiXzrjXcwtdPW8GvNKMqvIKM",
+	"S4WoIplEiiNBVCEYogxxRjrJIoUh/WUkZIyLVPVOjweRJhGaFZn+Rf9GmfntoFwdZYpMiIDlXYpJG4C4",
+	"mGBGJdZ/6oIShyGeBqUPgs+opJxRNunAWe699j2Q95GkBMtWZhLmcdcqRDnC01byWRLRtoxCEtG1hsJ8",
+	"+7QF/B0LikdpKyxm9nnXQmbVGE9ZzIP+WOacSQJS+YPgo5Rk+seYM0UY8BvO85TGQL37uXnjp9+lXu+9",
+	"N9efBBn3Tnv/Y78S+/vmqdx348KM9R2fM0SE4CJCWCLM0Me3r9Gro+MXyM6EEh4XGWGqD8CzI+oJz2MV",
+	"0iC/TTnKcEIQRvEUM8P8ueA5EYqabdJkBeBEvRSPSNpJKCTDNEVWC1ViUCMJ9kMVutPbUvCCohksZmEi",
+	"84f7HmFavHwBMutFPZzTm1sy730NUVGF9C/madSDXZhFV5/w0e8kVnqW85z+QuagimvQiAXBiiQ3WNWg",
+	"kmBF9vSSQyt234zm7fBBd1OO7Iuw/1sy19tfCnfyLaeCyLUWtDJKpbopZLnbJukQ5laK9KsIF2pKmNLU",
+	"TxKEkYY6kQrtKA4vZpQViuzWttW5TsO/94sPckHG9FuLigf7Jp5igWNtQDmbSJJYEBVpnadImuplS4Rz",
+	"LJReEPmGszw1FsDtzfPxq/gQjw5CixI8JctY+KN+p0l4AGTYkh2k3Efkk1U7Nb6Gl0DIJAnVW8bpB486",
+	"xziVpMm+dfroQKFUPJfojotbyiaezYjhqZpihRJOJGJcITPo+oj0zMgDayWUv0daaisi9MKur682Cnof",
+	"6svgC7yB0/Ry3Dv90j2XFRIPUVNKGFoL06eGJlWSpOMIySm/04ZXOtcGmJpSiZyKOUOSsEQLRSyv2fC8",
+	"UFMu6D9BsZyi/yZYEIGui8HgeWxmg5/JsI/epjy+RbeE5NIOrSSaYjntX7NWSk8G5OgoPh69JIPxC3wy",
+	"Oo6PkufkcHzzt8PpdJQl6cVfDtKLv/WWSVe780Ugfy3B/AFPyKJgBYO09sNKkHfTYCEw/O65QwHR0WRJ",
+	"mCtIESKeUkViVQiyiMdz9PrDZ4S9dyKNwMvXFyhPsdJMgWRO0pSyCUgXq6twlpwcaWUlMvf/7IX9/0Qr",
+	"pecv9X+Cynh2chTQZVHvvEioejOz1kYdhtgp+U7QwUurawE9ATb7Dprr7vFF4iStlfsRIv1JHw0zko2I",
+	"ODUiblgXtrVnwdnF5GbVhRYq5lnNNpBFHBMptZzCNNWoDIHUrtfOs/BYKqwKGd79//z06QMyL/hbRxOu",
+	"POOl9HyinsJiQtxUi+NRD4iSFyImtWGNjZZE6M5KbkEQ1VzeYipRA45VhHRIWdk3LQ4iS18+SdSAV6Gg",
+	"BFqQtUoK3ogkqPhhe9LgZ6zwCEvydyKk5YSGwIfV3Myq54u4ZeRO4zCjEwM8BK6CNveMeZTYSWoccuCp",
+	"WMoUSI1FqpJEzIjonv4Dl2oiyNXffkXm9WcS2Q/qPHlw3D94tYKgr00ZNUEQBCNEeAJyqyFsO/Htv/sQ",
+	"PcogN5GmG+dJLDyHINCqYmcdY1oSwtZaqTOcuiDyXr+j5R9LKSNBK09LCkNjsHMkSM6FNtK1aaBZlRj7",
+	"gxhD/mBgbXXpiZUR5ynBbE2hnFPGSHJj4xGrfuXWdwNrW2ry2bev4GUQspOlcuOTfuch6hV5sib9hCRl",
+	"KSJL0ilNfZ/Yojqp25WWqKtRc21p7dy0CRlq+XKL8hMm+EgmVCoi1vRgniIdGpxeCTmBZT4iQsxzerQH",
+	"UrXyPv7PF7z3z8Heq6/2/72v94Po5PDhT0/lUD+OCMGKQGS97hIt8lMxSmnsPu4ItL9JDo+PD14h84H2",
+	"OiL0/BCN5opIzewFy3GSkARplXNyVIi03wDC+d7/Nvu/2ft6f/Q8vH3g4IWV/IUwbSHo0eee3DkDeUMT",
+	"whRVczQWPEOM3yGjgZYHA31iW4Bl5L7zQBRkwmUEWlm7dTq0Y6wowtbSIWsIVMVvCbshLMk5ZWGfXhAw",
+	"KQROCJJ0wkiCsJR6I5xJ8OmtGoCx5BnCqTQmyBAXyRB+8j7ICm15YiHm/aVYqWAUlomN1bej4pN+MeTh",
+	"aHv+RrmnGwmHuW9owHK6IjFniUQFUzTV3rh9ucW6h+01I5TGWV8emaxtrjZYbY21TS6B4Edjna8rcR3y",
+	"Q57vX3/75Khq503y89X5Lrqjauqx+TOJckFn2qq4JfNTRKVE/4lkMUL/qd+6Zpb8NIlHCBeJ+bshR+SI",
+	"A33++GukwY2wMjmrY2eVIDwlOImuGWYJwuh3RREjMyJQIbXIIWMuiAl2eNL1aPDqZCkGyo23w/UzaOWl",
+	"EM0o8/960ISxLx/qIH7HZ0T61priCDMONhx8VUY0cVZPlyGAh6cCV4ogr6XBQuZck0LGlOHUZancYkvS",
+	"MFtQHImCIUEmWCQpkWWY1mVoc57SeH6GWJGm+u0xT1N+V70S2pp+F4+0fje5nUXhubJh+BDCP51YXlrI",
+	"yly+vkA2CYQSeK3uU8kpPjw+OT0aHSSD+NUYH42PR4Pxy/EAn4xexMeH4wMyeEGO8CA5fDF+Pjohx8nL",
+	"+BU+GB3Gz5Mjcjw+wS9GL+O6hraDfsF7Y22t3J8chXX0W0rS5I0QoQTQJdOm/wynNEE5FkBbZeR+MRmU",
+	"EIVpGtI6Rs/PcFpASMKO2YACLEk/TjmbgEuCGTp57kXrg6pUrz8oiq4u3yMQFkQgyqwfPeLJHO0M9zVd",
+	"D3cjl3EqSypszqm+tH1rKCy6d6xVx04r0Jl932HpR/v0QgzGpr2ozKZr0bWKNgBJb7YeObiHpBLUO/x4",
+	"n3pF82Uth/aJbmZr5hxpZTEvneGCyTKgZuWOptGhGXS4khB1M5vPl3us8PYH8/KP9Vgt4Tcc08Z+Sk91",
+	"HQcVKPNRSaunEO86FLaWPggklGrrbAXBJlx0w+Xb89Bh/A2ZNt/DoKDWkDhDEqyJiYlxgSU6rBPvsJOT",
+	"l9oM342zQybHX3/75WqRdG7JvE45YXSZDTU4K50E/aZYzIJ/v21JityqefDvhQyHVL8tJ049pJkwRKB1",
+	"um9+qgES+uodCSsC48DsUWaKL7TdrBq1Z2CCz9GIaFsFKb5oDJnklZzSfHU+fld+E2JmqGVZMsJnaWvo",
+	"fADYIhh/RWFw6OebqWpZPRn/9H3ZcoklVRJmd4+rksiCZi0U/xEhoRIR3umjK54RzggU7EyxqYew/jBl",
+	"aE4UGpGYZ9pLRQYf1wxLJLn2zyxR6ff129ZxphLtzIigY0qSXTsPuK8lJsz6av7s4fHRJksk3AytNRIG",
+	"upvQZZYKt6fMzAQrarP6Th4NvyVwA45fgNs62W0xuWmth3r0qksrsBy+gwLeb6aK51JMNiOBNuhyXIqJ",
+	"s0jWkmsbMcXrNWHrWNiXYvIocbcWSEKmb8tiHIU0DbiEyjzFc/C7zxBViBGSgOQcEVQw+o+i4Y6fxxlB",
+	"H/mIKxrLutx7JMltQnBpyl0uteqb/4Cl1HJ/6I5ouHMY+it7PgOPJGEKcS8F6wrxHysCL8XkO1rzPq0s",
+	"LMWrk16Im7UWMBvVCKVsWvV+U4RJypnVqHLRGIt5EiC9dzieUkb2BMGJtvIjJJX5P+V3RCDJ8C25ibVb",
+	"4VagB6oTI4R4wCa8GWOakiRcU9AWGcMK3cGOhDYkK5VflkmZKstpkeFGJQaEjKrAFbo2ZzCueyYnMyJV",
+	"aHwwCGY2hOBChqN+hCk9OETOTBALgk1VbVFZdWQ2jSowQJ39Sl5rFXkM8A1lUmEWt5joOVbTRkWZqUI1",
+	"y2mE72YH+1xMZG9peVd3zZXFCJYmJwZsaSsjhv9rz2ZT9i6SITJhvGDZ1aoFY5rSSm/W1X3W9nU0qB2s",
+	"efXKP1jjncPyU1BUpUEZLKdcKCSLLMNi7nZ8Sxns3hL/WZVX0ERpwmQ8jgshCIsbbGGh4dEFamcPlxNr",
+	"rurzxwskyJjA+Fo/UO1shVYGx5OIQEMNtkYZYSHY6VjLilP7+ukKPBs+F2DgVyIxMoKlRkVfw0LOP0m0",
+	"jYMDWzkKsI1Spwx/uykkkR3Hz0zoVRrSvyVzlOE5ErY+JJxbXeEwgF/anHcX8ZMZv10TG+Et/Wx34hZP",
+	"Ek/EQ109R2Mc3FPIFlysHyrPCMD8S53gBiFu4MzAatDxkV5KrIOB+dd9HnCdmO2qxmgQDGuU9jf5eSs1",
+	"/n3kqMfV+iuOhh8urz6hfcMhWq85yhr2n1Z939jSJgziRShty6W3cdXNyFWIJ9N/rvvVFkSlJAIIYGWI",
+	"Wzhcme9CAK+sj1XGMS+vmYFqrTM+R2NByB6cf4CzdUgW8RTMKSRJhpmisSs6RlygmGcZVf3V3GRPNHpV",
+	"x05Nl5AMpao6KOpRAnIDaMvwtwvz5bERj/a3gy6Mlgeue4nAY+Xlmt3vQNrBUw6PRHDT815eFQ6A6YD4",
+	"JgSPEwdbFzgfyqxPndKHSuD49ibFikg1PC0NmmaZyjPp6v5rSayzMid1aiLComDuT14ybOiXE/gz9lzm",
+	"LIjqBrUto+1F3zDmTGHKiHDlIDBe5FwhmVNBbakIIEcSZDEfcMxxfoOTpIbaylB7/+bTzfnP7y7eLxaf",
+	"3nz96U8tlobHOU30EzajgrPMHccObvy+zUHxCIBmeELkmsADf1J/aPwnrIWflyO2XqbJY8oiz7lQEMtY",
+	"FoQxB8eWMIXF94WeX+/AnDJb/6PZyWM+erHuR3DYbc1v3Mm4tT4LYRe0k3wahTirtb1y/KazdByw38IX",
+	"LwcvB6cvB/sqzuucsfNlsPeq//Wn090/f4Gqr4Po+GHntPp59887+zsqzv9vkeS7u39ewkK+TC95KBd0",
+	"RlMyIUlN6ViKXzwPIohUWKi6hipYSqTck4rnObjfTo4x3ot6OL3Dc3P0Yc+dzYua34Rk24ynRUbawJZg",
+	"hU/3Z1jsp3S0j/O8mTM7Xlph3wmbcBmIFRUdauSqJSQ0BL09RHdTmhI0IpRNoPQ6G6UkOUNDUBpD7RaM",
+	"CEpInvI5SdCOmhKGaJYVEMzc1S9CkGNogncQYJ9BOUSaohHptxoK5mBktxpZMY7c1CLpHGEEs4Fzb44u",
+	"2tDXGdLWiP93rBBm87LrwzJ5WJlEbl8r7OdppRj1U0brQQOCwNgVnEk8h24XomCBQDaeEKZuVrfAoh4F",
+	"BSuIlA2+8KufjztJ/fnhohTgcq1ViILBWYw1j3qtbUpb2V55Ll32QBCRPBwgNamFZxIJnsJ5OMxqBSGR",
+	"ObCidweOesalOkUzSu6IQDuC4ETuRlDcTlKNULQDMWRD4LZcSUalpYhZ4kwBuRshnGSU2U8yzLRAuWY2",
+	"2wHv2o4pMkIwlTmlUSRUoZRPdiPE71g5Z0JSokwR+TVbqBC3w5sv5K5tC2D5yOzHHJkx+9DSWi9OC2v9",
+	"RZC3ahp3PWcqKcuqO8+ombecYdYSygfTq4on75jYiZjvC5JzSRUX8y+nCk++7tYDyO69vv1TP+bZPo4z",
+	"si8Jk1ycHvSPlqqSgB3w086X/s3e1/LX3f+wqvonrabb34L3qgNYX72f+2BTHBy+eAgq96aDA8CKHJBD",
+	"KqrOUGvijt+xlOPkJhd8oiVQM/znRf4GXZE/D7InzztzKqUis1PrF2wuCfot9EpRBOGB0vr4RhX80Kog",
+	"wrq94yD7J6tP2izIJrUEcoY+Ab8tQye3ZL5vKsqNmYp2qjzfmWlcc7B3MBh4dfORKUGXqMi1bDo8Pq5T",
+	"+H1vhFU87Z32DgeHJ3sHB3prVEFfNzzae24Fqb8BT5r6exYTorxoXHuRtTniUWa3y7SiOQBiSqcapZ1z",
+	"oh7dgMrTVSsEk7qOqZs9et7zcoe2zVkolem6Qu6xbmyg1NHs45lE3pjVka2YszGdFLYlgWuVJlFGxARK",
+	"2rzoXMM57pLBiqO8SNMImTAFGs3tuRgtk50o/i97gqXf7+/2W5uKbchLW8H9WorFumPU6Qit5LgsmbDD",
+	"26hEep1WSpi5/VUTV8urbSQqCbqDF5zN22nWTnmRJprnQ+eG1jk7Kyrx0m2r+7LoMbZkndMDCC/54YlM",
+	"WPEVlDDgPE/nmkdMht2uO3JMt2MhOiJYWcNxN8iGrYH419bo1EIXPEHM5moKh6+MEDZ9aGzvB2uiegeB",
+	"33zCk+Vh+SoM75/79SLxFfhCtPVZbqoWuSzfrSw6nNKY/JdnzoXKaZ9aUugVrOnp0Bv7+0r5DLcIy9ZL",
+	"0hWuEeZmAFbjx+aJZ+WdEd+TMc+h+MdicqXTUNtIlbXK8SoRuyiQZaXEWzUj9FiDVjwSKX6GSJaruVf/",
+	"4kW2F2sC1i4A1UyRFiEH1JhJel6zowrmEbqbUgglE3QnqCJ7nKXz9dNmDholzVnQrVd06ijxSZWni31N",
+	"PePEbdzWi2qB9PbXy9e/3CBTDIFMDp2ImakDaxrai10sah7U1//4UzgSUSX0l0U8a3TlIp69aCNEVgv2",
+	"tsSTW+K6JWnVojVHL49fnKzo7pgRutC+ifRdKcy2l79zUzzqFMAT4NgBwLbmYSYLHpZRf399hQQxRRbm",
+	"dDNlWMyhU+6ooKmCoBQcch4W7JbxO9aojbNlUEEtYDuOLXVLGu3PHqLehPvBwWq2CT/oH570XwZrAMHm",
+	"aCkLsw9NgUwueEykRBkvmJKQdwTLFXFhiy7LGb/0cE41vFe34jvbpHmnDKGicA/n1IA3ITNTvY0ZKpjC",
+	"E22qaRw0alFng/5Bf7CG8WTxXwNqBS0PTYtUZcRWIaiaX2lkGYIamYYjgRinbcVsOo3Yhhs7GHp6QHBT",
+	"U9hlTtjFz+g1Z4zEyjQ/T4g401hIyOyaZTwhERqW4NF/3TNj7e2ZLs9zXvi21xDlgjIFnQrNiXzMGoFJ",
+	"G95EO8NxenvT7/eHNjAJRAji1+yqhMFUqbyyZap9v3Va+K+/fVoQyee13jdm0wsVV/AM2GjJ5A9QxTzm",
+	"ocJzhidEazMX8YXQK7QqYDiF7fKxKXCPEK7ahoJ/IAomr1lWpIruVbl4Fy1GnNlosh7iV8qKby6q3L9m",
+	"1+wNaBSo/daasqtPONoZtjUsH+5eM+j6AzkplDUq6W0dbnl0clgVyA7NJiD43KiadpVvtnzaOBzmCgJp",
+	"0K3taGZEkm3ffp7jeEr2DoGnCpFa6MvT/f27u7s+hsd9Lib79lu5/+vF6zfvr97ob/pTlaVeYXTPtMc9",
+	"/3DhRYFOe4ZnTbtTpiXKae95f9B/bvs3AFvt9+9Imu6BkN3//e5W9l1j90lbIaCpnFZA2Q5S5eUcnJEI",
+	"aYcL2jC5Q4S/m9L+MRcEYSS4MvwhFU1TBKcEwfLz+q5qUr+7lX8BS67Wov5wMOhoT79eW3o4ihzqSW/a",
+	"cPxGRugXMkdXRPUNV1qzKDxquUyv3X0ly3qnX75GPVur3jvt/ULm1nOGk5O19lWu4KvsPrUHCkEPFyii",
+	"BO3Lg11c3LC/c2oO/1bddvDCFRAmgEYVZFGgk5HG7zVbbLvWRx+JMlxUFtcLr9GYI//yadkfaedwMNj1",
+	"SvJhFpjXtQOCOlMJVThsnNJYoZ2jwSsrOOsU0mjBVxa0/zdP5hujkcYkD3Wdp0RBHrZIoYEmbiF6TbUI",
+	"m7cWbJ8hDVyNLtttF8j5cHDwndf5sVzf5vnJjV0G71ZjorIbZ6u8q8f+y0BWTlmESCodS1W/+4VyprTt",
+	"mtVyAruRKaOqwthVfVWtr1S9GzcwI1w6YEJqtTB3H10RK4zhsN2bT3iCsEQX4733nJG9d1jFU72HCVHo",
+	"+eDomkHyokkXrVwG4VIjjv2LnL7cm9tJbAeg8n6S2rRrXbv0dYvc5Ed+A+T5qRFE7JetjWAlGqT1uRau",
+	"U3mIes8HR4t09JlZACNJmW2ADRiScLHJI6Z5Ku/clzbml68PNUaqtdz0wdHGUGBOxNNA2E1xAQFbe/+J",
+	"35zIJO3FLVSNSELYGRjyUv+s/2Rdw7K5r+kc3u+iTusWb0cNNBryrqIFjlogshnh145As9S6JOlEYF0i",
+	"lo0owzbFp7KrobHDoV8ieFv2xCUX6KBqa7hjeiTW2iOCbuJiAkRgpGecYprJ3chYgyZSBq+FDdQ2Ovhk",
+	"+0xuzxCotaD8IcaA2WPQavWNyM1r2E/C3KrU7L9qD/v6k3dR2uzAEpvcv3f34z0YOktJKCV3oWTpTyie",
+	"u/tcENZSwnTgNYeHRWkCTDBlWtnFPCNohOPbNoL52cy5Cu+aV5/CvCUkzVDtlooEqWotktCyt+wXuebZ",
+	"YRVp1rgJODiKjSrXo2zjHpZY0uqbmgUSmrp6Zb+8xlGLyVJVhcC6VQ1Sm+KHSI42hNrkyAYR+5GYK9Ay",
+	"PiNQL4G40E6htkm7iL5VPuzXstZBW/2qkWGC1FKqBYLxhngBOpEKU1bUJhFckP1XKgPG7hJSM1dUPkRL",
+	"X7TXn27V2q1lN4L6ItdeBx/7WblRmbdBUJFt2oo+nSJet9TkQCRigSK8JPsT2T1ow7xt5qggfqvVGHTB",
+	"goZ79smwj17bQIQ0kQgXrkDkG5VKK6Iyt+c3MdaAAwPHS4N10dtrd1/QNmRPY5KVpM/Bxmdvkz+M3JUw",
+	"3AStXRFl40eLFLcCwa0ghPbvqws4G7ZLF47XsDY+Ei07k80IYz1UZaG5pW+c35aLPe/q06XKuJHt3C5j",
+	"/Bi1vIwxnGLeJHO8todTmtTwTBq92M0UJkezf2/vlO602z+SMTSvt1ITjgPVi2VdhmdBNELr1h9sm8My",
+	"PWiYrbdb5rDmLRvmtmVumFpsD/lNmOUde19POLiby2vc3iQTUJVURdZC1D9xAVajaR+BF7vluizFTr2V",
+	"rSvNBRW9cPR4Vw+bEgXDChzf2nCpMje6emeRd1tIcquyyJ/hOwuiTrpyUmhj9FWKoFYya5E2+37Kas+1",
+	"DA5yY6ONxx/fmg+1Ouk06s3BqvKkvpAqKv0gUxcmN4HMD40sojXpm6j1MfdUORK06ZtNi6rLE4y+sRGG",
+	"PvpUXpxsLnWo969Brgyxk5y2aqyH5/rONntLs6EOC76WQTYA3oiwgJkD6ep24lpZeuzf35L5EivmPXeW",
+	"UoxZRV12p3DCN+OCnFWHIBeTsVgQ6AyKx2MSK1Pg2UlfazkK0PZrM46CHmotUD+aj5cL1QZIgPnbMOvK",
+	"iFrVgT1REVYDkMF0d5nYBGbVhGfF9FCt99AK2/uXUi5+G5tOpeIAXVcsmyE+VwkWUh8lgrehOt4KnpkU",
+	"vDvLYlkYIjxwbNqVt8zRDuPVL1SavjKaqXfPall9CABBhswk96FUTkl3ZCwnYuFaqyDJblXV1Of4ziqm",
+	"POXUrlMs2jdDX2V9iDuLFSSvNhHzHQLQQKn/jj9///hzU9o8JRy2grj5l4g+14jt38Hn7xh87qK2pdJn",
+	"5chzDb8/OPBsPLANx53XMCVXCzvXIPbvqPN2os51Ulgt6Jx1F2jCdUcjMqW2/tGcazAlI1HZFYCKxlVI",
+	"0KyGp0T20XtCEomwGcl+B/5aeYZjUX6+23YRxrt2BEkiNoGUxVujPDy4K60rNEAz+i5ELFw1hWKcpoCc",
+	"lLOJRIqjHXvayMI1KiO5/se7EeJp4rkXTeBfiskf3z5yN3h0mkY1mG4C6e/m9TE9lAOCQRC3Vv6VCDXX",
+	"QVnkERHioSDatmppVON/ZyMDblFpty98gG8yJlbnmkVMeoy7f8/FZEmo6+eqxVb9DuYyrBdq3tVHl9B0",
+	"qyVyeikmPzaRtwxILem8SzHZsoDvIJpNE8z5ciCsJ0gvNTF1GVPVZT1bY/UfYz11YM0ZTpvGns2QPobd",
+	"93FOm4my+sLhHFo9PGGzQ80YX5Ozz3P6/0VmzexjtYTaRpjRCk7wBltxWiLuSczZqsiXZcCQvfOh7B0p",
+	"y4uZtCKA5hpcPJNtZLFVPV+b4juren/uH5kPK03oMM10yYJV0l7uyg+peC6bJfdwyYfppCntNTeQOVLm",
+	"I3sjqG3Acmb6gEpIlQVdKQPSH5vzWgLOR7LgcgHXyGzV8VUkVO2Rmf6mVX6bk/G25XCGE+LaYdX7vC4R",
+	"5XqmN3qisDgPNEI2ywKKEAiPlbb6tRhx7Y6DSTXKoOqy4rTV7pfsWoA9Vr507oIpaE21/tx/KF1WInK5",
+	"PjMA3FQgoezbu0St6deeoNNCfOLOD7Qlf01pyOq5X7+91CK1hJt5tRCpKwqojmMr04UuNK/CkxsjgYLH",
+	"ZQO3hC5dxG8wrxk3Mjc2lUuackn0MyjFhLWVeam21blgXfg4b6AhrF5RaDDOUsrqIzU7UrV9GmjKvSae",
+	"QqPq/27Ke8meAP8/krQwjLFcUliSaUblNuGjG1rsFBmPP/nVJTRsrWGbzIBkwB/ft4FtLEewa+S+afy+",
+	"LVv6tKP30bXFi25OAIVb9UP8Gb6zG9JZsavdDwDrWVnqbGK1tta5Vk690SK9ZRW9NRa00cRWHjTXzP/x",
+	"mdDsYzkXWnhsng3tff3dfOiwsfl4w3kCmQHtLXKGRnNkGqqZSgYTXmAcTelkCk4EZl7u6Jnso3P76TW7",
+	"m3LTZR0aANuD6NS0IkgSkiDFOQSnU8puSVI2aJ8bWJpWS1QPZOwxrGzDAZKYRYUaoBjobVWQ1Kb4zpLE",
+	"zN0lSgxlbCT0lSQI2/GCpNchJvbvC0nEkrDFuQk1CFN54NIVmmwSDildXiiBGZz8yM4QZnPOCIQwUoJn",
+	"xIS9oIGOuXskxsxe6S9cXUSYPH5whUUHSLcWuvgM6Og62vOej3gyN4XTmEriuB2P9KptUv7OXJvpCgTM",
+	"wgFlFlfSIku1oSYhGVftqNlqHqI2xXdORXRzrstGbI57X9dxZEPDXXzs6ir37+1Pln27arS3nHVbUnW6",
+	"QaPovLvQdF2+/Ogg2MVx5971ZCZJb409LuxN9mcLx+morO5dQ6PC9OvW1qJedGtd8pa7LflzfGe2WkIh",
+	"jq82SClv4fJmSSLAkd8rY5VSZa/3b2tpDvT0rTciFgWTkXdxAnTiMt2Jy76e5i4Fc97ymrmmva7Yg3EU",
+	"CwJ1QjiVIdPJdlfeMkuXPZxbWNoEjNwlzZtvjPR3d/vz2EDYXGpo7y5xeJNzqUimsdbs4+VaG9s+XkTM",
+	"wmF313rdGMnK/Gwjd675bb/sJ7sPYsLOvlCCjGON5ZHJ+daW3PfC9WbJi1HFxcIx76uycCwQEq0ViGnN",
+	"b/zDM5QTnsNtkSlnE2QO7mW+h+BNANnu8KLsMIt+jqNoKmzNXzWcU1rdy3WXRkB6C2rYCsUzm+Ivxyoz",
+	"RoFI7NTdm5dARzz/K4iJL37yF8GLXHoBOCgIY6R5/67pruy3YjUiot8IaYeWBen/pHl2UgPe+7p26CsM",
+	"+aQ1kueN4yJ5i0NclApI2oCRu3LFL+A0Z3S8AUthuDhiW8E/VrYGVVOEu+ZH49YbtqpBDeERq3K32ket",
+	"l5jeMdurbGHb0ALt4evD/wsAAP//",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/oapi-codegen/nullable"
 	"github.com/oapi-codegen/runtime"
 	openapi_types "github.com/oapi-codegen/runtime/types"
 )
@@ -36,6 +37,36 @@ func (e ActorType) Valid() bool {
 	}
 }
 
+// Defines values for Architecture.
+const (
+	Amd64   Architecture = "amd64"
+	Arm64   Architecture = "arm64"
+	Armv6   Architecture = "armv6"
+	Armv7   Architecture = "armv7"
+	I386    Architecture = "i386"
+	Riscv64 Architecture = "riscv64"
+)
+
+// Valid indicates whether the value is a known member of the Architecture enum.
+func (e Architecture) Valid() bool {
+	switch e {
+	case Amd64:
+		return true
+	case Arm64:
+		return true
+	case Armv6:
+		return true
+	case Armv7:
+		return true
+	case I386:
+		return true
+	case Riscv64:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for AuditEventOutcome.
 const (
 	Failure AuditEventOutcome = "failure"
@@ -48,6 +79,21 @@ func (e AuditEventOutcome) Valid() bool {
 	case Failure:
 		return true
 	case Success:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for DeviceTokenTokenType.
+const (
+	Bearer DeviceTokenTokenType = "Bearer"
+)
+
+// Valid indicates whether the value is a known member of the DeviceTokenTokenType enum.
+func (e DeviceTokenTokenType) Valid() bool {
+	switch e {
+	case Bearer:
 		return true
 	default:
 		return false
@@ -78,6 +124,105 @@ func (e FieldErrorIn) Valid() bool {
 	}
 }
 
+// Defines values for ReleaseCreateStatus.
+const (
+	ReleaseCreateStatusDraft ReleaseCreateStatus = "draft"
+	ReleaseCreateStatusFinal ReleaseCreateStatus = "final"
+)
+
+// Valid indicates whether the value is a known member of the ReleaseCreateStatus enum.
+func (e ReleaseCreateStatus) Valid() bool {
+	switch e {
+	case ReleaseCreateStatusDraft:
+		return true
+	case ReleaseCreateStatusFinal:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ReleasePolicy.
+const (
+	Pinned      ReleasePolicy = "pinned"
+	TrackLatest ReleasePolicy = "track_latest"
+)
+
+// Valid indicates whether the value is a known member of the ReleasePolicy enum.
+func (e ReleasePolicy) Valid() bool {
+	switch e {
+	case Pinned:
+		return true
+	case TrackLatest:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ReleaseServiceRestart.
+const (
+	Always        ReleaseServiceRestart = "always"
+	No            ReleaseServiceRestart = "no"
+	OnFailure     ReleaseServiceRestart = "on-failure"
+	UnlessStopped ReleaseServiceRestart = "unless-stopped"
+)
+
+// Valid indicates whether the value is a known member of the ReleaseServiceRestart enum.
+func (e ReleaseServiceRestart) Valid() bool {
+	switch e {
+	case Always:
+		return true
+	case No:
+		return true
+	case OnFailure:
+		return true
+	case UnlessStopped:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ReleaseStatus.
+const (
+	ReleaseStatusDraft  ReleaseStatus = "draft"
+	ReleaseStatusFailed ReleaseStatus = "failed"
+	ReleaseStatusFinal  ReleaseStatus = "final"
+)
+
+// Valid indicates whether the value is a known member of the ReleaseStatus enum.
+func (e ReleaseStatus) Valid() bool {
+	switch e {
+	case ReleaseStatusDraft:
+		return true
+	case ReleaseStatusFailed:
+		return true
+	case ReleaseStatusFinal:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ReleaseUpdateStatus.
+const (
+	ReleaseUpdateStatusFailed ReleaseUpdateStatus = "failed"
+	ReleaseUpdateStatusFinal  ReleaseUpdateStatus = "final"
+)
+
+// Valid indicates whether the value is a known member of the ReleaseUpdateStatus enum.
+func (e ReleaseUpdateStatus) Valid() bool {
+	switch e {
+	case ReleaseUpdateStatusFailed:
+		return true
+	case ReleaseUpdateStatusFinal:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for Role.
 const (
 	Admin     Role = "admin"
@@ -96,6 +241,36 @@ func (e Role) Valid() bool {
 	case Owner:
 		return true
 	case Viewer:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for ServiceStatusStatus.
+const (
+	ServiceStatusStatusDownloading ServiceStatusStatus = "downloading"
+	ServiceStatusStatusExited      ServiceStatusStatus = "exited"
+	ServiceStatusStatusFailed      ServiceStatusStatus = "failed"
+	ServiceStatusStatusInstalling  ServiceStatusStatus = "installing"
+	ServiceStatusStatusRunning     ServiceStatusStatus = "running"
+	ServiceStatusStatusStopped     ServiceStatusStatus = "stopped"
+)
+
+// Valid indicates whether the value is a known member of the ServiceStatusStatus enum.
+func (e ServiceStatusStatus) Valid() bool {
+	switch e {
+	case ServiceStatusStatusDownloading:
+		return true
+	case ServiceStatusStatusExited:
+		return true
+	case ServiceStatusStatusFailed:
+		return true
+	case ServiceStatusStatusInstalling:
+		return true
+	case ServiceStatusStatusRunning:
+		return true
+	case ServiceStatusStatusStopped:
 		return true
 	default:
 		return false
@@ -190,6 +365,9 @@ type ApiKeyPage struct {
 	NextCursor *string  `json:"next_cursor,omitempty"`
 }
 
+// Architecture A CPU architecture, in OCI platform spelling.
+type Architecture string
+
 // AuditEvent defines model for AuditEvent.
 type AuditEvent struct {
 	// Actor Who made a change.
@@ -234,6 +412,106 @@ type DatabaseVersion struct {
 	ServerVersion string `json:"server_version"`
 }
 
+// Device defines model for Device.
+type Device struct {
+	// Architecture A CPU architecture, in OCI platform spelling.
+	Architecture Architecture       `json:"architecture"`
+	CreatedAt    time.Time          `json:"created_at"`
+	DeviceType   string             `json:"device_type"`
+	FleetId      openapi_types.UUID `json:"fleet_id"`
+	Id           openapi_types.UUID `json:"id"`
+	LastSeenAt   *time.Time         `json:"last_seen_at,omitempty"`
+	Name         Name               `json:"name"`
+
+	// Online Whether the device reported its state in the last 10 minutes.
+	Online          bool                `json:"online"`
+	OrgId           openapi_types.UUID  `json:"org_id"`
+	PinnedReleaseId *openapi_types.UUID `json:"pinned_release_id,omitempty"`
+
+	// ReportedState What a device says it runs.
+	ReportedState *ReportedState `json:"reported_state,omitempty"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags      Tags      `json:"tags"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// DevicePage defines model for DevicePage.
+type DevicePage struct {
+	Items      []Device `json:"items"`
+	NextCursor *string  `json:"next_cursor,omitempty"`
+}
+
+// DeviceRegister defines model for DeviceRegister.
+type DeviceRegister struct {
+	// Architecture A CPU architecture, in OCI platform spelling.
+	Architecture *Architecture `json:"architecture,omitempty"`
+
+	// DeviceType Example: raspberrypi4-64
+	DeviceType      string `json:"device_type"`
+	Name            Name   `json:"name"`
+	ProvisioningKey string `json:"provisioning_key"`
+
+	// PublicKey The device's Ed25519 public key, 32 bytes in unpadded base64url.
+	PublicKey string `json:"public_key"`
+
+	// Uuid Generated by the device; its identity from now on.
+	Uuid openapi_types.UUID `json:"uuid"`
+}
+
+// DeviceRegistration defines model for DeviceRegistration.
+type DeviceRegistration struct {
+	DeviceId openapi_types.UUID `json:"device_id"`
+	FleetId  openapi_types.UUID `json:"fleet_id"`
+	OrgId    openapi_types.UUID `json:"org_id"`
+
+	// TokenEndpoint Where to trade signed assertions for device tokens; also the `aud` the assertions must carry.
+	TokenEndpoint string `json:"token_endpoint"`
+}
+
+// DeviceToken defines model for DeviceToken.
+type DeviceToken struct {
+	AccessToken string    `json:"access_token"`
+	ExpiresAt   time.Time `json:"expires_at"`
+
+	// ExpiresIn Seconds until it expires.
+	ExpiresIn int                  `json:"expires_in"`
+	TokenType DeviceTokenTokenType `json:"token_type"`
+}
+
+// DeviceTokenTokenType defines model for DeviceToken.TokenType.
+type DeviceTokenTokenType string
+
+// DeviceTokenRequest defines model for DeviceTokenRequest.
+type DeviceTokenRequest struct {
+	// Assertion A JWT signed (EdDSA) with the device's private key: iss = sub = the
+	// device uuid, aud = the token endpoint URL, exp at most 5 minutes ahead,
+	// and a jti never used before.
+	Assertion string `json:"assertion"`
+}
+
+// DeviceUpdate defines model for DeviceUpdate.
+type DeviceUpdate struct {
+	// FleetId Moves the device to another fleet of the same organisation and architecture.
+	FleetId *openapi_types.UUID `json:"fleet_id,omitempty"`
+	Name    *Name               `json:"name,omitempty"`
+
+	// PinnedReleaseId A final release of the device's fleet to run regardless of the fleet's policy; null to follow the fleet.
+	PinnedReleaseId nullable.Nullable[openapi_types.UUID] `json:"pinned_release_id,omitempty"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// Digest An OCI content digest.
+//
+// Example: sha256:4b1d0c9fa4f5b0f8f0a6b7c52f1e07e4a0d27f3b6e5d8c9a1b2c3d4e5f6a7b8c
+type Digest = string
+
 // FieldError One invalid part of a request.
 type FieldError struct {
 	// Detail Why the value is invalid.
@@ -252,6 +530,78 @@ type FieldError struct {
 
 // FieldErrorIn Where the invalid value was.
 type FieldErrorIn string
+
+// Fleet defines model for Fleet.
+type Fleet struct {
+	// Architecture A CPU architecture, in OCI platform spelling.
+	Architecture Architecture       `json:"architecture"`
+	CreatedAt    time.Time          `json:"created_at"`
+	Id           openapi_types.UUID `json:"id"`
+	Name         Name               `json:"name"`
+	OrgId        openapi_types.UUID `json:"org_id"`
+
+	// PinnedReleaseId The release every device runs when the policy is `pinned`.
+	PinnedReleaseId *openapi_types.UUID `json:"pinned_release_id,omitempty"`
+
+	// ReleasePolicy `track_latest`: devices follow the fleet's newest final release; `pinned`: they run `pinned_release_id`.
+	ReleasePolicy ReleasePolicy `json:"release_policy"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags      Tags      `json:"tags"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// FleetCreate defines model for FleetCreate.
+type FleetCreate struct {
+	// Architecture A CPU architecture, in OCI platform spelling.
+	Architecture Architecture `json:"architecture"`
+	Name         Name         `json:"name"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// FleetPage defines model for FleetPage.
+type FleetPage struct {
+	Items      []Fleet `json:"items"`
+	NextCursor *string `json:"next_cursor,omitempty"`
+}
+
+// FleetUpdate defines model for FleetUpdate.
+type FleetUpdate struct {
+	Name *Name `json:"name,omitempty"`
+
+	// PinnedReleaseId A final release of this fleet; set together with `release_policy` `pinned`.
+	PinnedReleaseId nullable.Nullable[openapi_types.UUID] `json:"pinned_release_id,omitempty"`
+
+	// ReleasePolicy `track_latest`: devices follow the fleet's newest final release; `pinned`: they run `pinned_release_id`.
+	ReleasePolicy *ReleasePolicy `json:"release_policy,omitempty"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// JWKS defines model for JWKS.
+type JWKS struct {
+	Keys []JWKS_Keys_Item `json:"keys"`
+}
+
+// JWKS_Keys_Item defines model for JWKS.keys.Item.
+type JWKS_Keys_Item struct {
+	Alg                  *string                `json:"alg,omitempty"`
+	Crv                  *string                `json:"crv,omitempty"`
+	Kid                  string                 `json:"kid"`
+	Kty                  string                 `json:"kty"`
+	Use                  *string                `json:"use,omitempty"`
+	X                    *string                `json:"x,omitempty"`
+	AdditionalProperties map[string]interface{} `json:"-"`
+}
 
 // Me The signed-in user and the organisations they belong to.
 type Me struct {
@@ -310,6 +660,9 @@ type Membership struct {
 	// organisation and manages owners).
 	Role Role `json:"role"`
 }
+
+// Name defines model for Name.
+type Name = string
 
 // Org defines model for Org.
 type Org struct {
@@ -397,11 +750,232 @@ type Problem struct {
 	Type string `json:"type"`
 }
 
+// ProvisioningKey defines model for ProvisioningKey.
+type ProvisioningKey struct {
+	CreatedAt time.Time           `json:"created_at"`
+	CreatedBy *openapi_types.UUID `json:"created_by,omitempty"`
+	ExpiresAt *time.Time          `json:"expires_at,omitempty"`
+	FleetId   openapi_types.UUID  `json:"fleet_id"`
+	Id        openapi_types.UUID  `json:"id"`
+
+	// MaxUses The most devices this key may register.
+	MaxUses *int   `json:"max_uses,omitempty"`
+	Name    string `json:"name"`
+
+	// Prefix Example: flp_3f9c2ab1
+	Prefix    string     `json:"prefix"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+
+	// Uses Devices registered with this key so far.
+	Uses int `json:"uses"`
+}
+
+// ProvisioningKeyCreate defines model for ProvisioningKeyCreate.
+type ProvisioningKeyCreate struct {
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	MaxUses   *int       `json:"max_uses,omitempty"`
+	Name      Name       `json:"name"`
+}
+
+// ProvisioningKeyCreated defines model for ProvisioningKeyCreated.
+type ProvisioningKeyCreated struct {
+	CreatedAt time.Time           `json:"created_at"`
+	CreatedBy *openapi_types.UUID `json:"created_by,omitempty"`
+	ExpiresAt *time.Time          `json:"expires_at,omitempty"`
+	FleetId   openapi_types.UUID  `json:"fleet_id"`
+	Id        openapi_types.UUID  `json:"id"`
+
+	// MaxUses The most devices this key may register.
+	MaxUses *int   `json:"max_uses,omitempty"`
+	Name    string `json:"name"`
+
+	// Prefix Example: flp_3f9c2ab1
+	Prefix    string     `json:"prefix"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+
+	// Secret The key itself, shown only in this response. Devices send it to `POST /device/v1/register`.
+	Secret string `json:"secret"`
+
+	// Uses Devices registered with this key so far.
+	Uses int `json:"uses"`
+}
+
+// ProvisioningKeyPage defines model for ProvisioningKeyPage.
+type ProvisioningKeyPage struct {
+	Items      []ProvisioningKey `json:"items"`
+	NextCursor *string           `json:"next_cursor,omitempty"`
+}
+
+// Release defines model for Release.
+type Release struct {
+	CreatedAt   time.Time          `json:"created_at"`
+	FinalizedAt *time.Time         `json:"finalized_at,omitempty"`
+	FleetId     openapi_types.UUID `json:"fleet_id"`
+	Id          openapi_types.UUID `json:"id"`
+	Services    []ReleaseService   `json:"services"`
+
+	// Status `draft` while being assembled; `final` to be deployed (then immutable); `failed` when it never will be.
+	Status ReleaseStatus `json:"status"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags Tags `json:"tags"`
+
+	// Version A free-form label such as a semantic version or commit.
+	Version string `json:"version"`
+}
+
+// ReleaseCreate defines model for ReleaseCreate.
+type ReleaseCreate struct {
+	Services []ReleaseService     `json:"services"`
+	Status   *ReleaseCreateStatus `json:"status,omitempty"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags    *Tags   `json:"tags,omitempty"`
+	Version *string `json:"version,omitempty"`
+}
+
+// ReleaseCreateStatus defines model for ReleaseCreate.Status.
+type ReleaseCreateStatus string
+
+// ReleasePage defines model for ReleasePage.
+type ReleasePage struct {
+	Items      []Release `json:"items"`
+	NextCursor *string   `json:"next_cursor,omitempty"`
+}
+
+// ReleasePolicy `track_latest`: devices follow the fleet's newest final release; `pinned`: they run `pinned_release_id`.
+type ReleasePolicy string
+
+// ReleaseService One container of a release, in the spirit of a compose service.
+type ReleaseService struct {
+	CapAdd      *[]string          `json:"cap_add,omitempty"`
+	Environment *map[string]string `json:"environment,omitempty"`
+
+	// Images The image for each architecture the release supports.
+	Images struct {
+		Amd64   *ServiceImage `json:"amd64,omitempty"`
+		Arm64   *ServiceImage `json:"arm64,omitempty"`
+		Armv6   *ServiceImage `json:"armv6,omitempty"`
+		Armv7   *ServiceImage `json:"armv7,omitempty"`
+		I386    *ServiceImage `json:"i386,omitempty"`
+		Riscv64 *ServiceImage `json:"riscv64,omitempty"`
+	} `json:"images"`
+	Labels     *map[string]string     `json:"labels,omitempty"`
+	Name       string                 `json:"name"`
+	Ports      *[]string              `json:"ports,omitempty"`
+	Privileged *bool                  `json:"privileged,omitempty"`
+	Restart    *ReleaseServiceRestart `json:"restart,omitempty"`
+	Volumes    *[]string              `json:"volumes,omitempty"`
+}
+
+// ReleaseServiceRestart defines model for ReleaseService.Restart.
+type ReleaseServiceRestart string
+
+// ReleaseStatus `draft` while being assembled; `final` to be deployed (then immutable); `failed` when it never will be.
+type ReleaseStatus string
+
+// ReleaseUpdate Only a draft may change status; tags may change at any time.
+type ReleaseUpdate struct {
+	Status *ReleaseUpdateStatus `json:"status,omitempty"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// ReleaseUpdateStatus defines model for ReleaseUpdate.Status.
+type ReleaseUpdateStatus string
+
+// ReportedState What a device says it runs.
+type ReportedState struct {
+	AgentVersion     *string             `json:"agent_version,omitempty"`
+	IpAddresses      *[]string           `json:"ip_addresses,omitempty"`
+	OsVersion        *string             `json:"os_version,omitempty"`
+	RunningReleaseId *openapi_types.UUID `json:"running_release_id,omitempty"`
+	Services         *[]ServiceStatus    `json:"services,omitempty"`
+}
+
 // Role A member's role in an organisation, from least to most: viewer (reads),
 // developer (also changes fleets, devices and releases), admin (also manages
 // members and API keys, reads the audit log), owner (also deletes the
 // organisation and manages owners).
 type Role string
+
+// ServiceImage defines model for ServiceImage.
+type ServiceImage struct {
+	// Digest An OCI content digest.
+	//
+	// Example: sha256:4b1d0c9fa4f5b0f8f0a6b7c52f1e07e4a0d27f3b6e5d8c9a1b2c3d4e5f6a7b8c
+	Digest Digest `json:"digest"`
+
+	// Image The image reference (registry/repository[:tag]).
+	//
+	// Example: registry.example.com/acme/sensor:1.4
+	Image string `json:"image"`
+}
+
+// ServiceStatus defines model for ServiceStatus.
+type ServiceStatus struct {
+	DownloadProgress *int                `json:"download_progress,omitempty"`
+	Name             string              `json:"name"`
+	Status           ServiceStatusStatus `json:"status"`
+}
+
+// ServiceStatusStatus defines model for ServiceStatus.Status.
+type ServiceStatusStatus string
+
+// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+//
+// Example: {"batch":"2026-11","site":"lab-3"}
+type Tags map[string]string
+
+// TargetRelease The release to run; absent when the fleet has no final release yet.
+type TargetRelease struct {
+	Id      openapi_types.UUID `json:"id"`
+	Version string             `json:"version"`
+}
+
+// TargetService defines model for TargetService.
+type TargetService struct {
+	CapAdd []string `json:"cap_add"`
+
+	// Digest An OCI content digest.
+	//
+	// Example: sha256:4b1d0c9fa4f5b0f8f0a6b7c52f1e07e4a0d27f3b6e5d8c9a1b2c3d4e5f6a7b8c
+	Digest Digest `json:"digest"`
+
+	// Environment The service's environment with the configuration variables merged in.
+	Environment map[string]string `json:"environment"`
+
+	// Image The image to pull, pinned by digest (repository@sha256:...).
+	Image      string            `json:"image"`
+	Labels     map[string]string `json:"labels"`
+	Name       string            `json:"name"`
+	Ports      []string          `json:"ports"`
+	Privileged bool              `json:"privileged"`
+	Restart    string            `json:"restart"`
+	Volumes    []string          `json:"volumes"`
+}
+
+// TargetState What a device should run.
+type TargetState struct {
+	DeviceId openapi_types.UUID `json:"device_id"`
+
+	// Release The release to run; absent when the fleet has no final release yet.
+	Release  *TargetRelease  `json:"release,omitempty"`
+	Services []TargetService `json:"services"`
+
+	// Variables The variables that apply to every service, merged (device beats fleet).
+	Variables map[string]string `json:"variables"`
+
+	// Version Changes whenever anything in the target state changes; also the ETag.
+	Version string `json:"version"`
+}
 
 // User defines model for User.
 type User struct {
@@ -413,6 +987,47 @@ type User struct {
 
 	// Name Example: Alice Example
 	Name string `json:"name"`
+}
+
+// Variable defines model for Variable.
+type Variable struct {
+	CreatedAt time.Time `json:"created_at"`
+
+	// DeviceId Set for device-scoped variables.
+	DeviceId *openapi_types.UUID `json:"device_id,omitempty"`
+	FleetId  openapi_types.UUID  `json:"fleet_id"`
+	Id       openapi_types.UUID  `json:"id"`
+	Name     string              `json:"name"`
+	Secret   bool                `json:"secret"`
+
+	// Service The service it applies to; empty for every service.
+	Service   string    `json:"service"`
+	UpdatedAt time.Time `json:"updated_at"`
+
+	// Value Absent for secret variables, which are write-only.
+	Value *string `json:"value,omitempty"`
+}
+
+// VariableCreate defines model for VariableCreate.
+type VariableCreate struct {
+	// Name An environment variable name; the FLOCK_ prefix is reserved.
+	Name   string `json:"name"`
+	Secret *bool  `json:"secret,omitempty"`
+
+	// Service The service it applies to; empty for every service.
+	Service *string `json:"service,omitempty"`
+	Value   string  `json:"value"`
+}
+
+// VariablePage defines model for VariablePage.
+type VariablePage struct {
+	Items      []Variable `json:"items"`
+	NextCursor *string    `json:"next_cursor,omitempty"`
+}
+
+// VariableUpdate defines model for VariableUpdate.
+type VariableUpdate struct {
+	Value string `json:"value"`
 }
 
 // Version defines model for Version.
@@ -440,6 +1055,12 @@ type Version struct {
 // Cursor defines model for Cursor.
 type Cursor = string
 
+// DeviceId defines model for DeviceId.
+type DeviceId = openapi_types.UUID
+
+// FleetId defines model for FleetId.
+type FleetId = openapi_types.UUID
+
 // KeyId defines model for KeyId.
 type KeyId = openapi_types.UUID
 
@@ -449,8 +1070,60 @@ type Limit = int
 // OrgId defines model for OrgId.
 type OrgId = openapi_types.UUID
 
+// ProvisioningKeyId defines model for ProvisioningKeyId.
+type ProvisioningKeyId = openapi_types.UUID
+
+// ReleaseId defines model for ReleaseId.
+type ReleaseId = openapi_types.UUID
+
 // UserId defines model for UserId.
 type UserId = openapi_types.UUID
+
+// VariableId defines model for VariableId.
+type VariableId = openapi_types.UUID
+
+// DeviceStateGetParams defines parameters for DeviceStateGet.
+type DeviceStateGetParams struct {
+	IfNoneMatch *string `json:"If-None-Match,omitempty"`
+}
+
+// DeviceVariableListParams defines parameters for DeviceVariableList.
+type DeviceVariableListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// ProvisioningKeyListParams defines parameters for ProvisioningKeyList.
+type ProvisioningKeyListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// ReleaseListParams defines parameters for ReleaseList.
+type ReleaseListParams struct {
+	Status *ReleaseStatus `form:"status,omitempty" json:"status,omitempty"`
+
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// FleetVariableListParams defines parameters for FleetVariableList.
+type FleetVariableListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
 
 // OrgListParams defines parameters for OrgList.
 type OrgListParams struct {
@@ -485,6 +1158,35 @@ type AuditEventListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// DeviceListParams defines parameters for DeviceList.
+type DeviceListParams struct {
+	FleetId *openapi_types.UUID `form:"fleet_id,omitempty" json:"fleet_id,omitempty"`
+
+	// TagKey Only devices with this tag.
+	TagKey *string `form:"tag_key,omitempty" json:"tag_key,omitempty"`
+
+	// TagValue With tag_key, only devices whose tag has this value.
+	TagValue         *string             `form:"tag_value,omitempty" json:"tag_value,omitempty"`
+	Online           *bool               `form:"online,omitempty" json:"online,omitempty"`
+	RunningReleaseId *openapi_types.UUID `form:"running_release_id,omitempty" json:"running_release_id,omitempty"`
+	NamePrefix       *string             `form:"name_prefix,omitempty" json:"name_prefix,omitempty"`
+
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// FleetListParams defines parameters for FleetList.
+type FleetListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
 // MemberListParams defines parameters for MemberList.
 type MemberListParams struct {
 	// Limit The most items to return in one page.
@@ -493,6 +1195,39 @@ type MemberListParams struct {
 	// Cursor The `next_cursor` of the previous page; omit for the first page.
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
+
+// DeviceRegisterJSONRequestBody defines body for DeviceRegister for application/json ContentType.
+type DeviceRegisterJSONRequestBody = DeviceRegister
+
+// DeviceStateUpdateJSONRequestBody defines body for DeviceStateUpdate for application/json ContentType.
+type DeviceStateUpdateJSONRequestBody = ReportedState
+
+// DeviceTokenJSONRequestBody defines body for DeviceToken for application/json ContentType.
+type DeviceTokenJSONRequestBody = DeviceTokenRequest
+
+// DeviceUpdateJSONRequestBody defines body for DeviceUpdate for application/json ContentType.
+type DeviceUpdateJSONRequestBody = DeviceUpdate
+
+// DeviceVariableCreateJSONRequestBody defines body for DeviceVariableCreate for application/json ContentType.
+type DeviceVariableCreateJSONRequestBody = VariableCreate
+
+// DeviceVariableUpdateJSONRequestBody defines body for DeviceVariableUpdate for application/json ContentType.
+type DeviceVariableUpdateJSONRequestBody = VariableUpdate
+
+// FleetUpdateJSONRequestBody defines body for FleetUpdate for application/json ContentType.
+type FleetUpdateJSONRequestBody = FleetUpdate
+
+// ProvisioningKeyCreateJSONRequestBody defines body for ProvisioningKeyCreate for application/json ContentType.
+type ProvisioningKeyCreateJSONRequestBody = ProvisioningKeyCreate
+
+// ReleaseCreateJSONRequestBody defines body for ReleaseCreate for application/json ContentType.
+type ReleaseCreateJSONRequestBody = ReleaseCreate
+
+// FleetVariableCreateJSONRequestBody defines body for FleetVariableCreate for application/json ContentType.
+type FleetVariableCreateJSONRequestBody = VariableCreate
+
+// FleetVariableUpdateJSONRequestBody defines body for FleetVariableUpdate for application/json ContentType.
+type FleetVariableUpdateJSONRequestBody = VariableUpdate
 
 // OrgCreateJSONRequestBody defines body for OrgCreate for application/json ContentType.
 type OrgCreateJSONRequestBody = OrgCreate
@@ -503,11 +1238,156 @@ type OrgUpdateJSONRequestBody = OrgUpdate
 // ApiKeyCreateJSONRequestBody defines body for ApiKeyCreate for application/json ContentType.
 type ApiKeyCreateJSONRequestBody = ApiKeyCreate
 
+// FleetCreateJSONRequestBody defines body for FleetCreate for application/json ContentType.
+type FleetCreateJSONRequestBody = FleetCreate
+
 // MemberCreateJSONRequestBody defines body for MemberCreate for application/json ContentType.
 type MemberCreateJSONRequestBody = MemberCreate
 
 // MemberUpdateJSONRequestBody defines body for MemberUpdate for application/json ContentType.
 type MemberUpdateJSONRequestBody = MemberUpdate
+
+// ReleaseUpdateJSONRequestBody defines body for ReleaseUpdate for application/json ContentType.
+type ReleaseUpdateJSONRequestBody = ReleaseUpdate
+
+// Getter for additional properties for JWKS_Keys_Item. Returns the specified
+// element and whether it was found
+func (a JWKS_Keys_Item) Get(fieldName string) (value interface{}, found bool) {
+	if a.AdditionalProperties != nil {
+		value, found = a.AdditionalProperties[fieldName]
+	}
+	return
+}
+
+// Setter for additional properties for JWKS_Keys_Item
+func (a *JWKS_Keys_Item) Set(fieldName string, value interface{}) {
+	if a.AdditionalProperties == nil {
+		a.AdditionalProperties = make(map[string]interface{})
+	}
+	a.AdditionalProperties[fieldName] = value
+}
+
+// Override default JSON handling for JWKS_Keys_Item to handle AdditionalProperties
+func (a *JWKS_Keys_Item) UnmarshalJSON(b []byte) error {
+	object := make(map[string]json.RawMessage)
+	err := json.Unmarshal(b, &object)
+	if err != nil {
+		return err
+	}
+
+	if raw, found := object["alg"]; found {
+		err = json.Unmarshal(raw, &a.Alg)
+		if err != nil {
+			return fmt.Errorf("error reading 'alg': %w", err)
+		}
+		delete(object, "alg")
+	}
+
+	if raw, found := object["crv"]; found {
+		err = json.Unmarshal(raw, &a.Crv)
+		if err != nil {
+			return fmt.Errorf("error reading 'crv': %w", err)
+		}
+		delete(object, "crv")
+	}
+
+	if raw, found := object["kid"]; found {
+		err = json.Unmarshal(raw, &a.Kid)
+		if err != nil {
+			return fmt.Errorf("error reading 'kid': %w", err)
+		}
+		delete(object, "kid")
+	}
+
+	if raw, found := object["kty"]; found {
+		err = json.Unmarshal(raw, &a.Kty)
+		if err != nil {
+			return fmt.Errorf("error reading 'kty': %w", err)
+		}
+		delete(object, "kty")
+	}
+
+	if raw, found := object["use"]; found {
+		err = json.Unmarshal(raw, &a.Use)
+		if err != nil {
+			return fmt.Errorf("error reading 'use': %w", err)
+		}
+		delete(object, "use")
+	}
+
+	if raw, found := object["x"]; found {
+		err = json.Unmarshal(raw, &a.X)
+		if err != nil {
+			return fmt.Errorf("error reading 'x': %w", err)
+		}
+		delete(object, "x")
+	}
+
+	if len(object) != 0 {
+		a.AdditionalProperties = make(map[string]interface{})
+		for fieldName, fieldBuf := range object {
+			var fieldVal interface{}
+			err := json.Unmarshal(fieldBuf, &fieldVal)
+			if err != nil {
+				return fmt.Errorf("error unmarshaling field %s: %w", fieldName, err)
+			}
+			a.AdditionalProperties[fieldName] = fieldVal
+		}
+	}
+	return nil
+}
+
+// Override default JSON handling for JWKS_Keys_Item to handle AdditionalProperties
+func (a JWKS_Keys_Item) MarshalJSON() ([]byte, error) {
+	var err error
+	object := make(map[string]json.RawMessage)
+
+	if a.Alg != nil {
+		object["alg"], err = json.Marshal(a.Alg)
+		if err != nil {
+			return nil, fmt.Errorf("error marshaling 'alg': %w", err)
+		}
+	}
+
+	if a.Crv != nil {
+		object["crv"], err = json.Marshal(a.Crv)
+		if err != nil {
+			return nil, fmt.Errorf("error marshaling 'crv': %w", err)
+		}
+	}
+
+	object["kid"], err = json.Marshal(a.Kid)
+	if err != nil {
+		return nil, fmt.Errorf("error marshaling 'kid': %w", err)
+	}
+
+	object["kty"], err = json.Marshal(a.Kty)
+	if err != nil {
+		return nil, fmt.Errorf("error marshaling 'kty': %w", err)
+	}
+
+	if a.Use != nil {
+		object["use"], err = json.Marshal(a.Use)
+		if err != nil {
+			return nil, fmt.Errorf("error marshaling 'use': %w", err)
+		}
+	}
+
+	if a.X != nil {
+		object["x"], err = json.Marshal(a.X)
+		if err != nil {
+			return nil, fmt.Errorf("error marshaling 'x': %w", err)
+		}
+	}
+
+	for fieldName, field := range a.AdditionalProperties {
+		object[fieldName], err = json.Marshal(field)
+		if err != nil {
+			return nil, fmt.Errorf("error marshaling '%s': %w", fieldName, err)
+		}
+	}
+	return json.Marshal(object)
+}
 
 // RequestEditorFn is the function signature for the RequestEditor callback function
 type RequestEditorFn func(ctx context.Context, req *http.Request) error
@@ -582,6 +1462,278 @@ func WithRequestEditorFn(fn RequestEditorFn) ClientOption {
 
 // The interface specification for the client above.
 type ClientInterface interface {
+
+	// JwksGet Keys that sign device tokens
+	//
+	// The current key and the previous one, so tokens signed just before a rotation still verify.
+	//
+	// Corresponds with GET /.well-known/jwks.json (the `JwksGet` operationId).
+	JwksGet(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceRegisterWithBody Register a device
+	//
+	// A device joins the fleet of a provisioning key with its own uuid and
+	// Ed25519 public key. Retrying the same registration returns the same
+	// device (200); the same uuid with another key is a conflict (409).
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /device/v1/register (the `DeviceRegister` operationId).
+	DeviceRegisterWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceRegister Register a device
+	//
+	// A device joins the fleet of a provisioning key with its own uuid and
+	// Ed25519 public key. Retrying the same registration returns the same
+	// device (200); the same uuid with another key is a conflict (409).
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /device/v1/register (the `DeviceRegister` operationId).
+	DeviceRegister(ctx context.Context, body DeviceRegisterJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceStateGet The device's target state
+	//
+	// The release to run (device pin, else fleet pin, else the fleet's latest
+	// final release), each service's image for the device's architecture, and
+	// the merged configuration. Send the last ETag as If-None-Match to get 304
+	// when nothing changed.
+	//
+	// Corresponds with GET /device/v1/state (the `DeviceStateGet` operationId).
+	DeviceStateGet(ctx context.Context, params *DeviceStateGetParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceStateUpdateWithBody Report the device's state
+	//
+	// Stores what the device runs and marks it seen; users see it on the device resource.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /device/v1/state (the `DeviceStateUpdate` operationId).
+	DeviceStateUpdateWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceStateUpdate Report the device's state
+	//
+	// Stores what the device runs and marks it seen; users see it on the device resource.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /device/v1/state (the `DeviceStateUpdate` operationId).
+	DeviceStateUpdate(ctx context.Context, body DeviceStateUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceTokenWithBody Trade a signed assertion for a device token
+	//
+	// The token is an EdDSA JWT valid for 15 minutes (sub = device uuid, with org and fleet claims), verifiable with /.well-known/jwks.json.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /device/v1/token (the `DeviceToken` operationId).
+	DeviceTokenWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceToken Trade a signed assertion for a device token
+	//
+	// The token is an EdDSA JWT valid for 15 minutes (sub = device uuid, with org and fleet claims), verifiable with /.well-known/jwks.json.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /device/v1/token (the `DeviceToken` operationId).
+	DeviceToken(ctx context.Context, body DeviceTokenJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceDelete Delete a device
+	//
+	// Its tokens stop working at once; it must register again to come back.
+	//
+	// Corresponds with DELETE /v1/devices/{deviceId} (the `DeviceDelete` operationId).
+	DeviceDelete(ctx context.Context, deviceId DeviceId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceGet A device, with its reported state
+	//
+	// Corresponds with GET /v1/devices/{deviceId} (the `DeviceGet` operationId).
+	DeviceGet(ctx context.Context, deviceId DeviceId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceUpdateWithBody Rename, move, pin or retag a device
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
+	DeviceUpdateWithBody(ctx context.Context, deviceId DeviceId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceUpdate Rename, move, pin or retag a device
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
+	DeviceUpdate(ctx context.Context, deviceId DeviceId, body DeviceUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceVariableList Configuration variables of a device
+	//
+	// Secret variables are listed without their value.
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/variables (the `DeviceVariableList` operationId).
+	DeviceVariableList(ctx context.Context, deviceId DeviceId, params *DeviceVariableListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceVariableCreateWithBody Set a configuration variable of a device
+	//
+	// For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/devices/{deviceId}/variables (the `DeviceVariableCreate` operationId).
+	DeviceVariableCreateWithBody(ctx context.Context, deviceId DeviceId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceVariableCreate Set a configuration variable of a device
+	//
+	// For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/devices/{deviceId}/variables (the `DeviceVariableCreate` operationId).
+	DeviceVariableCreate(ctx context.Context, deviceId DeviceId, body DeviceVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceVariableDelete Remove a device variable
+	//
+	// Corresponds with DELETE /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableDelete` operationId).
+	DeviceVariableDelete(ctx context.Context, deviceId DeviceId, variableId VariableId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceVariableUpdateWithBody Change a device variable's value
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
+	DeviceVariableUpdateWithBody(ctx context.Context, deviceId DeviceId, variableId VariableId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceVariableUpdate Change a device variable's value
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
+	DeviceVariableUpdate(ctx context.Context, deviceId DeviceId, variableId VariableId, body DeviceVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// FleetDelete Delete a fleet
+	//
+	// Refused (409) while the fleet has devices.
+	//
+	// Corresponds with DELETE /v1/fleets/{fleetId} (the `FleetDelete` operationId).
+	FleetDelete(ctx context.Context, fleetId FleetId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// FleetGet A fleet
+	//
+	// Corresponds with GET /v1/fleets/{fleetId} (the `FleetGet` operationId).
+	FleetGet(ctx context.Context, fleetId FleetId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// FleetUpdateWithBody Change a fleet
+	//
+	// Rename it, retag it, or pin it to a final release of its own (release_policy pinned with pinned_release_id) or let it track the latest (track_latest).
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
+	FleetUpdateWithBody(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// FleetUpdate Change a fleet
+	//
+	// Rename it, retag it, or pin it to a final release of its own (release_policy pinned with pinned_release_id) or let it track the latest (track_latest).
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
+	FleetUpdate(ctx context.Context, fleetId FleetId, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ProvisioningKeyList Provisioning keys of a fleet
+	//
+	// Corresponds with GET /v1/fleets/{fleetId}/provisioning-keys (the `ProvisioningKeyList` operationId).
+	ProvisioningKeyList(ctx context.Context, fleetId FleetId, params *ProvisioningKeyListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ProvisioningKeyCreateWithBody Create a provisioning key
+	//
+	// Devices register into the fleet with it. The secret is in this response only.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/provisioning-keys (the `ProvisioningKeyCreate` operationId).
+	ProvisioningKeyCreateWithBody(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ProvisioningKeyCreate Create a provisioning key
+	//
+	// Devices register into the fleet with it. The secret is in this response only.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/provisioning-keys (the `ProvisioningKeyCreate` operationId).
+	ProvisioningKeyCreate(ctx context.Context, fleetId FleetId, body ProvisioningKeyCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ProvisioningKeyDelete Revoke a provisioning key
+	//
+	// No device can register with it any more; devices already registered are not affected.
+	//
+	// Corresponds with DELETE /v1/fleets/{fleetId}/provisioning-keys/{keyId} (the `ProvisioningKeyDelete` operationId).
+	ProvisioningKeyDelete(ctx context.Context, fleetId FleetId, keyId ProvisioningKeyId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ReleaseList Releases of a fleet
+	//
+	// Corresponds with GET /v1/fleets/{fleetId}/releases (the `ReleaseList` operationId).
+	ReleaseList(ctx context.Context, fleetId FleetId, params *ReleaseListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ReleaseCreateWithBody Register a release
+	//
+	// From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
+	ReleaseCreateWithBody(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ReleaseCreate Register a release
+	//
+	// From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
+	ReleaseCreate(ctx context.Context, fleetId FleetId, body ReleaseCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// FleetVariableList Configuration variables of a fleet
+	//
+	// Secret variables are listed without their value.
+	//
+	// Corresponds with GET /v1/fleets/{fleetId}/variables (the `FleetVariableList` operationId).
+	FleetVariableList(ctx context.Context, fleetId FleetId, params *FleetVariableListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// FleetVariableCreateWithBody Set a configuration variable of a fleet
+	//
+	// For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/variables (the `FleetVariableCreate` operationId).
+	FleetVariableCreateWithBody(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// FleetVariableCreate Set a configuration variable of a fleet
+	//
+	// For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/variables (the `FleetVariableCreate` operationId).
+	FleetVariableCreate(ctx context.Context, fleetId FleetId, body FleetVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// FleetVariableDelete Remove a fleet variable
+	//
+	// Corresponds with DELETE /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableDelete` operationId).
+	FleetVariableDelete(ctx context.Context, fleetId FleetId, variableId VariableId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// FleetVariableUpdateWithBody Change a fleet variable's value
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableUpdate` operationId).
+	FleetVariableUpdateWithBody(ctx context.Context, fleetId FleetId, variableId VariableId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// FleetVariableUpdate Change a fleet variable's value
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableUpdate` operationId).
+	FleetVariableUpdate(ctx context.Context, fleetId FleetId, variableId VariableId, body FleetVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// MeGet The signed-in user
 	//
@@ -680,6 +1832,30 @@ type ClientInterface interface {
 	// Corresponds with GET /v1/orgs/{orgId}/audit-events (the `AuditEventList` operationId).
 	AuditEventList(ctx context.Context, orgId OrgId, params *AuditEventListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// DeviceList Devices of an organisation
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/devices (the `DeviceList` operationId).
+	DeviceList(ctx context.Context, orgId OrgId, params *DeviceListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// FleetList Fleets of an organisation
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/fleets (the `FleetList` operationId).
+	FleetList(ctx context.Context, orgId OrgId, params *FleetListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// FleetCreateWithBody Create a fleet
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/fleets (the `FleetCreate` operationId).
+	FleetCreateWithBody(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// FleetCreate Create a fleet
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/fleets (the `FleetCreate` operationId).
+	FleetCreate(ctx context.Context, orgId OrgId, body FleetCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// MemberList Members of an organisation
 	//
 	// Corresponds with GET /v1/orgs/{orgId}/members (the `MemberList` operationId).
@@ -732,6 +1908,29 @@ type ClientInterface interface {
 	// Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
 	MemberUpdate(ctx context.Context, orgId OrgId, userId UserId, body MemberUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// ReleaseGet A release
+	//
+	// Corresponds with GET /v1/releases/{releaseId} (the `ReleaseGet` operationId).
+	ReleaseGet(ctx context.Context, releaseId ReleaseId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ReleaseUpdateWithBody Finalise, fail or retag a release
+	//
+	// A draft may become final or failed; a final release is immutable but for its tags.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
+	ReleaseUpdateWithBody(ctx context.Context, releaseId ReleaseId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ReleaseUpdate Finalise, fail or retag a release
+	//
+	// A draft may become final or failed; a final release is immutable but for its tags.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
+	ReleaseUpdate(ctx context.Context, releaseId ReleaseId, body ReleaseUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// VersionGet Version of this deployment
 	//
 	// The build this process runs, the targets it mounts and the state of its
@@ -739,6 +1938,628 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /v1/version (the `VersionGet` operationId).
 	VersionGet(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+}
+
+// JwksGet Keys that sign device tokens
+//
+// The current key and the previous one, so tokens signed just before a rotation still verify.
+//
+// Corresponds with GET /.well-known/jwks.json (the `JwksGet` operationId).
+func (c *Client) JwksGet(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewJwksGetRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceRegisterWithBody Register a device
+//
+// A device joins the fleet of a provisioning key with its own uuid and
+// Ed25519 public key. Retrying the same registration returns the same
+// device (200); the same uuid with another key is a conflict (409).
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /device/v1/register (the `DeviceRegister` operationId).
+func (c *Client) DeviceRegisterWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceRegisterRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceRegister Register a device
+//
+// A device joins the fleet of a provisioning key with its own uuid and
+// Ed25519 public key. Retrying the same registration returns the same
+// device (200); the same uuid with another key is a conflict (409).
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /device/v1/register (the `DeviceRegister` operationId).
+func (c *Client) DeviceRegister(ctx context.Context, body DeviceRegisterJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceRegisterRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceStateGet The device's target state
+//
+// The release to run (device pin, else fleet pin, else the fleet's latest
+// final release), each service's image for the device's architecture, and
+// the merged configuration. Send the last ETag as If-None-Match to get 304
+// when nothing changed.
+//
+// Corresponds with GET /device/v1/state (the `DeviceStateGet` operationId).
+func (c *Client) DeviceStateGet(ctx context.Context, params *DeviceStateGetParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceStateGetRequest(c.Server, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceStateUpdateWithBody Report the device's state
+//
+// Stores what the device runs and marks it seen; users see it on the device resource.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /device/v1/state (the `DeviceStateUpdate` operationId).
+func (c *Client) DeviceStateUpdateWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceStateUpdateRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceStateUpdate Report the device's state
+//
+// Stores what the device runs and marks it seen; users see it on the device resource.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /device/v1/state (the `DeviceStateUpdate` operationId).
+func (c *Client) DeviceStateUpdate(ctx context.Context, body DeviceStateUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceStateUpdateRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceTokenWithBody Trade a signed assertion for a device token
+//
+// The token is an EdDSA JWT valid for 15 minutes (sub = device uuid, with org and fleet claims), verifiable with /.well-known/jwks.json.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /device/v1/token (the `DeviceToken` operationId).
+func (c *Client) DeviceTokenWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceTokenRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceToken Trade a signed assertion for a device token
+//
+// The token is an EdDSA JWT valid for 15 minutes (sub = device uuid, with org and fleet claims), verifiable with /.well-known/jwks.json.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /device/v1/token (the `DeviceToken` operationId).
+func (c *Client) DeviceToken(ctx context.Context, body DeviceTokenJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceTokenRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceDelete Delete a device
+//
+// Its tokens stop working at once; it must register again to come back.
+//
+// Corresponds with DELETE /v1/devices/{deviceId} (the `DeviceDelete` operationId).
+func (c *Client) DeviceDelete(ctx context.Context, deviceId DeviceId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceDeleteRequest(c.Server, deviceId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceGet A device, with its reported state
+//
+// Corresponds with GET /v1/devices/{deviceId} (the `DeviceGet` operationId).
+func (c *Client) DeviceGet(ctx context.Context, deviceId DeviceId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceGetRequest(c.Server, deviceId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceUpdateWithBody Rename, move, pin or retag a device
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
+func (c *Client) DeviceUpdateWithBody(ctx context.Context, deviceId DeviceId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceUpdateRequestWithBody(c.Server, deviceId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceUpdate Rename, move, pin or retag a device
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
+func (c *Client) DeviceUpdate(ctx context.Context, deviceId DeviceId, body DeviceUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceUpdateRequest(c.Server, deviceId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceVariableList Configuration variables of a device
+//
+// Secret variables are listed without their value.
+//
+// Corresponds with GET /v1/devices/{deviceId}/variables (the `DeviceVariableList` operationId).
+func (c *Client) DeviceVariableList(ctx context.Context, deviceId DeviceId, params *DeviceVariableListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceVariableListRequest(c.Server, deviceId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceVariableCreateWithBody Set a configuration variable of a device
+//
+// For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/devices/{deviceId}/variables (the `DeviceVariableCreate` operationId).
+func (c *Client) DeviceVariableCreateWithBody(ctx context.Context, deviceId DeviceId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceVariableCreateRequestWithBody(c.Server, deviceId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceVariableCreate Set a configuration variable of a device
+//
+// For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/devices/{deviceId}/variables (the `DeviceVariableCreate` operationId).
+func (c *Client) DeviceVariableCreate(ctx context.Context, deviceId DeviceId, body DeviceVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceVariableCreateRequest(c.Server, deviceId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceVariableDelete Remove a device variable
+//
+// Corresponds with DELETE /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableDelete` operationId).
+func (c *Client) DeviceVariableDelete(ctx context.Context, deviceId DeviceId, variableId VariableId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceVariableDeleteRequest(c.Server, deviceId, variableId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceVariableUpdateWithBody Change a device variable's value
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
+func (c *Client) DeviceVariableUpdateWithBody(ctx context.Context, deviceId DeviceId, variableId VariableId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceVariableUpdateRequestWithBody(c.Server, deviceId, variableId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceVariableUpdate Change a device variable's value
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
+func (c *Client) DeviceVariableUpdate(ctx context.Context, deviceId DeviceId, variableId VariableId, body DeviceVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceVariableUpdateRequest(c.Server, deviceId, variableId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// FleetDelete Delete a fleet
+//
+// Refused (409) while the fleet has devices.
+//
+// Corresponds with DELETE /v1/fleets/{fleetId} (the `FleetDelete` operationId).
+func (c *Client) FleetDelete(ctx context.Context, fleetId FleetId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetDeleteRequest(c.Server, fleetId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// FleetGet A fleet
+//
+// Corresponds with GET /v1/fleets/{fleetId} (the `FleetGet` operationId).
+func (c *Client) FleetGet(ctx context.Context, fleetId FleetId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetGetRequest(c.Server, fleetId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// FleetUpdateWithBody Change a fleet
+//
+// Rename it, retag it, or pin it to a final release of its own (release_policy pinned with pinned_release_id) or let it track the latest (track_latest).
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
+func (c *Client) FleetUpdateWithBody(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetUpdateRequestWithBody(c.Server, fleetId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// FleetUpdate Change a fleet
+//
+// Rename it, retag it, or pin it to a final release of its own (release_policy pinned with pinned_release_id) or let it track the latest (track_latest).
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
+func (c *Client) FleetUpdate(ctx context.Context, fleetId FleetId, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetUpdateRequest(c.Server, fleetId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ProvisioningKeyList Provisioning keys of a fleet
+//
+// Corresponds with GET /v1/fleets/{fleetId}/provisioning-keys (the `ProvisioningKeyList` operationId).
+func (c *Client) ProvisioningKeyList(ctx context.Context, fleetId FleetId, params *ProvisioningKeyListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewProvisioningKeyListRequest(c.Server, fleetId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ProvisioningKeyCreateWithBody Create a provisioning key
+//
+// Devices register into the fleet with it. The secret is in this response only.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/fleets/{fleetId}/provisioning-keys (the `ProvisioningKeyCreate` operationId).
+func (c *Client) ProvisioningKeyCreateWithBody(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewProvisioningKeyCreateRequestWithBody(c.Server, fleetId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ProvisioningKeyCreate Create a provisioning key
+//
+// Devices register into the fleet with it. The secret is in this response only.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/fleets/{fleetId}/provisioning-keys (the `ProvisioningKeyCreate` operationId).
+func (c *Client) ProvisioningKeyCreate(ctx context.Context, fleetId FleetId, body ProvisioningKeyCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewProvisioningKeyCreateRequest(c.Server, fleetId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ProvisioningKeyDelete Revoke a provisioning key
+//
+// No device can register with it any more; devices already registered are not affected.
+//
+// Corresponds with DELETE /v1/fleets/{fleetId}/provisioning-keys/{keyId} (the `ProvisioningKeyDelete` operationId).
+func (c *Client) ProvisioningKeyDelete(ctx context.Context, fleetId FleetId, keyId ProvisioningKeyId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewProvisioningKeyDeleteRequest(c.Server, fleetId, keyId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ReleaseList Releases of a fleet
+//
+// Corresponds with GET /v1/fleets/{fleetId}/releases (the `ReleaseList` operationId).
+func (c *Client) ReleaseList(ctx context.Context, fleetId FleetId, params *ReleaseListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReleaseListRequest(c.Server, fleetId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ReleaseCreateWithBody Register a release
+//
+// From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
+func (c *Client) ReleaseCreateWithBody(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReleaseCreateRequestWithBody(c.Server, fleetId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ReleaseCreate Register a release
+//
+// From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
+func (c *Client) ReleaseCreate(ctx context.Context, fleetId FleetId, body ReleaseCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReleaseCreateRequest(c.Server, fleetId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// FleetVariableList Configuration variables of a fleet
+//
+// Secret variables are listed without their value.
+//
+// Corresponds with GET /v1/fleets/{fleetId}/variables (the `FleetVariableList` operationId).
+func (c *Client) FleetVariableList(ctx context.Context, fleetId FleetId, params *FleetVariableListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetVariableListRequest(c.Server, fleetId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// FleetVariableCreateWithBody Set a configuration variable of a fleet
+//
+// For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/fleets/{fleetId}/variables (the `FleetVariableCreate` operationId).
+func (c *Client) FleetVariableCreateWithBody(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetVariableCreateRequestWithBody(c.Server, fleetId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// FleetVariableCreate Set a configuration variable of a fleet
+//
+// For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/fleets/{fleetId}/variables (the `FleetVariableCreate` operationId).
+func (c *Client) FleetVariableCreate(ctx context.Context, fleetId FleetId, body FleetVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetVariableCreateRequest(c.Server, fleetId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// FleetVariableDelete Remove a fleet variable
+//
+// Corresponds with DELETE /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableDelete` operationId).
+func (c *Client) FleetVariableDelete(ctx context.Context, fleetId FleetId, variableId VariableId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetVariableDeleteRequest(c.Server, fleetId, variableId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// FleetVariableUpdateWithBody Change a fleet variable's value
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableUpdate` operationId).
+func (c *Client) FleetVariableUpdateWithBody(ctx context.Context, fleetId FleetId, variableId VariableId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetVariableUpdateRequestWithBody(c.Server, fleetId, variableId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// FleetVariableUpdate Change a fleet variable's value
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableUpdate` operationId).
+func (c *Client) FleetVariableUpdate(ctx context.Context, fleetId FleetId, variableId VariableId, body FleetVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetVariableUpdateRequest(c.Server, fleetId, variableId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
 }
 
 // MeGet The signed-in user
@@ -968,6 +2789,70 @@ func (c *Client) AuditEventList(ctx context.Context, orgId OrgId, params *AuditE
 	return c.Client.Do(req)
 }
 
+// DeviceList Devices of an organisation
+//
+// Corresponds with GET /v1/orgs/{orgId}/devices (the `DeviceList` operationId).
+func (c *Client) DeviceList(ctx context.Context, orgId OrgId, params *DeviceListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceListRequest(c.Server, orgId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// FleetList Fleets of an organisation
+//
+// Corresponds with GET /v1/orgs/{orgId}/fleets (the `FleetList` operationId).
+func (c *Client) FleetList(ctx context.Context, orgId OrgId, params *FleetListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetListRequest(c.Server, orgId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// FleetCreateWithBody Create a fleet
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/orgs/{orgId}/fleets (the `FleetCreate` operationId).
+func (c *Client) FleetCreateWithBody(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetCreateRequestWithBody(c.Server, orgId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// FleetCreate Create a fleet
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/orgs/{orgId}/fleets (the `FleetCreate` operationId).
+func (c *Client) FleetCreate(ctx context.Context, orgId OrgId, body FleetCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetCreateRequest(c.Server, orgId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // MemberList Members of an organisation
 //
 // Corresponds with GET /v1/orgs/{orgId}/members (the `MemberList` operationId).
@@ -1080,6 +2965,59 @@ func (c *Client) MemberUpdate(ctx context.Context, orgId OrgId, userId UserId, b
 	return c.Client.Do(req)
 }
 
+// ReleaseGet A release
+//
+// Corresponds with GET /v1/releases/{releaseId} (the `ReleaseGet` operationId).
+func (c *Client) ReleaseGet(ctx context.Context, releaseId ReleaseId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReleaseGetRequest(c.Server, releaseId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ReleaseUpdateWithBody Finalise, fail or retag a release
+//
+// A draft may become final or failed; a final release is immutable but for its tags.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
+func (c *Client) ReleaseUpdateWithBody(ctx context.Context, releaseId ReleaseId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReleaseUpdateRequestWithBody(c.Server, releaseId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ReleaseUpdate Finalise, fail or retag a release
+//
+// A draft may become final or failed; a final release is immutable but for its tags.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
+func (c *Client) ReleaseUpdate(ctx context.Context, releaseId ReleaseId, body ReleaseUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReleaseUpdateRequest(c.Server, releaseId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // VersionGet Version of this deployment
 //
 // The build this process runs, the targets it mounts and the state of its
@@ -1096,6 +3034,1148 @@ func (c *Client) VersionGet(ctx context.Context, reqEditors ...RequestEditorFn) 
 		return nil, err
 	}
 	return c.Client.Do(req)
+}
+
+// NewJwksGetRequest constructs an http.Request for the JwksGet method
+func NewJwksGetRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/.well-known/jwks.json")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceRegisterRequest calls the generic DeviceRegister builder with application/json body
+func NewDeviceRegisterRequest(server string, body DeviceRegisterJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewDeviceRegisterRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewDeviceRegisterRequestWithBody constructs an http.Request for the DeviceRegister method, with any body, and a specified content type
+func NewDeviceRegisterRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/device/v1/register")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewDeviceStateGetRequest constructs an http.Request for the DeviceStateGet method
+func NewDeviceStateGetRequest(server string, params *DeviceStateGetParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/device/v1/state")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IfNoneMatch != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "If-None-Match", *params.IfNoneMatch, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("If-None-Match", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewDeviceStateUpdateRequest calls the generic DeviceStateUpdate builder with application/json body
+func NewDeviceStateUpdateRequest(server string, body DeviceStateUpdateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewDeviceStateUpdateRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewDeviceStateUpdateRequestWithBody constructs an http.Request for the DeviceStateUpdate method, with any body, and a specified content type
+func NewDeviceStateUpdateRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/device/v1/state")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewDeviceTokenRequest calls the generic DeviceToken builder with application/json body
+func NewDeviceTokenRequest(server string, body DeviceTokenJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewDeviceTokenRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewDeviceTokenRequestWithBody constructs an http.Request for the DeviceToken method, with any body, and a specified content type
+func NewDeviceTokenRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/device/v1/token")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewDeviceDeleteRequest constructs an http.Request for the DeviceDelete method
+func NewDeviceDeleteRequest(server string, deviceId DeviceId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceGetRequest constructs an http.Request for the DeviceGet method
+func NewDeviceGetRequest(server string, deviceId DeviceId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceUpdateRequest calls the generic DeviceUpdate builder with application/json body
+func NewDeviceUpdateRequest(server string, deviceId DeviceId, body DeviceUpdateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewDeviceUpdateRequestWithBody(server, deviceId, "application/json", bodyReader)
+}
+
+// NewDeviceUpdateRequestWithBody constructs an http.Request for the DeviceUpdate method, with any body, and a specified content type
+func NewDeviceUpdateRequestWithBody(server string, deviceId DeviceId, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewDeviceVariableListRequest constructs an http.Request for the DeviceVariableList method
+func NewDeviceVariableListRequest(server string, deviceId DeviceId, params *DeviceVariableListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s/variables", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceVariableCreateRequest calls the generic DeviceVariableCreate builder with application/json body
+func NewDeviceVariableCreateRequest(server string, deviceId DeviceId, body DeviceVariableCreateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewDeviceVariableCreateRequestWithBody(server, deviceId, "application/json", bodyReader)
+}
+
+// NewDeviceVariableCreateRequestWithBody constructs an http.Request for the DeviceVariableCreate method, with any body, and a specified content type
+func NewDeviceVariableCreateRequestWithBody(server string, deviceId DeviceId, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s/variables", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewDeviceVariableDeleteRequest constructs an http.Request for the DeviceVariableDelete method
+func NewDeviceVariableDeleteRequest(server string, deviceId DeviceId, variableId VariableId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "variableId", variableId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s/variables/%s", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceVariableUpdateRequest calls the generic DeviceVariableUpdate builder with application/json body
+func NewDeviceVariableUpdateRequest(server string, deviceId DeviceId, variableId VariableId, body DeviceVariableUpdateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewDeviceVariableUpdateRequestWithBody(server, deviceId, variableId, "application/json", bodyReader)
+}
+
+// NewDeviceVariableUpdateRequestWithBody constructs an http.Request for the DeviceVariableUpdate method, with any body, and a specified content type
+func NewDeviceVariableUpdateRequestWithBody(server string, deviceId DeviceId, variableId VariableId, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "variableId", variableId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s/variables/%s", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewFleetDeleteRequest constructs an http.Request for the FleetDelete method
+func NewFleetDeleteRequest(server string, fleetId FleetId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewFleetGetRequest constructs an http.Request for the FleetGet method
+func NewFleetGetRequest(server string, fleetId FleetId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewFleetUpdateRequest calls the generic FleetUpdate builder with application/json body
+func NewFleetUpdateRequest(server string, fleetId FleetId, body FleetUpdateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewFleetUpdateRequestWithBody(server, fleetId, "application/json", bodyReader)
+}
+
+// NewFleetUpdateRequestWithBody constructs an http.Request for the FleetUpdate method, with any body, and a specified content type
+func NewFleetUpdateRequestWithBody(server string, fleetId FleetId, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewProvisioningKeyListRequest constructs an http.Request for the ProvisioningKeyList method
+func NewProvisioningKeyListRequest(server string, fleetId FleetId, params *ProvisioningKeyListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s/provisioning-keys", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewProvisioningKeyCreateRequest calls the generic ProvisioningKeyCreate builder with application/json body
+func NewProvisioningKeyCreateRequest(server string, fleetId FleetId, body ProvisioningKeyCreateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewProvisioningKeyCreateRequestWithBody(server, fleetId, "application/json", bodyReader)
+}
+
+// NewProvisioningKeyCreateRequestWithBody constructs an http.Request for the ProvisioningKeyCreate method, with any body, and a specified content type
+func NewProvisioningKeyCreateRequestWithBody(server string, fleetId FleetId, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s/provisioning-keys", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewProvisioningKeyDeleteRequest constructs an http.Request for the ProvisioningKeyDelete method
+func NewProvisioningKeyDeleteRequest(server string, fleetId FleetId, keyId ProvisioningKeyId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "keyId", keyId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s/provisioning-keys/%s", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewReleaseListRequest constructs an http.Request for the ReleaseList method
+func NewReleaseListRequest(server string, fleetId FleetId, params *ReleaseListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s/releases", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Status != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "status", *params.Status, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewReleaseCreateRequest calls the generic ReleaseCreate builder with application/json body
+func NewReleaseCreateRequest(server string, fleetId FleetId, body ReleaseCreateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewReleaseCreateRequestWithBody(server, fleetId, "application/json", bodyReader)
+}
+
+// NewReleaseCreateRequestWithBody constructs an http.Request for the ReleaseCreate method, with any body, and a specified content type
+func NewReleaseCreateRequestWithBody(server string, fleetId FleetId, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s/releases", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewFleetVariableListRequest constructs an http.Request for the FleetVariableList method
+func NewFleetVariableListRequest(server string, fleetId FleetId, params *FleetVariableListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s/variables", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewFleetVariableCreateRequest calls the generic FleetVariableCreate builder with application/json body
+func NewFleetVariableCreateRequest(server string, fleetId FleetId, body FleetVariableCreateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewFleetVariableCreateRequestWithBody(server, fleetId, "application/json", bodyReader)
+}
+
+// NewFleetVariableCreateRequestWithBody constructs an http.Request for the FleetVariableCreate method, with any body, and a specified content type
+func NewFleetVariableCreateRequestWithBody(server string, fleetId FleetId, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s/variables", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewFleetVariableDeleteRequest constructs an http.Request for the FleetVariableDelete method
+func NewFleetVariableDeleteRequest(server string, fleetId FleetId, variableId VariableId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "variableId", variableId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s/variables/%s", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewFleetVariableUpdateRequest calls the generic FleetVariableUpdate builder with application/json body
+func NewFleetVariableUpdateRequest(server string, fleetId FleetId, variableId VariableId, body FleetVariableUpdateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewFleetVariableUpdateRequestWithBody(server, fleetId, variableId, "application/json", bodyReader)
+}
+
+// NewFleetVariableUpdateRequestWithBody constructs an http.Request for the FleetVariableUpdate method, with any body, and a specified content type
+func NewFleetVariableUpdateRequestWithBody(server string, fleetId FleetId, variableId VariableId, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	var pathParam1 string
+
+	pathParam1, err = runtime.StyleParamWithOptions("simple", false, "variableId", variableId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s/variables/%s", pathParam0, pathParam1)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
 }
 
 // NewMeGetRequest constructs an http.Request for the MeGet method
@@ -1604,6 +4684,271 @@ func NewAuditEventListRequest(server string, orgId OrgId, params *AuditEventList
 	return req, nil
 }
 
+// NewDeviceListRequest constructs an http.Request for the DeviceList method
+func NewDeviceListRequest(server string, orgId OrgId, params *DeviceListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/devices", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.FleetId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "fleet_id", *params.FleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "uuid"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.TagKey != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "tag_key", *params.TagKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.TagValue != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "tag_value", *params.TagValue, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Online != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "online", *params.Online, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "boolean", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.RunningReleaseId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "running_release_id", *params.RunningReleaseId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "uuid"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.NamePrefix != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "name_prefix", *params.NamePrefix, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewFleetListRequest constructs an http.Request for the FleetList method
+func NewFleetListRequest(server string, orgId OrgId, params *FleetListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/fleets", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewFleetCreateRequest calls the generic FleetCreate builder with application/json body
+func NewFleetCreateRequest(server string, orgId OrgId, body FleetCreateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewFleetCreateRequestWithBody(server, orgId, "application/json", bodyReader)
+}
+
+// NewFleetCreateRequestWithBody constructs an http.Request for the FleetCreate method, with any body, and a specified content type
+func NewFleetCreateRequestWithBody(server string, orgId OrgId, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/fleets", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewMemberListRequest constructs an http.Request for the MemberList method
 func NewMemberListRequest(server string, orgId OrgId, params *MemberListParams) (*http.Request, error) {
 	var err error
@@ -1819,6 +5164,87 @@ func NewMemberUpdateRequestWithBody(server string, orgId OrgId, userId UserId, c
 	return req, nil
 }
 
+// NewReleaseGetRequest constructs an http.Request for the ReleaseGet method
+func NewReleaseGetRequest(server string, releaseId ReleaseId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "releaseId", releaseId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/releases/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewReleaseUpdateRequest calls the generic ReleaseUpdate builder with application/json body
+func NewReleaseUpdateRequest(server string, releaseId ReleaseId, body ReleaseUpdateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewReleaseUpdateRequestWithBody(server, releaseId, "application/json", bodyReader)
+}
+
+// NewReleaseUpdateRequestWithBody constructs an http.Request for the ReleaseUpdate method, with any body, and a specified content type
+func NewReleaseUpdateRequestWithBody(server string, releaseId ReleaseId, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "releaseId", releaseId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/releases/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewVersionGetRequest constructs an http.Request for the VersionGet method
 func NewVersionGetRequest(server string) (*http.Request, error) {
 	var err error
@@ -1889,6 +5315,304 @@ func WithBaseURL(baseURL string) ClientOption {
 
 // ClientWithResponsesInterface is the interface specification for the client with responses above.
 type ClientWithResponsesInterface interface {
+
+	// JwksGetWithResponse Keys that sign device tokens
+	//
+	// The current key and the previous one, so tokens signed just before a rotation still verify.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /.well-known/jwks.json (the `JwksGet` operationId).
+	JwksGetWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*JwksGetResponse, error)
+
+	// DeviceRegisterWithBodyWithResponse Register a device
+	//
+	// A device joins the fleet of a provisioning key with its own uuid and
+	// Ed25519 public key. Retrying the same registration returns the same
+	// device (200); the same uuid with another key is a conflict (409).
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /device/v1/register (the `DeviceRegister` operationId).
+	DeviceRegisterWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceRegisterResponse, error)
+
+	// DeviceRegisterWithResponse Register a device
+	//
+	// A device joins the fleet of a provisioning key with its own uuid and
+	// Ed25519 public key. Retrying the same registration returns the same
+	// device (200); the same uuid with another key is a conflict (409).
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /device/v1/register (the `DeviceRegister` operationId).
+	DeviceRegisterWithResponse(ctx context.Context, body DeviceRegisterJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceRegisterResponse, error)
+
+	// DeviceStateGetWithResponse The device's target state
+	//
+	// The release to run (device pin, else fleet pin, else the fleet's latest
+	// final release), each service's image for the device's architecture, and
+	// the merged configuration. Send the last ETag as If-None-Match to get 304
+	// when nothing changed.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /device/v1/state (the `DeviceStateGet` operationId).
+	DeviceStateGetWithResponse(ctx context.Context, params *DeviceStateGetParams, reqEditors ...RequestEditorFn) (*DeviceStateGetResponse, error)
+
+	// DeviceStateUpdateWithBodyWithResponse Report the device's state
+	//
+	// Stores what the device runs and marks it seen; users see it on the device resource.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /device/v1/state (the `DeviceStateUpdate` operationId).
+	DeviceStateUpdateWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceStateUpdateResponse, error)
+
+	// DeviceStateUpdateWithResponse Report the device's state
+	//
+	// Stores what the device runs and marks it seen; users see it on the device resource.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /device/v1/state (the `DeviceStateUpdate` operationId).
+	DeviceStateUpdateWithResponse(ctx context.Context, body DeviceStateUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceStateUpdateResponse, error)
+
+	// DeviceTokenWithBodyWithResponse Trade a signed assertion for a device token
+	//
+	// The token is an EdDSA JWT valid for 15 minutes (sub = device uuid, with org and fleet claims), verifiable with /.well-known/jwks.json.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /device/v1/token (the `DeviceToken` operationId).
+	DeviceTokenWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceTokenResponse, error)
+
+	// DeviceTokenWithResponse Trade a signed assertion for a device token
+	//
+	// The token is an EdDSA JWT valid for 15 minutes (sub = device uuid, with org and fleet claims), verifiable with /.well-known/jwks.json.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /device/v1/token (the `DeviceToken` operationId).
+	DeviceTokenWithResponse(ctx context.Context, body DeviceTokenJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceTokenResponse, error)
+
+	// DeviceDeleteWithResponse Delete a device
+	//
+	// Its tokens stop working at once; it must register again to come back.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/devices/{deviceId} (the `DeviceDelete` operationId).
+	DeviceDeleteWithResponse(ctx context.Context, deviceId DeviceId, reqEditors ...RequestEditorFn) (*DeviceDeleteResponse, error)
+
+	// DeviceGetWithResponse A device, with its reported state
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/devices/{deviceId} (the `DeviceGet` operationId).
+	DeviceGetWithResponse(ctx context.Context, deviceId DeviceId, reqEditors ...RequestEditorFn) (*DeviceGetResponse, error)
+
+	// DeviceUpdateWithBodyWithResponse Rename, move, pin or retag a device
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
+	DeviceUpdateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceUpdateResponse, error)
+
+	// DeviceUpdateWithResponse Rename, move, pin or retag a device
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
+	DeviceUpdateWithResponse(ctx context.Context, deviceId DeviceId, body DeviceUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceUpdateResponse, error)
+
+	// DeviceVariableListWithResponse Configuration variables of a device
+	//
+	// Secret variables are listed without their value.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/variables (the `DeviceVariableList` operationId).
+	DeviceVariableListWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceVariableListParams, reqEditors ...RequestEditorFn) (*DeviceVariableListResponse, error)
+
+	// DeviceVariableCreateWithBodyWithResponse Set a configuration variable of a device
+	//
+	// For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/devices/{deviceId}/variables (the `DeviceVariableCreate` operationId).
+	DeviceVariableCreateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceVariableCreateResponse, error)
+
+	// DeviceVariableCreateWithResponse Set a configuration variable of a device
+	//
+	// For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/devices/{deviceId}/variables (the `DeviceVariableCreate` operationId).
+	DeviceVariableCreateWithResponse(ctx context.Context, deviceId DeviceId, body DeviceVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceVariableCreateResponse, error)
+
+	// DeviceVariableDeleteWithResponse Remove a device variable
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableDelete` operationId).
+	DeviceVariableDeleteWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, reqEditors ...RequestEditorFn) (*DeviceVariableDeleteResponse, error)
+
+	// DeviceVariableUpdateWithBodyWithResponse Change a device variable's value
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
+	DeviceVariableUpdateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceVariableUpdateResponse, error)
+
+	// DeviceVariableUpdateWithResponse Change a device variable's value
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
+	DeviceVariableUpdateWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, body DeviceVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceVariableUpdateResponse, error)
+
+	// FleetDeleteWithResponse Delete a fleet
+	//
+	// Refused (409) while the fleet has devices.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/fleets/{fleetId} (the `FleetDelete` operationId).
+	FleetDeleteWithResponse(ctx context.Context, fleetId FleetId, reqEditors ...RequestEditorFn) (*FleetDeleteResponse, error)
+
+	// FleetGetWithResponse A fleet
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/fleets/{fleetId} (the `FleetGet` operationId).
+	FleetGetWithResponse(ctx context.Context, fleetId FleetId, reqEditors ...RequestEditorFn) (*FleetGetResponse, error)
+
+	// FleetUpdateWithBodyWithResponse Change a fleet
+	//
+	// Rename it, retag it, or pin it to a final release of its own (release_policy pinned with pinned_release_id) or let it track the latest (track_latest).
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
+	FleetUpdateWithBodyWithResponse(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetUpdateResponse, error)
+
+	// FleetUpdateWithResponse Change a fleet
+	//
+	// Rename it, retag it, or pin it to a final release of its own (release_policy pinned with pinned_release_id) or let it track the latest (track_latest).
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
+	FleetUpdateWithResponse(ctx context.Context, fleetId FleetId, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetUpdateResponse, error)
+
+	// ProvisioningKeyListWithResponse Provisioning keys of a fleet
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/fleets/{fleetId}/provisioning-keys (the `ProvisioningKeyList` operationId).
+	ProvisioningKeyListWithResponse(ctx context.Context, fleetId FleetId, params *ProvisioningKeyListParams, reqEditors ...RequestEditorFn) (*ProvisioningKeyListResponse, error)
+
+	// ProvisioningKeyCreateWithBodyWithResponse Create a provisioning key
+	//
+	// Devices register into the fleet with it. The secret is in this response only.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/provisioning-keys (the `ProvisioningKeyCreate` operationId).
+	ProvisioningKeyCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ProvisioningKeyCreateResponse, error)
+
+	// ProvisioningKeyCreateWithResponse Create a provisioning key
+	//
+	// Devices register into the fleet with it. The secret is in this response only.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/provisioning-keys (the `ProvisioningKeyCreate` operationId).
+	ProvisioningKeyCreateWithResponse(ctx context.Context, fleetId FleetId, body ProvisioningKeyCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*ProvisioningKeyCreateResponse, error)
+
+	// ProvisioningKeyDeleteWithResponse Revoke a provisioning key
+	//
+	// No device can register with it any more; devices already registered are not affected.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/fleets/{fleetId}/provisioning-keys/{keyId} (the `ProvisioningKeyDelete` operationId).
+	ProvisioningKeyDeleteWithResponse(ctx context.Context, fleetId FleetId, keyId ProvisioningKeyId, reqEditors ...RequestEditorFn) (*ProvisioningKeyDeleteResponse, error)
+
+	// ReleaseListWithResponse Releases of a fleet
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/fleets/{fleetId}/releases (the `ReleaseList` operationId).
+	ReleaseListWithResponse(ctx context.Context, fleetId FleetId, params *ReleaseListParams, reqEditors ...RequestEditorFn) (*ReleaseListResponse, error)
+
+	// ReleaseCreateWithBodyWithResponse Register a release
+	//
+	// From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
+	ReleaseCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseCreateResponse, error)
+
+	// ReleaseCreateWithResponse Register a release
+	//
+	// From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
+	ReleaseCreateWithResponse(ctx context.Context, fleetId FleetId, body ReleaseCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseCreateResponse, error)
+
+	// FleetVariableListWithResponse Configuration variables of a fleet
+	//
+	// Secret variables are listed without their value.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/fleets/{fleetId}/variables (the `FleetVariableList` operationId).
+	FleetVariableListWithResponse(ctx context.Context, fleetId FleetId, params *FleetVariableListParams, reqEditors ...RequestEditorFn) (*FleetVariableListResponse, error)
+
+	// FleetVariableCreateWithBodyWithResponse Set a configuration variable of a fleet
+	//
+	// For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/variables (the `FleetVariableCreate` operationId).
+	FleetVariableCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetVariableCreateResponse, error)
+
+	// FleetVariableCreateWithResponse Set a configuration variable of a fleet
+	//
+	// For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/variables (the `FleetVariableCreate` operationId).
+	FleetVariableCreateWithResponse(ctx context.Context, fleetId FleetId, body FleetVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetVariableCreateResponse, error)
+
+	// FleetVariableDeleteWithResponse Remove a fleet variable
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableDelete` operationId).
+	FleetVariableDeleteWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, reqEditors ...RequestEditorFn) (*FleetVariableDeleteResponse, error)
+
+	// FleetVariableUpdateWithBodyWithResponse Change a fleet variable's value
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableUpdate` operationId).
+	FleetVariableUpdateWithBodyWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetVariableUpdateResponse, error)
+
+	// FleetVariableUpdateWithResponse Change a fleet variable's value
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableUpdate` operationId).
+	FleetVariableUpdateWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, body FleetVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetVariableUpdateResponse, error)
 
 	// MeGetWithResponse The signed-in user
 	//
@@ -2001,6 +5725,34 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/orgs/{orgId}/audit-events (the `AuditEventList` operationId).
 	AuditEventListWithResponse(ctx context.Context, orgId OrgId, params *AuditEventListParams, reqEditors ...RequestEditorFn) (*AuditEventListResponse, error)
 
+	// DeviceListWithResponse Devices of an organisation
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/devices (the `DeviceList` operationId).
+	DeviceListWithResponse(ctx context.Context, orgId OrgId, params *DeviceListParams, reqEditors ...RequestEditorFn) (*DeviceListResponse, error)
+
+	// FleetListWithResponse Fleets of an organisation
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/fleets (the `FleetList` operationId).
+	FleetListWithResponse(ctx context.Context, orgId OrgId, params *FleetListParams, reqEditors ...RequestEditorFn) (*FleetListResponse, error)
+
+	// FleetCreateWithBodyWithResponse Create a fleet
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/fleets (the `FleetCreate` operationId).
+	FleetCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetCreateResponse, error)
+
+	// FleetCreateWithResponse Create a fleet
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/fleets (the `FleetCreate` operationId).
+	FleetCreateWithResponse(ctx context.Context, orgId OrgId, body FleetCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetCreateResponse, error)
+
 	// MemberListWithResponse Members of an organisation
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -2057,6 +5809,31 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
 	MemberUpdateWithResponse(ctx context.Context, orgId OrgId, userId UserId, body MemberUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*MemberUpdateResponse, error)
 
+	// ReleaseGetWithResponse A release
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/releases/{releaseId} (the `ReleaseGet` operationId).
+	ReleaseGetWithResponse(ctx context.Context, releaseId ReleaseId, reqEditors ...RequestEditorFn) (*ReleaseGetResponse, error)
+
+	// ReleaseUpdateWithBodyWithResponse Finalise, fail or retag a release
+	//
+	// A draft may become final or failed; a final release is immutable but for its tags.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
+	ReleaseUpdateWithBodyWithResponse(ctx context.Context, releaseId ReleaseId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseUpdateResponse, error)
+
+	// ReleaseUpdateWithResponse Finalise, fail or retag a release
+	//
+	// A draft may become final or failed; a final release is immutable but for its tags.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
+	ReleaseUpdateWithResponse(ctx context.Context, releaseId ReleaseId, body ReleaseUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseUpdateResponse, error)
+
 	// VersionGetWithResponse Version of this deployment
 	//
 	// The build this process runs, the targets it mounts and the state of its
@@ -2066,6 +5843,1137 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /v1/version (the `VersionGet` operationId).
 	VersionGetWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*VersionGetResponse, error)
+}
+
+type JwksGetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *JWKS
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r JwksGetResponse) GetJSON200() *JWKS {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r JwksGetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r JwksGetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r JwksGetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r JwksGetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r JwksGetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceRegisterResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *DeviceRegistration
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *DeviceRegistration
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceRegisterResponse) GetJSON200() *DeviceRegistration {
+	return r.JSON200
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r DeviceRegisterResponse) GetJSON201() *DeviceRegistration {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceRegisterResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceRegisterResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceRegisterResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceRegisterResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceRegisterResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// DeviceStateGetResponse200Headers the declared response headers of an HTTP 200 response for DeviceStateGet
+type DeviceStateGetResponse200Headers struct {
+	ETag *string
+}
+
+// DeviceStateGetResponse304Headers the declared response headers of an HTTP 304 response for DeviceStateGet
+type DeviceStateGetResponse304Headers struct {
+	ETag *string
+}
+
+type DeviceStateGetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *TargetState
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *DeviceStateGetResponse200Headers
+	// Headers304 the parsed response headers for an HTTP 304 response
+	Headers304 *DeviceStateGetResponse304Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceStateGetResponse) GetJSON200() *TargetState {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceStateGetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceStateGetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceStateGetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceStateGetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceStateGetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceStateUpdateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceStateUpdateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceStateUpdateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceStateUpdateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceStateUpdateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceStateUpdateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceTokenResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *DeviceToken
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceTokenResponse) GetJSON200() *DeviceToken {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceTokenResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceTokenResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceTokenResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceTokenResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceTokenResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceDeleteResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceDeleteResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceDeleteResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceDeleteResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceDeleteResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceDeleteResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceGetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Device
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceGetResponse) GetJSON200() *Device {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceGetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceGetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceGetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceGetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceGetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceUpdateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Device
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceUpdateResponse) GetJSON200() *Device {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceUpdateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceUpdateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceUpdateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceUpdateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceUpdateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceVariableListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *VariablePage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceVariableListResponse) GetJSON200() *VariablePage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceVariableListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceVariableListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceVariableListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceVariableListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceVariableListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceVariableCreateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Variable
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r DeviceVariableCreateResponse) GetJSON201() *Variable {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceVariableCreateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceVariableCreateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceVariableCreateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceVariableCreateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceVariableCreateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceVariableDeleteResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceVariableDeleteResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceVariableDeleteResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceVariableDeleteResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceVariableDeleteResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceVariableDeleteResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceVariableUpdateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Variable
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceVariableUpdateResponse) GetJSON200() *Variable {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceVariableUpdateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceVariableUpdateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceVariableUpdateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceVariableUpdateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceVariableUpdateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type FleetDeleteResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r FleetDeleteResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r FleetDeleteResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r FleetDeleteResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r FleetDeleteResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r FleetDeleteResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type FleetGetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Fleet
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r FleetGetResponse) GetJSON200() *Fleet {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r FleetGetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r FleetGetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r FleetGetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r FleetGetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r FleetGetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type FleetUpdateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Fleet
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r FleetUpdateResponse) GetJSON200() *Fleet {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r FleetUpdateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r FleetUpdateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r FleetUpdateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r FleetUpdateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r FleetUpdateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ProvisioningKeyListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *ProvisioningKeyPage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ProvisioningKeyListResponse) GetJSON200() *ProvisioningKeyPage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r ProvisioningKeyListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ProvisioningKeyListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ProvisioningKeyListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ProvisioningKeyListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ProvisioningKeyListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ProvisioningKeyCreateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *ProvisioningKeyCreated
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r ProvisioningKeyCreateResponse) GetJSON201() *ProvisioningKeyCreated {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r ProvisioningKeyCreateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ProvisioningKeyCreateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ProvisioningKeyCreateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ProvisioningKeyCreateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ProvisioningKeyCreateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ProvisioningKeyDeleteResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r ProvisioningKeyDeleteResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ProvisioningKeyDeleteResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ProvisioningKeyDeleteResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ProvisioningKeyDeleteResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ProvisioningKeyDeleteResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ReleaseListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *ReleasePage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ReleaseListResponse) GetJSON200() *ReleasePage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r ReleaseListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ReleaseListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ReleaseListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ReleaseListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ReleaseListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ReleaseCreateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Release
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r ReleaseCreateResponse) GetJSON201() *Release {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r ReleaseCreateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ReleaseCreateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ReleaseCreateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ReleaseCreateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ReleaseCreateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type FleetVariableListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *VariablePage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r FleetVariableListResponse) GetJSON200() *VariablePage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r FleetVariableListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r FleetVariableListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r FleetVariableListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r FleetVariableListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r FleetVariableListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type FleetVariableCreateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Variable
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r FleetVariableCreateResponse) GetJSON201() *Variable {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r FleetVariableCreateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r FleetVariableCreateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r FleetVariableCreateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r FleetVariableCreateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r FleetVariableCreateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type FleetVariableDeleteResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r FleetVariableDeleteResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r FleetVariableDeleteResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r FleetVariableDeleteResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r FleetVariableDeleteResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r FleetVariableDeleteResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type FleetVariableUpdateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Variable
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r FleetVariableUpdateResponse) GetJSON200() *Variable {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r FleetVariableUpdateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r FleetVariableUpdateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r FleetVariableUpdateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r FleetVariableUpdateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r FleetVariableUpdateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
 }
 
 type MeGetResponse struct {
@@ -2534,6 +7442,150 @@ func (r AuditEventListResponse) ContentType() string {
 	return ""
 }
 
+type DeviceListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *DevicePage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceListResponse) GetJSON200() *DevicePage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type FleetListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *FleetPage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r FleetListResponse) GetJSON200() *FleetPage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r FleetListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r FleetListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r FleetListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r FleetListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r FleetListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type FleetCreateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Fleet
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r FleetCreateResponse) GetJSON201() *Fleet {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r FleetCreateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r FleetCreateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r FleetCreateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r FleetCreateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r FleetCreateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type MemberListResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -2719,6 +7771,102 @@ func (r MemberUpdateResponse) ContentType() string {
 	return ""
 }
 
+type ReleaseGetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Release
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ReleaseGetResponse) GetJSON200() *Release {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r ReleaseGetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ReleaseGetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ReleaseGetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ReleaseGetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ReleaseGetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type ReleaseUpdateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Release
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ReleaseUpdateResponse) GetJSON200() *Release {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r ReleaseUpdateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r ReleaseUpdateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ReleaseUpdateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ReleaseUpdateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ReleaseUpdateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type VersionGetResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -2765,6 +7913,514 @@ func (r VersionGetResponse) ContentType() string {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
 	return ""
+}
+
+// JwksGetWithResponse Keys that sign device tokens
+//
+// The current key and the previous one, so tokens signed just before a rotation still verify.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /.well-known/jwks.json (the `JwksGet` operationId).
+func (c *ClientWithResponses) JwksGetWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*JwksGetResponse, error) {
+	rsp, err := c.JwksGet(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseJwksGetResponse(rsp)
+}
+
+// DeviceRegisterWithBodyWithResponse Register a device
+//
+// A device joins the fleet of a provisioning key with its own uuid and
+// Ed25519 public key. Retrying the same registration returns the same
+// device (200); the same uuid with another key is a conflict (409).
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /device/v1/register (the `DeviceRegister` operationId).
+func (c *ClientWithResponses) DeviceRegisterWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceRegisterResponse, error) {
+	rsp, err := c.DeviceRegisterWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceRegisterResponse(rsp)
+}
+
+// DeviceRegisterWithResponse Register a device
+//
+// A device joins the fleet of a provisioning key with its own uuid and
+// Ed25519 public key. Retrying the same registration returns the same
+// device (200); the same uuid with another key is a conflict (409).
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /device/v1/register (the `DeviceRegister` operationId).
+func (c *ClientWithResponses) DeviceRegisterWithResponse(ctx context.Context, body DeviceRegisterJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceRegisterResponse, error) {
+	rsp, err := c.DeviceRegister(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceRegisterResponse(rsp)
+}
+
+// DeviceStateGetWithResponse The device's target state
+//
+// The release to run (device pin, else fleet pin, else the fleet's latest
+// final release), each service's image for the device's architecture, and
+// the merged configuration. Send the last ETag as If-None-Match to get 304
+// when nothing changed.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /device/v1/state (the `DeviceStateGet` operationId).
+func (c *ClientWithResponses) DeviceStateGetWithResponse(ctx context.Context, params *DeviceStateGetParams, reqEditors ...RequestEditorFn) (*DeviceStateGetResponse, error) {
+	rsp, err := c.DeviceStateGet(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceStateGetResponse(rsp)
+}
+
+// DeviceStateUpdateWithBodyWithResponse Report the device's state
+//
+// Stores what the device runs and marks it seen; users see it on the device resource.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /device/v1/state (the `DeviceStateUpdate` operationId).
+func (c *ClientWithResponses) DeviceStateUpdateWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceStateUpdateResponse, error) {
+	rsp, err := c.DeviceStateUpdateWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceStateUpdateResponse(rsp)
+}
+
+// DeviceStateUpdateWithResponse Report the device's state
+//
+// Stores what the device runs and marks it seen; users see it on the device resource.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /device/v1/state (the `DeviceStateUpdate` operationId).
+func (c *ClientWithResponses) DeviceStateUpdateWithResponse(ctx context.Context, body DeviceStateUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceStateUpdateResponse, error) {
+	rsp, err := c.DeviceStateUpdate(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceStateUpdateResponse(rsp)
+}
+
+// DeviceTokenWithBodyWithResponse Trade a signed assertion for a device token
+//
+// The token is an EdDSA JWT valid for 15 minutes (sub = device uuid, with org and fleet claims), verifiable with /.well-known/jwks.json.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /device/v1/token (the `DeviceToken` operationId).
+func (c *ClientWithResponses) DeviceTokenWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceTokenResponse, error) {
+	rsp, err := c.DeviceTokenWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceTokenResponse(rsp)
+}
+
+// DeviceTokenWithResponse Trade a signed assertion for a device token
+//
+// The token is an EdDSA JWT valid for 15 minutes (sub = device uuid, with org and fleet claims), verifiable with /.well-known/jwks.json.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /device/v1/token (the `DeviceToken` operationId).
+func (c *ClientWithResponses) DeviceTokenWithResponse(ctx context.Context, body DeviceTokenJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceTokenResponse, error) {
+	rsp, err := c.DeviceToken(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceTokenResponse(rsp)
+}
+
+// DeviceDeleteWithResponse Delete a device
+//
+// Its tokens stop working at once; it must register again to come back.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/devices/{deviceId} (the `DeviceDelete` operationId).
+func (c *ClientWithResponses) DeviceDeleteWithResponse(ctx context.Context, deviceId DeviceId, reqEditors ...RequestEditorFn) (*DeviceDeleteResponse, error) {
+	rsp, err := c.DeviceDelete(ctx, deviceId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceDeleteResponse(rsp)
+}
+
+// DeviceGetWithResponse A device, with its reported state
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/devices/{deviceId} (the `DeviceGet` operationId).
+func (c *ClientWithResponses) DeviceGetWithResponse(ctx context.Context, deviceId DeviceId, reqEditors ...RequestEditorFn) (*DeviceGetResponse, error) {
+	rsp, err := c.DeviceGet(ctx, deviceId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceGetResponse(rsp)
+}
+
+// DeviceUpdateWithBodyWithResponse Rename, move, pin or retag a device
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
+func (c *ClientWithResponses) DeviceUpdateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceUpdateResponse, error) {
+	rsp, err := c.DeviceUpdateWithBody(ctx, deviceId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceUpdateResponse(rsp)
+}
+
+// DeviceUpdateWithResponse Rename, move, pin or retag a device
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
+func (c *ClientWithResponses) DeviceUpdateWithResponse(ctx context.Context, deviceId DeviceId, body DeviceUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceUpdateResponse, error) {
+	rsp, err := c.DeviceUpdate(ctx, deviceId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceUpdateResponse(rsp)
+}
+
+// DeviceVariableListWithResponse Configuration variables of a device
+//
+// Secret variables are listed without their value.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/devices/{deviceId}/variables (the `DeviceVariableList` operationId).
+func (c *ClientWithResponses) DeviceVariableListWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceVariableListParams, reqEditors ...RequestEditorFn) (*DeviceVariableListResponse, error) {
+	rsp, err := c.DeviceVariableList(ctx, deviceId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceVariableListResponse(rsp)
+}
+
+// DeviceVariableCreateWithBodyWithResponse Set a configuration variable of a device
+//
+// For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/devices/{deviceId}/variables (the `DeviceVariableCreate` operationId).
+func (c *ClientWithResponses) DeviceVariableCreateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceVariableCreateResponse, error) {
+	rsp, err := c.DeviceVariableCreateWithBody(ctx, deviceId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceVariableCreateResponse(rsp)
+}
+
+// DeviceVariableCreateWithResponse Set a configuration variable of a device
+//
+// For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/devices/{deviceId}/variables (the `DeviceVariableCreate` operationId).
+func (c *ClientWithResponses) DeviceVariableCreateWithResponse(ctx context.Context, deviceId DeviceId, body DeviceVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceVariableCreateResponse, error) {
+	rsp, err := c.DeviceVariableCreate(ctx, deviceId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceVariableCreateResponse(rsp)
+}
+
+// DeviceVariableDeleteWithResponse Remove a device variable
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableDelete` operationId).
+func (c *ClientWithResponses) DeviceVariableDeleteWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, reqEditors ...RequestEditorFn) (*DeviceVariableDeleteResponse, error) {
+	rsp, err := c.DeviceVariableDelete(ctx, deviceId, variableId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceVariableDeleteResponse(rsp)
+}
+
+// DeviceVariableUpdateWithBodyWithResponse Change a device variable's value
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
+func (c *ClientWithResponses) DeviceVariableUpdateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceVariableUpdateResponse, error) {
+	rsp, err := c.DeviceVariableUpdateWithBody(ctx, deviceId, variableId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceVariableUpdateResponse(rsp)
+}
+
+// DeviceVariableUpdateWithResponse Change a device variable's value
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
+func (c *ClientWithResponses) DeviceVariableUpdateWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, body DeviceVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceVariableUpdateResponse, error) {
+	rsp, err := c.DeviceVariableUpdate(ctx, deviceId, variableId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceVariableUpdateResponse(rsp)
+}
+
+// FleetDeleteWithResponse Delete a fleet
+//
+// Refused (409) while the fleet has devices.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/fleets/{fleetId} (the `FleetDelete` operationId).
+func (c *ClientWithResponses) FleetDeleteWithResponse(ctx context.Context, fleetId FleetId, reqEditors ...RequestEditorFn) (*FleetDeleteResponse, error) {
+	rsp, err := c.FleetDelete(ctx, fleetId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseFleetDeleteResponse(rsp)
+}
+
+// FleetGetWithResponse A fleet
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/fleets/{fleetId} (the `FleetGet` operationId).
+func (c *ClientWithResponses) FleetGetWithResponse(ctx context.Context, fleetId FleetId, reqEditors ...RequestEditorFn) (*FleetGetResponse, error) {
+	rsp, err := c.FleetGet(ctx, fleetId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseFleetGetResponse(rsp)
+}
+
+// FleetUpdateWithBodyWithResponse Change a fleet
+//
+// Rename it, retag it, or pin it to a final release of its own (release_policy pinned with pinned_release_id) or let it track the latest (track_latest).
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
+func (c *ClientWithResponses) FleetUpdateWithBodyWithResponse(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetUpdateResponse, error) {
+	rsp, err := c.FleetUpdateWithBody(ctx, fleetId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseFleetUpdateResponse(rsp)
+}
+
+// FleetUpdateWithResponse Change a fleet
+//
+// Rename it, retag it, or pin it to a final release of its own (release_policy pinned with pinned_release_id) or let it track the latest (track_latest).
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
+func (c *ClientWithResponses) FleetUpdateWithResponse(ctx context.Context, fleetId FleetId, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetUpdateResponse, error) {
+	rsp, err := c.FleetUpdate(ctx, fleetId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseFleetUpdateResponse(rsp)
+}
+
+// ProvisioningKeyListWithResponse Provisioning keys of a fleet
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/fleets/{fleetId}/provisioning-keys (the `ProvisioningKeyList` operationId).
+func (c *ClientWithResponses) ProvisioningKeyListWithResponse(ctx context.Context, fleetId FleetId, params *ProvisioningKeyListParams, reqEditors ...RequestEditorFn) (*ProvisioningKeyListResponse, error) {
+	rsp, err := c.ProvisioningKeyList(ctx, fleetId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseProvisioningKeyListResponse(rsp)
+}
+
+// ProvisioningKeyCreateWithBodyWithResponse Create a provisioning key
+//
+// Devices register into the fleet with it. The secret is in this response only.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/fleets/{fleetId}/provisioning-keys (the `ProvisioningKeyCreate` operationId).
+func (c *ClientWithResponses) ProvisioningKeyCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ProvisioningKeyCreateResponse, error) {
+	rsp, err := c.ProvisioningKeyCreateWithBody(ctx, fleetId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseProvisioningKeyCreateResponse(rsp)
+}
+
+// ProvisioningKeyCreateWithResponse Create a provisioning key
+//
+// Devices register into the fleet with it. The secret is in this response only.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/fleets/{fleetId}/provisioning-keys (the `ProvisioningKeyCreate` operationId).
+func (c *ClientWithResponses) ProvisioningKeyCreateWithResponse(ctx context.Context, fleetId FleetId, body ProvisioningKeyCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*ProvisioningKeyCreateResponse, error) {
+	rsp, err := c.ProvisioningKeyCreate(ctx, fleetId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseProvisioningKeyCreateResponse(rsp)
+}
+
+// ProvisioningKeyDeleteWithResponse Revoke a provisioning key
+//
+// No device can register with it any more; devices already registered are not affected.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/fleets/{fleetId}/provisioning-keys/{keyId} (the `ProvisioningKeyDelete` operationId).
+func (c *ClientWithResponses) ProvisioningKeyDeleteWithResponse(ctx context.Context, fleetId FleetId, keyId ProvisioningKeyId, reqEditors ...RequestEditorFn) (*ProvisioningKeyDeleteResponse, error) {
+	rsp, err := c.ProvisioningKeyDelete(ctx, fleetId, keyId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseProvisioningKeyDeleteResponse(rsp)
+}
+
+// ReleaseListWithResponse Releases of a fleet
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/fleets/{fleetId}/releases (the `ReleaseList` operationId).
+func (c *ClientWithResponses) ReleaseListWithResponse(ctx context.Context, fleetId FleetId, params *ReleaseListParams, reqEditors ...RequestEditorFn) (*ReleaseListResponse, error) {
+	rsp, err := c.ReleaseList(ctx, fleetId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseReleaseListResponse(rsp)
+}
+
+// ReleaseCreateWithBodyWithResponse Register a release
+//
+// From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
+func (c *ClientWithResponses) ReleaseCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseCreateResponse, error) {
+	rsp, err := c.ReleaseCreateWithBody(ctx, fleetId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseReleaseCreateResponse(rsp)
+}
+
+// ReleaseCreateWithResponse Register a release
+//
+// From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
+func (c *ClientWithResponses) ReleaseCreateWithResponse(ctx context.Context, fleetId FleetId, body ReleaseCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseCreateResponse, error) {
+	rsp, err := c.ReleaseCreate(ctx, fleetId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseReleaseCreateResponse(rsp)
+}
+
+// FleetVariableListWithResponse Configuration variables of a fleet
+//
+// Secret variables are listed without their value.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/fleets/{fleetId}/variables (the `FleetVariableList` operationId).
+func (c *ClientWithResponses) FleetVariableListWithResponse(ctx context.Context, fleetId FleetId, params *FleetVariableListParams, reqEditors ...RequestEditorFn) (*FleetVariableListResponse, error) {
+	rsp, err := c.FleetVariableList(ctx, fleetId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseFleetVariableListResponse(rsp)
+}
+
+// FleetVariableCreateWithBodyWithResponse Set a configuration variable of a fleet
+//
+// For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/fleets/{fleetId}/variables (the `FleetVariableCreate` operationId).
+func (c *ClientWithResponses) FleetVariableCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetVariableCreateResponse, error) {
+	rsp, err := c.FleetVariableCreateWithBody(ctx, fleetId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseFleetVariableCreateResponse(rsp)
+}
+
+// FleetVariableCreateWithResponse Set a configuration variable of a fleet
+//
+// For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/fleets/{fleetId}/variables (the `FleetVariableCreate` operationId).
+func (c *ClientWithResponses) FleetVariableCreateWithResponse(ctx context.Context, fleetId FleetId, body FleetVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetVariableCreateResponse, error) {
+	rsp, err := c.FleetVariableCreate(ctx, fleetId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseFleetVariableCreateResponse(rsp)
+}
+
+// FleetVariableDeleteWithResponse Remove a fleet variable
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableDelete` operationId).
+func (c *ClientWithResponses) FleetVariableDeleteWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, reqEditors ...RequestEditorFn) (*FleetVariableDeleteResponse, error) {
+	rsp, err := c.FleetVariableDelete(ctx, fleetId, variableId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseFleetVariableDeleteResponse(rsp)
+}
+
+// FleetVariableUpdateWithBodyWithResponse Change a fleet variable's value
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableUpdate` operationId).
+func (c *ClientWithResponses) FleetVariableUpdateWithBodyWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetVariableUpdateResponse, error) {
+	rsp, err := c.FleetVariableUpdateWithBody(ctx, fleetId, variableId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseFleetVariableUpdateResponse(rsp)
+}
+
+// FleetVariableUpdateWithResponse Change a fleet variable's value
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableUpdate` operationId).
+func (c *ClientWithResponses) FleetVariableUpdateWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, body FleetVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetVariableUpdateResponse, error) {
+	rsp, err := c.FleetVariableUpdate(ctx, fleetId, variableId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseFleetVariableUpdateResponse(rsp)
 }
 
 // MeGetWithResponse The signed-in user
@@ -2956,6 +8612,58 @@ func (c *ClientWithResponses) AuditEventListWithResponse(ctx context.Context, or
 	return ParseAuditEventListResponse(rsp)
 }
 
+// DeviceListWithResponse Devices of an organisation
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/orgs/{orgId}/devices (the `DeviceList` operationId).
+func (c *ClientWithResponses) DeviceListWithResponse(ctx context.Context, orgId OrgId, params *DeviceListParams, reqEditors ...RequestEditorFn) (*DeviceListResponse, error) {
+	rsp, err := c.DeviceList(ctx, orgId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceListResponse(rsp)
+}
+
+// FleetListWithResponse Fleets of an organisation
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/orgs/{orgId}/fleets (the `FleetList` operationId).
+func (c *ClientWithResponses) FleetListWithResponse(ctx context.Context, orgId OrgId, params *FleetListParams, reqEditors ...RequestEditorFn) (*FleetListResponse, error) {
+	rsp, err := c.FleetList(ctx, orgId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseFleetListResponse(rsp)
+}
+
+// FleetCreateWithBodyWithResponse Create a fleet
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/orgs/{orgId}/fleets (the `FleetCreate` operationId).
+func (c *ClientWithResponses) FleetCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetCreateResponse, error) {
+	rsp, err := c.FleetCreateWithBody(ctx, orgId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseFleetCreateResponse(rsp)
+}
+
+// FleetCreateWithResponse Create a fleet
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/orgs/{orgId}/fleets (the `FleetCreate` operationId).
+func (c *ClientWithResponses) FleetCreateWithResponse(ctx context.Context, orgId OrgId, body FleetCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetCreateResponse, error) {
+	rsp, err := c.FleetCreate(ctx, orgId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseFleetCreateResponse(rsp)
+}
+
 // MemberListWithResponse Members of an organisation
 //
 // Returns a wrapper object for the known response body format(s).
@@ -3048,6 +8756,49 @@ func (c *ClientWithResponses) MemberUpdateWithResponse(ctx context.Context, orgI
 	return ParseMemberUpdateResponse(rsp)
 }
 
+// ReleaseGetWithResponse A release
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/releases/{releaseId} (the `ReleaseGet` operationId).
+func (c *ClientWithResponses) ReleaseGetWithResponse(ctx context.Context, releaseId ReleaseId, reqEditors ...RequestEditorFn) (*ReleaseGetResponse, error) {
+	rsp, err := c.ReleaseGet(ctx, releaseId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseReleaseGetResponse(rsp)
+}
+
+// ReleaseUpdateWithBodyWithResponse Finalise, fail or retag a release
+//
+// A draft may become final or failed; a final release is immutable but for its tags.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
+func (c *ClientWithResponses) ReleaseUpdateWithBodyWithResponse(ctx context.Context, releaseId ReleaseId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseUpdateResponse, error) {
+	rsp, err := c.ReleaseUpdateWithBody(ctx, releaseId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseReleaseUpdateResponse(rsp)
+}
+
+// ReleaseUpdateWithResponse Finalise, fail or retag a release
+//
+// A draft may become final or failed; a final release is immutable but for its tags.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
+func (c *ClientWithResponses) ReleaseUpdateWithResponse(ctx context.Context, releaseId ReleaseId, body ReleaseUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseUpdateResponse, error) {
+	rsp, err := c.ReleaseUpdate(ctx, releaseId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseReleaseUpdateResponse(rsp)
+}
+
 // VersionGetWithResponse Version of this deployment
 //
 // The build this process runs, the targets it mounts and the state of its
@@ -3062,6 +8813,807 @@ func (c *ClientWithResponses) VersionGetWithResponse(ctx context.Context, reqEdi
 		return nil, err
 	}
 	return ParseVersionGetResponse(rsp)
+}
+
+// ParseJwksGetResponse parses an HTTP response from a JwksGetWithResponse call
+func ParseJwksGetResponse(rsp *http.Response) (*JwksGetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &JwksGetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest JWKS
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceRegisterResponse parses an HTTP response from a DeviceRegisterWithResponse call
+func ParseDeviceRegisterResponse(rsp *http.Response) (*DeviceRegisterResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceRegisterResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest DeviceRegistration
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest DeviceRegistration
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceStateGetResponse parses an HTTP response from a DeviceStateGetWithResponse call
+func ParseDeviceStateGetResponse(rsp *http.Response) (*DeviceStateGetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceStateGetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest TargetState
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case rsp.StatusCode == 304:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers DeviceStateGetResponse200Headers
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = &value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 304:
+		var headers DeviceStateGetResponse304Headers
+		if values := rsp.Header.Values("ETag"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "ETag", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.ETag = &value
+		}
+		response.Headers304 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseDeviceStateUpdateResponse parses an HTTP response from a DeviceStateUpdateWithResponse call
+func ParseDeviceStateUpdateResponse(rsp *http.Response) (*DeviceStateUpdateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceStateUpdateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceTokenResponse parses an HTTP response from a DeviceTokenWithResponse call
+func ParseDeviceTokenResponse(rsp *http.Response) (*DeviceTokenResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceTokenResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest DeviceToken
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceDeleteResponse parses an HTTP response from a DeviceDeleteWithResponse call
+func ParseDeviceDeleteResponse(rsp *http.Response) (*DeviceDeleteResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceDeleteResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceGetResponse parses an HTTP response from a DeviceGetWithResponse call
+func ParseDeviceGetResponse(rsp *http.Response) (*DeviceGetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceGetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Device
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceUpdateResponse parses an HTTP response from a DeviceUpdateWithResponse call
+func ParseDeviceUpdateResponse(rsp *http.Response) (*DeviceUpdateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceUpdateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Device
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceVariableListResponse parses an HTTP response from a DeviceVariableListWithResponse call
+func ParseDeviceVariableListResponse(rsp *http.Response) (*DeviceVariableListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceVariableListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest VariablePage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceVariableCreateResponse parses an HTTP response from a DeviceVariableCreateWithResponse call
+func ParseDeviceVariableCreateResponse(rsp *http.Response) (*DeviceVariableCreateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceVariableCreateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Variable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceVariableDeleteResponse parses an HTTP response from a DeviceVariableDeleteWithResponse call
+func ParseDeviceVariableDeleteResponse(rsp *http.Response) (*DeviceVariableDeleteResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceVariableDeleteResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceVariableUpdateResponse parses an HTTP response from a DeviceVariableUpdateWithResponse call
+func ParseDeviceVariableUpdateResponse(rsp *http.Response) (*DeviceVariableUpdateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceVariableUpdateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Variable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseFleetDeleteResponse parses an HTTP response from a FleetDeleteWithResponse call
+func ParseFleetDeleteResponse(rsp *http.Response) (*FleetDeleteResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &FleetDeleteResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseFleetGetResponse parses an HTTP response from a FleetGetWithResponse call
+func ParseFleetGetResponse(rsp *http.Response) (*FleetGetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &FleetGetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Fleet
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseFleetUpdateResponse parses an HTTP response from a FleetUpdateWithResponse call
+func ParseFleetUpdateResponse(rsp *http.Response) (*FleetUpdateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &FleetUpdateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Fleet
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseProvisioningKeyListResponse parses an HTTP response from a ProvisioningKeyListWithResponse call
+func ParseProvisioningKeyListResponse(rsp *http.Response) (*ProvisioningKeyListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ProvisioningKeyListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest ProvisioningKeyPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseProvisioningKeyCreateResponse parses an HTTP response from a ProvisioningKeyCreateWithResponse call
+func ParseProvisioningKeyCreateResponse(rsp *http.Response) (*ProvisioningKeyCreateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ProvisioningKeyCreateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest ProvisioningKeyCreated
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseProvisioningKeyDeleteResponse parses an HTTP response from a ProvisioningKeyDeleteWithResponse call
+func ParseProvisioningKeyDeleteResponse(rsp *http.Response) (*ProvisioningKeyDeleteResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ProvisioningKeyDeleteResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseReleaseListResponse parses an HTTP response from a ReleaseListWithResponse call
+func ParseReleaseListResponse(rsp *http.Response) (*ReleaseListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ReleaseListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest ReleasePage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseReleaseCreateResponse parses an HTTP response from a ReleaseCreateWithResponse call
+func ParseReleaseCreateResponse(rsp *http.Response) (*ReleaseCreateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ReleaseCreateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Release
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseFleetVariableListResponse parses an HTTP response from a FleetVariableListWithResponse call
+func ParseFleetVariableListResponse(rsp *http.Response) (*FleetVariableListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &FleetVariableListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest VariablePage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseFleetVariableCreateResponse parses an HTTP response from a FleetVariableCreateWithResponse call
+func ParseFleetVariableCreateResponse(rsp *http.Response) (*FleetVariableCreateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &FleetVariableCreateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Variable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseFleetVariableDeleteResponse parses an HTTP response from a FleetVariableDeleteWithResponse call
+func ParseFleetVariableDeleteResponse(rsp *http.Response) (*FleetVariableDeleteResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &FleetVariableDeleteResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseFleetVariableUpdateResponse parses an HTTP response from a FleetVariableUpdateWithResponse call
+func ParseFleetVariableUpdateResponse(rsp *http.Response) (*FleetVariableUpdateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &FleetVariableUpdateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Variable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
 }
 
 // ParseMeGetResponse parses an HTTP response from a MeGetWithResponse call
@@ -3386,6 +9938,105 @@ func ParseAuditEventListResponse(rsp *http.Response) (*AuditEventListResponse, e
 	return response, nil
 }
 
+// ParseDeviceListResponse parses an HTTP response from a DeviceListWithResponse call
+func ParseDeviceListResponse(rsp *http.Response) (*DeviceListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest DevicePage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseFleetListResponse parses an HTTP response from a FleetListWithResponse call
+func ParseFleetListResponse(rsp *http.Response) (*FleetListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &FleetListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest FleetPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseFleetCreateResponse parses an HTTP response from a FleetCreateWithResponse call
+func ParseFleetCreateResponse(rsp *http.Response) (*FleetCreateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &FleetCreateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Fleet
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseMemberListResponse parses an HTTP response from a MemberListWithResponse call
 func ParseMemberListResponse(rsp *http.Response) (*MemberListResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -3497,6 +10148,72 @@ func ParseMemberUpdateResponse(rsp *http.Response) (*MemberUpdateResponse, error
 	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
 		var dest Member
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseReleaseGetResponse parses an HTTP response from a ReleaseGetWithResponse call
+func ParseReleaseGetResponse(rsp *http.Response) (*ReleaseGetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ReleaseGetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Release
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseReleaseUpdateResponse parses an HTTP response from a ReleaseUpdateWithResponse call
+func ParseReleaseUpdateResponse(rsp *http.Response) (*ReleaseUpdateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ReleaseUpdateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Release
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}

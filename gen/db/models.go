@@ -84,6 +84,57 @@ type AuditEvent struct {
 	Status     int32
 }
 
+type ConfigVariable struct {
+	ID        uuid.UUID
+	OrgID     uuid.UUID
+	FleetID   uuid.UUID
+	DeviceID  uuid.NullUUID
+	Service   string
+	Name      string
+	Value     string
+	Secret    bool
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+type Device struct {
+	ID               uuid.UUID
+	OrgID            uuid.UUID
+	FleetID          uuid.UUID
+	Name             string
+	DeviceType       string
+	Architecture     string
+	PublicKey        []byte
+	ProvisionedWith  uuid.NullUUID
+	PinnedReleaseID  uuid.NullUUID
+	Tags             map[string]string
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
+	LastSeenAt       *time.Time
+	RunningReleaseID uuid.NullUUID
+	OsVersion        string
+	AgentVersion     string
+	Reported         []byte
+}
+
+type DeviceAssertionJti struct {
+	DeviceID  uuid.UUID
+	Jti       string
+	ExpiresAt time.Time
+}
+
+type Fleet struct {
+	ID              uuid.UUID
+	OrgID           uuid.UUID
+	Name            string
+	Architecture    string
+	ReleasePolicy   string
+	PinnedReleaseID uuid.NullUUID
+	Tags            map[string]string
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+}
+
 type GooseDbVersion struct {
 	ID        int32
 	VersionID int64
@@ -104,6 +155,34 @@ type Org struct {
 	Name      string
 	CreatedAt time.Time
 	UpdatedAt time.Time
+}
+
+type ProvisioningKey struct {
+	ID         uuid.UUID
+	OrgID      uuid.UUID
+	FleetID    uuid.UUID
+	Name       string
+	Prefix     string
+	SecretHash []byte
+	CreatedBy  uuid.NullUUID
+	CreatedAt  time.Time
+	ExpiresAt  *time.Time
+	MaxUses    *int32
+	Uses       int32
+	RevokedAt  *time.Time
+}
+
+type Release struct {
+	ID          uuid.UUID
+	OrgID       uuid.UUID
+	FleetID     uuid.UUID
+	Version     string
+	Status      string
+	Services    []byte
+	Tags        map[string]string
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+	FinalizedAt *time.Time
 }
 
 type SigningKey struct {

@@ -24,6 +24,28 @@ type Querier interface {
 	AuditEventList(ctx context.Context, arg AuditEventListParams) ([]AuditEvent, error)
 	// The server's version and the newest applied migration, for /v1/version.
 	DatabaseVersion(ctx context.Context) (DatabaseVersionRow, error)
+	DeviceCountByFleet(ctx context.Context, fleetID uuid.UUID) (int64, error)
+	DeviceDelete(ctx context.Context, id uuid.UUID) (int64, error)
+	DeviceForUpdate(ctx context.Context, id uuid.UUID) (Device, error)
+	DeviceGet(ctx context.Context, id uuid.UUID) (Device, error)
+	// Keyset pagination on (created_at, id); every filter is optional.
+	DeviceList(ctx context.Context, arg DeviceListParams) ([]Device, error)
+	DeviceOrg(ctx context.Context, id uuid.UUID) (uuid.UUID, error)
+	// A retry of the same registration conflicts on the id and returns nothing;
+	// the caller then compares keys.
+	DeviceRegister(ctx context.Context, arg DeviceRegisterParams) (Device, error)
+	DeviceReport(ctx context.Context, arg DeviceReportParams) error
+	// What authenticating a device token needs: that the device still exists, and where it is now.
+	DeviceScope(ctx context.Context, id uuid.UUID) (DeviceScopeRow, error)
+	DeviceUpdate(ctx context.Context, arg DeviceUpdateParams) (Device, error)
+	FleetCountByOrg(ctx context.Context, orgID uuid.UUID) (int64, error)
+	FleetCreate(ctx context.Context, arg FleetCreateParams) (Fleet, error)
+	FleetDelete(ctx context.Context, id uuid.UUID) (int64, error)
+	FleetForUpdate(ctx context.Context, id uuid.UUID) (Fleet, error)
+	FleetGet(ctx context.Context, id uuid.UUID) (Fleet, error)
+	FleetList(ctx context.Context, arg FleetListParams) ([]Fleet, error)
+	FleetOrg(ctx context.Context, id uuid.UUID) (uuid.UUID, error)
+	FleetUpdate(ctx context.Context, arg FleetUpdateParams) (Fleet, error)
 	MemberGet(ctx context.Context, arg MemberGetParams) (MemberGetRow, error)
 	MemberList(ctx context.Context, arg MemberListParams) ([]MemberListRow, error)
 	MembershipCreate(ctx context.Context, arg MembershipCreateParams) (Membership, error)
@@ -42,6 +64,20 @@ type Querier interface {
 	OwnerCountForUpdate(ctx context.Context, orgID uuid.UUID) (int64, error)
 	// Readiness: proves a pooled connection can run a query, not only connect.
 	Ping(ctx context.Context) (int32, error)
+	ProvisioningKeyCreate(ctx context.Context, arg ProvisioningKeyCreateParams) (ProvisioningKey, error)
+	// Locks the key so concurrent registrations count its uses exactly.
+	ProvisioningKeyForUse(ctx context.Context, id uuid.UUID) (ProvisioningKey, error)
+	ProvisioningKeyGet(ctx context.Context, arg ProvisioningKeyGetParams) (ProvisioningKey, error)
+	ProvisioningKeyList(ctx context.Context, arg ProvisioningKeyListParams) ([]ProvisioningKey, error)
+	ProvisioningKeyRevoke(ctx context.Context, arg ProvisioningKeyRevokeParams) (int64, error)
+	ProvisioningKeyUse(ctx context.Context, id uuid.UUID) error
+	ReleaseCreate(ctx context.Context, arg ReleaseCreateParams) (Release, error)
+	ReleaseForUpdate(ctx context.Context, id uuid.UUID) (Release, error)
+	ReleaseGet(ctx context.Context, id uuid.UUID) (Release, error)
+	ReleaseLatestFinal(ctx context.Context, fleetID uuid.UUID) (Release, error)
+	ReleaseList(ctx context.Context, arg ReleaseListParams) ([]Release, error)
+	ReleaseOrg(ctx context.Context, id uuid.UUID) (uuid.UUID, error)
+	ReleaseUpdate(ctx context.Context, arg ReleaseUpdateParams) (Release, error)
 	SigningKeyDelete(ctx context.Context, arg SigningKeyDeleteParams) (int64, error)
 	SigningKeyInsert(ctx context.Context, arg SigningKeyInsertParams) error
 	// Published keys of a purpose, newest first; the first one signs.
@@ -57,6 +93,20 @@ type Querier interface {
 	// A person added to an organisation before they ever signed in.
 	UserCreateInvited(ctx context.Context, email string) (User, error)
 	UserUpdateProfile(ctx context.Context, arg UserUpdateProfileParams) error
+	VariableCreate(ctx context.Context, arg VariableCreateParams) (ConfigVariable, error)
+	VariableDelete(ctx context.Context, id uuid.UUID) (int64, error)
+	VariableGet(ctx context.Context, arg VariableGetParams) (ConfigVariable, error)
+	// One scope: a fleet's own variables (device_id NULL) or one device's.
+	VariableList(ctx context.Context, arg VariableListParams) ([]ConfigVariable, error)
+	// The largest merged set among a fleet's devices (or the fleet alone when it has none).
+	VariableMaxFleetDeviceSize(ctx context.Context, fleetID uuid.UUID) (int64, error)
+	// The merged set's size bound: names and values of the fleet's and the device's variables.
+	VariableSizeForDevice(ctx context.Context, arg VariableSizeForDeviceParams) (int64, error)
+	VariableUpdate(ctx context.Context, arg VariableUpdateParams) (ConfigVariable, error)
+	// Every variable that applies to a device: its fleet's and its own.
+	VariablesForDevice(ctx context.Context, arg VariablesForDeviceParams) ([]ConfigVariable, error)
+	// A device's own variables follow it to its new fleet.
+	VariablesMoveDevice(ctx context.Context, arg VariablesMoveDeviceParams) error
 }
 
 var _ Querier = (*Queries)(nil)

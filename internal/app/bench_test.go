@@ -18,6 +18,7 @@ import (
 	"github.com/flock-io/flock-api/internal/audit"
 	"github.com/flock-io/flock-api/internal/auth"
 	"github.com/flock-io/flock-api/internal/auth/oidcverify"
+	"github.com/flock-io/flock-api/internal/devicetoken"
 	"github.com/flock-io/flock-api/internal/devoidc"
 	"github.com/flock-io/flock-api/internal/httpserver"
 	"github.com/flock-io/flock-api/internal/metrics"
@@ -73,9 +74,13 @@ func stack(b *testing.B, versionDB func(*pgxpool.Pool) db.Querier) *benchStack {
 	if err != nil {
 		b.Fatal(err)
 	}
-	server := handlers.New(pool, []string{"api"})
+	tokens, err := devicetoken.New(ctx, pool, devicetoken.Config{Issuer: "http://flock.test", TokenEndpoint: app.TokenEndpoint("http://flock.test")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	server := handlers.New(pool, []string{"api"}, tokens, app.TokenEndpoint("http://flock.test"))
 	server.System.DB = versionDB(pool)
-	app.MountAPI(srv.Router(), spec, server, auth.NewAuthenticator(verifier, pool, log), guard)
+	app.MountAPI(srv.Router(), spec, server, auth.NewAuthenticator(verifier, tokens, "http://flock.test", pool, log), guard)
 	return &benchStack{h: srv.Router(), prov: prov, pool: pool}
 }
 

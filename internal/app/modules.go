@@ -23,6 +23,7 @@ import (
 	"github.com/flock-io/flock-api/internal/auth/oidcverify"
 	"github.com/flock-io/flock-api/internal/buildinfo"
 	"github.com/flock-io/flock-api/internal/config"
+	"github.com/flock-io/flock-api/internal/devicetoken"
 	"github.com/flock-io/flock-api/internal/devoidc"
 	"github.com/flock-io/flock-api/internal/docs"
 	"github.com/flock-io/flock-api/internal/httpserver"
@@ -187,10 +188,25 @@ func (a *App) initAPI(ctx context.Context) (*modules.Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	MountAPI(a.server.Router(), spec, handlers.New(a.pool, a.targets), auth.NewAuthenticator(verifier, a.pool, a.log), guard)
+	issuer := DeviceIssuer(a.cfg.PublicURL)
+	tokens, err := devicetoken.New(ctx, a.pool, devicetoken.Config{Issuer: issuer, TokenEndpoint: TokenEndpoint(a.cfg.PublicURL), Log: a.log})
+	if err != nil {
+		return nil, fmt.Errorf("device token keys: %w", err)
+	}
+	server := handlers.New(a.pool, a.targets, tokens, TokenEndpoint(a.cfg.PublicURL))
+	MountAPI(a.server.Router(), spec, server, auth.NewAuthenticator(verifier, tokens, issuer, a.pool, a.log), guard)
 	docs.Mount(a.server.Router())
-	return nil, nil
+	// Rotates the device-token signing key on schedule and forgets spent
+	// assertion ids.
+	return &modules.Service{Run: tokens.Run}, nil
 }
+
+// DeviceIssuer is the iss of device tokens: the deployment's public URL.
+func DeviceIssuer(publicURL string) string { return strings.TrimRight(publicURL, "/") }
+
+// TokenEndpoint is where devices trade assertions for tokens, and the aud
+// their assertions carry.
+func TokenEndpoint(publicURL string) string { return DeviceIssuer(publicURL) + "/device/v1/token" }
 
 // DevAudience is the audience of the dev provider's tokens.
 const DevAudience = "flock-dev"

@@ -3,6 +3,8 @@ package auth
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,11 +15,12 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth/oidcverify"
+	"github.com/flock-io/flock-api/internal/devicetoken"
+	"github.com/flock-io/flock-api/internal/pgerr"
 	"github.com/flock-io/flock-api/internal/problem"
 )
 
@@ -27,16 +30,21 @@ import (
 // whatever it asks for.
 type Authenticator struct {
 	verifier *oidcverify.Verifier
-	pool     *pgxpool.Pool
-	log      *slog.Logger
-	users    userCache
-	tokens   tokenCache
+	devices  *devicetoken.Service
+	// deviceIssuer tells device tokens from user tokens.
+	deviceIssuer string
+	pool         *pgxpool.Pool
+	log          *slog.Logger
+	users        userCache
+	tokens       tokenCache
 }
 
-// NewAuthenticator verifies user tokens with v and looks up users and API
-// keys in pool.
-func NewAuthenticator(v *oidcverify.Verifier, pool *pgxpool.Pool, log *slog.Logger) *Authenticator {
-	return &Authenticator{verifier: v, pool: pool, log: log, users: userCache{m: map[string]cachedUser{}},
+// NewAuthenticator verifies user tokens with v, device tokens (those whose
+// issuer is deviceIssuer) with devices, and looks up users, API keys and
+// devices in pool.
+func NewAuthenticator(v *oidcverify.Verifier, devices *devicetoken.Service, deviceIssuer string, pool *pgxpool.Pool, log *slog.Logger) *Authenticator {
+	return &Authenticator{verifier: v, devices: devices, deviceIssuer: deviceIssuer, pool: pool, log: log,
+		users:  userCache{m: map[string]cachedUser{}},
 		tokens: tokenCache{m: map[[32]byte]cachedToken{}}}
 }
 
@@ -76,6 +84,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, header string) (*Princ
 	if strings.HasPrefix(token, APIKeyPrefix) {
 		return a.apiKey(ctx, token)
 	}
+	if a.devices != nil && issuerOf(token) == a.deviceIssuer {
+		return a.device(ctx, token)
+	}
 	if a.verifier == nil {
 		return nil, invalidToken("this deployment accepts only API keys", nil)
 	}
@@ -96,6 +107,46 @@ func (a *Authenticator) Authenticate(ctx context.Context, header string) (*Princ
 		a.tokens.put(token, claims)
 	}
 	return a.user(ctx, claims)
+}
+
+// issuerOf reads a JWT's iss without verifying anything, only to pick the
+// verifier; "" when it is not a JWT.
+func issuerOf(token string) string {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return ""
+	}
+	b, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return ""
+	}
+	var c struct {
+		Iss string `json:"iss"`
+	}
+	if json.Unmarshal(b, &c) != nil {
+		return ""
+	}
+	return c.Iss
+}
+
+// device verifies a device token offline, then checks that the device still
+// exists, so deleting a device stops its tokens at once.
+func (a *Authenticator) device(ctx context.Context, token string) (*Principal, error) {
+	c, err := a.devices.Verify(ctx, token)
+	if errors.Is(err, devicetoken.ErrInvalidToken) {
+		return nil, invalidToken(err.Error(), err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("verify device token: %w", err)
+	}
+	sc, err := db.New(a.pool).DeviceScope(ctx, c.DeviceID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, invalidToken("the device was deleted", nil)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load device %s: %w", c.DeviceID, err)
+	}
+	return &Principal{Kind: KindDevice, DeviceID: c.DeviceID, OrgID: sc.OrgID, FleetID: sc.FleetID}, nil
 }
 
 func (a *Authenticator) apiKey(ctx context.Context, secret string) (*Principal, error) {
@@ -183,10 +234,7 @@ func (a *Authenticator) firstSignIn(ctx context.Context, q *db.Queries, c *oidcv
 	}
 }
 
-func isUniqueViolation(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "23505"
-}
+func isUniqueViolation(err error) bool { return pgerr.IsUnique(err) }
 
 // userCache remembers which user an (issuer, subject) is. That mapping never
 // changes, so only a changed email or name sends a request to the database;

@@ -33,10 +33,28 @@ const (
 	Authenticated
 	// UserOnly operations take a user's token, never an API key.
 	UserOnly
-	// OrgRole operations act in the organisation of the {orgId} path
-	// parameter and need at least Rule.MinRole there.
+	// OrgRole operations act in one organisation, named by the {orgId} path
+	// parameter or by the resource of {fleetId}, {deviceId} or {releaseId},
+	// and need at least Rule.MinRole there.
 	OrgRole
+	// Device operations take a device token only.
+	Device
 )
+
+// scope finds the organisation a path parameter's resource belongs to.
+type scope struct {
+	param string
+	noun  string
+	org   func(ctx context.Context, q *db.Queries, id uuid.UUID) (uuid.UUID, error)
+}
+
+// scopes in the order they are looked for in a path.
+var scopes = []scope{
+	{"orgId", "organisation", func(_ context.Context, _ *db.Queries, id uuid.UUID) (uuid.UUID, error) { return id, nil }},
+	{"fleetId", "fleet", func(ctx context.Context, q *db.Queries, id uuid.UUID) (uuid.UUID, error) { return q.FleetOrg(ctx, id) }},
+	{"deviceId", "device", func(ctx context.Context, q *db.Queries, id uuid.UUID) (uuid.UUID, error) { return q.DeviceOrg(ctx, id) }},
+	{"releaseId", "release", func(ctx context.Context, q *db.Queries, id uuid.UUID) (uuid.UUID, error) { return q.ReleaseOrg(ctx, id) }},
+}
 
 // Rule is the access policy of one operation.
 type Rule struct {
@@ -60,13 +78,15 @@ type Guard struct {
 	log      *slog.Logger
 	success  map[string]int    // operationId -> its 2xx status
 	target   map[string]string // operationId -> its last path parameter
+	scope    map[string]scope  // operationId -> how to find its organisation
 }
 
 // NewGuard checks that policy covers every operation of spec, so an
 // operation added to the spec without a rule stops the process from starting
 // (and fails the policy test) instead of going out unguarded.
 func NewGuard(spec *openapi3.T, policy Policy, pool *pgxpool.Pool, rec *audit.Recorder, log *slog.Logger) (*Guard, error) {
-	g := &Guard{policy: policy, pool: pool, recorder: rec, log: log, success: map[string]int{}, target: map[string]string{}}
+	g := &Guard{policy: policy, pool: pool, recorder: rec, log: log,
+		success: map[string]int{}, target: map[string]string{}, scope: map[string]scope{}}
 	var missing []string
 	for path, item := range spec.Paths.Map() {
 		for _, op := range item.Operations() {
@@ -75,8 +95,17 @@ func NewGuard(spec *openapi3.T, policy Policy, pool *pgxpool.Pool, rec *audit.Re
 				missing = append(missing, op.OperationID)
 				continue
 			}
-			if rule.Level == OrgRole && !strings.Contains(path, "{orgId}") {
-				return nil, fmt.Errorf("policy of %s needs {orgId} in its path %s", op.OperationID, path)
+			if rule.Level == OrgRole {
+				found := false
+				for _, sc := range scopes {
+					if strings.Contains(path, "{"+sc.param+"}") {
+						g.scope[op.OperationID], found = sc, true
+						break
+					}
+				}
+				if !found {
+					return nil, fmt.Errorf("policy of %s needs an organisation in its path %s", op.OperationID, path)
+				}
 			}
 			for code := range op.Responses.Map() {
 				if n, err := strconv.Atoi(code); err == nil && n/100 == 2 {
@@ -127,17 +156,37 @@ func (g *Guard) serve(ctx context.Context, r *http.Request, op string, next func
 		return nil, errAuthRequired
 	}
 	acc := &Access{Principal: p, Operation: op}
+	if (rule.Level == Device) != (p.Kind == KindDevice) {
+		return nil, &problem.Error{Status: http.StatusUnauthorized, Code: "unauthorized",
+			Detail: "device tokens are for the device API, and the device API takes only device tokens",
+			Header: http.Header{"WWW-Authenticate": {`Bearer`}}}
+	}
 	switch rule.Level {
+	case Device:
+		acc.OrgID = p.OrgID
 	case UserOnly:
 		if p.Kind != KindUser {
 			return nil, problem.Errorf(http.StatusForbidden, "forbidden", "%s needs a user's token; API keys cannot call it", op)
 		}
 	case OrgRole:
-		orgID, err := uuid.Parse(chi.URLParam(r, "orgId"))
+		sc := g.scope[op]
+		raw := chi.URLParam(r, sc.param)
+		notFound := problem.Errorf(http.StatusNotFound, "not_found", "%s %s not found", sc.noun, raw)
+		id, err := uuid.Parse(raw)
 		if err != nil {
-			return nil, problem.Errorf(http.StatusNotFound, "not_found", "organisation %s not found", chi.URLParam(r, "orgId"))
+			return nil, notFound
+		}
+		orgID, err := sc.org(ctx, db.New(g.pool), id)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, notFound
+		}
+		if err != nil {
+			return nil, fmt.Errorf("find the organisation of %s %s: %w", sc.noun, id, err)
 		}
 		role, err := g.roleIn(ctx, p, orgID)
+		if errors.Is(err, errNotMember) {
+			return nil, notFound
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -161,19 +210,20 @@ func (g *Guard) serve(ctx context.Context, r *http.Request, op string, next func
 	return g.write(ctx, r, acc, next)
 }
 
-// roleIn is the caller's role in org; a non-member gets 404 so that the
-// existence of other organisations is never revealed.
+var errNotMember = errors.New("not a member")
+
+// roleIn is the caller's role in org. A non-member is told the resource does
+// not exist, so the existence of other organisations' things never shows.
 func (g *Guard) roleIn(ctx context.Context, p *Principal, org uuid.UUID) (db.OrgRole, error) {
-	notFound := problem.Errorf(http.StatusNotFound, "not_found", "organisation %s not found", org)
 	if p.Kind == KindAPIKey {
 		if p.KeyOrg != org {
-			return "", notFound
+			return "", errNotMember
 		}
 		return p.KeyRole, nil
 	}
 	role, err := db.New(g.pool).MembershipRole(ctx, db.MembershipRoleParams{OrgID: org, UserID: p.UserID})
 	if errors.Is(err, pgx.ErrNoRows) {
-		return "", notFound
+		return "", errNotMember
 	}
 	if err != nil {
 		return "", fmt.Errorf("load membership in %s: %w", org, err)

@@ -23,6 +23,8 @@ const (
 	KindUser Kind = iota + 1
 	// KindAPIKey is an organisation API key.
 	KindAPIKey
+	// KindDevice is a device with a device token.
+	KindDevice
 )
 
 // Principal is the authenticated caller.
@@ -36,28 +38,42 @@ type Principal struct {
 	KeyName string
 	KeyOrg  uuid.UUID
 	KeyRole db.OrgRole
+	// Device fields are set for devices, from the database (not the token,
+	// which may predate a move).
+	DeviceID uuid.UUID
+	OrgID    uuid.UUID
+	FleetID  uuid.UUID
 }
 
 // ActorType is the audit log's name for the kind.
 func (p *Principal) ActorType() string {
-	if p.Kind == KindAPIKey {
+	switch p.Kind {
+	case KindAPIKey:
 		return "api_key"
+	case KindDevice:
+		return "device"
 	}
 	return "user"
 }
 
 // ActorID is the user's or the key's id.
 func (p *Principal) ActorID() uuid.UUID {
-	if p.Kind == KindAPIKey {
+	switch p.Kind {
+	case KindAPIKey:
 		return p.KeyID
+	case KindDevice:
+		return p.DeviceID
 	}
 	return p.UserID
 }
 
 // Label is the user's email or the key's name.
 func (p *Principal) Label() string {
-	if p.Kind == KindAPIKey {
+	switch p.Kind {
+	case KindAPIKey:
 		return p.KeyName
+	case KindDevice:
+		return p.DeviceID.String()
 	}
 	return p.Email
 }
@@ -117,8 +133,14 @@ func AtLeast(r, min db.OrgRole) bool { return rank[r] >= rank[min] && rank[r] > 
 // when it found a caller. Checking here makes an anonymous request to a
 // protected operation a 401 before its body is looked at.
 func RequirePrincipal(ctx context.Context, in *openapi3filter.AuthenticationInput) error {
-	if PrincipalFrom(in.RequestValidationInput.Request.Context()) == nil {
+	p := PrincipalFrom(in.RequestValidationInput.Request.Context())
+	switch {
+	case p == nil:
 		return errors.New("no credentials")
+	case in.SecuritySchemeName == "device" && p.Kind != KindDevice:
+		return errors.New("needs a device token")
+	case in.SecuritySchemeName != "device" && p.Kind == KindDevice:
+		return errors.New("device tokens are for the device API")
 	}
 	return nil
 }

@@ -224,6 +224,386 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/orgs/{orgId}/fleets": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        /** Fleets of an organisation */
+        get: operations["fleet:list"];
+        put?: never;
+        /** Create a fleet */
+        post: operations["fleet:create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/fleets/{fleetId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        /** A fleet */
+        get: operations["fleet:get"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a fleet
+         * @description Refused (409) while the fleet has devices.
+         */
+        delete: operations["fleet:delete"];
+        options?: never;
+        head?: never;
+        /**
+         * Change a fleet
+         * @description Rename it, retag it, or pin it to a final release of its own (release_policy pinned with pinned_release_id) or let it track the latest (track_latest).
+         */
+        patch: operations["fleet:update"];
+        trace?: never;
+    };
+    "/v1/fleets/{fleetId}/provisioning-keys": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        /** Provisioning keys of a fleet */
+        get: operations["provisioning-key:list"];
+        put?: never;
+        /**
+         * Create a provisioning key
+         * @description Devices register into the fleet with it. The secret is in this response only.
+         */
+        post: operations["provisioning-key:create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/fleets/{fleetId}/provisioning-keys/{keyId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+                /** @description The provisioning key's id. */
+                keyId: components["parameters"]["ProvisioningKeyId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Revoke a provisioning key
+         * @description No device can register with it any more; devices already registered are not affected.
+         */
+        delete: operations["provisioning-key:delete"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/fleets/{fleetId}/releases": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        /** Releases of a fleet */
+        get: operations["release:list"];
+        put?: never;
+        /**
+         * Register a release
+         * @description From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+         */
+        post: operations["release:create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/releases/{releaseId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The release's id. */
+                releaseId: components["parameters"]["ReleaseId"];
+            };
+            cookie?: never;
+        };
+        /** A release */
+        get: operations["release:get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        /**
+         * Finalise, fail or retag a release
+         * @description A draft may become final or failed; a final release is immutable but for its tags.
+         */
+        patch: operations["release:update"];
+        trace?: never;
+    };
+    "/v1/fleets/{fleetId}/variables": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Configuration variables of a fleet
+         * @description Secret variables are listed without their value.
+         */
+        get: operations["fleet-variable:list"];
+        put?: never;
+        /**
+         * Set a configuration variable of a fleet
+         * @description For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+         */
+        post: operations["fleet-variable:create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/fleets/{fleetId}/variables/{variableId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+                /** @description The variable's id. */
+                variableId: components["parameters"]["VariableId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Remove a fleet variable */
+        delete: operations["fleet-variable:delete"];
+        options?: never;
+        head?: never;
+        /** Change a fleet variable's value */
+        patch: operations["fleet-variable:update"];
+        trace?: never;
+    };
+    "/v1/orgs/{orgId}/devices": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        /** Devices of an organisation */
+        get: operations["device:list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/devices/{deviceId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        /** A device, with its reported state */
+        get: operations["device:get"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a device
+         * @description Its tokens stop working at once; it must register again to come back.
+         */
+        delete: operations["device:delete"];
+        options?: never;
+        head?: never;
+        /** Rename, move, pin or retag a device */
+        patch: operations["device:update"];
+        trace?: never;
+    };
+    "/v1/devices/{deviceId}/variables": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Configuration variables of a device
+         * @description Secret variables are listed without their value.
+         */
+        get: operations["device-variable:list"];
+        put?: never;
+        /**
+         * Set a configuration variable of a device
+         * @description For every service, or for one with `service`. Conflicts (409) with an existing variable of the same name and service.
+         */
+        post: operations["device-variable:create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/devices/{deviceId}/variables/{variableId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+                /** @description The variable's id. */
+                variableId: components["parameters"]["VariableId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Remove a device variable */
+        delete: operations["device-variable:delete"];
+        options?: never;
+        head?: never;
+        /** Change a device variable's value */
+        patch: operations["device-variable:update"];
+        trace?: never;
+    };
+    "/device/v1/register": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Register a device
+         * @description A device joins the fleet of a provisioning key with its own uuid and
+         *     Ed25519 public key. Retrying the same registration returns the same
+         *     device (200); the same uuid with another key is a conflict (409).
+         */
+        post: operations["device:register"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/device/v1/token": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Trade a signed assertion for a device token
+         * @description The token is an EdDSA JWT valid for 15 minutes (sub = device uuid, with org and fleet claims), verifiable with /.well-known/jwks.json.
+         */
+        post: operations["device:token"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/device/v1/state": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The device's target state
+         * @description The release to run (device pin, else fleet pin, else the fleet's latest
+         *     final release), each service's image for the device's architecture, and
+         *     the merged configuration. Send the last ETag as If-None-Match to get 304
+         *     when nothing changed.
+         */
+        get: operations["device-state:get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        /**
+         * Report the device's state
+         * @description Stores what the device runs and marks it seen; users see it on the device resource.
+         */
+        patch: operations["device-state:update"];
+        trace?: never;
+    };
+    "/.well-known/jwks.json": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Keys that sign device tokens
+         * @description The current key and the previous one, so tokens signed just before a rotation still verify.
+         */
+        get: operations["jwks:get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -478,6 +858,368 @@ export interface components {
             items: components["schemas"]["AuditEvent"][];
             next_cursor?: string;
         };
+        Name: string;
+        /**
+         * @description A CPU architecture, in OCI platform spelling.
+         * @enum {string}
+         */
+        Architecture: "amd64" | "arm64" | "armv7" | "armv6" | "i386" | "riscv64";
+        /**
+         * @description `track_latest`: devices follow the fleet's newest final release; `pinned`: they run `pinned_release_id`.
+         * @enum {string}
+         */
+        ReleasePolicy: "track_latest" | "pinned";
+        /**
+         * @description Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+         * @example {
+         *       "site": "lab-3",
+         *       "batch": "2026-11"
+         *     }
+         */
+        Tags: {
+            [key: string]: string;
+        };
+        Fleet: {
+            /** Format: uuid */
+            id: string;
+            /** Format: uuid */
+            org_id: string;
+            name: components["schemas"]["Name"];
+            architecture: components["schemas"]["Architecture"];
+            release_policy: components["schemas"]["ReleasePolicy"];
+            /**
+             * Format: uuid
+             * @description The release every device runs when the policy is `pinned`.
+             */
+            pinned_release_id?: string;
+            tags: components["schemas"]["Tags"];
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            updated_at: string;
+        };
+        FleetPage: {
+            items: components["schemas"]["Fleet"][];
+            next_cursor?: string;
+        };
+        FleetCreate: {
+            name: components["schemas"]["Name"];
+            architecture: components["schemas"]["Architecture"];
+            tags?: components["schemas"]["Tags"];
+        };
+        FleetUpdate: {
+            name?: components["schemas"]["Name"];
+            release_policy?: components["schemas"]["ReleasePolicy"];
+            /**
+             * Format: uuid
+             * @description A final release of this fleet; set together with `release_policy` `pinned`.
+             */
+            pinned_release_id?: string | null;
+            tags?: components["schemas"]["Tags"];
+        };
+        ProvisioningKey: {
+            /** Format: uuid */
+            id: string;
+            /** Format: uuid */
+            fleet_id: string;
+            name: string;
+            /** @example flp_3f9c2ab1 */
+            prefix: string;
+            /** @description Devices registered with this key so far. */
+            uses: number;
+            /** @description The most devices this key may register. */
+            max_uses?: number;
+            /** Format: date-time */
+            expires_at?: string;
+            /** Format: date-time */
+            revoked_at?: string;
+            /** Format: uuid */
+            created_by?: string;
+            /** Format: date-time */
+            created_at: string;
+        };
+        ProvisioningKeyPage: {
+            items: components["schemas"]["ProvisioningKey"][];
+            next_cursor?: string;
+        };
+        ProvisioningKeyCreate: {
+            name: components["schemas"]["Name"];
+            /** Format: date-time */
+            expires_at?: string;
+            max_uses?: number;
+        };
+        ProvisioningKeyCreated: components["schemas"]["ProvisioningKey"] & {
+            /** @description The key itself, shown only in this response. Devices send it to `POST /device/v1/register`. */
+            secret: string;
+        };
+        /**
+         * @description `draft` while being assembled; `final` to be deployed (then immutable); `failed` when it never will be.
+         * @enum {string}
+         */
+        ReleaseStatus: "draft" | "final" | "failed";
+        /**
+         * @description An OCI content digest.
+         * @example sha256:4b1d0c9fa4f5b0f8f0a6b7c52f1e07e4a0d27f3b6e5d8c9a1b2c3d4e5f6a7b8c
+         */
+        Digest: string;
+        ServiceImage: {
+            /**
+             * @description The image reference (registry/repository[:tag]).
+             * @example registry.example.com/acme/sensor:1.4
+             */
+            image: string;
+            digest: components["schemas"]["Digest"];
+        };
+        /** @description One container of a release, in the spirit of a compose service. */
+        ReleaseService: {
+            name: string;
+            /** @description The image for each architecture the release supports. */
+            images: {
+                amd64?: components["schemas"]["ServiceImage"];
+                arm64?: components["schemas"]["ServiceImage"];
+                armv7?: components["schemas"]["ServiceImage"];
+                armv6?: components["schemas"]["ServiceImage"];
+                i386?: components["schemas"]["ServiceImage"];
+                riscv64?: components["schemas"]["ServiceImage"];
+            };
+            environment?: {
+                [key: string]: string;
+            };
+            labels?: {
+                [key: string]: string;
+            };
+            ports?: string[];
+            volumes?: string[];
+            /**
+             * @default unless-stopped
+             * @enum {string}
+             */
+            restart: "no" | "always" | "on-failure" | "unless-stopped";
+            /** @default false */
+            privileged: boolean;
+            cap_add?: string[];
+        };
+        Release: {
+            /** Format: uuid */
+            id: string;
+            /** Format: uuid */
+            fleet_id: string;
+            /** @description A free-form label such as a semantic version or commit. */
+            version: string;
+            status: components["schemas"]["ReleaseStatus"];
+            services: components["schemas"]["ReleaseService"][];
+            tags: components["schemas"]["Tags"];
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            finalized_at?: string;
+        };
+        ReleasePage: {
+            items: components["schemas"]["Release"][];
+            next_cursor?: string;
+        };
+        ReleaseCreate: {
+            version?: string;
+            /**
+             * @default draft
+             * @enum {string}
+             */
+            status: "draft" | "final";
+            services: components["schemas"]["ReleaseService"][];
+            tags?: components["schemas"]["Tags"];
+        };
+        /** @description Only a draft may change status; tags may change at any time. */
+        ReleaseUpdate: {
+            /** @enum {string} */
+            status?: "final" | "failed";
+            tags?: components["schemas"]["Tags"];
+        };
+        Variable: {
+            /** Format: uuid */
+            id: string;
+            /** Format: uuid */
+            fleet_id: string;
+            /**
+             * Format: uuid
+             * @description Set for device-scoped variables.
+             */
+            device_id?: string;
+            /** @description The service it applies to; empty for every service. */
+            service: string;
+            name: string;
+            /** @description Absent for secret variables, which are write-only. */
+            value?: string;
+            secret: boolean;
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            updated_at: string;
+        };
+        VariablePage: {
+            items: components["schemas"]["Variable"][];
+            next_cursor?: string;
+        };
+        VariableCreate: {
+            /** @description An environment variable name; the FLOCK_ prefix is reserved. */
+            name: string;
+            value: string;
+            /**
+             * @description The service it applies to; empty for every service.
+             * @default
+             */
+            service: string;
+            /** @default false */
+            secret: boolean;
+        };
+        VariableUpdate: {
+            value: string;
+        };
+        ServiceStatus: {
+            name: string;
+            /** @enum {string} */
+            status: "downloading" | "installing" | "running" | "stopped" | "exited" | "failed";
+            download_progress?: number;
+        };
+        /** @description What a device says it runs. */
+        ReportedState: {
+            /** Format: uuid */
+            running_release_id?: string;
+            services?: components["schemas"]["ServiceStatus"][];
+            os_version?: string;
+            agent_version?: string;
+            ip_addresses?: string[];
+        };
+        Device: {
+            /** Format: uuid */
+            id: string;
+            /** Format: uuid */
+            org_id: string;
+            /** Format: uuid */
+            fleet_id: string;
+            name: components["schemas"]["Name"];
+            device_type: string;
+            architecture: components["schemas"]["Architecture"];
+            /** Format: uuid */
+            pinned_release_id?: string;
+            tags: components["schemas"]["Tags"];
+            /** @description Whether the device reported its state in the last 10 minutes. */
+            online: boolean;
+            /** Format: date-time */
+            last_seen_at?: string;
+            reported_state?: components["schemas"]["ReportedState"];
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            updated_at: string;
+        };
+        DevicePage: {
+            items: components["schemas"]["Device"][];
+            next_cursor?: string;
+        };
+        DeviceUpdate: {
+            name?: components["schemas"]["Name"];
+            /**
+             * Format: uuid
+             * @description Moves the device to another fleet of the same organisation and architecture.
+             */
+            fleet_id?: string;
+            /**
+             * Format: uuid
+             * @description A final release of the device's fleet to run regardless of the fleet's policy; null to follow the fleet.
+             */
+            pinned_release_id?: string | null;
+            tags?: components["schemas"]["Tags"];
+        };
+        DeviceRegister: {
+            provisioning_key: string;
+            /**
+             * Format: uuid
+             * @description Generated by the device; its identity from now on.
+             */
+            uuid: string;
+            /** @description The device's Ed25519 public key, 32 bytes in unpadded base64url. */
+            public_key: string;
+            name: components["schemas"]["Name"];
+            /** @example raspberrypi4-64 */
+            device_type: string;
+            architecture?: components["schemas"]["Architecture"];
+        };
+        DeviceRegistration: {
+            /** Format: uuid */
+            device_id: string;
+            /** Format: uuid */
+            org_id: string;
+            /** Format: uuid */
+            fleet_id: string;
+            /** @description Where to trade signed assertions for device tokens; also the `aud` the assertions must carry. */
+            token_endpoint: string;
+        };
+        DeviceTokenRequest: {
+            /**
+             * @description A JWT signed (EdDSA) with the device's private key: iss = sub = the
+             *     device uuid, aud = the token endpoint URL, exp at most 5 minutes ahead,
+             *     and a jti never used before.
+             */
+            assertion: string;
+        };
+        DeviceToken: {
+            access_token: string;
+            /** @enum {string} */
+            token_type: "Bearer";
+            /** @description Seconds until it expires. */
+            expires_in: number;
+            /** Format: date-time */
+            expires_at: string;
+        };
+        /** @description The release to run; absent when the fleet has no final release yet. */
+        TargetRelease: {
+            /** Format: uuid */
+            id: string;
+            version: string;
+        };
+        TargetService: {
+            name: string;
+            /** @description The image to pull, pinned by digest (repository@sha256:...). */
+            image: string;
+            digest: components["schemas"]["Digest"];
+            /** @description The service's environment with the configuration variables merged in. */
+            environment: {
+                [key: string]: string;
+            };
+            labels: {
+                [key: string]: string;
+            };
+            ports: string[];
+            volumes: string[];
+            restart: string;
+            privileged: boolean;
+            cap_add: string[];
+        };
+        /** @description What a device should run. */
+        TargetState: {
+            /** @description Changes whenever anything in the target state changes; also the ETag. */
+            version: string;
+            /** Format: uuid */
+            device_id: string;
+            release?: components["schemas"]["TargetRelease"];
+            services: components["schemas"]["TargetService"][];
+            /** @description The variables that apply to every service, merged (device beats fleet). */
+            variables: {
+                [key: string]: string;
+            };
+        };
+        JWKS: {
+            keys: ({
+                kty: string;
+                kid: string;
+                alg?: string;
+                crv?: string;
+                x?: string;
+                use?: string;
+            } & {
+                [key: string]: unknown;
+            })[];
+        };
     };
     responses: {
         /** @description An error, as an RFC 9457 problem document. */
@@ -501,6 +1243,16 @@ export interface components {
         UserId: string;
         /** @description The API key's id. */
         KeyId: string;
+        /** @description The fleet's id. */
+        FleetId: string;
+        /** @description The provisioning key's id. */
+        ProvisioningKeyId: string;
+        /** @description The release's id. */
+        ReleaseId: string;
+        /** @description The variable's id. */
+        VariableId: string;
+        /** @description The device's uuid. */
+        DeviceId: string;
     };
     requestBodies: never;
     headers: never;
@@ -895,6 +1647,796 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["AuditEventPage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "fleet:list": {
+        parameters: {
+            query?: {
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of fleets, oldest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FleetPage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "fleet:create": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["FleetCreate"];
+            };
+        };
+        responses: {
+            /** @description The new fleet; it tracks its latest final release. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Fleet"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "fleet:get": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The fleet. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Fleet"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "fleet:delete": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "fleet:update": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["FleetUpdate"];
+            };
+        };
+        responses: {
+            /** @description The updated fleet. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Fleet"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "provisioning-key:list": {
+        parameters: {
+            query?: {
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of keys, newest first, without secrets. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProvisioningKeyPage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "provisioning-key:create": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ProvisioningKeyCreate"];
+            };
+        };
+        responses: {
+            /** @description The new key with its secret. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ProvisioningKeyCreated"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "provisioning-key:delete": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+                /** @description The provisioning key's id. */
+                keyId: components["parameters"]["ProvisioningKeyId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Revoked. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "release:list": {
+        parameters: {
+            query?: {
+                status?: components["schemas"]["ReleaseStatus"];
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of releases, newest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReleasePage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "release:create": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReleaseCreate"];
+            };
+        };
+        responses: {
+            /** @description The new release. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Release"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "release:get": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The release's id. */
+                releaseId: components["parameters"]["ReleaseId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The release. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Release"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "release:update": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The release's id. */
+                releaseId: components["parameters"]["ReleaseId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReleaseUpdate"];
+            };
+        };
+        responses: {
+            /** @description The updated release. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Release"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "fleet-variable:list": {
+        parameters: {
+            query?: {
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of variables, by service then name. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VariablePage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "fleet-variable:create": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VariableCreate"];
+            };
+        };
+        responses: {
+            /** @description The new variable. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Variable"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "fleet-variable:delete": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+                /** @description The variable's id. */
+                variableId: components["parameters"]["VariableId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Removed. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "fleet-variable:update": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+                /** @description The variable's id. */
+                variableId: components["parameters"]["VariableId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VariableUpdate"];
+            };
+        };
+        responses: {
+            /** @description The updated variable. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Variable"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device:list": {
+        parameters: {
+            query?: {
+                fleet_id?: string;
+                /** @description Only devices with this tag. */
+                tag_key?: string;
+                /** @description With tag_key, only devices whose tag has this value. */
+                tag_value?: string;
+                online?: boolean;
+                running_release_id?: string;
+                name_prefix?: string;
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of devices, oldest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DevicePage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device:get": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The device. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Device"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device:delete": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device:update": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DeviceUpdate"];
+            };
+        };
+        responses: {
+            /** @description The updated device. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Device"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-variable:list": {
+        parameters: {
+            query?: {
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of variables, by service then name. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VariablePage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-variable:create": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VariableCreate"];
+            };
+        };
+        responses: {
+            /** @description The new variable. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Variable"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-variable:delete": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+                /** @description The variable's id. */
+                variableId: components["parameters"]["VariableId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Removed. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-variable:update": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+                /** @description The variable's id. */
+                variableId: components["parameters"]["VariableId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["VariableUpdate"];
+            };
+        };
+        responses: {
+            /** @description The updated variable. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Variable"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device:register": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DeviceRegister"];
+            };
+        };
+        responses: {
+            /** @description Already registered with this key; nothing changed. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeviceRegistration"];
+                };
+            };
+            /** @description Registered. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeviceRegistration"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device:token": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DeviceTokenRequest"];
+            };
+        };
+        responses: {
+            /** @description A device token. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeviceToken"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-state:get": {
+        parameters: {
+            query?: never;
+            header?: {
+                "If-None-Match"?: string;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The target state. */
+            200: {
+                headers: {
+                    ETag?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TargetState"];
+                };
+            };
+            /** @description Unchanged since the ETag sent. */
+            304: {
+                headers: {
+                    ETag?: string;
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-state:update": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReportedState"];
+            };
+        };
+        responses: {
+            /** @description Stored. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "jwks:get": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A JSON Web Key Set. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JWKS"];
                 };
             };
             default: components["responses"]["Problem"];

@@ -1,0 +1,28 @@
+// Package deviceapi serves what devices call: registration with a
+// provisioning key, device tokens for signed assertions, the target state and
+// the reported state, and the keys that sign device tokens.
+package deviceapi
+
+import (
+	"net/http"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/flock-io/flock-api/internal/devicetoken"
+	"github.com/flock-io/flock-api/internal/problem"
+)
+
+// DeviceAPI implements the device operations.
+type DeviceAPI struct {
+	Pool   *pgxpool.Pool
+	Tokens *devicetoken.Service
+	// TokenEndpoint is the URL devices put in their assertions' aud.
+	TokenEndpoint string
+}
+
+// unauthorized is the 401 of the device API, with a detail that says which
+// check failed so a device's operator can act on it.
+func unauthorized(code, detail string) *problem.Error {
+	return &problem.Error{Status: http.StatusUnauthorized, Code: code, Detail: detail,
+		Header: http.Header{"WWW-Authenticate": {`Bearer error="invalid_token"`}}}
+}

@@ -1,0 +1,58 @@
+package devices
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/google/uuid"
+
+	"github.com/flock-io/flock-api/gen/api"
+	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/auth"
+	"github.com/flock-io/flock-api/internal/pagination"
+)
+
+func nullable(id *uuid.UUID) uuid.NullUUID {
+	if id == nil {
+		return uuid.NullUUID{}
+	}
+	return uuid.NullUUID{UUID: *id, Valid: true}
+}
+
+// DeviceList lists an organisation's devices, oldest first, filtered.
+func (h *Devices) DeviceList(ctx context.Context, req api.DeviceListRequestObject) (api.DeviceListResponseObject, error) {
+	acc := auth.AccessFrom(ctx)
+	p := req.Params
+	afterT, afterID, err := pagination.Decode(p.Cursor)
+	if err != nil {
+		return nil, err
+	}
+	limit := pagination.Limit(p.Limit)
+	tagValue := p.TagValue
+	if p.TagKey == nil {
+		tagValue = nil
+	}
+	rows, err := db.New(h.Pool).DeviceList(ctx, db.DeviceListParams{
+		OrgID: acc.OrgID, FleetID: nullable(p.FleetId), TagKey: p.TagKey, TagValue: tagValue, Online: p.Online,
+		RunningReleaseID: nullable(p.RunningReleaseId), NamePrefix: p.NamePrefix,
+		AfterTime: afterT, AfterID: afterID, MaxRows: limit + 1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list devices of %s: %w", acc.OrgID, err)
+	}
+	page := api.DeviceList200JSONResponse{Items: make([]api.Device, 0, len(rows))}
+	if len(rows) > int(limit) {
+		rows = rows[:limit]
+		last := rows[len(rows)-1]
+		next := pagination.Encode(last.CreatedAt, last.ID)
+		page.NextCursor = &next
+	}
+	for _, d := range rows {
+		dev, err := Device(d)
+		if err != nil {
+			return nil, err
+		}
+		page.Items = append(page.Items, dev)
+	}
+	return page, nil
+}

@@ -1,0 +1,82 @@
+package devices
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/flock-io/flock-api/gen/api"
+	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/handlers/fleets"
+	"github.com/flock-io/flock-api/internal/dbtx"
+	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/tags"
+)
+
+// DeviceUpdate renames, retags, pins or moves a device. A move goes to a
+// fleet of the same organisation and architecture, takes the device's own
+// variables along and drops a pin to the old fleet's release.
+func (h *Devices) DeviceUpdate(ctx context.Context, req api.DeviceUpdateRequestObject) (api.DeviceUpdateResponseObject, error) {
+	q := dbtx.Queries(ctx, h.Pool)
+	d, err := q.DeviceForUpdate(ctx, req.DeviceId)
+	if err != nil {
+		return nil, fmt.Errorf("load device %s: %w", req.DeviceId, err)
+	}
+	b := req.Body
+	if b.Name != nil {
+		d.Name = strings.TrimSpace(*b.Name)
+	}
+	if b.Tags != nil {
+		if d.Tags, err = tags.Check((*map[string]string)(b.Tags)); err != nil {
+			return nil, err
+		}
+	}
+	if b.FleetId != nil && *b.FleetId != d.FleetID {
+		to, err := q.FleetGet(ctx, *b.FleetId)
+		if errors.Is(err, pgx.ErrNoRows) || (err == nil && to.OrgID != d.OrgID) {
+			return nil, fieldError("/fleet_id", fmt.Sprintf("fleet %s is not a fleet of this organisation", *b.FleetId))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("load fleet %s: %w", *b.FleetId, err)
+		}
+		if to.Architecture != d.Architecture {
+			return nil, fieldError("/fleet_id", fmt.Sprintf("fleet %s runs %s; this device is %s", to.ID, to.Architecture, d.Architecture))
+		}
+		d.FleetID = to.ID
+		d.PinnedReleaseID = uuid.NullUUID{}
+		if err := q.VariablesMoveDevice(ctx, db.VariablesMoveDeviceParams{FleetID: to.ID, DeviceID: uuid.NullUUID{UUID: d.ID, Valid: true}}); err != nil {
+			return nil, fmt.Errorf("move variables of %s: %w", d.ID, err)
+		}
+	}
+	if b.PinnedReleaseId.IsSpecified() {
+		if b.PinnedReleaseId.IsNull() {
+			d.PinnedReleaseID = uuid.NullUUID{}
+		} else {
+			rel := b.PinnedReleaseId.MustGet()
+			if err := fleets.FinalReleaseOf(ctx, q, rel, d.FleetID); err != nil {
+				return nil, err
+			}
+			d.PinnedReleaseID = uuid.NullUUID{UUID: rel, Valid: true}
+		}
+	}
+	d, err = q.DeviceUpdate(ctx, db.DeviceUpdateParams{ID: d.ID, Name: d.Name, FleetID: d.FleetID,
+		PinnedReleaseID: d.PinnedReleaseID, Tags: d.Tags})
+	if err != nil {
+		return nil, fmt.Errorf("update device %s: %w", req.DeviceId, err)
+	}
+	out, err := Device(d)
+	if err != nil {
+		return nil, err
+	}
+	return api.DeviceUpdate200JSONResponse(out), nil
+}
+
+func fieldError(field, detail string) *problem.Error {
+	return &problem.Error{Status: http.StatusBadRequest, Code: "validation_failed", Detail: detail,
+		Errors: []problem.FieldError{{In: "body", Field: field, Detail: detail}}}
+}

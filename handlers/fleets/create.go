@@ -1,0 +1,36 @@
+package fleets
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/flock-io/flock-api/gen/api"
+	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/auth"
+	"github.com/flock-io/flock-api/internal/dbtx"
+	"github.com/flock-io/flock-api/internal/pgerr"
+	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/tags"
+)
+
+// FleetCreate creates a fleet that tracks its latest final release.
+func (h *Fleets) FleetCreate(ctx context.Context, req api.FleetCreateRequestObject) (api.FleetCreateResponseObject, error) {
+	acc := auth.AccessFrom(ctx)
+	t, err := tags.Check((*map[string]string)(req.Body.Tags))
+	if err != nil {
+		return nil, err
+	}
+	name := strings.TrimSpace(req.Body.Name)
+	f, err := dbtx.Queries(ctx, h.Pool).FleetCreate(ctx, db.FleetCreateParams{
+		OrgID: acc.OrgID, Name: name, Architecture: string(req.Body.Architecture), Tags: t})
+	if pgerr.IsUnique(err) {
+		return nil, problem.Errorf(http.StatusConflict, "name_taken", "the organisation already has a fleet named %q", name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create fleet in %s: %w", acc.OrgID, err)
+	}
+	acc.SetTarget(f.ID.String())
+	return api.FleetCreate201JSONResponse(Fleet(f)), nil
+}

@@ -1,0 +1,28 @@
+// Package fleets serves fleets: groups of devices of one architecture that
+// run the same releases.
+package fleets
+
+import (
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/flock-io/flock-api/gen/api"
+	"github.com/flock-io/flock-api/gen/db"
+)
+
+// Fleets implements the fleet operations.
+type Fleets struct {
+	Pool *pgxpool.Pool
+}
+
+// Fleet converts a fleet row.
+func Fleet(f db.Fleet) api.Fleet {
+	out := api.Fleet{Id: f.ID, OrgId: f.OrgID, Name: f.Name, Architecture: api.Architecture(f.Architecture),
+		ReleasePolicy: api.ReleasePolicy(f.ReleasePolicy), Tags: f.Tags, CreatedAt: f.CreatedAt, UpdatedAt: f.UpdatedAt}
+	if f.PinnedReleaseID.Valid {
+		out.PinnedReleaseId = &f.PinnedReleaseID.UUID
+	}
+	if out.Tags == nil {
+		out.Tags = map[string]string{}
+	}
+	return out
+}

@@ -1,0 +1,46 @@
+package releases
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	"github.com/flock-io/flock-api/gen/api"
+	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/dbtx"
+	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/tags"
+)
+
+// ReleaseUpdate finalises or fails a draft, or retags any release. A final
+// or failed release keeps its status for good.
+func (h *Releases) ReleaseUpdate(ctx context.Context, req api.ReleaseUpdateRequestObject) (api.ReleaseUpdateResponseObject, error) {
+	q := dbtx.Queries(ctx, h.Pool)
+	r, err := q.ReleaseForUpdate(ctx, req.ReleaseId)
+	if err != nil {
+		return nil, fmt.Errorf("load release %s: %w", req.ReleaseId, err)
+	}
+	status := r.Status
+	if s := req.Body.Status; s != nil && string(*s) != r.Status {
+		if r.Status != "draft" {
+			return nil, problem.Errorf(http.StatusConflict, "release_immutable",
+				"release %s is %s; only a draft can become final or failed", r.ID, r.Status)
+		}
+		status = string(*s)
+	}
+	t := r.Tags
+	if req.Body.Tags != nil {
+		if t, err = tags.Check((*map[string]string)(req.Body.Tags)); err != nil {
+			return nil, err
+		}
+	}
+	r, err = q.ReleaseUpdate(ctx, db.ReleaseUpdateParams{ID: r.ID, Status: status, Tags: t})
+	if err != nil {
+		return nil, fmt.Errorf("update release %s: %w", req.ReleaseId, err)
+	}
+	out, err := Release(r)
+	if err != nil {
+		return nil, err
+	}
+	return api.ReleaseUpdate200JSONResponse(out), nil
+}
