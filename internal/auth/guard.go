@@ -53,7 +53,9 @@ var scopes = []scope{
 	{"orgId", "organisation", func(_ context.Context, _ *db.Queries, id uuid.UUID) (uuid.UUID, error) { return id, nil }},
 	{"fleetId", "fleet", func(ctx context.Context, q *db.Queries, id uuid.UUID) (uuid.UUID, error) { return q.FleetOrg(ctx, id) }},
 	{"deviceId", "device", func(ctx context.Context, q *db.Queries, id uuid.UUID) (uuid.UUID, error) { return q.DeviceOrg(ctx, id) }},
-	{"releaseId", "release", func(ctx context.Context, q *db.Queries, id uuid.UUID) (uuid.UUID, error) { return q.ReleaseOrg(ctx, id) }},
+	{"releaseId", "release", func(ctx context.Context, q *db.Queries, id uuid.UUID) (uuid.UUID, error) {
+		return q.ReleaseOrg(ctx, id)
+	}},
 }
 
 // Rule is the access policy of one operation.
