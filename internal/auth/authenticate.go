@@ -36,7 +36,8 @@ type Authenticator struct {
 	pool         *pgxpool.Pool
 	log          *slog.Logger
 	users        userCache
-	tokens       tokenCache
+	tokens       tokenCache[oidcverify.Claims]
+	devTok       tokenCache[devicetoken.Claims]
 }
 
 // NewAuthenticator verifies user tokens with v, device tokens (those whose
@@ -45,7 +46,7 @@ type Authenticator struct {
 func NewAuthenticator(v *oidcverify.Verifier, devices *devicetoken.Service, deviceIssuer string, pool *pgxpool.Pool, log *slog.Logger) *Authenticator {
 	return &Authenticator{verifier: v, devices: devices, deviceIssuer: deviceIssuer, pool: pool, log: log,
 		users:  userCache{m: map[string]cachedUser{}},
-		tokens: tokenCache{m: map[[32]byte]cachedToken{}}}
+		tokens: newTokenCache[oidcverify.Claims](), devTok: newTokenCache[devicetoken.Claims]()}
 }
 
 // Middleware stores the caller's Principal in the request context.
@@ -104,7 +105,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, header string) (*Princ
 		case err != nil:
 			return nil, fmt.Errorf("verify token: %w", err)
 		}
-		a.tokens.put(token, claims)
+		a.tokens.put(token, claims, claims.Expiry)
 	}
 	return a.user(ctx, claims)
 }
@@ -132,12 +133,17 @@ func issuerOf(token string) string {
 // device verifies a device token offline, then checks that the device still
 // exists, so deleting a device stops its tokens at once.
 func (a *Authenticator) device(ctx context.Context, token string) (*Principal, error) {
-	c, err := a.devices.Verify(ctx, token)
-	if errors.Is(err, devicetoken.ErrInvalidToken) {
-		return nil, invalidToken(err.Error(), err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("verify device token: %w", err)
+	c, ok := a.devTok.get(token)
+	if !ok {
+		var err error
+		c, err = a.devices.Verify(ctx, token)
+		if errors.Is(err, devicetoken.ErrInvalidToken) {
+			return nil, invalidToken(err.Error(), err)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("verify device token: %w", err)
+		}
+		a.devTok.put(token, c, c.Expiry)
 	}
 	sc, err := db.New(a.pool).DeviceScope(ctx, c.DeviceID)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -271,16 +277,18 @@ func (c *userCache) put(k string, u cachedUser) {
 }
 
 // tokenCache remembers tokens that verified, for at most a minute and never
-// past their expiry: a client sends the same token for many requests, and an
-// RSA verification costs far more than the rest of a request. A key removed
-// from the issuer stops being honoured within that minute at the latest.
-type tokenCache struct {
+// past their expiry: a client sends the same token for many requests, and a
+// signature check costs far more than the rest of a request. A key removed
+// from the issuer stops being honoured within that minute at the latest;
+// what must take effect at once (a deleted device, a removed member) is
+// checked against the database on every request, not cached here.
+type tokenCache[C any] struct {
 	mu sync.RWMutex
-	m  map[[32]byte]cachedToken
+	m  map[[32]byte]cachedToken[C]
 }
 
-type cachedToken struct {
-	claims *oidcverify.Claims
+type cachedToken[C any] struct {
+	claims *C
 	until  time.Time
 }
 
@@ -289,7 +297,11 @@ const (
 	tokenCacheTTL  = time.Minute
 )
 
-func (c *tokenCache) get(token string) (*oidcverify.Claims, bool) {
+func newTokenCache[C any]() tokenCache[C] {
+	return tokenCache[C]{m: map[[32]byte]cachedToken[C]{}}
+}
+
+func (c *tokenCache[C]) get(token string) (*C, bool) {
 	k := sha256Key(token)
 	c.mu.RLock()
 	e, ok := c.m[k]
@@ -300,10 +312,10 @@ func (c *tokenCache) get(token string) (*oidcverify.Claims, bool) {
 	return e.claims, true
 }
 
-func (c *tokenCache) put(token string, claims *oidcverify.Claims) {
+func (c *tokenCache[C]) put(token string, claims *C, expiry time.Time) {
 	until := time.Now().Add(tokenCacheTTL)
-	if claims.Expiry.Before(until) {
-		until = claims.Expiry
+	if expiry.Before(until) {
+		until = expiry
 	}
 	k := sha256Key(token)
 	c.mu.Lock()
@@ -322,7 +334,7 @@ func (c *tokenCache) put(token string, claims *oidcverify.Claims) {
 			delete(c.m, old)
 		}
 	}
-	c.m[k] = cachedToken{claims: claims, until: until}
+	c.m[k] = cachedToken[C]{claims: claims, until: until}
 }
 
 func sha256Key(token string) [32]byte { return sha256.Sum256([]byte(token)) }

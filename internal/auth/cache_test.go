@@ -8,9 +8,9 @@ import (
 )
 
 func TestTokenCacheNeverOutlivesTheToken(t *testing.T) {
-	c := tokenCache{m: map[[32]byte]cachedToken{}}
-	c.put("live", &oidcverify.Claims{Subject: "a", Expiry: time.Now().Add(time.Hour)})
-	c.put("dead", &oidcverify.Claims{Subject: "b", Expiry: time.Now().Add(-time.Second)})
+	c := newTokenCache[oidcverify.Claims]()
+	c.put("live", &oidcverify.Claims{Subject: "a"}, time.Now().Add(time.Hour))
+	c.put("dead", &oidcverify.Claims{Subject: "b"}, time.Now().Add(-time.Second))
 	if cl, ok := c.get("live"); !ok || cl.Subject != "a" {
 		t.Fatalf("live token not cached: %v %v", cl, ok)
 	}
@@ -26,10 +26,10 @@ func TestTokenCacheNeverOutlivesTheToken(t *testing.T) {
 }
 
 func TestTokenCacheIsBounded(t *testing.T) {
-	c := tokenCache{m: map[[32]byte]cachedToken{}}
+	c := newTokenCache[oidcverify.Claims]()
 	exp := time.Now().Add(time.Hour)
 	for i := range tokenCacheSize + 50 {
-		c.put(string(rune(i))+"-token", &oidcverify.Claims{Expiry: exp})
+		c.put(string(rune(i))+"-token", &oidcverify.Claims{}, exp)
 	}
 	if len(c.m) > tokenCacheSize {
 		t.Fatalf("cache holds %d tokens, bound is %d", len(c.m), tokenCacheSize)
