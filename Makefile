@@ -13,7 +13,7 @@ SDK       := sdk/typescript
 export REDOCLY_TELEMETRY := off
 export REDOCLY_SUPPRESS_UPDATE_NOTICE := true
 
-.PHONY: build run services generate check-generate sdk test test-go bench clean
+.PHONY: build run services generate check-generate sdk test test-go bench bench-devices clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) .
@@ -63,9 +63,13 @@ test-go:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m ./...
 
-## bench: the benchmarks the issues quote (not part of test)
+## bench: the Go benchmarks the issues quote (not part of test)
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./internal/app/
+	$(GO) test -run '^$$' -bench . -benchmem ./internal/app/ ./internal/auth/... ./internal/devicetoken/
+
+## bench-devices: 100k devices: list through the API vs bare SQL, target-state rate
+bench-devices: services
+	$(GO) run ./bench/devices
 
 clean:
 	rm -rf bin $(SDK)/dist
