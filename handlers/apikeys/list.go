@@ -3,6 +3,9 @@ package apikeys
 import (
 	"context"
 	"fmt"
+	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
@@ -22,15 +25,10 @@ func (h *APIKeys) ApiKeyList(ctx context.Context, req api.ApiKeyListRequestObjec
 	if err != nil {
 		return nil, fmt.Errorf("list API keys of %s: %w", acc.OrgID, err)
 	}
-	page := api.ApiKeyList200JSONResponse{Items: make([]api.ApiKey, 0, len(rows))}
-	if len(rows) > int(limit) {
-		rows = rows[:limit]
-		last := rows[len(rows)-1]
-		next := pagination.Encode(last.CreatedAt, last.ID)
-		page.NextCursor = &next
+	items, next, err := pagination.Page(rows, limit, func(k db.ApiKey) (time.Time, uuid.UUID) { return k.CreatedAt, k.ID },
+		pagination.Plain(apiKey))
+	if err != nil {
+		return nil, err
 	}
-	for _, k := range rows {
-		page.Items = append(page.Items, apiKey(k))
-	}
-	return page, nil
+	return api.ApiKeyList200JSONResponse{Items: items, NextCursor: next}, nil
 }

@@ -4,6 +4,9 @@ package auditlog
 import (
 	"context"
 	"fmt"
+	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -33,19 +36,16 @@ func (h *AuditLog) AuditEventList(ctx context.Context, req api.AuditEventListReq
 	if err != nil {
 		return nil, fmt.Errorf("list audit events of %s: %w", acc.OrgID, err)
 	}
-	page := api.AuditEventList200JSONResponse{Items: make([]api.AuditEvent, 0, len(rows))}
-	if len(rows) > int(limit) {
-		rows = rows[:limit]
-		last := rows[len(rows)-1]
-		next := pagination.Encode(last.OccurredAt, last.ID)
-		page.NextCursor = &next
+	items, next, err := pagination.Page(rows, limit, func(e db.AuditEvent) (time.Time, uuid.UUID) { return e.OccurredAt, e.ID },
+		pagination.Plain(func(e db.AuditEvent) api.AuditEvent {
+			return api.AuditEvent{
+				Id: e.ID, Time: e.OccurredAt, OrgId: e.OrgID, Operation: e.Operation, TargetId: e.TargetID,
+				RequestId: e.RequestID, Outcome: api.AuditEventOutcome(e.Outcome), Status: int(e.Status),
+				Actor: api.Actor{Type: api.ActorType(e.ActorType), Id: e.ActorID, Label: e.ActorLabel},
+			}
+		}))
+	if err != nil {
+		return nil, err
 	}
-	for _, e := range rows {
-		page.Items = append(page.Items, api.AuditEvent{
-			Id: e.ID, Time: e.OccurredAt, OrgId: e.OrgID, Operation: e.Operation, TargetId: e.TargetID,
-			RequestId: e.RequestID, Outcome: api.AuditEventOutcome(e.Outcome), Status: int(e.Status),
-			Actor: api.Actor{Type: api.ActorType(e.ActorType), Id: e.ActorID, Label: e.ActorLabel},
-		})
-	}
-	return page, nil
+	return api.AuditEventList200JSONResponse{Items: items, NextCursor: next}, nil
 }

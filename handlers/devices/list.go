@@ -3,6 +3,7 @@ package devices
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/google/uuid"
 
@@ -40,19 +41,9 @@ func (h *Devices) DeviceList(ctx context.Context, req api.DeviceListRequestObjec
 	if err != nil {
 		return nil, fmt.Errorf("list devices of %s: %w", acc.OrgID, err)
 	}
-	page := api.DeviceList200JSONResponse{Items: make([]api.Device, 0, len(rows))}
-	if len(rows) > int(limit) {
-		rows = rows[:limit]
-		last := rows[len(rows)-1]
-		next := pagination.Encode(last.CreatedAt, last.ID)
-		page.NextCursor = &next
+	items, next, err := pagination.Page(rows, limit, func(d db.Device) (time.Time, uuid.UUID) { return d.CreatedAt, d.ID }, Device)
+	if err != nil {
+		return nil, err
 	}
-	for _, d := range rows {
-		dev, err := Device(d)
-		if err != nil {
-			return nil, err
-		}
-		page.Items = append(page.Items, dev)
-	}
-	return page, nil
+	return api.DeviceList200JSONResponse{Items: items, NextCursor: next}, nil
 }

@@ -3,6 +3,9 @@ package fleets
 import (
 	"context"
 	"fmt"
+	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
@@ -22,15 +25,10 @@ func (h *Fleets) FleetList(ctx context.Context, req api.FleetListRequestObject) 
 	if err != nil {
 		return nil, fmt.Errorf("list fleets of %s: %w", acc.OrgID, err)
 	}
-	page := api.FleetList200JSONResponse{Items: make([]api.Fleet, 0, len(rows))}
-	if len(rows) > int(limit) {
-		rows = rows[:limit]
-		last := rows[len(rows)-1]
-		next := pagination.Encode(last.CreatedAt, last.ID)
-		page.NextCursor = &next
+	items, next, err := pagination.Page(rows, limit, func(f db.Fleet) (time.Time, uuid.UUID) { return f.CreatedAt, f.ID },
+		pagination.Plain(Fleet))
+	if err != nil {
+		return nil, err
 	}
-	for _, f := range rows {
-		page.Items = append(page.Items, Fleet(f))
-	}
-	return page, nil
+	return api.FleetList200JSONResponse{Items: items, NextCursor: next}, nil
 }

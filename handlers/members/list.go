@@ -3,6 +3,9 @@ package members
 import (
 	"context"
 	"fmt"
+	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
@@ -22,15 +25,10 @@ func (h *Members) MemberList(ctx context.Context, req api.MemberListRequestObjec
 	if err != nil {
 		return nil, fmt.Errorf("list members of %s: %w", acc.OrgID, err)
 	}
-	page := api.MemberList200JSONResponse{Items: make([]api.Member, 0, len(rows))}
-	if len(rows) > int(limit) {
-		rows = rows[:limit]
-		last := rows[len(rows)-1]
-		next := pagination.Encode(last.JoinedAt, last.ID)
-		page.NextCursor = &next
+	items, next, err := pagination.Page(rows, limit, func(r db.MemberListRow) (time.Time, uuid.UUID) { return r.JoinedAt, r.ID },
+		pagination.Plain(func(r db.MemberListRow) api.Member { return fromRow(db.MemberGetRow(r)) }))
+	if err != nil {
+		return nil, err
 	}
-	for _, r := range rows {
-		page.Items = append(page.Items, fromRow(db.MemberGetRow(r)))
-	}
-	return page, nil
+	return api.MemberList200JSONResponse{Items: items, NextCursor: next}, nil
 }

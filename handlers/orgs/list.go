@@ -3,6 +3,9 @@ package orgs
 import (
 	"context"
 	"fmt"
+	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
@@ -30,15 +33,12 @@ func (h *Orgs) OrgList(ctx context.Context, req api.OrgListRequestObject) (api.O
 	if err != nil {
 		return nil, fmt.Errorf("list orgs of %s: %w", p.UserID, err)
 	}
-	page := api.OrgList200JSONResponse{Items: make([]api.Org, 0, len(rows))}
-	if len(rows) > int(limit) {
-		rows = rows[:limit]
-		last := rows[len(rows)-1]
-		next := pagination.Encode(last.CreatedAt, last.ID)
-		page.NextCursor = &next
+	items, next, err := pagination.Page(rows, limit, func(r db.OrgListForUserRow) (time.Time, uuid.UUID) { return r.CreatedAt, r.ID },
+		pagination.Plain(func(r db.OrgListForUserRow) api.Org {
+			return org(db.Org{ID: r.ID, Name: r.Name, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}, r.Role)
+		}))
+	if err != nil {
+		return nil, err
 	}
-	for _, r := range rows {
-		page.Items = append(page.Items, org(db.Org{ID: r.ID, Name: r.Name, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}, r.Role))
-	}
-	return page, nil
+	return api.OrgList200JSONResponse{Items: items, NextCursor: next}, nil
 }

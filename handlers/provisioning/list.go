@@ -3,6 +3,9 @@ package provisioning
 import (
 	"context"
 	"fmt"
+	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
@@ -21,15 +24,10 @@ func (h *Provisioning) ProvisioningKeyList(ctx context.Context, req api.Provisio
 	if err != nil {
 		return nil, fmt.Errorf("list provisioning keys of %s: %w", req.FleetId, err)
 	}
-	page := api.ProvisioningKeyList200JSONResponse{Items: make([]api.ProvisioningKey, 0, len(rows))}
-	if len(rows) > int(limit) {
-		rows = rows[:limit]
-		last := rows[len(rows)-1]
-		next := pagination.Encode(last.CreatedAt, last.ID)
-		page.NextCursor = &next
+	items, next, err := pagination.Page(rows, limit, func(k db.ProvisioningKey) (time.Time, uuid.UUID) { return k.CreatedAt, k.ID },
+		pagination.Plain(key))
+	if err != nil {
+		return nil, err
 	}
-	for _, k := range rows {
-		page.Items = append(page.Items, key(k))
-	}
-	return page, nil
+	return api.ProvisioningKeyList200JSONResponse{Items: items, NextCursor: next}, nil
 }

@@ -3,6 +3,9 @@ package releases
 import (
 	"context"
 	"fmt"
+	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
@@ -26,19 +29,9 @@ func (h *Releases) ReleaseList(ctx context.Context, req api.ReleaseListRequestOb
 	if err != nil {
 		return nil, fmt.Errorf("list releases of %s: %w", req.FleetId, err)
 	}
-	page := api.ReleaseList200JSONResponse{Items: make([]api.Release, 0, len(rows))}
-	if len(rows) > int(limit) {
-		rows = rows[:limit]
-		last := rows[len(rows)-1]
-		next := pagination.Encode(last.CreatedAt, last.ID)
-		page.NextCursor = &next
+	items, next, err := pagination.Page(rows, limit, func(r db.Release) (time.Time, uuid.UUID) { return r.CreatedAt, r.ID }, Release)
+	if err != nil {
+		return nil, err
 	}
-	for _, r := range rows {
-		rel, err := Release(r)
-		if err != nil {
-			return nil, err
-		}
-		page.Items = append(page.Items, rel)
-	}
-	return page, nil
+	return api.ReleaseList200JSONResponse{Items: items, NextCursor: next}, nil
 }

@@ -54,3 +54,29 @@ func Limit(l *int) int32 {
 	}
 	return int32(*l)
 }
+
+// Page turns the rows of a query that fetched limit+1 into one page: at most
+// limit items, converted, and the cursor of the next page when there is one.
+func Page[R, T any](rows []R, limit int32, key func(R) (time.Time, uuid.UUID), conv func(R) (T, error)) ([]T, *string, error) {
+	var next *string
+	if len(rows) > int(limit) {
+		rows = rows[:limit]
+		t, id := key(rows[len(rows)-1])
+		c := Encode(t, id)
+		next = &c
+	}
+	items := make([]T, 0, len(rows))
+	for _, r := range rows {
+		item, err := conv(r)
+		if err != nil {
+			return nil, nil, err
+		}
+		items = append(items, item)
+	}
+	return items, next, nil
+}
+
+// Plain adapts a conversion that cannot fail for Page.
+func Plain[R, T any](f func(R) T) func(R) (T, error) {
+	return func(r R) (T, error) { return f(r), nil }
+}
