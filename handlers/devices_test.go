@@ -432,3 +432,21 @@ func TestDevicesIsolation(t *testing.T) {
 		t.Fatalf("B's device target = %v", ts)
 	}
 }
+
+func TestRegistrationIsAudited(t *testing.T) {
+	srv := apptest.Start(t)
+	w := newWorld(t, srv).withFleet(t)
+	events := must(t, srv, 200, "GET", "/v1/orgs/"+w.org+"/audit-events?limit=500", w.admin, nil)["items"].([]any)
+	for _, e := range events {
+		ev := e.(map[string]any)
+		if ev["operation"] == "device:register" {
+			actor := ev["actor"].(map[string]any)
+			if actor["type"] != "provisioning_key" || actor["id"] != w.provKeyID || actor["label"] != "factory" ||
+				ev["target_id"] != w.device.id.String() || ev["status"] != float64(201) {
+				t.Fatalf("registration event = %v", ev)
+			}
+			return
+		}
+	}
+	t.Fatalf("no device:register event among %d", len(events))
+}

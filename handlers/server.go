@@ -19,6 +19,7 @@ import (
 	"github.com/flock-io/flock-api/handlers/releases"
 	"github.com/flock-io/flock-api/handlers/system"
 	"github.com/flock-io/flock-api/handlers/variables"
+	"github.com/flock-io/flock-api/internal/audit"
 	"github.com/flock-io/flock-api/internal/buildinfo"
 	"github.com/flock-io/flock-api/internal/devicetoken"
 )
@@ -43,8 +44,10 @@ type Server struct {
 var _ api.StrictServerInterface = (*Server)(nil)
 
 // New wires every handler to pool; targets are the mounted targets that
-// /v1/version reports; tokens issues device tokens for the token endpoint.
-func New(pool *pgxpool.Pool, targets []string, tokens *devicetoken.Service, tokenEndpoint string) *Server {
+// /v1/version reports; tokens issues device tokens for the token endpoint;
+// rec records what does not pass through the guard's audited writes
+// (device registrations).
+func New(pool *pgxpool.Pool, targets []string, tokens *devicetoken.Service, tokenEndpoint string, rec *audit.Recorder) *Server {
 	return &Server{
 		System:       &system.System{DB: db.New(pool), Build: buildinfo.Get(), Targets: targets},
 		Identity:     &identity.Identity{Pool: pool},
@@ -57,6 +60,6 @@ func New(pool *pgxpool.Pool, targets []string, tokens *devicetoken.Service, toke
 		Releases:     &releases.Releases{Pool: pool},
 		Devices:      &devices.Devices{Pool: pool},
 		Variables:    &variables.Variables{Pool: pool},
-		DeviceAPI:    &deviceapi.DeviceAPI{Pool: pool, Tokens: tokens, TokenEndpoint: tokenEndpoint},
+		DeviceAPI:    &deviceapi.DeviceAPI{Pool: pool, Tokens: tokens, TokenEndpoint: tokenEndpoint, Audit: rec},
 	}
 }

@@ -105,7 +105,14 @@ CREATE TABLE config_variables (
 CREATE INDEX config_variables_device_idx ON config_variables (device_id) WHERE device_id IS NOT NULL;
 CREATE TRIGGER config_variables_updated_at BEFORE UPDATE ON config_variables FOR EACH ROW EXECUTE FUNCTION flock_set_updated_at();
 
+-- Registrations are recorded with the provisioning key as the actor.
+ALTER TABLE audit_events DROP CONSTRAINT audit_events_actor_type_check;
+ALTER TABLE audit_events ADD CONSTRAINT audit_events_actor_type_check
+  CHECK (actor_type IN ('user', 'api_key', 'provisioning_key', 'device'));
+
 -- +goose Down
+ALTER TABLE audit_events DROP CONSTRAINT audit_events_actor_type_check;
+ALTER TABLE audit_events ADD CONSTRAINT audit_events_actor_type_check CHECK (actor_type IN ('user', 'api_key'));
 DROP TABLE config_variables;
 DROP TABLE device_assertion_jtis;
 DROP TABLE devices;

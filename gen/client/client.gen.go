@@ -21,14 +21,20 @@ import (
 
 // Defines values for ActorType.
 const (
-	ActorTypeApiKey ActorType = "api_key"
-	ActorTypeUser   ActorType = "user"
+	ActorTypeApiKey          ActorType = "api_key"
+	ActorTypeDevice          ActorType = "device"
+	ActorTypeProvisioningKey ActorType = "provisioning_key"
+	ActorTypeUser            ActorType = "user"
 )
 
 // Valid indicates whether the value is a known member of the ActorType enum.
 func (e ActorType) Valid() bool {
 	switch e {
 	case ActorTypeApiKey:
+		return true
+	case ActorTypeDevice:
+		return true
+	case ActorTypeProvisioningKey:
 		return true
 	case ActorTypeUser:
 		return true
@@ -281,7 +287,7 @@ func (e ServiceStatusStatus) Valid() bool {
 type Actor struct {
 	Id openapi_types.UUID `json:"id"`
 
-	// Label The user's email or the API key's name, as it was at the time.
+	// Label The user's email, or the API key's or provisioning key's name, as it was at the time.
 	Label string    `json:"label"`
 	Type  ActorType `json:"type"`
 }

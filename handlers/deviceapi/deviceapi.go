@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/flock-io/flock-api/internal/audit"
 	"github.com/flock-io/flock-api/internal/devicetoken"
 	"github.com/flock-io/flock-api/internal/problem"
 )
@@ -18,6 +19,7 @@ type DeviceAPI struct {
 	Tokens *devicetoken.Service
 	// TokenEndpoint is the URL devices put in their assertions' aud.
 	TokenEndpoint string
+	Audit         *audit.Recorder
 }
 
 // unauthorized is the 401 of the device API, with a detail that says which

@@ -16,11 +16,14 @@ import (
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/audit"
 	"github.com/flock-io/flock-api/internal/auth"
 	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/reqinfo"
 )
 
-// DeviceRegister registers a device into the fleet of a provisioning key.
+// DeviceRegister registers a device into the fleet of a provisioning key,
+// recording it in the organisation's audit log with the key as the actor.
 // Retrying the same registration returns the same device without using the
 // key again, so a device whose first response was lost can retry safely.
 func (h *DeviceAPI) DeviceRegister(ctx context.Context, req api.DeviceRegisterRequestObject) (api.DeviceRegisterResponseObject, error) {
@@ -35,6 +38,7 @@ func (h *DeviceAPI) DeviceRegister(ctx context.Context, req api.DeviceRegisterRe
 			Errors: []problem.FieldError{{In: "body", Field: "/public_key", Detail: "not an Ed25519 public key"}}}
 	}
 	var out api.DeviceRegistration
+	var ev audit.Event
 	created := false
 	err = pgx.BeginFunc(ctx, h.Pool, func(tx pgx.Tx) error {
 		q := db.New(tx)
@@ -89,10 +93,17 @@ func (h *DeviceAPI) DeviceRegister(ctx context.Context, req api.DeviceRegisterRe
 		}
 		created = true
 		slog.InfoContext(ctx, "device registered", "device_id", d.ID, "fleet_id", d.FleetID, "provisioning_key", k.ID)
-		return nil
+		ev = audit.NewEvent()
+		ev.OrgID, ev.ActorType, ev.ActorID, ev.ActorLabel = k.OrgID, "provisioning_key", k.ID, k.Name
+		ev.Operation, ev.TargetID, ev.RequestID = "device:register", d.ID.String(), reqinfo.ID(ctx)
+		ev.Outcome, ev.Status = audit.Success, http.StatusCreated
+		return h.Audit.Insert(ctx, q, ev)
 	})
 	if err != nil {
 		return nil, err
+	}
+	if created {
+		h.Audit.Committed(ev)
 	}
 	if created {
 		return api.DeviceRegister201JSONResponse(out), nil

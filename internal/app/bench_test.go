@@ -78,7 +78,7 @@ func stack(b *testing.B, versionDB func(*pgxpool.Pool) db.Querier) *benchStack {
 	if err != nil {
 		b.Fatal(err)
 	}
-	server := handlers.New(pool, []string{"api"}, tokens, app.TokenEndpoint("http://flock.test"))
+	server := handlers.New(pool, []string{"api"}, tokens, app.TokenEndpoint("http://flock.test"), audit.NewRecorder(nil))
 	server.System.DB = versionDB(pool)
 	app.MountAPI(srv.Router(), spec, server, auth.NewAuthenticator(verifier, tokens, "http://flock.test", pool, log), guard)
 	return &benchStack{h: srv.Router(), prov: prov, pool: pool}

@@ -193,7 +193,7 @@ func (a *App) initAPI(ctx context.Context) (*modules.Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("device token keys: %w", err)
 	}
-	server := handlers.New(a.pool, a.targets, tokens, TokenEndpoint(a.cfg.PublicURL))
+	server := handlers.New(a.pool, a.targets, tokens, TokenEndpoint(a.cfg.PublicURL), a.audit)
 	MountAPI(a.server.Router(), spec, server, auth.NewAuthenticator(verifier, tokens, issuer, a.pool, a.log), guard)
 	docs.Mount(a.server.Router())
 	// Rotates the device-token signing key on schedule and forgets spent

@@ -827,10 +827,10 @@ export interface components {
         /** @description Who made a change. */
         Actor: {
             /** @enum {string} */
-            type: "user" | "api_key";
+            type: "user" | "api_key" | "provisioning_key" | "device";
             /** Format: uuid */
             id: string;
-            /** @description The user's email or the API key's name, as it was at the time. */
+            /** @description The user's email, or the API key's or provisioning key's name, as it was at the time. */
             label: string;
         };
         AuditEvent: {
