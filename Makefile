@@ -35,11 +35,13 @@ $(SDK)/node_modules/.package-lock.json: $(SDK)/package.json $(SDK)/package-lock.
 	cd $(SDK) && npm ci --no-audit --no-fund
 	@touch $@
 
-## generate: rebuild gen/ and the TypeScript SDK's types from openapi/, queries/ and migrations/
+## generate: rebuild gen/ and the TypeScript SDK's types from openapi/, asyncapi/, queries/ and migrations/
 generate: node_modules/.package-lock.json $(SDK)/node_modules/.package-lock.json
 	npx --no-install redocly bundle openapi/flock.yaml --output gen/api/openapi.yaml >/dev/null
 	npx --no-install redocly lint gen/api/openapi.yaml --format=stylish
 	cd gen && $(GO) generate ./...
+	node scripts/asyncapi.mjs
+	gofmt -w gen/events
 	rm -rf gen/swaggerui && mkdir -p gen/swaggerui
 	cp $(addprefix node_modules/swagger-ui-dist/,swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt \
 	  swagger-ui.css favicon-32x32.png favicon-16x16.png oauth2-redirect.html oauth2-redirect.js LICENSE NOTICE) gen/swaggerui/

@@ -1,0 +1,5 @@
+package events
+
+type ConnectionStatus struct {
+	State *ConnectionState `json:"state" binding:"required"`
+}

@@ -1,0 +1,5 @@
+package events
+
+type LogBatch struct {
+	Entries []LogEntry `json:"entries" binding:"required"`
+}

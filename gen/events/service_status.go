@@ -1,0 +1,7 @@
+package events
+
+type ServiceStatus struct {
+	Name             string        `json:"name" binding:"required"`
+	Status           *ServiceState `json:"status" binding:"required"`
+	DownloadProgress int           `json:"download_progress,omitempty"`
+}

@@ -1,0 +1,5 @@
+package events
+
+type TargetNudge struct {
+	Version string `json:"version" binding:"required"`
+}

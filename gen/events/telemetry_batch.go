@@ -1,0 +1,5 @@
+package events
+
+type TelemetryBatch struct {
+	Samples []TelemetrySample `json:"samples" binding:"required"`
+}
