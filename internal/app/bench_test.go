@@ -74,7 +74,7 @@ func stack(b *testing.B, versionDB func(*pgxpool.Pool) db.Querier) *benchStack {
 	if err != nil {
 		b.Fatal(err)
 	}
-	tokens, err := devicetoken.New(ctx, pool, devicetoken.Config{Issuer: "http://flock.test", TokenEndpoint: app.TokenEndpoint("http://flock.test")})
+	tokens, err := devicetoken.New(ctx, pool, devicetoken.Config{Issuer: "http://flock.test", TokenEndpoint: app.TokenEndpoint("http://flock.test"), Log: log})
 	if err != nil {
 		b.Fatal(err)
 	}
