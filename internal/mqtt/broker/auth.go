@@ -1,0 +1,242 @@
+package broker
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/flock-io/flock-api/internal/devicetoken"
+)
+
+// Verifier is what the broker needs from device tokens (devicetoken.Service
+// satisfies it).
+type Verifier interface {
+	Verify(ctx context.Context, token string) (*devicetoken.Claims, error)
+}
+
+// Identity is who an authenticated MQTT client is. The zero DeviceID goes with
+// Service; a device has Service false.
+type Identity struct {
+	Service  bool
+	DeviceID uuid.UUID
+	OrgID    uuid.UUID
+	FleetID  uuid.UUID
+	// Expiry is when the device token presented at connect expires. The broker
+	// does not disconnect at that moment: the token is checked once per
+	// connection, and a device must present a fresh one when it reconnects.
+	Expiry time.Time
+}
+
+var (
+	// ErrBadCredentials maps to CONNACK 0x86 (MQTT v5) / 0x04 (v3.1.1).
+	ErrBadCredentials = errors.New("bad user name or password")
+	// ErrNotAuthorized maps to CONNACK 0x87 (MQTT v5) / 0x05 (v3.1.1).
+	ErrNotAuthorized = errors.New("not authorized")
+)
+
+// Reasons for flock_mqtt_auth_refused_total. They are a fixed set so the
+// label cannot grow with what clients send.
+const (
+	reasonMalformedUsername = "malformed_username"
+	reasonInvalidToken      = "invalid_token"
+	reasonServicePassword   = "service_password"
+	reasonDeviceMismatch    = "device_mismatch"
+	reasonClientID          = "client_id"
+	reasonWill              = "will"
+	reasonUnavailable       = "unavailable"
+)
+
+var authRefusalReasons = []string{
+	reasonMalformedUsername, reasonInvalidToken, reasonServicePassword,
+	reasonDeviceMismatch, reasonClientID, reasonWill, reasonUnavailable,
+}
+
+// Authenticate decides whether a client may connect. The service's user name
+// and password give Identity{Service: true}; anyone else must be a device
+// whose user name and client id are its uuid and whose password is a device
+// token for that uuid. A refusal wraps ErrBadCredentials or ErrNotAuthorized;
+// any other error means the token could not be checked (e.g. the database
+// was unreachable while loading a new signing key).
+func (b *Broker) Authenticate(ctx context.Context, clientID, username string, password []byte) (Identity, error) {
+	id, _, err := b.authenticate(ctx, clientID, username, password)
+	return id, err
+}
+
+// authenticate is Authenticate plus the metric reason of a refusal.
+func (b *Broker) authenticate(ctx context.Context, clientID, username string, password []byte) (Identity, string, error) {
+	if b.cfg.ServiceUsername != "" && username == b.cfg.ServiceUsername {
+		if !b.servicePasswordMatches(password) {
+			return Identity{}, reasonServicePassword, fmt.Errorf("%w: wrong service password", ErrBadCredentials)
+		}
+		// Devices own every uuid-shaped client id; a service session under
+		// one could be taken over by, or take over, that device.
+		if isCanonicalUUID(clientID) {
+			return Identity{}, reasonClientID, fmt.Errorf("%w: service client id %s is a device uuid", ErrNotAuthorized, clientID)
+		}
+		return Identity{Service: true}, "", nil
+	}
+
+	// Only the canonical spelling is accepted, so that the uuid in the user
+	// name, the client id and the topics is one string.
+	if !isCanonicalUUID(username) {
+		return Identity{}, reasonMalformedUsername, fmt.Errorf("%w: user name is not a device uuid", ErrBadCredentials)
+	}
+	device := uuid.MustParse(username)
+	claims, err := b.verifier.Verify(ctx, string(password))
+	if err != nil {
+		if errors.Is(err, devicetoken.ErrInvalidToken) {
+			return Identity{}, reasonInvalidToken, fmt.Errorf("%w: device %s: %w", ErrBadCredentials, device, err)
+		}
+		return Identity{}, reasonUnavailable, fmt.Errorf("verify token of device %s: %w", device, err)
+	}
+	if claims.DeviceID != device {
+		return Identity{}, reasonDeviceMismatch, fmt.Errorf("%w: token of device %s presented as device %s", ErrNotAuthorized, claims.DeviceID, device)
+	}
+	// Without this a device could connect under another device's client id
+	// and so end that device's session.
+	if clientID != username {
+		return Identity{}, reasonClientID, fmt.Errorf("%w: client id %q is not the device uuid %s", ErrNotAuthorized, truncate(clientID), device)
+	}
+	return Identity{
+		DeviceID: claims.DeviceID,
+		OrgID:    claims.OrgID,
+		FleetID:  claims.FleetID,
+		Expiry:   claims.Expiry,
+	}, "", nil
+}
+
+// servicePasswordMatches compares digests so that neither the content nor the
+// length of the secret shows in the comparison time.
+func (b *Broker) servicePasswordMatches(password []byte) bool {
+	got := sha256.Sum256(password)
+	return subtle.ConstantTimeCompare(got[:], b.servicePasswordDigest[:]) == 1
+}
+
+// Topic layout, see asyncapi/flock.yaml.
+const (
+	topicPrefix = "flock/v1/devices/"
+	sharePrefix = "$share/"
+)
+
+// deviceToCloud are the kinds a device publishes and the service consumes.
+var deviceToCloud = map[string]bool{"state": true, "telemetry": true, "logs": true, "events": true, "status": true}
+
+// cloudToDevice are the kinds the service publishes and a device consumes.
+var cloudToDevice = map[string]bool{"target": true, "commands": true}
+
+// CanPublish reports whether id may publish to topic: a device only to its own
+// state, telemetry, logs, events and status; the service only to any device's
+// target and commands.
+func CanPublish(id Identity, topic string) bool {
+	device, kind, ok := parseDeviceTopic(topic)
+	if !ok {
+		return false
+	}
+	if id.Service {
+		return cloudToDevice[kind]
+	}
+	return device == id.DeviceID && deviceToCloud[kind]
+}
+
+// CanSubscribe reports whether id may subscribe to filter: a device only to
+// exactly its own target and commands; the service to
+// flock/v1/devices/+/<kind>, plain or as $share/<group>/..., for the five
+// kinds devices publish.
+func CanSubscribe(id Identity, filter string) bool {
+	if !id.Service {
+		device, kind, ok := parseDeviceTopic(filter)
+		return ok && device == id.DeviceID && cloudToDevice[kind]
+	}
+	if rest, ok := strings.CutPrefix(filter, sharePrefix); ok {
+		group, f, ok := strings.Cut(rest, "/")
+		if !ok || group == "" || strings.ContainsAny(group, "+#") {
+			return false
+		}
+		filter = f
+	}
+	rest, ok := strings.CutPrefix(filter, topicPrefix+"+/")
+	return ok && deviceToCloud[rest]
+}
+
+// canReceive reports whether a message on topic may be delivered to id. Mochi
+// asks this with the same callback as for subscription filters, so the hook
+// accepts whatever CanSubscribe or canReceive accepts; for a device the two
+// agree, and for the service it means it may also subscribe to one device's
+// topic, which it can read anyway through the wildcard.
+func canReceive(id Identity, topic string) bool {
+	device, kind, ok := parseDeviceTopic(topic)
+	if !ok {
+		return false
+	}
+	if id.Service {
+		return deviceToCloud[kind]
+	}
+	return device == id.DeviceID && cloudToDevice[kind]
+}
+
+// canWill reports whether id may leave a will on topic: a device only on its
+// own status, since the will is how the platform learns it went away
+// uncleanly; the service wherever it may publish.
+func canWill(id Identity, topic string) bool {
+	if id.Service {
+		return CanPublish(id, topic)
+	}
+	device, kind, ok := parseDeviceTopic(topic)
+	return ok && device == id.DeviceID && kind == "status"
+}
+
+// parseDeviceTopic splits flock/v1/devices/<uuid>/<kind>, with the uuid in
+// canonical form and a kind of one level. It does not allocate: it runs for
+// every message the broker routes.
+func parseDeviceTopic(topic string) (uuid.UUID, string, bool) {
+	rest, ok := strings.CutPrefix(topic, topicPrefix)
+	if !ok || len(rest) < 38 || rest[36] != '/' || !isCanonicalUUID(rest[:36]) {
+		return uuid.Nil, "", false
+	}
+	kind := rest[37:]
+	if strings.IndexByte(kind, '/') >= 0 {
+		return uuid.Nil, "", false
+	}
+	id, err := uuid.Parse(rest[:36])
+	if err != nil {
+		return uuid.Nil, "", false
+	}
+	return id, kind, true
+}
+
+// isCanonicalUUID reports whether s is a uuid as uuid.UUID.String writes it:
+// lowercase hex, hyphenated, no braces or urn prefix.
+func isCanonicalUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// truncate bounds client-chosen strings before they reach logs and errors.
+func truncate(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "…"
+}

@@ -1,0 +1,593 @@
+// Package broker is the embedded MQTT broker devices connect to when no
+// external broker is configured: mochi-mqtt with one TCP listener, device-token
+// authentication, per-topic ACLs and a per-device publish rate limit.
+//
+// The decisions (Authenticate, CanPublish, CanSubscribe) are exported so the
+// same rules can serve an external broker's HTTP auth hooks.
+//
+// A device token is checked when the device connects, not afterwards: a
+// device whose token expires while it is connected stays connected until it
+// reconnects, and then needs a valid token. Tokens live about 15 minutes;
+// cutting connections at expiry would make every device reconnect that often
+// (MQTT v5 re-authentication could refresh a token in place, but devices do
+// not use it).
+package broker
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config configures a Broker.
+type Config struct {
+	// Listen is the TCP address to serve, e.g. "127.0.0.1:0".
+	Listen string
+	// ServiceUsername and ServicePassword are the trusted service client's
+	// (the ingester's) credentials. An empty ServiceUsername disables service
+	// logins. The user name must not be a uuid, which would make it a device.
+	ServiceUsername string
+	ServicePassword string
+	// MaxPacketSize bounds every MQTT packet a client sends; larger ones end
+	// the connection. Default 256 KiB.
+	MaxPacketSize uint32
+	// MessagesPerSecond and Burst are each device's publish token bucket;
+	// defaults 20 and 40. The service is not limited.
+	MessagesPerSecond float64
+	Burst             int
+	// Log defaults to slog.Default().
+	Log *slog.Logger
+	// Metrics registers the broker's counters when not nil.
+	Metrics prometheus.Registerer
+}
+
+const (
+	defaultMaxPacketSize     = 256 << 10
+	defaultMessagesPerSecond = 20
+	defaultBurst             = 40
+
+	// clientWritesPending is the length of the queue of outbound packets
+	// mochi allocates for every connection when it is accepted (8192
+	// pointers, 64 KiB, by default). Devices receive a rare target nudge or
+	// command, so a short queue costs them nothing. The service client
+	// receives the fan-in of every device; when its queue is full mochi
+	// drops the message, so the ingester must subscribe at QoS 1 with a
+	// Receive Maximum of at most this value: mochi then keeps the excess in
+	// the session's inflight store (up to MaximumInflight) and sends it as
+	// acknowledgements come back.
+	//
+	// Measured with TestMemoryPerIdleConnection (2,000 idle authenticated
+	// MQTT v5 devices, clients in another process, Go 1.26, amd64): with
+	// these options about 6 KB of heap and 20.5 KB of goroutine stacks (the
+	// reader and writer goroutines mochi runs per connection) per
+	// connection, 26.5 KB in all; with mochi's defaults 71 KB of heap and
+	// 24 KB of stacks, 95 KB. The stacks are mochi's design and are now most
+	// of the cost; 64 rather than 16 slots costs 384 bytes more.
+	clientWritesPending = 64
+
+	// readBufferSize is each connection's bufio.Reader, allocated at accept.
+	// Larger packets are read straight into their own buffer, so a small
+	// one only costs an extra read for packets between the two sizes.
+	readBufferSize = 1024
+
+	// maxSessionExpiry caps how long mochi keeps a disconnected persistent
+	// session (and what it queued for it). A device fetches its target
+	// state over REST on reconnect, so nothing is lost by forgetting; the
+	// default, about 136 years, would keep every vanished device forever.
+	maxSessionExpiry = 60 * 60
+
+	// sysTopicInterval: mochi refreshes its $SYS topics on this tick, which
+	// stops the world to read memory statistics; no client may subscribe to
+	// $SYS here, so once a minute is plenty.
+	sysTopicInterval = 60
+
+	// connectTimeout bounds how long a new TCP connection may take to send
+	// CONNECT; mochi sets no deadline before it has one, so an idle socket
+	// would otherwise hold a goroutine and its buffers forever.
+	connectTimeout = 30 * time.Second
+
+	// authTimeout bounds token verification, which may read signing keys
+	// from the database.
+	authTimeout = 10 * time.Second
+)
+
+// Broker is an embedded MQTT broker. Create it with New and serve with Run.
+type Broker struct {
+	cfg                   Config
+	verifier              Verifier
+	log                   *slog.Logger
+	servicePasswordDigest [sha256.Size]byte
+
+	server *mqtt.Server
+	ln     *listener
+	limits *deviceLimits
+
+	authRefused        *prometheus.CounterVec
+	publishRefusedACL  prometheus.Counter
+	publishRefusedRate prometheus.Counter
+
+	// ctx bounds authentications in progress; Run cancels it when it stops
+	// so that closing does not wait for them.
+	ctx    context.Context
+	cancel context.CancelFunc
+	ran    atomic.Bool
+}
+
+// New builds the broker and binds its listener, so a taken port fails here.
+// Run must be called to serve and, when it returns, to release the port.
+func New(cfg Config, v Verifier) (*Broker, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if v == nil {
+		return nil, errors.New("broker: nil Verifier")
+	}
+	// Not derived from a caller's context: Run's ctx arrives later, and
+	// Run cancels this one when it returns.
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &Broker{
+		cfg:                   cfg,
+		verifier:              v,
+		log:                   cfg.Log,
+		servicePasswordDigest: sha256.Sum256([]byte(cfg.ServicePassword)),
+		limits:                newDeviceLimits(cfg.MessagesPerSecond, cfg.Burst),
+		ctx:                   ctx,
+		cancel:                cancel,
+		authRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flock_mqtt_auth_refused_total",
+			Help: "MQTT connections refused by the embedded broker, by reason.",
+		}, []string{"reason"}),
+	}
+	publishRefused := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flock_mqtt_publish_refused_total",
+		Help: "MQTT publishes dropped by the embedded broker: acl (topic not allowed) or rate (over the device's rate limit).",
+	}, []string{"reason"})
+	b.publishRefusedACL = publishRefused.WithLabelValues("acl")
+	b.publishRefusedRate = publishRefused.WithLabelValues("rate")
+	for _, r := range authRefusalReasons {
+		b.authRefused.WithLabelValues(r)
+	}
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumClientWritesPending = clientWritesPending
+	caps.MaximumPacketSize = cfg.MaxPacketSize
+	caps.MaximumSessionExpiryInterval = maxSessionExpiry
+	// Mochi does not announce topic aliases in CONNACK (so v5 clients assume
+	// none), and it checks the ACL before resolving an alias, so a publish
+	// by alias alone could never pass; refuse aliases outright.
+	caps.TopicAliasMaximum = 0
+	b.server = mqtt.New(&mqtt.Options{
+		Capabilities:            caps,
+		ClientNetReadBufferSize: readBufferSize,
+		SysTopicResendInterval:  sysTopicInterval,
+		Logger:                  slog.New(&mochiHandler{h: cfg.Log.Handler()}).With("component", "mochi-mqtt"),
+	})
+	if err := b.server.AddHook(&hook{b: b}, nil); err != nil {
+		return nil, fmt.Errorf("broker: add hook: %w", err)
+	}
+
+	ln, err := listen(cfg.Listen, cfg.Log)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.server.AddListener(ln); err != nil {
+		_ = ln.ln.Close()
+		return nil, fmt.Errorf("broker: add listener: %w", err)
+	}
+	b.ln = ln
+
+	if cfg.Metrics != nil {
+		var registered []prometheus.Collector
+		for _, c := range []prometheus.Collector{b.authRefused, publishRefused} {
+			if err := cfg.Metrics.Register(c); err != nil {
+				for _, r := range registered {
+					cfg.Metrics.Unregister(r)
+				}
+				_ = ln.ln.Close()
+				return nil, fmt.Errorf("broker: register metrics: %w", err)
+			}
+			registered = append(registered, c)
+		}
+	}
+	return b, nil
+}
+
+func (c *Config) setDefaults() error {
+	if c.Listen == "" {
+		return errors.New("broker: Listen is empty")
+	}
+	if c.ServiceUsername != "" {
+		if c.ServicePassword == "" {
+			return errors.New("broker: ServiceUsername is set but ServicePassword is empty")
+		}
+		if _, err := uuid.Parse(c.ServiceUsername); err == nil {
+			return fmt.Errorf("broker: ServiceUsername %q is a uuid, which names a device", c.ServiceUsername)
+		}
+	} else if c.ServicePassword != "" {
+		return errors.New("broker: ServicePassword is set but ServiceUsername is empty")
+	}
+	if c.MessagesPerSecond < 0 || c.Burst < 0 {
+		return fmt.Errorf("broker: negative rate limit (%v/s, burst %d)", c.MessagesPerSecond, c.Burst)
+	}
+	if c.MaxPacketSize == 0 {
+		c.MaxPacketSize = defaultMaxPacketSize
+	}
+	if c.MessagesPerSecond == 0 {
+		c.MessagesPerSecond = defaultMessagesPerSecond
+	}
+	if c.Burst == 0 {
+		c.Burst = defaultBurst
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	return nil
+}
+
+// Addr is the address the listener is bound to.
+func (b *Broker) Addr() string { return b.ln.Address() }
+
+// Run serves until ctx is done, then disconnects every client (MQTT v5
+// clients get DISCONNECT 0x8B Server shutting down), closes the listener and
+// returns nil once every connection's goroutines have ended.
+func (b *Broker) Run(ctx context.Context) error {
+	if !b.ran.CompareAndSwap(false, true) {
+		return errors.New("broker: Run called more than once")
+	}
+	defer b.cancel()
+	if err := b.server.Serve(); err != nil {
+		b.cancel()
+		_ = b.server.Close()
+		return fmt.Errorf("broker: serve: %w", err)
+	}
+	b.log.Info("mqtt broker listening", "addr", b.Addr(),
+		"max_packet_size", b.cfg.MaxPacketSize, "device_messages_per_second", b.cfg.MessagesPerSecond, "device_burst", b.cfg.Burst)
+	<-ctx.Done()
+	b.cancel()
+	if err := b.server.Close(); err != nil {
+		return fmt.Errorf("broker: close: %w", err)
+	}
+	b.log.Info("mqtt broker stopped", "addr", b.Addr())
+	return nil
+}
+
+// identityOf is who an accepted client is. It is derived from what the
+// connection authenticated with rather than stored per client, so nothing
+// outlives a connection that fails between authentication and CONNACK (mochi
+// calls no hook then). The service user name is never a uuid and a device's
+// client id is its uuid, so the two cannot be confused.
+func (b *Broker) identityOf(cl *mqtt.Client) (Identity, bool) {
+	if b.cfg.ServiceUsername != "" && string(cl.Properties.Username) == b.cfg.ServiceUsername {
+		return Identity{Service: true}, true
+	}
+	id, err := uuid.Parse(cl.ID)
+	if err != nil {
+		return Identity{}, false
+	}
+	return Identity{DeviceID: id}, true
+}
+
+// refuse answers a refused CONNECT. Mochi can only refuse with 0x86 from
+// OnConnectAuthenticate, so the hook refuses from OnConnect and writes the
+// CONNACK itself; mochi then closes the connection.
+func (b *Broker) refuse(cl *mqtt.Client, username, reason string, err error) packets.Code {
+	b.authRefused.WithLabelValues(reason).Inc()
+	subject := slog.String("username", truncate(username))
+	if isCanonicalUUID(username) {
+		subject = slog.String("device", username)
+	}
+	level := slog.LevelInfo
+	if reason == reasonUnavailable {
+		level = slog.LevelWarn
+	}
+	b.log.Log(b.ctx, level, "mqtt connection refused", subject, "client_id", truncate(cl.ID),
+		"remote", cl.Net.Remote, "reason", reason, "error", err)
+
+	// The v3.1.1 codes are the spec's equivalents; mochi's own table maps
+	// 0x86 to 0x05 Not authorized, which would hide the difference.
+	v5, v3 := packets.ErrServerUnavailable, packets.Err3ServerUnavailable
+	switch {
+	case errors.Is(err, ErrBadCredentials):
+		v5, v3 = packets.ErrBadUsernameOrPassword, packets.ErrMalformedUsernameOrPassword
+	case errors.Is(err, ErrNotAuthorized):
+		v5, v3 = packets.ErrNotAuthorized, packets.Err3NotAuthorized
+	}
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ReasonCode: v3.Code}
+	if cl.Properties.ProtocolVersion == 5 {
+		ack.ReasonCode = v5.Code
+		ack.Properties.ReasonString = v5.Reason
+	}
+	if werr := cl.WritePacket(ack); werr != nil {
+		b.log.Debug("mqtt: write refusing CONNACK", "remote", cl.Net.Remote, "error", werr)
+	}
+	return v5
+}
+
+// hook carries the broker's rules into mochi.
+type hook struct {
+	mqtt.HookBase
+	b *Broker
+}
+
+func (h *hook) ID() string { return "flock" }
+
+func (h *hook) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
+		mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketEncode:
+		return true
+	}
+	return false
+}
+
+// OnConnect authenticates. A non-nil error makes mochi end the connection
+// without a CONNACK of its own.
+func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	ctx, cancel := context.WithTimeout(h.b.ctx, authTimeout)
+	defer cancel()
+	username := string(pk.Connect.Username)
+	id, reason, err := h.b.authenticate(ctx, pk.Connect.ClientIdentifier, username, pk.Connect.Password)
+	if err == nil && pk.Connect.WillFlag && !canWill(id, pk.Connect.WillTopic) {
+		reason = reasonWill
+		err = fmt.Errorf("%w: will on topic %q", ErrNotAuthorized, truncate(pk.Connect.WillTopic))
+	}
+	if err != nil {
+		return h.b.refuse(cl, username, reason, err)
+	}
+	if !id.Service {
+		// Retained messages live in broker memory until they expire, and the
+		// ingester's shared subscriptions never receive them, so a device
+		// could only use them to grow the heap.
+		cl.Properties.Will.Retain = false
+	}
+	return nil
+}
+
+// OnConnectAuthenticate accepts: OnConnect has already refused every
+// connection that should not get here.
+func (h *hook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
+
+// OnACLCheck is asked with write for every publish, and without it both for
+// subscription filters and for each message about to be delivered.
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	id, ok := h.b.identityOf(cl)
+	if !ok {
+		return false
+	}
+	if !write {
+		return canReceive(id, topic) || CanSubscribe(id, topic)
+	}
+	if CanPublish(id, topic) {
+		return true
+	}
+	h.b.publishRefusedACL.Inc()
+	h.b.log.Debug("mqtt publish refused", who(id, cl), "topic", truncate(topic))
+	return false
+}
+
+// OnPublish applies the device's rate limit. Mochi turns an error code
+// returned here into a negative PUBACK only for MQTT v5 at QoS 1 and lets the
+// message through otherwise, and logs it as an error; so the hook answers
+// itself and returns ErrRejectPacket, which drops the message quietly.
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	id, ok := h.b.identityOf(cl)
+	if !ok || id.Service {
+		return pk, nil
+	}
+	pk.FixedHeader.Retain = false // see OnConnect
+	if h.b.limits.allow(id.DeviceID, cl) {
+		return pk, nil
+	}
+	h.b.publishRefusedRate.Inc()
+	if pk.FixedHeader.Qos > 0 {
+		// MQTT 3.1.1 has no negative acknowledgement: the PUBACK (or PUBREC)
+		// encodes without the reason code, so a v3 device sees its message
+		// accepted. Leaving it unacknowledged instead would stall a client
+		// whose inflight window fills.
+		ack := packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Puback},
+			PacketID:    pk.PacketID,
+			ReasonCode:  packets.ErrQuotaExceeded.Code,
+			Properties:  packets.Properties{ReasonString: packets.ErrQuotaExceeded.Reason},
+		}
+		if pk.FixedHeader.Qos == 2 {
+			ack.FixedHeader.Type = packets.Pubrec
+		}
+		if err := cl.WritePacket(ack); err != nil {
+			h.b.log.Debug("mqtt: write quota-exceeded ack", who(id, cl), "error", err)
+		}
+	}
+	return pk, packets.ErrRejectPacket
+}
+
+// who names the client in logs: a device by its uuid, the service by its
+// client id.
+func who(id Identity, cl *mqtt.Client) slog.Attr {
+	if id.Service {
+		return slog.String("service_client_id", cl.ID)
+	}
+	return slog.String("device", id.DeviceID.String())
+}
+
+func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	if id, ok := h.b.identityOf(cl); ok && !id.Service {
+		h.b.limits.release(id.DeviceID, cl)
+	}
+}
+
+// OnPacketEncode announces the packet size limit in a successful CONNACK,
+// which mochi leaves out, so v5 clients refuse oversized messages themselves
+// instead of losing the connection.
+func (h *hook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Connack && pk.ReasonCode < packets.ErrUnspecifiedError.Code {
+		pk.Properties.MaximumPacketSize = h.b.cfg.MaxPacketSize
+	}
+	return pk
+}
+
+// listener is a TCP listener for mochi. Mochi's own shares one error variable
+// between its accept loop and connection goroutines (a data race), leaves a
+// connection without a deadline until CONNECT arrives, and does not close
+// connections that have not finished connecting when it stops.
+type listener struct {
+	ln  net.Listener
+	log *slog.Logger
+
+	mu     sync.Mutex
+	closed bool
+	done   chan struct{} // closed by Close
+	conns  map[net.Conn]struct{}
+	// wg counts the accept loop and connection goroutines; Close waits for
+	// them, which makes Close (and so Run) their owner.
+	wg sync.WaitGroup
+}
+
+var _ listeners.Listener = (*listener)(nil)
+
+func listen(addr string, log *slog.Logger) (*listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("broker: listen on %s: %w", addr, err)
+	}
+	return &listener{ln: ln, log: log, done: make(chan struct{}), conns: make(map[net.Conn]struct{})}, nil
+}
+
+func (l *listener) ID() string       { return "tcp" }
+func (l *listener) Address() string  { return l.ln.Addr().String() }
+func (l *listener) Protocol() string { return "tcp" }
+
+// Init does nothing: the socket is bound in listen, so New reports a taken
+// port.
+func (l *listener) Init(*slog.Logger) error { return nil }
+
+// Serve accepts until Close. Mochi runs it on a goroutine of its own.
+func (l *listener) Serve(establish listeners.EstablishFn) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.wg.Add(1)
+	l.mu.Unlock()
+	defer l.wg.Done()
+
+	var backoff time.Duration
+	for {
+		conn, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like pass; retry as net/http
+			// does rather than stop serving.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			l.log.Warn("mqtt accept failed; retrying", "addr", l.Address(), "error", err, "retry_in", backoff)
+			select {
+			case <-l.done:
+				return
+			case <-time.After(backoff):
+			}
+			continue
+		}
+		backoff = 0
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			_ = conn.Close()
+			return
+		}
+		l.conns[conn] = struct{}{}
+		l.wg.Add(1)
+		l.mu.Unlock()
+
+		go func() {
+			defer l.wg.Done()
+			defer func() {
+				l.mu.Lock()
+				delete(l.conns, conn)
+				l.mu.Unlock()
+			}()
+			// Mochi replaces this with the client's keepalive once CONNECT
+			// has been read and authenticated.
+			_ = conn.SetDeadline(time.Now().Add(connectTimeout))
+			if err := establish("tcp", conn); err != nil {
+				l.log.Debug("mqtt connection ended", "remote", conn.RemoteAddr().String(), "error", err)
+			}
+		}()
+	}
+}
+
+// Close stops accepting, lets mochi disconnect its clients, closes whatever
+// connections are left (those still connecting) and waits for every
+// goroutine Serve started.
+func (l *listener) Close(closeClients listeners.CloseFn) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		l.wg.Wait()
+		return
+	}
+	l.closed = true
+	close(l.done)
+	l.mu.Unlock()
+
+	_ = l.ln.Close()
+	closeClients(l.ID())
+
+	l.mu.Lock()
+	for c := range l.conns {
+		_ = c.Close()
+	}
+	l.mu.Unlock()
+	l.wg.Wait()
+}
+
+// mochiHandler passes mochi's logs to ours one level lower, since mochi logs
+// routine events (hooks added, client protocol errors) at Info and Warn, and
+// without the packets and wills it attaches, which carry device payloads.
+type mochiHandler struct{ h slog.Handler }
+
+var droppedMochiAttrs = map[string]bool{"pk": true, "packet": true, "will": true}
+
+func demote(l slog.Level) slog.Level { return l - 4 }
+
+func (m *mochiHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return m.h.Enabled(ctx, demote(l))
+}
+
+func (m *mochiHandler) Handle(ctx context.Context, r slog.Record) error {
+	out := slog.NewRecord(r.Time, demote(r.Level), r.Message, r.PC)
+	r.Attrs(func(a slog.Attr) bool {
+		if !droppedMochiAttrs[a.Key] {
+			out.AddAttrs(a)
+		}
+		return true
+	})
+	return m.h.Handle(ctx, out)
+}
+
+func (m *mochiHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	kept := make([]slog.Attr, 0, len(as))
+	for _, a := range as {
+		if !droppedMochiAttrs[a.Key] {
+			kept = append(kept, a)
+		}
+	}
+	return &mochiHandler{h: m.h.WithAttrs(kept)}
+}
+
+func (m *mochiHandler) WithGroup(name string) slog.Handler {
+	return &mochiHandler{h: m.h.WithGroup(name)}
+}

@@ -1,0 +1,995 @@
+package broker
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flock-io/flock-api/internal/devicetoken"
+	"github.com/flock-io/flock-api/internal/testutil/pgtest"
+)
+
+const (
+	testIssuer      = "http://flock.test"
+	serviceUser     = "ingester"
+	servicePassword = "ingester-secret"
+	// wait bounds every wait for something the broker or a client should do.
+	wait = 10 * time.Second
+)
+
+// syncBuffer collects log output written from the broker's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func newTokens(t testing.TB, pool *pgxpool.Pool, issuer string) *devicetoken.Service {
+	t.Helper()
+	s, err := devicetoken.New(t.Context(), pool, devicetoken.Config{
+		Issuer:        issuer,
+		TokenEndpoint: issuer + "/device/v1/token",
+		Log:           slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatalf("devicetoken.New: %v", err)
+	}
+	return s
+}
+
+// env is a running broker with real device tokens.
+type env struct {
+	t      *testing.T
+	pool   *pgxpool.Pool
+	tokens *devicetoken.Service
+	broker *Broker
+	reg    *prometheus.Registry
+	logs   *syncBuffer
+}
+
+// start runs a broker on a free port until the test ends; edit adjusts the
+// configuration.
+func start(t *testing.T, edit func(*Config)) *env {
+	t.Helper()
+	pool := pgtest.Pool(t)
+	e := &env{t: t, pool: pool, tokens: newTokens(t, pool, testIssuer), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	cfg := Config{
+		Listen:          "127.0.0.1:0",
+		ServiceUsername: serviceUser,
+		ServicePassword: servicePassword,
+		Log:             slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Metrics:         e.reg,
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	b, err := New(cfg, e.tokens)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	e.broker = b
+	run(t, b)
+	return e
+}
+
+// run serves b until the test ends and checks that Run then returns nil.
+func run(t *testing.T, b *Broker) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case runErr = <-done:
+			case <-time.After(wait):
+				runErr = errors.New("Run did not return after its context was cancelled")
+			}
+		})
+		return runErr
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return stop
+}
+
+// device issues a token for a new device.
+func (e *env) device() (uuid.UUID, string) {
+	e.t.Helper()
+	id := uuid.New()
+	tok, _, err := e.tokens.Issue(e.t.Context(), id, uuid.New(), uuid.New())
+	if err != nil {
+		e.t.Fatalf("Issue: %v", err)
+	}
+	return id, tok
+}
+
+// client is a paho client whose received messages arrive on inbox.
+type client struct {
+	*paho.Client
+	inbox chan *paho.Publish
+	// serverDisconnect receives the reason code of a DISCONNECT from the
+	// broker (paho reports it on a goroutine of its own).
+	serverDisconnect chan byte
+}
+
+// dial connects with cp. On a refused connection it returns the CONNACK and
+// the error; paho has closed the connection by then.
+func (e *env) dial(cp *paho.Connect) (*client, *paho.Connack, error) {
+	return dial(e.t, e.broker.Addr(), cp)
+}
+
+func dial(t *testing.T, addr string, cp *paho.Connect) (*client, *paho.Connack, error) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	c := &client{inbox: make(chan *paho.Publish, 1024), serverDisconnect: make(chan byte, 1)}
+	c.Client = paho.NewClient(paho.ClientConfig{
+		Conn: conn,
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			select {
+			case c.inbox <- pr.Packet:
+			default: // a test that floods its own inbox sees the gap
+			}
+			return true, nil
+		}},
+		OnServerDisconnect: func(d *paho.Disconnect) {
+			select {
+			case c.serverDisconnect <- d.ReasonCode:
+			default:
+			}
+		},
+	})
+	if cp.Properties == nil {
+		// paho sizes its inbound queue by this (65535 by default).
+		rm := uint16(64)
+		cp.Properties = &paho.ConnectProperties{ReceiveMaximum: &rm}
+	}
+	cp.KeepAlive = 30
+	cp.CleanStart = true
+	ctx, cancel := context.WithTimeout(t.Context(), wait)
+	defer cancel()
+	ca, err := c.Connect(ctx, cp)
+	if err != nil {
+		return nil, ca, err
+	}
+	t.Cleanup(func() {
+		_ = c.Disconnect(&paho.Disconnect{})
+		select {
+		case <-c.Done():
+		case <-time.After(wait):
+			t.Errorf("paho client %s did not stop", cp.ClientID)
+		}
+	})
+	return c, ca, nil
+}
+
+func deviceConnect(id uuid.UUID, token string) *paho.Connect {
+	return &paho.Connect{
+		ClientID: id.String(), Username: id.String(), UsernameFlag: true,
+		Password: []byte(token), PasswordFlag: true,
+	}
+}
+
+func serviceConnect(clientID string) *paho.Connect {
+	return &paho.Connect{
+		ClientID: clientID, Username: serviceUser, UsernameFlag: true,
+		Password: []byte(servicePassword), PasswordFlag: true,
+	}
+}
+
+func (e *env) connectDevice(id uuid.UUID, token string) *client {
+	e.t.Helper()
+	c, _, err := e.dial(deviceConnect(id, token))
+	if err != nil {
+		e.t.Fatalf("connect device %s: %v", id, err)
+	}
+	return c
+}
+
+func (e *env) connectService(clientID string) *client {
+	e.t.Helper()
+	c, _, err := e.dial(serviceConnect(clientID))
+	if err != nil {
+		e.t.Fatalf("connect service %s: %v", clientID, err)
+	}
+	return c
+}
+
+// publish sends at QoS 1 and returns the PUBACK reason code.
+func (c *client) publish(t *testing.T, topic, payload string) byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), wait)
+	defer cancel()
+	pr, err := c.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: []byte(payload)})
+	if pr == nil {
+		t.Fatalf("publish to %s: %v", topic, err)
+	}
+	return pr.ReasonCode
+}
+
+// subscribe asks for one filter at QoS 1 and returns the SUBACK reason code.
+func (c *client) subscribe(t *testing.T, filter string) byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), wait)
+	defer cancel()
+	sa, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: filter, QoS: 1}}})
+	if sa == nil || len(sa.Reasons) != 1 {
+		t.Fatalf("subscribe to %s: %v", filter, err)
+	}
+	return sa.Reasons[0]
+}
+
+// next returns the next message c receives.
+func (c *client) next(t *testing.T) *paho.Publish {
+	t.Helper()
+	select {
+	case p := <-c.inbox:
+		return p
+	case <-time.After(wait):
+		t.Fatal("no message arrived")
+		return nil
+	}
+}
+
+func (c *client) alive() bool {
+	select {
+	case <-c.Done():
+		return false
+	default:
+		return true
+	}
+}
+
+func topic(id uuid.UUID, kind string) string { return "flock/v1/devices/" + id.String() + "/" + kind }
+
+// counter reads a counter of reg by name and reason label.
+func counter(t *testing.T, reg *prometheus.Registry, name, reason string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" && l.GetValue() == reason {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no %s{reason=%q}", name, reason)
+	return 0
+}
+
+func TestConnect(t *testing.T) {
+	t.Parallel()
+	e := start(t, nil)
+	devA, tokA := e.device()
+	devB, _ := e.device()
+	// devicetoken has no clock to turn, so an expired token cannot be made
+	// here; these two are refused by the same ErrInvalidToken path.
+	foreign := newTokens(t, pgtest.Pool(t), "http://other.test")
+	tokForeignKey, _, err := foreign.Issue(t.Context(), devA, uuid.New(), uuid.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameKeys := newTokens(t, e.pool, "http://other.test")
+	tokOtherIssuer, _, err := sameKeys.Issue(t.Context(), devA, uuid.New(), uuid.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	withWill := func(cp *paho.Connect, topic string) *paho.Connect {
+		cp.WillMessage = &paho.WillMessage{Topic: topic, QoS: 1, Retain: true, Payload: []byte("offline")}
+		return cp
+	}
+	a := devA.String()
+	tests := []struct {
+		name   string
+		cp     *paho.Connect
+		code   byte
+		reason string // metric label and log attribute of a refusal
+	}{
+		{"device with its own token", deviceConnect(devA, tokA), 0x00, ""},
+		{"garbage password", deviceConnect(devA, "not-a-jwt"), 0x86, reasonInvalidToken},
+		{"no password", &paho.Connect{ClientID: a, Username: a, UsernameFlag: true}, 0x86, reasonInvalidToken},
+		{"token signed by another issuer's key", deviceConnect(devA, tokForeignKey), 0x86, reasonInvalidToken},
+		{"token with our key but another issuer", deviceConnect(devA, tokOtherIssuer), 0x86, reasonInvalidToken},
+		{"user name not a uuid", &paho.Connect{ClientID: "dev", Username: "dev", UsernameFlag: true, Password: []byte(tokA), PasswordFlag: true}, 0x86, reasonMalformedUsername},
+		{"user name an uppercase uuid", &paho.Connect{ClientID: strings.ToUpper(a), Username: strings.ToUpper(a), UsernameFlag: true, Password: []byte(tokA), PasswordFlag: true}, 0x86, reasonMalformedUsername},
+		{"token of device A under user name B", deviceConnect(devB, tokA), 0x87, reasonDeviceMismatch},
+		{"client id differs from user name", &paho.Connect{ClientID: devB.String(), Username: a, UsernameFlag: true, Password: []byte(tokA), PasswordFlag: true}, 0x87, reasonClientID},
+		{"empty client id", &paho.Connect{Username: a, UsernameFlag: true, Password: []byte(tokA), PasswordFlag: true}, 0x87, reasonClientID},
+		{"will on its own status", withWill(deviceConnect(devA, tokA), topic(devA, "status")), 0x00, ""},
+		{"will on its own state", withWill(deviceConnect(devA, tokA), topic(devA, "state")), 0x87, reasonWill},
+		{"will on another device's status", withWill(deviceConnect(devA, tokA), topic(devB, "status")), 0x87, reasonWill},
+		{"service credentials", serviceConnect("ingester-1"), 0x00, ""},
+		{"wrong service password", &paho.Connect{ClientID: "ingester-1", Username: serviceUser, UsernameFlag: true, Password: []byte("guess"), PasswordFlag: true}, 0x86, reasonServicePassword},
+		{"service under a device uuid as client id", serviceConnect(devB.String()), 0x87, reasonClientID},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var before float64
+			if tt.reason != "" {
+				before = counter(t, e.reg, "flock_mqtt_auth_refused_total", tt.reason)
+			}
+			c, ca, err := dial(t, e.broker.Addr(), tt.cp)
+			if ca == nil {
+				t.Fatalf("no CONNACK: %v", err)
+			}
+			if ca.ReasonCode != tt.code {
+				t.Fatalf("CONNACK reason code = %#x, want %#x (err %v)", ca.ReasonCode, tt.code, err)
+			}
+			if tt.code == 0 {
+				if c == nil || err != nil {
+					t.Fatalf("connect: %v", err)
+				}
+				if ca.Properties == nil || ca.Properties.MaximumPacketSize == nil || *ca.Properties.MaximumPacketSize != defaultMaxPacketSize {
+					t.Errorf("CONNACK does not announce Maximum Packet Size %d: %+v", defaultMaxPacketSize, ca.Properties)
+				}
+				// Disconnect now so the next row's device is not a takeover.
+				_ = c.Disconnect(&paho.Disconnect{})
+				<-c.Done()
+				return
+			}
+			if got := counter(t, e.reg, "flock_mqtt_auth_refused_total", tt.reason); got != before+1 {
+				t.Errorf("flock_mqtt_auth_refused_total{reason=%q} = %v, want %v", tt.reason, got, before+1)
+			}
+			who := "username=" + tt.cp.Username
+			if isCanonicalUUID(tt.cp.Username) {
+				who = "device=" + tt.cp.Username
+			}
+			logs := e.logs.String()
+			if !strings.Contains(logs, "reason="+tt.reason) || !strings.Contains(logs, who) {
+				t.Errorf("no refusal log with %s and reason=%s in:\n%s", who, tt.reason, logs)
+			}
+		})
+	}
+}
+
+// rawConnect sends a CONNECT of the given protocol version (4 = 3.1.1, 5)
+// and returns the connection and the CONNACK's reason (return) code.
+func rawConnect(addr string, version byte, clientID, username, password string) (net.Conn, byte, error) {
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, 0, err
+	}
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
+		ProtocolVersion: version,
+		Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 300, ClientIdentifier: clientID,
+			UsernameFlag: true, Username: []byte(username), PasswordFlag: true, Password: []byte(password),
+		},
+	}
+	var buf bytes.Buffer
+	if err := pk.ConnectEncode(&buf); err != nil {
+		conn.Close()
+		return nil, 0, err
+	}
+	_ = conn.SetDeadline(time.Now().Add(wait))
+	if _, err := conn.Write(buf.Bytes()); err != nil {
+		conn.Close()
+		return nil, 0, err
+	}
+	r := bufio.NewReader(conn)
+	first, err := r.ReadByte()
+	if err != nil {
+		conn.Close()
+		return nil, 0, fmt.Errorf("read CONNACK: %w", err)
+	}
+	if first>>4 != packets.Connack {
+		conn.Close()
+		return nil, 0, fmt.Errorf("got packet type %d, want CONNACK", first>>4)
+	}
+	n, _, err := packets.DecodeLength(r)
+	if err != nil {
+		conn.Close()
+		return nil, 0, err
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil || n < 2 {
+		conn.Close()
+		return nil, 0, fmt.Errorf("read CONNACK body: %v", err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return conn, body[1], nil
+}
+
+func TestConnectMQTT311(t *testing.T) {
+	t.Parallel()
+	e := start(t, nil)
+	devA, tokA := e.device()
+	devB, _ := e.device()
+	tests := []struct {
+		name                        string
+		clientID, username, passwrd string
+		code                        byte
+	}{
+		{"device with its own token", devA.String(), devA.String(), tokA, 0x00},
+		{"garbage password: bad user name or password", devA.String(), devA.String(), "garbage", 0x04},
+		{"token of another device: not authorized", devB.String(), devB.String(), tokA, 0x05},
+		{"service", "ingester-v3", serviceUser, servicePassword, 0x00},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, code, err := rawConnect(e.broker.Addr(), 4, tt.clientID, tt.username, tt.passwrd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if code != tt.code {
+				t.Errorf("CONNACK return code = %#x, want %#x", code, tt.code)
+			}
+		})
+	}
+}
+
+func TestPublishACL(t *testing.T) {
+	t.Parallel()
+	e := start(t, nil)
+	devA, tokA := e.device()
+	devB, _ := e.device()
+	ingest := e.connectService("ingester-1")
+	if code := ingest.subscribe(t, "$share/ingest/flock/v1/devices/+/state"); code != 0x01 {
+		t.Fatalf("service shared subscription: SUBACK %#x", code)
+	}
+	a := e.connectDevice(devA, tokA)
+
+	if code := a.publish(t, topic(devA, "state"), "first"); code != 0x00 {
+		t.Fatalf("publish own state: PUBACK %#x", code)
+	}
+	if p := ingest.next(t); string(p.Payload) != "first" || p.Topic != topic(devA, "state") {
+		t.Fatalf("service received %q on %s, want first on own state", p.Payload, p.Topic)
+	}
+
+	refused := []struct{ name, topic string }{
+		{"another device's state", topic(devB, "state")},
+		{"its own target", topic(devA, "target")},
+		{"its own commands", topic(devA, "commands")},
+		{"an unknown kind", topic(devA, "secrets")},
+		{"a deeper level", topic(devA, "state") + "/x"},
+		{"outside the device tree", "flock/v1/other"},
+		{"uppercase uuid", "flock/v1/devices/" + strings.ToUpper(devA.String()) + "/state"},
+	}
+	for _, tt := range refused {
+		t.Run(tt.name, func(t *testing.T) {
+			before := counter(t, e.reg, "flock_mqtt_publish_refused_total", "acl")
+			if code := a.publish(t, tt.topic, "refused"); code != 0x87 {
+				t.Errorf("PUBACK %#x, want 0x87", code)
+			}
+			if got := counter(t, e.reg, "flock_mqtt_publish_refused_total", "acl"); got != before+1 {
+				t.Errorf("flock_mqtt_publish_refused_total{reason=acl} = %v, want %v", got, before+1)
+			}
+		})
+	}
+
+	// Nothing refused reached the service: the next message is this one.
+	if code := a.publish(t, topic(devA, "state"), "second"); code != 0x00 {
+		t.Fatalf("publish own state: PUBACK %#x", code)
+	}
+	if p := ingest.next(t); string(p.Payload) != "second" {
+		t.Fatalf("service received %q, want second", p.Payload)
+	}
+	if !a.alive() {
+		t.Error("device connection closed after refused publishes")
+	}
+}
+
+func TestSubscribeACL(t *testing.T) {
+	t.Parallel()
+	e := start(t, nil)
+	devA, tokA := e.device()
+	devB, _ := e.device()
+	a := e.connectDevice(devA, tokA)
+	svc := e.connectService("ingester-1")
+
+	tests := []struct {
+		name   string
+		c      *client
+		filter string
+		code   byte
+	}{
+		{"device: own target", a, topic(devA, "target"), 0x01},
+		{"device: own commands", a, topic(devA, "commands"), 0x01},
+		{"device: another device's target", a, topic(devB, "target"), 0x87},
+		{"device: every device's target", a, "flock/v1/devices/+/target", 0x87},
+		{"device: own state", a, topic(devA, "state"), 0x87},
+		{"device: own subtree", a, "flock/v1/devices/" + devA.String() + "/#", 0x87},
+		{"device: everything", a, "#", 0x87},
+		{"device: shared own target", a, "$share/g/" + topic(devA, "target"), 0x87},
+		{"device: $SYS", a, "$SYS/#", 0x87},
+		{"service: shared state", svc, "$share/ingest/flock/v1/devices/+/state", 0x01},
+		{"service: shared status", svc, "$share/ingest/flock/v1/devices/+/status", 0x01},
+		{"service: plain telemetry", svc, "flock/v1/devices/+/telemetry", 0x01},
+		{"service: shared target", svc, "$share/ingest/flock/v1/devices/+/target", 0x87},
+		{"service: every kind", svc, "flock/v1/devices/+/+", 0x87},
+		{"service: everything", svc, "#", 0x87},
+		{"service: shared everything", svc, "$share/ingest/#", 0x87},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if code := tt.c.subscribe(t, tt.filter); code != tt.code {
+				t.Errorf("SUBACK %#x, want %#x", code, tt.code)
+			}
+		})
+	}
+}
+
+func TestServicePublishesToDevice(t *testing.T) {
+	t.Parallel()
+	e := start(t, nil)
+	devA, tokA := e.device()
+	devB, tokB := e.device()
+	a := e.connectDevice(devA, tokA)
+	b := e.connectDevice(devB, tokB)
+	for _, c := range []*client{a, b} {
+		id := uuid.MustParse(c.ClientID())
+		for _, kind := range []string{"target", "commands"} {
+			if code := c.subscribe(t, topic(id, kind)); code != 0x01 {
+				t.Fatalf("subscribe %s: SUBACK %#x", kind, code)
+			}
+		}
+	}
+	svc := e.connectService("ingester-1")
+
+	if code := svc.publish(t, topic(devA, "target"), "v42"); code != 0x00 {
+		t.Fatalf("service publish to target: PUBACK %#x", code)
+	}
+	if p := a.next(t); p.Topic != topic(devA, "target") || string(p.Payload) != "v42" {
+		t.Fatalf("device A received %q on %s", p.Payload, p.Topic)
+	}
+	if code := svc.publish(t, topic(devA, "state"), "forged"); code != 0x87 {
+		t.Errorf("service publish to a device's state: PUBACK %#x, want 0x87", code)
+	}
+	if code := svc.publish(t, topic(devB, "commands"), "reboot"); code != 0x00 {
+		t.Fatalf("service publish to commands: PUBACK %#x", code)
+	}
+	// B's first message is its command, so A's target never reached it.
+	if p := b.next(t); p.Topic != topic(devB, "commands") || string(p.Payload) != "reboot" {
+		t.Fatalf("device B received %q on %s", p.Payload, p.Topic)
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	t.Parallel()
+	const burst = 5
+	// One token a second: the loop below finishes long before a second
+	// token could make every publish pass.
+	e := start(t, func(c *Config) { c.MessagesPerSecond = 1; c.Burst = burst })
+	devA, tokA := e.device()
+	a := e.connectDevice(devA, tokA)
+	svc := e.connectService("ingester-1")
+	if code := svc.subscribe(t, "$share/ingest/flock/v1/devices/+/telemetry"); code != 0x01 {
+		t.Fatalf("SUBACK %#x", code)
+	}
+
+	const total = burst + 20
+	var accepted, quota int
+	passed := map[string]bool{}
+	for i := range total {
+		switch code := a.publish(t, topic(devA, "telemetry"), fmt.Sprint(i)); code {
+		case 0x00:
+			accepted++
+			passed[fmt.Sprint(i)] = true
+		case 0x97:
+			quota++
+		default:
+			t.Fatalf("publish %d: PUBACK %#x", i, code)
+		}
+	}
+	t.Logf("%d accepted, %d refused with 0x97", accepted, quota)
+	if accepted < burst || quota == 0 {
+		t.Errorf("accepted %d (want at least the burst %d), refused %d (want some)", accepted, burst, quota)
+	}
+	if got := counter(t, e.reg, "flock_mqtt_publish_refused_total", "rate"); got != float64(quota) {
+		t.Errorf("flock_mqtt_publish_refused_total{reason=rate} = %v, want %d", got, quota)
+	}
+	// Only what was accepted went through.
+	for range accepted {
+		if p := svc.next(t); !passed[string(p.Payload)] {
+			t.Errorf("service received refused message %q", p.Payload)
+		}
+	}
+
+	// The connection stays up and still works.
+	if !a.alive() {
+		t.Fatal("device connection closed")
+	}
+	if code := a.subscribe(t, topic(devA, "target")); code != 0x01 {
+		t.Errorf("subscribe after rate limiting: SUBACK %#x", code)
+	}
+
+	// The service is not limited.
+	for i := range total {
+		if code := svc.publish(t, topic(devA, "target"), fmt.Sprint(i)); code != 0x00 {
+			t.Fatalf("service publish %d: PUBACK %#x", i, code)
+		}
+	}
+}
+
+func TestRateLimitBucketReleased(t *testing.T) {
+	t.Parallel()
+	e := start(t, nil)
+	devA, tokA := e.device()
+	a := e.connectDevice(devA, tokA)
+	if code := a.publish(t, topic(devA, "events"), "x"); code != 0 {
+		t.Fatalf("PUBACK %#x", code)
+	}
+	if n := e.broker.limits.len(); n != 1 {
+		t.Fatalf("%d buckets while connected, want 1", n)
+	}
+	_ = a.Disconnect(&paho.Disconnect{})
+	deadline := time.Now().Add(wait)
+	for e.broker.limits.len() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("bucket not released after the device disconnected")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestWillAndRetain(t *testing.T) {
+	t.Parallel()
+	e := start(t, nil)
+	devA, tokA := e.device()
+	svc := e.connectService("ingester-1")
+	if code := svc.subscribe(t, "$share/ingest/flock/v1/devices/+/status"); code != 0x01 {
+		t.Fatalf("SUBACK %#x", code)
+	}
+	cp := deviceConnect(devA, tokA)
+	cp.WillMessage = &paho.WillMessage{Topic: topic(devA, "status"), QoS: 1, Retain: true, Payload: []byte("offline")}
+	a, _, err := e.dial(cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, err := a.Publish(t.Context(), &paho.Publish{Topic: topic(devA, "status"), QoS: 1, Retain: true, Payload: []byte("online")})
+	if err != nil || pr.ReasonCode != 0 {
+		t.Fatalf("publish retained status: %v %+v", err, pr)
+	}
+	if p := svc.next(t); string(p.Payload) != "online" {
+		t.Fatalf("service received %q, want online", p.Payload)
+	}
+	a.TerminateConnectionForTest()
+	if p := svc.next(t); string(p.Payload) != "offline" || p.Topic != topic(devA, "status") {
+		t.Fatalf("service received %q on %s, want the will", p.Payload, p.Topic)
+	}
+	if n := len(e.broker.server.Topics.Messages("flock/#")); n != 0 {
+		t.Errorf("broker retained %d device messages, want none", n)
+	}
+}
+
+func TestMaxPacketSize(t *testing.T) {
+	t.Parallel()
+	e := start(t, func(c *Config) { c.MaxPacketSize = 1024 })
+	devA, tokA := e.device()
+	c, ca, err := e.dial(deviceConnect(devA, tokA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ca.Properties == nil || ca.Properties.MaximumPacketSize == nil || *ca.Properties.MaximumPacketSize != 1024 {
+		t.Errorf("CONNACK Maximum Packet Size = %+v, want 1024", ca.Properties)
+	}
+	if code := c.publish(t, topic(devA, "logs"), strings.Repeat("x", 900)); code != 0 {
+		t.Fatalf("publish under the limit: PUBACK %#x", code)
+	}
+	// paho does not enforce the announced limit itself; the broker ends the
+	// connection.
+	_, _ = c.Publish(t.Context(), &paho.Publish{Topic: topic(devA, "logs"), QoS: 0, Payload: bytes.Repeat([]byte("x"), 2048)})
+	select {
+	case <-c.Done():
+	case <-time.After(wait):
+		t.Fatal("connection still up after an oversized packet")
+	}
+}
+
+func TestRunStops(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t)
+	tokens := newTokens(t, pool, testIssuer)
+	b, err := New(Config{Listen: "127.0.0.1:0", Log: slog.New(slog.DiscardHandler)}, tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, b)
+
+	id := uuid.New()
+	tok, _, err := tokens.Issue(t.Context(), id, uuid.New(), uuid.New())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _, err := dial(t, b.Addr(), deviceConnect(id, tok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A socket that never sends CONNECT must not hold up shutdown until
+	// connectTimeout.
+	idle, err := net.Dial("tcp", b.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	// Connected means accepted and being handled, which the broker's own
+	// client count cannot show for a socket without CONNECT.
+	deadline := time.Now().Add(wait)
+	for {
+		b.ln.mu.Lock()
+		n := len(b.ln.conns)
+		b.ln.mu.Unlock()
+		if n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("listener tracks %d connections, want 2", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	select {
+	case <-c.Done():
+	case <-time.After(wait):
+		t.Fatal("client still connected after Run returned")
+	}
+	select {
+	case code := <-c.serverDisconnect:
+		if code != packets.ErrServerShuttingDown.Code {
+			t.Errorf("DISCONNECT reason %#x, want 0x8b server shutting down", code)
+		}
+	case <-time.After(wait):
+		t.Error("no DISCONNECT from the broker")
+	}
+	_ = idle.SetReadDeadline(time.Now().Add(wait))
+	var ne net.Error
+	if _, err := idle.Read(make([]byte, 1)); errors.As(err, &ne) && ne.Timeout() {
+		t.Errorf("connection without CONNECT still open after Run returned: %v", err)
+	}
+	if conn, err := net.Dial("tcp", b.Addr()); err == nil {
+		conn.Close()
+		t.Errorf("port %s still accepts connections after Run returned", b.Addr())
+	}
+	if err := b.Run(t.Context()); err == nil {
+		t.Error("second Run returned nil")
+	}
+}
+
+func TestNew(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.Pool(t)
+	tokens := newTokens(t, pool, testIssuer)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	tests := []struct {
+		name string
+		cfg  Config
+		v    Verifier
+	}{
+		{"port taken", Config{Listen: taken.Addr().String()}, tokens},
+		{"no listen address", Config{}, tokens},
+		{"service user name is a uuid", Config{Listen: "127.0.0.1:0", ServiceUsername: uuid.NewString(), ServicePassword: "x"}, tokens},
+		{"service user without password", Config{Listen: "127.0.0.1:0", ServiceUsername: "svc"}, tokens},
+		{"service password without user", Config{Listen: "127.0.0.1:0", ServicePassword: "x"}, tokens},
+		{"negative rate", Config{Listen: "127.0.0.1:0", MessagesPerSecond: -1}, tokens},
+		{"nil verifier", Config{Listen: "127.0.0.1:0"}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.cfg.Log = slog.New(slog.DiscardHandler)
+			if b, err := New(tt.cfg, tt.v); err == nil {
+				t.Errorf("New succeeded, listening on %s", b.Addr())
+			} else {
+				t.Log(err)
+			}
+		})
+	}
+
+	t.Run("metrics registered twice", func(t *testing.T) {
+		reg := prometheus.NewRegistry()
+		cfg := Config{Listen: "127.0.0.1:0", Log: slog.New(slog.DiscardHandler), Metrics: reg}
+		b, err := New(cfg, tokens)
+		if err != nil {
+			t.Fatal(err)
+		}
+		run(t, b)
+		if _, err := New(cfg, tokens); err == nil {
+			t.Error("second broker on the same registry: New succeeded")
+		}
+	})
+}
+
+// TestMemoryPerIdleConnection measures the broker's memory per idle device
+// connection. It is slow and needs many sockets, so it runs only with
+// FLOCK_MQTT_MEM set. The clients run in a child process (this test binary
+// again) so their memory stays out of the figure.
+func TestMemoryPerIdleConnection(t *testing.T) {
+	if os.Getenv("FLOCK_MQTT_MEM") == "" {
+		t.Skip("set FLOCK_MQTT_MEM=1 to measure memory per idle connection")
+	}
+	if file := os.Getenv("FLOCK_MQTT_MEM_CLIENTS"); file != "" {
+		holdIdleClients(t, file)
+		return
+	}
+	const n = 2000
+	pool := pgtest.Pool(t)
+	tokens := newTokens(t, pool, testIssuer)
+	var list strings.Builder
+	for range n {
+		id := uuid.New()
+		tok, _, err := tokens.Issue(t.Context(), id, uuid.New(), uuid.New())
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&list, "%s %s\n", id, tok)
+	}
+
+	for _, tt := range []struct {
+		name          string
+		writesPending int32
+		readBuffer    int
+	}{
+		{"flock options", clientWritesPending, readBufferSize},
+		{"mochi defaults", 1024 * 8, 1024 * 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b, err := New(Config{Listen: "127.0.0.1:0", Log: slog.New(slog.DiscardHandler)}, tokens)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Before Run, so before any client exists.
+			b.server.Options.Capabilities.MaximumClientWritesPending = tt.writesPending
+			b.server.Options.ClientNetReadBufferSize = tt.readBuffer
+			stop := run(t, b)
+
+			file := t.TempDir() + "/clients"
+			if err := os.WriteFile(file, []byte(b.Addr()+"\n"+list.String()), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			before := settledMemStats()
+
+			cmd := exec.Command(os.Args[0], "-test.run=^TestMemoryPerIdleConnection$")
+			cmd.Env = append(os.Environ(), "FLOCK_MQTT_MEM_CLIENTS="+file)
+			cmd.Stderr = os.Stderr
+			stdin, err := cmd.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			ready := make(chan string, 1)
+			go func() {
+				sc := bufio.NewScanner(stdout)
+				var out strings.Builder
+				for sc.Scan() {
+					if sc.Text() == "ready" {
+						ready <- ""
+						_, _ = io.Copy(io.Discard, stdout)
+						return
+					}
+					out.WriteString(sc.Text() + "\n")
+				}
+				ready <- out.String()
+			}()
+			defer func() {
+				stdin.Close()
+				if err := cmd.Wait(); err != nil {
+					t.Errorf("client process: %v", err)
+				}
+			}()
+			select {
+			case out := <-ready:
+				if out != "" {
+					t.Fatalf("client process failed:\n%s", out)
+				}
+			case <-time.After(5 * time.Minute):
+				t.Fatal("clients did not connect")
+			}
+			deadline := time.Now().Add(time.Minute)
+			for b.server.Info.Clone().ClientsConnected < n {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d clients connected, want %d", b.server.Info.Clone().ClientsConnected, n)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			after := settledMemStats()
+
+			heap := float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / n
+			stack := float64(int64(after.StackInuse)-int64(before.StackInuse)) / n
+			t.Logf("%s: %d idle MQTT v5 connections: heap in use %.0f B/conn, goroutine stacks %.0f B/conn, total %.0f B/conn (%d goroutines)",
+				tt.name, n, heap, stack, heap+stack, runtime.NumGoroutine())
+			stdin.Close()
+			_ = stop()
+		})
+	}
+}
+
+func settledMemStats() runtime.MemStats {
+	var m runtime.MemStats
+	for range 6 {
+		runtime.GC()
+	}
+	runtime.ReadMemStats(&m)
+	return m
+}
+
+// holdIdleClients is the child side of TestMemoryPerIdleConnection: it
+// connects every device listed in file, prints "ready" and holds the
+// connections until its stdin closes.
+func holdIdleClients(t *testing.T, file string) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	addr := lines[0]
+	conns := make([]net.Conn, 0, len(lines)-1)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for _, l := range lines[1:] {
+		id, tok, _ := strings.Cut(l, " ")
+		conn, code, err := rawConnect(addr, 5, id, id, tok)
+		if err != nil {
+			t.Fatalf("connect %s: %v", id, err)
+		}
+		conns = append(conns, conn)
+		if code != 0 {
+			t.Fatalf("connect %s: CONNACK %#x", id, code)
+		}
+	}
+	fmt.Println("ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+}
