@@ -9,15 +9,15 @@ import (
 
 func TestTokenCacheNeverOutlivesTheToken(t *testing.T) {
 	c := newTokenCache[oidcverify.Claims]()
-	c.put("live", &oidcverify.Claims{Subject: "a"}, time.Now().Add(time.Hour))
-	c.put("dead", &oidcverify.Claims{Subject: "b"}, time.Now().Add(-time.Second))
-	if cl, ok := c.get("live"); !ok || cl.Subject != "a" {
+	c.put(sha256Key("live"), &oidcverify.Claims{Subject: "a"}, time.Now().Add(time.Hour))
+	c.put(sha256Key("dead"), &oidcverify.Claims{Subject: "b"}, time.Now().Add(-time.Second))
+	if cl, ok := c.get(sha256Key("live")); !ok || cl.Subject != "a" {
 		t.Fatalf("live token not cached: %v %v", cl, ok)
 	}
-	if _, ok := c.get("dead"); ok {
+	if _, ok := c.get(sha256Key("dead")); ok {
 		t.Fatal("an expired token was served from the cache")
 	}
-	if _, ok := c.get("never-seen"); ok {
+	if _, ok := c.get(sha256Key("never-seen")); ok {
 		t.Fatal("cache hit for an unknown token")
 	}
 	if e := c.m[sha256Key("live")]; e.until.After(time.Now().Add(tokenCacheTTL)) {
@@ -29,7 +29,7 @@ func TestTokenCacheIsBounded(t *testing.T) {
 	c := newTokenCache[oidcverify.Claims]()
 	exp := time.Now().Add(time.Hour)
 	for i := range tokenCacheSize + 50 {
-		c.put(string(rune(i))+"-token", &oidcverify.Claims{}, exp)
+		c.put(sha256Key(string(rune(i))+"-token"), &oidcverify.Claims{}, exp)
 	}
 	if len(c.m) > tokenCacheSize {
 		t.Fatalf("cache holds %d tokens, bound is %d", len(c.m), tokenCacheSize)
