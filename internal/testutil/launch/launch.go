@@ -5,12 +5,14 @@ package launch
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -28,19 +30,29 @@ type Process struct {
 // hands every log line to logLine (nil drops them), and returns once /readyz
 // answers 200.
 func Start(args []string, logLine func(string)) (*Process, error) {
+	// A kernel pipe, not io.Pipe: its buffer lets the server write its log
+	// without waiting for this reader, as it would writing to stderr, so the
+	// harness does not slow the requests it measures.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("log pipe: %w", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	pr, pw := io.Pipe()
 	addr := make(chan string, 1)
 	go func() {
+		defer pr.Close()
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+		found := false
 		for sc.Scan() {
-			var rec struct {
-				Msg  string `json:"msg"`
-				Addr string `json:"addr"`
-			}
-			if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Msg == "http server listening" {
-				addr <- rec.Addr
+			if !found && bytes.Contains(sc.Bytes(), []byte(`"http server listening"`)) {
+				var rec struct {
+					Addr string `json:"addr"`
+				}
+				if json.Unmarshal(sc.Bytes(), &rec) == nil {
+					found = true
+					addr <- rec.Addr
+				}
 			}
 			if logLine != nil {
 				logLine(sc.Text())
