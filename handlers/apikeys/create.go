@@ -25,8 +25,7 @@ func (h *APIKeys) ApiKeyCreate(ctx context.Context, req api.ApiKeyCreateRequestO
 		return nil, problem.Errorf(http.StatusForbidden, "forbidden", "an API key's role is at most its creator's: you are %s, not %s", acc.Role, role)
 	}
 	if e := req.Body.ExpiresAt; e != nil && !e.After(time.Now()) {
-		return nil, &problem.Error{Status: http.StatusBadRequest, Code: "validation_failed", Detail: "expires_at is in the past",
-			Errors: []problem.FieldError{{In: "body", Field: "/expires_at", Detail: "must be in the future"}}}
+		return nil, problem.Invalid("body", "/expires_at", "expires_at is in the past")
 	}
 	id := uuid.New()
 	secret, prefix, hash, err := auth.NewAPIKeySecret(id)

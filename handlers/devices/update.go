@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"strings"
 
 	"github.com/google/uuid"
@@ -39,13 +38,13 @@ func (h *Devices) DeviceUpdate(ctx context.Context, req api.DeviceUpdateRequestO
 	if b.FleetId != nil && *b.FleetId != d.FleetID {
 		to, err := q.FleetGet(ctx, *b.FleetId)
 		if errors.Is(err, pgx.ErrNoRows) || (err == nil && to.OrgID != d.OrgID) {
-			return nil, fieldError("/fleet_id", fmt.Sprintf("fleet %s is not a fleet of this organisation", *b.FleetId))
+			return nil, problem.Invalid("body", "/fleet_id", fmt.Sprintf("fleet %s is not a fleet of this organisation", *b.FleetId))
 		}
 		if err != nil {
 			return nil, fmt.Errorf("load fleet %s: %w", *b.FleetId, err)
 		}
 		if to.Architecture != d.Architecture {
-			return nil, fieldError("/fleet_id", fmt.Sprintf("fleet %s runs %s; this device is %s", to.ID, to.Architecture, d.Architecture))
+			return nil, problem.Invalid("body", "/fleet_id", fmt.Sprintf("fleet %s runs %s; this device is %s", to.ID, to.Architecture, d.Architecture))
 		}
 		d.FleetID = to.ID
 		d.PinnedReleaseID = uuid.NullUUID{}
@@ -74,9 +73,4 @@ func (h *Devices) DeviceUpdate(ctx context.Context, req api.DeviceUpdateRequestO
 		return nil, err
 	}
 	return api.DeviceUpdate200JSONResponse(out), nil
-}
-
-func fieldError(field, detail string) *problem.Error {
-	return &problem.Error{Status: http.StatusBadRequest, Code: "validation_failed", Detail: detail,
-		Errors: []problem.FieldError{{In: "body", Field: field, Detail: detail}}}
 }

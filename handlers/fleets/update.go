@@ -56,7 +56,7 @@ func (h *Fleets) FleetUpdate(ctx context.Context, req api.FleetUpdateRequestObje
 	}
 	if f.ReleasePolicy == "pinned" {
 		if !f.PinnedReleaseID.Valid {
-			return nil, fieldError("/pinned_release_id", "a pinned fleet needs pinned_release_id")
+			return nil, problem.Invalid("body", "/pinned_release_id", "a pinned fleet needs pinned_release_id")
 		}
 		if err := FinalReleaseOf(ctx, q, f.PinnedReleaseID.UUID, f.ID); err != nil {
 			return nil, err
@@ -78,18 +78,13 @@ func (h *Fleets) FleetUpdate(ctx context.Context, req api.FleetUpdateRequestObje
 func FinalReleaseOf(ctx context.Context, q *db.Queries, release, fleet uuid.UUID) error {
 	r, err := q.ReleaseGet(ctx, release)
 	if errors.Is(err, pgx.ErrNoRows) || (err == nil && r.FleetID != fleet) {
-		return fieldError("/pinned_release_id", fmt.Sprintf("release %s is not a release of this fleet", release))
+		return problem.Invalid("body", "/pinned_release_id", fmt.Sprintf("release %s is not a release of this fleet", release))
 	}
 	if err != nil {
 		return fmt.Errorf("load release %s: %w", release, err)
 	}
 	if r.Status != "final" {
-		return fieldError("/pinned_release_id", fmt.Sprintf("release %s is %s; only final releases can be pinned", release, r.Status))
+		return problem.Invalid("body", "/pinned_release_id", fmt.Sprintf("release %s is %s; only final releases can be pinned", release, r.Status))
 	}
 	return nil
-}
-
-func fieldError(field, detail string) *problem.Error {
-	return &problem.Error{Status: http.StatusBadRequest, Code: "validation_failed", Detail: detail,
-		Errors: []problem.FieldError{{In: "body", Field: field, Detail: detail}}}
 }

@@ -3,7 +3,6 @@ package provisioning
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"strings"
 	"time"
 
@@ -21,8 +20,7 @@ import (
 func (h *Provisioning) ProvisioningKeyCreate(ctx context.Context, req api.ProvisioningKeyCreateRequestObject) (api.ProvisioningKeyCreateResponseObject, error) {
 	acc := auth.AccessFrom(ctx)
 	if e := req.Body.ExpiresAt; e != nil && !e.After(time.Now()) {
-		return nil, &problem.Error{Status: http.StatusBadRequest, Code: "validation_failed", Detail: "expires_at is in the past",
-			Errors: []problem.FieldError{{In: "body", Field: "/expires_at", Detail: "must be in the future"}}}
+		return nil, problem.Invalid("body", "/expires_at", "expires_at is in the past")
 	}
 	id := uuid.New()
 	secret, prefix, hash, err := auth.NewSecret(auth.ProvisioningKeyPrefix, id)

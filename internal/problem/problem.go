@@ -156,3 +156,10 @@ func Write(w http.ResponseWriter, r *http.Request, err error) {
 	w.WriteHeader(pe.Status)
 	_ = json.NewEncoder(w).Encode(p)
 }
+
+// Invalid is the 400 for one invalid part of a request found by a handler
+// (the spec validator reports the rest): in is body, query, path or header.
+func Invalid(in, field, detail string) *Error {
+	return &Error{Status: http.StatusBadRequest, Code: "validation_failed", Detail: detail,
+		Errors: []FieldError{{In: in, Field: field, Detail: detail}}}
+}
