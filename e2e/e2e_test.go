@@ -164,7 +164,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		org, err := authed.OrgCreateWithResponse(context.Background(), client.OrgCreateJSONRequestBody{Name: "Acme"})
+		org, err := authed.OrgCreateWithResponse(context.Background(), nil, client.OrgCreateJSONRequestBody{Name: "Acme"})
 		if err != nil || org.JSON201 == nil || org.JSON201.Role != client.Owner {
 			t.Fatalf("create org: %v %d %s", err, org.StatusCode(), org.Body)
 		}

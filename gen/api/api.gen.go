@@ -1072,6 +1072,9 @@ type DeviceId = openapi_types.UUID
 // FleetId defines model for FleetId.
 type FleetId = openapi_types.UUID
 
+// IdempotencyKey defines model for IdempotencyKey.
+type IdempotencyKey = string
+
 // KeyId defines model for KeyId.
 type KeyId = openapi_types.UUID
 
@@ -1098,6 +1101,24 @@ type DeviceStateGetParams struct {
 	IfNoneMatch *string `json:"If-None-Match,omitempty"`
 }
 
+// DeviceDeleteParams defines parameters for DeviceDelete.
+type DeviceDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// DeviceUpdateParams defines parameters for DeviceUpdate.
+type DeviceUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // DeviceVariableListParams defines parameters for DeviceVariableList.
 type DeviceVariableListParams struct {
 	// Limit The most items to return in one page.
@@ -1107,6 +1128,51 @@ type DeviceVariableListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// DeviceVariableCreateParams defines parameters for DeviceVariableCreate.
+type DeviceVariableCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// DeviceVariableDeleteParams defines parameters for DeviceVariableDelete.
+type DeviceVariableDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// DeviceVariableUpdateParams defines parameters for DeviceVariableUpdate.
+type DeviceVariableUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// FleetDeleteParams defines parameters for FleetDelete.
+type FleetDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// FleetUpdateParams defines parameters for FleetUpdate.
+type FleetUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // ProvisioningKeyListParams defines parameters for ProvisioningKeyList.
 type ProvisioningKeyListParams struct {
 	// Limit The most items to return in one page.
@@ -1114,6 +1180,15 @@ type ProvisioningKeyListParams struct {
 
 	// Cursor The `next_cursor` of the previous page; omit for the first page.
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// ProvisioningKeyDeleteParams defines parameters for ProvisioningKeyDelete.
+type ProvisioningKeyDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
 // ReleaseListParams defines parameters for ReleaseList.
@@ -1127,6 +1202,15 @@ type ReleaseListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// ReleaseCreateParams defines parameters for ReleaseCreate.
+type ReleaseCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // FleetVariableListParams defines parameters for FleetVariableList.
 type FleetVariableListParams struct {
 	// Limit The most items to return in one page.
@@ -1134,6 +1218,33 @@ type FleetVariableListParams struct {
 
 	// Cursor The `next_cursor` of the previous page; omit for the first page.
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// FleetVariableCreateParams defines parameters for FleetVariableCreate.
+type FleetVariableCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// FleetVariableDeleteParams defines parameters for FleetVariableDelete.
+type FleetVariableDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// FleetVariableUpdateParams defines parameters for FleetVariableUpdate.
+type FleetVariableUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
 // OrgListParams defines parameters for OrgList.
@@ -1145,6 +1256,33 @@ type OrgListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// OrgCreateParams defines parameters for OrgCreate.
+type OrgCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// OrgDeleteParams defines parameters for OrgDelete.
+type OrgDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// OrgUpdateParams defines parameters for OrgUpdate.
+type OrgUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // ApiKeyListParams defines parameters for ApiKeyList.
 type ApiKeyListParams struct {
 	// Limit The most items to return in one page.
@@ -1152,6 +1290,15 @@ type ApiKeyListParams struct {
 
 	// Cursor The `next_cursor` of the previous page; omit for the first page.
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// ApiKeyDeleteParams defines parameters for ApiKeyDelete.
+type ApiKeyDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
 // AuditEventListParams defines parameters for AuditEventList.
@@ -1198,6 +1345,15 @@ type FleetListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// FleetCreateParams defines parameters for FleetCreate.
+type FleetCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // MemberListParams defines parameters for MemberList.
 type MemberListParams struct {
 	// Limit The most items to return in one page.
@@ -1205,6 +1361,42 @@ type MemberListParams struct {
 
 	// Cursor The `next_cursor` of the previous page; omit for the first page.
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// MemberCreateParams defines parameters for MemberCreate.
+type MemberCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// MemberDeleteParams defines parameters for MemberDelete.
+type MemberDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// MemberUpdateParams defines parameters for MemberUpdate.
+type MemberUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// ReleaseUpdateParams defines parameters for ReleaseUpdate.
+type ReleaseUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
 // DeviceRegisterJSONRequestBody defines body for DeviceRegister for application/json ContentType.
@@ -1419,34 +1611,34 @@ type ServerInterface interface {
 	DeviceToken(w http.ResponseWriter, r *http.Request)
 	// DeviceDelete Delete a device
 	// (DELETE /v1/devices/{deviceId})
-	DeviceDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId)
+	DeviceDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceDeleteParams)
 	// DeviceGet A device, with its reported state
 	// (GET /v1/devices/{deviceId})
 	DeviceGet(w http.ResponseWriter, r *http.Request, deviceId DeviceId)
 	// DeviceUpdate Rename, move, pin or retag a device
 	// (PATCH /v1/devices/{deviceId})
-	DeviceUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId)
+	DeviceUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceUpdateParams)
 	// DeviceVariableList Configuration variables of a device
 	// (GET /v1/devices/{deviceId}/variables)
 	DeviceVariableList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceVariableListParams)
 	// DeviceVariableCreate Set a configuration variable of a device
 	// (POST /v1/devices/{deviceId}/variables)
-	DeviceVariableCreate(w http.ResponseWriter, r *http.Request, deviceId DeviceId)
+	DeviceVariableCreate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceVariableCreateParams)
 	// DeviceVariableDelete Remove a device variable
 	// (DELETE /v1/devices/{deviceId}/variables/{variableId})
-	DeviceVariableDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId)
+	DeviceVariableDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId, params DeviceVariableDeleteParams)
 	// DeviceVariableUpdate Change a device variable's value
 	// (PATCH /v1/devices/{deviceId}/variables/{variableId})
-	DeviceVariableUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId)
+	DeviceVariableUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId, params DeviceVariableUpdateParams)
 	// FleetDelete Delete a fleet
 	// (DELETE /v1/fleets/{fleetId})
-	FleetDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId)
+	FleetDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetDeleteParams)
 	// FleetGet A fleet
 	// (GET /v1/fleets/{fleetId})
 	FleetGet(w http.ResponseWriter, r *http.Request, fleetId FleetId)
 	// FleetUpdate Change a fleet
 	// (PATCH /v1/fleets/{fleetId})
-	FleetUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId)
+	FleetUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetUpdateParams)
 	// ProvisioningKeyList Provisioning keys of a fleet
 	// (GET /v1/fleets/{fleetId}/provisioning-keys)
 	ProvisioningKeyList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params ProvisioningKeyListParams)
@@ -1455,25 +1647,25 @@ type ServerInterface interface {
 	ProvisioningKeyCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId)
 	// ProvisioningKeyDelete Revoke a provisioning key
 	// (DELETE /v1/fleets/{fleetId}/provisioning-keys/{keyId})
-	ProvisioningKeyDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, keyId ProvisioningKeyId)
+	ProvisioningKeyDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, keyId ProvisioningKeyId, params ProvisioningKeyDeleteParams)
 	// ReleaseList Releases of a fleet
 	// (GET /v1/fleets/{fleetId}/releases)
 	ReleaseList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params ReleaseListParams)
 	// ReleaseCreate Register a release
 	// (POST /v1/fleets/{fleetId}/releases)
-	ReleaseCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId)
+	ReleaseCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params ReleaseCreateParams)
 	// FleetVariableList Configuration variables of a fleet
 	// (GET /v1/fleets/{fleetId}/variables)
 	FleetVariableList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetVariableListParams)
 	// FleetVariableCreate Set a configuration variable of a fleet
 	// (POST /v1/fleets/{fleetId}/variables)
-	FleetVariableCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId)
+	FleetVariableCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetVariableCreateParams)
 	// FleetVariableDelete Remove a fleet variable
 	// (DELETE /v1/fleets/{fleetId}/variables/{variableId})
-	FleetVariableDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId)
+	FleetVariableDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId, params FleetVariableDeleteParams)
 	// FleetVariableUpdate Change a fleet variable's value
 	// (PATCH /v1/fleets/{fleetId}/variables/{variableId})
-	FleetVariableUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId)
+	FleetVariableUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId, params FleetVariableUpdateParams)
 	// MeGet The signed-in user
 	// (GET /v1/me)
 	MeGet(w http.ResponseWriter, r *http.Request)
@@ -1482,16 +1674,16 @@ type ServerInterface interface {
 	OrgList(w http.ResponseWriter, r *http.Request, params OrgListParams)
 	// OrgCreate Create an organisation
 	// (POST /v1/orgs)
-	OrgCreate(w http.ResponseWriter, r *http.Request)
+	OrgCreate(w http.ResponseWriter, r *http.Request, params OrgCreateParams)
 	// OrgDelete Delete an organisation
 	// (DELETE /v1/orgs/{orgId})
-	OrgDelete(w http.ResponseWriter, r *http.Request, orgId OrgId)
+	OrgDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, params OrgDeleteParams)
 	// OrgGet An organisation
 	// (GET /v1/orgs/{orgId})
 	OrgGet(w http.ResponseWriter, r *http.Request, orgId OrgId)
 	// OrgUpdate Rename an organisation
 	// (PATCH /v1/orgs/{orgId})
-	OrgUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId)
+	OrgUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId, params OrgUpdateParams)
 	// ApiKeyList API keys of an organisation
 	// (GET /v1/orgs/{orgId}/api-keys)
 	ApiKeyList(w http.ResponseWriter, r *http.Request, orgId OrgId, params ApiKeyListParams)
@@ -1500,7 +1692,7 @@ type ServerInterface interface {
 	ApiKeyCreate(w http.ResponseWriter, r *http.Request, orgId OrgId)
 	// ApiKeyDelete Revoke an API key
 	// (DELETE /v1/orgs/{orgId}/api-keys/{keyId})
-	ApiKeyDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, keyId KeyId)
+	ApiKeyDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, keyId KeyId, params ApiKeyDeleteParams)
 	// AuditEventList The audit log of an organisation
 	// (GET /v1/orgs/{orgId}/audit-events)
 	AuditEventList(w http.ResponseWriter, r *http.Request, orgId OrgId, params AuditEventListParams)
@@ -1512,25 +1704,25 @@ type ServerInterface interface {
 	FleetList(w http.ResponseWriter, r *http.Request, orgId OrgId, params FleetListParams)
 	// FleetCreate Create a fleet
 	// (POST /v1/orgs/{orgId}/fleets)
-	FleetCreate(w http.ResponseWriter, r *http.Request, orgId OrgId)
+	FleetCreate(w http.ResponseWriter, r *http.Request, orgId OrgId, params FleetCreateParams)
 	// MemberList Members of an organisation
 	// (GET /v1/orgs/{orgId}/members)
 	MemberList(w http.ResponseWriter, r *http.Request, orgId OrgId, params MemberListParams)
 	// MemberCreate Add a member
 	// (POST /v1/orgs/{orgId}/members)
-	MemberCreate(w http.ResponseWriter, r *http.Request, orgId OrgId)
+	MemberCreate(w http.ResponseWriter, r *http.Request, orgId OrgId, params MemberCreateParams)
 	// MemberDelete Remove a member
 	// (DELETE /v1/orgs/{orgId}/members/{userId})
-	MemberDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId)
+	MemberDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId, params MemberDeleteParams)
 	// MemberUpdate Change a member's role
 	// (PATCH /v1/orgs/{orgId}/members/{userId})
-	MemberUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId)
+	MemberUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId, params MemberUpdateParams)
 	// ReleaseGet A release
 	// (GET /v1/releases/{releaseId})
 	ReleaseGet(w http.ResponseWriter, r *http.Request, releaseId ReleaseId)
 	// ReleaseUpdate Finalise, fail or retag a release
 	// (PATCH /v1/releases/{releaseId})
-	ReleaseUpdate(w http.ResponseWriter, r *http.Request, releaseId ReleaseId)
+	ReleaseUpdate(w http.ResponseWriter, r *http.Request, releaseId ReleaseId, params ReleaseUpdateParams)
 	// VersionGet Version of this deployment
 	// (GET /v1/version)
 	VersionGet(w http.ResponseWriter, r *http.Request)
@@ -1572,7 +1764,7 @@ func (_ Unimplemented) DeviceToken(w http.ResponseWriter, r *http.Request) {
 
 // DeviceDelete Delete a device
 // (DELETE /v1/devices/{deviceId})
-func (_ Unimplemented) DeviceDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId) {
+func (_ Unimplemented) DeviceDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceDeleteParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1584,7 +1776,7 @@ func (_ Unimplemented) DeviceGet(w http.ResponseWriter, r *http.Request, deviceI
 
 // DeviceUpdate Rename, move, pin or retag a device
 // (PATCH /v1/devices/{deviceId})
-func (_ Unimplemented) DeviceUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId) {
+func (_ Unimplemented) DeviceUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceUpdateParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1596,25 +1788,25 @@ func (_ Unimplemented) DeviceVariableList(w http.ResponseWriter, r *http.Request
 
 // DeviceVariableCreate Set a configuration variable of a device
 // (POST /v1/devices/{deviceId}/variables)
-func (_ Unimplemented) DeviceVariableCreate(w http.ResponseWriter, r *http.Request, deviceId DeviceId) {
+func (_ Unimplemented) DeviceVariableCreate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceVariableCreateParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
 // DeviceVariableDelete Remove a device variable
 // (DELETE /v1/devices/{deviceId}/variables/{variableId})
-func (_ Unimplemented) DeviceVariableDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId) {
+func (_ Unimplemented) DeviceVariableDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId, params DeviceVariableDeleteParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
 // DeviceVariableUpdate Change a device variable's value
 // (PATCH /v1/devices/{deviceId}/variables/{variableId})
-func (_ Unimplemented) DeviceVariableUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId) {
+func (_ Unimplemented) DeviceVariableUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId, params DeviceVariableUpdateParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
 // FleetDelete Delete a fleet
 // (DELETE /v1/fleets/{fleetId})
-func (_ Unimplemented) FleetDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+func (_ Unimplemented) FleetDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetDeleteParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1626,7 +1818,7 @@ func (_ Unimplemented) FleetGet(w http.ResponseWriter, r *http.Request, fleetId 
 
 // FleetUpdate Change a fleet
 // (PATCH /v1/fleets/{fleetId})
-func (_ Unimplemented) FleetUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+func (_ Unimplemented) FleetUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetUpdateParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1644,7 +1836,7 @@ func (_ Unimplemented) ProvisioningKeyCreate(w http.ResponseWriter, r *http.Requ
 
 // ProvisioningKeyDelete Revoke a provisioning key
 // (DELETE /v1/fleets/{fleetId}/provisioning-keys/{keyId})
-func (_ Unimplemented) ProvisioningKeyDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, keyId ProvisioningKeyId) {
+func (_ Unimplemented) ProvisioningKeyDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, keyId ProvisioningKeyId, params ProvisioningKeyDeleteParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1656,7 +1848,7 @@ func (_ Unimplemented) ReleaseList(w http.ResponseWriter, r *http.Request, fleet
 
 // ReleaseCreate Register a release
 // (POST /v1/fleets/{fleetId}/releases)
-func (_ Unimplemented) ReleaseCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+func (_ Unimplemented) ReleaseCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params ReleaseCreateParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1668,19 +1860,19 @@ func (_ Unimplemented) FleetVariableList(w http.ResponseWriter, r *http.Request,
 
 // FleetVariableCreate Set a configuration variable of a fleet
 // (POST /v1/fleets/{fleetId}/variables)
-func (_ Unimplemented) FleetVariableCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+func (_ Unimplemented) FleetVariableCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetVariableCreateParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
 // FleetVariableDelete Remove a fleet variable
 // (DELETE /v1/fleets/{fleetId}/variables/{variableId})
-func (_ Unimplemented) FleetVariableDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId) {
+func (_ Unimplemented) FleetVariableDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId, params FleetVariableDeleteParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
 // FleetVariableUpdate Change a fleet variable's value
 // (PATCH /v1/fleets/{fleetId}/variables/{variableId})
-func (_ Unimplemented) FleetVariableUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId) {
+func (_ Unimplemented) FleetVariableUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId, params FleetVariableUpdateParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1698,13 +1890,13 @@ func (_ Unimplemented) OrgList(w http.ResponseWriter, r *http.Request, params Or
 
 // OrgCreate Create an organisation
 // (POST /v1/orgs)
-func (_ Unimplemented) OrgCreate(w http.ResponseWriter, r *http.Request) {
+func (_ Unimplemented) OrgCreate(w http.ResponseWriter, r *http.Request, params OrgCreateParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
 // OrgDelete Delete an organisation
 // (DELETE /v1/orgs/{orgId})
-func (_ Unimplemented) OrgDelete(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+func (_ Unimplemented) OrgDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, params OrgDeleteParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1716,7 +1908,7 @@ func (_ Unimplemented) OrgGet(w http.ResponseWriter, r *http.Request, orgId OrgI
 
 // OrgUpdate Rename an organisation
 // (PATCH /v1/orgs/{orgId})
-func (_ Unimplemented) OrgUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+func (_ Unimplemented) OrgUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId, params OrgUpdateParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1734,7 +1926,7 @@ func (_ Unimplemented) ApiKeyCreate(w http.ResponseWriter, r *http.Request, orgI
 
 // ApiKeyDelete Revoke an API key
 // (DELETE /v1/orgs/{orgId}/api-keys/{keyId})
-func (_ Unimplemented) ApiKeyDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, keyId KeyId) {
+func (_ Unimplemented) ApiKeyDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, keyId KeyId, params ApiKeyDeleteParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1758,7 +1950,7 @@ func (_ Unimplemented) FleetList(w http.ResponseWriter, r *http.Request, orgId O
 
 // FleetCreate Create a fleet
 // (POST /v1/orgs/{orgId}/fleets)
-func (_ Unimplemented) FleetCreate(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+func (_ Unimplemented) FleetCreate(w http.ResponseWriter, r *http.Request, orgId OrgId, params FleetCreateParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1770,19 +1962,19 @@ func (_ Unimplemented) MemberList(w http.ResponseWriter, r *http.Request, orgId 
 
 // MemberCreate Add a member
 // (POST /v1/orgs/{orgId}/members)
-func (_ Unimplemented) MemberCreate(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+func (_ Unimplemented) MemberCreate(w http.ResponseWriter, r *http.Request, orgId OrgId, params MemberCreateParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
 // MemberDelete Remove a member
 // (DELETE /v1/orgs/{orgId}/members/{userId})
-func (_ Unimplemented) MemberDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId) {
+func (_ Unimplemented) MemberDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId, params MemberDeleteParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
 // MemberUpdate Change a member's role
 // (PATCH /v1/orgs/{orgId}/members/{userId})
-func (_ Unimplemented) MemberUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId) {
+func (_ Unimplemented) MemberUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId, params MemberUpdateParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1794,7 +1986,7 @@ func (_ Unimplemented) ReleaseGet(w http.ResponseWriter, r *http.Request, releas
 
 // ReleaseUpdate Finalise, fail or retag a release
 // (PATCH /v1/releases/{releaseId})
-func (_ Unimplemented) ReleaseUpdate(w http.ResponseWriter, r *http.Request, releaseId ReleaseId) {
+func (_ Unimplemented) ReleaseUpdate(w http.ResponseWriter, r *http.Request, releaseId ReleaseId, params ReleaseUpdateParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -1925,8 +2117,32 @@ func (siw *ServerInterfaceWrapper) DeviceDelete(w http.ResponseWriter, r *http.R
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceDeleteParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.DeviceDelete(w, r, deviceId)
+		siw.Handler.DeviceDelete(w, r, deviceId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -1977,8 +2193,32 @@ func (siw *ServerInterfaceWrapper) DeviceUpdate(w http.ResponseWriter, r *http.R
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceUpdateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.DeviceUpdate(w, r, deviceId)
+		siw.Handler.DeviceUpdate(w, r, deviceId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2058,8 +2298,32 @@ func (siw *ServerInterfaceWrapper) DeviceVariableCreate(w http.ResponseWriter, r
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceVariableCreateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.DeviceVariableCreate(w, r, deviceId)
+		siw.Handler.DeviceVariableCreate(w, r, deviceId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2093,8 +2357,32 @@ func (siw *ServerInterfaceWrapper) DeviceVariableDelete(w http.ResponseWriter, r
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceVariableDeleteParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.DeviceVariableDelete(w, r, deviceId, variableId)
+		siw.Handler.DeviceVariableDelete(w, r, deviceId, variableId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2128,8 +2416,32 @@ func (siw *ServerInterfaceWrapper) DeviceVariableUpdate(w http.ResponseWriter, r
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceVariableUpdateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.DeviceVariableUpdate(w, r, deviceId, variableId)
+		siw.Handler.DeviceVariableUpdate(w, r, deviceId, variableId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2154,8 +2466,32 @@ func (siw *ServerInterfaceWrapper) FleetDelete(w http.ResponseWriter, r *http.Re
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params FleetDeleteParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.FleetDelete(w, r, fleetId)
+		siw.Handler.FleetDelete(w, r, fleetId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2206,8 +2542,32 @@ func (siw *ServerInterfaceWrapper) FleetUpdate(w http.ResponseWriter, r *http.Re
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params FleetUpdateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.FleetUpdate(w, r, fleetId)
+		siw.Handler.FleetUpdate(w, r, fleetId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2322,8 +2682,32 @@ func (siw *ServerInterfaceWrapper) ProvisioningKeyDelete(w http.ResponseWriter, 
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ProvisioningKeyDeleteParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.ProvisioningKeyDelete(w, r, fleetId, keyId)
+		siw.Handler.ProvisioningKeyDelete(w, r, fleetId, keyId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2416,8 +2800,32 @@ func (siw *ServerInterfaceWrapper) ReleaseCreate(w http.ResponseWriter, r *http.
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ReleaseCreateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.ReleaseCreate(w, r, fleetId)
+		siw.Handler.ReleaseCreate(w, r, fleetId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2497,8 +2905,32 @@ func (siw *ServerInterfaceWrapper) FleetVariableCreate(w http.ResponseWriter, r 
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params FleetVariableCreateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.FleetVariableCreate(w, r, fleetId)
+		siw.Handler.FleetVariableCreate(w, r, fleetId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2532,8 +2964,32 @@ func (siw *ServerInterfaceWrapper) FleetVariableDelete(w http.ResponseWriter, r 
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params FleetVariableDeleteParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.FleetVariableDelete(w, r, fleetId, variableId)
+		siw.Handler.FleetVariableDelete(w, r, fleetId, variableId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2567,8 +3023,32 @@ func (siw *ServerInterfaceWrapper) FleetVariableUpdate(w http.ResponseWriter, r 
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params FleetVariableUpdateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.FleetVariableUpdate(w, r, fleetId, variableId)
+		siw.Handler.FleetVariableUpdate(w, r, fleetId, variableId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2641,8 +3121,35 @@ func (siw *ServerInterfaceWrapper) OrgList(w http.ResponseWriter, r *http.Reques
 // OrgCreate operation middleware
 func (siw *ServerInterfaceWrapper) OrgCreate(w http.ResponseWriter, r *http.Request) {
 
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params OrgCreateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.OrgCreate(w, r)
+		siw.Handler.OrgCreate(w, r, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2667,8 +3174,32 @@ func (siw *ServerInterfaceWrapper) OrgDelete(w http.ResponseWriter, r *http.Requ
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params OrgDeleteParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.OrgDelete(w, r, orgId)
+		siw.Handler.OrgDelete(w, r, orgId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2719,8 +3250,32 @@ func (siw *ServerInterfaceWrapper) OrgUpdate(w http.ResponseWriter, r *http.Requ
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params OrgUpdateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.OrgUpdate(w, r, orgId)
+		siw.Handler.OrgUpdate(w, r, orgId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -2835,8 +3390,32 @@ func (siw *ServerInterfaceWrapper) ApiKeyDelete(w http.ResponseWriter, r *http.R
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ApiKeyDeleteParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.ApiKeyDelete(w, r, orgId, keyId)
+		siw.Handler.ApiKeyDelete(w, r, orgId, keyId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -3130,8 +3709,32 @@ func (siw *ServerInterfaceWrapper) FleetCreate(w http.ResponseWriter, r *http.Re
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params FleetCreateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.FleetCreate(w, r, orgId)
+		siw.Handler.FleetCreate(w, r, orgId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -3211,8 +3814,32 @@ func (siw *ServerInterfaceWrapper) MemberCreate(w http.ResponseWriter, r *http.R
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params MemberCreateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.MemberCreate(w, r, orgId)
+		siw.Handler.MemberCreate(w, r, orgId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -3246,8 +3873,32 @@ func (siw *ServerInterfaceWrapper) MemberDelete(w http.ResponseWriter, r *http.R
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params MemberDeleteParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.MemberDelete(w, r, orgId, userId)
+		siw.Handler.MemberDelete(w, r, orgId, userId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -3281,8 +3932,32 @@ func (siw *ServerInterfaceWrapper) MemberUpdate(w http.ResponseWriter, r *http.R
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params MemberUpdateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.MemberUpdate(w, r, orgId, userId)
+		siw.Handler.MemberUpdate(w, r, orgId, userId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -3333,8 +4008,32 @@ func (siw *ServerInterfaceWrapper) ReleaseUpdate(w http.ResponseWriter, r *http.
 		return
 	}
 
+	// Parameter object where we will unmarshal all parameters from the context
+	var params ReleaseUpdateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		siw.Handler.ReleaseUpdate(w, r, releaseId)
+		siw.Handler.ReleaseUpdate(w, r, releaseId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -3839,6 +4538,7 @@ func (response DeviceTokendefaultApplicationProblemPlusJSONResponse) VisitDevice
 
 type DeviceDeleteRequestObject struct {
 	DeviceId DeviceId `json:"deviceId"`
+	Params   DeviceDeleteParams
 }
 
 type DeviceDeleteResponseObject interface {
@@ -3911,6 +4611,7 @@ func (response DeviceGetdefaultApplicationProblemPlusJSONResponse) VisitDeviceGe
 
 type DeviceUpdateRequestObject struct {
 	DeviceId DeviceId `json:"deviceId"`
+	Params   DeviceUpdateParams
 	Body     *DeviceUpdateJSONRequestBody
 }
 
@@ -3991,6 +4692,7 @@ func (response DeviceVariableListdefaultApplicationProblemPlusJSONResponse) Visi
 
 type DeviceVariableCreateRequestObject struct {
 	DeviceId DeviceId `json:"deviceId"`
+	Params   DeviceVariableCreateParams
 	Body     *DeviceVariableCreateJSONRequestBody
 }
 
@@ -4032,6 +4734,7 @@ func (response DeviceVariableCreatedefaultApplicationProblemPlusJSONResponse) Vi
 type DeviceVariableDeleteRequestObject struct {
 	DeviceId   DeviceId   `json:"deviceId"`
 	VariableId VariableId `json:"variableId"`
+	Params     DeviceVariableDeleteParams
 }
 
 type DeviceVariableDeleteResponseObject interface {
@@ -4066,6 +4769,7 @@ func (response DeviceVariableDeletedefaultApplicationProblemPlusJSONResponse) Vi
 type DeviceVariableUpdateRequestObject struct {
 	DeviceId   DeviceId   `json:"deviceId"`
 	VariableId VariableId `json:"variableId"`
+	Params     DeviceVariableUpdateParams
 	Body       *DeviceVariableUpdateJSONRequestBody
 }
 
@@ -4106,6 +4810,7 @@ func (response DeviceVariableUpdatedefaultApplicationProblemPlusJSONResponse) Vi
 
 type FleetDeleteRequestObject struct {
 	FleetId FleetId `json:"fleetId"`
+	Params  FleetDeleteParams
 }
 
 type FleetDeleteResponseObject interface {
@@ -4178,6 +4883,7 @@ func (response FleetGetdefaultApplicationProblemPlusJSONResponse) VisitFleetGetR
 
 type FleetUpdateRequestObject struct {
 	FleetId FleetId `json:"fleetId"`
+	Params  FleetUpdateParams
 	Body    *FleetUpdateJSONRequestBody
 }
 
@@ -4299,6 +5005,7 @@ func (response ProvisioningKeyCreatedefaultApplicationProblemPlusJSONResponse) V
 type ProvisioningKeyDeleteRequestObject struct {
 	FleetId FleetId           `json:"fleetId"`
 	KeyId   ProvisioningKeyId `json:"keyId"`
+	Params  ProvisioningKeyDeleteParams
 }
 
 type ProvisioningKeyDeleteResponseObject interface {
@@ -4372,6 +5079,7 @@ func (response ReleaseListdefaultApplicationProblemPlusJSONResponse) VisitReleas
 
 type ReleaseCreateRequestObject struct {
 	FleetId FleetId `json:"fleetId"`
+	Params  ReleaseCreateParams
 	Body    *ReleaseCreateJSONRequestBody
 }
 
@@ -4452,6 +5160,7 @@ func (response FleetVariableListdefaultApplicationProblemPlusJSONResponse) Visit
 
 type FleetVariableCreateRequestObject struct {
 	FleetId FleetId `json:"fleetId"`
+	Params  FleetVariableCreateParams
 	Body    *FleetVariableCreateJSONRequestBody
 }
 
@@ -4493,6 +5202,7 @@ func (response FleetVariableCreatedefaultApplicationProblemPlusJSONResponse) Vis
 type FleetVariableDeleteRequestObject struct {
 	FleetId    FleetId    `json:"fleetId"`
 	VariableId VariableId `json:"variableId"`
+	Params     FleetVariableDeleteParams
 }
 
 type FleetVariableDeleteResponseObject interface {
@@ -4527,6 +5237,7 @@ func (response FleetVariableDeletedefaultApplicationProblemPlusJSONResponse) Vis
 type FleetVariableUpdateRequestObject struct {
 	FleetId    FleetId    `json:"fleetId"`
 	VariableId VariableId `json:"variableId"`
+	Params     FleetVariableUpdateParams
 	Body       *FleetVariableUpdateJSONRequestBody
 }
 
@@ -4643,7 +5354,8 @@ func (response OrgListdefaultApplicationProblemPlusJSONResponse) VisitOrgListRes
 }
 
 type OrgCreateRequestObject struct {
-	Body *OrgCreateJSONRequestBody
+	Params OrgCreateParams
+	Body   *OrgCreateJSONRequestBody
 }
 
 type OrgCreateResponseObject interface {
@@ -4682,7 +5394,8 @@ func (response OrgCreatedefaultApplicationProblemPlusJSONResponse) VisitOrgCreat
 }
 
 type OrgDeleteRequestObject struct {
-	OrgId OrgId `json:"orgId"`
+	OrgId  OrgId `json:"orgId"`
+	Params OrgDeleteParams
 }
 
 type OrgDeleteResponseObject interface {
@@ -4754,8 +5467,9 @@ func (response OrgGetdefaultApplicationProblemPlusJSONResponse) VisitOrgGetRespo
 }
 
 type OrgUpdateRequestObject struct {
-	OrgId OrgId `json:"orgId"`
-	Body  *OrgUpdateJSONRequestBody
+	OrgId  OrgId `json:"orgId"`
+	Params OrgUpdateParams
+	Body   *OrgUpdateJSONRequestBody
 }
 
 type OrgUpdateResponseObject interface {
@@ -4874,8 +5588,9 @@ func (response ApiKeyCreatedefaultApplicationProblemPlusJSONResponse) VisitApiKe
 }
 
 type ApiKeyDeleteRequestObject struct {
-	OrgId OrgId `json:"orgId"`
-	KeyId KeyId `json:"keyId"`
+	OrgId  OrgId `json:"orgId"`
+	KeyId  KeyId `json:"keyId"`
+	Params ApiKeyDeleteParams
 }
 
 type ApiKeyDeleteResponseObject interface {
@@ -5028,8 +5743,9 @@ func (response FleetListdefaultApplicationProblemPlusJSONResponse) VisitFleetLis
 }
 
 type FleetCreateRequestObject struct {
-	OrgId OrgId `json:"orgId"`
-	Body  *FleetCreateJSONRequestBody
+	OrgId  OrgId `json:"orgId"`
+	Params FleetCreateParams
+	Body   *FleetCreateJSONRequestBody
 }
 
 type FleetCreateResponseObject interface {
@@ -5108,8 +5824,9 @@ func (response MemberListdefaultApplicationProblemPlusJSONResponse) VisitMemberL
 }
 
 type MemberCreateRequestObject struct {
-	OrgId OrgId `json:"orgId"`
-	Body  *MemberCreateJSONRequestBody
+	OrgId  OrgId `json:"orgId"`
+	Params MemberCreateParams
+	Body   *MemberCreateJSONRequestBody
 }
 
 type MemberCreateResponseObject interface {
@@ -5150,6 +5867,7 @@ func (response MemberCreatedefaultApplicationProblemPlusJSONResponse) VisitMembe
 type MemberDeleteRequestObject struct {
 	OrgId  OrgId  `json:"orgId"`
 	UserId UserId `json:"userId"`
+	Params MemberDeleteParams
 }
 
 type MemberDeleteResponseObject interface {
@@ -5184,6 +5902,7 @@ func (response MemberDeletedefaultApplicationProblemPlusJSONResponse) VisitMembe
 type MemberUpdateRequestObject struct {
 	OrgId  OrgId  `json:"orgId"`
 	UserId UserId `json:"userId"`
+	Params MemberUpdateParams
 	Body   *MemberUpdateJSONRequestBody
 }
 
@@ -5263,6 +5982,7 @@ func (response ReleaseGetdefaultApplicationProblemPlusJSONResponse) VisitRelease
 
 type ReleaseUpdateRequestObject struct {
 	ReleaseId ReleaseId `json:"releaseId"`
+	Params    ReleaseUpdateParams
 	Body      *ReleaseUpdateJSONRequestBody
 }
 
@@ -5658,10 +6378,11 @@ func (sh *strictHandler) DeviceToken(w http.ResponseWriter, r *http.Request) {
 }
 
 // DeviceDelete operation middleware
-func (sh *strictHandler) DeviceDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId) {
+func (sh *strictHandler) DeviceDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceDeleteParams) {
 	var request DeviceDeleteRequestObject
 
 	request.DeviceId = deviceId
+	request.Params = params
 
 	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
 		return sh.ssi.DeviceDelete(ctx, request.(DeviceDeleteRequestObject))
@@ -5710,10 +6431,11 @@ func (sh *strictHandler) DeviceGet(w http.ResponseWriter, r *http.Request, devic
 }
 
 // DeviceUpdate operation middleware
-func (sh *strictHandler) DeviceUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId) {
+func (sh *strictHandler) DeviceUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceUpdateParams) {
 	var request DeviceUpdateRequestObject
 
 	request.DeviceId = deviceId
+	request.Params = params
 
 	var body DeviceUpdateJSONRequestBody
 	if err := runtime.BindJSONBody(r, &body); err != nil {
@@ -5770,10 +6492,11 @@ func (sh *strictHandler) DeviceVariableList(w http.ResponseWriter, r *http.Reque
 }
 
 // DeviceVariableCreate operation middleware
-func (sh *strictHandler) DeviceVariableCreate(w http.ResponseWriter, r *http.Request, deviceId DeviceId) {
+func (sh *strictHandler) DeviceVariableCreate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceVariableCreateParams) {
 	var request DeviceVariableCreateRequestObject
 
 	request.DeviceId = deviceId
+	request.Params = params
 
 	var body DeviceVariableCreateJSONRequestBody
 	if err := runtime.BindJSONBody(r, &body); err != nil {
@@ -5803,11 +6526,12 @@ func (sh *strictHandler) DeviceVariableCreate(w http.ResponseWriter, r *http.Req
 }
 
 // DeviceVariableDelete operation middleware
-func (sh *strictHandler) DeviceVariableDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId) {
+func (sh *strictHandler) DeviceVariableDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId, params DeviceVariableDeleteParams) {
 	var request DeviceVariableDeleteRequestObject
 
 	request.DeviceId = deviceId
 	request.VariableId = variableId
+	request.Params = params
 
 	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
 		return sh.ssi.DeviceVariableDelete(ctx, request.(DeviceVariableDeleteRequestObject))
@@ -5830,11 +6554,12 @@ func (sh *strictHandler) DeviceVariableDelete(w http.ResponseWriter, r *http.Req
 }
 
 // DeviceVariableUpdate operation middleware
-func (sh *strictHandler) DeviceVariableUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId) {
+func (sh *strictHandler) DeviceVariableUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId, params DeviceVariableUpdateParams) {
 	var request DeviceVariableUpdateRequestObject
 
 	request.DeviceId = deviceId
 	request.VariableId = variableId
+	request.Params = params
 
 	var body DeviceVariableUpdateJSONRequestBody
 	if err := runtime.BindJSONBody(r, &body); err != nil {
@@ -5864,10 +6589,11 @@ func (sh *strictHandler) DeviceVariableUpdate(w http.ResponseWriter, r *http.Req
 }
 
 // FleetDelete operation middleware
-func (sh *strictHandler) FleetDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+func (sh *strictHandler) FleetDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetDeleteParams) {
 	var request FleetDeleteRequestObject
 
 	request.FleetId = fleetId
+	request.Params = params
 
 	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
 		return sh.ssi.FleetDelete(ctx, request.(FleetDeleteRequestObject))
@@ -5916,10 +6642,11 @@ func (sh *strictHandler) FleetGet(w http.ResponseWriter, r *http.Request, fleetI
 }
 
 // FleetUpdate operation middleware
-func (sh *strictHandler) FleetUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+func (sh *strictHandler) FleetUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetUpdateParams) {
 	var request FleetUpdateRequestObject
 
 	request.FleetId = fleetId
+	request.Params = params
 
 	var body FleetUpdateJSONRequestBody
 	if err := runtime.BindJSONBody(r, &body); err != nil {
@@ -6009,11 +6736,12 @@ func (sh *strictHandler) ProvisioningKeyCreate(w http.ResponseWriter, r *http.Re
 }
 
 // ProvisioningKeyDelete operation middleware
-func (sh *strictHandler) ProvisioningKeyDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, keyId ProvisioningKeyId) {
+func (sh *strictHandler) ProvisioningKeyDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, keyId ProvisioningKeyId, params ProvisioningKeyDeleteParams) {
 	var request ProvisioningKeyDeleteRequestObject
 
 	request.FleetId = fleetId
 	request.KeyId = keyId
+	request.Params = params
 
 	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
 		return sh.ssi.ProvisioningKeyDelete(ctx, request.(ProvisioningKeyDeleteRequestObject))
@@ -6063,10 +6791,11 @@ func (sh *strictHandler) ReleaseList(w http.ResponseWriter, r *http.Request, fle
 }
 
 // ReleaseCreate operation middleware
-func (sh *strictHandler) ReleaseCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+func (sh *strictHandler) ReleaseCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params ReleaseCreateParams) {
 	var request ReleaseCreateRequestObject
 
 	request.FleetId = fleetId
+	request.Params = params
 
 	var body ReleaseCreateJSONRequestBody
 	if err := runtime.BindJSONBody(r, &body); err != nil {
@@ -6123,10 +6852,11 @@ func (sh *strictHandler) FleetVariableList(w http.ResponseWriter, r *http.Reques
 }
 
 // FleetVariableCreate operation middleware
-func (sh *strictHandler) FleetVariableCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+func (sh *strictHandler) FleetVariableCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetVariableCreateParams) {
 	var request FleetVariableCreateRequestObject
 
 	request.FleetId = fleetId
+	request.Params = params
 
 	var body FleetVariableCreateJSONRequestBody
 	if err := runtime.BindJSONBody(r, &body); err != nil {
@@ -6156,11 +6886,12 @@ func (sh *strictHandler) FleetVariableCreate(w http.ResponseWriter, r *http.Requ
 }
 
 // FleetVariableDelete operation middleware
-func (sh *strictHandler) FleetVariableDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId) {
+func (sh *strictHandler) FleetVariableDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId, params FleetVariableDeleteParams) {
 	var request FleetVariableDeleteRequestObject
 
 	request.FleetId = fleetId
 	request.VariableId = variableId
+	request.Params = params
 
 	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
 		return sh.ssi.FleetVariableDelete(ctx, request.(FleetVariableDeleteRequestObject))
@@ -6183,11 +6914,12 @@ func (sh *strictHandler) FleetVariableDelete(w http.ResponseWriter, r *http.Requ
 }
 
 // FleetVariableUpdate operation middleware
-func (sh *strictHandler) FleetVariableUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId) {
+func (sh *strictHandler) FleetVariableUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId, variableId VariableId, params FleetVariableUpdateParams) {
 	var request FleetVariableUpdateRequestObject
 
 	request.FleetId = fleetId
 	request.VariableId = variableId
+	request.Params = params
 
 	var body FleetVariableUpdateJSONRequestBody
 	if err := runtime.BindJSONBody(r, &body); err != nil {
@@ -6267,8 +6999,10 @@ func (sh *strictHandler) OrgList(w http.ResponseWriter, r *http.Request, params 
 }
 
 // OrgCreate operation middleware
-func (sh *strictHandler) OrgCreate(w http.ResponseWriter, r *http.Request) {
+func (sh *strictHandler) OrgCreate(w http.ResponseWriter, r *http.Request, params OrgCreateParams) {
 	var request OrgCreateRequestObject
+
+	request.Params = params
 
 	var body OrgCreateJSONRequestBody
 	if err := runtime.BindJSONBody(r, &body); err != nil {
@@ -6298,10 +7032,11 @@ func (sh *strictHandler) OrgCreate(w http.ResponseWriter, r *http.Request) {
 }
 
 // OrgDelete operation middleware
-func (sh *strictHandler) OrgDelete(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+func (sh *strictHandler) OrgDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, params OrgDeleteParams) {
 	var request OrgDeleteRequestObject
 
 	request.OrgId = orgId
+	request.Params = params
 
 	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
 		return sh.ssi.OrgDelete(ctx, request.(OrgDeleteRequestObject))
@@ -6350,10 +7085,11 @@ func (sh *strictHandler) OrgGet(w http.ResponseWriter, r *http.Request, orgId Or
 }
 
 // OrgUpdate operation middleware
-func (sh *strictHandler) OrgUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+func (sh *strictHandler) OrgUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId, params OrgUpdateParams) {
 	var request OrgUpdateRequestObject
 
 	request.OrgId = orgId
+	request.Params = params
 
 	var body OrgUpdateJSONRequestBody
 	if err := runtime.BindJSONBody(r, &body); err != nil {
@@ -6443,11 +7179,12 @@ func (sh *strictHandler) ApiKeyCreate(w http.ResponseWriter, r *http.Request, or
 }
 
 // ApiKeyDelete operation middleware
-func (sh *strictHandler) ApiKeyDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, keyId KeyId) {
+func (sh *strictHandler) ApiKeyDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, keyId KeyId, params ApiKeyDeleteParams) {
 	var request ApiKeyDeleteRequestObject
 
 	request.OrgId = orgId
 	request.KeyId = keyId
+	request.Params = params
 
 	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
 		return sh.ssi.ApiKeyDelete(ctx, request.(ApiKeyDeleteRequestObject))
@@ -6551,10 +7288,11 @@ func (sh *strictHandler) FleetList(w http.ResponseWriter, r *http.Request, orgId
 }
 
 // FleetCreate operation middleware
-func (sh *strictHandler) FleetCreate(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+func (sh *strictHandler) FleetCreate(w http.ResponseWriter, r *http.Request, orgId OrgId, params FleetCreateParams) {
 	var request FleetCreateRequestObject
 
 	request.OrgId = orgId
+	request.Params = params
 
 	var body FleetCreateJSONRequestBody
 	if err := runtime.BindJSONBody(r, &body); err != nil {
@@ -6611,10 +7349,11 @@ func (sh *strictHandler) MemberList(w http.ResponseWriter, r *http.Request, orgI
 }
 
 // MemberCreate operation middleware
-func (sh *strictHandler) MemberCreate(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+func (sh *strictHandler) MemberCreate(w http.ResponseWriter, r *http.Request, orgId OrgId, params MemberCreateParams) {
 	var request MemberCreateRequestObject
 
 	request.OrgId = orgId
+	request.Params = params
 
 	var body MemberCreateJSONRequestBody
 	if err := runtime.BindJSONBody(r, &body); err != nil {
@@ -6644,11 +7383,12 @@ func (sh *strictHandler) MemberCreate(w http.ResponseWriter, r *http.Request, or
 }
 
 // MemberDelete operation middleware
-func (sh *strictHandler) MemberDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId) {
+func (sh *strictHandler) MemberDelete(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId, params MemberDeleteParams) {
 	var request MemberDeleteRequestObject
 
 	request.OrgId = orgId
 	request.UserId = userId
+	request.Params = params
 
 	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
 		return sh.ssi.MemberDelete(ctx, request.(MemberDeleteRequestObject))
@@ -6671,11 +7411,12 @@ func (sh *strictHandler) MemberDelete(w http.ResponseWriter, r *http.Request, or
 }
 
 // MemberUpdate operation middleware
-func (sh *strictHandler) MemberUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId) {
+func (sh *strictHandler) MemberUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId, params MemberUpdateParams) {
 	var request MemberUpdateRequestObject
 
 	request.OrgId = orgId
 	request.UserId = userId
+	request.Params = params
 
 	var body MemberUpdateJSONRequestBody
 	if err := runtime.BindJSONBody(r, &body); err != nil {
@@ -6731,10 +7472,11 @@ func (sh *strictHandler) ReleaseGet(w http.ResponseWriter, r *http.Request, rele
 }
 
 // ReleaseUpdate operation middleware
-func (sh *strictHandler) ReleaseUpdate(w http.ResponseWriter, r *http.Request, releaseId ReleaseId) {
+func (sh *strictHandler) ReleaseUpdate(w http.ResponseWriter, r *http.Request, releaseId ReleaseId, params ReleaseUpdateParams) {
 	var request ReleaseUpdateRequestObject
 
 	request.ReleaseId = releaseId
+	request.Params = params
 
 	var body ReleaseUpdateJSONRequestBody
 	if err := runtime.BindJSONBody(r, &body); err != nil {
@@ -6792,153 +7534,157 @@ func (sh *strictHandler) VersionGet(w http.ResponseWriter, r *http.Request) {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7H37Uxs7uuC/ovJOVeCe9gMCJIG6NZfLSWaZcxIygczZ2sBiuVu2deiWeiS1iYflf9/SJ6lfVrdtsMmc",
-	"rckvAbpbj+/90qeHTsiTlDPClOwcP3RSLHBCFBHw21kmJBf6p4jIUNBUUc46x52rKUFDRr6r2xDeGCI+",
-	"RmpKUCrIjPJMohRPyAniCVVozAU8G1MhFTzodYIO1eP8IyNi3gk6DCekc9wxg3WCjgynJMF63gR//5Ww",
-	"iZp2jvcHg6Cj5ql+UypB2aTz+Bh0fiYzGpLzyL/KCJ6+kijLaJTPm2I1LaaN3AhBR5B/ZFSQqHOsREbK",
-	"CxlzkWDVOe7ogTq+hXyICVFN6xjrh68kalzE2H79vDX8QuZNKzj9fI7uyLxtDXfw9fNW8CtNqPKvIOFS",
-	"IapIIpHiSBCVCYYoQ5yRVrKIYcjyMiIyxlmsOseHg0CTCE2yRP+if6PM/LaXr44yRSZEwPIuxKQJQFxM",
-	"MKMS6z+1QYnDEM+D0mfBZ1RSziibtOAsLb32Esj7QmKCZSMzCfO4bRUiH+F5K/kqiWhaRiaJaFtDZr59",
-	"3gL+jgXFo7gRFjP7vG0hs2KM5yzmUX8sU84kAan8WfBRTBL9Y8iZIgz4DadpTEOg3n5q3vjpd6nX+1Ca",
-	"60+CjDvHnf/RL8R+3zyVfTcuzFjd8SlDRAguAoQlwgx9+XCG3h0cvkF2JhTxMEsIUz0Anh1RT3gaKp8G",
-	"+W3KUYIjgjAKp5gZ5k8FT4lQ1GyTRisAJ+jEeETiVkIhCaZxgKwaKuQgFz4G07iDbVKF7vVuFXymaAJr",
-	"XJjf/OGhQ5iWOt+A+jpBB6f09o7Mza7yOeyfjMbp3PgIr6CTb+Zp0IGNm30Wn/DR7yRUegWnKf2FzEF7",
-	"VwAYCoIViW6xqgAywop09XZ8u3HfjObNIEX3U47siwCbOzLXoFmKKvI9pYLItRa0MhVIdZvJfLd1aiPM",
-	"rRTpVxHO1JQwpRmGRAgjDXUiFdpRHF5MKMsU2a1sq3WdhuUfFh+kgozp9warAEyicIoFDrXN5cwoSUJB",
-	"VKDVpCJxrJctEU6xUHpB5DtO0tgYDXe3r8fvwn082vMtSvCYLOP6L/qdOuEBkGFLdpB8H0GZrJqp8Qxe",
-	"ArkURVRvGcefS9Q5xrEkdY6v0kcLCqXiqUT3XNxRNimZmRieqilWKOJEIsYVMoOuj8iS5blnDYv890AL",
-	"ekWEXtj19eVGQV+G+jL4Am/gOL4Yd46/tc9lhcRjUJcShtb89KmhSZUk8ThAcsrvta0Wz7XNpqZUIqeV",
-	"TpAkLNICE8trNjzN1JQL+k/QRcfovwkWRKDrbDB4HZrZ4Gcy7KEPMQ/v0B0hqbRDK4mmWE5716yR0qMB",
-	"OTgID0dvyWD8Bh+NDsOD6DXZH9/+bX86HSVRfP6Xvfj8b51l0tXufBHINzmYP+MJWRSsYMNWflgJ8m4a",
-	"LASG30selEd01FkS5vJShAinVJFQZYIs4vEUnX3+inDpnUAj8OLsHKUxVpopkExJHFM2Aeli9RhOoqMD",
-	"rchE4v6fvbH/H2ml9Pqt/k9QGc6ODjy6LOicZhFV72fWQKnCEDu7oBV08NLqWkBPgM2+vRa+e3weOUlr",
-	"5X6ASG/SQ8OEJCMijo2IG1aFbeWZd3YxuV11oZkKeVKxG2QWhkRKLacwjTUqfSC167XzLDyWCqtM+nf/",
-	"P6+uPiPzQnnraMJVybDJnaWgo7CYEDfV4ni0BETJMxGSyrDGrIsCdG8ltyCIai5vMKOoAccqQtqnrOyb",
-	"FgeBpa8ySVSAV6AgB5qXtXIK3ogkKPhhe9LgZ6zwCEvydyKk5YSawIfV3M6K54u4ZeRe4zChEwM8BN6F",
-	"NveMeRTZSSocsldSsZQpkBqLVCWJmBHRPv1nLtVEkMu//YrM668ksh9UeXLvsLf3bgVBX5kyqIPAC0Zj",
-	"oi/KrZqwbcV3+d3H4EkGuXEVbp2XsfAc4karip11jGlJCFtrpc5waoPIJ/2Oln8spox4rTwtKQyNwc6R",
-	"ICkX2kjXpoFmVWLsD2IM+b2BtdVlSayMOI8JZmsK5ZQyRqJbG8JY9Su3vltY21KTz759CS+DkJ0slRtX",
-	"+p3HoJOl0Zr045OUuYjMSSc39cvEFlRJ3a40R12FmitLa+amTchQy5dblJ8wwRcyoVIRsaYH8xzpUOP0",
-	"QsgJLNMREWKe0oMuSNXC+/g/33D3n4Puuxv7f/fmYRAc7T/+6bkcuhC18ATjqy7RIj9lo5iG7uOW2Pz7",
-	"aP/wcO8dMh9oryNAr/fRaK6I1MyesRRHEYmQVjlHB5mIezUgnHb/t9n/bffm4eC1f/vAwQsr+Qth2kLQ",
-	"o89LcucE5A2NCFNUzdFY8AQxfo+MBloePywTmycCZL8rgcjLhMsItLB2q3Rox1hRhK2lQ9YQqIrfEXZL",
-	"WJRyyvw+vSBgUggcESTphJEIYSn1RjiT4NNbNQBjyROEY2lMkCHOoiH8VPogybTliYWY95ZipYCRXybW",
-	"Vt+Miiv9os/D0fb8rXJPNxIOc99Qj+V0SULOIokypmisvXH7coN1D9urRy+Ns748MlnZXGWwyhorm1wC",
-	"wS/GOl9X4jrk+zzfv/525ahq53308+XpLrqnalpi81cSpYLOtFVxR+bHiEqJ/hPJbIT+U791zSz5aRIP",
-	"EM4i83dDjsgRB/r65ddAgxthZdJch84qQXhKcBRcM8wihNHviiJGZkSgTGqRQ8ZcEBPsKEnXg8G7o6UY",
-	"yDfeDNevoJWXQjShrPzXvTqMy/KhCuKPfEZk2VpTHGHGwYaDr/KIJk6qGTYE8CipwJUiyGtpMJ85V6eQ",
-	"MWU4doktt9icNMwWFEciY0iQCRZRTGQepnVJ3ZTHNJyfIJbFsX57zOOY3xev+Lam38Ujrd9NOmhReK5s",
-	"GD768E8nlpcWEjkXZ+fI5o1QBK9VfSo5xfuHR8cHo71oEL4b44Px4Wgwfjse4KPRm/Bwf7xHBm/IAR5E",
-	"+2/Gr0dH5DB6G77De6P98HV0QA7HR/jN6G1Y1dB20G+4O9bWysPRgV9Hf6Akjt4L4csZXTBt+s9wTCOU",
-	"YgG0lUfuF/NHEVGYxj6tY/T8DMcZhCTsmDUowJL045izCbgkmKGj16VovVeV6vV7RdHlxScEwoIIRJn1",
-	"o0c8mqOdYV/T9XA3z1HlVRg2H1VdWt8aCovuHWvUsdMCdGbf91iWo316IQZj006QJ+C16FpFG4CkN1sP",
-	"HNx9UglKJH68T72i+bKWQ/tMN7Mx2Y60spjnznDGZB5Qs3JH0+jQDDpcSYi6mc3nyz1WePuzefnHeqyW",
-	"8GuOaW0/uae6joMKlPmkpNVziHcdCltLH3gSSpV1NoJgEy664fLteegw/oZMm5cwKKg1JE6QBGtiYmJc",
-	"YIkOq8Q7bOXkpTbDi3G2z+T462+/XC6Szh2ZVynHjy6zoRpnxROv3xSKmffvdw1JkTs19/49k/6Q6vfl",
-	"xKmHNBP6CLRK9/VPNUB8X30kfkVgHJguZab4QtvNqlauBib4HI2ItlWQ4ovGkEleySlNV+fjj/k3PmaG",
-	"OpclI3yVtuyuDABbIFNekR8c+vlmqlpWT8Y/f1+2XGJJlYTZ3dOqJBKvWQv1gkRIKF6Ed3rokieEMwIF",
-	"O1Ns6iGsP0wZmhOFRiTkifZSkcHHNcMSSa79M0tU+n39tnWcqUQ7MyLomJJo184D7muOCbO+ij+7f3iw",
-	"yRIJN0NjjYSB7iZ0maXC7SkzM8GK2qy6kyfDbwncgOMX4LZOdltMbhvroZ686twKzIdvoYBPm6niuRCT",
-	"zUigDbocF2LiLJK15NpGTPFqTdg6FvaFmDxJ3K0FEp/p27AYRyF1Ay6iMo3xHPzuE0QVYoREIDlHBGWM",
-	"/iOrueOnYULQFz7iioayKveeSHKbEFyacpdLrermP2MptdwfulMd7uiG/soe6cAjSZhCvJSCdbX7TxWB",
-	"F2LygtZ8mVYWllIqrV6ImzXWPBvVCKVsWvV+V4RJypnVqHLRGAt55CG9jzicUka6guBIW/kBksr8H/N7",
-	"IpBk+I7chtqtcCvQA1WJEUI8YBPejjGNSeSvKWiKjGGF7mFHQhuShcrPy6RMleU0S3CtEgNCRkXgCl2b",
-	"YxvXHZOTGZEiND4YeDMbQnAh/VE/wpQeHCJnJogFwaaitiivOjKbRgUYoDR/Ja+1iDx6+IYyqTALG0z0",
-	"FKtpraLMVKGa5dTCd7O9PhcT2Vla3tVec2UxgqXJiQFb2sqI4f/q2mxK9zwaIhPG85ZdrVowpikt92Zd",
-	"3WdlXweDylmcd+/KZ3FKR7fKKSiqYq8MllMuFJJZkmAxdzu+owx2b4n/pMgraKI0YTIehpkQhIU1trDQ",
-	"KNEFamYPlxOrr+rrl3MkyJjA+Fo/UO1s+VYGJ5qIQEMNtloZYSbY8VjLimP7+vEKPOs/F2DglyMxMIKl",
-	"QkU3fiFXPny0jYMDWzkKsI1SpwR/v80kkS0n1kzoVRrSvyNzlOA5ErY+xJ9bXeEwQLm0OW0v4iczfrcm",
-	"Nvxb+tnuxC2eRCURD3X1HI2xd08+W3Cxfig/IwDzL3WCa4S4gTMDq0GnjPRcYu0NzL/2I4TrxGxXNUa9",
-	"YFijtL/Oz1up8e8hRz2u1l9xNPx8cXmF+oZDtF5zlDXsPa/6vralTRjEi1Dalktv46qbkasQT6b/XPer",
-	"LYhKSQQQwMoQt3C4NN/5AF5YH6uMY15eMwPVWGd8isaCkC6cf4CzdUhm4RTMKSRJgpmioSs6RlygkCcJ",
-	"Vb3V3OSSaCxVHTs1nUPSl6pqoagnCcgNoC3B38/Nl4dGPNrf9towmp/R7kQCj1Up1+x+B9L2nnJ4IoLr",
-	"nvfyqnAATAvENyF4nDjYusD5nGd9qpQ+VAKHd7cxVkSq4XFu0NTLVF5JV/dfSWKd5DmpYxMRFhlzfyol",
-	"w4blcoLyjB2XOfOiukZty2h70TcMOVOYMiJcOQiMFzhXSKZUUFsqAsiRBFnMexxznN7iKKqgtjDUPr2/",
-	"uj39+eP5p8Xi09ubn/7UYGmUOKeOfsJmVHCWuBPc3o0/NDkoJQKgCZ4QuSbwwJ/UHxr/CWvhV8oRWy/T",
-	"5DFllqZcKIhlLAvCmINjS5jC4vtcz693YE6Zrf/R7OgpH71Z9yM47LbmN+5k3Fqf+bAL2kk+j0Kc1dpc",
-	"OX7bWjoO2G/gi7eDt4Pjt4O+CtMqZ+x8G3Tf9W5+Ot798zeo+toLDh93joufd/+8099RYfp/syjd3f3z",
-	"EhYqy/Sch1JBZzQmExJVlI6l+MXzIIJIhYWqaqiMxUTKrlQ8TcH9dnKM8U7QwfE9npujD113Ni+of+OT",
-	"bTMeZwlpAluEFT7uz7Dox3TUx2laz5kdLq2wb4WNvwzEiooWNXLZEBIagt4eovspjQkaEcomUHqdjGIS",
-	"naAhKI2hdgtGBEUkjfmcRGhHTQlDNEkyCGbu6hchyDE0wTsIsM+gHCKO0Yj0Gg0FczCyXY2sGEeua5F4",
-	"jjCC2cC5N0cXbejrBGlrpPx3rBBm87wjxDJ5WJhEbl8r7Od5pRjVU0brQQOCwNgVnEk8h04YImOeQDae",
-	"EKZuV7fAgg4FBSuIlDW+KFc/H7aS+uv9RSnA5VqrEBmDsxhrHvVa25S2sr3wXNrsAS8iuT9AalILryQS",
-	"PIbzcJhVCkICc2BF7w4c9YRLdYxmlNwTgXYEwZHcDaC4ncQaoWgHYsiGwG25kgxySxGzyJkCcjdAOEoo",
-	"s58kmGmBcs1stgPetT1WZIBgKnNKI4uoQjGf7AaI37N8zojERJki8mu2UCFuhzdfyF3bFsDykdmPOTJj",
-	"9qGltV6cFtb6Cy9vVTTues5UlJdVt55RM285w6whlA+mVxFP3jGxEzHvC5JySRUX82/HCk9udqsBZPde",
-	"z/6pF/Kkj8OE9CVhkovjvd7BUlXisQN+2vnWu+3e5L/u/odV1T9pNd38FrxXHMC6Kf3cA5tib//No1e5",
-	"1x0cAFbggOxTUVWGWhN3/J7FHEe3qeATLYHq4b9S5G/QFvkrQfbodWtOJVdkdmr9gs0lQb+FTi6KIDyQ",
-	"Wx/fqYIfGhWEX7e3HGS/svqkyYKsU4snZ1gm4A956OSOzPumotyYqWinyPOdmMY1e929waBUNx+YEnSJ",
-	"slTLpv3DwyqFP3RGWIXTznFnf7B/1N3b01ujClrB4VH3tRWk5Q2UpGl5z2JCVCka11xkbY545NntPK1o",
-	"DoCY0qlaaeecqCf3rCrpqhWCSW3H1M0eS97zcoe2yVnIlem6Qu6pbqyn1NHs45VEpTGLI1shZ2M6yWxL",
-	"AtddTaKEiAmUtJWiczXnuE0GK47SLI4DZMIUaDS352K0THai+L/sCZZer7fba+xDtiEvbQX3aykWq45R",
-	"qyO0kuOyZMIWb6MQ6VVayWHm9ldMXCyvspEgJ+gWXnA2b6tZO+VZHGme950bWufsrCjES7utXpZFT7El",
-	"q5zuQXjOD89kwoKvoIQBp2k81zxiMux23YFjuh0L0RHByhqOu142bAzEn1mjUwtd8AQxm6spHL4yQtj0",
-	"obG9H6yJWjoI/P4KT5aH5YswfPncbykSX4DPR1tf5aZqkfPy3cKiwzENyX+VzDlfOe1zSwpLBWt6OvTe",
-	"/r5SPsMtwrL1knSF6525GYBV+LF+4lmVzoh3ZchTKP6xmFzpNNQ2UmWNcrxIxC4KZFko8UbNCD3WoBWP",
-	"RIqfIJKkal6qfylFthdrAtYuANVMEWc+B9SYSXpes6MC5gG6n1IIJRN0L6giXc7i+fppMweNnOYs6NYr",
-	"OnWU+KzK08VWqCXjxG3c1otqgfTh14uzX26RKYZAJodOxMzUgdUN7cUuFhUP6uY//uSPRBQJ/WURzwpd",
-	"uYhnJ9gIkVWCvQ3x5Ia4bk5alWjNwdvDN0crujtmhDa0byJ9lwuz7eXv3BRPOgXwDDi2ALCpeZjJgvtl",
-	"1N/PLpEgpsjCnG6mDIs5dNEdZTRWEJSCQ87DjN0xfs9qtXG2DMqrBWzHsaVuSa392WPQmfBycLCYbcL3",
-	"evtHvbfeGkCwORrKwuxDUyCTCh4SKVHCM6Yk5B3BckVc2KLLfMZvHZxSDe/VrfjWNmmlU4ZQUdjFKTXg",
-	"jcjMVG9jhjKm8ESbahoHtVrU2aC31xusYTxZ/FeAWkCrhKZFqjJiKxNUzS81sgxBjUzDEU+M03ZvNp1G",
-	"bMONHQw9PSC4qSnsIiXs/Gd0xhkjoTLtnCMiTjQWIjK7ZgmPSICGOXj0X7tmrG4XrBo051nZ9hqiVFCm",
-	"oFOhOZGPWS0wacObaGc4ju9ue73e0AYmgQhB/Jpd5TCYKpUWtkyx7w9OC//1t6sFkXxa6X1jNr1QcQXP",
-	"gI2WTP4IVcxj7is8Z3hCtDZzEV8IvUKrAoZj2C4fmwL3AOGibSj4ByJj8polWaxot8jFu2gx4sxGk/UQ",
-	"v1KWfXdR5d41u2bvQaNA7bfWlG2txdHOsKnH+XD3mkHXH8hJoaRWSW/rcPOjk8OiQHZoNgHB51rVtKt8",
-	"s+XTxuEwtxZIg25tRzMjkmzH99MUh1PS3QeeykRsoS+P+/37+/sehsc9LiZ9+63s/3p+9v7T5Xv9TW+q",
-	"krhUGN0x7XFPP5+XokDHHcOzpt0p0xLluPO6N+i9tv0bgK36vXsSx10Qsv3f7+9kz/WCnzQVAprKaQWU",
-	"7SCV3+fBGQmQdrigDZM7RPi7Ke0fc0EQRoIrwx9S0ThGcEoQLL9S31VN6vd38i9gyVW62u8PBi0d7dfr",
-	"ZA9HkX1t7E0bjt/ICP1C5uiSqJ7hSmsW+UfNl1nqkF/Iss7xt5ugY2vVO8edX8jces5wcrLSvsoVfOXd",
-	"p7qgEPRwniJK0L7c28XFDfs7p+bwb9FtBy80tTcBNKogiwKdjDR+r9li27Ue+kKU4aK8uF6UGo058s+f",
-	"5v2RdvYHg91SST7MAvO6dkBQZyqhCoeNYxoqtHMweGcFZ5VCai348oL2/+bRfGM0UpvksarzlMjI4xYp",
-	"1NPEzUevsRZh88aC7ROkgavRZbvtAjnvD/ZeeJ1f8vVtnp/c2HnwbjUmyrtxNsq7auw/D2SllAWIxNKx",
-	"VPF7uVDOlLZds0pOYDcwZVRFGLuor6r0lap24wZmhEsHTEitEubuoUtihTEctnt/hScIS3Q+7n7ijHQ/",
-	"YhVO9R4mRKHXg4NrBsmLOl00chmES404Lt/99O3BXGhiOwDlV5pUpl3rpqabLXJTOfLrIc+rWhCxl7c2",
-	"gpVokFbnWriB5THovB4cLNLRV2YBjCRltgE2YEjCXShPmOa5vPOQ25jfbh4rjFRpuVkGRxNDgTkRTj1h",
-	"N8UFBGzt3Sjl5kQmaS/uoGpEEsJOwJCX+mf9J+sa5s19TefwXht1Wrd4O2qg1pB3FS1w0ACRzQi/ZgSa",
-	"pVYlSSsCqxIxb0Tptymu8q6Gxg6HfongbdkTl1ygvaKt4Y7pkVhpjwi6iYsJEIGRnmGMaSJ3A2MNmkgZ",
-	"vOY3UJvo4Mr2mdyeIVBpQflDjAGzR6/VWjYiN69hr4S5iKnef9Ue9i1P3kZpsz1LbLL/4K7UezR0FhNf",
-	"Su5cydyfUDx197kgrKWE6cBrDg+L3ASYYMq0sgt5QtAIh3dNBPOzmXMV3jWvPod5c0iaoZotFQlS1Vok",
-	"vmVv2S9yzbP9KtKscRNwcBQbFK5H3sbdL7Gk1TcVC8Q3dfFKP7/5UYvJXFX5wLpVDVKZ4odIjiaE2uTI",
-	"BhH7hZjr0RI+I1AvgbjQTqG2SduIvlE+9CtZa6+tflnLMEFqKdYCwXhDPAOdSIUpK2qSCC7I/iuVHmN3",
-	"CamZWy0fg6Uv2htTt2rtVrIbXn2Raq+Dj8tZuVGet0FQkW3aij6fIs4aanIgErFAEaUk+zPZ3WvDfKjn",
-	"qCB+q9UYdMGChnv2ybCHzmwgQppIhAtXIPKdSqUVUZ7bKzcx1oADA6eUBmujtzN3X9A2ZE9tkpWkz97G",
-	"Z2+SP4zc5zDcBK1dEmXjR4sUtwLBrSCE+g/FnZ0126UNx2tYG1+Ilp3RZoSxHqqw0NzSN85vy8Ve6bbU",
-	"pcq4lu3cLmP8GLW8jDGcYt4kc5zZwyl1angljV5sZwqTo+k/2GuoW+32L2QMzeut1ITjQNViWZfhWRCN",
-	"0Lr1B9vmsMwSNMzWmy1zWPOWDXPbMtdPLbaH/CbM8pa9rycc3GXnFW6vkwmoSqoCayHqn7gAq9G0j8CL",
-	"3XJdlmKn2srWleaCil44eryrh42JgmEFDu9suFSZG11LZ5F3G0hyq7KoPMMLC6JWunJSaGP0lYugRjJr",
-	"kDb9csqq61oGe7mx1sbjj2/N+1qdtBr15mBVflJfSBXkfpCpC5ObQObnWhbRmvR11JYx91w54rXp602L",
-	"issTjL6xEYYeusovTjaXOlT71yBXhthKTls11v1zvbDN3tBsqMWCr2SQDYA3IixgZk+6upm4VpYe/Yc7",
-	"Ml9ixXzizlIKMSuoy+4UTvgmXJCT4hDkYjIWCwKdQfF4TEJlCjxb6WstRwHafm3GUdBDrQXqJ/PxcqFa",
-	"AwkwfxNmXRlRozqwJyr8agAymO4uE5vALJrwrJgeqvQeWmF7/1LKpdzGplWpOEBXFctmiM9VgvnUR47g",
-	"baiOD4InJgXvzrJYFoYIDxybduUtc7TDePELlaavjGbq3ZNKVh8CQJAhM8l9KJVT0h0ZS4lYuNbKS7Jb",
-	"VTXVOV5YxeSnnJp1ikX7Zugrrw9xZ7G85NUkYl4gAA2U+u/488vHn+vS5jnhsBXEzb9E9LlCbP8OPr9g",
-	"8LmN2pZKn5UjzxX8/uDAs/HANhx3XsOUXC3sXIHYv6PO24k6V0lhtaBz0l6gCdcdjciU2vpHc67BlIwE",
-	"eVcAKmpXIUGzGh4T2UOfCIkkwmYk+x34a/kZjkX5+XHbRRgfmxEkidgEUhZvjSrhwV1pXaABmtG3IWLh",
-	"qikU4jgG5MScTSRSHO3Y00YWrkEeyS1/vBsgHkcl96IO/Asx+ePbR+4Gj1bTqALTTSD947w6ZgnlgGAQ",
-	"xI2VfzlCzXVQFnlE+HjIi7atWhrF+C9sZMAtKs32RRngm4yJVblmEZMlxu0/cDFZEur6uWixVb2DOQ/r",
-	"+Zp39dAFNN1qiJxeiMmPTeQtA1JDOu9CTLYs4FuIZtMEc7ocCOsJ0gtNTG3GVHFZz9ZY/cdYTy1Yc4bT",
-	"prFnM6RPYfc+Tmk9UVZdOJxDq4YnbHaoHuOrc/ZpSv+/yKyZfayWUNsIM1rBCd5gI05zxD2LORsV+bIM",
-	"GLJ3PuS9I2V+MZNWBNBcg4tXsokstqrnK1O8sKovz/0j82G5Ce2nmTZZsEray135IRVPZb3kHi75MJ00",
-	"pb3mBjJHynxkbwS1DVhOTB9QCakyrytlQPpjc15LwPlEFlwu4GqZrSq+soiqLpnpbxrltzkZb1sOJzgi",
-	"rh1Wtc/rElGuZ3qvJ/KLc08jZLMsoAiB8Fhpq1+LEdfu2JtUowyqLgtOW+1+ybYF2GPlS+fOmILWVOvP",
-	"/YfSZTkil+szA8BNBRLyvr1L1Jp+7Rk6zccn7vxAU/LXlIasnvstt5dapBZ/M68GInVFAcVxbGW60Pnm",
-	"VXhyaySQ97is55bQpYv4DeY14wbmxqZ8SVMuiX4GpZiwtjwv1bQ6F6zzH+f1NITVK/INxllMWXWkekeq",
-	"pk89TbnXxJNvVP3fbX4v2TPg/0eSFoYxlksKSzL1qNwmfHRDi60i4+knv9qEhq01bJIZkAz44/s2sI3l",
-	"CHaN3DeN3w95S59m9D65tnjRzfGgcKt+SHmGF3ZDWit2tfsBYD3JS51NrNbWOlfKqTdapLesorfCgjaa",
-	"2MiD5pr5Pz4Tmn0s50ILj82zob2vv50PHTY2H284jSAzoL1FztBojkxDNVPJYMILjKMpnUzBicCslDt6",
-	"JXvo1H56ze6n3HRZhwbA9iA6Na0IoohESHEOwemYsjsS5Q3a5waWptUS1QMZewwr23CARGZRvgYoBnpb",
-	"FSSVKV5Ykpi520SJoYyNhL6iCGE7npf0WsRE/yGTRCwJW5yaUIMwlQcuXaHJJuKQ0uWZEpjByY/kBGE2",
-	"54xACCMmeEZM2Asa6Ji7R0LM7JX+wtVF+MnjB1dYtIB0a6GLr4COtqM9n/iIR3NTOI2pJI7b8Uiv2ibl",
-	"7821ma5AwCwcUGZxJS2yVBNqIpJw1YyareYhKlO8cCqinXNdNmJz3HtWxZENDbfxsaur7D/Ynyz7ttVo",
-	"bznrtqTqdING0Wl7oem6fPnFQbCN405L15OZJL019riwN9mfLByno7K4dw2NMtOvW1uLetGNdclb7rZU",
-	"nuOF2WoJhTi+2iClfIDLmyUJAEflXhmrlCqXev82luZAT99qI2KRMRmULk6ATlymO3He19PcpWDOW14z",
-	"17TXFXswjkJBoE4Ix9JnOtnuyltm6byHcwNLm4CRu6R5842R/u5ufx4bCJtLDe3dJQ5vci4VSTTW6n28",
-	"XGtj28eLiJk/7O5arxsjWZmfbeTONb/t5f1k+yAm7OwLJcg41FgemZxvZcm9UrjeLHkxqrhYOFb6Ki8c",
-	"84REKwViWvMb//AEpYSncFtkzNkEmYN7SdlDKE0A2W7/ouwwi36Oo2gqbM1fMZxTWu3LdZdGQHoLatgy",
-	"xROb4s/HyjNGnkjs1N2bF0FHvPJXEBNf/OQvgmepLAXgoCCMkfr9u6a7crkVqxERvVpI27csSP9H9bOT",
-	"GvClryuHvvyQjxojeaVxXCRvcYjzXAFJGzByV66UCzjNGZ3SgLkwXByxqeAfK1uDqinCXfOjcVsatqhB",
-	"9eERq3y32ketlpjeM9urbGHb0ALt8ebx/wUAAP//",
+	"7H39Vxs7suC/ouOdcy68aRtDgCRw3pnHy01mmXsTMoHM3bMhi+Xusq1Lt9QjqSEelv99j0rqT6vbNhhu",
+	"smfyS4zdrY+qUn1X6a4XiiQVHLhWvaO7XkolTUCDxL/eZFIJaT5FoELJUs0E7x31LmZARhy+6asQnxgR",
+	"MSF6BiSVcMNEpkhKp3BMRMI0mQiJv02YVBp/GPSCHjPj/DMDOe8FPU4T6B317GC9oKfCGSTUzJvQb78C",
+	"n+pZ72hvOAx6ep6aJ5WWjE979/dB72e4YSGcRv5VRvjrT4pkGYuKeVOqZ+W0UT5C0JPwz4xJiHpHWmZQ",
+	"XchEyITq3lHPDNTzLeRdDKDb1jExP/6kSOsiJu7tx63hNIIkFRp4OP8F5otLeU+vQRFKJGg5J4pO4KiC",
+	"GzMzKE1umZ4RSq5hTmTGFaE8IkwrIkGlgisgTF3ya0gtbvf2yUxkUh3juClQnVODognUBy2+NWNPQatL",
+	"rmdUlyPTKWWcbOHDo2I3uv8J0pjOIToiBiijbRxOZNoskDM+veT6loUwIBfVGdxGIjaZgARe7pApsr+3",
+	"NyC/wFwRKoGkIElI4xjk4JLnGJoBjUCWOKpAt2/A20aoBwdBL2E8/3s3MLjWIM2Y/+fL5eW3vd3+5eW3",
+	"l2+//vlPXjT+AvM2Qjr5eGq21kVK1/j24wjpV5Yw7V9BIgwANSSKaGEoKZOcME4Eh87THeOQ1WVEMKFZ",
+	"rHtHB8PAAJAlWWL+GCL47F+7xeoY1zAFics7k9M2AAk5pZwpar7qgpLAIR4HpY9S3DDFhKHADpyllcee",
+	"A3mfIAaqWnmitD93rUIWIzxuJZ8VyLZlZApk1xoy++7jFvAPKhkdx62wuHG/dy3kphzjMYu5Ny9bNofC",
+	"9aMU4xgS8zEU3HA585GmacxCpN6d1D7x59+VWe9dZa4/SZj0jnr/Y6eU3jv2V7WTj4sz1nd8wglIKWRA",
+	"qOHq5NO7N+T1/sFL4mYikQizBLgeIPDciGbCk1D7FIHfZoIkNAJCSTij3B7+VIoUpGZ2myxaAThBL6Zj",
+	"iDsJBRLK4oA4baLkg0L6DpjBHW6TaXJrdqvxNc0SXOPC/PaLux5ww3W+IPX1gh5N2dU1svrqHO4rqzj0",
+	"vvoIr6STL/bXoIcbt/ssXxHj3yHUZgUnKXMyuw7AUALVEF1RXQNkRDX0zXZ8u8nfGc/bQUpuZ4K4BxE2",
+	"1zA3oFmKKviWMglqrQWtTAVKX2Wq2G2T2oDnKyXmUUIzPQOuzYGBCPUPK9+3tMAHE8YzDdu1bXWu0x75",
+	"u8UfUgkT9q1FuUPtKZxRSUOjOhf6D4QSdGDEpIY4NstWhKZUarMg+EaTNLa63/XVi8nrcI+Od32LkiKG",
+	"Zaf+k3mmSXgIZNySG6TYR1Alq3ZqfIMPIV+KIma2TOOPFeqc0FhB88TX6aMDhUqLVJFbIa8Zn1asBat6",
+	"omIYCVCEC03soOsjsqKX7TrFwquXXV6ebxT0Vagvgy+eDRrHZ5Pe0ZfuuRyTuA+aXMLSmp8+DTSZVhBP",
+	"AqJm4tboavHc6Gx6xkq1/pgoQE2fUHXJRyeZngnJ/oWy6Ij8N1AJklxmw+GL0M6Gn2E0IO9iEV6Ta4BU",
+	"uaG1IjOqZlaZ9lN6NIT9/fBg/AqGk5f0cHwQ7kcvYG9y9fe92WycRPHpX3fj07/3lnFXt/NFIH8twPyR",
+	"TmGRsaIOW/uwEuTzaaiUFP+uGMIe1tE8kjiXlyJkOGMaQp1JWMTjCXnz8TOhlWcCg8CzN6ckjak2h4Ko",
+	"FOKY8SlyFyfHaBId7htBJpP8/5uX7v9DI5RevDL/SabCm8N9jywLeidZxPTbG6eg1GFIc72gE3T40OpS",
+	"wExA7b69Gn7+82mUc1rH9wMCg+mAjBJIxiCPLIsb1Zlt7Tfv7HJ6tepCMx2KpKY3qCwMQSnDpyiLDSp9",
+	"IHXrdfMs/Kw01Zny7/5/Xlx8JPaB6tbJVOiKYlMYS0FPUzmFfKrF8VgFiEpkMoTasFatiwJy6zi3NOa/",
+	"Mfb8ahSz4FiFSfuElXvS4SBw9FUliRrwShQUQPMerYKCN8IJyvPwdNzgZ6rpmCr4B0jlTkKD4eNqrm7K",
+	"3xdxy+HW4DBhUws8gtaFUfesehS5SWonZLciYhnXyDUWqUqBvAHZPf1HofRUwvnffyX28Z8UcS/Uz+Tu",
+	"wWD39QqMvjZl0ASBF4xWRV/kWw1m24nv6rP3wYMUcmsqXOVWxsLv6P5ble2so0wrAL7WSnPFqQsiH8wz",
+	"hv/xmHHwanmGU1gaw50TCamQRkk3qoE5qmD1D7CK/O7Q6eqqwlbGQsRA+ZpMOWWcQ3TlXBirvpWv7wrX",
+	"tlTlc0+f48PIZKdL+caFeeY+6GVptCb9+DhlwSIL0ilU/SqxBXVSdystUFej5trS2k/TJnioO5dPyD9x",
+	"gk8wZUqDXNOCeQx3aJz0kslJqtIxSDlP2X4fuWrVK0z7/xr2X391//e/3g2Dw737Pz32hC54LTwxlbpJ",
+	"tHiesnHMwvzljhDL22jv4GD3NbEvGKsjIC/2yHiuQZnDnvGURhFExIicw/1MxoMGEE76/9vu/6r/9W7/",
+	"hX/7eIIXVvJX4EZDMKPPK3znGPkNi4BrpudkIkVCuLglVgIt9x9Wic3jAXLvVUDkPYTLCLTUdut06MZY",
+	"kYWtJUPWYKhaXAO/Ah6lgnG/TS8BVQpJIyCKTTlEhCplNiK4QpveiQEcSx0TGiurgoxoFo3wU+WFJDOa",
+	"J5VyPliKlRJGfp7YWH07Ki7Mgz4Lx+jzVzr/dSPusPwd5tGcziEUPFIk45rFxhp3D7do97i9pvfSGuvL",
+	"PZO1zdUGq62xtsklEPxktfN1OW6OfJ/l+7ffLnKq2nob/Xx+sl1GEwvuk0p2Y7SKa5gfEaYU+U+isjH5",
+	"T/PUJXfkZ0g8IDSL7PeWHElOHOTzp18DA25CtQ1zHeRaCaEzoFFwySmPCCW/a0Y43IAkmTIsByZCgnV2",
+	"VLjr/vD14VIMFBtvh+tnlMpLIZowXv12twnjKn9ohIXFDaiqtqYFoVygDodv1SK61Qgbxoar4nIlD/Ja",
+	"EsynzjUpZMI4jfPAVr7YgjTsFrQgMuNEwpTKKAZVuGnz2HwqYhbOjwnP4tg8PRFxLG7LR3xbM8/SsZHv",
+	"Nhy0yDxXVgzvffhnU3eWFgI5Z29OiYsbkQgfq9tUakb3Dg6P9se70TB8PaH7k4PxcPJqMqSH45fhwd5k",
+	"F4YvYZ8Oo72XkxfjQziIXoWv6e54L3wR7cPB5JC+HL8K6xLaDfqF9idGW7k73PfL6HcM4uitlL6Y0Rk3",
+	"qv8NjVlEUiqRtgrP/WL8KAJNWeyTOlbO39A4Q5eEG7MBBVyS+TkWfIomCeXk8EXFW+8VpWb9XlZ0fvaB",
+	"ILMASRh3dvRYRHOyNdoxdD3aLmJURTKNi0fVl7bjFIVF8463ythZCTq771uqqt4+sxCLsVkvKALwLo9h",
+	"qTRATm+3HuRw93ElzHT5423qFdWXtQzaR5qZrcF2YoTFvDCGM64Kh5rjO4ZGR3bQ0UpMNJ/Zvr7cYsWn",
+	"P9qH/1iL1RF+wzBt7KewVNcxUJEyHxS0egzxrkNha8kDT0Cpts5WEGzCRLen/OksdBx/Q6rNcygUzCkS",
+	"x0ShNjG1Pi6bqlYn3lHnSV6qMzzbyfapHH/77ZfzRdK5hnmdcvzoshtqnKx46rWbQnnj/f66JShyrefe",
+	"7zPld6l+W06cZkg7oY9A63TffNUAxPfWe/ALAmvA9Bm3yRdGb9aNdDVUwedkDEZXIVosKkM2eKVmLF39",
+	"HL8v3vEdZsxzWTLCZ+XS7qoAcAky1RX5wWF+30xWy+rB+Mfvy6VLLMmSsLt7WJZE4lVrMV8QpMLkRXxm",
+	"QM5FAoIDJuzMqM2HcPYw42QOmowhFAlm9lp8XHKqiBLGPnNEZZ43TzvDmSmydQOSTRhE224eNF8LTNj1",
+	"BfXE1v1NpkjkM7TmSFjobkKWOSp8OmFmJ1hRmtV38mD4LYEbnvgFuK0T3ZbTq9Z8qAevutACi+E7KODD",
+	"ZrJ4zuR0MxxogybHmZzmGslafG0jqng9J2wdDftMTh/E7tYCiU/1bVlMTiFNBS5iKo3pHO3uY8I04QAR",
+	"cs4xkIyzf2YNc/wkTIB8EmOhWajqfO+BJLcJxmUodznXqm/+I1XK8P1RXpyTV+CYt1xlDh0r4JqISgg2",
+	"z91/KAs8k9Nn1OartLKwlEpq9YLfrDXn2YpGTGUzovebBq6Y4E6iqkVlLBQR+Epswhnj0JdAI6PlB0Rp",
+	"+38sbkESxek1XIXGrMhXYAaqEyO6eFAnvJpQFkPkzylo84xRTW5xR9IokqXIL9KkbJblLEtoIxMDXUal",
+	"44pc2rKNy56NyYyhdI0Ph97IhpRCKr/XD7g2g6PnzDqx0NlU5hYVWUd206QEA6bmr2S1lp5Hz7lhXGnK",
+	"wxYVPaV61sgos1modjkN993N7o6QU9Vbmt7VnXPlMEKVjYnhsXSZEaP/1XfRlP5pNCLWjedNu1o1YcxQ",
+	"WmHN5nmftX3tD2u1OK9fV2txKhV41RAU07GXB6uZkJqoLEmonOc7vmYcd++I/7iMKxiitG4yEYaZlMDD",
+	"xrFw0KjQBWk/HnlMrLmqz59OiQQsCAvByAdmjC3fyrCiCSQZGbA10ggzyY8mhlccucePVjiz/roAC78C",
+	"iYFlLDUq+upnctXio6coHHiSUoCnSHVK6LerTIHqqFizrldlSf8a5iShcyJdfog/trpCMUA1tTntTuKH",
+	"G3G9Jjb8W/rZ7SRfPEQVFo959YJMqHdPPl1wMX+oqBHA+ZcawQ1C3EDNwGrQqSK94Fi7Q/uvu4RwHZ/t",
+	"qsqoFwxrpPY3z/OT5PgPSE49ea6/FmT08ez8guzYE2LkWk5Zo8Hjsu8bW9qEQrwIpacy6Z1fdTN8Ff3J",
+	"7F/rvvUErFKBRAJYGeIODuf2PR/AS+1jlXHsw2tGoFrzjE/IRAL0sf4Ba+uIysIZqlNEQUK5ZmGedEyE",
+	"JKFIEqYHq5nJFdZYyTrOxXQBSV+oqoOiHsQgN4C2hH47tW8eWPbo/trtwmhRo92LJJ3oSqw5/xtJ21vl",
+	"8EAENy3v5VnhCJgOiG+C8eTs4MkZzsci6lOn9JGWNLy+iqkGpUdHhULTTFP5SeV5/7Ug1nERkzqyHmGZ",
+	"8fyrSjBsVE0nqM7YyyNnXlQ3qG0ZbS/ahqHgmjIOMk8HwfGC3BRSKZPMpYogchQQh3mPYU7TKxpFNdSW",
+	"itqHtxdXJz+/P/2wmHx65W3I0Dw5TfQDv2FS8CSv4PZu/K7NQKkQAEvoFNSawEN70rxo7SdqmF8lRuys",
+	"TBvHVFmaCqnRl7HMCWMLx5YcCofvUzO/2YGtMlv/pZvDh7z0ct2XsNhtzXfyyri1XvNhF6WTehyF5Fpr",
+	"e+b4VWfqOGK/5Vy8Gr4aHr0a7ugwrZ+MrS/D/uvB1z8fbf/lC2Z97QYH91tH5eftv2ztbOkw/b9ZlG5v",
+	"/2XJEary9OIMpZLdsBimENWEjqP4xXoQCUpTqesSKuMxKNVXWqQpmt85H+OiF/RofEvntvShn9fmBc13",
+	"fLztRsRZAm1gi6imRzs3VO7EbLxD07QZMztYmmHfCRt/GohjFR1i5LzFJTRCuT0itzMWAxkD41NMvU7G",
+	"MUTHZIRCY2TMgjGQCNJYzCEiW3oGnLAkydCZuW0eRCfHyDrv0MF+g+kQcUzGMGhVFGxhZLcYWdGP3JQi",
+	"8ZxQgrOhcW9LF53r65gYbaT6PdWE8nnREWIZPyxVonxfK+zncakY9Sqj9aCBTmCaJ5wpOsdOGDLjHkc2",
+	"nQLXV6trYEGPoYCVoFTjXFSznw86Sf3F3iIXEGqtVbjeT+uWeq2tSjveXlouXfqAF5HC7yC1oYWfFJEi",
+	"xno4ymsJIYEtWDG7Q0M9EUofkRsGtyDJlgQaqe0Ak9shNgglW+hDtgTu0pVUUGiKlEe5KqC2A0KjhHH3",
+	"SkK5YSiX3EU78FnXY0UFBKeyVRpZxDSJxXQ7IOKWF3NGEIO2SeSXfCFD3A1v31Dbri2AO0d2P7Zkxu7D",
+	"cGuzOMOszRves1WTuOsZU1GRVt1Zo2afyhWzFlc+ql6lP3nL+k7kfEdCKhTTQs6/HGk6/bpddyDnzw3c",
+	"V4NQJDs0TGBHAVdCHu0O9peKEo8e8OetL4Or/tfiz+3/cKL6z0ZMtz+Fz5UFWF8rnweoU+zuvbz3Cvem",
+	"gYPACnIg+0RU/UCtiTtxy2NBo6tUiqnhQE33X8XzN+zy/FUge/iiM6ZSCDI3tXnAxZKw30KvYEXoHii0",
+	"j29M44dWAeGX7R2F7BdOnrRpkE1q8cQMqwT8rnCdXMN8x2aUWzWVbJVxvmPbuGa3vzscVvLmA5uCrkiW",
+	"Gt60d3BQp/C73pjqcNY76u0N9w77u7tma0xjKzg67r9wjLS6gQo3re5ZTkFXvHHtSda2xKOIbhdhRVsA",
+	"YlOnGqmdc9AP7llVkVUrOJO6ytTtHivW83KDts1YKITpukzuoWasJ9XR7uMnRSpjliVboeATNs1cS4K8",
+	"u5oiCcgpprRVvHMN47iLB2tB0iyOA2LdFGQ8d3UxhifnrPi/XAXLYDDYHrT2IduQlbaC+bUUi3XDqNMQ",
+	"WslwWTJhh7VRsvQ6rRQwy/dXTlwur7aRoCDojrOQ67ydau1MZHFkzryvbmid2llZspduXb3Kix6iS9ZP",
+	"ugfhxXl45CEszxWmMNA0jefmjNgIu1t3kB+6LQfRMVDtFMdt7zFsdcS/cUqnYbpoCVI+1zMsvrJM2Pah",
+	"cb0fnIpaKQR+e0Gny93ypRu+Wvdb8cSX4PPR1me1qVzkIn231OhozEL4r4o650unfWxKYSVhzUxH3rq/",
+	"V4pn5Itwx3pJuCLvnbkZgNXOY7PiWVdqxPsqFCkm/zhMrlQN9RShslY+XgZiFxmyKoV4q2TEHmvYikcR",
+	"LY4JJKmeV/JfKp7txZyAtRNAzaGIM58BatUkM6/dUQnzgNzOGLqSgdxKpqEveDxfP2yWQ6OgOQe69ZJO",
+	"c0p8VObpYivUinKSb9zlixqG9O7Xsze/XBGbDEFsDB3kjc0Dayrai10sahbU1//4k98TUQb0l3k8a3SV",
+	"ezx7wUaIrObsbfEnt/h1C9KqeWv2Xx28PFzR3LEjdKF9E+G7gpk9Xfwun+JBVQCPgGMHANuah9kouJ9H",
+	"/ePNOZFgkyxsdTPjVM6xi+44Y7FGpxQWOY8yfs3FLW/kxrk0KK8UcB3HlpoljfZn90FvKqrOwXK2qdgd",
+	"7B0OXnlzAFHnaEkLcz/aBJlUihCUIonIuFYYd0TNlQjpki6LGb/0aMoMvFfX4jvbpFWqDDGjsE9TZsEb",
+	"wY3N3qacZFzTqVHVDA4auag3w8HuYLiG8uTwXwNqCa0KmhapyrKtTDI9PzfIsgQ1tg1HPD5O173Zdhpx",
+	"DTe2KPb0QOemobCzFPjpz+SN4BxCbds5RyCPDRYiuLnkiYggIKMCPObbvh2r30ethsxFVtW9RiSVjGvs",
+	"VGgr8ilvOCade5NsjSbx9dVgMBg5xyQSIbJfu6sCBjOt01KXKff9LpfCf/vtYoEln9R639hNL2Rc4W94",
+	"jJZMfo9ZzBPhSzzndApGmuUeX3txAzesnca4XTGxCe4BoWXbUHsDQ8bVJU+yWLN+GYvPvcVEcOdNNkP8",
+	"ynj2LfcqDy75JX+LEgVzv42k7GotTrZGbT3OR9uXHLv+YEyKJI1MepeHW5ROjsoE2ZHdBDqfG1nTxdUS",
+	"Nn3aGhz21gJl0W30aG5Zkuv4fpLScAb9PTxTmYwd9NXRzs7t7e2A4s8DIac77l218+vpm7cfzt+adwYz",
+	"ncSVxOiebY978vG04gU66tkza9udcsNRjnovBsPBC9e/AY/VzuAW4riPTHbn99trNch7wU/bEgFt5rRG",
+	"ys4hVVzLIjgExBhc2IYpLyL83ab2T4QEQokU2p4PpVkcE6wSRM2v0nfVkPrttforanK1rvZ7w2FHR/v1",
+	"OtljKbKvjb1tw/EbjMkvMCfnoAf2VDq1yD9qscxKh/ySl/WOvnwNei5XvXfUw5tBkKiwcrLWvipP+Cq6",
+	"T/VRIJjhPEmUKH2Ft4tLPuzvgtni37LbDl1oam8daExjFAU7GRn8XvLFtmsD8gm0PUWVa1jKRmM5+Re/",
+	"Fv2RtvaGw+1KSj7OYm9Rce2AMM9UYRYOn8Qs1GRrf/jaMc46hTRa8BUJ7f8tovnGaKQxyX1d5mmZwf0T",
+	"UqiniZuPXmPDwuatCdvHxADXoMt120Vy3hvuPvM6PxXr2/x5yscunHerHaKiG2crv6v7/gtHVsp4QCBW",
+	"+ZEq/64mytnUtkteiwlsBzaNqnRjl/lVtb5S9W7ceBjx0gHrUqu5uQfkHBwzxmK7txd0Sqgip5P+B8Gh",
+	"/57qcGb2MAVNXgz3LzkGL5p00XrK0F1q2XH1Cq8vdy03GVWnXevCra9PeJqqnl8PeV40nIiDorURrsSA",
+	"tD7Xwg0s90HvxXB/kY4+cwdgohh3DbARQwrvQnnANI89O3eFjvnl633tINVablbB0XagUJ0IZx63mxYS",
+	"HbbubpRqcyIbtJfXmDWiAPgxKvLKfDZfOdOwaO5rO4cPuqjTmcVPIwYaDXlXkQL7LRDZDPNrR6Bdap2T",
+	"dCKwzhGLRpR+neKi6Gpo9XDsl4jWlqu4FJLslm0Nt2yPxFp7RJRNQk6RCCz3DGPKErUdWG3QesrwMb+C",
+	"2kYHF67P5NMpArUWlH+IMmD36NVaq0rk5iXshbQXMTX7r7pi3+rkXZR2s+uITe3c5Tcj3ls6i8EXkjvV",
+	"qrAntEjz+1wINVzCduC1xcOyUAHwkj8tSCgSIGMaXrcRzM92zgWh5oNW+chO4xpEj9Da95XVmbkec/oL",
+	"VNih2lUdhWzZqTS+fT+xYZV33/bLWLvGTcAhJ/mgtF2KPvB+lqecwFoH28UNoAbPhazzgbUQQRsgp6fi",
+	"YG6NfwjvaqMIF57ZIGV8AntBWyJuADM2iJDGLDVacdepaeVQO7W4uddaOG/EuDC4FRuWFBXXieoZMGkT",
+	"m9p4Uu7m/5UpvTYp2Xs174OlD7qrd59U367FV7wSKzV2j5hU44LjInJEMCfcNjZ9PEW8ackKQl/IAkVU",
+	"wvyP5BdeLepdM0qGHmQjSLEPF7b8c7+MBuSNc4Uo6wvJHSYEvjGljSgsoovVNsoGcKhiVQJxXfT2Jr+x",
+	"6LtkXo1VrsS+djc+exsD43BbIGETxHoO2rnAFkl2BYpdgYvt3JXXjjbUry4ieU6F6RMY7h1tRhyYoUot",
+	"Nd/7xk/8csZbuTF2qT7RiPh+50fzj9Eslh3NXLfY5PF84yp8muT0k7KivftY2kDXzp27kr3T+PkEE7wB",
+	"wDF+rKmqZxznYbIF7o79b390Awf3WQGnhV27eYObfmLrxjUu9pOb6+S/CdumY+/rYfOdu/u/xm+adIbq",
+	"AtOB05LNJyFRc7ZNPOhiz+I8VrRVbyicJ0ijmrJQAL5tho1B47CShtfOaa3tvbqVivDtFpr+vrlhdYnP",
+	"zAo7CTPngxsj0IIJttJpC7/bqUYe+3nnZ+9xbnRj+fFNIl/Hmk7LyNbHFQ0XpNJBYUza9D61CWR+bASD",
+	"nV3URG0Vc49lRF7DqNl7qrwDw0o85+cZkIvi/mt7N0e9DRHJs0k7yamweJ6CD/jnema7paVnVIcVU0sE",
+	"sADeCLPAmT1ZB+3EtTL32Lm7hvkSPeqDyHW1kPKSutxOsVA7ERKOy1rWxZg6lYANXulkAqG2ebqd9PW8",
+	"xhK2f9uMsWSGWgtXD2YEy7lyA6bIPdpII08na5UnrrLGL0cwkp3faeMC2WUzphXDhLUeVCts77uSTtV2",
+	"Rp1SKQd0XTJthvjyjECf/CkQ/BSy550UiU3FyGuaHA9APxuWz+dpTnOyxUX5B1O2v5DhCtvHtewOdMNh",
+	"pNQmeWDKpFZ56WAKcuF6My/Jft/eufoin1nIFeVy7VLN0c1mCLRINMqL+rz02cajniGOgKT+7zDC84cR",
+	"muzqMT7FFfjVdxFEqBHbv2MIP1IMoYtcl7KvlQMINQL50eMH1grdcPhgDW14tehBDeT/Dh58p8GDOi2t",
+	"FjtIupOV8eqvMcyYywW2NT42fSooOmQw2bgWDBs3iRjUgHwAiBShdiT3Hhq9RT3Togh4/9T5RO/bEaRA",
+	"bgIpizeoVfCQX+9eogEvZuhCxMK1aySkcYzIiQWfKqIF2XKVdw6uQeFPr768HRARRxUTqwn8Mzn98VW8",
+	"/DabTu2uBtNNIP39vD5mBeWIYOTkrVmwBULt1WgOeSB9Z8iLtu9bWSoX+Mx6El5J1K4iVTG2Sc9k/dgt",
+	"kkLl5O/cCTld4nD8uexXV7/QvHCu+jrhDcgZdrBr8V+fyekPHtBdBuWWsO6ZnD6xiOmguk1T3MlyIKyH",
+	"3DNDjV36YHl11vfLbP4YBbAD7bnut2n0u1D7QxjODk1ZM2BaXziWldadRC5K2HTVNnnLScr+v4iw2n2s",
+	"FljdyGl2rBtN6lacFoh71Olu1UWWRUKJu8KlaAWrinvWjCjCXjlC/qTayOJJI6W1KZ5Z2ajO/UfGRQsr",
+	"wE8zXbxglfBnfoOP0iJVzQoavLPHNsZV7tYqDABq+5K74Nf1Uzq2bX0Vhky91qAF6Q8e+1yCjwee4eUc",
+	"shHhrCM8i5juw415p1UA2E4ZrgV5QiPI2+PV+z4vkQVmprdmIr888DRGt8tCkpKETrSxfAwfytufe4Or",
+	"jGMKc3lUV7tvtmsBrs3E0rkzrrFV3fpz/1DCsEDkcoFoAbgpZ0rRx3uJXDSPPUIo+s5JXs3TlgRgc4xW",
+	"zwGotptbpBZ/c78WIs2zS8r2DNp2pfTNq+n0ynIgb/m859bgpYv4Dee14wb2BrdiSTOhwPyGWcW4tiK8",
+	"2La63GHpL+/3NIg2K/INJnjMeH2kZoe6tlc9TfrXxJNvVPPfVXFP4SPg/yNxC3swlnMKRzJNz+QmvASW",
+	"FjtZxsMLObuYhktabeMZGFH58Y0j3MZyBOcXO2wav++KFl/t6H1wlvuineRB4fftc60u8ZkNoc7ccWMA",
+	"IV6Oi6x96/B2afu1yoCNposuyy2vnWHnUW09xO/x9x//FNt9LD/GDh6bP8fvneu68yDn2Ni8x+MkwvCK",
+	"sVcFJ+M5sR0abUaLdXBwQWZsOkMrhPJKAO4nNSAn7tVLfjsT9toG7CjuOlsw29skiiAiWgh00MeMX0NU",
+	"3Pgwt7C0vduYGcgqdFS7DiYQ2UX5OipZ6H3fnKi2xmdmRXbuLl5kSWsj3rsoItSN56XdDj6zc5cpkEs8",
+	"LyfWWyJtAkke8zF0FwkMrItMS8qxCio5JpTPBQf0wsRAb8B67rCll70NKaTcvDUGN2Q0aKGvHz3TpgMn",
+	"T+Z9+Yz47KqT+yDGIprbIgLKFOT8ho7Nql1uxa29CTjP87ALR5w7ZCuHbd2G2wgSodtx+30Hc2prfOZ4",
+	"TjfvyEM6m+Mfb+pIdv71Lk6Spwjv3LlPjoF01Ss8cexzSQL1BvW6k+6c6XUJ+lMOwa4je1K5stEmazh9",
+	"VUhib846XihuZaq8i5KMM3uHgVF4zaJbc/S/72NZX+Qzn8slJJYfzA2S2ju8EV9BgEiutv9ZJW2/0lC9",
+	"NccLG6XXu7vLjKugchsNtje0Ld+LZsn2ghpbPn3J807oedYQFySUgAlnNFY+9dG1rH9inlA0xm/hCdbr",
+	"lt98v/luc//Ir9SfWAjbm2LdhVA53tRcaUgM1prNEfN+8a45Isgbf+wiv8/CGgrafnbuz7yj+KBo0r2D",
+	"h9PNvpCOT0OD5bGNvNeWPKjEPOySF12zixmIlbeKDESPX7mWaWh0D2sjH5MURIpX8MaCT4kto02qVlJl",
+	"Asw58C/KDbNo6+UUzaRLHi2Hy6Ve93Lzm3gwyIjJkJkWiUu0KMYqwm4ed/Ysv4w0wjaj1bcwsLD4yl+l",
+	"yFJV8WJiZiGH5qXmtmV9tb+1ZRGDRlzAtyxMwoialcwG8JW3axWUfshHre7Qyji5O3RxiNNCginndcvv",
+	"sapmAtuCt8qABTNcHLGt+IVql8xsKCK/O83gtjJsmczswyPVxW6NnV7PVb7lrgHkwraxr+T91/v/FwAA",
+	"//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

@@ -1067,6 +1067,9 @@ type DeviceId = openapi_types.UUID
 // FleetId defines model for FleetId.
 type FleetId = openapi_types.UUID
 
+// IdempotencyKey defines model for IdempotencyKey.
+type IdempotencyKey = string
+
 // KeyId defines model for KeyId.
 type KeyId = openapi_types.UUID
 
@@ -1093,6 +1096,24 @@ type DeviceStateGetParams struct {
 	IfNoneMatch *string `json:"If-None-Match,omitempty"`
 }
 
+// DeviceDeleteParams defines parameters for DeviceDelete.
+type DeviceDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// DeviceUpdateParams defines parameters for DeviceUpdate.
+type DeviceUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // DeviceVariableListParams defines parameters for DeviceVariableList.
 type DeviceVariableListParams struct {
 	// Limit The most items to return in one page.
@@ -1102,6 +1123,51 @@ type DeviceVariableListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// DeviceVariableCreateParams defines parameters for DeviceVariableCreate.
+type DeviceVariableCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// DeviceVariableDeleteParams defines parameters for DeviceVariableDelete.
+type DeviceVariableDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// DeviceVariableUpdateParams defines parameters for DeviceVariableUpdate.
+type DeviceVariableUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// FleetDeleteParams defines parameters for FleetDelete.
+type FleetDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// FleetUpdateParams defines parameters for FleetUpdate.
+type FleetUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // ProvisioningKeyListParams defines parameters for ProvisioningKeyList.
 type ProvisioningKeyListParams struct {
 	// Limit The most items to return in one page.
@@ -1109,6 +1175,15 @@ type ProvisioningKeyListParams struct {
 
 	// Cursor The `next_cursor` of the previous page; omit for the first page.
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// ProvisioningKeyDeleteParams defines parameters for ProvisioningKeyDelete.
+type ProvisioningKeyDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
 // ReleaseListParams defines parameters for ReleaseList.
@@ -1122,6 +1197,15 @@ type ReleaseListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// ReleaseCreateParams defines parameters for ReleaseCreate.
+type ReleaseCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // FleetVariableListParams defines parameters for FleetVariableList.
 type FleetVariableListParams struct {
 	// Limit The most items to return in one page.
@@ -1129,6 +1213,33 @@ type FleetVariableListParams struct {
 
 	// Cursor The `next_cursor` of the previous page; omit for the first page.
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// FleetVariableCreateParams defines parameters for FleetVariableCreate.
+type FleetVariableCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// FleetVariableDeleteParams defines parameters for FleetVariableDelete.
+type FleetVariableDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// FleetVariableUpdateParams defines parameters for FleetVariableUpdate.
+type FleetVariableUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
 // OrgListParams defines parameters for OrgList.
@@ -1140,6 +1251,33 @@ type OrgListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// OrgCreateParams defines parameters for OrgCreate.
+type OrgCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// OrgDeleteParams defines parameters for OrgDelete.
+type OrgDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// OrgUpdateParams defines parameters for OrgUpdate.
+type OrgUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // ApiKeyListParams defines parameters for ApiKeyList.
 type ApiKeyListParams struct {
 	// Limit The most items to return in one page.
@@ -1147,6 +1285,15 @@ type ApiKeyListParams struct {
 
 	// Cursor The `next_cursor` of the previous page; omit for the first page.
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// ApiKeyDeleteParams defines parameters for ApiKeyDelete.
+type ApiKeyDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
 // AuditEventListParams defines parameters for AuditEventList.
@@ -1193,6 +1340,15 @@ type FleetListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// FleetCreateParams defines parameters for FleetCreate.
+type FleetCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // MemberListParams defines parameters for MemberList.
 type MemberListParams struct {
 	// Limit The most items to return in one page.
@@ -1200,6 +1356,42 @@ type MemberListParams struct {
 
 	// Cursor The `next_cursor` of the previous page; omit for the first page.
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// MemberCreateParams defines parameters for MemberCreate.
+type MemberCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// MemberDeleteParams defines parameters for MemberDelete.
+type MemberDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// MemberUpdateParams defines parameters for MemberUpdate.
+type MemberUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// ReleaseUpdateParams defines parameters for ReleaseUpdate.
+type ReleaseUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
 // DeviceRegisterJSONRequestBody defines body for DeviceRegister for application/json ContentType.
@@ -1549,7 +1741,7 @@ type ClientInterface interface {
 	// Its tokens stop working at once; it must register again to come back.
 	//
 	// Corresponds with DELETE /v1/devices/{deviceId} (the `DeviceDelete` operationId).
-	DeviceDelete(ctx context.Context, deviceId DeviceId, reqEditors ...RequestEditorFn) (*http.Response, error)
+	DeviceDelete(ctx context.Context, deviceId DeviceId, params *DeviceDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// DeviceGet A device, with its reported state
 	//
@@ -1561,14 +1753,14 @@ type ClientInterface interface {
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
-	DeviceUpdateWithBody(ctx context.Context, deviceId DeviceId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	DeviceUpdateWithBody(ctx context.Context, deviceId DeviceId, params *DeviceUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// DeviceUpdate Rename, move, pin or retag a device
 	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
-	DeviceUpdate(ctx context.Context, deviceId DeviceId, body DeviceUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	DeviceUpdate(ctx context.Context, deviceId DeviceId, params *DeviceUpdateParams, body DeviceUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// DeviceVariableList Configuration variables of a device
 	//
@@ -1584,7 +1776,7 @@ type ClientInterface interface {
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/devices/{deviceId}/variables (the `DeviceVariableCreate` operationId).
-	DeviceVariableCreateWithBody(ctx context.Context, deviceId DeviceId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	DeviceVariableCreateWithBody(ctx context.Context, deviceId DeviceId, params *DeviceVariableCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// DeviceVariableCreate Set a configuration variable of a device
 	//
@@ -1593,33 +1785,33 @@ type ClientInterface interface {
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/devices/{deviceId}/variables (the `DeviceVariableCreate` operationId).
-	DeviceVariableCreate(ctx context.Context, deviceId DeviceId, body DeviceVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	DeviceVariableCreate(ctx context.Context, deviceId DeviceId, params *DeviceVariableCreateParams, body DeviceVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// DeviceVariableDelete Remove a device variable
 	//
 	// Corresponds with DELETE /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableDelete` operationId).
-	DeviceVariableDelete(ctx context.Context, deviceId DeviceId, variableId VariableId, reqEditors ...RequestEditorFn) (*http.Response, error)
+	DeviceVariableDelete(ctx context.Context, deviceId DeviceId, variableId VariableId, params *DeviceVariableDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// DeviceVariableUpdateWithBody Change a device variable's value
 	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
-	DeviceVariableUpdateWithBody(ctx context.Context, deviceId DeviceId, variableId VariableId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	DeviceVariableUpdateWithBody(ctx context.Context, deviceId DeviceId, variableId VariableId, params *DeviceVariableUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// DeviceVariableUpdate Change a device variable's value
 	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
-	DeviceVariableUpdate(ctx context.Context, deviceId DeviceId, variableId VariableId, body DeviceVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	DeviceVariableUpdate(ctx context.Context, deviceId DeviceId, variableId VariableId, params *DeviceVariableUpdateParams, body DeviceVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// FleetDelete Delete a fleet
 	//
 	// Refused (409) while the fleet has devices.
 	//
 	// Corresponds with DELETE /v1/fleets/{fleetId} (the `FleetDelete` operationId).
-	FleetDelete(ctx context.Context, fleetId FleetId, reqEditors ...RequestEditorFn) (*http.Response, error)
+	FleetDelete(ctx context.Context, fleetId FleetId, params *FleetDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// FleetGet A fleet
 	//
@@ -1633,7 +1825,7 @@ type ClientInterface interface {
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
-	FleetUpdateWithBody(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	FleetUpdateWithBody(ctx context.Context, fleetId FleetId, params *FleetUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// FleetUpdate Change a fleet
 	//
@@ -1642,7 +1834,7 @@ type ClientInterface interface {
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
-	FleetUpdate(ctx context.Context, fleetId FleetId, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	FleetUpdate(ctx context.Context, fleetId FleetId, params *FleetUpdateParams, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ProvisioningKeyList Provisioning keys of a fleet
 	//
@@ -1672,7 +1864,7 @@ type ClientInterface interface {
 	// No device can register with it any more; devices already registered are not affected.
 	//
 	// Corresponds with DELETE /v1/fleets/{fleetId}/provisioning-keys/{keyId} (the `ProvisioningKeyDelete` operationId).
-	ProvisioningKeyDelete(ctx context.Context, fleetId FleetId, keyId ProvisioningKeyId, reqEditors ...RequestEditorFn) (*http.Response, error)
+	ProvisioningKeyDelete(ctx context.Context, fleetId FleetId, keyId ProvisioningKeyId, params *ProvisioningKeyDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ReleaseList Releases of a fleet
 	//
@@ -1686,7 +1878,7 @@ type ClientInterface interface {
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
-	ReleaseCreateWithBody(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	ReleaseCreateWithBody(ctx context.Context, fleetId FleetId, params *ReleaseCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ReleaseCreate Register a release
 	//
@@ -1695,7 +1887,7 @@ type ClientInterface interface {
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
-	ReleaseCreate(ctx context.Context, fleetId FleetId, body ReleaseCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	ReleaseCreate(ctx context.Context, fleetId FleetId, params *ReleaseCreateParams, body ReleaseCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// FleetVariableList Configuration variables of a fleet
 	//
@@ -1711,7 +1903,7 @@ type ClientInterface interface {
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/fleets/{fleetId}/variables (the `FleetVariableCreate` operationId).
-	FleetVariableCreateWithBody(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	FleetVariableCreateWithBody(ctx context.Context, fleetId FleetId, params *FleetVariableCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// FleetVariableCreate Set a configuration variable of a fleet
 	//
@@ -1720,26 +1912,26 @@ type ClientInterface interface {
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/fleets/{fleetId}/variables (the `FleetVariableCreate` operationId).
-	FleetVariableCreate(ctx context.Context, fleetId FleetId, body FleetVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	FleetVariableCreate(ctx context.Context, fleetId FleetId, params *FleetVariableCreateParams, body FleetVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// FleetVariableDelete Remove a fleet variable
 	//
 	// Corresponds with DELETE /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableDelete` operationId).
-	FleetVariableDelete(ctx context.Context, fleetId FleetId, variableId VariableId, reqEditors ...RequestEditorFn) (*http.Response, error)
+	FleetVariableDelete(ctx context.Context, fleetId FleetId, variableId VariableId, params *FleetVariableDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// FleetVariableUpdateWithBody Change a fleet variable's value
 	//
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with PATCH /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableUpdate` operationId).
-	FleetVariableUpdateWithBody(ctx context.Context, fleetId FleetId, variableId VariableId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	FleetVariableUpdateWithBody(ctx context.Context, fleetId FleetId, variableId VariableId, params *FleetVariableUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// FleetVariableUpdate Change a fleet variable's value
 	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with PATCH /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableUpdate` operationId).
-	FleetVariableUpdate(ctx context.Context, fleetId FleetId, variableId VariableId, body FleetVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	FleetVariableUpdate(ctx context.Context, fleetId FleetId, variableId VariableId, params *FleetVariableUpdateParams, body FleetVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// MeGet The signed-in user
 	//
@@ -1762,7 +1954,7 @@ type ClientInterface interface {
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/orgs (the `OrgCreate` operationId).
-	OrgCreateWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	OrgCreateWithBody(ctx context.Context, params *OrgCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// OrgCreate Create an organisation
 	//
@@ -1771,14 +1963,14 @@ type ClientInterface interface {
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/orgs (the `OrgCreate` operationId).
-	OrgCreate(ctx context.Context, body OrgCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	OrgCreate(ctx context.Context, params *OrgCreateParams, body OrgCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// OrgDelete Delete an organisation
 	//
 	// Deletes the organisation with its members and API keys. Owners only.
 	//
 	// Corresponds with DELETE /v1/orgs/{orgId} (the `OrgDelete` operationId).
-	OrgDelete(ctx context.Context, orgId OrgId, reqEditors ...RequestEditorFn) (*http.Response, error)
+	OrgDelete(ctx context.Context, orgId OrgId, params *OrgDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// OrgGet An organisation
 	//
@@ -1790,14 +1982,14 @@ type ClientInterface interface {
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with PATCH /v1/orgs/{orgId} (the `OrgUpdate` operationId).
-	OrgUpdateWithBody(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	OrgUpdateWithBody(ctx context.Context, orgId OrgId, params *OrgUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// OrgUpdate Rename an organisation
 	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with PATCH /v1/orgs/{orgId} (the `OrgUpdate` operationId).
-	OrgUpdate(ctx context.Context, orgId OrgId, body OrgUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	OrgUpdate(ctx context.Context, orgId OrgId, params *OrgUpdateParams, body OrgUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ApiKeyList API keys of an organisation
 	//
@@ -1829,7 +2021,7 @@ type ClientInterface interface {
 	// The key stops working at once. Developers may revoke the keys they created; admins any key.
 	//
 	// Corresponds with DELETE /v1/orgs/{orgId}/api-keys/{keyId} (the `ApiKeyDelete` operationId).
-	ApiKeyDelete(ctx context.Context, orgId OrgId, keyId KeyId, reqEditors ...RequestEditorFn) (*http.Response, error)
+	ApiKeyDelete(ctx context.Context, orgId OrgId, keyId KeyId, params *ApiKeyDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// AuditEventList The audit log of an organisation
 	//
@@ -1853,14 +2045,14 @@ type ClientInterface interface {
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/orgs/{orgId}/fleets (the `FleetCreate` operationId).
-	FleetCreateWithBody(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	FleetCreateWithBody(ctx context.Context, orgId OrgId, params *FleetCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// FleetCreate Create a fleet
 	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/orgs/{orgId}/fleets (the `FleetCreate` operationId).
-	FleetCreate(ctx context.Context, orgId OrgId, body FleetCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	FleetCreate(ctx context.Context, orgId OrgId, params *FleetCreateParams, body FleetCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// MemberList Members of an organisation
 	//
@@ -1876,7 +2068,7 @@ type ClientInterface interface {
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/orgs/{orgId}/members (the `MemberCreate` operationId).
-	MemberCreateWithBody(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	MemberCreateWithBody(ctx context.Context, orgId OrgId, params *MemberCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// MemberCreate Add a member
 	//
@@ -1887,14 +2079,14 @@ type ClientInterface interface {
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/orgs/{orgId}/members (the `MemberCreate` operationId).
-	MemberCreate(ctx context.Context, orgId OrgId, body MemberCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	MemberCreate(ctx context.Context, orgId OrgId, params *MemberCreateParams, body MemberCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// MemberDelete Remove a member
 	//
 	// Admins remove members who do not outrank them; anyone may leave. The last owner cannot be removed.
 	//
 	// Corresponds with DELETE /v1/orgs/{orgId}/members/{userId} (the `MemberDelete` operationId).
-	MemberDelete(ctx context.Context, orgId OrgId, userId UserId, reqEditors ...RequestEditorFn) (*http.Response, error)
+	MemberDelete(ctx context.Context, orgId OrgId, userId UserId, params *MemberDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// MemberUpdateWithBody Change a member's role
 	//
@@ -1903,7 +2095,7 @@ type ClientInterface interface {
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
-	MemberUpdateWithBody(ctx context.Context, orgId OrgId, userId UserId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	MemberUpdateWithBody(ctx context.Context, orgId OrgId, userId UserId, params *MemberUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// MemberUpdate Change a member's role
 	//
@@ -1912,7 +2104,7 @@ type ClientInterface interface {
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
-	MemberUpdate(ctx context.Context, orgId OrgId, userId UserId, body MemberUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	MemberUpdate(ctx context.Context, orgId OrgId, userId UserId, params *MemberUpdateParams, body MemberUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ReleaseGet A release
 	//
@@ -1926,7 +2118,7 @@ type ClientInterface interface {
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
-	ReleaseUpdateWithBody(ctx context.Context, releaseId ReleaseId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	ReleaseUpdateWithBody(ctx context.Context, releaseId ReleaseId, params *ReleaseUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ReleaseUpdate Finalise, fail or retag a release
 	//
@@ -1935,7 +2127,7 @@ type ClientInterface interface {
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
-	ReleaseUpdate(ctx context.Context, releaseId ReleaseId, body ReleaseUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	ReleaseUpdate(ctx context.Context, releaseId ReleaseId, params *ReleaseUpdateParams, body ReleaseUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// VersionGet Version of this deployment
 	//
@@ -2106,8 +2298,8 @@ func (c *Client) DeviceToken(ctx context.Context, body DeviceTokenJSONRequestBod
 // Its tokens stop working at once; it must register again to come back.
 //
 // Corresponds with DELETE /v1/devices/{deviceId} (the `DeviceDelete` operationId).
-func (c *Client) DeviceDelete(ctx context.Context, deviceId DeviceId, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewDeviceDeleteRequest(c.Server, deviceId)
+func (c *Client) DeviceDelete(ctx context.Context, deviceId DeviceId, params *DeviceDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceDeleteRequest(c.Server, deviceId, params)
 	if err != nil {
 		return nil, err
 	}
@@ -2138,8 +2330,8 @@ func (c *Client) DeviceGet(ctx context.Context, deviceId DeviceId, reqEditors ..
 // Takes any type of body and a specified content type.
 //
 // Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
-func (c *Client) DeviceUpdateWithBody(ctx context.Context, deviceId DeviceId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewDeviceUpdateRequestWithBody(c.Server, deviceId, contentType, body)
+func (c *Client) DeviceUpdateWithBody(ctx context.Context, deviceId DeviceId, params *DeviceUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceUpdateRequestWithBody(c.Server, deviceId, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2155,8 +2347,8 @@ func (c *Client) DeviceUpdateWithBody(ctx context.Context, deviceId DeviceId, co
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
-func (c *Client) DeviceUpdate(ctx context.Context, deviceId DeviceId, body DeviceUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewDeviceUpdateRequest(c.Server, deviceId, body)
+func (c *Client) DeviceUpdate(ctx context.Context, deviceId DeviceId, params *DeviceUpdateParams, body DeviceUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceUpdateRequest(c.Server, deviceId, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2191,8 +2383,8 @@ func (c *Client) DeviceVariableList(ctx context.Context, deviceId DeviceId, para
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/devices/{deviceId}/variables (the `DeviceVariableCreate` operationId).
-func (c *Client) DeviceVariableCreateWithBody(ctx context.Context, deviceId DeviceId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewDeviceVariableCreateRequestWithBody(c.Server, deviceId, contentType, body)
+func (c *Client) DeviceVariableCreateWithBody(ctx context.Context, deviceId DeviceId, params *DeviceVariableCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceVariableCreateRequestWithBody(c.Server, deviceId, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2210,8 +2402,8 @@ func (c *Client) DeviceVariableCreateWithBody(ctx context.Context, deviceId Devi
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/devices/{deviceId}/variables (the `DeviceVariableCreate` operationId).
-func (c *Client) DeviceVariableCreate(ctx context.Context, deviceId DeviceId, body DeviceVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewDeviceVariableCreateRequest(c.Server, deviceId, body)
+func (c *Client) DeviceVariableCreate(ctx context.Context, deviceId DeviceId, params *DeviceVariableCreateParams, body DeviceVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceVariableCreateRequest(c.Server, deviceId, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2225,8 +2417,8 @@ func (c *Client) DeviceVariableCreate(ctx context.Context, deviceId DeviceId, bo
 // DeviceVariableDelete Remove a device variable
 //
 // Corresponds with DELETE /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableDelete` operationId).
-func (c *Client) DeviceVariableDelete(ctx context.Context, deviceId DeviceId, variableId VariableId, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewDeviceVariableDeleteRequest(c.Server, deviceId, variableId)
+func (c *Client) DeviceVariableDelete(ctx context.Context, deviceId DeviceId, variableId VariableId, params *DeviceVariableDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceVariableDeleteRequest(c.Server, deviceId, variableId, params)
 	if err != nil {
 		return nil, err
 	}
@@ -2242,8 +2434,8 @@ func (c *Client) DeviceVariableDelete(ctx context.Context, deviceId DeviceId, va
 // Takes any type of body and a specified content type.
 //
 // Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
-func (c *Client) DeviceVariableUpdateWithBody(ctx context.Context, deviceId DeviceId, variableId VariableId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewDeviceVariableUpdateRequestWithBody(c.Server, deviceId, variableId, contentType, body)
+func (c *Client) DeviceVariableUpdateWithBody(ctx context.Context, deviceId DeviceId, variableId VariableId, params *DeviceVariableUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceVariableUpdateRequestWithBody(c.Server, deviceId, variableId, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2259,8 +2451,8 @@ func (c *Client) DeviceVariableUpdateWithBody(ctx context.Context, deviceId Devi
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
-func (c *Client) DeviceVariableUpdate(ctx context.Context, deviceId DeviceId, variableId VariableId, body DeviceVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewDeviceVariableUpdateRequest(c.Server, deviceId, variableId, body)
+func (c *Client) DeviceVariableUpdate(ctx context.Context, deviceId DeviceId, variableId VariableId, params *DeviceVariableUpdateParams, body DeviceVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceVariableUpdateRequest(c.Server, deviceId, variableId, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2276,8 +2468,8 @@ func (c *Client) DeviceVariableUpdate(ctx context.Context, deviceId DeviceId, va
 // Refused (409) while the fleet has devices.
 //
 // Corresponds with DELETE /v1/fleets/{fleetId} (the `FleetDelete` operationId).
-func (c *Client) FleetDelete(ctx context.Context, fleetId FleetId, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewFleetDeleteRequest(c.Server, fleetId)
+func (c *Client) FleetDelete(ctx context.Context, fleetId FleetId, params *FleetDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetDeleteRequest(c.Server, fleetId, params)
 	if err != nil {
 		return nil, err
 	}
@@ -2310,8 +2502,8 @@ func (c *Client) FleetGet(ctx context.Context, fleetId FleetId, reqEditors ...Re
 // Takes any type of body and a specified content type.
 //
 // Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
-func (c *Client) FleetUpdateWithBody(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewFleetUpdateRequestWithBody(c.Server, fleetId, contentType, body)
+func (c *Client) FleetUpdateWithBody(ctx context.Context, fleetId FleetId, params *FleetUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetUpdateRequestWithBody(c.Server, fleetId, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2329,8 +2521,8 @@ func (c *Client) FleetUpdateWithBody(ctx context.Context, fleetId FleetId, conte
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
-func (c *Client) FleetUpdate(ctx context.Context, fleetId FleetId, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewFleetUpdateRequest(c.Server, fleetId, body)
+func (c *Client) FleetUpdate(ctx context.Context, fleetId FleetId, params *FleetUpdateParams, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetUpdateRequest(c.Server, fleetId, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2399,8 +2591,8 @@ func (c *Client) ProvisioningKeyCreate(ctx context.Context, fleetId FleetId, bod
 // No device can register with it any more; devices already registered are not affected.
 //
 // Corresponds with DELETE /v1/fleets/{fleetId}/provisioning-keys/{keyId} (the `ProvisioningKeyDelete` operationId).
-func (c *Client) ProvisioningKeyDelete(ctx context.Context, fleetId FleetId, keyId ProvisioningKeyId, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewProvisioningKeyDeleteRequest(c.Server, fleetId, keyId)
+func (c *Client) ProvisioningKeyDelete(ctx context.Context, fleetId FleetId, keyId ProvisioningKeyId, params *ProvisioningKeyDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewProvisioningKeyDeleteRequest(c.Server, fleetId, keyId, params)
 	if err != nil {
 		return nil, err
 	}
@@ -2433,8 +2625,8 @@ func (c *Client) ReleaseList(ctx context.Context, fleetId FleetId, params *Relea
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
-func (c *Client) ReleaseCreateWithBody(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewReleaseCreateRequestWithBody(c.Server, fleetId, contentType, body)
+func (c *Client) ReleaseCreateWithBody(ctx context.Context, fleetId FleetId, params *ReleaseCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReleaseCreateRequestWithBody(c.Server, fleetId, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2452,8 +2644,8 @@ func (c *Client) ReleaseCreateWithBody(ctx context.Context, fleetId FleetId, con
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
-func (c *Client) ReleaseCreate(ctx context.Context, fleetId FleetId, body ReleaseCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewReleaseCreateRequest(c.Server, fleetId, body)
+func (c *Client) ReleaseCreate(ctx context.Context, fleetId FleetId, params *ReleaseCreateParams, body ReleaseCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReleaseCreateRequest(c.Server, fleetId, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2488,8 +2680,8 @@ func (c *Client) FleetVariableList(ctx context.Context, fleetId FleetId, params 
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/fleets/{fleetId}/variables (the `FleetVariableCreate` operationId).
-func (c *Client) FleetVariableCreateWithBody(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewFleetVariableCreateRequestWithBody(c.Server, fleetId, contentType, body)
+func (c *Client) FleetVariableCreateWithBody(ctx context.Context, fleetId FleetId, params *FleetVariableCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetVariableCreateRequestWithBody(c.Server, fleetId, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2507,8 +2699,8 @@ func (c *Client) FleetVariableCreateWithBody(ctx context.Context, fleetId FleetI
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/fleets/{fleetId}/variables (the `FleetVariableCreate` operationId).
-func (c *Client) FleetVariableCreate(ctx context.Context, fleetId FleetId, body FleetVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewFleetVariableCreateRequest(c.Server, fleetId, body)
+func (c *Client) FleetVariableCreate(ctx context.Context, fleetId FleetId, params *FleetVariableCreateParams, body FleetVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetVariableCreateRequest(c.Server, fleetId, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2522,8 +2714,8 @@ func (c *Client) FleetVariableCreate(ctx context.Context, fleetId FleetId, body 
 // FleetVariableDelete Remove a fleet variable
 //
 // Corresponds with DELETE /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableDelete` operationId).
-func (c *Client) FleetVariableDelete(ctx context.Context, fleetId FleetId, variableId VariableId, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewFleetVariableDeleteRequest(c.Server, fleetId, variableId)
+func (c *Client) FleetVariableDelete(ctx context.Context, fleetId FleetId, variableId VariableId, params *FleetVariableDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetVariableDeleteRequest(c.Server, fleetId, variableId, params)
 	if err != nil {
 		return nil, err
 	}
@@ -2539,8 +2731,8 @@ func (c *Client) FleetVariableDelete(ctx context.Context, fleetId FleetId, varia
 // Takes any type of body and a specified content type.
 //
 // Corresponds with PATCH /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableUpdate` operationId).
-func (c *Client) FleetVariableUpdateWithBody(ctx context.Context, fleetId FleetId, variableId VariableId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewFleetVariableUpdateRequestWithBody(c.Server, fleetId, variableId, contentType, body)
+func (c *Client) FleetVariableUpdateWithBody(ctx context.Context, fleetId FleetId, variableId VariableId, params *FleetVariableUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetVariableUpdateRequestWithBody(c.Server, fleetId, variableId, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2556,8 +2748,8 @@ func (c *Client) FleetVariableUpdateWithBody(ctx context.Context, fleetId FleetI
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with PATCH /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableUpdate` operationId).
-func (c *Client) FleetVariableUpdate(ctx context.Context, fleetId FleetId, variableId VariableId, body FleetVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewFleetVariableUpdateRequest(c.Server, fleetId, variableId, body)
+func (c *Client) FleetVariableUpdate(ctx context.Context, fleetId FleetId, variableId VariableId, params *FleetVariableUpdateParams, body FleetVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetVariableUpdateRequest(c.Server, fleetId, variableId, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2609,8 +2801,8 @@ func (c *Client) OrgList(ctx context.Context, params *OrgListParams, reqEditors 
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/orgs (the `OrgCreate` operationId).
-func (c *Client) OrgCreateWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewOrgCreateRequestWithBody(c.Server, contentType, body)
+func (c *Client) OrgCreateWithBody(ctx context.Context, params *OrgCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOrgCreateRequestWithBody(c.Server, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2628,8 +2820,8 @@ func (c *Client) OrgCreateWithBody(ctx context.Context, contentType string, body
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/orgs (the `OrgCreate` operationId).
-func (c *Client) OrgCreate(ctx context.Context, body OrgCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewOrgCreateRequest(c.Server, body)
+func (c *Client) OrgCreate(ctx context.Context, params *OrgCreateParams, body OrgCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOrgCreateRequest(c.Server, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2645,8 +2837,8 @@ func (c *Client) OrgCreate(ctx context.Context, body OrgCreateJSONRequestBody, r
 // Deletes the organisation with its members and API keys. Owners only.
 //
 // Corresponds with DELETE /v1/orgs/{orgId} (the `OrgDelete` operationId).
-func (c *Client) OrgDelete(ctx context.Context, orgId OrgId, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewOrgDeleteRequest(c.Server, orgId)
+func (c *Client) OrgDelete(ctx context.Context, orgId OrgId, params *OrgDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOrgDeleteRequest(c.Server, orgId, params)
 	if err != nil {
 		return nil, err
 	}
@@ -2677,8 +2869,8 @@ func (c *Client) OrgGet(ctx context.Context, orgId OrgId, reqEditors ...RequestE
 // Takes any type of body and a specified content type.
 //
 // Corresponds with PATCH /v1/orgs/{orgId} (the `OrgUpdate` operationId).
-func (c *Client) OrgUpdateWithBody(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewOrgUpdateRequestWithBody(c.Server, orgId, contentType, body)
+func (c *Client) OrgUpdateWithBody(ctx context.Context, orgId OrgId, params *OrgUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOrgUpdateRequestWithBody(c.Server, orgId, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2694,8 +2886,8 @@ func (c *Client) OrgUpdateWithBody(ctx context.Context, orgId OrgId, contentType
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with PATCH /v1/orgs/{orgId} (the `OrgUpdate` operationId).
-func (c *Client) OrgUpdate(ctx context.Context, orgId OrgId, body OrgUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewOrgUpdateRequest(c.Server, orgId, body)
+func (c *Client) OrgUpdate(ctx context.Context, orgId OrgId, params *OrgUpdateParams, body OrgUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOrgUpdateRequest(c.Server, orgId, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2766,8 +2958,8 @@ func (c *Client) ApiKeyCreate(ctx context.Context, orgId OrgId, body ApiKeyCreat
 // The key stops working at once. Developers may revoke the keys they created; admins any key.
 //
 // Corresponds with DELETE /v1/orgs/{orgId}/api-keys/{keyId} (the `ApiKeyDelete` operationId).
-func (c *Client) ApiKeyDelete(ctx context.Context, orgId OrgId, keyId KeyId, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewApiKeyDeleteRequest(c.Server, orgId, keyId)
+func (c *Client) ApiKeyDelete(ctx context.Context, orgId OrgId, keyId KeyId, params *ApiKeyDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewApiKeyDeleteRequest(c.Server, orgId, keyId, params)
 	if err != nil {
 		return nil, err
 	}
@@ -2830,8 +3022,8 @@ func (c *Client) FleetList(ctx context.Context, orgId OrgId, params *FleetListPa
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/orgs/{orgId}/fleets (the `FleetCreate` operationId).
-func (c *Client) FleetCreateWithBody(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewFleetCreateRequestWithBody(c.Server, orgId, contentType, body)
+func (c *Client) FleetCreateWithBody(ctx context.Context, orgId OrgId, params *FleetCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetCreateRequestWithBody(c.Server, orgId, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2847,8 +3039,8 @@ func (c *Client) FleetCreateWithBody(ctx context.Context, orgId OrgId, contentTy
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/orgs/{orgId}/fleets (the `FleetCreate` operationId).
-func (c *Client) FleetCreate(ctx context.Context, orgId OrgId, body FleetCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewFleetCreateRequest(c.Server, orgId, body)
+func (c *Client) FleetCreate(ctx context.Context, orgId OrgId, params *FleetCreateParams, body FleetCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetCreateRequest(c.Server, orgId, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2883,8 +3075,8 @@ func (c *Client) MemberList(ctx context.Context, orgId OrgId, params *MemberList
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/orgs/{orgId}/members (the `MemberCreate` operationId).
-func (c *Client) MemberCreateWithBody(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewMemberCreateRequestWithBody(c.Server, orgId, contentType, body)
+func (c *Client) MemberCreateWithBody(ctx context.Context, orgId OrgId, params *MemberCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMemberCreateRequestWithBody(c.Server, orgId, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2904,8 +3096,8 @@ func (c *Client) MemberCreateWithBody(ctx context.Context, orgId OrgId, contentT
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/orgs/{orgId}/members (the `MemberCreate` operationId).
-func (c *Client) MemberCreate(ctx context.Context, orgId OrgId, body MemberCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewMemberCreateRequest(c.Server, orgId, body)
+func (c *Client) MemberCreate(ctx context.Context, orgId OrgId, params *MemberCreateParams, body MemberCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMemberCreateRequest(c.Server, orgId, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2921,8 +3113,8 @@ func (c *Client) MemberCreate(ctx context.Context, orgId OrgId, body MemberCreat
 // Admins remove members who do not outrank them; anyone may leave. The last owner cannot be removed.
 //
 // Corresponds with DELETE /v1/orgs/{orgId}/members/{userId} (the `MemberDelete` operationId).
-func (c *Client) MemberDelete(ctx context.Context, orgId OrgId, userId UserId, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewMemberDeleteRequest(c.Server, orgId, userId)
+func (c *Client) MemberDelete(ctx context.Context, orgId OrgId, userId UserId, params *MemberDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMemberDeleteRequest(c.Server, orgId, userId, params)
 	if err != nil {
 		return nil, err
 	}
@@ -2940,8 +3132,8 @@ func (c *Client) MemberDelete(ctx context.Context, orgId OrgId, userId UserId, r
 // Takes any type of body and a specified content type.
 //
 // Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
-func (c *Client) MemberUpdateWithBody(ctx context.Context, orgId OrgId, userId UserId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewMemberUpdateRequestWithBody(c.Server, orgId, userId, contentType, body)
+func (c *Client) MemberUpdateWithBody(ctx context.Context, orgId OrgId, userId UserId, params *MemberUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMemberUpdateRequestWithBody(c.Server, orgId, userId, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2959,8 +3151,8 @@ func (c *Client) MemberUpdateWithBody(ctx context.Context, orgId OrgId, userId U
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
-func (c *Client) MemberUpdate(ctx context.Context, orgId OrgId, userId UserId, body MemberUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewMemberUpdateRequest(c.Server, orgId, userId, body)
+func (c *Client) MemberUpdate(ctx context.Context, orgId OrgId, userId UserId, params *MemberUpdateParams, body MemberUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMemberUpdateRequest(c.Server, orgId, userId, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2993,8 +3185,8 @@ func (c *Client) ReleaseGet(ctx context.Context, releaseId ReleaseId, reqEditors
 // Takes any type of body and a specified content type.
 //
 // Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
-func (c *Client) ReleaseUpdateWithBody(ctx context.Context, releaseId ReleaseId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewReleaseUpdateRequestWithBody(c.Server, releaseId, contentType, body)
+func (c *Client) ReleaseUpdateWithBody(ctx context.Context, releaseId ReleaseId, params *ReleaseUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReleaseUpdateRequestWithBody(c.Server, releaseId, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -3012,8 +3204,8 @@ func (c *Client) ReleaseUpdateWithBody(ctx context.Context, releaseId ReleaseId,
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
-func (c *Client) ReleaseUpdate(ctx context.Context, releaseId ReleaseId, body ReleaseUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewReleaseUpdateRequest(c.Server, releaseId, body)
+func (c *Client) ReleaseUpdate(ctx context.Context, releaseId ReleaseId, params *ReleaseUpdateParams, body ReleaseUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewReleaseUpdateRequest(c.Server, releaseId, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -3232,7 +3424,7 @@ func NewDeviceTokenRequestWithBody(server string, contentType string, body io.Re
 }
 
 // NewDeviceDeleteRequest constructs an http.Request for the DeviceDelete method
-func NewDeviceDeleteRequest(server string, deviceId DeviceId) (*http.Request, error) {
+func NewDeviceDeleteRequest(server string, deviceId DeviceId, params *DeviceDeleteParams) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -3260,6 +3452,21 @@ func NewDeviceDeleteRequest(server string, deviceId DeviceId) (*http.Request, er
 	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
 	}
 
 	return req, nil
@@ -3300,18 +3507,18 @@ func NewDeviceGetRequest(server string, deviceId DeviceId) (*http.Request, error
 }
 
 // NewDeviceUpdateRequest calls the generic DeviceUpdate builder with application/json body
-func NewDeviceUpdateRequest(server string, deviceId DeviceId, body DeviceUpdateJSONRequestBody) (*http.Request, error) {
+func NewDeviceUpdateRequest(server string, deviceId DeviceId, params *DeviceUpdateParams, body DeviceUpdateJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewDeviceUpdateRequestWithBody(server, deviceId, "application/json", bodyReader)
+	return NewDeviceUpdateRequestWithBody(server, deviceId, params, "application/json", bodyReader)
 }
 
 // NewDeviceUpdateRequestWithBody constructs an http.Request for the DeviceUpdate method, with any body, and a specified content type
-func NewDeviceUpdateRequestWithBody(server string, deviceId DeviceId, contentType string, body io.Reader) (*http.Request, error) {
+func NewDeviceUpdateRequestWithBody(server string, deviceId DeviceId, params *DeviceUpdateParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -3342,6 +3549,21 @@ func NewDeviceUpdateRequestWithBody(server string, deviceId DeviceId, contentTyp
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
 
 	return req, nil
 }
@@ -3420,18 +3642,18 @@ func NewDeviceVariableListRequest(server string, deviceId DeviceId, params *Devi
 }
 
 // NewDeviceVariableCreateRequest calls the generic DeviceVariableCreate builder with application/json body
-func NewDeviceVariableCreateRequest(server string, deviceId DeviceId, body DeviceVariableCreateJSONRequestBody) (*http.Request, error) {
+func NewDeviceVariableCreateRequest(server string, deviceId DeviceId, params *DeviceVariableCreateParams, body DeviceVariableCreateJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewDeviceVariableCreateRequestWithBody(server, deviceId, "application/json", bodyReader)
+	return NewDeviceVariableCreateRequestWithBody(server, deviceId, params, "application/json", bodyReader)
 }
 
 // NewDeviceVariableCreateRequestWithBody constructs an http.Request for the DeviceVariableCreate method, with any body, and a specified content type
-func NewDeviceVariableCreateRequestWithBody(server string, deviceId DeviceId, contentType string, body io.Reader) (*http.Request, error) {
+func NewDeviceVariableCreateRequestWithBody(server string, deviceId DeviceId, params *DeviceVariableCreateParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -3463,11 +3685,26 @@ func NewDeviceVariableCreateRequestWithBody(server string, deviceId DeviceId, co
 
 	req.Header.Add("Content-Type", contentType)
 
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
 	return req, nil
 }
 
 // NewDeviceVariableDeleteRequest constructs an http.Request for the DeviceVariableDelete method
-func NewDeviceVariableDeleteRequest(server string, deviceId DeviceId, variableId VariableId) (*http.Request, error) {
+func NewDeviceVariableDeleteRequest(server string, deviceId DeviceId, variableId VariableId, params *DeviceVariableDeleteParams) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -3504,22 +3741,37 @@ func NewDeviceVariableDeleteRequest(server string, deviceId DeviceId, variableId
 		return nil, err
 	}
 
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
 	return req, nil
 }
 
 // NewDeviceVariableUpdateRequest calls the generic DeviceVariableUpdate builder with application/json body
-func NewDeviceVariableUpdateRequest(server string, deviceId DeviceId, variableId VariableId, body DeviceVariableUpdateJSONRequestBody) (*http.Request, error) {
+func NewDeviceVariableUpdateRequest(server string, deviceId DeviceId, variableId VariableId, params *DeviceVariableUpdateParams, body DeviceVariableUpdateJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewDeviceVariableUpdateRequestWithBody(server, deviceId, variableId, "application/json", bodyReader)
+	return NewDeviceVariableUpdateRequestWithBody(server, deviceId, variableId, params, "application/json", bodyReader)
 }
 
 // NewDeviceVariableUpdateRequestWithBody constructs an http.Request for the DeviceVariableUpdate method, with any body, and a specified content type
-func NewDeviceVariableUpdateRequestWithBody(server string, deviceId DeviceId, variableId VariableId, contentType string, body io.Reader) (*http.Request, error) {
+func NewDeviceVariableUpdateRequestWithBody(server string, deviceId DeviceId, variableId VariableId, params *DeviceVariableUpdateParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -3558,11 +3810,26 @@ func NewDeviceVariableUpdateRequestWithBody(server string, deviceId DeviceId, va
 
 	req.Header.Add("Content-Type", contentType)
 
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
 	return req, nil
 }
 
 // NewFleetDeleteRequest constructs an http.Request for the FleetDelete method
-func NewFleetDeleteRequest(server string, fleetId FleetId) (*http.Request, error) {
+func NewFleetDeleteRequest(server string, fleetId FleetId, params *FleetDeleteParams) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -3590,6 +3857,21 @@ func NewFleetDeleteRequest(server string, fleetId FleetId) (*http.Request, error
 	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
 	}
 
 	return req, nil
@@ -3630,18 +3912,18 @@ func NewFleetGetRequest(server string, fleetId FleetId) (*http.Request, error) {
 }
 
 // NewFleetUpdateRequest calls the generic FleetUpdate builder with application/json body
-func NewFleetUpdateRequest(server string, fleetId FleetId, body FleetUpdateJSONRequestBody) (*http.Request, error) {
+func NewFleetUpdateRequest(server string, fleetId FleetId, params *FleetUpdateParams, body FleetUpdateJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewFleetUpdateRequestWithBody(server, fleetId, "application/json", bodyReader)
+	return NewFleetUpdateRequestWithBody(server, fleetId, params, "application/json", bodyReader)
 }
 
 // NewFleetUpdateRequestWithBody constructs an http.Request for the FleetUpdate method, with any body, and a specified content type
-func NewFleetUpdateRequestWithBody(server string, fleetId FleetId, contentType string, body io.Reader) (*http.Request, error) {
+func NewFleetUpdateRequestWithBody(server string, fleetId FleetId, params *FleetUpdateParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -3672,6 +3954,21 @@ func NewFleetUpdateRequestWithBody(server string, fleetId FleetId, contentType s
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
 
 	return req, nil
 }
@@ -3797,7 +4094,7 @@ func NewProvisioningKeyCreateRequestWithBody(server string, fleetId FleetId, con
 }
 
 // NewProvisioningKeyDeleteRequest constructs an http.Request for the ProvisioningKeyDelete method
-func NewProvisioningKeyDeleteRequest(server string, fleetId FleetId, keyId ProvisioningKeyId) (*http.Request, error) {
+func NewProvisioningKeyDeleteRequest(server string, fleetId FleetId, keyId ProvisioningKeyId, params *ProvisioningKeyDeleteParams) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -3832,6 +4129,21 @@ func NewProvisioningKeyDeleteRequest(server string, fleetId FleetId, keyId Provi
 	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
 	}
 
 	return req, nil
@@ -3923,18 +4235,18 @@ func NewReleaseListRequest(server string, fleetId FleetId, params *ReleaseListPa
 }
 
 // NewReleaseCreateRequest calls the generic ReleaseCreate builder with application/json body
-func NewReleaseCreateRequest(server string, fleetId FleetId, body ReleaseCreateJSONRequestBody) (*http.Request, error) {
+func NewReleaseCreateRequest(server string, fleetId FleetId, params *ReleaseCreateParams, body ReleaseCreateJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewReleaseCreateRequestWithBody(server, fleetId, "application/json", bodyReader)
+	return NewReleaseCreateRequestWithBody(server, fleetId, params, "application/json", bodyReader)
 }
 
 // NewReleaseCreateRequestWithBody constructs an http.Request for the ReleaseCreate method, with any body, and a specified content type
-func NewReleaseCreateRequestWithBody(server string, fleetId FleetId, contentType string, body io.Reader) (*http.Request, error) {
+func NewReleaseCreateRequestWithBody(server string, fleetId FleetId, params *ReleaseCreateParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -3965,6 +4277,21 @@ func NewReleaseCreateRequestWithBody(server string, fleetId FleetId, contentType
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
 
 	return req, nil
 }
@@ -4043,18 +4370,18 @@ func NewFleetVariableListRequest(server string, fleetId FleetId, params *FleetVa
 }
 
 // NewFleetVariableCreateRequest calls the generic FleetVariableCreate builder with application/json body
-func NewFleetVariableCreateRequest(server string, fleetId FleetId, body FleetVariableCreateJSONRequestBody) (*http.Request, error) {
+func NewFleetVariableCreateRequest(server string, fleetId FleetId, params *FleetVariableCreateParams, body FleetVariableCreateJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewFleetVariableCreateRequestWithBody(server, fleetId, "application/json", bodyReader)
+	return NewFleetVariableCreateRequestWithBody(server, fleetId, params, "application/json", bodyReader)
 }
 
 // NewFleetVariableCreateRequestWithBody constructs an http.Request for the FleetVariableCreate method, with any body, and a specified content type
-func NewFleetVariableCreateRequestWithBody(server string, fleetId FleetId, contentType string, body io.Reader) (*http.Request, error) {
+func NewFleetVariableCreateRequestWithBody(server string, fleetId FleetId, params *FleetVariableCreateParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -4086,11 +4413,26 @@ func NewFleetVariableCreateRequestWithBody(server string, fleetId FleetId, conte
 
 	req.Header.Add("Content-Type", contentType)
 
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
 	return req, nil
 }
 
 // NewFleetVariableDeleteRequest constructs an http.Request for the FleetVariableDelete method
-func NewFleetVariableDeleteRequest(server string, fleetId FleetId, variableId VariableId) (*http.Request, error) {
+func NewFleetVariableDeleteRequest(server string, fleetId FleetId, variableId VariableId, params *FleetVariableDeleteParams) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -4127,22 +4469,37 @@ func NewFleetVariableDeleteRequest(server string, fleetId FleetId, variableId Va
 		return nil, err
 	}
 
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
 	return req, nil
 }
 
 // NewFleetVariableUpdateRequest calls the generic FleetVariableUpdate builder with application/json body
-func NewFleetVariableUpdateRequest(server string, fleetId FleetId, variableId VariableId, body FleetVariableUpdateJSONRequestBody) (*http.Request, error) {
+func NewFleetVariableUpdateRequest(server string, fleetId FleetId, variableId VariableId, params *FleetVariableUpdateParams, body FleetVariableUpdateJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewFleetVariableUpdateRequestWithBody(server, fleetId, variableId, "application/json", bodyReader)
+	return NewFleetVariableUpdateRequestWithBody(server, fleetId, variableId, params, "application/json", bodyReader)
 }
 
 // NewFleetVariableUpdateRequestWithBody constructs an http.Request for the FleetVariableUpdate method, with any body, and a specified content type
-func NewFleetVariableUpdateRequestWithBody(server string, fleetId FleetId, variableId VariableId, contentType string, body io.Reader) (*http.Request, error) {
+func NewFleetVariableUpdateRequestWithBody(server string, fleetId FleetId, variableId VariableId, params *FleetVariableUpdateParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -4180,6 +4537,21 @@ func NewFleetVariableUpdateRequestWithBody(server string, fleetId FleetId, varia
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
 
 	return req, nil
 }
@@ -4278,18 +4650,18 @@ func NewOrgListRequest(server string, params *OrgListParams) (*http.Request, err
 }
 
 // NewOrgCreateRequest calls the generic OrgCreate builder with application/json body
-func NewOrgCreateRequest(server string, body OrgCreateJSONRequestBody) (*http.Request, error) {
+func NewOrgCreateRequest(server string, params *OrgCreateParams, body OrgCreateJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewOrgCreateRequestWithBody(server, "application/json", bodyReader)
+	return NewOrgCreateRequestWithBody(server, params, "application/json", bodyReader)
 }
 
 // NewOrgCreateRequestWithBody constructs an http.Request for the OrgCreate method, with any body, and a specified content type
-func NewOrgCreateRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+func NewOrgCreateRequestWithBody(server string, params *OrgCreateParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	serverURL, err := url.Parse(server)
@@ -4314,11 +4686,26 @@ func NewOrgCreateRequestWithBody(server string, contentType string, body io.Read
 
 	req.Header.Add("Content-Type", contentType)
 
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
 	return req, nil
 }
 
 // NewOrgDeleteRequest constructs an http.Request for the OrgDelete method
-func NewOrgDeleteRequest(server string, orgId OrgId) (*http.Request, error) {
+func NewOrgDeleteRequest(server string, orgId OrgId, params *OrgDeleteParams) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -4346,6 +4733,21 @@ func NewOrgDeleteRequest(server string, orgId OrgId) (*http.Request, error) {
 	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
 	}
 
 	return req, nil
@@ -4386,18 +4788,18 @@ func NewOrgGetRequest(server string, orgId OrgId) (*http.Request, error) {
 }
 
 // NewOrgUpdateRequest calls the generic OrgUpdate builder with application/json body
-func NewOrgUpdateRequest(server string, orgId OrgId, body OrgUpdateJSONRequestBody) (*http.Request, error) {
+func NewOrgUpdateRequest(server string, orgId OrgId, params *OrgUpdateParams, body OrgUpdateJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewOrgUpdateRequestWithBody(server, orgId, "application/json", bodyReader)
+	return NewOrgUpdateRequestWithBody(server, orgId, params, "application/json", bodyReader)
 }
 
 // NewOrgUpdateRequestWithBody constructs an http.Request for the OrgUpdate method, with any body, and a specified content type
-func NewOrgUpdateRequestWithBody(server string, orgId OrgId, contentType string, body io.Reader) (*http.Request, error) {
+func NewOrgUpdateRequestWithBody(server string, orgId OrgId, params *OrgUpdateParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -4428,6 +4830,21 @@ func NewOrgUpdateRequestWithBody(server string, orgId OrgId, contentType string,
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
 
 	return req, nil
 }
@@ -4553,7 +4970,7 @@ func NewApiKeyCreateRequestWithBody(server string, orgId OrgId, contentType stri
 }
 
 // NewApiKeyDeleteRequest constructs an http.Request for the ApiKeyDelete method
-func NewApiKeyDeleteRequest(server string, orgId OrgId, keyId KeyId) (*http.Request, error) {
+func NewApiKeyDeleteRequest(server string, orgId OrgId, keyId KeyId, params *ApiKeyDeleteParams) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -4588,6 +5005,21 @@ func NewApiKeyDeleteRequest(server string, orgId OrgId, keyId KeyId) (*http.Requ
 	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
 	if err != nil {
 		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
 	}
 
 	return req, nil
@@ -4909,18 +5341,18 @@ func NewFleetListRequest(server string, orgId OrgId, params *FleetListParams) (*
 }
 
 // NewFleetCreateRequest calls the generic FleetCreate builder with application/json body
-func NewFleetCreateRequest(server string, orgId OrgId, body FleetCreateJSONRequestBody) (*http.Request, error) {
+func NewFleetCreateRequest(server string, orgId OrgId, params *FleetCreateParams, body FleetCreateJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewFleetCreateRequestWithBody(server, orgId, "application/json", bodyReader)
+	return NewFleetCreateRequestWithBody(server, orgId, params, "application/json", bodyReader)
 }
 
 // NewFleetCreateRequestWithBody constructs an http.Request for the FleetCreate method, with any body, and a specified content type
-func NewFleetCreateRequestWithBody(server string, orgId OrgId, contentType string, body io.Reader) (*http.Request, error) {
+func NewFleetCreateRequestWithBody(server string, orgId OrgId, params *FleetCreateParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -4951,6 +5383,21 @@ func NewFleetCreateRequestWithBody(server string, orgId OrgId, contentType strin
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
 
 	return req, nil
 }
@@ -5029,18 +5476,18 @@ func NewMemberListRequest(server string, orgId OrgId, params *MemberListParams) 
 }
 
 // NewMemberCreateRequest calls the generic MemberCreate builder with application/json body
-func NewMemberCreateRequest(server string, orgId OrgId, body MemberCreateJSONRequestBody) (*http.Request, error) {
+func NewMemberCreateRequest(server string, orgId OrgId, params *MemberCreateParams, body MemberCreateJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewMemberCreateRequestWithBody(server, orgId, "application/json", bodyReader)
+	return NewMemberCreateRequestWithBody(server, orgId, params, "application/json", bodyReader)
 }
 
 // NewMemberCreateRequestWithBody constructs an http.Request for the MemberCreate method, with any body, and a specified content type
-func NewMemberCreateRequestWithBody(server string, orgId OrgId, contentType string, body io.Reader) (*http.Request, error) {
+func NewMemberCreateRequestWithBody(server string, orgId OrgId, params *MemberCreateParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -5072,11 +5519,26 @@ func NewMemberCreateRequestWithBody(server string, orgId OrgId, contentType stri
 
 	req.Header.Add("Content-Type", contentType)
 
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
 	return req, nil
 }
 
 // NewMemberDeleteRequest constructs an http.Request for the MemberDelete method
-func NewMemberDeleteRequest(server string, orgId OrgId, userId UserId) (*http.Request, error) {
+func NewMemberDeleteRequest(server string, orgId OrgId, userId UserId, params *MemberDeleteParams) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -5113,22 +5575,37 @@ func NewMemberDeleteRequest(server string, orgId OrgId, userId UserId) (*http.Re
 		return nil, err
 	}
 
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
 	return req, nil
 }
 
 // NewMemberUpdateRequest calls the generic MemberUpdate builder with application/json body
-func NewMemberUpdateRequest(server string, orgId OrgId, userId UserId, body MemberUpdateJSONRequestBody) (*http.Request, error) {
+func NewMemberUpdateRequest(server string, orgId OrgId, userId UserId, params *MemberUpdateParams, body MemberUpdateJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewMemberUpdateRequestWithBody(server, orgId, userId, "application/json", bodyReader)
+	return NewMemberUpdateRequestWithBody(server, orgId, userId, params, "application/json", bodyReader)
 }
 
 // NewMemberUpdateRequestWithBody constructs an http.Request for the MemberUpdate method, with any body, and a specified content type
-func NewMemberUpdateRequestWithBody(server string, orgId OrgId, userId UserId, contentType string, body io.Reader) (*http.Request, error) {
+func NewMemberUpdateRequestWithBody(server string, orgId OrgId, userId UserId, params *MemberUpdateParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -5166,6 +5643,21 @@ func NewMemberUpdateRequestWithBody(server string, orgId OrgId, userId UserId, c
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
 
 	return req, nil
 }
@@ -5205,18 +5697,18 @@ func NewReleaseGetRequest(server string, releaseId ReleaseId) (*http.Request, er
 }
 
 // NewReleaseUpdateRequest calls the generic ReleaseUpdate builder with application/json body
-func NewReleaseUpdateRequest(server string, releaseId ReleaseId, body ReleaseUpdateJSONRequestBody) (*http.Request, error) {
+func NewReleaseUpdateRequest(server string, releaseId ReleaseId, params *ReleaseUpdateParams, body ReleaseUpdateJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewReleaseUpdateRequestWithBody(server, releaseId, "application/json", bodyReader)
+	return NewReleaseUpdateRequestWithBody(server, releaseId, params, "application/json", bodyReader)
 }
 
 // NewReleaseUpdateRequestWithBody constructs an http.Request for the ReleaseUpdate method, with any body, and a specified content type
-func NewReleaseUpdateRequestWithBody(server string, releaseId ReleaseId, contentType string, body io.Reader) (*http.Request, error) {
+func NewReleaseUpdateRequestWithBody(server string, releaseId ReleaseId, params *ReleaseUpdateParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -5247,6 +5739,21 @@ func NewReleaseUpdateRequestWithBody(server string, releaseId ReleaseId, content
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
 
 	return req, nil
 }
@@ -5408,7 +5915,7 @@ type ClientWithResponsesInterface interface {
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /v1/devices/{deviceId} (the `DeviceDelete` operationId).
-	DeviceDeleteWithResponse(ctx context.Context, deviceId DeviceId, reqEditors ...RequestEditorFn) (*DeviceDeleteResponse, error)
+	DeviceDeleteWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceDeleteParams, reqEditors ...RequestEditorFn) (*DeviceDeleteResponse, error)
 
 	// DeviceGetWithResponse A device, with its reported state
 	//
@@ -5422,14 +5929,14 @@ type ClientWithResponsesInterface interface {
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
-	DeviceUpdateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceUpdateResponse, error)
+	DeviceUpdateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceUpdateResponse, error)
 
 	// DeviceUpdateWithResponse Rename, move, pin or retag a device
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
-	DeviceUpdateWithResponse(ctx context.Context, deviceId DeviceId, body DeviceUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceUpdateResponse, error)
+	DeviceUpdateWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceUpdateParams, body DeviceUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceUpdateResponse, error)
 
 	// DeviceVariableListWithResponse Configuration variables of a device
 	//
@@ -5447,7 +5954,7 @@ type ClientWithResponsesInterface interface {
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/devices/{deviceId}/variables (the `DeviceVariableCreate` operationId).
-	DeviceVariableCreateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceVariableCreateResponse, error)
+	DeviceVariableCreateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceVariableCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceVariableCreateResponse, error)
 
 	// DeviceVariableCreateWithResponse Set a configuration variable of a device
 	//
@@ -5456,28 +5963,28 @@ type ClientWithResponsesInterface interface {
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/devices/{deviceId}/variables (the `DeviceVariableCreate` operationId).
-	DeviceVariableCreateWithResponse(ctx context.Context, deviceId DeviceId, body DeviceVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceVariableCreateResponse, error)
+	DeviceVariableCreateWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceVariableCreateParams, body DeviceVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceVariableCreateResponse, error)
 
 	// DeviceVariableDeleteWithResponse Remove a device variable
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableDelete` operationId).
-	DeviceVariableDeleteWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, reqEditors ...RequestEditorFn) (*DeviceVariableDeleteResponse, error)
+	DeviceVariableDeleteWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, params *DeviceVariableDeleteParams, reqEditors ...RequestEditorFn) (*DeviceVariableDeleteResponse, error)
 
 	// DeviceVariableUpdateWithBodyWithResponse Change a device variable's value
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
-	DeviceVariableUpdateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceVariableUpdateResponse, error)
+	DeviceVariableUpdateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, params *DeviceVariableUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceVariableUpdateResponse, error)
 
 	// DeviceVariableUpdateWithResponse Change a device variable's value
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
-	DeviceVariableUpdateWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, body DeviceVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceVariableUpdateResponse, error)
+	DeviceVariableUpdateWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, params *DeviceVariableUpdateParams, body DeviceVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceVariableUpdateResponse, error)
 
 	// FleetDeleteWithResponse Delete a fleet
 	//
@@ -5486,7 +5993,7 @@ type ClientWithResponsesInterface interface {
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /v1/fleets/{fleetId} (the `FleetDelete` operationId).
-	FleetDeleteWithResponse(ctx context.Context, fleetId FleetId, reqEditors ...RequestEditorFn) (*FleetDeleteResponse, error)
+	FleetDeleteWithResponse(ctx context.Context, fleetId FleetId, params *FleetDeleteParams, reqEditors ...RequestEditorFn) (*FleetDeleteResponse, error)
 
 	// FleetGetWithResponse A fleet
 	//
@@ -5502,7 +6009,7 @@ type ClientWithResponsesInterface interface {
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
-	FleetUpdateWithBodyWithResponse(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetUpdateResponse, error)
+	FleetUpdateWithBodyWithResponse(ctx context.Context, fleetId FleetId, params *FleetUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetUpdateResponse, error)
 
 	// FleetUpdateWithResponse Change a fleet
 	//
@@ -5511,7 +6018,7 @@ type ClientWithResponsesInterface interface {
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
-	FleetUpdateWithResponse(ctx context.Context, fleetId FleetId, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetUpdateResponse, error)
+	FleetUpdateWithResponse(ctx context.Context, fleetId FleetId, params *FleetUpdateParams, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetUpdateResponse, error)
 
 	// ProvisioningKeyListWithResponse Provisioning keys of a fleet
 	//
@@ -5545,7 +6052,7 @@ type ClientWithResponsesInterface interface {
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /v1/fleets/{fleetId}/provisioning-keys/{keyId} (the `ProvisioningKeyDelete` operationId).
-	ProvisioningKeyDeleteWithResponse(ctx context.Context, fleetId FleetId, keyId ProvisioningKeyId, reqEditors ...RequestEditorFn) (*ProvisioningKeyDeleteResponse, error)
+	ProvisioningKeyDeleteWithResponse(ctx context.Context, fleetId FleetId, keyId ProvisioningKeyId, params *ProvisioningKeyDeleteParams, reqEditors ...RequestEditorFn) (*ProvisioningKeyDeleteResponse, error)
 
 	// ReleaseListWithResponse Releases of a fleet
 	//
@@ -5561,7 +6068,7 @@ type ClientWithResponsesInterface interface {
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
-	ReleaseCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseCreateResponse, error)
+	ReleaseCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, params *ReleaseCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseCreateResponse, error)
 
 	// ReleaseCreateWithResponse Register a release
 	//
@@ -5570,7 +6077,7 @@ type ClientWithResponsesInterface interface {
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
-	ReleaseCreateWithResponse(ctx context.Context, fleetId FleetId, body ReleaseCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseCreateResponse, error)
+	ReleaseCreateWithResponse(ctx context.Context, fleetId FleetId, params *ReleaseCreateParams, body ReleaseCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseCreateResponse, error)
 
 	// FleetVariableListWithResponse Configuration variables of a fleet
 	//
@@ -5588,7 +6095,7 @@ type ClientWithResponsesInterface interface {
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/fleets/{fleetId}/variables (the `FleetVariableCreate` operationId).
-	FleetVariableCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetVariableCreateResponse, error)
+	FleetVariableCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, params *FleetVariableCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetVariableCreateResponse, error)
 
 	// FleetVariableCreateWithResponse Set a configuration variable of a fleet
 	//
@@ -5597,28 +6104,28 @@ type ClientWithResponsesInterface interface {
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/fleets/{fleetId}/variables (the `FleetVariableCreate` operationId).
-	FleetVariableCreateWithResponse(ctx context.Context, fleetId FleetId, body FleetVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetVariableCreateResponse, error)
+	FleetVariableCreateWithResponse(ctx context.Context, fleetId FleetId, params *FleetVariableCreateParams, body FleetVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetVariableCreateResponse, error)
 
 	// FleetVariableDeleteWithResponse Remove a fleet variable
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableDelete` operationId).
-	FleetVariableDeleteWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, reqEditors ...RequestEditorFn) (*FleetVariableDeleteResponse, error)
+	FleetVariableDeleteWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, params *FleetVariableDeleteParams, reqEditors ...RequestEditorFn) (*FleetVariableDeleteResponse, error)
 
 	// FleetVariableUpdateWithBodyWithResponse Change a fleet variable's value
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PATCH /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableUpdate` operationId).
-	FleetVariableUpdateWithBodyWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetVariableUpdateResponse, error)
+	FleetVariableUpdateWithBodyWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, params *FleetVariableUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetVariableUpdateResponse, error)
 
 	// FleetVariableUpdateWithResponse Change a fleet variable's value
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PATCH /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableUpdate` operationId).
-	FleetVariableUpdateWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, body FleetVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetVariableUpdateResponse, error)
+	FleetVariableUpdateWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, params *FleetVariableUpdateParams, body FleetVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetVariableUpdateResponse, error)
 
 	// MeGetWithResponse The signed-in user
 	//
@@ -5645,7 +6152,7 @@ type ClientWithResponsesInterface interface {
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/orgs (the `OrgCreate` operationId).
-	OrgCreateWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*OrgCreateResponse, error)
+	OrgCreateWithBodyWithResponse(ctx context.Context, params *OrgCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*OrgCreateResponse, error)
 
 	// OrgCreateWithResponse Create an organisation
 	//
@@ -5654,7 +6161,7 @@ type ClientWithResponsesInterface interface {
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/orgs (the `OrgCreate` operationId).
-	OrgCreateWithResponse(ctx context.Context, body OrgCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*OrgCreateResponse, error)
+	OrgCreateWithResponse(ctx context.Context, params *OrgCreateParams, body OrgCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*OrgCreateResponse, error)
 
 	// OrgDeleteWithResponse Delete an organisation
 	//
@@ -5663,7 +6170,7 @@ type ClientWithResponsesInterface interface {
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /v1/orgs/{orgId} (the `OrgDelete` operationId).
-	OrgDeleteWithResponse(ctx context.Context, orgId OrgId, reqEditors ...RequestEditorFn) (*OrgDeleteResponse, error)
+	OrgDeleteWithResponse(ctx context.Context, orgId OrgId, params *OrgDeleteParams, reqEditors ...RequestEditorFn) (*OrgDeleteResponse, error)
 
 	// OrgGetWithResponse An organisation
 	//
@@ -5677,14 +6184,14 @@ type ClientWithResponsesInterface interface {
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PATCH /v1/orgs/{orgId} (the `OrgUpdate` operationId).
-	OrgUpdateWithBodyWithResponse(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*OrgUpdateResponse, error)
+	OrgUpdateWithBodyWithResponse(ctx context.Context, orgId OrgId, params *OrgUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*OrgUpdateResponse, error)
 
 	// OrgUpdateWithResponse Rename an organisation
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PATCH /v1/orgs/{orgId} (the `OrgUpdate` operationId).
-	OrgUpdateWithResponse(ctx context.Context, orgId OrgId, body OrgUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*OrgUpdateResponse, error)
+	OrgUpdateWithResponse(ctx context.Context, orgId OrgId, params *OrgUpdateParams, body OrgUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*OrgUpdateResponse, error)
 
 	// ApiKeyListWithResponse API keys of an organisation
 	//
@@ -5720,7 +6227,7 @@ type ClientWithResponsesInterface interface {
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /v1/orgs/{orgId}/api-keys/{keyId} (the `ApiKeyDelete` operationId).
-	ApiKeyDeleteWithResponse(ctx context.Context, orgId OrgId, keyId KeyId, reqEditors ...RequestEditorFn) (*ApiKeyDeleteResponse, error)
+	ApiKeyDeleteWithResponse(ctx context.Context, orgId OrgId, keyId KeyId, params *ApiKeyDeleteParams, reqEditors ...RequestEditorFn) (*ApiKeyDeleteResponse, error)
 
 	// AuditEventListWithResponse The audit log of an organisation
 	//
@@ -5750,14 +6257,14 @@ type ClientWithResponsesInterface interface {
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/orgs/{orgId}/fleets (the `FleetCreate` operationId).
-	FleetCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetCreateResponse, error)
+	FleetCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, params *FleetCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetCreateResponse, error)
 
 	// FleetCreateWithResponse Create a fleet
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/orgs/{orgId}/fleets (the `FleetCreate` operationId).
-	FleetCreateWithResponse(ctx context.Context, orgId OrgId, body FleetCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetCreateResponse, error)
+	FleetCreateWithResponse(ctx context.Context, orgId OrgId, params *FleetCreateParams, body FleetCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetCreateResponse, error)
 
 	// MemberListWithResponse Members of an organisation
 	//
@@ -5775,7 +6282,7 @@ type ClientWithResponsesInterface interface {
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/orgs/{orgId}/members (the `MemberCreate` operationId).
-	MemberCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MemberCreateResponse, error)
+	MemberCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, params *MemberCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MemberCreateResponse, error)
 
 	// MemberCreateWithResponse Add a member
 	//
@@ -5786,7 +6293,7 @@ type ClientWithResponsesInterface interface {
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/orgs/{orgId}/members (the `MemberCreate` operationId).
-	MemberCreateWithResponse(ctx context.Context, orgId OrgId, body MemberCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*MemberCreateResponse, error)
+	MemberCreateWithResponse(ctx context.Context, orgId OrgId, params *MemberCreateParams, body MemberCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*MemberCreateResponse, error)
 
 	// MemberDeleteWithResponse Remove a member
 	//
@@ -5795,7 +6302,7 @@ type ClientWithResponsesInterface interface {
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with DELETE /v1/orgs/{orgId}/members/{userId} (the `MemberDelete` operationId).
-	MemberDeleteWithResponse(ctx context.Context, orgId OrgId, userId UserId, reqEditors ...RequestEditorFn) (*MemberDeleteResponse, error)
+	MemberDeleteWithResponse(ctx context.Context, orgId OrgId, userId UserId, params *MemberDeleteParams, reqEditors ...RequestEditorFn) (*MemberDeleteResponse, error)
 
 	// MemberUpdateWithBodyWithResponse Change a member's role
 	//
@@ -5804,7 +6311,7 @@ type ClientWithResponsesInterface interface {
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
-	MemberUpdateWithBodyWithResponse(ctx context.Context, orgId OrgId, userId UserId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MemberUpdateResponse, error)
+	MemberUpdateWithBodyWithResponse(ctx context.Context, orgId OrgId, userId UserId, params *MemberUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MemberUpdateResponse, error)
 
 	// MemberUpdateWithResponse Change a member's role
 	//
@@ -5813,7 +6320,7 @@ type ClientWithResponsesInterface interface {
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
-	MemberUpdateWithResponse(ctx context.Context, orgId OrgId, userId UserId, body MemberUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*MemberUpdateResponse, error)
+	MemberUpdateWithResponse(ctx context.Context, orgId OrgId, userId UserId, params *MemberUpdateParams, body MemberUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*MemberUpdateResponse, error)
 
 	// ReleaseGetWithResponse A release
 	//
@@ -5829,7 +6336,7 @@ type ClientWithResponsesInterface interface {
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
-	ReleaseUpdateWithBodyWithResponse(ctx context.Context, releaseId ReleaseId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseUpdateResponse, error)
+	ReleaseUpdateWithBodyWithResponse(ctx context.Context, releaseId ReleaseId, params *ReleaseUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseUpdateResponse, error)
 
 	// ReleaseUpdateWithResponse Finalise, fail or retag a release
 	//
@@ -5838,7 +6345,7 @@ type ClientWithResponsesInterface interface {
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
-	ReleaseUpdateWithResponse(ctx context.Context, releaseId ReleaseId, body ReleaseUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseUpdateResponse, error)
+	ReleaseUpdateWithResponse(ctx context.Context, releaseId ReleaseId, params *ReleaseUpdateParams, body ReleaseUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseUpdateResponse, error)
 
 	// VersionGetWithResponse Version of this deployment
 	//
@@ -8055,8 +8562,8 @@ func (c *ClientWithResponses) DeviceTokenWithResponse(ctx context.Context, body 
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with DELETE /v1/devices/{deviceId} (the `DeviceDelete` operationId).
-func (c *ClientWithResponses) DeviceDeleteWithResponse(ctx context.Context, deviceId DeviceId, reqEditors ...RequestEditorFn) (*DeviceDeleteResponse, error) {
-	rsp, err := c.DeviceDelete(ctx, deviceId, reqEditors...)
+func (c *ClientWithResponses) DeviceDeleteWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceDeleteParams, reqEditors ...RequestEditorFn) (*DeviceDeleteResponse, error) {
+	rsp, err := c.DeviceDelete(ctx, deviceId, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8081,8 +8588,8 @@ func (c *ClientWithResponses) DeviceGetWithResponse(ctx context.Context, deviceI
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
-func (c *ClientWithResponses) DeviceUpdateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceUpdateResponse, error) {
-	rsp, err := c.DeviceUpdateWithBody(ctx, deviceId, contentType, body, reqEditors...)
+func (c *ClientWithResponses) DeviceUpdateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceUpdateResponse, error) {
+	rsp, err := c.DeviceUpdateWithBody(ctx, deviceId, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8094,8 +8601,8 @@ func (c *ClientWithResponses) DeviceUpdateWithBodyWithResponse(ctx context.Conte
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
-func (c *ClientWithResponses) DeviceUpdateWithResponse(ctx context.Context, deviceId DeviceId, body DeviceUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceUpdateResponse, error) {
-	rsp, err := c.DeviceUpdate(ctx, deviceId, body, reqEditors...)
+func (c *ClientWithResponses) DeviceUpdateWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceUpdateParams, body DeviceUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceUpdateResponse, error) {
+	rsp, err := c.DeviceUpdate(ctx, deviceId, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8124,8 +8631,8 @@ func (c *ClientWithResponses) DeviceVariableListWithResponse(ctx context.Context
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/devices/{deviceId}/variables (the `DeviceVariableCreate` operationId).
-func (c *ClientWithResponses) DeviceVariableCreateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceVariableCreateResponse, error) {
-	rsp, err := c.DeviceVariableCreateWithBody(ctx, deviceId, contentType, body, reqEditors...)
+func (c *ClientWithResponses) DeviceVariableCreateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceVariableCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceVariableCreateResponse, error) {
+	rsp, err := c.DeviceVariableCreateWithBody(ctx, deviceId, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8139,8 +8646,8 @@ func (c *ClientWithResponses) DeviceVariableCreateWithBodyWithResponse(ctx conte
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/devices/{deviceId}/variables (the `DeviceVariableCreate` operationId).
-func (c *ClientWithResponses) DeviceVariableCreateWithResponse(ctx context.Context, deviceId DeviceId, body DeviceVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceVariableCreateResponse, error) {
-	rsp, err := c.DeviceVariableCreate(ctx, deviceId, body, reqEditors...)
+func (c *ClientWithResponses) DeviceVariableCreateWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceVariableCreateParams, body DeviceVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceVariableCreateResponse, error) {
+	rsp, err := c.DeviceVariableCreate(ctx, deviceId, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8152,8 +8659,8 @@ func (c *ClientWithResponses) DeviceVariableCreateWithResponse(ctx context.Conte
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with DELETE /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableDelete` operationId).
-func (c *ClientWithResponses) DeviceVariableDeleteWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, reqEditors ...RequestEditorFn) (*DeviceVariableDeleteResponse, error) {
-	rsp, err := c.DeviceVariableDelete(ctx, deviceId, variableId, reqEditors...)
+func (c *ClientWithResponses) DeviceVariableDeleteWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, params *DeviceVariableDeleteParams, reqEditors ...RequestEditorFn) (*DeviceVariableDeleteResponse, error) {
+	rsp, err := c.DeviceVariableDelete(ctx, deviceId, variableId, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8165,8 +8672,8 @@ func (c *ClientWithResponses) DeviceVariableDeleteWithResponse(ctx context.Conte
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
-func (c *ClientWithResponses) DeviceVariableUpdateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceVariableUpdateResponse, error) {
-	rsp, err := c.DeviceVariableUpdateWithBody(ctx, deviceId, variableId, contentType, body, reqEditors...)
+func (c *ClientWithResponses) DeviceVariableUpdateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, params *DeviceVariableUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceVariableUpdateResponse, error) {
+	rsp, err := c.DeviceVariableUpdateWithBody(ctx, deviceId, variableId, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8178,8 +8685,8 @@ func (c *ClientWithResponses) DeviceVariableUpdateWithBodyWithResponse(ctx conte
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
-func (c *ClientWithResponses) DeviceVariableUpdateWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, body DeviceVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceVariableUpdateResponse, error) {
-	rsp, err := c.DeviceVariableUpdate(ctx, deviceId, variableId, body, reqEditors...)
+func (c *ClientWithResponses) DeviceVariableUpdateWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, params *DeviceVariableUpdateParams, body DeviceVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceVariableUpdateResponse, error) {
+	rsp, err := c.DeviceVariableUpdate(ctx, deviceId, variableId, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8193,8 +8700,8 @@ func (c *ClientWithResponses) DeviceVariableUpdateWithResponse(ctx context.Conte
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with DELETE /v1/fleets/{fleetId} (the `FleetDelete` operationId).
-func (c *ClientWithResponses) FleetDeleteWithResponse(ctx context.Context, fleetId FleetId, reqEditors ...RequestEditorFn) (*FleetDeleteResponse, error) {
-	rsp, err := c.FleetDelete(ctx, fleetId, reqEditors...)
+func (c *ClientWithResponses) FleetDeleteWithResponse(ctx context.Context, fleetId FleetId, params *FleetDeleteParams, reqEditors ...RequestEditorFn) (*FleetDeleteResponse, error) {
+	rsp, err := c.FleetDelete(ctx, fleetId, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8221,8 +8728,8 @@ func (c *ClientWithResponses) FleetGetWithResponse(ctx context.Context, fleetId 
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
-func (c *ClientWithResponses) FleetUpdateWithBodyWithResponse(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetUpdateResponse, error) {
-	rsp, err := c.FleetUpdateWithBody(ctx, fleetId, contentType, body, reqEditors...)
+func (c *ClientWithResponses) FleetUpdateWithBodyWithResponse(ctx context.Context, fleetId FleetId, params *FleetUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetUpdateResponse, error) {
+	rsp, err := c.FleetUpdateWithBody(ctx, fleetId, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8236,8 +8743,8 @@ func (c *ClientWithResponses) FleetUpdateWithBodyWithResponse(ctx context.Contex
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
-func (c *ClientWithResponses) FleetUpdateWithResponse(ctx context.Context, fleetId FleetId, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetUpdateResponse, error) {
-	rsp, err := c.FleetUpdate(ctx, fleetId, body, reqEditors...)
+func (c *ClientWithResponses) FleetUpdateWithResponse(ctx context.Context, fleetId FleetId, params *FleetUpdateParams, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetUpdateResponse, error) {
+	rsp, err := c.FleetUpdate(ctx, fleetId, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8294,8 +8801,8 @@ func (c *ClientWithResponses) ProvisioningKeyCreateWithResponse(ctx context.Cont
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with DELETE /v1/fleets/{fleetId}/provisioning-keys/{keyId} (the `ProvisioningKeyDelete` operationId).
-func (c *ClientWithResponses) ProvisioningKeyDeleteWithResponse(ctx context.Context, fleetId FleetId, keyId ProvisioningKeyId, reqEditors ...RequestEditorFn) (*ProvisioningKeyDeleteResponse, error) {
-	rsp, err := c.ProvisioningKeyDelete(ctx, fleetId, keyId, reqEditors...)
+func (c *ClientWithResponses) ProvisioningKeyDeleteWithResponse(ctx context.Context, fleetId FleetId, keyId ProvisioningKeyId, params *ProvisioningKeyDeleteParams, reqEditors ...RequestEditorFn) (*ProvisioningKeyDeleteResponse, error) {
+	rsp, err := c.ProvisioningKeyDelete(ctx, fleetId, keyId, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8322,8 +8829,8 @@ func (c *ClientWithResponses) ReleaseListWithResponse(ctx context.Context, fleet
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
-func (c *ClientWithResponses) ReleaseCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseCreateResponse, error) {
-	rsp, err := c.ReleaseCreateWithBody(ctx, fleetId, contentType, body, reqEditors...)
+func (c *ClientWithResponses) ReleaseCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, params *ReleaseCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseCreateResponse, error) {
+	rsp, err := c.ReleaseCreateWithBody(ctx, fleetId, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8337,8 +8844,8 @@ func (c *ClientWithResponses) ReleaseCreateWithBodyWithResponse(ctx context.Cont
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
-func (c *ClientWithResponses) ReleaseCreateWithResponse(ctx context.Context, fleetId FleetId, body ReleaseCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseCreateResponse, error) {
-	rsp, err := c.ReleaseCreate(ctx, fleetId, body, reqEditors...)
+func (c *ClientWithResponses) ReleaseCreateWithResponse(ctx context.Context, fleetId FleetId, params *ReleaseCreateParams, body ReleaseCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseCreateResponse, error) {
+	rsp, err := c.ReleaseCreate(ctx, fleetId, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8367,8 +8874,8 @@ func (c *ClientWithResponses) FleetVariableListWithResponse(ctx context.Context,
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/fleets/{fleetId}/variables (the `FleetVariableCreate` operationId).
-func (c *ClientWithResponses) FleetVariableCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetVariableCreateResponse, error) {
-	rsp, err := c.FleetVariableCreateWithBody(ctx, fleetId, contentType, body, reqEditors...)
+func (c *ClientWithResponses) FleetVariableCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, params *FleetVariableCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetVariableCreateResponse, error) {
+	rsp, err := c.FleetVariableCreateWithBody(ctx, fleetId, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8382,8 +8889,8 @@ func (c *ClientWithResponses) FleetVariableCreateWithBodyWithResponse(ctx contex
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/fleets/{fleetId}/variables (the `FleetVariableCreate` operationId).
-func (c *ClientWithResponses) FleetVariableCreateWithResponse(ctx context.Context, fleetId FleetId, body FleetVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetVariableCreateResponse, error) {
-	rsp, err := c.FleetVariableCreate(ctx, fleetId, body, reqEditors...)
+func (c *ClientWithResponses) FleetVariableCreateWithResponse(ctx context.Context, fleetId FleetId, params *FleetVariableCreateParams, body FleetVariableCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetVariableCreateResponse, error) {
+	rsp, err := c.FleetVariableCreate(ctx, fleetId, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8395,8 +8902,8 @@ func (c *ClientWithResponses) FleetVariableCreateWithResponse(ctx context.Contex
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with DELETE /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableDelete` operationId).
-func (c *ClientWithResponses) FleetVariableDeleteWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, reqEditors ...RequestEditorFn) (*FleetVariableDeleteResponse, error) {
-	rsp, err := c.FleetVariableDelete(ctx, fleetId, variableId, reqEditors...)
+func (c *ClientWithResponses) FleetVariableDeleteWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, params *FleetVariableDeleteParams, reqEditors ...RequestEditorFn) (*FleetVariableDeleteResponse, error) {
+	rsp, err := c.FleetVariableDelete(ctx, fleetId, variableId, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8408,8 +8915,8 @@ func (c *ClientWithResponses) FleetVariableDeleteWithResponse(ctx context.Contex
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with PATCH /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableUpdate` operationId).
-func (c *ClientWithResponses) FleetVariableUpdateWithBodyWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetVariableUpdateResponse, error) {
-	rsp, err := c.FleetVariableUpdateWithBody(ctx, fleetId, variableId, contentType, body, reqEditors...)
+func (c *ClientWithResponses) FleetVariableUpdateWithBodyWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, params *FleetVariableUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetVariableUpdateResponse, error) {
+	rsp, err := c.FleetVariableUpdateWithBody(ctx, fleetId, variableId, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8421,8 +8928,8 @@ func (c *ClientWithResponses) FleetVariableUpdateWithBodyWithResponse(ctx contex
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with PATCH /v1/fleets/{fleetId}/variables/{variableId} (the `FleetVariableUpdate` operationId).
-func (c *ClientWithResponses) FleetVariableUpdateWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, body FleetVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetVariableUpdateResponse, error) {
-	rsp, err := c.FleetVariableUpdate(ctx, fleetId, variableId, body, reqEditors...)
+func (c *ClientWithResponses) FleetVariableUpdateWithResponse(ctx context.Context, fleetId FleetId, variableId VariableId, params *FleetVariableUpdateParams, body FleetVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetVariableUpdateResponse, error) {
+	rsp, err := c.FleetVariableUpdate(ctx, fleetId, variableId, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8466,8 +8973,8 @@ func (c *ClientWithResponses) OrgListWithResponse(ctx context.Context, params *O
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/orgs (the `OrgCreate` operationId).
-func (c *ClientWithResponses) OrgCreateWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*OrgCreateResponse, error) {
-	rsp, err := c.OrgCreateWithBody(ctx, contentType, body, reqEditors...)
+func (c *ClientWithResponses) OrgCreateWithBodyWithResponse(ctx context.Context, params *OrgCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*OrgCreateResponse, error) {
+	rsp, err := c.OrgCreateWithBody(ctx, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8481,8 +8988,8 @@ func (c *ClientWithResponses) OrgCreateWithBodyWithResponse(ctx context.Context,
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/orgs (the `OrgCreate` operationId).
-func (c *ClientWithResponses) OrgCreateWithResponse(ctx context.Context, body OrgCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*OrgCreateResponse, error) {
-	rsp, err := c.OrgCreate(ctx, body, reqEditors...)
+func (c *ClientWithResponses) OrgCreateWithResponse(ctx context.Context, params *OrgCreateParams, body OrgCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*OrgCreateResponse, error) {
+	rsp, err := c.OrgCreate(ctx, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8496,8 +9003,8 @@ func (c *ClientWithResponses) OrgCreateWithResponse(ctx context.Context, body Or
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with DELETE /v1/orgs/{orgId} (the `OrgDelete` operationId).
-func (c *ClientWithResponses) OrgDeleteWithResponse(ctx context.Context, orgId OrgId, reqEditors ...RequestEditorFn) (*OrgDeleteResponse, error) {
-	rsp, err := c.OrgDelete(ctx, orgId, reqEditors...)
+func (c *ClientWithResponses) OrgDeleteWithResponse(ctx context.Context, orgId OrgId, params *OrgDeleteParams, reqEditors ...RequestEditorFn) (*OrgDeleteResponse, error) {
+	rsp, err := c.OrgDelete(ctx, orgId, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8522,8 +9029,8 @@ func (c *ClientWithResponses) OrgGetWithResponse(ctx context.Context, orgId OrgI
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with PATCH /v1/orgs/{orgId} (the `OrgUpdate` operationId).
-func (c *ClientWithResponses) OrgUpdateWithBodyWithResponse(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*OrgUpdateResponse, error) {
-	rsp, err := c.OrgUpdateWithBody(ctx, orgId, contentType, body, reqEditors...)
+func (c *ClientWithResponses) OrgUpdateWithBodyWithResponse(ctx context.Context, orgId OrgId, params *OrgUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*OrgUpdateResponse, error) {
+	rsp, err := c.OrgUpdateWithBody(ctx, orgId, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8535,8 +9042,8 @@ func (c *ClientWithResponses) OrgUpdateWithBodyWithResponse(ctx context.Context,
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with PATCH /v1/orgs/{orgId} (the `OrgUpdate` operationId).
-func (c *ClientWithResponses) OrgUpdateWithResponse(ctx context.Context, orgId OrgId, body OrgUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*OrgUpdateResponse, error) {
-	rsp, err := c.OrgUpdate(ctx, orgId, body, reqEditors...)
+func (c *ClientWithResponses) OrgUpdateWithResponse(ctx context.Context, orgId OrgId, params *OrgUpdateParams, body OrgUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*OrgUpdateResponse, error) {
+	rsp, err := c.OrgUpdate(ctx, orgId, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8595,8 +9102,8 @@ func (c *ClientWithResponses) ApiKeyCreateWithResponse(ctx context.Context, orgI
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with DELETE /v1/orgs/{orgId}/api-keys/{keyId} (the `ApiKeyDelete` operationId).
-func (c *ClientWithResponses) ApiKeyDeleteWithResponse(ctx context.Context, orgId OrgId, keyId KeyId, reqEditors ...RequestEditorFn) (*ApiKeyDeleteResponse, error) {
-	rsp, err := c.ApiKeyDelete(ctx, orgId, keyId, reqEditors...)
+func (c *ClientWithResponses) ApiKeyDeleteWithResponse(ctx context.Context, orgId OrgId, keyId KeyId, params *ApiKeyDeleteParams, reqEditors ...RequestEditorFn) (*ApiKeyDeleteResponse, error) {
+	rsp, err := c.ApiKeyDelete(ctx, orgId, keyId, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8649,8 +9156,8 @@ func (c *ClientWithResponses) FleetListWithResponse(ctx context.Context, orgId O
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/orgs/{orgId}/fleets (the `FleetCreate` operationId).
-func (c *ClientWithResponses) FleetCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetCreateResponse, error) {
-	rsp, err := c.FleetCreateWithBody(ctx, orgId, contentType, body, reqEditors...)
+func (c *ClientWithResponses) FleetCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, params *FleetCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*FleetCreateResponse, error) {
+	rsp, err := c.FleetCreateWithBody(ctx, orgId, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8662,8 +9169,8 @@ func (c *ClientWithResponses) FleetCreateWithBodyWithResponse(ctx context.Contex
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/orgs/{orgId}/fleets (the `FleetCreate` operationId).
-func (c *ClientWithResponses) FleetCreateWithResponse(ctx context.Context, orgId OrgId, body FleetCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetCreateResponse, error) {
-	rsp, err := c.FleetCreate(ctx, orgId, body, reqEditors...)
+func (c *ClientWithResponses) FleetCreateWithResponse(ctx context.Context, orgId OrgId, params *FleetCreateParams, body FleetCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetCreateResponse, error) {
+	rsp, err := c.FleetCreate(ctx, orgId, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8692,8 +9199,8 @@ func (c *ClientWithResponses) MemberListWithResponse(ctx context.Context, orgId 
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/orgs/{orgId}/members (the `MemberCreate` operationId).
-func (c *ClientWithResponses) MemberCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MemberCreateResponse, error) {
-	rsp, err := c.MemberCreateWithBody(ctx, orgId, contentType, body, reqEditors...)
+func (c *ClientWithResponses) MemberCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, params *MemberCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MemberCreateResponse, error) {
+	rsp, err := c.MemberCreateWithBody(ctx, orgId, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8709,8 +9216,8 @@ func (c *ClientWithResponses) MemberCreateWithBodyWithResponse(ctx context.Conte
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/orgs/{orgId}/members (the `MemberCreate` operationId).
-func (c *ClientWithResponses) MemberCreateWithResponse(ctx context.Context, orgId OrgId, body MemberCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*MemberCreateResponse, error) {
-	rsp, err := c.MemberCreate(ctx, orgId, body, reqEditors...)
+func (c *ClientWithResponses) MemberCreateWithResponse(ctx context.Context, orgId OrgId, params *MemberCreateParams, body MemberCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*MemberCreateResponse, error) {
+	rsp, err := c.MemberCreate(ctx, orgId, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8724,8 +9231,8 @@ func (c *ClientWithResponses) MemberCreateWithResponse(ctx context.Context, orgI
 // Returns a wrapper object for the known response body format(s).
 //
 // Corresponds with DELETE /v1/orgs/{orgId}/members/{userId} (the `MemberDelete` operationId).
-func (c *ClientWithResponses) MemberDeleteWithResponse(ctx context.Context, orgId OrgId, userId UserId, reqEditors ...RequestEditorFn) (*MemberDeleteResponse, error) {
-	rsp, err := c.MemberDelete(ctx, orgId, userId, reqEditors...)
+func (c *ClientWithResponses) MemberDeleteWithResponse(ctx context.Context, orgId OrgId, userId UserId, params *MemberDeleteParams, reqEditors ...RequestEditorFn) (*MemberDeleteResponse, error) {
+	rsp, err := c.MemberDelete(ctx, orgId, userId, params, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8739,8 +9246,8 @@ func (c *ClientWithResponses) MemberDeleteWithResponse(ctx context.Context, orgI
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
-func (c *ClientWithResponses) MemberUpdateWithBodyWithResponse(ctx context.Context, orgId OrgId, userId UserId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MemberUpdateResponse, error) {
-	rsp, err := c.MemberUpdateWithBody(ctx, orgId, userId, contentType, body, reqEditors...)
+func (c *ClientWithResponses) MemberUpdateWithBodyWithResponse(ctx context.Context, orgId OrgId, userId UserId, params *MemberUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MemberUpdateResponse, error) {
+	rsp, err := c.MemberUpdateWithBody(ctx, orgId, userId, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8754,8 +9261,8 @@ func (c *ClientWithResponses) MemberUpdateWithBodyWithResponse(ctx context.Conte
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
-func (c *ClientWithResponses) MemberUpdateWithResponse(ctx context.Context, orgId OrgId, userId UserId, body MemberUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*MemberUpdateResponse, error) {
-	rsp, err := c.MemberUpdate(ctx, orgId, userId, body, reqEditors...)
+func (c *ClientWithResponses) MemberUpdateWithResponse(ctx context.Context, orgId OrgId, userId UserId, params *MemberUpdateParams, body MemberUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*MemberUpdateResponse, error) {
+	rsp, err := c.MemberUpdate(ctx, orgId, userId, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8782,8 +9289,8 @@ func (c *ClientWithResponses) ReleaseGetWithResponse(ctx context.Context, releas
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
-func (c *ClientWithResponses) ReleaseUpdateWithBodyWithResponse(ctx context.Context, releaseId ReleaseId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseUpdateResponse, error) {
-	rsp, err := c.ReleaseUpdateWithBody(ctx, releaseId, contentType, body, reqEditors...)
+func (c *ClientWithResponses) ReleaseUpdateWithBodyWithResponse(ctx context.Context, releaseId ReleaseId, params *ReleaseUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*ReleaseUpdateResponse, error) {
+	rsp, err := c.ReleaseUpdateWithBody(ctx, releaseId, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8797,8 +9304,8 @@ func (c *ClientWithResponses) ReleaseUpdateWithBodyWithResponse(ctx context.Cont
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
-func (c *ClientWithResponses) ReleaseUpdateWithResponse(ctx context.Context, releaseId ReleaseId, body ReleaseUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseUpdateResponse, error) {
-	rsp, err := c.ReleaseUpdate(ctx, releaseId, body, reqEditors...)
+func (c *ClientWithResponses) ReleaseUpdateWithResponse(ctx context.Context, releaseId ReleaseId, params *ReleaseUpdateParams, body ReleaseUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseUpdateResponse, error) {
+	rsp, err := c.ReleaseUpdate(ctx, releaseId, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}

@@ -97,6 +97,14 @@ type ConfigVariable struct {
 	UpdatedAt time.Time
 }
 
+type ConnectivityEvent struct {
+	DeviceID      uuid.UUID
+	OrgID         uuid.UUID
+	ConnectionSeq int64
+	Event         string
+	At            time.Time
+}
+
 type Device struct {
 	ID               uuid.UUID
 	OrgID            uuid.UUID
@@ -123,6 +131,16 @@ type DeviceAssertionJti struct {
 	ExpiresAt time.Time
 }
 
+type DeviceLog struct {
+	DeviceID uuid.UUID
+	OrgID    uuid.UUID
+	Service  string
+	Seq      int64
+	Ts       time.Time
+	Stream   string
+	Line     string
+}
+
 type Fleet struct {
 	ID              uuid.UUID
 	OrgID           uuid.UUID
@@ -140,6 +158,16 @@ type GooseDbVersion struct {
 	VersionID int64
 	IsApplied bool
 	Tstamp    pgtype.Timestamp
+}
+
+type IdempotencyKey struct {
+	Principal   string
+	Key         string
+	Operation   string
+	RequestHash []byte
+	Status      int32
+	Body        []byte
+	CreatedAt   time.Time
 }
 
 type Membership struct {
@@ -192,6 +220,16 @@ type SigningKey struct {
 	PrivateKey []byte
 	CreatedAt  time.Time
 	RetiredAt  *time.Time
+}
+
+type TelemetrySample struct {
+	DeviceID uuid.UUID
+	OrgID    uuid.UUID
+	Ts       time.Time
+	Name     string
+	Value    float64
+	Unit     string
+	Labels   []byte
 }
 
 type User struct {

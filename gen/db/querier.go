@@ -6,6 +6,7 @@ package db
 
 import (
 	"context"
+	"time"
 
 	"github.com/google/uuid"
 )
@@ -22,6 +23,12 @@ type Querier interface {
 	AuditEventInsert(ctx context.Context, arg AuditEventInsertParams) error
 	// Newest first within [since, until), keyset pagination on (occurred_at, id).
 	AuditEventList(ctx context.Context, arg AuditEventListParams) ([]AuditEvent, error)
+	// As DeviceLogInsert: one statement per batch, redeliveries skipped.
+	ConnectivityInsert(ctx context.Context, arg ConnectivityInsertParams) error
+	// Newest first, keyset pagination on (at, connection_seq, event), which is
+	// unique per device. An empty before_event pages past every event of
+	// (before_at, before_seq), since both event names sort after the empty string.
+	ConnectivityList(ctx context.Context, arg ConnectivityListParams) ([]ConnectivityEvent, error)
 	// The server's version and the newest applied migration, for /v1/version.
 	DatabaseVersion(ctx context.Context) (DatabaseVersionRow, error)
 	DeviceCountByFleet(ctx context.Context, fleetID uuid.UUID) (int64, error)
@@ -30,6 +37,15 @@ type Querier interface {
 	DeviceGet(ctx context.Context, id uuid.UUID) (Device, error)
 	// Keyset pagination on (created_at, id); every filter is optional.
 	DeviceList(ctx context.Context, arg DeviceListParams) ([]Device, error)
+	// A whole batch in one statement: the arrays are the batch's columns, zipped
+	// by the parallel unnests (sqlc cannot type the multi-argument unnest). A line
+	// already stored (a QoS 1 redelivery, possibly within the same batch) is
+	// skipped; the conflict target is named so no other unique index can make
+	// this statement silently drop rows.
+	DeviceLogInsert(ctx context.Context, arg DeviceLogInsertParams) error
+	// Newest first, keyset pagination on (ts, service, seq): seq alone numbers
+	// lines per service, so two services can share a (ts, seq) pair.
+	DeviceLogList(ctx context.Context, arg DeviceLogListParams) ([]DeviceLog, error)
 	DeviceOrg(ctx context.Context, id uuid.UUID) (uuid.UUID, error)
 	// A retry of the same registration conflicts on the id and returns nothing;
 	// the caller then compares keys.
@@ -46,6 +62,12 @@ type Querier interface {
 	FleetList(ctx context.Context, arg FleetListParams) ([]Fleet, error)
 	FleetOrg(ctx context.Context, id uuid.UUID) (uuid.UUID, error)
 	FleetUpdate(ctx context.Context, arg FleetUpdateParams) (Fleet, error)
+	IdempotencyDeleteExpired(ctx context.Context) (int64, error)
+	IdempotencyGet(ctx context.Context, arg IdempotencyGetParams) (IdempotencyKey, error)
+	// Inside the write's own transaction: a concurrent request with the same key
+	// waits here for the first to commit, then changes nothing (0 rows). A key
+	// older than a day is taken over.
+	IdempotencyInsert(ctx context.Context, arg IdempotencyInsertParams) (int64, error)
 	MemberGet(ctx context.Context, arg MemberGetParams) (MemberGetRow, error)
 	MemberList(ctx context.Context, arg MemberListParams) ([]MemberListRow, error)
 	MembershipCreate(ctx context.Context, arg MembershipCreateParams) (Membership, error)
@@ -82,6 +104,15 @@ type Querier interface {
 	SigningKeyInsert(ctx context.Context, arg SigningKeyInsertParams) error
 	// Published keys of a purpose, newest first; the first one signs.
 	SigningKeyList(ctx context.Context, purpose string) ([]SigningKey, error)
+	// Retention: one statement, so the three tables are trimmed atomically and
+	// the caller gets one total.
+	TelemetryDeleteBefore(ctx context.Context, cutoff time.Time) (int64, error)
+	// One series of a device, newest first within [since, until); either bound
+	// may be null.
+	TelemetryList(ctx context.Context, arg TelemetryListParams) ([]TelemetrySample, error)
+	// Samples have no natural key to deduplicate on, so they take COPY, the
+	// cheapest bulk path.
+	TelemetrySampleCopy(ctx context.Context, arg []TelemetrySampleCopyParams) (int64, error)
 	UserByEmail(ctx context.Context, email string) (User, error)
 	UserByID(ctx context.Context, id uuid.UUID) (User, error)
 	UserByIdentity(ctx context.Context, arg UserByIdentityParams) (User, error)

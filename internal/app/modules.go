@@ -9,6 +9,7 @@ import (
 	"sort"
 
 	"github.com/getkin/kin-openapi/openapi3"
+	"golang.org/x/sync/errgroup"
 	"strings"
 
 	"github.com/go-chi/chi/v5"
@@ -27,6 +28,7 @@ import (
 	"github.com/flock-io/flock-api/internal/devoidc"
 	"github.com/flock-io/flock-api/internal/docs"
 	"github.com/flock-io/flock-api/internal/httpserver"
+	"github.com/flock-io/flock-api/internal/idempotency"
 	"github.com/flock-io/flock-api/internal/metrics"
 	"github.com/flock-io/flock-api/internal/modules"
 	"github.com/flock-io/flock-api/internal/postgres"
@@ -194,11 +196,18 @@ func (a *App) initAPI(ctx context.Context) (*modules.Service, error) {
 		return nil, fmt.Errorf("device token keys: %w", err)
 	}
 	server := handlers.New(a.pool, a.targets, tokens, TokenEndpoint(a.cfg.PublicURL), a.audit)
-	MountAPI(a.server.Router(), spec, server, auth.NewAuthenticator(verifier, tokens, issuer, a.pool, a.log), guard)
+	MountAPI(a.server.Router(), spec, server, auth.NewAuthenticator(verifier, tokens, issuer, a.pool, a.log), guard,
+		idempotency.Middleware(a.pool, auth.NameOf))
 	docs.Mount(a.server.Router())
-	// Rotates the device-token signing key on schedule and forgets spent
-	// assertion ids.
-	return &modules.Service{Run: tokens.Run}, nil
+	// Background work of the API: rotating the device-token signing key and
+	// forgetting spent assertion ids; forgetting day-old idempotency keys.
+	janitor := idempotency.Janitor(a.pool, a.log)
+	return &modules.Service{Run: func(ctx context.Context) error {
+		g, ctx := errgroup.WithContext(ctx)
+		g.Go(func() error { return tokens.Run(ctx) })
+		g.Go(func() error { return janitor(ctx) })
+		return g.Wait()
+	}}, nil
 }
 
 // DeviceIssuer is the iss of device tokens: the deployment's public URL.
@@ -250,7 +259,8 @@ func mustPath(u string) string {
 // and routes every path under the spec's top-level prefixes (/v1, ...) to it,
 // so unknown paths there get the validator's 404 and known paths with a wrong
 // method its 405.
-func MountAPI(r chi.Router, spec *openapi3.T, s api.StrictServerInterface, authn *auth.Authenticator, guard *auth.Guard) {
+func MountAPI(r chi.Router, spec *openapi3.T, s api.StrictServerInterface, authn *auth.Authenticator, guard *auth.Guard,
+	between ...func(http.Handler) http.Handler) {
 	ops := restapi.NewOperations(spec)
 	// The last middleware is the outermost: the operation is labelled
 	// before the guard may refuse the request.
@@ -267,7 +277,13 @@ func MountAPI(r chi.Router, spec *openapi3.T, s api.StrictServerInterface, authn
 		BaseRouter:       chi.NewRouter(),
 		ErrorHandlerFunc: restapi.RequestError,
 	})
-	handler := authn.Middleware(restapi.Validator(spec, restapi.Options{Authenticate: auth.RequirePrincipal})(h))
+	var handler http.Handler = restapi.Validator(spec, restapi.Options{Authenticate: auth.RequirePrincipal})(h)
+	// Middleware that needs the caller but must run before validation (the
+	// idempotency replay answers without validating again).
+	for i := len(between) - 1; i >= 0; i-- {
+		handler = between[i](handler)
+	}
+	handler = authn.Middleware(handler)
 	for _, p := range restapi.Prefixes(spec) {
 		r.Handle(p+"/*", handler)
 	}

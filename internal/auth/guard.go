@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/audit"
 	"github.com/flock-io/flock-api/internal/dbtx"
+	"github.com/flock-io/flock-api/internal/idempotency"
 	"github.com/flock-io/flock-api/internal/problem"
 	"github.com/flock-io/flock-api/internal/reqinfo"
 )
@@ -81,6 +83,7 @@ type Guard struct {
 	success  map[string]int    // operationId -> its 2xx status
 	target   map[string]string // operationId -> its last path parameter
 	scope    map[string]scope  // operationId -> how to find its organisation
+	keyed    map[string]bool   // operationId -> takes an Idempotency-Key
 }
 
 // NewGuard checks that policy covers every operation of spec, so an
@@ -88,7 +91,7 @@ type Guard struct {
 // (and fails the policy test) instead of going out unguarded.
 func NewGuard(spec *openapi3.T, policy Policy, pool *pgxpool.Pool, rec *audit.Recorder, log *slog.Logger) (*Guard, error) {
 	g := &Guard{policy: policy, pool: pool, recorder: rec, log: log,
-		success: map[string]int{}, target: map[string]string{}, scope: map[string]scope{}}
+		success: map[string]int{}, target: map[string]string{}, scope: map[string]scope{}, keyed: map[string]bool{}}
 	var missing []string
 	for path, item := range spec.Paths.Map() {
 		for _, op := range item.Operations() {
@@ -116,6 +119,12 @@ func NewGuard(spec *openapi3.T, policy Policy, pool *pgxpool.Pool, rec *audit.Re
 			}
 			if i := strings.LastIndex(path, "{"); i >= 0 {
 				g.target[op.OperationID] = strings.TrimSuffix(path[i+1:], "}")
+			}
+			if p := op.Parameters.GetByInAndName("header", idempotency.Header); p != nil {
+				if !rule.Write {
+					return nil, fmt.Errorf("%s takes an Idempotency-Key but is not a write", op.OperationID)
+				}
+				g.keyed[op.OperationID] = true
 			}
 		}
 	}
@@ -149,6 +158,10 @@ func (g *Guard) serve(ctx context.Context, r *http.Request, op string, next func
 	rule, ok := g.policy[op]
 	if !ok {
 		return nil, fmt.Errorf("operation %s has no access rule", op)
+	}
+	if idempotency.From(ctx) != nil && !g.keyed[op] {
+		return nil, problem.Invalid("header", idempotency.Header,
+			op+" does not take an Idempotency-Key (its response holds a secret that is never stored, or it is idempotent already)")
 	}
 	if rule.Level == Public {
 		return next(ctx)
@@ -246,6 +259,9 @@ func (g *Guard) write(ctx context.Context, r *http.Request, acc *Access, next fu
 		g.recordFailure(ctx, r, acc, err)
 		return nil, err
 	}
+	if err := g.remember(ctx, tx, acc.Operation, resp); err != nil {
+		return nil, err
+	}
 	ev := g.event(ctx, r, acc, audit.Success, g.success[acc.Operation])
 	if acc.OrgID != uuid.Nil {
 		if err := g.recorder.Insert(ctx, db.New(tx), ev); err != nil {
@@ -259,6 +275,33 @@ func (g *Guard) write(ctx context.Context, r *http.Request, acc *Access, next fu
 		g.recorder.Committed(ev)
 	}
 	return resp, nil
+}
+
+// remember stores the response of a keyed write in the write's transaction,
+// so the key and the change commit or vanish together.
+func (g *Guard) remember(ctx context.Context, tx pgx.Tx, op string, resp any) error {
+	ir := idempotency.From(ctx)
+	if ir == nil {
+		return nil
+	}
+	status := g.success[op]
+	body := []byte{}
+	if status != http.StatusNoContent {
+		var err error
+		if body, err = json.Marshal(resp); err != nil {
+			return fmt.Errorf("encode response of %s for replay: %w", op, err)
+		}
+	}
+	n, err := db.New(tx).IdempotencyInsert(ctx, db.IdempotencyInsertParams{Principal: ir.Principal, Key: ir.Key,
+		Operation: op, RequestHash: ir.Hash, Status: int32(status), Body: body})
+	if err != nil {
+		return fmt.Errorf("store idempotency key: %w", err)
+	}
+	if n == 0 {
+		return problem.New(http.StatusConflict, "idempotency_conflict",
+			"a request with this Idempotency-Key completed while this one ran; retry to get its response")
+	}
+	return nil
 }
 
 // recordFailure logs a refused or failed write in its own transaction (the

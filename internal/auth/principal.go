@@ -8,6 +8,7 @@ package auth
 import (
 	"context"
 	"errors"
+	"net/http"
 
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/google/uuid"
@@ -143,4 +144,16 @@ func RequirePrincipal(ctx context.Context, in *openapi3filter.AuthenticationInpu
 		return errors.New("device tokens are for the device API")
 	}
 	return nil
+}
+
+// Name is a stable name of the caller ("user:<id>", "api_key:<id>",
+// "device:<id>") that scopes what the caller owns, such as idempotency keys.
+func (p *Principal) Name() string { return p.ActorType() + ":" + p.ActorID().String() }
+
+// NameOf is the Name of the request's caller, or "" when anonymous.
+func NameOf(r *http.Request) string {
+	if p := PrincipalFrom(r.Context()); p != nil {
+		return p.Name()
+	}
+	return ""
 }

@@ -1237,6 +1237,13 @@ export interface components {
         Limit: number;
         /** @description The `next_cursor` of the previous page; omit for the first page. */
         Cursor: string;
+        /**
+         * @description Makes a retry safe: the first request with a key runs and its response is
+         *     kept for 24 hours; a repeat of the same request with the same key gets
+         *     that response again (with `Idempotent-Replayed: true`) without running
+         *     twice. The same key with a different request is 422. Keys are per caller.
+         */
+        IdempotencyKey: string;
         /** @description The organisation's id. */
         OrgId: string;
         /** @description The user's id. */
@@ -1331,7 +1338,15 @@ export interface operations {
     "org:create": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path?: never;
             cookie?: never;
         };
@@ -1380,7 +1395,15 @@ export interface operations {
     "org:delete": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The organisation's id. */
                 orgId: components["parameters"]["OrgId"];
@@ -1402,7 +1425,15 @@ export interface operations {
     "org:update": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The organisation's id. */
                 orgId: components["parameters"]["OrgId"];
@@ -1459,7 +1490,15 @@ export interface operations {
     "member:create": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The organisation's id. */
                 orgId: components["parameters"]["OrgId"];
@@ -1487,7 +1526,15 @@ export interface operations {
     "member:delete": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The organisation's id. */
                 orgId: components["parameters"]["OrgId"];
@@ -1511,7 +1558,15 @@ export interface operations {
     "member:update": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The organisation's id. */
                 orgId: components["parameters"]["OrgId"];
@@ -1598,7 +1653,15 @@ export interface operations {
     "api-key:delete": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The organisation's id. */
                 orgId: components["parameters"]["OrgId"];
@@ -1684,7 +1747,15 @@ export interface operations {
     "fleet:create": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The organisation's id. */
                 orgId: components["parameters"]["OrgId"];
@@ -1736,7 +1807,15 @@ export interface operations {
     "fleet:delete": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The fleet's id. */
                 fleetId: components["parameters"]["FleetId"];
@@ -1758,7 +1837,15 @@ export interface operations {
     "fleet:update": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The fleet's id. */
                 fleetId: components["parameters"]["FleetId"];
@@ -1843,7 +1930,15 @@ export interface operations {
     "provisioning-key:delete": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The fleet's id. */
                 fleetId: components["parameters"]["FleetId"];
@@ -1897,7 +1992,15 @@ export interface operations {
     "release:create": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The fleet's id. */
                 fleetId: components["parameters"]["FleetId"];
@@ -1949,7 +2052,15 @@ export interface operations {
     "release:update": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The release's id. */
                 releaseId: components["parameters"]["ReleaseId"];
@@ -2006,7 +2117,15 @@ export interface operations {
     "fleet-variable:create": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The fleet's id. */
                 fleetId: components["parameters"]["FleetId"];
@@ -2034,7 +2153,15 @@ export interface operations {
     "fleet-variable:delete": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The fleet's id. */
                 fleetId: components["parameters"]["FleetId"];
@@ -2058,7 +2185,15 @@ export interface operations {
     "fleet-variable:update": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The fleet's id. */
                 fleetId: components["parameters"]["FleetId"];
@@ -2149,7 +2284,15 @@ export interface operations {
     "device:delete": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The device's uuid. */
                 deviceId: components["parameters"]["DeviceId"];
@@ -2171,7 +2314,15 @@ export interface operations {
     "device:update": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The device's uuid. */
                 deviceId: components["parameters"]["DeviceId"];
@@ -2228,7 +2379,15 @@ export interface operations {
     "device-variable:create": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The device's uuid. */
                 deviceId: components["parameters"]["DeviceId"];
@@ -2256,7 +2415,15 @@ export interface operations {
     "device-variable:delete": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The device's uuid. */
                 deviceId: components["parameters"]["DeviceId"];
@@ -2280,7 +2447,15 @@ export interface operations {
     "device-variable:update": {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
             path: {
                 /** @description The device's uuid. */
                 deviceId: components["parameters"]["DeviceId"];
