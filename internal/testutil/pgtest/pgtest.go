@@ -70,7 +70,8 @@ func URL(t testing.TB) string {
 // Pool is URL plus an open pool, closed at the end of the test.
 func Pool(t testing.TB) *pgxpool.Pool {
 	t.Helper()
-	pool, err := pgxpool.New(context.Background(), URL(t))
+	// Opened as the server opens its pool, with the same type registrations.
+	pool, err := postgres.Open(context.Background(), URL(t))
 	if err != nil {
 		t.Fatalf("pgtest: open pool: %v", err)
 	}
