@@ -63,7 +63,7 @@ func (h *Variables) list(ctx context.Context, s scope, p listParams) (api.Variab
 		raw, err := base64.RawURLEncoding.DecodeString(*p.cursor)
 		svc, name, ok := strings.Cut(string(raw), "\x00")
 		if err != nil || !ok {
-			return api.VariablePage{}, cursorError(*p.cursor)
+			return api.VariablePage{}, pagination.BadCursor(*p.cursor)
 		}
 		afterService, afterName = &svc, &name
 	}
@@ -88,11 +88,6 @@ func (h *Variables) list(ctx context.Context, s scope, p listParams) (api.Variab
 type listParams struct {
 	limit  *int
 	cursor *string
-}
-
-func cursorError(c string) *problem.Error {
-	return &problem.Error{Status: http.StatusBadRequest, Code: "validation_failed", Detail: "cursor is not one this API returned",
-		Errors: []problem.FieldError{{In: "query", Field: "cursor", Detail: fmt.Sprintf("unrecognised cursor %q", c)}}}
 }
 
 func (h *Variables) create(ctx context.Context, s scope, b *api.VariableCreate) (api.Variable, error) {

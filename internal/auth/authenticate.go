@@ -196,7 +196,7 @@ func (a *Authenticator) user(ctx context.Context, c *oidcverify.Claims) (*Princi
 	case err == nil:
 		if u.Email != c.Email || u.Name != c.Name {
 			if err := q.UserUpdateProfile(ctx, db.UserUpdateProfileParams{ID: u.ID, Email: c.Email, Name: c.Name}); err != nil {
-				if isUniqueViolation(err) {
+				if pgerr.IsUnique(err) {
 					return nil, invalidToken("the token's email belongs to another account", err)
 				}
 				return nil, fmt.Errorf("update user %s: %w", u.ID, err)
@@ -235,14 +235,12 @@ func (a *Authenticator) firstSignIn(ctx context.Context, q *db.Queries, c *oidcv
 	case errors.Is(err, pgx.ErrNoRows):
 		// A concurrent first request created it.
 		return q.UserByIdentity(ctx, db.UserByIdentityParams{Issuer: issuer, Subject: subject})
-	case isUniqueViolation(err):
+	case pgerr.IsUnique(err):
 		return db.User{}, invalidToken("the token's email belongs to another account", err)
 	default:
 		return db.User{}, fmt.Errorf("create user %s: %w", c.Email, err)
 	}
 }
-
-func isUniqueViolation(err error) bool { return pgerr.IsUnique(err) }
 
 // userCache remembers which user an (issuer, subject) is. That mapping never
 // changes, so only a changed email or name sends a request to the database;

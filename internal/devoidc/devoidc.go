@@ -27,13 +27,13 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/zitadel/oidc/v3/pkg/crypto"
 	"github.com/zitadel/oidc/v3/pkg/oidc"
 	"github.com/zitadel/oidc/v3/pkg/op"
 
 	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/pgerr"
 )
 
 // Purpose marks this provider's rows in signing_keys.
@@ -80,7 +80,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, issuer, audience string) (*Pro
 		return p, nil
 	}
 	if _, err := p.create(ctx, initialKID); err != nil {
-		if !isUniqueViolation(err) {
+		if !pgerr.IsUnique(err) {
 			return nil, err
 		}
 		// Another process created it between our read and our insert.
@@ -430,11 +430,6 @@ func (r *recorder) WriteHeader(status int) {
 func (r *recorder) Write(b []byte) (int, error) {
 	r.WriteHeader(http.StatusOK)
 	return r.body.Write(b)
-}
-
-func isUniqueViolation(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "23505"
 }
 
 func randomHex(n int) (string, error) {

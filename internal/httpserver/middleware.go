@@ -106,7 +106,7 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 func (s *Server) limitBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > s.cfg.BodyLimit {
-			problem.Write(w, r, TooLarge(s.cfg.BodyLimit))
+			problem.Write(w, r, problem.TooLarge(s.cfg.BodyLimit))
 			return
 		}
 		if r.Body != nil && r.Body != http.NoBody {
@@ -114,10 +114,4 @@ func (s *Server) limitBody(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
-}
-
-// TooLarge is the problem for a body over limit bytes.
-func TooLarge(limit int64) *problem.Error {
-	return problem.Errorf(http.StatusRequestEntityTooLarge, "body_too_large",
-		"the request body exceeds the limit of %d bytes", limit)
 }

@@ -60,8 +60,7 @@ func Middleware(pool *pgxpool.Pool, principal func(*http.Request) string) func(h
 			if err != nil {
 				var maxErr *http.MaxBytesError
 				if errors.As(err, &maxErr) {
-					problem.Write(w, r, problem.Errorf(http.StatusRequestEntityTooLarge, "body_too_large",
-						"the request body exceeds the limit of %d bytes", maxErr.Limit))
+					problem.Write(w, r, problem.TooLarge(maxErr.Limit))
 					return
 				}
 				problem.Write(w, r, fmt.Errorf("read body: %w", err))

@@ -40,11 +40,16 @@ func Decode(s *string) (*time.Time, uuid.NullUUID, error) {
 		err = json.Unmarshal(b, &c)
 	}
 	if err != nil || c.T.IsZero() {
-		return nil, uuid.NullUUID{}, &problem.Error{Status: http.StatusBadRequest, Code: "validation_failed",
-			Detail: "cursor is not one this API returned",
-			Errors: []problem.FieldError{{In: "query", Field: "cursor", Detail: fmt.Sprintf("unrecognised cursor %q", *s)}}}
+		return nil, uuid.NullUUID{}, BadCursor(*s)
 	}
 	return &c.T, uuid.NullUUID{UUID: c.ID, Valid: true}, nil
+}
+
+// BadCursor is the 400 for a cursor this API did not hand out.
+func BadCursor(c string) *problem.Error {
+	return &problem.Error{Status: http.StatusBadRequest, Code: "validation_failed",
+		Detail: "cursor is not one this API returned",
+		Errors: []problem.FieldError{{In: "query", Field: "cursor", Detail: fmt.Sprintf("unrecognised cursor %q", c)}}}
 }
 
 // Limit returns the requested page size or the default.

@@ -157,6 +157,11 @@ func Write(w http.ResponseWriter, r *http.Request, err error) {
 	_ = json.NewEncoder(w).Encode(p)
 }
 
+// TooLarge is the 413 for a request body over limit bytes.
+func TooLarge(limit int64) *Error {
+	return Errorf(http.StatusRequestEntityTooLarge, "body_too_large", "the request body exceeds the limit of %d bytes", limit)
+}
+
 // Invalid is the 400 for one invalid part of a request found by a handler
 // (the spec validator reports the rest): in is body, query, path or header.
 func Invalid(in, field, detail string) *Error {

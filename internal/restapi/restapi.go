@@ -150,8 +150,7 @@ func FromValidation(r *http.Request, err error, spec *openapi3.T) *problem.Error
 	}
 	var maxErr *http.MaxBytesError
 	if errors.As(err, &maxErr) {
-		return problem.Errorf(http.StatusRequestEntityTooLarge, "body_too_large",
-			"the request body exceeds the limit of %d bytes", maxErr.Limit)
+		return problem.TooLarge(maxErr.Limit)
 	}
 
 	if isSecurityError(err) {
