@@ -1,9 +1,6 @@
 -- name: DeviceGet :one
 SELECT * FROM devices WHERE id = $1;
 
--- name: DeviceOrg :one
-SELECT org_id FROM devices WHERE id = $1;
-
 -- name: DeviceForUpdate :one
 SELECT * FROM devices WHERE id = $1 FOR UPDATE;
 

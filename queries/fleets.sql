@@ -4,9 +4,6 @@ INSERT INTO fleets (org_id, name, architecture, tags) VALUES ($1, $2, $3, $4) RE
 -- name: FleetGet :one
 SELECT * FROM fleets WHERE id = $1;
 
--- name: FleetOrg :one
-SELECT org_id FROM fleets WHERE id = $1;
-
 -- name: FleetForUpdate :one
 SELECT * FROM fleets WHERE id = $1 FOR UPDATE;
 

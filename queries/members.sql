@@ -31,3 +31,19 @@ LIMIT @max_rows;
 -- name: MembershipsOfUser :many
 SELECT m.org_id, o.name AS org_name, m.role FROM memberships m JOIN orgs o ON o.id = m.org_id
 WHERE m.user_id = $1 ORDER BY o.created_at, o.id;
+
+-- name: FleetAccess :one
+-- The fleet's organisation and the user's role there, in one round trip.
+SELECT f.org_id, m.role FROM fleets f
+LEFT JOIN memberships m ON m.org_id = f.org_id AND m.user_id = @user_id
+WHERE f.id = @id;
+
+-- name: DeviceAccess :one
+SELECT d.org_id, m.role FROM devices d
+LEFT JOIN memberships m ON m.org_id = d.org_id AND m.user_id = @user_id
+WHERE d.id = @id;
+
+-- name: ReleaseAccess :one
+SELECT r.org_id, m.role FROM releases r
+LEFT JOIN memberships m ON m.org_id = r.org_id AND m.user_id = @user_id
+WHERE r.id = @id;

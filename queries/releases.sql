@@ -6,9 +6,6 @@ RETURNING *;
 -- name: ReleaseGet :one
 SELECT * FROM releases WHERE id = $1;
 
--- name: ReleaseOrg :one
-SELECT org_id FROM releases WHERE id = $1;
-
 -- name: ReleaseForUpdate :one
 SELECT * FROM releases WHERE id = $1 FOR UPDATE;
 

@@ -159,17 +159,6 @@ func (q *Queries) DeviceList(ctx context.Context, arg DeviceListParams) ([]Devic
 	return items, nil
 }
 
-const deviceOrg = `-- name: DeviceOrg :one
-SELECT org_id FROM devices WHERE id = $1
-`
-
-func (q *Queries) DeviceOrg(ctx context.Context, id uuid.UUID) (uuid.UUID, error) {
-	row := q.db.QueryRow(ctx, deviceOrg, id)
-	var org_id uuid.UUID
-	err := row.Scan(&org_id)
-	return org_id, err
-}
-
 const deviceRegister = `-- name: DeviceRegister :one
 INSERT INTO devices (id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)

@@ -171,17 +171,6 @@ func (q *Queries) FleetList(ctx context.Context, arg FleetListParams) ([]Fleet, 
 	return items, nil
 }
 
-const fleetOrg = `-- name: FleetOrg :one
-SELECT org_id FROM fleets WHERE id = $1
-`
-
-func (q *Queries) FleetOrg(ctx context.Context, id uuid.UUID) (uuid.UUID, error) {
-	row := q.db.QueryRow(ctx, fleetOrg, id)
-	var org_id uuid.UUID
-	err := row.Scan(&org_id)
-	return org_id, err
-}
-
 const fleetUpdate = `-- name: FleetUpdate :one
 UPDATE fleets SET name = $2, release_policy = $3, pinned_release_id = $4, tags = $5 WHERE id = $1 RETURNING id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at
 `

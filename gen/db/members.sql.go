@@ -12,6 +12,53 @@ import (
 	"github.com/google/uuid"
 )
 
+const deviceAccess = `-- name: DeviceAccess :one
+SELECT d.org_id, m.role FROM devices d
+LEFT JOIN memberships m ON m.org_id = d.org_id AND m.user_id = $1
+WHERE d.id = $2
+`
+
+type DeviceAccessParams struct {
+	UserID uuid.UUID
+	ID     uuid.UUID
+}
+
+type DeviceAccessRow struct {
+	OrgID uuid.UUID
+	Role  *OrgRole
+}
+
+func (q *Queries) DeviceAccess(ctx context.Context, arg DeviceAccessParams) (DeviceAccessRow, error) {
+	row := q.db.QueryRow(ctx, deviceAccess, arg.UserID, arg.ID)
+	var i DeviceAccessRow
+	err := row.Scan(&i.OrgID, &i.Role)
+	return i, err
+}
+
+const fleetAccess = `-- name: FleetAccess :one
+SELECT f.org_id, m.role FROM fleets f
+LEFT JOIN memberships m ON m.org_id = f.org_id AND m.user_id = $1
+WHERE f.id = $2
+`
+
+type FleetAccessParams struct {
+	UserID uuid.UUID
+	ID     uuid.UUID
+}
+
+type FleetAccessRow struct {
+	OrgID uuid.UUID
+	Role  *OrgRole
+}
+
+// The fleet's organisation and the user's role there, in one round trip.
+func (q *Queries) FleetAccess(ctx context.Context, arg FleetAccessParams) (FleetAccessRow, error) {
+	row := q.db.QueryRow(ctx, fleetAccess, arg.UserID, arg.ID)
+	var i FleetAccessRow
+	err := row.Scan(&i.OrgID, &i.Role)
+	return i, err
+}
+
 const memberGet = `-- name: MemberGet :one
 SELECT m.role, m.created_at AS joined_at, u.id, u.issuer, u.subject, u.email, u.name, u.created_at, u.updated_at FROM memberships m JOIN users u ON u.id = m.user_id
 WHERE m.org_id = $1 AND m.user_id = $2
@@ -236,4 +283,27 @@ func (q *Queries) OwnerCountForUpdate(ctx context.Context, orgID uuid.UUID) (int
 	var count int64
 	err := row.Scan(&count)
 	return count, err
+}
+
+const releaseAccess = `-- name: ReleaseAccess :one
+SELECT r.org_id, m.role FROM releases r
+LEFT JOIN memberships m ON m.org_id = r.org_id AND m.user_id = $1
+WHERE r.id = $2
+`
+
+type ReleaseAccessParams struct {
+	UserID uuid.UUID
+	ID     uuid.UUID
+}
+
+type ReleaseAccessRow struct {
+	OrgID uuid.UUID
+	Role  *OrgRole
+}
+
+func (q *Queries) ReleaseAccess(ctx context.Context, arg ReleaseAccessParams) (ReleaseAccessRow, error) {
+	row := q.db.QueryRow(ctx, releaseAccess, arg.UserID, arg.ID)
+	var i ReleaseAccessRow
+	err := row.Scan(&i.OrgID, &i.Role)
+	return i, err
 }

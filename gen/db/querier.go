@@ -31,6 +31,7 @@ type Querier interface {
 	ConnectivityList(ctx context.Context, arg ConnectivityListParams) ([]ConnectivityEvent, error)
 	// The server's version and the newest applied migration, for /v1/version.
 	DatabaseVersion(ctx context.Context) (DatabaseVersionRow, error)
+	DeviceAccess(ctx context.Context, arg DeviceAccessParams) (DeviceAccessRow, error)
 	DeviceCountByFleet(ctx context.Context, fleetID uuid.UUID) (int64, error)
 	DeviceDelete(ctx context.Context, id uuid.UUID) (int64, error)
 	DeviceForUpdate(ctx context.Context, id uuid.UUID) (Device, error)
@@ -46,7 +47,6 @@ type Querier interface {
 	// Newest first, keyset pagination on (ts, service, seq): seq alone numbers
 	// lines per service, so two services can share a (ts, seq) pair.
 	DeviceLogList(ctx context.Context, arg DeviceLogListParams) ([]DeviceLog, error)
-	DeviceOrg(ctx context.Context, id uuid.UUID) (uuid.UUID, error)
 	// A retry of the same registration conflicts on the id and returns nothing;
 	// the caller then compares keys.
 	DeviceRegister(ctx context.Context, arg DeviceRegisterParams) (Device, error)
@@ -54,13 +54,14 @@ type Querier interface {
 	// What authenticating a device token needs: that the device still exists, and where it is now.
 	DeviceScope(ctx context.Context, id uuid.UUID) (DeviceScopeRow, error)
 	DeviceUpdate(ctx context.Context, arg DeviceUpdateParams) (Device, error)
+	// The fleet's organisation and the user's role there, in one round trip.
+	FleetAccess(ctx context.Context, arg FleetAccessParams) (FleetAccessRow, error)
 	FleetCountByOrg(ctx context.Context, orgID uuid.UUID) (int64, error)
 	FleetCreate(ctx context.Context, arg FleetCreateParams) (Fleet, error)
 	FleetDelete(ctx context.Context, id uuid.UUID) (int64, error)
 	FleetForUpdate(ctx context.Context, id uuid.UUID) (Fleet, error)
 	FleetGet(ctx context.Context, id uuid.UUID) (Fleet, error)
 	FleetList(ctx context.Context, arg FleetListParams) ([]Fleet, error)
-	FleetOrg(ctx context.Context, id uuid.UUID) (uuid.UUID, error)
 	FleetUpdate(ctx context.Context, arg FleetUpdateParams) (Fleet, error)
 	IdempotencyDeleteExpired(ctx context.Context) (int64, error)
 	IdempotencyGet(ctx context.Context, arg IdempotencyGetParams) (IdempotencyKey, error)
@@ -93,12 +94,12 @@ type Querier interface {
 	ProvisioningKeyList(ctx context.Context, arg ProvisioningKeyListParams) ([]ProvisioningKey, error)
 	ProvisioningKeyRevoke(ctx context.Context, arg ProvisioningKeyRevokeParams) (int64, error)
 	ProvisioningKeyUse(ctx context.Context, id uuid.UUID) error
+	ReleaseAccess(ctx context.Context, arg ReleaseAccessParams) (ReleaseAccessRow, error)
 	ReleaseCreate(ctx context.Context, arg ReleaseCreateParams) (Release, error)
 	ReleaseForUpdate(ctx context.Context, id uuid.UUID) (Release, error)
 	ReleaseGet(ctx context.Context, id uuid.UUID) (Release, error)
 	ReleaseLatestFinal(ctx context.Context, fleetID uuid.UUID) (Release, error)
 	ReleaseList(ctx context.Context, arg ReleaseListParams) ([]Release, error)
-	ReleaseOrg(ctx context.Context, id uuid.UUID) (uuid.UUID, error)
 	ReleaseUpdate(ctx context.Context, arg ReleaseUpdateParams) (Release, error)
 	SigningKeyDelete(ctx context.Context, arg SigningKeyDeleteParams) (int64, error)
 	SigningKeyInsert(ctx context.Context, arg SigningKeyInsertParams) error

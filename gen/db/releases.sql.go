@@ -172,17 +172,6 @@ func (q *Queries) ReleaseList(ctx context.Context, arg ReleaseListParams) ([]Rel
 	return items, nil
 }
 
-const releaseOrg = `-- name: ReleaseOrg :one
-SELECT org_id FROM releases WHERE id = $1
-`
-
-func (q *Queries) ReleaseOrg(ctx context.Context, id uuid.UUID) (uuid.UUID, error) {
-	row := q.db.QueryRow(ctx, releaseOrg, id)
-	var org_id uuid.UUID
-	err := row.Scan(&org_id)
-	return org_id, err
-}
-
 const releaseUpdate = `-- name: ReleaseUpdate :one
 UPDATE releases SET status = $2, tags = $3,
   finalized_at = CASE WHEN $2 = 'final' AND finalized_at IS NULL THEN now() ELSE finalized_at END

@@ -43,20 +43,38 @@ const (
 	Device
 )
 
-// scope finds the organisation a path parameter's resource belongs to.
+// scope finds the organisation a path parameter's resource belongs to and,
+// in the same round trip, the user's role there (nil when not a member; the
+// zero user, for callers who are not users, has none).
 type scope struct {
-	param string
-	noun  string
-	org   func(ctx context.Context, q *db.Queries, id uuid.UUID) (uuid.UUID, error)
+	param  string
+	noun   string
+	access func(ctx context.Context, q *db.Queries, id, user uuid.UUID) (org uuid.UUID, role *db.OrgRole, err error)
 }
 
 // scopes in the order they are looked for in a path.
 var scopes = []scope{
-	{"orgId", "organisation", func(_ context.Context, _ *db.Queries, id uuid.UUID) (uuid.UUID, error) { return id, nil }},
-	{"fleetId", "fleet", func(ctx context.Context, q *db.Queries, id uuid.UUID) (uuid.UUID, error) { return q.FleetOrg(ctx, id) }},
-	{"deviceId", "device", func(ctx context.Context, q *db.Queries, id uuid.UUID) (uuid.UUID, error) { return q.DeviceOrg(ctx, id) }},
-	{"releaseId", "release", func(ctx context.Context, q *db.Queries, id uuid.UUID) (uuid.UUID, error) {
-		return q.ReleaseOrg(ctx, id)
+	{"orgId", "organisation", func(ctx context.Context, q *db.Queries, id, user uuid.UUID) (uuid.UUID, *db.OrgRole, error) {
+		if user == uuid.Nil {
+			return id, nil, nil
+		}
+		role, err := q.MembershipRole(ctx, db.MembershipRoleParams{OrgID: id, UserID: user})
+		if errors.Is(err, pgx.ErrNoRows) {
+			return id, nil, nil
+		}
+		return id, &role, err
+	}},
+	{"fleetId", "fleet", func(ctx context.Context, q *db.Queries, id, user uuid.UUID) (uuid.UUID, *db.OrgRole, error) {
+		r, err := q.FleetAccess(ctx, db.FleetAccessParams{ID: id, UserID: user})
+		return r.OrgID, r.Role, err
+	}},
+	{"deviceId", "device", func(ctx context.Context, q *db.Queries, id, user uuid.UUID) (uuid.UUID, *db.OrgRole, error) {
+		r, err := q.DeviceAccess(ctx, db.DeviceAccessParams{ID: id, UserID: user})
+		return r.OrgID, r.Role, err
+	}},
+	{"releaseId", "release", func(ctx context.Context, q *db.Queries, id, user uuid.UUID) (uuid.UUID, *db.OrgRole, error) {
+		r, err := q.ReleaseAccess(ctx, db.ReleaseAccessParams{ID: id, UserID: user})
+		return r.OrgID, r.Role, err
 	}},
 }
 
@@ -191,19 +209,20 @@ func (g *Guard) serve(ctx context.Context, r *http.Request, op string, next func
 		if err != nil {
 			return nil, notFound
 		}
-		orgID, err := sc.org(ctx, db.New(g.pool), id)
+		var user uuid.UUID
+		if p.Kind == KindUser {
+			user = p.UserID
+		}
+		orgID, member, err := sc.access(ctx, db.New(g.pool), id, user)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, notFound
 		}
 		if err != nil {
 			return nil, fmt.Errorf("find the organisation of %s %s: %w", sc.noun, id, err)
 		}
-		role, err := g.roleIn(ctx, p, orgID)
-		if errors.Is(err, errNotMember) {
+		role, ok := roleIn(p, orgID, member)
+		if !ok {
 			return nil, notFound
-		}
-		if err != nil {
-			return nil, err
 		}
 		acc.OrgID, acc.Role = orgID, role
 		if rule.NoAPIKeys && p.Kind == KindAPIKey {
@@ -225,25 +244,16 @@ func (g *Guard) serve(ctx context.Context, r *http.Request, op string, next func
 	return g.write(ctx, r, acc, next)
 }
 
-var errNotMember = errors.New("not a member")
-
 // roleIn is the caller's role in org. A non-member is told the resource does
 // not exist, so the existence of other organisations' things never shows.
-func (g *Guard) roleIn(ctx context.Context, p *Principal, org uuid.UUID) (db.OrgRole, error) {
+func roleIn(p *Principal, org uuid.UUID, member *db.OrgRole) (db.OrgRole, bool) {
 	if p.Kind == KindAPIKey {
-		if p.KeyOrg != org {
-			return "", errNotMember
-		}
-		return p.KeyRole, nil
+		return p.KeyRole, p.KeyOrg == org
 	}
-	role, err := db.New(g.pool).MembershipRole(ctx, db.MembershipRoleParams{OrgID: org, UserID: p.UserID})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return "", errNotMember
+	if member == nil {
+		return "", false
 	}
-	if err != nil {
-		return "", fmt.Errorf("load membership in %s: %w", org, err)
-	}
-	return role, nil
+	return *member, true
 }
 
 // write runs a changing operation and its audit record in one transaction.
