@@ -471,7 +471,12 @@ type DeviceRegister struct {
 type DeviceRegistration struct {
 	DeviceId openapi_types.UUID `json:"device_id"`
 	FleetId  openapi_types.UUID `json:"fleet_id"`
-	OrgId    openapi_types.UUID `json:"org_id"`
+
+	// MqttUrl The MQTT broker the device connects to (`mqtt://host:port` or
+	// `mqtts://host:port`), as described by the AsyncAPI document at
+	// /asyncapi.yaml. Absent when this deployment runs no broker for devices.
+	MqttUrl *string            `json:"mqtt_url,omitempty"`
+	OrgId   openapi_types.UUID `json:"org_id"`
 
 	// TokenEndpoint Where to trade signed assertions for device tokens; also the `aud` the assertions must carry.
 	TokenEndpoint string `json:"token_endpoint"`

@@ -1,5 +1,6 @@
 package events
 
 type ConnectionStatus struct {
-	State *ConnectionState `json:"state" binding:"required"`
+	State         *ConnectionState `json:"state" binding:"required"`
+	ConnectionSeq int              `json:"connection_seq" binding:"required"`
 }

@@ -1153,6 +1153,12 @@ export interface components {
             fleet_id: string;
             /** @description Where to trade signed assertions for device tokens; also the `aud` the assertions must carry. */
             token_endpoint: string;
+            /**
+             * @description The MQTT broker the device connects to (`mqtt://host:port` or
+             *     `mqtts://host:port`), as described by the AsyncAPI document at
+             *     /asyncapi.yaml. Absent when this deployment runs no broker for devices.
+             */
+            mqtt_url?: string;
         };
         DeviceTokenRequest: {
             /**
