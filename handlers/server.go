@@ -43,13 +43,28 @@ type Server struct {
 
 var _ api.StrictServerInterface = (*Server)(nil)
 
-// New wires every handler to pool; targets are the mounted targets that
-// /v1/version reports; tokens issues device tokens for the token endpoint;
-// rec records what does not pass through the guard's audited writes
-// (device registrations).
-func New(pool *pgxpool.Pool, targets []string, tokens *devicetoken.Service, tokenEndpoint string, rec *audit.Recorder) *Server {
+// Deps is what the handlers need from the rest of the process.
+type Deps struct {
+	Pool *pgxpool.Pool
+	// Targets are the mounted targets that /v1/version reports.
+	Targets []string
+	// Tokens issues device tokens for the token endpoint; TokenEndpoint is
+	// the URL devices put in their assertions' aud.
+	Tokens        *devicetoken.Service
+	TokenEndpoint string
+	// Audit records what does not pass through the guard's audited writes
+	// (device registrations).
+	Audit *audit.Recorder
+	// MQTTURL is the broker devices are told to connect to at registration;
+	// empty when this deployment runs none.
+	MQTTURL string
+}
+
+// New wires every handler to its dependencies.
+func New(d Deps) *Server {
+	pool := d.Pool
 	return &Server{
-		System:       &system.System{DB: db.New(pool), Build: buildinfo.Get(), Targets: targets},
+		System:       &system.System{DB: db.New(pool), Build: buildinfo.Get(), Targets: d.Targets},
 		Identity:     &identity.Identity{Pool: pool},
 		Orgs:         &orgs.Orgs{Pool: pool},
 		Members:      &members.Members{Pool: pool},
@@ -60,6 +75,6 @@ func New(pool *pgxpool.Pool, targets []string, tokens *devicetoken.Service, toke
 		Releases:     &releases.Releases{Pool: pool},
 		Devices:      &devices.Devices{Pool: pool},
 		Variables:    &variables.Variables{Pool: pool},
-		DeviceAPI:    &deviceapi.DeviceAPI{Pool: pool, Tokens: tokens, TokenEndpoint: tokenEndpoint, Audit: rec},
+		DeviceAPI:    &deviceapi.DeviceAPI{Pool: pool, Tokens: d.Tokens, TokenEndpoint: d.TokenEndpoint, Audit: d.Audit, MQTTURL: d.MQTTURL},
 	}
 }

@@ -20,6 +20,8 @@ type DeviceAPI struct {
 	// TokenEndpoint is the URL devices put in their assertions' aud.
 	TokenEndpoint string
 	Audit         *audit.Recorder
+	// MQTTURL is returned at registration; empty means none.
+	MQTTURL string
 }
 
 // unauthorized is the 401 of the device API, with a detail that says which

@@ -55,7 +55,7 @@ func (h *DeviceAPI) DeviceRegister(ctx context.Context, req api.DeviceRegisterRe
 		if k.ExpiresAt != nil && !k.ExpiresAt.After(time.Now()) {
 			return unauthorized("provisioning_key_expired", "the provisioning key expired at "+k.ExpiresAt.UTC().Format(time.RFC3339))
 		}
-		out = api.DeviceRegistration{DeviceId: b.Uuid, OrgId: k.OrgID, FleetId: k.FleetID, TokenEndpoint: h.TokenEndpoint}
+		out = api.DeviceRegistration{DeviceId: b.Uuid, OrgId: k.OrgID, FleetId: k.FleetID, TokenEndpoint: h.TokenEndpoint, MqttUrl: optional(h.MQTTURL)}
 
 		if existing, err := q.DeviceGet(ctx, b.Uuid); err == nil {
 			return h.sameRegistration(existing, k, pub)
@@ -119,4 +119,12 @@ func (h *DeviceAPI) sameRegistration(d db.Device, k db.ProvisioningKey, pub []by
 			"device %s is already registered with another key pair or fleet; generate a new uuid", d.ID)
 	}
 	return nil
+}
+
+// optional is nil for "", so an absent setting leaves the field out.
+func optional(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }

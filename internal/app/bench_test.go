@@ -79,7 +79,7 @@ func stack(b *testing.B, versionDB func(*pgxpool.Pool) db.Querier) *benchStack {
 	if err != nil {
 		b.Fatal(err)
 	}
-	server := handlers.New(pool, []string{"api"}, tokens, app.TokenEndpoint("http://flock.test"), audit.NewRecorder(nil))
+	server := handlers.New(handlers.Deps{Pool: pool, Targets: []string{"api"}, Tokens: tokens, TokenEndpoint: app.TokenEndpoint("http://flock.test"), Audit: audit.NewRecorder(nil)})
 	server.System.DB = versionDB(pool)
 	app.MountAPI(srv.Router(), spec, server, auth.NewAuthenticator(verifier, tokens, "http://flock.test", pool, log), guard)
 	return &benchStack{h: srv.Router(), prov: prov, pool: pool}

@@ -195,7 +195,7 @@ func (a *App) initAPI(ctx context.Context) (*modules.Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("device token keys: %w", err)
 	}
-	server := handlers.New(a.pool, a.targets, tokens, TokenEndpoint(a.cfg.PublicURL), a.audit)
+	server := handlers.New(handlers.Deps{Pool: a.pool, Targets: a.targets, Tokens: tokens, TokenEndpoint: TokenEndpoint(a.cfg.PublicURL), Audit: a.audit})
 	MountAPI(a.server.Router(), spec, server, auth.NewAuthenticator(verifier, tokens, issuer, a.pool, a.log), guard,
 		idempotency.Middleware(a.pool, auth.NameOf))
 	docs.Mount(a.server.Router())
