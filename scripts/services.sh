@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes the services flock-api's development and tests need run on 127.0.0.1:
-# PostgreSQL (with a `flock` database), Redis and Mosquitto. Installs each with
-# apt-get when it is missing and starts it when it is down. Safe to run again.
+# PostgreSQL (with a `flock` database), Redis, Mosquitto and ClickHouse.
+# Installs each with apt-get when it is missing and starts it when it is down.
+# Safe to run again.
 set -euo pipefail
 
 PGURL_ADMIN="postgresql://postgres@127.0.0.1:5432/postgres?sslmode=disable&connect_timeout=5"
@@ -107,6 +108,26 @@ mosquitto_up() {
   log "Mosquitto ready on 127.0.0.1:1883"
 }
 
+# --- ClickHouse -------------------------------------------------------------
+# Debian's clickhouse-server is 18.16: flock-api talks to it over the native
+# protocol on :9000 (its HTTP port is not used).
+clickhouse_up() {
+  command -v clickhouse-server >/dev/null || apt_install clickhouse-server clickhouse-client
+  if ! port_open 9000; then
+    log "starting ClickHouse"
+    # No systemd here: run it as its own user, daemonised, with the pid file
+    # and logs in folders that user owns (it cannot write root's).
+    as_root mkdir -p /run/clickhouse-server /var/log/clickhouse-server /var/lib/clickhouse
+    as_root chown clickhouse: /run/clickhouse-server /var/log/clickhouse-server /var/lib/clickhouse
+    as_root runuser -u clickhouse -- /usr/sbin/clickhouse-server --config=/etc/clickhouse-server/config.xml \
+      --daemon --pid-file=/run/clickhouse-server/clickhouse-server.pid
+    # A cold start creates its system tables first, which takes a few seconds.
+    for _ in $(seq 1 150); do port_open 9000 && break; sleep 0.2; done
+    port_open 9000 || die "ClickHouse did not come up on 127.0.0.1:9000 (see /var/log/clickhouse-server)"
+  fi
+  log "ClickHouse ready on 127.0.0.1:9000"
+}
+
 # --- Node.js (code generation, Swagger UI assets, the TypeScript SDK) -------
 node_up() {
   command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
@@ -121,7 +142,8 @@ case "${1:-all}" in
   postgres) postgres_up ;;
   redis) redis_up ;;
   mosquitto) mosquitto_up ;;
+  clickhouse) clickhouse_up ;;
   node) node_up ;;
-  all) postgres_up; redis_up; mosquitto_up; node_up ;;
-  *) die "usage: $0 [all|postgres|redis|mosquitto|node]" ;;
+  all) postgres_up; redis_up; mosquitto_up; clickhouse_up; node_up ;;
+  *) die "usage: $0 [all|postgres|redis|mosquitto|clickhouse|node]" ;;
 esac
