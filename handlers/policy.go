@@ -52,6 +52,8 @@ var Policy = auth.Policy{
 	"device:update": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
 	"device:delete": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
 
+	"device-connectivity:list": {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+
 	"fleet-variable:list":    {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
 	"fleet-variable:create":  {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
 	"fleet-variable:update":  {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
@@ -68,4 +70,10 @@ var Policy = auth.Policy{
 	"jwks:get":            {Level: auth.Public},
 	"device-state:get":    {Level: auth.Device},
 	"device-state:update": {Level: auth.Device},
+
+	// An external MQTT broker's hooks: the broker is no user or device. The
+	// request body carries the client's credentials; a deployment locks the
+	// hooks themselves with a hook token (handlers/mqtthooks Gate).
+	"mqtt-hook:authenticate": {Level: auth.Public},
+	"mqtt-hook:authorize":    {Level: auth.Public},
 }

@@ -127,7 +127,10 @@ var fixtures = map[string]fixture{
 	"device:update": {req: func(w *world) (string, string, any) {
 		return "PATCH", "/v1/devices/" + w.device.id.String(), map[string]any{"name": "renamed"}
 	}},
-	"device:delete":       {req: func(w *world) (string, string, any) { return "DELETE", "/v1/devices/" + w.device.id.String(), nil }},
+	"device:delete": {req: func(w *world) (string, string, any) { return "DELETE", "/v1/devices/" + w.device.id.String(), nil }},
+	"device-connectivity:list": {req: func(w *world) (string, string, any) {
+		return "GET", "/v1/devices/" + w.device.id.String() + "/connectivity", nil
+	}},
 	"fleet-variable:list": {req: func(w *world) (string, string, any) { return "GET", "/v1/fleets/" + w.fleet + "/variables", nil }},
 	"fleet-variable:create": {req: func(w *world) (string, string, any) {
 		return "POST", "/v1/fleets/" + w.fleet + "/variables", map[string]any{"name": "NEW", "value": "x"}
@@ -162,6 +165,17 @@ var fixtures = map[string]fixture{
 	"device-state:get": {req: func(w *world) (string, string, any) { return "GET", "/device/v1/state", nil }},
 	"device-state:update": {req: func(w *world) (string, string, any) {
 		return "PATCH", "/device/v1/state", map[string]any{"os_version": "1"}
+	}},
+	// The broker's hooks answer whoever calls (a deployment may demand a
+	// hook token); the decision is in the body.
+	"mqtt-hook:authenticate": {req: func(w *world) (string, string, any) {
+		id := w.device.id.String()
+		return "POST", "/internal/v1/mqtt/auth", map[string]any{"clientid": id, "username": id, "password": "not-a-token"}
+	}},
+	"mqtt-hook:authorize": {req: func(w *world) (string, string, any) {
+		id := w.device.id.String()
+		return "POST", "/internal/v1/mqtt/acl", map[string]any{"clientid": id, "username": id,
+			"topic": "flock/v1/devices/" + id + "/state", "action": "publish"}
 	}},
 }
 

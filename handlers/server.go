@@ -14,6 +14,7 @@ import (
 	"github.com/flock-io/flock-api/handlers/fleets"
 	"github.com/flock-io/flock-api/handlers/identity"
 	"github.com/flock-io/flock-api/handlers/members"
+	"github.com/flock-io/flock-api/handlers/mqtthooks"
 	"github.com/flock-io/flock-api/handlers/orgs"
 	"github.com/flock-io/flock-api/handlers/provisioning"
 	"github.com/flock-io/flock-api/handlers/releases"
@@ -22,6 +23,10 @@ import (
 	"github.com/flock-io/flock-api/internal/audit"
 	"github.com/flock-io/flock-api/internal/buildinfo"
 	"github.com/flock-io/flock-api/internal/devicetoken"
+	"github.com/flock-io/flock-api/internal/kv"
+	"github.com/flock-io/flock-api/internal/mqtt/broker"
+	"github.com/flock-io/flock-api/internal/nudge"
+	"github.com/flock-io/flock-api/internal/telemetry"
 )
 
 // Server implements every operation of the OpenAPI document; each embedded
@@ -39,6 +44,7 @@ type Server struct {
 	*devices.Devices
 	*variables.Variables
 	*deviceapi.DeviceAPI
+	*mqtthooks.MQTTHooks
 }
 
 var _ api.StrictServerInterface = (*Server)(nil)
@@ -57,7 +63,24 @@ type Deps struct {
 	Audit *audit.Recorder
 	// MQTTURL is the broker devices are told to connect to at registration;
 	// empty when this deployment runs none.
-	MQTTURL string
+	// It is a function because the embedded broker's port may be known
+	// only once it has bound.
+	MQTTURL func() string
+	// KV is the live-state store the ingester writes; device reads show its
+	// reported state when it is newer than PostgreSQL's. Nil: PostgreSQL
+	// only.
+	KV kv.Store
+	// Telemetry is where device connectivity histories are read from.
+	Telemetry telemetry.Store
+	// MQTTAuth answers an external MQTT broker's auth and ACL hooks with the
+	// embedded broker's rules; nil denies every client.
+	MQTTAuth *broker.Authenticator
+	// MQTTHookToken, when not empty, is the bearer token those hooks
+	// require; the hooks must then be mounted behind Server.MQTTHooks.Gate.
+	MQTTHookToken string
+	// Nudge hears of committed changes to devices' targets (pins, moves,
+	// releases, variables) and tells the devices; nil sends no nudges.
+	Nudge nudge.Notifier
 }
 
 // New wires every handler to its dependencies.
@@ -70,11 +93,12 @@ func New(d Deps) *Server {
 		Members:      &members.Members{Pool: pool},
 		APIKeys:      &apikeys.APIKeys{Pool: pool},
 		AuditLog:     &auditlog.AuditLog{Pool: pool},
-		Fleets:       &fleets.Fleets{Pool: pool},
+		Fleets:       &fleets.Fleets{Pool: pool, Nudge: d.Nudge},
 		Provisioning: &provisioning.Provisioning{Pool: pool},
-		Releases:     &releases.Releases{Pool: pool},
-		Devices:      &devices.Devices{Pool: pool},
-		Variables:    &variables.Variables{Pool: pool},
+		Releases:     &releases.Releases{Pool: pool, Nudge: d.Nudge},
+		Devices:      &devices.Devices{Pool: pool, Nudge: d.Nudge, KV: d.KV, Telemetry: d.Telemetry},
+		Variables:    &variables.Variables{Pool: pool, Nudge: d.Nudge},
 		DeviceAPI:    &deviceapi.DeviceAPI{Pool: pool, Tokens: d.Tokens, TokenEndpoint: d.TokenEndpoint, Audit: d.Audit, MQTTURL: d.MQTTURL},
+		MQTTHooks:    &mqtthooks.MQTTHooks{Auth: d.MQTTAuth, Token: d.MQTTHookToken},
 	}
 }

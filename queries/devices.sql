@@ -19,7 +19,8 @@ UPDATE devices SET name = $2, fleet_id = $3, pinned_release_id = $4, tags = $5 W
 DELETE FROM devices WHERE id = $1;
 
 -- name: DeviceReport :exec
-UPDATE devices SET last_seen_at = now(), reported = $2, running_release_id = $3, os_version = $4, agent_version = $5
+UPDATE devices SET last_seen_at = greatest(last_seen_at, now()), reported_at = now(),
+  reported = $2, running_release_id = $3, os_version = $4, agent_version = $5
 WHERE id = $1;
 
 -- name: DeviceList :many
@@ -29,7 +30,15 @@ WHERE org_id = @org_id
   AND (sqlc.narg(fleet_id)::uuid IS NULL OR fleet_id = sqlc.narg(fleet_id))
   AND (sqlc.narg(tag_key)::text IS NULL OR (CASE WHEN sqlc.narg(tag_value)::text IS NULL
         THEN tags ? sqlc.narg(tag_key) ELSE tags @> jsonb_build_object(sqlc.narg(tag_key)::text, sqlc.narg(tag_value)::text) END))
-  AND (sqlc.narg(online)::boolean IS NULL OR (coalesce(last_seen_at > now() - interval '10 minutes', false) = sqlc.narg(online)))
+  -- Online: connected over MQTT, or never connected over MQTT and reported
+  -- over REST in the last 10 minutes (devices.OnlineWindow); connected
+  -- implies a connection_key (devices_connected_check). Plain conditions on
+  -- the columns, so that devices_org_connected_idx and devices_never_mqtt_idx
+  -- serve them.
+  AND (sqlc.narg(online)::boolean IS NULL
+       OR (sqlc.narg(online) AND (connected OR (connection_key IS NULL AND last_seen_at > now() - interval '10 minutes')))
+       OR (NOT sqlc.narg(online) AND NOT connected
+           AND (connection_key IS NOT NULL OR last_seen_at IS NULL OR last_seen_at <= now() - interval '10 minutes')))
   AND (sqlc.narg(running_release_id)::uuid IS NULL OR running_release_id = sqlc.narg(running_release_id))
   AND (sqlc.narg(name_prefix)::text IS NULL OR name LIKE replace(replace(replace(sqlc.narg(name_prefix), '\', '\\'), '%', '\%'), '_', '\_') || '%')
   AND (sqlc.narg(after_time)::timestamptz IS NULL OR (created_at, id) > (sqlc.narg(after_time), sqlc.narg(after_id)::uuid))
@@ -39,3 +48,23 @@ LIMIT @max_rows;
 -- name: DeviceScope :one
 -- What authenticating a device token needs: that the device still exists, and where it is now.
 SELECT org_id, fleet_id FROM devices WHERE id = $1;
+
+-- name: DevicesApplyConnectivity :execrows
+-- The ingester's batch of connectivity changes, one row per device at most
+-- (parallel arrays, zipped by the parallel unnests). A row applies only when
+-- its key is above the stored one (livestate.ConnSeq order), so a late or
+-- redelivered event of an older connection changes nothing; last_seen_at
+-- never moves back. Returns how many devices changed.
+UPDATE devices d
+SET connection_key = c.key, connected = c.connected, last_seen_at = greatest(d.last_seen_at, c.at)
+FROM (SELECT unnest(@ids::uuid[]) AS id, unnest(@keys::bigint[]) AS key,
+             unnest(@connected::bool[]) AS connected, unnest(@ats::timestamptz[]) AS at) AS c
+WHERE d.id = c.id AND (d.connection_key IS NULL OR d.connection_key < c.key);
+
+-- name: DevicesTouch :exec
+-- Marks devices seen at the given times (one row per device at most) without
+-- ever moving last_seen_at back; rows it would not change are not written.
+UPDATE devices d
+SET last_seen_at = greatest(coalesce(d.last_seen_at, c.at), c.at)
+FROM (SELECT unnest(@ids::uuid[]) AS id, unnest(@ats::timestamptz[]) AS at) AS c
+WHERE d.id = c.id AND (d.last_seen_at IS NULL OR d.last_seen_at < c.at);

@@ -96,6 +96,24 @@ func (e AuditEventOutcome) Valid() bool {
 	}
 }
 
+// Defines values for ConnectivityEventEvent.
+const (
+	Connected    ConnectivityEventEvent = "connected"
+	Disconnected ConnectivityEventEvent = "disconnected"
+)
+
+// Valid indicates whether the value is a known member of the ConnectivityEventEvent enum.
+func (e ConnectivityEventEvent) Valid() bool {
+	switch e {
+	case Connected:
+		return true
+	case Disconnected:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for DeviceTokenTokenType.
 const (
 	Bearer DeviceTokenTokenType = "Bearer"
@@ -129,6 +147,60 @@ func (e FieldErrorIn) Valid() bool {
 	case Path:
 		return true
 	case Query:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for MqttAclRequestAction.
+const (
+	Publish   MqttAclRequestAction = "publish"
+	Subscribe MqttAclRequestAction = "subscribe"
+)
+
+// Valid indicates whether the value is a known member of the MqttAclRequestAction enum.
+func (e MqttAclRequestAction) Valid() bool {
+	switch e {
+	case Publish:
+		return true
+	case Subscribe:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for MqttAclResultResult.
+const (
+	MqttAclResultResultAllow MqttAclResultResult = "allow"
+	MqttAclResultResultDeny  MqttAclResultResult = "deny"
+)
+
+// Valid indicates whether the value is a known member of the MqttAclResultResult enum.
+func (e MqttAclResultResult) Valid() bool {
+	switch e {
+	case MqttAclResultResultAllow:
+		return true
+	case MqttAclResultResultDeny:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for MqttAuthResultResult.
+const (
+	MqttAuthResultResultAllow MqttAuthResultResult = "allow"
+	MqttAuthResultResultDeny  MqttAuthResultResult = "deny"
+)
+
+// Valid indicates whether the value is a known member of the MqttAuthResultResult enum.
+func (e MqttAuthResultResult) Valid() bool {
+	switch e {
+	case MqttAuthResultResultAllow:
+		return true
+	case MqttAuthResultResultDeny:
 		return true
 	default:
 		return false
@@ -410,6 +482,24 @@ type AuditEventPage struct {
 	NextCursor *string      `json:"next_cursor,omitempty"`
 }
 
+// ConnectivityEvent defines model for ConnectivityEvent.
+type ConnectivityEvent struct {
+	At time.Time `json:"at"`
+
+	// ConnectionSeq Numbers the device's connections; both events of one connection carry the same.
+	ConnectionSeq int64                  `json:"connection_seq"`
+	Event         ConnectivityEventEvent `json:"event"`
+}
+
+// ConnectivityEventEvent defines model for ConnectivityEvent.Event.
+type ConnectivityEventEvent string
+
+// ConnectivityEventPage defines model for ConnectivityEventPage.
+type ConnectivityEventPage struct {
+	Items      []ConnectivityEvent `json:"items"`
+	NextCursor *string             `json:"next_cursor,omitempty"`
+}
+
 // DatabaseVersion defines model for DatabaseVersion.
 type DatabaseVersion struct {
 	// SchemaVersion The newest migration applied to the database.
@@ -431,10 +521,14 @@ type Device struct {
 	DeviceType   string             `json:"device_type"`
 	FleetId      openapi_types.UUID `json:"fleet_id"`
 	Id           openapi_types.UUID `json:"id"`
-	LastSeenAt   *time.Time         `json:"last_seen_at,omitempty"`
-	Name         Name               `json:"name"`
 
-	// Online Whether the device reported its state in the last 10 minutes.
+	// LastSeenAt When the device was last heard from, over REST or MQTT.
+	LastSeenAt *time.Time `json:"last_seen_at,omitempty"`
+	Name       Name       `json:"name"`
+
+	// Online Whether the device is connected to the MQTT broker now; for a device
+	// that has never connected over MQTT, whether it reported its state over
+	// REST in the last 10 minutes.
 	Online          bool                `json:"online"`
 	OrgId           openapi_types.UUID  `json:"org_id"`
 	PinnedReleaseId *openapi_types.UUID `json:"pinned_release_id,omitempty"`
@@ -676,6 +770,46 @@ type Membership struct {
 	// organisation and manages owners).
 	Role Role `json:"role"`
 }
+
+// MqttAclRequest What a connected client asks to do. Other fields are ignored.
+type MqttAclRequest struct {
+	Action   MqttAclRequestAction `json:"action"`
+	Clientid string               `json:"clientid"`
+
+	// Topic The topic of a publish, or the filter of a subscription.
+	Topic    string `json:"topic"`
+	Username string `json:"username"`
+}
+
+// MqttAclRequestAction defines model for MqttAclRequest.Action.
+type MqttAclRequestAction string
+
+// MqttAclResult defines model for MqttAclResult.
+type MqttAclResult struct {
+	Result MqttAclResultResult `json:"result"`
+}
+
+// MqttAclResultResult defines model for MqttAclResult.Result.
+type MqttAclResultResult string
+
+// MqttAuthRequest What the broker knows of a connecting client. Other fields are ignored.
+type MqttAuthRequest struct {
+	Clientid string `json:"clientid"`
+
+	// Password A device token, or the service client's password.
+	Password string `json:"password"`
+	Username string `json:"username"`
+}
+
+// MqttAuthResult defines model for MqttAuthResult.
+type MqttAuthResult struct {
+	// IsSuperuser True for the service client only; the broker then skips authorization for it.
+	IsSuperuser bool                 `json:"is_superuser"`
+	Result      MqttAuthResultResult `json:"result"`
+}
+
+// MqttAuthResultResult defines model for MqttAuthResult.Result.
+type MqttAuthResultResult string
 
 // Name defines model for Name.
 type Name = string
@@ -1124,6 +1258,15 @@ type DeviceUpdateParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// DeviceConnectivityListParams defines parameters for DeviceConnectivityList.
+type DeviceConnectivityListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
 // DeviceVariableListParams defines parameters for DeviceVariableList.
 type DeviceVariableListParams struct {
 	// Limit The most items to return in one page.
@@ -1413,6 +1556,12 @@ type DeviceStateUpdateJSONRequestBody = ReportedState
 // DeviceTokenJSONRequestBody defines body for DeviceToken for application/json ContentType.
 type DeviceTokenJSONRequestBody = DeviceTokenRequest
 
+// MqttHookAuthorizeJSONRequestBody defines body for MqttHookAuthorize for application/json ContentType.
+type MqttHookAuthorizeJSONRequestBody = MqttAclRequest
+
+// MqttHookAuthenticateJSONRequestBody defines body for MqttHookAuthenticate for application/json ContentType.
+type MqttHookAuthenticateJSONRequestBody = MqttAuthRequest
+
 // DeviceUpdateJSONRequestBody defines body for DeviceUpdate for application/json ContentType.
 type DeviceUpdateJSONRequestBody = DeviceUpdate
 
@@ -1614,6 +1763,12 @@ type ServerInterface interface {
 	// DeviceToken Trade a signed assertion for a device token
 	// (POST /device/v1/token)
 	DeviceToken(w http.ResponseWriter, r *http.Request)
+	// MqttHookAuthorize MQTT broker hook, authorization
+	// (POST /internal/v1/mqtt/acl)
+	MqttHookAuthorize(w http.ResponseWriter, r *http.Request)
+	// MqttHookAuthenticate MQTT broker hook, authentication
+	// (POST /internal/v1/mqtt/auth)
+	MqttHookAuthenticate(w http.ResponseWriter, r *http.Request)
 	// DeviceDelete Delete a device
 	// (DELETE /v1/devices/{deviceId})
 	DeviceDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceDeleteParams)
@@ -1623,6 +1778,9 @@ type ServerInterface interface {
 	// DeviceUpdate Rename, move, pin or retag a device
 	// (PATCH /v1/devices/{deviceId})
 	DeviceUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceUpdateParams)
+	// DeviceConnectivityList Connectivity history of a device
+	// (GET /v1/devices/{deviceId}/connectivity)
+	DeviceConnectivityList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceConnectivityListParams)
 	// DeviceVariableList Configuration variables of a device
 	// (GET /v1/devices/{deviceId}/variables)
 	DeviceVariableList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceVariableListParams)
@@ -1767,6 +1925,18 @@ func (_ Unimplemented) DeviceToken(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// MqttHookAuthorize MQTT broker hook, authorization
+// (POST /internal/v1/mqtt/acl)
+func (_ Unimplemented) MqttHookAuthorize(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// MqttHookAuthenticate MQTT broker hook, authentication
+// (POST /internal/v1/mqtt/auth)
+func (_ Unimplemented) MqttHookAuthenticate(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // DeviceDelete Delete a device
 // (DELETE /v1/devices/{deviceId})
 func (_ Unimplemented) DeviceDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceDeleteParams) {
@@ -1782,6 +1952,12 @@ func (_ Unimplemented) DeviceGet(w http.ResponseWriter, r *http.Request, deviceI
 // DeviceUpdate Rename, move, pin or retag a device
 // (PATCH /v1/devices/{deviceId})
 func (_ Unimplemented) DeviceUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceUpdateParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceConnectivityList Connectivity history of a device
+// (GET /v1/devices/{deviceId}/connectivity)
+func (_ Unimplemented) DeviceConnectivityList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceConnectivityListParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -2107,6 +2283,34 @@ func (siw *ServerInterfaceWrapper) DeviceToken(w http.ResponseWriter, r *http.Re
 	handler.ServeHTTP(w, r)
 }
 
+// MqttHookAuthorize operation middleware
+func (siw *ServerInterfaceWrapper) MqttHookAuthorize(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.MqttHookAuthorize(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// MqttHookAuthenticate operation middleware
+func (siw *ServerInterfaceWrapper) MqttHookAuthenticate(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.MqttHookAuthenticate(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // DeviceDelete operation middleware
 func (siw *ServerInterfaceWrapper) DeviceDelete(w http.ResponseWriter, r *http.Request) {
 
@@ -2224,6 +2428,61 @@ func (siw *ServerInterfaceWrapper) DeviceUpdate(w http.ResponseWriter, r *http.R
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.DeviceUpdate(w, r, deviceId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceConnectivityList operation middleware
+func (siw *ServerInterfaceWrapper) DeviceConnectivityList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceConnectivityListParams
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceConnectivityList(w, r, deviceId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -4293,6 +4552,9 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 		r.Patch(options.BaseURL+"/v1/devices/{deviceId}/variables/{variableId}", wrapper.DeviceVariableUpdate)
 	})
 	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/devices/{deviceId}/connectivity", wrapper.DeviceConnectivityList)
+	})
+	r.Group(func(r chi.Router) {
 		r.Post(options.BaseURL+"/device/v1/register", wrapper.DeviceRegister)
 	})
 	r.Group(func(r chi.Router) {
@@ -4306,6 +4568,12 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/.well-known/jwks.json", wrapper.JwksGet)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/internal/v1/mqtt/auth", wrapper.MqttHookAuthenticate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/internal/v1/mqtt/acl", wrapper.MqttHookAuthorize)
 	})
 
 	return r
@@ -4541,6 +4809,84 @@ func (response DeviceTokendefaultApplicationProblemPlusJSONResponse) VisitDevice
 	return err
 }
 
+type MqttHookAuthorizeRequestObject struct {
+	Body *MqttHookAuthorizeJSONRequestBody
+}
+
+type MqttHookAuthorizeResponseObject interface {
+	VisitMqttHookAuthorizeResponse(w http.ResponseWriter) error
+}
+
+type MqttHookAuthorize200JSONResponse MqttAclResult
+
+func (response MqttHookAuthorize200JSONResponse) VisitMqttHookAuthorizeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type MqttHookAuthorizedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response MqttHookAuthorizedefaultApplicationProblemPlusJSONResponse) VisitMqttHookAuthorizeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type MqttHookAuthenticateRequestObject struct {
+	Body *MqttHookAuthenticateJSONRequestBody
+}
+
+type MqttHookAuthenticateResponseObject interface {
+	VisitMqttHookAuthenticateResponse(w http.ResponseWriter) error
+}
+
+type MqttHookAuthenticate200JSONResponse MqttAuthResult
+
+func (response MqttHookAuthenticate200JSONResponse) VisitMqttHookAuthenticateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type MqttHookAuthenticatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response MqttHookAuthenticatedefaultApplicationProblemPlusJSONResponse) VisitMqttHookAuthenticateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type DeviceDeleteRequestObject struct {
 	DeviceId DeviceId `json:"deviceId"`
 	Params   DeviceDeleteParams
@@ -4644,6 +4990,46 @@ type DeviceUpdatedefaultApplicationProblemPlusJSONResponse struct {
 }
 
 func (response DeviceUpdatedefaultApplicationProblemPlusJSONResponse) VisitDeviceUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceConnectivityListRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+	Params   DeviceConnectivityListParams
+}
+
+type DeviceConnectivityListResponseObject interface {
+	VisitDeviceConnectivityListResponse(w http.ResponseWriter) error
+}
+
+type DeviceConnectivityList200JSONResponse ConnectivityEventPage
+
+func (response DeviceConnectivityList200JSONResponse) VisitDeviceConnectivityListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceConnectivityListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceConnectivityListdefaultApplicationProblemPlusJSONResponse) VisitDeviceConnectivityListResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -6081,6 +6467,12 @@ type StrictServerInterface interface {
 	// DeviceToken Trade a signed assertion for a device token
 	// (POST /device/v1/token)
 	DeviceToken(ctx context.Context, request DeviceTokenRequestObject) (DeviceTokenResponseObject, error)
+	// MqttHookAuthorize MQTT broker hook, authorization
+	// (POST /internal/v1/mqtt/acl)
+	MqttHookAuthorize(ctx context.Context, request MqttHookAuthorizeRequestObject) (MqttHookAuthorizeResponseObject, error)
+	// MqttHookAuthenticate MQTT broker hook, authentication
+	// (POST /internal/v1/mqtt/auth)
+	MqttHookAuthenticate(ctx context.Context, request MqttHookAuthenticateRequestObject) (MqttHookAuthenticateResponseObject, error)
 	// DeviceDelete Delete a device
 	// (DELETE /v1/devices/{deviceId})
 	DeviceDelete(ctx context.Context, request DeviceDeleteRequestObject) (DeviceDeleteResponseObject, error)
@@ -6090,6 +6482,9 @@ type StrictServerInterface interface {
 	// DeviceUpdate Rename, move, pin or retag a device
 	// (PATCH /v1/devices/{deviceId})
 	DeviceUpdate(ctx context.Context, request DeviceUpdateRequestObject) (DeviceUpdateResponseObject, error)
+	// DeviceConnectivityList Connectivity history of a device
+	// (GET /v1/devices/{deviceId}/connectivity)
+	DeviceConnectivityList(ctx context.Context, request DeviceConnectivityListRequestObject) (DeviceConnectivityListResponseObject, error)
 	// DeviceVariableList Configuration variables of a device
 	// (GET /v1/devices/{deviceId}/variables)
 	DeviceVariableList(ctx context.Context, request DeviceVariableListRequestObject) (DeviceVariableListResponseObject, error)
@@ -6382,6 +6777,68 @@ func (sh *strictHandler) DeviceToken(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// MqttHookAuthorize operation middleware
+func (sh *strictHandler) MqttHookAuthorize(w http.ResponseWriter, r *http.Request) {
+	var request MqttHookAuthorizeRequestObject
+
+	var body MqttHookAuthorizeJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.MqttHookAuthorize(ctx, request.(MqttHookAuthorizeRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "MqttHookAuthorize")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(MqttHookAuthorizeResponseObject); ok {
+		if err := validResponse.VisitMqttHookAuthorizeResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// MqttHookAuthenticate operation middleware
+func (sh *strictHandler) MqttHookAuthenticate(w http.ResponseWriter, r *http.Request) {
+	var request MqttHookAuthenticateRequestObject
+
+	var body MqttHookAuthenticateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.MqttHookAuthenticate(ctx, request.(MqttHookAuthenticateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "MqttHookAuthenticate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(MqttHookAuthenticateResponseObject); ok {
+		if err := validResponse.VisitMqttHookAuthenticateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // DeviceDelete operation middleware
 func (sh *strictHandler) DeviceDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceDeleteParams) {
 	var request DeviceDeleteRequestObject
@@ -6462,6 +6919,33 @@ func (sh *strictHandler) DeviceUpdate(w http.ResponseWriter, r *http.Request, de
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(DeviceUpdateResponseObject); ok {
 		if err := validResponse.VisitDeviceUpdateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceConnectivityList operation middleware
+func (sh *strictHandler) DeviceConnectivityList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceConnectivityListParams) {
+	var request DeviceConnectivityListRequestObject
+
+	request.DeviceId = deviceId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceConnectivityList(ctx, request.(DeviceConnectivityListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceConnectivityList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceConnectivityListResponseObject); ok {
+		if err := validResponse.VisitDeviceConnectivityListResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -7539,158 +8023,178 @@ func (sh *strictHandler) VersionGet(w http.ResponseWriter, r *http.Request) {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7H1pcxs5suBfQXAnoqU3xUOy5EOKF/P03PasptvHWPL0xlpeEaxKkmhVATUASjJHq/++gQTqJKpISpTa",
-	"3hh/MUVW4chM5J2J214oklRw4Fr1jm57KZU0AQ0S/3qdSSWk+RSBCiVLNRO8d9Q7nwMZc/imL0N8YkzE",
-	"lOg5kFTCNROZIimdwTERCdNkKiT+NmVSafxh0At6zIzzzwzkohf0OE2gd9Szg/WCngrnkFAzb0K//Qp8",
-	"pue9o/3RKOjpRWqeVFoyPuvd3QW9n+GahXAa+VcZ4a8/KZJlLCrmTamel9NG+QhBT8I/MyYh6h1pmUF1",
-	"IVMhE6p7Rz0zUM+3kLcxgG5bx9T8+JMirYuYurcftobTCJJUaODh4hdYLC/lHb0CRSiRoOWCKDqFowpu",
-	"zMygNLlhek4ouYIFkRlXhPKIMK2IBJUKroAwdcGvILW43T8gc5FJdYzjpkB1Tg2KJlAftPjWjD0DrS64",
-	"nlNdjkxnlHGygw+Pi93o/idIY7qA6IgYoIx3cTiRabNAzvjsgusbFsKAnFdncBuJ2HQKEni5Q6bIwf7+",
-	"gPwCC0WoBJKCJCGNY5CDC55jaA40AlniqALdvgFvG6EeHga9hPH8773A4FqDNGP+ny8XF9/29/oXF99e",
-	"vPn65z950fgLLNoI6eTjqdlaFyld4dsPI6RfWcK0fwWJMADUkCiihaGkTHLCOBEcOk93jENWlxHBlGax",
-	"7h0djgIDQJZkifljhOCzf+0Vq2NcwwwkLu+DnLUBSMgZ5UxR81UXlAQO8TAofZTimikmDAV24CytPPYU",
-	"yPsEMVDVyhOl/blrFbIY4WEr+axAti0jUyC71pDZdx+2gH9QyegkboXFtfu9ayHX5RgPWcydedmyORSu",
-	"H6WYxJCYj6HghsuZjzRNYxYi9Q5T+8Sff1dmvbeVuf4kYdo76v2PYSm9h/ZXNczHxRnrOz7hBKQUMiDU",
-	"cHXy6e1r8urg8AVxM5FIhFkCXA8QeG5EM+FJqH2KwG9zQRIaAaEknFNuD38qRQpSM7tNFq0BnKAX0wnE",
-	"nYQCCWVxQJw2UfJBIX0HzOAOt8k0uTG71fiaZgmucWl++8VtD7jhOl+Q+npBj6bs8gpZfXUO95VVHHpf",
-	"fYRX0skX+2vQw43bfZaviMnvEGqzgpOUOZldB2AogWqILqmuATKiGvpmO77d5O9MFu0gJTdzQdyDCJsr",
-	"WBjQrEQVfEuZBLXRgtamAqUvM1XstkltwPOVEvMooZmeA9fmwECE+oeV7zta4IMJ45mG3dq2Otdpj/zt",
-	"8g+phCn71qLcofYUzqmkoVGdC/0HQgk6MGJSQxybZStCUyq1WRB8o0kaW93v6vLZ9FW4Tyd7vkVJEcOq",
-	"U//JPNMkPAQybskNUuwjqJJVOzW+xoeQL0URM1um8ccKdU5prKB54uv00YFCpUWqyI2QV4zPKtaCVT1R",
-	"MYwEKMKFJnbQzRFZ0cv2nGLh1csuLs62Cvoq1FfBF88GjeMP097Rl+65HJO4C5pcwtKanz4NNJlWEE8D",
-	"oubixuhq8cLobHrOSrX+mChATZ9QdcHHJ5meC8n+hbLoiPw3UAmSXGSj0bPQzoafYTwgb2MRXpErgFS5",
-	"obUic6rmVpn2U3o0goOD8HDyEkbTF/T55DA8iJ7B/vTy7/vz+SSJ4tO/7sWnf++t4q5u58tA/lqA+SOd",
-	"wTJjRR229mEtyOfTUCkp/l0xhD2so3kkcS4vRchwzjSEOpOwjMcT8vrjZ0IrzwQGgR9en5I0ptocCqJS",
-	"iGPGZ8hdnByjSfT8wAgymeT/X79w/z83QunZS/OfZCq8fn7gkWVB7ySLmH5z7RSUOgxprhd0gg4fWl8K",
-	"mAmo3bdXw89/Po1yTuv4fkBgMBuQcQLJBOSRZXHjOrOt/eadXc4u111opkOR1PQGlYUhKGX4FGWxQaUP",
-	"pG69bp6ln5WmOlP+3f/P8/OPxD5Q3TqZCV1RbApjKehpKmeQT7U8HqsAUYlMhlAb1qp1UUBuHOeWxvw3",
-	"xp5fjWIWHOswaZ+wck86HASOvqokUQNeiYICaN6jVVDwVjhBeR4ejxv8TDWdUAX/AKncSWgwfFzN5XX5",
-	"+zJuOdwYHCZsZoFH0Low6p5VjyI3Se2E7FVELOMaucYyVSmQ1yC7p/8olJ5JOPv7r8Q+/pMi7oX6mdw7",
-	"HOy9WoPR16YMmiDwgtGq6Mt8q8FsO/FdffYuuJdCbk2Fy9zKWPod3X/rsp1NlGkFwDdaaa44dUHkvXnG",
-	"8D8eMw5eLc9wCktjuHMiIRXSKOlGNTBHFaz+AVaR3xs5XV1V2MpEiBgo35App4xziC6dC2Pdt/L1XeLa",
-	"Vqp87ukzfBiZ7Gwl3zg3z9wFvSyNNqQfH6csWGRBOoWqXyW2oE7qbqUF6mrUXFta+2naBg915/IR+SdO",
-	"8AlmTGmQG1owD+EOjZNeMjlJVToBKRcpO+gjV616hWn/X6P+q6/u//7X21HwfP/uTw89oUteC09MpW4S",
-	"LZ+nbBKzMH+5I8TyJto/PNx7RewLxuoIyLN9MlloUOawZzylUQQRMSLn+UEm40EDCCf9/233f9n/envw",
-	"zL99PMFLK/krcKMhmNEXFb5zjPyGRcA10wsylSIhXNwQK4FW+w+rxObxALn3KiDyHsJVBFpqu3U6dGOs",
-	"ycI2kiHJP7W+zGSLy+3d38/PyUSKqzoTDwXnEGp0/O+MzRBHw+FcKH1k2OGYCHnB8WtV+34XHXF2lkmJ",
-	"oRO14OHJx9PC60iovuBDar6mKRssaBIPyMlEmZ+c+snMOGksFvg8Rqe4yFc6FdKtVFnD8yG6vRZXwC+B",
-	"R6lg3O/JkICKlKQREMVmHCJClTLoE1xVVkNwLHVMaKys4jWmWTTGT5UXkszo21TKxWAlLZaU4ZcEjdW3",
-	"E+C5edBn1xkr5lLnv27FCZi/wzz64hmEgkeKZFyzmLDc4aNabBrcXtNna10Uq/2xtc3VBqutsbbJFRD8",
-	"ZG2STeVMjnyfvf+3385zqtp5E/18drJbxlALnptKdm10qStYHBGmFPlPorIJ+U/z1AV35GdIPCA0i+z3",
-	"lhxJThzk86dfAwNuQrUN7h3muhihc6BRcMEpjwglv2tGOFyDJJkyxximQoI9aRWZcjB69XwlBoqNt8P1",
-	"M+oiKyGaMF79dq8J4ypXbATDxTWoKnvTglAuUHPFt2px7GpcESPiVSVhLb/5RnLbp8Q2KWTKOI3zcF6+",
-	"2II07Ba0MFySSJhRGcWgCud0npGQipiFi2PCszg2T09FHIub8hHf1syzdGK0GhsEW2aea6vDdz78s5k7",
-	"S0vhqw+vT4mLlpEIH6tbkmpO9w+fHx1M9qJR+GpKD6aHk9H05XREn09ehIf70z0YvYADOor2X0yfTZ7D",
-	"YfQyfEX3Jvvhs+gADqfP6YvJy7Cul7hBv9D+1Ohot88P/JrJWwZx9EZKX6TsAzcGzzWNWURSKpG2injF",
-	"ctQsAk1Z7JM6VnZe0zhDR4wbswEFXJL5ORZ8hjKccvL8WSVG4VUgzPq9rOjsw3uCzAIkYdx5DyYiWpCd",
-	"8dDQtZHxLjJXpBC5KFx9aUOnHi0btbxVxs5L0Nl931BV9XGahViMzXtBkXbgsjdWSgPk9HbrQQ53H1fC",
-	"/J4/3pOwpvqykRn/QOO6NcWAGGGxKFwARlvL3YiO7xgaHdtBx2sx0Xxm+/pqOx2f/mgf/mPtdEf4DXO8",
-	"sZ/CPt/ELEfKvFeo7iHEuwmFbSQPPGG02jpbQbANx4Q95Y/nl8Dxt6TaPIVCwZwicUwUahMz69mzCXp1",
-	"4h13nuSVOsOTnWyfyvG33345WyadK1jUKcePLruhxsmKZ167KZTX3u+vWkJBV3rh/T5Tfkfyt9XEaYa0",
-	"E/oItE73zVcNQHxvvQO/ILAGTJ9xm3Ji9GbdSNJDFXxBJmB0FaLFsjJkQ3ZqztL1z/G74h3fYcbsnhUj",
-	"fFYu2bAKAJcWVF2RHxzm9+3k8qyfgvDwfbkkkRW5IXZ398sNSbxqLWZJglSYsonPDMiZSEBwwDSlObVZ",
-	"IM4eZpwsQJMJhCLBfGaLjwtOFVHC2GeOqMzz5mlnODNFdq5BsimDaNfNg+ZrgQm7vqCeznuwzcSQfIbW",
-	"zBAL3W3IMkeFjyfM7ARrSrP6Tu4NvxVwwxO/BLdNYvpydtmaBXbvVRdaYDF8BwW8307u0gc52w4H2qLJ",
-	"8UHOco1kI762FVW8ngm3iYb9Qc7uxe42AolP9W1ZTE4hTQUuYiqN6QLt7mPCNOEAEXLOCZCMs39mDXP8",
-	"JEyAfBIToVmo6nzvniS3DcZlKHc116pv/iNVyvD9cV6SlNcdmbdcPRK1sQRRCTznFQv3ZYEf5OwJtfkq",
-	"rSwtpZJQvuQ3a830tqIRE/iM6P2mgSsmuJOoalkZC0UEvsKicM449CXQyGj5AVHa/h+LG5BEcXoFl6Ex",
-	"K/IVmIHqxIguHtQJL6eUxRD5MynaPGNUkxvckTSKZCnyi+Qwm1s6zxLayD9Bl1HpuCIXtljlomdjMhMo",
-	"XeOjkTeyIaWQyu/1A67N4Og5s04sdDaVGVVFrpXdNCnBgAUJa1mtpefRc24YV5rysEVFT6meN/LobO6t",
-	"XU7DfXe9NxRypnork9q6M80cRqiyMTE8li4fZPy/+i6a0j+NxsS68bzJZuumyRlKK6zZPNu1tq+DUa0C",
-	"6dWragVSpe6wGoJiOvbyYDUXUhOVJQmVi3zHV4zj7h3xH5dxBUOU1k0mwjCTEnjYOBYOGhW6IO3HI4+J",
-	"NVf1+dMpkYBlcCEY+cCMseVbGdZxgSRjA7ZG8mQm+dHU8Ioj9/jRGmfWXw1h4VcgMbCMpUZFX/1Mrlpy",
-	"9RjlEo9SAPEYCV4J/XaZKVAddXouHG5J/woWJKELIl1WjD+2ukYJRDWhO+0uXYBrcbUhNvxb+tntJF88",
-	"RBUWj9UEgkypd08+XXA5a6qojMD5VxrBDULcQqXEetCpIr3gWHsj+6+7cHITn+26yqgXDBsUNDTP86NU",
-	"NgxITj15hYMWZPzxw9k5GdoTYuRaTlnjwcNqDhpb2oZCvAylxzLpnV91O3wV/cnsX5u+9QisUoFEAlgb",
-	"4g4OZ/Y9H8BL7WOdcezDG0agWrOrT8hUAvSx6gMrConKwjmqU0RBQrlmYZ5qTYQkoUgSpgfrmckV1ljJ",
-	"tc7FdAFJX6iqg6LuxSC3gLaEfju1bx5a9uj+2uvCaFGZ3osknepKrDn/G0nbW9txTwQ3Le/VufAImA6I",
-	"b4Px5Ozg0RnOxyLqU6f0sZY0vLqMqQalx0eFQtNMU/lJ5dUOtSDWcRGTOrIeYZnx/KtKMGxcTSeoztjL",
-	"I2deVDeobRVtL9uGoeCaMg4yTwfB8YLcFFIpk8yliiByFBCHeY9hTtNLGkU11JaK2vs355cnP787fb+c",
-	"cnvpbUPRPDlN9AO/ZlLwJK9b9278ts1AqRAAS+gM1IbAQ3vSvGjtJ2qYXyVG7KxMG8dUWZoKqdGXscoJ",
-	"Y8vlVhwKh+9TM7/Zga2t2/yl6+f3eenFpi9hid+G7+T1gBu95sMuSif1MArJtdb2fPnLzoR5xH7LuXg5",
-	"ejk6ejka6jCtn4ydL6P+q8HXPx/t/uULZn3tBYd3O0fl592/7Ax3dJj+3yxKd3f/suIIVXl6cYZSya5Z",
-	"DDOIakLHUfxyFYwEpanUdQmV8RiU6ist0hTN75yPcdELejS+oQtb8NHPKxKD5js+3nYt4iyBNrBFVNOj",
-	"4TWVw5hNhjRNmzGzw5V1BZ2w8aeBOFbRIUbOWlxCY5TbY3IzZzGQCTA+w9TrZBJDdEzGKDTGxiyYgMsw",
-	"h4js6DlwwpIkQ2fmrnkQnRxj67xDB/s1pkPEMZnAoFVRsOWg3WJkTT9yU4rEC0IJzobGvS3YdK6vY2K0",
-	"ker3VBPKF0UfjFX8sFSJ8n2tsZ+HpWLUa6s2gwY6gWmecKboAvt/yIx7HNl0Blxfrq+BBT2GAlaCUo1z",
-	"Uc1+Puwk9Wf7y1xAqI1W4TpebVrgtrEq7Xh7abl06QNeRAq/g9SGFn5SRIoYqwApryWEBLZMx+wODfVE",
-	"KH1ErhncgCQ7EmikdgNMbofYIJTsoA/ZErhLV1JBoSlSHuWqgNoNCI0Sxt0rCeWGoVxwF+3AZ11nGRUQ",
-	"nMpWaWQR0yQWs92AiBtezBlBDNomkV/wpQxxN7x9Q+26ZgjuHNn92EIhuw/Drc3iDLM2b3jPVk3ibmZM",
-	"RUVadWdlnn0qV8xaXPmoepX+5B3rO5GLoYRUKKaFXHw50nT2dbfuQM6fG7ivBqFIhjRMYKiAKyGP9gYH",
-	"K0WJRw/4886XwWX/a/Hn7n84Uf1nI6bbn8LnyrKzr5XPA9Qp9vZf3HmFe9PAQWAFOZB9Iqp+oDbEnbjh",
-	"saDRZSrFzHCgpvuv4vkbdXn+KpB9/qwzplIIMje1ecDFkrDLRK9gRegeKLSPb0zjh1YB4ZftHeX7506e",
-	"tGmQTWrxxAyrBPy2cJ1cwWJoM8qtmkp2yjjfsW3Xs9ffG40qefOBTUFXJEsNb9o/PKxT+G1vQnU47x31",
-	"9kf7z/t7e2ZrTGMDPDrpP3OMtLqBCjet7lnOQFe8ce1J1rbEo4huF2FFWwBiU6caqZ0L0Pfu1FWRVWs4",
-	"k7qK8+0eK9bzaoO2zVgohOmmTO6+Zqwn1dHu4ydFKmOWJVuh4FM2y1wjhrynnCIJyBmmtFW8cw3juIsH",
-	"a0HSLI4DYt0UZLJwdTGGJ+es+L9cBctgMNgdtHZf25KVtob5tRKLdcOo0xBay3BZMWGHtVGy9DqtFDDL",
-	"91dOXC6vtpGgIOiOs5DrvJ1q7VxkcWTOvK9uaJOKYVmyl25dvcqL7qNL1k+6B+HFeXjgISzPFaYw0DSN",
-	"F+aM2Ai7W3eQH7odB9EJUO0Ux13vMWx1xL92SqdhumgJUr7Qcyy+skzYdt9xHS+cilopBH5zTmer3fKl",
-	"G75a91vxxJfg89HWZ7WtXOQifbfU6GjMQvivijrnS6d9aEphJWHNTEfeuL/Ximfki3DHekW4Iu8Yuh2A",
-	"1c5js+JZV2rE+yoUKSb/OEyuVQ31GKGyVj5eBmKXGbIqhXirZMTOctiASBEtjgkkqV5U8l8qnu3lnICN",
-	"E0DNoYgznwFq1SQzr91RCfOA3MwZupKB3EimoS94vNg8bJZDo6A5B7rNkk5zSnxQ5ulyA9iKcpJv3OWL",
-	"Gob09tcPr3+5JDYZgtgYOshrmwfWVLSXe3fULKiv//EnvyeiDOiv8njW6Cr3ePaCrRBZzdnb4k9u8esW",
-	"pFXz1hy8PHzxfE1zx47QhfZthO8KZvZ48bt8intVATwAjh0AbGuZZqPgfh71j9dnRIJNsrDVzYxTucDe",
-	"wZOMxRqdUljkPM74FRc3vJEb59KgvFLA9VlbaZY0mr7dBb2ZqDoHy9lmYm+w/3zw0psDiDpHS1qY+9Em",
-	"yKRShKAUSUTGtcK4I2quREiXdFnM+KVHU2bgvb4W39kcrlJliBmFfZoyC94Irm32NuUk45rOjKpmcNDI",
-	"Rb0eDfYGow2UJ4f/GlBLaFXQtExVlm1lkunFmUGWJaiJbTji8XG6ntW204hruLFDsacHOjcNhX1IgZ/+",
-	"TF7bpjq2iXUE8thgIYLrC56ICAIyLsBjvu3bsfp91GrIQmRV3WtMUsm4xv6MtiKf8oZj0rk3yc54Gl9d",
-	"DgaDsXNMIhEi+7W7KmAw1zotdZly329zKfy3386XWPJJrfeN3fRSxhX+hsdoxeR3mMU8Fb7Ec05nYKRZ",
-	"7vG111Vww9ppjNsVU5vgHhBaNku1905kXF3wJIs165ex+NxbTAR33mQzxK+MZ98q/YUu+BuUKJj7bSRl",
-	"V0N1sjNu6+w+3r3g2PUHY1IkaWTSuzzconRyXCbIju0m0PncyJouLtSw6dPW4LB3NbjeSEaP5pYluT73",
-	"JykN59DfxzOFraEQ+upoOLy5uRlQ/Hkg5Gzo3lXDX09fv3l/9sa8M5jrJK4kRvdsU+CTj6cVL9BRz55Z",
-	"2+SVG45y1Hs2GA2euf4NeKyGgxuI4z4y2eHvN1dqkHfAn7UlAtrMaY2UnUOquIxGcAiIMbiwDVNeRPi7",
-	"Te2fCgmEEim0PR9KszgmWCWIml+l26wh9Zsr9VfU5Gq9/PdHo44+/pv178dSZF/zftuG4zeYkF9gQc5A",
-	"D+ypdGqRf9RimZV7AUpe1jv68jXouVz13lEP70NBosLKyVr7qjzhq+g+1UeBYIbzJFGi9BXeLi75sL8L",
-	"Zot/y247dKmVv3WgMY1RFOxkZPB7wZebzQ3IJ9D2FFUunynbq+XkX/xa9Efa2R+Ndisp+TiLvTvGtQPC",
-	"PFOFWTh8GrNQk52D0SvHOOsU0mg8WCS0/7eIFlujkcYkd3WZp2UGd49IoZ7WdT56jQ0LW7QmbB8TA1yD",
-	"LtdjGMl5f7T3xOv8VKxv++cpH7tw3q13iIoepK38ru77LxxZKeMBgVjlR6r8u5ooZ1PbLngtJrAb2DSq",
-	"0o1d5lfV+krVe5DjYcSrFqxLrebmHpAzcMwYi+3enNMZoYqcTvvvBYf+O6rDudnDDDR5Njq44Bi8aNJF",
-	"6ylDd6llx9WLy77cttzfVJ12o2vGvj7iaap6fj3ked5wIg6K1ka4EgPS+lxL987cBb1no4NlOvrMHYCJ",
-	"Yty1/UYMKbwB5h7TPPTs3BY65pevd7WDVGs0WgVH24FCdSKce9xuWkh02LobYarNiWzQXl5h1ogC4Meo",
-	"yCvz2XzlTMOipbHtlz7ook5nFj+OGGi0IV5HChy0QGQ7zK8dgXapdU7SicA6RywaUfp1ivOiq6HVw7Ff",
-	"IlpbruJSSLJXtjXcsT0Sa+0RUTYJOUMisNwzjClL1G5gtUHrKcPH/ApqGx2cuz6Tj6cI1FpQ/iHKgN2j",
-	"V2utKpHbl7Dn0l4/1ey/6op9q5N3Udr1niM2NbzN74O8s3QWgy8kd6pVYU9okea32BBquITtO2yLh2Wh",
-	"AuDVhlqQUCRAJjS8aiOYn+2cS0LNB63ykWHj8keP0DrwldWZuR5y+gtU2KHaVR2FbNmpNL59P7Jhlfcc",
-	"98tYu8ZtwCEn+aC0XYru936Wp5zA2gTbxb2nBs+FrPOBtRBBWyCnx+Jgbo1/CO9qowgXntkiZXwCey1d",
-	"Iq4BMzaIkMYsNVpx16lp5VDDWtzcay2cNWJcGNyKDUuKiktU9RyYtIlNbTwpd/P/ypTemJTsbaJ3wcoH",
-	"3YXDj6pv1+IrXomVGrtHTKtxwUkROSKYE24bmz6cIl63ZAWhL2SJIiph/gfyC68W9bYZJUMPshGk2IcL",
-	"W/65X8YD8tq5QpT1heQOEwLfmNJGFBbRxWobZQM4VLEqgbguenud39P0XTKvxirXYl97W5+9jYFxuCmQ",
-	"sA1iPQPtXGDLJLsGxa7BxYa35WWrDfWri0ieUmH6BIZ7R9sRB2aoUkvN9771E7+a8VbuyV2pTzQivt/5",
-	"0fxjNItVRzPXLbZ5PF+7Cp8mOf2krGjvPpY20DW8dRfRdxo/n2CKNwA4xo81VfWM4zxMtsTdsf/tj27g",
-	"4D4r4LSwazdvcNOPbN24xsV+cnOd/Ldh23TsfTNsvrWEVuc3TTpDdYHpwGnJ5pOQqDnbJh50uWdxHiva",
-	"qTcUzhOkUU1ZKgDfNcPGoHFYScMr57TW9jbhSkX4bgtNf9/csLrEJ2aFnYSZ88GtEWjBBFvptIXfDauR",
-	"x37e+dl7nBvdWH58k8jXsabTMrL1cUXDBal0UBiTNr1PbQOZHxvBYGcXNVFbxdxDGZHXMGr2nirvwLAS",
-	"z/l5BuS8uPXb3s1Rb0NE8mzSTnIqLJ7H4AP+uZ7YbmnpGdVhxdQSASyAt8IscGZP1kE7ca3NPYa3V7BY",
-	"oUe9F8XNapSX1OV2ioXaiZBwXNayLsfUqQRs8EqnUwi1zdPtpK+nNZaw/dt2jCUz1Ea4ujcjWM2VGzBF",
-	"7tFGGnk6Was8cZU1fjmCkez8ThsXyC6bMa0ZJqz1oFpje9+VdKq2M+qUSjmg65JpO8SXZwT65E+B4MeQ",
-	"PW+lSGwqRl7T5HgA+tmwfD5Pc1qQHS7KP5iy/YUMV9g9rmV3oBsOI6U2yQNTJrXKSwdTkEvXm3lJ9vv2",
-	"ztUX+cRCriiXa5dqjm62Q6BFolFe1OelzzYe9QRxBCT1f4cRnj6M0GRXD/EprsGvvosgQo3Y/h1D+JFi",
-	"CF3kupJ9rR1AqBHIjx4/sFbolsMHG2jD60UPaiD/d/DgOw0e1GlpvdhB0p2sjFd/TWDOXC6wrfGx6VNB",
-	"0SGDyca1YNi4ScSgBuQ9QKQItSO599DoLeqZlkXAu8fOJ3rXjiAFchtIWb5BrYKH/FL7Eg14MUMXIpau",
-	"XSMhjWNETiz4zN7r7irvHFyDwp9efXk3ICKOKiZWE/gf5OzHV/Hy22w6tbsaTLeB9HeL+pgVlCOCkZO3",
-	"ZsEWCLVXoznkgfSdIS/avm9lqVzgE+tJeCVRu4pUxdg2PZP1Y7dMCpWTP7wVcrbC4fhz2a+ufqF54Vz1",
-	"dcIbkA/Ywa7Ff/1Bzn7wgO4qKLeEdT/I2SOLmA6q2zbFnawGwmbI/WCosUsfLK/O+n6ZzR+jAHagPdf9",
-	"to1+F2q/D8MZ0pQ1A6b1hWNZad1J5KKETVdtk7ecpOz/iwir3cd6gdWtnGbHutGkbsVpgbgHne5WXWRV",
-	"JJS4K1yKVrCquGfNiCLslSPkT6qNLB41Ulqb4omVjercf2RctLAC/DTTxQvWCX/mN/goLVLVrKDBO3ts",
-	"Y1zlbq3CAKC2L7kLfl0/pWPb1ldhyNRrDVqQ/uCxzxX4uOcZXs0hGxHOOsKziOk+XJt3WgWA7ZThWpAn",
-	"NIK8PV697/MKWWBmemMm8ssDT2N0uywkKUnoVBvLx/ChvP25N7jKOKYwl0d1vftmuxbg2kysnDvjGlvV",
-	"bT73DyUMC0SuFogWgNtyphR9vFfIRfPYA4Si75zk1TxtSQA2x2j9HIBqu7llavE392sh0jy7pGzPoG1X",
-	"St+8ms4uLQfyls97bg1euYjfcF47bmBvcCuWNBcKzG+YVYxrK8KLbavLHZb+8n5Pg2izIt9ggseM10dq",
-	"dqhre9XTpH9DPPlGNf9dFvcUPgD+PxK3sAdjNadwJNP0TG7DS2BpsZNl3L+Qs4tpuKTVNp6BEZUf3zjC",
-	"baxGcH6xw7bx+7Zo8dWO3ntnuS/bSR4Uft8+1+oSn9gQ6swdNwYQ4uW4yNq3Dm+Xtl+rDNhquuiq3PLa",
-	"GXYe1dZD/A5///FPsd3H6mPs4LH9c/zOua47D3KOje17PE4iDK8Ye1VwMlkQ26HRZrRYBwcXZM5mc7RC",
-	"KK8E4H5SA3LiXr3gN3Nhr23AjuKuswWzvU2iCCKihUAHfcz4FUTFjQ8LC0vbu42ZgaxCR7XrYAKRXZSv",
-	"o5KF3vfNiWprfGJWZOfu4kWWtLbivYsiQt14Xtrt4DPD20yBXOF5ObHeEmkTSPKYj6G7SGBgXWRaUo5V",
-	"UMkxoXwhOKAXJgZ6DdZzhy297G1IIeXmrQm4IaNBC3396Jk2HTh5NO/LZ8RnV53cezER0cIWEVCmIOc3",
-	"dGJW7XIrbuxNwHmeh1044twhWzls6zbcRpAI3Y7b7zuYU1vjE8dzunlHHtLZHv94XUey8693cZI8RXh4",
-	"6z45BtJVr/DIsc8VCdRb1OtOunOmNyXoTzkEu47sSeXKRpus4fRVIYm9Oet4qbiVqfIuSjLJ7B0GRuE1",
-	"i27N0f++j2V9kU98LleQWH4wt0hqb/FGfAUBIrna/medtP1KQ/XWHC9slF7v7i4zroLKbTTY3tC2fC+a",
-	"JdsLamz59AXPO6HnWUNckFACJpzRWPnUR9ey/pF5QtEYv4UnWK9bfvP99rvN/SO/Un9qIWxvinUXQuV4",
-	"UwulITFYazZHzPvFu+aIIK/9sYv8PgtrKGj72bk/847ig6JJ9xAPp5t9KR2fhgbLExt5ry15UIl52CUv",
-	"u2aXMxArbxUZiB6/ci3T0Oge1kY+JimIFK/gjQWfEVtGm1StpMoEmHPgX5QbZtnWyymaSZc8Wg6XS73u",
-	"5eY38WCQEZMhMy0Sl2hRjFWE3Tzu7Hl+GWmEbUarb2FgYfmVv0qRparixcTMQg7NS81ty/pqf2vLIgaN",
-	"uIBvWZiEETUrmQ3gK2/XKij9kI9a3aGVcXJ36PIQp4UEU87rlt9jVc0EtgVvlQELZrg8YlvxC9UumdlQ",
-	"RH53msFtZdgymdmHR6qL3Ro7vZ6rfMNdA8ilbWNfybuvd/8vAAD//w==",
+	"7H1rc9s4suhfQeluVewztCQ7dh52nTrHm0l2vTN5TOLZOXWjXAsiIQljEuAAoB2tr//7LTQAEqRASrJl",
+	"T3Jr8yWWROLR6G70u296Mc9yzghTsnd808uxwBlRRMCnV4WQXOi/EiJjQXNFOesd987nBI0Z+aouYnhi",
+	"jPgUqTlBuSBXlBcS5XhGThDPqEJTLuC3KRVSwQ/9XtSjepw/CiIWvajHcEZ6xz0zWC/qyXhOMqznzfDX",
+	"nwmbqXnv+GA4jHpqkesnpRKUzXq3t1HvR3JFY3KWhFeZwK9PJCoKmpTz5ljNq2kTN0LUE+SPggqS9I6V",
+	"KIi/kCkXGVa9454eqBdayJuUENW2jqn+8YlErYuY2rfvt4azhGQ5V4TFi5/IYnkpb/ElkQgjQZRYIImn",
+	"5Ng7Gz0zkQpdUzVHGF2SBRIFkwizBFElkSAy50wSROWIXZLcnO3BIZrzQsgTGDcnWDlskDgj9UHLb/XY",
+	"M6LkiKk5VtXIeIYpQzvw8Ljcjdr7SPIUL0hyjDRQxrswHC+UXiCjbDZi6prGpI/O/RnsRhI6nRJBWLVD",
+	"KtHhwUEf/UQWEmFBUE4EinGaEtEfMXdCc4ITIqoz8qC7p8HbhqhHR1Evo8x93o/0WSsi9Jj/5/No9PVg",
+	"f280+vr89Zcf/hI8xp/Iog2RTj+c6a11odIlvH0/RPqZZlSFV5BxDUBFMokU15hUCIYoQ5yRTupOYUh/",
+	"GQmZ4iJVveOjYaQBSLMi0x+GAD7zab9cHWWKzIiA5b0XszYAcTHDjEqsv+qCEoch7gelD4JfUUm5xsCO",
+	"M8u9xx7j8D6SlGDZyhOF+blrFaIc4X4r+VUS0baMQhLRtYbCvHu/BfwTC4onaSssruzvXQu5qsa4z2Ju",
+	"9cuGzcHl+kHwSUoy/WfMmeZy+k+c5ymNAXsHuXnih9+lXu+NN9dfBJn2jnv/a1Dd3gPzqxy4cWHG+o5P",
+	"GSJCcBEhrLk6+vjmFXp5ePQc2ZlQwuMiI0z1AXh2RD3haaxCgsBvc44ynBCEUTzHzBB/LnhOhKJmmzRZ",
+	"AzhRL8UTknYiCskwTSNkpYmKD3IRIjB9drBNqtC13q2C1xTNYI1L85svbnqEaa7zGbCvF/VwTi8ugdX7",
+	"c9ivjODQ+xJCvApPPptfox5s3OyzeoVPfiex0is4zam9s+sAjAXBiiQXWNUAmWBF9vR2Qrtx70wW7SBF",
+	"13OO7IMAm0uy0KBZeVTka04FkRstaG0skOqikOVum9hGmFsp0o8iXKg5YUoTDElA/jD3+47i8GBGWaHI",
+	"bm1bnes0JH+z/EMuyJR+bRHuQHqK51jgWIvOpfxDYkFUpK9JRdJUL1sinGOh9ILIV5zlqZH9Li+eTl/G",
+	"B3iyH1qU4ClZRfUf9TNNxAMgw5bsIOU+Ih+t2rHxFTwEfClJqN4yTj942DnFqSRNiq/jR8cRSsVzia65",
+	"uKRs5mkLRvQEwTDhRCLGFTKDbn6Qnly2bwWLoFw2Gn3aKuh9qK+CL9AGTtP3097x5+65LJO4jZpcwuBa",
+	"GD81NKmSJJ1GSM75tZbV0oWW2dScVmL9CZIEJH2E5YiNTws154L+C+6iY/RXggURaFQMh09jMxv8TcZ9",
+	"9Cbl8SW6JCSXdmgl0RzLuRGmw5ieDMnhYXw0eUGG0+f42eQoPkyekoPpxS8H8/kkS9Kzv+2nZ7/0VnFX",
+	"u/NlIH8pwfwBz8gyYwUZtvbHWpB302AhMHz2FOEA62iSJMwVxAgRz6kisSoEWT7HU/Tqw68Ie89E+gDf",
+	"vzpDeYqVJgokc5KmlM2Au9h7DGfJs0N9kYnM/X/13P7/TF9KT1/o/wSV8dWzw8BdFvVOi4Sq11dWQKnD",
+	"EDu5oBN08ND6t4CeAJt9ByV89/NZ4jit5fsRIv1ZH40zkk2IODYsblxntrXfgrOL2cW6Cy1UzLOa3CCL",
+	"OCZSaj6FaaqPMgRSu147z9LPUmFVyPDu/35+/gGZB/ytoxlXnmBTKktRT2ExI26q5fGoB0TJCxGT2rBG",
+	"rEsidG05t9Dqv1b2wmIUNeBYh0mHLiv7pD2DyOKXjxI14FVHUAItSFolBm+FE1T08HDc4BVnjMSKXlG1",
+	"aKO9TQRCOxxnF5L8sYwJ7wpNFQajSptZ9ZI8QROu5ojolYB8o7X96ncUYyEWpXmndk1TpoDzLGMmcfty",
+	"xGMHJPpgEyqrjytFbDPU0j6jXot4swTebSDG8pk9HH78iBWeYEn+SYS0nLIhEMCiLq6q35dpn5FrTeMZ",
+	"nRniQqB9anXAiM+JnaTGQffXOltJxBUR3dN/4FLNBPn0y8/IPP5EIvtCnWfvH/X3X64hCNSmjJogCILR",
+	"qHDLtNW4jDv5gf/sbXQnhc3Q3IXTQpd+B/PwutfSJsqWJIR1S+pmaaBEg841J1gkaCp4FiF+RQT6+PrT",
+	"udbC3/5yfr65gN4F2Xf6GX3PspQyElyjvpH8ZdKSbVVorBeGJoJfEoEYvz6xSoZ5w1qg51giRvR2qtdh",
+	"d/pluP1gJqqQIDkX+mct5OpLh8CDIwZwoAZoAKn9oVVApZGDLQwmnKcEsw1ljZwyRpILa5lb9y232AtY",
+	"6EpNxj79CR4G2WG2kuud62duo16RJxuifUgAKG/+EuNLDdankahOoXalJabUiLC2tHYmsI0bwLKTB2T7",
+	"MMFHMqNSEbGhYn4fptZgUBVvFljmEyLEIqeHe3AZ+M4OvPev4d7LL/b/vS83w+jZwe1f7ssQloxxAVdh",
+	"XdNfpqdiktLYvdzhOXydHBwd7b9E5gWtTEfo6QGaLBSRmtwLluMkIQnSN+Wzw0Kk/QYQTvf+t9n/xd6X",
+	"m8On4e0DBS+t5G+EacFXj77w2NwJMB+aEKaoWgAz1pwNmYtztVncR7aAYdO+54EoSISrELRS4up4aMdY",
+	"k4VtdPVlfyh1UYgWS7J/EXh3huX44M/aGeshjgeDOZfqWLPDMeJixOBrWft+F+zLZpZJdUKncsHi0w9n",
+	"pTEdYTViA6y/xjntL3CW9tHpROqfrFZF9Th5yhfwPDhdGXcr1beVWWn9HrmTyqr4JWEXhCU5pyx87QsC",
+	"F6fACUGSzhhJEJZSHx9n0lsNgrHkCcKpNBftGBfJGP7yXsgKrUZq/aC/EhcrzAjfBI3VtyPguX4wZK7Q",
+	"yvmFcr9uxbbt3qEBMfcTiTlLJCqYoqmWHuzDLao6bK/pijCWt9U6UG1ztcFqa6xtcgUEPxpVe9N7xh1+",
+	"yIz1j9/OHVbtvE5+/HS6W4UGlDw3F/RKC1aXZHGMqJToP5EsJug/9VMjZtFPo3iEcJGY7w06Iocc6NeP",
+	"P0ca3Agr47M+ctIYwnOCk2jEMEsQRr8rakW/QmoyJlMuiKE07045HL58tvIEyo23w/VXkEVWQjSjzP92",
+	"vwljnys2Yjz4FfEVeU3MmHEQX+GtWniG7y6HQA9fSFjLHbTRvR0SYpsYMqUMp85L7RZboobZguKaSyJB",
+	"ZlgkKZGlz8UF2uQ8pfHiBLEiTfXTU56m/Lp6JLQ1/SyeaKnG+HaXmefa4vBt6PzpzNLSklf2/aszZJ3A",
+	"KIHH6gqwnOODo2fHh5P9ZBi/nOLD6dFkOH0xHeJnk+fx0cF0nwyfk0M8TA6eT59OnpGj5EX8Eu9PDuKn",
+	"ySE5mj7Dzycv4rpcYgf9jPemWka7eXYYlkzeUJImr4UIOYDfM4Iou8IpTVCOBeBW6YZbdgYnRGGahm4d",
+	"c3de4bQAHc6O2YACLEn/nHI2gzscM/Tsqed6CwoQev1BVvTp/TsEzEJrdsxqixOeLNDOeKDxWt/x1uFc",
+	"RsZZ53J9aQMrHi3r4qz1jp1XoDP7vsbSN93rhZgTm/eiMprGBiWtvA2A05utRw7uIa4EYWt/vgFkTfFl",
+	"I6vBPZXr1sgZpC+LhWOvIK0567jlOxpHx2bQ8VpM1M1sXl+tp8PTH8zDf66ebhG/oY439lPq55uo5YCZ",
+	"d/JA3wd5N8Gwje6DgHe4ts5WEGzDMGGo/OHsEjD+lkSbxxAoqBUkTpAEaWJmzHsm7rSOvONOSl4pMzwa",
+	"ZYdEjn/89tOnZdS5JIs65oSPy2yoQVnpLKg3xeIq+P1li4fzUi2C3xcybP/+uho59ZBmwhCC1vG++aoG",
+	"SOittyR8ERgFZo8yE0ml5WbViD0FEXyBJkTLKkjxZWHIeKLlnObr0/Hb8p0QMUPQ2ooRfpU2htYHgI12",
+	"81cUBof+fTshautH1tx/Xzb2aUXIk9nd3UKesqBYC8G/REiIRIZn+ugTzwhnBKLvwOnAldOHKUMLotCE",
+	"xDyDMH1zHiOGJZJc62cWqfTz+mmrOFOJdq6IoFNKkl07D6iv5UmY9UX1KPXDbcY7uRlaA54MdLdxl1ks",
+	"fLjLzEyw5m1W38md4bcCbkDxS3DbJFRFzC5agxvvvOpSCiyH78KAP5Q6jVPPptRUi7BC2PO/xSkF86m8",
+	"BNNswvvovTFjaLXGJG7QGeOCJMvcFcfOAuX0KTBnS61LyWJijLbB4BwzrYFrLXzw4DBoUM1pHCZ9+Mlo",
+	"xHbuUpuc0lQrnfCbXQ282a8T6bOjo6dHUfCaFMEIx8ASG0dW7s4bxe0iclDrPD4JORtNXBTl92XoWZry",
+	"a1A+2WK1vmrfb525UPNuzAHd3VjMLxm/lga4LiCEzSw6bYJDm2FCjqW85iIogvoW8xIJJBHG/wDTPJHI",
+	"jdDAghf7Lw8eAwnKDXQfQvj8qbyQRU6Eu6sb5CAKUmYC1vcNEaMn/vEprUzLS5pLCPAug1BhAOqHuXmu",
+	"9C3hX1TfSAgS77YTWvxezLYjSW3RdPJezJxmtZF8thWTQj1QfRNLwXsxu5PYthFIQip8y2IchixxASrz",
+	"FC/AfniCqEKMkAQkwAlBBaN/FA2z4mmcEfSRT7iisawzhTui3DYEMI25q6Wv+uY/YCm1/Dp2GcOOGei3",
+	"bLowNj5R7oXQuITCu4py78XsEa0SPq4sLcXL91qy/7cmYhkRH+LrtQrxVREmNSe0mlrgyuIJCeX9xnPK",
+	"yJ4gOMGTlERIKvN/yq+JQJLhS3IRY0nKFeiB6sgIpmpgxBdTTFOShAPZ2iz8WKFr2JHQCnGlupSx2yYq",
+	"a15kuBH+B6bvygCPRiaXdNQzvuUJqVx8w2HQQysEFzLsvSBM6cHBA2CM8SAZVAHPZSi02TSqwAD5gmtZ",
+	"3yoPSoBuKJMKs7jF1JBjNW+EuZvUGLOchhvian/AxUz2VsacdweC2xPB0vj2gSxtZNv4f/asHLZ3loyR",
+	"cUcEY8HXjWLXmFZa5VwySm1fh8NagvDLl36CsFcWwHelU5UGebCcc6GQLLIMi4Xb8SVlsHuL/CeVf1Qj",
+	"pTH38zguhCAsbpCFhYaHF6idPJxvv7mqXz+eIUEgSz0m+n7QAmtwZZBmTQQaa7A1chsKwY6nmlcc28eP",
+	"16DZcLKigV95iJFhLDUs+hJmcn5G9ENkMz5IfuJDxNdm+OtFIYnsSKO3YT0G9S/JAmV4gYSN7gvHiKyR",
+	"oejnW+XdmYXkil9ueBrhLf1od+IWTxKPxUOyH0dTHNxTSBZcjv4sExdh/pXGvAYibiGRcT3o+Idecqz9",
+	"ofnXXddgE9/TusJoEAwb5Bs26flBEg/7yGGPS0BUHI0/vP90jgaGQvS95jBr3L9fSmBjS9sQiJeh9FCm",
+	"Sesf2g5fBb8Y/dembz0Aq7QWgfUhbuHwybwXAnglfawzjnl4Q096a3LLKZoKQvYgKRMS/pEs4jmIU0iS",
+	"DDNFY5fpgrhAMc+yml2jS032WKOX6uKu6RKSIZd7B0bdiUFu4dgy/PXMvHlk2KP9tN91omXhmF4i8FR5",
+	"MTPuM6B20Lp7xwNuat6rU5EAMB0Q3wbjcezgwRnOh9J7Xcf0sRI4vrxIsSJSjY9LgaYZbvdEumSzmjP+",
+	"pPStHxvPliiY+8pz6o/9sCh/xp6LAAgedQPbVuH2sm4Yc6YwZc5QbxcUOVVI5lRQ5ezMWc5ladsMKOY4",
+	"v8BJUjvaSlB79/r84vTHt2fvllMHLoJVopqU0zx+wq6o4CxzZWWCG79pU1A8BKAZnhG5IfBAn9QvGv0J",
+	"a+bnxbpYLdPEY8giz7lQYMtYZYQx2ewriMKe95meX+/ApL5v/tLVs7u89HzTlyADf8N3XLr+Rq+FThdu",
+	"J3k/DHFSa3vez0Vn4g+cfgtdvBi+GB6/GA5UnNcpY+fzcO9l/8sPx7v/9RmiV/ejo9ud4+rv3f/aGeyo",
+	"OP+/RZLv7v7XChLyeXpJQ7mgVzQlM5LULh2L8UEXhMJC1W+ogqVEyj2peJ6D+u34GOO9qIfTa7wwiWt7",
+	"rmBA1HwnxNuueFpkpA1sCVb4eHCFxSClkwHO86bv/2hlflQnbMLhbJZVdFwjn1pMQmO4t8foek5TgiaE",
+	"shmkkGSTlCQnaAyXxlirBRNiM2VIgnbAUUSzrABj5q5+EIwcY2O8AwP7FYR1pSmakH6roGCqNXRfI2va",
+	"kZu3SLpAGMFsoNybegrW9HWCtDTif48VwmxRlqlaxQ8rkcjta4393C+krJ4juhk0rIffOkMlXkB5LlGw",
+	"gCEbzwhTF+tLYFGPwgUriJQNuvCzOI46Uf3pwTIX4HKjVdiClJsm6m4sSlveXmkuXfJA8CB52EBqXAtP",
+	"JBI8JVrUwawW2BaZdEO9O1DUMy7VMbqi5JoItCMITuRuBEk6JNUHinbAhmwQ3IZdyqiUFDFLnCggdyOE",
+	"k4wy+0qGmWYoI2a9HfCsLfwmIwRTmWyzIqEKpXy2GyF+zco5E5ISZZJhRmwp08UOb96Qu7ZWkaUjsx+T",
+	"8Gj2obm1Xpxm1vqNIG3VbtzNlKmkTA/pzDA2TznBrMWUD6JXZU/eMbYTsRgIknNJFReLz8cKz77s1g3I",
+	"7rm+/aof82yA44wMJGGSi+P9/uHKqyQgB/yw87l/sfel/Lj7H/aq/kFf0+1PwXNV+uwX7+8+yBT7B89v",
+	"g5d7U8EBYEUOyKErqk5QG54dv2Ypx8lFLvhMc6Cm+c+z/A27LH9+7M/TTp9KeZHZqfUD1pcERaB6JSsC",
+	"80ApfXylpr5K6wURvts7quuc2/ukTYJsYkvAZ+gj8JvSdHJJFgOTGWPEVLRT+flOTDW9/b394dDL/4lM",
+	"Ko1ERa5508HRUR3Db3oTrOJ577h3MDx4tre/r7dGFdSnxZO9p5aR+hvwuKm/ZzEjyrPGtSeLmFS10rtd",
+	"uhVNIpsJAW2EqC+IunMhTe+uWsOY1FUbxezR055XK7RtykJ5mW7K5O6qxgZCts0+nkjkjVmlnsacTems",
+	"sHVwXMlXiTIiZhCa61nnGspxFw9WHOVFmkbImCnQZGHz+zRPdqz4v20mXr/f3+23Fkfdkpa2hvq18hTr",
+	"ilGnIrSW4rJiwg5to2LpdVwpYeb2V01cLa+2kahE6A5acDJvp1g750WaaJoP5T9uUvlAVOylW1b3edFd",
+	"ZMk6pQcOvKSHexJhRVcQwoDzPF1oGjEedrvuyBHdjoXohGBlBcfdIBm2GuJfWaFTM13QBDFbqDkkkRom",
+	"bIrj2TI+VkT1Chq8Psez1Wb5ygzv1y/wLPEV+EK49avcVk5FmYZQSXQ4pTH5b0+cC6UF3Dek0AtY09Oh",
+	"1/bzWv4MtwhL1ivcFa6g93YAVqPHZuUG5dW62JMxzyH4x57kWlmdD+Eqa+XjlSN2mSHL6hJvvRmh8CvU",
+	"f5NI8RNEslwtvPgXz7K9HBOwcQCoJoq0CCmgRkzS85odVTCP0PWcgimZoGtBFdnjLF1s7jZz0ChxzoJu",
+	"s6BTh4n3ijxdrs/uCSdu4zZeVDOkNz+/f/XTBTLBEMj40Im4Is2QcRC0l2sQ1TSoL//xl7AlonLor7J4",
+	"1vDKWTx70VaQrGbsbbEnt9h1S9SqWWsOXxw9f7amumNG6Dr2bbjvSmb2cP47N8WdspnuAccOALZVrDRe",
+	"8DCP+uerT0gQE2RhUgUow2IBVQknBU2VK0go0Lhgl4xfs0ZsnA2DCt4CtszlSrWkUXPzNurNuG8crGab",
+	"8f3+wbP+i2AMIMgcLWFh9kcTIJMLHhMpUcYLpiT4HUFyRVzYoMtyxs89nFMN7/Wl+M7anF62NEQU7uGc",
+	"GvAm5MpEb2OGCqbwTItq+gwasahXw/5+f7iB8GTPvwbUClreMS1jlWFbhaBq8UkflkGoiSmcFLBx2pYS",
+	"pmKSLRy0g6E2ERg3NYa9zwk7+xHZoq6mx0RCxIk+hYRcjVjGExKhcQke/e2eGWtvD6QatOCFL3uNUS4o",
+	"FNBlxFQWwaxhmLTmTbQznqaXF/1+f2wNk4CEwH7NrkoYzJXKK1mm2vcbdwv/47fzJZZcz0gym16KuILf",
+	"gIxWTp79odTfOb8MI9Oc80s7k6nl40qdPZG1mmySsES6qp1QloXhdMT069ILyPZKpUlioLkWjG4h2HrK",
+	"Q/HxDM+IHtEZpk3TK7sEOBU+NXH4EcJVyXXTvapgcsSyIlV0rwoZcEZtxJk1eushfqas+OqVcxux13Dx",
+	"QYi6vtC72rKgnXFbf5jx7ohBkTVwnaGsEfBvw4XLTPVxFcc7NpsAG3kjuLtsy2WivI1eZDo+2VJ0Wtxn",
+	"hnPabjmnOY7nZO8ASB8q8QH05fFgcH193cfwc5+L2cC+Kwc/n716/e7Ta/1Of66y1Ivf7pnWAqcfzjxj",
+	"1XHPsBZTKp5pxnfce9of9p/acjlA/YP+NUnTPbgLBr9fX8q+66Mza4tXNAHeCgjQQapsaccZiZDWC6Hq",
+	"ncvZ/t1kIEy5IAgjwZUhY6lomiJIygYB1atZryny+lL+DQTOWkegg+GwoxvQZl2AoPJDqAWQqXr0G5mg",
+	"n8gCfSKqb5iHld7Co5bL9LoLVSy3d/z5S9SzIfW94x50VQOkgkT1WrVAF5dWFvvbg3tLDxeI9QQhgQeL",
+	"Zrlhf+fU1FqoipvhpYZAxs5HFTh7oHCcPt8RW67t2UcfiTJU5LWwq6pZOvQvfy3L0e0cDIe7XuYAzGI6",
+	"0NnqaxAOK01S6jSlsUI7h8OXlr/XMaRR57WMu/8rTxZbw5HGJLf1q1mJgtw+IIYGKoWG8DXVLGzRGld+",
+	"gjRwIb3XdCoAdD4Y7j/yOj+W69s+PbmxSxvjekRUlnxu5Xd1F0Vpb8spixBJpSOp6rMfz2ci8Eas5rrY",
+	"jUy0V2Vtr8LAamX86p1MgBihYZOx/NWs8X30iVhmDDmBr8/xDGGJzqZ77zgje2+xiud6DzOi0NPh4YiB",
+	"pNDEi1YqA6uuYcd++9PPNy1dIP1pN2pW+uUBqck3UAfQ87xh6+yXleRgJRqk9bmWutfdRr2nw8NlPPqV",
+	"WQAjSZltHgInJKGP3B2muS/t3JSi8OcvtzVCqtV19sHRRlAgTsTzgHVQcQF2ZVt4wK8FZ2ILxCUEt0hC",
+	"2AnoG1L/rb/itbr6rutKvws7rfb+MNdAo+r7OrfAYQtEtsP82g/QLLXOSToPsM4Ry7q/YZnivCwia+Rw",
+	"KE8LSqFNDOUC7VdVZHdMSdpaNVq4m7iYARIY7hmnmGZyNzLSoDHowWNhAbUND85tWd+HEwRqFX//FGHA",
+	"7DEotfpC5PZv2HNhmlg2y13XOkWgsrJyG6Y5fVHjmtaIBzhOO0RYBgndoGD6WvDO67e//I/JkK2Vv9g1",
+	"lXBcKwo8YkulcjK8cKVmoOyvK0EjUFnyxnxv6s/00akTXyMwMoODWovJUNZMf4N24GNBk92oNnzZ541f",
+	"sxEDIoyQIinJtPwcoZTPZOQaBmlqsNm+8Ge5GBhF8Wogy5X1UzHPMswSeRIqGlLbqbWZ+S+Z4s61XQOz",
+	"dmFn9l3TMFoUKTGlYPRMJJuQJCHJiJkDeWL09FdWJiG1UiUcgdVkfDMqi6qMesdo1PvLjft8O+pFaFQW",
+	"Whn1jkdM/+6+sL/DUbl34YP9wdTkcb+YT7ej3u04KsMXjI3EMi9sirR7vTG1EBUQf95ao43r9PdQF0yj",
+	"8NMjs5Z63aIW2SghMTV9h7Zyf1XmsM9fbqOb+iXm07o+tqhO5h6Dcfyklb0Uan5v/lLhSJPBWFobMQhQ",
+	"NrymytW0X5Q4SIVVrKWjUaNlV7zEFVyvmR5xVfYoSOg7xhY4I1oDMrXiR6zU5Es2pUd24zg/YQbd7qmC",
+	"Glu2oo8heMzkNREjRo0ez1md8h2kriGSY0avyKNwALd+97r7DMTeR7+12T+xT/6R18UTdTbxhMdtD8+T",
+	"sqE+taZAAyLolD/c76NTdPT1K8oItqYPc3gxAMgWsInnJL60YfkWOiOmBARv2OWYSlvj3VXcyPX0fUiG",
+	"5BUU+zM4UlVK65tlSRVnaOdJV/tWvpaDG/PHWXJreFFKQsFSZ0qWJlTFc9f+F2GtGJnONqasiyitHjNM",
+	"maazmGcETXB82SYj/2jmXNLjQyCrHhmcJSTLuSIsXkD29pd19B0z130UnhL6Zqh2644ETdRacUL7fmBb",
+	"sutq1YanxmN/fzg4KT+qzLVls7Wwlietjr7Jaf9osRTOuVTvQ2Atte4toNNDKW12jX+KutaGETZwZouY",
+	"8ZGYfv4ZvyIQS6tVGkEUnnVTTSuHGsRer85WG+lrHM8hFyvQLcq0F+QC+Y1KK++xx1GjEStzn4VUffTX",
+	"DVqpjti43tN0fIKszQm8DKZ4FISfluuADhmad7pmNuZGd7/yKZBWNWwf/Z1KxQV4Jy5JrkpzbanPaWDr",
+	"64CzEcuJoLzDnuq3Qf2ZSrUxAf1MM6qg1MiKB1+Z8JgHNayGO8UGbRQ5nkHAhI9b9pwjVEOBLZCEvy40",
+	"t+cHzq/OW+TOvLKdlGrBwUE6+tQI5ANV22KokzuNBgFhQ23Xu4tl+v6RqhZE1olLXvDjpAyPMxVSTRea",
+	"rWBSMPUhjExeLPM9r96g0vqmGQoIYTKaH0HRdOjPYH8Z99Er60iVxpPq3K2IfKUSav6WIZR+z6tSYfSi",
+	"Dbvw7ZXrFf9NygGNVa4lCexvffY2WYCR6/IQtoGsn4itER5A2TUwdg0uNrhxfy5pMl1I8pi6x0eiBaFk",
+	"O5KVHqoyyri9b53iVzPef5ZgXy2aN8Jav3HS/HOE9FWk6cT0bZLnK1vGoIlOT6S52rvJ0oTJDW7g/xV2",
+	"hI9kCu0aLeOHwhH1tEoXZLfE3aFZ0fduK4B9euA0sGu3FMCmH9hQYLtMhdHNtl3chpmgY++bneYbg2h1",
+	"ftPEMxAXqIqswqn/4gKUUFOpEC83mHL26Z169yeXBQpiylKVq109bEqMCVbg+NKGvChIF/XLXu224PS3",
+	"zQ39JT4yK+xETMcHt4agJRNsxdMWfjfw4xb3XJuuIDk3Sk5+/ypRqCxnp2ZkioD4anVUKpMmh0lu4zA/",
+	"NEJJrV7UPFr/5O7LiIKKUbPAbtWw1Nx41mRq/Fs2cw4aqdZrrSKXMteJTqXG8xB8IDzXI+stLYVxO7SY",
+	"WhixAfBWmAXMHIhZbkeutbnH4OaSLFbIUe94adjErMIuu1OoRpVxQU6qgj3LEblYEHAC4ukUzKAr8etx",
+	"lSWocb0dZUkPtdFZ3ZkRrObKDZj6Vrol1HDJKK33iS0fEL5HIA7WNSC2YbBVxdk1gwxrhXbX2N43dTv5",
+	"NVs7byUH6O0bfD+W+USh+6c84Ie4e94InplAble4wfIAsLNBjTCXJLFAO4xXH6g0RVQ1V9g9qcWGgxkO",
+	"4ixNiDgkXCnp6qPkRCz1og+i7Ldtnasv8pEvubImSPutZvFmOwhapim4yiVB/GzjUY/gRwBU/7cb4fHd",
+	"CE12dR+b4hr86ptwItSQ7d8+hO/Jh9CFrivZ19oOhBqCfO/+A6OFbtl9sIE0vJ73oAbyfzsPvlHnQR2X",
+	"1vMdZN2pjhApPCFzajMJTYUAFzLrxTDXe7hDdVqeEtlH7whJJMJmJPseKL1l0YblK+DtQ4fmvW0/IEnE",
+	"Ng5lud29HwyaEKaoWlTHAN3nug5iqUc+inGawuGknM2g/MOOLS9i4RqV9nT/5d0I8TTxVKwm8N+L2fcv",
+	"4rmWnZ3SXQ2m2zj0t4v6mN6RwwEDJ2/NoSsP1PSxt4dHRIiGgsf2bQtL1QIfWU6CvqvtIpJ/Ytu0TNbJ",
+	"bhkVPMof3HAxW2Fw/LEqyl0buDKuhsp999F7KNPdYr9+L2bfuUN3FZRb3LrvxeyBr5gOrNs2xp2uBsJm",
+	"h/teY2OXPFj1B/52mc2fIwB2HLuT/bZ9/NbVfheGM8A5bTpM6wuHojR1I5H1EjZNtU3ecprT/y88rGYf",
+	"6zlWt0LNlnWDSt16puXB3Yu6W2WRVZ5QZPtUlv0uZNlMGoLk9R3IxRPZhhYP6imtTfHIwoY/95/pFy21",
+	"gDDOdPGCddyfrk2pVDyXzWQ0SHY13T+kbc0LDkBlXpKmZ50tGntiepdIcJkGtUED0u/c97niPO5Iw6s5",
+	"ZMPDWT/wIqFqz2RatCfzgEHY9lnKcEJcDfB6c5sVd4GeCdJAwvdBoPuTK4GgoN7jVGnNR/Mh1+Mp6Fyl",
+	"DEKYK1Jdp6ayhmL7AspUoBVzF0xBPe7N5/6uLsPyIFdfiAaA2zKmlM2KVtyL+rF7XIohOnGJQG1BACbG",
+	"aP0YAL+m9jK2hCuYtyCpiy6pirspU3o/NK/CswvDgYLFt1y/nfb2dsuL+A3mNeNGpixJuaQ5l0T/BlHF",
+	"sLbSvdi2OmewDBcHC3TB0SsKDcZZSll9pGYZ7rZXA53INjyn0Kj6v4uyGfs94P89cQtDGKs5hUWZpmVy",
+	"G1YCg4udLOPueX5dTMMGrbbxDPCofP/KEWxj9QG77nXbPt83ZYHg9uO9c5T7sp4UOMJv2+bqL/GRFaHO",
+	"2HGtAMG5nJRR+8bgbcP2a5kBWw0XXRVbXqNha1FtJeK38Pv3T8VmH6vJ2MJj+3T81pquOwnZncb2LR6n",
+	"CbhXtL7KGZoskClDbyJajIGDcTSnszloIZh5Drgnso9O7asjdj3npjcdtE2ydfGoqYwIJZIU52CgTym7",
+	"JElZnH1hYGkqP1M9kBHosLL1D0liFhUsAQSA+bY5UW2Nj8yKzNxdvMig1lasd0mCsB0viLsdfGYAla1W",
+	"WF5OjbVEmAAS5/PReJdwcKzzQgnMIAsqO0GYLTgjYIVJCb4ixnIHBYFNy9cYM1uISrjwljB+fe+RNh1n",
+	"8mDWl1/hPLvy5N7xCU8WJokAU0kcv8ETvWobWwEu/LLXtd0JnLk9bGlPW7WdbUIyrtrP9tt25tTW+NhF",
+	"xzp5h3PpbI9/vKofsrWvd3ESFyI8uLF/WQbSla/wwL7PFQHUW5TrTrtjpjdF6I8Ogl0ke+r1pTfBGlZe",
+	"5QKZ9sAnS8mtVFYN99GkMKWCtMCrF90ao/9tk2V9kY9MlytQzBHmFlHtjT5QKkkEh+xX0lonbN/rGtUa",
+	"4wXdoOotrETBZOS13ISSkKavVdlqxXThNOnTI+baPbmoIcZRLAgEnOFUhsRH25frgXlC2f2rhScYqxuy",
+	"cNp+rWo7vwlGp9KrBuqdm1xIRTJ9as06kK4pli2tTsRV2HfhmvYZRUGZv6350/Uj6pctfgZAnHb2pXB8",
+	"HOtTnhjPe23Jfc/nYZa8bJpdjkD03iojEAN25VqkoZY9jI58gnLCc82+IOLQ9pvKfC3JmwBiDsKLssMs",
+	"63oOo6mwwaPVcO7W616uazcKTkZbzJlnNtCiHKt0uwXM2XPuGl9A3Wv/LXAsLL/yN8GLXHpWTFebzs/C",
+	"Khte+d1xDIvoN/wCoWVBEEbSzGTWgPfermVQhiGftJpDvXGcOXR5iLPyBpPW6uaa9fqRwCbhzRuwZIbL",
+	"I7Ylv2Blg5k1RrgG0fpsvWGrYObQOXo1y7WeXo9Vvma2lurStqEqfct40NbKdjB7YiiDsqnAUonCnLKe",
+	"SUZIFvEcYWmSYZYrST+RUCzWn7ysDnv75fb/BQAA//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

@@ -91,6 +91,24 @@ func (e AuditEventOutcome) Valid() bool {
 	}
 }
 
+// Defines values for ConnectivityEventEvent.
+const (
+	Connected    ConnectivityEventEvent = "connected"
+	Disconnected ConnectivityEventEvent = "disconnected"
+)
+
+// Valid indicates whether the value is a known member of the ConnectivityEventEvent enum.
+func (e ConnectivityEventEvent) Valid() bool {
+	switch e {
+	case Connected:
+		return true
+	case Disconnected:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for DeviceTokenTokenType.
 const (
 	Bearer DeviceTokenTokenType = "Bearer"
@@ -124,6 +142,60 @@ func (e FieldErrorIn) Valid() bool {
 	case Path:
 		return true
 	case Query:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for MqttAclRequestAction.
+const (
+	Publish   MqttAclRequestAction = "publish"
+	Subscribe MqttAclRequestAction = "subscribe"
+)
+
+// Valid indicates whether the value is a known member of the MqttAclRequestAction enum.
+func (e MqttAclRequestAction) Valid() bool {
+	switch e {
+	case Publish:
+		return true
+	case Subscribe:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for MqttAclResultResult.
+const (
+	MqttAclResultResultAllow MqttAclResultResult = "allow"
+	MqttAclResultResultDeny  MqttAclResultResult = "deny"
+)
+
+// Valid indicates whether the value is a known member of the MqttAclResultResult enum.
+func (e MqttAclResultResult) Valid() bool {
+	switch e {
+	case MqttAclResultResultAllow:
+		return true
+	case MqttAclResultResultDeny:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for MqttAuthResultResult.
+const (
+	MqttAuthResultResultAllow MqttAuthResultResult = "allow"
+	MqttAuthResultResultDeny  MqttAuthResultResult = "deny"
+)
+
+// Valid indicates whether the value is a known member of the MqttAuthResultResult enum.
+func (e MqttAuthResultResult) Valid() bool {
+	switch e {
+	case MqttAuthResultResultAllow:
+		return true
+	case MqttAuthResultResultDeny:
 		return true
 	default:
 		return false
@@ -405,6 +477,24 @@ type AuditEventPage struct {
 	NextCursor *string      `json:"next_cursor,omitempty"`
 }
 
+// ConnectivityEvent defines model for ConnectivityEvent.
+type ConnectivityEvent struct {
+	At time.Time `json:"at"`
+
+	// ConnectionSeq Numbers the device's connections; both events of one connection carry the same.
+	ConnectionSeq int64                  `json:"connection_seq"`
+	Event         ConnectivityEventEvent `json:"event"`
+}
+
+// ConnectivityEventEvent defines model for ConnectivityEvent.Event.
+type ConnectivityEventEvent string
+
+// ConnectivityEventPage defines model for ConnectivityEventPage.
+type ConnectivityEventPage struct {
+	Items      []ConnectivityEvent `json:"items"`
+	NextCursor *string             `json:"next_cursor,omitempty"`
+}
+
 // DatabaseVersion defines model for DatabaseVersion.
 type DatabaseVersion struct {
 	// SchemaVersion The newest migration applied to the database.
@@ -426,10 +516,14 @@ type Device struct {
 	DeviceType   string             `json:"device_type"`
 	FleetId      openapi_types.UUID `json:"fleet_id"`
 	Id           openapi_types.UUID `json:"id"`
-	LastSeenAt   *time.Time         `json:"last_seen_at,omitempty"`
-	Name         Name               `json:"name"`
 
-	// Online Whether the device reported its state in the last 10 minutes.
+	// LastSeenAt When the device was last heard from, over REST or MQTT.
+	LastSeenAt *time.Time `json:"last_seen_at,omitempty"`
+	Name       Name       `json:"name"`
+
+	// Online Whether the device is connected to the MQTT broker now; for a device
+	// that has never connected over MQTT, whether it reported its state over
+	// REST in the last 10 minutes.
 	Online          bool                `json:"online"`
 	OrgId           openapi_types.UUID  `json:"org_id"`
 	PinnedReleaseId *openapi_types.UUID `json:"pinned_release_id,omitempty"`
@@ -671,6 +765,46 @@ type Membership struct {
 	// organisation and manages owners).
 	Role Role `json:"role"`
 }
+
+// MqttAclRequest What a connected client asks to do. Other fields are ignored.
+type MqttAclRequest struct {
+	Action   MqttAclRequestAction `json:"action"`
+	Clientid string               `json:"clientid"`
+
+	// Topic The topic of a publish, or the filter of a subscription.
+	Topic    string `json:"topic"`
+	Username string `json:"username"`
+}
+
+// MqttAclRequestAction defines model for MqttAclRequest.Action.
+type MqttAclRequestAction string
+
+// MqttAclResult defines model for MqttAclResult.
+type MqttAclResult struct {
+	Result MqttAclResultResult `json:"result"`
+}
+
+// MqttAclResultResult defines model for MqttAclResult.Result.
+type MqttAclResultResult string
+
+// MqttAuthRequest What the broker knows of a connecting client. Other fields are ignored.
+type MqttAuthRequest struct {
+	Clientid string `json:"clientid"`
+
+	// Password A device token, or the service client's password.
+	Password string `json:"password"`
+	Username string `json:"username"`
+}
+
+// MqttAuthResult defines model for MqttAuthResult.
+type MqttAuthResult struct {
+	// IsSuperuser True for the service client only; the broker then skips authorization for it.
+	IsSuperuser bool                 `json:"is_superuser"`
+	Result      MqttAuthResultResult `json:"result"`
+}
+
+// MqttAuthResultResult defines model for MqttAuthResult.Result.
+type MqttAuthResultResult string
 
 // Name defines model for Name.
 type Name = string
@@ -1119,6 +1253,15 @@ type DeviceUpdateParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// DeviceConnectivityListParams defines parameters for DeviceConnectivityList.
+type DeviceConnectivityListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
 // DeviceVariableListParams defines parameters for DeviceVariableList.
 type DeviceVariableListParams struct {
 	// Limit The most items to return in one page.
@@ -1407,6 +1550,12 @@ type DeviceStateUpdateJSONRequestBody = ReportedState
 
 // DeviceTokenJSONRequestBody defines body for DeviceToken for application/json ContentType.
 type DeviceTokenJSONRequestBody = DeviceTokenRequest
+
+// MqttHookAuthorizeJSONRequestBody defines body for MqttHookAuthorize for application/json ContentType.
+type MqttHookAuthorizeJSONRequestBody = MqttAclRequest
+
+// MqttHookAuthenticateJSONRequestBody defines body for MqttHookAuthenticate for application/json ContentType.
+type MqttHookAuthenticateJSONRequestBody = MqttAuthRequest
 
 // DeviceUpdateJSONRequestBody defines body for DeviceUpdate for application/json ContentType.
 type DeviceUpdateJSONRequestBody = DeviceUpdate
@@ -1741,6 +1890,82 @@ type ClientInterface interface {
 	// Corresponds with POST /device/v1/token (the `DeviceToken` operationId).
 	DeviceToken(ctx context.Context, body DeviceTokenJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// MqttHookAuthorizeWithBody MQTT broker hook, authorization
+	//
+	// An external MQTT broker (EMQX HTTP authorization) asks whether a
+	// connected client may publish to a topic or subscribe to a filter. A
+	// device, named by its user name (its uuid), may publish only its own
+	// state, telemetry, logs, events and status and subscribe only to its own
+	// target and commands; the service client may publish targets and commands
+	// and subscribe to what devices publish. The rules are the embedded
+	// broker's.
+	//
+	// Configure the broker to POST `{"clientid": "${clientid}", "username":
+	// "${username}", "topic": "${topic}", "action": "${action}"}`, with the
+	// hook token as for authentication.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /internal/v1/mqtt/acl (the `MqttHookAuthorize` operationId).
+	MqttHookAuthorizeWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// MqttHookAuthorize MQTT broker hook, authorization
+	//
+	// An external MQTT broker (EMQX HTTP authorization) asks whether a
+	// connected client may publish to a topic or subscribe to a filter. A
+	// device, named by its user name (its uuid), may publish only its own
+	// state, telemetry, logs, events and status and subscribe only to its own
+	// target and commands; the service client may publish targets and commands
+	// and subscribe to what devices publish. The rules are the embedded
+	// broker's.
+	//
+	// Configure the broker to POST `{"clientid": "${clientid}", "username":
+	// "${username}", "topic": "${topic}", "action": "${action}"}`, with the
+	// hook token as for authentication.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /internal/v1/mqtt/acl (the `MqttHookAuthorize` operationId).
+	MqttHookAuthorize(ctx context.Context, body MqttHookAuthorizeJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// MqttHookAuthenticateWithBody MQTT broker hook, authentication
+	//
+	// An external MQTT broker (EMQX HTTP authentication) asks whether a client
+	// may connect. Devices connect with their uuid as client id and user name
+	// and a device token as password; the service client (the ingester) with
+	// its own user name and password, which makes it a superuser. The answer
+	// is the one the embedded broker would give.
+	//
+	// Configure the broker to POST `{"clientid": "${clientid}", "username":
+	// "${username}", "password": "${password}"}`. When the deployment sets a
+	// hook token, send it as `Authorization: Bearer <token>`; without it the
+	// answer is 401. A 5xx means the token could not be checked (the broker
+	// treats it as `ignore`).
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /internal/v1/mqtt/auth (the `MqttHookAuthenticate` operationId).
+	MqttHookAuthenticateWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// MqttHookAuthenticate MQTT broker hook, authentication
+	//
+	// An external MQTT broker (EMQX HTTP authentication) asks whether a client
+	// may connect. Devices connect with their uuid as client id and user name
+	// and a device token as password; the service client (the ingester) with
+	// its own user name and password, which makes it a superuser. The answer
+	// is the one the embedded broker would give.
+	//
+	// Configure the broker to POST `{"clientid": "${clientid}", "username":
+	// "${username}", "password": "${password}"}`. When the deployment sets a
+	// hook token, send it as `Authorization: Bearer <token>`; without it the
+	// answer is 401. A 5xx means the token could not be checked (the broker
+	// treats it as `ignore`).
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /internal/v1/mqtt/auth (the `MqttHookAuthenticate` operationId).
+	MqttHookAuthenticate(ctx context.Context, body MqttHookAuthenticateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// DeviceDelete Delete a device
 	//
 	// Its tokens stop working at once; it must register again to come back.
@@ -1766,6 +1991,17 @@ type ClientInterface interface {
 	//
 	// Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
 	DeviceUpdate(ctx context.Context, deviceId DeviceId, params *DeviceUpdateParams, body DeviceUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceConnectivityList Connectivity history of a device
+	//
+	// Each time the device connected to or disconnected from the MQTT broker,
+	// newest first. Both events of one connection carry the same
+	// `connection_seq`; at the same instant a disconnect is listed before the
+	// connect of its connection. History is kept for the telemetry retention
+	// period.
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/connectivity (the `DeviceConnectivityList` operationId).
+	DeviceConnectivityList(ctx context.Context, deviceId DeviceId, params *DeviceConnectivityListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// DeviceVariableList Configuration variables of a device
 	//
@@ -2298,6 +2534,122 @@ func (c *Client) DeviceToken(ctx context.Context, body DeviceTokenJSONRequestBod
 	return c.Client.Do(req)
 }
 
+// MqttHookAuthorizeWithBody MQTT broker hook, authorization
+//
+// An external MQTT broker (EMQX HTTP authorization) asks whether a
+// connected client may publish to a topic or subscribe to a filter. A
+// device, named by its user name (its uuid), may publish only its own
+// state, telemetry, logs, events and status and subscribe only to its own
+// target and commands; the service client may publish targets and commands
+// and subscribe to what devices publish. The rules are the embedded
+// broker's.
+//
+// Configure the broker to POST `{"clientid": "${clientid}", "username":
+// "${username}", "topic": "${topic}", "action": "${action}"}`, with the
+// hook token as for authentication.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /internal/v1/mqtt/acl (the `MqttHookAuthorize` operationId).
+func (c *Client) MqttHookAuthorizeWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMqttHookAuthorizeRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// MqttHookAuthorize MQTT broker hook, authorization
+//
+// An external MQTT broker (EMQX HTTP authorization) asks whether a
+// connected client may publish to a topic or subscribe to a filter. A
+// device, named by its user name (its uuid), may publish only its own
+// state, telemetry, logs, events and status and subscribe only to its own
+// target and commands; the service client may publish targets and commands
+// and subscribe to what devices publish. The rules are the embedded
+// broker's.
+//
+// Configure the broker to POST `{"clientid": "${clientid}", "username":
+// "${username}", "topic": "${topic}", "action": "${action}"}`, with the
+// hook token as for authentication.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /internal/v1/mqtt/acl (the `MqttHookAuthorize` operationId).
+func (c *Client) MqttHookAuthorize(ctx context.Context, body MqttHookAuthorizeJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMqttHookAuthorizeRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// MqttHookAuthenticateWithBody MQTT broker hook, authentication
+//
+// An external MQTT broker (EMQX HTTP authentication) asks whether a client
+// may connect. Devices connect with their uuid as client id and user name
+// and a device token as password; the service client (the ingester) with
+// its own user name and password, which makes it a superuser. The answer
+// is the one the embedded broker would give.
+//
+// Configure the broker to POST `{"clientid": "${clientid}", "username":
+// "${username}", "password": "${password}"}`. When the deployment sets a
+// hook token, send it as `Authorization: Bearer <token>`; without it the
+// answer is 401. A 5xx means the token could not be checked (the broker
+// treats it as `ignore`).
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /internal/v1/mqtt/auth (the `MqttHookAuthenticate` operationId).
+func (c *Client) MqttHookAuthenticateWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMqttHookAuthenticateRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// MqttHookAuthenticate MQTT broker hook, authentication
+//
+// An external MQTT broker (EMQX HTTP authentication) asks whether a client
+// may connect. Devices connect with their uuid as client id and user name
+// and a device token as password; the service client (the ingester) with
+// its own user name and password, which makes it a superuser. The answer
+// is the one the embedded broker would give.
+//
+// Configure the broker to POST `{"clientid": "${clientid}", "username":
+// "${username}", "password": "${password}"}`. When the deployment sets a
+// hook token, send it as `Authorization: Bearer <token>`; without it the
+// answer is 401. A 5xx means the token could not be checked (the broker
+// treats it as `ignore`).
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /internal/v1/mqtt/auth (the `MqttHookAuthenticate` operationId).
+func (c *Client) MqttHookAuthenticate(ctx context.Context, body MqttHookAuthenticateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewMqttHookAuthenticateRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // DeviceDelete Delete a device
 //
 // Its tokens stop working at once; it must register again to come back.
@@ -2354,6 +2706,27 @@ func (c *Client) DeviceUpdateWithBody(ctx context.Context, deviceId DeviceId, pa
 // Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
 func (c *Client) DeviceUpdate(ctx context.Context, deviceId DeviceId, params *DeviceUpdateParams, body DeviceUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewDeviceUpdateRequest(c.Server, deviceId, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceConnectivityList Connectivity history of a device
+//
+// Each time the device connected to or disconnected from the MQTT broker,
+// newest first. Both events of one connection carry the same
+// `connection_seq`; at the same instant a disconnect is listed before the
+// connect of its connection. History is kept for the telemetry retention
+// period.
+//
+// Corresponds with GET /v1/devices/{deviceId}/connectivity (the `DeviceConnectivityList` operationId).
+func (c *Client) DeviceConnectivityList(ctx context.Context, deviceId DeviceId, params *DeviceConnectivityListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceConnectivityListRequest(c.Server, deviceId, params)
 	if err != nil {
 		return nil, err
 	}
@@ -3428,6 +3801,86 @@ func NewDeviceTokenRequestWithBody(server string, contentType string, body io.Re
 	return req, nil
 }
 
+// NewMqttHookAuthorizeRequest calls the generic MqttHookAuthorize builder with application/json body
+func NewMqttHookAuthorizeRequest(server string, body MqttHookAuthorizeJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewMqttHookAuthorizeRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewMqttHookAuthorizeRequestWithBody constructs an http.Request for the MqttHookAuthorize method, with any body, and a specified content type
+func NewMqttHookAuthorizeRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/internal/v1/mqtt/acl")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewMqttHookAuthenticateRequest calls the generic MqttHookAuthenticate builder with application/json body
+func NewMqttHookAuthenticateRequest(server string, body MqttHookAuthenticateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewMqttHookAuthenticateRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewMqttHookAuthenticateRequestWithBody constructs an http.Request for the MqttHookAuthenticate method, with any body, and a specified content type
+func NewMqttHookAuthenticateRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/internal/v1/mqtt/auth")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewDeviceDeleteRequest constructs an http.Request for the DeviceDelete method
 func NewDeviceDeleteRequest(server string, deviceId DeviceId, params *DeviceDeleteParams) (*http.Request, error) {
 	var err error
@@ -3568,6 +4021,79 @@ func NewDeviceUpdateRequestWithBody(server string, deviceId DeviceId, params *De
 			req.Header.Set("Idempotency-Key", headerParam0)
 		}
 
+	}
+
+	return req, nil
+}
+
+// NewDeviceConnectivityListRequest constructs an http.Request for the DeviceConnectivityList method
+func NewDeviceConnectivityListRequest(server string, deviceId DeviceId, params *DeviceConnectivityListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s/connectivity", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
 	}
 
 	return req, nil
@@ -5913,6 +6439,82 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /device/v1/token (the `DeviceToken` operationId).
 	DeviceTokenWithResponse(ctx context.Context, body DeviceTokenJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceTokenResponse, error)
 
+	// MqttHookAuthorizeWithBodyWithResponse MQTT broker hook, authorization
+	//
+	// An external MQTT broker (EMQX HTTP authorization) asks whether a
+	// connected client may publish to a topic or subscribe to a filter. A
+	// device, named by its user name (its uuid), may publish only its own
+	// state, telemetry, logs, events and status and subscribe only to its own
+	// target and commands; the service client may publish targets and commands
+	// and subscribe to what devices publish. The rules are the embedded
+	// broker's.
+	//
+	// Configure the broker to POST `{"clientid": "${clientid}", "username":
+	// "${username}", "topic": "${topic}", "action": "${action}"}`, with the
+	// hook token as for authentication.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /internal/v1/mqtt/acl (the `MqttHookAuthorize` operationId).
+	MqttHookAuthorizeWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MqttHookAuthorizeResponse, error)
+
+	// MqttHookAuthorizeWithResponse MQTT broker hook, authorization
+	//
+	// An external MQTT broker (EMQX HTTP authorization) asks whether a
+	// connected client may publish to a topic or subscribe to a filter. A
+	// device, named by its user name (its uuid), may publish only its own
+	// state, telemetry, logs, events and status and subscribe only to its own
+	// target and commands; the service client may publish targets and commands
+	// and subscribe to what devices publish. The rules are the embedded
+	// broker's.
+	//
+	// Configure the broker to POST `{"clientid": "${clientid}", "username":
+	// "${username}", "topic": "${topic}", "action": "${action}"}`, with the
+	// hook token as for authentication.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /internal/v1/mqtt/acl (the `MqttHookAuthorize` operationId).
+	MqttHookAuthorizeWithResponse(ctx context.Context, body MqttHookAuthorizeJSONRequestBody, reqEditors ...RequestEditorFn) (*MqttHookAuthorizeResponse, error)
+
+	// MqttHookAuthenticateWithBodyWithResponse MQTT broker hook, authentication
+	//
+	// An external MQTT broker (EMQX HTTP authentication) asks whether a client
+	// may connect. Devices connect with their uuid as client id and user name
+	// and a device token as password; the service client (the ingester) with
+	// its own user name and password, which makes it a superuser. The answer
+	// is the one the embedded broker would give.
+	//
+	// Configure the broker to POST `{"clientid": "${clientid}", "username":
+	// "${username}", "password": "${password}"}`. When the deployment sets a
+	// hook token, send it as `Authorization: Bearer <token>`; without it the
+	// answer is 401. A 5xx means the token could not be checked (the broker
+	// treats it as `ignore`).
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /internal/v1/mqtt/auth (the `MqttHookAuthenticate` operationId).
+	MqttHookAuthenticateWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MqttHookAuthenticateResponse, error)
+
+	// MqttHookAuthenticateWithResponse MQTT broker hook, authentication
+	//
+	// An external MQTT broker (EMQX HTTP authentication) asks whether a client
+	// may connect. Devices connect with their uuid as client id and user name
+	// and a device token as password; the service client (the ingester) with
+	// its own user name and password, which makes it a superuser. The answer
+	// is the one the embedded broker would give.
+	//
+	// Configure the broker to POST `{"clientid": "${clientid}", "username":
+	// "${username}", "password": "${password}"}`. When the deployment sets a
+	// hook token, send it as `Authorization: Bearer <token>`; without it the
+	// answer is 401. A 5xx means the token could not be checked (the broker
+	// treats it as `ignore`).
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /internal/v1/mqtt/auth (the `MqttHookAuthenticate` operationId).
+	MqttHookAuthenticateWithResponse(ctx context.Context, body MqttHookAuthenticateJSONRequestBody, reqEditors ...RequestEditorFn) (*MqttHookAuthenticateResponse, error)
+
 	// DeviceDeleteWithResponse Delete a device
 	//
 	// Its tokens stop working at once; it must register again to come back.
@@ -5942,6 +6544,19 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
 	DeviceUpdateWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceUpdateParams, body DeviceUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceUpdateResponse, error)
+
+	// DeviceConnectivityListWithResponse Connectivity history of a device
+	//
+	// Each time the device connected to or disconnected from the MQTT broker,
+	// newest first. Both events of one connection carry the same
+	// `connection_seq`; at the same instant a disconnect is listed before the
+	// connect of its connection. History is kept for the telemetry retention
+	// period.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/connectivity (the `DeviceConnectivityList` operationId).
+	DeviceConnectivityListWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceConnectivityListParams, reqEditors ...RequestEditorFn) (*DeviceConnectivityListResponse, error)
 
 	// DeviceVariableListWithResponse Configuration variables of a device
 	//
@@ -6617,6 +7232,102 @@ func (r DeviceTokenResponse) ContentType() string {
 	return ""
 }
 
+type MqttHookAuthorizeResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *MqttAclResult
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r MqttHookAuthorizeResponse) GetJSON200() *MqttAclResult {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r MqttHookAuthorizeResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r MqttHookAuthorizeResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r MqttHookAuthorizeResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r MqttHookAuthorizeResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r MqttHookAuthorizeResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type MqttHookAuthenticateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *MqttAuthResult
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r MqttHookAuthenticateResponse) GetJSON200() *MqttAuthResult {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r MqttHookAuthenticateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r MqttHookAuthenticateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r MqttHookAuthenticateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r MqttHookAuthenticateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r MqttHookAuthenticateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type DeviceDeleteResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -6748,6 +7459,54 @@ func (r DeviceUpdateResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r DeviceUpdateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceConnectivityListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *ConnectivityEventPage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceConnectivityListResponse) GetJSON200() *ConnectivityEventPage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceConnectivityListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceConnectivityListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceConnectivityListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceConnectivityListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceConnectivityListResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -8560,6 +9319,106 @@ func (c *ClientWithResponses) DeviceTokenWithResponse(ctx context.Context, body 
 	return ParseDeviceTokenResponse(rsp)
 }
 
+// MqttHookAuthorizeWithBodyWithResponse MQTT broker hook, authorization
+//
+// An external MQTT broker (EMQX HTTP authorization) asks whether a
+// connected client may publish to a topic or subscribe to a filter. A
+// device, named by its user name (its uuid), may publish only its own
+// state, telemetry, logs, events and status and subscribe only to its own
+// target and commands; the service client may publish targets and commands
+// and subscribe to what devices publish. The rules are the embedded
+// broker's.
+//
+// Configure the broker to POST `{"clientid": "${clientid}", "username":
+// "${username}", "topic": "${topic}", "action": "${action}"}`, with the
+// hook token as for authentication.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /internal/v1/mqtt/acl (the `MqttHookAuthorize` operationId).
+func (c *ClientWithResponses) MqttHookAuthorizeWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MqttHookAuthorizeResponse, error) {
+	rsp, err := c.MqttHookAuthorizeWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMqttHookAuthorizeResponse(rsp)
+}
+
+// MqttHookAuthorizeWithResponse MQTT broker hook, authorization
+//
+// An external MQTT broker (EMQX HTTP authorization) asks whether a
+// connected client may publish to a topic or subscribe to a filter. A
+// device, named by its user name (its uuid), may publish only its own
+// state, telemetry, logs, events and status and subscribe only to its own
+// target and commands; the service client may publish targets and commands
+// and subscribe to what devices publish. The rules are the embedded
+// broker's.
+//
+// Configure the broker to POST `{"clientid": "${clientid}", "username":
+// "${username}", "topic": "${topic}", "action": "${action}"}`, with the
+// hook token as for authentication.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /internal/v1/mqtt/acl (the `MqttHookAuthorize` operationId).
+func (c *ClientWithResponses) MqttHookAuthorizeWithResponse(ctx context.Context, body MqttHookAuthorizeJSONRequestBody, reqEditors ...RequestEditorFn) (*MqttHookAuthorizeResponse, error) {
+	rsp, err := c.MqttHookAuthorize(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMqttHookAuthorizeResponse(rsp)
+}
+
+// MqttHookAuthenticateWithBodyWithResponse MQTT broker hook, authentication
+//
+// An external MQTT broker (EMQX HTTP authentication) asks whether a client
+// may connect. Devices connect with their uuid as client id and user name
+// and a device token as password; the service client (the ingester) with
+// its own user name and password, which makes it a superuser. The answer
+// is the one the embedded broker would give.
+//
+// Configure the broker to POST `{"clientid": "${clientid}", "username":
+// "${username}", "password": "${password}"}`. When the deployment sets a
+// hook token, send it as `Authorization: Bearer <token>`; without it the
+// answer is 401. A 5xx means the token could not be checked (the broker
+// treats it as `ignore`).
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /internal/v1/mqtt/auth (the `MqttHookAuthenticate` operationId).
+func (c *ClientWithResponses) MqttHookAuthenticateWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*MqttHookAuthenticateResponse, error) {
+	rsp, err := c.MqttHookAuthenticateWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMqttHookAuthenticateResponse(rsp)
+}
+
+// MqttHookAuthenticateWithResponse MQTT broker hook, authentication
+//
+// An external MQTT broker (EMQX HTTP authentication) asks whether a client
+// may connect. Devices connect with their uuid as client id and user name
+// and a device token as password; the service client (the ingester) with
+// its own user name and password, which makes it a superuser. The answer
+// is the one the embedded broker would give.
+//
+// Configure the broker to POST `{"clientid": "${clientid}", "username":
+// "${username}", "password": "${password}"}`. When the deployment sets a
+// hook token, send it as `Authorization: Bearer <token>`; without it the
+// answer is 401. A 5xx means the token could not be checked (the broker
+// treats it as `ignore`).
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /internal/v1/mqtt/auth (the `MqttHookAuthenticate` operationId).
+func (c *ClientWithResponses) MqttHookAuthenticateWithResponse(ctx context.Context, body MqttHookAuthenticateJSONRequestBody, reqEditors ...RequestEditorFn) (*MqttHookAuthenticateResponse, error) {
+	rsp, err := c.MqttHookAuthenticate(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseMqttHookAuthenticateResponse(rsp)
+}
+
 // DeviceDeleteWithResponse Delete a device
 //
 // Its tokens stop working at once; it must register again to come back.
@@ -8612,6 +9471,25 @@ func (c *ClientWithResponses) DeviceUpdateWithResponse(ctx context.Context, devi
 		return nil, err
 	}
 	return ParseDeviceUpdateResponse(rsp)
+}
+
+// DeviceConnectivityListWithResponse Connectivity history of a device
+//
+// Each time the device connected to or disconnected from the MQTT broker,
+// newest first. Both events of one connection carry the same
+// `connection_seq`; at the same instant a disconnect is listed before the
+// connect of its connection. History is kept for the telemetry retention
+// period.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/devices/{deviceId}/connectivity (the `DeviceConnectivityList` operationId).
+func (c *ClientWithResponses) DeviceConnectivityListWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceConnectivityListParams, reqEditors ...RequestEditorFn) (*DeviceConnectivityListResponse, error) {
+	rsp, err := c.DeviceConnectivityList(ctx, deviceId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceConnectivityListResponse(rsp)
 }
 
 // DeviceVariableListWithResponse Configuration variables of a device
@@ -9527,6 +10405,72 @@ func ParseDeviceTokenResponse(rsp *http.Response) (*DeviceTokenResponse, error) 
 	return response, nil
 }
 
+// ParseMqttHookAuthorizeResponse parses an HTTP response from a MqttHookAuthorizeWithResponse call
+func ParseMqttHookAuthorizeResponse(rsp *http.Response) (*MqttHookAuthorizeResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &MqttHookAuthorizeResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest MqttAclResult
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseMqttHookAuthenticateResponse parses an HTTP response from a MqttHookAuthenticateWithResponse call
+func ParseMqttHookAuthenticateResponse(rsp *http.Response) (*MqttHookAuthenticateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &MqttHookAuthenticateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest MqttAuthResult
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseDeviceDeleteResponse parses an HTTP response from a DeviceDeleteWithResponse call
 func ParseDeviceDeleteResponse(rsp *http.Response) (*DeviceDeleteResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -9605,6 +10549,39 @@ func ParseDeviceUpdateResponse(rsp *http.Response) (*DeviceUpdateResponse, error
 	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
 		var dest Device
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceConnectivityListResponse parses an HTTP response from a DeviceConnectivityListWithResponse call
+func ParseDeviceConnectivityListResponse(rsp *http.Response) (*DeviceConnectivityListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceConnectivityListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest ConnectivityEventPage
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}

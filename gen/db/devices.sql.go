@@ -25,7 +25,7 @@ func (q *Queries) DeviceDelete(ctx context.Context, id uuid.UUID) (int64, error)
 }
 
 const deviceForUpdate = `-- name: DeviceForUpdate :one
-SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported FROM devices WHERE id = $1 FOR UPDATE
+SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at FROM devices WHERE id = $1 FOR UPDATE
 `
 
 func (q *Queries) DeviceForUpdate(ctx context.Context, id uuid.UUID) (Device, error) {
@@ -49,12 +49,15 @@ func (q *Queries) DeviceForUpdate(ctx context.Context, id uuid.UUID) (Device, er
 		&i.OsVersion,
 		&i.AgentVersion,
 		&i.Reported,
+		&i.ConnectionKey,
+		&i.Connected,
+		&i.ReportedAt,
 	)
 	return i, err
 }
 
 const deviceGet = `-- name: DeviceGet :one
-SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported FROM devices WHERE id = $1
+SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at FROM devices WHERE id = $1
 `
 
 func (q *Queries) DeviceGet(ctx context.Context, id uuid.UUID) (Device, error) {
@@ -78,17 +81,28 @@ func (q *Queries) DeviceGet(ctx context.Context, id uuid.UUID) (Device, error) {
 		&i.OsVersion,
 		&i.AgentVersion,
 		&i.Reported,
+		&i.ConnectionKey,
+		&i.Connected,
+		&i.ReportedAt,
 	)
 	return i, err
 }
 
 const deviceList = `-- name: DeviceList :many
-SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported FROM devices
+SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at FROM devices
 WHERE org_id = $1
   AND ($2::uuid IS NULL OR fleet_id = $2)
   AND ($3::text IS NULL OR (CASE WHEN $4::text IS NULL
         THEN tags ? $3 ELSE tags @> jsonb_build_object($3::text, $4::text) END))
-  AND ($5::boolean IS NULL OR (coalesce(last_seen_at > now() - interval '10 minutes', false) = $5))
+  -- Online: connected over MQTT, or never connected over MQTT and reported
+  -- over REST in the last 10 minutes (devices.OnlineWindow); connected
+  -- implies a connection_key (devices_connected_check). Plain conditions on
+  -- the columns, so that devices_org_connected_idx and devices_never_mqtt_idx
+  -- serve them.
+  AND ($5::boolean IS NULL
+       OR ($5 AND (connected OR (connection_key IS NULL AND last_seen_at > now() - interval '10 minutes')))
+       OR (NOT $5 AND NOT connected
+           AND (connection_key IS NOT NULL OR last_seen_at IS NULL OR last_seen_at <= now() - interval '10 minutes')))
   AND ($6::uuid IS NULL OR running_release_id = $6)
   AND ($7::text IS NULL OR name LIKE replace(replace(replace($7, '\', '\\'), '%', '\%'), '_', '\_') || '%')
   AND ($8::timestamptz IS NULL OR (created_at, id) > ($8, $9::uuid))
@@ -148,6 +162,9 @@ func (q *Queries) DeviceList(ctx context.Context, arg DeviceListParams) ([]Devic
 			&i.OsVersion,
 			&i.AgentVersion,
 			&i.Reported,
+			&i.ConnectionKey,
+			&i.Connected,
+			&i.ReportedAt,
 		); err != nil {
 			return nil, err
 		}
@@ -163,7 +180,7 @@ const deviceRegister = `-- name: DeviceRegister :one
 INSERT INTO devices (id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (id) DO NOTHING
-RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported
+RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at
 `
 
 type DeviceRegisterParams struct {
@@ -209,12 +226,16 @@ func (q *Queries) DeviceRegister(ctx context.Context, arg DeviceRegisterParams) 
 		&i.OsVersion,
 		&i.AgentVersion,
 		&i.Reported,
+		&i.ConnectionKey,
+		&i.Connected,
+		&i.ReportedAt,
 	)
 	return i, err
 }
 
 const deviceReport = `-- name: DeviceReport :exec
-UPDATE devices SET last_seen_at = now(), reported = $2, running_release_id = $3, os_version = $4, agent_version = $5
+UPDATE devices SET last_seen_at = greatest(last_seen_at, now()), reported_at = now(),
+  reported = $2, running_release_id = $3, os_version = $4, agent_version = $5
 WHERE id = $1
 `
 
@@ -255,7 +276,7 @@ func (q *Queries) DeviceScope(ctx context.Context, id uuid.UUID) (DeviceScopeRow
 }
 
 const deviceUpdate = `-- name: DeviceUpdate :one
-UPDATE devices SET name = $2, fleet_id = $3, pinned_release_id = $4, tags = $5 WHERE id = $1 RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported
+UPDATE devices SET name = $2, fleet_id = $3, pinned_release_id = $4, tags = $5 WHERE id = $1 RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at
 `
 
 type DeviceUpdateParams struct {
@@ -293,6 +314,61 @@ func (q *Queries) DeviceUpdate(ctx context.Context, arg DeviceUpdateParams) (Dev
 		&i.OsVersion,
 		&i.AgentVersion,
 		&i.Reported,
+		&i.ConnectionKey,
+		&i.Connected,
+		&i.ReportedAt,
 	)
 	return i, err
+}
+
+const devicesApplyConnectivity = `-- name: DevicesApplyConnectivity :execrows
+UPDATE devices d
+SET connection_key = c.key, connected = c.connected, last_seen_at = greatest(d.last_seen_at, c.at)
+FROM (SELECT unnest($1::uuid[]) AS id, unnest($2::bigint[]) AS key,
+             unnest($3::bool[]) AS connected, unnest($4::timestamptz[]) AS at) AS c
+WHERE d.id = c.id AND (d.connection_key IS NULL OR d.connection_key < c.key)
+`
+
+type DevicesApplyConnectivityParams struct {
+	Ids       []uuid.UUID
+	Keys      []int64
+	Connected []bool
+	Ats       []time.Time
+}
+
+// The ingester's batch of connectivity changes, one row per device at most
+// (parallel arrays, zipped by the parallel unnests). A row applies only when
+// its key is above the stored one (livestate.ConnSeq order), so a late or
+// redelivered event of an older connection changes nothing; last_seen_at
+// never moves back. Returns how many devices changed.
+func (q *Queries) DevicesApplyConnectivity(ctx context.Context, arg DevicesApplyConnectivityParams) (int64, error) {
+	result, err := q.db.Exec(ctx, devicesApplyConnectivity,
+		arg.Ids,
+		arg.Keys,
+		arg.Connected,
+		arg.Ats,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const devicesTouch = `-- name: DevicesTouch :exec
+UPDATE devices d
+SET last_seen_at = greatest(coalesce(d.last_seen_at, c.at), c.at)
+FROM (SELECT unnest($1::uuid[]) AS id, unnest($2::timestamptz[]) AS at) AS c
+WHERE d.id = c.id AND (d.last_seen_at IS NULL OR d.last_seen_at < c.at)
+`
+
+type DevicesTouchParams struct {
+	Ids []uuid.UUID
+	Ats []time.Time
+}
+
+// Marks devices seen at the given times (one row per device at most) without
+// ever moving last_seen_at back; rows it would not change are not written.
+func (q *Queries) DevicesTouch(ctx context.Context, arg DevicesTouchParams) error {
+	_, err := q.db.Exec(ctx, devicesTouch, arg.Ids, arg.Ats)
+	return err
 }

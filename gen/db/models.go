@@ -123,6 +123,9 @@ type Device struct {
 	OsVersion        string
 	AgentVersion     string
 	Reported         []byte
+	ConnectionKey    *int64
+	Connected        bool
+	ReportedAt       *time.Time
 }
 
 type DeviceAssertionJti struct {

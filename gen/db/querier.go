@@ -47,6 +47,9 @@ type Querier interface {
 	// Newest first, keyset pagination on (ts, service, seq): seq alone numbers
 	// lines per service, so two services can share a (ts, seq) pair.
 	DeviceLogList(ctx context.Context, arg DeviceLogListParams) ([]DeviceLog, error)
+	// The org and fleet of each of a batch of devices the ingester heard from;
+	// a deleted device is simply absent.
+	DeviceOwners(ctx context.Context, ids []uuid.UUID) ([]DeviceOwnersRow, error)
 	// A retry of the same registration conflicts on the id and returns nothing;
 	// the caller then compares keys.
 	DeviceRegister(ctx context.Context, arg DeviceRegisterParams) (Device, error)
@@ -54,11 +57,23 @@ type Querier interface {
 	// What authenticating a device token needs: that the device still exists, and where it is now.
 	DeviceScope(ctx context.Context, id uuid.UUID) (DeviceScopeRow, error)
 	DeviceUpdate(ctx context.Context, arg DeviceUpdateParams) (Device, error)
+	// The ingester's batch of connectivity changes, one row per device at most
+	// (parallel arrays, zipped by the parallel unnests). A row applies only when
+	// its key is above the stored one (livestate.ConnSeq order), so a late or
+	// redelivered event of an older connection changes nothing; last_seen_at
+	// never moves back. Returns how many devices changed.
+	DevicesApplyConnectivity(ctx context.Context, arg DevicesApplyConnectivityParams) (int64, error)
+	// Marks devices seen at the given times (one row per device at most) without
+	// ever moving last_seen_at back; rows it would not change are not written.
+	DevicesTouch(ctx context.Context, arg DevicesTouchParams) error
 	// The fleet's organisation and the user's role there, in one round trip.
 	FleetAccess(ctx context.Context, arg FleetAccessParams) (FleetAccessRow, error)
 	FleetCountByOrg(ctx context.Context, orgID uuid.UUID) (int64, error)
 	FleetCreate(ctx context.Context, arg FleetCreateParams) (Fleet, error)
 	FleetDelete(ctx context.Context, id uuid.UUID) (int64, error)
+	// A page of a fleet's device ids in the order of devices_fleet_idx; the
+	// first page starts after the zero time.
+	FleetDevicePage(ctx context.Context, arg FleetDevicePageParams) ([]FleetDevicePageRow, error)
 	FleetForUpdate(ctx context.Context, id uuid.UUID) (Fleet, error)
 	FleetGet(ctx context.Context, id uuid.UUID) (Fleet, error)
 	FleetList(ctx context.Context, arg FleetListParams) ([]Fleet, error)
@@ -105,6 +120,16 @@ type Querier interface {
 	SigningKeyInsert(ctx context.Context, arg SigningKeyInsertParams) error
 	// Published keys of a purpose, newest first; the first one signs.
 	SigningKeyList(ctx context.Context, purpose string) ([]SigningKey, error)
+	// Target state of batches of devices (internal/targetstate): what the device
+	// state endpoint serves one device and what nudges announce to many.
+	// For each existing device of a batch: its fleet, its architecture and the
+	// release it should run, chosen by device pin, else fleet pin, else its
+	// fleet's newest final release (NULL when the fleet has none). The newest
+	// final release is looked up once per fleet, not once per device.
+	TargetChoices(ctx context.Context, ids []uuid.UUID) ([]TargetChoicesRow, error)
+	TargetReleases(ctx context.Context, ids []uuid.UUID) ([]TargetReleasesRow, error)
+	// The fleets' own variables and the devices' own, for a batch of devices.
+	TargetVariables(ctx context.Context, arg TargetVariablesParams) ([]ConfigVariable, error)
 	// Retention: one statement, so the three tables are trimmed atomically and
 	// the caller gets one total.
 	TelemetryDeleteBefore(ctx context.Context, cutoff time.Time) (int64, error)

@@ -20,8 +20,9 @@ type DeviceAPI struct {
 	// TokenEndpoint is the URL devices put in their assertions' aud.
 	TokenEndpoint string
 	Audit         *audit.Recorder
-	// MQTTURL is returned at registration; empty means none.
-	MQTTURL string
+	// MQTTURL tells registration the broker devices connect to; nil or ""
+	// means none.
+	MQTTURL func() string
 }
 
 // unauthorized is the 401 of the device API, with a detail that says which

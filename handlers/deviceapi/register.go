@@ -55,7 +55,7 @@ func (h *DeviceAPI) DeviceRegister(ctx context.Context, req api.DeviceRegisterRe
 		if k.ExpiresAt != nil && !k.ExpiresAt.After(time.Now()) {
 			return unauthorized("provisioning_key_expired", "the provisioning key expired at "+k.ExpiresAt.UTC().Format(time.RFC3339))
 		}
-		out = api.DeviceRegistration{DeviceId: b.Uuid, OrgId: k.OrgID, FleetId: k.FleetID, TokenEndpoint: h.TokenEndpoint, MqttUrl: optional(h.MQTTURL)}
+		out = api.DeviceRegistration{DeviceId: b.Uuid, OrgId: k.OrgID, FleetId: k.FleetID, TokenEndpoint: h.TokenEndpoint, MqttUrl: h.mqttURL()}
 
 		if existing, err := q.DeviceGet(ctx, b.Uuid); err == nil {
 			return h.sameRegistration(existing, k, pub)
@@ -121,10 +121,14 @@ func (h *DeviceAPI) sameRegistration(d db.Device, k db.ProvisioningKey, pub []by
 	return nil
 }
 
-// optional is nil for "", so an absent setting leaves the field out.
-func optional(s string) *string {
-	if s == "" {
+// mqttURL is nil when no broker is known, so the field is left out.
+func (h *DeviceAPI) mqttURL() *string {
+	if h.MQTTURL == nil {
 		return nil
 	}
-	return &s
+	u := h.MQTTURL()
+	if u == "" {
+		return nil
+	}
+	return &u
 }

@@ -3,26 +3,25 @@ package deviceapi
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
-	"github.com/flock-io/flock-api/handlers/releases"
 	"github.com/flock-io/flock-api/internal/auth"
 	"github.com/flock-io/flock-api/internal/targetstate"
 )
 
 // DeviceStateGet returns the target state: the release chosen by the device
 // pin, else the fleet pin, else the fleet's newest final release; with
-// If-None-Match equal to the current version, 304.
+// If-None-Match equal to the current version, 304. The version is computed by
+// targetstate, as the target nudges' are, so a nudged device finds the
+// version it was told about.
 func (h *DeviceAPI) DeviceStateGet(ctx context.Context, req api.DeviceStateGetRequestObject) (api.DeviceStateGetResponseObject, error) {
 	p := auth.AccessFrom(ctx).Principal
-	ts, err := TargetState(ctx, db.New(h.Pool), p.DeviceID)
+	ts, err := targetstate.ForDevice(ctx, h.Pool, p.DeviceID)
 	if err != nil {
 		return nil, err
 	}
@@ -31,43 +30,6 @@ func (h *DeviceAPI) DeviceStateGet(ctx context.Context, req api.DeviceStateGetRe
 		return api.DeviceStateGet304Response{Headers: api.DeviceStateGet304ResponseHeaders{ETag: &etag}}, nil
 	}
 	return api.DeviceStateGet200JSONResponse{Body: ts, Headers: api.DeviceStateGet200ResponseHeaders{ETag: &etag}}, nil
-}
-
-// TargetState computes a device's target state from the database.
-func TargetState(ctx context.Context, q *db.Queries, deviceID uuid.UUID) (api.TargetState, error) {
-	d, err := q.DeviceGet(ctx, deviceID)
-	if err != nil {
-		return api.TargetState{}, fmt.Errorf("load device %s: %w", deviceID, err)
-	}
-	fleet, err := q.FleetGet(ctx, d.FleetID)
-	if err != nil {
-		return api.TargetState{}, fmt.Errorf("load fleet %s: %w", d.FleetID, err)
-	}
-	var row db.Release
-	switch {
-	case d.PinnedReleaseID.Valid:
-		row, err = q.ReleaseGet(ctx, d.PinnedReleaseID.UUID)
-	case fleet.PinnedReleaseID.Valid:
-		row, err = q.ReleaseGet(ctx, fleet.PinnedReleaseID.UUID)
-	default:
-		row, err = q.ReleaseLatestFinal(ctx, fleet.ID)
-	}
-	var rel *targetstate.Release
-	switch {
-	case errors.Is(err, pgx.ErrNoRows): // nothing to run yet
-	case err != nil:
-		return api.TargetState{}, fmt.Errorf("choose release of %s: %w", deviceID, err)
-	default:
-		rel = &targetstate.Release{ID: row.ID, Version: row.Version}
-		if err := json.Unmarshal(row.Services, &rel.Services); err != nil {
-			return api.TargetState{}, fmt.Errorf("decode services of release %s: %w", row.ID, err)
-		}
-	}
-	vars, err := q.VariablesForDevice(ctx, db.VariablesForDeviceParams{FleetID: fleet.ID, DeviceID: d.ID})
-	if err != nil {
-		return api.TargetState{}, fmt.Errorf("load variables of %s: %w", deviceID, err)
-	}
-	return targetstate.Compute(d.ID, d.Architecture, rel, vars, releases.Image), nil
 }
 
 // matches implements If-None-Match (RFC 9110 §13.1.2): a list of entity

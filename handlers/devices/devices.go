@@ -2,42 +2,125 @@
 package devices
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/kv"
+	"github.com/flock-io/flock-api/internal/livestate"
+	"github.com/flock-io/flock-api/internal/nudge"
+	"github.com/flock-io/flock-api/internal/telemetry"
 )
 
 // Devices implements the device operations.
 type Devices struct {
 	Pool *pgxpool.Pool
+	// KV is the live-state store the ingester writes reported states to;
+	// when nil, devices show the reported state PostgreSQL holds.
+	KV kv.Store
+	// Telemetry holds connectivity histories; when nil, this process keeps
+	// none and every history is empty.
+	Telemetry telemetry.Store
+	// Nudge hears of committed changes to a device's target; nil: none.
+	Nudge nudge.Notifier
 }
 
-// OnlineWindow is how recently a device must have reported to count as
-// online. The MQTT connection state will refine this.
+// OnlineWindow is how recently a device that never connected over MQTT must
+// have reported over REST to count as online.
 const OnlineWindow = 10 * time.Minute
 
-// Device converts a device row.
+// Online decides whether a device is online at now: a device that has
+// connected over MQTT is online while connected (the ingester orders its
+// connect and disconnect events); any other while it reports over REST. The
+// device list's online filter (queries/devices.sql) is the same rule.
+func Online(d db.Device, now time.Time) bool {
+	if d.ConnectionKey != nil {
+		return d.Connected
+	}
+	return d.LastSeenAt != nil && now.Sub(*d.LastSeenAt) < OnlineWindow
+}
+
+// Device converts a device row, with the reported state PostgreSQL holds.
 func Device(d db.Device) (api.Device, error) {
+	return withLive(d, nil)
+}
+
+// withLive converts a device row; live is the device's state in the KV store
+// (nil when there is none), shown instead of PostgreSQL's when it arrived
+// later.
+func withLive(d db.Device, live *livestate.State) (api.Device, error) {
 	out := api.Device{Id: d.ID, OrgId: d.OrgID, FleetId: d.FleetID, Name: d.Name, DeviceType: d.DeviceType,
 		Architecture: api.Architecture(d.Architecture), Tags: d.Tags, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt,
-		LastSeenAt: d.LastSeenAt, Online: d.LastSeenAt != nil && time.Since(*d.LastSeenAt) < OnlineWindow}
+		LastSeenAt: d.LastSeenAt, Online: Online(d, time.Now())}
 	if out.Tags == nil {
 		out.Tags = map[string]string{}
 	}
 	if d.PinnedReleaseID.Valid {
 		out.PinnedReleaseId = &d.PinnedReleaseID.UUID
 	}
-	if d.LastSeenAt != nil {
+	if d.ReportedAt != nil {
 		var rs api.ReportedState
 		if err := json.Unmarshal(d.Reported, &rs); err != nil {
 			return api.Device{}, fmt.Errorf("decode reported state of %s: %w", d.ID, err)
 		}
 		out.ReportedState = &rs
 	}
+	if live != nil && (d.ReportedAt == nil || live.ReceivedAt.After(*d.ReportedAt)) {
+		// The ingester validated it against the AsyncAPI schema, whose
+		// fields are the REST ones plus seq, which is not shown.
+		var rs api.ReportedState
+		if err := json.Unmarshal(live.State, &rs); err != nil {
+			slog.Warn("live state of device unreadable; showing the stored one", "device", d.ID, "error", err.Error())
+			return out, nil
+		}
+		out.ReportedState = &rs
+		if at := live.ReceivedAt; out.LastSeenAt == nil || at.After(*out.LastSeenAt) {
+			out.LastSeenAt = &at
+		}
+	}
 	return out, nil
+}
+
+// device converts one device row with its live state.
+func (h *Devices) device(ctx context.Context, d db.Device) (api.Device, error) {
+	live := h.liveStates(ctx, []uuid.UUID{d.ID})
+	return withLive(d, live[d.ID])
+}
+
+// liveStates reads the KV store's states of devices in one round trip. The
+// KV store only speeds up what devices report; when it fails, devices show
+// PostgreSQL's copy rather than the request failing.
+func (h *Devices) liveStates(ctx context.Context, ids []uuid.UUID) map[uuid.UUID]*livestate.State {
+	if h.KV == nil || len(ids) == 0 {
+		return nil
+	}
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = livestate.StateKey(id)
+	}
+	vals, err := h.KV.MGet(ctx, keys...)
+	if err != nil {
+		slog.WarnContext(ctx, "read live device states; showing the stored ones", "devices", len(ids), "error", err.Error())
+		return nil
+	}
+	out := make(map[uuid.UUID]*livestate.State, len(ids))
+	for i, v := range vals {
+		if v == nil {
+			continue
+		}
+		var s livestate.State
+		if err := json.Unmarshal(v, &s); err != nil {
+			slog.WarnContext(ctx, "live state of device unreadable; showing the stored one", "device", ids[i], "error", err.Error())
+			continue
+		}
+		out[ids[i]] = &s
+	}
+	return out
 }

@@ -41,7 +41,14 @@ func (h *Devices) DeviceList(ctx context.Context, req api.DeviceListRequestObjec
 	if err != nil {
 		return nil, fmt.Errorf("list devices of %s: %w", acc.OrgID, err)
 	}
-	items, next, err := pagination.Page(rows, limit, func(d db.Device) (time.Time, uuid.UUID) { return d.CreatedAt, d.ID }, Device)
+	// One KV round trip for the page's live states.
+	ids := make([]uuid.UUID, 0, len(rows))
+	for _, d := range rows[:min(len(rows), int(limit))] {
+		ids = append(ids, d.ID)
+	}
+	live := h.liveStates(ctx, ids)
+	items, next, err := pagination.Page(rows, limit, func(d db.Device) (time.Time, uuid.UUID) { return d.CreatedAt, d.ID },
+		func(d db.Device) (api.Device, error) { return withLive(d, live[d.ID]) })
 	if err != nil {
 		return nil, err
 	}

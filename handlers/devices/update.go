@@ -13,6 +13,7 @@ import (
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/handlers/fleets"
 	"github.com/flock-io/flock-api/internal/dbtx"
+	"github.com/flock-io/flock-api/internal/nudge"
 	"github.com/flock-io/flock-api/internal/problem"
 	"github.com/flock-io/flock-api/internal/tags"
 )
@@ -26,6 +27,7 @@ func (h *Devices) DeviceUpdate(ctx context.Context, req api.DeviceUpdateRequestO
 	if err != nil {
 		return nil, fmt.Errorf("load device %s: %w", req.DeviceId, err)
 	}
+	fleet, pinned := d.FleetID, d.PinnedReleaseID
 	b := req.Body
 	if b.Name != nil {
 		d.Name = strings.TrimSpace(*b.Name)
@@ -68,7 +70,12 @@ func (h *Devices) DeviceUpdate(ctx context.Context, req api.DeviceUpdateRequestO
 	if err != nil {
 		return nil, fmt.Errorf("update device %s: %w", req.DeviceId, err)
 	}
-	out, err := Device(d)
+	// A move or a pin change gives the device another target; a new name
+	// or tags do not.
+	if d.FleetID != fleet || d.PinnedReleaseID != pinned {
+		nudge.DevicesAfterCommit(ctx, h.Nudge, d.ID)
+	}
+	out, err := h.device(ctx, d)
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/dbtx"
+	"github.com/flock-io/flock-api/internal/nudge"
 	"github.com/flock-io/flock-api/internal/pgerr"
 	"github.com/flock-io/flock-api/internal/problem"
 	"github.com/flock-io/flock-api/internal/tags"
@@ -26,6 +27,7 @@ func (h *Fleets) FleetUpdate(ctx context.Context, req api.FleetUpdateRequestObje
 	if err != nil {
 		return nil, fmt.Errorf("load fleet %s: %w", req.FleetId, err)
 	}
+	pinned := f.PinnedReleaseID
 	b := req.Body
 	if b.Name != nil {
 		f.Name = strings.TrimSpace(*b.Name)
@@ -69,6 +71,11 @@ func (h *Fleets) FleetUpdate(ctx context.Context, req api.FleetUpdateRequestObje
 	}
 	if err != nil {
 		return nil, fmt.Errorf("update fleet %s: %w", req.FleetId, err)
+	}
+	// Pinning, repinning or unpinning changes the release of every device
+	// without a pin of its own; name, tags and policy alone change nothing.
+	if f.PinnedReleaseID != pinned {
+		nudge.FleetAfterCommit(ctx, h.Nudge, f.ID)
 	}
 	return api.FleetUpdate200JSONResponse(Fleet(f)), nil
 }

@@ -61,6 +61,11 @@ func (h *Releases) ReleaseCreate(ctx context.Context, req api.ReleaseCreateReque
 	if err != nil {
 		return nil, fmt.Errorf("create release in %s: %w", req.FleetId, err)
 	}
+	if r.Status == "final" {
+		if err := h.becameFinal(ctx, q, r.FleetID); err != nil {
+			return nil, err
+		}
+	}
 	acc.SetTarget(r.ID.String())
 	out, err := Release(r)
 	if err != nil {

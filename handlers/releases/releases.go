@@ -3,18 +3,24 @@
 package releases
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/nudge"
+	"github.com/flock-io/flock-api/internal/targetstate"
 )
 
 // Releases implements the release operations.
 type Releases struct {
 	Pool *pgxpool.Pool
+	// Nudge hears of a release becoming its fleet's latest final; nil: none.
+	Nudge nudge.Notifier
 }
 
 // Release converts a release row.
@@ -31,21 +37,24 @@ func Release(r db.Release) (api.Release, error) {
 		Services: services, Tags: tags, CreatedAt: r.CreatedAt, FinalizedAt: r.FinalizedAt}, nil
 }
 
-// Image returns a service's image for an architecture, if the release has one.
-func Image(s api.ReleaseService, arch string) *api.ServiceImage {
-	switch arch {
-	case "amd64":
-		return s.Images.Amd64
-	case "arm64":
-		return s.Images.Arm64
-	case "armv7":
-		return s.Images.Armv7
-	case "armv6":
-		return s.Images.Armv6
-	case "i386":
-		return s.Images.I386
-	case "riscv64":
-		return s.Images.Riscv64
+// Image returns a service's image for an architecture, if the release has
+// one (the same choice the target state makes).
+func Image(s api.ReleaseService, arch string) *api.ServiceImage { return targetstate.Image(s, arch) }
+
+// becameFinal is called in the transaction that makes a release of fleet
+// final: the fleet's newest final release is now this one, which is the
+// target of its devices when the fleet tracks the latest. A pinned fleet's
+// devices are unaffected. The fleet row is locked so that an unpin racing
+// with this transaction either sees the release or is seen by it: without
+// the lock an unpin could nudge before this commits while this, seeing the
+// pin, nudged nobody.
+func (h *Releases) becameFinal(ctx context.Context, q *db.Queries, fleet uuid.UUID) error {
+	f, err := q.FleetForUpdate(ctx, fleet)
+	if err != nil {
+		return fmt.Errorf("lock fleet %s: %w", fleet, err)
+	}
+	if !f.PinnedReleaseID.Valid {
+		nudge.FleetAfterCommit(ctx, h.Nudge, fleet)
 	}
 	return nil
 }

@@ -20,7 +20,7 @@ func (h *Releases) ReleaseUpdate(ctx context.Context, req api.ReleaseUpdateReque
 	if err != nil {
 		return nil, fmt.Errorf("load release %s: %w", req.ReleaseId, err)
 	}
-	status := r.Status
+	status, was := r.Status, r.Status
 	if s := req.Body.Status; s != nil && string(*s) != r.Status {
 		if r.Status != "draft" {
 			return nil, problem.Errorf(http.StatusConflict, "release_immutable",
@@ -37,6 +37,11 @@ func (h *Releases) ReleaseUpdate(ctx context.Context, req api.ReleaseUpdateReque
 	r, err = q.ReleaseUpdate(ctx, db.ReleaseUpdateParams{ID: r.ID, Status: status, Tags: t})
 	if err != nil {
 		return nil, fmt.Errorf("update release %s: %w", req.ReleaseId, err)
+	}
+	if status == "final" && status != was {
+		if err := h.becameFinal(ctx, q, r.FleetID); err != nil {
+			return nil, err
+		}
 	}
 	out, err := Release(r)
 	if err != nil {

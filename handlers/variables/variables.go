@@ -18,6 +18,7 @@ import (
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
 	"github.com/flock-io/flock-api/internal/dbtx"
+	"github.com/flock-io/flock-api/internal/nudge"
 	"github.com/flock-io/flock-api/internal/pagination"
 	"github.com/flock-io/flock-api/internal/problem"
 )
@@ -25,6 +26,8 @@ import (
 // Variables implements the variable operations of both scopes.
 type Variables struct {
 	Pool *pgxpool.Pool
+	// Nudge hears of committed changes to variables; nil: none.
+	Nudge nudge.Notifier
 }
 
 // MaxMergedSize bounds a device's merged variables (names plus values).
@@ -114,6 +117,7 @@ func (h *Variables) create(ctx context.Context, s scope, b *api.VariableCreate) 
 	if err != nil {
 		return api.Variable{}, fmt.Errorf("create variable %s: %w", b.Name, err)
 	}
+	h.changed(ctx, s) // dropped if checkSize refuses and the change rolls back
 	if err := checkSize(ctx, q, s); err != nil {
 		return api.Variable{}, err
 	}
@@ -130,6 +134,7 @@ func (h *Variables) update(ctx context.Context, s scope, id uuid.UUID, b *api.Va
 	if err != nil {
 		return api.Variable{}, fmt.Errorf("update variable %s: %w", id, err)
 	}
+	h.changed(ctx, s)
 	if err := checkSize(ctx, q, s); err != nil {
 		return api.Variable{}, err
 	}
@@ -144,7 +149,19 @@ func (h *Variables) delete(ctx context.Context, s scope, id uuid.UUID) error {
 	if _, err := q.VariableDelete(ctx, id); err != nil {
 		return fmt.Errorf("delete variable %s: %w", id, err)
 	}
+	h.changed(ctx, s)
 	return nil
+}
+
+// changed nudges what the scope's variables reach, once the change commits:
+// every device of the fleet, or the one device (any service's variables
+// appear in the target state).
+func (h *Variables) changed(ctx context.Context, s scope) {
+	if s.device.Valid {
+		nudge.DevicesAfterCommit(ctx, h.Nudge, s.device.UUID)
+	} else {
+		nudge.FleetAfterCommit(ctx, h.Nudge, s.fleet)
+	}
 }
 
 func (h *Variables) get(ctx context.Context, q *db.Queries, s scope, id uuid.UUID) (db.ConfigVariable, error) {

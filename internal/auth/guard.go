@@ -256,14 +256,16 @@ func roleIn(p *Principal, org uuid.UUID, member *db.OrgRole) (db.OrgRole, bool) 
 	return *member, true
 }
 
-// write runs a changing operation and its audit record in one transaction.
+// write runs a changing operation and its audit record in one transaction,
+// then what the operation registered with dbtx.AfterCommit.
 func (g *Guard) write(ctx context.Context, r *http.Request, acc *Access, next func(context.Context) (any, error)) (any, error) {
 	tx, err := g.pool.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("begin %s: %w", acc.Operation, err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
-	resp, err := next(dbtx.With(ctx, tx))
+	txCtx := dbtx.With(ctx, tx)
+	resp, err := next(txCtx)
 	if err != nil {
 		_ = tx.Rollback(ctx)
 		g.recordFailure(ctx, r, acc, err)
@@ -284,6 +286,9 @@ func (g *Guard) write(ctx context.Context, r *http.Request, acc *Access, next fu
 	if acc.OrgID != uuid.Nil {
 		g.recorder.Committed(ev)
 	}
+	// Only now, with the change in: on any error above the transaction
+	// rolls back and what the handler registered is dropped.
+	dbtx.Committed(txCtx)
 	return resp, nil
 }
 

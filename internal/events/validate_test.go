@@ -35,7 +35,7 @@ func TestValidate(t *testing.T) {
 		{kind: "logs", payload: `{"entries":[{"service":"app","seq":7,"ts":"2026-11-27T08:00:00Z","stream":"stdin","line":"x"}]}`, wantProblem: "/entries/0/stream"},
 		{kind: "events", payload: `{"id":"0f8d6c1e-3b53-4c11-9e5e-4f1f0c8b9a10","ts":"2026-11-27T08:00:00Z","type":"installed"}`},
 		{kind: "events", payload: `{"id":"x","ts":"2026-11-27T08:00:00Z","type":"installed"}`, wantProblem: "/id"},
-		{kind: "status", payload: `{"state":"offline"}`},
+		{kind: "status", payload: `{"state":"offline","connection_seq":3}`},
 		{kind: "status", payload: `{"state":"asleep"}`, wantProblem: "/state"},
 	}
 	for _, tt := range tests {

@@ -23,12 +23,31 @@ type Release struct {
 	Services []api.ReleaseService
 }
 
-// ImageFor returns a service's image for an architecture.
-type ImageFor func(s api.ReleaseService, arch string) *api.ServiceImage
+// Image returns a service's image for an architecture, if the release has one.
+func Image(s api.ReleaseService, arch string) *api.ServiceImage {
+	switch arch {
+	case "amd64":
+		return s.Images.Amd64
+	case "arm64":
+		return s.Images.Arm64
+	case "armv7":
+		return s.Images.Armv7
+	case "armv6":
+		return s.Images.Armv6
+	case "i386":
+		return s.Images.I386
+	case "riscv64":
+		return s.Images.Riscv64
+	}
+	return nil
+}
 
 // Compute builds the target state and its version, a digest of everything in
 // it, so any change to release, images or variables changes the version.
-func Compute(deviceID uuid.UUID, arch string, rel *Release, vars []db.ConfigVariable, image ImageFor) api.TargetState {
+// Callers load its inputs with Load; use Load (or ForDevice) rather than
+// calling Compute on inputs gathered otherwise, so the state endpoint and the
+// nudges can never disagree on a version.
+func Compute(deviceID uuid.UUID, arch string, rel *Release, vars []db.ConfigVariable) api.TargetState {
 	// Layers from weakest to strongest.
 	rank := func(v db.ConfigVariable) int {
 		r := 0
@@ -53,7 +72,7 @@ func Compute(deviceID uuid.UUID, arch string, rel *Release, vars []db.ConfigVari
 	if rel != nil {
 		ts.Release = &api.TargetRelease{Id: rel.ID, Version: rel.Version}
 		for _, s := range rel.Services {
-			img := image(s, arch)
+			img := Image(s, arch)
 			if img == nil {
 				continue // validated at release creation; a moved device may lack one
 			}

@@ -57,21 +57,72 @@ var authRefusalReasons = []string{
 	reasonDeviceMismatch, reasonClientID, reasonWill, reasonUnavailable,
 }
 
+// Authenticator decides who an MQTT client is when it connects. The embedded
+// broker asks it for every CONNECT, and the API's HTTP hooks for an external
+// broker (EMQX's HTTP authentication) ask the same one, so both brokers admit
+// exactly the same clients. It is safe for concurrent use.
+type Authenticator struct {
+	serviceUsername       string
+	servicePasswordDigest [sha256.Size]byte
+	verifier              Verifier
+}
+
+// NewAuthenticator admits the trusted service client (the ingester) with
+// serviceUsername and servicePassword, and devices with device tokens that v
+// verifies. An empty serviceUsername (with an empty password) admits no
+// service client; the user name must not be a uuid, which names a device.
+func NewAuthenticator(serviceUsername, servicePassword string, v Verifier) (*Authenticator, error) {
+	if v == nil {
+		return nil, errors.New("mqtt authenticator: nil Verifier")
+	}
+	switch {
+	case serviceUsername != "" && servicePassword == "":
+		return nil, errors.New("mqtt authenticator: service user name is set but its password is empty")
+	case serviceUsername == "" && servicePassword != "":
+		return nil, errors.New("mqtt authenticator: service password is set but the user name is empty")
+	}
+	if _, err := uuid.Parse(serviceUsername); err == nil {
+		return nil, fmt.Errorf("mqtt authenticator: service user name %q is a uuid, which names a device", serviceUsername)
+	}
+	return newAuthenticator(serviceUsername, sha256.Sum256([]byte(servicePassword)), v), nil
+}
+
+func newAuthenticator(serviceUsername string, passwordDigest [sha256.Size]byte, v Verifier) *Authenticator {
+	return &Authenticator{serviceUsername: serviceUsername, servicePasswordDigest: passwordDigest, verifier: v}
+}
+
+// authenticator is the broker's Authenticator: New has checked the service
+// credentials in its Config already.
+func (b *Broker) authenticator() *Authenticator {
+	return newAuthenticator(b.cfg.ServiceUsername, b.servicePasswordDigest, b.verifier)
+}
+
+// Authenticate decides whether a client may connect; see
+// Authenticator.Authenticate.
+func (b *Broker) Authenticate(ctx context.Context, clientID, username string, password []byte) (Identity, error) {
+	return b.authenticator().Authenticate(ctx, clientID, username, password)
+}
+
+// authenticate is Authenticate plus the metric reason of a refusal.
+func (b *Broker) authenticate(ctx context.Context, clientID, username string, password []byte) (Identity, string, error) {
+	return b.authenticator().authenticate(ctx, clientID, username, password)
+}
+
 // Authenticate decides whether a client may connect. The service's user name
 // and password give Identity{Service: true}; anyone else must be a device
 // whose user name and client id are its uuid and whose password is a device
 // token for that uuid. A refusal wraps ErrBadCredentials or ErrNotAuthorized;
 // any other error means the token could not be checked (e.g. the database
 // was unreachable while loading a new signing key).
-func (b *Broker) Authenticate(ctx context.Context, clientID, username string, password []byte) (Identity, error) {
-	id, _, err := b.authenticate(ctx, clientID, username, password)
+func (a *Authenticator) Authenticate(ctx context.Context, clientID, username string, password []byte) (Identity, error) {
+	id, _, err := a.authenticate(ctx, clientID, username, password)
 	return id, err
 }
 
 // authenticate is Authenticate plus the metric reason of a refusal.
-func (b *Broker) authenticate(ctx context.Context, clientID, username string, password []byte) (Identity, string, error) {
-	if b.cfg.ServiceUsername != "" && username == b.cfg.ServiceUsername {
-		if !b.servicePasswordMatches(password) {
+func (a *Authenticator) authenticate(ctx context.Context, clientID, username string, password []byte) (Identity, string, error) {
+	if a.IsService(username) {
+		if !a.servicePasswordMatches(password) {
 			return Identity{}, reasonServicePassword, fmt.Errorf("%w: wrong service password", ErrBadCredentials)
 		}
 		// Devices own every uuid-shaped client id; a service session under
@@ -88,7 +139,7 @@ func (b *Broker) authenticate(ctx context.Context, clientID, username string, pa
 		return Identity{}, reasonMalformedUsername, fmt.Errorf("%w: user name is not a device uuid", ErrBadCredentials)
 	}
 	device := uuid.MustParse(username)
-	claims, err := b.verifier.Verify(ctx, string(password))
+	claims, err := a.verifier.Verify(ctx, string(password))
 	if err != nil {
 		if errors.Is(err, devicetoken.ErrInvalidToken) {
 			return Identity{}, reasonInvalidToken, fmt.Errorf("%w: device %s: %w", ErrBadCredentials, device, err)
@@ -111,11 +162,31 @@ func (b *Broker) authenticate(ctx context.Context, clientID, username string, pa
 	}, "", nil
 }
 
+// IsService reports whether username is the service client's.
+func (a *Authenticator) IsService(username string) bool {
+	return a.serviceUsername != "" && username == a.serviceUsername
+}
+
+// Identify names the client of a connection that Authenticate admitted, from
+// its user name alone: the service user, or the device whose uuid the user
+// name is. An external broker's ACL hook uses it, which is sound because the
+// broker asks only about connections its authentication hook accepted. It
+// reports false for a user name no connection could have been admitted with.
+func (a *Authenticator) Identify(username string) (Identity, bool) {
+	if a.IsService(username) {
+		return Identity{Service: true}, true
+	}
+	if !isCanonicalUUID(username) {
+		return Identity{}, false
+	}
+	return Identity{DeviceID: uuid.MustParse(username)}, true
+}
+
 // servicePasswordMatches compares digests so that neither the content nor the
 // length of the secret shows in the comparison time.
-func (b *Broker) servicePasswordMatches(password []byte) bool {
+func (a *Authenticator) servicePasswordMatches(password []byte) bool {
 	got := sha256.Sum256(password)
-	return subtle.ConstantTimeCompare(got[:], b.servicePasswordDigest[:]) == 1
+	return subtle.ConstantTimeCompare(got[:], a.servicePasswordDigest[:]) == 1
 }
 
 // Topic layout, see asyncapi/flock.yaml.

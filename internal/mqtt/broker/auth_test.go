@@ -159,14 +159,18 @@ func TestAuthenticate(t *testing.T) {
 
 	// A verifier that cannot reach its database to load an unknown key: the
 	// answer is neither refusal.
-	brokenPool := pgtest.Pool(t)
-	broken := newTokens(t, brokenPool, testIssuer)
+	// Two of them: after a failed reload a verifier waits before trying the
+	// database again, so the broker's and the standalone Authenticator's
+	// calls below must not share one.
+	brokenPool, brokenPool2 := pgtest.Pool(t), pgtest.Pool(t)
+	broken, broken2 := newTokens(t, brokenPool, testIssuer), newTokens(t, brokenPool2, testIssuer)
 	otherPool := newTokens(t, pgtest.Pool(t), testIssuer)
 	tokUnknownKey, _, err := otherPool.Issue(t.Context(), devA, uuid.New(), uuid.New())
 	if err != nil {
 		t.Fatal(err)
 	}
 	brokenPool.Close()
+	brokenPool2.Close()
 	unavailable, err := New(Config{Listen: "127.0.0.1:0", Log: slog.New(slog.DiscardHandler)}, broken)
 	if err != nil {
 		t.Fatal(err)
@@ -193,30 +197,102 @@ func TestAuthenticate(t *testing.T) {
 		{"empty user name", e.broker, "", "", tokA, ErrBadCredentials, false},
 		{"verifier unavailable", unavailable, devA.String(), devA.String(), tokUnknownKey, errOther, false},
 	}
+	// The standalone Authenticator an external broker's hooks use, built
+	// from the same credentials and verifier, decides the same.
+	standalone := map[*Broker]*Authenticator{}
+	for b, v := range map[*Broker]Verifier{e.broker: e.tokens, unavailable: broken2} {
+		user, pass := b.cfg.ServiceUsername, b.cfg.ServicePassword
+		a, err := NewAuthenticator(user, pass, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		standalone[b] = a
+	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			id, err := tt.b.Authenticate(t.Context(), tt.clientID, tt.username, []byte(tt.password))
-			switch {
-			case tt.want == nil && err != nil:
-				t.Fatalf("Authenticate: %v", err)
-			case tt.want == errOther:
-				if err == nil || errors.Is(err, ErrBadCredentials) || errors.Is(err, ErrNotAuthorized) {
-					t.Fatalf("Authenticate = %v, want an error that is no refusal", err)
+		for _, via := range []string{"broker", "authenticator"} {
+			t.Run(tt.name+"/"+via, func(t *testing.T) {
+				authenticate := tt.b.Authenticate
+				if via == "authenticator" {
+					authenticate = standalone[tt.b].Authenticate
 				}
-			case tt.want != nil && !errors.Is(err, tt.want):
-				t.Fatalf("Authenticate = %v, want %v", err, tt.want)
-			}
-			if err != nil {
-				t.Logf("refused: %v", err)
-				return
-			}
-			if id.Service != tt.service {
-				t.Errorf("Service = %v, want %v", id.Service, tt.service)
-			}
-			if !tt.service && (id.DeviceID != devA || id.OrgID == uuid.Nil || id.FleetID == uuid.Nil || id.Expiry.IsZero()) {
-				t.Errorf("identity %+v lacks the token's claims", id)
+				id, err := authenticate(t.Context(), tt.clientID, tt.username, []byte(tt.password))
+				switch {
+				case tt.want == nil && err != nil:
+					t.Fatalf("Authenticate: %v", err)
+				case tt.want == errOther:
+					if err == nil || errors.Is(err, ErrBadCredentials) || errors.Is(err, ErrNotAuthorized) {
+						t.Fatalf("Authenticate = %v, want an error that is no refusal", err)
+					}
+				case tt.want != nil && !errors.Is(err, tt.want):
+					t.Fatalf("Authenticate = %v, want %v", err, tt.want)
+				}
+				if err != nil {
+					t.Logf("refused: %v", err)
+					return
+				}
+				if id.Service != tt.service {
+					t.Errorf("Service = %v, want %v", id.Service, tt.service)
+				}
+				if !tt.service && (id.DeviceID != devA || id.OrgID == uuid.Nil || id.FleetID == uuid.Nil || id.Expiry.IsZero()) {
+					t.Errorf("identity %+v lacks the token's claims", id)
+				}
+			})
+		}
+	}
+}
+
+func TestNewAuthenticator(t *testing.T) {
+	v := newTokens(t, pgtest.Pool(t), testIssuer)
+	for _, tt := range []struct {
+		name, user, password string
+		v                    Verifier
+		ok                   bool
+	}{
+		{"service and devices", serviceUser, servicePassword, v, true},
+		{"devices only", "", "", v, true},
+		{"no verifier", serviceUser, servicePassword, nil, false},
+		{"user without password", serviceUser, "", v, false},
+		{"password without user", "", servicePassword, v, false},
+		{"user name is a uuid", uuid.NewString(), servicePassword, v, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a, err := NewAuthenticator(tt.user, tt.password, tt.v)
+			if (err == nil) != tt.ok {
+				t.Fatalf("NewAuthenticator = %v, %v; want ok %v", a, err, tt.ok)
 			}
 		})
+	}
+	// Without a service user, its name is nobody's: not even the empty one.
+	a, err := NewAuthenticator("", "", v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Authenticate(t.Context(), "ingester-1", "", nil); !errors.Is(err, ErrBadCredentials) {
+		t.Fatalf("empty user name without a service user = %v, want ErrBadCredentials", err)
+	}
+}
+
+func TestIdentify(t *testing.T) {
+	a, err := NewAuthenticator(serviceUser, servicePassword, newTokens(t, pgtest.Pool(t), testIssuer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := uuid.New()
+	for _, tt := range []struct {
+		username string
+		want     Identity
+		ok       bool
+	}{
+		{serviceUser, Identity{Service: true}, true},
+		{dev.String(), Identity{DeviceID: dev}, true},
+		{strings.ToUpper(dev.String()), Identity{}, false},
+		{"{" + dev.String() + "}", Identity{}, false},
+		{"someone", Identity{}, false},
+		{"", Identity{}, false},
+	} {
+		if got, ok := a.Identify(tt.username); got != tt.want || ok != tt.ok {
+			t.Errorf("Identify(%q) = %+v, %v; want %+v, %v", tt.username, got, ok, tt.want, tt.ok)
+		}
 	}
 }
 

@@ -515,6 +515,33 @@ export interface paths {
         patch: operations["device-variable:update"];
         trace?: never;
     };
+    "/v1/devices/{deviceId}/connectivity": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Connectivity history of a device
+         * @description Each time the device connected to or disconnected from the MQTT broker,
+         *     newest first. Both events of one connection carry the same
+         *     `connection_seq`; at the same instant a disconnect is listed before the
+         *     connect of its connection. History is kept for the telemetry retention
+         *     period.
+         */
+        get: operations["device-connectivity:list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/device/v1/register": {
         parameters: {
             query?: never;
@@ -598,6 +625,66 @@ export interface paths {
         get: operations["jwks:get"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/internal/v1/mqtt/auth": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * MQTT broker hook, authentication
+         * @description An external MQTT broker (EMQX HTTP authentication) asks whether a client
+         *     may connect. Devices connect with their uuid as client id and user name
+         *     and a device token as password; the service client (the ingester) with
+         *     its own user name and password, which makes it a superuser. The answer
+         *     is the one the embedded broker would give.
+         *
+         *     Configure the broker to POST `{"clientid": "${clientid}", "username":
+         *     "${username}", "password": "${password}"}`. When the deployment sets a
+         *     hook token, send it as `Authorization: Bearer <token>`; without it the
+         *     answer is 401. A 5xx means the token could not be checked (the broker
+         *     treats it as `ignore`).
+         */
+        post: operations["mqtt-hook:authenticate"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/internal/v1/mqtt/acl": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * MQTT broker hook, authorization
+         * @description An external MQTT broker (EMQX HTTP authorization) asks whether a
+         *     connected client may publish to a topic or subscribe to a filter. A
+         *     device, named by its user name (its uuid), may publish only its own
+         *     state, telemetry, logs, events and status and subscribe only to its own
+         *     target and commands; the service client may publish targets and commands
+         *     and subscribe to what devices publish. The rules are the embedded
+         *     broker's.
+         *
+         *     Configure the broker to POST `{"clientid": "${clientid}", "username":
+         *     "${username}", "topic": "${topic}", "action": "${action}"}`, with the
+         *     hook token as for authentication.
+         */
+        post: operations["mqtt-hook:authorize"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1102,9 +1189,16 @@ export interface components {
             /** Format: uuid */
             pinned_release_id?: string;
             tags: components["schemas"]["Tags"];
-            /** @description Whether the device reported its state in the last 10 minutes. */
+            /**
+             * @description Whether the device is connected to the MQTT broker now; for a device
+             *     that has never connected over MQTT, whether it reported its state over
+             *     REST in the last 10 minutes.
+             */
             online: boolean;
-            /** Format: date-time */
+            /**
+             * Format: date-time
+             * @description When the device was last heard from, over REST or MQTT.
+             */
             last_seen_at?: string;
             reported_state?: components["schemas"]["ReportedState"];
             /** Format: date-time */
@@ -1129,6 +1223,21 @@ export interface components {
              */
             pinned_release_id?: string | null;
             tags?: components["schemas"]["Tags"];
+        };
+        ConnectivityEvent: {
+            /** @enum {string} */
+            event: "connected" | "disconnected";
+            /**
+             * Format: int64
+             * @description Numbers the device's connections; both events of one connection carry the same.
+             */
+            connection_seq: number;
+            /** Format: date-time */
+            at: string;
+        };
+        ConnectivityEventPage: {
+            items: components["schemas"]["ConnectivityEvent"][];
+            next_cursor?: string;
         };
         DeviceRegister: {
             provisioning_key: string;
@@ -1225,6 +1334,32 @@ export interface components {
             } & {
                 [key: string]: unknown;
             })[];
+        };
+        /** @description What the broker knows of a connecting client. Other fields are ignored. */
+        MqttAuthRequest: {
+            clientid: string;
+            username: string;
+            /** @description A device token, or the service client's password. */
+            password: string;
+        };
+        MqttAuthResult: {
+            /** @enum {string} */
+            result: "allow" | "deny";
+            /** @description True for the service client only; the broker then skips authorization for it. */
+            is_superuser: boolean;
+        };
+        /** @description What a connected client asks to do. Other fields are ignored. */
+        MqttAclRequest: {
+            clientid: string;
+            username: string;
+            /** @description The topic of a publish, or the filter of a subscription. */
+            topic: string;
+            /** @enum {string} */
+            action: "publish" | "subscribe";
+        };
+        MqttAclResult: {
+            /** @enum {string} */
+            result: "allow" | "deny";
         };
     };
     responses: {
@@ -2488,6 +2623,35 @@ export interface operations {
             default: components["responses"]["Problem"];
         };
     };
+    "device-connectivity:list": {
+        parameters: {
+            query?: {
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of connectivity events, newest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConnectivityEventPage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
     "device:register": {
         parameters: {
             query?: never;
@@ -2618,6 +2782,56 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["JWKS"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "mqtt-hook:authenticate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MqttAuthRequest"];
+            };
+        };
+        responses: {
+            /** @description The decision. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MqttAuthResult"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "mqtt-hook:authorize": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MqttAclRequest"];
+            };
+        };
+        responses: {
+            /** @description The decision. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MqttAclResult"];
                 };
             };
             default: components["responses"]["Problem"];
