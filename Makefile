@@ -21,7 +21,7 @@ build:
 ## run: flock-api --target=all --dev on http://127.0.0.1:8080 (Swagger UI at /docs)
 run: build
 	scripts/services.sh postgres
-	$(BIN) --target=all --dev
+	$(BIN) --target=all --dev --mqtt-listen=:1884
 
 ## services: install-if-missing and start PostgreSQL, Redis, Mosquitto
 services:

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -104,7 +105,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 	// Outside dev mode the server trusts an external OpenID Connect issuer:
 	// here a zitadel/oidc provider in this test process, reached over HTTP.
 	issuer, mint := externalIssuer(t, dbURL)
-	cmd := exec.Command(bin, "--target=all", "--http-addr=127.0.0.1:0", "--shutdown-delay=1s")
+	cmd := exec.Command(bin, "--target=all", "--http-addr=127.0.0.1:0", "--mqtt-listen=127.0.0.1:0", "--shutdown-delay=1s")
 	cmd.Env = append(os.Environ(), "FLOCK_DATABASE_URL="+dbURL, "FLOCK_DEV=", "FLOCK_LOG_FORMAT=",
 		"FLOCK_OIDC_ISSUER="+issuer, "FLOCK_OIDC_AUDIENCE=flock-e2e")
 	stderr, err := cmd.StderrPipe()
@@ -152,8 +153,8 @@ func TestBinaryEndToEnd(t *testing.T) {
 		if err != nil || resp.JSON200 == nil {
 			t.Fatalf("version: %v %d %s", err, resp.StatusCode(), resp.Body)
 		}
-		if got := resp.JSON200.Targets; len(got) != 1 || got[0] != "api" {
-			t.Errorf("targets = %v, want every target that exists: [api]", got)
+		if got := resp.JSON200.Targets; !slices.Equal(got, []string{"api", "ingester"}) {
+			t.Errorf("targets = %v, want every target that exists: [api ingester]", got)
 		}
 
 		token := mint("alice@example.com")
@@ -288,7 +289,7 @@ func externalIssuer(t *testing.T, dbURL string) (string, func(email string) stri
 func TestDevToken(t *testing.T) {
 	bin := build(t)
 	dbURL := pgtest.EmptyURL(t) // dev mode migrates it
-	cmd := exec.Command(bin, "--dev", "--http-addr=127.0.0.1:0", "--log-format=json", "--database-url", dbURL)
+	cmd := exec.Command(bin, "--dev", "--http-addr=127.0.0.1:0", "--mqtt-listen=127.0.0.1:0", "--log-format=json", "--database-url", dbURL)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

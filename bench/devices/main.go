@@ -29,9 +29,9 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/flock-io/flock-api/bench/internal/benchdb"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/app"
 	"github.com/flock-io/flock-api/internal/devicetoken"
@@ -74,7 +74,7 @@ type bench struct {
 
 func run(adminURL string, devices, requests int, duration time.Duration, concurrency int) error {
 	ctx := context.Background()
-	dbURL, drop, err := createDatabase(ctx, adminURL)
+	dbURL, drop, err := benchdb.Create(ctx, adminURL)
 	if err != nil {
 		return err
 	}
@@ -130,29 +130,6 @@ func run(adminURL string, devices, requests int, duration time.Duration, concurr
 		return nil
 	}
 	return stateBench(b, fleet, duration, concurrency)
-}
-
-func createDatabase(ctx context.Context, adminURL string) (string, func(), error) {
-	conn, err := pgx.Connect(ctx, adminURL)
-	if err != nil {
-		return "", nil, fmt.Errorf("connect to %s: %w", adminURL, err)
-	}
-	defer conn.Close(ctx)
-	raw := make([]byte, 6)
-	_, _ = rand.Read(raw)
-	name := "flock_bench_" + hex.EncodeToString(raw)
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
-		return "", nil, err
-	}
-	u, _ := url.Parse(adminURL)
-	u.Path = "/" + name
-	return u.String(), func() {
-		c, err := pgx.Connect(context.Background(), adminURL)
-		if err == nil {
-			_, _ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
-			c.Close(context.Background())
-		}
-	}, nil
 }
 
 // seed inserts the devices in one statement: registering 100,000 devices

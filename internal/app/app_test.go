@@ -15,16 +15,22 @@ import (
 func TestGraph(t *testing.T) {
 	a := app.New(&config.Config{}, nil)
 	m := a.Manager()
-	if got, want := m.Targets(), []string{"all", "api"}; !reflect.DeepEqual(got, want) {
+	if got, want := m.Targets(), []string{"all", "api", "ingester"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("targets = %v, want %v", got, want)
 	}
 	edges := map[string][]string{
-		"api":         {"config", "postgres", "metrics", "audit", "http-server"},
-		"http-server": {"config", "metrics"},
-		"audit":       {"config", "metrics"},
-		"postgres":    {"config"},
-		"metrics":     {"config"},
-		"all":         {"api"},
+		"api":             {"config", "postgres", "metrics", "audit", "http-server", "kv", "kafka", "telemetry-store", "device-tokens"},
+		"ingester":        {"config", "postgres", "metrics", "http-server", "kv", "kafka", "telemetry-store", "mqtt-broker"},
+		"mqtt-broker":     {"config", "metrics", "device-tokens"},
+		"device-tokens":   {"config", "postgres"},
+		"telemetry-store": {"config", "postgres"},
+		"kv":              {"config", "metrics"},
+		"kafka":           {"config", "metrics"},
+		"http-server":     {"config", "metrics"},
+		"audit":           {"config", "metrics"},
+		"postgres":        {"config"},
+		"metrics":         {"config"},
+		"all":             {"api", "ingester"},
 	}
 	for mod, want := range edges {
 		if got := m.Deps(mod); !reflect.DeepEqual(got, want) {
@@ -35,7 +41,7 @@ func TestGraph(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"config", "postgres", "metrics", "audit", "http-server", "api", "all"}; !reflect.DeepEqual(order, want) {
+	if want := []string{"config", "postgres", "metrics", "audit", "http-server", "kv", "kafka", "telemetry-store", "device-tokens", "api", "mqtt-broker", "ingester", "all"}; !reflect.DeepEqual(order, want) {
 		t.Errorf("all resolves to %v, want %v (the HTTP server must start after the stores it serves)", order, want)
 	}
 }
@@ -50,14 +56,14 @@ func TestMainExitCodes(t *testing.T) {
 		wantErr  string
 	}{
 		{name: "unknown target", args: []string{"--target=nope"}, wantCode: 2,
-			wantErr: `flock-api: invalid --target: unknown target "nope" (valid: all, api)`},
+			wantErr: `flock-api: invalid --target: unknown target "nope" (valid: all, api, ingester)`},
 		{name: "unknown target from env", env: map[string]string{"FLOCK_TARGET": "api,bogus"}, wantCode: 2,
-			wantErr: `flock-api: invalid FLOCK_TARGET: unknown target "bogus" (valid: all, api)`},
+			wantErr: `flock-api: invalid FLOCK_TARGET: unknown target "bogus" (valid: all, api, ingester)`},
 		{name: "bad address", env: map[string]string{"FLOCK_HTTP_ADDR": "notaport"}, wantCode: 2,
 			wantErr: `flock-api: invalid FLOCK_HTTP_ADDR: "notaport": want host:port or :port`},
 		{name: "unknown flag", args: []string{"--nope"}, wantCode: 2},
 		{name: "list targets", args: []string{"--list-targets"}, wantCode: 0,
-			wantOut: "all\n  needs: api\napi\n  needs: config, postgres, metrics, audit, http-server\n"},
+			wantOut: "all\n  needs: api, ingester\napi\n  needs: config, postgres, metrics, audit, http-server, kv, kafka, telemetry-store, device-tokens\ningester\n  needs: config, postgres, metrics, http-server, kv, kafka, telemetry-store, mqtt-broker\n"},
 		{name: "print config", args: []string{"--print-config", "--database-url=postgres://u:pw@h/db"}, wantCode: 0,
 			wantOut: `"postgres://u:xxxxx@h/db"`},
 		{name: "migrate without verb", args: []string{"migrate"}, wantCode: 2},

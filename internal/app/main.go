@@ -18,6 +18,7 @@ import (
 	"github.com/flock-io/flock-api/internal/logging"
 	"github.com/flock-io/flock-api/internal/modules"
 	"github.com/flock-io/flock-api/internal/postgres"
+	"github.com/flock-io/flock-api/internal/simulate"
 )
 
 // Exit codes.
@@ -36,6 +37,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, getenv f
 			return migrateMain(ctx, args[1:], stdout, stderr, getenv)
 		case "dev-token":
 			return devTokenMain(ctx, args[1:], stdout, stderr, getenv)
+		case "simulate":
+			return simulateMain(ctx, args[1:], stdout, stderr, getenv)
 		}
 	}
 	return serveMain(ctx, args, stdout, stderr, getenv)
@@ -53,7 +56,7 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	printConfig := fs.Bool("print-config", false, "print the effective configuration (secrets redacted), then exit")
 	version := fs.Bool("version", false, "print the version, then exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: flock-api [flags]\n       flock-api migrate up|down|status [flags]\n       flock-api dev-token --email EMAIL [--name NAME] [--ttl 12h]\n\nFlags (each also set by its environment variable):\n")
+		fmt.Fprintf(stderr, "Usage: flock-api [flags]\n       flock-api migrate up|down|status [flags]\n       flock-api dev-token --email EMAIL [--name NAME] [--ttl 12h]\n       flock-api simulate --api URL --provisioning-key KEY [--devices N] [--rate R] (see simulate --help)\n\nFlags (each also set by its environment variable):\n")
 		settings.Usage(stderr)
 		fmt.Fprintf(stderr, "  --list-targets\n  --print-config\n  --version\n")
 	}
@@ -64,7 +67,7 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		return ExitUsage
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "flock-api: unexpected argument %q (subcommands: migrate, dev-token)\n", fs.Arg(0))
+		fmt.Fprintf(stderr, "flock-api: unexpected argument %q (subcommands: migrate, dev-token, simulate)\n", fs.Arg(0))
 		return ExitUsage
 	}
 	if *version {
@@ -265,5 +268,63 @@ func devTokenMain(ctx context.Context, args []string, stdout, stderr io.Writer, 
 		return ExitError
 	}
 	fmt.Fprintln(stdout, token)
+	return ExitOK
+}
+
+// simulateMain runs simulated devices against a deployment until a signal or
+// --duration stops them, printing a summary line every --summary-every.
+func simulateMain(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	fs := flag.NewFlagSet("flock-api simulate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg := simulate.Config{Out: stdout}
+	fs.StringVar(&cfg.API, "api", "http://localhost:8080", "base URL of the flock-api deployment")
+	fs.StringVar(&cfg.ProvisioningKey, "provisioning-key", getenv("FLOCK_PROVISIONING_KEY"), "provisioning key of the fleet to join (default $FLOCK_PROVISIONING_KEY)")
+	fs.IntVar(&cfg.Devices, "devices", 10, "devices to simulate")
+	fs.Float64Var(&cfg.Rate, "rate", 10, "messages per second across all devices (state, telemetry, logs); 0 for connected idle devices")
+	fs.StringVar(&cfg.MQTTURL, "mqtt", "", "MQTT broker URL, e.g. mqtt://127.0.0.1:1883 (default: the mqtt_url registration returns)")
+	fs.DurationVar(&cfg.Duration, "duration", 0, "stop after this long (default: until interrupted)")
+	fs.DurationVar(&cfg.SummaryEvery, "summary-every", simulate.DefaultSummaryEvery, "how often to print a summary line")
+	fs.IntVar(&cfg.Concurrency, "concurrency", simulate.DefaultConcurrency, "devices registering and connecting at once")
+	fs.StringVar(&cfg.Name, "name", simulate.DefaultName, "prefix of the devices' names")
+	logLevel := fs.String("log-level", "warn", "debug, info, warn or error (logs go to stderr)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: flock-api simulate --api URL --provisioning-key KEY [flags]\n\n"+
+			"Registers simulated devices with the provisioning key, connects them over MQTT v5, publishes\n"+
+			"state, telemetry and logs at --rate, follows target nudges, and prints a summary line\n"+
+			"every --summary-every until interrupted or --duration passes.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return ExitOK
+		}
+		return ExitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "flock-api simulate: unexpected argument %q\n", fs.Arg(0))
+		return ExitUsage
+	}
+	if cfg.ProvisioningKey == "" {
+		fmt.Fprintln(stderr, "flock-api simulate: --provisioning-key (or FLOCK_PROVISIONING_KEY) is required")
+		return ExitUsage
+	}
+	if cfg.SummaryEvery <= 0 {
+		fmt.Fprintln(stderr, "flock-api simulate: --summary-every must be positive")
+		return ExitUsage
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "flock-api %v\n", err)
+		return ExitUsage
+	}
+	log, err := logging.New(stderr, "text", *logLevel)
+	if err != nil {
+		fmt.Fprintf(stderr, "flock-api simulate: --log-level: %v\n", err)
+		return ExitUsage
+	}
+	cfg.Log = log
+	if _, err := simulate.Run(ctx, cfg); err != nil {
+		fmt.Fprintf(stderr, "flock-api %v\n", err)
+		return ExitError
+	}
 	return ExitOK
 }

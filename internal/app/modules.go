@@ -9,11 +9,11 @@ import (
 	"sort"
 
 	"github.com/getkin/kin-openapi/openapi3"
-	"golang.org/x/sync/errgroup"
 	"strings"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/flock-io/flock-api/gen"
 	"github.com/flock-io/flock-api/gen/api"
@@ -23,17 +23,22 @@ import (
 	"github.com/flock-io/flock-api/internal/auth"
 	"github.com/flock-io/flock-api/internal/auth/oidcverify"
 	"github.com/flock-io/flock-api/internal/buildinfo"
+	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/config"
 	"github.com/flock-io/flock-api/internal/devicetoken"
 	"github.com/flock-io/flock-api/internal/devoidc"
 	"github.com/flock-io/flock-api/internal/docs"
 	"github.com/flock-io/flock-api/internal/httpserver"
 	"github.com/flock-io/flock-api/internal/idempotency"
+	"github.com/flock-io/flock-api/internal/kv"
 	"github.com/flock-io/flock-api/internal/metrics"
 	"github.com/flock-io/flock-api/internal/modules"
+	"github.com/flock-io/flock-api/internal/mqtt/broker"
+	"github.com/flock-io/flock-api/internal/nudge"
 	"github.com/flock-io/flock-api/internal/postgres"
 	"github.com/flock-io/flock-api/internal/reqinfo"
 	"github.com/flock-io/flock-api/internal/restapi"
+	"github.com/flock-io/flock-api/internal/telemetry"
 )
 
 // Module names. Hidden modules are plumbing; the rest are targets.
@@ -43,9 +48,15 @@ const (
 	Postgres   = "postgres"
 	Audit      = "audit"
 	HTTPServer = "http-server"
+	KV         = "kv"
+	Kafka      = "kafka"
+	Telemetry  = "telemetry-store"
+	Tokens     = "device-tokens"
+	MQTTBroker = "mqtt-broker"
 
-	API = "api"
-	All = "all"
+	API      = "api"
+	Ingester = "ingester"
+	All      = "all"
 )
 
 // deps is the whole graph in one screen. A target appears here only once it
@@ -56,10 +67,17 @@ var deps = map[string][]string{
 	Postgres:   {Config},
 	Audit:      {Config, Metrics},
 	HTTPServer: {Config, Metrics},
-	API:        {Config, Postgres, Metrics, Audit, HTTPServer},
+	KV:         {Config, Metrics},
+	Kafka:      {Config, Metrics},
+	Telemetry:  {Config, Postgres},
+	Tokens:     {Config, Postgres},
+	MQTTBroker: {Config, Metrics, Tokens},
+	API:        {Config, Postgres, Metrics, Audit, HTTPServer, KV, Kafka, Telemetry, Tokens},
+	Ingester:   {Config, Postgres, Metrics, HTTPServer, KV, Kafka, Telemetry, MQTTBroker},
 }
 
-var hidden = map[string]bool{Config: true, Metrics: true, Postgres: true, Audit: true, HTTPServer: true}
+var hidden = map[string]bool{Config: true, Metrics: true, Postgres: true, Audit: true, HTTPServer: true,
+	KV: true, Kafka: true, Telemetry: true, Tokens: true, MQTTBroker: true}
 
 // App is the state the modules of one process share as they are wired.
 type App struct {
@@ -73,6 +91,15 @@ type App struct {
 	pool    *pgxpool.Pool
 	server  *httpserver.Server
 	audit   *audit.Recorder
+
+	kv            kv.Store
+	bus           *bus.Bus
+	telemetry     telemetry.Store
+	tokens        *devicetoken.Service
+	broker        *broker.Broker
+	mqttURL       *url.URL   // where the ingester connects
+	mqttPublicURL mqttPublic // what devices are told
+	mqttPassword  string
 }
 
 // New builds the module graph for cfg.
@@ -84,7 +111,13 @@ func New(cfg *config.Config, log *slog.Logger) *App {
 		Postgres:   a.initPostgres,
 		Audit:      a.initAudit,
 		HTTPServer: a.initHTTPServer,
+		KV:         a.initKV,
+		Kafka:      a.initKafka,
+		Telemetry:  a.initTelemetry,
+		Tokens:     a.initDeviceTokens,
+		MQTTBroker: a.initMQTTBroker,
 		API:        a.initAPI,
+		Ingester:   a.initIngester,
 	}
 	var targets []string
 	for name, d := range deps {
@@ -102,6 +135,11 @@ func New(cfg *config.Config, log *slog.Logger) *App {
 func (a *App) Manager() *modules.Manager { return a.mgr }
 
 func (a *App) initConfig(context.Context) (*modules.Service, error) {
+	// An API without the broker in its process still tells devices where
+	// the broker is, when configured.
+	if a.cfg.MQTTPublicURL != "" {
+		a.mqttPublicURL.Store(a.cfg.MQTTPublicURL)
+	}
 	a.log.Info("starting flock-api", "version", buildinfo.Get().Version, "commit", buildinfo.Get().Commit,
 		"targets", strings.Join(a.targets, ","), "dev", a.cfg.Dev)
 	return nil, nil
@@ -191,20 +229,30 @@ func (a *App) initAPI(ctx context.Context) (*modules.Service, error) {
 		return nil, err
 	}
 	issuer := DeviceIssuer(a.cfg.PublicURL)
-	tokens, err := devicetoken.New(ctx, a.pool, devicetoken.Config{Issuer: issuer, TokenEndpoint: TokenEndpoint(a.cfg.PublicURL), Log: a.log})
-	if err != nil {
-		return nil, fmt.Errorf("device token keys: %w", err)
+	// The hooks an external broker calls admit the ingester with the
+	// credentials it is configured with; without a password (embedded
+	// broker) they admit no service client.
+	hookUser := ""
+	if a.cfg.MQTTPassword != "" {
+		hookUser = a.cfg.MQTTUsername
 	}
-	server := handlers.New(handlers.Deps{Pool: a.pool, Targets: a.targets, Tokens: tokens, TokenEndpoint: TokenEndpoint(a.cfg.PublicURL), Audit: a.audit})
-	MountAPI(a.server.Router(), spec, server, auth.NewAuthenticator(verifier, tokens, issuer, a.pool, a.log), guard,
+	mqttAuth, err := broker.NewAuthenticator(hookUser, a.cfg.MQTTPassword, a.tokens)
+	if err != nil {
+		return nil, fmt.Errorf("FLOCK_MQTT_USERNAME: %w", err)
+	}
+	nudges := nudge.New(a.pool, a.bus, a.log, a.metrics.Registry)
+	server := handlers.New(handlers.Deps{Pool: a.pool, Targets: a.targets, Tokens: a.tokens,
+		TokenEndpoint: TokenEndpoint(a.cfg.PublicURL), Audit: a.audit, MQTTURL: a.mqttPublicURL.Load,
+		KV: a.kv, Telemetry: a.telemetry, MQTTAuth: mqttAuth, MQTTHookToken: a.cfg.MQTTHookToken, Nudge: nudges})
+	MountAPI(a.server.Router(), spec, server, auth.NewAuthenticator(verifier, a.tokens, issuer, a.pool, a.log), guard,
 		idempotency.Middleware(a.pool, auth.NameOf))
 	docs.Mount(a.server.Router())
-	// Background work of the API: rotating the device-token signing key and
-	// forgetting spent assertion ids; forgetting day-old idempotency keys.
+	// Background work of the API: telling devices their targets changed;
+	// forgetting day-old idempotency keys.
 	janitor := idempotency.Janitor(a.pool, a.log)
 	return &modules.Service{Run: func(ctx context.Context) error {
 		g, ctx := errgroup.WithContext(ctx)
-		g.Go(func() error { return tokens.Run(ctx) })
+		g.Go(func() error { return nudges.Run(ctx) })
 		g.Go(func() error { return janitor(ctx) })
 		return g.Wait()
 	}}, nil
@@ -284,6 +332,14 @@ func MountAPI(r chi.Router, spec *openapi3.T, s api.StrictServerInterface, authn
 		handler = between[i](handler)
 	}
 	handler = authn.Middleware(handler)
+	// The MQTT hooks carry the broker's hook token, not a user's or a
+	// device's, in Authorization: their gate checks and removes it before
+	// the authenticator would refuse it.
+	if g, ok := s.(interface {
+		Gate(http.Handler) http.Handler
+	}); ok {
+		handler = g.Gate(handler)
+	}
 	for _, p := range restapi.Prefixes(spec) {
 		r.Handle(p+"/*", handler)
 	}

@@ -26,6 +26,8 @@ const (
 	TopicDeviceConnectivity = "flock.device.connectivity.v1"
 	TopicDeviceEvents       = "flock.device.events.v1"
 	TopicDeviceCommands     = "flock.device.commands.v1"
+	TopicDeviceTelemetry    = "flock.device.telemetry.v1"
+	TopicDeviceLogs         = "flock.device.logs.v1"
 )
 
 // AllTopics are the topics Open makes sure exist.
@@ -34,6 +36,8 @@ var AllTopics = []string{
 	TopicDeviceConnectivity,
 	TopicDeviceEvents,
 	TopicDeviceCommands,
+	TopicDeviceTelemetry,
+	TopicDeviceLogs,
 }
 
 // ErrClosed is returned by Consume when the Bus was closed under it.

@@ -31,6 +31,20 @@ type Config struct {
 	OIDCIssuer    string
 	OIDCAudience  string
 	LokiURL       string
+
+	RedisURL      string
+	KafkaBrokers  string
+	ClickHouseURL string
+
+	MQTTURL           string
+	MQTTListen        string
+	MQTTPublicURL     string
+	MQTTUsername      string
+	MQTTPassword      string
+	MQTTHookToken     string
+	MQTTDeviceRate    float64
+	IngestBatchSize   int
+	IngestFlushPeriod time.Duration
 }
 
 // Setting describes one configurable value.
@@ -86,6 +100,18 @@ func Register(fs *flag.FlagSet) *Settings {
 	add("oidc-issuer", "", "OpenID Connect issuer of user tokens (Zitadel); required outside dev mode", (*stringValue)(&c.OIDCIssuer), false)
 	add("oidc-audience", "", "audience user tokens must carry (Zitadel: the project id); required with an issuer", (*stringValue)(&c.OIDCAudience), false)
 	add("loki-url", "", "Loki push endpoint (http://loki:3100/loki/api/v1/push) that also receives the audit log; unset = PostgreSQL only", (*stringValue)(&c.LokiURL), true)
+	add("redis-url", "", "Redis for live device state (redis://host:6379/0); unset = in-process store", (*stringValue)(&c.RedisURL), true)
+	add("kafka-brokers", "", "Kafka seed brokers, comma separated (host:9092,...); unset = in-process kfake cluster", (*stringValue)(&c.KafkaBrokers), false)
+	add("clickhouse-url", "", "ClickHouse for telemetry, logs and connectivity (clickhouse://host:9000/flock); unset = PostgreSQL tables", (*stringValue)(&c.ClickHouseURL), true)
+	add("mqtt-url", "", "external MQTT broker the ingester subscribes to (mqtt://host:1883 or mqtts://...); unset = embedded broker", (*stringValue)(&c.MQTTURL), false)
+	add("mqtt-listen", ":1883", "listen address of the embedded MQTT broker (when --mqtt-url is unset)", (*stringValue)(&c.MQTTListen), false)
+	add("mqtt-public-url", "", "MQTT URL devices are told at registration; unset = the embedded broker's port on the public URL's host", (*stringValue)(&c.MQTTPublicURL), false)
+	add("mqtt-username", "flock-ingester", "MQTT user name of the ingester (the broker's trusted service user)", (*stringValue)(&c.MQTTUsername), false)
+	add("mqtt-password", "", "MQTT password of the ingester; required with --mqtt-url, random per process for the embedded broker", (*stringValue)(&c.MQTTPassword), true)
+	add("mqtt-hook-token", "", "bearer token an external broker must send to /internal/v1/mqtt/*; unset = those hooks are open (restrict them at the network)", (*stringValue)(&c.MQTTHookToken), true)
+	add("mqtt-device-rate", "20", "messages per second each device may publish to the embedded broker (burst: twice that)", (*floatValue)(&c.MQTTDeviceRate), false)
+	add("ingest-batch-size", "500", "most messages the ingester writes in one batch", (*intValue)(&c.IngestBatchSize), false)
+	add("ingest-flush-period", "100ms", "longest a message waits in the ingester for its batch to fill", (*durationValue)(&c.IngestFlushPeriod), false)
 	add("shutdown-delay", "0s", "how long /readyz reports 503 before draining starts (give load balancers time to notice)", (*durationValue)(&c.ShutdownDelay), false)
 	return s
 }
@@ -169,6 +195,47 @@ func (s *Settings) validate() error {
 	}
 	if err := checkHTTPURL(c.LokiURL, false); err != nil {
 		return &Error{Setting: s.name("loki-url"), Err: err}
+	}
+	if c.RedisURL != "" {
+		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
+			return &Error{Setting: s.name("redis-url"), Err: errors.New("want a redis:// or rediss:// URL")}
+		}
+	}
+	for _, b := range c.KafkaSeeds() {
+		if _, _, err := net.SplitHostPort(b); err != nil {
+			return &Error{Setting: s.name("kafka-brokers"), Err: fmt.Errorf("%q: want host:port", b)}
+		}
+	}
+	if c.ClickHouseURL != "" {
+		if u, err := url.Parse(c.ClickHouseURL); err != nil || u.Scheme != "clickhouse" || u.Host == "" {
+			return &Error{Setting: s.name("clickhouse-url"), Err: errors.New("want a clickhouse://host:9000/database URL (native protocol)")}
+		}
+	}
+	for name, v := range map[string]string{"mqtt-url": c.MQTTURL, "mqtt-public-url": c.MQTTPublicURL} {
+		if v == "" {
+			continue
+		}
+		if u, err := url.Parse(v); err != nil || (u.Scheme != "mqtt" && u.Scheme != "mqtts" && u.Scheme != "tcp" && u.Scheme != "ssl" && u.Scheme != "tls") || u.Host == "" {
+			return &Error{Setting: s.name(name), Err: fmt.Errorf("%q: want mqtt://host:port or mqtts://host:port", v)}
+		}
+	}
+	if err := checkListenAddr(c.MQTTListen); err != nil {
+		return &Error{Setting: s.name("mqtt-listen"), Err: err}
+	}
+	if c.MQTTUsername == "" {
+		return &Error{Setting: s.name("mqtt-username"), Err: errors.New("required")}
+	}
+	if c.MQTTURL != "" && c.MQTTPassword == "" {
+		return &Error{Setting: s.name("mqtt-password"), Err: errors.New("required with an external broker (--mqtt-url)")}
+	}
+	if c.MQTTDeviceRate <= 0 {
+		return &Error{Setting: s.name("mqtt-device-rate"), Err: errors.New("must be positive")}
+	}
+	if c.IngestBatchSize < 1 {
+		return &Error{Setting: s.name("ingest-batch-size"), Err: errors.New("must be positive")}
+	}
+	if c.IngestFlushPeriod <= 0 {
+		return &Error{Setting: s.name("ingest-flush-period"), Err: errors.New("must be positive")}
 	}
 	if c.ShutdownDelay < 0 {
 		return &Error{Setting: s.name("shutdown-delay"), Err: errors.New("must not be negative")}
@@ -313,4 +380,39 @@ func (b *ByteSize) String() string {
 		return strconv.FormatInt(n>>10, 10) + "KiB"
 	}
 	return strconv.FormatInt(n, 10)
+}
+
+type intValue int
+
+func (v *intValue) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return fmt.Errorf("%q: want a whole number", s)
+	}
+	*v = intValue(n)
+	return nil
+}
+func (v *intValue) String() string { return strconv.Itoa(int(*v)) }
+
+type floatValue float64
+
+func (v *floatValue) Set(s string) error {
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return fmt.Errorf("%q: want a number", s)
+	}
+	*v = floatValue(f)
+	return nil
+}
+func (v *floatValue) String() string { return strconv.FormatFloat(float64(*v), 'g', -1, 64) }
+
+// KafkaSeeds splits KafkaBrokers; nil means the embedded cluster.
+func (c *Config) KafkaSeeds() []string {
+	var out []string
+	for _, b := range strings.Split(c.KafkaBrokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			out = append(out, b)
+		}
+	}
+	return out
 }

@@ -326,10 +326,30 @@ func (h *hook) ID() string { return "flock" }
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
-		mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketEncode:
+		mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnPacketRead:
 		return true
 	}
 	return false
+}
+
+// OnPacketRead repairs mochi's accounting of a client's Receive Maximum.
+// When a client has as many QoS 1 messages unacknowledged as it allows,
+// mochi parks the next ones; then, as packets come in, it sends a parked
+// message and at once deletes it from the client's inflight store, so the
+// client's PUBACK for it finds nothing and mochi never gives the slot back.
+// A subscriber that acknowledges late, as the ingester does by design, would
+// lose a slot per parked message until deliveries stopped altogether
+// (measured: a plain subscriber with Receive Maximum 64 stalled after about
+// a thousand messages). A PUBACK for a packet id mochi no longer holds is
+// such a message, and returns its slot here; mochi caps the quota at the
+// client's maximum, so a stray PUBACK cannot inflate it.
+func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Puback {
+		if _, ok := cl.State.Inflight.Get(pk.PacketID); !ok {
+			cl.State.Inflight.IncreaseSendQuota()
+		}
+	}
+	return pk, nil
 }
 
 // OnConnect authenticates. A non-nil error makes mochi end the connection

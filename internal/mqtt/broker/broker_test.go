@@ -993,3 +993,67 @@ func holdIdleClients(t *testing.T, file string) {
 	fmt.Println("ready")
 	_, _ = io.Copy(io.Discard, os.Stdin)
 }
+
+// A subscriber that acknowledges late, with a small Receive Maximum, gets
+// every message: mochi parks what exceeds the window, and the hook returns
+// each slot its PUBACK frees (without it mochi stalls, see OnPacketRead).
+func TestReceiveMaximumWithLateAcks(t *testing.T) {
+	t.Parallel()
+	e := start(t, func(c *Config) { c.MessagesPerSecond = 10000; c.Burst = 10000 })
+	dev, tok := e.device()
+	d := e.connectDevice(dev, tok)
+
+	conn, err := net.Dial("tcp", e.broker.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *paho.Publish, 1000)
+	var sub *paho.Client
+	sub = paho.NewClient(paho.ClientConfig{
+		Conn:                       conn,
+		EnableManualAcknowledgment: true,
+		SendAcksInterval:           time.Millisecond,
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			got <- pr.Packet
+			return true, nil
+		}},
+	})
+	recvMax := uint16(4)
+	ca, err := sub.Connect(t.Context(), &paho.Connect{ClientID: "late-acker", CleanStart: true, KeepAlive: 30,
+		UsernameFlag: true, Username: serviceUser, PasswordFlag: true, Password: []byte(servicePassword),
+		Properties: &paho.ConnectProperties{ReceiveMaximum: &recvMax}})
+	if err != nil || ca.ReasonCode != 0 {
+		t.Fatalf("connect: %v %v", ca, err)
+	}
+	t.Cleanup(func() { _ = sub.Disconnect(&paho.Disconnect{}) })
+	if _, err := sub.Subscribe(t.Context(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "flock/v1/devices/+/telemetry", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+
+	const n = 200
+	for i := range n {
+		if code := d.publish(t, topic(dev, "telemetry"), fmt.Sprint(i)); code != 0 {
+			t.Fatalf("publish %d: PUBACK %#x", i, code)
+		}
+	}
+	// Acknowledge in batches of the window, as the ingester does.
+	seen := map[string]bool{}
+	var held []*paho.Publish
+	for len(seen) < n {
+		select {
+		case p := <-got:
+			seen[string(p.Payload)] = true
+			held = append(held, p)
+			if len(held) == int(recvMax) {
+				for _, h := range held {
+					if err := sub.Ack(h); err != nil {
+						t.Fatal(err)
+					}
+				}
+				held = held[:0]
+			}
+		case <-time.After(wait):
+			t.Fatalf("received %d of %d messages, then nothing", len(seen), n)
+		}
+	}
+}

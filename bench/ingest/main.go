@@ -1,0 +1,550 @@
+// Command ingest measures the device data path in one run:
+//
+//  1. fan-in: simulated devices (the simulator's payload mix: telemetry,
+//     logs and state) publish at QoS 1 as fast as PUBACKs come back to the
+//     embedded broker, and one plain QoS 1 subscriber counts what it gets;
+//
+//  2. end to end: the same publishers, with the ingester writing to the KV
+//     store, the telemetry store (PostgreSQL) and Kafka (kfake); counted as
+//     records arriving on Kafka, with the latency from the time in a
+//     message (its samples' or lines' ts, set when it is built, just before
+//     publishing) to the record's arrival on Kafka;
+//
+//  3. connections: N devices connect at once (from a child process, so their
+//     memory is not counted) and hold idle connections; it reports the time
+//     until all are connected and the broker's heap and stack per connection.
+//
+//     go run ./bench/ingest [-publishers 100] [-duration 10s] [-connections 10000] [-redis]
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/flock-io/flock-api/bench/internal/benchdb"
+	"github.com/flock-io/flock-api/internal/bus"
+	"github.com/flock-io/flock-api/internal/devicetoken"
+	"github.com/flock-io/flock-api/internal/events"
+	"github.com/flock-io/flock-api/internal/ingester"
+	"github.com/flock-io/flock-api/internal/kv"
+	"github.com/flock-io/flock-api/internal/mqtt/broker"
+	"github.com/flock-io/flock-api/internal/postgres"
+	"github.com/flock-io/flock-api/internal/simulate"
+	"github.com/flock-io/flock-api/internal/telemetry"
+)
+
+const (
+	serviceUser     = "flock-ingester"
+	servicePassword = "bench-password"
+	issuer          = "http://flock.bench"
+	childEnv        = "FLOCK_BENCH_CLIENTS"
+)
+
+type options struct {
+	admin       string
+	publishers  int
+	duration    time.Duration
+	warmup      time.Duration
+	connections int
+	deviceRate  float64
+	redis       string
+}
+
+func main() {
+	if file := os.Getenv(childEnv); file != "" {
+		if err := holdClients(file); err != nil {
+			fmt.Fprintln(os.Stderr, "clients:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	var o options
+	flag.StringVar(&o.admin, "database-url", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "PostgreSQL server to create the benchmark database on")
+	flag.IntVar(&o.publishers, "publishers", 100, "simulated devices publishing")
+	flag.DurationVar(&o.duration, "duration", 10*time.Second, "how long each rate is measured")
+	flag.DurationVar(&o.warmup, "warmup", 2*time.Second, "publishing before each measurement starts")
+	flag.IntVar(&o.connections, "connections", 10000, "idle devices to connect at once (0 skips)")
+	flag.Float64Var(&o.deviceRate, "device-rate", 1000, "the broker's per-device rate limit, messages/s (the production default is 20; raised so publishers are limited by PUBACKs)")
+	flag.StringVar(&o.redis, "redis", "", "Redis URL for the KV store (default: in-process)")
+	flag.Parse()
+	if err := run(o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench/ingest:", err)
+		os.Exit(1)
+	}
+}
+
+func run(o options) error {
+	ctx := context.Background()
+	log := slog.New(slog.DiscardHandler)
+	dbURL, drop, err := benchdb.Create(ctx, o.admin)
+	if err != nil {
+		return err
+	}
+	defer drop()
+	pool, err := postgres.Open(ctx, dbURL)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	m, err := postgres.NewMigrator(pool, log)
+	if err != nil {
+		return err
+	}
+	if _, err := m.Up(ctx); err != nil {
+		return err
+	}
+	m.Close()
+	tokens, err := devicetoken.New(ctx, pool, devicetoken.Config{Issuer: issuer, Log: log})
+	if err != nil {
+		return err
+	}
+	org, fleet := uuid.New(), uuid.New()
+	if _, err := pool.Exec(ctx, `INSERT INTO orgs (id, name) VALUES ($1, 'bench')`, org); err != nil {
+		return err
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO fleets (id, org_id, name, architecture) VALUES ($1, $2, 'bench', 'amd64')`, fleet, org); err != nil {
+		return err
+	}
+	devs := make([]cred, o.publishers)
+	for i := range devs {
+		id := uuid.New()
+		if _, err := pool.Exec(ctx, `INSERT INTO devices (id, org_id, fleet_id, name, device_type, architecture, public_key)
+			VALUES ($1, $2, $3, $4, 'generic-amd64', 'amd64', $5)`, id, org, fleet, fmt.Sprintf("bench-%d", i), make([]byte, 32)); err != nil {
+			return err
+		}
+		tok, _, err := tokens.Issue(ctx, id, org, fleet)
+		if err != nil {
+			return err
+		}
+		devs[i] = cred{id: id, token: tok}
+	}
+	fmt.Printf("machine: %d CPUs, %s; %d publishers at QoS 1, broker limit %.0f msg/s per device\n",
+		runtime.NumCPU(), runtime.Version(), o.publishers, o.deviceRate)
+
+	fanIn, size, err := measureFanIn(ctx, o, tokens, devs)
+	if err != nil {
+		return fmt.Errorf("fan-in: %w", err)
+	}
+	fmt.Printf("(a) broker fan-in, plain subscriber: %.0f messages/s (mean payload %d bytes)\n", fanIn, size)
+
+	e2e, lat, err := measureEndToEnd(ctx, o, pool, tokens, devs)
+	if err != nil {
+		return fmt.Errorf("end to end: %w", err)
+	}
+	fmt.Printf("(b) end to end, publish to KV + telemetry store + Kafka: %.0f messages/s\n", e2e)
+	fmt.Printf("    ratio b/a: %.2f\n", e2e/fanIn)
+	fmt.Printf("    publish to Kafka latency over %d messages: p50 %s, p99 %s, max %s\n",
+		len(lat), pct(lat, 0.50), pct(lat, 0.99), pct(lat, 1))
+
+	if o.connections > 0 {
+		if err := measureConnections(ctx, o, pool, tokens); err != nil {
+			return fmt.Errorf("connections: %w", err)
+		}
+	}
+	return nil
+}
+
+type cred struct {
+	id    uuid.UUID
+	token string
+}
+
+func newBroker(o options, tokens *devicetoken.Service) (*broker.Broker, func(), error) {
+	br, err := broker.New(broker.Config{
+		Listen: "127.0.0.1:0", ServiceUsername: serviceUser, ServicePassword: servicePassword,
+		MessagesPerSecond: o.deviceRate, Burst: int(2 * o.deviceRate), Log: slog.New(slog.DiscardHandler),
+	}, tokens)
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = br.Run(ctx) }()
+	return br, func() { cancel(); <-done }, nil
+}
+
+// publishers run one QoS 1 publisher per device, each sending the
+// simulator's mix as fast as its PUBACKs return, until stop is closed.
+func publishers(addr string, devs []cred, stop <-chan struct{}, sent *atomic.Int64, bytes *atomic.Int64) (func(), error) {
+	var wg sync.WaitGroup
+	clients := make([]*paho.Client, 0, len(devs))
+	for i, d := range devs {
+		c, err := dialDevice(addr, d)
+		if err != nil {
+			return nil, err
+		}
+		clients = append(clients, c)
+		p := simulate.NewPayloads(d.id, uint64(i+1))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				kind, payload := p.Next()
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				res, err := c.Publish(ctx, &paho.Publish{Topic: simulate.Topic(d.id, kind), QoS: 1, Payload: payload})
+				cancel()
+				if err == nil && res != nil && res.ReasonCode >= 0x80 {
+					err = fmt.Errorf("PUBACK reason %#x", res.ReasonCode)
+				}
+				if err != nil {
+					select {
+					case <-stop:
+					default:
+						fmt.Fprintf(os.Stderr, "publisher %s: %v\n", d.id, err)
+					}
+					return
+				}
+				sent.Add(1)
+				bytes.Add(int64(len(payload)))
+			}
+		}()
+	}
+	return func() {
+		wg.Wait()
+		for _, c := range clients {
+			_ = c.Disconnect(&paho.Disconnect{})
+		}
+	}, nil
+}
+
+func dialDevice(addr string, d cred) (*paho.Client, error) {
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c := paho.NewClient(paho.ClientConfig{Conn: conn})
+	ca, err := c.Connect(context.Background(), &paho.Connect{
+		ClientID: d.id.String(), CleanStart: true, KeepAlive: 60,
+		UsernameFlag: true, Username: d.id.String(), PasswordFlag: true, Password: []byte(d.token),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if ca.ReasonCode != 0 {
+		return nil, fmt.Errorf("device %s refused: %#x", d.id, ca.ReasonCode)
+	}
+	return c, nil
+}
+
+// window counts how much counter grows over duration after warmup.
+func window(o options, counter func() int64) float64 {
+	time.Sleep(o.warmup)
+	start, t0 := counter(), time.Now()
+	time.Sleep(o.duration)
+	return float64(counter()-start) / time.Since(t0).Seconds()
+}
+
+func measureFanIn(ctx context.Context, o options, tokens *devicetoken.Service, devs []cred) (float64, int, error) {
+	br, stopBroker, err := newBroker(o, tokens)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer stopBroker()
+	var got atomic.Int64
+	conn, err := net.Dial("tcp", br.Addr())
+	if err != nil {
+		return 0, 0, err
+	}
+	sub := paho.NewClient(paho.ClientConfig{Conn: conn, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+		func(paho.PublishReceived) (bool, error) { got.Add(1); return true, nil },
+	}})
+	// The same window the ingester announces: the embedded broker queues at
+	// most 64 messages per client and drops beyond that.
+	recvMax := uint16(64)
+	if _, err := sub.Connect(ctx, &paho.Connect{ClientID: "bench-subscriber", CleanStart: true, KeepAlive: 60,
+		UsernameFlag: true, Username: serviceUser, PasswordFlag: true, Password: []byte(servicePassword),
+		Properties: &paho.ConnectProperties{ReceiveMaximum: &recvMax}}); err != nil {
+		return 0, 0, err
+	}
+	defer sub.Disconnect(&paho.Disconnect{})
+	var subs []paho.SubscribeOptions
+	for _, k := range []string{"state", "telemetry", "logs"} {
+		subs = append(subs, paho.SubscribeOptions{Topic: "flock/v1/devices/+/" + k, QoS: 1})
+	}
+	if _, err := sub.Subscribe(ctx, &paho.Subscribe{Subscriptions: subs}); err != nil {
+		return 0, 0, err
+	}
+	stop := make(chan struct{})
+	var sent, bytes atomic.Int64
+	wait, err := publishers(br.Addr(), devs, stop, &sent, &bytes)
+	if err != nil {
+		return 0, 0, err
+	}
+	rate := window(o, got.Load)
+	fmt.Fprintf(os.Stderr, "debug: sent %d got %d\n", sent.Load(), got.Load())
+	close(stop)
+	wait()
+	size := 0
+	if n := sent.Load(); n > 0 {
+		size = int(bytes.Load() / n)
+	}
+	return rate, size, nil
+}
+
+func measureEndToEnd(ctx context.Context, o options, pool *pgxpool.Pool, tokens *devicetoken.Service, devs []cred) (float64, []time.Duration, error) {
+	br, stopBroker, err := newBroker(o, tokens)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer stopBroker()
+	var store kv.Store = kv.NewMemory()
+	if o.redis != "" {
+		r, err := kv.NewRedis(ctx, o.redis)
+		if err != nil {
+			return 0, nil, err
+		}
+		store = r
+	}
+	defer store.Close()
+	b, err := bus.Open(ctx, bus.Config{Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return 0, nil, err
+	}
+	defer b.Close()
+	v, err := events.NewValidator()
+	if err != nil {
+		return 0, nil, err
+	}
+	ing, err := ingester.New(ingester.Config{
+		Broker: &url.URL{Scheme: "mqtt", Host: br.Addr()}, Username: serviceUser, Password: servicePassword,
+		ClientID: "bench-ingester", Log: slog.New(slog.DiscardHandler),
+	}, ingester.Deps{KV: store, Telemetry: telemetry.NewPostgres(pool), Bus: b, Pool: pool, Validator: v})
+	if err != nil {
+		return 0, nil, err
+	}
+	ictx, stopIngester := context.WithCancel(ctx)
+	ingDone := make(chan error, 1)
+	go func() { ingDone <- ing.Run(ictx) }()
+	defer func() { stopIngester(); <-ingDone }()
+	for ing.Ready(ctx) != nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	var arrived atomic.Int64
+	var mu sync.Mutex
+	var lat []time.Duration
+	measuring := atomic.Bool{}
+	cctx, stopConsumer := context.WithCancel(ctx)
+	consDone := make(chan struct{})
+	go func() {
+		defer close(consDone)
+		_ = b.Consume(cctx, "bench", []string{bus.TopicDeviceState, bus.TopicDeviceTelemetry, bus.TopicDeviceLogs},
+			func(_ context.Context, recs []bus.Record) error {
+				now := time.Now()
+				arrived.Add(int64(len(recs)))
+				if !measuring.Load() {
+					return nil
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				for _, r := range recs {
+					if t, ok := sentAt(r); ok {
+						lat = append(lat, now.Sub(t))
+					}
+				}
+				return nil
+			})
+	}()
+	defer func() { stopConsumer(); <-consDone }()
+
+	stop := make(chan struct{})
+	var sent, bytes atomic.Int64
+	wait, err := publishers(br.Addr(), devs, stop, &sent, &bytes)
+	if err != nil {
+		return 0, nil, err
+	}
+	time.Sleep(o.warmup)
+	measuring.Store(true)
+	rate := window(options{duration: o.duration}, arrived.Load)
+	measuring.Store(false)
+	close(stop)
+	wait()
+	mu.Lock()
+	defer mu.Unlock()
+	slices.Sort(lat)
+	return rate, lat, nil
+}
+
+// sentAt reads the time a telemetry or log record's message was built.
+func sentAt(r bus.Record) (time.Time, bool) {
+	var v struct {
+		Samples []struct {
+			TS string `json:"ts"`
+		} `json:"samples"`
+		Entries []struct {
+			TS string `json:"ts"`
+		} `json:"entries"`
+	}
+	if json.Unmarshal(r.Value, &v) != nil {
+		return time.Time{}, false
+	}
+	var ts string
+	switch {
+	case len(v.Samples) > 0:
+		ts = v.Samples[len(v.Samples)-1].TS
+	case len(v.Entries) > 0:
+		ts = v.Entries[len(v.Entries)-1].TS
+	default:
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, ts)
+	return t, err == nil
+}
+
+func pct(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	i := int(float64(len(d)-1) * p)
+	return d[i].Round(10 * time.Microsecond)
+}
+
+func measureConnections(ctx context.Context, o options, pool *pgxpool.Pool, tokens *devicetoken.Service) error {
+	org, fleet := uuid.New(), uuid.New()
+	var list strings.Builder
+	for range o.connections {
+		id := uuid.New()
+		tok, _, err := tokens.Issue(ctx, id, org, fleet)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&list, "%s %s\n", id, tok)
+	}
+	br, stopBroker, err := newBroker(o, tokens)
+	if err != nil {
+		return err
+	}
+	defer stopBroker()
+	file, err := os.CreateTemp("", "flock-bench-clients-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(file.Name())
+	if _, err := file.WriteString(br.Addr() + "\n" + list.String()); err != nil {
+		return err
+	}
+	file.Close()
+	before := settled()
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), childEnv+"="+file.Name())
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer func() { stdin.Close(); _ = cmd.Wait() }()
+	sc := bufio.NewScanner(stdout)
+	var report string
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "ready ") {
+			report = strings.TrimPrefix(sc.Text(), "ready ")
+			break
+		}
+	}
+	if report == "" {
+		return fmt.Errorf("client process did not connect its devices")
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	after := settled()
+	heap := float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / float64(o.connections)
+	stack := float64(int64(after.StackInuse)-int64(before.StackInuse)) / float64(o.connections)
+	fmt.Printf("(c) %d devices connecting at once (token check included): all connected in %s\n", o.connections, report)
+	fmt.Printf("    broker memory per idle connection: %.1f KB (heap %.1f KB + goroutine stacks %.1f KB)\n",
+		(heap+stack)/1024, heap/1024, stack/1024)
+	return nil
+}
+
+func settled() runtime.MemStats {
+	var m runtime.MemStats
+	for range 6 {
+		runtime.GC()
+	}
+	runtime.ReadMemStats(&m)
+	return m
+}
+
+// holdClients is the child process: it connects every listed device at
+// once (bounded by the listen backlog), prints "ready <elapsed>" and holds
+// the connections until stdin closes.
+func holdClients(file string) error {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	addr := lines[0]
+	creds := lines[1:]
+	clients := make([]*paho.Client, len(creds))
+	errs := make(chan error, len(creds))
+	start := time.Now()
+	var wg sync.WaitGroup
+	// Enough concurrent dialers to keep the broker's accept queue full
+	// without running into the listen backlog.
+	sem := make(chan struct{}, 256)
+	for i, l := range creds {
+		id, tok, _ := strings.Cut(l, " ")
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			var c *paho.Client
+			var err error
+			for attempt := 0; attempt < 5; attempt++ {
+				c, err = dialDevice(addr, cred{id: uuid.MustParse(id), token: tok})
+				if err == nil {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if err != nil {
+				errs <- err
+				return
+			}
+			clients[i] = c
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return err
+	}
+	fmt.Printf("ready %s\n", time.Since(start).Round(time.Millisecond))
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return nil
+}

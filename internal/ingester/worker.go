@@ -1,0 +1,520 @@
+package ingester
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/google/uuid"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/flock-io/flock-api/gen/db"
+	ev "github.com/flock-io/flock-api/gen/events"
+	"github.com/flock-io/flock-api/internal/bus"
+	"github.com/flock-io/flock-api/internal/events"
+	"github.com/flock-io/flock-api/internal/livestate"
+	"github.com/flock-io/flock-api/internal/telemetry"
+)
+
+// Topic layout (asyncapi/flock.yaml).
+const topicPrefix = "flock/v1/devices/"
+
+// Kinds of device-to-cloud messages, as the topic's last level names them.
+const (
+	kindState     = "state"
+	kindTelemetry = "telemetry"
+	kindLogs      = "logs"
+	kindEvents    = "events"
+	kindStatus    = "status"
+)
+
+var deviceKinds = []string{kindState, kindTelemetry, kindLogs, kindEvents, kindStatus}
+
+// Reasons a message is dropped, for flock_ingest_dropped_total. A fixed set,
+// so devices cannot grow the label space.
+const (
+	dropTopic      = "topic"
+	dropTooLarge   = "too_large"
+	dropMalformed  = "malformed_json"
+	dropSchema     = "schema"
+	dropUnknown    = "unknown_device"
+	dropBadContent = "bad_content"
+)
+
+var dropReasons = []string{dropTopic, dropTooLarge, dropMalformed, dropSchema, dropUnknown, dropBadContent}
+
+// touchEvery: a device's last_seen_at in PostgreSQL is refreshed at most
+// this often; the KV store and the connectivity history are exact.
+const touchEvery = 30 * time.Second
+
+// item is one accepted message, decoded, waiting for its batch.
+type item struct {
+	device uuid.UUID
+	kind   string
+	at     time.Time
+	raw    []byte
+
+	state     *ev.ReportedState
+	samples   []ev.TelemetrySample
+	logs      []ev.LogEntry
+	event     *ev.UpdateEvent
+	status    *ev.ConnectionStatus
+	statusSeq int64
+}
+
+// worker batches the messages of one connection and writes them.
+type worker struct {
+	in  *Ingester
+	log *slog.Logger
+
+	pending []received // to acknowledge once the batch is written, in order
+	items   []item
+	first   time.Time
+	qos1    int
+	timer   *time.Timer
+	current *paho.Client // the connection the newest message came in on
+}
+
+func (in *Ingester) newWorker(log *slog.Logger) *worker {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &worker{in: in, log: log, timer: t}
+}
+
+// run takes messages until ctx ends, then writes what it holds.
+func (w *worker) run(ctx context.Context, inbox <-chan received) error {
+	for {
+		var tick <-chan time.Time
+		if len(w.pending) > 0 {
+			tick = w.timer.C
+		}
+		select {
+		case <-ctx.Done():
+			return w.drain(inbox)
+		case m := <-inbox:
+			w.add(m)
+			if len(w.items) >= w.in.cfg.BatchSize || w.qos1 >= int(w.in.cfg.ReceiveMaximum) {
+				if err := w.flush(ctx); err != nil {
+					return w.drain(inbox)
+				}
+			}
+		case <-tick:
+			if err := w.flush(ctx); err != nil {
+				return w.drain(inbox)
+			}
+		}
+	}
+}
+
+// drain writes and acknowledges everything already received, within
+// drainTimeout. What it cannot write stays unacknowledged.
+func (w *worker) drain(inbox <-chan received) error {
+	for {
+		select {
+		case m := <-inbox:
+			w.add(m)
+			continue
+		default:
+		}
+		break
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	if err := w.flush(ctx); err != nil {
+		return fmt.Errorf("ingester: %d messages not written at shutdown (the broker redelivers them): %w", len(w.pending), err)
+	}
+	return nil
+}
+
+// add decodes m into the batch, or drops it.
+func (w *worker) add(m received) {
+	w.current = m.client
+	it, reason, err := w.decode(m)
+	if err != nil {
+		w.drop(m, it.device, reason, err)
+		w.ack(m)
+		return
+	}
+	if len(w.pending) == 0 {
+		w.first = m.at
+		w.timer.Reset(w.in.cfg.FlushPeriod)
+	}
+	w.pending = append(w.pending, m)
+	if m.pub.QoS > 0 {
+		w.qos1++
+	}
+	w.items = append(w.items, it)
+	w.in.metrics.received.WithLabelValues(it.kind).Inc()
+}
+
+func (w *worker) drop(m received, device uuid.UUID, reason string, err error) {
+	w.in.metrics.dropped.WithLabelValues(reason).Inc()
+	attrs := []any{"reason", reason, "topic", truncate(m.pub.Topic), "error", err}
+	if device != uuid.Nil {
+		attrs = append(attrs, "device", device.String())
+	}
+	w.log.Warn("ingester dropped a message", attrs...)
+}
+
+// ack acknowledges m on the connection it came in on. After a reconnect
+// paho's session belongs to the new connection and the broker redelivers
+// what the old one left unacknowledged, so acknowledging there is skipped.
+func (w *worker) ack(m received) {
+	if m.pub.QoS == 0 || m.client != w.current {
+		return
+	}
+	if err := m.client.Ack(m.pub); err != nil {
+		w.log.Debug("ingester: ack", "error", err)
+	}
+}
+
+// decode checks the topic, the size and the schema, and decodes.
+func (w *worker) decode(m received) (item, string, error) {
+	device, kind, ok := parseTopic(m.pub.Topic)
+	if !ok {
+		return item{}, dropTopic, errors.New("not a device topic")
+	}
+	it := item{device: device, kind: kind, at: m.at, raw: m.pub.Payload}
+	if len(m.pub.Payload) > w.in.cfg.MaxPayload {
+		return it, dropTooLarge, fmt.Errorf("payload of %d bytes is over %d", len(m.pub.Payload), w.in.cfg.MaxPayload)
+	}
+	if err := w.in.deps.Validator.Validate(kind, m.pub.Payload); err != nil {
+		var pe *events.PayloadError
+		if errors.As(err, &pe) && pe.Malformed {
+			return it, dropMalformed, err
+		}
+		return it, dropSchema, err
+	}
+	var err error
+	switch kind {
+	case kindState:
+		it.state = new(ev.ReportedState)
+		err = json.Unmarshal(m.pub.Payload, it.state)
+	case kindTelemetry:
+		var b ev.TelemetryBatch
+		err = json.Unmarshal(m.pub.Payload, &b)
+		it.samples = b.Samples
+	case kindLogs:
+		var b ev.LogBatch
+		err = json.Unmarshal(m.pub.Payload, &b)
+		it.logs = b.Entries
+	case kindEvents:
+		it.event = new(ev.UpdateEvent)
+		err = json.Unmarshal(m.pub.Payload, it.event)
+	case kindStatus:
+		it.status = new(ev.ConnectionStatus)
+		err = json.Unmarshal(m.pub.Payload, it.status)
+		it.statusSeq = int64(it.status.ConnectionSeq)
+	}
+	if err != nil {
+		// The schema passed, so this is a value Go cannot hold (a sequence
+		// beyond int64, say).
+		return it, dropBadContent, err
+	}
+	return it, "", nil
+}
+
+// parseTopic splits flock/v1/devices/<uuid>/<kind>.
+func parseTopic(topic string) (uuid.UUID, string, bool) {
+	rest, ok := strings.CutPrefix(topic, topicPrefix)
+	if !ok {
+		return uuid.Nil, "", false
+	}
+	id, kind, ok := strings.Cut(rest, "/")
+	if !ok || len(id) != 36 {
+		return uuid.Nil, "", false
+	}
+	device, err := uuid.Parse(id)
+	if err != nil || device.String() != id {
+		return uuid.Nil, "", false
+	}
+	switch kind {
+	case kindState, kindTelemetry, kindLogs, kindEvents, kindStatus:
+		return device, kind, true
+	}
+	return uuid.Nil, "", false
+}
+
+func truncate(s string) string {
+	if len(s) > 128 {
+		return s[:128]
+	}
+	return s
+}
+
+// flush writes the batch everywhere and acknowledges it. A failed write is
+// retried until it succeeds or ctx ends; the batch is kept on failure.
+func (w *worker) flush(ctx context.Context) error {
+	if len(w.pending) == 0 {
+		return nil
+	}
+	start := time.Now()
+	var out *output
+	var err error
+	for attempt := 0; ; attempt++ {
+		if out == nil {
+			out, err = w.build(ctx)
+		}
+		if err == nil {
+			err = out.write(ctx, w.in)
+		}
+		if err == nil {
+			break
+		}
+		w.in.metrics.writeErrors.Inc()
+		w.log.Error("ingester: write batch; retrying", "messages", len(w.pending), "attempt", attempt+1, "error", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff(attempt)):
+		}
+	}
+	w.in.metrics.batchSeconds.Observe(time.Since(start).Seconds())
+	w.in.metrics.batchMessages.Observe(float64(len(w.pending)))
+	for _, m := range w.pending {
+		w.ack(m)
+	}
+	w.in.metrics.latency.Observe(time.Since(w.first).Seconds())
+	w.pending = w.pending[:0]
+	w.items = w.items[:0]
+	w.qos1 = 0
+	w.timer.Stop()
+	return nil
+}
+
+func backoff(attempt int) time.Duration {
+	d := retryMin << min(attempt, 10)
+	return min(d, retryMax)
+}
+
+// output is a batch turned into the writes it causes. Each part remembers
+// whether it was written, so a retry does not write a part twice.
+type output struct {
+	states   []stateWrite
+	samples  []telemetry.Sample
+	logs     []telemetry.LogLine
+	conns    []telemetry.Connectivity
+	connKV   []stateWrite
+	connPG   db.DevicesApplyConnectivityParams
+	touch    db.DevicesTouchParams
+	records  []bus.Record
+	done     [7]bool
+	unknowns int
+}
+
+type stateWrite struct {
+	key   string
+	seq   uint64
+	value []byte
+}
+
+// build resolves each device's org and fleet and turns the items into
+// writes. Items of devices that no longer exist are dropped.
+func (w *worker) build(ctx context.Context) (*output, error) {
+	ids := make([]uuid.UUID, 0, len(w.items))
+	for _, it := range w.items {
+		ids = append(ids, it.device)
+	}
+	owners, err := w.in.owners.resolve(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now().UTC()
+	out := &output{}
+	lastConn := map[uuid.UUID]int{} // device → index in connPG
+	touched := map[uuid.UUID]bool{}
+	for _, it := range w.items {
+		o, ok := owners[it.device]
+		if !ok {
+			out.unknowns++
+			w.in.metrics.dropped.WithLabelValues(dropUnknown).Inc()
+			w.log.Warn("ingester dropped a message", "reason", dropUnknown, "device", it.device.String(), "kind", it.kind)
+			continue
+		}
+		base := recordBase{DeviceID: it.device.String(), OrgID: o.org.String(), FleetID: o.fleet.String(), ReceivedAt: it.at.UTC().Format(time.RFC3339Nano)}
+		switch it.kind {
+		case kindState:
+			v, err := json.Marshal(livestate.State{ReceivedAt: it.at.UTC(), State: it.raw})
+			if err != nil {
+				return nil, err
+			}
+			out.states = append(out.states, stateWrite{key: livestate.StateKey(it.device), seq: uint64(it.state.Seq) + 1, value: v})
+			out.records = append(out.records, record(bus.TopicDeviceState, it.device, stateRecord{recordBase: base, State: it.raw}))
+		case kindTelemetry:
+			for _, s := range it.samples {
+				ts, err := time.Parse(time.RFC3339Nano, s.Ts)
+				if err != nil {
+					ts = it.at
+				}
+				out.samples = append(out.samples, telemetry.Sample{DeviceID: it.device, OrgID: o.org, TS: ts, Name: s.Name, Value: s.Value, Unit: s.Unit, Labels: s.Labels})
+			}
+			out.records = append(out.records, record(bus.TopicDeviceTelemetry, it.device, telemetryRecord{recordBase: base, Samples: it.samples}))
+		case kindLogs:
+			for _, l := range it.logs {
+				ts, err := time.Parse(time.RFC3339Nano, l.Ts)
+				if err != nil {
+					ts = it.at
+				}
+				stream := telemetry.StreamStdout
+				if l.Stream != nil {
+					stream = fmt.Sprint(l.Stream.Value())
+				}
+				out.logs = append(out.logs, telemetry.LogLine{DeviceID: it.device, OrgID: o.org, Service: l.Service, Seq: int64(l.Seq), TS: ts, Stream: stream, Line: l.Line})
+			}
+			out.records = append(out.records, record(bus.TopicDeviceLogs, it.device, logRecord{recordBase: base, Entries: it.logs}))
+		case kindEvents:
+			out.records = append(out.records, record(bus.TopicDeviceEvents, it.device, eventRecord{recordBase: base, Event: it.raw}))
+		case kindStatus:
+			online := it.status.State != nil && *it.status.State == ev.ConnectionStateOnline
+			event := telemetry.EventDisconnected
+			if online {
+				event = telemetry.EventConnected
+			}
+			at := it.at.UTC()
+			out.conns = append(out.conns, telemetry.Connectivity{DeviceID: it.device, OrgID: o.org, ConnectionSeq: it.statusSeq, Event: event, At: at})
+			seq := livestate.ConnSeq(it.statusSeq, online)
+			v, err := json.Marshal(livestate.Conn{Online: online, ConnectionSeq: it.statusSeq, At: at})
+			if err != nil {
+				return nil, err
+			}
+			out.connKV = append(out.connKV, stateWrite{key: livestate.ConnKey(it.device), seq: seq, value: v})
+			out.records = append(out.records, record(bus.TopicDeviceConnectivity, it.device, connectivityRecord{
+				DeviceID: base.DeviceID, OrgID: base.OrgID, FleetID: base.FleetID, Event: event, ConnectionSeq: it.statusSeq, At: base.ReceivedAt}))
+			if i, ok := lastConn[it.device]; ok {
+				if out.connPG.Keys[i] < int64(seq) {
+					out.connPG.Keys[i], out.connPG.Connected[i], out.connPG.Ats[i] = int64(seq), online, at
+				}
+			} else {
+				lastConn[it.device] = len(out.connPG.Ids)
+				out.connPG.Ids = append(out.connPG.Ids, it.device)
+				out.connPG.Keys = append(out.connPG.Keys, int64(seq))
+				out.connPG.Connected = append(out.connPG.Connected, online)
+				out.connPG.Ats = append(out.connPG.Ats, at)
+			}
+		}
+		if !touched[it.device] && w.in.owners.shouldTouch(it.device, now) {
+			touched[it.device] = true
+			out.touch.Ids = append(out.touch.Ids, it.device)
+			out.touch.Ats = append(out.touch.Ats, now)
+		}
+	}
+	return out, nil
+}
+
+// write performs every part not yet written, concurrently: they go to
+// different systems and each is idempotent.
+func (o *output) write(ctx context.Context, in *Ingester) error {
+	parts := []func(context.Context) error{
+		func(ctx context.Context) error { return writeKV(ctx, in, o.states) },
+		func(ctx context.Context) error { return in.deps.Telemetry.WriteSamples(ctx, o.samples) },
+		func(ctx context.Context) error { return in.deps.Telemetry.WriteLogs(ctx, o.logs) },
+		func(ctx context.Context) error { return in.deps.Telemetry.WriteConnectivity(ctx, o.conns) },
+		func(ctx context.Context) error {
+			if err := writeKV(ctx, in, o.connKV); err != nil {
+				return err
+			}
+			if len(o.connPG.Ids) == 0 {
+				return nil
+			}
+			_, err := db.New(in.deps.Pool).DevicesApplyConnectivity(ctx, o.connPG)
+			return err
+		},
+		func(ctx context.Context) error {
+			if len(o.records) == 0 {
+				return nil
+			}
+			return in.deps.Bus.Publish(ctx, o.records...)
+		},
+		func(ctx context.Context) error {
+			if len(o.touch.Ids) == 0 {
+				return nil
+			}
+			return db.New(in.deps.Pool).DevicesTouch(ctx, o.touch)
+		},
+	}
+	names := [...]string{"live state", "samples", "log lines", "connectivity", "connection status", "kafka", "last seen"}
+	g, gctx := errgroup.WithContext(ctx)
+	for i, part := range parts {
+		if o.done[i] {
+			continue
+		}
+		g.Go(func() error {
+			if err := part(gctx); err != nil {
+				return fmt.Errorf("write %s: %w", names[i], err)
+			}
+			o.done[i] = true
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// kvConcurrency bounds the KV writes of one batch in flight at once.
+const kvConcurrency = 16
+
+func writeKV(ctx context.Context, in *Ingester, ws []stateWrite) error {
+	if len(ws) == 0 {
+		return nil
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(kvConcurrency)
+	for _, s := range ws {
+		g.Go(func() error {
+			_, err := in.deps.KV.SetIfNewer(ctx, s.key, s.seq, s.value, livestate.StateTTL)
+			return err
+		})
+	}
+	return g.Wait()
+}
+
+// Kafka records. The payload a device sent is embedded as it came (it was
+// validated), so the record carries exactly what the device said.
+type recordBase struct {
+	DeviceID   string `json:"device_id"`
+	OrgID      string `json:"org_id"`
+	FleetID    string `json:"fleet_id"`
+	ReceivedAt string `json:"received_at"`
+}
+
+type stateRecord struct {
+	recordBase
+	State json.RawMessage `json:"state"`
+}
+
+type eventRecord struct {
+	recordBase
+	Event json.RawMessage `json:"event"`
+}
+
+type telemetryRecord struct {
+	recordBase
+	Samples []ev.TelemetrySample `json:"samples"`
+}
+
+type logRecord struct {
+	recordBase
+	Entries []ev.LogEntry `json:"entries"`
+}
+
+type connectivityRecord struct {
+	DeviceID      string `json:"device_id"`
+	OrgID         string `json:"org_id"`
+	FleetID       string `json:"fleet_id"`
+	Event         string `json:"event"`
+	ConnectionSeq int64  `json:"connection_seq"`
+	At            string `json:"at"`
+}
+
+func record(topic string, device uuid.UUID, v any) bus.Record {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Every field is a string, a number or JSON that was just parsed.
+		panic(fmt.Sprintf("ingester: encode %s record: %v", topic, err))
+	}
+	return bus.Record{Topic: topic, Key: []byte(device.String()), Value: b}
+}

@@ -1,0 +1,351 @@
+// Package simulate runs a fleet of simulated devices against a flock-api
+// deployment, the way real agents use it: each registers with a provisioning
+// key and its own Ed25519 key, trades signed assertions for device tokens,
+// connects over MQTT v5 with a will, publishes state, telemetry and logs as
+// asyncapi/flock.yaml describes them, and follows target nudges by fetching
+// its target state over REST and reporting the release applied.
+//
+// It backs `flock-api simulate`, and its Payloads serve benchmarks that need
+// the same messages.
+package simulate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/flock-io/flock-api/gen/client"
+)
+
+// Defaults of Config.
+const (
+	DefaultConcurrency  = 50
+	DefaultSummaryEvery = 2 * time.Second
+	DefaultName         = "sim"
+)
+
+const (
+	// httpTimeout bounds each REST call.
+	httpTimeout = 30 * time.Second
+	// firstConnectWait bounds how long a device holds its registration slot
+	// waiting for its first connection attempt to finish.
+	firstConnectWait = 30 * time.Second
+	// publishTimeout bounds waiting for a PUBACK.
+	publishTimeout = 10 * time.Second
+	// stopTimeout bounds the offline status of a clean stop.
+	stopTimeout = 5 * time.Second
+	// maxNameLen keeps prefix-NNNNN within the 100 characters of a name.
+	maxNameLen = 80
+)
+
+// Config says what to simulate.
+type Config struct {
+	// API is the base URL of the flock-api deployment, e.g. http://localhost:8080.
+	API string
+	// ProvisioningKey registers the devices into its fleet.
+	ProvisioningKey string
+	// Devices is how many devices to simulate.
+	Devices int
+	// Rate is how many messages per second all devices publish together,
+	// spread evenly over the devices with jitter. 0 leaves the devices
+	// connected and following nudges, publishing only status, the state on
+	// connect and update events.
+	Rate float64
+	// MQTTURL overrides the broker registration names (mqtt_url), e.g.
+	// mqtt://127.0.0.1:1883; one of the two is needed.
+	MQTTURL string
+	// Duration ends the simulation after this long; 0 runs until ctx ends.
+	Duration time.Duration
+	// Concurrency bounds the devices registering and connecting at once
+	// (default 50).
+	Concurrency int
+	// SummaryEvery is how often a summary line is written to Out (default 2s).
+	SummaryEvery time.Duration
+	// Out receives the summary lines; nil discards them.
+	Out io.Writer
+	// OnSummary, when set, is called with each periodic summary, for
+	// programs (benchmarks, tests) that follow the run. It runs on the
+	// goroutine that prints the summaries, so it should return quickly.
+	OnSummary func(Summary)
+	// Log receives what goes wrong, each kind of problem once at Warn and
+	// then at Debug; nil means slog.Default().
+	Log *slog.Logger
+	// Name prefixes the devices' names: <Name>-00001 ... (default "sim").
+	Name string
+}
+
+// Validate reports the first setting Run would refuse.
+func (c *Config) Validate() error {
+	u, err := url.Parse(c.API)
+	switch {
+	case c.API == "":
+		return errors.New("simulate: the API URL is required")
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		return fmt.Errorf("simulate: API URL %q: want http(s)://host[:port]", c.API)
+	case c.ProvisioningKey == "":
+		return errors.New("simulate: a provisioning key is required")
+	case c.Devices < 1:
+		return fmt.Errorf("simulate: devices must be at least 1, not %d", c.Devices)
+	case c.Rate < 0 || math.IsNaN(c.Rate) || math.IsInf(c.Rate, 0):
+		return fmt.Errorf("simulate: rate must be a non-negative number of messages per second, not %v", c.Rate)
+	case c.Duration < 0:
+		return fmt.Errorf("simulate: duration %s is negative", c.Duration)
+	case c.Concurrency < 0:
+		return fmt.Errorf("simulate: concurrency %d is negative", c.Concurrency)
+	case c.SummaryEvery < 0:
+		return fmt.Errorf("simulate: summary interval %s is negative", c.SummaryEvery)
+	case len(c.Name) > maxNameLen || (c.Name != "" && strings.TrimSpace(c.Name) == ""):
+		return fmt.Errorf("simulate: name prefix must be 1 to %d characters, not all spaces", maxNameLen)
+	}
+	if c.MQTTURL != "" {
+		if _, err := parseMQTTURL(c.MQTTURL); err != nil {
+			return fmt.Errorf("simulate: MQTT URL: %w", err)
+		}
+	}
+	return nil
+}
+
+// parseMQTTURL accepts the schemes autopaho dials.
+func parseMQTTURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, err
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "mqtt", "tcp", "mqtts", "tls", "ssl", "ws", "wss":
+	default:
+		return nil, fmt.Errorf("%q: want mqtt://, mqtts://, ws:// or wss://", s)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("%q has no host", s)
+	}
+	return u, nil
+}
+
+// Published counts acknowledged messages by kind.
+type Published struct {
+	State, Telemetry, Logs, Events, Status int64
+}
+
+// Total is the sum over kinds.
+func (p Published) Total() int64 { return p.State + p.Telemetry + p.Logs + p.Events + p.Status }
+
+// Summary is what the simulated devices did.
+type Summary struct {
+	Elapsed time.Duration
+	Devices int
+	// Registered devices got a registration (201 or 200).
+	Registered int64
+	// Connected devices connected at least once; Online are connected now.
+	Connected, Online int64
+	// Reconnects are connections after a device's first.
+	Reconnects int64
+	// ConnectRefused counts CONNACKs refusing a device; ConnectErrors other
+	// failed connection attempts (network, token).
+	ConnectRefused, ConnectErrors int64
+	// TokensIssued counts device tokens obtained.
+	TokensIssued int64
+	Published    Published
+	// PublishRefused counts negative PUBACKs (rate limit, ACL);
+	// PublishErrors other failed publishes (timeouts, lost connections).
+	PublishRefused, PublishErrors int64
+	// NudgesReceived and CommandsReceived count messages from the cloud.
+	NudgesReceived, CommandsReceived int64
+	// TargetsFetched counts target states received (200); TargetsUnchanged
+	// 304s; TargetsApplied releases reported running; TargetErrors failed
+	// fetches.
+	TargetsFetched, TargetsUnchanged, TargetsApplied, TargetErrors int64
+}
+
+// String is the summary as one line of key=value pairs.
+func (s Summary) String() string {
+	p := s.Published
+	return fmt.Sprintf("t=%s devices=%d registered=%d connected=%d online=%d reconnects=%d connect_refused=%d connect_errors=%d "+
+		"published=%d state=%d telemetry=%d logs=%d events=%d status=%d publish_refused=%d publish_errors=%d "+
+		"nudges=%d commands=%d targets_fetched=%d targets_unchanged=%d targets_applied=%d target_errors=%d",
+		s.Elapsed.Round(100*time.Millisecond), s.Devices, s.Registered, s.Connected, s.Online, s.Reconnects, s.ConnectRefused, s.ConnectErrors,
+		p.Total(), p.State, p.Telemetry, p.Logs, p.Events, p.Status, s.PublishRefused, s.PublishErrors,
+		s.NudgesReceived, s.CommandsReceived, s.TargetsFetched, s.TargetsUnchanged, s.TargetsApplied, s.TargetErrors)
+}
+
+// counters are updated by every device at once.
+type counters struct {
+	registered, connected, online, reconnects, connectRefused, connectErrors, tokens atomic.Int64
+	state, telemetry, logs, events, status                                           atomic.Int64
+	publishRefused, publishErrors                                                    atomic.Int64
+	nudges, commands                                                                 atomic.Int64
+	targetsFetched, targetsUnchanged, targetsApplied, targetErrors                   atomic.Int64
+}
+
+func (c *counters) published(kind string) *atomic.Int64 {
+	switch kind {
+	case KindState:
+		return &c.state
+	case KindTelemetry:
+		return &c.telemetry
+	case KindLogs:
+		return &c.logs
+	case KindEvents:
+		return &c.events
+	default:
+		return &c.status
+	}
+}
+
+func (c *counters) snapshot(devices int, elapsed time.Duration) Summary {
+	return Summary{
+		Elapsed: elapsed, Devices: devices,
+		Registered: c.registered.Load(), Connected: c.connected.Load(), Online: c.online.Load(),
+		Reconnects: c.reconnects.Load(), ConnectRefused: c.connectRefused.Load(), ConnectErrors: c.connectErrors.Load(),
+		TokensIssued: c.tokens.Load(),
+		Published: Published{State: c.state.Load(), Telemetry: c.telemetry.Load(), Logs: c.logs.Load(),
+			Events: c.events.Load(), Status: c.status.Load()},
+		PublishRefused: c.publishRefused.Load(), PublishErrors: c.publishErrors.Load(),
+		NudgesReceived: c.nudges.Load(), CommandsReceived: c.commands.Load(),
+		TargetsFetched: c.targetsFetched.Load(), TargetsUnchanged: c.targetsUnchanged.Load(),
+		TargetsApplied: c.targetsApplied.Load(), TargetErrors: c.targetErrors.Load(),
+	}
+}
+
+// simulation is what the devices of one Run share.
+type simulation struct {
+	cfg      Config
+	log      *slog.Logger
+	api      *client.ClientWithResponses
+	mqttURL  *url.URL      // Config.MQTTURL parsed, nil when unset
+	interval time.Duration // mean time between a device's periodic messages; 0 for none
+	sem      chan struct{} // registration and first-connect slots
+	stats    counters
+
+	warned sync.Map // problems already logged at Warn
+
+	errOnce sync.Once
+	err     error
+	cancel  context.CancelFunc
+}
+
+// fail records the first error that ends the run, and ends it.
+func (s *simulation) fail(err error) {
+	s.errOnce.Do(func() { s.err = err })
+	s.cancel()
+}
+
+// warn logs a kind of problem at Warn the first time and at Debug after, so
+// a thousand devices hitting the same wall give one line; the counters in
+// the summary say how often.
+func (s *simulation) warn(key, msg string, args ...any) {
+	level := slog.LevelDebug
+	if _, seen := s.warned.LoadOrStore(key, true); !seen {
+		level = slog.LevelWarn
+	}
+	s.log.Log(context.Background(), level, msg, args...)
+}
+
+// Run simulates cfg.Devices devices until ctx ends or cfg.Duration passes,
+// writing a summary line to cfg.Out every cfg.SummaryEvery and a final one,
+// and returns the final summary. Every device publishes its offline status
+// and disconnects before Run returns. The error is nil after a normal end;
+// otherwise it says why the run could not go on (a bad configuration, a
+// refused registration, no broker to connect to).
+func Run(ctx context.Context, cfg Config) (Summary, error) {
+	if err := cfg.Validate(); err != nil {
+		return Summary{}, err
+	}
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = DefaultConcurrency
+	}
+	if cfg.SummaryEvery == 0 {
+		cfg.SummaryEvery = DefaultSummaryEvery
+	}
+	if cfg.Out == nil {
+		cfg.Out = io.Discard
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Name == "" {
+		cfg.Name = DefaultName
+	}
+
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxIdleConnsPerHost = cfg.Concurrency
+	defer transport.CloseIdleConnections()
+	api, err := client.NewClientWithResponses(cfg.API, client.WithHTTPClient(&http.Client{Transport: transport, Timeout: httpTimeout}))
+	if err != nil {
+		return Summary{}, fmt.Errorf("simulate: API client: %w", err)
+	}
+
+	if cfg.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cfg.Duration)
+		defer cancel()
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s := &simulation{cfg: cfg, log: cfg.Log, api: api, sem: make(chan struct{}, cfg.Concurrency), cancel: cancel}
+	if cfg.MQTTURL != "" {
+		s.mqttURL, _ = parseMQTTURL(cfg.MQTTURL) // checked above
+	}
+	if cfg.Rate > 0 {
+		s.interval = time.Duration(float64(cfg.Devices) / cfg.Rate * float64(time.Second))
+	}
+
+	start := time.Now()
+	stopSummaries := make(chan struct{})
+	var summaries sync.WaitGroup
+	summaries.Go(func() { s.printSummaries(start, stopSummaries) })
+
+	var devices sync.WaitGroup
+	for i := range cfg.Devices {
+		devices.Go(func() {
+			if err := runDevice(ctx, s, i); err != nil {
+				s.fail(err)
+			}
+		})
+	}
+	devices.Wait()
+	close(stopSummaries)
+	summaries.Wait()
+
+	sum := s.stats.snapshot(cfg.Devices, time.Since(start))
+	fmt.Fprintf(cfg.Out, "final %s rate=%.1f/s\n", sum, perSecond(sum.Published.Total(), sum.Elapsed))
+	return sum, s.err
+}
+
+// printSummaries writes a line every SummaryEvery until stop is closed.
+func (s *simulation) printSummaries(start time.Time, stop <-chan struct{}) {
+	t := time.NewTicker(s.cfg.SummaryEvery)
+	defer t.Stop()
+	var last int64
+	lastAt := start
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-t.C:
+			sum := s.stats.snapshot(s.cfg.Devices, now.Sub(start))
+			total := sum.Published.Total()
+			fmt.Fprintf(s.cfg.Out, "%s rate=%.1f/s\n", sum, perSecond(total-last, now.Sub(lastAt)))
+			last, lastAt = total, now
+			if s.cfg.OnSummary != nil {
+				s.cfg.OnSummary(sum)
+			}
+		}
+	}
+}
+
+func perSecond(n int64, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(n) / d.Seconds()
+}
