@@ -13,7 +13,7 @@ SDK       := sdk/typescript
 export REDOCLY_TELEMETRY := off
 export REDOCLY_SUPPRESS_UPDATE_NOTICE := true
 
-.PHONY: build run services generate check-generate sdk test test-go bench bench-devices clean
+.PHONY: build run services generate check-generate sdk test test-go bench bench-devices bench-ingest clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) .
@@ -23,7 +23,7 @@ run: build
 	scripts/services.sh postgres
 	$(BIN) --target=all --dev --mqtt-listen=:1884
 
-## services: install-if-missing and start PostgreSQL, Redis, Mosquitto
+## services: install-if-missing and start PostgreSQL, Redis, Mosquitto, ClickHouse
 services:
 	scripts/services.sh
 
@@ -72,6 +72,10 @@ bench:
 ## bench-devices: 100k devices: list through the API vs bare SQL, target-state rate
 bench-devices: services
 	$(GO) run ./bench/devices
+
+## bench-ingest: MQTT fan-in vs end-to-end ingest, publish-to-Kafka latency, 10k connections
+bench-ingest: services
+	$(GO) run ./bench/ingest
 
 clean:
 	rm -rf bin $(SDK)/dist

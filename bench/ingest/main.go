@@ -295,7 +295,6 @@ func measureFanIn(ctx context.Context, o options, tokens *devicetoken.Service, d
 		return 0, 0, err
 	}
 	rate := window(o, got.Load)
-	fmt.Fprintf(os.Stderr, "debug: sent %d got %d\n", sent.Load(), got.Load())
 	close(stop)
 	wait()
 	size := 0
