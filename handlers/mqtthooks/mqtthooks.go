@@ -40,7 +40,7 @@ func (h *MQTTHooks) MqttHookAuthenticate(ctx context.Context, req api.MqttHookAu
 	b := req.Body
 	deny := api.MqttHookAuthenticate200JSONResponse{Result: api.MqttAuthResultResultDeny}
 	if h.Auth == nil {
-		slog.WarnContext(ctx, "mqtt hook: connection refused: this process has no MQTT authenticator", who(b.Username), "client_id", truncate(b.Clientid))
+		slog.WarnContext(ctx, "mqtt hook: connection refused: this process has no MQTT authenticator", who(b.Username), "client_id", broker.Truncate(b.Clientid))
 		return deny, nil
 	}
 	id, err := h.Auth.Authenticate(ctx, b.Clientid, b.Username, []byte(b.Password))
@@ -48,7 +48,7 @@ func (h *MQTTHooks) MqttHookAuthenticate(ctx context.Context, req api.MqttHookAu
 	case err == nil:
 		return api.MqttHookAuthenticate200JSONResponse{Result: api.MqttAuthResultResultAllow, IsSuperuser: id.Service}, nil
 	case errors.Is(err, broker.ErrBadCredentials), errors.Is(err, broker.ErrNotAuthorized):
-		slog.InfoContext(ctx, "mqtt hook: connection refused", who(b.Username), "client_id", truncate(b.Clientid), "error", err.Error())
+		slog.InfoContext(ctx, "mqtt hook: connection refused", who(b.Username), "client_id", broker.Truncate(b.Clientid), "error", err.Error())
 		return deny, nil
 	default:
 		// Not the client's fault: the broker reads a 5xx as "ignore" and
@@ -79,7 +79,7 @@ func (h *MQTTHooks) MqttHookAuthorize(ctx context.Context, req api.MqttHookAutho
 		}
 	}
 	if !allowed {
-		slog.InfoContext(ctx, "mqtt hook: "+string(b.Action)+" refused", who(b.Username), "client_id", truncate(b.Clientid), "topic", truncate(b.Topic))
+		slog.InfoContext(ctx, "mqtt hook: "+string(b.Action)+" refused", who(b.Username), "client_id", broker.Truncate(b.Clientid), "topic", broker.Truncate(b.Topic))
 		return api.MqttHookAuthorize200JSONResponse{Result: api.MqttAclResultResultDeny}, nil
 	}
 	return api.MqttHookAuthorize200JSONResponse{Result: api.MqttAclResultResultAllow}, nil
@@ -137,14 +137,5 @@ func who(username string) slog.Attr {
 	if id, err := uuid.Parse(username); err == nil && id.String() == username {
 		return slog.String("device", username)
 	}
-	return slog.String("username", truncate(username))
-}
-
-// truncate bounds client-chosen strings before they reach logs.
-func truncate(s string) string {
-	const max = 64
-	if len(s) <= max {
-		return s
-	}
-	return s[:max] + "…"
+	return slog.String("username", broker.Truncate(username))
 }

@@ -109,7 +109,7 @@ func (a *App) initMQTTBroker(context.Context) (*modules.Service, error) {
 		}
 		a.mqttURL = u
 		a.mqttPublicURL.Store(a.cfg.MQTTPublicURL)
-		a.log.Info("store engine", "concern", "device mqtt", "engine", "external broker", "mode", "external", "url", redactURL(u))
+		a.log.Info("store engine", "concern", "device mqtt", "engine", "external broker", "mode", "external", "url", u.Redacted())
 		return nil, nil
 	}
 	if a.mqttPassword == "" {
@@ -162,14 +162,7 @@ func publicMQTTURL(publicURL, listen string) string {
 	if err != nil || u.Hostname() == "" {
 		return ""
 	}
-	scheme := "mqtt"
-	return scheme + "://" + net.JoinHostPort(u.Hostname(), port)
-}
-
-func redactURL(u *url.URL) string {
-	c := *u
-	c.User = nil
-	return c.String()
+	return "mqtt://" + net.JoinHostPort(u.Hostname(), port)
 }
 
 func (a *App) initIngester(context.Context) (*modules.Service, error) {

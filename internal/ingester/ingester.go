@@ -255,7 +255,7 @@ func (in *Ingester) runConnection(ctx context.Context, clientID string) error {
 			return c, nil
 		},
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, ack *paho.Connack) {
-			log.Info("ingester connected to mqtt broker", "broker", redact(in.cfg.Broker), "session_present", ack.SessionPresent)
+			log.Info("ingester connected to mqtt broker", "broker", in.cfg.Broker.Redacted(), "session_present", ack.SessionPresent)
 			in.metrics.connected.Inc()
 			// Subscribing waits for the SUBACK, which paho's reader
 			// delivers; OnConnectionUp must not block it.
@@ -281,7 +281,7 @@ func (in *Ingester) runConnection(ctx context.Context, clientID string) error {
 		},
 		OnConnectError: func(err error) {
 			// autopaho retries for ever; this is where the real reason shows.
-			log.Error("ingester cannot connect to mqtt broker", "broker", redact(in.cfg.Broker), "error", err)
+			log.Error("ingester cannot connect to mqtt broker", "broker", in.cfg.Broker.Redacted(), "error", err)
 		},
 		ClientConfig: paho.ClientConfig{
 			ClientID:                   clientID,
@@ -303,7 +303,7 @@ func (in *Ingester) runConnection(ctx context.Context, clientID string) error {
 		},
 	})
 	if err != nil {
-		return fmt.Errorf("ingester %s: connect to %s: %w", clientID, redact(in.cfg.Broker), err)
+		return fmt.Errorf("ingester %s: connect to %s: %w", clientID, in.cfg.Broker.Redacted(), err)
 	}
 
 	w := in.newWorker(log)
@@ -322,11 +322,4 @@ func (in *Ingester) runConnection(ctx context.Context, clientID string) error {
 		log.Warn("ingester: disconnect", "error", derr)
 	}
 	return err
-}
-
-// redact drops credentials from a URL for logs.
-func redact(u *url.URL) string {
-	c := *u
-	c.User = nil
-	return c.String()
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/google/uuid"
+	"github.com/sethvargo/go-retry"
 	"golang.org/x/sync/errgroup"
 
 	ev "github.com/flock-io/flock-api/gen/events"
@@ -46,12 +47,12 @@ func (in *Ingester) RunRelay(ctx context.Context) error {
 		ConnectUsername:               in.cfg.Username,
 		ConnectPassword:               []byte(in.cfg.Password),
 		OnConnectError: func(err error) {
-			log.Error("relay cannot connect to mqtt broker", "broker", redact(in.cfg.Broker), "error", err)
+			log.Error("relay cannot connect to mqtt broker", "broker", in.cfg.Broker.Redacted(), "error", err)
 		},
 		ClientConfig: paho.ClientConfig{ClientID: in.cfg.ClientID + "-relay"},
 	})
 	if err != nil {
-		return fmt.Errorf("relay: connect to %s: %w", redact(in.cfg.Broker), err)
+		return fmt.Errorf("relay: connect to %s: %w", in.cfg.Broker.Redacted(), err)
 	}
 	defer func() {
 		dctx, dcancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -79,22 +80,17 @@ func (in *Ingester) relay(ctx context.Context, log *slog.Logger, cm *autopaho.Co
 			continue
 		}
 		g.Go(func() error {
-			for attempt := 0; ; attempt++ {
-				_, err := cm.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: payload})
-				if err == nil {
-					in.metrics.relayed.Inc()
-					return nil
-				}
-				log.Warn("relay: publish; retrying", "topic", topic, "attempt", attempt+1, "error", err)
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(backoff(attempt)):
-				}
+			return retry.Do(ctx, writeBackoff(), func(ctx context.Context) error {
 				if err := cm.AwaitConnection(ctx); err != nil {
 					return err
 				}
-			}
+				if _, err := cm.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: payload}); err != nil {
+					log.Warn("relay: publish; retrying", "topic", topic, "error", err)
+					return retry.RetryableError(err)
+				}
+				in.metrics.relayed.Inc()
+				return nil
+			})
 		})
 	}
 	return g.Wait()

@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/google/uuid"
+	"github.com/sethvargo/go-retry"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/flock-io/flock-api/gen/db"
@@ -18,6 +18,7 @@ import (
 	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/events"
 	"github.com/flock-io/flock-api/internal/livestate"
+	"github.com/flock-io/flock-api/internal/mqtt/broker"
 	"github.com/flock-io/flock-api/internal/telemetry"
 )
 
@@ -62,7 +63,6 @@ type item struct {
 	state     *ev.ReportedState
 	samples   []ev.TelemetrySample
 	logs      []ev.LogEntry
-	event     *ev.UpdateEvent
 	status    *ev.ConnectionStatus
 	statusSeq int64
 }
@@ -154,7 +154,7 @@ func (w *worker) add(m received) {
 
 func (w *worker) drop(m received, device uuid.UUID, reason string, err error) {
 	w.in.metrics.dropped.WithLabelValues(reason).Inc()
-	attrs := []any{"reason", reason, "topic", truncate(m.pub.Topic), "error", err}
+	attrs := []any{"reason", reason, "topic", broker.Truncate(m.pub.Topic), "error", err}
 	if device != uuid.Nil {
 		attrs = append(attrs, "device", device.String())
 	}
@@ -204,8 +204,7 @@ func (w *worker) decode(m received) (item, string, error) {
 		err = json.Unmarshal(m.pub.Payload, &b)
 		it.logs = b.Entries
 	case kindEvents:
-		it.event = new(ev.UpdateEvent)
-		err = json.Unmarshal(m.pub.Payload, it.event)
+		// Passed on to Kafka as sent; the schema check is all it needs.
 	case kindStatus:
 		it.status = new(ev.ConnectionStatus)
 		err = json.Unmarshal(m.pub.Payload, it.status)
@@ -219,18 +218,11 @@ func (w *worker) decode(m received) (item, string, error) {
 	return it, "", nil
 }
 
-// parseTopic splits flock/v1/devices/<uuid>/<kind>.
+// parseTopic splits flock/v1/devices/<uuid>/<kind>, for the kinds a device
+// publishes.
 func parseTopic(topic string) (uuid.UUID, string, bool) {
-	rest, ok := strings.CutPrefix(topic, topicPrefix)
+	device, kind, ok := broker.ParseDeviceTopic(topic)
 	if !ok {
-		return uuid.Nil, "", false
-	}
-	id, kind, ok := strings.Cut(rest, "/")
-	if !ok || len(id) != 36 {
-		return uuid.Nil, "", false
-	}
-	device, err := uuid.Parse(id)
-	if err != nil || device.String() != id {
 		return uuid.Nil, "", false
 	}
 	switch kind {
@@ -238,13 +230,6 @@ func parseTopic(topic string) (uuid.UUID, string, bool) {
 		return device, kind, true
 	}
 	return uuid.Nil, "", false
-}
-
-func truncate(s string) string {
-	if len(s) > 128 {
-		return s[:128]
-	}
-	return s
 }
 
 // flush writes the batch everywhere and acknowledges it. A failed write is
@@ -255,24 +240,25 @@ func (w *worker) flush(ctx context.Context) error {
 	}
 	start := time.Now()
 	var out *output
-	var err error
-	for attempt := 0; ; attempt++ {
+	attempt := 0
+	err := retry.Do(ctx, writeBackoff(), func(ctx context.Context) error {
+		attempt++
+		var err error
 		if out == nil {
 			out, err = w.build(ctx)
 		}
 		if err == nil {
 			err = out.write(ctx, w.in)
 		}
-		if err == nil {
-			break
+		if err != nil {
+			w.in.metrics.writeErrors.Inc()
+			w.log.Error("ingester: write batch; retrying", "messages", len(w.pending), "attempt", attempt, "error", err)
+			return retry.RetryableError(err)
 		}
-		w.in.metrics.writeErrors.Inc()
-		w.log.Error("ingester: write batch; retrying", "messages", len(w.pending), "attempt", attempt+1, "error", err)
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(backoff(attempt)):
-		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	w.in.metrics.batchSeconds.Observe(time.Since(start).Seconds())
 	w.in.metrics.batchMessages.Observe(float64(len(w.pending)))
@@ -287,9 +273,10 @@ func (w *worker) flush(ctx context.Context) error {
 	return nil
 }
 
-func backoff(attempt int) time.Duration {
-	d := retryMin << min(attempt, 10)
-	return min(d, retryMax)
+// writeBackoff paces the retries of a write that failed: they go on until
+// they succeed or ctx ends, since the messages stay unacknowledged meanwhile.
+func writeBackoff() retry.Backoff {
+	return retry.WithCappedDuration(retryMax, retry.NewExponential(retryMin))
 }
 
 // output is a batch turned into the writes it causes. Each part remembers

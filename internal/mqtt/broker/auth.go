@@ -152,7 +152,7 @@ func (a *Authenticator) authenticate(ctx context.Context, clientID, username str
 	// Without this a device could connect under another device's client id
 	// and so end that device's session.
 	if clientID != username {
-		return Identity{}, reasonClientID, fmt.Errorf("%w: client id %q is not the device uuid %s", ErrNotAuthorized, truncate(clientID), device)
+		return Identity{}, reasonClientID, fmt.Errorf("%w: client id %q is not the device uuid %s", ErrNotAuthorized, Truncate(clientID), device)
 	}
 	return Identity{
 		DeviceID: claims.DeviceID,
@@ -205,7 +205,7 @@ var cloudToDevice = map[string]bool{"target": true, "commands": true}
 // state, telemetry, logs, events and status; the service only to any device's
 // target and commands.
 func CanPublish(id Identity, topic string) bool {
-	device, kind, ok := parseDeviceTopic(topic)
+	device, kind, ok := ParseDeviceTopic(topic)
 	if !ok {
 		return false
 	}
@@ -221,7 +221,7 @@ func CanPublish(id Identity, topic string) bool {
 // kinds devices publish.
 func CanSubscribe(id Identity, filter string) bool {
 	if !id.Service {
-		device, kind, ok := parseDeviceTopic(filter)
+		device, kind, ok := ParseDeviceTopic(filter)
 		return ok && device == id.DeviceID && cloudToDevice[kind]
 	}
 	if rest, ok := strings.CutPrefix(filter, sharePrefix); ok {
@@ -241,7 +241,7 @@ func CanSubscribe(id Identity, filter string) bool {
 // agree, and for the service it means it may also subscribe to one device's
 // topic, which it can read anyway through the wildcard.
 func canReceive(id Identity, topic string) bool {
-	device, kind, ok := parseDeviceTopic(topic)
+	device, kind, ok := ParseDeviceTopic(topic)
 	if !ok {
 		return false
 	}
@@ -258,14 +258,14 @@ func canWill(id Identity, topic string) bool {
 	if id.Service {
 		return CanPublish(id, topic)
 	}
-	device, kind, ok := parseDeviceTopic(topic)
+	device, kind, ok := ParseDeviceTopic(topic)
 	return ok && device == id.DeviceID && kind == "status"
 }
 
-// parseDeviceTopic splits flock/v1/devices/<uuid>/<kind>, with the uuid in
+// ParseDeviceTopic splits flock/v1/devices/<uuid>/<kind>, with the uuid in
 // canonical form and a kind of one level. It does not allocate: it runs for
 // every message the broker routes.
-func parseDeviceTopic(topic string) (uuid.UUID, string, bool) {
+func ParseDeviceTopic(topic string) (uuid.UUID, string, bool) {
 	rest, ok := strings.CutPrefix(topic, topicPrefix)
 	if !ok || len(rest) < 38 || rest[36] != '/' || !isCanonicalUUID(rest[:36]) {
 		return uuid.Nil, "", false
@@ -303,8 +303,8 @@ func isCanonicalUUID(s string) bool {
 	return true
 }
 
-// truncate bounds client-chosen strings before they reach logs and errors.
-func truncate(s string) string {
+// Truncate bounds client-chosen strings before they reach logs and errors.
+func Truncate(s string) string {
 	const max = 64
 	if len(s) <= max {
 		return s
