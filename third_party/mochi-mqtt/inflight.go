@@ -20,6 +20,7 @@ type Inflight struct {
 	sendQuota           int32                     // remaining outbound qos quota for flow control
 	maximumReceiveQuota int32                     // maximum allowed receive quota
 	maximumSendQuota    int32                     // maximum allowed send quota
+	parked              []uint16                  // Flock's copy: ids of packets waiting for send quota, oldest first
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
@@ -67,7 +68,49 @@ func (i *Inflight) Clone() *Inflight {
 	for k, v := range i.internal {
 		c.internal[k] = v
 	}
+	c.parked = append([]uint16(nil), i.parked...)
 	return c
+}
+
+// Park stores m as waiting for send quota; TakeParked hands parked packets
+// out oldest first. (Flock's copy, see FLOCK.md.)
+func (i *Inflight) Park(m packets.Packet) {
+	i.Lock()
+	defer i.Unlock()
+	m.Expiry = -1
+	i.internal[m.PacketID] = m
+	i.parked = append(i.parked, m.PacketID)
+}
+
+// TakeParked returns the oldest parked packet and marks it sent. It stays in
+// the inflight store until the client acknowledges it, so a PUBACK returns
+// its send quota and a resumed session resends it. (Flock's copy.)
+func (i *Inflight) TakeParked() (packets.Packet, bool) {
+	i.Lock()
+	defer i.Unlock()
+	for len(i.parked) > 0 {
+		id := i.parked[0]
+		i.parked = i.parked[1:]
+		m, ok := i.internal[id]
+		if !ok || m.Expiry >= 0 {
+			continue // expired, or sent again by a resend
+		}
+		m.Expiry = 0
+		i.internal[id] = m
+		return m, true
+	}
+	i.parked = nil // let the backing array go
+	return packets.Packet{}, false
+}
+
+// Unpark puts back, first in line, a packet TakeParked returned that could
+// not be written. (Flock's copy.)
+func (i *Inflight) Unpark(m packets.Packet) {
+	i.Lock()
+	defer i.Unlock()
+	m.Expiry = -1
+	i.internal[m.PacketID] = m
+	i.parked = append([]uint16{m.PacketID}, i.parked...)
 }
 
 // GetAll returns all the inflight messages.

@@ -716,14 +716,21 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 		return err
 	}
 
-	if cl.State.Inflight.Len() > 0 && atomic.LoadInt32(&cl.State.Inflight.sendQuota) > 0 {
-		next, ok := cl.State.Inflight.NextImmediate()
-		if ok {
-			_ = cl.WritePacket(next)
-			if ok := cl.State.Inflight.Delete(next.PacketID); ok {
-				atomic.AddInt64(&s.Info.Inflight, -1)
-			}
-			cl.State.Inflight.DecreaseSendQuota()
+	// Flock's copy (see FLOCK.md): send parked packets, oldest first, while
+	// the client has quota, and keep each inflight until it is acknowledged.
+	// Upstream sent one per packet read, sorting every inflight packet to
+	// find it, and deleted it at once, so its PUBACK never returned the quota
+	// and a resumed session lost it.
+	for atomic.LoadInt32(&cl.State.Inflight.sendQuota) > 0 {
+		next, ok := cl.State.Inflight.TakeParked()
+		if !ok {
+			break
+		}
+		cl.State.Inflight.DecreaseSendQuota()
+		if err := cl.WritePacket(next); err != nil {
+			cl.State.Inflight.Unpark(next)
+			cl.State.Inflight.IncreaseSendQuota()
+			break
 		}
 	}
 
@@ -1087,8 +1094,8 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		}
 
 		if sentQuota == 0 && atomic.LoadInt32(&cl.State.Inflight.maximumSendQuota) > 0 {
+			cl.State.Inflight.Park(out) // Flock's copy, see FLOCK.md
 			out.Expiry = -1
-			cl.State.Inflight.Set(out)
 			return out, nil
 		}
 	}

@@ -284,7 +284,7 @@ func (b *Broker) identityOf(cl *mqtt.Client) (Identity, bool) {
 // CONNACK itself; mochi then closes the connection.
 func (b *Broker) refuse(cl *mqtt.Client, username, reason string, err error) packets.Code {
 	b.authRefused.WithLabelValues(reason).Inc()
-	subject := slog.String("username", truncate(username))
+	subject := slog.String("username", Truncate(username))
 	if isCanonicalUUID(username) {
 		subject = slog.String("device", username)
 	}
@@ -292,7 +292,7 @@ func (b *Broker) refuse(cl *mqtt.Client, username, reason string, err error) pac
 	if reason == reasonUnavailable {
 		level = slog.LevelWarn
 	}
-	b.log.Log(b.ctx, level, "mqtt connection refused", subject, "client_id", truncate(cl.ID),
+	b.log.Log(b.ctx, level, "mqtt connection refused", subject, "client_id", Truncate(cl.ID),
 		"remote", cl.Net.Remote, "reason", reason, "error", err)
 
 	// The v3.1.1 codes are the spec's equivalents; mochi's own table maps
@@ -326,30 +326,10 @@ func (h *hook) ID() string { return "flock" }
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
-		mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnPacketRead:
+		mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketEncode:
 		return true
 	}
 	return false
-}
-
-// OnPacketRead repairs mochi's accounting of a client's Receive Maximum.
-// When a client has as many QoS 1 messages unacknowledged as it allows,
-// mochi parks the next ones; then, as packets come in, it sends a parked
-// message and at once deletes it from the client's inflight store, so the
-// client's PUBACK for it finds nothing and mochi never gives the slot back.
-// A subscriber that acknowledges late, as the ingester does by design, would
-// lose a slot per parked message until deliveries stopped altogether
-// (measured: a plain subscriber with Receive Maximum 64 stalled after about
-// a thousand messages). A PUBACK for a packet id mochi no longer holds is
-// such a message, and returns its slot here; mochi caps the quota at the
-// client's maximum, so a stray PUBACK cannot inflate it.
-func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Type == packets.Puback {
-		if _, ok := cl.State.Inflight.Get(pk.PacketID); !ok {
-			cl.State.Inflight.IncreaseSendQuota()
-		}
-	}
-	return pk, nil
 }
 
 // OnConnect authenticates. A non-nil error makes mochi end the connection
@@ -361,7 +341,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	id, reason, err := h.b.authenticate(ctx, pk.Connect.ClientIdentifier, username, pk.Connect.Password)
 	if err == nil && pk.Connect.WillFlag && !canWill(id, pk.Connect.WillTopic) {
 		reason = reasonWill
-		err = fmt.Errorf("%w: will on topic %q", ErrNotAuthorized, truncate(pk.Connect.WillTopic))
+		err = fmt.Errorf("%w: will on topic %q", ErrNotAuthorized, Truncate(pk.Connect.WillTopic))
 	}
 	if err != nil {
 		return h.b.refuse(cl, username, reason, err)
@@ -393,7 +373,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		return true
 	}
 	h.b.publishRefusedACL.Inc()
-	h.b.log.Debug("mqtt publish refused", who(id, cl), "topic", truncate(topic))
+	h.b.log.Debug("mqtt publish refused", who(id, cl), "topic", Truncate(topic))
 	return false
 }
 

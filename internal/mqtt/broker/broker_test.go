@@ -995,8 +995,9 @@ func holdIdleClients(t *testing.T, file string) {
 }
 
 // A subscriber that acknowledges late, with a small Receive Maximum, gets
-// every message: mochi parks what exceeds the window, and the hook returns
-// each slot its PUBACK frees (without it mochi stalls, see OnPacketRead).
+// every message: mochi parks what exceeds the window and sends it as
+// PUBACKs free slots (upstream mochi stalled here; see
+// third_party/mochi-mqtt/FLOCK.md).
 func TestReceiveMaximumWithLateAcks(t *testing.T) {
 	t.Parallel()
 	e := start(t, func(c *Config) { c.MessagesPerSecond = 10000; c.Burst = 10000 })
