@@ -30,6 +30,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -67,6 +68,8 @@ type options struct {
 	connections int
 	deviceRate  float64
 	redis       string
+	conns       int
+	cpuProfile  string
 }
 
 func main() {
@@ -85,7 +88,10 @@ func main() {
 	flag.IntVar(&o.connections, "connections", 10000, "idle devices to connect at once (0 skips)")
 	flag.Float64Var(&o.deviceRate, "device-rate", 1000, "the broker's per-device rate limit, messages/s (flock-api defaults to 20; raised so publishers are limited by PUBACKs, not refused)")
 	flag.StringVar(&o.redis, "redis", "", "Redis URL for the KV store (default: in-process)")
+	flag.IntVar(&o.conns, "ingester-connections", 0, "MQTT connections of the ingester (0: its default)")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the end-to-end phase here")
 	flag.Parse()
+	o.cpuProfile = *cpuProfile
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/ingest:", err)
 		os.Exit(1)
@@ -339,7 +345,7 @@ func measureEndToEnd(ctx context.Context, o options, pool *pgxpool.Pool, tokens 
 	}
 	ing, err := ingester.New(ingester.Config{
 		Broker: &url.URL{Scheme: "mqtt", Host: br.Addr()}, Username: serviceUser, Password: servicePassword,
-		ClientID: "bench-ingester", Log: slog.New(slog.DiscardHandler),
+		ClientID: "bench-ingester", Connections: o.conns, Log: slog.New(slog.DiscardHandler),
 	}, ingester.Deps{KV: store, Telemetry: telemetry.NewPostgres(pool), Bus: b, Pool: pool, Validator: v})
 	if err != nil {
 		return 0, nil, err
@@ -386,6 +392,17 @@ func measureEndToEnd(ctx context.Context, o options, pool *pgxpool.Pool, tokens 
 		return 0, nil, err
 	}
 	time.Sleep(o.warmup)
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return 0, nil, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return 0, nil, err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	measuring.Store(true)
 	rate := window(options{duration: o.duration}, arrived.Load)
 	measuring.Store(false)

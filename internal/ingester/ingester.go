@@ -54,7 +54,8 @@ type Config struct {
 	// ShareGroup is the shared-subscription group every ingester joins.
 	ShareGroup string
 	// Connections is how many MQTT connections (each with its own window
-	// and batch) this ingester runs. Default 2.
+	// and batch) this ingester runs. Default 4: in bench/ingest, 2, 4 and 8
+	// connections took 3.6k, 4.3k and 5.2k messages/s end to end.
 	Connections int
 	// ReceiveMaximum bounds the unacknowledged QoS 1 messages the broker
 	// sends on each connection. Default 64, which is also the most the
@@ -109,7 +110,7 @@ func (in *Ingester) Ready(context.Context) error {
 
 const (
 	defaultShareGroup     = "flock-ingester"
-	defaultConnections    = 2
+	defaultConnections    = 4
 	defaultReceiveMaximum = 64
 	defaultBatchSize      = 500
 	defaultFlushPeriod    = 100 * time.Millisecond
