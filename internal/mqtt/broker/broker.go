@@ -58,23 +58,21 @@ const (
 	defaultMessagesPerSecond = 20
 	defaultBurst             = 40
 
-	// clientWritesPending is the length of the queue of outbound packets
-	// mochi allocates for every connection when it is accepted (8192
-	// pointers, 64 KiB, by default). Devices receive a rare target nudge or
-	// command, so a short queue costs them nothing. The service client
-	// receives the fan-in of every device; when its queue is full mochi
-	// drops the message, so the ingester must subscribe at QoS 1 with a
-	// Receive Maximum of at most this value: mochi then keeps the excess in
-	// the session's inflight store (up to MaximumInflight) and sends it as
-	// acknowledgements come back.
+	// clientWritesPending bounds the queue of packets waiting to be
+	// written to one client. In Flock's copy of mochi the queue grows on
+	// demand and its writer goroutine runs only while it holds packets, so
+	// the bound costs an idle connection nothing. The service client
+	// receives the fan-in of every device, and mochi drops what does not
+	// fit, so the ingester subscribes at QoS 1 with a Receive Maximum of at
+	// most this value: mochi keeps the excess in the session's inflight
+	// store (up to MaximumInflight) and sends it as acknowledgements return.
 	//
-	// Measured with TestMemoryPerIdleConnection (2,000 idle authenticated
-	// MQTT v5 devices, clients in another process, Go 1.26, amd64): with
-	// these options about 6 KB of heap and 20.5 KB of goroutine stacks (the
-	// reader and writer goroutines mochi runs per connection) per
-	// connection, 26.5 KB in all; with mochi's defaults 71 KB of heap and
-	// 24 KB of stacks, 95 KB. The stacks are mochi's design and are now most
-	// of the cost; 64 rather than 16 slots costs 384 bytes more.
+	// Memory per idle connection, measured with TestMemoryPerIdleConnection
+	// (2,000 idle authenticated MQTT v5 devices, clients in another process,
+	// Go 1.26, amd64): 4.5 KB of heap and one 4 KB goroutine stack, 8.6 KB
+	// in all. Upstream mochi 2.7.9 with its defaults took 71 KB of heap and
+	// 24 KB of stacks (95 KB); see third_party/mochi-mqtt/FLOCK.md for what
+	// the copy changes.
 	clientWritesPending = 64
 
 	// readBufferSize is each connection's bufio.Reader, allocated at accept.

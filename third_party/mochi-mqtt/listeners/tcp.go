@@ -82,9 +82,10 @@ func (l *TCP) Serve(establish EstablishFn) {
 
 		if atomic.LoadUint32(&l.end) == 0 {
 			go func() {
-				err = establish(l.id, conn)
-				if err != nil {
-					l.log.Warn("", "error", err)
+				// Flock's copy: the log call, with its variadic
+				// arguments, lives in its own frame (see Server.connectClient).
+				if err := establish(l.id, conn); err != nil {
+					l.warn(err)
 				}
 			}()
 		}
@@ -106,4 +107,9 @@ func (l *TCP) Close(closeClients CloseFn) {
 			return
 		}
 	}
+}
+
+//go:noinline
+func (l *TCP) warn(err error) {
+	l.log.Warn("", "error", err)
 }
