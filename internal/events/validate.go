@@ -41,7 +41,8 @@ func (e *PayloadError) Error() string {
 
 // Validator holds the compiled payload schema of every device channel.
 type Validator struct {
-	byKind map[string]*jsonschema.Schema
+	byKind  map[string]*jsonschema.Schema
+	byTopic map[string]*jsonschema.Schema // Kafka topics, by name
 }
 
 // NewValidator compiles the schemas of the embedded document. It reads which
@@ -68,16 +69,13 @@ func NewValidator() (*Validator, error) {
 	if err := c.AddResource(url, jdoc); err != nil {
 		return nil, fmt.Errorf("load asyncapi document: %w", err)
 	}
-	v := &Validator{byKind: map[string]*jsonschema.Schema{}}
+	v := &Validator{byKind: map[string]*jsonschema.Schema{}, byTopic: map[string]*jsonschema.Schema{}}
 	channels, _ := doc["channels"].(map[string]any)
 	messages := components(doc, "messages")
 	for name, ch := range channels {
 		chm, _ := ch.(map[string]any)
 		addr, _ := chm["address"].(string)
-		kind, ok := strings.CutPrefix(addr, DevicePrefix+"{deviceId}/")
-		if !ok {
-			continue
-		}
+		kind, device := strings.CutPrefix(addr, DevicePrefix+"{deviceId}/")
 		msgs, _ := chm["messages"].(map[string]any)
 		for _, m := range msgs {
 			ref := refOf(m)
@@ -90,7 +88,11 @@ func NewValidator() (*Validator, error) {
 			if err != nil {
 				return nil, fmt.Errorf("compile %s of channel %s: %w", payload, name, err)
 			}
-			v.byKind[kind] = sch
+			if device {
+				v.byKind[kind] = sch
+			} else if !strings.Contains(addr, "{") {
+				v.byTopic[addr] = sch
+			}
 		}
 	}
 	if len(v.byKind) == 0 {
@@ -123,22 +125,50 @@ func (v *Validator) Kinds() []string {
 
 // Validate checks a payload of a kind of device message.
 func (v *Validator) Validate(kind string, payload []byte) error {
+	_, err := v.Decode(kind, payload)
+	return err
+}
+
+// ValidateRecord checks the value of a record on one of the document's
+// Kafka topics.
+func (v *Validator) ValidateRecord(topic string, value []byte) error {
+	sch, ok := v.byTopic[topic]
+	if !ok {
+		return fmt.Errorf("%w: topic %q", ErrUnknownChannel, topic)
+	}
+	return validate(sch, topic, value)
+}
+
+// Decode checks a payload of a kind of device message and returns it as
+// the schema saw it: map[string]any, []any, string, json.Number, bool or
+// nil. A caller that needs the values reads them from this rather than
+// parsing the payload a second time.
+func (v *Validator) Decode(kind string, payload []byte) (any, error) {
 	sch, ok := v.byKind[kind]
 	if !ok {
-		return fmt.Errorf("%w: %q", ErrUnknownChannel, kind)
+		return nil, fmt.Errorf("%w: %q", ErrUnknownChannel, kind)
 	}
+	return decode(sch, kind, payload)
+}
+
+func validate(sch *jsonschema.Schema, kind string, payload []byte) error {
+	_, err := decode(sch, kind, payload)
+	return err
+}
+
+func decode(sch *jsonschema.Schema, kind string, payload []byte) (any, error) {
 	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(payload))
 	if err != nil {
-		return &PayloadError{Kind: kind, Malformed: true, Problems: []string{err.Error()}}
+		return nil, &PayloadError{Kind: kind, Malformed: true, Problems: []string{err.Error()}}
 	}
 	if err := sch.Validate(inst); err != nil {
 		var ve *jsonschema.ValidationError
 		if errors.As(err, &ve) {
-			return &PayloadError{Kind: kind, Problems: leaves(ve)}
+			return nil, &PayloadError{Kind: kind, Problems: leaves(ve)}
 		}
-		return &PayloadError{Kind: kind, Problems: []string{err.Error()}}
+		return nil, &PayloadError{Kind: kind, Problems: []string{err.Error()}}
 	}
-	return nil
+	return inst, nil
 }
 
 var english = message.NewPrinter(language.English)

@@ -60,3 +60,31 @@ func TestValidate(t *testing.T) {
 		t.Fatalf("unknown kind: %v", err)
 	}
 }
+
+func TestValidateRecord(t *testing.T) {
+	v, err := events.NewValidator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const base = `"device_id":"0f8d6c1e-3b53-4c11-9e5e-4f1f0c8b9a10","org_id":"1f8d6c1e-3b53-4c11-9e5e-4f1f0c8b9a10","fleet_id":"2f8d6c1e-3b53-4c11-9e5e-4f1f0c8b9a10","received_at":"2026-11-27T08:00:00Z"`
+	tests := []struct {
+		topic, value string
+		ok           bool
+	}{
+		{"flock.device.telemetry.v1", `{` + base + `,"samples":[{"ts":"2026-11-27T08:00:00Z","name":"cpu","value":1}]}`, true},
+		{"flock.device.telemetry.v1", `{` + base + `}`, false},
+		{"flock.device.state.v1", `{` + base + `,"state":{"seq":1}}`, true},
+		{"flock.device.state.v1", `{` + base + `,"state":{"seq":"one"}}`, false},
+		{"flock.device.logs.v1", `{"entries":[]}`, false},
+	}
+	for _, tt := range tests {
+		err := v.ValidateRecord(tt.topic, []byte(tt.value))
+		if (err == nil) != tt.ok {
+			t.Errorf("%s %s: err = %v, want ok %v", tt.topic, tt.value, err, tt.ok)
+		}
+	}
+	if err := v.ValidateRecord("flock.nothing.v1", []byte(`{}`)); !errors.Is(err, events.ErrUnknownChannel) {
+		t.Errorf("unknown topic: %v", err)
+	}
+}
+

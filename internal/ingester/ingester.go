@@ -54,16 +54,18 @@ type Config struct {
 	// ShareGroup is the shared-subscription group every ingester joins.
 	ShareGroup string
 	// Connections is how many MQTT connections (each with its own window
-	// and batch) this ingester runs. Default 4: in bench/ingest, 2, 4 and 8
-	// connections took 3.6k, 4.3k and 5.2k messages/s end to end.
+	// and batches) this ingester runs. Default 4.
 	Connections int
 	// ReceiveMaximum bounds the unacknowledged QoS 1 messages the broker
-	// sends on each connection. Default 64, which is also the most the
-	// embedded broker's per-client queue holds.
+	// sends on each connection. It must cover a batch being written and
+	// the next one filling meanwhile. Default DefaultReceiveMaximum; the
+	// embedded broker queues up to 1024 per client.
 	ReceiveMaximum uint16
-	// BatchSize and FlushPeriod bound a batch: it is written when it holds
-	// BatchSize messages (or the connection's whole window) or its first
-	// message is FlushPeriod old. Defaults 500 and 100ms.
+	// BatchSize and FlushPeriod shape batches. While no batch is being
+	// written, a batch is written once it holds BatchSize messages (or the
+	// connection's whole window) or its first message is FlushPeriod old;
+	// while one is being written, the next takes whatever arrives and is
+	// written as soon as the first is done. Defaults 500 and 20ms.
 	BatchSize   int
 	FlushPeriod time.Duration
 	// SessionExpiry is how long the broker keeps a disconnected ingester's
@@ -109,11 +111,14 @@ func (in *Ingester) Ready(context.Context) error {
 }
 
 const (
-	defaultShareGroup     = "flock-ingester"
-	defaultConnections    = 4
-	defaultReceiveMaximum = 64
+	defaultShareGroup  = "flock-ingester"
+	defaultConnections = 4
+	// DefaultReceiveMaximum is the window of each connection. With 64,
+	// bench/ingest found the ingester idle while the broker waited for
+	// acknowledgements: a batch took the whole window to write.
+	DefaultReceiveMaximum = 512
 	defaultBatchSize      = 500
-	defaultFlushPeriod    = 100 * time.Millisecond
+	defaultFlushPeriod    = 20 * time.Millisecond
 	defaultSessionExpiry  = 5 * time.Minute
 	defaultMaxPayload     = 256 << 10
 
@@ -155,7 +160,7 @@ func New(cfg Config, d Deps) (*Ingester, error) {
 		cfg.Connections = defaultConnections
 	}
 	if cfg.ReceiveMaximum == 0 {
-		cfg.ReceiveMaximum = defaultReceiveMaximum
+		cfg.ReceiveMaximum = DefaultReceiveMaximum
 	}
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = defaultBatchSize

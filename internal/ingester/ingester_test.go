@@ -275,14 +275,26 @@ type kafka struct {
 	recs []bus.Record
 }
 
+// Every record must match its topic's schema in asyncapi/flock.yaml: the
+// ingester splices records from the devices' bytes rather than encoding
+// them, so nothing else checks their shape.
 func (e *env) consume(topics ...string) *kafka {
 	e.t.Helper()
+	v, err := events.NewValidator()
+	if err != nil {
+		e.t.Fatal(err)
+	}
 	k := &kafka{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		_ = e.bus.Consume(ctx, "test-"+uuid.NewString(), topics, func(_ context.Context, recs []bus.Record) error {
+			for _, r := range recs {
+				if err := v.ValidateRecord(r.Topic, r.Value); err != nil {
+					e.t.Errorf("record on %s does not match its schema: %v\n%s", r.Topic, err, r.Value)
+				}
+			}
 			k.mu.Lock()
 			k.recs = append(k.recs, recs...)
 			k.mu.Unlock()

@@ -1,6 +1,7 @@
 package ingester
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -60,37 +61,57 @@ type item struct {
 	at     time.Time
 	raw    []byte
 
-	state     *ev.ReportedState
+	stateSeq  int64
 	samples   []ev.TelemetrySample
 	logs      []ev.LogEntry
 	status    *ev.ConnectionStatus
 	statusSeq int64
 }
 
-// worker batches the messages of one connection and writes them.
+// worker batches the messages of one connection and writes them. One batch
+// is written while the next fills: the connection's window (its Receive
+// Maximum) keeps messages coming during a write, and batches are written
+// and acknowledged in the order they were received, one at a time, so a
+// device's records reach Kafka in the order this connection got them.
 type worker struct {
 	in  *Ingester
 	log *slog.Logger
 
-	pending []received // to acknowledge once the batch is written, in order
-	items   []item
-	first   time.Time
-	qos1    int
+	cur     *batch     // filling
+	writing *batch     // being written by a goroutine; nil when none is
+	spare   *batch     // a written batch, kept for its buffers
+	done    chan error // the writing goroutine's result
 	timer   *time.Timer
 	current *paho.Client // the connection the newest message came in on
+	unacked int          // QoS 1 messages received and not yet acknowledged
+}
+
+// batch is a run of messages written together.
+type batch struct {
+	pending []received // to acknowledge once written, in order
+	items   []item
+	first   time.Time
+	out     *output // the writes, once built; kept across retries
+}
+
+func (b *batch) reset() {
+	clear(b.pending)
+	b.pending = b.pending[:0]
+	b.items = b.items[:0]
+	b.out = nil
 }
 
 func (in *Ingester) newWorker(log *slog.Logger) *worker {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
-	return &worker{in: in, log: log, timer: t}
+	return &worker{in: in, log: log, timer: t, cur: &batch{}, done: make(chan error, 1)}
 }
 
 // run takes messages until ctx ends, then writes what it holds.
 func (w *worker) run(ctx context.Context, inbox <-chan received) error {
 	for {
 		var tick <-chan time.Time
-		if len(w.pending) > 0 {
+		if w.writing == nil && len(w.cur.pending) > 0 {
 			tick = w.timer.C
 		}
 		select {
@@ -98,22 +119,65 @@ func (w *worker) run(ctx context.Context, inbox <-chan received) error {
 			return w.drain(inbox)
 		case m := <-inbox:
 			w.add(m)
-			if len(w.items) >= w.in.cfg.BatchSize || w.qos1 >= int(w.in.cfg.ReceiveMaximum) {
-				if err := w.flush(ctx); err != nil {
-					return w.drain(inbox)
-				}
+			if w.writing == nil && (len(w.cur.items) >= w.in.cfg.BatchSize || w.unacked >= int(w.in.cfg.ReceiveMaximum)) {
+				w.dispatch(ctx)
 			}
-		case <-tick:
-			if err := w.flush(ctx); err != nil {
+		case err := <-w.done:
+			if err != nil {
+				// ctx ended during the retries; drain writes it again.
 				return w.drain(inbox)
 			}
+			w.complete(w.writing)
+			w.writing = nil
+			// What arrived during the write goes now: it has waited as
+			// long as the write took.
+			if len(w.cur.pending) > 0 {
+				w.dispatch(ctx)
+			}
+		case <-tick:
+			w.dispatch(ctx)
 		}
 	}
 }
 
+// dispatch starts writing the filling batch.
+func (w *worker) dispatch(ctx context.Context) {
+	w.timer.Stop()
+	b := w.cur
+	w.cur, w.spare = w.spare, nil
+	if w.cur == nil {
+		w.cur = &batch{}
+	}
+	w.writing = b
+	go func() { w.done <- w.write(ctx, b) }()
+}
+
+// complete acknowledges a written batch and keeps it for reuse.
+func (w *worker) complete(b *batch) {
+	for _, m := range b.pending {
+		w.ack(m)
+		if m.pub.QoS > 0 {
+			w.unacked--
+		}
+	}
+	w.in.metrics.latency.Observe(time.Since(b.first).Seconds())
+	b.reset()
+	w.spare = b
+}
+
 // drain writes and acknowledges everything already received, within
-// drainTimeout. What it cannot write stays unacknowledged.
+// drainTimeout: the batch being written (again, if ctx ended its retries),
+// then what is left. What it cannot write stays unacknowledged.
 func (w *worker) drain(inbox <-chan received) error {
+	var failed *batch
+	if w.writing != nil {
+		if err := <-w.done; err != nil {
+			failed = w.writing
+		} else {
+			w.complete(w.writing)
+		}
+		w.writing = nil
+	}
 	for {
 		select {
 		case m := <-inbox:
@@ -125,13 +189,19 @@ func (w *worker) drain(inbox <-chan received) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
-	if err := w.flush(ctx); err != nil {
-		return fmt.Errorf("ingester: %d messages not written at shutdown (the broker redelivers them): %w", len(w.pending), err)
+	for _, b := range []*batch{failed, w.cur} {
+		if b == nil || len(b.pending) == 0 {
+			continue
+		}
+		if err := w.write(ctx, b); err != nil {
+			return fmt.Errorf("ingester: %d messages not written at shutdown (the broker redelivers them): %w", w.unacked, err)
+		}
+		w.complete(b)
 	}
 	return nil
 }
 
-// add decodes m into the batch, or drops it.
+// add decodes m into the filling batch, or drops it.
 func (w *worker) add(m received) {
 	w.current = m.client
 	it, reason, err := w.decode(m)
@@ -140,15 +210,18 @@ func (w *worker) add(m received) {
 		w.ack(m)
 		return
 	}
-	if len(w.pending) == 0 {
-		w.first = m.at
-		w.timer.Reset(w.in.cfg.FlushPeriod)
+	b := w.cur
+	if len(b.pending) == 0 {
+		b.first = m.at
+		if w.writing == nil {
+			w.timer.Reset(w.in.cfg.FlushPeriod)
+		}
 	}
-	w.pending = append(w.pending, m)
+	b.pending = append(b.pending, m)
 	if m.pub.QoS > 0 {
-		w.qos1++
+		w.unacked++
 	}
-	w.items = append(w.items, it)
+	b.items = append(b.items, it)
 	w.in.metrics.received.WithLabelValues(it.kind).Inc()
 }
 
@@ -183,32 +256,28 @@ func (w *worker) decode(m received) (item, string, error) {
 	if len(m.pub.Payload) > w.in.cfg.MaxPayload {
 		return it, dropTooLarge, fmt.Errorf("payload of %d bytes is over %d", len(m.pub.Payload), w.in.cfg.MaxPayload)
 	}
-	if err := w.in.deps.Validator.Validate(kind, m.pub.Payload); err != nil {
+	doc, err := w.in.deps.Validator.Decode(kind, m.pub.Payload)
+	if err != nil {
 		var pe *events.PayloadError
 		if errors.As(err, &pe) && pe.Malformed {
 			return it, dropMalformed, err
 		}
 		return it, dropSchema, err
 	}
-	var err error
 	switch kind {
 	case kindState:
-		it.state = new(ev.ReportedState)
-		err = json.Unmarshal(m.pub.Payload, it.state)
+		it.stateSeq, err = stateSeq(doc)
 	case kindTelemetry:
-		var b ev.TelemetryBatch
-		err = json.Unmarshal(m.pub.Payload, &b)
-		it.samples = b.Samples
+		it.samples, err = telemetrySamples(doc)
 	case kindLogs:
-		var b ev.LogBatch
-		err = json.Unmarshal(m.pub.Payload, &b)
-		it.logs = b.Entries
+		it.logs, err = logEntries(doc)
 	case kindEvents:
 		// Passed on to Kafka as sent; the schema check is all it needs.
 	case kindStatus:
-		it.status = new(ev.ConnectionStatus)
-		err = json.Unmarshal(m.pub.Payload, it.status)
-		it.statusSeq = int64(it.status.ConnectionSeq)
+		it.status, err = connectionStatus(doc)
+		if err == nil {
+			it.statusSeq = int64(it.status.ConnectionSeq)
+		}
 	}
 	if err != nil {
 		// The schema passed, so this is a value Go cannot hold (a sequence
@@ -232,27 +301,23 @@ func parseTopic(topic string) (uuid.UUID, string, bool) {
 	return uuid.Nil, "", false
 }
 
-// flush writes the batch everywhere and acknowledges it. A failed write is
-// retried until it succeeds or ctx ends; the batch is kept on failure.
-func (w *worker) flush(ctx context.Context) error {
-	if len(w.pending) == 0 {
-		return nil
-	}
+// write writes b everywhere. A failed write is retried until it succeeds
+// or ctx ends; the parts already written are not written again.
+func (w *worker) write(ctx context.Context, b *batch) error {
 	start := time.Now()
-	var out *output
 	attempt := 0
 	err := retry.Do(ctx, writeBackoff(), func(ctx context.Context) error {
 		attempt++
 		var err error
-		if out == nil {
-			out, err = w.build(ctx)
+		if b.out == nil {
+			b.out, err = w.build(ctx, b.items)
 		}
 		if err == nil {
-			err = out.write(ctx, w.in)
+			err = b.out.write(ctx, w.in)
 		}
 		if err != nil {
 			w.in.metrics.writeErrors.Inc()
-			w.log.Error("ingester: write batch; retrying", "messages", len(w.pending), "attempt", attempt, "error", err)
+			w.log.Error("ingester: write batch; retrying", "messages", len(b.pending), "attempt", attempt, "error", err)
 			return retry.RetryableError(err)
 		}
 		return nil
@@ -261,15 +326,7 @@ func (w *worker) flush(ctx context.Context) error {
 		return err
 	}
 	w.in.metrics.batchSeconds.Observe(time.Since(start).Seconds())
-	w.in.metrics.batchMessages.Observe(float64(len(w.pending)))
-	for _, m := range w.pending {
-		w.ack(m)
-	}
-	w.in.metrics.latency.Observe(time.Since(w.first).Seconds())
-	w.pending = w.pending[:0]
-	w.items = w.items[:0]
-	w.qos1 = 0
-	w.timer.Stop()
+	w.in.metrics.batchMessages.Observe(float64(len(b.pending)))
 	return nil
 }
 
@@ -302,9 +359,9 @@ type stateWrite struct {
 
 // build resolves each device's org and fleet and turns the items into
 // writes. Items of devices that no longer exist are dropped.
-func (w *worker) build(ctx context.Context) (*output, error) {
-	ids := make([]uuid.UUID, 0, len(w.items))
-	for _, it := range w.items {
+func (w *worker) build(ctx context.Context, items []item) (*output, error) {
+	ids := make([]uuid.UUID, 0, len(items))
+	for _, it := range items {
 		ids = append(ids, it.device)
 	}
 	owners, err := w.in.owners.resolve(ctx, ids)
@@ -315,7 +372,7 @@ func (w *worker) build(ctx context.Context) (*output, error) {
 	out := &output{}
 	lastConn := map[uuid.UUID]int{} // device → index in connPG
 	touched := map[uuid.UUID]bool{}
-	for _, it := range w.items {
+	for _, it := range items {
 		o, ok := owners[it.device]
 		if !ok {
 			out.unknowns++
@@ -324,14 +381,15 @@ func (w *worker) build(ctx context.Context) (*output, error) {
 			continue
 		}
 		base := recordBase{DeviceID: it.device.String(), OrgID: o.org.String(), FleetID: o.fleet.String(), ReceivedAt: it.at.UTC().Format(time.RFC3339Nano)}
+		key := []byte(base.DeviceID)
 		switch it.kind {
 		case kindState:
 			v, err := json.Marshal(livestate.State{ReceivedAt: it.at.UTC(), State: it.raw})
 			if err != nil {
 				return nil, err
 			}
-			out.states = append(out.states, stateWrite{key: livestate.StateKey(it.device), seq: uint64(it.state.Seq) + 1, value: v})
-			out.records = append(out.records, record(bus.TopicDeviceState, it.device, stateRecord{recordBase: base, State: it.raw}))
+			out.states = append(out.states, stateWrite{key: livestate.StateKey(it.device), seq: uint64(it.stateSeq) + 1, value: v})
+			out.records = append(out.records, bus.Record{Topic: bus.TopicDeviceState, Key: key, Value: base.with("state", it.raw)})
 		case kindTelemetry:
 			for _, s := range it.samples {
 				ts, err := time.Parse(time.RFC3339Nano, s.Ts)
@@ -340,7 +398,7 @@ func (w *worker) build(ctx context.Context) (*output, error) {
 				}
 				out.samples = append(out.samples, telemetry.Sample{DeviceID: it.device, OrgID: o.org, TS: ts, Name: s.Name, Value: s.Value, Unit: s.Unit, Labels: s.Labels})
 			}
-			out.records = append(out.records, record(bus.TopicDeviceTelemetry, it.device, telemetryRecord{recordBase: base, Samples: it.samples}))
+			out.records = append(out.records, bus.Record{Topic: bus.TopicDeviceTelemetry, Key: key, Value: base.merged(it.raw)})
 		case kindLogs:
 			for _, l := range it.logs {
 				ts, err := time.Parse(time.RFC3339Nano, l.Ts)
@@ -353,9 +411,9 @@ func (w *worker) build(ctx context.Context) (*output, error) {
 				}
 				out.logs = append(out.logs, telemetry.LogLine{DeviceID: it.device, OrgID: o.org, Service: l.Service, Seq: int64(l.Seq), TS: ts, Stream: stream, Line: l.Line})
 			}
-			out.records = append(out.records, record(bus.TopicDeviceLogs, it.device, logRecord{recordBase: base, Entries: it.logs}))
+			out.records = append(out.records, bus.Record{Topic: bus.TopicDeviceLogs, Key: key, Value: base.merged(it.raw)})
 		case kindEvents:
-			out.records = append(out.records, record(bus.TopicDeviceEvents, it.device, eventRecord{recordBase: base, Event: it.raw}))
+			out.records = append(out.records, bus.Record{Topic: bus.TopicDeviceEvents, Key: key, Value: base.with("event", it.raw)})
 		case kindStatus:
 			online := it.status.State != nil && *it.status.State == ev.ConnectionStateOnline
 			event := telemetry.EventDisconnected
@@ -460,32 +518,51 @@ func writeKV(ctx context.Context, in *Ingester, ws []stateWrite) error {
 }
 
 // Kafka records. The payload a device sent is embedded as it came (it was
-// validated), so the record carries exactly what the device said.
+// validated), so the record carries exactly what the device said; and the
+// records are spliced from its bytes rather than encoded, which took a
+// fifth of the ingester's time per message.
 type recordBase struct {
-	DeviceID   string `json:"device_id"`
-	OrgID      string `json:"org_id"`
-	FleetID    string `json:"fleet_id"`
-	ReceivedAt string `json:"received_at"`
+	DeviceID   string
+	OrgID      string
+	FleetID    string
+	ReceivedAt string
 }
 
-type stateRecord struct {
-	recordBase
-	State json.RawMessage `json:"state"`
+// open starts a record's JSON object with the base fields. Every one is a
+// UUID or an RFC 3339 time, which need no escaping.
+func (b recordBase) open(size int) []byte {
+	out := make([]byte, 0, 128+size)
+	out = append(out, `{"device_id":"`...)
+	out = append(out, b.DeviceID...)
+	out = append(out, `","org_id":"`...)
+	out = append(out, b.OrgID...)
+	out = append(out, `","fleet_id":"`...)
+	out = append(out, b.FleetID...)
+	out = append(out, `","received_at":"`...)
+	out = append(out, b.ReceivedAt...)
+	return append(out, '"')
 }
 
-type eventRecord struct {
-	recordBase
-	Event json.RawMessage `json:"event"`
+// with is the record holding raw, a JSON value, under key.
+func (b recordBase) with(key string, raw []byte) []byte {
+	out := b.open(len(key) + len(raw))
+	out = append(out, `,"`...)
+	out = append(out, key...)
+	out = append(out, `":`...)
+	out = append(out, raw...)
+	return append(out, '}')
 }
 
-type telemetryRecord struct {
-	recordBase
-	Samples []ev.TelemetrySample `json:"samples"`
-}
-
-type logRecord struct {
-	recordBase
-	Entries []ev.LogEntry `json:"entries"`
+// merged is the record holding the members of raw, a JSON object whose
+// schema allows none of the base's names (TelemetryBatch, LogBatch).
+func (b recordBase) merged(raw []byte) []byte {
+	members := bytes.TrimLeft(raw, " \t\r\n")
+	members = bytes.TrimLeft(members[1:], " \t\r\n") // past the '{'
+	out := b.open(len(members))
+	if len(members) > 0 && members[0] != '}' {
+		out = append(out, ',')
+	}
+	return append(out, members...)
 }
 
 type connectivityRecord struct {
