@@ -19,8 +19,8 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -35,11 +35,14 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/flock-io/flock-api/bench/internal/benchdb"
 	"github.com/flock-io/flock-api/internal/bus"
@@ -69,6 +72,9 @@ type options struct {
 	deviceRate  float64
 	redis       string
 	conns       int
+	recvMax     int
+	rounds      int
+	flush       time.Duration
 	cpuProfile  string
 }
 
@@ -89,6 +95,9 @@ func main() {
 	flag.Float64Var(&o.deviceRate, "device-rate", 1000, "the broker's per-device rate limit, messages/s (flock-api defaults to 20; raised so publishers are limited by PUBACKs, not refused)")
 	flag.StringVar(&o.redis, "redis", "", "Redis URL for the KV store (default: in-process)")
 	flag.IntVar(&o.conns, "ingester-connections", 0, "MQTT connections of the ingester (0: its default)")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds of (a) then (b); the median counts")
+	flag.IntVar(&o.recvMax, "ingester-receive-maximum", 0, "the ingester's Receive Maximum per connection (0: its default)")
+	flag.DurationVar(&o.flush, "ingester-flush-period", 0, "the ingester's FlushPeriod (0: its default)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the end-to-end phase here")
 	flag.Parse()
 	o.cpuProfile = *cpuProfile
@@ -146,20 +155,37 @@ func run(o options) error {
 	fmt.Printf("machine: %d CPUs, %s; %d publishers at QoS 1, broker limit %.0f msg/s per device\n",
 		runtime.NumCPU(), runtime.Version(), o.publishers, o.deviceRate)
 
-	fanIn, size, err := measureFanIn(ctx, o, tokens, devs)
-	if err != nil {
-		return fmt.Errorf("fan-in: %w", err)
+	// The machine's speed drifts (its cores are shared), so (a) and (b)
+	// alternate, each round on a fresh broker, and the median round counts.
+	var fanIns, e2es, ratios []float64
+	var lat []time.Duration
+	for r := range o.rounds {
+		fanIn, err := measureFanIn(ctx, o, tokens, devs)
+		if err != nil {
+			return fmt.Errorf("fan-in: %w", err)
+		}
+		e2e, l, err := measureEndToEnd(ctx, o, pool, tokens, devs, 0)
+		if err != nil {
+			return fmt.Errorf("end to end: %w", err)
+		}
+		fmt.Printf("round %d: (a) fan-in %.0f msg/s, this process on %.2f cores, %.0f µs CPU/msg; (b) end to end %.0f msg/s, %.2f cores, %.0f µs CPU/msg; b/a %.2f\n",
+			r+1, fanIn.rate, fanIn.cores, fanIn.cpuPerMessage(), e2e.rate, e2e.cores, e2e.cpuPerMessage(), e2e.rate/fanIn.rate)
+		fanIns, e2es, ratios = append(fanIns, fanIn.rate), append(e2es, e2e.rate), append(ratios, e2e.rate/fanIn.rate)
+		lat = append(lat, l...)
 	}
-	fmt.Printf("(a) broker fan-in, plain subscriber: %.0f messages/s (mean payload %d bytes)\n", fanIn, size)
-
-	e2e, lat, err := measureEndToEnd(ctx, o, pool, tokens, devs)
-	if err != nil {
-		return fmt.Errorf("end to end: %w", err)
-	}
-	fmt.Printf("(b) end to end, publish to KV + telemetry store + Kafka: %.0f messages/s\n", e2e)
-	fmt.Printf("    ratio b/a: %.2f\n", e2e/fanIn)
-	fmt.Printf("    publish to Kafka latency over %d messages: p50 %s, p99 %s, max %s\n",
+	fmt.Printf("(a) broker fan-in, plain subscriber: %.0f messages/s (median of %d rounds; mean payload %d bytes)\n", median(fanIns), o.rounds, payloadSize.Load())
+	fmt.Printf("(b) end to end, publish to KV + telemetry store + Kafka: %.0f messages/s (median)\n", median(e2es))
+	fmt.Printf("    ratio b/a: %.2f (median; rounds %s)\n", median(ratios), list(ratios))
+	slices.Sort(lat)
+	fmt.Printf("    publish to Kafka latency at saturation, over %d messages: p50 %s, p99 %s, max %s\n",
 		len(lat), pct(lat, 0.50), pct(lat, 0.99), pct(lat, 1))
+	offered := median(e2es) / 2
+	at, lat, err := measureEndToEnd(ctx, o, pool, tokens, devs, offered)
+	if err != nil {
+		return fmt.Errorf("end to end at %.0f msg/s: %w", offered, err)
+	}
+	fmt.Printf("    publish to Kafka latency at %.0f messages/s offered (half of b; %.0f arrived/s), over %d messages: p50 %s, p99 %s, max %s\n",
+		offered, at.rate, len(lat), pct(lat, 0.50), pct(lat, 0.99), pct(lat, 1))
 
 	if o.connections > 0 {
 		if err := measureConnections(ctx, o, pool, tokens); err != nil {
@@ -173,6 +199,10 @@ type cred struct {
 	id    uuid.UUID
 	token string
 }
+
+// refused counts publishes the broker refused over the rate limit;
+// sentCount, sentBytes and payloadSize describe what the publishers sent.
+var refused, sentCount, sentBytes, payloadSize atomic.Int64
 
 func newBroker(o options, tokens *devicetoken.Service) (*broker.Broker, func(), error) {
 	br, err := broker.New(broker.Config{
@@ -189,11 +219,9 @@ func newBroker(o options, tokens *devicetoken.Service) (*broker.Broker, func(), 
 }
 
 // publishers run one QoS 1 publisher per device, each sending the
-// simulator's mix as fast as its PUBACKs return, until stop is closed.
-// refused counts publishes the broker refused over the rate limit.
-var refused atomic.Int64
-
-func publishers(addr string, devs []cred, stop <-chan struct{}, sent *atomic.Int64, bytes *atomic.Int64) (func(), error) {
+// simulator's mix until stop is closed: as fast as its PUBACKs return, or,
+// when offered is not 0, at its share of offered messages/s.
+func publishers(addr string, devs []cred, stop <-chan struct{}, offered float64) (func(), error) {
 	var wg sync.WaitGroup
 	clients := make([]*paho.Client, 0, len(devs))
 	for i, d := range devs {
@@ -206,7 +234,20 @@ func publishers(addr string, devs []cred, stop <-chan struct{}, sent *atomic.Int
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var tick <-chan time.Time
+			if offered > 0 {
+				t := time.NewTicker(time.Duration(float64(len(devs)) / offered * float64(time.Second)))
+				defer t.Stop()
+				tick = t.C
+			}
 			for {
+				if tick != nil {
+					select {
+					case <-stop:
+						return
+					case <-tick:
+					}
+				}
 				select {
 				case <-stop:
 					return
@@ -233,8 +274,9 @@ func publishers(addr string, devs []cred, stop <-chan struct{}, sent *atomic.Int
 					}
 					return
 				}
-				sent.Add(1)
-				bytes.Add(int64(len(payload)))
+				sentCount.Add(1)
+				sentBytes.Add(int64(len(payload)))
+				payloadSize.Store(sentBytes.Load() / sentCount.Load())
 			}
 		}()
 	}
@@ -266,34 +308,94 @@ func dialDevice(addr string, d cred) (*paho.Client, error) {
 }
 
 // window counts how much counter grows over duration after warmup.
-func window(o options, counter func() int64) float64 {
+// It also reports the CPU this process used meanwhile, in cores (every
+// part but PostgreSQL runs in it).
+func window(o options, counter func() int64) measurement {
 	time.Sleep(o.warmup)
-	start, t0 := counter(), time.Now()
+	start, t0, c0 := counter(), time.Now(), cpuTime()
 	time.Sleep(o.duration)
-	return float64(counter()-start) / time.Since(t0).Seconds()
+	elapsed := time.Since(t0).Seconds()
+	return measurement{rate: float64(counter()-start) / elapsed, cores: (cpuTime() - c0).Seconds() / elapsed}
 }
 
-func measureFanIn(ctx context.Context, o options, tokens *devicetoken.Service, devs []cred) (float64, int, error) {
+// measurement is a rate and the CPU this process spent on it.
+type measurement struct {
+	rate  float64 // messages/s
+	cores float64 // CPU seconds per second
+}
+
+func (m measurement) cpuPerMessage() float64 {
+	if m.rate == 0 {
+		return 0
+	}
+	return m.cores / m.rate * 1e6
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2]
+}
+
+func list(v []float64) string {
+	parts := make([]string, len(v))
+	for i, x := range v {
+		parts[i] = fmt.Sprintf("%.2f", x)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// profile writes a CPU profile to file, starting after delay, until the
+// returned function is called.
+func profile(file string, delay time.Duration) (func(), error) {
+	f, err := os.Create(file)
+	if err != nil {
+		return nil, err
+	}
+	started := make(chan bool, 1)
+	timer := time.AfterFunc(delay, func() { started <- pprof.StartCPUProfile(f) == nil })
+	return func() {
+		if !timer.Stop() && <-started {
+			pprof.StopCPUProfile()
+		}
+		f.Close()
+	}, nil
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func measureFanIn(ctx context.Context, o options, tokens *devicetoken.Service, devs []cred) (measurement, error) {
 	br, stopBroker, err := newBroker(o, tokens)
 	if err != nil {
-		return 0, 0, err
+		return measurement{}, err
 	}
 	defer stopBroker()
 	var got atomic.Int64
 	conn, err := net.Dial("tcp", br.Addr())
 	if err != nil {
-		return 0, 0, err
+		return measurement{}, err
 	}
 	sub := paho.NewClient(paho.ClientConfig{Conn: conn, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 		func(paho.PublishReceived) (bool, error) { got.Add(1); return true, nil },
 	}})
-	// The same window the ingester announces: the embedded broker queues at
-	// most 64 messages per client and drops beyond that.
-	recvMax := uint16(64)
+	// The same window the ingester announces.
+	recvMax := uint16(o.recvMax)
+	if recvMax == 0 {
+		recvMax = ingester.DefaultReceiveMaximum
+	}
 	if _, err := sub.Connect(ctx, &paho.Connect{ClientID: "bench-subscriber", CleanStart: true, KeepAlive: 60,
 		UsernameFlag: true, Username: serviceUser, PasswordFlag: true, Password: []byte(servicePassword),
 		Properties: &paho.ConnectProperties{ReceiveMaximum: &recvMax}}); err != nil {
-		return 0, 0, err
+		return measurement{}, err
 	}
 	defer sub.Disconnect(&paho.Disconnect{})
 	var subs []paho.SubscribeOptions
@@ -301,54 +403,58 @@ func measureFanIn(ctx context.Context, o options, tokens *devicetoken.Service, d
 		subs = append(subs, paho.SubscribeOptions{Topic: "flock/v1/devices/+/" + k, QoS: 1})
 	}
 	if _, err := sub.Subscribe(ctx, &paho.Subscribe{Subscriptions: subs}); err != nil {
-		return 0, 0, err
+		return measurement{}, err
 	}
 	stop := make(chan struct{})
-	var sent, bytes atomic.Int64
-	wait, err := publishers(br.Addr(), devs, stop, &sent, &bytes)
+	wait, err := publishers(br.Addr(), devs, stop, 0)
 	if err != nil {
-		return 0, 0, err
+		return measurement{}, err
 	}
-	rate := window(o, got.Load)
+	if o.cpuProfile != "" {
+		stopProfile, err := profile(o.cpuProfile+".fanin", o.warmup)
+		if err != nil {
+			return measurement{}, err
+		}
+		defer stopProfile()
+	}
+	m := window(o, got.Load)
 	close(stop)
 	wait()
-	size := 0
-	if n := sent.Load(); n > 0 {
-		size = int(bytes.Load() / n)
-	}
-	return rate, size, nil
+	return m, nil
 }
 
-func measureEndToEnd(ctx context.Context, o options, pool *pgxpool.Pool, tokens *devicetoken.Service, devs []cred) (float64, []time.Duration, error) {
+// measureEndToEnd runs (b): publishers as fast as PUBACKs return, or at
+// offered messages/s in all when that is not 0.
+func measureEndToEnd(ctx context.Context, o options, pool *pgxpool.Pool, tokens *devicetoken.Service, devs []cred, offered float64) (measurement, []time.Duration, error) {
 	br, stopBroker, err := newBroker(o, tokens)
 	if err != nil {
-		return 0, nil, err
+		return measurement{}, nil, err
 	}
 	defer stopBroker()
 	var store kv.Store = kv.NewMemory()
 	if o.redis != "" {
 		r, err := kv.NewRedis(ctx, o.redis)
 		if err != nil {
-			return 0, nil, err
+			return measurement{}, nil, err
 		}
 		store = r
 	}
 	defer store.Close()
 	b, err := bus.Open(ctx, bus.Config{Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
-		return 0, nil, err
+		return measurement{}, nil, err
 	}
 	defer b.Close()
 	v, err := events.NewValidator()
 	if err != nil {
-		return 0, nil, err
+		return measurement{}, nil, err
 	}
 	ing, err := ingester.New(ingester.Config{
 		Broker: &url.URL{Scheme: "mqtt", Host: br.Addr()}, Username: serviceUser, Password: servicePassword,
-		ClientID: "bench-ingester", Connections: o.conns, Log: slog.New(slog.DiscardHandler),
+		ClientID: "bench-ingester", Connections: o.conns, ReceiveMaximum: uint16(o.recvMax), FlushPeriod: o.flush, Log: slog.New(slog.DiscardHandler),
 	}, ingester.Deps{KV: store, Telemetry: telemetry.NewPostgres(pool), Bus: b, Pool: pool, Validator: v})
 	if err != nil {
-		return 0, nil, err
+		return measurement{}, nil, err
 	}
 	ictx, stopIngester := context.WithCancel(ctx)
 	ingDone := make(chan error, 1)
@@ -358,7 +464,30 @@ func measureEndToEnd(ctx context.Context, o options, pool *pgxpool.Pool, tokens 
 		time.Sleep(10 * time.Millisecond)
 	}
 
-	var arrived atomic.Int64
+	// Arrivals are counted from the topics' end offsets, and latency is
+	// sampled from partition 0 of each topic: a consumer of every record
+	// would take CPU from the pipeline it measures.
+	topics := []string{bus.TopicDeviceState, bus.TopicDeviceTelemetry, bus.TopicDeviceLogs}
+	sample := map[string]map[int32]kgo.Offset{}
+	for _, t := range topics {
+		sample[t] = map[int32]kgo.Offset{0: kgo.NewOffset().AtEnd()}
+	}
+	kc, err := kgo.NewClient(kgo.SeedBrokers(b.Brokers()...), kgo.ConsumePartitions(sample))
+	if err != nil {
+		return measurement{}, nil, err
+	}
+	defer kc.Close()
+	adm := kadm.NewClient(kc)
+	arrived := func() int64 {
+		offs, err := adm.ListEndOffsets(ctx, topics...)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "list end offsets:", err)
+			return 0
+		}
+		var n int64
+		offs.Each(func(o kadm.ListedOffset) { n += o.Offset })
+		return n
+	}
 	var mu sync.Mutex
 	var lat []time.Duration
 	measuring := atomic.Bool{}
@@ -366,77 +495,63 @@ func measureEndToEnd(ctx context.Context, o options, pool *pgxpool.Pool, tokens 
 	consDone := make(chan struct{})
 	go func() {
 		defer close(consDone)
-		_ = b.Consume(cctx, "bench", []string{bus.TopicDeviceState, bus.TopicDeviceTelemetry, bus.TopicDeviceLogs},
-			func(_ context.Context, recs []bus.Record) error {
-				now := time.Now()
-				arrived.Add(int64(len(recs)))
-				if !measuring.Load() {
-					return nil
+		for cctx.Err() == nil {
+			fetches := kc.PollFetches(cctx)
+			now := time.Now()
+			if !measuring.Load() {
+				continue
+			}
+			mu.Lock()
+			fetches.EachRecord(func(r *kgo.Record) {
+				if t, ok := sentAt(r.Value); ok {
+					lat = append(lat, now.Sub(t))
 				}
-				mu.Lock()
-				defer mu.Unlock()
-				for _, r := range recs {
-					if t, ok := sentAt(r); ok {
-						lat = append(lat, now.Sub(t))
-					}
-				}
-				return nil
 			})
+			mu.Unlock()
+		}
 	}()
 	defer func() { stopConsumer(); <-consDone }()
 
 	stop := make(chan struct{})
-	var sent, bytes atomic.Int64
-	wait, err := publishers(br.Addr(), devs, stop, &sent, &bytes)
+	wait, err := publishers(br.Addr(), devs, stop, offered)
 	if err != nil {
-		return 0, nil, err
+		return measurement{}, nil, err
 	}
 	time.Sleep(o.warmup)
 	if o.cpuProfile != "" {
-		f, err := os.Create(o.cpuProfile)
+		stopProfile, err := profile(o.cpuProfile, 0)
 		if err != nil {
-			return 0, nil, err
+			return measurement{}, nil, err
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return 0, nil, err
-		}
-		defer pprof.StopCPUProfile()
+		defer stopProfile()
 	}
 	measuring.Store(true)
-	rate := window(options{duration: o.duration}, arrived.Load)
+	m := window(options{duration: o.duration}, arrived)
 	measuring.Store(false)
 	close(stop)
 	wait()
 	mu.Lock()
 	defer mu.Unlock()
 	slices.Sort(lat)
-	return rate, lat, nil
+	return m, lat, nil
 }
 
-// sentAt reads the time a telemetry or log record's message was built.
-func sentAt(r bus.Record) (time.Time, bool) {
-	var v struct {
-		Samples []struct {
-			TS string `json:"ts"`
-		} `json:"samples"`
-		Entries []struct {
-			TS string `json:"ts"`
-		} `json:"entries"`
-	}
-	if json.Unmarshal(r.Value, &v) != nil {
+// sentAt reads the time a telemetry or log record's message was built: the
+// last "ts" in the record, found without decoding the record, so that the
+// measuring consumer takes as little as possible of the CPU the pipeline
+// is measured on.
+func sentAt(value []byte) (time.Time, bool) {
+	const key = `"ts":"`
+	i := bytes.LastIndex(value, []byte(key))
+	if i < 0 {
 		return time.Time{}, false
 	}
-	var ts string
-	switch {
-	case len(v.Samples) > 0:
-		ts = v.Samples[len(v.Samples)-1].TS
-	case len(v.Entries) > 0:
-		ts = v.Entries[len(v.Entries)-1].TS
-	default:
+	ts := value[i+len(key):]
+	end := bytes.IndexByte(ts, '"')
+	if end < 0 {
 		return time.Time{}, false
 	}
-	t, err := time.Parse(time.RFC3339Nano, ts)
+	t, err := time.Parse(time.RFC3339Nano, string(ts[:end]))
 	return t, err == nil
 }
 
