@@ -1,20 +1,27 @@
 // Command ingest measures the device data path in one run:
 //
-//  1. fan-in: simulated devices (the simulator's payload mix: telemetry,
+//  1. (a) fan-in: simulated devices (the simulator's payload mix: telemetry,
 //     logs and state) publish at QoS 1 as fast as PUBACKs come back to the
-//     embedded broker, and one plain QoS 1 subscriber counts what it gets;
+//     embedded broker, and one plain QoS 1 subscriber (with the ingester's
+//     Receive Maximum) counts what it gets;
 //
-//  2. end to end: the same publishers, with the ingester writing to the KV
-//     store, the telemetry store (PostgreSQL) and Kafka (kfake); counted as
-//     records arriving on Kafka, with the latency from the time in a
-//     message (its samples' or lines' ts, set when it is built, just before
-//     publishing) to the record's arrival on Kafka;
+//  2. (b) end to end: the same publishers, with the ingester writing to the
+//     KV store, the telemetry store (PostgreSQL) and Kafka (kfake). Arrivals
+//     are counted from the Kafka topics' end offsets; latency, from the time
+//     in a message (its samples' or lines' ts, set just before publishing)
+//     to the record's arrival on Kafka, is sampled on partition 0 of each
+//     topic, at saturation and again at half the saturated rate.
 //
-//  3. connections: N devices connect at once (from a child process, so their
-//     memory is not counted) and hold idle connections; it reports the time
-//     until all are connected and the broker's heap and stack per connection.
+//     The runs alternate, a (b) between two (a)s, because this machine's
+//     speed drifts; each round reports the CPU this process and PostgreSQL
+//     used per message, and the median ratio b/a counts;
 //
-//     go run ./bench/ingest [-publishers 100] [-duration 10s] [-connections 10000] [-redis]
+//  3. (c) connections: N devices connect at once (from a child process, so
+//     their memory is not counted) and hold idle connections; it reports
+//     the time until all are connected and the broker's heap and stack per
+//     connection.
+//
+//     go run ./bench/ingest [-rounds 5] [-publishers 100] [-duration 10s] [-connections 10000] [-redis URL]
 package main
 
 import (
@@ -29,9 +36,11 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -76,6 +85,7 @@ type options struct {
 	rounds      int
 	flush       time.Duration
 	cpuProfile  string
+	memProfile  string
 }
 
 func main() {
@@ -95,12 +105,14 @@ func main() {
 	flag.Float64Var(&o.deviceRate, "device-rate", 1000, "the broker's per-device rate limit, messages/s (flock-api defaults to 20; raised so publishers are limited by PUBACKs, not refused)")
 	flag.StringVar(&o.redis, "redis", "", "Redis URL for the KV store (default: in-process)")
 	flag.IntVar(&o.conns, "ingester-connections", 0, "MQTT connections of the ingester (0: its default)")
-	flag.IntVar(&o.rounds, "rounds", 3, "rounds of (a) then (b); the median counts")
+	flag.IntVar(&o.rounds, "rounds", 5, "runs of (b), each between two runs of (a); the median ratio counts")
 	flag.IntVar(&o.recvMax, "ingester-receive-maximum", 0, "the ingester's Receive Maximum per connection (0: its default)")
 	flag.DurationVar(&o.flush, "ingester-flush-period", 0, "the ingester's FlushPeriod (0: its default)")
+	memProfile := flag.String("memprofile", "", "write heap profiles at the start (FILE.base) and end (FILE) of the end-to-end measurement; compare with pprof -base")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the end-to-end phase here")
 	flag.Parse()
 	o.cpuProfile = *cpuProfile
+	o.memProfile = *memProfile
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/ingest:", err)
 		os.Exit(1)
@@ -155,25 +167,36 @@ func run(o options) error {
 	fmt.Printf("machine: %d CPUs, %s; %d publishers at QoS 1, broker limit %.0f msg/s per device\n",
 		runtime.NumCPU(), runtime.Version(), o.publishers, o.deviceRate)
 
-	// The machine's speed drifts (its cores are shared), so (a) and (b)
-	// alternate, each round on a fresh broker, and the median round counts.
+	// The machine's speed drifts (its cores are shared: the same fan-in
+	// took 80 to 125 µs of CPU per message minutes apart), so (a) and (b)
+	// alternate, each on a fresh broker, starting and ending with (a); each
+	// (b) is compared with the mean of the (a) before and after it, and
+	// the median round counts.
 	var fanIns, e2es, ratios []float64
 	var lat []time.Duration
+	prev, err := measureFanIn(ctx, o, tokens, devs)
+	if err != nil {
+		return fmt.Errorf("fan-in: %w", err)
+	}
+	fanIns = append(fanIns, prev.rate)
 	for r := range o.rounds {
-		fanIn, err := measureFanIn(ctx, o, tokens, devs)
-		if err != nil {
-			return fmt.Errorf("fan-in: %w", err)
-		}
 		e2e, l, err := measureEndToEnd(ctx, o, pool, tokens, devs, 0)
 		if err != nil {
 			return fmt.Errorf("end to end: %w", err)
 		}
-		fmt.Printf("round %d: (a) fan-in %.0f msg/s, this process on %.2f cores, %.0f µs CPU/msg; (b) end to end %.0f msg/s, %.2f cores, %.0f µs CPU/msg; b/a %.2f\n",
-			r+1, fanIn.rate, fanIn.cores, fanIn.cpuPerMessage(), e2e.rate, e2e.cores, e2e.cpuPerMessage(), e2e.rate/fanIn.rate)
-		fanIns, e2es, ratios = append(fanIns, fanIn.rate), append(e2es, e2e.rate), append(ratios, e2e.rate/fanIn.rate)
+		next, err := measureFanIn(ctx, o, tokens, devs)
+		if err != nil {
+			return fmt.Errorf("fan-in: %w", err)
+		}
+		ratio := e2e.rate / ((prev.rate + next.rate) / 2)
+		fmt.Printf("round %d: (a) fan-in %.0f then %.0f msg/s (this process: %.2f cores, %.0f µs CPU and %.1f KB allocated per message, %d GCs); (b) end to end %.0f msg/s (%.2f cores, %.0f µs, %.1f KB, %d GCs; PostgreSQL %.2f cores, %.0f µs/msg); b/a %.2f\n",
+			r+1, prev.rate, next.rate, next.cores, next.cpuPerMessage(), next.allocBytes/1024, next.gcCycles,
+			e2e.rate, e2e.cores, e2e.cpuPerMessage(), e2e.allocBytes/1024, e2e.gcCycles, e2e.pgCores, e2e.pgCores/e2e.rate*1e6, ratio)
+		fanIns, e2es, ratios = append(fanIns, next.rate), append(e2es, e2e.rate), append(ratios, ratio)
 		lat = append(lat, l...)
+		prev = next
 	}
-	fmt.Printf("(a) broker fan-in, plain subscriber: %.0f messages/s (median of %d rounds; mean payload %d bytes)\n", median(fanIns), o.rounds, payloadSize.Load())
+	fmt.Printf("(a) broker fan-in, plain subscriber: %.0f messages/s (median of %d runs; mean payload %d bytes)\n", median(fanIns), len(fanIns), payloadSize.Load())
 	fmt.Printf("(b) end to end, publish to KV + telemetry store + Kafka: %.0f messages/s (median)\n", median(e2es))
 	fmt.Printf("    ratio b/a: %.2f (median; rounds %s)\n", median(ratios), list(ratios))
 	slices.Sort(lat)
@@ -312,16 +335,29 @@ func dialDevice(addr string, d cred) (*paho.Client, error) {
 // part but PostgreSQL runs in it).
 func window(o options, counter func() int64) measurement {
 	time.Sleep(o.warmup)
-	start, t0, c0 := counter(), time.Now(), cpuTime()
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	start, t0, c0, p0 := counter(), time.Now(), cpuTime(), postgresCPU()
 	time.Sleep(o.duration)
 	elapsed := time.Since(t0).Seconds()
-	return measurement{rate: float64(counter()-start) / elapsed, cores: (cpuTime() - c0).Seconds() / elapsed}
+	n := counter() - start
+	runtime.ReadMemStats(&m1)
+	m := measurement{rate: float64(n) / elapsed, cores: (cpuTime() - c0).Seconds() / elapsed,
+		pgCores: (postgresCPU() - p0).Seconds() / elapsed}
+	if n > 0 {
+		m.allocBytes = float64(m1.TotalAlloc-m0.TotalAlloc) / float64(n)
+		m.gcCycles = m1.NumGC - m0.NumGC
+	}
+	return m
 }
 
 // measurement is a rate and the CPU this process spent on it.
 type measurement struct {
-	rate  float64 // messages/s
-	cores float64 // CPU seconds per second
+	rate       float64 // messages/s
+	cores      float64 // CPU seconds per second
+	pgCores    float64 // CPU seconds per second of the PostgreSQL server's processes
+	allocBytes float64 // heap allocated per message
+	gcCycles   uint32
 }
 
 func (m measurement) cpuPerMessage() float64 {
@@ -363,6 +399,43 @@ func profile(file string, delay time.Duration) (func(), error) {
 		}
 		f.Close()
 	}, nil
+}
+
+func writeHeapProfile(file string) error {
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return pprof.Lookup("allocs").WriteTo(f, 0)
+}
+
+// postgresCPU sums the CPU time of the processes named postgres on this
+// machine (Linux /proc; 0 elsewhere). Backends that exit during a window
+// are missed, which the benchmark's long-lived pool avoids.
+func postgresCPU() time.Duration {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var ticks int64
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ... utime stime: fields 14 and 15.
+		open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+		if open < 0 || end < open || string(b[open+1:end]) != "postgres" {
+			continue
+		}
+		fields := strings.Fields(string(b[end+1:]))
+		if len(fields) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(fields[11], 10, 64)
+		st, _ := strconv.ParseInt(fields[12], 10, 64)
+		ticks += u + st
+	}
+	const clockTicks = 100 // USER_HZ on Linux
+	return time.Duration(ticks) * time.Second / clockTicks
 }
 
 func cpuTime() time.Duration {
@@ -526,7 +599,17 @@ func measureEndToEnd(ctx context.Context, o options, pool *pgxpool.Pool, tokens 
 		defer stopProfile()
 	}
 	measuring.Store(true)
+	if o.memProfile != "" {
+		if err := writeHeapProfile(o.memProfile + ".base"); err != nil {
+			return measurement{}, nil, err
+		}
+	}
 	m := window(options{duration: o.duration}, arrived)
+	if o.memProfile != "" {
+		if err := writeHeapProfile(o.memProfile); err != nil {
+			return measurement{}, nil, err
+		}
+	}
 	measuring.Store(false)
 	close(stop)
 	wait()

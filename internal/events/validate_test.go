@@ -87,4 +87,3 @@ func TestValidateRecord(t *testing.T) {
 		t.Errorf("unknown topic: %v", err)
 	}
 }
-

@@ -18,6 +18,7 @@ import (
 	ev "github.com/flock-io/flock-api/gen/events"
 	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/events"
+	"github.com/flock-io/flock-api/internal/kv"
 	"github.com/flock-io/flock-api/internal/livestate"
 	"github.com/flock-io/flock-api/internal/mqtt/broker"
 	"github.com/flock-io/flock-api/internal/telemetry"
@@ -77,10 +78,11 @@ type worker struct {
 	in  *Ingester
 	log *slog.Logger
 
-	cur     *batch     // filling
-	writing *batch     // being written by a goroutine; nil when none is
-	spare   *batch     // a written batch, kept for its buffers
-	done    chan error // the writing goroutine's result
+	cur     *batch      // filling
+	writing *batch      // being written by a goroutine; nil when none is
+	spare   *batch      // a written batch, kept for its buffers
+	todo    chan *batch // to the writing goroutine
+	done    chan error  // the writing goroutine's result
 	timer   *time.Timer
 	current *paho.Client // the connection the newest message came in on
 	unacked int          // QoS 1 messages received and not yet acknowledged
@@ -109,6 +111,17 @@ func (in *Ingester) newWorker(log *slog.Logger) *worker {
 
 // run takes messages until ctx ends, then writes what it holds.
 func (w *worker) run(ctx context.Context, inbox <-chan received) error {
+	// One writing goroutine for the connection's life: a goroutine per
+	// batch grew a fresh stack through pgx and franz-go every time.
+	w.todo = make(chan *batch)
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		for b := range w.todo {
+			w.done <- w.write(ctx, b)
+		}
+	}()
+	defer func() { close(w.todo); <-writerDone }()
 	for {
 		var tick <-chan time.Time
 		if w.writing == nil && len(w.cur.pending) > 0 {
@@ -149,7 +162,7 @@ func (w *worker) dispatch(ctx context.Context) {
 		w.cur = &batch{}
 	}
 	w.writing = b
-	go func() { w.done <- w.write(ctx, b) }()
+	w.todo <- b
 }
 
 // complete acknowledges a written batch and keeps it for reuse.
@@ -483,9 +496,11 @@ func (o *output) write(ctx context.Context, in *Ingester) error {
 		},
 	}
 	names := [...]string{"live state", "samples", "log lines", "connectivity", "connection status", "kafka", "last seen"}
+	empty := [...]bool{len(o.states) == 0, len(o.samples) == 0, len(o.logs) == 0, len(o.conns) == 0,
+		len(o.connKV) == 0 && len(o.connPG.Ids) == 0, len(o.records) == 0, len(o.touch.Ids) == 0}
 	g, gctx := errgroup.WithContext(ctx)
 	for i, part := range parts {
-		if o.done[i] {
+		if o.done[i] || empty[i] {
 			continue
 		}
 		g.Go(func() error {
@@ -499,22 +514,17 @@ func (o *output) write(ctx context.Context, in *Ingester) error {
 	return g.Wait()
 }
 
-// kvConcurrency bounds the KV writes of one batch in flight at once.
-const kvConcurrency = 16
-
+// writeKV writes a batch's live state in one round trip.
 func writeKV(ctx context.Context, in *Ingester, ws []stateWrite) error {
 	if len(ws) == 0 {
 		return nil
 	}
-	g, ctx := errgroup.WithContext(ctx)
-	g.SetLimit(kvConcurrency)
-	for _, s := range ws {
-		g.Go(func() error {
-			_, err := in.deps.KV.SetIfNewer(ctx, s.key, s.seq, s.value, livestate.StateTTL)
-			return err
-		})
+	writes := make([]kv.Write, len(ws))
+	for i, s := range ws {
+		writes[i] = kv.Write{Key: s.key, Seq: s.seq, Value: s.value, TTL: livestate.StateTTL}
 	}
-	return g.Wait()
+	_, err := in.deps.KV.SetManyIfNewer(ctx, writes)
+	return err
 }
 
 // Kafka records. The payload a device sent is embedded as it came (it was

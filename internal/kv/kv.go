@@ -52,6 +52,12 @@ type Store interface {
 	// of an old connection is kept from overwriting the state of a newer
 	// connection.
 	SetIfNewer(ctx context.Context, key string, seq uint64, value []byte, ttl time.Duration) (stored bool, err error)
+	// SetManyIfNewer is SetIfNewer for each write, in order, sent together
+	// (one pipeline on Redis: the ingester writes a batch of devices' state
+	// at once). Each write is atomic on its own, the set is not. It reports
+	// for each write whether it stored; a negative TTL in any write fails
+	// the call before anything is written.
+	SetManyIfNewer(ctx context.Context, writes []Write) (stored []bool, err error)
 	// GetWithSeq returns the value and the sequence stored by SetIfNewer (0
 	// for values stored by Set).
 	GetWithSeq(ctx context.Context, key string) (value []byte, seq uint64, err error)
@@ -59,6 +65,23 @@ type Store interface {
 	// Close releases the store; further calls fail with ErrClosed. Closing
 	// twice is not an error.
 	Close() error
+}
+
+// Write is one write of SetManyIfNewer.
+type Write struct {
+	Key   string
+	Seq   uint64
+	Value []byte
+	TTL   time.Duration
+}
+
+func checkWrites(writes []Write) error {
+	for _, w := range writes {
+		if err := checkTTL(w.TTL); err != nil {
+			return fmt.Errorf("set %s if newer than %d: %w", w.Key, w.Seq, err)
+		}
+	}
+	return nil
 }
 
 var (

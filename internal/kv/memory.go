@@ -163,6 +163,21 @@ func (m *Memory) SetIfNewer(ctx context.Context, key string, seq uint64, value [
 	return true, nil
 }
 
+func (m *Memory) SetManyIfNewer(ctx context.Context, writes []Write) ([]bool, error) {
+	if err := checkWrites(writes); err != nil {
+		return nil, err
+	}
+	stored := make([]bool, len(writes))
+	for i, w := range writes {
+		ok, err := m.SetIfNewer(ctx, w.Key, w.Seq, w.Value, w.TTL)
+		if err != nil {
+			return nil, err
+		}
+		stored[i] = ok
+	}
+	return stored, nil
+}
+
 func (m *Memory) Delete(ctx context.Context, key string) error {
 	if err := m.usable(ctx); err != nil {
 		return fmt.Errorf("delete %s: %w", key, err)

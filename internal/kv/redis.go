@@ -184,6 +184,50 @@ func (r *Redis) SetIfNewer(ctx context.Context, key string, seq uint64, value []
 	return n == 1, nil
 }
 
+// SetManyIfNewer sends every write's EVALSHA in one pipeline. Writes the
+// server refused with NOSCRIPT (it lost the script) are sent again after
+// loading it.
+func (r *Redis) SetManyIfNewer(ctx context.Context, writes []Write) ([]bool, error) {
+	op := fmt.Sprintf("set %d keys if newer", len(writes))
+	if err := checkWrites(writes); err != nil {
+		return nil, err
+	}
+	stored := make([]bool, len(writes))
+	pending := make([]int, len(writes))
+	for i := range pending {
+		pending[i] = i
+	}
+	for attempt := 0; len(pending) > 0; attempt++ {
+		pipe := r.rdb.Pipeline()
+		cmds := make([]*redis.Cmd, len(pending))
+		for j, i := range pending {
+			w := writes[i]
+			cmds[j] = setIfNewerScript.EvalSha(ctx, pipe, []string{w.Key}, encode(w.Seq, w.Value), ms(w.TTL))
+		}
+		// Exec's error is the first command's; each is read below.
+		_, _ = pipe.Exec(ctx)
+		var again []int
+		for j, i := range pending {
+			n, err := cmds[j].Int64()
+			if err != nil {
+				if attempt == 0 && redis.HasErrorPrefix(err, "NOSCRIPT") {
+					again = append(again, i)
+					continue
+				}
+				return nil, wrap(op, err)
+			}
+			stored[i] = n == 1
+		}
+		if len(again) > 0 {
+			if err := setIfNewerScript.Load(ctx, r.rdb).Err(); err != nil {
+				return nil, wrap(op+": load script", err)
+			}
+		}
+		pending = again
+	}
+	return stored, nil
+}
+
 func (r *Redis) Delete(ctx context.Context, key string) error {
 	if err := r.rdb.Del(ctx, key).Err(); err != nil {
 		return wrap("delete "+key, err)

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -186,6 +187,15 @@ func TestRedisScriptCacheLoss(t *testing.T) {
 		if stored, err := s.SetIfNewer(ctx, k, seq, []byte("v"), 0); err != nil || !stored {
 			t.Fatalf("SetIfNewer(%d) after SCRIPT FLUSH = %v, %v; want true", seq, stored, err)
 		}
+	}
+	// A pipeline of writes all refused with NOSCRIPT is sent again.
+	if err := c.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatalf("SCRIPT FLUSH: %v", err)
+	}
+	k2 := uniqueKey(t, c, "k2")
+	stored, err := s.SetManyIfNewer(ctx, []kv.Write{{Key: k, Seq: 4, Value: []byte("v")}, {Key: k2, Seq: 1, Value: []byte("w")}})
+	if err != nil || !slices.Equal(stored, []bool{true, true}) {
+		t.Fatalf("SetManyIfNewer after SCRIPT FLUSH = %v, %v; want [true true]", stored, err)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -43,6 +44,7 @@ func Run(t *testing.T, newStore func(t *testing.T) kv.Store) {
 		{"SetIfNewer", testSetIfNewer},
 		{"SetIfNewerTTL", testSetIfNewerTTL},
 		{"ConcurrentSetIfNewer", testConcurrentSetIfNewer},
+		{"SetManyIfNewer", testSetManyIfNewer},
 		{"Copies", testCopies},
 		{"CanceledContext", testCanceledContext},
 		{"Close", testClose},
@@ -400,6 +402,44 @@ func testSetIfNewer(t *testing.T, e *env) {
 	}
 }
 
+// testSetManyIfNewer: each write behaves as its own SetIfNewer, in order
+// (two writes to one key see each other), and a bad TTL writes nothing.
+func testSetManyIfNewer(t *testing.T, e *env) {
+	ctx := t.Context()
+	held, fresh, twice, short := e.key("held"), e.key("fresh"), e.key("twice"), e.key("short")
+	e.setIfNewer(held, 5, []byte("old"), 0)
+	stored, err := e.s.SetManyIfNewer(ctx, []kv.Write{
+		{Key: held, Seq: 4, Value: []byte("lower")},
+		{Key: fresh, Seq: 1, Value: []byte("a")},
+		{Key: twice, Seq: 2, Value: []byte("first")},
+		{Key: twice, Seq: 1, Value: []byte("second")},
+		{Key: short, Seq: 1, Value: []byte("s"), TTL: 50 * time.Millisecond},
+	})
+	if err != nil {
+		t.Fatalf("SetManyIfNewer: %v", err)
+	}
+	if want := []bool{false, true, true, false, true}; !slices.Equal(stored, want) {
+		t.Fatalf("stored = %v, want %v", stored, want)
+	}
+	e.wantValue(held, []byte("old"), 5)
+	e.wantValue(fresh, []byte("a"), 1)
+	e.wantValue(twice, []byte("first"), 2)
+	e.waitGone(short)
+
+	if stored, err := e.s.SetManyIfNewer(ctx, nil); err != nil || len(stored) != 0 {
+		t.Fatalf("SetManyIfNewer(nil) = %v, %v", stored, err)
+	}
+	other := e.key("other")
+	if _, err := e.s.SetManyIfNewer(ctx, []kv.Write{
+		{Key: other, Seq: 9, Value: []byte("v")},
+		{Key: fresh, Seq: 9, Value: []byte("v"), TTL: -time.Second},
+	}); err == nil {
+		t.Fatal("SetManyIfNewer with a negative TTL succeeded")
+	}
+	e.wantMissing(other)
+	e.wantValue(fresh, []byte("a"), 1)
+}
+
 func testSetIfNewerTTL(t *testing.T, e *env) {
 	k := e.key("k")
 	if !e.setIfNewer(k, 5, []byte("a"), 50*time.Millisecond) {
@@ -530,6 +570,7 @@ func testCanceledContext(t *testing.T, e *env) {
 	_, _, checks["GetWithSeq"] = e.s.GetWithSeq(ctx, k)
 	checks["Set"] = e.s.Set(ctx, k, []byte("v"), 0)
 	_, checks["SetIfNewer"] = e.s.SetIfNewer(ctx, k, 1, []byte("v"), 0)
+	_, checks["SetManyIfNewer"] = e.s.SetManyIfNewer(ctx, []kv.Write{{Key: k, Seq: 1, Value: []byte("v")}})
 	_, checks["MGet"] = e.s.MGet(ctx, k)
 	checks["Delete"] = e.s.Delete(ctx, k)
 	checks["Ping"] = e.s.Ping(ctx)
@@ -558,6 +599,7 @@ func testClose(t *testing.T, e *env) {
 	_, _, checks["GetWithSeq"] = e.s.GetWithSeq(ctx, k)
 	checks["Set"] = e.s.Set(ctx, k, []byte("v"), 0)
 	_, checks["SetIfNewer"] = e.s.SetIfNewer(ctx, k, 1, []byte("v"), 0)
+	_, checks["SetManyIfNewer"] = e.s.SetManyIfNewer(ctx, []kv.Write{{Key: k, Seq: 1, Value: []byte("v")}})
 	_, checks["MGet"] = e.s.MGet(ctx, k)
 	checks["Delete"] = e.s.Delete(ctx, k)
 	checks["Ping"] = e.s.Ping(ctx)
