@@ -111,7 +111,7 @@ func Register(fs *flag.FlagSet) *Settings {
 	add("mqtt-hook-token", "", "bearer token an external broker must send to /internal/v1/mqtt/*; unset = those hooks are open (restrict them at the network)", (*stringValue)(&c.MQTTHookToken), true)
 	add("mqtt-device-rate", "20", "messages per second each device may publish to the embedded broker (burst: twice that)", (*floatValue)(&c.MQTTDeviceRate), false)
 	add("ingest-batch-size", "500", "most messages the ingester writes in one batch", (*intValue)(&c.IngestBatchSize), false)
-	add("ingest-flush-period", "100ms", "longest a message waits in the ingester for its batch to fill", (*durationValue)(&c.IngestFlushPeriod), false)
+	add("ingest-flush-period", "20ms", "longest a message waits for company while the ingester is not writing a batch", (*durationValue)(&c.IngestFlushPeriod), false)
 	add("shutdown-delay", "0s", "how long /readyz reports 503 before draining starts (give load balancers time to notice)", (*durationValue)(&c.ShutdownDelay), false)
 	return s
 }

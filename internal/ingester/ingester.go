@@ -32,6 +32,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sethvargo/go-retry"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/flock-io/flock-api/internal/bus"
@@ -71,6 +72,11 @@ type Config struct {
 	// SessionExpiry is how long the broker keeps a disconnected ingester's
 	// session and its unacknowledged messages. Default 5 minutes.
 	SessionExpiry time.Duration
+	// DrainTimeout bounds how long a stopping ingester keeps trying to
+	// write what it already received; what it could not write it does not
+	// acknowledge, and the broker redelivers it. Keep it below the grace
+	// period of the ingester's pod. Default 20s.
+	DrainTimeout time.Duration
 	// MaxPayload drops larger payloads (an external broker may allow more
 	// than the contract does). Default 256 KiB.
 	MaxPayload int
@@ -127,11 +133,10 @@ const (
 	// stay unacknowledged meanwhile, so the broker stops sending.
 	retryMin = 100 * time.Millisecond
 	retryMax = 5 * time.Second
+	// subscribeRetryMax is the longest pause between SUBSCRIBE attempts.
+	subscribeRetryMax = 30 * time.Second
 
-	// drainTimeout bounds how long a stopping ingester keeps trying to
-	// write what it already received; what it could not write it does not
-	// acknowledge, and the broker redelivers it.
-	drainTimeout = 20 * time.Second
+	defaultDrainTimeout = 20 * time.Second
 
 	// sendAcksInterval: paho sends manual acknowledgements in receive order
 	// on this tick.
@@ -170,6 +175,9 @@ func New(cfg Config, d Deps) (*Ingester, error) {
 	}
 	if cfg.SessionExpiry <= 0 {
 		cfg.SessionExpiry = defaultSessionExpiry
+	}
+	if cfg.DrainTimeout <= 0 {
+		cfg.DrainTimeout = defaultDrainTimeout
 	}
 	if cfg.MaxPayload <= 0 {
 		cfg.MaxPayload = defaultMaxPayload
@@ -230,6 +238,7 @@ func (in *Ingester) runConnection(ctx context.Context, clientID string) error {
 	stop := func() { stopOnce.Do(func() { close(stopTaking) }) }
 
 	var up atomic.Bool
+	var cancelSub atomic.Pointer[context.CancelFunc] // the subscribing of the current connection
 	filters := make([]paho.SubscribeOptions, 0, len(deviceKinds))
 	for _, k := range deviceKinds {
 		filters = append(filters, paho.SubscribeOptions{
@@ -265,19 +274,36 @@ func (in *Ingester) runConnection(ctx context.Context, clientID string) error {
 			in.metrics.connected.Inc()
 			// Subscribing waits for the SUBACK, which paho's reader
 			// delivers; OnConnectionUp must not block it.
+			// A refused SUBSCRIBE (an external broker's ACL hook down,
+			// say) is retried for as long as this connection lasts.
+			subCtx, cancel := context.WithCancel(connCtx)
+			if old := cancelSub.Swap(&cancel); old != nil {
+				(*old)()
+			}
 			go func() {
-				sctx, cancel := context.WithTimeout(connCtx, 30*time.Second)
-				defer cancel()
-				if _, err := cm.Subscribe(sctx, &paho.Subscribe{Subscriptions: filters}); err != nil {
-					log.Error("ingester: subscribe", "error", err)
-					return
-				}
-				if !up.Swap(true) {
+				err := retry.Do(subCtx, retry.WithCappedDuration(subscribeRetryMax, retry.NewExponential(retryMin)), func(ctx context.Context) error {
+					sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+					defer cancel()
+					sa, err := cm.Subscribe(sctx, &paho.Subscribe{Subscriptions: filters})
+					if err != nil {
+						var reasons []byte
+						if sa != nil {
+							reasons = sa.Reasons
+						}
+						log.Error("ingester: subscribe; retrying", "error", err, "reason_codes", fmt.Sprintf("% x", reasons))
+						return retry.RetryableError(err)
+					}
+					return nil
+				})
+				if err == nil && !up.Swap(true) {
 					in.subscribed.Add(1)
 				}
 			}()
 		},
 		OnConnectionDown: func() bool {
+			if c := cancelSub.Load(); c != nil {
+				(*c)()
+			}
 			in.metrics.connected.Dec()
 			if up.Swap(false) {
 				in.subscribed.Add(-1)

@@ -3,6 +3,7 @@ package ingester_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -173,7 +175,8 @@ func (e *env) startIngester(cfg ingester.Config) (*ingester.Ingester, *prometheu
 	go func() { done <- in.RunRelay(ctx) }()
 	var once sync.Once
 	var runErr error
-	stop := func() error {
+	var stoppedByTest atomic.Bool
+	stopOnce := func() error {
 		once.Do(func() {
 			cancel()
 			for range 2 {
@@ -189,8 +192,13 @@ func (e *env) startIngester(cfg ingester.Config) (*ingester.Ingester, *prometheu
 		})
 		return runErr
 	}
+	stop := func() error {
+		stoppedByTest.Store(true)
+		return stopOnce()
+	}
 	e.t.Cleanup(func() {
-		if err := stop(); err != nil {
+		// A test that stopped the ingester has judged its error itself.
+		if err := stopOnce(); err != nil && !stoppedByTest.Load() {
 			e.t.Errorf("ingester: %v", err)
 		}
 	})
@@ -576,6 +584,63 @@ func TestShutdownLosesNothing(t *testing.T) {
 			})
 		})
 	}
+}
+
+// A batch the stores refuse is never acknowledged: a stopping ingester
+// gives up after its DrainTimeout with an error (it does not hang), and the
+// broker redelivers the message to the next ingester of the session.
+func TestShutdownWithFailingStore(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	working := e.kv
+	broken := kv.NewMemory()
+	if err := broken.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e.kv = broken // every KV write fails with kv.ErrClosed
+	cfg := ingester.Config{ClientID: "failing-" + uuid.NewString()[:8], ShareGroup: "g" + uuid.NewString()[:8],
+		Connections: 1, DrainTimeout: 300 * time.Millisecond}
+	_, reg, stop := e.startIngester(cfg)
+	e.kv = working
+
+	id := e.addDevice()
+	d := e.connect(id)
+	d.publish(t, "state", `{"seq":7}`)
+	eventually(t, "a failed write", func() error {
+		if n := total(t, reg, "flock_ingest_write_errors_total"); n < 1 {
+			return fmt.Errorf("%v write errors", n)
+		}
+		return nil
+	})
+	if err := stop(); err == nil || !strings.Contains(err.Error(), "not written at shutdown") {
+		t.Fatalf("stop = %v, want the messages it could not write", err)
+	}
+	if _, err := working.Get(t.Context(), livestate.StateKey(id)); !errors.Is(err, kv.ErrNotFound) {
+		t.Fatalf("state stored by the failing ingester: %v", err)
+	}
+
+	e.startIngester(cfg) // same session, working store
+	eventually(t, "state stored after redelivery", func() error {
+		_, err := working.Get(t.Context(), livestate.StateKey(id))
+		return err
+	})
+}
+
+// total sums every series of a metric registered in reg.
+func total(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather: %v", err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
 }
 
 // A record on flock.device.commands.v1 reaches the device's target topic.

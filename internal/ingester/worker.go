@@ -129,7 +129,7 @@ func (w *worker) run(ctx context.Context, inbox <-chan received) error {
 		}
 		select {
 		case <-ctx.Done():
-			return w.drain(inbox)
+			return w.drain(inbox, nil)
 		case m := <-inbox:
 			w.add(m)
 			if w.writing == nil && (len(w.cur.items) >= w.in.cfg.BatchSize || w.unacked >= int(w.in.cfg.ReceiveMaximum)) {
@@ -138,7 +138,9 @@ func (w *worker) run(ctx context.Context, inbox <-chan received) error {
 		case err := <-w.done:
 			if err != nil {
 				// ctx ended during the retries; drain writes it again.
-				return w.drain(inbox)
+				failed := w.writing
+				w.writing = nil
+				return w.drain(inbox, failed)
 			}
 			w.complete(w.writing)
 			w.writing = nil
@@ -179,10 +181,9 @@ func (w *worker) complete(b *batch) {
 }
 
 // drain writes and acknowledges everything already received, within
-// drainTimeout: the batch being written (again, if ctx ended its retries),
-// then what is left. What it cannot write stays unacknowledged.
-func (w *worker) drain(inbox <-chan received) error {
-	var failed *batch
+// DrainTimeout: the batch being written, or failed (the one whose retries
+// ctx ended), then what is left. What it cannot write stays unacknowledged.
+func (w *worker) drain(inbox <-chan received, failed *batch) error {
 	if w.writing != nil {
 		if err := <-w.done; err != nil {
 			failed = w.writing
@@ -200,7 +201,7 @@ func (w *worker) drain(inbox <-chan received) error {
 		}
 		break
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), w.in.cfg.DrainTimeout)
 	defer cancel()
 	for _, b := range []*batch{failed, w.cur} {
 		if b == nil || len(b.pending) == 0 {

@@ -1280,7 +1280,7 @@ func (s *Server) processPubcomp(cl *Client, pk packets.Packet) error {
 func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 	pk = s.hooks.OnSubscribe(cl, pk)
 	code := packets.CodeSuccess
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
+	if cl.packetIDInUse(pk.PacketID) {
 		code = packets.ErrPacketIdentifierInUse
 	}
 
@@ -1351,10 +1351,23 @@ func (s *Server) processSubscribe(cl *Client, pk packets.Packet) error {
 	return nil
 }
 
+// packetIDInUse reports whether the client has a flow of its own open under
+// id. Flock's copy: client and server assign packet identifiers
+// independently (MQTT 5 2.2.1), and the inflight store also holds the
+// server's outbound messages under identifiers it chose; upstream refused a
+// SUBSCRIBE whose identifier matched one of those, so a QoS 1 subscriber
+// that resumed a session with unacknowledged messages could not subscribe.
+// Only an inbound QoS 2 flow (a PUBREC sent, awaiting PUBREL) is the
+// client's.
+func (cl *Client) packetIDInUse(id uint16) bool {
+	pk, ok := cl.State.Inflight.Get(id)
+	return ok && pk.FixedHeader.Type == packets.Pubrec
+}
+
 // processUnsubscribe processes an unsubscribe packet.
 func (s *Server) processUnsubscribe(cl *Client, pk packets.Packet) error {
 	code := packets.CodeSuccess
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
+	if cl.packetIDInUse(pk.PacketID) {
 		code = packets.ErrPacketIdentifierInUse
 	}
 

@@ -1102,3 +1102,78 @@ func TestOutboundQueueKeepsOrder(t *testing.T) {
 		}
 	}
 }
+
+// A subscriber that resumes a session holding a message it never
+// acknowledged can subscribe again: the broker numbered that message, and
+// client and server number their packets independently (MQTT 5 2.2.1), so
+// the new connection's SUBSCRIBE may carry the same identifier
+// (third_party/mochi-mqtt/FLOCK.md, packetIDInUse).
+func TestResumedSessionSubscribes(t *testing.T) {
+	t.Parallel()
+	e := start(t, nil)
+	dev, tok := e.device()
+	d := e.connectDevice(dev, tok)
+	expiry := uint32(60)
+
+	connect := func() (*paho.Client, chan *paho.Publish, *paho.Connack) {
+		conn, err := net.Dial("tcp", e.broker.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan *paho.Publish, 16)
+		c := paho.NewClient(paho.ClientConfig{
+			Conn:                       conn,
+			EnableManualAcknowledgment: true,
+			OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+				got <- pr.Packet
+				return true, nil
+			}},
+		})
+		ca, err := c.Connect(t.Context(), &paho.Connect{ClientID: "resuming", CleanStart: false, KeepAlive: 30,
+			UsernameFlag: true, Username: serviceUser, PasswordFlag: true, Password: []byte(servicePassword),
+			Properties: &paho.ConnectProperties{SessionExpiryInterval: &expiry}})
+		if err != nil || ca.ReasonCode != 0 {
+			t.Fatalf("connect: %v %v", ca, err)
+		}
+		return c, got, ca
+	}
+	subscribe := func(c *paho.Client) []byte {
+		sa, err := c.Subscribe(t.Context(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "$share/g/flock/v1/devices/+/state", QoS: 1}}})
+		if sa == nil {
+			t.Fatalf("subscribe: %v", err)
+		}
+		return sa.Reasons
+	}
+
+	first, got, _ := connect()
+	if r := subscribe(first); r[0] != 1 {
+		t.Fatalf("first SUBACK %x", r)
+	}
+	if code := d.publish(t, topic(dev, "state"), `{"seq":1}`); code != 0 {
+		t.Fatalf("PUBACK %#x", code)
+	}
+	select {
+	case <-got: // held, never acknowledged
+	case <-time.After(wait):
+		t.Fatal("no message")
+	}
+	_ = first.Disconnect(&paho.Disconnect{})
+	<-first.Done()
+
+	second, got, ca := connect()
+	t.Cleanup(func() { _ = second.Disconnect(&paho.Disconnect{}) })
+	if !ca.SessionPresent {
+		t.Fatal("session not resumed")
+	}
+	if r := subscribe(second); r[0] != 1 {
+		t.Fatalf("SUBACK on the resumed session %x, want 01", r)
+	}
+	select {
+	case p := <-got:
+		if string(p.Payload) != `{"seq":1}` {
+			t.Fatalf("redelivered %s", p.Payload)
+		}
+	case <-time.After(wait):
+		t.Fatal("the unacknowledged message was not redelivered")
+	}
+}
