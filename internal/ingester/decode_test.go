@@ -1,13 +1,16 @@
 package ingester
 
 import (
+	"encoding/json"
 	"log/slog"
+	"reflect"
 	"testing"
 
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 
+	ev "github.com/flock-io/flock-api/gen/events"
 	"github.com/flock-io/flock-api/internal/events"
 	"github.com/flock-io/flock-api/internal/simulate"
 )
@@ -69,4 +72,67 @@ func benchMessages(b *testing.B) (*worker, []received, int64) {
 		bytes += len(payload)
 	}
 	return w, msgs, int64(bytes / len(msgs))
+}
+
+// The values the ingester reads from the schema check's document
+// (values.go) are those a plain decode into the generated types gives, for
+// every kind of message the simulator sends and for edge cases of each.
+func TestValuesMatchTypedDecode(t *testing.T) {
+	v, err := events.NewValidator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := simulate.NewPayloads(uuid.New(), 7)
+	var payloads [][2]string
+	for range 200 {
+		kind, payload := p.Next()
+		payloads = append(payloads, [2]string{kind, string(payload)})
+	}
+	payloads = append(payloads,
+		[2]string{"telemetry", `{"samples":[{"ts":"2026-11-27T08:00:00.123456Z","name":"a","value":-1.5e3,"unit":"C","labels":{"k":"v","x":""}}]}`},
+		[2]string{"telemetry", `{"samples":[{"ts":"2026-11-27T08:00:00Z","name":"b","value":7}]}`},
+		[2]string{"telemetry", `{"samples":[{"ts":"2026-11-27T08:00:00Z","name":"c","value":0,"labels":{}}]}`},
+		[2]string{"logs", `{"entries":[{"service":"api","seq":9007199254740993,"ts":"2026-11-27T08:00:00Z","stream":"stderr","line":"é \"quoted\""}]}`},
+		[2]string{"status", `{"state":"offline","connection_seq":42}`},
+		[2]string{"status", `{"state":"online","connection_seq":0}`},
+		[2]string{"state", `{"seq":9007199254740993,"os_version":"x"}`},
+	)
+	for _, kp := range payloads {
+		kind, payload := kp[0], []byte(kp[1])
+		doc, err := v.Decode(kind, payload)
+		if err != nil {
+			t.Fatalf("%s %s: %v", kind, payload, err)
+		}
+		var got, want any
+		switch kind {
+		case "state":
+			var s ev.ReportedState
+			err = json.Unmarshal(payload, &s)
+			want = int64(s.Seq)
+			got, _ = stateSeq(doc)
+		case "telemetry":
+			var b ev.TelemetryBatch
+			err = json.Unmarshal(payload, &b)
+			want = b.Samples
+			got, _ = telemetrySamples(doc)
+		case "logs":
+			var b ev.LogBatch
+			err = json.Unmarshal(payload, &b)
+			want = b.Entries
+			got, _ = logEntries(doc)
+		case "status":
+			var s ev.ConnectionStatus
+			err = json.Unmarshal(payload, &s)
+			want = &s
+			got, _ = connectionStatus(doc)
+		default:
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s %s: typed decode: %v", kind, payload, err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s %s:\n got %#v\nwant %#v", kind, payload, got, want)
+		}
+	}
 }

@@ -89,7 +89,7 @@ func telemetrySamples(doc any) ([]ev.TelemetrySample, error) {
 			return nil, fmt.Errorf("samples/%d: %w", i, err)
 		}
 		s := ev.TelemetrySample{Ts: text(sm, "ts"), Name: text(sm, "name"), Value: value, Unit: text(sm, "unit")}
-		if labels, ok := sm["labels"].(map[string]any); ok && len(labels) > 0 {
+		if labels, ok := sm["labels"].(map[string]any); ok {
 			s.Labels = make(map[string]string, len(labels))
 			for k, v := range labels {
 				s.Labels[k], _ = v.(string)
