@@ -873,9 +873,11 @@ func TestMemoryPerIdleConnection(t *testing.T) {
 		name          string
 		writesPending int32
 		readBuffer    int
+		maxBytes      float64 // per connection; 0: no bound
 	}{
-		{"flock options", clientWritesPending, readBufferSize},
-		{"mochi defaults", 1024 * 8, 1024 * 2},
+		// The goal device fleets were promised: 10 KB per idle connection.
+		{"flock options", clientWritesPending, readBufferSize, 10 << 10},
+		{"mochi defaults", 1024 * 8, 1024 * 2, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			b, err := New(Config{Listen: "127.0.0.1:0", Log: slog.New(slog.DiscardHandler)}, tokens)
@@ -948,6 +950,9 @@ func TestMemoryPerIdleConnection(t *testing.T) {
 			stack := float64(int64(after.StackInuse)-int64(before.StackInuse)) / n
 			t.Logf("%s: %d idle MQTT v5 connections: heap in use %.0f B/conn, goroutine stacks %.0f B/conn, total %.0f B/conn (%d goroutines)",
 				tt.name, n, heap, stack, heap+stack, runtime.NumGoroutine())
+			if tt.maxBytes > 0 && heap+stack > tt.maxBytes {
+				t.Errorf("%.0f bytes per idle connection, over the bound of %.0f", heap+stack, tt.maxBytes)
+			}
 			stdin.Close()
 			_ = stop()
 		})
