@@ -121,6 +121,10 @@ type Broker struct {
 	authRefused        *prometheus.CounterVec
 	publishRefusedACL  prometheus.Counter
 	publishRefusedRate prometheus.Counter
+	// Messages accepted from a publisher that a subscriber never got.
+	droppedQueueFull   prometheus.Counter
+	droppedPacketIDs   prometheus.Counter
+	droppedUndelivered prometheus.Counter
 
 	// ctx bounds authentications in progress; Run cancels it when it stops
 	// so that closing does not wait for them.
@@ -160,6 +164,13 @@ func New(cfg Config, v Verifier) (*Broker, error) {
 	}, []string{"reason"})
 	b.publishRefusedACL = publishRefused.WithLabelValues("acl")
 	b.publishRefusedRate = publishRefused.WithLabelValues("rate")
+	dropped := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "flock_mqtt_messages_dropped_total",
+		Help: "Messages the embedded broker accepted but did not deliver to a subscriber: queue_full (the client's outbound queue was full), packet_ids (the client had 65535 messages unacknowledged), undelivered (a QoS 1/2 message removed unacknowledged: expired, or its session ended).",
+	}, []string{"reason"})
+	b.droppedQueueFull = dropped.WithLabelValues("queue_full")
+	b.droppedPacketIDs = dropped.WithLabelValues("packet_ids")
+	b.droppedUndelivered = dropped.WithLabelValues("undelivered")
 	for _, r := range authRefusalReasons {
 		b.authRefused.WithLabelValues(r)
 	}
@@ -195,7 +206,7 @@ func New(cfg Config, v Verifier) (*Broker, error) {
 
 	if cfg.Metrics != nil {
 		var registered []prometheus.Collector
-		for _, c := range []prometheus.Collector{b.authRefused, publishRefused} {
+		for _, c := range []prometheus.Collector{b.authRefused, publishRefused, dropped} {
 			if err := cfg.Metrics.Register(c); err != nil {
 				for _, r := range registered {
 					cfg.Metrics.Unregister(r)
@@ -331,7 +342,8 @@ func (h *hook) ID() string { return "flock" }
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
-		mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketEncode:
+		mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketEncode,
+		mqtt.OnPublishDropped, mqtt.OnPacketIDExhausted, mqtt.OnQosDropped:
 		return true
 	}
 	return false
@@ -435,6 +447,24 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 // OnPacketEncode announces the packet size limit in a successful CONNACK,
 // which mochi leaves out, so v5 clients refuse oversized messages themselves
 // instead of losing the connection.
+// OnPublishDropped counts a message mochi could not queue for a client:
+// its outbound queue (clientWritesPending) was full.
+func (h *hook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
+	h.b.droppedQueueFull.Inc()
+	h.b.log.Debug("mqtt message dropped: client's queue is full", "client_id", cl.ID, "topic", Truncate(pk.TopicName))
+}
+
+// OnPacketIDExhausted counts a message mochi could not number for a client.
+func (h *hook) OnPacketIDExhausted(cl *mqtt.Client, pk packets.Packet) {
+	h.b.droppedPacketIDs.Inc()
+	h.b.log.Debug("mqtt message dropped: client's packet identifiers are exhausted", "client_id", cl.ID, "topic", Truncate(pk.TopicName))
+}
+
+// OnQosDropped counts an unacknowledged QoS 1/2 message mochi removed.
+func (h *hook) OnQosDropped(*mqtt.Client, packets.Packet) {
+	h.b.droppedUndelivered.Inc()
+}
+
 func (h *hook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet {
 	if pk.FixedHeader.Type == packets.Connack && pk.ReasonCode < packets.ErrUnspecifiedError.Code {
 		pk.Properties.MaximumPacketSize = h.b.cfg.MaxPacketSize

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -1180,5 +1181,57 @@ func TestResumedSessionSubscribes(t *testing.T) {
 		}
 	case <-time.After(wait):
 		t.Fatal("the unacknowledged message was not redelivered")
+	}
+}
+
+// stallConn stops reading once stalled is set, as a subscriber that hangs
+// does; release lets its reader go at the end of the test.
+type stallConn struct {
+	net.Conn
+	stalled atomic.Bool
+	release chan struct{}
+}
+
+func (c *stallConn) Read(b []byte) (int, error) {
+	if c.stalled.Load() {
+		<-c.release
+		return 0, io.EOF
+	}
+	return c.Conn.Read(b)
+}
+
+// A subscriber that stops reading fills its outbound queue; what mochi then
+// drops is counted, and publishers go on being served.
+func TestDroppedMessagesCounted(t *testing.T) {
+	t.Parallel()
+	e := start(t, func(c *Config) { c.MessagesPerSecond = 1e6; c.Burst = 1e6 })
+	dev, tok := e.device()
+	d := e.connectDevice(dev, tok)
+
+	raw, err := net.Dial("tcp", e.broker.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := &stallConn{Conn: raw, release: make(chan struct{})}
+	sub := paho.NewClient(paho.ClientConfig{Conn: conn})
+	ca, err := sub.Connect(t.Context(), serviceConnect("stalled-subscriber"))
+	if err != nil || ca.ReasonCode != 0 {
+		t.Fatalf("connect: %v %v", ca, err)
+	}
+	t.Cleanup(func() { close(conn.release); _ = raw.Close() })
+	if _, err := sub.Subscribe(t.Context(), &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: topic(dev, "telemetry"), QoS: 0}}}); err != nil {
+		t.Fatal(err)
+	}
+	conn.stalled.Store(true)
+
+	// Enough to fill the socket buffers and then the 1024-packet queue.
+	payload := strings.Repeat("x", 16<<10)
+	for i := 0; counter(t, e.reg, "flock_mqtt_messages_dropped_total", "queue_full") == 0; i++ {
+		if i == 20000 {
+			t.Fatal("20000 messages to a subscriber that reads nothing, none dropped")
+		}
+		if code := d.publish(t, topic(dev, "telemetry"), payload); code != 0 {
+			t.Fatalf("publish %d: PUBACK %#x", i, code)
+		}
 	}
 }
