@@ -36,7 +36,6 @@ import (
 	"github.com/flock-io/flock-api/internal/app"
 	"github.com/flock-io/flock-api/internal/devicetoken"
 	"github.com/flock-io/flock-api/internal/devoidc"
-	"github.com/flock-io/flock-api/internal/postgres"
 	"github.com/flock-io/flock-api/internal/testutil/launch"
 )
 
@@ -74,24 +73,11 @@ type bench struct {
 
 func run(adminURL string, devices, requests int, duration time.Duration, concurrency int) error {
 	ctx := context.Background()
-	dbURL, drop, err := benchdb.Create(ctx, adminURL)
+	dbURL, pool, done, err := benchdb.Migrated(ctx, adminURL)
 	if err != nil {
 		return err
 	}
-	defer drop()
-	pool, err := postgres.Open(ctx, dbURL)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	m, err := postgres.NewMigrator(pool, nil)
-	if err != nil {
-		return err
-	}
-	if _, err := m.Up(ctx); err != nil {
-		return err
-	}
-	m.Close()
+	defer done()
 
 	// Info level, as in production: the access log is part of the cost.
 	proc, err := launch.Start([]string{"--database-url=" + dbURL, "--dev", "--public-url=" + publicURL},

@@ -353,22 +353,16 @@ func writeBackoff() retry.Backoff {
 // output is a batch turned into the writes it causes. Each part remembers
 // whether it was written, so a retry does not write a part twice.
 type output struct {
-	states   []stateWrite
+	states   []kv.Write
 	samples  []telemetry.Sample
 	logs     []telemetry.LogLine
 	conns    []telemetry.Connectivity
-	connKV   []stateWrite
+	connKV   []kv.Write
 	connPG   db.DevicesApplyConnectivityParams
 	touch    db.DevicesTouchParams
 	records  []bus.Record
 	done     [7]bool
 	unknowns int
-}
-
-type stateWrite struct {
-	key   string
-	seq   uint64
-	value []byte
 }
 
 // build resolves each device's org and fleet and turns the items into
@@ -402,7 +396,7 @@ func (w *worker) build(ctx context.Context, items []item) (*output, error) {
 			if err != nil {
 				return nil, err
 			}
-			out.states = append(out.states, stateWrite{key: livestate.StateKey(it.device), seq: uint64(it.stateSeq) + 1, value: v})
+			out.states = append(out.states, kv.Write{Key: livestate.StateKey(it.device), Seq: uint64(it.stateSeq) + 1, Value: v, TTL: livestate.StateTTL})
 			out.records = append(out.records, bus.Record{Topic: bus.TopicDeviceState, Key: key, Value: base.with("state", it.raw)})
 		case kindTelemetry:
 			for _, s := range it.samples {
@@ -441,7 +435,7 @@ func (w *worker) build(ctx context.Context, items []item) (*output, error) {
 			if err != nil {
 				return nil, err
 			}
-			out.connKV = append(out.connKV, stateWrite{key: livestate.ConnKey(it.device), seq: seq, value: v})
+			out.connKV = append(out.connKV, kv.Write{Key: livestate.ConnKey(it.device), Seq: seq, Value: v, TTL: livestate.StateTTL})
 			out.records = append(out.records, record(bus.TopicDeviceConnectivity, it.device, connectivityRecord{
 				DeviceID: base.DeviceID, OrgID: base.OrgID, FleetID: base.FleetID, Event: event, ConnectionSeq: it.statusSeq, At: base.ReceivedAt}))
 			if i, ok := lastConn[it.device]; ok {
@@ -516,15 +510,11 @@ func (o *output) write(ctx context.Context, in *Ingester) error {
 }
 
 // writeKV writes a batch's live state in one round trip.
-func writeKV(ctx context.Context, in *Ingester, ws []stateWrite) error {
+func writeKV(ctx context.Context, in *Ingester, ws []kv.Write) error {
 	if len(ws) == 0 {
 		return nil
 	}
-	writes := make([]kv.Write, len(ws))
-	for i, s := range ws {
-		writes[i] = kv.Write{Key: s.key, Seq: s.seq, Value: s.value, TTL: livestate.StateTTL}
-	}
-	_, err := in.deps.KV.SetManyIfNewer(ctx, writes)
+	_, err := in.deps.KV.SetManyIfNewer(ctx, ws)
 	return err
 }
 

@@ -10,6 +10,9 @@ import (
 	"net/url"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/flock-io/flock-api/internal/postgres"
 )
 
 // Create makes an empty database on the server of adminURL and returns its
@@ -38,4 +41,31 @@ func Create(ctx context.Context, adminURL string) (string, func(), error) {
 			c.Close(context.Background())
 		}
 	}, nil
+}
+
+// Migrated is Create with flock-api's migrations applied, and a pool on it:
+// the database flock-api runs on. done closes the pool and drops the
+// database.
+func Migrated(ctx context.Context, adminURL string) (dbURL string, pool *pgxpool.Pool, done func(), err error) {
+	dbURL, drop, err := Create(ctx, adminURL)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	pool, err = postgres.Open(ctx, dbURL)
+	if err != nil {
+		drop()
+		return "", nil, nil, err
+	}
+	done = func() { pool.Close(); drop() }
+	m, err := postgres.NewMigrator(pool, nil)
+	if err != nil {
+		done()
+		return "", nil, nil, err
+	}
+	defer m.Close()
+	if _, err := m.Up(ctx); err != nil {
+		done()
+		return "", nil, nil, fmt.Errorf("migrate %s: %w", dbURL, err)
+	}
+	return dbURL, pool, done, nil
 }
