@@ -3,8 +3,6 @@ package handlers_test
 import (
 	"crypto/ed25519"
 	"crypto/x509"
-	"encoding/json"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -36,28 +34,6 @@ func startHookServer(t *testing.T, token string, noGate bool) *liveEnv {
 		}
 		d.MQTTAuth, d.MQTTHookToken = a, token
 	}})
-}
-
-// hook posts to an MQTT hook as a broker would, with the hook token when
-// not empty.
-func hook(t *testing.T, srv *apptest.Server, path, token string, body any) (int, http.Header, map[string]any) {
-	t.Helper()
-	b, _ := json.Marshal(body)
-	req, _ := http.NewRequest("POST", srv.URL+path, strings.NewReader(string(b)))
-	req.Header.Set("Content-Type", "application/json")
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var out map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		t.Fatalf("POST %s: %v", path, err)
-	}
-	return resp.StatusCode, resp.Header, out
 }
 
 // craftDeviceToken signs a device token with the deployment's current
@@ -117,7 +93,7 @@ func TestMQTTAuthHook(t *testing.T) {
 		{"a user's token", ida, ida, w.owner, false, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			status, _, out := hook(t, srv, "/internal/v1/mqtt/auth", "",
+			status, _, out := call(t, srv, "POST", "/internal/v1/mqtt/auth", "",
 				map[string]any{"clientid": tt.clientid, "username": tt.username, "password": tt.password})
 			want := map[string]any{"result": "deny", "is_superuser": false}
 			if tt.allow {
@@ -131,7 +107,7 @@ func TestMQTTAuthHook(t *testing.T) {
 
 	// A body the broker was not configured to send is a 400 problem, which
 	// the broker reads as "ignore".
-	status, hdr, out := hook(t, srv, "/internal/v1/mqtt/auth", "", map[string]any{"clientid": ida})
+	status, hdr, out := call(t, srv, "POST", "/internal/v1/mqtt/auth", "", map[string]any{"clientid": ida})
 	if status != 400 || hdr.Get("Content-Type") != problem.ContentType {
 		t.Fatalf("incomplete body = %d %v", status, out)
 	}
@@ -167,7 +143,7 @@ func TestMQTTACLHook(t *testing.T) {
 		{"uppercase uuid", strings.ToUpper(a), "publish", topic(strings.ToUpper(a), "state"), false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			status, _, out := hook(t, srv, "/internal/v1/mqtt/acl", "",
+			status, _, out := call(t, srv, "POST", "/internal/v1/mqtt/acl", "",
 				map[string]any{"clientid": tt.username, "username": tt.username, "topic": tt.topic, "action": tt.action})
 			want := "deny"
 			if tt.allow {
@@ -178,7 +154,7 @@ func TestMQTTACLHook(t *testing.T) {
 			}
 		})
 	}
-	status, _, out := hook(t, srv, "/internal/v1/mqtt/acl", "",
+	status, _, out := call(t, srv, "POST", "/internal/v1/mqtt/acl", "",
 		map[string]any{"clientid": a, "username": a, "topic": topic(a, "state"), "action": "delete"})
 	if status != 400 {
 		t.Fatalf("unknown action = %d %v", status, out)
@@ -206,7 +182,7 @@ func TestMQTTHookToken(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			for path, body := range map[string]any{"/internal/v1/mqtt/auth": auth, "/internal/v1/mqtt/acl": acl} {
-				status, hdr, out := hook(t, srv, path, tt.token, body)
+				status, hdr, out := call(t, srv, "POST", path, tt.token, body)
 				switch {
 				case tt.ok && (status != 200 || out["result"] != "allow"):
 					t.Errorf("%s = %d %v, want 200 allow", path, status, out)
@@ -223,7 +199,7 @@ func TestMQTTHookToken(t *testing.T) {
 	// Mounted without the gate, a hook with a token set refuses every
 	// request rather than ignoring the token.
 	bare := startHookServer(t, secret, true)
-	if status, _, out := hook(t, bare.srv, "/internal/v1/mqtt/acl", "", acl); status != 401 {
+	if status, _, out := call(t, bare.srv, "POST", "/internal/v1/mqtt/acl", "", acl); status != 401 {
 		t.Fatalf("no gate = %d %v, want 401", status, out)
 	}
 }

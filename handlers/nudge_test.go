@@ -3,34 +3,20 @@ package handlers_test
 import (
 	"context"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/go-chi/chi/v5"
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/flock-io/flock-api/gen"
 	"github.com/flock-io/flock-api/handlers"
-	"github.com/flock-io/flock-api/internal/app"
-	"github.com/flock-io/flock-api/internal/audit"
-	"github.com/flock-io/flock-api/internal/auth"
-	"github.com/flock-io/flock-api/internal/auth/oidcverify"
 	"github.com/flock-io/flock-api/internal/bus"
-	"github.com/flock-io/flock-api/internal/devicetoken"
-	"github.com/flock-io/flock-api/internal/devoidc"
-	"github.com/flock-io/flock-api/internal/idempotency"
 	"github.com/flock-io/flock-api/internal/nudge"
 	"github.com/flock-io/flock-api/internal/nudge/nudgetest"
-	"github.com/flock-io/flock-api/internal/postgres"
-	"github.com/flock-io/flock-api/internal/reqinfo"
-	"github.com/flock-io/flock-api/internal/restapi"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
-	"github.com/flock-io/flock-api/internal/testutil/pgtest"
+	"github.com/flock-io/flock-api/internal/testutil/promtest"
 )
 
 // spy passes notifications on and counts them, so a test knows for certain
@@ -61,95 +47,36 @@ type nudgeEnv struct {
 	c   *nudgetest.Consumer
 }
 
-// startNudgeServer serves the API as the api target does (same spec
-// validation, authentication, guard and idempotency), with the handlers
-// given a nudge Service on a real (embedded kfake) bus, and consumes the
-// nudges from that bus.
+// startNudgeServer serves the API as the api target does (startLiveServer),
+// with the handlers given a nudge Service on a real (embedded kfake) bus,
+// and consumes the nudges from that bus.
 func startNudgeServer(t *testing.T) *nudgeEnv {
 	t.Helper()
-	ctx := context.Background()
-	log := slog.New(slog.DiscardHandler)
-	dbURL := pgtest.URL(t)
-	pool, err := postgres.Open(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
-	b, err := bus.Open(ctx, bus.Config{Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
-
 	env := &nudgeEnv{reg: prometheus.NewRegistry()}
-	svc := nudge.New(pool, b, log, env.reg)
-	runCtx, stop := context.WithCancel(ctx)
-	stopped := make(chan error, 1)
-	go func() { stopped <- svc.Run(runCtx) }()
-	t.Cleanup(func() {
-		stop()
-		if err := <-stopped; err != nil {
-			t.Errorf("nudge service: %v", err)
+	live := startLiveServer(t, liveOptions{deps: func(e *liveEnv, d *handlers.Deps) {
+		ctx := context.Background()
+		log := slog.New(slog.DiscardHandler)
+		b, err := bus.Open(ctx, bus.Config{Log: log})
+		if err != nil {
+			t.Fatal(err)
 		}
-	})
-	env.spy = &spy{next: svc}
-	env.c = nudgetest.Consume(t, b)
-
-	spec, err := restapi.LoadSpec(ctx, gen.OpenAPIYAML)
-	if err != nil {
-		t.Fatal(err)
-	}
-	issuer := app.DevIssuer(apptest.PublicURL)
-	prov, err := devoidc.New(ctx, pool, issuer, app.DevAudience)
-	if err != nil {
-		t.Fatal(err)
-	}
-	prefix := strings.TrimPrefix(issuer, "http://flock.test:8080")
-	verifier, err := oidcverify.New(oidcverify.Config{Issuer: issuer, Audience: app.DevAudience,
-		HTTPClient: &http.Client{Transport: devoidc.Transport(http.StripPrefix(prefix, prov.Handler()))}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	recorder := audit.NewRecorder(nil)
-	guard, err := auth.NewGuard(spec, handlers.Policy, pool, recorder, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	devIssuer := app.DeviceIssuer(apptest.PublicURL)
-	tokens, err := devicetoken.New(ctx, pool, devicetoken.Config{Issuer: devIssuer,
-		TokenEndpoint: app.TokenEndpoint(apptest.PublicURL), Log: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := handlers.New(handlers.Deps{Pool: pool, Tokens: tokens, TokenEndpoint: app.TokenEndpoint(apptest.PublicURL),
-		Audit: recorder, Nudge: env.spy})
-	r := chi.NewRouter()
-	r.Use(reqinfo.Middleware)
-	app.MountAPI(r, spec, server, auth.NewAuthenticator(verifier, tokens, devIssuer, pool, log), guard,
-		idempotency.Middleware(pool, auth.NameOf))
-	hs := httptest.NewServer(r)
-	t.Cleanup(hs.Close)
-	env.srv = &apptest.Server{URL: hs.URL, DatabaseURL: dbURL}
-	return env
-}
-
-func (e *nudgeEnv) metric(t *testing.T, name string) float64 {
-	t.Helper()
-	mfs, err := e.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			var sum float64
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		t.Cleanup(b.Close)
+		svc := nudge.New(e.pool, b, log, env.reg)
+		runCtx, stop := context.WithCancel(ctx)
+		stopped := make(chan error, 1)
+		go func() { stopped <- svc.Run(runCtx) }()
+		t.Cleanup(func() {
+			stop()
+			if err := <-stopped; err != nil {
+				t.Errorf("nudge service: %v", err)
 			}
-			return sum
-		}
-	}
-	t.Fatalf("no metric %s", name)
-	return 0
+		})
+		env.spy = &spy{next: svc}
+		env.c = nudgetest.Consume(t, b)
+		d.Nudge = env.spy
+	}})
+	env.srv = live.srv
+	return env
 }
 
 // settle waits until the worker has nothing pending, every nudge it
@@ -163,8 +90,8 @@ func (e *nudgeEnv) settle(t *testing.T) {
 			t.Fatal("nudges did not settle within 20s")
 		}
 		time.Sleep(100 * time.Millisecond)
-		pub := e.metric(t, "flock_nudges_published_total")
-		idle := e.metric(t, "flock_nudge_pending_fleets")+e.metric(t, "flock_nudge_pending_devices") == 0 &&
+		pub := promtest.Sum(t, e.reg, "flock_nudges_published_total")
+		idle := promtest.Sum(t, e.reg, "flock_nudge_pending_fleets")+promtest.Sum(t, e.reg, "flock_nudge_pending_devices") == 0 &&
 			float64(e.c.Total(t)) == pub
 		if idle && pub == last {
 			quiet++

@@ -29,6 +29,7 @@ import (
 	"github.com/flock-io/flock-api/internal/mqtt/broker"
 	"github.com/flock-io/flock-api/internal/telemetry"
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
+	"github.com/flock-io/flock-api/internal/testutil/promtest"
 )
 
 const (
@@ -406,33 +407,11 @@ func TestPipeline(t *testing.T) {
 				}
 				return nil
 			})
-			if got := counter(t, reg, "flock_ingest_messages_total", "kind", "logs"); got != 2 {
+			if got := promtest.Sum(t, reg, "flock_ingest_messages_total", "kind", "logs"); got != 2 {
 				t.Errorf("logs messages counted %v, want 2", got)
 			}
 		})
 	}
-}
-
-// counter reads one labelled series of a counter registered in reg.
-func counter(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == label && l.GetValue() == value {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
 }
 
 // Bad input is dropped and counted, and the pipeline goes on for the same
@@ -480,7 +459,7 @@ func TestBadInput(t *testing.T) {
 	}
 	eventually(t, "drop counters", func() error {
 		for reason, n := range want {
-			if got := counter(t, reg, "flock_ingest_dropped_total", "reason", reason); got != n {
+			if got := promtest.Sum(t, reg, "flock_ingest_dropped_total", "reason", reason); got != n {
 				return fmt.Errorf("%s: %v, want %v", reason, got, n)
 			}
 		}
@@ -606,7 +585,7 @@ func TestShutdownWithFailingStore(t *testing.T) {
 	d := e.connect(id)
 	d.publish(t, "state", `{"seq":7}`)
 	eventually(t, "a failed write", func() error {
-		if n := total(t, reg, "flock_ingest_write_errors_total"); n < 1 {
+		if n := promtest.Sum(t, reg, "flock_ingest_write_errors_total"); n < 1 {
 			return fmt.Errorf("%v write errors", n)
 		}
 		return nil
@@ -623,24 +602,6 @@ func TestShutdownWithFailingStore(t *testing.T) {
 		_, err := working.Get(t.Context(), livestate.StateKey(id))
 		return err
 	})
-}
-
-// total sums every series of a metric registered in reg.
-func total(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
 }
 
 // A record on flock.device.commands.v1 reaches the device's target topic.

@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"runtime"
 	"strings"
 	"sync"
@@ -25,6 +23,7 @@ import (
 	"github.com/flock-io/flock-api/internal/mqtt/broker"
 	"github.com/flock-io/flock-api/internal/simulate"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
+	"github.com/flock-io/flock-api/internal/testutil/syncbuf"
 )
 
 const (
@@ -47,24 +46,6 @@ type tWriter struct{ t *testing.T }
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
-}
-
-// syncBuffer collects what the simulator prints from its goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // fleet is a running flock-api with an organisation, a fleet and a
@@ -91,34 +72,9 @@ func newFleetOn(t *testing.T, args ...string) *fleet {
 // must sends a request as the owner and fails the test unless the status is want.
 func (f *fleet) must(t *testing.T, want int, method, path string, body any) map[string]any {
 	t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, f.srv.URL+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+f.owner)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	var out map[string]any
-	if len(raw) > 0 {
-		if err := json.Unmarshal(raw, &out); err != nil {
-			t.Fatalf("%s %s: %v: %s", method, path, err, raw)
-		}
-	}
-	if resp.StatusCode != want {
-		t.Fatalf("%s %s = %d, want %d: %s", method, path, resp.StatusCode, want, raw)
+	status, _, out := f.srv.Do(t, method, path, f.owner, body)
+	if status != want {
+		t.Fatalf("%s %s = %d, want %d: %v", method, path, status, want, out)
 	}
 	return out
 }
@@ -380,7 +336,7 @@ func TestSimulate(t *testing.T) {
 	f := newFleet(t)
 	brokerURL := startBroker(t, f.deviceTokens(t, app.DeviceIssuer(apptest.PublicURL)))
 	sub := subscribe(t, brokerURL)
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 
 	r := start(simulate.Config{
 		API: f.srv.URL, ProvisioningKey: f.provKey, Devices: devices, Rate: 40, MQTTURL: brokerURL,
@@ -589,7 +545,7 @@ func TestRunFails(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			c.cfg.API = f.srv.URL
-			logs := &syncBuffer{}
+			logs := &syncbuf.Buffer{}
 			c.cfg.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 			ctx, cancel := context.WithTimeout(t.Context(), wait)
 			defer cancel()

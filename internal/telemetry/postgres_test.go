@@ -115,32 +115,5 @@ func TestDeviceLogListPages(t *testing.T) {
 }
 
 func BenchmarkWriteSamples(b *testing.B) {
-	s := telemetry.NewPostgres(pgtest.Pool(b))
-	org := uuid.New()
-	devices := make([]uuid.UUID, 50)
-	for i := range devices {
-		devices[i] = uuid.New()
-	}
-	names := []string{"cpu.temperature", "cpu.load", "mem.used", "disk.free", "net.rx_bytes",
-		"net.tx_bytes", "gpu.temperature", "fan.rpm", "power.watts", "uptime"}
-	const batchSize = 500
-	batch := make([]telemetry.Sample, batchSize)
-	for i := range batch {
-		batch[i] = telemetry.Sample{DeviceID: devices[i%len(devices)], OrgID: org, Name: names[i/len(devices)%len(names)],
-			Unit: "x", Labels: map[string]string{"core": fmt.Sprint(i % 4)}}
-	}
-	start := time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
-	written := 0
-	for b.Loop() {
-		// Each round is a new instant, as a fleet reporting every second is.
-		ts := start.Add(time.Duration(written/batchSize) * time.Second)
-		for i := range batch {
-			batch[i].TS, batch[i].Value = ts, float64(written+i)
-		}
-		if err := s.WriteSamples(b.Context(), batch); err != nil {
-			b.Fatal(err)
-		}
-		written += batchSize
-	}
-	b.ReportMetric(float64(written)/b.Elapsed().Seconds(), "samples/s")
+	telemetrytest.BenchmarkWriteSamples(b, telemetry.NewPostgres(pgtest.Pool(b)))
 }

@@ -26,6 +26,8 @@ import (
 
 	"github.com/flock-io/flock-api/internal/devicetoken"
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
+	"github.com/flock-io/flock-api/internal/testutil/promtest"
+	"github.com/flock-io/flock-api/internal/testutil/syncbuf"
 )
 
 const (
@@ -35,24 +37,6 @@ const (
 	// wait bounds every wait for something the broker or a client should do.
 	wait = 10 * time.Second
 )
-
-// syncBuffer collects log output written from the broker's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func newTokens(t testing.TB, pool *pgxpool.Pool, issuer string) *devicetoken.Service {
 	t.Helper()
@@ -74,7 +58,7 @@ type env struct {
 	tokens *devicetoken.Service
 	broker *Broker
 	reg    *prometheus.Registry
-	logs   *syncBuffer
+	logs   *syncbuf.Buffer
 }
 
 // start runs a broker on a free port until the test ends; edit adjusts the
@@ -82,7 +66,7 @@ type env struct {
 func start(t *testing.T, edit func(*Config)) *env {
 	t.Helper()
 	pool := pgtest.Pool(t)
-	e := &env{t: t, pool: pool, tokens: newTokens(t, pool, testIssuer), reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	e := &env{t: t, pool: pool, tokens: newTokens(t, pool, testIssuer), reg: prometheus.NewRegistry(), logs: &syncbuf.Buffer{}}
 	cfg := Config{
 		Listen:          "127.0.0.1:0",
 		ServiceUsername: serviceUser,
@@ -281,29 +265,6 @@ func (c *client) alive() bool {
 
 func topic(id uuid.UUID, kind string) string { return "flock/v1/devices/" + id.String() + "/" + kind }
 
-// counter reads a counter of reg by name and reason label.
-func counter(t *testing.T, reg *prometheus.Registry, name, reason string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "reason" && l.GetValue() == reason {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	t.Fatalf("no %s{reason=%q}", name, reason)
-	return 0
-}
-
 func TestConnect(t *testing.T) {
 	t.Parallel()
 	e := start(t, nil)
@@ -354,7 +315,7 @@ func TestConnect(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var before float64
 			if tt.reason != "" {
-				before = counter(t, e.reg, "flock_mqtt_auth_refused_total", tt.reason)
+				before = promtest.Sum(t, e.reg, "flock_mqtt_auth_refused_total", "reason", tt.reason)
 			}
 			c, ca, err := dial(t, e.broker.Addr(), tt.cp)
 			if ca == nil {
@@ -375,7 +336,7 @@ func TestConnect(t *testing.T) {
 				<-c.Done()
 				return
 			}
-			if got := counter(t, e.reg, "flock_mqtt_auth_refused_total", tt.reason); got != before+1 {
+			if got := promtest.Sum(t, e.reg, "flock_mqtt_auth_refused_total", "reason", tt.reason); got != before+1 {
 				t.Errorf("flock_mqtt_auth_refused_total{reason=%q} = %v, want %v", tt.reason, got, before+1)
 			}
 			who := "username=" + tt.cp.Username
@@ -497,11 +458,11 @@ func TestPublishACL(t *testing.T) {
 	}
 	for _, tt := range refused {
 		t.Run(tt.name, func(t *testing.T) {
-			before := counter(t, e.reg, "flock_mqtt_publish_refused_total", "acl")
+			before := promtest.Sum(t, e.reg, "flock_mqtt_publish_refused_total", "reason", "acl")
 			if code := a.publish(t, tt.topic, "refused"); code != 0x87 {
 				t.Errorf("PUBACK %#x, want 0x87", code)
 			}
-			if got := counter(t, e.reg, "flock_mqtt_publish_refused_total", "acl"); got != before+1 {
+			if got := promtest.Sum(t, e.reg, "flock_mqtt_publish_refused_total", "reason", "acl"); got != before+1 {
 				t.Errorf("flock_mqtt_publish_refused_total{reason=acl} = %v, want %v", got, before+1)
 			}
 		})
@@ -625,7 +586,7 @@ func TestRateLimit(t *testing.T) {
 	if accepted < burst || quota == 0 {
 		t.Errorf("accepted %d (want at least the burst %d), refused %d (want some)", accepted, burst, quota)
 	}
-	if got := counter(t, e.reg, "flock_mqtt_publish_refused_total", "rate"); got != float64(quota) {
+	if got := promtest.Sum(t, e.reg, "flock_mqtt_publish_refused_total", "reason", "rate"); got != float64(quota) {
 		t.Errorf("flock_mqtt_publish_refused_total{reason=rate} = %v, want %d", got, quota)
 	}
 	// Only what was accepted went through.
@@ -1226,7 +1187,7 @@ func TestDroppedMessagesCounted(t *testing.T) {
 
 	// Enough to fill the socket buffers and then the 1024-packet queue.
 	payload := strings.Repeat("x", 16<<10)
-	for i := 0; counter(t, e.reg, "flock_mqtt_messages_dropped_total", "queue_full") == 0; i++ {
+	for i := 0; promtest.Sum(t, e.reg, "flock_mqtt_messages_dropped_total", "reason", "queue_full") == 0; i++ {
 		if i == 20000 {
 			t.Fatal("20000 messages to a subscriber that reads nothing, none dropped")
 		}

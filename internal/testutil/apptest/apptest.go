@@ -4,7 +4,11 @@
 package apptest
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"io"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -111,3 +115,42 @@ func Start(t testing.TB, args ...string) *Server {
 
 // WaitReady polls /readyz until it answers 200.
 func WaitReady(base string, within time.Duration) error { return launch.WaitReady(base, within) }
+
+// Do sends one JSON request as a customer's script would, with token as a
+// bearer token when not empty, and returns the status, the response headers
+// and the decoded body (nil when empty). A body that is not a JSON object
+// fails the test.
+func (s *Server) Do(t testing.TB, method, path, token string, body any) (int, http.Header, map[string]any) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, s.URL+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &out); err != nil {
+			t.Fatalf("%s %s: body is not a JSON object: %v: %s", method, path, err, raw)
+		}
+	}
+	return resp.StatusCode, resp.Header, out
+}
