@@ -8,6 +8,7 @@ import (
 
 type metrics struct {
 	received      *prometheus.CounterVec
+	receivedKind  map[string]prometheus.Counter // received's series, resolved once: counted per message
 	dropped       *prometheus.CounterVec
 	writeErrors   prometheus.Counter
 	batchSeconds  prometheus.Histogram
@@ -60,8 +61,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Records of flock.device.commands.v1 the relay could not turn into a message.",
 		}),
 	}
+	m.receivedKind = make(map[string]prometheus.Counter, len(deviceKinds))
 	for _, k := range deviceKinds {
-		m.received.WithLabelValues(k)
+		m.receivedKind[k] = m.received.WithLabelValues(k)
 	}
 	for _, r := range dropReasons {
 		m.dropped.WithLabelValues(r)

@@ -236,7 +236,7 @@ func (w *worker) add(m received) {
 		w.unacked++
 	}
 	b.items = append(b.items, it)
-	w.in.metrics.received.WithLabelValues(it.kind).Inc()
+	w.in.metrics.receivedKind[it.kind].Inc()
 }
 
 func (w *worker) drop(m received, device uuid.UUID, reason string, err error) {
