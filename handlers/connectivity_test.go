@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -141,7 +142,7 @@ func TestConnectivityQueries(t *testing.T) {
 	must(t, srv, 201, "POST", "/device/v1/register", "", restDev.registration(w.provKey))
 	quiet := newDevice(t) // never heard from
 	must(t, srv, 201, "POST", "/device/v1/register", "", quiet.registration(w.provKey))
-	must(t, srv, 204, "PATCH", "/device/v1/state", restDev.token(t, srv), map[string]any{"os_version": "1"})
+	must(t, srv, 204, "PATCH", "/device/v1/state", restDev.token(t, srv), map[string]any{"seq": 1, "os_version": "1"})
 
 	type change struct {
 		id     uuid.UUID
@@ -312,20 +313,33 @@ func TestDeviceLiveReportedState(t *testing.T) {
 
 	// REST report, then an older state in KV: PostgreSQL's wins.
 	dev := w.device
-	must(t, srv, 204, "PATCH", "/device/v1/state", dev.token(t, srv), map[string]any{"os_version": "rest-1"})
-	put(dev.id, 1, time.Now().Add(-time.Hour), "mqtt-1")
+	devToken := dev.token(t, srv)
+	must(t, srv, 204, "PATCH", "/device/v1/state", devToken, map[string]any{"seq": 5, "os_version": "rest-1"})
+	put(dev.id, 3, time.Now().Add(time.Hour), "mqtt-1")
 	if d := get(dev.id); osOf(d) != "rest-1" {
 		t.Fatalf("older KV state shown: %v", d)
 	}
 	// A newer state in KV wins, and dates last_seen_at.
 	at := time.Now().Add(time.Minute).UTC().Truncate(time.Millisecond)
-	put(dev.id, 2, at, "mqtt-2")
+	put(dev.id, 6, at, "mqtt-2")
 	d := get(dev.id)
-	if osOf(d) != "mqtt-2" || d["last_seen_at"] != at.Format(time.RFC3339Nano) {
+	if osOf(d) != "mqtt-2" || d["last_seen_at"] != at.Format(time.RFC3339Nano) || d["reported_state"].(map[string]any)["seq"] != float64(6) {
 		t.Fatalf("newer KV state not shown: %v", d)
 	}
-	if _, ok := d["reported_state"].(map[string]any)["seq"]; ok {
-		t.Fatal("the MQTT seq leaks into the reported state")
+	// HTTP reports follow the same order: a repeat of the newest stored seq
+	// is a retry (204, nothing changes), an older one is refused naming the
+	// newest, a newer one is stored and shown over the KV's older state.
+	must(t, srv, 204, "PATCH", "/device/v1/state", devToken, map[string]any{"seq": 5, "os_version": "rest-retry"})
+	stale := must(t, srv, 409, "PATCH", "/device/v1/state", devToken, map[string]any{"seq": 4, "os_version": "rest-old"})
+	if stale["code"] != "stale_state" || !strings.Contains(stale["detail"].(string), "below 5") {
+		t.Fatalf("stale report: %v", stale)
+	}
+	if d := get(dev.id); osOf(d) != "mqtt-2" {
+		t.Fatalf("a refused or repeated report changed the state: %v", d)
+	}
+	must(t, srv, 204, "PATCH", "/device/v1/state", devToken, map[string]any{"seq": 7, "os_version": "rest-7"})
+	if d := get(dev.id); osOf(d) != "rest-7" {
+		t.Fatalf("newer HTTP state not shown over the KV's: %v", d)
 	}
 	// A device that reported only over MQTT shows that; one that never
 	// reported shows none.
@@ -353,7 +367,7 @@ func TestDeviceLiveReportedState(t *testing.T) {
 		m := it.(map[string]any)
 		byID[m["id"].(string)] = osOf(m)
 	}
-	if byID[dev.id.String()] != "mqtt-2" || byID[mqttOnly.id.String()] != "mqtt-only" || byID[silent.id.String()] != nil {
+	if byID[dev.id.String()] != "rest-7" || byID[mqttOnly.id.String()] != "mqtt-only" || byID[silent.id.String()] != nil {
 		t.Fatalf("listed states = %v", byID)
 	}
 
@@ -361,7 +375,7 @@ func TestDeviceLiveReportedState(t *testing.T) {
 	if err := mem.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if d := get(dev.id); osOf(d) != "rest-1" {
+	if d := get(dev.id); osOf(d) != "rest-7" {
 		t.Fatalf("with the KV store down: %v", d)
 	}
 	must(t, srv, 200, "GET", "/v1/orgs/"+w.org+"/devices", w.viewer, nil)

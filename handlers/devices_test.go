@@ -206,7 +206,7 @@ func TestTargetState(t *testing.T) {
 
 	// Reported state shows on the device resource, and the device is online.
 	must(t, srv, 204, "PATCH", "/device/v1/state", token, map[string]any{
-		"running_release_id": w.release, "os_version": "flockOS 1.2", "agent_version": "0.3.0",
+		"seq": 1, "running_release_id": w.release, "os_version": "flockOS 1.2", "agent_version": "0.3.0",
 		"ip_addresses": []any{"10.0.0.7"},
 		"services":     []any{map[string]any{"name": "app", "status": "downloading", "download_progress": 40}},
 	})
@@ -216,7 +216,7 @@ func TestTargetState(t *testing.T) {
 		rs["services"].([]any)[0].(map[string]any)["download_progress"] != float64(40) {
 		t.Fatalf("device = %v", d)
 	}
-	if status, _, _ := call(t, srv, "PATCH", "/device/v1/state", token, map[string]any{"services": []any{map[string]any{"name": "app", "status": "dancing"}}}); status != 400 {
+	if status, _, _ := call(t, srv, "PATCH", "/device/v1/state", token, map[string]any{"seq": 2, "services": []any{map[string]any{"name": "app", "status": "dancing"}}}); status != 400 {
 		t.Fatalf("bad reported state = %d, want 400", status)
 	}
 }
@@ -338,7 +338,7 @@ func TestDeviceListFilters(t *testing.T) {
 		}
 		must(t, srv, 200, "PATCH", "/v1/devices/"+d.id.String(), w.developer, map[string]any{"tags": tags})
 		if i == 0 {
-			must(t, srv, 204, "PATCH", "/device/v1/state", d.token(t, srv), map[string]any{"running_release_id": w.release})
+			must(t, srv, 204, "PATCH", "/device/v1/state", d.token(t, srv), map[string]any{"seq": 1, "running_release_id": w.release})
 		}
 		ids = append(ids, d.id.String())
 	}

@@ -3,6 +3,7 @@ package handlers_test
 import (
 	"context"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -113,6 +114,25 @@ func stateVersion(t *testing.T, srv *apptest.Server, token string) string {
 	v, _ := body["version"].(string)
 	if hdr.Get("ETag") != `"`+v+`"` {
 		t.Fatalf("ETag %s, version %s", hdr.Get("ETag"), v)
+	}
+	// A device holding the version a nudge carried sends it as an ETag
+	// (quoted, as both documents say) and learns nothing changed; the bare
+	// version is accepted too.
+	for _, inm := range []string{`"` + v + `"`, v, `W/"` + v + `"`, `"other", "` + v + `"`} {
+		req, err := http.NewRequestWithContext(t.Context(), "GET", srv.URL+"/device/v1/state", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("If-None-Match", inm)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotModified {
+			t.Fatalf("If-None-Match %s with version %s = %d, want 304", inm, v, resp.StatusCode)
+		}
 	}
 	return v
 }

@@ -164,7 +164,7 @@ var fixtures = map[string]fixture{
 	"jwks:get":         {req: func(w *world) (string, string, any) { return "GET", "/.well-known/jwks.json", nil }},
 	"device-state:get": {req: func(w *world) (string, string, any) { return "GET", "/device/v1/state", nil }},
 	"device-state:update": {req: func(w *world) (string, string, any) {
-		return "PATCH", "/device/v1/state", map[string]any{"os_version": "1"}
+		return "PATCH", "/device/v1/state", map[string]any{"seq": 1, "os_version": "1"}
 	}},
 	// The broker's hooks answer whoever calls (a deployment may demand a
 	// hook token); the decision is in the body.

@@ -18,10 +18,20 @@ UPDATE devices SET name = $2, fleet_id = $3, pinned_release_id = $4, tags = $5 W
 -- name: DeviceDelete :execrows
 DELETE FROM devices WHERE id = $1;
 
--- name: DeviceReport :exec
+-- name: DeviceReport :execrows
+-- A state reported over HTTP; applied only when its seq is above the stored
+-- one (see DevicesApplyState for MQTT), so no path overwrites a newer state.
 UPDATE devices SET last_seen_at = greatest(last_seen_at, now()), reported_at = now(),
-  reported = $2, running_release_id = $3, os_version = $4, agent_version = $5
-WHERE id = $1;
+  reported = @reported, reported_seq = @seq::bigint, running_release_id = @running_release_id,
+  os_version = @os_version, agent_version = @agent_version
+WHERE id = @id AND (reported_seq IS NULL OR reported_seq < @seq::bigint);
+
+-- name: DeviceReportRefused :one
+-- A report DeviceReport did not apply still shows the device alive; returns
+-- the seq it lost to.
+UPDATE devices SET last_seen_at = greatest(last_seen_at, now())
+WHERE id = $1
+RETURNING coalesce(reported_seq, -1)::bigint AS reported_seq;
 
 -- name: DeviceList :many
 -- Keyset pagination on (created_at, id); every filter is optional.
@@ -68,3 +78,16 @@ UPDATE devices d
 SET last_seen_at = greatest(coalesce(d.last_seen_at, c.at), c.at)
 FROM (SELECT unnest(@ids::uuid[]) AS id, unnest(@ats::timestamptz[]) AS at) AS c
 WHERE d.id = c.id AND (d.last_seen_at IS NULL OR d.last_seen_at < c.at);
+
+-- name: DevicesApplyState :exec
+-- The ingester's batch of reported states, one row per device at most
+-- (parallel arrays, zipped by the parallel unnests). A row applies only when
+-- its seq is above the stored one, the rule DeviceReport applies to HTTP.
+-- A running_release_ids entry of '' means the state named none.
+UPDATE devices d
+SET reported = c.reported, reported_seq = c.seq, reported_at = c.at,
+    running_release_id = c.running_release_id, os_version = c.os_version, agent_version = c.agent_version
+FROM (SELECT unnest(@ids::uuid[]) AS id, unnest(@seqs::bigint[]) AS seq, unnest(@reported::text[])::jsonb AS reported,
+             nullif(unnest(@running_release_ids::text[]), '')::uuid AS running_release_id, unnest(@os_versions::text[]) AS os_version,
+             unnest(@agent_versions::text[]) AS agent_version, unnest(@ats::timestamptz[]) AS at) AS c
+WHERE d.id = c.id AND (d.reported_seq IS NULL OR d.reported_seq < c.seq);

@@ -528,7 +528,12 @@ type Device struct {
 	OrgId           openapi_types.UUID  `json:"org_id"`
 	PinnedReleaseId *openapi_types.UUID `json:"pinned_release_id,omitempty"`
 
-	// ReportedState What a device says it runs.
+	// ReportedState What a device says it runs. The same schema as `ReportedState` in the
+	// AsyncAPI document (`asyncapi/flock.yaml`, channel
+	// `flock/v1/devices/{deviceId}/state`): a device reports over HTTP
+	// (`PATCH /device/v1/state`) or over MQTT, and the two are one sequence. A
+	// state is applied only when its `seq` is above the last applied one, so an
+	// older state never overwrites a newer one, whichever way either came.
 	ReportedState *ReportedState `json:"reported_state,omitempty"`
 
 	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
@@ -1036,13 +1041,23 @@ type ReleaseUpdate struct {
 // ReleaseUpdateStatus defines model for ReleaseUpdate.Status.
 type ReleaseUpdateStatus string
 
-// ReportedState What a device says it runs.
+// ReportedState What a device says it runs. The same schema as `ReportedState` in the
+// AsyncAPI document (`asyncapi/flock.yaml`, channel
+// `flock/v1/devices/{deviceId}/state`): a device reports over HTTP
+// (`PATCH /device/v1/state`) or over MQTT, and the two are one sequence. A
+// state is applied only when its `seq` is above the last applied one, so an
+// older state never overwrites a newer one, whichever way either came.
 type ReportedState struct {
 	AgentVersion     *string             `json:"agent_version,omitempty"`
 	IpAddresses      *[]string           `json:"ip_addresses,omitempty"`
 	OsVersion        *string             `json:"os_version,omitempty"`
 	RunningReleaseId *openapi_types.UUID `json:"running_release_id,omitempty"`
-	Services         *[]ServiceStatus    `json:"services,omitempty"`
+
+	// Seq Increases with every state the device reports, over either transport,
+	// and across agent restarts (keep a counter on disk, or use Unix
+	// milliseconds on a device with a trustworthy clock).
+	Seq      int64            `json:"seq"`
+	Services *[]ServiceStatus `json:"services,omitempty"`
 }
 
 // Role A member's role in an organisation, from least to most: viewer (reads),

@@ -25,7 +25,7 @@ func (q *Queries) DeviceDelete(ctx context.Context, id uuid.UUID) (int64, error)
 }
 
 const deviceForUpdate = `-- name: DeviceForUpdate :one
-SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at FROM devices WHERE id = $1 FOR UPDATE
+SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq FROM devices WHERE id = $1 FOR UPDATE
 `
 
 func (q *Queries) DeviceForUpdate(ctx context.Context, id uuid.UUID) (Device, error) {
@@ -52,12 +52,13 @@ func (q *Queries) DeviceForUpdate(ctx context.Context, id uuid.UUID) (Device, er
 		&i.ConnectionKey,
 		&i.Connected,
 		&i.ReportedAt,
+		&i.ReportedSeq,
 	)
 	return i, err
 }
 
 const deviceGet = `-- name: DeviceGet :one
-SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at FROM devices WHERE id = $1
+SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq FROM devices WHERE id = $1
 `
 
 func (q *Queries) DeviceGet(ctx context.Context, id uuid.UUID) (Device, error) {
@@ -84,12 +85,13 @@ func (q *Queries) DeviceGet(ctx context.Context, id uuid.UUID) (Device, error) {
 		&i.ConnectionKey,
 		&i.Connected,
 		&i.ReportedAt,
+		&i.ReportedSeq,
 	)
 	return i, err
 }
 
 const deviceList = `-- name: DeviceList :many
-SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at FROM devices
+SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq FROM devices
 WHERE org_id = $1
   AND ($2::uuid IS NULL OR fleet_id = $2)
   AND ($3::text IS NULL OR (CASE WHEN $4::text IS NULL
@@ -165,6 +167,7 @@ func (q *Queries) DeviceList(ctx context.Context, arg DeviceListParams) ([]Devic
 			&i.ConnectionKey,
 			&i.Connected,
 			&i.ReportedAt,
+			&i.ReportedSeq,
 		); err != nil {
 			return nil, err
 		}
@@ -180,7 +183,7 @@ const deviceRegister = `-- name: DeviceRegister :one
 INSERT INTO devices (id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (id) DO NOTHING
-RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at
+RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq
 `
 
 type DeviceRegisterParams struct {
@@ -229,33 +232,57 @@ func (q *Queries) DeviceRegister(ctx context.Context, arg DeviceRegisterParams) 
 		&i.ConnectionKey,
 		&i.Connected,
 		&i.ReportedAt,
+		&i.ReportedSeq,
 	)
 	return i, err
 }
 
-const deviceReport = `-- name: DeviceReport :exec
+const deviceReport = `-- name: DeviceReport :execrows
 UPDATE devices SET last_seen_at = greatest(last_seen_at, now()), reported_at = now(),
-  reported = $2, running_release_id = $3, os_version = $4, agent_version = $5
-WHERE id = $1
+  reported = $1, reported_seq = $2::bigint, running_release_id = $3,
+  os_version = $4, agent_version = $5
+WHERE id = $6 AND (reported_seq IS NULL OR reported_seq < $2::bigint)
 `
 
 type DeviceReportParams struct {
-	ID               uuid.UUID
 	Reported         []byte
+	Seq              int64
 	RunningReleaseID uuid.NullUUID
 	OsVersion        string
 	AgentVersion     string
+	ID               uuid.UUID
 }
 
-func (q *Queries) DeviceReport(ctx context.Context, arg DeviceReportParams) error {
-	_, err := q.db.Exec(ctx, deviceReport,
-		arg.ID,
+// A state reported over HTTP; applied only when its seq is above the stored
+// one (see DevicesApplyState for MQTT), so no path overwrites a newer state.
+func (q *Queries) DeviceReport(ctx context.Context, arg DeviceReportParams) (int64, error) {
+	result, err := q.db.Exec(ctx, deviceReport,
 		arg.Reported,
+		arg.Seq,
 		arg.RunningReleaseID,
 		arg.OsVersion,
 		arg.AgentVersion,
+		arg.ID,
 	)
-	return err
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
+const deviceReportRefused = `-- name: DeviceReportRefused :one
+UPDATE devices SET last_seen_at = greatest(last_seen_at, now())
+WHERE id = $1
+RETURNING coalesce(reported_seq, -1)::bigint AS reported_seq
+`
+
+// A report DeviceReport did not apply still shows the device alive; returns
+// the seq it lost to.
+func (q *Queries) DeviceReportRefused(ctx context.Context, id uuid.UUID) (int64, error) {
+	row := q.db.QueryRow(ctx, deviceReportRefused, id)
+	var reported_seq int64
+	err := row.Scan(&reported_seq)
+	return reported_seq, err
 }
 
 const deviceScope = `-- name: DeviceScope :one
@@ -276,7 +303,7 @@ func (q *Queries) DeviceScope(ctx context.Context, id uuid.UUID) (DeviceScopeRow
 }
 
 const deviceUpdate = `-- name: DeviceUpdate :one
-UPDATE devices SET name = $2, fleet_id = $3, pinned_release_id = $4, tags = $5 WHERE id = $1 RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at
+UPDATE devices SET name = $2, fleet_id = $3, pinned_release_id = $4, tags = $5 WHERE id = $1 RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq
 `
 
 type DeviceUpdateParams struct {
@@ -317,6 +344,7 @@ func (q *Queries) DeviceUpdate(ctx context.Context, arg DeviceUpdateParams) (Dev
 		&i.ConnectionKey,
 		&i.Connected,
 		&i.ReportedAt,
+		&i.ReportedSeq,
 	)
 	return i, err
 }
@@ -352,6 +380,43 @@ func (q *Queries) DevicesApplyConnectivity(ctx context.Context, arg DevicesApply
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const devicesApplyState = `-- name: DevicesApplyState :exec
+UPDATE devices d
+SET reported = c.reported, reported_seq = c.seq, reported_at = c.at,
+    running_release_id = c.running_release_id, os_version = c.os_version, agent_version = c.agent_version
+FROM (SELECT unnest($1::uuid[]) AS id, unnest($2::bigint[]) AS seq, unnest($3::text[])::jsonb AS reported,
+             nullif(unnest($4::text[]), '')::uuid AS running_release_id, unnest($5::text[]) AS os_version,
+             unnest($6::text[]) AS agent_version, unnest($7::timestamptz[]) AS at) AS c
+WHERE d.id = c.id AND (d.reported_seq IS NULL OR d.reported_seq < c.seq)
+`
+
+type DevicesApplyStateParams struct {
+	Ids               []uuid.UUID
+	Seqs              []int64
+	Reported          []string
+	RunningReleaseIds []string
+	OsVersions        []string
+	AgentVersions     []string
+	Ats               []time.Time
+}
+
+// The ingester's batch of reported states, one row per device at most
+// (parallel arrays, zipped by the parallel unnests). A row applies only when
+// its seq is above the stored one, the rule DeviceReport applies to HTTP.
+// A running_release_ids entry of ” means the state named none.
+func (q *Queries) DevicesApplyState(ctx context.Context, arg DevicesApplyStateParams) error {
+	_, err := q.db.Exec(ctx, devicesApplyState,
+		arg.Ids,
+		arg.Seqs,
+		arg.Reported,
+		arg.RunningReleaseIds,
+		arg.OsVersions,
+		arg.AgentVersions,
+		arg.Ats,
+	)
+	return err
 }
 
 const devicesTouch = `-- name: DevicesTouch :exec

@@ -126,6 +126,7 @@ type Device struct {
 	ConnectionKey    *int64
 	Connected        bool
 	ReportedAt       *time.Time
+	ReportedSeq      *int64
 }
 
 type DeviceAssertionJti struct {

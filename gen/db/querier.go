@@ -53,7 +53,12 @@ type Querier interface {
 	// A retry of the same registration conflicts on the id and returns nothing;
 	// the caller then compares keys.
 	DeviceRegister(ctx context.Context, arg DeviceRegisterParams) (Device, error)
-	DeviceReport(ctx context.Context, arg DeviceReportParams) error
+	// A state reported over HTTP; applied only when its seq is above the stored
+	// one (see DevicesApplyState for MQTT), so no path overwrites a newer state.
+	DeviceReport(ctx context.Context, arg DeviceReportParams) (int64, error)
+	// A report DeviceReport did not apply still shows the device alive; returns
+	// the seq it lost to.
+	DeviceReportRefused(ctx context.Context, id uuid.UUID) (int64, error)
 	// What authenticating a device token needs: that the device still exists, and where it is now.
 	DeviceScope(ctx context.Context, id uuid.UUID) (DeviceScopeRow, error)
 	DeviceUpdate(ctx context.Context, arg DeviceUpdateParams) (Device, error)
@@ -63,6 +68,11 @@ type Querier interface {
 	// redelivered event of an older connection changes nothing; last_seen_at
 	// never moves back. Returns how many devices changed.
 	DevicesApplyConnectivity(ctx context.Context, arg DevicesApplyConnectivityParams) (int64, error)
+	// The ingester's batch of reported states, one row per device at most
+	// (parallel arrays, zipped by the parallel unnests). A row applies only when
+	// its seq is above the stored one, the rule DeviceReport applies to HTTP.
+	// A running_release_ids entry of '' means the state named none.
+	DevicesApplyState(ctx context.Context, arg DevicesApplyStateParams) error
 	// Marks devices seen at the given times (one row per device at most) without
 	// ever moving last_seen_at back; rows it would not change are not written.
 	DevicesTouch(ctx context.Context, arg DevicesTouchParams) error

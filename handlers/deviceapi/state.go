@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 
 	"github.com/google/uuid"
@@ -11,6 +12,7 @@ import (
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
+	"github.com/flock-io/flock-api/internal/problem"
 	"github.com/flock-io/flock-api/internal/targetstate"
 )
 
@@ -33,18 +35,25 @@ func (h *DeviceAPI) DeviceStateGet(ctx context.Context, req api.DeviceStateGetRe
 }
 
 // matches implements If-None-Match (RFC 9110 §13.1.2): a list of entity
-// tags, weak comparison, or *.
+// tags, weak comparison, or *. A bare version without its quotes matches too:
+// the MQTT nudge carries the version unquoted, and a device that sends it
+// as it came means the same target.
 func matches(header, etag string) bool {
 	for _, t := range strings.Split(header, ",") {
 		t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
-		if t == "*" || t == etag {
+		if t == "*" || t == etag || `"`+t+`"` == etag {
 			return true
 		}
 	}
 	return false
 }
 
-// DeviceStateUpdate stores the reported state and marks the device seen.
+// DeviceStateUpdate stores the reported state and marks the device seen. A
+// state over HTTP and one over MQTT are one sequence (ReportedState.seq): the
+// state is stored only when its seq is above the last one applied, whichever
+// way that came. A repeat of the last seq is a retry and succeeds without
+// changing anything; an older seq is refused with 409, naming the seq it lost
+// to, so a device whose counter went back learns where to continue.
 func (h *DeviceAPI) DeviceStateUpdate(ctx context.Context, req api.DeviceStateUpdateRequestObject) (api.DeviceStateUpdateResponseObject, error) {
 	p := auth.AccessFrom(ctx).Principal
 	raw, err := json.Marshal(req.Body)
@@ -62,9 +71,23 @@ func (h *DeviceAPI) DeviceStateUpdate(ctx context.Context, req api.DeviceStateUp
 		}
 		return *s
 	}
-	if err := db.New(h.Pool).DeviceReport(ctx, db.DeviceReportParams{ID: p.DeviceID, Reported: raw,
-		RunningReleaseID: running, OsVersion: str(b.OsVersion), AgentVersion: str(b.AgentVersion)}); err != nil {
+	q := db.New(h.Pool)
+	n, err := q.DeviceReport(ctx, db.DeviceReportParams{ID: p.DeviceID, Reported: raw, Seq: b.Seq,
+		RunningReleaseID: running, OsVersion: str(b.OsVersion), AgentVersion: str(b.AgentVersion)})
+	if err != nil {
 		return nil, fmt.Errorf("store reported state of %s: %w", p.DeviceID, err)
 	}
-	return api.DeviceStateUpdate204Response{}, nil
+	if n == 1 {
+		return api.DeviceStateUpdate204Response{}, nil
+	}
+	stored, err := q.DeviceReportRefused(ctx, p.DeviceID)
+	if err != nil {
+		return nil, fmt.Errorf("mark device %s seen: %w", p.DeviceID, err)
+	}
+	if stored == b.Seq {
+		return api.DeviceStateUpdate204Response{}, nil
+	}
+	return nil, &problem.Error{Status: http.StatusConflict, Code: "stale_state",
+		Detail: fmt.Sprintf("seq %d is below %d, the seq of the newest state already applied (over HTTP or MQTT); report with a higher seq", b.Seq, stored),
+		Errors: []problem.FieldError{{In: "body", Field: "/seq", Detail: fmt.Sprintf("must be above %d", stored)}}}
 }

@@ -72,12 +72,17 @@ func withLive(d db.Device, live *livestate.State) (api.Device, error) {
 		}
 		out.ReportedState = &rs
 	}
-	if live != nil && (d.ReportedAt == nil || live.ReceivedAt.After(*d.ReportedAt)) {
-		// The ingester validated it against the AsyncAPI schema, whose
-		// fields are the REST ones plus seq, which is not shown.
+	if live != nil {
+		// The ingester validated it against the AsyncAPI schema, which is
+		// the OpenAPI one. The KV store holds MQTT's newest state before the
+		// ingester's batch reaches PostgreSQL; whichever has the higher seq
+		// is the newer state.
 		var rs api.ReportedState
 		if err := json.Unmarshal(live.State, &rs); err != nil {
 			slog.Warn("live state of device unreadable; showing the stored one", "device", d.ID, "error", err.Error())
+			return out, nil
+		}
+		if d.ReportedSeq != nil && *d.ReportedSeq >= rs.Seq {
 			return out, nil
 		}
 		out.ReportedState = &rs

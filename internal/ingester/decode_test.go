@@ -96,6 +96,7 @@ func TestValuesMatchTypedDecode(t *testing.T) {
 		[2]string{"status", `{"state":"offline","connection_seq":42}`},
 		[2]string{"status", `{"state":"online","connection_seq":0}`},
 		[2]string{"state", `{"seq":9007199254740993,"os_version":"x"}`},
+		[2]string{"state", `{"seq":3,"running_release_id":"0b7e6a52-8f0c-4a5e-9d43-3c1b2f7a9e10","os_version":"balenaOS 6","agent_version":"1.2.3"}`},
 	)
 	for _, kp := range payloads {
 		kind, payload := kp[0], []byte(kp[1])
@@ -108,8 +109,9 @@ func TestValuesMatchTypedDecode(t *testing.T) {
 		case "state":
 			var s ev.ReportedState
 			err = json.Unmarshal(payload, &s)
-			want = int64(s.Seq)
-			got, _ = stateSeq(doc)
+			r := reportedState{seq: int64(s.Seq), release: s.RunningReleaseId, osVersion: s.OsVersion, agentVersion: s.AgentVersion}
+			want = r
+			got, _ = readReportedState(doc)
 		case "telemetry":
 			var b ev.TelemetryBatch
 			err = json.Unmarshal(payload, &b)

@@ -59,14 +59,28 @@ func float(m map[string]any, key string) (float64, error) {
 	return f, nil
 }
 
-// stateSeq reads a ReportedState's seq: all the ingester needs from it, as
-// the state itself is stored and forwarded as the device sent it.
-func stateSeq(doc any) (int64, error) {
+// reportedState is what the ingester reads of a ReportedState: its seq,
+// which orders it, and what PostgreSQL keeps in columns for the device
+// list's filters. The state itself is stored and forwarded as the device
+// sent it.
+type reportedState struct {
+	seq          int64
+	release      string // "" when the device runs none
+	osVersion    string
+	agentVersion string
+}
+
+func readReportedState(doc any) (reportedState, error) {
 	m, err := object(doc)
 	if err != nil {
-		return 0, err
+		return reportedState{}, err
 	}
-	return integer(m, "seq")
+	seq, err := integer(m, "seq")
+	if err != nil {
+		return reportedState{}, err
+	}
+	return reportedState{seq: seq, release: text(m, "running_release_id"),
+		osVersion: text(m, "os_version"), agentVersion: text(m, "agent_version")}, nil
 }
 
 func telemetrySamples(doc any) ([]ev.TelemetrySample, error) {

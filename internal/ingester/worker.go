@@ -62,7 +62,7 @@ type item struct {
 	at     time.Time
 	raw    []byte
 
-	stateSeq  int64
+	state     reportedState
 	samples   []ev.TelemetrySample
 	logs      []ev.LogEntry
 	status    *ev.ConnectionStatus
@@ -280,7 +280,7 @@ func (w *worker) decode(m received) (item, string, error) {
 	}
 	switch kind {
 	case kindState:
-		it.stateSeq, err = stateSeq(doc)
+		it.state, err = readReportedState(doc)
 	case kindTelemetry:
 		it.samples, err = telemetrySamples(doc)
 	case kindLogs:
@@ -359,10 +359,37 @@ type output struct {
 	conns    []telemetry.Connectivity
 	connKV   []kv.Write
 	connPG   db.DevicesApplyConnectivityParams
+	statePG  db.DevicesApplyStateParams
 	touch    db.DevicesTouchParams
 	records  []bus.Record
-	done     [7]bool
+	done     [8]bool
 	unknowns int
+
+	lastState map[uuid.UUID]int // device → index in statePG
+}
+
+// addState keeps the newest state of each device in the batch for
+// PostgreSQL, which applies it only above the seq it holds.
+func (o *output) addState(it item) {
+	p := &o.statePG
+	if i, ok := o.lastState[it.device]; ok {
+		if p.Seqs[i] < it.state.seq {
+			p.Seqs[i], p.Reported[i], p.Ats[i] = it.state.seq, string(it.raw), it.at.UTC()
+			p.RunningReleaseIds[i], p.OsVersions[i], p.AgentVersions[i] = it.state.release, it.state.osVersion, it.state.agentVersion
+		}
+		return
+	}
+	if o.lastState == nil {
+		o.lastState = map[uuid.UUID]int{}
+	}
+	o.lastState[it.device] = len(p.Ids)
+	p.Ids = append(p.Ids, it.device)
+	p.Seqs = append(p.Seqs, it.state.seq)
+	p.Reported = append(p.Reported, string(it.raw))
+	p.RunningReleaseIds = append(p.RunningReleaseIds, it.state.release)
+	p.OsVersions = append(p.OsVersions, it.state.osVersion)
+	p.AgentVersions = append(p.AgentVersions, it.state.agentVersion)
+	p.Ats = append(p.Ats, it.at.UTC())
 }
 
 // build resolves each device's org and fleet and turns the items into
@@ -396,7 +423,8 @@ func (w *worker) build(ctx context.Context, items []item) (*output, error) {
 			if err != nil {
 				return nil, err
 			}
-			out.states = append(out.states, kv.Write{Key: livestate.StateKey(it.device), Seq: uint64(it.stateSeq) + 1, Value: v, TTL: livestate.StateTTL})
+			out.states = append(out.states, kv.Write{Key: livestate.StateKey(it.device), Seq: uint64(it.state.seq) + 1, Value: v, TTL: livestate.StateTTL})
+			out.addState(it)
 			out.records = append(out.records, bus.Record{Topic: bus.TopicDeviceState, Key: key, Value: base.with("state", it.raw)})
 		case kindTelemetry:
 			for _, s := range it.samples {
@@ -489,10 +517,11 @@ func (o *output) write(ctx context.Context, in *Ingester) error {
 			}
 			return db.New(in.deps.Pool).DevicesTouch(ctx, o.touch)
 		},
+		func(ctx context.Context) error { return db.New(in.deps.Pool).DevicesApplyState(ctx, o.statePG) },
 	}
-	names := [...]string{"live state", "samples", "log lines", "connectivity", "connection status", "kafka", "last seen"}
+	names := [...]string{"live state", "samples", "log lines", "connectivity", "connection status", "kafka", "last seen", "reported state"}
 	empty := [...]bool{len(o.states) == 0, len(o.samples) == 0, len(o.logs) == 0, len(o.conns) == 0,
-		len(o.connKV) == 0 && len(o.connPG.Ids) == 0, len(o.records) == 0, len(o.touch.Ids) == 0}
+		len(o.connKV) == 0 && len(o.connPG.Ids) == 0, len(o.records) == 0, len(o.touch.Ids) == 0, len(o.statePG.Ids) == 0}
 	g, gctx := errgroup.WithContext(ctx)
 	for i, part := range parts {
 		if o.done[i] || empty[i] {

@@ -1167,8 +1167,22 @@ export interface components {
             status: "downloading" | "installing" | "running" | "stopped" | "exited" | "failed";
             download_progress?: number;
         };
-        /** @description What a device says it runs. */
+        /**
+         * @description What a device says it runs. The same schema as `ReportedState` in the
+         *     AsyncAPI document (`asyncapi/flock.yaml`, channel
+         *     `flock/v1/devices/{deviceId}/state`): a device reports over HTTP
+         *     (`PATCH /device/v1/state`) or over MQTT, and the two are one sequence. A
+         *     state is applied only when its `seq` is above the last applied one, so an
+         *     older state never overwrites a newer one, whichever way either came.
+         */
         ReportedState: {
+            /**
+             * Format: int64
+             * @description Increases with every state the device reports, over either transport,
+             *     and across agent restarts (keep a counter on disk, or use Unix
+             *     milliseconds on a device with a trustworthy clock).
+             */
+            seq: number;
             /** Format: uuid */
             running_release_id?: string;
             services?: components["schemas"]["ServiceStatus"][];
