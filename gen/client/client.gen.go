@@ -1863,15 +1863,27 @@ type ClientInterface interface {
 	//
 	// The release to run (device pin, else fleet pin, else the fleet's latest
 	// final release), each service's image for the device's architecture, and
-	// the merged configuration. Send the last ETag as If-None-Match to get 304
-	// when nothing changed.
+	// the merged configuration.
+	//
+	// The ETag is the target-state version in double quotes: `"<version>"`.
+	// The MQTT `target` nudge (AsyncAPI channel
+	// `flock/v1/devices/{deviceId}/target`) carries the same version without
+	// the quotes. Send the version you hold as `If-None-Match: "<version>"`
+	// (the ETag as received, or a nudge's version wrapped in quotes) to get
+	// 304 when the target has not changed since; a bare version without
+	// quotes is accepted too.
 	//
 	// Corresponds with GET /device/v1/state (the `DeviceStateGet` operationId).
 	DeviceStateGet(ctx context.Context, params *DeviceStateGetParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// DeviceStateUpdateWithBody Report the device's state
 	//
-	// Stores what the device runs and marks it seen; users see it on the device resource.
+	// Stores what the device runs and marks it seen; users see it on the
+	// device resource. HTTP and MQTT reports are one sequence ordered by
+	// `seq`: a state is stored only when its `seq` is above the newest one
+	// already applied, whichever transport that came over. Repeating the
+	// newest `seq` (a retry) answers 204 and changes nothing; an older `seq`
+	// answers 409 `stale_state`, naming the newest applied `seq`.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -1880,7 +1892,12 @@ type ClientInterface interface {
 
 	// DeviceStateUpdate Report the device's state
 	//
-	// Stores what the device runs and marks it seen; users see it on the device resource.
+	// Stores what the device runs and marks it seen; users see it on the
+	// device resource. HTTP and MQTT reports are one sequence ordered by
+	// `seq`: a state is stored only when its `seq` is above the newest one
+	// already applied, whichever transport that came over. Repeating the
+	// newest `seq` (a retry) answers 204 and changes nothing; an older `seq`
+	// answers 409 `stale_state`, naming the newest applied `seq`.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -2457,8 +2474,15 @@ func (c *Client) DeviceRegister(ctx context.Context, body DeviceRegisterJSONRequ
 //
 // The release to run (device pin, else fleet pin, else the fleet's latest
 // final release), each service's image for the device's architecture, and
-// the merged configuration. Send the last ETag as If-None-Match to get 304
-// when nothing changed.
+// the merged configuration.
+//
+// The ETag is the target-state version in double quotes: `"<version>"`.
+// The MQTT `target` nudge (AsyncAPI channel
+// `flock/v1/devices/{deviceId}/target`) carries the same version without
+// the quotes. Send the version you hold as `If-None-Match: "<version>"`
+// (the ETag as received, or a nudge's version wrapped in quotes) to get
+// 304 when the target has not changed since; a bare version without
+// quotes is accepted too.
 //
 // Corresponds with GET /device/v1/state (the `DeviceStateGet` operationId).
 func (c *Client) DeviceStateGet(ctx context.Context, params *DeviceStateGetParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -2475,7 +2499,12 @@ func (c *Client) DeviceStateGet(ctx context.Context, params *DeviceStateGetParam
 
 // DeviceStateUpdateWithBody Report the device's state
 //
-// Stores what the device runs and marks it seen; users see it on the device resource.
+// Stores what the device runs and marks it seen; users see it on the
+// device resource. HTTP and MQTT reports are one sequence ordered by
+// `seq`: a state is stored only when its `seq` is above the newest one
+// already applied, whichever transport that came over. Repeating the
+// newest `seq` (a retry) answers 204 and changes nothing; an older `seq`
+// answers 409 `stale_state`, naming the newest applied `seq`.
 //
 // Takes any type of body and a specified content type.
 //
@@ -2494,7 +2523,12 @@ func (c *Client) DeviceStateUpdateWithBody(ctx context.Context, contentType stri
 
 // DeviceStateUpdate Report the device's state
 //
-// Stores what the device runs and marks it seen; users see it on the device resource.
+// Stores what the device runs and marks it seen; users see it on the
+// device resource. HTTP and MQTT reports are one sequence ordered by
+// `seq`: a state is stored only when its `seq` is above the newest one
+// already applied, whichever transport that came over. Repeating the
+// newest `seq` (a retry) answers 204 and changes nothing; an older `seq`
+// answers 409 `stale_state`, naming the newest applied `seq`.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -6410,8 +6444,15 @@ type ClientWithResponsesInterface interface {
 	//
 	// The release to run (device pin, else fleet pin, else the fleet's latest
 	// final release), each service's image for the device's architecture, and
-	// the merged configuration. Send the last ETag as If-None-Match to get 304
-	// when nothing changed.
+	// the merged configuration.
+	//
+	// The ETag is the target-state version in double quotes: `"<version>"`.
+	// The MQTT `target` nudge (AsyncAPI channel
+	// `flock/v1/devices/{deviceId}/target`) carries the same version without
+	// the quotes. Send the version you hold as `If-None-Match: "<version>"`
+	// (the ETag as received, or a nudge's version wrapped in quotes) to get
+	// 304 when the target has not changed since; a bare version without
+	// quotes is accepted too.
 	//
 	// Returns a wrapper object for the known response body format(s).
 	//
@@ -6420,7 +6461,12 @@ type ClientWithResponsesInterface interface {
 
 	// DeviceStateUpdateWithBodyWithResponse Report the device's state
 	//
-	// Stores what the device runs and marks it seen; users see it on the device resource.
+	// Stores what the device runs and marks it seen; users see it on the
+	// device resource. HTTP and MQTT reports are one sequence ordered by
+	// `seq`: a state is stored only when its `seq` is above the newest one
+	// already applied, whichever transport that came over. Repeating the
+	// newest `seq` (a retry) answers 204 and changes nothing; an older `seq`
+	// answers 409 `stale_state`, naming the newest applied `seq`.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -6429,7 +6475,12 @@ type ClientWithResponsesInterface interface {
 
 	// DeviceStateUpdateWithResponse Report the device's state
 	//
-	// Stores what the device runs and marks it seen; users see it on the device resource.
+	// Stores what the device runs and marks it seen; users see it on the
+	// device resource. HTTP and MQTT reports are one sequence ordered by
+	// `seq`: a state is stored only when its `seq` is above the newest one
+	// already applied, whichever transport that came over. Repeating the
+	// newest `seq` (a retry) answers 204 and changes nothing; an older `seq`
+	// answers 409 `stale_state`, naming the newest applied `seq`.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -7161,8 +7212,15 @@ func (r DeviceStateGetResponse) ContentType() string {
 type DeviceStateUpdateResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
 	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
 	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r DeviceStateUpdateResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
 }
 
 // GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
@@ -9260,8 +9318,15 @@ func (c *ClientWithResponses) DeviceRegisterWithResponse(ctx context.Context, bo
 //
 // The release to run (device pin, else fleet pin, else the fleet's latest
 // final release), each service's image for the device's architecture, and
-// the merged configuration. Send the last ETag as If-None-Match to get 304
-// when nothing changed.
+// the merged configuration.
+//
+// The ETag is the target-state version in double quotes: `"<version>"`.
+// The MQTT `target` nudge (AsyncAPI channel
+// `flock/v1/devices/{deviceId}/target`) carries the same version without
+// the quotes. Send the version you hold as `If-None-Match: "<version>"`
+// (the ETag as received, or a nudge's version wrapped in quotes) to get
+// 304 when the target has not changed since; a bare version without
+// quotes is accepted too.
 //
 // Returns a wrapper object for the known response body format(s).
 //
@@ -9276,7 +9341,12 @@ func (c *ClientWithResponses) DeviceStateGetWithResponse(ctx context.Context, pa
 
 // DeviceStateUpdateWithBodyWithResponse Report the device's state
 //
-// Stores what the device runs and marks it seen; users see it on the device resource.
+// Stores what the device runs and marks it seen; users see it on the
+// device resource. HTTP and MQTT reports are one sequence ordered by
+// `seq`: a state is stored only when its `seq` is above the newest one
+// already applied, whichever transport that came over. Repeating the
+// newest `seq` (a retry) answers 204 and changes nothing; an older `seq`
+// answers 409 `stale_state`, naming the newest applied `seq`.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -9291,7 +9361,12 @@ func (c *ClientWithResponses) DeviceStateUpdateWithBodyWithResponse(ctx context.
 
 // DeviceStateUpdateWithResponse Report the device's state
 //
-// Stores what the device runs and marks it seen; users see it on the device resource.
+// Stores what the device runs and marks it seen; users see it on the
+// device resource. HTTP and MQTT reports are one sequence ordered by
+// `seq`: a state is stored only when its `seq` is above the newest one
+// already applied, whichever transport that came over. Repeating the
+// newest `seq` (a retry) answers 204 and changes nothing; an older `seq`
+// answers 409 `stale_state`, naming the newest applied `seq`.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -10374,6 +10449,13 @@ func ParseDeviceStateUpdateResponse(rsp *http.Response) (*DeviceStateUpdateRespo
 	switch {
 	case rsp.StatusCode == 204:
 		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Problem

@@ -595,8 +595,15 @@ export interface paths {
          * The device's target state
          * @description The release to run (device pin, else fleet pin, else the fleet's latest
          *     final release), each service's image for the device's architecture, and
-         *     the merged configuration. Send the last ETag as If-None-Match to get 304
-         *     when nothing changed.
+         *     the merged configuration.
+         *
+         *     The ETag is the target-state version in double quotes: `"<version>"`.
+         *     The MQTT `target` nudge (AsyncAPI channel
+         *     `flock/v1/devices/{deviceId}/target`) carries the same version without
+         *     the quotes. Send the version you hold as `If-None-Match: "<version>"`
+         *     (the ETag as received, or a nudge's version wrapped in quotes) to get
+         *     304 when the target has not changed since; a bare version without
+         *     quotes is accepted too.
          */
         get: operations["device-state:get"];
         put?: never;
@@ -606,7 +613,12 @@ export interface paths {
         head?: never;
         /**
          * Report the device's state
-         * @description Stores what the device runs and marks it seen; users see it on the device resource.
+         * @description Stores what the device runs and marks it seen; users see it on the
+         *     device resource. HTTP and MQTT reports are one sequence ordered by
+         *     `seq`: a state is stored only when its `seq` is above the newest one
+         *     already applied, whichever transport that came over. Repeating the
+         *     newest `seq` (a retry) answers 204 and changes nothing; an older `seq`
+         *     answers 409 `stale_state`, naming the newest applied `seq`.
          */
         patch: operations["device-state:update"];
         trace?: never;
@@ -2770,12 +2782,21 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Stored. */
+            /** @description Stored, or a repeat of the newest state. */
             204: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description The state is older than one already applied (`stale_state`). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
             };
             default: components["responses"]["Problem"];
         };
