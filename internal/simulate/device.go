@@ -265,6 +265,8 @@ func (d *device) mqttConfig(ctx, mqttCtx context.Context) autopaho.ClientConfig 
 			return true
 		},
 		OnConnectError: d.connectError,
+		// See stop.
+		DisconnectPacketBuilder: func() *paho.Disconnect { return &paho.Disconnect{ReasonCode: disconnectWithWill} },
 		ClientConfig: paho.ClientConfig{
 			ClientID:          id,
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){d.received},
@@ -498,6 +500,11 @@ func (d *device) fetchTarget(ctx context.Context) (*client.TargetState, error) {
 
 // publish sends one message at QoS 1 and counts the outcome.
 func (d *device) publish(ctx context.Context, cm *autopaho.ConnectionManager, kind string, payload []byte) bool {
+	if l := d.s.limiter; l != nil {
+		if err := l.Wait(ctx); err != nil {
+			return false // the run is ending
+		}
+	}
 	pctx, cancel := context.WithTimeout(ctx, publishTimeout)
 	defer cancel()
 	pr, err := cm.Publish(pctx, &paho.Publish{Topic: Topic(d.id, kind), QoS: 1, Payload: payload})
@@ -522,21 +529,22 @@ func (d *device) publish(ctx context.Context, cm *autopaho.ConnectionManager, ki
 	return false
 }
 
-// stop ends the connection cleanly: offline with the connection's seq, then
-// DISCONNECT (so the broker drops the will), and waits for autopaho's
+// stop ends the connection cleanly with DISCONNECT 0x04 (Disconnect with
+// Will Message): the broker publishes the will, which says offline with the
+// connection's seq, so the device announces its end without a publish of
+// its own that --rate would have to pace. It waits for autopaho's
 // goroutines.
 func (d *device) stop(cm *autopaho.ConnectionManager, stopMQTT context.CancelFunc) {
-	if d.online.Load() {
-		ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
-		d.publish(ctx, cm, KindStatus, Status(false, d.connSeq.Load()))
-		cancel()
-	}
 	stopMQTT()
 	<-cm.Done()
 	if d.online.Swap(false) {
 		d.s.stats.online.Add(-1)
 	}
 }
+
+// disconnectWithWill is DISCONNECT reason 0x04: end the connection and have
+// the broker publish the will (MQTT 5.0 §3.14.2.1).
+const disconnectWithWill = 0x04
 
 // reasonNames are the MQTT v5 reason codes a device may be refused with.
 var reasonNames = map[byte]string{

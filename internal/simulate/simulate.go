@@ -23,6 +23,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/flock-io/flock-api/gen/client"
 )
 
@@ -41,8 +43,6 @@ const (
 	firstConnectWait = 30 * time.Second
 	// publishTimeout bounds waiting for a PUBACK.
 	publishTimeout = 10 * time.Second
-	// stopTimeout bounds the offline status of a clean stop.
-	stopTimeout = 5 * time.Second
 	// maxNameLen keeps prefix-NNNNN within the 100 characters of a name.
 	maxNameLen = 80
 )
@@ -56,9 +56,12 @@ type Config struct {
 	// Devices is how many devices to simulate.
 	Devices int
 	// Rate is how many messages per second all devices publish together,
-	// spread evenly over the devices with jitter. 0 leaves the devices
-	// connected and following nudges, publishing only status, the state on
-	// connect and update events.
+	// spread evenly over the devices with jitter. It bounds everything the
+	// devices publish, the online status and state after each connect and
+	// the update events included: one limiter, with a burst of a tenth of a
+	// second, paces them all. 0 leaves the devices connected and following
+	// nudges, publishing only status, the state on connect and update
+	// events, unpaced.
 	Rate float64
 	// MQTTURL overrides the broker registration names (mqtt_url), e.g.
 	// mqtt://127.0.0.1:1883; one of the two is needed.
@@ -223,6 +226,7 @@ type simulation struct {
 	api      *client.ClientWithResponses
 	mqttURL  *url.URL      // Config.MQTTURL parsed, nil when unset
 	interval time.Duration // mean time between a device's periodic messages; 0 for none
+	limiter  *rate.Limiter // paces every publish to Config.Rate; nil for none
 	sem      chan struct{} // registration and first-connect slots
 	stats    counters
 
@@ -297,6 +301,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	}
 	if cfg.Rate > 0 {
 		s.interval = time.Duration(float64(cfg.Devices) / cfg.Rate * float64(time.Second))
+		s.limiter = rate.NewLimiter(rate.Limit(cfg.Rate), int(math.Ceil(cfg.Rate/10)))
 	}
 
 	start := time.Now()
