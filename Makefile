@@ -7,7 +7,9 @@ SHELL := /bin/bash
 GO        ?= go
 TOOL      := $(GO) tool -modfile=tools/go.mod
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -X github.com/flock-io/flock-api/internal/buildinfo.Version=$(VERSION)
+COMMIT    ?= $(shell c=$$(git rev-parse --short=12 HEAD 2>/dev/null) && { git diff --quiet HEAD 2>/dev/null && echo $$c || echo $$c-dirty; })
+LDFLAGS   := -X github.com/flock-io/flock-api/internal/buildinfo.Version=$(VERSION) \
+             -X github.com/flock-io/flock-api/internal/buildinfo.Commit=$(COMMIT)
 BIN       := bin/flock-api
 SDK       := sdk/typescript
 export REDOCLY_TELEMETRY := off

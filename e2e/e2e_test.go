@@ -55,7 +55,9 @@ func build(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(dir, "flock-api")
-		cmd := exec.Command("go", "build", "-o", binPath, ".")
+		// Built as make builds it, so the version and commit it reports
+		// are the Makefile's.
+		cmd := exec.Command("make", "-s", "build", "BIN="+binPath)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
@@ -155,6 +157,13 @@ func TestBinaryEndToEnd(t *testing.T) {
 		}
 		if got := resp.JSON200.Targets; !slices.Equal(got, []string{"api", "ingester"}) {
 			t.Errorf("targets = %v, want every target that exists: [api ingester]", got)
+		}
+		head, err := exec.Command("git", "-C", repoRoot(t), "rev-parse", "--short=12", "HEAD").Output()
+		if err != nil {
+			t.Fatalf("git rev-parse: %v", err)
+		}
+		if c := resp.JSON200.Commit; !strings.HasPrefix(c, strings.TrimSpace(string(head))) {
+			t.Errorf("commit = %q, want the checkout's HEAD %s", c, head)
 		}
 
 		token := mint("alice@example.com")

@@ -69,7 +69,10 @@ func (a *App) initKafka(ctx context.Context) (*modules.Service, error) {
 func (a *App) initTelemetry(ctx context.Context) (*modules.Service, error) {
 	if a.cfg.ClickHouseURL == "" {
 		a.telemetry = telemetry.NewPostgres(a.pool)
-		a.log.Info("store engine", "concern", "telemetry, logs, connectivity", "engine", "postgresql", "mode", "embedded")
+		// The tables live in the relational database, which is external;
+		// only ClickHouse is missing.
+		a.log.Info("store engine", "concern", "telemetry, logs, connectivity", "engine", "postgresql", "mode", "external",
+			"note", "FLOCK_CLICKHOUSE_URL is unset: tables in the relational database")
 		return nil, nil
 	}
 	ch, err := telemetry.NewClickHouse(ctx, a.cfg.ClickHouseURL)

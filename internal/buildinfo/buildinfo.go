@@ -6,8 +6,14 @@ import (
 	"runtime/debug"
 )
 
-// Version is set at link time (-ldflags "-X .../buildinfo.Version=v1.2.3").
-var Version = "dev"
+// Version and Commit are set at link time by the Makefile
+// (-ldflags "-X .../buildinfo.Version=v1.2.3 -X .../buildinfo.Commit=abc123"):
+// the go command's own VCS stamp is off wherever GOFLAGS holds
+// -buildvcs=false, as on our CI machines.
+var (
+	Version = "dev"
+	Commit  = ""
+)
 
 // Info describes the running binary.
 type Info struct {
@@ -16,9 +22,14 @@ type Info struct {
 	GoVersion string
 }
 
-// Get reads the VCS revision that the go command stamps into the binary.
+// Get returns the commit set at link time, or else the VCS revision the go
+// command stamped into the binary.
 func Get() Info {
 	info := Info{Version: Version, Commit: "unknown", GoVersion: runtime.Version()}
+	if Commit != "" {
+		info.Commit = Commit
+		return info
+	}
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return info
