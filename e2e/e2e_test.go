@@ -25,6 +25,7 @@ import (
 
 	"github.com/flock-io/flock-api/gen/client"
 	"github.com/flock-io/flock-api/internal/devoidc"
+	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
 )
@@ -107,7 +108,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 	// Outside dev mode the server trusts an external OpenID Connect issuer:
 	// here a zitadel/oidc provider in this test process, reached over HTTP.
 	issuer, mint := externalIssuer(t, dbURL)
-	cmd := exec.Command(bin, "--target=all", "--http-addr=127.0.0.1:0", "--mqtt-listen=127.0.0.1:0", "--shutdown-delay=1s")
+	cmd := exec.Command(bin, "--target=all", "--http-addr=127.0.0.1:0", "--mqtt-listen=127.0.0.1:0", "--shutdown-delay=3s")
 	cmd.Env = append(os.Environ(), "FLOCK_DATABASE_URL="+dbURL, "FLOCK_DEV=", "FLOCK_LOG_FORMAT=",
 		"FLOCK_OIDC_ISSUER="+issuer, "FLOCK_OIDC_AUDIENCE=flock-e2e")
 	stderr, err := cmd.StderrPipe()
@@ -225,18 +226,19 @@ func TestBinaryEndToEnd(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(900 * time.Millisecond)
-	saw503 := false
-	for !saw503 && time.Now().Before(deadline) {
-		if resp, err := http.Get(base + "/readyz"); err == nil {
-			saw503 = resp.StatusCode == http.StatusServiceUnavailable
-			resp.Body.Close()
+	// The process keeps answering 503 for --shutdown-delay before it
+	// drains; a refused connection means it stopped without saying so.
+	testutil.Eventually(t, "/readyz to turn 503 after SIGTERM", func() error {
+		resp, err := http.Get(base + "/readyz")
+		if err != nil {
+			t.Fatalf("/readyz did not turn 503 before the server went away: %v", err)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if !saw503 {
-		t.Error("/readyz did not turn 503 after SIGTERM")
-	}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			return fmt.Errorf("/readyz = %d", resp.StatusCode)
+		}
+		return nil
+	})
 	select {
 	case err := <-exited:
 		if err != nil {

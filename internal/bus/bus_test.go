@@ -19,6 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/flock-io/flock-api/internal/bus"
+	"github.com/flock-io/flock-api/internal/testutil"
 )
 
 // testTimeout bounds every wait so a broken bus fails the test instead of
@@ -307,27 +308,29 @@ func TestGroupMembersSplitPartitions(t *testing.T) {
 
 	// kfake lets a member that joins first drain everything before the second
 	// joins, so publish only once both hold partitions.
-	waitFor(ctx, t, "both members assigned", func() (bool, string) {
+	testutil.Eventually(t, "both members assigned", func() error {
 		described, err := adm.DescribeGroups(ctx, group)
 		if err != nil {
-			return false, err.Error()
+			return err
 		}
 		g := described[group]
 		if g.Err != nil {
-			return false, g.Err.Error()
+			return g.Err
 		}
 		assigned := 0
 		for _, m := range g.Members {
 			a, ok := m.Assigned.AsConsumer()
 			if !ok || len(a.Topics) == 0 {
-				return false, fmt.Sprintf("member %s has no assignment", m.MemberID)
+				return fmt.Errorf("member %s has no assignment", m.MemberID)
 			}
 			for _, tp := range a.Topics {
 				assigned += len(tp.Partitions)
 			}
 		}
-		state := fmt.Sprintf("state %s, %d members, %d partitions assigned", g.State, len(g.Members), assigned)
-		return g.State == "Stable" && len(g.Members) == 2 && assigned == 6, state
+		if g.State != "Stable" || len(g.Members) != 2 || assigned != 6 {
+			return fmt.Errorf("state %s, %d members, %d partitions assigned", g.State, len(g.Members), assigned)
+		}
+		return nil
 	})
 
 	want := map[string]bool{}
@@ -340,10 +343,13 @@ func TestGroupMembersSplitPartitions(t *testing.T) {
 	if err := b.Publish(ctx, recs...); err != nil {
 		t.Fatalf("publish: %v", err)
 	}
-	waitFor(ctx, t, "all records handled", func() (bool, string) {
+	testutil.Eventually(t, "all records handled", func() error {
 		mu.Lock()
 		defer mu.Unlock()
-		return total >= n, fmt.Sprintf("%d of %d handled", total, n)
+		if total < n {
+			return fmt.Errorf("%d of %d handled", total, n)
+		}
+		return nil
 	})
 	stopConsumers()
 	wg.Wait()
@@ -369,25 +375,6 @@ func TestGroupMembersSplitPartitions(t *testing.T) {
 		t.Errorf("handled %d distinct records, want %d", len(seen), n)
 	}
 	t.Logf("member 0 handled %d, member 1 handled %d", len(handled[0]), len(handled[1]))
-}
-
-// waitFor polls cond until it holds or ctx ends; last describes the state for
-// the failure message.
-func waitFor(ctx context.Context, t *testing.T, what string, cond func() (ok bool, last string)) {
-	t.Helper()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("waiting for %s: %v; last: %s", what, ctx.Err(), last)
-		case <-tick.C:
-		}
-	}
 }
 
 func TestOpenUnreachable(t *testing.T) {

@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
 )
 
@@ -347,19 +348,16 @@ func TestRotateOutraced(t *testing.T) {
 		kid, err := s.Rotate(ctx)
 		done <- result{kid, err}
 	}()
-	for limit := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(limit) {
-			t.Fatal("Rotate never waited for the lock")
-		}
+	testutil.Eventually(t, "Rotate waiting for the lock", func() error {
 		var waiting bool
-		err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)`).Scan(&waiting)
-		if err != nil {
+		if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)`).Scan(&waiting); err != nil {
 			t.Fatal(err)
 		}
-		if waiting {
-			break
+		if !waiting {
+			return errors.New("no advisory lock is awaited")
 		}
-	}
+		return nil
+	})
 	rival, err := insertKey(ctx, db.New(pool))
 	if err != nil {
 		t.Fatal(err)
@@ -695,17 +693,13 @@ func TestRun(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
 
-	// Polled rather than timed: the first check runs at start; the limit
-	// only keeps a broken Run from hanging the test.
-	for limit := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(limit) {
-			t.Fatalf("Run did not rotate: database holds %v, service signs with %s", storedKIDs(t, pool), currentKID(s))
-		}
+	testutil.Eventually(t, "Run to rotate and forget the expired jti", func() error {
 		kids := storedKIDs(t, pool)
-		if kids[0] != kid0 && currentKID(s) == kids[0] && !jtiStored(t, pool, device, "expired") {
-			break
+		if kids[0] == kid0 || currentKID(s) != kids[0] || jtiStored(t, pool, device, "expired") {
+			return fmt.Errorf("database holds %v, service signs with %s", kids, currentKID(s))
 		}
-	}
+		return nil
+	})
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)

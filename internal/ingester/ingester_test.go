@@ -28,6 +28,7 @@ import (
 	"github.com/flock-io/flock-api/internal/livestate"
 	"github.com/flock-io/flock-api/internal/mqtt/broker"
 	"github.com/flock-io/flock-api/internal/telemetry"
+	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
 	"github.com/flock-io/flock-api/internal/testutil/promtest"
 )
@@ -203,7 +204,7 @@ func (e *env) startIngester(cfg ingester.Config) (*ingester.Ingester, *prometheu
 			e.t.Errorf("ingester: %v", err)
 		}
 	})
-	eventually(e.t, "ingester subscribed", func() error { return in.Ready(e.t.Context()) })
+	testutil.Eventually(e.t, "ingester subscribed", func() error { return in.Ready(e.t.Context()) })
 	return in, reg, stop
 }
 
@@ -260,21 +261,6 @@ func (d *device) publish(t *testing.T, kind, payload string) {
 	}
 	if res != nil && res.ReasonCode >= 0x80 {
 		t.Fatalf("publish %s refused: %#x", kind, res.ReasonCode)
-	}
-}
-
-func eventually(t *testing.T, what string, check func() error) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	for {
-		err := check()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -356,7 +342,7 @@ func TestPipeline(t *testing.T) {
 			d.publish(t, "logs", fmt.Sprintf(`{"entries":[{"service":"api","seq":2,"ts":%q,"stream":"stderr","line":"oops"}]}`, ts(now))) // redelivery
 			d.publish(t, "events", fmt.Sprintf(`{"id":%q,"ts":%q,"type":"installed"}`, uuid.NewString(), ts(now)))
 
-			eventually(t, "live state", func() error {
+			testutil.Eventually(t, "live state", func() error {
 				s, err := livestate.ReadState(t.Context(), e.kv, id)
 				if err != nil || s == nil {
 					return fmt.Errorf("state %v, %v", s, err)
@@ -366,21 +352,21 @@ func TestPipeline(t *testing.T) {
 				}
 				return nil
 			})
-			eventually(t, "telemetry", func() error {
+			testutil.Eventually(t, "telemetry", func() error {
 				got, err := e.telemetry.Samples(t.Context(), id, "cpu.temperature", time.Time{}, time.Time{}, 10)
 				if err != nil || len(got) != 2 || got[0].Value != 52 || got[0].OrgID != e.org {
 					return fmt.Errorf("samples %+v, %v", got, err)
 				}
 				return nil
 			})
-			eventually(t, "logs, once each", func() error {
+			testutil.Eventually(t, "logs, once each", func() error {
 				got, err := e.telemetry.Logs(t.Context(), id, "", time.Time{}, 10)
 				if err != nil || len(got) != 2 {
 					return fmt.Errorf("logs %+v, %v", got, err)
 				}
 				return nil
 			})
-			eventually(t, "connectivity", func() error {
+			testutil.Eventually(t, "connectivity", func() error {
 				got, err := e.telemetry.Connectivity(t.Context(), id, nil, 10)
 				if err != nil || len(got) != 1 || got[0].ConnectionSeq != 7 || got[0].Event != telemetry.EventConnected {
 					return fmt.Errorf("connectivity %+v, %v", got, err)
@@ -395,7 +381,7 @@ func TestPipeline(t *testing.T) {
 				}
 				return nil
 			})
-			eventually(t, "kafka records", func() error {
+			testutil.Eventually(t, "kafka records", func() error {
 				for _, topic := range []string{bus.TopicDeviceState, bus.TopicDeviceTelemetry, bus.TopicDeviceLogs, bus.TopicDeviceEvents, bus.TopicDeviceConnectivity} {
 					recs := k.of(topic, id)
 					if len(recs) == 0 {
@@ -444,7 +430,7 @@ func TestBadInput(t *testing.T) {
 	}
 	o.publish(t, "state", `{"seq":1,"os_version":"fine"}`)
 	d.publish(t, "state", `{"seq":5,"os_version":"also fine"}`)
-	eventually(t, "valid messages after bad ones", func() error {
+	testutil.Eventually(t, "valid messages after bad ones", func() error {
 		for _, id := range []uuid.UUID{good, other} {
 			s, err := livestate.ReadState(t.Context(), e.kv, id)
 			if err != nil || s == nil {
@@ -457,7 +443,7 @@ func TestBadInput(t *testing.T) {
 	for _, c := range cases {
 		want[c.reason]++
 	}
-	eventually(t, "drop counters", func() error {
+	testutil.Eventually(t, "drop counters", func() error {
 		for reason, n := range want {
 			if got := promtest.Sum(t, reg, "flock_ingest_dropped_total", "reason", reason); got != n {
 				return fmt.Errorf("%s: %v, want %v", reason, got, n)
@@ -489,7 +475,7 @@ func TestConnectivityOrdering(t *testing.T) {
 	}
 	for i, s := range steps {
 		d.publish(t, "status", s.payload)
-		eventually(t, fmt.Sprintf("step %d", i), func() error {
+		testutil.Eventually(t, fmt.Sprintf("step %d", i), func() error {
 			c, err := livestate.ReadConn(t.Context(), e.kv, id)
 			if err != nil || c == nil {
 				return fmt.Errorf("conn %v %v", c, err)
@@ -504,7 +490,7 @@ func TestConnectivityOrdering(t *testing.T) {
 			return nil
 		})
 	}
-	eventually(t, "history", func() error {
+	testutil.Eventually(t, "history", func() error {
 		got, err := e.telemetry.Connectivity(t.Context(), id, nil, 10)
 		if err != nil || len(got) != 4 { // (1,c) (2,c) (1,d) (2,d); duplicates stored once
 			return fmt.Errorf("history %+v %v", got, err)
@@ -539,7 +525,7 @@ func TestShutdownLosesNothing(t *testing.T) {
 				}
 			}()
 			// Stop once some but not all are stored.
-			eventually(t, "some stored", func() error {
+			testutil.Eventually(t, "some stored", func() error {
 				got, err := e.telemetry.Logs(t.Context(), id, "", time.Time{}, n)
 				if err != nil || len(got) < 20 {
 					return fmt.Errorf("%d stored, %v", len(got), err)
@@ -551,7 +537,7 @@ func TestShutdownLosesNothing(t *testing.T) {
 			}
 			<-published
 			e.startIngester(cfg) // same client id: resumes the session
-			eventually(t, "all stored once", func() error {
+			testutil.Eventually(t, "all stored once", func() error {
 				got, err := e.telemetry.Logs(t.Context(), id, "", time.Time{}, 2*n)
 				if err != nil {
 					return err
@@ -584,7 +570,7 @@ func TestShutdownWithFailingStore(t *testing.T) {
 	id := e.addDevice()
 	d := e.connect(id)
 	d.publish(t, "state", `{"seq":7}`)
-	eventually(t, "a failed write", func() error {
+	testutil.Eventually(t, "a failed write", func() error {
 		if n := promtest.Sum(t, reg, "flock_ingest_write_errors_total"); n < 1 {
 			return fmt.Errorf("%v write errors", n)
 		}
@@ -598,7 +584,7 @@ func TestShutdownWithFailingStore(t *testing.T) {
 	}
 
 	e.startIngester(cfg) // same session, working store
-	eventually(t, "state stored after redelivery", func() error {
+	testutil.Eventually(t, "state stored after redelivery", func() error {
 		_, err := working.Get(t.Context(), livestate.StateKey(id))
 		return err
 	})

@@ -9,6 +9,7 @@ import (
 
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/ingester"
+	"github.com/flock-io/flock-api/internal/testutil"
 )
 
 // pgState is what PostgreSQL holds of a device's reported state.
@@ -40,7 +41,7 @@ func TestReportedStateReachesPostgreSQLInSeqOrder(t *testing.T) {
 	relA, relB := uuid.New(), uuid.New()
 
 	d.publish(t, "state", fmt.Sprintf(`{"seq":5,"running_release_id":%q,"os_version":"mqtt-5"}`, relA))
-	eventually(t, "MQTT state seq 5 in PostgreSQL", func() error {
+	testutil.Eventually(t, "MQTT state seq 5 in PostgreSQL", func() error {
 		if s := e.pgState(id); s.seq == nil || *s.seq != 5 || s.release.UUID != relA || s.os != "mqtt-5" {
 			return fmt.Errorf("row holds %+v", s)
 		}
@@ -66,7 +67,7 @@ func TestReportedStateReachesPostgreSQLInSeqOrder(t *testing.T) {
 	d.publish(t, "state", fmt.Sprintf(`{"seq":5,"running_release_id":%q,"os_version":"mqtt-late"}`, relA))
 	d.publish(t, "state", fmt.Sprintf(`{"seq":8,"running_release_id":%q,"os_version":"mqtt-8"}`, relA))
 	d.publish(t, "state", fmt.Sprintf(`{"seq":7,"running_release_id":%q,"os_version":"mqtt-7"}`, relB))
-	eventually(t, "MQTT state seq 8 in PostgreSQL", func() error {
+	testutil.Eventually(t, "MQTT state seq 8 in PostgreSQL", func() error {
 		s := e.pgState(id)
 		switch {
 		case s.seq == nil:
@@ -80,7 +81,7 @@ func TestReportedStateReachesPostgreSQLInSeqOrder(t *testing.T) {
 	})
 	// State without a release clears the column.
 	d.publish(t, "state", `{"seq":9}`)
-	eventually(t, "MQTT state seq 9 in PostgreSQL", func() error {
+	testutil.Eventually(t, "MQTT state seq 9 in PostgreSQL", func() error {
 		if s := e.pgState(id); s.seq == nil || *s.seq != 9 || s.release.Valid {
 			return fmt.Errorf("row holds %+v", s)
 		}

@@ -7,10 +7,11 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/flock-io/flock-api/internal/modules"
+	"github.com/flock-io/flock-api/internal/testutil"
 )
 
 func graph(mods ...modules.Module) *modules.Manager {
@@ -76,8 +77,9 @@ func TestParseTargets(t *testing.T) {
 
 // recorder notes the order of lifecycle events across modules.
 type recorder struct {
-	mu     sync.Mutex
-	events []string
+	mu      sync.Mutex
+	events  []string
+	running atomic.Int32 // services whose Run has started
 }
 
 func (r *recorder) add(e string) {
@@ -100,6 +102,7 @@ func service(rec *recorder, name string, fail error) func(context.Context) (*mod
 				if fail != nil {
 					return fail
 				}
+				rec.running.Add(1)
 				<-ctx.Done()
 				rec.add("stop " + name)
 				return nil
@@ -128,7 +131,7 @@ func TestRunStopsInReverseOrder(t *testing.T) {
 	done := make(chan error, 1)
 	drained := false
 	go func() { done <- running.Run(ctx, func() { drained = true; rec.add("drain") }) }()
-	time.Sleep(20 * time.Millisecond)
+	testutil.Eventually(t, "every service running", testutil.Until(func() bool { return rec.running.Load() == 3 }))
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run = %v, want nil on a clean stop", err)

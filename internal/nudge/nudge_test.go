@@ -11,11 +11,12 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	prom "github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/nudge/nudgetest"
 	"github.com/flock-io/flock-api/internal/targetstate"
+	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
 )
 
@@ -127,17 +128,6 @@ func run(t *testing.T, s *Service) {
 	})
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // A burst of changes to a fleet and some of its devices is computed in one
 // pass; every device of the fleet gets one nudge carrying the version the
 // state endpoint serves, published a page at a time; other fleets' devices
@@ -156,15 +146,23 @@ func TestFleetNudgesEachDeviceOnceInPages(t *testing.T) {
 		t.Fatalf("pending = %d fleets, %d devices; want 1, 2 (coalesced)", fl, dv)
 	}
 	run(t, s)
-	waitFor(t, "20 nudges", func() bool { return len(rec.records()) >= 20 })
-	time.Sleep(200 * time.Millisecond) // anything extra would show by now
+	testutil.Eventually(t, "20 nudges", testutil.Until(func() bool { return len(rec.records()) >= 20 }))
+	// Passes run one at a time: once a later pass has nudged the other
+	// fleet's device, the first pass published all it ever will.
+	s.DevicesChanged(f.stranger)
+	testutil.Eventually(t, "the marker pass", testutil.Until(func() bool { return len(rec.records()) >= 21 }))
+	records := rec.records()
+	if len(records) != 21 || !bytesEqual(records[20].Key, f.stranger) {
+		t.Fatalf("%d records, the last for %s; want 20 for the fleet, then the marker", len(records), records[len(records)-1].Key)
+	}
+	records = records[:20]
 
 	v, err := nudgetest.NewValidator()
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := map[uuid.UUID]string{}
-	for _, r := range rec.records() {
+	for _, r := range records {
 		id, version, err := v.Check(r)
 		if err != nil {
 			t.Fatal(err)
@@ -199,25 +197,32 @@ func TestFleetNudgesEachDeviceOnceInPages(t *testing.T) {
 		}
 	}
 	rec.mu.Unlock()
-	if n := testutil.ToFloat64(s.passes); n != 1 {
-		t.Fatalf("passes = %v, want 1", n)
+	if n := prom.ToFloat64(s.passes); n != 2 {
+		t.Fatalf("passes = %v, want 2 (the burst, coalesced, and the marker)", n)
 	}
-	if n := testutil.ToFloat64(s.published); n != 20 {
-		t.Fatalf("published = %v, want 20", n)
+	if n := prom.ToFloat64(s.published); n != 21 {
+		t.Fatalf("published = %v, want 21", n)
 	}
 }
+
+// bytesEqual reports whether a record key names device.
+func bytesEqual(key []byte, device uuid.UUID) bool { return string(key) == device.String() }
 
 func TestUnknownDevicesAreSkipped(t *testing.T) {
 	pool := pgtest.Pool(t)
 	rec := &recorder{}
 	s := newService(pool, rec.publish, quiet)
+	f := seed(t, pool, 1)
 	run(t, s)
 	s.DevicesChanged(uuid.New())
 	s.FleetChanged(uuid.New())
-	waitFor(t, "a pass", func() bool { return testutil.ToFloat64(s.passes) == 1 })
-	time.Sleep(100 * time.Millisecond)
-	if n := len(rec.records()); n != 0 {
-		t.Fatalf("%d nudges for devices that do not exist", n)
+	testutil.Eventually(t, "a pass", testutil.Until(func() bool { return prom.ToFloat64(s.passes) == 1 }))
+	// Passes run one at a time: the nudge of a device that exists, asked
+	// for after the first pass began, comes after all the first one sent.
+	s.DevicesChanged(f.devices[0])
+	testutil.Eventually(t, "the marker's nudge", testutil.Until(func() bool { return len(rec.records()) > 0 }))
+	if recs := rec.records(); len(recs) != 1 || !bytesEqual(recs[0].Key, f.devices[0]) {
+		t.Fatalf("%d nudges, want only the marker's: nudges for devices that do not exist", len(recs))
 	}
 }
 
@@ -239,8 +244,8 @@ func TestPublishIsRetriedThenGivenUp(t *testing.T) {
 	}
 	rec.mu.Unlock()
 	s.DevicesChanged(f.devices[0])
-	waitFor(t, "the nudge after two failures", func() bool { return len(rec.records()) == 1 })
-	if n := testutil.ToFloat64(s.failures.WithLabelValues(stagePublish)); n != 0 {
+	testutil.Eventually(t, "the nudge after two failures", testutil.Until(func() bool { return len(rec.records()) == 1 }))
+	if n := prom.ToFloat64(s.failures.WithLabelValues(stagePublish)); n != 0 {
 		t.Fatalf("failures = %v after a success", n)
 	}
 
@@ -249,14 +254,14 @@ func TestPublishIsRetriedThenGivenUp(t *testing.T) {
 	rec.calls, rec.fail = 0, func(int) error { return errors.New("broker unavailable") }
 	rec.mu.Unlock()
 	s.DevicesChanged(f.devices[0])
-	waitFor(t, "a counted failure", func() bool { return testutil.ToFloat64(s.failures.WithLabelValues(stagePublish)) == 1 })
+	testutil.Eventually(t, "a counted failure", testutil.Until(func() bool { return prom.ToFloat64(s.failures.WithLabelValues(stagePublish)) == 1 }))
 	rec.mu.Lock()
 	calls := rec.calls
 	rec.mu.Unlock()
 	if calls != 1+retries {
 		t.Fatalf("publish tried %d times, want %d", calls, 1+retries)
 	}
-	if n := testutil.ToFloat64(s.published); n != 1 {
+	if n := prom.ToFloat64(s.published); n != 1 {
 		t.Fatalf("published = %v, want 1", n)
 	}
 }
@@ -290,7 +295,7 @@ func TestRunStopsWhilePublishing(t *testing.T) {
 		t.Fatal("Run did not stop")
 	}
 	for _, stage := range []string{stageList, stageLoad, stagePublish} {
-		if n := testutil.ToFloat64(s.failures.WithLabelValues(stage)); n != 0 {
+		if n := prom.ToFloat64(s.failures.WithLabelValues(stage)); n != 0 {
 			t.Fatalf("failures{%s} = %v on shutdown", stage, n)
 		}
 	}
@@ -322,10 +327,10 @@ func TestNudgeOnTheBus(t *testing.T) {
 	if got != want.Version {
 		t.Fatalf("nudge version %q, state version %q", got, want.Version)
 	}
-	if n, err := testutil.GatherAndCount(reg, "flock_nudges_published_total"); err != nil || n != 1 {
+	if n, err := prom.GatherAndCount(reg, "flock_nudges_published_total"); err != nil || n != 1 {
 		t.Fatalf("flock_nudges_published_total series = %d (%v)", n, err)
 	}
-	if v := testutil.ToFloat64(s.published); v != 1 {
+	if v := prom.ToFloat64(s.published); v != 1 {
 		t.Fatalf("published = %v", v)
 	}
 }

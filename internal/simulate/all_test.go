@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/flock-io/flock-api/internal/simulate"
+	"github.com/flock-io/flock-api/internal/testutil"
 )
 
 // TestSimulateAgainstAll runs the simulator against the whole platform in
@@ -31,15 +32,15 @@ func TestSimulateAgainstAll(t *testing.T) {
 		}
 	})
 
-	eventually(t, "every device connected", func() bool {
+	testutil.Eventually(t, "every device connected", testutil.Until(func() bool {
 		select {
 		case <-r.done:
 			t.Fatalf("simulate ended: %v", r.err)
 		default:
 		}
 		return r.summary().Connected == n
-	})
-	eventually(t, "every device online in the API with its live state", func() bool {
+	}))
+	testutil.Eventually(t, "every device online in the API with its live state", testutil.Until(func() bool {
 		page := f.must(t, 200, "GET", "/v1/orgs/"+f.org+"/devices?online=true", nil)
 		items, _ := page["items"].([]any)
 		if len(items) != n {
@@ -53,24 +54,24 @@ func TestSimulateAgainstAll(t *testing.T) {
 			}
 		}
 		return true
-	})
+	}))
 	page := f.must(t, 200, "GET", "/v1/orgs/"+f.org+"/devices", nil)
 	first := page["items"].([]any)[0].(map[string]any)["id"].(string)
-	eventually(t, "connectivity history of a device", func() bool {
+	testutil.Eventually(t, "connectivity history of a device", testutil.Until(func() bool {
 		h := f.must(t, 200, "GET", "/v1/devices/"+first+"/connectivity", nil)
 		items, _ := h["items"].([]any)
 		return len(items) >= 1 && items[0].(map[string]any)["event"] == "connected"
-	})
+	}))
 
 	release := f.finalRelease(t)
-	eventually(t, "the release applied on every device", func() bool { return r.summary().TargetsApplied >= n })
+	testutil.Eventually(t, "the release applied on every device", testutil.Until(func() bool { return r.summary().TargetsApplied >= n }))
 	// They report it over MQTT only; the list's filter reads PostgreSQL,
 	// which the ingester keeps up to date.
-	eventually(t, "the device list finds every device running the release", func() bool {
+	testutil.Eventually(t, "the device list finds every device running the release", testutil.Until(func() bool {
 		page := f.must(t, 200, "GET", "/v1/orgs/"+f.org+"/devices?running_release_id="+release, nil)
 		items, _ := page["items"].([]any)
 		return len(items) == n
-	})
+	}))
 
 	sum, err := r.stop(t)
 	stopped = true
@@ -83,11 +84,11 @@ func TestSimulateAgainstAll(t *testing.T) {
 	if sum.NudgesReceived < n {
 		t.Errorf("%d nudges received, want at least one per device", sum.NudgesReceived)
 	}
-	eventually(t, "devices offline after a clean stop", func() bool {
+	testutil.Eventually(t, "devices offline after a clean stop", testutil.Until(func() bool {
 		page := f.must(t, 200, "GET", "/v1/orgs/"+f.org+"/devices?online=false", nil)
 		items, _ := page["items"].([]any)
 		return len(items) == n
-	})
+	}))
 	h := f.must(t, 200, "GET", "/v1/devices/"+first+"/connectivity", nil)
 	if items, _ := h["items"].([]any); len(items) < 2 || items[0].(map[string]any)["event"] != "disconnected" {
 		t.Errorf("history after stop: %v", fmt.Sprint(items))

@@ -3,6 +3,7 @@ package simulate_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"encoding/json"
 	"log/slog"
 	"net"
@@ -22,6 +23,7 @@ import (
 	"github.com/flock-io/flock-api/internal/events"
 	"github.com/flock-io/flock-api/internal/mqtt/broker"
 	"github.com/flock-io/flock-api/internal/simulate"
+	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
 	"github.com/flock-io/flock-api/internal/testutil/syncbuf"
 )
@@ -260,18 +262,6 @@ type (
 	}
 )
 
-// eventually polls cond until it holds or wait passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(wait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // running is Run on a goroutine.
 type running struct {
 	cancel context.CancelFunc
@@ -314,19 +304,14 @@ func (r *running) summary() simulate.Summary {
 // outlives Run.
 func noLeftovers(t *testing.T) {
 	t.Helper()
-	var stacks string
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testutil.Eventually(t, "the simulator's goroutines to end", func() error {
 		buf := make([]byte, 1<<22)
-		stacks = string(buf[:runtime.Stack(buf, true)])
-		if !strings.Contains(stacks, "flock-api/internal/simulate.") && !strings.Contains(stacks, "paho.golang/autopaho.") {
-			return
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		if strings.Contains(stacks, "flock-api/internal/simulate.") || strings.Contains(stacks, "paho.golang/autopaho.") {
+			return fmt.Errorf("goroutines of the simulator outlived Run:\n%s", stacks)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("goroutines of the simulator outlived Run:\n%s", stacks)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestSimulate runs five devices against the real API and the embedded
@@ -346,7 +331,7 @@ func TestSimulate(t *testing.T) {
 
 	// Every device connects, says it is online, fetches its target state
 	// (no release yet) and publishes the whole mix.
-	eventually(t, "every device has published every periodic kind", func() bool {
+	testutil.Eventually(t, "every device has published every periodic kind", testutil.Until(func() bool {
 		ids := sub.devices()
 		if len(ids) != devices {
 			return false
@@ -358,10 +343,10 @@ func TestSimulate(t *testing.T) {
 			}
 		}
 		return true
-	})
-	eventually(t, "every device has fetched its target state", func() bool {
+	}))
+	testutil.Eventually(t, "every device has fetched its target state", testutil.Until(func() bool {
 		return r.summary().TargetsFetched == devices
-	})
+	}))
 	page := f.must(t, 200, "GET", "/v1/orgs/"+f.org+"/devices?fleet_id="+f.fleet, nil)
 	if items := page["items"].([]any); len(items) != devices {
 		t.Fatalf("the fleet has %d devices, want %d", len(items), devices)
@@ -379,14 +364,14 @@ func TestSimulate(t *testing.T) {
 	if _, err := sub.Publish(ctx, &paho.Publish{Topic: simulate.Topic(uuid.MustParse(nudged), "target"), QoS: 1, Payload: nudge}); err != nil {
 		t.Fatalf("publish the nudge: %v", err)
 	}
-	eventually(t, "the nudged device reports the release running", func() bool {
+	testutil.Eventually(t, "the nudged device reports the release running", testutil.Until(func() bool {
 		for _, s := range messages[state](t, sub, nudged, simulate.KindState) {
 			if s.RunningReleaseID == release {
 				return true
 			}
 		}
 		return false
-	})
+	}))
 
 	sum, err := r.stop(t)
 	if err != nil {
@@ -425,14 +410,14 @@ func TestSimulate(t *testing.T) {
 	})
 
 	t.Run("every payload matches its schema", func(t *testing.T) {
-		eventually(t, "every device's offline status arrived", func() bool {
+		testutil.Eventually(t, "every device's offline status arrived", testutil.Until(func() bool {
 			for _, id := range sub.devices() {
 				if sub.kinds(id)[simulate.KindStatus] < 2 {
 					return false
 				}
 			}
 			return true
-		})
+		}))
 		sub.mu.Lock()
 		defer sub.mu.Unlock()
 		for _, p := range sub.invalid {
