@@ -4,7 +4,6 @@ package variables
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
@@ -62,13 +61,12 @@ func variable(v db.ConfigVariable) api.Variable {
 func (h *Variables) list(ctx context.Context, s scope, p listParams) (api.VariablePage, error) {
 	limit := pagination.Limit(p.limit)
 	var afterService, afterName *string
-	if p.cursor != nil && *p.cursor != "" {
-		raw, err := base64.RawURLEncoding.DecodeString(*p.cursor)
-		svc, name, ok := strings.Cut(string(raw), "\x00")
-		if err != nil || !ok {
-			return api.VariablePage{}, pagination.BadCursor(*p.cursor)
-		}
-		afterService, afterName = &svc, &name
+	after, err := pagination.DecodeText(p.cursor, 2)
+	if err != nil {
+		return api.VariablePage{}, err
+	}
+	if after != nil {
+		afterService, afterName = &after[0], &after[1]
 	}
 	rows, err := db.New(h.Pool).VariableList(ctx, db.VariableListParams{FleetID: s.fleet, DeviceID: s.device,
 		AfterService: afterService, AfterName: afterName, MaxRows: limit + 1})
@@ -79,7 +77,7 @@ func (h *Variables) list(ctx context.Context, s scope, p listParams) (api.Variab
 	if len(rows) > int(limit) {
 		rows = rows[:limit]
 		last := rows[len(rows)-1]
-		next := base64.RawURLEncoding.EncodeToString([]byte(last.Service + "\x00" + last.Name))
+		next := pagination.EncodeText(last.Service, last.Name)
 		page.NextCursor = &next
 	}
 	for _, v := range rows {

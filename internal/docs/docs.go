@@ -6,6 +6,7 @@ package docs
 import (
 	"bytes"
 	_ "embed"
+	"io"
 	"io/fs"
 	"net/http"
 	"time"
@@ -22,6 +23,8 @@ var indexHTML []byte
 //go:embed init.js
 var initJS []byte
 
+const movedNote = "<a href=\"/docs/\">Moved Permanently</a>.\n"
+
 // Mount serves the UI under /docs and the bundled spec at /openapi.yaml.
 func Mount(root chi.Router) {
 	r := root.With(reqinfo.Label("docs"))
@@ -37,7 +40,12 @@ func Mount(root chi.Router) {
 		http.ServeContent(w, req, "openapi.yaml", started, bytes.NewReader(gen.OpenAPIYAML))
 	})
 	r.Get("/docs", func(w http.ResponseWriter, req *http.Request) {
-		http.Redirect(w, req, "/docs/", http.StatusMovedPermanently)
+		// Not http.Redirect: it writes its note for GET only, so HEAD would
+		// lack GET's Content-Length. The server drops the body for HEAD.
+		w.Header().Set("Location", "/docs/")
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.WriteHeader(http.StatusMovedPermanently)
+		_, _ = io.WriteString(w, movedNote)
 	})
 	r.Get("/docs/", func(w http.ResponseWriter, req *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")

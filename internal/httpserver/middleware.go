@@ -57,6 +57,11 @@ func (s *Server) access(next http.Handler) http.Handler {
 			if status == 0 {
 				status = http.StatusOK
 			}
+			sent := sw.bytes
+			if r.Method == http.MethodHead {
+				// The handler wrote GET's body; the server sent none of it.
+				sent = 0
+			}
 			elapsed := time.Since(start)
 			s.metrics.ObserveRequest(r, status, elapsed)
 			level := slog.LevelInfo
@@ -67,7 +72,7 @@ func (s *Server) access(next http.Handler) http.Handler {
 			s.log.LogAttrs(r.Context(), level, "request",
 				slog.String("method", r.Method), slog.String("path", r.URL.Path),
 				slog.String("operation", reqinfo.Operation(r.Context())),
-				slog.Int("status", status), slog.Int64("bytes", sw.bytes),
+				slog.Int("status", status), slog.Int64("bytes", sent),
 				slog.Duration("duration", elapsed), slog.String("remote", r.RemoteAddr))
 		}()
 		next.ServeHTTP(sw, r)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
 
 	"github.com/flock-io/flock-api/internal/metrics"
 	"github.com/flock-io/flock-api/internal/problem"
@@ -50,7 +51,10 @@ func New(cfg Config, m *metrics.Metrics, ready *Readiness, log *slog.Logger) (*S
 	s := &Server{cfg: cfg, log: log, metrics: m, listener: ln, ready: ready}
 
 	r := chi.NewRouter()
-	r.Use(reqinfo.Middleware, s.access, s.recoverer, s.limitBody)
+	// HEAD is answered wherever GET is (RFC 9110 §9.3.2), by the GET route:
+	// chi routes a HEAD that no route declares as its GET, keeping the
+	// request's method HEAD for logs and metrics; the server sends no body.
+	r.Use(reqinfo.Middleware, s.access, s.recoverer, s.limitBody, middleware.GetHead)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		problem.Write(w, r, problem.Errorf(http.StatusNotFound, "not_found", "no resource at %s", r.URL.Path))
 	})

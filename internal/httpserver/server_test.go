@@ -13,6 +13,7 @@ import (
 
 	"github.com/flock-io/flock-api/internal/httpserver"
 	"github.com/flock-io/flock-api/internal/metrics"
+	"github.com/flock-io/flock-api/internal/testutil/syncbuf"
 )
 
 func newServer(t *testing.T, ready *httpserver.Readiness) *httpserver.Server {
@@ -114,5 +115,65 @@ func TestListenErrorNamesTheSetting(t *testing.T) {
 	_, err := httpserver.New(httpserver.Config{Addr: "256.0.0.1:80"}, metrics.New(), httpserver.NewReadiness(), slog.New(slog.DiscardHandler))
 	if err == nil || !strings.Contains(err.Error(), "FLOCK_HTTP_ADDR") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestHeadIsGetWithoutBody: every GET route answers HEAD with GET's status
+// and headers and no body; the access log and the metrics keep the method
+// HEAD, and the log counts no bytes sent.
+func TestHeadIsGetWithoutBody(t *testing.T) {
+	var logs syncbuf.Buffer
+	srv, err := httpserver.New(httpserver.Config{Addr: "127.0.0.1:0", BodyLimit: 1 << 20, ShutdownGrace: 5 * time.Second},
+		metrics.New(), httpserver.NewReadiness(), slog.New(slog.NewJSONHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Router().Get("/thing", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("ETag", `"1"`)
+		io.WriteString(w, "a thing")
+	})
+	srv.Router().Post("/only-post", func(w http.ResponseWriter, r *http.Request) {})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	base := "http://" + srv.Addr()
+
+	send := func(method, path string) (*http.Response, []byte) {
+		t.Helper()
+		req, _ := http.NewRequest(method, base+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, b
+	}
+	for _, path := range []string{"/healthz", "/readyz", "/metrics", "/thing", "/only-post", "/nowhere"} {
+		t.Run(path, func(t *testing.T) {
+			get, _ := send("GET", path)
+			head, body := send("HEAD", path)
+			if head.StatusCode != get.StatusCode || len(body) != 0 {
+				t.Fatalf("HEAD = %d with %d bytes; GET = %d", head.StatusCode, len(body), get.StatusCode)
+			}
+			for _, k := range []string{"Content-Type", "Content-Length", "Cache-Control", "ETag"} {
+				// The scrapes themselves move the counters; a 405 names the
+				// method it refuses.
+				if (path == "/metrics" || path == "/only-post") && k == "Content-Length" {
+					continue
+				}
+				if got, want := head.Header.Get(k), get.Header.Get(k); got != want {
+					t.Errorf("HEAD %s = %q, GET's = %q", k, got, want)
+				}
+			}
+		})
+	}
+	if !strings.Contains(logs.String(), `"method":"HEAD","path":"/thing","operation":"unmatched","status":200,"bytes":0`) {
+		t.Errorf("no access log line for HEAD /thing with 0 bytes sent:\n%s", logs.String())
+	}
+	_, scrape := send("GET", "/metrics")
+	if !strings.Contains(string(scrape), `flock_http_requests_total{method="HEAD",operation="healthz",status="200"} 1`) {
+		t.Errorf("metrics lack HEAD /healthz:\n%s", scrape)
 	}
 }

@@ -3,11 +3,15 @@
 package pagination
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 
@@ -35,6 +39,11 @@ func Decode(s *string) (*time.Time, uuid.NullUUID, error) {
 		return nil, uuid.NullUUID{}, nil
 	}
 	b, err := base64.RawURLEncoding.DecodeString(*s)
+	if err == nil && bytes.IndexByte(b, 0) >= 0 {
+		// No cursor this API hands out holds one, and whatever reads a
+		// crafted cursor must never pass one on to PostgreSQL.
+		err = errNUL
+	}
 	var c cursor
 	if err == nil {
 		err = json.Unmarshal(b, &c)
@@ -43,6 +52,34 @@ func Decode(s *string) (*time.Time, uuid.NullUUID, error) {
 		return nil, uuid.NullUUID{}, BadCursor(*s)
 	}
 	return &c.T, uuid.NullUUID{UUID: c.ID, Valid: true}, nil
+}
+
+var errNUL = errors.New("cursor holds a NUL byte")
+
+// textSep separates the parts of a text cursor. NUL cannot occur in a part:
+// PostgreSQL text holds none, and the API refuses it in every input.
+const textSep = "\x00"
+
+// EncodeText returns the cursor that continues after a sort key of text
+// columns (a variable's service and name).
+func EncodeText(parts ...string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strings.Join(parts, textSep)))
+}
+
+// DecodeText parses a cursor of EncodeText with n parts; a nil or empty one
+// means the first page (nil parts). A cursor with another number of parts,
+// or with a part PostgreSQL would refuse as text (invalid UTF-8), is the
+// client's error, never a query.
+func DecodeText(s *string, n int) ([]string, error) {
+	if s == nil || *s == "" {
+		return nil, nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(*s)
+	parts := strings.Split(string(b), textSep)
+	if err != nil || len(parts) != n || !utf8.Valid(b) {
+		return nil, BadCursor(*s)
+	}
+	return parts, nil
 }
 
 // BadCursor is the 400 for a cursor this API did not hand out.

@@ -1,12 +1,16 @@
 package pagination_test
 
 import (
+	"encoding/base64"
+	"errors"
+	"net/http"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/flock-io/flock-api/internal/pagination"
+	"github.com/flock-io/flock-api/internal/problem"
 )
 
 type row struct {
@@ -60,5 +64,61 @@ func TestDecodeRejectsForeignCursors(t *testing.T) {
 	}
 	if at, id, err := pagination.Decode(nil); at != nil || id.Valid || err != nil {
 		t.Error("a missing cursor is the first page")
+	}
+}
+
+// A cursor whose bytes hold NUL is refused as a cursor, naming the
+// parameter: whatever reads it must never hand PostgreSQL a NUL.
+func TestDecodeRefusesNUL(t *testing.T) {
+	id := uuid.New()
+	good := pagination.Encode(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), id)
+	if _, _, err := pagination.Decode(&good); err != nil {
+		t.Fatalf("Decode(a cursor it encoded) = %v", err)
+	}
+	for _, raw := range []string{
+		`{"t":"2026-01-01T00:00:00Z","i":"` + id.String() + `"}` + "\x00",
+		"\x00" + `{"t":"2026-01-01T00:00:00Z","i":"` + id.String() + `"}`,
+	} {
+		c := base64.RawURLEncoding.EncodeToString([]byte(raw))
+		_, _, err := pagination.Decode(&c)
+		assertBadCursor(t, c, err)
+	}
+}
+
+func TestTextCursor(t *testing.T) {
+	c := pagination.EncodeText("", "LEVEL")
+	parts, err := pagination.DecodeText(&c, 2)
+	if err != nil || len(parts) != 2 || parts[0] != "" || parts[1] != "LEVEL" {
+		t.Fatalf("DecodeText(EncodeText(\"\", LEVEL)) = %q, %v", parts, err)
+	}
+	if parts, err := pagination.DecodeText(nil, 2); parts != nil || err != nil {
+		t.Errorf("a missing cursor is the first page, got %q %v", parts, err)
+	}
+	empty := ""
+	if parts, err := pagination.DecodeText(&empty, 2); parts != nil || err != nil {
+		t.Errorf("an empty cursor is the first page, got %q %v", parts, err)
+	}
+	for name, raw := range map[string]string{
+		"NUL inside a part": "svc\x00LEV\x00EL",
+		"one part only":     "LEVEL",
+		"invalid UTF-8":     "svc\x00LEV\xffEL",
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := base64.RawURLEncoding.EncodeToString([]byte(raw))
+			_, err := pagination.DecodeText(&c, 2)
+			assertBadCursor(t, c, err)
+		})
+	}
+	notBase64 := "not base64!"
+	_, err = pagination.DecodeText(&notBase64, 2)
+	assertBadCursor(t, notBase64, err)
+}
+
+func assertBadCursor(t *testing.T, c string, err error) {
+	t.Helper()
+	var pe *problem.Error
+	if !errors.As(err, &pe) || pe.Status != http.StatusBadRequest || pe.Code != "validation_failed" ||
+		len(pe.Errors) != 1 || pe.Errors[0].In != "query" || pe.Errors[0].Field != "cursor" {
+		t.Errorf("cursor %q: err = %v, want 400 validation_failed naming query cursor", c, err)
 	}
 }

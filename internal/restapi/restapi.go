@@ -14,7 +14,8 @@ import (
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers"
-	middleware "github.com/oapi-codegen/nethttp-middleware"
+	"github.com/getkin/kin-openapi/routers/gorillamux"
+	"github.com/go-chi/chi/v5"
 
 	"github.com/flock-io/flock-api/internal/problem"
 	"github.com/flock-io/flock-api/internal/reqinfo"
@@ -46,25 +47,80 @@ type Options struct {
 
 // Validator returns middleware that validates each request against spec and
 // records its operationId for logs and metrics. Requests that fail never reach
-// next.
+// next. Before the schemas, it holds the input to what the server can store
+// (checkInput): one JSON value per body, no NUL in any string, valid UTF-8.
+//
+// Problems are reported in the order a client can act on them: no such
+// route, missing credentials, bad parameters, then the body (not one JSON
+// value, NUL in it, schema violations).
 func Validator(spec *openapi3.T, opts Options) func(http.Handler) http.Handler {
 	auth := opts.Authenticate
 	if auth == nil {
 		auth = openapi3filter.NoopAuthenticationFunc
 	}
-	validate := middleware.OapiRequestValidatorWithOptions(spec, &middleware.Options{
-		Options: openapi3filter.Options{
-			MultiError:         true,
-			AuthenticationFunc: auth,
-		},
-		ErrorHandlerWithOpts: func(ctx context.Context, err error, w http.ResponseWriter, r *http.Request, o middleware.ErrorHandlerOpts) {
-			if o.MatchedRoute != nil && o.MatchedRoute.Route != nil && o.MatchedRoute.Route.Operation != nil {
-				reqinfo.SetOperation(ctx, o.MatchedRoute.Route.Operation.OperationID)
+	router, err := gorillamux.NewRouter(spec)
+	if err != nil {
+		// LoadSpec validated the document; a router it cannot build is a bug.
+		panic(fmt.Sprintf("route the openapi document: %v", err))
+	}
+	// KeepValidatedValue lets the body carry the defaults the schemas filled
+	// in to the handler.
+	full := &openapi3filter.Options{MultiError: true, AuthenticationFunc: auth, KeepValidatedValue: true}
+	noBody := *full
+	noBody.ExcludeRequestBody = true
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			orig := r
+			r = headAsGet(r)
+			route, params, err := router.FindRoute(r)
+			if err != nil {
+				problem.Write(w, orig, FromValidation(orig, err, spec))
+				return
 			}
-			problem.Write(w, r, FromValidation(r, err, spec))
-		},
-	})
-	return validate
+			reqinfo.SetOperation(r.Context(), route.Operation.OperationID)
+			input := &openapi3filter.RequestValidationInput{Request: r, PathParams: params, Route: route, Options: full}
+			bad, err := checkInput(r, route.Operation)
+			if err != nil {
+				problem.Write(w, orig, err)
+				return
+			}
+			if bad != nil {
+				// Credentials and parameters are judged first, as when the
+				// body is fine: an anonymous caller learns it needs a token.
+				first := *input
+				first.Options = &noBody
+				if err := openapi3filter.ValidateRequest(r.Context(), &first); err != nil {
+					problem.Write(w, orig, FromValidation(orig, err, spec))
+					return
+				}
+				problem.Write(w, orig, bad)
+				return
+			}
+			if err := openapi3filter.ValidateRequest(r.Context(), input); err != nil {
+				problem.Write(w, orig, FromValidation(orig, err, spec))
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+// headAsGet serves HEAD as the GET of the same resource (RFC 9110 §9.3.2):
+// the spec declares GETs only, and both its router and the generated routes
+// match by method. The request logs and metrics read keeps HEAD, and the
+// server sends no body for it whatever the handler writes.
+func headAsGet(r *http.Request) *http.Request {
+	if r.Method != http.MethodHead {
+		return r
+	}
+	get := r.WithContext(r.Context())
+	get.Method = http.MethodGet
+	// A chi router below routes by the method recorded when the routers
+	// above matched, not by the request's.
+	if rctx := chi.RouteContext(r.Context()); rctx != nil {
+		rctx.RouteMethod = http.MethodGet
+	}
+	return get
 }
 
 // Operations maps the Go method names oapi-codegen derives from operationIds
@@ -186,14 +242,11 @@ func FromValidation(r *http.Request, err error, spec *openapi3.T) *problem.Error
 	if len(fields) == 0 && len(other) == 0 {
 		other = append(other, err.Error())
 	}
-	detail := fmt.Sprintf("%d invalid field(s)", len(fields))
-	if len(fields) == 1 {
-		detail = describe(fields[0])
-	}
+	p := invalid(fields)
 	if len(other) > 0 {
-		detail = strings.Join(other, "; ")
+		p.Detail = strings.Join(other, "; ")
 	}
-	return &problem.Error{Status: http.StatusBadRequest, Code: "validation_failed", Detail: detail, Errors: fields}
+	return p
 }
 
 // isSecurityError finds a failed security requirement at the top of the
@@ -315,6 +368,9 @@ func allowed(spec *openapi3.T, path string) string {
 			var ms []string
 			for m := range item.Operations() {
 				ms = append(ms, m)
+				if m == http.MethodGet {
+					ms = append(ms, http.MethodHead)
+				}
 			}
 			sort.Strings(ms)
 			return strings.Join(ms, ", ")

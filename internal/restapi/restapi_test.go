@@ -3,6 +3,7 @@ package restapi_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/go-chi/chi/v5"
 
 	"github.com/flock-io/flock-api/internal/httpserver"
@@ -20,11 +22,26 @@ import (
 )
 
 // testSpec is a small document with the shapes the error paths need: a JSON
-// body with constraints, a bounded query parameter and a handler that panics.
+// body with constraints and nesting, a bounded query parameter, an operation
+// that needs credentials and a handler that panics.
 const testSpec = `
 openapi: 3.0.3
 info: {title: test, version: "1"}
+components:
+  securitySchemes:
+    bearer: {type: http, scheme: bearer}
 paths:
+  /v1/secured:
+    post:
+      operationId: secured:create
+      security: [{bearer: []}]
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {type: object, properties: {name: {type: string}}}
+      responses:
+        "201": {description: created}
   /v1/things:
     post:
       operationId: thing:create
@@ -39,6 +56,8 @@ paths:
               properties:
                 name: {type: string, maxLength: 5}
                 count: {type: integer, minimum: 1}
+                tags: {type: object, additionalProperties: {type: string}}
+                items: {type: array, items: {type: string}}
       responses:
         "201": {description: created}
     get:
@@ -74,11 +93,24 @@ func newServer(t *testing.T) http.Handler {
 		w.WriteHeader(http.StatusCreated)
 		w.Write(b)
 	})
-	inner.Get("/v1/things", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) })
+	inner.Get("/v1/things", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("ETag", `"v1"`)
+		io.WriteString(w, `{"items":[]}`)
+	})
+	inner.Post("/v1/secured", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusCreated) })
 	inner.Get("/v1/panic", func(http.ResponseWriter, *http.Request) {
 		panic("secret internal detail: password=hunter2")
 	})
-	srv.Router().Handle("/v1/*", restapi.Validator(spec, restapi.Options{})(inner))
+	// Credentials are whatever Authorization holds: the authenticator is
+	// not what this tests.
+	authn := func(_ context.Context, in *openapi3filter.AuthenticationInput) error {
+		if in.RequestValidationInput.Request.Header.Get("Authorization") == "" {
+			return errors.New("no credentials")
+		}
+		return nil
+	}
+	srv.Router().Handle("/v1/*", restapi.Validator(spec, restapi.Options{Authenticate: authn})(inner))
 	return srv.Router()
 }
 
@@ -90,6 +122,7 @@ func TestErrorsAreProblems(t *testing.T) {
 		path        string
 		contentType string
 		body        string
+		header      map[string]string
 		chunked     bool
 		wantStatus  int
 		wantCode    string
@@ -114,7 +147,42 @@ func TestErrorsAreProblems(t *testing.T) {
 		{name: "unknown path", method: "GET", path: "/v1/nothing-here", wantStatus: 404, wantCode: "not_found"},
 		{name: "unknown path outside the API", method: "GET", path: "/nowhere", wantStatus: 404, wantCode: "not_found"},
 		{name: "wrong method", method: "DELETE", path: "/v1/things", wantStatus: 405, wantCode: "method_not_allowed",
-			wantHeader: map[string]string{"Allow": "GET, POST"}},
+			wantHeader: map[string]string{"Allow": "GET, HEAD, POST"}},
+		{name: "HEAD is GET", method: "HEAD", path: "/v1/things", wantStatus: 200,
+			wantHeader: map[string]string{"ETag": `"v1"`, "Content-Type": "application/json"}},
+		{name: "HEAD where there is no GET", method: "HEAD", path: "/v1/secured", wantStatus: 405, wantCode: "method_not_allowed",
+			wantHeader: map[string]string{"Allow": "POST"}},
+
+		{name: "trailing word", method: "POST", path: "/v1/things", contentType: "application/json",
+			body: `{"name":"a"} xyz`, wantStatus: 400, wantCode: "malformed_body"},
+		// Malformed before the schema: the first value alone lacks name.
+		{name: "two values", method: "POST", path: "/v1/things", contentType: "application/json",
+			body: `{}{}`, wantStatus: 400, wantCode: "malformed_body"},
+		{name: "trailing whitespace", method: "POST", path: "/v1/things", contentType: "application/json",
+			body: "{\"name\":\"a\"}\r\n\t ", wantStatus: 201},
+		{name: "not UTF-8", method: "POST", path: "/v1/things", contentType: "application/json",
+			body: "{\"name\":\"\xff\"}", wantStatus: 400, wantCode: "malformed_body"},
+		{name: "NUL in a string", method: "POST", path: "/v1/things", contentType: "application/json",
+			body: `{"name":"a\u0000"}`, wantStatus: 400, wantCode: "validation_failed",
+			wantFields: []problem.FieldError{{In: "body", Field: "/name"}}},
+		{name: "NUL in a property name and in an array, with a pointer to escape", method: "POST", path: "/v1/things",
+			contentType: "application/json",
+			body:        `{"name":"a","tags":{"k\u0000":"v","a/b~":"\u0000"},"items":["x","y\u0000"]}`,
+			wantStatus:  400, wantCode: "validation_failed",
+			wantFields: []problem.FieldError{{In: "body", Field: "/tags/k\x00"}, {In: "body", Field: "/tags/a~1b~0"},
+				{In: "body", Field: "/items/1"}}},
+		{name: "NUL in a query parameter the operation does not declare", method: "GET", path: "/v1/things?q=a%00b",
+			wantStatus: 400, wantCode: "validation_failed", wantFields: []problem.FieldError{{In: "query", Field: "q"}}},
+		{name: "query parameter not UTF-8", method: "GET", path: "/v1/things?q=%FF",
+			wantStatus: 400, wantCode: "validation_failed", wantFields: []problem.FieldError{{In: "query", Field: "q"}}},
+		{name: "schema violations of parameters come first", method: "GET", path: "/v1/things?limit=50&q=%00",
+			wantStatus: 400, wantCode: "validation_failed", wantFields: []problem.FieldError{{In: "query", Field: "limit"}}},
+		{name: "missing credentials come before a bad body", method: "POST", path: "/v1/secured", contentType: "application/json",
+			body: `{"name":"\u0000"} x`, wantStatus: 401, wantCode: "unauthorized"},
+		{name: "with credentials the bad body is judged", method: "POST", path: "/v1/secured", contentType: "application/json",
+			header: map[string]string{"Authorization": "Bearer t"},
+			body:   `{"name":"\u0000"}`, wantStatus: 400, wantCode: "validation_failed",
+			wantFields: []problem.FieldError{{In: "body", Field: "/name"}}},
 		{name: "body over the limit by Content-Length", method: "POST", path: "/v1/things", contentType: "application/json",
 			body: `{"name":"` + strings.Repeat("x", bodyLimit) + `"}`, wantStatus: 413, wantCode: "body_too_large"},
 		{name: "body over the limit while streaming", method: "POST", path: "/v1/things", contentType: "application/json",
@@ -141,6 +209,9 @@ func TestErrorsAreProblems(t *testing.T) {
 			if tt.contentType != "" {
 				req.Header.Set("Content-Type", tt.contentType)
 			}
+			for k, v := range tt.header {
+				req.Header.Set(k, v)
+			}
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, req)
 
@@ -157,6 +228,10 @@ func TestErrorsAreProblems(t *testing.T) {
 				}
 			}
 			if tt.wantCode == "" {
+				// What passed reached the handler whole.
+				if tt.method == "POST" && rec.Body.String() != tt.body {
+					t.Errorf("handler read %q, want %q", rec.Body, tt.body)
+				}
 				return
 			}
 			if ct := rec.Header().Get("Content-Type"); ct != problem.ContentType {
