@@ -6,9 +6,10 @@ import (
 )
 
 // Policy is the access rule of every operation, in one table: who may call
-// it (the least role, viewer < developer < admin < owner) and whether it is
-// a write that runs in a transaction and is audited. The server refuses to
-// start when an operation of the spec is missing here.
+// it (the least role, viewer < developer < admin < owner), whether it is
+// a write that runs in a transaction and is audited, and whether its
+// response carries a secret no cache may keep (NoStore). The server refuses
+// to start when an operation of the spec is missing here.
 var Policy = auth.Policy{
 	"version:get": {Level: auth.Public},
 
@@ -26,7 +27,7 @@ var Policy = auth.Policy{
 	"member:delete": {Level: auth.OrgRole, MinRole: db.OrgRoleViewer, Write: true},
 
 	"api-key:list":   {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper},
-	"api-key:create": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true, NoAPIKeys: true},
+	"api-key:create": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true, NoAPIKeys: true, NoStore: true},
 	// Developers revoke the keys they created; admins any (checked in the handler).
 	"api-key:delete": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
 
@@ -39,7 +40,7 @@ var Policy = auth.Policy{
 	"fleet:delete": {Level: auth.OrgRole, MinRole: db.OrgRoleAdmin, Write: true},
 
 	"provisioning-key:list":   {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper},
-	"provisioning-key:create": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+	"provisioning-key:create": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true, NoStore: true},
 	"provisioning-key:delete": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
 
 	"release:list":   {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
@@ -66,7 +67,7 @@ var Policy = auth.Policy{
 	// The device API: registration proves itself with a provisioning key in
 	// the body, the token endpoint with a signed assertion.
 	"device:register":     {Level: auth.Public},
-	"device:token":        {Level: auth.Public},
+	"device:token":        {Level: auth.Public, NoStore: true},
 	"jwks:get":            {Level: auth.Public},
 	"device-state:get":    {Level: auth.Device},
 	"device-state:update": {Level: auth.Device},

@@ -326,8 +326,8 @@ func MountAPI(r chi.Router, spec *openapi3.T, s api.StrictServerInterface, authn
 		ErrorHandlerFunc: restapi.RequestError,
 	})
 	var handler http.Handler = restapi.Validator(spec, restapi.Options{Authenticate: auth.RequirePrincipal})(h)
-	// Middleware that needs the caller but must run before validation (the
-	// idempotency replay answers without validating again).
+	// Middleware that needs the caller and the whole body before validation
+	// (the idempotency lookup; the guard replays what it finds).
 	for i := len(between) - 1; i >= 0; i-- {
 		handler = between[i](handler)
 	}

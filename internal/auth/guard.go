@@ -87,6 +87,11 @@ type Rule struct {
 	// NoAPIKeys refuses API keys on an OrgRole operation (a key must not
 	// mint keys that outlive it).
 	NoAPIKeys bool
+	// NoStore marks an operation whose response carries a secret or a
+	// token: no cache may keep any response of it (Cache-Control:
+	// no-store), and it cannot take an Idempotency-Key, whose stored
+	// response would keep the secret.
+	NoStore bool
 }
 
 // Policy maps every operationId of the API to its rule.
@@ -142,6 +147,9 @@ func NewGuard(spec *openapi3.T, policy Policy, pool *pgxpool.Pool, rec *audit.Re
 				if !rule.Write {
 					return nil, fmt.Errorf("%s takes an Idempotency-Key but is not a write", op.OperationID)
 				}
+				if rule.NoStore {
+					return nil, fmt.Errorf("%s takes an Idempotency-Key but its response holds a secret, which must not be stored", op.OperationID)
+				}
 				g.keyed[op.OperationID] = true
 			}
 		}
@@ -163,7 +171,7 @@ func StrictMiddleware[F ~func(context.Context, http.ResponseWriter, *http.Reques
 	return func(f F, goName string) F {
 		op := opID(goName)
 		return func(ctx context.Context, w http.ResponseWriter, r *http.Request, req any) (any, error) {
-			return g.serve(ctx, r, op, func(ctx context.Context) (any, error) { return f(ctx, w, r, req) })
+			return g.serve(ctx, w, r, op, func(ctx context.Context) (any, error) { return f(ctx, w, r, req) })
 		}
 	}
 }
@@ -172,12 +180,21 @@ var errAuthRequired = &problem.Error{Status: http.StatusUnauthorized, Code: "una
 	Detail: "this operation needs a bearer token or an API key",
 	Header: http.Header{"WWW-Authenticate": {`Bearer`}}}
 
-func (g *Guard) serve(ctx context.Context, r *http.Request, op string, next func(context.Context) (any, error)) (any, error) {
+// serve enforces op's rule, then runs next, or replays the stored response
+// of a keyed request that ran before (writing it to w itself).
+func (g *Guard) serve(ctx context.Context, w http.ResponseWriter, r *http.Request, op string,
+	next func(context.Context) (any, error)) (any, error) {
 	rule, ok := g.policy[op]
 	if !ok {
 		return nil, fmt.Errorf("operation %s has no access rule", op)
 	}
-	if idempotency.From(ctx) != nil && !g.keyed[op] {
+	if rule.NoStore {
+		// Set before anything can answer, so it holds for every response
+		// of the operation, refusals included.
+		w.Header().Set("Cache-Control", "no-store")
+	}
+	ir := idempotency.From(ctx)
+	if ir != nil && !g.keyed[op] {
 		return nil, problem.Invalid("header", idempotency.Header,
 			op+" does not take an Idempotency-Key (its response holds a secret that is never stored, or it is idempotent already)")
 	}
@@ -225,17 +242,29 @@ func (g *Guard) serve(ctx context.Context, r *http.Request, op string, next func
 			return nil, notFound
 		}
 		acc.OrgID, acc.Role = orgID, role
-		if rule.NoAPIKeys && p.Kind == KindAPIKey {
-			return nil, problem.Errorf(http.StatusForbidden, "forbidden", "%s needs a user's token; API keys cannot call it", op)
-		}
-		if !AtLeast(role, rule.MinRole) {
-			denied := problem.Errorf(http.StatusForbidden, "forbidden",
+		var denied error
+		switch {
+		case rule.NoAPIKeys && p.Kind == KindAPIKey:
+			denied = problem.Errorf(http.StatusForbidden, "forbidden", "%s needs a user's token; API keys cannot call it", op)
+		case !AtLeast(role, rule.MinRole):
+			denied = problem.Errorf(http.StatusForbidden, "forbidden",
 				"%s needs the %s role or higher in this organisation; you have %s", op, rule.MinRole, role)
+		}
+		if denied != nil {
 			if rule.Write {
 				g.recordFailure(ctx, r, acc, denied)
 			}
 			return nil, denied
 		}
+	}
+	if ir != nil && ir.Replayable() {
+		// Only now: the caller still passes the check the first run
+		// passed. Someone removed from the organisation since gets its
+		// not-found, not the stored answer.
+		if err := ir.Replay(w, op); err != nil {
+			return nil, err
+		}
+		return nil, nil
 	}
 	ctx = withAccess(ctx, acc)
 	if !rule.Write {

@@ -80,7 +80,7 @@ func TestGuardRunsAfterCommitOnlyOnCommit(t *testing.T) {
 			pctx := WithPrincipal(r.Context(), &Principal{Kind: KindAPIKey, KeyID: uuid.New(), KeyName: "ci",
 				KeyOrg: org, KeyRole: db.OrgRoleOwner})
 
-			_, err := g.serve(pctx, r, "thing:create", func(ctx context.Context) (any, error) {
+			_, err := g.serve(pctx, httptest.NewRecorder(), r, "thing:create", func(ctx context.Context) (any, error) {
 				if _, err := dbtx.Tx(ctx).Exec(ctx, `INSERT INTO things VALUES ($1, $2)`, tc.name, tc.n); err != nil {
 					return nil, err
 				}
