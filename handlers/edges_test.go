@@ -1,7 +1,9 @@
 package handlers_test
 
 import (
+	"fmt"
 	"net/http"
+	"sync"
 	"testing"
 
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
@@ -119,5 +121,35 @@ func TestSecretResponsesAreNotCached(t *testing.T) {
 				t.Fatalf("Cache-Control = %q, want no-store: %v", hdr.Get("Cache-Control"), tt.noStore)
 			}
 		})
+	}
+}
+
+// TestConcurrentFirstSignIns: a new user's first requests may arrive
+// together; each is answered as that user, none as "the email belongs to
+// another account" (the loser of the insert race trips the email index, not
+// only the identity one).
+func TestConcurrentFirstSignIns(t *testing.T) {
+	srv := apptest.Start(t)
+	const users, requests = 20, 8
+	for u := range users {
+		tok := srv.Token(t, fmt.Sprintf("newcomer-%d@example.com", u))
+		var wg sync.WaitGroup
+		statuses := make([]int, requests)
+		ids := make([]any, requests)
+		for i := range requests {
+			wg.Go(func() {
+				var out map[string]any
+				statuses[i], _, out = srv.Do(t, "GET", "/v1/me", tok, nil)
+				if user, ok := out["user"].(map[string]any); ok {
+					ids[i] = user["id"]
+				}
+			})
+		}
+		wg.Wait()
+		for i := range requests {
+			if statuses[i] != http.StatusOK || ids[i] != ids[0] {
+				t.Fatalf("user %d: statuses %v, ids %v; want every request 200 as one user", u, statuses, ids)
+			}
+		}
 	}
 }

@@ -236,6 +236,17 @@ func (a *Authenticator) firstSignIn(ctx context.Context, q *db.Queries, c *oidcv
 		// A concurrent first request created it.
 		return q.UserByIdentity(ctx, db.UserByIdentityParams{Issuer: issuer, Subject: subject})
 	case pgerr.IsUnique(err):
+		// ON CONFLICT covers the identity only: a concurrent first request
+		// of the same subject that inserted first trips the email index
+		// instead. Only when no row has this identity is the email someone
+		// else's.
+		u, lookErr := q.UserByIdentity(ctx, db.UserByIdentityParams{Issuer: issuer, Subject: subject})
+		if lookErr == nil {
+			return u, nil
+		}
+		if !errors.Is(lookErr, pgx.ErrNoRows) {
+			return db.User{}, fmt.Errorf("load user %s after a unique violation: %w", c.Subject, lookErr)
+		}
 		return db.User{}, invalidToken("the token's email belongs to another account", err)
 	default:
 		return db.User{}, fmt.Errorf("create user %s: %w", c.Email, err)
