@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/flock-io/flock-api/internal/problem"
@@ -64,11 +65,7 @@ func (s *Server) access(next http.Handler) http.Handler {
 			}
 			elapsed := time.Since(start)
 			s.metrics.ObserveRequest(r, status, elapsed)
-			level := slog.LevelInfo
-			switch r.URL.Path {
-			case "/healthz", "/readyz", "/metrics":
-				level = slog.LevelDebug
-			}
+			level := accessLevel(r.URL.Path, status)
 			s.log.LogAttrs(r.Context(), level, "request",
 				slog.String("method", r.Method), slog.String("path", r.URL.Path),
 				slog.String("operation", reqinfo.Operation(r.Context())),
@@ -119,4 +116,18 @@ func (s *Server) limitBody(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// accessLevel keeps routine traffic out of the info log: probes and scrapes,
+// and what devices do all day on the device API (poll their target state,
+// report, renew tokens), which with a fleet of any size would drown every
+// other line. A device request that fails stays at info.
+func accessLevel(path string, status int) slog.Level {
+	switch {
+	case path == "/healthz" || path == "/readyz" || path == "/metrics":
+		return slog.LevelDebug
+	case strings.HasPrefix(path, "/device/") && status < 400:
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
 }
