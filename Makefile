@@ -20,10 +20,10 @@ export REDOCLY_SUPPRESS_UPDATE_NOTICE := true
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) .
 
-## run: flock-api --target=all --dev on http://127.0.0.1:8080 (Swagger UI at /docs)
+## run: flock-api --target=all --dev on http://127.0.0.1:8080 (Swagger UI at /docs); loopback only, since dev mode opens the MQTT hooks and the dev OIDC provider
 run: build
 	scripts/services.sh postgres
-	$(BIN) --target=all --dev --mqtt-listen=:1884
+	$(BIN) --target=all --dev --http-addr=127.0.0.1:8080 --mqtt-listen=127.0.0.1:1884
 
 ## services: install-if-missing and start PostgreSQL, Redis, Mosquitto, ClickHouse
 services:
@@ -44,6 +44,11 @@ generate: node_modules/.package-lock.json $(SDK)/node_modules/.package-lock.json
 	cd gen && $(GO) generate ./...
 	node scripts/asyncapi.mjs
 	gofmt -w gen/events
+	rm -rf gen/asyncapiui && mkdir -p gen/asyncapiui
+	cp node_modules/@asyncapi/react-component/browser/standalone/index.js gen/asyncapiui/asyncapi-standalone.js
+	cp node_modules/@asyncapi/react-component/browser/standalone/index.js.LICENSE.txt gen/asyncapiui/asyncapi-standalone.js.LICENSE.txt
+	cp node_modules/@asyncapi/react-component/styles/default.min.css gen/asyncapiui/asyncapi.css
+	cp node_modules/@asyncapi/react-component/LICENSE gen/asyncapiui/LICENSE
 	rm -rf gen/swaggerui && mkdir -p gen/swaggerui
 	cp $(addprefix node_modules/swagger-ui-dist/,swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt \
 	  swagger-ui.css favicon-32x32.png favicon-16x16.png oauth2-redirect.html oauth2-redirect.js LICENSE NOTICE) gen/swaggerui/

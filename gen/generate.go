@@ -15,6 +15,12 @@ import "embed"
 //go:embed api/openapi.yaml
 var OpenAPIYAML []byte
 
+// AsyncAPIUI holds the AsyncAPI React component's standalone bundle and
+// styles, copied from the pinned @asyncapi/react-component npm package.
+//
+//go:embed asyncapiui
+var AsyncAPIUI embed.FS
+
 // SwaggerUI holds the Swagger UI assets copied from the pinned
 // swagger-ui-dist npm package.
 //

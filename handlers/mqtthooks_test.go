@@ -32,8 +32,33 @@ func startHookServer(t *testing.T, token string, noGate bool) *liveEnv {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d.MQTTAuth, d.MQTTHookToken = a, token
+		// Without a token the hooks answer only in dev mode.
+		d.MQTTAuth, d.MQTTHookToken, d.MQTTHooksOpen = a, token, token == ""
 	}})
+}
+
+// Outside dev mode, hooks without a token refuse everyone: they would
+// otherwise tell anyone who reaches the API whether a device token is good.
+func TestMQTTHooksClosedWithoutToken(t *testing.T) {
+	e := startLiveServer(t, liveOptions{deps: func(e *liveEnv, d *handlers.Deps) {
+		a, err := broker.NewAuthenticator(hookServiceUser, hookServicePassword, e.tokens)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.MQTTAuth = a
+	}})
+	for _, c := range []struct {
+		path string
+		body map[string]any
+	}{
+		{"/internal/v1/mqtt/auth", map[string]any{"clientid": "ingester-1", "username": hookServiceUser, "password": hookServicePassword}},
+		{"/internal/v1/mqtt/acl", map[string]any{"clientid": "ingester-1", "username": hookServiceUser, "topic": "flock/v1/devices/+/state", "action": "subscribe"}},
+	} {
+		got := must(t, e.srv, 403, "POST", c.path, "", c.body)
+		if got["code"] != "hooks_closed" {
+			t.Errorf("%s: %v", c.path, got)
+		}
+	}
 }
 
 // craftDeviceToken signs a device token with the deployment's current

@@ -78,6 +78,9 @@ type Deps struct {
 	// MQTTHookToken, when not empty, is the bearer token those hooks
 	// require; the hooks must then be mounted behind Server.MQTTHooks.Gate.
 	MQTTHookToken string
+	// MQTTHooksOpen lets the hooks answer without a token (dev mode);
+	// without either they refuse every request.
+	MQTTHooksOpen bool
 	// Nudge hears of committed changes to devices' targets (pins, moves,
 	// releases, variables) and tells the devices; nil sends no nudges.
 	Nudge nudge.Notifier
@@ -99,6 +102,6 @@ func New(d Deps) *Server {
 		Devices:      &devices.Devices{Pool: pool, Nudge: d.Nudge, KV: d.KV, Telemetry: d.Telemetry},
 		Variables:    &variables.Variables{Pool: pool, Nudge: d.Nudge},
 		DeviceAPI:    &deviceapi.DeviceAPI{Pool: pool, Tokens: d.Tokens, TokenEndpoint: d.TokenEndpoint, Audit: d.Audit, MQTTURL: d.MQTTURL},
-		MQTTHooks:    &mqtthooks.MQTTHooks{Auth: d.MQTTAuth, Token: d.MQTTHookToken},
+		MQTTHooks:    &mqtthooks.MQTTHooks{Auth: d.MQTTAuth, Token: d.MQTTHookToken, Open: d.MQTTHooksOpen},
 	}
 }

@@ -1935,6 +1935,8 @@ type ClientInterface interface {
 	// Configure the broker to POST `{"clientid": "${clientid}", "username":
 	// "${username}", "topic": "${topic}", "action": "${action}"}`, with the
 	// hook token as for authentication.
+	// Outside dev mode, a deployment without a hook token
+	// (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -1954,6 +1956,8 @@ type ClientInterface interface {
 	// Configure the broker to POST `{"clientid": "${clientid}", "username":
 	// "${username}", "topic": "${topic}", "action": "${action}"}`, with the
 	// hook token as for authentication.
+	// Outside dev mode, a deployment without a hook token
+	// (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -1973,6 +1977,8 @@ type ClientInterface interface {
 	// hook token, send it as `Authorization: Bearer <token>`; without it the
 	// answer is 401. A 5xx means the token could not be checked (the broker
 	// treats it as `ignore`).
+	// Outside dev mode, a deployment without a hook token
+	// (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -1992,6 +1998,8 @@ type ClientInterface interface {
 	// hook token, send it as `Authorization: Bearer <token>`; without it the
 	// answer is 401. A 5xx means the token could not be checked (the broker
 	// treats it as `ignore`).
+	// Outside dev mode, a deployment without a hook token
+	// (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -2596,6 +2604,8 @@ func (c *Client) DeviceToken(ctx context.Context, body DeviceTokenJSONRequestBod
 // Configure the broker to POST `{"clientid": "${clientid}", "username":
 // "${username}", "topic": "${topic}", "action": "${action}"}`, with the
 // hook token as for authentication.
+// Outside dev mode, a deployment without a hook token
+// (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
 //
 // Takes any type of body and a specified content type.
 //
@@ -2625,6 +2635,8 @@ func (c *Client) MqttHookAuthorizeWithBody(ctx context.Context, contentType stri
 // Configure the broker to POST `{"clientid": "${clientid}", "username":
 // "${username}", "topic": "${topic}", "action": "${action}"}`, with the
 // hook token as for authentication.
+// Outside dev mode, a deployment without a hook token
+// (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -2654,6 +2666,8 @@ func (c *Client) MqttHookAuthorize(ctx context.Context, body MqttHookAuthorizeJS
 // hook token, send it as `Authorization: Bearer <token>`; without it the
 // answer is 401. A 5xx means the token could not be checked (the broker
 // treats it as `ignore`).
+// Outside dev mode, a deployment without a hook token
+// (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
 //
 // Takes any type of body and a specified content type.
 //
@@ -2683,6 +2697,8 @@ func (c *Client) MqttHookAuthenticateWithBody(ctx context.Context, contentType s
 // hook token, send it as `Authorization: Bearer <token>`; without it the
 // answer is 401. A 5xx means the token could not be checked (the broker
 // treats it as `ignore`).
+// Outside dev mode, a deployment without a hook token
+// (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -6518,6 +6534,8 @@ type ClientWithResponsesInterface interface {
 	// Configure the broker to POST `{"clientid": "${clientid}", "username":
 	// "${username}", "topic": "${topic}", "action": "${action}"}`, with the
 	// hook token as for authentication.
+	// Outside dev mode, a deployment without a hook token
+	// (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -6537,6 +6555,8 @@ type ClientWithResponsesInterface interface {
 	// Configure the broker to POST `{"clientid": "${clientid}", "username":
 	// "${username}", "topic": "${topic}", "action": "${action}"}`, with the
 	// hook token as for authentication.
+	// Outside dev mode, a deployment without a hook token
+	// (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -6556,6 +6576,8 @@ type ClientWithResponsesInterface interface {
 	// hook token, send it as `Authorization: Bearer <token>`; without it the
 	// answer is 401. A 5xx means the token could not be checked (the broker
 	// treats it as `ignore`).
+	// Outside dev mode, a deployment without a hook token
+	// (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -6575,6 +6597,8 @@ type ClientWithResponsesInterface interface {
 	// hook token, send it as `Authorization: Bearer <token>`; without it the
 	// answer is 401. A 5xx means the token could not be checked (the broker
 	// treats it as `ignore`).
+	// Outside dev mode, a deployment without a hook token
+	// (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -9422,6 +9446,8 @@ func (c *ClientWithResponses) DeviceTokenWithResponse(ctx context.Context, body 
 // Configure the broker to POST `{"clientid": "${clientid}", "username":
 // "${username}", "topic": "${topic}", "action": "${action}"}`, with the
 // hook token as for authentication.
+// Outside dev mode, a deployment without a hook token
+// (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -9447,6 +9473,8 @@ func (c *ClientWithResponses) MqttHookAuthorizeWithBodyWithResponse(ctx context.
 // Configure the broker to POST `{"clientid": "${clientid}", "username":
 // "${username}", "topic": "${topic}", "action": "${action}"}`, with the
 // hook token as for authentication.
+// Outside dev mode, a deployment without a hook token
+// (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -9472,6 +9500,8 @@ func (c *ClientWithResponses) MqttHookAuthorizeWithResponse(ctx context.Context,
 // hook token, send it as `Authorization: Bearer <token>`; without it the
 // answer is 401. A 5xx means the token could not be checked (the broker
 // treats it as `ignore`).
+// Outside dev mode, a deployment without a hook token
+// (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -9497,6 +9527,8 @@ func (c *ClientWithResponses) MqttHookAuthenticateWithBodyWithResponse(ctx conte
 // hook token, send it as `Authorization: Bearer <token>`; without it the
 // answer is 401. A 5xx means the token could not be checked (the broker
 // treats it as `ignore`).
+// Outside dev mode, a deployment without a hook token
+// (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //

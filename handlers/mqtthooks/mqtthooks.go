@@ -30,6 +30,12 @@ type MQTTHooks struct {
 	// Token, when not empty, is the bearer token the broker must send.
 	// Gate checks it; the operations refuse requests Gate did not pass.
 	Token string
+	// Open lets the hooks answer without a Token (dev mode, where the broker
+	// is embedded and the server listens on loopback). Otherwise, with no
+	// Token, every hook request is refused: an open hook would tell anyone
+	// who can reach the API whether a device token is valid, and admit the
+	// service client to anyone who guesses its user name.
+	Open bool
 }
 
 // MqttHookAuthenticate decides whether a client may connect.
@@ -98,6 +104,10 @@ func (h *MQTTHooks) Gate(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
+		if h.Token == "" && !h.Open {
+			problem.Write(w, r, errHooksClosed)
+			return
+		}
 		if h.Token != "" {
 			scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
 			got := sha256.Sum256([]byte(strings.TrimSpace(token)))
@@ -118,10 +128,17 @@ var errHookToken = &problem.Error{Status: http.StatusUnauthorized, Code: "unauth
 	Detail: "the MQTT hooks need this deployment's hook token as a bearer token",
 	Header: http.Header{"WWW-Authenticate": {`Bearer`}}}
 
+var errHooksClosed = &problem.Error{Status: http.StatusForbidden, Code: "hooks_closed",
+	Detail: "the MQTT hooks are closed: this deployment sets no FLOCK_MQTT_HOOK_TOKEN (they answer without one only in dev mode)"}
+
 // checkGate refuses a request that did not pass Gate when a token is set,
-// so a hook token is never silently ignored because Gate is not mounted.
+// so a hook token is never silently ignored because Gate is not mounted, and
+// every request when the hooks are closed.
 func (h *MQTTHooks) checkGate(ctx context.Context) error {
 	if h.Token == "" {
+		if !h.Open {
+			return errHooksClosed
+		}
 		return nil
 	}
 	if passed, _ := ctx.Value(gatePassed{}).(bool); !passed {

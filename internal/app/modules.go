@@ -243,7 +243,8 @@ func (a *App) initAPI(ctx context.Context) (*modules.Service, error) {
 	nudges := nudge.New(a.pool, a.bus, a.log, a.metrics.Registry)
 	server := handlers.New(handlers.Deps{Pool: a.pool, Targets: a.targets, Tokens: a.tokens,
 		TokenEndpoint: TokenEndpoint(a.cfg.PublicURL), Audit: a.audit, MQTTURL: a.mqttPublicURL.Load,
-		KV: a.kv, Telemetry: a.telemetry, MQTTAuth: mqttAuth, MQTTHookToken: a.cfg.MQTTHookToken, Nudge: nudges})
+		KV: a.kv, Telemetry: a.telemetry, MQTTAuth: mqttAuth, MQTTHookToken: a.cfg.MQTTHookToken,
+		MQTTHooksOpen: a.cfg.Dev, Nudge: nudges})
 	MountAPI(a.server.Router(), spec, server, auth.NewAuthenticator(verifier, a.tokens, issuer, a.pool, a.log), guard,
 		idempotency.Middleware(a.pool, auth.NameOf))
 	docs.Mount(a.server.Router())

@@ -665,6 +665,8 @@ export interface paths {
          *     hook token, send it as `Authorization: Bearer <token>`; without it the
          *     answer is 401. A 5xx means the token could not be checked (the broker
          *     treats it as `ignore`).
+         *     Outside dev mode, a deployment without a hook token
+         *     (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
          */
         post: operations["mqtt-hook:authenticate"];
         delete?: never;
@@ -695,6 +697,8 @@ export interface paths {
          *     Configure the broker to POST `{"clientid": "${clientid}", "username":
          *     "${username}", "topic": "${topic}", "action": "${action}"}`, with the
          *     hook token as for authentication.
+         *     Outside dev mode, a deployment without a hook token
+         *     (`FLOCK_MQTT_HOOK_TOKEN`) answers every hook request 403 `hooks_closed`.
          */
         post: operations["mqtt-hook:authorize"];
         delete?: never;
