@@ -12,10 +12,17 @@ LDFLAGS   := -X github.com/flock-io/flock-api/internal/buildinfo.Version=$(VERSI
              -X github.com/flock-io/flock-api/internal/buildinfo.Commit=$(COMMIT)
 BIN       := bin/flock-api
 SDK       := sdk/typescript
+# make image: the OCI image (deploy/README.md). IMAGE=registry/repo:tag also pushes it.
+IMAGE           ?=
+IMAGE_DIR       ?= build/image
+IMAGE_PLATFORMS ?= linux/$(shell $(GO) env GOARCH)
+IMAGE_SOURCE    ?= https://github.com/flock-io/flock-api
+# The commit's time, so one commit builds one image digest.
+IMAGE_CREATED   ?= $(shell git log -1 --format=%cI 2>/dev/null)
 export REDOCLY_TELEMETRY := off
 export REDOCLY_SUPPRESS_UPDATE_NOTICE := true
 
-.PHONY: build run services generate check-generate sdk test test-go bench bench-devices bench-ingest clean
+.PHONY: build run services generate check-generate sdk test test-go test-deploy image bench bench-devices bench-ingest clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) .
@@ -66,11 +73,21 @@ sdk: $(SDK)/node_modules/.package-lock.json
 	cd $(SDK) && npm run --silent build
 
 ## test: everything CI runs
-test: services check-generate sdk test-go
+test: services check-generate sdk test-go test-deploy
 
 test-go:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 15m ./...
+
+## image: the flock-api OCI image, built without a Docker daemon, in $(IMAGE_DIR)/oci (OCI layout) and $(IMAGE_DIR)/flock-api.tar
+image:
+	cd deploy && $(GO) run ./cmd/flock-image --go '$(GO)' --src .. --out '$(abspath $(IMAGE_DIR))' \
+	  --platforms '$(IMAGE_PLATFORMS)' --ldflags '$(LDFLAGS)' --version '$(VERSION)' --revision '$(COMMIT)' \
+	  --source '$(IMAGE_SOURCE)' $(if $(IMAGE_CREATED),--created '$(IMAGE_CREATED)') $(if $(IMAGE),--push '$(IMAGE)')
+
+## test-deploy: the Helm chart rendered and validated against the Kubernetes types; make image built and read back
+test-deploy:
+	cd deploy && $(GO) vet ./... && $(GO) test -count=1 -timeout 15m ./...
 
 ## bench: the Go benchmarks the issues quote (not part of test)
 bench:

@@ -1,0 +1,191 @@
+{{/* Names, labels and the environment shared by every workload. */}}
+
+{{- define "flock.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* <release>-flock, or the release name alone when it already holds the chart's name. */}}
+{{- define "flock.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The name of a target's objects: (dict "root" $ "target" "api"). Kept to
+45 characters so suffixes such as -mqtt or -wireguard still fit in 63. */}}
+{{- define "flock.targetName" -}}
+{{- printf "%s-%s" (include "flock.fullname" .root | trunc (int (sub 44 (len .target)))) .target | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "flock.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "flock.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "flock.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "flock.labels" -}}
+helm.sh/chart: {{ include "flock.chart" . }}
+{{ include "flock.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "flock.imageTag" . | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: flock
+{{- end -}}
+
+{{/* Labels of a target's objects and the selector of its pods. */}}
+{{- define "flock.targetSelectorLabels" -}}
+{{ include "flock.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .target }}
+{{- end -}}
+
+{{- define "flock.targetLabels" -}}
+{{ include "flock.labels" .root }}
+app.kubernetes.io/component: {{ .target }}
+{{- end -}}
+
+{{- define "flock.imageTag" -}}
+{{- default .Chart.AppVersion .Values.image.tag -}}
+{{- end -}}
+
+{{- define "flock.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (include "flock.imageTag" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "flock.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "flock.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether a target runs the embedded MQTT broker: the ingester does (alone
+or inside "all") unless mqtt.url names an external broker. */}}
+{{- define "flock.embeddedBroker" -}}
+{{- if and (has .target (list "ingester" "all")) (not .root.Values.mqtt.url) -}}true{{- end -}}
+{{- end -}}
+
+{{/* A target's surfaces beyond HTTP, as a YAML list: the embedded broker's
+MQTT listener, then the entry's extraPorts. Each becomes a container port
+and a Service of its own. */}}
+{{- define "flock.extraPorts" -}}
+{{- $ports := list -}}
+{{- if include "flock.embeddedBroker" . -}}
+{{- $m := .root.Values.mqtt.embedded -}}
+{{- $ports = append $ports (dict "name" "mqtt" "containerPort" $m.port "protocol" "TCP" "service" $m.service) -}}
+{{- end -}}
+{{- $cfg := index .root.Values.targets .target -}}
+{{- range $cfg.extraPorts -}}
+{{- $ports = append $ports . -}}
+{{- end -}}
+{{- toYaml $ports -}}
+{{- end -}}
+
+{{/* A variable from an existing Secret. */}}
+{{- define "flock.secretEnv" -}}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secret | quote }}
+      key: {{ required (printf "%s: the Secret's key must not be empty" .name) .key | quote }}
+{{- end -}}
+
+{{/* The flock-api settings every workload gets, from the values. Empty
+values stay unset, so flock-api's defaults apply. Settings a process does not
+read are ignored by it (FLOCK_REGISTRY_URL and FLOCK_S3_* wait for the
+targets that use them). */}}
+{{- define "flock.env" -}}
+{{- $v := .Values -}}
+- name: FLOCK_HTTP_ADDR
+  value: {{ printf ":%v" $v.httpPort | quote }}
+- name: FLOCK_LOG_LEVEL
+  value: {{ $v.logLevel | quote }}
+- name: FLOCK_LOG_FORMAT
+  value: json
+{{ include "flock.secretEnv" (dict "name" "FLOCK_DATABASE_URL" "secret" (required "postgresql.existingSecret: name the Secret that holds FLOCK_DATABASE_URL" $v.postgresql.existingSecret) "key" $v.postgresql.key) }}
+{{- if $v.publicURL }}
+- name: FLOCK_PUBLIC_URL
+  value: {{ $v.publicURL | quote }}
+{{- end }}
+{{- if $v.redis.existingSecret }}
+{{ include "flock.secretEnv" (dict "name" "FLOCK_REDIS_URL" "secret" $v.redis.existingSecret "key" $v.redis.key) }}
+{{- else if $v.redis.url }}
+- name: FLOCK_REDIS_URL
+  value: {{ $v.redis.url | quote }}
+{{- end }}
+{{- if $v.kafka.brokers }}
+- name: FLOCK_KAFKA_BROKERS
+  value: {{ $v.kafka.brokers | quote }}
+{{- end }}
+{{- if $v.clickhouse.existingSecret }}
+{{ include "flock.secretEnv" (dict "name" "FLOCK_CLICKHOUSE_URL" "secret" $v.clickhouse.existingSecret "key" $v.clickhouse.key) }}
+{{- else if $v.clickhouse.url }}
+- name: FLOCK_CLICKHOUSE_URL
+  value: {{ $v.clickhouse.url | quote }}
+{{- end }}
+{{- if $v.loki.url }}
+- name: FLOCK_LOKI_URL
+  value: {{ $v.loki.url | quote }}
+{{- end }}
+{{- if $v.harbor.url }}
+- name: FLOCK_REGISTRY_URL
+  value: {{ $v.harbor.url | quote }}
+{{- end }}
+{{- if $v.s3.endpoint }}
+- name: FLOCK_S3_ENDPOINT
+  value: {{ $v.s3.endpoint | quote }}
+{{- end }}
+{{- if $v.s3.bucket }}
+- name: FLOCK_S3_BUCKET
+  value: {{ $v.s3.bucket | quote }}
+{{- end }}
+{{- if $v.s3.existingSecret }}
+{{ include "flock.secretEnv" (dict "name" "AWS_ACCESS_KEY_ID" "secret" $v.s3.existingSecret "key" $v.s3.accessKeyIDKey) }}
+{{ include "flock.secretEnv" (dict "name" "AWS_SECRET_ACCESS_KEY" "secret" $v.s3.existingSecret "key" $v.s3.secretAccessKeyKey) }}
+{{- end }}
+{{- if $v.oidc.issuer }}
+- name: FLOCK_OIDC_ISSUER
+  value: {{ $v.oidc.issuer | quote }}
+{{- end }}
+{{- if $v.oidc.audience }}
+- name: FLOCK_OIDC_AUDIENCE
+  value: {{ $v.oidc.audience | quote }}
+{{- end }}
+{{- if $v.mqtt.url }}
+- name: FLOCK_MQTT_URL
+  value: {{ $v.mqtt.url | quote }}
+{{- else }}
+- name: FLOCK_MQTT_LISTEN
+  value: {{ printf ":%v" $v.mqtt.embedded.port | quote }}
+{{- end }}
+{{- if $v.mqtt.publicURL }}
+- name: FLOCK_MQTT_PUBLIC_URL
+  value: {{ $v.mqtt.publicURL | quote }}
+{{- end }}
+{{- if $v.mqtt.username }}
+- name: FLOCK_MQTT_USERNAME
+  value: {{ $v.mqtt.username | quote }}
+{{- end }}
+{{- if $v.mqtt.password.existingSecret }}
+{{ include "flock.secretEnv" (dict "name" "FLOCK_MQTT_PASSWORD" "secret" $v.mqtt.password.existingSecret "key" $v.mqtt.password.key) }}
+{{- end }}
+{{- if $v.mqtt.hookToken.existingSecret }}
+{{ include "flock.secretEnv" (dict "name" "FLOCK_MQTT_HOOK_TOKEN" "secret" $v.mqtt.hookToken.existingSecret "key" $v.mqtt.hookToken.key) }}
+{{- end }}
+{{- with $v.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
