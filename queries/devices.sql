@@ -34,8 +34,15 @@ WHERE id = $1
 RETURNING coalesce(reported_seq, -1)::bigint AS reported_seq;
 
 -- name: DeviceList :many
--- Keyset pagination on (created_at, id); every filter is optional.
-SELECT * FROM devices
+-- Keyset pagination on (created_at, id); every filter is optional. Only the
+-- columns a listed device shows or that decide its online and reported
+-- state; tags as the jsonb's text (no column override makes them a map), which
+-- the list writes into its response as it is (handlers/devices/list_encode.go)
+-- rather than decoding it into a map to encode the map again.
+SELECT id, org_id, fleet_id, name, device_type, architecture, pinned_release_id,
+       tags::jsonb AS tags_json, created_at, updated_at, last_seen_at,
+       connection_key, connected, reported, reported_at, reported_seq
+FROM devices
 WHERE org_id = @org_id
   AND (sqlc.narg(fleet_id)::uuid IS NULL OR fleet_id = sqlc.narg(fleet_id))
   AND (sqlc.narg(tag_key)::text IS NULL OR (CASE WHEN sqlc.narg(tag_value)::text IS NULL

@@ -1,10 +1,12 @@
 // Command devices measures the device API at fleet scale: it seeds one fleet
 // with 100,000 devices and, in the same run, compares pages of 100 devices
-// filtered by a tag through the HTTP API with the same SQL run bare through
-// pgx, then measures target-state requests per second for a device with 50
-// variables, with and without If-None-Match.
+// filtered by a tag through the HTTP API with the same SQL (the DeviceList
+// query the API runs) run bare through pgx, the two taking turns, then
+// measures target-state requests per second for a device with 50 variables,
+// with and without If-None-Match. Everything it starts listens on free
+// loopback ports.
 //
-//	go run ./bench/devices [-devices 100000] [-requests 2000] [-duration 5s] [-concurrency 4]
+//	go run ./bench/devices [-devices 100000] [-requests 2000] [-duration 5s] [-concurrency 4] [-cpuprofile FILE]
 package main
 
 import (
@@ -21,14 +23,18 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime"
 	"runtime/pprof"
-	"sort"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/flock-io/flock-api/bench/internal/benchdb"
@@ -135,93 +141,199 @@ func seed(ctx context.Context, pool *pgxpool.Pool, org, fleet string, n int) err
 	return err
 }
 
+// listBlock is how many pages one side fetches before the other takes its
+// turn.
+const listBlock = 50
+
 // listBench walks the pages of zone-3 (10,000 devices, 100 pages) over and
-// over, through HTTP and then bare, the same number of pages each.
+// over, through HTTP and bare, the same number of pages each. The sides take
+// turns in blocks of listBlock pages: this machine's cores are shared and
+// its speed drifts within seconds, and a drift must slow both sides alike
+// rather than whichever ran second. Beside the rates it reports the CPU each
+// side used per page, in this process (client, server and pgx alike) and in
+// the PostgreSQL backends of the benchmark database: CPU per page moves far
+// less than rates do when others load the machine.
 func listBench(ctx context.Context, b *bench, pool *pgxpool.Pool, org string, requests int) error {
 	orgID := uuid.MustParse(org)
 	key, value := "zone", "zone-3"
 	q := db.New(pool)
-	bare := func(cursor *db.Device) (int, *db.Device, error) {
+	var bareCursor *db.DeviceListRow
+	bare := func() (int, error) {
 		p := db.DeviceListParams{OrgID: orgID, TagKey: &key, TagValue: &value, MaxRows: 101}
-		if cursor != nil {
-			p.AfterTime, p.AfterID = &cursor.CreatedAt, uuid.NullUUID{UUID: cursor.ID, Valid: true}
+		if bareCursor != nil {
+			p.AfterTime, p.AfterID = &bareCursor.CreatedAt, uuid.NullUUID{UUID: bareCursor.ID, Valid: true}
 		}
 		rows, err := q.DeviceList(ctx, p)
 		if err != nil || len(rows) <= 100 {
-			return len(rows), nil, err
+			bareCursor = nil
+			return len(rows), err
 		}
-		return 100, &rows[99], nil
+		bareCursor = &rows[99]
+		return 100, nil
 	}
-	httpPage := func(cursor string) (int, string, error) {
+	httpCursor := ""
+	httpPage := func() (int, error) {
 		path := "/v1/orgs/" + org + "/devices?tag_key=zone&tag_value=zone-3&limit=100"
-		if cursor != "" {
-			path += "&cursor=" + url.QueryEscape(cursor)
+		if httpCursor != "" {
+			path += "&cursor=" + url.QueryEscape(httpCursor)
 		}
 		// Like a load generator, read the page without decoding it: the
 		// client's JSON work is not the API's cost. Each device carries one
 		// "org_id"; the cursor is the last field.
 		body, err := b.getBody(path, b.token)
 		if err != nil {
-			return 0, "", err
+			return 0, err
 		}
-		next := ""
+		httpCursor = ""
 		if i := bytes.LastIndex(body, []byte(`"next_cursor":"`)); i >= 0 {
 			rest := body[i+len(`"next_cursor":"`):]
-			next = string(rest[:bytes.IndexByte(rest, '"')])
+			httpCursor = string(rest[:bytes.IndexByte(rest, '"')])
 		}
-		return bytes.Count(body, []byte(`"org_id"`)), next, nil
+		return bytes.Count(body, []byte(`"org_id"`)), nil
 	}
 
 	// Warm both paths (caches, plans, connections).
 	for range 20 {
-		if _, _, err := httpPage(""); err != nil {
+		if _, err := httpPage(); err != nil {
 			return err
 		}
-		if _, _, err := bare(nil); err != nil {
+		if _, err := bare(); err != nil {
+			return err
+		}
+	}
+	httpCursor, bareCursor = "", nil
+
+	meter := &cpuMeter{pool: pool}
+	api, raw := &listSide{page: httpPage}, &listSide{page: bare}
+	load := "unknown"
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil && len(strings.Fields(string(b))) >= 3 {
+		load = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
+	for block := 0; block*listBlock < requests; block++ {
+		n := min(listBlock, requests-block*listBlock)
+		first, second := api, raw
+		if block%2 == 1 {
+			first, second = raw, api
+		}
+		if err := first.run(ctx, meter, n); err != nil {
+			return err
+		}
+		if err := second.run(ctx, meter, n); err != nil {
 			return err
 		}
 	}
 
-	lat := make([]time.Duration, 0, requests)
-	items, cursor := 0, ""
-	start := time.Now()
-	for range requests {
-		t0 := time.Now()
-		n, next, err := httpPage(cursor)
-		if err != nil {
-			return err
-		}
-		lat = append(lat, time.Since(t0))
-		items += n
-		cursor = next
-	}
-	httpTime := time.Since(start)
-
-	var c *db.Device
-	bareItems := 0
-	start = time.Now()
-	for range requests {
-		n, next, err := bare(c)
-		if err != nil {
-			return err
-		}
-		bareItems += n
-		c = next
-	}
-	bareTime := time.Since(start)
-
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	httpRate := float64(requests) / httpTime.Seconds()
-	bareRate := float64(requests) / bareTime.Seconds()
-	fmt.Printf("device list, tag zone=zone-3 (10%% of the fleet), pages of 100, %d pages each, one client:\n", requests)
-	fmt.Printf("  HTTP API : %7.0f pages/s (%d devices)   p50 %s  p99 %s\n", httpRate, items, lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*99/100].Round(time.Microsecond))
-	fmt.Printf("  bare SQL : %7.0f pages/s (%d devices)\n", bareRate, bareItems)
-	fmt.Printf("  ratio    : %.2f (goal >= 0.6)\n", httpRate/bareRate)
+	httpRate, bareRate := api.rate(), raw.rate()
+	fmt.Printf("device list, tag zone=zone-3 (10%% of the fleet), pages of 100, %d pages each in turns of %d, one client:\n", requests, listBlock)
+	fmt.Printf("  (%d CPUs; load average at the start %s)\n", runtime.NumCPU(), load)
+	fmt.Printf("  HTTP API : %7.0f pages/s (%d devices)   %s\n", httpRate, api.items, api.summary())
+	fmt.Printf("  bare SQL : %7.0f pages/s (%d devices)   %s\n", bareRate, raw.items, raw.summary())
+	fmt.Printf("  ratio    : %.2f (goal >= 0.6); CPU per page, bare / API: %.2f\n", httpRate/bareRate,
+		raw.cpuPerPage().Seconds()/api.cpuPerPage().Seconds())
 	if mean, err := b.serverMean("device:list"); err == nil {
 		fmt.Printf("  server-side mean of device:list (from /metrics): %s\n", mean.Round(time.Microsecond))
 	}
 	fmt.Println()
 	return nil
+}
+
+// listSide is one side of the list comparison and what it measured.
+type listSide struct {
+	page      func() (int, error) // the next page; after the last, the first again
+	items     int
+	wall      time.Duration
+	self, pg  time.Duration // CPU used in this process and in PostgreSQL
+	latencies []time.Duration
+}
+
+// run fetches n pages.
+func (s *listSide) run(ctx context.Context, meter *cpuMeter, n int) error {
+	if err := meter.refresh(ctx); err != nil {
+		return err
+	}
+	self0, pg0 := meter.read()
+	start := time.Now()
+	for range n {
+		t0 := time.Now()
+		items, err := s.page()
+		if err != nil {
+			return err
+		}
+		s.latencies = append(s.latencies, time.Since(t0))
+		s.items += items
+	}
+	s.wall += time.Since(start)
+	self1, pg1 := meter.read()
+	s.self += self1 - self0
+	for pid, t := range pg1 {
+		if t0, ok := pg0[pid]; ok {
+			s.pg += t - t0
+		}
+	}
+	return nil
+}
+
+func (s *listSide) rate() float64 { return float64(len(s.latencies)) / s.wall.Seconds() }
+
+func (s *listSide) cpuPerPage() time.Duration {
+	return (s.self + s.pg) / time.Duration(len(s.latencies))
+}
+
+func (s *listSide) summary() string {
+	lat := slices.Clone(s.latencies)
+	slices.Sort(lat)
+	n := time.Duration(len(lat))
+	return fmt.Sprintf("p50 %s  p99 %s   CPU per page: %s here, %s PostgreSQL",
+		lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*99/100].Round(time.Microsecond),
+		(s.self / n).Round(time.Microsecond), (s.pg / n).Round(time.Microsecond))
+}
+
+// cpuMeter reads the CPU time used by this process and by the PostgreSQL
+// backends connected to the benchmark database: the server's and the bare
+// side's, nobody else's (Linux /proc; PostgreSQL counts 0 elsewhere).
+type cpuMeter struct {
+	pool     *pgxpool.Pool
+	backends []string // their /proc/PID/schedstat
+}
+
+// refresh lists the backends again, between measurements: a pool may have
+// opened a connection since.
+func (m *cpuMeter) refresh(ctx context.Context) error {
+	rows, err := m.pool.Query(ctx, "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+	if err != nil {
+		return fmt.Errorf("list backends: %w", err)
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		return fmt.Errorf("list backends: %w", err)
+	}
+	m.backends = m.backends[:0]
+	for _, pid := range pids {
+		m.backends = append(m.backends, fmt.Sprintf("/proc/%d/schedstat", pid))
+	}
+	return nil
+}
+
+// read returns the CPU time of this process and of each backend.
+func (m *cpuMeter) read() (self time.Duration, backends map[string]time.Duration) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err == nil {
+		self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	backends = make(map[string]time.Duration, len(m.backends))
+	for _, f := range m.backends {
+		// The first field is the time on a CPU in nanoseconds, exact
+		// where /proc/PID/stat counts 10 ms ticks.
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // the backend ended
+		}
+		if i := bytes.IndexByte(b, ' '); i > 0 {
+			ns, _ := strconv.ParseInt(string(b[:i]), 10, 64)
+			backends[f] = time.Duration(ns)
+		}
+	}
+	return self, backends
 }
 
 // stateBench registers a device the way a device does, gives it a release

@@ -91,7 +91,10 @@ func (q *Queries) DeviceGet(ctx context.Context, id uuid.UUID) (Device, error) {
 }
 
 const deviceList = `-- name: DeviceList :many
-SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq FROM devices
+SELECT id, org_id, fleet_id, name, device_type, architecture, pinned_release_id,
+       tags::jsonb AS tags_json, created_at, updated_at, last_seen_at,
+       connection_key, connected, reported, reported_at, reported_seq
+FROM devices
 WHERE org_id = $1
   AND ($2::uuid IS NULL OR fleet_id = $2)
   AND ($3::text IS NULL OR (CASE WHEN $4::text IS NULL
@@ -125,8 +128,31 @@ type DeviceListParams struct {
 	MaxRows          int32
 }
 
-// Keyset pagination on (created_at, id); every filter is optional.
-func (q *Queries) DeviceList(ctx context.Context, arg DeviceListParams) ([]Device, error) {
+type DeviceListRow struct {
+	ID              uuid.UUID
+	OrgID           uuid.UUID
+	FleetID         uuid.UUID
+	Name            string
+	DeviceType      string
+	Architecture    string
+	PinnedReleaseID uuid.NullUUID
+	TagsJson        []byte
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
+	LastSeenAt      *time.Time
+	ConnectionKey   *int64
+	Connected       bool
+	Reported        []byte
+	ReportedAt      *time.Time
+	ReportedSeq     *int64
+}
+
+// Keyset pagination on (created_at, id); every filter is optional. Only the
+// columns a listed device shows or that decide its online and reported
+// state; tags as the jsonb's text (no column override makes them a map), which
+// the list writes into its response as it is (handlers/devices/list_encode.go)
+// rather than decoding it into a map to encode the map again.
+func (q *Queries) DeviceList(ctx context.Context, arg DeviceListParams) ([]DeviceListRow, error) {
 	rows, err := q.db.Query(ctx, deviceList,
 		arg.OrgID,
 		arg.FleetID,
@@ -143,9 +169,9 @@ func (q *Queries) DeviceList(ctx context.Context, arg DeviceListParams) ([]Devic
 		return nil, err
 	}
 	defer rows.Close()
-	items := []Device{}
+	items := []DeviceListRow{}
 	for rows.Next() {
-		var i Device
+		var i DeviceListRow
 		if err := rows.Scan(
 			&i.ID,
 			&i.OrgID,
@@ -153,19 +179,14 @@ func (q *Queries) DeviceList(ctx context.Context, arg DeviceListParams) ([]Devic
 			&i.Name,
 			&i.DeviceType,
 			&i.Architecture,
-			&i.PublicKey,
-			&i.ProvisionedWith,
 			&i.PinnedReleaseID,
-			&i.Tags,
+			&i.TagsJson,
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.LastSeenAt,
-			&i.RunningReleaseID,
-			&i.OsVersion,
-			&i.AgentVersion,
-			&i.Reported,
 			&i.ConnectionKey,
 			&i.Connected,
+			&i.Reported,
 			&i.ReportedAt,
 			&i.ReportedSeq,
 		); err != nil {

@@ -36,8 +36,12 @@ type Querier interface {
 	DeviceDelete(ctx context.Context, id uuid.UUID) (int64, error)
 	DeviceForUpdate(ctx context.Context, id uuid.UUID) (Device, error)
 	DeviceGet(ctx context.Context, id uuid.UUID) (Device, error)
-	// Keyset pagination on (created_at, id); every filter is optional.
-	DeviceList(ctx context.Context, arg DeviceListParams) ([]Device, error)
+	// Keyset pagination on (created_at, id); every filter is optional. Only the
+	// columns a listed device shows or that decide its online and reported
+	// state; tags as the jsonb's text (no column override makes them a map), which
+	// the list writes into its response as it is (handlers/devices/list_encode.go)
+	// rather than decoding it into a map to encode the map again.
+	DeviceList(ctx context.Context, arg DeviceListParams) ([]DeviceListRow, error)
 	// A whole batch in one statement: the arrays are the batch's columns, zipped
 	// by the parallel unnests (sqlc cannot type the multi-argument unnest). A line
 	// already stored (a QoS 1 redelivery, possibly within the same batch) is

@@ -41,10 +41,14 @@ const OnlineWindow = 10 * time.Minute
 // connect and disconnect events); any other while it reports over REST. The
 // device list's online filter (queries/devices.sql) is the same rule.
 func Online(d db.Device, now time.Time) bool {
-	if d.ConnectionKey != nil {
-		return d.Connected
+	return online(d.ConnectionKey, d.Connected, d.LastSeenAt, now)
+}
+
+func online(connectionKey *int64, connected bool, lastSeen *time.Time, now time.Time) bool {
+	if connectionKey != nil {
+		return connected
 	}
-	return d.LastSeenAt != nil && now.Sub(*d.LastSeenAt) < OnlineWindow
+	return lastSeen != nil && now.Sub(*lastSeen) < OnlineWindow
 }
 
 // Device converts a device row, with the reported state PostgreSQL holds.
@@ -65,32 +69,47 @@ func withLive(d db.Device, live *livestate.State) (api.Device, error) {
 	if d.PinnedReleaseID.Valid {
 		out.PinnedReleaseId = &d.PinnedReleaseID.UUID
 	}
-	if d.ReportedAt != nil {
-		var rs api.ReportedState
-		if err := json.Unmarshal(d.Reported, &rs); err != nil {
-			return api.Device{}, fmt.Errorf("decode reported state of %s: %w", d.ID, err)
-		}
-		out.ReportedState = &rs
+	rs, seen, err := shown(d.ID, d.Reported, d.ReportedAt, d.ReportedSeq, d.LastSeenAt, live)
+	if err != nil {
+		return api.Device{}, err
 	}
-	if live != nil {
-		// The ingester validated it against the AsyncAPI schema, which is
-		// the OpenAPI one. The KV store holds MQTT's newest state before the
-		// ingester's batch reaches PostgreSQL; whichever has the higher seq
-		// is the newer state.
-		var rs api.ReportedState
-		if err := json.Unmarshal(live.State, &rs); err != nil {
-			slog.Warn("live state of device unreadable; showing the stored one", "device", d.ID, "error", err.Error())
-			return out, nil
-		}
-		if d.ReportedSeq != nil && *d.ReportedSeq >= rs.Seq {
-			return out, nil
-		}
-		out.ReportedState = &rs
-		if at := live.ReceivedAt; out.LastSeenAt == nil || at.After(*out.LastSeenAt) {
-			out.LastSeenAt = &at
-		}
-	}
+	out.ReportedState, out.LastSeenAt = rs, seen
 	return out, nil
+}
+
+// shown decides the reported state a device shows and when it was last
+// seen, for withLive and the device list alike: PostgreSQL's state
+// (reported, when reportedAt says the device reported) and lastSeen, or
+// live's state when it is newer.
+func shown(id uuid.UUID, reported []byte, reportedAt *time.Time, reportedSeq *int64, lastSeen *time.Time,
+	live *livestate.State) (*api.ReportedState, *time.Time, error) {
+	var stored *api.ReportedState
+	if reportedAt != nil {
+		var rs api.ReportedState
+		if err := json.Unmarshal(reported, &rs); err != nil {
+			return nil, nil, fmt.Errorf("decode reported state of %s: %w", id, err)
+		}
+		stored = &rs
+	}
+	if live == nil {
+		return stored, lastSeen, nil
+	}
+	// The ingester validated it against the AsyncAPI schema, which is the
+	// OpenAPI one. The KV store holds MQTT's newest state before the
+	// ingester's batch reaches PostgreSQL; whichever has the higher seq is
+	// the newer state.
+	var rs api.ReportedState
+	if err := json.Unmarshal(live.State, &rs); err != nil {
+		slog.Warn("live state of device unreadable; showing the stored one", "device", id, "error", err.Error())
+		return stored, lastSeen, nil
+	}
+	if reportedSeq != nil && *reportedSeq >= rs.Seq {
+		return stored, lastSeen, nil
+	}
+	if at := live.ReceivedAt; lastSeen == nil || at.After(*lastSeen) {
+		lastSeen = &at
+	}
+	return &rs, lastSeen, nil
 }
 
 // device converts one device row with its live state.

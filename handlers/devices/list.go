@@ -22,11 +22,18 @@ func nullable(id *uuid.UUID) uuid.NullUUID {
 
 // DeviceList lists an organisation's devices, oldest first, filtered.
 func (h *Devices) DeviceList(ctx context.Context, req api.DeviceListRequestObject) (api.DeviceListResponseObject, error) {
-	acc := auth.AccessFrom(ctx)
-	p := req.Params
-	afterT, afterID, err := pagination.Decode(p.Cursor)
+	page, err := h.list(ctx, auth.AccessFrom(ctx).OrgID, req.Params)
 	if err != nil {
 		return nil, err
+	}
+	return page, nil
+}
+
+// list is DeviceList in org, whoever asks (the guard has decided that).
+func (h *Devices) list(ctx context.Context, org uuid.UUID, p api.DeviceListParams) (deviceListPage, error) {
+	afterT, afterID, err := pagination.Decode(p.Cursor)
+	if err != nil {
+		return deviceListPage{}, err
 	}
 	limit := pagination.Limit(p.Limit)
 	tagValue := p.TagValue
@@ -34,23 +41,27 @@ func (h *Devices) DeviceList(ctx context.Context, req api.DeviceListRequestObjec
 		tagValue = nil
 	}
 	rows, err := db.New(h.Pool).DeviceList(ctx, db.DeviceListParams{
-		OrgID: acc.OrgID, FleetID: nullable(p.FleetId), TagKey: p.TagKey, TagValue: tagValue, Online: p.Online,
+		OrgID: org, FleetID: nullable(p.FleetId), TagKey: p.TagKey, TagValue: tagValue, Online: p.Online,
 		RunningReleaseID: nullable(p.RunningReleaseId), NamePrefix: p.NamePrefix,
 		AfterTime: afterT, AfterID: afterID, MaxRows: limit + 1,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list devices of %s: %w", acc.OrgID, err)
+		return deviceListPage{}, fmt.Errorf("list devices of %s: %w", org, err)
 	}
+	page := rows[:min(len(rows), int(limit))]
 	// One KV round trip for the page's live states.
-	ids := make([]uuid.UUID, 0, len(rows))
-	for _, d := range rows[:min(len(rows), int(limit))] {
-		ids = append(ids, d.ID)
+	ids := make([]uuid.UUID, len(page))
+	for i := range page {
+		ids[i] = page[i].ID
 	}
 	live := h.liveStates(ctx, ids)
-	items, next, err := pagination.Page(rows, limit, func(d db.Device) (time.Time, uuid.UUID) { return d.CreatedAt, d.ID },
-		func(d db.Device) (api.Device, error) { return withLive(d, live[d.ID]) })
-	if err != nil {
-		return nil, err
+	var next *string
+	if len(rows) > len(page) {
+		// As pagination.Page does: the extra row says that a next page
+		// exists, and it starts after this page's last device.
+		last := &page[len(page)-1]
+		c := pagination.Encode(last.CreatedAt, last.ID)
+		next = &c
 	}
-	return api.DeviceList200JSONResponse{Items: items, NextCursor: next}, nil
+	return encodeDeviceList(page, live, next, time.Now())
 }
