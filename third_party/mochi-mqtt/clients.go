@@ -171,7 +171,7 @@ func newClient(c net.Conn, o *ops) *Client {
 			open:          ctx,
 			cancelOpen:    cancel,
 			Keepalive:     defaultKeepalive,
-			outbound:      outboundQueue{limit: int(o.options.Capabilities.MaximumClientWritesPending)},
+			outbound:      outboundQueue{limit: int(o.options.Capabilities.MaximumClientWritesPending), held: true},
 		},
 		Properties: ClientProperties{
 			ProtocolVersion: defaultClientProtocolVersion, // default protocol version
@@ -285,12 +285,17 @@ func (cl *Client) NextPacketID() (i uint32, err error) {
 }
 
 // ResendInflightMessages attempts to resend any pending inflight messages to connected clients.
+//
+// Flock's copy: it resends what the client was sent and has not
+// acknowledged, in the order it was first sent; parked messages, never
+// sent, follow through the outbound queue (see Inflight.admit).
 func (cl *Client) ResendInflightMessages(force bool) error {
-	if cl.State.Inflight.Len() == 0 {
-		return nil
-	}
+	return cl.resendInflight(cl.State.Inflight.unacknowledged())
+}
 
-	for _, tk := range cl.State.Inflight.GetAll(false) {
+// resendInflight writes pks, taken by Inflight.unacknowledged, again.
+func (cl *Client) resendInflight(pks []packets.Packet) error {
+	for _, tk := range pks {
 		if tk.FixedHeader.Type == packets.Publish {
 			tk.FixedHeader.Dup = true // [MQTT-3.3.1-1] [MQTT-3.3.1-3]
 		}
@@ -313,7 +318,15 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 }
 
 // ClearInflights deletes all inflight messages for the client, e.g. for a disconnected user with a clean session.
+//
+// Flock's copy: the client's store then refuses new messages, which are
+// counted as dropped (OnQosDropped) rather than kept where nobody reads. A
+// store the client handed to a new connection of its session is that
+// connection's: a taken-over client that ends late leaves it alone.
 func (cl *Client) ClearInflights() {
+	if !cl.State.Inflight.end(cl) {
+		return
+	}
 	for _, tk := range cl.State.Inflight.GetAll(false) {
 		if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
 			cl.ops.hooks.OnQosDropped(cl, tk)
@@ -333,12 +346,24 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 		enforced := maximumExpiry > 0 && now-tk.Created > maximumExpiry
 
 		if expired || enforced {
-			if ok := cl.State.Inflight.Delete(tk.PacketID); ok {
+			// Flock's copy: a message expires only while it waits to be
+			// sent [MQTT-3.3.2-5]; one the client was sent stays until it
+			// is acknowledged, unless the maximum is enforced, and then
+			// gives back the unit of send quota it held, which upstream
+			// never did. Upstream also removed sent messages on expiry,
+			// freeing their identifiers while the client still held them.
+			if ok, sent := cl.State.Inflight.expire(tk.PacketID, enforced); ok {
+				if sent {
+					cl.State.Inflight.IncreaseSendQuota()
+				}
 				cl.ops.hooks.OnQosDropped(cl, tk)
 				atomic.AddInt64(&cl.ops.info.Inflight, -1)
 				deleted = append(deleted, tk.PacketID)
 			}
 		}
+	}
+	if len(deleted) > 0 && cl.sendParked() {
+		go cl.writeQueued()
 	}
 
 	return deleted

@@ -24,6 +24,10 @@ type outboundQueue struct {
 	head    int
 	limit   int
 	writing bool // a writer goroutine owns the queue
+	// held: no writer may start yet. A new client's queue is held until
+	// its CONNACK and, for a resumed session, the messages it is owed have
+	// been written, so that nothing published meanwhile goes before them.
+	held bool
 }
 
 // keepCapacity: a drained queue keeps a buffer up to this many packets, so
@@ -40,11 +44,24 @@ func (q *outboundQueue) push(pk *packets.Packet) (ok, start bool) {
 		return false, false
 	}
 	q.pks = append(q.pks, pk)
-	if !q.writing {
+	if !q.writing && !q.held {
 		q.writing = true
 		start = true
 	}
 	return true, start
+}
+
+// open lets writers start. start reports that packets wait and no writer
+// runs: the caller must start one.
+func (q *outboundQueue) open() (start bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.held = false
+	if !q.writing && q.head < len(q.pks) {
+		q.writing = true
+		start = true
+	}
+	return start
 }
 
 // pop takes the oldest packet. When the queue is empty it returns false
@@ -82,6 +99,10 @@ func (cl *Client) writeQueued() {
 	for {
 		pk, ok := cl.State.outbound.pop()
 		if !ok {
+			// Messages parked while the queue was full wait for its room.
+			if cl.sendParked() {
+				continue // this goroutine is the queue's writer again
+			}
 			return
 		}
 		if cl.Closed() {
@@ -92,5 +113,26 @@ func (cl *Client) writeQueued() {
 			cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
 		}
 		atomic.AddInt32(&cl.State.outboundQty, -1)
+	}
+}
+
+// sendParked moves the client's parked messages into its outbound queue as
+// far as its send quota and the queue's room allow (see Inflight.admit).
+// start reports that the caller must run the queue's writer.
+func (cl *Client) sendParked() (start bool) {
+	if cl.Closed() {
+		return false // a resumed session sends them
+	}
+	n, start := cl.State.Inflight.sendParked(cl)
+	atomic.AddInt32(&cl.State.outboundQty, int32(n))
+	return start
+}
+
+// openOutbound starts delivery to a client that has been sent its CONNACK
+// and, on a resumed session, what it was owed (see outboundQueue.held).
+func (cl *Client) openOutbound() {
+	start := cl.State.outbound.open()
+	if cl.sendParked() || start {
+		go cl.writeQueued()
 	}
 }

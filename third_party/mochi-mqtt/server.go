@@ -457,6 +457,14 @@ func (s *Server) connectClient(cl *Client, listener string) (connected bool, err
 	s.hooks.OnSessionEstablish(cl, pk)
 
 	sessionPresent := s.inheritClientSession(pk, cl)
+	// Flock's copy: what a resumed session is owed is taken before
+	// publishers can reach the client, so that a message they send from now
+	// on is not sent twice. Their messages wait in the client's held
+	// outbound queue until these have been written (openOutbound).
+	var owed []packets.Packet
+	if sessionPresent {
+		owed = cl.State.Inflight.unacknowledged()
+	}
 	s.Clients.Add(cl) // [MQTT-4.1.0-1]
 
 	err = s.SendConnack(cl, code, sessionPresent, nil) // [MQTT-3.1.4-5] [MQTT-3.2.0-1] [MQTT-3.2.0-2] &[MQTT-3.14.0-1]
@@ -467,11 +475,12 @@ func (s *Server) connectClient(cl *Client, listener string) (connected bool, err
 	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
 
 	if sessionPresent {
-		err = cl.ResendInflightMessages(true)
+		err = cl.resendInflight(owed)
 		if err != nil {
 			return connected, fmt.Errorf("resend inflight: %w", err)
 		}
 	}
+	cl.openOutbound()
 
 	s.hooks.OnSessionEstablished(cl, pk)
 
@@ -599,12 +608,19 @@ func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 		}
 
 		existing.State.isTakenOver.Store(true)
-		if existing.State.Inflight.Len() > 0 {
-			cl.State.Inflight = existing.State.Inflight.Clone() // [MQTT-3.1.2-5]
-			if cl.State.Inflight.maximumReceiveQuota == 0 && cl.ops.options.Capabilities.ReceiveMaximum != 0 {
-				cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
-				cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))            // client receive max
-			}
+		// Flock's copy (see FLOCK.md, "one order"): the new client takes the
+		// session's inflight store itself. Upstream gave it a copy and then
+		// cleared the original, calling OnQosDropped for every message it had
+		// just copied; and publishers, which reach existing until
+		// Clients.Add(cl), could add to the original after the copy: those
+		// messages were lost. Now they land, parked, in the store cl sends
+		// from. A store ClearInflights ended (a session expiring as this
+		// client connects) takes nothing more, so cl keeps its new one.
+		if existing.State.Inflight.handOver(existing, cl) {
+			cl.State.Inflight = existing.State.Inflight                                            // [MQTT-3.1.2-5]
+			cl.State.Inflight.ResetReceiveQuota(int32(cl.ops.options.Capabilities.ReceiveMaximum)) // server receive max per client
+			cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))            // client receive max
+			cl.State.Inflight.chargeSent()                                                         // what it is resent counts
 		}
 
 		for _, sub := range existing.State.Subscriptions.GetAll() {
@@ -617,8 +633,8 @@ func (s *Server) inheritClientSession(pk packets.Packet, cl *Client) bool {
 
 		// Clean the state of the existing client to prevent sequential take-overs
 		// from increasing memory usage by inflights + subs * client-id.
+		// Flock's copy: its inflight store is cl's now, so it is not cleared.
 		s.UnsubscribeClient(existing)
-		existing.ClearInflights()
 
 		s.Log.Debug("session taken over", "client", cl.ID, "old_remote", existing.Net.Remote, "new_remote", cl.Net.Remote)
 
@@ -745,22 +761,14 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 		return err
 	}
 
-	// Flock's copy (see FLOCK.md): send parked packets, oldest first, while
-	// the client has quota, and keep each inflight until it is acknowledged.
-	// Upstream sent one per packet read, sorting every inflight packet to
-	// find it, and deleted it at once, so its PUBACK never returned the quota
-	// and a resumed session lost it.
-	for atomic.LoadInt32(&cl.State.Inflight.sendQuota) > 0 {
-		next, ok := cl.State.Inflight.TakeParked()
-		if !ok {
-			break
-		}
-		cl.State.Inflight.DecreaseSendQuota()
-		if err := cl.WritePacket(next); err != nil {
-			cl.State.Inflight.Unpark(next)
-			cl.State.Inflight.IncreaseSendQuota()
-			break
-		}
+	// Flock's copy (see FLOCK.md): a packet, a PUBACK above all, may have
+	// returned send quota; parked messages take it, oldest first, through
+	// the outbound queue. Each stays inflight until acknowledged. Upstream
+	// sent one per packet read, sorting every inflight packet to find it,
+	// and deleted it at once, so its PUBACK never returned the quota and a
+	// resumed session lost it.
+	if cl.sendParked() {
+		go cl.writeQueued()
 	}
 
 	return nil
@@ -926,7 +934,15 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		pk.Expiry = pk.Created + expiry
 	}
 
-	if !cl.Net.Inline {
+	// Flock's copy: the client numbers its flows independently of the
+	// server's messages to it (MQTT 5 2.2.1), yet both live in the inflight
+	// store. A QoS 1 flow under an identifier that holds a message to the
+	// client is not stored: upstream deleted that message, whose PUBACK then
+	// returned no send quota, and a device that lost all of its quota this
+	// way received nothing more. (A QoS 2 flow, stored until PUBREL, still
+	// replaces it; see FLOCK.md.)
+	serverHolds := !cl.Net.Inline && cl.State.Inflight.holdsOutbound(pk.PacketID)
+	if !cl.Net.Inline && !serverHolds {
 		if pki, ok := cl.State.Inflight.Get(pk.PacketID); ok {
 			if pki.FixedHeader.Type == packets.Pubrec { // [MQTT-4.3.3-10]
 				ack := s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.ErrPacketIdentifierInUse)
@@ -980,9 +996,12 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		ack = s.buildAck(pk.PacketID, packets.Pubrec, 0, pk.Properties, packets.CodeSuccess) // [MQTT-3.3.4-1] [MQTT-4.3.3-8]
 	}
 
-	if ok := cl.State.Inflight.Set(ack); ok {
-		atomic.AddInt64(&s.Info.Inflight, 1)
-		s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
+	store := !serverHolds || pk.FixedHeader.Qos == 2
+	if store {
+		if ok := cl.State.Inflight.Set(ack); ok {
+			atomic.AddInt64(&s.Info.Inflight, 1)
+			s.hooks.OnQosPublish(cl, ack, ack.Created, 0)
+		}
 	}
 
 	err = cl.WritePacket(ack)
@@ -991,7 +1010,7 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	}
 
 	if pk.FixedHeader.Qos == 1 {
-		if ok := cl.State.Inflight.Delete(ack.PacketID); ok {
+		if ok := store && cl.State.Inflight.Delete(ack.PacketID); ok {
 			atomic.AddInt64(&s.Info.Inflight, -1)
 		}
 		cl.State.Inflight.IncreaseReceiveQuota()
@@ -1099,34 +1118,41 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 
 	if out.FixedHeader.Qos > 0 {
 		if cl.State.Inflight.Len() >= int(s.Options.Capabilities.MaximumInflight) {
-			// add hook?
 			atomic.AddInt64(&s.Info.InflightDropped, 1)
 			s.Log.Warn("client store quota reached", "client", cl.ID, "listener", cl.Net.Listener)
+			// Flock's copy: upstream dropped the message without a hook, so
+			// nobody could count it.
+			s.hooks.OnPublishDropped(cl, pk)
 			return out, packets.ErrQuotaExceeded
 		}
 
-		i, err := cl.NextPacketID() // [MQTT-4.3.2-1] [MQTT-4.3.3-1]
-		if err != nil {
+		// Flock's copy (see FLOCK.md, "one order"): numbered, then queued or
+		// parked behind older messages, in one step under the inflight
+		// store's lock. Numbering there, not under the client's lock as
+		// upstream did, keeps two connections of a session that is being
+		// taken over, which share the store, from giving two messages one
+		// identifier. A disconnected client's messages are parked for a
+		// resumed session.
+		queued, start, err := cl.State.Inflight.admit(cl, &out, cl.Net.Conn != nil && !cl.Closed(), s.Options.Capabilities.maximumPacketID) // [MQTT-4.3.2-1] [MQTT-4.3.3-1] [MQTT-4.3.2-3] [MQTT-4.3.3-3]
+		switch {
+		case errors.Is(err, errSessionEnded):
+			s.hooks.OnQosDropped(cl, out)
+			return out, packets.CodeDisconnect
+		case err != nil:
 			s.hooks.OnPacketIDExhausted(cl, pk)
 			atomic.AddInt64(&s.Info.InflightDropped, 1)
 			s.Log.Warn("packet ids exhausted", "error", err, "client", cl.ID, "listener", cl.Net.Listener)
 			return out, packets.ErrQuotaExceeded
 		}
-
-		out.PacketID = uint16(i) // [MQTT-2.2.1-4]
-		sentQuota := atomic.LoadInt32(&cl.State.Inflight.sendQuota)
-
-		if ok := cl.State.Inflight.Set(out); ok { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
-			atomic.AddInt64(&s.Info.Inflight, 1)
-			s.hooks.OnQosPublish(cl, out, out.Created, 0)
-			cl.State.Inflight.DecreaseSendQuota()
+		atomic.AddInt64(&s.Info.Inflight, 1)
+		s.hooks.OnQosPublish(cl, out, out.Created, 0)
+		if queued {
+			atomic.AddInt32(&cl.State.outboundQty, 1)
+			if start {
+				go cl.writeQueued()
+			}
 		}
-
-		if sentQuota == 0 && atomic.LoadInt32(&cl.State.Inflight.maximumSendQuota) > 0 {
-			cl.State.Inflight.Park(out) // Flock's copy, see FLOCK.md
-			out.Expiry = -1
-			return out, nil
-		}
+		return out, nil
 	}
 
 	if cl.Net.Conn == nil || cl.Closed() {
@@ -1142,10 +1168,6 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 	} else {
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
-		if out.FixedHeader.Qos > 0 {
-			cl.State.Inflight.Delete(out.PacketID) // packet was dropped due to irregular circumstances, so rollback inflight.
-			cl.State.Inflight.IncreaseSendQuota()
-		}
 		return out, packets.ErrPendingClientWritesExceeded
 	}
 
@@ -1197,12 +1219,15 @@ func (s *Server) buildAck(packetID uint16, pkt, qos byte, properties packets.Pro
 }
 
 // processPuback processes a Puback packet, denoting completion of a QOS 1 packet sent from the server.
+//
+// Flock's copy: a message that was never sent (parked) is not the client's
+// to acknowledge, and neither is any message once a new connection has
+// taken the session over: the old connection's reader may still be
+// handling a PUBACK it read, and deleting the message then would free its
+// identifier for a new message while the new connection is being resent
+// the old one under it. The resent message is acknowledged again instead.
 func (s *Server) processPuback(cl *Client, pk packets.Packet) error {
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); !ok {
-		return nil // omit, but would be packets.ErrPacketIdentifierNotFound
-	}
-
-	if ok := cl.State.Inflight.Delete(pk.PacketID); ok { // [MQTT-4.3.2-5]
+	if ok := cl.State.Inflight.acknowledge(cl, pk.PacketID); ok { // [MQTT-4.3.2-5]
 		cl.State.Inflight.IncreaseSendQuota()
 		atomic.AddInt64(&s.Info.Inflight, -1)
 		s.hooks.OnQosComplete(cl, pk)
@@ -1783,13 +1808,12 @@ func (s *Server) clearExpiredRetainedMessages(now int64) {
 }
 
 // clearExpiredInflights deletes any inflight messages which have expired.
+//
+// Flock's copy: ClearExpiredInflights calls OnQosDropped for each message
+// it deletes; upstream called it here a second time.
 func (s *Server) clearExpiredInflights(now int64) {
 	for _, client := range s.Clients.GetAll() {
-		if deleted := client.ClearExpiredInflights(now, s.Options.Capabilities.MaximumMessageExpiryInterval); len(deleted) > 0 {
-			for _, id := range deleted {
-				s.hooks.OnQosDropped(client, packets.Packet{PacketID: id})
-			}
-		}
+		client.ClearExpiredInflights(now, s.Options.Capabilities.MaximumMessageExpiryInterval)
 	}
 }
 

@@ -166,7 +166,7 @@ func New(cfg Config, v Verifier) (*Broker, error) {
 	b.publishRefusedRate = publishRefused.WithLabelValues("rate")
 	dropped := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flock_mqtt_messages_dropped_total",
-		Help: "Messages the embedded broker accepted but did not deliver to a subscriber: queue_full (the client's outbound queue was full), packet_ids (the client had 65535 messages unacknowledged), undelivered (a QoS 1/2 message removed unacknowledged: expired, or its session ended).",
+		Help: "Messages the embedded broker accepted but did not deliver to a subscriber: queue_full (the client's outbound queue, or its store of unacknowledged messages, was full), packet_ids (the client had 65535 messages unacknowledged), undelivered (a QoS 1/2 message removed unacknowledged: expired, or its session ended).",
 	}, []string{"reason"})
 	b.droppedQueueFull = dropped.WithLabelValues("queue_full")
 	b.droppedPacketIDs = dropped.WithLabelValues("packet_ids")
@@ -448,7 +448,8 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 // which mochi leaves out, so v5 clients refuse oversized messages themselves
 // instead of losing the connection.
 // OnPublishDropped counts a message mochi could not queue for a client:
-// its outbound queue (clientWritesPending) was full.
+// its outbound queue (clientWritesPending) was full, or, at QoS 1/2, its
+// inflight store held mochi's MaximumInflight messages.
 func (h *hook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	h.b.droppedQueueFull.Inc()
 	h.b.log.Debug("mqtt message dropped: client's queue is full", "client_id", cl.ID, "topic", Truncate(pk.TopicName))

@@ -9,9 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
-	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -65,6 +62,13 @@ type env struct {
 // configuration.
 func start(t *testing.T, edit func(*Config)) *env {
 	t.Helper()
+	return startWith(t, edit, nil)
+}
+
+// startWith is start with prepare, when not nil, called on the broker
+// before it serves (to set mochi's options the Config does not carry).
+func startWith(t *testing.T, edit func(*Config), prepare func(*Broker)) *env {
+	t.Helper()
 	pool := pgtest.Pool(t)
 	e := &env{t: t, pool: pool, tokens: newTokens(t, pool, testIssuer), reg: prometheus.NewRegistry(), logs: &syncbuf.Buffer{}}
 	cfg := Config{
@@ -82,6 +86,9 @@ func start(t *testing.T, edit func(*Config)) *env {
 		t.Fatalf("New: %v", err)
 	}
 	e.broker = b
+	if prepare != nil {
+		prepare(b)
+	}
 	run(t, b)
 	return e
 }
@@ -806,161 +813,6 @@ func TestNew(t *testing.T) {
 	})
 }
 
-// TestMemoryPerIdleConnection measures the broker's memory per idle device
-// connection. It is slow and needs many sockets, so it runs only with
-// FLOCK_MQTT_MEM set. The clients run in a child process (this test binary
-// again) so their memory stays out of the figure.
-func TestMemoryPerIdleConnection(t *testing.T) {
-	if os.Getenv("FLOCK_MQTT_MEM") == "" {
-		t.Skip("set FLOCK_MQTT_MEM=1 to measure memory per idle connection")
-	}
-	if file := os.Getenv("FLOCK_MQTT_MEM_CLIENTS"); file != "" {
-		holdIdleClients(t, file)
-		return
-	}
-	const n = 2000
-	pool := pgtest.Pool(t)
-	tokens := newTokens(t, pool, testIssuer)
-	var list strings.Builder
-	for range n {
-		id := uuid.New()
-		tok, _, err := tokens.Issue(t.Context(), id, uuid.New(), uuid.New())
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&list, "%s %s\n", id, tok)
-	}
-
-	for _, tt := range []struct {
-		name          string
-		writesPending int32
-		readBuffer    int
-		maxBytes      float64 // per connection; 0: no bound
-	}{
-		// The goal device fleets were promised: 10 KB per idle connection.
-		{"flock options", clientWritesPending, readBufferSize, 10 << 10},
-		{"mochi defaults", 1024 * 8, 1024 * 2, 0},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			b, err := New(Config{Listen: "127.0.0.1:0", Log: slog.New(slog.DiscardHandler)}, tokens)
-			if err != nil {
-				t.Fatal(err)
-			}
-			// Before Run, so before any client exists.
-			b.server.Options.Capabilities.MaximumClientWritesPending = tt.writesPending
-			b.server.Options.ClientNetReadBufferSize = tt.readBuffer
-			stop := run(t, b)
-
-			file := t.TempDir() + "/clients"
-			if err := os.WriteFile(file, []byte(b.Addr()+"\n"+list.String()), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			before := settledMemStats()
-
-			cmd := exec.Command(os.Args[0], "-test.run=^TestMemoryPerIdleConnection$")
-			cmd.Env = append(os.Environ(), "FLOCK_MQTT_MEM_CLIENTS="+file)
-			cmd.Stderr = os.Stderr
-			stdin, err := cmd.StdinPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			ready := make(chan string, 1)
-			go func() {
-				sc := bufio.NewScanner(stdout)
-				var out strings.Builder
-				for sc.Scan() {
-					if sc.Text() == "ready" {
-						ready <- ""
-						_, _ = io.Copy(io.Discard, stdout)
-						return
-					}
-					out.WriteString(sc.Text() + "\n")
-				}
-				ready <- out.String()
-			}()
-			defer func() {
-				stdin.Close()
-				if err := cmd.Wait(); err != nil {
-					t.Errorf("client process: %v", err)
-				}
-			}()
-			select {
-			case out := <-ready:
-				if out != "" {
-					t.Fatalf("client process failed:\n%s", out)
-				}
-			case <-time.After(5 * time.Minute):
-				t.Fatal("clients did not connect")
-			}
-			deadline := time.Now().Add(time.Minute)
-			for b.server.Info.Clone().ClientsConnected < n {
-				if time.Now().After(deadline) {
-					t.Fatalf("%d clients connected, want %d", b.server.Info.Clone().ClientsConnected, n)
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
-			after := settledMemStats()
-
-			heap := float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / n
-			stack := float64(int64(after.StackInuse)-int64(before.StackInuse)) / n
-			t.Logf("%s: %d idle MQTT v5 connections: heap in use %.0f B/conn, goroutine stacks %.0f B/conn, total %.0f B/conn (%d goroutines)",
-				tt.name, n, heap, stack, heap+stack, runtime.NumGoroutine())
-			if tt.maxBytes > 0 && heap+stack > tt.maxBytes {
-				t.Errorf("%.0f bytes per idle connection, over the bound of %.0f", heap+stack, tt.maxBytes)
-			}
-			stdin.Close()
-			_ = stop()
-		})
-	}
-}
-
-func settledMemStats() runtime.MemStats {
-	var m runtime.MemStats
-	for range 6 {
-		runtime.GC()
-	}
-	runtime.ReadMemStats(&m)
-	return m
-}
-
-// holdIdleClients is the child side of TestMemoryPerIdleConnection: it
-// connects every device listed in file, prints "ready" and holds the
-// connections until its stdin closes.
-func holdIdleClients(t *testing.T, file string) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
-	addr := lines[0]
-	conns := make([]net.Conn, 0, len(lines)-1)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for _, l := range lines[1:] {
-		id, tok, _ := strings.Cut(l, " ")
-		conn, code, err := rawConnect(addr, 5, id, id, tok)
-		if err != nil {
-			t.Fatalf("connect %s: %v", id, err)
-		}
-		conns = append(conns, conn)
-		if code != 0 {
-			t.Fatalf("connect %s: CONNACK %#x", id, code)
-		}
-	}
-	fmt.Println("ready")
-	_, _ = io.Copy(io.Discard, os.Stdin)
-}
-
 // A subscriber that acknowledges late, with a small Receive Maximum, gets
 // every message: mochi parks what exceeds the window and sends it as
 // PUBACKs free slots (upstream mochi stalled here; see
@@ -1022,50 +874,6 @@ func TestReceiveMaximumWithLateAcks(t *testing.T) {
 			}
 		case <-time.After(wait):
 			t.Fatalf("received %d of %d messages, then nothing", len(seen), n)
-		}
-	}
-}
-
-// Packets to a client are written by a goroutine that runs only while its
-// queue holds any (third_party/mochi-mqtt/outbound.go). Concurrent
-// publishers, each waiting for its PUBACK, start and stop that writer over
-// and over; every message must still arrive once, in each publisher's order.
-func TestOutboundQueueKeepsOrder(t *testing.T) {
-	t.Parallel()
-	e := start(t, func(c *Config) { c.MessagesPerSecond = 100000; c.Burst = 100000 })
-	sub := e.connectService("order-subscriber")
-	if code := sub.subscribe(t, "flock/v1/devices/+/telemetry"); code != 1 {
-		t.Fatalf("SUBACK %#x", code)
-	}
-	const devices, each = 4, 300
-	ids := make([]uuid.UUID, devices)
-	var wg sync.WaitGroup
-	for i := range ids {
-		id, tok := e.device()
-		ids[i] = id
-		d := e.connectDevice(id, tok)
-		wg.Go(func() {
-			for n := range each {
-				if code := d.publish(t, topic(id, "telemetry"), fmt.Sprint(n)); code != 0 {
-					t.Errorf("publish %d: PUBACK %#x", n, code)
-					return
-				}
-			}
-		})
-	}
-	next := map[string]int{}
-	for range devices * each {
-		p := sub.next(t)
-		dev, _, _ := ParseDeviceTopic(p.Topic)
-		if want := fmt.Sprint(next[dev.String()]); string(p.Payload) != want {
-			t.Fatalf("device %s: got message %s, want %s", dev, p.Payload, want)
-		}
-		next[dev.String()]++
-	}
-	wg.Wait()
-	for _, id := range ids {
-		if next[id.String()] != each {
-			t.Errorf("device %s: %d messages, want %d", id, next[id.String()], each)
 		}
 	}
 }
@@ -1195,4 +1003,138 @@ func TestDroppedMessagesCounted(t *testing.T) {
 			t.Fatalf("publish %d: PUBACK %#x", i, code)
 		}
 	}
+}
+
+// A subscriber that acknowledges nothing holds at most mochi's
+// MaximumInflight messages (sent and parked); what the broker accepts
+// beyond that is dropped and counted as queue_full, and what it kept still
+// arrives in order (upstream mochi dropped these without a hook).
+func TestInflightLimitCounted(t *testing.T) {
+	t.Parallel()
+	const limit, recvMax, over = 16, 4, 5
+	e := startWith(t, func(c *Config) { c.MessagesPerSecond = 1e6; c.Burst = 1e6 },
+		func(b *Broker) { b.server.Options.Capabilities.MaximumInflight = limit })
+	dev, tok := e.device()
+	d := e.connectDevice(dev, tok)
+	sub := newLateSubscriber(t, e, "holds-everything", recvMax, topic(dev, "telemetry"))
+
+	for i := range limit + over {
+		if code := d.publish(t, topic(dev, "telemetry"), fmt.Sprint(i)); code != 0 {
+			t.Fatalf("publish %d: PUBACK %#x", i, code)
+		}
+	}
+	// The broker acknowledges a publish before it delivers it.
+	deadline := time.Now().Add(wait)
+	for promtest.Sum(t, e.reg, "flock_mqtt_messages_dropped_total", "reason", "queue_full") < over {
+		if time.Now().After(deadline) {
+			t.Fatalf("flock_mqtt_messages_dropped_total{reason=queue_full} = %v, want %d",
+				promtest.Sum(t, e.reg, "flock_mqtt_messages_dropped_total", "reason", "queue_full"), over)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	// Acknowledged as they come, the kept messages arrive in order; once
+	// the subscriber's store is empty, the next message published follows
+	// them, so the dropped ones are gone.
+	for i := range limit + 1 {
+		want := fmt.Sprint(i)
+		if i == limit {
+			want = "last"
+			deadline := time.Now().Add(wait)
+			for {
+				cl, ok := e.broker.server.Clients.Get(sub.clientID)
+				if ok && cl.State.Inflight.Len() == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("the subscriber's acknowledgements did not empty its inflight store")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if code := d.publish(t, topic(dev, "telemetry"), want); code != 0 {
+				t.Fatalf("publish %s: PUBACK %#x", want, code)
+			}
+		}
+		sub.ack(sub.expect(want))
+	}
+	if n := promtest.Sum(t, e.reg, "flock_mqtt_messages_dropped_total"); n != over {
+		t.Errorf("flock_mqtt_messages_dropped_total = %v, want %d", n, over)
+	}
+}
+
+// A QoS 1 message whose expiry passes while it waits to be sent is removed
+// and counted once as undelivered; one already sent waits for its
+// acknowledgement [MQTT-3.3.2-5]. Upstream mochi counted each expired
+// message twice, and removed sent ones too.
+func TestExpiredMessagesCounted(t *testing.T) {
+	t.Parallel()
+	e := start(t, nil)
+	dev, tok := e.device()
+	d := e.connectDevice(dev, tok)
+	sub := newLateSubscriber(t, e, "lets-messages-expire", 1, topic(dev, "telemetry"))
+	publish := func(payload string, expiry uint32) {
+		t.Helper()
+		pb := &paho.Publish{Topic: topic(dev, "telemetry"), QoS: 1, Payload: []byte(payload)}
+		if expiry > 0 {
+			pb.Properties = &paho.PublishProperties{MessageExpiry: &expiry}
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), wait)
+		defer cancel()
+		if pr, err := d.Publish(ctx, pb); err != nil || pr.ReasonCode != 0 {
+			t.Fatalf("publish %s: %v %v", payload, pr, err)
+		}
+	}
+	undelivered := func() float64 {
+		return promtest.Sum(t, e.reg, "flock_mqtt_messages_dropped_total", "reason", "undelivered")
+	}
+
+	// Two rounds: the second ends after the broker's expiry pass of the
+	// first has finished, so a second count of a message would show.
+	for round := range 2 {
+		sent, parked, next := fmt.Sprint("sent-", round), fmt.Sprint("parked-", round), fmt.Sprint("next-", round)
+		publish(sent, 1)
+		held := sub.expect(sent) // its window of one is now full
+		publish(parked, 1)
+		deadline := time.Now().Add(wait)
+		for undelivered() < float64(round+1) {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: flock_mqtt_messages_dropped_total{reason=undelivered} = %v, want %d", round, undelivered(), round+1)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		publish(next, 0)
+		sub.ack(held)
+		sub.ack(sub.expect(next))
+	}
+	if n := undelivered(); n != 2 {
+		t.Errorf("flock_mqtt_messages_dropped_total{reason=undelivered} = %v, want 2", n)
+	}
+}
+
+// A message held unacknowledged past mochi's MaximumMessageExpiryInterval
+// is removed, counted, and gives back the send quota it held, so its
+// subscriber goes on receiving (upstream kept the quota).
+func TestEnforcedExpiryReturnsQuota(t *testing.T) {
+	t.Parallel()
+	e := startWith(t, nil, func(b *Broker) { b.server.Options.Capabilities.MaximumMessageExpiryInterval = 1 })
+	dev, tok := e.device()
+	d := e.connectDevice(dev, tok)
+	sub := newLateSubscriber(t, e, "holds-too-long", 1, topic(dev, "telemetry"))
+
+	if code := d.publish(t, topic(dev, "telemetry"), "held"); code != 0 {
+		t.Fatalf("PUBACK %#x", code)
+	}
+	sub.expect("held") // and never acknowledged
+	deadline := time.Now().Add(wait)
+	for promtest.Sum(t, e.reg, "flock_mqtt_messages_dropped_total", "reason", "undelivered") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the message held past the maximum expiry was not removed")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code := d.publish(t, topic(dev, "telemetry"), "next"); code != 0 {
+		t.Fatalf("PUBACK %#x", code)
+	}
+	// Upstream kept the removed message's quota: nothing more arrived.
+	sub.expect("next")
 }
