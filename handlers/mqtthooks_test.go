@@ -28,7 +28,7 @@ const (
 func startHookServer(t *testing.T, token string, noGate bool) *liveEnv {
 	t.Helper()
 	return startLiveServer(t, liveOptions{noGate: noGate, deps: func(e *liveEnv, d *handlers.Deps) {
-		a, err := broker.NewAuthenticator(hookServiceUser, hookServicePassword, e.tokens)
+		a, err := broker.NewAuthenticator(hookServiceUser, hookServicePassword, e.tokens, e.pool)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -41,7 +41,7 @@ func startHookServer(t *testing.T, token string, noGate bool) *liveEnv {
 // otherwise tell anyone who reaches the API whether a device token is good.
 func TestMQTTHooksClosedWithoutToken(t *testing.T) {
 	e := startLiveServer(t, liveOptions{deps: func(e *liveEnv, d *handlers.Deps) {
-		a, err := broker.NewAuthenticator(hookServiceUser, hookServicePassword, e.tokens)
+		a, err := broker.NewAuthenticator(hookServiceUser, hookServicePassword, e.tokens, e.pool)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -127,7 +127,29 @@ func TestMQTTAuthHook(t *testing.T) {
 			if status != 200 || out["result"] != want["result"] || out["is_superuser"] != want["is_superuser"] {
 				t.Fatalf("auth = %d %v, want 200 %v", status, out, want)
 			}
+			// EMQX ends a device's connection at expire_at, as the
+			// embedded broker does.
+			exp, hasExp := out["expire_at"].(float64)
+			if device := tt.allow && !tt.superuser; device != hasExp {
+				t.Fatalf("expire_at %v present %v, want present for an admitted device only", out["expire_at"], hasExp)
+			}
+			if hasExp {
+				c, err := e.tokens.Verify(t.Context(), tt.password)
+				if err != nil || int64(exp) != c.Expiry.Unix() {
+					t.Fatalf("expire_at %v, token expires %v (%v)", exp, c, err)
+				}
+			}
 		})
+	}
+
+	// A deleted device's token, still unexpired, is refused.
+	gone := newDevice(t)
+	must(t, srv, 201, "POST", "/device/v1/register", "", gone.registration(w.provKey))
+	tokGone := gone.token(t, srv)
+	must(t, srv, 204, "DELETE", "/v1/devices/"+gone.id.String(), w.developer, nil)
+	if out := must(t, srv, 200, "POST", "/internal/v1/mqtt/auth", "",
+		map[string]any{"clientid": gone.id.String(), "username": gone.id.String(), "password": tokGone}); out["result"] != "deny" {
+		t.Fatalf("deleted device: %v, want deny", out)
 	}
 
 	// A body the broker was not configured to send is a 400 problem, which

@@ -160,7 +160,7 @@ func run(o options) error {
 	// the median round counts.
 	var fanIns, e2es, ratios []float64
 	var lat []time.Duration
-	prev, err := measureFanIn(ctx, o, tokens, devs)
+	prev, err := measureFanIn(ctx, o, pool, tokens, devs)
 	if err != nil {
 		return fmt.Errorf("fan-in: %w", err)
 	}
@@ -170,7 +170,7 @@ func run(o options) error {
 		if err != nil {
 			return fmt.Errorf("end to end: %w", err)
 		}
-		next, err := measureFanIn(ctx, o, tokens, devs)
+		next, err := measureFanIn(ctx, o, pool, tokens, devs)
 		if err != nil {
 			return fmt.Errorf("fan-in: %w", err)
 		}
@@ -198,7 +198,7 @@ func run(o options) error {
 		offered, at.rate, len(lat), pct(lat, 0.50), pct(lat, 0.99), pct(lat, 1))
 
 	if o.connections > 0 {
-		if err := measureConnections(ctx, o, pool, tokens); err != nil {
+		if err := measureConnections(ctx, o, pool, tokens, org, fleet); err != nil {
 			return fmt.Errorf("connections: %w", err)
 		}
 	}
@@ -214,10 +214,11 @@ type cred struct {
 // sentCount and sentBytes count what the publishers sent.
 var refused, sentCount, sentBytes atomic.Int64
 
-func newBroker(o options, tokens *devicetoken.Service) (*broker.Broker, func(), error) {
+func newBroker(o options, pool *pgxpool.Pool, tokens *devicetoken.Service) (*broker.Broker, func(), error) {
 	br, err := broker.New(broker.Config{
 		Listen: "127.0.0.1:0", ServiceUsername: serviceUser, ServicePassword: servicePassword,
 		MessagesPerSecond: o.deviceRate, Burst: int(2 * o.deviceRate), Log: slog.New(slog.DiscardHandler),
+		Devices: pool,
 	}, tokens)
 	if err != nil {
 		return nil, nil, err
@@ -432,8 +433,8 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func measureFanIn(ctx context.Context, o options, tokens *devicetoken.Service, devs []cred) (measurement, error) {
-	br, stopBroker, err := newBroker(o, tokens)
+func measureFanIn(ctx context.Context, o options, pool *pgxpool.Pool, tokens *devicetoken.Service, devs []cred) (measurement, error) {
+	br, stopBroker, err := newBroker(o, pool, tokens)
 	if err != nil {
 		return measurement{}, err
 	}
@@ -485,7 +486,7 @@ func measureFanIn(ctx context.Context, o options, tokens *devicetoken.Service, d
 // measureEndToEnd runs (b): publishers as fast as PUBACKs return, or at
 // offered messages/s in all when that is not 0.
 func measureEndToEnd(ctx context.Context, o options, pool *pgxpool.Pool, tokens *devicetoken.Service, devs []cred, offered float64) (measurement, []time.Duration, error) {
-	br, stopBroker, err := newBroker(o, tokens)
+	br, stopBroker, err := newBroker(o, pool, tokens)
 	if err != nil {
 		return measurement{}, nil, err
 	}
@@ -632,18 +633,24 @@ func pct(d []time.Duration, p float64) time.Duration {
 	return d[i].Round(10 * time.Microsecond)
 }
 
-func measureConnections(ctx context.Context, o options, pool *pgxpool.Pool, tokens *devicetoken.Service) error {
-	org, fleet := uuid.New(), uuid.New()
+func measureConnections(ctx context.Context, o options, pool *pgxpool.Pool, tokens *devicetoken.Service, org, fleet uuid.UUID) error {
 	var list strings.Builder
-	for range o.connections {
-		id := uuid.New()
-		tok, _, err := tokens.Issue(ctx, id, org, fleet)
+	ids := make([]uuid.UUID, o.connections)
+	for i := range ids {
+		ids[i] = uuid.New()
+		tok, _, err := tokens.Issue(ctx, ids[i], org, fleet)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(&list, "%s %s\n", id, tok)
+		fmt.Fprintf(&list, "%s %s\n", ids[i], tok)
 	}
-	br, stopBroker, err := newBroker(o, tokens)
+	// The broker admits only devices that exist.
+	if _, err := pool.Exec(ctx, `INSERT INTO devices (id, org_id, fleet_id, name, device_type, architecture, public_key)
+		SELECT id, $2, $3, 'idle-' || id, 'generic-amd64', 'amd64', '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea
+		FROM unnest($1::uuid[]) AS id`, ids, org, fleet); err != nil {
+		return err
+	}
+	br, stopBroker, err := newBroker(o, pool, tokens)
 	if err != nil {
 		return err
 	}

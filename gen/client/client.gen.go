@@ -803,6 +803,11 @@ type MqttAuthRequest struct {
 
 // MqttAuthResult defines model for MqttAuthResult.
 type MqttAuthResult struct {
+	// ExpireAt For a device, when its token expires (Unix seconds): EMQX disconnects
+	// the client then, as the embedded broker does, unless it
+	// re-authenticates. Absent for the service client.
+	ExpireAt *int64 `json:"expire_at,omitempty"`
+
 	// IsSuperuser True for the service client only; the broker then skips authorization for it.
 	IsSuperuser bool                 `json:"is_superuser"`
 	Result      MqttAuthResultResult `json:"result"`

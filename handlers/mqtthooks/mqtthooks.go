@@ -52,7 +52,12 @@ func (h *MQTTHooks) MqttHookAuthenticate(ctx context.Context, req api.MqttHookAu
 	id, err := h.Auth.Authenticate(ctx, b.Clientid, b.Username, []byte(b.Password))
 	switch {
 	case err == nil:
-		return api.MqttHookAuthenticate200JSONResponse{Result: api.MqttAuthResultResultAllow, IsSuperuser: id.Service}, nil
+		out := api.MqttHookAuthenticate200JSONResponse{Result: api.MqttAuthResultResultAllow, IsSuperuser: id.Service}
+		if !id.Service {
+			exp := id.Expiry.Unix()
+			out.ExpireAt = &exp
+		}
+		return out, nil
 	case errors.Is(err, broker.ErrBadCredentials), errors.Is(err, broker.ErrNotAuthorized):
 		slog.InfoContext(ctx, "mqtt hook: connection refused", who(b.Username), "client_id", broker.Truncate(b.Clientid), "error", err.Error())
 		return deny, nil

@@ -126,6 +126,7 @@ func (a *App) initMQTTBroker(context.Context) (*modules.Service, error) {
 		ServiceUsername:   a.cfg.MQTTUsername,
 		ServicePassword:   a.mqttPassword,
 		MessagesPerSecond: a.cfg.MQTTDeviceRate,
+		Devices:           a.pool,
 		Burst:             int(2 * a.cfg.MQTTDeviceRate),
 		Log:               a.log,
 		Metrics:           a.metrics.Registry,
@@ -134,6 +135,7 @@ func (a *App) initMQTTBroker(context.Context) (*modules.Service, error) {
 		return nil, fmt.Errorf("FLOCK_MQTT_LISTEN: %w", err)
 	}
 	a.broker = br
+	a.ready.Add("mqtt-revocations", br.Ready)
 	a.mqttURL = &url.URL{Scheme: "mqtt", Host: loopback(br.Addr())}
 	public := a.cfg.MQTTPublicURL
 	if public == "" {

@@ -286,6 +286,7 @@ func simulateMain(ctx context.Context, args []string, stdout, stderr io.Writer, 
 	fs.DurationVar(&cfg.SummaryEvery, "summary-every", simulate.DefaultSummaryEvery, "how often to print a summary line")
 	fs.IntVar(&cfg.Concurrency, "concurrency", simulate.DefaultConcurrency, "devices registering and connecting at once")
 	fs.StringVar(&cfg.Name, "name", simulate.DefaultName, "prefix of the devices' names")
+	fs.DurationVar(&cfg.TokenRefresh, "token-refresh", 0, "renew each device's token this often (default: at three quarters of its life), on the open MQTT connection where the broker allows")
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error (logs go to stderr)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: flock-api simulate --api URL --provisioning-key KEY [flags]\n\n"+

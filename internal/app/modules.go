@@ -236,7 +236,7 @@ func (a *App) initAPI(ctx context.Context) (*modules.Service, error) {
 	if a.cfg.MQTTPassword != "" {
 		hookUser = a.cfg.MQTTUsername
 	}
-	mqttAuth, err := broker.NewAuthenticator(hookUser, a.cfg.MQTTPassword, a.tokens)
+	mqttAuth, err := broker.NewAuthenticator(hookUser, a.cfg.MQTTPassword, a.tokens, a.pool)
 	if err != nil {
 		return nil, fmt.Errorf("FLOCK_MQTT_USERNAME: %w", err)
 	}

@@ -58,6 +58,11 @@ type device struct {
 	token     string
 	refreshAt time.Time
 
+	// noReauth is set once a broker refused the re-authentication method
+	// (an external broker that does not know it): the device then connects
+	// without it and reconnects when its token expires.
+	noReauth atomic.Bool
+
 	// connSeq is the connection_seq of the last CONNECT built, which is the
 	// current connection's once it is up.
 	connSeq      atomic.Int64
@@ -232,9 +237,58 @@ func (d *device) currentToken(ctx context.Context) (string, error) {
 	now := time.Now()
 	d.token = resp.JSON200.AccessToken
 	d.refreshAt = now.Add(resp.JSON200.ExpiresAt.Sub(now) * 3 / 4)
+	if r := d.s.cfg.TokenRefresh; r > 0 {
+		d.refreshAt = now.Add(r)
+	}
 	d.s.stats.tokens.Add(1)
 	return d.token, nil
 }
+
+// untilRefresh is how long the current token stays fresh.
+func (d *device) untilRefresh() time.Duration {
+	d.tokMu.Lock()
+	defer d.tokMu.Unlock()
+	return max(time.Until(d.refreshAt), time.Second)
+}
+
+// renew gets a new token before the current one expires and, on a broker
+// that takes it, hands it over on the open connection (MQTT v5
+// re-authentication), so the connection outlives the old token. Without
+// that the broker disconnects the device at expiry and autopaho reconnects
+// with the new token.
+func (d *device) renew(ctx context.Context, cm *autopaho.ConnectionManager) {
+	tok, err := d.currentToken(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			d.s.warn("renew", "renewing the device token failed", "device", d.id.String(), "error", err)
+		}
+		return
+	}
+	if d.noReauth.Load() || !d.online.Load() {
+		return
+	}
+	actx, cancel := context.WithTimeout(ctx, publishTimeout)
+	defer cancel()
+	ar, err := cm.Authenticate(actx, &paho.Auth{ReasonCode: reauthenticate,
+		Properties: &paho.AuthProperties{AuthMethod: ReauthMethod, AuthData: []byte(tok)}})
+	switch {
+	case err != nil:
+		d.s.warn("reauth", "re-authentication failed", "device", d.id.String(), "error", err)
+	case !ar.Success:
+		d.s.warn(fmt.Sprintf("reauth:%d", ar.ReasonCode), "re-authentication refused", "device", d.id.String(),
+			"reason_code", fmt.Sprintf("0x%02x", ar.ReasonCode))
+	default:
+		d.s.stats.reauths.Add(1)
+		d.log.Debug("token renewed on the connection")
+	}
+}
+
+// noAuthSteps is the paho AuthHandler of a connection that names
+// ReauthMethod: the broker accepts or refuses in one step, so it never asks.
+type noAuthSteps struct{}
+
+func (noAuthSteps) Authenticate(a *paho.Auth) *paho.Auth { return a }
+func (noAuthSteps) Authenticated()                       {}
 
 // dropToken forgets the token, so the next use gets a new one.
 func (d *device) dropToken() {
@@ -268,7 +322,10 @@ func (d *device) mqttConfig(ctx, mqttCtx context.Context) autopaho.ClientConfig 
 		// See stop.
 		DisconnectPacketBuilder: func() *paho.Disconnect { return &paho.Disconnect{ReasonCode: disconnectWithWill} },
 		ClientConfig: paho.ClientConfig{
-			ClientID:          id,
+			ClientID: id,
+			// paho needs one when CONNECT names an authentication method;
+			// the broker never asks it anything.
+			AuthHandler:       noAuthSteps{},
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){d.received},
 			OnServerDisconnect: func(dc *paho.Disconnect) {
 				reason := ""
@@ -301,11 +358,15 @@ func (d *device) buildConnect(ctx context.Context, cp *paho.Connect) (*paho.Conn
 	cp.ClientID = id
 	cp.Username, cp.UsernameFlag = id, true
 	cp.Password, cp.PasswordFlag = []byte(tok), true
-	cp.WillMessage = &paho.WillMessage{Topic: Topic(d.id, KindStatus), QoS: 1, Payload: Status(false, seq)}
-	cp.WillProperties = &paho.WillProperties{}
 	if cp.Properties == nil {
 		cp.Properties = &paho.ConnectProperties{}
 	}
+	cp.Properties.AuthMethod = ""
+	if !d.noReauth.Load() {
+		cp.Properties.AuthMethod = ReauthMethod
+	}
+	cp.WillMessage = &paho.WillMessage{Topic: Topic(d.id, KindStatus), QoS: 1, Payload: Status(false, seq)}
+	cp.WillProperties = &paho.WillProperties{}
 	rm := uint16(receiveMaximum)
 	cp.Properties.ReceiveMaximum = &rm
 	return cp, nil
@@ -353,8 +414,11 @@ func (d *device) connectError(err error) {
 	var ce *autopaho.ConnackError
 	if errors.As(err, &ce) {
 		d.s.stats.connectRefused.Add(1)
-		if ce.ReasonCode == 0x86 || ce.ReasonCode == 0x87 { // bad credentials, not authorized: try a new token
+		switch ce.ReasonCode {
+		case 0x86, 0x87: // bad credentials, not authorized: try a new token
 			d.dropToken()
+		case 0x8c: // bad authentication method: a broker without re-authentication
+			d.noReauth.Store(true)
 		}
 		d.s.warn(fmt.Sprintf("connack:%d", ce.ReasonCode), "mqtt connection refused; retrying",
 			"device", d.id.String(), "reason_code", fmt.Sprintf("0x%02x", ce.ReasonCode), "reason", reasonText(ce.ReasonCode, ce.Reason))
@@ -407,10 +471,15 @@ func (d *device) loop(ctx context.Context, cm *autopaho.ConnectionManager) {
 		defer t.Stop()
 		tick = t.C
 	}
+	renew := time.NewTimer(d.untilRefresh())
+	defer renew.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-renew.C:
+			d.renew(ctx, cm)
+			renew.Reset(d.untilRefresh())
 		case <-d.connected:
 			d.syncTarget(ctx, cm, true)
 		case <-d.nudged:
@@ -545,6 +614,14 @@ func (d *device) stop(cm *autopaho.ConnectionManager, stopMQTT context.CancelFun
 // disconnectWithWill is DISCONNECT reason 0x04: end the connection and have
 // the broker publish the will (MQTT 5.0 §3.14.2.1).
 const disconnectWithWill = 0x04
+
+// ReauthMethod is the authentication method of Flock's MQTT v5
+// re-authentication, and reauthenticate the AUTH reason code that asks for
+// it (asyncapi/flock.yaml).
+const (
+	ReauthMethod   = "flock-device-token"
+	reauthenticate = 0x19
+)
 
 // reasonNames are the MQTT v5 reason codes a device may be refused with.
 var reasonNames = map[byte]string{

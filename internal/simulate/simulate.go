@@ -84,6 +84,10 @@ type Config struct {
 	Log *slog.Logger
 	// Name prefixes the devices' names: <Name>-00001 ... (default "sim").
 	Name string
+	// TokenRefresh, when positive, renews each device's token this often
+	// instead of at three quarters of its life, to load the token endpoint
+	// and the broker's re-authentication.
+	TokenRefresh time.Duration
 }
 
 // Validate reports the first setting Run would refuse.
@@ -155,9 +159,10 @@ type Summary struct {
 	// ConnectRefused counts CONNACKs refusing a device; ConnectErrors other
 	// failed connection attempts (network, token).
 	ConnectRefused, ConnectErrors int64
-	// TokensIssued counts device tokens obtained.
-	TokensIssued int64
-	Published    Published
+	// TokensIssued counts device tokens obtained; Reauths the tokens handed
+	// over on an open connection (MQTT v5 re-authentication).
+	TokensIssued, Reauths int64
+	Published             Published
 	// PublishRefused counts negative PUBACKs (rate limit, ACL);
 	// PublishErrors other failed publishes (timeouts, lost connections).
 	PublishRefused, PublishErrors int64
@@ -172,21 +177,21 @@ type Summary struct {
 // String is the summary as one line of key=value pairs.
 func (s Summary) String() string {
 	p := s.Published
-	return fmt.Sprintf("t=%s devices=%d registered=%d connected=%d online=%d reconnects=%d connect_refused=%d connect_errors=%d "+
+	return fmt.Sprintf("t=%s devices=%d registered=%d connected=%d online=%d reconnects=%d connect_refused=%d connect_errors=%d reauths=%d "+
 		"published=%d state=%d telemetry=%d logs=%d events=%d status=%d publish_refused=%d publish_errors=%d "+
 		"nudges=%d commands=%d targets_fetched=%d targets_unchanged=%d targets_applied=%d target_errors=%d",
-		s.Elapsed.Round(100*time.Millisecond), s.Devices, s.Registered, s.Connected, s.Online, s.Reconnects, s.ConnectRefused, s.ConnectErrors,
+		s.Elapsed.Round(100*time.Millisecond), s.Devices, s.Registered, s.Connected, s.Online, s.Reconnects, s.ConnectRefused, s.ConnectErrors, s.Reauths,
 		p.Total(), p.State, p.Telemetry, p.Logs, p.Events, p.Status, s.PublishRefused, s.PublishErrors,
 		s.NudgesReceived, s.CommandsReceived, s.TargetsFetched, s.TargetsUnchanged, s.TargetsApplied, s.TargetErrors)
 }
 
 // counters are updated by every device at once.
 type counters struct {
-	registered, connected, online, reconnects, connectRefused, connectErrors, tokens atomic.Int64
-	state, telemetry, logs, events, status                                           atomic.Int64
-	publishRefused, publishErrors                                                    atomic.Int64
-	nudges, commands                                                                 atomic.Int64
-	targetsFetched, targetsUnchanged, targetsApplied, targetErrors                   atomic.Int64
+	registered, connected, online, reconnects, connectRefused, connectErrors, tokens, reauths atomic.Int64
+	state, telemetry, logs, events, status                                                    atomic.Int64
+	publishRefused, publishErrors                                                             atomic.Int64
+	nudges, commands                                                                          atomic.Int64
+	targetsFetched, targetsUnchanged, targetsApplied, targetErrors                            atomic.Int64
 }
 
 func (c *counters) published(kind string) *atomic.Int64 {
@@ -209,7 +214,7 @@ func (c *counters) snapshot(devices int, elapsed time.Duration) Summary {
 		Elapsed: elapsed, Devices: devices,
 		Registered: c.registered.Load(), Connected: c.connected.Load(), Online: c.online.Load(),
 		Reconnects: c.reconnects.Load(), ConnectRefused: c.connectRefused.Load(), ConnectErrors: c.connectErrors.Load(),
-		TokensIssued: c.tokens.Load(),
+		TokensIssued: c.tokens.Load(), Reauths: c.reauths.Load(),
 		Published: Published{State: c.state.Load(), Telemetry: c.telemetry.Load(), Logs: c.logs.Load(),
 			Events: c.events.Load(), Status: c.status.Load()},
 		PublishRefused: c.publishRefused.Load(), PublishErrors: c.publishErrors.Load(),

@@ -3,8 +3,9 @@ package simulate_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"encoding/json"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"runtime"
@@ -26,6 +27,7 @@ import (
 	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
 	"github.com/flock-io/flock-api/internal/testutil/syncbuf"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 const (
@@ -104,10 +106,10 @@ func (f *fleet) deviceTokens(t *testing.T, issuer string) *devicetoken.Service {
 
 // startBroker runs the embedded broker on a free port until the test ends
 // and returns its mqtt:// URL.
-func startBroker(t *testing.T, v broker.Verifier) string {
+func startBroker(t *testing.T, devices *pgxpool.Pool, v broker.Verifier) string {
 	t.Helper()
 	b, err := broker.New(broker.Config{Listen: "127.0.0.1:0", ServiceUsername: serviceUser, ServicePassword: servicePassword,
-		Log: testLog(t).With("component", "broker")}, v)
+		Devices: devices, Log: testLog(t).With("component", "broker")}, v)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +321,7 @@ func noLeftovers(t *testing.T) {
 func TestSimulate(t *testing.T) {
 	const devices = 5
 	f := newFleet(t)
-	brokerURL := startBroker(t, f.deviceTokens(t, app.DeviceIssuer(apptest.PublicURL)))
+	brokerURL := startBroker(t, f.srv.Pool(t), f.deviceTokens(t, app.DeviceIssuer(apptest.PublicURL)))
 	sub := subscribe(t, brokerURL)
 	out := &syncbuf.Buffer{}
 
@@ -495,9 +497,9 @@ func TestSimulate(t *testing.T) {
 // survives and counts.
 func TestRunFails(t *testing.T) {
 	f := newFleet(t)
-	good := startBroker(t, f.deviceTokens(t, app.DeviceIssuer(apptest.PublicURL)))
+	good := startBroker(t, f.srv.Pool(t), f.deviceTokens(t, app.DeviceIssuer(apptest.PublicURL)))
 	// A broker trusting another deployment refuses every device token.
-	foreign := startBroker(t, f.deviceTokens(t, "http://elsewhere.test"))
+	foreign := startBroker(t, f.srv.Pool(t), f.deviceTokens(t, "http://elsewhere.test"))
 
 	for _, c := range []struct {
 		name    string
@@ -522,8 +524,8 @@ func TestRunFails(t *testing.T) {
 				if s.Registered != 2 || s.Connected != 0 || s.ConnectRefused < 2 || s.Published.Total() != 0 {
 					t.Errorf("summary %s, want 2 registered, none connected, refusals counted", s)
 				}
-				// Logged once at Warn, with the CONNACK's reason.
-				if strings.Count(logs, "mqtt connection refused") != 1 || !strings.Contains(logs, `reason_code=0x86 reason="bad user name or password"`) {
+				// Logged once at Warn, with the CONNACK's reason string.
+				if strings.Count(logs, "mqtt connection refused") != 1 || !strings.Contains(logs, `reason_code=0x86 reason="bad username or password"`) {
 					t.Errorf("logs do not say once why the broker refused:\n%s", logs)
 				}
 			},
@@ -707,4 +709,27 @@ func TestCommandLine(t *testing.T) {
 			t.Errorf("no final summary on stdout: %q", stdout.String())
 		}
 	})
+}
+
+// Devices renew their tokens on the open connection (MQTT v5
+// re-authentication) and stay connected; against a broker that does not
+// know the method they connect without it.
+func TestTokensRenewedOnTheConnection(t *testing.T) {
+	f := newFleet(t)
+	brokerURL := startBroker(t, f.srv.Pool(t), f.deviceTokens(t, app.DeviceIssuer(apptest.PublicURL)))
+	r := start(simulate.Config{
+		API: f.srv.URL, ProvisioningKey: f.provKey, Devices: 2, Rate: 4, MQTTURL: brokerURL,
+		SummaryEvery: 50 * time.Millisecond, Out: io.Discard, Log: testLog(t), TokenRefresh: 300 * time.Millisecond,
+	})
+	t.Cleanup(func() { r.cancel(); <-r.done })
+	testutil.Eventually(t, "each device renewed its token on its connection twice", testutil.Until(func() bool {
+		return r.summary().Reauths >= 4
+	}))
+	sum, err := r.stop(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Reconnects != 0 || sum.ConnectRefused != 0 || sum.Connected != 2 {
+		t.Errorf("summary %s: devices reconnected or were refused while renewing", sum)
+	}
 }

@@ -570,8 +570,15 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 		pk.Mods.MaxSize = cl.Properties.Props.MaximumPacketSize
 	}
 
-	if cl.Properties.Props.RequestProblemInfoFlag && cl.Properties.Props.RequestProblemInfo == 0x0 {
-		pk.Mods.DisallowProblemInfo = true // [MQTT-3.1.2-29] strict, no problem info on any packet if set
+	// Flock's copy: a client that sets Request Problem Information to 0
+	// still gets the reason string of a CONNACK or DISCONNECT, which the
+	// spec allows (MQTT 5.0 §3.1.2.11.7: "MUST NOT send a Reason String or
+	// User Properties on any packet other than PUBLISH, CONNACK, or
+	// DISCONNECT"); upstream dropped it from every packet, so such a
+	// client never learned why it was disconnected.
+	if cl.Properties.Props.RequestProblemInfoFlag && cl.Properties.Props.RequestProblemInfo == 0x0 &&
+		pk.FixedHeader.Type != packets.Connack && pk.FixedHeader.Type != packets.Disconnect {
+		pk.Mods.DisallowProblemInfo = true // [MQTT-3.1.2-29]
 	}
 
 	if pk.FixedHeader.Type != packets.Connack || cl.Properties.Props.RequestResponseInfo == 0x1 || cl.ops.options.Capabilities.Compatibilities.AlwaysReturnResponseInfo {

@@ -10,7 +10,10 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/devicetoken"
 )
 
@@ -27,9 +30,10 @@ type Identity struct {
 	DeviceID uuid.UUID
 	OrgID    uuid.UUID
 	FleetID  uuid.UUID
-	// Expiry is when the device token presented at connect expires. The broker
-	// does not disconnect at that moment: the token is checked once per
-	// connection, and a device must present a fresh one when it reconnects.
+	// Expiry is when the device token presented expires: the embedded
+	// broker ends the connection then, unless the device renews the token
+	// on the connection (OnAuthPacket); an external broker is told it in the
+	// auth hook's answer (EMQX's expire_at).
 	Expiry time.Time
 }
 
@@ -50,12 +54,19 @@ const (
 	reasonClientID          = "client_id"
 	reasonWill              = "will"
 	reasonUnavailable       = "unavailable"
+	reasonAuthMethod        = "auth_method"
+	// reasonRevoked (sessions.go): the device no longer exists.
 )
 
 var authRefusalReasons = []string{
 	reasonMalformedUsername, reasonInvalidToken, reasonServicePassword,
 	reasonDeviceMismatch, reasonClientID, reasonWill, reasonUnavailable,
+	reasonAuthMethod, reasonRevoked,
 }
+
+// errBadAuthMethod maps to CONNACK 0x8C: CONNECT named an authentication
+// method other than ReauthMethod.
+var errBadAuthMethod = errors.New("bad authentication method")
 
 // Authenticator decides who an MQTT client is when it connects. The embedded
 // broker asks it for every CONNECT, and the API's HTTP hooks for an external
@@ -65,15 +76,20 @@ type Authenticator struct {
 	serviceUsername       string
 	servicePasswordDigest [sha256.Size]byte
 	verifier              Verifier
+	devices               *pgxpool.Pool
 }
 
 // NewAuthenticator admits the trusted service client (the ingester) with
-// serviceUsername and servicePassword, and devices with device tokens that v
-// verifies. An empty serviceUsername (with an empty password) admits no
-// service client; the user name must not be a uuid, which names a device.
-func NewAuthenticator(serviceUsername, servicePassword string, v Verifier) (*Authenticator, error) {
+// serviceUsername and servicePassword, and devices that still exist in
+// devices (PostgreSQL) with device tokens that v verifies. An empty
+// serviceUsername (with an empty password) admits no service client; the
+// user name must not be a uuid, which names a device.
+func NewAuthenticator(serviceUsername, servicePassword string, v Verifier, devices *pgxpool.Pool) (*Authenticator, error) {
 	if v == nil {
 		return nil, errors.New("mqtt authenticator: nil Verifier")
+	}
+	if devices == nil {
+		return nil, errors.New("mqtt authenticator: nil device pool")
 	}
 	switch {
 	case serviceUsername != "" && servicePassword == "":
@@ -84,17 +100,17 @@ func NewAuthenticator(serviceUsername, servicePassword string, v Verifier) (*Aut
 	if _, err := uuid.Parse(serviceUsername); err == nil {
 		return nil, fmt.Errorf("mqtt authenticator: service user name %q is a uuid, which names a device", serviceUsername)
 	}
-	return newAuthenticator(serviceUsername, sha256.Sum256([]byte(servicePassword)), v), nil
+	return newAuthenticator(serviceUsername, sha256.Sum256([]byte(servicePassword)), v, devices), nil
 }
 
-func newAuthenticator(serviceUsername string, passwordDigest [sha256.Size]byte, v Verifier) *Authenticator {
-	return &Authenticator{serviceUsername: serviceUsername, servicePasswordDigest: passwordDigest, verifier: v}
+func newAuthenticator(serviceUsername string, passwordDigest [sha256.Size]byte, v Verifier, devices *pgxpool.Pool) *Authenticator {
+	return &Authenticator{serviceUsername: serviceUsername, servicePasswordDigest: passwordDigest, verifier: v, devices: devices}
 }
 
 // authenticator is the broker's Authenticator: New has checked the service
 // credentials in its Config already.
 func (b *Broker) authenticator() *Authenticator {
-	return newAuthenticator(b.cfg.ServiceUsername, b.servicePasswordDigest, b.verifier)
+	return newAuthenticator(b.cfg.ServiceUsername, b.servicePasswordDigest, b.verifier, b.cfg.Devices)
 }
 
 // Authenticate decides whether a client may connect; see
@@ -146,6 +162,12 @@ func (a *Authenticator) authenticate(ctx context.Context, clientID, username str
 		}
 		return Identity{}, reasonUnavailable, fmt.Errorf("verify token of device %s: %w", device, err)
 	}
+	// The HTTP API allows verified tokens 30 seconds of clock skew between
+	// servers; a connection, though, ends exactly at exp (sessions.go), so
+	// a token already past it would be cut off at once.
+	if !claims.Expiry.After(time.Now()) {
+		return Identity{}, reasonInvalidToken, fmt.Errorf("%w: device %s: token expired at %s", ErrBadCredentials, device, claims.Expiry.UTC().Format(time.RFC3339))
+	}
 	if claims.DeviceID != device {
 		return Identity{}, reasonDeviceMismatch, fmt.Errorf("%w: token of device %s presented as device %s", ErrNotAuthorized, claims.DeviceID, device)
 	}
@@ -153,6 +175,12 @@ func (a *Authenticator) authenticate(ctx context.Context, clientID, username str
 	// and so end that device's session.
 	if clientID != username {
 		return Identity{}, reasonClientID, fmt.Errorf("%w: client id %q is not the device uuid %s", ErrNotAuthorized, Truncate(clientID), device)
+	}
+	// Deleting a device stops its tokens at once, here as on the HTTP API.
+	if _, err := db.New(a.devices).DeviceScope(ctx, device); errors.Is(err, pgx.ErrNoRows) {
+		return Identity{}, reasonRevoked, fmt.Errorf("%w: device %s was deleted", ErrNotAuthorized, device)
+	} else if err != nil {
+		return Identity{}, reasonUnavailable, fmt.Errorf("load device %s: %w", device, err)
 	}
 	return Identity{
 		DeviceID: claims.DeviceID,

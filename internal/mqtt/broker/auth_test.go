@@ -9,6 +9,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 func TestCanPublish(t *testing.T) {
@@ -156,6 +157,10 @@ func TestAuthenticate(t *testing.T) {
 	e := start(t, nil)
 	devA, tokA := e.device()
 	devB, _ := e.device()
+	devGone, tokGone := e.device()
+	if _, err := e.pool.Exec(t.Context(), `DELETE FROM devices WHERE id = $1`, devGone); err != nil {
+		t.Fatal(err)
+	}
 
 	// A verifier that cannot reach its database to load an unknown key: the
 	// answer is neither refusal.
@@ -171,7 +176,7 @@ func TestAuthenticate(t *testing.T) {
 	}
 	brokenPool.Close()
 	brokenPool2.Close()
-	unavailable, err := New(Config{Listen: "127.0.0.1:0", Log: slog.New(slog.DiscardHandler)}, broken)
+	unavailable, err := New(Config{Listen: "127.0.0.1:0", Log: slog.New(slog.DiscardHandler), Devices: e.pool}, broken)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,13 +201,14 @@ func TestAuthenticate(t *testing.T) {
 		{"user name not a uuid", e.broker, "x", "x", tokA, ErrBadCredentials, false},
 		{"empty user name", e.broker, "", "", tokA, ErrBadCredentials, false},
 		{"verifier unavailable", unavailable, devA.String(), devA.String(), tokUnknownKey, errOther, false},
+		{"deleted device, token still valid", e.broker, devGone.String(), devGone.String(), tokGone, ErrNotAuthorized, false},
 	}
 	// The standalone Authenticator an external broker's hooks use, built
 	// from the same credentials and verifier, decides the same.
 	standalone := map[*Broker]*Authenticator{}
 	for b, v := range map[*Broker]Verifier{e.broker: e.tokens, unavailable: broken2} {
 		user, pass := b.cfg.ServiceUsername, b.cfg.ServicePassword
-		a, err := NewAuthenticator(user, pass, v)
+		a, err := NewAuthenticator(user, pass, v, e.pool)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -242,28 +248,31 @@ func TestAuthenticate(t *testing.T) {
 }
 
 func TestNewAuthenticator(t *testing.T) {
-	v := newTokens(t, pgtest.Pool(t), testIssuer)
+	pool := pgtest.Pool(t)
+	v := newTokens(t, pool, testIssuer)
 	for _, tt := range []struct {
 		name, user, password string
 		v                    Verifier
+		pool                 *pgxpool.Pool
 		ok                   bool
 	}{
-		{"service and devices", serviceUser, servicePassword, v, true},
-		{"devices only", "", "", v, true},
-		{"no verifier", serviceUser, servicePassword, nil, false},
-		{"user without password", serviceUser, "", v, false},
-		{"password without user", "", servicePassword, v, false},
-		{"user name is a uuid", uuid.NewString(), servicePassword, v, false},
+		{"service and devices", serviceUser, servicePassword, v, pool, true},
+		{"devices only", "", "", v, pool, true},
+		{"no verifier", serviceUser, servicePassword, nil, pool, false},
+		{"no device pool", serviceUser, servicePassword, v, nil, false},
+		{"user without password", serviceUser, "", v, pool, false},
+		{"password without user", "", servicePassword, v, pool, false},
+		{"user name is a uuid", uuid.NewString(), servicePassword, v, pool, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			a, err := NewAuthenticator(tt.user, tt.password, tt.v)
+			a, err := NewAuthenticator(tt.user, tt.password, tt.v, tt.pool)
 			if (err == nil) != tt.ok {
 				t.Fatalf("NewAuthenticator = %v, %v; want ok %v", a, err, tt.ok)
 			}
 		})
 	}
 	// Without a service user, its name is nobody's: not even the empty one.
-	a, err := NewAuthenticator("", "", v)
+	a, err := NewAuthenticator("", "", v, pool)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +282,8 @@ func TestNewAuthenticator(t *testing.T) {
 }
 
 func TestIdentify(t *testing.T) {
-	a, err := NewAuthenticator(serviceUser, servicePassword, newTokens(t, pgtest.Pool(t), testIssuer))
+	pool := pgtest.Pool(t)
+	a, err := NewAuthenticator(serviceUser, servicePassword, newTokens(t, pool, testIssuer), pool)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,16 +1,18 @@
 // Package broker is the embedded MQTT broker devices connect to when no
 // external broker is configured: mochi-mqtt with one TCP listener, device-token
-// authentication, per-topic ACLs and a per-device publish rate limit.
+// authentication, per-topic ACLs, a per-device publish rate limit, and
+// payloads checked against the AsyncAPI document before they are
+// acknowledged.
 //
 // The decisions (Authenticate, CanPublish, CanSubscribe) are exported so the
 // same rules can serve an external broker's HTTP auth hooks.
 //
-// A device token is checked when the device connects, not afterwards: a
-// device whose token expires while it is connected stays connected until it
-// reconnects, and then needs a valid token. Tokens live about 15 minutes;
-// cutting connections at expiry would make every device reconnect that often
-// (MQTT v5 re-authentication could refresh a token in place, but devices do
-// not use it).
+// A device's connection lives no longer than its token and no longer than
+// the device: at the token's expiry the broker disconnects it (DISCONNECT
+// 0x87) unless the device has renewed the token on the connection with MQTT
+// v5 re-authentication (AUTH, method ReauthMethod), and a device deleted in
+// PostgreSQL is disconnected as soon as the deletion commits (the devices
+// table notifies every broker; see sessions.go).
 package broker
 
 import (
@@ -25,10 +27,13 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flock-io/flock-api/internal/events"
 )
 
 // Config configures a Broker.
@@ -47,6 +52,13 @@ type Config struct {
 	// defaults 20 and 40. The service is not limited.
 	MessagesPerSecond float64
 	Burst             int
+	// Devices is PostgreSQL, where the broker checks that a device still
+	// exists when it connects or renews its token, and hears of devices
+	// deleted while connected. Required.
+	Devices *pgxpool.Pool
+	// Validator checks what devices publish against the AsyncAPI document;
+	// nil builds one.
+	Validator *events.Validator
 	// Log defaults to slog.Default().
 	Log *slog.Logger
 	// Metrics registers the broker's counters when not nil.
@@ -114,13 +126,21 @@ type Broker struct {
 	log                   *slog.Logger
 	servicePasswordDigest [sha256.Size]byte
 
-	server *mqtt.Server
-	ln     *listener
-	limits *deviceLimits
+	server    *mqtt.Server
+	ln        *listener
+	limits    *deviceLimits
+	sessions  *sessions
+	validator *events.Validator
+	// listening is true while revocations are heard (readiness).
+	listening atomic.Bool
+	// listener goroutine of Run
+	revocations sync.WaitGroup
 
-	authRefused        *prometheus.CounterVec
-	publishRefusedACL  prometheus.Counter
-	publishRefusedRate prometheus.Counter
+	authRefused           *prometheus.CounterVec
+	publishRefusedACL     prometheus.Counter
+	publishRefusedRate    prometheus.Counter
+	publishRefusedPayload prometheus.Counter
+	disconnected          *prometheus.CounterVec
 	// Messages accepted from a publisher that a subscriber never got.
 	droppedQueueFull   prometheus.Counter
 	droppedPacketIDs   prometheus.Counter
@@ -157,13 +177,31 @@ func New(cfg Config, v Verifier) (*Broker, error) {
 			Name: "flock_mqtt_auth_refused_total",
 			Help: "MQTT connections refused by the embedded broker, by reason.",
 		}, []string{"reason"}),
+		disconnected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flock_mqtt_devices_disconnected_total",
+			Help: "Device connections the embedded broker ended: token_expired (not renewed by re-authentication), revoked (the device was deleted), reauth_failed (a renewal did not verify).",
+		}, []string{"reason"}),
+	}
+	b.sessions = newSessions(b.end)
+	b.validator = cfg.Validator
+	if b.validator == nil {
+		v, err := events.NewValidator()
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("broker: %w", err)
+		}
+		b.validator = v
+	}
+	for _, r := range []string{reasonTokenExpired, reasonRevoked, reasonReauthFailed} {
+		b.disconnected.WithLabelValues(r)
 	}
 	publishRefused := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flock_mqtt_publish_refused_total",
-		Help: "MQTT publishes dropped by the embedded broker: acl (topic not allowed) or rate (over the device's rate limit).",
+		Help: "MQTT publishes dropped by the embedded broker: acl (topic not allowed), rate (over the device's rate limit) or payload (not JSON, or not matching its channel's schema).",
 	}, []string{"reason"})
 	b.publishRefusedACL = publishRefused.WithLabelValues("acl")
 	b.publishRefusedRate = publishRefused.WithLabelValues("rate")
+	b.publishRefusedPayload = publishRefused.WithLabelValues("payload")
 	dropped := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "flock_mqtt_messages_dropped_total",
 		Help: "Messages the embedded broker accepted but did not deliver to a subscriber: queue_full (the client's outbound queue, or its store of unacknowledged messages, was full), packet_ids (the client had 65535 messages unacknowledged), undelivered (a QoS 1/2 message removed unacknowledged: expired, or its session ended).",
@@ -206,7 +244,7 @@ func New(cfg Config, v Verifier) (*Broker, error) {
 
 	if cfg.Metrics != nil {
 		var registered []prometheus.Collector
-		for _, c := range []prometheus.Collector{b.authRefused, publishRefused, dropped} {
+		for _, c := range []prometheus.Collector{b.authRefused, publishRefused, dropped, b.disconnected} {
 			if err := cfg.Metrics.Register(c); err != nil {
 				for _, r := range registered {
 					cfg.Metrics.Unregister(r)
@@ -249,6 +287,9 @@ func (c *Config) setDefaults() error {
 	if c.Log == nil {
 		c.Log = slog.Default()
 	}
+	if c.Devices == nil {
+		return errors.New("broker: Devices is nil: the broker checks devices exist in PostgreSQL")
+	}
 	return nil
 }
 
@@ -270,13 +311,44 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 	b.log.Info("mqtt broker listening", "addr", b.Addr(),
 		"max_packet_size", b.cfg.MaxPacketSize, "device_messages_per_second", b.cfg.MessagesPerSecond, "device_burst", b.cfg.Burst)
+	b.revocations.Go(func() { b.listenRevocations(b.ctx) })
 	<-ctx.Done()
 	b.cancel()
+	b.revocations.Wait()
 	if err := b.server.Close(); err != nil {
 		return fmt.Errorf("broker: close: %w", err)
 	}
 	b.log.Info("mqtt broker stopped", "addr", b.Addr())
 	return nil
+}
+
+// Ready reports whether the broker hears device revocations: until it
+// does, a deleted device could stay connected.
+func (b *Broker) Ready(context.Context) error {
+	if !b.listening.Load() {
+		return errors.New("not listening for device revocations in PostgreSQL")
+	}
+	return nil
+}
+
+// end disconnects a device's connection for good: DISCONNECT with code to an
+// MQTT v5 client (3.1.1 has no DISCONNECT from the server; the connection
+// just closes), and the will goes out.
+func (b *Broker) end(cl *mqtt.Client, code packets.Code) {
+	reason := reasonRevoked
+	switch code {
+	case codeTokenExpired:
+		reason = reasonTokenExpired
+	case codeReauthFailed, codeBadMethod:
+		reason = reasonReauthFailed
+	}
+	b.disconnected.WithLabelValues(reason).Inc()
+	b.log.Info("mqtt device disconnected", "device", cl.ID, "reason", reason)
+	if cl.Properties.ProtocolVersion == 5 {
+		_ = b.server.DisconnectClient(cl, code)
+		return
+	}
+	cl.Stop(code)
 }
 
 // identityOf is who an accepted client is. It is derived from what the
@@ -319,6 +391,8 @@ func (b *Broker) refuse(cl *mqtt.Client, username, reason string, err error) pac
 		v5, v3 = packets.ErrBadUsernameOrPassword, packets.ErrMalformedUsernameOrPassword
 	case errors.Is(err, ErrNotAuthorized):
 		v5, v3 = packets.ErrNotAuthorized, packets.Err3NotAuthorized
+	case errors.Is(err, errBadAuthMethod):
+		v5, v3 = packets.ErrBadAuthenticationMethod, packets.Err3NotAuthorized
 	}
 	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ReasonCode: v3.Code}
 	if cl.Properties.ProtocolVersion == 5 {
@@ -342,7 +416,7 @@ func (h *hook) ID() string { return "flock" }
 func (h *hook) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
-		mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketEncode,
+		mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnAuthPacket,
 		mqtt.OnPublishDropped, mqtt.OnPacketIDExhausted, mqtt.OnQosDropped:
 		return true
 	}
@@ -360,6 +434,10 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		reason = reasonWill
 		err = fmt.Errorf("%w: will on topic %q", ErrNotAuthorized, Truncate(pk.Connect.WillTopic))
 	}
+	if m := pk.Properties.AuthenticationMethod; err == nil && m != "" && (m != ReauthMethod || id.Service) {
+		reason = reasonAuthMethod
+		err = fmt.Errorf("%w: %q", errBadAuthMethod, Truncate(m))
+	}
 	if err != nil {
 		return h.b.refuse(cl, username, reason, err)
 	}
@@ -368,8 +446,41 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		// ingester's shared subscriptions never receive them, so a device
 		// could only use them to grow the heap.
 		cl.Properties.Will.Retain = false
+		if !h.b.sessions.add(id.DeviceID, cl, id.Expiry) {
+			return h.b.refuse(cl, username, reasonRevoked, fmt.Errorf("%w: device %s was deleted", ErrNotAuthorized, id.DeviceID))
+		}
 	}
 	return nil
+}
+
+// OnAuthPacket renews a device's token on its open connection (MQTT v5
+// re-authentication, §4.12.1): an AUTH with reason 0x19, method
+// ReauthMethod (which CONNECT must have named) and the new token as data.
+// A renewal that verifies answers AUTH 0x00 and moves the connection's end
+// to the new token's expiry; anything else ends the connection (mochi sends
+// the DISCONNECT with the returned code).
+func (h *hook) OnAuthPacket(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	id, ok := h.b.identityOf(cl)
+	if !ok || id.Service || pk.ReasonCode != packets.CodeReAuthenticate.Code ||
+		pk.Properties.AuthenticationMethod != ReauthMethod || cl.Properties.Props.AuthenticationMethod != ReauthMethod {
+		h.b.disconnected.WithLabelValues(reasonReauthFailed).Inc()
+		return pk, codeBadMethod
+	}
+	ctx, cancel := context.WithTimeout(h.b.ctx, authTimeout)
+	defer cancel()
+	renewed, _, err := h.b.authenticate(ctx, cl.ID, cl.ID, pk.Properties.AuthenticationData)
+	if err != nil || !h.b.sessions.renew(id.DeviceID, cl, renewed.Expiry) {
+		h.b.disconnected.WithLabelValues(reasonReauthFailed).Inc()
+		h.b.log.Info("mqtt re-authentication refused", "device", cl.ID, "error", err)
+		return pk, codeReauthFailed
+	}
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Auth}, ReasonCode: packets.CodeSuccess.Code,
+		Properties: packets.Properties{AuthenticationMethod: ReauthMethod}}
+	if err := cl.WritePacket(ack); err != nil {
+		return pk, err
+	}
+	h.b.log.Debug("mqtt device renewed its token", "device", cl.ID, "expires", renewed.Expiry)
+	return pk, nil
 }
 
 // OnConnectAuthenticate accepts: OnConnect has already refused every
@@ -404,29 +515,53 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, nil
 	}
 	pk.FixedHeader.Retain = false // see OnConnect
-	if h.b.limits.allow(id.DeviceID, cl) {
-		return pk, nil
+	if !h.b.limits.allow(id.DeviceID, cl) {
+		h.b.publishRefusedRate.Inc()
+		h.nack(cl, id, pk, packets.ErrQuotaExceeded)
+		return pk, packets.ErrRejectPacket
 	}
-	h.b.publishRefusedRate.Inc()
-	if pk.FixedHeader.Qos > 0 {
-		// MQTT 3.1.1 has no negative acknowledgement: the PUBACK (or PUBREC)
-		// encodes without the reason code, so a v3 device sees its message
-		// accepted. Leaving it unacknowledged instead would stall a client
-		// whose inflight window fills.
-		ack := packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Puback},
-			PacketID:    pk.PacketID,
-			ReasonCode:  packets.ErrQuotaExceeded.Code,
-			Properties:  packets.Properties{ReasonString: packets.ErrQuotaExceeded.Reason},
-		}
-		if pk.FixedHeader.Qos == 2 {
-			ack.FixedHeader.Type = packets.Pubrec
-		}
-		if err := cl.WritePacket(ack); err != nil {
-			h.b.log.Debug("mqtt: write quota-exceeded ack", who(id, cl), "error", err)
-		}
+	// The ACL check passed, so the topic is one of the device's channels.
+	_, kind, _ := ParseDeviceTopic(pk.TopicName)
+	if _, err := h.b.validator.Decode(kind, pk.Payload); err != nil {
+		h.b.publishRefusedPayload.Inc()
+		h.b.log.Debug("mqtt publish refused: invalid payload", who(id, cl), "kind", kind, "error", err)
+		h.nack(cl, id, pk, packets.Code{Code: packets.ErrPayloadFormatInvalid.Code, Reason: reasonString(err.Error())})
+		return pk, packets.ErrRejectPacket
 	}
-	return pk, packets.ErrRejectPacket
+	return pk, nil
+}
+
+// nack refuses a QoS 1/2 publish with code; a QoS 0 one is dropped without
+// a word. MQTT 3.1.1 has no negative acknowledgement: the PUBACK (or PUBREC)
+// encodes without the reason code, so a v3 device sees its message
+// accepted. Leaving it unacknowledged instead would stall a client whose
+// inflight window fills.
+func (h *hook) nack(cl *mqtt.Client, id Identity, pk packets.Packet, code packets.Code) {
+	if pk.FixedHeader.Qos == 0 {
+		return
+	}
+	ack := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Puback},
+		PacketID:    pk.PacketID,
+		ReasonCode:  code.Code,
+		Properties:  packets.Properties{ReasonString: code.Reason},
+	}
+	if pk.FixedHeader.Qos == 2 {
+		ack.FixedHeader.Type = packets.Pubrec
+	}
+	if err := cl.WritePacket(ack); err != nil {
+		h.b.log.Debug("mqtt: write negative ack", who(id, cl), "reason_code", code.Code, "error", err)
+	}
+}
+
+// reasonString bounds a reason string: it tells the device what was wrong,
+// and must fit comfortably in its receive limit.
+func reasonString(s string) string {
+	const max = 512
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "…"
 }
 
 // who names the client in logs: a device by its uuid, the service by its
@@ -441,6 +576,7 @@ func who(id Identity, cl *mqtt.Client) slog.Attr {
 func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	if id, ok := h.b.identityOf(cl); ok && !id.Service {
 		h.b.limits.release(id.DeviceID, cl)
+		h.b.sessions.remove(id.DeviceID, cl)
 	}
 }
 
@@ -466,9 +602,12 @@ func (h *hook) OnQosDropped(*mqtt.Client, packets.Packet) {
 	h.b.droppedUndelivered.Inc()
 }
 
-func (h *hook) OnPacketEncode(_ *mqtt.Client, pk packets.Packet) packets.Packet {
+func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	if pk.FixedHeader.Type == packets.Connack && pk.ReasonCode < packets.ErrUnspecifiedError.Code {
 		pk.Properties.MaximumPacketSize = h.b.cfg.MaxPacketSize
+		// A CONNACK accepting a CONNECT that named an authentication method
+		// names the same method (MQTT 5.0 §3.2.2.3.17).
+		pk.Properties.AuthenticationMethod = cl.Properties.Props.AuthenticationMethod
 	}
 	return pk
 }

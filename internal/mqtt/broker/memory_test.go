@@ -75,8 +75,7 @@ func TestMemoryPerIdleConnection(t *testing.T) {
 	pool := pgtest.Pool(t)
 	tokens := newTokens(t, pool, testIssuer)
 	var list strings.Builder
-	for range n {
-		id := uuid.New()
+	for _, id := range addDevices(t, pool, n) {
 		tok, _, err := tokens.Issue(t.Context(), id, uuid.New(), uuid.New())
 		if err != nil {
 			t.Fatal(err)
@@ -86,7 +85,7 @@ func TestMemoryPerIdleConnection(t *testing.T) {
 
 	for _, tt := range rows {
 		t.Run(tt.name, func(t *testing.T) {
-			b, err := New(Config{Listen: "127.0.0.1:0", Log: slog.New(slog.DiscardHandler)}, tokens)
+			b, err := New(Config{Listen: "127.0.0.1:0", Log: slog.New(slog.DiscardHandler), Devices: pool}, tokens)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -57,7 +57,7 @@ func (o *orderCheck) receive(pub string, n int) (bool, error) {
 func publishQoS1(ctx context.Context, c *paho.Client, topic, payload string) error {
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	pr, err := c.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: []byte(payload)})
+	pr, err := c.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: wrap(topic, payload)})
 	if err != nil {
 		return err
 	}
@@ -170,8 +170,8 @@ func (s *lateSubscriber) expect(want string) *pahopackets.Publish {
 		if !ok {
 			s.t.Fatalf("connection closed while waiting for %q", want)
 		}
-		if string(p.Payload) != want {
-			s.t.Fatalf("received %q, want %q", p.Payload, want)
+		if got := unwrap(p.Topic, p.Payload); got != want {
+			s.t.Fatalf("received %q, want %q", got, want)
 		}
 		return p
 	case <-time.After(wait):
@@ -311,7 +311,7 @@ func TestQoS1KeepsPublisherOrder(t *testing.T) {
 				if !ok {
 					t.Fatalf("message on %s", p.Topic)
 				}
-				n, err := strconv.Atoi(string(p.Payload))
+				n, err := strconv.Atoi(unwrap(p.Topic, p.Payload))
 				if err != nil {
 					t.Fatalf("payload %q: %v", p.Payload, err)
 				}
@@ -407,7 +407,7 @@ func TestDevicePacketIDsLeaveDeliveriesAlone(t *testing.T) {
 	// publishes from 1 too, so these reuse the nudges' identifiers.
 	for i := range window {
 		ctx, cancel := context.WithTimeout(t.Context(), wait)
-		pr, err := d.Publish(ctx, &paho.Publish{Topic: topic(dev, "state"), QoS: 1, Payload: []byte(`{}`)})
+		pr, err := d.Publish(ctx, &paho.Publish{Topic: topic(dev, "state"), QoS: 1, Payload: fmt.Appendf(nil, `{"seq":%d}`, i)})
 		cancel()
 		if err != nil || pr.ReasonCode != 0 {
 			t.Fatalf("device publish %d: %v %v", i, pr, err)

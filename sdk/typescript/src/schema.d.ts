@@ -1377,6 +1377,13 @@ export interface components {
             result: "allow" | "deny";
             /** @description True for the service client only; the broker then skips authorization for it. */
             is_superuser: boolean;
+            /**
+             * Format: int64
+             * @description For a device, when its token expires (Unix seconds): EMQX disconnects
+             *     the client then, as the embedded broker does, unless it
+             *     re-authenticates. Absent for the service client.
+             */
+            expire_at?: number;
         };
         /** @description What a connected client asks to do. Other fields are ignored. */
         MqttAclRequest: {
