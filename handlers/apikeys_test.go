@@ -2,10 +2,12 @@ package handlers_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
 )
 
@@ -71,15 +73,14 @@ func TestAPIKeys(t *testing.T) {
 	soon := time.Now().Add(1500 * time.Millisecond).UTC().Format(time.RFC3339Nano)
 	exp := must(t, srv, 201, "POST", base, w.admin, map[string]any{"name": "short", "role": "viewer", "expires_at": soon})
 	must(t, srv, 200, "GET", "/v1/orgs/"+w.org, exp["secret"].(string), nil)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.Eventually(t, "the short key to expire", func() error {
 		status, _, out = call(t, srv, "GET", "/v1/orgs/"+w.org, exp["secret"].(string), nil)
-		if status == 401 || time.Now().After(deadline) {
-			break
+		if status != 401 {
+			return fmt.Errorf("GET with the key = %d", status)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if status != 401 || !strings.Contains(out["detail"].(string), "expired") {
+		return nil
+	})
+	if !strings.Contains(out["detail"].(string), "expired") {
 		t.Fatalf("expired key = %d %v", status, out)
 	}
 	if status, _, _ := call(t, srv, "POST", base, w.admin, map[string]any{"name": "past", "role": "viewer", "expires_at": "2020-01-01T00:00:00Z"}); status != 400 {

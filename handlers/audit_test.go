@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
 )
 
@@ -123,16 +124,11 @@ func TestAuditToLoki(t *testing.T) {
 	org := must(t, srv, 201, "POST", "/v1/orgs", owner, map[string]any{"name": "Logged"})["id"].(string)
 	must(t, srv, 200, "PATCH", "/v1/orgs/"+org, owner, map[string]any{"name": "Logged 2"})
 
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.Eventually(t, "two events pushed to Loki", testutil.Until(func() bool {
 		mu.Lock()
-		n := len(lines)
-		mu.Unlock()
-		if n >= 2 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		defer mu.Unlock()
+		return len(lines) >= 2
+	}))
 	mu.Lock()
 	defer mu.Unlock()
 	if len(lines) != 2 {

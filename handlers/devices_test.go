@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
 )
 
@@ -96,15 +97,14 @@ func TestProvisioningKeyLimits(t *testing.T) {
 
 	soon := time.Now().Add(1500 * time.Millisecond).UTC().Format(time.RFC3339Nano)
 	short := must(t, srv, 201, "POST", base, w.developer, map[string]any{"name": "short", "expires_at": soon})["secret"].(string)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.Eventually(t, "the short key to expire", func() error {
 		status, _, out = call(t, srv, "POST", "/device/v1/register", "", newDevice(t).registration(short))
-		if status == 401 || time.Now().After(deadline) {
-			break
+		if status != 401 {
+			return fmt.Errorf("register = %d", status)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if status != 401 || out["code"] != "provisioning_key_expired" {
+		return nil
+	})
+	if out["code"] != "provisioning_key_expired" {
 		t.Fatalf("expired key = %d %v", status, out)
 	}
 

@@ -1,6 +1,7 @@
 package handlers_test
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"sync"
@@ -136,16 +137,20 @@ func TestConcurrentFirstSignIns(t *testing.T) {
 		var wg sync.WaitGroup
 		statuses := make([]int, requests)
 		ids := make([]any, requests)
+		errs := make([]error, requests)
 		for i := range requests {
 			wg.Go(func() {
 				var out map[string]any
-				statuses[i], _, out = srv.Do(t, "GET", "/v1/me", tok, nil)
+				statuses[i], _, out, errs[i] = srv.Send("GET", "/v1/me", tok, nil, nil)
 				if user, ok := out["user"].(map[string]any); ok {
 					ids[i] = user["id"]
 				}
 			})
 		}
 		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatal(err)
+		}
 		for i := range requests {
 			if statuses[i] != http.StatusOK || ids[i] != ids[0] {
 				t.Fatalf("user %d: statuses %v, ids %v; want every request 200 as one user", u, statuses, ids)

@@ -1,9 +1,7 @@
 package handlers_test
 
 import (
-	"bytes"
-	"encoding/json"
-	"io"
+	"errors"
 	"net/http"
 	"sync"
 	"testing"
@@ -13,28 +11,16 @@ import (
 
 func keyed(t *testing.T, srv *apptest.Server, method, path, token, key string, body any) (int, http.Header, map[string]any) {
 	t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
-	req, _ := http.NewRequest(method, srv.URL+path, rd)
-	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("Idempotency-Key", key)
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
+	status, hdr, out, err := sendKeyed(srv, method, path, token, key, body)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	var out map[string]any
-	raw, _ := io.ReadAll(resp.Body)
-	if len(raw) > 0 {
-		_ = json.Unmarshal(raw, &out)
-	}
-	return resp.StatusCode, resp.Header, out
+	return status, hdr, out
+}
+
+// sendKeyed is keyed for any goroutine: it returns the error.
+func sendKeyed(srv *apptest.Server, method, path, token, key string, body any) (int, http.Header, map[string]any, error) {
+	return srv.Send(method, path, token, http.Header{"Idempotency-Key": {key}}, body)
 }
 
 func TestIdempotencyKeys(t *testing.T) {
@@ -87,12 +73,16 @@ func TestIdempotencyKeyRace(t *testing.T) {
 	owner := srv.Token(t, "racer@example.com")
 	var wg sync.WaitGroup
 	statuses := make([]int, 8)
+	errs := make([]error, 8)
 	for i := range statuses {
 		wg.Go(func() {
-			statuses[i], _, _ = keyed(t, srv, "POST", "/v1/orgs", owner, "race", map[string]any{"name": "Once"})
+			statuses[i], _, _, errs[i] = sendKeyed(srv, "POST", "/v1/orgs", owner, "race", map[string]any{"name": "Once"})
 		})
 	}
 	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
 	for _, s := range statuses {
 		if s != 201 && s != 409 {
 			t.Fatalf("statuses %v: want only 201 (run or replayed) and 409 (in flight)", statuses)

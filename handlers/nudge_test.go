@@ -2,6 +2,7 @@ package handlers_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/nudge"
 	"github.com/flock-io/flock-api/internal/nudge/nudgetest"
+	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
 	"github.com/flock-io/flock-api/internal/testutil/promtest"
 )
@@ -80,27 +82,24 @@ func startNudgeServer(t *testing.T) *nudgeEnv {
 	return env
 }
 
-// settle waits until the worker has nothing pending, every nudge it
-// published has been consumed, and that stays so for a while.
+// settle waits until every change reported so far has been nudged and
+// every nudge consumed: nothing pending, no pass running, and as many
+// records consumed as published. A change's report happens before its
+// request returns (an after-commit hook), so no later nudge can come from
+// what the test did before.
 func (e *nudgeEnv) settle(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	quiet, last := 0, -1.0
-	for quiet < 4 {
-		if time.Now().After(deadline) {
-			t.Fatal("nudges did not settle within 20s")
+	testutil.Eventually(t, "nudges to settle", func() error {
+		// Pending first, then the pass: a pass sets its gauge before it
+		// takes the pending changes.
+		pending := promtest.Sum(t, e.reg, "flock_nudge_pending_fleets") + promtest.Sum(t, e.reg, "flock_nudge_pending_devices")
+		running := promtest.Sum(t, e.reg, "flock_nudge_pass_running")
+		pub, consumed := promtest.Sum(t, e.reg, "flock_nudges_published_total"), float64(e.c.Total(t))
+		if pending != 0 || running != 0 || consumed != pub {
+			return fmt.Errorf("%v pending, pass running %v, %v of %v published consumed", pending, running, consumed, pub)
 		}
-		time.Sleep(100 * time.Millisecond)
-		pub := promtest.Sum(t, e.reg, "flock_nudges_published_total")
-		idle := promtest.Sum(t, e.reg, "flock_nudge_pending_fleets")+promtest.Sum(t, e.reg, "flock_nudge_pending_devices") == 0 &&
-			float64(e.c.Total(t)) == pub
-		if idle && pub == last {
-			quiet++
-		} else {
-			quiet = 0
-		}
-		last = pub
-	}
+		return nil
+	})
 }
 
 // stateVersion is what GET /device/v1/state returns the device now; its

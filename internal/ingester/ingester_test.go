@@ -253,15 +253,24 @@ func (e *env) connect(id uuid.UUID) *device {
 
 func (d *device) publish(t *testing.T, kind, payload string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), wait)
+	if err := d.send(t.Context(), kind, payload); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// send publishes at QoS 1 and says what went wrong; any goroutine may call
+// it.
+func (d *device) send(ctx context.Context, kind, payload string) error {
+	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	res, err := d.client.Publish(ctx, &paho.Publish{Topic: "flock/v1/devices/" + d.id.String() + "/" + kind, QoS: 1, Payload: []byte(payload)})
 	if err != nil {
-		t.Fatalf("publish %s: %v", kind, err)
+		return fmt.Errorf("publish %s: %w", kind, err)
 	}
 	if res != nil && res.ReasonCode >= 0x80 {
-		t.Fatalf("publish %s refused: %#x", kind, res.ReasonCode)
+		return fmt.Errorf("publish %s refused: %#x", kind, res.ReasonCode)
 	}
+	return nil
 }
 
 // kafka collects every record of topics from the start.
@@ -518,12 +527,15 @@ func TestShutdownLosesNothing(t *testing.T) {
 			id := e.addDevice()
 			d := e.connect(id)
 			const n = 400
-			published := make(chan struct{})
+			published := make(chan error, 1)
 			go func() {
-				defer close(published)
 				for i := 1; i <= n; i++ {
-					d.publish(t, "logs", fmt.Sprintf(`{"entries":[{"service":"api","seq":%d,"ts":%q,"stream":"stdout","line":"line %d"}]}`, i, ts(time.Now()), i))
+					if err := d.send(t.Context(), "logs", fmt.Sprintf(`{"entries":[{"service":"api","seq":%d,"ts":%q,"stream":"stdout","line":"line %d"}]}`, i, ts(time.Now()), i)); err != nil {
+						published <- err
+						return
+					}
 				}
+				published <- nil
 			}()
 			// Stop once some but not all are stored.
 			testutil.Eventually(t, "some stored", func() error {
@@ -536,7 +548,9 @@ func TestShutdownLosesNothing(t *testing.T) {
 			if err := stop(); err != nil {
 				t.Fatalf("stop: %v", err)
 			}
-			<-published
+			if err := <-published; err != nil {
+				t.Fatal(err)
+			}
 			e.startIngester(cfg) // same client id: resumes the session
 			testutil.Eventually(t, "all stored once", func() error {
 				got, err := e.telemetry.Logs(t.Context(), id, "", time.Time{}, 2*n)

@@ -95,6 +95,10 @@ type Service struct {
 	published prometheus.Counter
 	failures  *prometheus.CounterVec
 	passes    prometheus.Counter
+	// inPass is 1 from the moment a pass takes the pending changes until
+	// it has published its last nudge: with nothing pending and no pass
+	// running, every change reported so far has been nudged.
+	inPass prometheus.Gauge
 }
 
 var _ Notifier = (*Service)(nil)
@@ -104,7 +108,7 @@ var _ Notifier = (*Service)(nil)
 func New(pool *pgxpool.Pool, b *bus.Bus, log *slog.Logger, reg prometheus.Registerer) *Service {
 	s := newService(pool, b.Publish, log)
 	if reg != nil {
-		reg.MustRegister(s.published, s.failures, s.passes,
+		reg.MustRegister(s.published, s.failures, s.passes, s.inPass,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flock_nudge_pending_fleets",
 				Help: "Fleets changed since the nudge worker's last pass."}, func() float64 { f, _ := s.pending(); return float64(f) }),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flock_nudge_pending_devices",
@@ -130,6 +134,8 @@ func newService(pool *pgxpool.Pool, publish func(context.Context, ...bus.Record)
 			[]string{"stage"}),
 		passes: prometheus.NewCounter(prometheus.CounterOpts{Name: "flock_nudge_passes_total",
 			Help: "Passes of the nudge worker over the changes pending at the time."}),
+		inPass: prometheus.NewGauge(prometheus.GaugeOpts{Name: "flock_nudge_pass_running",
+			Help: "1 while the nudge worker is in a pass (taking the pending changes to publishing the last nudge), else 0."}),
 	}
 	for _, stage := range []string{stageList, stageLoad, stagePublish} {
 		s.failures.WithLabelValues(stage)
@@ -215,12 +221,17 @@ func (s *Service) Run(ctx context.Context) error {
 		// Every change reported before take is computed below from data
 		// read after it, which is after its commit; a change reported
 		// later wakes the next pass.
+		// Set before take, so that no one sees neither pending changes
+		// nor a pass.
+		s.inPass.Set(1)
 		fleets, devices := s.take()
 		if len(fleets) == 0 && len(devices) == 0 {
+			s.inPass.Set(0)
 			continue
 		}
 		s.passes.Inc()
 		s.pass(ctx, fleets, devices)
+		s.inPass.Set(0)
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 
 	"github.com/flock-io/flock-api/internal/devicetoken"
 	"github.com/flock-io/flock-api/internal/events"
+	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
 	"github.com/flock-io/flock-api/internal/testutil/promtest"
 	"github.com/flock-io/flock-api/internal/testutil/syncbuf"
@@ -678,13 +679,7 @@ func TestRateLimitBucketReleased(t *testing.T) {
 		t.Fatalf("%d buckets while connected, want 1", n)
 	}
 	_ = a.Disconnect(&paho.Disconnect{})
-	deadline := time.Now().Add(wait)
-	for e.broker.limits.len() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("bucket not released after the device disconnected")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(t, "the bucket released after the device disconnected", testutil.Until(func() bool { return e.broker.limits.len() == 0 }))
 }
 
 func TestWillAndRetain(t *testing.T) {
@@ -765,19 +760,15 @@ func TestRunStops(t *testing.T) {
 	defer idle.Close()
 	// Connected means accepted and being handled, which the broker's own
 	// client count cannot show for a socket without CONNECT.
-	deadline := time.Now().Add(wait)
-	for {
+	testutil.Eventually(t, "the listener to track both connections", func() error {
 		b.ln.mu.Lock()
 		n := len(b.ln.conns)
 		b.ln.mu.Unlock()
-		if n == 2 {
-			break
+		if n != 2 {
+			return fmt.Errorf("listener tracks %d connections, want 2", n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("listener tracks %d connections, want 2", n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 
 	if err := stop(); err != nil {
 		t.Fatalf("Run: %v", err)
@@ -1069,14 +1060,12 @@ func TestInflightLimitCounted(t *testing.T) {
 		}
 	}
 	// The broker acknowledges a publish before it delivers it.
-	deadline := time.Now().Add(wait)
-	for promtest.Sum(t, e.reg, "flock_mqtt_messages_dropped_total", "reason", "queue_full") < over {
-		if time.Now().After(deadline) {
-			t.Fatalf("flock_mqtt_messages_dropped_total{reason=queue_full} = %v, want %d",
-				promtest.Sum(t, e.reg, "flock_mqtt_messages_dropped_total", "reason", "queue_full"), over)
+	testutil.Eventually(t, "the drops counted", func() error {
+		if n := promtest.Sum(t, e.reg, "flock_mqtt_messages_dropped_total", "reason", "queue_full"); n < float64(over) {
+			return fmt.Errorf("flock_mqtt_messages_dropped_total{reason=queue_full} = %v, want %d", n, over)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 
 	// Acknowledged as they come, the kept messages arrive in order; once
 	// the subscriber's store is empty, the next message published follows
@@ -1085,17 +1074,10 @@ func TestInflightLimitCounted(t *testing.T) {
 		want := fmt.Sprint(i)
 		if i == limit {
 			want = "last"
-			deadline := time.Now().Add(wait)
-			for {
+			testutil.Eventually(t, "the subscriber's acknowledgements to empty its inflight store", testutil.Until(func() bool {
 				cl, ok := e.broker.server.Clients.Get(sub.clientID)
-				if ok && cl.State.Inflight.Len() == 0 {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("the subscriber's acknowledgements did not empty its inflight store")
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+				return ok && cl.State.Inflight.Len() == 0
+			}))
 			if code := d.publish(t, topic(dev, "telemetry"), want); code != 0 {
 				t.Fatalf("publish %s: PUBACK %#x", want, code)
 			}
@@ -1140,13 +1122,12 @@ func TestExpiredMessagesCounted(t *testing.T) {
 		publish(sent, 1)
 		held := sub.expect(sent) // its window of one is now full
 		publish(parked, 1)
-		deadline := time.Now().Add(wait)
-		for undelivered() < float64(round+1) {
-			if time.Now().After(deadline) {
-				t.Fatalf("round %d: flock_mqtt_messages_dropped_total{reason=undelivered} = %v, want %d", round, undelivered(), round+1)
+		testutil.Eventually(t, fmt.Sprintf("round %d: the parked message to expire", round), func() error {
+			if n := undelivered(); n < float64(round+1) {
+				return fmt.Errorf("flock_mqtt_messages_dropped_total{reason=undelivered} = %v, want %d", n, round+1)
 			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return nil
+		})
 		publish(next, 0)
 		sub.ack(held)
 		sub.ack(sub.expect(next))
@@ -1170,13 +1151,9 @@ func TestEnforcedExpiryReturnsQuota(t *testing.T) {
 		t.Fatalf("PUBACK %#x", code)
 	}
 	sub.expect("held") // and never acknowledged
-	deadline := time.Now().Add(wait)
-	for promtest.Sum(t, e.reg, "flock_mqtt_messages_dropped_total", "reason", "undelivered") == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the message held past the maximum expiry was not removed")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testutil.Eventually(t, "the message held past the maximum expiry to be removed", testutil.Until(func() bool {
+		return promtest.Sum(t, e.reg, "flock_mqtt_messages_dropped_total", "reason", "undelivered") > 0
+	}))
 	if code := d.publish(t, topic(dev, "telemetry"), "next"); code != 0 {
 		t.Fatalf("PUBACK %#x", code)
 	}

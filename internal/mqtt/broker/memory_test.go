@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
 )
 
@@ -142,13 +143,12 @@ func TestMemoryPerIdleConnection(t *testing.T) {
 			case <-time.After(5 * time.Minute):
 				t.Fatal("clients did not connect")
 			}
-			deadline := time.Now().Add(time.Minute)
-			for b.server.Info.Clone().ClientsConnected < int64(n) {
-				if time.Now().After(deadline) {
-					t.Fatalf("%d clients connected, want %d", b.server.Info.Clone().ClientsConnected, n)
+			testutil.Eventually(t, "every client connected", func() error {
+				if c := b.server.Info.Clone().ClientsConnected; c < int64(n) {
+					return fmt.Errorf("%d clients connected, want %d", c, n)
 				}
-				time.Sleep(50 * time.Millisecond)
-			}
+				return nil
+			})
 			after := settledMemStats()
 
 			heap := float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / float64(n)

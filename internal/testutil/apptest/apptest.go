@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"sync"
@@ -118,21 +119,34 @@ func WaitReady(base string, within time.Duration) error { return launch.WaitRead
 
 // Do sends one JSON request as a customer's script would, with token as a
 // bearer token when not empty, and returns the status, the response headers
-// and the decoded body (nil when empty). A body that is not a JSON object
-// fails the test.
+// and the decoded body (nil when empty). A failed request, or a body that
+// is not a JSON object, fails the test; on other goroutines use Send.
 func (s *Server) Do(t testing.TB, method, path, token string, body any) (int, http.Header, map[string]any) {
 	t.Helper()
+	status, hdr, out, err := s.Send(method, path, token, nil, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return status, hdr, out
+}
+
+// Send is Do that returns what goes wrong instead of failing a test, so any
+// goroutine may call it; header adds request headers.
+func (s *Server) Send(method, path, token string, header http.Header, body any) (int, http.Header, map[string]any, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			t.Fatal(err)
+			return 0, nil, nil, err
 		}
 		rd = bytes.NewReader(b)
 	}
 	req, err := http.NewRequest(method, s.URL+path, rd)
 	if err != nil {
-		t.Fatal(err)
+		return 0, nil, nil, err
+	}
+	for k, v := range header {
+		req.Header[k] = v
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -142,15 +156,18 @@ func (s *Server) Do(t testing.TB, method, path, token string, body any) (int, ht
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return 0, nil, nil, err
 	}
 	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, nil, nil, fmt.Errorf("%s %s: read body: %w", method, path, err)
+	}
 	var out map[string]any
 	if len(raw) > 0 {
 		if err := json.Unmarshal(raw, &out); err != nil {
-			t.Fatalf("%s %s: body is not a JSON object: %v: %s", method, path, err, raw)
+			return 0, nil, nil, fmt.Errorf("%s %s: body is not a JSON object: %w: %s", method, path, err, raw)
 		}
 	}
-	return resp.StatusCode, resp.Header, out
+	return resp.StatusCode, resp.Header, out, nil
 }
