@@ -14,9 +14,9 @@ import (
 
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/handlers"
+	"github.com/flock-io/flock-api/internal/http/problem"
 	"github.com/flock-io/flock-api/internal/kv"
 	"github.com/flock-io/flock-api/internal/livestate"
-	"github.com/flock-io/flock-api/internal/problem"
 	"github.com/flock-io/flock-api/internal/telemetry"
 )
 

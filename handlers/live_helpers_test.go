@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flock-io/flock-api/gen/api"
-
 	"github.com/go-chi/chi/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -21,10 +19,10 @@ import (
 	"github.com/flock-io/flock-api/internal/auth/oidcverify"
 	"github.com/flock-io/flock-api/internal/devicetoken"
 	"github.com/flock-io/flock-api/internal/devoidc"
-	"github.com/flock-io/flock-api/internal/idempotency"
+	"github.com/flock-io/flock-api/internal/http/idempotency"
+	"github.com/flock-io/flock-api/internal/http/reqinfo"
+	"github.com/flock-io/flock-api/internal/http/restapi"
 	"github.com/flock-io/flock-api/internal/postgres"
-	"github.com/flock-io/flock-api/internal/reqinfo"
-	"github.com/flock-io/flock-api/internal/restapi"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
 )
@@ -89,14 +87,16 @@ func startLiveServer(t *testing.T, o liveOptions) *liveEnv {
 	}
 	e.server = handlers.New(deps)
 	r := chi.NewRouter()
-	// MountAPI puts the hooks' gate in front of the authenticator; hiding
-	// the server's Gate method mounts the API without it.
-	var mounted api.StrictServerInterface = e.server
-	if o.noGate {
-		mounted = struct{ api.StrictServerInterface }{e.server}
+	chain := restapi.Chain{
+		Authn:   auth.NewAuthenticator(verifier, tokens, devIssuer, pool, log),
+		Guard:   guard,
+		Between: []func(http.Handler) http.Handler{idempotency.Middleware(pool, auth.NameOf)},
+		Gate:    e.server.MQTTHooks.Gate,
 	}
-	app.MountAPI(r, spec, mounted, auth.NewAuthenticator(verifier, tokens, devIssuer, pool, log), guard,
-		idempotency.Middleware(pool, auth.NameOf))
+	if o.noGate {
+		chain.Gate = nil
+	}
+	restapi.Mount(r, spec, e.server, chain)
 	var h http.Handler = r
 	hs := httptest.NewServer(reqinfo.Middleware(h))
 	t.Cleanup(hs.Close)

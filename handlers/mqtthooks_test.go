@@ -15,8 +15,8 @@ import (
 	"github.com/flock-io/flock-api/handlers"
 	"github.com/flock-io/flock-api/internal/app"
 	"github.com/flock-io/flock-api/internal/devicetoken"
-	"github.com/flock-io/flock-api/internal/mqtt/broker"
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/http/problem"
+	"github.com/flock-io/flock-api/internal/mqtt/mqttauth"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
 )
 
@@ -28,7 +28,7 @@ const (
 func startHookServer(t *testing.T, token string, noGate bool) *liveEnv {
 	t.Helper()
 	return startLiveServer(t, liveOptions{noGate: noGate, deps: func(e *liveEnv, d *handlers.Deps) {
-		a, err := broker.NewAuthenticator(hookServiceUser, hookServicePassword, e.tokens, e.pool)
+		a, err := mqttauth.NewAuthenticator(hookServiceUser, hookServicePassword, e.tokens, e.pool)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -41,7 +41,7 @@ func startHookServer(t *testing.T, token string, noGate bool) *liveEnv {
 // otherwise tell anyone who reaches the API whether a device token is good.
 func TestMQTTHooksClosedWithoutToken(t *testing.T) {
 	e := startLiveServer(t, liveOptions{deps: func(e *liveEnv, d *handlers.Deps) {
-		a, err := broker.NewAuthenticator(hookServiceUser, hookServicePassword, e.tokens, e.pool)
+		a, err := mqttauth.NewAuthenticator(hookServiceUser, hookServicePassword, e.tokens, e.pool)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -15,18 +15,18 @@ import (
 
 	"github.com/flock-io/flock-api/handlers"
 	"github.com/flock-io/flock-api/internal/bus"
-	"github.com/flock-io/flock-api/internal/nudge"
-	"github.com/flock-io/flock-api/internal/nudge/nudgetest"
 	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
 	"github.com/flock-io/flock-api/internal/testutil/promtest"
+	"github.com/flock-io/flock-api/workers/nudger"
+	"github.com/flock-io/flock-api/workers/nudger/nudgertest"
 )
 
 // spy passes notifications on and counts them, so a test knows for certain
 // that a failed write notified nothing (the guard runs after-commit
 // functions before the response is written).
 type spy struct {
-	next  nudge.Notifier
+	next  nudger.Notifier
 	mu    sync.Mutex
 	calls int
 }
@@ -47,7 +47,7 @@ type nudgeEnv struct {
 	srv *apptest.Server
 	reg *prometheus.Registry
 	spy *spy
-	c   *nudgetest.Consumer
+	c   *nudgertest.Consumer
 }
 
 // startNudgeServer serves the API as the api target does (startLiveServer),
@@ -64,7 +64,7 @@ func startNudgeServer(t *testing.T) *nudgeEnv {
 			t.Fatal(err)
 		}
 		t.Cleanup(b.Close)
-		svc := nudge.New(e.pool, b, log, env.reg)
+		svc := nudger.New(e.pool, b, log, env.reg)
 		runCtx, stop := context.WithCancel(ctx)
 		stopped := make(chan error, 1)
 		go func() { stopped <- svc.Run(runCtx) }()
@@ -75,7 +75,7 @@ func startNudgeServer(t *testing.T) *nudgeEnv {
 			}
 		})
 		env.spy = &spy{next: svc}
-		env.c = nudgetest.Consume(t, b)
+		env.c = nudgertest.Consume(t, b)
 		d.Nudge = env.spy
 	}})
 	env.srv = live.srv
@@ -186,7 +186,7 @@ func TestTargetNudges(t *testing.T) {
 		name string
 		do   func(t *testing.T)
 		// nudged are the devices whose target changes; every other
-		// device must get no nudge.
+		// device must get no nudger.
 		nudged []string
 	}{
 		{"draft release: nothing", func(t *testing.T) {

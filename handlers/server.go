@@ -24,9 +24,9 @@ import (
 	"github.com/flock-io/flock-api/internal/buildinfo"
 	"github.com/flock-io/flock-api/internal/devicetoken"
 	"github.com/flock-io/flock-api/internal/kv"
-	"github.com/flock-io/flock-api/internal/mqtt/broker"
-	"github.com/flock-io/flock-api/internal/nudge"
+	"github.com/flock-io/flock-api/internal/mqtt/mqttauth"
 	"github.com/flock-io/flock-api/internal/telemetry"
+	"github.com/flock-io/flock-api/workers/nudger"
 )
 
 // Server implements every operation of the OpenAPI document; each embedded
@@ -74,7 +74,7 @@ type Deps struct {
 	Telemetry telemetry.Store
 	// MQTTAuth answers an external MQTT broker's auth and ACL hooks with the
 	// embedded broker's rules; nil denies every client.
-	MQTTAuth *broker.Authenticator
+	MQTTAuth *mqttauth.Authenticator
 	// MQTTHookToken, when not empty, is the bearer token those hooks
 	// require; the hooks must then be mounted behind Server.MQTTHooks.Gate.
 	MQTTHookToken string
@@ -83,7 +83,7 @@ type Deps struct {
 	MQTTHooksOpen bool
 	// Nudge hears of committed changes to devices' targets (pins, moves,
 	// releases, variables) and tells the devices; nil sends no nudges.
-	Nudge nudge.Notifier
+	Nudge nudger.Notifier
 }
 
 // New wires every handler to its dependencies.

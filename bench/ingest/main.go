@@ -53,15 +53,15 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/flock-io/flock-api/asyncapi"
 	"github.com/flock-io/flock-api/bench/internal/benchdb"
 	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/devicetoken"
-	"github.com/flock-io/flock-api/internal/events"
-	"github.com/flock-io/flock-api/internal/ingester"
 	"github.com/flock-io/flock-api/internal/kv"
 	"github.com/flock-io/flock-api/internal/mqtt/broker"
 	"github.com/flock-io/flock-api/internal/simulate"
 	"github.com/flock-io/flock-api/internal/telemetry"
+	"github.com/flock-io/flock-api/workers/ingester"
 )
 
 const (
@@ -505,7 +505,7 @@ func measureEndToEnd(ctx context.Context, o options, pool *pgxpool.Pool, tokens 
 		return measurement{}, nil, err
 	}
 	defer b.Close()
-	v, err := events.NewValidator()
+	v, err := asyncapi.NewValidator()
 	if err != nil {
 		return measurement{}, nil, err
 	}

@@ -3,6 +3,7 @@ package apikeys
 import (
 	"context"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"net/http"
 	"strings"
 	"time"
@@ -12,8 +13,7 @@ import (
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
-	"github.com/flock-io/flock-api/internal/dbtx"
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/http/problem"
 )
 
 // ApiKeyCreate creates a key with a role no higher than its creator's. The
@@ -32,7 +32,7 @@ func (h *APIKeys) ApiKeyCreate(ctx context.Context, req api.ApiKeyCreateRequestO
 	if err != nil {
 		return nil, fmt.Errorf("generate API key secret: %w", err)
 	}
-	k, err := dbtx.Queries(ctx, h.Pool).ApiKeyCreate(ctx, db.ApiKeyCreateParams{
+	k, err := postgres.Queries(ctx, h.Pool).ApiKeyCreate(ctx, db.ApiKeyCreateParams{
 		ID: id, OrgID: acc.OrgID, Name: strings.TrimSpace(req.Body.Name), Role: role, Prefix: prefix, SecretHash: hash,
 		CreatedBy: uuid.NullUUID{UUID: acc.Principal.UserID, Valid: true}, ExpiresAt: req.Body.ExpiresAt,
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"net/http"
 
 	"github.com/jackc/pgx/v5"
@@ -11,14 +12,13 @@ import (
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
-	"github.com/flock-io/flock-api/internal/dbtx"
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/http/problem"
 )
 
 // ApiKeyDelete revokes a key at once. Below admin, only the key's creator may.
 func (h *APIKeys) ApiKeyDelete(ctx context.Context, req api.ApiKeyDeleteRequestObject) (api.ApiKeyDeleteResponseObject, error) {
 	acc := auth.AccessFrom(ctx)
-	q := dbtx.Queries(ctx, h.Pool)
+	q := postgres.Queries(ctx, h.Pool)
 	k, err := q.ApiKeyGet(ctx, db.ApiKeyGetParams{OrgID: acc.OrgID, ID: req.KeyId})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, problem.Errorf(http.StatusNotFound, "not_found", "API key %s not found", req.KeyId)

@@ -10,7 +10,7 @@ import (
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
-	"github.com/flock-io/flock-api/internal/pagination"
+	"github.com/flock-io/flock-api/internal/http/pagination"
 )
 
 // ApiKeyList lists an organisation's keys, newest first, without secrets.

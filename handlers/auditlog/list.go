@@ -13,7 +13,7 @@ import (
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
-	"github.com/flock-io/flock-api/internal/pagination"
+	"github.com/flock-io/flock-api/internal/http/pagination"
 )
 
 // AuditLog implements the audit log operations.

@@ -18,8 +18,8 @@ import (
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/audit"
 	"github.com/flock-io/flock-api/internal/auth"
-	"github.com/flock-io/flock-api/internal/problem"
-	"github.com/flock-io/flock-api/internal/reqinfo"
+	"github.com/flock-io/flock-api/internal/http/problem"
+	"github.com/flock-io/flock-api/internal/http/reqinfo"
 )
 
 // DeviceRegister registers a device into the fleet of a provisioning key,

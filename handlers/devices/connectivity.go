@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/flock-io/flock-api/gen/api"
-	"github.com/flock-io/flock-api/internal/pagination"
+	"github.com/flock-io/flock-api/internal/http/pagination"
 	"github.com/flock-io/flock-api/internal/telemetry"
 )
 

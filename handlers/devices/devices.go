@@ -15,8 +15,8 @@ import (
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/kv"
 	"github.com/flock-io/flock-api/internal/livestate"
-	"github.com/flock-io/flock-api/internal/nudge"
 	"github.com/flock-io/flock-api/internal/telemetry"
+	"github.com/flock-io/flock-api/workers/nudger"
 )
 
 // Devices implements the device operations.
@@ -29,7 +29,7 @@ type Devices struct {
 	// none and every history is empty.
 	Telemetry telemetry.Store
 	// Nudge hears of committed changes to a device's target; nil: none.
-	Nudge nudge.Notifier
+	Nudge nudger.Notifier
 }
 
 // OnlineWindow is how recently a device that never connected over MQTT must

@@ -12,9 +12,9 @@ import (
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/http/pagination"
 	"github.com/flock-io/flock-api/internal/kv"
 	"github.com/flock-io/flock-api/internal/livestate"
-	"github.com/flock-io/flock-api/internal/pagination"
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
 )
 

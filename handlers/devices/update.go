@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"strings"
 
 	"github.com/google/uuid"
@@ -12,17 +13,16 @@ import (
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/handlers/fleets"
-	"github.com/flock-io/flock-api/internal/dbtx"
-	"github.com/flock-io/flock-api/internal/nudge"
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/http/problem"
 	"github.com/flock-io/flock-api/internal/tags"
+	"github.com/flock-io/flock-api/workers/nudger"
 )
 
 // DeviceUpdate renames, retags, pins or moves a device. A move goes to a
 // fleet of the same organisation and architecture, takes the device's own
 // variables along and drops a pin to the old fleet's release.
 func (h *Devices) DeviceUpdate(ctx context.Context, req api.DeviceUpdateRequestObject) (api.DeviceUpdateResponseObject, error) {
-	q := dbtx.Queries(ctx, h.Pool)
+	q := postgres.Queries(ctx, h.Pool)
 	d, err := q.DeviceForUpdate(ctx, req.DeviceId)
 	if err != nil {
 		return nil, fmt.Errorf("load device %s: %w", req.DeviceId, err)
@@ -73,7 +73,7 @@ func (h *Devices) DeviceUpdate(ctx context.Context, req api.DeviceUpdateRequestO
 	// A move or a pin change gives the device another target; a new name
 	// or tags do not.
 	if d.FleetID != fleet || d.PinnedReleaseID != pinned {
-		nudge.DevicesAfterCommit(ctx, h.Nudge, d.ID)
+		nudger.DevicesAfterCommit(ctx, h.Nudge, d.ID)
 	}
 	out, err := h.device(ctx, d)
 	if err != nil {

@@ -3,15 +3,14 @@ package fleets
 import (
 	"context"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"net/http"
 	"strings"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
-	"github.com/flock-io/flock-api/internal/dbtx"
-	"github.com/flock-io/flock-api/internal/pgerr"
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/http/problem"
 	"github.com/flock-io/flock-api/internal/tags"
 )
 
@@ -23,9 +22,9 @@ func (h *Fleets) FleetCreate(ctx context.Context, req api.FleetCreateRequestObje
 		return nil, err
 	}
 	name := strings.TrimSpace(req.Body.Name)
-	f, err := dbtx.Queries(ctx, h.Pool).FleetCreate(ctx, db.FleetCreateParams{
+	f, err := postgres.Queries(ctx, h.Pool).FleetCreate(ctx, db.FleetCreateParams{
 		OrgID: acc.OrgID, Name: name, Architecture: string(req.Body.Architecture), Tags: t})
-	if pgerr.IsUnique(err) {
+	if postgres.IsUniqueViolation(err) {
 		return nil, problem.Errorf(http.StatusConflict, "name_taken", "the organisation already has a fleet named %q", name)
 	}
 	if err != nil {

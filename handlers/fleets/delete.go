@@ -3,18 +3,17 @@ package fleets
 import (
 	"context"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"net/http"
 
 	"github.com/flock-io/flock-api/gen/api"
-	"github.com/flock-io/flock-api/internal/dbtx"
-	"github.com/flock-io/flock-api/internal/pgerr"
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/http/problem"
 )
 
 // FleetDelete deletes a fleet that has no devices, with its releases,
 // provisioning keys and variables.
 func (h *Fleets) FleetDelete(ctx context.Context, req api.FleetDeleteRequestObject) (api.FleetDeleteResponseObject, error) {
-	q := dbtx.Queries(ctx, h.Pool)
+	q := postgres.Queries(ctx, h.Pool)
 	if _, err := q.FleetForUpdate(ctx, req.FleetId); err != nil {
 		return nil, fmt.Errorf("lock fleet %s: %w", req.FleetId, err)
 	}
@@ -26,7 +25,7 @@ func (h *Fleets) FleetDelete(ctx context.Context, req api.FleetDeleteRequestObje
 		return nil, problem.Errorf(http.StatusConflict, "fleet_not_empty", "the fleet still has %d device(s): move or delete them first", n)
 	}
 	_, err = q.FleetDelete(ctx, req.FleetId)
-	if pgerr.IsForeignKey(err) { // a device registered since the count
+	if postgres.IsForeignKeyViolation(err) { // a device registered since the count
 		return nil, problem.New(http.StatusConflict, "fleet_not_empty", "the fleet still has devices: move or delete them first")
 	}
 	if err != nil {

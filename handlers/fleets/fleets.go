@@ -7,14 +7,14 @@ import (
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
-	"github.com/flock-io/flock-api/internal/nudge"
+	"github.com/flock-io/flock-api/workers/nudger"
 )
 
 // Fleets implements the fleet operations.
 type Fleets struct {
 	Pool *pgxpool.Pool
 	// Nudge hears of committed changes to the fleet's target; nil: none.
-	Nudge nudge.Notifier
+	Nudge nudger.Notifier
 }
 
 // Fleet converts a fleet row.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"net/http"
 	"strings"
 
@@ -12,17 +13,15 @@ import (
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
-	"github.com/flock-io/flock-api/internal/dbtx"
-	"github.com/flock-io/flock-api/internal/nudge"
-	"github.com/flock-io/flock-api/internal/pgerr"
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/http/problem"
 	"github.com/flock-io/flock-api/internal/tags"
+	"github.com/flock-io/flock-api/workers/nudger"
 )
 
 // FleetUpdate renames, retags or pins a fleet. Pinning names a final release
 // of the fleet; tracking the latest clears the pin.
 func (h *Fleets) FleetUpdate(ctx context.Context, req api.FleetUpdateRequestObject) (api.FleetUpdateResponseObject, error) {
-	q := dbtx.Queries(ctx, h.Pool)
+	q := postgres.Queries(ctx, h.Pool)
 	f, err := q.FleetForUpdate(ctx, req.FleetId)
 	if err != nil {
 		return nil, fmt.Errorf("load fleet %s: %w", req.FleetId, err)
@@ -66,7 +65,7 @@ func (h *Fleets) FleetUpdate(ctx context.Context, req api.FleetUpdateRequestObje
 	}
 	f, err = q.FleetUpdate(ctx, db.FleetUpdateParams{ID: f.ID, Name: f.Name, ReleasePolicy: f.ReleasePolicy,
 		PinnedReleaseID: f.PinnedReleaseID, Tags: f.Tags})
-	if pgerr.IsUnique(err) {
+	if postgres.IsUniqueViolation(err) {
 		return nil, problem.Errorf(http.StatusConflict, "name_taken", "the organisation already has a fleet named %q", f.Name)
 	}
 	if err != nil {
@@ -75,7 +74,7 @@ func (h *Fleets) FleetUpdate(ctx context.Context, req api.FleetUpdateRequestObje
 	// Pinning, repinning or unpinning changes the release of every device
 	// without a pin of its own; name, tags and policy alone change nothing.
 	if f.PinnedReleaseID != pinned {
-		nudge.FleetAfterCommit(ctx, h.Nudge, f.ID)
+		nudger.FleetAfterCommit(ctx, h.Nudge, f.ID)
 	}
 	return api.FleetUpdate200JSONResponse(Fleet(f)), nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"net/http"
 	"strings"
 
@@ -12,8 +13,7 @@ import (
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
-	"github.com/flock-io/flock-api/internal/dbtx"
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/http/problem"
 )
 
 // MemberCreate adds a person by email. Someone who never signed in gets a
@@ -25,7 +25,7 @@ func (h *Members) MemberCreate(ctx context.Context, req api.MemberCreateRequestO
 		return nil, err
 	}
 	email := strings.TrimSpace(string(req.Body.Email))
-	q := dbtx.Queries(ctx, h.Pool)
+	q := postgres.Queries(ctx, h.Pool)
 	u, err := q.UserByEmail(ctx, email)
 	if errors.Is(err, pgx.ErrNoRows) {
 		u, err = q.UserCreateInvited(ctx, email)

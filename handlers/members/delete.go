@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"net/http"
 
 	"github.com/jackc/pgx/v5"
@@ -11,15 +12,14 @@ import (
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
-	"github.com/flock-io/flock-api/internal/dbtx"
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/http/problem"
 )
 
 // MemberDelete removes a member. Anyone may leave; removing someone else
 // takes an admin who is not outranked by them; the last owner stays.
 func (h *Members) MemberDelete(ctx context.Context, req api.MemberDeleteRequestObject) (api.MemberDeleteResponseObject, error) {
 	acc := auth.AccessFrom(ctx)
-	q := dbtx.Queries(ctx, h.Pool)
+	q := postgres.Queries(ctx, h.Pool)
 	target, err := q.MemberGet(ctx, db.MemberGetParams{OrgID: acc.OrgID, UserID: req.UserId})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, problem.Errorf(http.StatusNotFound, "not_found", "member %s not found", req.UserId)

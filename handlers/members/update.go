@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"net/http"
 
 	"github.com/jackc/pgx/v5"
@@ -11,15 +12,14 @@ import (
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
-	"github.com/flock-io/flock-api/internal/dbtx"
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/http/problem"
 )
 
 // MemberUpdate changes a member's role, within the caller's own rank; the
 // last owner keeps ownership.
 func (h *Members) MemberUpdate(ctx context.Context, req api.MemberUpdateRequestObject) (api.MemberUpdateResponseObject, error) {
 	acc := auth.AccessFrom(ctx)
-	q := dbtx.Queries(ctx, h.Pool)
+	q := postgres.Queries(ctx, h.Pool)
 	target, err := q.MemberGet(ctx, db.MemberGetParams{OrgID: acc.OrgID, UserID: req.UserId})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, problem.Errorf(http.StatusNotFound, "not_found", "member %s not found", req.UserId)

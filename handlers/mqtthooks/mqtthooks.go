@@ -1,6 +1,6 @@
 // Package mqtthooks answers an external MQTT broker's authentication and
 // authorization hooks (EMQX's HTTP authn/authz shape) with the decisions of
-// the embedded broker: the same broker.Authenticator, CanPublish and
+// the embedded broker: the same mqttauth.Authenticator, CanPublish and
 // CanSubscribe.
 package mqtthooks
 
@@ -16,8 +16,9 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/flock-io/flock-api/gen/api"
-	"github.com/flock-io/flock-api/internal/mqtt/broker"
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/devicetopic"
+	"github.com/flock-io/flock-api/internal/http/problem"
+	"github.com/flock-io/flock-api/internal/mqtt/mqttauth"
 )
 
 // Prefix is where the hooks live.
@@ -26,7 +27,7 @@ const Prefix = "/internal/v1/mqtt/"
 // MQTTHooks implements the hook operations.
 type MQTTHooks struct {
 	// Auth decides; when nil, every client is denied.
-	Auth *broker.Authenticator
+	Auth *mqttauth.Authenticator
 	// Token, when not empty, is the bearer token the broker must send.
 	// Gate checks it; the operations refuse requests Gate did not pass.
 	Token string
@@ -46,7 +47,7 @@ func (h *MQTTHooks) MqttHookAuthenticate(ctx context.Context, req api.MqttHookAu
 	b := req.Body
 	deny := api.MqttHookAuthenticate200JSONResponse{Result: api.MqttAuthResultResultDeny}
 	if h.Auth == nil {
-		slog.WarnContext(ctx, "mqtt hook: connection refused: this process has no MQTT authenticator", who(b.Username), "client_id", broker.Truncate(b.Clientid))
+		slog.WarnContext(ctx, "mqtt hook: connection refused: this process has no MQTT authenticator", who(b.Username), "client_id", devicetopic.Truncate(b.Clientid))
 		return deny, nil
 	}
 	id, err := h.Auth.Authenticate(ctx, b.Clientid, b.Username, []byte(b.Password))
@@ -58,8 +59,8 @@ func (h *MQTTHooks) MqttHookAuthenticate(ctx context.Context, req api.MqttHookAu
 			out.ExpireAt = &exp
 		}
 		return out, nil
-	case errors.Is(err, broker.ErrBadCredentials), errors.Is(err, broker.ErrNotAuthorized):
-		slog.InfoContext(ctx, "mqtt hook: connection refused", who(b.Username), "client_id", broker.Truncate(b.Clientid), "error", err.Error())
+	case errors.Is(err, mqttauth.ErrBadCredentials), errors.Is(err, mqttauth.ErrNotAuthorized):
+		slog.InfoContext(ctx, "mqtt hook: connection refused", who(b.Username), "client_id", devicetopic.Truncate(b.Clientid), "error", err.Error())
 		return deny, nil
 	default:
 		// Not the client's fault: the broker reads a 5xx as "ignore" and
@@ -83,14 +84,14 @@ func (h *MQTTHooks) MqttHookAuthorize(ctx context.Context, req api.MqttHookAutho
 		if id, ok := h.Auth.Identify(b.Username); ok {
 			switch b.Action {
 			case api.Publish:
-				allowed = broker.CanPublish(id, b.Topic)
+				allowed = mqttauth.CanPublish(id, b.Topic)
 			case api.Subscribe:
-				allowed = broker.CanSubscribe(id, b.Topic)
+				allowed = mqttauth.CanSubscribe(id, b.Topic)
 			}
 		}
 	}
 	if !allowed {
-		slog.InfoContext(ctx, "mqtt hook: "+string(b.Action)+" refused", who(b.Username), "client_id", broker.Truncate(b.Clientid), "topic", broker.Truncate(b.Topic))
+		slog.InfoContext(ctx, "mqtt hook: "+string(b.Action)+" refused", who(b.Username), "client_id", devicetopic.Truncate(b.Clientid), "topic", devicetopic.Truncate(b.Topic))
 		return api.MqttHookAuthorize200JSONResponse{Result: api.MqttAclResultResultDeny}, nil
 	}
 	return api.MqttHookAuthorize200JSONResponse{Result: api.MqttAclResultResultAllow}, nil
@@ -159,5 +160,5 @@ func who(username string) slog.Attr {
 	if id, err := uuid.Parse(username); err == nil && id.String() == username {
 		return slog.String("device", username)
 	}
-	return slog.String("username", broker.Truncate(username))
+	return slog.String("username", devicetopic.Truncate(username))
 }

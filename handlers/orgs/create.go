@@ -3,18 +3,18 @@ package orgs
 import (
 	"context"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"strings"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
-	"github.com/flock-io/flock-api/internal/dbtx"
 )
 
 // OrgCreate creates an organisation with the caller as its owner.
 func (h *Orgs) OrgCreate(ctx context.Context, req api.OrgCreateRequestObject) (api.OrgCreateResponseObject, error) {
 	acc := auth.AccessFrom(ctx)
-	q := dbtx.Queries(ctx, h.Pool)
+	q := postgres.Queries(ctx, h.Pool)
 	o, err := q.OrgCreate(ctx, strings.TrimSpace(req.Body.Name))
 	if err != nil {
 		return nil, fmt.Errorf("create org: %w", err)

@@ -3,18 +3,18 @@ package orgs
 import (
 	"context"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"strings"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
-	"github.com/flock-io/flock-api/internal/dbtx"
 )
 
 // OrgUpdate renames an organisation.
 func (h *Orgs) OrgUpdate(ctx context.Context, req api.OrgUpdateRequestObject) (api.OrgUpdateResponseObject, error) {
 	acc := auth.AccessFrom(ctx)
-	q := dbtx.Queries(ctx, h.Pool)
+	q := postgres.Queries(ctx, h.Pool)
 	o, err := q.OrgByID(ctx, acc.OrgID)
 	if err != nil {
 		return nil, fmt.Errorf("load org %s: %w", acc.OrgID, err)

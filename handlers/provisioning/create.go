@@ -3,6 +3,7 @@ package provisioning
 import (
 	"context"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"strings"
 	"time"
 
@@ -11,8 +12,7 @@ import (
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
-	"github.com/flock-io/flock-api/internal/dbtx"
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/http/problem"
 )
 
 // ProvisioningKeyCreate creates a key; the secret is returned once and only
@@ -36,7 +36,7 @@ func (h *Provisioning) ProvisioningKeyCreate(ctx context.Context, req api.Provis
 	if acc.Principal.Kind == auth.KindUser {
 		createdBy = uuid.NullUUID{UUID: acc.Principal.UserID, Valid: true}
 	}
-	k, err := dbtx.Queries(ctx, h.Pool).ProvisioningKeyCreate(ctx, db.ProvisioningKeyCreateParams{
+	k, err := postgres.Queries(ctx, h.Pool).ProvisioningKeyCreate(ctx, db.ProvisioningKeyCreateParams{
 		ID: id, OrgID: acc.OrgID, FleetID: req.FleetId, Name: strings.TrimSpace(req.Body.Name), Prefix: prefix,
 		SecretHash: hash, CreatedBy: createdBy, ExpiresAt: req.Body.ExpiresAt, MaxUses: maxUses,
 	})

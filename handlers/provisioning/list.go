@@ -9,7 +9,7 @@ import (
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
-	"github.com/flock-io/flock-api/internal/pagination"
+	"github.com/flock-io/flock-api/internal/http/pagination"
 )
 
 // ProvisioningKeyList lists a fleet's keys, newest first, without secrets.

@@ -4,13 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"net/http"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
-	"github.com/flock-io/flock-api/internal/dbtx"
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/http/problem"
 	"github.com/flock-io/flock-api/internal/tags"
 )
 
@@ -19,7 +19,7 @@ import (
 // architecture, or no device of the fleet could run it.
 func (h *Releases) ReleaseCreate(ctx context.Context, req api.ReleaseCreateRequestObject) (api.ReleaseCreateResponseObject, error) {
 	acc := auth.AccessFrom(ctx)
-	q := dbtx.Queries(ctx, h.Pool)
+	q := postgres.Queries(ctx, h.Pool)
 	fleet, err := q.FleetGet(ctx, req.FleetId)
 	if err != nil {
 		return nil, fmt.Errorf("load fleet %s: %w", req.FleetId, err)

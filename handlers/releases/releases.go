@@ -12,15 +12,15 @@ import (
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
-	"github.com/flock-io/flock-api/internal/nudge"
 	"github.com/flock-io/flock-api/internal/targetstate"
+	"github.com/flock-io/flock-api/workers/nudger"
 )
 
 // Releases implements the release operations.
 type Releases struct {
 	Pool *pgxpool.Pool
 	// Nudge hears of a release becoming its fleet's latest final; nil: none.
-	Nudge nudge.Notifier
+	Nudge nudger.Notifier
 }
 
 // Release converts a release row.
@@ -54,7 +54,7 @@ func (h *Releases) becameFinal(ctx context.Context, q *db.Queries, fleet uuid.UU
 		return fmt.Errorf("lock fleet %s: %w", fleet, err)
 	}
 	if !f.PinnedReleaseID.Valid {
-		nudge.FleetAfterCommit(ctx, h.Nudge, fleet)
+		nudger.FleetAfterCommit(ctx, h.Nudge, fleet)
 	}
 	return nil
 }

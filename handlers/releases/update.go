@@ -3,19 +3,19 @@ package releases
 import (
 	"context"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"net/http"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
-	"github.com/flock-io/flock-api/internal/dbtx"
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/http/problem"
 	"github.com/flock-io/flock-api/internal/tags"
 )
 
 // ReleaseUpdate finalises or fails a draft, or retags any release. A final
 // or failed release keeps its status for good.
 func (h *Releases) ReleaseUpdate(ctx context.Context, req api.ReleaseUpdateRequestObject) (api.ReleaseUpdateResponseObject, error) {
-	q := dbtx.Queries(ctx, h.Pool)
+	q := postgres.Queries(ctx, h.Pool)
 	r, err := q.ReleaseForUpdate(ctx, req.ReleaseId)
 	if err != nil {
 		return nil, fmt.Errorf("load release %s: %w", req.ReleaseId, err)

@@ -2,10 +2,10 @@ package variables
 
 import (
 	"context"
+	"github.com/flock-io/flock-api/internal/postgres"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
-	"github.com/flock-io/flock-api/internal/dbtx"
 )
 
 // DeviceVariableList lists a device's own variables.
@@ -23,7 +23,7 @@ func (h *Variables) DeviceVariableList(ctx context.Context, req api.DeviceVariab
 
 // DeviceVariableCreate sets a device variable.
 func (h *Variables) DeviceVariableCreate(ctx context.Context, req api.DeviceVariableCreateRequestObject) (api.DeviceVariableCreateResponseObject, error) {
-	s, err := h.deviceScope(ctx, dbtx.Queries(ctx, h.Pool), req.DeviceId)
+	s, err := h.deviceScope(ctx, postgres.Queries(ctx, h.Pool), req.DeviceId)
 	if err != nil {
 		return nil, err
 	}
@@ -36,7 +36,7 @@ func (h *Variables) DeviceVariableCreate(ctx context.Context, req api.DeviceVari
 
 // DeviceVariableUpdate changes a device variable's value.
 func (h *Variables) DeviceVariableUpdate(ctx context.Context, req api.DeviceVariableUpdateRequestObject) (api.DeviceVariableUpdateResponseObject, error) {
-	s, err := h.deviceScope(ctx, dbtx.Queries(ctx, h.Pool), req.DeviceId)
+	s, err := h.deviceScope(ctx, postgres.Queries(ctx, h.Pool), req.DeviceId)
 	if err != nil {
 		return nil, err
 	}
@@ -49,7 +49,7 @@ func (h *Variables) DeviceVariableUpdate(ctx context.Context, req api.DeviceVari
 
 // DeviceVariableDelete removes a device variable.
 func (h *Variables) DeviceVariableDelete(ctx context.Context, req api.DeviceVariableDeleteRequestObject) (api.DeviceVariableDeleteResponseObject, error) {
-	s, err := h.deviceScope(ctx, dbtx.Queries(ctx, h.Pool), req.DeviceId)
+	s, err := h.deviceScope(ctx, postgres.Queries(ctx, h.Pool), req.DeviceId)
 	if err != nil {
 		return nil, err
 	}

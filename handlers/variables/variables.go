@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"net/http"
 	"strings"
 
@@ -16,17 +17,16 @@ import (
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
-	"github.com/flock-io/flock-api/internal/dbtx"
-	"github.com/flock-io/flock-api/internal/nudge"
-	"github.com/flock-io/flock-api/internal/pagination"
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/http/pagination"
+	"github.com/flock-io/flock-api/internal/http/problem"
+	"github.com/flock-io/flock-api/workers/nudger"
 )
 
 // Variables implements the variable operations of both scopes.
 type Variables struct {
 	Pool *pgxpool.Pool
 	// Nudge hears of committed changes to variables; nil: none.
-	Nudge nudge.Notifier
+	Nudge nudger.Notifier
 }
 
 // MaxMergedSize bounds a device's merged variables (names plus values).
@@ -105,7 +105,7 @@ func (h *Variables) create(ctx context.Context, s scope, b *api.VariableCreate) 
 	if b.Secret != nil {
 		secret = *b.Secret
 	}
-	q := dbtx.Queries(ctx, h.Pool)
+	q := postgres.Queries(ctx, h.Pool)
 	v, err := q.VariableCreate(ctx, db.VariableCreateParams{OrgID: acc.OrgID, FleetID: s.fleet, DeviceID: s.device,
 		Service: service, Name: b.Name, Value: b.Value, Secret: secret})
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -124,7 +124,7 @@ func (h *Variables) create(ctx context.Context, s scope, b *api.VariableCreate) 
 }
 
 func (h *Variables) update(ctx context.Context, s scope, id uuid.UUID, b *api.VariableUpdate) (api.Variable, error) {
-	q := dbtx.Queries(ctx, h.Pool)
+	q := postgres.Queries(ctx, h.Pool)
 	if _, err := h.get(ctx, q, s, id); err != nil {
 		return api.Variable{}, err
 	}
@@ -140,7 +140,7 @@ func (h *Variables) update(ctx context.Context, s scope, id uuid.UUID, b *api.Va
 }
 
 func (h *Variables) delete(ctx context.Context, s scope, id uuid.UUID) error {
-	q := dbtx.Queries(ctx, h.Pool)
+	q := postgres.Queries(ctx, h.Pool)
 	if _, err := h.get(ctx, q, s, id); err != nil {
 		return err
 	}
@@ -156,9 +156,9 @@ func (h *Variables) delete(ctx context.Context, s scope, id uuid.UUID) error {
 // appear in the target state).
 func (h *Variables) changed(ctx context.Context, s scope) {
 	if s.device.Valid {
-		nudge.DevicesAfterCommit(ctx, h.Nudge, s.device.UUID)
+		nudger.DevicesAfterCommit(ctx, h.Nudge, s.device.UUID)
 	} else {
-		nudge.FleetAfterCommit(ctx, h.Nudge, s.fleet)
+		nudger.FleetAfterCommit(ctx, h.Nudge, s.fleet)
 	}
 }
 

@@ -13,15 +13,21 @@ import (
 )
 
 func TestGraph(t *testing.T) {
-	a := app.New(&config.Config{}, nil)
+	a, err := app.New(&config.Config{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	m := a.Manager()
 	if got, want := m.Targets(), []string{"all", "api", "ingester"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("targets = %v, want %v", got, want)
 	}
 	edges := map[string][]string{
-		"api":             {"config", "postgres", "metrics", "audit", "http-server", "kv", "kafka", "telemetry-store", "device-tokens"},
-		"ingester":        {"config", "postgres", "metrics", "http-server", "kv", "kafka", "telemetry-store", "mqtt-broker"},
-		"mqtt-broker":     {"config", "metrics", "device-tokens"},
+		"api":             {"config", "postgres", "metrics", "audit", "http-server", "kv", "kafka", "telemetry-store", "device-tokens", "nudger", "janitor"},
+		"ingester":        {"config", "postgres", "metrics", "http-server", "kv", "kafka", "telemetry-store", "mqtt-broker", "relay"},
+		"nudger":          {"config", "postgres", "metrics", "kafka"},
+		"janitor":         {"config", "postgres"},
+		"relay":           {"config", "metrics", "kafka", "mqtt-broker"},
+		"mqtt-broker":     {"config", "postgres", "metrics", "device-tokens"},
 		"device-tokens":   {"config", "postgres"},
 		"telemetry-store": {"config", "postgres"},
 		"kv":              {"config", "metrics"},
@@ -41,7 +47,8 @@ func TestGraph(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"config", "postgres", "metrics", "audit", "http-server", "kv", "kafka", "telemetry-store", "device-tokens", "api", "mqtt-broker", "ingester", "all"}; !reflect.DeepEqual(order, want) {
+	if want := []string{"config", "postgres", "metrics", "audit", "http-server", "kv", "kafka", "telemetry-store", "device-tokens",
+		"nudger", "janitor", "api", "mqtt-broker", "relay", "ingester", "all"}; !reflect.DeepEqual(order, want) {
 		t.Errorf("all resolves to %v, want %v (the HTTP server must start after the stores it serves)", order, want)
 	}
 }
@@ -63,7 +70,7 @@ func TestMainExitCodes(t *testing.T) {
 			wantErr: `flock-api: invalid FLOCK_HTTP_ADDR: "notaport": want host:port or :port`},
 		{name: "unknown flag", args: []string{"--nope"}, wantCode: 2},
 		{name: "list targets", args: []string{"--list-targets"}, wantCode: 0,
-			wantOut: "all\n  needs: api, ingester\napi\n  needs: config, postgres, metrics, audit, http-server, kv, kafka, telemetry-store, device-tokens\ningester\n  needs: config, postgres, metrics, http-server, kv, kafka, telemetry-store, mqtt-broker\n"},
+			wantOut: "all\n  needs: api, ingester\napi\n  needs: config, postgres, metrics, audit, http-server, kv, kafka, telemetry-store, device-tokens, nudger, janitor\ningester\n  needs: config, postgres, metrics, http-server, kv, kafka, telemetry-store, mqtt-broker, relay\n"},
 		{name: "print config", args: []string{"--print-config", "--database-url=postgres://u:pw@h/db"}, wantCode: 0,
 			wantOut: `"postgres://u:xxxxx@h/db"`},
 		{name: "migrate without verb", args: []string{"migrate"}, wantCode: 2},

@@ -21,9 +21,9 @@ import (
 	"github.com/flock-io/flock-api/internal/auth/oidcverify"
 	"github.com/flock-io/flock-api/internal/devicetoken"
 	"github.com/flock-io/flock-api/internal/devoidc"
-	"github.com/flock-io/flock-api/internal/httpserver"
+	"github.com/flock-io/flock-api/internal/http/httpserver"
+	"github.com/flock-io/flock-api/internal/http/restapi"
 	"github.com/flock-io/flock-api/internal/metrics"
-	"github.com/flock-io/flock-api/internal/restapi"
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
 )
 
@@ -81,7 +81,7 @@ func stack(b *testing.B, versionDB func(*pgxpool.Pool) db.Querier) *benchStack {
 	}
 	server := handlers.New(handlers.Deps{Pool: pool, Targets: []string{"api"}, Tokens: tokens, TokenEndpoint: app.TokenEndpoint("http://flock.test"), Audit: audit.NewRecorder(nil)})
 	server.System.DB = versionDB(pool)
-	app.MountAPI(srv.Router(), spec, server, auth.NewAuthenticator(verifier, tokens, "http://flock.test", pool, log), guard)
+	restapi.Mount(srv.Router(), spec, server, restapi.Chain{Authn: auth.NewAuthenticator(verifier, tokens, "http://flock.test", pool, log), Guard: guard})
 	return &benchStack{h: srv.Router(), prov: prov, pool: pool}
 }
 

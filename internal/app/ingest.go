@@ -1,5 +1,8 @@
 package app
 
+// The device-messaging side: the embedded MQTT broker (unless an external
+// one is configured), the ingester and the relay.
+
 import (
 	"context"
 	"crypto/rand"
@@ -7,98 +10,15 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"strings"
+	"os"
 	"sync/atomic"
 
-	"golang.org/x/sync/errgroup"
-
-	"github.com/flock-io/flock-api/internal/bus"
-	"github.com/flock-io/flock-api/internal/devicetoken"
-	"github.com/flock-io/flock-api/internal/events"
-	"github.com/flock-io/flock-api/internal/ingester"
-	"github.com/flock-io/flock-api/internal/kv"
+	"github.com/flock-io/flock-api/asyncapi"
 	"github.com/flock-io/flock-api/internal/modules"
 	"github.com/flock-io/flock-api/internal/mqtt/broker"
-	"github.com/flock-io/flock-api/internal/telemetry"
+	"github.com/flock-io/flock-api/workers/ingester"
+	"github.com/flock-io/flock-api/workers/relay"
 )
-
-// embeddedWarning is logged when a process that does not run every target
-// uses an in-process engine: other processes cannot see into it.
-func (a *App) embeddedWarning(concern, setting string) {
-	if a.cfg.Target != All {
-		a.log.Warn("embedded engine serves this process only: targets run as separate processes need "+setting,
-			"concern", concern)
-	}
-}
-
-func (a *App) initKV(ctx context.Context) (*modules.Service, error) {
-	if a.cfg.RedisURL == "" {
-		a.kv = kv.NewMemory()
-		a.log.Info("store engine", "concern", "live device state", "engine", "in-process", "mode", "embedded")
-		a.embeddedWarning("live device state", "FLOCK_REDIS_URL")
-	} else {
-		r, err := kv.NewRedis(ctx, a.cfg.RedisURL)
-		if err != nil {
-			return nil, fmt.Errorf("FLOCK_REDIS_URL: %w", err)
-		}
-		a.kv = r
-		a.log.Info("store engine", "concern", "live device state", "engine", "redis", "mode", "external")
-	}
-	a.ready.Add("kv", a.kv.Ping)
-	store := a.kv
-	return &modules.Service{Close: func() { _ = store.Close() }}, nil
-}
-
-func (a *App) initKafka(ctx context.Context) (*modules.Service, error) {
-	seeds := a.cfg.KafkaSeeds()
-	b, err := bus.Open(ctx, bus.Config{Brokers: seeds, Log: a.log})
-	if err != nil {
-		return nil, fmt.Errorf("FLOCK_KAFKA_BROKERS: %w", err)
-	}
-	if b.Embedded() {
-		a.log.Info("store engine", "concern", "message bus", "engine", "kfake", "mode", "embedded", "brokers", strings.Join(b.Brokers(), ","))
-		a.embeddedWarning("message bus", "FLOCK_KAFKA_BROKERS")
-	} else {
-		a.log.Info("store engine", "concern", "message bus", "engine", "kafka", "mode", "external", "brokers", strings.Join(seeds, ","))
-	}
-	a.ready.Add("kafka", b.Ping)
-	a.bus = b
-	return &modules.Service{Close: b.Close}, nil
-}
-
-func (a *App) initTelemetry(ctx context.Context) (*modules.Service, error) {
-	if a.cfg.ClickHouseURL == "" {
-		a.telemetry = telemetry.NewPostgres(a.pool)
-		// The tables live in the relational database, which is external;
-		// only ClickHouse is missing.
-		a.log.Info("store engine", "concern", "telemetry, logs, connectivity", "engine", "postgresql", "mode", "external",
-			"note", "FLOCK_CLICKHOUSE_URL is unset: tables in the relational database")
-		return nil, nil
-	}
-	ch, err := telemetry.NewClickHouse(ctx, a.cfg.ClickHouseURL)
-	if err != nil {
-		return nil, fmt.Errorf("FLOCK_CLICKHOUSE_URL: %w", err)
-	}
-	a.telemetry = ch
-	a.ready.Add("clickhouse", ch.Ping)
-	a.log.Info("store engine", "concern", "telemetry, logs, connectivity", "engine", "clickhouse", "mode", "external")
-	return &modules.Service{Close: func() { _ = ch.Close() }}, nil
-}
-
-// initDeviceTokens loads the device-token signing keys. The API issues
-// tokens with them and the broker verifies them; both read the keys from
-// PostgreSQL, so no process asks another to check a token.
-func (a *App) initDeviceTokens(ctx context.Context) (*modules.Service, error) {
-	tokens, err := devicetoken.New(ctx, a.pool, devicetoken.Config{
-		Issuer: DeviceIssuer(a.cfg.PublicURL), TokenEndpoint: TokenEndpoint(a.cfg.PublicURL), Log: a.log})
-	if err != nil {
-		return nil, fmt.Errorf("device token keys: %w", err)
-	}
-	a.tokens = tokens
-	// Rotation and forgetting spent assertion ids run under an advisory
-	// lock, so every process may run them.
-	return &modules.Service{Run: tokens.Run}, nil
-}
 
 // initMQTTBroker starts the embedded broker unless FLOCK_MQTT_URL names an
 // external one. Either way it settles the URL and credentials the ingester
@@ -171,7 +91,7 @@ func publicMQTTURL(publicURL, listen string) string {
 }
 
 func (a *App) initIngester(context.Context) (*modules.Service, error) {
-	v, err := events.NewValidator()
+	v, err := asyncapi.NewValidator()
 	if err != nil {
 		return nil, err
 	}
@@ -188,12 +108,21 @@ func (a *App) initIngester(context.Context) (*modules.Service, error) {
 		return nil, err
 	}
 	a.ready.Add("ingester", ing.Ready)
-	return &modules.Service{Run: func(ctx context.Context) error {
-		g, ctx := errgroup.WithContext(ctx)
-		g.Go(func() error { return ing.Run(ctx) })
-		g.Go(func() error { return ing.RunRelay(ctx) })
-		return g.Wait()
-	}}, nil
+	return &modules.Service{Run: ing.Run}, nil
+}
+
+// initRelay carries flock.device.commands.v1 to devices over MQTT.
+func (a *App) initRelay(context.Context) (*modules.Service, error) {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown"
+	}
+	r, err := relay.New(relay.Config{Broker: a.mqttURL, Username: a.cfg.MQTTUsername, Password: a.mqttPassword,
+		ClientID: "flock-relay-" + host, Log: a.log, Metrics: a.metrics.Registry}, a.bus)
+	if err != nil {
+		return nil, err
+	}
+	return &modules.Service{Run: r.Run}, nil
 }
 
 // mqttPublic is the broker URL devices are told at registration. The API

@@ -1,5 +1,3 @@
-// Package app is the flock-api command: flags and environment, the module
-// graph, the migrate subcommand, and running until a signal stops it.
 package app
 
 import (
@@ -85,7 +83,11 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer, get
 		fmt.Fprintf(stderr, "flock-api: %v\n", err)
 		return ExitUsage
 	}
-	a := New(cfg, log)
+	a, err := New(cfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "flock-api: %v\n", err)
+		return ExitError
+	}
 	if *listTargets {
 		PrintTargets(stdout, a.Manager())
 		return ExitOK
@@ -116,7 +118,7 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer, get
 // run initialises the resolved modules and runs them until ctx ends.
 func (a *App) run(ctx context.Context, order []string) int {
 	for _, name := range order {
-		if !hidden[name] && name != All {
+		if !a.mgr.Hidden(name) && name != All {
 			a.targets = append(a.targets, name)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -20,8 +21,7 @@ import (
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth/oidcverify"
 	"github.com/flock-io/flock-api/internal/devicetoken"
-	"github.com/flock-io/flock-api/internal/pgerr"
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/http/problem"
 )
 
 // Authenticator resolves the Authorization header to a Principal. A request
@@ -196,7 +196,7 @@ func (a *Authenticator) user(ctx context.Context, c *oidcverify.Claims) (*Princi
 	case err == nil:
 		if u.Email != c.Email || u.Name != c.Name {
 			if err := q.UserUpdateProfile(ctx, db.UserUpdateProfileParams{ID: u.ID, Email: c.Email, Name: c.Name}); err != nil {
-				if pgerr.IsUnique(err) {
+				if postgres.IsUniqueViolation(err) {
 					return nil, invalidToken("the token's email belongs to another account", err)
 				}
 				return nil, fmt.Errorf("update user %s: %w", u.ID, err)
@@ -235,7 +235,7 @@ func (a *Authenticator) firstSignIn(ctx context.Context, q *db.Queries, c *oidcv
 	case errors.Is(err, pgx.ErrNoRows):
 		// A concurrent first request created it.
 		return q.UserByIdentity(ctx, db.UserByIdentityParams{Issuer: issuer, Subject: subject})
-	case pgerr.IsUnique(err):
+	case postgres.IsUniqueViolation(err):
 		// ON CONFLICT covers the identity only: a concurrent first request
 		// of the same subject that inserted first trips the email index
 		// instead. Only when no row has this identity is the email someone

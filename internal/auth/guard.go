@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"log/slog"
 	"net/http"
 	"sort"
@@ -19,10 +20,9 @@ import (
 
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/audit"
-	"github.com/flock-io/flock-api/internal/dbtx"
-	"github.com/flock-io/flock-api/internal/idempotency"
-	"github.com/flock-io/flock-api/internal/problem"
-	"github.com/flock-io/flock-api/internal/reqinfo"
+	"github.com/flock-io/flock-api/internal/http/idempotency"
+	"github.com/flock-io/flock-api/internal/http/problem"
+	"github.com/flock-io/flock-api/internal/http/reqinfo"
 )
 
 // Level is who may call an operation at all.
@@ -286,14 +286,14 @@ func roleIn(p *Principal, org uuid.UUID, member *db.OrgRole) (db.OrgRole, bool) 
 }
 
 // write runs a changing operation and its audit record in one transaction,
-// then what the operation registered with dbtx.AfterCommit.
+// then what the operation registered with postgres.AfterCommit.
 func (g *Guard) write(ctx context.Context, r *http.Request, acc *Access, next func(context.Context) (any, error)) (any, error) {
 	tx, err := g.pool.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("begin %s: %w", acc.Operation, err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after commit
-	txCtx := dbtx.With(ctx, tx)
+	txCtx := postgres.WithTx(ctx, tx)
 	resp, err := next(txCtx)
 	if err != nil {
 		_ = tx.Rollback(ctx)
@@ -317,7 +317,7 @@ func (g *Guard) write(ctx context.Context, r *http.Request, acc *Access, next fu
 	}
 	// Only now, with the change in: on any error above the transaction
 	// rolls back and what the handler registered is dropped.
-	dbtx.Committed(txCtx)
+	postgres.Committed(txCtx)
 	return resp, nil
 }
 

@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"errors"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -14,8 +15,7 @@ import (
 
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/audit"
-	"github.com/flock-io/flock-api/internal/dbtx"
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/http/problem"
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
 )
 
@@ -31,7 +31,7 @@ paths:
         "201": {description: created}
 `
 
-// The guard runs what a write registered with dbtx.AfterCommit only once
+// The guard runs what a write registered with postgres.AfterCommit only once
 // the write and its audit record have committed: not when the handler fails,
 // and not when the commit itself fails.
 func TestGuardRunsAfterCommitOnlyOnCommit(t *testing.T) {
@@ -81,10 +81,10 @@ func TestGuardRunsAfterCommitOnlyOnCommit(t *testing.T) {
 				KeyOrg: org, KeyRole: db.OrgRoleOwner})
 
 			_, err := g.serve(pctx, httptest.NewRecorder(), r, "thing:create", func(ctx context.Context) (any, error) {
-				if _, err := dbtx.Tx(ctx).Exec(ctx, `INSERT INTO things VALUES ($1, $2)`, tc.name, tc.n); err != nil {
+				if _, err := postgres.TxFrom(ctx).Exec(ctx, `INSERT INTO things VALUES ($1, $2)`, tc.name, tc.n); err != nil {
 					return nil, err
 				}
-				dbtx.AfterCommit(ctx, func() { ran, sawRow = true, visible(tc.name) })
+				postgres.AfterCommit(ctx, func() { ran, sawRow = true, visible(tc.name) })
 				return "ok", tc.fail
 			})
 			if ran != tc.wantRun {

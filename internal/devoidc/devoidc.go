@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"io"
 	"log/slog"
 	"net/http"
@@ -33,7 +34,6 @@ import (
 	"github.com/zitadel/oidc/v3/pkg/op"
 
 	"github.com/flock-io/flock-api/gen/db"
-	"github.com/flock-io/flock-api/internal/pgerr"
 )
 
 // Purpose marks this provider's rows in signing_keys.
@@ -80,7 +80,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, issuer, audience string) (*Pro
 		return p, nil
 	}
 	if _, err := p.create(ctx, initialKID); err != nil {
-		if !pgerr.IsUnique(err) {
+		if !postgres.IsUniqueViolation(err) {
 			return nil, err
 		}
 		// Another process created it between our read and our insert.

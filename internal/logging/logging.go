@@ -10,7 +10,7 @@ import (
 	"log/slog"
 	"strings"
 
-	"github.com/flock-io/flock-api/internal/reqinfo"
+	"github.com/flock-io/flock-api/internal/http/reqinfo"
 )
 
 // New returns a logger writing to w. format is "json" or "text"; level is

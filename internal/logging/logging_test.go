@@ -6,8 +6,8 @@ import (
 	"encoding/json"
 	"testing"
 
+	"github.com/flock-io/flock-api/internal/http/reqinfo"
 	"github.com/flock-io/flock-api/internal/logging"
-	"github.com/flock-io/flock-api/internal/reqinfo"
 )
 
 func TestRequestIDOnEveryRecord(t *testing.T) {

@@ -12,7 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/flock-io/flock-api/internal/reqinfo"
+	"github.com/flock-io/flock-api/internal/http/reqinfo"
 )
 
 // Metrics is the registry plus the HTTP instruments every target shares.

@@ -8,6 +8,7 @@ package modules
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -31,20 +32,58 @@ type Module struct {
 	Deps []string
 	// Hidden modules cannot be asked for with --target.
 	Hidden bool
-	// Init wires the module; nil for modules that only group others (all).
+	// Init wires the module and may return its service; modules that only
+	// group others (all) use Group. Required: a module without one would
+	// silently do nothing.
 	Init func(ctx context.Context) (*Service, error)
 }
+
+// Group is the Init of a module that only groups its dependencies.
+func Group(context.Context) (*Service, error) { return nil, nil }
 
 // Manager holds the graph.
 type Manager struct {
 	modules map[string]Module
+	order   []string // as declared, for messages
 }
 
-// New returns an empty manager.
-func New() *Manager { return &Manager{modules: map[string]Module{}} }
+// New checks the whole table at once and returns its manager. It refuses a
+// module without an Init, a name declared twice, a dependency on a module
+// the table does not declare, and a cycle, so a process with a broken graph
+// does not start (and the app's test finds it first).
+func New(table []Module) (*Manager, error) {
+	m := &Manager{modules: make(map[string]Module, len(table))}
+	for _, mod := range table {
+		switch {
+		case mod.Name == "":
+			return nil, errors.New("modules: a module without a name")
+		case mod.Init == nil:
+			return nil, fmt.Errorf("modules: %s has no Init (use modules.Group for a module that only groups others)", mod.Name)
+		}
+		if _, dup := m.modules[mod.Name]; dup {
+			return nil, fmt.Errorf("modules: %s is declared twice", mod.Name)
+		}
+		m.modules[mod.Name] = mod
+		m.order = append(m.order, mod.Name)
+	}
+	for _, name := range m.order {
+		for _, d := range m.modules[name].Deps {
+			if _, ok := m.modules[d]; !ok {
+				return nil, fmt.Errorf("modules: %s depends on %s, which is not declared", name, d)
+			}
+		}
+	}
+	// Resolving every module finds any cycle.
+	for _, name := range m.order {
+		if _, err := m.resolve([]string{name}); err != nil {
+			return nil, fmt.Errorf("modules: %w", err)
+		}
+	}
+	return m, nil
+}
 
-// Register adds a module; a second module of the same name replaces the first.
-func (m *Manager) Register(mod Module) { m.modules[mod.Name] = mod }
+// Hidden reports whether name is a hidden module.
+func (m *Manager) Hidden(name string) bool { return m.modules[name].Hidden }
 
 // Targets returns the visible module names, sorted.
 func (m *Manager) Targets() []string {
@@ -98,6 +137,11 @@ func (m *Manager) Resolve(targets []string) ([]string, error) {
 			return nil, &UnknownTargetError{Name: t, Valid: m.Targets()}
 		}
 	}
+	return m.resolve(targets)
+}
+
+// resolve orders names and their dependencies, any module allowed.
+func (m *Manager) resolve(targets []string) ([]string, error) {
 	const (
 		visiting = 1
 		done     = 2
@@ -146,11 +190,7 @@ type Running struct {
 func (m *Manager) Init(ctx context.Context, order []string, log *slog.Logger) (*Running, error) {
 	r := &Running{log: log}
 	for _, name := range order {
-		mod := m.modules[name]
-		if mod.Init == nil {
-			continue
-		}
-		svc, err := mod.Init(ctx)
+		svc, err := m.modules[name].Init(ctx)
 		if err != nil {
 			r.close()
 			return nil, fmt.Errorf("%s: %w", name, err)

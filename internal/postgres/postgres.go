@@ -1,5 +1,7 @@
-// Package postgres opens the PostgreSQL pool every target shares and applies
-// the embedded goose migrations.
+// Package postgres is Flock's side of PostgreSQL: the pool every target
+// shares, the embedded goose migrations, the request's transaction with its
+// after-commit work (tx.go), and the errors handlers turn into client
+// errors (errors.go).
 package postgres
 
 import (

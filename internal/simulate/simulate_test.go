@@ -18,11 +18,13 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/google/uuid"
 
-	payloads "github.com/flock-io/flock-api/gen/events"
+	"github.com/flock-io/flock-api/asyncapi"
+	"github.com/flock-io/flock-api/gen/events"
 	"github.com/flock-io/flock-api/internal/app"
 	"github.com/flock-io/flock-api/internal/devicetoken"
-	"github.com/flock-io/flock-api/internal/events"
+	"github.com/flock-io/flock-api/internal/devicetopic"
 	"github.com/flock-io/flock-api/internal/mqtt/broker"
+	"github.com/flock-io/flock-api/internal/mqtt/mqttauth"
 	"github.com/flock-io/flock-api/internal/simulate"
 	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
@@ -106,7 +108,7 @@ func (f *fleet) deviceTokens(t *testing.T, issuer string) *devicetoken.Service {
 
 // startBroker runs the embedded broker on a free port until the test ends
 // and returns its mqtt:// URL.
-func startBroker(t *testing.T, devices *pgxpool.Pool, v broker.Verifier) string {
+func startBroker(t *testing.T, devices *pgxpool.Pool, v mqttauth.Verifier) string {
 	t.Helper()
 	b, err := broker.New(broker.Config{Listen: "127.0.0.1:0", ServiceUsername: serviceUser, ServicePassword: servicePassword,
 		Devices: devices, Log: testLog(t).With("component", "broker")}, v)
@@ -140,7 +142,7 @@ type message struct {
 // everything devices publish and checks each payload against its schema.
 type subscriber struct {
 	*paho.Client
-	validator *events.Validator
+	validator *asyncapi.Validator
 
 	mu       sync.Mutex
 	byDevice map[string][]message
@@ -149,7 +151,7 @@ type subscriber struct {
 
 func subscribe(t *testing.T, brokerURL string) *subscriber {
 	t.Helper()
-	v, err := events.NewValidator()
+	v, err := asyncapi.NewValidator()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +196,7 @@ func subscribe(t *testing.T, brokerURL string) *subscriber {
 }
 
 func (s *subscriber) add(topic string, payload []byte) {
-	rest := strings.TrimPrefix(topic, events.DevicePrefix)
+	rest := strings.TrimPrefix(topic, devicetopic.Prefix)
 	device, kind, _ := strings.Cut(rest, "/")
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -600,7 +602,7 @@ func TestConfigValidate(t *testing.T) {
 // publishes and checks each against asyncapi/flock.yaml, so a change of
 // either side that breaks the other fails here.
 func TestPayloadsMatchSchemas(t *testing.T) {
-	v, err := events.NewValidator()
+	v, err := asyncapi.NewValidator()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -613,7 +615,7 @@ func TestPayloadsMatchSchemas(t *testing.T) {
 		{simulate.KindTelemetry, func(p *simulate.Payloads, _ int) []byte { return p.Telemetry() }},
 		{simulate.KindLogs, func(p *simulate.Payloads, _ int) []byte { return p.Logs() }},
 		{simulate.KindEvents, func(p *simulate.Payloads, i int) []byte {
-			return p.UpdateEvent(release, payloads.UpdateEventType(i%len(payloads.UpdateEventTypeValues)))
+			return p.UpdateEvent(release, events.UpdateEventType(i%len(events.UpdateEventTypeValues)))
 		}},
 		{simulate.KindStatus, func(_ *simulate.Payloads, i int) []byte { return simulate.Status(i%2 == 0, time.Now().UnixMilli()) }},
 	} {

@@ -8,7 +8,7 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/flock-io/flock-api/internal/problem"
+	"github.com/flock-io/flock-api/internal/http/problem"
 )
 
 // Check refuses keys that are empty, longer than 100 characters or contain

@@ -4,20 +4,20 @@
 // payloads checked against the AsyncAPI document before they are
 // acknowledged.
 //
-// The decisions (Authenticate, CanPublish, CanSubscribe) are exported so the
-// same rules can serve an external broker's HTTP auth hooks.
+// Who may connect and what each client may publish and subscribe to is
+// decided by package mqttauth, which the API's hooks for an external broker
+// ask too; this package is the mochi glue around it.
 //
 // A device's connection lives no longer than its token and no longer than
 // the device: at the token's expiry the broker disconnects it (DISCONNECT
 // 0x87) unless the device has renewed the token on the connection with MQTT
-// v5 re-authentication (AUTH, method ReauthMethod), and a device deleted in
+// v5 re-authentication (AUTH, method flock-device-token), and a device deleted in
 // PostgreSQL is disconnected as soon as the deletion commits (the devices
 // table notifies every broker; see sessions.go).
 package broker
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,7 +33,9 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/flock-io/flock-api/internal/events"
+	"github.com/flock-io/flock-api/asyncapi"
+	"github.com/flock-io/flock-api/internal/devicetopic"
+	"github.com/flock-io/flock-api/internal/mqtt/mqttauth"
 )
 
 // Config configures a Broker.
@@ -58,7 +60,7 @@ type Config struct {
 	Devices *pgxpool.Pool
 	// Validator checks what devices publish against the AsyncAPI document;
 	// nil builds one.
-	Validator *events.Validator
+	Validator *asyncapi.Validator
 	// Log defaults to slog.Default().
 	Log *slog.Logger
 	// Metrics registers the broker's counters when not nil.
@@ -121,16 +123,15 @@ const (
 
 // Broker is an embedded MQTT broker. Create it with New and serve with Run.
 type Broker struct {
-	cfg                   Config
-	verifier              Verifier
-	log                   *slog.Logger
-	servicePasswordDigest [sha256.Size]byte
+	cfg  Config
+	auth *mqttauth.Authenticator
+	log  *slog.Logger
 
 	server    *mqtt.Server
 	ln        *listener
 	limits    *deviceLimits
 	sessions  *sessions
-	validator *events.Validator
+	validator *asyncapi.Validator
 	// listening is true while revocations are heard (readiness).
 	listening atomic.Bool
 	// listener goroutine of Run
@@ -155,24 +156,25 @@ type Broker struct {
 
 // New builds the broker and binds its listener, so a taken port fails here.
 // Run must be called to serve and, when it returns, to release the port.
-func New(cfg Config, v Verifier) (*Broker, error) {
+func New(cfg Config, v mqttauth.Verifier) (*Broker, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	if v == nil {
-		return nil, errors.New("broker: nil Verifier")
+	// It checks the service credentials, the verifier and the pool.
+	auth, err := mqttauth.NewAuthenticator(cfg.ServiceUsername, cfg.ServicePassword, v, cfg.Devices)
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
 	}
 	// Not derived from a caller's context: Run's ctx arrives later, and
 	// Run cancels this one when it returns.
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Broker{
-		cfg:                   cfg,
-		verifier:              v,
-		log:                   cfg.Log,
-		servicePasswordDigest: sha256.Sum256([]byte(cfg.ServicePassword)),
-		limits:                newDeviceLimits(cfg.MessagesPerSecond, cfg.Burst),
-		ctx:                   ctx,
-		cancel:                cancel,
+		cfg:    cfg,
+		auth:   auth,
+		log:    cfg.Log,
+		limits: newDeviceLimits(cfg.MessagesPerSecond, cfg.Burst),
+		ctx:    ctx,
+		cancel: cancel,
 		authRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flock_mqtt_auth_refused_total",
 			Help: "MQTT connections refused by the embedded broker, by reason.",
@@ -185,7 +187,7 @@ func New(cfg Config, v Verifier) (*Broker, error) {
 	b.sessions = newSessions(b.end)
 	b.validator = cfg.Validator
 	if b.validator == nil {
-		v, err := events.NewValidator()
+		v, err := asyncapi.NewValidator()
 		if err != nil {
 			cancel()
 			return nil, fmt.Errorf("broker: %w", err)
@@ -209,7 +211,7 @@ func New(cfg Config, v Verifier) (*Broker, error) {
 	b.droppedQueueFull = dropped.WithLabelValues("queue_full")
 	b.droppedPacketIDs = dropped.WithLabelValues("packet_ids")
 	b.droppedUndelivered = dropped.WithLabelValues("undelivered")
-	for _, r := range authRefusalReasons {
+	for _, r := range mqttauth.Reasons {
 		b.authRefused.WithLabelValues(r)
 	}
 
@@ -262,16 +264,6 @@ func (c *Config) setDefaults() error {
 	if c.Listen == "" {
 		return errors.New("broker: Listen is empty")
 	}
-	if c.ServiceUsername != "" {
-		if c.ServicePassword == "" {
-			return errors.New("broker: ServiceUsername is set but ServicePassword is empty")
-		}
-		if _, err := uuid.Parse(c.ServiceUsername); err == nil {
-			return fmt.Errorf("broker: ServiceUsername %q is a uuid, which names a device", c.ServiceUsername)
-		}
-	} else if c.ServicePassword != "" {
-		return errors.New("broker: ServicePassword is set but ServiceUsername is empty")
-	}
 	if c.MessagesPerSecond < 0 || c.Burst < 0 {
 		return fmt.Errorf("broker: negative rate limit (%v/s, burst %d)", c.MessagesPerSecond, c.Burst)
 	}
@@ -286,9 +278,6 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
-	}
-	if c.Devices == nil {
-		return errors.New("broker: Devices is nil: the broker checks devices exist in PostgreSQL")
 	}
 	return nil
 }
@@ -356,15 +345,15 @@ func (b *Broker) end(cl *mqtt.Client, code packets.Code) {
 // outlives a connection that fails between authentication and CONNACK (mochi
 // calls no hook then). The service user name is never a uuid and a device's
 // client id is its uuid, so the two cannot be confused.
-func (b *Broker) identityOf(cl *mqtt.Client) (Identity, bool) {
+func (b *Broker) identityOf(cl *mqtt.Client) (mqttauth.Identity, bool) {
 	if b.cfg.ServiceUsername != "" && string(cl.Properties.Username) == b.cfg.ServiceUsername {
-		return Identity{Service: true}, true
+		return mqttauth.Identity{Service: true}, true
 	}
 	id, err := uuid.Parse(cl.ID)
 	if err != nil {
-		return Identity{}, false
+		return mqttauth.Identity{}, false
 	}
-	return Identity{DeviceID: id}, true
+	return mqttauth.Identity{DeviceID: id}, true
 }
 
 // refuse answers a refused CONNECT. Mochi can only refuse with 0x86 from
@@ -372,26 +361,26 @@ func (b *Broker) identityOf(cl *mqtt.Client) (Identity, bool) {
 // CONNACK itself; mochi then closes the connection.
 func (b *Broker) refuse(cl *mqtt.Client, username, reason string, err error) packets.Code {
 	b.authRefused.WithLabelValues(reason).Inc()
-	subject := slog.String("username", Truncate(username))
-	if isCanonicalUUID(username) {
+	subject := slog.String("username", devicetopic.Truncate(username))
+	if devicetopic.IsCanonicalUUID(username) {
 		subject = slog.String("device", username)
 	}
 	level := slog.LevelInfo
-	if reason == reasonUnavailable {
+	if reason == mqttauth.ReasonUnavailable {
 		level = slog.LevelWarn
 	}
-	b.log.Log(b.ctx, level, "mqtt connection refused", subject, "client_id", Truncate(cl.ID),
+	b.log.Log(b.ctx, level, "mqtt connection refused", subject, "client_id", devicetopic.Truncate(cl.ID),
 		"remote", cl.Net.Remote, "reason", reason, "error", err)
 
 	// The v3.1.1 codes are the spec's equivalents; mochi's own table maps
 	// 0x86 to 0x05 Not authorized, which would hide the difference.
 	v5, v3 := packets.ErrServerUnavailable, packets.Err3ServerUnavailable
 	switch {
-	case errors.Is(err, ErrBadCredentials):
+	case errors.Is(err, mqttauth.ErrBadCredentials):
 		v5, v3 = packets.ErrBadUsernameOrPassword, packets.ErrMalformedUsernameOrPassword
-	case errors.Is(err, ErrNotAuthorized):
+	case errors.Is(err, mqttauth.ErrNotAuthorized):
 		v5, v3 = packets.ErrNotAuthorized, packets.Err3NotAuthorized
-	case errors.Is(err, errBadAuthMethod):
+	case errors.Is(err, mqttauth.ErrBadAuthMethod):
 		v5, v3 = packets.ErrBadAuthenticationMethod, packets.Err3NotAuthorized
 	}
 	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ReasonCode: v3.Code}
@@ -429,14 +418,15 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	ctx, cancel := context.WithTimeout(h.b.ctx, authTimeout)
 	defer cancel()
 	username := string(pk.Connect.Username)
-	id, reason, err := h.b.authenticate(ctx, pk.Connect.ClientIdentifier, username, pk.Connect.Password)
-	if err == nil && pk.Connect.WillFlag && !canWill(id, pk.Connect.WillTopic) {
-		reason = reasonWill
-		err = fmt.Errorf("%w: will on topic %q", ErrNotAuthorized, Truncate(pk.Connect.WillTopic))
+	id, err := h.b.auth.Authenticate(ctx, pk.Connect.ClientIdentifier, username, pk.Connect.Password)
+	reason := mqttauth.ReasonOf(err)
+	if err == nil && pk.Connect.WillFlag && !mqttauth.CanWill(id, pk.Connect.WillTopic) {
+		reason = mqttauth.ReasonWill
+		err = fmt.Errorf("%w: will on topic %q", mqttauth.ErrNotAuthorized, devicetopic.Truncate(pk.Connect.WillTopic))
 	}
-	if m := pk.Properties.AuthenticationMethod; err == nil && m != "" && (m != ReauthMethod || id.Service) {
-		reason = reasonAuthMethod
-		err = fmt.Errorf("%w: %q", errBadAuthMethod, Truncate(m))
+	if m := pk.Properties.AuthenticationMethod; err == nil && m != "" && (m != devicetopic.ReauthMethod || id.Service) {
+		reason = mqttauth.ReasonAuthMethod
+		err = fmt.Errorf("%w: %q", mqttauth.ErrBadAuthMethod, devicetopic.Truncate(m))
 	}
 	if err != nil {
 		return h.b.refuse(cl, username, reason, err)
@@ -447,7 +437,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		// could only use them to grow the heap.
 		cl.Properties.Will.Retain = false
 		if !h.b.sessions.add(id.DeviceID, cl, id.Expiry) {
-			return h.b.refuse(cl, username, reasonRevoked, fmt.Errorf("%w: device %s was deleted", ErrNotAuthorized, id.DeviceID))
+			return h.b.refuse(cl, username, reasonRevoked, fmt.Errorf("%w: device %s was deleted", mqttauth.ErrNotAuthorized, id.DeviceID))
 		}
 	}
 	return nil
@@ -455,27 +445,28 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 
 // OnAuthPacket renews a device's token on its open connection (MQTT v5
 // re-authentication, §4.12.1): an AUTH with reason 0x19, method
-// ReauthMethod (which CONNECT must have named) and the new token as data.
+// devicetopic.ReauthMethod (which CONNECT must have named) and the new
+// token as data.
 // A renewal that verifies answers AUTH 0x00 and moves the connection's end
 // to the new token's expiry; anything else ends the connection (mochi sends
 // the DISCONNECT with the returned code).
 func (h *hook) OnAuthPacket(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	id, ok := h.b.identityOf(cl)
 	if !ok || id.Service || pk.ReasonCode != packets.CodeReAuthenticate.Code ||
-		pk.Properties.AuthenticationMethod != ReauthMethod || cl.Properties.Props.AuthenticationMethod != ReauthMethod {
+		pk.Properties.AuthenticationMethod != devicetopic.ReauthMethod || cl.Properties.Props.AuthenticationMethod != devicetopic.ReauthMethod {
 		h.b.disconnected.WithLabelValues(reasonReauthFailed).Inc()
 		return pk, codeBadMethod
 	}
 	ctx, cancel := context.WithTimeout(h.b.ctx, authTimeout)
 	defer cancel()
-	renewed, _, err := h.b.authenticate(ctx, cl.ID, cl.ID, pk.Properties.AuthenticationData)
+	renewed, err := h.b.auth.Authenticate(ctx, cl.ID, cl.ID, pk.Properties.AuthenticationData)
 	if err != nil || !h.b.sessions.renew(id.DeviceID, cl, renewed.Expiry) {
 		h.b.disconnected.WithLabelValues(reasonReauthFailed).Inc()
 		h.b.log.Info("mqtt re-authentication refused", "device", cl.ID, "error", err)
 		return pk, codeReauthFailed
 	}
 	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Auth}, ReasonCode: packets.CodeSuccess.Code,
-		Properties: packets.Properties{AuthenticationMethod: ReauthMethod}}
+		Properties: packets.Properties{AuthenticationMethod: devicetopic.ReauthMethod}}
 	if err := cl.WritePacket(ack); err != nil {
 		return pk, err
 	}
@@ -495,13 +486,13 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		return false
 	}
 	if !write {
-		return canReceive(id, topic) || CanSubscribe(id, topic)
+		return mqttauth.CanReceive(id, topic) || mqttauth.CanSubscribe(id, topic)
 	}
-	if CanPublish(id, topic) {
+	if mqttauth.CanPublish(id, topic) {
 		return true
 	}
 	h.b.publishRefusedACL.Inc()
-	h.b.log.Debug("mqtt publish refused", who(id, cl), "topic", Truncate(topic))
+	h.b.log.Debug("mqtt publish refused", who(id, cl), "topic", devicetopic.Truncate(topic))
 	return false
 }
 
@@ -521,7 +512,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return pk, packets.ErrRejectPacket
 	}
 	// The ACL check passed, so the topic is one of the device's channels.
-	_, kind, _ := ParseDeviceTopic(pk.TopicName)
+	_, kind, _ := devicetopic.Parse(pk.TopicName)
 	if _, err := h.b.validator.Decode(kind, pk.Payload); err != nil {
 		h.b.publishRefusedPayload.Inc()
 		h.b.log.Debug("mqtt publish refused: invalid payload", who(id, cl), "kind", kind, "error", err)
@@ -536,7 +527,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 // encodes without the reason code, so a v3 device sees its message
 // accepted. Leaving it unacknowledged instead would stall a client whose
 // inflight window fills.
-func (h *hook) nack(cl *mqtt.Client, id Identity, pk packets.Packet, code packets.Code) {
+func (h *hook) nack(cl *mqtt.Client, id mqttauth.Identity, pk packets.Packet, code packets.Code) {
 	if pk.FixedHeader.Qos == 0 {
 		return
 	}
@@ -566,7 +557,7 @@ func reasonString(s string) string {
 
 // who names the client in logs: a device by its uuid, the service by its
 // client id.
-func who(id Identity, cl *mqtt.Client) slog.Attr {
+func who(id mqttauth.Identity, cl *mqtt.Client) slog.Attr {
 	if id.Service {
 		return slog.String("service_client_id", cl.ID)
 	}
@@ -588,13 +579,13 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 // inflight store held mochi's MaximumInflight messages.
 func (h *hook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	h.b.droppedQueueFull.Inc()
-	h.b.log.Debug("mqtt message dropped: client's queue is full", "client_id", cl.ID, "topic", Truncate(pk.TopicName))
+	h.b.log.Debug("mqtt message dropped: client's queue is full", "client_id", cl.ID, "topic", devicetopic.Truncate(pk.TopicName))
 }
 
 // OnPacketIDExhausted counts a message mochi could not number for a client.
 func (h *hook) OnPacketIDExhausted(cl *mqtt.Client, pk packets.Packet) {
 	h.b.droppedPacketIDs.Inc()
-	h.b.log.Debug("mqtt message dropped: client's packet identifiers are exhausted", "client_id", cl.ID, "topic", Truncate(pk.TopicName))
+	h.b.log.Debug("mqtt message dropped: client's packet identifiers are exhausted", "client_id", cl.ID, "topic", devicetopic.Truncate(pk.TopicName))
 }
 
 // OnQosDropped counts an unacknowledged QoS 1/2 message mochi removed.
@@ -765,4 +756,10 @@ func (m *mochiHandler) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (m *mochiHandler) WithGroup(name string) slog.Handler {
 	return &mochiHandler{h: m.h.WithGroup(name)}
+}
+
+// Authenticate decides whether a client may connect, as the embedded broker
+// does for every CONNECT (see mqttauth.Authenticator.Authenticate).
+func (b *Broker) Authenticate(ctx context.Context, clientID, username string, password []byte) (mqttauth.Identity, error) {
+	return b.auth.Authenticate(ctx, clientID, username, password)
 }

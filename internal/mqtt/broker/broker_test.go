@@ -22,8 +22,10 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/flock-io/flock-api/asyncapi"
 	"github.com/flock-io/flock-api/internal/devicetoken"
-	"github.com/flock-io/flock-api/internal/events"
+	"github.com/flock-io/flock-api/internal/devicetopic"
+	"github.com/flock-io/flock-api/internal/mqtt/mqttauth"
 	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
 	"github.com/flock-io/flock-api/internal/testutil/promtest"
@@ -350,21 +352,21 @@ func TestConnect(t *testing.T) {
 		reason string // metric label and log attribute of a refusal
 	}{
 		{"device with its own token", deviceConnect(devA, tokA), 0x00, ""},
-		{"garbage password", deviceConnect(devA, "not-a-jwt"), 0x86, reasonInvalidToken},
-		{"no password", &paho.Connect{ClientID: a, Username: a, UsernameFlag: true}, 0x86, reasonInvalidToken},
-		{"token signed by another issuer's key", deviceConnect(devA, tokForeignKey), 0x86, reasonInvalidToken},
-		{"token with our key but another issuer", deviceConnect(devA, tokOtherIssuer), 0x86, reasonInvalidToken},
-		{"user name not a uuid", &paho.Connect{ClientID: "dev", Username: "dev", UsernameFlag: true, Password: []byte(tokA), PasswordFlag: true}, 0x86, reasonMalformedUsername},
-		{"user name an uppercase uuid", &paho.Connect{ClientID: strings.ToUpper(a), Username: strings.ToUpper(a), UsernameFlag: true, Password: []byte(tokA), PasswordFlag: true}, 0x86, reasonMalformedUsername},
-		{"token of device A under user name B", deviceConnect(devB, tokA), 0x87, reasonDeviceMismatch},
-		{"client id differs from user name", &paho.Connect{ClientID: devB.String(), Username: a, UsernameFlag: true, Password: []byte(tokA), PasswordFlag: true}, 0x87, reasonClientID},
-		{"empty client id", &paho.Connect{Username: a, UsernameFlag: true, Password: []byte(tokA), PasswordFlag: true}, 0x87, reasonClientID},
+		{"garbage password", deviceConnect(devA, "not-a-jwt"), 0x86, mqttauth.ReasonInvalidToken},
+		{"no password", &paho.Connect{ClientID: a, Username: a, UsernameFlag: true}, 0x86, mqttauth.ReasonInvalidToken},
+		{"token signed by another issuer's key", deviceConnect(devA, tokForeignKey), 0x86, mqttauth.ReasonInvalidToken},
+		{"token with our key but another issuer", deviceConnect(devA, tokOtherIssuer), 0x86, mqttauth.ReasonInvalidToken},
+		{"user name not a uuid", &paho.Connect{ClientID: "dev", Username: "dev", UsernameFlag: true, Password: []byte(tokA), PasswordFlag: true}, 0x86, mqttauth.ReasonMalformedUsername},
+		{"user name an uppercase uuid", &paho.Connect{ClientID: strings.ToUpper(a), Username: strings.ToUpper(a), UsernameFlag: true, Password: []byte(tokA), PasswordFlag: true}, 0x86, mqttauth.ReasonMalformedUsername},
+		{"token of device A under user name B", deviceConnect(devB, tokA), 0x87, mqttauth.ReasonDeviceMismatch},
+		{"client id differs from user name", &paho.Connect{ClientID: devB.String(), Username: a, UsernameFlag: true, Password: []byte(tokA), PasswordFlag: true}, 0x87, mqttauth.ReasonClientID},
+		{"empty client id", &paho.Connect{Username: a, UsernameFlag: true, Password: []byte(tokA), PasswordFlag: true}, 0x87, mqttauth.ReasonClientID},
 		{"will on its own status", withWill(deviceConnect(devA, tokA), topic(devA, "status")), 0x00, ""},
-		{"will on its own state", withWill(deviceConnect(devA, tokA), topic(devA, "state")), 0x87, reasonWill},
-		{"will on another device's status", withWill(deviceConnect(devA, tokA), topic(devB, "status")), 0x87, reasonWill},
+		{"will on its own state", withWill(deviceConnect(devA, tokA), topic(devA, "state")), 0x87, mqttauth.ReasonWill},
+		{"will on another device's status", withWill(deviceConnect(devA, tokA), topic(devB, "status")), 0x87, mqttauth.ReasonWill},
 		{"service credentials", serviceConnect("ingester-1"), 0x00, ""},
-		{"wrong service password", &paho.Connect{ClientID: "ingester-1", Username: serviceUser, UsernameFlag: true, Password: []byte("guess"), PasswordFlag: true}, 0x86, reasonServicePassword},
-		{"service under a device uuid as client id", serviceConnect(devB.String()), 0x87, reasonClientID},
+		{"wrong service password", &paho.Connect{ClientID: "ingester-1", Username: serviceUser, UsernameFlag: true, Password: []byte("guess"), PasswordFlag: true}, 0x86, mqttauth.ReasonServicePassword},
+		{"service under a device uuid as client id", serviceConnect(devB.String()), 0x87, mqttauth.ReasonClientID},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -395,7 +397,7 @@ func TestConnect(t *testing.T) {
 				t.Errorf("flock_mqtt_auth_refused_total{reason=%q} = %v, want %v", tt.reason, got, before+1)
 			}
 			who := "username=" + tt.cp.Username
-			if isCanonicalUUID(tt.cp.Username) {
+			if devicetopic.IsCanonicalUUID(tt.cp.Username) {
 				who = "device=" + tt.cp.Username
 			}
 			logs := e.logs.String()
@@ -812,7 +814,7 @@ func TestNew(t *testing.T) {
 	tests := []struct {
 		name string
 		cfg  Config
-		v    Verifier
+		v    mqttauth.Verifier
 	}{
 		{"port taken", Config{Listen: taken.Addr().String(), Devices: pool}, tokens},
 		{"no listen address", Config{Devices: pool}, tokens},
@@ -1167,8 +1169,8 @@ func TestEnforcedExpiryReturnsQuota(t *testing.T) {
 // and unwrap takes it back out. Payloads that already are valid, and the
 // cloud-to-device kinds, which the broker does not check, pass unchanged.
 func wrap(topic, text string) []byte {
-	_, kind, ok := ParseDeviceTopic(topic)
-	if !ok || !deviceToCloud[kind] {
+	_, kind, ok := devicetopic.Parse(topic)
+	if !ok || !devicetopic.IsFromDevice(kind) {
 		return []byte(text)
 	}
 	if _, err := testValidator.Decode(kind, []byte(text)); err == nil {
@@ -1196,8 +1198,8 @@ func wrap(topic, text string) []byte {
 
 const wrapTS = "2026-12-01T00:00:00Z"
 
-var testValidator = func() *events.Validator {
-	v, err := events.NewValidator()
+var testValidator = func() *asyncapi.Validator {
+	v, err := asyncapi.NewValidator()
 	if err != nil {
 		panic(err)
 	}
@@ -1205,9 +1207,9 @@ var testValidator = func() *events.Validator {
 }()
 
 func unwrap(topic string, payload []byte) string {
-	_, kind, ok := ParseDeviceTopic(topic)
+	_, kind, ok := devicetopic.Parse(topic)
 	var m map[string]any
-	if !ok || !deviceToCloud[kind] || json.Unmarshal(payload, &m) != nil {
+	if !ok || !devicetopic.IsFromDevice(kind) || json.Unmarshal(payload, &m) != nil {
 		return string(payload)
 	}
 	field := func(list, key string) (string, bool) {

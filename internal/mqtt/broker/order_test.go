@@ -14,6 +14,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/google/uuid"
 
+	"github.com/flock-io/flock-api/internal/devicetopic"
 	"github.com/flock-io/flock-api/internal/testutil/promtest"
 )
 
@@ -233,7 +234,7 @@ func TestOutboundQueueKeepsOrder(t *testing.T) {
 	next := map[string]int{}
 	for range devices * each {
 		p := sub.next(t)
-		dev, _, _ := ParseDeviceTopic(p.Topic)
+		dev, _, _ := devicetopic.Parse(p.Topic)
 		if want := fmt.Sprint(next[dev.String()]); string(p.Payload) != want {
 			t.Fatalf("device %s: got message %s, want %s", dev, p.Payload, want)
 		}
@@ -307,7 +308,7 @@ func TestQoS1KeepsPublisherOrder(t *testing.T) {
 				case <-time.After(wait):
 					t.Fatalf("%d of %d messages arrived, then none for %v", received, total, wait)
 				}
-				dev, _, ok := ParseDeviceTopic(p.Topic)
+				dev, _, ok := devicetopic.Parse(p.Topic)
 				if !ok {
 					t.Fatalf("message on %s", p.Topic)
 				}

@@ -12,6 +12,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/devicetopic"
+	"github.com/flock-io/flock-api/internal/mqtt/mqttauth"
 )
 
 // A device's connection lives no longer than its token, and no longer than
@@ -20,23 +22,18 @@ import (
 // in a re-authentication) expires, and revocations reach it from
 // PostgreSQL.
 
-// ReauthMethod is the MQTT v5 Authentication Method with which a device
-// renews its token on an open connection (AUTH, reason 0x19, the new token
-// as Authentication Data). See asyncapi/flock.yaml.
-const ReauthMethod = "flock-device-token"
-
 var (
 	// Reason codes of the DISCONNECTs that end a device's connection.
 	codeTokenExpired = packets.Code{Code: packets.ErrNotAuthorized.Code, Reason: "device token expired"}
 	codeRevoked      = packets.Code{Code: packets.ErrNotAuthorized.Code, Reason: "device revoked"}
 	codeReauthFailed = packets.Code{Code: packets.ErrNotAuthorized.Code, Reason: "re-authentication failed: the token does not verify for this device"}
-	codeBadMethod    = packets.Code{Code: packets.ErrBadAuthenticationMethod.Code, Reason: "re-authenticate with AUTH method " + ReauthMethod + ", named in CONNECT"}
+	codeBadMethod    = packets.Code{Code: packets.ErrBadAuthenticationMethod.Code, Reason: "re-authenticate with AUTH method " + devicetopic.ReauthMethod + ", named in CONNECT"}
 )
 
 // Reasons of flock_mqtt_devices_disconnected_total and refusals.
 const (
 	reasonTokenExpired = "token_expired"
-	reasonRevoked      = "revoked"
+	reasonRevoked      = mqttauth.ReasonRevoked
 	reasonReauthFailed = "reauth_failed"
 )
 
@@ -211,7 +208,7 @@ func (b *Broker) listenOnce(ctx context.Context) error {
 		}
 		id, err := uuid.Parse(n.Payload)
 		if err != nil {
-			b.log.Warn("mqtt broker: revocation of an unreadable device id", "payload", Truncate(n.Payload))
+			b.log.Warn("mqtt broker: revocation of an unreadable device id", "payload", devicetopic.Truncate(n.Payload))
 			continue
 		}
 		b.sessions.revoke(id)

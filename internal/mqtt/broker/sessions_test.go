@@ -15,6 +15,7 @@ import (
 
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/devicetoken"
+	"github.com/flock-io/flock-api/internal/devicetopic"
 	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/promtest"
 )
@@ -74,7 +75,7 @@ func (c *client) disconnectedWith(t *testing.T) (byte, string) {
 func reauthConnect(id uuid.UUID, token string) *paho.Connect {
 	cp := deviceConnect(id, token)
 	rm := uint16(64)
-	cp.Properties = &paho.ConnectProperties{ReceiveMaximum: &rm, AuthMethod: ReauthMethod}
+	cp.Properties = &paho.ConnectProperties{ReceiveMaximum: &rm, AuthMethod: devicetopic.ReauthMethod}
 	return cp
 }
 
@@ -89,7 +90,7 @@ func dialReauth(t *testing.T, e *env, id uuid.UUID, token string) (*client, *pah
 	t.Helper()
 	c, ca, err := dialWith(t, e.broker.Addr(), reauthConnect(id, token), authHandler{})
 	if err != nil {
-		t.Fatalf("connect with method %s: %v %v", ReauthMethod, ca, err)
+		t.Fatalf("connect with method %s: %v %v", devicetopic.ReauthMethod, ca, err)
 	}
 	return c, ca
 }
@@ -204,8 +205,8 @@ func TestReauthenticationRenewsTheToken(t *testing.T) {
 	shortExp := time.Now().Add(3 * time.Second)
 	short := e.shortToken(dev, shortExp)
 	c, ca := dialReauth(t, e, dev, short)
-	if ca.Properties == nil || ca.Properties.AuthMethod != ReauthMethod {
-		t.Fatalf("CONNACK authentication method = %+v, want %s echoed", ca.Properties, ReauthMethod)
+	if ca.Properties == nil || ca.Properties.AuthMethod != devicetopic.ReauthMethod {
+		t.Fatalf("CONNACK authentication method = %+v, want %s echoed", ca.Properties, devicetopic.ReauthMethod)
 	}
 	longClaims, err := e.tokens.Verify(t.Context(), long)
 	if err != nil {
@@ -213,7 +214,7 @@ func TestReauthenticationRenewsTheToken(t *testing.T) {
 	}
 
 	ar, err := c.Authenticate(t.Context(), &paho.Auth{ReasonCode: 0x19,
-		Properties: &paho.AuthProperties{AuthMethod: ReauthMethod, AuthData: []byte(long)}})
+		Properties: &paho.AuthProperties{AuthMethod: devicetopic.ReauthMethod, AuthData: []byte(long)}})
 	if err != nil || ar == nil || !ar.Success || ar.ReasonCode != 0 {
 		t.Fatalf("AUTH: %+v %v, want success", ar, err)
 	}
@@ -235,22 +236,22 @@ func TestReauthenticationRefused(t *testing.T) {
 	e := start(t, nil)
 	for _, tt := range []struct {
 		name     string
-		method   bool // CONNECT names ReauthMethod
+		method   bool // CONNECT names devicetopic.ReauthMethod
 		auth     func(self, other uuid.UUID, otherTok string) *paho.Auth
 		code     byte
 		reasonIs string
 	}{
 		{"another device's token", true, func(_, _ uuid.UUID, otherTok string) *paho.Auth {
-			return &paho.Auth{ReasonCode: 0x19, Properties: &paho.AuthProperties{AuthMethod: ReauthMethod, AuthData: []byte(otherTok)}}
+			return &paho.Auth{ReasonCode: 0x19, Properties: &paho.AuthProperties{AuthMethod: devicetopic.ReauthMethod, AuthData: []byte(otherTok)}}
 		}, 0x87, "re-authentication failed"},
 		{"garbage", true, func(uuid.UUID, uuid.UUID, string) *paho.Auth {
-			return &paho.Auth{ReasonCode: 0x19, Properties: &paho.AuthProperties{AuthMethod: ReauthMethod, AuthData: []byte("x.y.z")}}
+			return &paho.Auth{ReasonCode: 0x19, Properties: &paho.AuthProperties{AuthMethod: devicetopic.ReauthMethod, AuthData: []byte("x.y.z")}}
 		}, 0x87, "re-authentication failed"},
 		{"another method", true, func(uuid.UUID, uuid.UUID, string) *paho.Auth {
 			return &paho.Auth{ReasonCode: 0x19, Properties: &paho.AuthProperties{AuthMethod: "SCRAM-SHA-1", AuthData: []byte("x")}}
 		}, 0x8C, "re-authenticate with AUTH method"},
 		{"CONNECT named no method", false, func(uuid.UUID, uuid.UUID, string) *paho.Auth {
-			return &paho.Auth{ReasonCode: 0x19, Properties: &paho.AuthProperties{AuthMethod: ReauthMethod, AuthData: []byte("x")}}
+			return &paho.Auth{ReasonCode: 0x19, Properties: &paho.AuthProperties{AuthMethod: devicetopic.ReauthMethod, AuthData: []byte("x")}}
 		}, 0x8C, "re-authenticate with AUTH method"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -275,7 +276,7 @@ func TestReauthenticationRefused(t *testing.T) {
 	}
 }
 
-// CONNECT may name only ReauthMethod, and only for a device.
+// CONNECT may name only devicetopic.ReauthMethod, and only for a device.
 func TestConnectWithAnotherAuthMethod(t *testing.T) {
 	t.Parallel()
 	e := start(t, nil)

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -51,4 +52,17 @@ func hasLabels(have []*dto.LabelPair, want []string) bool {
 		}
 	}
 	return true
+}
+
+// Value is the value of a collector holding one counter or gauge.
+func Value(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
+
+// Count is how many series metric name has in reg.
+func Count(t testing.TB, reg prometheus.Gatherer, name string) int {
+	t.Helper()
+	n, err := testutil.GatherAndCount(reg, name)
+	if err != nil {
+		t.Fatalf("count %s: %v", name, err)
+	}
+	return n
 }

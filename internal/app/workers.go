@@ -1,0 +1,21 @@
+package app
+
+import (
+	"context"
+
+	"github.com/flock-io/flock-api/internal/modules"
+	"github.com/flock-io/flock-api/workers/janitor"
+	"github.com/flock-io/flock-api/workers/nudger"
+)
+
+// initNudger starts the worker that tells devices their target changed;
+// the API's handlers report committed changes to it.
+func (a *App) initNudger(context.Context) (*modules.Service, error) {
+	a.nudger = nudger.New(a.pool, a.bus, a.log, a.metrics.Registry)
+	return &modules.Service{Run: a.nudger.Run}, nil
+}
+
+// initJanitor forgets day-old idempotency keys.
+func (a *App) initJanitor(context.Context) (*modules.Service, error) {
+	return &modules.Service{Run: func(ctx context.Context) error { return janitor.Run(ctx, a.pool, a.log) }}, nil
+}

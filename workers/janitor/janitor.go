@@ -1,0 +1,38 @@
+// Package janitor forgets what the API keeps only for a while: idempotency
+// keys (and their stored responses) older than a day. Every api replica may
+// run it; the deletes are idempotent.
+package janitor
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/flock-io/flock-api/gen/db"
+)
+
+// Every is how often the janitor sweeps.
+const Every = time.Hour
+
+// Run sweeps at once and then every Every until ctx ends. A failed sweep is
+// logged and tried again at the next tick: nothing waits on it.
+func Run(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
+	t := time.NewTicker(Every)
+	defer t.Stop()
+	for {
+		n, err := db.New(pool).IdempotencyDeleteExpired(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			log.Warn("delete expired idempotency keys", "error", err.Error())
+		case n > 0:
+			log.Info("deleted expired idempotency keys", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
