@@ -57,6 +57,7 @@ import (
 	"github.com/flock-io/flock-api/bench/internal/benchdb"
 	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/devicetoken"
+	"github.com/flock-io/flock-api/internal/devicetopic"
 	"github.com/flock-io/flock-api/internal/kv"
 	"github.com/flock-io/flock-api/internal/mqtt/broker"
 	"github.com/flock-io/flock-api/internal/simulate"
@@ -266,7 +267,7 @@ func publishers(addr string, devs []cred, stop <-chan struct{}, offered float64)
 				}
 				kind, payload := p.Next()
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				res, err := c.Publish(ctx, &paho.Publish{Topic: simulate.Topic(d.id, kind), QoS: 1, Payload: payload})
+				res, err := c.Publish(ctx, &paho.Publish{Topic: devicetopic.Topic(d.id, kind), QoS: 1, Payload: payload})
 				cancel()
 				if err == nil && res != nil && res.ReasonCode == 0x97 {
 					// Over the device's rate limit: the broker refused it
@@ -460,7 +461,7 @@ func measureFanIn(ctx context.Context, o options, pool *pgxpool.Pool, tokens *de
 	defer sub.Disconnect(&paho.Disconnect{})
 	var subs []paho.SubscribeOptions
 	for _, k := range []string{"state", "telemetry", "logs"} {
-		subs = append(subs, paho.SubscribeOptions{Topic: "flock/v1/devices/+/" + k, QoS: 1})
+		subs = append(subs, paho.SubscribeOptions{Topic: devicetopic.Wildcard(k), QoS: 1})
 	}
 	if _, err := sub.Subscribe(ctx, &paho.Subscribe{Subscriptions: subs}); err != nil {
 		return measurement{}, err

@@ -24,6 +24,7 @@ import (
 	"github.com/flock-io/flock-api/gen/client"
 	"github.com/flock-io/flock-api/gen/events"
 	"github.com/flock-io/flock-api/internal/devicetoken"
+	"github.com/flock-io/flock-api/internal/devicetopic"
 )
 
 const (
@@ -270,7 +271,7 @@ func (d *device) renew(ctx context.Context, cm *autopaho.ConnectionManager) {
 	actx, cancel := context.WithTimeout(ctx, publishTimeout)
 	defer cancel()
 	ar, err := cm.Authenticate(actx, &paho.Auth{ReasonCode: reauthenticate,
-		Properties: &paho.AuthProperties{AuthMethod: ReauthMethod, AuthData: []byte(tok)}})
+		Properties: &paho.AuthProperties{AuthMethod: devicetopic.ReauthMethod, AuthData: []byte(tok)}})
 	switch {
 	case err != nil:
 		d.s.warn("reauth", "re-authentication failed", "device", d.id.String(), "error", err)
@@ -284,7 +285,7 @@ func (d *device) renew(ctx context.Context, cm *autopaho.ConnectionManager) {
 }
 
 // noAuthSteps is the paho AuthHandler of a connection that names
-// ReauthMethod: the broker accepts or refuses in one step, so it never asks.
+// devicetopic.ReauthMethod: the broker accepts or refuses in one step, so it never asks.
 type noAuthSteps struct{}
 
 func (noAuthSteps) Authenticate(a *paho.Auth) *paho.Auth { return a }
@@ -363,9 +364,9 @@ func (d *device) buildConnect(ctx context.Context, cp *paho.Connect) (*paho.Conn
 	}
 	cp.Properties.AuthMethod = ""
 	if !d.noReauth.Load() {
-		cp.Properties.AuthMethod = ReauthMethod
+		cp.Properties.AuthMethod = devicetopic.ReauthMethod
 	}
-	cp.WillMessage = &paho.WillMessage{Topic: Topic(d.id, KindStatus), QoS: 1, Payload: Status(false, seq)}
+	cp.WillMessage = &paho.WillMessage{Topic: devicetopic.Topic(d.id, devicetopic.Status), QoS: 1, Payload: Status(false, seq)}
 	cp.WillProperties = &paho.WillProperties{}
 	rm := uint16(receiveMaximum)
 	cp.Properties.ReceiveMaximum = &rm
@@ -385,10 +386,10 @@ func (d *device) connectionUp(mqttCtx context.Context, cm *autopaho.ConnectionMa
 	ctx, cancel := context.WithTimeout(mqttCtx, publishTimeout)
 	defer cancel()
 	seq := d.connSeq.Load()
-	d.publish(ctx, cm, KindStatus, Status(true, seq))
+	d.publish(ctx, cm, devicetopic.Status, Status(true, seq))
 	sub, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{
-		{Topic: Topic(d.id, "target"), QoS: 1},
-		{Topic: Topic(d.id, "commands"), QoS: 1},
+		{Topic: devicetopic.Topic(d.id, "target"), QoS: 1},
+		{Topic: devicetopic.Topic(d.id, "commands"), QoS: 1},
 	}})
 	if err != nil {
 		d.s.warn("subscribe", "mqtt subscribe failed", "device", d.id.String(), "error", err)
@@ -517,18 +518,18 @@ func (d *device) syncTarget(ctx context.Context, cm *autopaho.ConnectionManager,
 			events.UpdateEventTypeDownloadStarted, events.UpdateEventTypeDownloadFinished,
 			events.UpdateEventTypeInstallStarted, events.UpdateEventTypeInstalled,
 		} {
-			d.publish(ctx, cm, KindEvents, d.payloads.UpdateEvent(rel, typ))
+			d.publish(ctx, cm, devicetopic.Events, d.payloads.UpdateEvent(rel, typ))
 		}
 		d.payloads.SetRunning(rel, names)
 		d.running = rel
-		if d.publish(ctx, cm, KindState, d.payloads.State()) {
+		if d.publish(ctx, cm, devicetopic.State, d.payloads.State()) {
 			d.s.stats.targetsApplied.Add(1)
 			d.log.Debug("release applied", "release_id", rel, "version", ts.Release.Version)
 		}
 		return
 	}
 	if connected {
-		d.publish(ctx, cm, KindState, d.payloads.State())
+		d.publish(ctx, cm, devicetopic.State, d.payloads.State())
 	}
 }
 
@@ -576,7 +577,7 @@ func (d *device) publish(ctx context.Context, cm *autopaho.ConnectionManager, ki
 	}
 	pctx, cancel := context.WithTimeout(ctx, publishTimeout)
 	defer cancel()
-	pr, err := cm.Publish(pctx, &paho.Publish{Topic: Topic(d.id, kind), QoS: 1, Payload: payload})
+	pr, err := cm.Publish(pctx, &paho.Publish{Topic: devicetopic.Topic(d.id, kind), QoS: 1, Payload: payload})
 	switch {
 	case err == nil:
 		d.s.stats.published(kind).Add(1)
@@ -615,13 +616,9 @@ func (d *device) stop(cm *autopaho.ConnectionManager, stopMQTT context.CancelFun
 // the broker publish the will (MQTT 5.0 §3.14.2.1).
 const disconnectWithWill = 0x04
 
-// ReauthMethod is the authentication method of Flock's MQTT v5
-// re-authentication, and reauthenticate the AUTH reason code that asks for
-// it (asyncapi/flock.yaml).
-const (
-	ReauthMethod   = "flock-device-token"
-	reauthenticate = 0x19
-)
+// reauthenticate is the AUTH reason code that asks for re-authentication
+// (MQTT 5.0 §3.15.2.1).
+const reauthenticate = 0x19
 
 // reasonNames are the MQTT v5 reason codes a device may be refused with.
 var reasonNames = map[byte]string{

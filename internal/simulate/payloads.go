@@ -10,32 +10,15 @@ import (
 
 	"github.com/flock-io/flock-api/gen/events"
 	"github.com/flock-io/flock-api/internal/buildinfo"
+	"github.com/flock-io/flock-api/internal/devicetopic"
 )
-
-// The kinds of message a device publishes: the last level of its topics
-// flock/v1/devices/{uuid}/{kind}, and the kinds events.Validator knows.
-const (
-	KindState     = "state"
-	KindTelemetry = "telemetry"
-	KindLogs      = "logs"
-	KindEvents    = "events"
-	KindStatus    = "status"
-)
-
-// DeviceKinds lists the kinds a device publishes.
-var DeviceKinds = []string{KindState, KindTelemetry, KindLogs, KindEvents, KindStatus}
 
 // mix is the periodic traffic of a device, cycled through from a random
 // start: mostly telemetry, then logs, and its state now and then. Update
 // events and status are sent when something happens, outside the mix.
 var mix = [...]string{
-	KindTelemetry, KindLogs, KindTelemetry, KindState, KindTelemetry,
-	KindLogs, KindTelemetry, KindLogs, KindTelemetry, KindState,
-}
-
-// Topic is the topic of a device's messages of a kind.
-func Topic(device uuid.UUID, kind string) string {
-	return "flock/v1/devices/" + device.String() + "/" + kind
+	devicetopic.Telemetry, devicetopic.Logs, devicetopic.Telemetry, devicetopic.State, devicetopic.Telemetry,
+	devicetopic.Logs, devicetopic.Telemetry, devicetopic.Logs, devicetopic.Telemetry, devicetopic.State,
 }
 
 // Payloads makes the messages of one device, each matching its schema in
@@ -88,9 +71,9 @@ func (p *Payloads) Next() (kind string, payload []byte) {
 	kind = mix[p.next]
 	p.next = (p.next + 1) % len(mix)
 	switch kind {
-	case KindTelemetry:
+	case devicetopic.Telemetry:
 		return kind, p.Telemetry()
-	case KindLogs:
+	case devicetopic.Logs:
 		return kind, p.Logs()
 	default:
 		return kind, p.State()

@@ -26,6 +26,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/flock-io/flock-api/gen/client"
+	"github.com/flock-io/flock-api/internal/devicetopic"
 )
 
 // Defaults of Config.
@@ -196,13 +197,13 @@ type counters struct {
 
 func (c *counters) published(kind string) *atomic.Int64 {
 	switch kind {
-	case KindState:
+	case devicetopic.State:
 		return &c.state
-	case KindTelemetry:
+	case devicetopic.Telemetry:
 		return &c.telemetry
-	case KindLogs:
+	case devicetopic.Logs:
 		return &c.logs
-	case KindEvents:
+	case devicetopic.Events:
 		return &c.events
 	default:
 		return &c.status

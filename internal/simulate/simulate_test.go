@@ -180,7 +180,7 @@ func subscribe(t *testing.T, brokerURL string) *subscriber {
 	// The broker grants the service flock/v1/devices/+/<kind> for each kind
 	// devices publish; +/+ is not among its filters.
 	var subs []paho.SubscribeOptions
-	for _, kind := range simulate.DeviceKinds {
+	for _, kind := range devicetopic.FromDevice {
 		subs = append(subs, paho.SubscribeOptions{Topic: "flock/v1/devices/+/" + kind, QoS: 1})
 	}
 	sa, err := s.Subscribe(ctx, &paho.Subscribe{Subscriptions: subs})
@@ -342,7 +342,7 @@ func TestSimulate(t *testing.T) {
 		}
 		for _, id := range ids {
 			k := sub.kinds(id)
-			if k[simulate.KindStatus] < 1 || k[simulate.KindState] < 1 || k[simulate.KindTelemetry] < 1 || k[simulate.KindLogs] < 1 {
+			if k[devicetopic.Status] < 1 || k[devicetopic.State] < 1 || k[devicetopic.Telemetry] < 1 || k[devicetopic.Logs] < 1 {
 				return false
 			}
 		}
@@ -365,11 +365,11 @@ func TestSimulate(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), wait)
 	defer cancel()
-	if _, err := sub.Publish(ctx, &paho.Publish{Topic: simulate.Topic(uuid.MustParse(nudged), "target"), QoS: 1, Payload: nudge}); err != nil {
+	if _, err := sub.Publish(ctx, &paho.Publish{Topic: devicetopic.Topic(uuid.MustParse(nudged), "target"), QoS: 1, Payload: nudge}); err != nil {
 		t.Fatalf("publish the nudge: %v", err)
 	}
 	testutil.Eventually(t, "the nudged device reports the release running", testutil.Until(func() bool {
-		for _, s := range messages[state](t, sub, nudged, simulate.KindState) {
+		for _, s := range messages[state](t, sub, nudged, devicetopic.State) {
 			if s.RunningReleaseID == release {
 				return true
 			}
@@ -416,7 +416,7 @@ func TestSimulate(t *testing.T) {
 	t.Run("every payload matches its schema", func(t *testing.T) {
 		testutil.Eventually(t, "every device's offline status arrived", testutil.Until(func() bool {
 			for _, id := range sub.devices() {
-				if sub.kinds(id)[simulate.KindStatus] < 2 {
+				if sub.kinds(id)[devicetopic.Status] < 2 {
 					return false
 				}
 			}
@@ -431,7 +431,7 @@ func TestSimulate(t *testing.T) {
 
 	t.Run("status pairs online and offline by connection_seq", func(t *testing.T) {
 		for _, id := range sub.devices() {
-			st := messages[status](t, sub, id, simulate.KindStatus)
+			st := messages[status](t, sub, id, devicetopic.Status)
 			if len(st) != 2 || st[0].State != "online" || st[1].State != "offline" || st[0].ConnectionSeq != st[1].ConnectionSeq || st[0].ConnectionSeq == 0 {
 				t.Errorf("device %s status messages %+v, want online then offline with one connection_seq", id, st)
 			}
@@ -441,7 +441,7 @@ func TestSimulate(t *testing.T) {
 	t.Run("state seq increases", func(t *testing.T) {
 		for _, id := range sub.devices() {
 			last := 0
-			for _, s := range messages[state](t, sub, id, simulate.KindState) {
+			for _, s := range messages[state](t, sub, id, devicetopic.State) {
 				if s.Seq <= last {
 					t.Errorf("device %s: state seq %d after %d", id, s.Seq, last)
 				}
@@ -453,7 +453,7 @@ func TestSimulate(t *testing.T) {
 	t.Run("only the nudged device installed the release", func(t *testing.T) {
 		for _, id := range sub.devices() {
 			var running []string
-			for _, s := range messages[state](t, sub, id, simulate.KindState) {
+			for _, s := range messages[state](t, sub, id, devicetopic.State) {
 				if s.RunningReleaseID != "" {
 					running = append(running, s.RunningReleaseID)
 					if len(s.Services) != 1 || s.Services[0].Name != "app" || s.Services[0].Status != "running" {
@@ -461,7 +461,7 @@ func TestSimulate(t *testing.T) {
 					}
 				}
 			}
-			evs := messages[updateEvent](t, sub, id, simulate.KindEvents)
+			evs := messages[updateEvent](t, sub, id, devicetopic.Events)
 			if id != nudged {
 				if len(running) > 0 || len(evs) > 0 {
 					t.Errorf("device %s was not nudged but reports %v and events %+v", id, running, evs)
@@ -611,13 +611,13 @@ func TestPayloadsMatchSchemas(t *testing.T) {
 		kind string
 		gen  func(p *simulate.Payloads, i int) []byte
 	}{
-		{simulate.KindState, func(p *simulate.Payloads, _ int) []byte { return p.State() }},
-		{simulate.KindTelemetry, func(p *simulate.Payloads, _ int) []byte { return p.Telemetry() }},
-		{simulate.KindLogs, func(p *simulate.Payloads, _ int) []byte { return p.Logs() }},
-		{simulate.KindEvents, func(p *simulate.Payloads, i int) []byte {
+		{devicetopic.State, func(p *simulate.Payloads, _ int) []byte { return p.State() }},
+		{devicetopic.Telemetry, func(p *simulate.Payloads, _ int) []byte { return p.Telemetry() }},
+		{devicetopic.Logs, func(p *simulate.Payloads, _ int) []byte { return p.Logs() }},
+		{devicetopic.Events, func(p *simulate.Payloads, i int) []byte {
 			return p.UpdateEvent(release, events.UpdateEventType(i%len(events.UpdateEventTypeValues)))
 		}},
-		{simulate.KindStatus, func(_ *simulate.Payloads, i int) []byte { return simulate.Status(i%2 == 0, time.Now().UnixMilli()) }},
+		{devicetopic.Status, func(_ *simulate.Payloads, i int) []byte { return simulate.Status(i%2 == 0, time.Now().UnixMilli()) }},
 	} {
 		t.Run(c.kind, func(t *testing.T) {
 			for _, running := range []bool{false, true} {
@@ -644,7 +644,7 @@ func TestPayloadsMatchSchemas(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		for _, kind := range []string{simulate.KindState, simulate.KindTelemetry, simulate.KindLogs} {
+		for _, kind := range []string{devicetopic.State, devicetopic.Telemetry, devicetopic.Logs} {
 			if seen[kind] == 0 {
 				t.Errorf("ten messages of the mix hold no %s: %v", kind, seen)
 			}
@@ -656,7 +656,7 @@ func TestPayloadsMatchSchemas(t *testing.T) {
 		for _, k := range v.Kinds() {
 			channels[k] = true
 		}
-		for _, k := range simulate.DeviceKinds {
+		for _, k := range devicetopic.FromDevice {
 			if !channels[k] {
 				t.Errorf("the AsyncAPI document has no device channel %q", k)
 			}
