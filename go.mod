@@ -79,3 +79,5 @@ require (
 )
 
 replace github.com/mochi-mqtt/server/v2 => ./third_party/mochi-mqtt
+
+replace github.com/eclipse/paho.golang => ./third_party/paho.golang

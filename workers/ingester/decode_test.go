@@ -12,6 +12,7 @@ import (
 
 	"github.com/flock-io/flock-api/asyncapi"
 	"github.com/flock-io/flock-api/gen/events"
+	"github.com/flock-io/flock-api/internal/devicetopic"
 	"github.com/flock-io/flock-api/internal/simulate"
 )
 
@@ -68,7 +69,7 @@ func benchMessages(b *testing.B) (*worker, []received, int64) {
 	bytes := 0
 	for i := range msgs {
 		kind, payload := p.Next()
-		msgs[i] = received{pub: &paho.Publish{Topic: simulate.Topic(id, kind), QoS: 1, Payload: payload}}
+		msgs[i] = received{pub: &paho.Publish{Topic: devicetopic.Topic(id, kind), QoS: 1, Payload: payload}}
 		bytes += len(payload)
 	}
 	return w, msgs, int64(bytes / len(msgs))
