@@ -37,6 +37,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, getenv f
 			return devTokenMain(ctx, args[1:], stdout, stderr, getenv)
 		case "simulate":
 			return simulateMain(ctx, args[1:], stdout, stderr, getenv)
+		case "dev-kafka":
+			return devKafkaMain(ctx, args[1:], stdout, stderr, getenv)
 		}
 	}
 	return serveMain(ctx, args, stdout, stderr, getenv)
@@ -54,7 +56,7 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	printConfig := fs.Bool("print-config", false, "print the effective configuration (secrets redacted), then exit")
 	version := fs.Bool("version", false, "print the version, then exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: flock-api [flags]\n       flock-api migrate up|down|status [flags]\n       flock-api dev-token --email EMAIL [--name NAME] [--ttl 12h]\n       flock-api simulate --api URL --provisioning-key KEY [--devices N] [--rate R] (see simulate --help)\n\nFlags (each also set by its environment variable):\n")
+		fmt.Fprintf(stderr, "Usage: flock-api [flags]\n       flock-api migrate up|down|status [flags]\n       flock-api dev-token --email EMAIL [--name NAME] [--ttl 12h]\n       flock-api simulate --api URL --provisioning-key KEY [--devices N] [--rate R] (see simulate --help)\n       flock-api dev-kafka [--listen 127.0.0.1:9092] (development only: serves the embedded Kafka to other processes)\n\nFlags (each also set by its environment variable):\n")
 		settings.Usage(stderr)
 		fmt.Fprintf(stderr, "  --list-targets\n  --print-config\n  --version\n")
 	}

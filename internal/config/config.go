@@ -100,7 +100,7 @@ func Register(fs *flag.FlagSet) *Settings {
 	add("oidc-issuer", "", "OpenID Connect issuer of user tokens (Zitadel); required outside dev mode", (*stringValue)(&c.OIDCIssuer), false)
 	add("oidc-audience", "", "audience user tokens must carry (Zitadel: the project id); required with an issuer", (*stringValue)(&c.OIDCAudience), false)
 	add("loki-url", "", "Loki push endpoint (http://loki:3100/loki/api/v1/push) that also receives the audit log; unset = PostgreSQL only", (*stringValue)(&c.LokiURL), true)
-	add("redis-url", "", "Redis for live device state (redis://host:6379/0); unset = in-process store", (*stringValue)(&c.RedisURL), true)
+	add("redis-url", "", "Redis for live device state (redis://host:6379/0, or a cluster: redis+cluster://host1:7000,host2:7001); unset = in-process store", (*stringValue)(&c.RedisURL), true)
 	add("kafka-brokers", "", "Kafka seed brokers, comma separated (host:9092,...); unset = in-process kfake cluster", (*stringValue)(&c.KafkaBrokers), false)
 	add("clickhouse-url", "", "ClickHouse for telemetry, logs and connectivity (clickhouse://host:9000/flock); unset = PostgreSQL tables", (*stringValue)(&c.ClickHouseURL), true)
 	add("mqtt-url", "", "external MQTT broker the ingester subscribes to (mqtt://host:1883 or mqtts://...); unset = embedded broker", (*stringValue)(&c.MQTTURL), false)
@@ -197,8 +197,17 @@ func (s *Settings) validate() error {
 		return &Error{Setting: s.name("loki-url"), Err: err}
 	}
 	if c.RedisURL != "" {
-		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") {
-			return &Error{Setting: s.name("redis-url"), Err: errors.New("want a redis:// or rediss:// URL")}
+		// Only the scheme: a cluster's list of [IPv6]:port seeds is more
+		// than net/url parses, and the kv module checks the rest at start.
+		scheme, _, _ := strings.Cut(c.RedisURL, "://")
+		switch strings.ToLower(scheme) {
+		case "redis", "rediss":
+			if _, err := url.Parse(c.RedisURL); err != nil {
+				return &Error{Setting: s.name("redis-url"), Err: errors.New("want a redis:// or rediss:// URL")}
+			}
+		case "redis+cluster", "rediss+cluster":
+		default:
+			return &Error{Setting: s.name("redis-url"), Err: errors.New("want a redis:// or rediss:// URL, or redis+cluster://host1:port1,host2:port2 for a Redis Cluster")}
 		}
 	}
 	for _, b := range c.KafkaSeeds() {

@@ -125,3 +125,29 @@ func TestServeNeedsAnIssuerOutsideDevMode(t *testing.T) {
 		t.Fatalf("issuer without scheme: %v", err)
 	}
 }
+
+// TestRedisClusterURL: FLOCK_REDIS_URL takes the redis+cluster:// form, and
+// --print-config keeps its password out, even where net/url cannot parse
+// the list of seeds (bracketed IPv6 literals): then the whole value is
+// redacted.
+func TestRedisClusterURL(t *testing.T) {
+	tests := []struct{ url, printed string }{
+		{"redis+cluster://:s3cret@10.0.0.1:7000,10.0.0.2:7001", "redis+cluster://:xxxxx@10.0.0.1:7000,10.0.0.2:7001"},
+		{"rediss+cluster://flock:s3cret@[fd00::1]:7000,[fd00::2]:7001", "REDACTED"},
+	}
+	for _, tt := range tests {
+		s, err := load(t, nil, map[string]string{"FLOCK_REDIS_URL": tt.url})
+		if err != nil {
+			t.Fatalf("FLOCK_REDIS_URL=%s: %v", tt.url, err)
+		}
+		var out bytes.Buffer
+		s.Print(&out)
+		if strings.Contains(out.String(), "s3cret") || !strings.Contains(out.String(), `"`+tt.printed+`"`) {
+			t.Errorf("FLOCK_REDIS_URL=%s printed as:\n%s\nwant %q", tt.url, out.String(), tt.printed)
+		}
+	}
+	if _, err := load(t, nil, map[string]string{"FLOCK_REDIS_URL": "cluster://10.0.0.1:7000"}); err == nil ||
+		!strings.HasPrefix(err.Error(), "invalid FLOCK_REDIS_URL: want a redis:// or rediss:// URL, or redis+cluster://") {
+		t.Fatalf("unknown scheme: %v", err)
+	}
+}

@@ -24,7 +24,7 @@ func benchStores() []struct {
 		new  func(b *testing.B) kv.Store
 	}{
 		{"memory", func(b *testing.B) kv.Store { return newMemory(b) }},
-		{"redis", func(b *testing.B) kv.Store { return newRedis(b) }},
+		{"redis", func(b *testing.B) kv.Store { return newRedis(b, redisURL()) }},
 	}
 }
 

@@ -1,9 +1,17 @@
 // Package kv is the live-state store: the current reported state of each
 // device, its online flag, and the connection sequence that orders connect
-// and disconnect events. Production runs it on Redis or Valkey (NewRedis);
-// a single-process setup runs it in memory (NewMemory). Both pass the same
-// conformance suite in package kvtest, so code written against Store behaves
-// the same on either.
+// and disconnect events. Production runs it on Redis or Valkey (NewRedis),
+// one server or a Redis Cluster; a single-process setup runs it in memory
+// (NewMemory). All pass the same conformance suite in package kvtest, so
+// code written against Store behaves the same on each.
+//
+// FLOCK_REDIS_URL (NewRedis) names one server as redis://host:6379/0
+// (rediss:// for TLS), or a Redis Cluster by its seed nodes as
+// redis+cluster://host1:7000,host2:7001,host3:7002 (rediss+cluster:// for
+// TLS; user and password as in redis://, e.g.
+// redis+cluster://:secret@host1:7000,host2:7001; go-redis's cluster options
+// as query parameters, e.g. ?dial_timeout=2s). Any reachable seed tells the
+// client the whole cluster. A cluster has only database 0.
 //
 // Rules of the key space, shared by both stores:
 //

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,8 +18,9 @@ import (
 // Encoding. Every key holds one Redis string: an 8-byte big-endian sequence
 // followed by the value (Set writes sequence 0). A single string, rather than
 // a hash of sequence and value, keeps every read to one plain command: Get and
-// GetWithSeq are a GET, and MGet is one MGET that returns Set and SetIfNewer
-// keys alike, where a hash would answer GET with WRONGTYPE and MGET with nil.
+// GetWithSeq are a GET, and MGet is one MGET (pipelined GETs on a cluster)
+// that returns Set and SetIfNewer keys alike, where a hash would answer GET
+// with WRONGTYPE and MGET with nil.
 // Only SetIfNewer, which must compare before it writes, needs a script. The
 // price is that redis-cli shows the 8-byte header in front of each value.
 const headerLen = 8
@@ -56,12 +59,22 @@ end
 return 1
 `)
 
-// Redis is the Store on Redis or Valkey. It talks to a single endpoint (one
-// server, or a proxy in front of a cluster): MGet sends one multi-key MGET,
-// which a Redis Cluster refuses unless all keys share a hash slot.
+// URL schemes of a Redis Cluster: one or more seed nodes, comma separated.
+const (
+	clusterScheme    = "redis+cluster"
+	tlsClusterScheme = "rediss+cluster"
+)
+
+// Redis is the Store on Redis or Valkey, either one server (redis://) or a
+// Redis Cluster (redis+cluster://). Every command but MGet names one key,
+// so a cluster client routes it to the key's shard as it is; MGet, whose
+// keys lie in many hash slots, is sent as one GET per key in a pipeline
+// instead (see MGet).
 type Redis struct {
-	rdb  *redis.Client
-	addr string
+	rdb redis.UniversalClient
+	// cluster is rdb when it is a cluster client, nil for one server.
+	cluster *redis.ClusterClient
+	addr    string
 
 	closeOnce sync.Once
 	closeErr  error
@@ -82,19 +95,26 @@ func (slogLogger) Printf(ctx context.Context, format string, v ...any) {
 // the most any one client can do.
 var redisLogOnce sync.Once
 
-// NewRedis connects to the redis:// or rediss:// URL and pings it, so a
-// wrong address fails at start rather than at the first device message.
+// NewRedis connects and pings, so a wrong address fails at start rather
+// than at the first device message. rawURL is one of:
+//
+//	redis://[[user]:password@]host:port[/db]   one server (rediss:// for TLS)
+//	redis+cluster://[[user]:password@]host1:port1[,host2:port2...][?options]
+//	                                           a Redis Cluster (rediss+cluster:// for TLS)
+//
+// The cluster form names seed nodes: any reachable one tells the client
+// the whole cluster, so a few suffice. A cluster has only database 0. Its
+// options are go-redis's cluster URL options (dial_timeout=1s, pool_size=20,
+// ...). For a cluster the ping reaches every master.
 func NewRedis(ctx context.Context, rawURL string) (*Redis, error) {
 	redisLogOnce.Do(func() { redis.SetLogger(slogLogger{}) })
+	scheme, _, _ := strings.Cut(rawURL, "://")
+	if s := strings.ToLower(scheme); s == clusterScheme || s == tlsClusterScheme {
+		return newRedisCluster(ctx, rawURL)
+	}
 	opts, err := redis.ParseURL(rawURL)
 	if err != nil {
-		// The URL may carry a password, and net/url quotes the whole URL in
-		// its errors: keep only the reason.
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return nil, fmt.Errorf("kv: parse redis url: %w", err)
+		return nil, fmt.Errorf("kv: parse redis url: %w", urlReason(err))
 	}
 	r := &Redis{rdb: redis.NewClient(opts), addr: opts.Addr}
 	if err := r.rdb.Ping(ctx).Err(); err != nil {
@@ -104,8 +124,88 @@ func NewRedis(ctx context.Context, rawURL string) (*Redis, error) {
 	return r, nil
 }
 
-// Addr is the host:port the store talks to, for start-up logs.
+func newRedisCluster(ctx context.Context, rawURL string) (*Redis, error) {
+	opts, err := parseClusterURL(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("kv: parse redis cluster url: %w", err)
+	}
+	c := redis.NewClusterClient(opts)
+	r := &Redis{rdb: c, cluster: c, addr: strings.Join(opts.Addrs, ",")}
+	if err := r.Ping(ctx); err != nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("kv: %w", err)
+	}
+	return r, nil
+}
+
+// urlReason drops the URL net/url quotes in its errors: it may carry a
+// password.
+func urlReason(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// parseClusterURL reads the redis+cluster:// form. net/url cannot parse a
+// list of hosts in general (it refuses a list of bracketed IPv6 literals),
+// so the authority is split by hand; the rest is handed to go-redis's own
+// cluster URL parser as redis://user:password@seed1?addr=seed2&addr=...,
+// which is its spelling of the same thing.
+func parseClusterURL(rawURL string) (*redis.ClusterOptions, error) {
+	scheme, rest, _ := strings.Cut(rawURL, "://")
+	base := "redis"
+	if strings.EqualFold(scheme, tlsClusterScheme) {
+		base = "rediss"
+	}
+	authority, tail := rest, ""
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		authority, tail = rest[:i], rest[i:]
+	}
+	userinfo := ""
+	if i := strings.LastIndex(authority, "@"); i >= 0 {
+		userinfo, authority = authority[:i+1], authority[i+1:]
+	}
+	path, query, _ := strings.Cut(tail, "?")
+	if strings.Contains(query, "#") || strings.Contains(path, "#") {
+		return nil, errors.New("a fragment (#...) has no meaning here")
+	}
+	if path != "" && path != "/" && path != "/0" {
+		return nil, fmt.Errorf("database %q: a Redis Cluster has only database 0", strings.TrimPrefix(path, "/"))
+	}
+	if authority == "" {
+		return nil, errors.New("no seed nodes: want redis+cluster://host1:port1,host2:port2")
+	}
+	seeds := strings.Split(authority, ",")
+	for _, s := range seeds {
+		if h, p, err := net.SplitHostPort(s); err != nil || h == "" || p == "" {
+			return nil, fmt.Errorf("seed %q: want host:port", s)
+		}
+	}
+	q, err := url.ParseQuery(query)
+	if err != nil {
+		return nil, fmt.Errorf("options: %w", err)
+	}
+	if q.Has("addr") {
+		return nil, errors.New("list every seed node in the host part (host1:port1,host2:port2), not as addr= options")
+	}
+	for _, s := range seeds[1:] {
+		q.Add("addr", s)
+	}
+	opts, err := redis.ParseClusterURL(base + "://" + userinfo + seeds[0] + "?" + q.Encode())
+	if err != nil {
+		return nil, urlReason(err)
+	}
+	return opts, nil
+}
+
+// Addr is the host:port the store talks to (a cluster's seeds, comma
+// separated), for start-up logs.
 func (r *Redis) Addr() string { return r.addr }
+
+// Cluster reports whether the store talks to a Redis Cluster.
+func (r *Redis) Cluster() bool { return r.cluster != nil }
 
 func encode(seq uint64, value []byte) []byte {
 	b := make([]byte, headerLen+len(value))
@@ -184,9 +284,13 @@ func (r *Redis) SetIfNewer(ctx context.Context, key string, seq uint64, value []
 	return n == 1, nil
 }
 
-// SetManyIfNewer sends every write's EVALSHA in one pipeline. Writes the
-// server refused with NOSCRIPT (it lost the script) are sent again after
-// loading it.
+// SetManyIfNewer sends every write's EVALSHA in one pipeline. Writes a
+// server refused with NOSCRIPT (it lost the script: restart, failover,
+// SCRIPT FLUSH) are sent again in a second pipeline as EVAL, which carries
+// the script itself and caches it again, so they cannot be refused for
+// that twice, however often the cache is lost meanwhile (on a cluster,
+// loading the script first would have to reach every master, and a flush
+// could land in between).
 func (r *Redis) SetManyIfNewer(ctx context.Context, writes []Write) ([]bool, error) {
 	op := fmt.Sprintf("set %d keys if newer", len(writes))
 	if err := checkWrites(writes); err != nil {
@@ -202,7 +306,12 @@ func (r *Redis) SetManyIfNewer(ctx context.Context, writes []Write) ([]bool, err
 		cmds := make([]*redis.Cmd, len(pending))
 		for j, i := range pending {
 			w := writes[i]
-			cmds[j] = setIfNewerScript.EvalSha(ctx, pipe, []string{w.Key}, encode(w.Seq, w.Value), ms(w.TTL))
+			keys, args := []string{w.Key}, []any{encode(w.Seq, w.Value), ms(w.TTL)}
+			if attempt == 0 {
+				cmds[j] = setIfNewerScript.EvalSha(ctx, pipe, keys, args...)
+			} else {
+				cmds[j] = setIfNewerScript.Eval(ctx, pipe, keys, args...)
+			}
 		}
 		// Exec's error is the first command's; each is read below.
 		_, _ = pipe.Exec(ctx)
@@ -217,11 +326,6 @@ func (r *Redis) SetManyIfNewer(ctx context.Context, writes []Write) ([]bool, err
 				return nil, wrap(op, err)
 			}
 			stored[i] = n == 1
-		}
-		if len(again) > 0 {
-			if err := setIfNewerScript.Load(ctx, r.rdb).Err(); err != nil {
-				return nil, wrap(op+": load script", err)
-			}
 		}
 		pending = again
 	}
@@ -238,18 +342,25 @@ func (r *Redis) Delete(ctx context.Context, key string) error {
 // MGet returns the value of Set and SetIfNewer keys alike (without the
 // sequence), and nil for keys that are absent or hold another Redis type.
 func (r *Redis) MGet(ctx context.Context, keys ...string) ([][]byte, error) {
-	out := make([][]byte, len(keys))
 	if len(keys) == 0 {
 		// Redis rejects an MGET without keys.
-		return out, nil
+		return make([][]byte, 0), nil
 	}
-	vals, err := r.rdb.MGet(ctx, keys...).Result()
+	op := fmt.Sprintf("mget %d keys", len(keys))
+	var vals []any
+	var err error
+	if r.cluster != nil {
+		vals, err = r.clusterGets(ctx, keys)
+	} else {
+		vals, err = r.rdb.MGet(ctx, keys...).Result()
+	}
 	if err != nil {
-		return nil, wrap(fmt.Sprintf("mget %d keys", len(keys)), err)
+		return nil, wrap(op, err)
 	}
 	if len(vals) != len(keys) {
-		return nil, fmt.Errorf("mget %d keys: got %d replies", len(keys), len(vals))
+		return nil, fmt.Errorf("%s: got %d replies", op, len(vals))
 	}
+	out := make([][]byte, len(keys))
 	for i, v := range vals {
 		if v == nil {
 			continue
@@ -267,9 +378,55 @@ func (r *Redis) MGet(ctx context.Context, keys ...string) ([][]byte, error) {
 	return out, nil
 }
 
+// clusterGets reads keys as MGET would, on a cluster. A cluster refuses an
+// MGET whose keys lie in different hash slots (CROSSSLOT), and device keys
+// are spread over all 16384 slots, so grouping them by slot would rarely put
+// two in one MGET. One GET per key in a pipeline costs the same round trips:
+// the cluster client splits the pipeline by node and sends each node its
+// share at once, following MOVED and ASK while slots migrate. Like MGET, a
+// key holding another type reads as absent.
+func (r *Redis) clusterGets(ctx context.Context, keys []string) ([]any, error) {
+	pipe := r.cluster.Pipeline()
+	cmds := make([]*redis.StringCmd, len(keys))
+	for i, k := range keys {
+		cmds[i] = pipe.Get(ctx, k)
+	}
+	// Exec's error is the first command's, redis.Nil for an absent key
+	// among them; each command is read below.
+	_, _ = pipe.Exec(ctx)
+	vals := make([]any, len(keys))
+	for i, c := range cmds {
+		v, err := c.Result()
+		switch {
+		case err == nil:
+			vals[i] = v
+		case errors.Is(err, redis.Nil), redis.HasErrorPrefix(err, "WRONGTYPE"):
+		default:
+			return nil, err
+		}
+	}
+	return vals, nil
+}
+
+// Ping checks one server, or every master of a cluster: a cluster whose
+// master is down cannot serve that master's keys, and readiness should say
+// so.
 func (r *Redis) Ping(ctx context.Context) error {
-	if err := r.rdb.Ping(ctx).Err(); err != nil {
-		return wrap("ping redis at "+r.addr, err)
+	if r.cluster == nil {
+		if err := r.rdb.Ping(ctx).Err(); err != nil {
+			return wrap("ping redis at "+r.addr, err)
+		}
+		return nil
+	}
+	// ForEachMaster runs fn on its own goroutines and waits for them.
+	err := r.cluster.ForEachMaster(ctx, func(ctx context.Context, master *redis.Client) error {
+		if err := master.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("master %s: %w", master.Options().Addr, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return wrap("ping redis cluster at "+r.addr, err)
 	}
 	return nil
 }

@@ -6,9 +6,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,11 +30,11 @@ func redisURL() string {
 // newRedis fails rather than skips when Redis is down: a skipped suite
 // reads as a pass, and the Redis store would go untested without anyone
 // noticing.
-func newRedis(t testing.TB) *kv.Redis {
+func newRedis(t testing.TB, url string) *kv.Redis {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	r, err := kv.NewRedis(ctx, redisURL())
+	r, err := kv.NewRedis(ctx, url)
 	if err != nil {
 		t.Fatalf("%v\nthe Redis tests need a Redis server: run `make services`, or point FLOCK_TEST_REDIS_URL at one", err)
 	}
@@ -45,20 +47,26 @@ func newRedis(t testing.TB) *kv.Redis {
 }
 
 // rawRedis is a plain client for looking at, and planting, what the store
-// does not expose.
-func rawRedis(t testing.TB) *redis.Client {
+// does not expose; on a cluster it routes each key to its node as the store
+// does.
+func rawRedis(t testing.TB, rawURL string) redis.UniversalClient {
 	t.Helper()
-	opts, err := redis.ParseURL(redisURL())
-	if err != nil {
-		t.Fatalf("parse %s: %v", redisURL(), err)
+	var c redis.UniversalClient
+	if seeds, ok := strings.CutPrefix(rawURL, "redis+cluster://"); ok {
+		c = redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(seeds, ",")})
+	} else {
+		opts, err := redis.ParseURL(rawURL)
+		if err != nil {
+			t.Fatalf("parse %s: %v", rawURL, err)
+		}
+		c = redis.NewClient(opts)
 	}
-	c := redis.NewClient(opts)
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
 
 // uniqueKey returns a key no other test uses, deleted when the test ends.
-func uniqueKey(t testing.TB, c *redis.Client, name string) string {
+func uniqueKey(t testing.TB, c redis.UniversalClient, name string) string {
 	t.Helper()
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
@@ -73,9 +81,41 @@ func uniqueKey(t testing.TB, c *redis.Client, name string) string {
 	return k
 }
 
+// TestRedis runs the conformance suite and the Redis-only checks against
+// the machine's Redis.
 func TestRedis(t *testing.T) {
-	newRedis(t) // one clear failure, instead of one per subtest, when Redis is down
-	kvtest.Run(t, func(t *testing.T) kv.Store { return newRedis(t) })
+	t.Parallel()
+	testRedisStore(t, redisURL())
+}
+
+// TestRedisCluster runs the same against a three-node Redis Cluster of its
+// own, and checks that the keys really spread over the nodes.
+func TestRedisCluster(t *testing.T) {
+	t.Parallel()
+	rc := kvtest.StartRedisCluster(t, 3)
+	testRedisStore(t, rc.URL)
+	t.Run("SpreadsOverNodes", func(t *testing.T) {
+		t.Parallel()
+		testClusterSpread(t, rc)
+	})
+}
+
+func testRedisStore(t *testing.T, url string) {
+	newRedis(t, url) // one clear failure, instead of one per subtest, when Redis is down
+	t.Run("Conformance", func(t *testing.T) {
+		kvtest.Run(t, func(t *testing.T) kv.Store { return newRedis(t, url) })
+	})
+	for name, fn := range map[string]func(t *testing.T, url string){
+		"Encoding":         testRedisEncoding,
+		"ForeignValues":    testRedisForeignValues,
+		"ScriptCacheLoss":  testRedisScriptCacheLoss,
+		"TTLReachesServer": testRedisTTLReachesServer,
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			fn(t, url)
+		})
+	}
 }
 
 func TestNewRedisErrors(t *testing.T) {
@@ -88,6 +128,13 @@ func TestNewRedisErrors(t *testing.T) {
 		{"bad scheme", "http://127.0.0.1:6379", "parse redis url", ""},
 		{"password stays out of the ping error", "redis://:s3cret@127.0.0.1:1/0", "127.0.0.1:1", "s3cret"},
 		{"password stays out of the parse error", "redis://:s3cret@127.0.0.1:6379/0\x7f", "parse redis url", "s3cret"},
+		{"cluster: unreachable names the seeds", "redis+cluster://127.0.0.1:1,127.0.0.1:2", "127.0.0.1:1,127.0.0.1:2", ""},
+		{"cluster: password stays out of the ping error", "redis+cluster://:s3cret@127.0.0.1:1,127.0.0.1:2", "127.0.0.1:1", "s3cret"},
+		{"cluster: password stays out of the parse error", "redis+cluster://:s3cret@127.0.0.1:1?dial_timeout=x", "parse redis cluster url", "s3cret"},
+		{"cluster: seed without a port", "redis+cluster://127.0.0.1:7000,127.0.0.1", `seed "127.0.0.1": want host:port`, ""},
+		{"cluster: no seeds", "redis+cluster://", "no seed nodes", ""},
+		{"cluster: database other than 0", "redis+cluster://127.0.0.1:7000/2", "only database 0", ""},
+		{"cluster: unknown option", "redis+cluster://127.0.0.1:7000?bogus=1", "unexpected option", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -109,11 +156,10 @@ func TestNewRedisErrors(t *testing.T) {
 	}
 }
 
-// TestRedisEncoding pins the layout other tools see with redis-cli: an
+// testRedisEncoding pins the layout other tools see with redis-cli: an
 // 8-byte big-endian sequence, then the value.
-func TestRedisEncoding(t *testing.T) {
-	t.Parallel()
-	s, c := newRedis(t), rawRedis(t)
+func testRedisEncoding(t *testing.T, url string) {
+	s, c := newRedis(t, url), rawRedis(t, url)
 	ctx := t.Context()
 	tests := []struct {
 		name  string
@@ -139,11 +185,10 @@ func TestRedisEncoding(t *testing.T) {
 	}
 }
 
-// TestRedisForeignValues checks that keys written by something other than
+// testRedisForeignValues checks that keys written by something other than
 // kv give errors, not garbage, and that Set can take such a key back.
-func TestRedisForeignValues(t *testing.T) {
-	t.Parallel()
-	s, c := newRedis(t), rawRedis(t)
+func testRedisForeignValues(t *testing.T, url string) {
+	s, c := newRedis(t, url), rawRedis(t, url)
 	ctx := t.Context()
 	tests := []struct {
 		name  string
@@ -172,12 +217,12 @@ func TestRedisForeignValues(t *testing.T) {
 	}
 }
 
-// TestRedisScriptCacheLoss covers a server that lost the script (restart,
+// testRedisScriptCacheLoss covers a server that lost the script (restart,
 // failover to a fresh replica, SCRIPT FLUSH): EVALSHA fails with NOSCRIPT
-// and the store must fall back to EVAL rather than fail the write.
-func TestRedisScriptCacheLoss(t *testing.T) {
-	t.Parallel()
-	s, c := newRedis(t), rawRedis(t)
+// and the store must fall back to EVAL rather than fail the write. On a
+// cluster SCRIPT FLUSH reaches every master.
+func testRedisScriptCacheLoss(t *testing.T, url string) {
+	s, c := newRedis(t, url), rawRedis(t, url)
 	ctx := t.Context()
 	k := uniqueKey(t, c, "k")
 	for seq := uint64(1); seq <= 3; seq++ {
@@ -197,13 +242,46 @@ func TestRedisScriptCacheLoss(t *testing.T) {
 	if err != nil || !slices.Equal(stored, []bool{true, true}) {
 		t.Fatalf("SetManyIfNewer after SCRIPT FLUSH = %v, %v; want [true true]", stored, err)
 	}
+
+	// The cache may be lost again while refused writes are being resent:
+	// every batch must still go through while another client flushes it
+	// over and over.
+	stop := make(chan struct{})
+	var flusher sync.WaitGroup
+	flusher.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := c.ScriptFlush(ctx).Err(); err != nil {
+				t.Errorf("SCRIPT FLUSH: %v", err)
+				return
+			}
+		}
+	})
+	defer func() { close(stop); flusher.Wait() }()
+	keys := make([]string, 8)
+	for i := range keys {
+		keys[i] = uniqueKey(t, c, fmt.Sprintf("flushed-%d", i))
+	}
+	for seq := uint64(1); seq <= 50; seq++ {
+		writes := make([]kv.Write, len(keys))
+		for i, k := range keys {
+			writes[i] = kv.Write{Key: k, Seq: seq, Value: []byte("v")}
+		}
+		stored, err := s.SetManyIfNewer(ctx, writes)
+		if err != nil || slices.Contains(stored, false) {
+			t.Fatalf("SetManyIfNewer(seq %d) while the script cache is flushed = %v, %v; want all stored", seq, stored, err)
+		}
+	}
 }
 
-// TestRedisTTLReachesServer checks the TTL Redis holds, which the suite can
+// testRedisTTLReachesServer checks the TTL Redis holds, which the suite can
 // only observe by waiting.
-func TestRedisTTLReachesServer(t *testing.T) {
-	t.Parallel()
-	s, c := newRedis(t), rawRedis(t)
+func testRedisTTLReachesServer(t *testing.T, url string) {
+	s, c := newRedis(t, url), rawRedis(t, url)
 	ctx := t.Context()
 	tests := []struct {
 		name  string
@@ -234,6 +312,86 @@ func TestRedisTTLReachesServer(t *testing.T) {
 		d, err := c.PTTL(ctx, k).Result()
 		if err != nil || !tc.want(d) {
 			t.Errorf("%s: PTTL = %v, %v; want %s", tc.name, d, err, tc.desc)
+		}
+	}
+}
+
+// TestRedisClusterURLOnPlainServer: seeds that are no cluster fail at start
+// with Redis's own reason, not at the first write.
+func TestRedisClusterURLOnPlainServer(t *testing.T) {
+	t.Parallel()
+	opts, err := redis.ParseURL(redisURL())
+	if err != nil {
+		t.Fatalf("parse %s: %v", redisURL(), err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	r, err := kv.NewRedis(ctx, "redis+cluster://"+opts.Addr)
+	if err == nil {
+		_ = r.Close()
+		t.Fatalf("NewRedis(redis+cluster://%s) on a server without cluster mode: no error", opts.Addr)
+	}
+	if !strings.Contains(err.Error(), "cluster support disabled") {
+		t.Errorf("NewRedis error %q does not say the server has no cluster support", err)
+	}
+}
+
+// testClusterSpread checks that the cluster store puts each key on the one
+// node owning its slot, that a batch lands on every node, and that MGet
+// reads keys of many slots back in order (a plain MGET would be refused
+// with CROSSSLOT).
+func testClusterSpread(t *testing.T, rc *kvtest.RedisCluster) {
+	s, raw := newRedis(t, rc.URL), rawRedis(t, rc.URL)
+	if !s.Cluster() {
+		t.Fatalf("NewRedis(%s) made a single-server store", rc.URL)
+	}
+	ctx := t.Context()
+	nodes := map[string]*redis.Client{}
+	for _, a := range rc.Addrs {
+		c := redis.NewClient(&redis.Options{Addr: a})
+		t.Cleanup(func() { _ = c.Close() })
+		nodes[a] = c
+	}
+	const n = 64
+	keys := make([]string, n)
+	writes := make([]kv.Write, n)
+	for i := range keys {
+		keys[i] = uniqueKey(t, raw, fmt.Sprint(i))
+		writes[i] = kv.Write{Key: keys[i], Seq: uint64(i + 1), Value: []byte(keys[i])}
+	}
+	stored, err := s.SetManyIfNewer(ctx, writes)
+	if err != nil || len(stored) != n || slices.Contains(stored, false) {
+		t.Fatalf("SetManyIfNewer of %d new keys = %v, %v; want all stored", n, stored, err)
+	}
+	perNode := map[string]int{}
+	for _, k := range keys {
+		var holders []string
+		for a, c := range nodes {
+			// A node that does not own the key's slot answers MOVED.
+			if got, err := c.Exists(ctx, k).Result(); err == nil && got == 1 {
+				holders = append(holders, a)
+			}
+		}
+		if len(holders) != 1 {
+			t.Fatalf("key %s is held by %v; want exactly one node", k, holders)
+		}
+		perNode[holders[0]]++
+	}
+	if len(perNode) != len(rc.Addrs) {
+		t.Errorf("%d keys landed on %d of %d nodes: %v", n, len(perNode), len(rc.Addrs), perNode)
+	}
+
+	missing := uniqueKey(t, raw, "missing")
+	got, err := s.MGet(ctx, append([]string{missing}, append(keys, missing)...)...)
+	if err != nil || len(got) != n+2 {
+		t.Fatalf("MGet of %d keys over the cluster = %d entries, %v", n+2, len(got), err)
+	}
+	if got[0] != nil || got[n+1] != nil {
+		t.Errorf("MGet of an absent key = %q, %q; want nil", got[0], got[n+1])
+	}
+	for i, k := range keys {
+		if string(got[i+1]) != k {
+			t.Errorf("MGet entry %d = %q, want %q", i+1, got[i+1], k)
 		}
 	}
 }
