@@ -123,7 +123,11 @@ func (a *App) initKV(ctx context.Context) (*modules.Service, error) {
 			return nil, fmt.Errorf("FLOCK_REDIS_URL: %w", err)
 		}
 		a.kv = r
-		a.log.Info("store engine", "concern", "live device state", "engine", "redis", "mode", "external")
+		engine := "redis"
+		if r.Cluster() {
+			engine = "redis-cluster"
+		}
+		a.log.Info("store engine", "concern", "live device state", "engine", engine, "mode", "external", "addr", r.Addr())
 	}
 	a.ready.Add("kv", a.kv.Ping)
 	store := a.kv
