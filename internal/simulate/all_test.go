@@ -89,10 +89,14 @@ func TestSimulateAgainstAll(t *testing.T) {
 		items, _ := page["items"].([]any)
 		return len(items) == n
 	}))
-	h := f.must(t, 200, "GET", "/v1/devices/"+first+"/connectivity", nil)
-	if items, _ := h["items"].([]any); len(items) < 2 || items[0].(map[string]any)["event"] != "disconnected" {
-		t.Errorf("history after stop: %v", fmt.Sprint(items))
-	}
+	// The history is written beside the online flag, not before it.
+	testutil.Eventually(t, "the disconnect in the connectivity history", func() error {
+		h := f.must(t, 200, "GET", "/v1/devices/"+first+"/connectivity", nil)
+		if items, _ := h["items"].([]any); len(items) < 2 || items[0].(map[string]any)["event"] != "disconnected" {
+			return fmt.Errorf("history after stop: %v", items)
+		}
+		return nil
+	})
 }
 
 func freePort(t *testing.T) string {
