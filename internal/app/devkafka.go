@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -30,15 +29,8 @@ func devKafkaMain(ctx context.Context, args []string, stdout, stderr io.Writer, 
 			"is kept when it stops.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return ExitOK
-		}
-		return ExitUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "flock-api dev-kafka: unexpected argument %q\n", fs.Arg(0))
-		return ExitUsage
+	if code, ok := parseArgs(fs, args, stderr); !ok {
+		return code
 	}
 	log, err := logging.New(stderr, *logFormat, *logLevel)
 	if err != nil {

@@ -299,15 +299,8 @@ func simulateMain(ctx context.Context, args []string, stdout, stderr io.Writer, 
 			"every --summary-every until interrupted or --duration passes.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return ExitOK
-		}
-		return ExitUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "flock-api simulate: unexpected argument %q\n", fs.Arg(0))
-		return ExitUsage
+	if code, ok := parseArgs(fs, args, stderr); !ok {
+		return code
 	}
 	if cfg.ProvisioningKey == "" {
 		fmt.Fprintln(stderr, "flock-api simulate: --provisioning-key (or FLOCK_PROVISIONING_KEY) is required")
@@ -332,4 +325,21 @@ func simulateMain(ctx context.Context, args []string, stdout, stderr io.Writer, 
 		return ExitError
 	}
 	return ExitOK
+}
+
+// parseArgs parses the flags of a subcommand that takes no positional
+// arguments; when ok is false the subcommand exits with code (0 after
+// --help, which printed the usage).
+func parseArgs(fs *flag.FlagSet, args []string, stderr io.Writer) (code int, ok bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return ExitOK, false
+		}
+		return ExitUsage, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return ExitUsage, false
+	}
+	return 0, true
 }

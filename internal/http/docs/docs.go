@@ -13,6 +13,7 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -39,65 +40,63 @@ var asyncapiInitJS []byte
 // its own files and the document.
 const asyncapiCSP = "default-src 'self'; script-src 'self' 'unsafe-eval'; img-src 'self' data:; style-src 'self' 'unsafe-inline'"
 
-const movedNote = "<a href=\"/docs/\">Moved Permanently</a>.\n"
+// swaggerCSP: Swagger UI needs no eval.
+const swaggerCSP = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'"
+
+// ui is one page for people: its directory, the embedded assets it loads
+// from there, its own page and init script, and its security policy.
+type ui struct {
+	dir    string // "/docs/" or "/docs/asyncapi/"
+	assets fs.FS
+	page   []byte
+	init   []byte
+	csp    string
+}
 
 // Mount serves the UIs under /docs and the documents at /openapi.yaml and
 // /asyncapi.yaml.
 func Mount(root chi.Router) {
 	r := root.With(reqinfo.Label("docs"))
-	assets, err := fs.Sub(gen.SwaggerUI, "swaggerui")
+	started := time.Now()
+	serve := func(path, name, contentType string, body []byte, header map[string]string) {
+		r.Get(path, func(w http.ResponseWriter, req *http.Request) {
+			w.Header().Set("Content-Type", contentType)
+			for k, v := range header {
+				w.Header().Set(k, v)
+			}
+			http.ServeContent(w, req, name, started, bytes.NewReader(body))
+		})
+	}
+	serve("/openapi.yaml", "openapi.yaml", "application/yaml", gen.OpenAPIYAML, nil)
+	serve("/asyncapi.yaml", "asyncapi.yaml", "application/yaml", asyncapi.YAML, nil)
+	for _, u := range []ui{
+		{dir: "/docs/", assets: sub(gen.SwaggerUI, "swaggerui"), page: indexHTML, init: initJS, csp: swaggerCSP},
+		{dir: "/docs/asyncapi/", assets: sub(gen.AsyncAPIUI, "asyncapiui"), page: asyncapiHTML, init: asyncapiInitJS, csp: asyncapiCSP},
+	} {
+		r.Get(strings.TrimSuffix(u.dir, "/"), redirect(u.dir))
+		serve(u.dir, "index.html", "text/html; charset=utf-8", u.page, map[string]string{"Content-Security-Policy": u.csp})
+		serve(u.dir+"init.js", "init.js", "text/javascript; charset=utf-8", u.init, nil)
+		r.Get(u.dir+"*", http.StripPrefix(u.dir, http.FileServerFS(u.assets)).ServeHTTP)
+	}
+}
+
+// redirect answers 301 to the directory. Not http.Redirect: it writes its
+// note for GET only, so HEAD would lack GET's Content-Length. The server
+// drops the body for HEAD.
+func redirect(to string) http.HandlerFunc {
+	note := "<a href=\"" + to + "\">Moved Permanently</a>.\n"
+	return func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Location", to)
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.WriteHeader(http.StatusMovedPermanently)
+		_, _ = io.WriteString(w, note)
+	}
+}
+
+func sub(f fs.FS, dir string) fs.FS {
+	s, err := fs.Sub(f, dir)
 	if err != nil {
 		panic(err) // the embed pattern guarantees the directory
 	}
-	files := http.StripPrefix("/docs/", http.FileServerFS(assets))
-	started := time.Now()
-
-	r.Get("/openapi.yaml", func(w http.ResponseWriter, req *http.Request) {
-		w.Header().Set("Content-Type", "application/yaml")
-		http.ServeContent(w, req, "openapi.yaml", started, bytes.NewReader(gen.OpenAPIYAML))
-	})
-	r.Get("/docs", func(w http.ResponseWriter, req *http.Request) {
-		// Not http.Redirect: it writes its note for GET only, so HEAD would
-		// lack GET's Content-Length. The server drops the body for HEAD.
-		w.Header().Set("Location", "/docs/")
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.WriteHeader(http.StatusMovedPermanently)
-		_, _ = io.WriteString(w, movedNote)
-	})
-	r.Get("/docs/", func(w http.ResponseWriter, req *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'")
-		http.ServeContent(w, req, "index.html", started, bytes.NewReader(indexHTML))
-	})
-	r.Get("/docs/init.js", func(w http.ResponseWriter, req *http.Request) {
-		w.Header().Set("Content-Type", "text/javascript; charset=utf-8")
-		http.ServeContent(w, req, "init.js", started, bytes.NewReader(initJS))
-	})
-	r.Get("/docs/*", files.ServeHTTP)
-
-	aassets, err := fs.Sub(gen.AsyncAPIUI, "asyncapiui")
-	if err != nil {
-		panic(err)
-	}
-	afiles := http.StripPrefix("/docs/asyncapi/", http.FileServerFS(aassets))
-	r.Get("/asyncapi.yaml", func(w http.ResponseWriter, req *http.Request) {
-		w.Header().Set("Content-Type", "application/yaml")
-		http.ServeContent(w, req, "asyncapi.yaml", started, bytes.NewReader(asyncapi.YAML))
-	})
-	r.Get("/docs/asyncapi", func(w http.ResponseWriter, req *http.Request) {
-		w.Header().Set("Location", "/docs/asyncapi/")
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.WriteHeader(http.StatusMovedPermanently)
-		_, _ = io.WriteString(w, "<a href=\"/docs/asyncapi/\">Moved Permanently</a>.\n")
-	})
-	r.Get("/docs/asyncapi/", func(w http.ResponseWriter, req *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.Header().Set("Content-Security-Policy", asyncapiCSP)
-		http.ServeContent(w, req, "index.html", started, bytes.NewReader(asyncapiHTML))
-	})
-	r.Get("/docs/asyncapi/init.js", func(w http.ResponseWriter, req *http.Request) {
-		w.Header().Set("Content-Type", "text/javascript; charset=utf-8")
-		http.ServeContent(w, req, "init.js", started, bytes.NewReader(asyncapiInitJS))
-	})
-	r.Get("/docs/asyncapi/*", afiles.ServeHTTP)
+	return s
 }
