@@ -152,6 +152,11 @@ func (r *Relay) relay(ctx context.Context, log *slog.Logger, cm *autopaho.Connec
 					return err
 				}
 				if _, err := cm.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: payload}); err != nil {
+					if ctx.Err() != nil {
+						// Stopping: the batch's offsets stay uncommitted, and
+						// whoever takes the partition publishes it again.
+						return err
+					}
 					log.Warn("relay: publish; retrying", "topic", topic, "error", err)
 					return retry.RetryableError(err)
 				}
