@@ -106,22 +106,23 @@ func TestRelay(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	want := []struct{ topic, payload string }{
-		{devicetopic.Topic(dev, devicetopic.Target), `{"version":"v-42"}`},
-		{devicetopic.Topic(dev, devicetopic.Commands), fmt.Sprintf(`{"id":%q,"type":"reboot"}`, cmd)},
+	// A batch is published concurrently: the two may arrive either way.
+	want := map[string]string{
+		devicetopic.Topic(dev, devicetopic.Target):   `{"version":"v-42"}`,
+		devicetopic.Topic(dev, devicetopic.Commands): fmt.Sprintf(`{"id":%q,"type":"reboot"}`, cmd),
 	}
-	for _, w := range want {
-		var p *paho.Publish
-		testutil.Eventually(t, "a message for the device", testutil.Until(func() bool {
-			select {
-			case p = <-inbox:
-				return true
-			default:
-				return false
-			}
-		}))
-		if p.Topic != w.topic || string(p.Payload) != w.payload {
-			t.Fatalf("device received %s %s, want %s %s", p.Topic, p.Payload, w.topic, w.payload)
+	got := map[string]string{}
+	testutil.Eventually(t, "both messages at the device", testutil.Until(func() bool {
+		select {
+		case p := <-inbox:
+			got[p.Topic] = string(p.Payload)
+		default:
+		}
+		return len(got) == len(want)
+	}))
+	for topic, payload := range want {
+		if got[topic] != payload {
+			t.Fatalf("device received %v, want %v", got, want)
 		}
 	}
 	if got := promtest.Sum(t, reg, "flock_ingest_relay_dropped_total"); got != 3 {
