@@ -156,8 +156,8 @@ func TestBinaryEndToEnd(t *testing.T) {
 		if err != nil || resp.JSON200 == nil {
 			t.Fatalf("version: %v %d %s", err, resp.StatusCode(), resp.Body)
 		}
-		if got := resp.JSON200.Targets; !slices.Equal(got, []string{"api", "ingester"}) {
-			t.Errorf("targets = %v, want every target that exists: [api ingester]", got)
+		if got := resp.JSON200.Targets; !slices.Equal(got, []string{"api", "ingester", "scheduler"}) {
+			t.Errorf("targets = %v, want every target that exists: [api ingester scheduler]", got)
 		}
 		head, err := exec.Command("git", "-C", repoRoot(t), "rev-parse", "--short=12", "HEAD").Output()
 		if err != nil {

@@ -130,6 +130,48 @@ type Querier interface {
 	ReleaseLatestFinal(ctx context.Context, fleetID uuid.UUID) (Release, error)
 	ReleaseList(ctx context.Context, arg ReleaseListParams) ([]Release, error)
 	ReleaseUpdate(ctx context.Context, arg ReleaseUpdateParams) (Release, error)
+	SchedulerActiveRollouts(ctx context.Context) ([]uuid.UUID, error)
+	// One replica steps a rollout at a time; the others skip it rather than
+	// wait, and an action of the API (which waits for the lock) goes before
+	// or after a step, never into the middle of one.
+	SchedulerClaimRollout(ctx context.Context, id uuid.UUID) (Rollout, error)
+	// Active continuous rollouts of these fleets: devices that report and
+	// are not in them yet may join.
+	SchedulerContinuousRollouts(ctx context.Context, fleetIds []uuid.UUID) ([]SchedulerContinuousRolloutsRow, error)
+	// The rows of a batch's devices in rollouts that are active, locked in
+	// key order (every locker of several rows goes in this order, so two
+	// batches cannot deadlock), with what applying a report needs of their
+	// rollout.
+	SchedulerDevicesForUpdate(ctx context.Context, deviceIds []uuid.UUID) ([]SchedulerDevicesForUpdateRow, error)
+	// Writes back the rows a batch (or a tick) changed, in one statement. A
+	// zero time (0001-01-01) stands for no deadline or no healthy_since: the
+	// arrays cannot carry NULLs.
+	SchedulerDevicesUpdate(ctx context.Context, arg SchedulerDevicesUpdateParams) error
+	// Devices time alone may move: past their deadline, or running the release
+	// healthy since before settled_before. Rows a batch holds are skipped: the
+	// next step sees them.
+	SchedulerDueDevices(ctx context.Context, arg SchedulerDueDevicesParams) ([]SchedulerDueDevicesRow, error)
+	SchedulerFleetWindow(ctx context.Context, id uuid.UUID) ([]byte, error)
+	// One group's devices by state.
+	SchedulerGroupCounts(ctx context.Context, arg SchedulerGroupCountsParams) ([]SchedulerGroupCountsRow, error)
+	// Of these devices, those a rollout's selector takes that are not in it
+	// yet: the rollout's fleet, not pinned, every selector tag, and in the
+	// device group when one is named (the same rules as RolloutCandidates).
+	SchedulerJoinable(ctx context.Context, arg SchedulerJoinableParams) ([]uuid.UUID, error)
+	// One replica publishes the outbox at a time, so a rollout's events reach
+	// the topic in the order they were written.
+	SchedulerOutboxLock(ctx context.Context) (bool, error)
+	SchedulerOutboxPublished(ctx context.Context, seqs []int64) error
+	SchedulerOutboxTake(ctx context.Context, maxRows int32) ([]SchedulerOutboxTakeRow, error)
+	SchedulerSaveBucket(ctx context.Context, arg SchedulerSaveBucketParams) error
+	SchedulerSetGroupReadyAt(ctx context.Context, arg SchedulerSetGroupReadyAtParams) error
+	// Devices of the rollout that succeeded so far, for the rate's ramp.
+	SchedulerSucceeded(ctx context.Context, rolloutID uuid.UUID) (int32, error)
+	// Targets up to max_rows pending devices of a group: each remembers its
+	// assignment before (a rollback restores it) and gets its deadline, and
+	// its assignment becomes the rollout's release. Returns them, to nudge.
+	// Rows a batch holds are skipped for this step.
+	SchedulerTarget(ctx context.Context, arg SchedulerTargetParams) ([]uuid.UUID, error)
 	SigningKeyDelete(ctx context.Context, arg SigningKeyDeleteParams) (int64, error)
 	SigningKeyInsert(ctx context.Context, arg SigningKeyInsertParams) error
 	// Published keys of a purpose, newest first; the first one signs.

@@ -40,9 +40,10 @@ const (
 	Janitor    = "janitor"
 	Relay      = "relay"
 
-	API      = "api"
-	Ingester = "ingester"
-	All      = "all"
+	API       = "api"
+	Ingester  = "ingester"
+	Scheduler = "scheduler"
+	All       = "all"
 )
 
 // table is the whole graph in one screen: each module once, with what it
@@ -67,6 +68,7 @@ func (a *App) table() []modules.Module {
 
 		{Name: API, Deps: []string{Config, Postgres, Metrics, Audit, HTTPServer, KV, Kafka, Telemetry, Tokens, Nudger, Janitor}, Init: a.initAPI},
 		{Name: Ingester, Deps: []string{Config, Postgres, Metrics, HTTPServer, KV, Kafka, Telemetry, MQTTBroker, Relay}, Init: a.initIngester},
+		{Name: Scheduler, Deps: []string{Config, Postgres, Metrics, Audit, HTTPServer, Kafka, Nudger}, Init: a.initScheduler},
 	}
 	var targets []string
 	for _, m := range t {

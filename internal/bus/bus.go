@@ -246,7 +246,11 @@ func (b *Bus) Publish(ctx context.Context, recs ...Record) error {
 // uncommitted for redelivery. Consume returns nil when ctx is cancelled, after
 // committing what was handled; a handler that fails only because ctx was
 // cancelled counts as cancellation. It returns ErrClosed if the Bus closes.
-func (b *Bus) Consume(ctx context.Context, group string, topics []string, handler func(ctx context.Context, recs []Record) error) error {
+func (b *Bus) Consume(ctx context.Context, group string, topics []string, handler func(ctx context.Context, recs []Record) error, opts ...ConsumeOption) error {
+	var co consumeOpts
+	for _, o := range opts {
+		o(&co)
+	}
 	if group == "" || len(topics) == 0 || handler == nil {
 		return fmt.Errorf("consume: group, topics and handler are required (group %q, topics %v)", group, topics)
 	}
@@ -265,7 +269,7 @@ func (b *Bus) Consume(ctx context.Context, group string, topics []string, handle
 	stop := context.AfterFunc(b.closing, cancel)
 	defer stop()
 
-	cl, err := kgo.NewClient(b.baseOpts(
+	cl, err := kgo.NewClient(b.baseOpts(append([]kgo.Opt{
 		kgo.ConsumerGroup(group),
 		kgo.ConsumeTopics(topics...),
 		kgo.DisableAutoCommit(),
@@ -275,7 +279,7 @@ func (b *Bus) Consume(ctx context.Context, group string, topics []string, handle
 		kgo.BlockRebalanceOnPoll(),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchMaxWait(fetchMaxWait),
-	)...)
+	}, co.kgo()...)...)...)
 	if err != nil {
 		return fmt.Errorf("consume group %s: kafka client for %s: %w", group, b.where(), err)
 	}
