@@ -47,6 +47,7 @@ type world struct {
 	fleet, provKeyID, provKey, release string
 	fleetVar, deviceVar                string
 	device                             *fakeDevice
+	readRollout, readGroup             string     // made once for the read fixtures
 	t                                  *testing.T // the subtest using the world now
 }
 

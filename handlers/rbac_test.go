@@ -122,6 +122,46 @@ var fixtures = map[string]fixture{
 	"release:update": {req: func(w *world) (string, string, any) {
 		return "PATCH", "/v1/releases/" + w.release, map[string]any{"tags": map[string]any{"qa": "passed"}}
 	}},
+	"rollout:list": {req: func(w *world) (string, string, any) { return "GET", "/v1/fleets/" + w.fleet + "/rollouts", nil }},
+	"rollout:get":  {req: func(w *world) (string, string, any) { return "GET", "/v1/rollouts/" + w.rolloutForReads(), nil }},
+	"rollout-device:list": {req: func(w *world) (string, string, any) {
+		return "GET", "/v1/rollouts/" + w.rolloutForReads() + "/devices", nil
+	}},
+	"rollout:create": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/fleets/" + w.fleet + "/rollouts", map[string]any{"release_id": w.withRelease2(), "groups": []any{map[string]any{}}}
+	}},
+	"rollout:start": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/rollouts/" + w.rolloutIn("ready") + "/start", nil
+	}},
+	"rollout:cancel": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/rollouts/" + w.rolloutIn("ready") + "/cancel", nil
+	}},
+	"rollout:pause": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/rollouts/" + w.rolloutIn("running") + "/pause", nil
+	}},
+	"rollout:resume": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/rollouts/" + w.rolloutIn("paused") + "/resume", nil
+	}},
+	"rollout:next-group": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/rollouts/" + w.rolloutIn("running") + "/next-group", nil
+	}},
+	"rollout:approve": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/rollouts/" + w.rolloutIn("waiting_for_approval") + "/approve", nil
+	}},
+	"rollout:abort": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/rollouts/" + w.rolloutIn("running") + "/abort", map[string]any{"rollback": true}
+	}},
+	"device-group:list": {req: func(w *world) (string, string, any) { return "GET", "/v1/orgs/" + w.org + "/device-groups", nil }},
+	"device-group:get":  {req: func(w *world) (string, string, any) { return "GET", "/v1/device-groups/" + w.groupForReads(), nil }},
+	"device-group:create": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/orgs/" + w.org + "/device-groups", map[string]any{"name": "lab", "tags": map[string]any{"site": "lab"}}
+	}},
+	"device-group:update": {req: func(w *world) (string, string, any) {
+		return "PATCH", "/v1/device-groups/" + w.groupForReads(), map[string]any{"name_prefix": "lab-"}
+	}},
+	"device-group:delete": {req: func(w *world) (string, string, any) {
+		return "DELETE", "/v1/device-groups/" + w.groupForReads(), nil
+	}},
 	"device:list": {req: func(w *world) (string, string, any) { return "GET", "/v1/orgs/" + w.org + "/devices", nil }},
 	"device:get":  {req: func(w *world) (string, string, any) { return "GET", "/v1/devices/" + w.device.id.String(), nil }},
 	"device:update": {req: func(w *world) (string, string, any) {

@@ -10,6 +10,7 @@ import (
 	"github.com/flock-io/flock-api/handlers/apikeys"
 	"github.com/flock-io/flock-api/handlers/auditlog"
 	"github.com/flock-io/flock-api/handlers/deviceapi"
+	"github.com/flock-io/flock-api/handlers/devicegroups"
 	"github.com/flock-io/flock-api/handlers/devices"
 	"github.com/flock-io/flock-api/handlers/fleets"
 	"github.com/flock-io/flock-api/handlers/identity"
@@ -18,6 +19,7 @@ import (
 	"github.com/flock-io/flock-api/handlers/orgs"
 	"github.com/flock-io/flock-api/handlers/provisioning"
 	"github.com/flock-io/flock-api/handlers/releases"
+	"github.com/flock-io/flock-api/handlers/rollouts"
 	"github.com/flock-io/flock-api/handlers/system"
 	"github.com/flock-io/flock-api/handlers/variables"
 	"github.com/flock-io/flock-api/internal/audit"
@@ -42,6 +44,8 @@ type Server struct {
 	*provisioning.Provisioning
 	*releases.Releases
 	*devices.Devices
+	*devicegroups.DeviceGroups
+	*rollouts.Rollouts
 	*variables.Variables
 	*deviceapi.DeviceAPI
 	*mqtthooks.MQTTHooks
@@ -100,6 +104,8 @@ func New(d Deps) *Server {
 		Provisioning: &provisioning.Provisioning{Pool: pool},
 		Releases:     &releases.Releases{Pool: pool, Nudge: d.Nudge},
 		Devices:      &devices.Devices{Pool: pool, Nudge: d.Nudge, KV: d.KV, Telemetry: d.Telemetry},
+		DeviceGroups: &devicegroups.DeviceGroups{Pool: pool},
+		Rollouts:     &rollouts.Rollouts{Pool: pool, Nudge: d.Nudge},
 		Variables:    &variables.Variables{Pool: pool, Nudge: d.Nudge},
 		DeviceAPI:    &deviceapi.DeviceAPI{Pool: pool, Tokens: d.Tokens, TokenEndpoint: d.TokenEndpoint, Audit: d.Audit, MQTTURL: d.MQTTURL},
 		MQTTHooks:    &mqtthooks.MQTTHooks{Auth: d.MQTTAuth, Token: d.MQTTHookToken, Open: d.MQTTHooksOpen},

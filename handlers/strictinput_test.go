@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
+	"github.com/flock-io/flock-api/handlers"
 )
 
 // sendRaw sends body exactly as given, for bodies json.Marshal would not
@@ -224,6 +225,9 @@ func TestHeadMirrorsGet(t *testing.T) {
 		if !ok {
 			t.Errorf("operation %s has no fixture", op)
 			continue
+		}
+		if handlers.Policy[op].Write {
+			continue // its fixture may change the world (prepare a rollout)
 		}
 		method, path, _ := fx.req(w)
 		if method != "GET" {

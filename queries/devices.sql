@@ -43,7 +43,7 @@ SELECT id, org_id, fleet_id, name, device_type, architecture, pinned_release_id,
        tags::jsonb AS tags_json, created_at, updated_at, last_seen_at,
        connection_key, connected, reported, reported_at, reported_seq
 FROM devices
-WHERE org_id = @org_id
+WHERE devices.org_id = @org_id
   AND (sqlc.narg(fleet_id)::uuid IS NULL OR fleet_id = sqlc.narg(fleet_id))
   AND (sqlc.narg(tag_key)::text IS NULL OR (CASE WHEN sqlc.narg(tag_value)::text IS NULL
         THEN tags ? sqlc.narg(tag_key) ELSE tags @> jsonb_build_object(sqlc.narg(tag_key)::text, sqlc.narg(tag_value)::text) END))
@@ -58,6 +58,11 @@ WHERE org_id = @org_id
            AND (connection_key IS NOT NULL OR last_seen_at IS NULL OR last_seen_at <= now() - interval '10 minutes')))
   AND (sqlc.narg(running_release_id)::uuid IS NULL OR running_release_id = sqlc.narg(running_release_id))
   AND (sqlc.narg(name_prefix)::text IS NULL OR name LIKE replace(replace(replace(sqlc.narg(name_prefix), '\', '\\'), '%', '\%'), '_', '\_') || '%')
+  AND (sqlc.narg(device_group_id)::uuid IS NULL OR EXISTS (
+        SELECT 1 FROM device_groups g WHERE g.id = sqlc.narg(device_group_id) AND g.org_id = devices.org_id
+          AND devices.tags @> g.tags
+          AND (g.name_prefix IS NULL OR devices.name LIKE replace(replace(replace(g.name_prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%')
+          AND (g.device_ids IS NULL OR devices.id = ANY(g.device_ids))))
   AND (sqlc.narg(after_time)::timestamptz IS NULL OR (created_at, id) > (sqlc.narg(after_time), sqlc.narg(after_id)::uuid))
 ORDER BY created_at, id
 LIMIT @max_rows;

@@ -8,7 +8,7 @@ SELECT * FROM fleets WHERE id = $1;
 SELECT * FROM fleets WHERE id = $1 FOR UPDATE;
 
 -- name: FleetUpdate :one
-UPDATE fleets SET name = $2, release_policy = $3, pinned_release_id = $4, tags = $5 WHERE id = $1 RETURNING *;
+UPDATE fleets SET name = $2, release_policy = $3, pinned_release_id = $4, tags = $5, maintenance_window = $6 WHERE id = $1 RETURNING *;
 
 -- name: FleetDelete :execrows
 DELETE FROM fleets WHERE id = $1;

@@ -47,3 +47,13 @@ WHERE d.id = @id;
 SELECT r.org_id, m.role FROM releases r
 LEFT JOIN memberships m ON m.org_id = r.org_id AND m.user_id = @user_id
 WHERE r.id = @id;
+
+-- name: RolloutAccess :one
+SELECT r.org_id, m.role FROM rollouts r
+LEFT JOIN memberships m ON m.org_id = r.org_id AND m.user_id = @user_id
+WHERE r.id = @id;
+
+-- name: DeviceGroupAccess :one
+SELECT g.org_id, m.role FROM device_groups g
+LEFT JOIN memberships m ON m.org_id = g.org_id AND m.user_id = @user_id
+WHERE g.id = @id;

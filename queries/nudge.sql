@@ -2,11 +2,12 @@
 -- Target state of batches of devices (internal/targetstate): what the device
 -- state endpoint serves one device and what nudges announce to many.
 -- For each existing device of a batch: its fleet, its architecture and the
--- release it should run, chosen by device pin, else fleet pin, else its
--- fleet's newest final release (NULL when the fleet has none). The newest
--- final release is looked up once per fleet, not once per device.
+-- release it should run, chosen by device pin, else its rollout
+-- assignment, else fleet pin, else its fleet's newest final release (NULL
+-- when the fleet has none). The newest final release is looked up once per
+-- fleet, not once per device.
 WITH d AS (
-  SELECT d.id, d.fleet_id, d.architecture, coalesce(d.pinned_release_id, f.pinned_release_id) AS pinned_release_id
+  SELECT d.id, d.fleet_id, d.architecture, coalesce(d.pinned_release_id, d.rollout_release_id, f.pinned_release_id) AS pinned_release_id
   FROM devices d JOIN fleets f ON f.id = d.fleet_id
   WHERE d.id = ANY(@ids::uuid[])
 ), latest AS (

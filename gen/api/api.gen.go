@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"path"
@@ -29,6 +30,7 @@ const (
 	ActorTypeApiKey          ActorType = "api_key"
 	ActorTypeDevice          ActorType = "device"
 	ActorTypeProvisioningKey ActorType = "provisioning_key"
+	ActorTypeSystem          ActorType = "system"
 	ActorTypeUser            ActorType = "user"
 )
 
@@ -40,6 +42,8 @@ func (e ActorType) Valid() bool {
 	case ActorTypeDevice:
 		return true
 	case ActorTypeProvisioningKey:
+		return true
+	case ActorTypeSystem:
 		return true
 	case ActorTypeUser:
 		return true
@@ -330,6 +334,189 @@ func (e Role) Valid() bool {
 	}
 }
 
+// Defines values for RolloutMembership.
+const (
+	RolloutMembershipContinuous RolloutMembership = "continuous"
+	RolloutMembershipSnapshot   RolloutMembership = "snapshot"
+)
+
+// Valid indicates whether the value is a known member of the RolloutMembership enum.
+func (e RolloutMembership) Valid() bool {
+	switch e {
+	case RolloutMembershipContinuous:
+		return true
+	case RolloutMembershipSnapshot:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RolloutCreateMembership.
+const (
+	RolloutCreateMembershipContinuous RolloutCreateMembership = "continuous"
+	RolloutCreateMembershipSnapshot   RolloutCreateMembership = "snapshot"
+)
+
+// Valid indicates whether the value is a known member of the RolloutCreateMembership enum.
+func (e RolloutCreateMembership) Valid() bool {
+	switch e {
+	case RolloutCreateMembershipContinuous:
+		return true
+	case RolloutCreateMembershipSnapshot:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RolloutDeviceState.
+const (
+	RolloutDeviceStateDownloading RolloutDeviceState = "downloading"
+	RolloutDeviceStateFailed      RolloutDeviceState = "failed"
+	RolloutDeviceStateInstalling  RolloutDeviceState = "installing"
+	RolloutDeviceStatePending     RolloutDeviceState = "pending"
+	RolloutDeviceStateRolledBack  RolloutDeviceState = "rolled_back"
+	RolloutDeviceStateRunning     RolloutDeviceState = "running"
+	RolloutDeviceStateSucceeded   RolloutDeviceState = "succeeded"
+	RolloutDeviceStateTargeted    RolloutDeviceState = "targeted"
+	RolloutDeviceStateTimedOut    RolloutDeviceState = "timed_out"
+	RolloutDeviceStateUnreached   RolloutDeviceState = "unreached"
+	RolloutDeviceStateWaitingLock RolloutDeviceState = "waiting_lock"
+)
+
+// Valid indicates whether the value is a known member of the RolloutDeviceState enum.
+func (e RolloutDeviceState) Valid() bool {
+	switch e {
+	case RolloutDeviceStateDownloading:
+		return true
+	case RolloutDeviceStateFailed:
+		return true
+	case RolloutDeviceStateInstalling:
+		return true
+	case RolloutDeviceStatePending:
+		return true
+	case RolloutDeviceStateRolledBack:
+		return true
+	case RolloutDeviceStateRunning:
+		return true
+	case RolloutDeviceStateSucceeded:
+		return true
+	case RolloutDeviceStateTargeted:
+		return true
+	case RolloutDeviceStateTimedOut:
+		return true
+	case RolloutDeviceStateUnreached:
+		return true
+	case RolloutDeviceStateWaitingLock:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RolloutErrorThresholdAction.
+const (
+	Abort RolloutErrorThresholdAction = "abort"
+	Pause RolloutErrorThresholdAction = "pause"
+)
+
+// Valid indicates whether the value is a known member of the RolloutErrorThresholdAction enum.
+func (e RolloutErrorThresholdAction) Valid() bool {
+	switch e {
+	case Abort:
+		return true
+	case Pause:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RolloutErrorThresholdFailureTypes.
+const (
+	RolloutErrorThresholdFailureTypesFailed    RolloutErrorThresholdFailureTypes = "failed"
+	RolloutErrorThresholdFailureTypesTimedOut  RolloutErrorThresholdFailureTypes = "timed_out"
+	RolloutErrorThresholdFailureTypesUnreached RolloutErrorThresholdFailureTypes = "unreached"
+)
+
+// Valid indicates whether the value is a known member of the RolloutErrorThresholdFailureTypes enum.
+func (e RolloutErrorThresholdFailureTypes) Valid() bool {
+	switch e {
+	case RolloutErrorThresholdFailureTypesFailed:
+		return true
+	case RolloutErrorThresholdFailureTypesTimedOut:
+		return true
+	case RolloutErrorThresholdFailureTypesUnreached:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RolloutGroupState.
+const (
+	RolloutGroupStateComplete  RolloutGroupState = "complete"
+	RolloutGroupStateFailed    RolloutGroupState = "failed"
+	RolloutGroupStatePending   RolloutGroupState = "pending"
+	RolloutGroupStateRunning   RolloutGroupState = "running"
+	RolloutGroupStateSucceeded RolloutGroupState = "succeeded"
+)
+
+// Valid indicates whether the value is a known member of the RolloutGroupState enum.
+func (e RolloutGroupState) Valid() bool {
+	switch e {
+	case RolloutGroupStateComplete:
+		return true
+	case RolloutGroupStateFailed:
+		return true
+	case RolloutGroupStatePending:
+		return true
+	case RolloutGroupStateRunning:
+		return true
+	case RolloutGroupStateSucceeded:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RolloutState.
+const (
+	RolloutStateAborted            RolloutState = "aborted"
+	RolloutStateCanceled           RolloutState = "canceled"
+	RolloutStateFinished           RolloutState = "finished"
+	RolloutStatePaused             RolloutState = "paused"
+	RolloutStateReady              RolloutState = "ready"
+	RolloutStateRolledBack         RolloutState = "rolled_back"
+	RolloutStateRunning            RolloutState = "running"
+	RolloutStateWaitingForApproval RolloutState = "waiting_for_approval"
+)
+
+// Valid indicates whether the value is a known member of the RolloutState enum.
+func (e RolloutState) Valid() bool {
+	switch e {
+	case RolloutStateAborted:
+		return true
+	case RolloutStateCanceled:
+		return true
+	case RolloutStateFinished:
+		return true
+	case RolloutStatePaused:
+		return true
+	case RolloutStateReady:
+		return true
+	case RolloutStateRolledBack:
+		return true
+	case RolloutStateRunning:
+		return true
+	case RolloutStateWaitingForApproval:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for ServiceStatusStatus.
 const (
 	ServiceStatusStatusDownloading ServiceStatusStatus = "downloading"
@@ -360,11 +547,35 @@ func (e ServiceStatusStatus) Valid() bool {
 	}
 }
 
+// Defines values for UpdateStrategy.
+const (
+	DeleteThenDownload UpdateStrategy = "delete-then-download"
+	DownloadThenKill   UpdateStrategy = "download-then-kill"
+	HandOver           UpdateStrategy = "hand-over"
+	KillThenDownload   UpdateStrategy = "kill-then-download"
+)
+
+// Valid indicates whether the value is a known member of the UpdateStrategy enum.
+func (e UpdateStrategy) Valid() bool {
+	switch e {
+	case DeleteThenDownload:
+		return true
+	case DownloadThenKill:
+		return true
+	case HandOver:
+		return true
+	case KillThenDownload:
+		return true
+	default:
+		return false
+	}
+}
+
 // Actor Who made a change.
 type Actor struct {
 	Id openapi_types.UUID `json:"id"`
 
-	// Label The user's email, or the API key's or provisioning key's name, as it was at the time.
+	// Label The user's email, or the API key's or provisioning key's name, as it was at the time; `scheduler` for system, Flock's own rollout scheduler.
 	Label string    `json:"label"`
 	Type  ActorType `json:"type"`
 }
@@ -548,6 +759,57 @@ type Device struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+// DeviceGroup A saved device filter: a device belongs when it carries every tag, its
+// name starts with `name_prefix` and its id is in `device_ids`, for the
+// conditions given. Rollouts and the device list can target it.
+type DeviceGroup struct {
+	CreatedAt  time.Time            `json:"created_at"`
+	DeviceIds  []openapi_types.UUID `json:"device_ids"`
+	Id         openapi_types.UUID   `json:"id"`
+	Name       Name                 `json:"name"`
+	NamePrefix *string              `json:"name_prefix,omitempty"`
+	OrgId      openapi_types.UUID   `json:"org_id"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags      Tags      `json:"tags"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// DeviceGroupCreate defines model for DeviceGroupCreate.
+type DeviceGroupCreate struct {
+	DeviceIds  *[]openapi_types.UUID `json:"device_ids,omitempty"`
+	Name       Name                  `json:"name"`
+	NamePrefix *string               `json:"name_prefix,omitempty"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// DeviceGroupPage defines model for DeviceGroupPage.
+type DeviceGroupPage struct {
+	Items      []DeviceGroup `json:"items"`
+	NextCursor *string       `json:"next_cursor,omitempty"`
+}
+
+// DeviceGroupUpdate defines model for DeviceGroupUpdate.
+type DeviceGroupUpdate struct {
+	// DeviceIds Empty clears the condition.
+	DeviceIds *[]openapi_types.UUID `json:"device_ids,omitempty"`
+	Name      *Name                 `json:"name,omitempty"`
+
+	// NamePrefix Empty clears the condition.
+	NamePrefix *string `json:"name_prefix,omitempty"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
 // DevicePage defines model for DevicePage.
 type DevicePage struct {
 	Items      []Device `json:"items"`
@@ -652,8 +914,12 @@ type Fleet struct {
 	Architecture Architecture       `json:"architecture"`
 	CreatedAt    time.Time          `json:"created_at"`
 	Id           openapi_types.UUID `json:"id"`
-	Name         Name               `json:"name"`
-	OrgId        openapi_types.UUID `json:"org_id"`
+
+	// MaintenanceWindow When devices may be newly targeted by a rollout: the window opens at every
+	// time `cron` names and stays open `duration_seconds`.
+	MaintenanceWindow *MaintenanceWindow `json:"maintenance_window,omitempty"`
+	Name              Name               `json:"name"`
+	OrgId             openapi_types.UUID `json:"org_id"`
 
 	// PinnedReleaseId The release every device runs when the policy is `pinned`.
 	PinnedReleaseId *openapi_types.UUID `json:"pinned_release_id,omitempty"`
@@ -688,7 +954,9 @@ type FleetPage struct {
 
 // FleetUpdate defines model for FleetUpdate.
 type FleetUpdate struct {
-	Name *Name `json:"name,omitempty"`
+	// MaintenanceWindow When rollouts may newly target the fleet's devices (a rollout's own window overrides it); null removes it.
+	MaintenanceWindow nullable.Nullable[MaintenanceWindow] `json:"maintenance_window,omitempty"`
+	Name              *Name                                `json:"name,omitempty"`
 
 	// PinnedReleaseId A final release of this fleet; set together with `release_policy` `pinned`.
 	PinnedReleaseId nullable.Nullable[openapi_types.UUID] `json:"pinned_release_id,omitempty"`
@@ -716,6 +984,21 @@ type JWKS_Keys_Item struct {
 	Use                  *string                `json:"use,omitempty"`
 	X                    *string                `json:"x,omitempty"`
 	AdditionalProperties map[string]interface{} `json:"-"`
+}
+
+// MaintenanceWindow When devices may be newly targeted by a rollout: the window opens at every
+// time `cron` names and stays open `duration_seconds`.
+type MaintenanceWindow struct {
+	// Cron Five fields (minute hour day-of-month month day-of-week), or a descriptor such as `@daily`.
+	//
+	// Example: 0 2 * * 1-5
+	Cron            string `json:"cron"`
+	DurationSeconds int    `json:"duration_seconds"`
+
+	// TimeZone An IANA time zone; default UTC.
+	//
+	// Example: Europe/Berlin
+	TimeZone *string `json:"time_zone,omitempty"`
 }
 
 // Me The signed-in user and the organisations they belong to.
@@ -1024,12 +1307,13 @@ type ReleaseService struct {
 		I386    *ServiceImage `json:"i386,omitempty"`
 		Riscv64 *ServiceImage `json:"riscv64,omitempty"`
 	} `json:"images"`
-	Labels     *map[string]string     `json:"labels,omitempty"`
-	Name       string                 `json:"name"`
-	Ports      *[]string              `json:"ports,omitempty"`
-	Privileged *bool                  `json:"privileged,omitempty"`
-	Restart    *ReleaseServiceRestart `json:"restart,omitempty"`
-	Volumes    *[]string              `json:"volumes,omitempty"`
+	Labels         *map[string]string     `json:"labels,omitempty"`
+	Name           string                 `json:"name"`
+	Ports          *[]string              `json:"ports,omitempty"`
+	Privileged     *bool                  `json:"privileged,omitempty"`
+	Restart        *ReleaseServiceRestart `json:"restart,omitempty"`
+	UpdateStrategy *UpdateStrategy        `json:"update_strategy,omitempty"`
+	Volumes        *[]string              `json:"volumes,omitempty"`
 }
 
 // ReleaseServiceRestart defines model for ReleaseService.Restart.
@@ -1076,6 +1360,241 @@ type ReportedState struct {
 // organisation and manages owners).
 type Role string
 
+// Rollout defines model for Rollout.
+type Rollout struct {
+	// Counts Devices by state.
+	Counts    RolloutCounts `json:"counts"`
+	CreatedAt time.Time     `json:"created_at"`
+
+	// CurrentGroup The index of the group being rolled out.
+	CurrentGroup  int                 `json:"current_group"`
+	DeviceGroupId *openapi_types.UUID `json:"device_group_id,omitempty"`
+	EndedAt       *time.Time          `json:"ended_at,omitempty"`
+	FleetId       openapi_types.UUID  `json:"fleet_id"`
+
+	// FromReleaseId What the fleet ran when the rollout started.
+	FromReleaseId *openapi_types.UUID `json:"from_release_id,omitempty"`
+	Groups        []RolloutGroup      `json:"groups"`
+	Id            openapi_types.UUID  `json:"id"`
+
+	// MaintenanceWindow When devices may be newly targeted by a rollout: the window opens at every
+	// time `cron` names and stays open `duration_seconds`.
+	MaintenanceWindow *MaintenanceWindow `json:"maintenance_window,omitempty"`
+	Membership        RolloutMembership  `json:"membership"`
+	OrgId             openapi_types.UUID `json:"org_id"`
+
+	// Ramp AWS IoT Jobs' exponentialRate: the rate is multiplied by increment_factor each time another every_succeeded devices succeed.
+	Ramp            *RolloutRamp       `json:"ramp,omitempty"`
+	RatePerMinute   float64            `json:"rate_per_minute"`
+	ReleaseId       openapi_types.UUID `json:"release_id"`
+	RollbackOnAbort bool               `json:"rollback_on_abort"`
+	SettleSeconds   int                `json:"settle_seconds"`
+	StartedAt       *time.Time         `json:"started_at,omitempty"`
+
+	// State ready (created, not started), running, paused (no new targeting; devices
+	// already updating finish), waiting_for_approval (a group succeeded and the
+	// next needs an approve), finished (every group done; the fleet now runs the
+	// release), aborted, rolled_back (aborted, and every touched device put back
+	// on its previous release), canceled (stopped before it started).
+	State RolloutState `json:"state"`
+
+	// StateReason Why it is in its state, when not by a person's action (a tripped error threshold, say).
+	StateReason string `json:"state_reason"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags      Tags      `json:"tags"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// RolloutMembership defines model for Rollout.Membership.
+type RolloutMembership string
+
+// RolloutAbort defines model for RolloutAbort.
+type RolloutAbort struct {
+	// Rollback Put every touched device back on its previous release; default the rollout's rollback_on_abort.
+	Rollback *bool `json:"rollback,omitempty"`
+}
+
+// RolloutCounts Devices by state.
+type RolloutCounts struct {
+	Downloading int `json:"downloading"`
+	Failed      int `json:"failed"`
+	Installing  int `json:"installing"`
+	Pending     int `json:"pending"`
+	RolledBack  int `json:"rolled_back"`
+	Running     int `json:"running"`
+	Succeeded   int `json:"succeeded"`
+	Targeted    int `json:"targeted"`
+	TimedOut    int `json:"timed_out"`
+	Total       int `json:"total"`
+	Unreached   int `json:"unreached"`
+	WaitingLock int `json:"waiting_lock"`
+}
+
+// RolloutCreate defines model for RolloutCreate.
+type RolloutCreate struct {
+	// DeviceGroupId Only devices of this saved device group.
+	DeviceGroupId *openapi_types.UUID `json:"device_group_id,omitempty"`
+	Groups        []RolloutGroupSpec  `json:"groups"`
+
+	// MaintenanceWindow When devices may be newly targeted by a rollout: the window opens at every
+	// time `cron` names and stays open `duration_seconds`.
+	MaintenanceWindow *MaintenanceWindow `json:"maintenance_window,omitempty"`
+
+	// Membership snapshot: the devices selected at start; continuous: devices that
+	// join the fleet (and match the selection) while the rollout runs take
+	// part too, each in a group chosen by a stable hash of its id.
+	Membership *RolloutCreateMembership `json:"membership,omitempty"`
+
+	// Ramp AWS IoT Jobs' exponentialRate: the rate is multiplied by increment_factor each time another every_succeeded devices succeed.
+	Ramp *RolloutRamp `json:"ramp,omitempty"`
+
+	// RatePerMinute Devices newly targeted per minute at most; 0 for no limit.
+	RatePerMinute *float64 `json:"rate_per_minute,omitempty"`
+
+	// ReleaseId A final release of the fleet.
+	ReleaseId openapi_types.UUID `json:"release_id"`
+
+	// RollbackOnAbort An abort puts every touched device back on its previous release.
+	RollbackOnAbort *bool `json:"rollback_on_abort,omitempty"`
+
+	// SettleSeconds How long a device must run the release healthy to count as succeeded; going offline within it is a failure.
+	SettleSeconds *int `json:"settle_seconds,omitempty"`
+
+	// Tags Only devices carrying every one of these tags.
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// RolloutCreateMembership snapshot: the devices selected at start; continuous: devices that
+// join the fleet (and match the selection) while the rollout runs take
+// part too, each in a group chosen by a stable hash of its id.
+type RolloutCreateMembership string
+
+// RolloutDevice defines model for RolloutDevice.
+type RolloutDevice struct {
+	Deadline          *time.Time          `json:"deadline,omitempty"`
+	DeviceId          openapi_types.UUID  `json:"device_id"`
+	Group             int                 `json:"group"`
+	PreviousReleaseId *openapi_types.UUID `json:"previous_release_id,omitempty"`
+	Reason            string              `json:"reason"`
+
+	// State pending (its group has not targeted it), targeted (told to update, not
+	// heard from since), downloading, installing, waiting_lock (an update lock
+	// holds a service), running (runs the release healthy, settling),
+	// succeeded (ran it healthy for the settle time), failed (reported a
+	// failure, fell back to its previous release, or went offline while
+	// settling), timed_out (still updating at its deadline), unreached
+	// (targeted, never heard from before its deadline: offline), rolled_back
+	// (put back on its previous release by an abort). The last five are final.
+	State      RolloutDeviceState `json:"state"`
+	StateAt    time.Time          `json:"state_at"`
+	TargetedAt *time.Time         `json:"targeted_at,omitempty"`
+}
+
+// RolloutDevicePage defines model for RolloutDevicePage.
+type RolloutDevicePage struct {
+	Items      []RolloutDevice `json:"items"`
+	NextCursor *string         `json:"next_cursor,omitempty"`
+}
+
+// RolloutDeviceState pending (its group has not targeted it), targeted (told to update, not
+// heard from since), downloading, installing, waiting_lock (an update lock
+// holds a service), running (runs the release healthy, settling),
+// succeeded (ran it healthy for the settle time), failed (reported a
+// failure, fell back to its previous release, or went offline while
+// settling), timed_out (still updating at its deadline), unreached
+// (targeted, never heard from before its deadline: offline), rolled_back
+// (put back on its previous release by an abort). The last five are final.
+type RolloutDeviceState string
+
+// RolloutErrorThreshold AWS IoT Jobs' abort criterion: once at least `min_sample` of the group's
+// devices have finished, if more than `percent` of them ended in one of
+// `failure_types`, the rollout pauses or aborts.
+type RolloutErrorThreshold struct {
+	Action RolloutErrorThresholdAction `json:"action"`
+
+	// FailureTypes Default all three.
+	FailureTypes *[]RolloutErrorThresholdFailureTypes `json:"failure_types,omitempty"`
+	MinSample    int                                  `json:"min_sample"`
+	Percent      float64                              `json:"percent"`
+}
+
+// RolloutErrorThresholdAction defines model for RolloutErrorThreshold.Action.
+type RolloutErrorThresholdAction string
+
+// RolloutErrorThresholdFailureTypes defines model for RolloutErrorThreshold.FailureTypes.
+type RolloutErrorThresholdFailureTypes string
+
+// RolloutGroup defines model for RolloutGroup.
+type RolloutGroup struct {
+	// Counts Devices by state.
+	Counts  RolloutCounts `json:"counts"`
+	EndedAt *time.Time    `json:"ended_at,omitempty"`
+	Index   int           `json:"index"`
+	Name    string        `json:"name"`
+
+	// Spec One stage. Give `percent` (of the selected devices, rounded up) or
+	// `count`; the last group may give neither and takes every selected device
+	// the others did not (it takes them in any case).
+	Spec      RolloutGroupSpec  `json:"spec"`
+	StartedAt *time.Time        `json:"started_at,omitempty"`
+	State     RolloutGroupState `json:"state"`
+}
+
+// RolloutGroupState defines model for RolloutGroup.State.
+type RolloutGroupState string
+
+// RolloutGroupSpec One stage. Give `percent` (of the selected devices, rounded up) or
+// `count`; the last group may give neither and takes every selected device
+// the others did not (it takes them in any case).
+type RolloutGroupSpec struct {
+	Count *int `json:"count,omitempty"`
+
+	// DeviceTimeoutSeconds How long a device may take from being targeted; then it is timed out, or unreached if never heard from.
+	DeviceTimeoutSeconds *int `json:"device_timeout_seconds,omitempty"`
+
+	// ErrorThreshold AWS IoT Jobs' abort criterion: once at least `min_sample` of the group's
+	// devices have finished, if more than `percent` of them ended in one of
+	// `failure_types`, the rollout pauses or aborts.
+	ErrorThreshold *RolloutErrorThreshold `json:"error_threshold,omitempty"`
+	Name           *string                `json:"name,omitempty"`
+	Percent        *float64               `json:"percent,omitempty"`
+
+	// RequiresApproval The next group waits for `rollout:approve`.
+	RequiresApproval *bool `json:"requires_approval,omitempty"`
+
+	// SoakSeconds Wait this long after the success threshold is met.
+	SoakSeconds *int `json:"soak_seconds,omitempty"`
+
+	// SuccessThreshold The share (percent) of the group's devices that must succeed before the next group starts.
+	SuccessThreshold *float64 `json:"success_threshold,omitempty"`
+
+	// Tags Only devices carrying every one of these tags.
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// RolloutPage defines model for RolloutPage.
+type RolloutPage struct {
+	Items      []Rollout `json:"items"`
+	NextCursor *string   `json:"next_cursor,omitempty"`
+}
+
+// RolloutRamp AWS IoT Jobs' exponentialRate: the rate is multiplied by increment_factor each time another every_succeeded devices succeed.
+type RolloutRamp struct {
+	EverySucceeded  int      `json:"every_succeeded"`
+	IncrementFactor float64  `json:"increment_factor"`
+	MaxPerMinute    *float64 `json:"max_per_minute,omitempty"`
+}
+
+// RolloutState ready (created, not started), running, paused (no new targeting; devices
+// already updating finish), waiting_for_approval (a group succeeded and the
+// next needs an approve), finished (every group done; the fleet now runs the
+// release), aborted, rolled_back (aborted, and every touched device put back
+// on its previous release), canceled (stopped before it started).
+type RolloutState string
+
 // ServiceImage defines model for ServiceImage.
 type ServiceImage struct {
 	// Digest An OCI content digest.
@@ -1094,6 +1613,9 @@ type ServiceStatus struct {
 	DownloadProgress *int                `json:"download_progress,omitempty"`
 	Name             string              `json:"name"`
 	Status           ServiceStatusStatus `json:"status"`
+
+	// UpdateLocked An update lock holds the service (the device will not replace it yet); a rollout counts the device as waiting, not failed, until its timeout.
+	UpdateLocked *bool `json:"update_locked,omitempty"`
 }
 
 // ServiceStatusStatus defines model for ServiceStatus.Status.
@@ -1129,7 +1651,15 @@ type TargetService struct {
 	Ports      []string          `json:"ports"`
 	Privileged bool              `json:"privileged"`
 	Restart    string            `json:"restart"`
-	Volumes    []string          `json:"volumes"`
+
+	// UpdateStrategy How the device replaces a running service with a new release's, as balena
+	// names them: download the new image while the old container runs, then
+	// switch (the default); stop the old container first (when storage or
+	// memory is short); delete the old image too before downloading; or start
+	// the new container beside the old one and stop the old once the new says
+	// it has taken over.
+	UpdateStrategy UpdateStrategy `json:"update_strategy"`
+	Volumes        []string       `json:"volumes"`
 }
 
 // TargetState What a device should run.
@@ -1146,6 +1676,14 @@ type TargetState struct {
 	// Version Changes whenever anything in the target state changes; also the ETag.
 	Version string `json:"version"`
 }
+
+// UpdateStrategy How the device replaces a running service with a new release's, as balena
+// names them: download the new image while the old container runs, then
+// switch (the default); stop the old container first (when storage or
+// memory is short); delete the old image too before downloading; or start
+// the new container beside the old one and stop the old once the new says
+// it has taken over.
+type UpdateStrategy string
 
 // User defines model for User.
 type User struct {
@@ -1225,6 +1763,9 @@ type Version struct {
 // Cursor defines model for Cursor.
 type Cursor = string
 
+// DeviceGroupId defines model for DeviceGroupId.
+type DeviceGroupId = openapi_types.UUID
+
 // DeviceId defines model for DeviceId.
 type DeviceId = openapi_types.UUID
 
@@ -1249,6 +1790,9 @@ type ProvisioningKeyId = openapi_types.UUID
 // ReleaseId defines model for ReleaseId.
 type ReleaseId = openapi_types.UUID
 
+// RolloutId defines model for RolloutId.
+type RolloutId = openapi_types.UUID
+
 // UserId defines model for UserId.
 type UserId = openapi_types.UUID
 
@@ -1258,6 +1802,15 @@ type VariableId = openapi_types.UUID
 // DeviceStateGetParams defines parameters for DeviceStateGet.
 type DeviceStateGetParams struct {
 	IfNoneMatch *string `json:"If-None-Match,omitempty"`
+}
+
+// DeviceGroupUpdateParams defines parameters for DeviceGroupUpdate.
+type DeviceGroupUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
 // DeviceDeleteParams defines parameters for DeviceDelete.
@@ -1379,6 +1932,26 @@ type ReleaseCreateParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// RolloutListParams defines parameters for RolloutList.
+type RolloutListParams struct {
+	State *RolloutState `form:"state,omitempty" json:"state,omitempty"`
+
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// RolloutCreateParams defines parameters for RolloutCreate.
+type RolloutCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // FleetVariableListParams defines parameters for FleetVariableList.
 type FleetVariableListParams struct {
 	// Limit The most items to return in one page.
@@ -1484,6 +2057,24 @@ type AuditEventListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// DeviceGroupListParams defines parameters for DeviceGroupList.
+type DeviceGroupListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// DeviceGroupCreateParams defines parameters for DeviceGroupCreate.
+type DeviceGroupCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // DeviceListParams defines parameters for DeviceList.
 type DeviceListParams struct {
 	FleetId *openapi_types.UUID `form:"fleet_id,omitempty" json:"fleet_id,omitempty"`
@@ -1496,6 +2087,9 @@ type DeviceListParams struct {
 	Online           *bool               `form:"online,omitempty" json:"online,omitempty"`
 	RunningReleaseId *openapi_types.UUID `form:"running_release_id,omitempty" json:"running_release_id,omitempty"`
 	NamePrefix       *string             `form:"name_prefix,omitempty" json:"name_prefix,omitempty"`
+
+	// DeviceGroupId Only devices of this saved device group.
+	DeviceGroupId *openapi_types.UUID `form:"device_group_id,omitempty" json:"device_group_id,omitempty"`
 
 	// Limit The most items to return in one page.
 	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
@@ -1567,6 +2161,81 @@ type ReleaseUpdateParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// RolloutAbortParams defines parameters for RolloutAbort.
+type RolloutAbortParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// RolloutApproveParams defines parameters for RolloutApprove.
+type RolloutApproveParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// RolloutCancelParams defines parameters for RolloutCancel.
+type RolloutCancelParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// RolloutDeviceListParams defines parameters for RolloutDeviceList.
+type RolloutDeviceListParams struct {
+	State *RolloutDeviceState `form:"state,omitempty" json:"state,omitempty"`
+	Group *int                `form:"group,omitempty" json:"group,omitempty"`
+
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// RolloutNextGroupParams defines parameters for RolloutNextGroup.
+type RolloutNextGroupParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// RolloutPauseParams defines parameters for RolloutPause.
+type RolloutPauseParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// RolloutResumeParams defines parameters for RolloutResume.
+type RolloutResumeParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// RolloutStartParams defines parameters for RolloutStart.
+type RolloutStartParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // DeviceRegisterJSONRequestBody defines body for DeviceRegister for application/json ContentType.
 type DeviceRegisterJSONRequestBody = DeviceRegister
 
@@ -1581,6 +2250,9 @@ type MqttHookAuthorizeJSONRequestBody = MqttAclRequest
 
 // MqttHookAuthenticateJSONRequestBody defines body for MqttHookAuthenticate for application/json ContentType.
 type MqttHookAuthenticateJSONRequestBody = MqttAuthRequest
+
+// DeviceGroupUpdateJSONRequestBody defines body for DeviceGroupUpdate for application/json ContentType.
+type DeviceGroupUpdateJSONRequestBody = DeviceGroupUpdate
 
 // DeviceUpdateJSONRequestBody defines body for DeviceUpdate for application/json ContentType.
 type DeviceUpdateJSONRequestBody = DeviceUpdate
@@ -1600,6 +2272,9 @@ type ProvisioningKeyCreateJSONRequestBody = ProvisioningKeyCreate
 // ReleaseCreateJSONRequestBody defines body for ReleaseCreate for application/json ContentType.
 type ReleaseCreateJSONRequestBody = ReleaseCreate
 
+// RolloutCreateJSONRequestBody defines body for RolloutCreate for application/json ContentType.
+type RolloutCreateJSONRequestBody = RolloutCreate
+
 // FleetVariableCreateJSONRequestBody defines body for FleetVariableCreate for application/json ContentType.
 type FleetVariableCreateJSONRequestBody = VariableCreate
 
@@ -1615,6 +2290,9 @@ type OrgUpdateJSONRequestBody = OrgUpdate
 // ApiKeyCreateJSONRequestBody defines body for ApiKeyCreate for application/json ContentType.
 type ApiKeyCreateJSONRequestBody = ApiKeyCreate
 
+// DeviceGroupCreateJSONRequestBody defines body for DeviceGroupCreate for application/json ContentType.
+type DeviceGroupCreateJSONRequestBody = DeviceGroupCreate
+
 // FleetCreateJSONRequestBody defines body for FleetCreate for application/json ContentType.
 type FleetCreateJSONRequestBody = FleetCreate
 
@@ -1626,6 +2304,9 @@ type MemberUpdateJSONRequestBody = MemberUpdate
 
 // ReleaseUpdateJSONRequestBody defines body for ReleaseUpdate for application/json ContentType.
 type ReleaseUpdateJSONRequestBody = ReleaseUpdate
+
+// RolloutAbortJSONRequestBody defines body for RolloutAbort for application/json ContentType.
+type RolloutAbortJSONRequestBody = RolloutAbort
 
 // Getter for additional properties for JWKS_Keys_Item. Returns the specified
 // element and whether it was found
@@ -1789,6 +2470,15 @@ type ServerInterface interface {
 	// MqttHookAuthenticate MQTT broker hook, authentication
 	// (POST /internal/v1/mqtt/auth)
 	MqttHookAuthenticate(w http.ResponseWriter, r *http.Request)
+	// DeviceGroupDelete Delete a device group
+	// (DELETE /v1/device-groups/{deviceGroupId})
+	DeviceGroupDelete(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId)
+	// DeviceGroupGet A device group
+	// (GET /v1/device-groups/{deviceGroupId})
+	DeviceGroupGet(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId)
+	// DeviceGroupUpdate Change a device group's filter
+	// (PATCH /v1/device-groups/{deviceGroupId})
+	DeviceGroupUpdate(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId, params DeviceGroupUpdateParams)
 	// DeviceDelete Delete a device
 	// (DELETE /v1/devices/{deviceId})
 	DeviceDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceDeleteParams)
@@ -1837,6 +2527,12 @@ type ServerInterface interface {
 	// ReleaseCreate Register a release
 	// (POST /v1/fleets/{fleetId}/releases)
 	ReleaseCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params ReleaseCreateParams)
+	// RolloutList Rollouts of a fleet
+	// (GET /v1/fleets/{fleetId}/rollouts)
+	RolloutList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params RolloutListParams)
+	// RolloutCreate Prepare a rollout of a release
+	// (POST /v1/fleets/{fleetId}/rollouts)
+	RolloutCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params RolloutCreateParams)
 	// FleetVariableList Configuration variables of a fleet
 	// (GET /v1/fleets/{fleetId}/variables)
 	FleetVariableList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetVariableListParams)
@@ -1879,6 +2575,12 @@ type ServerInterface interface {
 	// AuditEventList The audit log of an organisation
 	// (GET /v1/orgs/{orgId}/audit-events)
 	AuditEventList(w http.ResponseWriter, r *http.Request, orgId OrgId, params AuditEventListParams)
+	// DeviceGroupList Device groups of an organisation
+	// (GET /v1/orgs/{orgId}/device-groups)
+	DeviceGroupList(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceGroupListParams)
+	// DeviceGroupCreate Save a device filter
+	// (POST /v1/orgs/{orgId}/device-groups)
+	DeviceGroupCreate(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceGroupCreateParams)
 	// DeviceList Devices of an organisation
 	// (GET /v1/orgs/{orgId}/devices)
 	DeviceList(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceListParams)
@@ -1906,6 +2608,33 @@ type ServerInterface interface {
 	// ReleaseUpdate Finalise, fail or retag a release
 	// (PATCH /v1/releases/{releaseId})
 	ReleaseUpdate(w http.ResponseWriter, r *http.Request, releaseId ReleaseId, params ReleaseUpdateParams)
+	// RolloutGet A rollout, with its progress
+	// (GET /v1/rollouts/{rolloutId})
+	RolloutGet(w http.ResponseWriter, r *http.Request, rolloutId RolloutId)
+	// RolloutAbort Abort a rollout
+	// (POST /v1/rollouts/{rolloutId}/abort)
+	RolloutAbort(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutAbortParams)
+	// RolloutApprove Approve the next group
+	// (POST /v1/rollouts/{rolloutId}/approve)
+	RolloutApprove(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutApproveParams)
+	// RolloutCancel Cancel a rollout that has not started
+	// (POST /v1/rollouts/{rolloutId}/cancel)
+	RolloutCancel(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutCancelParams)
+	// RolloutDeviceList The devices of a rollout
+	// (GET /v1/rollouts/{rolloutId}/devices)
+	RolloutDeviceList(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutDeviceListParams)
+	// RolloutNextGroup Skip ahead to the next group
+	// (POST /v1/rollouts/{rolloutId}/next-group)
+	RolloutNextGroup(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutNextGroupParams)
+	// RolloutPause Pause a rollout
+	// (POST /v1/rollouts/{rolloutId}/pause)
+	RolloutPause(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutPauseParams)
+	// RolloutResume Resume a paused rollout
+	// (POST /v1/rollouts/{rolloutId}/resume)
+	RolloutResume(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutResumeParams)
+	// RolloutStart Start a ready rollout
+	// (POST /v1/rollouts/{rolloutId}/start)
+	RolloutStart(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutStartParams)
 	// VersionGet Version of this deployment
 	// (GET /v1/version)
 	VersionGet(w http.ResponseWriter, r *http.Request)
@@ -1954,6 +2683,24 @@ func (_ Unimplemented) MqttHookAuthorize(w http.ResponseWriter, r *http.Request)
 // MqttHookAuthenticate MQTT broker hook, authentication
 // (POST /internal/v1/mqtt/auth)
 func (_ Unimplemented) MqttHookAuthenticate(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceGroupDelete Delete a device group
+// (DELETE /v1/device-groups/{deviceGroupId})
+func (_ Unimplemented) DeviceGroupDelete(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceGroupGet A device group
+// (GET /v1/device-groups/{deviceGroupId})
+func (_ Unimplemented) DeviceGroupGet(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceGroupUpdate Change a device group's filter
+// (PATCH /v1/device-groups/{deviceGroupId})
+func (_ Unimplemented) DeviceGroupUpdate(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId, params DeviceGroupUpdateParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -2053,6 +2800,18 @@ func (_ Unimplemented) ReleaseCreate(w http.ResponseWriter, r *http.Request, fle
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// RolloutList Rollouts of a fleet
+// (GET /v1/fleets/{fleetId}/rollouts)
+func (_ Unimplemented) RolloutList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params RolloutListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// RolloutCreate Prepare a rollout of a release
+// (POST /v1/fleets/{fleetId}/rollouts)
+func (_ Unimplemented) RolloutCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params RolloutCreateParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // FleetVariableList Configuration variables of a fleet
 // (GET /v1/fleets/{fleetId}/variables)
 func (_ Unimplemented) FleetVariableList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetVariableListParams) {
@@ -2137,6 +2896,18 @@ func (_ Unimplemented) AuditEventList(w http.ResponseWriter, r *http.Request, or
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// DeviceGroupList Device groups of an organisation
+// (GET /v1/orgs/{orgId}/device-groups)
+func (_ Unimplemented) DeviceGroupList(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceGroupListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceGroupCreate Save a device filter
+// (POST /v1/orgs/{orgId}/device-groups)
+func (_ Unimplemented) DeviceGroupCreate(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceGroupCreateParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // DeviceList Devices of an organisation
 // (GET /v1/orgs/{orgId}/devices)
 func (_ Unimplemented) DeviceList(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceListParams) {
@@ -2188,6 +2959,60 @@ func (_ Unimplemented) ReleaseGet(w http.ResponseWriter, r *http.Request, releas
 // ReleaseUpdate Finalise, fail or retag a release
 // (PATCH /v1/releases/{releaseId})
 func (_ Unimplemented) ReleaseUpdate(w http.ResponseWriter, r *http.Request, releaseId ReleaseId, params ReleaseUpdateParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// RolloutGet A rollout, with its progress
+// (GET /v1/rollouts/{rolloutId})
+func (_ Unimplemented) RolloutGet(w http.ResponseWriter, r *http.Request, rolloutId RolloutId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// RolloutAbort Abort a rollout
+// (POST /v1/rollouts/{rolloutId}/abort)
+func (_ Unimplemented) RolloutAbort(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutAbortParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// RolloutApprove Approve the next group
+// (POST /v1/rollouts/{rolloutId}/approve)
+func (_ Unimplemented) RolloutApprove(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutApproveParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// RolloutCancel Cancel a rollout that has not started
+// (POST /v1/rollouts/{rolloutId}/cancel)
+func (_ Unimplemented) RolloutCancel(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutCancelParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// RolloutDeviceList The devices of a rollout
+// (GET /v1/rollouts/{rolloutId}/devices)
+func (_ Unimplemented) RolloutDeviceList(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutDeviceListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// RolloutNextGroup Skip ahead to the next group
+// (POST /v1/rollouts/{rolloutId}/next-group)
+func (_ Unimplemented) RolloutNextGroup(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutNextGroupParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// RolloutPause Pause a rollout
+// (POST /v1/rollouts/{rolloutId}/pause)
+func (_ Unimplemented) RolloutPause(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutPauseParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// RolloutResume Resume a paused rollout
+// (POST /v1/rollouts/{rolloutId}/resume)
+func (_ Unimplemented) RolloutResume(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutResumeParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// RolloutStart Start a ready rollout
+// (POST /v1/rollouts/{rolloutId}/start)
+func (_ Unimplemented) RolloutStart(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutStartParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -2322,6 +3147,108 @@ func (siw *ServerInterfaceWrapper) MqttHookAuthenticate(w http.ResponseWriter, r
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.MqttHookAuthenticate(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceGroupDelete operation middleware
+func (siw *ServerInterfaceWrapper) DeviceGroupDelete(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceGroupId" -------------
+	var deviceGroupId DeviceGroupId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceGroupId", chi.URLParam(r, "deviceGroupId"), &deviceGroupId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceGroupId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceGroupDelete(w, r, deviceGroupId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceGroupGet operation middleware
+func (siw *ServerInterfaceWrapper) DeviceGroupGet(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceGroupId" -------------
+	var deviceGroupId DeviceGroupId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceGroupId", chi.URLParam(r, "deviceGroupId"), &deviceGroupId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceGroupId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceGroupGet(w, r, deviceGroupId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceGroupUpdate operation middleware
+func (siw *ServerInterfaceWrapper) DeviceGroupUpdate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceGroupId" -------------
+	var deviceGroupId DeviceGroupId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceGroupId", chi.URLParam(r, "deviceGroupId"), &deviceGroupId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceGroupId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceGroupUpdateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceGroupUpdate(w, r, deviceGroupId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -3119,6 +4046,124 @@ func (siw *ServerInterfaceWrapper) ReleaseCreate(w http.ResponseWriter, r *http.
 	handler.ServeHTTP(w, r)
 }
 
+// RolloutList operation middleware
+func (siw *ServerInterfaceWrapper) RolloutList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params RolloutListParams
+
+	// ------------- Optional query parameter "state" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "state", r.URL.Query(), &params.State, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "state"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "state", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.RolloutList(w, r, fleetId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// RolloutCreate operation middleware
+func (siw *ServerInterfaceWrapper) RolloutCreate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params RolloutCreateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.RolloutCreate(w, r, fleetId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // FleetVariableList operation middleware
 func (siw *ServerInterfaceWrapper) FleetVariableList(w http.ResponseWriter, r *http.Request) {
 
@@ -3790,6 +4835,111 @@ func (siw *ServerInterfaceWrapper) AuditEventList(w http.ResponseWriter, r *http
 	handler.ServeHTTP(w, r)
 }
 
+// DeviceGroupList operation middleware
+func (siw *ServerInterfaceWrapper) DeviceGroupList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceGroupListParams
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceGroupList(w, r, orgId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceGroupCreate operation middleware
+func (siw *ServerInterfaceWrapper) DeviceGroupCreate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceGroupCreateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceGroupCreate(w, r, orgId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // DeviceList operation middleware
 func (siw *ServerInterfaceWrapper) DeviceList(w http.ResponseWriter, r *http.Request) {
 
@@ -3882,6 +5032,19 @@ func (siw *ServerInterfaceWrapper) DeviceList(w http.ResponseWriter, r *http.Req
 			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "name_prefix"})
 		} else {
 			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "name_prefix", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "device_group_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "device_group_id", r.URL.Query(), &params.DeviceGroupId, runtime.BindQueryParameterOptions{Type: "string", Format: "uuid"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "device_group_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "device_group_id", Err: err})
 		}
 		return
 	}
@@ -4327,6 +5490,463 @@ func (siw *ServerInterfaceWrapper) ReleaseUpdate(w http.ResponseWriter, r *http.
 	handler.ServeHTTP(w, r)
 }
 
+// RolloutGet operation middleware
+func (siw *ServerInterfaceWrapper) RolloutGet(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "rolloutId" -------------
+	var rolloutId RolloutId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "rolloutId", chi.URLParam(r, "rolloutId"), &rolloutId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "rolloutId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.RolloutGet(w, r, rolloutId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// RolloutAbort operation middleware
+func (siw *ServerInterfaceWrapper) RolloutAbort(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "rolloutId" -------------
+	var rolloutId RolloutId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "rolloutId", chi.URLParam(r, "rolloutId"), &rolloutId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "rolloutId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params RolloutAbortParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.RolloutAbort(w, r, rolloutId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// RolloutApprove operation middleware
+func (siw *ServerInterfaceWrapper) RolloutApprove(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "rolloutId" -------------
+	var rolloutId RolloutId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "rolloutId", chi.URLParam(r, "rolloutId"), &rolloutId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "rolloutId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params RolloutApproveParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.RolloutApprove(w, r, rolloutId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// RolloutCancel operation middleware
+func (siw *ServerInterfaceWrapper) RolloutCancel(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "rolloutId" -------------
+	var rolloutId RolloutId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "rolloutId", chi.URLParam(r, "rolloutId"), &rolloutId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "rolloutId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params RolloutCancelParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.RolloutCancel(w, r, rolloutId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// RolloutDeviceList operation middleware
+func (siw *ServerInterfaceWrapper) RolloutDeviceList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "rolloutId" -------------
+	var rolloutId RolloutId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "rolloutId", chi.URLParam(r, "rolloutId"), &rolloutId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "rolloutId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params RolloutDeviceListParams
+
+	// ------------- Optional query parameter "state" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "state", r.URL.Query(), &params.State, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "state"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "state", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "group" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "group", r.URL.Query(), &params.Group, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "group"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "group", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.RolloutDeviceList(w, r, rolloutId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// RolloutNextGroup operation middleware
+func (siw *ServerInterfaceWrapper) RolloutNextGroup(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "rolloutId" -------------
+	var rolloutId RolloutId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "rolloutId", chi.URLParam(r, "rolloutId"), &rolloutId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "rolloutId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params RolloutNextGroupParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.RolloutNextGroup(w, r, rolloutId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// RolloutPause operation middleware
+func (siw *ServerInterfaceWrapper) RolloutPause(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "rolloutId" -------------
+	var rolloutId RolloutId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "rolloutId", chi.URLParam(r, "rolloutId"), &rolloutId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "rolloutId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params RolloutPauseParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.RolloutPause(w, r, rolloutId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// RolloutResume operation middleware
+func (siw *ServerInterfaceWrapper) RolloutResume(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "rolloutId" -------------
+	var rolloutId RolloutId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "rolloutId", chi.URLParam(r, "rolloutId"), &rolloutId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "rolloutId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params RolloutResumeParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.RolloutResume(w, r, rolloutId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// RolloutStart operation middleware
+func (siw *ServerInterfaceWrapper) RolloutStart(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "rolloutId" -------------
+	var rolloutId RolloutId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "rolloutId", chi.URLParam(r, "rolloutId"), &rolloutId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "rolloutId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params RolloutStartParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.RolloutStart(w, r, rolloutId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // VersionGet operation middleware
 func (siw *ServerInterfaceWrapper) VersionGet(w http.ResponseWriter, r *http.Request) {
 
@@ -4546,6 +6166,54 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	})
 	r.Group(func(r chi.Router) {
 		r.Patch(options.BaseURL+"/v1/fleets/{fleetId}/variables/{variableId}", wrapper.FleetVariableUpdate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/fleets/{fleetId}/rollouts", wrapper.RolloutList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/fleets/{fleetId}/rollouts", wrapper.RolloutCreate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/rollouts/{rolloutId}", wrapper.RolloutGet)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/rollouts/{rolloutId}/devices", wrapper.RolloutDeviceList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/rollouts/{rolloutId}/start", wrapper.RolloutStart)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/rollouts/{rolloutId}/pause", wrapper.RolloutPause)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/rollouts/{rolloutId}/resume", wrapper.RolloutResume)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/rollouts/{rolloutId}/next-group", wrapper.RolloutNextGroup)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/rollouts/{rolloutId}/approve", wrapper.RolloutApprove)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/rollouts/{rolloutId}/abort", wrapper.RolloutAbort)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/rollouts/{rolloutId}/cancel", wrapper.RolloutCancel)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/orgs/{orgId}/device-groups", wrapper.DeviceGroupList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/orgs/{orgId}/device-groups", wrapper.DeviceGroupCreate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/v1/device-groups/{deviceGroupId}", wrapper.DeviceGroupDelete)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/device-groups/{deviceGroupId}", wrapper.DeviceGroupGet)
+	})
+	r.Group(func(r chi.Router) {
+		r.Patch(options.BaseURL+"/v1/device-groups/{deviceGroupId}", wrapper.DeviceGroupUpdate)
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/v1/orgs/{orgId}/devices", wrapper.DeviceList)
@@ -4910,6 +6578,119 @@ type MqttHookAuthenticatedefaultApplicationProblemPlusJSONResponse struct {
 }
 
 func (response MqttHookAuthenticatedefaultApplicationProblemPlusJSONResponse) VisitMqttHookAuthenticateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceGroupDeleteRequestObject struct {
+	DeviceGroupId DeviceGroupId `json:"deviceGroupId"`
+}
+
+type DeviceGroupDeleteResponseObject interface {
+	VisitDeviceGroupDeleteResponse(w http.ResponseWriter) error
+}
+
+type DeviceGroupDelete204Response struct {
+}
+
+func (response DeviceGroupDelete204Response) VisitDeviceGroupDeleteResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type DeviceGroupDeletedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceGroupDeletedefaultApplicationProblemPlusJSONResponse) VisitDeviceGroupDeleteResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceGroupGetRequestObject struct {
+	DeviceGroupId DeviceGroupId `json:"deviceGroupId"`
+}
+
+type DeviceGroupGetResponseObject interface {
+	VisitDeviceGroupGetResponse(w http.ResponseWriter) error
+}
+
+type DeviceGroupGet200JSONResponse DeviceGroup
+
+func (response DeviceGroupGet200JSONResponse) VisitDeviceGroupGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceGroupGetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceGroupGetdefaultApplicationProblemPlusJSONResponse) VisitDeviceGroupGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceGroupUpdateRequestObject struct {
+	DeviceGroupId DeviceGroupId `json:"deviceGroupId"`
+	Params        DeviceGroupUpdateParams
+	Body          *DeviceGroupUpdateJSONRequestBody
+}
+
+type DeviceGroupUpdateResponseObject interface {
+	VisitDeviceGroupUpdateResponse(w http.ResponseWriter) error
+}
+
+type DeviceGroupUpdate200JSONResponse DeviceGroup
+
+func (response DeviceGroupUpdate200JSONResponse) VisitDeviceGroupUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceGroupUpdatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceGroupUpdatedefaultApplicationProblemPlusJSONResponse) VisitDeviceGroupUpdateResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -5543,6 +7324,101 @@ func (response ReleaseCreatedefaultApplicationProblemPlusJSONResponse) VisitRele
 	return err
 }
 
+type RolloutListRequestObject struct {
+	FleetId FleetId `json:"fleetId"`
+	Params  RolloutListParams
+}
+
+type RolloutListResponseObject interface {
+	VisitRolloutListResponse(w http.ResponseWriter) error
+}
+
+type RolloutList200JSONResponse RolloutPage
+
+func (response RolloutList200JSONResponse) VisitRolloutListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response RolloutListdefaultApplicationProblemPlusJSONResponse) VisitRolloutListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutCreateRequestObject struct {
+	FleetId FleetId `json:"fleetId"`
+	Params  RolloutCreateParams
+	Body    *RolloutCreateJSONRequestBody
+}
+
+type RolloutCreateResponseObject interface {
+	VisitRolloutCreateResponse(w http.ResponseWriter) error
+}
+
+type RolloutCreate201JSONResponse Rollout
+
+func (response RolloutCreate201JSONResponse) VisitRolloutCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutCreate409ApplicationProblemPlusJSONResponse Problem
+
+func (response RolloutCreate409ApplicationProblemPlusJSONResponse) VisitRolloutCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutCreatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response RolloutCreatedefaultApplicationProblemPlusJSONResponse) VisitRolloutCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type FleetVariableListRequestObject struct {
 	FleetId FleetId `json:"fleetId"`
 	Params  FleetVariableListParams
@@ -6087,6 +7963,101 @@ func (response AuditEventListdefaultApplicationProblemPlusJSONResponse) VisitAud
 	return err
 }
 
+type DeviceGroupListRequestObject struct {
+	OrgId  OrgId `json:"orgId"`
+	Params DeviceGroupListParams
+}
+
+type DeviceGroupListResponseObject interface {
+	VisitDeviceGroupListResponse(w http.ResponseWriter) error
+}
+
+type DeviceGroupList200JSONResponse DeviceGroupPage
+
+func (response DeviceGroupList200JSONResponse) VisitDeviceGroupListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceGroupListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceGroupListdefaultApplicationProblemPlusJSONResponse) VisitDeviceGroupListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceGroupCreateRequestObject struct {
+	OrgId  OrgId `json:"orgId"`
+	Params DeviceGroupCreateParams
+	Body   *DeviceGroupCreateJSONRequestBody
+}
+
+type DeviceGroupCreateResponseObject interface {
+	VisitDeviceGroupCreateResponse(w http.ResponseWriter) error
+}
+
+type DeviceGroupCreate201JSONResponse DeviceGroup
+
+func (response DeviceGroupCreate201JSONResponse) VisitDeviceGroupCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceGroupCreate409ApplicationProblemPlusJSONResponse Problem
+
+func (response DeviceGroupCreate409ApplicationProblemPlusJSONResponse) VisitDeviceGroupCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceGroupCreatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceGroupCreatedefaultApplicationProblemPlusJSONResponse) VisitDeviceGroupCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type DeviceListRequestObject struct {
 	OrgId  OrgId `json:"orgId"`
 	Params DeviceListParams
@@ -6446,6 +8417,464 @@ func (response ReleaseUpdatedefaultApplicationProblemPlusJSONResponse) VisitRele
 	return err
 }
 
+type RolloutGetRequestObject struct {
+	RolloutId RolloutId `json:"rolloutId"`
+}
+
+type RolloutGetResponseObject interface {
+	VisitRolloutGetResponse(w http.ResponseWriter) error
+}
+
+type RolloutGet200JSONResponse Rollout
+
+func (response RolloutGet200JSONResponse) VisitRolloutGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutGetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response RolloutGetdefaultApplicationProblemPlusJSONResponse) VisitRolloutGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutAbortRequestObject struct {
+	RolloutId RolloutId `json:"rolloutId"`
+	Params    RolloutAbortParams
+	Body      *RolloutAbortJSONRequestBody
+}
+
+type RolloutAbortResponseObject interface {
+	VisitRolloutAbortResponse(w http.ResponseWriter) error
+}
+
+type RolloutAbort200JSONResponse Rollout
+
+func (response RolloutAbort200JSONResponse) VisitRolloutAbortResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutAbort409ApplicationProblemPlusJSONResponse Problem
+
+func (response RolloutAbort409ApplicationProblemPlusJSONResponse) VisitRolloutAbortResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutAbortdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response RolloutAbortdefaultApplicationProblemPlusJSONResponse) VisitRolloutAbortResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutApproveRequestObject struct {
+	RolloutId RolloutId `json:"rolloutId"`
+	Params    RolloutApproveParams
+}
+
+type RolloutApproveResponseObject interface {
+	VisitRolloutApproveResponse(w http.ResponseWriter) error
+}
+
+type RolloutApprove200JSONResponse Rollout
+
+func (response RolloutApprove200JSONResponse) VisitRolloutApproveResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutApprove409ApplicationProblemPlusJSONResponse Problem
+
+func (response RolloutApprove409ApplicationProblemPlusJSONResponse) VisitRolloutApproveResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutApprovedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response RolloutApprovedefaultApplicationProblemPlusJSONResponse) VisitRolloutApproveResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutCancelRequestObject struct {
+	RolloutId RolloutId `json:"rolloutId"`
+	Params    RolloutCancelParams
+}
+
+type RolloutCancelResponseObject interface {
+	VisitRolloutCancelResponse(w http.ResponseWriter) error
+}
+
+type RolloutCancel200JSONResponse Rollout
+
+func (response RolloutCancel200JSONResponse) VisitRolloutCancelResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutCancel409ApplicationProblemPlusJSONResponse Problem
+
+func (response RolloutCancel409ApplicationProblemPlusJSONResponse) VisitRolloutCancelResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutCanceldefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response RolloutCanceldefaultApplicationProblemPlusJSONResponse) VisitRolloutCancelResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutDeviceListRequestObject struct {
+	RolloutId RolloutId `json:"rolloutId"`
+	Params    RolloutDeviceListParams
+}
+
+type RolloutDeviceListResponseObject interface {
+	VisitRolloutDeviceListResponse(w http.ResponseWriter) error
+}
+
+type RolloutDeviceList200JSONResponse RolloutDevicePage
+
+func (response RolloutDeviceList200JSONResponse) VisitRolloutDeviceListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutDeviceListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response RolloutDeviceListdefaultApplicationProblemPlusJSONResponse) VisitRolloutDeviceListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutNextGroupRequestObject struct {
+	RolloutId RolloutId `json:"rolloutId"`
+	Params    RolloutNextGroupParams
+}
+
+type RolloutNextGroupResponseObject interface {
+	VisitRolloutNextGroupResponse(w http.ResponseWriter) error
+}
+
+type RolloutNextGroup200JSONResponse Rollout
+
+func (response RolloutNextGroup200JSONResponse) VisitRolloutNextGroupResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutNextGroup409ApplicationProblemPlusJSONResponse Problem
+
+func (response RolloutNextGroup409ApplicationProblemPlusJSONResponse) VisitRolloutNextGroupResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutNextGroupdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response RolloutNextGroupdefaultApplicationProblemPlusJSONResponse) VisitRolloutNextGroupResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutPauseRequestObject struct {
+	RolloutId RolloutId `json:"rolloutId"`
+	Params    RolloutPauseParams
+}
+
+type RolloutPauseResponseObject interface {
+	VisitRolloutPauseResponse(w http.ResponseWriter) error
+}
+
+type RolloutPause200JSONResponse Rollout
+
+func (response RolloutPause200JSONResponse) VisitRolloutPauseResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutPause409ApplicationProblemPlusJSONResponse Problem
+
+func (response RolloutPause409ApplicationProblemPlusJSONResponse) VisitRolloutPauseResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutPausedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response RolloutPausedefaultApplicationProblemPlusJSONResponse) VisitRolloutPauseResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutResumeRequestObject struct {
+	RolloutId RolloutId `json:"rolloutId"`
+	Params    RolloutResumeParams
+}
+
+type RolloutResumeResponseObject interface {
+	VisitRolloutResumeResponse(w http.ResponseWriter) error
+}
+
+type RolloutResume200JSONResponse Rollout
+
+func (response RolloutResume200JSONResponse) VisitRolloutResumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutResume409ApplicationProblemPlusJSONResponse Problem
+
+func (response RolloutResume409ApplicationProblemPlusJSONResponse) VisitRolloutResumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutResumedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response RolloutResumedefaultApplicationProblemPlusJSONResponse) VisitRolloutResumeResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutStartRequestObject struct {
+	RolloutId RolloutId `json:"rolloutId"`
+	Params    RolloutStartParams
+}
+
+type RolloutStartResponseObject interface {
+	VisitRolloutStartResponse(w http.ResponseWriter) error
+}
+
+type RolloutStart200JSONResponse Rollout
+
+func (response RolloutStart200JSONResponse) VisitRolloutStartResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutStart409ApplicationProblemPlusJSONResponse Problem
+
+func (response RolloutStart409ApplicationProblemPlusJSONResponse) VisitRolloutStartResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutStartdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response RolloutStartdefaultApplicationProblemPlusJSONResponse) VisitRolloutStartResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type VersionGetRequestObject struct {
 }
 
@@ -6507,6 +8936,15 @@ type StrictServerInterface interface {
 	// MqttHookAuthenticate MQTT broker hook, authentication
 	// (POST /internal/v1/mqtt/auth)
 	MqttHookAuthenticate(ctx context.Context, request MqttHookAuthenticateRequestObject) (MqttHookAuthenticateResponseObject, error)
+	// DeviceGroupDelete Delete a device group
+	// (DELETE /v1/device-groups/{deviceGroupId})
+	DeviceGroupDelete(ctx context.Context, request DeviceGroupDeleteRequestObject) (DeviceGroupDeleteResponseObject, error)
+	// DeviceGroupGet A device group
+	// (GET /v1/device-groups/{deviceGroupId})
+	DeviceGroupGet(ctx context.Context, request DeviceGroupGetRequestObject) (DeviceGroupGetResponseObject, error)
+	// DeviceGroupUpdate Change a device group's filter
+	// (PATCH /v1/device-groups/{deviceGroupId})
+	DeviceGroupUpdate(ctx context.Context, request DeviceGroupUpdateRequestObject) (DeviceGroupUpdateResponseObject, error)
 	// DeviceDelete Delete a device
 	// (DELETE /v1/devices/{deviceId})
 	DeviceDelete(ctx context.Context, request DeviceDeleteRequestObject) (DeviceDeleteResponseObject, error)
@@ -6555,6 +8993,12 @@ type StrictServerInterface interface {
 	// ReleaseCreate Register a release
 	// (POST /v1/fleets/{fleetId}/releases)
 	ReleaseCreate(ctx context.Context, request ReleaseCreateRequestObject) (ReleaseCreateResponseObject, error)
+	// RolloutList Rollouts of a fleet
+	// (GET /v1/fleets/{fleetId}/rollouts)
+	RolloutList(ctx context.Context, request RolloutListRequestObject) (RolloutListResponseObject, error)
+	// RolloutCreate Prepare a rollout of a release
+	// (POST /v1/fleets/{fleetId}/rollouts)
+	RolloutCreate(ctx context.Context, request RolloutCreateRequestObject) (RolloutCreateResponseObject, error)
 	// FleetVariableList Configuration variables of a fleet
 	// (GET /v1/fleets/{fleetId}/variables)
 	FleetVariableList(ctx context.Context, request FleetVariableListRequestObject) (FleetVariableListResponseObject, error)
@@ -6597,6 +9041,12 @@ type StrictServerInterface interface {
 	// AuditEventList The audit log of an organisation
 	// (GET /v1/orgs/{orgId}/audit-events)
 	AuditEventList(ctx context.Context, request AuditEventListRequestObject) (AuditEventListResponseObject, error)
+	// DeviceGroupList Device groups of an organisation
+	// (GET /v1/orgs/{orgId}/device-groups)
+	DeviceGroupList(ctx context.Context, request DeviceGroupListRequestObject) (DeviceGroupListResponseObject, error)
+	// DeviceGroupCreate Save a device filter
+	// (POST /v1/orgs/{orgId}/device-groups)
+	DeviceGroupCreate(ctx context.Context, request DeviceGroupCreateRequestObject) (DeviceGroupCreateResponseObject, error)
 	// DeviceList Devices of an organisation
 	// (GET /v1/orgs/{orgId}/devices)
 	DeviceList(ctx context.Context, request DeviceListRequestObject) (DeviceListResponseObject, error)
@@ -6624,6 +9074,33 @@ type StrictServerInterface interface {
 	// ReleaseUpdate Finalise, fail or retag a release
 	// (PATCH /v1/releases/{releaseId})
 	ReleaseUpdate(ctx context.Context, request ReleaseUpdateRequestObject) (ReleaseUpdateResponseObject, error)
+	// RolloutGet A rollout, with its progress
+	// (GET /v1/rollouts/{rolloutId})
+	RolloutGet(ctx context.Context, request RolloutGetRequestObject) (RolloutGetResponseObject, error)
+	// RolloutAbort Abort a rollout
+	// (POST /v1/rollouts/{rolloutId}/abort)
+	RolloutAbort(ctx context.Context, request RolloutAbortRequestObject) (RolloutAbortResponseObject, error)
+	// RolloutApprove Approve the next group
+	// (POST /v1/rollouts/{rolloutId}/approve)
+	RolloutApprove(ctx context.Context, request RolloutApproveRequestObject) (RolloutApproveResponseObject, error)
+	// RolloutCancel Cancel a rollout that has not started
+	// (POST /v1/rollouts/{rolloutId}/cancel)
+	RolloutCancel(ctx context.Context, request RolloutCancelRequestObject) (RolloutCancelResponseObject, error)
+	// RolloutDeviceList The devices of a rollout
+	// (GET /v1/rollouts/{rolloutId}/devices)
+	RolloutDeviceList(ctx context.Context, request RolloutDeviceListRequestObject) (RolloutDeviceListResponseObject, error)
+	// RolloutNextGroup Skip ahead to the next group
+	// (POST /v1/rollouts/{rolloutId}/next-group)
+	RolloutNextGroup(ctx context.Context, request RolloutNextGroupRequestObject) (RolloutNextGroupResponseObject, error)
+	// RolloutPause Pause a rollout
+	// (POST /v1/rollouts/{rolloutId}/pause)
+	RolloutPause(ctx context.Context, request RolloutPauseRequestObject) (RolloutPauseResponseObject, error)
+	// RolloutResume Resume a paused rollout
+	// (POST /v1/rollouts/{rolloutId}/resume)
+	RolloutResume(ctx context.Context, request RolloutResumeRequestObject) (RolloutResumeResponseObject, error)
+	// RolloutStart Start a ready rollout
+	// (POST /v1/rollouts/{rolloutId}/start)
+	RolloutStart(ctx context.Context, request RolloutStartRequestObject) (RolloutStartResponseObject, error)
 	// VersionGet Version of this deployment
 	// (GET /v1/version)
 	VersionGet(ctx context.Context, request VersionGetRequestObject) (VersionGetResponseObject, error)
@@ -6866,6 +9343,92 @@ func (sh *strictHandler) MqttHookAuthenticate(w http.ResponseWriter, r *http.Req
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(MqttHookAuthenticateResponseObject); ok {
 		if err := validResponse.VisitMqttHookAuthenticateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceGroupDelete operation middleware
+func (sh *strictHandler) DeviceGroupDelete(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId) {
+	var request DeviceGroupDeleteRequestObject
+
+	request.DeviceGroupId = deviceGroupId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceGroupDelete(ctx, request.(DeviceGroupDeleteRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceGroupDelete")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceGroupDeleteResponseObject); ok {
+		if err := validResponse.VisitDeviceGroupDeleteResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceGroupGet operation middleware
+func (sh *strictHandler) DeviceGroupGet(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId) {
+	var request DeviceGroupGetRequestObject
+
+	request.DeviceGroupId = deviceGroupId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceGroupGet(ctx, request.(DeviceGroupGetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceGroupGet")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceGroupGetResponseObject); ok {
+		if err := validResponse.VisitDeviceGroupGetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceGroupUpdate operation middleware
+func (sh *strictHandler) DeviceGroupUpdate(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId, params DeviceGroupUpdateParams) {
+	var request DeviceGroupUpdateRequestObject
+
+	request.DeviceGroupId = deviceGroupId
+	request.Params = params
+
+	var body DeviceGroupUpdateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceGroupUpdate(ctx, request.(DeviceGroupUpdateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceGroupUpdate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceGroupUpdateResponseObject); ok {
+		if err := validResponse.VisitDeviceGroupUpdateResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -7347,6 +9910,67 @@ func (sh *strictHandler) ReleaseCreate(w http.ResponseWriter, r *http.Request, f
 	}
 }
 
+// RolloutList operation middleware
+func (sh *strictHandler) RolloutList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params RolloutListParams) {
+	var request RolloutListRequestObject
+
+	request.FleetId = fleetId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.RolloutList(ctx, request.(RolloutListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RolloutList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(RolloutListResponseObject); ok {
+		if err := validResponse.VisitRolloutListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// RolloutCreate operation middleware
+func (sh *strictHandler) RolloutCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params RolloutCreateParams) {
+	var request RolloutCreateRequestObject
+
+	request.FleetId = fleetId
+	request.Params = params
+
+	var body RolloutCreateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.RolloutCreate(ctx, request.(RolloutCreateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RolloutCreate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(RolloutCreateResponseObject); ok {
+		if err := validResponse.VisitRolloutCreateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // FleetVariableList operation middleware
 func (sh *strictHandler) FleetVariableList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetVariableListParams) {
 	var request FleetVariableListRequestObject
@@ -7756,6 +10380,67 @@ func (sh *strictHandler) AuditEventList(w http.ResponseWriter, r *http.Request, 
 	}
 }
 
+// DeviceGroupList operation middleware
+func (sh *strictHandler) DeviceGroupList(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceGroupListParams) {
+	var request DeviceGroupListRequestObject
+
+	request.OrgId = orgId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceGroupList(ctx, request.(DeviceGroupListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceGroupList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceGroupListResponseObject); ok {
+		if err := validResponse.VisitDeviceGroupListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceGroupCreate operation middleware
+func (sh *strictHandler) DeviceGroupCreate(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceGroupCreateParams) {
+	var request DeviceGroupCreateRequestObject
+
+	request.OrgId = orgId
+	request.Params = params
+
+	var body DeviceGroupCreateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceGroupCreate(ctx, request.(DeviceGroupCreateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceGroupCreate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceGroupCreateResponseObject); ok {
+		if err := validResponse.VisitDeviceGroupCreateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // DeviceList operation middleware
 func (sh *strictHandler) DeviceList(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceListParams) {
 	var request DeviceListRequestObject
@@ -8028,6 +10713,258 @@ func (sh *strictHandler) ReleaseUpdate(w http.ResponseWriter, r *http.Request, r
 	}
 }
 
+// RolloutGet operation middleware
+func (sh *strictHandler) RolloutGet(w http.ResponseWriter, r *http.Request, rolloutId RolloutId) {
+	var request RolloutGetRequestObject
+
+	request.RolloutId = rolloutId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.RolloutGet(ctx, request.(RolloutGetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RolloutGet")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(RolloutGetResponseObject); ok {
+		if err := validResponse.VisitRolloutGetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// RolloutAbort operation middleware
+func (sh *strictHandler) RolloutAbort(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutAbortParams) {
+	var request RolloutAbortRequestObject
+
+	request.RolloutId = rolloutId
+	request.Params = params
+
+	var body RolloutAbortJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		if !errors.Is(err, io.EOF) {
+			sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+			return
+		}
+	} else {
+		request.Body = &body
+	}
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.RolloutAbort(ctx, request.(RolloutAbortRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RolloutAbort")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(RolloutAbortResponseObject); ok {
+		if err := validResponse.VisitRolloutAbortResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// RolloutApprove operation middleware
+func (sh *strictHandler) RolloutApprove(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutApproveParams) {
+	var request RolloutApproveRequestObject
+
+	request.RolloutId = rolloutId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.RolloutApprove(ctx, request.(RolloutApproveRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RolloutApprove")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(RolloutApproveResponseObject); ok {
+		if err := validResponse.VisitRolloutApproveResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// RolloutCancel operation middleware
+func (sh *strictHandler) RolloutCancel(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutCancelParams) {
+	var request RolloutCancelRequestObject
+
+	request.RolloutId = rolloutId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.RolloutCancel(ctx, request.(RolloutCancelRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RolloutCancel")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(RolloutCancelResponseObject); ok {
+		if err := validResponse.VisitRolloutCancelResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// RolloutDeviceList operation middleware
+func (sh *strictHandler) RolloutDeviceList(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutDeviceListParams) {
+	var request RolloutDeviceListRequestObject
+
+	request.RolloutId = rolloutId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.RolloutDeviceList(ctx, request.(RolloutDeviceListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RolloutDeviceList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(RolloutDeviceListResponseObject); ok {
+		if err := validResponse.VisitRolloutDeviceListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// RolloutNextGroup operation middleware
+func (sh *strictHandler) RolloutNextGroup(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutNextGroupParams) {
+	var request RolloutNextGroupRequestObject
+
+	request.RolloutId = rolloutId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.RolloutNextGroup(ctx, request.(RolloutNextGroupRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RolloutNextGroup")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(RolloutNextGroupResponseObject); ok {
+		if err := validResponse.VisitRolloutNextGroupResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// RolloutPause operation middleware
+func (sh *strictHandler) RolloutPause(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutPauseParams) {
+	var request RolloutPauseRequestObject
+
+	request.RolloutId = rolloutId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.RolloutPause(ctx, request.(RolloutPauseRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RolloutPause")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(RolloutPauseResponseObject); ok {
+		if err := validResponse.VisitRolloutPauseResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// RolloutResume operation middleware
+func (sh *strictHandler) RolloutResume(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutResumeParams) {
+	var request RolloutResumeRequestObject
+
+	request.RolloutId = rolloutId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.RolloutResume(ctx, request.(RolloutResumeRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RolloutResume")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(RolloutResumeResponseObject); ok {
+		if err := validResponse.VisitRolloutResumeResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// RolloutStart operation middleware
+func (sh *strictHandler) RolloutStart(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutStartParams) {
+	var request RolloutStartRequestObject
+
+	request.RolloutId = rolloutId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.RolloutStart(ctx, request.(RolloutStartRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RolloutStart")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(RolloutStartResponseObject); ok {
+		if err := validResponse.VisitRolloutStartResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // VersionGet operation middleware
 func (sh *strictHandler) VersionGet(w http.ResponseWriter, r *http.Request) {
 	var request VersionGetRequestObject
@@ -8057,190 +10994,260 @@ func (sh *strictHandler) VersionGet(w http.ResponseWriter, r *http.Request) {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7H39c9s4suC/gtJtVey3tCw7dj7sevWeN5PseGcSZxJn59VFOQsiIQljEmAA0I7W5//9Cg2ABCmQkmzZ",
-	"k1xtfoklkfhodDf6u296Mc9yzghTsnd008uxwBlRRMCnV4WQXOi/EiJjQXNFOesd9c5nBI0Y+aYuYnhi",
-	"hPgEqRlBuSBXlBcS5XhKjhHPqEITLuC3CRVSwQ/9XtSjepyvBRHzXtRjOCO9o54ZrBf1ZDwjGdbzZvjb",
-	"r4RN1ax3tD8YRD01z/WTUgnKpr3b26j3E7miMTlNwqtM4NcnEhUFTcp5c6xm1bSJGyHqCfK1oIIkvSMl",
-	"CuIvZMJFhlXvqKcH6oUW8iYlRLWtY6J/fCJR6yIm9u37reE0IVnOFWHx/BcyX1zKW3xJJMJIECXmSOIJ",
-	"OfLORs9MpELXVM0QRpdkjkTBJMIsQVRJJIjMOZMEUTlklyQ3Z7t/gGa8EPIYxs0JVg4bJM5IfdDyWz32",
-	"lCg5ZGqGVTUynmLK0BY8PCp3o3Y+kDzFc5IcIQ2U0TYMxwulF8gomw6ZuqYx6aNzfwa7kYROJkQQVu2Q",
-	"SnSwv99Hv5C5RFgQlBOBYpymRPSHzJ3QjOCEiOqMPOjuaPC2IerhYdTLKHOf9yJ91ooIPeb/+Twcftvf",
-	"2xkOvz1//eWvfwke4y9k3oZIJ+9P9da6UOkS3r4fIv1KM6rCK8i4BqAimUSKa0wqBEOUIc5IJ3WnMKS/",
-	"jIRMcJGq3tHhINIApFmR6Q8DAJ/5tFeujjJFpkTA8s7EtA1AXEwxoxLrr7qgxGGI+0HpveBXVFKuMbDj",
-	"zHLvscc4vA8kJVi28kRhfu5ahShHuN9KPkki2pZRSCK61lCYd++3gH9iQfE4bYXFlf29ayFX1Rj3Wcyt",
-	"ftmwObhc3ws+Tkmm/4w501xO/4nzPKUxYO9ubp746x9Sr/fGm+svgkx6R73/tVvd3rvmV7nrxoUZ6zs+",
-	"YYgIwUWEsObq6MObV+jlweFzZGdCCY+LjDDVB+DZEfWEJ7EKCQK/zzjKcEIQRvEMM0P8ueA5EYqabdJk",
-	"BeBEvRSPSdqJKCTDNI2QlSYqPshFiMD02cE2qULXercKXlM0gzUuzG++uOkRprnOZ8C+XtTDOb24BFbv",
-	"z2G/MoJD70sI8So8+Wx+jXqwcbPP6hU+/oPESq/gJKf2zq4DMBYEK5JcYFUDZIIV2dHbCe3GvTOet4MU",
-	"Xc84sg8CbC7JXINm6VGRbzkVRK61oJWxQKqLQpa7bWIbYW6lSD+KcKFmhClNMCQB+cPc71uKw4MZZYUi",
-	"27Vtda7TkPzN4g+5IBP6rUW4A+kpnmGBYy06l/IPiQVRkb4mFUlTvWyJcI6F0gsi33CWp0b2u7x4OnkZ",
-	"7+PxXmhRgqdkGdV/0M80EQ+ADFuyg5T7iHy0asfGV/AQ8KUkoXrLOH3vYecEp5I0Kb6OHx1HKBXPJbrm",
-	"4pKyqactGNETBMOEE4kYV8gMuv5BenLZnhUsgnLZcPhxo6D3ob4MvkAbOE3PJr2jz91zWSZxGzW5hMG1",
-	"MH5qaFIlSTqJkJzxay2rpXMts6kZrcT6YyQJSPoIyyEbnRRqxgX9F9xFR+hvBAsi0LAYDJ7GZjb4m4z6",
-	"6E3K40t0SUgu7dBKohmWMyNMhzE9GZCDg/hw/IIMJs/xs/FhfJA8JfuTi9/2Z7NxlqSnf99LT3/rLeOu",
-	"dueLQP5Sgvk9npJFxgoybO2PlSDvpsFCYPjsKcIB1tEkSZgriBEinlFFYlUIsniOJ+jV+08Ie89E+gDP",
-	"Xp2iPMVKEwWSOUlTyqbAXew9hrPk2YG+yETm/r96bv9/pi+lpy/0f4LK+OrZQeAui3onRULV6ysroNRh",
-	"iJ1c0Ak6eGj1W0BPgM2+gxK++/k0cZzW8v0Ikf60j0YZycZEHBkWN6oz29pvwdnF9GLVhRYq5llNbpBF",
-	"HBMpNZ/CNNVHGQKpXa+dZ+FnqbAqZHj3P5+fv0fmAX/raMqVJ9iUylLUU1hMiZtqcTzqAVHyQsSkNqwR",
-	"65IIXVvOLbT6r5W9sBhFDThWYdKhy8o+ac8gsvjlo0QNeNURlEALklaJwRvhBBU9PBw3eMUZI7GiV1TN",
-	"22hvHYHQDsfZhSRfFzHhXaGpwmBUaTOrXpLHaMzVDBG9EpBvtLZf/Y5iLMS8NO/UrmnKFHCeRcwkbl+O",
-	"eOyARB9sQmX1camIbYZa2GfUaxFvFsC7CcRYPLOHw4+fsMJjLMk/iZCWUzYEAljUxVX1+yLtM3KtaTyj",
-	"U0NcCLRPrQ4Y8Tmxk9Q46N5KZyuJuCKie/r3XKqpIB9/+xWZx59IZF+o8+y9w/7eyxUEgdqUURMEQTAa",
-	"FW6RthqXcSc/8J+9je6ksBmau3Ba6MLvYB5e9VpaR9mShLBuSd0sDZRo0LlmBIsETQTPIsSviEAfXn88",
-	"11r429/Oz9cX0Lsg+04/o+9ZllJGgmvUN5K/TFqyrQqN9cLQWPBLIhDj18dWyTBvWAv0DEvEiN5O9Trs",
-	"Tr8Mtx/MRBUSJOdC/6yFXH3pEHhwyAAO1AANILU3sAqoNHKwhcGY85RgtqaskVPGSHJhLXOrvuUWewEL",
-	"XarJ2Kc/wsMgO0yXcr1z/cxt1CvyZE20DwkA5c1fYnypwfo0EtUp1K60xJQaEdaW1s4ENnEDWHbygGwf",
-	"JvhAplQqItZUzO/D1BoMquLNAst8TISY5/RgBy4D39mBd/412Hn5xf6/8+VmED3bv/3LfRnCgjEu4Cqs",
-	"a/qL9FSMUxq7lzs8h6+T/cPDvZfIvKCV6Qg93UfjuSJSk3vBcpwkJEH6pnx2UIi03wDCyc7/Nvu/2Ply",
-	"c/A0vH2g4IWV/J0wLfjq0ecemzsG5kMTwhRVc2DGmrMhc3EuN4v7yBYwbNr3PBAFiXAZglZKXB0P7Rgr",
-	"srC1rr7sq1IXhWixJPsXgXdnWI4P/qytkR7iaHd3xqU60uxwhLgYMvha1r7fBvuymWVcndCJnLP45P1p",
-	"aUxHWA3ZLtZf45z25zhL++hkLPVPVquiepw85XN4HpyujLuV6tvKrLR+j9xJZVX8krALwpKcUxa+9gWB",
-	"i1PghCBJp4wkCEupj48z6a0GwVjyGOFUmot2hItkBH95L2SFViO1ftBfiosVZoRvgsbq2xHwXD8YMldo",
-	"5fxCuV83Ytt279CAmPuRxJwlEhVM0VRLD/bhFlUdttd0RRjL23IdqLa52mC1NdY2uQSCH4yqve494w4/",
-	"ZMb6x+/nDqu2Xic/fTzZrkIDSp6bC3qlBatLMj9CVEr0n0gWY/Sf+qkhs+inUTxCuEjM9wYdkUMO9OnD",
-	"r5EGN8LK+KwPnTSG8IzgJBoyzBKE0R+KWtGvkJqMyYQLYijNu1MOBi+fLT2BcuPtcP0EsshSiGaU+d/u",
-	"NWHsc8VGjAe/Ir4ir4kZMw7iK7xVC8/w3eUQ6OELCSu5g9a6t0NCbBNDJpTh1Hmp3WJL1DBbUFxzSSTI",
-	"FIskJbL0ubhAm5ynNJ4fI1akqX56wtOUX1ePhLamn8VjLdUY3+4i81xZHL4NnT+dWlpa8MqevTpF1gmM",
-	"EnisrgDLGd4/fHZ0MN5LBvHLCT6YHI4HkxeTAX42fh4f7k/2yOA5OcCDZP/55On4GTlMXsQv8d54P36a",
-	"HJDDyTP8fPwirssldtDPeGeiZbSbZwdhyeQNJWnyWoiQA/iMEUTZFU5pgnIsALdKN9yiMzghCtM0dOuY",
-	"u/MKpwXocHbMBhRgSfrnlLMp3OGYoWdPPddbUIDQ6w+yoo9n7xAwC63ZMastjnkyR1ujXY3X+o63Ducy",
-	"Ms46l+tL27Xi0aIuzlrv2FkFOrPvayx9071eiDmxWS8qo2lsUNLS2wA4vdl65OAe4koQtvbnG0BWFF/W",
-	"shrcU7lujZxB+rKYO/YK0pqzjlu+o3F0ZAYdrcRE3czm9eV6Ojz93jz85+rpFvEb6nhjP6V+vo5aDph5",
-	"Jw/0fZB3HQxb6z4IeIdr62wFwSYME4bKH84uAeNvSLR5DIGCWkHiGEmQJqbGvGfiTuvIO+qk5KUyw6NR",
-	"dkjk+Mfvv3xcRJ1LMq9jTvi4zIYalJVOg3pTLK6C31+2eDgv1Tz4fSHD9u9vy5FTD2kmDCFoHe+br2qA",
-	"hN56S8IXgVFgdigzkVRablaN2FMQwedoTLSsghRfFIaMJ1rOaL46Hb8t3wkRMwStLRnhk7QxtD4AbLSb",
-	"v6IwOPTvmwlRWz2y5v77srFPS0KezO7uFvKUBcVaCP4lQkIkMjzTRx95RjgjEH0HTgeunD5MGZoThcYk",
-	"5hmE6ZvzGDIskeRaP7NIpZ/XT1vFmUq0dUUEnVCSbNt5QH0tT8KsL6pHqR9sMt7JzdAa8GSgu4m7zGLh",
-	"w11mZoIVb7P6Tu4MvyVwA4pfgNs6oSpietEa3HjnVZdSYDl8FwZ8VeokTj2bUlMtwgphz/8WpxTMp/IS",
-	"TLMJ76MzY8bQao1J3KBTxgVJFrkrjp0FyulTYM6WWpeSxdgYbYPBOWZaA9da+OD+QdCgmtM4TPrwk9GI",
-	"7dylNjmhqVY64Te7GnizXyfSZ4eHTw+j4DUpghGOgSU2jqzcnTeK20XkoNZ5fBJyNpq4KMrvy9CzNOXX",
-	"oHyy+XJ91b7fOnOhZt2YA7q7sZhfMn4tDXBdQAibWnRaB4fWw4QcS3nNRVAE9S3mJRJIIoz/AaZ5IpEb",
-	"oYEFL/Ze7j8GEpQb6D6E8Pkbo3IwlOCN5263gWQUvC1grzXGaLT1idFvSBp7+fYRev32t/9BVRAQZIo5",
-	"UGnoscheh0gzSOOAM6efcCIjVDAwC1I1ZILs+IHisvS+TIIH0bg722NcqLyQRU6EE08aHEAUpGUGCJI9",
-	"9jFWrw7JS5pLiGkv425hAOpH9nnRAxsiucZGQof/bjPR1GdiuhnhcYPWojMxdcrkWiLpRqwo9dj8dYwj",
-	"Z2J6J0l1LZCErBYti3EYssD4qMxTPAeT6TGiCjFCEhB6xwQVjH4tGpbUkzgj6AMfc0VjWeeDd0S5Tcic",
-	"GnOXC5z1zb/HUmoeNXJJ0o4Z6LdshjQ2jIh7UUMuh/Ku0uuZmD6iIcbHlYWleCluCy6P1twzo9VASoHW",
-	"mr4pwqTmhFY5DdzSPCGhVOd4RhnZEQQneJySCEll/k/5NRFIMnxJLmIsSbkCPVAdGcE6D4z4YoJpSpJw",
-	"7F6bUwMrdA07EpxNPW2tDFc3gWizIsONiEew9lc+BzQ06bPDnnGnj0nl1RwMgk5pIbiQYYcNYUoPDk4P",
-	"438AYaiK8S6jv82mUQUGSJFcyeBYOY0CdEOZVJjFLdaVHKtZI7LfZAOZ5TQ8L1d7u1xMZW9pmH137Ls9",
-	"ESxNOAOQpQ3mG/3PjhU9d06TETIemGD4+6qB+xrTSkOky7+p7etgUMuJfvnSz4n2KiH40QNUpUEeLGdc",
-	"KCSLLMNi7nZ8SRns3iL/ceUS1khpPBw8jgshCIsbZGGh4eEFaicPF87QXNWnD6dIEEjMj4m+H7SMHlwZ",
-	"ZJYTgUYabI10jkKwo4nmFUf28aMVaDacn2ngVx5iZBhLDYu+hJmcnwT+EAmcD5KS+RAhxRn+dlFIIjsq",
-	"B9hIJoP6l2SOMjxHwgY0hsNiVkjK9FPM8u5kSnLFL9c8jfCWfrI7cYsnicfiIb+RowkO7ikkCy4GvJa5",
-	"mjD/UvtlAxE3kLu5GnT8Qy851t7A/Osu5bCOu21VYTQIhjVSLJv0/CC5ln3ksMflXCqORu/PPp6jXUMh",
-	"+l5zmDXq3y8LsrGlTQjEi1B6KGusdYlthq+CK5D+a923HoBVWovA6hC3cPho3gsBvJI+VhnHPLxm8EBr",
-	"Ps8JmghCdiAPFWocIFnEMxCnkCQZZorGLrkHcYFinmU1u0aXmuyxRi+7x13TJSRDUQYdGHUnBrmBY8vw",
-	"t1Pz5qFhj/bTXteJlrVyeonAE+WFCbnPgNpBg/YdD7ipeS/PvgLAdEB8E4zHsYMHZzjvS4d9HdNHSuD4",
-	"8iLFikg1OioFmmaE4RPp8utq8QfHZTjBkXHmiYK5r7w4hpEfCebP2HNBD8GjbmDbMtxe1A1jzhSmzPkm",
-	"7IIipwrJnAqqnGk9y7ksbZsBxRznFzhJakdbCWrvXp9fnPz09vTdYrbERbAwVpNymsdP2BUVnGWukk5w",
-	"4zdtCoqHADTDUyLXBB7ok/pFoz9hzfy88B6rZZoQFFnkORcKbBnLjDAmgX8JUdjzPtXz6x2YbP/1X7p6",
-	"dpeXnq/7EhQdWPMdV6FgrddCpwu3k7wfhjiptT3V6aIz1wlOv4UuXgxeDI5eDHZVnNcpY+vzYOdl/8tf",
-	"j7b/6zME7O5Fh7dbR9Xf2/+1tbul4vz/Fkm+vf1fS0jI5+klDeWCXtGUTElSu3QsxgddEAoLVb+hjOtl",
-	"Ryqe56B+Oz7GeC/q4fQaz02u3o6rkRA13wnxtiueFhlpA1uCFT7avcJiN6XjXZznzXCHw6UpYZ2wCUfw",
-	"WVbRcY18bDEJjeDeHqHrGU0JGhPKppA1k41TkhyjEVwaI60WjIlNDiIJ2gJHEc2yAoyZ2/pBMHKMnF/N",
-	"pjJc0zRFY9JvFRRMgYrua2RFO3LzFknnCCOYDZR7U0LCmr6OkZZG/O+xQpjNy8pcy/hhJRK5fa2wn/tF",
-	"0dXTYteDhg1qsP5fiedQkUwUTHq1Ks0SwFdQm2tkr90hW0wq2xq5jLJdsH9BXtkoAqgykg7ZCL7WaqSV",
-	"UHZvXKXT211IBx5tH1VLM5nC0iQ9/3x+/n7ItkbvT85f/exrpPY9LcF72dEu/k1dc3Coc6algq8FWA7R",
-	"yZCZNGkqywIDoBSXnuCRJF9H8POYX5HKFVI9TSIkOcJsyHiaEGHzrg2q64VcCwqJPSByCfPC9YzGM0MM",
-	"eI4IBbd/jDOb29O4ZqeEqYvVpd+oR0G4EUTKBk/yk4YOO9nM0/1FDszlWquw9U/XzQsPFgE5ZVpxkkQa",
-	"O5axARtIe+lEFlFs8r8FqxKYSf29y6qKBZcSAVSRvSQk2rokJAfJsYCcC85QQuUlBEQUkqBPjH4bsoym",
-	"KbWBAPqREkVtOVclCqmuuVCzOYo1jm+3eOxLy9OgrULFWpqcFS0qxblLHF3Qjr6GLwkeNtkbZ9cTiQRP",
-	"ieYCmNWiSyOT86vPHExHGZfqCF1RwP4tQXAityPIlCOpRnO0BV4Nw3Jt7LOMSt1FH5nFILkdIZxklNlX",
-	"Msz0FTdk1v8Gz9rqizJCMJVJ+SwSqlDKp9sR4tesnDMhKVEmI23IFtLN7PDmDWlP0nF2sx+TdWz2oeUH",
-	"vTgtPug3gty+JgOup94nZY5WZ5q/ecqpCi3OJVAGKg/HlrHmifmupiBJFRfzz0cKT79s110a7rm+/aof",
-	"82wXxxnZlYRJLo72+gdLhZuAZPrXrc/9i50v5cft/7DC41+14Nj+FDxX5bB/8f7ug5S7t//8NihuNlVu",
-	"AFbkgByihzqNrXl2/JqlHCcXueBTzZebBullHCEQTPXsaaeXrxSt7NT6AevdhEpsvZJBg8GqlIe/UVPk",
-	"qFVkCUubHSWuzq2E06bTNLEl4MWuhWyVxrxLMt816WlGcUJblef52JS03NvZGwy8JLzI5LNJVOSaN+0f",
-	"HtYx/KY3xiqe9Y56+4P9Zzt7e3prVEGRaDzeeWp5q78Bj8H6exZTojz7cHvGlskXLeMtSke3ySY1cdiN",
-	"PJE5UXeuZuvd4CuYN7sKFJk9evac5SaWNvW1FDHWZXJ3NawE8ibMPp5I5I1Z5X/HnE3otLDFqFzdZYky",
-	"IqYQH+/Zixvmmi4erDjKizSNkDGcofHcJtlqnuxY8X/bdNh+v7/db61QvCG7wQoGgaWnWFfVO1XzlVTp",
-	"JRN26L8VS6/jSgkzt79q4mp5tY1EJUJ30ILTwjoVrRkv0kTTfCgJeZ3yI6JiL93ao8+L7iJe1ik9cOAl",
-	"PdyTCCu6gqAarWTNNY1Yed8sIHJEt2UhOiZYWcFxO0iGra6hV1bo1EwX1DHM5moGmdyGCZsKlVbTsCKq",
-	"V1Xk9TmeLncUVY4hv4iI5xuqwBfCrU9yU4lNZS5QJdHhlMbkvz1xLpSbc98gVy+EUk+HXtvPK3nY3CIs",
-	"WS9xoLmq+psBWI0em+VTlFdwZkfGPIdwNHuSK6VWP4TztpWPV6EBiwxZVpd4680I1ZfB6iGR4seIZLma",
-	"exFZnq9lMUpl7ZBkTRRpEVJAq/h4s6MK5tauAnYesLrscJbO13fkOmiUOGdBt14YtMPEe8VCLzZJ8IQT",
-	"t3EbwawZ0ptfz179coFMeA4yUR1EXJFm3gYI2ouFwGoa1Jf/+EvYPlOFmCyzwdfwytnge9FGkKzmfmjx",
-	"cLR4GkrUqtmwDl4cPn+2orpjRug69k04lEtm9nAeZTfFnVIK7wHHDgC2lY01cRlhHvXPVx+RICbsxySv",
-	"UIbFHEqDjguaKlcVVKBRwS4Zv2aNaE0bmBe8BWyt2aVqSaPw7W3Um3LfZFrNNuV7/f1n/RfBqFSQOVoC",
-	"Fe2PJmQrFzwmUqKMF0xJ8ISD5Iq4sGHA5YyfezinGt6rS/GdBXK9kgVgzN/BOTXgTciVySfADBVM4akW",
-	"1fQZNKKjrwb9vf5gDeHJnn8NqBW0vGNaxCrDtgpB1fyjPiyDUGNTvSxg47R9XUzZMpsNtoWhQBgYNzWG",
-	"neWEnf6EbGVl0+glIeJYn0JCroYs4wmJ0KgEj/52x4y1swNSDZrzwpe9RigXFKpYM2LK+4BbwTdMWvMm",
-	"2hpN0suLfr8/soZJQEJgv2ZXJQxmSuWVLFPt+427hf/x+/kCS66nBZpNL8QAwm9ARksnz74q9TPnl2Fk",
-	"mnF+aWcy1nxXb/CJrBVGlIQl0pXOhdpIDKdDpl+XXoqAV69QEgPNlWB0C+H/Ex7K2GB4SvSIzjBtOs/Z",
-	"JcCp8InJDIkQrvoemBZyBZNDlhWpojtVEIszaiPOrNFbD/ErZcU3r6bikL2Giw+SJsAP1ZWfsjVqa9I0",
-	"2h4yqHQIzlyUNVJQbAB76S4bVZHlI7MJsJE30g3K3ngm78DoRabtmq0HqcV9ZjinbVl1kuN4Rnb2gfSh",
-	"HCZAXx7t7l5fX/cx/NznYrpr35W7v56+ev3u42v9Tn+mstTLKOiZ/h4n7089Y9VRz7AW06+BacZ31Hva",
-	"H/Sf2ppVQP27/WuSpjtwF+z+cX0p+66Z1bQtgtakHCggQAepsq+k8wSa0pOucMIfJidmwgVBGAmuDBlL",
-	"RdMUQWUEEFC9xhGaIq8v5d9B4Ky15dofDDpacq3XigvKr4T6cJnSY7+TMfqFzNFHovqGeVjpLTxquUyv",
-	"xVfFcntHn79EPZvk0TvqQWtDQCqoFlEr2ekiJcuKmztwb+nhAtHHICTwYOU6N+wfnJqCJ1WFQbzQlcvY",
-	"+agCZw9Ub9TnO2SLBXb76ANRhoq8PpJVSVmH/uWvZU3Irf3BYNvLZYFZjN/QlkCEAG1pMsMnKY0V2joY",
-	"vLT8vY4hjWLLZSbI33gy3xiONCa5rV/NShTk9gExNFCuN4SvqWZh89ZMh2OkgQs59qZdCKDz/mDvkdf5",
-	"oVzf5unJjV3aGFcjorLueiu/q7soSntbTlmESCodSVWf/QhTExM6ZDXXxXZk4g8ra3sVmFirpVlvJwTE",
-	"CF3TjOWvZo2HW/LcWuM0AVWGux1juHPB3Voy44W+7r4WXBF5hEbDnmkbZR8xfaOGvVHfDAnSx8gMNkKs",
-	"SKYEbZURL6sFtNi3t6HSMCUVayjXZTvGmi2apfXRR2JvGPfUnBdoxtMEgnFOJzvvOCM7b7GKZ0eobRtD",
-	"tuXslPo1QWJCr0hiZEuzn6qzBboWOM9NtR+zim199FOihuzp4KASsKxV1NUIspSFJGUxOUYYjbEIbM4M",
-	"CRwujkluuiDwdu4G1nRzDfq9nz/ftLTA9SGyVqfmLw/IxXzHQIAtnDdszP2yjCasRJ9bfa6F1p23Ue/p",
-	"4GCRfj+x2rGU5mpIH73TNPflWTelCvL5y22NgdWK2vvgaGNkIMbFs4BVVnEB9nxbdcUvhGliOsQlhLlJ",
-	"Qtgx6HlS/62/4qxWw9n1nOqb9Fj9NnADF43WjCYzSjf48IYMwsaOEEZleJnUK1shuswG5nNGhgzby80G",
-	"m/lxY2VUkxGkYiiYfEWElk9ygpUVUIbMjmdm2rL9tbcRZvJa731/cABbc+E39rY8hqgeiGeDN4fMvXAw",
-	"eIlGUuGUmMYdo8hPkLWzueg4eHcJhVvL08OIMI22IatIMActWOWYZr2RuN2wJd7bqHcwePmYfXPBdupw",
-	"zBwYlB7WmNlAH7RVO7ftjQgi7URtQF+/1TuJui6dlIXww/L9eVlV3ejEUK8dDDS2bAAXaK8qq75larTX",
-	"yrODnMjFFPDfSDJximkmtyOjmRnjOjwWVhb7LXh9buvcP5xQXiuB/6cI5maPQQ3SV+g2L+2eC9PVudn/",
-	"odY6CZWtBtowzdluNK5lX5XaxXHaoU4yKPcBxh7fIrUFtaDMBeEXR9o2peFcbyY8ZAu14zI8d7XXoA6+",
-	"q8kmUFkDznxvCrJBsLIrVKVFHggW0ZcI1PnU36At+FjQZDuqDV82PuXXzEY8R0iRlGT6MohQyqcych30",
-	"NDXYWhDwZ7kYGEXxaiB7U8P1wbMMs0Qeh0pK1XZq7df+SyYut7ZruMBdCKh910SliyIl5vL1C2wNmTmQ",
-	"J8Zm9srqB6RWyIojsGCOboZllbFhT8vOf7lxn2+HvQgNy8pjw97RkOnf3Rf2dzgq9y58sD+YInXuF/Pp",
-	"dti7HUVlKJGxV1rmhU3XEq8GmFFozgolaQKcExk7MvbNmlamRtgznQ7Z1si4/zSCXvx8dvbLxfnZL6/f",
-	"jarb3jjR4B1XveRg8BSNwIJ6EadckiR4X7+19lvXefeh7utGIcZH5mz1OoItt21CYmr6AG7k+qws45+/",
-	"3EY39TvUZzX6jKI6l/H4m2NnrdytULN7s7cKRZv8zZL6kEH2jGF1VSEB+0VJAlRYG5t0LMIY3CpW5hqg",
-	"1LwQuCpDGOQzW8YtMCVSEWF6twxZadQruaQe2Y3jQgYyfElAL8CoLDdn+I0hnSGzdgUtV4Uq+11DUNeU",
-	"XpFHYUBu/e519xl4TR/93uYKwT73ibyu2qizqbZhMKan9nHJfaj1ChgQaUHsYLDXRyfo8Ns3lBFsraDm",
-	"8GIAkK2uFs9IfGlzxix0hkwJiOOyyzGVL8G79T0zQ1e58SH5oVdf9M9giFVlze+WI1aMqZ0lBo1zhhWm",
-	"JBS2eeoKgYLynqNrLi7Be6a1c9PozpQ8E6X9dYop02Qe84ygMY4v2zSEn8ycC5atEMiqR3ZPE5LlXBEW",
-	"z6GyyZdVtFcz133sziX0zVDtdmYJthlrTw7t+4G9Wq7JZRuemtih+8PhpCoZ6xxHZe/VsI4rrdVqndP+",
-	"yWIpnHNp8AqBtbShbACdHkpltWv8U5TVNoywIXwbxIwPRN/SEcr4FYGofq3QCaLwtJtqWjnUbuy17m71",
-	"1rzG8QzylAPNI023YS6Q37e8imPxOGpUmgsnVEjVR39bo7P6kI3qLc5Hx8haYcHZYQorQiB8uQ5omKV5",
-	"p+ttZwQK9yufAGlVw/bRz1QqLsBPeknyqk5yqc1qYOvrgLMhy4mgPGm3P/pd0X+lUq1NQL/SjCoow7Xk",
-	"wVcmUO9BXQ3hxvFBC02OpxC65eOWPecI1VBgAyThrwvN7PmBG77zFrkzr2wnpVqaQpCOPjZCisHQYDHU",
-	"yZlGgYEAxrbr3UVV/vhIVQtn7cQlLwx7XAbqmurhpindRjApmIQVRiYvq+KeV29QZ37TDEoG/4DmR9BD",
-	"Bdo12V9GffTKhnRIE9PhAj8Q+UYlOGvKYG6/BWapr3pxz134ZmPNv1M5oLHKlSSBvY3P3iYLMHJdHsIm",
-	"kPUjsS1DAii7AsauwMV2b9yfC5pMF5I8pu7xgWhBKNmMZKWHqmxCbu8bp/jljPefJdiXi+aNAPvvnDT/",
-	"HCF9GWk6MX2T5PnKlvhpotMTaa72brI0Abu7N/D/EjvCBzKB7s2W8UNRpXqCtwv3XeDu0LvwR7cVwD49",
-	"cBrYtVsKYNMPbCiwTSfD6Ga7MG/CTNCx9/VO841BtDq/aeIZiAtURVbh1H9xAUqoqeKLF/tNOvP4Vr0Z",
-	"pMtHBzFloQIkFFlKibEACxxf2rpIChLX/ZKQ2y04/X1zQ3+Jj8wKOxHT8cGNIWjJBFvxtIXf7foR1Duu",
-	"a2eQnBvlmH98lShUsrpTMzLliHy1OiqVSZNNKTdxmO8bQe1WL2oerX9y92VEQcWoWXy+6l9ubjxrMrVF",
-	"5ozCDX3V63XIkUve7USnUuN5CD4QnuuR9ZaWovEdWkwtocEAeCPMAmYOZE+0I9fK3GP35pLMl8hR73hp",
-	"2MSswi67U6jUmHFBjqvSYYu5AVgQ8EHiyQTMoEvx63GVJej/sBllSQ+11lndmREs58oNmPpWugXUcGlx",
-	"rfeJLWQSvkcgMhw6FFWB4VU19hVDRmtF6FfY3nd1O/n1zDtvJQfozRt8P5SZjaH7pzzgh7h73giemZQS",
-	"V0LG8gCws0G1QpeuNUdbjFcfqDQFxjVX2D6uZamAGQ6iTE2yCqR+KukqNeVE1NJVFnlKvar/dyr01hf5",
-	"yJdcWZ2o/VazeLMZBC0TplwNpSB+tvGoR/AjAKr/243w+G6EJru6j01xBX71XTgRasj2bx/Cj+RD6ELX",
-	"pexrZQdCDUF+dP+B0UI37D5YQxpezXtQA/m/nQffqfOgjkur+Q6y7qRrCFQekxm16b+mVomL2PVCqP26",
-	"MLZONk+J7KN3hCQSYTOSfQ+U3rJ8zOIV8PahQ/Peth+QJGIThwLmJEgK2qEm3tsPBk0IU1TNq2OAzqxd",
-	"B1GHLxSBxWkKh5NyNoVCNFu20JGFa1Ta0/2XtyPIzKtUrCbwz8T0xxfxXDvrTumuBtNNHPrbeX1M78jh",
-	"gIGTt2YQlgca8wzi/2219xANBY/t+xaWqgU+spwEPcnbRST/xDZpmayT3SIqeJS/e8PFdInB8aeqPUBt",
-	"4Mq4Gmo80Edn0DCgxX59JqY/uEN3GZRb3LpnYvrAV0wH1m0a406WA2G9wz3T2NglD1a9879fZvPnCIAd",
-	"x+5kv00fv3W134Xh7OKcNh2m9YVDeay6kch6CZum2iZvOcnp/xceVrOP1RyrG6Fmy7pBpW490/Lg7kXd",
-	"rbLIMk8osj2cy847Erl2FxAkr+9ALp7INrR4UE9pbYpHFjb8uf9Mv2ipBYRxposXrOL+dC28peK5bCaj",
-	"Qa6t6UMkbdt6cAAq85I0/Vxt+epj00VJgss0qA0akP7gvs8l53FHGl7OIRsezvqBFwlVOybToj2ZBwzC",
-	"tgdhhhPiuhHU22wtuQv0TJAGEr4PAp0RXQEIBYVuJgpqyVBZ9j8MOlcpgxDmilRXqe6uodi+gDIVaMnc",
-	"BVPQGWD9uX+oy7A8yOUXogHgpowpZdu0Jfeifuwel2KITlwiUFsQgIkxWj0GwK/uv4gt4V4KLUjqokuq",
-	"MpPKNAEJzavw9MJwoGA5Otf5q7316+Iifod5zbiRKcpSLmnGJdG/QVQxrK10L7atzhksw+XyAv249IpC",
-	"g3GWUlYfqdkQoO3VQKfINc8pNKr+78J0Qrgf/H8kbmEIYzmnsCjTtExuwkpgcLGTZdw9z6+Ladig1Tae",
-	"AR6VH185gm0sP2DXR3PT5/umLFXefrx3jnJf1JMCR/h921z9JT6yItQZO64VIDiX4zJq3xi8bdh+LTNg",
-	"o+Giy2LLazRsLaqtRPwWfv/xqdjsYzkZW3hsno7fWtN1JyG709i8xeMkAfeK1lc5Q+M5Mg0xbB9lMHAw",
-	"jmZ0OnMVLSsH3BPZRyf21SG7nnFTiRjqotqqgNTUhYQKTYpzMNCnlF2SpKxiPDewNDXoqR7ICHRY2eqP",
-	"JDGLCpYAAsB835yotsZHZkVm7i5eZFBrI9a7JEHYjhfE3Q4+swuFtZZYXk6MtUSYABLn89F4l3BwrPNC",
-	"CcwgCyo7RpjNOSNghUkJviLGcgdd403z6RgzWwdLuPCWMH796JE2HWfyYNaXT3CeXXly7/iYJ3OTRICp",
-	"JI7flDWYqbAufGeDcTuBM7eHLe1pq7azTUjGVfvZft/OnNoaH7voWCfvcC6dzfGPV/VDtvb1Lk7iQoR3",
-	"b+xfloF05Ss8sO9zSQD1BuW6k+6Y6XUR+oODYBfJnqBE4ImpJGuCNay8ygUyjcqPF5JbqUQ0ywoFsZLj",
-	"wpQK0gKvXnRrjP73TZb1RT4yXS5BMUeYG0S1N/pAqSQRHLJfSWuVsH2vf11rjBf0pas30xMFk5HX5gIq",
-	"UpoOe2XTJ1Nx3aRPD5lrPOeihhhHsSAQcIZTGRIfbYfAB+YJZR/CFp5grG6uUcfmK3Xb+U0wOpVezU7v",
-	"3ORcKpLpU2vWgXTt+WxheSKuwr4L1z7UKArK/G3Nn64zWr9sNrYLxGlnXwjHx7GCZgzgea8tue/5PMyS",
-	"F02zixGI3ltlBGLArlyLNNSyh9GRj1FOeK7ZF0Qc2s53ma8leRNAzEF4UXaYRV3PYTQVNni0Gs7det3L",
-	"dY2PwcloS1nzzAZalGOVbreAOXvGywYy1zPsw9k4FhZf+bvgRS49K6arTednYZWt9/w+XYZF9Bt+gdCy",
-	"IAgjaWYya8B7b9cyKMOQT1rNod44zhy6OMRpeYNJa3VzbcP9SGCT8OYNWDLDxRHbkl+wssHMGiNcq3p9",
-	"tt6wVTBz6By9iu1aT6/HKl8zW0t1YdtQk79lPGiwZ3spPjGUQdlEYKlEYU5ZzyQjJIt4hrA0yTCLhayf",
-	"SCgW609eVoe9/XL7/wIAAP//",
+	"7L17cxs3sjj6VVC8W2Xq7IiiZMmJpTq1R+vYG28S22s7m1/d0FcEZ0AS0RCYABjRXF9/91+hG5jBkBg+",
+	"JEqxT+WfxOLM4NHdaPS7P3VSOSukYMLozvmnTkEVnTHDFPz1rFRaKvuvjOlU8cJwKTrnnfdTRoaCfTRX",
+	"KbwxJHJMzJSRQrEbLktNCjphF0TOuCFjqeDZmCtt4EGvk3S4Hef3kqlFJ+kIOmOd8w4O1kk6Op2yGbXz",
+	"zujHH5mYmGnn/KTfTzpmUdg3tVFcTDqfPyed79gNT9k/lCyLl1l8qRm8Qib2nUea8KxaQEHNtJ4/awyV",
+	"dBT7veSKZZ1zo0oWLmss1YyaznmnLLl9s21Z61f0SBP7/drV3HkhL3LGTNs6xvbhOpCM3dd3W8PLjM0K",
+	"aZhIFz+wxepSfqLXTBNKFDNqQTQds/OAZOzMTBsy52ZKKLlmC6JKoQkVGeFGE8V0IYVmhOuBuGYFktzJ",
+	"KZnKUukLGLdg1Hgi1XTGmoNWv9qxJ8zogTBTauqR6YRyQbrw8rDajTl8y4qcLlh2TixQhgcwnCyNXaDg",
+	"YjIQZs5T1iPvwxncRjI+HjPFRL1DrsnpyUmP/MAWmlDFSMEUSWmeM9UbCI+hKaMZUzWOAugeWvC2nZ+z",
+	"s6Qz48L/fZxYXBum7Jj/36+DwceT48PB4OM3zz/89S9RNP7AFm2EdPnmpd3aOlK6hq/vRkg/8hk38RXM",
+	"pAWgYTNNjLSUVCpBuCBSsLVMJ4chw2VkbEzL3HTOz/qJBSCflTP7Rx/Ah38dV6vjwrAJU7C812rSBiCp",
+	"JlRwTe1P66AkYYi7QemNkjdcc2kpcA3OiuC1h0DeW5Yzqlt5osLH61ahqhHuuBKZ57Js5YoKH69dSTXC",
+	"3Vbys2aqbRmlZmrdGkr89m4L+DdVnI7yVqzcuOfrFnJTj3GXxXy2HyPDBenjjZKjnM3sP1MpLL+1/6RF",
+	"kfMUztFRgW/89Tdt1/spmOsvio07553/56gWb47wqT7y48KMzR1fCsKUkioh1N4v5O2LZ+Tp6dk3xM1E",
+	"MpmWMyZMD4DnRrQTXqYmJin9MpVkRjNGKEmnVCAbKpQsmDIct8mzLYCTdHI6YvlaQmEzyvOEOHGr5shS",
+	"xY66xR1skxsyt7s18JnhM3ZBhnZnWZkzNYTLVC+0YbOEvMhlem2HnAt/Skj1ai+2bPzhU4cJyzZ/BaLt",
+	"JB1a8KtruKvCpbmfUPKxPBmm7XyIEW5NZ7/i06QDgEM41Z/I0W8sNXYplwV30kcTAali1LDsipoGIjJq",
+	"2KEFR2xb/pvRoh0lZD6VxL0IsL1mCwujjahmHwuumN5pQVtTkTZXpa52u0ytTPiVEvsqoaWZMmHsgWMZ",
+	"SFIoqXSNhBdnXJSGHTS2tXadyDI+rT4oFBvzjy1iKsiB6ZQqmlrdpJLkWKqYSeyFb1ie22VrQguqjF0Q",
+	"+0hnRY5S7PXV4/HT9ISOjmOLUjJnm7jGW/vOMuEBkGFLbpBqH0lIVu3U+AxeAr6WZdxumeZvAuoc01yz",
+	"ZY7RpI81KNRGFprMpbrmYhKoYyhEg4ibSaaJkIbgoLsjMpAwj52IFJUwB4N3ewV9CPVN8IWzQfP89bhz",
+	"/uv6uRyT+JwscwmktTh9Wmhyo1k+ToieWuYoRb6w0qeZ8lpBuSCagc5CqB6I4WVpplLx/8Bddk7+zqhi",
+	"igzKfv9xirPBv9mwh3yXXDNWaDe00WRK9RTVgjilZ312epqejb5l/fE39MnoLD3NHrOT8dW/TqbT0SzL",
+	"X/7jOH/5r84m7up2vgrkDxWY39AJW2WsII03/rEV5P00VCkKfweWhgjrWD6SMFeUIlQ65YalplRsFY+X",
+	"5NmbnwkN3kksAl8/e0mKnBp7KIguWJ5zMQHu4i40OsuenNobTc38/2++cf9/Yi+lx9/a/ymu05snp5G7",
+	"LOlclhk3z2+cgNOEIfVyxVrQwUvb3wJ2Aor7juoq/vHLzHNax/cTwnqTHhnO2GzE1DmyuGGT2TaeRWdX",
+	"k6ttF1qaVM4aAoQu05RpbfkU5blFZQykbr1unpXH2lBT6vjuv3///g3BF8Ktk4k0gYRTqX1Jx1A1YX6q",
+	"1fF4AEQtS5WyxrAoFmYJmTvOrRjh9pSzuDzFERzbMOnYZeXedDhIHH2FJNEAXo2CCmjRo1VR8F44QX0e",
+	"7o8bPJNCsNTwG24WbWdvF4HQDSfFlWa/r1LCq9KeCqSoyvpXf6QvyEiaKWF2JSDfSMGC5ySlSi0qQ1Xj",
+	"mubCAOdZpUzm9+UPjxuQWcRmXNd/bhSxcaiVfSadFvFmBbz7IIxVnN0ffXxHDR1Rzf7NlHacckkggEVd",
+	"3dTPV8++YHN7xmd8goeLgPZq1QEUnzM3SYODHm+FW83UDVPrp38jtZko9u5fPxJ8/ZEm7oMmzz4+6x0/",
+	"3UIQaEyZLIMgCkbU5VbP1tJlvJYfhO9+Tm6lsOGZu/Lq6MpzMHRvey3tomxpxsR6Sd25J6wSDjrXlFGV",
+	"kbGSs4TIG6bI2+fv3lst/qd/vX+/u4C+DrKv7Dv2nhU5Fyy6RnsjhcvkFduqydgujIyUvGaKCDm/cEoG",
+	"fuFs6VOqiWB2O/XnsDv7Mdx+MBM3RLFCKvvYCrn20mHw4kAAHDgCDSB13HcKqEY52MFgJGXOqNhR1ii4",
+	"ECy7cjbGbb/yi72ChW7UZNzb7+BlkB0mG7nee/vO56RTFtmOZB8TAKqbv6L4SoMNz0jSPKFupRWlNA5h",
+	"Y2ntTAAcazHBW9Mblnn6GvPcMHVekQ8ZsVyKiUb5iBu4CTnT9qq0NyKdJJZQBsJuwpKLMho9LEP7yxXq",
+	"48PKW8QzS8JckKHbLs/0MPFeyoFIpUBFXJMJv2GiR5y1GB1OwUnIuRXfqCAoABJukArvbl2qV9a4GjcS",
+	"4/JVuCUN78IpAphG+egOB+4PpH1H8I6mA3Dfmq5vZci5LZ5n9ONLfPm43w/c4oj4pFMK/nvJ3CtGlexu",
+	"SF5v4rkDXmMmnQ1w3ocYGbKjexQg61l+BjLaSBwzLsJfj9eTS5OLPp8VZkHSnFGnZFR8DJw2Xypp7bKJ",
+	"ZTK8G+G14Gt/9HXvpPWWTbg2TO3IdO4ieS9J0bUCoaguRkypRcFPD0FjCWML6OF/+odPP7j/H3741E+e",
+	"nHz+y13vohXXUSRgaAOvKspRzlP/8ZpAnefZydnZ8VOCH5BrtkjI4xMyWhgG0kQpCpplLCNWnXtyWqq8",
+	"twSEy8P/F/d/dfjh0+nj+PbhWK6s5B9MMAUemNEikEAunEDDhOFmARqDFb8JHpfNvt+Q2CJuOPddAKKo",
+	"pLiJQGtLYws324ov7aSfzX435qpULe7SUFsJxDmnlkD4SHdohzg/OppKbc6tzD4kUg0E/Kwbvx+AExVn",
+	"GdUYutQLkV6+eVl5jAk1A3FE7c+04L0FneU9cjnS9pEz/XE7TpHLBbwPMU5C+pVaARVX2lR2bid6yWsm",
+	"rpjICslFXDdVDLQ7RTNGNJ8IlhGqtUWfFY3r1RAYS18QmmvUBoe0zIbwr+CDWalRdF/0NtJiTRlxdWVp",
+	"9e0E+N6+GLOpp0zrK+Of7sUB67/hEVvMO2YvMk1KYXhudRj3cos9Gba37DhH99BmQ11jc43BGmtsbHID",
+	"BN+iPXjXe8YjP6by/fOX956qus+z795dHtSReBXPLRS/sdr/NVucE641+W+iyxH5b1TUHPlZEk8ILTP8",
+	"HcmReOIgP7/9MbHgJtRgiNiZNxkQOmU0SwbCqnWU/Ga4s0+U2h5jNpaK4UkL7pTT/tMnGzFQbbwdrnuS",
+	"CEOuuBRSKW9YaG22h5kKCTYW+KoRDRlGp4GaGwoJW8Us7HRvxywtyxQy5oLmPijML7YiDdyCkZZLEsUm",
+	"VGU501VggI9rLWTO08UFEWWe27fHVpWf16/EtmbfpSMr1WAA077FTD5xZ2kl9Oj1s5fERTqRDF5rWmn1",
+	"lJ6cPTk/HR1n/fTpmJ6Oz0b98bfjPn0y+iY9Oxkfs/437JT2s5Nvxo9HT9hZ9m36lB6PTtLH2Sk7Gz+h",
+	"34y+TZtyiRv0V3o4tjLapyenccnkBWd59lypWJTTa8EIFzc05xkpqALaqmJFViOeMmYoz2O3Dt6dNzQv",
+	"GVppYMwlKMCS7ONcignc4VSQJ4+D+JCoAGHXH2VF716/IsAsmCJcOJPmSGYL0h0eWbq2d7yLqqri410E",
+	"VXNpR96usGIwFq137LQGHe57TnXoX7YLQYxNO0kVvOpigDfeBsDpceuJh3uMK0GU+B9vpd9WvqMWW4KK",
+	"lF3NucjkfNPifqq/+AU/2NVCfkdDcmu8q7NjOi4NQp/3BDv2ZUl9iIMOt+LFfmb8fLNNGt5+gy9/EXa5",
+	"JdPz0n4qu90upjog8FsZ6e5yBnahsLuZzZaA1gqCfdg3kFncn3kDxt+ThBRnFdvFgkWYxock5sVT3kMw",
+	"owsi2DxfeJ9AKIw47Y10aRBhLueC4LrAyaV4xjTh5sDJLIrNQJDjcI22iCY15B5CCuNO+rogGkSwCTru",
+	"0OXSPKrDtXxro6D1YHwsJqf985cf3q0elGu2aJ6TOHHihpb4SD6JKpupuon+ft0Su3RtFtHfSx33bH/c",
+	"fBTtkDhh7Dg2T/nypxYgsa9WD8+moxw5WP7I2HM1Yo2jhaaW6ihhwpg/SQUTENEOd+tA2JuIDFMlxRCk",
+	"NnTlaUMXGt4lw6xEM9WVRlV9GHflxZTZF/yGERCxNOmibgmZZySji0M5PpxJYaYE/+t+mjN2jTIlJX4w",
+	"qYgu0ymhmgz/J6M8XyzF1fXJCfkv8l/k+PBsG2P48o6ccRTTl570T79t5DM96UctEXzGrv4jY5EBl4K8",
+	"vHx1CfkCxL5yQVzeFPn5/bPmyp+XFoxHf2cq50v69JPTTQICAD2ynSjNsbiohZaGQy4wLt/7cUOtF3Tl",
+	"hXM2EyNXtRaMa9RTXmx/U/5UfRO7LiEXYsMIP2uXWxbCxCVRhCuKg8M+30/Cw/Zx2nffl4uk3xBAj7u7",
+	"XQD9LKp/QlIcUxoy9OCdHnknZ0wKBrkcEMIijTdccUEWzJARSyWwFIL4GAiqiZZS2KMMRGXft287CxfX",
+	"pHvDFB9zlh24eYDbVJjA9SXN7M3TfUbP+xlaw+cRuvuQFh0V3p+4iBNsKS82d3Jr+G2AG5z4FbjtEvis",
+	"JletqTK3XnWlZ1XDr6OA3425TPPA+Lt8QVNDaBDNleYc/Bz6GnwomeyR12hvxMuRKkb4REjFslXuSlNv",
+	"KvaGD/A76Wkn6ehyhN6VaKg3TotwbdyKJ6dRz0fB0/jRh0dounJzV2YfDErCZ241RcQt/eTs7PFZEhXN",
+	"VDRf5mTz9ed3F4zid5F4qK1Fn4Zc5mVaVNXvVSJDnss5WInEYrNhyX3fOnNppuspB4xs6Nq6FnKuEbg+",
+	"vFhMHDntQkO7UUJBtZ5LFVV7QtdWRQSaKXQUwjSPNPEjLFHBt8dPTx6CCKoNrEdCHP/o/YkGpr4IgjcT",
+	"H3anvWMFvUak+7PgH4kTxg7OyfOf/vV/SB1SDhUUPKgs9ETirkNiGSR6yhH7mWQ6IaUA+z03A6HYYZh2",
+	"qCs36TiKiKW7sz1imusrXRZMefFkiQOokrXMAClXFyHF2tURfc0LDRmSVRYXDMDDPJEgFnVPR25pIzHk",
+	"v9pPbt5rNdmP8LjHOMTXauINGDuJpHuxUzYzPXcxP75Wk1tJqjuBZNtwOv9BjPFxXeR0AVryBeGGCMYy",
+	"EHpHjGDsV1O3u0xnjLyVI2l4qiN66e4ktw+Z01LuZoGzufk3VGvQvn1NI88M7FeuoBFFRiSDGHRfW+S2",
+	"0utrNdmTqXNXWllZSlBwYUXZb62EgFqNLwzAPhomtOWETjmN3NIyY7ESQOmUC3aoGM3oKGcJ0Qb/n8s5",
+	"U0QLes2uUqpZtQI7UJMYwY2GZoIx5TnL4sHVbd5HasgcdqSkmATaWpX8iGkN03JGl/JnwC1XOwfJAMvK",
+	"DDoY9zJidfhBvx+NHlFKKh33rDJh7ODgnURHIQhDdcZglUuImyY1GBqxn2tN+rV3NxZHLrShIm2xrhTU",
+	"TJfyRDG3HJez5CK9OT6SaqI7G5M212dSOoxQjXFHcCxdasjw/xw60fPwZTYk6CqNJlNumwZqKa0yfvts",
+	"7sa+TvuNWkFPn4a1gvotxjWTR3mwnkpliC5nM6oWfsfXXMDuHfFf1LEblijRhyjTtFSKiXTpWDhoBHRB",
+	"2o+HjztaXtXPb18SxaBgVcrs/WBl9OjKoOISU2RowbZkxCyVOB9bXnHuXj/f4szGq30g/CokJshYGlT0",
+	"Ic7kwuJI91EO5F4KfNxHgtqMfrwqNdNrKmp5CzyQ/jVbgCleucjjePzaFiU+woIFxfrSHOxGXu+IjfiW",
+	"vnM78YtnWcDioVqGJGMa3VNMFlxNn6oqf8D8G+2XS4S4h0og20EnRHrFsSDYv7+pxNkuDsZthdEoGHYo",
+	"2LF8nu+lckePeOrxFTyMJMM3r9+9J0d4Quy95ilr2LtbTY2lLe1DIF6F0n1ZY50bdj98FdzP/D+7fnUP",
+	"rNJZBLaHuIPDO/wuBvBa+thmHHx5x/Cc1uzwSzJWjB1CVROomFU5HynRbEaF4alPFSdSkVTOZg27xjo1",
+	"OWCNQa64v6YrSMbieNZQ1K0Y5B7QVmdEnSF79PlR6zBa1ZDsZIqOTRDP5/8G0o4atG+J4A0e4UguPwBm",
+	"DcT3wXg8O7h3hvOmChJpUvrQKJpeX+XUMG2G55VAsxwK/Ej7ag2NmJeLKoTlHJ15qhT+pyB2ZhiGbIYz",
+	"dnygTRTVS9S2W4TEa6wQYigX3jfhFpR4VUgXXHHjTeuzQurKthlRzGlxRbOsgdpaUHv1/P3V5Xc/vXy1",
+	"mtZ0FS0Yu3xyltHPxA1XUsx8Xcfoxj+1JjnXBMBndML0jsADfdJ+iPoTtcwvCKBzWiaGPemyKKQyYMvY",
+	"ZITBclAbDoXD90s7v90B1o7a/aObJ7f56JtdP4ISVjt+4+td7fRZDLtwO+m7UYiXWttzEq/WJiUC9lvO",
+	"xbf9b/vn3/aPTFo0T0b31/7h096Hv54f/O1XiKw/Ts4+d8/rfx/8rXvUNWnx/5dZcXDwt79sTMddPUOF",
+	"4jc8ZxOWNS4dR/FRF4ShyjRvKHS9HGojiwLUb8/HhOwkHZrP6QIrPxz6ilvJ8jcx3oYW8StIAGSTxfYS",
+	"PZpD3/nvMOayuk7lXOSSZodmysThNc9zuAZlXs5YG4oyauj50Q1VRzkfHdGiWA6tONuYJ7oWD/F4XMeW",
+	"1lxZ71rMT0OQEYZkPuU5IyPGxQRS6WajnGUXZAgX1NCqICPmMgZZRrrglOKzWQmG0wP7IhhUhlXpDMxv",
+	"mvM8JyPWaxVKsLTa+itrS5v18o2VLwglMBsYErD4mTOzXRAr+YS/U0OoWECM2Ta8txa//L622M/dokSb",
+	"BV12jXCEAArna9Z0AbV4VSl0UC8elwB+icZcQ3fFD8Rqpml36NNMj8DWBsmmwwSgKlg+EEP42aqsTho6",
+	"+uS7DXw+gkI2w4OgAgvWuNFYruf79+/fDER3+Oby/bPvQ+3XfWe1haCuj4+1M3MJznsprATyewlWSnI5",
+	"EFjgh+uqNBYo4JXXeajZ70N4PJI3rHa71G+zhGhJqBgImWdMuYpBSOp2IXPFIdsPxDuFH8ynPJ3iYaAL",
+	"wjiEGKR0xmJhn3TChLnaXtJOOhwEKcW0XuJJYSbh2Vo28/hkldtLvdMqXA+CXSsaRcvXvRRWSdPMldZB",
+	"ezNCOsgxdITiylY5sBpFhba/+1TLVEmtCUCVuAtJk+41YwVIqSUkYklBMq6vIfii1Iz8LPjHgZjxPOcu",
+	"6MC+UpGoa6lgVKnNXCozXZDU0vhBS3RAZeXqt9VW20lrdGJMraSvE31XNLHf45eEjLsH0LH2SBMlc2a5",
+	"ABWNSNYECwFYnIOZaia1OSc3HKi/qxjN9EEC6bMst2ROuuBBQZbrYvt1UulJFmWOgvRBQmg248J9MqPC",
+	"XnED4Xx98K6rO64TAlNhHniZcUNyOTlIiJyLas6M5cxgmupArOSguuHxC+0w6Tk77gdLEeA+rKxiF2dF",
+	"FftF/PbCaPGIdcrSnd4inMB+/gxfvmWSGzppzNUkXg8LNBORsY/e9QPvOTFAyTy3XK9sqUXqUufhk20P",
+	"PBPZfRrYLDWuzTKpwsEwqVdREXg2fZF5yyXQl7hxQtj8DhYKnKK1HNDD5iTOGvGjVdFbQQs9la4Ap+Gi",
+	"lI1KrLcqAqHorNgSOG/tq/CJYVcFU1eY59CkGFmO8oBcROnjfnctqSfzfETT6yspruhIorqyqstoZkzO",
+	"wvSGCCNHstmJuLcr5Idwqer4wUdX9oqUIp7YzI2rO1dVNXQOfAiusWJxFXqOUZ2ka+8zbvUrbEpBzFQx",
+	"PZV5llhp8aD3hRVVC8y+AcY9QJdg1KD02hLcYI3VUU48e16lwBU6iNHPbrFaDreXnvR2iyeHqSPRRaXx",
+	"FQtlmU7reof2dSvKWLKo2qdVxkefU2MabWlWdhgLOPzcvrVn1WUXd5GOnGwXSd136relhuiJc5pW9BmE",
+	"kUAB9fjzgon2gfHmu/LQjbyA4m4LIyjTlLGsbWU+pazlKZ+x7MqJDbF6LYbm8UelUIxabMcfzyk3VkK3",
+	"kmrsjeUaTQ4+wXqTBkYaIF4avgZQCI0KYeEuw3U3Ae83u+bY3KUQYii2RCwHXiT1kTiNuqHw7X3LB+8K",
+	"lu7oE7oXuaC2hwWSQRNi/sF5oKBpolmOyRrUyVQXpBYozoNoD2oG4jfp3AgomHVRKDepa5gHQ3EpDpyh",
+	"KpTXoI6BoddsIKAgiJEyQSu7VVicSJtOpWYCLz+M9oOeFha/WNisKfJvLwTtR7KpgNxPWvjkUj6qVaZc",
+	"AqgL97sgffAvCEkgILBZvdkLTBFltE142qpKTmtpm+1ErWUz8kosKLxJitLo3a+0eGj8qixXLeLJCvS/",
+	"l3Mo/VJr/xBkqUrR8NpMGc3N1C4OjQqEalIxvgsykVafkuNxzgXaD0A2A1MTcYZul9iByPn2yWkjPiYe",
+	"1OfEr+0s3SiIfUjWMTuomWaX6mL8hEezZmAv7UXyBALhyzG7NQy7rUJ7xmjmq4LvWLZ4KzG/Un8jgoAj",
+	"mt2LcXv5+05SPUJkSbbfRYXwHOH2knVYAs8Lw16OriToamEbsbsXT36DXO7Rn7+KhBXG5yQh0rUsBi8T",
+	"n5xbcWNuDpL6r66ROdSrR+E/se8ORF1qn2guUnaQkECeSkgtTiUklKbsXehGIvbvgbBqGQbPgCXwIPEt",
+	"YEkX78JVzpQQYHtcTA6SgahYE+kqCpzIM7A6KckySfCGHCQ+1rtbVcunA+HYVkLGLM+RDRsZZcNgV4Vg",
+	"94oD2jt8IOolkUogJF1teJ7jhsEZZWBQzyEOElIJjAPR9TBPnBE+ADJW1Wt8fO5XYEFWi5oD0S1Ks/Yq",
+	"AcHB3UYH6DIB18CY3zDwNcDl2JQh/ngReo1VEuLv33slf0dv0uUv78hL+Z78U470I3dFp4obpqC7mBQp",
+	"SCVoFh7OuLjS4B8dNsyMj7QvrKjJlEJhC8H11CKTj8lMQmQEFWRYMJUyYfzXMwJWRN9wV44HYuioEYpP",
+	"6mHSkA8LWmoGrSlhpTrqd1lNCbZfdZIOiioxSDbmjCm4qE7TPAdrCmskSFRew/X4/LCp8n68SnYNcvDe",
+	"rA2zddCN29fCoN21wuOK+oiDNpayNoe4YRrdl8l8d3MzWMPjkkJrrLm2mtotNLs7WQxXucwGhmEXlTPD",
+	"tinkZ2FQxZpXNjW77Mo8tgmH7xxQdgwy04ZOWI/8w/LV+uB3qyacTqV0fMOy8RKYQVkcYNVkWN7wovbe",
+	"4pU9owvosUGEcxWCsxh6wTsHY3NozCmGGqaaZBzzErvcuG+ADYE/bEFSqtlBtIaPXcrmA+gLXPMZk6WJ",
+	"KiaPn/S3UU3oApbn7z/ImnFXzwXmEaPSAbyGyNKgy9NzG8t2l6/Rhlpycvb0pL9FLR8wIV+Z8HbZ4mws",
+	"XUlb9/1cDaGqORr7mOal5jfsJ79iLJd1B05XnRV9RYtCyRuab9Zk3/vcTqRGe9VjYeuhrymFY7Fhi9Iq",
+	"6XWUMlbI4hdqiXTqSpYSOjau9LhrZlhb9i0lzFB5X4PhuNO6dJWfQxRXazpeJVaIMZlaQanrsHOwJAs0",
+	"7EGoZTs25iU504QhOvNbrBzbI/OP0qLbmOce1af7V5zeOuPXrWVH9hHXzmn+lhqGBkTlonRmZW44ht6M",
+	"FoSLVLEZE+ZqDI0k0cQHNcF8sWkA+FWt3VSWSPxl1cWw9MFmXr28iA1S01mY49Q7jpDfjH7c6OTcXuxa",
+	"WV6yssU12GxRgBWj2YJ0nVsrwbJUKLrUqmeCYnZGukISwebu4oFe0A4NA0FzHKtS7lDiP6gV3rFUFVcl",
+	"XW+8rTHqQrwGAhiBYCyD3vmOeVpV1ekQpIunDwfIoGhcbV4Wck68qjwQTsc7SFBBsHsMtCjSrX61s0et",
+	"kF59HIgW/fEgISkVKQM12kWy1hpqBc6mAgnAagh2CONAVwzhhTGVsHuvt0ScKn4ZUdWiESK9o1ulqjW+",
+	"tl0NvuUj6VsiUiBWvk4A7mKym1ocKVZIzY1Ui1/PDZ18OGhm/Pr3eu6nXipnRzSdsSPNhJbq/Lh3ujEe",
+	"NxK4/dfur72rww/Vnwf/5WKr/3rwt+5R+1vwXt2L5UPw7x4EgR+ffPM5Go29fK4BWIkHcuwMN8PCdsSd",
+	"M0pcFUpOFNMr+Zqb5IGIoPbk8dok+CoauN0eEugzdbj4R25CtWZNMHgu02uWRQtMBNY0gsa0sBBPN2yU",
+	"yfMcGJ5iRU5TOKwLZg4u6mqgaPFv9D+g2jM05Ja42KTqyYESeDOwKvSlRyK81zREfu8lmJachWVyj9jS",
+	"GyWZqmS9a7Y4wjrxmBhBunVliQsIvCPHh8f9flANP8HC8pqUBTGSnJydNY/op86ImnTaOe+c9E+eHB4f",
+	"261xe+t0cjo6fOyuxHADQVBjuGd7uwT5n+01z7FxQ1VPpQr3wpsATblLvq0Fi3QS2NIvEETNbhHQsq6d",
+	"Le4xyNfanEK1sUvjrlz6tolTEekf9/FIk2DMuhFLKsWYT1zhVXJDFaejnFkFRU3A1hcclaV0rHWXiJGk",
+	"KPM8IZgYZ+VIBAEas/Eu+R/Xl6LX68UDnfaZF7RFws9GLDZTcdam3myTKrNLgkw8/2XDitckrdSXWpPY",
+	"KqB7ANUT1/trQCKpTsTqJtccr7jMu5QvMZVlnlk2EmswsosjUtUca72aGbK320SJN5lHhIaqI3bHc10f",
+	"VVDcaVHk4Af3VjWFpf3cOe5WjXapcfHfB9GT3ZpN/szFjls+DrYqKhZmCl1akK+7aviYMOAizYOOYc/f",
+	"08nm3PI6lzz0jgbp5DX4YrS1dGpWNvG9ywaucxmscKGtUOE8eV4YcckGVqNytPNIQymiEc2ZoNiKGO2R",
+	"55U/0ZlK5o4J1iEzMs+CNF6rAYGrRAyEnnOTTr3sA4acgwtiBa/Ih2OuLAeFq1QbqewkUkFsvlTQQwTq",
+	"Ch1cuKj7agjPlKXXfQLx74JIhYoQ2l7t+uspR0zzrB5ICubqqgcLBL+T/1TThR4Ijje8oddMQKZIU8OK",
+	"ZPglHfs//ME/BjKwG1n5eUpFdmjHjUqiP+t9lcSuqkjXyg7Necr+J9B0YlWd71oeMSi+Z6cjzz96V84W",
+	"wo1fhOP3G0ov/NudqP0ArMGWlzvkmaCn4KFOZQGFzNyB3iqY6T7KfrT7l6qiMrFopko8bJW5rNKCOWya",
+	"GHlBGLS+rWt5BVn6LeLCbrAHFSCieNWVVXFHNcxdlhx40iGH7lCKfLF7CRAPjdp3haDbLSjbU+Kdqmiu",
+	"KJ2h2Os37mpfWp714sfXz364IljYiWA9IKZu2HLFX1DhVnu9NowLH/7rL/Fsu7o40abs7QZd+QDQTrIX",
+	"ImskrrfkxrfkqFek1XAJnX579s3GVomOInCEdWjfhwW+Ymb3Z4L3U9yqGP0d4LgGgLXMtuwInc14S1Ws",
+	"fz97RxTDglFY9pgLqhZkbmWckucG3JDgqByW4lrIuViq8+dKukVvAWroaAt5+zv3nt/B56QzkWECbD3b",
+	"RB73Tp70vm2PxWspceceom+uUBKccTOwHUENFRB9iFSugGQ1468dWnAL7+31w1bhObSLyDGB1OxDWnAE",
+	"b8ZusBItFaQUhk6sxG5xsFRX86bfO+71d5ChHf4bQK2hFaBplaqQbZWKm8U7iywkqBE2qI0EKZca8lWp",
+	"83VCHfEuhR6w4BW3FPa6YOLld+QZlg8n0I46Y+rCYiFjNwMxkxlLyLACj/31EMc6PASphixkGcpeQ1Io",
+	"Loy2gqnrtiOW0kxdsirpDsf59VWv1xs6cz8QIbBf3FUFg6kxRS3L1Pt+4W/hf/7yfoUlNwvK46ZXqsfB",
+	"MzhGGyef/W7M91Jex4lpKuW1mwk1B99S+pFu9L7WTGTQqQF7UFr2T/OBsJ/roLhs0JJaM4TmVjD6DK65",
+	"sYzV+hV0Ai6xpLLOiqxaAmBFjrGmcEIoKXJqwPgJ2qzVkAYC/JCHgd7kUpSJFC6F2Q7xIxflx6Bt9kA8",
+	"h4sP8+k4+KnaKxt3h3B5pkArR+7xX3/TUgwPBqJyKVMyWype7EqfVsUPhnVN0iFuAnxcS4VqfbFBV7EW",
+	"1WPFTKmEi4+z4r5AzokiTeeyoOmUHZ7A0YeO5wB9fX50NJ/PexQe96SaHLlv9dGPL589f/Xuuf2mNzWz",
+	"PKhF2wGQW/gHZtDzDrKWz0lHFkxYxnfeedzr9x67tqRw+o96c5bnh3AXHP02v9a931wo9qSt9qJL9oMD",
+	"6CFV+eh8XQfsLu5b7vyG1ZRBTaVESYPHGMNToacOCKj2noMnLzN7IufX+h8gcHoIw4pP+n28B6HhLtzV",
+	"Abb96vE22nRXQbM4oPhod9lf2Ij8wBbkHTM9ZB5OeouPWi3zyFfkDllu5/zXD0nHlQfunHd+YAtn54E+",
+	"Q42u7D6zsoooP4R7yw4XqVsJQoKMNif2w/4muQtmrppIU2TWrrgkYBMMJNxgd0OrWln8DsTz7OTs7Pgp",
+	"dldJ7Zs98pYZPEVVPWPnMETMOvKvnlZtv7sn/f5BUAUZZkHDjAs8gNKeGnuKjHOeGtI97T91/L1JIRhr",
+	"/taDoaoh/HeZLfZGI0uTfG5ezS5I9N4oNJwddx6lVxcM0FYj94JY4EJ3FjDiZUDOJ/3jB17n22p9+z9P",
+	"fuzK1LzdIaqCQFv5XdP5VZldCy4SwnLtj1T9d1ibEKsJDkTDKXbgcupqP05d0q7RLj0sbZfgYbTPnQG4",
+	"4eeBW/K9M8pCYGIlJx+i/daXBbWSGYTDkN9LaZg+J8NBZ1D2+49T9wr8wQadYQ+HBOljiIMNiSizCSPd",
+	"qn7RduWJ3NcHENLFWc0aqnVZipWls1ji0nrkHXM3jH9rIUvwM0NppZfjw1dSsMOfqEmn56RtGwPR9eZq",
+	"+5liKeM3LHOdHGE/j3S9DkUhpIQLt4oDi/oJMwPxuH9aC1jOOO4TWNzJwoSUC0LJiKrI5nBI4HBpygrD",
+	"MmKkbOdu4FTBa7DqU6Ahto5bAnUNxb3Fq9OAiBf26LLrOlZn9MM9crHQPxRhC++XXA29qlM6rMTirTnX",
+	"8trtkI/7p6vn92fRQEvltYDGA7ea5q4861Olgvz64XODgb0PT34IjjZGBmJcOo1YZY1U4NZxBVrCJuWY",
+	"DKyuoWiZZkxcgJ6n7b/tT9KVJ6vcKVqWKmU9bKxgvwZu4GuLLdcGQ6UbvMMDAUXAzjFLGMMQtV3ZFrXC",
+	"XElXKVgd6eZKh4VVwKoaVShIpZadgGeCvGUFw7g4F+IG4+FMXWrlE7U4IFToud37Sf8UtuaLKbnb8gJq",
+	"NEF1MvhyIPwHp/2nZKgNzdkV1k9LwtYKbjZf6wy+3XDCneXpfkSYZrW7rSSY0xaq8kxTAXx93LHbsDu8",
+	"n5POaf/pmtWHKtn2u6gPVDwowtMYIgzSncC11SQf0m3g7WAvgkj7oUbQN2/1tYe6KZ2AOtAu32P7w2t7",
+	"jkAnfp599+4SDDSu4YxU5PjMJbdr0tXliPy3ZwdW9E5QTpRqAvSPkkyaUz7TBwlqZmhch9fiymKvha7f",
+	"w9rvUyiHGXy7wj9EMMc9RjXIUKHbv7T7XtHM6tJOwaZaM1V1sqONyddRmrfdWFqb/W7MEU3zNeqkgEZR",
+	"YOwJLVJd6CKIF0TYVu8Am4rOp9hqng7EStfRGV34rp1WyqK+m6ciVfdQ/B1beULpSd/i0Io8GM5uNHaI",
+	"tr9gcrEl7oOkMTx2iEDt1tWvTIhhOZvZyyAhuZzohLAbiw3faNyU7p/VYmAUl50LA7mbGq4POZtRkemL",
+	"WDPCxk6d/Tr8CKssNnYNF7gPvHffYsKsKnOGl2/YmnEgECGP0Gb2zOkHrNECURKwYA4/Dar+lIOOlZ3/",
+	"8sn//XnQScig6lk56JwPhH3uf3DPAVX+W/jDPcDURP8E//o86HweJlWQGtorHfOimL8TdI9EheZ1aSBS",
+	"IWM3BO3INDRrOpma0MB0OhDdIbr/LIFeff/69Q9X71//8PzVsL7t0YkG3/i+V6f9x2QIFtSrNJeaZdH7",
+	"+idnv710RH5f9/VSC98H5mzNDrQtt23GUjAd7en6rC3jv374nHxq3qEhq7E4SppcJuBvnp21crfSTO/M",
+	"3moSXeZv7qgPBNRCRlZXt6BxP1RHgCtnY9OeRaDBrWZlrvBq0wtB6wa2UT7TRbfAhGnD1AHMNhCVUa/i",
+	"knZkP44PGZhBPiY30C3ZNSpFfoNHZyCcXcHKVbGesHOI7ZvwG/YgDMiv33/u/wZe0yO/tLlCaMh9kqo3",
+	"ENVkeBlS1jn5O7hICJoVkMGAUWF4UXEf7rwCCCIriJ32j3vkkpx9/EhmjDorKCIvBQC5vpzplKXXrgK4",
+	"g85AGAXhfG452DMZvFtfMjP0PX/vkx8Gnan/CIZY92T+YjlizZjaWWJlnDvECkPeRAd55i+zz8gVIbd9",
+	"hT++ZWNMSzvtP/XFw+rUDdDAvTEMq0p4MQcLaMV0BJj2O5xvGx0UX72L9biCIQ5Vc1dfrmdJVvaFmD4n",
+	"3kLcuo97dlYFM7XTYFhT7+4wutweOEvGydhs9SvhXl5mkATcYsq6rKJ469pxFck1Ci1jMYFm5jMUvQO3",
+	"vZBzIsVFXR7bWQWweJg2dLGWRCvzzG7bfJmxWSENE+kCurd9uE9tOFzoH6IMPyhpPnOtJhoDP9JOT1xD",
+	"qg0uGLoo1rG+l76RvsYw6blU166ikgRzP3d59qryQk0oF1jEboal9doIrGJ/e6CtP45/rkB8M898CHa5",
+	"nhz3ySOT2n1e1faKW/puzzCXeWUMrF8Dq/ojuVQbRbhA5j1SxltmdZWEzOQNg6w5IhVRzNDJ+lPTyqGO",
+	"nArJb0BKbPFZP69qOQS+n9rwZqRdRsZ1/VMVzRfIlUnlNIEMlR75u8QGIgJDtKSoBuVSYKGOINxjWD+7",
+	"0uz34QVxvihw+WJjcsgKq9ZhNafc8s6wSEllMfTFZethe+R7ro3Lkblmhanc55VNzwLbCsVSDETBFJdZ",
+	"uxfmWQDaH7k2Ox+gH/mMG2hju+HFZxiufK8O13A3zy3O3mCjtoiduoCMozEJacvhOSENEtjHrR1OMnX4",
+	"g2CktbfIrXll+1Fq5OxFz9G7pcQKMLc6CvXaNppxIIy77Xr3seVfP1E1gvrX0lKQjDKq0hWwapZliXui",
+	"pGiSc5yYghTDO169Ucvhi+XUDPCSWn4kXZFiMnRPhj3yzAW2aa9JY/gbYR+5Bpd1ldLiS7VZnllZ7YLs",
+	"j3X05jJuvlA5YGmVW0kCx3ufvU0WEGxeIWEfxPqOGRfQuEqyW1DsFlzs6JP/54oms45IHlL3eMusIJTt",
+	"R7KyQ9XKn9/73k/8Zsb77wrsm0XzpTSjL/xo/jFC+qaj6cX0fR7PZVuCH/uRxqt9/bHEtIWjT/D/W5hQ",
+	"mwVUfNLDCnd/YV/52m0FsM8AnAi7dksBbPqeDQUwRxu5uZ4M+zATrNn7bth8gYS2zmyKqifhJnEKJ8f6",
+	"pAXaO11ExVIPCu8k7Pry/QX0Zvf1XkBMWemgDo1Dc4Z+MAWly6FarIHCMGFL9YMWmv6yuWG4xAdmhWsJ",
+	"0/PBvRFoxQRb6bSF3x2FeSSH12wRqlRNfL8J3vyB/S/Qs5c2tFkzwhaboVqdVMok5pTrfSDzzVJqj9OL",
+	"llEbYu6ujCiqGPnYh8oszoVLXMQbz5lMXeNkVLix3R6krlSpdb6EwVpyqjSe++AD8bkeWG+JLiJbp8U0",
+	"0roQwHthFjBzJIesnbi25h5Hn67ZYoMc9UpWhk0qaupyO4VS4jOp2Kq/L8iQooqBr5qOx2AG3UhfD6ss",
+	"3cjrfSlLdqidcHVrRrCZKy/BNLTSrZCGTw5uvU9cVa/4PQL5Mb+XTC3q9BhX+jHZOnA+bPj/eYvtfVG3",
+	"k1v+5lvJA3r/Bt+3VX537P6pEHwfd88LJWeYWOfrqTkeAHY2bGjnq9xCqeXqD66xWpblCgcXjVw9gjXC",
+	"qHApe5AAb7SvhFgw1UjaW+UpDiBftnWuucgHvuSqUn3tt1rVlG4fBFqljfqCglH6bOVRGIuyhkfhC7vx",
+	"KLY9i2p0NP7qOFRQqH89h3JgvgcO5UZu4VAevffBod4oVlAFiTmQvDQE/jQ8CKLqcFGt3SKJkRjcWzVx",
+	"kQpLg0jdsCy7ICmp6pYKE37DBHRRSAiHCiuYuYeRMnXcslP/wWbg1wCuMDY2RJbm3IoWlpvmc6gTiPUo",
+	"qy30yDuoxsOdtF916YAiPcMeuQysX1JUvaYGAsqGgiO7e9p/6gMOXZkA0A5otlitmi+VrxiN3cWqovQY",
+	"oZPx8Zgp9HnPl1rYl0ITIefnkOst85wACgT0aENwwweKppA/6dO76+5sRaPzqlN1/PTcBF26VCm8nxvQ",
+	"y3WQPVgXa4nyki/88mgs8qEvD9+uI355ONpKkHb+qFTFmt7rg+6Ek/0o/8BWlrlI5HqrmVvb9fYAbnLg",
+	"k396yR/eS758193FZbaFOP5F+MgbxPani/xrcpGvI9eN7Gtr/3iDQL529zheNHv2ju9g7NnOOd4A+Z++",
+	"8S/UN96kpe1c47P1lZUgG3HEptzV+MGChD4tL8iTDIs/Yta0kjnTPfIKu1bhSO47sOlWNSJXr4Cf7jvy",
+	"/Kd2BGmm9oEU8JZA5v8hx6TOMOMrY8Jws6jRINVEr0VEE77QQ4TmOSAnl2IC1Sa7rpqpg2tSuYvDjw8S",
+	"KL9R6+fLwH+tJl+/iPdaTTZLdw2Y7gPpPy2aYwYoBwQDJ28tE1IhNJUzpj3ymIqdoSjavmxhqV7gA8tJ",
+	"r9VknYgUYmyfjrfmsVslheDkH32SarLBn4aCjkvuDivtVr7DGZuNmELm61iA7pHXloR0i3v2tZp85fFK",
+	"m6DcErX0Wk3u+YpZQ3X7prjLzUDYDbmvLTWukwdfq8mXLQXWC3xgAXAN2r3st2/0u0iy2zCcI1rw5Xig",
+	"5sKhBm7TSOSCYJbt/Mu85bLg/ysCiHAf28UN7eU0O9YNKnUrTivE3el0t8oimwJ9IBromi0eQao3FHXz",
+	"3RIhB8zegVI90m1kca+BQI0pHljYCOf+I8N+Ki0gTjPreME20T0O/ZBqrZdzrcExxXKLdw1FtRTGtxj8",
+	"CGSYBXE9ai4IzWYcdMZFXBtEkH7loT0b8HHLM7yZQy4F8DQRXmbcHGIiYXuuKhiEsewmmdGM+c5zIWPa",
+	"eBfYmSDLMX4fRPrL+ypvBqpZur7+HHvJ9qB5bsQvz0Xa9Mtv08LJQrF9AVWm64a5odvtreb+qi7DCpGb",
+	"L0QE4L6MKUCsJJeTDfeife0Ol2LsnDTrU7RFkQQVNr5+oSfYzGZEh/ELetm8tA9VLxh+PfbvWvRmVTRq",
+	"xfGXbWxZXegDy0G3qTfzwH7+y6XAmzEyeVCmwIm5F971joZpkNvWvonwn02cZ/vwtbCF4OptFW/Y2HJJ",
+	"+liZupeFwYazsXkNnVyhBBStee8771d/b7GIX2BeHDfByq/VkiDAytAJ9kS1a6vCG9pW5x0m8Zr8kXby",
+	"dkWxwaTIuWiOtNr5Pv6pC5YKErh2xVNsVPu/K2y3uE/4N4jAnyBNb6oqLf54x2Hu+pbCO7fY6Nd3o257",
+	"md7bNbrVBar3LEC5/LQ2/gXe5a9fZoJtbEYwAmP/+H1R9WZrR++tE1o3CUYw+ZctEoVLfGBhaG2aqGBz",
+	"pImLKkG3EbnaCC3ea2bYpjTSxhl23qXWQ/wTPP/6TzHuY/MxdvDY/zn+ybnx1h5kj439W38vM3A1F0xp",
+	"KchoQbADqOvMD8ZeIcmUT6a+hUcdjPBI98il+3Qg5lOJ1WahEYxrg8CxEQaUpDZSgrMy5+KaZVXbpoXr",
+	"uA9N97gdCIVLaly7C5bhoqI1jwEwXzYnaqzxgVkRzr2OFyFp7cWTkWWEuvGitLuGzxxBJfENVuhLtBwr",
+	"DKbz/m9Ld5mEICNZGkUFFDyYXRAqFlIwsEjnjN4w9GLkVBsMtCApFa7wt/KhfnH6+tqjDtfg5N4s0T8D",
+	"PteVxHglRzJbYL4w5Zp5flM1neLKhTN5e7TfCeDcIVs7bJs23GZsJk07br9sx3ZjjQ9dZX0t7/Du7f3x",
+	"j2dNJDtf4zpO4rMBjz65fzkGsi41+Z7jQDbkSu5Rrrtcnx65K0G/9RBcX/w7U3SMrXMwcM3Jq1KRMeU5",
+	"+PeWsuO4Jnw2Kw3EjY9KrApqBV676NZ03C/7WDYX+cDncgOJ+YO5R1J7gflwLAEkh0Vzt8nQ9UlNR5/c",
+	"v5qndLWut+sEZWnEeQGCyGPNjOFioqH7amWLGi1cu7mCKWfgxU7ohOZ5ry1t7755wVapb3viBT6Prgoy",
+	"KJScKKb1fnJn33rU1TafGF6P6Egq2Mbth29TVd5B8IHlHhMps3OrlzijI7daxzxfuP4WLEPiAFDYtY1o",
+	"eu1SnYws02ltruSaFKWBavBECgc31zndMzCXC2wHYtmVfRXTWF0AvjZ0Ad3yIXeVG6KoCAom11m3l4Jg",
+	"5y3fC+EaGlsSzYSu3Ozubd+UELvXPG00s8Smju3JqJeAgi87FxXX+Nlxzj/0/FXRBsyh549wTr2ShhRS",
+	"a24vyTgp7IVPWLDXaahrM0/jx7solLxh93PAX2AjU4cWlzKOjehgWpqfu3zsj8YxeUhZ1w94ttz+968K",
+	"/kn290j2iLUl4tmd+lMqUpbfD/GDa40SVxQLP7jATs3QuUIK5joyw59caMNo9nCU/wz3/ifhf02Ej0hr",
+	"6wnmSGv3c7ApQsEhYtdAhVvV2Qladre7w/15DxzhXPBZOeuc1433uTBsAgaPr7Nmz7Yu5yatVQ7o0aIS",
+	"irN9RfEFoQIbhI770kcsu8dwm/th25DJVyrFRC2SWDXFUAiRFmxeAaGLNYB80TPQ00HA4YLr6QGoLNUN",
+	"BS38QbghQs4TUC7AseJUlIylTGupHmliporpqcwzTTRdgEsG6+74Q48aCv74cBfGK/bR/MOduz/vjK/n",
+	"znh3zQtCp4xmvlzSXUQmoLr7OXqv2vX/1TKjS6ft4Y7BGwDAn0fgazoCgLO7qMmK6XJ2T2T/Hmgc6sVJ",
+	"5gxPTDHsmimL4iF5/Fvc55/U/TVRNyKN0CUxYXcqB/nk/sQqNK9yTaYszxoGVlcVMKlEJowg8R1HK96v",
+	"WHUjkO6cm6kHqiX33Irw1QgzasV/YfUlMucik/ODhztGUI/xz1P0dYlJUENzyWCz9gzdMKU5brK17suo",
+	"5HmGYdWFklbEB2pPsI1i1b2bzGQJ6XKOepHysGPIQGTU0BHVzFcSEZKkVmMQhtNcx+jw37i0e/aHuVla",
+	"icj1lXZw2kvb9kaTdjd/FbheN+sP8KYX2rCZxdpyA3gshgTt3+2wTN3E8xkxodo+RbYB/3YpCZlMSzth",
+	"r5N0SpV3zjtHcHDd7CsWcZoasPmB6aax5F5gN8Elr4brr1YlCr6qqhJFwvwb1YfkXLgo5gtSMFnkzFUh",
+	"cvrBLIwWDCaAOgTxRblhVmMePUVz5QpK1cP56I/1yz3UqSxYhonH4DoojZy54gvVWFUqbiTFZCpduFEG",
+	"F074FSQbrn7yjypVLbB3WAU+LDyOtKBKURdH9K7y3lKuTmxZUJghW27eYQEffN1oGhCHfNaaFtBbztOI",
+	"LeNlFcmhXfS5K+zY8NFjjfdgwCooYHXEtoKY1DgBoHbzE8BtMGxd4Gx13Co8BvrQW6grWU6mVd00LizX",
+	"nDBd1TXzVpQkkA+0cyRbgaCxIc/dVyd+F6bDYAKYK3fvP3JRsBpiYCxLXwG9TxCLkSc1FRJTmufNsmxz",
+	"4bqirw5JC942nqXIIqdmLNXsER54LsaKaqNKJF47k06ILtMpoRrrfhqmBM3DFsWPNJlKeR1ObqUq+1rn",
+	"84fP/zcAAP//",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

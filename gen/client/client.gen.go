@@ -24,6 +24,7 @@ const (
 	ActorTypeApiKey          ActorType = "api_key"
 	ActorTypeDevice          ActorType = "device"
 	ActorTypeProvisioningKey ActorType = "provisioning_key"
+	ActorTypeSystem          ActorType = "system"
 	ActorTypeUser            ActorType = "user"
 )
 
@@ -35,6 +36,8 @@ func (e ActorType) Valid() bool {
 	case ActorTypeDevice:
 		return true
 	case ActorTypeProvisioningKey:
+		return true
+	case ActorTypeSystem:
 		return true
 	case ActorTypeUser:
 		return true
@@ -325,6 +328,189 @@ func (e Role) Valid() bool {
 	}
 }
 
+// Defines values for RolloutMembership.
+const (
+	RolloutMembershipContinuous RolloutMembership = "continuous"
+	RolloutMembershipSnapshot   RolloutMembership = "snapshot"
+)
+
+// Valid indicates whether the value is a known member of the RolloutMembership enum.
+func (e RolloutMembership) Valid() bool {
+	switch e {
+	case RolloutMembershipContinuous:
+		return true
+	case RolloutMembershipSnapshot:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RolloutCreateMembership.
+const (
+	RolloutCreateMembershipContinuous RolloutCreateMembership = "continuous"
+	RolloutCreateMembershipSnapshot   RolloutCreateMembership = "snapshot"
+)
+
+// Valid indicates whether the value is a known member of the RolloutCreateMembership enum.
+func (e RolloutCreateMembership) Valid() bool {
+	switch e {
+	case RolloutCreateMembershipContinuous:
+		return true
+	case RolloutCreateMembershipSnapshot:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RolloutDeviceState.
+const (
+	RolloutDeviceStateDownloading RolloutDeviceState = "downloading"
+	RolloutDeviceStateFailed      RolloutDeviceState = "failed"
+	RolloutDeviceStateInstalling  RolloutDeviceState = "installing"
+	RolloutDeviceStatePending     RolloutDeviceState = "pending"
+	RolloutDeviceStateRolledBack  RolloutDeviceState = "rolled_back"
+	RolloutDeviceStateRunning     RolloutDeviceState = "running"
+	RolloutDeviceStateSucceeded   RolloutDeviceState = "succeeded"
+	RolloutDeviceStateTargeted    RolloutDeviceState = "targeted"
+	RolloutDeviceStateTimedOut    RolloutDeviceState = "timed_out"
+	RolloutDeviceStateUnreached   RolloutDeviceState = "unreached"
+	RolloutDeviceStateWaitingLock RolloutDeviceState = "waiting_lock"
+)
+
+// Valid indicates whether the value is a known member of the RolloutDeviceState enum.
+func (e RolloutDeviceState) Valid() bool {
+	switch e {
+	case RolloutDeviceStateDownloading:
+		return true
+	case RolloutDeviceStateFailed:
+		return true
+	case RolloutDeviceStateInstalling:
+		return true
+	case RolloutDeviceStatePending:
+		return true
+	case RolloutDeviceStateRolledBack:
+		return true
+	case RolloutDeviceStateRunning:
+		return true
+	case RolloutDeviceStateSucceeded:
+		return true
+	case RolloutDeviceStateTargeted:
+		return true
+	case RolloutDeviceStateTimedOut:
+		return true
+	case RolloutDeviceStateUnreached:
+		return true
+	case RolloutDeviceStateWaitingLock:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RolloutErrorThresholdAction.
+const (
+	Abort RolloutErrorThresholdAction = "abort"
+	Pause RolloutErrorThresholdAction = "pause"
+)
+
+// Valid indicates whether the value is a known member of the RolloutErrorThresholdAction enum.
+func (e RolloutErrorThresholdAction) Valid() bool {
+	switch e {
+	case Abort:
+		return true
+	case Pause:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RolloutErrorThresholdFailureTypes.
+const (
+	RolloutErrorThresholdFailureTypesFailed    RolloutErrorThresholdFailureTypes = "failed"
+	RolloutErrorThresholdFailureTypesTimedOut  RolloutErrorThresholdFailureTypes = "timed_out"
+	RolloutErrorThresholdFailureTypesUnreached RolloutErrorThresholdFailureTypes = "unreached"
+)
+
+// Valid indicates whether the value is a known member of the RolloutErrorThresholdFailureTypes enum.
+func (e RolloutErrorThresholdFailureTypes) Valid() bool {
+	switch e {
+	case RolloutErrorThresholdFailureTypesFailed:
+		return true
+	case RolloutErrorThresholdFailureTypesTimedOut:
+		return true
+	case RolloutErrorThresholdFailureTypesUnreached:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RolloutGroupState.
+const (
+	RolloutGroupStateComplete  RolloutGroupState = "complete"
+	RolloutGroupStateFailed    RolloutGroupState = "failed"
+	RolloutGroupStatePending   RolloutGroupState = "pending"
+	RolloutGroupStateRunning   RolloutGroupState = "running"
+	RolloutGroupStateSucceeded RolloutGroupState = "succeeded"
+)
+
+// Valid indicates whether the value is a known member of the RolloutGroupState enum.
+func (e RolloutGroupState) Valid() bool {
+	switch e {
+	case RolloutGroupStateComplete:
+		return true
+	case RolloutGroupStateFailed:
+		return true
+	case RolloutGroupStatePending:
+		return true
+	case RolloutGroupStateRunning:
+		return true
+	case RolloutGroupStateSucceeded:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for RolloutState.
+const (
+	RolloutStateAborted            RolloutState = "aborted"
+	RolloutStateCanceled           RolloutState = "canceled"
+	RolloutStateFinished           RolloutState = "finished"
+	RolloutStatePaused             RolloutState = "paused"
+	RolloutStateReady              RolloutState = "ready"
+	RolloutStateRolledBack         RolloutState = "rolled_back"
+	RolloutStateRunning            RolloutState = "running"
+	RolloutStateWaitingForApproval RolloutState = "waiting_for_approval"
+)
+
+// Valid indicates whether the value is a known member of the RolloutState enum.
+func (e RolloutState) Valid() bool {
+	switch e {
+	case RolloutStateAborted:
+		return true
+	case RolloutStateCanceled:
+		return true
+	case RolloutStateFinished:
+		return true
+	case RolloutStatePaused:
+		return true
+	case RolloutStateReady:
+		return true
+	case RolloutStateRolledBack:
+		return true
+	case RolloutStateRunning:
+		return true
+	case RolloutStateWaitingForApproval:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for ServiceStatusStatus.
 const (
 	ServiceStatusStatusDownloading ServiceStatusStatus = "downloading"
@@ -355,11 +541,35 @@ func (e ServiceStatusStatus) Valid() bool {
 	}
 }
 
+// Defines values for UpdateStrategy.
+const (
+	DeleteThenDownload UpdateStrategy = "delete-then-download"
+	DownloadThenKill   UpdateStrategy = "download-then-kill"
+	HandOver           UpdateStrategy = "hand-over"
+	KillThenDownload   UpdateStrategy = "kill-then-download"
+)
+
+// Valid indicates whether the value is a known member of the UpdateStrategy enum.
+func (e UpdateStrategy) Valid() bool {
+	switch e {
+	case DeleteThenDownload:
+		return true
+	case DownloadThenKill:
+		return true
+	case HandOver:
+		return true
+	case KillThenDownload:
+		return true
+	default:
+		return false
+	}
+}
+
 // Actor Who made a change.
 type Actor struct {
 	Id openapi_types.UUID `json:"id"`
 
-	// Label The user's email, or the API key's or provisioning key's name, as it was at the time.
+	// Label The user's email, or the API key's or provisioning key's name, as it was at the time; `scheduler` for system, Flock's own rollout scheduler.
 	Label string    `json:"label"`
 	Type  ActorType `json:"type"`
 }
@@ -543,6 +753,57 @@ type Device struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+// DeviceGroup A saved device filter: a device belongs when it carries every tag, its
+// name starts with `name_prefix` and its id is in `device_ids`, for the
+// conditions given. Rollouts and the device list can target it.
+type DeviceGroup struct {
+	CreatedAt  time.Time            `json:"created_at"`
+	DeviceIds  []openapi_types.UUID `json:"device_ids"`
+	Id         openapi_types.UUID   `json:"id"`
+	Name       Name                 `json:"name"`
+	NamePrefix *string              `json:"name_prefix,omitempty"`
+	OrgId      openapi_types.UUID   `json:"org_id"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags      Tags      `json:"tags"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// DeviceGroupCreate defines model for DeviceGroupCreate.
+type DeviceGroupCreate struct {
+	DeviceIds  *[]openapi_types.UUID `json:"device_ids,omitempty"`
+	Name       Name                  `json:"name"`
+	NamePrefix *string               `json:"name_prefix,omitempty"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// DeviceGroupPage defines model for DeviceGroupPage.
+type DeviceGroupPage struct {
+	Items      []DeviceGroup `json:"items"`
+	NextCursor *string       `json:"next_cursor,omitempty"`
+}
+
+// DeviceGroupUpdate defines model for DeviceGroupUpdate.
+type DeviceGroupUpdate struct {
+	// DeviceIds Empty clears the condition.
+	DeviceIds *[]openapi_types.UUID `json:"device_ids,omitempty"`
+	Name      *Name                 `json:"name,omitempty"`
+
+	// NamePrefix Empty clears the condition.
+	NamePrefix *string `json:"name_prefix,omitempty"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags *Tags `json:"tags,omitempty"`
+}
+
 // DevicePage defines model for DevicePage.
 type DevicePage struct {
 	Items      []Device `json:"items"`
@@ -647,8 +908,12 @@ type Fleet struct {
 	Architecture Architecture       `json:"architecture"`
 	CreatedAt    time.Time          `json:"created_at"`
 	Id           openapi_types.UUID `json:"id"`
-	Name         Name               `json:"name"`
-	OrgId        openapi_types.UUID `json:"org_id"`
+
+	// MaintenanceWindow When devices may be newly targeted by a rollout: the window opens at every
+	// time `cron` names and stays open `duration_seconds`.
+	MaintenanceWindow *MaintenanceWindow `json:"maintenance_window,omitempty"`
+	Name              Name               `json:"name"`
+	OrgId             openapi_types.UUID `json:"org_id"`
 
 	// PinnedReleaseId The release every device runs when the policy is `pinned`.
 	PinnedReleaseId *openapi_types.UUID `json:"pinned_release_id,omitempty"`
@@ -683,7 +948,9 @@ type FleetPage struct {
 
 // FleetUpdate defines model for FleetUpdate.
 type FleetUpdate struct {
-	Name *Name `json:"name,omitempty"`
+	// MaintenanceWindow When rollouts may newly target the fleet's devices (a rollout's own window overrides it); null removes it.
+	MaintenanceWindow nullable.Nullable[MaintenanceWindow] `json:"maintenance_window,omitempty"`
+	Name              *Name                                `json:"name,omitempty"`
 
 	// PinnedReleaseId A final release of this fleet; set together with `release_policy` `pinned`.
 	PinnedReleaseId nullable.Nullable[openapi_types.UUID] `json:"pinned_release_id,omitempty"`
@@ -711,6 +978,21 @@ type JWKS_Keys_Item struct {
 	Use                  *string                `json:"use,omitempty"`
 	X                    *string                `json:"x,omitempty"`
 	AdditionalProperties map[string]interface{} `json:"-"`
+}
+
+// MaintenanceWindow When devices may be newly targeted by a rollout: the window opens at every
+// time `cron` names and stays open `duration_seconds`.
+type MaintenanceWindow struct {
+	// Cron Five fields (minute hour day-of-month month day-of-week), or a descriptor such as `@daily`.
+	//
+	// Example: 0 2 * * 1-5
+	Cron            string `json:"cron"`
+	DurationSeconds int    `json:"duration_seconds"`
+
+	// TimeZone An IANA time zone; default UTC.
+	//
+	// Example: Europe/Berlin
+	TimeZone *string `json:"time_zone,omitempty"`
 }
 
 // Me The signed-in user and the organisations they belong to.
@@ -1019,12 +1301,13 @@ type ReleaseService struct {
 		I386    *ServiceImage `json:"i386,omitempty"`
 		Riscv64 *ServiceImage `json:"riscv64,omitempty"`
 	} `json:"images"`
-	Labels     *map[string]string     `json:"labels,omitempty"`
-	Name       string                 `json:"name"`
-	Ports      *[]string              `json:"ports,omitempty"`
-	Privileged *bool                  `json:"privileged,omitempty"`
-	Restart    *ReleaseServiceRestart `json:"restart,omitempty"`
-	Volumes    *[]string              `json:"volumes,omitempty"`
+	Labels         *map[string]string     `json:"labels,omitempty"`
+	Name           string                 `json:"name"`
+	Ports          *[]string              `json:"ports,omitempty"`
+	Privileged     *bool                  `json:"privileged,omitempty"`
+	Restart        *ReleaseServiceRestart `json:"restart,omitempty"`
+	UpdateStrategy *UpdateStrategy        `json:"update_strategy,omitempty"`
+	Volumes        *[]string              `json:"volumes,omitempty"`
 }
 
 // ReleaseServiceRestart defines model for ReleaseService.Restart.
@@ -1071,6 +1354,241 @@ type ReportedState struct {
 // organisation and manages owners).
 type Role string
 
+// Rollout defines model for Rollout.
+type Rollout struct {
+	// Counts Devices by state.
+	Counts    RolloutCounts `json:"counts"`
+	CreatedAt time.Time     `json:"created_at"`
+
+	// CurrentGroup The index of the group being rolled out.
+	CurrentGroup  int                 `json:"current_group"`
+	DeviceGroupId *openapi_types.UUID `json:"device_group_id,omitempty"`
+	EndedAt       *time.Time          `json:"ended_at,omitempty"`
+	FleetId       openapi_types.UUID  `json:"fleet_id"`
+
+	// FromReleaseId What the fleet ran when the rollout started.
+	FromReleaseId *openapi_types.UUID `json:"from_release_id,omitempty"`
+	Groups        []RolloutGroup      `json:"groups"`
+	Id            openapi_types.UUID  `json:"id"`
+
+	// MaintenanceWindow When devices may be newly targeted by a rollout: the window opens at every
+	// time `cron` names and stays open `duration_seconds`.
+	MaintenanceWindow *MaintenanceWindow `json:"maintenance_window,omitempty"`
+	Membership        RolloutMembership  `json:"membership"`
+	OrgId             openapi_types.UUID `json:"org_id"`
+
+	// Ramp AWS IoT Jobs' exponentialRate: the rate is multiplied by increment_factor each time another every_succeeded devices succeed.
+	Ramp            *RolloutRamp       `json:"ramp,omitempty"`
+	RatePerMinute   float64            `json:"rate_per_minute"`
+	ReleaseId       openapi_types.UUID `json:"release_id"`
+	RollbackOnAbort bool               `json:"rollback_on_abort"`
+	SettleSeconds   int                `json:"settle_seconds"`
+	StartedAt       *time.Time         `json:"started_at,omitempty"`
+
+	// State ready (created, not started), running, paused (no new targeting; devices
+	// already updating finish), waiting_for_approval (a group succeeded and the
+	// next needs an approve), finished (every group done; the fleet now runs the
+	// release), aborted, rolled_back (aborted, and every touched device put back
+	// on its previous release), canceled (stopped before it started).
+	State RolloutState `json:"state"`
+
+	// StateReason Why it is in its state, when not by a person's action (a tripped error threshold, say).
+	StateReason string `json:"state_reason"`
+
+	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
+	//
+	// Example: {"batch":"2026-11","site":"lab-3"}
+	Tags      Tags      `json:"tags"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// RolloutMembership defines model for Rollout.Membership.
+type RolloutMembership string
+
+// RolloutAbort defines model for RolloutAbort.
+type RolloutAbort struct {
+	// Rollback Put every touched device back on its previous release; default the rollout's rollback_on_abort.
+	Rollback *bool `json:"rollback,omitempty"`
+}
+
+// RolloutCounts Devices by state.
+type RolloutCounts struct {
+	Downloading int `json:"downloading"`
+	Failed      int `json:"failed"`
+	Installing  int `json:"installing"`
+	Pending     int `json:"pending"`
+	RolledBack  int `json:"rolled_back"`
+	Running     int `json:"running"`
+	Succeeded   int `json:"succeeded"`
+	Targeted    int `json:"targeted"`
+	TimedOut    int `json:"timed_out"`
+	Total       int `json:"total"`
+	Unreached   int `json:"unreached"`
+	WaitingLock int `json:"waiting_lock"`
+}
+
+// RolloutCreate defines model for RolloutCreate.
+type RolloutCreate struct {
+	// DeviceGroupId Only devices of this saved device group.
+	DeviceGroupId *openapi_types.UUID `json:"device_group_id,omitempty"`
+	Groups        []RolloutGroupSpec  `json:"groups"`
+
+	// MaintenanceWindow When devices may be newly targeted by a rollout: the window opens at every
+	// time `cron` names and stays open `duration_seconds`.
+	MaintenanceWindow *MaintenanceWindow `json:"maintenance_window,omitempty"`
+
+	// Membership snapshot: the devices selected at start; continuous: devices that
+	// join the fleet (and match the selection) while the rollout runs take
+	// part too, each in a group chosen by a stable hash of its id.
+	Membership *RolloutCreateMembership `json:"membership,omitempty"`
+
+	// Ramp AWS IoT Jobs' exponentialRate: the rate is multiplied by increment_factor each time another every_succeeded devices succeed.
+	Ramp *RolloutRamp `json:"ramp,omitempty"`
+
+	// RatePerMinute Devices newly targeted per minute at most; 0 for no limit.
+	RatePerMinute *float64 `json:"rate_per_minute,omitempty"`
+
+	// ReleaseId A final release of the fleet.
+	ReleaseId openapi_types.UUID `json:"release_id"`
+
+	// RollbackOnAbort An abort puts every touched device back on its previous release.
+	RollbackOnAbort *bool `json:"rollback_on_abort,omitempty"`
+
+	// SettleSeconds How long a device must run the release healthy to count as succeeded; going offline within it is a failure.
+	SettleSeconds *int `json:"settle_seconds,omitempty"`
+
+	// Tags Only devices carrying every one of these tags.
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// RolloutCreateMembership snapshot: the devices selected at start; continuous: devices that
+// join the fleet (and match the selection) while the rollout runs take
+// part too, each in a group chosen by a stable hash of its id.
+type RolloutCreateMembership string
+
+// RolloutDevice defines model for RolloutDevice.
+type RolloutDevice struct {
+	Deadline          *time.Time          `json:"deadline,omitempty"`
+	DeviceId          openapi_types.UUID  `json:"device_id"`
+	Group             int                 `json:"group"`
+	PreviousReleaseId *openapi_types.UUID `json:"previous_release_id,omitempty"`
+	Reason            string              `json:"reason"`
+
+	// State pending (its group has not targeted it), targeted (told to update, not
+	// heard from since), downloading, installing, waiting_lock (an update lock
+	// holds a service), running (runs the release healthy, settling),
+	// succeeded (ran it healthy for the settle time), failed (reported a
+	// failure, fell back to its previous release, or went offline while
+	// settling), timed_out (still updating at its deadline), unreached
+	// (targeted, never heard from before its deadline: offline), rolled_back
+	// (put back on its previous release by an abort). The last five are final.
+	State      RolloutDeviceState `json:"state"`
+	StateAt    time.Time          `json:"state_at"`
+	TargetedAt *time.Time         `json:"targeted_at,omitempty"`
+}
+
+// RolloutDevicePage defines model for RolloutDevicePage.
+type RolloutDevicePage struct {
+	Items      []RolloutDevice `json:"items"`
+	NextCursor *string         `json:"next_cursor,omitempty"`
+}
+
+// RolloutDeviceState pending (its group has not targeted it), targeted (told to update, not
+// heard from since), downloading, installing, waiting_lock (an update lock
+// holds a service), running (runs the release healthy, settling),
+// succeeded (ran it healthy for the settle time), failed (reported a
+// failure, fell back to its previous release, or went offline while
+// settling), timed_out (still updating at its deadline), unreached
+// (targeted, never heard from before its deadline: offline), rolled_back
+// (put back on its previous release by an abort). The last five are final.
+type RolloutDeviceState string
+
+// RolloutErrorThreshold AWS IoT Jobs' abort criterion: once at least `min_sample` of the group's
+// devices have finished, if more than `percent` of them ended in one of
+// `failure_types`, the rollout pauses or aborts.
+type RolloutErrorThreshold struct {
+	Action RolloutErrorThresholdAction `json:"action"`
+
+	// FailureTypes Default all three.
+	FailureTypes *[]RolloutErrorThresholdFailureTypes `json:"failure_types,omitempty"`
+	MinSample    int                                  `json:"min_sample"`
+	Percent      float64                              `json:"percent"`
+}
+
+// RolloutErrorThresholdAction defines model for RolloutErrorThreshold.Action.
+type RolloutErrorThresholdAction string
+
+// RolloutErrorThresholdFailureTypes defines model for RolloutErrorThreshold.FailureTypes.
+type RolloutErrorThresholdFailureTypes string
+
+// RolloutGroup defines model for RolloutGroup.
+type RolloutGroup struct {
+	// Counts Devices by state.
+	Counts  RolloutCounts `json:"counts"`
+	EndedAt *time.Time    `json:"ended_at,omitempty"`
+	Index   int           `json:"index"`
+	Name    string        `json:"name"`
+
+	// Spec One stage. Give `percent` (of the selected devices, rounded up) or
+	// `count`; the last group may give neither and takes every selected device
+	// the others did not (it takes them in any case).
+	Spec      RolloutGroupSpec  `json:"spec"`
+	StartedAt *time.Time        `json:"started_at,omitempty"`
+	State     RolloutGroupState `json:"state"`
+}
+
+// RolloutGroupState defines model for RolloutGroup.State.
+type RolloutGroupState string
+
+// RolloutGroupSpec One stage. Give `percent` (of the selected devices, rounded up) or
+// `count`; the last group may give neither and takes every selected device
+// the others did not (it takes them in any case).
+type RolloutGroupSpec struct {
+	Count *int `json:"count,omitempty"`
+
+	// DeviceTimeoutSeconds How long a device may take from being targeted; then it is timed out, or unreached if never heard from.
+	DeviceTimeoutSeconds *int `json:"device_timeout_seconds,omitempty"`
+
+	// ErrorThreshold AWS IoT Jobs' abort criterion: once at least `min_sample` of the group's
+	// devices have finished, if more than `percent` of them ended in one of
+	// `failure_types`, the rollout pauses or aborts.
+	ErrorThreshold *RolloutErrorThreshold `json:"error_threshold,omitempty"`
+	Name           *string                `json:"name,omitempty"`
+	Percent        *float64               `json:"percent,omitempty"`
+
+	// RequiresApproval The next group waits for `rollout:approve`.
+	RequiresApproval *bool `json:"requires_approval,omitempty"`
+
+	// SoakSeconds Wait this long after the success threshold is met.
+	SoakSeconds *int `json:"soak_seconds,omitempty"`
+
+	// SuccessThreshold The share (percent) of the group's devices that must succeed before the next group starts.
+	SuccessThreshold *float64 `json:"success_threshold,omitempty"`
+
+	// Tags Only devices carrying every one of these tags.
+	Tags *Tags `json:"tags,omitempty"`
+}
+
+// RolloutPage defines model for RolloutPage.
+type RolloutPage struct {
+	Items      []Rollout `json:"items"`
+	NextCursor *string   `json:"next_cursor,omitempty"`
+}
+
+// RolloutRamp AWS IoT Jobs' exponentialRate: the rate is multiplied by increment_factor each time another every_succeeded devices succeed.
+type RolloutRamp struct {
+	EverySucceeded  int      `json:"every_succeeded"`
+	IncrementFactor float64  `json:"increment_factor"`
+	MaxPerMinute    *float64 `json:"max_per_minute,omitempty"`
+}
+
+// RolloutState ready (created, not started), running, paused (no new targeting; devices
+// already updating finish), waiting_for_approval (a group succeeded and the
+// next needs an approve), finished (every group done; the fleet now runs the
+// release), aborted, rolled_back (aborted, and every touched device put back
+// on its previous release), canceled (stopped before it started).
+type RolloutState string
+
 // ServiceImage defines model for ServiceImage.
 type ServiceImage struct {
 	// Digest An OCI content digest.
@@ -1089,6 +1607,9 @@ type ServiceStatus struct {
 	DownloadProgress *int                `json:"download_progress,omitempty"`
 	Name             string              `json:"name"`
 	Status           ServiceStatusStatus `json:"status"`
+
+	// UpdateLocked An update lock holds the service (the device will not replace it yet); a rollout counts the device as waiting, not failed, until its timeout.
+	UpdateLocked *bool `json:"update_locked,omitempty"`
 }
 
 // ServiceStatusStatus defines model for ServiceStatus.Status.
@@ -1124,7 +1645,15 @@ type TargetService struct {
 	Ports      []string          `json:"ports"`
 	Privileged bool              `json:"privileged"`
 	Restart    string            `json:"restart"`
-	Volumes    []string          `json:"volumes"`
+
+	// UpdateStrategy How the device replaces a running service with a new release's, as balena
+	// names them: download the new image while the old container runs, then
+	// switch (the default); stop the old container first (when storage or
+	// memory is short); delete the old image too before downloading; or start
+	// the new container beside the old one and stop the old once the new says
+	// it has taken over.
+	UpdateStrategy UpdateStrategy `json:"update_strategy"`
+	Volumes        []string       `json:"volumes"`
 }
 
 // TargetState What a device should run.
@@ -1141,6 +1670,14 @@ type TargetState struct {
 	// Version Changes whenever anything in the target state changes; also the ETag.
 	Version string `json:"version"`
 }
+
+// UpdateStrategy How the device replaces a running service with a new release's, as balena
+// names them: download the new image while the old container runs, then
+// switch (the default); stop the old container first (when storage or
+// memory is short); delete the old image too before downloading; or start
+// the new container beside the old one and stop the old once the new says
+// it has taken over.
+type UpdateStrategy string
 
 // User defines model for User.
 type User struct {
@@ -1220,6 +1757,9 @@ type Version struct {
 // Cursor defines model for Cursor.
 type Cursor = string
 
+// DeviceGroupId defines model for DeviceGroupId.
+type DeviceGroupId = openapi_types.UUID
+
 // DeviceId defines model for DeviceId.
 type DeviceId = openapi_types.UUID
 
@@ -1244,6 +1784,9 @@ type ProvisioningKeyId = openapi_types.UUID
 // ReleaseId defines model for ReleaseId.
 type ReleaseId = openapi_types.UUID
 
+// RolloutId defines model for RolloutId.
+type RolloutId = openapi_types.UUID
+
 // UserId defines model for UserId.
 type UserId = openapi_types.UUID
 
@@ -1253,6 +1796,15 @@ type VariableId = openapi_types.UUID
 // DeviceStateGetParams defines parameters for DeviceStateGet.
 type DeviceStateGetParams struct {
 	IfNoneMatch *string `json:"If-None-Match,omitempty"`
+}
+
+// DeviceGroupUpdateParams defines parameters for DeviceGroupUpdate.
+type DeviceGroupUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
 // DeviceDeleteParams defines parameters for DeviceDelete.
@@ -1374,6 +1926,26 @@ type ReleaseCreateParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// RolloutListParams defines parameters for RolloutList.
+type RolloutListParams struct {
+	State *RolloutState `form:"state,omitempty" json:"state,omitempty"`
+
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// RolloutCreateParams defines parameters for RolloutCreate.
+type RolloutCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // FleetVariableListParams defines parameters for FleetVariableList.
 type FleetVariableListParams struct {
 	// Limit The most items to return in one page.
@@ -1479,6 +2051,24 @@ type AuditEventListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// DeviceGroupListParams defines parameters for DeviceGroupList.
+type DeviceGroupListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// DeviceGroupCreateParams defines parameters for DeviceGroupCreate.
+type DeviceGroupCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // DeviceListParams defines parameters for DeviceList.
 type DeviceListParams struct {
 	FleetId *openapi_types.UUID `form:"fleet_id,omitempty" json:"fleet_id,omitempty"`
@@ -1491,6 +2081,9 @@ type DeviceListParams struct {
 	Online           *bool               `form:"online,omitempty" json:"online,omitempty"`
 	RunningReleaseId *openapi_types.UUID `form:"running_release_id,omitempty" json:"running_release_id,omitempty"`
 	NamePrefix       *string             `form:"name_prefix,omitempty" json:"name_prefix,omitempty"`
+
+	// DeviceGroupId Only devices of this saved device group.
+	DeviceGroupId *openapi_types.UUID `form:"device_group_id,omitempty" json:"device_group_id,omitempty"`
 
 	// Limit The most items to return in one page.
 	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
@@ -1562,6 +2155,81 @@ type ReleaseUpdateParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// RolloutAbortParams defines parameters for RolloutAbort.
+type RolloutAbortParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// RolloutApproveParams defines parameters for RolloutApprove.
+type RolloutApproveParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// RolloutCancelParams defines parameters for RolloutCancel.
+type RolloutCancelParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// RolloutDeviceListParams defines parameters for RolloutDeviceList.
+type RolloutDeviceListParams struct {
+	State *RolloutDeviceState `form:"state,omitempty" json:"state,omitempty"`
+	Group *int                `form:"group,omitempty" json:"group,omitempty"`
+
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// RolloutNextGroupParams defines parameters for RolloutNextGroup.
+type RolloutNextGroupParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// RolloutPauseParams defines parameters for RolloutPause.
+type RolloutPauseParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// RolloutResumeParams defines parameters for RolloutResume.
+type RolloutResumeParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// RolloutStartParams defines parameters for RolloutStart.
+type RolloutStartParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // DeviceRegisterJSONRequestBody defines body for DeviceRegister for application/json ContentType.
 type DeviceRegisterJSONRequestBody = DeviceRegister
 
@@ -1576,6 +2244,9 @@ type MqttHookAuthorizeJSONRequestBody = MqttAclRequest
 
 // MqttHookAuthenticateJSONRequestBody defines body for MqttHookAuthenticate for application/json ContentType.
 type MqttHookAuthenticateJSONRequestBody = MqttAuthRequest
+
+// DeviceGroupUpdateJSONRequestBody defines body for DeviceGroupUpdate for application/json ContentType.
+type DeviceGroupUpdateJSONRequestBody = DeviceGroupUpdate
 
 // DeviceUpdateJSONRequestBody defines body for DeviceUpdate for application/json ContentType.
 type DeviceUpdateJSONRequestBody = DeviceUpdate
@@ -1595,6 +2266,9 @@ type ProvisioningKeyCreateJSONRequestBody = ProvisioningKeyCreate
 // ReleaseCreateJSONRequestBody defines body for ReleaseCreate for application/json ContentType.
 type ReleaseCreateJSONRequestBody = ReleaseCreate
 
+// RolloutCreateJSONRequestBody defines body for RolloutCreate for application/json ContentType.
+type RolloutCreateJSONRequestBody = RolloutCreate
+
 // FleetVariableCreateJSONRequestBody defines body for FleetVariableCreate for application/json ContentType.
 type FleetVariableCreateJSONRequestBody = VariableCreate
 
@@ -1610,6 +2284,9 @@ type OrgUpdateJSONRequestBody = OrgUpdate
 // ApiKeyCreateJSONRequestBody defines body for ApiKeyCreate for application/json ContentType.
 type ApiKeyCreateJSONRequestBody = ApiKeyCreate
 
+// DeviceGroupCreateJSONRequestBody defines body for DeviceGroupCreate for application/json ContentType.
+type DeviceGroupCreateJSONRequestBody = DeviceGroupCreate
+
 // FleetCreateJSONRequestBody defines body for FleetCreate for application/json ContentType.
 type FleetCreateJSONRequestBody = FleetCreate
 
@@ -1621,6 +2298,9 @@ type MemberUpdateJSONRequestBody = MemberUpdate
 
 // ReleaseUpdateJSONRequestBody defines body for ReleaseUpdate for application/json ContentType.
 type ReleaseUpdateJSONRequestBody = ReleaseUpdate
+
+// RolloutAbortJSONRequestBody defines body for RolloutAbort for application/json ContentType.
+type RolloutAbortJSONRequestBody = RolloutAbort
 
 // Getter for additional properties for JWKS_Keys_Item. Returns the specified
 // element and whether it was found
@@ -2011,6 +2691,36 @@ type ClientInterface interface {
 	// Corresponds with POST /internal/v1/mqtt/auth (the `MqttHookAuthenticate` operationId).
 	MqttHookAuthenticate(ctx context.Context, body MqttHookAuthenticateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// DeviceGroupDelete Delete a device group
+	//
+	// Refused (409) while a rollout that has not ended targets it.
+	//
+	// Corresponds with DELETE /v1/device-groups/{deviceGroupId} (the `DeviceGroupDelete` operationId).
+	DeviceGroupDelete(ctx context.Context, deviceGroupId DeviceGroupId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceGroupGet A device group
+	//
+	// Corresponds with GET /v1/device-groups/{deviceGroupId} (the `DeviceGroupGet` operationId).
+	DeviceGroupGet(ctx context.Context, deviceGroupId DeviceGroupId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceGroupUpdateWithBody Change a device group's filter
+	//
+	// A running continuous rollout of the group takes devices that match from now on; devices already in it stay.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /v1/device-groups/{deviceGroupId} (the `DeviceGroupUpdate` operationId).
+	DeviceGroupUpdateWithBody(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceGroupUpdate Change a device group's filter
+	//
+	// A running continuous rollout of the group takes devices that match from now on; devices already in it stay.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /v1/device-groups/{deviceGroupId} (the `DeviceGroupUpdate` operationId).
+	DeviceGroupUpdate(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupUpdateParams, body DeviceGroupUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// DeviceDelete Delete a device
 	//
 	// Its tokens stop working at once; it must register again to come back.
@@ -2175,6 +2885,43 @@ type ClientInterface interface {
 	// Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
 	ReleaseCreate(ctx context.Context, fleetId FleetId, params *ReleaseCreateParams, body ReleaseCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// RolloutList Rollouts of a fleet
+	//
+	// Corresponds with GET /v1/fleets/{fleetId}/rollouts (the `RolloutList` operationId).
+	RolloutList(ctx context.Context, fleetId FleetId, params *RolloutListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RolloutCreateWithBody Prepare a rollout of a release
+	//
+	// Prepares (state `ready`) a rollout of a final release of the fleet to
+	// its devices, or to those of a device group or carrying given tags, in
+	// ordered groups. Devices pinned to a release are left out: a pin always
+	// beats a rollout. Start it with `rollout:start`. A fleet has one rollout
+	// at a time (409 while another is ready, running, paused or waiting). The
+	// release must differ from what the fleet runs now: to roll out on a
+	// fleet that tracks its latest release, pin the fleet to the release its
+	// devices run before finalising the new one.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/rollouts (the `RolloutCreate` operationId).
+	RolloutCreateWithBody(ctx context.Context, fleetId FleetId, params *RolloutCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RolloutCreate Prepare a rollout of a release
+	//
+	// Prepares (state `ready`) a rollout of a final release of the fleet to
+	// its devices, or to those of a device group or carrying given tags, in
+	// ordered groups. Devices pinned to a release are left out: a pin always
+	// beats a rollout. Start it with `rollout:start`. A fleet has one rollout
+	// at a time (409 while another is ready, running, paused or waiting). The
+	// release must differ from what the fleet runs now: to roll out on a
+	// fleet that tracks its latest release, pin the fleet to the release its
+	// devices run before finalising the new one.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/rollouts (the `RolloutCreate` operationId).
+	RolloutCreate(ctx context.Context, fleetId FleetId, params *RolloutCreateParams, body RolloutCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// FleetVariableList Configuration variables of a fleet
 	//
 	// Secret variables are listed without their value.
@@ -2316,6 +3063,25 @@ type ClientInterface interface {
 	// Corresponds with GET /v1/orgs/{orgId}/audit-events (the `AuditEventList` operationId).
 	AuditEventList(ctx context.Context, orgId OrgId, params *AuditEventListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// DeviceGroupList Device groups of an organisation
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/device-groups (the `DeviceGroupList` operationId).
+	DeviceGroupList(ctx context.Context, orgId OrgId, params *DeviceGroupListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceGroupCreateWithBody Save a device filter
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/device-groups (the `DeviceGroupCreate` operationId).
+	DeviceGroupCreateWithBody(ctx context.Context, orgId OrgId, params *DeviceGroupCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceGroupCreate Save a device filter
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/device-groups (the `DeviceGroupCreate` operationId).
+	DeviceGroupCreate(ctx context.Context, orgId OrgId, params *DeviceGroupCreateParams, body DeviceGroupCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// DeviceList Devices of an organisation
 	//
 	// Corresponds with GET /v1/orgs/{orgId}/devices (the `DeviceList` operationId).
@@ -2414,6 +3180,78 @@ type ClientInterface interface {
 	//
 	// Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
 	ReleaseUpdate(ctx context.Context, releaseId ReleaseId, params *ReleaseUpdateParams, body ReleaseUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RolloutGet A rollout, with its progress
+	//
+	// Its state, its groups with their settings, and devices by state per group and in all.
+	//
+	// Corresponds with GET /v1/rollouts/{rolloutId} (the `RolloutGet` operationId).
+	RolloutGet(ctx context.Context, rolloutId RolloutId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RolloutAbortWithBody Abort a rollout
+	//
+	// Stops for good: no device is newly targeted, and with rollback every touched device is put back on its previous release (state rolled_back). The fleet stays on what it ran before the rollout. An action that makes no sense in the rollout's state is 409, naming the state.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/rollouts/{rolloutId}/abort (the `RolloutAbort` operationId).
+	RolloutAbortWithBody(ctx context.Context, rolloutId RolloutId, params *RolloutAbortParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RolloutAbort Abort a rollout
+	//
+	// Stops for good: no device is newly targeted, and with rollback every touched device is put back on its previous release (state rolled_back). The fleet stays on what it ran before the rollout. An action that makes no sense in the rollout's state is 409, naming the state.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/rollouts/{rolloutId}/abort (the `RolloutAbort` operationId).
+	RolloutAbort(ctx context.Context, rolloutId RolloutId, params *RolloutAbortParams, body RolloutAbortJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RolloutApprove Approve the next group
+	//
+	// For a rollout waiting for approval: the next group starts. An action that makes no sense in the rollout's state is 409, naming the state.
+	//
+	// Corresponds with POST /v1/rollouts/{rolloutId}/approve (the `RolloutApprove` operationId).
+	RolloutApprove(ctx context.Context, rolloutId RolloutId, params *RolloutApproveParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RolloutCancel Cancel a rollout that has not started
+	//
+	// Only a ready rollout; a started one is aborted instead. An action that makes no sense in the rollout's state is 409, naming the state.
+	//
+	// Corresponds with POST /v1/rollouts/{rolloutId}/cancel (the `RolloutCancel` operationId).
+	RolloutCancel(ctx context.Context, rolloutId RolloutId, params *RolloutCancelParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RolloutDeviceList The devices of a rollout
+	//
+	// Corresponds with GET /v1/rollouts/{rolloutId}/devices (the `RolloutDeviceList` operationId).
+	RolloutDeviceList(ctx context.Context, rolloutId RolloutId, params *RolloutDeviceListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RolloutNextGroup Skip ahead to the next group
+	//
+	// The current group stops taking new devices (those already updating finish) and the next one starts now, whatever its predecessor's thresholds say. A paused rollout stays paused. An action that makes no sense in the rollout's state is 409, naming the state.
+	//
+	// Corresponds with POST /v1/rollouts/{rolloutId}/next-group (the `RolloutNextGroup` operationId).
+	RolloutNextGroup(ctx context.Context, rolloutId RolloutId, params *RolloutNextGroupParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RolloutPause Pause a rollout
+	//
+	// No device is newly targeted; devices already updating finish. An action that makes no sense in the rollout's state is 409, naming the state.
+	//
+	// Corresponds with POST /v1/rollouts/{rolloutId}/pause (the `RolloutPause` operationId).
+	RolloutPause(ctx context.Context, rolloutId RolloutId, params *RolloutPauseParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RolloutResume Resume a paused rollout
+	//
+	// Targeting goes on where it stopped. An action that makes no sense in the rollout's state is 409, naming the state.
+	//
+	// Corresponds with POST /v1/rollouts/{rolloutId}/resume (the `RolloutResume` operationId).
+	RolloutResume(ctx context.Context, rolloutId RolloutId, params *RolloutResumeParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RolloutStart Start a ready rollout
+	//
+	// The fleet is held on what it runs now, and the first group's devices are targeted (within the rate limit and the maintenance window). An action that makes no sense in the rollout's state is 409, naming the state.
+	//
+	// Corresponds with POST /v1/rollouts/{rolloutId}/start (the `RolloutStart` operationId).
+	RolloutStart(ctx context.Context, rolloutId RolloutId, params *RolloutStartParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// VersionGet Version of this deployment
 	//
@@ -2710,6 +3548,76 @@ func (c *Client) MqttHookAuthenticateWithBody(ctx context.Context, contentType s
 // Corresponds with POST /internal/v1/mqtt/auth (the `MqttHookAuthenticate` operationId).
 func (c *Client) MqttHookAuthenticate(ctx context.Context, body MqttHookAuthenticateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewMqttHookAuthenticateRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceGroupDelete Delete a device group
+//
+// Refused (409) while a rollout that has not ended targets it.
+//
+// Corresponds with DELETE /v1/device-groups/{deviceGroupId} (the `DeviceGroupDelete` operationId).
+func (c *Client) DeviceGroupDelete(ctx context.Context, deviceGroupId DeviceGroupId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceGroupDeleteRequest(c.Server, deviceGroupId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceGroupGet A device group
+//
+// Corresponds with GET /v1/device-groups/{deviceGroupId} (the `DeviceGroupGet` operationId).
+func (c *Client) DeviceGroupGet(ctx context.Context, deviceGroupId DeviceGroupId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceGroupGetRequest(c.Server, deviceGroupId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceGroupUpdateWithBody Change a device group's filter
+//
+// A running continuous rollout of the group takes devices that match from now on; devices already in it stay.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /v1/device-groups/{deviceGroupId} (the `DeviceGroupUpdate` operationId).
+func (c *Client) DeviceGroupUpdateWithBody(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceGroupUpdateRequestWithBody(c.Server, deviceGroupId, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceGroupUpdate Change a device group's filter
+//
+// A running continuous rollout of the group takes devices that match from now on; devices already in it stay.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /v1/device-groups/{deviceGroupId} (the `DeviceGroupUpdate` operationId).
+func (c *Client) DeviceGroupUpdate(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupUpdateParams, body DeviceGroupUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceGroupUpdateRequest(c.Server, deviceGroupId, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -3104,6 +4012,73 @@ func (c *Client) ReleaseCreate(ctx context.Context, fleetId FleetId, params *Rel
 	return c.Client.Do(req)
 }
 
+// RolloutList Rollouts of a fleet
+//
+// Corresponds with GET /v1/fleets/{fleetId}/rollouts (the `RolloutList` operationId).
+func (c *Client) RolloutList(ctx context.Context, fleetId FleetId, params *RolloutListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRolloutListRequest(c.Server, fleetId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RolloutCreateWithBody Prepare a rollout of a release
+//
+// Prepares (state `ready`) a rollout of a final release of the fleet to
+// its devices, or to those of a device group or carrying given tags, in
+// ordered groups. Devices pinned to a release are left out: a pin always
+// beats a rollout. Start it with `rollout:start`. A fleet has one rollout
+// at a time (409 while another is ready, running, paused or waiting). The
+// release must differ from what the fleet runs now: to roll out on a
+// fleet that tracks its latest release, pin the fleet to the release its
+// devices run before finalising the new one.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/fleets/{fleetId}/rollouts (the `RolloutCreate` operationId).
+func (c *Client) RolloutCreateWithBody(ctx context.Context, fleetId FleetId, params *RolloutCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRolloutCreateRequestWithBody(c.Server, fleetId, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RolloutCreate Prepare a rollout of a release
+//
+// Prepares (state `ready`) a rollout of a final release of the fleet to
+// its devices, or to those of a device group or carrying given tags, in
+// ordered groups. Devices pinned to a release are left out: a pin always
+// beats a rollout. Start it with `rollout:start`. A fleet has one rollout
+// at a time (409 while another is ready, running, paused or waiting). The
+// release must differ from what the fleet runs now: to roll out on a
+// fleet that tracks its latest release, pin the fleet to the release its
+// devices run before finalising the new one.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/fleets/{fleetId}/rollouts (the `RolloutCreate` operationId).
+func (c *Client) RolloutCreate(ctx context.Context, fleetId FleetId, params *RolloutCreateParams, body RolloutCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRolloutCreateRequest(c.Server, fleetId, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // FleetVariableList Configuration variables of a fleet
 //
 // Secret variables are listed without their value.
@@ -3435,6 +4410,55 @@ func (c *Client) AuditEventList(ctx context.Context, orgId OrgId, params *AuditE
 	return c.Client.Do(req)
 }
 
+// DeviceGroupList Device groups of an organisation
+//
+// Corresponds with GET /v1/orgs/{orgId}/device-groups (the `DeviceGroupList` operationId).
+func (c *Client) DeviceGroupList(ctx context.Context, orgId OrgId, params *DeviceGroupListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceGroupListRequest(c.Server, orgId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceGroupCreateWithBody Save a device filter
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/orgs/{orgId}/device-groups (the `DeviceGroupCreate` operationId).
+func (c *Client) DeviceGroupCreateWithBody(ctx context.Context, orgId OrgId, params *DeviceGroupCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceGroupCreateRequestWithBody(c.Server, orgId, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceGroupCreate Save a device filter
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/orgs/{orgId}/device-groups (the `DeviceGroupCreate` operationId).
+func (c *Client) DeviceGroupCreate(ctx context.Context, orgId OrgId, params *DeviceGroupCreateParams, body DeviceGroupCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceGroupCreateRequest(c.Server, orgId, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // DeviceList Devices of an organisation
 //
 // Corresponds with GET /v1/orgs/{orgId}/devices (the `DeviceList` operationId).
@@ -3654,6 +4678,178 @@ func (c *Client) ReleaseUpdateWithBody(ctx context.Context, releaseId ReleaseId,
 // Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
 func (c *Client) ReleaseUpdate(ctx context.Context, releaseId ReleaseId, params *ReleaseUpdateParams, body ReleaseUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewReleaseUpdateRequest(c.Server, releaseId, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RolloutGet A rollout, with its progress
+//
+// Its state, its groups with their settings, and devices by state per group and in all.
+//
+// Corresponds with GET /v1/rollouts/{rolloutId} (the `RolloutGet` operationId).
+func (c *Client) RolloutGet(ctx context.Context, rolloutId RolloutId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRolloutGetRequest(c.Server, rolloutId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RolloutAbortWithBody Abort a rollout
+//
+// Stops for good: no device is newly targeted, and with rollback every touched device is put back on its previous release (state rolled_back). The fleet stays on what it ran before the rollout. An action that makes no sense in the rollout's state is 409, naming the state.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/rollouts/{rolloutId}/abort (the `RolloutAbort` operationId).
+func (c *Client) RolloutAbortWithBody(ctx context.Context, rolloutId RolloutId, params *RolloutAbortParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRolloutAbortRequestWithBody(c.Server, rolloutId, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RolloutAbort Abort a rollout
+//
+// Stops for good: no device is newly targeted, and with rollback every touched device is put back on its previous release (state rolled_back). The fleet stays on what it ran before the rollout. An action that makes no sense in the rollout's state is 409, naming the state.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/rollouts/{rolloutId}/abort (the `RolloutAbort` operationId).
+func (c *Client) RolloutAbort(ctx context.Context, rolloutId RolloutId, params *RolloutAbortParams, body RolloutAbortJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRolloutAbortRequest(c.Server, rolloutId, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RolloutApprove Approve the next group
+//
+// For a rollout waiting for approval: the next group starts. An action that makes no sense in the rollout's state is 409, naming the state.
+//
+// Corresponds with POST /v1/rollouts/{rolloutId}/approve (the `RolloutApprove` operationId).
+func (c *Client) RolloutApprove(ctx context.Context, rolloutId RolloutId, params *RolloutApproveParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRolloutApproveRequest(c.Server, rolloutId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RolloutCancel Cancel a rollout that has not started
+//
+// Only a ready rollout; a started one is aborted instead. An action that makes no sense in the rollout's state is 409, naming the state.
+//
+// Corresponds with POST /v1/rollouts/{rolloutId}/cancel (the `RolloutCancel` operationId).
+func (c *Client) RolloutCancel(ctx context.Context, rolloutId RolloutId, params *RolloutCancelParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRolloutCancelRequest(c.Server, rolloutId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RolloutDeviceList The devices of a rollout
+//
+// Corresponds with GET /v1/rollouts/{rolloutId}/devices (the `RolloutDeviceList` operationId).
+func (c *Client) RolloutDeviceList(ctx context.Context, rolloutId RolloutId, params *RolloutDeviceListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRolloutDeviceListRequest(c.Server, rolloutId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RolloutNextGroup Skip ahead to the next group
+//
+// The current group stops taking new devices (those already updating finish) and the next one starts now, whatever its predecessor's thresholds say. A paused rollout stays paused. An action that makes no sense in the rollout's state is 409, naming the state.
+//
+// Corresponds with POST /v1/rollouts/{rolloutId}/next-group (the `RolloutNextGroup` operationId).
+func (c *Client) RolloutNextGroup(ctx context.Context, rolloutId RolloutId, params *RolloutNextGroupParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRolloutNextGroupRequest(c.Server, rolloutId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RolloutPause Pause a rollout
+//
+// No device is newly targeted; devices already updating finish. An action that makes no sense in the rollout's state is 409, naming the state.
+//
+// Corresponds with POST /v1/rollouts/{rolloutId}/pause (the `RolloutPause` operationId).
+func (c *Client) RolloutPause(ctx context.Context, rolloutId RolloutId, params *RolloutPauseParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRolloutPauseRequest(c.Server, rolloutId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RolloutResume Resume a paused rollout
+//
+// Targeting goes on where it stopped. An action that makes no sense in the rollout's state is 409, naming the state.
+//
+// Corresponds with POST /v1/rollouts/{rolloutId}/resume (the `RolloutResume` operationId).
+func (c *Client) RolloutResume(ctx context.Context, rolloutId RolloutId, params *RolloutResumeParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRolloutResumeRequest(c.Server, rolloutId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RolloutStart Start a ready rollout
+//
+// The fleet is held on what it runs now, and the first group's devices are targeted (within the rate limit and the maintenance window). An action that makes no sense in the rollout's state is 409, naming the state.
+//
+// Corresponds with POST /v1/rollouts/{rolloutId}/start (the `RolloutStart` operationId).
+func (c *Client) RolloutStart(ctx context.Context, rolloutId RolloutId, params *RolloutStartParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRolloutStartRequest(c.Server, rolloutId, params)
 	if err != nil {
 		return nil, err
 	}
@@ -3947,6 +5143,136 @@ func NewMqttHookAuthenticateRequestWithBody(server string, contentType string, b
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewDeviceGroupDeleteRequest constructs an http.Request for the DeviceGroupDelete method
+func NewDeviceGroupDeleteRequest(server string, deviceGroupId DeviceGroupId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceGroupId", deviceGroupId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/device-groups/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceGroupGetRequest constructs an http.Request for the DeviceGroupGet method
+func NewDeviceGroupGetRequest(server string, deviceGroupId DeviceGroupId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceGroupId", deviceGroupId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/device-groups/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceGroupUpdateRequest calls the generic DeviceGroupUpdate builder with application/json body
+func NewDeviceGroupUpdateRequest(server string, deviceGroupId DeviceGroupId, params *DeviceGroupUpdateParams, body DeviceGroupUpdateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewDeviceGroupUpdateRequestWithBody(server, deviceGroupId, params, "application/json", bodyReader)
+}
+
+// NewDeviceGroupUpdateRequestWithBody constructs an http.Request for the DeviceGroupUpdate method, with any body, and a specified content type
+func NewDeviceGroupUpdateRequestWithBody(server string, deviceGroupId DeviceGroupId, params *DeviceGroupUpdateParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceGroupId", deviceGroupId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/device-groups/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
 
 	return req, nil
 }
@@ -4897,6 +6223,153 @@ func NewReleaseCreateRequestWithBody(server string, fleetId FleetId, params *Rel
 	return req, nil
 }
 
+// NewRolloutListRequest constructs an http.Request for the RolloutList method
+func NewRolloutListRequest(server string, fleetId FleetId, params *RolloutListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s/rollouts", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.State != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "state", *params.State, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewRolloutCreateRequest calls the generic RolloutCreate builder with application/json body
+func NewRolloutCreateRequest(server string, fleetId FleetId, params *RolloutCreateParams, body RolloutCreateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewRolloutCreateRequestWithBody(server, fleetId, params, "application/json", bodyReader)
+}
+
+// NewRolloutCreateRequestWithBody constructs an http.Request for the RolloutCreate method, with any body, and a specified content type
+func NewRolloutCreateRequestWithBody(server string, fleetId FleetId, params *RolloutCreateParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s/rollouts", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
 // NewFleetVariableListRequest constructs an http.Request for the FleetVariableList method
 func NewFleetVariableListRequest(server string, fleetId FleetId, params *FleetVariableListParams) (*http.Request, error) {
 	var err error
@@ -5723,6 +7196,141 @@ func NewAuditEventListRequest(server string, orgId OrgId, params *AuditEventList
 	return req, nil
 }
 
+// NewDeviceGroupListRequest constructs an http.Request for the DeviceGroupList method
+func NewDeviceGroupListRequest(server string, orgId OrgId, params *DeviceGroupListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/device-groups", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceGroupCreateRequest calls the generic DeviceGroupCreate builder with application/json body
+func NewDeviceGroupCreateRequest(server string, orgId OrgId, params *DeviceGroupCreateParams, body DeviceGroupCreateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewDeviceGroupCreateRequestWithBody(server, orgId, params, "application/json", bodyReader)
+}
+
+// NewDeviceGroupCreateRequestWithBody constructs an http.Request for the DeviceGroupCreate method, with any body, and a specified content type
+func NewDeviceGroupCreateRequestWithBody(server string, orgId OrgId, params *DeviceGroupCreateParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/device-groups", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
 // NewDeviceListRequest constructs an http.Request for the DeviceList method
 func NewDeviceListRequest(server string, orgId OrgId, params *DeviceListParams) (*http.Request, error) {
 	var err error
@@ -5821,6 +7429,18 @@ func NewDeviceListRequest(server string, orgId OrgId, params *DeviceListParams) 
 		if params.NamePrefix != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "name_prefix", *params.NamePrefix, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.DeviceGroupId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "device_group_id", *params.DeviceGroupId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "uuid"}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -6359,6 +7979,493 @@ func NewReleaseUpdateRequestWithBody(server string, releaseId ReleaseId, params 
 	return req, nil
 }
 
+// NewRolloutGetRequest constructs an http.Request for the RolloutGet method
+func NewRolloutGetRequest(server string, rolloutId RolloutId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "rolloutId", rolloutId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/rollouts/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewRolloutAbortRequest calls the generic RolloutAbort builder with application/json body
+func NewRolloutAbortRequest(server string, rolloutId RolloutId, params *RolloutAbortParams, body RolloutAbortJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewRolloutAbortRequestWithBody(server, rolloutId, params, "application/json", bodyReader)
+}
+
+// NewRolloutAbortRequestWithBody constructs an http.Request for the RolloutAbort method, with any body, and a specified content type
+func NewRolloutAbortRequestWithBody(server string, rolloutId RolloutId, params *RolloutAbortParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "rolloutId", rolloutId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/rollouts/%s/abort", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewRolloutApproveRequest constructs an http.Request for the RolloutApprove method
+func NewRolloutApproveRequest(server string, rolloutId RolloutId, params *RolloutApproveParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "rolloutId", rolloutId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/rollouts/%s/approve", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewRolloutCancelRequest constructs an http.Request for the RolloutCancel method
+func NewRolloutCancelRequest(server string, rolloutId RolloutId, params *RolloutCancelParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "rolloutId", rolloutId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/rollouts/%s/cancel", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewRolloutDeviceListRequest constructs an http.Request for the RolloutDeviceList method
+func NewRolloutDeviceListRequest(server string, rolloutId RolloutId, params *RolloutDeviceListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "rolloutId", rolloutId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/rollouts/%s/devices", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.State != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "state", *params.State, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Group != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "group", *params.Group, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewRolloutNextGroupRequest constructs an http.Request for the RolloutNextGroup method
+func NewRolloutNextGroupRequest(server string, rolloutId RolloutId, params *RolloutNextGroupParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "rolloutId", rolloutId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/rollouts/%s/next-group", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewRolloutPauseRequest constructs an http.Request for the RolloutPause method
+func NewRolloutPauseRequest(server string, rolloutId RolloutId, params *RolloutPauseParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "rolloutId", rolloutId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/rollouts/%s/pause", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewRolloutResumeRequest constructs an http.Request for the RolloutResume method
+func NewRolloutResumeRequest(server string, rolloutId RolloutId, params *RolloutResumeParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "rolloutId", rolloutId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/rollouts/%s/resume", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewRolloutStartRequest constructs an http.Request for the RolloutStart method
+func NewRolloutStartRequest(server string, rolloutId RolloutId, params *RolloutStartParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "rolloutId", rolloutId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/rollouts/%s/start", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
 // NewVersionGetRequest constructs an http.Request for the VersionGet method
 func NewVersionGetRequest(server string) (*http.Request, error) {
 	var err error
@@ -6610,6 +8717,40 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /internal/v1/mqtt/auth (the `MqttHookAuthenticate` operationId).
 	MqttHookAuthenticateWithResponse(ctx context.Context, body MqttHookAuthenticateJSONRequestBody, reqEditors ...RequestEditorFn) (*MqttHookAuthenticateResponse, error)
 
+	// DeviceGroupDeleteWithResponse Delete a device group
+	//
+	// Refused (409) while a rollout that has not ended targets it.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/device-groups/{deviceGroupId} (the `DeviceGroupDelete` operationId).
+	DeviceGroupDeleteWithResponse(ctx context.Context, deviceGroupId DeviceGroupId, reqEditors ...RequestEditorFn) (*DeviceGroupDeleteResponse, error)
+
+	// DeviceGroupGetWithResponse A device group
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/device-groups/{deviceGroupId} (the `DeviceGroupGet` operationId).
+	DeviceGroupGetWithResponse(ctx context.Context, deviceGroupId DeviceGroupId, reqEditors ...RequestEditorFn) (*DeviceGroupGetResponse, error)
+
+	// DeviceGroupUpdateWithBodyWithResponse Change a device group's filter
+	//
+	// A running continuous rollout of the group takes devices that match from now on; devices already in it stay.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/device-groups/{deviceGroupId} (the `DeviceGroupUpdate` operationId).
+	DeviceGroupUpdateWithBodyWithResponse(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceGroupUpdateResponse, error)
+
+	// DeviceGroupUpdateWithResponse Change a device group's filter
+	//
+	// A running continuous rollout of the group takes devices that match from now on; devices already in it stay.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/device-groups/{deviceGroupId} (the `DeviceGroupUpdate` operationId).
+	DeviceGroupUpdateWithResponse(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupUpdateParams, body DeviceGroupUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceGroupUpdateResponse, error)
+
 	// DeviceDeleteWithResponse Delete a device
 	//
 	// Its tokens stop working at once; it must register again to come back.
@@ -6794,6 +8935,45 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /v1/fleets/{fleetId}/releases (the `ReleaseCreate` operationId).
 	ReleaseCreateWithResponse(ctx context.Context, fleetId FleetId, params *ReleaseCreateParams, body ReleaseCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseCreateResponse, error)
 
+	// RolloutListWithResponse Rollouts of a fleet
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/fleets/{fleetId}/rollouts (the `RolloutList` operationId).
+	RolloutListWithResponse(ctx context.Context, fleetId FleetId, params *RolloutListParams, reqEditors ...RequestEditorFn) (*RolloutListResponse, error)
+
+	// RolloutCreateWithBodyWithResponse Prepare a rollout of a release
+	//
+	// Prepares (state `ready`) a rollout of a final release of the fleet to
+	// its devices, or to those of a device group or carrying given tags, in
+	// ordered groups. Devices pinned to a release are left out: a pin always
+	// beats a rollout. Start it with `rollout:start`. A fleet has one rollout
+	// at a time (409 while another is ready, running, paused or waiting). The
+	// release must differ from what the fleet runs now: to roll out on a
+	// fleet that tracks its latest release, pin the fleet to the release its
+	// devices run before finalising the new one.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/rollouts (the `RolloutCreate` operationId).
+	RolloutCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, params *RolloutCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RolloutCreateResponse, error)
+
+	// RolloutCreateWithResponse Prepare a rollout of a release
+	//
+	// Prepares (state `ready`) a rollout of a final release of the fleet to
+	// its devices, or to those of a device group or carrying given tags, in
+	// ordered groups. Devices pinned to a release are left out: a pin always
+	// beats a rollout. Start it with `rollout:start`. A fleet has one rollout
+	// at a time (409 while another is ready, running, paused or waiting). The
+	// release must differ from what the fleet runs now: to roll out on a
+	// fleet that tracks its latest release, pin the fleet to the release its
+	// devices run before finalising the new one.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/rollouts (the `RolloutCreate` operationId).
+	RolloutCreateWithResponse(ctx context.Context, fleetId FleetId, params *RolloutCreateParams, body RolloutCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*RolloutCreateResponse, error)
+
 	// FleetVariableListWithResponse Configuration variables of a fleet
 	//
 	// Secret variables are listed without their value.
@@ -6953,6 +9133,27 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/orgs/{orgId}/audit-events (the `AuditEventList` operationId).
 	AuditEventListWithResponse(ctx context.Context, orgId OrgId, params *AuditEventListParams, reqEditors ...RequestEditorFn) (*AuditEventListResponse, error)
 
+	// DeviceGroupListWithResponse Device groups of an organisation
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/device-groups (the `DeviceGroupList` operationId).
+	DeviceGroupListWithResponse(ctx context.Context, orgId OrgId, params *DeviceGroupListParams, reqEditors ...RequestEditorFn) (*DeviceGroupListResponse, error)
+
+	// DeviceGroupCreateWithBodyWithResponse Save a device filter
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/device-groups (the `DeviceGroupCreate` operationId).
+	DeviceGroupCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, params *DeviceGroupCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceGroupCreateResponse, error)
+
+	// DeviceGroupCreateWithResponse Save a device filter
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/device-groups (the `DeviceGroupCreate` operationId).
+	DeviceGroupCreateWithResponse(ctx context.Context, orgId OrgId, params *DeviceGroupCreateParams, body DeviceGroupCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceGroupCreateResponse, error)
+
 	// DeviceListWithResponse Devices of an organisation
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -7061,6 +9262,94 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with PATCH /v1/releases/{releaseId} (the `ReleaseUpdate` operationId).
 	ReleaseUpdateWithResponse(ctx context.Context, releaseId ReleaseId, params *ReleaseUpdateParams, body ReleaseUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*ReleaseUpdateResponse, error)
+
+	// RolloutGetWithResponse A rollout, with its progress
+	//
+	// Its state, its groups with their settings, and devices by state per group and in all.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/rollouts/{rolloutId} (the `RolloutGet` operationId).
+	RolloutGetWithResponse(ctx context.Context, rolloutId RolloutId, reqEditors ...RequestEditorFn) (*RolloutGetResponse, error)
+
+	// RolloutAbortWithBodyWithResponse Abort a rollout
+	//
+	// Stops for good: no device is newly targeted, and with rollback every touched device is put back on its previous release (state rolled_back). The fleet stays on what it ran before the rollout. An action that makes no sense in the rollout's state is 409, naming the state.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/rollouts/{rolloutId}/abort (the `RolloutAbort` operationId).
+	RolloutAbortWithBodyWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutAbortParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RolloutAbortResponse, error)
+
+	// RolloutAbortWithResponse Abort a rollout
+	//
+	// Stops for good: no device is newly targeted, and with rollback every touched device is put back on its previous release (state rolled_back). The fleet stays on what it ran before the rollout. An action that makes no sense in the rollout's state is 409, naming the state.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/rollouts/{rolloutId}/abort (the `RolloutAbort` operationId).
+	RolloutAbortWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutAbortParams, body RolloutAbortJSONRequestBody, reqEditors ...RequestEditorFn) (*RolloutAbortResponse, error)
+
+	// RolloutApproveWithResponse Approve the next group
+	//
+	// For a rollout waiting for approval: the next group starts. An action that makes no sense in the rollout's state is 409, naming the state.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/rollouts/{rolloutId}/approve (the `RolloutApprove` operationId).
+	RolloutApproveWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutApproveParams, reqEditors ...RequestEditorFn) (*RolloutApproveResponse, error)
+
+	// RolloutCancelWithResponse Cancel a rollout that has not started
+	//
+	// Only a ready rollout; a started one is aborted instead. An action that makes no sense in the rollout's state is 409, naming the state.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/rollouts/{rolloutId}/cancel (the `RolloutCancel` operationId).
+	RolloutCancelWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutCancelParams, reqEditors ...RequestEditorFn) (*RolloutCancelResponse, error)
+
+	// RolloutDeviceListWithResponse The devices of a rollout
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/rollouts/{rolloutId}/devices (the `RolloutDeviceList` operationId).
+	RolloutDeviceListWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutDeviceListParams, reqEditors ...RequestEditorFn) (*RolloutDeviceListResponse, error)
+
+	// RolloutNextGroupWithResponse Skip ahead to the next group
+	//
+	// The current group stops taking new devices (those already updating finish) and the next one starts now, whatever its predecessor's thresholds say. A paused rollout stays paused. An action that makes no sense in the rollout's state is 409, naming the state.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/rollouts/{rolloutId}/next-group (the `RolloutNextGroup` operationId).
+	RolloutNextGroupWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutNextGroupParams, reqEditors ...RequestEditorFn) (*RolloutNextGroupResponse, error)
+
+	// RolloutPauseWithResponse Pause a rollout
+	//
+	// No device is newly targeted; devices already updating finish. An action that makes no sense in the rollout's state is 409, naming the state.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/rollouts/{rolloutId}/pause (the `RolloutPause` operationId).
+	RolloutPauseWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutPauseParams, reqEditors ...RequestEditorFn) (*RolloutPauseResponse, error)
+
+	// RolloutResumeWithResponse Resume a paused rollout
+	//
+	// Targeting goes on where it stopped. An action that makes no sense in the rollout's state is 409, naming the state.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/rollouts/{rolloutId}/resume (the `RolloutResume` operationId).
+	RolloutResumeWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutResumeParams, reqEditors ...RequestEditorFn) (*RolloutResumeResponse, error)
+
+	// RolloutStartWithResponse Start a ready rollout
+	//
+	// The fleet is held on what it runs now, and the first group's devices are targeted (within the rate limit and the maintenance window). An action that makes no sense in the rollout's state is 409, naming the state.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/rollouts/{rolloutId}/start (the `RolloutStart` operationId).
+	RolloutStartWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutStartParams, reqEditors ...RequestEditorFn) (*RolloutStartResponse, error)
 
 	// VersionGetWithResponse Version of this deployment
 	//
@@ -7424,6 +9713,143 @@ func (r MqttHookAuthenticateResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r MqttHookAuthenticateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceGroupDeleteResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceGroupDeleteResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceGroupDeleteResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceGroupDeleteResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceGroupDeleteResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceGroupDeleteResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceGroupGetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *DeviceGroup
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceGroupGetResponse) GetJSON200() *DeviceGroup {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceGroupGetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceGroupGetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceGroupGetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceGroupGetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceGroupGetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceGroupUpdateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *DeviceGroup
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceGroupUpdateResponse) GetJSON200() *DeviceGroup {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceGroupUpdateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceGroupUpdateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceGroupUpdateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceGroupUpdateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceGroupUpdateResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -8170,6 +10596,109 @@ func (r ReleaseCreateResponse) ContentType() string {
 	return ""
 }
 
+type RolloutListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *RolloutPage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RolloutListResponse) GetJSON200() *RolloutPage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RolloutListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RolloutListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RolloutListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RolloutListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RolloutListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RolloutCreateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Rollout
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r RolloutCreateResponse) GetJSON201() *Rollout {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r RolloutCreateResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RolloutCreateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RolloutCreateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RolloutCreateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RolloutCreateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RolloutCreateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type FleetVariableListResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -8821,6 +11350,109 @@ func (r AuditEventListResponse) ContentType() string {
 	return ""
 }
 
+type DeviceGroupListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *DeviceGroupPage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceGroupListResponse) GetJSON200() *DeviceGroupPage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceGroupListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceGroupListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceGroupListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceGroupListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceGroupListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceGroupCreateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *DeviceGroup
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r DeviceGroupCreateResponse) GetJSON201() *DeviceGroup {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r DeviceGroupCreateResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceGroupCreateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceGroupCreateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceGroupCreateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceGroupCreateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceGroupCreateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type DeviceListResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -9246,6 +11878,487 @@ func (r ReleaseUpdateResponse) ContentType() string {
 	return ""
 }
 
+type RolloutGetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Rollout
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RolloutGetResponse) GetJSON200() *Rollout {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RolloutGetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RolloutGetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RolloutGetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RolloutGetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RolloutGetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RolloutAbortResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Rollout
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RolloutAbortResponse) GetJSON200() *Rollout {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r RolloutAbortResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RolloutAbortResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RolloutAbortResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RolloutAbortResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RolloutAbortResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RolloutAbortResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RolloutApproveResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Rollout
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RolloutApproveResponse) GetJSON200() *Rollout {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r RolloutApproveResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RolloutApproveResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RolloutApproveResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RolloutApproveResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RolloutApproveResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RolloutApproveResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RolloutCancelResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Rollout
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RolloutCancelResponse) GetJSON200() *Rollout {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r RolloutCancelResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RolloutCancelResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RolloutCancelResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RolloutCancelResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RolloutCancelResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RolloutCancelResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RolloutDeviceListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *RolloutDevicePage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RolloutDeviceListResponse) GetJSON200() *RolloutDevicePage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RolloutDeviceListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RolloutDeviceListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RolloutDeviceListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RolloutDeviceListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RolloutDeviceListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RolloutNextGroupResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Rollout
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RolloutNextGroupResponse) GetJSON200() *Rollout {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r RolloutNextGroupResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RolloutNextGroupResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RolloutNextGroupResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RolloutNextGroupResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RolloutNextGroupResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RolloutNextGroupResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RolloutPauseResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Rollout
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RolloutPauseResponse) GetJSON200() *Rollout {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r RolloutPauseResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RolloutPauseResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RolloutPauseResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RolloutPauseResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RolloutPauseResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RolloutPauseResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RolloutResumeResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Rollout
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RolloutResumeResponse) GetJSON200() *Rollout {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r RolloutResumeResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RolloutResumeResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RolloutResumeResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RolloutResumeResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RolloutResumeResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RolloutResumeResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RolloutStartResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Rollout
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r RolloutStartResponse) GetJSON200() *Rollout {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r RolloutStartResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RolloutStartResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RolloutStartResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RolloutStartResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RolloutStartResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RolloutStartResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type VersionGetResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -9544,6 +12657,64 @@ func (c *ClientWithResponses) MqttHookAuthenticateWithResponse(ctx context.Conte
 		return nil, err
 	}
 	return ParseMqttHookAuthenticateResponse(rsp)
+}
+
+// DeviceGroupDeleteWithResponse Delete a device group
+//
+// Refused (409) while a rollout that has not ended targets it.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/device-groups/{deviceGroupId} (the `DeviceGroupDelete` operationId).
+func (c *ClientWithResponses) DeviceGroupDeleteWithResponse(ctx context.Context, deviceGroupId DeviceGroupId, reqEditors ...RequestEditorFn) (*DeviceGroupDeleteResponse, error) {
+	rsp, err := c.DeviceGroupDelete(ctx, deviceGroupId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceGroupDeleteResponse(rsp)
+}
+
+// DeviceGroupGetWithResponse A device group
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/device-groups/{deviceGroupId} (the `DeviceGroupGet` operationId).
+func (c *ClientWithResponses) DeviceGroupGetWithResponse(ctx context.Context, deviceGroupId DeviceGroupId, reqEditors ...RequestEditorFn) (*DeviceGroupGetResponse, error) {
+	rsp, err := c.DeviceGroupGet(ctx, deviceGroupId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceGroupGetResponse(rsp)
+}
+
+// DeviceGroupUpdateWithBodyWithResponse Change a device group's filter
+//
+// A running continuous rollout of the group takes devices that match from now on; devices already in it stay.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/device-groups/{deviceGroupId} (the `DeviceGroupUpdate` operationId).
+func (c *ClientWithResponses) DeviceGroupUpdateWithBodyWithResponse(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceGroupUpdateResponse, error) {
+	rsp, err := c.DeviceGroupUpdateWithBody(ctx, deviceGroupId, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceGroupUpdateResponse(rsp)
+}
+
+// DeviceGroupUpdateWithResponse Change a device group's filter
+//
+// A running continuous rollout of the group takes devices that match from now on; devices already in it stay.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/device-groups/{deviceGroupId} (the `DeviceGroupUpdate` operationId).
+func (c *ClientWithResponses) DeviceGroupUpdateWithResponse(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupUpdateParams, body DeviceGroupUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceGroupUpdateResponse, error) {
+	rsp, err := c.DeviceGroupUpdate(ctx, deviceGroupId, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceGroupUpdateResponse(rsp)
 }
 
 // DeviceDeleteWithResponse Delete a device
@@ -9862,6 +13033,63 @@ func (c *ClientWithResponses) ReleaseCreateWithResponse(ctx context.Context, fle
 	return ParseReleaseCreateResponse(rsp)
 }
 
+// RolloutListWithResponse Rollouts of a fleet
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/fleets/{fleetId}/rollouts (the `RolloutList` operationId).
+func (c *ClientWithResponses) RolloutListWithResponse(ctx context.Context, fleetId FleetId, params *RolloutListParams, reqEditors ...RequestEditorFn) (*RolloutListResponse, error) {
+	rsp, err := c.RolloutList(ctx, fleetId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRolloutListResponse(rsp)
+}
+
+// RolloutCreateWithBodyWithResponse Prepare a rollout of a release
+//
+// Prepares (state `ready`) a rollout of a final release of the fleet to
+// its devices, or to those of a device group or carrying given tags, in
+// ordered groups. Devices pinned to a release are left out: a pin always
+// beats a rollout. Start it with `rollout:start`. A fleet has one rollout
+// at a time (409 while another is ready, running, paused or waiting). The
+// release must differ from what the fleet runs now: to roll out on a
+// fleet that tracks its latest release, pin the fleet to the release its
+// devices run before finalising the new one.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/fleets/{fleetId}/rollouts (the `RolloutCreate` operationId).
+func (c *ClientWithResponses) RolloutCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, params *RolloutCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RolloutCreateResponse, error) {
+	rsp, err := c.RolloutCreateWithBody(ctx, fleetId, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRolloutCreateResponse(rsp)
+}
+
+// RolloutCreateWithResponse Prepare a rollout of a release
+//
+// Prepares (state `ready`) a rollout of a final release of the fleet to
+// its devices, or to those of a device group or carrying given tags, in
+// ordered groups. Devices pinned to a release are left out: a pin always
+// beats a rollout. Start it with `rollout:start`. A fleet has one rollout
+// at a time (409 while another is ready, running, paused or waiting). The
+// release must differ from what the fleet runs now: to roll out on a
+// fleet that tracks its latest release, pin the fleet to the release its
+// devices run before finalising the new one.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/fleets/{fleetId}/rollouts (the `RolloutCreate` operationId).
+func (c *ClientWithResponses) RolloutCreateWithResponse(ctx context.Context, fleetId FleetId, params *RolloutCreateParams, body RolloutCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*RolloutCreateResponse, error) {
+	rsp, err := c.RolloutCreate(ctx, fleetId, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRolloutCreateResponse(rsp)
+}
+
 // FleetVariableListWithResponse Configuration variables of a fleet
 //
 // Secret variables are listed without their value.
@@ -10135,6 +13363,45 @@ func (c *ClientWithResponses) AuditEventListWithResponse(ctx context.Context, or
 	return ParseAuditEventListResponse(rsp)
 }
 
+// DeviceGroupListWithResponse Device groups of an organisation
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/orgs/{orgId}/device-groups (the `DeviceGroupList` operationId).
+func (c *ClientWithResponses) DeviceGroupListWithResponse(ctx context.Context, orgId OrgId, params *DeviceGroupListParams, reqEditors ...RequestEditorFn) (*DeviceGroupListResponse, error) {
+	rsp, err := c.DeviceGroupList(ctx, orgId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceGroupListResponse(rsp)
+}
+
+// DeviceGroupCreateWithBodyWithResponse Save a device filter
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/orgs/{orgId}/device-groups (the `DeviceGroupCreate` operationId).
+func (c *ClientWithResponses) DeviceGroupCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, params *DeviceGroupCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceGroupCreateResponse, error) {
+	rsp, err := c.DeviceGroupCreateWithBody(ctx, orgId, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceGroupCreateResponse(rsp)
+}
+
+// DeviceGroupCreateWithResponse Save a device filter
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/orgs/{orgId}/device-groups (the `DeviceGroupCreate` operationId).
+func (c *ClientWithResponses) DeviceGroupCreateWithResponse(ctx context.Context, orgId OrgId, params *DeviceGroupCreateParams, body DeviceGroupCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceGroupCreateResponse, error) {
+	rsp, err := c.DeviceGroupCreate(ctx, orgId, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceGroupCreateResponse(rsp)
+}
+
 // DeviceListWithResponse Devices of an organisation
 //
 // Returns a wrapper object for the known response body format(s).
@@ -10320,6 +13587,154 @@ func (c *ClientWithResponses) ReleaseUpdateWithResponse(ctx context.Context, rel
 		return nil, err
 	}
 	return ParseReleaseUpdateResponse(rsp)
+}
+
+// RolloutGetWithResponse A rollout, with its progress
+//
+// Its state, its groups with their settings, and devices by state per group and in all.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/rollouts/{rolloutId} (the `RolloutGet` operationId).
+func (c *ClientWithResponses) RolloutGetWithResponse(ctx context.Context, rolloutId RolloutId, reqEditors ...RequestEditorFn) (*RolloutGetResponse, error) {
+	rsp, err := c.RolloutGet(ctx, rolloutId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRolloutGetResponse(rsp)
+}
+
+// RolloutAbortWithBodyWithResponse Abort a rollout
+//
+// Stops for good: no device is newly targeted, and with rollback every touched device is put back on its previous release (state rolled_back). The fleet stays on what it ran before the rollout. An action that makes no sense in the rollout's state is 409, naming the state.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/rollouts/{rolloutId}/abort (the `RolloutAbort` operationId).
+func (c *ClientWithResponses) RolloutAbortWithBodyWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutAbortParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*RolloutAbortResponse, error) {
+	rsp, err := c.RolloutAbortWithBody(ctx, rolloutId, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRolloutAbortResponse(rsp)
+}
+
+// RolloutAbortWithResponse Abort a rollout
+//
+// Stops for good: no device is newly targeted, and with rollback every touched device is put back on its previous release (state rolled_back). The fleet stays on what it ran before the rollout. An action that makes no sense in the rollout's state is 409, naming the state.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/rollouts/{rolloutId}/abort (the `RolloutAbort` operationId).
+func (c *ClientWithResponses) RolloutAbortWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutAbortParams, body RolloutAbortJSONRequestBody, reqEditors ...RequestEditorFn) (*RolloutAbortResponse, error) {
+	rsp, err := c.RolloutAbort(ctx, rolloutId, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRolloutAbortResponse(rsp)
+}
+
+// RolloutApproveWithResponse Approve the next group
+//
+// For a rollout waiting for approval: the next group starts. An action that makes no sense in the rollout's state is 409, naming the state.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/rollouts/{rolloutId}/approve (the `RolloutApprove` operationId).
+func (c *ClientWithResponses) RolloutApproveWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutApproveParams, reqEditors ...RequestEditorFn) (*RolloutApproveResponse, error) {
+	rsp, err := c.RolloutApprove(ctx, rolloutId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRolloutApproveResponse(rsp)
+}
+
+// RolloutCancelWithResponse Cancel a rollout that has not started
+//
+// Only a ready rollout; a started one is aborted instead. An action that makes no sense in the rollout's state is 409, naming the state.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/rollouts/{rolloutId}/cancel (the `RolloutCancel` operationId).
+func (c *ClientWithResponses) RolloutCancelWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutCancelParams, reqEditors ...RequestEditorFn) (*RolloutCancelResponse, error) {
+	rsp, err := c.RolloutCancel(ctx, rolloutId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRolloutCancelResponse(rsp)
+}
+
+// RolloutDeviceListWithResponse The devices of a rollout
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/rollouts/{rolloutId}/devices (the `RolloutDeviceList` operationId).
+func (c *ClientWithResponses) RolloutDeviceListWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutDeviceListParams, reqEditors ...RequestEditorFn) (*RolloutDeviceListResponse, error) {
+	rsp, err := c.RolloutDeviceList(ctx, rolloutId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRolloutDeviceListResponse(rsp)
+}
+
+// RolloutNextGroupWithResponse Skip ahead to the next group
+//
+// The current group stops taking new devices (those already updating finish) and the next one starts now, whatever its predecessor's thresholds say. A paused rollout stays paused. An action that makes no sense in the rollout's state is 409, naming the state.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/rollouts/{rolloutId}/next-group (the `RolloutNextGroup` operationId).
+func (c *ClientWithResponses) RolloutNextGroupWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutNextGroupParams, reqEditors ...RequestEditorFn) (*RolloutNextGroupResponse, error) {
+	rsp, err := c.RolloutNextGroup(ctx, rolloutId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRolloutNextGroupResponse(rsp)
+}
+
+// RolloutPauseWithResponse Pause a rollout
+//
+// No device is newly targeted; devices already updating finish. An action that makes no sense in the rollout's state is 409, naming the state.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/rollouts/{rolloutId}/pause (the `RolloutPause` operationId).
+func (c *ClientWithResponses) RolloutPauseWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutPauseParams, reqEditors ...RequestEditorFn) (*RolloutPauseResponse, error) {
+	rsp, err := c.RolloutPause(ctx, rolloutId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRolloutPauseResponse(rsp)
+}
+
+// RolloutResumeWithResponse Resume a paused rollout
+//
+// Targeting goes on where it stopped. An action that makes no sense in the rollout's state is 409, naming the state.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/rollouts/{rolloutId}/resume (the `RolloutResume` operationId).
+func (c *ClientWithResponses) RolloutResumeWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutResumeParams, reqEditors ...RequestEditorFn) (*RolloutResumeResponse, error) {
+	rsp, err := c.RolloutResume(ctx, rolloutId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRolloutResumeResponse(rsp)
+}
+
+// RolloutStartWithResponse Start a ready rollout
+//
+// The fleet is held on what it runs now, and the first group's devices are targeted (within the rate limit and the maintenance window). An action that makes no sense in the rollout's state is 409, naming the state.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/rollouts/{rolloutId}/start (the `RolloutStart` operationId).
+func (c *ClientWithResponses) RolloutStartWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutStartParams, reqEditors ...RequestEditorFn) (*RolloutStartResponse, error) {
+	rsp, err := c.RolloutStart(ctx, rolloutId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRolloutStartResponse(rsp)
 }
 
 // VersionGetWithResponse Version of this deployment
@@ -10588,6 +14003,101 @@ func ParseMqttHookAuthenticateResponse(rsp *http.Response) (*MqttHookAuthenticat
 	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
 		var dest MqttAuthResult
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceGroupDeleteResponse parses an HTTP response from a DeviceGroupDeleteWithResponse call
+func ParseDeviceGroupDeleteResponse(rsp *http.Response) (*DeviceGroupDeleteResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceGroupDeleteResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceGroupGetResponse parses an HTTP response from a DeviceGroupGetWithResponse call
+func ParseDeviceGroupGetResponse(rsp *http.Response) (*DeviceGroupGetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceGroupGetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest DeviceGroup
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceGroupUpdateResponse parses an HTTP response from a DeviceGroupUpdateWithResponse call
+func ParseDeviceGroupUpdateResponse(rsp *http.Response) (*DeviceGroupUpdateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceGroupUpdateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest DeviceGroup
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
@@ -11117,6 +14627,79 @@ func ParseReleaseCreateResponse(rsp *http.Response) (*ReleaseCreateResponse, err
 	return response, nil
 }
 
+// ParseRolloutListResponse parses an HTTP response from a RolloutListWithResponse call
+func ParseRolloutListResponse(rsp *http.Response) (*RolloutListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RolloutListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest RolloutPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRolloutCreateResponse parses an HTTP response from a RolloutCreateWithResponse call
+func ParseRolloutCreateResponse(rsp *http.Response) (*RolloutCreateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RolloutCreateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Rollout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseFleetVariableListResponse parses an HTTP response from a FleetVariableListWithResponse call
 func ParseFleetVariableListResponse(rsp *http.Response) (*FleetVariableListResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -11567,6 +15150,79 @@ func ParseAuditEventListResponse(rsp *http.Response) (*AuditEventListResponse, e
 	return response, nil
 }
 
+// ParseDeviceGroupListResponse parses an HTTP response from a DeviceGroupListWithResponse call
+func ParseDeviceGroupListResponse(rsp *http.Response) (*DeviceGroupListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceGroupListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest DeviceGroupPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceGroupCreateResponse parses an HTTP response from a DeviceGroupCreateWithResponse call
+func ParseDeviceGroupCreateResponse(rsp *http.Response) (*DeviceGroupCreateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceGroupCreateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest DeviceGroup
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseDeviceListResponse parses an HTTP response from a DeviceListWithResponse call
 func ParseDeviceListResponse(rsp *http.Response) (*DeviceListResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -11847,6 +15503,352 @@ func ParseReleaseUpdateResponse(rsp *http.Response) (*ReleaseUpdateResponse, err
 			return nil, err
 		}
 		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRolloutGetResponse parses an HTTP response from a RolloutGetWithResponse call
+func ParseRolloutGetResponse(rsp *http.Response) (*RolloutGetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RolloutGetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Rollout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRolloutAbortResponse parses an HTTP response from a RolloutAbortWithResponse call
+func ParseRolloutAbortResponse(rsp *http.Response) (*RolloutAbortResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RolloutAbortResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Rollout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRolloutApproveResponse parses an HTTP response from a RolloutApproveWithResponse call
+func ParseRolloutApproveResponse(rsp *http.Response) (*RolloutApproveResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RolloutApproveResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Rollout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRolloutCancelResponse parses an HTTP response from a RolloutCancelWithResponse call
+func ParseRolloutCancelResponse(rsp *http.Response) (*RolloutCancelResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RolloutCancelResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Rollout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRolloutDeviceListResponse parses an HTTP response from a RolloutDeviceListWithResponse call
+func ParseRolloutDeviceListResponse(rsp *http.Response) (*RolloutDeviceListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RolloutDeviceListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest RolloutDevicePage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRolloutNextGroupResponse parses an HTTP response from a RolloutNextGroupWithResponse call
+func ParseRolloutNextGroupResponse(rsp *http.Response) (*RolloutNextGroupResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RolloutNextGroupResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Rollout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRolloutPauseResponse parses an HTTP response from a RolloutPauseWithResponse call
+func ParseRolloutPauseResponse(rsp *http.Response) (*RolloutPauseResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RolloutPauseResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Rollout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRolloutResumeResponse parses an HTTP response from a RolloutResumeWithResponse call
+func ParseRolloutResumeResponse(rsp *http.Response) (*RolloutResumeResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RolloutResumeResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Rollout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRolloutStartResponse parses an HTTP response from a RolloutStartWithResponse call
+func ParseRolloutStartResponse(rsp *http.Response) (*RolloutStartResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RolloutStartResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Rollout
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Problem

@@ -25,7 +25,7 @@ func (q *Queries) DeviceDelete(ctx context.Context, id uuid.UUID) (int64, error)
 }
 
 const deviceForUpdate = `-- name: DeviceForUpdate :one
-SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq FROM devices WHERE id = $1 FOR UPDATE
+SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id FROM devices WHERE id = $1 FOR UPDATE
 `
 
 func (q *Queries) DeviceForUpdate(ctx context.Context, id uuid.UUID) (Device, error) {
@@ -53,12 +53,13 @@ func (q *Queries) DeviceForUpdate(ctx context.Context, id uuid.UUID) (Device, er
 		&i.Connected,
 		&i.ReportedAt,
 		&i.ReportedSeq,
+		&i.RolloutReleaseID,
 	)
 	return i, err
 }
 
 const deviceGet = `-- name: DeviceGet :one
-SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq FROM devices WHERE id = $1
+SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id FROM devices WHERE id = $1
 `
 
 func (q *Queries) DeviceGet(ctx context.Context, id uuid.UUID) (Device, error) {
@@ -86,6 +87,7 @@ func (q *Queries) DeviceGet(ctx context.Context, id uuid.UUID) (Device, error) {
 		&i.Connected,
 		&i.ReportedAt,
 		&i.ReportedSeq,
+		&i.RolloutReleaseID,
 	)
 	return i, err
 }
@@ -95,7 +97,7 @@ SELECT id, org_id, fleet_id, name, device_type, architecture, pinned_release_id,
        tags::jsonb AS tags_json, created_at, updated_at, last_seen_at,
        connection_key, connected, reported, reported_at, reported_seq
 FROM devices
-WHERE org_id = $1
+WHERE devices.org_id = $1
   AND ($2::uuid IS NULL OR fleet_id = $2)
   AND ($3::text IS NULL OR (CASE WHEN $4::text IS NULL
         THEN tags ? $3 ELSE tags @> jsonb_build_object($3::text, $4::text) END))
@@ -110,9 +112,14 @@ WHERE org_id = $1
            AND (connection_key IS NOT NULL OR last_seen_at IS NULL OR last_seen_at <= now() - interval '10 minutes')))
   AND ($6::uuid IS NULL OR running_release_id = $6)
   AND ($7::text IS NULL OR name LIKE replace(replace(replace($7, '\', '\\'), '%', '\%'), '_', '\_') || '%')
-  AND ($8::timestamptz IS NULL OR (created_at, id) > ($8, $9::uuid))
+  AND ($8::uuid IS NULL OR EXISTS (
+        SELECT 1 FROM device_groups g WHERE g.id = $8 AND g.org_id = devices.org_id
+          AND devices.tags @> g.tags
+          AND (g.name_prefix IS NULL OR devices.name LIKE replace(replace(replace(g.name_prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%')
+          AND (g.device_ids IS NULL OR devices.id = ANY(g.device_ids))))
+  AND ($9::timestamptz IS NULL OR (created_at, id) > ($9, $10::uuid))
 ORDER BY created_at, id
-LIMIT $10
+LIMIT $11
 `
 
 type DeviceListParams struct {
@@ -123,6 +130,7 @@ type DeviceListParams struct {
 	Online           *bool
 	RunningReleaseID uuid.NullUUID
 	NamePrefix       *string
+	DeviceGroupID    uuid.NullUUID
 	AfterTime        *time.Time
 	AfterID          uuid.NullUUID
 	MaxRows          int32
@@ -161,6 +169,7 @@ func (q *Queries) DeviceList(ctx context.Context, arg DeviceListParams) ([]Devic
 		arg.Online,
 		arg.RunningReleaseID,
 		arg.NamePrefix,
+		arg.DeviceGroupID,
 		arg.AfterTime,
 		arg.AfterID,
 		arg.MaxRows,
@@ -204,7 +213,7 @@ const deviceRegister = `-- name: DeviceRegister :one
 INSERT INTO devices (id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (id) DO NOTHING
-RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq
+RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id
 `
 
 type DeviceRegisterParams struct {
@@ -254,6 +263,7 @@ func (q *Queries) DeviceRegister(ctx context.Context, arg DeviceRegisterParams) 
 		&i.Connected,
 		&i.ReportedAt,
 		&i.ReportedSeq,
+		&i.RolloutReleaseID,
 	)
 	return i, err
 }
@@ -324,7 +334,7 @@ func (q *Queries) DeviceScope(ctx context.Context, id uuid.UUID) (DeviceScopeRow
 }
 
 const deviceUpdate = `-- name: DeviceUpdate :one
-UPDATE devices SET name = $2, fleet_id = $3, pinned_release_id = $4, tags = $5 WHERE id = $1 RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq
+UPDATE devices SET name = $2, fleet_id = $3, pinned_release_id = $4, tags = $5 WHERE id = $1 RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id
 `
 
 type DeviceUpdateParams struct {
@@ -366,6 +376,7 @@ func (q *Queries) DeviceUpdate(ctx context.Context, arg DeviceUpdateParams) (Dev
 		&i.Connected,
 		&i.ReportedAt,
 		&i.ReportedSeq,
+		&i.RolloutReleaseID,
 	)
 	return i, err
 }

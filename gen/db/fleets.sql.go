@@ -35,7 +35,7 @@ func (q *Queries) FleetCountByOrg(ctx context.Context, orgID uuid.UUID) (int64, 
 }
 
 const fleetCreate = `-- name: FleetCreate :one
-INSERT INTO fleets (org_id, name, architecture, tags) VALUES ($1, $2, $3, $4) RETURNING id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at
+INSERT INTO fleets (org_id, name, architecture, tags) VALUES ($1, $2, $3, $4) RETURNING id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at, maintenance_window
 `
 
 type FleetCreateParams struct {
@@ -63,6 +63,7 @@ func (q *Queries) FleetCreate(ctx context.Context, arg FleetCreateParams) (Fleet
 		&i.Tags,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.MaintenanceWindow,
 	)
 	return i, err
 }
@@ -80,7 +81,7 @@ func (q *Queries) FleetDelete(ctx context.Context, id uuid.UUID) (int64, error) 
 }
 
 const fleetForUpdate = `-- name: FleetForUpdate :one
-SELECT id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at FROM fleets WHERE id = $1 FOR UPDATE
+SELECT id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at, maintenance_window FROM fleets WHERE id = $1 FOR UPDATE
 `
 
 func (q *Queries) FleetForUpdate(ctx context.Context, id uuid.UUID) (Fleet, error) {
@@ -96,12 +97,13 @@ func (q *Queries) FleetForUpdate(ctx context.Context, id uuid.UUID) (Fleet, erro
 		&i.Tags,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.MaintenanceWindow,
 	)
 	return i, err
 }
 
 const fleetGet = `-- name: FleetGet :one
-SELECT id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at FROM fleets WHERE id = $1
+SELECT id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at, maintenance_window FROM fleets WHERE id = $1
 `
 
 func (q *Queries) FleetGet(ctx context.Context, id uuid.UUID) (Fleet, error) {
@@ -117,12 +119,13 @@ func (q *Queries) FleetGet(ctx context.Context, id uuid.UUID) (Fleet, error) {
 		&i.Tags,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.MaintenanceWindow,
 	)
 	return i, err
 }
 
 const fleetList = `-- name: FleetList :many
-SELECT id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at FROM fleets
+SELECT id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at, maintenance_window FROM fleets
 WHERE org_id = $1
   AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid))
 ORDER BY created_at, id
@@ -160,6 +163,7 @@ func (q *Queries) FleetList(ctx context.Context, arg FleetListParams) ([]Fleet, 
 			&i.Tags,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.MaintenanceWindow,
 		); err != nil {
 			return nil, err
 		}
@@ -172,15 +176,16 @@ func (q *Queries) FleetList(ctx context.Context, arg FleetListParams) ([]Fleet, 
 }
 
 const fleetUpdate = `-- name: FleetUpdate :one
-UPDATE fleets SET name = $2, release_policy = $3, pinned_release_id = $4, tags = $5 WHERE id = $1 RETURNING id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at
+UPDATE fleets SET name = $2, release_policy = $3, pinned_release_id = $4, tags = $5, maintenance_window = $6 WHERE id = $1 RETURNING id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at, maintenance_window
 `
 
 type FleetUpdateParams struct {
-	ID              uuid.UUID
-	Name            string
-	ReleasePolicy   string
-	PinnedReleaseID uuid.NullUUID
-	Tags            map[string]string
+	ID                uuid.UUID
+	Name              string
+	ReleasePolicy     string
+	PinnedReleaseID   uuid.NullUUID
+	Tags              map[string]string
+	MaintenanceWindow []byte
 }
 
 func (q *Queries) FleetUpdate(ctx context.Context, arg FleetUpdateParams) (Fleet, error) {
@@ -190,6 +195,7 @@ func (q *Queries) FleetUpdate(ctx context.Context, arg FleetUpdateParams) (Fleet
 		arg.ReleasePolicy,
 		arg.PinnedReleaseID,
 		arg.Tags,
+		arg.MaintenanceWindow,
 	)
 	var i Fleet
 	err := row.Scan(
@@ -202,6 +208,7 @@ func (q *Queries) FleetUpdate(ctx context.Context, arg FleetUpdateParams) (Fleet
 		&i.Tags,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.MaintenanceWindow,
 	)
 	return i, err
 }

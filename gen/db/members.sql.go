@@ -35,6 +35,29 @@ func (q *Queries) DeviceAccess(ctx context.Context, arg DeviceAccessParams) (Dev
 	return i, err
 }
 
+const deviceGroupAccess = `-- name: DeviceGroupAccess :one
+SELECT g.org_id, m.role FROM device_groups g
+LEFT JOIN memberships m ON m.org_id = g.org_id AND m.user_id = $1
+WHERE g.id = $2
+`
+
+type DeviceGroupAccessParams struct {
+	UserID uuid.UUID
+	ID     uuid.UUID
+}
+
+type DeviceGroupAccessRow struct {
+	OrgID uuid.UUID
+	Role  *OrgRole
+}
+
+func (q *Queries) DeviceGroupAccess(ctx context.Context, arg DeviceGroupAccessParams) (DeviceGroupAccessRow, error) {
+	row := q.db.QueryRow(ctx, deviceGroupAccess, arg.UserID, arg.ID)
+	var i DeviceGroupAccessRow
+	err := row.Scan(&i.OrgID, &i.Role)
+	return i, err
+}
+
 const fleetAccess = `-- name: FleetAccess :one
 SELECT f.org_id, m.role FROM fleets f
 LEFT JOIN memberships m ON m.org_id = f.org_id AND m.user_id = $1
@@ -304,6 +327,29 @@ type ReleaseAccessRow struct {
 func (q *Queries) ReleaseAccess(ctx context.Context, arg ReleaseAccessParams) (ReleaseAccessRow, error) {
 	row := q.db.QueryRow(ctx, releaseAccess, arg.UserID, arg.ID)
 	var i ReleaseAccessRow
+	err := row.Scan(&i.OrgID, &i.Role)
+	return i, err
+}
+
+const rolloutAccess = `-- name: RolloutAccess :one
+SELECT r.org_id, m.role FROM rollouts r
+LEFT JOIN memberships m ON m.org_id = r.org_id AND m.user_id = $1
+WHERE r.id = $2
+`
+
+type RolloutAccessParams struct {
+	UserID uuid.UUID
+	ID     uuid.UUID
+}
+
+type RolloutAccessRow struct {
+	OrgID uuid.UUID
+	Role  *OrgRole
+}
+
+func (q *Queries) RolloutAccess(ctx context.Context, arg RolloutAccessParams) (RolloutAccessRow, error) {
+	row := q.db.QueryRow(ctx, rolloutAccess, arg.UserID, arg.ID)
+	var i RolloutAccessRow
 	err := row.Scan(&i.OrgID, &i.Role)
 	return i, err
 }

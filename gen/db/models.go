@@ -127,12 +127,24 @@ type Device struct {
 	Connected        bool
 	ReportedAt       *time.Time
 	ReportedSeq      *int64
+	RolloutReleaseID uuid.NullUUID
 }
 
 type DeviceAssertionJti struct {
 	DeviceID  uuid.UUID
 	Jti       string
 	ExpiresAt time.Time
+}
+
+type DeviceGroup struct {
+	ID         uuid.UUID
+	OrgID      uuid.UUID
+	Name       string
+	Tags       map[string]string
+	NamePrefix *string
+	DeviceIds  []uuid.UUID
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
 }
 
 type DeviceLog struct {
@@ -146,15 +158,16 @@ type DeviceLog struct {
 }
 
 type Fleet struct {
-	ID              uuid.UUID
-	OrgID           uuid.UUID
-	Name            string
-	Architecture    string
-	ReleasePolicy   string
-	PinnedReleaseID uuid.NullUUID
-	Tags            map[string]string
-	CreatedAt       time.Time
-	UpdatedAt       time.Time
+	ID                uuid.UUID
+	OrgID             uuid.UUID
+	Name              string
+	Architecture      string
+	ReleasePolicy     string
+	PinnedReleaseID   uuid.NullUUID
+	Tags              map[string]string
+	CreatedAt         time.Time
+	UpdatedAt         time.Time
+	MaintenanceWindow []byte
 }
 
 type GooseDbVersion struct {
@@ -215,6 +228,66 @@ type Release struct {
 	CreatedAt   time.Time
 	UpdatedAt   time.Time
 	FinalizedAt *time.Time
+}
+
+type Rollout struct {
+	ID                uuid.UUID
+	OrgID             uuid.UUID
+	FleetID           uuid.UUID
+	ReleaseID         uuid.UUID
+	FromReleaseID     uuid.NullUUID
+	FleetPolicyBefore *string
+	State             string
+	StateReason       string
+	Membership        string
+	Selector          []byte
+	DeviceGroupID     uuid.NullUUID
+	Spec              []byte
+	CurrentGroup      int32
+	GroupReadyAt      *time.Time
+	Tokens            float64
+	TokensAt          *time.Time
+	RatePerMinute     float64
+	CreatedBy         uuid.NullUUID
+	CreatedAt         time.Time
+	UpdatedAt         time.Time
+	StartedAt         *time.Time
+	EndedAt           *time.Time
+}
+
+type RolloutDevice struct {
+	RolloutID         uuid.UUID
+	DeviceID          uuid.UUID
+	GroupIdx          int32
+	State             string
+	Reason            string
+	PreviousReleaseID uuid.NullUUID
+	TargetedAt        *time.Time
+	StateAt           time.Time
+	Deadline          *time.Time
+	HealthySince      *time.Time
+	LastSeq           int64
+}
+
+type RolloutEvent struct {
+	Seq         int64
+	ID          uuid.UUID
+	RolloutID   uuid.UUID
+	Record      []byte
+	CreatedAt   time.Time
+	PublishedAt *time.Time
+}
+
+type RolloutGroup struct {
+	RolloutID             uuid.UUID
+	Idx                   int32
+	Name                  string
+	Spec                  []byte
+	Share                 float64
+	State                 string
+	ThresholdAcknowledged bool
+	StartedAt             *time.Time
+	EndedAt               *time.Time
 }
 
 type SigningKey struct {

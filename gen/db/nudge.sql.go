@@ -60,7 +60,7 @@ func (q *Queries) FleetDevicePage(ctx context.Context, arg FleetDevicePageParams
 
 const targetChoices = `-- name: TargetChoices :many
 WITH d AS (
-  SELECT d.id, d.fleet_id, d.architecture, coalesce(d.pinned_release_id, f.pinned_release_id) AS pinned_release_id
+  SELECT d.id, d.fleet_id, d.architecture, coalesce(d.pinned_release_id, d.rollout_release_id, f.pinned_release_id) AS pinned_release_id
   FROM devices d JOIN fleets f ON f.id = d.fleet_id
   WHERE d.id = ANY($1::uuid[])
 ), latest AS (
@@ -87,9 +87,10 @@ type TargetChoicesRow struct {
 // Target state of batches of devices (internal/targetstate): what the device
 // state endpoint serves one device and what nudges announce to many.
 // For each existing device of a batch: its fleet, its architecture and the
-// release it should run, chosen by device pin, else fleet pin, else its
-// fleet's newest final release (NULL when the fleet has none). The newest
-// final release is looked up once per fleet, not once per device.
+// release it should run, chosen by device pin, else its rollout
+// assignment, else fleet pin, else its fleet's newest final release (NULL
+// when the fleet has none). The newest final release is looked up once per
+// fleet, not once per device.
 func (q *Queries) TargetChoices(ctx context.Context, ids []uuid.UUID) ([]TargetChoicesRow, error) {
 	rows, err := q.db.Query(ctx, targetChoices, ids)
 	if err != nil {

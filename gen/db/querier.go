@@ -36,6 +36,15 @@ type Querier interface {
 	DeviceDelete(ctx context.Context, id uuid.UUID) (int64, error)
 	DeviceForUpdate(ctx context.Context, id uuid.UUID) (Device, error)
 	DeviceGet(ctx context.Context, id uuid.UUID) (Device, error)
+	DeviceGroupAccess(ctx context.Context, arg DeviceGroupAccessParams) (DeviceGroupAccessRow, error)
+	DeviceGroupCreate(ctx context.Context, arg DeviceGroupCreateParams) (DeviceGroup, error)
+	DeviceGroupDelete(ctx context.Context, id uuid.UUID) (int64, error)
+	DeviceGroupForUpdate(ctx context.Context, id uuid.UUID) (DeviceGroup, error)
+	DeviceGroupGet(ctx context.Context, id uuid.UUID) (DeviceGroup, error)
+	// Whether a rollout that has not ended targets the group.
+	DeviceGroupInUse(ctx context.Context, deviceGroupID uuid.NullUUID) (bool, error)
+	DeviceGroupList(ctx context.Context, arg DeviceGroupListParams) ([]DeviceGroup, error)
+	DeviceGroupUpdate(ctx context.Context, arg DeviceGroupUpdateParams) (DeviceGroup, error)
 	// Keyset pagination on (created_at, id); every filter is optional. Only the
 	// columns a listed device shows or that decide its online and reported
 	// state; tags as the jsonb's text (no column override makes them a map), which
@@ -82,6 +91,13 @@ type Querier interface {
 	DevicesTouch(ctx context.Context, arg DevicesTouchParams) error
 	// The fleet's organisation and the user's role there, in one round trip.
 	FleetAccess(ctx context.Context, arg FleetAccessParams) (FleetAccessRow, error)
+	// The rollout that holds a fleet, if any (ready ones do not hold it yet).
+	FleetActiveRollout(ctx context.Context, fleetID uuid.UUID) (FleetActiveRolloutRow, error)
+	// When a rollout finishes the fleet runs its release, and when a person
+	// re-pins a fleet they choose what it runs: rollout assignments (of this
+	// rollout, or left by an aborted one) no longer apply. Returns the
+	// devices, to nudge.
+	FleetClearAssignments(ctx context.Context, fleetID uuid.UUID) ([]uuid.UUID, error)
 	FleetCountByOrg(ctx context.Context, orgID uuid.UUID) (int64, error)
 	FleetCreate(ctx context.Context, arg FleetCreateParams) (Fleet, error)
 	FleetDelete(ctx context.Context, id uuid.UUID) (int64, error)
@@ -90,7 +106,13 @@ type Querier interface {
 	FleetDevicePage(ctx context.Context, arg FleetDevicePageParams) ([]FleetDevicePageRow, error)
 	FleetForUpdate(ctx context.Context, id uuid.UUID) (Fleet, error)
 	FleetGet(ctx context.Context, id uuid.UUID) (Fleet, error)
+	// Holds a fleet on a release (a rollout starts), or moves it on (one
+	// finishes): the fleet's pin and policy.
+	FleetHold(ctx context.Context, arg FleetHoldParams) error
 	FleetList(ctx context.Context, arg FleetListParams) ([]Fleet, error)
+	// The rollout that keeps a fleet from getting another: one that has not
+	// ended.
+	FleetOpenRollout(ctx context.Context, fleetID uuid.UUID) (FleetOpenRolloutRow, error)
 	FleetUpdate(ctx context.Context, arg FleetUpdateParams) (Fleet, error)
 	IdempotencyDeleteExpired(ctx context.Context) (int64, error)
 	IdempotencyGet(ctx context.Context, arg IdempotencyGetParams) (IdempotencyKey, error)
@@ -130,6 +152,42 @@ type Querier interface {
 	ReleaseLatestFinal(ctx context.Context, fleetID uuid.UUID) (Release, error)
 	ReleaseList(ctx context.Context, arg ReleaseListParams) ([]Release, error)
 	ReleaseUpdate(ctx context.Context, arg ReleaseUpdateParams) (Release, error)
+	RolloutAccess(ctx context.Context, arg RolloutAccessParams) (RolloutAccessRow, error)
+	// Moves to group next: the group left behind hands its pending devices
+	// on, so none waits in a group that no longer targets.
+	RolloutAdvance(ctx context.Context, arg RolloutAdvanceParams) (Rollout, error)
+	RolloutCandidateCount(ctx context.Context, arg RolloutCandidateCountParams) (int32, error)
+	// The fleet's devices a rollout selects: not pinned (a pin beats a
+	// rollout), carrying every tag asked for, and in the device group when one
+	// is named.
+	RolloutCandidates(ctx context.Context, arg RolloutCandidatesParams) ([]RolloutCandidatesRow, error)
+	// Devices by group and state, counted as they are now: a device deleted or
+	// moved away is gone from them.
+	RolloutCounts(ctx context.Context, rolloutID uuid.UUID) ([]RolloutCountsRow, error)
+	RolloutCountsOf(ctx context.Context, rolloutIds []uuid.UUID) ([]RolloutCountsOfRow, error)
+	RolloutCreate(ctx context.Context, arg RolloutCreateParams) (Rollout, error)
+	RolloutDeviceList(ctx context.Context, arg RolloutDeviceListParams) ([]RolloutDevice, error)
+	RolloutDevicesAdd(ctx context.Context, arg RolloutDevicesAddParams) error
+	// Writes an event to the outbox, in the transaction of its transition.
+	RolloutEventAdd(ctx context.Context, arg RolloutEventAddParams) error
+	RolloutForUpdate(ctx context.Context, id uuid.UUID) (Rollout, error)
+	RolloutGet(ctx context.Context, id uuid.UUID) (Rollout, error)
+	// A resume after the group tripped its error threshold: the person has
+	// seen the failures and goes on.
+	RolloutGroupAcknowledge(ctx context.Context, arg RolloutGroupAcknowledgeParams) error
+	RolloutGroupCreate(ctx context.Context, arg RolloutGroupCreateParams) error
+	RolloutGroupSetShare(ctx context.Context, arg RolloutGroupSetShareParams) error
+	RolloutGroupSetState(ctx context.Context, arg RolloutGroupSetStateParams) error
+	RolloutGroups(ctx context.Context, rolloutID uuid.UUID) ([]RolloutGroup, error)
+	RolloutGroupsOf(ctx context.Context, rolloutIds []uuid.UUID) ([]RolloutGroup, error)
+	RolloutList(ctx context.Context, arg RolloutListParams) ([]Rollout, error)
+	// Puts every touched device of the rollout back on its previous
+	// assignment; returns them, to nudge.
+	RolloutRollBack(ctx context.Context, rolloutID uuid.UUID) ([]uuid.UUID, error)
+	RolloutSetState(ctx context.Context, arg RolloutSetStateParams) (Rollout, error)
+	// The rollout takes hold of its fleet: what the fleet runs now and its
+	// policy, to hold it there and restore at the end.
+	RolloutStart(ctx context.Context, arg RolloutStartParams) (Rollout, error)
 	SchedulerActiveRollouts(ctx context.Context) ([]uuid.UUID, error)
 	// One replica steps a rollout at a time; the others skip it rather than
 	// wait, and an action of the API (which waits for the lock) goes before
@@ -179,9 +237,10 @@ type Querier interface {
 	// Target state of batches of devices (internal/targetstate): what the device
 	// state endpoint serves one device and what nudges announce to many.
 	// For each existing device of a batch: its fleet, its architecture and the
-	// release it should run, chosen by device pin, else fleet pin, else its
-	// fleet's newest final release (NULL when the fleet has none). The newest
-	// final release is looked up once per fleet, not once per device.
+	// release it should run, chosen by device pin, else its rollout
+	// assignment, else fleet pin, else its fleet's newest final release (NULL
+	// when the fleet has none). The newest final release is looked up once per
+	// fleet, not once per device.
 	TargetChoices(ctx context.Context, ids []uuid.UUID) ([]TargetChoicesRow, error)
 	TargetReleases(ctx context.Context, ids []uuid.UUID) ([]TargetReleasesRow, error)
 	// The fleets' own variables and the devices' own, for a batch of devices.

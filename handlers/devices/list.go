@@ -42,7 +42,7 @@ func (h *Devices) list(ctx context.Context, org uuid.UUID, p api.DeviceListParam
 	}
 	rows, err := db.New(h.Pool).DeviceList(ctx, db.DeviceListParams{
 		OrgID: org, FleetID: nullable(p.FleetId), TagKey: p.TagKey, TagValue: tagValue, Online: p.Online,
-		RunningReleaseID: nullable(p.RunningReleaseId), NamePrefix: p.NamePrefix,
+		RunningReleaseID: nullable(p.RunningReleaseId), NamePrefix: p.NamePrefix, DeviceGroupID: nullable(p.DeviceGroupId),
 		AfterTime: afterT, AfterID: afterID, MaxRows: limit + 1,
 	})
 	if err != nil {

@@ -31,5 +31,9 @@ func (h *Fleets) FleetCreate(ctx context.Context, req api.FleetCreateRequestObje
 		return nil, fmt.Errorf("create fleet in %s: %w", acc.OrgID, err)
 	}
 	acc.SetTarget(f.ID.String())
-	return api.FleetCreate201JSONResponse(Fleet(f)), nil
+	out, err := Fleet(f)
+	if err != nil {
+		return nil, err
+	}
+	return api.FleetCreate201JSONResponse(out), nil
 }

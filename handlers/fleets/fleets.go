@@ -3,6 +3,8 @@
 package fleets
 
 import (
+	"fmt"
+
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/flock-io/flock-api/gen/api"
@@ -18,7 +20,7 @@ type Fleets struct {
 }
 
 // Fleet converts a fleet row.
-func Fleet(f db.Fleet) api.Fleet {
+func Fleet(f db.Fleet) (api.Fleet, error) {
 	out := api.Fleet{Id: f.ID, OrgId: f.OrgID, Name: f.Name, Architecture: api.Architecture(f.Architecture),
 		ReleasePolicy: api.ReleasePolicy(f.ReleasePolicy), Tags: f.Tags, CreatedAt: f.CreatedAt, UpdatedAt: f.UpdatedAt}
 	if f.PinnedReleaseID.Valid {
@@ -27,5 +29,10 @@ func Fleet(f db.Fleet) api.Fleet {
 	if out.Tags == nil {
 		out.Tags = map[string]string{}
 	}
-	return out
+	w, err := APIWindow(f.MaintenanceWindow)
+	if err != nil {
+		return out, fmt.Errorf("fleet %s: %w", f.ID, err)
+	}
+	out.MaintenanceWindow = w
+	return out, nil
 }

@@ -14,5 +14,9 @@ func (h *Fleets) FleetGet(ctx context.Context, req api.FleetGetRequestObject) (a
 	if err != nil {
 		return nil, fmt.Errorf("load fleet %s: %w", req.FleetId, err)
 	}
-	return api.FleetGet200JSONResponse(Fleet(f)), nil
+	out, err := Fleet(f)
+	if err != nil {
+		return nil, err
+	}
+	return api.FleetGet200JSONResponse(out), nil
 }

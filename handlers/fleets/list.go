@@ -26,7 +26,7 @@ func (h *Fleets) FleetList(ctx context.Context, req api.FleetListRequestObject) 
 		return nil, fmt.Errorf("list fleets of %s: %w", acc.OrgID, err)
 	}
 	items, next, err := pagination.Page(rows, limit, func(f db.Fleet) (time.Time, uuid.UUID) { return f.CreatedAt, f.ID },
-		pagination.Plain(Fleet))
+		Fleet)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package fleets
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/flock-io/flock-api/internal/postgres"
@@ -26,7 +27,7 @@ func (h *Fleets) FleetUpdate(ctx context.Context, req api.FleetUpdateRequestObje
 	if err != nil {
 		return nil, fmt.Errorf("load fleet %s: %w", req.FleetId, err)
 	}
-	pinned := f.PinnedReleaseID
+	pinned, policy := f.PinnedReleaseID, f.ReleasePolicy
 	b := req.Body
 	if b.Name != nil {
 		f.Name = strings.TrimSpace(*b.Name)
@@ -52,8 +53,39 @@ func (h *Fleets) FleetUpdate(ctx context.Context, req api.FleetUpdateRequestObje
 			}
 		}
 	}
+	if b.MaintenanceWindow.IsSpecified() {
+		f.MaintenanceWindow = nil
+		if !b.MaintenanceWindow.IsNull() {
+			w := Window(ptr(b.MaintenanceWindow.MustGet()))
+			if fe := w.Check(); fe != nil {
+				return nil, problem.Invalid("body", "/maintenance_window"+fe.Field, fe.Detail)
+			}
+			if f.MaintenanceWindow, err = json.Marshal(w); err != nil {
+				return nil, fmt.Errorf("encode maintenance window: %w", err)
+			}
+		}
+	}
 	if f.ReleasePolicy == "track_latest" {
 		f.PinnedReleaseID = uuid.NullUUID{}
+	}
+	moves := f.PinnedReleaseID != pinned || f.ReleasePolicy != policy
+	if moves {
+		// A running rollout holds the fleet on a release and moves it when
+		// it finishes; a person moving it meanwhile would update every
+		// device the rollout has not reached, unwatched.
+		active, err := q.FleetActiveRollout(ctx, f.ID)
+		if err == nil {
+			return nil, problem.Errorf(http.StatusConflict, "rollout_active",
+				"rollout %s (%s) holds fleet %s; abort it or let it finish before changing the fleet's release", active.ID, active.State, f.ID)
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("check rollouts of fleet %s: %w", f.ID, err)
+		}
+		// The person chooses what the fleet runs: assignments an aborted
+		// rollout left behind give way to it.
+		if _, err := q.FleetClearAssignments(ctx, f.ID); err != nil {
+			return nil, fmt.Errorf("clear rollout assignments of fleet %s: %w", f.ID, err)
+		}
 	}
 	if f.ReleasePolicy == "pinned" {
 		if !f.PinnedReleaseID.Valid {
@@ -64,7 +96,7 @@ func (h *Fleets) FleetUpdate(ctx context.Context, req api.FleetUpdateRequestObje
 		}
 	}
 	f, err = q.FleetUpdate(ctx, db.FleetUpdateParams{ID: f.ID, Name: f.Name, ReleasePolicy: f.ReleasePolicy,
-		PinnedReleaseID: f.PinnedReleaseID, Tags: f.Tags})
+		PinnedReleaseID: f.PinnedReleaseID, Tags: f.Tags, MaintenanceWindow: f.MaintenanceWindow})
 	if postgres.IsUniqueViolation(err) {
 		return nil, problem.Errorf(http.StatusConflict, "name_taken", "the organisation already has a fleet named %q", f.Name)
 	}
@@ -72,11 +104,15 @@ func (h *Fleets) FleetUpdate(ctx context.Context, req api.FleetUpdateRequestObje
 		return nil, fmt.Errorf("update fleet %s: %w", req.FleetId, err)
 	}
 	// Pinning, repinning or unpinning changes the release of every device
-	// without a pin of its own; name, tags and policy alone change nothing.
-	if f.PinnedReleaseID != pinned {
+	// without a pin of its own; name, tags and window change nothing.
+	if moves {
 		nudger.FleetAfterCommit(ctx, h.Nudge, f.ID)
 	}
-	return api.FleetUpdate200JSONResponse(Fleet(f)), nil
+	out, err := Fleet(f)
+	if err != nil {
+		return nil, err
+	}
+	return api.FleetUpdate200JSONResponse(out), nil
 }
 
 // FinalReleaseOf refuses a release that is not a final release of fleet: pins
@@ -94,3 +130,5 @@ func FinalReleaseOf(ctx context.Context, q *db.Queries, release, fleet uuid.UUID
 	}
 	return nil
 }
+
+func ptr[T any](v T) *T { return &v }

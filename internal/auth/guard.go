@@ -76,6 +76,14 @@ var scopes = []scope{
 		r, err := q.ReleaseAccess(ctx, db.ReleaseAccessParams{ID: id, UserID: user})
 		return r.OrgID, r.Role, err
 	}},
+	{"rolloutId", "rollout", func(ctx context.Context, q *db.Queries, id, user uuid.UUID) (uuid.UUID, *db.OrgRole, error) {
+		r, err := q.RolloutAccess(ctx, db.RolloutAccessParams{ID: id, UserID: user})
+		return r.OrgID, r.Role, err
+	}},
+	{"deviceGroupId", "device group", func(ctx context.Context, q *db.Queries, id, user uuid.UUID) (uuid.UUID, *db.OrgRole, error) {
+		r, err := q.DeviceGroupAccess(ctx, db.DeviceGroupAccessParams{ID: id, UserID: user})
+		return r.OrgID, r.Role, err
+	}},
 }
 
 // Rule is the access policy of one operation.
@@ -141,7 +149,10 @@ func NewGuard(spec *openapi3.T, policy Policy, pool *pgxpool.Pool, rec *audit.Re
 				}
 			}
 			if i := strings.LastIndex(path, "{"); i >= 0 {
-				g.target[op.OperationID] = strings.TrimSuffix(path[i+1:], "}")
+				// Up to its closing brace: actions (/v1/rollouts/{rolloutId}/start)
+				// name their target before the verb.
+				name, _, _ := strings.Cut(path[i+1:], "}")
+				g.target[op.OperationID] = name
 			}
 			if p := op.Parameters.GetByInAndName("header", idempotency.Header); p != nil {
 				if !rule.Write {

@@ -28,6 +28,7 @@ const (
 	TopicDeviceCommands     = "flock.device.commands.v1"
 	TopicDeviceTelemetry    = "flock.device.telemetry.v1"
 	TopicDeviceLogs         = "flock.device.logs.v1"
+	TopicRolloutEvents      = "flock.rollout.events.v1"
 )
 
 // AllTopics are the topics Open makes sure exist.
@@ -38,6 +39,7 @@ var AllTopics = []string{
 	TopicDeviceCommands,
 	TopicDeviceTelemetry,
 	TopicDeviceLogs,
+	TopicRolloutEvents,
 }
 
 // ErrClosed is returned by Consume when the Bus was closed under it.

@@ -204,7 +204,8 @@ func Disconnected(d Device) (Device, bool) {
 
 // Tick is what time alone does to a device: one that has run the release
 // healthy for the settle time has succeeded; one past its deadline ends
-// unreached (never heard from) or timed out (stuck half way).
+// unreached (never heard from since it was targeted) or timed out (heard
+// from, but stuck half way or still on its previous release).
 func Tick(d Device, t Timing, now time.Time) (Device, bool) {
 	switch {
 	case d.State == DeviceRunning && !d.HealthySince.IsZero() && !now.Before(d.HealthySince.Add(t.Settle)):
@@ -213,8 +214,10 @@ func Tick(d Device, t Timing, now time.Time) (Device, bool) {
 		return d, false
 	case Terminal(d.State) || d.State == DevicePending || d.Deadline.IsZero() || now.Before(d.Deadline):
 		return d, false
-	case d.State == DeviceTargeted:
+	case d.State == DeviceTargeted && d.LastSeq < 0:
 		return to(d, DeviceUnreached, "not heard from before its deadline"), true
+	case d.State == DeviceTargeted:
+		return to(d, DeviceTimedOut, "still on its previous release at its deadline"), true
 	default:
 		return to(d, DeviceTimedOut, "still "+d.State+" at its deadline"), true
 	}

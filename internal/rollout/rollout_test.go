@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/flock-io/flock-api/asyncapi"
 )
 
 // Every action in every state: what it leads to, or that it is refused.
@@ -140,20 +142,22 @@ func TestTickBoundsEveryState(t *testing.T) {
 	timing := Timing{Settle: 2 * time.Minute}
 	deadline := t0.Add(time.Hour)
 	tests := []struct {
-		state string
-		now   time.Time
-		want  string
+		state   string
+		lastSeq int64 // -1: not heard from since targeted
+		now     time.Time
+		want    string
 	}{
-		{DeviceTargeted, deadline.Add(-time.Second), DeviceTargeted},
-		{DeviceTargeted, deadline, DeviceUnreached},
-		{DeviceDownloading, deadline, DeviceTimedOut},
-		{DeviceInstalling, deadline.Add(time.Minute), DeviceTimedOut},
-		{DeviceWaitingLock, deadline, DeviceTimedOut},
-		{DevicePending, deadline.Add(time.Hour), DevicePending},
-		{DeviceSucceeded, deadline.Add(time.Hour), DeviceSucceeded},
+		{DeviceTargeted, -1, deadline.Add(-time.Second), DeviceTargeted},
+		{DeviceTargeted, -1, deadline, DeviceUnreached},
+		{DeviceTargeted, 4, deadline, DeviceTimedOut}, // heard from, never started
+		{DeviceDownloading, 4, deadline, DeviceTimedOut},
+		{DeviceInstalling, 4, deadline.Add(time.Minute), DeviceTimedOut},
+		{DeviceWaitingLock, 4, deadline, DeviceTimedOut},
+		{DevicePending, -1, deadline.Add(time.Hour), DevicePending},
+		{DeviceSucceeded, 4, deadline.Add(time.Hour), DeviceSucceeded},
 	}
 	for _, tt := range tests {
-		got, _ := Tick(Device{State: tt.state, Deadline: deadline}, timing, tt.now)
+		got, _ := Tick(Device{State: tt.state, Deadline: deadline, LastSeq: tt.lastSeq}, timing, tt.now)
 		if got.State != tt.want {
 			t.Errorf("Tick(%s at %s) = %s, want %s", tt.state, tt.now.Sub(deadline), got.State, tt.want)
 		}
@@ -380,6 +384,7 @@ func TestCheck(t *testing.T) {
 		{"no groups", Spec{}, nil, "/groups"},
 		{"bad cron", Spec{Window: &Window{Cron: "soon", DurationSeconds: 3600}}, ok, "/maintenance_window/cron"},
 		{"ramp without a rate", Spec{Ramp: &Ramp{Factor: 2, EverySucceeded: 10}}, ok, "/ramp"},
+		{"tags on the last group", Spec{}, []GroupSpec{{Percent: ptr(10.0)}, {Tags: map[string]string{"ring": "b"}}}, "/groups/1/tags"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -395,5 +400,26 @@ func TestCheck(t *testing.T) {
 			}
 			t.Fatalf("Check = %v, want an error on %s", fmt.Sprint(fes), tt.field)
 		})
+	}
+}
+
+// Records match their topic's schema in the AsyncAPI document.
+func TestEventRecordMatchesTheDocument(t *testing.T) {
+	v, err := asyncapi.NewValidator()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := 2
+	for _, e := range []Event{
+		{RolloutID: uuid.New(), OrgID: uuid.New(), FleetID: uuid.New(), Event: EventGroupStarted, State: Running, Group: &g, At: t0},
+		{RolloutID: uuid.New(), OrgID: uuid.New(), FleetID: uuid.New(), Event: EventThresholdTripped, State: Paused, Reason: "3 of 10 failed", Actor: "scheduler", At: t0},
+	} {
+		r := e.Record()
+		if err := v.ValidateRecord(r.Topic, r.Value); err != nil {
+			t.Errorf("%s: %v\n%s", e.Event, err, r.Value)
+		}
+		if string(r.Key) != e.RolloutID.String() {
+			t.Errorf("key %s, want the rollout id", r.Key)
+		}
 	}
 }

@@ -156,6 +156,12 @@ func Check(s Spec, groups []GroupSpec, selected int) error {
 		case g.Count != nil && *g.Count < 1:
 			add(f+"/count", "must be at least 1")
 		}
+		if last && len(g.Tags) > 0 && len(groups) > 1 {
+			// Plan hands the last group every device the others left; a tag
+			// filter there would leave devices out of the rollout, to be
+			// moved unwatched when the fleet takes the release at the end.
+			add(f+"/tags", "the last group takes every device the others leave; it cannot have tags")
+		}
 		if g.Percent != nil {
 			share += *g.Percent
 		}

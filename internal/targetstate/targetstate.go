@@ -91,6 +91,7 @@ func Compute(deviceID uuid.UUID, arch string, rel *Release, vars []db.ConfigVari
 				Name: s.Name, Image: repository(img.Image) + "@" + img.Digest, Digest: img.Digest, Environment: env,
 				Labels: orEmptyMap(s.Labels), Ports: orEmpty(s.Ports), Volumes: orEmpty(s.Volumes),
 				Restart: restart(s.Restart), Privileged: s.Privileged != nil && *s.Privileged, CapAdd: orEmpty(s.CapAdd),
+				UpdateStrategy: strategy(s.UpdateStrategy),
 			})
 		}
 	}
@@ -144,4 +145,13 @@ func orEmptyMap(m *map[string]string) map[string]string {
 		return map[string]string{}
 	}
 	return *m
+}
+
+// strategy is the service's update strategy, download-then-kill (balena's
+// default) when the release names none.
+func strategy(s *api.UpdateStrategy) api.UpdateStrategy {
+	if s == nil {
+		return api.DownloadThenKill
+	}
+	return *s
 }

@@ -420,6 +420,290 @@ export interface paths {
         patch: operations["fleet-variable:update"];
         trace?: never;
     };
+    "/v1/fleets/{fleetId}/rollouts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        /** Rollouts of a fleet */
+        get: operations["rollout:list"];
+        put?: never;
+        /**
+         * Prepare a rollout of a release
+         * @description Prepares (state `ready`) a rollout of a final release of the fleet to
+         *     its devices, or to those of a device group or carrying given tags, in
+         *     ordered groups. Devices pinned to a release are left out: a pin always
+         *     beats a rollout. Start it with `rollout:start`. A fleet has one rollout
+         *     at a time (409 while another is ready, running, paused or waiting). The
+         *     release must differ from what the fleet runs now: to roll out on a
+         *     fleet that tracks its latest release, pin the fleet to the release its
+         *     devices run before finalising the new one.
+         */
+        post: operations["rollout:create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rollouts/{rolloutId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * A rollout, with its progress
+         * @description Its state, its groups with their settings, and devices by state per group and in all.
+         */
+        get: operations["rollout:get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rollouts/{rolloutId}/devices": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        /** The devices of a rollout */
+        get: operations["rollout-device:list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rollouts/{rolloutId}/start": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Start a ready rollout
+         * @description The fleet is held on what it runs now, and the first group's devices are targeted (within the rate limit and the maintenance window). An action that makes no sense in the rollout's state is 409, naming the state.
+         */
+        post: operations["rollout:start"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rollouts/{rolloutId}/pause": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Pause a rollout
+         * @description No device is newly targeted; devices already updating finish. An action that makes no sense in the rollout's state is 409, naming the state.
+         */
+        post: operations["rollout:pause"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rollouts/{rolloutId}/resume": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Resume a paused rollout
+         * @description Targeting goes on where it stopped. An action that makes no sense in the rollout's state is 409, naming the state.
+         */
+        post: operations["rollout:resume"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rollouts/{rolloutId}/next-group": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Skip ahead to the next group
+         * @description The current group stops taking new devices (those already updating finish) and the next one starts now, whatever its predecessor's thresholds say. A paused rollout stays paused. An action that makes no sense in the rollout's state is 409, naming the state.
+         */
+        post: operations["rollout:next-group"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rollouts/{rolloutId}/approve": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Approve the next group
+         * @description For a rollout waiting for approval: the next group starts. An action that makes no sense in the rollout's state is 409, naming the state.
+         */
+        post: operations["rollout:approve"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rollouts/{rolloutId}/abort": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Abort a rollout
+         * @description Stops for good: no device is newly targeted, and with rollback every touched device is put back on its previous release (state rolled_back). The fleet stays on what it ran before the rollout. An action that makes no sense in the rollout's state is 409, naming the state.
+         */
+        post: operations["rollout:abort"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rollouts/{rolloutId}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Cancel a rollout that has not started
+         * @description Only a ready rollout; a started one is aborted instead. An action that makes no sense in the rollout's state is 409, naming the state.
+         */
+        post: operations["rollout:cancel"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orgs/{orgId}/device-groups": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        /** Device groups of an organisation */
+        get: operations["device-group:list"];
+        put?: never;
+        /** Save a device filter */
+        post: operations["device-group:create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/device-groups/{deviceGroupId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device group's id. */
+                deviceGroupId: components["parameters"]["DeviceGroupId"];
+            };
+            cookie?: never;
+        };
+        /** A device group */
+        get: operations["device-group:get"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete a device group
+         * @description Refused (409) while a rollout that has not ended targets it.
+         */
+        delete: operations["device-group:delete"];
+        options?: never;
+        head?: never;
+        /**
+         * Change a device group's filter
+         * @description A running continuous rollout of the group takes devices that match from now on; devices already in it stay.
+         */
+        patch: operations["device-group:update"];
+        trace?: never;
+    };
     "/v1/orgs/{orgId}/devices": {
         parameters: {
             query?: never;
@@ -930,10 +1214,10 @@ export interface components {
         /** @description Who made a change. */
         Actor: {
             /** @enum {string} */
-            type: "user" | "api_key" | "provisioning_key" | "device";
+            type: "user" | "api_key" | "provisioning_key" | "device" | "system";
             /** Format: uuid */
             id: string;
-            /** @description The user's email, or the API key's or provisioning key's name, as it was at the time. */
+            /** @description The user's email, or the API key's or provisioning key's name, as it was at the time; `scheduler` for system, Flock's own rollout scheduler. */
             label: string;
         };
         AuditEvent: {
@@ -982,6 +1266,23 @@ export interface components {
         Tags: {
             [key: string]: string;
         };
+        /**
+         * @description When devices may be newly targeted by a rollout: the window opens at every
+         *     time `cron` names and stays open `duration_seconds`.
+         */
+        MaintenanceWindow: {
+            /**
+             * @description Five fields (minute hour day-of-month month day-of-week), or a descriptor such as `@daily`.
+             * @example 0 2 * * 1-5
+             */
+            cron: string;
+            duration_seconds: number;
+            /**
+             * @description An IANA time zone; default UTC.
+             * @example Europe/Berlin
+             */
+            time_zone?: string;
+        };
         Fleet: {
             /** Format: uuid */
             id: string;
@@ -996,6 +1297,7 @@ export interface components {
              */
             pinned_release_id?: string;
             tags: components["schemas"]["Tags"];
+            maintenance_window?: components["schemas"]["MaintenanceWindow"];
             /** Format: date-time */
             created_at: string;
             /** Format: date-time */
@@ -1019,6 +1321,8 @@ export interface components {
              */
             pinned_release_id?: string | null;
             tags?: components["schemas"]["Tags"];
+            /** @description When rollouts may newly target the fleet's devices (a rollout's own window overrides it); null removes it. */
+            maintenance_window?: components["schemas"]["MaintenanceWindow"] | null;
         };
         ProvisioningKey: {
             /** Format: uuid */
@@ -1073,6 +1377,16 @@ export interface components {
             image: string;
             digest: components["schemas"]["Digest"];
         };
+        /**
+         * @description How the device replaces a running service with a new release's, as balena
+         *     names them: download the new image while the old container runs, then
+         *     switch (the default); stop the old container first (when storage or
+         *     memory is short); delete the old image too before downloading; or start
+         *     the new container beside the old one and stop the old once the new says
+         *     it has taken over.
+         * @enum {string}
+         */
+        UpdateStrategy: "download-then-kill" | "kill-then-download" | "delete-then-download" | "hand-over";
         /** @description One container of a release, in the spirit of a compose service. */
         ReleaseService: {
             name: string;
@@ -1100,6 +1414,8 @@ export interface components {
             restart: "no" | "always" | "on-failure" | "unless-stopped";
             /** @default false */
             privileged: boolean;
+            /** @default download-then-kill */
+            update_strategy: components["schemas"]["UpdateStrategy"];
             cap_add?: string[];
         };
         Release: {
@@ -1177,11 +1493,264 @@ export interface components {
         VariableUpdate: {
             value: string;
         };
+        /**
+         * @description ready (created, not started), running, paused (no new targeting; devices
+         *     already updating finish), waiting_for_approval (a group succeeded and the
+         *     next needs an approve), finished (every group done; the fleet now runs the
+         *     release), aborted, rolled_back (aborted, and every touched device put back
+         *     on its previous release), canceled (stopped before it started).
+         * @enum {string}
+         */
+        RolloutState: "ready" | "running" | "paused" | "waiting_for_approval" | "finished" | "aborted" | "rolled_back" | "canceled";
+        /**
+         * @description AWS IoT Jobs' abort criterion: once at least `min_sample` of the group's
+         *     devices have finished, if more than `percent` of them ended in one of
+         *     `failure_types`, the rollout pauses or aborts.
+         */
+        RolloutErrorThreshold: {
+            /** Format: double */
+            percent: number;
+            min_sample: number;
+            /** @description Default all three. */
+            failure_types?: ("failed" | "timed_out" | "unreached")[];
+            /** @enum {string} */
+            action: "pause" | "abort";
+        };
+        /**
+         * @description One stage. Give `percent` (of the selected devices, rounded up) or
+         *     `count`; the last group may give neither and takes every selected device
+         *     the others did not (it takes them in any case).
+         */
+        RolloutGroupSpec: {
+            name?: string;
+            /** Format: double */
+            percent?: number;
+            count?: number;
+            /** @description Only devices carrying every one of these tags. */
+            tags?: components["schemas"]["Tags"];
+            /**
+             * Format: double
+             * @description The share (percent) of the group's devices that must succeed before the next group starts.
+             * @default 100
+             */
+            success_threshold: number;
+            error_threshold?: components["schemas"]["RolloutErrorThreshold"];
+            /**
+             * @description How long a device may take from being targeted; then it is timed out, or unreached if never heard from.
+             * @default 3600
+             */
+            device_timeout_seconds: number;
+            /**
+             * @description Wait this long after the success threshold is met.
+             * @default 0
+             */
+            soak_seconds: number;
+            /**
+             * @description The next group waits for `rollout:approve`.
+             * @default false
+             */
+            requires_approval: boolean;
+        };
+        /** @description Devices by state. */
+        RolloutCounts: {
+            pending: number;
+            targeted: number;
+            downloading: number;
+            installing: number;
+            waiting_lock: number;
+            running: number;
+            succeeded: number;
+            failed: number;
+            timed_out: number;
+            unreached: number;
+            rolled_back: number;
+            total: number;
+        };
+        RolloutGroup: {
+            index: number;
+            name: string;
+            /** @enum {string} */
+            state: "pending" | "running" | "succeeded" | "failed" | "complete";
+            spec: components["schemas"]["RolloutGroupSpec"];
+            counts: components["schemas"]["RolloutCounts"];
+            /** Format: date-time */
+            started_at?: string;
+            /** Format: date-time */
+            ended_at?: string;
+        };
+        /** @description AWS IoT Jobs' exponentialRate: the rate is multiplied by increment_factor each time another every_succeeded devices succeed. */
+        RolloutRamp: {
+            /** Format: double */
+            increment_factor: number;
+            every_succeeded: number;
+            /** Format: double */
+            max_per_minute?: number;
+        };
+        Rollout: {
+            /** Format: uuid */
+            id: string;
+            /** Format: uuid */
+            org_id: string;
+            /** Format: uuid */
+            fleet_id: string;
+            /** Format: uuid */
+            release_id: string;
+            /**
+             * Format: uuid
+             * @description What the fleet ran when the rollout started.
+             */
+            from_release_id?: string;
+            state: components["schemas"]["RolloutState"];
+            /** @description Why it is in its state, when not by a person's action (a tripped error threshold, say). */
+            state_reason: string;
+            /** @enum {string} */
+            membership: "snapshot" | "continuous";
+            /** Format: uuid */
+            device_group_id?: string;
+            tags: components["schemas"]["Tags"];
+            /** @description The index of the group being rolled out. */
+            current_group: number;
+            groups: components["schemas"]["RolloutGroup"][];
+            counts: components["schemas"]["RolloutCounts"];
+            /** Format: double */
+            rate_per_minute: number;
+            ramp?: components["schemas"]["RolloutRamp"];
+            maintenance_window?: components["schemas"]["MaintenanceWindow"];
+            settle_seconds: number;
+            rollback_on_abort: boolean;
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            updated_at: string;
+            /** Format: date-time */
+            started_at?: string;
+            /** Format: date-time */
+            ended_at?: string;
+        };
+        RolloutPage: {
+            items: components["schemas"]["Rollout"][];
+            next_cursor?: string;
+        };
+        RolloutCreate: {
+            /**
+             * Format: uuid
+             * @description A final release of the fleet.
+             */
+            release_id: string;
+            /**
+             * Format: uuid
+             * @description Only devices of this saved device group.
+             */
+            device_group_id?: string;
+            /** @description Only devices carrying every one of these tags. */
+            tags?: components["schemas"]["Tags"];
+            /**
+             * @description snapshot: the devices selected at start; continuous: devices that
+             *     join the fleet (and match the selection) while the rollout runs take
+             *     part too, each in a group chosen by a stable hash of its id.
+             * @default snapshot
+             * @enum {string}
+             */
+            membership: "snapshot" | "continuous";
+            groups: components["schemas"]["RolloutGroupSpec"][];
+            /**
+             * Format: double
+             * @description Devices newly targeted per minute at most; 0 for no limit.
+             * @default 0
+             */
+            rate_per_minute: number;
+            ramp?: components["schemas"]["RolloutRamp"];
+            maintenance_window?: components["schemas"]["MaintenanceWindow"];
+            /**
+             * @description How long a device must run the release healthy to count as succeeded; going offline within it is a failure.
+             * @default 60
+             */
+            settle_seconds: number;
+            /**
+             * @description An abort puts every touched device back on its previous release.
+             * @default false
+             */
+            rollback_on_abort: boolean;
+        };
+        /**
+         * @description pending (its group has not targeted it), targeted (told to update, not
+         *     heard from since), downloading, installing, waiting_lock (an update lock
+         *     holds a service), running (runs the release healthy, settling),
+         *     succeeded (ran it healthy for the settle time), failed (reported a
+         *     failure, fell back to its previous release, or went offline while
+         *     settling), timed_out (still updating at its deadline), unreached
+         *     (targeted, never heard from before its deadline: offline), rolled_back
+         *     (put back on its previous release by an abort). The last five are final.
+         * @enum {string}
+         */
+        RolloutDeviceState: "pending" | "targeted" | "downloading" | "installing" | "waiting_lock" | "running" | "succeeded" | "failed" | "timed_out" | "unreached" | "rolled_back";
+        RolloutDevice: {
+            /** Format: uuid */
+            device_id: string;
+            group: number;
+            state: components["schemas"]["RolloutDeviceState"];
+            reason: string;
+            /** Format: uuid */
+            previous_release_id?: string;
+            /** Format: date-time */
+            targeted_at?: string;
+            /** Format: date-time */
+            state_at: string;
+            /** Format: date-time */
+            deadline?: string;
+        };
+        RolloutDevicePage: {
+            items: components["schemas"]["RolloutDevice"][];
+            next_cursor?: string;
+        };
+        RolloutAbort: {
+            /** @description Put every touched device back on its previous release; default the rollout's rollback_on_abort. */
+            rollback?: boolean;
+        };
+        /**
+         * @description A saved device filter: a device belongs when it carries every tag, its
+         *     name starts with `name_prefix` and its id is in `device_ids`, for the
+         *     conditions given. Rollouts and the device list can target it.
+         */
+        DeviceGroup: {
+            /** Format: uuid */
+            id: string;
+            /** Format: uuid */
+            org_id: string;
+            name: components["schemas"]["Name"];
+            tags: components["schemas"]["Tags"];
+            name_prefix?: string;
+            device_ids: string[];
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            updated_at: string;
+        };
+        DeviceGroupPage: {
+            items: components["schemas"]["DeviceGroup"][];
+            next_cursor?: string;
+        };
+        DeviceGroupCreate: {
+            name: components["schemas"]["Name"];
+            tags?: components["schemas"]["Tags"];
+            name_prefix?: string;
+            device_ids?: string[];
+        };
+        DeviceGroupUpdate: {
+            name?: components["schemas"]["Name"];
+            tags?: components["schemas"]["Tags"];
+            /** @description Empty clears the condition. */
+            name_prefix?: string;
+            /** @description Empty clears the condition. */
+            device_ids?: string[];
+        };
         ServiceStatus: {
             name: string;
             /** @enum {string} */
             status: "downloading" | "installing" | "running" | "stopped" | "exited" | "failed";
             download_progress?: number;
+            /** @description An update lock holds the service (the device will not replace it yet); a rollout counts the device as waiting, not failed, until its timeout. */
+            update_locked?: boolean;
         };
         /**
          * @description What a device says it runs. The same schema as `ReportedState` in the
@@ -1339,6 +1908,7 @@ export interface components {
             restart: string;
             privileged: boolean;
             cap_add: string[];
+            update_strategy: components["schemas"]["UpdateStrategy"];
         };
         /** @description What a device should run. */
         TargetState: {
@@ -1436,6 +2006,10 @@ export interface components {
         ReleaseId: string;
         /** @description The variable's id. */
         VariableId: string;
+        /** @description The rollout's id. */
+        RolloutId: string;
+        /** @description The device group's id. */
+        DeviceGroupId: string;
         /** @description The device's uuid. */
         DeviceId: string;
     };
@@ -2398,6 +2972,583 @@ export interface operations {
             default: components["responses"]["Problem"];
         };
     };
+    "rollout:list": {
+        parameters: {
+            query?: {
+                state?: components["schemas"]["RolloutState"];
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of rollouts, newest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RolloutPage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "rollout:create": {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RolloutCreate"];
+            };
+        };
+        responses: {
+            /** @description The rollout, ready. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Rollout"];
+                };
+            };
+            /** @description The fleet has a rollout already. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "rollout:get": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The rollout. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Rollout"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "rollout-device:list": {
+        parameters: {
+            query?: {
+                state?: components["schemas"]["RolloutDeviceState"];
+                group?: number;
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of the rollout's devices, by device id. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RolloutDevicePage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "rollout:start": {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The rollout after the action. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Rollout"];
+                };
+            };
+            /** @description Not possible in the rollout's state. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "rollout:pause": {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The rollout after the action. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Rollout"];
+                };
+            };
+            /** @description Not possible in the rollout's state. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "rollout:resume": {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The rollout after the action. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Rollout"];
+                };
+            };
+            /** @description Not possible in the rollout's state. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "rollout:next-group": {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The rollout after the action. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Rollout"];
+                };
+            };
+            /** @description Not possible in the rollout's state. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "rollout:approve": {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The rollout after the action. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Rollout"];
+                };
+            };
+            /** @description Not possible in the rollout's state. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "rollout:abort": {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["RolloutAbort"];
+            };
+        };
+        responses: {
+            /** @description The rollout after the action. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Rollout"];
+                };
+            };
+            /** @description Not possible in the rollout's state. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "rollout:cancel": {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The rollout after the action. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Rollout"];
+                };
+            };
+            /** @description Not possible in the rollout's state. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-group:list": {
+        parameters: {
+            query?: {
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of device groups, oldest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeviceGroupPage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-group:create": {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DeviceGroupCreate"];
+            };
+        };
+        responses: {
+            /** @description The device group. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeviceGroup"];
+                };
+            };
+            /** @description A device group of this name exists. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-group:get": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device group's id. */
+                deviceGroupId: components["parameters"]["DeviceGroupId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The device group. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeviceGroup"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-group:delete": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device group's id. */
+                deviceGroupId: components["parameters"]["DeviceGroupId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-group:update": {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The device group's id. */
+                deviceGroupId: components["parameters"]["DeviceGroupId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DeviceGroupUpdate"];
+            };
+        };
+        responses: {
+            /** @description The device group. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeviceGroup"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
     "device:list": {
         parameters: {
             query?: {
@@ -2409,6 +3560,8 @@ export interface operations {
                 online?: boolean;
                 running_release_id?: string;
                 name_prefix?: string;
+                /** @description Only devices of this saved device group. */
+                device_group_id?: string;
                 /** @description The most items to return in one page. */
                 limit?: components["parameters"]["Limit"];
                 /** @description The `next_cursor` of the previous page; omit for the first page. */
