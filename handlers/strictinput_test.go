@@ -11,8 +11,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/flock-io/flock-api/internal/testutil/apptest"
 	"github.com/flock-io/flock-api/handlers"
+	"github.com/flock-io/flock-api/internal/testutil/apptest"
 )
 
 // sendRaw sends body exactly as given, for bodies json.Marshal would not
