@@ -36,15 +36,22 @@ type Fleet struct {
 // release, Old, and a newer final release New. tags, when not nil, gives
 // device i its tags.
 func Seed(ctx context.Context, pool *pgxpool.Pool, n int, tags func(i int) map[string]string) (Fleet, error) {
-	var f Fleet
+	var org, fleet uuid.UUID
+	if err := pool.QueryRow(ctx, `INSERT INTO orgs (name) VALUES ('acme') RETURNING id`).Scan(&org); err != nil {
+		return Fleet{}, fmt.Errorf("seed an organisation: %w", err)
+	}
+	if err := pool.QueryRow(ctx, `INSERT INTO fleets (org_id, name, architecture) VALUES ($1, 'sensors', 'amd64') RETURNING id`,
+		org).Scan(&fleet); err != nil {
+		return Fleet{}, fmt.Errorf("seed a fleet: %w", err)
+	}
+	return Populate(ctx, pool, org, fleet, n, tags)
+}
+
+// Populate gives an existing fleet (of architecture amd64) the releases Old
+// and New and n devices running Old, as Seed does.
+func Populate(ctx context.Context, pool *pgxpool.Pool, org, fleet uuid.UUID, n int, tags func(i int) map[string]string) (Fleet, error) {
+	f := Fleet{Org: org, ID: fleet}
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		if err := tx.QueryRow(ctx, `INSERT INTO orgs (name) VALUES ('acme') RETURNING id`).Scan(&f.Org); err != nil {
-			return err
-		}
-		if err := tx.QueryRow(ctx, `INSERT INTO fleets (org_id, name, architecture) VALUES ($1, 'sensors', 'amd64') RETURNING id`,
-			f.Org).Scan(&f.ID); err != nil {
-			return err
-		}
 		for i, rel := range []*uuid.UUID{&f.Old, &f.New} {
 			if err := tx.QueryRow(ctx, `INSERT INTO releases (org_id, fleet_id, version, status, services, finalized_at)
 				VALUES ($1, $2, $3, 'final', $4, now() + make_interval(secs => $5)) RETURNING id`,
@@ -56,13 +63,9 @@ func Seed(ctx context.Context, pool *pgxpool.Pool, n int, tags func(i int) map[s
 		tagsJSON := make([][]byte, n)
 		for i := range f.Devices {
 			f.Devices[i] = uuid.New()
-			var t map[string]string
-			if tags != nil {
-				t = tags(i)
-			}
-			tagsJSON[i], _ = json.Marshal(t)
-			if t == nil {
-				tagsJSON[i] = []byte("{}")
+			tagsJSON[i] = []byte("{}")
+			if t := tagsOf(tags, i); t != nil {
+				tagsJSON[i], _ = json.Marshal(t)
 			}
 		}
 		_, err := tx.Exec(ctx, `INSERT INTO devices (id, org_id, fleet_id, name, device_type, architecture, public_key, tags, running_release_id)
@@ -77,6 +80,13 @@ func Seed(ctx context.Context, pool *pgxpool.Pool, n int, tags func(i int) map[s
 		return Fleet{}, err
 	}
 	return f, nil
+}
+
+func tagsOf(tags func(int) map[string]string, i int) map[string]string {
+	if tags == nil {
+		return nil
+	}
+	return tags(i)
 }
 
 func texts(bs [][]byte) []string {
