@@ -97,6 +97,9 @@ CREATE TABLE rollout_devices (
 CREATE INDEX rollout_devices_device_idx ON rollout_devices (device_id);
 CREATE INDEX rollout_devices_group_idx ON rollout_devices (rollout_id, group_idx, state);
 CREATE INDEX rollout_devices_deadline_idx ON rollout_devices (rollout_id, deadline) WHERE deadline IS NOT NULL;
+-- The scheduler's step finds settled devices by this and expired ones by
+-- the deadline index, without reading the rollout's other rows.
+CREATE INDEX rollout_devices_settling_idx ON rollout_devices (rollout_id, healthy_since) WHERE state = 'running';
 
 -- A device's rollout assignment: the release a rollout put it on. It comes
 -- after the device's own pin and before the fleet's (queries/nudge.sql
@@ -138,6 +141,7 @@ CREATE TABLE rollout_events (
   published_at timestamptz
 );
 CREATE INDEX rollout_events_unpublished_idx ON rollout_events (seq) WHERE published_at IS NULL;
+CREATE INDEX rollout_events_published_idx ON rollout_events (published_at) WHERE published_at IS NOT NULL;
 CREATE INDEX rollout_events_rollout_idx ON rollout_events (rollout_id, seq);
 
 -- The scheduler records the transitions it makes on its own (a threshold

@@ -160,3 +160,8 @@ UPDATE rollout_groups SET share = @share WHERE rollout_id = @rollout_id AND idx 
 SELECT id, state FROM rollouts
 WHERE fleet_id = $1 AND state IN ('ready', 'running', 'paused', 'waiting_for_approval')
 LIMIT 1;
+
+-- name: RolloutEventsForget :execrows
+-- The janitor forgets outbox rows a week after they were published: Kafka
+-- holds the history; the outbox only bridges a crash.
+DELETE FROM rollout_events WHERE published_at < now() - interval '7 days';

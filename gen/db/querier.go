@@ -170,6 +170,9 @@ type Querier interface {
 	RolloutDevicesAdd(ctx context.Context, arg RolloutDevicesAddParams) error
 	// Writes an event to the outbox, in the transaction of its transition.
 	RolloutEventAdd(ctx context.Context, arg RolloutEventAddParams) error
+	// The janitor forgets outbox rows a week after they were published: Kafka
+	// holds the history; the outbox only bridges a crash.
+	RolloutEventsForget(ctx context.Context) (int64, error)
 	RolloutForUpdate(ctx context.Context, id uuid.UUID) (Rollout, error)
 	RolloutGet(ctx context.Context, id uuid.UUID) (Rollout, error)
 	// A resume after the group tripped its error threshold: the person has

@@ -435,6 +435,20 @@ func (q *Queries) RolloutEventAdd(ctx context.Context, arg RolloutEventAddParams
 	return err
 }
 
+const rolloutEventsForget = `-- name: RolloutEventsForget :execrows
+DELETE FROM rollout_events WHERE published_at < now() - interval '7 days'
+`
+
+// The janitor forgets outbox rows a week after they were published: Kafka
+// holds the history; the outbox only bridges a crash.
+func (q *Queries) RolloutEventsForget(ctx context.Context) (int64, error) {
+	result, err := q.db.Exec(ctx, rolloutEventsForget)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const rolloutForUpdate = `-- name: RolloutForUpdate :one
 SELECT id, org_id, fleet_id, release_id, from_release_id, fleet_policy_before, state, state_reason, membership, selector, device_group_id, spec, current_group, group_ready_at, tokens, tokens_at, rate_per_minute, created_by, created_at, updated_at, started_at, ended_at FROM rollouts WHERE id = $1 FOR UPDATE
 `

@@ -2,7 +2,6 @@ package rollouts
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -156,65 +155,5 @@ func (h *Rollouts) start(ctx context.Context, q *db.Queries, r db.Rollout, actor
 	if err != nil {
 		return r, err
 	}
-	var sel selector
-	if err := json.Unmarshal(r.Selector, &sel); err != nil {
-		return r, fmt.Errorf("decode selector of rollout %s: %w", r.ID, err)
-	}
-	rows, err := q.RolloutCandidates(ctx, db.RolloutCandidatesParams{FleetID: r.FleetID, Tags: tagsJSON(sel.Tags), DeviceGroupID: r.DeviceGroupID})
-	if err != nil {
-		return r, fmt.Errorf("select devices of rollout %s: %w", r.ID, err)
-	}
-	cands := make([]rollout.Candidate, len(rows))
-	for i, d := range rows {
-		cands[i] = rollout.Candidate{ID: d.ID, Tags: d.Tags}
-	}
-	groups, err := q.RolloutGroups(ctx, r.ID)
-	if err != nil {
-		return r, fmt.Errorf("load groups of rollout %s: %w", r.ID, err)
-	}
-	specs := make([]rollout.GroupSpec, len(groups))
-	for i, g := range groups {
-		if specs[i], err = rolloutstore.GroupSpec(g); err != nil {
-			return r, err
-		}
-	}
-	placed, shares := rollout.Plan(r.ID, cands, specs)
-	ids := make([]uuid.UUID, 0, len(placed))
-	idx := make([]int32, 0, len(placed))
-	for _, c := range cands {
-		if g, ok := placed[c.ID]; ok {
-			ids = append(ids, c.ID)
-			idx = append(idx, int32(g))
-		}
-	}
-	if err := q.RolloutDevicesAdd(ctx, db.RolloutDevicesAddParams{RolloutID: r.ID, DeviceIds: ids, Groups: idx}); err != nil {
-		return r, fmt.Errorf("place devices of rollout %s: %w", r.ID, err)
-	}
-	for i, s := range shares {
-		if err := q.RolloutGroupSetShare(ctx, db.RolloutGroupSetShareParams{RolloutID: r.ID, Idx: int32(i), Share: s}); err != nil {
-			return r, fmt.Errorf("set share of group %d of rollout %s: %w", i, r.ID, err)
-		}
-	}
-	if from.Valid {
-		if err := q.FleetHold(ctx, db.FleetHoldParams{ID: fleet.ID, ReleasePolicy: "pinned", PinnedReleaseID: from}); err != nil {
-			return r, fmt.Errorf("hold fleet %s on release %s: %w", fleet.ID, from.UUID, err)
-		}
-	}
-	spec, err := rolloutstore.Spec(r)
-	if err != nil {
-		return r, err
-	}
-	policy := fleet.ReleasePolicy
-	r, err = q.RolloutStart(ctx, db.RolloutStartParams{ID: r.ID, FromReleaseID: from, FleetPolicyBefore: &policy, RatePerMinute: spec.RatePerMinute})
-	if err != nil {
-		return r, fmt.Errorf("start rollout %s: %w", r.ID, err)
-	}
-	if err := q.RolloutGroupSetState(ctx, db.RolloutGroupSetStateParams{RolloutID: r.ID, Idx: 0, State: "running"}); err != nil {
-		return r, fmt.Errorf("start group 0 of rollout %s: %w", r.ID, err)
-	}
-	if err := rolloutstore.Emit(ctx, q, r, rollout.EventStarted, nil, "", actor); err != nil {
-		return r, err
-	}
-	first := 0
-	return r, rolloutstore.Emit(ctx, q, r, rollout.EventGroupStarted, &first, "", actor)
+	return rolloutstore.Start(ctx, q, r, fleet.ReleasePolicy, from, actor)
 }

@@ -1,6 +1,7 @@
 // Package janitor forgets what the API keeps only for a while: idempotency
-// keys (and their stored responses) older than a day. Every api replica may
-// run it; the deletes are idempotent.
+// keys (and their stored responses) older than a day, and rollout events a
+// week after the scheduler published them from the outbox. Every api
+// replica may run it; the deletes are idempotent.
 package janitor
 
 import (
@@ -22,12 +23,21 @@ func Run(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
 	t := time.NewTicker(Every)
 	defer t.Stop()
 	for {
-		n, err := db.New(pool).IdempotencyDeleteExpired(ctx)
-		switch {
-		case err != nil && ctx.Err() == nil:
-			log.Warn("delete expired idempotency keys", "error", err.Error())
-		case n > 0:
-			log.Info("deleted expired idempotency keys", "count", n)
+		q := db.New(pool)
+		for _, sweep := range []struct {
+			what string
+			run  func(context.Context) (int64, error)
+		}{
+			{"expired idempotency keys", q.IdempotencyDeleteExpired},
+			{"published rollout events", q.RolloutEventsForget},
+		} {
+			n, err := sweep.run(ctx)
+			switch {
+			case err != nil && ctx.Err() == nil:
+				log.Warn("delete "+sweep.what, "error", err.Error())
+			case n > 0:
+				log.Info("deleted "+sweep.what, "count", n)
+			}
 		}
 		select {
 		case <-ctx.Done():

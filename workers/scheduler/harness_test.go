@@ -211,11 +211,11 @@ func (h *harness) wantState(id, device uuid.UUID, state string) db.RolloutDevice
 	return d
 }
 
-// events returns the rollout's events in the outbox, in order, as
+// events returns the scheduler's events of the rollout in the outbox, in order, as
 // "event@group".
 func (h *harness) events(id uuid.UUID) []string {
 	h.t.Helper()
-	rows, err := h.pool.Query(h.ctx, `SELECT record->>'event', record->>'group' FROM rollout_events WHERE rollout_id = $1 ORDER BY seq`, id)
+	rows, err := h.pool.Query(h.ctx, `SELECT record->>'event', coalesce(record->>'group', '-') FROM rollout_events WHERE rollout_id = $1 AND record->>'actor' = 'scheduler' ORDER BY seq`, id)
 	if err != nil {
 		h.t.Fatal(err)
 	}

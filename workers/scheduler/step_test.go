@@ -337,3 +337,29 @@ func TestApprovalWaits(t *testing.T) {
 		t.Errorf("%d pending while waiting, want 2", got)
 	}
 }
+
+// A release finalised while the rollout ran was never rolled out: a fleet
+// that tracked its latest release before is pinned to the rollout's
+// release at the finish, not sent to the newer one unwatched.
+func TestFinishDoesNotTrackPastTheRollout(t *testing.T) {
+	h := newHarness(t, 1, nil)
+	id := h.start(oneGroup(0))
+	h.consume()
+	h.step(t0)
+	f := h.f
+	h.exec(`INSERT INTO releases (org_id, fleet_id, version, status, services, finalized_at)
+		SELECT org_id, fleet_id, '9.9', 'final', services, now() + interval '1 hour' FROM releases WHERE id = $1`, f.New)
+	h.send(st.Report(f, f.Devices[0], 1, f.New, t0.Add(time.Second), st.Running("app")))
+	h.step(t0.Add(2 * time.Second))
+	if ro := h.rollout(id); ro.State != rollout.Finished {
+		t.Fatalf("rollout %s (%q), want finished", ro.State, ro.StateReason)
+	}
+	var policy string
+	var pinned *uuid.UUID
+	if err := h.pool.QueryRow(h.ctx, `SELECT release_policy, pinned_release_id FROM fleets WHERE id = $1`, f.ID).Scan(&policy, &pinned); err != nil {
+		t.Fatal(err)
+	}
+	if policy != "pinned" || pinned == nil || *pinned != f.New {
+		t.Fatalf("fleet %s on %v, want pinned to the rolled-out release %s", policy, pinned, f.New)
+	}
+}

@@ -4,10 +4,10 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/google/uuid"
 
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/rollout"
+	"github.com/flock-io/flock-api/internal/rolloutstore"
 )
 
 // trip: the error threshold of the current group tripped. The group
@@ -81,9 +81,8 @@ func (s *Scheduler) advance(ctx context.Context, q *db.Queries, st *step) error 
 	return s.record(ctx, q, st, rollout.EventGroupStarted, int(cur+1), "", "next-group")
 }
 
-// finish: the last group is done. The fleet moves to the release (pinned
-// to it, or tracking its latest again when it did before the rollout),
-// assignments equal to it are no longer needed, and the fleet is nudged.
+// finish: the last group is done. The fleet moves to the release
+// (rolloutstore.MoveFleet, as a person's finish would) and is nudged.
 func (s *Scheduler) finish(ctx context.Context, q *db.Queries, st *step) error {
 	cur := int(st.r.CurrentGroup)
 	if st.groups[cur].State == rollout.GroupRunning || st.groups[cur].State == rollout.GroupPending {
@@ -91,15 +90,8 @@ func (s *Scheduler) finish(ctx context.Context, q *db.Queries, st *step) error {
 			return err
 		}
 	}
-	hold := db.FleetHoldParams{ID: st.r.FleetID, ReleasePolicy: "pinned", PinnedReleaseID: uuid.NullUUID{UUID: st.r.ReleaseID, Valid: true}}
-	if st.r.FleetPolicyBefore != nil && *st.r.FleetPolicyBefore == "track_latest" {
-		hold = db.FleetHoldParams{ID: st.r.FleetID, ReleasePolicy: "track_latest"}
-	}
-	if err := q.FleetHold(ctx, hold); err != nil {
-		return fmt.Errorf("move the fleet to the release: %w", err)
-	}
-	if _, err := q.FleetClearAssignments(ctx, st.r.FleetID); err != nil {
-		return fmt.Errorf("clear assignments: %w", err)
+	if err := rolloutstore.MoveFleet(ctx, q, st.r); err != nil {
+		return err
 	}
 	st.nudgeFleet = true
 	if err := s.record(ctx, q, st, rollout.EventGroupCompleted, cur, "", ""); err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/flock-io/flock-api/gen/events"
 	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/rollout"
+	"github.com/flock-io/flock-api/internal/rolloutstore"
 )
 
 const services = `[{"name": "app", "images": {"amd64": {"image": "registry.example.com/app:%d", "digest": "sha256:%064d"}}}]`
@@ -105,10 +106,9 @@ type Rollout struct {
 	Tags       map[string]string // the selector's tags
 }
 
-// Start creates and starts a rollout of f.New the way rollout:start does:
-// it selects the fleet's devices (RolloutCandidates), plans the groups
-// (rollout.Plan), adds every device as pending, holds the fleet on what it
-// ran (Old), and sets group 0 running.
+// Start creates a rollout of f.New and starts it with rolloutstore.Start,
+// as rollout:start does: the fleet's devices placed in their groups as
+// pending, the fleet held on what it ran (Old), group 0 running.
 func Start(ctx context.Context, pool *pgxpool.Pool, f Fleet, r Rollout) (uuid.UUID, error) {
 	var id uuid.UUID
 	if r.Membership == "" {
@@ -122,7 +122,6 @@ func Start(ctx context.Context, pool *pgxpool.Pool, f Fleet, r Rollout) (uuid.UU
 	if tags == nil {
 		tags = map[string]string{}
 	}
-	tagsJSON, _ := json.Marshal(tags)
 	selector, _ := json.Marshal(map[string]any{"tags": tags})
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		q := db.New(tx)
@@ -132,40 +131,15 @@ func Start(ctx context.Context, pool *pgxpool.Pool, f Fleet, r Rollout) (uuid.UU
 			return fmt.Errorf("create: %w", err)
 		}
 		id = ro.ID
-		cands, err := q.RolloutCandidates(ctx, db.RolloutCandidatesParams{FleetID: f.ID, Tags: tagsJSON})
-		if err != nil {
-			return fmt.Errorf("candidates: %w", err)
-		}
-		cs := make([]rollout.Candidate, len(cands))
-		for i, c := range cands {
-			cs[i] = rollout.Candidate{ID: c.ID, Tags: c.Tags}
-		}
-		plan, shares := rollout.Plan(id, cs, r.Groups)
 		for i, g := range r.Groups {
 			gs, _ := json.Marshal(g)
 			if err := q.RolloutGroupCreate(ctx, db.RolloutGroupCreateParams{RolloutID: id, Idx: int32(i),
-				Name: fmt.Sprintf("group-%d", i), Spec: gs, Share: shares[i]}); err != nil {
+				Name: fmt.Sprintf("group-%d", i), Spec: gs}); err != nil {
 				return fmt.Errorf("group %d: %w", i, err)
 			}
 		}
-		add := db.RolloutDevicesAddParams{RolloutID: id}
-		for _, c := range cs {
-			add.DeviceIds = append(add.DeviceIds, c.ID)
-			add.Groups = append(add.Groups, int32(plan[c.ID]))
-		}
-		if err := q.RolloutDevicesAdd(ctx, add); err != nil {
-			return fmt.Errorf("devices: %w", err)
-		}
-		policy := "track_latest"
-		if _, err := q.RolloutStart(ctx, db.RolloutStartParams{ID: id, FromReleaseID: uuid.NullUUID{UUID: f.Old, Valid: true},
-			FleetPolicyBefore: &policy, RatePerMinute: r.Spec.RatePerMinute}); err != nil {
-			return fmt.Errorf("start: %w", err)
-		}
-		if err := q.FleetHold(ctx, db.FleetHoldParams{ID: f.ID, ReleasePolicy: "pinned",
-			PinnedReleaseID: uuid.NullUUID{UUID: f.Old, Valid: true}}); err != nil {
-			return fmt.Errorf("hold the fleet: %w", err)
-		}
-		return q.RolloutGroupSetState(ctx, db.RolloutGroupSetStateParams{RolloutID: id, Idx: 0, State: rollout.GroupRunning})
+		_, err = rolloutstore.Start(ctx, q, ro, "track_latest", uuid.NullUUID{UUID: f.Old, Valid: true}, "test")
+		return err
 	})
 	if err != nil {
 		return id, fmt.Errorf("start a rollout: %w", err)
