@@ -25,8 +25,8 @@ import (
 // The targets that exist today, enabled by default, and those that will
 // come, one values entry each.
 var (
-	defaultTargets = []string{"api", "ingester"}
-	laterTargets   = []string{"scheduler", "builder", "delta", "registry-proxy", "tunnel", "proxy", "events-gateway"}
+	defaultTargets = []string{"api", "ingester", "scheduler"}
+	laterTargets   = []string{"builder", "delta", "registry-proxy", "tunnel", "proxy", "events-gateway"}
 )
 
 func mustRender(t *testing.T, files []string, set ...string) *rendered {
@@ -58,9 +58,12 @@ func TestDefaultValues(t *testing.T) {
 	checkPDBs(t, r, deps)
 	checkMigrateJob(t, r)
 
-	// HTTP for both targets; MQTT for the ingester's embedded broker.
+	if n := *deps["scheduler"].Spec.Replicas; n != 2 {
+		t.Errorf("scheduler replicas %d, want 2 (they share the work)", n)
+	}
+	// HTTP for every target; MQTT for the ingester's embedded broker.
 	svcs := servicesByName(r)
-	if got, want := sortedKeys(svcs), []string{"flock-api", "flock-ingester", "flock-ingester-mqtt"}; !slices.Equal(got, want) {
+	if got, want := sortedKeys(svcs), []string{"flock-api", "flock-ingester", "flock-ingester-mqtt", "flock-scheduler"}; !slices.Equal(got, want) {
 		t.Errorf("Services %v, want %v", got, want)
 	}
 	if s, ok := svcs["flock-ingester-mqtt"]; ok {
@@ -68,7 +71,7 @@ func TestDefaultValues(t *testing.T) {
 			t.Errorf("flock-ingester-mqtt ports %+v, want TCP 1883", p)
 		}
 	}
-	for _, name := range []string{"flock-api", "flock-ingester"} {
+	for _, name := range []string{"flock-api", "flock-ingester", "flock-scheduler"} {
 		if s, ok := svcs[name]; ok && (len(s.Spec.Ports) != 1 || s.Spec.Ports[0].Name != "http") {
 			t.Errorf("%s ports %+v, want http only", name, s.Spec.Ports)
 		}
@@ -236,7 +239,7 @@ func TestRefusedValues(t *testing.T) {
 		{"split targets without Redis", nil, []string{"redis.url="}, "need a shared Redis"},
 		{"split targets without Kafka", nil, []string{"kafka.brokers="}, "need a shared Kafka"},
 		{"all beside api", []string{allInOne}, []string{"targets.api.enabled=true"}, "targets.all runs every target in one process, but api are enabled too"},
-		{"no target", nil, []string{"targets.api.enabled=false", "targets.ingester.enabled=false"}, "no target is enabled"},
+		{"no target", nil, []string{"targets.api.enabled=false", "targets.ingester.enabled=false", "targets.scheduler.enabled=false"}, "no target is enabled"},
 		{"external broker without its password", nil, []string{"mqtt.url=mqtt://emqx:1883", "targets.ingester.replicas=2"}, "set mqtt.password.existingSecret"},
 		{"misspelt value", nil, []string{"targets.api.replica=3"}, "replica"},
 		{"unknown target", nil, []string{"targets.sheduler.enabled=true"}, "sheduler"},
