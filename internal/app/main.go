@@ -291,12 +291,18 @@ func simulateMain(ctx context.Context, args []string, stdout, stderr io.Writer, 
 	fs.IntVar(&cfg.Concurrency, "concurrency", simulate.DefaultConcurrency, "devices registering and connecting at once")
 	fs.StringVar(&cfg.Name, "name", simulate.DefaultName, "prefix of the devices' names")
 	fs.DurationVar(&cfg.TokenRefresh, "token-refresh", 0, "renew each device's token this often (default: at three quarters of its life), on the open MQTT connection where the broker allows")
+	fs.DurationVar(&cfg.StepTime, "step-time", simulate.DefaultStepTime, "pause between the steps of an update (download started, half way, finished, old stopped, install started, running)")
+	fs.Float64Var(&cfg.LockShare, "lock-share", 0, "share of devices (0 to 1, chosen by a hash of their uuid) that hold an update lock on their first service when an update arrives")
+	fs.DurationVar(&cfg.LockFor, "lock-for", simulate.DefaultLockFor, "how long such an update lock holds the device on its release")
+	fs.Float64Var(&cfg.FailShare, "fail-share", 0, "share of devices (0 to 1, chosen by a hash of device and release) that fail to start a release they have not run before")
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error (logs go to stderr)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: flock-api simulate --api URL --provisioning-key KEY [flags]\n\n"+
 			"Registers simulated devices with the provisioning key, connects them over MQTT v5, publishes\n"+
-			"state, telemetry and logs at --rate, follows target nudges, and prints a summary line\n"+
-			"every --summary-every until interrupted or --duration passes.\n\nFlags:\n")
+			"state, telemetry and logs at --rate, follows target nudges (installing each release by its\n"+
+			"services' update strategies, with --lock-share devices held by an update lock and\n"+
+			"--fail-share devices failing), and prints a summary line every --summary-every until\n"+
+			"interrupted or --duration passes.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if code, ok := parseArgs(fs, args, stderr); !ok {
@@ -308,6 +314,10 @@ func simulateMain(ctx context.Context, args []string, stdout, stderr io.Writer, 
 	}
 	if cfg.SummaryEvery <= 0 {
 		fmt.Fprintln(stderr, "flock-api simulate: --summary-every must be positive")
+		return ExitUsage
+	}
+	if cfg.LockFor <= 0 {
+		fmt.Fprintln(stderr, "flock-api simulate: --lock-for must be positive")
 		return ExitUsage
 	}
 	if err := cfg.Validate(); err != nil {

@@ -76,10 +76,13 @@ type device struct {
 	nudged    chan struct{} // a target nudge arrived
 
 	// Owned by the loop.
-	payloads *Payloads
-	rng      *mrand.Rand
-	etag     string
-	running  uuid.UUID
+	payloads  *Payloads // also holds what the device runs, as its states report it
+	rng       *mrand.Rand
+	etag      string
+	update    *update     // the update in progress, nil when none
+	stepTimer *time.Timer // fires when the update's next step is due
+	resync    bool        // a nudge or reconnect came mid-update: look at the target once it ends
+	attempts  int         // updates begun, which make their events' ids unique
 }
 
 // runDevice runs the device with index i until ctx ends. It returns an
@@ -100,6 +103,9 @@ func runDevice(ctx context.Context, s *simulation, i int) error {
 	seed := mrand.Uint64()
 	d.payloads = NewPayloads(d.id, seed)
 	d.rng = mrand.New(mrand.NewPCG(seed, ^seed))
+	d.stepTimer = time.NewTimer(0)
+	d.stepTimer.Stop()
+	defer d.stepTimer.Stop()
 
 	// Registration, the first token and the first connection take a slot.
 	select {
@@ -475,6 +481,10 @@ func (d *device) loop(ctx context.Context, cm *autopaho.ConnectionManager) {
 	renew := time.NewTimer(d.untilRefresh())
 	defer renew.Stop()
 	for {
+		var stepDue <-chan time.Time // nil, so never ready, without an update
+		if d.update != nil {
+			stepDue = d.stepTimer.C
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -485,6 +495,8 @@ func (d *device) loop(ctx context.Context, cm *autopaho.ConnectionManager) {
 			d.syncTarget(ctx, cm, true)
 		case <-d.nudged:
 			d.syncTarget(ctx, cm, false)
+		case <-stepDue:
+			d.advance(ctx, cm)
 		case <-tick:
 			if d.online.Load() {
 				kind, payload := d.payloads.Next()
@@ -497,9 +509,19 @@ func (d *device) loop(ctx context.Context, cm *autopaho.ConnectionManager) {
 }
 
 // syncTarget fetches the target state and, when it names a release the
-// device does not run, installs it: update events, then a state reporting
-// it. After a connect the device reports its state in any case.
+// device does not run, starts updating to it (see plan). After a connect
+// the device reports its state in any case. An update under way is
+// finished first and the target looked at again after; one that has changed
+// nothing yet (waiting on its lock) gives way at once, and is dropped when
+// the target is the running release again.
 func (d *device) syncTarget(ctx context.Context, cm *autopaho.ConnectionManager, connected bool) {
+	if d.update != nil && !d.update.untouched() {
+		d.resync = true
+		if connected {
+			d.publish(ctx, cm, devicetopic.State, d.payloads.State())
+		}
+		return
+	}
 	ts, err := d.fetchTarget(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -508,24 +530,19 @@ func (d *device) syncTarget(ctx context.Context, cm *autopaho.ConnectionManager,
 		d.s.stats.targetErrors.Add(1)
 		d.s.warn("target", "fetching the target state failed", "device", d.id.String(), "error", err)
 	}
-	if ts != nil && ts.Release != nil && ts.Release.Id != d.running {
-		rel := ts.Release.Id
-		names := make([]string, 0, len(ts.Services))
-		for _, svc := range ts.Services {
-			names = append(names, svc.Name)
-		}
-		for _, typ := range []events.UpdateEventType{
-			events.UpdateEventTypeDownloadStarted, events.UpdateEventTypeDownloadFinished,
-			events.UpdateEventTypeInstallStarted, events.UpdateEventTypeInstalled,
-		} {
-			d.publish(ctx, cm, devicetopic.Events, d.payloads.UpdateEvent(rel, typ))
-		}
-		d.payloads.SetRunning(rel, names)
-		d.running = rel
-		if d.publish(ctx, cm, devicetopic.State, d.payloads.State()) {
-			d.s.stats.targetsApplied.Add(1)
-			d.log.Debug("release applied", "release_id", rel, "version", ts.Release.Version)
-		}
+	switch {
+	case ts == nil || ts.Release == nil:
+		// Unchanged, or no release to run yet: the device runs what it runs.
+	case d.update != nil && ts.Release.Id == d.update.release:
+		// Already on its way there.
+	case d.update != nil && ts.Release.Id == d.update.from.release:
+		d.dropUpdate(ctx, cm)
+		return
+	case d.update != nil:
+		d.startUpdate(ts, d.update)
+		return // its first step reports the state
+	case ts.Release.Id != d.payloads.running:
+		d.startUpdate(ts, nil)
 		return
 	}
 	if connected {
@@ -568,36 +585,65 @@ func (d *device) fetchTarget(ctx context.Context) (*client.TargetState, error) {
 	}
 }
 
-// publish sends one message at QoS 1 and counts the outcome.
+// publish sends one message at QoS 1 and counts the outcome. A state or
+// update event the broker refuses for the device's quota (0x97: an update's
+// steps come faster than the broker's per-device rate when the step time is
+// short) is sent again after a growing pause, as a real agent would, so an
+// update's report arrives whole and in order; the rest is dropped.
 func (d *device) publish(ctx context.Context, cm *autopaho.ConnectionManager, kind string, payload []byte) bool {
-	if l := d.s.limiter; l != nil {
-		if err := l.Wait(ctx); err != nil {
-			return false // the run is ending
+	retry := kind == devicetopic.State || kind == devicetopic.Events
+	pause := quotaPause
+	giveUp := time.Now().Add(publishTimeout)
+	for {
+		if l := d.s.limiter; l != nil {
+			if err := l.Wait(ctx); err != nil {
+				return false // the run is ending
+			}
 		}
-	}
-	pctx, cancel := context.WithTimeout(ctx, publishTimeout)
-	defer cancel()
-	pr, err := cm.Publish(pctx, &paho.Publish{Topic: devicetopic.Topic(d.id, kind), QoS: 1, Payload: payload})
-	switch {
-	case err == nil:
-		d.s.stats.published(kind).Add(1)
-		return true
-	case pr != nil && pr.ReasonCode >= 0x80:
-		d.s.stats.publishRefused.Add(1)
-		reason := ""
-		if pr.Properties != nil {
-			reason = pr.Properties.ReasonString
+		pctx, cancel := context.WithTimeout(ctx, publishTimeout)
+		pr, err := cm.Publish(pctx, &paho.Publish{Topic: devicetopic.Topic(d.id, kind), QoS: 1, Payload: payload})
+		cancel()
+		switch {
+		case err == nil:
+			d.s.stats.published(kind).Add(1)
+			return true
+		case pr != nil && pr.ReasonCode >= 0x80:
+			d.s.stats.publishRefused.Add(1)
+			reason := ""
+			if pr.Properties != nil {
+				reason = pr.Properties.ReasonString
+			}
+			again := retry && pr.ReasonCode == quotaExceeded && time.Now().Add(pause).Before(giveUp)
+			d.s.warn(fmt.Sprintf("puback:%d", pr.ReasonCode), "mqtt publish refused", "device", d.id.String(), "kind", kind,
+				"reason_code", fmt.Sprintf("0x%02x", pr.ReasonCode), "reason", reasonText(pr.ReasonCode, reason), "retrying", again)
+			if !again {
+				return false
+			}
+			t := time.NewTimer(pause)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return false
+			}
+			pause = min(2*pause, time.Second)
+			continue
+		case ctx.Err() != nil:
+			// The run is ending; not the broker's fault.
+		default:
+			d.s.stats.publishErrors.Add(1)
+			d.s.warn("publish", "mqtt publish failed", "device", d.id.String(), "kind", kind, "error", err)
 		}
-		d.s.warn(fmt.Sprintf("puback:%d", pr.ReasonCode), "mqtt publish refused", "device", d.id.String(), "kind", kind,
-			"reason_code", fmt.Sprintf("0x%02x", pr.ReasonCode), "reason", reasonText(pr.ReasonCode, reason))
-	case ctx.Err() != nil:
-		// The run is ending; not the broker's fault.
-	default:
-		d.s.stats.publishErrors.Add(1)
-		d.s.warn("publish", "mqtt publish failed", "device", d.id.String(), "kind", kind, "error", err)
+		return false
 	}
-	return false
 }
+
+// quotaExceeded is the PUBACK reason code of a publish over the device's
+// rate (MQTT 5.0 §3.4.2.1); quotaPause the first pause before sending again.
+const (
+	quotaExceeded = 0x97
+	quotaPause    = 50 * time.Millisecond
+)
 
 // stop ends the connection cleanly with DISCONNECT 0x04 (Disconnect with
 // Will Message): the broker publishes the will, which says offline with the

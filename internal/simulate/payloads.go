@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -27,16 +28,16 @@ var mix = [...]string{
 // per-service sequence numbers, update events with stable ids, and status.
 // It is not safe for concurrent use; each device owns one.
 type Payloads struct {
-	device  uuid.UUID
-	rng     *rand.Rand
-	next    int // index into mix
-	now     func() time.Time
-	agent   string
-	ip      string
-	running string   // release id, "" before any
-	svcs    []string // services of the running release
-	seq     int      // last reported-state seq
-	logSeq  map[string]int
+	device   uuid.UUID
+	rng      *rand.Rand
+	next     int // index into mix
+	now      func() time.Time
+	agent    string
+	ip       string
+	running  uuid.UUID              // the release the state reports, uuid.Nil before any
+	services []events.ServiceStatus // its services as the state reports them
+	seq      int                    // last reported-state seq
+	logSeq   map[string]int
 
 	cpuTemp, cpuUsage, memUsed, rxBytes, txBytes float64
 }
@@ -59,11 +60,34 @@ func NewPayloads(device uuid.UUID, seed uint64) *Payloads {
 	}
 }
 
-// SetRunning records the release the device now runs and its services, which
-// later states report and whose names later log lines carry.
+// SetRunning records the release the device now runs and its services, all
+// running, which later states report and whose names later log lines carry.
 func (p *Payloads) SetRunning(releaseID uuid.UUID, services []string) {
-	p.running = releaseID.String()
-	p.svcs = append([]string(nil), services...)
+	svcs := make([]events.ServiceStatus, len(services))
+	for i, name := range services {
+		svcs[i] = events.ServiceStatus{Name: name, Status: ptr(events.ServiceStateRunning)}
+	}
+	p.SetServices(releaseID, svcs)
+}
+
+// SetServices records what later states report: the release (uuid.Nil for
+// none) and its services, each in whatever step of an update it is. Log
+// lines come from the services reported running.
+func (p *Payloads) SetServices(releaseID uuid.UUID, services []events.ServiceStatus) {
+	p.running = releaseID
+	p.services = make([]events.ServiceStatus, len(services))
+	for i, s := range services {
+		// A copy of the status too, so the caller's slice stays its own.
+		if s.Status != nil {
+			s.Status = ptr(*s.Status)
+		}
+		p.services[i] = s
+	}
+}
+
+// view is what the states report now.
+func (p *Payloads) view() view {
+	return view{release: p.running, services: slices.Clone(p.services)}
 }
 
 // Next returns the next message of the periodic mix.
@@ -86,14 +110,14 @@ func (p *Payloads) ts() string { return p.now().UTC().Format(time.RFC3339Nano) }
 func (p *Payloads) State() []byte {
 	p.seq++
 	s := events.ReportedState{
-		Seq:              p.seq,
-		RunningReleaseId: p.running,
-		OsVersion:        "flockOS 1.4.2",
-		AgentVersion:     p.agent,
-		IpAddresses:      []string{p.ip},
+		Seq:          p.seq,
+		Services:     p.services,
+		OsVersion:    "flockOS 1.4.2",
+		AgentVersion: p.agent,
+		IpAddresses:  []string{p.ip},
 	}
-	for _, name := range p.svcs {
-		s.Services = append(s.Services, events.ServiceStatus{Name: name, Status: ptr(events.ServiceStateRunning)})
+	if p.running != uuid.Nil {
+		s.RunningReleaseId = p.running.String()
 	}
 	return mustJSON(s)
 }
@@ -133,9 +157,14 @@ var logLines = []string{
 }
 
 // Logs is a batch of one to four lines from the running services (from the
-// agent itself before any release runs), each service numbering its own.
+// agent itself while none runs), each service numbering its own.
 func (p *Payloads) Logs() []byte {
-	svcs := p.svcs
+	var svcs []string
+	for _, s := range p.services {
+		if s.Status != nil && *s.Status == events.ServiceStateRunning {
+			svcs = append(svcs, s.Name)
+		}
+	}
 	if len(svcs) == 0 {
 		svcs = []string{"agent"}
 	}
@@ -154,19 +183,33 @@ func (p *Payloads) Logs() []byte {
 	return mustJSON(b)
 }
 
+// UpdateStep is what one update event says: which release the device is
+// installing, which of its attempts at it this is, what happened, to which
+// service, how far along, and what went wrong.
+type UpdateStep struct {
+	Release  uuid.UUID
+	Attempt  int
+	Type     events.UpdateEventType
+	Service  string
+	Progress int
+	Error    string
+}
+
 // UpdateEvent is one step of installing a release. Its id is derived from
-// the device, the release and the step, so a repeat of the same step is
-// recognisably the same event.
-func (p *Payloads) UpdateEvent(releaseID uuid.UUID, typ events.UpdateEventType) []byte {
-	name, _ := typ.Value().(string)
+// the device and the whole step, attempt included: a repeat of the same
+// step is recognisably the same event, and installing a release again (back
+// to it after a rollback) gives new events a consumer that dedupes by id
+// does not drop.
+func (p *Payloads) UpdateEvent(s UpdateStep) []byte {
+	name, _ := s.Type.Value().(string)
 	e := events.UpdateEvent{
-		Id:           uuid.NewSHA1(p.device, []byte(releaseID.String()+"/"+name)).String(),
+		Id:           uuid.NewSHA1(p.device, fmt.Appendf(nil, "%s/%d/%s/%s/%d", s.Release, s.Attempt, name, s.Service, s.Progress)).String(),
 		Ts:           p.ts(),
-		ReservedType: ptr(typ),
-		ReleaseId:    releaseID.String(),
-	}
-	if typ == events.UpdateEventTypeDownloadFinished {
-		e.Progress = 100
+		ReservedType: ptr(s.Type),
+		ReleaseId:    s.Release.String(),
+		Service:      s.Service,
+		Progress:     s.Progress,
+		Error:        s.Error,
 	}
 	return mustJSON(e)
 }

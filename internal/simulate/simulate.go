@@ -3,7 +3,12 @@
 // key and its own Ed25519 key, trades signed assertions for device tokens,
 // connects over MQTT v5 with a will, publishes state, telemetry and logs as
 // asyncapi/flock.yaml describes them, and follows target nudges by fetching
-// its target state over REST and reporting the release applied.
+// its target state over REST and installing each new release the way a
+// supervisor would: service by service according to its update strategy,
+// publishing update events and a reported state at every step. A share of
+// the devices hold an update lock for a while when an update arrives, and a
+// share fail to start a release (Locks and Fails say which), so a rollout
+// can be watched meeting both.
 //
 // It backs `flock-api simulate`, and its Payloads serve benchmarks that need
 // the same messages.
@@ -34,6 +39,12 @@ const (
 	DefaultConcurrency  = 50
 	DefaultSummaryEvery = 2 * time.Second
 	DefaultName         = "sim"
+	// DefaultStepTime is the step time `flock-api simulate` uses; a Config
+	// without one takes no time between steps.
+	DefaultStepTime = 200 * time.Millisecond
+	// DefaultLockFor is how long an update lock holds when Config.LockFor
+	// is not set.
+	DefaultLockFor = 30 * time.Second
 )
 
 const (
@@ -61,8 +72,10 @@ type Config struct {
 	// devices publish, the online status and state after each connect and
 	// the update events included: one limiter, with a burst of a tenth of a
 	// second, paces them all. 0 leaves the devices connected and following
-	// nudges, publishing only status, the state on connect and update
-	// events, unpaced.
+	// nudges, publishing only status, the state on connect and the events
+	// and states of updates, unpaced. The periodic mix alone fills Rate, so
+	// an update's messages wait their turn among it: its steps take longer
+	// than StepTime when Rate is small for the devices.
 	Rate float64
 	// MQTTURL overrides the broker registration names (mqtt_url), e.g.
 	// mqtt://127.0.0.1:1883; one of the two is needed.
@@ -89,6 +102,21 @@ type Config struct {
 	// instead of at three quarters of its life, to load the token endpoint
 	// and the broker's re-authentication.
 	TokenRefresh time.Duration
+	// StepTime is the pause between the steps of an update (download
+	// started, half way, finished, old container stopped, install started,
+	// running); 0 publishes them back to back.
+	StepTime time.Duration
+	// LockShare (0 to 1) is the share of devices, chosen by Locks, that
+	// hold an update lock on the first service of the release they run for
+	// LockFor from when an update arrives: they report the service
+	// update_locked and stay on that release meanwhile, then update.
+	LockShare float64
+	// LockFor is how long such a lock holds (default 30s).
+	LockFor time.Duration
+	// FailShare (0 to 1) is the share of devices, chosen per release by
+	// Fails, that fail to start a release they have not run before: they
+	// report its first service failed and publish a failed update event.
+	FailShare float64
 }
 
 // Validate reports the first setting Run would refuse.
@@ -111,6 +139,14 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("simulate: concurrency %d is negative", c.Concurrency)
 	case c.SummaryEvery < 0:
 		return fmt.Errorf("simulate: summary interval %s is negative", c.SummaryEvery)
+	case c.StepTime < 0:
+		return fmt.Errorf("simulate: step time %s is negative", c.StepTime)
+	case c.LockFor < 0:
+		return fmt.Errorf("simulate: lock time %s is negative", c.LockFor)
+	case !isShare(c.LockShare):
+		return fmt.Errorf("simulate: lock share must be between 0 and 1, not %v", c.LockShare)
+	case !isShare(c.FailShare):
+		return fmt.Errorf("simulate: fail share must be between 0 and 1, not %v", c.FailShare)
 	case len(c.Name) > maxNameLen || (c.Name != "" && strings.TrimSpace(c.Name) == ""):
 		return fmt.Errorf("simulate: name prefix must be 1 to %d characters, not all spaces", maxNameLen)
 	}
@@ -121,6 +157,9 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
+
+// isShare reports whether v is a share of the devices: 0 to 1.
+func isShare(v float64) bool { return v >= 0 && v <= 1 } // false for NaN
 
 // parseMQTTURL accepts the schemes autopaho dials.
 func parseMQTTURL(s string) (*url.URL, error) {
@@ -164,15 +203,21 @@ type Summary struct {
 	// over on an open connection (MQTT v5 re-authentication).
 	TokensIssued, Reauths int64
 	Published             Published
-	// PublishRefused counts negative PUBACKs (rate limit, ACL);
-	// PublishErrors other failed publishes (timeouts, lost connections).
+	// PublishRefused counts negative PUBACKs (rate limit, ACL), each
+	// refusal once: a state or update event refused for the device's rate
+	// is sent again, and counted again if refused again. PublishErrors
+	// counts other failed publishes (timeouts, lost connections).
 	PublishRefused, PublishErrors int64
 	// NudgesReceived and CommandsReceived count messages from the cloud.
 	NudgesReceived, CommandsReceived int64
 	// TargetsFetched counts target states received (200); TargetsUnchanged
-	// 304s; TargetsApplied releases reported running; TargetErrors failed
-	// fetches.
-	TargetsFetched, TargetsUnchanged, TargetsApplied, TargetErrors int64
+	// 304s; TargetErrors failed fetches.
+	TargetsFetched, TargetsUnchanged, TargetErrors int64
+	// UpdatesDone counts updates that ended with the release running;
+	// UpdatesFailed those that ended with a service failed; UpdatesLocked
+	// updates that waited for an update lock first (they count as done or
+	// failed too once they end).
+	UpdatesDone, UpdatesLocked, UpdatesFailed int64
 }
 
 // String is the summary as one line of key=value pairs.
@@ -180,10 +225,11 @@ func (s Summary) String() string {
 	p := s.Published
 	return fmt.Sprintf("t=%s devices=%d registered=%d connected=%d online=%d reconnects=%d connect_refused=%d connect_errors=%d reauths=%d "+
 		"published=%d state=%d telemetry=%d logs=%d events=%d status=%d publish_refused=%d publish_errors=%d "+
-		"nudges=%d commands=%d targets_fetched=%d targets_unchanged=%d targets_applied=%d target_errors=%d",
+		"nudges=%d commands=%d targets_fetched=%d targets_unchanged=%d target_errors=%d updates_done=%d updates_locked=%d updates_failed=%d",
 		s.Elapsed.Round(100*time.Millisecond), s.Devices, s.Registered, s.Connected, s.Online, s.Reconnects, s.ConnectRefused, s.ConnectErrors, s.Reauths,
 		p.Total(), p.State, p.Telemetry, p.Logs, p.Events, p.Status, s.PublishRefused, s.PublishErrors,
-		s.NudgesReceived, s.CommandsReceived, s.TargetsFetched, s.TargetsUnchanged, s.TargetsApplied, s.TargetErrors)
+		s.NudgesReceived, s.CommandsReceived, s.TargetsFetched, s.TargetsUnchanged, s.TargetErrors,
+		s.UpdatesDone, s.UpdatesLocked, s.UpdatesFailed)
 }
 
 // counters are updated by every device at once.
@@ -192,7 +238,8 @@ type counters struct {
 	state, telemetry, logs, events, status                                                    atomic.Int64
 	publishRefused, publishErrors                                                             atomic.Int64
 	nudges, commands                                                                          atomic.Int64
-	targetsFetched, targetsUnchanged, targetsApplied, targetErrors                            atomic.Int64
+	targetsFetched, targetsUnchanged, targetErrors                                            atomic.Int64
+	updatesDone, updatesLocked, updatesFailed                                                 atomic.Int64
 }
 
 func (c *counters) published(kind string) *atomic.Int64 {
@@ -220,8 +267,8 @@ func (c *counters) snapshot(devices int, elapsed time.Duration) Summary {
 			Events: c.events.Load(), Status: c.status.Load()},
 		PublishRefused: c.publishRefused.Load(), PublishErrors: c.publishErrors.Load(),
 		NudgesReceived: c.nudges.Load(), CommandsReceived: c.commands.Load(),
-		TargetsFetched: c.targetsFetched.Load(), TargetsUnchanged: c.targetsUnchanged.Load(),
-		TargetsApplied: c.targetsApplied.Load(), TargetErrors: c.targetErrors.Load(),
+		TargetsFetched: c.targetsFetched.Load(), TargetsUnchanged: c.targetsUnchanged.Load(), TargetErrors: c.targetErrors.Load(),
+		UpdatesDone: c.updatesDone.Load(), UpdatesLocked: c.updatesLocked.Load(), UpdatesFailed: c.updatesFailed.Load(),
 	}
 }
 
@@ -234,6 +281,7 @@ type simulation struct {
 	interval time.Duration // mean time between a device's periodic messages; 0 for none
 	limiter  *rate.Limiter // paces every publish to Config.Rate; nil for none
 	sem      chan struct{} // registration and first-connect slots
+	lockFor  time.Duration // Config.LockFor or its default
 	stats    counters
 
 	warned sync.Map // problems already logged at Warn
@@ -302,6 +350,10 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s := &simulation{cfg: cfg, log: cfg.Log, api: api, sem: make(chan struct{}, cfg.Concurrency), cancel: cancel}
+	s.lockFor = cfg.LockFor
+	if s.lockFor == 0 {
+		s.lockFor = DefaultLockFor
+	}
 	if cfg.MQTTURL != "" {
 		s.mqttURL, _ = parseMQTTURL(cfg.MQTTURL) // checked above
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"runtime"
 	"strings"
@@ -126,7 +127,8 @@ func startBroker(t *testing.T, devices *pgxpool.Pool, v mqttauth.Verifier) strin
 				t.Errorf("broker: %v", err)
 			}
 		case <-time.After(wait):
-			t.Error("broker did not stop")
+			buf := make([]byte, 1<<22)
+			t.Errorf("broker did not stop; goroutines:\n%s", buf[:runtime.Stack(buf, true)])
 		}
 	})
 	return "mqtt://" + b.Addr()
@@ -370,7 +372,7 @@ func TestSimulate(t *testing.T) {
 	}
 	testutil.Eventually(t, "the nudged device reports the release running", testutil.Until(func() bool {
 		for _, s := range messages[state](t, sub, nudged, devicetopic.State) {
-			if s.RunningReleaseID == release {
+			if s.RunningReleaseID == release && len(s.Services) == 1 && s.Services[0].Status == "running" {
 				return true
 			}
 		}
@@ -398,10 +400,13 @@ func TestSimulate(t *testing.T) {
 			{"publish errors", sum.PublishErrors, 0},
 			// Online after connecting; offline is the will (DISCONNECT 0x04).
 			{"status (online)", sum.Published.Status, devices},
-			{"update events", sum.Published.Events, 4},
+			// Download started, half way, finished; install started; installed.
+			{"update events", sum.Published.Events, 5},
 			{"nudges", sum.NudgesReceived, 1},
 			{"targets fetched (after connect, after the nudge)", sum.TargetsFetched, devices + 1},
-			{"targets applied", sum.TargetsApplied, 1},
+			{"updates done", sum.UpdatesDone, 1},
+			{"updates locked", sum.UpdatesLocked, 0},
+			{"updates failed", sum.UpdatesFailed, 0},
 			{"target errors", sum.TargetErrors, 0},
 		} {
 			if c.got != c.want {
@@ -453,12 +458,18 @@ func TestSimulate(t *testing.T) {
 	t.Run("only the nudged device installed the release", func(t *testing.T) {
 		for _, id := range sub.devices() {
 			var running []string
-			for _, s := range messages[state](t, sub, id, devicetopic.State) {
+			states := messages[state](t, sub, id, devicetopic.State)
+			for _, s := range states {
 				if s.RunningReleaseID != "" {
 					running = append(running, s.RunningReleaseID)
-					if len(s.Services) != 1 || s.Services[0].Name != "app" || s.Services[0].Status != "running" {
-						t.Errorf("device %s runs the release with services %+v, want app running", id, s.Services)
+					if len(s.Services) != 1 || s.Services[0].Name != "app" || (s.Services[0].Status != "installing" && s.Services[0].Status != "running") {
+						t.Errorf("device %s reports the release with services %+v, want app installing or running", id, s.Services)
 					}
+				}
+			}
+			if len(running) > 0 {
+				if last := states[len(states)-1]; last.RunningReleaseID != release || last.Services[0].Status != "running" {
+					t.Errorf("device %s last reports %+v, want app running on the release", id, last)
 				}
 			}
 			evs := messages[updateEvent](t, sub, id, devicetopic.Events)
@@ -468,7 +479,7 @@ func TestSimulate(t *testing.T) {
 				}
 				continue
 			}
-			if len(evs) != 4 || evs[0].Type != "download_started" || evs[3].Type != "installed" {
+			if len(evs) != 5 || evs[0].Type != "download_started" || evs[4].Type != "installed" {
 				t.Fatalf("nudged device's update events %+v, want download_started ... installed", evs)
 			}
 			ids := map[string]bool{}
@@ -489,8 +500,8 @@ func TestSimulate(t *testing.T) {
 		if !strings.Contains(text, "\nfinal t=") || strings.Count(text, "registered=") < 2 {
 			t.Errorf("output has no periodic and final summaries:\n%s", text)
 		}
-		if !strings.Contains(text, "targets_applied=1") {
-			t.Errorf("final summary does not count the applied target:\n%s", text)
+		if !strings.Contains(text, "updates_done=1 updates_locked=0 updates_failed=0") {
+			t.Errorf("final summary does not count the update:\n%s", text)
 		}
 	})
 }
@@ -577,6 +588,14 @@ func TestConfigValidate(t *testing.T) {
 		{"broker without host", func(c *simulate.Config) { c.MQTTURL = "mqtt://" }, "no host"},
 		{"negative duration", func(c *simulate.Config) { c.Duration = -time.Second }, "duration"},
 		{"long name", func(c *simulate.Config) { c.Name = strings.Repeat("n", 81) }, "name prefix"},
+		{"valid update behaviour", func(c *simulate.Config) {
+			c.StepTime, c.LockShare, c.LockFor, c.FailShare = time.Millisecond, 1, time.Minute, 0.5
+		}, ""},
+		{"negative step time", func(c *simulate.Config) { c.StepTime = -time.Second }, "step time"},
+		{"negative lock time", func(c *simulate.Config) { c.LockFor = -time.Second }, "lock time"},
+		{"lock share above 1", func(c *simulate.Config) { c.LockShare = 1.5 }, "lock share must be between 0 and 1"},
+		{"lock share NaN", func(c *simulate.Config) { c.LockShare = math.NaN() }, "lock share must be between 0 and 1"},
+		{"negative fail share", func(c *simulate.Config) { c.FailShare = -0.1 }, "fail share must be between 0 and 1"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := ok
@@ -615,19 +634,35 @@ func TestPayloadsMatchSchemas(t *testing.T) {
 		{devicetopic.Telemetry, func(p *simulate.Payloads, _ int) []byte { return p.Telemetry() }},
 		{devicetopic.Logs, func(p *simulate.Payloads, _ int) []byte { return p.Logs() }},
 		{devicetopic.Events, func(p *simulate.Payloads, i int) []byte {
-			return p.UpdateEvent(release, events.UpdateEventType(i%len(events.UpdateEventTypeValues)))
+			step := simulate.UpdateStep{Release: release, Attempt: i / 7, Type: events.UpdateEventType(i % len(events.UpdateEventTypeValues))}
+			if i%3 == 0 {
+				step.Service, step.Progress = "app", i%101
+			}
+			if step.Type == events.UpdateEventTypeFailed {
+				step.Error = "app exited"
+			}
+			return p.UpdateEvent(step)
 		}},
 		{devicetopic.Status, func(_ *simulate.Payloads, i int) []byte { return simulate.Status(i%2 == 0, time.Now().UnixMilli()) }},
 	} {
 		t.Run(c.kind, func(t *testing.T) {
-			for _, running := range []bool{false, true} {
+			// No release; one running; one half way through an update,
+			// its services in every state, one held by a lock.
+			every := []events.ServiceStatus{{Name: "app", Status: ptr(events.ServiceStateRunning), DownloadProgress: 50, UpdateLocked: true}}
+			for st := range events.ServiceStateValues {
+				every = append(every, events.ServiceStatus{Name: fmt.Sprintf("svc-%d", st), Status: ptr(events.ServiceState(st)), DownloadProgress: st * 20})
+			}
+			for running := range 3 {
 				p := simulate.NewPayloads(device, 7)
-				if running {
+				switch running {
+				case 1:
 					p.SetRunning(release, []string{"app", "db"})
+				case 2:
+					p.SetServices(release, every)
 				}
 				for i := range 200 {
 					if err := v.Validate(c.kind, c.gen(p, i)); err != nil {
-						t.Fatalf("message %d (running %v): %v", i, running, err)
+						t.Fatalf("message %d (case %d): %v", i, running, err)
 					}
 				}
 			}
@@ -678,6 +713,10 @@ func TestCommandLine(t *testing.T) {
 		{"bad broker", []string{"--provisioning-key=k", "--mqtt=http://x"}, app.ExitUsage, "want mqtt://"},
 		{"extra argument", []string{"--provisioning-key=k", "now"}, app.ExitUsage, `unexpected argument "now"`},
 		{"bad summary interval", []string{"--provisioning-key=k", "--summary-every=0s"}, app.ExitUsage, "--summary-every must be positive"},
+		{"no lock time", []string{"--provisioning-key=k", "--lock-for=0s"}, app.ExitUsage, "--lock-for must be positive"},
+		{"bad fail share", []string{"--provisioning-key=k", "--fail-share=2"}, app.ExitUsage, "fail share must be between 0 and 1"},
+		{"bad lock share", []string{"--provisioning-key=k", "--lock-share=-1"}, app.ExitUsage, "lock share must be between 0 and 1"},
+		{"negative step time", []string{"--provisioning-key=k", "--step-time=-1s"}, app.ExitUsage, "step time -1s is negative"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
