@@ -383,6 +383,20 @@ func TestDeviceGroups(t *testing.T) {
 		t.Fatalf("devices of ring b and the id = %d, want 1", n)
 	}
 	must(t, srv, 200, "PATCH", "/v1/device-groups/"+gid, w.developer, map[string]any{"device_ids": []any{}})
+	// A name prefix is a prefix, not a pattern: "_" matches only "_".
+	must(t, srv, 200, "PATCH", "/v1/devices/"+ids[1], w.owner, map[string]any{"name": "lab_1"})
+	must(t, srv, 200, "PATCH", "/v1/devices/"+ids[3], w.owner, map[string]any{"name": "labX3"})
+	must(t, srv, 200, "PATCH", "/v1/device-groups/"+gid, w.developer, map[string]any{"name_prefix": "lab_"})
+	if n := list(""); n != 1 {
+		t.Fatalf("devices of ring b named lab_… = %d, want 1", n)
+	}
+	must(t, srv, 200, "PATCH", "/v1/device-groups/"+gid, w.developer, map[string]any{"name_prefix": ""})
+	// Another organisation's group selects nothing here.
+	otherOwner := srv.Token(t, "outsider@example.com")
+	other := must(t, srv, 201, "POST", "/v1/orgs/"+w.otherOrg+"/device-groups", otherOwner, map[string]any{"name": "all"})["id"].(string)
+	if n := len(must(t, srv, 200, "GET", "/v1/orgs/"+w.org+"/devices?device_group_id="+other, w.viewer, nil)["items"].([]any)); n != 0 {
+		t.Fatalf("another organisation's group selects %d devices here", n)
+	}
 	if got := must(t, srv, 200, "GET", "/v1/device-groups/"+gid, w.viewer, nil); len(got["device_ids"].([]any)) != 0 {
 		t.Fatalf("cleared device_ids = %v", got)
 	}

@@ -19,6 +19,20 @@ CREATE TABLE device_groups (
 CREATE INDEX device_groups_org_idx ON device_groups (org_id, created_at, id);
 CREATE TRIGGER device_groups_updated_at BEFORE UPDATE ON device_groups FOR EACH ROW EXECUTE FUNCTION flock_set_updated_at();
 
+-- Whether a device of org d_org (id, name, tags) matches device group
+-- grp: every condition the group gives holds. The one definition the
+-- device list, rollouts and the scheduler use.
+-- +goose StatementBegin
+CREATE FUNCTION flock_in_device_group(grp uuid, d_org uuid, d_id uuid, d_name text, d_tags jsonb) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+  SELECT EXISTS (
+    SELECT 1 FROM device_groups g
+    WHERE g.id = grp AND g.org_id = d_org AND d_tags @> g.tags
+      AND (g.name_prefix IS NULL OR d_name LIKE replace(replace(replace(g.name_prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%')
+      AND (g.device_ids IS NULL OR d_id = ANY(g.device_ids)))
+$$;
+-- +goose StatementEnd
+
 -- A fleet's maintenance window ({cron, duration_seconds, time_zone});
 -- devices are newly targeted by a rollout only inside it.
 ALTER TABLE fleets ADD COLUMN maintenance_window jsonb;
@@ -163,4 +177,5 @@ DROP TABLE rollout_devices;
 DROP TABLE rollout_groups;
 DROP TABLE rollouts;
 ALTER TABLE fleets DROP COLUMN maintenance_window;
+DROP FUNCTION flock_in_device_group(uuid, uuid, uuid, text, jsonb);
 DROP TABLE device_groups;

@@ -58,11 +58,8 @@ WHERE devices.org_id = @org_id
            AND (connection_key IS NOT NULL OR last_seen_at IS NULL OR last_seen_at <= now() - interval '10 minutes')))
   AND (sqlc.narg(running_release_id)::uuid IS NULL OR running_release_id = sqlc.narg(running_release_id))
   AND (sqlc.narg(name_prefix)::text IS NULL OR name LIKE replace(replace(replace(sqlc.narg(name_prefix), '\', '\\'), '%', '\%'), '_', '\_') || '%')
-  AND (sqlc.narg(device_group_id)::uuid IS NULL OR EXISTS (
-        SELECT 1 FROM device_groups g WHERE g.id = sqlc.narg(device_group_id) AND g.org_id = devices.org_id
-          AND devices.tags @> g.tags
-          AND (g.name_prefix IS NULL OR devices.name LIKE replace(replace(replace(g.name_prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%')
-          AND (g.device_ids IS NULL OR devices.id = ANY(g.device_ids))))
+  AND (sqlc.narg(device_group_id)::uuid IS NULL
+       OR flock_in_device_group(sqlc.narg(device_group_id), devices.org_id, devices.id, devices.name, devices.tags))
   AND (sqlc.narg(after_time)::timestamptz IS NULL OR (created_at, id) > (sqlc.narg(after_time), sqlc.narg(after_id)::uuid))
 ORDER BY created_at, id
 LIMIT @max_rows;

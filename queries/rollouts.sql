@@ -78,22 +78,16 @@ WHERE rollout_id = @rollout_id AND idx = @idx;
 SELECT d.id, d.tags FROM devices d
 WHERE d.fleet_id = @fleet_id AND d.pinned_release_id IS NULL
   AND d.tags @> @tags::jsonb
-  AND (sqlc.narg(device_group_id)::uuid IS NULL OR EXISTS (
-        SELECT 1 FROM device_groups g WHERE g.id = sqlc.narg(device_group_id)
-          AND d.tags @> g.tags
-          AND (g.name_prefix IS NULL OR d.name LIKE replace(replace(replace(g.name_prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%')
-          AND (g.device_ids IS NULL OR d.id = ANY(g.device_ids))))
+  AND (sqlc.narg(device_group_id)::uuid IS NULL
+       OR flock_in_device_group(sqlc.narg(device_group_id), d.org_id, d.id, d.name, d.tags))
 ORDER BY d.id;
 
 -- name: RolloutCandidateCount :one
 SELECT count(*)::int FROM devices d
 WHERE d.fleet_id = @fleet_id AND d.pinned_release_id IS NULL
   AND d.tags @> @tags::jsonb
-  AND (sqlc.narg(device_group_id)::uuid IS NULL OR EXISTS (
-        SELECT 1 FROM device_groups g WHERE g.id = sqlc.narg(device_group_id)
-          AND d.tags @> g.tags
-          AND (g.name_prefix IS NULL OR d.name LIKE replace(replace(replace(g.name_prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%')
-          AND (g.device_ids IS NULL OR d.id = ANY(g.device_ids))));
+  AND (sqlc.narg(device_group_id)::uuid IS NULL
+       OR flock_in_device_group(sqlc.narg(device_group_id), d.org_id, d.id, d.name, d.tags));
 
 -- name: RolloutDevicesAdd :exec
 INSERT INTO rollout_devices (rollout_id, device_id, group_idx)

@@ -112,11 +112,8 @@ WHERE devices.org_id = $1
            AND (connection_key IS NOT NULL OR last_seen_at IS NULL OR last_seen_at <= now() - interval '10 minutes')))
   AND ($6::uuid IS NULL OR running_release_id = $6)
   AND ($7::text IS NULL OR name LIKE replace(replace(replace($7, '\', '\\'), '%', '\%'), '_', '\_') || '%')
-  AND ($8::uuid IS NULL OR EXISTS (
-        SELECT 1 FROM device_groups g WHERE g.id = $8 AND g.org_id = devices.org_id
-          AND devices.tags @> g.tags
-          AND (g.name_prefix IS NULL OR devices.name LIKE replace(replace(replace(g.name_prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%')
-          AND (g.device_ids IS NULL OR devices.id = ANY(g.device_ids))))
+  AND ($8::uuid IS NULL
+       OR flock_in_device_group($8, devices.org_id, devices.id, devices.name, devices.tags))
   AND ($9::timestamptz IS NULL OR (created_at, id) > ($9, $10::uuid))
 ORDER BY created_at, id
 LIMIT $11

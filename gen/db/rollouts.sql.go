@@ -154,11 +154,8 @@ const rolloutCandidateCount = `-- name: RolloutCandidateCount :one
 SELECT count(*)::int FROM devices d
 WHERE d.fleet_id = $1 AND d.pinned_release_id IS NULL
   AND d.tags @> $2::jsonb
-  AND ($3::uuid IS NULL OR EXISTS (
-        SELECT 1 FROM device_groups g WHERE g.id = $3
-          AND d.tags @> g.tags
-          AND (g.name_prefix IS NULL OR d.name LIKE replace(replace(replace(g.name_prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%')
-          AND (g.device_ids IS NULL OR d.id = ANY(g.device_ids))))
+  AND ($3::uuid IS NULL
+       OR flock_in_device_group($3, d.org_id, d.id, d.name, d.tags))
 `
 
 type RolloutCandidateCountParams struct {
@@ -178,11 +175,8 @@ const rolloutCandidates = `-- name: RolloutCandidates :many
 SELECT d.id, d.tags FROM devices d
 WHERE d.fleet_id = $1 AND d.pinned_release_id IS NULL
   AND d.tags @> $2::jsonb
-  AND ($3::uuid IS NULL OR EXISTS (
-        SELECT 1 FROM device_groups g WHERE g.id = $3
-          AND d.tags @> g.tags
-          AND (g.name_prefix IS NULL OR d.name LIKE replace(replace(replace(g.name_prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%')
-          AND (g.device_ids IS NULL OR d.id = ANY(g.device_ids))))
+  AND ($3::uuid IS NULL
+       OR flock_in_device_group($3, d.org_id, d.id, d.name, d.tags))
 ORDER BY d.id
 `
 

@@ -320,11 +320,7 @@ const schedulerJoinable = `-- name: SchedulerJoinable :many
 SELECT d.id FROM devices d JOIN rollouts r ON r.id = $1
 WHERE d.id = ANY($2::uuid[]) AND d.fleet_id = r.fleet_id AND d.pinned_release_id IS NULL
   AND d.tags @> coalesce(r.selector -> 'tags', '{}'::jsonb)
-  AND (r.device_group_id IS NULL OR EXISTS (
-        SELECT 1 FROM device_groups g WHERE g.id = r.device_group_id
-          AND d.tags @> g.tags
-          AND (g.name_prefix IS NULL OR d.name LIKE replace(replace(replace(g.name_prefix, '\', '\\'), '%', '\%'), '_', '\_') || '%')
-          AND (g.device_ids IS NULL OR d.id = ANY(g.device_ids))))
+  AND (r.device_group_id IS NULL OR flock_in_device_group(r.device_group_id, d.org_id, d.id, d.name, d.tags))
   AND NOT EXISTS (SELECT 1 FROM rollout_devices rd WHERE rd.rollout_id = r.id AND rd.device_id = d.id)
 ORDER BY d.id
 `
