@@ -73,6 +73,31 @@ var Policy = auth.Policy{
 
 	"device-connectivity:list": {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
 
+	"device-telemetry:get":     {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"device-metric:list":       {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"device-log:list":          {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"device-update-event:list": {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"fleet-summary:get":        {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"org-summary:get":          {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+
+	// Streams are reads: checked once, when they open.
+	"org-events:stream":             {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"org-events:websocket":          {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"fleet-events:stream":           {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"fleet-events:websocket":        {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"device-group-events:stream":    {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"device-group-events:websocket": {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"device-events:stream":          {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"device-events:websocket":       {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"rollout-events:stream":         {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"rollout-events:websocket":      {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"device-log:stream":             {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"device-log:websocket":          {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+
+	"device-command:create": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+	"device-command:list":   {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"command:get":           {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+
 	"fleet-variable:list":    {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
 	"fleet-variable:create":  {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
 	"fleet-variable:update":  {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},

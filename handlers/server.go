@@ -9,7 +9,9 @@ import (
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/handlers/apikeys"
 	"github.com/flock-io/flock-api/handlers/auditlog"
+	"github.com/flock-io/flock-api/handlers/commands"
 	"github.com/flock-io/flock-api/handlers/deviceapi"
+	"github.com/flock-io/flock-api/handlers/devicedata"
 	"github.com/flock-io/flock-api/handlers/devicegroups"
 	"github.com/flock-io/flock-api/handlers/devices"
 	"github.com/flock-io/flock-api/handlers/fleets"
@@ -20,6 +22,8 @@ import (
 	"github.com/flock-io/flock-api/handlers/provisioning"
 	"github.com/flock-io/flock-api/handlers/releases"
 	"github.com/flock-io/flock-api/handlers/rollouts"
+	"github.com/flock-io/flock-api/handlers/streams"
+	"github.com/flock-io/flock-api/handlers/summary"
 	"github.com/flock-io/flock-api/handlers/system"
 	"github.com/flock-io/flock-api/handlers/variables"
 	"github.com/flock-io/flock-api/internal/audit"
@@ -49,6 +53,10 @@ type Server struct {
 	*variables.Variables
 	*deviceapi.DeviceAPI
 	*mqtthooks.MQTTHooks
+	*streams.Streams
+	*devicedata.DeviceData
+	*summary.Summary
+	*commands.Commands
 }
 
 var _ api.StrictServerInterface = (*Server)(nil)
@@ -109,5 +117,9 @@ func New(d Deps) *Server {
 		Variables:    &variables.Variables{Pool: pool, Nudge: d.Nudge},
 		DeviceAPI:    &deviceapi.DeviceAPI{Pool: pool, Tokens: d.Tokens, TokenEndpoint: d.TokenEndpoint, Audit: d.Audit, MQTTURL: d.MQTTURL},
 		MQTTHooks:    &mqtthooks.MQTTHooks{Auth: d.MQTTAuth, Token: d.MQTTHookToken, Open: d.MQTTHooksOpen},
+		Streams:      &streams.Streams{},
+		DeviceData:   &devicedata.DeviceData{},
+		Summary:      &summary.Summary{},
+		Commands:     &commands.Commands{},
 	}
 }

@@ -100,6 +100,54 @@ func (e AuditEventOutcome) Valid() bool {
 	}
 }
 
+// Defines values for CommandStatus.
+const (
+	CommandStatusDelivered CommandStatus = "delivered"
+	CommandStatusExpired   CommandStatus = "expired"
+	CommandStatusFailed    CommandStatus = "failed"
+	CommandStatusPending   CommandStatus = "pending"
+	CommandStatusSucceeded CommandStatus = "succeeded"
+)
+
+// Valid indicates whether the value is a known member of the CommandStatus enum.
+func (e CommandStatus) Valid() bool {
+	switch e {
+	case CommandStatusDelivered:
+		return true
+	case CommandStatusExpired:
+		return true
+	case CommandStatusFailed:
+		return true
+	case CommandStatusPending:
+		return true
+	case CommandStatusSucceeded:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CommandType.
+const (
+	Identify       CommandType = "identify"
+	Reboot         CommandType = "reboot"
+	RestartService CommandType = "restart_service"
+)
+
+// Valid indicates whether the value is a known member of the CommandType enum.
+func (e CommandType) Valid() bool {
+	switch e {
+	case Identify:
+		return true
+	case Reboot:
+		return true
+	case RestartService:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for ConnectivityEventEvent.
 const (
 	Connected    ConnectivityEventEvent = "connected"
@@ -151,6 +199,24 @@ func (e FieldErrorIn) Valid() bool {
 	case Path:
 		return true
 	case Query:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for LogLineStream.
+const (
+	Stderr LogLineStream = "stderr"
+	Stdout LogLineStream = "stdout"
+)
+
+// Valid indicates whether the value is a known member of the LogLineStream enum.
+func (e LogLineStream) Valid() bool {
+	switch e {
+	case Stderr:
+		return true
+	case Stdout:
 		return true
 	default:
 		return false
@@ -547,6 +613,99 @@ func (e ServiceStatusStatus) Valid() bool {
 	}
 }
 
+// Defines values for StreamEventType.
+const (
+	StreamEventTypeDeviceCommand      StreamEventType = "device.command"
+	StreamEventTypeDeviceConnectivity StreamEventType = "device.connectivity"
+	StreamEventTypeDeviceLog          StreamEventType = "device.log"
+	StreamEventTypeDeviceState        StreamEventType = "device.state"
+	StreamEventTypeDeviceUpdate       StreamEventType = "device.update"
+	StreamEventTypeError              StreamEventType = "error"
+	StreamEventTypeGap                StreamEventType = "gap"
+	StreamEventTypeRollout            StreamEventType = "rollout"
+)
+
+// Valid indicates whether the value is a known member of the StreamEventType enum.
+func (e StreamEventType) Valid() bool {
+	switch e {
+	case StreamEventTypeDeviceCommand:
+		return true
+	case StreamEventTypeDeviceConnectivity:
+		return true
+	case StreamEventTypeDeviceLog:
+		return true
+	case StreamEventTypeDeviceState:
+		return true
+	case StreamEventTypeDeviceUpdate:
+		return true
+	case StreamEventTypeError:
+		return true
+	case StreamEventTypeGap:
+		return true
+	case StreamEventTypeRollout:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for UpdateEventType.
+const (
+	UpdateEventTypeDownloadFinished UpdateEventType = "download_finished"
+	UpdateEventTypeDownloadProgress UpdateEventType = "download_progress"
+	UpdateEventTypeDownloadStarted  UpdateEventType = "download_started"
+	UpdateEventTypeFailed           UpdateEventType = "failed"
+	UpdateEventTypeInstallStarted   UpdateEventType = "install_started"
+	UpdateEventTypeInstalled        UpdateEventType = "installed"
+	UpdateEventTypeRolledBack       UpdateEventType = "rolled_back"
+)
+
+// Valid indicates whether the value is a known member of the UpdateEventType enum.
+func (e UpdateEventType) Valid() bool {
+	switch e {
+	case UpdateEventTypeDownloadFinished:
+		return true
+	case UpdateEventTypeDownloadProgress:
+		return true
+	case UpdateEventTypeDownloadStarted:
+		return true
+	case UpdateEventTypeFailed:
+		return true
+	case UpdateEventTypeInstallStarted:
+		return true
+	case UpdateEventTypeInstalled:
+		return true
+	case UpdateEventTypeRolledBack:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for UpdateStatus.
+const (
+	UpdateStatusFailed   UpdateStatus = "failed"
+	UpdateStatusIdle     UpdateStatus = "idle"
+	UpdateStatusUnknown  UpdateStatus = "unknown"
+	UpdateStatusUpdating UpdateStatus = "updating"
+)
+
+// Valid indicates whether the value is a known member of the UpdateStatus enum.
+func (e UpdateStatus) Valid() bool {
+	switch e {
+	case UpdateStatusFailed:
+		return true
+	case UpdateStatusIdle:
+		return true
+	case UpdateStatusUnknown:
+		return true
+	case UpdateStatusUpdating:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for UpdateStrategy.
 const (
 	DeleteThenDownload UpdateStrategy = "delete-then-download"
@@ -692,6 +851,72 @@ type AuditEventPage struct {
 	Items      []AuditEvent `json:"items"`
 	NextCursor *string      `json:"next_cursor,omitempty"`
 }
+
+// Command defines model for Command.
+type Command struct {
+	CompletedAt *time.Time `json:"completed_at,omitempty"`
+	CreatedAt   time.Time  `json:"created_at"`
+
+	// CreatedBy Who made a change.
+	CreatedBy   Actor              `json:"created_by"`
+	DeliveredAt *time.Time         `json:"delivered_at,omitempty"`
+	DeviceId    openapi_types.UUID `json:"device_id"`
+
+	// Error What the device said went wrong, for failed.
+	Error     *string            `json:"error,omitempty"`
+	ExpiresAt time.Time          `json:"expires_at"`
+	FleetId   openapi_types.UUID `json:"fleet_id"`
+	Id        openapi_types.UUID `json:"id"`
+	Service   *string            `json:"service,omitempty"`
+
+	// Status pending (waiting for the device: sent when it is connected, again each
+	// time it reconnects), delivered (the device acknowledged receiving it),
+	// succeeded or failed (the device reported the outcome), expired (the
+	// device did not finish it before `expires_at`). The last three are final.
+	Status CommandStatus `json:"status"`
+
+	// Type reboot (the device restarts; agent 1.0.0 or later), restart_service
+	// (restart one service's container, named in `service`; agent 1.1.0 or
+	// later), identify (blink an LED or beep, so someone on site finds the
+	// device; agent 1.0.0 or later). A device whose reported agent_version is
+	// older, or that never reported one, cannot take the command (409).
+	Type CommandType `json:"type"`
+}
+
+// CommandCreate defines model for CommandCreate.
+type CommandCreate struct {
+	// ExpiresIn Seconds the command waits for the device before it expires.
+	ExpiresIn *int `json:"expires_in,omitempty"`
+
+	// Service The service to act on; required by restart_service, refused by the others.
+	Service *string `json:"service,omitempty"`
+
+	// Type reboot (the device restarts; agent 1.0.0 or later), restart_service
+	// (restart one service's container, named in `service`; agent 1.1.0 or
+	// later), identify (blink an LED or beep, so someone on site finds the
+	// device; agent 1.0.0 or later). A device whose reported agent_version is
+	// older, or that never reported one, cannot take the command (409).
+	Type CommandType `json:"type"`
+}
+
+// CommandPage defines model for CommandPage.
+type CommandPage struct {
+	Items      []Command `json:"items"`
+	NextCursor *string   `json:"next_cursor,omitempty"`
+}
+
+// CommandStatus pending (waiting for the device: sent when it is connected, again each
+// time it reconnects), delivered (the device acknowledged receiving it),
+// succeeded or failed (the device reported the outcome), expired (the
+// device did not finish it before `expires_at`). The last three are final.
+type CommandStatus string
+
+// CommandType reboot (the device restarts; agent 1.0.0 or later), restart_service
+// (restart one service's container, named in `service`; agent 1.1.0 or
+// later), identify (blink an LED or beep, so someone on site finds the
+// device; agent 1.0.0 or later). A device whose reported agent_version is
+// older, or that never reported one, cannot take the command (409).
+type CommandType string
 
 // ConnectivityEvent defines model for ConnectivityEvent.
 type ConnectivityEvent struct {
@@ -952,6 +1177,33 @@ type FleetPage struct {
 	NextCursor *string `json:"next_cursor,omitempty"`
 }
 
+// FleetSummary defines model for FleetSummary.
+type FleetSummary struct {
+	// Counts Device counts. online + offline + never_connected = devices. A device
+	// is online while connected to the MQTT broker; never_connected devices
+	// have not connected over MQTT yet (the device list's `online=true` counts
+	// them as online while they report over HTTP).
+	Counts  SummaryCounts      `json:"counts"`
+	FleetId openapi_types.UUID `json:"fleet_id"`
+
+	// Rollouts The fleet's rollouts that have not ended (ready, running, paused, waiting for approval), with their devices per group and state.
+	Rollouts []struct {
+		Groups []struct {
+			// Counts Devices by state.
+			Counts RolloutCounts `json:"counts"`
+			Index  int           `json:"index"`
+		} `json:"groups"`
+		RolloutId openapi_types.UUID `json:"rollout_id"`
+
+		// State ready (created, not started), running, paused (no new targeting; devices
+		// already updating finish), waiting_for_approval (a group succeeded and the
+		// next needs an approve), finished (every group done; the fleet now runs the
+		// release), aborted, rolled_back (aborted, and every touched device put back
+		// on its previous release), canceled (stopped before it started).
+		State RolloutState `json:"state"`
+	} `json:"rollouts"`
+}
+
 // FleetUpdate defines model for FleetUpdate.
 type FleetUpdate struct {
 	// MaintenanceWindow When rollouts may newly target the fleet's devices (a rollout's own window overrides it); null removes it.
@@ -984,6 +1236,26 @@ type JWKS_Keys_Item struct {
 	Use                  *string                `json:"use,omitempty"`
 	X                    *string                `json:"x,omitempty"`
 	AdditionalProperties map[string]interface{} `json:"-"`
+}
+
+// LogLine defines model for LogLine.
+type LogLine struct {
+	Line string `json:"line"`
+
+	// Seq Numbers the lines of one service of the device; consecutive numbers mean no line is missing.
+	Seq     int64         `json:"seq"`
+	Service string        `json:"service"`
+	Stream  LogLineStream `json:"stream"`
+	Ts      time.Time     `json:"ts"`
+}
+
+// LogLineStream defines model for LogLine.Stream.
+type LogLineStream string
+
+// LogLinePage defines model for LogLinePage.
+type LogLinePage struct {
+	Items      []LogLine `json:"items"`
+	NextCursor *string   `json:"next_cursor,omitempty"`
 }
 
 // MaintenanceWindow When devices may be newly targeted by a rollout: the window opens at every
@@ -1057,6 +1329,15 @@ type Membership struct {
 	// members and API keys, reads the audit log), owner (also deletes the
 	// organisation and manages owners).
 	Role Role `json:"role"`
+}
+
+// MetricList defines model for MetricList.
+type MetricList struct {
+	Metrics []struct {
+		LastTs time.Time `json:"last_ts"`
+		Name   string    `json:"name"`
+		Unit   string    `json:"unit"`
+	} `json:"metrics"`
 }
 
 // MqttAclRequest What a connected client asks to do. Other fields are ignored.
@@ -1144,6 +1425,19 @@ type OrgPage struct {
 
 	// NextCursor Pass as `cursor` for the next page; absent on the last page.
 	NextCursor *string `json:"next_cursor,omitempty"`
+}
+
+// OrgSummary defines model for OrgSummary.
+type OrgSummary struct {
+	// Counts Device counts. online + offline + never_connected = devices. A device
+	// is online while connected to the MQTT broker; never_connected devices
+	// have not connected over MQTT yet (the device list's `online=true` counts
+	// them as online while they report over HTTP).
+	Counts SummaryCounts `json:"counts"`
+
+	// Fleets Every fleet of the organisation, by fleet id.
+	Fleets []FleetSummary     `json:"fleets"`
+	OrgId  openapi_types.UUID `json:"org_id"`
 }
 
 // OrgUpdate defines model for OrgUpdate.
@@ -1621,6 +1915,72 @@ type ServiceStatus struct {
 // ServiceStatusStatus defines model for ServiceStatus.Status.
 type ServiceStatusStatus string
 
+// StreamEvent One event of a live stream.
+type StreamEvent struct {
+	// At When Flock received what the event reports.
+	At time.Time `json:"at"`
+
+	// Data The event itself: the Kafka record as the AsyncAPI document describes
+	// it for the type; for `device.log` a LogLine; for `gap` and `error` an
+	// object with `code` and `detail`.
+	Data     map[string]interface{} `json:"data"`
+	DeviceId *openapi_types.UUID    `json:"device_id,omitempty"`
+	FleetId  *openapi_types.UUID    `json:"fleet_id,omitempty"`
+
+	// Id Where the stream stood after this event, as an opaque token: give it
+	// back as `Last-Event-ID` or `last_event_id` to resume right after it.
+	// The same event has the same id on every API replica.
+	Id        string              `json:"id"`
+	OrgId     *openapi_types.UUID `json:"org_id,omitempty"`
+	RolloutId *openapi_types.UUID `json:"rollout_id,omitempty"`
+
+	// Type What a stream event is about. `device.state`: a reported state was
+	// accepted (data: DeviceStateRecord of the AsyncAPI document);
+	// `device.connectivity`: the device connected or disconnected
+	// (ConnectivityRecord); `device.update`: update progress (DeviceEventRecord);
+	// `device.command`: a command changed status (CommandEventRecord);
+	// `device.log`: one container log line; `rollout`: a rollout changed
+	// (RolloutEventRecord); `gap`: events the client asked for are no longer
+	// held; `error`: the stream ends, with why.
+	Type StreamEventType `json:"type"`
+}
+
+// StreamEventType What a stream event is about. `device.state`: a reported state was
+// accepted (data: DeviceStateRecord of the AsyncAPI document);
+// `device.connectivity`: the device connected or disconnected
+// (ConnectivityRecord); `device.update`: update progress (DeviceEventRecord);
+// `device.command`: a command changed status (CommandEventRecord);
+// `device.log`: one container log line; `rollout`: a rollout changed
+// (RolloutEventRecord); `gap`: events the client asked for are no longer
+// held; `error`: the stream ends, with why.
+type StreamEventType string
+
+// SummaryCounts Device counts. online + offline + never_connected = devices. A device
+// is online while connected to the MQTT broker; never_connected devices
+// have not connected over MQTT yet (the device list's `online=true` counts
+// them as online while they report over HTTP).
+type SummaryCounts struct {
+	// ByRelease Devices per running release, most devices first; release_id is absent for devices that have not reported one.
+	ByRelease []struct {
+		Devices   int64               `json:"devices"`
+		ReleaseId *openapi_types.UUID `json:"release_id,omitempty"`
+	} `json:"by_release"`
+
+	// ByUpdateStatus Devices per update status, every status listed.
+	ByUpdateStatus []struct {
+		Devices int64 `json:"devices"`
+
+		// Status From the services in the device's last reported state: failed when any
+		// service is failed, updating when any is downloading or installing, idle
+		// otherwise; unknown when the device never reported its services.
+		Status UpdateStatus `json:"status"`
+	} `json:"by_update_status"`
+	Devices        int64 `json:"devices"`
+	NeverConnected int64 `json:"never_connected"`
+	Offline        int64 `json:"offline"`
+	Online         int64 `json:"online"`
+}
+
 // Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
 //
 // Example: {"batch":"2026-11","site":"lab-3"}
@@ -1676,6 +2036,63 @@ type TargetState struct {
 	// Version Changes whenever anything in the target state changes; also the ETag.
 	Version string `json:"version"`
 }
+
+// TelemetrySeries Metric samples of a device aggregated per step.
+type TelemetrySeries struct {
+	Series []struct {
+		Metric string `json:"metric"`
+
+		// Points One per step that holds samples, oldest first; steps without samples are left out.
+		Points []struct {
+			Avg   float64 `json:"avg"`
+			Count int64   `json:"count"`
+
+			// Last The newest sample of the step.
+			Last float64 `json:"last"`
+			Max  float64 `json:"max"`
+			Min  float64 `json:"min"`
+
+			// Ts The start of the step.
+			Ts time.Time `json:"ts"`
+		} `json:"points"`
+
+		// Unit The unit of the newest sample in the range.
+		Unit string `json:"unit"`
+	} `json:"series"`
+	Since       time.Time `json:"since"`
+	StepSeconds int       `json:"step_seconds"`
+	Until       time.Time `json:"until"`
+}
+
+// UpdateEvent An update step the device reported (the AsyncAPI `events` channel).
+type UpdateEvent struct {
+	Error *string `json:"error,omitempty"`
+
+	// Id The device's id of the event.
+	Id         openapi_types.UUID  `json:"id"`
+	Progress   *int                `json:"progress,omitempty"`
+	ReceivedAt time.Time           `json:"received_at"`
+	ReleaseId  *openapi_types.UUID `json:"release_id,omitempty"`
+	Service    *string             `json:"service,omitempty"`
+
+	// Ts When the device says it happened.
+	Ts   time.Time       `json:"ts"`
+	Type UpdateEventType `json:"type"`
+}
+
+// UpdateEventType defines model for UpdateEvent.Type.
+type UpdateEventType string
+
+// UpdateEventPage defines model for UpdateEventPage.
+type UpdateEventPage struct {
+	Items      []UpdateEvent `json:"items"`
+	NextCursor *string       `json:"next_cursor,omitempty"`
+}
+
+// UpdateStatus From the services in the device's last reported state: failed when any
+// service is failed, updating when any is downloading or installing, idle
+// otherwise; unknown when the device never reported its services.
+type UpdateStatus string
 
 // UpdateStrategy How the device replaces a running service with a new release's, as balena
 // names them: download the new image while the old container runs, then
@@ -1760,6 +2177,9 @@ type Version struct {
 	Version string `json:"version"`
 }
 
+// CommandId defines model for CommandId.
+type CommandId = openapi_types.UUID
+
 // Cursor defines model for Cursor.
 type Cursor = string
 
@@ -1778,8 +2198,23 @@ type IdempotencyKey = string
 // KeyId defines model for KeyId.
 type KeyId = openapi_types.UUID
 
+// LastEventId defines model for LastEventId.
+type LastEventId = string
+
+// LastEventIdHeader defines model for LastEventIdHeader.
+type LastEventIdHeader = string
+
 // Limit defines model for Limit.
 type Limit = int
+
+// LogQuery defines model for LogQuery.
+type LogQuery = string
+
+// LogService defines model for LogService.
+type LogService = string
+
+// LogTail defines model for LogTail.
+type LogTail = int
 
 // OrgId defines model for OrgId.
 type OrgId = openapi_types.UUID
@@ -1792,6 +2227,15 @@ type ReleaseId = openapi_types.UUID
 
 // RolloutId defines model for RolloutId.
 type RolloutId = openapi_types.UUID
+
+// Since defines model for Since.
+type Since = time.Time
+
+// StreamTypes defines model for StreamTypes.
+type StreamTypes = []StreamEventType
+
+// Until defines model for Until.
+type Until = time.Time
 
 // UserId defines model for UserId.
 type UserId = openapi_types.UUID
@@ -1813,6 +2257,37 @@ type DeviceGroupUpdateParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// DeviceGroupEventsStreamParams defines parameters for DeviceGroupEventsStream.
+type DeviceGroupEventsStreamParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+
+	// LastEventID The Server-Sent Events resume header; see `last_event_id`.
+	LastEventID *LastEventIdHeader `json:"Last-Event-ID,omitempty"`
+}
+
+// DeviceGroupEventsWebsocketParams defines parameters for DeviceGroupEventsWebsocket.
+type DeviceGroupEventsWebsocketParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+}
+
 // DeviceDeleteParams defines parameters for DeviceDelete.
 type DeviceDeleteParams struct {
 	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
@@ -1831,8 +2306,159 @@ type DeviceUpdateParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// DeviceCommandListParams defines parameters for DeviceCommandList.
+type DeviceCommandListParams struct {
+	Status *CommandStatus `form:"status,omitempty" json:"status,omitempty"`
+
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// DeviceCommandCreateParams defines parameters for DeviceCommandCreate.
+type DeviceCommandCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // DeviceConnectivityListParams defines parameters for DeviceConnectivityList.
 type DeviceConnectivityListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// DeviceEventsStreamParams defines parameters for DeviceEventsStream.
+type DeviceEventsStreamParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+
+	// LastEventID The Server-Sent Events resume header; see `last_event_id`.
+	LastEventID *LastEventIdHeader `json:"Last-Event-ID,omitempty"`
+}
+
+// DeviceEventsWebsocketParams defines parameters for DeviceEventsWebsocket.
+type DeviceEventsWebsocketParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+}
+
+// DeviceLogListParams defines parameters for DeviceLogList.
+type DeviceLogListParams struct {
+	// Since Only what happened at or after this time.
+	Since *Since `form:"since,omitempty" json:"since,omitempty"`
+
+	// Until Only what happened before this time.
+	Until *Until `form:"until,omitempty" json:"until,omitempty"`
+
+	// Service Only the lines of this service.
+	Service *LogService `form:"service,omitempty" json:"service,omitempty"`
+
+	// Q Only lines containing this text, ignoring case.
+	Q *LogQuery `form:"q,omitempty" json:"q,omitempty"`
+
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// DeviceLogStreamParams defines parameters for DeviceLogStream.
+type DeviceLogStreamParams struct {
+	// Since Only what happened at or after this time.
+	Since *Since `form:"since,omitempty" json:"since,omitempty"`
+
+	// Service Only the lines of this service.
+	Service *LogService `form:"service,omitempty" json:"service,omitempty"`
+
+	// Q Only lines containing this text, ignoring case.
+	Q *LogQuery `form:"q,omitempty" json:"q,omitempty"`
+
+	// Tail Without `since`, how many of the newest lines to send before the live ones.
+	Tail *LogTail `form:"tail,omitempty" json:"tail,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+
+	// LastEventID The Server-Sent Events resume header; see `last_event_id`.
+	LastEventID *LastEventIdHeader `json:"Last-Event-ID,omitempty"`
+}
+
+// DeviceLogWebsocketParams defines parameters for DeviceLogWebsocket.
+type DeviceLogWebsocketParams struct {
+	// Since Only what happened at or after this time.
+	Since *Since `form:"since,omitempty" json:"since,omitempty"`
+
+	// Service Only the lines of this service.
+	Service *LogService `form:"service,omitempty" json:"service,omitempty"`
+
+	// Q Only lines containing this text, ignoring case.
+	Q *LogQuery `form:"q,omitempty" json:"q,omitempty"`
+
+	// Tail Without `since`, how many of the newest lines to send before the live ones.
+	Tail *LogTail `form:"tail,omitempty" json:"tail,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+}
+
+// DeviceTelemetryGetParams defines parameters for DeviceTelemetryGet.
+type DeviceTelemetryGetParams struct {
+	// Metric A metric name the device sends (see `device-metric:list`); repeat for several.
+	Metric []string `form:"metric" json:"metric"`
+
+	// Since The start of the range; default one hour before `until`.
+	Since *time.Time `form:"since,omitempty" json:"since,omitempty"`
+
+	// Until The end of the range (not included); default now.
+	Until *time.Time `form:"until,omitempty" json:"until,omitempty"`
+
+	// Step The width of a step, a Go duration of whole seconds (`30s`, `5m`,
+	// `1h`); default the range divided by 60, rounded up to a whole
+	// second. Steps are aligned to the Unix epoch.
+	Step *string `form:"step,omitempty" json:"step,omitempty"`
+}
+
+// DeviceUpdateEventListParams defines parameters for DeviceUpdateEventList.
+type DeviceUpdateEventListParams struct {
+	// Since Only what happened at or after this time.
+	Since *Since `form:"since,omitempty" json:"since,omitempty"`
+
+	// Until Only what happened before this time.
+	Until *Until `form:"until,omitempty" json:"until,omitempty"`
+
 	// Limit The most items to return in one page.
 	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
 
@@ -1892,6 +2518,37 @@ type FleetUpdateParams struct {
 	// that response again (with `Idempotent-Replayed: true`) without running
 	// twice. The same key with a different request is 422. Keys are per caller.
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// FleetEventsStreamParams defines parameters for FleetEventsStream.
+type FleetEventsStreamParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+
+	// LastEventID The Server-Sent Events resume header; see `last_event_id`.
+	LastEventID *LastEventIdHeader `json:"Last-Event-ID,omitempty"`
+}
+
+// FleetEventsWebsocketParams defines parameters for FleetEventsWebsocket.
+type FleetEventsWebsocketParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
 }
 
 // ProvisioningKeyListParams defines parameters for ProvisioningKeyList.
@@ -2098,6 +2755,37 @@ type DeviceListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// OrgEventsStreamParams defines parameters for OrgEventsStream.
+type OrgEventsStreamParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+
+	// LastEventID The Server-Sent Events resume header; see `last_event_id`.
+	LastEventID *LastEventIdHeader `json:"Last-Event-ID,omitempty"`
+}
+
+// OrgEventsWebsocketParams defines parameters for OrgEventsWebsocket.
+type OrgEventsWebsocketParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+}
+
 // FleetListParams defines parameters for FleetList.
 type FleetListParams struct {
 	// Limit The most items to return in one page.
@@ -2200,6 +2888,37 @@ type RolloutDeviceListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// RolloutEventsStreamParams defines parameters for RolloutEventsStream.
+type RolloutEventsStreamParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+
+	// LastEventID The Server-Sent Events resume header; see `last_event_id`.
+	LastEventID *LastEventIdHeader `json:"Last-Event-ID,omitempty"`
+}
+
+// RolloutEventsWebsocketParams defines parameters for RolloutEventsWebsocket.
+type RolloutEventsWebsocketParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+}
+
 // RolloutNextGroupParams defines parameters for RolloutNextGroup.
 type RolloutNextGroupParams struct {
 	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
@@ -2256,6 +2975,9 @@ type DeviceGroupUpdateJSONRequestBody = DeviceGroupUpdate
 
 // DeviceUpdateJSONRequestBody defines body for DeviceUpdate for application/json ContentType.
 type DeviceUpdateJSONRequestBody = DeviceUpdate
+
+// DeviceCommandCreateJSONRequestBody defines body for DeviceCommandCreate for application/json ContentType.
+type DeviceCommandCreateJSONRequestBody = CommandCreate
 
 // DeviceVariableCreateJSONRequestBody defines body for DeviceVariableCreate for application/json ContentType.
 type DeviceVariableCreateJSONRequestBody = VariableCreate
@@ -2470,6 +3192,9 @@ type ServerInterface interface {
 	// MqttHookAuthenticate MQTT broker hook, authentication
 	// (POST /internal/v1/mqtt/auth)
 	MqttHookAuthenticate(w http.ResponseWriter, r *http.Request)
+	// CommandGet A command and its status
+	// (GET /v1/commands/{commandId})
+	CommandGet(w http.ResponseWriter, r *http.Request, commandId CommandId)
 	// DeviceGroupDelete Delete a device group
 	// (DELETE /v1/device-groups/{deviceGroupId})
 	DeviceGroupDelete(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId)
@@ -2479,6 +3204,12 @@ type ServerInterface interface {
 	// DeviceGroupUpdate Change a device group's filter
 	// (PATCH /v1/device-groups/{deviceGroupId})
 	DeviceGroupUpdate(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId, params DeviceGroupUpdateParams)
+	// DeviceGroupEventsStream Live events of the devices of a device group (Server-Sent Events)
+	// (GET /v1/device-groups/{deviceGroupId}/events)
+	DeviceGroupEventsStream(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId, params DeviceGroupEventsStreamParams)
+	// DeviceGroupEventsWebsocket Live events of the devices of a device group (WebSocket)
+	// (GET /v1/device-groups/{deviceGroupId}/events/ws)
+	DeviceGroupEventsWebsocket(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId, params DeviceGroupEventsWebsocketParams)
 	// DeviceDelete Delete a device
 	// (DELETE /v1/devices/{deviceId})
 	DeviceDelete(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceDeleteParams)
@@ -2488,9 +3219,39 @@ type ServerInterface interface {
 	// DeviceUpdate Rename, move, pin or retag a device
 	// (PATCH /v1/devices/{deviceId})
 	DeviceUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceUpdateParams)
+	// DeviceCommandList Commands sent to a device
+	// (GET /v1/devices/{deviceId}/commands)
+	DeviceCommandList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceCommandListParams)
+	// DeviceCommandCreate Send a command to a device
+	// (POST /v1/devices/{deviceId}/commands)
+	DeviceCommandCreate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceCommandCreateParams)
 	// DeviceConnectivityList Connectivity history of a device
 	// (GET /v1/devices/{deviceId}/connectivity)
 	DeviceConnectivityList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceConnectivityListParams)
+	// DeviceEventsStream Live events of one device (Server-Sent Events)
+	// (GET /v1/devices/{deviceId}/events)
+	DeviceEventsStream(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceEventsStreamParams)
+	// DeviceEventsWebsocket Live events of one device (WebSocket)
+	// (GET /v1/devices/{deviceId}/events/ws)
+	DeviceEventsWebsocket(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceEventsWebsocketParams)
+	// DeviceLogList A device's container logs
+	// (GET /v1/devices/{deviceId}/logs)
+	DeviceLogList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceLogListParams)
+	// DeviceLogStream Follow a device's container logs (Server-Sent Events)
+	// (GET /v1/devices/{deviceId}/logs/stream)
+	DeviceLogStream(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceLogStreamParams)
+	// DeviceLogWebsocket Follow a device's container logs (WebSocket)
+	// (GET /v1/devices/{deviceId}/logs/ws)
+	DeviceLogWebsocket(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceLogWebsocketParams)
+	// DeviceMetricList The metrics a device sends
+	// (GET /v1/devices/{deviceId}/metrics)
+	DeviceMetricList(w http.ResponseWriter, r *http.Request, deviceId DeviceId)
+	// DeviceTelemetryGet A device's metrics as time series
+	// (GET /v1/devices/{deviceId}/telemetry)
+	DeviceTelemetryGet(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceTelemetryGetParams)
+	// DeviceUpdateEventList A device's update progress events
+	// (GET /v1/devices/{deviceId}/update-events)
+	DeviceUpdateEventList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceUpdateEventListParams)
 	// DeviceVariableList Configuration variables of a device
 	// (GET /v1/devices/{deviceId}/variables)
 	DeviceVariableList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceVariableListParams)
@@ -2512,6 +3273,12 @@ type ServerInterface interface {
 	// FleetUpdate Change a fleet
 	// (PATCH /v1/fleets/{fleetId})
 	FleetUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetUpdateParams)
+	// FleetEventsStream Live events of a fleet (Server-Sent Events)
+	// (GET /v1/fleets/{fleetId}/events)
+	FleetEventsStream(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetEventsStreamParams)
+	// FleetEventsWebsocket Live events of a fleet (WebSocket)
+	// (GET /v1/fleets/{fleetId}/events/ws)
+	FleetEventsWebsocket(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetEventsWebsocketParams)
 	// ProvisioningKeyList Provisioning keys of a fleet
 	// (GET /v1/fleets/{fleetId}/provisioning-keys)
 	ProvisioningKeyList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params ProvisioningKeyListParams)
@@ -2533,6 +3300,9 @@ type ServerInterface interface {
 	// RolloutCreate Prepare a rollout of a release
 	// (POST /v1/fleets/{fleetId}/rollouts)
 	RolloutCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params RolloutCreateParams)
+	// FleetSummaryGet Device counts of a fleet
+	// (GET /v1/fleets/{fleetId}/summary)
+	FleetSummaryGet(w http.ResponseWriter, r *http.Request, fleetId FleetId)
 	// FleetVariableList Configuration variables of a fleet
 	// (GET /v1/fleets/{fleetId}/variables)
 	FleetVariableList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetVariableListParams)
@@ -2584,6 +3354,12 @@ type ServerInterface interface {
 	// DeviceList Devices of an organisation
 	// (GET /v1/orgs/{orgId}/devices)
 	DeviceList(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceListParams)
+	// OrgEventsStream Live events of an organisation (Server-Sent Events)
+	// (GET /v1/orgs/{orgId}/events)
+	OrgEventsStream(w http.ResponseWriter, r *http.Request, orgId OrgId, params OrgEventsStreamParams)
+	// OrgEventsWebsocket Live events of an organisation (WebSocket)
+	// (GET /v1/orgs/{orgId}/events/ws)
+	OrgEventsWebsocket(w http.ResponseWriter, r *http.Request, orgId OrgId, params OrgEventsWebsocketParams)
 	// FleetList Fleets of an organisation
 	// (GET /v1/orgs/{orgId}/fleets)
 	FleetList(w http.ResponseWriter, r *http.Request, orgId OrgId, params FleetListParams)
@@ -2602,6 +3378,9 @@ type ServerInterface interface {
 	// MemberUpdate Change a member's role
 	// (PATCH /v1/orgs/{orgId}/members/{userId})
 	MemberUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId, params MemberUpdateParams)
+	// OrgSummaryGet Device counts of an organisation
+	// (GET /v1/orgs/{orgId}/summary)
+	OrgSummaryGet(w http.ResponseWriter, r *http.Request, orgId OrgId)
 	// ReleaseGet A release
 	// (GET /v1/releases/{releaseId})
 	ReleaseGet(w http.ResponseWriter, r *http.Request, releaseId ReleaseId)
@@ -2623,6 +3402,12 @@ type ServerInterface interface {
 	// RolloutDeviceList The devices of a rollout
 	// (GET /v1/rollouts/{rolloutId}/devices)
 	RolloutDeviceList(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutDeviceListParams)
+	// RolloutEventsStream Live events of a rollout (Server-Sent Events)
+	// (GET /v1/rollouts/{rolloutId}/events)
+	RolloutEventsStream(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutEventsStreamParams)
+	// RolloutEventsWebsocket Live events of a rollout (WebSocket)
+	// (GET /v1/rollouts/{rolloutId}/events/ws)
+	RolloutEventsWebsocket(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutEventsWebsocketParams)
 	// RolloutNextGroup Skip ahead to the next group
 	// (POST /v1/rollouts/{rolloutId}/next-group)
 	RolloutNextGroup(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutNextGroupParams)
@@ -2686,6 +3471,12 @@ func (_ Unimplemented) MqttHookAuthenticate(w http.ResponseWriter, r *http.Reque
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// CommandGet A command and its status
+// (GET /v1/commands/{commandId})
+func (_ Unimplemented) CommandGet(w http.ResponseWriter, r *http.Request, commandId CommandId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // DeviceGroupDelete Delete a device group
 // (DELETE /v1/device-groups/{deviceGroupId})
 func (_ Unimplemented) DeviceGroupDelete(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId) {
@@ -2701,6 +3492,18 @@ func (_ Unimplemented) DeviceGroupGet(w http.ResponseWriter, r *http.Request, de
 // DeviceGroupUpdate Change a device group's filter
 // (PATCH /v1/device-groups/{deviceGroupId})
 func (_ Unimplemented) DeviceGroupUpdate(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId, params DeviceGroupUpdateParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceGroupEventsStream Live events of the devices of a device group (Server-Sent Events)
+// (GET /v1/device-groups/{deviceGroupId}/events)
+func (_ Unimplemented) DeviceGroupEventsStream(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId, params DeviceGroupEventsStreamParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceGroupEventsWebsocket Live events of the devices of a device group (WebSocket)
+// (GET /v1/device-groups/{deviceGroupId}/events/ws)
+func (_ Unimplemented) DeviceGroupEventsWebsocket(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId, params DeviceGroupEventsWebsocketParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -2722,9 +3525,69 @@ func (_ Unimplemented) DeviceUpdate(w http.ResponseWriter, r *http.Request, devi
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// DeviceCommandList Commands sent to a device
+// (GET /v1/devices/{deviceId}/commands)
+func (_ Unimplemented) DeviceCommandList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceCommandListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceCommandCreate Send a command to a device
+// (POST /v1/devices/{deviceId}/commands)
+func (_ Unimplemented) DeviceCommandCreate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceCommandCreateParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // DeviceConnectivityList Connectivity history of a device
 // (GET /v1/devices/{deviceId}/connectivity)
 func (_ Unimplemented) DeviceConnectivityList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceConnectivityListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceEventsStream Live events of one device (Server-Sent Events)
+// (GET /v1/devices/{deviceId}/events)
+func (_ Unimplemented) DeviceEventsStream(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceEventsStreamParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceEventsWebsocket Live events of one device (WebSocket)
+// (GET /v1/devices/{deviceId}/events/ws)
+func (_ Unimplemented) DeviceEventsWebsocket(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceEventsWebsocketParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceLogList A device's container logs
+// (GET /v1/devices/{deviceId}/logs)
+func (_ Unimplemented) DeviceLogList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceLogListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceLogStream Follow a device's container logs (Server-Sent Events)
+// (GET /v1/devices/{deviceId}/logs/stream)
+func (_ Unimplemented) DeviceLogStream(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceLogStreamParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceLogWebsocket Follow a device's container logs (WebSocket)
+// (GET /v1/devices/{deviceId}/logs/ws)
+func (_ Unimplemented) DeviceLogWebsocket(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceLogWebsocketParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceMetricList The metrics a device sends
+// (GET /v1/devices/{deviceId}/metrics)
+func (_ Unimplemented) DeviceMetricList(w http.ResponseWriter, r *http.Request, deviceId DeviceId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceTelemetryGet A device's metrics as time series
+// (GET /v1/devices/{deviceId}/telemetry)
+func (_ Unimplemented) DeviceTelemetryGet(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceTelemetryGetParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceUpdateEventList A device's update progress events
+// (GET /v1/devices/{deviceId}/update-events)
+func (_ Unimplemented) DeviceUpdateEventList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceUpdateEventListParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -2770,6 +3633,18 @@ func (_ Unimplemented) FleetUpdate(w http.ResponseWriter, r *http.Request, fleet
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// FleetEventsStream Live events of a fleet (Server-Sent Events)
+// (GET /v1/fleets/{fleetId}/events)
+func (_ Unimplemented) FleetEventsStream(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetEventsStreamParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// FleetEventsWebsocket Live events of a fleet (WebSocket)
+// (GET /v1/fleets/{fleetId}/events/ws)
+func (_ Unimplemented) FleetEventsWebsocket(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetEventsWebsocketParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // ProvisioningKeyList Provisioning keys of a fleet
 // (GET /v1/fleets/{fleetId}/provisioning-keys)
 func (_ Unimplemented) ProvisioningKeyList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params ProvisioningKeyListParams) {
@@ -2809,6 +3684,12 @@ func (_ Unimplemented) RolloutList(w http.ResponseWriter, r *http.Request, fleet
 // RolloutCreate Prepare a rollout of a release
 // (POST /v1/fleets/{fleetId}/rollouts)
 func (_ Unimplemented) RolloutCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params RolloutCreateParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// FleetSummaryGet Device counts of a fleet
+// (GET /v1/fleets/{fleetId}/summary)
+func (_ Unimplemented) FleetSummaryGet(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -2914,6 +3795,18 @@ func (_ Unimplemented) DeviceList(w http.ResponseWriter, r *http.Request, orgId 
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// OrgEventsStream Live events of an organisation (Server-Sent Events)
+// (GET /v1/orgs/{orgId}/events)
+func (_ Unimplemented) OrgEventsStream(w http.ResponseWriter, r *http.Request, orgId OrgId, params OrgEventsStreamParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// OrgEventsWebsocket Live events of an organisation (WebSocket)
+// (GET /v1/orgs/{orgId}/events/ws)
+func (_ Unimplemented) OrgEventsWebsocket(w http.ResponseWriter, r *http.Request, orgId OrgId, params OrgEventsWebsocketParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // FleetList Fleets of an organisation
 // (GET /v1/orgs/{orgId}/fleets)
 func (_ Unimplemented) FleetList(w http.ResponseWriter, r *http.Request, orgId OrgId, params FleetListParams) {
@@ -2947,6 +3840,12 @@ func (_ Unimplemented) MemberDelete(w http.ResponseWriter, r *http.Request, orgI
 // MemberUpdate Change a member's role
 // (PATCH /v1/orgs/{orgId}/members/{userId})
 func (_ Unimplemented) MemberUpdate(w http.ResponseWriter, r *http.Request, orgId OrgId, userId UserId, params MemberUpdateParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// OrgSummaryGet Device counts of an organisation
+// (GET /v1/orgs/{orgId}/summary)
+func (_ Unimplemented) OrgSummaryGet(w http.ResponseWriter, r *http.Request, orgId OrgId) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -2989,6 +3888,18 @@ func (_ Unimplemented) RolloutCancel(w http.ResponseWriter, r *http.Request, rol
 // RolloutDeviceList The devices of a rollout
 // (GET /v1/rollouts/{rolloutId}/devices)
 func (_ Unimplemented) RolloutDeviceList(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutDeviceListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// RolloutEventsStream Live events of a rollout (Server-Sent Events)
+// (GET /v1/rollouts/{rolloutId}/events)
+func (_ Unimplemented) RolloutEventsStream(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutEventsStreamParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// RolloutEventsWebsocket Live events of a rollout (WebSocket)
+// (GET /v1/rollouts/{rolloutId}/events/ws)
+func (_ Unimplemented) RolloutEventsWebsocket(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutEventsWebsocketParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -3156,6 +4067,32 @@ func (siw *ServerInterfaceWrapper) MqttHookAuthenticate(w http.ResponseWriter, r
 	handler.ServeHTTP(w, r)
 }
 
+// CommandGet operation middleware
+func (siw *ServerInterfaceWrapper) CommandGet(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "commandId" -------------
+	var commandId CommandId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "commandId", chi.URLParam(r, "commandId"), &commandId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "commandId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.CommandGet(w, r, commandId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // DeviceGroupDelete operation middleware
 func (siw *ServerInterfaceWrapper) DeviceGroupDelete(w http.ResponseWriter, r *http.Request) {
 
@@ -3249,6 +4186,137 @@ func (siw *ServerInterfaceWrapper) DeviceGroupUpdate(w http.ResponseWriter, r *h
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.DeviceGroupUpdate(w, r, deviceGroupId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceGroupEventsStream operation middleware
+func (siw *ServerInterfaceWrapper) DeviceGroupEventsStream(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceGroupId" -------------
+	var deviceGroupId DeviceGroupId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceGroupId", chi.URLParam(r, "deviceGroupId"), &deviceGroupId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceGroupId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceGroupEventsStreamParams
+
+	// ------------- Optional query parameter "types" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", false, false, "types", r.URL.Query(), &params.Types, runtime.BindQueryParameterOptions{Type: "array", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "types"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "types", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "last_event_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "last_event_id", r.URL.Query(), &params.LastEventId, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "last_event_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "last_event_id", Err: err})
+		}
+		return
+	}
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Last-Event-ID" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Last-Event-ID")]; found {
+		var LastEventID LastEventIdHeader
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Last-Event-ID", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Last-Event-ID", valueList[0], &LastEventID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Last-Event-ID", Err: err})
+			return
+		}
+
+		params.LastEventID = &LastEventID
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceGroupEventsStream(w, r, deviceGroupId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceGroupEventsWebsocket operation middleware
+func (siw *ServerInterfaceWrapper) DeviceGroupEventsWebsocket(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceGroupId" -------------
+	var deviceGroupId DeviceGroupId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceGroupId", chi.URLParam(r, "deviceGroupId"), &deviceGroupId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceGroupId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceGroupEventsWebsocketParams
+
+	// ------------- Optional query parameter "types" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", false, false, "types", r.URL.Query(), &params.Types, runtime.BindQueryParameterOptions{Type: "array", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "types"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "types", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "last_event_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "last_event_id", r.URL.Query(), &params.LastEventId, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "last_event_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "last_event_id", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceGroupEventsWebsocket(w, r, deviceGroupId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -3384,6 +4452,124 @@ func (siw *ServerInterfaceWrapper) DeviceUpdate(w http.ResponseWriter, r *http.R
 	handler.ServeHTTP(w, r)
 }
 
+// DeviceCommandList operation middleware
+func (siw *ServerInterfaceWrapper) DeviceCommandList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceCommandListParams
+
+	// ------------- Optional query parameter "status" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "status", r.URL.Query(), &params.Status, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "status"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "status", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceCommandList(w, r, deviceId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceCommandCreate operation middleware
+func (siw *ServerInterfaceWrapper) DeviceCommandCreate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceCommandCreateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceCommandCreate(w, r, deviceId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // DeviceConnectivityList operation middleware
 func (siw *ServerInterfaceWrapper) DeviceConnectivityList(w http.ResponseWriter, r *http.Request) {
 
@@ -3430,6 +4616,641 @@ func (siw *ServerInterfaceWrapper) DeviceConnectivityList(w http.ResponseWriter,
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.DeviceConnectivityList(w, r, deviceId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceEventsStream operation middleware
+func (siw *ServerInterfaceWrapper) DeviceEventsStream(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceEventsStreamParams
+
+	// ------------- Optional query parameter "types" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", false, false, "types", r.URL.Query(), &params.Types, runtime.BindQueryParameterOptions{Type: "array", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "types"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "types", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "last_event_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "last_event_id", r.URL.Query(), &params.LastEventId, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "last_event_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "last_event_id", Err: err})
+		}
+		return
+	}
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Last-Event-ID" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Last-Event-ID")]; found {
+		var LastEventID LastEventIdHeader
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Last-Event-ID", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Last-Event-ID", valueList[0], &LastEventID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Last-Event-ID", Err: err})
+			return
+		}
+
+		params.LastEventID = &LastEventID
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceEventsStream(w, r, deviceId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceEventsWebsocket operation middleware
+func (siw *ServerInterfaceWrapper) DeviceEventsWebsocket(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceEventsWebsocketParams
+
+	// ------------- Optional query parameter "types" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", false, false, "types", r.URL.Query(), &params.Types, runtime.BindQueryParameterOptions{Type: "array", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "types"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "types", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "last_event_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "last_event_id", r.URL.Query(), &params.LastEventId, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "last_event_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "last_event_id", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceEventsWebsocket(w, r, deviceId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceLogList operation middleware
+func (siw *ServerInterfaceWrapper) DeviceLogList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceLogListParams
+
+	// ------------- Optional query parameter "since" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "since", r.URL.Query(), &params.Since, runtime.BindQueryParameterOptions{Type: "string", Format: "date-time"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "since"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "since", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "until" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "until", r.URL.Query(), &params.Until, runtime.BindQueryParameterOptions{Type: "string", Format: "date-time"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "until"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "until", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "service" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "service", r.URL.Query(), &params.Service, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "service"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "service", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "q" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "q", r.URL.Query(), &params.Q, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "q"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "q", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceLogList(w, r, deviceId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceLogStream operation middleware
+func (siw *ServerInterfaceWrapper) DeviceLogStream(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceLogStreamParams
+
+	// ------------- Optional query parameter "since" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "since", r.URL.Query(), &params.Since, runtime.BindQueryParameterOptions{Type: "string", Format: "date-time"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "since"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "since", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "service" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "service", r.URL.Query(), &params.Service, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "service"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "service", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "q" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "q", r.URL.Query(), &params.Q, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "q"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "q", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "tail" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "tail", r.URL.Query(), &params.Tail, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "tail"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "tail", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "last_event_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "last_event_id", r.URL.Query(), &params.LastEventId, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "last_event_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "last_event_id", Err: err})
+		}
+		return
+	}
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Last-Event-ID" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Last-Event-ID")]; found {
+		var LastEventID LastEventIdHeader
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Last-Event-ID", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Last-Event-ID", valueList[0], &LastEventID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Last-Event-ID", Err: err})
+			return
+		}
+
+		params.LastEventID = &LastEventID
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceLogStream(w, r, deviceId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceLogWebsocket operation middleware
+func (siw *ServerInterfaceWrapper) DeviceLogWebsocket(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceLogWebsocketParams
+
+	// ------------- Optional query parameter "since" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "since", r.URL.Query(), &params.Since, runtime.BindQueryParameterOptions{Type: "string", Format: "date-time"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "since"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "since", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "service" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "service", r.URL.Query(), &params.Service, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "service"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "service", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "q" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "q", r.URL.Query(), &params.Q, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "q"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "q", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "tail" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "tail", r.URL.Query(), &params.Tail, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "tail"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "tail", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "last_event_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "last_event_id", r.URL.Query(), &params.LastEventId, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "last_event_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "last_event_id", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceLogWebsocket(w, r, deviceId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceMetricList operation middleware
+func (siw *ServerInterfaceWrapper) DeviceMetricList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceMetricList(w, r, deviceId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceTelemetryGet operation middleware
+func (siw *ServerInterfaceWrapper) DeviceTelemetryGet(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceTelemetryGetParams
+
+	// ------------- Required query parameter "metric" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "metric", r.URL.Query(), &params.Metric, runtime.BindQueryParameterOptions{Type: "array", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "metric"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "metric", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "since" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "since", r.URL.Query(), &params.Since, runtime.BindQueryParameterOptions{Type: "string", Format: "date-time"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "since"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "since", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "until" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "until", r.URL.Query(), &params.Until, runtime.BindQueryParameterOptions{Type: "string", Format: "date-time"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "until"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "until", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "step" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "step", r.URL.Query(), &params.Step, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "step"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "step", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceTelemetryGet(w, r, deviceId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceUpdateEventList operation middleware
+func (siw *ServerInterfaceWrapper) DeviceUpdateEventList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceUpdateEventListParams
+
+	// ------------- Optional query parameter "since" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "since", r.URL.Query(), &params.Since, runtime.BindQueryParameterOptions{Type: "string", Format: "date-time"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "since"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "since", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "until" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "until", r.URL.Query(), &params.Until, runtime.BindQueryParameterOptions{Type: "string", Format: "date-time"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "until"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "until", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceUpdateEventList(w, r, deviceId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -3779,6 +5600,137 @@ func (siw *ServerInterfaceWrapper) FleetUpdate(w http.ResponseWriter, r *http.Re
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.FleetUpdate(w, r, fleetId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// FleetEventsStream operation middleware
+func (siw *ServerInterfaceWrapper) FleetEventsStream(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params FleetEventsStreamParams
+
+	// ------------- Optional query parameter "types" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", false, false, "types", r.URL.Query(), &params.Types, runtime.BindQueryParameterOptions{Type: "array", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "types"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "types", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "last_event_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "last_event_id", r.URL.Query(), &params.LastEventId, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "last_event_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "last_event_id", Err: err})
+		}
+		return
+	}
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Last-Event-ID" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Last-Event-ID")]; found {
+		var LastEventID LastEventIdHeader
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Last-Event-ID", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Last-Event-ID", valueList[0], &LastEventID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Last-Event-ID", Err: err})
+			return
+		}
+
+		params.LastEventID = &LastEventID
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.FleetEventsStream(w, r, fleetId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// FleetEventsWebsocket operation middleware
+func (siw *ServerInterfaceWrapper) FleetEventsWebsocket(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params FleetEventsWebsocketParams
+
+	// ------------- Optional query parameter "types" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", false, false, "types", r.URL.Query(), &params.Types, runtime.BindQueryParameterOptions{Type: "array", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "types"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "types", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "last_event_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "last_event_id", r.URL.Query(), &params.LastEventId, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "last_event_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "last_event_id", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.FleetEventsWebsocket(w, r, fleetId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -4155,6 +6107,32 @@ func (siw *ServerInterfaceWrapper) RolloutCreate(w http.ResponseWriter, r *http.
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.RolloutCreate(w, r, fleetId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// FleetSummaryGet operation middleware
+func (siw *ServerInterfaceWrapper) FleetSummaryGet(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.FleetSummaryGet(w, r, fleetId)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -5086,6 +7064,137 @@ func (siw *ServerInterfaceWrapper) DeviceList(w http.ResponseWriter, r *http.Req
 	handler.ServeHTTP(w, r)
 }
 
+// OrgEventsStream operation middleware
+func (siw *ServerInterfaceWrapper) OrgEventsStream(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params OrgEventsStreamParams
+
+	// ------------- Optional query parameter "types" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", false, false, "types", r.URL.Query(), &params.Types, runtime.BindQueryParameterOptions{Type: "array", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "types"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "types", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "last_event_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "last_event_id", r.URL.Query(), &params.LastEventId, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "last_event_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "last_event_id", Err: err})
+		}
+		return
+	}
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Last-Event-ID" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Last-Event-ID")]; found {
+		var LastEventID LastEventIdHeader
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Last-Event-ID", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Last-Event-ID", valueList[0], &LastEventID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Last-Event-ID", Err: err})
+			return
+		}
+
+		params.LastEventID = &LastEventID
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.OrgEventsStream(w, r, orgId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// OrgEventsWebsocket operation middleware
+func (siw *ServerInterfaceWrapper) OrgEventsWebsocket(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params OrgEventsWebsocketParams
+
+	// ------------- Optional query parameter "types" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", false, false, "types", r.URL.Query(), &params.Types, runtime.BindQueryParameterOptions{Type: "array", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "types"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "types", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "last_event_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "last_event_id", r.URL.Query(), &params.LastEventId, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "last_event_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "last_event_id", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.OrgEventsWebsocket(w, r, orgId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // FleetList operation middleware
 func (siw *ServerInterfaceWrapper) FleetList(w http.ResponseWriter, r *http.Request) {
 
@@ -5405,6 +7514,32 @@ func (siw *ServerInterfaceWrapper) MemberUpdate(w http.ResponseWriter, r *http.R
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.MemberUpdate(w, r, orgId, userId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// OrgSummaryGet operation middleware
+func (siw *ServerInterfaceWrapper) OrgSummaryGet(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.OrgSummaryGet(w, r, orgId)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -5738,6 +7873,137 @@ func (siw *ServerInterfaceWrapper) RolloutDeviceList(w http.ResponseWriter, r *h
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.RolloutDeviceList(w, r, rolloutId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// RolloutEventsStream operation middleware
+func (siw *ServerInterfaceWrapper) RolloutEventsStream(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "rolloutId" -------------
+	var rolloutId RolloutId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "rolloutId", chi.URLParam(r, "rolloutId"), &rolloutId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "rolloutId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params RolloutEventsStreamParams
+
+	// ------------- Optional query parameter "types" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", false, false, "types", r.URL.Query(), &params.Types, runtime.BindQueryParameterOptions{Type: "array", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "types"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "types", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "last_event_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "last_event_id", r.URL.Query(), &params.LastEventId, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "last_event_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "last_event_id", Err: err})
+		}
+		return
+	}
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Last-Event-ID" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Last-Event-ID")]; found {
+		var LastEventID LastEventIdHeader
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Last-Event-ID", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Last-Event-ID", valueList[0], &LastEventID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Last-Event-ID", Err: err})
+			return
+		}
+
+		params.LastEventID = &LastEventID
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.RolloutEventsStream(w, r, rolloutId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// RolloutEventsWebsocket operation middleware
+func (siw *ServerInterfaceWrapper) RolloutEventsWebsocket(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "rolloutId" -------------
+	var rolloutId RolloutId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "rolloutId", chi.URLParam(r, "rolloutId"), &rolloutId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "rolloutId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params RolloutEventsWebsocketParams
+
+	// ------------- Optional query parameter "types" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", false, false, "types", r.URL.Query(), &params.Types, runtime.BindQueryParameterOptions{Type: "array", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "types"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "types", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "last_event_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "last_event_id", r.URL.Query(), &params.LastEventId, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "last_event_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "last_event_id", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.RolloutEventsWebsocket(w, r, rolloutId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -6243,6 +8509,69 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 		r.Get(options.BaseURL+"/v1/devices/{deviceId}/connectivity", wrapper.DeviceConnectivityList)
 	})
 	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/orgs/{orgId}/summary", wrapper.OrgSummaryGet)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/fleets/{fleetId}/summary", wrapper.FleetSummaryGet)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/orgs/{orgId}/events", wrapper.OrgEventsStream)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/orgs/{orgId}/events/ws", wrapper.OrgEventsWebsocket)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/fleets/{fleetId}/events", wrapper.FleetEventsStream)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/fleets/{fleetId}/events/ws", wrapper.FleetEventsWebsocket)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/device-groups/{deviceGroupId}/events", wrapper.DeviceGroupEventsStream)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/device-groups/{deviceGroupId}/events/ws", wrapper.DeviceGroupEventsWebsocket)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/devices/{deviceId}/events", wrapper.DeviceEventsStream)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/devices/{deviceId}/events/ws", wrapper.DeviceEventsWebsocket)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/rollouts/{rolloutId}/events", wrapper.RolloutEventsStream)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/rollouts/{rolloutId}/events/ws", wrapper.RolloutEventsWebsocket)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/devices/{deviceId}/telemetry", wrapper.DeviceTelemetryGet)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/devices/{deviceId}/metrics", wrapper.DeviceMetricList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/devices/{deviceId}/logs", wrapper.DeviceLogList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/devices/{deviceId}/logs/stream", wrapper.DeviceLogStream)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/devices/{deviceId}/logs/ws", wrapper.DeviceLogWebsocket)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/devices/{deviceId}/update-events", wrapper.DeviceUpdateEventList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/devices/{deviceId}/commands", wrapper.DeviceCommandList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/devices/{deviceId}/commands", wrapper.DeviceCommandCreate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/commands/{commandId}", wrapper.CommandGet)
+	})
+	r.Group(func(r chi.Router) {
 		r.Post(options.BaseURL+"/device/v1/register", wrapper.DeviceRegister)
 	})
 	r.Group(func(r chi.Router) {
@@ -6589,6 +8918,45 @@ func (response MqttHookAuthenticatedefaultApplicationProblemPlusJSONResponse) Vi
 	return err
 }
 
+type CommandGetRequestObject struct {
+	CommandId CommandId `json:"commandId"`
+}
+
+type CommandGetResponseObject interface {
+	VisitCommandGetResponse(w http.ResponseWriter) error
+}
+
+type CommandGet200JSONResponse Command
+
+func (response CommandGet200JSONResponse) VisitCommandGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type CommandGetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response CommandGetdefaultApplicationProblemPlusJSONResponse) VisitCommandGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type DeviceGroupDeleteRequestObject struct {
 	DeviceGroupId DeviceGroupId `json:"deviceGroupId"`
 }
@@ -6691,6 +9059,109 @@ type DeviceGroupUpdatedefaultApplicationProblemPlusJSONResponse struct {
 }
 
 func (response DeviceGroupUpdatedefaultApplicationProblemPlusJSONResponse) VisitDeviceGroupUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceGroupEventsStreamRequestObject struct {
+	DeviceGroupId DeviceGroupId `json:"deviceGroupId"`
+	Params        DeviceGroupEventsStreamParams
+}
+
+type DeviceGroupEventsStreamResponseObject interface {
+	VisitDeviceGroupEventsStreamResponse(w http.ResponseWriter) error
+}
+
+type DeviceGroupEventsStream200TexteventStreamResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response DeviceGroupEventsStream200TexteventStreamResponse) VisitDeviceGroupEventsStreamResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "text/event-stream")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		// If w doesn't support flushing, fall back to io.Copy.
+		_, err := io.Copy(w, response.Body)
+		return err
+	}
+	// text/event-stream messages are typically small; use a
+	// modest buffer and flush after each chunk so clients see
+	// events immediately instead of waiting on OS buffering.
+	buf := make([]byte, 4096)
+	for {
+		n, err := response.Body.Read(buf)
+		if n > 0 {
+			if _, writeErr := w.Write(buf[:n]); writeErr != nil {
+				return writeErr
+			}
+			flusher.Flush()
+		}
+		if err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+type DeviceGroupEventsStreamdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceGroupEventsStreamdefaultApplicationProblemPlusJSONResponse) VisitDeviceGroupEventsStreamResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceGroupEventsWebsocketRequestObject struct {
+	DeviceGroupId DeviceGroupId `json:"deviceGroupId"`
+	Params        DeviceGroupEventsWebsocketParams
+}
+
+type DeviceGroupEventsWebsocketResponseObject interface {
+	VisitDeviceGroupEventsWebsocketResponse(w http.ResponseWriter) error
+}
+
+type DeviceGroupEventsWebsocket101Response struct {
+}
+
+func (response DeviceGroupEventsWebsocket101Response) VisitDeviceGroupEventsWebsocketResponse(w http.ResponseWriter) error {
+	w.WriteHeader(101)
+	return nil
+}
+
+type DeviceGroupEventsWebsocketdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceGroupEventsWebsocketdefaultApplicationProblemPlusJSONResponse) VisitDeviceGroupEventsWebsocketResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -6816,6 +9287,101 @@ func (response DeviceUpdatedefaultApplicationProblemPlusJSONResponse) VisitDevic
 	return err
 }
 
+type DeviceCommandListRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+	Params   DeviceCommandListParams
+}
+
+type DeviceCommandListResponseObject interface {
+	VisitDeviceCommandListResponse(w http.ResponseWriter) error
+}
+
+type DeviceCommandList200JSONResponse CommandPage
+
+func (response DeviceCommandList200JSONResponse) VisitDeviceCommandListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceCommandListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceCommandListdefaultApplicationProblemPlusJSONResponse) VisitDeviceCommandListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceCommandCreateRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+	Params   DeviceCommandCreateParams
+	Body     *DeviceCommandCreateJSONRequestBody
+}
+
+type DeviceCommandCreateResponseObject interface {
+	VisitDeviceCommandCreateResponse(w http.ResponseWriter) error
+}
+
+type DeviceCommandCreate201JSONResponse Command
+
+func (response DeviceCommandCreate201JSONResponse) VisitDeviceCommandCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceCommandCreate409ApplicationProblemPlusJSONResponse Problem
+
+func (response DeviceCommandCreate409ApplicationProblemPlusJSONResponse) VisitDeviceCommandCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceCommandCreatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceCommandCreatedefaultApplicationProblemPlusJSONResponse) VisitDeviceCommandCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type DeviceConnectivityListRequestObject struct {
 	DeviceId DeviceId `json:"deviceId"`
 	Params   DeviceConnectivityListParams
@@ -6845,6 +9411,371 @@ type DeviceConnectivityListdefaultApplicationProblemPlusJSONResponse struct {
 }
 
 func (response DeviceConnectivityListdefaultApplicationProblemPlusJSONResponse) VisitDeviceConnectivityListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceEventsStreamRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+	Params   DeviceEventsStreamParams
+}
+
+type DeviceEventsStreamResponseObject interface {
+	VisitDeviceEventsStreamResponse(w http.ResponseWriter) error
+}
+
+type DeviceEventsStream200TexteventStreamResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response DeviceEventsStream200TexteventStreamResponse) VisitDeviceEventsStreamResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "text/event-stream")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		// If w doesn't support flushing, fall back to io.Copy.
+		_, err := io.Copy(w, response.Body)
+		return err
+	}
+	// text/event-stream messages are typically small; use a
+	// modest buffer and flush after each chunk so clients see
+	// events immediately instead of waiting on OS buffering.
+	buf := make([]byte, 4096)
+	for {
+		n, err := response.Body.Read(buf)
+		if n > 0 {
+			if _, writeErr := w.Write(buf[:n]); writeErr != nil {
+				return writeErr
+			}
+			flusher.Flush()
+		}
+		if err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+type DeviceEventsStreamdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceEventsStreamdefaultApplicationProblemPlusJSONResponse) VisitDeviceEventsStreamResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceEventsWebsocketRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+	Params   DeviceEventsWebsocketParams
+}
+
+type DeviceEventsWebsocketResponseObject interface {
+	VisitDeviceEventsWebsocketResponse(w http.ResponseWriter) error
+}
+
+type DeviceEventsWebsocket101Response struct {
+}
+
+func (response DeviceEventsWebsocket101Response) VisitDeviceEventsWebsocketResponse(w http.ResponseWriter) error {
+	w.WriteHeader(101)
+	return nil
+}
+
+type DeviceEventsWebsocketdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceEventsWebsocketdefaultApplicationProblemPlusJSONResponse) VisitDeviceEventsWebsocketResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceLogListRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+	Params   DeviceLogListParams
+}
+
+type DeviceLogListResponseObject interface {
+	VisitDeviceLogListResponse(w http.ResponseWriter) error
+}
+
+type DeviceLogList200JSONResponse LogLinePage
+
+func (response DeviceLogList200JSONResponse) VisitDeviceLogListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceLogListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceLogListdefaultApplicationProblemPlusJSONResponse) VisitDeviceLogListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceLogStreamRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+	Params   DeviceLogStreamParams
+}
+
+type DeviceLogStreamResponseObject interface {
+	VisitDeviceLogStreamResponse(w http.ResponseWriter) error
+}
+
+type DeviceLogStream200TexteventStreamResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response DeviceLogStream200TexteventStreamResponse) VisitDeviceLogStreamResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "text/event-stream")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		// If w doesn't support flushing, fall back to io.Copy.
+		_, err := io.Copy(w, response.Body)
+		return err
+	}
+	// text/event-stream messages are typically small; use a
+	// modest buffer and flush after each chunk so clients see
+	// events immediately instead of waiting on OS buffering.
+	buf := make([]byte, 4096)
+	for {
+		n, err := response.Body.Read(buf)
+		if n > 0 {
+			if _, writeErr := w.Write(buf[:n]); writeErr != nil {
+				return writeErr
+			}
+			flusher.Flush()
+		}
+		if err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+type DeviceLogStreamdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceLogStreamdefaultApplicationProblemPlusJSONResponse) VisitDeviceLogStreamResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceLogWebsocketRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+	Params   DeviceLogWebsocketParams
+}
+
+type DeviceLogWebsocketResponseObject interface {
+	VisitDeviceLogWebsocketResponse(w http.ResponseWriter) error
+}
+
+type DeviceLogWebsocket101Response struct {
+}
+
+func (response DeviceLogWebsocket101Response) VisitDeviceLogWebsocketResponse(w http.ResponseWriter) error {
+	w.WriteHeader(101)
+	return nil
+}
+
+type DeviceLogWebsocketdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceLogWebsocketdefaultApplicationProblemPlusJSONResponse) VisitDeviceLogWebsocketResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceMetricListRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+}
+
+type DeviceMetricListResponseObject interface {
+	VisitDeviceMetricListResponse(w http.ResponseWriter) error
+}
+
+type DeviceMetricList200JSONResponse MetricList
+
+func (response DeviceMetricList200JSONResponse) VisitDeviceMetricListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceMetricListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceMetricListdefaultApplicationProblemPlusJSONResponse) VisitDeviceMetricListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceTelemetryGetRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+	Params   DeviceTelemetryGetParams
+}
+
+type DeviceTelemetryGetResponseObject interface {
+	VisitDeviceTelemetryGetResponse(w http.ResponseWriter) error
+}
+
+type DeviceTelemetryGet200JSONResponse TelemetrySeries
+
+func (response DeviceTelemetryGet200JSONResponse) VisitDeviceTelemetryGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceTelemetryGetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceTelemetryGetdefaultApplicationProblemPlusJSONResponse) VisitDeviceTelemetryGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceUpdateEventListRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+	Params   DeviceUpdateEventListParams
+}
+
+type DeviceUpdateEventListResponseObject interface {
+	VisitDeviceUpdateEventListResponse(w http.ResponseWriter) error
+}
+
+type DeviceUpdateEventList200JSONResponse UpdateEventPage
+
+func (response DeviceUpdateEventList200JSONResponse) VisitDeviceUpdateEventListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceUpdateEventListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceUpdateEventListdefaultApplicationProblemPlusJSONResponse) VisitDeviceUpdateEventListResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -7117,6 +10048,109 @@ type FleetUpdatedefaultApplicationProblemPlusJSONResponse struct {
 }
 
 func (response FleetUpdatedefaultApplicationProblemPlusJSONResponse) VisitFleetUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetEventsStreamRequestObject struct {
+	FleetId FleetId `json:"fleetId"`
+	Params  FleetEventsStreamParams
+}
+
+type FleetEventsStreamResponseObject interface {
+	VisitFleetEventsStreamResponse(w http.ResponseWriter) error
+}
+
+type FleetEventsStream200TexteventStreamResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response FleetEventsStream200TexteventStreamResponse) VisitFleetEventsStreamResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "text/event-stream")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		// If w doesn't support flushing, fall back to io.Copy.
+		_, err := io.Copy(w, response.Body)
+		return err
+	}
+	// text/event-stream messages are typically small; use a
+	// modest buffer and flush after each chunk so clients see
+	// events immediately instead of waiting on OS buffering.
+	buf := make([]byte, 4096)
+	for {
+		n, err := response.Body.Read(buf)
+		if n > 0 {
+			if _, writeErr := w.Write(buf[:n]); writeErr != nil {
+				return writeErr
+			}
+			flusher.Flush()
+		}
+		if err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+type FleetEventsStreamdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response FleetEventsStreamdefaultApplicationProblemPlusJSONResponse) VisitFleetEventsStreamResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetEventsWebsocketRequestObject struct {
+	FleetId FleetId `json:"fleetId"`
+	Params  FleetEventsWebsocketParams
+}
+
+type FleetEventsWebsocketResponseObject interface {
+	VisitFleetEventsWebsocketResponse(w http.ResponseWriter) error
+}
+
+type FleetEventsWebsocket101Response struct {
+}
+
+func (response FleetEventsWebsocket101Response) VisitFleetEventsWebsocketResponse(w http.ResponseWriter) error {
+	w.WriteHeader(101)
+	return nil
+}
+
+type FleetEventsWebsocketdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response FleetEventsWebsocketdefaultApplicationProblemPlusJSONResponse) VisitFleetEventsWebsocketResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -7408,6 +10442,45 @@ type RolloutCreatedefaultApplicationProblemPlusJSONResponse struct {
 }
 
 func (response RolloutCreatedefaultApplicationProblemPlusJSONResponse) VisitRolloutCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetSummaryGetRequestObject struct {
+	FleetId FleetId `json:"fleetId"`
+}
+
+type FleetSummaryGetResponseObject interface {
+	VisitFleetSummaryGetResponse(w http.ResponseWriter) error
+}
+
+type FleetSummaryGet200JSONResponse FleetSummary
+
+func (response FleetSummaryGet200JSONResponse) VisitFleetSummaryGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type FleetSummaryGetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response FleetSummaryGetdefaultApplicationProblemPlusJSONResponse) VisitFleetSummaryGetResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -8098,6 +11171,109 @@ func (response DeviceListdefaultApplicationProblemPlusJSONResponse) VisitDeviceL
 	return err
 }
 
+type OrgEventsStreamRequestObject struct {
+	OrgId  OrgId `json:"orgId"`
+	Params OrgEventsStreamParams
+}
+
+type OrgEventsStreamResponseObject interface {
+	VisitOrgEventsStreamResponse(w http.ResponseWriter) error
+}
+
+type OrgEventsStream200TexteventStreamResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response OrgEventsStream200TexteventStreamResponse) VisitOrgEventsStreamResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "text/event-stream")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		// If w doesn't support flushing, fall back to io.Copy.
+		_, err := io.Copy(w, response.Body)
+		return err
+	}
+	// text/event-stream messages are typically small; use a
+	// modest buffer and flush after each chunk so clients see
+	// events immediately instead of waiting on OS buffering.
+	buf := make([]byte, 4096)
+	for {
+		n, err := response.Body.Read(buf)
+		if n > 0 {
+			if _, writeErr := w.Write(buf[:n]); writeErr != nil {
+				return writeErr
+			}
+			flusher.Flush()
+		}
+		if err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+type OrgEventsStreamdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response OrgEventsStreamdefaultApplicationProblemPlusJSONResponse) VisitOrgEventsStreamResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type OrgEventsWebsocketRequestObject struct {
+	OrgId  OrgId `json:"orgId"`
+	Params OrgEventsWebsocketParams
+}
+
+type OrgEventsWebsocketResponseObject interface {
+	VisitOrgEventsWebsocketResponse(w http.ResponseWriter) error
+}
+
+type OrgEventsWebsocket101Response struct {
+}
+
+func (response OrgEventsWebsocket101Response) VisitOrgEventsWebsocketResponse(w http.ResponseWriter) error {
+	w.WriteHeader(101)
+	return nil
+}
+
+type OrgEventsWebsocketdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response OrgEventsWebsocketdefaultApplicationProblemPlusJSONResponse) VisitOrgEventsWebsocketResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type FleetListRequestObject struct {
 	OrgId  OrgId `json:"orgId"`
 	Params FleetListParams
@@ -8326,6 +11502,45 @@ type MemberUpdatedefaultApplicationProblemPlusJSONResponse struct {
 }
 
 func (response MemberUpdatedefaultApplicationProblemPlusJSONResponse) VisitMemberUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type OrgSummaryGetRequestObject struct {
+	OrgId OrgId `json:"orgId"`
+}
+
+type OrgSummaryGetResponseObject interface {
+	VisitOrgSummaryGetResponse(w http.ResponseWriter) error
+}
+
+type OrgSummaryGet200JSONResponse OrgSummary
+
+func (response OrgSummaryGet200JSONResponse) VisitOrgSummaryGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type OrgSummaryGetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response OrgSummaryGetdefaultApplicationProblemPlusJSONResponse) VisitOrgSummaryGetResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -8659,6 +11874,109 @@ func (response RolloutDeviceListdefaultApplicationProblemPlusJSONResponse) Visit
 	return err
 }
 
+type RolloutEventsStreamRequestObject struct {
+	RolloutId RolloutId `json:"rolloutId"`
+	Params    RolloutEventsStreamParams
+}
+
+type RolloutEventsStreamResponseObject interface {
+	VisitRolloutEventsStreamResponse(w http.ResponseWriter) error
+}
+
+type RolloutEventsStream200TexteventStreamResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response RolloutEventsStream200TexteventStreamResponse) VisitRolloutEventsStreamResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "text/event-stream")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		// If w doesn't support flushing, fall back to io.Copy.
+		_, err := io.Copy(w, response.Body)
+		return err
+	}
+	// text/event-stream messages are typically small; use a
+	// modest buffer and flush after each chunk so clients see
+	// events immediately instead of waiting on OS buffering.
+	buf := make([]byte, 4096)
+	for {
+		n, err := response.Body.Read(buf)
+		if n > 0 {
+			if _, writeErr := w.Write(buf[:n]); writeErr != nil {
+				return writeErr
+			}
+			flusher.Flush()
+		}
+		if err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+type RolloutEventsStreamdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response RolloutEventsStreamdefaultApplicationProblemPlusJSONResponse) VisitRolloutEventsStreamResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type RolloutEventsWebsocketRequestObject struct {
+	RolloutId RolloutId `json:"rolloutId"`
+	Params    RolloutEventsWebsocketParams
+}
+
+type RolloutEventsWebsocketResponseObject interface {
+	VisitRolloutEventsWebsocketResponse(w http.ResponseWriter) error
+}
+
+type RolloutEventsWebsocket101Response struct {
+}
+
+func (response RolloutEventsWebsocket101Response) VisitRolloutEventsWebsocketResponse(w http.ResponseWriter) error {
+	w.WriteHeader(101)
+	return nil
+}
+
+type RolloutEventsWebsocketdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response RolloutEventsWebsocketdefaultApplicationProblemPlusJSONResponse) VisitRolloutEventsWebsocketResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type RolloutNextGroupRequestObject struct {
 	RolloutId RolloutId `json:"rolloutId"`
 	Params    RolloutNextGroupParams
@@ -8936,6 +12254,9 @@ type StrictServerInterface interface {
 	// MqttHookAuthenticate MQTT broker hook, authentication
 	// (POST /internal/v1/mqtt/auth)
 	MqttHookAuthenticate(ctx context.Context, request MqttHookAuthenticateRequestObject) (MqttHookAuthenticateResponseObject, error)
+	// CommandGet A command and its status
+	// (GET /v1/commands/{commandId})
+	CommandGet(ctx context.Context, request CommandGetRequestObject) (CommandGetResponseObject, error)
 	// DeviceGroupDelete Delete a device group
 	// (DELETE /v1/device-groups/{deviceGroupId})
 	DeviceGroupDelete(ctx context.Context, request DeviceGroupDeleteRequestObject) (DeviceGroupDeleteResponseObject, error)
@@ -8945,6 +12266,12 @@ type StrictServerInterface interface {
 	// DeviceGroupUpdate Change a device group's filter
 	// (PATCH /v1/device-groups/{deviceGroupId})
 	DeviceGroupUpdate(ctx context.Context, request DeviceGroupUpdateRequestObject) (DeviceGroupUpdateResponseObject, error)
+	// DeviceGroupEventsStream Live events of the devices of a device group (Server-Sent Events)
+	// (GET /v1/device-groups/{deviceGroupId}/events)
+	DeviceGroupEventsStream(ctx context.Context, request DeviceGroupEventsStreamRequestObject) (DeviceGroupEventsStreamResponseObject, error)
+	// DeviceGroupEventsWebsocket Live events of the devices of a device group (WebSocket)
+	// (GET /v1/device-groups/{deviceGroupId}/events/ws)
+	DeviceGroupEventsWebsocket(ctx context.Context, request DeviceGroupEventsWebsocketRequestObject) (DeviceGroupEventsWebsocketResponseObject, error)
 	// DeviceDelete Delete a device
 	// (DELETE /v1/devices/{deviceId})
 	DeviceDelete(ctx context.Context, request DeviceDeleteRequestObject) (DeviceDeleteResponseObject, error)
@@ -8954,9 +12281,39 @@ type StrictServerInterface interface {
 	// DeviceUpdate Rename, move, pin or retag a device
 	// (PATCH /v1/devices/{deviceId})
 	DeviceUpdate(ctx context.Context, request DeviceUpdateRequestObject) (DeviceUpdateResponseObject, error)
+	// DeviceCommandList Commands sent to a device
+	// (GET /v1/devices/{deviceId}/commands)
+	DeviceCommandList(ctx context.Context, request DeviceCommandListRequestObject) (DeviceCommandListResponseObject, error)
+	// DeviceCommandCreate Send a command to a device
+	// (POST /v1/devices/{deviceId}/commands)
+	DeviceCommandCreate(ctx context.Context, request DeviceCommandCreateRequestObject) (DeviceCommandCreateResponseObject, error)
 	// DeviceConnectivityList Connectivity history of a device
 	// (GET /v1/devices/{deviceId}/connectivity)
 	DeviceConnectivityList(ctx context.Context, request DeviceConnectivityListRequestObject) (DeviceConnectivityListResponseObject, error)
+	// DeviceEventsStream Live events of one device (Server-Sent Events)
+	// (GET /v1/devices/{deviceId}/events)
+	DeviceEventsStream(ctx context.Context, request DeviceEventsStreamRequestObject) (DeviceEventsStreamResponseObject, error)
+	// DeviceEventsWebsocket Live events of one device (WebSocket)
+	// (GET /v1/devices/{deviceId}/events/ws)
+	DeviceEventsWebsocket(ctx context.Context, request DeviceEventsWebsocketRequestObject) (DeviceEventsWebsocketResponseObject, error)
+	// DeviceLogList A device's container logs
+	// (GET /v1/devices/{deviceId}/logs)
+	DeviceLogList(ctx context.Context, request DeviceLogListRequestObject) (DeviceLogListResponseObject, error)
+	// DeviceLogStream Follow a device's container logs (Server-Sent Events)
+	// (GET /v1/devices/{deviceId}/logs/stream)
+	DeviceLogStream(ctx context.Context, request DeviceLogStreamRequestObject) (DeviceLogStreamResponseObject, error)
+	// DeviceLogWebsocket Follow a device's container logs (WebSocket)
+	// (GET /v1/devices/{deviceId}/logs/ws)
+	DeviceLogWebsocket(ctx context.Context, request DeviceLogWebsocketRequestObject) (DeviceLogWebsocketResponseObject, error)
+	// DeviceMetricList The metrics a device sends
+	// (GET /v1/devices/{deviceId}/metrics)
+	DeviceMetricList(ctx context.Context, request DeviceMetricListRequestObject) (DeviceMetricListResponseObject, error)
+	// DeviceTelemetryGet A device's metrics as time series
+	// (GET /v1/devices/{deviceId}/telemetry)
+	DeviceTelemetryGet(ctx context.Context, request DeviceTelemetryGetRequestObject) (DeviceTelemetryGetResponseObject, error)
+	// DeviceUpdateEventList A device's update progress events
+	// (GET /v1/devices/{deviceId}/update-events)
+	DeviceUpdateEventList(ctx context.Context, request DeviceUpdateEventListRequestObject) (DeviceUpdateEventListResponseObject, error)
 	// DeviceVariableList Configuration variables of a device
 	// (GET /v1/devices/{deviceId}/variables)
 	DeviceVariableList(ctx context.Context, request DeviceVariableListRequestObject) (DeviceVariableListResponseObject, error)
@@ -8978,6 +12335,12 @@ type StrictServerInterface interface {
 	// FleetUpdate Change a fleet
 	// (PATCH /v1/fleets/{fleetId})
 	FleetUpdate(ctx context.Context, request FleetUpdateRequestObject) (FleetUpdateResponseObject, error)
+	// FleetEventsStream Live events of a fleet (Server-Sent Events)
+	// (GET /v1/fleets/{fleetId}/events)
+	FleetEventsStream(ctx context.Context, request FleetEventsStreamRequestObject) (FleetEventsStreamResponseObject, error)
+	// FleetEventsWebsocket Live events of a fleet (WebSocket)
+	// (GET /v1/fleets/{fleetId}/events/ws)
+	FleetEventsWebsocket(ctx context.Context, request FleetEventsWebsocketRequestObject) (FleetEventsWebsocketResponseObject, error)
 	// ProvisioningKeyList Provisioning keys of a fleet
 	// (GET /v1/fleets/{fleetId}/provisioning-keys)
 	ProvisioningKeyList(ctx context.Context, request ProvisioningKeyListRequestObject) (ProvisioningKeyListResponseObject, error)
@@ -8999,6 +12362,9 @@ type StrictServerInterface interface {
 	// RolloutCreate Prepare a rollout of a release
 	// (POST /v1/fleets/{fleetId}/rollouts)
 	RolloutCreate(ctx context.Context, request RolloutCreateRequestObject) (RolloutCreateResponseObject, error)
+	// FleetSummaryGet Device counts of a fleet
+	// (GET /v1/fleets/{fleetId}/summary)
+	FleetSummaryGet(ctx context.Context, request FleetSummaryGetRequestObject) (FleetSummaryGetResponseObject, error)
 	// FleetVariableList Configuration variables of a fleet
 	// (GET /v1/fleets/{fleetId}/variables)
 	FleetVariableList(ctx context.Context, request FleetVariableListRequestObject) (FleetVariableListResponseObject, error)
@@ -9050,6 +12416,12 @@ type StrictServerInterface interface {
 	// DeviceList Devices of an organisation
 	// (GET /v1/orgs/{orgId}/devices)
 	DeviceList(ctx context.Context, request DeviceListRequestObject) (DeviceListResponseObject, error)
+	// OrgEventsStream Live events of an organisation (Server-Sent Events)
+	// (GET /v1/orgs/{orgId}/events)
+	OrgEventsStream(ctx context.Context, request OrgEventsStreamRequestObject) (OrgEventsStreamResponseObject, error)
+	// OrgEventsWebsocket Live events of an organisation (WebSocket)
+	// (GET /v1/orgs/{orgId}/events/ws)
+	OrgEventsWebsocket(ctx context.Context, request OrgEventsWebsocketRequestObject) (OrgEventsWebsocketResponseObject, error)
 	// FleetList Fleets of an organisation
 	// (GET /v1/orgs/{orgId}/fleets)
 	FleetList(ctx context.Context, request FleetListRequestObject) (FleetListResponseObject, error)
@@ -9068,6 +12440,9 @@ type StrictServerInterface interface {
 	// MemberUpdate Change a member's role
 	// (PATCH /v1/orgs/{orgId}/members/{userId})
 	MemberUpdate(ctx context.Context, request MemberUpdateRequestObject) (MemberUpdateResponseObject, error)
+	// OrgSummaryGet Device counts of an organisation
+	// (GET /v1/orgs/{orgId}/summary)
+	OrgSummaryGet(ctx context.Context, request OrgSummaryGetRequestObject) (OrgSummaryGetResponseObject, error)
 	// ReleaseGet A release
 	// (GET /v1/releases/{releaseId})
 	ReleaseGet(ctx context.Context, request ReleaseGetRequestObject) (ReleaseGetResponseObject, error)
@@ -9089,6 +12464,12 @@ type StrictServerInterface interface {
 	// RolloutDeviceList The devices of a rollout
 	// (GET /v1/rollouts/{rolloutId}/devices)
 	RolloutDeviceList(ctx context.Context, request RolloutDeviceListRequestObject) (RolloutDeviceListResponseObject, error)
+	// RolloutEventsStream Live events of a rollout (Server-Sent Events)
+	// (GET /v1/rollouts/{rolloutId}/events)
+	RolloutEventsStream(ctx context.Context, request RolloutEventsStreamRequestObject) (RolloutEventsStreamResponseObject, error)
+	// RolloutEventsWebsocket Live events of a rollout (WebSocket)
+	// (GET /v1/rollouts/{rolloutId}/events/ws)
+	RolloutEventsWebsocket(ctx context.Context, request RolloutEventsWebsocketRequestObject) (RolloutEventsWebsocketResponseObject, error)
 	// RolloutNextGroup Skip ahead to the next group
 	// (POST /v1/rollouts/{rolloutId}/next-group)
 	RolloutNextGroup(ctx context.Context, request RolloutNextGroupRequestObject) (RolloutNextGroupResponseObject, error)
@@ -9350,6 +12731,32 @@ func (sh *strictHandler) MqttHookAuthenticate(w http.ResponseWriter, r *http.Req
 	}
 }
 
+// CommandGet operation middleware
+func (sh *strictHandler) CommandGet(w http.ResponseWriter, r *http.Request, commandId CommandId) {
+	var request CommandGetRequestObject
+
+	request.CommandId = commandId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.CommandGet(ctx, request.(CommandGetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "CommandGet")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(CommandGetResponseObject); ok {
+		if err := validResponse.VisitCommandGetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // DeviceGroupDelete operation middleware
 func (sh *strictHandler) DeviceGroupDelete(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId) {
 	var request DeviceGroupDeleteRequestObject
@@ -9429,6 +12836,60 @@ func (sh *strictHandler) DeviceGroupUpdate(w http.ResponseWriter, r *http.Reques
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(DeviceGroupUpdateResponseObject); ok {
 		if err := validResponse.VisitDeviceGroupUpdateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceGroupEventsStream operation middleware
+func (sh *strictHandler) DeviceGroupEventsStream(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId, params DeviceGroupEventsStreamParams) {
+	var request DeviceGroupEventsStreamRequestObject
+
+	request.DeviceGroupId = deviceGroupId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceGroupEventsStream(ctx, request.(DeviceGroupEventsStreamRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceGroupEventsStream")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceGroupEventsStreamResponseObject); ok {
+		if err := validResponse.VisitDeviceGroupEventsStreamResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceGroupEventsWebsocket operation middleware
+func (sh *strictHandler) DeviceGroupEventsWebsocket(w http.ResponseWriter, r *http.Request, deviceGroupId DeviceGroupId, params DeviceGroupEventsWebsocketParams) {
+	var request DeviceGroupEventsWebsocketRequestObject
+
+	request.DeviceGroupId = deviceGroupId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceGroupEventsWebsocket(ctx, request.(DeviceGroupEventsWebsocketRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceGroupEventsWebsocket")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceGroupEventsWebsocketResponseObject); ok {
+		if err := validResponse.VisitDeviceGroupEventsWebsocketResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -9523,6 +12984,67 @@ func (sh *strictHandler) DeviceUpdate(w http.ResponseWriter, r *http.Request, de
 	}
 }
 
+// DeviceCommandList operation middleware
+func (sh *strictHandler) DeviceCommandList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceCommandListParams) {
+	var request DeviceCommandListRequestObject
+
+	request.DeviceId = deviceId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceCommandList(ctx, request.(DeviceCommandListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceCommandList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceCommandListResponseObject); ok {
+		if err := validResponse.VisitDeviceCommandListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceCommandCreate operation middleware
+func (sh *strictHandler) DeviceCommandCreate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceCommandCreateParams) {
+	var request DeviceCommandCreateRequestObject
+
+	request.DeviceId = deviceId
+	request.Params = params
+
+	var body DeviceCommandCreateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceCommandCreate(ctx, request.(DeviceCommandCreateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceCommandCreate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceCommandCreateResponseObject); ok {
+		if err := validResponse.VisitDeviceCommandCreateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // DeviceConnectivityList operation middleware
 func (sh *strictHandler) DeviceConnectivityList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceConnectivityListParams) {
 	var request DeviceConnectivityListRequestObject
@@ -9543,6 +13065,221 @@ func (sh *strictHandler) DeviceConnectivityList(w http.ResponseWriter, r *http.R
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(DeviceConnectivityListResponseObject); ok {
 		if err := validResponse.VisitDeviceConnectivityListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceEventsStream operation middleware
+func (sh *strictHandler) DeviceEventsStream(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceEventsStreamParams) {
+	var request DeviceEventsStreamRequestObject
+
+	request.DeviceId = deviceId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceEventsStream(ctx, request.(DeviceEventsStreamRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceEventsStream")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceEventsStreamResponseObject); ok {
+		if err := validResponse.VisitDeviceEventsStreamResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceEventsWebsocket operation middleware
+func (sh *strictHandler) DeviceEventsWebsocket(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceEventsWebsocketParams) {
+	var request DeviceEventsWebsocketRequestObject
+
+	request.DeviceId = deviceId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceEventsWebsocket(ctx, request.(DeviceEventsWebsocketRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceEventsWebsocket")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceEventsWebsocketResponseObject); ok {
+		if err := validResponse.VisitDeviceEventsWebsocketResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceLogList operation middleware
+func (sh *strictHandler) DeviceLogList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceLogListParams) {
+	var request DeviceLogListRequestObject
+
+	request.DeviceId = deviceId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceLogList(ctx, request.(DeviceLogListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceLogList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceLogListResponseObject); ok {
+		if err := validResponse.VisitDeviceLogListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceLogStream operation middleware
+func (sh *strictHandler) DeviceLogStream(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceLogStreamParams) {
+	var request DeviceLogStreamRequestObject
+
+	request.DeviceId = deviceId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceLogStream(ctx, request.(DeviceLogStreamRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceLogStream")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceLogStreamResponseObject); ok {
+		if err := validResponse.VisitDeviceLogStreamResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceLogWebsocket operation middleware
+func (sh *strictHandler) DeviceLogWebsocket(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceLogWebsocketParams) {
+	var request DeviceLogWebsocketRequestObject
+
+	request.DeviceId = deviceId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceLogWebsocket(ctx, request.(DeviceLogWebsocketRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceLogWebsocket")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceLogWebsocketResponseObject); ok {
+		if err := validResponse.VisitDeviceLogWebsocketResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceMetricList operation middleware
+func (sh *strictHandler) DeviceMetricList(w http.ResponseWriter, r *http.Request, deviceId DeviceId) {
+	var request DeviceMetricListRequestObject
+
+	request.DeviceId = deviceId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceMetricList(ctx, request.(DeviceMetricListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceMetricList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceMetricListResponseObject); ok {
+		if err := validResponse.VisitDeviceMetricListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceTelemetryGet operation middleware
+func (sh *strictHandler) DeviceTelemetryGet(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceTelemetryGetParams) {
+	var request DeviceTelemetryGetRequestObject
+
+	request.DeviceId = deviceId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceTelemetryGet(ctx, request.(DeviceTelemetryGetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceTelemetryGet")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceTelemetryGetResponseObject); ok {
+		if err := validResponse.VisitDeviceTelemetryGetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceUpdateEventList operation middleware
+func (sh *strictHandler) DeviceUpdateEventList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceUpdateEventListParams) {
+	var request DeviceUpdateEventListRequestObject
+
+	request.DeviceId = deviceId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceUpdateEventList(ctx, request.(DeviceUpdateEventListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceUpdateEventList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceUpdateEventListResponseObject); ok {
+		if err := validResponse.VisitDeviceUpdateEventListResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -9761,6 +13498,60 @@ func (sh *strictHandler) FleetUpdate(w http.ResponseWriter, r *http.Request, fle
 	}
 }
 
+// FleetEventsStream operation middleware
+func (sh *strictHandler) FleetEventsStream(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetEventsStreamParams) {
+	var request FleetEventsStreamRequestObject
+
+	request.FleetId = fleetId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.FleetEventsStream(ctx, request.(FleetEventsStreamRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "FleetEventsStream")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(FleetEventsStreamResponseObject); ok {
+		if err := validResponse.VisitFleetEventsStreamResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// FleetEventsWebsocket operation middleware
+func (sh *strictHandler) FleetEventsWebsocket(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetEventsWebsocketParams) {
+	var request FleetEventsWebsocketRequestObject
+
+	request.FleetId = fleetId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.FleetEventsWebsocket(ctx, request.(FleetEventsWebsocketRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "FleetEventsWebsocket")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(FleetEventsWebsocketResponseObject); ok {
+		if err := validResponse.VisitFleetEventsWebsocketResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // ProvisioningKeyList operation middleware
 func (sh *strictHandler) ProvisioningKeyList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params ProvisioningKeyListParams) {
 	var request ProvisioningKeyListRequestObject
@@ -9964,6 +13755,32 @@ func (sh *strictHandler) RolloutCreate(w http.ResponseWriter, r *http.Request, f
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(RolloutCreateResponseObject); ok {
 		if err := validResponse.VisitRolloutCreateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// FleetSummaryGet operation middleware
+func (sh *strictHandler) FleetSummaryGet(w http.ResponseWriter, r *http.Request, fleetId FleetId) {
+	var request FleetSummaryGetRequestObject
+
+	request.FleetId = fleetId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.FleetSummaryGet(ctx, request.(FleetSummaryGetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "FleetSummaryGet")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(FleetSummaryGetResponseObject); ok {
+		if err := validResponse.VisitFleetSummaryGetResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -10468,6 +14285,60 @@ func (sh *strictHandler) DeviceList(w http.ResponseWriter, r *http.Request, orgI
 	}
 }
 
+// OrgEventsStream operation middleware
+func (sh *strictHandler) OrgEventsStream(w http.ResponseWriter, r *http.Request, orgId OrgId, params OrgEventsStreamParams) {
+	var request OrgEventsStreamRequestObject
+
+	request.OrgId = orgId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.OrgEventsStream(ctx, request.(OrgEventsStreamRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "OrgEventsStream")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(OrgEventsStreamResponseObject); ok {
+		if err := validResponse.VisitOrgEventsStreamResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// OrgEventsWebsocket operation middleware
+func (sh *strictHandler) OrgEventsWebsocket(w http.ResponseWriter, r *http.Request, orgId OrgId, params OrgEventsWebsocketParams) {
+	var request OrgEventsWebsocketRequestObject
+
+	request.OrgId = orgId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.OrgEventsWebsocket(ctx, request.(OrgEventsWebsocketRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "OrgEventsWebsocket")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(OrgEventsWebsocketResponseObject); ok {
+		if err := validResponse.VisitOrgEventsWebsocketResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // FleetList operation middleware
 func (sh *strictHandler) FleetList(w http.ResponseWriter, r *http.Request, orgId OrgId, params FleetListParams) {
 	var request FleetListRequestObject
@@ -10646,6 +14517,32 @@ func (sh *strictHandler) MemberUpdate(w http.ResponseWriter, r *http.Request, or
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(MemberUpdateResponseObject); ok {
 		if err := validResponse.VisitMemberUpdateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// OrgSummaryGet operation middleware
+func (sh *strictHandler) OrgSummaryGet(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+	var request OrgSummaryGetRequestObject
+
+	request.OrgId = orgId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.OrgSummaryGet(ctx, request.(OrgSummaryGetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "OrgSummaryGet")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(OrgSummaryGetResponseObject); ok {
+		if err := validResponse.VisitOrgSummaryGetResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -10857,6 +14754,60 @@ func (sh *strictHandler) RolloutDeviceList(w http.ResponseWriter, r *http.Reques
 	}
 }
 
+// RolloutEventsStream operation middleware
+func (sh *strictHandler) RolloutEventsStream(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutEventsStreamParams) {
+	var request RolloutEventsStreamRequestObject
+
+	request.RolloutId = rolloutId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.RolloutEventsStream(ctx, request.(RolloutEventsStreamRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RolloutEventsStream")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(RolloutEventsStreamResponseObject); ok {
+		if err := validResponse.VisitRolloutEventsStreamResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// RolloutEventsWebsocket operation middleware
+func (sh *strictHandler) RolloutEventsWebsocket(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutEventsWebsocketParams) {
+	var request RolloutEventsWebsocketRequestObject
+
+	request.RolloutId = rolloutId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.RolloutEventsWebsocket(ctx, request.(RolloutEventsWebsocketRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "RolloutEventsWebsocket")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(RolloutEventsWebsocketResponseObject); ok {
+		if err := validResponse.VisitRolloutEventsWebsocketResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // RolloutNextGroup operation middleware
 func (sh *strictHandler) RolloutNextGroup(w http.ResponseWriter, r *http.Request, rolloutId RolloutId, params RolloutNextGroupParams) {
 	var request RolloutNextGroupRequestObject
@@ -10994,260 +14945,347 @@ func (sh *strictHandler) VersionGet(w http.ResponseWriter, r *http.Request) {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7L17cxs3sjj6VVC8W2Xq7IiiZMmJpTq1R+vYG28S22s7m1/d0FcEZ0AS0RCYABjRXF9/91+hG5jBkBg+",
-	"JEqxT+WfxOLM4NHdaPS7P3VSOSukYMLozvmnTkEVnTHDFPz1rFRaKvuvjOlU8cJwKTrnnfdTRoaCfTRX",
-	"KbwxJHJMzJSRQrEbLktNCjphF0TOuCFjqeDZmCtt4EGvk3S4Hef3kqlFJ+kIOmOd8w4O1kk6Op2yGbXz",
-	"zujHH5mYmGnn/KTfTzpmUdg3tVFcTDqfPyed79gNT9k/lCyLl1l8qRm8Qib2nUea8KxaQEHNtJ4/awyV",
-	"dBT7veSKZZ1zo0oWLmss1YyaznmnLLl9s21Z61f0SBP7/drV3HkhL3LGTNs6xvbhOpCM3dd3W8PLjM0K",
-	"aZhIFz+wxepSfqLXTBNKFDNqQTQds/OAZOzMTBsy52ZKKLlmC6JKoQkVGeFGE8V0IYVmhOuBuGYFktzJ",
-	"KZnKUukLGLdg1Hgi1XTGmoNWv9qxJ8zogTBTauqR6YRyQbrw8rDajTl8y4qcLlh2TixQhgcwnCyNXaDg",
-	"YjIQZs5T1iPvwxncRjI+HjPFRL1DrsnpyUmP/MAWmlDFSMEUSWmeM9UbCI+hKaMZUzWOAugeWvC2nZ+z",
-	"s6Qz48L/fZxYXBum7Jj/36+DwceT48PB4OM3zz/89S9RNP7AFm2EdPnmpd3aOlK6hq/vRkg/8hk38RXM",
-	"pAWgYTNNjLSUVCpBuCBSsLVMJ4chw2VkbEzL3HTOz/qJBSCflTP7Rx/Ah38dV6vjwrAJU7C812rSBiCp",
-	"JlRwTe1P66AkYYi7QemNkjdcc2kpcA3OiuC1h0DeW5Yzqlt5osLH61ahqhHuuBKZ57Js5YoKH69dSTXC",
-	"3Vbys2aqbRmlZmrdGkr89m4L+DdVnI7yVqzcuOfrFnJTj3GXxXy2HyPDBenjjZKjnM3sP1MpLL+1/6RF",
-	"kfMUztFRgW/89Tdt1/spmOsvio07553/56gWb47wqT7y48KMzR1fCsKUkioh1N4v5O2LZ+Tp6dk3xM1E",
-	"MpmWMyZMD4DnRrQTXqYmJin9MpVkRjNGKEmnVCAbKpQsmDIct8mzLYCTdHI6YvlaQmEzyvOEOHGr5shS",
-	"xY66xR1skxsyt7s18JnhM3ZBhnZnWZkzNYTLVC+0YbOEvMhlem2HnAt/Skj1ai+2bPzhU4cJyzZ/BaLt",
-	"JB1a8KtruKvCpbmfUPKxPBmm7XyIEW5NZ7/i06QDgEM41Z/I0W8sNXYplwV30kcTAali1LDsipoGIjJq",
-	"2KEFR2xb/pvRoh0lZD6VxL0IsL1mCwujjahmHwuumN5pQVtTkTZXpa52u0ytTPiVEvsqoaWZMmHsgWMZ",
-	"SFIoqXSNhBdnXJSGHTS2tXadyDI+rT4oFBvzjy1iKsiB6ZQqmlrdpJLkWKqYSeyFb1ie22VrQguqjF0Q",
-	"+0hnRY5S7PXV4/HT9ISOjmOLUjJnm7jGW/vOMuEBkGFLbpBqH0lIVu3U+AxeAr6WZdxumeZvAuoc01yz",
-	"ZY7RpI81KNRGFprMpbrmYhKoYyhEg4ibSaaJkIbgoLsjMpAwj52IFJUwB4N3ewV9CPVN8IWzQfP89bhz",
-	"/uv6uRyT+JwscwmktTh9Wmhyo1k+ToieWuYoRb6w0qeZ8lpBuSCagc5CqB6I4WVpplLx/8Bddk7+zqhi",
-	"igzKfv9xirPBv9mwh3yXXDNWaDe00WRK9RTVgjilZ312epqejb5l/fE39MnoLD3NHrOT8dW/TqbT0SzL",
-	"X/7jOH/5r84m7up2vgrkDxWY39AJW2WsII03/rEV5P00VCkKfweWhgjrWD6SMFeUIlQ65YalplRsFY+X",
-	"5NmbnwkN3kksAl8/e0mKnBp7KIguWJ5zMQHu4i40OsuenNobTc38/2++cf9/Yi+lx9/a/ymu05snp5G7",
-	"LOlclhk3z2+cgNOEIfVyxVrQwUvb3wJ2Aor7juoq/vHLzHNax/cTwnqTHhnO2GzE1DmyuGGT2TaeRWdX",
-	"k6ttF1qaVM4aAoQu05RpbfkU5blFZQykbr1unpXH2lBT6vjuv3///g3BF8Ktk4k0gYRTqX1Jx1A1YX6q",
-	"1fF4AEQtS5WyxrAoFmYJmTvOrRjh9pSzuDzFERzbMOnYZeXedDhIHH2FJNEAXo2CCmjRo1VR8F44QX0e",
-	"7o8bPJNCsNTwG24WbWdvF4HQDSfFlWa/r1LCq9KeCqSoyvpXf6QvyEiaKWF2JSDfSMGC5ySlSi0qQ1Xj",
-	"mubCAOdZpUzm9+UPjxuQWcRmXNd/bhSxcaiVfSadFvFmBbz7IIxVnN0ffXxHDR1Rzf7NlHacckkggEVd",
-	"3dTPV8++YHN7xmd8goeLgPZq1QEUnzM3SYODHm+FW83UDVPrp38jtZko9u5fPxJ8/ZEm7oMmzz4+6x0/",
-	"3UIQaEyZLIMgCkbU5VbP1tJlvJYfhO9+Tm6lsOGZu/Lq6MpzMHRvey3tomxpxsR6Sd25J6wSDjrXlFGV",
-	"kbGSs4TIG6bI2+fv3lst/qd/vX+/u4C+DrKv7Dv2nhU5Fyy6RnsjhcvkFduqydgujIyUvGaKCDm/cEoG",
-	"fuFs6VOqiWB2O/XnsDv7Mdx+MBM3RLFCKvvYCrn20mHw4kAAHDgCDSB13HcKqEY52MFgJGXOqNhR1ii4",
-	"ECy7cjbGbb/yi72ChW7UZNzb7+BlkB0mG7nee/vO56RTFtmOZB8TAKqbv6L4SoMNz0jSPKFupRWlNA5h",
-	"Y2ntTAAcazHBW9Mblnn6GvPcMHVekQ8ZsVyKiUb5iBu4CTnT9qq0NyKdJJZQBsJuwpKLMho9LEP7yxXq",
-	"48PKW8QzS8JckKHbLs/0MPFeyoFIpUBFXJMJv2GiR5y1GB1OwUnIuRXfqCAoABJukArvbl2qV9a4GjcS",
-	"4/JVuCUN78IpAphG+egOB+4PpH1H8I6mA3Dfmq5vZci5LZ5n9ONLfPm43w/c4oj4pFMK/nvJ3CtGlexu",
-	"SF5v4rkDXmMmnQ1w3ocYGbKjexQg61l+BjLaSBwzLsJfj9eTS5OLPp8VZkHSnFGnZFR8DJw2Xypp7bKJ",
-	"ZTK8G+G14Gt/9HXvpPWWTbg2TO3IdO4ieS9J0bUCoaguRkypRcFPD0FjCWML6OF/+odPP7j/H3741E+e",
-	"nHz+y13vohXXUSRgaAOvKspRzlP/8ZpAnefZydnZ8VOCH5BrtkjI4xMyWhgG0kQpCpplLCNWnXtyWqq8",
-	"twSEy8P/F/d/dfjh0+nj+PbhWK6s5B9MMAUemNEikEAunEDDhOFmARqDFb8JHpfNvt+Q2CJuOPddAKKo",
-	"pLiJQGtLYws324ov7aSfzX435qpULe7SUFsJxDmnlkD4SHdohzg/OppKbc6tzD4kUg0E/Kwbvx+AExVn",
-	"GdUYutQLkV6+eVl5jAk1A3FE7c+04L0FneU9cjnS9pEz/XE7TpHLBbwPMU5C+pVaARVX2lR2bid6yWsm",
-	"rpjICslFXDdVDLQ7RTNGNJ8IlhGqtUWfFY3r1RAYS18QmmvUBoe0zIbwr+CDWalRdF/0NtJiTRlxdWVp",
-	"9e0E+N6+GLOpp0zrK+Of7sUB67/hEVvMO2YvMk1KYXhudRj3cos9Gba37DhH99BmQ11jc43BGmtsbHID",
-	"BN+iPXjXe8YjP6by/fOX956qus+z795dHtSReBXPLRS/sdr/NVucE641+W+iyxH5b1TUHPlZEk8ILTP8",
-	"HcmReOIgP7/9MbHgJtRgiNiZNxkQOmU0SwbCqnWU/Ga4s0+U2h5jNpaK4UkL7pTT/tMnGzFQbbwdrnuS",
-	"CEOuuBRSKW9YaG22h5kKCTYW+KoRDRlGp4GaGwoJW8Us7HRvxywtyxQy5oLmPijML7YiDdyCkZZLEsUm",
-	"VGU501VggI9rLWTO08UFEWWe27fHVpWf16/EtmbfpSMr1WAA077FTD5xZ2kl9Oj1s5fERTqRDF5rWmn1",
-	"lJ6cPTk/HR1n/fTpmJ6Oz0b98bfjPn0y+iY9Oxkfs/437JT2s5Nvxo9HT9hZ9m36lB6PTtLH2Sk7Gz+h",
-	"34y+TZtyiRv0V3o4tjLapyenccnkBWd59lypWJTTa8EIFzc05xkpqALaqmJFViOeMmYoz2O3Dt6dNzQv",
-	"GVppYMwlKMCS7ONcignc4VSQJ4+D+JCoAGHXH2VF716/IsAsmCJcOJPmSGYL0h0eWbq2d7yLqqri410E",
-	"VXNpR96usGIwFq137LQGHe57TnXoX7YLQYxNO0kVvOpigDfeBsDpceuJh3uMK0GU+B9vpd9WvqMWW4KK",
-	"lF3NucjkfNPifqq/+AU/2NVCfkdDcmu8q7NjOi4NQp/3BDv2ZUl9iIMOt+LFfmb8fLNNGt5+gy9/EXa5",
-	"JdPz0n4qu90upjog8FsZ6e5yBnahsLuZzZaA1gqCfdg3kFncn3kDxt+ThBRnFdvFgkWYxock5sVT3kMw",
-	"owsi2DxfeJ9AKIw47Y10aRBhLueC4LrAyaV4xjTh5sDJLIrNQJDjcI22iCY15B5CCuNO+rogGkSwCTru",
-	"0OXSPKrDtXxro6D1YHwsJqf985cf3q0elGu2aJ6TOHHihpb4SD6JKpupuon+ft0Su3RtFtHfSx33bH/c",
-	"fBTtkDhh7Dg2T/nypxYgsa9WD8+moxw5WP7I2HM1Yo2jhaaW6ihhwpg/SQUTENEOd+tA2JuIDFMlxRCk",
-	"NnTlaUMXGt4lw6xEM9WVRlV9GHflxZTZF/yGERCxNOmibgmZZySji0M5PpxJYaYE/+t+mjN2jTIlJX4w",
-	"qYgu0ymhmgz/J6M8XyzF1fXJCfkv8l/k+PBsG2P48o6ccRTTl570T79t5DM96UctEXzGrv4jY5EBl4K8",
-	"vHx1CfkCxL5yQVzeFPn5/bPmyp+XFoxHf2cq50v69JPTTQICAD2ynSjNsbiohZaGQy4wLt/7cUOtF3Tl",
-	"hXM2EyNXtRaMa9RTXmx/U/5UfRO7LiEXYsMIP2uXWxbCxCVRhCuKg8M+30/Cw/Zx2nffl4uk3xBAj7u7",
-	"XQD9LKp/QlIcUxoy9OCdHnknZ0wKBrkcEMIijTdccUEWzJARSyWwFIL4GAiqiZZS2KMMRGXft287CxfX",
-	"pHvDFB9zlh24eYDbVJjA9SXN7M3TfUbP+xlaw+cRuvuQFh0V3p+4iBNsKS82d3Jr+G2AG5z4FbjtEvis",
-	"JletqTK3XnWlZ1XDr6OA3425TPPA+Lt8QVNDaBDNleYc/Bz6GnwomeyR12hvxMuRKkb4REjFslXuSlNv",
-	"KvaGD/A76Wkn6ehyhN6VaKg3TotwbdyKJ6dRz0fB0/jRh0dounJzV2YfDErCZ241RcQt/eTs7PFZEhXN",
-	"VDRf5mTz9ed3F4zid5F4qK1Fn4Zc5mVaVNXvVSJDnss5WInEYrNhyX3fOnNppuspB4xs6Nq6FnKuEbg+",
-	"vFhMHDntQkO7UUJBtZ5LFVV7QtdWRQSaKXQUwjSPNPEjLFHBt8dPTx6CCKoNrEdCHP/o/YkGpr4IgjcT",
-	"H3anvWMFvUak+7PgH4kTxg7OyfOf/vV/SB1SDhUUPKgs9ETirkNiGSR6yhH7mWQ6IaUA+z03A6HYYZh2",
-	"qCs36TiKiKW7sz1imusrXRZMefFkiQOokrXMAClXFyHF2tURfc0LDRmSVRYXDMDDPJEgFnVPR25pIzHk",
-	"v9pPbt5rNdmP8LjHOMTXauINGDuJpHuxUzYzPXcxP75Wk1tJqjuBZNtwOv9BjPFxXeR0AVryBeGGCMYy",
-	"EHpHjGDsV1O3u0xnjLyVI2l4qiN66e4ktw+Z01LuZoGzufk3VGvQvn1NI88M7FeuoBFFRiSDGHRfW+S2",
-	"0utrNdmTqXNXWllZSlBwYUXZb62EgFqNLwzAPhomtOWETjmN3NIyY7ESQOmUC3aoGM3oKGcJ0Qb/n8s5",
-	"U0QLes2uUqpZtQI7UJMYwY2GZoIx5TnL4sHVbd5HasgcdqSkmATaWpX8iGkN03JGl/JnwC1XOwfJAMvK",
-	"DDoY9zJidfhBvx+NHlFKKh33rDJh7ODgnURHIQhDdcZglUuImyY1GBqxn2tN+rV3NxZHLrShIm2xrhTU",
-	"TJfyRDG3HJez5CK9OT6SaqI7G5M212dSOoxQjXFHcCxdasjw/xw60fPwZTYk6CqNJlNumwZqKa0yfvts",
-	"7sa+TvuNWkFPn4a1gvotxjWTR3mwnkpliC5nM6oWfsfXXMDuHfFf1LEblijRhyjTtFSKiXTpWDhoBHRB",
-	"2o+HjztaXtXPb18SxaBgVcrs/WBl9OjKoOISU2RowbZkxCyVOB9bXnHuXj/f4szGq30g/CokJshYGlT0",
-	"Ic7kwuJI91EO5F4KfNxHgtqMfrwqNdNrKmp5CzyQ/jVbgCleucjjePzaFiU+woIFxfrSHOxGXu+IjfiW",
-	"vnM78YtnWcDioVqGJGMa3VNMFlxNn6oqf8D8G+2XS4S4h0og20EnRHrFsSDYv7+pxNkuDsZthdEoGHYo",
-	"2LF8nu+lckePeOrxFTyMJMM3r9+9J0d4Quy95ilr2LtbTY2lLe1DIF6F0n1ZY50bdj98FdzP/D+7fnUP",
-	"rNJZBLaHuIPDO/wuBvBa+thmHHx5x/Cc1uzwSzJWjB1CVROomFU5HynRbEaF4alPFSdSkVTOZg27xjo1",
-	"OWCNQa64v6YrSMbieNZQ1K0Y5B7QVmdEnSF79PlR6zBa1ZDsZIqOTRDP5/8G0o4atG+J4A0e4UguPwBm",
-	"DcT3wXg8O7h3hvOmChJpUvrQKJpeX+XUMG2G55VAsxwK/Ej7ag2NmJeLKoTlHJ15qhT+pyB2ZhiGbIYz",
-	"dnygTRTVS9S2W4TEa6wQYigX3jfhFpR4VUgXXHHjTeuzQurKthlRzGlxRbOsgdpaUHv1/P3V5Xc/vXy1",
-	"mtZ0FS0Yu3xyltHPxA1XUsx8Xcfoxj+1JjnXBMBndML0jsADfdJ+iPoTtcwvCKBzWiaGPemyKKQyYMvY",
-	"ZITBclAbDoXD90s7v90B1o7a/aObJ7f56JtdP4ISVjt+4+td7fRZDLtwO+m7UYiXWttzEq/WJiUC9lvO",
-	"xbf9b/vn3/aPTFo0T0b31/7h096Hv54f/O1XiKw/Ts4+d8/rfx/8rXvUNWnx/5dZcXDwt79sTMddPUOF",
-	"4jc8ZxOWNS4dR/FRF4ShyjRvKHS9HGojiwLUb8/HhOwkHZrP6QIrPxz6ilvJ8jcx3oYW8StIAGSTxfYS",
-	"PZpD3/nvMOayuk7lXOSSZodmysThNc9zuAZlXs5YG4oyauj50Q1VRzkfHdGiWA6tONuYJ7oWD/F4XMeW",
-	"1lxZ71rMT0OQEYZkPuU5IyPGxQRS6WajnGUXZAgX1NCqICPmMgZZRrrglOKzWQmG0wP7IhhUhlXpDMxv",
-	"mvM8JyPWaxVKsLTa+itrS5v18o2VLwglMBsYErD4mTOzXRAr+YS/U0OoWECM2Ta8txa//L622M/dokSb",
-	"BV12jXCEAArna9Z0AbV4VSl0UC8elwB+icZcQ3fFD8Rqpml36NNMj8DWBsmmwwSgKlg+EEP42aqsTho6",
-	"+uS7DXw+gkI2w4OgAgvWuNFYruf79+/fDER3+Oby/bPvQ+3XfWe1haCuj4+1M3MJznsprATyewlWSnI5",
-	"EFjgh+uqNBYo4JXXeajZ70N4PJI3rHa71G+zhGhJqBgImWdMuYpBSOp2IXPFIdsPxDuFH8ynPJ3iYaAL",
-	"wjiEGKR0xmJhn3TChLnaXtJOOhwEKcW0XuJJYSbh2Vo28/hkldtLvdMqXA+CXSsaRcvXvRRWSdPMldZB",
-	"ezNCOsgxdITiylY5sBpFhba/+1TLVEmtCUCVuAtJk+41YwVIqSUkYklBMq6vIfii1Iz8LPjHgZjxPOcu",
-	"6MC+UpGoa6lgVKnNXCozXZDU0vhBS3RAZeXqt9VW20lrdGJMraSvE31XNLHf45eEjLsH0LH2SBMlc2a5",
-	"ABWNSNYECwFYnIOZaia1OSc3HKi/qxjN9EEC6bMst2ROuuBBQZbrYvt1UulJFmWOgvRBQmg248J9MqPC",
-	"XnED4Xx98K6rO64TAlNhHniZcUNyOTlIiJyLas6M5cxgmupArOSguuHxC+0w6Tk77gdLEeA+rKxiF2dF",
-	"FftF/PbCaPGIdcrSnd4inMB+/gxfvmWSGzppzNUkXg8LNBORsY/e9QPvOTFAyTy3XK9sqUXqUufhk20P",
-	"PBPZfRrYLDWuzTKpwsEwqVdREXg2fZF5yyXQl7hxQtj8DhYKnKK1HNDD5iTOGvGjVdFbQQs9la4Ap+Gi",
-	"lI1KrLcqAqHorNgSOG/tq/CJYVcFU1eY59CkGFmO8oBcROnjfnctqSfzfETT6yspruhIorqyqstoZkzO",
-	"wvSGCCNHstmJuLcr5Idwqer4wUdX9oqUIp7YzI2rO1dVNXQOfAiusWJxFXqOUZ2ka+8zbvUrbEpBzFQx",
-	"PZV5llhp8aD3hRVVC8y+AcY9QJdg1KD02hLcYI3VUU48e16lwBU6iNHPbrFaDreXnvR2iyeHqSPRRaXx",
-	"FQtlmU7reof2dSvKWLKo2qdVxkefU2MabWlWdhgLOPzcvrVn1WUXd5GOnGwXSd136relhuiJc5pW9BmE",
-	"kUAB9fjzgon2gfHmu/LQjbyA4m4LIyjTlLGsbWU+pazlKZ+x7MqJDbF6LYbm8UelUIxabMcfzyk3VkK3",
-	"kmrsjeUaTQ4+wXqTBkYaIF4avgZQCI0KYeEuw3U3Ae83u+bY3KUQYii2RCwHXiT1kTiNuqHw7X3LB+8K",
-	"lu7oE7oXuaC2hwWSQRNi/sF5oKBpolmOyRrUyVQXpBYozoNoD2oG4jfp3AgomHVRKDepa5gHQ3EpDpyh",
-	"KpTXoI6BoddsIKAgiJEyQSu7VVicSJtOpWYCLz+M9oOeFha/WNisKfJvLwTtR7KpgNxPWvjkUj6qVaZc",
-	"AqgL97sgffAvCEkgILBZvdkLTBFltE142qpKTmtpm+1ErWUz8kosKLxJitLo3a+0eGj8qixXLeLJCvS/",
-	"l3Mo/VJr/xBkqUrR8NpMGc3N1C4OjQqEalIxvgsykVafkuNxzgXaD0A2A1MTcYZul9iByPn2yWkjPiYe",
-	"1OfEr+0s3SiIfUjWMTuomWaX6mL8hEezZmAv7UXyBALhyzG7NQy7rUJ7xmjmq4LvWLZ4KzG/Un8jgoAj",
-	"mt2LcXv5+05SPUJkSbbfRYXwHOH2knVYAs8Lw16OriToamEbsbsXT36DXO7Rn7+KhBXG5yQh0rUsBi8T",
-	"n5xbcWNuDpL6r66ROdSrR+E/se8ORF1qn2guUnaQkECeSkgtTiUklKbsXehGIvbvgbBqGQbPgCXwIPEt",
-	"YEkX78JVzpQQYHtcTA6SgahYE+kqCpzIM7A6KckySfCGHCQ+1rtbVcunA+HYVkLGLM+RDRsZZcNgV4Vg",
-	"94oD2jt8IOolkUogJF1teJ7jhsEZZWBQzyEOElIJjAPR9TBPnBE+ADJW1Wt8fO5XYEFWi5oD0S1Ks/Yq",
-	"AcHB3UYH6DIB18CY3zDwNcDl2JQh/ngReo1VEuLv33slf0dv0uUv78hL+Z78U470I3dFp4obpqC7mBQp",
-	"SCVoFh7OuLjS4B8dNsyMj7QvrKjJlEJhC8H11CKTj8lMQmQEFWRYMJUyYfzXMwJWRN9wV44HYuioEYpP",
-	"6mHSkA8LWmoGrSlhpTrqd1lNCbZfdZIOiioxSDbmjCm4qE7TPAdrCmskSFRew/X4/LCp8n68SnYNcvDe",
-	"rA2zddCN29fCoN21wuOK+oiDNpayNoe4YRrdl8l8d3MzWMPjkkJrrLm2mtotNLs7WQxXucwGhmEXlTPD",
-	"tinkZ2FQxZpXNjW77Mo8tgmH7xxQdgwy04ZOWI/8w/LV+uB3qyacTqV0fMOy8RKYQVkcYNVkWN7wovbe",
-	"4pU9owvosUGEcxWCsxh6wTsHY3NozCmGGqaaZBzzErvcuG+ADYE/bEFSqtlBtIaPXcrmA+gLXPMZk6WJ",
-	"KiaPn/S3UU3oApbn7z/ImnFXzwXmEaPSAbyGyNKgy9NzG8t2l6/Rhlpycvb0pL9FLR8wIV+Z8HbZ4mws",
-	"XUlb9/1cDaGqORr7mOal5jfsJ79iLJd1B05XnRV9RYtCyRuab9Zk3/vcTqRGe9VjYeuhrymFY7Fhi9Iq",
-	"6XWUMlbI4hdqiXTqSpYSOjau9LhrZlhb9i0lzFB5X4PhuNO6dJWfQxRXazpeJVaIMZlaQanrsHOwJAs0",
-	"7EGoZTs25iU504QhOvNbrBzbI/OP0qLbmOce1af7V5zeOuPXrWVH9hHXzmn+lhqGBkTlonRmZW44ht6M",
-	"FoSLVLEZE+ZqDI0k0cQHNcF8sWkA+FWt3VSWSPxl1cWw9MFmXr28iA1S01mY49Q7jpDfjH7c6OTcXuxa",
-	"WV6yssU12GxRgBWj2YJ0nVsrwbJUKLrUqmeCYnZGukISwebu4oFe0A4NA0FzHKtS7lDiP6gV3rFUFVcl",
-	"XW+8rTHqQrwGAhiBYCyD3vmOeVpV1ekQpIunDwfIoGhcbV4Wck68qjwQTsc7SFBBsHsMtCjSrX61s0et",
-	"kF59HIgW/fEgISkVKQM12kWy1hpqBc6mAgnAagh2CONAVwzhhTGVsHuvt0ScKn4ZUdWiESK9o1ulqjW+",
-	"tl0NvuUj6VsiUiBWvk4A7mKym1ocKVZIzY1Ui1/PDZ18OGhm/Pr3eu6nXipnRzSdsSPNhJbq/Lh3ujEe",
-	"NxK4/dfur72rww/Vnwf/5WKr/3rwt+5R+1vwXt2L5UPw7x4EgR+ffPM5Go29fK4BWIkHcuwMN8PCdsSd",
-	"M0pcFUpOFNMr+Zqb5IGIoPbk8dok+CoauN0eEugzdbj4R25CtWZNMHgu02uWRQtMBNY0gsa0sBBPN2yU",
-	"yfMcGJ5iRU5TOKwLZg4u6mqgaPFv9D+g2jM05Ja42KTqyYESeDOwKvSlRyK81zREfu8lmJachWVyj9jS",
-	"GyWZqmS9a7Y4wjrxmBhBunVliQsIvCPHh8f9flANP8HC8pqUBTGSnJydNY/op86ImnTaOe+c9E+eHB4f",
-	"261xe+t0cjo6fOyuxHADQVBjuGd7uwT5n+01z7FxQ1VPpQr3wpsATblLvq0Fi3QS2NIvEETNbhHQsq6d",
-	"Le4xyNfanEK1sUvjrlz6tolTEekf9/FIk2DMuhFLKsWYT1zhVXJDFaejnFkFRU3A1hcclaV0rHWXiJGk",
-	"KPM8IZgYZ+VIBAEas/Eu+R/Xl6LX68UDnfaZF7RFws9GLDZTcdam3myTKrNLgkw8/2XDitckrdSXWpPY",
-	"KqB7ANUT1/trQCKpTsTqJtccr7jMu5QvMZVlnlk2EmswsosjUtUca72aGbK320SJN5lHhIaqI3bHc10f",
-	"VVDcaVHk4Af3VjWFpf3cOe5WjXapcfHfB9GT3ZpN/szFjls+DrYqKhZmCl1akK+7aviYMOAizYOOYc/f",
-	"08nm3PI6lzz0jgbp5DX4YrS1dGpWNvG9ywaucxmscKGtUOE8eV4YcckGVqNytPNIQymiEc2ZoNiKGO2R",
-	"55U/0ZlK5o4J1iEzMs+CNF6rAYGrRAyEnnOTTr3sA4acgwtiBa/Ih2OuLAeFq1QbqewkUkFsvlTQQwTq",
-	"Ch1cuKj7agjPlKXXfQLx74JIhYoQ2l7t+uspR0zzrB5ICubqqgcLBL+T/1TThR4Ijje8oddMQKZIU8OK",
-	"ZPglHfs//ME/BjKwG1n5eUpFdmjHjUqiP+t9lcSuqkjXyg7Necr+J9B0YlWd71oeMSi+Z6cjzz96V84W",
-	"wo1fhOP3G0ov/NudqP0ArMGWlzvkmaCn4KFOZQGFzNyB3iqY6T7KfrT7l6qiMrFopko8bJW5rNKCOWya",
-	"GHlBGLS+rWt5BVn6LeLCbrAHFSCieNWVVXFHNcxdlhx40iGH7lCKfLF7CRAPjdp3haDbLSjbU+Kdqmiu",
-	"KJ2h2Os37mpfWp714sfXz364IljYiWA9IKZu2HLFX1DhVnu9NowLH/7rL/Fsu7o40abs7QZd+QDQTrIX",
-	"ImskrrfkxrfkqFek1XAJnX579s3GVomOInCEdWjfhwW+Ymb3Z4L3U9yqGP0d4LgGgLXMtuwInc14S1Ws",
-	"fz97RxTDglFY9pgLqhZkbmWckucG3JDgqByW4lrIuViq8+dKukVvAWroaAt5+zv3nt/B56QzkWECbD3b",
-	"RB73Tp70vm2PxWspceceom+uUBKccTOwHUENFRB9iFSugGQ1468dWnAL7+31w1bhObSLyDGB1OxDWnAE",
-	"b8ZusBItFaQUhk6sxG5xsFRX86bfO+71d5ChHf4bQK2hFaBplaqQbZWKm8U7iywkqBE2qI0EKZca8lWp",
-	"83VCHfEuhR6w4BW3FPa6YOLld+QZlg8n0I46Y+rCYiFjNwMxkxlLyLACj/31EMc6PASphixkGcpeQ1Io",
-	"Loy2gqnrtiOW0kxdsirpDsf59VWv1xs6cz8QIbBf3FUFg6kxRS3L1Pt+4W/hf/7yfoUlNwvK46ZXqsfB",
-	"MzhGGyef/W7M91Jex4lpKuW1mwk1B99S+pFu9L7WTGTQqQF7UFr2T/OBsJ/roLhs0JJaM4TmVjD6DK65",
-	"sYzV+hV0Ai6xpLLOiqxaAmBFjrGmcEIoKXJqwPgJ2qzVkAYC/JCHgd7kUpSJFC6F2Q7xIxflx6Bt9kA8",
-	"h4sP8+k4+KnaKxt3h3B5pkArR+7xX3/TUgwPBqJyKVMyWype7EqfVsUPhnVN0iFuAnxcS4VqfbFBV7EW",
-	"1WPFTKmEi4+z4r5AzokiTeeyoOmUHZ7A0YeO5wB9fX50NJ/PexQe96SaHLlv9dGPL589f/Xuuf2mNzWz",
-	"PKhF2wGQW/gHZtDzDrKWz0lHFkxYxnfeedzr9x67tqRw+o96c5bnh3AXHP02v9a931wo9qSt9qJL9oMD",
-	"6CFV+eh8XQfsLu5b7vyG1ZRBTaVESYPHGMNToacOCKj2noMnLzN7IufX+h8gcHoIw4pP+n28B6HhLtzV",
-	"Abb96vE22nRXQbM4oPhod9lf2Ij8wBbkHTM9ZB5OeouPWi3zyFfkDllu5/zXD0nHlQfunHd+YAtn54E+",
-	"Q42u7D6zsoooP4R7yw4XqVsJQoKMNif2w/4muQtmrppIU2TWrrgkYBMMJNxgd0OrWln8DsTz7OTs7Pgp",
-	"dldJ7Zs98pYZPEVVPWPnMETMOvKvnlZtv7sn/f5BUAUZZkHDjAs8gNKeGnuKjHOeGtI97T91/L1JIRhr",
-	"/taDoaoh/HeZLfZGI0uTfG5ezS5I9N4oNJwddx6lVxcM0FYj94JY4EJ3FjDiZUDOJ/3jB17n22p9+z9P",
-	"fuzK1LzdIaqCQFv5XdP5VZldCy4SwnLtj1T9d1ibEKsJDkTDKXbgcupqP05d0q7RLj0sbZfgYbTPnQG4",
-	"4eeBW/K9M8pCYGIlJx+i/daXBbWSGYTDkN9LaZg+J8NBZ1D2+49T9wr8wQadYQ+HBOljiIMNiSizCSPd",
-	"qn7RduWJ3NcHENLFWc0aqnVZipWls1ji0nrkHXM3jH9rIUvwM0NppZfjw1dSsMOfqEmn56RtGwPR9eZq",
-	"+5liKeM3LHOdHGE/j3S9DkUhpIQLt4oDi/oJMwPxuH9aC1jOOO4TWNzJwoSUC0LJiKrI5nBI4HBpygrD",
-	"MmKkbOdu4FTBa7DqU6Ahto5bAnUNxb3Fq9OAiBf26LLrOlZn9MM9crHQPxRhC++XXA29qlM6rMTirTnX",
-	"8trtkI/7p6vn92fRQEvltYDGA7ea5q4861Olgvz64XODgb0PT34IjjZGBmJcOo1YZY1U4NZxBVrCJuWY",
-	"DKyuoWiZZkxcgJ6n7b/tT9KVJ6vcKVqWKmU9bKxgvwZu4GuLLdcGQ6UbvMMDAUXAzjFLGMMQtV3ZFrXC",
-	"XElXKVgd6eZKh4VVwKoaVShIpZadgGeCvGUFw7g4F+IG4+FMXWrlE7U4IFToud37Sf8UtuaLKbnb8gJq",
-	"NEF1MvhyIPwHp/2nZKgNzdkV1k9LwtYKbjZf6wy+3XDCneXpfkSYZrW7rSSY0xaq8kxTAXx93LHbsDu8",
-	"n5POaf/pmtWHKtn2u6gPVDwowtMYIgzSncC11SQf0m3g7WAvgkj7oUbQN2/1tYe6KZ2AOtAu32P7w2t7",
-	"jkAnfp599+4SDDSu4YxU5PjMJbdr0tXliPy3ZwdW9E5QTpRqAvSPkkyaUz7TBwlqZmhch9fiymKvha7f",
-	"w9rvUyiHGXy7wj9EMMc9RjXIUKHbv7T7XtHM6tJOwaZaM1V1sqONyddRmrfdWFqb/W7MEU3zNeqkgEZR",
-	"YOwJLVJd6CKIF0TYVu8Am4rOp9hqng7EStfRGV34rp1WyqK+m6ciVfdQ/B1beULpSd/i0Io8GM5uNHaI",
-	"tr9gcrEl7oOkMTx2iEDt1tWvTIhhOZvZyyAhuZzohLAbiw3faNyU7p/VYmAUl50LA7mbGq4POZtRkemL",
-	"WDPCxk6d/Tr8CKssNnYNF7gPvHffYsKsKnOGl2/YmnEgECGP0Gb2zOkHrNECURKwYA4/Dar+lIOOlZ3/",
-	"8sn//XnQScig6lk56JwPhH3uf3DPAVX+W/jDPcDURP8E//o86HweJlWQGtorHfOimL8TdI9EheZ1aSBS",
-	"IWM3BO3INDRrOpma0MB0OhDdIbr/LIFeff/69Q9X71//8PzVsL7t0YkG3/i+V6f9x2QIFtSrNJeaZdH7",
-	"+idnv710RH5f9/VSC98H5mzNDrQtt23GUjAd7en6rC3jv374nHxq3qEhq7E4SppcJuBvnp21crfSTO/M",
-	"3moSXeZv7qgPBNRCRlZXt6BxP1RHgCtnY9OeRaDBrWZlrvBq0wtB6wa2UT7TRbfAhGnD1AHMNhCVUa/i",
-	"knZkP44PGZhBPiY30C3ZNSpFfoNHZyCcXcHKVbGesHOI7ZvwG/YgDMiv33/u/wZe0yO/tLlCaMh9kqo3",
-	"ENVkeBlS1jn5O7hICJoVkMGAUWF4UXEf7rwCCCIriJ32j3vkkpx9/EhmjDorKCIvBQC5vpzplKXXrgK4",
-	"g85AGAXhfG452DMZvFtfMjP0PX/vkx8Gnan/CIZY92T+YjlizZjaWWJlnDvECkPeRAd55i+zz8gVIbd9",
-	"hT++ZWNMSzvtP/XFw+rUDdDAvTEMq0p4MQcLaMV0BJj2O5xvGx0UX72L9biCIQ5Vc1dfrmdJVvaFmD4n",
-	"3kLcuo97dlYFM7XTYFhT7+4wutweOEvGydhs9SvhXl5mkATcYsq6rKJ469pxFck1Ci1jMYFm5jMUvQO3",
-	"vZBzIsVFXR7bWQWweJg2dLGWRCvzzG7bfJmxWSENE+kCurd9uE9tOFzoH6IMPyhpPnOtJhoDP9JOT1xD",
-	"qg0uGLoo1rG+l76RvsYw6blU166ikgRzP3d59qryQk0oF1jEboal9doIrGJ/e6CtP45/rkB8M898CHa5",
-	"nhz3ySOT2n1e1faKW/puzzCXeWUMrF8Dq/ojuVQbRbhA5j1SxltmdZWEzOQNg6w5IhVRzNDJ+lPTyqGO",
-	"nArJb0BKbPFZP69qOQS+n9rwZqRdRsZ1/VMVzRfIlUnlNIEMlR75u8QGIgJDtKSoBuVSYKGOINxjWD+7",
-	"0uz34QVxvihw+WJjcsgKq9ZhNafc8s6wSEllMfTFZethe+R7ro3Lkblmhanc55VNzwLbCsVSDETBFJdZ",
-	"uxfmWQDaH7k2Ox+gH/mMG2hju+HFZxiufK8O13A3zy3O3mCjtoiduoCMozEJacvhOSENEtjHrR1OMnX4",
-	"g2CktbfIrXll+1Fq5OxFz9G7pcQKMLc6CvXaNppxIIy77Xr3seVfP1E1gvrX0lKQjDKq0hWwapZliXui",
-	"pGiSc5yYghTDO169Ucvhi+XUDPCSWn4kXZFiMnRPhj3yzAW2aa9JY/gbYR+5Bpd1ldLiS7VZnllZ7YLs",
-	"j3X05jJuvlA5YGmVW0kCx3ufvU0WEGxeIWEfxPqOGRfQuEqyW1DsFlzs6JP/54oms45IHlL3eMusIJTt",
-	"R7KyQ9XKn9/73k/8Zsb77wrsm0XzpTSjL/xo/jFC+qaj6cX0fR7PZVuCH/uRxqt9/bHEtIWjT/D/W5hQ",
-	"mwVUfNLDCnd/YV/52m0FsM8AnAi7dksBbPqeDQUwRxu5uZ4M+zATrNn7bth8gYS2zmyKqifhJnEKJ8f6",
-	"pAXaO11ExVIPCu8k7Pry/QX0Zvf1XkBMWemgDo1Dc4Z+MAWly6FarIHCMGFL9YMWmv6yuWG4xAdmhWsJ",
-	"0/PBvRFoxQRb6bSF3x2FeSSH12wRqlRNfL8J3vyB/S/Qs5c2tFkzwhaboVqdVMok5pTrfSDzzVJqj9OL",
-	"llEbYu6ujCiqGPnYh8oszoVLXMQbz5lMXeNkVLix3R6krlSpdb6EwVpyqjSe++AD8bkeWG+JLiJbp8U0",
-	"0roQwHthFjBzJIesnbi25h5Hn67ZYoMc9UpWhk0qaupyO4VS4jOp2Kq/L8iQooqBr5qOx2AG3UhfD6ss",
-	"3cjrfSlLdqidcHVrRrCZKy/BNLTSrZCGTw5uvU9cVa/4PQL5Mb+XTC3q9BhX+jHZOnA+bPj/eYvtfVG3",
-	"k1v+5lvJA3r/Bt+3VX537P6pEHwfd88LJWeYWOfrqTkeAHY2bGjnq9xCqeXqD66xWpblCgcXjVw9gjXC",
-	"qHApe5AAb7SvhFgw1UjaW+UpDiBftnWuucgHvuSqUn3tt1rVlG4fBFqljfqCglH6bOVRGIuyhkfhC7vx",
-	"KLY9i2p0NP7qOFRQqH89h3JgvgcO5UZu4VAevffBod4oVlAFiTmQvDQE/jQ8CKLqcFGt3SKJkRjcWzVx",
-	"kQpLg0jdsCy7ICmp6pYKE37DBHRRSAiHCiuYuYeRMnXcslP/wWbg1wCuMDY2RJbm3IoWlpvmc6gTiPUo",
-	"qy30yDuoxsOdtF916YAiPcMeuQysX1JUvaYGAsqGgiO7e9p/6gMOXZkA0A5otlitmi+VrxiN3cWqovQY",
-	"oZPx8Zgp9HnPl1rYl0ITIefnkOst85wACgT0aENwwweKppA/6dO76+5sRaPzqlN1/PTcBF26VCm8nxvQ",
-	"y3WQPVgXa4nyki/88mgs8qEvD9+uI355ONpKkHb+qFTFmt7rg+6Ek/0o/8BWlrlI5HqrmVvb9fYAbnLg",
-	"k396yR/eS758193FZbaFOP5F+MgbxPani/xrcpGvI9eN7Gtr/3iDQL529zheNHv2ju9g7NnOOd4A+Z++",
-	"8S/UN96kpe1c47P1lZUgG3HEptzV+MGChD4tL8iTDIs/Yta0kjnTPfIKu1bhSO47sOlWNSJXr4Cf7jvy",
-	"/Kd2BGmm9oEU8JZA5v8hx6TOMOMrY8Jws6jRINVEr0VEE77QQ4TmOSAnl2IC1Sa7rpqpg2tSuYvDjw8S",
-	"KL9R6+fLwH+tJl+/iPdaTTZLdw2Y7gPpPy2aYwYoBwQDJ28tE1IhNJUzpj3ymIqdoSjavmxhqV7gA8tJ",
-	"r9VknYgUYmyfjrfmsVslheDkH32SarLBn4aCjkvuDivtVr7DGZuNmELm61iA7pHXloR0i3v2tZp85fFK",
-	"m6DcErX0Wk3u+YpZQ3X7prjLzUDYDbmvLTWukwdfq8mXLQXWC3xgAXAN2r3st2/0u0iy2zCcI1rw5Xig",
-	"5sKhBm7TSOSCYJbt/Mu85bLg/ysCiHAf28UN7eU0O9YNKnUrTivE3el0t8oimwJ9IBromi0eQao3FHXz",
-	"3RIhB8zegVI90m1kca+BQI0pHljYCOf+I8N+Ki0gTjPreME20T0O/ZBqrZdzrcExxXKLdw1FtRTGtxj8",
-	"CGSYBXE9ai4IzWYcdMZFXBtEkH7loT0b8HHLM7yZQy4F8DQRXmbcHGIiYXuuKhiEsewmmdGM+c5zIWPa",
-	"eBfYmSDLMX4fRPrL+ypvBqpZur7+HHvJ9qB5bsQvz0Xa9Mtv08LJQrF9AVWm64a5odvtreb+qi7DCpGb",
-	"L0QE4L6MKUCsJJeTDfeife0Ol2LsnDTrU7RFkQQVNr5+oSfYzGZEh/ELetm8tA9VLxh+PfbvWvRmVTRq",
-	"xfGXbWxZXegDy0G3qTfzwH7+y6XAmzEyeVCmwIm5F971joZpkNvWvonwn02cZ/vwtbCF4OptFW/Y2HJJ",
-	"+liZupeFwYazsXkNnVyhBBStee8771d/b7GIX2BeHDfByq/VkiDAytAJ9kS1a6vCG9pW5x0m8Zr8kXby",
-	"dkWxwaTIuWiOtNr5Pv6pC5YKErh2xVNsVPu/K2y3uE/4N4jAnyBNb6oqLf54x2Hu+pbCO7fY6Nd3o257",
-	"md7bNbrVBar3LEC5/LQ2/gXe5a9fZoJtbEYwAmP/+H1R9WZrR++tE1o3CUYw+ZctEoVLfGBhaG2aqGBz",
-	"pImLKkG3EbnaCC3ea2bYpjTSxhl23qXWQ/wTPP/6TzHuY/MxdvDY/zn+ybnx1h5kj439W38vM3A1F0xp",
-	"KchoQbADqOvMD8ZeIcmUT6a+hUcdjPBI98il+3Qg5lOJ1WahEYxrg8CxEQaUpDZSgrMy5+KaZVXbpoXr",
-	"uA9N97gdCIVLaly7C5bhoqI1jwEwXzYnaqzxgVkRzr2OFyFp7cWTkWWEuvGitLuGzxxBJfENVuhLtBwr",
-	"DKbz/m9Ld5mEICNZGkUFFDyYXRAqFlIwsEjnjN4w9GLkVBsMtCApFa7wt/KhfnH6+tqjDtfg5N4s0T8D",
-	"PteVxHglRzJbYL4w5Zp5flM1neLKhTN5e7TfCeDcIVs7bJs23GZsJk07br9sx3ZjjQ9dZX0t7/Du7f3x",
-	"j2dNJDtf4zpO4rMBjz65fzkGsi41+Z7jQDbkSu5Rrrtcnx65K0G/9RBcX/w7U3SMrXMwcM3Jq1KRMeU5",
-	"+PeWsuO4Jnw2Kw3EjY9KrApqBV676NZ03C/7WDYX+cDncgOJ+YO5R1J7gflwLAEkh0Vzt8nQ9UlNR5/c",
-	"v5qndLWut+sEZWnEeQGCyGPNjOFioqH7amWLGi1cu7mCKWfgxU7ohOZ5ry1t7755wVapb3viBT6Prgoy",
-	"KJScKKb1fnJn33rU1TafGF6P6Egq2Mbth29TVd5B8IHlHhMps3OrlzijI7daxzxfuP4WLEPiAFDYtY1o",
-	"eu1SnYws02ltruSaFKWBavBECgc31zndMzCXC2wHYtmVfRXTWF0AvjZ0Ad3yIXeVG6KoCAom11m3l4Jg",
-	"5y3fC+EaGlsSzYSu3Ozubd+UELvXPG00s8Smju3JqJeAgi87FxXX+Nlxzj/0/FXRBsyh549wTr2ShhRS",
-	"a24vyTgp7IVPWLDXaahrM0/jx7solLxh93PAX2AjU4cWlzKOjehgWpqfu3zsj8YxeUhZ1w94ttz+968K",
-	"/kn290j2iLUl4tmd+lMqUpbfD/GDa40SVxQLP7jATs3QuUIK5joyw59caMNo9nCU/wz3/ifhf02Ej0hr",
-	"6wnmSGv3c7ApQsEhYtdAhVvV2Qladre7w/15DxzhXPBZOeuc1433uTBsAgaPr7Nmz7Yu5yatVQ7o0aIS",
-	"irN9RfEFoQIbhI770kcsu8dwm/th25DJVyrFRC2SWDXFUAiRFmxeAaGLNYB80TPQ00HA4YLr6QGoLNUN",
-	"BS38QbghQs4TUC7AseJUlIylTGupHmliporpqcwzTTRdgEsG6+74Q48aCv74cBfGK/bR/MOduz/vjK/n",
-	"znh3zQtCp4xmvlzSXUQmoLr7OXqv2vX/1TKjS6ft4Y7BGwDAn0fgazoCgLO7qMmK6XJ2T2T/Hmgc6sVJ",
-	"5gxPTDHsmimL4iF5/Fvc55/U/TVRNyKN0CUxYXcqB/nk/sQqNK9yTaYszxoGVlcVMKlEJowg8R1HK96v",
-	"WHUjkO6cm6kHqiX33Irw1QgzasV/YfUlMucik/ODhztGUI/xz1P0dYlJUENzyWCz9gzdMKU5brK17suo",
-	"5HmGYdWFklbEB2pPsI1i1b2bzGQJ6XKOepHysGPIQGTU0BHVzFcSEZKkVmMQhtNcx+jw37i0e/aHuVla",
-	"icj1lXZw2kvb9kaTdjd/FbheN+sP8KYX2rCZxdpyA3gshgTt3+2wTN3E8xkxodo+RbYB/3YpCZlMSzth",
-	"r5N0SpV3zjtHcHDd7CsWcZoasPmB6aax5F5gN8Elr4brr1YlCr6qqhJFwvwb1YfkXLgo5gtSMFnkzFUh",
-	"cvrBLIwWDCaAOgTxRblhVmMePUVz5QpK1cP56I/1yz3UqSxYhonH4DoojZy54gvVWFUqbiTFZCpduFEG",
-	"F074FSQbrn7yjypVLbB3WAU+LDyOtKBKURdH9K7y3lKuTmxZUJghW27eYQEffN1oGhCHfNaaFtBbztOI",
-	"LeNlFcmhXfS5K+zY8NFjjfdgwCooYHXEtoKY1DgBoHbzE8BtMGxd4Gx13Co8BvrQW6grWU6mVd00LizX",
-	"nDBd1TXzVpQkkA+0cyRbgaCxIc/dVyd+F6bDYAKYK3fvP3JRsBpiYCxLXwG9TxCLkSc1FRJTmufNsmxz",
-	"4bqirw5JC942nqXIIqdmLNXsER54LsaKaqNKJF47k06ILtMpoRrrfhqmBM3DFsWPNJlKeR1ObqUq+1rn",
-	"84fP/zcAAP//",
+	"7P17c9s4lgcMfxWU3qmKvEPLdm7dsWtr15tOz2T6knTsnt56W3ksiIQkjCmADYBWNHny3Z/COQAIUqQu",
+	"tuxOtvJPdyySuB4cnOvvfOylcl5IwYTRvdOPvYIqOmeGKfjrpZzPqcheZ/aPjOlU8cJwKXqnvcsZIyk+",
+	"fqQJzwa9pMftg4KaWS/pCTpnvdNeGlpIeor9UXLFst6pUSVLejqdsTm1TU+kmlPTO+2VJbdvmmVhP9ZG",
+	"cTHtffqU9F6WSkvVPoyRYB/MVQpvjIicEDNjpFDshstSk4JO2RmRc27IRCp4NuFKG3gQRv1HydQyGjZ2",
+	"F49xTj/8yMTUzHqnj4+P28b4HbvhKfubkmXRtWIZvEKm9p11y5bVmrrb0uGw1o/okSb2+7WjufNAvs8Z",
+	"M13jmNiH65Zk4r6+2xheZ2xeSMNEuvyBLVeH8hO9ZppQophRS6LphJ1GJGN7ZtqQBTczQsk1WxJVCk2o",
+	"yAg3miimCyk0I1wPxTUrkOQePyUzWSp9Bu0WjBpPpJrOWb3R8Ktte8qMHgozo6ZqmU4pF6QPL4/CbMzh",
+	"O1bkdMmyU2IXZXQAzcnS2AEKLqZDYRY8ZQNyGffgJpLxyYQpJqoZck2ePn48ID+wpSZUMVIwRVKa50wN",
+	"hsLv0IzRjKlqj6LVPbTL23V+nj1LenMu/N8nid1rw5Rt8//5fTj88PjkcDj88M2r93/9S+s2/sCWXYR0",
+	"/va1ndo6UrqGr+9GSD9SbV7dMNFK0O+YLueM0IlhluNwTZh9FUlpxLPApXKqDT4jiqWM37BsQF7dMLUc",
+	"CvwZ2+CGABnYb8alJtrwPCczmWfabpW2bwKJJvYVQXJ+w4gUTJ8NxcL+4D8UkuRSTJlyH2s5Z24wc0LJ",
+	"aEqLkRuQpkv7fEC+l2ooLpi6Yerwwj6BeWucjF2HQ/jh8PV3I4IUQTLJdEXL/bGSC82UHgrN4KgQKeyE",
+	"pRAsNQdnuEbh7iELLjSBcY+lJVDFyJTfMBGRXoNh24W8gnFfwYZ18e3jJuGt3dm/I3230lnLgijcdlyD",
+	"M6IZI6PawEaDrpNTW8Y7jp/PuWkf81zao23YXBMjLY8rlSBcWEpZex3m0GQ8qoxNaJmb3ukzOyL6gc/L",
+	"uf0Dx4d/VaPjwrApUzg8Of0FWl8Z4RuRL0nOBdMklcJQbvkWkoZhH0xC+FRIO02SUt051j/W3tobF09O",
+	"7cbylHWMD04tjBFODRw+eL9rPO5x16ieP9lqUJeU56sj+s3x+JHmImWjhMzkgsypWHr+ItjCcnMcsJEE",
+	"jt+YTaRibiaOT3SN3th+Wzf+5Dje+ZPj2tYft279GzXt4tpSTangmtqf1rFuCU3cjXW/VfKGay4tea25",
+	"SIrotYe4Ud6xnFHdKagpfLxuFCq0cMeRyDyXZaeopvDx2pGEFu42kgtL1x0ncWEvxBktCiZYRqxQpeIb",
+	"1/B595mEZluHklHDDu237eMxitH55bJgups/aOZuUPu9Jn2KitKhZvaGMywjOdf21nNnyb6tlvC2/Xwo",
+	"NPTySBOdyoKRlCrFmR6429kKmyOmlFV2aL6wt3Qq5wzvRvahyGXGeqcTmmvWcaZh+PHs4Uqw//iLYpPe",
+	"ae//d1RphUf4mj7CucMdZReg9wmO/2v89Fs4/O6PiolRpejSvqnNMgcpXqq5/ftXYdoYWsvGBm61YU9L",
+	"aPEWe/qrZqqL1EvN1Do6L/HbuxH5P6nidJx3nvwb93zdQG6qNu4ymE/2Y9Q0gB7eKjnO2dz+017JTIBg",
+	"QYsi5ynw6qMC3/jrv7Qd78eor3W05NuFHuszPhcEiDsh1CpW5N33L8mLp8++Ia4nksm0nDNhBrB4rkXb",
+	"4Xlq2kwEv80kmdOMEUrSGRUo5RRKFkwZjtPk2RaLk/RyOmb5WkJhc8rzhDg7Q6WKSNV2ndi9g2lyQxZ2",
+	"tijgW0o9IyM7s6zMmRqBFqmX2rB5Qr7PZXptm1wIz4lJeHXQNmz84WOPCXs1/w5E20t6tOBX16CkxUNz",
+	"P6HKb48TdNt730a4FZ39jk+THiwcrlP1iRz/i6XGDuW84E7trm9AqphljFfUbHtwk/DNeNm9JWQxk8S9",
+	"CGt7zZZ2jTZuNftQcMX0TgPamoq0uSp1mG2TWp22ZtVzUA9paVU6Yw+cveeCit43El6cc1EadlCb1tpx",
+	"Isv4uPqgUGzCP3TYZ8AAks6ooqlhSgcTBksVs2qnJIbluR22JrSgygzgOqLzAhl/fn31ZPIifUzHJ22D",
+	"UjJnm7jGO/tOk/BgkWFKrpEwjyQmq25qfAkvAV/LMm6nTPO3EXW6m7ROsHX6WLOF2shCk4VU11xMIzsk",
+	"Wo9AqQdlWUhDsNHdNzJSJ05WlZzKtDIcXux16eNV37S+cDZonr+Z9E5/X9+XYxKfkiaXQFprp0+7mtxo",
+	"lk8SomeWOUorS3CBkoO/1c6It0BQPRSj89LMpOL/hrvslPwPo4opMiyPj5+k2Bv8m40GyHfJNWOFdk0b",
+	"TWZUz7zg1Ubp2TF7+jR9Nv6WHU++oc/Hz9Kn2RP2eHL1y+PZbDzP8td/O8lf/9LbxF3dzFcX+X1Y5rd0",
+	"ylYZa5DsthLxwsqvyG+Rib2FdTSPJPTVShEqnXHDUlOqFrH+nLx8+yuh0TuJ3cA3L1+TIqfGHgqiC5bn",
+	"XEyBu7gLjc6z50/tjabm/v8337j/P7eX0pNv7f8U1+nN86ctd1nSOy8zjlaf1TWkXq5Yu3Tw0va3gO2A",
+	"4rxb9WH/+HXmOa3j+wlhg+mAjOZsPmbqFFncqM5sa89ae1fTq20HWhqrXsQChC7TlGmrQkwoz+1Wti2p",
+	"G6/rZ+WxNtSUun32f7+8fEvwhXjqZCpNJOEE00LSM1RNme9qtT0eLaKWpUpZrVkUC7OEeFOpYoTbU87a",
+	"5SmOy7GlfrFyWbk33R4kjr5ikqgtXrUFYdFaj1ag4L1wguo83B83cO7FFnFQWkK+rUB4eyFyqwOesZzf",
+	"MLVjRyhQb3voQANqkyyciuD8iJryjCyYMGShpJgmIFnYM8mywb6kWvC7bTvuLV/TlYl1DV9YtxuOdC7w",
+	"5UjJ2eIjtF60ncxqk6J5J163cSOrEVptTWvktIbg7yRxclEzwz55biW+OplcsFSKDFmnc8CTBbXyiveA",
+	"O/pxthXuRU8wAweb7vPjp9/WDfrHbbxXd9nLwdOID616QFNDpDgjftXJeGnZsaHKXLnXEqLYxKpG9pkd",
+	"p7TM2I9qa5P53akBvl+zg/tgsZ773Tt/vei4aQsmMi6mpG9pw/6jTh2n6FaEO5GDR9j56+xNiW5oRtPZ",
+	"UFjOYd8IDj19kJDAJUk/IjiaXgu5yFk2ZZnzeNqOuTlIhgLECpaxjAQuVvtYsUIqr8i7O/EgcaSLrw6F",
+	"ezfjGahUEy64ntnROVofVed1dIDecNCyzUwxBp7GCRc0d0K9E3jcSvUi5m/5gR+vE4TgH240rRJRTHEr",
+	"u6HYWErTmDCcDn1G6NRuxcngeHBsFyenhqmDpHl8hqLvfgGPnvv1UXCnMZWAzSmzUvXIPR5VrZ9A60Ph",
+	"m+cZE4ZPlqQ/zrm4JlSQH199ZwcwZqxIiJbgP7Z9SUE0N7B4yHj8TnSMfUDO/SwXM6mjzYXXr26Y0lwK",
+	"CKSQeWZHDsRJDRHshqnqfSlYQlIq7G4bes1qXK//9PjFQX0vcZ1BxKotHhivcL4dmwe0zW+4WXYpCrsI",
+	"Hq45Ka40+2OVHH4urQivo/P4KBxALoU+Q9c4Q8+znMCOV8/BabAMLviaTYELA2rSKitnfl5+scKJt6TP",
+	"dfXnRnsgNrUyz6TXYYtZWd79sNjmnt0fs/2OGjqmmv0TKXd16DgoT9nt16Xz1875FDUBAqZ2y/LQ1pe5",
+	"Tmrq3slWe6shXmF992+lNlPFLn75keDrjzRxH9QVzJNng5MXW1gtal0mzSVoXUbmhYnG2WpYDtaK6vG7",
+	"t1QMnCjoBYkHEYvBMqwZE+vNip5vUo1X14xRlZGJkvOESMsb3726uLTs8qdfLi93tyauW9mf7Tufkp4U",
+	"OResdYxWYouHGcsNnoztwMhYyWumiJCLM2cRxS9cxNuMasfqq89hdvZjUNWhJ5A73FVgJVwrpDN4cShg",
+	"HbioIq1Ojp21XOOd4NZgLGXOqNjRMFJwIVh25Zzu237lB3sFA91odnVvX8DLYOiYbuR6l/adT0mvLLId",
+	"yb5NJwpmikghcobf+Iwk9RPqRhoopaE0RUPrZgIQ/tpmJdT0hmWeviY8N0ydBvIhY5ZLMdVBcHXuc+9l",
+	"p9PEEspQ2EkQFLAwDnJkf7lC58EoxHTyzJKwFZiCdqhHiZeVh8KqWqDDaRejRlz4BIaFRich59qORhC0",
+	"VhFukArv7gqrRla7GjcSY/Mq3JKGd+EU0Zq28tEdDtyfSPuO4B1NR8t9a7q+lQ3gtvtcxWmcHB9Hweu4",
+	"8UmvFPyPkrlXjCrZ3TZ5vT/qDvva5n/asM77ECNjdnSPAmTVy69ARhuJY85F/OvJenKpc9FX88IsSZoz",
+	"qryhyPExiDD5XElrl0k0yfBuhNexX/ujr3snrXdsyrXBeOYdmM5dJO+GFF0pEIrqYsyUWhb86SFoLHEG",
+	"AD389/Hhi/fu/4fvPx4nzx9/+std76KVOJddA4STXlGOc576j9ek07zKHj97dvKC4Afkmi0T8uQxGS8N",
+	"A2miFAXNMpYRq849f1qqfNBYhPPD/z/O/+rw/cenT9qnD8dyZSR/Y4JhpKGzo3pbDAo0TBhulqAxWPGb",
+	"4HHZHKgWE1tLzJD7LlqiVklxE4FWbtEObrYVX9pJP5v/YcxVqTpiu2JtJRLnvLHTKjX9kW3i9OhoJrU5",
+	"tTL7CCxp8LOu/X4AEV/Yy7jaoXO9FOn529chvI1QMxRH1P5MCz5Y0nk+IOfjyiYLcQ0ZK3K5hPchE0lI",
+	"P1IroOJI68rO7UQvec3EFRNZIblo100VGPmNohkjmk8hJldru31WNK5GQ6AtfUZorlEbHNEyG8G/og/m",
+	"pUbRfTnYSIux26ZNXWmMvpsAL+2LbQEAKdP6yvine/GrNf05bQ4ciGltuGdanN8wvWaUH8aybDbU1SZX",
+	"a6w2xtokN6zgO3Re73rP+M1vU/n+8dulp6r+q+y7i/ODKl8u8NxC8Rur/V+z5SnhWpP/JLock/+M7dGQ",
+	"55gQWmb4O5Ij8cRBfn33I7gUCDWYLvPMmwwInTGaJUNh1TpK/mW4s0+gwwrcC3jSojvl6fGL5xt3IEy8",
+	"e133JBHGXLGR+ChvWGxtBo+dAP8b5mbWchbjdA1Qc2MhYasAy53u7TZLS5NCwG3jsyT8YANp4BSMtFyS",
+	"KDalKsuZDlGMPvu0kDlPl2dElHlu355YVX5RvdI2NfsuHVupBqOt9y1m8qk7Sytx0m9eviYuLJtk8Frd",
+	"Sqtn9PGz56dPxyfZcfpiQp9Ono2PJ99Ojunz8Tfps8eTE3b8DXtKj7PH30yejJ+zZ9m36Qt6Mn6cPsme",
+	"smeT5/Sb8bdpXS5xjf5ODydWRvv4/Gm7ZPI9Z3n2qj2O4Y1ghIsbmvOMFOCumlSBravh2Rkz7elPM7w7",
+	"b2heMrTSQJuNVYAh2ccu89HMqCDPn0TBrK0ChB1/Kyu6ePMzAWbBFOHCmTTHMluS/ujI0rW9450rNeQ0",
+	"unDv+tCOvF1hxWAsOu/YWbV0OO8F1XEwnB0I7tisl4QkCZdvuPE2AE6PU0/8urdxJcjl/vOt9NvKd9Tu",
+	"lqAiZVcLLjK52DS4n6ovfsMPdrWQ39GQ3JkA5uyY3kVc+kxZoDZgX5bUR9joaCte7HvGzzfbpOHtt/jy",
+	"Z2GXa5ieG/MJdrtdTHVA4Lcy0t3lDOxCYXczmzUWrXMJ9mHfQGZxf+YNaP+inM+passtkaUDN1mb3Yaf",
+	"v8SXd1UgXSKOXo9t4d8izsF1wzDsX2RWrFWMZsvE4zUkpKBWsExIHJ1DC6t30/wgCeIvD2oeYDQAtAiI",
+	"ZOBgqhnz6usCb9Y38TYL57wd1cJxkTE0A6/PBq5fO/abxHfZtslN2nGLue0Obeduwzadt60xxqhD31zi",
+	"F3HzgBuNRdqpm3NERJ00victoP063C45o+VifJ+0eaoDsc/pkgi2yJfe7xUL3J50+zRKK5YLQXBc4MhV",
+	"PGOacHPg5HLF5qCscBAVO8TvauUeQtPgTsM4IxrUjCk6p9GtWL+ORmvv5o3KxIPd1W26yD9+++FilU9c",
+	"s2WdjbQTJ06ocVfm01aDSqpuWn+/7kgmuDbL1t9L3R698WHzdWObxA53PtywIG1f/SinP7q4ifo6+GiK",
+	"lkjpDbFhAYsiivira79nVkfULC0NtxeO+3bOqAA0GC5AdZpzrV1azZbBRN0B3IrReS1fxGSyBPwQkzGl",
+	"WsPrjL6lQBjha0B8GbBSN4YEF3bNVuxDvPG7en8CzirT3XQFtDBkz2otPx6zGktGM3RgwYhT5DlwwQSk",
+	"JjOEJYJo31GqpBiBRqu9sLHU8C4ZZSWa8K80mjFH7WEObYa+7y2JgvqpSR/tboCdRTK6PJSTw7kUZkbw",
+	"v+6nBWPXqG9T4huTiugynRGqyei/M8rzZSNB6pg8Jv9B/oOcHD7bxlHYnJFzHHWEyT9vDZO363b1b9kW",
+	"NXUuyOvzn88h8ZvYVypoiF8vX9ZH/qq0y3j0P0zlvGFrfP5001mBRW+ZTivNdUX0gxX2kAtMsPYxLrFF",
+	"EDjT0gXiECNXLTqYoKZnvNj+mP0Uvmk7aZDUvqGFX3WL6Omy4eMRtS+Hfb6fzPXtE27vPi+XEr0hExpn",
+	"d7u8lHmrbQ4QdJjSAOcD7wzIhQsWX8wkhvdJ4436XJAlM2TMUgksheB+DAXVREsp7FEGorLv27ed+sM1",
+	"6d8wxSecZQeuH+A2YSdwfEkdf+7pPtOgfQ+dedC4uvu4ahwV3uNNAx1sqWfUZ3Lr9duwbnDiV9ZtlwxW",
+	"Nb3qxDy49aiDDSo0v5YCjOLpj1y32Ezn8GydIg5xwdsLSGsQHkqB0HDrycPNBl5OQu87i8F+Yq0L8ocx",
+	"52keeQpbMh1pFPqb5hyc4voaHO6ZHJA36JxCaYEqhvhwmPq4ksHt/Ioho6cc51zPIItnjK74VrEUu0VC",
+	"q4kJj5+2uskLnrbzQniEfg7Xd/ARYAQrPnOjKVpimJ4/e/bkWdKq46hWJIjHm+UBP7uoFT+LxK/a2u3T",
+	"kITYJFgVfg8p+nkuF+BSEMvNXgj3fWfPpZmtpxzwyGAcxLWQC42L63NRxNSR0y40tBslFFTrhVSt9oM4",
+	"DiIQgVfdsJtHmvgWGlTw7cmLxw9BBGEC6zehff8xVKA1i+H7KNI/8THa2nvhMcSA9H8V/ANx0unBKXn1",
+	"0y//S6r8IwDF9UsFgKeJkw+IvTEwrAp3P5NMJ6QU4OzlZigUO4wBdXSIqZm0bkRDmOjWiLm+0mXBlJfX",
+	"GhxAlayjBwATOYspFhBc9TUvNGD/BHwSaIDHCAhR4sKejlxjIm2b//N+UGfeqOl+pOk9Bq2/UVNvCdxJ",
+	"Rt+LU6uOYbSLr+qNmt5KdN9pSbaNvfYftDE+roucLsFscEa4IYIxTNMdM4KBwnVl9zydM/JOjqWxckSy",
+	"B5LbhxBuKXezBF6f/FuqNZgjPEy9Zwb2K4dRT5ERyShhyYPy3lacf6Om9+IXawsoB7d0LVQotgkkZOyf",
+	"OhDDrT2HfgYta761FtAlvAfni5tWxyLuyfGy64FbGUqEx7hiQuoESkRd2eMGsg+GCcitdiaPFlEHEERX",
+	"ofHTGRfsUDGa0XHOEqIN/j+XC6aIFvSaXaVUszAC21D9REPgChqfQsp8SzpTV7wPNRHcSWQDCNhImEg4",
+	"K+e0kbEKgTARxPgQQa2HPYw0HbMq4O/4uBOSRbfHMjFhbOMQD4ShOSBRVoBCAWrIwRpUy7D9Uajiqdoy",
+	"t4Q2VHShcBTUzBowUuiDrrBioqCkm5Mjqaa6txHTaT3QktsRqjHSF3ibS8Yc/e+hk98PX2ceNH7Q5bbd",
+	"BiXKUlpwxXmwt9q8ntbwqp+9eFEDNukw2Zq89SLTM6kM0ciX/IyvuYDZO+I/q6IlLVFi1I5M01IpJtLG",
+	"sXCrEdEF6T4ephU/4pz8+u41UQwKOaTMXrIIn94yMsB7Z4qM7LI1TOOlEqcTyytO3eunW5zZdjBQXL8Y",
+	"OMcylhoVvW9ncjE+932ghd4L/ud9pITP6YerUjO9Bs/f+3WA9K/ZEhw8yuX6tEeMb4EAGuMZFuuRO9mN",
+	"vN5xN9qn9J2biR88yyIWD2Cakkxo65zaBOrVhOUADAr9b7SKNwhxD0Ch261OvOk1hP3j400FFnYJd9hW",
+	"om9dhh3wPJvn+V6APQfEU48H+DSSjN6+ubgkR3hC7L3mKWs0uBvkZmNK+9AqVlfpvmz8LihkP3wVgmH4",
+	"v3f96v5A5bZfcbcOvt7HpzbU+m2w6Hw7FRbdDgGxnXgs52SiGDsE0FMA1A4ubUo0m1NheOrBWYhUAHlU",
+	"Mw6tszVErDFCZ/HXdFjJtsjZNRR1Kwa5h22rcpCfHW+sQ1DJkw5Br5cpOjFRBL3/G0i7PVjldhu8Ic6g",
+	"PbBl7RneB+Px7ODeGc7bELJWp/SRUTS9vsqpYdqMToNA00y+eaQ9PlItAu8sBNSdootYlcL/FEXyjeIk",
+	"ibjHng/7a93qBrXtFnfzBjG5EHvNJ7lAe4lXhXTBFTfePzEvpGZxRaEGg6bFFc2y2tZWgtrPry6vzr/7",
+	"6fXPq4nEV62F1Jonp7n9TNxwJcXcl31onfjHTliRigD4nE6Z3nHxQJ+0H6L+RC3zi0LWnZaJQZi6LAqp",
+	"DCJFbjDCIFr0JrMXbsFr27+dAUJL7/7RzfPbfPTNrh8BwvWO33g47J0+a9tduJ303SjES63dKABXa2EA",
+	"YPc7zsW3x98en357fGTSon4y+r8fH74YvP/r6cF//Q65bCfJs0/90+rfB//VP+qbtPh/y6w4OPivv2wE",
+	"wFg9Q4XiNzxnU5bVLh1H8a1+HEOVqd9Q6L861EYWBaJMOj4mZC/pYREgwFo69IDcSfObNt6GboUrSLln",
+	"0+X2Ej2aQy/8dxgBHq5TuRC5pNmhmTFxeM3zHK5BmZdz1rVFGTX09OiGqqOcj49oUTQDdp5tRGZYuw/t",
+	"AQ6OLa25srqgU0cgI4zIYsZzRsaMiykkr8/HOcvOyAguqJFVQcbM5eg7hFJB+HxeguH0wL4IBpVRAKvC",
+	"jOIFz3MyZoNOoSQAjq65sra0WbcUYKIEegNDAmKjOzPbGbGST/w7NYSKZSjMtIn3VuKXn9cW87lbzHod",
+	"Qm3XuFmIQglo20so1aNKoaM6qjgEcO7U+hq5K34oVrEd+iMP7HAEtjaAdxglsKqC5UMxgp+tyuqkoaOP",
+	"vgrvpyNIPhkdRJhniCqnESDv75eXb4eiP3p7fvny77H2676z2kKEpOcjOM1CQgQEBpL/UYKVkpwPBULq",
+	"cR3AKCVW6XKu+5Fmf4zg8VjesMp3Vb3NACqWCgfl6jD6kNTtQBaKQ349iHcKP1jMeDrDw0CXhHGI00ip",
+	"r3PWuNJjzNgtJO2kx0GQUkzrBk+Kc/efrWUzTx63+KP0TqNwuV67Ygi2JgW8FlZJ08yB2aG9GVd6BUNZ",
+	"O6BIt6xGUaHt7x7cIFVSawfc60GISf+asQKk1BJSn6UgGdfXEMFSakZ+FfzDUMx5nnMXuWFfCSTqSg0b",
+	"VWqzkMrMliS1NH7QEWKxLnvsFsq+E2MqJX2d6Luiif3RfknIdvcAOtYw4Y9ZLkBFwxcK0Dt2z8FMNZfa",
+	"nJIbDtQPeYD6IAHACpZbMid98KAgy3WZRjoJepLdMkdB+iAhNJtz4T6ZU2GvuKFwvj5415Ul0wmBrhB5",
+	"pcy4IbmcHiRELkToM2M5M8whOq+gPrjm8QvdAFrG+SD4D87Dyip2cFZUsV+0316Yg7C3dMRbOQvASWOu",
+	"pu0IlKCZiIx98K4fTLpEMUDJPLdcr+woVeLAauCTrctBiOw+DWyWGtfmvIWYOnTgKyoiz6avQWe5BPoS",
+	"N3bYknq6xZ52AvA9LArAvBaVHHKcBC30TDrIa8NFKWuFWm4Fu6TovNhycd7ZV+ETw64Kpq4we6ZOMbIc",
+	"5xG5YC5YnFW4Q7rzmKbXV1Jc0bFUcUxxpMtoZkzO4qSZFkaOZLMTcd8il9d9dGWvSCnaoUSwyAEXFY6w",
+	"c+BDhJIVi0NCA4bGkr69z7jVr7BmJVQR0DOZZ4mVFg8GnxmMaWT2jXa8ymaurVGN0itLcI01hqMcpzE3",
+	"KHCFDtroZ7eAN7e35570dstSgK5bQrTKUIlXlumsQhi2r1tRxpJFodgNl6WujI8+U8vUKiOvzLAtavNT",
+	"99Rehsuu3UU6Xlb5/Q2wHKd+W2poPXFO02p9BmEkUF+t/bkvhNH6EG++K7+6LS+guNvBCEI1jdbHPlGx",
+	"4ymfs+zKiQ1tCGmG5u2PSqEYtbvd/tiBL1xZSbXtjSYqYigUEsab1HaktsSN5qsF6qgtUs0yHnd94f1k",
+	"1xybu0APx2JLi+XAi6ShNn6M1A3f3rd8cFGwdEef0L3IBZU9LJIM6ivmH5xGCpommuWY8UKdTAX5206g",
+	"OI2iPagZin9J50ZAwayPQrlJZy7QPMfSGwfOUBXLa4AcZOg1GwqA4DJSJmhltwqLE2nTmdRM4OWH0X5Q",
+	"8tLuL0KJ1kX+7YWg/Ug2YZFXSmB5PtnIcrbKlEsrduF+Z+QY/AuQCu8cqKsCU4sy2iU8bYVL1wkmt52o",
+	"1TQjr8SCwpukKI3e/Uprzy9YleXCIJ6vrP7f5QLA1irtH4IsVSlqXpsZo7mZ2cGhUYFQTQLjOyNTafUp",
+	"OZkARsGCmxn3lagocYbuWsGyb58/rcXHtAf1OfFrO0s3CmLvk3XMDlBK7VBdjJ/w26wZ2EsHLckWkfC1",
+	"BkLGnYCumigZo5lHjriPKoRB/W0RBBzR7F7+wsvfd5LqcUUasv0uKoTnCLeXrGPQWS8Mezk6SNBhYBt3",
+	"dy+e/Bq53KM/f3UTuovLWRaDl4lP+Q7cmJuDpPqrb2QOFWJQ+E/su0NRFbchmouUHSQkkqcSUolTASkL",
+	"pCl7F7qWiP17KKxahsEzYAk8CFBbpI934SpnSgiwPS6m9fp0fUWBE3kGVmV2WSYJ3pCDJJSwq0qbDYVj",
+	"WwmZsDxHNmxkKxsGuyoEuwcOaO/woaiGRIJASPra8DzHCYMzykCjnkMcJCQIjEPR92ueOCN8tMihJGT1",
+	"8akfgV2yStQcin5RmrVXCQgO7jaKi+1N+M0Wtfb+LBF6jVUS4u8vvZK/ozfp/LcL8lpekn/IsX7kruhU",
+	"ccMUFB+XIgWpBM3CozkXVxr8o6OamfGR9lDGGiHksMSh3Uw+IXMJkRFUkFHBVMqE8V/PHc4cF+6GGoqR",
+	"o0aAe9ajpCYfAvycBlyVMYRWtPldVvOq7Ve9pIeiSttK1vpsU3BRnaZ5jjUZawkSwWu4fj/fb6p1016X",
+	"olryGnxda5itW912+1octLtWeFxRH7HR2lDWJmLXTKP7Mpnvbm4OmH87xJprq6ndQrO7k8VwlctsYBi+",
+	"FPU20LmIYeiCC4JNzQ57LbLhyiR3DzLThk7ZgPzN8tXq4Pc9ZLdXKR3fsGy8BGZQFgdYpwCGNzqrvLd4",
+	"Zc/pEqpaEeFcheAsptehnFajaUzMxqq9oQZrnxv3DbAh8IctSUo1O2hFhrJD2XwAfUkJPmeyNK2KSVtt",
+	"5BbVhC6xcKi7/yBrxl09Z5iMjUoH8BoiS4MuT89tLNttXqM1teTxsxePj7dAiAIT8pWJb5ctzkbjSopO",
+	"3I5lmCKOxj6kean5DfvJjxjB++7A6cJZ0VcexHSzJnvpE2SRGqsa1iOPVIZtsVGH0irpdStlrJDFb9QS",
+	"6cyBhBM6Ma7YBzAFrSvLPoDlofK+Zofbndalq7UQb3EY08kqsUKMycwKSn23OwcNWaBmD0It27ExL8mZ",
+	"+hqiM7/DyrH9Zv5ZWnQX89yj+nT/itM7Z/y6tezIPuDYOc3fUcPQgKhclM68zA3H0JvxknCRKjZnwlxN",
+	"aGp8IC0gzfnyDrDgV5V2EyyR+Muqi6HxwWZe3RzEBqnpWZzjNDhpIb85/bDRybm92LUyvGRlimt2s0MB",
+	"Bjhn0ndurQTBzlB0OVhBeSZ9IYlgC3fxcDE989swFDTHtoJyhxL/QaXwTqQKXJX0vfG22lEX4jUUwAgE",
+	"Y1YRFg5NGlRVp0OQPp4+bCADKMLKvCzkgnhVeSicjneQoIJg5xhpUaQffrW9t1ohvfo4FB364wFU9k4Z",
+	"qNEukrXSUMNyNgt8U6iAUAl2uMaRrhivF8ZUwuy93tLiVPHDaFUtaiHSO7pVQnWPtQXi8C0fSd8RkQKx",
+	"8lUCcB+T3dTySLFCam6kWv5+auj0/UE949e/N3A/DVI5P6LpnB1pJrRUpyeDpxvjcVsCt//a/31wdfg+",
+	"/HnwHy62+q8H/9U/6n4L3quqn72P/j2AIPCTx998ao3Gbp5rWKzEL3LbGa6Hhe24d84ocVUoOVVMr+Rr",
+	"bpIHWgS150/WJsGHaOBue0ikz1Th4h+4idWaNcHguUyvWdYKMBFZ0wga02I0o35cmprnOTA8xYqcpnBY",
+	"l8wcnFUYs2jxr1UcotozNOSWONgkVMFCCbweWBX70lsivN3Kte48QASHSv4toA43aHwjlORWBUJM4RZw",
+	"ua5a3YC4QRRLGb9hGVn4ICps2EVibl+fO6OGbkLXXuUK2Bkm0KKc8AOdXFM7LKkyD5u1GqHsC9TpoeAV",
+	"OJYdFFbrdtWQB7mcjgglDgPZPZvSAgsoj0CnGWHsLyy9w0QH4AF8BdE+RrUiddU23WPVv/ZIN19kB7eb",
+	"aCNlFvQBrnFBEdZCEFnQP0oH5XaKmjI3QwEXINVk9CPV5hBo7PD1dyOrNo4AThEaueIZpAgopss5I4pP",
+	"Z8b1BKWhQ4Q57uHM7RX8xDMihbtV7b7Zg8ZTevdKfzuWVfBYFGtDb6uTdmlfb41R8kXEwU1uKX3Dmb1s",
+	"BcFwAftu7xztQ2R6aQaBZjEO/hSy8ZxpHgOlF9SKW2nKCnBIQFYKidwc7/DQOBVs5dAcnA2F78NjDd5w",
+	"sxydttSNZJklhwrUDgzzL6OvsLODszBs5L+jU8+I/bVD+jhEWBf/VTyS+ZyKDObr/u1CiTOPntJ/ib93",
+	"tGDP+CloZFUyYy6ngB1/FnRxXFDP3bGDoeh7M0XcNHKIU9wgV7k34HuyDFF8FAOnPNTsGooZy7Mzz09O",
+	"4xPKRKZdOZTFbFmXBeMND2VIa3tT/YqrGr8Fa1L9kMtpVaWjl/SmtOg5q027WFiDzuoI5XL34IBgoXzy",
+	"1+Du+Stala4qevnPUNCTnAeDG9f+U4zxqF53lcmi8qVnK00GJSNUo4nI0+eIADRzv1HJ/pEmI+z4P+3d",
+	"M3ITAQvg3DK/2qgwMRdOW5Wk0mr+Gy+9T7k7+q1gKjjvgrusBoYy4UqbM1J5p5ENBKTHmtkkzD2wAynW",
+	"Vc5xH9cYZDcy5E4e8lYn83YFccbLq5DQ1561Fi+f4yH4ahKli5Qatpdle1uA7VAUfE4h5mc0MzA8NMEu",
+	"C7LbKBsnY8uv3GHd9m2x9csdhBDaqLpeHXoSH6IWwmhbvEtv0OtI4W1qfy2hJTWY14Bdcc2WR1ioEPOE",
+	"Sb8CWjuDPBRycnhyfByVY0ywsqEmZWGZ2ONnz+oa68femJp01jvtPT5+/Pzw5MRK+tzY8eR0fPjEWYji",
+	"CUQ5PvGc1ZSZd13cJi66h5VDA0ZjyH5AwwhGNjRCvZaspZTllmJVlES2RXy3f/t95xwj+ILNiALrXaef",
+	"kp2NFrfFEWgxhuM8HmkStVlVAk6lmPCpq25BbqjidJwzTeZMTcH1Peh1oROss6kYSYoyzxOCOBFkvHTl",
+	"VjG2A00r/+0Kow4Gg/a4/32myW+R/75xF+uZ6Wsz0bfJHN8lX7w9HXzDiNfkcFc2njqxhUX3C1R1XM2v",
+	"thJJOBGrk1xzvNpNwI304Zks88yykbYKt7touZF8tN7rErO32yRN1plHCw2FI3bHc10dVRDIaFHkEBbq",
+	"ncwK4cLdOe77KFZGjUuHPGg92Z3gSi9dKqXl4+C6pWJpZlAmGPm6K1WHaqFLvIxK1r+6pNPNUEsVtFIc",
+	"LBihK1XL10pbLGdzZtTygineFiuDVSUIxok4jHtvS5tOFZtSH/OsDStWqU6HdjvkPKzg0MFweKtW88ZB",
+	"S9oenXQNpkI3yITIPEMIHxDQ7WuYsQw5hG4mVvfL2cT4LMqO4dGb6Zb5bSGmYAshLae6A4rOoQ/hKEM9",
+	"dLe0W4xiTj9sOd45FoDe4s2umqPA27rHuHWYqwm5XehSQ0dAL4HFd4u1jTDuK4+sjtQ+8QOtr7A7i8qe",
+	"vs2nzRFrqFviKHSbwUFk6S7RRKyolQJb6/wE8/Vti9vBwHwbjZ4Tf4DbpohXbod5uzLmu2PawAdwWCWV",
+	"hWuElpqRB6g4aHEK+1LvW9lZL+Pi/BVqMHSzVV7EbX0u3hy/W8GuXfEZuqsjtp3X37w20QAamdGiYKKR",
+	"U70+rN1ZRZt+oivnKo1CaSuvVfRb5Al1TqXoS/dLPT5ufeBsq6UXha9qG9xXG6h4HxEe8aG4vyiPmiVj",
+	"tQCKkvPYcaY9mwvHAeLv6pbpUx9MDoonFcuh8H43ritHmQ8Q8G/Zh5GrkEhVi5fnWc6GGASy4JqdkVJc",
+	"Cyi+2yBIlJHCkCA/2o2+bm+1LXrJGZ2QgVBc262W0oZ+sLJmf3cwgBWTyikgXwQroF8NhzIi2MLr4Y80",
+	"OGvGNGeCDgWWrDQzNj8NS+OvHqfuVblyMs8ik7cqhYYYaTEUesFNOvNGUYjgOrDSjCxaPgRZh/RhVbWR",
+	"ynYiFYBySAWbBIDiB2cObiM04dVP6YMeos08s7sJhxODLu34qy7HTPOsakgK5sp0RgOEgHP/qeU54OoD",
+	"NxO9ZgLstA1z+iq0V9Kz/8Mf/GMQeO1EVn6eUZEd2nbbyUDvq8JiKEpYRTnQnKfsv6MQh7YigXctLhOV",
+	"LrHdkVcffAz3FozRD8JpthswV//pdIf9LFhNAa0fvgsWm8wPdSoLqGDgVJetbuv7wPvtDiwPaNJtaYzh",
+	"au60LtmrF8GrNDHyjLB5YZYRiH8Ez9lhGNlt7cHY2SKkVd4KnFG15g4eC/QkAM86lCJf7o79W9VO9vES",
+	"uHS7oTF4SrxTDaIVATU28PmJu8pBlmd9/+Oblz9cEUR0JwgEztQNa9ZLA2N1Aw2VHv67FlX0/j/+0i7G",
+	"Vajkm2Aba3TlM797yV6IrIZY2QGK2QFOGUirFgv+9Ntn3zxPtisCiS2s2/Z9CGaBmd2fVOa7uFVt0zus",
+	"45oFrKxTzQyI+bxLW/7nywuiGCLFY9E4LqhakoWVcUqeG8g/gAyFkRO5GgU+XC2HrhCj8RaWxe/ce34G",
+	"n5LeVMbId1VvU3kyePx88G13Em6HAcM9xKCbQkmIwp+DjxnAk52BQ7nKMaHH33u04Ha9t7eEd5oJYw+Q",
+	"nBDAZDykBcflzdgN1vGigpTC0OmUZbAHjYI6N8eDk8HxDtZCt/+1Ra1WK9qmVapCtlUqbpYXdrOcT51R",
+	"1VaW8BxqeAOeESY5QBXGPiX/+O0S02Eshb0pmHj9HXGxKXYvbnjG1JndhYzdDMVcZiwho7A89tdDbOvw",
+	"EKQaspRlLHuNSKG4MNoKpq54u2jgyzmUOtIfTfLrq8FgMHLhAkCEwH5xVmENZsYUlSxTzft7fwv/47fL",
+	"FZZcL8eJk14pGwHP4Bht7Hz+hzF/l/K6nZhmUl67nlBzKHK5nGPBzyhOA2pYaB/AwYVl/zQfCvu5TmL1",
+	"zH9PNMPV3GqNPkFM/kS2FfkSdAqx8EkwJYssDAF2RU4wtDEhlBQ5NeDmBVOv1ZCGAhIQDiO9yWETEikc",
+	"dqFt4kcuyg8hoGUohgIryCGQFofwuu6SZv0RXJ4p0MqRe/zXf2kpRgdDEXJJKJk3qpbFoYdQiqoqRjTC",
+	"SUBwe6NCla8y4kpVoSNAMVMq4TRgK+4L5Jwo0vTOC5rO2OFjOPqlyt3q69Ojo8ViMaDweCDV9Mh9q49+",
+	"fP3y1c8Xr+w3g5mZ51ERqh5Gk56/fR05fE97yFo+JT1ZMGEZ32nvyeB48ATFhhmc/qPBguX5IdwFR/9a",
+	"XOvBvxwGw7Sr6IpD+YID6FcqBOd7QFegY+0ruP8Ly6iBmkqJkgaPMealQ4l2EFDtPQdPXmf2RC6u9d9A",
+	"4PQrDCN+fHyM96Aw3mcc7bYfPd5Gm+6qf/z2wwVSfPPg/+Pizc/kNzYmP7AluWBmgMzDSW/trYZhHvlS",
+	"fDHL7Z3+/j7paV9xsfcDWzqPFpStjzlNKK4RgjsO4d6yzbUUrAEhQbY5JgID+5fkDsUgFGGkyKxdVRnY",
+	"TTCQcAOYncSqVnZ/h+JV9vjZs5MXWJs6tW8OyDtm8BSFqFOXKYA768g/PPVp6aT/+Pj4ICp/Br2gYcZl",
+	"HEFNH40VmSc5Tw3pPz1+4fh7nUIwZumdX4ZQPOx/ZLbcG400OvlUv5pddvi9UWjcO868lV5dFlBXcawz",
+	"YhcXaltj7CWQ8+Pjkwce57swvv2fJ9928HNud4hC9ncnv6uH+QQHc8FFQliu/ZGq/o6LkmAZkaGohf8c",
+	"ODCtKmKlqmVRs/bGNS0SPIz2uXN11yJa4Ja8dO5nyEgOcvIheqp9PSArmYHLkPxRSsP0KRkNe8Py+PhJ",
+	"6l6BP9iwN3KB5iB9jLCxERFlNmWkH/w/2+GSu68PIJeTsyhc3Y/LOXpxiji0Ablg7obxby1lCV5jCKF/",
+	"PTn8WQp2+BM16eyUdE1jKPreMW8/8/4FlC1xPo90NQ5FIZeMCzeKA7v1U2aG4snx00rAcmEAHrkmhE1z",
+	"kbIzQsmYqpbJYZPA4XwsuZGym7tB+Aheg6FAqYakWm4JFGUOb6Q57dVWxAt7tBmk11Zg6P09crE4EqaF",
+	"LVw2giqsLIATg5HYfav31Ry7bfLJ8dPV8/urqG1LiM+AiqO36uauPOtjUEF+f/+pxsBqbs94OboYGYhx",
+	"6azFKmukggAWl1TkXSOl0A6aW12DE1EzJs5Az9P23/Yn6eoSBHeKlqVK2QArqtqvgRv4ogLNogCodEMc",
+	"3FAA+v8pwgNi/rG2I9uiSIDz9UvBqhRXVzMghv8P4PQoSKWWnYBngrxjBUN/l8tthfawpz618olaHhAq",
+	"9MLO/fHxU1KlPmh/W55BGg+UJYAvh8J/8PT4BRlpQ3OMm2WjJK6p6nrzRQ7g2w0n/FefYHAfIky9zMVW",
+	"EszTDqryTFPB+jZDM/Dwfkp6T49frBl9rJJtP4vqQLWHf3oaww0DnCNwbdXJh/Rr+3awF0Gk+1Dj0tdv",
+	"9bWHui6dgDrQLd8D4wSLAerEr7LvLs7BQOMqTUtFTp45VEtN+roch0QREL1dboxUU6B/lGTSnPK5PkhQ",
+	"M0PjOrzWriwOOuj6EsZ+n0I59OBU8T9HMMc5tmqQsUK3f2n3UtHM6tJOwaZaM4WloWUlAWPn6yjN224s",
+	"rc3/MOaIpvkadVJAhXgw9sQWqf6rn375X3dBlGYmFf83RWhZqq8hkBLxgYaiSiByOV1zukS9Us+slEWJ",
+	"kQVPwX1djjHLFH+f8NxYxn7urybguA7Hwmi4xOAXRBW0xH2Q1JrH0rCo3brCNQkxPo4yIbmcYrKLMNo5",
+	"xCHjBf4ZBgOtOFg+aMjd1HB9YFaYPqslP7fN1Nmv44+wvEpt1nCB+2wk9y0i5anSh0JCZNR8zLKMZUOB",
+	"G/IIbWYvnX6AL7m9MpKABXP0cdjDkfFs2LOy818++r8/DXsJGfbsktoVHfZOh8I+9z+457BV/lv4wz1A",
+	"TDL/BP/6NOx9GiUhHB/tlY55UQTusbRj+0+9QvOmNBCpkLEbgnZkGps1fWQojUynQ9EfofvPEujV39+8",
+	"+eHq8s0Pr34eVbc9OtHgG1/w/unxEzICC+pVmkvNstb7+idnvz13RH5f97Xt5zzN/yTOFnrXllt13LYZ",
+	"S8F0tKfrs7KM//7+U/KxfofGrMbuUVLnMhF/8+ysk7uVZnZn9laRaJO/uaM+FFAEDVldVXva/RCOAFfO",
+	"xqY9i0CDW8XKXMWluheCalJQrRdSZa18po9ugSnThqkD6G0oglEvcEnbsm/HhwzMAYiNQ5Z0WTBl30Z+",
+	"g0cHEkohQkjUGY9fqQVkMUz5DXsQBuTH7z/3fwOvGZDfulwhNOY+SSgKTjUZnceUdUr+B1wkBM0KyGDA",
+	"qDA6C9yHO68ALpEVxJ4enwzIOXn24QOZM+qsoLh5KSwQ1AxhJJ2x9NqH0+LqDIVRkLjghsOnQioG3q3P",
+	"mRm6I3Gv/LA0sz+TIUL3nzdHrBhTN0u8OTnyAsfRR/ev19mnyABa32WX/H/PfhjXS9fSunHeYWXDyp0H",
+	"mANwXbpiPmXscfHr4ywsNZtbW5fVK34er7Pep/dutZ3IjUDu3iAKcJ5u2TEacvU2escmiP719PiFr9FQ",
+	"YSi43HQ0PSJ4rxcqsU5Bm0YG3X6H/W2j8eOre1l3bKq6yzwqekMz8Xj3n5J2cozmcc8kGfXUfeLj0iX7",
+	"oM2tF2c3svwuJjrAWuwwHJ6HmOmqREcguVo9O8RsrQNMQm0RCJIQckGkOKuqEDobDNZo0IYu15JoMIbt",
+	"Ns3XGZsX0jCRLn9gWHn4/mwP8UD/FNPDg5LmS1fRt9bwI+208jWkug0XPEKdu9MJd04umLph6vDCCjqv",
+	"UEF3AC9ygloypsOEsJio1lB9zKRfleLByFCI/nBi0JNj4hKosCptkLxnvuCORjL3ll5ss/Kuu1G5eiT2",
+	"Myu6wZABHysU6Rk4+0ML6kz40aVh2YuqDjtD+rjuDi8LEdoP4jiZAApFBRnxbHQGmF6R/tFEn+oD0nMd",
+	"f8r7vdziYKMegyrEw5BxqV0kB2RzJuDAE4iLJgXz+DuA16PR5iGkMyBbORkRwbB1yG7CXAhp9R/HcwD5",
+	"59AFwArndggAQGTG8sy2ZJfHtgLYMjjok2dD4SvOXjNWQLjgB840Mior30IskICEF4/jZttCbQpmmUn0",
+	"CQwF0MqEanvnynI6A58GLIsIeGY4kz7EEp0SncvFVSqFLudMgdzt4DYjhKKV3QlI2zyrQMAG5FzUAL1A",
+	"8wMQULF0Iw+wSamcsypKD2HdwESjEXOTZ7iIgFDApdBECoTn6XZUwHnF44dgWztzaPzsEtD9PyUbX7c0",
+	"Cv3ZW2un1/+ObtEtnJqGfTDIgA5xCbfnwzFKYKdTAunpFU1nFeTYiGenTqeM2hjwzCmXicuptFrvylv2",
+	"tLv3YCetLj4CNLIREr49hZ4/RR8SqofiHxdvfrYbfPcb4Ud7vB2xuVO6humuMvCD6NLAVdqHZLPDdXO0",
+	"0GvDPip0PQ2qeNzmIf5+igMfuYrZlPzGxhcyvWbm1FVL02gqYR/MUMyZ1nRa7Q+Nd2dA3iHSH3LnBhDg",
+	"f2I4ov2nnGCABLAHjxaJ8QwDEuviFSepGzVGLk5xKKSCcFGIyXPsLqUCsIiZcW9p0h8rudBM6YOEjJdE",
+	"TiZMBb+qLseFkkamMtcuyHdwc+LAGzG+dNBmPPF2KwhnzVlqtA8fsZ+7Avr4vOBiqgM39/dzzKKlBC5L",
+	"jHQMmmuChgtcA2fHPzk+/jYELGIVJjKCDwN7Ttz1RsVQ1Nm5c1bbBXKX3ZhhEME27PI3NtZAFw/KMZvM",
+	"7wTjvRpeXUhWrBDhAgkTv7FnxFEu3hgxS4EoSR93qwcPzlbCYB+Am8TRTOv09tdGh+hXIwuykOraVV2S",
+	"EBnEHRa/CgFrU2qFRYmX9pim113aUdDd96AY/XnK/4q6sFnhfwhdf70utU8FP6kibeup3B0rcxsqbir6",
+	"bcv6JejZf6aK3UURLudxj5Txjgk6B5zKGwZQYkQqopih0/WnppNDBStvp2UXp+gslj9y3RVh+EfJ1LIK",
+	"MAzm0p0suxV04+YrjM+52eaue4lpf/cauOiGD2mMrVEeBeTrT4IXP/GxUJDXvxfTi2sZ9Uwj2wjiDibr",
+	"Ordo9Yv+UrLSBex6A0Q9UvnUFUFCTRjvuSZOBPgOQ/hHQgKyRBCtoP6Ee0N7ZPcR+1BgYSAzGpDXVk50",
+	"4pyP1aN1nPj0WshFzjJ4JLIQqAhuy9KkYFboo5hYAY7DrE6nzIywtCKYMpsgyUEuEbEGrw8qxF1CU3wO",
+	"0r9fLI5wCgmZyQWELcqJ8YWjhiJjOb+BkPhOSdKRgMuh/kzZdX2QW/Hrkwd2ICXElXb7s2IUq8D+KeDo",
+	"O7sS0WXhwgThkCDZWEXfmZFG/serUrh3WXawD+4C8fUV9vdG9rLuwomAs7sU61ehwFAr6LmRTdzzyoYV",
+	"+TyTENCLXJb8jzSzSGtwaOQCC5xj9agoFWlUPbvS7I/RGXGWTETPtwxGADZjGIdlbgh8HFXOCtFsvuJ5",
+	"1eyA/J1r4/BbrlkRFUnw8Wb2drequhRDUTDF5drzXy1t+039Zd2p1Wwq9KYNt2v1idvn+7hoo05mbv8i",
+	"pXPfwnn3UdqvP8SeBneTfXVFfHVF/J9wRXz1Qnz1QrSYCytWd98uh604+C1dDF+dC1+dC5ucC1/9Cntj",
+	"FPfiRNjAH3I57WYNP7rySbom4gKiij3igBtvdagBuZRkInNLZYIt3DdoD1la7WTOElJqFhhLLqeeq1gp",
+	"i4xOF56ARgfVkQa2hGKdPgXcR4SccTIxwlyiUAVdBqkKIQbmXGssYIWCFaRSD8WYmQVjopukoUzcLZSb",
+	"C8BB3oKIfwWg5G2oXU4rXPtt3v4FbKRfmnHT1eXbrH75el4NpYv0jZVexxEIP1CGZn8kZGxVctsgWlwO",
+	"9uk/eaTrxcbi6N2gYN/n0T2qhLTWE+y1f3dwY1h7LE+GRxUBpSAzHe2OAT7CXsBDMYLih/iyqzaPV5U/",
+	"7Q3jJx5TbgbkZ3cWuR6KlvPozmLQcu3FVZ1nJ19AB06pGAqw6RZMkX7YbM3+OGgKlbRe/DFm6ouZ1Gwo",
+	"rJCIb4a6kCqWThraINVVMUMnx67jILdVCbblIffIGuT0km7Jn/6PaCSJ2912wXcfHON7vB1pF+PYpCY8",
+	"DDfZRk2I9IPoGl9VDuz5ZKE8o1/S6p5vybRMnBiM7hJdzoFfrztld5A7v9yD9iWKvZvpv1X6vXeyx3oc",
+	"3WSPtkN8C/MVo2tuRnVc1yYEW7da10GvtC10xdRgoRwned5fDlnVyybfkFubfWz/JYBFQXNRrSmGBUIe",
+	"bLOrDrq2+6LaTYATgcR+P3C3v7+DnOT8wgdJo4rRUGjDilMsNJqQORcJmdMPCaE306CXg1kD6w3KiYPg",
+	"MqwYkHOsOjgUJ8fHx67uEBQqghoqp4R68y6UmyGCscwuaE7V1BdQ6mSXoVJTK4hTU+TuIHmU7CxrD7cA",
+	"vnmac21GB2cekAURwW+YojkCzRa5zJgvAd4W0BFK49S9tXGAR1ViqV7IPyBND95/PE5evPjUijM9px9e",
+	"YwMnWIHF/9VSa8csAc9yItUc+POG2kWwHWe+yAJo9TNZKu+kGwGtADZrayiLK6BTTXS7Kjxtw2Iiqw2K",
+	"9IU0hIs0LzOWHVRjFHLRNZ5QyGcP41nwzMzQe2XJMyGU/E2SzJc/BDeRzJm3eJH+6MmxHiVk9Gw+SoZi",
+	"dDIbRYOuppXxG54h6sbz44QoWULuIRbjpNiod3MMyAWcJHvN0RyBSty1+KvgHwgrZDrDg9MeacSKbgSz",
+	"BwYwa5Rba+HhbwAFC6DtLOtwBznUrE58KRcAyMLf96wTB06v0cXuKkA9IKdHN+HhBv/lb01cMh8DiUmu",
+	"3PgAu6a5YbysAynZWTqbA88OBuSHDZ524hztHZw6qgD0uRiiPidzUbPe0lqTkXMY35evPqL6ZsF7R3wP",
+	"SPW1Qpft8k2jRgcWMcSAEg/cgIggIJ10EagvU/Dlx4DU6kOsJaSorkllaMQzj1L9XgI/WisDt8d+RHU5",
+	"7yPY8vtmlQ8wDFqmZqUbNJG5J6MBeekwkrWHCUAkZcI+cA3oh6E6iq/2aAXLAAATFRJZR2+fd+BhY5QP",
+	"HHlYVSdpV+sEW4RN2E/AnnHY2KskuwXFbsHFjj76f65kuqwjkofMTXnH5vJmP/ITNlVpx37uez/xmxnv",
+	"P8Oyb07daFSs+cyP5p+TxLHpaPo0jn0ezyZQgm/7kcarff2xxAoYRx/h/7fAh6kA/mc0oHOscvfv7Stf",
+	"ei4ZzDNaTly77kwymPQ9J5JBH13kBgPcj/C7Zu677eb3SGjrMGEwNYlwk7iEJPsvCaEzEHuJ4JwRur0P",
+	"h5YLQfq+Om4hc54u7UfCR87gv6+q+rkHttmcIaSaoum1M9oZBr5m+8sV/nXQQdOfNzeMh/jArHAtYXo+",
+	"uDcCDUywk047+N2eI5/dAO4a9pw0Y57BUeZQkb7GP3+Nf37I+Gc4yV/Dn7+GP7dENTp+d3+xz5W4sJ6B",
+	"7xr4DJ9/jXv+Gve8Ju45Ynxfw57vyiD2HPO8mS/EteYOr9myG5fgbfTmD+z/QL5jY0KbTd52eZJG7Lf3",
+	"EmDd6b3QxttG+b+YQiKqiHfurhpmq8Xb46MHPBwu3OFBYnVYKZ5/gSeFa3SnYm1vLL/py5yvJadgyr4P",
+	"Ba+9rwc2SLcOIltnnq6VfsQF3osWCD231JnsJq6tucfRx2u23GAg+1mGBHMqKupyMyVWUp9LxVZRaqMq",
+	"iqjcWFVrAunoG+nrYa3gN/J6X1Zw29ROe3VrRrCZKzfWdO3F4gsId94n7/CFe0O4ce1/qQg3bvibbyW/",
+	"0Pt35r8LNaDb7p+wwfdx93xv1XIovulArD0PAAeqvWOoL2y7JH2wlbg/uAultVzh4KxWzxP8q2DvwbKe",
+	"Hmk+41O7boWVhaPCnqs8xS3I5+12rQ/ygS851/m6W83RzX4INJSWda2202cnj0Jb4RoehS/sxqPY9iwK",
+	"m/fl/740DoWj34JDuWW+Bw7lWu7gUH5774NDvVWsoAqK90GBwxHwp9FBVAsCB9V0wVQCtFXhgf+gnAPe",
+	"G5CwpWYtqJpSkVAjf8pvmCB2ogkkcfrqnoisW9U2cn4dsLn7MUCME5sYIktzakULy03zBV3qoRhDkZsw",
+	"hQG5gLDegMjlfj+FaN/RgJxHbk0pmP9uKEIyLPhBfZkMV0octAOaLRNf1iAhBS1dMtyCcgOJLlavGAo/",
+	"aoDmzPhkwhQabUMVVRwBFFEVcnEK1mCZ5wS2QBA6FG654QNFU6ix6ktA+2VBdL94c5zpBLvnRvsCdxrK",
+	"TbtQZtherqMKo3Yd2uwkjlY/88ujNsiHvjyw867Lw9FWgrTzZ0GFVfReHXQnnOxH+Qe20uQiLddbxdy6",
+	"rrfQalc2rFyQuVW3qnIhrHaeMZUVIugn9t8JyEi+FIk/OICT5cM9UUhHBwpkamD1V4e85xgZ+qH9DOBg",
+	"DsWM3rCqag6EZQNeGM3zAXkpS+/TAtgujGuHHn3wMTV0TDUbCneMwZYNhYix0CGhGgfhlU9whkI9CTNj",
+	"S8cCCfujpDmWxCyFaWAdd9o/L3CpHyKMwXW1lj4hn6zck63yO48GV4qum3YPcQ5dRPwAQbwwiK8xvA8f",
+	"w9sko7sE9G2hU34WEbw1YvsawPslBfCuI9eN7Gvr6N0agXzpwbsoTew5dncHi+V2obu1Jf8aufuZRu7W",
+	"aWm7wN05WxvvAGV3x2zGnaMcnfi+/mxUEFiqKRVcU4wDcnFmTA/Izy7lGFpy34FjQkAY0jVrcX39dN91",
+	"E37q3iDN1L4S2LHE/SHH6sVxadOMCcPNstoGqabrA0/q6wuI5jTPYXNyKaYQNdgHhIywrkkIZo0/Pqij",
+	"+qwu/hs1/fJFvDdqulm6q63pPjb9p2W9zWjLYYOBk7eKXpfxhqZyzrTfPKbazlDrtn3ewlI1wAeWk96o",
+	"6ToRKd6xfXqP68dulRSik3/0UarpBqcwCjquHEDUcOUAd/Uhgfk6FqAH5I0lId0RY/BGTb/wbIpNq9yR",
+	"U/FGTe/5illDdfumuPPNi7Db5r6x1LhOHnyjpp+3FFgN8IEFwDXb7mW/fW+/y3O5DcM5ogVvBrXVB/4D",
+	"W+qGkchFcjWdVU3ecl7w/xNRcDiP7YLf9nKaHesGlbpzT8PG3el0d8oim6LVIKTtmi0fgZUa0BYpQhFh",
+	"QQl7B0r1SHeRxb1Gs9W6eGBhI+77z4xdC1pAO82s4wXbhKi57YdCgbpZKRC8qyy3+67JnC6JwiAtgx8h",
+	"zC/SCMvOCM3mHHTGZbs2iEv6hcenbdiPW57hzRyyEYVW3/Ay42YT5g0mg6EviMxpxio4oIoxbbwLbE9r",
+	"8GmagET5MiRZGGKVWojDBz4E+NH3jIsVDyCUzdnQ9+0xsL6oyzBs5OYLERdwX8YUIFYAdF5/L9rX7nAp",
+	"tp2TWlHmDWUJoQbrly/0RJPZvNFxEI5umpf25l7F5tfvfn2n9iEade7x521sWR3oA8tB0QDW44bivv4Z",
+	"wSrnjeixCTJ5UKbAibkX3nVBY5AWzLleQ7Hd/GcT59k+BhP8BFc8a7+tyhKebHdJ+sAY5wmwdySddl2R",
+	"hk6vUAJqhUY8OUaUzfD3FoP4DfrFdhNQTaohQZSgoVOI1YGxhfCGrtF5h0k7dOOzZ60jamsMQ4NqLbkv",
+	"x1LmjIruT130UAQvses+tbVq/3dVKDbhH/a5/jUi8CdI05tQY9gf7/Y1x3eu4J1bTPTLu1G3vUzv7Rrd",
+	"6gLVexag9gyOUR/9V5CMryAZ/2dAMt6o6VeIjK8QGW0Z8HWud39QGZsZ+a4gGVJNv0JkfIXIWAOREdje",
+	"V4CMfbGHPQNlrOMKLri9Sz2F4MEv3yQG09gsv+Ni7F98h+43SO+3zjLYZPeCzj9vi1c8xAe2da3FKBRs",
+	"gTRxFtAha9l1tfTHvaJXbMIwrJ1hFzzUeYh/gudf/inGeWw+xm499n+Of3JRWmsPst+N/Tv3zzOIJCyY",
+	"srf5eEnYnPLcJW+gL19IMuPTGTjcqIhiTR+BEIGfDsViJkHxFQyEEqySwgWEAmQZ3JPS1WcU11Ajgwn0",
+	"/GJRDPsFpOY6sYsacsMUn3CW4aDaBAVcvc+bE9XG+MCsCPtex4uQtPYSqJJlhLr2Wml3DZ85+lhqpjYE",
+	"GZxjYIDCXAkf3mjpLpMQQy5Lo6gAtN35GaFiaXWHOV2SnNEbhkIxiP0QR+tl9TFzTWaDDvr60pNK1uzJ",
+	"vQUa/Ar7uQ6P+Wc5ltkSMY0o18zzGzq2o3ZpBBCt7sMN/Exgz91ma7fbpmtvMzaXpntvP++4xdoYHzh0",
+	"cT3v8NGL++MfL+ub7ELJtuYkm5K3IaQ+pOQ6pE730enUFxRFNRkzZ5wNtB7Y4vRfroiRhua6NYj6YbKb",
+	"q462iSy+5xTn+4o5dlvtwWmOPrp/ubtiHVLWPS//BuiePYrw5+vRenZd2nd+Bddx53OSKToxcH1iCopT",
+	"TaQiE8pziNRrgLVwTfh8XhrIAB2XWMLM6jZ20J3oUJ83B64P8oFZ8AYS8zx4j6T2PcKzsAQ2GWutGzrd",
+	"EjDKI1QcfXT/qp/S+gxeg1cPPG6WRlw8T5RDqJkxXEyd48R7lcdLh5FRMOVCNcCvIgjN80EXisx984Kt",
+	"kFj2xAs8rEsIF/Yl4/YD5fTOb13EfVv29YiOpTJYTPW2zXdppRcQRmy5x1TK7NSqoC58gFsFc5EviaFq",
+	"yqC0ot19WAo7tjFNr90lbmQJ9tnqy6I0BF6Qwq0bu+Gy1IGBOWgq2xDLruyriKrkBAJt6BLqvIMLmhui",
+	"qKgCQqttJueCOAwV0GPn9Br8mEQzoUPArHv7kfaYL5o8PX6REEHn3psED9ZgI53DFnze0Eg4xk+Oc/6p",
+	"5y/EDTO3PX9GmNnP0pBCas3tJdlOCnvhE3bZK1SktUBI7ce7KJS8YfdzwL+XKkJscghmWNEfuqX5qYMH",
+	"+2AckwcENf2AZ8vNf/9a/1eyv0eyx11rEM/u1J9SkbL8fogfguQocRjN+MEZ1LemUD1YCkygGmMxYS60",
+	"YTR7OMp/iXP/SvhfEuHjpkVM1WCYHMRPedLa/RxsijV2G7FryPGtYF+xkwj8ta1lf96jkFYu+Lyc906r",
+	"UutcGDYF29aXCSG7bfBondZCKOl4GYTibF/5OFHQ7wah4770kX2XXPPQrZiRaTCN0iHGOou0DvbAep1w",
+	"j9josQX94nh7iFfYG6GqgW0FddfFpH6NO/0ad/qgcafuzH2NPf0ae9pafSnEw99X1OluTH/XCFTXwNco",
+	"1K9RqGuiUGtM8Gsk6t2ZxZ5jULflEYJ9MJhReT/6PHiWS6XscnpblSw0MRRQMARbBAGwj7UKfHEWkO7A",
+	"8sUF17MgLKDpwvIctHoRIRcJiKgQXOVs1xlLmdZSPdLEzBTTII1ZiQrCsrA+gF97NF3jjw9nSfiZfTB/",
+	"cwrZV2PCl2NMuLjmBaH26vA85S62NKC6+zl6P3c7hlbLoTVO28Mdg7ewAF+PwJd0BGDP7uI/QR3unm4c",
+	"oHGoa2M1VfBIWgGQG7h6iofk8SjwfqXuL4q6nZZCG2LC7lQO8sn9iVXod+caLD41z7urXlQZ4DCKHK6o",
+	"yOJmxV1/I5C+1SP8olpyz/mcm9DCnHK7yVSkVusSmVwcPNwxgrpRX0/RlyUmQa2vhidv7Rm6YUpznGSn",
+	"sWJc8jxD5IxCSSviA7UnMAukZW2PwNyV+HHUi5SHhueh8NV9PFi0kCS1GoMwnOatZXn+iUO750Ap10sn",
+	"EblSSW6d7rBJLC0VN8ve6e/v4y1z/QdskowVuVxa3TdWSZfasLndtXpLH3toC7GN2qOGpo02yLrI8AFs",
+	"Aw23rkunbA96Sa9Uee+0dwQH1/W+EipBUwPOYPDp1YY8iBxqOORVRJZV4PnoqwA834LkUgOYlwvhMhnP",
+	"SMFkkTMHNO/0g3mcMRR1AMG/7YNyzbTkqlYh1lgzoGrOR4CvH+6hTmXBMsSWhJiS0si5w9cNbQW0xRYU",
+	"oZl0Dp4MLpz4K8CTW/3kbwGNLHKEWQU+LpCKtKDKqN6Wj6EcNOCY2oYF2LtZs8i4Xfjo61px4/aVzzqR",
+	"XwZNKJ62YbwOIb7aZaC62j214E2sRRs1GKJFV1vsqnlEjRMAKocYgb2Nmq1qWKy2G+KmiaHXkG2mwIfj",
+	"S2NwYbnmNHisKitKEskH2kUYWoGgNiHP3Vc7vogRj9B158ryhhpumAmnITjasvSVpfcYYKut1wxslsW0",
+	"ODZt88HclqBDCcOyvV+PZzH7cEa4trNATaAYzTDS9kbm5ZydkjkzCjxMUEGYC6ZILqc68d5QH5ga9WRY",
+	"zuxnbTznXCNsrF85I60MQfqKjaXEWbgbNxSkQg42WaLpDKTDMUvtyYKbMOrYwflsnGNK87xeymQhsMiC",
+	"Xt0jWvCu9uwRL3JqJlLNHyEH5WKiqDaqRG5ge9IJ0WU6I+i5ZR8MU4Lm5KdfLi/JWMlryIOZSXkdd27F",
+	"VPta79P7T/9fAAAA//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

@@ -94,6 +94,54 @@ func (e AuditEventOutcome) Valid() bool {
 	}
 }
 
+// Defines values for CommandStatus.
+const (
+	CommandStatusDelivered CommandStatus = "delivered"
+	CommandStatusExpired   CommandStatus = "expired"
+	CommandStatusFailed    CommandStatus = "failed"
+	CommandStatusPending   CommandStatus = "pending"
+	CommandStatusSucceeded CommandStatus = "succeeded"
+)
+
+// Valid indicates whether the value is a known member of the CommandStatus enum.
+func (e CommandStatus) Valid() bool {
+	switch e {
+	case CommandStatusDelivered:
+		return true
+	case CommandStatusExpired:
+		return true
+	case CommandStatusFailed:
+		return true
+	case CommandStatusPending:
+		return true
+	case CommandStatusSucceeded:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for CommandType.
+const (
+	Identify       CommandType = "identify"
+	Reboot         CommandType = "reboot"
+	RestartService CommandType = "restart_service"
+)
+
+// Valid indicates whether the value is a known member of the CommandType enum.
+func (e CommandType) Valid() bool {
+	switch e {
+	case Identify:
+		return true
+	case Reboot:
+		return true
+	case RestartService:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for ConnectivityEventEvent.
 const (
 	Connected    ConnectivityEventEvent = "connected"
@@ -145,6 +193,24 @@ func (e FieldErrorIn) Valid() bool {
 	case Path:
 		return true
 	case Query:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for LogLineStream.
+const (
+	Stderr LogLineStream = "stderr"
+	Stdout LogLineStream = "stdout"
+)
+
+// Valid indicates whether the value is a known member of the LogLineStream enum.
+func (e LogLineStream) Valid() bool {
+	switch e {
+	case Stderr:
+		return true
+	case Stdout:
 		return true
 	default:
 		return false
@@ -541,6 +607,99 @@ func (e ServiceStatusStatus) Valid() bool {
 	}
 }
 
+// Defines values for StreamEventType.
+const (
+	StreamEventTypeDeviceCommand      StreamEventType = "device.command"
+	StreamEventTypeDeviceConnectivity StreamEventType = "device.connectivity"
+	StreamEventTypeDeviceLog          StreamEventType = "device.log"
+	StreamEventTypeDeviceState        StreamEventType = "device.state"
+	StreamEventTypeDeviceUpdate       StreamEventType = "device.update"
+	StreamEventTypeError              StreamEventType = "error"
+	StreamEventTypeGap                StreamEventType = "gap"
+	StreamEventTypeRollout            StreamEventType = "rollout"
+)
+
+// Valid indicates whether the value is a known member of the StreamEventType enum.
+func (e StreamEventType) Valid() bool {
+	switch e {
+	case StreamEventTypeDeviceCommand:
+		return true
+	case StreamEventTypeDeviceConnectivity:
+		return true
+	case StreamEventTypeDeviceLog:
+		return true
+	case StreamEventTypeDeviceState:
+		return true
+	case StreamEventTypeDeviceUpdate:
+		return true
+	case StreamEventTypeError:
+		return true
+	case StreamEventTypeGap:
+		return true
+	case StreamEventTypeRollout:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for UpdateEventType.
+const (
+	UpdateEventTypeDownloadFinished UpdateEventType = "download_finished"
+	UpdateEventTypeDownloadProgress UpdateEventType = "download_progress"
+	UpdateEventTypeDownloadStarted  UpdateEventType = "download_started"
+	UpdateEventTypeFailed           UpdateEventType = "failed"
+	UpdateEventTypeInstallStarted   UpdateEventType = "install_started"
+	UpdateEventTypeInstalled        UpdateEventType = "installed"
+	UpdateEventTypeRolledBack       UpdateEventType = "rolled_back"
+)
+
+// Valid indicates whether the value is a known member of the UpdateEventType enum.
+func (e UpdateEventType) Valid() bool {
+	switch e {
+	case UpdateEventTypeDownloadFinished:
+		return true
+	case UpdateEventTypeDownloadProgress:
+		return true
+	case UpdateEventTypeDownloadStarted:
+		return true
+	case UpdateEventTypeFailed:
+		return true
+	case UpdateEventTypeInstallStarted:
+		return true
+	case UpdateEventTypeInstalled:
+		return true
+	case UpdateEventTypeRolledBack:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for UpdateStatus.
+const (
+	UpdateStatusFailed   UpdateStatus = "failed"
+	UpdateStatusIdle     UpdateStatus = "idle"
+	UpdateStatusUnknown  UpdateStatus = "unknown"
+	UpdateStatusUpdating UpdateStatus = "updating"
+)
+
+// Valid indicates whether the value is a known member of the UpdateStatus enum.
+func (e UpdateStatus) Valid() bool {
+	switch e {
+	case UpdateStatusFailed:
+		return true
+	case UpdateStatusIdle:
+		return true
+	case UpdateStatusUnknown:
+		return true
+	case UpdateStatusUpdating:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for UpdateStrategy.
 const (
 	DeleteThenDownload UpdateStrategy = "delete-then-download"
@@ -686,6 +845,72 @@ type AuditEventPage struct {
 	Items      []AuditEvent `json:"items"`
 	NextCursor *string      `json:"next_cursor,omitempty"`
 }
+
+// Command defines model for Command.
+type Command struct {
+	CompletedAt *time.Time `json:"completed_at,omitempty"`
+	CreatedAt   time.Time  `json:"created_at"`
+
+	// CreatedBy Who made a change.
+	CreatedBy   Actor              `json:"created_by"`
+	DeliveredAt *time.Time         `json:"delivered_at,omitempty"`
+	DeviceId    openapi_types.UUID `json:"device_id"`
+
+	// Error What the device said went wrong, for failed.
+	Error     *string            `json:"error,omitempty"`
+	ExpiresAt time.Time          `json:"expires_at"`
+	FleetId   openapi_types.UUID `json:"fleet_id"`
+	Id        openapi_types.UUID `json:"id"`
+	Service   *string            `json:"service,omitempty"`
+
+	// Status pending (waiting for the device: sent when it is connected, again each
+	// time it reconnects), delivered (the device acknowledged receiving it),
+	// succeeded or failed (the device reported the outcome), expired (the
+	// device did not finish it before `expires_at`). The last three are final.
+	Status CommandStatus `json:"status"`
+
+	// Type reboot (the device restarts; agent 1.0.0 or later), restart_service
+	// (restart one service's container, named in `service`; agent 1.1.0 or
+	// later), identify (blink an LED or beep, so someone on site finds the
+	// device; agent 1.0.0 or later). A device whose reported agent_version is
+	// older, or that never reported one, cannot take the command (409).
+	Type CommandType `json:"type"`
+}
+
+// CommandCreate defines model for CommandCreate.
+type CommandCreate struct {
+	// ExpiresIn Seconds the command waits for the device before it expires.
+	ExpiresIn *int `json:"expires_in,omitempty"`
+
+	// Service The service to act on; required by restart_service, refused by the others.
+	Service *string `json:"service,omitempty"`
+
+	// Type reboot (the device restarts; agent 1.0.0 or later), restart_service
+	// (restart one service's container, named in `service`; agent 1.1.0 or
+	// later), identify (blink an LED or beep, so someone on site finds the
+	// device; agent 1.0.0 or later). A device whose reported agent_version is
+	// older, or that never reported one, cannot take the command (409).
+	Type CommandType `json:"type"`
+}
+
+// CommandPage defines model for CommandPage.
+type CommandPage struct {
+	Items      []Command `json:"items"`
+	NextCursor *string   `json:"next_cursor,omitempty"`
+}
+
+// CommandStatus pending (waiting for the device: sent when it is connected, again each
+// time it reconnects), delivered (the device acknowledged receiving it),
+// succeeded or failed (the device reported the outcome), expired (the
+// device did not finish it before `expires_at`). The last three are final.
+type CommandStatus string
+
+// CommandType reboot (the device restarts; agent 1.0.0 or later), restart_service
+// (restart one service's container, named in `service`; agent 1.1.0 or
+// later), identify (blink an LED or beep, so someone on site finds the
+// device; agent 1.0.0 or later). A device whose reported agent_version is
+// older, or that never reported one, cannot take the command (409).
+type CommandType string
 
 // ConnectivityEvent defines model for ConnectivityEvent.
 type ConnectivityEvent struct {
@@ -946,6 +1171,33 @@ type FleetPage struct {
 	NextCursor *string `json:"next_cursor,omitempty"`
 }
 
+// FleetSummary defines model for FleetSummary.
+type FleetSummary struct {
+	// Counts Device counts. online + offline + never_connected = devices. A device
+	// is online while connected to the MQTT broker; never_connected devices
+	// have not connected over MQTT yet (the device list's `online=true` counts
+	// them as online while they report over HTTP).
+	Counts  SummaryCounts      `json:"counts"`
+	FleetId openapi_types.UUID `json:"fleet_id"`
+
+	// Rollouts The fleet's rollouts that have not ended (ready, running, paused, waiting for approval), with their devices per group and state.
+	Rollouts []struct {
+		Groups []struct {
+			// Counts Devices by state.
+			Counts RolloutCounts `json:"counts"`
+			Index  int           `json:"index"`
+		} `json:"groups"`
+		RolloutId openapi_types.UUID `json:"rollout_id"`
+
+		// State ready (created, not started), running, paused (no new targeting; devices
+		// already updating finish), waiting_for_approval (a group succeeded and the
+		// next needs an approve), finished (every group done; the fleet now runs the
+		// release), aborted, rolled_back (aborted, and every touched device put back
+		// on its previous release), canceled (stopped before it started).
+		State RolloutState `json:"state"`
+	} `json:"rollouts"`
+}
+
 // FleetUpdate defines model for FleetUpdate.
 type FleetUpdate struct {
 	// MaintenanceWindow When rollouts may newly target the fleet's devices (a rollout's own window overrides it); null removes it.
@@ -978,6 +1230,26 @@ type JWKS_Keys_Item struct {
 	Use                  *string                `json:"use,omitempty"`
 	X                    *string                `json:"x,omitempty"`
 	AdditionalProperties map[string]interface{} `json:"-"`
+}
+
+// LogLine defines model for LogLine.
+type LogLine struct {
+	Line string `json:"line"`
+
+	// Seq Numbers the lines of one service of the device; consecutive numbers mean no line is missing.
+	Seq     int64         `json:"seq"`
+	Service string        `json:"service"`
+	Stream  LogLineStream `json:"stream"`
+	Ts      time.Time     `json:"ts"`
+}
+
+// LogLineStream defines model for LogLine.Stream.
+type LogLineStream string
+
+// LogLinePage defines model for LogLinePage.
+type LogLinePage struct {
+	Items      []LogLine `json:"items"`
+	NextCursor *string   `json:"next_cursor,omitempty"`
 }
 
 // MaintenanceWindow When devices may be newly targeted by a rollout: the window opens at every
@@ -1051,6 +1323,15 @@ type Membership struct {
 	// members and API keys, reads the audit log), owner (also deletes the
 	// organisation and manages owners).
 	Role Role `json:"role"`
+}
+
+// MetricList defines model for MetricList.
+type MetricList struct {
+	Metrics []struct {
+		LastTs time.Time `json:"last_ts"`
+		Name   string    `json:"name"`
+		Unit   string    `json:"unit"`
+	} `json:"metrics"`
 }
 
 // MqttAclRequest What a connected client asks to do. Other fields are ignored.
@@ -1138,6 +1419,19 @@ type OrgPage struct {
 
 	// NextCursor Pass as `cursor` for the next page; absent on the last page.
 	NextCursor *string `json:"next_cursor,omitempty"`
+}
+
+// OrgSummary defines model for OrgSummary.
+type OrgSummary struct {
+	// Counts Device counts. online + offline + never_connected = devices. A device
+	// is online while connected to the MQTT broker; never_connected devices
+	// have not connected over MQTT yet (the device list's `online=true` counts
+	// them as online while they report over HTTP).
+	Counts SummaryCounts `json:"counts"`
+
+	// Fleets Every fleet of the organisation, by fleet id.
+	Fleets []FleetSummary     `json:"fleets"`
+	OrgId  openapi_types.UUID `json:"org_id"`
 }
 
 // OrgUpdate defines model for OrgUpdate.
@@ -1615,6 +1909,72 @@ type ServiceStatus struct {
 // ServiceStatusStatus defines model for ServiceStatus.Status.
 type ServiceStatusStatus string
 
+// StreamEvent One event of a live stream.
+type StreamEvent struct {
+	// At When Flock received what the event reports.
+	At time.Time `json:"at"`
+
+	// Data The event itself: the Kafka record as the AsyncAPI document describes
+	// it for the type; for `device.log` a LogLine; for `gap` and `error` an
+	// object with `code` and `detail`.
+	Data     map[string]interface{} `json:"data"`
+	DeviceId *openapi_types.UUID    `json:"device_id,omitempty"`
+	FleetId  *openapi_types.UUID    `json:"fleet_id,omitempty"`
+
+	// Id Where the stream stood after this event, as an opaque token: give it
+	// back as `Last-Event-ID` or `last_event_id` to resume right after it.
+	// The same event has the same id on every API replica.
+	Id        string              `json:"id"`
+	OrgId     *openapi_types.UUID `json:"org_id,omitempty"`
+	RolloutId *openapi_types.UUID `json:"rollout_id,omitempty"`
+
+	// Type What a stream event is about. `device.state`: a reported state was
+	// accepted (data: DeviceStateRecord of the AsyncAPI document);
+	// `device.connectivity`: the device connected or disconnected
+	// (ConnectivityRecord); `device.update`: update progress (DeviceEventRecord);
+	// `device.command`: a command changed status (CommandEventRecord);
+	// `device.log`: one container log line; `rollout`: a rollout changed
+	// (RolloutEventRecord); `gap`: events the client asked for are no longer
+	// held; `error`: the stream ends, with why.
+	Type StreamEventType `json:"type"`
+}
+
+// StreamEventType What a stream event is about. `device.state`: a reported state was
+// accepted (data: DeviceStateRecord of the AsyncAPI document);
+// `device.connectivity`: the device connected or disconnected
+// (ConnectivityRecord); `device.update`: update progress (DeviceEventRecord);
+// `device.command`: a command changed status (CommandEventRecord);
+// `device.log`: one container log line; `rollout`: a rollout changed
+// (RolloutEventRecord); `gap`: events the client asked for are no longer
+// held; `error`: the stream ends, with why.
+type StreamEventType string
+
+// SummaryCounts Device counts. online + offline + never_connected = devices. A device
+// is online while connected to the MQTT broker; never_connected devices
+// have not connected over MQTT yet (the device list's `online=true` counts
+// them as online while they report over HTTP).
+type SummaryCounts struct {
+	// ByRelease Devices per running release, most devices first; release_id is absent for devices that have not reported one.
+	ByRelease []struct {
+		Devices   int64               `json:"devices"`
+		ReleaseId *openapi_types.UUID `json:"release_id,omitempty"`
+	} `json:"by_release"`
+
+	// ByUpdateStatus Devices per update status, every status listed.
+	ByUpdateStatus []struct {
+		Devices int64 `json:"devices"`
+
+		// Status From the services in the device's last reported state: failed when any
+		// service is failed, updating when any is downloading or installing, idle
+		// otherwise; unknown when the device never reported its services.
+		Status UpdateStatus `json:"status"`
+	} `json:"by_update_status"`
+	Devices        int64 `json:"devices"`
+	NeverConnected int64 `json:"never_connected"`
+	Offline        int64 `json:"offline"`
+	Online         int64 `json:"online"`
+}
+
 // Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
 //
 // Example: {"batch":"2026-11","site":"lab-3"}
@@ -1670,6 +2030,63 @@ type TargetState struct {
 	// Version Changes whenever anything in the target state changes; also the ETag.
 	Version string `json:"version"`
 }
+
+// TelemetrySeries Metric samples of a device aggregated per step.
+type TelemetrySeries struct {
+	Series []struct {
+		Metric string `json:"metric"`
+
+		// Points One per step that holds samples, oldest first; steps without samples are left out.
+		Points []struct {
+			Avg   float64 `json:"avg"`
+			Count int64   `json:"count"`
+
+			// Last The newest sample of the step.
+			Last float64 `json:"last"`
+			Max  float64 `json:"max"`
+			Min  float64 `json:"min"`
+
+			// Ts The start of the step.
+			Ts time.Time `json:"ts"`
+		} `json:"points"`
+
+		// Unit The unit of the newest sample in the range.
+		Unit string `json:"unit"`
+	} `json:"series"`
+	Since       time.Time `json:"since"`
+	StepSeconds int       `json:"step_seconds"`
+	Until       time.Time `json:"until"`
+}
+
+// UpdateEvent An update step the device reported (the AsyncAPI `events` channel).
+type UpdateEvent struct {
+	Error *string `json:"error,omitempty"`
+
+	// Id The device's id of the event.
+	Id         openapi_types.UUID  `json:"id"`
+	Progress   *int                `json:"progress,omitempty"`
+	ReceivedAt time.Time           `json:"received_at"`
+	ReleaseId  *openapi_types.UUID `json:"release_id,omitempty"`
+	Service    *string             `json:"service,omitempty"`
+
+	// Ts When the device says it happened.
+	Ts   time.Time       `json:"ts"`
+	Type UpdateEventType `json:"type"`
+}
+
+// UpdateEventType defines model for UpdateEvent.Type.
+type UpdateEventType string
+
+// UpdateEventPage defines model for UpdateEventPage.
+type UpdateEventPage struct {
+	Items      []UpdateEvent `json:"items"`
+	NextCursor *string       `json:"next_cursor,omitempty"`
+}
+
+// UpdateStatus From the services in the device's last reported state: failed when any
+// service is failed, updating when any is downloading or installing, idle
+// otherwise; unknown when the device never reported its services.
+type UpdateStatus string
 
 // UpdateStrategy How the device replaces a running service with a new release's, as balena
 // names them: download the new image while the old container runs, then
@@ -1754,6 +2171,9 @@ type Version struct {
 	Version string `json:"version"`
 }
 
+// CommandId defines model for CommandId.
+type CommandId = openapi_types.UUID
+
 // Cursor defines model for Cursor.
 type Cursor = string
 
@@ -1772,8 +2192,23 @@ type IdempotencyKey = string
 // KeyId defines model for KeyId.
 type KeyId = openapi_types.UUID
 
+// LastEventId defines model for LastEventId.
+type LastEventId = string
+
+// LastEventIdHeader defines model for LastEventIdHeader.
+type LastEventIdHeader = string
+
 // Limit defines model for Limit.
 type Limit = int
+
+// LogQuery defines model for LogQuery.
+type LogQuery = string
+
+// LogService defines model for LogService.
+type LogService = string
+
+// LogTail defines model for LogTail.
+type LogTail = int
 
 // OrgId defines model for OrgId.
 type OrgId = openapi_types.UUID
@@ -1786,6 +2221,15 @@ type ReleaseId = openapi_types.UUID
 
 // RolloutId defines model for RolloutId.
 type RolloutId = openapi_types.UUID
+
+// Since defines model for Since.
+type Since = time.Time
+
+// StreamTypes defines model for StreamTypes.
+type StreamTypes = []StreamEventType
+
+// Until defines model for Until.
+type Until = time.Time
 
 // UserId defines model for UserId.
 type UserId = openapi_types.UUID
@@ -1807,6 +2251,37 @@ type DeviceGroupUpdateParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// DeviceGroupEventsStreamParams defines parameters for DeviceGroupEventsStream.
+type DeviceGroupEventsStreamParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+
+	// LastEventID The Server-Sent Events resume header; see `last_event_id`.
+	LastEventID *LastEventIdHeader `json:"Last-Event-ID,omitempty"`
+}
+
+// DeviceGroupEventsWebsocketParams defines parameters for DeviceGroupEventsWebsocket.
+type DeviceGroupEventsWebsocketParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+}
+
 // DeviceDeleteParams defines parameters for DeviceDelete.
 type DeviceDeleteParams struct {
 	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
@@ -1825,8 +2300,159 @@ type DeviceUpdateParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// DeviceCommandListParams defines parameters for DeviceCommandList.
+type DeviceCommandListParams struct {
+	Status *CommandStatus `form:"status,omitempty" json:"status,omitempty"`
+
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// DeviceCommandCreateParams defines parameters for DeviceCommandCreate.
+type DeviceCommandCreateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // DeviceConnectivityListParams defines parameters for DeviceConnectivityList.
 type DeviceConnectivityListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// DeviceEventsStreamParams defines parameters for DeviceEventsStream.
+type DeviceEventsStreamParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+
+	// LastEventID The Server-Sent Events resume header; see `last_event_id`.
+	LastEventID *LastEventIdHeader `json:"Last-Event-ID,omitempty"`
+}
+
+// DeviceEventsWebsocketParams defines parameters for DeviceEventsWebsocket.
+type DeviceEventsWebsocketParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+}
+
+// DeviceLogListParams defines parameters for DeviceLogList.
+type DeviceLogListParams struct {
+	// Since Only what happened at or after this time.
+	Since *Since `form:"since,omitempty" json:"since,omitempty"`
+
+	// Until Only what happened before this time.
+	Until *Until `form:"until,omitempty" json:"until,omitempty"`
+
+	// Service Only the lines of this service.
+	Service *LogService `form:"service,omitempty" json:"service,omitempty"`
+
+	// Q Only lines containing this text, ignoring case.
+	Q *LogQuery `form:"q,omitempty" json:"q,omitempty"`
+
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// DeviceLogStreamParams defines parameters for DeviceLogStream.
+type DeviceLogStreamParams struct {
+	// Since Only what happened at or after this time.
+	Since *Since `form:"since,omitempty" json:"since,omitempty"`
+
+	// Service Only the lines of this service.
+	Service *LogService `form:"service,omitempty" json:"service,omitempty"`
+
+	// Q Only lines containing this text, ignoring case.
+	Q *LogQuery `form:"q,omitempty" json:"q,omitempty"`
+
+	// Tail Without `since`, how many of the newest lines to send before the live ones.
+	Tail *LogTail `form:"tail,omitempty" json:"tail,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+
+	// LastEventID The Server-Sent Events resume header; see `last_event_id`.
+	LastEventID *LastEventIdHeader `json:"Last-Event-ID,omitempty"`
+}
+
+// DeviceLogWebsocketParams defines parameters for DeviceLogWebsocket.
+type DeviceLogWebsocketParams struct {
+	// Since Only what happened at or after this time.
+	Since *Since `form:"since,omitempty" json:"since,omitempty"`
+
+	// Service Only the lines of this service.
+	Service *LogService `form:"service,omitempty" json:"service,omitempty"`
+
+	// Q Only lines containing this text, ignoring case.
+	Q *LogQuery `form:"q,omitempty" json:"q,omitempty"`
+
+	// Tail Without `since`, how many of the newest lines to send before the live ones.
+	Tail *LogTail `form:"tail,omitempty" json:"tail,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+}
+
+// DeviceTelemetryGetParams defines parameters for DeviceTelemetryGet.
+type DeviceTelemetryGetParams struct {
+	// Metric A metric name the device sends (see `device-metric:list`); repeat for several.
+	Metric []string `form:"metric" json:"metric"`
+
+	// Since The start of the range; default one hour before `until`.
+	Since *time.Time `form:"since,omitempty" json:"since,omitempty"`
+
+	// Until The end of the range (not included); default now.
+	Until *time.Time `form:"until,omitempty" json:"until,omitempty"`
+
+	// Step The width of a step, a Go duration of whole seconds (`30s`, `5m`,
+	// `1h`); default the range divided by 60, rounded up to a whole
+	// second. Steps are aligned to the Unix epoch.
+	Step *string `form:"step,omitempty" json:"step,omitempty"`
+}
+
+// DeviceUpdateEventListParams defines parameters for DeviceUpdateEventList.
+type DeviceUpdateEventListParams struct {
+	// Since Only what happened at or after this time.
+	Since *Since `form:"since,omitempty" json:"since,omitempty"`
+
+	// Until Only what happened before this time.
+	Until *Until `form:"until,omitempty" json:"until,omitempty"`
+
 	// Limit The most items to return in one page.
 	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
 
@@ -1886,6 +2512,37 @@ type FleetUpdateParams struct {
 	// that response again (with `Idempotent-Replayed: true`) without running
 	// twice. The same key with a different request is 422. Keys are per caller.
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// FleetEventsStreamParams defines parameters for FleetEventsStream.
+type FleetEventsStreamParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+
+	// LastEventID The Server-Sent Events resume header; see `last_event_id`.
+	LastEventID *LastEventIdHeader `json:"Last-Event-ID,omitempty"`
+}
+
+// FleetEventsWebsocketParams defines parameters for FleetEventsWebsocket.
+type FleetEventsWebsocketParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
 }
 
 // ProvisioningKeyListParams defines parameters for ProvisioningKeyList.
@@ -2092,6 +2749,37 @@ type DeviceListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// OrgEventsStreamParams defines parameters for OrgEventsStream.
+type OrgEventsStreamParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+
+	// LastEventID The Server-Sent Events resume header; see `last_event_id`.
+	LastEventID *LastEventIdHeader `json:"Last-Event-ID,omitempty"`
+}
+
+// OrgEventsWebsocketParams defines parameters for OrgEventsWebsocket.
+type OrgEventsWebsocketParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+}
+
 // FleetListParams defines parameters for FleetList.
 type FleetListParams struct {
 	// Limit The most items to return in one page.
@@ -2194,6 +2882,37 @@ type RolloutDeviceListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// RolloutEventsStreamParams defines parameters for RolloutEventsStream.
+type RolloutEventsStreamParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+
+	// LastEventID The Server-Sent Events resume header; see `last_event_id`.
+	LastEventID *LastEventIdHeader `json:"Last-Event-ID,omitempty"`
+}
+
+// RolloutEventsWebsocketParams defines parameters for RolloutEventsWebsocket.
+type RolloutEventsWebsocketParams struct {
+	// Types Only these event types (a comma-separated list); default every type the
+	// stream's scope carries. `gap` and `error` always come.
+	Types *StreamTypes `form:"types,omitempty" json:"types,omitempty"`
+
+	// LastEventId Resume after this event: the `id` of the last event received. Every
+	// event after it that the bus still holds is sent first, then live ones;
+	// when the bus no longer holds some of them a `gap` event says so. For
+	// Server-Sent Events the `Last-Event-ID` header does the same (browsers
+	// send it on reconnect); this parameter wins when both are given.
+	LastEventId *LastEventId `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+}
+
 // RolloutNextGroupParams defines parameters for RolloutNextGroup.
 type RolloutNextGroupParams struct {
 	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
@@ -2250,6 +2969,9 @@ type DeviceGroupUpdateJSONRequestBody = DeviceGroupUpdate
 
 // DeviceUpdateJSONRequestBody defines body for DeviceUpdate for application/json ContentType.
 type DeviceUpdateJSONRequestBody = DeviceUpdate
+
+// DeviceCommandCreateJSONRequestBody defines body for DeviceCommandCreate for application/json ContentType.
+type DeviceCommandCreateJSONRequestBody = CommandCreate
 
 // DeviceVariableCreateJSONRequestBody defines body for DeviceVariableCreate for application/json ContentType.
 type DeviceVariableCreateJSONRequestBody = VariableCreate
@@ -2691,6 +3413,11 @@ type ClientInterface interface {
 	// Corresponds with POST /internal/v1/mqtt/auth (the `MqttHookAuthenticate` operationId).
 	MqttHookAuthenticate(ctx context.Context, body MqttHookAuthenticateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// CommandGet A command and its status
+	//
+	// Corresponds with GET /v1/commands/{commandId} (the `CommandGet` operationId).
+	CommandGet(ctx context.Context, commandId CommandId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// DeviceGroupDelete Delete a device group
 	//
 	// Refused (409) while a rollout that has not ended targets it.
@@ -2721,6 +3448,38 @@ type ClientInterface interface {
 	// Corresponds with PATCH /v1/device-groups/{deviceGroupId} (the `DeviceGroupUpdate` operationId).
 	DeviceGroupUpdate(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupUpdateParams, body DeviceGroupUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// DeviceGroupEventsStream Live events of the devices of a device group (Server-Sent Events)
+	//
+	// A Server-Sent Events stream of what happens to the devices of a device group (membership is re-read every 30 seconds, so a device that starts matching the group joins the stream within that).
+	// Event types: device.state, device.connectivity, device.update and device.command (filter with `types`).
+	//
+	// Every event has an `id`; reconnect with `Last-Event-ID` (or
+	// `last_event_id`) to get every event after it that the bus still holds,
+	// then live ones, with no loss and no repeat. A `gap` event says when some
+	// of the asked-for events are no longer held. A comment line every 15
+	// seconds keeps proxies from closing an idle stream. A client that does not
+	// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+	// stream ends; reconnect with the last id to resume. Any API replica serves
+	// any stream: events come from the Kafka topics, and ids are positions on
+	// them.
+	//
+	// Corresponds with GET /v1/device-groups/{deviceGroupId}/events (the `DeviceGroupEventsStream` operationId).
+	DeviceGroupEventsStream(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupEventsStreamParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceGroupEventsWebsocket Live events of the devices of a device group (WebSocket)
+	//
+	// The same events as `device-group-events:stream`, over a WebSocket: each is one text
+	// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+	// the last event received. Authenticate with the `Authorization` header
+	// or, where a client cannot set headers (browsers), by offering the
+	// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+	// `flock.v1`. The server pings every 15 seconds. A client too slow to
+	// read is closed with status 1008 and the reason `slow consumer`, after an
+	// `error` event when it can still be sent.
+	//
+	// Corresponds with GET /v1/device-groups/{deviceGroupId}/events/ws (the `DeviceGroupEventsWebsocket` operationId).
+	DeviceGroupEventsWebsocket(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupEventsWebsocketParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// DeviceDelete Delete a device
 	//
 	// Its tokens stop working at once; it must register again to come back.
@@ -2747,6 +3506,39 @@ type ClientInterface interface {
 	// Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
 	DeviceUpdate(ctx context.Context, deviceId DeviceId, params *DeviceUpdateParams, body DeviceUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// DeviceCommandList Commands sent to a device
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/commands (the `DeviceCommandList` operationId).
+	DeviceCommandList(ctx context.Context, deviceId DeviceId, params *DeviceCommandListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceCommandCreateWithBody Send a command to a device
+	//
+	// Queues the command for the device: it is sent at once when the device
+	// is connected, otherwise when it next connects, until `expires_at`. Its
+	// status changes as the device acknowledges and reports the outcome
+	// (read it with `command:get`, or watch `device.command` events on the
+	// streams). A device acts on each command id once, however often it is
+	// delivered.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/devices/{deviceId}/commands (the `DeviceCommandCreate` operationId).
+	DeviceCommandCreateWithBody(ctx context.Context, deviceId DeviceId, params *DeviceCommandCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceCommandCreate Send a command to a device
+	//
+	// Queues the command for the device: it is sent at once when the device
+	// is connected, otherwise when it next connects, until `expires_at`. Its
+	// status changes as the device acknowledges and reports the outcome
+	// (read it with `command:get`, or watch `device.command` events on the
+	// streams). A device acts on each command id once, however often it is
+	// delivered.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/devices/{deviceId}/commands (the `DeviceCommandCreate` operationId).
+	DeviceCommandCreate(ctx context.Context, deviceId DeviceId, params *DeviceCommandCreateParams, body DeviceCommandCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// DeviceConnectivityList Connectivity history of a device
 	//
 	// Each time the device connected to or disconnected from the MQTT broker,
@@ -2757,6 +3549,90 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /v1/devices/{deviceId}/connectivity (the `DeviceConnectivityList` operationId).
 	DeviceConnectivityList(ctx context.Context, deviceId DeviceId, params *DeviceConnectivityListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceEventsStream Live events of one device (Server-Sent Events)
+	//
+	// A Server-Sent Events stream of what happens to one device.
+	// Event types: device.state, device.connectivity, device.update and device.command (filter with `types`).
+	//
+	// Every event has an `id`; reconnect with `Last-Event-ID` (or
+	// `last_event_id`) to get every event after it that the bus still holds,
+	// then live ones, with no loss and no repeat. A `gap` event says when some
+	// of the asked-for events are no longer held. A comment line every 15
+	// seconds keeps proxies from closing an idle stream. A client that does not
+	// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+	// stream ends; reconnect with the last id to resume. Any API replica serves
+	// any stream: events come from the Kafka topics, and ids are positions on
+	// them.
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/events (the `DeviceEventsStream` operationId).
+	DeviceEventsStream(ctx context.Context, deviceId DeviceId, params *DeviceEventsStreamParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceEventsWebsocket Live events of one device (WebSocket)
+	//
+	// The same events as `device-events:stream`, over a WebSocket: each is one text
+	// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+	// the last event received. Authenticate with the `Authorization` header
+	// or, where a client cannot set headers (browsers), by offering the
+	// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+	// `flock.v1`. The server pings every 15 seconds. A client too slow to
+	// read is closed with status 1008 and the reason `slow consumer`, after an
+	// `error` event when it can still be sent.
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/events/ws (the `DeviceEventsWebsocket` operationId).
+	DeviceEventsWebsocket(ctx context.Context, deviceId DeviceId, params *DeviceEventsWebsocketParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceLogList A device's container logs
+	//
+	// Log lines newest first, a page at a time. To follow new lines as they
+	// come, use `device-log:stream` (or `:websocket`) with the same filters:
+	// it sends history, then live lines, with nothing missed or repeated in
+	// between.
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/logs (the `DeviceLogList` operationId).
+	DeviceLogList(ctx context.Context, deviceId DeviceId, params *DeviceLogListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceLogStream Follow a device's container logs (Server-Sent Events)
+	//
+	// History first, oldest first: the lines from `since`, or else the last
+	// `tail` lines; then every new line as the device sends it. Nothing is
+	// missed or repeated between history and live lines: each line is sent
+	// once per (service, seq). Each event is a `device.log` StreamEvent whose
+	// data is a LogLine; resume with `Last-Event-ID` as on every stream.
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/logs/stream (the `DeviceLogStream` operationId).
+	DeviceLogStream(ctx context.Context, deviceId DeviceId, params *DeviceLogStreamParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceLogWebsocket Follow a device's container logs (WebSocket)
+	//
+	// The same as `device-log:stream`, over a WebSocket (see
+	// `device-events:websocket` for authentication, pings and resuming).
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/logs/ws (the `DeviceLogWebsocket` operationId).
+	DeviceLogWebsocket(ctx context.Context, deviceId DeviceId, params *DeviceLogWebsocketParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceMetricList The metrics a device sends
+	//
+	// Every metric name the device has samples of within the telemetry retention, by name.
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/metrics (the `DeviceMetricList` operationId).
+	DeviceMetricList(ctx context.Context, deviceId DeviceId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceTelemetryGet A device's metrics as time series
+	//
+	// Samples of the named metrics within [since, until), aggregated per
+	// step: count, min, max, avg and the last value of each step. At most
+	// 1000 steps per series: a longer range needs a larger step.
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/telemetry (the `DeviceTelemetryGet` operationId).
+	DeviceTelemetryGet(ctx context.Context, deviceId DeviceId, params *DeviceTelemetryGetParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceUpdateEventList A device's update progress events
+	//
+	// What the device reported while it updated, newest first (by the device's time, then id). Kept for the telemetry retention period.
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/update-events (the `DeviceUpdateEventList` operationId).
+	DeviceUpdateEventList(ctx context.Context, deviceId DeviceId, params *DeviceUpdateEventListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// DeviceVariableList Configuration variables of a device
 	//
@@ -2831,6 +3707,38 @@ type ClientInterface interface {
 	//
 	// Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
 	FleetUpdate(ctx context.Context, fleetId FleetId, params *FleetUpdateParams, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// FleetEventsStream Live events of a fleet (Server-Sent Events)
+	//
+	// A Server-Sent Events stream of what happens to a fleet.
+	// Event types: device.state, device.connectivity, device.update, device.command and rollout (filter with `types`).
+	//
+	// Every event has an `id`; reconnect with `Last-Event-ID` (or
+	// `last_event_id`) to get every event after it that the bus still holds,
+	// then live ones, with no loss and no repeat. A `gap` event says when some
+	// of the asked-for events are no longer held. A comment line every 15
+	// seconds keeps proxies from closing an idle stream. A client that does not
+	// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+	// stream ends; reconnect with the last id to resume. Any API replica serves
+	// any stream: events come from the Kafka topics, and ids are positions on
+	// them.
+	//
+	// Corresponds with GET /v1/fleets/{fleetId}/events (the `FleetEventsStream` operationId).
+	FleetEventsStream(ctx context.Context, fleetId FleetId, params *FleetEventsStreamParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// FleetEventsWebsocket Live events of a fleet (WebSocket)
+	//
+	// The same events as `fleet-events:stream`, over a WebSocket: each is one text
+	// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+	// the last event received. Authenticate with the `Authorization` header
+	// or, where a client cannot set headers (browsers), by offering the
+	// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+	// `flock.v1`. The server pings every 15 seconds. A client too slow to
+	// read is closed with status 1008 and the reason `slow consumer`, after an
+	// `error` event when it can still be sent.
+	//
+	// Corresponds with GET /v1/fleets/{fleetId}/events/ws (the `FleetEventsWebsocket` operationId).
+	FleetEventsWebsocket(ctx context.Context, fleetId FleetId, params *FleetEventsWebsocketParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ProvisioningKeyList Provisioning keys of a fleet
 	//
@@ -2921,6 +3829,17 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/fleets/{fleetId}/rollouts (the `RolloutCreate` operationId).
 	RolloutCreate(ctx context.Context, fleetId FleetId, params *RolloutCreateParams, body RolloutCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// FleetSummaryGet Device counts of a fleet
+	//
+	// How many devices the fleet has online and offline, per running release,
+	// per update status, and per state in each group of its rollouts that
+	// have not ended, in one call. Counts are kept up to date by the database
+	// in the same transaction as each device change, so they always equal a
+	// count of the devices.
+	//
+	// Corresponds with GET /v1/fleets/{fleetId}/summary (the `FleetSummaryGet` operationId).
+	FleetSummaryGet(ctx context.Context, fleetId FleetId, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// FleetVariableList Configuration variables of a fleet
 	//
@@ -3087,6 +4006,38 @@ type ClientInterface interface {
 	// Corresponds with GET /v1/orgs/{orgId}/devices (the `DeviceList` operationId).
 	DeviceList(ctx context.Context, orgId OrgId, params *DeviceListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// OrgEventsStream Live events of an organisation (Server-Sent Events)
+	//
+	// A Server-Sent Events stream of what happens to an organisation.
+	// Event types: device.state, device.connectivity, device.update, device.command and rollout (filter with `types`).
+	//
+	// Every event has an `id`; reconnect with `Last-Event-ID` (or
+	// `last_event_id`) to get every event after it that the bus still holds,
+	// then live ones, with no loss and no repeat. A `gap` event says when some
+	// of the asked-for events are no longer held. A comment line every 15
+	// seconds keeps proxies from closing an idle stream. A client that does not
+	// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+	// stream ends; reconnect with the last id to resume. Any API replica serves
+	// any stream: events come from the Kafka topics, and ids are positions on
+	// them.
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/events (the `OrgEventsStream` operationId).
+	OrgEventsStream(ctx context.Context, orgId OrgId, params *OrgEventsStreamParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// OrgEventsWebsocket Live events of an organisation (WebSocket)
+	//
+	// The same events as `org-events:stream`, over a WebSocket: each is one text
+	// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+	// the last event received. Authenticate with the `Authorization` header
+	// or, where a client cannot set headers (browsers), by offering the
+	// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+	// `flock.v1`. The server pings every 15 seconds. A client too slow to
+	// read is closed with status 1008 and the reason `slow consumer`, after an
+	// `error` event when it can still be sent.
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/events/ws (the `OrgEventsWebsocket` operationId).
+	OrgEventsWebsocket(ctx context.Context, orgId OrgId, params *OrgEventsWebsocketParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// FleetList Fleets of an organisation
 	//
 	// Corresponds with GET /v1/orgs/{orgId}/fleets (the `FleetList` operationId).
@@ -3158,6 +4109,13 @@ type ClientInterface interface {
 	// Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
 	MemberUpdate(ctx context.Context, orgId OrgId, userId UserId, params *MemberUpdateParams, body MemberUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// OrgSummaryGet Device counts of an organisation
+	//
+	// The counts of `fleet-summary:get` for every fleet of the organisation, and their totals.
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/summary (the `OrgSummaryGet` operationId).
+	OrgSummaryGet(ctx context.Context, orgId OrgId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// ReleaseGet A release
 	//
 	// Corresponds with GET /v1/releases/{releaseId} (the `ReleaseGet` operationId).
@@ -3224,6 +4182,38 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /v1/rollouts/{rolloutId}/devices (the `RolloutDeviceList` operationId).
 	RolloutDeviceList(ctx context.Context, rolloutId RolloutId, params *RolloutDeviceListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RolloutEventsStream Live events of a rollout (Server-Sent Events)
+	//
+	// A Server-Sent Events stream of what happens to a rollout: its state and group changes, and the update events of its fleet's devices for its release.
+	// Event types: rollout and device.update (filter with `types`).
+	//
+	// Every event has an `id`; reconnect with `Last-Event-ID` (or
+	// `last_event_id`) to get every event after it that the bus still holds,
+	// then live ones, with no loss and no repeat. A `gap` event says when some
+	// of the asked-for events are no longer held. A comment line every 15
+	// seconds keeps proxies from closing an idle stream. A client that does not
+	// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+	// stream ends; reconnect with the last id to resume. Any API replica serves
+	// any stream: events come from the Kafka topics, and ids are positions on
+	// them.
+	//
+	// Corresponds with GET /v1/rollouts/{rolloutId}/events (the `RolloutEventsStream` operationId).
+	RolloutEventsStream(ctx context.Context, rolloutId RolloutId, params *RolloutEventsStreamParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// RolloutEventsWebsocket Live events of a rollout (WebSocket)
+	//
+	// The same events as `rollout-events:stream`, over a WebSocket: each is one text
+	// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+	// the last event received. Authenticate with the `Authorization` header
+	// or, where a client cannot set headers (browsers), by offering the
+	// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+	// `flock.v1`. The server pings every 15 seconds. A client too slow to
+	// read is closed with status 1008 and the reason `slow consumer`, after an
+	// `error` event when it can still be sent.
+	//
+	// Corresponds with GET /v1/rollouts/{rolloutId}/events/ws (the `RolloutEventsWebsocket` operationId).
+	RolloutEventsWebsocket(ctx context.Context, rolloutId RolloutId, params *RolloutEventsWebsocketParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// RolloutNextGroup Skip ahead to the next group
 	//
@@ -3558,6 +4548,21 @@ func (c *Client) MqttHookAuthenticate(ctx context.Context, body MqttHookAuthenti
 	return c.Client.Do(req)
 }
 
+// CommandGet A command and its status
+//
+// Corresponds with GET /v1/commands/{commandId} (the `CommandGet` operationId).
+func (c *Client) CommandGet(ctx context.Context, commandId CommandId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCommandGetRequest(c.Server, commandId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // DeviceGroupDelete Delete a device group
 //
 // Refused (409) while a rollout that has not ended targets it.
@@ -3618,6 +4623,58 @@ func (c *Client) DeviceGroupUpdateWithBody(ctx context.Context, deviceGroupId De
 // Corresponds with PATCH /v1/device-groups/{deviceGroupId} (the `DeviceGroupUpdate` operationId).
 func (c *Client) DeviceGroupUpdate(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupUpdateParams, body DeviceGroupUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewDeviceGroupUpdateRequest(c.Server, deviceGroupId, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceGroupEventsStream Live events of the devices of a device group (Server-Sent Events)
+//
+// A Server-Sent Events stream of what happens to the devices of a device group (membership is re-read every 30 seconds, so a device that starts matching the group joins the stream within that).
+// Event types: device.state, device.connectivity, device.update and device.command (filter with `types`).
+//
+// Every event has an `id`; reconnect with `Last-Event-ID` (or
+// `last_event_id`) to get every event after it that the bus still holds,
+// then live ones, with no loss and no repeat. A `gap` event says when some
+// of the asked-for events are no longer held. A comment line every 15
+// seconds keeps proxies from closing an idle stream. A client that does not
+// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+// stream ends; reconnect with the last id to resume. Any API replica serves
+// any stream: events come from the Kafka topics, and ids are positions on
+// them.
+//
+// Corresponds with GET /v1/device-groups/{deviceGroupId}/events (the `DeviceGroupEventsStream` operationId).
+func (c *Client) DeviceGroupEventsStream(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupEventsStreamParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceGroupEventsStreamRequest(c.Server, deviceGroupId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceGroupEventsWebsocket Live events of the devices of a device group (WebSocket)
+//
+// The same events as `device-group-events:stream`, over a WebSocket: each is one text
+// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+// the last event received. Authenticate with the `Authorization` header
+// or, where a client cannot set headers (browsers), by offering the
+// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+// `flock.v1`. The server pings every 15 seconds. A client too slow to
+// read is closed with status 1008 and the reason `slow consumer`, after an
+// `error` event when it can still be sent.
+//
+// Corresponds with GET /v1/device-groups/{deviceGroupId}/events/ws (the `DeviceGroupEventsWebsocket` operationId).
+func (c *Client) DeviceGroupEventsWebsocket(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupEventsWebsocketParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceGroupEventsWebsocketRequest(c.Server, deviceGroupId, params)
 	if err != nil {
 		return nil, err
 	}
@@ -3694,6 +4751,69 @@ func (c *Client) DeviceUpdate(ctx context.Context, deviceId DeviceId, params *De
 	return c.Client.Do(req)
 }
 
+// DeviceCommandList Commands sent to a device
+//
+// Corresponds with GET /v1/devices/{deviceId}/commands (the `DeviceCommandList` operationId).
+func (c *Client) DeviceCommandList(ctx context.Context, deviceId DeviceId, params *DeviceCommandListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceCommandListRequest(c.Server, deviceId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceCommandCreateWithBody Send a command to a device
+//
+// Queues the command for the device: it is sent at once when the device
+// is connected, otherwise when it next connects, until `expires_at`. Its
+// status changes as the device acknowledges and reports the outcome
+// (read it with `command:get`, or watch `device.command` events on the
+// streams). A device acts on each command id once, however often it is
+// delivered.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/devices/{deviceId}/commands (the `DeviceCommandCreate` operationId).
+func (c *Client) DeviceCommandCreateWithBody(ctx context.Context, deviceId DeviceId, params *DeviceCommandCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceCommandCreateRequestWithBody(c.Server, deviceId, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceCommandCreate Send a command to a device
+//
+// Queues the command for the device: it is sent at once when the device
+// is connected, otherwise when it next connects, until `expires_at`. Its
+// status changes as the device acknowledges and reports the outcome
+// (read it with `command:get`, or watch `device.command` events on the
+// streams). A device acts on each command id once, however often it is
+// delivered.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/devices/{deviceId}/commands (the `DeviceCommandCreate` operationId).
+func (c *Client) DeviceCommandCreate(ctx context.Context, deviceId DeviceId, params *DeviceCommandCreateParams, body DeviceCommandCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceCommandCreateRequest(c.Server, deviceId, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // DeviceConnectivityList Connectivity history of a device
 //
 // Each time the device connected to or disconnected from the MQTT broker,
@@ -3705,6 +4825,170 @@ func (c *Client) DeviceUpdate(ctx context.Context, deviceId DeviceId, params *De
 // Corresponds with GET /v1/devices/{deviceId}/connectivity (the `DeviceConnectivityList` operationId).
 func (c *Client) DeviceConnectivityList(ctx context.Context, deviceId DeviceId, params *DeviceConnectivityListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewDeviceConnectivityListRequest(c.Server, deviceId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceEventsStream Live events of one device (Server-Sent Events)
+//
+// A Server-Sent Events stream of what happens to one device.
+// Event types: device.state, device.connectivity, device.update and device.command (filter with `types`).
+//
+// Every event has an `id`; reconnect with `Last-Event-ID` (or
+// `last_event_id`) to get every event after it that the bus still holds,
+// then live ones, with no loss and no repeat. A `gap` event says when some
+// of the asked-for events are no longer held. A comment line every 15
+// seconds keeps proxies from closing an idle stream. A client that does not
+// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+// stream ends; reconnect with the last id to resume. Any API replica serves
+// any stream: events come from the Kafka topics, and ids are positions on
+// them.
+//
+// Corresponds with GET /v1/devices/{deviceId}/events (the `DeviceEventsStream` operationId).
+func (c *Client) DeviceEventsStream(ctx context.Context, deviceId DeviceId, params *DeviceEventsStreamParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceEventsStreamRequest(c.Server, deviceId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceEventsWebsocket Live events of one device (WebSocket)
+//
+// The same events as `device-events:stream`, over a WebSocket: each is one text
+// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+// the last event received. Authenticate with the `Authorization` header
+// or, where a client cannot set headers (browsers), by offering the
+// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+// `flock.v1`. The server pings every 15 seconds. A client too slow to
+// read is closed with status 1008 and the reason `slow consumer`, after an
+// `error` event when it can still be sent.
+//
+// Corresponds with GET /v1/devices/{deviceId}/events/ws (the `DeviceEventsWebsocket` operationId).
+func (c *Client) DeviceEventsWebsocket(ctx context.Context, deviceId DeviceId, params *DeviceEventsWebsocketParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceEventsWebsocketRequest(c.Server, deviceId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceLogList A device's container logs
+//
+// Log lines newest first, a page at a time. To follow new lines as they
+// come, use `device-log:stream` (or `:websocket`) with the same filters:
+// it sends history, then live lines, with nothing missed or repeated in
+// between.
+//
+// Corresponds with GET /v1/devices/{deviceId}/logs (the `DeviceLogList` operationId).
+func (c *Client) DeviceLogList(ctx context.Context, deviceId DeviceId, params *DeviceLogListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceLogListRequest(c.Server, deviceId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceLogStream Follow a device's container logs (Server-Sent Events)
+//
+// History first, oldest first: the lines from `since`, or else the last
+// `tail` lines; then every new line as the device sends it. Nothing is
+// missed or repeated between history and live lines: each line is sent
+// once per (service, seq). Each event is a `device.log` StreamEvent whose
+// data is a LogLine; resume with `Last-Event-ID` as on every stream.
+//
+// Corresponds with GET /v1/devices/{deviceId}/logs/stream (the `DeviceLogStream` operationId).
+func (c *Client) DeviceLogStream(ctx context.Context, deviceId DeviceId, params *DeviceLogStreamParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceLogStreamRequest(c.Server, deviceId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceLogWebsocket Follow a device's container logs (WebSocket)
+//
+// The same as `device-log:stream`, over a WebSocket (see
+// `device-events:websocket` for authentication, pings and resuming).
+//
+// Corresponds with GET /v1/devices/{deviceId}/logs/ws (the `DeviceLogWebsocket` operationId).
+func (c *Client) DeviceLogWebsocket(ctx context.Context, deviceId DeviceId, params *DeviceLogWebsocketParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceLogWebsocketRequest(c.Server, deviceId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceMetricList The metrics a device sends
+//
+// Every metric name the device has samples of within the telemetry retention, by name.
+//
+// Corresponds with GET /v1/devices/{deviceId}/metrics (the `DeviceMetricList` operationId).
+func (c *Client) DeviceMetricList(ctx context.Context, deviceId DeviceId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceMetricListRequest(c.Server, deviceId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceTelemetryGet A device's metrics as time series
+//
+// Samples of the named metrics within [since, until), aggregated per
+// step: count, min, max, avg and the last value of each step. At most
+// 1000 steps per series: a longer range needs a larger step.
+//
+// Corresponds with GET /v1/devices/{deviceId}/telemetry (the `DeviceTelemetryGet` operationId).
+func (c *Client) DeviceTelemetryGet(ctx context.Context, deviceId DeviceId, params *DeviceTelemetryGetParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceTelemetryGetRequest(c.Server, deviceId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceUpdateEventList A device's update progress events
+//
+// What the device reported while it updated, newest first (by the device's time, then id). Kept for the telemetry retention period.
+//
+// Corresponds with GET /v1/devices/{deviceId}/update-events (the `DeviceUpdateEventList` operationId).
+func (c *Client) DeviceUpdateEventList(ctx context.Context, deviceId DeviceId, params *DeviceUpdateEventListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceUpdateEventListRequest(c.Server, deviceId, params)
 	if err != nil {
 		return nil, err
 	}
@@ -3879,6 +5163,58 @@ func (c *Client) FleetUpdateWithBody(ctx context.Context, fleetId FleetId, param
 // Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
 func (c *Client) FleetUpdate(ctx context.Context, fleetId FleetId, params *FleetUpdateParams, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewFleetUpdateRequest(c.Server, fleetId, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// FleetEventsStream Live events of a fleet (Server-Sent Events)
+//
+// A Server-Sent Events stream of what happens to a fleet.
+// Event types: device.state, device.connectivity, device.update, device.command and rollout (filter with `types`).
+//
+// Every event has an `id`; reconnect with `Last-Event-ID` (or
+// `last_event_id`) to get every event after it that the bus still holds,
+// then live ones, with no loss and no repeat. A `gap` event says when some
+// of the asked-for events are no longer held. A comment line every 15
+// seconds keeps proxies from closing an idle stream. A client that does not
+// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+// stream ends; reconnect with the last id to resume. Any API replica serves
+// any stream: events come from the Kafka topics, and ids are positions on
+// them.
+//
+// Corresponds with GET /v1/fleets/{fleetId}/events (the `FleetEventsStream` operationId).
+func (c *Client) FleetEventsStream(ctx context.Context, fleetId FleetId, params *FleetEventsStreamParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetEventsStreamRequest(c.Server, fleetId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// FleetEventsWebsocket Live events of a fleet (WebSocket)
+//
+// The same events as `fleet-events:stream`, over a WebSocket: each is one text
+// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+// the last event received. Authenticate with the `Authorization` header
+// or, where a client cannot set headers (browsers), by offering the
+// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+// `flock.v1`. The server pings every 15 seconds. A client too slow to
+// read is closed with status 1008 and the reason `slow consumer`, after an
+// `error` event when it can still be sent.
+//
+// Corresponds with GET /v1/fleets/{fleetId}/events/ws (the `FleetEventsWebsocket` operationId).
+func (c *Client) FleetEventsWebsocket(ctx context.Context, fleetId FleetId, params *FleetEventsWebsocketParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetEventsWebsocketRequest(c.Server, fleetId, params)
 	if err != nil {
 		return nil, err
 	}
@@ -4069,6 +5405,27 @@ func (c *Client) RolloutCreateWithBody(ctx context.Context, fleetId FleetId, par
 // Corresponds with POST /v1/fleets/{fleetId}/rollouts (the `RolloutCreate` operationId).
 func (c *Client) RolloutCreate(ctx context.Context, fleetId FleetId, params *RolloutCreateParams, body RolloutCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewRolloutCreateRequest(c.Server, fleetId, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// FleetSummaryGet Device counts of a fleet
+//
+// How many devices the fleet has online and offline, per running release,
+// per update status, and per state in each group of its rollouts that
+// have not ended, in one call. Counts are kept up to date by the database
+// in the same transaction as each device change, so they always equal a
+// count of the devices.
+//
+// Corresponds with GET /v1/fleets/{fleetId}/summary (the `FleetSummaryGet` operationId).
+func (c *Client) FleetSummaryGet(ctx context.Context, fleetId FleetId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewFleetSummaryGetRequest(c.Server, fleetId)
 	if err != nil {
 		return nil, err
 	}
@@ -4474,6 +5831,58 @@ func (c *Client) DeviceList(ctx context.Context, orgId OrgId, params *DeviceList
 	return c.Client.Do(req)
 }
 
+// OrgEventsStream Live events of an organisation (Server-Sent Events)
+//
+// A Server-Sent Events stream of what happens to an organisation.
+// Event types: device.state, device.connectivity, device.update, device.command and rollout (filter with `types`).
+//
+// Every event has an `id`; reconnect with `Last-Event-ID` (or
+// `last_event_id`) to get every event after it that the bus still holds,
+// then live ones, with no loss and no repeat. A `gap` event says when some
+// of the asked-for events are no longer held. A comment line every 15
+// seconds keeps proxies from closing an idle stream. A client that does not
+// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+// stream ends; reconnect with the last id to resume. Any API replica serves
+// any stream: events come from the Kafka topics, and ids are positions on
+// them.
+//
+// Corresponds with GET /v1/orgs/{orgId}/events (the `OrgEventsStream` operationId).
+func (c *Client) OrgEventsStream(ctx context.Context, orgId OrgId, params *OrgEventsStreamParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOrgEventsStreamRequest(c.Server, orgId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// OrgEventsWebsocket Live events of an organisation (WebSocket)
+//
+// The same events as `org-events:stream`, over a WebSocket: each is one text
+// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+// the last event received. Authenticate with the `Authorization` header
+// or, where a client cannot set headers (browsers), by offering the
+// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+// `flock.v1`. The server pings every 15 seconds. A client too slow to
+// read is closed with status 1008 and the reason `slow consumer`, after an
+// `error` event when it can still be sent.
+//
+// Corresponds with GET /v1/orgs/{orgId}/events/ws (the `OrgEventsWebsocket` operationId).
+func (c *Client) OrgEventsWebsocket(ctx context.Context, orgId OrgId, params *OrgEventsWebsocketParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOrgEventsWebsocketRequest(c.Server, orgId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // FleetList Fleets of an organisation
 //
 // Corresponds with GET /v1/orgs/{orgId}/fleets (the `FleetList` operationId).
@@ -4635,6 +6044,23 @@ func (c *Client) MemberUpdate(ctx context.Context, orgId OrgId, userId UserId, p
 	return c.Client.Do(req)
 }
 
+// OrgSummaryGet Device counts of an organisation
+//
+// The counts of `fleet-summary:get` for every fleet of the organisation, and their totals.
+//
+// Corresponds with GET /v1/orgs/{orgId}/summary (the `OrgSummaryGet` operationId).
+func (c *Client) OrgSummaryGet(ctx context.Context, orgId OrgId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOrgSummaryGetRequest(c.Server, orgId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // ReleaseGet A release
 //
 // Corresponds with GET /v1/releases/{releaseId} (the `ReleaseGet` operationId).
@@ -4782,6 +6208,58 @@ func (c *Client) RolloutCancel(ctx context.Context, rolloutId RolloutId, params 
 // Corresponds with GET /v1/rollouts/{rolloutId}/devices (the `RolloutDeviceList` operationId).
 func (c *Client) RolloutDeviceList(ctx context.Context, rolloutId RolloutId, params *RolloutDeviceListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewRolloutDeviceListRequest(c.Server, rolloutId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RolloutEventsStream Live events of a rollout (Server-Sent Events)
+//
+// A Server-Sent Events stream of what happens to a rollout: its state and group changes, and the update events of its fleet's devices for its release.
+// Event types: rollout and device.update (filter with `types`).
+//
+// Every event has an `id`; reconnect with `Last-Event-ID` (or
+// `last_event_id`) to get every event after it that the bus still holds,
+// then live ones, with no loss and no repeat. A `gap` event says when some
+// of the asked-for events are no longer held. A comment line every 15
+// seconds keeps proxies from closing an idle stream. A client that does not
+// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+// stream ends; reconnect with the last id to resume. Any API replica serves
+// any stream: events come from the Kafka topics, and ids are positions on
+// them.
+//
+// Corresponds with GET /v1/rollouts/{rolloutId}/events (the `RolloutEventsStream` operationId).
+func (c *Client) RolloutEventsStream(ctx context.Context, rolloutId RolloutId, params *RolloutEventsStreamParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRolloutEventsStreamRequest(c.Server, rolloutId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// RolloutEventsWebsocket Live events of a rollout (WebSocket)
+//
+// The same events as `rollout-events:stream`, over a WebSocket: each is one text
+// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+// the last event received. Authenticate with the `Authorization` header
+// or, where a client cannot set headers (browsers), by offering the
+// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+// `flock.v1`. The server pings every 15 seconds. A client too slow to
+// read is closed with status 1008 and the reason `slow consumer`, after an
+// `error` event when it can still be sent.
+//
+// Corresponds with GET /v1/rollouts/{rolloutId}/events/ws (the `RolloutEventsWebsocket` operationId).
+func (c *Client) RolloutEventsWebsocket(ctx context.Context, rolloutId RolloutId, params *RolloutEventsWebsocketParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRolloutEventsWebsocketRequest(c.Server, rolloutId, params)
 	if err != nil {
 		return nil, err
 	}
@@ -5147,6 +6625,40 @@ func NewMqttHookAuthenticateRequestWithBody(server string, contentType string, b
 	return req, nil
 }
 
+// NewCommandGetRequest constructs an http.Request for the CommandGet method
+func NewCommandGetRequest(server string, commandId CommandId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "commandId", commandId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/commands/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewDeviceGroupDeleteRequest constructs an http.Request for the DeviceGroupDelete method
 func NewDeviceGroupDeleteRequest(server string, deviceGroupId DeviceGroupId) (*http.Request, error) {
 	var err error
@@ -5272,6 +6784,167 @@ func NewDeviceGroupUpdateRequestWithBody(server string, deviceGroupId DeviceGrou
 			req.Header.Set("Idempotency-Key", headerParam0)
 		}
 
+	}
+
+	return req, nil
+}
+
+// NewDeviceGroupEventsStreamRequest constructs an http.Request for the DeviceGroupEventsStream method
+func NewDeviceGroupEventsStreamRequest(server string, deviceGroupId DeviceGroupId, params *DeviceGroupEventsStreamParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceGroupId", deviceGroupId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/device-groups/%s/events", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Types != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", false, "types", *params.Types, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.LastEventId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "last_event_id", *params.LastEventId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.LastEventID != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Last-Event-ID", *params.LastEventID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Last-Event-ID", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewDeviceGroupEventsWebsocketRequest constructs an http.Request for the DeviceGroupEventsWebsocket method
+func NewDeviceGroupEventsWebsocketRequest(server string, deviceGroupId DeviceGroupId, params *DeviceGroupEventsWebsocketParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceGroupId", deviceGroupId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/device-groups/%s/events/ws", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Types != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", false, "types", *params.Types, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.LastEventId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "last_event_id", *params.LastEventId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
 	}
 
 	return req, nil
@@ -5422,6 +7095,153 @@ func NewDeviceUpdateRequestWithBody(server string, deviceId DeviceId, params *De
 	return req, nil
 }
 
+// NewDeviceCommandListRequest constructs an http.Request for the DeviceCommandList method
+func NewDeviceCommandListRequest(server string, deviceId DeviceId, params *DeviceCommandListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s/commands", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Status != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "status", *params.Status, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceCommandCreateRequest calls the generic DeviceCommandCreate builder with application/json body
+func NewDeviceCommandCreateRequest(server string, deviceId DeviceId, params *DeviceCommandCreateParams, body DeviceCommandCreateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewDeviceCommandCreateRequestWithBody(server, deviceId, params, "application/json", bodyReader)
+}
+
+// NewDeviceCommandCreateRequestWithBody constructs an http.Request for the DeviceCommandCreate method, with any body, and a specified content type
+func NewDeviceCommandCreateRequestWithBody(server string, deviceId DeviceId, params *DeviceCommandCreateParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s/commands", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
 // NewDeviceConnectivityListRequest constructs an http.Request for the DeviceConnectivityList method
 func NewDeviceConnectivityListRequest(server string, deviceId DeviceId, params *DeviceConnectivityListParams) (*http.Request, error) {
 	var err error
@@ -5456,6 +7276,749 @@ func NewDeviceConnectivityListRequest(server string, deviceId DeviceId, params *
 		// styled parameters, preserving literal commas as delimiters
 		// per the OpenAPI spec (e.g. "color=blue,black,brown").
 		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceEventsStreamRequest constructs an http.Request for the DeviceEventsStream method
+func NewDeviceEventsStreamRequest(server string, deviceId DeviceId, params *DeviceEventsStreamParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s/events", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Types != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", false, "types", *params.Types, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.LastEventId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "last_event_id", *params.LastEventId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.LastEventID != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Last-Event-ID", *params.LastEventID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Last-Event-ID", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewDeviceEventsWebsocketRequest constructs an http.Request for the DeviceEventsWebsocket method
+func NewDeviceEventsWebsocketRequest(server string, deviceId DeviceId, params *DeviceEventsWebsocketParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s/events/ws", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Types != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", false, "types", *params.Types, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.LastEventId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "last_event_id", *params.LastEventId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceLogListRequest constructs an http.Request for the DeviceLogList method
+func NewDeviceLogListRequest(server string, deviceId DeviceId, params *DeviceLogListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s/logs", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Since != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "since", *params.Since, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date-time"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Until != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "until", *params.Until, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date-time"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Service != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "service", *params.Service, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Q != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "q", *params.Q, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceLogStreamRequest constructs an http.Request for the DeviceLogStream method
+func NewDeviceLogStreamRequest(server string, deviceId DeviceId, params *DeviceLogStreamParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s/logs/stream", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Since != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "since", *params.Since, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date-time"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Service != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "service", *params.Service, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Q != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "q", *params.Q, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Tail != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "tail", *params.Tail, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.LastEventId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "last_event_id", *params.LastEventId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.LastEventID != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Last-Event-ID", *params.LastEventID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Last-Event-ID", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewDeviceLogWebsocketRequest constructs an http.Request for the DeviceLogWebsocket method
+func NewDeviceLogWebsocketRequest(server string, deviceId DeviceId, params *DeviceLogWebsocketParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s/logs/ws", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Since != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "since", *params.Since, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date-time"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Service != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "service", *params.Service, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Q != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "q", *params.Q, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Tail != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "tail", *params.Tail, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.LastEventId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "last_event_id", *params.LastEventId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceMetricListRequest constructs an http.Request for the DeviceMetricList method
+func NewDeviceMetricListRequest(server string, deviceId DeviceId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s/metrics", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceTelemetryGetRequest constructs an http.Request for the DeviceTelemetryGet method
+func NewDeviceTelemetryGetRequest(server string, deviceId DeviceId, params *DeviceTelemetryGetParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s/telemetry", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Metric != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "metric", params.Metric, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Since != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "since", *params.Since, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date-time"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Until != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "until", *params.Until, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date-time"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Step != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "step", *params.Step, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceUpdateEventListRequest constructs an http.Request for the DeviceUpdateEventList method
+func NewDeviceUpdateEventListRequest(server string, deviceId DeviceId, params *DeviceUpdateEventListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s/update-events", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Since != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "since", *params.Since, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date-time"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Until != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "until", *params.Until, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: "date-time"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
 
 		if params.Limit != nil {
 
@@ -5895,6 +8458,167 @@ func NewFleetUpdateRequestWithBody(server string, fleetId FleetId, params *Fleet
 			req.Header.Set("Idempotency-Key", headerParam0)
 		}
 
+	}
+
+	return req, nil
+}
+
+// NewFleetEventsStreamRequest constructs an http.Request for the FleetEventsStream method
+func NewFleetEventsStreamRequest(server string, fleetId FleetId, params *FleetEventsStreamParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s/events", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Types != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", false, "types", *params.Types, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.LastEventId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "last_event_id", *params.LastEventId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.LastEventID != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Last-Event-ID", *params.LastEventID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Last-Event-ID", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewFleetEventsWebsocketRequest constructs an http.Request for the FleetEventsWebsocket method
+func NewFleetEventsWebsocketRequest(server string, fleetId FleetId, params *FleetEventsWebsocketParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s/events/ws", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Types != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", false, "types", *params.Types, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.LastEventId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "last_event_id", *params.LastEventId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
 	}
 
 	return req, nil
@@ -6365,6 +9089,40 @@ func NewRolloutCreateRequestWithBody(server string, fleetId FleetId, params *Rol
 			req.Header.Set("Idempotency-Key", headerParam0)
 		}
 
+	}
+
+	return req, nil
+}
+
+// NewFleetSummaryGetRequest constructs an http.Request for the FleetSummaryGet method
+func NewFleetSummaryGetRequest(server string, fleetId FleetId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s/summary", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
 	}
 
 	return req, nil
@@ -7488,6 +10246,167 @@ func NewDeviceListRequest(server string, orgId OrgId, params *DeviceListParams) 
 	return req, nil
 }
 
+// NewOrgEventsStreamRequest constructs an http.Request for the OrgEventsStream method
+func NewOrgEventsStreamRequest(server string, orgId OrgId, params *OrgEventsStreamParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/events", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Types != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", false, "types", *params.Types, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.LastEventId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "last_event_id", *params.LastEventId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.LastEventID != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Last-Event-ID", *params.LastEventID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Last-Event-ID", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewOrgEventsWebsocketRequest constructs an http.Request for the OrgEventsWebsocket method
+func NewOrgEventsWebsocketRequest(server string, orgId OrgId, params *OrgEventsWebsocketParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/events/ws", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Types != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", false, "types", *params.Types, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.LastEventId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "last_event_id", *params.LastEventId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewFleetListRequest constructs an http.Request for the FleetList method
 func NewFleetListRequest(server string, orgId OrgId, params *FleetListParams) (*http.Request, error) {
 	var err error
@@ -7883,6 +10802,40 @@ func NewMemberUpdateRequestWithBody(server string, orgId OrgId, userId UserId, p
 	return req, nil
 }
 
+// NewOrgSummaryGetRequest constructs an http.Request for the OrgSummaryGet method
+func NewOrgSummaryGetRequest(server string, orgId OrgId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/summary", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewReleaseGetRequest constructs an http.Request for the ReleaseGet method
 func NewReleaseGetRequest(server string, releaseId ReleaseId) (*http.Request, error) {
 	var err error
@@ -8247,6 +11200,167 @@ func NewRolloutDeviceListRequest(server string, rolloutId RolloutId, params *Rol
 		if params.Cursor != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewRolloutEventsStreamRequest constructs an http.Request for the RolloutEventsStream method
+func NewRolloutEventsStreamRequest(server string, rolloutId RolloutId, params *RolloutEventsStreamParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "rolloutId", rolloutId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/rollouts/%s/events", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Types != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", false, "types", *params.Types, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.LastEventId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "last_event_id", *params.LastEventId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.LastEventID != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Last-Event-ID", *params.LastEventID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Last-Event-ID", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewRolloutEventsWebsocketRequest constructs an http.Request for the RolloutEventsWebsocket method
+func NewRolloutEventsWebsocketRequest(server string, rolloutId RolloutId, params *RolloutEventsWebsocketParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "rolloutId", rolloutId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/rollouts/%s/events/ws", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Types != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", false, "types", *params.Types, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.LastEventId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "last_event_id", *params.LastEventId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -8717,6 +11831,13 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /internal/v1/mqtt/auth (the `MqttHookAuthenticate` operationId).
 	MqttHookAuthenticateWithResponse(ctx context.Context, body MqttHookAuthenticateJSONRequestBody, reqEditors ...RequestEditorFn) (*MqttHookAuthenticateResponse, error)
 
+	// CommandGetWithResponse A command and its status
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/commands/{commandId} (the `CommandGet` operationId).
+	CommandGetWithResponse(ctx context.Context, commandId CommandId, reqEditors ...RequestEditorFn) (*CommandGetResponse, error)
+
 	// DeviceGroupDeleteWithResponse Delete a device group
 	//
 	// Refused (409) while a rollout that has not ended targets it.
@@ -8751,6 +11872,42 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with PATCH /v1/device-groups/{deviceGroupId} (the `DeviceGroupUpdate` operationId).
 	DeviceGroupUpdateWithResponse(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupUpdateParams, body DeviceGroupUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceGroupUpdateResponse, error)
 
+	// DeviceGroupEventsStreamWithResponse Live events of the devices of a device group (Server-Sent Events)
+	//
+	// A Server-Sent Events stream of what happens to the devices of a device group (membership is re-read every 30 seconds, so a device that starts matching the group joins the stream within that).
+	// Event types: device.state, device.connectivity, device.update and device.command (filter with `types`).
+	//
+	// Every event has an `id`; reconnect with `Last-Event-ID` (or
+	// `last_event_id`) to get every event after it that the bus still holds,
+	// then live ones, with no loss and no repeat. A `gap` event says when some
+	// of the asked-for events are no longer held. A comment line every 15
+	// seconds keeps proxies from closing an idle stream. A client that does not
+	// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+	// stream ends; reconnect with the last id to resume. Any API replica serves
+	// any stream: events come from the Kafka topics, and ids are positions on
+	// them.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/device-groups/{deviceGroupId}/events (the `DeviceGroupEventsStream` operationId).
+	DeviceGroupEventsStreamWithResponse(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupEventsStreamParams, reqEditors ...RequestEditorFn) (*DeviceGroupEventsStreamResponse, error)
+
+	// DeviceGroupEventsWebsocketWithResponse Live events of the devices of a device group (WebSocket)
+	//
+	// The same events as `device-group-events:stream`, over a WebSocket: each is one text
+	// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+	// the last event received. Authenticate with the `Authorization` header
+	// or, where a client cannot set headers (browsers), by offering the
+	// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+	// `flock.v1`. The server pings every 15 seconds. A client too slow to
+	// read is closed with status 1008 and the reason `slow consumer`, after an
+	// `error` event when it can still be sent.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/device-groups/{deviceGroupId}/events/ws (the `DeviceGroupEventsWebsocket` operationId).
+	DeviceGroupEventsWebsocketWithResponse(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupEventsWebsocketParams, reqEditors ...RequestEditorFn) (*DeviceGroupEventsWebsocketResponse, error)
+
 	// DeviceDeleteWithResponse Delete a device
 	//
 	// Its tokens stop working at once; it must register again to come back.
@@ -8781,6 +11938,41 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with PATCH /v1/devices/{deviceId} (the `DeviceUpdate` operationId).
 	DeviceUpdateWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceUpdateParams, body DeviceUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceUpdateResponse, error)
 
+	// DeviceCommandListWithResponse Commands sent to a device
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/commands (the `DeviceCommandList` operationId).
+	DeviceCommandListWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceCommandListParams, reqEditors ...RequestEditorFn) (*DeviceCommandListResponse, error)
+
+	// DeviceCommandCreateWithBodyWithResponse Send a command to a device
+	//
+	// Queues the command for the device: it is sent at once when the device
+	// is connected, otherwise when it next connects, until `expires_at`. Its
+	// status changes as the device acknowledges and reports the outcome
+	// (read it with `command:get`, or watch `device.command` events on the
+	// streams). A device acts on each command id once, however often it is
+	// delivered.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/devices/{deviceId}/commands (the `DeviceCommandCreate` operationId).
+	DeviceCommandCreateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceCommandCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceCommandCreateResponse, error)
+
+	// DeviceCommandCreateWithResponse Send a command to a device
+	//
+	// Queues the command for the device: it is sent at once when the device
+	// is connected, otherwise when it next connects, until `expires_at`. Its
+	// status changes as the device acknowledges and reports the outcome
+	// (read it with `command:get`, or watch `device.command` events on the
+	// streams). A device acts on each command id once, however often it is
+	// delivered.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/devices/{deviceId}/commands (the `DeviceCommandCreate` operationId).
+	DeviceCommandCreateWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceCommandCreateParams, body DeviceCommandCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceCommandCreateResponse, error)
+
 	// DeviceConnectivityListWithResponse Connectivity history of a device
 	//
 	// Each time the device connected to or disconnected from the MQTT broker,
@@ -8793,6 +11985,106 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /v1/devices/{deviceId}/connectivity (the `DeviceConnectivityList` operationId).
 	DeviceConnectivityListWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceConnectivityListParams, reqEditors ...RequestEditorFn) (*DeviceConnectivityListResponse, error)
+
+	// DeviceEventsStreamWithResponse Live events of one device (Server-Sent Events)
+	//
+	// A Server-Sent Events stream of what happens to one device.
+	// Event types: device.state, device.connectivity, device.update and device.command (filter with `types`).
+	//
+	// Every event has an `id`; reconnect with `Last-Event-ID` (or
+	// `last_event_id`) to get every event after it that the bus still holds,
+	// then live ones, with no loss and no repeat. A `gap` event says when some
+	// of the asked-for events are no longer held. A comment line every 15
+	// seconds keeps proxies from closing an idle stream. A client that does not
+	// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+	// stream ends; reconnect with the last id to resume. Any API replica serves
+	// any stream: events come from the Kafka topics, and ids are positions on
+	// them.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/events (the `DeviceEventsStream` operationId).
+	DeviceEventsStreamWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceEventsStreamParams, reqEditors ...RequestEditorFn) (*DeviceEventsStreamResponse, error)
+
+	// DeviceEventsWebsocketWithResponse Live events of one device (WebSocket)
+	//
+	// The same events as `device-events:stream`, over a WebSocket: each is one text
+	// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+	// the last event received. Authenticate with the `Authorization` header
+	// or, where a client cannot set headers (browsers), by offering the
+	// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+	// `flock.v1`. The server pings every 15 seconds. A client too slow to
+	// read is closed with status 1008 and the reason `slow consumer`, after an
+	// `error` event when it can still be sent.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/events/ws (the `DeviceEventsWebsocket` operationId).
+	DeviceEventsWebsocketWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceEventsWebsocketParams, reqEditors ...RequestEditorFn) (*DeviceEventsWebsocketResponse, error)
+
+	// DeviceLogListWithResponse A device's container logs
+	//
+	// Log lines newest first, a page at a time. To follow new lines as they
+	// come, use `device-log:stream` (or `:websocket`) with the same filters:
+	// it sends history, then live lines, with nothing missed or repeated in
+	// between.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/logs (the `DeviceLogList` operationId).
+	DeviceLogListWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceLogListParams, reqEditors ...RequestEditorFn) (*DeviceLogListResponse, error)
+
+	// DeviceLogStreamWithResponse Follow a device's container logs (Server-Sent Events)
+	//
+	// History first, oldest first: the lines from `since`, or else the last
+	// `tail` lines; then every new line as the device sends it. Nothing is
+	// missed or repeated between history and live lines: each line is sent
+	// once per (service, seq). Each event is a `device.log` StreamEvent whose
+	// data is a LogLine; resume with `Last-Event-ID` as on every stream.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/logs/stream (the `DeviceLogStream` operationId).
+	DeviceLogStreamWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceLogStreamParams, reqEditors ...RequestEditorFn) (*DeviceLogStreamResponse, error)
+
+	// DeviceLogWebsocketWithResponse Follow a device's container logs (WebSocket)
+	//
+	// The same as `device-log:stream`, over a WebSocket (see
+	// `device-events:websocket` for authentication, pings and resuming).
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/logs/ws (the `DeviceLogWebsocket` operationId).
+	DeviceLogWebsocketWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceLogWebsocketParams, reqEditors ...RequestEditorFn) (*DeviceLogWebsocketResponse, error)
+
+	// DeviceMetricListWithResponse The metrics a device sends
+	//
+	// Every metric name the device has samples of within the telemetry retention, by name.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/metrics (the `DeviceMetricList` operationId).
+	DeviceMetricListWithResponse(ctx context.Context, deviceId DeviceId, reqEditors ...RequestEditorFn) (*DeviceMetricListResponse, error)
+
+	// DeviceTelemetryGetWithResponse A device's metrics as time series
+	//
+	// Samples of the named metrics within [since, until), aggregated per
+	// step: count, min, max, avg and the last value of each step. At most
+	// 1000 steps per series: a longer range needs a larger step.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/telemetry (the `DeviceTelemetryGet` operationId).
+	DeviceTelemetryGetWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceTelemetryGetParams, reqEditors ...RequestEditorFn) (*DeviceTelemetryGetResponse, error)
+
+	// DeviceUpdateEventListWithResponse A device's update progress events
+	//
+	// What the device reported while it updated, newest first (by the device's time, then id). Kept for the telemetry retention period.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/update-events (the `DeviceUpdateEventList` operationId).
+	DeviceUpdateEventListWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceUpdateEventListParams, reqEditors ...RequestEditorFn) (*DeviceUpdateEventListResponse, error)
 
 	// DeviceVariableListWithResponse Configuration variables of a device
 	//
@@ -8875,6 +12167,42 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
 	FleetUpdateWithResponse(ctx context.Context, fleetId FleetId, params *FleetUpdateParams, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetUpdateResponse, error)
+
+	// FleetEventsStreamWithResponse Live events of a fleet (Server-Sent Events)
+	//
+	// A Server-Sent Events stream of what happens to a fleet.
+	// Event types: device.state, device.connectivity, device.update, device.command and rollout (filter with `types`).
+	//
+	// Every event has an `id`; reconnect with `Last-Event-ID` (or
+	// `last_event_id`) to get every event after it that the bus still holds,
+	// then live ones, with no loss and no repeat. A `gap` event says when some
+	// of the asked-for events are no longer held. A comment line every 15
+	// seconds keeps proxies from closing an idle stream. A client that does not
+	// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+	// stream ends; reconnect with the last id to resume. Any API replica serves
+	// any stream: events come from the Kafka topics, and ids are positions on
+	// them.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/fleets/{fleetId}/events (the `FleetEventsStream` operationId).
+	FleetEventsStreamWithResponse(ctx context.Context, fleetId FleetId, params *FleetEventsStreamParams, reqEditors ...RequestEditorFn) (*FleetEventsStreamResponse, error)
+
+	// FleetEventsWebsocketWithResponse Live events of a fleet (WebSocket)
+	//
+	// The same events as `fleet-events:stream`, over a WebSocket: each is one text
+	// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+	// the last event received. Authenticate with the `Authorization` header
+	// or, where a client cannot set headers (browsers), by offering the
+	// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+	// `flock.v1`. The server pings every 15 seconds. A client too slow to
+	// read is closed with status 1008 and the reason `slow consumer`, after an
+	// `error` event when it can still be sent.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/fleets/{fleetId}/events/ws (the `FleetEventsWebsocket` operationId).
+	FleetEventsWebsocketWithResponse(ctx context.Context, fleetId FleetId, params *FleetEventsWebsocketParams, reqEditors ...RequestEditorFn) (*FleetEventsWebsocketResponse, error)
 
 	// ProvisioningKeyListWithResponse Provisioning keys of a fleet
 	//
@@ -8973,6 +12301,19 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/fleets/{fleetId}/rollouts (the `RolloutCreate` operationId).
 	RolloutCreateWithResponse(ctx context.Context, fleetId FleetId, params *RolloutCreateParams, body RolloutCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*RolloutCreateResponse, error)
+
+	// FleetSummaryGetWithResponse Device counts of a fleet
+	//
+	// How many devices the fleet has online and offline, per running release,
+	// per update status, and per state in each group of its rollouts that
+	// have not ended, in one call. Counts are kept up to date by the database
+	// in the same transaction as each device change, so they always equal a
+	// count of the devices.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/fleets/{fleetId}/summary (the `FleetSummaryGet` operationId).
+	FleetSummaryGetWithResponse(ctx context.Context, fleetId FleetId, reqEditors ...RequestEditorFn) (*FleetSummaryGetResponse, error)
 
 	// FleetVariableListWithResponse Configuration variables of a fleet
 	//
@@ -9161,6 +12502,42 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/orgs/{orgId}/devices (the `DeviceList` operationId).
 	DeviceListWithResponse(ctx context.Context, orgId OrgId, params *DeviceListParams, reqEditors ...RequestEditorFn) (*DeviceListResponse, error)
 
+	// OrgEventsStreamWithResponse Live events of an organisation (Server-Sent Events)
+	//
+	// A Server-Sent Events stream of what happens to an organisation.
+	// Event types: device.state, device.connectivity, device.update, device.command and rollout (filter with `types`).
+	//
+	// Every event has an `id`; reconnect with `Last-Event-ID` (or
+	// `last_event_id`) to get every event after it that the bus still holds,
+	// then live ones, with no loss and no repeat. A `gap` event says when some
+	// of the asked-for events are no longer held. A comment line every 15
+	// seconds keeps proxies from closing an idle stream. A client that does not
+	// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+	// stream ends; reconnect with the last id to resume. Any API replica serves
+	// any stream: events come from the Kafka topics, and ids are positions on
+	// them.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/events (the `OrgEventsStream` operationId).
+	OrgEventsStreamWithResponse(ctx context.Context, orgId OrgId, params *OrgEventsStreamParams, reqEditors ...RequestEditorFn) (*OrgEventsStreamResponse, error)
+
+	// OrgEventsWebsocketWithResponse Live events of an organisation (WebSocket)
+	//
+	// The same events as `org-events:stream`, over a WebSocket: each is one text
+	// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+	// the last event received. Authenticate with the `Authorization` header
+	// or, where a client cannot set headers (browsers), by offering the
+	// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+	// `flock.v1`. The server pings every 15 seconds. A client too slow to
+	// read is closed with status 1008 and the reason `slow consumer`, after an
+	// `error` event when it can still be sent.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/events/ws (the `OrgEventsWebsocket` operationId).
+	OrgEventsWebsocketWithResponse(ctx context.Context, orgId OrgId, params *OrgEventsWebsocketParams, reqEditors ...RequestEditorFn) (*OrgEventsWebsocketResponse, error)
+
 	// FleetListWithResponse Fleets of an organisation
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -9238,6 +12615,15 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with PATCH /v1/orgs/{orgId}/members/{userId} (the `MemberUpdate` operationId).
 	MemberUpdateWithResponse(ctx context.Context, orgId OrgId, userId UserId, params *MemberUpdateParams, body MemberUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*MemberUpdateResponse, error)
 
+	// OrgSummaryGetWithResponse Device counts of an organisation
+	//
+	// The counts of `fleet-summary:get` for every fleet of the organisation, and their totals.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/summary (the `OrgSummaryGet` operationId).
+	OrgSummaryGetWithResponse(ctx context.Context, orgId OrgId, reqEditors ...RequestEditorFn) (*OrgSummaryGetResponse, error)
+
 	// ReleaseGetWithResponse A release
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -9314,6 +12700,42 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /v1/rollouts/{rolloutId}/devices (the `RolloutDeviceList` operationId).
 	RolloutDeviceListWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutDeviceListParams, reqEditors ...RequestEditorFn) (*RolloutDeviceListResponse, error)
+
+	// RolloutEventsStreamWithResponse Live events of a rollout (Server-Sent Events)
+	//
+	// A Server-Sent Events stream of what happens to a rollout: its state and group changes, and the update events of its fleet's devices for its release.
+	// Event types: rollout and device.update (filter with `types`).
+	//
+	// Every event has an `id`; reconnect with `Last-Event-ID` (or
+	// `last_event_id`) to get every event after it that the bus still holds,
+	// then live ones, with no loss and no repeat. A `gap` event says when some
+	// of the asked-for events are no longer held. A comment line every 15
+	// seconds keeps proxies from closing an idle stream. A client that does not
+	// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+	// stream ends; reconnect with the last id to resume. Any API replica serves
+	// any stream: events come from the Kafka topics, and ids are positions on
+	// them.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/rollouts/{rolloutId}/events (the `RolloutEventsStream` operationId).
+	RolloutEventsStreamWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutEventsStreamParams, reqEditors ...RequestEditorFn) (*RolloutEventsStreamResponse, error)
+
+	// RolloutEventsWebsocketWithResponse Live events of a rollout (WebSocket)
+	//
+	// The same events as `rollout-events:stream`, over a WebSocket: each is one text
+	// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+	// the last event received. Authenticate with the `Authorization` header
+	// or, where a client cannot set headers (browsers), by offering the
+	// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+	// `flock.v1`. The server pings every 15 seconds. A client too slow to
+	// read is closed with status 1008 and the reason `slow consumer`, after an
+	// `error` event when it can still be sent.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/rollouts/{rolloutId}/events/ws (the `RolloutEventsWebsocket` operationId).
+	RolloutEventsWebsocketWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutEventsWebsocketParams, reqEditors ...RequestEditorFn) (*RolloutEventsWebsocketResponse, error)
 
 	// RolloutNextGroupWithResponse Skip ahead to the next group
 	//
@@ -9719,6 +13141,54 @@ func (r MqttHookAuthenticateResponse) ContentType() string {
 	return ""
 }
 
+type CommandGetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Command
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r CommandGetResponse) GetJSON200() *Command {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r CommandGetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r CommandGetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CommandGetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CommandGetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CommandGetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type DeviceGroupDeleteResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -9850,6 +13320,88 @@ func (r DeviceGroupUpdateResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r DeviceGroupUpdateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceGroupEventsStreamResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceGroupEventsStreamResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceGroupEventsStreamResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceGroupEventsStreamResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceGroupEventsStreamResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceGroupEventsStreamResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceGroupEventsWebsocketResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceGroupEventsWebsocketResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceGroupEventsWebsocketResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceGroupEventsWebsocketResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceGroupEventsWebsocketResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceGroupEventsWebsocketResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -9993,6 +13545,109 @@ func (r DeviceUpdateResponse) ContentType() string {
 	return ""
 }
 
+type DeviceCommandListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *CommandPage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceCommandListResponse) GetJSON200() *CommandPage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceCommandListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceCommandListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceCommandListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceCommandListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceCommandListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceCommandCreateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *Command
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r DeviceCommandCreateResponse) GetJSON201() *Command {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r DeviceCommandCreateResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceCommandCreateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceCommandCreateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceCommandCreateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceCommandCreateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceCommandCreateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type DeviceConnectivityListResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -10035,6 +13690,362 @@ func (r DeviceConnectivityListResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r DeviceConnectivityListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceEventsStreamResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceEventsStreamResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceEventsStreamResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceEventsStreamResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceEventsStreamResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceEventsStreamResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceEventsWebsocketResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceEventsWebsocketResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceEventsWebsocketResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceEventsWebsocketResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceEventsWebsocketResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceEventsWebsocketResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceLogListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *LogLinePage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceLogListResponse) GetJSON200() *LogLinePage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceLogListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceLogListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceLogListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceLogListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceLogListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceLogStreamResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceLogStreamResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceLogStreamResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceLogStreamResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceLogStreamResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceLogStreamResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceLogWebsocketResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceLogWebsocketResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceLogWebsocketResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceLogWebsocketResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceLogWebsocketResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceLogWebsocketResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceMetricListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *MetricList
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceMetricListResponse) GetJSON200() *MetricList {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceMetricListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceMetricListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceMetricListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceMetricListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceMetricListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceTelemetryGetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *TelemetrySeries
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceTelemetryGetResponse) GetJSON200() *TelemetrySeries {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceTelemetryGetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceTelemetryGetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceTelemetryGetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceTelemetryGetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceTelemetryGetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceUpdateEventListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *UpdateEventPage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceUpdateEventListResponse) GetJSON200() *UpdateEventPage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceUpdateEventListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceUpdateEventListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceUpdateEventListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceUpdateEventListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceUpdateEventListResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -10357,6 +14368,88 @@ func (r FleetUpdateResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r FleetUpdateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type FleetEventsStreamResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r FleetEventsStreamResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r FleetEventsStreamResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r FleetEventsStreamResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r FleetEventsStreamResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r FleetEventsStreamResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type FleetEventsWebsocketResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r FleetEventsWebsocketResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r FleetEventsWebsocketResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r FleetEventsWebsocketResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r FleetEventsWebsocketResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r FleetEventsWebsocketResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -10693,6 +14786,54 @@ func (r RolloutCreateResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r RolloutCreateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type FleetSummaryGetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *FleetSummary
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r FleetSummaryGetResponse) GetJSON200() *FleetSummary {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r FleetSummaryGetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r FleetSummaryGetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r FleetSummaryGetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r FleetSummaryGetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r FleetSummaryGetResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -11501,6 +15642,88 @@ func (r DeviceListResponse) ContentType() string {
 	return ""
 }
 
+type OrgEventsStreamResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r OrgEventsStreamResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r OrgEventsStreamResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r OrgEventsStreamResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r OrgEventsStreamResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r OrgEventsStreamResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type OrgEventsWebsocketResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r OrgEventsWebsocketResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r OrgEventsWebsocketResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r OrgEventsWebsocketResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r OrgEventsWebsocketResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r OrgEventsWebsocketResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type FleetListResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -11776,6 +15999,54 @@ func (r MemberUpdateResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r MemberUpdateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type OrgSummaryGetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *OrgSummary
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r OrgSummaryGetResponse) GetJSON200() *OrgSummary {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r OrgSummaryGetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r OrgSummaryGetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r OrgSummaryGetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r OrgSummaryGetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r OrgSummaryGetResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -12133,6 +16404,88 @@ func (r RolloutDeviceListResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r RolloutDeviceListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RolloutEventsStreamResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RolloutEventsStreamResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RolloutEventsStreamResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RolloutEventsStreamResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RolloutEventsStreamResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RolloutEventsStreamResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type RolloutEventsWebsocketResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r RolloutEventsWebsocketResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r RolloutEventsWebsocketResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RolloutEventsWebsocketResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RolloutEventsWebsocketResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RolloutEventsWebsocketResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -12659,6 +17012,19 @@ func (c *ClientWithResponses) MqttHookAuthenticateWithResponse(ctx context.Conte
 	return ParseMqttHookAuthenticateResponse(rsp)
 }
 
+// CommandGetWithResponse A command and its status
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/commands/{commandId} (the `CommandGet` operationId).
+func (c *ClientWithResponses) CommandGetWithResponse(ctx context.Context, commandId CommandId, reqEditors ...RequestEditorFn) (*CommandGetResponse, error) {
+	rsp, err := c.CommandGet(ctx, commandId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCommandGetResponse(rsp)
+}
+
 // DeviceGroupDeleteWithResponse Delete a device group
 //
 // Refused (409) while a rollout that has not ended targets it.
@@ -12717,6 +17083,54 @@ func (c *ClientWithResponses) DeviceGroupUpdateWithResponse(ctx context.Context,
 	return ParseDeviceGroupUpdateResponse(rsp)
 }
 
+// DeviceGroupEventsStreamWithResponse Live events of the devices of a device group (Server-Sent Events)
+//
+// A Server-Sent Events stream of what happens to the devices of a device group (membership is re-read every 30 seconds, so a device that starts matching the group joins the stream within that).
+// Event types: device.state, device.connectivity, device.update and device.command (filter with `types`).
+//
+// Every event has an `id`; reconnect with `Last-Event-ID` (or
+// `last_event_id`) to get every event after it that the bus still holds,
+// then live ones, with no loss and no repeat. A `gap` event says when some
+// of the asked-for events are no longer held. A comment line every 15
+// seconds keeps proxies from closing an idle stream. A client that does not
+// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+// stream ends; reconnect with the last id to resume. Any API replica serves
+// any stream: events come from the Kafka topics, and ids are positions on
+// them.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/device-groups/{deviceGroupId}/events (the `DeviceGroupEventsStream` operationId).
+func (c *ClientWithResponses) DeviceGroupEventsStreamWithResponse(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupEventsStreamParams, reqEditors ...RequestEditorFn) (*DeviceGroupEventsStreamResponse, error) {
+	rsp, err := c.DeviceGroupEventsStream(ctx, deviceGroupId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceGroupEventsStreamResponse(rsp)
+}
+
+// DeviceGroupEventsWebsocketWithResponse Live events of the devices of a device group (WebSocket)
+//
+// The same events as `device-group-events:stream`, over a WebSocket: each is one text
+// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+// the last event received. Authenticate with the `Authorization` header
+// or, where a client cannot set headers (browsers), by offering the
+// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+// `flock.v1`. The server pings every 15 seconds. A client too slow to
+// read is closed with status 1008 and the reason `slow consumer`, after an
+// `error` event when it can still be sent.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/device-groups/{deviceGroupId}/events/ws (the `DeviceGroupEventsWebsocket` operationId).
+func (c *ClientWithResponses) DeviceGroupEventsWebsocketWithResponse(ctx context.Context, deviceGroupId DeviceGroupId, params *DeviceGroupEventsWebsocketParams, reqEditors ...RequestEditorFn) (*DeviceGroupEventsWebsocketResponse, error) {
+	rsp, err := c.DeviceGroupEventsWebsocket(ctx, deviceGroupId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceGroupEventsWebsocketResponse(rsp)
+}
+
 // DeviceDeleteWithResponse Delete a device
 //
 // Its tokens stop working at once; it must register again to come back.
@@ -12771,6 +17185,59 @@ func (c *ClientWithResponses) DeviceUpdateWithResponse(ctx context.Context, devi
 	return ParseDeviceUpdateResponse(rsp)
 }
 
+// DeviceCommandListWithResponse Commands sent to a device
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/devices/{deviceId}/commands (the `DeviceCommandList` operationId).
+func (c *ClientWithResponses) DeviceCommandListWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceCommandListParams, reqEditors ...RequestEditorFn) (*DeviceCommandListResponse, error) {
+	rsp, err := c.DeviceCommandList(ctx, deviceId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceCommandListResponse(rsp)
+}
+
+// DeviceCommandCreateWithBodyWithResponse Send a command to a device
+//
+// Queues the command for the device: it is sent at once when the device
+// is connected, otherwise when it next connects, until `expires_at`. Its
+// status changes as the device acknowledges and reports the outcome
+// (read it with `command:get`, or watch `device.command` events on the
+// streams). A device acts on each command id once, however often it is
+// delivered.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/devices/{deviceId}/commands (the `DeviceCommandCreate` operationId).
+func (c *ClientWithResponses) DeviceCommandCreateWithBodyWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceCommandCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceCommandCreateResponse, error) {
+	rsp, err := c.DeviceCommandCreateWithBody(ctx, deviceId, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceCommandCreateResponse(rsp)
+}
+
+// DeviceCommandCreateWithResponse Send a command to a device
+//
+// Queues the command for the device: it is sent at once when the device
+// is connected, otherwise when it next connects, until `expires_at`. Its
+// status changes as the device acknowledges and reports the outcome
+// (read it with `command:get`, or watch `device.command` events on the
+// streams). A device acts on each command id once, however often it is
+// delivered.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/devices/{deviceId}/commands (the `DeviceCommandCreate` operationId).
+func (c *ClientWithResponses) DeviceCommandCreateWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceCommandCreateParams, body DeviceCommandCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceCommandCreateResponse, error) {
+	rsp, err := c.DeviceCommandCreate(ctx, deviceId, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceCommandCreateResponse(rsp)
+}
+
 // DeviceConnectivityListWithResponse Connectivity history of a device
 //
 // Each time the device connected to or disconnected from the MQTT broker,
@@ -12788,6 +17255,154 @@ func (c *ClientWithResponses) DeviceConnectivityListWithResponse(ctx context.Con
 		return nil, err
 	}
 	return ParseDeviceConnectivityListResponse(rsp)
+}
+
+// DeviceEventsStreamWithResponse Live events of one device (Server-Sent Events)
+//
+// A Server-Sent Events stream of what happens to one device.
+// Event types: device.state, device.connectivity, device.update and device.command (filter with `types`).
+//
+// Every event has an `id`; reconnect with `Last-Event-ID` (or
+// `last_event_id`) to get every event after it that the bus still holds,
+// then live ones, with no loss and no repeat. A `gap` event says when some
+// of the asked-for events are no longer held. A comment line every 15
+// seconds keeps proxies from closing an idle stream. A client that does not
+// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+// stream ends; reconnect with the last id to resume. Any API replica serves
+// any stream: events come from the Kafka topics, and ids are positions on
+// them.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/devices/{deviceId}/events (the `DeviceEventsStream` operationId).
+func (c *ClientWithResponses) DeviceEventsStreamWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceEventsStreamParams, reqEditors ...RequestEditorFn) (*DeviceEventsStreamResponse, error) {
+	rsp, err := c.DeviceEventsStream(ctx, deviceId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceEventsStreamResponse(rsp)
+}
+
+// DeviceEventsWebsocketWithResponse Live events of one device (WebSocket)
+//
+// The same events as `device-events:stream`, over a WebSocket: each is one text
+// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+// the last event received. Authenticate with the `Authorization` header
+// or, where a client cannot set headers (browsers), by offering the
+// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+// `flock.v1`. The server pings every 15 seconds. A client too slow to
+// read is closed with status 1008 and the reason `slow consumer`, after an
+// `error` event when it can still be sent.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/devices/{deviceId}/events/ws (the `DeviceEventsWebsocket` operationId).
+func (c *ClientWithResponses) DeviceEventsWebsocketWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceEventsWebsocketParams, reqEditors ...RequestEditorFn) (*DeviceEventsWebsocketResponse, error) {
+	rsp, err := c.DeviceEventsWebsocket(ctx, deviceId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceEventsWebsocketResponse(rsp)
+}
+
+// DeviceLogListWithResponse A device's container logs
+//
+// Log lines newest first, a page at a time. To follow new lines as they
+// come, use `device-log:stream` (or `:websocket`) with the same filters:
+// it sends history, then live lines, with nothing missed or repeated in
+// between.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/devices/{deviceId}/logs (the `DeviceLogList` operationId).
+func (c *ClientWithResponses) DeviceLogListWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceLogListParams, reqEditors ...RequestEditorFn) (*DeviceLogListResponse, error) {
+	rsp, err := c.DeviceLogList(ctx, deviceId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceLogListResponse(rsp)
+}
+
+// DeviceLogStreamWithResponse Follow a device's container logs (Server-Sent Events)
+//
+// History first, oldest first: the lines from `since`, or else the last
+// `tail` lines; then every new line as the device sends it. Nothing is
+// missed or repeated between history and live lines: each line is sent
+// once per (service, seq). Each event is a `device.log` StreamEvent whose
+// data is a LogLine; resume with `Last-Event-ID` as on every stream.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/devices/{deviceId}/logs/stream (the `DeviceLogStream` operationId).
+func (c *ClientWithResponses) DeviceLogStreamWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceLogStreamParams, reqEditors ...RequestEditorFn) (*DeviceLogStreamResponse, error) {
+	rsp, err := c.DeviceLogStream(ctx, deviceId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceLogStreamResponse(rsp)
+}
+
+// DeviceLogWebsocketWithResponse Follow a device's container logs (WebSocket)
+//
+// The same as `device-log:stream`, over a WebSocket (see
+// `device-events:websocket` for authentication, pings and resuming).
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/devices/{deviceId}/logs/ws (the `DeviceLogWebsocket` operationId).
+func (c *ClientWithResponses) DeviceLogWebsocketWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceLogWebsocketParams, reqEditors ...RequestEditorFn) (*DeviceLogWebsocketResponse, error) {
+	rsp, err := c.DeviceLogWebsocket(ctx, deviceId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceLogWebsocketResponse(rsp)
+}
+
+// DeviceMetricListWithResponse The metrics a device sends
+//
+// Every metric name the device has samples of within the telemetry retention, by name.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/devices/{deviceId}/metrics (the `DeviceMetricList` operationId).
+func (c *ClientWithResponses) DeviceMetricListWithResponse(ctx context.Context, deviceId DeviceId, reqEditors ...RequestEditorFn) (*DeviceMetricListResponse, error) {
+	rsp, err := c.DeviceMetricList(ctx, deviceId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceMetricListResponse(rsp)
+}
+
+// DeviceTelemetryGetWithResponse A device's metrics as time series
+//
+// Samples of the named metrics within [since, until), aggregated per
+// step: count, min, max, avg and the last value of each step. At most
+// 1000 steps per series: a longer range needs a larger step.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/devices/{deviceId}/telemetry (the `DeviceTelemetryGet` operationId).
+func (c *ClientWithResponses) DeviceTelemetryGetWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceTelemetryGetParams, reqEditors ...RequestEditorFn) (*DeviceTelemetryGetResponse, error) {
+	rsp, err := c.DeviceTelemetryGet(ctx, deviceId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceTelemetryGetResponse(rsp)
+}
+
+// DeviceUpdateEventListWithResponse A device's update progress events
+//
+// What the device reported while it updated, newest first (by the device's time, then id). Kept for the telemetry retention period.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/devices/{deviceId}/update-events (the `DeviceUpdateEventList` operationId).
+func (c *ClientWithResponses) DeviceUpdateEventListWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceUpdateEventListParams, reqEditors ...RequestEditorFn) (*DeviceUpdateEventListResponse, error) {
+	rsp, err := c.DeviceUpdateEventList(ctx, deviceId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceUpdateEventListResponse(rsp)
 }
 
 // DeviceVariableListWithResponse Configuration variables of a device
@@ -12930,6 +17545,54 @@ func (c *ClientWithResponses) FleetUpdateWithResponse(ctx context.Context, fleet
 		return nil, err
 	}
 	return ParseFleetUpdateResponse(rsp)
+}
+
+// FleetEventsStreamWithResponse Live events of a fleet (Server-Sent Events)
+//
+// A Server-Sent Events stream of what happens to a fleet.
+// Event types: device.state, device.connectivity, device.update, device.command and rollout (filter with `types`).
+//
+// Every event has an `id`; reconnect with `Last-Event-ID` (or
+// `last_event_id`) to get every event after it that the bus still holds,
+// then live ones, with no loss and no repeat. A `gap` event says when some
+// of the asked-for events are no longer held. A comment line every 15
+// seconds keeps proxies from closing an idle stream. A client that does not
+// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+// stream ends; reconnect with the last id to resume. Any API replica serves
+// any stream: events come from the Kafka topics, and ids are positions on
+// them.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/fleets/{fleetId}/events (the `FleetEventsStream` operationId).
+func (c *ClientWithResponses) FleetEventsStreamWithResponse(ctx context.Context, fleetId FleetId, params *FleetEventsStreamParams, reqEditors ...RequestEditorFn) (*FleetEventsStreamResponse, error) {
+	rsp, err := c.FleetEventsStream(ctx, fleetId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseFleetEventsStreamResponse(rsp)
+}
+
+// FleetEventsWebsocketWithResponse Live events of a fleet (WebSocket)
+//
+// The same events as `fleet-events:stream`, over a WebSocket: each is one text
+// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+// the last event received. Authenticate with the `Authorization` header
+// or, where a client cannot set headers (browsers), by offering the
+// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+// `flock.v1`. The server pings every 15 seconds. A client too slow to
+// read is closed with status 1008 and the reason `slow consumer`, after an
+// `error` event when it can still be sent.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/fleets/{fleetId}/events/ws (the `FleetEventsWebsocket` operationId).
+func (c *ClientWithResponses) FleetEventsWebsocketWithResponse(ctx context.Context, fleetId FleetId, params *FleetEventsWebsocketParams, reqEditors ...RequestEditorFn) (*FleetEventsWebsocketResponse, error) {
+	rsp, err := c.FleetEventsWebsocket(ctx, fleetId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseFleetEventsWebsocketResponse(rsp)
 }
 
 // ProvisioningKeyListWithResponse Provisioning keys of a fleet
@@ -13088,6 +17751,25 @@ func (c *ClientWithResponses) RolloutCreateWithResponse(ctx context.Context, fle
 		return nil, err
 	}
 	return ParseRolloutCreateResponse(rsp)
+}
+
+// FleetSummaryGetWithResponse Device counts of a fleet
+//
+// How many devices the fleet has online and offline, per running release,
+// per update status, and per state in each group of its rollouts that
+// have not ended, in one call. Counts are kept up to date by the database
+// in the same transaction as each device change, so they always equal a
+// count of the devices.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/fleets/{fleetId}/summary (the `FleetSummaryGet` operationId).
+func (c *ClientWithResponses) FleetSummaryGetWithResponse(ctx context.Context, fleetId FleetId, reqEditors ...RequestEditorFn) (*FleetSummaryGetResponse, error) {
+	rsp, err := c.FleetSummaryGet(ctx, fleetId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseFleetSummaryGetResponse(rsp)
 }
 
 // FleetVariableListWithResponse Configuration variables of a fleet
@@ -13415,6 +18097,54 @@ func (c *ClientWithResponses) DeviceListWithResponse(ctx context.Context, orgId 
 	return ParseDeviceListResponse(rsp)
 }
 
+// OrgEventsStreamWithResponse Live events of an organisation (Server-Sent Events)
+//
+// A Server-Sent Events stream of what happens to an organisation.
+// Event types: device.state, device.connectivity, device.update, device.command and rollout (filter with `types`).
+//
+// Every event has an `id`; reconnect with `Last-Event-ID` (or
+// `last_event_id`) to get every event after it that the bus still holds,
+// then live ones, with no loss and no repeat. A `gap` event says when some
+// of the asked-for events are no longer held. A comment line every 15
+// seconds keeps proxies from closing an idle stream. A client that does not
+// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+// stream ends; reconnect with the last id to resume. Any API replica serves
+// any stream: events come from the Kafka topics, and ids are positions on
+// them.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/orgs/{orgId}/events (the `OrgEventsStream` operationId).
+func (c *ClientWithResponses) OrgEventsStreamWithResponse(ctx context.Context, orgId OrgId, params *OrgEventsStreamParams, reqEditors ...RequestEditorFn) (*OrgEventsStreamResponse, error) {
+	rsp, err := c.OrgEventsStream(ctx, orgId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseOrgEventsStreamResponse(rsp)
+}
+
+// OrgEventsWebsocketWithResponse Live events of an organisation (WebSocket)
+//
+// The same events as `org-events:stream`, over a WebSocket: each is one text
+// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+// the last event received. Authenticate with the `Authorization` header
+// or, where a client cannot set headers (browsers), by offering the
+// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+// `flock.v1`. The server pings every 15 seconds. A client too slow to
+// read is closed with status 1008 and the reason `slow consumer`, after an
+// `error` event when it can still be sent.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/orgs/{orgId}/events/ws (the `OrgEventsWebsocket` operationId).
+func (c *ClientWithResponses) OrgEventsWebsocketWithResponse(ctx context.Context, orgId OrgId, params *OrgEventsWebsocketParams, reqEditors ...RequestEditorFn) (*OrgEventsWebsocketResponse, error) {
+	rsp, err := c.OrgEventsWebsocket(ctx, orgId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseOrgEventsWebsocketResponse(rsp)
+}
+
 // FleetListWithResponse Fleets of an organisation
 //
 // Returns a wrapper object for the known response body format(s).
@@ -13546,6 +18276,21 @@ func (c *ClientWithResponses) MemberUpdateWithResponse(ctx context.Context, orgI
 	return ParseMemberUpdateResponse(rsp)
 }
 
+// OrgSummaryGetWithResponse Device counts of an organisation
+//
+// The counts of `fleet-summary:get` for every fleet of the organisation, and their totals.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/orgs/{orgId}/summary (the `OrgSummaryGet` operationId).
+func (c *ClientWithResponses) OrgSummaryGetWithResponse(ctx context.Context, orgId OrgId, reqEditors ...RequestEditorFn) (*OrgSummaryGetResponse, error) {
+	rsp, err := c.OrgSummaryGet(ctx, orgId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseOrgSummaryGetResponse(rsp)
+}
+
 // ReleaseGetWithResponse A release
 //
 // Returns a wrapper object for the known response body format(s).
@@ -13675,6 +18420,54 @@ func (c *ClientWithResponses) RolloutDeviceListWithResponse(ctx context.Context,
 		return nil, err
 	}
 	return ParseRolloutDeviceListResponse(rsp)
+}
+
+// RolloutEventsStreamWithResponse Live events of a rollout (Server-Sent Events)
+//
+// A Server-Sent Events stream of what happens to a rollout: its state and group changes, and the update events of its fleet's devices for its release.
+// Event types: rollout and device.update (filter with `types`).
+//
+// Every event has an `id`; reconnect with `Last-Event-ID` (or
+// `last_event_id`) to get every event after it that the bus still holds,
+// then live ones, with no loss and no repeat. A `gap` event says when some
+// of the asked-for events are no longer held. A comment line every 15
+// seconds keeps proxies from closing an idle stream. A client that does not
+// read fast enough is sent an `error` event (`code: slow_consumer`) and the
+// stream ends; reconnect with the last id to resume. Any API replica serves
+// any stream: events come from the Kafka topics, and ids are positions on
+// them.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/rollouts/{rolloutId}/events (the `RolloutEventsStream` operationId).
+func (c *ClientWithResponses) RolloutEventsStreamWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutEventsStreamParams, reqEditors ...RequestEditorFn) (*RolloutEventsStreamResponse, error) {
+	rsp, err := c.RolloutEventsStream(ctx, rolloutId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRolloutEventsStreamResponse(rsp)
+}
+
+// RolloutEventsWebsocketWithResponse Live events of a rollout (WebSocket)
+//
+// The same events as `rollout-events:stream`, over a WebSocket: each is one text
+// message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+// the last event received. Authenticate with the `Authorization` header
+// or, where a client cannot set headers (browsers), by offering the
+// subprotocols `flock.v1` and `bearer.<token>`; the server selects
+// `flock.v1`. The server pings every 15 seconds. A client too slow to
+// read is closed with status 1008 and the reason `slow consumer`, after an
+// `error` event when it can still be sent.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/rollouts/{rolloutId}/events/ws (the `RolloutEventsWebsocket` operationId).
+func (c *ClientWithResponses) RolloutEventsWebsocketWithResponse(ctx context.Context, rolloutId RolloutId, params *RolloutEventsWebsocketParams, reqEditors ...RequestEditorFn) (*RolloutEventsWebsocketResponse, error) {
+	rsp, err := c.RolloutEventsWebsocket(ctx, rolloutId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRolloutEventsWebsocketResponse(rsp)
 }
 
 // RolloutNextGroupWithResponse Skip ahead to the next group
@@ -14020,6 +18813,39 @@ func ParseMqttHookAuthenticateResponse(rsp *http.Response) (*MqttHookAuthenticat
 	return response, nil
 }
 
+// ParseCommandGetResponse parses an HTTP response from a CommandGetWithResponse call
+func ParseCommandGetResponse(rsp *http.Response) (*CommandGetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CommandGetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Command
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseDeviceGroupDeleteResponse parses an HTTP response from a DeviceGroupDeleteWithResponse call
 func ParseDeviceGroupDeleteResponse(rsp *http.Response) (*DeviceGroupDeleteResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -14102,6 +18928,61 @@ func ParseDeviceGroupUpdateResponse(rsp *http.Response) (*DeviceGroupUpdateRespo
 			return nil, err
 		}
 		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceGroupEventsStreamResponse parses an HTTP response from a DeviceGroupEventsStreamWithResponse call
+func ParseDeviceGroupEventsStreamResponse(rsp *http.Response) (*DeviceGroupEventsStreamResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceGroupEventsStreamResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceGroupEventsWebsocketResponse parses an HTTP response from a DeviceGroupEventsWebsocketWithResponse call
+func ParseDeviceGroupEventsWebsocketResponse(rsp *http.Response) (*DeviceGroupEventsWebsocketResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceGroupEventsWebsocketResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 101:
+		break // No content-type
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Problem
@@ -14210,6 +19091,79 @@ func ParseDeviceUpdateResponse(rsp *http.Response) (*DeviceUpdateResponse, error
 	return response, nil
 }
 
+// ParseDeviceCommandListResponse parses an HTTP response from a DeviceCommandListWithResponse call
+func ParseDeviceCommandListResponse(rsp *http.Response) (*DeviceCommandListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceCommandListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest CommandPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceCommandCreateResponse parses an HTTP response from a DeviceCommandCreateWithResponse call
+func ParseDeviceCommandCreateResponse(rsp *http.Response) (*DeviceCommandCreateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceCommandCreateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest Command
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseDeviceConnectivityListResponse parses an HTTP response from a DeviceConnectivityListWithResponse call
 func ParseDeviceConnectivityListResponse(rsp *http.Response) (*DeviceConnectivityListResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -14226,6 +19180,248 @@ func ParseDeviceConnectivityListResponse(rsp *http.Response) (*DeviceConnectivit
 	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
 		var dest ConnectivityEventPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceEventsStreamResponse parses an HTTP response from a DeviceEventsStreamWithResponse call
+func ParseDeviceEventsStreamResponse(rsp *http.Response) (*DeviceEventsStreamResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceEventsStreamResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceEventsWebsocketResponse parses an HTTP response from a DeviceEventsWebsocketWithResponse call
+func ParseDeviceEventsWebsocketResponse(rsp *http.Response) (*DeviceEventsWebsocketResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceEventsWebsocketResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 101:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceLogListResponse parses an HTTP response from a DeviceLogListWithResponse call
+func ParseDeviceLogListResponse(rsp *http.Response) (*DeviceLogListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceLogListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest LogLinePage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceLogStreamResponse parses an HTTP response from a DeviceLogStreamWithResponse call
+func ParseDeviceLogStreamResponse(rsp *http.Response) (*DeviceLogStreamResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceLogStreamResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceLogWebsocketResponse parses an HTTP response from a DeviceLogWebsocketWithResponse call
+func ParseDeviceLogWebsocketResponse(rsp *http.Response) (*DeviceLogWebsocketResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceLogWebsocketResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 101:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceMetricListResponse parses an HTTP response from a DeviceMetricListWithResponse call
+func ParseDeviceMetricListResponse(rsp *http.Response) (*DeviceMetricListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceMetricListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest MetricList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceTelemetryGetResponse parses an HTTP response from a DeviceTelemetryGetWithResponse call
+func ParseDeviceTelemetryGetResponse(rsp *http.Response) (*DeviceTelemetryGetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceTelemetryGetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest TelemetrySeries
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceUpdateEventListResponse parses an HTTP response from a DeviceUpdateEventListWithResponse call
+func ParseDeviceUpdateEventListResponse(rsp *http.Response) (*DeviceUpdateEventListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceUpdateEventListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest UpdateEventPage
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
@@ -14466,6 +19662,61 @@ func ParseFleetUpdateResponse(rsp *http.Response) (*FleetUpdateResponse, error) 
 	return response, nil
 }
 
+// ParseFleetEventsStreamResponse parses an HTTP response from a FleetEventsStreamWithResponse call
+func ParseFleetEventsStreamResponse(rsp *http.Response) (*FleetEventsStreamResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &FleetEventsStreamResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseFleetEventsWebsocketResponse parses an HTTP response from a FleetEventsWebsocketWithResponse call
+func ParseFleetEventsWebsocketResponse(rsp *http.Response) (*FleetEventsWebsocketResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &FleetEventsWebsocketResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 101:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseProvisioningKeyListResponse parses an HTTP response from a ProvisioningKeyListWithResponse call
 func ParseProvisioningKeyListResponse(rsp *http.Response) (*ProvisioningKeyListResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -14687,6 +19938,39 @@ func ParseRolloutCreateResponse(rsp *http.Response) (*RolloutCreateResponse, err
 			return nil, err
 		}
 		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseFleetSummaryGetResponse parses an HTTP response from a FleetSummaryGetWithResponse call
+func ParseFleetSummaryGetResponse(rsp *http.Response) (*FleetSummaryGetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &FleetSummaryGetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest FleetSummary
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Problem
@@ -15256,6 +20540,61 @@ func ParseDeviceListResponse(rsp *http.Response) (*DeviceListResponse, error) {
 	return response, nil
 }
 
+// ParseOrgEventsStreamResponse parses an HTTP response from a OrgEventsStreamWithResponse call
+func ParseOrgEventsStreamResponse(rsp *http.Response) (*OrgEventsStreamResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &OrgEventsStreamResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseOrgEventsWebsocketResponse parses an HTTP response from a OrgEventsWebsocketWithResponse call
+func ParseOrgEventsWebsocketResponse(rsp *http.Response) (*OrgEventsWebsocketResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &OrgEventsWebsocketResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 101:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseFleetListResponse parses an HTTP response from a FleetListWithResponse call
 func ParseFleetListResponse(rsp *http.Response) (*FleetListResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -15433,6 +20772,39 @@ func ParseMemberUpdateResponse(rsp *http.Response) (*MemberUpdateResponse, error
 	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
 		var dest Member
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseOrgSummaryGetResponse parses an HTTP response from a OrgSummaryGetWithResponse call
+func ParseOrgSummaryGetResponse(rsp *http.Response) (*OrgSummaryGetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &OrgSummaryGetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest OrgSummary
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}
@@ -15689,6 +21061,61 @@ func ParseRolloutDeviceListResponse(rsp *http.Response) (*RolloutDeviceListRespo
 			return nil, err
 		}
 		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRolloutEventsStreamResponse parses an HTTP response from a RolloutEventsStreamWithResponse call
+func ParseRolloutEventsStreamResponse(rsp *http.Response) (*RolloutEventsStreamResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RolloutEventsStreamResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseRolloutEventsWebsocketResponse parses an HTTP response from a RolloutEventsWebsocketWithResponse call
+func ParseRolloutEventsWebsocketResponse(rsp *http.Response) (*RolloutEventsWebsocketResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RolloutEventsWebsocketResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 101:
+		break // No content-type
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Problem

@@ -84,6 +84,10 @@ var scopes = []scope{
 		r, err := q.DeviceGroupAccess(ctx, db.DeviceGroupAccessParams{ID: id, UserID: user})
 		return r.OrgID, r.Role, err
 	}},
+	{"commandId", "command", func(ctx context.Context, q *db.Queries, id, user uuid.UUID) (uuid.UUID, *db.OrgRole, error) {
+		r, err := q.CommandAccess(ctx, db.CommandAccessParams{ID: id, UserID: user})
+		return r.OrgID, r.Role, err
+	}},
 }
 
 // Rule is the access policy of one operation.

@@ -826,6 +826,573 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/orgs/{orgId}/summary": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Device counts of an organisation
+         * @description The counts of `fleet-summary:get` for every fleet of the organisation, and their totals.
+         */
+        get: operations["org-summary:get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/fleets/{fleetId}/summary": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Device counts of a fleet
+         * @description How many devices the fleet has online and offline, per running release,
+         *     per update status, and per state in each group of its rollouts that
+         *     have not ended, in one call. Counts are kept up to date by the database
+         *     in the same transaction as each device change, so they always equal a
+         *     count of the devices.
+         */
+        get: operations["fleet-summary:get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orgs/{orgId}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Live events of an organisation (Server-Sent Events)
+         * @description A Server-Sent Events stream of what happens to an organisation.
+         *     Event types: device.state, device.connectivity, device.update, device.command and rollout (filter with `types`).
+         *
+         *     Every event has an `id`; reconnect with `Last-Event-ID` (or
+         *     `last_event_id`) to get every event after it that the bus still holds,
+         *     then live ones, with no loss and no repeat. A `gap` event says when some
+         *     of the asked-for events are no longer held. A comment line every 15
+         *     seconds keeps proxies from closing an idle stream. A client that does not
+         *     read fast enough is sent an `error` event (`code: slow_consumer`) and the
+         *     stream ends; reconnect with the last id to resume. Any API replica serves
+         *     any stream: events come from the Kafka topics, and ids are positions on
+         *     them.
+         */
+        get: operations["org-events:stream"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orgs/{orgId}/events/ws": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Live events of an organisation (WebSocket)
+         * @description The same events as `org-events:stream`, over a WebSocket: each is one text
+         *     message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+         *     the last event received. Authenticate with the `Authorization` header
+         *     or, where a client cannot set headers (browsers), by offering the
+         *     subprotocols `flock.v1` and `bearer.<token>`; the server selects
+         *     `flock.v1`. The server pings every 15 seconds. A client too slow to
+         *     read is closed with status 1008 and the reason `slow consumer`, after an
+         *     `error` event when it can still be sent.
+         */
+        get: operations["org-events:websocket"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/fleets/{fleetId}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Live events of a fleet (Server-Sent Events)
+         * @description A Server-Sent Events stream of what happens to a fleet.
+         *     Event types: device.state, device.connectivity, device.update, device.command and rollout (filter with `types`).
+         *
+         *     Every event has an `id`; reconnect with `Last-Event-ID` (or
+         *     `last_event_id`) to get every event after it that the bus still holds,
+         *     then live ones, with no loss and no repeat. A `gap` event says when some
+         *     of the asked-for events are no longer held. A comment line every 15
+         *     seconds keeps proxies from closing an idle stream. A client that does not
+         *     read fast enough is sent an `error` event (`code: slow_consumer`) and the
+         *     stream ends; reconnect with the last id to resume. Any API replica serves
+         *     any stream: events come from the Kafka topics, and ids are positions on
+         *     them.
+         */
+        get: operations["fleet-events:stream"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/fleets/{fleetId}/events/ws": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Live events of a fleet (WebSocket)
+         * @description The same events as `fleet-events:stream`, over a WebSocket: each is one text
+         *     message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+         *     the last event received. Authenticate with the `Authorization` header
+         *     or, where a client cannot set headers (browsers), by offering the
+         *     subprotocols `flock.v1` and `bearer.<token>`; the server selects
+         *     `flock.v1`. The server pings every 15 seconds. A client too slow to
+         *     read is closed with status 1008 and the reason `slow consumer`, after an
+         *     `error` event when it can still be sent.
+         */
+        get: operations["fleet-events:websocket"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/device-groups/{deviceGroupId}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device group's id. */
+                deviceGroupId: components["parameters"]["DeviceGroupId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Live events of the devices of a device group (Server-Sent Events)
+         * @description A Server-Sent Events stream of what happens to the devices of a device group (membership is re-read every 30 seconds, so a device that starts matching the group joins the stream within that).
+         *     Event types: device.state, device.connectivity, device.update and device.command (filter with `types`).
+         *
+         *     Every event has an `id`; reconnect with `Last-Event-ID` (or
+         *     `last_event_id`) to get every event after it that the bus still holds,
+         *     then live ones, with no loss and no repeat. A `gap` event says when some
+         *     of the asked-for events are no longer held. A comment line every 15
+         *     seconds keeps proxies from closing an idle stream. A client that does not
+         *     read fast enough is sent an `error` event (`code: slow_consumer`) and the
+         *     stream ends; reconnect with the last id to resume. Any API replica serves
+         *     any stream: events come from the Kafka topics, and ids are positions on
+         *     them.
+         */
+        get: operations["device-group-events:stream"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/device-groups/{deviceGroupId}/events/ws": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device group's id. */
+                deviceGroupId: components["parameters"]["DeviceGroupId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Live events of the devices of a device group (WebSocket)
+         * @description The same events as `device-group-events:stream`, over a WebSocket: each is one text
+         *     message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+         *     the last event received. Authenticate with the `Authorization` header
+         *     or, where a client cannot set headers (browsers), by offering the
+         *     subprotocols `flock.v1` and `bearer.<token>`; the server selects
+         *     `flock.v1`. The server pings every 15 seconds. A client too slow to
+         *     read is closed with status 1008 and the reason `slow consumer`, after an
+         *     `error` event when it can still be sent.
+         */
+        get: operations["device-group-events:websocket"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/devices/{deviceId}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Live events of one device (Server-Sent Events)
+         * @description A Server-Sent Events stream of what happens to one device.
+         *     Event types: device.state, device.connectivity, device.update and device.command (filter with `types`).
+         *
+         *     Every event has an `id`; reconnect with `Last-Event-ID` (or
+         *     `last_event_id`) to get every event after it that the bus still holds,
+         *     then live ones, with no loss and no repeat. A `gap` event says when some
+         *     of the asked-for events are no longer held. A comment line every 15
+         *     seconds keeps proxies from closing an idle stream. A client that does not
+         *     read fast enough is sent an `error` event (`code: slow_consumer`) and the
+         *     stream ends; reconnect with the last id to resume. Any API replica serves
+         *     any stream: events come from the Kafka topics, and ids are positions on
+         *     them.
+         */
+        get: operations["device-events:stream"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/devices/{deviceId}/events/ws": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Live events of one device (WebSocket)
+         * @description The same events as `device-events:stream`, over a WebSocket: each is one text
+         *     message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+         *     the last event received. Authenticate with the `Authorization` header
+         *     or, where a client cannot set headers (browsers), by offering the
+         *     subprotocols `flock.v1` and `bearer.<token>`; the server selects
+         *     `flock.v1`. The server pings every 15 seconds. A client too slow to
+         *     read is closed with status 1008 and the reason `slow consumer`, after an
+         *     `error` event when it can still be sent.
+         */
+        get: operations["device-events:websocket"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rollouts/{rolloutId}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Live events of a rollout (Server-Sent Events)
+         * @description A Server-Sent Events stream of what happens to a rollout: its state and group changes, and the update events of its fleet's devices for its release.
+         *     Event types: rollout and device.update (filter with `types`).
+         *
+         *     Every event has an `id`; reconnect with `Last-Event-ID` (or
+         *     `last_event_id`) to get every event after it that the bus still holds,
+         *     then live ones, with no loss and no repeat. A `gap` event says when some
+         *     of the asked-for events are no longer held. A comment line every 15
+         *     seconds keeps proxies from closing an idle stream. A client that does not
+         *     read fast enough is sent an `error` event (`code: slow_consumer`) and the
+         *     stream ends; reconnect with the last id to resume. Any API replica serves
+         *     any stream: events come from the Kafka topics, and ids are positions on
+         *     them.
+         */
+        get: operations["rollout-events:stream"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rollouts/{rolloutId}/events/ws": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Live events of a rollout (WebSocket)
+         * @description The same events as `rollout-events:stream`, over a WebSocket: each is one text
+         *     message holding a StreamEvent. Resume with `last_event_id` = the `id` of
+         *     the last event received. Authenticate with the `Authorization` header
+         *     or, where a client cannot set headers (browsers), by offering the
+         *     subprotocols `flock.v1` and `bearer.<token>`; the server selects
+         *     `flock.v1`. The server pings every 15 seconds. A client too slow to
+         *     read is closed with status 1008 and the reason `slow consumer`, after an
+         *     `error` event when it can still be sent.
+         */
+        get: operations["rollout-events:websocket"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/devices/{deviceId}/telemetry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * A device's metrics as time series
+         * @description Samples of the named metrics within [since, until), aggregated per
+         *     step: count, min, max, avg and the last value of each step. At most
+         *     1000 steps per series: a longer range needs a larger step.
+         */
+        get: operations["device-telemetry:get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/devices/{deviceId}/metrics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * The metrics a device sends
+         * @description Every metric name the device has samples of within the telemetry retention, by name.
+         */
+        get: operations["device-metric:list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/devices/{deviceId}/logs": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * A device's container logs
+         * @description Log lines newest first, a page at a time. To follow new lines as they
+         *     come, use `device-log:stream` (or `:websocket`) with the same filters:
+         *     it sends history, then live lines, with nothing missed or repeated in
+         *     between.
+         */
+        get: operations["device-log:list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/devices/{deviceId}/logs/stream": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Follow a device's container logs (Server-Sent Events)
+         * @description History first, oldest first: the lines from `since`, or else the last
+         *     `tail` lines; then every new line as the device sends it. Nothing is
+         *     missed or repeated between history and live lines: each line is sent
+         *     once per (service, seq). Each event is a `device.log` StreamEvent whose
+         *     data is a LogLine; resume with `Last-Event-ID` as on every stream.
+         */
+        get: operations["device-log:stream"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/devices/{deviceId}/logs/ws": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Follow a device's container logs (WebSocket)
+         * @description The same as `device-log:stream`, over a WebSocket (see
+         *     `device-events:websocket` for authentication, pings and resuming).
+         */
+        get: operations["device-log:websocket"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/devices/{deviceId}/update-events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * A device's update progress events
+         * @description What the device reported while it updated, newest first (by the device's time, then id). Kept for the telemetry retention period.
+         */
+        get: operations["device-update-event:list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/devices/{deviceId}/commands": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        /** Commands sent to a device */
+        get: operations["device-command:list"];
+        put?: never;
+        /**
+         * Send a command to a device
+         * @description Queues the command for the device: it is sent at once when the device
+         *     is connected, otherwise when it next connects, until `expires_at`. Its
+         *     status changes as the device acknowledges and reports the outcome
+         *     (read it with `command:get`, or watch `device.command` events on the
+         *     streams). A device acts on each command id once, however often it is
+         *     delivered.
+         */
+        post: operations["device-command:create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/commands/{commandId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The command's id. */
+                commandId: components["parameters"]["CommandId"];
+            };
+            cookie?: never;
+        };
+        /** A command and its status */
+        get: operations["command:get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/device/v1/register": {
         parameters: {
             query?: never;
@@ -1838,6 +2405,245 @@ export interface components {
             items: components["schemas"]["ConnectivityEvent"][];
             next_cursor?: string;
         };
+        /**
+         * @description From the services in the device's last reported state: failed when any
+         *     service is failed, updating when any is downloading or installing, idle
+         *     otherwise; unknown when the device never reported its services.
+         * @enum {string}
+         */
+        UpdateStatus: "idle" | "updating" | "failed" | "unknown";
+        /**
+         * @description Device counts. online + offline + never_connected = devices. A device
+         *     is online while connected to the MQTT broker; never_connected devices
+         *     have not connected over MQTT yet (the device list's `online=true` counts
+         *     them as online while they report over HTTP).
+         */
+        SummaryCounts: {
+            /** Format: int64 */
+            devices: number;
+            /** Format: int64 */
+            online: number;
+            /** Format: int64 */
+            offline: number;
+            /** Format: int64 */
+            never_connected: number;
+            /** @description Devices per running release, most devices first; release_id is absent for devices that have not reported one. */
+            by_release: {
+                /** Format: uuid */
+                release_id?: string;
+                /** Format: int64 */
+                devices: number;
+            }[];
+            /** @description Devices per update status, every status listed. */
+            by_update_status: {
+                status: components["schemas"]["UpdateStatus"];
+                /** Format: int64 */
+                devices: number;
+            }[];
+        };
+        FleetSummary: {
+            /** Format: uuid */
+            fleet_id: string;
+            counts: components["schemas"]["SummaryCounts"];
+            /** @description The fleet's rollouts that have not ended (ready, running, paused, waiting for approval), with their devices per group and state. */
+            rollouts: {
+                /** Format: uuid */
+                rollout_id: string;
+                state: components["schemas"]["RolloutState"];
+                groups: {
+                    index: number;
+                    counts: components["schemas"]["RolloutCounts"];
+                }[];
+            }[];
+        };
+        OrgSummary: {
+            /** Format: uuid */
+            org_id: string;
+            counts: components["schemas"]["SummaryCounts"];
+            /** @description Every fleet of the organisation, by fleet id. */
+            fleets: components["schemas"]["FleetSummary"][];
+        };
+        /**
+         * @description What a stream event is about. `device.state`: a reported state was
+         *     accepted (data: DeviceStateRecord of the AsyncAPI document);
+         *     `device.connectivity`: the device connected or disconnected
+         *     (ConnectivityRecord); `device.update`: update progress (DeviceEventRecord);
+         *     `device.command`: a command changed status (CommandEventRecord);
+         *     `device.log`: one container log line; `rollout`: a rollout changed
+         *     (RolloutEventRecord); `gap`: events the client asked for are no longer
+         *     held; `error`: the stream ends, with why.
+         * @enum {string}
+         */
+        StreamEventType: "device.state" | "device.connectivity" | "device.update" | "device.command" | "device.log" | "rollout" | "gap" | "error";
+        /** @description One event of a live stream. */
+        StreamEvent: {
+            /**
+             * @description Where the stream stood after this event, as an opaque token: give it
+             *     back as `Last-Event-ID` or `last_event_id` to resume right after it.
+             *     The same event has the same id on every API replica.
+             */
+            id: string;
+            type: components["schemas"]["StreamEventType"];
+            /**
+             * Format: date-time
+             * @description When Flock received what the event reports.
+             */
+            at: string;
+            /** Format: uuid */
+            org_id?: string;
+            /** Format: uuid */
+            fleet_id?: string;
+            /** Format: uuid */
+            device_id?: string;
+            /** Format: uuid */
+            rollout_id?: string;
+            /**
+             * @description The event itself: the Kafka record as the AsyncAPI document describes
+             *     it for the type; for `device.log` a LogLine; for `gap` and `error` an
+             *     object with `code` and `detail`.
+             */
+            data: {
+                [key: string]: unknown;
+            };
+        };
+        /** @description Metric samples of a device aggregated per step. */
+        TelemetrySeries: {
+            /** Format: date-time */
+            since: string;
+            /** Format: date-time */
+            until: string;
+            step_seconds: number;
+            series: {
+                metric: string;
+                /** @description The unit of the newest sample in the range. */
+                unit: string;
+                /** @description One per step that holds samples, oldest first; steps without samples are left out. */
+                points: {
+                    /**
+                     * Format: date-time
+                     * @description The start of the step.
+                     */
+                    ts: string;
+                    /** Format: int64 */
+                    count: number;
+                    /** Format: double */
+                    min: number;
+                    /** Format: double */
+                    max: number;
+                    /** Format: double */
+                    avg: number;
+                    /**
+                     * Format: double
+                     * @description The newest sample of the step.
+                     */
+                    last: number;
+                }[];
+            }[];
+        };
+        MetricList: {
+            metrics: {
+                name: string;
+                unit: string;
+                /** Format: date-time */
+                last_ts: string;
+            }[];
+        };
+        LogLine: {
+            service: string;
+            /**
+             * Format: int64
+             * @description Numbers the lines of one service of the device; consecutive numbers mean no line is missing.
+             */
+            seq: number;
+            /** Format: date-time */
+            ts: string;
+            /** @enum {string} */
+            stream: "stdout" | "stderr";
+            line: string;
+        };
+        LogLinePage: {
+            items: components["schemas"]["LogLine"][];
+            next_cursor?: string;
+        };
+        /** @description An update step the device reported (the AsyncAPI `events` channel). */
+        UpdateEvent: {
+            /**
+             * Format: uuid
+             * @description The device's id of the event.
+             */
+            id: string;
+            /**
+             * Format: date-time
+             * @description When the device says it happened.
+             */
+            ts: string;
+            /** Format: date-time */
+            received_at: string;
+            /** @enum {string} */
+            type: "download_started" | "download_progress" | "download_finished" | "install_started" | "installed" | "failed" | "rolled_back";
+            /** Format: uuid */
+            release_id?: string;
+            service?: string;
+            progress?: number;
+            error?: string;
+        };
+        UpdateEventPage: {
+            items: components["schemas"]["UpdateEvent"][];
+            next_cursor?: string;
+        };
+        /**
+         * @description pending (waiting for the device: sent when it is connected, again each
+         *     time it reconnects), delivered (the device acknowledged receiving it),
+         *     succeeded or failed (the device reported the outcome), expired (the
+         *     device did not finish it before `expires_at`). The last three are final.
+         * @enum {string}
+         */
+        CommandStatus: "pending" | "delivered" | "succeeded" | "failed" | "expired";
+        /**
+         * @description reboot (the device restarts; agent 1.0.0 or later), restart_service
+         *     (restart one service's container, named in `service`; agent 1.1.0 or
+         *     later), identify (blink an LED or beep, so someone on site finds the
+         *     device; agent 1.0.0 or later). A device whose reported agent_version is
+         *     older, or that never reported one, cannot take the command (409).
+         * @enum {string}
+         */
+        CommandType: "reboot" | "restart_service" | "identify";
+        Command: {
+            /** Format: uuid */
+            id: string;
+            /** Format: uuid */
+            device_id: string;
+            /** Format: uuid */
+            fleet_id: string;
+            type: components["schemas"]["CommandType"];
+            service?: string;
+            status: components["schemas"]["CommandStatus"];
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            expires_at: string;
+            /** Format: date-time */
+            delivered_at?: string;
+            /** Format: date-time */
+            completed_at?: string;
+            /** @description What the device said went wrong, for failed. */
+            error?: string;
+            created_by: components["schemas"]["Actor"];
+        };
+        CommandPage: {
+            items: components["schemas"]["Command"][];
+            next_cursor?: string;
+        };
+        CommandCreate: {
+            type: components["schemas"]["CommandType"];
+            /** @description The service to act on; required by restart_service, refused by the others. */
+            service?: string;
+            /**
+             * @description Seconds the command waits for the device before it expires.
+             * @default 3600
+             */
+            expires_in: number;
+        };
         DeviceRegister: {
             provisioning_key: string;
             /**
@@ -2012,6 +2818,33 @@ export interface components {
         DeviceGroupId: string;
         /** @description The device's uuid. */
         DeviceId: string;
+        /**
+         * @description Only these event types (a comma-separated list); default every type the
+         *     stream's scope carries. `gap` and `error` always come.
+         */
+        StreamTypes: components["schemas"]["StreamEventType"][];
+        /**
+         * @description Resume after this event: the `id` of the last event received. Every
+         *     event after it that the bus still holds is sent first, then live ones;
+         *     when the bus no longer holds some of them a `gap` event says so. For
+         *     Server-Sent Events the `Last-Event-ID` header does the same (browsers
+         *     send it on reconnect); this parameter wins when both are given.
+         */
+        LastEventId: string;
+        /** @description The Server-Sent Events resume header; see `last_event_id`. */
+        LastEventIdHeader: string;
+        /** @description Only what happened at or after this time. */
+        Since: string;
+        /** @description Only what happened before this time. */
+        Until: string;
+        /** @description Only the lines of this service. */
+        LogService: string;
+        /** @description Only lines containing this text, ignoring case. */
+        LogQuery: string;
+        /** @description Without `since`, how many of the newest lines to send before the live ones. */
+        LogTail: number;
+        /** @description The command's id. */
+        CommandId: string;
     };
     requestBodies: never;
     headers: never;
@@ -3837,6 +4670,772 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ConnectivityEventPage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "org-summary:get": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The organisation's counts. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OrgSummary"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "fleet-summary:get": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The fleet's counts. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["FleetSummary"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "org-events:stream": {
+        parameters: {
+            query?: {
+                /**
+                 * @description Only these event types (a comma-separated list); default every type the
+                 *     stream's scope carries. `gap` and `error` always come.
+                 */
+                types?: components["parameters"]["StreamTypes"];
+                /**
+                 * @description Resume after this event: the `id` of the last event received. Every
+                 *     event after it that the bus still holds is sent first, then live ones;
+                 *     when the bus no longer holds some of them a `gap` event says so. For
+                 *     Server-Sent Events the `Last-Event-ID` header does the same (browsers
+                 *     send it on reconnect); this parameter wins when both are given.
+                 */
+                last_event_id?: components["parameters"]["LastEventId"];
+            };
+            header?: {
+                /** @description The Server-Sent Events resume header; see `last_event_id`. */
+                "Last-Event-ID"?: components["parameters"]["LastEventIdHeader"];
+            };
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /**
+             * @description The stream. Each event is `id: <StreamEvent.id>`, `event:
+             *     <StreamEvent.type>` and one `data:` line holding the StreamEvent as
+             *     JSON.
+             */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": components["schemas"]["StreamEvent"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "org-events:websocket": {
+        parameters: {
+            query?: {
+                /**
+                 * @description Only these event types (a comma-separated list); default every type the
+                 *     stream's scope carries. `gap` and `error` always come.
+                 */
+                types?: components["parameters"]["StreamTypes"];
+                /**
+                 * @description Resume after this event: the `id` of the last event received. Every
+                 *     event after it that the bus still holds is sent first, then live ones;
+                 *     when the bus no longer holds some of them a `gap` event says so. For
+                 *     Server-Sent Events the `Last-Event-ID` header does the same (browsers
+                 *     send it on reconnect); this parameter wins when both are given.
+                 */
+                last_event_id?: components["parameters"]["LastEventId"];
+            };
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Switched to the WebSocket protocol; messages are StreamEvent JSON documents. */
+            101: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "fleet-events:stream": {
+        parameters: {
+            query?: {
+                /**
+                 * @description Only these event types (a comma-separated list); default every type the
+                 *     stream's scope carries. `gap` and `error` always come.
+                 */
+                types?: components["parameters"]["StreamTypes"];
+                /**
+                 * @description Resume after this event: the `id` of the last event received. Every
+                 *     event after it that the bus still holds is sent first, then live ones;
+                 *     when the bus no longer holds some of them a `gap` event says so. For
+                 *     Server-Sent Events the `Last-Event-ID` header does the same (browsers
+                 *     send it on reconnect); this parameter wins when both are given.
+                 */
+                last_event_id?: components["parameters"]["LastEventId"];
+            };
+            header?: {
+                /** @description The Server-Sent Events resume header; see `last_event_id`. */
+                "Last-Event-ID"?: components["parameters"]["LastEventIdHeader"];
+            };
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /**
+             * @description The stream. Each event is `id: <StreamEvent.id>`, `event:
+             *     <StreamEvent.type>` and one `data:` line holding the StreamEvent as
+             *     JSON.
+             */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": components["schemas"]["StreamEvent"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "fleet-events:websocket": {
+        parameters: {
+            query?: {
+                /**
+                 * @description Only these event types (a comma-separated list); default every type the
+                 *     stream's scope carries. `gap` and `error` always come.
+                 */
+                types?: components["parameters"]["StreamTypes"];
+                /**
+                 * @description Resume after this event: the `id` of the last event received. Every
+                 *     event after it that the bus still holds is sent first, then live ones;
+                 *     when the bus no longer holds some of them a `gap` event says so. For
+                 *     Server-Sent Events the `Last-Event-ID` header does the same (browsers
+                 *     send it on reconnect); this parameter wins when both are given.
+                 */
+                last_event_id?: components["parameters"]["LastEventId"];
+            };
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Switched to the WebSocket protocol; messages are StreamEvent JSON documents. */
+            101: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-group-events:stream": {
+        parameters: {
+            query?: {
+                /**
+                 * @description Only these event types (a comma-separated list); default every type the
+                 *     stream's scope carries. `gap` and `error` always come.
+                 */
+                types?: components["parameters"]["StreamTypes"];
+                /**
+                 * @description Resume after this event: the `id` of the last event received. Every
+                 *     event after it that the bus still holds is sent first, then live ones;
+                 *     when the bus no longer holds some of them a `gap` event says so. For
+                 *     Server-Sent Events the `Last-Event-ID` header does the same (browsers
+                 *     send it on reconnect); this parameter wins when both are given.
+                 */
+                last_event_id?: components["parameters"]["LastEventId"];
+            };
+            header?: {
+                /** @description The Server-Sent Events resume header; see `last_event_id`. */
+                "Last-Event-ID"?: components["parameters"]["LastEventIdHeader"];
+            };
+            path: {
+                /** @description The device group's id. */
+                deviceGroupId: components["parameters"]["DeviceGroupId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /**
+             * @description The stream. Each event is `id: <StreamEvent.id>`, `event:
+             *     <StreamEvent.type>` and one `data:` line holding the StreamEvent as
+             *     JSON.
+             */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": components["schemas"]["StreamEvent"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-group-events:websocket": {
+        parameters: {
+            query?: {
+                /**
+                 * @description Only these event types (a comma-separated list); default every type the
+                 *     stream's scope carries. `gap` and `error` always come.
+                 */
+                types?: components["parameters"]["StreamTypes"];
+                /**
+                 * @description Resume after this event: the `id` of the last event received. Every
+                 *     event after it that the bus still holds is sent first, then live ones;
+                 *     when the bus no longer holds some of them a `gap` event says so. For
+                 *     Server-Sent Events the `Last-Event-ID` header does the same (browsers
+                 *     send it on reconnect); this parameter wins when both are given.
+                 */
+                last_event_id?: components["parameters"]["LastEventId"];
+            };
+            header?: never;
+            path: {
+                /** @description The device group's id. */
+                deviceGroupId: components["parameters"]["DeviceGroupId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Switched to the WebSocket protocol; messages are StreamEvent JSON documents. */
+            101: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-events:stream": {
+        parameters: {
+            query?: {
+                /**
+                 * @description Only these event types (a comma-separated list); default every type the
+                 *     stream's scope carries. `gap` and `error` always come.
+                 */
+                types?: components["parameters"]["StreamTypes"];
+                /**
+                 * @description Resume after this event: the `id` of the last event received. Every
+                 *     event after it that the bus still holds is sent first, then live ones;
+                 *     when the bus no longer holds some of them a `gap` event says so. For
+                 *     Server-Sent Events the `Last-Event-ID` header does the same (browsers
+                 *     send it on reconnect); this parameter wins when both are given.
+                 */
+                last_event_id?: components["parameters"]["LastEventId"];
+            };
+            header?: {
+                /** @description The Server-Sent Events resume header; see `last_event_id`. */
+                "Last-Event-ID"?: components["parameters"]["LastEventIdHeader"];
+            };
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /**
+             * @description The stream. Each event is `id: <StreamEvent.id>`, `event:
+             *     <StreamEvent.type>` and one `data:` line holding the StreamEvent as
+             *     JSON.
+             */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": components["schemas"]["StreamEvent"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-events:websocket": {
+        parameters: {
+            query?: {
+                /**
+                 * @description Only these event types (a comma-separated list); default every type the
+                 *     stream's scope carries. `gap` and `error` always come.
+                 */
+                types?: components["parameters"]["StreamTypes"];
+                /**
+                 * @description Resume after this event: the `id` of the last event received. Every
+                 *     event after it that the bus still holds is sent first, then live ones;
+                 *     when the bus no longer holds some of them a `gap` event says so. For
+                 *     Server-Sent Events the `Last-Event-ID` header does the same (browsers
+                 *     send it on reconnect); this parameter wins when both are given.
+                 */
+                last_event_id?: components["parameters"]["LastEventId"];
+            };
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Switched to the WebSocket protocol; messages are StreamEvent JSON documents. */
+            101: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "rollout-events:stream": {
+        parameters: {
+            query?: {
+                /**
+                 * @description Only these event types (a comma-separated list); default every type the
+                 *     stream's scope carries. `gap` and `error` always come.
+                 */
+                types?: components["parameters"]["StreamTypes"];
+                /**
+                 * @description Resume after this event: the `id` of the last event received. Every
+                 *     event after it that the bus still holds is sent first, then live ones;
+                 *     when the bus no longer holds some of them a `gap` event says so. For
+                 *     Server-Sent Events the `Last-Event-ID` header does the same (browsers
+                 *     send it on reconnect); this parameter wins when both are given.
+                 */
+                last_event_id?: components["parameters"]["LastEventId"];
+            };
+            header?: {
+                /** @description The Server-Sent Events resume header; see `last_event_id`. */
+                "Last-Event-ID"?: components["parameters"]["LastEventIdHeader"];
+            };
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /**
+             * @description The stream. Each event is `id: <StreamEvent.id>`, `event:
+             *     <StreamEvent.type>` and one `data:` line holding the StreamEvent as
+             *     JSON.
+             */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": components["schemas"]["StreamEvent"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "rollout-events:websocket": {
+        parameters: {
+            query?: {
+                /**
+                 * @description Only these event types (a comma-separated list); default every type the
+                 *     stream's scope carries. `gap` and `error` always come.
+                 */
+                types?: components["parameters"]["StreamTypes"];
+                /**
+                 * @description Resume after this event: the `id` of the last event received. Every
+                 *     event after it that the bus still holds is sent first, then live ones;
+                 *     when the bus no longer holds some of them a `gap` event says so. For
+                 *     Server-Sent Events the `Last-Event-ID` header does the same (browsers
+                 *     send it on reconnect); this parameter wins when both are given.
+                 */
+                last_event_id?: components["parameters"]["LastEventId"];
+            };
+            header?: never;
+            path: {
+                /** @description The rollout's id. */
+                rolloutId: components["parameters"]["RolloutId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Switched to the WebSocket protocol; messages are StreamEvent JSON documents. */
+            101: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-telemetry:get": {
+        parameters: {
+            query: {
+                /** @description A metric name the device sends (see `device-metric:list`); repeat for several. */
+                metric: string[];
+                /** @description The start of the range; default one hour before `until`. */
+                since?: string;
+                /** @description The end of the range (not included); default now. */
+                until?: string;
+                /**
+                 * @description The width of a step, a Go duration of whole seconds (`30s`, `5m`,
+                 *     `1h`); default the range divided by 60, rounded up to a whole
+                 *     second. Steps are aligned to the Unix epoch.
+                 */
+                step?: string;
+            };
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description One series per metric asked for, in the order asked. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TelemetrySeries"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-metric:list": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The device's metrics. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MetricList"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-log:list": {
+        parameters: {
+            query?: {
+                /** @description Only what happened at or after this time. */
+                since?: components["parameters"]["Since"];
+                /** @description Only what happened before this time. */
+                until?: components["parameters"]["Until"];
+                /** @description Only the lines of this service. */
+                service?: components["parameters"]["LogService"];
+                /** @description Only lines containing this text, ignoring case. */
+                q?: components["parameters"]["LogQuery"];
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of log lines, newest first (ties by service, then seq, both descending). */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["LogLinePage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-log:stream": {
+        parameters: {
+            query?: {
+                /** @description Only what happened at or after this time. */
+                since?: components["parameters"]["Since"];
+                /** @description Only the lines of this service. */
+                service?: components["parameters"]["LogService"];
+                /** @description Only lines containing this text, ignoring case. */
+                q?: components["parameters"]["LogQuery"];
+                /** @description Without `since`, how many of the newest lines to send before the live ones. */
+                tail?: components["parameters"]["LogTail"];
+                /**
+                 * @description Resume after this event: the `id` of the last event received. Every
+                 *     event after it that the bus still holds is sent first, then live ones;
+                 *     when the bus no longer holds some of them a `gap` event says so. For
+                 *     Server-Sent Events the `Last-Event-ID` header does the same (browsers
+                 *     send it on reconnect); this parameter wins when both are given.
+                 */
+                last_event_id?: components["parameters"]["LastEventId"];
+            };
+            header?: {
+                /** @description The Server-Sent Events resume header; see `last_event_id`. */
+                "Last-Event-ID"?: components["parameters"]["LastEventIdHeader"];
+            };
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The stream, as on `device-events:stream`. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": components["schemas"]["StreamEvent"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-log:websocket": {
+        parameters: {
+            query?: {
+                /** @description Only what happened at or after this time. */
+                since?: components["parameters"]["Since"];
+                /** @description Only the lines of this service. */
+                service?: components["parameters"]["LogService"];
+                /** @description Only lines containing this text, ignoring case. */
+                q?: components["parameters"]["LogQuery"];
+                /** @description Without `since`, how many of the newest lines to send before the live ones. */
+                tail?: components["parameters"]["LogTail"];
+                /**
+                 * @description Resume after this event: the `id` of the last event received. Every
+                 *     event after it that the bus still holds is sent first, then live ones;
+                 *     when the bus no longer holds some of them a `gap` event says so. For
+                 *     Server-Sent Events the `Last-Event-ID` header does the same (browsers
+                 *     send it on reconnect); this parameter wins when both are given.
+                 */
+                last_event_id?: components["parameters"]["LastEventId"];
+            };
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Switched to the WebSocket protocol; messages are StreamEvent JSON documents. */
+            101: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-update-event:list": {
+        parameters: {
+            query?: {
+                /** @description Only what happened at or after this time. */
+                since?: components["parameters"]["Since"];
+                /** @description Only what happened before this time. */
+                until?: components["parameters"]["Until"];
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of update events, newest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UpdateEventPage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-command:list": {
+        parameters: {
+            query?: {
+                status?: components["schemas"]["CommandStatus"];
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of commands, newest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CommandPage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-command:create": {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CommandCreate"];
+            };
+        };
+        responses: {
+            /** @description The command, pending. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Command"];
+                };
+            };
+            /** @description The device's agent does not support this command type (`code` command_unsupported). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "command:get": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The command's id. */
+                commandId: components["parameters"]["CommandId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The command. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Command"];
                 };
             };
             default: components["responses"]["Problem"];
