@@ -13,7 +13,7 @@ func TestValidate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := v.Kinds(), []string{"commands", "events", "logs", "state", "status", "target", "telemetry"}; !reflect.DeepEqual(got, want) {
+	if got, want := v.Kinds(), []string{"command-results", "commands", "events", "logs", "state", "status", "target", "telemetry"}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("kinds = %v, want %v", got, want)
 	}
 	tests := []struct {
@@ -36,6 +36,8 @@ func TestValidate(t *testing.T) {
 		{kind: "events", payload: `{"id":"x","ts":"2026-11-27T08:00:00Z","type":"installed"}`, wantProblem: "/id"},
 		{kind: "status", payload: `{"state":"offline","connection_seq":3}`},
 		{kind: "status", payload: `{"state":"asleep"}`, wantProblem: "/state"},
+		{kind: "command-results", payload: `{"id":"0f8d6c1e-3b53-4c11-9e5e-4f1f0c8b9a10","status":"failed","error":"no such service","ts":"2026-11-27T08:00:00Z"}`},
+		{kind: "command-results", payload: `{"id":"0f8d6c1e-3b53-4c11-9e5e-4f1f0c8b9a10","status":"done","ts":"2026-11-27T08:00:00Z"}`, wantProblem: "/status"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.kind+" "+tt.payload, func(t *testing.T) {

@@ -84,6 +84,25 @@ type AuditEvent struct {
 	Status     int32
 }
 
+type Command struct {
+	ID             uuid.UUID
+	OrgID          uuid.UUID
+	FleetID        uuid.UUID
+	DeviceID       uuid.UUID
+	Type           string
+	Service        *string
+	Status         string
+	Error          *string
+	CreatedAt      time.Time
+	ExpiresAt      time.Time
+	DeliveredAt    *time.Time
+	CompletedAt    *time.Time
+	AnnouncedAt    *time.Time
+	CreatedByType  string
+	CreatedByID    uuid.UUID
+	CreatedByLabel string
+}
+
 type ConfigVariable struct {
 	ID        uuid.UUID
 	OrgID     uuid.UUID

@@ -23,6 +23,30 @@ type Querier interface {
 	AuditEventInsert(ctx context.Context, arg AuditEventInsertParams) error
 	// Newest first within [since, until), keyset pagination on (occurred_at, id).
 	AuditEventList(ctx context.Context, arg AuditEventListParams) ([]AuditEvent, error)
+	CommandAccess(ctx context.Context, arg CommandAccessParams) (CommandAccessRow, error)
+	// A device's acknowledgement, applied only when it moves the command
+	// forward: received takes a pending command to delivered; succeeded or
+	// failed take a pending or delivered one to its final status. A
+	// redelivered or late acknowledgement matches no row. A device can only
+	// answer for its own commands.
+	CommandApplyResult(ctx context.Context, arg CommandApplyResultParams) (Command, error)
+	CommandCreate(ctx context.Context, arg CommandCreateParams) (Command, error)
+	// What a new command needs to know of its device.
+	CommandDevice(ctx context.Context, id uuid.UUID) (CommandDeviceRow, error)
+	CommandGet(ctx context.Context, id uuid.UUID) (Command, error)
+	CommandList(ctx context.Context, arg CommandListParams) ([]Command, error)
+	CommandsAnnounced(ctx context.Context, ids []uuid.UUID) error
+	// Open commands past their expiry become expired, a bounded batch at a
+	// time; SKIP LOCKED lets several workers share the work, and a command an
+	// acknowledgement is updating now is looked at on the next pass.
+	CommandsExpire(ctx context.Context, maxRows int32) ([]Command, error)
+	// The commands to send again to devices that just connected: not finished,
+	// not expired.
+	CommandsOpenForDevices(ctx context.Context, deviceIds []uuid.UUID) ([]Command, error)
+	// Commands whose creation was not sent on after commit (the process
+	// stopped between the two), older than a grace that lets the normal path
+	// finish first.
+	CommandsUnannounced(ctx context.Context, arg CommandsUnannouncedParams) ([]Command, error)
 	// As DeviceLogInsert: one statement per batch, redeliveries skipped.
 	ConnectivityInsert(ctx context.Context, arg ConnectivityInsertParams) error
 	// Newest first, keyset pagination on (at, connection_seq, event), which is

@@ -6,7 +6,7 @@ type RolloutEventRecord struct {
 	OrgId     string              `json:"org_id" binding:"required"`
 	FleetId   string              `json:"fleet_id" binding:"required"`
 	Event     *RolloutEventType   `json:"event" binding:"required"`
-	State     *AnonymousSchema_67 `json:"state" binding:"required"`
+	State     *AnonymousSchema_71 `json:"state" binding:"required"`
 	Group     int                 `json:"group,omitempty"`
 	Reason    string              `json:"reason,omitempty"`
 	Actor     string              `json:"actor,omitempty"`

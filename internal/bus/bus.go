@@ -29,6 +29,7 @@ const (
 	TopicDeviceTelemetry    = "flock.device.telemetry.v1"
 	TopicDeviceLogs         = "flock.device.logs.v1"
 	TopicRolloutEvents      = "flock.rollout.events.v1"
+	TopicCommandEvents      = "flock.device.command-events.v1"
 )
 
 // AllTopics are the topics Open makes sure exist.
@@ -40,6 +41,7 @@ var AllTopics = []string{
 	TopicDeviceTelemetry,
 	TopicDeviceLogs,
 	TopicRolloutEvents,
+	TopicCommandEvents,
 }
 
 // ErrClosed is returned by Consume when the Bus was closed under it.

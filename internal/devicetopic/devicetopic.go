@@ -24,11 +24,13 @@ const (
 	Status    = "status"
 	Target    = "target"
 	Commands  = "commands"
+	// CommandResults carries a device's answers to its commands.
+	CommandResults = "command-results"
 )
 
 // FromDevice are the kinds a device publishes and Flock receives, in the
 // document's order.
-var FromDevice = []string{State, Telemetry, Logs, Events, Status}
+var FromDevice = []string{State, Telemetry, Logs, Events, Status, CommandResults}
 
 // ToDevice are the kinds Flock sends and a device subscribes to.
 var ToDevice = []string{Target, Commands}
@@ -41,7 +43,7 @@ const ReauthMethod = "flock-device-token"
 // IsFromDevice reports whether kind is one a device publishes.
 func IsFromDevice(kind string) bool {
 	switch kind {
-	case State, Telemetry, Logs, Events, Status:
+	case State, Telemetry, Logs, Events, Status, CommandResults:
 		return true
 	}
 	return false
