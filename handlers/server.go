@@ -28,9 +28,11 @@ import (
 	"github.com/flock-io/flock-api/handlers/variables"
 	"github.com/flock-io/flock-api/internal/audit"
 	"github.com/flock-io/flock-api/internal/buildinfo"
+	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/devicetoken"
 	"github.com/flock-io/flock-api/internal/kv"
 	"github.com/flock-io/flock-api/internal/mqtt/mqttauth"
+	livestreams "github.com/flock-io/flock-api/internal/streams"
 	"github.com/flock-io/flock-api/internal/telemetry"
 	"github.com/flock-io/flock-api/workers/nudger"
 )
@@ -93,9 +95,18 @@ type Deps struct {
 	// MQTTHooksOpen lets the hooks answer without a token (dev mode);
 	// without either they refuse every request.
 	MQTTHooksOpen bool
+	// Bus is the Kafka bus: HTTP reports of devices' state go on
+	// flock.device.state.v1 like MQTT ones, so the scheduler and the streams
+	// see both. Nil publishes nothing (tests of handlers that need no bus).
+	Bus *bus.Bus
 	// Nudge hears of committed changes to devices' targets (pins, moves,
 	// releases, variables) and tells the devices; nil sends no nudges.
 	Nudge nudger.Notifier
+	// Commands sends new device commands after commit
+	// (workers/commands); nil leaves them for the next reconnect.
+	Commands commands.Sender
+	// StreamHub feeds the live streams; nil answers them with 503.
+	StreamHub *livestreams.Hub
 }
 
 // New wires every handler to its dependencies.
@@ -115,11 +126,11 @@ func New(d Deps) *Server {
 		DeviceGroups: &devicegroups.DeviceGroups{Pool: pool},
 		Rollouts:     &rollouts.Rollouts{Pool: pool, Nudge: d.Nudge},
 		Variables:    &variables.Variables{Pool: pool, Nudge: d.Nudge},
-		DeviceAPI:    &deviceapi.DeviceAPI{Pool: pool, Tokens: d.Tokens, TokenEndpoint: d.TokenEndpoint, Audit: d.Audit, MQTTURL: d.MQTTURL},
+		DeviceAPI:    &deviceapi.DeviceAPI{Pool: pool, Tokens: d.Tokens, TokenEndpoint: d.TokenEndpoint, Audit: d.Audit, MQTTURL: d.MQTTURL, Bus: d.Bus},
 		MQTTHooks:    &mqtthooks.MQTTHooks{Auth: d.MQTTAuth, Token: d.MQTTHookToken, Open: d.MQTTHooksOpen},
-		Streams:      &streams.Streams{},
+		Streams:      &streams.Streams{Pool: pool, Hub: d.StreamHub, Telemetry: d.Telemetry},
 		DeviceData:   &devicedata.DeviceData{},
-		Summary:      &summary.Summary{},
-		Commands:     &commands.Commands{},
+		Summary:      &summary.Summary{Pool: pool},
+		Commands:     &commands.Commands{Pool: pool, Send: d.Commands},
 	}
 }

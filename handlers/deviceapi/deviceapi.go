@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/flock-io/flock-api/internal/audit"
+	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/devicetoken"
 	"github.com/flock-io/flock-api/internal/http/problem"
 )
@@ -23,6 +24,9 @@ type DeviceAPI struct {
 	// MQTTURL tells registration the broker devices connect to; nil or ""
 	// means none.
 	MQTTURL func() string
+	// Bus carries each applied HTTP report to flock.device.state.v1, as the
+	// ingester does for MQTT reports; nil publishes nothing.
+	Bus *bus.Bus
 }
 
 // unauthorized is the 401 of the device API, with a detail that says which

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
+	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/http/problem"
 	"github.com/flock-io/flock-api/internal/targetstate"
 )
@@ -78,16 +80,46 @@ func (h *DeviceAPI) DeviceStateUpdate(ctx context.Context, req api.DeviceStateUp
 		return nil, fmt.Errorf("store reported state of %s: %w", p.DeviceID, err)
 	}
 	if n == 1 {
-		return api.DeviceStateUpdate204Response{}, nil
+		return h.published(ctx, p, raw)
 	}
 	stored, err := q.DeviceReportRefused(ctx, p.DeviceID)
 	if err != nil {
 		return nil, fmt.Errorf("mark device %s seen: %w", p.DeviceID, err)
 	}
 	if stored == b.Seq {
-		return api.DeviceStateUpdate204Response{}, nil
+		// A retry: publish again, since the first try may have stored the
+		// state and then failed to publish it. Consumers keep the highest
+		// seq, so a second record changes nothing for them.
+		return h.published(ctx, p, raw)
 	}
 	return nil, &problem.Error{Status: http.StatusConflict, Code: "stale_state",
 		Detail: fmt.Sprintf("seq %d is below %d, the seq of the newest state already applied (over HTTP or MQTT); report with a higher seq", b.Seq, stored),
 		Errors: []problem.FieldError{{In: "body", Field: "/seq", Detail: fmt.Sprintf("must be above %d", stored)}}}
+}
+
+// published puts an applied report on flock.device.state.v1, in the
+// ingester's DeviceStateRecord form, so the scheduler and the streams see
+// HTTP reports as they see MQTT ones. When that fails the device is told to
+// retry (503): its retry repeats the seq, which lands in the branch that
+// publishes again, so every applied state is published at least once.
+func (h *DeviceAPI) published(ctx context.Context, p *auth.Principal, state json.RawMessage) (api.DeviceStateUpdateResponseObject, error) {
+	if h.Bus == nil {
+		return api.DeviceStateUpdate204Response{}, nil
+	}
+	rec, err := json.Marshal(struct {
+		DeviceID   uuid.UUID       `json:"device_id"`
+		OrgID      uuid.UUID       `json:"org_id"`
+		FleetID    uuid.UUID       `json:"fleet_id"`
+		ReceivedAt time.Time       `json:"received_at"`
+		State      json.RawMessage `json:"state"`
+	}{p.DeviceID, p.OrgID, p.FleetID, time.Now().UTC(), state})
+	if err != nil {
+		return nil, fmt.Errorf("encode state record of %s: %w", p.DeviceID, err)
+	}
+	if err := h.Bus.Publish(ctx, bus.Record{Topic: bus.TopicDeviceState, Key: []byte(p.DeviceID.String()), Value: rec}); err != nil {
+		return nil, &problem.Error{Status: http.StatusServiceUnavailable, Code: "unavailable",
+			Detail: "the state was stored but could not be passed on; report it again with the same seq",
+			Header: http.Header{"Retry-After": {"5"}}, Err: fmt.Errorf("publish state of %s: %w", p.DeviceID, err)}
+	}
+	return api.DeviceStateUpdate204Response{}, nil
 }

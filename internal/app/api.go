@@ -9,6 +9,7 @@ import (
 
 	"github.com/flock-io/flock-api/gen"
 	"github.com/flock-io/flock-api/handlers"
+	"github.com/flock-io/flock-api/handlers/streams"
 	"github.com/flock-io/flock-api/internal/auth"
 	"github.com/flock-io/flock-api/internal/auth/oidcverify"
 	"github.com/flock-io/flock-api/internal/devoidc"
@@ -18,6 +19,7 @@ import (
 	"github.com/flock-io/flock-api/internal/http/restapi"
 	"github.com/flock-io/flock-api/internal/modules"
 	"github.com/flock-io/flock-api/internal/mqtt/mqttauth"
+	livestreams "github.com/flock-io/flock-api/internal/streams"
 )
 
 // initAPI mounts the REST API, the device API, the MQTT hooks and the
@@ -48,18 +50,22 @@ func (a *App) initAPI(ctx context.Context) (*modules.Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("FLOCK_MQTT_USERNAME: %w", err)
 	}
+	// The stream hub is the api target's: it reads the topics while the
+	// target runs, and stopping it ends every open stream, so the HTTP
+	// server (stopped after the api) can drain.
+	hub := livestreams.New(a.bus, livestreams.Options{Log: a.log})
 	server := handlers.New(handlers.Deps{Pool: a.pool, Targets: a.targets, Tokens: a.tokens,
 		TokenEndpoint: TokenEndpoint(a.cfg.PublicURL), Audit: a.audit, MQTTURL: a.mqttPublicURL.Load,
 		KV: a.kv, Telemetry: a.telemetry, MQTTAuth: mqttAuth, MQTTHookToken: a.cfg.MQTTHookToken,
-		MQTTHooksOpen: a.cfg.Dev, Nudge: a.nudger})
+		MQTTHooksOpen: a.cfg.Dev, Nudge: a.nudger, Bus: a.bus, Commands: a.commands, StreamHub: hub})
 	restapi.Mount(a.server.Router(), spec, server, restapi.Chain{
 		Authn:   auth.NewAuthenticator(verifier, a.tokens, DeviceIssuer(a.cfg.PublicURL), a.pool, a.log),
 		Guard:   guard,
-		Between: []func(http.Handler) http.Handler{idempotency.Middleware(a.pool, auth.NameOf)},
+		Between: []func(http.Handler) http.Handler{idempotency.Middleware(a.pool, auth.NameOf), streams.CaptureRequest},
 		Gate:    server.MQTTHooks.Gate,
 	})
 	docs.Mount(a.server.Router())
-	return nil, nil
+	return &modules.Service{Run: hub.Run}, nil
 }
 
 // DeviceIssuer is the iss of device tokens: the deployment's public URL.
