@@ -1,7 +1,8 @@
 // Package janitor forgets what the API keeps only for a while: idempotency
 // keys (and their stored responses) older than a day, and rollout events a
-// week after the scheduler published them from the outbox. Every api
-// replica may run it; the deletes are idempotent.
+// week after the scheduler published them from the outbox. It also folds
+// the fleet summary's counter deltas into their counts every CompactEvery.
+// Every api replica may run it; the deletes are idempotent.
 package janitor
 
 import (
@@ -17,11 +18,14 @@ import (
 // Every is how often the janitor sweeps.
 const Every = time.Hour
 
-// Run sweeps at once and then every Every until ctx ends. A failed sweep is
-// logged and tried again at the next tick: nothing waits on it.
+// Run sweeps at once and then every Every, and compacts the summary
+// counters every CompactEvery, until ctx ends. A failed sweep or compaction
+// is logged and tried again at the next tick: nothing waits on it.
 func Run(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
 	t := time.NewTicker(Every)
 	defer t.Stop()
+	compact := time.NewTicker(CompactEvery)
+	defer compact.Stop()
 	for {
 		q := db.New(pool)
 		for _, sweep := range []struct {
@@ -39,10 +43,17 @@ func Run(ctx context.Context, pool *pgxpool.Pool, log *slog.Logger) error {
 				log.Info("deleted "+sweep.what, "count", n)
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
+		for swept := false; !swept; {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+				swept = true
+			case <-compact.C:
+				if _, err := CompactSummary(ctx, pool); err != nil && ctx.Err() == nil {
+					log.Warn("compact fleet summary", "error", err.Error())
+				}
+			}
 		}
 	}
 }
