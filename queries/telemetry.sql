@@ -28,14 +28,31 @@ ON CONFLICT (device_id, service, seq) DO NOTHING;
 
 -- name: DeviceLogList :many
 -- Newest first, keyset pagination on (ts, service, seq): seq alone numbers
--- lines per service, so two services can share a (ts, seq) pair.
+-- lines per service, so two services can share a (ts, seq) pair. pattern is
+-- an ILIKE pattern the store builds from plain text (wildcards escaped).
 SELECT * FROM device_logs
 WHERE device_id = @device_id
   AND (sqlc.narg(service)::text IS NULL OR service = sqlc.narg(service))
   AND (sqlc.narg(since)::timestamptz IS NULL OR ts >= sqlc.narg(since))
+  AND (sqlc.narg(until)::timestamptz IS NULL OR ts < sqlc.narg(until))
+  AND (sqlc.narg(pattern)::text IS NULL OR line ILIKE sqlc.narg(pattern))
   AND (sqlc.narg(before_ts)::timestamptz IS NULL
        OR (ts, service, seq) < (sqlc.narg(before_ts), sqlc.narg(before_service)::text, sqlc.narg(before_seq)::bigint))
 ORDER BY ts DESC, service DESC, seq DESC
+LIMIT @max_rows;
+
+-- name: DeviceLogListOldestFirst :many
+-- DeviceLogList in the other direction, for a follower replaying history:
+-- the same index read backwards.
+SELECT * FROM device_logs
+WHERE device_id = @device_id
+  AND (sqlc.narg(service)::text IS NULL OR service = sqlc.narg(service))
+  AND (sqlc.narg(since)::timestamptz IS NULL OR ts >= sqlc.narg(since))
+  AND (sqlc.narg(until)::timestamptz IS NULL OR ts < sqlc.narg(until))
+  AND (sqlc.narg(pattern)::text IS NULL OR line ILIKE sqlc.narg(pattern))
+  AND (sqlc.narg(after_ts)::timestamptz IS NULL
+       OR (ts, service, seq) > (sqlc.narg(after_ts), sqlc.narg(after_service)::text, sqlc.narg(after_seq)::bigint))
+ORDER BY ts, service, seq
 LIMIT @max_rows;
 
 -- name: ConnectivityInsert :exec
@@ -56,10 +73,77 @@ WHERE device_id = @device_id
 ORDER BY at DESC, connection_seq DESC, event DESC
 LIMIT @max_rows;
 
+-- name: TelemetrySeries :many
+-- Samples of some metrics of a device aggregated per step. A step is
+-- (ts - origin) / step in microseconds, origin being the start of the step
+-- holding since, so the division never meets a negative number. Samples
+-- are first grouped per instant, so the step's last value is the largest
+-- of the samples at its newest instant, which ClickHouse computes the
+-- same way.
+WITH per_instant AS (
+  SELECT s.name, s.ts,
+         ((extract(epoch FROM s.ts) * 1000000)::bigint - @origin_us::bigint) / @step_us::bigint AS step,
+         count(*) AS n, min(s.value) AS lo, max(s.value) AS hi, sum(s.value) AS total, max(s.unit) AS unit
+  FROM telemetry_samples s
+  WHERE s.device_id = @device_id AND s.name = ANY(@names::text[])
+    AND s.ts >= @since AND s.ts < @until
+  GROUP BY s.name, s.ts
+)
+SELECT p.name, p.step::bigint AS step, sum(p.n)::bigint AS count, min(p.lo)::float8 AS min, max(p.hi)::float8 AS max,
+       (sum(p.total) / sum(p.n))::float8 AS avg,
+       (array_agg(p.hi ORDER BY p.ts DESC))[1]::float8 AS last,
+       (array_agg(p.unit ORDER BY p.ts DESC))[1]::text AS unit
+FROM per_instant p
+GROUP BY p.name, p.step
+ORDER BY p.name, p.step;
+
+-- name: TelemetryMetricNames :many
+-- The distinct metric names of a device, each with its newest sample's unit
+-- and time. The recursion hops from one name to the next through the series
+-- index (a loose index scan) instead of reading every sample of the device.
+WITH RECURSIVE names AS (
+  (SELECT s.name FROM telemetry_samples s WHERE s.device_id = @device_id ORDER BY s.name LIMIT 1)
+  UNION ALL
+  SELECT (SELECT s.name FROM telemetry_samples s WHERE s.device_id = @device_id AND s.name > n.name ORDER BY s.name LIMIT 1)
+  FROM names n WHERE n.name IS NOT NULL
+)
+SELECT n.name::text AS name, l.unit, l.ts
+FROM names n
+CROSS JOIN LATERAL (
+  SELECT s.unit, s.ts FROM telemetry_samples s
+  WHERE s.device_id = @device_id AND s.name = n.name
+  ORDER BY s.ts DESC, s.unit DESC LIMIT 1
+) l
+WHERE n.name IS NOT NULL;
+
+-- name: UpdateEventInsert :exec
+-- As DeviceLogInsert: one statement per batch, redeliveries skipped. The
+-- arrays cannot hold NULL through sqlc, so the nil UUID and progress -1
+-- stand for "not sent".
+INSERT INTO update_events (device_id, org_id, id, ts, received_at, type, release_id, service, progress, error)
+SELECT unnest(@device_ids::uuid[]), unnest(@org_ids::uuid[]), unnest(@ids::uuid[]), unnest(@ts::timestamptz[]),
+       unnest(@received_ats::timestamptz[]), unnest(@types::text[]),
+       nullif(unnest(@release_ids::uuid[]), '00000000-0000-0000-0000-000000000000'::uuid),
+       unnest(@services::text[]), nullif(unnest(@progresses::smallint[]), -1), unnest(@errors::text[])
+ON CONFLICT (device_id, id) DO NOTHING;
+
+-- name: UpdateEventList :many
+-- Newest first, keyset pagination on (ts, id), unique per device.
+SELECT * FROM update_events
+WHERE device_id = @device_id
+  AND (sqlc.narg(since)::timestamptz IS NULL OR ts >= sqlc.narg(since))
+  AND (sqlc.narg(until)::timestamptz IS NULL OR ts < sqlc.narg(until))
+  AND (sqlc.narg(before_ts)::timestamptz IS NULL
+       OR (ts, id) < (sqlc.narg(before_ts), sqlc.narg(before_id)::uuid))
+ORDER BY ts DESC, id DESC
+LIMIT @max_rows;
+
 -- name: TelemetryDeleteBefore :one
--- Retention: one statement, so the three tables are trimmed atomically and
--- the caller gets one total.
+-- Retention: one statement, so the tables are trimmed atomically and the
+-- caller gets one total.
 WITH samples AS (DELETE FROM telemetry_samples s WHERE s.ts < @cutoff RETURNING 1),
      logs AS (DELETE FROM device_logs l WHERE l.ts < @cutoff RETURNING 1),
-     conns AS (DELETE FROM connectivity_events c WHERE c.at < @cutoff RETURNING 1)
-SELECT ((SELECT count(*) FROM samples) + (SELECT count(*) FROM logs) + (SELECT count(*) FROM conns))::bigint AS deleted;
+     conns AS (DELETE FROM connectivity_events c WHERE c.at < @cutoff RETURNING 1),
+     updates AS (DELETE FROM update_events u WHERE u.ts < @cutoff RETURNING 1)
+SELECT ((SELECT count(*) FROM samples) + (SELECT count(*) FROM logs) + (SELECT count(*) FROM conns)
+        + (SELECT count(*) FROM updates))::bigint AS deleted;

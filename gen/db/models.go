@@ -328,6 +328,19 @@ type TelemetrySample struct {
 	Labels   []byte
 }
 
+type UpdateEvent struct {
+	DeviceID   uuid.UUID
+	OrgID      uuid.UUID
+	ID         uuid.UUID
+	Ts         time.Time
+	ReceivedAt time.Time
+	Type       string
+	ReleaseID  uuid.NullUUID
+	Service    string
+	Progress   *int16
+	Error      string
+}
+
 type User struct {
 	ID        uuid.UUID
 	Issuer    *string

@@ -82,8 +82,12 @@ type Querier interface {
 	// this statement silently drop rows.
 	DeviceLogInsert(ctx context.Context, arg DeviceLogInsertParams) error
 	// Newest first, keyset pagination on (ts, service, seq): seq alone numbers
-	// lines per service, so two services can share a (ts, seq) pair.
+	// lines per service, so two services can share a (ts, seq) pair. pattern is
+	// an ILIKE pattern the store builds from plain text (wildcards escaped).
 	DeviceLogList(ctx context.Context, arg DeviceLogListParams) ([]DeviceLog, error)
+	// DeviceLogList in the other direction, for a follower replaying history:
+	// the same index read backwards.
+	DeviceLogListOldestFirst(ctx context.Context, arg DeviceLogListOldestFirstParams) ([]DeviceLog, error)
 	// The org and fleet of each of a batch of devices the ingester heard from;
 	// a deleted device is simply absent.
 	DeviceOwners(ctx context.Context, ids []uuid.UUID) ([]DeviceOwnersRow, error)
@@ -272,15 +276,32 @@ type Querier interface {
 	TargetReleases(ctx context.Context, ids []uuid.UUID) ([]TargetReleasesRow, error)
 	// The fleets' own variables and the devices' own, for a batch of devices.
 	TargetVariables(ctx context.Context, arg TargetVariablesParams) ([]ConfigVariable, error)
-	// Retention: one statement, so the three tables are trimmed atomically and
-	// the caller gets one total.
+	// Retention: one statement, so the tables are trimmed atomically and the
+	// caller gets one total.
 	TelemetryDeleteBefore(ctx context.Context, cutoff time.Time) (int64, error)
 	// One series of a device, newest first within [since, until); either bound
 	// may be null.
 	TelemetryList(ctx context.Context, arg TelemetryListParams) ([]TelemetrySample, error)
+	// The distinct metric names of a device, each with its newest sample's unit
+	// and time. The recursion hops from one name to the next through the series
+	// index (a loose index scan) instead of reading every sample of the device.
+	TelemetryMetricNames(ctx context.Context, deviceID uuid.UUID) ([]TelemetryMetricNamesRow, error)
 	// Samples have no natural key to deduplicate on, so they take COPY, the
 	// cheapest bulk path.
 	TelemetrySampleCopy(ctx context.Context, arg []TelemetrySampleCopyParams) (int64, error)
+	// Samples of some metrics of a device aggregated per step. A step is
+	// (ts - origin) / step in microseconds, origin being the start of the step
+	// holding since, so the division never meets a negative number. Samples
+	// are first grouped per instant, so the step's last value is the largest
+	// of the samples at its newest instant, which ClickHouse computes the
+	// same way.
+	TelemetrySeries(ctx context.Context, arg TelemetrySeriesParams) ([]TelemetrySeriesRow, error)
+	// As DeviceLogInsert: one statement per batch, redeliveries skipped. The
+	// arrays cannot hold NULL through sqlc, so the nil UUID and progress -1
+	// stand for "not sent".
+	UpdateEventInsert(ctx context.Context, arg UpdateEventInsertParams) error
+	// Newest first, keyset pagination on (ts, id), unique per device.
+	UpdateEventList(ctx context.Context, arg UpdateEventListParams) ([]UpdateEvent, error)
 	UserByEmail(ctx context.Context, email string) (User, error)
 	UserByID(ctx context.Context, id uuid.UUID) (User, error)
 	UserByIdentity(ctx context.Context, arg UserByIdentityParams) (User, error)

@@ -131,16 +131,20 @@ SELECT device_id, org_id, service, seq, ts, stream, line FROM device_logs
 WHERE device_id = $1
   AND ($2::text IS NULL OR service = $2)
   AND ($3::timestamptz IS NULL OR ts >= $3)
-  AND ($4::timestamptz IS NULL
-       OR (ts, service, seq) < ($4, $5::text, $6::bigint))
+  AND ($4::timestamptz IS NULL OR ts < $4)
+  AND ($5::text IS NULL OR line ILIKE $5)
+  AND ($6::timestamptz IS NULL
+       OR (ts, service, seq) < ($6, $7::text, $8::bigint))
 ORDER BY ts DESC, service DESC, seq DESC
-LIMIT $7
+LIMIT $9
 `
 
 type DeviceLogListParams struct {
 	DeviceID      uuid.UUID
 	Service       *string
 	Since         *time.Time
+	Until         *time.Time
+	Pattern       *string
 	BeforeTs      *time.Time
 	BeforeService *string
 	BeforeSeq     *int64
@@ -148,12 +152,15 @@ type DeviceLogListParams struct {
 }
 
 // Newest first, keyset pagination on (ts, service, seq): seq alone numbers
-// lines per service, so two services can share a (ts, seq) pair.
+// lines per service, so two services can share a (ts, seq) pair. pattern is
+// an ILIKE pattern the store builds from plain text (wildcards escaped).
 func (q *Queries) DeviceLogList(ctx context.Context, arg DeviceLogListParams) ([]DeviceLog, error) {
 	rows, err := q.db.Query(ctx, deviceLogList,
 		arg.DeviceID,
 		arg.Service,
 		arg.Since,
+		arg.Until,
+		arg.Pattern,
 		arg.BeforeTs,
 		arg.BeforeService,
 		arg.BeforeSeq,
@@ -185,15 +192,82 @@ func (q *Queries) DeviceLogList(ctx context.Context, arg DeviceLogListParams) ([
 	return items, nil
 }
 
+const deviceLogListOldestFirst = `-- name: DeviceLogListOldestFirst :many
+SELECT device_id, org_id, service, seq, ts, stream, line FROM device_logs
+WHERE device_id = $1
+  AND ($2::text IS NULL OR service = $2)
+  AND ($3::timestamptz IS NULL OR ts >= $3)
+  AND ($4::timestamptz IS NULL OR ts < $4)
+  AND ($5::text IS NULL OR line ILIKE $5)
+  AND ($6::timestamptz IS NULL
+       OR (ts, service, seq) > ($6, $7::text, $8::bigint))
+ORDER BY ts, service, seq
+LIMIT $9
+`
+
+type DeviceLogListOldestFirstParams struct {
+	DeviceID     uuid.UUID
+	Service      *string
+	Since        *time.Time
+	Until        *time.Time
+	Pattern      *string
+	AfterTs      *time.Time
+	AfterService *string
+	AfterSeq     *int64
+	MaxRows      int32
+}
+
+// DeviceLogList in the other direction, for a follower replaying history:
+// the same index read backwards.
+func (q *Queries) DeviceLogListOldestFirst(ctx context.Context, arg DeviceLogListOldestFirstParams) ([]DeviceLog, error) {
+	rows, err := q.db.Query(ctx, deviceLogListOldestFirst,
+		arg.DeviceID,
+		arg.Service,
+		arg.Since,
+		arg.Until,
+		arg.Pattern,
+		arg.AfterTs,
+		arg.AfterService,
+		arg.AfterSeq,
+		arg.MaxRows,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []DeviceLog{}
+	for rows.Next() {
+		var i DeviceLog
+		if err := rows.Scan(
+			&i.DeviceID,
+			&i.OrgID,
+			&i.Service,
+			&i.Seq,
+			&i.Ts,
+			&i.Stream,
+			&i.Line,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const telemetryDeleteBefore = `-- name: TelemetryDeleteBefore :one
 WITH samples AS (DELETE FROM telemetry_samples s WHERE s.ts < $1 RETURNING 1),
      logs AS (DELETE FROM device_logs l WHERE l.ts < $1 RETURNING 1),
-     conns AS (DELETE FROM connectivity_events c WHERE c.at < $1 RETURNING 1)
-SELECT ((SELECT count(*) FROM samples) + (SELECT count(*) FROM logs) + (SELECT count(*) FROM conns))::bigint AS deleted
+     conns AS (DELETE FROM connectivity_events c WHERE c.at < $1 RETURNING 1),
+     updates AS (DELETE FROM update_events u WHERE u.ts < $1 RETURNING 1)
+SELECT ((SELECT count(*) FROM samples) + (SELECT count(*) FROM logs) + (SELECT count(*) FROM conns)
+        + (SELECT count(*) FROM updates))::bigint AS deleted
 `
 
-// Retention: one statement, so the three tables are trimmed atomically and
-// the caller gets one total.
+// Retention: one statement, so the tables are trimmed atomically and the
+// caller gets one total.
 func (q *Queries) TelemetryDeleteBefore(ctx context.Context, cutoff time.Time) (int64, error) {
 	row := q.db.QueryRow(ctx, telemetryDeleteBefore, cutoff)
 	var deleted int64
@@ -255,6 +329,52 @@ func (q *Queries) TelemetryList(ctx context.Context, arg TelemetryListParams) ([
 	return items, nil
 }
 
+const telemetryMetricNames = `-- name: TelemetryMetricNames :many
+WITH RECURSIVE names AS (
+  (SELECT s.name FROM telemetry_samples s WHERE s.device_id = $1 ORDER BY s.name LIMIT 1)
+  UNION ALL
+  SELECT (SELECT s.name FROM telemetry_samples s WHERE s.device_id = $1 AND s.name > n.name ORDER BY s.name LIMIT 1)
+  FROM names n WHERE n.name IS NOT NULL
+)
+SELECT n.name::text AS name, l.unit, l.ts
+FROM names n
+CROSS JOIN LATERAL (
+  SELECT s.unit, s.ts FROM telemetry_samples s
+  WHERE s.device_id = $1 AND s.name = n.name
+  ORDER BY s.ts DESC, s.unit DESC LIMIT 1
+) l
+WHERE n.name IS NOT NULL
+`
+
+type TelemetryMetricNamesRow struct {
+	Name string
+	Unit string
+	Ts   time.Time
+}
+
+// The distinct metric names of a device, each with its newest sample's unit
+// and time. The recursion hops from one name to the next through the series
+// index (a loose index scan) instead of reading every sample of the device.
+func (q *Queries) TelemetryMetricNames(ctx context.Context, deviceID uuid.UUID) ([]TelemetryMetricNamesRow, error) {
+	rows, err := q.db.Query(ctx, telemetryMetricNames, deviceID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []TelemetryMetricNamesRow{}
+	for rows.Next() {
+		var i TelemetryMetricNamesRow
+		if err := rows.Scan(&i.Name, &i.Unit, &i.Ts); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 type TelemetrySampleCopyParams struct {
 	DeviceID uuid.UUID
 	OrgID    uuid.UUID
@@ -263,4 +383,185 @@ type TelemetrySampleCopyParams struct {
 	Value    float64
 	Unit     string
 	Labels   []byte
+}
+
+const telemetrySeries = `-- name: TelemetrySeries :many
+WITH per_instant AS (
+  SELECT s.name, s.ts,
+         ((extract(epoch FROM s.ts) * 1000000)::bigint - $1::bigint) / $2::bigint AS step,
+         count(*) AS n, min(s.value) AS lo, max(s.value) AS hi, sum(s.value) AS total, max(s.unit) AS unit
+  FROM telemetry_samples s
+  WHERE s.device_id = $3 AND s.name = ANY($4::text[])
+    AND s.ts >= $5 AND s.ts < $6
+  GROUP BY s.name, s.ts
+)
+SELECT p.name, p.step::bigint AS step, sum(p.n)::bigint AS count, min(p.lo)::float8 AS min, max(p.hi)::float8 AS max,
+       (sum(p.total) / sum(p.n))::float8 AS avg,
+       (array_agg(p.hi ORDER BY p.ts DESC))[1]::float8 AS last,
+       (array_agg(p.unit ORDER BY p.ts DESC))[1]::text AS unit
+FROM per_instant p
+GROUP BY p.name, p.step
+ORDER BY p.name, p.step
+`
+
+type TelemetrySeriesParams struct {
+	OriginUs int64
+	StepUs   int64
+	DeviceID uuid.UUID
+	Names    []string
+	Since    time.Time
+	Until    time.Time
+}
+
+type TelemetrySeriesRow struct {
+	Name  string
+	Step  int64
+	Count int64
+	Min   float64
+	Max   float64
+	Avg   float64
+	Last  float64
+	Unit  string
+}
+
+// Samples of some metrics of a device aggregated per step. A step is
+// (ts - origin) / step in microseconds, origin being the start of the step
+// holding since, so the division never meets a negative number. Samples
+// are first grouped per instant, so the step's last value is the largest
+// of the samples at its newest instant, which ClickHouse computes the
+// same way.
+func (q *Queries) TelemetrySeries(ctx context.Context, arg TelemetrySeriesParams) ([]TelemetrySeriesRow, error) {
+	rows, err := q.db.Query(ctx, telemetrySeries,
+		arg.OriginUs,
+		arg.StepUs,
+		arg.DeviceID,
+		arg.Names,
+		arg.Since,
+		arg.Until,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []TelemetrySeriesRow{}
+	for rows.Next() {
+		var i TelemetrySeriesRow
+		if err := rows.Scan(
+			&i.Name,
+			&i.Step,
+			&i.Count,
+			&i.Min,
+			&i.Max,
+			&i.Avg,
+			&i.Last,
+			&i.Unit,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const updateEventInsert = `-- name: UpdateEventInsert :exec
+INSERT INTO update_events (device_id, org_id, id, ts, received_at, type, release_id, service, progress, error)
+SELECT unnest($1::uuid[]), unnest($2::uuid[]), unnest($3::uuid[]), unnest($4::timestamptz[]),
+       unnest($5::timestamptz[]), unnest($6::text[]),
+       nullif(unnest($7::uuid[]), '00000000-0000-0000-0000-000000000000'::uuid),
+       unnest($8::text[]), nullif(unnest($9::smallint[]), -1), unnest($10::text[])
+ON CONFLICT (device_id, id) DO NOTHING
+`
+
+type UpdateEventInsertParams struct {
+	DeviceIds   []uuid.UUID
+	OrgIds      []uuid.UUID
+	Ids         []uuid.UUID
+	Ts          []time.Time
+	ReceivedAts []time.Time
+	Types       []string
+	ReleaseIds  []uuid.UUID
+	Services    []string
+	Progresses  []int16
+	Errors      []string
+}
+
+// As DeviceLogInsert: one statement per batch, redeliveries skipped. The
+// arrays cannot hold NULL through sqlc, so the nil UUID and progress -1
+// stand for "not sent".
+func (q *Queries) UpdateEventInsert(ctx context.Context, arg UpdateEventInsertParams) error {
+	_, err := q.db.Exec(ctx, updateEventInsert,
+		arg.DeviceIds,
+		arg.OrgIds,
+		arg.Ids,
+		arg.Ts,
+		arg.ReceivedAts,
+		arg.Types,
+		arg.ReleaseIds,
+		arg.Services,
+		arg.Progresses,
+		arg.Errors,
+	)
+	return err
+}
+
+const updateEventList = `-- name: UpdateEventList :many
+SELECT device_id, org_id, id, ts, received_at, type, release_id, service, progress, error FROM update_events
+WHERE device_id = $1
+  AND ($2::timestamptz IS NULL OR ts >= $2)
+  AND ($3::timestamptz IS NULL OR ts < $3)
+  AND ($4::timestamptz IS NULL
+       OR (ts, id) < ($4, $5::uuid))
+ORDER BY ts DESC, id DESC
+LIMIT $6
+`
+
+type UpdateEventListParams struct {
+	DeviceID uuid.UUID
+	Since    *time.Time
+	Until    *time.Time
+	BeforeTs *time.Time
+	BeforeID uuid.NullUUID
+	MaxRows  int32
+}
+
+// Newest first, keyset pagination on (ts, id), unique per device.
+func (q *Queries) UpdateEventList(ctx context.Context, arg UpdateEventListParams) ([]UpdateEvent, error) {
+	rows, err := q.db.Query(ctx, updateEventList,
+		arg.DeviceID,
+		arg.Since,
+		arg.Until,
+		arg.BeforeTs,
+		arg.BeforeID,
+		arg.MaxRows,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []UpdateEvent{}
+	for rows.Next() {
+		var i UpdateEvent
+		if err := rows.Scan(
+			&i.DeviceID,
+			&i.OrgID,
+			&i.ID,
+			&i.Ts,
+			&i.ReceivedAt,
+			&i.Type,
+			&i.ReleaseID,
+			&i.Service,
+			&i.Progress,
+			&i.Error,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

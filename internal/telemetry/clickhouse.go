@@ -4,6 +4,7 @@ import (
 	"context"
 	_ "embed"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -266,23 +267,43 @@ func (c *ClickHouse) Connectivity(ctx context.Context, device uuid.UUID, before 
 }
 
 // Logs implements Store.
-func (c *ClickHouse) Logs(ctx context.Context, device uuid.UUID, service string, since time.Time, limit int) ([]LogLine, error) {
-	n, err := rowLimit(limit)
+func (c *ClickHouse) Logs(ctx context.Context, device uuid.UUID, lq LogQuery) ([]LogLine, error) {
+	n, err := rowLimit(lq.Limit)
 	if err != nil {
 		return nil, err
 	}
 	q := `SELECT device_id, org_id, service, seq, ts_us, toString(stream), line
 		FROM device_logs FINAL WHERE device_id = toUUID(?)`
 	args := []any{device.String()}
-	if service != "" {
+	if lq.Service != "" {
 		q += " AND service = ?"
-		args = append(args, service)
+		args = append(args, lq.Service)
 	}
-	if !since.IsZero() {
+	if !lq.Since.IsZero() {
 		q += " AND ts_us >= ?"
-		args = append(args, since.UnixMicro())
+		args = append(args, lq.Since.UnixMicro())
 	}
-	q += " ORDER BY ts_us DESC, service DESC, seq DESC LIMIT ?"
+	if !lq.Until.IsZero() {
+		q += " AND ts_us < ?"
+		args = append(args, lq.Until.UnixMicro())
+	}
+	if lq.Contains != "" {
+		// A plain substring search: no pattern characters to escape.
+		q += " AND positionCaseInsensitiveUTF8(line, ?) > 0"
+		args = append(args, lq.Contains)
+	}
+	cmp, order := "<", "DESC"
+	if lq.OldestFirst {
+		cmp, order = ">", "ASC"
+	}
+	if a := lq.After; a != nil {
+		// (ts, service, seq) beyond the cursor, spelt out: 18.16 does not
+		// compare tuples.
+		ts := a.TS.UnixMicro()
+		q += fmt.Sprintf(` AND (ts_us %[1]s ? OR (ts_us = ? AND (service %[1]s ? OR (service = ? AND seq %[1]s ?))))`, cmp)
+		args = append(args, ts, ts, a.Service, a.Service, a.Seq)
+	}
+	q += fmt.Sprintf(" ORDER BY ts_us %[1]s, service %[1]s, seq %[1]s LIMIT ?", order)
 	args = append(args, n)
 
 	var out []LogLine
@@ -299,6 +320,169 @@ func (c *ClickHouse) Logs(ctx context.Context, device uuid.UUID, service string,
 	if err != nil {
 		return nil, fmt.Errorf("list logs of device %s: %w", device, err)
 	}
+	return out, nil
+}
+
+// WriteUpdateEvents implements Store.
+func (c *ClickHouse) WriteUpdateEvents(ctx context.Context, e []UpdateEvent) error {
+	if len(e) == 0 {
+		return nil
+	}
+	type key struct{ device, id uuid.UUID }
+	seen := make(map[key]bool, len(e))
+	err := c.insert(ctx, "INSERT INTO update_events (device_id, org_id, id, ts_us, received_us, type, release_id, service, progress, error, keep)",
+		func(b driver.Batch) error {
+			for _, x := range e {
+				k := key{x.DeviceID, x.ID}
+				if seen[k] {
+					continue
+				}
+				seen[k] = true
+				progress := int8(-1)
+				if x.Progress != nil {
+					if *x.Progress < 0 || *x.Progress > 100 {
+						return fmt.Errorf("update event %s of device %s: progress %d is not a percentage", x.ID, x.DeviceID, *x.Progress)
+					}
+					progress = int8(*x.Progress)
+				}
+				release := ""
+				if x.ReleaseID.Valid {
+					release = x.ReleaseID.UUID.String()
+				}
+				received := x.ReceivedAt.UnixMicro()
+				if err := b.Append(x.DeviceID, x.OrgID, x.ID.String(), x.TS.UnixMicro(), received,
+					x.Type, release, x.Service, progress, x.Error, keepEarliest(received)); err != nil {
+					return fmt.Errorf("update event %s of device %s: %w", x.ID, x.DeviceID, err)
+				}
+			}
+			return nil
+		})
+	if err != nil {
+		return fmt.Errorf("write %d update events: %w", len(e), err)
+	}
+	return nil
+}
+
+// keepEarliest is update_events.keep for a copy received at us: higher for
+// earlier copies, so a merge keeps the first one received.
+func keepEarliest(us int64) uint64 {
+	return uint64(math.MaxInt64) - uint64(max(us, 0))
+}
+
+// UpdateEvents implements Store.
+func (c *ClickHouse) UpdateEvents(ctx context.Context, device uuid.UUID, since, until time.Time, after *UpdateEventCursor, limit int) ([]UpdateEvent, error) {
+	n, err := rowLimit(limit)
+	if err != nil {
+		return nil, err
+	}
+	q := `SELECT device_id, org_id, id, ts_us, received_us, type, release_id, service, progress, error
+		FROM update_events FINAL WHERE device_id = toUUID(?)`
+	args := []any{device.String()}
+	if !since.IsZero() {
+		q += " AND ts_us >= ?"
+		args = append(args, since.UnixMicro())
+	}
+	if !until.IsZero() {
+		q += " AND ts_us < ?"
+		args = append(args, until.UnixMicro())
+	}
+	if after != nil {
+		ts := after.TS.UnixMicro()
+		q += " AND (ts_us < ? OR (ts_us = ? AND id < ?))"
+		args = append(args, ts, ts, after.ID.String())
+	}
+	q += " ORDER BY ts_us DESC, id DESC LIMIT ?"
+	args = append(args, n)
+
+	var out []UpdateEvent
+	err = c.query(ctx, q, args, func(r driver.Rows) error {
+		var x UpdateEvent
+		var id, release string
+		var ts, received int64
+		var progress int8
+		if err := r.Scan(&x.DeviceID, &x.OrgID, &id, &ts, &received, &x.Type, &release, &x.Service, &progress, &x.Error); err != nil {
+			return err
+		}
+		var err error
+		if x.ID, err = uuid.Parse(id); err != nil {
+			return fmt.Errorf("stored event id %q: %w", id, err)
+		}
+		if release != "" {
+			r, err := uuid.Parse(release)
+			if err != nil {
+				return fmt.Errorf("stored release id %q of event %s: %w", release, id, err)
+			}
+			x.ReleaseID = uuid.NullUUID{UUID: r, Valid: true}
+		}
+		if progress >= 0 {
+			p := int(progress)
+			x.Progress = &p
+		}
+		x.TS, x.ReceivedAt = fromMicros(ts), fromMicros(received)
+		out = append(out, x)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list update events of device %s: %w", device, err)
+	}
+	return out, nil
+}
+
+// Series implements Store. The last value of a step is the value at its
+// newest instant, the largest when several share it, as in PostgreSQL:
+// argMax over (ts, value) picks that row.
+func (c *ClickHouse) Series(ctx context.Context, device uuid.UUID, names []string, since, until time.Time, step time.Duration) ([]Series, error) {
+	origin, stepUS, err := seriesArgs(names, since, until, step)
+	if err != nil {
+		return nil, err
+	}
+	// Both numbers are cast: 18.16 divides an Int64 by a UInt64 literal as
+	// unsigned.
+	const q = `SELECT name, intDiv(ts_us - toInt64(?), toInt64(?)) AS step,
+			count(), min(value), max(value), avg(value),
+			argMax(value, (ts_us, value)), argMax(unit, (ts_us, unit))
+		FROM telemetry_samples
+		WHERE device_id = toUUID(?) AND has(?, name) AND ts_us >= ? AND ts_us < ?
+		GROUP BY name, step
+		ORDER BY name, step`
+	args := []any{origin, stepUS, device.String(), names, since.UnixMicro(), until.UnixMicro()}
+	var rows []seriesPoint
+	err = c.query(ctx, q, args, func(r driver.Rows) error {
+		var x seriesPoint
+		var count uint64
+		if err := r.Scan(&x.name, &x.step, &count, &x.p.Min, &x.p.Max, &x.p.Avg, &x.p.Last, &x.unit); err != nil {
+			return err
+		}
+		x.p.Count = int64(count)
+		rows = append(rows, x)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("aggregate series %v of device %s: %w", names, device, err)
+	}
+	return assembleSeries(names, origin, stepUS, rows), nil
+}
+
+// MetricNames implements Store.
+func (c *ClickHouse) MetricNames(ctx context.Context, device uuid.UUID) ([]Metric, error) {
+	const q = `SELECT name, argMax(unit, (ts_us, unit)), max(ts_us)
+		FROM telemetry_samples WHERE device_id = toUUID(?)
+		GROUP BY name ORDER BY name`
+	var out []Metric
+	err := c.query(ctx, q, []any{device.String()}, func(r driver.Rows) error {
+		var x Metric
+		var ts int64
+		if err := r.Scan(&x.Name, &x.Unit, &ts); err != nil {
+			return err
+		}
+		x.LastTS = fromMicros(ts)
+		out = append(out, x)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list metric names of device %s: %w", device, err)
+	}
+	sortMetrics(out)
 	return out, nil
 }
 
@@ -325,6 +509,7 @@ var retained = []struct {
 	{"telemetry_samples", "ts_us", false},
 	{"device_logs", "ts_us", true},
 	{"connectivity_events", "at_us", true},
+	{"update_events", "ts_us", true},
 }
 
 // DeleteBefore drops the day partitions that hold only rows older than t,

@@ -60,3 +60,31 @@ CREATE TABLE IF NOT EXISTS connectivity_events (
 ) ENGINE = ReplacingMergeTree()
 PARTITION BY intDiv(at_us, toInt64(86400000000))
 ORDER BY (device_id, connection_seq, event);
+
+-- Update progress events, keyed by the device's own event id, which is
+-- stable across redeliveries, so the table deduplicates as device_logs
+-- does. The id is kept as its canonical text: ClickHouse orders UUID values
+-- by their second half first, and the keyset cursor needs the byte order
+-- PostgreSQL's uuid has, which lowercase hex text has too. release_id is ''
+-- and progress -1 when the device sent none (no Nullable: cheaper, and 0 is
+-- a progress). type is text, not an enum, so a type the AsyncAPI document
+-- adds later needs no change of this table: the ingester stores only
+-- events the schema accepted. A merge keeps the row of the highest keep,
+-- which the store sets to sort the earliest received copy highest (18.16
+-- takes only an unsigned version), so a redelivery received later never
+-- replaces the event, as in PostgreSQL.
+CREATE TABLE IF NOT EXISTS update_events (
+  device_id   UUID,
+  org_id      UUID,
+  id          String,
+  ts_us       Int64,
+  received_us Int64,
+  type        String,
+  release_id  String,
+  service     String,
+  progress    Int8,
+  error       String,
+  keep        UInt64
+) ENGINE = ReplacingMergeTree(keep)
+PARTITION BY intDiv(ts_us, toInt64(86400000000))
+ORDER BY (device_id, id);

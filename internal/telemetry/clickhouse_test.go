@@ -111,7 +111,7 @@ func TestClickHouseHidesUnmergedDuplicates(t *testing.T) {
 	if n := count(t, conn, "SELECT count() FROM connectivity_events"); n != 3 {
 		t.Fatalf("%d connectivity rows stored, want 3 unmerged copies", n)
 	}
-	logs, err := s.Logs(t.Context(), dev, "", time.Time{}, 10)
+	logs, err := s.Logs(t.Context(), dev, telemetry.LogQuery{Limit: 10})
 	if err != nil || len(logs) != 1 {
 		t.Errorf("Logs = %v, %v; want the line once", logs, err)
 	}

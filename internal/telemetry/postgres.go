@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -13,7 +14,7 @@ import (
 )
 
 // Postgres is the store used when ClickHouse is not configured: the tables
-// of migration 00004. Each write is one statement, so a batch is stored
+// of migrations 00004 and 00010. Each write is one statement, so a batch is stored
 // entirely or not at all.
 type Postgres struct {
 	pool *pgxpool.Pool
@@ -145,16 +146,35 @@ func (p *Postgres) Connectivity(ctx context.Context, device uuid.UUID, before *C
 }
 
 // Logs implements Store.
-func (p *Postgres) Logs(ctx context.Context, device uuid.UUID, service string, since time.Time, limit int) ([]LogLine, error) {
-	n, err := rowLimit(limit)
+func (p *Postgres) Logs(ctx context.Context, device uuid.UUID, q LogQuery) ([]LogLine, error) {
+	n, err := rowLimit(q.Limit)
 	if err != nil {
 		return nil, err
 	}
-	arg := db.DeviceLogListParams{DeviceID: device, Since: timeBound(since), MaxRows: n}
-	if service != "" {
-		arg.Service = &service
+	var service, pattern *string
+	if q.Service != "" {
+		service = &q.Service
 	}
-	rows, err := p.q.DeviceLogList(ctx, arg)
+	if q.Contains != "" {
+		p := "%" + likeEscaper.Replace(q.Contains) + "%"
+		pattern = &p
+	}
+	var rows []db.DeviceLog
+	if q.OldestFirst {
+		arg := db.DeviceLogListOldestFirstParams{DeviceID: device, Service: service, Since: timeBound(q.Since),
+			Until: timeBound(q.Until), Pattern: pattern, MaxRows: n}
+		if q.After != nil {
+			arg.AfterTs, arg.AfterService, arg.AfterSeq = &q.After.TS, &q.After.Service, &q.After.Seq
+		}
+		rows, err = p.q.DeviceLogListOldestFirst(ctx, arg)
+	} else {
+		arg := db.DeviceLogListParams{DeviceID: device, Service: service, Since: timeBound(q.Since),
+			Until: timeBound(q.Until), Pattern: pattern, MaxRows: n}
+		if q.After != nil {
+			arg.BeforeTs, arg.BeforeService, arg.BeforeSeq = &q.After.TS, &q.After.Service, &q.After.Seq
+		}
+		rows, err = p.q.DeviceLogList(ctx, arg)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list logs of device %s: %w", device, err)
 	}
@@ -168,7 +188,108 @@ func (p *Postgres) Logs(ctx context.Context, device uuid.UUID, service string, s
 	return out, nil
 }
 
-// DeleteBefore trims all three tables in one statement.
+// likeEscaper makes text match itself in a LIKE pattern, whose default
+// escape character is the backslash.
+var likeEscaper = strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+
+// WriteUpdateEvents stores e, skipping events already stored.
+func (p *Postgres) WriteUpdateEvents(ctx context.Context, e []UpdateEvent) error {
+	if len(e) == 0 {
+		return nil
+	}
+	arg := db.UpdateEventInsertParams{
+		DeviceIds:   make([]uuid.UUID, len(e)),
+		OrgIds:      make([]uuid.UUID, len(e)),
+		Ids:         make([]uuid.UUID, len(e)),
+		Ts:          make([]time.Time, len(e)),
+		ReceivedAts: make([]time.Time, len(e)),
+		Types:       make([]string, len(e)),
+		ReleaseIds:  make([]uuid.UUID, len(e)),
+		Services:    make([]string, len(e)),
+		Progresses:  make([]int16, len(e)),
+		Errors:      make([]string, len(e)),
+	}
+	for i, x := range e {
+		progress := int16(-1) // NULL, see UpdateEventInsert
+		if x.Progress != nil {
+			if *x.Progress < 0 || *x.Progress > 100 {
+				return fmt.Errorf("update event %s of device %s: progress %d is not a percentage", x.ID, x.DeviceID, *x.Progress)
+			}
+			progress = int16(*x.Progress)
+		}
+		arg.DeviceIds[i], arg.OrgIds[i], arg.Ids[i] = x.DeviceID, x.OrgID, x.ID
+		arg.Ts[i], arg.ReceivedAts[i], arg.Types[i] = x.TS, x.ReceivedAt, x.Type
+		arg.ReleaseIds[i], arg.Services[i], arg.Progresses[i], arg.Errors[i] = x.ReleaseID.UUID, x.Service, progress, x.Error
+	}
+	if err := p.q.UpdateEventInsert(ctx, arg); err != nil {
+		return fmt.Errorf("insert %d update events: %w", len(e), err)
+	}
+	return nil
+}
+
+// UpdateEvents implements Store.
+func (p *Postgres) UpdateEvents(ctx context.Context, device uuid.UUID, since, until time.Time, after *UpdateEventCursor, limit int) ([]UpdateEvent, error) {
+	n, err := rowLimit(limit)
+	if err != nil {
+		return nil, err
+	}
+	arg := db.UpdateEventListParams{DeviceID: device, Since: timeBound(since), Until: timeBound(until), MaxRows: n}
+	if after != nil {
+		arg.BeforeTs, arg.BeforeID = &after.TS, uuid.NullUUID{UUID: after.ID, Valid: true}
+	}
+	rows, err := p.q.UpdateEventList(ctx, arg)
+	if err != nil {
+		return nil, fmt.Errorf("list update events of device %s: %w", device, err)
+	}
+	out := make([]UpdateEvent, len(rows))
+	for i, r := range rows {
+		out[i] = UpdateEvent{
+			DeviceID: r.DeviceID, OrgID: r.OrgID, ID: r.ID, TS: r.Ts.UTC(), ReceivedAt: r.ReceivedAt.UTC(),
+			Type: r.Type, ReleaseID: r.ReleaseID, Service: r.Service, Error: r.Error,
+		}
+		if r.Progress != nil {
+			v := int(*r.Progress)
+			out[i].Progress = &v
+		}
+	}
+	return out, nil
+}
+
+// Series implements Store.
+func (p *Postgres) Series(ctx context.Context, device uuid.UUID, names []string, since, until time.Time, step time.Duration) ([]Series, error) {
+	origin, stepUS, err := seriesArgs(names, since, until, step)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := p.q.TelemetrySeries(ctx, db.TelemetrySeriesParams{
+		OriginUs: origin, StepUs: stepUS, DeviceID: device, Names: names, Since: since, Until: until,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("aggregate series %v of device %s: %w", names, device, err)
+	}
+	points := make([]seriesPoint, len(rows))
+	for i, r := range rows {
+		points[i] = seriesPoint{name: r.Name, step: r.Step, unit: r.Unit,
+			p: Point{Count: r.Count, Min: r.Min, Max: r.Max, Avg: r.Avg, Last: r.Last}}
+	}
+	return assembleSeries(names, origin, stepUS, points), nil
+}
+
+// MetricNames implements Store.
+func (p *Postgres) MetricNames(ctx context.Context, device uuid.UUID) ([]Metric, error) {
+	rows, err := p.q.TelemetryMetricNames(ctx, device)
+	if err != nil {
+		return nil, fmt.Errorf("list metric names of device %s: %w", device, err)
+	}
+	out := make([]Metric, len(rows))
+	for i, r := range rows {
+		out[i] = Metric{Name: r.Name, Unit: r.Unit, LastTS: r.Ts.UTC()}
+	}
+	sortMetrics(out)
+	return out, nil
+}
+
+// DeleteBefore trims every table in one statement.
 func (p *Postgres) DeleteBefore(ctx context.Context, t time.Time) (int64, error) {
 	n, err := p.q.TelemetryDeleteBefore(ctx, t)
 	if err != nil {

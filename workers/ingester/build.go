@@ -28,6 +28,7 @@ type output struct {
 	states   []kv.Write
 	samples  []telemetry.Sample
 	logs     []telemetry.LogLine
+	updates  []telemetry.UpdateEvent
 	conns    []telemetry.Connectivity
 	connKV   []kv.Write
 	connPG   db.DevicesApplyConnectivityParams
@@ -123,6 +124,7 @@ func (w *worker) build(ctx context.Context, items []item) (*output, error) {
 			}
 			out.records = append(out.records, bus.Record{Topic: bus.TopicDeviceLogs, Key: key, Value: base.merged(it.raw)})
 		case devicetopic.Events:
+			out.updates = append(out.updates, it.update.stored(it.device, o.org, it.at))
 			out.records = append(out.records, bus.Record{Topic: bus.TopicDeviceEvents, Key: key, Value: base.with("event", it.raw)})
 		case devicetopic.Status:
 			online := it.status.State != nil && *it.status.State == events.ConnectionStateOnline

@@ -37,6 +37,7 @@ type item struct {
 	logs      []events.LogEntry
 	status    *events.ConnectionStatus
 	statusSeq int64
+	update    updateEvent
 }
 
 // decode checks the topic, the size and the schema, and decodes.
@@ -65,7 +66,7 @@ func (w *worker) decode(m received) (item, string, error) {
 	case devicetopic.Logs:
 		it.logs, err = logEntries(doc)
 	case devicetopic.Events:
-		// Passed on to Kafka as sent; the schema check is all it needs.
+		it.update, err = readUpdateEvent(doc)
 	case devicetopic.Status:
 		it.status, err = connectionStatus(doc)
 		if err == nil {

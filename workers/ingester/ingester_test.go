@@ -343,7 +343,12 @@ func TestPipeline(t *testing.T) {
 			d.publish(t, "telemetry", fmt.Sprintf(`{"samples":[{"ts":%q,"name":"cpu.temperature","value":51.5,"unit":"C"},{"ts":%q,"name":"cpu.temperature","value":52}]}`, ts(now.Add(-time.Second)), ts(now)))
 			d.publish(t, "logs", fmt.Sprintf(`{"entries":[{"service":"api","seq":1,"ts":%q,"stream":"stdout","line":"hello"},{"service":"api","seq":2,"ts":%q,"stream":"stderr","line":"oops"}]}`, ts(now), ts(now)))
 			d.publish(t, "logs", fmt.Sprintf(`{"entries":[{"service":"api","seq":2,"ts":%q,"stream":"stderr","line":"oops"}]}`, ts(now))) // redelivery
-			d.publish(t, "events", fmt.Sprintf(`{"id":%q,"ts":%q,"type":"installed"}`, uuid.NewString(), ts(now)))
+			event := uuid.New()
+			release := uuid.New()
+			d.publish(t, "events", fmt.Sprintf(`{"id":%q,"ts":%q,"type":"download_progress","release_id":%q,"service":"api","progress":0}`,
+				event, ts(now), release))
+			d.publish(t, "events", fmt.Sprintf(`{"id":%q,"ts":%q,"type":"download_progress","release_id":%q,"service":"api","progress":0}`,
+				event, ts(now), release)) // redelivery
 
 			testutil.Eventually(t, "live state", func() error {
 				s, err := livestate.ReadState(t.Context(), e.kv, id)
@@ -363,9 +368,21 @@ func TestPipeline(t *testing.T) {
 				return nil
 			})
 			testutil.Eventually(t, "logs, once each", func() error {
-				got, err := e.telemetry.Logs(t.Context(), id, "", time.Time{}, 10)
+				got, err := e.telemetry.Logs(t.Context(), id, telemetry.LogQuery{Limit: 10})
 				if err != nil || len(got) != 2 {
 					return fmt.Errorf("logs %+v, %v", got, err)
+				}
+				return nil
+			})
+			testutil.Eventually(t, "update event, once", func() error {
+				got, err := e.telemetry.UpdateEvents(t.Context(), id, time.Time{}, time.Time{}, nil, 10)
+				if err != nil || len(got) != 1 {
+					return fmt.Errorf("update events %+v, %v", got, err)
+				}
+				g := got[0]
+				if g.ID != event || !g.TS.Equal(now) || g.Type != telemetry.UpdateDownloadProgress || g.ReleaseID.UUID != release ||
+					g.Service != "api" || g.Progress == nil || *g.Progress != 0 || g.OrgID != e.org || g.ReceivedAt.IsZero() {
+					return fmt.Errorf("update event %+v", g)
 				}
 				return nil
 			})
@@ -533,7 +550,7 @@ func TestShutdownLosesNothing(t *testing.T) {
 			}()
 			// Stop once some but not all are stored.
 			testutil.Eventually(t, "some stored", func() error {
-				got, err := e.telemetry.Logs(t.Context(), id, "", time.Time{}, n)
+				got, err := e.telemetry.Logs(t.Context(), id, telemetry.LogQuery{Limit: n})
 				if err != nil || len(got) < 20 {
 					return fmt.Errorf("%d stored, %v", len(got), err)
 				}
@@ -547,7 +564,7 @@ func TestShutdownLosesNothing(t *testing.T) {
 			}
 			e.startIngester(cfg) // same client id: resumes the session
 			testutil.Eventually(t, "all stored once", func() error {
-				got, err := e.telemetry.Logs(t.Context(), id, "", time.Time{}, 2*n)
+				got, err := e.telemetry.Logs(t.Context(), id, telemetry.LogQuery{Limit: 2 * n})
 				if err != nil {
 					return err
 				}

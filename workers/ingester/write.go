@@ -68,6 +68,7 @@ func (o *output) parts(in *Ingester) []*part {
 	add("samples", len(o.samples) == 0, func(ctx context.Context) error { return in.deps.Telemetry.WriteSamples(ctx, o.samples) })
 	add("log lines", len(o.logs) == 0, func(ctx context.Context) error { return in.deps.Telemetry.WriteLogs(ctx, o.logs) })
 	add("connectivity", len(o.conns) == 0, func(ctx context.Context) error { return in.deps.Telemetry.WriteConnectivity(ctx, o.conns) })
+	add("update events", len(o.updates) == 0, func(ctx context.Context) error { return in.deps.Telemetry.WriteUpdateEvents(ctx, o.updates) })
 	// KV first, then PostgreSQL: the API prefers what KV says.
 	add("connection status", len(o.connKV) == 0, func(ctx context.Context) error {
 		if err := writeKV(ctx, in, o.connKV); err != nil {

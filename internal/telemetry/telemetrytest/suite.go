@@ -6,7 +6,11 @@ package telemetrytest
 import (
 	"context"
 	"fmt"
+	"maps"
+	"math"
+	"math/rand/v2"
 	"reflect"
+	"slices"
 	"sort"
 	"testing"
 	"time"
@@ -32,7 +36,13 @@ func Run(t *testing.T, newStore func(t *testing.T) telemetry.Store) {
 		{"SamplesRoundTrip", testSamplesRoundTrip},
 		{"LargeSampleBatch", testLargeSampleBatch},
 		{"LogsRedeliveredAndFiltered", testLogs},
+		{"LogsPaged", testLogPages},
+		{"LogsTextFilter", testLogText},
 		{"ConnectivityRedeliveredAndPaged", testConnectivity},
+		{"UpdateEventsRedeliveredAndPaged", testUpdateEvents},
+		{"SeriesAggregates", testSeries},
+		{"SeriesArguments", testSeriesArguments},
+		{"MetricNames", testMetricNames},
 		{"DeleteBefore", testDeleteBefore},
 		{"EmptyWrites", testEmptyWrites},
 		{"NonPositiveLimit", testNonPositiveLimit},
@@ -168,27 +178,170 @@ func testLogs(t *testing.T, s telemetry.Store) {
 		return out
 	}
 	tests := []struct {
-		name    string
-		service string
-		since   time.Time
-		limit   int
-		want    []telemetry.LogLine
+		name string
+		q    telemetry.LogQuery
+		want []telemetry.LogLine
 	}{
 		// Ties on ts go by service, then seq, both descending.
-		{"every service", "", time.Time{}, 100, pick(5, 4, 3, 2, 1, 0)},
-		{"one service", "api", time.Time{}, 100, pick(5, 4, 1, 0)},
-		{"since is inclusive", "", at(time.Second), 100, pick(5, 4, 3, 2, 1)},
-		{"service and since", "worker", at(2 * time.Second), 100, pick(3)},
-		{"limit keeps the newest", "", time.Time{}, 3, pick(5, 4, 3)},
-		{"unknown service", "db", time.Time{}, 100, nil},
+		{"every service", telemetry.LogQuery{Limit: 100}, pick(5, 4, 3, 2, 1, 0)},
+		{"one service", telemetry.LogQuery{Service: "api", Limit: 100}, pick(5, 4, 1, 0)},
+		{"since is inclusive", telemetry.LogQuery{Since: at(time.Second), Limit: 100}, pick(5, 4, 3, 2, 1)},
+		{"until is exclusive", telemetry.LogQuery{Until: at(2 * time.Second), Limit: 100}, pick(2, 1, 0)},
+		{"since and until", telemetry.LogQuery{Since: at(time.Second), Until: at(3 * time.Second), Limit: 100}, pick(3, 2, 1)},
+		{"service and since", telemetry.LogQuery{Service: "worker", Since: at(2 * time.Second), Limit: 100}, pick(3)},
+		{"limit keeps the newest", telemetry.LogQuery{Limit: 3}, pick(5, 4, 3)},
+		{"oldest first", telemetry.LogQuery{OldestFirst: true, Limit: 100}, pick(0, 1, 2, 3, 4, 5)},
+		{"oldest first from since", telemetry.LogQuery{OldestFirst: true, Since: at(time.Second), Limit: 2}, pick(1, 2)},
+		{"after a cursor", telemetry.LogQuery{After: lines[3].Cursor(), Limit: 100}, pick(2, 1, 0)},
+		{"after a cursor, oldest first", telemetry.LogQuery{After: lines[1].Cursor(), OldestFirst: true, Limit: 100}, pick(2, 3, 4, 5)},
+		{"unknown service", telemetry.LogQuery{Service: "db", Limit: 100}, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := s.Logs(ctx, dev, tc.service, tc.since, tc.limit)
+			got, err := s.Logs(ctx, dev, tc.q)
 			if err != nil {
 				t.Fatalf("Logs: %v", err)
 			}
 			assertEqual(t, normLogs(got), normLogs(tc.want))
+		})
+	}
+}
+
+// logOrder sorts lines newest first by (ts, service, seq), the stores' order.
+func logOrder(lines []telemetry.LogLine) {
+	sort.Slice(lines, func(i, j int) bool {
+		a, b := lines[i], lines[j]
+		if !a.TS.Equal(b.TS) {
+			return a.TS.After(b.TS)
+		}
+		if a.Service != b.Service {
+			return a.Service > b.Service
+		}
+		return a.Seq > b.Seq
+	})
+}
+
+// Pages of every size cover every line exactly once, in both orders and
+// with filters, across lines that tie on ts, on (ts, seq) between services,
+// and services that are prefixes of each other (which sort bytewise).
+func testLogPages(t *testing.T, s telemetry.Store) {
+	ctx := t.Context()
+	dev, org := uuid.New(), uuid.New()
+	var lines []telemetry.LogLine
+	for i := range 12 {
+		for _, svc := range []string{"api", "api-v2", "Api", "worker"} {
+			lines = append(lines, telemetry.LogLine{DeviceID: dev, OrgID: org, Service: svc, Seq: int64(i),
+				TS: at(time.Duration(i/3) * time.Second), Stream: telemetry.StreamStdout, Line: fmt.Sprintf("%s says %d", svc, i%4)})
+		}
+	}
+	if err := s.WriteLogs(ctx, lines); err != nil {
+		t.Fatalf("WriteLogs: %v", err)
+	}
+	filters := []struct {
+		name string
+		q    telemetry.LogQuery
+		keep func(telemetry.LogLine) bool
+	}{
+		{"all", telemetry.LogQuery{}, func(telemetry.LogLine) bool { return true }},
+		{"one service", telemetry.LogQuery{Service: "api"}, func(l telemetry.LogLine) bool { return l.Service == "api" }},
+		{"range", telemetry.LogQuery{Since: at(time.Second), Until: at(3 * time.Second)}, func(l telemetry.LogLine) bool {
+			return !l.TS.Before(at(time.Second)) && l.TS.Before(at(3*time.Second))
+		}},
+		{"text", telemetry.LogQuery{Contains: "SAYS 2"}, func(l telemetry.LogLine) bool { return l.Seq%4 == 2 }},
+	}
+	for _, f := range filters {
+		var want []telemetry.LogLine
+		for _, l := range lines {
+			if f.keep(l) {
+				want = append(want, l)
+			}
+		}
+		logOrder(want)
+		oldest := slices.Clone(want)
+		slices.Reverse(oldest)
+		for _, dir := range []struct {
+			name   string
+			oldest bool
+			want   []telemetry.LogLine
+		}{{"newest first", false, want}, {"oldest first", true, oldest}} {
+			for _, limit := range []int{1, 2, 5, len(want), len(want) + 1} {
+				t.Run(fmt.Sprintf("%s %s pages of %d", f.name, dir.name, limit), func(t *testing.T) {
+					q := f.q
+					q.Limit, q.OldestFirst = limit, dir.oldest
+					var got []telemetry.LogLine
+					for pages := 0; ; pages++ {
+						if pages > len(want)+1 {
+							t.Fatalf("paging does not end; read so far %d lines", len(got))
+						}
+						page, err := s.Logs(ctx, dev, q)
+						if err != nil {
+							t.Fatalf("Logs page %d: %v", pages, err)
+						}
+						if len(page) > limit {
+							t.Fatalf("page %d has %d lines, limit %d", pages, len(page), limit)
+						}
+						got = append(got, page...)
+						if len(page) < limit {
+							break
+						}
+						q.After = page[len(page)-1].Cursor()
+					}
+					assertEqual(t, normLogs(got), normLogs(dir.want))
+				})
+			}
+		}
+	}
+}
+
+// The text filter is a substring that ignores case, and the characters
+// that are patterns to LIKE match only themselves.
+func testLogText(t *testing.T, s telemetry.Store) {
+	ctx := t.Context()
+	dev, org := uuid.New(), uuid.New()
+	texts := []string{
+		"Disk 100% full",      // 0
+		"disk 1000 full",      // 1
+		"user_id=7 LOGGED in", // 2
+		"userXid=7 logged in", // 3
+		`path C:\tmp\x`,       // 4
+		"ÜBER straße",         // 5
+		"nothing to see",      // 6
+	}
+	var lines []telemetry.LogLine
+	for i, text := range texts {
+		lines = append(lines, telemetry.LogLine{DeviceID: dev, OrgID: org, Service: "api", Seq: int64(i),
+			TS: at(time.Duration(i) * time.Second), Stream: telemetry.StreamStderr, Line: text})
+	}
+	if err := s.WriteLogs(ctx, lines); err != nil {
+		t.Fatalf("WriteLogs: %v", err)
+	}
+	tests := []struct {
+		contains string
+		want     []int // newest first
+	}{
+		{"100%", []int{0}},
+		{"0% f", []int{0}},
+		{"%", []int{0}},
+		{"user_id", []int{2}},
+		{"_", []int{2}},
+		{"logged IN", []int{3, 2}},
+		{"DISK", []int{1, 0}},
+		{`C:\tmp`, []int{4}},
+		{`\`, []int{4}},
+		{"über", []int{5}},
+		{"missing", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.contains, func(t *testing.T) {
+			got, err := s.Logs(ctx, dev, telemetry.LogQuery{Contains: tc.contains, Limit: 100})
+			if err != nil {
+				t.Fatalf("Logs: %v", err)
+			}
+			var want []telemetry.LogLine
+			for _, i := range tc.want {
+				want = append(want, lines[i])
+			}
+			assertEqual(t, normLogs(got), normLogs(want))
 		})
 	}
 }
@@ -277,6 +430,342 @@ func testConnectivity(t *testing.T, s telemetry.Store) {
 	})
 }
 
+func testUpdateEvents(t *testing.T, s telemetry.Store) {
+	ctx := t.Context()
+	dev, other, org := uuid.New(), uuid.New(), uuid.New()
+	release := uuid.NullUUID{UUID: uuid.New(), Valid: true}
+	pct := func(p int) *int { return &p }
+	ev := func(dev uuid.UUID, d time.Duration, typ string) telemetry.UpdateEvent {
+		return telemetry.UpdateEvent{DeviceID: dev, OrgID: org, ID: uuid.New(), TS: at(d), ReceivedAt: at(d + 250*time.Millisecond),
+			Type: typ, ReleaseID: release}
+	}
+	var all []telemetry.UpdateEvent
+	for i := range 4 {
+		d := time.Duration(i) * time.Minute
+		start := ev(dev, d, telemetry.UpdateDownloadStarted)
+		start.Service = "api"
+		zero := ev(dev, d, telemetry.UpdateDownloadProgress) // same instant as start
+		zero.Service, zero.Progress = "api", pct(0)
+		half := ev(dev, d+time.Second, telemetry.UpdateDownloadProgress)
+		half.Service, half.Progress = "api", pct(50)
+		failed := ev(dev, d+2*time.Second, telemetry.UpdateFailed)
+		failed.Error, failed.ReleaseID = "no space left on device", uuid.NullUUID{}
+		all = append(all, start, zero, half, failed)
+	}
+	// One instant shared by many events, so the id breaks most ties.
+	for range 5 {
+		all = append(all, ev(dev, time.Hour, telemetry.UpdateInstalled))
+	}
+	// Another device reusing one of dev's ids must not hide dev's event,
+	// nor be hidden.
+	reused := ev(other, 0, telemetry.UpdateInstalled)
+	reused.ID = all[0].ID
+	writes := [][]telemetry.UpdateEvent{
+		all[:6],
+		all[3:9],
+		all, // everything redelivered
+		{all[10], all[10], all[11]},
+		{reused},
+		// A copy received later (even one that says something else) does
+		// not replace the event received first.
+		{func() telemetry.UpdateEvent {
+			e := all[1]
+			e.ReceivedAt, e.Error = e.ReceivedAt.Add(time.Minute), "changed"
+			return e
+		}()},
+	}
+	for i, w := range writes {
+		if err := s.WriteUpdateEvents(ctx, w); err != nil {
+			t.Fatalf("WriteUpdateEvents #%d: %v", i, err)
+		}
+	}
+	order := func(evs []telemetry.UpdateEvent) []telemetry.UpdateEvent {
+		out := slices.Clone(evs)
+		sort.Slice(out, func(i, j int) bool {
+			a, b := out[i], out[j]
+			if !a.TS.Equal(b.TS) {
+				return a.TS.After(b.TS)
+			}
+			return a.ID.String() > b.ID.String()
+		})
+		return out
+	}
+	want := order(all)
+
+	for _, limit := range []int{1, 2, 4, len(all), 100} {
+		t.Run(fmt.Sprintf("pages of %d", limit), func(t *testing.T) {
+			var got []telemetry.UpdateEvent
+			var after *telemetry.UpdateEventCursor
+			for pages := 0; ; pages++ {
+				if pages > len(all)+1 {
+					t.Fatalf("paging does not end; read so far: %d events", len(got))
+				}
+				page, err := s.UpdateEvents(ctx, dev, time.Time{}, time.Time{}, after, limit)
+				if err != nil {
+					t.Fatalf("UpdateEvents page %d: %v", pages, err)
+				}
+				if len(page) > limit {
+					t.Fatalf("page %d has %d events, limit %d", pages, len(page), limit)
+				}
+				got = append(got, page...)
+				if len(page) < limit {
+					break
+				}
+				after = page[len(page)-1].Cursor()
+			}
+			assertEqual(t, normUpdates(got), normUpdates(want))
+		})
+	}
+
+	t.Run("range", func(t *testing.T) {
+		since, until := at(time.Minute), at(2*time.Minute+time.Second)
+		got, err := s.UpdateEvents(ctx, dev, since, until, nil, 100)
+		if err != nil {
+			t.Fatalf("UpdateEvents: %v", err)
+		}
+		var in []telemetry.UpdateEvent
+		for _, e := range want {
+			if !e.TS.Before(since) && e.TS.Before(until) {
+				in = append(in, e)
+			}
+		}
+		if len(in) != 6 {
+			t.Fatalf("the test's range holds %d events, want 6", len(in))
+		}
+		assertEqual(t, normUpdates(got), normUpdates(in))
+	})
+
+	t.Run("other device", func(t *testing.T) {
+		got, err := s.UpdateEvents(ctx, other, time.Time{}, time.Time{}, nil, 100)
+		if err != nil {
+			t.Fatalf("UpdateEvents: %v", err)
+		}
+		assertEqual(t, normUpdates(got), normUpdates([]telemetry.UpdateEvent{reused}))
+	})
+}
+
+// seriesSample is one sample of testSeries, as the test writes it.
+type seriesSample struct {
+	name  string
+	ts    time.Time
+	value float64
+	unit  string
+}
+
+func testSeries(t *testing.T, s telemetry.Store) {
+	ctx := t.Context()
+	dev, other, org := uuid.New(), uuid.New(), uuid.New()
+	// A day starting at midnight UTC, so steps of a minute, an hour and a
+	// day all start at the epoch's multiples within it.
+	day := time.Date(2025, 6, 2, 0, 0, 0, 0, time.UTC)
+	var samples []seriesSample
+	// cpu: every 7.5 s for two hours, values in quarters (exact sums), so
+	// steps of 30 s see 4 samples and start exactly on one.
+	for i := range 960 {
+		samples = append(samples, seriesSample{"cpu.load", day.Add(time.Duration(i) * 7500 * time.Millisecond),
+			float64((i*37)%101) / 4, "%"})
+	}
+	// temp: irregular, with ties at one instant (the step's last value is
+	// the largest of the newest instant's), samples exactly on step
+	// boundaries and a microsecond before them, and a unit that changes.
+	tempAt := []time.Duration{0, time.Microsecond, 59*time.Second + 999999*time.Microsecond, time.Minute, time.Minute,
+		time.Minute, 90 * time.Second, 3 * time.Minute, 3*time.Minute + 30*time.Second, 3*time.Minute + 30*time.Second,
+		time.Hour - time.Microsecond, time.Hour}
+	tempVal := []float64{40, -2.5, 41.25, 39, 45.5, 42, 38, 50, 12, 11, 60.75, 61}
+	for i, d := range tempAt {
+		unit := "C"
+		if d >= time.Hour {
+			unit = "K"
+		}
+		samples = append(samples, seriesSample{"cpu.temperature", day.Add(d), tempVal[i], unit})
+	}
+	var batch []telemetry.Sample
+	for _, x := range samples {
+		batch = append(batch, telemetry.Sample{DeviceID: dev, OrgID: org, TS: x.ts, Name: x.name, Value: x.value, Unit: x.unit})
+	}
+	// Noise: another device's cpu.load, and a name that only shares a prefix.
+	batch = append(batch,
+		telemetry.Sample{DeviceID: other, OrgID: org, TS: day, Name: "cpu.load", Value: 1000, Unit: "%"},
+		telemetry.Sample{DeviceID: dev, OrgID: org, TS: day, Name: "cpu.load.avg", Value: 1000, Unit: "%"})
+	// Written in shuffled batches, as a reconnecting device's arrive.
+	rng := rand.New(rand.NewPCG(1, 2))
+	rng.Shuffle(len(batch), func(i, j int) { batch[i], batch[j] = batch[j], batch[i] })
+	for len(batch) > 0 {
+		n := min(len(batch), 100)
+		if err := s.WriteSamples(ctx, batch[:n]); err != nil {
+			t.Fatalf("WriteSamples: %v", err)
+		}
+		batch = batch[n:]
+	}
+
+	// The expectations below are computed; this one, worked by hand, checks
+	// the computation: boundaries a microsecond apart, and the tie at 3m30s.
+	hand := []telemetry.Point{
+		{Start: day, Count: 3, Min: -2.5, Max: 41.25, Avg: (40 - 2.5 + 41.25) / 3, Last: 41.25},
+		{Start: day.Add(time.Minute), Count: 4, Min: 38, Max: 45.5, Avg: (39 + 45.5 + 42 + 38) / 4, Last: 38},
+		{Start: day.Add(3 * time.Minute), Count: 3, Min: 11, Max: 50, Avg: (50 + 12 + 11) / 3.0, Last: 12},
+	}
+	if got := expectSeries(samples, []string{"cpu.temperature"}, day, day.Add(5*time.Minute), time.Minute); !reflect.DeepEqual(got[0].Points, hand) {
+		t.Fatalf("expectSeries = %+v, want %+v", got[0].Points, hand)
+	}
+
+	tests := []struct {
+		name         string
+		names        []string
+		since, until time.Time
+		step         time.Duration
+	}{
+		{"30s steps", []string{"cpu.load", "cpu.temperature"}, day, day.Add(2 * time.Hour), 30 * time.Second},
+		{"minute steps, boundaries and ties", []string{"cpu.temperature"}, day, day.Add(2 * time.Hour), time.Minute},
+		{"since inside a step", []string{"cpu.temperature", "cpu.load"}, day.Add(30 * time.Second), day.Add(time.Hour), time.Minute},
+		{"until excludes its instant", []string{"cpu.temperature"}, day, day.Add(time.Hour), 7 * time.Minute},
+		{"one step for everything", []string{"cpu.load"}, day, day.Add(24 * time.Hour), 24 * time.Hour},
+		{"odd step", []string{"cpu.load"}, day.Add(17 * time.Second), day.Add(95 * time.Minute), 13 * time.Second},
+		{"sub-second step", []string{"cpu.temperature"}, day, day.Add(2 * time.Minute), 250 * time.Millisecond},
+		{"no samples in range", []string{"cpu.temperature", "disk.free"}, day.Add(3 * time.Hour), day.Add(4 * time.Hour), time.Minute},
+		{"the same name twice", []string{"cpu.temperature", "cpu.temperature"}, day, day.Add(5 * time.Minute), time.Minute},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := s.Series(ctx, dev, tc.names, tc.since, tc.until, tc.step)
+			if err != nil {
+				t.Fatalf("Series: %v", err)
+			}
+			want := expectSeries(samples, tc.names, tc.since, tc.until, tc.step)
+			if len(got) != len(want) {
+				t.Fatalf("%d series, want %d", len(got), len(want))
+			}
+			for i := range want {
+				g, w := got[i], want[i]
+				if g.Name != w.Name || g.Unit != w.Unit || len(g.Points) != len(w.Points) {
+					t.Errorf("series %d: %s in %q with %d points, want %s in %q with %d points",
+						i, g.Name, g.Unit, len(g.Points), w.Name, w.Unit, len(w.Points))
+					continue
+				}
+				for j := range w.Points {
+					gp, wp := g.Points[j], w.Points[j]
+					if !gp.Start.Equal(wp.Start) || gp.Start.Location() != time.UTC || gp.Count != wp.Count ||
+						gp.Min != wp.Min || gp.Max != wp.Max || gp.Last != wp.Last || !near(gp.Avg, wp.Avg) {
+						t.Errorf("%s point %d: got %+v, want %+v", w.Name, j, gp, wp)
+					}
+				}
+			}
+		})
+	}
+}
+
+// expectSeries computes what Series must return from the samples written.
+func expectSeries(samples []seriesSample, names []string, since, until time.Time, step time.Duration) []telemetry.Series {
+	out := make([]telemetry.Series, len(names))
+	for i, name := range names {
+		out[i].Name = name
+		type acc struct {
+			p      telemetry.Point
+			sum    float64
+			lastTS time.Time
+		}
+		steps := map[int64]*acc{}
+		var newest time.Time
+		for _, x := range samples {
+			if x.name != name || x.ts.Before(since) || !x.ts.Before(until) {
+				continue
+			}
+			us := x.ts.UnixMicro()
+			stepUS := step.Microseconds()
+			k := us / stepUS // every time here is after the epoch
+			a := steps[k]
+			if a == nil {
+				a = &acc{p: telemetry.Point{Start: time.UnixMicro(k * stepUS).UTC(), Min: math.Inf(1), Max: math.Inf(-1)}}
+				steps[k] = a
+			}
+			a.p.Count++
+			a.sum += x.value
+			a.p.Min, a.p.Max = min(a.p.Min, x.value), max(a.p.Max, x.value)
+			if x.ts.After(a.lastTS) || (x.ts.Equal(a.lastTS) && x.value > a.p.Last) || a.p.Count == 1 {
+				a.p.Last, a.lastTS = x.value, x.ts
+			}
+			if !x.ts.Before(newest) {
+				newest, out[i].Unit = x.ts, x.unit
+			}
+		}
+		for _, k := range slices.Sorted(maps.Keys(steps)) {
+			a := steps[k]
+			a.p.Avg = a.sum / float64(a.p.Count)
+			out[i].Points = append(out[i].Points, a.p)
+		}
+	}
+	return out
+}
+
+func near(a, b float64) bool {
+	return math.Abs(a-b) <= 1e-9*max(1, math.Abs(a), math.Abs(b))
+}
+
+// Series refuses what has no answer rather than guessing one.
+func testSeriesArguments(t *testing.T, s telemetry.Store) {
+	ctx, dev := t.Context(), uuid.New()
+	t0 := at(0)
+	tests := []struct {
+		name         string
+		names        []string
+		since, until time.Time
+		step         time.Duration
+	}{
+		{"no names", nil, t0, t0.Add(time.Hour), time.Minute},
+		{"no since", []string{"cpu.load"}, time.Time{}, t0, time.Minute},
+		{"no until", []string{"cpu.load"}, t0, time.Time{}, time.Minute},
+		{"empty range", []string{"cpu.load"}, t0, t0, time.Minute},
+		{"reversed range", []string{"cpu.load"}, t0, t0.Add(-time.Second), time.Minute},
+		{"zero step", []string{"cpu.load"}, t0, t0.Add(time.Hour), 0},
+		{"negative step", []string{"cpu.load"}, t0, t0.Add(time.Hour), -time.Minute},
+	}
+	for _, tc := range tests {
+		if _, err := s.Series(ctx, dev, tc.names, tc.since, tc.until, tc.step); err == nil {
+			t.Errorf("%s: Series succeeded", tc.name)
+		}
+	}
+}
+
+func testMetricNames(t *testing.T, s telemetry.Store) {
+	ctx := t.Context()
+	dev, other, silent, org := uuid.New(), uuid.New(), uuid.New(), uuid.New()
+	sample := func(dev uuid.UUID, name string, d time.Duration, unit string) telemetry.Sample {
+		return telemetry.Sample{DeviceID: dev, OrgID: org, TS: at(d), Name: name, Value: 1, Unit: unit}
+	}
+	var batch []telemetry.Sample
+	for i := range 50 {
+		batch = append(batch, sample(dev, "cpu.load", time.Duration(i)*time.Second, "%"))
+	}
+	batch = append(batch,
+		sample(dev, "mem.used", time.Minute, "B"),
+		sample(dev, "mem.used", 2*time.Minute, "MB"), // the unit changed: the newest wins
+		sample(dev, "mem.used", time.Minute+30*time.Second, "kB"),
+		sample(dev, "uptime", -time.Hour, ""),
+		sample(dev, "cpu", 0, "x"),  // a prefix of another name
+		sample(dev, "cpu_a", 0, ""), // bytewise after cpu.load, before it in most locales
+		sample(other, "disk.free", 0, "B"),
+	)
+	if err := s.WriteSamples(ctx, batch); err != nil {
+		t.Fatalf("WriteSamples: %v", err)
+	}
+	got, err := s.MetricNames(ctx, dev)
+	if err != nil {
+		t.Fatalf("MetricNames: %v", err)
+	}
+	want := []telemetry.Metric{
+		{Name: "cpu", Unit: "x", LastTS: at(0)},
+		{Name: "cpu.load", Unit: "%", LastTS: at(49 * time.Second)},
+		{Name: "cpu_a", Unit: "", LastTS: at(0)},
+		{Name: "mem.used", Unit: "MB", LastTS: at(2 * time.Minute)},
+		{Name: "uptime", Unit: "", LastTS: at(-time.Hour)},
+	}
+	assertEqual(t, got, want)
+
+	if got, err := s.MetricNames(ctx, silent); err != nil || len(got) != 0 {
+		t.Errorf("MetricNames of a device without samples = %v, %v; want none", got, err)
+	}
+}
+
 func testDeleteBefore(t *testing.T, s telemetry.Store) {
 	ctx := t.Context()
 	dev, org := uuid.New(), uuid.New()
@@ -307,8 +796,12 @@ func testDeleteBefore(t *testing.T, s telemetry.Store) {
 			Event: telemetry.EventConnected, At: ts}}); err != nil {
 			t.Fatalf("WriteConnectivity: %v", err)
 		}
+		if err := s.WriteUpdateEvents(ctx, []telemetry.UpdateEvent{{DeviceID: dev, OrgID: org, ID: uuid.New(), TS: ts,
+			ReceivedAt: ts, Type: telemetry.UpdateInstalled}}); err != nil {
+			t.Fatalf("WriteUpdateEvents: %v", err)
+		}
 		if o.old {
-			wantOld += 3
+			wantOld += 4
 		}
 	}
 
@@ -330,13 +823,17 @@ func testDeleteBefore(t *testing.T, s telemetry.Store) {
 	if err != nil {
 		t.Fatalf("Samples: %v", err)
 	}
-	logs, err := s.Logs(ctx, dev, "", time.Time{}, 100)
+	logs, err := s.Logs(ctx, dev, telemetry.LogQuery{Limit: 100})
 	if err != nil {
 		t.Fatalf("Logs: %v", err)
 	}
 	conns, err := s.Connectivity(ctx, dev, nil, 100)
 	if err != nil {
 		t.Fatalf("Connectivity: %v", err)
+	}
+	updates, err := s.UpdateEvents(ctx, dev, time.Time{}, time.Time{}, nil, 100)
+	if err != nil {
+		t.Fatalf("UpdateEvents: %v", err)
 	}
 	remaining := map[string][]time.Time{}
 	for _, x := range samples {
@@ -348,7 +845,10 @@ func testDeleteBefore(t *testing.T, s telemetry.Store) {
 	for _, x := range conns {
 		remaining["connectivity"] = append(remaining["connectivity"], x.At.UTC())
 	}
-	for _, kind := range []string{"samples", "logs", "connectivity"} {
+	for _, x := range updates {
+		remaining["update events"] = append(remaining["update events"], x.TS.UTC())
+	}
+	for _, kind := range []string{"samples", "logs", "connectivity", "update events"} {
 		if !reflect.DeepEqual(remaining[kind], wantTimes) {
 			t.Errorf("%s left after DeleteBefore(%s): %v, want %v", kind, cutoff, remaining[kind], wantTimes)
 		}
@@ -375,6 +875,10 @@ func testEmptyWrites(t *testing.T, s telemetry.Store) {
 		{"nil connectivity", func(ctx context.Context) error { return s.WriteConnectivity(ctx, nil) }},
 		{"empty connectivity", func(ctx context.Context) error {
 			return s.WriteConnectivity(ctx, []telemetry.Connectivity{})
+		}},
+		{"nil update events", func(ctx context.Context) error { return s.WriteUpdateEvents(ctx, nil) }},
+		{"empty update events", func(ctx context.Context) error {
+			return s.WriteUpdateEvents(ctx, []telemetry.UpdateEvent{})
 		}},
 	}
 	for _, tc := range tests {
@@ -403,8 +907,12 @@ func testNonPositiveLimit(t *testing.T, s telemetry.Store) {
 				_, err := s.Samples(ctx, dev, "cpu.temperature", time.Time{}, time.Time{}, limit)
 				return err
 			}},
-			{"Logs", func() error { _, err := s.Logs(ctx, dev, "", time.Time{}, limit); return err }},
+			{"Logs", func() error { _, err := s.Logs(ctx, dev, telemetry.LogQuery{Limit: limit}); return err }},
 			{"Connectivity", func() error { _, err := s.Connectivity(ctx, dev, nil, limit); return err }},
+			{"UpdateEvents", func() error {
+				_, err := s.UpdateEvents(ctx, dev, time.Time{}, time.Time{}, nil, limit)
+				return err
+			}},
 		}
 		for _, r := range reads {
 			if err := r.read(); err == nil {
@@ -446,6 +954,18 @@ func normLogs(in []telemetry.LogLine) []telemetry.LogLine {
 	out := make([]telemetry.LogLine, len(in))
 	for i, x := range in {
 		x.TS = x.TS.UTC()
+		out[i] = x
+	}
+	return out
+}
+
+func normUpdates(in []telemetry.UpdateEvent) []telemetry.UpdateEvent {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]telemetry.UpdateEvent, len(in))
+	for i, x := range in {
+		x.TS, x.ReceivedAt = x.TS.UTC(), x.ReceivedAt.UTC()
 		out[i] = x
 	}
 	return out
