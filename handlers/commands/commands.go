@@ -1,28 +1,38 @@
-// Package commands serves device commands: sending one, and reading what became of it.
+// Package commands serves device commands: sending one, and reading what
+// became of it. The handlers store commands; workers/commands sends them to
+// devices and moves them along, and the ingester applies the devices'
+// answers.
 package commands
 
 import (
 	"context"
-	"errors"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/flock-io/flock-api/gen/api"
+	"github.com/flock-io/flock-api/gen/db"
 )
 
-// Commands implements its operations of the OpenAPI document.
-// Skeleton from the issue 13 spec commit: the methods are filled in by the
-// helper that owns this package before any of it is released.
-type Commands struct{}
-
-var errTODO = errors.New("not implemented yet")
-
-func (h *Commands) CommandGet(ctx context.Context, req api.CommandGetRequestObject) (api.CommandGetResponseObject, error) {
-	return nil, errTODO
+// Sender sends a command once the transaction that created it commits
+// (workers/commands.Service).
+type Sender interface {
+	Announce(ctx context.Context, c db.Command)
 }
 
-func (h *Commands) DeviceCommandList(ctx context.Context, req api.DeviceCommandListRequestObject) (api.DeviceCommandListResponseObject, error) {
-	return nil, errTODO
+// Commands implements the command operations of the OpenAPI document.
+type Commands struct {
+	Pool *pgxpool.Pool
+	// Send sends new commands; nil leaves them pending until the device
+	// next connects with a worker running.
+	Send Sender
 }
 
-func (h *Commands) DeviceCommandCreate(ctx context.Context, req api.DeviceCommandCreateRequestObject) (api.DeviceCommandCreateResponseObject, error) {
-	return nil, errTODO
+func convert(c db.Command) api.Command {
+	return api.Command{
+		Id: c.ID, DeviceId: c.DeviceID, FleetId: c.FleetID,
+		Type: api.CommandType(c.Type), Service: c.Service, Status: api.CommandStatus(c.Status),
+		CreatedAt: c.CreatedAt, ExpiresAt: c.ExpiresAt, DeliveredAt: c.DeliveredAt, CompletedAt: c.CompletedAt,
+		Error:     c.Error,
+		CreatedBy: api.Actor{Type: api.ActorType(c.CreatedByType), Id: c.CreatedByID, Label: c.CreatedByLabel},
+	}
 }

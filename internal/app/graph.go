@@ -21,6 +21,7 @@ import (
 	"github.com/flock-io/flock-api/internal/modules"
 	"github.com/flock-io/flock-api/internal/mqtt/broker"
 	"github.com/flock-io/flock-api/internal/telemetry"
+	"github.com/flock-io/flock-api/workers/commands"
 	"github.com/flock-io/flock-api/workers/nudger"
 )
 
@@ -39,6 +40,7 @@ const (
 	Nudger     = "nudger"
 	Janitor    = "janitor"
 	Relay      = "relay"
+	Commands   = "commands"
 
 	API       = "api"
 	Ingester  = "ingester"
@@ -65,8 +67,9 @@ func (a *App) table() []modules.Module {
 		{Name: Nudger, Hidden: true, Deps: []string{Config, Postgres, Metrics, Kafka}, Init: a.initNudger},
 		{Name: Janitor, Hidden: true, Deps: []string{Config, Postgres}, Init: a.initJanitor},
 		{Name: Relay, Hidden: true, Deps: []string{Config, Metrics, Kafka, MQTTBroker}, Init: a.initRelay},
+		{Name: Commands, Hidden: true, Deps: []string{Config, Postgres, Metrics, Kafka}, Init: a.initCommands},
 
-		{Name: API, Deps: []string{Config, Postgres, Metrics, Audit, HTTPServer, KV, Kafka, Telemetry, Tokens, Nudger, Janitor}, Init: a.initAPI},
+		{Name: API, Deps: []string{Config, Postgres, Metrics, Audit, HTTPServer, KV, Kafka, Telemetry, Tokens, Nudger, Janitor, Commands}, Init: a.initAPI},
 		{Name: Ingester, Deps: []string{Config, Postgres, Metrics, HTTPServer, KV, Kafka, Telemetry, MQTTBroker, Relay}, Init: a.initIngester},
 		{Name: Scheduler, Deps: []string{Config, Postgres, Metrics, Audit, HTTPServer, Kafka, Nudger}, Init: a.initScheduler},
 	}
@@ -97,6 +100,7 @@ type App struct {
 	telemetry     telemetry.Store
 	tokens        *devicetoken.Service
 	nudger        *nudger.Service
+	commands      *commands.Service
 	broker        *broker.Broker
 	mqttURL       *url.URL   // where the ingester and the relay connect
 	mqttPublicURL mqttPublic // what devices are told

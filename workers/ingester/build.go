@@ -16,6 +16,7 @@ import (
 	"github.com/flock-io/flock-api/internal/kv"
 	"github.com/flock-io/flock-api/internal/livestate"
 	"github.com/flock-io/flock-api/internal/telemetry"
+	"github.com/flock-io/flock-api/workers/commands"
 )
 
 // touchEvery: a device's last_seen_at in PostgreSQL is refreshed at most
@@ -35,6 +36,7 @@ type output struct {
 	statePG  db.DevicesApplyStateParams
 	touch    db.DevicesTouchParams
 	records  []bus.Record
+	results  []commands.Result
 	unknowns int
 
 	// todo is the writes all this causes (output.parts), made once.
@@ -126,6 +128,11 @@ func (w *worker) build(ctx context.Context, items []item) (*output, error) {
 		case devicetopic.Events:
 			out.updates = append(out.updates, it.update.stored(it.device, o.org, it.at))
 			out.records = append(out.records, bus.Record{Topic: bus.TopicDeviceEvents, Key: key, Value: base.with("event", it.raw)})
+		case devicetopic.CommandResults:
+			// Applied in order, so a device's received then succeeded in
+			// one batch both count; their events are the Kafka records.
+			out.results = append(out.results, commands.Result{Device: it.device, ID: it.result.id,
+				Status: it.result.status, Error: it.result.err, At: it.at.UTC()})
 		case devicetopic.Status:
 			online := it.status.State != nil && *it.status.State == events.ConnectionStateOnline
 			event := telemetry.EventDisconnected

@@ -38,6 +38,7 @@ type item struct {
 	status    *events.ConnectionStatus
 	statusSeq int64
 	update    updateEvent
+	result    commandResult
 }
 
 // decode checks the topic, the size and the schema, and decodes.
@@ -72,6 +73,8 @@ func (w *worker) decode(m received) (item, string, error) {
 		if err == nil {
 			it.statusSeq = int64(it.status.ConnectionSeq)
 		}
+	case devicetopic.CommandResults:
+		it.result, err = readCommandResult(doc)
 	}
 	if err != nil {
 		// The schema passed, so this is a value Go cannot hold (a sequence

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/google/uuid"
+
 	"github.com/flock-io/flock-api/gen/events"
 )
 
@@ -57,6 +59,25 @@ func float(m map[string]any, key string) (float64, error) {
 		return 0, fmt.Errorf("%s: %w", key, err)
 	}
 	return f, nil
+}
+
+// commandResult is a device's answer about one of its commands.
+type commandResult struct {
+	id     uuid.UUID
+	status string
+	err    string
+}
+
+func readCommandResult(doc any) (commandResult, error) {
+	m, err := object(doc)
+	if err != nil {
+		return commandResult{}, err
+	}
+	id, err := uuid.Parse(text(m, "id"))
+	if err != nil {
+		return commandResult{}, fmt.Errorf("id: %w", err)
+	}
+	return commandResult{id: id, status: text(m, "status"), err: text(m, "error")}, nil
 }
 
 // reportedState is what the ingester reads of a ReportedState: its seq,

@@ -10,6 +10,7 @@ import (
 
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/kv"
+	"github.com/flock-io/flock-api/workers/commands"
 )
 
 // write writes b everywhere. A failed write is retried until it succeeds
@@ -80,6 +81,10 @@ func (o *output) parts(in *Ingester) []*part {
 	add("kafka", len(o.records) == 0, func(ctx context.Context) error { return in.deps.Bus.Publish(ctx, o.records...) })
 	add("last seen", len(o.touch.Ids) == 0, func(ctx context.Context) error { return q.DevicesTouch(ctx, o.touch) })
 	add("reported state", len(o.statePG.Ids) == 0, func(ctx context.Context) error { return q.DevicesApplyState(ctx, o.statePG) })
+	add("command results", len(o.results) == 0, func(ctx context.Context) error {
+		_, err := commands.ApplyResults(ctx, in.deps.Pool, in.deps.Bus.Publish, o.results)
+		return err
+	})
 	return ps
 }
 

@@ -1,0 +1,62 @@
+package commands
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	"github.com/flock-io/flock-api/gen/api"
+	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/auth"
+	"github.com/flock-io/flock-api/internal/http/problem"
+	"github.com/flock-io/flock-api/internal/postgres"
+	cmdworker "github.com/flock-io/flock-api/workers/commands"
+)
+
+// defaultExpiresIn is CommandCreate.expires_in's default, in seconds.
+const defaultExpiresIn = 3600
+
+// DeviceCommandCreate stores a pending command for the device; once the
+// write commits it goes to the device (now if it is connected, else when
+// it next connects, until it expires). A type the device's agent does not
+// support is refused, so a device is never sent what it cannot do.
+func (h *Commands) DeviceCommandCreate(ctx context.Context, req api.DeviceCommandCreateRequestObject) (api.DeviceCommandCreateResponseObject, error) {
+	acc := auth.AccessFrom(ctx)
+	b := req.Body
+	typ := string(b.Type)
+	switch {
+	case typ == cmdworker.TypeRestartService && b.Service == nil:
+		return nil, problem.Invalid("body", "/service", "restart_service needs the service to restart")
+	case typ != cmdworker.TypeRestartService && b.Service != nil:
+		return nil, problem.Invalid("body", "/service", typ+" takes no service; only restart_service does")
+	}
+	q := postgres.Queries(ctx, h.Pool)
+	dev, err := q.CommandDevice(ctx, req.DeviceId)
+	if err != nil {
+		return nil, fmt.Errorf("load device %s: %w", req.DeviceId, err)
+	}
+	if !cmdworker.Supports(dev.AgentVersion, typ) {
+		reported := "has not reported an agent version"
+		if dev.AgentVersion != "" {
+			reported = fmt.Sprintf("reports agent version %q", dev.AgentVersion)
+		}
+		return nil, problem.Errorf(http.StatusConflict, "command_unsupported",
+			"device %s %s; %s needs agent %s or later", dev.ID, reported, typ, cmdworker.MinAgentVersion[typ])
+	}
+	expiresIn := defaultExpiresIn
+	if b.ExpiresIn != nil {
+		expiresIn = *b.ExpiresIn
+	}
+	p := acc.Principal
+	c, err := q.CommandCreate(ctx, db.CommandCreateParams{OrgID: dev.OrgID, FleetID: dev.FleetID, DeviceID: dev.ID,
+		Type: typ, Service: b.Service, ExpiresIn: int32(expiresIn),
+		CreatedByType: p.ActorType(), CreatedByID: p.ActorID(), CreatedByLabel: p.Label()})
+	if err != nil {
+		return nil, fmt.Errorf("create command for device %s: %w", dev.ID, err)
+	}
+	acc.SetTarget(c.ID.String())
+	if h.Send != nil {
+		h.Send.Announce(ctx, c)
+	}
+	return api.DeviceCommandCreate201JSONResponse(convert(c)), nil
+}
