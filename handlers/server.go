@@ -129,7 +129,7 @@ func New(d Deps) *Server {
 		DeviceAPI:    &deviceapi.DeviceAPI{Pool: pool, Tokens: d.Tokens, TokenEndpoint: d.TokenEndpoint, Audit: d.Audit, MQTTURL: d.MQTTURL, Bus: d.Bus},
 		MQTTHooks:    &mqtthooks.MQTTHooks{Auth: d.MQTTAuth, Token: d.MQTTHookToken, Open: d.MQTTHooksOpen},
 		Streams:      &streams.Streams{Pool: pool, Hub: d.StreamHub, Telemetry: d.Telemetry},
-		DeviceData:   &devicedata.DeviceData{},
+		DeviceData:   &devicedata.DeviceData{Telemetry: d.Telemetry},
 		Summary:      &summary.Summary{Pool: pool},
 		Commands:     &commands.Commands{Pool: pool, Send: d.Commands},
 	}

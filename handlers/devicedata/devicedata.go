@@ -1,32 +1,45 @@
-// Package devicedata serves what devices send in volume: telemetry series, metric names, container logs and update events.
+// Package devicedata serves what devices send in volume: telemetry series,
+// metric names, container logs and update events, read from the telemetry
+// store (ClickHouse, or PostgreSQL's tables behind the same interface).
 package devicedata
 
 import (
-	"context"
-	"errors"
+	"time"
 
-	"github.com/flock-io/flock-api/gen/api"
+	"github.com/flock-io/flock-api/internal/http/problem"
+	"github.com/flock-io/flock-api/internal/telemetry"
 )
 
-// DeviceData implements its operations of the OpenAPI document.
-// Skeleton from the issue 13 spec commit: the methods are filled in by the
-// helper that owns this package before any of it is released.
-type DeviceData struct{}
-
-var errTODO = errors.New("not implemented yet")
-
-func (h *DeviceData) DeviceLogList(ctx context.Context, req api.DeviceLogListRequestObject) (api.DeviceLogListResponseObject, error) {
-	return nil, errTODO
+// DeviceData implements its operations of the OpenAPI document. The guard
+// has checked the device belongs to the caller's organisation before any
+// of them runs.
+type DeviceData struct {
+	// Telemetry is where the ingester stores what devices send; nil (a
+	// process that mounts no store) answers as if nothing was stored.
+	Telemetry telemetry.Store
+	// Now is the clock defaults are taken from; nil is time.Now.
+	Now func() time.Time
 }
 
-func (h *DeviceData) DeviceMetricList(ctx context.Context, req api.DeviceMetricListRequestObject) (api.DeviceMetricListResponseObject, error) {
-	return nil, errTODO
+func (h *DeviceData) now() time.Time {
+	if h.Now != nil {
+		return h.Now().UTC()
+	}
+	return time.Now().UTC()
 }
 
-func (h *DeviceData) DeviceTelemetryGet(ctx context.Context, req api.DeviceTelemetryGetRequestObject) (api.DeviceTelemetryGetResponseObject, error) {
-	return nil, errTODO
-}
-
-func (h *DeviceData) DeviceUpdateEventList(ctx context.Context, req api.DeviceUpdateEventListRequestObject) (api.DeviceUpdateEventListResponseObject, error) {
-	return nil, errTODO
+// timeRange checks an optional range: until, when both are given, must be
+// after since (an empty range is a mistake, not a question).
+func timeRange(since, until *time.Time) (time.Time, time.Time, error) {
+	var s, u time.Time
+	if since != nil {
+		s = since.UTC()
+	}
+	if until != nil {
+		u = until.UTC()
+	}
+	if since != nil && until != nil && !u.After(s) {
+		return s, u, problem.Invalid("query", "until", "until must be after since")
+	}
+	return s, u, nil
 }
