@@ -37,6 +37,8 @@ const (
 	// unacknowledged; paho sizes its inbound queue by it (65535 by default,
 	// too much memory for a thousand devices that get a rare nudge).
 	receiveMaximum = 16
+	// commandQueue bounds the commands waiting for the loop.
+	commandQueue = 16
 	// registerAttempts is how often a registration failing for a transient
 	// reason (network, 5xx, 429) is tried.
 	registerAttempts = 3
@@ -74,15 +76,18 @@ type device struct {
 
 	connected chan struct{} // a connection came up and announced itself
 	nudged    chan struct{} // a target nudge arrived
+	commands  chan command  // commands that arrived, for the loop
 
 	// Owned by the loop.
 	payloads  *Payloads // also holds what the device runs, as its states report it
 	rng       *mrand.Rand
 	etag      string
-	update    *update     // the update in progress, nil when none
-	stepTimer *time.Timer // fires when the update's next step is due
-	resync    bool        // a nudge or reconnect came mid-update: look at the target once it ends
-	attempts  int         // updates begun, which make their events' ids unique
+	update    *update           // the update in progress, nil when none
+	stepTimer *time.Timer       // fires when the update's next step is due
+	resync    bool              // a nudge or reconnect came mid-update: look at the target once it ends
+	attempts  int               // updates begun, which make their events' ids unique
+	answered  map[string][]byte // command id -> the outcome sent, for repeats
+	rebooting string            // the reboot command under way, "" when none
 }
 
 // runDevice runs the device with index i until ctx ends. It returns an
@@ -98,6 +103,8 @@ func runDevice(ctx context.Context, s *simulation, i int) error {
 		firstAttempt: make(chan struct{}),
 		connected:    make(chan struct{}, 1),
 		nudged:       make(chan struct{}, 1),
+		commands:     make(chan command, commandQueue),
+		answered:     map[string][]byte{},
 	}
 	d.log = s.log.With("device", d.id.String(), "name", d.name)
 	seed := mrand.Uint64()
@@ -143,7 +150,9 @@ func runDevice(ctx context.Context, s *simulation, i int) error {
 	if err != nil {
 		return fmt.Errorf("simulate: MQTT connection of %s: %w", d.name, err)
 	}
-	defer d.stop(cm, stopMQTT)
+	// A reboot replaces the connection; stop the one current at the end.
+	conn := &mqttConn{cm: cm, stop: stopMQTT}
+	defer func() { d.stop(conn.cm, conn.stop) }()
 
 	wait := time.NewTimer(firstConnectWait)
 	select {
@@ -153,7 +162,7 @@ func runDevice(ctx context.Context, s *simulation, i int) error {
 	}
 	wait.Stop()
 	release()
-	d.loop(ctx, cm)
+	d.loop(ctx, conn)
 	return nil
 }
 
@@ -392,7 +401,8 @@ func (d *device) connectionUp(mqttCtx context.Context, cm *autopaho.ConnectionMa
 	ctx, cancel := context.WithTimeout(mqttCtx, publishTimeout)
 	defer cancel()
 	seq := d.connSeq.Load()
-	d.publish(ctx, cm, devicetopic.Status, Status(true, seq))
+	// Subscribed before announcing itself: Flock sends the device's open
+	// commands again when it sees it online.
 	sub, err := cm.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{
 		{Topic: devicetopic.Topic(d.id, "target"), QoS: 1},
 		{Topic: devicetopic.Topic(d.id, "commands"), QoS: 1},
@@ -407,6 +417,7 @@ func (d *device) connectionUp(mqttCtx context.Context, cm *autopaho.ConnectionMa
 			}
 		}
 	}
+	d.publish(ctx, cm, devicetopic.Status, Status(true, seq))
 	if !d.online.Swap(true) {
 		d.s.stats.online.Add(1)
 	}
@@ -456,6 +467,7 @@ func (d *device) received(pr paho.PublishReceived) (bool, error) {
 	case strings.HasSuffix(topic, "/commands"):
 		d.s.stats.commands.Add(1)
 		d.log.Debug("command received", "payload", string(pr.Packet.Payload))
+		d.commandArrived(pr.Packet.Payload)
 	}
 	return true, nil
 }
@@ -470,7 +482,7 @@ func signal(ch chan struct{}) {
 
 // loop publishes the device's share of the traffic and follows its target
 // until ctx ends.
-func (d *device) loop(ctx context.Context, cm *autopaho.ConnectionManager) {
+func (d *device) loop(ctx context.Context, conn *mqttConn) {
 	var tick <-chan time.Time // nil, so never ready, without a rate
 	var t *time.Timer
 	if d.s.interval > 0 {
@@ -481,6 +493,7 @@ func (d *device) loop(ctx context.Context, cm *autopaho.ConnectionManager) {
 	renew := time.NewTimer(d.untilRefresh())
 	defer renew.Stop()
 	for {
+		cm := conn.cm                // a reboot replaces it
 		var stepDue <-chan time.Time // nil, so never ready, without an update
 		if d.update != nil {
 			stepDue = d.stepTimer.C
@@ -492,7 +505,10 @@ func (d *device) loop(ctx context.Context, cm *autopaho.ConnectionManager) {
 			d.renew(ctx, cm)
 			renew.Reset(d.untilRefresh())
 		case <-d.connected:
+			d.rebooted(ctx, conn)
 			d.syncTarget(ctx, cm, true)
+		case c := <-d.commands:
+			d.command(ctx, conn, c)
 		case <-d.nudged:
 			d.syncTarget(ctx, cm, false)
 		case <-stepDue:

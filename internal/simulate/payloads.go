@@ -10,7 +10,6 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/flock-io/flock-api/gen/events"
-	"github.com/flock-io/flock-api/internal/buildinfo"
 	"github.com/flock-io/flock-api/internal/devicetopic"
 )
 
@@ -51,7 +50,7 @@ func NewPayloads(device uuid.UUID, seed uint64) *Payloads {
 		rng:      rng,
 		next:     rng.IntN(len(mix)),
 		now:      time.Now,
-		agent:    "flock-simulate " + buildinfo.Get().Version,
+		agent:    "flock-simulate " + AgentVersion,
 		ip:       fmt.Sprintf("10.%d.%d.%d", rng.IntN(256), rng.IntN(256), 1+rng.IntN(254)),
 		logSeq:   map[string]int{},
 		cpuTemp:  45 + 10*rng.Float64(),

@@ -180,11 +180,13 @@ func parseMQTTURL(s string) (*url.URL, error) {
 
 // Published counts acknowledged messages by kind.
 type Published struct {
-	State, Telemetry, Logs, Events, Status int64
+	State, Telemetry, Logs, Events, Status, CommandResults int64
 }
 
 // Total is the sum over kinds.
-func (p Published) Total() int64 { return p.State + p.Telemetry + p.Logs + p.Events + p.Status }
+func (p Published) Total() int64 {
+	return p.State + p.Telemetry + p.Logs + p.Events + p.Status + p.CommandResults
+}
 
 // Summary is what the simulated devices did.
 type Summary struct {
@@ -210,6 +212,9 @@ type Summary struct {
 	PublishRefused, PublishErrors int64
 	// NudgesReceived and CommandsReceived count messages from the cloud.
 	NudgesReceived, CommandsReceived int64
+	// CommandsSucceeded and CommandsFailed count commands carried out (a
+	// redelivered command counts once), by outcome.
+	CommandsSucceeded, CommandsFailed int64
 	// TargetsFetched counts target states received (200); TargetsUnchanged
 	// 304s; TargetErrors failed fetches.
 	TargetsFetched, TargetsUnchanged, TargetErrors int64
@@ -224,11 +229,11 @@ type Summary struct {
 func (s Summary) String() string {
 	p := s.Published
 	return fmt.Sprintf("t=%s devices=%d registered=%d connected=%d online=%d reconnects=%d connect_refused=%d connect_errors=%d reauths=%d "+
-		"published=%d state=%d telemetry=%d logs=%d events=%d status=%d publish_refused=%d publish_errors=%d "+
-		"nudges=%d commands=%d targets_fetched=%d targets_unchanged=%d target_errors=%d updates_done=%d updates_locked=%d updates_failed=%d",
+		"published=%d state=%d telemetry=%d logs=%d events=%d status=%d command_results=%d publish_refused=%d publish_errors=%d "+
+		"nudges=%d commands=%d commands_succeeded=%d commands_failed=%d targets_fetched=%d targets_unchanged=%d target_errors=%d updates_done=%d updates_locked=%d updates_failed=%d",
 		s.Elapsed.Round(100*time.Millisecond), s.Devices, s.Registered, s.Connected, s.Online, s.Reconnects, s.ConnectRefused, s.ConnectErrors, s.Reauths,
-		p.Total(), p.State, p.Telemetry, p.Logs, p.Events, p.Status, s.PublishRefused, s.PublishErrors,
-		s.NudgesReceived, s.CommandsReceived, s.TargetsFetched, s.TargetsUnchanged, s.TargetErrors,
+		p.Total(), p.State, p.Telemetry, p.Logs, p.Events, p.Status, p.CommandResults, s.PublishRefused, s.PublishErrors,
+		s.NudgesReceived, s.CommandsReceived, s.CommandsSucceeded, s.CommandsFailed, s.TargetsFetched, s.TargetsUnchanged, s.TargetErrors,
 		s.UpdatesDone, s.UpdatesLocked, s.UpdatesFailed)
 }
 
@@ -237,7 +242,8 @@ type counters struct {
 	registered, connected, online, reconnects, connectRefused, connectErrors, tokens, reauths atomic.Int64
 	state, telemetry, logs, events, status                                                    atomic.Int64
 	publishRefused, publishErrors                                                             atomic.Int64
-	nudges, commands                                                                          atomic.Int64
+	nudges, commands, commandsSucceeded, commandsFailed                                       atomic.Int64
+	commandResults                                                                            atomic.Int64
 	targetsFetched, targetsUnchanged, targetErrors                                            atomic.Int64
 	updatesDone, updatesLocked, updatesFailed                                                 atomic.Int64
 }
@@ -252,6 +258,8 @@ func (c *counters) published(kind string) *atomic.Int64 {
 		return &c.logs
 	case devicetopic.Events:
 		return &c.events
+	case devicetopic.CommandResults:
+		return &c.commandResults
 	default:
 		return &c.status
 	}
@@ -264,9 +272,10 @@ func (c *counters) snapshot(devices int, elapsed time.Duration) Summary {
 		Reconnects: c.reconnects.Load(), ConnectRefused: c.connectRefused.Load(), ConnectErrors: c.connectErrors.Load(),
 		TokensIssued: c.tokens.Load(), Reauths: c.reauths.Load(),
 		Published: Published{State: c.state.Load(), Telemetry: c.telemetry.Load(), Logs: c.logs.Load(),
-			Events: c.events.Load(), Status: c.status.Load()},
+			Events: c.events.Load(), Status: c.status.Load(), CommandResults: c.commandResults.Load()},
 		PublishRefused: c.publishRefused.Load(), PublishErrors: c.publishErrors.Load(),
 		NudgesReceived: c.nudges.Load(), CommandsReceived: c.commands.Load(),
+		CommandsSucceeded: c.commandsSucceeded.Load(), CommandsFailed: c.commandsFailed.Load(),
 		TargetsFetched: c.targetsFetched.Load(), TargetsUnchanged: c.targetsUnchanged.Load(), TargetErrors: c.targetErrors.Load(),
 		UpdatesDone: c.updatesDone.Load(), UpdatesLocked: c.updatesLocked.Load(), UpdatesFailed: c.updatesFailed.Load(),
 	}

@@ -644,6 +644,14 @@ func TestPayloadsMatchSchemas(t *testing.T) {
 			return p.UpdateEvent(step)
 		}},
 		{devicetopic.Status, func(_ *simulate.Payloads, i int) []byte { return simulate.Status(i%2 == 0, time.Now().UnixMilli()) }},
+		{devicetopic.CommandResults, func(p *simulate.Payloads, i int) []byte {
+			reason := ""
+			status := []string{"received", "succeeded", "failed"}[i%3]
+			if status == "failed" {
+				reason = "no such service"
+			}
+			return p.CommandResult(uuid.NewString(), status, reason)
+		}},
 	} {
 		t.Run(c.kind, func(t *testing.T) {
 			// No release; one running; one half way through an update,
