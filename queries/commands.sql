@@ -34,9 +34,11 @@ FOR UPDATE SKIP LOCKED;
 
 -- name: CommandsOpenForDevices :many
 -- The commands to send again to devices that just connected: not finished,
--- not expired.
+-- not expired, and announced (their pending event is out, so no answer of
+-- the device can overtake it on the events topic).
 SELECT * FROM commands
 WHERE device_id = ANY(@device_ids::uuid[]) AND status IN ('pending', 'delivered') AND expires_at > now()
+  AND announced_at IS NOT NULL
 ORDER BY created_at, id;
 
 -- name: CommandApplyResult :one
@@ -57,11 +59,12 @@ RETURNING *;
 -- name: CommandsExpire :many
 -- Open commands past their expiry become expired, a bounded batch at a
 -- time; SKIP LOCKED lets several workers share the work, and a command an
--- acknowledgement is updating now is looked at on the next pass.
+-- acknowledgement is updating now is looked at on the next pass. One not
+-- announced yet waits for its pending event to go out first.
 UPDATE commands SET status = 'expired', completed_at = now()
 WHERE id IN (
   SELECT c.id FROM commands c
-  WHERE c.status IN ('pending', 'delivered') AND c.expires_at <= now()
+  WHERE c.status IN ('pending', 'delivered') AND c.expires_at <= now() AND c.announced_at IS NOT NULL
   ORDER BY c.expires_at
   LIMIT @max_rows
   FOR UPDATE SKIP LOCKED)

@@ -267,7 +267,7 @@ const commandsExpire = `-- name: CommandsExpire :many
 UPDATE commands SET status = 'expired', completed_at = now()
 WHERE id IN (
   SELECT c.id FROM commands c
-  WHERE c.status IN ('pending', 'delivered') AND c.expires_at <= now()
+  WHERE c.status IN ('pending', 'delivered') AND c.expires_at <= now() AND c.announced_at IS NOT NULL
   ORDER BY c.expires_at
   LIMIT $1
   FOR UPDATE SKIP LOCKED)
@@ -276,7 +276,8 @@ RETURNING id, org_id, fleet_id, device_id, type, service, status, error, created
 
 // Open commands past their expiry become expired, a bounded batch at a
 // time; SKIP LOCKED lets several workers share the work, and a command an
-// acknowledgement is updating now is looked at on the next pass.
+// acknowledgement is updating now is looked at on the next pass. One not
+// announced yet waits for its pending event to go out first.
 func (q *Queries) CommandsExpire(ctx context.Context, maxRows int32) ([]Command, error) {
 	rows, err := q.db.Query(ctx, commandsExpire, maxRows)
 	if err != nil {
@@ -317,11 +318,13 @@ func (q *Queries) CommandsExpire(ctx context.Context, maxRows int32) ([]Command,
 const commandsOpenForDevices = `-- name: CommandsOpenForDevices :many
 SELECT id, org_id, fleet_id, device_id, type, service, status, error, created_at, expires_at, delivered_at, completed_at, announced_at, created_by_type, created_by_id, created_by_label FROM commands
 WHERE device_id = ANY($1::uuid[]) AND status IN ('pending', 'delivered') AND expires_at > now()
+  AND announced_at IS NOT NULL
 ORDER BY created_at, id
 `
 
 // The commands to send again to devices that just connected: not finished,
-// not expired.
+// not expired, and announced (their pending event is out, so no answer of
+// the device can overtake it on the events topic).
 func (q *Queries) CommandsOpenForDevices(ctx context.Context, deviceIds []uuid.UUID) ([]Command, error) {
 	rows, err := q.db.Query(ctx, commandsOpenForDevices, deviceIds)
 	if err != nil {

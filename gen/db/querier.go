@@ -38,10 +38,12 @@ type Querier interface {
 	CommandsAnnounced(ctx context.Context, ids []uuid.UUID) error
 	// Open commands past their expiry become expired, a bounded batch at a
 	// time; SKIP LOCKED lets several workers share the work, and a command an
-	// acknowledgement is updating now is looked at on the next pass.
+	// acknowledgement is updating now is looked at on the next pass. One not
+	// announced yet waits for its pending event to go out first.
 	CommandsExpire(ctx context.Context, maxRows int32) ([]Command, error)
 	// The commands to send again to devices that just connected: not finished,
-	// not expired.
+	// not expired, and announced (their pending event is out, so no answer of
+	// the device can overtake it on the events topic).
 	CommandsOpenForDevices(ctx context.Context, deviceIds []uuid.UUID) ([]Command, error)
 	// Commands whose creation was not sent on after commit (the process
 	// stopped between the two), older than a grace that lets the normal path

@@ -170,22 +170,27 @@ func (s *Service) sendLoop(ctx context.Context) {
 	}
 }
 
-// announce publishes each command's record for its device and its pending
-// event, then notes that it did.
+// announce publishes each command's pending event and then its record for
+// its device, then notes that it did. The events go first, so an answer of
+// the device never precedes its command's pending event on the topic.
 func (s *Service) announce(ctx context.Context, q *db.Queries, cs []db.Command) error {
-	recs := make([]bus.Record, 0, 2*len(cs))
+	evs := make([]bus.Record, 0, len(cs))
+	recs := make([]bus.Record, 0, len(cs))
 	ids := make([]uuid.UUID, len(cs))
 	for i, c := range cs {
 		ids[i] = c.ID
 		pending := c
 		pending.Status, pending.DeliveredAt, pending.CompletedAt, pending.Error = StatusPending, nil, nil, nil
-		recs = append(recs, EventRecord(pending))
+		evs = append(evs, EventRecord(pending))
 		if open(c) {
 			recs = append(recs, DeviceRecord(c))
 		}
 	}
 	pctx, cancel := context.WithTimeout(ctx, publishTimeout)
 	defer cancel()
+	if err := s.publish(pctx, evs...); err != nil {
+		return err
+	}
 	if err := s.publish(pctx, recs...); err != nil {
 		return err
 	}
