@@ -22,11 +22,12 @@ func TestGraph(t *testing.T) {
 		t.Errorf("targets = %v, want %v", got, want)
 	}
 	edges := map[string][]string{
-		"api":             {"config", "postgres", "metrics", "audit", "http-server", "kv", "kafka", "telemetry-store", "device-tokens", "nudger", "janitor"},
+		"api":             {"config", "postgres", "metrics", "audit", "http-server", "kv", "kafka", "telemetry-store", "device-tokens", "nudger", "janitor", "commands"},
 		"ingester":        {"config", "postgres", "metrics", "http-server", "kv", "kafka", "telemetry-store", "mqtt-broker", "relay"},
 		"scheduler":       {"config", "postgres", "metrics", "audit", "http-server", "kafka", "nudger"},
 		"nudger":          {"config", "postgres", "metrics", "kafka"},
 		"janitor":         {"config", "postgres"},
+		"commands":        {"config", "postgres", "metrics", "kafka"},
 		"relay":           {"config", "metrics", "kafka", "mqtt-broker"},
 		"mqtt-broker":     {"config", "postgres", "metrics", "device-tokens"},
 		"device-tokens":   {"config", "postgres"},
@@ -49,7 +50,7 @@ func TestGraph(t *testing.T) {
 		t.Fatal(err)
 	}
 	if want := []string{"config", "postgres", "metrics", "audit", "http-server", "kv", "kafka", "telemetry-store", "device-tokens",
-		"nudger", "janitor", "api", "mqtt-broker", "relay", "ingester", "scheduler", "all"}; !reflect.DeepEqual(order, want) {
+		"nudger", "janitor", "commands", "api", "mqtt-broker", "relay", "ingester", "scheduler", "all"}; !reflect.DeepEqual(order, want) {
 		t.Errorf("all resolves to %v, want %v (the HTTP server must start after the stores it serves)", order, want)
 	}
 }
@@ -71,7 +72,7 @@ func TestMainExitCodes(t *testing.T) {
 			wantErr: `flock-api: invalid FLOCK_HTTP_ADDR: "notaport": want host:port or :port`},
 		{name: "unknown flag", args: []string{"--nope"}, wantCode: 2},
 		{name: "list targets", args: []string{"--list-targets"}, wantCode: 0,
-			wantOut: "all\n  needs: api, ingester, scheduler\napi\n  needs: config, postgres, metrics, audit, http-server, kv, kafka, telemetry-store, device-tokens, nudger, janitor\ningester\n  needs: config, postgres, metrics, http-server, kv, kafka, telemetry-store, mqtt-broker, relay\nscheduler\n  needs: config, postgres, metrics, audit, http-server, kafka, nudger\n"},
+			wantOut: "all\n  needs: api, ingester, scheduler\napi\n  needs: config, postgres, metrics, audit, http-server, kv, kafka, telemetry-store, device-tokens, nudger, janitor, commands\ningester\n  needs: config, postgres, metrics, http-server, kv, kafka, telemetry-store, mqtt-broker, relay\nscheduler\n  needs: config, postgres, metrics, audit, http-server, kafka, nudger\n"},
 		{name: "print config", args: []string{"--print-config", "--database-url=postgres://u:pw@h/db"}, wantCode: 0,
 			wantOut: `"postgres://u:xxxxx@h/db"`},
 		{name: "migrate without verb", args: []string{"migrate"}, wantCode: 2},
