@@ -48,6 +48,9 @@ type world struct {
 	fleetVar, deviceVar                string
 	device                             *fakeDevice
 	readRollout, readGroup             string     // made once for the read fixtures
+	readCommand                        string     // made once for the read fixtures
+	readMetric                         bool       // a sample stored for the read fixtures
+	reportSeq                          int        // the last seq the world's device reported
 	t                                  *testing.T // the subtest using the world now
 }
 
