@@ -205,7 +205,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 		if err != nil {
 			t.Fatalf("node --test: %v\n%s", err, out)
 		}
-		if !strings.Contains(string(out), "# pass 3") || !strings.Contains(string(out), "# fail 0") {
+		if !strings.Contains(string(out), "# pass 6") || !strings.Contains(string(out), "# fail 0") {
 			t.Fatalf("node tests did not all pass:\n%s", out)
 		}
 	})

@@ -5,6 +5,7 @@ import createClient, { type ClientOptions } from "openapi-fetch";
 import type { components, paths } from "./schema.js";
 
 export type { components, paths };
+export * from "./streams.js";
 export type Problem = components["schemas"]["Problem"];
 export type Version = components["schemas"]["Version"];
 
