@@ -22,7 +22,7 @@ IMAGE_CREATED   ?= $(shell git log -1 --format=%cI 2>/dev/null)
 export REDOCLY_TELEMETRY := off
 export REDOCLY_SUPPRESS_UPDATE_NOTICE := true
 
-.PHONY: build run services generate check-generate sdk test test-go test-deploy image bench bench-devices bench-ingest bench-rollout clean
+.PHONY: build run services generate check-generate sdk test test-go test-deploy image bench bench-devices bench-ingest bench-rollout bench-summary clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) .
@@ -104,6 +104,10 @@ bench-ingest: services
 ## bench-rollout: 100k-device rollout in 5 groups: reports applied/s vs a bare consumer, group-to-group latency, target-state rate, takeover after kill -9
 bench-rollout: services
 	$(GO) run ./bench/rollout
+
+## bench-summary: fleet summary of 100k devices through the API while devices change (p50/p99) vs counters and a full GROUP BY bare; the counter triggers' cost to the ingester's batch updates
+bench-summary: services
+	$(GO) run ./bench/summary
 
 clean:
 	rm -rf bin $(SDK)/dist

@@ -1,10 +1,9 @@
--- Fleet summary counters (migrations/00011_device_summary.sql). A read adds
--- the compacted counts and the pending deltas; run the reads of one summary
--- in one REPEATABLE READ transaction, so they see one moment.
-
 -- name: SummaryDeviceCounts :many
 -- The devices of these fleets by connectivity, running release and update
--- status; combinations with no device are left out.
+-- status, from the counters (migrations/00011_device_summary.sql): the
+-- compacted counts plus the pending deltas. Combinations with no device are
+-- left out. Run the reads of one summary in one REPEATABLE READ
+-- transaction, so they see one moment.
 SELECT fleet_id, connectivity, running_release_id, update_status, sum(devices)::bigint AS devices
 FROM (
   SELECT s.fleet_id, s.connectivity, s.running_release_id, s.update_status, s.devices
@@ -37,9 +36,6 @@ ORDER BY r.fleet_id, r.created_at, r.id, g.idx, c.state;
 -- name: SummaryOrgFleets :many
 -- Every fleet of an organisation, by id.
 SELECT id FROM fleets WHERE org_id = @org_id ORDER BY id;
-
--- name: SummaryFleetOrg :one
-SELECT org_id FROM fleets WHERE id = @fleet_id;
 
 -- name: SummaryCompactLock :one
 -- One compaction at a time (every api replica runs the janitor): the others

@@ -176,6 +176,22 @@ type DeviceLog struct {
 	Line     string
 }
 
+type DeviceSummary struct {
+	FleetID          uuid.UUID
+	Connectivity     string
+	RunningReleaseID uuid.NullUUID
+	UpdateStatus     string
+	Devices          int64
+}
+
+type DeviceSummaryDelta struct {
+	FleetID          uuid.UUID
+	Connectivity     string
+	RunningReleaseID uuid.NullUUID
+	UpdateStatus     string
+	Devices          int64
+}
+
 type Fleet struct {
 	ID                uuid.UUID
 	OrgID             uuid.UUID
@@ -307,6 +323,20 @@ type RolloutGroup struct {
 	ThresholdAcknowledged bool
 	StartedAt             *time.Time
 	EndedAt               *time.Time
+}
+
+type RolloutSummary struct {
+	RolloutID uuid.UUID
+	GroupIdx  int32
+	State     string
+	Devices   int64
+}
+
+type RolloutSummaryDelta struct {
+	RolloutID uuid.UUID
+	GroupIdx  int32
+	State     string
+	Devices   int64
 }
 
 type SigningKey struct {

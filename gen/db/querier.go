@@ -267,6 +267,31 @@ type Querier interface {
 	SigningKeyInsert(ctx context.Context, arg SigningKeyInsertParams) error
 	// Published keys of a purpose, newest first; the first one signs.
 	SigningKeyList(ctx context.Context, purpose string) ([]SigningKey, error)
+	// Folds every delta a snapshot sees into the counts and deletes it, in one
+	// statement: a reader sees each delta either still pending or folded, never
+	// both. Deltas written meanwhile stay for the next compaction.
+	SummaryCompactDevices(ctx context.Context) (int64, error)
+	// One compaction at a time (every api replica runs the janitor): the others
+	// skip their turn instead of queueing behind it. Held until the
+	// transaction ends.
+	SummaryCompactLock(ctx context.Context) (bool, error)
+	SummaryCompactRollouts(ctx context.Context) (int64, error)
+	// The devices of these fleets by connectivity, running release and update
+	// status, from the counters (migrations/00011_device_summary.sql): the
+	// compacted counts plus the pending deltas. Combinations with no device are
+	// left out. Run the reads of one summary in one REPEATABLE READ
+	// transaction, so they see one moment.
+	SummaryDeviceCounts(ctx context.Context, fleetIds []uuid.UUID) ([]SummaryDeviceCountsRow, error)
+	SummaryForgetEmptyDevices(ctx context.Context) error
+	// A deleted rollout's counts go this way too: deleting its devices wrote
+	// the deltas that bring them to zero.
+	SummaryForgetEmptyRollouts(ctx context.Context) error
+	// Every fleet of an organisation, by id.
+	SummaryOrgFleets(ctx context.Context, orgID uuid.UUID) ([]uuid.UUID, error)
+	// The rollouts of these fleets that have not ended, each group of each
+	// (device_state '' and devices 0 for a group with no device), with the
+	// group's devices by state.
+	SummaryRolloutCounts(ctx context.Context, fleetIds []uuid.UUID) ([]SummaryRolloutCountsRow, error)
 	// Target state of batches of devices (internal/targetstate): what the device
 	// state endpoint serves one device and what nudges announce to many.
 	// For each existing device of a batch: its fleet, its architecture and the

@@ -66,7 +66,6 @@ func (q *Queries) SummaryCompactRollouts(ctx context.Context) (int64, error) {
 }
 
 const summaryDeviceCounts = `-- name: SummaryDeviceCounts :many
-
 SELECT fleet_id, connectivity, running_release_id, update_status, sum(devices)::bigint AS devices
 FROM (
   SELECT s.fleet_id, s.connectivity, s.running_release_id, s.update_status, s.devices
@@ -87,11 +86,11 @@ type SummaryDeviceCountsRow struct {
 	Devices          int64
 }
 
-// Fleet summary counters (migrations/00011_device_summary.sql). A read adds
-// the compacted counts and the pending deltas; run the reads of one summary
-// in one REPEATABLE READ transaction, so they see one moment.
 // The devices of these fleets by connectivity, running release and update
-// status; combinations with no device are left out.
+// status, from the counters (migrations/00011_device_summary.sql): the
+// compacted counts plus the pending deltas. Combinations with no device are
+// left out. Run the reads of one summary in one REPEATABLE READ
+// transaction, so they see one moment.
 func (q *Queries) SummaryDeviceCounts(ctx context.Context, fleetIds []uuid.UUID) ([]SummaryDeviceCountsRow, error) {
 	rows, err := q.db.Query(ctx, summaryDeviceCounts, fleetIds)
 	if err != nil {
@@ -116,17 +115,6 @@ func (q *Queries) SummaryDeviceCounts(ctx context.Context, fleetIds []uuid.UUID)
 		return nil, err
 	}
 	return items, nil
-}
-
-const summaryFleetOrg = `-- name: SummaryFleetOrg :one
-SELECT org_id FROM fleets WHERE id = $1
-`
-
-func (q *Queries) SummaryFleetOrg(ctx context.Context, fleetID uuid.UUID) (uuid.UUID, error) {
-	row := q.db.QueryRow(ctx, summaryFleetOrg, fleetID)
-	var org_id uuid.UUID
-	err := row.Scan(&org_id)
-	return org_id, err
 }
 
 const summaryForgetEmptyDevices = `-- name: SummaryForgetEmptyDevices :exec
