@@ -74,28 +74,29 @@ ORDER BY at DESC, connection_seq DESC, event DESC
 LIMIT @max_rows;
 
 -- name: TelemetrySeries :many
--- Samples of some metrics of a device aggregated per step. A step is
--- (ts - origin) / step in microseconds, origin being the start of the step
--- holding since, so the division never meets a negative number. Samples
--- are first grouped per instant, so the step's last value is the largest
--- of the samples at its newest instant, which ClickHouse computes the
--- same way.
-WITH per_instant AS (
-  SELECT s.name, s.ts,
-         ((extract(epoch FROM s.ts) * 1000000)::bigint - @origin_us::bigint) / @step_us::bigint AS step,
-         count(*) AS n, min(s.value) AS lo, max(s.value) AS hi, sum(s.value) AS total, max(s.unit) AS unit
+-- Samples of some metrics of a device aggregated per step, steps starting
+-- at origin plus multiples of the step (origin is the start of the step
+-- holding since). A step's last value is the largest at its newest
+-- instant, and its unit the largest there too, as ClickHouse's argMax over
+-- (ts, value) gives: looked up per step through the series index rather
+-- than carried through the aggregation, whose per-step array sorts made a
+-- day of ten 1 Hz metrics take 2.3 s instead of 1.6 s (BenchmarkSeries).
+WITH steps AS (
+  SELECT s.name, date_bin(sqlc.arg(step_us)::bigint * interval '1 microsecond', s.ts, sqlc.arg(origin)::timestamptz) AS start,
+         count(*) AS n, min(s.value) AS lo, max(s.value) AS hi, avg(s.value) AS mean, max(s.ts) AS newest
   FROM telemetry_samples s
   WHERE s.device_id = @device_id AND s.name = ANY(@names::text[])
     AND s.ts >= @since AND s.ts < @until
-  GROUP BY s.name, s.ts
+  GROUP BY s.name, start
 )
-SELECT p.name, p.step::bigint AS step, sum(p.n)::bigint AS count, min(p.lo)::float8 AS min, max(p.hi)::float8 AS max,
-       (sum(p.total) / sum(p.n))::float8 AS avg,
-       (array_agg(p.hi ORDER BY p.ts DESC))[1]::float8 AS last,
-       (array_agg(p.unit ORDER BY p.ts DESC))[1]::text AS unit
-FROM per_instant p
-GROUP BY p.name, p.step
-ORDER BY p.name, p.step;
+SELECT st.name, st.start::timestamptz AS start, st.n::bigint AS count, st.lo::float8 AS min, st.hi::float8 AS max,
+       st.mean::float8 AS avg, l.value::float8 AS last, l.unit::text AS unit
+FROM steps st
+CROSS JOIN LATERAL (
+  SELECT max(s.value) AS value, max(s.unit) AS unit FROM telemetry_samples s
+  WHERE s.device_id = @device_id AND s.name = st.name AND s.ts = st.newest
+) l
+ORDER BY st.name, st.start;
 
 -- name: TelemetryMetricNames :many
 -- The distinct metric names of a device, each with its newest sample's unit

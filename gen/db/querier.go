@@ -316,12 +316,13 @@ type Querier interface {
 	// Samples have no natural key to deduplicate on, so they take COPY, the
 	// cheapest bulk path.
 	TelemetrySampleCopy(ctx context.Context, arg []TelemetrySampleCopyParams) (int64, error)
-	// Samples of some metrics of a device aggregated per step. A step is
-	// (ts - origin) / step in microseconds, origin being the start of the step
-	// holding since, so the division never meets a negative number. Samples
-	// are first grouped per instant, so the step's last value is the largest
-	// of the samples at its newest instant, which ClickHouse computes the
-	// same way.
+	// Samples of some metrics of a device aggregated per step, steps starting
+	// at origin plus multiples of the step (origin is the start of the step
+	// holding since). A step's last value is the largest at its newest
+	// instant, and its unit the largest there too, as ClickHouse's argMax over
+	// (ts, value) gives: looked up per step through the series index rather
+	// than carried through the aggregation, whose per-step array sorts made a
+	// day of ten 1 Hz metrics take 2.3 s instead of 1.6 s (BenchmarkSeries).
 	TelemetrySeries(ctx context.Context, arg TelemetrySeriesParams) ([]TelemetrySeriesRow, error)
 	// As DeviceLogInsert: one statement per batch, redeliveries skipped. The
 	// arrays cannot hold NULL through sqlc, so the nil UUID and progress -1

@@ -229,3 +229,8 @@ func BenchmarkClickHouseWriteSamples(b *testing.B) {
 	s, _ := clickHouseStore(b)
 	telemetrytest.BenchmarkWriteSamples(b, s)
 }
+
+func BenchmarkClickHouseSeries(b *testing.B) {
+	s, _ := clickHouseStore(b)
+	telemetrytest.BenchmarkSeries(b, s)
+}

@@ -262,14 +262,14 @@ func (p *Postgres) Series(ctx context.Context, device uuid.UUID, names []string,
 		return nil, err
 	}
 	rows, err := p.q.TelemetrySeries(ctx, db.TelemetrySeriesParams{
-		OriginUs: origin, StepUs: stepUS, DeviceID: device, Names: names, Since: since, Until: until,
+		Origin: fromMicros(origin), StepUs: stepUS, DeviceID: device, Names: names, Since: since, Until: until,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("aggregate series %v of device %s: %w", names, device, err)
 	}
 	points := make([]seriesPoint, len(rows))
 	for i, r := range rows {
-		points[i] = seriesPoint{name: r.Name, step: r.Step, unit: r.Unit,
+		points[i] = seriesPoint{name: r.Name, step: (r.Start.UnixMicro() - origin) / stepUS, unit: r.Unit,
 			p: Point{Count: r.Count, Min: r.Min, Max: r.Max, Avg: r.Avg, Last: r.Last}}
 	}
 	return assembleSeries(names, origin, stepUS, points), nil

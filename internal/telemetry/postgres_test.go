@@ -62,3 +62,7 @@ func TestPostgresRejectsWholeBatch(t *testing.T) {
 func BenchmarkWriteSamples(b *testing.B) {
 	telemetrytest.BenchmarkWriteSamples(b, telemetry.NewPostgres(pgtest.Pool(b)))
 }
+
+func BenchmarkSeries(b *testing.B) {
+	telemetrytest.BenchmarkSeries(b, telemetry.NewPostgres(pgtest.Pool(b)))
+}

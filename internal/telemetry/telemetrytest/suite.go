@@ -1036,3 +1036,50 @@ func BenchmarkWriteSamples(b *testing.B, s telemetry.Store) {
 	}
 	b.ReportMetric(float64(written)/b.Elapsed().Seconds(), "samples/s")
 }
+
+// BenchmarkSeries reads a day of one device's samples (ten metrics, one
+// sample each per second: 864,000 rows among another device's as many)
+// aggregated as a dashboard asks: an hour in 60 steps and the whole day in
+// 1,000-point series (step 87 s).
+func BenchmarkSeries(b *testing.B, s telemetry.Store) {
+	ctx := b.Context()
+	dev, other, org := uuid.New(), uuid.New(), uuid.New()
+	day := time.Date(2025, 6, 3, 0, 0, 0, 0, time.UTC)
+	names := []string{"cpu.temperature", "cpu.load", "mem.used", "disk.free", "net.rx_bytes",
+		"net.tx_bytes", "gpu.temperature", "fan.rpm", "power.watts", "uptime"}
+	batch := make([]telemetry.Sample, 0, 10_000)
+	for sec := range 86400 {
+		for i, n := range names {
+			for _, d := range []uuid.UUID{dev, other} {
+				batch = append(batch, telemetry.Sample{DeviceID: d, OrgID: org, TS: day.Add(time.Duration(sec) * time.Second),
+					Name: n, Value: float64(sec*(i+1)%1000) / 4, Unit: "x"})
+			}
+		}
+		if len(batch) >= 10_000 || sec == 86399 {
+			if err := s.WriteSamples(ctx, batch); err != nil {
+				b.Fatal(err)
+			}
+			batch = batch[:0]
+		}
+	}
+	for _, tc := range []struct {
+		name         string
+		metrics      int
+		since, until time.Time
+		step         time.Duration
+	}{
+		{"hour/1 metric/60 steps", 1, day.Add(12 * time.Hour), day.Add(13 * time.Hour), time.Minute},
+		{"hour/10 metrics/60 steps", 10, day.Add(12 * time.Hour), day.Add(13 * time.Hour), time.Minute},
+		{"day/1 metric/1000 steps", 1, day, day.Add(24 * time.Hour), 87 * time.Second},
+		{"day/10 metrics/1000 steps", 10, day, day.Add(24 * time.Hour), 87 * time.Second},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			for b.Loop() {
+				got, err := s.Series(ctx, dev, names[:tc.metrics], tc.since, tc.until, tc.step)
+				if err != nil || len(got) != tc.metrics || len(got[0].Points) == 0 {
+					b.Fatalf("Series = %d series, %v", len(got), err)
+				}
+			}
+		})
+	}
+}
