@@ -20,7 +20,9 @@ ORDER BY created_at DESC, id DESC
 LIMIT @max_rows;
 
 -- name: CommandsAnnounced :exec
-UPDATE commands SET announced_at = now() WHERE id = ANY(@ids::uuid[]) AND announced_at IS NULL;
+-- Locks in id order, as ApplyResults does, so the two never deadlock.
+UPDATE commands SET announced_at = now()
+WHERE id IN (SELECT id FROM commands WHERE id = ANY(@ids::uuid[]) AND announced_at IS NULL ORDER BY id FOR UPDATE);
 
 -- name: CommandsUnannounced :many
 -- Commands whose creation was not sent on after commit (the process

@@ -255,9 +255,11 @@ func (q *Queries) CommandList(ctx context.Context, arg CommandListParams) ([]Com
 }
 
 const commandsAnnounced = `-- name: CommandsAnnounced :exec
-UPDATE commands SET announced_at = now() WHERE id = ANY($1::uuid[]) AND announced_at IS NULL
+UPDATE commands SET announced_at = now()
+WHERE id IN (SELECT id FROM commands WHERE id = ANY($1::uuid[]) AND announced_at IS NULL ORDER BY id FOR UPDATE)
 `
 
+// Locks in id order, as ApplyResults does, so the two never deadlock.
 func (q *Queries) CommandsAnnounced(ctx context.Context, ids []uuid.UUID) error {
 	_, err := q.db.Exec(ctx, commandsAnnounced, ids)
 	return err

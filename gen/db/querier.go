@@ -35,6 +35,7 @@ type Querier interface {
 	CommandDevice(ctx context.Context, id uuid.UUID) (CommandDeviceRow, error)
 	CommandGet(ctx context.Context, id uuid.UUID) (Command, error)
 	CommandList(ctx context.Context, arg CommandListParams) ([]Command, error)
+	// Locks in id order, as ApplyResults does, so the two never deadlock.
 	CommandsAnnounced(ctx context.Context, ids []uuid.UUID) error
 	// Open commands past their expiry become expired, a bounded batch at a
 	// time; SKIP LOCKED lets several workers share the work, and a command an

@@ -356,3 +356,43 @@ func TestServiceSendsRedeliversAndExpires(t *testing.T) {
 		t.Errorf("the expired command was sent %d times, want 2 (created, first connect)", n)
 	}
 }
+
+// Two ingester connections apply answers about the same commands at once,
+// in opposite orders (the received of each on one, the succeeded on the
+// other): neither waits for the other in a cycle, so neither fails, and
+// every command ends succeeded.
+func TestApplyResultsConcurrently(t *testing.T) {
+	f := seed(t)
+	b := openBus(t)
+	ctx := context.Background()
+	const n = 40
+	for round := range 5 {
+		var received, succeeded []Result
+		for range n {
+			c := f.command(t, f.device, TypeIdentify)
+			received = append(received, Result{Device: f.device, ID: c.ID, Status: ResultReceived, At: time.Now()})
+			succeeded = append(succeeded, Result{Device: f.device, ID: c.ID, Status: ResultSucceeded, At: time.Now()})
+		}
+		slices.Reverse(succeeded)
+		errs := make(chan error, 2)
+		var wg sync.WaitGroup
+		for _, rs := range [][]Result{received, succeeded} {
+			wg.Go(func() {
+				_, err := ApplyResults(ctx, f.pool, b.Publish, rs)
+				errs <- err
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		for _, r := range succeeded {
+			if got := f.get(t, r.ID); got.Status != StatusSucceeded || got.DeliveredAt == nil {
+				t.Fatalf("round %d: command %s is %s", round, r.ID, got.Status)
+			}
+		}
+	}
+}

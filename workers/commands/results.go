@@ -1,9 +1,11 @@
 package commands
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/google/uuid"
@@ -44,6 +46,12 @@ func ApplyResults(ctx context.Context, pool *pgxpool.Pool, publish func(context.
 	if len(results) == 0 {
 		return 0, nil
 	}
+	// Rows are locked in command id order, as every writer of several
+	// commands does: two ingester connections applying the received and
+	// the succeeded of the same commands deadlocked otherwise. The sort is
+	// stable, so each command's answers keep their order.
+	results = slices.Clone(results)
+	slices.SortStableFunc(results, func(a, b Result) int { return bytes.Compare(a.ID[:], b.ID[:]) })
 	var changed []db.Command
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		changed = changed[:0]
