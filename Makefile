@@ -22,7 +22,7 @@ IMAGE_CREATED   ?= $(shell git log -1 --format=%cI 2>/dev/null)
 export REDOCLY_TELEMETRY := off
 export REDOCLY_SUPPRESS_UPDATE_NOTICE := true
 
-.PHONY: build run services generate check-generate sdk test test-go test-deploy image bench bench-devices bench-ingest bench-rollout bench-summary clean
+.PHONY: build run services generate check-generate sdk test test-go test-deploy image bench bench-devices bench-ingest bench-rollout bench-summary bench-commands clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) .
@@ -108,6 +108,10 @@ bench-rollout: services
 ## bench-summary: fleet summary of 100k devices through the API while devices change (p50/p99) vs counters and a full GROUP BY bare; the counter triggers' cost to the ingester's batch updates
 bench-summary: services
 	$(GO) run ./bench/summary
+
+## bench-commands: device commands on --target=all with simulated devices: created to delivered and to completed (p50/p99) per type
+bench-commands: services
+	$(GO) run ./bench/commands
 
 clean:
 	rm -rf bin $(SDK)/dist
