@@ -2,8 +2,11 @@ package commands
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
@@ -32,6 +35,10 @@ func (h *Commands) DeviceCommandCreate(ctx context.Context, req api.DeviceComman
 	}
 	q := postgres.Queries(ctx, h.Pool)
 	dev, err := q.CommandDevice(ctx, req.DeviceId)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Deleted since the guard looked.
+		err = problem.ErrNotFound
+	}
 	if err != nil {
 		return nil, fmt.Errorf("load device %s: %w", req.DeviceId, err)
 	}
