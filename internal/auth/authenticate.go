@@ -54,6 +54,11 @@ func (a *Authenticator) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		header := r.Header.Get("Authorization")
 		if header == "" {
+			if tok := websocketBearer(r); tok != "" {
+				header = "Bearer " + tok
+			}
+		}
+		if header == "" {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -64,6 +69,28 @@ func (a *Authenticator) Middleware(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r.WithContext(WithPrincipal(r.Context(), p)))
 	})
+}
+
+// WebSocketBearerPrefix marks the subprotocol that carries a bearer token
+// in a WebSocket handshake: browsers cannot set Authorization on one, so
+// they offer `flock.v1, bearer.<token>` (the server selects flock.v1 and
+// never echoes the token).
+const WebSocketBearerPrefix = "bearer."
+
+// websocketBearer is the token of a WebSocket upgrade's bearer
+// subprotocol, or "".
+func websocketBearer(r *http.Request) string {
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		return ""
+	}
+	for _, v := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for _, p := range strings.Split(v, ",") {
+			if tok, ok := strings.CutPrefix(strings.TrimSpace(p), WebSocketBearerPrefix); ok && tok != "" {
+				return tok
+			}
+		}
+	}
+	return ""
 }
 
 // invalidToken is the 401 for a credential that was sent but is no good

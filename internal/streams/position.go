@@ -25,17 +25,13 @@ const (
 	KindLogs
 )
 
-// TopicCommandEvents is bus.TopicCommandEvents; it is spelled out here so
-// this package does not wait on the commands work to build.
-const TopicCommandEvents = "flock.device.command-events.v1"
-
 // hubTopics are every topic the hub reads, in a fixed order: a topic's
 // index here is its index in every position vector of the hub.
 var hubTopics = []string{
 	bus.TopicDeviceState,
 	bus.TopicDeviceConnectivity,
 	bus.TopicDeviceEvents,
-	TopicCommandEvents,
+	bus.TopicCommandEvents,
 	bus.TopicRolloutEvents,
 	bus.TopicDeviceLogs,
 }

@@ -1,0 +1,383 @@
+package handlers_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/google/uuid"
+
+	"github.com/flock-io/flock-api/internal/bus"
+	"github.com/flock-io/flock-api/internal/telemetry"
+	"github.com/flock-io/flock-api/internal/testutil/apptest"
+)
+
+// streamEnv is the api target on a Kafka the test shares: it publishes
+// records as the ingester and the scheduler would, and clients read them
+// through the real HTTP server.
+type streamEnv struct {
+	srv *apptest.Server
+	bus *bus.Bus
+	w   *world
+}
+
+func startStreamEnv(t *testing.T) *streamEnv {
+	t.Helper()
+	log := slog.New(slog.DiscardHandler)
+	ctx, cancel := context.WithCancel(context.Background())
+	addrc := make(chan string, 1)
+	served := make(chan error, 1)
+	go func() { served <- bus.ServeEmbedded(ctx, "127.0.0.1:0", log, func(a string) { addrc <- a }) }()
+	var addr string
+	select {
+	case addr = <-addrc:
+	case err := <-served:
+		cancel()
+		t.Fatalf("embedded kafka: %v", err)
+	}
+	// Registered first, so it runs last: after the server and the bus
+	// below stopped using it.
+	t.Cleanup(func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("embedded kafka: %v", err)
+		}
+	})
+	b, err := bus.Open(context.Background(), bus.Config{Brokers: []string{addr}, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	srv := apptest.Start(t, "--target=api", "--kafka-brokers="+addr)
+	return &streamEnv{srv: srv, bus: b, w: newWorld(t, srv).withFleet(t)}
+}
+
+func (e *streamEnv) publishState(t *testing.T, device string, seqs ...int) {
+	t.Helper()
+	for _, n := range seqs {
+		v := fmt.Sprintf(`{"device_id":%q,"org_id":%q,"fleet_id":%q,"received_at":%q,"state":{"seq":%d}}`,
+			device, e.w.org, e.w.fleet, time.Now().UTC().Format(time.RFC3339Nano), n)
+		if err := e.bus.Publish(context.Background(), bus.Record{Topic: bus.TopicDeviceState, Key: []byte(device), Value: []byte(v)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+type streamEvent struct {
+	ID, Type string
+	Doc      map[string]any
+}
+
+func (ev streamEvent) data() map[string]any { d, _ := ev.Doc["data"].(map[string]any); return d }
+
+func (ev streamEvent) stateSeq() int {
+	s, _ := ev.data()["state"].(map[string]any)
+	n, _ := s["seq"].(float64)
+	return int(n)
+}
+
+// eventReader is an SSE or WebSocket client of one stream.
+type eventReader interface {
+	next() (streamEvent, error)
+	close()
+}
+
+type sseReader struct {
+	resp *http.Response
+	sc   *bufio.Scanner
+}
+
+// openSSE opens a stream; header adds request headers. A status other
+// than 200 is returned with the problem body.
+func openSSE(t *testing.T, srv *apptest.Server, path, token string, header http.Header) (*sseReader, int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, srv.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		var out map[string]any
+		b, _ := io.ReadAll(resp.Body)
+		_ = json.Unmarshal(b, &out)
+		return nil, resp.StatusCode, out
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("GET %s: Content-Type %q", path, ct)
+	}
+	r := &sseReader{resp: resp, sc: bufio.NewScanner(resp.Body)}
+	r.sc.Buffer(make([]byte, 64<<10), 1<<20)
+	t.Cleanup(r.close)
+	return r, 200, nil
+}
+
+func (r *sseReader) close() { r.resp.Body.Close() }
+
+func (r *sseReader) next() (streamEvent, error) {
+	var ev streamEvent
+	var data string
+	for r.sc.Scan() {
+		line := r.sc.Text()
+		switch {
+		case line == "":
+			if data == "" {
+				continue
+			}
+			return ev, json.Unmarshal([]byte(data), &ev.Doc)
+		case strings.HasPrefix(line, ":"):
+		case strings.HasPrefix(line, "id: "):
+			ev.ID = line[4:]
+		case strings.HasPrefix(line, "event: "):
+			ev.Type = line[7:]
+		case strings.HasPrefix(line, "data: "):
+			data = line[6:]
+		}
+	}
+	if err := r.sc.Err(); err != nil {
+		return ev, err
+	}
+	return ev, io.EOF
+}
+
+type wsReader struct {
+	c      *websocket.Conn
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// openWS opens a WebSocket stream the way a browser must: the token in
+// the subprotocol list.
+func openWS(t *testing.T, srv *apptest.Server, path, token string) *wsReader {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	c, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+path,
+		&websocket.DialOptions{Subprotocols: []string{"flock.v1", "bearer." + token}})
+	if err != nil {
+		cancel()
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		t.Fatalf("dial %s: %d %v", path, status, err)
+	}
+	if c.Subprotocol() != "flock.v1" {
+		t.Fatalf("subprotocol %q, want flock.v1", c.Subprotocol())
+	}
+	c.SetReadLimit(1 << 20)
+	r := &wsReader{c: c, ctx: ctx, cancel: cancel}
+	t.Cleanup(r.close)
+	return r
+}
+
+func (r *wsReader) close() { _ = r.c.CloseNow(); r.cancel() }
+
+func (r *wsReader) next() (streamEvent, error) {
+	_, b, err := r.c.Read(r.ctx)
+	if err != nil {
+		return streamEvent{}, err
+	}
+	var ev streamEvent
+	if err := json.Unmarshal(b, &ev.Doc); err != nil {
+		return ev, err
+	}
+	ev.ID, _ = ev.Doc["id"].(string)
+	ev.Type, _ = ev.Doc["type"].(string)
+	return ev, nil
+}
+
+// expectSeqs reads state events and checks they are want, in order.
+func expectSeqs(t *testing.T, r eventReader, want ...int) string {
+	t.Helper()
+	var last string
+	for _, n := range want {
+		ev, err := r.next()
+		if err != nil {
+			t.Fatalf("waiting for seq %d: %v", n, err)
+		}
+		if ev.Type != "device.state" || ev.stateSeq() != n || ev.Doc["id"] != ev.ID && ev.ID != "" {
+			t.Fatalf("got %s seq %d (%v), want device.state seq %d", ev.Type, ev.stateSeq(), ev.Doc, n)
+		}
+		last, _ = ev.Doc["id"].(string)
+	}
+	return last
+}
+
+// TestStreamResume: a client that drops and comes back with its last id
+// gets every event after it once, over SSE (Last-Event-ID) and WebSocket
+// (last_event_id), whether the events came while it was away or after.
+// A viewer may stream.
+func TestStreamResume(t *testing.T) {
+	e := startStreamEnv(t)
+	w := e.w
+	dev := w.device.id.String()
+	for _, tc := range []struct {
+		name string
+		path string
+		open func(path, last string) eventReader
+	}{
+		{"sse fleet", "/v1/fleets/" + w.fleet + "/events", func(path, last string) eventReader {
+			h := http.Header{}
+			if last != "" {
+				h.Set("Last-Event-ID", last)
+			}
+			r, status, out := openSSE(t, e.srv, path, w.viewer, h)
+			if status != 200 {
+				t.Fatalf("GET %s = %d %v", path, status, out)
+			}
+			return r
+		}},
+		{"websocket device", "/v1/devices/" + dev + "/events/ws", func(path, last string) eventReader {
+			if last != "" {
+				path += "?last_event_id=" + last
+			}
+			return openWS(t, e.srv, path, w.viewer)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := tc.open(tc.path, "")
+			e.publishState(t, dev, 0, 1, 2)
+			expectSeqs(t, r, 0, 1)
+			last := expectSeqs(t, r, 2)
+			r.close()
+			e.publishState(t, dev, 3, 4)
+			r = tc.open(tc.path, last)
+			e.publishState(t, dev, 5, 6)
+			expectSeqs(t, r, 3, 4, 5, 6)
+		})
+	}
+}
+
+// TestStreamRefusals: another organisation's fleet is 404 like every
+// other path; a malformed resume id is 400 naming it; a WebSocket path
+// asked without an upgrade is 400.
+func TestStreamRefusals(t *testing.T) {
+	e := startStreamEnv(t)
+	w := e.w
+	theirs := w.otherOrgFleet(t)
+	for _, tc := range []struct {
+		name, path string
+		header     http.Header
+		status     int
+		field      string
+	}{
+		{"other org's fleet", "/v1/fleets/" + theirs + "/events", nil, 404, ""},
+		{"other org's fleet ws", "/v1/fleets/" + theirs + "/events/ws", nil, 404, ""},
+		{"bad last_event_id", "/v1/fleets/" + w.fleet + "/events?last_event_id=nope", nil, 400, "last_event_id"},
+		{"bad Last-Event-ID", "/v1/orgs/" + w.org + "/events", http.Header{"Last-Event-Id": {"AQEA"}}, 400, "Last-Event-ID"},
+		{"type the scope lacks", "/v1/devices/" + w.device.id.String() + "/events?types=rollout", nil, 400, "types"},
+		{"ws without upgrade", "/v1/orgs/" + w.org + "/events/ws", nil, 400, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, status, out := openSSE(t, e.srv, tc.path, w.viewer, tc.header)
+			if status != tc.status {
+				t.Fatalf("GET %s = %d %v, want %d", tc.path, status, out, tc.status)
+			}
+			if tc.field != "" && !strings.Contains(fmt.Sprint(out["errors"]), tc.field) {
+				t.Fatalf("GET %s: %v does not name %s", tc.path, out, tc.field)
+			}
+		})
+	}
+}
+
+// TestLogStreamHistoryThenLive: lines are written to the store and put on
+// the bus concurrently (as the ingester does) while the client connects;
+// the client gets the newest `tail` stored lines, then every later line,
+// each (service, seq) once and in order.
+func TestLogStreamHistoryThenLive(t *testing.T) {
+	e := startStreamEnv(t)
+	w := e.w
+	dev := w.device.id.String()
+	store := telemetry.NewPostgres(e.srv.Pool(t))
+	devID := w.device.id
+	orgID := uuid.MustParse(w.org)
+	base := time.Now().Add(-time.Minute).UTC()
+	write := func(from, to int, busFirst bool) error {
+		var lines []telemetry.LogLine
+		var entries []string
+		for s := from; s < to; s++ {
+			ts := base.Add(time.Duration(s) * time.Millisecond)
+			lines = append(lines, telemetry.LogLine{DeviceID: devID, OrgID: orgID, Service: "app", Seq: int64(s), TS: ts, Stream: "stdout", Line: fmt.Sprintf("line %d", s)})
+			entries = append(entries, fmt.Sprintf(`{"service":"app","seq":%d,"ts":%q,"stream":"stdout","line":"line %d"}`, s, ts.Format(time.RFC3339Nano), s))
+		}
+		rec := bus.Record{Topic: bus.TopicDeviceLogs, Key: []byte(dev), Value: []byte(fmt.Sprintf(
+			`{"device_id":%q,"org_id":%q,"fleet_id":%q,"received_at":%q,"entries":[%s]}`,
+			dev, w.org, w.fleet, time.Now().UTC().Format(time.RFC3339Nano), strings.Join(entries, ",")))}
+		ctx := context.Background()
+		steps := []func() error{
+			func() error { return store.WriteLogs(ctx, lines) },
+			func() error { return e.bus.Publish(ctx, rec) },
+		}
+		if busFirst {
+			steps[0], steps[1] = steps[1], steps[0]
+		}
+		for _, s := range steps {
+			if err := s(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := write(1, 51, false); err != nil {
+		t.Fatal(err)
+	}
+	const last = 300
+	done := make(chan error, 1)
+	go func() {
+		for s := 51; s <= last; s += 5 {
+			if err := write(s, s+5, s%10 == 1); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	for _, ws := range []bool{false, true} {
+		var r eventReader
+		path := "/v1/devices/" + dev + "/logs/stream?tail=20"
+		if ws {
+			r = openWS(t, e.srv, "/v1/devices/"+dev+"/logs/ws?tail=20", w.viewer)
+		} else {
+			sr, status, out := openSSE(t, e.srv, path, w.viewer, nil)
+			if status != 200 {
+				t.Fatalf("GET %s = %d %v", path, status, out)
+			}
+			r = sr
+		}
+		prev := 0
+		for prev < last {
+			ev, err := r.next()
+			if err != nil {
+				t.Fatalf("ws=%v after seq %d: %v", ws, prev, err)
+			}
+			d := ev.data()
+			if ev.Type != "device.log" || d["service"] != "app" {
+				t.Fatalf("ws=%v: event %v", ws, ev.Doc)
+			}
+			seq := int(d["seq"].(float64))
+			if prev != 0 && seq != prev+1 {
+				t.Fatalf("ws=%v: seq %d after %d: a line missing or repeated at the seam", ws, seq, prev)
+			}
+			prev = seq
+		}
+		r.close()
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
