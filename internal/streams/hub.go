@@ -74,6 +74,9 @@ type Hub struct {
 	progress chan struct{}      // closed and replaced after each batch
 	subs     map[uuid.UUID][]*Sub
 	count    int
+	// detached counts the streams running on goroutines of the hub's
+	// (Serve); Run waits for them.
+	detached sync.WaitGroup
 	stopped  bool
 	runErr   error
 }
@@ -103,11 +106,15 @@ func (h *Hub) Run(ctx context.Context) error {
 	for _, subs := range h.subs {
 		for _, s := range subs {
 			s.drop(reasonStopped)
+			if s.abort != nil {
+				s.abort()
+			}
 		}
 	}
 	h.subs = map[uuid.UUID][]*Sub{}
 	h.count = 0
 	h.mu.Unlock()
+	h.detached.Wait()
 	select {
 	case <-h.ready:
 	default:
@@ -269,6 +276,7 @@ type Sub struct {
 	reason    atomic.Int32
 	replaying bool // under the hub's lock
 	idx       int
+	abort     func() // under the hub's lock
 }
 
 // Events delivers the stream's events.

@@ -88,6 +88,14 @@ const (
 // the response head and returns the sink.
 func (h *Hub) Serve(ctx context.Context, st *Stream, open func() (Sink, error)) error {
 	var sink Sink
+	handed := false
+	defer func() {
+		// A connection taken over and not handed to a live loop is ours
+		// to close.
+		if d, ok := sink.(detachable); ok && !handed {
+			d.close()
+		}
+	}()
 	var dd *dedupe
 	from := st.From
 	var sub *Sub
@@ -155,11 +163,42 @@ func (h *Hub) Serve(ctx context.Context, st *Stream, open func() (Sink, error)) 
 		sub.Close()
 		from = reached
 	}
-	defer sub.Close()
 	if err := sink.Flush(); err != nil {
+		sub.Close()
 		return err
 	}
+	if d, ok := sink.(detachable); ok {
+		// The request is done with: the stream goes on in a goroutine of
+		// the hub's with a shallow stack, and the request's goroutines and
+		// buffers go away (what an idle stream costs is mostly those).
+		h.mu.Lock()
+		if h.stopped {
+			h.mu.Unlock()
+			sub.Close()
+			return nil
+		}
+		sub.abort = d.abort
+		h.detached.Add(1)
+		h.mu.Unlock()
+		handed = true
+		go func() {
+			defer h.detached.Done()
+			defer d.close()
+			defer sub.Close()
+			_ = h.live(context.WithoutCancel(ctx), st, sub, sink, dd)
+		}()
+		return nil
+	}
+	defer sub.Close()
 	return h.live(ctx, st, sub, sink, dd)
+}
+
+// detachable is a sink whose stream may outlive its request: it owns its
+// connection.
+type detachable interface {
+	// abort makes a blocked write fail at once (the hub is stopping).
+	abort()
+	close()
 }
 
 func (h *Hub) live(ctx context.Context, st *Stream, sub *Sub, sink Sink, dd *dedupe) error {

@@ -1,8 +1,10 @@
 package streams
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"time"
 
@@ -183,9 +185,14 @@ func (h *Hub) ServeWebSocket(ctx context.Context, w http.ResponseWriter, r *http
 
 // ServeSSE runs st as Server-Sent Events. Errors before the response
 // started are returned for an HTTP answer; after, the stream just ends.
+// On an HTTP/1.1 connection the stream takes the connection over
+// (OpenRawSSE) and outlives the request.
 func (h *Hub) ServeSSE(ctx context.Context, w http.ResponseWriter, st *Stream) error {
 	opened := false
 	open := OpenSSE(w)
+	if canHijack(w) {
+		open = OpenRawSSE(w)
+	}
 	err := h.Serve(ctx, st, func() (Sink, error) {
 		opened = true
 		return open()
@@ -195,3 +202,94 @@ func (h *Hub) ServeSSE(ctx context.Context, w http.ResponseWriter, st *Stream) e
 	}
 	return err
 }
+
+func canHijack(w http.ResponseWriter) bool {
+	for {
+		if _, ok := w.(http.Hijacker); ok {
+			return true
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return false
+		}
+		w = u.Unwrap()
+	}
+}
+
+// rawSSE writes Server-Sent Events straight to a connection taken over
+// from net/http: no request goroutines, no server buffers, one write per
+// flush.
+type rawSSE struct {
+	c   net.Conn
+	buf []byte
+}
+
+// OpenRawSSE returns the open function of a stream that takes the
+// connection over: it writes the response head itself (with the headers
+// set so far, a close-delimited body) and returns a sink that owns the
+// connection.
+func OpenRawSSE(w http.ResponseWriter) func() (Sink, error) {
+	return func() (Sink, error) {
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return nil, err
+		}
+		h := w.Header().Clone()
+		h.Set("Content-Type", "text/event-stream")
+		h.Set("Cache-Control", "no-store")
+		h.Set("X-Accel-Buffering", "no")
+		h.Set("Connection", "close")
+		h.Del("Content-Length")
+		var head bytes.Buffer
+		head.WriteString("HTTP/1.1 200 OK\r\n")
+		_ = h.Write(&head)
+		head.WriteString("\r\n")
+		// Whatever the server had buffered is written before the head;
+		// the reader's buffer is dropped (a stream's client sends nothing).
+		if err := brw.Writer.Flush(); err != nil {
+			c.Close()
+			return nil, err
+		}
+		_ = c.SetReadDeadline(time.Time{})
+		s := &rawSSE{c: c, buf: head.Bytes()}
+		if err := s.Flush(); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return s, nil
+	}
+}
+
+func (s *rawSSE) Send(ev *Event) error {
+	s.buf = append(s.buf, ev.SSE()...)
+	return nil
+}
+
+func (s *rawSSE) Flush() error {
+	if len(s.buf) == 0 {
+		return nil
+	}
+	_ = s.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_, err := s.c.Write(s.buf)
+	if cap(s.buf) > 4<<10 {
+		s.buf = nil // an idle stream keeps no burst's buffer
+	} else {
+		s.buf = s.buf[:0]
+	}
+	return err
+}
+
+func (s *rawSSE) Heartbeat() error {
+	s.buf = append(s.buf, heartbeat...)
+	return s.Flush()
+}
+
+func (s *rawSSE) Slow() error {
+	_ = s.c.SetWriteDeadline(time.Now().Add(slowTimeout))
+	_, _ = s.c.Write(slowEvent().SSE())
+	return nil
+}
+
+func (s *rawSSE) abort() { _ = s.c.SetWriteDeadline(time.Now()) }
+
+func (s *rawSSE) close() { _ = s.c.Close() }
