@@ -2,6 +2,7 @@ package summary
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -100,7 +101,7 @@ func (t *tally) counts() api.SummaryCounts {
 		}
 	}
 	slices.SortFunc(releases, func(a, b uuid.NullUUID) int {
-		if c := -cmpInt(t.byRelease[a], t.byRelease[b]); c != 0 {
+		if c := cmp.Compare(t.byRelease[b], t.byRelease[a]); c != 0 {
 			return c
 		}
 		if a.Valid != b.Valid {
@@ -122,16 +123,6 @@ func (t *tally) counts() api.SummaryCounts {
 		out.ByUpdateStatus = append(out.ByUpdateStatus, statusCount{Status: s, Devices: t.byStatus[s]})
 	}
 	return out
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // Read returns the summaries of fleets, in the order given, from the
