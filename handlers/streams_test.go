@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/telemetry"
+	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
 )
 
@@ -379,5 +381,97 @@ func TestLogStreamHistoryThenLive(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestStreamSlowConsumer: a WebSocket client that stops reading is
+// dropped once its queue is full (the server's memory does not grow with
+// it); when it reads again it finds what was in flight, the error event
+// and close code 1008.
+func TestStreamSlowConsumer(t *testing.T) {
+	e := startStreamEnv(t)
+	w := e.w
+	dev := w.device.id.String()
+	r := openWS(t, e.srv, "/v1/devices/"+dev+"/events/ws", w.viewer)
+	pad := strings.Repeat("x", 128<<10)
+	n := 0
+	testutil.Eventually(t, "the stream dropped as a slow consumer", func() error {
+		for range 8 {
+			v := fmt.Sprintf(`{"device_id":%q,"org_id":%q,"fleet_id":%q,"received_at":%q,"state":{"seq":%d,"pad":%q}}`,
+				dev, w.org, w.fleet, time.Now().UTC().Format(time.RFC3339Nano), n, pad)
+			n++
+			if err := e.bus.Publish(context.Background(), bus.Record{Topic: bus.TopicDeviceState, Key: []byte(dev), Value: []byte(v)}); err != nil {
+				return err
+			}
+		}
+		if got := metric(t, e.srv, `flock_streams_dropped_total{reason="slow_consumer"}`); got < 1 {
+			return fmt.Errorf("dropped %v after %d records", got, n)
+		}
+		return nil
+	})
+	var last streamEvent
+	for {
+		ev, err := r.next()
+		if err != nil {
+			if websocket.CloseStatus(err) != websocket.StatusPolicyViolation {
+				t.Fatalf("stream ended with %v, want close 1008", err)
+			}
+			break
+		}
+		last = ev
+	}
+	if last.Type != "error" || last.data()["code"] != "slow_consumer" {
+		t.Fatalf("last event %v, want error slow_consumer", last.Doc)
+	}
+}
+
+// metric reads one series from the server's /metrics.
+func metric(t *testing.T, srv *apptest.Server, series string) float64 {
+	t.Helper()
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", series, err)
+			}
+			return f
+		}
+	}
+	return 0
+}
+
+// TestDeviceGroupStream: a device group's stream carries its members'
+// events only.
+func TestDeviceGroupStream(t *testing.T) {
+	e := startStreamEnv(t)
+	w := e.w
+	member := w.device.id.String()
+	outsider := w.addDevices(1)[0]
+	must(t, e.srv, 200, "PATCH", "/v1/devices/"+member, w.developer, map[string]any{"tags": map[string]any{"site": "lab"}})
+	group := must(t, e.srv, 201, "POST", "/v1/orgs/"+w.org+"/device-groups", w.owner,
+		map[string]any{"name": "lab", "tags": map[string]any{"site": "lab"}})["id"].(string)
+	r, status, out := openSSE(t, e.srv, "/v1/device-groups/"+group+"/events?types=device.state", w.viewer, nil)
+	if status != 200 {
+		t.Fatalf("group stream: %d %v", status, out)
+	}
+	e.publishState(t, outsider, 100)
+	e.publishState(t, member, 1)
+	e.publishState(t, outsider, 101)
+	e.publishState(t, member, 2)
+	for _, want := range []int{1, 2} {
+		ev, err := r.next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.Doc["device_id"] != member || ev.stateSeq() != want {
+			t.Fatalf("group stream: %v, want the member's seq %d", ev.Doc, want)
+		}
 	}
 }

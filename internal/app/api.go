@@ -53,7 +53,7 @@ func (a *App) initAPI(ctx context.Context) (*modules.Service, error) {
 	// The stream hub is the api target's: it reads the topics while the
 	// target runs, and stopping it ends every open stream, so the HTTP
 	// server (stopped after the api) can drain.
-	hub := livestreams.New(a.bus, livestreams.Options{Log: a.log})
+	hub := livestreams.New(a.bus, livestreams.Options{Log: a.log, Registerer: a.metrics.Registry})
 	server := handlers.New(handlers.Deps{Pool: a.pool, Targets: a.targets, Tokens: a.tokens,
 		TokenEndpoint: TokenEndpoint(a.cfg.PublicURL), Audit: a.audit, MQTTURL: a.mqttPublicURL.Load,
 		KV: a.kv, Telemetry: a.telemetry, MQTTAuth: mqttAuth, MQTTHookToken: a.cfg.MQTTHookToken,

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flock-io/flock-api/internal/bus"
 )
@@ -43,6 +44,8 @@ type Options struct {
 	// a record ends the wait at once.
 	MaxWait time.Duration
 	Log     *slog.Logger
+	// Registerer (may be nil) receives the hub's metrics.
+	Registerer prometheus.Registerer
 }
 
 // Why a stream was dropped.
@@ -79,6 +82,9 @@ type Hub struct {
 	detached sync.WaitGroup
 	stopped  bool
 	runErr   error
+
+	dropped   *prometheus.CounterVec
+	delivered prometheus.Counter
 }
 
 // New returns a Hub; Run starts it.
@@ -92,8 +98,20 @@ func New(b *bus.Bus, o Options) *Hub {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	return &Hub{bus: b, log: o.Log, buffer: o.Buffer, wait: o.MaxWait, ready: make(chan struct{}),
-		progress: make(chan struct{}), subs: map[uuid.UUID][]*Sub{}}
+	h := &Hub{bus: b, log: o.Log, buffer: o.Buffer, wait: o.MaxWait, ready: make(chan struct{}),
+		progress: make(chan struct{}), subs: map[uuid.UUID][]*Sub{},
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flock_streams_dropped_total",
+			Help: "Streams the hub dropped because their queue was full: slow_consumer (live; the client is told) " +
+				"or catch_up (while replaying; the stream catches up again by itself)."}, []string{"reason"}),
+		delivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "flock_stream_events_queued_total",
+			Help: "Live events queued to streams (one per stream that gets it)."}),
+	}
+	if o.Registerer != nil {
+		o.Registerer.MustRegister(h.dropped, h.delivered,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flock_streams_open",
+				Help: "Streams registered with the hub."}, func() float64 { return float64(h.Streams()) }))
+	}
+	return h
 }
 
 // Run reads from the end of every partition until ctx ends, then ends
@@ -231,6 +249,11 @@ func (h *Hub) dispatch(recs []bus.TailRecord) {
 				built[s.kind] = evs
 			}
 			if !s.offer(r, evs) {
+				if s.reason.Load() == reasonSlow {
+					h.dropped.WithLabelValues("slow_consumer").Inc()
+				} else {
+					h.dropped.WithLabelValues("catch_up").Inc()
+				}
 				h.removeLocked(s)
 				j-- // removeLocked moved the last stream into slot j
 				subs = h.subs[r.org]
@@ -319,6 +342,7 @@ func (s *Sub) offer(r *record, evs []*Event) bool {
 		}
 		select {
 		case s.ch <- ev:
+			s.h.delivered.Inc()
 		default:
 			if s.replaying {
 				s.drop(reasonOverflow)
