@@ -475,3 +475,109 @@ func TestDeviceGroupStream(t *testing.T) {
 		}
 	}
 }
+
+// TestLogStreamResumeWithinARecord: a log record carries several lines,
+// each its own event; a client that drops after the second line of a
+// record and comes back with that line's id gets the rest of the record,
+// then what follows, each line once.
+func TestLogStreamResumeWithinARecord(t *testing.T) {
+	e := startStreamEnv(t)
+	w := e.w
+	dev := w.device.id.String()
+	publish := func(from, to int) {
+		t.Helper()
+		var entries []string
+		for s := from; s < to; s++ {
+			entries = append(entries, fmt.Sprintf(`{"service":"app","seq":%d,"ts":%q,"stream":"stdout","line":"line %d"}`,
+				s, time.Now().UTC().Format(time.RFC3339Nano), s))
+		}
+		v := fmt.Sprintf(`{"device_id":%q,"org_id":%q,"fleet_id":%q,"received_at":%q,"entries":[%s]}`,
+			dev, w.org, w.fleet, time.Now().UTC().Format(time.RFC3339Nano), strings.Join(entries, ","))
+		if err := e.bus.Publish(context.Background(), bus.Record{Topic: bus.TopicDeviceLogs, Key: []byte(dev), Value: []byte(v)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(r eventReader, want ...int) string {
+		t.Helper()
+		var id string
+		for _, n := range want {
+			ev, err := r.next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ev.Type != "device.log" || int(ev.data()["seq"].(float64)) != n {
+				t.Fatalf("got %v, want line %d", ev.Doc, n)
+			}
+			id = ev.ID
+		}
+		return id
+	}
+	path := "/v1/devices/" + dev + "/logs/stream?tail=0"
+	r, status, out := openSSE(t, e.srv, path, w.viewer, nil)
+	if status != 200 {
+		t.Fatalf("%d %v", status, out)
+	}
+	publish(1, 6)
+	id := read(r, 1, 2)
+	r.close()
+	publish(6, 9)
+	r, _, _ = openSSE(t, e.srv, path, w.viewer, http.Header{"Last-Event-ID": {id}})
+	read(r, 3, 4, 5, 6, 7, 8)
+}
+
+// TestRolloutStream: a rollout's stream carries its own records and the
+// update events of its release's devices in its fleet, nothing else.
+func TestRolloutStream(t *testing.T) {
+	e := startStreamEnv(t)
+	w := e.w
+	w.t = t
+	rollout := w.rolloutIn("ready")
+	got := must(t, e.srv, 200, "GET", "/v1/rollouts/"+rollout, w.viewer, nil)
+	release := got["release_id"].(string)
+	r, status, out := openSSE(t, e.srv, "/v1/rollouts/"+rollout+"/events", w.viewer, nil)
+	if status != 200 {
+		t.Fatalf("%d %v", status, out)
+	}
+	dev := w.device.id.String()
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	update := func(rel, id string) bus.Record {
+		return bus.Record{Topic: bus.TopicDeviceEvents, Key: []byte(dev), Value: []byte(fmt.Sprintf(
+			`{"device_id":%q,"org_id":%q,"fleet_id":%q,"received_at":%q,"event":{"id":%q,"ts":%q,"type":"download_started","release_id":%q}}`,
+			dev, w.org, w.fleet, now, id, now, rel))}
+	}
+	rolloutRec := func(id, rid string) bus.Record {
+		return bus.Record{Topic: bus.TopicRolloutEvents, Key: []byte(rid), Value: []byte(fmt.Sprintf(
+			`{"id":%q,"rollout_id":%q,"org_id":%q,"fleet_id":%q,"event":"started","state":"running","at":%q}`,
+			id, rid, w.org, w.fleet, now))}
+	}
+	recs := []bus.Record{
+		update(w.release, "00000000-0000-0000-0000-000000000001"), // another release: not this rollout's
+		rolloutRec("00000000-0000-0000-0000-000000000002", uuid.NewString()),
+		update(release, "00000000-0000-0000-0000-000000000003"),
+		rolloutRec("00000000-0000-0000-0000-000000000004", rollout),
+	}
+	for _, rec := range recs {
+		if err := e.bus.Publish(context.Background(), rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The two topics are read side by side: the order between them is not
+	// given.
+	seen := map[string]bool{}
+	for range 2 {
+		ev, err := r.next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch d := ev.data(); ev.Type {
+		case "rollout":
+			seen["rollout "+d["id"].(string)] = true
+		case "device.update":
+			u := d["event"].(map[string]any)
+			seen["update "+u["id"].(string)+" "+u["release_id"].(string)] = true
+		}
+	}
+	if !seen["rollout 00000000-0000-0000-0000-000000000004"] || !seen["update 00000000-0000-0000-0000-000000000003 "+release] {
+		t.Fatalf("rollout stream: %v", seen)
+	}
+}
