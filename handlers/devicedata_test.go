@@ -1,7 +1,6 @@
 package handlers_test
 
 import (
-	"context"
 	"encoding/base64"
 	"fmt"
 	"math"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/flock-io/flock-api/handlers"
 	"github.com/flock-io/flock-api/internal/http/pagination"
@@ -475,23 +473,5 @@ func writeDeviceData(t *testing.T, store telemetry.Store, dev, org uuid.UUID, at
 	if err := store.WriteUpdateEvents(ctx, []telemetry.UpdateEvent{{DeviceID: dev, OrgID: org, ID: uuid.New(), TS: at,
 		ReceivedAt: at, Type: telemetry.UpdateInstalled}}); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// writeSampleForReads gives the world's device a cpu.temperature sample in
-// the server's database (whose telemetry store is PostgreSQL's), so that
-// device-telemetry:get has a metric to read: an unknown one is a 400.
-func writeSampleForReads(w *world) {
-	w.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	pool, err := pgxpool.New(ctx, w.srv.DatabaseURL)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	defer pool.Close()
-	if err := telemetry.NewPostgres(pool).WriteSamples(ctx, []telemetry.Sample{{DeviceID: w.device.id, OrgID: uuid.MustParse(w.org),
-		TS: time.Now().Add(-time.Minute), Name: "cpu.temperature", Value: 40, Unit: "C"}}); err != nil {
-		w.t.Fatal(err)
 	}
 }
