@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/url"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -196,6 +197,18 @@ func TestDeviceTelemetryGet(t *testing.T) {
 		} {
 			wantInvalid(t, srv, base+"?"+tc.query, w.viewer, tc.field)
 		}
+		// A range of ten thousand years takes the default step (a sixtieth
+		// of it); with a step too short it is refused at once with a step
+		// that would do, and that step is taken.
+		long := fmt.Sprintf("%s?metric=cpu.temperature&since=0001-01-01T00:00:00Z&until=9999-12-31T00:00:00Z", base)
+		must(t, srv, 200, "GET", long, w.viewer, nil)
+		wantInvalid(t, srv, long+"&step=1h", w.viewer, "step")
+		_, _, out := call(t, srv, "GET", long+"&step=1h", w.viewer, nil)
+		var step string
+		if _, err := fmt.Sscanf(out["detail"].(string)[strings.LastIndex(out["detail"].(string), ": a step of ")+len(": a step of "):], "%s", &step); err != nil {
+			t.Fatalf("no step in %q: %v", out["detail"], err)
+		}
+		must(t, srv, 200, "GET", long+"&step="+step, w.viewer, nil)
 		// 1000 points exactly is allowed, however the range meets the steps.
 		must(t, srv, 200, "GET", fmt.Sprintf("%s?metric=cpu.temperature&since=%s&until=%s&step=1s", base, rfc(t0), rfc(t0.Add(1000*time.Second))), w.viewer, nil)
 		wantInvalid(t, srv, fmt.Sprintf("%s?metric=cpu.temperature&since=%s&until=%s&step=1s", base,

@@ -3,6 +3,7 @@ package devicedata
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -43,7 +44,7 @@ func (h *DeviceData) DeviceTelemetryGet(ctx context.Context, req api.DeviceTelem
 	}
 	if n := stepsCovering(since, until, step); n > maxPoints {
 		return nil, problem.Invalid("query", "step", fmt.Sprintf(
-			"a step of %s cuts [since, until) into %d steps, over the %d a series may have: take a step of at least %s",
+			"a step of %s cuts [since, until) into %d steps, over the %d a series may have: a step of %s or more keeps within it",
 			step, n, maxPoints, minStep(since, until)))
 	}
 
@@ -101,7 +102,7 @@ func (h *DeviceData) metrics(ctx context.Context, req api.DeviceTelemetryGetRequ
 // defaultSteps steps, rounded up to a whole second.
 func parseStep(s *string, since, until time.Time) (time.Duration, error) {
 	if s == nil {
-		return max(time.Second, ceilSecond(until.Sub(since)/defaultSteps)), nil
+		return ceilSeconds(ceilDiv(spanMicros(since, until), defaultSteps)), nil
 	}
 	d, err := time.ParseDuration(strings.TrimSpace(*s))
 	switch {
@@ -113,12 +114,18 @@ func parseStep(s *string, since, until time.Time) (time.Duration, error) {
 	return d, nil
 }
 
-func ceilSecond(d time.Duration) time.Duration {
-	if r := d % time.Second; r != 0 {
-		d += time.Second - r
-	}
-	return d
+// spanMicros is the length of [since, until) in microseconds: time.Sub
+// saturates at 292 years, and a request may ask for ten thousand.
+func spanMicros(since, until time.Time) int64 { return until.UnixMicro() - since.UnixMicro() }
+
+// ceilSeconds is us rounded up to a whole number of seconds, at least one,
+// and at most the longest Duration.
+func ceilSeconds(us int64) time.Duration {
+	const most = int64(math.MaxInt64 / time.Second)
+	return time.Duration(min(max(ceilDiv(us, 1_000_000), 1), most)) * time.Second
 }
+
+func ceilDiv(a, b int64) int64 { return -floorDiv(-a, b) }
 
 // stepsCovering counts the epoch-aligned steps that [since, until) touches,
 // which is the most points a series can have.
@@ -127,14 +134,12 @@ func stepsCovering(since, until time.Time, step time.Duration) int64 {
 	return floorDiv(until.UnixMicro()-1, s) - floorDiv(since.UnixMicro(), s) + 1
 }
 
-// minStep is the smallest whole-second step that keeps [since, until)
-// within maxPoints steps, for the error message.
+// minStep is a whole-second step from which on every step keeps [since,
+// until) within maxPoints steps, for the error message: a range of length
+// L touches at most floor((L-1µs)/step) + 2 aligned steps, so L/(maxPoints-1)
+// is enough, wherever the range meets the steps.
 func minStep(since, until time.Time) time.Duration {
-	d := ceilSecond(until.Sub(since) / maxPoints)
-	for stepsCovering(since, until, d) > maxPoints {
-		d += time.Second
-	}
-	return d
+	return ceilSeconds(ceilDiv(spanMicros(since, until), maxPoints-1))
 }
 
 func floorDiv(a, b int64) int64 {

@@ -212,8 +212,9 @@ type Store interface {
 	UpdateEvents(ctx context.Context, device uuid.UUID, since, until time.Time, after *UpdateEventCursor, limit int) ([]UpdateEvent, error)
 	// Series aggregates the named metrics of a device within [since, until)
 	// per step: one Series per name, in the order given. Both bounds are
-	// required and step must be positive; a step start is a multiple of
-	// step since the Unix epoch.
+	// instants (the zero time is the start of year 1, not "no bound"),
+	// until after since, and step at least a microsecond; a step start is
+	// a multiple of step since the Unix epoch.
 	Series(ctx context.Context, device uuid.UUID, names []string, since, until time.Time, step time.Duration) ([]Series, error)
 	// MetricNames lists the metrics a device has samples of, by name
 	// (bytewise).
@@ -240,8 +241,6 @@ func rowLimit(limit int) (int32, error) {
 // its step on either store.
 func seriesArgs(names []string, since, until time.Time, step time.Duration) (origin, stepUS int64, err error) {
 	switch {
-	case since.IsZero() || until.IsZero():
-		return 0, 0, fmt.Errorf("series needs both bounds, got [%s, %s)", since, until)
 	case !until.After(since):
 		return 0, 0, fmt.Errorf("series range [%s, %s) is empty", since, until)
 	case step < time.Microsecond:
