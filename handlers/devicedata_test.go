@@ -342,6 +342,16 @@ func TestDeviceLogList(t *testing.T) {
 		}
 	}
 
+	t.Run("until the zero time", func(t *testing.T) {
+		// The stores take the zero time for "no bound"; the API must not.
+		if items := must(t, srv, 200, "GET", base+"?until=0001-01-01T00:00:00Z", w.viewer, nil)["items"].([]any); len(items) != 0 {
+			t.Errorf("%d lines before year 1", len(items))
+		}
+		if items := must(t, srv, 200, "GET", base+"?since=0001-01-01T00:00:00Z", w.viewer, nil)["items"].([]any); len(items) != len(lines) {
+			t.Errorf("%d lines since year 1, want %d", len(items), len(lines))
+		}
+	})
+
 	t.Run("fields", func(t *testing.T) {
 		out := must(t, srv, 200, "GET", base+"?q=disco", w.viewer, nil)
 		m := out["items"].([]any)[0].(map[string]any)
@@ -440,6 +450,9 @@ func TestDeviceUpdateEventList(t *testing.T) {
 		t.Errorf("progress event = %v", progress)
 	}
 
+	if items := must(t, srv, 200, "GET", base+"?until=0001-01-01T00:00:00Z", w.viewer, nil)["items"].([]any); len(items) != 0 {
+		t.Errorf("%d update events before year 1", len(items))
+	}
 	wantInvalid(t, srv, fmt.Sprintf("%s?since=%s&until=%s", base, rfc(t0), rfc(t0)), w.viewer, "until")
 	wantInvalid(t, srv, base+"?cursor=bogus!", w.viewer, "cursor")
 	wantInvalid(t, srv, base+"?cursor="+pagination.EncodeText("a", "b"), w.viewer, "cursor")

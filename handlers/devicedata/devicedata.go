@@ -29,7 +29,10 @@ func (h *DeviceData) now() time.Time {
 }
 
 // timeRange checks an optional range: until, when both are given, must be
-// after since (an empty range is a mistake, not a question).
+// after since (an empty range is a mistake, not a question). The stores
+// read the zero time as no bound, so an until of exactly the zero time
+// (nothing is before it) comes back as none: callers answer that with an
+// empty page (see nothingBefore).
 func timeRange(since, until *time.Time) (time.Time, time.Time, error) {
 	var s, u time.Time
 	if since != nil {
@@ -43,3 +46,6 @@ func timeRange(since, until *time.Time) (time.Time, time.Time, error) {
 	}
 	return s, u, nil
 }
+
+// nothingBefore says an until that no stored time is before.
+func nothingBefore(until *time.Time) bool { return until != nil && until.IsZero() }

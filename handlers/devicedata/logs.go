@@ -23,7 +23,7 @@ func (h *DeviceData) DeviceLogList(ctx context.Context, req api.DeviceLogListReq
 		return nil, err
 	}
 	limit := pagination.Limit(p.Limit)
-	if h.Telemetry == nil {
+	if h.Telemetry == nil || nothingBefore(p.Until) {
 		return api.DeviceLogList200JSONResponse{Items: []api.LogLine{}}, nil
 	}
 	q := telemetry.LogQuery{Since: since, Until: until, After: after, Limit: int(limit) + 1}

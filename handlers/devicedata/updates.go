@@ -24,7 +24,7 @@ func (h *DeviceData) DeviceUpdateEventList(ctx context.Context, req api.DeviceUp
 		return nil, err
 	}
 	limit := pagination.Limit(p.Limit)
-	if h.Telemetry == nil {
+	if h.Telemetry == nil || nothingBefore(p.Until) {
 		return api.DeviceUpdateEventList200JSONResponse{Items: []api.UpdateEvent{}}, nil
 	}
 	var after *telemetry.UpdateEventCursor
