@@ -647,10 +647,15 @@ func readBench(ctx context.Context, b *bench, pool *pgxpool.Pool, w *world, requ
 	return nil
 }
 
+// querier is a pool or a transaction.
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
 // fullCount counts the fleet's devices and rollout devices the way the
 // summary does, from the rows themselves.
-func fullCount(ctx context.Context, pool *pgxpool.Pool, fleet uuid.UUID, each func(key string, n int64)) error {
-	rows, err := pool.Query(ctx, `
+func fullCount(ctx context.Context, q querier, fleet uuid.UUID, each func(key string, n int64)) error {
+	rows, err := q.Query(ctx, `
 		SELECT 'device ' || flock_device_connectivity(connected, connection_key) || ' ' || coalesce(running_release_id::text, 'none')
 		       || ' ' || flock_device_update_status(reported_seq, reported), count(*)
 		FROM devices WHERE fleet_id = $1 GROUP BY 1
@@ -674,43 +679,15 @@ func fullCount(ctx context.Context, pool *pgxpool.Pool, fleet uuid.UUID, each fu
 	return rows.Err()
 }
 
-// verify checks, with the stream stopped, that the counters equal a full
-// count, before and after a compaction.
+// verify checks that the counters equal a full count, before and after a
+// compaction. Both are read in one snapshot: a writer's statement that was
+// cancelled as the stream stopped may still commit on the server after its
+// goroutine returned.
 func verify(ctx context.Context, pool *pgxpool.Pool, w *world) error {
 	check := func(when string) error {
-		want := map[string]int64{}
-		if err := fullCount(ctx, pool, w.fleet, func(k string, n int64) { want[k] = n }); err != nil {
-			return err
-		}
-		got := map[string]int64{}
-		rows, err := pool.Query(ctx, `
-			SELECT 'device ' || connectivity || ' ' || coalesce(running_release_id::text, 'none') || ' ' || update_status, devices
-			FROM (SELECT connectivity, running_release_id, update_status, sum(devices)::bigint AS devices FROM
-			  (SELECT * FROM device_summary WHERE fleet_id = $1 UNION ALL SELECT * FROM device_summary_deltas WHERE fleet_id = $1) x
-			  GROUP BY 1, 2, 3 HAVING sum(devices) <> 0) d
-			UNION ALL
-			SELECT 'rollout ' || rollout_id || ' ' || group_idx || ' ' || state, sum(devices)::bigint FROM
-			  (SELECT * FROM rollout_summary WHERE rollout_id = $2 UNION ALL SELECT * FROM rollout_summary_deltas WHERE rollout_id = $2) r
-			  GROUP BY rollout_id, group_idx, state HAVING sum(devices) <> 0`, w.fleet, w.rollout)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var k string
-			var n int64
-			if err := rows.Scan(&k, &n); err != nil {
-				return err
-			}
-			got[k] = n
-		}
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		if fmt.Sprint(got) != fmt.Sprint(want) {
-			return fmt.Errorf("%s: the counters say\n%v\na full count says\n%v", when, got, want)
-		}
-		return nil
+		return pgx.BeginTxFunc(ctx, pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+			return compare(ctx, tx, w, when)
+		})
 	}
 	if err := check("before compaction"); err != nil {
 		return err
@@ -722,6 +699,43 @@ func verify(ctx context.Context, pool *pgxpool.Pool, w *world) error {
 		return err
 	}
 	fmt.Println("the counters equal a full count of the devices, before and after compaction")
+	return nil
+}
+
+// compare reads the counters and counts the rows in tx.
+func compare(ctx context.Context, tx pgx.Tx, w *world, when string) error {
+	want := map[string]int64{}
+	if err := fullCount(ctx, tx, w.fleet, func(k string, n int64) { want[k] = n }); err != nil {
+		return err
+	}
+	got := map[string]int64{}
+	rows, err := tx.Query(ctx, `
+		SELECT 'device ' || connectivity || ' ' || coalesce(running_release_id::text, 'none') || ' ' || update_status, devices
+		FROM (SELECT connectivity, running_release_id, update_status, sum(devices)::bigint AS devices FROM
+		  (SELECT * FROM device_summary WHERE fleet_id = $1 UNION ALL SELECT * FROM device_summary_deltas WHERE fleet_id = $1) x
+		  GROUP BY 1, 2, 3 HAVING sum(devices) <> 0) d
+		UNION ALL
+		SELECT 'rollout ' || rollout_id || ' ' || group_idx || ' ' || state, sum(devices)::bigint FROM
+		  (SELECT * FROM rollout_summary WHERE rollout_id = $2 UNION ALL SELECT * FROM rollout_summary_deltas WHERE rollout_id = $2) r
+		  GROUP BY rollout_id, group_idx, state HAVING sum(devices) <> 0`, w.fleet, w.rollout)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k string
+		var n int64
+		if err := rows.Scan(&k, &n); err != nil {
+			return err
+		}
+		got[k] = n
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		return fmt.Errorf("%s: the counters say\n%v\na full count says\n%v", when, got, want)
+	}
 	return nil
 }
 
