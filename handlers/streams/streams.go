@@ -76,14 +76,22 @@ type stream struct {
 }
 
 func (s stream) visit(w http.ResponseWriter) error {
+	var err error
 	if !s.ws {
-		return s.h.Hub.ServeSSE(s.ctx, w, s.st)
+		err = s.h.Hub.ServeSSE(s.ctx, w, s.st)
+	} else {
+		r, _ := s.ctx.Value(requestKey{}).(*http.Request)
+		if r == nil {
+			return problem.Errorf(http.StatusBadRequest, "not_websocket", "this operation is a WebSocket: send a WebSocket upgrade request")
+		}
+		err = s.h.Hub.ServeWebSocket(s.ctx, w, r, s.st)
 	}
-	r, _ := s.ctx.Value(requestKey{}).(*http.Request)
-	if r == nil {
-		return problem.Errorf(http.StatusBadRequest, "not_websocket", "this operation is a WebSocket: send a WebSocket upgrade request")
+	if errors.Is(err, live.ErrStopped) {
+		// The process is shutting down; another replica serves the stream.
+		return &problem.Error{Status: http.StatusServiceUnavailable, Code: "unavailable",
+			Detail: "this server is shutting down; reconnect", Header: http.Header{"Retry-After": {"1"}}, Err: err}
 	}
-	return s.h.Hub.ServeWebSocket(s.ctx, w, r, s.st)
+	return err
 }
 
 func (s stream) VisitOrgEventsStreamResponse(w http.ResponseWriter) error         { return s.visit(w) }

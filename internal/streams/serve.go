@@ -80,6 +80,9 @@ const (
 	dedupeSize = 8192
 	// maxBatch bounds the events written between two flushes.
 	maxBatch = 256
+	// refreshTimeout bounds one refresh of a stream's filter (a detached
+	// stream's context never ends by itself).
+	refreshTimeout = 10 * time.Second
 )
 
 // Serve runs a stream until ctx ends, the client fails or is too slow, or
@@ -257,7 +260,10 @@ func (h *Hub) live(ctx context.Context, st *Stream, sub *Sub, sink Sink, dd *ded
 			}
 			beat.Reset(every)
 		case <-refresh:
-			if err := st.Refresh(ctx); err != nil && ctx.Err() == nil {
+			rctx, cancel := context.WithTimeout(ctx, refreshTimeout)
+			err := st.Refresh(rctx)
+			cancel()
+			if err != nil && ctx.Err() == nil {
 				// Keep the members it had; the next refresh may work.
 				h.log.Warn("stream refresh failed", "error", err.Error())
 			}
