@@ -268,6 +268,9 @@ type Querier interface {
 	SigningKeyInsert(ctx context.Context, arg SigningKeyInsertParams) error
 	// Published keys of a purpose, newest first; the first one signs.
 	SigningKeyList(ctx context.Context, purpose string) ([]SigningKey, error)
+	// The devices a device group stream passes, by the one definition of a
+	// group's filter; the stream reads it again while it runs.
+	StreamDeviceGroupMembers(ctx context.Context, arg StreamDeviceGroupMembersParams) ([]uuid.UUID, error)
 	// Folds every delta a snapshot sees into the counts and deletes it, in one
 	// statement: a reader sees each delta either still pending or folded, never
 	// both. Deltas written meanwhile stay for the next compaction.
