@@ -26,7 +26,7 @@ func TestGraph(t *testing.T) {
 		"ingester":        {"config", "postgres", "metrics", "http-server", "kv", "kafka", "telemetry-store", "mqtt-broker", "relay"},
 		"scheduler":       {"config", "postgres", "metrics", "audit", "http-server", "kafka", "nudger"},
 		"nudger":          {"config", "postgres", "metrics", "kafka"},
-		"janitor":         {"config", "postgres"},
+		"janitor":         {"config", "postgres", "telemetry-store"},
 		"commands":        {"config", "postgres", "metrics", "kafka"},
 		"relay":           {"config", "metrics", "kafka", "mqtt-broker"},
 		"mqtt-broker":     {"config", "postgres", "metrics", "device-tokens"},

@@ -65,7 +65,7 @@ func (a *App) table() []modules.Module {
 		{Name: Tokens, Hidden: true, Deps: []string{Config, Postgres}, Init: a.initDeviceTokens},
 		{Name: MQTTBroker, Hidden: true, Deps: []string{Config, Postgres, Metrics, Tokens}, Init: a.initMQTTBroker},
 		{Name: Nudger, Hidden: true, Deps: []string{Config, Postgres, Metrics, Kafka}, Init: a.initNudger},
-		{Name: Janitor, Hidden: true, Deps: []string{Config, Postgres}, Init: a.initJanitor},
+		{Name: Janitor, Hidden: true, Deps: []string{Config, Postgres, Telemetry}, Init: a.initJanitor},
 		{Name: Relay, Hidden: true, Deps: []string{Config, Metrics, Kafka, MQTTBroker}, Init: a.initRelay},
 		{Name: Commands, Hidden: true, Deps: []string{Config, Postgres, Metrics, Kafka}, Init: a.initCommands},
 

@@ -25,7 +25,10 @@ func (a *App) initCommands(context.Context) (*modules.Service, error) {
 	return &modules.Service{Run: a.commands.Run}, nil
 }
 
-// initJanitor forgets day-old idempotency keys.
+// initJanitor forgets day-old idempotency keys, published rollout events
+// and telemetry past its retention, and compacts the summary counters.
 func (a *App) initJanitor(context.Context) (*modules.Service, error) {
-	return &modules.Service{Run: func(ctx context.Context) error { return janitor.Run(ctx, a.pool, a.log) }}, nil
+	return &modules.Service{Run: func(ctx context.Context) error {
+		return janitor.Run(ctx, a.pool, a.log, janitor.WithTelemetry(a.telemetry, a.cfg.TelemetryRetention))
+	}}, nil
 }

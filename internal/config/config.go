@@ -35,6 +35,9 @@ type Config struct {
 	RedisURL      string
 	KafkaBrokers  string
 	ClickHouseURL string
+	// TelemetryRetention is how long samples, log lines, connectivity and
+	// update events are kept; 0 keeps them for ever.
+	TelemetryRetention time.Duration
 
 	MQTTURL           string
 	MQTTListen        string
@@ -103,6 +106,7 @@ func Register(fs *flag.FlagSet) *Settings {
 	add("redis-url", "", "Redis for live device state (redis://host:6379/0, or a cluster: redis+cluster://host1:7000,host2:7001); unset = in-process store", (*stringValue)(&c.RedisURL), true)
 	add("kafka-brokers", "", "Kafka seed brokers, comma separated (host:9092,...); unset = in-process kfake cluster", (*stringValue)(&c.KafkaBrokers), false)
 	add("clickhouse-url", "", "ClickHouse for telemetry, logs and connectivity (clickhouse://host:9000/flock); unset = PostgreSQL tables", (*stringValue)(&c.ClickHouseURL), true)
+	add("telemetry-retention", "720h", "how long telemetry, container logs, connectivity and update events are kept (whole days on ClickHouse); 0 keeps them for ever", (*durationValue)(&c.TelemetryRetention), false)
 	add("mqtt-url", "", "external MQTT broker the ingester subscribes to (mqtt://host:1883 or mqtts://...); unset = embedded broker", (*stringValue)(&c.MQTTURL), false)
 	add("mqtt-listen", ":1883", "listen address of the embedded MQTT broker (when --mqtt-url is unset)", (*stringValue)(&c.MQTTListen), false)
 	add("mqtt-public-url", "", "MQTT URL devices are told at registration; unset = the embedded broker's port on the public URL's host", (*stringValue)(&c.MQTTPublicURL), false)
@@ -245,6 +249,9 @@ func (s *Settings) validate() error {
 	}
 	if c.IngestFlushPeriod <= 0 {
 		return &Error{Setting: s.name("ingest-flush-period"), Err: errors.New("must be positive")}
+	}
+	if c.TelemetryRetention < 0 {
+		return &Error{Setting: s.name("telemetry-retention"), Err: errors.New("must not be negative")}
 	}
 	if c.ShutdownDelay < 0 {
 		return &Error{Setting: s.name("shutdown-delay"), Err: errors.New("must not be negative")}

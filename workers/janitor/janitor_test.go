@@ -4,8 +4,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"testing"
+	"time"
 
+	"github.com/google/uuid"
+
+	"github.com/flock-io/flock-api/internal/telemetry"
 	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
 	"github.com/flock-io/flock-api/workers/janitor"
@@ -104,5 +109,67 @@ func TestRunForgetsPublishedRolloutEvents(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run = %v", err)
+	}
+}
+
+// With a telemetry store, a sweep drops what is older than the retention
+// and keeps the rest; a zero retention keeps everything.
+func TestRunDropsTelemetryPastRetention(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		retention time.Duration
+		want      []string
+	}{
+		{"a day", 24 * time.Hour, []string{"fresh"}},
+		{"for ever", 0, []string{"fresh", "old"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pool := pgtest.Pool(t)
+			store := telemetry.NewPostgres(pool)
+			dev, org := uuid.New(), uuid.New()
+			now := time.Now().UTC()
+			if err := store.WriteSamples(t.Context(), []telemetry.Sample{
+				{DeviceID: dev, OrgID: org, TS: now.Add(-48 * time.Hour), Name: "old", Value: 1},
+				{DeviceID: dev, OrgID: org, TS: now.Add(-time.Hour), Name: "fresh", Value: 2},
+			}); err != nil {
+				t.Fatal(err)
+			}
+			// The telemetry sweep runs before the idempotency keys' in each
+			// pass, so this day-old key gone means the pass did both.
+			if _, err := pool.Exec(t.Context(), `INSERT INTO idempotency_keys (principal, key, operation, request_hash, status, body, created_at)
+				VALUES ('user:1', 'marker', 'org:create', '\x00', 201, '{}', now() - interval '25 hours')`); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				done <- janitor.Run(ctx, pool, slog.New(slog.DiscardHandler), janitor.WithTelemetry(store, tc.retention))
+			}()
+			testutil.Eventually(t, "the first sweep done", func() error {
+				var n int
+				if err := pool.QueryRow(t.Context(), `SELECT count(*) FROM idempotency_keys`).Scan(&n); err != nil {
+					return err
+				}
+				if n != 0 {
+					return fmt.Errorf("%d keys left", n)
+				}
+				return nil
+			})
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("Run = %v", err)
+			}
+			names, err := store.MetricNames(t.Context(), dev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, m := range names {
+				got = append(got, m.Name)
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("metrics left %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

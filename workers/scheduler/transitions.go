@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/rollout"
 	"github.com/flock-io/flock-api/internal/rolloutstore"
