@@ -15,6 +15,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/google/uuid"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/telemetry"
@@ -580,4 +582,53 @@ func TestRolloutStream(t *testing.T) {
 	if !seen["rollout 00000000-0000-0000-0000-000000000004"] || !seen["update 00000000-0000-0000-0000-000000000003 "+release] {
 		t.Fatalf("rollout stream: %v", seen)
 	}
+}
+
+// TestStreamGap: a client that comes back with an id older than what the
+// bus still holds is told, by a gap event, then gets what is held.
+func TestStreamGap(t *testing.T) {
+	e := startStreamEnv(t)
+	w := e.w
+	dev := w.device.id.String()
+	path := "/v1/devices/" + dev + "/events"
+	r, status, out := openSSE(t, e.srv, path, w.viewer, nil)
+	if status != 200 {
+		t.Fatalf("%d %v", status, out)
+	}
+	e.publishState(t, dev, 0)
+	first := expectSeqs(t, r, 0)
+	r.close()
+	e.publishState(t, dev, 1, 2, 3, 4)
+	// Retention drops the device's partition up to its last two records.
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.bus.Brokers()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	ends, err := adm.ListEndOffsets(context.Background(), bus.TopicDeviceState)
+	if err != nil {
+		t.Fatal(err)
+	}
+	del := kadm.Offsets{}
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Offset == 5 { // the device's partition: nothing else publishes state here
+			del.AddOffset(o.Topic, o.Partition, 3, -1)
+		}
+	})
+	if len(del) != 1 {
+		t.Fatalf("end offsets %v: want one partition with the device's 5 records", ends)
+	}
+	if _, err := adm.DeleteRecords(context.Background(), del); err != nil {
+		t.Fatal(err)
+	}
+	r, _, _ = openSSE(t, e.srv, path, w.viewer, http.Header{"Last-Event-ID": {first}})
+	ev, err := r.next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev.Type != "gap" || ev.data()["code"] != "retention" || !strings.Contains(ev.data()["detail"].(string), "2 records") {
+		t.Fatalf("first event %v, want a gap of 2 records", ev.Doc)
+	}
+	expectSeqs(t, r, 3, 4)
 }

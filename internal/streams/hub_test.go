@@ -46,6 +46,9 @@ func start(t *testing.T, o streams.Options) *env {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		org, _ := uuid.Parse(r.URL.Query().Get("org"))
 		st := &streams.Stream{Kind: streams.KindEvents, Filter: &streams.Filter{Org: org}}
+		if hb, err := time.ParseDuration(r.URL.Query().Get("heartbeat")); err == nil {
+			st.Heartbeat = hb
+		}
 		if id := r.URL.Query().Get("last_event_id"); id != "" {
 			p, err := streams.Decode(id, streams.KindEvents)
 			if err != nil {
@@ -379,5 +382,29 @@ func TestBadIDs(t *testing.T) {
 	back, err := streams.Decode(p.Encode(), streams.KindLogs)
 	if err != nil || back.Encode() != p.Encode() || *back.Within != *p.Within {
 		t.Fatalf("round trip: %+v, %v", back, err)
+	}
+}
+
+// TestHeartbeat: an idle stream gets a comment line every heartbeat, so
+// proxies do not close it.
+func TestHeartbeat(t *testing.T) {
+	e := start(t, streams.Options{})
+	req, _ := http.NewRequest(http.MethodGet, e.srv.URL+"/events?heartbeat=20ms&org="+uuid.NewString(), nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for beats := 0; beats < 2; {
+		if !sc.Scan() {
+			t.Fatalf("stream ended: %v", sc.Err())
+		}
+		switch line := sc.Text(); {
+		case line == ": heartbeat":
+			beats++
+		case line != "":
+			t.Fatalf("idle stream sent %q", line)
+		}
 	}
 }
