@@ -226,6 +226,9 @@ func (h *Hub) dispatch(recs []bus.TailRecord) {
 		if t < 0 || int(tr.Partition) >= len(h.pos[t]) {
 			continue
 		}
+		if exp := h.pos[t][tr.Partition]; tr.Offset > exp {
+			h.gapLocked(t, tr.Partition, exp, tr.Offset)
+		}
 		h.pos[t][tr.Partition] = tr.Offset + 1
 		subs := h.subs[orgOf(tr)]
 		if len(subs) == 0 {
@@ -262,6 +265,34 @@ func (h *Hub) dispatch(recs []bus.TailRecord) {
 	}
 	close(h.progress)
 	h.progress = make(chan struct{})
+}
+
+// gapLocked tells every stream fed by topic t that records from..to-1 of
+// partition p went before the hub read them (retention caught up with a
+// hub that fell that far behind, or records were deleted): they may have
+// been any stream's, so every stream of the topic gets the gap event.
+func (h *Hub) gapLocked(t int, p int32, from, to int64) {
+	h.log.Warn("stream hub: records gone before they were read", "topic", hubTopics[t], "partition", p, "from", from, "to", to-1)
+	h.pos[t][p] = to
+	detail := fmt.Sprintf("the bus no longer holds %d records (retention dropped them before this server read them; some may have been for this stream): %s partition %d offsets %d to %d",
+		to-from, hubTopics[t], p, from, to-1)
+	var built [KindLogs + 1]*Event
+	for org, subs := range h.subs {
+		for j := 0; j < len(subs); j++ {
+			s := subs[j]
+			if !s.kindHas(t) {
+				continue
+			}
+			if built[s.kind] == nil {
+				built[s.kind] = Control(TypeGap, (&Position{Kind: s.kind, Offs: h.pos}).Encode(), "retention", detail)
+			}
+			if !s.offer(&record{}, []*Event{built[s.kind]}) {
+				h.removeLocked(s)
+				j--
+				subs = h.subs[org]
+			}
+		}
+	}
 }
 
 // orgOf peeks at a record's organisation without decoding all of it, so

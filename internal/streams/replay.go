@@ -51,8 +51,9 @@ func (h *Hub) replay(ctx context.Context, s *Sub, from, to *Position, emit func(
 			// this one did not catch up within aheadWait) replays nothing
 			// here; the live events may repeat a few.
 			o = min(o, target[p])
-			if o < st {
-				end := min(st, target[p])
+			// Records the hub had not read yet when the stream registered
+			// and that went since are the hub's gap to announce, not this.
+			if end := min(st, target[p]); o < end {
 				lost = append(lost, fmt.Sprintf("%s partition %d offsets %d to %d", hubTopics[t], p, o, end-1))
 				lostN += end - o
 				o = end
