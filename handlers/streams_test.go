@@ -647,3 +647,61 @@ func TestStreamGap(t *testing.T) {
 	}
 	expectSeqs(t, r, 3, 4)
 }
+
+// TestLogStreamSinceAndResumeInHistory: history from `since`, oldest
+// first; a client that drops inside the history comes back with that
+// line's id and gets the rest of the history, then the lines written
+// since, each once.
+func TestLogStreamSinceAndResumeInHistory(t *testing.T) {
+	e := startStreamEnv(t)
+	w := e.w
+	dev := w.device.id.String()
+	store := telemetry.NewPostgres(e.srv.Pool(t))
+	base := time.Now().Add(-time.Minute).UTC().Truncate(time.Millisecond)
+	ts := func(s int) time.Time { return base.Add(time.Duration(s) * time.Millisecond) }
+	write := func(from, to int) {
+		t.Helper()
+		var lines []telemetry.LogLine
+		var entries []string
+		for s := from; s < to; s++ {
+			lines = append(lines, telemetry.LogLine{DeviceID: w.device.id, OrgID: uuid.MustParse(w.org), Service: "app", Seq: int64(s), TS: ts(s), Stream: "stdout", Line: fmt.Sprintf("line %d", s)})
+			entries = append(entries, fmt.Sprintf(`{"service":"app","seq":%d,"ts":%q,"stream":"stdout","line":"line %d"}`, s, ts(s).Format(time.RFC3339Nano), s))
+		}
+		if err := store.WriteLogs(context.Background(), lines); err != nil {
+			t.Fatal(err)
+		}
+		v := fmt.Sprintf(`{"device_id":%q,"org_id":%q,"fleet_id":%q,"received_at":%q,"entries":[%s]}`,
+			dev, w.org, w.fleet, time.Now().UTC().Format(time.RFC3339Nano), strings.Join(entries, ","))
+		if err := e.bus.Publish(context.Background(), bus.Record{Topic: bus.TopicDeviceLogs, Key: []byte(dev), Value: []byte(v)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(r eventReader, from, to int) string {
+		t.Helper()
+		var id string
+		for s := from; s <= to; s++ {
+			ev, err := r.next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := int(ev.data()["seq"].(float64)); ev.Type != "device.log" || got != s {
+				t.Fatalf("got %v, want line %d", ev.Doc, s)
+			}
+			id = ev.ID
+		}
+		return id
+	}
+	write(1, 31)
+	path := "/v1/devices/" + dev + "/logs/stream?since=" + ts(11).Format(time.RFC3339Nano)
+	r, status, out := openSSE(t, e.srv, path, w.viewer, nil)
+	if status != 200 {
+		t.Fatalf("%d %v", status, out)
+	}
+	id := read(r, 11, 15)
+	r.close()
+	write(31, 36)
+	r, _, _ = openSSE(t, e.srv, path, w.viewer, http.Header{"Last-Event-ID": {id}})
+	read(r, 16, 35)
+	write(36, 38)
+	read(r, 36, 37)
+}
