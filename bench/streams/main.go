@@ -702,4 +702,3 @@ func (h *hist) quantiles() (p50, p99, mx time.Duration) {
 	}
 	return at(0.5), at(0.99), h.max.Round(time.Microsecond)
 }
-
