@@ -109,7 +109,13 @@ func init() {
 		return func(w *world) (string, string, any) { return "GET", path(w), nil }
 	}
 	for op, f := range map[string]fixture{
-		"device-telemetry:get":     {req: get(func(w *world) string { return dev(w) + "/telemetry?metric=" + w.metricForReads() })},
+		// A fixed range: the default one ends "now", which moves between
+		// the GET and the HEAD that TestHeadMirrorsGet compares.
+		"device-telemetry:get": {req: get(func(w *world) string {
+			until := time.Now().UTC().Truncate(time.Second).Add(time.Minute)
+			return dev(w) + "/telemetry?metric=" + w.metricForReads() + "&since=" +
+				until.Add(-time.Hour).Format(time.RFC3339) + "&until=" + until.Format(time.RFC3339)
+		})},
 		"device-metric:list":       {req: get(func(w *world) string { return dev(w) + "/metrics" })},
 		"device-log:list":          {req: get(func(w *world) string { return dev(w) + "/logs" })},
 		"device-update-event:list": {req: get(func(w *world) string { return dev(w) + "/update-events" })},
