@@ -1915,16 +1915,20 @@ type StreamEvent struct {
 	At time.Time `json:"at"`
 
 	// Data The event itself: the Kafka record as the AsyncAPI document describes
-	// it for the type; for `device.log` a LogLine; for `gap` and `error` an
-	// object with `code` and `detail`.
+	// it for the type; for `device.log` a LogLine; for `gap` an object with
+	// `code` (`retention`: the bus no longer holds some of the events asked
+	// for) and `detail`; for `error` one with `code` (`slow_consumer`) and
+	// `detail`.
 	Data     map[string]interface{} `json:"data"`
 	DeviceId *openapi_types.UUID    `json:"device_id,omitempty"`
 	FleetId  *openapi_types.UUID    `json:"fleet_id,omitempty"`
 
 	// Id Where the stream stood after this event, as an opaque token: give it
 	// back as `Last-Event-ID` or `last_event_id` to resume right after it.
-	// The same event has the same id on every API replica.
-	Id        string              `json:"id"`
+	// The same event has the same id on every API replica. Every event has
+	// one except `error`, which is no position: after it, resume from the
+	// last id received.
+	Id        *string             `json:"id,omitempty"`
 	OrgId     *openapi_types.UUID `json:"org_id,omitempty"`
 	RolloutId *openapi_types.UUID `json:"rollout_id,omitempty"`
 

@@ -2480,9 +2480,11 @@ export interface components {
             /**
              * @description Where the stream stood after this event, as an opaque token: give it
              *     back as `Last-Event-ID` or `last_event_id` to resume right after it.
-             *     The same event has the same id on every API replica.
+             *     The same event has the same id on every API replica. Every event has
+             *     one except `error`, which is no position: after it, resume from the
+             *     last id received.
              */
-            id: string;
+            id?: string;
             type: components["schemas"]["StreamEventType"];
             /**
              * Format: date-time
@@ -2499,8 +2501,10 @@ export interface components {
             rollout_id?: string;
             /**
              * @description The event itself: the Kafka record as the AsyncAPI document describes
-             *     it for the type; for `device.log` a LogLine; for `gap` and `error` an
-             *     object with `code` and `detail`.
+             *     it for the type; for `device.log` a LogLine; for `gap` an object with
+             *     `code` (`retention`: the bus no longer holds some of the events asked
+             *     for) and `detail`; for `error` one with `code` (`slow_consumer`) and
+             *     `detail`.
              */
             data: {
                 [key: string]: unknown;
