@@ -41,6 +41,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/flock-io/flock-api/bench/internal/benchdb"
+	"github.com/flock-io/flock-api/bench/internal/serverstats"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/handlers/summary"
 	"github.com/flock-io/flock-api/internal/app"
@@ -806,29 +807,7 @@ type bench struct {
 
 // serverMean reads the server's own latency histogram for an operation.
 func (b *bench) serverMean(op string) (time.Duration, error) {
-	resp, err := b.client.Get(b.base + "/metrics")
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	var sum, count float64
-	for _, line := range strings.Split(string(raw), "\n") {
-		if !strings.Contains(line, `operation="`+op+`"`) {
-			continue
-		}
-		f := strings.Fields(line)
-		switch {
-		case strings.HasPrefix(line, "flock_http_request_duration_seconds_sum"):
-			fmt.Sscan(f[len(f)-1], &sum)
-		case strings.HasPrefix(line, "flock_http_request_duration_seconds_count"):
-			fmt.Sscan(f[len(f)-1], &count)
-		}
-	}
-	if count == 0 {
-		return 0, fmt.Errorf("no samples of %s", op)
-	}
-	return time.Duration(sum / count * float64(time.Second)), nil
+	return serverstats.MeanLatency(b.client, b.base, op)
 }
 
 // getBody returns the body of a 200 response.
