@@ -1,27 +1,56 @@
 // Command streams measures the live streams: -clients concurrent SSE
 // clients (spread evenly over -orgs organisations, each with an API key)
-// on flock-api's api target while devices change state at -rate events/s.
+// on flock-api while devices change state at -rate events/s.
+//
+// With -source mqtt (the default) the state changes come from devices: each
+// organisation gets a fleet and -devices devices, which register with a
+// provisioning key and their own Ed25519 key and trade a signed assertion
+// for a device token (the REST calls internal/simulate's devices make; its
+// Run owns its devices' connections and publishes its own mix, so only its
+// Payloads are used here), then connect to the embedded broker over MQTT v5
+// from a second child process. Each device reports one state before
+// anything is measured (a device that changes state has reported before).
+// Each change is then a reported state (the simulator's payload,
+// schema-valid) published at QoS 1 by the device's own connection, through
+// the broker, the ingester (schema check, KV, PostgreSQL, Kafka) and the
+// stream hub of the same process, which runs the api and ingester targets.
+// The latency clock starts just before the MQTT publish: the time rides in
+// the state's os_version ("... bench-pub-<unix nanoseconds>"), which the
+// client reads from the event's data. With
+// -source kafka the records are put straight on flock.device.state.v1
+// (where the ingester puts a device's report) for the api target alone, and
+// the latency starts there.
+//
 // It reports the events delivered per second against the number the
-// clients should receive, the latency from the record's publication on
-// flock.device.state.v1 (where the ingester puts a device's MQTT report)
-// to the client reading it (p50/p99), and the memory per idle stream (the
-// server's heap and stack after GC, before and after the streams open,
-// divided by their number). Then the same clients connect to a bare loop
+// clients should receive, the latency from publication to the client
+// reading it (p50/p99/max), and the memory per idle stream (the server's
+// heap and stack after GC, before and after the streams open, divided by
+// their number; the devices are connected before either). Then the same clients connect to a bare loop
 // in the same process (raw sockets, no HTTP stack, no auth, no filter: for
 // each event, write the same bytes to the sockets of its organisation)
 // fed the same events at the same rate: the physical limit of this machine.
 //
-// The clients run in a child process (this program, re-executed), so the
-// server's memory is measured alone and the client's CPU is not counted as
-// the server's.
+// The clients and the devices run in child processes (this program,
+// re-executed), so the server's memory is measured alone and their CPU is
+// not counted as the server's.
 //
-//	go run ./bench/streams [-clients 10000] [-orgs 1000] [-rate 2000] [-duration 20s]
+// The file limit here is 20,000 per process, and the server's process holds
+// its side of every device's MQTT connection besides its side of the
+// streams: 10 devices per organisation (10,000 connections) do not fit
+// next to 10,000 streams, so the default is 9 per organisation (9,000
+// devices, 0.22 state changes/s each at 2,000/s, far under the broker's
+// 20/s per device).
+//
+//	go run ./bench/streams [-source mqtt|kafka] [-clients 10000] [-orgs 1000] [-devices 9] [-rate 2000] [-duration 20s]
 package main
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	crand "crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -35,6 +64,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,12 +72,18 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
 	"github.com/google/uuid"
 
 	"github.com/flock-io/flock-api/bench/internal/benchdb"
+	"github.com/flock-io/flock-api/gen/client"
+	"github.com/flock-io/flock-api/gen/events"
 	"github.com/flock-io/flock-api/internal/app"
 	"github.com/flock-io/flock-api/internal/bus"
+	"github.com/flock-io/flock-api/internal/devicetoken"
+	"github.com/flock-io/flock-api/internal/devicetopic"
 	"github.com/flock-io/flock-api/internal/devoidc"
+	"github.com/flock-io/flock-api/internal/simulate"
 	"github.com/flock-io/flock-api/internal/testutil/launch"
 )
 
@@ -57,12 +93,21 @@ func main() {
 	admin := flag.String("database-url", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "PostgreSQL server to create the benchmark database on")
 	clients := flag.Int("clients", 10000, "concurrent SSE clients")
 	orgs := flag.Int("orgs", 1000, "organisations the clients and devices are spread over")
-	devices := flag.Int("devices", 10, "devices per organisation")
+	source := flag.String("source", "mqtt", "where state changes enter: mqtt (devices publish to the embedded broker; api and ingester targets) or kafka (records put on flock.device.state.v1; api target)")
+	devices := flag.Int("devices", 0, "devices per organisation (default 9 with -source mqtt, 10 with -source kafka)")
 	rate := flag.Int("rate", 2000, "device state changes per second")
 	duration := flag.Duration("duration", 20*time.Second, "how long to publish, per side")
 	child := flag.String("child", "", "internal: run as the client process on this plan file")
+	devicesChild := flag.String("devices-child", "", "internal: run as the MQTT devices' process on this plan file")
 	flag.Parse()
 	raiseFileLimit()
+	if *devicesChild != "" {
+		if err := runDevices(*devicesChild); err != nil {
+			fmt.Fprintln(os.Stderr, "devices:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *child != "" {
 		if err := runClients(*child); err != nil {
 			fmt.Fprintln(os.Stderr, "clients:", err)
@@ -73,7 +118,27 @@ func main() {
 	if *clients%*orgs != 0 {
 		fail("-clients must be a multiple of -orgs, so every organisation has as many clients")
 	}
-	if err := run(*admin, *clients, *orgs, *devices, *rate, *duration); err != nil {
+	if *source != "mqtt" && *source != "kafka" {
+		fail("-source must be mqtt or kafka, not %q", *source)
+	}
+	if *devices == 0 {
+		*devices = 10
+		if *source == "mqtt" {
+			*devices = 9
+		}
+	}
+	if *source == "mqtt" {
+		// The server's side of every MQTT connection and of every stream,
+		// and some room for the rest.
+		var l syscall.Rlimit
+		if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err == nil {
+			if need := uint64(*clients + *orgs**devices + 500); need > l.Cur {
+				fail("-source mqtt with %d clients and %d devices needs about %d files open, and the limit is %d: use fewer -devices",
+					*clients, *orgs**devices, need, l.Cur)
+			}
+		}
+	}
+	if err := run(*source, *admin, *clients, *orgs, *devices, *rate, *duration); err != nil {
 		fail("%v", err)
 	}
 }
@@ -91,9 +156,10 @@ func raiseFileLimit() {
 	}
 }
 
-func run(adminURL string, clients, orgs, devicesPerOrg, rate int, duration time.Duration) error {
+func run(source, adminURL string, clients, orgs, devicesPerOrg, rate int, duration time.Duration) error {
 	ctx := context.Background()
 	log := slog.New(slog.DiscardHandler)
+	viaMQTT := source == "mqtt"
 	dbURL, pool, done, err := benchdb.Migrated(ctx, adminURL)
 	if err != nil {
 		return err
@@ -119,12 +185,27 @@ func run(adminURL string, clients, orgs, devicesPerOrg, rate int, duration time.
 	defer b.Close()
 
 	// Info level, as in production (a stream's access line is written
-	// when it ends, outside what is measured).
+	// when it ends, outside what is measured). The embedded broker's
+	// address is read from its start-up line.
+	target := "api"
+	if viaMQTT {
+		target = "api,ingester"
+	}
+	var brokerAddr atomic.Value
 	proc, err := launch.Start([]string{"--database-url=" + dbURL, "--dev", "--public-url=" + publicURL,
-		"--target=api", "--kafka-brokers=" + kafka},
+		"--target=" + target, "--kafka-brokers=" + kafka},
 		func(line string) {
-			if strings.Contains(line, `"level":"ERROR"`) {
+			// (not_ready: launch's polls of /readyz before it was ready)
+			if strings.Contains(line, `"level":"ERROR"`) && !strings.Contains(line, `"code":"not_ready"`) {
 				fmt.Fprintln(os.Stderr, line)
+			}
+			if strings.Contains(line, `"concern":"device mqtt"`) {
+				var rec struct {
+					Listen string `json:"listen"`
+				}
+				if json.Unmarshal([]byte(line), &rec) == nil && rec.Listen != "" {
+					brokerAddr.Store(rec.Listen)
+				}
 			}
 		})
 	if err != nil {
@@ -143,39 +224,100 @@ func run(adminURL string, clients, orgs, devicesPerOrg, rate int, duration time.
 	}
 
 	fmt.Printf("seeding %d organisations with an API key each...\n", orgs)
-	type orgInfo struct{ id, key string }
+	type orgInfo struct{ id, key, provKey string }
 	infos := make([]orgInfo, orgs)
-	var seedErr atomic.Value
-	var wg sync.WaitGroup
-	next := atomic.Int64{}
-	for range 8 {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= orgs {
-					return
-				}
-				id, err := postJSON(proc.URL+"/v1/orgs", token, map[string]any{"name": fmt.Sprintf("org-%d", i)}, "id")
-				if err == nil {
-					infos[i].id = id
-					infos[i].key, err = postJSON(proc.URL+"/v1/orgs/"+id+"/api-keys", token, map[string]any{"name": "dash", "role": "viewer"}, "secret")
-				}
-				if err != nil {
-					seedErr.Store(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if err, ok := seedErr.Load().(error); ok {
+	err = parallel(orgs, func(i int) error {
+		id, err := postJSON(proc.URL+"/v1/orgs", token, map[string]any{"name": fmt.Sprintf("org-%d", i)}, "id")
+		if err != nil {
+			return err
+		}
+		infos[i].id = id
+		if infos[i].key, err = postJSON(proc.URL+"/v1/orgs/"+id+"/api-keys", token, map[string]any{"name": "dash", "role": "viewer"}, "secret"); err != nil {
+			return err
+		}
+		if !viaMQTT {
+			return nil
+		}
+		fleet, err := postJSON(proc.URL+"/v1/orgs/"+id+"/fleets", token, map[string]any{"name": "fleet", "architecture": "amd64"}, "id")
+		if err != nil {
+			return err
+		}
+		infos[i].provKey, err = postJSON(proc.URL+"/v1/fleets/"+fleet+"/provisioning-keys", token, map[string]any{"name": "devices"}, "secret")
+		return err
+	})
+	if err != nil {
 		return err
 	}
-	// Each organisation's devices (state records need only their ids).
+	// Each organisation's devices: with -source kafka, ids (state records
+	// need only those); with -source mqtt, registered and connected.
 	devs := make([][]string, orgs)
-	for i := range devs {
-		for range devicesPerOrg {
-			devs[i] = append(devs[i], uuid.NewString())
+	var dp *devicesProc
+	var warm deviceCounts // the devices' counts after the warm-up
+	if viaMQTT {
+		addr, _ := brokerAddr.Load().(string)
+		if addr == "" {
+			return errors.New("the embedded MQTT broker's address is not in flock-api's log")
+		}
+		n := orgs * devicesPerOrg
+		fmt.Printf("registering %d devices (%d per organisation)...\n", n, devicesPerOrg)
+		began := time.Now()
+		creds, err := registerDevices(ctx, proc.URL, orgs, devicesPerOrg, func(o int) string { return infos[o].provKey })
+		if err != nil {
+			return err
+		}
+		var dplan strings.Builder
+		for o := range creds {
+			for k, c := range creds[o] {
+				devs[o] = append(devs[o], c.id.String())
+				fmt.Fprintf(&dplan, "%d %d %s %s\n", o, k, c.id, c.token)
+			}
+		}
+		fmt.Printf("%d devices registered with tokens in %s; connecting them to the embedded broker at %s from a child process...\n",
+			n, time.Since(began).Round(time.Millisecond), addr)
+		dplanFile, err := os.CreateTemp("", "bench-streams-devices-*")
+		if err != nil {
+			return err
+		}
+		defer os.Remove(dplanFile.Name())
+		if _, err := dplanFile.WriteString(dplan.String()); err != nil {
+			return err
+		}
+		dplanFile.Close()
+		began = time.Now()
+		if dp, err = startDevices(dplanFile.Name(), addr); err != nil {
+			return err
+		}
+		defer dp.kill()
+		if err := dp.waitReady(); err != nil {
+			return err
+		}
+		fmt.Printf("%d devices connected in %s\n", n, time.Since(began).Round(time.Millisecond))
+		// A device that changes state has reported one before: each
+		// reports its first now, at the rate, before the streams open (a
+		// first report also changes the device's row in PostgreSQL the
+		// most: release, summary counters).
+		all := make([]event, 0, n)
+		for o := range orgs {
+			for k := range devicesPerOrg {
+				all = append(all, event{org: o, dev: k})
+			}
+		}
+		for chunk := range slices.Chunk(all, max(1, rate/100)) {
+			if err := dp.publish(chunk); err != nil {
+				return err
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if warm, err = dp.counts(); err != nil {
+			return err
+		}
+		time.Sleep(2 * time.Second) // the ingester's writes after the PUBACKs
+		fmt.Printf("warm-up: every device reported its first state (%d acknowledged, %d refused, %d failed)\n", warm.Acked, warm.Refused, warm.Failed)
+	} else {
+		for i := range devs {
+			for range devicesPerOrg {
+				devs[i] = append(devs[i], uuid.NewString())
+			}
 		}
 	}
 	perOrg := clients / orgs
@@ -195,14 +337,17 @@ func run(adminURL string, clients, orgs, devicesPerOrg, rate int, duration time.
 	}
 	planFile.Close()
 
-	// The events, the same for both sides: org index and device per event.
-	mkEvent := func(r *rand.Rand) (int, string) {
-		o := r.IntN(orgs)
-		return o, devs[o][r.IntN(devicesPerOrg)]
+	// The events, the same for both sides: org index and device index.
+	mkEvent := func(r *rand.Rand) (int, int) {
+		return r.IntN(orgs), r.IntN(devicesPerOrg)
 	}
 
-	fmt.Printf("\n== flock-api: %d SSE clients over %d organisations (%d each), %d state changes/s for %s\n",
-		clients, orgs, perOrg, rate, duration)
+	via := "records put on Kafka (flock.device.state.v1)"
+	if viaMQTT {
+		via = fmt.Sprintf("published over MQTT by %d devices (%.2f/s each)", orgs*devicesPerOrg, float64(rate)/float64(orgs*devicesPerOrg))
+	}
+	fmt.Printf("\n== flock-api (--target=%s): %d SSE clients over %d organisations (%d each), %d state changes/s for %s, %s\n",
+		target, clients, orgs, perOrg, rate, duration, via)
 	before := serverMem()
 	c, err := startClients(planFile.Name(), proc.URL)
 	if err != nil {
@@ -219,13 +364,22 @@ func run(adminURL string, clients, orgs, devicesPerOrg, rate int, duration time.
 		perStream/1024, float64(after.heap-before.heap)/float64(clients)/1024, float64(after.stack-before.stack)/float64(clients)/1024,
 		(after.goroutines-before.goroutines+clients/2)/clients)
 
-	published, cpu, err := publish(rate, duration, mkEvent, func(evs []event) error {
-		recs := make([]bus.Record, len(evs))
-		for i, e := range evs {
-			recs[i] = bus.Record{Topic: bus.TopicDeviceState, Key: []byte(e.device), Value: stateRecord(infos[e.org].id, e.device, e.pub)}
+	var send func([]event) error
+	drain := 2 * time.Second
+	if viaMQTT {
+		drain = 3 * time.Second
+		send = dp.publish
+	} else {
+		send = func(evs []event) error {
+			recs := make([]bus.Record, len(evs))
+			for i, e := range evs {
+				dev := devs[e.org][e.dev]
+				recs[i] = bus.Record{Topic: bus.TopicDeviceState, Key: []byte(dev), Value: stateRecord(infos[e.org].id, dev, e.pub)}
+			}
+			return b.Publish(ctx, recs...)
 		}
-		return b.Publish(ctx, recs...)
-	}, c)
+	}
+	published, cpu, err := publish(rate, duration, drain, mkEvent, send, c)
 	if err != nil {
 		return err
 	}
@@ -233,7 +387,17 @@ func run(adminURL string, clients, orgs, devicesPerOrg, rate int, duration time.
 	if err != nil {
 		return err
 	}
-	report("flock-api", api, published*int64(perOrg), duration, cpu)
+	from := "Kafka publish"
+	if viaMQTT {
+		from = "MQTT publish"
+		st, err := dp.stop()
+		if err != nil {
+			return err
+		}
+		fmt.Printf("MQTT: %d states published at QoS 1: %d acknowledged, %d refused by the broker, %d failed; devices' process CPU %.1fs (not counted below)\n",
+			published, st.Acked-warm.Acked, st.Refused-warm.Refused, st.Failed-warm.Failed, (st.CPU - warm.CPU).Seconds())
+	}
+	report("flock-api", from, api, published*int64(perOrg), duration, cpu)
 	// The server's side of the streams is noticed gone only at its next
 	// write; stopping it frees those sockets now (the file limit is 20,000
 	// here, and the bare side needs 10,000 more).
@@ -252,9 +416,9 @@ func run(adminURL string, clients, orgs, devicesPerOrg, rate int, duration time.
 	if err := c.waitReady(); err != nil {
 		return err
 	}
-	published, bcpu, err := publish(rate, duration, mkEvent, func(evs []event) error {
+	published, bcpu, err := publish(rate, duration, 2*time.Second, mkEvent, func(evs []event) error {
 		for _, e := range evs {
-			bare.send(e.org, sseFrame(infos[e.org].id, e.device, e.pub))
+			bare.send(e.org, sseFrame(infos[e.org].id, devs[e.org][e.dev], e.pub))
 		}
 		return nil
 	}, c)
@@ -265,12 +429,344 @@ func run(adminURL string, clients, orgs, devicesPerOrg, rate int, duration time.
 	if err != nil {
 		return err
 	}
-	report("bare loop", bareRes, published*int64(perOrg), duration, bcpu)
+	report("bare loop", "write", bareRes, published*int64(perOrg), duration, bcpu)
 	fmt.Printf("\nratio flock-api / bare loop: delivered %.2f, server CPU per delivered event %.2f\n",
 		float64(api.Received)/math.Max(1, float64(bareRes.Received)),
 		(cpu.Seconds()/math.Max(1, float64(api.Received)))/math.Max(1e-12, bcpu.Seconds()/math.Max(1, float64(bareRes.Received))))
 	return nil
 }
+
+// parallel runs f for 0..n-1 on 8 goroutines and returns the first error.
+func parallel(n int, f func(int) error) error { return parallelN(8, n, f) }
+
+// parallelN runs f for 0..n-1 on workers goroutines and returns the first error.
+func parallelN(workers, n int, f func(int) error) error {
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	next := atomic.Int64{}
+	for range workers {
+		wg.Go(func() {
+			for firstErr.Load() == nil {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if err := f(i); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err, ok := firstErr.Load().(error); ok {
+		return err
+	}
+	return nil
+}
+
+// --- the MQTT devices ---
+
+type deviceCred struct {
+	id    uuid.UUID
+	token string
+}
+
+// registerDevices registers devicesPerOrg devices in each organisation's
+// fleet and gets each a device token.
+func registerDevices(ctx context.Context, apiURL string, orgs, devicesPerOrg int, provKey func(int) string) ([][]deviceCred, error) {
+	api, err := client.NewClientWithResponses(apiURL, client.WithHTTPClient(&http.Client{
+		Transport: &http.Transport{MaxIdleConnsPerHost: 16}, Timeout: 30 * time.Second}))
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]deviceCred, orgs)
+	for o := range out {
+		out[o] = make([]deviceCred, devicesPerOrg)
+	}
+	err = parallel(orgs*devicesPerOrg, func(i int) error {
+		o, k := i/devicesPerOrg, i%devicesPerOrg
+		id := uuid.New()
+		tok, err := registerDevice(ctx, api, provKey(o), id, fmt.Sprintf("dev-%d", k))
+		if err != nil {
+			return fmt.Errorf("device %d of organisation %d: %w", k, o, err)
+		}
+		out[o][k] = deviceCred{id: id, token: tok}
+		return nil
+	})
+	return out, err
+}
+
+// registerDevice registers a device with its own Ed25519 key and trades a
+// signed assertion for its token, the calls internal/simulate's devices
+// make (POST /device/v1/register, POST /device/v1/token).
+func registerDevice(ctx context.Context, api *client.ClientWithResponses, provKey string, id uuid.UUID, name string) (string, error) {
+	pub, priv, err := ed25519.GenerateKey(crand.Reader)
+	if err != nil {
+		return "", err
+	}
+	resp, err := api.DeviceRegisterWithResponse(ctx, client.DeviceRegister{
+		ProvisioningKey: provKey, Uuid: id, PublicKey: base64.RawURLEncoding.EncodeToString(pub),
+		Name: name, DeviceType: "simulated",
+	})
+	if err != nil {
+		return "", fmt.Errorf("POST /device/v1/register: %w", err)
+	}
+	if resp.JSON201 == nil {
+		return "", fmt.Errorf("POST /device/v1/register: %d %s", resp.StatusCode(), resp.Body)
+	}
+	assertion, err := devicetoken.SignAssertion(priv, id, resp.JSON201.TokenEndpoint, time.Minute)
+	if err != nil {
+		return "", err
+	}
+	tr, err := api.DeviceTokenWithResponse(ctx, client.DeviceTokenRequest{Assertion: assertion})
+	if err != nil {
+		return "", fmt.Errorf("POST /device/v1/token: %w", err)
+	}
+	if tr.JSON200 == nil {
+		return "", fmt.Errorf("POST /device/v1/token: %d %s", tr.StatusCode(), tr.Body)
+	}
+	return tr.JSON200.AccessToken, nil
+}
+
+// devicesProc is the child process holding the devices' MQTT connections:
+// it connects them all and says READY, publishes a state for each "org
+// device" line it reads, on COUNTS waits for the PUBACKs and prints its
+// counts, and on STOP does the same and disconnects the devices.
+type devicesProc struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Reader
+	buf []byte
+}
+
+type deviceCounts struct {
+	Acked, Refused, Failed int64
+	CPU                    time.Duration
+}
+
+func startDevices(plan, brokerAddr string) (*devicesProc, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, "-devices-child", plan)
+	cmd.Env = append(os.Environ(), "BENCH_MQTT="+brokerAddr)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return &devicesProc{cmd: cmd, in: in, out: bufio.NewReader(out)}, nil
+}
+
+func (p *devicesProc) waitReady() error {
+	line, err := p.out.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("devices process: %w", err)
+	}
+	if !strings.HasPrefix(line, "READY") {
+		return fmt.Errorf("devices process: %s", line)
+	}
+	return nil
+}
+
+// publish has the devices of evs publish their next state, in one write.
+func (p *devicesProc) publish(evs []event) error {
+	p.buf = p.buf[:0]
+	for _, e := range evs {
+		p.buf = strconv.AppendInt(p.buf, int64(e.org), 10)
+		p.buf = append(p.buf, ' ')
+		p.buf = strconv.AppendInt(p.buf, int64(e.dev), 10)
+		p.buf = append(p.buf, '\n')
+	}
+	_, err := p.in.Write(p.buf)
+	return err
+}
+
+// counts waits for the PUBACKs of what was published and returns the
+// counts so far.
+func (p *devicesProc) counts() (deviceCounts, error) { return p.ask("COUNTS") }
+
+func (p *devicesProc) ask(cmd string) (deviceCounts, error) {
+	var c deviceCounts
+	if _, err := io.WriteString(p.in, cmd+"\n"); err != nil {
+		return c, err
+	}
+	line, err := p.out.ReadString('\n')
+	if err != nil {
+		return c, fmt.Errorf("devices process: %w", err)
+	}
+	if err := json.Unmarshal([]byte(line), &c); err != nil {
+		return c, fmt.Errorf("devices process: %q: %w", line, err)
+	}
+	return c, nil
+}
+
+func (p *devicesProc) stop() (deviceCounts, error) {
+	c, err := p.ask("STOP")
+	if err != nil {
+		return c, err
+	}
+	p.in.Close()
+	return c, p.cmd.Wait()
+}
+
+// kill ends the child if it is still there (a run that failed half way).
+func (p *devicesProc) kill() {
+	if p.cmd.ProcessState == nil {
+		_ = p.cmd.Process.Kill()
+		_ = p.cmd.Wait()
+	}
+}
+
+// mqttDevice is one device's connection in the devices' process: plain
+// paho (no autopaho: nothing reconnects during a run, and thousands of
+// them stay light), and the simulator's payloads.
+type mqttDevice struct {
+	id       uuid.UUID
+	conn     *paho.Client
+	mu       sync.Mutex // one publish at a time, so seq increases on the wire
+	payloads *simulate.Payloads
+	topic    string
+}
+
+// runDevices is the devices' process (see devicesProc).
+func runDevices(planPath string) error {
+	raw, err := os.ReadFile(planPath)
+	if err != nil {
+		return err
+	}
+	addr := os.Getenv("BENCH_MQTT")
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	var devs [][]*mqttDevice
+	for _, l := range lines {
+		f := strings.Fields(l)
+		o, _ := strconv.Atoi(f[0])
+		for len(devs) <= o {
+			devs = append(devs, nil)
+		}
+		devs[o] = append(devs[o], nil)
+	}
+	// The release every state reports running, with one service.
+	release := uuid.MustParse("8e9d3c1a-52b4-4c0e-9a51-0d1f3b1c2a77")
+	ctx := context.Background()
+	err = parallelN(32, len(lines), func(i int) error {
+		f := strings.Fields(lines[i])
+		o, _ := strconv.Atoi(f[0])
+		k, _ := strconv.Atoi(f[1])
+		id, err := uuid.Parse(f[2])
+		if err != nil {
+			return err
+		}
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		rm := uint16(16)
+		pc := paho.NewClient(paho.ClientConfig{Conn: conn, ClientID: id.String()})
+		ca, err := pc.Connect(ctx, &paho.Connect{
+			ClientID: id.String(), CleanStart: true, KeepAlive: 60,
+			UsernameFlag: true, Username: id.String(), PasswordFlag: true, Password: []byte(f[3]),
+			Properties: &paho.ConnectProperties{ReceiveMaximum: &rm},
+		})
+		if err != nil {
+			conn.Close()
+			return fmt.Errorf("MQTT connect of %s: %w", id, err)
+		}
+		if ca.ReasonCode != 0 {
+			conn.Close()
+			return fmt.Errorf("MQTT connect of %s refused: %#x", id, ca.ReasonCode)
+		}
+		p := simulate.NewPayloads(id, uint64(i+1))
+		p.SetRunning(release, []string{"app"})
+		devs[o][k] = &mqttDevice{id: id, conn: pc, payloads: p, topic: devicetopic.Topic(id, devicetopic.State)}
+		return nil
+	})
+	if err != nil {
+		fmt.Println("ERROR", err)
+		return err
+	}
+	fmt.Println("READY")
+	cpu0 := cpuTime()
+	var c struct{ acked, refused, failed atomic.Int64 }
+	var wg sync.WaitGroup
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		line := in.Text()
+		if line == "STOP" || line == "COUNTS" {
+			wg.Wait()
+			out, _ := json.Marshal(deviceCounts{Acked: c.acked.Load(), Refused: c.refused.Load(), Failed: c.failed.Load(), CPU: cpuTime() - cpu0})
+			fmt.Println(string(out))
+			if line == "STOP" {
+				break
+			}
+			continue
+		}
+		os_, ds, _ := strings.Cut(line, " ")
+		o, _ := strconv.Atoi(os_)
+		k, _ := strconv.Atoi(ds)
+		d := devs[o][k]
+		wg.Go(func() {
+			switch err := d.publishState(ctx); {
+			case errors.Is(err, errRefused):
+				c.refused.Add(1)
+			case err != nil:
+				c.failed.Add(1)
+			default:
+				c.acked.Add(1)
+			}
+		})
+	}
+	for _, ds := range devs {
+		for _, d := range ds {
+			_ = d.conn.Disconnect(&paho.Disconnect{ReasonCode: 0})
+		}
+	}
+	return nil
+}
+
+var errRefused = errors.New("refused by the broker")
+
+// publishState publishes the device's next reported state at QoS 1 and
+// waits for its PUBACK. The state is the simulator's, its os_version
+// carrying the time just before the publish.
+func (d *mqttDevice) publishState(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var s events.ReportedState
+	if err := json.Unmarshal(d.payloads.State(), &s); err != nil {
+		return err
+	}
+	s.OsVersion = osVersion(time.Now().UnixNano())
+	payload, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	pr, err := d.conn.Publish(pctx, &paho.Publish{Topic: d.topic, QoS: 1, Payload: payload})
+	switch {
+	case err != nil:
+		return err
+	case pr != nil && pr.ReasonCode >= 0x80:
+		return fmt.Errorf("%w: %#x", errRefused, pr.ReasonCode)
+	}
+	return nil
+}
+
+// pubMarker precedes the publish time (Unix nanoseconds) in a state's
+// os_version, where the clients look for it.
+const pubMarker = "bench-pub-"
+
+func osVersion(pub int64) string { return "flockOS 1.4.2 " + pubMarker + strconv.FormatInt(pub, 10) }
 
 type mem struct {
 	heap, stack uint64
@@ -293,15 +789,15 @@ func serverMem() mem {
 }
 
 type event struct {
-	org    int
-	device string
-	pub    int64
+	org, dev int   // indices
+	pub      int64 // Unix nanoseconds (-source mqtt: the device stamps its own)
 }
 
 // publish sends rate events/s for d in 10ms ticks, the clients counting
-// from the first; it returns how many it sent and this process's CPU time
-// meanwhile (the server's work, and the publishing).
-func publish(rate int, d time.Duration, mk func(*rand.Rand) (int, string), send func([]event) error, c *clientProc) (int64, time.Duration, error) {
+// from the first, then waits drain for the last events to arrive. It
+// returns how many it sent and this process's CPU time meanwhile (the
+// server's work, and with -source kafka the publishing).
+func publish(rate int, d, drain time.Duration, mk func(*rand.Rand) (int, int), send func([]event) error, c *clientProc) (int64, time.Duration, error) {
 	if err := c.command("GO"); err != nil {
 		return 0, 0, err
 	}
@@ -316,7 +812,7 @@ func publish(rate int, d time.Duration, mk func(*rand.Rand) (int, string), send 
 			evs := make([]event, want-sent)
 			for i := range evs {
 				o, dev := mk(r)
-				evs[i] = event{org: o, device: dev, pub: time.Now().UnixNano()}
+				evs[i] = event{org: o, dev: dev, pub: time.Now().UnixNano()}
 			}
 			if err := send(evs); err != nil {
 				return 0, 0, err
@@ -326,7 +822,7 @@ func publish(rate int, d time.Duration, mk func(*rand.Rand) (int, string), send 
 		time.Sleep(tick - time.Since(now)%tick)
 	}
 	// Let the last events arrive.
-	time.Sleep(2 * time.Second)
+	time.Sleep(drain)
 	return sent, cpuTime() - cpu0, nil
 }
 
@@ -336,9 +832,12 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// stateRecord is a flock.device.state.v1 record as the ingester writes it,
+// its state valid for the ReportedState schema, the publish time in its
+// os_version.
 func stateRecord(org, device string, pub int64) []byte {
-	return fmt.Appendf(nil, `{"device_id":%q,"org_id":%q,"fleet_id":%q,"received_at":%q,"state":{"seq":%d,"os_version":"flockOS 1.2","agent_version":"1.1.0","services":{"app":{"status":"running","release_id":"8e9d3c1a-52b4-4c0e-9a51-0d1f3b1c2a77"}},"pub":%d}}`,
-		device, org, org, time.Now().UTC().Format(time.RFC3339Nano), pub%1000, pub)
+	return fmt.Appendf(nil, `{"device_id":%q,"org_id":%q,"fleet_id":%q,"received_at":%q,"state":{"seq":%d,"services":[{"name":"app","status":"running"}],"os_version":%q,"agent_version":"flock-simulate 1.1.0","ip_addresses":["10.1.2.3"],"running_release_id":"8e9d3c1a-52b4-4c0e-9a51-0d1f3b1c2a77"}}`,
+		device, org, org, time.Now().UTC().Format(time.RFC3339Nano), pub/1000, osVersion(pub))
 }
 
 // sseFrame is what the bare loop writes: a frame of the same shape and
@@ -351,12 +850,12 @@ func sseFrame(org, device string, pub int64) []byte {
 	return []byte("id: " + id + "\nevent: device.state\ndata: " + doc + "\n\n")
 }
 
-func report(name string, r result, expected int64, d time.Duration, cpu time.Duration) {
+func report(name, from string, r result, expected int64, d time.Duration, cpu time.Duration) {
 	fmt.Printf("%s: delivered %d of %d expected events (%.1f%%), %.0f/s of %.0f/s; errors %d\n",
 		name, r.Received, expected, 100*float64(r.Received)/math.Max(1, float64(expected)),
 		float64(r.Received)/d.Seconds(), float64(expected)/d.Seconds(), r.Errors)
-	fmt.Printf("%s: latency publish -> client p50 %s, p99 %s, max %s; server process CPU %.1fs (%.1f µs per delivered event)\n",
-		name, r.P50, r.P99, r.Max, cpu.Seconds(), float64(cpu.Microseconds())/math.Max(1, float64(r.Received)))
+	fmt.Printf("%s: latency %s -> client receipt p50 %s, p99 %s, max %s; server process CPU %.1fs (%.1f µs per delivered event)\n",
+		name, from, r.P50, r.P99, r.Max, cpu.Seconds(), float64(cpu.Microseconds())/math.Max(1, float64(r.Received)))
 }
 
 func postJSON(url, token string, body any, field string) (string, error) {
@@ -580,12 +1079,15 @@ func runClients(planPath string) error {
 				if !bytes.HasPrefix(line, []byte("data: ")) || !counting.Load() {
 					continue
 				}
-				i := bytes.LastIndex(line, []byte(`"pub":`))
+				i := bytes.LastIndex(line, []byte(pubMarker))
 				if i < 0 {
 					continue
 				}
-				rest := line[i+6:]
-				j := bytes.IndexAny(rest, "},")
+				rest := line[i+len(pubMarker):]
+				j := 0
+				for j < len(rest) && rest[j] >= '0' && rest[j] <= '9' {
+					j++
+				}
 				pub, err := strconv.ParseInt(string(rest[:j]), 10, 64)
 				if err != nil {
 					continue
