@@ -69,34 +69,45 @@ LIMIT @max_rows;
 SELECT org_id, fleet_id FROM devices WHERE id = $1;
 
 -- name: DevicesApplyConnectivity :execrows
+-- Like every batch update of devices here, it first locks its rows in id
+-- order (the MATERIALIZED "locked" step): two ingester connections may
+-- write batches naming the same devices in different orders, and rows
+-- locked in the order each batch happened to list them deadlocked.
 -- The ingester's batch of connectivity changes, one row per device at most
 -- (parallel arrays, zipped by the parallel unnests). A row applies only when
 -- its key is above the stored one (livestate.ConnSeq order), so a late or
 -- redelivered event of an older connection changes nothing; last_seen_at
 -- never moves back. Returns how many devices changed.
+WITH c AS (SELECT unnest(@ids::uuid[]) AS id, unnest(@keys::bigint[]) AS key,
+                  unnest(@connected::bool[]) AS connected, unnest(@ats::timestamptz[]) AS at),
+locked AS MATERIALIZED (SELECT id FROM devices WHERE id IN (SELECT id FROM c) ORDER BY id FOR NO KEY UPDATE)
 UPDATE devices d
 SET connection_key = c.key, connected = c.connected, last_seen_at = greatest(d.last_seen_at, c.at)
-FROM (SELECT unnest(@ids::uuid[]) AS id, unnest(@keys::bigint[]) AS key,
-             unnest(@connected::bool[]) AS connected, unnest(@ats::timestamptz[]) AS at) AS c
-WHERE d.id = c.id AND (d.connection_key IS NULL OR d.connection_key < c.key);
+FROM c
+WHERE d.id = c.id AND d.id IN (SELECT id FROM locked) AND (d.connection_key IS NULL OR d.connection_key < c.key);
 
 -- name: DevicesTouch :exec
 -- Marks devices seen at the given times (one row per device at most) without
 -- ever moving last_seen_at back; rows it would not change are not written.
+WITH c AS (SELECT unnest(@ids::uuid[]) AS id, unnest(@ats::timestamptz[]) AS at),
+locked AS MATERIALIZED (SELECT d.id FROM devices d JOIN c ON c.id = d.id
+                        WHERE d.last_seen_at IS NULL OR d.last_seen_at < c.at ORDER BY d.id FOR NO KEY UPDATE OF d)
 UPDATE devices d
 SET last_seen_at = greatest(coalesce(d.last_seen_at, c.at), c.at)
-FROM (SELECT unnest(@ids::uuid[]) AS id, unnest(@ats::timestamptz[]) AS at) AS c
-WHERE d.id = c.id AND (d.last_seen_at IS NULL OR d.last_seen_at < c.at);
+FROM c
+WHERE d.id = c.id AND d.id IN (SELECT id FROM locked) AND (d.last_seen_at IS NULL OR d.last_seen_at < c.at);
 
 -- name: DevicesApplyState :exec
 -- The ingester's batch of reported states, one row per device at most
 -- (parallel arrays, zipped by the parallel unnests). A row applies only when
 -- its seq is above the stored one, the rule DeviceReport applies to HTTP.
 -- A running_release_ids entry of '' means the state named none.
+WITH c AS (SELECT unnest(@ids::uuid[]) AS id, unnest(@seqs::bigint[]) AS seq, unnest(@reported::text[])::jsonb AS reported,
+                  nullif(unnest(@running_release_ids::text[]), '')::uuid AS running_release_id, unnest(@os_versions::text[]) AS os_version,
+                  unnest(@agent_versions::text[]) AS agent_version, unnest(@ats::timestamptz[]) AS at),
+locked AS MATERIALIZED (SELECT id FROM devices WHERE id IN (SELECT id FROM c) ORDER BY id FOR NO KEY UPDATE)
 UPDATE devices d
 SET reported = c.reported, reported_seq = c.seq, reported_at = c.at,
     running_release_id = c.running_release_id, os_version = c.os_version, agent_version = c.agent_version
-FROM (SELECT unnest(@ids::uuid[]) AS id, unnest(@seqs::bigint[]) AS seq, unnest(@reported::text[])::jsonb AS reported,
-             nullif(unnest(@running_release_ids::text[]), '')::uuid AS running_release_id, unnest(@os_versions::text[]) AS os_version,
-             unnest(@agent_versions::text[]) AS agent_version, unnest(@ats::timestamptz[]) AS at) AS c
-WHERE d.id = c.id AND (d.reported_seq IS NULL OR d.reported_seq < c.seq);
+FROM c
+WHERE d.id = c.id AND d.id IN (SELECT id FROM locked) AND (d.reported_seq IS NULL OR d.reported_seq < c.seq);

@@ -379,11 +379,13 @@ func (q *Queries) DeviceUpdate(ctx context.Context, arg DeviceUpdateParams) (Dev
 }
 
 const devicesApplyConnectivity = `-- name: DevicesApplyConnectivity :execrows
+WITH c AS (SELECT unnest($1::uuid[]) AS id, unnest($2::bigint[]) AS key,
+                  unnest($3::bool[]) AS connected, unnest($4::timestamptz[]) AS at),
+locked AS MATERIALIZED (SELECT id FROM devices WHERE id IN (SELECT id FROM c) ORDER BY id FOR NO KEY UPDATE)
 UPDATE devices d
 SET connection_key = c.key, connected = c.connected, last_seen_at = greatest(d.last_seen_at, c.at)
-FROM (SELECT unnest($1::uuid[]) AS id, unnest($2::bigint[]) AS key,
-             unnest($3::bool[]) AS connected, unnest($4::timestamptz[]) AS at) AS c
-WHERE d.id = c.id AND (d.connection_key IS NULL OR d.connection_key < c.key)
+FROM c
+WHERE d.id = c.id AND d.id IN (SELECT id FROM locked) AND (d.connection_key IS NULL OR d.connection_key < c.key)
 `
 
 type DevicesApplyConnectivityParams struct {
@@ -393,6 +395,10 @@ type DevicesApplyConnectivityParams struct {
 	Ats       []time.Time
 }
 
+// Like every batch update of devices here, it first locks its rows in id
+// order (the MATERIALIZED "locked" step): two ingester connections may
+// write batches naming the same devices in different orders, and rows
+// locked in the order each batch happened to list them deadlocked.
 // The ingester's batch of connectivity changes, one row per device at most
 // (parallel arrays, zipped by the parallel unnests). A row applies only when
 // its key is above the stored one (livestate.ConnSeq order), so a late or
@@ -412,13 +418,15 @@ func (q *Queries) DevicesApplyConnectivity(ctx context.Context, arg DevicesApply
 }
 
 const devicesApplyState = `-- name: DevicesApplyState :exec
+WITH c AS (SELECT unnest($1::uuid[]) AS id, unnest($2::bigint[]) AS seq, unnest($3::text[])::jsonb AS reported,
+                  nullif(unnest($4::text[]), '')::uuid AS running_release_id, unnest($5::text[]) AS os_version,
+                  unnest($6::text[]) AS agent_version, unnest($7::timestamptz[]) AS at),
+locked AS MATERIALIZED (SELECT id FROM devices WHERE id IN (SELECT id FROM c) ORDER BY id FOR NO KEY UPDATE)
 UPDATE devices d
 SET reported = c.reported, reported_seq = c.seq, reported_at = c.at,
     running_release_id = c.running_release_id, os_version = c.os_version, agent_version = c.agent_version
-FROM (SELECT unnest($1::uuid[]) AS id, unnest($2::bigint[]) AS seq, unnest($3::text[])::jsonb AS reported,
-             nullif(unnest($4::text[]), '')::uuid AS running_release_id, unnest($5::text[]) AS os_version,
-             unnest($6::text[]) AS agent_version, unnest($7::timestamptz[]) AS at) AS c
-WHERE d.id = c.id AND (d.reported_seq IS NULL OR d.reported_seq < c.seq)
+FROM c
+WHERE d.id = c.id AND d.id IN (SELECT id FROM locked) AND (d.reported_seq IS NULL OR d.reported_seq < c.seq)
 `
 
 type DevicesApplyStateParams struct {
@@ -449,10 +457,13 @@ func (q *Queries) DevicesApplyState(ctx context.Context, arg DevicesApplyStatePa
 }
 
 const devicesTouch = `-- name: DevicesTouch :exec
+WITH c AS (SELECT unnest($1::uuid[]) AS id, unnest($2::timestamptz[]) AS at),
+locked AS MATERIALIZED (SELECT d.id FROM devices d JOIN c ON c.id = d.id
+                        WHERE d.last_seen_at IS NULL OR d.last_seen_at < c.at ORDER BY d.id FOR NO KEY UPDATE OF d)
 UPDATE devices d
 SET last_seen_at = greatest(coalesce(d.last_seen_at, c.at), c.at)
-FROM (SELECT unnest($1::uuid[]) AS id, unnest($2::timestamptz[]) AS at) AS c
-WHERE d.id = c.id AND (d.last_seen_at IS NULL OR d.last_seen_at < c.at)
+FROM c
+WHERE d.id = c.id AND d.id IN (SELECT id FROM locked) AND (d.last_seen_at IS NULL OR d.last_seen_at < c.at)
 `
 
 type DevicesTouchParams struct {

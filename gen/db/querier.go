@@ -106,6 +106,10 @@ type Querier interface {
 	// What authenticating a device token needs: that the device still exists, and where it is now.
 	DeviceScope(ctx context.Context, id uuid.UUID) (DeviceScopeRow, error)
 	DeviceUpdate(ctx context.Context, arg DeviceUpdateParams) (Device, error)
+	// Like every batch update of devices here, it first locks its rows in id
+	// order (the MATERIALIZED "locked" step): two ingester connections may
+	// write batches naming the same devices in different orders, and rows
+	// locked in the order each batch happened to list them deadlocked.
 	// The ingester's batch of connectivity changes, one row per device at most
 	// (parallel arrays, zipped by the parallel unnests). A row applies only when
 	// its key is above the stored one (livestate.ConnSeq order), so a late or
