@@ -1,0 +1,586 @@
+package layerdelta
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+)
+
+// entry is one tar entry of a synthetic layer.
+type entry struct {
+	name string
+	typ  byte // 0 means regular file
+	body []byte
+	link string
+	pax  map[string]string
+	mode int64
+}
+
+type layerSpec struct {
+	format  tar.Format
+	entries []entry
+	pad     int // extra zero bytes after the archive (record padding)
+}
+
+var epoch = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+
+func buildTar(t testing.TB, spec layerSpec) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range spec.entries {
+		h := &tar.Header{
+			Name:       e.name,
+			Typeflag:   e.typ,
+			Linkname:   e.link,
+			Mode:       0o644,
+			ModTime:    epoch,
+			PAXRecords: e.pax,
+			Format:     spec.format,
+		}
+		if e.mode != 0 {
+			h.Mode = e.mode
+		}
+		if h.Typeflag == 0 {
+			h.Typeflag = tar.TypeReg
+		}
+		if h.Typeflag == tar.TypeReg {
+			h.Size = int64(len(e.body))
+		}
+		if h.Typeflag == tar.TypeDir {
+			h.Mode = 0o755
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatalf("header %s: %v", e.name, err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			if _, err := tw.Write(e.body); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	buf.Write(make([]byte, spec.pad))
+	return buf.Bytes()
+}
+
+func layersOf(tars ...[]byte) []Layer {
+	var ls []Layer
+	for _, b := range tars {
+		ls = append(ls, Layer{R: bytes.NewReader(b), Size: int64(len(b))})
+	}
+	return ls
+}
+
+// roundTrip diffs, applies and checks the rebuilt bytes; it returns the
+// stats and the patch.
+func roundTrip(t testing.TB, old [][]byte, newTar []byte) (Stats, []byte) {
+	t.Helper()
+	ctx := context.Background()
+	var patch bytes.Buffer
+	st, err := Diff(ctx, layersOf(old...), bytes.NewReader(newTar), &patch, nil)
+	if err != nil {
+		t.Fatalf("Diff: %v", err)
+	}
+	if st.PatchSize != int64(patch.Len()) {
+		t.Fatalf("Stats.PatchSize %d, wrote %d", st.PatchSize, patch.Len())
+	}
+	want := Digest(sha256.Sum256(newTar))
+	if st.Target != want || st.TargetSize != int64(len(newTar)) {
+		t.Fatalf("Stats target %s/%d, want %s/%d", st.Target, st.TargetSize, want, len(newTar))
+	}
+	var out bytes.Buffer
+	info, err := Apply(ctx, layersOf(old...), bytes.NewReader(patch.Bytes()), &out)
+	if err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	if !bytes.Equal(out.Bytes(), newTar) {
+		t.Fatalf("rebuilt tar differs (%d bytes, want %d)", out.Len(), len(newTar))
+	}
+	if info.Target != want || Digest(sha256.Sum256(out.Bytes())) != want {
+		t.Fatalf("diffID mismatch")
+	}
+	return st, patch.Bytes()
+}
+
+func randBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// text returns n bytes of line-structured, somewhat compressible text.
+func text(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, 7))
+	words := []string{"func", "return", "if", "err", "nil", "layer", "delta", "tar", "{", "}", "\n", "\t", "x", "y", ":=", "for", "range"}
+	var b bytes.Buffer
+	for b.Len() < n {
+		b.WriteString(words[r.IntN(len(words))])
+		b.WriteByte(' ')
+		if r.IntN(8) == 0 {
+			fmt.Fprintf(&b, "%d\n", r.Uint32())
+		}
+	}
+	return b.Bytes()[:n]
+}
+
+// edit returns a copy of b with a few small changes.
+func edit(b []byte, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, 11))
+	out := append([]byte(nil), b...)
+	for range 5 {
+		i := r.IntN(len(out))
+		out = append(out[:i], append([]byte(fmt.Sprintf("/* edit %d */", r.Uint32())), out[i:]...)...)
+	}
+	return out
+}
+
+func TestRoundTripSynthetic(t *testing.T) {
+	big := text(1, 200_000)
+	bigEdited := edit(big, 2)
+	random := randBytes(3, 50_000)
+	longName := "very/" + strings.Repeat("long-directory-name/", 12) + "file.txt"
+
+	base := layerSpec{entries: []entry{
+		{name: "etc/", typ: tar.TypeDir},
+		{name: "etc/config", body: []byte("a=1\nb=2\n")},
+		{name: "app/", typ: tar.TypeDir},
+		{name: "app/main.go", body: big},
+		{name: "app/blob.bin", body: random},
+		{name: "app/empty", body: nil},
+		{name: "app/old-name", body: text(4, 30_000)},
+		{name: "app/gone", body: text(5, 5_000)},
+	}}
+	baseTar := buildTar(t, base)
+
+	tests := []struct {
+		name  string
+		old   []layerSpec
+		new   layerSpec
+		check func(t *testing.T, st Stats)
+	}{
+		{
+			name: "unchanged",
+			old:  []layerSpec{base},
+			new:  base,
+			check: func(t *testing.T, st Stats) {
+				if st.RefFiles != st.Files || st.RawFiles+st.PatchedFiles != 0 {
+					t.Errorf("stats %+v: want every file a reference", st)
+				}
+				if st.PatchSize > 2000 {
+					t.Errorf("patch of an unchanged layer is %d bytes", st.PatchSize)
+				}
+			},
+		},
+		{
+			name: "changed",
+			old:  []layerSpec{base},
+			new: layerSpec{entries: []entry{
+				{name: "app/main.go", body: bigEdited},
+				{name: "etc/config", body: []byte("a=1\nb=3\n")},
+			}},
+			check: func(t *testing.T, st Stats) {
+				if st.PatchedFiles != 1 { // etc/config is too small to patch profitably
+					t.Errorf("stats %+v: want main.go patched", st)
+				}
+				if st.PatchBytes > 1000 {
+					t.Errorf("patch for 5 small edits is %d bytes", st.PatchBytes)
+				}
+			},
+		},
+		{
+			name: "added",
+			old:  []layerSpec{base},
+			new: layerSpec{entries: []entry{
+				{name: "app/new.bin", body: randBytes(9, 10_000)},
+				{name: "app/new.txt", body: text(10, 10_000)},
+			}},
+			check: func(t *testing.T, st Stats) {
+				if st.RawFiles != 2 {
+					t.Errorf("stats %+v: want 2 raw files", st)
+				}
+			},
+		},
+		{
+			name: "removed with whiteouts",
+			old:  []layerSpec{base},
+			new: layerSpec{entries: []entry{
+				{name: "app/.wh.gone", body: nil},
+				{name: "etc/.wh..wh..opq", body: nil},
+			}},
+		},
+		{
+			name: "renamed same content",
+			old:  []layerSpec{base},
+			new: layerSpec{entries: []entry{
+				{name: "app/.wh.old-name"},
+				{name: "app/new-name", body: text(4, 30_000)},
+				{name: "copy/of/blob", body: random},
+			}},
+			check: func(t *testing.T, st Stats) {
+				if st.RefFiles != 2 || st.RawBytes != 0 {
+					t.Errorf("stats %+v: want 2 references", st)
+				}
+			},
+		},
+		{
+			name: "whited-out old file is not a patch base",
+			old: []layerSpec{base, {entries: []entry{
+				{name: "app/.wh.main.go"},
+			}}},
+			new: layerSpec{entries: []entry{
+				{name: "app/main.go", body: bigEdited},
+			}},
+			check: func(t *testing.T, st Stats) {
+				if st.PatchedFiles != 0 || st.RawFiles != 1 {
+					t.Errorf("stats %+v: main.go was deleted in the old image; want raw", st)
+				}
+			},
+		},
+		{
+			name: "opaque directory hides lower files",
+			old: []layerSpec{base, {entries: []entry{
+				{name: "app/", typ: tar.TypeDir},
+				{name: "app/.wh..wh..opq"},
+				{name: "app/fresh", body: []byte("fresh")},
+			}}},
+			new: layerSpec{entries: []entry{
+				{name: "app/main.go", body: bigEdited},
+				{name: "app/fresh", body: []byte("fresh")},
+			}},
+			check: func(t *testing.T, st Stats) {
+				if st.PatchedFiles != 0 || st.RefFiles != 1 {
+					t.Errorf("stats %+v", st)
+				}
+			},
+		},
+		{
+			name: "whited-out content still serves as a reference",
+			old: []layerSpec{base, {entries: []entry{
+				{name: "app/.wh.blob.bin"},
+			}}},
+			new: layerSpec{entries: []entry{
+				{name: "app/blob.bin", body: random},
+			}},
+			check: func(t *testing.T, st Stats) {
+				if st.RefFiles != 1 {
+					t.Errorf("stats %+v", st)
+				}
+			},
+		},
+		{
+			name: "hardlinks and symlinks",
+			old: []layerSpec{{entries: []entry{
+				{name: "bin/tool", body: text(20, 40_000), mode: 0o755},
+				{name: "bin/alias", typ: tar.TypeLink, link: "bin/tool"},
+				{name: "bin/sym", typ: tar.TypeSymlink, link: "tool"},
+			}}},
+			new: layerSpec{entries: []entry{
+				{name: "bin/tool2", body: edit(text(20, 40_000), 3), mode: 0o755},
+				{name: "bin/alias", body: edit(text(20, 40_000), 4)}, // hardlink in old: patch against its target
+				{name: "bin/hl", typ: tar.TypeLink, link: "bin/tool2"},
+				{name: "bin/sym2", typ: tar.TypeSymlink, link: "../" + strings.Repeat("x", 150)},
+				{name: "dev/null", typ: tar.TypeChar},
+				{name: "run/fifo", typ: tar.TypeFifo},
+			}},
+			check: func(t *testing.T, st Stats) {
+				if st.PatchedFiles != 1 {
+					t.Errorf("stats %+v: want bin/alias patched", st)
+				}
+			},
+		},
+		{
+			name: "PAX long names and records",
+			old:  []layerSpec{{format: tar.FormatPAX, entries: []entry{{name: longName, body: big, pax: map[string]string{"SCHILY.xattr.user.k": "v"}}}}},
+			new: layerSpec{format: tar.FormatPAX, entries: []entry{
+				{name: longName, body: bigEdited, pax: map[string]string{"SCHILY.xattr.user.k": "w", "SCHILY.xattr.security.capability": "\x01\x00\x00\x02"}},
+				{name: longName + ".2", body: big},
+			}},
+			check: func(t *testing.T, st Stats) {
+				if st.PatchedFiles != 1 || st.RefFiles != 1 {
+					t.Errorf("stats %+v", st)
+				}
+			},
+		},
+		{
+			name: "GNU long names",
+			old:  []layerSpec{{format: tar.FormatGNU, entries: []entry{{name: longName, body: big}}}},
+			new: layerSpec{format: tar.FormatGNU, entries: []entry{
+				{name: longName, body: bigEdited},
+				{name: longName + "-link", typ: tar.TypeSymlink, link: longName},
+			}},
+			check: func(t *testing.T, st Stats) {
+				if st.PatchedFiles != 1 {
+					t.Errorf("stats %+v", st)
+				}
+			},
+		},
+		{
+			name: "empty files and empty layer",
+			old:  []layerSpec{{}, base},
+			new: layerSpec{entries: []entry{
+				{name: "a", body: nil}, {name: "app/empty", body: nil}, {name: "b/", typ: tar.TypeDir},
+			}},
+		},
+		{
+			name: "empty new layer",
+			old:  []layerSpec{base},
+			new:  layerSpec{},
+		},
+		{
+			name: "no old layers",
+			old:  nil,
+			new:  base,
+			check: func(t *testing.T, st Stats) {
+				if st.RefFiles != 0 || st.RawFiles != 5 { // 5 non-empty files
+					t.Errorf("stats %+v", st)
+				}
+			},
+		},
+		{
+			name: "file shadowed by a later old layer",
+			old: []layerSpec{
+				{entries: []entry{{name: "app/main.go", body: randBytes(30, 200_000)}}},
+				{entries: []entry{{name: "app/main.go", body: big}}},
+			},
+			new: layerSpec{entries: []entry{{name: "app/main.go", body: bigEdited}}},
+			check: func(t *testing.T, st Stats) {
+				if st.PatchedFiles != 1 || st.PatchBytes > 1000 {
+					t.Errorf("stats %+v: want a small patch against the upper version", st)
+				}
+			},
+		},
+		{
+			name: "record padding after the archive",
+			old:  []layerSpec{{entries: base.entries, pad: 10240 - len(baseTar)%10240}},
+			new:  layerSpec{entries: []entry{{name: "x", body: big}}, pad: 7000},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var old [][]byte
+			for _, l := range tc.old {
+				old = append(old, buildTar(t, l))
+			}
+			st, _ := roundTrip(t, old, buildTar(t, tc.new))
+			if tc.check != nil {
+				tc.check(t, st)
+			}
+		})
+	}
+}
+
+// goTree builds a layer of the files under dir (relative names prefixed by
+// prefix), applying edits: a nil value deletes a file, others replace it.
+func goTree(t testing.TB, dir, prefix string, edits map[string][]byte) []byte {
+	t.Helper()
+	var names []string
+	files := map[string][]byte{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !d.Type().IsRegular() {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		files[rel] = b
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range edits {
+		if v == nil {
+			delete(files, k)
+		} else {
+			files[k] = v
+		}
+	}
+	for k := range files {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, n := range names {
+		h := &tar.Header{Name: prefix + n, Mode: 0o644, Size: int64(len(files[n])), ModTime: epoch, Typeflag: tar.TypeReg, Format: tar.FormatPAX}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(files[n])
+	}
+	tw.Close()
+	return buf.Bytes()
+}
+
+// realPair builds two layers of a real source tree from GOROOT: the new one
+// with a few files edited, one added, one removed, one renamed.
+func realPair(t testing.TB, sub string) (oldTar, newTar []byte) {
+	t.Helper()
+	dir := filepath.Join(runtime.GOROOT(), "src", sub)
+	if _, err := os.Stat(dir); err != nil {
+		t.Skipf("no Go source tree at %s", dir)
+	}
+	var files []string
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() && strings.HasSuffix(p, ".go") {
+			rel, _ := filepath.Rel(dir, p)
+			files = append(files, rel)
+		}
+		return nil
+	})
+	sort.Strings(files)
+	if len(files) < 10 {
+		t.Skipf("too few files under %s", dir)
+	}
+	read := func(rel string) []byte {
+		b, err := os.ReadFile(filepath.Join(dir, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	edits := map[string][]byte{}
+	for i := 1; i <= 4; i++ { // edit 4 files spread over the tree
+		f := files[i*len(files)/5]
+		edits[f] = edit(read(f), uint64(i))
+	}
+	edits[files[0]] = nil                                                        // removed
+	edits["renamed_"+files[1]] = read(files[1])                                  // renamed (old one removed)
+	edits[files[1]] = nil                                                        //
+	edits["added_file.go"] = append([]byte("package added\n"), text(5, 8000)...) // new
+	return goTree(t, dir, sub+"/", nil), goTree(t, dir, sub+"/", edits)
+}
+
+func TestRoundTripRealGoTree(t *testing.T) {
+	oldTar, newTar := realPair(t, "encoding")
+	st, _ := roundTrip(t, [][]byte{oldTar}, newTar)
+	t.Logf("old %d B, new %d B, patch %d B; %+v", len(oldTar), len(newTar), st.PatchSize, st)
+	if st.PatchedFiles != 4 || st.RefFiles != st.Files-5 {
+		t.Errorf("stats %+v: want 4 patched files, 1 raw, the rest references", st)
+	}
+	if st.PatchSize > 40_000 {
+		t.Errorf("patch is %d bytes for a few edits", st.PatchSize)
+	}
+	// The same new layer over two old layers (the tree, then a layer that
+	// edits one of the files again) rebuilds too.
+	upper := goTree(t, filepath.Join(runtime.GOROOT(), "src", "encoding", "json"), "encoding/json/", nil)
+	roundTrip(t, [][]byte{oldTar, upper}, newTar)
+}
+
+func TestApplyRefusesBadPatches(t *testing.T) {
+	ctx := context.Background()
+	oldTar, newTar := realPair(t, "encoding/json")
+	_, patch := roundTrip(t, [][]byte{oldTar}, newTar)
+	apply := func(p []byte, old ...[]byte) error {
+		var out bytes.Buffer
+		_, err := Apply(ctx, layersOf(old...), bytes.NewReader(p), &out)
+		return err
+	}
+
+	t.Run("corrupt", func(t *testing.T) {
+		positions := []int{0, 3, 7, 8, 40, 50, 60, 100, len(patch) / 3, len(patch) / 2, len(patch) - 40, len(patch) - 33, len(patch) - 1}
+		for _, pos := range positions {
+			p := append([]byte(nil), patch...)
+			p[pos] ^= 0x5a
+			err := apply(p, oldTar)
+			if err == nil {
+				t.Errorf("flip at %d/%d: Apply accepted a corrupt patch", pos, len(p))
+				continue
+			}
+			if !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrVersion) && !errors.Is(err, ErrWrongBase) &&
+				!errors.Is(err, ErrMismatch) && !errors.Is(err, ErrTruncated) {
+				t.Errorf("flip at %d: error %v wraps no sentinel", pos, err)
+			}
+		}
+	})
+	t.Run("truncated", func(t *testing.T) {
+		for _, n := range []int{0, 1, 7, 8, 51, 60, len(patch) / 2, len(patch) - 33, len(patch) - 32, len(patch) - 1} {
+			if err := apply(patch[:n], oldTar); err == nil {
+				t.Errorf("Apply accepted the first %d of %d bytes", n, len(patch))
+			} else if !errors.Is(err, ErrTruncated) && !errors.Is(err, ErrCorrupt) {
+				t.Errorf("truncated at %d: %v", n, err)
+			}
+		}
+	})
+	t.Run("trailing garbage", func(t *testing.T) {
+		// Bytes after the trailer are not read; the patch itself is whole.
+		if err := apply(append(append([]byte(nil), patch...), 1, 2, 3), oldTar); err != nil {
+			t.Errorf("Apply: %v", err)
+		}
+	})
+	t.Run("version", func(t *testing.T) {
+		p := append([]byte(nil), patch...)
+		p[7] = Version + 1
+		if err := apply(p, oldTar); !errors.Is(err, ErrVersion) {
+			t.Errorf("got %v, want ErrVersion", err)
+		}
+	})
+	t.Run("wrong base", func(t *testing.T) {
+		if err := apply(patch, newTar); !errors.Is(err, ErrWrongBase) {
+			t.Errorf("other layer: got %v, want ErrWrongBase", err)
+		}
+		if err := apply(patch); !errors.Is(err, ErrWrongBase) {
+			t.Errorf("no layer: got %v, want ErrWrongBase", err)
+		}
+		if err := apply(patch, oldTar, oldTar); !errors.Is(err, ErrWrongBase) {
+			t.Errorf("extra layer: got %v, want ErrWrongBase", err)
+		}
+		shorter := oldTar[:len(oldTar)-512]
+		if err := apply(patch, shorter); !errors.Is(err, ErrWrongBase) {
+			t.Errorf("truncated base: got %v, want ErrWrongBase", err)
+		}
+	})
+	t.Run("cancelled", func(t *testing.T) {
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		if _, err := Apply(cctx, layersOf(oldTar), bytes.NewReader(patch), &bytes.Buffer{}); !errors.Is(err, context.Canceled) {
+			t.Errorf("Apply: got %v", err)
+		}
+		if _, err := Diff(cctx, layersOf(oldTar), bytes.NewReader(newTar), &bytes.Buffer{}, nil); !errors.Is(err, context.Canceled) {
+			t.Errorf("Diff: got %v", err)
+		}
+	})
+}
+
+func TestDiffRefusesNonTar(t *testing.T) {
+	_, err := Diff(context.Background(), nil, bytes.NewReader(randBytes(1, 4096)), &bytes.Buffer{}, nil)
+	if !errors.Is(err, ErrTarUnsound) {
+		t.Fatalf("got %v, want ErrTarUnsound", err)
+	}
+}
+
+func TestReadInfo(t *testing.T) {
+	oldTar := buildTar(t, layerSpec{entries: []entry{{name: "a", body: []byte("a")}}})
+	newTar := buildTar(t, layerSpec{entries: []entry{{name: "a", body: []byte("b")}}})
+	st, patch := roundTrip(t, [][]byte{oldTar}, newTar)
+	info, err := ReadInfo(bytes.NewReader(patch))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Target != st.Target || info.TargetSize != int64(len(newTar)) || len(info.Bases) != 1 || info.Bases[0] != sha256.Sum256(oldTar) {
+		t.Fatalf("info %+v", info)
+	}
+	if !strings.HasPrefix(info.Target.String(), "sha256:") || len(info.Target.String()) != 71 {
+		t.Fatalf("digest string %q", info.Target.String())
+	}
+}
