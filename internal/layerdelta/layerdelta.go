@@ -3,38 +3,49 @@
 //
 // A delta turns an image's old layers (uncompressed tars, in order, later
 // layers shadowing earlier ones, with OCI whiteouts) into a new layer's
-// uncompressed tar, byte for byte:
+// uncompressed tar, byte for byte. The new tar is split in two:
 //
-//   - every byte of the new tar that is not regular-file content (headers,
-//     PAX and GNU long-name records, padding, end-of-archive blocks, trailing
-//     zeros, and the content of anything this package does not look into,
-//     such as sparse files) is copied verbatim into the patch;
-//   - a file whose content is found anywhere in the old layers (same path, or
-//     the same sha256 under any path, even in a shadowed or whited-out entry)
-//     costs a reference: layer, offset, size;
-//   - a file that exists in the old image under the same path with different
-//     content is encoded with zstd in patch-from mode, its old version as a raw
-//     dictionary;
-//   - anything else (a new file) is stored as is.
+//   - its non-content bytes (headers, PAX and GNU long-name records, padding,
+//     end-of-archive blocks, trailing zeros, and the data of anything this
+//     package does not look into, such as sparse files) form the header
+//     stream, compressed with zstd using the old layers' own non-content
+//     bytes as a raw dictionary, so that unchanged headers cost next to
+//     nothing;
+//   - the content of each regular file is one op in the op stream: a
+//     reference to a file of the old layers with the same content (same path,
+//     or the same sha256 under any path, even a shadowed or whited-out one),
+//     encoded as a step from the previous reference so that runs of unchanged
+//     files compress to almost nothing; or a zstd patch-from frame against the
+//     file of the same path in the old image (its old version as a raw
+//     dictionary); or the content itself. The op stream is zstd-compressed.
 //
-// All of this is carried in one zstd stream, so headers and new files are
-// compressed, with the preceding ones as context.
+// Apply rebuilds the tar by running archive/tar over the header stream: each
+// regular file's header says how long its content is, and the next op
+// supplies it. Both sides decide "this entry's data is file content" with the
+// same rule on the same header bytes (regular, not sparse, non-empty).
 //
-// Wire format (version 1), all integers big-endian:
+// Wire format (version 1), integers big-endian:
 //
 //	magic   "FLKLDLT" + version byte (1)
 //	[32]    target diffID (sha256 of the new uncompressed tar)
 //	uint64  target size
 //	uint32  number of base layers N
 //	N ×     [32] base diffID, uint64 base size
-//	body    chunks: uint32 length + bytes, ended by a zero length; the chunks
-//	        concatenated are one zstd stream of ops (see op* constants)
+//	uint64  length, then the header stream (one zstd frame)
+//	uint64  length, then the op stream (one zstd frame)
 //	[32]    sha256 of every preceding byte of the patch
+//
+// Ops (a byte, then uvarints): opRef step; opZPatch step, n, n bytes;
+// opRaw, then the file's content; opEnd. A step is the zigzag-encoded
+// difference between the referenced old file's ordinal (its position among
+// the non-empty regular files of the old layers, lowest layer first) and the
+// previous reference's ordinal plus one.
 //
 // Apply refuses a patch whose magic, version or checksum is wrong, a truncated
 // patch, base layers whose diffIDs differ from those the patch was made
 // against, and a result whose sha256 differs from the target diffID. Apply
-// streams: when it returns an error, whatever it wrote to w must be discarded.
+// streams its output: when it returns an error, whatever it wrote to w must be
+// discarded. It holds the compressed header stream in memory.
 //
 // bsdiff is not used: no Go bsdiff module is served to this build (the
 // module proxy refuses github.com/gabstv/go-bsdiff). The op code opBsdiff is
@@ -65,27 +76,24 @@ const Version = 1
 
 var magic = [7]byte{'F', 'L', 'K', 'L', 'D', 'L', 'T'}
 
-// Ops inside the body's zstd stream. Each op is one byte followed by uvarints
-// (and bytes where said).
 const (
-	opEnd    = 0 // end of body
-	opMeta   = 1 // n, n bytes copied verbatim (non-content bytes of the tar)
-	opRef    = 2 // layer, offset, size: copy size bytes of base layer at offset
-	opRaw    = 3 // n, n bytes of new file content
-	opZPatch = 4 // layer, offset, baseSize, newSize, n, n bytes: a zstd frame decoded with the base range as raw dictionary
-	opBsdiff = 5 // reserved
+	opEnd    = 0
+	opRef    = 1
+	opZPatch = 2
+	opRaw    = 3
+	opBsdiff = 4 // reserved
 )
 
 const (
-	chunkSize = 64 << 10
-	// maxFileInMemory bounds the content of one file Diff holds (and the
-	// base + new pair for a patch). Larger changed or new files are stored
-	// as raw content, streamed.
+	// defaultMaxPatchFile bounds the content of one file Diff holds in
+	// memory (and the old+new pair it patches). Larger files are stored
+	// whole, streamed.
 	defaultMaxPatchFile = 256 << 20
-	maxChunk            = 1 << 20
-	// maxDict bounds the body's dictionary (the old layers' last tar
-	// headers), and with it the body's zstd window (at most 32 MiB).
+	// maxDict bounds the header stream's dictionary (the old layers' last
+	// non-content bytes), and with it that stream's zstd window (≤ 16 MiB).
 	maxDict = 8 << 20
+	// maxMetaSection bounds the compressed header stream Apply holds.
+	maxMetaSection = 256 << 20
 )
 
 // Layer is one uncompressed tar layer.
@@ -103,9 +111,10 @@ func (d Digest) String() string { return "sha256:" + hex.EncodeToString(d[:]) }
 // Options tune Diff. The zero value is usable.
 type Options struct {
 	// MaxPatchFile is the largest file (old or new version) that Diff holds
-	// in memory to patch; larger ones are stored whole. Zero means 256 MiB.
+	// in memory to look up or patch; larger ones are stored whole. Zero means
+	// 256 MiB.
 	MaxPatchFile int64
-	// Level is the zstd level of the body and of per-file patches. Zero
+	// Level is the zstd level of both streams and of per-file patches. Zero
 	// means zstd.SpeedBestCompression.
 	Level zstd.EncoderLevel
 }
@@ -124,10 +133,13 @@ type Stats struct {
 	PatchBytes   int64 // size of those zstd patches
 	RawFiles     int   // stored whole (new files, or too large to patch)
 	RawBytes     int64
-	MetaBytes    int64 // non-content bytes of the tar, copied verbatim
+	MetaBytes    int64 // non-content bytes of the tar
+	MetaSize     int64 // their compressed size in the patch
+	OpsSize      int64 // compressed size of the op stream
 }
 
-// Sentinel errors; Apply's errors wrap one of them.
+// Sentinel errors; Diff's and Apply's errors wrap one of them where they
+// apply.
 var (
 	ErrCorrupt    = errors.New("layerdelta: corrupt patch")
 	ErrTruncated  = errors.New("layerdelta: truncated patch")
@@ -140,6 +152,7 @@ var (
 // ---------------------------------------------------------------- indexing
 
 type fileRef struct {
+	ord    int // position in baseIndex.files; -1 for an empty file
 	layer  int
 	offset int64
 	size   int64
@@ -151,29 +164,14 @@ type baseIndex struct {
 	sizes   []int64
 	visible map[string]fileRef // path → content of the file the old image shows there
 	byHash  map[Digest]fileRef // any content present in any old layer
+	files   []fileRef          // every non-empty regular file of the old layers, in order
 	readers []io.ReaderAt
 	dict    []byte // raw dictionary of the body's zstd stream
 }
 
-// bodyWindow is the body stream's zstd window: it reaches back over the
-// dictionary and some of the body.
-func bodyWindow(dictLen int) int { return windowFor(dictLen, 8<<20) }
-
-// countReader counts bytes read and hashes them.
-type countReader struct {
-	r io.Reader
-	n int64
-	h hash.Hash
-}
-
-func (c *countReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	if c.h != nil {
-		c.h.Write(p[:n])
-	}
-	return n, err
-}
+// metaWindow is the header stream's zstd window: it reaches back over the
+// dictionary and as much of the stream again.
+func metaWindow(dictLen int) int { return windowFor(dictLen, max(dictLen, 1<<20)) }
 
 func cleanName(name string) string {
 	name = strings.TrimPrefix(path.Clean("/"+name), "/")
@@ -197,8 +195,8 @@ func isRegular(h *tar.Header) bool {
 }
 
 // indexBase reads every old layer once: its diffID, the offset, size and
-// sha256 of every regular file's content, and the dictionary of the body's
-// zstd stream: the old layers' non-content bytes (tar headers mostly), the
+// sha256 of every regular file's content, and the dictionary of the header
+// stream: the old layers' non-content bytes (tar headers mostly), the
 // last maxDict of them. Diff and Apply both build it, the same way.
 func indexBase(ctx context.Context, old []Layer) (*baseIndex, error) {
 	ix := &baseIndex{visible: map[string]fileRef{}, byHash: map[Digest]fileRef{}}
@@ -249,14 +247,15 @@ func indexBase(ctx context.Context, old []Layer) (*baseIndex, error) {
 				if sp.n-off != n {
 					return nil, fmt.Errorf("layerdelta: base layer %d: %s: content of %d bytes took %d bytes of the stream", li, h.Name, n, sp.n-off)
 				}
-				ref := fileRef{layer: li, offset: off, size: n}
+				ref := fileRef{ord: len(ix.files), layer: li, offset: off, size: n}
 				fh.Sum(ref.sum[:0])
+				ix.files = append(ix.files, ref)
 				ix.visible[name] = ref
 				if _, ok := ix.byHash[ref.sum]; !ok {
 					ix.byHash[ref.sum] = ref
 				}
 			case isRegular(h):
-				ix.visible[name] = fileRef{layer: li, offset: sp.n, sum: sha256.Sum256(nil)}
+				ix.visible[name] = fileRef{ord: -1, layer: li, offset: sp.n, sum: sha256.Sum256(nil)}
 			case h.Typeflag == tar.TypeLink:
 				if ref, ok := ix.visible[cleanName(h.Linkname)]; ok {
 					ix.visible[name] = ref
@@ -307,66 +306,8 @@ func (ix *baseIndex) removeUnder(p string, li int, self bool) {
 
 // ---------------------------------------------------------------- writing
 
-// chunkWriter frames the body as length-prefixed chunks.
-type chunkWriter struct {
-	w   io.Writer
-	buf []byte
-}
-
-func (c *chunkWriter) Write(p []byte) (int, error) {
-	n := len(p)
-	for len(p) > 0 {
-		k := min(chunkSize-len(c.buf), len(p))
-		c.buf = append(c.buf, p[:k]...)
-		p = p[k:]
-		if len(c.buf) == chunkSize {
-			if err := c.flush(); err != nil {
-				return 0, err
-			}
-		}
-	}
-	return n, nil
-}
-
-func (c *chunkWriter) flush() error {
-	if len(c.buf) == 0 {
-		return nil
-	}
-	var l [4]byte
-	binary.BigEndian.PutUint32(l[:], uint32(len(c.buf)))
-	if _, err := c.w.Write(l[:]); err != nil {
-		return err
-	}
-	_, err := c.w.Write(c.buf)
-	c.buf = c.buf[:0]
-	return err
-}
-
-func (c *chunkWriter) close() error {
-	if err := c.flush(); err != nil {
-		return err
-	}
-	_, err := c.w.Write([]byte{0, 0, 0, 0})
-	return err
-}
-
-type opWriter struct {
-	z   *zstd.Encoder
-	tmp []byte
-}
-
-func (o *opWriter) op(code byte, vals ...uint64) error {
-	o.tmp = append(o.tmp[:0], code)
-	for _, v := range vals {
-		o.tmp = binary.AppendUvarint(o.tmp, v)
-	}
-	_, err := o.z.Write(o.tmp)
-	return err
-}
-
-// splitter sits between the new tar stream and tar.Reader: bytes read while
-// not in content mode are the tar's non-content bytes and are collected in
-// meta; in content mode they are counted only.
+// splitter sits between a tar stream and tar.Reader: it hashes and counts
+// everything, and keeps in meta the bytes read while not in content mode.
 type splitter struct {
 	r       io.Reader
 	h       hash.Hash
@@ -385,12 +326,41 @@ func (s *splitter) Read(p []byte) (int, error) {
 	return n, err
 }
 
+type opWriter struct {
+	z    *zstd.Encoder
+	tmp  []byte
+	next int // ordinal the next reference is expected at
+}
+
+func (o *opWriter) op(code byte, vals ...uint64) error {
+	o.tmp = append(o.tmp[:0], code)
+	for _, v := range vals {
+		o.tmp = binary.AppendUvarint(o.tmp, v)
+	}
+	_, err := o.z.Write(o.tmp)
+	return err
+}
+
+func (o *opWriter) step(ord int) uint64 {
+	d := int64(ord - o.next)
+	o.next = ord + 1
+	return uint64(d<<1) ^ uint64(d>>63)
+}
+
+func newEncoder(w io.Writer, level zstd.EncoderLevel, window int, dict []byte) (*zstd.Encoder, error) {
+	opts := []zstd.EOption{zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(window)}
+	if len(dict) > 0 {
+		opts = append(opts, zstd.WithEncoderDictRaw(1, dict))
+	}
+	return zstd.NewWriter(w, opts...)
+}
+
 // Diff writes to w a patch that rebuilds the uncompressed tar read from
 // newLayer out of the old layers (in order, lowest first). opts may be nil.
 //
-// Diff holds at most one file's new content, plus its old version when it
-// patches it, in memory (bounded by Options.MaxPatchFile), plus the index of
-// the old layers' files.
+// Diff reads every old layer once, holds an index of their files, at most one
+// new file's content plus its old version (bounded by Options.MaxPatchFile),
+// and the compressed patch until it is written at the end.
 func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opts *Options) (Stats, error) {
 	var o Options
 	if opts != nil {
@@ -408,32 +378,22 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 		return st, err
 	}
 
-	// The header's target diffID and size are known only at the end, so the
-	// body is held in memory until then. Patches are small by design; new
-	// files make them larger (see Stats.RawBytes).
-	var body bytes.Buffer
-	cw := &chunkWriter{w: &body}
-	zopts := []zstd.EOption{zstd.WithEncoderLevel(o.Level), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(bodyWindow(len(ix.dict)))}
-	if len(ix.dict) > 0 {
-		zopts = append(zopts, zstd.WithEncoderDictRaw(1, ix.dict))
-	}
-	z, err := zstd.NewWriter(cw, zopts...)
+	var metaBuf, opsBuf bytes.Buffer
+	mz, err := newEncoder(&metaBuf, o.Level, metaWindow(len(ix.dict)), ix.dict)
 	if err != nil {
 		return st, err
 	}
-	ow := &opWriter{z: z}
+	oz, err := newEncoder(&opsBuf, o.Level, 8<<20, nil)
+	if err != nil {
+		return st, err
+	}
+	ow := &opWriter{z: oz}
 
 	sp := &splitter{r: bufio.NewReaderSize(newLayer, 1<<16), h: sha256.New()}
 	tr := tar.NewReader(sp)
 	flushMeta := func() error {
-		if sp.meta.Len() == 0 {
-			return nil
-		}
 		st.MetaBytes += int64(sp.meta.Len())
-		if err := ow.op(opMeta, uint64(sp.meta.Len())); err != nil {
-			return err
-		}
-		_, err := z.Write(sp.meta.Bytes())
+		_, err := mz.Write(sp.meta.Bytes())
 		sp.meta.Reset()
 		return err
 	}
@@ -449,7 +409,7 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 			return st, fmt.Errorf("%w: %v", ErrTarUnsound, err)
 		}
 		if !isRegular(h) || h.Size == 0 {
-			continue // its bytes, if any, go through as meta
+			continue // its data, if any, goes to the header stream
 		}
 		if err := flushMeta(); err != nil {
 			return st, err
@@ -473,17 +433,17 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	if err := ow.op(opEnd); err != nil {
 		return st, err
 	}
-	if err := z.Close(); err != nil {
+	if err := mz.Close(); err != nil {
 		return st, err
 	}
-	if err := cw.close(); err != nil {
+	if err := oz.Close(); err != nil {
 		return st, err
 	}
 	sp.h.Sum(st.Target[:0])
 	st.TargetSize = sp.n
+	st.MetaSize = int64(metaBuf.Len())
+	st.OpsSize = int64(opsBuf.Len())
 
-	ph := sha256.New()
-	mw := io.MultiWriter(w, ph)
 	var hdr []byte
 	hdr = append(hdr, magic[:]...)
 	hdr = append(hdr, Version)
@@ -494,16 +454,19 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 		hdr = append(hdr, d[:]...)
 		hdr = binary.BigEndian.AppendUint64(hdr, uint64(ix.sizes[i]))
 	}
-	if _, err := mw.Write(hdr); err != nil {
-		return st, err
-	}
-	if _, err := mw.Write(body.Bytes()); err != nil {
-		return st, err
+	ph := sha256.New()
+	mw := io.MultiWriter(w, ph)
+	for _, part := range [][]byte{hdr, binary.BigEndian.AppendUint64(nil, uint64(metaBuf.Len())), metaBuf.Bytes(),
+		binary.BigEndian.AppendUint64(nil, uint64(opsBuf.Len())), opsBuf.Bytes()} {
+		if _, err := mw.Write(part); err != nil {
+			return st, err
+		}
+		st.PatchSize += int64(len(part))
 	}
 	if _, err := w.Write(ph.Sum(nil)); err != nil {
 		return st, err
 	}
-	st.PatchSize = int64(len(hdr)) + int64(body.Len()) + sha256.Size
+	st.PatchSize += sha256.Size
 	return st, nil
 }
 
@@ -511,11 +474,10 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 func diffFile(ix *baseIndex, o *Options, ow *opWriter, tr io.Reader, h *tar.Header, st *Stats) error {
 	st.Files++
 	if h.Size > o.MaxPatchFile {
-		// Too large to hold: stream it whole. (A reference by hash would need
-		// a second pass; a same-path, same-size file is checked cheaply.)
+		// Too large to hold: stream it whole.
 		st.RawFiles++
 		st.RawBytes += h.Size
-		if err := ow.op(opRaw, uint64(h.Size)); err != nil {
+		if err := ow.op(opRaw); err != nil {
 			return err
 		}
 		_, err := io.CopyN(ow.z, tr, h.Size)
@@ -526,8 +488,7 @@ func diffFile(ix *baseIndex, o *Options, ow *opWriter, tr io.Reader, h *tar.Head
 		return fmt.Errorf("%w: %s: %v", ErrTarUnsound, h.Name, err)
 	}
 	sum := Digest(sha256.Sum256(data))
-	name := cleanName(h.Name)
-	prev, hasPrev := ix.visible[name]
+	prev, hasPrev := ix.visible[cleanName(h.Name)]
 	if hasPrev && prev.sum == sum {
 		return ref(ow, prev, st)
 	}
@@ -536,7 +497,7 @@ func diffFile(ix *baseIndex, o *Options, ow *opWriter, tr io.Reader, h *tar.Head
 	}
 	if hasPrev && prev.size > 0 && prev.size <= o.MaxPatchFile {
 		base := make([]byte, prev.size)
-		if _, err := io.ReadFull(io.NewSectionReader(ix.reader(prev.layer), prev.offset, prev.size), base); err != nil {
+		if _, err := io.ReadFull(io.NewSectionReader(ix.readers[prev.layer], prev.offset, prev.size), base); err != nil {
 			return err
 		}
 		p, err := zPatch(base, data, o.Level)
@@ -547,7 +508,7 @@ func diffFile(ix *baseIndex, o *Options, ow *opWriter, tr io.Reader, h *tar.Head
 			st.PatchedFiles++
 			st.PatchedBytes += h.Size
 			st.PatchBytes += int64(len(p))
-			if err := ow.op(opZPatch, uint64(prev.layer), uint64(prev.offset), uint64(prev.size), uint64(len(data)), uint64(len(p))); err != nil {
+			if err := ow.op(opZPatch, ow.step(prev.ord), uint64(len(p))); err != nil {
 				return err
 			}
 			_, err = ow.z.Write(p)
@@ -556,7 +517,7 @@ func diffFile(ix *baseIndex, o *Options, ow *opWriter, tr io.Reader, h *tar.Head
 	}
 	st.RawFiles++
 	st.RawBytes += h.Size
-	if err := ow.op(opRaw, uint64(len(data))); err != nil {
+	if err := ow.op(opRaw); err != nil {
 		return err
 	}
 	_, err := ow.z.Write(data)
@@ -566,7 +527,7 @@ func diffFile(ix *baseIndex, o *Options, ow *opWriter, tr io.Reader, h *tar.Head
 func ref(ow *opWriter, r fileRef, st *Stats) error {
 	st.RefFiles++
 	st.RefBytes += r.size
-	return ow.op(opRef, uint64(r.layer), uint64(r.offset), uint64(r.size))
+	return ow.op(opRef, ow.step(r.ord))
 }
 
 // windowFor returns a zstd window that reaches from the end of data back to
@@ -597,53 +558,12 @@ func zPatch(base, data []byte, level zstd.EncoderLevel) ([]byte, error) {
 
 // ---------------------------------------------------------------- applying
 
-// reader returns old layer i, to read a base file for a patch.
-func (ix *baseIndex) reader(i int) io.ReaderAt { return ix.readers[i] }
-
-// Info describes a patch applied by Apply.
+// Info describes a patch, from its header.
 type Info struct {
-	Target     Digest
+	Target     Digest // diffID of the layer the patch rebuilds
 	TargetSize int64
 	Bases      []Digest // diffIDs of the old layers, lowest first
 	baseSizes  []uint64
-}
-
-// chunkReader reads the body's chunks and stops at the zero-length one.
-type chunkReader struct {
-	r    io.Reader
-	left int
-	done bool
-}
-
-func (c *chunkReader) Read(p []byte) (int, error) {
-	for c.left == 0 {
-		if c.done {
-			return 0, io.EOF
-		}
-		var l [4]byte
-		if _, err := io.ReadFull(c.r, l[:]); err != nil {
-			return 0, truncated(err)
-		}
-		n := binary.BigEndian.Uint32(l[:])
-		if n == 0 {
-			c.done = true
-			return 0, io.EOF
-		}
-		if n > maxChunk {
-			return 0, fmt.Errorf("%w: chunk of %d bytes", ErrCorrupt, n)
-		}
-		c.left = int(n)
-	}
-	p = p[:min(len(p), c.left)]
-	n, err := c.r.Read(p)
-	c.left -= n
-	if err == io.EOF {
-		if c.left > 0 {
-			return n, ErrTruncated
-		}
-		err = nil
-	}
-	return n, truncated(err)
 }
 
 func truncated(err error) error {
@@ -653,8 +573,8 @@ func truncated(err error) error {
 	return err
 }
 
-// ReadInfo reads only the header of a patch (without checking its checksum,
-// which covers the whole patch).
+// ReadInfo reads only the header of a patch; the checksum, which covers the
+// whole patch, is checked by Apply.
 func ReadInfo(patch io.Reader) (Info, error) {
 	return readHeader(patch)
 }
@@ -692,13 +612,48 @@ func readHeader(r io.Reader) (Info, error) {
 	return info, nil
 }
 
+// merger is the reverse of splitter: tar.Reader reads the rebuilt tar from
+// it, header bytes from the header stream and, after a regular file's
+// header, its content from the op that supplies it. Everything read is
+// written to out.
+type merger struct {
+	meta    io.Reader
+	content io.Reader
+	left    int64 // content bytes still to come
+	out     io.Writer
+	n       int64
+}
+
+func (m *merger) Read(p []byte) (int, error) {
+	var n int
+	var err error
+	if m.left > 0 {
+		p = p[:min(int64(len(p)), m.left)]
+		n, err = m.content.Read(p)
+		m.left -= int64(n)
+		if err == io.EOF {
+			if m.left > 0 {
+				return n, fmt.Errorf("%w: file content ended early", ErrCorrupt)
+			}
+			err = nil
+		}
+	} else {
+		n, err = m.meta.Read(p)
+	}
+	m.n += int64(n)
+	if _, werr := m.out.Write(p[:n]); werr != nil {
+		return n, werr
+	}
+	return n, err
+}
+
 // Apply rebuilds the new layer's uncompressed tar from the old layers (the
 // same, in the same order, as given to Diff) and patch, writing it to w.
 //
-// It checks the old layers' diffIDs against those the patch names before
-// writing anything, and the patch's checksum and the result's diffID at the
-// end. On any error the bytes written to w are not the target and must be
-// discarded.
+// Before writing anything it reads every old layer once and checks their
+// diffIDs against those the patch names; at the end it checks the patch's
+// checksum and the result's diffID. On any error the bytes written to w are
+// not the target and must be discarded.
 func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info, error) {
 	ph := sha256.New()
 	pr := io.TeeReader(bufio.NewReaderSize(patch, 1<<16), ph)
@@ -724,111 +679,148 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 		}
 	}
 
-	zopts := []zstd.DOption{zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(uint64(bodyWindow(len(ix.dict))))}
-	if len(ix.dict) > 0 {
-		zopts = append(zopts, zstd.WithDecoderDictRaw(1, ix.dict))
+	section := func() (io.Reader, error) {
+		var l [8]byte
+		if _, err := io.ReadFull(pr, l[:]); err != nil {
+			return nil, truncated(err)
+		}
+		return io.LimitReader(pr, int64(binary.BigEndian.Uint64(l[:])&(1<<62-1))), nil
 	}
-	zr, err := zstd.NewReader(&chunkReader{r: pr}, zopts...)
+	metaSec, err := section()
 	if err != nil {
 		return info, err
 	}
-	defer zr.Close()
-	br := bufio.NewReader(zr)
+	if metaSec.(*io.LimitedReader).N > maxMetaSection {
+		return info, fmt.Errorf("%w: header stream of %d bytes", ErrCorrupt, metaSec.(*io.LimitedReader).N)
+	}
+	metaComp, err := io.ReadAll(metaSec)
+	if err != nil {
+		return info, err
+	}
+	if metaSec.(*io.LimitedReader).N > 0 || int64(len(metaComp)) == 0 {
+		return info, ErrTruncated
+	}
+	dopts := []zstd.DOption{zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(uint64(metaWindow(len(ix.dict))))}
+	if len(ix.dict) > 0 {
+		dopts = append(dopts, zstd.WithDecoderDictRaw(1, ix.dict))
+	}
+	mz, err := zstd.NewReader(bytes.NewReader(metaComp), dopts...)
+	if err != nil {
+		return info, err
+	}
+	defer mz.Close()
+	opsSec, err := section()
+	if err != nil {
+		return info, err
+	}
+	oz, err := zstd.NewReader(opsSec, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(8<<20))
+	if err != nil {
+		return info, err
+	}
+	defer oz.Close()
+	ops := bufio.NewReader(oz)
+
 	oh := sha256.New()
 	bw := bufio.NewWriterSize(io.MultiWriter(w, oh), 1<<16)
-	var written int64
-	uv := func() (uint64, error) {
-		v, err := binary.ReadUvarint(br)
+	m := &merger{meta: mz, out: bw}
+	tr := tar.NewReader(m)
+	next := 0
+	step := func() (fileRef, error) {
+		v, err := binary.ReadUvarint(ops)
 		if err != nil {
-			return 0, bodyErr(err)
+			return fileRef{}, streamErr(err)
 		}
-		return v, nil
-	}
-	section := func(layer, off, size uint64) (*io.SectionReader, error) {
-		if layer >= uint64(len(old)) || off > uint64(old[layer].Size) || size > uint64(old[layer].Size)-off {
-			return nil, fmt.Errorf("%w: reference outside base layer %d", ErrCorrupt, layer)
+		ord := int64(next) + (int64(v>>1) ^ -int64(v&1))
+		if ord < 0 || ord >= int64(len(ix.files)) {
+			return fileRef{}, fmt.Errorf("%w: reference to old file %d of %d", ErrCorrupt, ord, len(ix.files))
 		}
-		return io.NewSectionReader(old[layer].R, int64(off), int64(size)), nil
+		next = int(ord) + 1
+		return ix.files[ord], nil
 	}
-	for done := false; !done; {
+	for {
 		if err := ctx.Err(); err != nil {
 			return info, err
 		}
-		code, err := br.ReadByte()
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
 		if err != nil {
-			return info, bodyErr(err)
+			return info, streamErr(err)
+		}
+		if !isRegular(h) || h.Size == 0 {
+			continue
+		}
+		code, err := ops.ReadByte()
+		if err != nil {
+			return info, streamErr(err)
 		}
 		switch code {
-		case opEnd:
-			done = true
-		case opMeta, opRaw:
-			n, err := uv()
-			if err != nil {
-				return info, err
-			}
-			if n > uint64(info.TargetSize)-uint64(written) {
-				return info, fmt.Errorf("%w: op longer than the target", ErrCorrupt)
-			}
-			if _, err := io.CopyN(bw, br, int64(n)); err != nil {
-				return info, bodyErr(err)
-			}
-			written += int64(n)
 		case opRef:
-			var v [3]uint64
-			for i := range v {
-				if v[i], err = uv(); err != nil {
-					return info, err
-				}
-			}
-			s, err := section(v[0], v[1], v[2])
+			f, err := step()
 			if err != nil {
 				return info, err
 			}
-			if _, err := io.Copy(bw, s); err != nil {
-				return info, err
+			if f.size != h.Size {
+				return info, fmt.Errorf("%w: %s: referenced old file has %d bytes, header says %d", ErrCorrupt, h.Name, f.size, h.Size)
 			}
-			written += int64(v[2])
+			m.content = io.NewSectionReader(ix.readers[f.layer], f.offset, f.size)
 		case opZPatch:
-			var v [5]uint64
-			for i := range v {
-				if v[i], err = uv(); err != nil {
-					return info, err
-				}
-			}
-			s, err := section(v[0], v[1], v[2])
+			f, err := step()
 			if err != nil {
 				return info, err
 			}
-			newSize, plen := v[3], v[4]
-			if newSize > uint64(info.TargetSize)-uint64(written) || plen > uint64(info.TargetSize)+1<<20 {
-				return info, fmt.Errorf("%w: patch op sizes", ErrCorrupt)
+			plen, err := binary.ReadUvarint(ops)
+			if err != nil {
+				return info, streamErr(err)
 			}
-			base := make([]byte, v[2])
-			if _, err := s.ReadAt(base, 0); err != nil && !(err == io.EOF && len(base) == 0) {
+			if plen > uint64(h.Size)+1<<16 || h.Size > 1<<40 {
+				return info, fmt.Errorf("%w: %s: patch of %d bytes", ErrCorrupt, h.Name, plen)
+			}
+			base := make([]byte, f.size)
+			if _, err := io.ReadFull(io.NewSectionReader(ix.readers[f.layer], f.offset, f.size), base); err != nil {
 				return info, err
 			}
 			p := make([]byte, plen)
-			if _, err := io.ReadFull(br, p); err != nil {
-				return info, bodyErr(err)
+			if _, err := io.ReadFull(ops, p); err != nil {
+				return info, streamErr(err)
 			}
-			out, err := zUnpatch(base, p, int(newSize))
+			out, err := zUnpatch(base, p, int(h.Size))
 			if err != nil {
-				return info, err
+				return info, fmt.Errorf("%s: %w", h.Name, err)
 			}
-			if _, err := bw.Write(out); err != nil {
-				return info, err
-			}
-			written += int64(newSize)
+			m.content = bytes.NewReader(out)
+		case opRaw:
+			m.content = ops
 		default:
-			return info, fmt.Errorf("%w: unknown op %d", ErrCorrupt, code)
+			return info, fmt.Errorf("%w: op %d where %s's content belongs", ErrCorrupt, code, h.Name)
 		}
+		m.left = h.Size
 	}
-	// The zstd stream must end here, then the chunk terminator.
-	if _, err := br.ReadByte(); err != io.EOF {
+	if m.left > 0 {
+		return info, fmt.Errorf("%w: archive ended inside a file", ErrCorrupt)
+	}
+	// Bytes after the end-of-archive blocks.
+	if _, err := io.Copy(io.Discard, m); err != nil {
+		return info, streamErr(err)
+	}
+	if code, err := ops.ReadByte(); err != nil || code != opEnd {
+		if err != nil {
+			return info, streamErr(err)
+		}
+		return info, fmt.Errorf("%w: op %d after the last file", ErrCorrupt, code)
+	}
+	if _, err := ops.ReadByte(); err != io.EOF {
 		if err == nil {
 			return info, fmt.Errorf("%w: data after the end op", ErrCorrupt)
 		}
-		return info, bodyErr(err)
+		return info, streamErr(err)
+	}
+	if opsSec.(*io.LimitedReader).N > 0 {
+		if _, err := io.Copy(io.Discard, opsSec); err != nil {
+			return info, err
+		}
+		return info, fmt.Errorf("%w: data after the op stream", ErrCorrupt)
 	}
 	sum := ph.Sum(nil)
 	var trailer [32]byte
@@ -841,8 +833,8 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 	if err := bw.Flush(); err != nil {
 		return info, err
 	}
-	if written != info.TargetSize {
-		return info, fmt.Errorf("%w: rebuilt %d bytes, target has %d", ErrMismatch, written, info.TargetSize)
+	if m.n != info.TargetSize {
+		return info, fmt.Errorf("%w: rebuilt %d bytes, target has %d", ErrMismatch, m.n, info.TargetSize)
 	}
 	if d := Digest(oh.Sum(nil)); d != info.Target {
 		return info, fmt.Errorf("%w: rebuilt %s, target %s", ErrMismatch, d, info.Target)
@@ -850,12 +842,13 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 	return info, nil
 }
 
-func bodyErr(err error) error {
-	if errors.Is(err, ErrTruncated) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return ErrTruncated
-	}
-	if errors.Is(err, ErrCorrupt) {
+// streamErr classifies an error reading either stream.
+func streamErr(err error) error {
+	switch {
+	case errors.Is(err, ErrCorrupt), errors.Is(err, ErrTruncated):
 		return err
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return ErrTruncated
 	}
 	return fmt.Errorf("%w: %v", ErrCorrupt, err)
 }
@@ -864,7 +857,7 @@ func zUnpatch(base, p []byte, newSize int) ([]byte, error) {
 	d, err := zstd.NewReader(nil,
 		zstd.WithDecoderConcurrency(1),
 		zstd.WithDecoderDictRaw(1, base),
-		zstd.WithDecoderMaxWindow(uint64(max(windowFor(len(base), newSize), zstd.MinWindowSize))),
+		zstd.WithDecoderMaxWindow(uint64(windowFor(len(base), newSize))),
 		zstd.WithDecodeAllCapLimit(true),
 	)
 	if err != nil {

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // entry is one tar entry of a synthetic layer.
@@ -86,13 +88,18 @@ func layersOf(tars ...[]byte) []Layer {
 	return ls
 }
 
+// testOptions keeps the zstd encoders small: SpeedBestCompression allocates
+// tables of tens of MB per encoder, slow to clear under -race.
+// BenchmarkRealPair measures sizes at the default (best) level.
+var testOptions = &Options{Level: zstd.SpeedDefault}
+
 // roundTrip diffs, applies and checks the rebuilt bytes; it returns the
 // stats and the patch.
 func roundTrip(t testing.TB, old [][]byte, newTar []byte) (Stats, []byte) {
 	t.Helper()
 	ctx := context.Background()
 	var patch bytes.Buffer
-	st, err := Diff(ctx, layersOf(old...), bytes.NewReader(newTar), &patch, nil)
+	st, err := Diff(ctx, layersOf(old...), bytes.NewReader(newTar), &patch, testOptions)
 	if err != nil {
 		t.Fatalf("Diff: %v", err)
 	}
@@ -528,6 +535,17 @@ func TestApplyRefusesBadPatches(t *testing.T) {
 			t.Errorf("Apply: %v", err)
 		}
 	})
+	t.Run("wrong target with a valid checksum", func(t *testing.T) {
+		// A patch whose header names another target (checksum recomputed, as
+		// a buggy or malicious producer would) is refused by the diffID check.
+		p := append([]byte(nil), patch[:len(patch)-32]...)
+		p[8] ^= 1
+		sum := sha256.Sum256(p)
+		p = append(p, sum[:]...)
+		if err := apply(p, oldTar); !errors.Is(err, ErrMismatch) {
+			t.Errorf("got %v, want ErrMismatch", err)
+		}
+	})
 	t.Run("version", func(t *testing.T) {
 		p := append([]byte(nil), patch...)
 		p[7] = Version + 1
@@ -562,8 +580,28 @@ func TestApplyRefusesBadPatches(t *testing.T) {
 	})
 }
 
+func TestLargeFilesStreamWhole(t *testing.T) {
+	big := text(40, 100_000)
+	oldTar := buildTar(t, layerSpec{entries: []entry{{name: "big", body: big}, {name: "small", body: []byte("x")}}})
+	newTar := buildTar(t, layerSpec{entries: []entry{{name: "big", body: edit(big, 1)}, {name: "big2", body: big}, {name: "small", body: []byte("y")}}})
+	var patch, out bytes.Buffer
+	st, err := Diff(context.Background(), layersOf(oldTar), bytes.NewReader(newTar), &patch, &Options{MaxPatchFile: 50_000, Level: zstd.SpeedDefault})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.RawFiles != 3 || st.PatchedFiles != 0 {
+		t.Errorf("stats %+v: want files over MaxPatchFile stored whole", st)
+	}
+	if _, err := Apply(context.Background(), layersOf(oldTar), &patch, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(out.Bytes(), newTar) {
+		t.Fatal("rebuilt tar differs")
+	}
+}
+
 func TestDiffRefusesNonTar(t *testing.T) {
-	_, err := Diff(context.Background(), nil, bytes.NewReader(randBytes(1, 4096)), &bytes.Buffer{}, nil)
+	_, err := Diff(context.Background(), nil, bytes.NewReader(randBytes(1, 4096)), &bytes.Buffer{}, testOptions)
 	if !errors.Is(err, ErrTarUnsound) {
 		t.Fatalf("got %v, want ErrTarUnsound", err)
 	}
