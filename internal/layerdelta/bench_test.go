@@ -1,14 +1,18 @@
 package layerdelta
 
 import (
+	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // BenchmarkRealPair diffs two layers of a real Go source tree
@@ -25,6 +29,58 @@ func BenchmarkRealPair(b *testing.B) {
 		sub = "runtime"
 	}
 	oldTar, newTar := realPair(b, sub)
+	benchPair(b, sub, oldTar, newTar)
+}
+
+// BenchmarkGoBinaryPair diffs two layers holding a Go program built at two
+// versions (a small source change), the case where bsdiff beats zstd.
+func BenchmarkGoBinaryPair(b *testing.B) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		b.Skip("no go command")
+	}
+	dir := b.TempDir()
+	build := func(extra string) []byte {
+		src := "package main\n\nimport (\n\t\"fmt\"\n\t\"net/http\"\n\t\"os\"\n)\n\nfunc main() {\n\tfmt.Println(\"serving\", os.Args)\n\t" + extra + "\n\thttp.ListenAndServe(\":8080\", nil)\n}\n"
+		if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(src), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module example.com/app\n\ngo 1.22\n"), 0o644)
+		cmd := exec.Command(goBin, "build", "-trimpath", "-o", "app")
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			b.Fatalf("go build: %v: %s", err, out)
+		}
+		bin, err := os.ReadFile(filepath.Join(dir, "app"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		return buildTar(b, layerSpec{entries: []entry{
+			{name: "app/", typ: tar.TypeDir},
+			{name: "app/server", body: bin, mode: 0o755},
+			{name: "app/VERSION", body: []byte(extra)},
+		}})
+	}
+	oldTar := build(`fmt.Println("v1")`)
+	newTar := build(`fmt.Println("v2", len(os.Environ()))`)
+	benchPair(b, "go binary", oldTar, newTar)
+}
+
+// benchOptions reads LAYERDELTA_BENCH_LEVEL (fastest, default, better, best).
+func benchOptions(b *testing.B) *Options {
+	name := os.Getenv("LAYERDELTA_BENCH_LEVEL")
+	if name == "" {
+		return nil
+	}
+	ok, level := zstd.EncoderLevelFromString(name)
+	if !ok {
+		b.Fatalf("LAYERDELTA_BENCH_LEVEL=%q", name)
+	}
+	return &Options{Level: level, StreamLevel: level}
+}
+
+func benchPair(b *testing.B, name string, oldTar, newTar []byte) {
 	dir := b.TempDir()
 	oldPath, newPath := filepath.Join(dir, "old.tar"), filepath.Join(dir, "new.tar")
 	if err := os.WriteFile(oldPath, oldTar, 0o644); err != nil {
@@ -39,11 +95,38 @@ func BenchmarkRealPair(b *testing.B) {
 	zw.Close()
 
 	var st Stats
+	var peak uint64
 	b.ResetTimer()
 	for b.Loop() {
 		var patch bytes.Buffer
 		var err error
-		st, err = Diff(context.Background(), layersOf(oldTar), bytes.NewReader(newTar), &patch, nil)
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		base := ms.HeapInuse
+		done := make(chan struct{})
+		sampled := make(chan uint64)
+		go func() {
+			var max uint64
+			t := time.NewTicker(5 * time.Millisecond)
+			defer t.Stop()
+			for {
+				var ms runtime.MemStats
+				runtime.ReadMemStats(&ms)
+				if ms.HeapInuse > base && ms.HeapInuse-base > max {
+					max = ms.HeapInuse - base
+				}
+				select {
+				case <-done:
+					sampled <- max
+					return
+				case <-t.C:
+				}
+			}
+		}()
+		st, err = Diff(context.Background(), layersOf(oldTar), bytes.NewReader(newTar), &patch, benchOptions(b))
+		close(done)
+		peak = max(peak, <-sampled)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -52,8 +135,9 @@ func BenchmarkRealPair(b *testing.B) {
 	b.ReportMetric(float64(len(newTar)), "tar-B")
 	b.ReportMetric(float64(gz.Len()), "gzip-B")
 	b.ReportMetric(float64(st.PatchSize), "delta-B")
-	b.Logf("%s: tar %d B, gzip %d B, layerdelta %d B (%d refs, %d patched → %d B, %d raw %d B, meta %d B)",
-		sub, len(newTar), gz.Len(), st.PatchSize, st.RefFiles, st.PatchedFiles, st.PatchBytes, st.RawFiles, st.RawBytes, st.MetaBytes)
+	b.ReportMetric(float64(peak)/(1<<20), "peak-heap-MiB")
+	b.Logf("%s: tar %d B, gzip %d B, layerdelta %d B, peak heap ≈ %.1f MiB (%d refs, %d patched → %d B, %d raw %d B, meta %d B → %d B)",
+		name, len(newTar), gz.Len(), st.PatchSize, float64(peak)/(1<<20), st.RefFiles, st.PatchedFiles, st.PatchBytes, st.RawFiles, st.RawBytes, st.MetaBytes, st.MetaSize)
 
 	tools := []struct {
 		name string

@@ -45,7 +45,16 @@
 // patch, base layers whose diffIDs differ from those the patch was made
 // against, and a result whose sha256 differs from the target diffID. Apply
 // streams its output: when it returns an error, whatever it wrote to w must be
-// discarded. It holds the compressed header stream in memory.
+// discarded. It holds the compressed header stream in memory, and one patched
+// file's old and new content at a time.
+//
+// Memory on Diff's side: the index of the old layers' files, the compressed
+// patch (written at the end, when the target diffID is known), one file's
+// new and old content (files over Options.MaxPatchFile are streamed whole,
+// even when unchanged: a known gap), and the zstd encoders; a best-level
+// encoder for the per-file patches holds some 100 MB of tables, so
+// Options.Level = zstd.SpeedBetterCompression trades a few percent on
+// patched binaries for much less.
 //
 // bsdiff is not used: no Go bsdiff module is served to this build (the
 // module proxy refuses github.com/gabstv/go-bsdiff). The op code opBsdiff is
@@ -114,9 +123,14 @@ type Options struct {
 	// in memory to look up or patch; larger ones are stored whole. Zero means
 	// 256 MiB.
 	MaxPatchFile int64
-	// Level is the zstd level of both streams and of per-file patches. Zero
-	// means zstd.SpeedBestCompression.
+	// Level is the zstd level of per-file patches. Zero means
+	// zstd.SpeedBestCompression.
 	Level zstd.EncoderLevel
+	// StreamLevel is the zstd level of the header and op streams (new
+	// files' content is in the op stream). Zero means
+	// zstd.SpeedBetterCompression: a best-level encoder holds ~70 MB of
+	// tables, and on the header stream best gains little.
+	StreamLevel zstd.EncoderLevel
 }
 
 // Stats describes a patch written by Diff.
@@ -327,9 +341,10 @@ func (s *splitter) Read(p []byte) (int, error) {
 }
 
 type opWriter struct {
-	z    *zstd.Encoder
-	tmp  []byte
-	next int // ordinal the next reference is expected at
+	z       *zstd.Encoder
+	patcher *patcher
+	tmp     []byte
+	next    int // ordinal the next reference is expected at
 }
 
 func (o *opWriter) op(code byte, vals ...uint64) error {
@@ -372,6 +387,9 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	if o.Level == 0 {
 		o.Level = zstd.SpeedBestCompression
 	}
+	if o.StreamLevel == 0 {
+		o.StreamLevel = zstd.SpeedBetterCompression
+	}
 	var st Stats
 	ix, err := indexBase(ctx, old)
 	if err != nil {
@@ -379,15 +397,16 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	}
 
 	var metaBuf, opsBuf bytes.Buffer
-	mz, err := newEncoder(&metaBuf, o.Level, metaWindow(len(ix.dict)), ix.dict)
+	mz, err := newEncoder(&metaBuf, o.StreamLevel, metaWindow(len(ix.dict)), ix.dict)
 	if err != nil {
 		return st, err
 	}
-	oz, err := newEncoder(&opsBuf, o.Level, 8<<20, nil)
+	oz, err := newEncoder(&opsBuf, o.StreamLevel, 8<<20, nil)
 	if err != nil {
 		return st, err
 	}
-	ow := &opWriter{z: oz}
+	ow := &opWriter{z: oz, patcher: &patcher{level: o.Level}}
+	defer ow.patcher.close()
 
 	sp := &splitter{r: bufio.NewReaderSize(newLayer, 1<<16), h: sha256.New()}
 	tr := tar.NewReader(sp)
@@ -500,7 +519,7 @@ func diffFile(ix *baseIndex, o *Options, ow *opWriter, tr io.Reader, h *tar.Head
 		if _, err := io.ReadFull(io.NewSectionReader(ix.readers[prev.layer], prev.offset, prev.size), base); err != nil {
 			return err
 		}
-		p, err := zPatch(base, data, o.Level)
+		p, err := ow.patcher.patch(base, data)
 		if err != nil {
 			return err
 		}
@@ -540,20 +559,44 @@ func windowFor(dictLen, dataLen int) int {
 	return w
 }
 
-func zPatch(base, data []byte, level zstd.EncoderLevel) ([]byte, error) {
-	enc, err := zstd.NewWriter(nil,
-		zstd.WithEncoderLevel(level),
-		zstd.WithEncoderConcurrency(1),
-		zstd.WithWindowSize(windowFor(len(base), len(data))),
-		zstd.WithEncoderDictRaw(1, base),
-		zstd.WithEncoderCRC(false), // the result is checked by the target diffID
-		zstd.WithZeroFrames(true),
-	)
-	if err != nil {
+// patcher encodes per-file zstd patch-from frames. It keeps one encoder and
+// changes only its dictionary between files (a best-level encoder's tables
+// are tens of MB); it makes a new one when a file needs a larger window. The
+// frames declare a window from the new content's size, not the encoder's.
+type patcher struct {
+	level  zstd.EncoderLevel
+	enc    *zstd.Encoder
+	window int
+}
+
+func (p *patcher) patch(base, data []byte) ([]byte, error) {
+	// A floor of 4 MiB lets the usual small files share one encoder.
+	need := max(windowFor(len(base), len(data)), 4<<20)
+	if p.enc == nil || need > p.window {
+		p.close()
+		enc, err := zstd.NewWriter(nil,
+			zstd.WithEncoderLevel(p.level),
+			zstd.WithEncoderConcurrency(1),
+			zstd.WithWindowSize(need),
+			zstd.WithEncoderDictRaw(1, base),
+			zstd.WithEncoderCRC(false), // the result is checked by the target diffID
+			zstd.WithZeroFrames(true),
+		)
+		if err != nil {
+			return nil, err
+		}
+		p.enc, p.window = enc, need
+	} else if err := p.enc.ResetWithOptions(nil, zstd.WithEncoderDictRaw(1, base)); err != nil {
 		return nil, err
 	}
-	defer enc.Close()
-	return enc.EncodeAll(data, nil), nil
+	return p.enc.EncodeAll(data, nil), nil
+}
+
+func (p *patcher) close() {
+	if p.enc != nil {
+		p.enc.Close()
+		p.enc = nil
+	}
 }
 
 // ---------------------------------------------------------------- applying

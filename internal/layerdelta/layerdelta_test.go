@@ -91,7 +91,7 @@ func layersOf(tars ...[]byte) []Layer {
 // testOptions keeps the zstd encoders small: SpeedBestCompression allocates
 // tables of tens of MB per encoder, slow to clear under -race.
 // BenchmarkRealPair measures sizes at the default (best) level.
-var testOptions = &Options{Level: zstd.SpeedDefault}
+var testOptions = &Options{Level: zstd.SpeedDefault, StreamLevel: zstd.SpeedDefault}
 
 // roundTrip diffs, applies and checks the rebuilt bytes; it returns the
 // stats and the patch.
@@ -585,7 +585,7 @@ func TestLargeFilesStreamWhole(t *testing.T) {
 	oldTar := buildTar(t, layerSpec{entries: []entry{{name: "big", body: big}, {name: "small", body: []byte("x")}}})
 	newTar := buildTar(t, layerSpec{entries: []entry{{name: "big", body: edit(big, 1)}, {name: "big2", body: big}, {name: "small", body: []byte("y")}}})
 	var patch, out bytes.Buffer
-	st, err := Diff(context.Background(), layersOf(oldTar), bytes.NewReader(newTar), &patch, &Options{MaxPatchFile: 50_000, Level: zstd.SpeedDefault})
+	st, err := Diff(context.Background(), layersOf(oldTar), bytes.NewReader(newTar), &patch, &Options{MaxPatchFile: 50_000, Level: zstd.SpeedDefault, StreamLevel: zstd.SpeedDefault})
 	if err != nil {
 		t.Fatal(err)
 	}
