@@ -113,7 +113,7 @@ bench-summary: services
 bench-commands: services
 	$(GO) run ./bench/commands
 
-## bench-streams: 10k SSE clients over 1,000 organisations while 2,000 device states/s are published: delivered vs expected, p50/p99 latency, memory per idle stream, vs a bare loop on the same sockets
+## bench-streams: 10k SSE clients over 1,000 organisations while 9,000 MQTT devices change state 2,000 times/s (broker, ingester, Kafka, hub): delivered vs expected, MQTT publish to client p50/p99, memory per idle stream, vs a bare loop on the same sockets (-source kafka skips MQTT)
 bench-streams: services
 	$(GO) run ./bench/streams
 
