@@ -3,6 +3,8 @@
 package handlers
 
 import (
+	"time"
+
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/flock-io/flock-api/gen/api"
@@ -107,6 +109,9 @@ type Deps struct {
 	Commands commands.Sender
 	// StreamHub feeds the live streams; nil answers them with 503.
 	StreamHub *livestreams.Hub
+	// StreamRecheck is how often an open stream asks whether its caller
+	// may still read it (FLOCK_STREAM_RECHECK); zero means 30s.
+	StreamRecheck time.Duration
 }
 
 // New wires every handler to its dependencies.
@@ -128,7 +133,7 @@ func New(d Deps) *Server {
 		Variables:    &variables.Variables{Pool: pool, Nudge: d.Nudge},
 		DeviceAPI:    &deviceapi.DeviceAPI{Pool: pool, Tokens: d.Tokens, TokenEndpoint: d.TokenEndpoint, Audit: d.Audit, MQTTURL: d.MQTTURL, Bus: d.Bus},
 		MQTTHooks:    &mqtthooks.MQTTHooks{Auth: d.MQTTAuth, Token: d.MQTTHookToken, Open: d.MQTTHooksOpen},
-		Streams:      &streams.Streams{Pool: pool, Hub: d.StreamHub, Telemetry: d.Telemetry},
+		Streams:      &streams.Streams{Pool: pool, Hub: d.StreamHub, Telemetry: d.Telemetry, Recheck: d.StreamRecheck},
 		DeviceData:   &devicedata.DeviceData{Telemetry: d.Telemetry},
 		Summary:      &summary.Summary{Pool: pool},
 		Commands:     &commands.Commands{Pool: pool, Send: d.Commands},

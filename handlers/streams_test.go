@@ -35,6 +35,12 @@ type streamEnv struct {
 
 func startStreamEnv(t *testing.T) *streamEnv {
 	t.Helper()
+	return startStreamEnvWith(t)
+}
+
+// startStreamEnvWith starts the api target with more flags.
+func startStreamEnvWith(t *testing.T, flags ...string) *streamEnv {
+	t.Helper()
 	log := slog.New(slog.DiscardHandler)
 	ctx, cancel := context.WithCancel(context.Background())
 	addrc := make(chan string, 1)
@@ -60,7 +66,7 @@ func startStreamEnv(t *testing.T) *streamEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Close)
-	srv := apptest.Start(t, "--target=api", "--kafka-brokers="+addr)
+	srv := apptest.Start(t, append([]string{"--target=api", "--kafka-brokers=" + addr}, flags...)...)
 	return &streamEnv{srv: srv, bus: b, w: newWorld(t, srv).withFleet(t)}
 }
 

@@ -272,6 +272,10 @@ type Querier interface {
 	SigningKeyInsert(ctx context.Context, arg SigningKeyInsertParams) error
 	// Published keys of a purpose, newest first; the first one signs.
 	SigningKeyList(ctx context.Context, purpose string) ([]SigningKey, error)
+	// Whether the caller of an open stream may still read the organisation: a
+	// user who is still a member, an API key not deleted or expired. Open
+	// streams ask again while they run, so removing someone ends their streams.
+	StreamAccessHolds(ctx context.Context, arg StreamAccessHoldsParams) (bool, error)
 	// The devices a device group stream passes, by the one definition of a
 	// group's filter; the stream reads it again while it runs.
 	StreamDeviceGroupMembers(ctx context.Context, arg StreamDeviceGroupMembersParams) ([]uuid.UUID, error)

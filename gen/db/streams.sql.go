@@ -11,6 +11,29 @@ import (
 	"github.com/google/uuid"
 )
 
+const streamAccessHolds = `-- name: StreamAccessHolds :one
+SELECT CASE WHEN $1::bool
+  THEN EXISTS (SELECT 1 FROM api_keys k WHERE k.id = $2 AND k.org_id = $3 AND (k.expires_at IS NULL OR k.expires_at > now()))
+  ELSE EXISTS (SELECT 1 FROM memberships m WHERE m.user_id = $2 AND m.org_id = $3)
+END::bool AS holds
+`
+
+type StreamAccessHoldsParams struct {
+	IsKey   bool
+	ActorID uuid.UUID
+	OrgID   uuid.UUID
+}
+
+// Whether the caller of an open stream may still read the organisation: a
+// user who is still a member, an API key not deleted or expired. Open
+// streams ask again while they run, so removing someone ends their streams.
+func (q *Queries) StreamAccessHolds(ctx context.Context, arg StreamAccessHoldsParams) (bool, error) {
+	row := q.db.QueryRow(ctx, streamAccessHolds, arg.IsKey, arg.ActorID, arg.OrgID)
+	var holds bool
+	err := row.Scan(&holds)
+	return holds, err
+}
+
 const streamDeviceGroupMembers = `-- name: StreamDeviceGroupMembers :many
 SELECT d.id FROM devices d
 WHERE d.org_id = $1

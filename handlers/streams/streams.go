@@ -35,6 +35,9 @@ type Streams struct {
 	// members again (devices join and leave a group as their names and
 	// tags change); default 30s.
 	GroupRefresh time.Duration
+	// Recheck is how often an open stream asks whether its caller may still
+	// read the organisation; default 30s.
+	Recheck time.Duration
 }
 
 const defaultGroupRefresh = 30 * time.Second
@@ -136,7 +139,7 @@ func (h *Streams) open(ctx context.Context, ws bool, kind live.Kind, f *live.Fil
 	} else {
 		f.Types = scope
 	}
-	st := &live.Stream{Kind: kind, Filter: f, Heartbeat: h.Heartbeat}
+	st := &live.Stream{Kind: kind, Filter: f, Heartbeat: h.Heartbeat, Recheck: h.recheck(ctx), RecheckEvery: h.Recheck}
 	in, field, id := "query", "last_event_id", query
 	if id == nil && header != nil {
 		in, field, id = "header", "Last-Event-ID", header
@@ -149,6 +152,33 @@ func (h *Streams) open(ctx context.Context, ws bool, kind live.Kind, f *live.Fil
 		st.From = p
 	}
 	return stream{ctx: ctx, h: h, st: st, ws: ws}, nil
+}
+
+// recheck asks whether the caller of a stream opened in ctx may still read
+// its organisation: the guard let the stream open, but a member removed or
+// a key deleted since must not keep reading it.
+func (h *Streams) recheck(ctx context.Context) func(context.Context) (bool, error) {
+	acc := auth.AccessFrom(ctx)
+	if acc == nil || acc.Principal == nil {
+		return nil
+	}
+	p, org := acc.Principal, acc.OrgID
+	var params db.StreamAccessHoldsParams
+	switch p.Kind {
+	case auth.KindUser:
+		params = db.StreamAccessHoldsParams{ActorID: p.UserID, OrgID: org}
+	case auth.KindAPIKey:
+		params = db.StreamAccessHoldsParams{IsKey: true, ActorID: p.KeyID, OrgID: org}
+	default:
+		return nil
+	}
+	return func(ctx context.Context) (bool, error) {
+		ok, err := db.New(h.Pool).StreamAccessHolds(ctx, params)
+		if err != nil {
+			return false, fmt.Errorf("recheck stream access of %s in %s: %w", p.Label(), org, err)
+		}
+		return ok, nil
+	}
 }
 
 func names(ts live.Types) string {

@@ -57,7 +57,7 @@ func (a *App) initAPI(ctx context.Context) (*modules.Service, error) {
 	server := handlers.New(handlers.Deps{Pool: a.pool, Targets: a.targets, Tokens: a.tokens,
 		TokenEndpoint: TokenEndpoint(a.cfg.PublicURL), Audit: a.audit, MQTTURL: a.mqttPublicURL.Load,
 		KV: a.kv, Telemetry: a.telemetry, MQTTAuth: mqttAuth, MQTTHookToken: a.cfg.MQTTHookToken,
-		MQTTHooksOpen: a.cfg.Dev, Nudge: a.nudger, Bus: a.bus, Commands: a.commands, StreamHub: hub})
+		MQTTHooksOpen: a.cfg.Dev, Nudge: a.nudger, Bus: a.bus, StreamRecheck: a.cfg.StreamRecheck, Commands: a.commands, StreamHub: hub})
 	restapi.Mount(a.server.Router(), spec, server, restapi.Chain{
 		Authn:   auth.NewAuthenticator(verifier, a.tokens, DeviceIssuer(a.cfg.PublicURL), a.pool, a.log),
 		Guard:   guard,

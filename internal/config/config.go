@@ -38,6 +38,9 @@ type Config struct {
 	// TelemetryRetention is how long samples, log lines, connectivity and
 	// update events are kept; 0 keeps them for ever.
 	TelemetryRetention time.Duration
+	// StreamRecheck is how often an open stream checks that its caller may
+	// still read it.
+	StreamRecheck time.Duration
 
 	MQTTURL           string
 	MQTTListen        string
@@ -107,6 +110,7 @@ func Register(fs *flag.FlagSet) *Settings {
 	add("kafka-brokers", "", "Kafka seed brokers, comma separated (host:9092,...); unset = in-process kfake cluster", (*stringValue)(&c.KafkaBrokers), false)
 	add("clickhouse-url", "", "ClickHouse for telemetry, logs and connectivity (clickhouse://host:9000/flock); unset = PostgreSQL tables", (*stringValue)(&c.ClickHouseURL), true)
 	add("telemetry-retention", "720h", "how long telemetry, container logs, connectivity and update events are kept (whole days on ClickHouse); 0 keeps them for ever", (*durationValue)(&c.TelemetryRetention), false)
+	add("stream-recheck", "30s", "how often an open event stream checks that its caller is still a member (or its API key still valid); a removed member's streams end within this", (*durationValue)(&c.StreamRecheck), false)
 	add("mqtt-url", "", "external MQTT broker the ingester subscribes to (mqtt://host:1883 or mqtts://...); unset = embedded broker", (*stringValue)(&c.MQTTURL), false)
 	add("mqtt-listen", ":1883", "listen address of the embedded MQTT broker (when --mqtt-url is unset)", (*stringValue)(&c.MQTTListen), false)
 	add("mqtt-public-url", "", "MQTT URL devices are told at registration; unset = the embedded broker's port on the public URL's host", (*stringValue)(&c.MQTTPublicURL), false)
@@ -249,6 +253,9 @@ func (s *Settings) validate() error {
 	}
 	if c.IngestFlushPeriod <= 0 {
 		return &Error{Setting: s.name("ingest-flush-period"), Err: errors.New("must be positive")}
+	}
+	if c.StreamRecheck <= 0 {
+		return &Error{Setting: s.name("stream-recheck"), Err: errors.New("must be positive")}
 	}
 	if c.TelemetryRetention < 0 {
 		return &Error{Setting: s.name("telemetry-retention"), Err: errors.New("must not be negative")}

@@ -23,6 +23,10 @@ type Sink interface {
 	// Slow tells the client it was dropped for not keeping up (an error
 	// event, and for a WebSocket the close code), with a short deadline.
 	Slow() error
+	// Stop tells the client its stream ends and why (an error event with
+	// code and detail, and for a WebSocket close code 1008), with a short
+	// deadline.
+	Stop(code, detail string) error
 }
 
 // Stream is one client's stream.
@@ -38,6 +42,13 @@ type Stream struct {
 	// live (a device group's members).
 	Refresh      func(context.Context) error
 	RefreshEvery time.Duration
+	// Recheck, when set, is asked every RecheckEvery (default 30s) while
+	// the stream is live whether its caller may still read it; false ends
+	// the stream with an error event (code access_ended). A stream is
+	// authorised when it opens, and without this a member removed from
+	// the organisation, or a deleted API key, would keep reading.
+	Recheck      func(context.Context) (bool, error)
+	RecheckEvery time.Duration
 	// Logs makes this a log stream that sends stored history first
 	// (unless From is a position on the bus).
 	Logs *LogHistory
@@ -66,11 +77,13 @@ type HistoryQuery struct {
 	Limit       int
 }
 
-// errSlow ends a stream whose client was told it is too slow.
-var errSlow = errors.New("slow consumer")
+// errTold ends a stream whose client was told why (too slow, or its
+// access ended); its sink has said so and, for a WebSocket, closed.
+var errTold = errors.New("stream ended; the client was told why")
 
 const (
 	defaultHeartbeat = 15 * time.Second
+	defaultRecheck   = 30 * time.Second
 	defaultLookback  = 10 * time.Second
 	historyPage      = 500
 	// dedupeSize bounds how many history lines a log stream remembers to
@@ -217,6 +230,16 @@ func (h *Hub) live(ctx context.Context, st *Stream, sub *Sub, sink Sink, dd *ded
 		defer t.Stop()
 		refresh = t.C
 	}
+	var recheck <-chan time.Time
+	if st.Recheck != nil {
+		d := st.RecheckEvery
+		if d <= 0 {
+			d = defaultRecheck
+		}
+		t := time.NewTicker(d)
+		defer t.Stop()
+		recheck = t.C
+	}
 	for {
 		select {
 		case ev := <-sub.Events():
@@ -242,7 +265,7 @@ func (h *Hub) live(ctx context.Context, st *Stream, sub *Sub, sink Sink, dd *ded
 			}
 			if sub.Slow() {
 				_ = sink.Slow()
-				return errSlow
+				return errTold
 			}
 			if err := sink.Flush(); err != nil {
 				return err
@@ -251,7 +274,7 @@ func (h *Hub) live(ctx context.Context, st *Stream, sub *Sub, sink Sink, dd *ded
 		case <-sub.Done():
 			if sub.Slow() {
 				_ = sink.Slow()
-				return errSlow
+				return errTold
 			}
 			return nil
 		case <-beat.C:
@@ -266,6 +289,19 @@ func (h *Hub) live(ctx context.Context, st *Stream, sub *Sub, sink Sink, dd *ded
 			if err != nil && ctx.Err() == nil {
 				// Keep the members it had; the next refresh may work.
 				h.log.Warn("stream refresh failed", "error", err.Error())
+			}
+		case <-recheck:
+			rctx, cancel := context.WithTimeout(ctx, refreshTimeout)
+			ok, err := st.Recheck(rctx)
+			cancel()
+			switch {
+			case err != nil && ctx.Err() == nil:
+				// Keep serving: a database hiccup is no reason to drop
+				// every stream; the next check decides.
+				h.log.Warn("stream access check failed", "error", err.Error())
+			case err == nil && !ok:
+				_ = sink.Stop("access_ended", "the caller may no longer read this stream (removed from the organisation, key deleted or expired, or the resource is gone)")
+				return errTold
 			}
 		case <-ctx.Done():
 			return nil

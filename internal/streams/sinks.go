@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/coder/websocket"
@@ -92,6 +93,13 @@ func (s *sse) Slow() error {
 	return nil
 }
 
+func (s *sse) Stop(code, detail string) error {
+	s.arm(slowTimeout)
+	_, _ = s.w.Write(Control(TypeError, "", code, detail).SSE())
+	_ = s.rc.Flush()
+	return nil
+}
+
 func slowEvent() *Event {
 	return Control(TypeError, "", "slow_consumer",
 		"the stream was dropped because the client did not read its events fast enough; reconnect with the last event id to resume")
@@ -149,6 +157,13 @@ func (s *ws) Slow() error {
 	return s.c.Close(websocket.StatusPolicyViolation, "slow consumer")
 }
 
+func (s *ws) Stop(code, detail string) error {
+	ctx, cancel := context.WithTimeout(s.ctx, slowTimeout)
+	defer cancel()
+	_ = s.c.Write(ctx, websocket.MessageText, Control(TypeError, "", code, detail).JSON())
+	return s.c.Close(websocket.StatusPolicyViolation, strings.ReplaceAll(code, "_", " "))
+}
+
 // Close ends a WebSocket stream that ended for another reason than a
 // slow client.
 func (s *ws) close(err error) {
@@ -176,7 +191,7 @@ func (h *Hub) ServeWebSocket(ctx context.Context, w http.ResponseWriter, r *http
 	if sink == nil {
 		return err
 	}
-	if err == errSlow {
+	if err == errTold {
 		return nil
 	}
 	sink.close(err)
@@ -287,6 +302,12 @@ func (s *rawSSE) Heartbeat() error {
 func (s *rawSSE) Slow() error {
 	_ = s.c.SetWriteDeadline(time.Now().Add(slowTimeout))
 	_, _ = s.c.Write(slowEvent().SSE())
+	return nil
+}
+
+func (s *rawSSE) Stop(code, detail string) error {
+	_ = s.c.SetWriteDeadline(time.Now().Add(slowTimeout))
+	_, _ = s.c.Write(Control(TypeError, "", code, detail).SSE())
 	return nil
 }
 
