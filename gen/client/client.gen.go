@@ -1917,7 +1917,9 @@ type StreamEvent struct {
 	// Data The event itself: the Kafka record as the AsyncAPI document describes
 	// it for the type; for `device.log` a LogLine; for `gap` an object with
 	// `code` (`retention`: the bus no longer holds some of the events asked
-	// for) and `detail`; for `error` one with `code` (`slow_consumer`) and
+	// for) and `detail`; for `error` one with `code` (`slow_consumer`: the
+	// client did not read fast enough; `access_ended`: the caller was removed
+	// from the organisation or its key deleted or expired) and
 	// `detail`.
 	Data     map[string]interface{} `json:"data"`
 	DeviceId *openapi_types.UUID    `json:"device_id,omitempty"`

@@ -2503,7 +2503,9 @@ export interface components {
              * @description The event itself: the Kafka record as the AsyncAPI document describes
              *     it for the type; for `device.log` a LogLine; for `gap` an object with
              *     `code` (`retention`: the bus no longer holds some of the events asked
-             *     for) and `detail`; for `error` one with `code` (`slow_consumer`) and
+             *     for) and `detail`; for `error` one with `code` (`slow_consumer`: the
+             *     client did not read fast enough; `access_ended`: the caller was removed
+             *     from the organisation or its key deleted or expired) and
              *     `detail`.
              */
             data: {
