@@ -87,7 +87,7 @@ func run(adminURL string, n, rounds int) (err error) {
 		return err
 	}
 	defer proc.Stop(30 * time.Second) //nolint:errcheck
-	errorLines.Store(0) // launch's polls of /readyz before it was ready
+	errorLines.Store(0)               // launch's polls of /readyz before it was ready
 	prov, err := devoidc.New(ctx, pool, app.DevIssuer(publicURL), app.DevAudience)
 	if err != nil {
 		return err
