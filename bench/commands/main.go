@@ -36,9 +36,8 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/flock-io/flock-api/bench/internal/benchapp"
 	"github.com/flock-io/flock-api/bench/internal/benchdb"
-	"github.com/flock-io/flock-api/internal/app"
-	"github.com/flock-io/flock-api/internal/devoidc"
 	"github.com/flock-io/flock-api/internal/simulate"
 	"github.com/flock-io/flock-api/internal/testutil/launch"
 )
@@ -88,11 +87,7 @@ func run(adminURL string, n, rounds int) (err error) {
 	}
 	defer proc.Stop(30 * time.Second) //nolint:errcheck
 	errorLines.Store(0)               // launch's polls of /readyz before it was ready
-	prov, err := devoidc.New(ctx, pool, app.DevIssuer(publicURL), app.DevAudience)
-	if err != nil {
-		return err
-	}
-	token, err := prov.Mint(ctx, "bench@example.com", "", 2*time.Hour)
+	token, err := benchapp.Token(ctx, pool, publicURL)
 	if err != nil {
 		return err
 	}

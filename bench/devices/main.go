@@ -37,12 +37,12 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/flock-io/flock-api/bench/internal/benchapp"
 	"github.com/flock-io/flock-api/bench/internal/benchdb"
 	"github.com/flock-io/flock-api/bench/internal/serverstats"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/app"
 	"github.com/flock-io/flock-api/internal/devicetoken"
-	"github.com/flock-io/flock-api/internal/devoidc"
 	"github.com/flock-io/flock-api/internal/testutil/launch"
 )
 
@@ -97,11 +97,7 @@ func run(adminURL string, devices, requests int, duration time.Duration, concurr
 		return err
 	}
 	defer proc.Stop(30 * time.Second) //nolint:errcheck
-	prov, err := devoidc.New(ctx, pool, app.DevIssuer(publicURL), app.DevAudience)
-	if err != nil {
-		return err
-	}
-	token, err := prov.Mint(ctx, "bench@example.com", "", 2*time.Hour)
+	token, err := benchapp.Token(ctx, pool, publicURL)
 	if err != nil {
 		return err
 	}

@@ -41,12 +41,12 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/flock-io/flock-api/bench/internal/benchapp"
 	"github.com/flock-io/flock-api/bench/internal/benchdb"
 	"github.com/flock-io/flock-api/internal/app"
 	"github.com/flock-io/flock-api/internal/audit"
 	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/devicetoken"
-	"github.com/flock-io/flock-api/internal/devoidc"
 	"github.com/flock-io/flock-api/internal/postgres"
 	"github.com/flock-io/flock-api/internal/rollout"
 	"github.com/flock-io/flock-api/internal/testutil/launch"
@@ -512,11 +512,7 @@ type api struct {
 }
 
 func newAPI(ctx context.Context, base string, pool *pgxpool.Pool) (*api, error) {
-	prov, err := devoidc.New(ctx, pool, app.DevIssuer(publicURL), app.DevAudience)
-	if err != nil {
-		return nil, err
-	}
-	token, err := prov.Mint(ctx, "bench@example.com", "", 2*time.Hour)
+	token, err := benchapp.Token(ctx, pool, publicURL)
 	if err != nil {
 		return nil, err
 	}

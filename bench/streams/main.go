@@ -75,14 +75,13 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/google/uuid"
 
+	"github.com/flock-io/flock-api/bench/internal/benchapp"
 	"github.com/flock-io/flock-api/bench/internal/benchdb"
 	"github.com/flock-io/flock-api/gen/client"
 	"github.com/flock-io/flock-api/gen/events"
-	"github.com/flock-io/flock-api/internal/app"
 	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/devicetoken"
 	"github.com/flock-io/flock-api/internal/devicetopic"
-	"github.com/flock-io/flock-api/internal/devoidc"
 	"github.com/flock-io/flock-api/internal/simulate"
 	"github.com/flock-io/flock-api/internal/testutil/launch"
 )
@@ -214,11 +213,7 @@ func run(source, adminURL string, clients, orgs, devicesPerOrg, rate int, durati
 	var stopOnce sync.Once
 	stopAPI := func() { stopOnce.Do(func() { _, _ = proc.Stop(60 * time.Second) }) }
 	defer stopAPI()
-	prov, err := devoidc.New(ctx, pool, app.DevIssuer(publicURL), app.DevAudience)
-	if err != nil {
-		return err
-	}
-	token, err := prov.Mint(ctx, "bench@example.com", "", 2*time.Hour)
+	token, err := benchapp.Token(ctx, pool, publicURL)
 	if err != nil {
 		return err
 	}

@@ -40,12 +40,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/flock-io/flock-api/bench/internal/benchapp"
 	"github.com/flock-io/flock-api/bench/internal/benchdb"
 	"github.com/flock-io/flock-api/bench/internal/serverstats"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/handlers/summary"
-	"github.com/flock-io/flock-api/internal/app"
-	"github.com/flock-io/flock-api/internal/devoidc"
 	"github.com/flock-io/flock-api/internal/testutil/launch"
 	"github.com/flock-io/flock-api/workers/janitor"
 )
@@ -84,11 +83,7 @@ func run(adminURL string, n, requests, rate, batches int) error {
 		return err
 	}
 	defer proc.Stop(30 * time.Second) //nolint:errcheck
-	prov, err := devoidc.New(ctx, pool, app.DevIssuer(publicURL), app.DevAudience)
-	if err != nil {
-		return err
-	}
-	token, err := prov.Mint(ctx, "bench@example.com", "", 2*time.Hour)
+	token, err := benchapp.Token(ctx, pool, publicURL)
 	if err != nil {
 		return err
 	}
