@@ -136,6 +136,6 @@ func New(d Deps) *Server {
 		Streams:      &streams.Streams{Pool: pool, Hub: d.StreamHub, Telemetry: d.Telemetry, Recheck: d.StreamRecheck},
 		DeviceData:   &devicedata.DeviceData{Telemetry: d.Telemetry},
 		Summary:      &summary.Summary{Pool: pool},
-		Commands:     &commands.Commands{Pool: pool, Send: d.Commands},
+		Commands:     &commands.Commands{Pool: pool, Send: d.Commands, KV: d.KV},
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/kv"
 )
 
 // Sender sends a command once the transaction that created it commits
@@ -25,6 +26,9 @@ type Commands struct {
 	// Send sends new commands; nil leaves them pending until the device
 	// next connects with a worker running.
 	Send Sender
+	// KV holds devices' newest reported states, which PostgreSQL receives
+	// a moment later; nil reads PostgreSQL only.
+	KV kv.Store
 }
 
 func convert(c db.Command) api.Command {

@@ -2,16 +2,19 @@ package commands
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
 	"github.com/flock-io/flock-api/internal/http/problem"
+	"github.com/flock-io/flock-api/internal/livestate"
 	"github.com/flock-io/flock-api/internal/postgres"
 	cmdworker "github.com/flock-io/flock-api/workers/commands"
 )
@@ -42,10 +45,17 @@ func (h *Commands) DeviceCommandCreate(ctx context.Context, req api.DeviceComman
 	if err != nil {
 		return nil, fmt.Errorf("load device %s: %w", req.DeviceId, err)
 	}
-	if !cmdworker.Supports(dev.AgentVersion, typ) {
+	agent := dev.AgentVersion
+	if !cmdworker.Supports(agent, typ) {
+		// The ingester writes a report to the KV store before PostgreSQL,
+		// and the device reads show the KV copy: a device the API already
+		// shows with a new agent must not be refused meanwhile.
+		agent = h.liveAgentVersion(ctx, dev.ID, agent)
+	}
+	if !cmdworker.Supports(agent, typ) {
 		reported := "has not reported an agent version"
-		if dev.AgentVersion != "" {
-			reported = fmt.Sprintf("reports agent version %q", dev.AgentVersion)
+		if agent != "" {
+			reported = fmt.Sprintf("reports agent version %q", agent)
 		}
 		return nil, problem.Errorf(http.StatusConflict, "command_unsupported",
 			"device %s %s; %s needs agent %s or later", dev.ID, reported, typ, cmdworker.MinAgentVersion[typ])
@@ -66,4 +76,24 @@ func (h *Commands) DeviceCommandCreate(ctx context.Context, req api.DeviceComman
 		h.Send.Announce(ctx, c)
 	}
 	return api.DeviceCommandCreate201JSONResponse(convert(c)), nil
+}
+
+// liveAgentVersion is the agent version of the device's newest state in the
+// KV store, or stored when there is none (or the store fails: PostgreSQL's
+// copy is only a moment older).
+func (h *Commands) liveAgentVersion(ctx context.Context, device uuid.UUID, stored string) string {
+	if h.KV == nil {
+		return stored
+	}
+	live, err := livestate.ReadState(ctx, h.KV, device)
+	if err != nil || live == nil {
+		return stored
+	}
+	var st struct {
+		AgentVersion string `json:"agent_version"`
+	}
+	if json.Unmarshal(live.State, &st) != nil || st.AgentVersion == "" {
+		return stored
+	}
+	return st.AgentVersion
 }
