@@ -123,8 +123,10 @@ type key struct {
 	kid       string
 	createdAt time.Time
 	public    ed25519.PublicKey
-	// signer is set on the current key only.
-	signer jose.Signer
+	// signer and private are set on the current key only; private signs
+	// tokens of other types (Sign).
+	signer  jose.Signer
+	private ed25519.PrivateKey
 }
 
 // keySet is immutable once stored, so readers need no lock.
@@ -419,9 +421,10 @@ func parseKey(row db.SigningKey, signs bool) (*key, error) {
 	}
 	k := &key{kid: row.Kid, createdAt: row.CreatedAt, public: priv.Public().(ed25519.PublicKey)}
 	if signs {
+		k.private = priv
 		k.signer, err = jose.NewSigner(
 			jose.SigningKey{Algorithm: algorithm, Key: jose.JSONWebKey{Key: priv, KeyID: row.Kid}},
-			(&jose.SignerOptions{}).WithType("JWT"),
+			(&jose.SignerOptions{}).WithType(TokenType),
 		)
 		if err != nil {
 			return nil, fmt.Errorf("signer for key %s: %w", row.Kid, err)

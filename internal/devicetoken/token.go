@@ -77,6 +77,10 @@ func (s *Service) Verify(ctx context.Context, token string) (*Claims, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidToken, err)
 	}
+	// Other tokens signed with the same keys (Sign) carry another typ.
+	if typ := typeOf(tok.Headers[0]); typ != TokenType {
+		return nil, fmt.Errorf("%w: typ %q is not a device token's", ErrInvalidToken, typ)
+	}
 	kid := tok.Headers[0].KeyID
 	if kid == "" {
 		return nil, fmt.Errorf("%w: no kid", ErrInvalidToken)
