@@ -30,6 +30,7 @@ const (
 	TopicDeviceLogs         = "flock.device.logs.v1"
 	TopicRolloutEvents      = "flock.rollout.events.v1"
 	TopicCommandEvents      = "flock.device.command-events.v1"
+	TopicDeltaRequests      = "flock.delta.requests.v1"
 )
 
 // AllTopics are the topics Open makes sure exist.
@@ -42,6 +43,7 @@ var AllTopics = []string{
 	TopicDeviceLogs,
 	TopicRolloutEvents,
 	TopicCommandEvents,
+	TopicDeltaRequests,
 }
 
 // ErrClosed is returned by Consume when the Bus was closed under it.
