@@ -53,6 +53,7 @@ require (
 	github.com/aws/smithy-go v1.28.9 // indirect
 	github.com/docker/cli v29.7.2+incompatible // indirect
 	github.com/docker/docker-credential-helpers v0.9.3 // indirect
+	github.com/dsnet/compress v0.0.0-20171208185109-cc9eb1d7ad76 // indirect
 	github.com/gabstv/go-bsdiff v1.0.5 // indirect
 	github.com/google/go-containerregistry v0.22.1 // indirect
 	github.com/johannesboyne/gofakes3 v1.2.0 // indirect

@@ -15,18 +15,24 @@
 //     reference to a file of the old layers with the same content (same path,
 //     or the same sha256 under any path, even a shadowed or whited-out one),
 //     encoded as a step from the previous reference so that runs of unchanged
-//     files compress to almost nothing; or a zstd patch-from frame against the
-//     file of the same path in the old image (its old version as a raw
-//     dictionary); or the content itself. The op stream is zstd-compressed.
+//     files compress to almost nothing; or a patch against the file of the
+//     same path in the old image: a zstd patch-from frame (the old version
+//     as a raw dictionary) or a bsdiff patch (go-bsdiff's BSDIFF40 format),
+//     whichever is smaller (bsdiff is tried only on binary files up to
+//     Options.MaxBsdiffFile, see defaultMaxBsdiffFile); or, for a file with
+//     no old version, the same kind of patch against an old file of the
+//     same base name (or the same extension and a similar size) when that
+//     beats compressing it alone; or the content itself. The op stream is
+//     zstd-compressed.
 //
 // Apply rebuilds the tar by running archive/tar over the header stream: each
 // regular file's header says how long its content is, and the next op
 // supplies it. Both sides decide "this entry's data is file content" with the
 // same rule on the same header bytes (regular, not sparse, non-empty).
 //
-// Wire format (version 1), integers big-endian:
+// Wire format (version 2), integers big-endian:
 //
-//	magic   "FLKLDLT" + version byte (1)
+//	magic   "FLKLDLT" + version byte (2)
 //	[32]    target diffID (sha256 of the new uncompressed tar)
 //	uint64  target size
 //	uint32  number of base layers N
@@ -36,7 +42,9 @@
 //	[32]    sha256 of every preceding byte of the patch
 //
 // Ops (a byte, then uvarints): opRef step; opZPatch step, n, n bytes;
-// opRaw, then the file's content; opEnd. A step is the zigzag-encoded
+// opBsdiff step, n, n bytes (version 2); opRaw, then the file's content;
+// opEnd. The step of a patch op names its base, which may be any old file.
+// Version 1 is version 2 without opBsdiff; Apply reads both. A step is the zigzag-encoded
 // difference between the referenced old file's ordinal (its position among
 // the non-empty regular files of the old layers, lowest layer first) and the
 // previous reference's ordinal plus one.
@@ -51,21 +59,18 @@
 // Memory on Diff's side: the index of the old layers' files, the compressed
 // patch (written at the end, when the target diffID is known), one file's
 // new and old content (files over Options.MaxPatchFile are streamed whole,
-// even when unchanged: a known gap), and the zstd encoders; a best-level
-// encoder for the per-file patches holds some 100 MB of tables, so
-// Options.Level = zstd.SpeedBetterCompression trades a few percent on
-// patched binaries for much less.
-//
-// bsdiff is not used: no Go bsdiff module is served to this build (the
-// module proxy refuses github.com/gabstv/go-bsdiff). The op code opBsdiff is
-// reserved so that a later version can add it next to zstd patch-from and
-// pick the smaller per file.
+// even when unchanged: a known gap), bsdiff's ~18 times a file up to
+// Options.MaxBsdiffFile, and the zstd encoders; a best-level encoder for
+// the per-file patches holds some 70 MB of tables, so Options.Level =
+// zstd.SpeedBetterCompression trades a few percent on patched binaries for
+// much less. bench/deltas measures it.
 package layerdelta
 
 import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -75,13 +80,17 @@ import (
 	"hash"
 	"io"
 	"path"
+	"slices"
 	"strings"
 
+	"github.com/gabstv/go-bsdiff/pkg/bsdiff"
+	"github.com/gabstv/go-bsdiff/pkg/bspatch"
 	"github.com/klauspost/compress/zstd"
 )
 
-// Version is the patch format version written by Diff and accepted by Apply.
-const Version = 1
+// Version is the patch format version written by Diff. Apply reads it and
+// every earlier version (version 1 is version 2 without opBsdiff).
+const Version = 2
 
 var magic = [7]byte{'F', 'L', 'K', 'L', 'D', 'L', 'T'}
 
@@ -90,7 +99,7 @@ const (
 	opRef    = 1
 	opZPatch = 2
 	opRaw    = 3
-	opBsdiff = 4 // reserved
+	opBsdiff = 4
 )
 
 const (
@@ -103,6 +112,20 @@ const (
 	maxDict = 8 << 20
 	// maxMetaSection bounds the compressed header stream Apply holds.
 	maxMetaSection = 256 << 20
+	// defaultMaxBsdiffFile bounds the files (old and new version) Diff
+	// hands to bsdiff. go-bsdiff sorts the old version's suffixes into two
+	// []int (16 bytes a byte) and holds diff and extra buffers the size of
+	// the new one: about 18 times the file in memory, 36 MiB for a 2 MiB
+	// file, which stays under the memory goal of 10 times the largest
+	// changed file whenever bsdiff sees a file at most half the largest's
+	// size. It also takes about 2 s a MiB (suffix sorting, then bzip2 at
+	// its best level), where zstd patch-from takes tens of ms. Larger
+	// changed files get zstd patch-from only.
+	defaultMaxBsdiffFile = 2 << 20
+	// binarySniff is how much of a file's start Diff looks at for a NUL
+	// byte to call it binary (bsdiff is tried only on binary files unless
+	// Options.BsdiffText).
+	binarySniff = 8 << 10
 )
 
 // Layer is one uncompressed tar layer.
@@ -131,6 +154,19 @@ type Options struct {
 	// zstd.SpeedBetterCompression: a best-level encoder holds ~70 MB of
 	// tables, and on the header stream best gains little.
 	StreamLevel zstd.EncoderLevel
+	// MaxBsdiffFile is the largest file (old or new version) that Diff
+	// also patches with bsdiff, keeping the smaller of the bsdiff and zstd
+	// patches. bsdiff holds about 18 times the file in memory and takes
+	// about 2 s a MiB. Zero means 2 MiB; negative turns bsdiff off.
+	MaxBsdiffFile int64
+	// BsdiffText makes Diff try bsdiff on files that look like text too (no
+	// NUL byte in the first 8 KiB of either version). Off by default:
+	// on text, zstd patch-from is as small or smaller and far faster.
+	BsdiffText bool
+	// NoDict turns off the dictionary path for new files (compressing a
+	// file with no old version of its path against an old file of the same
+	// base name or extension).
+	NoDict bool
 }
 
 // Stats describes a patch written by Diff.
@@ -142,9 +178,13 @@ type Stats struct {
 	Files        int   // regular files with content in the new layer
 	RefFiles     int   // found in the old layers: reference only
 	RefBytes     int64 // their content size
-	PatchedFiles int   // patched against the old version with zstd patch-from
+	PatchedFiles int   // patched against an old file (zstd patch-from or bsdiff)
 	PatchedBytes int64 // their new content size
-	PatchBytes   int64 // size of those zstd patches
+	PatchBytes   int64 // size of those patches
+	BsdiffFiles  int   // of PatchedFiles, those whose bsdiff patch was the smaller
+	BsdiffTried  int   // files given to bsdiff
+	DictFiles    int   // of PatchedFiles, new files patched against an old file of another name
+	DictBytes    int64 // their new content size
 	RawFiles     int   // stored whole (new files, or too large to patch)
 	RawBytes     int64
 	MetaBytes    int64 // non-content bytes of the tar
@@ -343,8 +383,13 @@ func (s *splitter) Read(p []byte) (int, error) {
 type opWriter struct {
 	z       *zstd.Encoder
 	patcher *patcher
+	plain   *zstd.Encoder // estimates a new file's cost in the op stream
+	names   *nameIndex
 	tmp     []byte
-	next    int // ordinal the next reference is expected at
+	next    int    // ordinal the next reference is expected at
+	data    []byte // reused: the new file's content
+	base    []byte // reused: the old file's content
+	est     []byte // reused: plain's output
 }
 
 func (o *opWriter) op(code byte, vals ...uint64) error {
@@ -363,7 +408,9 @@ func (o *opWriter) step(ord int) uint64 {
 }
 
 func newEncoder(w io.Writer, level zstd.EncoderLevel, window int, dict []byte) (*zstd.Encoder, error) {
-	opts := []zstd.EOption{zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(window)}
+	// Lower memory: the history buffer is the window plus one block, not
+	// twice the window.
+	opts := []zstd.EOption{zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(window), zstd.WithLowerEncoderMem(true)}
 	if len(dict) > 0 {
 		opts = append(opts, zstd.WithEncoderDictRaw(1, dict))
 	}
@@ -387,6 +434,9 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	if o.Level == 0 {
 		o.Level = zstd.SpeedBestCompression
 	}
+	if o.MaxBsdiffFile == 0 {
+		o.MaxBsdiffFile = defaultMaxBsdiffFile
+	}
 	if o.StreamLevel == 0 {
 		o.StreamLevel = zstd.SpeedBetterCompression
 	}
@@ -407,6 +457,14 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	}
 	ow := &opWriter{z: oz, patcher: &patcher{level: o.Level}}
 	defer ow.patcher.close()
+	if !o.NoDict {
+		ow.names = newNameIndex(ix)
+	}
+	ow.plain, err = newEncoder(nil, o.StreamLevel, 8<<20, nil)
+	if err != nil {
+		return st, err
+	}
+	defer ow.plain.Close()
 
 	sp := &splitter{r: bufio.NewReaderSize(newLayer, 1<<16), h: sha256.New()}
 	tr := tar.NewReader(sp)
@@ -502,20 +560,34 @@ func diffFile(ix *baseIndex, o *Options, ow *opWriter, tr io.Reader, h *tar.Head
 		_, err := io.CopyN(ow.z, tr, h.Size)
 		return err
 	}
-	data := make([]byte, h.Size)
+	ow.data = grow(ow.data, int(h.Size))
+	data := ow.data
 	if _, err := io.ReadFull(tr, data); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrTarUnsound, h.Name, err)
 	}
 	sum := Digest(sha256.Sum256(data))
-	prev, hasPrev := ix.visible[cleanName(h.Name)]
+	name := cleanName(h.Name)
+	prev, hasPrev := ix.visible[name]
 	if hasPrev && prev.sum == sum {
 		return ref(ow, prev, st)
 	}
 	if r, ok := ix.byHash[sum]; ok {
 		return ref(ow, r, st)
 	}
-	if hasPrev && prev.size > 0 && prev.size <= o.MaxPatchFile {
-		base := make([]byte, prev.size)
+	// The patch base: the old version of this path or, for a new file, an
+	// old file that probably shares content (same base name, or same
+	// extension and a similar size).
+	dict := false
+	if !hasPrev || prev.size == 0 {
+		hasPrev = false
+		if ow.names != nil {
+			prev, hasPrev = ow.names.candidate(name, h.Size)
+			dict = hasPrev
+		}
+	}
+	if hasPrev && prev.size <= o.MaxPatchFile {
+		ow.base = grow(ow.base, int(prev.size))
+		base := ow.base
 		if _, err := io.ReadFull(io.NewSectionReader(ix.readers[prev.layer], prev.offset, prev.size), base); err != nil {
 			return err
 		}
@@ -523,11 +595,36 @@ func diffFile(ix *baseIndex, o *Options, ow *opWriter, tr io.Reader, h *tar.Head
 		if err != nil {
 			return err
 		}
-		if len(p) < len(data) {
+		code := byte(opZPatch)
+		// bsdiff's smallest patch (header and three bzip2 streams) is
+		// about 100 bytes: below that zstd has won already.
+		if len(p) > 128 && o.MaxBsdiffFile > 0 && max(prev.size, h.Size) <= o.MaxBsdiffFile &&
+			(o.BsdiffText || isBinary(base) || isBinary(data)) {
+			st.BsdiffTried++
+			if bp, err := bsdiffBytes(base, data); err == nil && len(bp) < len(p) {
+				p, code = bp, opBsdiff
+			}
+		}
+		// Worth it if smaller than the file compressed alone (estimated
+		// with a plain encoder at the op stream's level; skipped when the
+		// patch is obviously small).
+		worth := len(p) < len(data)
+		if worth && (dict || len(p) > len(data)/8) {
+			ow.est = ow.plain.EncodeAll(data, ow.est[:0])
+			worth = len(p) < len(ow.est)
+		}
+		if worth {
 			st.PatchedFiles++
 			st.PatchedBytes += h.Size
 			st.PatchBytes += int64(len(p))
-			if err := ow.op(opZPatch, ow.step(prev.ord), uint64(len(p))); err != nil {
+			if code == opBsdiff {
+				st.BsdiffFiles++
+			}
+			if dict {
+				st.DictFiles++
+				st.DictBytes += h.Size
+			}
+			if err := ow.op(code, ow.step(prev.ord), uint64(len(p))); err != nil {
 				return err
 			}
 			_, err = ow.z.Write(p)
@@ -541,6 +638,145 @@ func diffFile(ix *baseIndex, o *Options, ow *opWriter, tr io.Reader, h *tar.Head
 	}
 	_, err := ow.z.Write(data)
 	return err
+}
+
+// grow returns b resized to n bytes, reallocating only when it must.
+func grow(b []byte, n int) []byte {
+	if cap(b) < n {
+		return make([]byte, n)
+	}
+	return b[:n]
+}
+
+// isBinary reports whether b's start holds a NUL byte.
+func isBinary(b []byte) bool {
+	return bytes.IndexByte(b[:min(len(b), binarySniff)], 0) >= 0
+}
+
+// bsdiffBytes runs go-bsdiff, turning a panic into an error.
+func bsdiffBytes(old, new []byte) (p []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("bsdiff: %v", r)
+		}
+	}()
+	return bsdiff.Bytes(old, new)
+}
+
+// bsUnpatch applies a bsdiff patch of newSize bytes' output. go-bsdiff's
+// bspatch trusts the patch's control block (a negative length panics), so
+// a panic is a corrupt patch.
+func bsUnpatch(base, p []byte, newSize int) (out []byte, err error) {
+	if len(p) < 32 || string(p[:8]) != "BSDIFF40" {
+		return nil, fmt.Errorf("%w: file patch is not bsdiff", ErrCorrupt)
+	}
+	// Sign-magnitude little-endian, as bsdiff writes it.
+	if n := binary.LittleEndian.Uint64(p[24:32]); n != uint64(newSize) {
+		return nil, fmt.Errorf("%w: bsdiff patch makes %d bytes, want %d", ErrCorrupt, n, newSize)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			out, err = nil, fmt.Errorf("%w: bsdiff patch: %v", ErrCorrupt, r)
+		}
+	}()
+	out, err = bspatch.Bytes(base, p)
+	if err != nil {
+		return nil, fmt.Errorf("%w: bsdiff patch: %v", ErrCorrupt, err)
+	}
+	if len(out) != newSize {
+		return nil, fmt.Errorf("%w: bsdiff patch gave %d bytes, want %d", ErrCorrupt, len(out), newSize)
+	}
+	return out, nil
+}
+
+// nameIndex finds, for a new file with no old version, an old file likely
+// to share content with it: the visible old file of the same base name with
+// the longest common path suffix (then the closest size), or else one of
+// the same extension with the closest size within a factor of 4. It is a
+// guess; Diff keeps the patch only if it beats compressing the file alone.
+type nameIndex struct {
+	byBase map[string][]namedRef
+	byExt  map[string][]namedRef // sorted by size
+}
+
+type namedRef struct {
+	name string
+	ref  fileRef
+}
+
+func newNameIndex(ix *baseIndex) *nameIndex {
+	n := &nameIndex{byBase: map[string][]namedRef{}, byExt: map[string][]namedRef{}}
+	for name, ref := range ix.visible {
+		if ref.size == 0 {
+			continue
+		}
+		nr := namedRef{name, ref}
+		base := path.Base(name)
+		n.byBase[base] = append(n.byBase[base], nr)
+		if ext := path.Ext(base); ext != "" && ext != base {
+			n.byExt[ext] = append(n.byExt[ext], nr)
+		}
+	}
+	// Deterministic choices: the map above is walked in random order.
+	for _, l := range n.byBase {
+		slices.SortFunc(l, func(a, b namedRef) int { return strings.Compare(a.name, b.name) })
+	}
+	for _, l := range n.byExt {
+		slices.SortFunc(l, func(a, b namedRef) int {
+			return cmp.Or(cmp.Compare(a.ref.size, b.ref.size), strings.Compare(a.name, b.name))
+		})
+	}
+	return n
+}
+
+func (n *nameIndex) candidate(name string, size int64) (fileRef, bool) {
+	base := path.Base(name)
+	if l := n.byBase[base]; len(l) > 0 {
+		best, bestCommon, bestDist := -1, -1, int64(0)
+		for i, c := range l {
+			common := commonSuffix(c.name, name)
+			dist := max(c.ref.size-size, size-c.ref.size)
+			if common > bestCommon || common == bestCommon && dist < bestDist {
+				best, bestCommon, bestDist = i, common, dist
+			}
+		}
+		return l[best].ref, true
+	}
+	ext := path.Ext(base)
+	l := n.byExt[ext]
+	if ext == "" || ext == base || len(l) == 0 {
+		return fileRef{}, false
+	}
+	i, _ := slices.BinarySearchFunc(l, size, func(c namedRef, s int64) int { return cmp.Compare(c.ref.size, s) })
+	var c *namedRef
+	for _, j := range []int{i - 1, i} {
+		if j >= 0 && j < len(l) && (c == nil || abs(l[j].ref.size-size) < abs(c.ref.size-size)) {
+			c = &l[j]
+		}
+	}
+	if c == nil || c.ref.size > 4*size || size > 4*c.ref.size {
+		return fileRef{}, false
+	}
+	return c.ref, true
+}
+
+func abs(x int64) int64 { return max(x, -x) }
+
+// commonSuffix counts the trailing path elements a and b share.
+func commonSuffix(a, b string) int {
+	n := 0
+	for a != "" && b != "" {
+		ia, ib := strings.LastIndexByte(a, '/'), strings.LastIndexByte(b, '/')
+		if a[ia+1:] != b[ib+1:] {
+			break
+		}
+		n++
+		if ia < 0 || ib < 0 {
+			break
+		}
+		a, b = a[:ia], b[:ib]
+	}
+	return n
 }
 
 func ref(ow *opWriter, r fileRef, st *Stats) error {
@@ -567,6 +803,7 @@ type patcher struct {
 	level  zstd.EncoderLevel
 	enc    *zstd.Encoder
 	window int
+	out    []byte // reused: valid until the next patch
 }
 
 func (p *patcher) patch(base, data []byte) ([]byte, error) {
@@ -576,6 +813,7 @@ func (p *patcher) patch(base, data []byte) ([]byte, error) {
 		p.close()
 		enc, err := zstd.NewWriter(nil,
 			zstd.WithEncoderLevel(p.level),
+			zstd.WithLowerEncoderMem(true),
 			zstd.WithEncoderConcurrency(1),
 			zstd.WithWindowSize(need),
 			zstd.WithEncoderDictRaw(1, base),
@@ -589,7 +827,8 @@ func (p *patcher) patch(base, data []byte) ([]byte, error) {
 	} else if err := p.enc.ResetWithOptions(nil, zstd.WithEncoderDictRaw(1, base)); err != nil {
 		return nil, err
 	}
-	return p.enc.EncodeAll(data, nil), nil
+	p.out = p.enc.EncodeAll(data, p.out[:0])
+	return p.out, nil
 }
 
 func (p *patcher) close() {
@@ -606,6 +845,7 @@ type Info struct {
 	Target     Digest // diffID of the layer the patch rebuilds
 	TargetSize int64
 	Bases      []Digest // diffIDs of the old layers, lowest first
+	Version    int      // format version of the patch
 	baseSizes  []uint64
 }
 
@@ -631,9 +871,10 @@ func readHeader(r io.Reader) (Info, error) {
 	if !bytes.Equal(fixed[:7], magic[:]) {
 		return info, fmt.Errorf("%w: not a layer delta (bad magic)", ErrCorrupt)
 	}
-	if fixed[7] != Version {
-		return info, fmt.Errorf("%w: %d (this build reads %d)", ErrVersion, fixed[7], Version)
+	if fixed[7] < 1 || fixed[7] > Version {
+		return info, fmt.Errorf("%w: %d (this build reads 1 to %d)", ErrVersion, fixed[7], Version)
 	}
+	info.Version = int(fixed[7])
 	copy(info.Target[:], fixed[8:40])
 	ts := binary.BigEndian.Uint64(fixed[40:48])
 	if ts > 1<<50 {
@@ -808,7 +1049,10 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 				return info, fmt.Errorf("%w: %s: referenced old file has %d bytes, header says %d", ErrCorrupt, h.Name, f.size, h.Size)
 			}
 			m.content = io.NewSectionReader(ix.readers[f.layer], f.offset, f.size)
-		case opZPatch:
+		case opZPatch, opBsdiff:
+			if code == opBsdiff && info.Version < 2 {
+				return info, fmt.Errorf("%w: bsdiff op in a version %d patch", ErrCorrupt, info.Version)
+			}
 			f, err := step()
 			if err != nil {
 				return info, err
@@ -828,7 +1072,12 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 			if _, err := io.ReadFull(ops, p); err != nil {
 				return info, streamErr(err)
 			}
-			out, err := zUnpatch(base, p, int(h.Size))
+			var out []byte
+			if code == opBsdiff {
+				out, err = bsUnpatch(base, p, int(h.Size))
+			} else {
+				out, err = zUnpatch(base, p, int(h.Size))
+			}
 			if err != nil {
 				return info, fmt.Errorf("%s: %w", h.Name, err)
 			}
