@@ -114,6 +114,7 @@ var Policy = auth.Policy{
 	"jwks:get":            {Level: auth.Public},
 	"device-state:get":    {Level: auth.Device},
 	"device-state:update": {Level: auth.Device},
+	"device-delta:get":    {Level: auth.Device},
 
 	// An external MQTT broker's hooks: the broker is no user or device. The
 	// request body carries the client's credentials; a deployment locks the

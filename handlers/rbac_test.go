@@ -2,6 +2,7 @@ package handlers_test
 
 import (
 	"net/http"
+	"strings"
 	"sort"
 	"testing"
 
@@ -206,6 +207,9 @@ var fixtures = map[string]fixture{
 	}},
 	"jwks:get":         {req: func(w *world) (string, string, any) { return "GET", "/.well-known/jwks.json", nil }},
 	"device-state:get": {req: func(w *world) (string, string, any) { return "GET", "/device/v1/state", nil }},
+	"device-delta:get": {req: func(w *world) (string, string, any) {
+		return "GET", "/device/v1/deltas?from=sha256:" + strings.Repeat("a", 64) + "&to=sha256:" + strings.Repeat("b", 64), nil
+	}},
 	"device-state:update": {req: func(w *world) (string, string, any) {
 		return "PATCH", "/device/v1/state", map[string]any{"seq": 1, "os_version": "1"}
 	}},

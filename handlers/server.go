@@ -12,6 +12,7 @@ import (
 	"github.com/flock-io/flock-api/handlers/apikeys"
 	"github.com/flock-io/flock-api/handlers/auditlog"
 	"github.com/flock-io/flock-api/handlers/commands"
+	"github.com/flock-io/flock-api/handlers/deltas"
 	"github.com/flock-io/flock-api/handlers/deviceapi"
 	"github.com/flock-io/flock-api/handlers/devicedata"
 	"github.com/flock-io/flock-api/handlers/devicegroups"
@@ -61,6 +62,7 @@ type Server struct {
 	*devicedata.DeviceData
 	*summary.Summary
 	*commands.Commands
+	*deltas.Deltas
 }
 
 var _ api.StrictServerInterface = (*Server)(nil)
@@ -137,5 +139,6 @@ func New(d Deps) *Server {
 		DeviceData:   &devicedata.DeviceData{Telemetry: d.Telemetry},
 		Summary:      &summary.Summary{Pool: pool},
 		Commands:     &commands.Commands{Pool: pool, Send: d.Commands, KV: d.KV},
+		Deltas:       &deltas.Deltas{},
 	}
 }

@@ -1,5 +1,5 @@
 -- name: FleetCreate :one
-INSERT INTO fleets (org_id, name, architecture, tags) VALUES ($1, $2, $3, $4) RETURNING *;
+INSERT INTO fleets (org_id, name, architecture, tags, slug) VALUES ($1, $2, $3, $4, sqlc.narg('slug')) RETURNING *;
 
 -- name: FleetGet :one
 SELECT * FROM fleets WHERE id = $1;

@@ -1,5 +1,5 @@
 -- name: OrgCreate :one
-INSERT INTO orgs (name) VALUES ($1) RETURNING *;
+INSERT INTO orgs (name, slug) VALUES ($1, sqlc.narg('slug')) RETURNING *;
 
 -- name: OrgByID :one
 SELECT * FROM orgs WHERE id = $1;

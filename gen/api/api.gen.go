@@ -205,6 +205,24 @@ func (e FieldErrorIn) Valid() bool {
 	}
 }
 
+// Defines values for ImageDeltaState.
+const (
+	ImageDeltaStateComputing ImageDeltaState = "computing"
+	ImageDeltaStatePending   ImageDeltaState = "pending"
+)
+
+// Valid indicates whether the value is a known member of the ImageDeltaState enum.
+func (e ImageDeltaState) Valid() bool {
+	switch e {
+	case ImageDeltaStateComputing:
+		return true
+	case ImageDeltaStatePending:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for LogLineStream.
 const (
 	Stderr LogLineStream = "stderr"
@@ -1152,6 +1170,14 @@ type Fleet struct {
 	// ReleasePolicy `track_latest`: devices follow the fleet's newest final release; `pinned`: they run `pinned_release_id`.
 	ReleasePolicy ReleasePolicy `json:"release_policy"`
 
+	// Slug The name's part of image repositories (`<org slug>/<fleet slug>/<service>`
+	// in the platform registry). Made from the name when not given; it never
+	// changes, so image references stay valid.
+	//
+	//
+	// Example: acme-robotics
+	Slug Slug `json:"slug"`
+
 	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
 	//
 	// Example: {"batch":"2026-11","site":"lab-3"}
@@ -1164,6 +1190,9 @@ type FleetCreate struct {
 	// Architecture A CPU architecture, in OCI platform spelling.
 	Architecture Architecture `json:"architecture"`
 	Name         Name         `json:"name"`
+
+	// Slug Unique in the organisation; made from the name when absent (409 `slug_taken` when the one given is taken).
+	Slug *Slug `json:"slug,omitempty"`
 
 	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
 	//
@@ -1221,6 +1250,27 @@ type FleetUpdate struct {
 	// Example: {"batch":"2026-11","site":"lab-3"}
 	Tags *Tags `json:"tags,omitempty"`
 }
+
+// ImageDelta A delta between two images that is queued or being computed.
+type ImageDelta struct {
+	// Architecture A CPU architecture, in OCI platform spelling.
+	Architecture Architecture `json:"architecture"`
+
+	// From An OCI content digest.
+	//
+	// Example: sha256:4b1d0c9fa4f5b0f8f0a6b7c52f1e07e4a0d27f3b6e5d8c9a1b2c3d4e5f6a7b8c
+	From  Digest             `json:"from"`
+	Id    openapi_types.UUID `json:"id"`
+	State ImageDeltaState    `json:"state"`
+
+	// To An OCI content digest.
+	//
+	// Example: sha256:4b1d0c9fa4f5b0f8f0a6b7c52f1e07e4a0d27f3b6e5d8c9a1b2c3d4e5f6a7b8c
+	To Digest `json:"to"`
+}
+
+// ImageDeltaState defines model for ImageDelta.State.
+type ImageDeltaState string
 
 // JWKS defines model for JWKS.
 type JWKS struct {
@@ -1402,7 +1452,15 @@ type Org struct {
 	// developer (also changes fleets, devices and releases), admin (also manages
 	// members and API keys, reads the audit log), owner (also deletes the
 	// organisation and manages owners).
-	Role      Role      `json:"role"`
+	Role Role `json:"role"`
+
+	// Slug The name's part of image repositories (`<org slug>/<fleet slug>/<service>`
+	// in the platform registry). Made from the name when not given; it never
+	// changes, so image references stay valid.
+	//
+	//
+	// Example: acme-robotics
+	Slug      Slug      `json:"slug"`
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
@@ -1412,6 +1470,9 @@ type OrgCreate struct {
 	//
 	// Example: Acme Robotics
 	Name OrgName `json:"name"`
+
+	// Slug Unique among organisations; made from the name when absent (409 `slug_taken` when the one given is taken).
+	Slug *Slug `json:"slug,omitempty"`
 }
 
 // OrgName A display name; it need not be unique.
@@ -1896,9 +1957,15 @@ type ServiceImage struct {
 	// Example: sha256:4b1d0c9fa4f5b0f8f0a6b7c52f1e07e4a0d27f3b6e5d8c9a1b2c3d4e5f6a7b8c
 	Digest Digest `json:"digest"`
 
-	// Image The image reference (registry/repository[:tag]).
+	// Image The image's repository in the platform registry,
+	// `<org slug>/<fleet slug>/<service>`, optionally prefixed by the
+	// registry's host (the registry-proxy's public host) and followed by a
+	// tag, which is informational: the digest names the image. An image in
+	// another registry is refused (`image_external`): copy it in first, e.g.
+	// `skopeo copy docker://other.example/app@sha256:... docker://<registry host>/<org>/<fleet>/<service>`.
 	//
-	// Example: registry.example.com/acme/sensor:1.4
+	//
+	// Example: acme/sensors/sensor:1.4
 	Image string `json:"image"`
 }
 
@@ -1914,6 +1981,13 @@ type ServiceStatus struct {
 
 // ServiceStatusStatus defines model for ServiceStatus.Status.
 type ServiceStatusStatus string
+
+// Slug The name's part of image repositories (`<org slug>/<fleet slug>/<service>`
+// in the platform registry). Made from the name when not given; it never
+// changes, so image references stay valid.
+//
+// Example: acme-robotics
+type Slug = string
 
 // StreamEvent One event of a live stream.
 type StreamEvent struct {
@@ -2248,6 +2322,12 @@ type UserId = openapi_types.UUID
 
 // VariableId defines model for VariableId.
 type VariableId = openapi_types.UUID
+
+// DeviceDeltaGetParams defines parameters for DeviceDeltaGet.
+type DeviceDeltaGetParams struct {
+	From Digest `form:"from" json:"from"`
+	To   Digest `form:"to" json:"to"`
+}
 
 // DeviceStateGetParams defines parameters for DeviceStateGet.
 type DeviceStateGetParams struct {
@@ -3180,6 +3260,9 @@ type ServerInterface interface {
 	// JwksGet Keys that sign device tokens
 	// (GET /.well-known/jwks.json)
 	JwksGet(w http.ResponseWriter, r *http.Request)
+	// DeviceDeltaGet A delta from an image the device runs to its target image
+	// (GET /device/v1/deltas)
+	DeviceDeltaGet(w http.ResponseWriter, r *http.Request, params DeviceDeltaGetParams)
 	// DeviceRegister Register a device
 	// (POST /device/v1/register)
 	DeviceRegister(w http.ResponseWriter, r *http.Request)
@@ -3438,6 +3521,12 @@ type Unimplemented struct{}
 // JwksGet Keys that sign device tokens
 // (GET /.well-known/jwks.json)
 func (_ Unimplemented) JwksGet(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceDeltaGet A delta from an image the device runs to its target image
+// (GET /device/v1/deltas)
+func (_ Unimplemented) DeviceDeltaGet(w http.ResponseWriter, r *http.Request, params DeviceDeltaGetParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -3953,6 +4042,52 @@ func (siw *ServerInterfaceWrapper) JwksGet(w http.ResponseWriter, r *http.Reques
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.JwksGet(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceDeltaGet operation middleware
+func (siw *ServerInterfaceWrapper) DeviceDeltaGet(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceDeltaGetParams
+
+	// ------------- Required query parameter "from" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "from", r.URL.Query(), &params.From, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "from"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "from", Err: err})
+		}
+		return
+	}
+
+	// ------------- Required query parameter "to" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "to", r.URL.Query(), &params.To, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "to"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "to", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceDeltaGet(w, r, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -8590,6 +8725,9 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 		r.Patch(options.BaseURL+"/device/v1/state", wrapper.DeviceStateUpdate)
 	})
 	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/device/v1/deltas", wrapper.DeviceDeltaGet)
+	})
+	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/.well-known/jwks.json", wrapper.JwksGet)
 	})
 	r.Group(func(r chi.Router) {
@@ -8631,6 +8769,111 @@ type JwksGetdefaultApplicationProblemPlusJSONResponse struct {
 }
 
 func (response JwksGetdefaultApplicationProblemPlusJSONResponse) VisitJwksGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceDeltaGetRequestObject struct {
+	Params DeviceDeltaGetParams
+}
+
+type DeviceDeltaGetResponseObject interface {
+	VisitDeviceDeltaGetResponse(w http.ResponseWriter) error
+}
+
+type DeviceDeltaGet200ResponseHeaders struct {
+	FlockDeltaLayersSize *int64
+}
+
+type DeviceDeltaGet200ApplicationvndFlockImageDeltaV1TarResponse struct {
+	Body          io.Reader
+	Headers       DeviceDeltaGet200ResponseHeaders
+	ContentLength int64
+}
+
+func (response DeviceDeltaGet200ApplicationvndFlockImageDeltaV1TarResponse) VisitDeviceDeltaGetResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "application/vnd.flock.image-delta.v1+tar")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	if response.Headers.FlockDeltaLayersSize != nil {
+		w.Header().Set("Flock-Delta-Layers-Size", fmt.Sprint(*response.Headers.FlockDeltaLayersSize))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	_, err := io.Copy(w, response.Body)
+	return err
+}
+
+type DeviceDeltaGet202ResponseHeaders struct {
+	RetryAfter *int
+}
+
+type DeviceDeltaGet202JSONResponse struct {
+	Body    ImageDelta
+	Headers DeviceDeltaGet202ResponseHeaders
+}
+
+func (response DeviceDeltaGet202JSONResponse) VisitDeviceDeltaGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if response.Headers.RetryAfter != nil {
+		w.Header().Set("Retry-After", fmt.Sprint(*response.Headers.RetryAfter))
+	}
+	w.WriteHeader(202)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceDeltaGet404ApplicationProblemPlusJSONResponse Problem
+
+func (response DeviceDeltaGet404ApplicationProblemPlusJSONResponse) VisitDeviceDeltaGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(404)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceDeltaGet409ApplicationProblemPlusJSONResponse Problem
+
+func (response DeviceDeltaGet409ApplicationProblemPlusJSONResponse) VisitDeviceDeltaGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceDeltaGetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceDeltaGetdefaultApplicationProblemPlusJSONResponse) VisitDeviceDeltaGetResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -12242,6 +12485,9 @@ type StrictServerInterface interface {
 	// JwksGet Keys that sign device tokens
 	// (GET /.well-known/jwks.json)
 	JwksGet(ctx context.Context, request JwksGetRequestObject) (JwksGetResponseObject, error)
+	// DeviceDeltaGet A delta from an image the device runs to its target image
+	// (GET /device/v1/deltas)
+	DeviceDeltaGet(ctx context.Context, request DeviceDeltaGetRequestObject) (DeviceDeltaGetResponseObject, error)
 	// DeviceRegister Register a device
 	// (POST /device/v1/register)
 	DeviceRegister(ctx context.Context, request DeviceRegisterRequestObject) (DeviceRegisterResponseObject, error)
@@ -12549,6 +12795,32 @@ func (sh *strictHandler) JwksGet(w http.ResponseWriter, r *http.Request) {
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(JwksGetResponseObject); ok {
 		if err := validResponse.VisitJwksGetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceDeltaGet operation middleware
+func (sh *strictHandler) DeviceDeltaGet(w http.ResponseWriter, r *http.Request, params DeviceDeltaGetParams) {
+	var request DeviceDeltaGetRequestObject
+
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceDeltaGet(ctx, request.(DeviceDeltaGetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceDeltaGet")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceDeltaGetResponseObject); ok {
+		if err := validResponse.VisitDeviceDeltaGetResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -14951,349 +15223,371 @@ func (sh *strictHandler) VersionGet(w http.ResponseWriter, r *http.Request) {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7P17cxs3lgcMfxUU36kyudOiJN8SU7W1q3WcGU8udixlsvWGfkSwGyQxagIdAC2a48ff/SmcA6DRZDcv",
-	"EqXYW/4nsdjduB4cnOvvfOykcl5IwYTRncHHTkEVnTPDFPz1Us7nVGSvM/tHxnSqeGG4FJ1B53LGSIqP",
-	"H2nCs34n6XD7oKBm1kk6gs5ZZ9BJQwtJR7E/Sq5Y1hkYVbKko9MZm1Pb9ESqOTWdQacsuX3TLAv7sTaK",
-	"i2nn06ek87JUWqrmYYwE+2CuUnhjROSEmBkjhWI3XJaaFHTKzoicc0MmUsGzCVfawIMw6j9KppbRsLG7",
-	"eIxz+uFHJqZm1hk8PjlpGuN37Ian7G9KlkXbimXwCpnadzYtW1Zr6m5Lh8PaPKJHmtjvN47mzgP5PmfM",
-	"tI1jYh9uWpKJ+/puY3idsXkhDRPp8ge2XB/KT/SaaUKJYkYtiaYTNohIxvbMtCELbmaEkmu2JKoUmlCR",
-	"EW40UUwXUmhGuB6Ka1YgyT1+SmayVPoM2i0YNZ5INZ2zeqPhV9v2lBk9FGZGTdUynVIuSBdeHoXZmKN3",
-	"rMjpkmUDYhdl1IPmZGnsAAUX06EwC56yPrmMe3ATyfhkwhQT1Qy5Jk8fP+6TH9hSE6oYKZgiKc1zpvpD",
-	"4XdoxmjGVLVH0eoe2eVtOz/PniWdORf+79PE7rVhyrb5//w+HH54fHo0HH745tX7v/6lcRt/YMs2Qjp/",
-	"+9pObRMpXcPXdyOkH6k2r26YaCTod0yXc0boxDDLcbgmzL6KpDTiWeBSOdUGnxHFUsZvWNYnr26YWg4F",
-	"/oxtcEOADOw341ITbXiek5nMM223Sts3gUQT+4ogOb9hRAqmz4ZiYX/wHwpJcimmTLmPtZwzN5g5oWQ0",
-	"pcXIDUjTpX3eJ99LNRQXTN0wdXRhn8C8NU7GrsMR/HD0+rsRQYogmWS6ouXuWMmFZkoPhWZwVIgUdsJS",
-	"CJaa3hmuUbh7yIILTWDcY2kJVDEy5TdMRKS3wrDtQl7BuK9gw9r49skq4W3c2b8jfTfSWcOCKNx2XIMz",
-	"ohkjo9rARv22k1NbxjuOn8+5aR7zXNqjbdhcEyMtjyuVIFxYStl4HebQZDyqjE1omZvO4JkdEf3A5+Xc",
-	"/oHjw7+q0XFh2JQpHJ6c/gKtr43wjciXJOeCaZJKYSi3fAtJw7APJiF8KqSdJkmpbh3rHxtv7a2LJ6d2",
-	"Y3nKWsYHpxbGCKcGDh+83zYe97htVM+f7DSoS8rz9RH95nj8SHORslFCZnJB5lQsPX8RbGG5OQ7YSALH",
-	"b8wmUjE3E8cn2kZvbL+NG396Eu/86Ult608at/6NmrZxbammVHBN7U+bWLeEJu7Gut8qecM1l5a8Nlwk",
-	"RfTaQ9wo71jOqG4V1BQ+3jQKFVq440hknsuyVVRT+HjjSEILdxvJhaXrlpO4sBfijBYFEywjVqhS8Y1r",
-	"+Lz9TEKzjUPJqGFH9tvm8RjF6PxyWTDdzh80czeo/V6TLkVF6Ugze8MZlpGca3vrubNk31ZLeNt+PhQa",
-	"enmkiU5lwUhKleJM993tbIXNEVPKKjs0X9hbOpVzhncj+1DkMmOdwYTmmrWcaRh+PHu4Euw//qLYpDPo",
-	"/P+OK63wGF/Txzh3uKPsAnQ+wfF/jZ9+C4ff/VExMaoUXdo3tVnmIMVLNbd//ypME0Nr2NjArbbsaQkt",
-	"3mJPf9VMtZF6qZnaROclfns3Iv8nVZyO89aTf+OebxrITdXGXQbzyX6MmgbQw1slxzmb23/aK5kJECxo",
-	"UeQ8BV59XOAbf/2XtuP9GPW1iZZ8u9BjfcbnggBxJ4RaxYq8+/4lefH02TfE9UQymZZzJkwfFs+1aDs8",
-	"T02TieC3mSRzmjFCSTqjAqWcQsmCKcNxmjzbYXGSTk7HLN9IKGxOeZ4QZ2eoVBGpmq4Tu3cwTW7Iws4W",
-	"BXxLqWdkZGeWlTlTI9Ai9VIbNk/I97lMr22TC+E5MQmv9puGjT987DBhr+bfgWg7SYcW/OoalLR4aO4n",
-	"VPntcYJuO++bCLeis9/xadKBhcN1qj6R43+x1NihnBfcqd31DUgVs4zxippdD24Svhkv27eELGaSuBdh",
-	"ba/Z0q7R1q1mHwqumN5rQDtTkTZXpQ6zXaVWp61Z9RzUQ1palc7YA2fvuaCid42EF+dclIb1atPaOE5k",
-	"GR/XHxSKTfiHFvsMGEDSGVU0NUzpYMJgqWJW7ZTEsDy3w9aEFlSZPlxHdF4g48+vr55MXqSP6fi0aVBK",
-	"5mwb13hn31klPFhkmJJrJMwjicmqnRpfwkvA17KM2ynT/G1Ene4mrRNsnT42bKE2stBkIdU1F9PIDonW",
-	"I1DqQVkW0hBsdP+NjNSJ03UlpzKtDIcXB136eNW3rS+cDZrnbyadwe+b+3JM4lOyyiWQ1prp064mN5rl",
-	"k4TomWWO0soSXKDk4G+1M+ItEFQPxei8NDOp+L/hLhuQ/2FUMUWG5cnJkxR7g3+zUR/5LrlmrNCuaaPJ",
-	"jOqZF7yaKD07YU+fps/G37KTyTf0+fhZ+jR7wh5Prn55PJuN51n++m+n+etfOtu4q5v5+iK/D8v8lk7Z",
-	"OmMNkt1OIl5Y+TX5LTKxN7CO1SMJfTVShEpn3LDUlKpBrD8nL9/+Smj0TmI38M3L16TIqbGHguiC5TkX",
-	"U+Au7kKj8+z5U3ujqbn//8037v/P7aX05Fv7P8V1evP8acNdlnTOy4yj1Wd9DamXKzYuHby0+y1gO6A4",
-	"70Z92D9+nXlO6/h+Qlh/2iejOZuPmRogixvVmW3tWWPvanq160BLY9WLWIDQZZoybVWICeW53cqmJXXj",
-	"df2sPdaGmlI3z/7vl5dvCb4QT51MpYkknGBaSDqGqinzXa23x6NF1LJUKas1i2JhlhBvKlWMcHvKWbM8",
-	"xXE5dtQv1i4r96bbg8TRV0wStcWrtiAsWuPRChR8EE5QnYf74wbOvdggDkpLyLcVCG8vRO50wDOW8xum",
-	"9uwIBepdDx1oQE2ShVMRnB9RU56RBROGLJQU0wQkC3smWdY/lFQLfrddx73ja7oysW7gC5t2w5HOBb4c",
-	"KTk7fITWi6aTWW1SNO/E6zZuZDVCq61pjZw2EPydJE4uambYJ8+txFcnkwuWSpEh63QOeLKgVl7xHnBH",
-	"P862wr3oCWbgYNN9fvL027pB/6SJ9+o2ezl4GvGhVQ9oaogUZ8SvOhkvLTs2VJkr91pCFJtY1cg+s+OU",
-	"lhn7Ue1sMr87NcD3G3bwECzWc797568XLTdtwUTGxZR0LW3Yf9SpY4BuRbgTOXiEnb/O3pTohmY0nQ2F",
-	"5Rz2jeDQ072EBC5JuhHB0fRayEXOsinLnMfTdsxNLxkKECtYxjISuFjtY8UKqbwi7+7EXuJIF18dCvdu",
-	"xjNQqSZccD2zo3O0PqrO66iH3nDQss1MMQaexgkXNHdCvRN43Ep1IuZv+YEfrxOE4B9uNI0SUUxxa7uh",
-	"2FhKszJhOB36jNCp3YrT/kn/xC5OTg1TvWT1+AxF1/0CHj3366PgTmMqAZtTZqXqkXs8qlo/hdaHwjfP",
-	"MyYMnyxJd5xzcU2oID+++s4OYMxYkRAtwX9s+5KCaG5g8ZDx+J1oGXufnPtZLmZSR5sLr1/dMKW5FBBI",
-	"IfPMjhyIkxoi2A1T1ftSsISkVNjdNvSa1bhe9+nJi159L3GdQcSqLR4Yr3C+LZsHtM1vuFm2KQr7CB6u",
-	"OSmuNPtjnRx+Lq0Ir6Pz+CgcQC6FPkPXOEPPs5zAjlfPwWmwDC74mk2BCwNq0jorZ35efrHCibekz3X1",
-	"51Z7IDa1Ns+k02KLWVvew7DY1T27P2b7HTV0TDX7J1Lu+tBxUJ6ym69L56+d8ylqAgRM7Zbloa0vc53U",
-	"1L3TnfZWQ7zC5u7fSm2mil388iPB1x9p4j6oK5inz/qnL3awWtS6TFaXoHEZmRcmVs7WiuVgo6gev3tL",
-	"xcCJgl6QeBCxGCzDmjGx2azo+SbVeHXNGFUZmSg5T4i0vPHdq4tLyy5/+uXycn9r4qaV/dm+8ynpSJFz",
-	"wRrHaCW2eJix3ODJ2A6MjJW8ZooIuThzFlH8wkW8zah2rL76HGZnPwZVHXoCucNdBVbCtUI6gxeHAtaB",
-	"iyrS6vTEWcs13gluDcZS5oyKPQ0jBReCZVfO6b7rV36wVzDQrWZX9/YFvAyGjulWrndp3/mUdMoi25Ps",
-	"m3SiYKaIFCJn+I3PSFI/oW6kgVJWlKZoaO1MAMJfm6yEmt6wzNPXhOeGqUEgHzJmuRRTHQRX5z73XnY6",
-	"TSyhDIWdBEEBC+MgR/aXK3QejEJMJ88sCVuBKWiHepR4WXkorKoFOpx2MWrEhU9gWGh0EnKu7WgEQWsV",
-	"4Qap8O6usGpktatxKzGuXoU70vA+nCJa00Y+useB+xNp3xG8o+louW9N17eyAdx2n6s4jdOTkyh4HTc+",
-	"6ZSC/1Ey94pRJbvbJm/2R91hX5v8T1vW+RBiZMyO7lGArHr5FchoK3HMuYh/Pd1MLnUu+mpemCVJc0aV",
-	"NxQ5PgYRJp8rae0ziVUyvBvhtezX4ejr3knrHZtybTCeeQ+mcxfJe0WKrhQIRXUxZkotC/70CDSWOAOA",
-	"Hv375OjFe/f/o/cfT5Lnjz/95a530Vqcy74BwkmnKMc5T/3HG9JpXmWPnz07fUHwA3LNlgl58piMl4aB",
-	"NFGKgmYZy4hV554/LVXeX1mE86P/P87/6uj9x6dPmqcPx3JtJH9jgmGkobOjelsMCjRMGG6WoDFY8Zvg",
-	"cdkeqBYTW0PMkPsuWqJGSXEbgVZu0RZuthNf2ks/m/9hzFWpWmK7Ym0lEue8sdMqNd2RbWJwfDyT2gys",
-	"zD4CSxr8rGu/9yDiC3sZVzt0rpciPX/7OoS3EWqG4pjan2nB+0s6z/vkfFzZZCGuIWNFLpfwPmQiCelH",
-	"agVUHGld2bmd6CWvmbhiIiskF826qQIjv1E0Y0TzKcTkam23z4rG1WgItKXPCM01aoMjWmYj+Ff0wbzU",
-	"KLov+1tpMXbbNKkrK6NvJ8BL+2JTAEDKtL4y/ulB/Gqr/pwmBw7EtK64Zxqc3zC91Sg/jGXZbqirTa7W",
-	"WG2MtUluWcF36Lze957xm9+k8v3jt0tPVd1X2XcX570qXy7w3ELxG6v9X7PlgHCtyX8SXY7Jf8b2aMhz",
-	"TAgtM/wdyZF44iC/vvsRXAqEGkyXeeZNBoTOGM2SobBqHSX/MtzZJ9BhBe4FPGnRnfL05MXzrTsQJt6+",
-	"rgeSCGOuuJL4KG9YbG0Gj50A/xvmZtZyFuN0DVBzYyFhpwDLve7tJkvLKoWA28ZnSfjBBtLAKRhpuSRR",
-	"bEpVljMdohh99mkhc54uz4go89y+PbGq/KJ6pWlq9l06tlINRlsfWszkU3eW1uKk37x8TVxYNsngtbqV",
-	"Vs/o42fPB0/Hp9lJ+mJCn06ejU8m305O6PPxN+mzx5NTdvINe0pPssffTJ6Mn7Nn2bfpC3o6fpw+yZ6y",
-	"Z5Pn9Jvxt2ldLnGN/k6PJlZG+/j8abNk8j1nefaqOY7hjWCEixua84wU4K6aVIGt6+HZGTPN6U8zvDtv",
-	"aF4ytNJAmyurAEOyj13mo5lRQZ4/iYJZGwUIO/5GVnTx5mcCzIIpwoUzaY5ltiTd0bGla3vHO1dqyGl0",
-	"4d71oR17u8KawVi03rGzaulw3guq42A4OxDcsVknCUkSLt9w620AnB6nnvh1b+JKkMv951vpd5XvqN0t",
-	"QUXKrhZcZHKxbXA/VV/8hh/sayG/oyG5NQHM2TG9i7j0mbJAbcC+LKmPsNHRTrzY94yfb7dJw9tv8eXP",
-	"wi63YnpemU+w2+1jqgMCv5WR7i5nYB8Ku5vZbGXRWpfgEPYNZBb3Z96A9i/K+ZyqptwSWTpwk43Zbfj5",
-	"S3x5XwXSJeLozdgW/i3iHFw3DMP+RWbFWsVotkw8XkNCCmoFy4TE0Tm0sHo3zXtJEH95UPMAowGgRUAk",
-	"AwdTzZhXXxd4s76Jt1k45+2oFo6LjKEZeHM2cP3asd8kvsumTV6lHbeYu+7Qbu42bNN521bGGHXom0v8",
-	"Im4f8EpjkXbq5hwRUSuNH0gLaL4Od0vOaLgY3ydNnupA7HO6JIIt8qX3e8UCtyfdLo3SiuVCEBwXOHIV",
-	"z5gm3PScXK7YHJQVDqJii/hdrdxDaBrcaRhnRIOaMUXnNLoV69fRaOPdvFWZeLC7ukkX+cdvP1ys84lr",
-	"tqyzkWbixAmt3JX5tNGgkqqbxt+vW5IJrs2y8fdSN0dvfNh+3dgmscO9DzcsSNNXP8rpjy5uor4OPpqi",
-	"IVJ6S2xYwKKIIv7q2u+Z1RE1S0vD7YXjvp0zKgANhgtQneZca5dWs2MwUXsAt2J0XssXMZksAT/EZEyp",
-	"xvA6o28pEEb4GhBfBqzUjSHBhd2wFYcQb/yu3p+As850t10BDQzZs1rLj8esxpLRDB1YMOIUeQ5cMAGp",
-	"yQxhiSDad5QqKUag0WovbCw1vEtGWYkm/CuNZsxRc5hDk6Hve0uioH5q0kW7G2BnkYwuj+TkaC6FmRH8",
-	"r/tpwdg16tuU+MakIrpMZ4RqMvrvjPJ8uZIgdUIek/8g/0FOj57t4ihcnZFzHLWEyT9vDJO363b1b9kU",
-	"NXUuyOvzn88h8ZvYVypoiF8vX9ZH/qq0y3j8P0zlfMXW+PzptrMCi94wnUaaa4voByvsEReYYO1jXGKL",
-	"IHCmpQvEIUauW3QwQU3PeLH7MfspfNN00iCpfUsLv+oG0dNlw8cjal4O+/wwmeu7J9zefV4uJXpLJjTO",
-	"7nZ5KfNG2xwg6DClAc4H3umTCxcsvphJDO+Txhv1uSBLZsiYpRJYCsH9GAqqiZZS2KMMRGXft2879Ydr",
-	"0r1hik84y3quH+A2YSdwfEkdf+7pIdOgfQ+tedC4uoe4ahwV3uNNAx3sqGfUZ3Lr9duybnDi19ZtnwxW",
-	"Nb1qxTy49aiDDSo0v5ECjOLpj1w32Ezn8GyTIg5xwbsLSBsQHkqB0HCbycPNBl5OQu97i8F+Yo0L8ocx",
-	"52keeQobMh1pFPqb5hyc4voaHO6Z7JM36JxCaYEqhvhwmPq4lsHt/Ioho6cc51zPIItnjK74RrEUu0VC",
-	"q4kJj582uskLnjbzQniEfg7Xd/ARYAQrPnOjKRpimJ4/e/bkWdKo46hGJIjH2+UBP7uoFT+LxK/axu3T",
-	"kIS4SrAq/B5S9PNcLsClIJbbvRDu+9aeSzPbTDngkcE4iGshFxoX1+eiiKkjp31oaD9KKKjWC6ka7Qdx",
-	"HEQgAq+6YTePNPEtrFDBt6cvHj8EEYQJbN6E5v3HUIHGLIbvo0j/xMdoa++FxxAD0v1V8A/ESae9AXn1",
-	"0y//S6r8IwDF9UsFgKeJkw+IvTEwrAp3P5NMJ6QU4OzlZigUO4oBdXSIqZk0bsSKMNGuEXN9pcuCKS+v",
-	"rXAAVbKWHgBM5CymWEBw1de80ID9E/BJoAEeIyBEiQsHOnIrE2na/J8PgzrzRk0PI00fMGj9jZp6S+Be",
-	"MvpBnFp1DKN9fFVv1PRWovteS7Jr7LX/oInxcV3kdAlmgzPCDRGMYZrumBEMFK4ru+fpnJF3ciyNlSOS",
-	"A5DcIYRwS7nbJfD65N9SrcEc4WHqPTOwXzmMeoqMSEYJSx6U97bi/Bs1vRe/WFNAObila6FCsU0gIWP/",
-	"1IEY7uw59DNoWPOdtYA24T04X9y0WhbxQI6XfQ/c2lAiPMY1E1IrUCLqyh43kH0wTEButTN5NIg6gCC6",
-	"Do2fzrhgR4rRjI5zlhBt8P+5XDBFtKDX7CqlmoUR2IbqJxoCV9D4FFLmG9KZ2uJ9qIngTiIbQMBGwkTC",
-	"WTmnKxmrEAgTQYwPEdR62MFI0zGrAv5OTlohWXRzLBMTxjYO8UAYmgMSZQUoFKCGHKxBtQy7H4Uqnqop",
-	"c0toQ0UbCkdBzWwFRgp90BVWTBSUdHN6LNVUd7ZiOm0GWnI7QjVG+gJvc8mYo/89cvL70evMg8b329y2",
-	"u6BEWUoLrjgP9lab19MaXvWzFy9qwCYtJluTN15keiaVIRr5kp/xNRcwe0f8Z1W0pCVKjNqRaVoqxUS6",
-	"cizcakR0QdqPh2nEjzgnv757TRSDQg4ps5cswqc3jAzw3pkiI7tsK6bxUonBxPKKgXt9sMOZbQYDxfWL",
-	"gXMsY6lR0ftmJhfjc98HWui94H/eR0r4nH64KjXTG/D8vV8HSP+aLcHBo1yuT3PE+A4IoDGeYbEZuZPd",
-	"yOs9d6N5St+5mfjBsyxi8QCmKcmENs6pSaBeT1gOwKDQ/1ar+AohHgAodLfViTe9hrB/crKtwMI+4Q67",
-	"SvSNy7AHnufqeb4XYM8+8dTjAT6NJKO3by4uyTGeEHuvecoa9e8GubkypUNoFeurdF82fhcUchi+CsEw",
-	"/N/7fnV/oHK7r7hbB1/v41MTav0uWHS+nQqLbo+A2FY8lnMyUYwdAegpAGoHlzYlms2pMDz14CxEKoA8",
-	"qhmHNtkaItYYobP4azqsZFPk7AaKuhWDPMC2VTnIz0621iGo5EmHoNfJFJ2YKILe/w2k3RyscrsN3hJn",
-	"0BzYsvEMH4LxeHZw7wznbQhZq1P6yCiaXl/l1DBtRoMg0Kwm3zzSHh+pFoF3FgLqBugiVqXwP0WRfKM4",
-	"SSLusePD/hq3eoXa9ou7eYOYXIi95pNcoL3Eq0K64Iob75+YF1KzuKLQCoOmxRXNstrWVoLaz68ur86/",
-	"++n1z+uJxFeNhdRWT87q9jNxw5UUc1/2oXHiH1thRSoC4HM6ZXrPxQN90n6I+hO1zC8KWXdaJgZh6rIo",
-	"pDKIFLnFCINo0dvMXrgFr23/dgYILb3/RzfPb/PRN/t+BAjXe37j4bD3+qxpd+F20nejEC+1tqMAXG2E",
-	"AYDdbzkX3558ezL49uTYpEX9ZHR/Pzl60X//10Hvv36HXLbT5Nmn7qD6d++/usddkxb/b5kVvd5//WUr",
-	"AMb6GSoUv+E5m7Ksduk4im/04xiqTP2GQv/VkTayKBBl0vExITtJB4sAAdbSkQfkTla/aeJt6Fa4gpR7",
-	"Nl3uLtGjOfTCf4cR4OE6lQuRS5odmRkTR9c8z+EalHk5Z21blFFDB8c3VB3nfHxMi2I1YOfZVmSGjfvQ",
-	"HODg2NKGK6sNOnUEMsKILGY8Z2TMuJhC8vp8nLPsjIzgghpZFWTMXI6+QygVhM/nJRhOe/ZFMKiMAlgV",
-	"ZhQveJ6TMeu3CiUBcHTDlbWjzbqhABMl0BsYEhAb3ZnZzoiVfOLfqSFULENhpm28txK//Lx2mM/dYtbr",
-	"EGr7xs1CFEpA215CqR5VCh3VUcUhgHOn1tfIXfFDsY7t0B15YIdjsLUBvMMogVUVLB+KEfxsVVYnDR1/",
-	"9FV4Px1D8smoF2GeIaqcRoC8v19evh2K7ujt+eXLv8far/vOagsRkp6P4DQLCREQGEj+RwlWSnI+FAip",
-	"x3UAo5RYpcu57kea/TGCx2N5wyrfVfU2A6hYKhyUq8PoQ1K3A1koDvn1IN4p/GAx4+kMDwNdEsYhTiOl",
-	"vs7ZypUeY8buIGknHQ6ClGJar/CkOHf/2UY28+Rxgz9K7zUKl+u1L4ZgY1LAa2GVNM0cmB3am3Gl1zCU",
-	"tQOKdMtqFBXa/u7BDVIltXbAvR6EmHSvGStASi0h9VkKknF9DREspWbkV8E/DMWc5zl3kRv2lUCirtSw",
-	"UaU2C6nMbElSS+O9lhCLTdljt1D2nRhTKembRN81TeyP5ktCNrsH0LGGCX/McgEqVnyhAL1j9xzMVHOp",
-	"zYDccKB+yAPUvQQAK1huyZx0wYOCLNdlGukk6El2yxwF6V5CaDbnwn0yp8JecUPhfH3writLphMCXSHy",
-	"SplxQ3I57SVELkToM2M5M8whOq+hPrjm8Qu9ArSM80HwH5yHlVXs4KyoYr9ovr0wB+Fg6Yi3chaAk8Zc",
-	"TZsRKEEzERn74F0/mHSJYoCSeW65XtlSqsSB1cAnO5eDENl9GtgsNW7MeQsxdejAV1REnk1fg85yCfQl",
-	"bu2wIfV0hz1tBeB7WBSAeS0qOeQ4CVromXSQ14aLUtYKtdwKdknRebHj4ryzr8Inhl0VTF1h9kydYmQ5",
-	"ziNywVywOKtwj3TnMU2vr6S4omOp4pjiSJfRzJicxUkzDYwcyWYv4r5FLq/76MpekVI0Q4lgkQMuKhxh",
-	"58CHCCUrFoeEBgyNJV17n3GrX2HNSqgioGcyzxIrLfb6nxmMaWT2jXa8ymaurVGN0itLcI01hqMcpzGv",
-	"UOAaHTTRz34Bb25vzz3p7ZelAF03hGiVoRKvLNNZhTBsX7eijCWLQrEbLktdGR99ppapVUZem2FT1Oan",
-	"9qm9DJdds4t0vKzy+1fAcpz6bamh8cQ5TavxGYSRQH215ue+EEbjQ7z5rvzqNryA4m4LIwjVNBof+0TF",
-	"lqd8zrIrJzY0IaQZmjc/KoVi1O5282MHvnBlJdWmN1ZREUOhkDDepLYjtSVeab5aoJbaItUs43HXF95P",
-	"dsOxuQv0cCy2NFgOvEgaauPHSN3w7X3LBxcFS/f0Cd2LXFDZwyLJoL5i/sEgUtA00SzHjBfqZCrI33YC",
-	"xSCK9qBmKP4lnRsBBbMuCuUmnblA8xxLb/ScoSqW1wA5yNBrNhQAwWWkTNDKbhUWJ9KmM6mZwMsPo/2g",
-	"5KXdX4QSrYv8uwtBh5FswiKvlcDyfHIly9kqUy6t2IX7nZET8C9AKrxzoK4LTA3KaJvwtBMuXSuY3G6i",
-	"1qoZeS0WFN4kRWn0/ldac37BuiwXBvF8bfX/LhcAtlZp/xBkqUpR89rMGM3NzA4OjQqEahIY3xmZSqtP",
-	"yckEMAoW3My4r0RFiTN01wqWffv8aS0+pjmoz4lfu1m6URB7n2xidoBSaofqYvyE32bNwF7ab0i2iISv",
-	"DRAy7gS01UTJGM08csR9VCEM6m+DIOCIZv/yF17+vpNUjyuyItvvo0J4jnB7yToGnfXCsJejgwQdBrZ1",
-	"dw/iya+Ryz3689c3ob24nGUxeJn4lO/AjbnpJdVfXSNzqBCDwn9i3x2KqrgN0VykrJeQSJ5KSCVOBaQs",
-	"kKbsXehaIvbvobBqGQbPgCWwF6C2SBfvwnXOlBBge1xM6/XpuooCJ/IMrMrsskwSvCG9JJSwq0qbDYVj",
-	"WwmZsDxHNmxkIxsGuyoEuwcOaO/woaiGRIJASLra8DzHCYMzykCjnkP0EhIExqHo+jVPnBE+WuRQErL6",
-	"eOBHYJesEjWHoluUZuNVAoKDu43iYnsTfrNDrb0/S4TeYJWE+PtLr+Tv6U06/+2CvJaX5B9yrB+5KzpV",
-	"3DAFxcelSEEqQbPwaM7FlQb/6KhmZnykPZSxRgg5LHFoN5NPyFxCZAQVZFQwlTJh/NdzhzPHhbuhhmLk",
-	"qBHgnvUoqcmHAD+nAVdlDKEVTX6X9bxq+1Un6aCo0rSStT6bFFxUp2meY03GWoJE8Bpu3s/322rdNNel",
-	"qJa8Bl/XGGbrVrfZvhYH7W4UHtfUR2y0NpSNidg10+ihTOb7m5sD5t8esebaamq30OzuZDFc5zJbGIYv",
-	"Rb0LdC5iGLrggmBTs8PeiGy4Nsn9g8y0oVPWJ3+zfLU6+F0P2e1VSsc3LBsvgRmURQ/rFMDwRmeV9xav",
-	"7DldQlUrIpyrEJzF9DqU01ppGhOzsWpvqMHa5cZ9A2wI/GFLklLNeo3IUHYo2w+gLynB50yWplExaaqN",
-	"3KCa0CUWDnX3H2TNuKvnDJOxUekAXkNkadDl6bmNZbur12hNLXn87MXjkx0QosCEfGXi22WHs7FyJUUn",
-	"bs8yTBFHYx/SvNT8hv3kR4zgfXfgdOGs6CsPYrpdk730CbJIjVUN65FHKsO22KhFaZX0upEy1sjiN2qJ",
-	"dOZAwgmdGFfsA5iC1pVlH8DyUHnfsMPNTuvS1VqItziM6XSdWCHGZGYFpa7bnd6KLFCzB6GW7diYl+RM",
-	"fQ3Rmd9i5dh9M/8sLbqNeR5Qfbp/xemdM37dWnZkH3DsnObvqGFoQFQuSmde5oZj6M14SbhIFZszYa4m",
-	"NDU+kBaQ5nx5B1jwq0q7CZZI/GXdxbDywXZevTqILVLTszjHqX/aQH5z+mGrk3N3sWtteMnaFDfsZosC",
-	"DHDOpOvcWgmCnaHo0ltDeSZdIYlgC3fxcDE989swFDTHtoJyhxJ/r1J4J1IFrkq63nhb7agL8RoKYASC",
-	"MasIC4cmDaqq0yFIF08fNpABFGFlXhZyQbyqPBROx+slqCDYOUZaFOmGX23vjVZIrz4ORYv+2IPK3ikD",
-	"NdpFslYaaljO1QLfFCogVIIdrnGkK8brhTGVMHuvtzQ4VfwwGlWLWoj0nm6VUN1jY4E4fMtH0rdEpECs",
-	"fJUA3MVkN7U8VqyQmhuplr8PDJ2+79Uzfv17ffdTP5XzY5rO2bFmQks1OO0/3RqP2xC4/dfu7/2ro/fh",
-	"z95/uNjqv/b+q3vc/ha8V1U/ex/9uw9B4KePv/nUGI29eq5hsRK/yE1nuB4WtufeOaPEVaHkVDG9lq+5",
-	"TR5oENSeP9mYBB+igdvtIZE+U4WLf+AmVms2BIPnMr1mWSPARGRNI2hMi9GMunFpap7nwPAUK3KawmFd",
-	"MtM7qzBm0eJfqzhEtWdoyC1xsEmogoUSeD2wKvalN0R4u5Vr3HmACA6V/BtAHW7Q+EYoya0KhJjCDeBy",
-	"bbW6AXGDKJYyfsMysvBBVNiwi8TcvT53Rg3dhq69zhWwM0ygRTnhBzq5pnZYUmUeNms9QtkXqNNDwStw",
-	"LDsorNbtqiH3czkdEUocBrJ7NqXFCIIeYbXBdQM6ZsZGpDtSzFjZRQpM2CLjEurWueo8SFlazoOzDKag",
-	"CdXXLBuKiVQ9uFJGCBMycn2C9jQCuRFh1313OpeLq1QKXc6Zwi6HwmFveRXV3hlkYvVeJmQ5nZ2RkauL",
-	"BrYQN9CU5jkEJGuHQW+HY5XGVbAbAkBdmLOOEZSZ/QlzwTMY/lD48deq81X0eY/lDptD/Hx1IaRzoo2U",
-	"WVCEuMZtQDwPQWRB/ygdht0ATQTcDAXc/FST0Y9UmyM4XEevvxvZyY8ARxIaueIZ5EYoZveEKD6dGdcT",
-	"1MQOofVIvDNHpPATz4gUTpywBGs5DE9pnyD+UPjCyhSMsA8pK4wnDhdVboVkIQnciWB59V0nfkR+U4cC",
-	"bCE8C6f47qUU96xb4cE+NsY2V6zs0r7eAscBkVXARbbww8tGgBGXDOHIw/EViPovTT/wA8wxGECmo3N7",
-	"YBD6wu6JPVQFOHsg44dELqR3yJDcmV9jSL0zODHQh8dxvOFmORo01OTE41YBBoLT42X0FXbWOwvDxrtt",
-	"NPCXnL/SSReHCOviv4pHMp9TkcF83b9dmHbmkWm6L/H3lhYs/xwA16oSRXM5BVz+s2DnwAX1Nyd2MBRd",
-	"bwKKm0buO/BcMwJKBAaKCEmKVRx3KGYsz878IRnETICJTLtSM4vZsi5nxxseSrzW9qb6FVc1fgvWpPoh",
-	"l9OqAkon6Uxp0XEWsWaRuwZL1hIm52SMPpECHGh/Da60v6LF7qqil/8MxVLJeTBmcu0/xfiZ6nVX9S0q",
-	"DXu21mRQ4EKln4g8ff4NwF7HslPOtXmkyQg7/k97r4/cRMC6Orf8tTYqTHqG01YlADWaVsdL769vjyws",
-	"mAqO0eCKrAHNTLjS5oxUnn9kAwFFs2aSCnMP7ECKTVWJ3Mc13tiOurlX9EGjA3+3YkPj5VVIlmzOCIyX",
-	"z/EQfDWJUnFKDdvLsoMtwG4IFT5fE3NfVrNbPOzDPguy3yhXTsaOX7nDuuvbYueXWwghtFF1vT70JD5E",
-	"DYTRtHiX3ljakh69qlk3hO3UIHQDLsg1Wx5jEUjMwSbdCsTuDHJ8yOnR6clJVOoywaqRmpSFZWKPnz2r",
-	"WwM+dsbUpLPOoPP45PHzo9NTq0VxY8eT0/HRE2d9iycQ5U/Fc1ZTZt61cZu4oCFWZQ34lyGzBI1OGDWy",
-	"Eka3ZA1lQneUqKIEvR1i5/3b71vnGEFDbEdr2OyW/pTsbRC6LUZDg6MB5/FIk6jNqspyKsWET13lEHJD",
-	"FafjnGkyZ2oKYQX9ThvywyZ7lZGkKPM8IYjBQcZLV8oW42bQbPXfruhsv99vzqk4JATBDtgCW3exnvW/",
-	"Mct/l6z8fXLxm1Ptt4x4Q358ZT+rE1tYdL9AVcfV/GorkYQTsT7JDcer2by+kpo9k2WeWTbSVD14H0U6",
-	"ko82e7Ri9nabhNQ682igoXDE7niuq6MKAhktihxCbr0DXyEUuzvHXR8hzKhxqaa9xpPdClz10qWpWj4O",
-	"bnEqlmYGJZiRr7sygKgWuqTWMwQJtY9fXdLpdhirCrYqDsSMkKuq5WukLZazOTNqecEUb4pDwoodBGNw",
-	"XP0Ab6ecThWbUh9Prg0r1qlOh3Zb5DysjtHCcHijVvPGwXbaHp10jcYyHGRCZJ4hPBII6PY1zAaH/Ew3",
-	"E6v75WxifIZqy/DozXTH3MEQr7GDkJZT3QLz55CdcJSh1rxb2h1GMacfdhzvHItr7/BmWz1X4G3tY9w5",
-	"hNiEvDl0V6KTpZPA4rvF2kUY91Vd1kdqn/iB1lfYnUVlT9/20+aINdSEcRS6y+AganefSC1W1MqsbXQs",
-	"g2vgtoUDYWC+jZWeE3+Am6aIV26L66BylLhjuoK94HBgKgvXCC01Iw/+0WtwuPsy+juZci9Dl490hMgM",
-	"3eyUc3Jbf5Y3ku5XDG1f7Iv2ypNN5/U3r02sgLjMaFEwsZKvvjllwFlFV31wV84NHYUpVx7B6LfIy+wc",
-	"dtGX7pd67OHmoOQmbQUTcKNtcF9toeJDRM/Eh+L+Imhqloz14jLeGePlAM/mwnEAe37dMj3wgfqgeFKx",
-	"HArv0+S6ckL64Av/ln0YuWHB5RPlIvAsZ0MMsFlwzc5IKa4FFDZeIUiUkcKQIPfcjb5ub7UteskZHbyB",
-	"UFzbjZbSFf1gbc3+7iAWKyaVU0AVCVZAvxoOwUWwhdfDH2nwB41pzgQdCiwHamZsPghL468ep+5VeYgy",
-	"zyKTtyqFhvhzMRR6wU0680ZRiI7rWWlGFg0fgqxDurCq2khlO5EKAE+kgk0CsPbemXPEhSa8+il9QEm0",
-	"mWd2N+FwYkCrHX/V5ZhpnlUNScFcCdRogBDM7z+1PAfcqODJotdMgJ12xZy+DpuWdOz/8Af/GAReO5G1",
-	"n2dUZEe23WYy0IeqXhkKPlYRJDTnKfvvKHykqQDjXQv3RGVhbHfk1QcfH78DY/SDcJrtFjzbfzrd4TAL",
-	"VlNA64fvgsUm8yOdygKqQzjVZafb+j6wlNuD9gNSd1OKaLiaW61L9upFYDBNjDwjbF6YZVQgIYI+bTGM",
-	"7Lf2YOxsENIqbwXOqFpz7yS2ehIAkx1JkS/3x1Wu6lL7WBRcuv2QLjwl3qm+05qAGhv4/MRdVSbLs77/",
-	"8c3LH64IouUTBFln6oat1qIDY/UK0iw9+nctYuv9f/ylWYyrEN+3QWLW6Mpn1XeSgxBZDQ20BXC0Bfgz",
-	"kFYtzv7pt8++eZ7sVmATW9i07YcQzAIzuz+pzHdxq7qxd1jHDQtYWadWs0vm8zZt+Z8vL4hiiMKPkUlc",
-	"ULWEgJ9xyXMDgSGQ/TFyItdK8RRXJ6MtfGu8g2XxO/een8GnpDOVMapg1dtUnvYfP+9/257g3GLAcA8x",
-	"rqdQEjIc5uBjBmBqZ+BQripP6PH3Di24Xe/dLeGtZsLYAyQnBPAuj2jBcXkzdoM10qggpTB0OmUZ7MFK",
-	"saKbk/5p/2QPa6Hb/9qiVqsVbdM6VSHbKhU3ywu7Wc6nzqhqKvl4DvXRASsKE0igwmWXkn/8dhkCjMib",
-	"gonX3xEXm2L34oZnTJ3ZXcjYzVDMZcYSMgrLY389wraOjkCqIUtZxrLXiBSKC6OtYOoK44sV7D6HAEi6",
-	"o0l+fdXv90cuXACIENgvziqswcyYopJlqnl/72/hf/x2ucaS66VOcdJrJTngGRyjrZ3P/zDm71JeNxPT",
-	"TMpr1xNqDkUul3MsphrFaUB9EO0DOLiw7J/mQ2E/10msnvnviWa4mjut0SfId5jIpgJqgk4hzyAJpmSR",
-	"hSHArsgJho0mhJIipwbcvGDqtRrSUEByx1GkNzncRyKFw4W0TfzIRfkhBLQMxVC46DgAKeMQwddeLq47",
-	"gsszBVo5do//+i8txag3FCFPh5L5SkU4H3PpEWVHVaGnEU4CYupWqn/5Ci6uDBg6AhQzpRJOA7bivkDO",
-	"iSJN57yg6YwdPYajX6rcrb4eHB8vFos+hcd9qabH7lt9/OPrl69+vnhlv+nPzDyPCnx1MFL3/O3ryOE7",
-	"6CBr+ZR0ZMGEZXyDzpP+Sf8Jig0zOP3H/QXL8yO4C47/tbjW/X85fItpW0Ebh6AGB9CvVEh88GC5QMfa",
-	"V8f/F5aoAzWVEiUNHmPM+Yfy9yCg2nsOnrzO7IlcXOu/gcDpVxhG/PjkBO9BYbzPONptP3q8jbbdVf/4",
-	"7YcLpPjVg/+Pizc/k9/YmPzAluSCmT4yDye9NbcahnnsyxzGLLcz+P190tG+mmXnB7Z0Hi27SDVOEwqX",
-	"hOCOI7i3bHMNxYBASJBNjonAwP4luUOICAUuKTJrV7EHdhMMJNwAHiqxqhUG+r7KHj97dvoC636n9s0+",
-	"eccMnqIQ2OqyMHBnHfmHpz7ln3Qfn5z0otJy0AsaZlw2F9RL0ljtepLz1JDu05MXjr/XKQRjlt75ZQiF",
-	"2f5HZsuD0chKJ5/qV7PLvL83Co17x5k30qvLsGorPHZG7OJC3XCMvQRyfnxy+sDjfBfGd/jz5NsOfs7d",
-	"DlHIrG/ld/Uwn+BgLrhICMu1P1LV33HBFyzRMhS18J+eAyqrIlaqOiE1a29cLyTBw2ifO1d3LaIFbslL",
-	"536GbO8gJx+hp9rXWrKSGbgMyR+lNEwPyGjYGZYnJ09S9wr8wYadkYtlB+ljhI2NiCizKSPd4P/ZDfPd",
-	"fd2DPFnOooh4Py7n6MUp4tD65IK5G8a/tZQleI0hSv/15OhnKdjRT9SkswFpm8ZQdL1jnkDuA/oXULbE",
-	"+TzS1TgUhTw9Ltwoenbrp8wMxZOTp5WA5cIAPCpQCJvmImVnhJIxVQ2TwyaBw/lYciNlO3eD8BG8BkPx",
-	"Vw0Jy9wSKMoc3kgz6NRWxAt7dDVIr6l40/t75GJxJEwDW7hcCaqwsgBODEZi963e1+rYbZNPTp6un99f",
-	"RW1bQnwGVHO9VTd35Vkfgwry+/tPNQZWc3vGy9HGyECMS2cNVlkjFQSwuIQt7xophXaw5+oanIiaMXEG",
-	"ep62/7Y/SVfzIbhTtCxVyvpYrdZ+DdzAF2xYLbiASjfEwQ0FVFYYIPQi5nZrO7IdCjA4X78UrEofdvUY",
-	"4tIKAfgfBanUshPwTJB3rGDo73J5w9Ae9tSlVj5Ryx6hQi/s3B+fPCVV6oP2t+UZZApByQf4cij8B09P",
-	"XpCRNjTHuFk2SuJ6ta43X0ACvt1ywn/1CQb3IcLUS4jsJME8baEqzzQVrO9qaAYe3k9J5+nJiw2jj1Wy",
-	"3WdRHajm8E9PY7hhgCEFrq06+ZBubd96BxFE2g81Ln39Vt94qOvSCagD7fI9ME6wGKBO/Cr77uIcDDSu",
-	"irdU5PSZQwzVpKvLcUgUAdHb5cZINQX6R0kmzSmf616Cmhka1+G1ZmWx30LXlzD2+xTKoQeniv85gjnO",
-	"sVGDjBW6w0u7l4pmVpd2CjbVmiksuy0rCRg730Rp3nZjaW3+hzHHNM03qJMCqu+DsSe2SHVf/fTL/7oL",
-	"ojQzqfi/KcL2Un0NgZSIvTQUVQKRy+ma0yXqlXpmpSxKjCx4Cu7rcowZvPj7hOfGMvZzfzUBx3UYIUbD",
-	"JQa/IGKjJe5eUmsey+6iduuKAiXE+DjKhORyiskukKwrQgIc/DMMBlpxkIfQkLup4frArDB9Vkssb5qp",
-	"s1/HH2Hpmtqs4QL32UjuW0QhVKUPhYTIqPmYZRnLhgI35BHazF46/QBfcntlJAEL5ujjsIMj49mwY2Xn",
-	"v3z0f38adhIy7NgltSs67AyGwj73P7jnsFX+W/jDPUC8N/8E//o07HwaJSEcH+2VjnlRBEWytGP7T71C",
-	"86Y0EKmQsRuCdmQamzV9ZCiNTKdD0R2h+88S6NXf37z54eryzQ+vfh5Vtz060eAbx5vI05MnZAQW1Ks0",
-	"l5pljff1T85+e+6I/L7ua9vPeZr/SZwt9K4tt2q5bTOWgunoQNdnZRn//f2n5GP9Do1Zjd2jpM5lIv7m",
-	"2VkrdyvN7M7srSLRVf7mjvpQQIE5ZHVVXW/3QzgCXDkbm/YsAg1uFStz1azqXgiqSUG1XkiVNfKZLroF",
-	"pkwbpnoOuyAY9QKXtC37dnzIwBxA7jhkSZcFU/Zt5Dd4dCChFCKERJ3x+JVaQBbDlN+wB2FAfvz+c/83",
-	"8Jo++a3NFUJj7pOEgutUk9F5TFkD8j/gIiFoVkAGA0aF0VngPtx5BXCJrCD29OS0T87Jsw8fyJxRZwXF",
-	"zUthgaAeCyPpjKXXPpwWV2cojILEBTccPhVSMfBufc7M0B2Je+WHpZn9mQwRuv+8OWLFmNpZ4s3psRc4",
-	"jj+6f73OPkUG0Pouu+T/e/bDuF7altaN8w4rG1buPMAcgOvSFUoqY4+LXx9nYanZ3Jq6rF7x83iddT69",
-	"d6vtRG4EyfcGUYBKdcuO0ZDrt9E7NkFktacnL3z9iwpDweWmo+kRgZG9UIk1IJo0Muj2O+xvF40fXz3I",
-	"umNT1V3mEedXNBNfS+BT0kyO0TzumSSjntpPfFwW5hC0ufPi7EeW38VEBziWLYbD8xAzXZU/CSRXqxWI",
-	"eLh18E6o2wJBEkIuiBRnVYVHZ4PB+hfa0OVGEg3GsP2m+Tpj80IaJtLlDwyrOt+f7SEe6J9ienhQ0nzp",
-	"qiXXGn6knVa+gVR34YLHqHO3OuHOyQVTN0wdXVhB5xUq6A7gRU5QS8Z0mBAWE9Vxqo+ZdKsyRxgZCtEf",
-	"Tgx6ckJcAhVW/A2S98wXM9JI5t7Si21W3nU3KlfrxX5mRTcYMmCPhQJIfWd/aECdCT+6NCx7UdVhZ0gX",
-	"190BhSH6fS+Okwm4U1SQEc9GZ4CXFukfqwBXXUDRrkNceb+XWxxs1GNNhXgYgD/DSA7I5kzAgScQc04K",
-	"5vF3AK9Ho81DSGdAtnIyoq1h65DdhLkQ0uo/jucA8s+RC4AVzu0QQa6xPLMt2eWxrQC2DA769NlQ+Gq+",
-	"14wVEC74gTONjMrKtxALJCDhxWPk2bZQm4JZZhJ9AkOxirMGPg1YFhEQ3HAmXYglGpA6eluvgjKNEIrW",
-	"diegmPOswhnrk3NRwwwDzQ8AVsXSjTzAJqUyggFzkHlgotGIZ8ozXEQPIqaJFAjP0+6ogPOKxw/Btvbm",
-	"0PjZJVRO+JRsfd3SKPRnb629Xv87ukV3cGoa9sEgAzrCJdydD8cIjK1OCaSnVzSdVZBjI54NnE4ZtdHn",
-	"mVMuE5dTabXetbfsaXfvwU5aXXwEaGQjJHx7Cj1/ij4kVA/FPy7e/Gw3+O43wo/2eDtic6d0A9NdZ+C9",
-	"6NLAVTqEZLPHdXO80BvDPioAPw2qeNzmEf4+wIGPXDVySn5j4wuZXjMzcJXoNJpK2AczFHOmNZ1W+0Pj",
-	"3emTdwjdh9x5BWvwPzEc0f5TTjBAAtiDR+J02H4k1sUrTlI3aoxcnOJQSAXhohCT59hdSgXgPDPj3tKk",
-	"O1ZyoZnSvYSMl0ROJkwFv6oux4WSRqYy1y7It39zioQ5wvjSfpPxxNutIJw1Z6nRPnzEfo42J/e84GKq",
-	"Azf393PMoqUELkuMdAyaa4KGC1wDZ8c/PTn5NgQsYoUrAuCaJLDnxF1vVAxFnZ07Z7VdIHfZjRkGEezC",
-	"Ln9jYw108aAcc5X5nWK814pXF5IVK0S4QMLEb+wZcZSLN0bMUiBK0sfd6v6Ds5Uw2AfgJnE00ya9/bXR",
-	"IfrVyIIspLp2Fa0kRAZxV+dAhYC1KbXCosRLe0zT6zbtKOjuB1CM/jzlf01d2K7wP4Suv1mXOqSCn1SR",
-	"tvVU7paVuQ0Vryr6Tcv6JejZf6aK3UYRLufxgJTxjgk6B5zKGwZQYkQqopih082nppVDBStvq2UXp+gs",
-	"lj9y3RZh+EfJ1LIKMAzm0r0suxV04/YrjM+52eWue4lpf/cauOiGD2mMjVEeBeTrT4IXP/GxUJDXfxDT",
-	"i2sZ9UwjmwjiDibrOrdo9Iv+UrLSBex6A0Q9UnngCkyhJoz33CpOBPgOQ/hHQgKyRBCtoLaHe0N71PwR",
-	"Yo7rK2pGffLayolOnPOxerSOwZ9eC7nIWQaPRBYCFcFtWZoUzApdFBNNQFqHWQ2mzIywbCWYMldBkoNc",
-	"ImINXvcqxF1CU3wO0r9fLI5wCgmZyQWELcqJ8UW5hiJjOb+BkPhWSdKRgMuh/kzZdX2QO/Hr0wd2ICXE",
-	"lc37s2IUq8D+KaD3O7sS0WXhwgThkCDZWEXfmZFG/serUrh3WdY7BHeB+PoK+3sre9l04UTA2W2K9atQ",
-	"vKkR9NzIVdzzyoYV+TyTENCLXJb8jzSzSGtwaOQCi8djZa4oFWlUPbvS7I/RGXGWTATotwxGADZjGIdl",
-	"bgh8HFUlC9Fsvpp81Wyf/J1r4/BbrlkRFaDw8WYkVJEYioIpLjee/2ppm2/qL+tOrWZToTdtuV2rT9w+",
-	"38dFG3Uyc/sXKZ2HFs7bj9Jh/SH2NLib7Ksr4qsr4v+EK+KrF+KrF6LBXFixuvt2OezEwW/pYvjqXPjq",
-	"XNjmXPjqVzgYo7gXJ8IW/pDLaTtr+NGVT9I1ERcQVewRB9x4q0P1yaUkE5lbKhNs4b5Be8jSaidzlpBS",
-	"s8BYcjn1XMVKWWQ0WHgCGvWqIw1sCcU6PQDcR4SccTIxwlyiUAVdBqkKIQbmXGssYIWCFaRSD8WYmQVj",
-	"op2koQTfLZSbC8BB3oGIfwWg5F2oXU4rXPtd3v4FbKRfmnHT1Tzcrn75el4rShfpGiu9jiMQfqAMzf5I",
-	"yNiq5LZBtLj0Duk/eaTrxcbi6N2gYN/n0T2uhLTGE+y1f3dwY1h7LE+GRxUBpSAzHe2OAT7CXsBDMYL6",
-	"iviyq+SPV5U/7SvGTzym3PTJz+4scj0UDefRncWg5dqLqzrPTr6ADpxSMRRg0y2YIt2w2Zr90VsVKmm9",
-	"sGbM1BczqdlQWCER3ww1N1Usnaxog1RX9RKdHLuJg9xWJdiVh9wja5DTS7ojf/o/opEkbnebBd9DcIzv",
-	"8XakbYxjm5rwMNxkFzUh0g+ia3xdObDnk4XyjH5Jq3u+IdMycWIwukt0OQd+vemU3UHu/HIP2pco9m6n",
-	"/0bp997JHutxtJM92g7xLcxXjK65GdVxXZsQbN1oXQe90rbQFlODhXKc5Hl/OWRVL9t8Q25tDrH9lwAW",
-	"Bc1FtaYYFgh5sM2uOmjb7otqNwFOBBL7/cDd/v4OcpLzC/eSlSpGQ6ENKwZYaDQhcy4SMqcfEkJvpkEv",
-	"B7MG1huUEwfBZVjRJ+dYdXAoTk9OTlzdIShUBDVUBoR68y6UmyGCscwuaE7V1BdQamWXoVJTI4jTqsjd",
-	"QvIo2VnWHm4BfHOQc21GvTMPyIKI4DdM0RyBZotcZsyXV28K6Ailcere2jjAoyqxFGFl06N/B6Tp/vuP",
-	"J8mLF58acabn9MNrbOAUK7D4vxpq7Zgl4FlOpJoDf95Suwi248wXWQCtfiZL5Z10I6AVwGZtDGVxBXSq",
-	"ie5WhadpWExktUGRrpCGcJHmZcayXjVGIRdt4wmFfA4wngXPzAy9V5Y8E0LJ3yTJfPlDcBPJnHmLF+mO",
-	"npzoUUJGz+ajZChGp7NRNOhqWhm/4Rmibjw/SYiSJeQeYjFOio16N0efXMBJstcczRGoxF2Lvwr+gbBC",
-	"pjM8OM2RRqxoRzB7YACzlXJrDTz8DaBgAbSdZR3uIIea1Ykv5QIAWfj7gXXiwOk1uthdBagH5PToJjza",
-	"4r/8bRWXzMdAYpIrNz7AbtXcMF7WgZTsLJ3NgWe9Pvlhi6edOEd7C6eOKgB9Loaoz8lctFpvaaPJyDmM",
-	"78tXH1H9asF7R3wPSPW1QpfN8s1KjQ4sYogBJR64ARFBQDppI1BfpuDLjwGp1YfYSEhRXZPK0IhnHqX6",
-	"gwR+NFYGbo79iOpy3kew5ferVT7AMGiZmpVu0ETmnoz65KXDSNYeJgCRlAn7wDWgH4bqKL7aoxUsAwBM",
-	"VEhkE7193oGHK6N84MjDqjpJs1on2CJswmEC9ozDxl4n2R0odgcudvzR/3Mt02UTkTxkbso7Npc3h5Gf",
-	"sKlKO/ZzP/iJ3854/xmWfXvqxkrFms/8aP45SRzbjqZP4zjk8VwFSvBtP9J4tW8+llgB4/gj/P8W+DAV",
-	"wP+MBnSOde7+vX3lS88lg3lGy4lr155JBpO+50Qy6KON3GCAhxF+N8x9v938HgltEyYMpiYRbhKXkGT/",
-	"JSF0BmIvEZwzQrf34dByIUjXV8ctZM7Tpf1I+MgZ/PdVVT+3Z5vNGUKqKZpeO6OdYeBrtr9c4V+9Fpr+",
-	"vLlhPMQHZoUbCdPzwYMRaGCCrXTawu8OHPnsBnDXsOdkNeYZHGUOFelr/PPX+OeHjH+Gk/w1/Plr+HND",
-	"VKPjd/cX+1yJC5sZ+L6Bz/D517jnr3HPG+KeI8b3Nez5rgziwDHP2/lCXGvu6Jot23EJ3kZv/sD+D+Q7",
-	"rkxou8nbLk+yEvvtvQRYd/ogtPF2pfxfTCERVcQ7d1cNs9Hi7fHRAx4OF+7wILE6rBTPv8CTwjW6U7G2",
-	"N5bf9GXON5JTMGXfh4LX3NcDG6QbB5FtMk/XSj/iAh9EC4SeG+pMthPXztzj+OM1W24xkP0sQ4I5FRV1",
-	"uZkSK6nPpWLrKLVRFUVUbqyqNYF09K309bBW8Bt5fSgruG1qr726NSPYzpVX1nTjxeILCLfeJ+/whXtD",
-	"uHHtf6kIN274228lv9CHd+a/CzWgm+6fsMH3cfd8b9VyKL7pQKw9DwAHqr1jqC9suyRdsJW4P7gLpbVc",
-	"oXdWq+cJ/lWw92BZT480n/GpXbfCysJRYc91nuIW5PN2u9YH+cCXnOt8063m6OYwBBpKy7pWm+mzlUeh",
-	"rXADj8IX9uNRbHcWhc378n9fGofC0e/Aodwy3wOHci23cCi/vffBod4qVlAFxfugwOEI+NOoF9WCwEGt",
-	"umAqAdqq8MB/UM4B7w1I2FKzBlRNqUiokT/lN0wQO9EEkjh9dU9E1q1qGzm/Dtjc/RggxolNDJGlGVjR",
-	"wnLTfEGXeijGUOQmTKFPLiCsNyByud8HEO076pPzyK0pBfPfDUVIhgU/qC+T4UqJg3ZAs2XiyxokpKCl",
-	"S4ZbUG4g0cXqFUPhRw3QnBmfTJhCo22oooojgCKqQi4GYA2WeU5gCwShQ+GWGz5QNIUaq74EtF8WRPeL",
-	"N8eZTrB7brQvcKeh3LQLZYbt5TqqMGrXoclO4mj1M788aoN86MsDO2+7PBxtJUg7fxZUWEXv1UF3wslh",
-	"lH9gK6tcpOF6q5hb2/UWWm3LhpULMrfqVlUuhNXOM6ayQgT9xP47ARnJlyLxBwdwsny4Jwrp6ECBTA2s",
-	"/uqQ9xwjQz+0nwEczKGY0RtWVc2BsGzAC6N53icvZel9WgDbhXHt0KMPPqaGjqlmQ+GOMdiyoRAxFjok",
-	"VOMgvPIJzlCoJ2FmbOlYIGF/lDTHkpilMCtYx632zwtc6ocIY3BdbaRPyCcrD2Sr/M6jwZWi7aY9QJxD",
-	"GxE/QBAvDOJrDO/Dx/CuktFdAvp20Ck/iwjeGrF9DeD9kgJ4N5HrVva1c/RujUC+9OBdlCYOHLu7h8Vy",
-	"t9Dd2pJ/jdz9TCN367S0W+DunG2Md4Cyu2M2485Rjk58X382Kggs1ZQKrinGAbk4M6b75GeXcgwtue/A",
-	"MSEgDOmaNbi+frrvugk/tW+QZupQCexY4v6IY/XiuLRpxoThZlltg1TTzYEn9fUFRHOa57A5uRRTiBrs",
-	"AkJGWNckBLPGH/fqqD7ri/9GTb98Ee+Nmm6X7mpreohN/2lZbzPacthg4OSNotdlvKGpnDPtN4+ppjPU",
-	"uG2ft7BUDfCB5aQ3arpJRIp37JDe4/qxWyeF6OQff5RqusUpjIKOKwcQNVw5wF19SGC+jgXoPnljSUi3",
-	"xBi8UdMvPJti2yq35FS8UdN7vmI2UN2hKe58+yLst7lvLDVukgffqOnnLQVWA3xgAXDDtnvZ79Db7/Jc",
-	"bsNwjmnBV4Pa6gP/gS31ipHIRXKtOqtWect5wf9PRMHhPHYLfjvIaXasG1Tq1j0NG3en090qi2yLVoOQ",
-	"tmu2fARWakBbpAhFhAUl7B0o1SPdRhb3Gs1W6+KBhY247z8zdi1oAc00s4kX7BKi5rYfCgXq1UqB4F1l",
-	"ud13TeZ0SRQGaRn8CGF+kUZYdkZoNuegMy6btUFc0i88Pm3LftzyDG/nkCtRaPUNLzNutmHeYDIY+oLI",
-	"nGasggOqGNPWu8D2tAGfZhWQKF+GJAtDrFILcfjAhwA/+p5xseIBhLI5W/q+PQbWF3UZho3cfiHiAh7K",
-	"mALECoDOm+9F+9odLsWmc1IryrylLCHUYP3yhZ5oMts3Og7C0avmpYO5V7H5zbtf36lDiEate/x5G1vW",
-	"B/rAclA0gM24obivf0awyvlK9NgEmTwoU+DEPAjvuqAxSAvmXG+g2Hb+s43z7B6DCX6CK54131ZlCU92",
-	"uyR9YIzzBNg7kk7brkhDp1coATVCI56eIMpm+HuHQfwG/WK7Cagm1ZAgStDQKcTqwNhCeEPb6LzDpBm6",
-	"8dmzxhE1NYahQbWW3JdjKXNGRfunLnoogpfYd5+aWrX/uyoUm/APh1z/GhH4E6TpTagx7I9385rjO1fw",
-	"zi0m+uXdqLtepvd2je50geoDC1AHBseoj/4rSMZXkIz/MyAZb9T0K0TGV4iMpgz4Ote7P6iM7Yx8X5AM",
-	"qaZfITK+QmRsgMgIbO8rQMah2MOBgTI2cQUX3N6mnkLw4JdvEoNpbJffcTEOL75D91uk91tnGWyze0Hn",
-	"n7fFKx7iA9u6NmIUCrZAmjgL6JC17Lpa+uNB0Su2YRjWzrALHmo9xD/B8y//FOM8th9jtx6HP8c/uSit",
-	"jQfZ78bhnfvnGUQSFkzZ23y8JGxOee6SN9CXLySZ8ekMHG5URLGmj0CIwE+HYjGToPgKBkIJVknhAkIB",
-	"sgzuSenqM4prqJHBBHp+sSiG/QJSc53YRQ25YYpPOMtwUE2CAq7e582JamN8YFaEfW/iRUhaBwlUyTJC",
-	"XXuNtLuBzxx/LDVTW4IMzjEwQGGuhA9vtHSXSYghl6VRVADa7vyMULG0usOcLknO6A1DoRjEfoij9bL6",
-	"mLkms34LfX3pSSUb9uTeAg1+hf3chMf8sxzLbImYRpRr5vkNHdtRuzQCiFb34QZ+JrDnbrO1223TtrcZ",
-	"m0vTvrefd9xibYwPHLq4mXf46MXD8Y+X9U12oWQ7c5JtydsQUh9Sch1Sp/toMPUFRVFNxswZZwOtB7Y4",
-	"/ZcrYqShuW4Mon6Y7Oaqo10ii+85xfm+Yo7dVntwmuOP7l/urtiElHXPy78FuueAIvz5ZrSefZf2nV/B",
-	"Tdz5nGSKTgxcn5iC4lQTqciE8hwi9VbAWrgmfD4vDWSAjkssYWZ1GzvoVnSoz5sD1wf5wCx4C4l5HnxA",
-	"Uvse4VlYApuMtdYNne4IGOURKo4/un/VT2l9Bq/BqwceN0sjLp4nyiHUzBgups5x4r3K46XDyCiYcqEa",
-	"4FcRhOZ5vw1F5r55wU5ILAfiBR7WJYQL+5Jxh4Fyeue3LuK+Dft6TMdSGSymetvm27TSCwgjttxjKmU2",
-	"sCqoCx/gVsFc5EtiqJoyKK1odx+Wwo5tTNNrd4kbWYJ9tvqyKA2BF6Rw68ZuuCx1YGAOmso2xLIr+yqi",
-	"KjmBQBu6hDrv4ILmhigqqoDQapvJuSAOQwX02Dm9Bj8m0UzoEDDr3n6kPeaLJk9PXiRE0Ln3JsGDDdhI",
-	"57AFnzc0Eo7xk+Ocf+r5C3HDzG3PnxFm9rM0pJBac3tJNpPCQfiEXfYKFWkjEFLz8S4KJW/Y/Rzw76WK",
-	"EJscghlW9IduaT5w8GAfjGPygKCmH/BsufkfXuv/Svb3SPa4ayvEsz/1p1SkLL8f4ocgOUocRjN+cAb1",
-	"rSlUD5YCE6jGWEyYC20YzR6O8l/i3L8S/pdE+LhpEVM1GCYH8VOetPY/B9tijd1G7BtyfCvYV+wkAn9t",
-	"atmf9yiklQs+L+edQVVqnQvDpmDb+jIhZHcNHq3TWgglHS+DUJwdKh8nCvrdInTclz5y6JJrHroVMzIN",
-	"plE6xFhnkdbBHlivE+4RGz22oF8cbw/xCvtKqGpgW0HddTGpX+NOv8adPmjcqTtzX2NPv8aeNlZfCvHw",
-	"9xV1uh/T3zcC1TXwNQr1axTqhijUGhP8Gol6d2Zx4BjUXXmEYB8MZlTejz4PnuVSKbuc3lYlC00MBRQM",
-	"wRZBAOxirQJfnAWkO7B8ccH1LAgLaLqwPAetXkTIRQIiKgRXOdt1xlKmtVSPNDEzxTRIY1aigrAsrA/g",
-	"1x5N1/jjw1kSfmYfzN+cQvbVmPDlGBMurnlBqL06PE+5iy0NqO5+jt7P7Y6h9XJoK6ft4Y7BW1iAr0fg",
-	"SzoCsGd38Z+gDndPNw7QONS1sZoqeCStAMgNXD3FQ/J4FHi/UvcXRd1OS6ErYsL+VA7yyf2JVeh35xos",
-	"PjXPu6teVBngMIocrqjI4mbFXX8jkK7VI/yiWnLP+Zyb0MKccrvJVKRW6xKZXPQe7hhB3aivp+jLEpOg",
-	"1teKJ2/jGbphSnOcZKuxYlzyPEPkjEJJK+IDtScwC6RlbY/A3JX4cdSLlIeG56Hw1X08WLSQJLUagzCc",
-	"5o1lef6JQ7vnQCnXSysRuVJJbp3usEksLRU3y87g9/fxlrn+AzZJxopcLq3uG6ukS23Y3O5avaWPHbSF",
-	"2EbtUUPTRhNkXWT4ALaBhlvXpVO2+52kU6q8M+gcw8F1va+FStDUgDMYfHq1IfcjhxoOeR2RZR14Pvoq",
-	"AM83ILnUAOblQrhMxjNSMFnkzAHNO/1gHmcMRR1A8G/zoFwzDbmqVYg11gyomvMR4JuHe6RTWbAMsSUh",
-	"pqQ0cu7wdUNbAW2xAUVoJp2DJ4MLJ/4K8OTWP/lbQCOLHGFWgY8LpCItqDKqt+VjKPsrcExNwwLs3Wy1",
-	"yLhd+OjrWnHj5pXPWpFf+qtQPE3DeB1CfLXLQHW1e2rBm1iLNmowRIuut9hW84gaJwBUDjECexs1W9Ww",
-	"WG83xE0TQ68h20yBD8eXxuDCcs1p8FhVVpQkkg+0izC0AkFtQp67r3d8ESMeoevOleUNNdwwE05DcLRl",
-	"6WtL7zHA1luvGdgsi2lwbNrmg7ktQYcShmV7vx7PYvbhjHBNZ4GaQDGaYaTtjczLORuQOTMKPExQQZgL",
-	"pkgupzrx3lAfmBr1ZFjO7GdNPOdcI2ysXzkjrQxBuoqNpcRZuBs3FKRCDjZZoukMpMMxS+3Jgpsw6tjB",
-	"+WydY0rzvF7KZCGwyIJe3yNa8Lb27BEvcmomUs0fIQflYqKoNqpEbmB70gnRZToj6LllHwxTgubkp18u",
-	"L8lYyWvIg5lJeR13bsVU+1rn0/tP/18AAAD//w==",
+	"7P17cxs3lgcMfxUU360yudOiJN8SU7W1q3GcGU8udixnsvWGfkSQDZIYNYEOgBbF8ePv/hTOAdDoZjcv",
+	"EqXYW/4nsdjduB4cnOvvfOxM5CKXggmjO4OPnZwqumCGKfjrpVwsqEhfp/aPlOmJ4rnhUnQGnfdzRib4",
+	"+JEmPO13kg63D3Jq5p2kI+iCdQadSWgh6Sj2R8EVSzsDowqWdPRkzhbUNj2VakFNZ9ApCm7fNKvcfqyN",
+	"4mLW+fQp6bwslJaqeRgjwW7M5QTeGBE5JWbOSK7YNZeFJjmdsTMiF9yQqVTwbMqVNvAgjPqPgqlVNGzs",
+	"Lh7jgt78yMTMzDuDxycnTWP8jl3zCfubkkXetmIpvEJm9p1Ny5ZWmrrb0uGwNo/okSb2+42jufNAvs8Y",
+	"M23jmNqHm5Zk6r6+2xhep2yRS8PEZPUDW60P5Sd6xTShRDGjVkTTKRtEJGN7ZtqQJTdzQskVWxFVCE2o",
+	"SAk3miimcyk0I1wPxRXLkeQePyVzWSh9Bu3mjBpPpJouWLXR8Ktte8aMHgozp6Zsmc4oF6QLL4/CbMzR",
+	"O5ZndMXSAbGLMupBc7IwdoCCi9lQmCWfsD55H/fgJpLy6ZQpJsoZck2ePn7cJz+wlSZUMZIzRSY0y5jq",
+	"D4XfoTmjKVPlHkWre2SXt+38PHuWdBZc+L9PE7vXhinb5v/z+3B48/j0aDi8+ebVh7/8R+M2/sBWbYR0",
+	"/va1ndomUrqCr+9GSD9SbV5dM9FI0O+YLhaM0KlhluNwTZh9FUlpxNPApTKqDT4jik0Yv2Zpn7y6Zmo1",
+	"FPgztsENATKw34wLTbThWUbmMku13Spt3wQSTewrgmT8mhEpmD4biqX9wX8oJMmkmDHlPtZywdxgFoSS",
+	"0YzmIzcgTVf2eZ98L9VQXDB1zdTRhX0C89Y4GbsOR/DD0evvRgQpgqSS6ZKWu2Mll5opPRSawVEhUtgJ",
+	"SyHYxPTOcI3C3UOWXGgC4x5LS6CKkRm/ZiIivRrDtgt5CeO+hA1r49sndcLbuLN/R/pupLOGBVG47bgG",
+	"Z0QzRkaVgY36bSensox3HD9fcNM85oW0R9uwhSZGWh5XKEG4sJSy8TrMoMl4VCmb0iIzncEzOyJ6wxfF",
+	"wv6B48O/ytFxYdiMKRyenP0Cra+N8I3IViTjgmkykcJQbvkWkoZhNyYhfCaknSaZUN061j823tpbF0/O",
+	"7MbyCWsZH5xaGCOcGjh88H7beNzjtlE9f7LToN5Tnq2P6DfH40eaiwkbJWQul2RBxcrzF8GWlpvjgI0k",
+	"cPzGbCoVczNxfKJt9Mb227jxpyfxzp+eVLb+pHHr36hZG9eWakYF19T+tIl1S2jibqz7rZLXXHNpyWvD",
+	"RZJHrz3EjfKOZYzqVkFN4eNNo1ChhTuORGaZLFpFNYWPN44ktHC3kVxYum45iUt7Ic5pnjPBUmKFKhXf",
+	"uIYv2s8kNNs4lJQadmS/bR6PUYwu3q9yptv5g2buBrXfa9KlqCgdaWZvOMNSknFtbz13luzbagVv28+H",
+	"QkMvjzTRE5kzMqFKcab77na2wuaIKWWVHZot7S09kQuGdyO7yTOZss5gSjPNWs40DD+ePVwJ9h//odi0",
+	"M+j8/45LrfAYX9PHOHe4o+wCdD7B8X+Nn34Lh9/9UTIxqhRd2Te1WWUgxUu1sH//KkwTQ2vY2MCttuxp",
+	"AS3eYk9/1Uy1kXqhmdpE5wV+ezci/ydVnI6z1pN/7Z5vGsh12cZdBvPJfoyaBtDDWyXHGVvYf9ormQkQ",
+	"LGieZ3wCvPo4xzf+8i9tx/sx6msTLfl2ocfqjM8FAeJOCLWKFXn3/Uvy4umzb4jriaRyUiyYMH1YPNei",
+	"7fB8YppMBL/NJVnQlBFKJnMqUMrJlcyZMhynydMdFifpZHTMso2EwhaUZwlxdoZSFZGq6TqxewfT5IYs",
+	"7WxRwLeUekZGdmZpkTE1Ai1Sr7Rhi4R8n8nJlW1yKTwnJuHVftOw8YePHSbs1fw7EG0n6dCcX16BkhYP",
+	"zf2EKr89TtBt50MT4ZZ09js+TTqwcLhO5Sdy/C82MXYo5zl3and1AyaKWcZ4Sc2uBzcJ34xX7VtClnNJ",
+	"3IuwtldsZddo61azm5wrpvca0M5UpM1locNs69TqtDWrnoN6SAur0hl74Ow9F1T0rpHw4oKLwrBeZVob",
+	"x4ks4+P6g1yxKb9psc+AAWQyp4pODFM6mDDYRDGrdkpiWJbZYWtCc6pMH64jusiR8WdXl0+mLyaP6fi0",
+	"aVBKZmwb13hn36kTHiwyTMk1EuaRxGTVTo0v4SXga2nK7ZRp9jaiTneTVgm2Sh8btlAbmWuylOqKi1lk",
+	"h0TrESj1oCwLaQg2uv9GRurE6bqSU5pWhsOLgy59vOrb1hfOBs2yN9PO4PfNfTkm8SmpcwmktWb6tKvJ",
+	"jWbZNCF6bpmjtLIEFyg5+FvtjHgLBNVDMTovzFwq/m+4ywbkr4wqpsiwODl5MsHe4N9s1Ee+S64Yy7Vr",
+	"2mgyp3ruBa8mSk9P2NOnk2fjb9nJ9Bv6fPxs8jR9wh5PL395PJ+PF2n2+m+n2etfOtu4q5v5+iJ/CMv8",
+	"ls7YOmMNkt1OIl5Y+TX5LTKxN7CO+pGEvhopQk3m3LCJKVSDWH9OXr79ldDoncRu4JuXr0meUWMPBdE5",
+	"yzIuZsBd3IVGF+nzp/ZGUwv//+tv3P+f20vpybf2f4rryfXzpw13WdI5L1KOVp/1NaRerti4dPDS7reA",
+	"7YDivBv1Yf/4deo5reP7CWH9WZ+MFmwxZmqALG5UZbaVZ429q9nlrgMtjFUvYgFCF5MJ01aFmFKe2a1s",
+	"WlI3XtfP2mNtqCl08+z//v79W4IvxFMnM2kiCSeYFpKOoWrGfFfr7fFoEbUs1IRVmkWxME2IN5UqRrg9",
+	"5axZnuK4HDvqF2uXlXvT7UHi6CsmicrilVsQFq3xaAUKPggnKM/D/XED515sEAelJeTbCoS3FyJ3OuAp",
+	"y/g1U3t2hAL1rocONKAmycKpCM6PqClPyZIJQ5ZKilkCkoU9kyztH0qqBb/bruPe8TVdmlg38IVNu+FI",
+	"5wJfjpScHT5C60XTySw3KZp34nUbN7IKoVXWtEJOGwj+ThInFxUz7JPnVuKrkskFm0iRIut0DniypFZe",
+	"8R5wRz/OtsK96Alm4GDTfX7y9NuqQf+kiffqNns5eBrxoVUP6MQQKc6IX3UyXll2bKgyl+61hCg2taqR",
+	"fWbHKS0z9qPa2WR+d2qA7zfs4CFYrOd+985fL1pu2pyJlIsZ6VrasP+oUscA3YpwJ3LwCDt/nb0p0Q3N",
+	"6GQ+FJZz2DeCQ0/3EhK4JOlGBEcnV0IuM5bOWOo8nrZjbnrJUIBYwVKWksDFKh8rlkvlFXl3J/YSR7r4",
+	"6lC4d1Oegko15YLruR2do/VReV5HPfSGg5Zt5oox8DROuaCZE+qdwONWqhMxf8sP/HidIAT/cKNplIhi",
+	"ilvbDcXGUprahOF06DNCZ3YrTvsn/RO7OBk1TPWS+vEZiq77BTx67tdHwZ3GVAI2p9RK1SP3eFS2fgqt",
+	"D4VvnqdMGD5dke444+KKUEF+fPWdHcCYsTwhWoL/2PYlBdHcwOIh4/E70TL2Pjn3s1zOpY42F16/vGZK",
+	"cykgkEJmqR05ECc1RLBrpsr3pWAJmVBhd9vQK1bhet2nJy961b3EdQYRq7J4YLzC+bZsHtA2v+Zm1aYo",
+	"7CN4uOakuNTsj3Vy+LmwIryOzuOjcAC5FPoMXeMMPc9yCjtePgenwSq44Cs2BS4MqEnrrJz5efnFCife",
+	"kj7X5Z9b7YHY1No8k06LLWZteQ/DYut7dn/M9jtq6Jhq9k+k3PWh46A8ZTdfl85fu+Az1AQImNoty0Nb",
+	"X+o6qah7pzvtrYZ4hc3dv5XazBS7+OVHgq8/0sR9UFUwT5/1T1/sYLWodJnUl6BxGZkXJmpnq2Y52Ciq",
+	"x+/eUjFwoqAXJB5ELAbLsGZMbDYrer5JNV5dc0ZVSqZKLhIiLW989+rivWWXP/3y/v3+1sRNK/uzfedT",
+	"0pEi44I1jtFKbPEwY7nBk7EdGBkrecUUEXJ55iyi+IWLeJtT7Vh9+TnMzn4Mqjr0BHKHuwqshGuFdAYv",
+	"DgWsAxdlpNXpibOWa7wT3BqMpcwYFXsaRnIuBEsvndN916/8YC9hoFvNru7tC3gZDB2zrVzvvX3nU9Ip",
+	"8nRPsm/SiYKZIlKInOE3PiNJ9YS6kQZKqSlN0dDamQCEvzZZCTW9ZqmnrynPDFODQD5kzDIpZjoIrs59",
+	"7r3sdJZYQhkKOwmCAhbGQY7sL5foPBiFmE6eWhK2AlPQDvUo8bLyUFhVC3Q47WLUiAufwLDQ6CRkXNvR",
+	"CILWKsINUuHdXWHlyCpX41ZirF+FO9LwPpwiWtNGPrrHgfsTad8RvKPpaLlvTde3sgHcdp/LOI3Tk5Mo",
+	"eB03PukUgv9RMPeKUQW72yZv9kfdYV+b/E9b1vkQYmTMju5RgCx7+RXIaCtxLLiIfz3dTC5VLvpqkZsV",
+	"mWSMKm8ocnwMIkw+V9LaZxJ1Mrwb4bXs1+Ho695J6x2bcW0wnnkPpnMXybsmRZcKhKI6HzOlVjl/egQa",
+	"S5wBQI/+fXL04oP7/9GHjyfJ88ef/uOud9FanMu+AcJJJy/GGZ/4jzek07xKHz97dvqC4Afkiq0S8uQx",
+	"Ga8MA2miEDlNU5YSq849f1qorF9bhPOj/z/O//Low8enT5qnD8dybSR/Y4JhpKGzo3pbDAo0TBhuVqAx",
+	"WPGb4HHZHqgWE1tDzJD7LlqiRklxG4GWbtEWbrYTX9pLP1v8YcxloVpiu2JtJRLnvLHTKjXdkW1icHw8",
+	"l9oMrMw+Aksa/Kwrv/cg4gt7GZc7dK5XYnL+9nUIbyPUDMUxtT/TnPdXdJH1yfm4tMlCXEPK8kyu4H3I",
+	"RBLSj9QKqDjSqrJzO9FLXjFxyUSaSy6adVMFRn6jaMqI5jOIydXabp8VjcvREGhLnxGaadQGR7RIR/Cv",
+	"6INFoVF0X/W30mLstmlSV2qjbyfA9/bFpgCACdP60vinB/Gr1f05TQ4ciGmtuWcanN8wvXqUH8aybDfU",
+	"VSZXaawyxsokt6zgO3Re73vP+M1vUvn+8dt7T1XdV+l3F+e9Ml8u8Nxc8Wur/V+x1YBwrcl/EV2MyX/F",
+	"9mjIc0wILVL8HcmReOIgv777EVwKhBpMl3nmTQaEzhlNk6Gwah0l/zLc2SfQYQXuBTxp0Z3y9OTF8607",
+	"ECbevq4HkghjrlhLfJTXLLY2g8dOgP8NczMrOYtxugaoubGQsFOA5V73dpOlpU4h4LbxWRJ+sIE0cApG",
+	"Wi5JFJtRlWZMhyhGn32ay4xPVmdEFFlm355aVX5ZvtI0NfsuHVupBqOtDy1m8pk7S2tx0m9eviYuLJuk",
+	"8FrVSqvn9PGz54On49P0ZPJiSp9On41Ppt9OT+jz8TeTZ4+np+zkG/aUnqSPv5k+GT9nz9JvJy/o6fjx",
+	"5En6lD2bPqffjL+dVOUS1+jv9GhqZbSPz582Sybfc5alr5rjGN4IRri4phlPSQ7uqmkZ2Loenp0y05z+",
+	"NMe785pmBUMrDbRZWwUYkn3sMh/NnAry/EkUzNooQNjxN7Kiizc/E2AWTBEunElzLNMV6Y6OLV3bO965",
+	"UkNOowv3rg7t2NsV1gzGovWOnZdLh/NeUh0Hw9mB4I7NO0lIknD5hltvA+D0OPXEr3sTV4Jc7j/fSr+r",
+	"fEftbgkqJuxyyUUql9sG91P5xW/4wb4W8jsaklsTwJwd07uIC58pC9QG7MuS+ggbHe3Ei33P+Pl2mzS8",
+	"/RZf/pR0dFbMtiYP2Xc+CxsejHbNWl1bgmDq28e6B2fiVna9uxybfYjS79Rucdi4Zx/q0UW/gkXH+1Vi",
+	"SeAM82xAr4TsUysqAHFS1Fu6T09ekJEdxaWhV0yMStKVwuV4W+qFh73+3Y2DtX1u3bVDWHGQJd6fEQfa",
+	"vygWC6qaMmhk4SBcNm4pfv4SX95XTXbpRnozgod/izg33jXD5AaRWuFdMZquEo9KkZCcWvE5IXEMEs1z",
+	"Ja9p1kuCkM+DMgtIFACgAoInuNEqJsvqusCb1U28zcI5n065cFykDI3dm3Oeq5er/SbxXTZtcp123GLu",
+	"ukO7ORWxTedTrI0x6tA3l/hF3D7gWmORDu7mHBFRK40fSNdpvvR3Y30N1/8aHwR/fCD2BV0RwZbZynv3",
+	"YrXCk26XRsnTcikIjgvc1YqnTBNuek77UGwBKhkHgbhFyShX7iH0Ke70qDOiQZmaoQsenafVG3S0UQLZ",
+	"qjLdUSK5m8b1ekFn7DuWGdq0Lql9QMbMLJm9upaScPu+Y3dckz8KVmAM45gBWIVc5IXBiOzDXfv2kt3q",
+	"V0DVcY+4bM8+1gMfcRb23x8a7YO7jqVJRPNsBuYEje1wb//jtx8u1rn5FVtVmX0zC0Gyq+1GNms07k3U",
+	"dePvVy2JLVdm1fh7oZsjiW62CwW2SexwbxYMC9L01Y9y9qOL4amug4/saYja3xKnGHBRoujTqiXmjEyk",
+	"0GxSGG7FAvftglEByERcgBq/4Fq7FK8dA9vakwkUo4tK7pJJZQFYNiZlSjVTs76lwhFhvUCsI1x4bgwJ",
+	"LuyGrTiEEOp39f7E0PWrcdtF3XBt+gvR3ppjVrk40SUSLkrEzPL3ZM4EpMkzhMiCyPPRREkxAmVDe5Fw",
+	"peFdMkoLdCddajSpj5pDbpqMzt9bEgVTiCZdtAEDjhtJ6epITo8WUpg5wf+6n5aMXaHthxLfmFREF5M5",
+	"oZqM/ielPFvVkvVOyGPyn+Q/yenRs12c1vUZOSdmS8rG88aUDbtul/+WTRF854K8Pv/5HEAIiH2lhCn5",
+	"9f3L6shfFXYZj//KVMZrdu/nT7edFVj0huk00lxbdgl4BI64wGR/H28V66TAmVYuKIwYuX4LY7KknvN8",
+	"92P2U/im6aQBwMKWFn7VDQqCQ2aIR9S8HPb5YVAUdk/+vvu8XHr+lqx8nN3tcqQWjXZiQHNiSgO0FLzT",
+	"JxcucWE5lxhqKo13MHFBVsyQMZtIYCkE92MoqCZaSmGPMhCVfd++7ZRUrkn3mik+5SztuX6A24SdwPEl",
+	"VSzEp4dMyfc9tObk4+oe4qpxVHiPNw10sKM2WJ3Jrddvy7rBiV9bt32yqdXsshV/49ajDjbO0PxGCjCK",
+	"T37kusF+v4Bnm8wlEKO+u4C0AW2kEAhTuJk83Gzg5ST0vrcY7CfWuCB/GHM+ySKvdUPWLY3C0CcZhwAN",
+	"fQXBH6nskzfoKEVpgSqGWIWNSt/E+7iDklWMM67nkFE2xrCQRrEUu0VCq4gJj582qmQ5nzTzQniEPjfX",
+	"d/BXYTQ1PnOjyRvi6Z4/e/bkWdKo46hGVJLH2+UBP7uoFT+LxK/axu3TkBBbJ1gVfg9wEVkml+DeEqvt",
+	"HjH3fWvPhZlvphzwDmJMzpWQS42L6/OixMyR0z40tB8l5FTrpVRpszWjjMkJROBVN+zmkSa+hRoVfHv6",
+	"4vFDEEGYwOZNaN5/DFtpzKj5Pso6SXy+gPYRIRjuQrq/Cn5DnHTaG5BXP/3yv6TMhQOAZr9UAL6bOPmA",
+	"2BsDQ/xw91PJdEIKAYEH3AyFYkcxuJMO8V3Txo2oCRPtGjHXl7rImfLyWo0DqIK19ADANmcxxQKasL7i",
+	"uQYcqoCVAw3wGI0jSqI50JGrTaRp838+DALSGzU7jDR9wASKN2rm7bX7yOj7OGMP42Ct+lXXZfytftM3",
+	"anYraX/PVTyk85MurDZZ0TMP7/zcNdvBz7GJvXOdZ3QFgzkj3BDBGCbGjxnB0PyqSn8+WTDyTo6lsdJS",
+	"coCDdQhVw57P7XpGdfJvqdZgdPGFITzLs1+5qhBuZ2SUIuhhsG+rtLxRs3vx0TalcEAgSCU4L6bIhIz9",
+	"UwcburMX28+gYc131nXaVJTgCHTTalnEAzkB9+IRTc6gCAF1zVDWCk2KFgGP1MluDBOAZuAMOw0CHWD2",
+	"rhejmMy5YEeK0ZSOM5YQbfD/mVwyRbSgV+xyQjULI7ANVU80hIqhiS2AVDQkELZF2FETAQxFlo6ARoap",
+	"u/NiQWs54hB6FoH6DxFGftjB2O4xK0NsT05aQZB0c/QgE8Y2DhF4GAwHcnMJ4RXAvRyQSLkMux+FMoKx",
+	"KVdSaENFG+5NTs28BtyGDsISnSkKA7w+PZZqpjtbUdQ2Q5u5HaEaY+uBt7kwndH/Hjkt5eh16ss09Nt8",
+	"gLvgsllKC25hD69YmdfTCkL8sxcvKlBCLYZpkzVeZHoulSEa+ZKf8RUXMHtH/GdlfLIlSoyTk5NJoRQT",
+	"k9qxcKsR0QVpPx6mEbHlnPz67jVRDEqnTODGx4IFDSODCgtMkZFdtpoDoFBiMLW8YuBeH+xwZpvhd3H9",
+	"Yqgqy1gqVPShmcnFiPj3gc97L4i79wHCsKA3l4VmekMFDe+9AtK/YitwYymXXdeco7ED5m6MIJpvxspl",
+	"1/Jqz91ontJ3biZ+8CyNWDzA10oypY1zalIF1iECAhQv9L/V9l8jxANA8+62OvGmV2panJxsK2myT+jN",
+	"rhJ94zLsgaBbP8/3AqXbJ556PKSukWT09s3Fe3KMJ8Tea56yRv27gdzWpnQIrWJ9le7Lk+EClA7DVyEw",
+	"i/9736/uD8Zx9xV36+Ar7HxqqhOxC/qjb6dEf9wjrLwVAemcTBVjRwAzDBD2wXFPiWYLKgyfeDgkIhWA",
+	"jFVMYJusJBFrjPCQ/DUdVrIp8HwDRd2KQR5g28qs/2cnWyt/lPKkw6zspIpOTZSz4v8G0m4OybndBm+J",
+	"pmgO39l4hg/BeDw7uHeG8zaET1YpfWQUnVxdZtQwbUaDINDU090eaY9IVokGPQvBnQN0hKtC+J+iqNJR",
+	"nJYU99jxIaiNW12jtv2ii94gCh6iHfq0Mmgv8aqQzrnixnthFrnULK7hVWPQNL+kaVrZ2lJQ+/nV+8vz",
+	"7356/fN66v5lY+nC+smpbz8T11xJsfCFVhon/rEVyKckAIxJ3XPxQJ+0H6L+RC3zi8IwnZaJAcG6yHOp",
+	"DGKzbjHCID77NrMXbgEE39oZIJj7/h9dP7/NR9/s+xFgyu/5jQeg3+uzpt2F20nfjUK81NqOu3G5EXgD",
+	"dr/lXHx78u3J4NuTYzPJqyej+/vJ0Yv+h78Mev/9O2SPnibPPnUH5b97/9097ppJ/v8Wad7r/fd/bIWc",
+	"WT9DueLXPGMzllYuHUfxjd4qQ5Wp3lDopTvSRuY54ro6PiYgOBnKbgG62ZGHwE/q3zTxNvSEXALIBZut",
+	"dpfo0Rx64b9Dx0S4TuVSZJKmR2bOxNEVzzK4BmVWLFjbFqXU0MHxNVXHGR8f0zyvhyU924qFsnEfmsM4",
+	"HFvacGW1gRWPQEYYkeWcZ8xF1lOt2WKcsfSMjOCCGlkVZMwcKobDBBaELxYFGE579kUwqIwCPBzm8C95",
+	"lpEx67cKJQHid8OVtaPNuqHkGSXQGxgSsBqBM7OdESv5xL9TQ6hYhVJo23hvKX75ee0wn7vlT1RBC/eN",
+	"DoZYm4Bvv4LiWKoQOqpcjEMA506lr5G74odiHU2lO/JQKsdgawNAlVECqypYNhQj+NmqrE4aOv7o615/",
+	"OoYMhVEvQhlEHEeNkJR/f//+7VB0R2/P37/8e6z9uu+sthBhV/o4VbOUEOeB4fJ/FGClJOdDgSCWXAf4",
+	"V4l18VyAwkizP0bweCyvWem7Kt9mAM5MhQNPdqiYSOp2IEvFAdECxDuFHyznfDLHw0BXhHGIRplQX1mw",
+	"dqXHKM07SNpJh4MgpZjWNZ4Uo2U828hmnjxu8EfpvUbh8g73Re1sTH14LaySppmDj0R7M670Gmq5dtCs",
+	"blmNokLb3z2cyERJrR1Utof9Jt0rxnKQUgsAG5CCpFxfQZxOoRn5VfCboVjwLOMuPsW+EkjUFfc2qtBm",
+	"KZWZr8jE0nivJZBkUybjLZR9J8aUSvom0XdNE/uj+ZKQze4BdKxh8imkJlNR84WCX97uOZipFlKbAbnm",
+	"QP2Qk6p7CUDEsMySOemCBwVZrst600nQk+yWOQrSvYTQdMGF+2RBhb3ihsL5+uBdVwhQJwS6QqyjIuWG",
+	"ZHLWS4hcitBnyjJmmMNQX8NZcc3jF7oGbY7zQbgtnIeVVezgrKhiv2i+vTDT4mCpsbdyFoCTxlzOmjFf",
+	"QTMRKbvxrh9MAEYxQMkss1yvaCkO5OCh4JOdC7CI9D4NbJYaN+ZfhshBdOArKiLPpq/6aLkE+hK3dtiQ",
+	"Br3DnrZCXj4s7saiEnsdMrkEzfVcOpB5w0UhK6WRbgV0pugi33Fx3tlX4RPDLnOmLjFHqEoxshhnEblg",
+	"xluc4bpH6v2YTq4upbikY6niyOlIl9HMmIzFqUENjBzJZi/ivkVeufvo0l6RUjSD92BZES5K5G7nwIcI",
+	"JSsWh7QNDAAmXXufcatfYZVYqNuh5zJLEyst9vqfGXBwZPaNdrxMea2sUYXSS0twhTWGoxyn1NcocI0O",
+	"muhnvxg9t7fnnvT2y8WArhtCtIpQ+1oWk3mJ6W1ft6KMJYtcsWsuC10aH30+mqnUIl+bYVNs6qf2qb0M",
+	"l12zi3S8KrEmavBUTv221NB44pym1fgMwkigomHzc5+B3fgQb75Lv7oNL6C428IIQv2axsc+HbPlKV+w",
+	"9NKJDU2YhIZmzY8KoRi1u9382AGBXFpJtemNOg5pyFAP400qO1JZ4lrz5QK1VPMpZxmPu7rwfrIbjs1d",
+	"wL5jsaXBcuBFUh+JU8HGh2/vWz64yNlkT5/QvcgFpT0skgyqK+YfDCIFTRPNMszroU6mgix1J1AMomgP",
+	"aobiX9K5EVAw66JQbiZzF06fYbGbnjNUxfIaYHUZesWGAkDvjJQJWtmtwuJE2slcaibw8sNoPygya/cX",
+	"wXurIv/uQtBhJJuwyGtF5zyfrOVyW2XKJU+7cL8zcgL+BUj4dw7UdYGpQRltE552QoJshW/cTdSqm5HX",
+	"YkHhTZIXRu9/pTVnUazLcmEQz9dW/+9yCfCGpfYPQZaqEBWvzZzRzMzt4NCoQKgmgfGdkZm0+pScTgGJ",
+	"YcnNnPvab5Q4Q3elROC3z59W4mOag/qc+LWbpRsFsQ/JJmYHuMB2qC7GT/ht1gzspf2GlJJI+NoAZ+RO",
+	"QFsVopTR1ONj3Efdz6D+NggCjmj2Lzjj5e87SfW4IjXZfh8VwnOE20vWMcyzF4a9HB0k6DCwrbt7EE9+",
+	"hVzu0Z+/vgnt5Rwti8HLxCe2B27MTS8p/+oamUFNJhT+E/vuUJTlpIjmYsJ6CYnkqYSU4lRAbQNpyt6F",
+	"riVi/x4Kq5Zh8AxYAnsB9o108S5c50wJAbbHxaxaEbKrKHAiz8DK/DXLJMEb0ktC0ciymOBQOLaVkCnL",
+	"MmTDRjayYbCrQrB74ID2Dh+KckgkCISkqw3PMpwwOKMMNOo5RC8hQWAciq5f88QZ4aNFDkVYy48HfgR2",
+	"yUpRcyi6eWE2XiUgOLjbKC5vOeXXO1S3/LNE6A1WSYi/f++V/D29See/XZDX8j35hxzrR+6KnihumIJy",
+	"/1JMQCpBs/BowcWlBv/oqGJmfKQ9eLhGOEMsKmo3k0/JQkJkBBVklDM1YcL4rxcO85ALd0MNxchRIwCs",
+	"61FSkQ8BClEDeswYQiua/C7r2eP2q07SQVGlaSUrfTYpuKhO0yzDKqiVBIngNdy8nx+2VZdqrgRTLnkF",
+	"SrExzNatbrN9LQ7a3Sg8rqmP2GhlKBvTzSum0UOZzPc3Nwf8yT1izbXV1G6h2d3JYrjOZbYwDF/8fRew",
+	"asTT9Bmo3qZmh70RZXNtkvsHmWlDZ6xP/mb5annwux4k36uUjm9YNl4AMyjyHlYGgeGNzkrvLV7ZC7qC",
+	"VFAinKsQnMX0KhSwqzWN6edYJztUPe5y474BNgT+sBWZUM16jfhXdijbD6Av4sIXTBamUTFpqkbeoJrQ",
+	"FZbqdfcfZM24q+cMU85R6QBeQ2Rh0OXpuY1lu/VrtKKWPH724vHJDjhYYEK+NPHtssPZqF1J0Ynbs/BZ",
+	"xNHYzSQrNL9mP/kRI0ThHThdOCv60gPqbtdk3/sEWaTGsmr8yOOxYVts1KK0SnrVSBlrZPEbtUQ6d7D8",
+	"hE6NK68DTEHr0rIPkICovG/Y4WandeGqm8RbHMZ0uk6sEGMyt4JS1+1OryYLVOxBqGU7NuYlOVNdQ3Tm",
+	"t1g5dt/MP0uLbmOeB1Sf7l9xeueMX7eWHdkNjp3T7B01DA2IykXpLIrMcAy9Ga8IFxPFFkyYyymdGB9I",
+	"C3h6vqAKLPhlqd0ESyT+su5iqH2wnVfXB7FFanoW5zj1TxvIb0Fvtjo5dxe71oaXrE1xw262KMAALU66",
+	"zq2VIKQbii69NcRx0hWSCLZ0Fw8XszO/DUNBM2wrKHco8fdKhXcqVeCqpOuNt+WOuhCvoQBGIBizirBw",
+	"yOagqjodgnTx9GEDKQAuluZlIZfEq8pD4XS8XoIKgp1jpEWRbvjV9t5ohfTq41C06I89qKU/YaBGu0jW",
+	"UkMNy1kvqU+h5kgp2OEaR7pivF4YUwmz93pLg1PFD6NRtaiESO/pVgn1dHaETvZ9tMTKP9IQ4qW5kWrl",
+	"cwzyjBrII8L0N7VKhmI0LE5OnkykmhGdFTP4ix3jj7jbaz87wwn+NkqIzHGS2YpgYmWoH2eJA3t6pMlc",
+	"agOhr6H7o1zJG/vIlSO0b/SATDDlw4GuDgWUR4ZIQPTM4yGHTp3TBBbGoa0avwh9ci5c6gAXQ+H5nO+e",
+	"QNrgFM/dCN67ZDeGKUGzUW9AJjLHYABBplxpkxDWn/WHYqSvZM4kPk/l5IqpwfExtN13oczHNM//x9Uk",
+	"6vf75Vu4gmEEdsaVtZWqYQs2rL4j+RBATScLdqyZ0FJp9//Baf/p1jDqhnj7v3R/718efQh/9v7ThcT/",
+	"pfff3eP2t+C9skzkh+jffYjdP338zafGIPo6OwYaT/zZaGK91Wi+PY+csyVd5krOFNNrabbbxLgG+fr5",
+	"k43YBSGIu92MFamhZZT/DTexNrohhj+zhJY24oJERlCCNtAYaqsb1/DnWQb3lGJ5RifAY1fM9M5KAGR0",
+	"1FRKs1Ht7yG85HCwSSgXiIpTNR4uDoFoCMx3K9e48w43qUFRoAsou+cqeOH5D8yQM026d2Z6Q9HGUnt9",
+	"8lML4pJdFMBTOgsR/kPhgjkhMtoP1UE3QPDRCrEgms75kWpERLI0uMvhrp7axpyWCwAJf3XNmqprAuDJ",
+	"NRqmCSUZv2YEUcUb4CWbq3MKRKMhik0Yv2YpWfoAQ2zYRSlXtZSNfi2K5RE24euvUwx2hsnleJ/8QKdX",
+	"1A5LqtQD561H7/tyqXooeAmPZwd1htopnox+JmcjQolDQXfPZjQfQUAwkDS4NcH+krIR6Y4UM1aulwKT",
+	"Gcm4gCqqrlYcHl8tF8GRDFPQhOorlg7t/Yj36AghdEauT7AsjECnwvIYvjudyeXlRApdLJjCLofCoe95",
+	"842Vp8iUakOYkMVsfkZGrkon2AndQCc0yyBYX7taIXY4/ixUAocBqg/xHDC6GKpTIE5CCsMfCj/+Sq3Y",
+	"kgncY/Hd5vBXX+sO6ZxoI2UajARc4zYg1o0gMqd/FA7FcoDmM26GAqRiqsnoR6rNERyuo9ffjezkR4Ak",
+	"C41c8hTyhhSze0IUn82N64mb/lCEtBMk3rkjUviJp0QKJ2pbgrVsnE9onyA2V/jCytuMsJsJy40njkjO",
+	"EpIA0wSvhO868SPymzoUYCfkaTjFdy/su2d9IQ+EszHuv2Rl7+3rLVA1EHUIXKTx0qk10gbK68jD8RXI",
+	"iClMP/ADzL8ZQBawcwligsbS7ok9VDk4QiEbjkTu1XfIkNyZX2NIvTM4MdCHR3K95mY1GjRUiMbjVkKG",
+	"gkPwZfQVdtY7C8NGAWI08JKEl5tIF4cI6+K/ikeyWFCRwnzdv10KQ+pRm7ov8feWFiz/HADXKpOoMzmD",
+	"yhxnwQaIC+rFE+xgKLrePBo3jdx34LlmBJUKDBTRwxQrOe5QzFmWnvlDMoiZABOpdiXBlvNVVQeNNzwU",
+	"HK/sTfkrrmr8FqxJ+UMmZ2Wlqk7SmdG846zFzepoBbKvJYTUCXJ9IgU4l/8S3Mx/QRHlsqSX/wqlu8l5",
+	"MPRz7T/F2LLydVeDNCpUfrbWZDBuhIpsEXn63DQAvo8F1Ixr80iTEXb8X/ZeH7mJgOdhYflrZVQICACn",
+	"rUyOa3Q7jFc+lqU96ja3WqQLGghu+goIEyiMZ6SMikE2EHB0K+baMPfADqTYVD3OfVzhje24u3tF5jQG",
+	"t+xWFG68ugyJxM3ZsvHyOR6CryZRmlqhYXtZerAF2A29xecyY15YPfPLQ6LssyD7jbJ2Mnb8yh3WXd8W",
+	"O7/cQgihjbLr9aEn8SFqIIymxXvvHQkt0AF180VDSFsFRDtg5lyx1TGWJEZ8AtItAR7PIP+NnB6dnpxE",
+	"hZcTrGGsSZFbJvb42bNeBRvvY2dMzWTeGXQenzx+fnR6alVVbux4Mjo+euIs0/EEotzCeM5qxsy7Nm4T",
+	"l9fFGuEBGzZkXaG2ihFVtRDTFWsoWr2jRBUlr+6QV+Lf/tA6xwg2ZTuSyeaQjU/J3sbS2+KXNDjhcB6P",
+	"NInaLGv+T6SY8pmrHUSuqeJ0nDFNFkzNIOSm32lDRdlgy7WbnxdZlhDEpyHjlTd4dksjb2RubM43OiQ8",
+	"xw64G1t3sYqIsREBYxfEin1wKpphKLaMeAN2RGmkrBJbWHS/QGXH5fwqK5GEE7E+yQ3Hq9n1VIMtmMsi",
+	"Sy0baaplv48iHclHm729MXu7TbJ2lXk00FA4Ync81+VRBYGM5nkG4eg+uEVhMQZ3jrs+ep5R49Kwe40n",
+	"uxXU7aVL4bZ8HEJGqFiZuRUnnV3RlWtFtdDZCM8QQNc+fvWezrZDvJWQbnGQcoTqVi5fI22xjC2YUasL",
+	"pnhTjB7W7CEYn+YqiHhj8Gym2Iz6XAttWL5OdTq02yLnYX2cFobDG7WaNw7S1vbopGs0luEgEyKzFKHD",
+	"QEC3ryFSAuQuu5lY3S9jU+Ozt1uGR69nO+bVhlimHYS0jOoWCEyHeoaj9FYAv7Q7jGJBb3Yc74KLHd9s",
+	"q7sNvK19jDuH15uQU4qufLR1dxJYfLdYuwjjvq7T+kjtEz/Q6gq7s6js6dt+2hyxhqpQjkJ3GRxEtO8T",
+	"xcjySqHFjUEX4H+5belQGJhvo9Zz4g9w0xTxym1xHZTeKHdMa7gkDiOptHCN0FIz8sA4vYZgFLCDNLGK",
+	"NpBy7PKRjtDKoZud8rFu6zT0RtL9yiHuiwvTXnu26bz+5rWJGsDRnOY5EzUsh83pNM4qWnd0XroQjSiE",
+	"v3S7Rr9FERjOKxp96X6pxuVuDthv0lYwOT3aBvfVFio+RGRZfCjuL7qsYslYLy/lnTFeDvBsLhwHsOdX",
+	"LdMDn8SCpWPEaii845jr0tPrA5P8W/Zh5OsGl0+Up8PTjA0xKGPJNTsjhbgSUIC+RpAoI4UhAS6DG33V",
+	"3mpb9JIzetEDobi2Gy2lNf1gbc3+7uBHSyaVUUDcCVZAvxoO3UiwpdfDH2nwB41pxgQdihCishiEpfFX",
+	"j1P3yhxdmaWRyVsVQkNuhhgKveRmMvdGUYgc7VlpRuYNH4KsQ7qwqtpIZTuRCsCAJIbBQCGD3plzxIUm",
+	"vPopfbBVtJlndjfhcGKwtx1/2eWYaZ6WDUnBXBHkaICQ6OI/tTwH3KjgyaJXTICdtmZOX4cUTDr2f/iD",
+	"fwwCr53I2s9zKtIj224zGehD1a8NJV8jj33GJ+x/3N/9CdSUXyvBetfSXVHJJNsdeXXjc0d2YIx+EE6z",
+	"3YL1/E+nOxxmwSoKaPXwXbDYZH6kJzKHyilOddnptr4PnPH2hJaAYt+UPh2u5lbrkr16ETRPEyPPCFvk",
+	"ZhUVD4lggVsMI/utPRg7G4S00luBMyrX3DuJrZ4EoH1HUmSr/THHy8r0PuAHl24/FBhPiXcq17YmoMYG",
+	"Pj9xV7HM8qzvf3zz8odLF/CIkYR2NqxejRKM1TUUZnr070pY3Ifm6Ju4GsI2uNgKXXnEiU5yECKrIOW2",
+	"gPG2gOIG0qrkoDz99tk3z5PdSuxiC5u2/RCCWWBm9yeV+S5uVTn6Duu4YQFL61Q982qxaNOW//nygiiG",
+	"FSowMokLqlYQ8DMueGYgMAQyo0ZO5KoVFnI1ZNrCt8Y7WBa/c+/5GXxKOjMZI26Wvc3kaf/x8/637cn/",
+	"LQYM9xDjenIlIftnAT5mAG13Bg7lKlaFHn/v0Jzb9d7dEt5qJow9QHJKAAv2iOYclzdl11g/kApSCENn",
+	"M5bCHtQKeV2f9E/7J3tYC93+Vxa1XK1om9apCtlWobhZXdjNcj51RlVT0ddzUmgAyKQuuQpq3HYp+cdv",
+	"78sIyjc5E6+/Iy42xe7FNU+ZOrO7kLLroVjIlCVkFJbH/nqEbR0dgVRDVrKIZa8RyRUXRlvBtAerCai0",
+	"cXiaQ8ck3dE0u7rs9/sjFy4ARAjsF2cV1mBuTF7KMuW8v/e38D9+e7/GkqvFjnHSa+Vq4Bkco62dL/4w",
+	"5u9SXjUT01zKK9cTag55JlcLLKccxWlA7RztAzi4wJj4obCf6yRWz/z3RDNczZ3W6BPkAk1lU3FBQWeQ",
+	"g5MEU7JIwxBgV+QUw0YTQsv4WzD1Wg1pKCDx6SjSmxwmKpHCYabaJn7korgJAS1DMRQuOg4A/DhE8LWX",
+	"UuyO4PKcAK0cu8d/+ZeWYtQbipDDRsmiVi3Rx1x6tOVRWQRthJOAmLpaZTxf3ciVyENHgGKmUMJpwFbc",
+	"F8g5UaTpnOd0MmdHj+HoFypzq68Hx8fL5bJP4XFfqtmx+1Yf//j65aufL17Zb/pzs8ii4ncdjNQ9f/s6",
+	"cvgOOshaPiUdmTNhGd+g86R/0n+CYsMcTv9xf8my7AjuguN/La90/18O+2XWVuzJoQvCAfQrFZKCPJA0",
+	"0LEmms8ES8m/sHwjqKmUKGnwGCMexjVTfAoCqr3n4Mnr1J7I5ZX+GwicfoVhxI9PTvAeFMb7jKPd9qPH",
+	"22jbXfWP3364QIqvH/x/XLz5mfzGxuQHtiIXzPSReTjprbnVMMxjXwI0Zrmdwe8fko72lV47P7CV82jZ",
+	"RapwmlDUJwR3HMG9ZZuLOE/KMkN16169FtowikUFC7DqoB/chfdldMWUcwyVrvNg6UiCv2gowvmNbVOP",
+	"olQwtEV4XV7Dp5mhg7IqCPQ2FM6U6zxoriMh0b1Wtyz5nLo51RDcyjLNMONIHdGl1W9ygFGjM8qFNi4v",
+	"3s8qZBqVcPDneZ7B0cdS6nAda5dsiSOCzx9pUgi7rwA9ntpnZLwyWOPE/uMsGuVQTOZscuVz7bHVsqGU",
+	"T6evv4NzYjdBx4PkfoOc1W7BNeDCAcMb2dsGINuBE6ELO6CMBEWhCtYV28GA3XalAiTgkI/XS8jIyFG1",
+	"UQenGvs1++QVggks6GooxpbTh2ytlN1gkOWCCj4Fh50Lrw9mykoRGK6tKJHCtI7I45MTH/KaGVpj1tci",
+	"7SPYPnR2BO/0r0//YqiCO95+/zj+nmsHB2A3rAA4AKqvkCZcYPToHTNqdXRu/xgNBfGl+RHsBg1w9ps/",
+	"Cla4FDVsDIu/2k6hEDd0eCmkudQLiKQfDTylkyX4712ZbPcYMV4c5hD0C2nibgs9EYRMHu0lR9uLqzkx",
+	"sM8nUdu2Gaga7qyLxgpQ4BNYzle9PnlbACaLb94N/ilxKXR28FNZQMSvozDbp6UIjsBPYZ8dPKTtMGyr",
+	"v63xWquyawwg/M6OHrl2qOOrIfecC1/h15sUBgBq3YklXcwC2Y15+xiiT0lz40bevekPe10+m6i3eikF",
+	"4w9qaA3yf2MohOOqFFjSXGZguEeKgXt7hGQBRxSTTKCKLHDJ3PJfoIqYTaSS4b7P6bWTD1GMgemCXHEE",
+	"e3r0IxDU0QX/d4NN5q8rLA5heVyNwMujGkzzeFj8dRFEZ7pb8KNdmscnjw8mBEBKMMxx47LbAwIcAmLz",
+	"qzynX122iN80mUyx7oKRkJIXxCJ9BUKp5VvVFWlcgKcnTzcsQCzz7r4QpdSytgq78Yp1RhFyd0vG0wNR",
+	"6unJi4cc/8/SbSLeVFyTnHI1QHqNiLXbwOSTGk/uHUQW/BhU0d8/fKoIhud+qFbdDEtcu9o9Il0sSe0m",
+	"NfryqmBakk3hLEHt/ZfkTubDUFaQFfOoBiroAOBWs2ORS0GKgqeYHvYqffzs2ekLnz9+xVZ9AgfDC6KQ",
+	"DuVSM1EfcEpTeOpB1Ej38clJLyrWDb2gO8/ljUMFWg1ZLGKa8Ykh3acnL3rtF9U7vwyh1PVfZbo6GFOp",
+	"dfKpatBxWGb3ptfEvePMG7UcJ1+3lXI+C5K50xmA8B+fnD7wON+F8R1eC/NtB21nt0MUsMpateRqcHgI",
+	"S8y5cIoMHqny77iEJha9HIpK0HjPQT+X+ldZebFV+E7wMIK0jgGSlThokMnfu6BFr2wgTznC+EZfvZYL",
+	"goFm5I9CGqYHZDTsYPq1ewXTr4edkcuABJvVCBsbEVGkM0a6IWpotypa7useIA9xFuVR+nG58ECcIg6t",
+	"Ty6Ys0v4t1ayAHkJcjtfT49+loId/WTlogFpm8ZQdH04J4GMWYxKQYskzueRLsehKCCfcOFG0bNbP7OC",
+	"/5OTp6Vu6xi2x1kNyXZcTNgZoWRsVYS1yWGTwOF8BqKRsp27QdBxuxiOskopKldWpCJ8xN6ypnK4H+6R",
+	"i8Xx0y2SWUVlrQphdt+qfa2J2J+SzhOUo6ot/yoq2xKieol2EWh7d3N/0kIlWC5ejjZGBsa/ybxBMDVS",
+	"QdizS/OPpQ3ErFdXoK9qxsQZeAe0/bf9SboqeiEIR8tCTVgfUvnga+AGvgRevYQdumoge2IooFbdAMHs",
+	"ES1L25HtUNLORYhKwUpAJlfhLi5WF0qpofltYtkJxLOQdyxnGCXlkJigPeypaxUYo1ZWr9JLO/fHJ09J",
+	"mTCr/W15BvnlUEQPvhwK/wFYEbShGWZbsVFCBF14ecj15kvywbdbTvivPi31PkSYalHGnSSYpy1U5Zmm",
+	"gvWtB/Ti4X14pcCFQiON4YaBxQYCoqrkQ7qVfbtvFQCXvnqrbzzUVekEjMjt8j0wTvAzoSflVfrdxTm4",
+	"9QDOBASK02euBoMmXV2MQ3oxiN4uo1qqGQJCgSQzyShf6F6C9nwMyYDXml0M/Ra6fg9jv0+hHHpwDpw/",
+	"RzDHOTb6HWI3wOGl3feKpsxyVnTLUK2ZAs0LPNWVzjdRmvf4WVpb/GHMMZ1kG9RJQTxyV8WP2X310y//",
+	"6y6Iwsyl4v+mWAiF6itIv0E026Eo084dEsCCrlCv1HMrZVFiZM4nEPRYjBH3BX+f8sxYxn7urybguA51",
+	"0YBdWiEKEGDgW+LuJZXm4dJx2q0rs5oQ47NvEpLJGaZIA8SLCLAJ8M8wGGjFqezQkLup4fpALAF9VrHs",
+	"N83URT3EH2Ex0Mqs4QL3OezuWzR1q8In0EA8/WLM0pSlQ4Eb8gg9rS+dfoAvub0ykoDfe/Rx2MGR8XTY",
+	"sbLzf3z0f38adhIy7NgltSs67AyGwj73P7jnsFX+W/jDPUAEbf8E//o07HwaJSGJE73cjnlRhJm1tGP7",
+	"n3iF5k1hIL41ZdcEow9o7Az3+UQ0crgPRXeEQWOWQC///ubND5fv3/zw6udRedujfwe+cbyJPD15Qkbg",
+	"d7+cZFKztPG+/sl5/c8dkd/XfW37OZ9kfxJnC71ry61aDakTMB0d6Pos4yl+//Ap+Vi9Q2NWY/coqXKZ",
+	"iL95dtbK3QozvzN7K0m0zt/cUR8KKNmNrK5PPB6D+yEcAa6cjU17FoEGt5KVufrA1dgVqklOtV5KlTby",
+	"Gec3mDFtmOo5xKtg1AtcEvyYrh0faLoA2HAO2DpFzpR9G/kNHh2AIYG4clFlPH6l0B0w4+CAuH8G5Mfv",
+	"P/d/A6/pk9/aAmhozH0SCMOBWWsyOo8pa0D+CoE1BM0KyGAQmu4scB/uYklwiawg9vTktE/OybObG7Jg",
+	"1FlBcfNiByABd7NPwsLVGQqjIN3VDYfPhFQM/KWfMzN0R+Je+WFh5n8mQ4TuP2+OWDKmdpZ4fXrsBY7j",
+	"j+5fr9NPkQG0ussOMuqeo3dcL21L68Z5h5WNXDIeHAsC3lzp2SKO0/Hr4ywsFZtbU5flK34er9POpw9u",
+	"tZ3IjWXHvEEUik+4ZcccmvXb6J3HzH168sJXFCyRtxyiEZoesdSMFyqxql6TRgbdfof97aLx46sHWXds",
+	"qrzLfA2vmmbiq7N9SprJMZrHPZNk1FP7iY8LbR6CNndenP3I8ruY6KAyQIvh8Dxk2pUFJQPJVaqvY4WR",
+	"ajkECE4AX6eQSyLFWVkz39lgsKKgNnS1kUSDMWy/ab5O2SKXhonJ6ge26qBF+75sD/FA/xTTw4OSJiJp",
+	"1I7vI+208g2kugsXPEadu9UJd04umLpm6ujCCjqvUEF3sIByiloyJlGHYOqoMm51zKRbFo7FfCKIGXZi",
+	"0JMTH1EGoa+l5D335WE1krm39GKbpXfdjcpVz7SfWdENhgyItaGkbN/ZHxqwCsOPLnnfXlRVsELSxXV3",
+	"8LJYT6wXR1cHtFIqyIinozNA2Y30jzosahfqElWBUb3fyy0ONuoRSkMUNYDmYvwvYIAk4MATiFQsBfOo",
+	"jYDyqNHmIaQzIFs5GTF6sXUX/8YEwO6GKFPAizxyaVPCuR0ioF6WpbYluzy2FUAkxEGfPhsKt6XkirEc",
+	"kkxuONPIqKx8C8E6AtKkPbKybQu1KZilD60aijo6L/g0YFlEwP3FmXQhAn1Aqpi/vbI4RIRrubY7oS4U",
+	"T0t02j45FxWkWdD8oGSFWLmRB7DNiYzAYx3QMphoNFaI4Ckuooee1UQKBHVsd1TAecXjhxCte3No/Ow9",
+	"1KL7lGx93dIo9Gdvrb1e/zu6RXdwahp2Y5ABHeES7s6HY9zuVqcE0tMrOpmXQLUjng6cThm10edpKPaA",
+	"SBxW6117y552916ICxwBhu0ICd9HE9qNjz4kVA/FPy7e/Gw3+O43wo/2eDtic6d0A9NdZ+C96NLAVTqE",
+	"ZLPHdXO81BvDPkrYZw2qeNzmEf4+wIGPEgQ7peQ3Nr6QkytmBq62t0ZTCbsxQ7FgWtNZuT803p0+eYeA",
+	"z8idawjV/4VR3vafcooBEsAePH67Q4QmsS5ecpKqUWPksluGQipIMoJMDsfuJlRA5Rxm3FuadMdKLjVT",
+	"upeQ8YrI6ZSp4FfVxThX0siJzLRLDetfnyJhjjArqd9kPPF2K0iCytjEaB8+Yj9Hm5N7nnMx04GblxHf",
+	"JYuWErgsMdIxaK4JGi5wDZwd//Tk5NuQ5oI1gwlAspPAnhN3vVExFFV27pzVdoHcZTdmGESwC7v8jY01",
+	"0MWDcsw68zvFeK+aVxcgLkoc4UDCxG/sGXGUizdGzFIgt8Zna+n+g7OVMNgH4CZxNNMmvf210SFnysic",
+	"LKW6cjWCJUQGcVc5ToWANchwgLLsCywW32+PyWeHUoz+POV/TV3YrvA/hK6/WZc6pIKflJG2VQCglpW5",
+	"DRXXFf2mZf0S9Ow/U8VuowiHlHFAynjHBF0Auvk1AwBaIhVRzNDZ5lPTyqGClbfVsotTdBbLH7neMdEn",
+	"mEv3suyWgN/brzC+4GaXu+4lgkXca+CiGz6AXzRGeeQuacIvd+JjoSAZ7SCmF9cy6plGNhHEHUzWVW7R",
+	"6Bf9pZJNt8DKcXGk8sCV7EVNGO+5eg4o+A5D+EdCAh5ZEK2gWqJ7Q/uCViOsVKMvqRn1yWsrJzpxzsfq",
+	"0Wp5rMmVkMuMpfBIpCFQEdyWhZmAWaGLYqIJ9XlgVoMZMyOIb1uCKbNeWiPIJSLW4HWvrNNA6ASfg/Tv",
+	"F4sjCFdC5nIJYYtyanyZ46FIWcavISS+VZJ0JOCQdz5Tdl0d5E78+vSBHUgJcYXI/6wYxTKwfwY1n3zK",
+	"ni5yFyYIhwTJxir6zow08j9eFsK9y9LeIbgLxNeXFWO2spdNF05UbqVNsX4VyuE2lsoxsl4tp7RhRT7P",
+	"JAT0Ipclf5VmHmkNroYNDEcKrHUcpSKNymeXmv0xOiPOkollnSyDEYDoHcZhmRuWy4jqPIdoNqh/Z3TU",
+	"ZZ/8nWvjUP+uWB6VLfPxZiTUHhuKnCkuN57/cmmbb+ov604tZ1Nifm65XctP3D7fx0UbdTJ3+xcpnYcW",
+	"ztuP0mH9IfY0uJvsqyviqyvi/4Qr4qsX4qsXosFcWLK6+3Y57MTBb+li+Opc+Opc2OZc+OpXOBijuBcn",
+	"whb+kMlZO2v40RXd1BURF3D47BGHakNWh+qT99LV8Ae0L/wG7SErq50sWEIKzQJjyeTMcxUrZZHRYOkJ",
+	"aNQrjzSwJRTr9ADQwhGo0MnECI6OQhV0GaQqhBhYcMDaAgNmDvjChIuhGDOzZEy0kzQUbr6FcnMB1TN2",
+	"IOJfobzGLtQuZ2U1pF3e/gVspF+acdNVyt6ufvkqsDWli3SNlV7HUekmoAzN/kjI2KrktkG0uPQO6T95",
+	"pKslauPo3aBg3+fRPS6FtMYT7LV/d3DjYkiIeIZHFWFIITMd7Y4BPsJewEMxgqrc+PIZri1eVf6014yf",
+	"eEy56ZOf3VnkGsDo6ufRncWg5dqLqzzPTr6ADpxSMRRg082ZIt2w2Zr90asLlbRajj1m6su51GworJCI",
+	"b4ZK7SqWTmraINVllW0nx27iILdVCXblIffIGuTsPd2RP/0f0UgSt7vNgu8hOMb3eDvSNsaxTU14GG6y",
+	"i5oQ6QfRNb6uHNjzyUJRb7+k5T3fkGmZODEY3SW6WAC/3nTK7iB3frkH7UsUe7fTf6P0e+9kj1Xc2ske",
+	"bYf4FuYrRtfcnOq4GmIItm60roNeaVtoi6nB8opO8ry/HLKyl22+Ibc2h9j+9wAWBc1FFUoZlpV7sM0u",
+	"O2jb7otyNwFOBBL7/cDd/v4OcpLzC/eSWu3LodCG5QMsT5+QBRcJWdCbhNDrWdDLwayBVarl1EFwGZb3",
+	"yTnWqh6K05OTE1etEspbQuW9AaHevAtFColgDKCRM6pmvuxmK7sM9T0bQZzqIncLyaNkZ1l7uAXwzUHG",
+	"tRn1zjwgC9aRuWaKZlieIM9kyjxmalNARyio2A6wWhbmjCqs0KN/h/ok/Q8fT5IXLz41VidZ0JvX2MAp",
+	"1u3zfzVUaDQrQEGfSrUA/ryl4iVsx5kvzQVa/VwWyjvpRkArgOjfGMriyi42QJZurN3YNCwm0sqgSFdI",
+	"Q7iYZEXK0l45RiGXbeMJ5R8PMJ4lT83cQYIblieEkr9Jkvqi2eAmkhnzFi/SHT050aOEjJ4tRslQjE7n",
+	"o2jQ5bRSfs1TRN14fpIQJQvIPcQS7hQb9W6OPrmAk2SvOZohUIm7Fn8V/IawXAJEdtv2GJa3I5g9MIBZ",
+	"rUhvAw9/AyhYAG1nWYc7yOAusqcy8QjfAJCFvx9YJw6cXqOL3dUNfUBOj27Coy3+y9/quGQ+BhKTXLnx",
+	"AXZ1c8N4VQVSsrN0Ngee9vrkhy2eduIc7S2cOqob+bkYoj4nc1G9SudGk5FzGN+Xrz6ieteTr3PqunxI",
+	"qq+UR2+Wb2qV3bD0NQaUeOAGRAQB6aSNQH1xqy8/BqRSVWwjIUXV8EpDI555lOoPEvhR4qhGm9Qc+xFV",
+	"c7+PYMvv67XhwDBomZqVbtBE5p6M+uSlw0jWHiYAkZQJu+Ea0A9DTT1fbsIKlgEAJio/t4nePu/Aw9oo",
+	"HzjysKxp16zWCbYMm3CYgD3jsLHXSXYHit2Bix1/9P9cy3TZRCQPmZvyji3k9WHkJ2yq1I793A9+4rcz",
+	"3n+GZd+eulGrc/iZH80/J4lj29H0aRyHPJ51oATf9iONV/vmY4l1044/wv9vgQ9TAvzPaUDnWOfu39tX",
+	"vvRcMphntJy4du2ZZDDpe04kgz7ayA0GeBjhd8Pc99vN75HQNmHCYGoSlO3ChCT7LwmhMxB7ieCcEbq9",
+	"D4eWS0G67rfLXGZ8srIfCR85g/++9G/wtGebzRhCqik6uXJGO8PA12x/ucS/ei00/Xlzw3iID8wKNxKm",
+	"54MHI9DABFvptIXfHTjy2Q3grmHPST3mGRxlDhXpa/zz1/jnh4x/hpP8Nfz5a/hzQ1Sj43f3F/tcigub",
+	"Gfi+gc/w+de4569xzxviniPG9zXs+a4M4sAxz9v5Qlxr7uiKrdpxCd5Gb/7A/g/kO9YmtN3kbZcnqcV+",
+	"ey+BBk/CQWjjba38X0whEVXEO3dXDbPR4u3x0QMeDhfu8CCxOqwUz7/Ak8I1ulMBwdEVbZcia4AVra1+",
+	"MGXfh4LX3NcDG6QbB5FuMk9XSj/iAh9EC4SeG+pMthPXztzj+OMVW20xkEGlUEwwp6KkLjdTYiX1hVRs",
+	"HaU2qqKIyo1VtaaQjr6Vvh7WCn4trw5lBbdN7bVXt2YE27lybU03Xiy+Pm3rffIOX7g3hBvX/peKcOOG",
+	"v/1W8gt9eGf+O19iuPH+CRt8H3fP91Yth+Kb5fHPCx0JcHlGzVSqha9vu4JyDVYmxj+PciVvVgMySq08",
+	"BVG1XDi9Mnwyl9p4ddG7aM/fvrYHDONXhsL2avsc4adSzYjOihl+dYw/4n249rPz4roOfEqGd5VbqtYg",
+	"fGORUY97n0JldIhVisuMohrhHi7oyorkvnTxUEA9cleCyE+O6zLKyakU+PmAPH38eL1e/VB4ud8Vnzag",
+	"LnWlvflDGWCpZlRwDST9CHHSNDdSrXrJULg2fbWWUQk2hHP0c8amyp2byHwFHYuhAPLtJWQUz/5ywbXm",
+	"YuZaDDWbYd4Ob58sqOBTOAFSod7oq73GTWGdPP8uRl5P+aw2NilYfyjeR9UedRn86QjThT1VqAmhGGCZ",
+	"m5Qld6Q+b8d9dZAPLCa5zjfJRY7zHIbFheLErtVmDtd6y6G1ecMthy/sd8ux3S85bN4XkPzS7jgc/Q53",
+	"nFvme7jjXMstd5zf3vu4494qllMF5R+hROYIrrlRL6omgoOqO/FKFcxILCHlJGXw/8H9KDVrwGWVCjGX",
+	"rAw549eWNdOZToDt+vqwiM1cVsdynkHw2vgxQJQcmxoiCzOwwqm9H7IlXemhGEOZpDCFPrmAwPCA6eZ+",
+	"H0C8+KhPziPHuBTMfzcUIZ0aPOm+0Ipjz6Bf0nSV+MIYCclp4dIpl5QbSJWy96GVCHDUAO6a8umUKTT7",
+	"hzq8OAIowyvkcgD+BJllBLZAEDoUbrnhA0UnUKXXFxH3y4L4kPHmuOsBu+dG+xKJGgqWu2B42F6uoxq1",
+	"7vJZvzxwaT7zy6MyyIe+PLDztsvD0VaCtPNngc2V9F4edCfjHsZ8BGylzkUarreSubVdb6HVtnxqubSS",
+	"1CoqOMMq5xmToSEHY2r/nYBc64vZ+IMDSGs+YBjVPHTBQa4P1g922I2OkWEkg58BHMyhmNNrVtZdgsB+",
+	"QJyjWdYnL2XhvaIA/IaZEdCjD1+nho6pBmm6jMmEUtZYKpNQjYPw5gtwp0NFEjNnK8cCCfujoBkWVS2E",
+	"qaFlt1rQL3CpHyIQxnW1kT5BLi4OZO3+zuMJFqLtpj1ApEwbET9AGDgM4msU+MNHgdfJ6C4hoTtYJT6L",
+	"GPAKsX0NAf+SQsA3ketW9rVz/HeFQL708G+UJg4c/b2HzXu34O/Kkn+N/f5MY7+rtLRb6PeCbYyYgcLN",
+	"YzbnLtQCw0B8BeOopHRsN9U+UpHpPvnZJa1DS+47cG0FU/T6FfDTfVfe+Kl9gzRTh4JA0JB7fMSx/nVc",
+	"HDdlwnCzKrdBqtnm0KXq+gImPs0y2JxMihnEnXYBYyUy8ftw6PjjXhUXan3x36jZly/ivVGz7dJdZU0P",
+	"sek/raptRlsOGwycvFH0eh9v6EQumPabx1TTGWrcts9bWCoH+MBy0hs12yQixTt2yPiD6rFbJ4Xo5B9/",
+	"lGq2JawABR1XUCJquAyhcBVGgfk6FqD75I0lId0SpfJGzb7wfJxtq9ySlfNGze75itlAdYemuPPti7Df",
+	"5r6x1LhJHnyjZp+3FFgO8IEFwA3b7mW/Q2+/y5S6DcM5pjmvh0VWB/4DW+makcjFAtadVXXecp7z/xNx",
+	"lDiP3cInD3KaHesGlbp1T8PG3el0t8oi2+IdIRTjiq0egZUa8DopgllhSRJ7B0r1SLeRxb3GQ1a6eGBh",
+	"I+77z4x+DFpAM81s4gW7BDm67YdSk7peaxK8qyyz+64hlkdhmJ/BjxAoGmmEpWeEpgsOOuOqWRvEJf3C",
+	"Ixy37Mctz/B2DlmLY6xueJFysw01CdMJ0RdEFjRlJaBUyZi23gW2pw0IR3VIq2wV0nQMBDRBJgfwIUAg",
+	"v2dktXgAofDSlr5vj6L2RV2GYSO3X4i4gIcypgCxAiT45nvRvnaHS7HpnFTKem8pbAlVfL98oSeazPaN",
+	"joNwdN28dDD3Kja/eferO3UI0ah1jz9vY8v6QB9YDooGsBl5Fvf1zwhWOa9Fj02RyYMyBU7Mg/CuCxrD",
+	"/GDW/gaKbec/2zjP7jGY4Ce45GnzbVUU8GS3S9IHxjhPgL0j6aztijR0dokSUCO45ukJ4rSGv3cYxG/Q",
+	"L7abgGpSDgmiBA2dQawOjC2EN7SNzjtMmsE/nz1rHFFTYxgaVGnJfTmWMmNUtH/qoocigJJ996mpVfu/",
+	"y1yxKb855PpXiMCfIE2vQ5Vqf7yb1xzfuYR3bjHRL+9G3fUyvbdrdKcLVB9YgDowvEp19F9hVr7CrPyf",
+	"gVl5o2ZfQVa+gqw0YShUud79ga1sZ+T7wqxINfsKsvIVZGUDyEpge18hVg7FHg4MtbKJK7jg9jb1FIIH",
+	"v3yTGExju/yOi3F48R263yK93zrLYJvdCzr/vC1e8RAf2Na1EeVSsCXSxFnAF61k11XSHw+Kf7INBbNy",
+	"hl3wUOsh/gmef/mnGOex/Ri79Tj8Of7JRWltPMh+Nw7v3D9PIZIwZ8re5uMVYQvKM5e8gb58Icmcz+bg",
+	"cKMiijV9BEIEfjoUy7lEZAIGQgnW2eECQgHSFO5J6Sp8iiuosoJYCa48KXwBqblO7KKGXDPFp5ylOKgm",
+	"QQFX7/PmRJUxPjArwr438SIkrYMEqqQpoa69RtrdwGeOPxaaqS1BBucYGKAwV8KHN1q6SyXEkMvCKCoA",
+	"r3lxRqhYWd1hQVckY/SaoVAMYj/E0XpZfcxck2m/hb6+9KSSDXtyb4EGv8J+bkL0/lmOZbpCVCzKNfP8",
+	"ho7tqF0aAUSr+3ADPxPYc7fZ2u22advblC2kad/bzztusTLGBw5d3Mw7fPTi4fjHy+omu1CynTnJtuRt",
+	"CKkPKbkO69V9NJj5krSoJmPmjLOBVgNbnP7LFTHS0Ew3BlE/THZz2dEukcX3nOJ8XzHHbqs9OM3xR/cv",
+	"d1dswlq75+XfAt1zQBH+fDNaz75L+86v4CbufE5SRaceewut2qCaSEWmlGcQqVcDa+Ga8MWiMJABOi6w",
+	"CJ7Vbeyg+23oUJ83B64O8oFZ8BYS8zz4gKT2PcKzsAQ2Gav1GzrbETDKI1Qcf3T/qp7S6gxeg1cPPG6W",
+	"Rlw8T5RDqJkxXMyc48R7lccrh5GRM+VCNcCvIgjNsn4bisx984KdkFgOxAs8rEsIF/ZFBw8D5fTOb13E",
+	"fRv29ZiOpTJYjve2zbdppRcQRmy5x0zKdGBVUBc+wK2CucxWxABWHUuROGAp7NjGdHLlLnEjC7DPll/m",
+	"hSHwghRu3dg1l4UODMxBU9mGWHppX0VUJScQaENX2n4MLmhuiKKiDAgtt5mcC+IwVECPXdAr8GMSzYQO",
+	"AbPu7UfaY75o8vTkRUIEXXhvEjzYgI10DlvweUMj4Rg/Oc75p56/EDfM3Pb8GWFmP0tDcqk1t5dkMykc",
+	"hE/YZS9RkTYCITUf7zxX8prdzwH/HlAp/bY4BDM48NgtzQYOHuzGOCYPCGr6Ac+Wm//htf6vZH+PZI+7",
+	"ViOe/al/QsWEZfdD/BAkR4lD+cYPzqBCOoX601JgAtUYy1FzoQ2j6cNR/kuc+1fC/5IIHzctYqoGw+QQ",
+	"29iR1v7nYFussduIfUOObwX7ip1E4K9NLfvzHoW0csEXxaIzKIv1c2HYDGxbXyaE7K7Bo1VaC6Gk41UQ",
+	"itND5eNEQb9bhI770kcOXbTPQ7diRqbBNEqHGOss0jrYA6uV5j1io8cW9Ivj7SFeYa+Fqga2FdRdF5P6",
+	"Ne70a9zpg8adujP3Nfb0a+xpY/2uEA9/X1Gn+zH9fSNQXQNfo1C/RqFuiEKtMMGvkah3ZxYHjkHdlUcI",
+	"dmMwo/J+9HnwLBdK2eX0tiqZa2IooGAItgwCYBdrFfgaPyDdgeWLC67nQVhA04XlOWj1IkIuExBRIbjK",
+	"2a5TNmFaS/VIEzNXTIM0ZiUqCMvC+gB+7dF0jT8+nCXhZ3Zj/uYUsq/GhC/HmHBxxXNC7dXhecpdbGlA",
+	"dfdz9H5udwytF9SrnbaHOwZvYQG+HoEv6QjAnt3Ff4I63D3dOEDjUNfGaqrgkbQCIDdw9eQPyeNR4P1K",
+	"3V8UdTsthdbEhP2pHOST+xOr0O/ONVh8Kp53V72oNMBhFDlcUZHFzYq7/kYgXatH+EW15J7xBTehhQXl",
+	"dpOpmFitS6Ry2Xu4YwR1o76eoi9LTIJaXzVP3sYzdM2U5jjJVmPFuOBZisgZuZJWxAdqhwqdjpa1PQIL",
+	"V+LHUS9SHhqeh8JX9/Fg0UKSidUYhOE0ayzL808c2j0HSrleWonIlUpy63SHTWKTQnGz6gx+/xBvmes/",
+	"YJOkLM/kyuq+sUq60oYt7K5VW/rYQVuIbdQeNTRtNEHWRYYPYBtouHVdOmW730k6hco6g84xHFzX+1qo",
+	"BJ0YcAaDT68y5H7kUMMhryOyrAPPR18F4PkGJJcKwLxcCpfJeEZyJvOMOaB5px8s4oyhqAMI/m0elGum",
+	"IVe1DLHGmgFlcz4CfPNwj/RE5ixFbEmIKSmMXDh83dBWQFtsQBGaS+fgSeHCib8CPLn1T/4W0MgiR5hV",
+	"4Cu1WIEWVBHV2/IxlP0aHFPTsAB7N62XqbcLH31dKY/dvPJpK/JLvw7F0zSM1yHEV7sMVFe7pxK8iUVj",
+	"owZDtOh6i201j6hxAkDpECOwt1GzZQ2L9XZD3DQx9AqyzRT4cHxpDC4s15wFj1VpRUki+UC7CEMrEFQm",
+	"5Ln7escXMeIRuu6023xfww0z4TQER1uWvrb0HgNsvfWKgc2ymAbHpm0+mNsSdChhWLb36/E0Zh/OCNd0",
+	"FqgJFKMZRtpey6xYsAFZMKPAw2TvBsoFFp7WifeG+sDUqCfDMmY/a+I55xphY/3KGWllCNJVbCwlzsLd",
+	"uKEgFXKw6QpNZyAdjtnEniy4CaOOHZzP1jlOaJZVS5ksBRZZ0Ot7RHPe1l5ctfsRclAupopqowrkBrYn",
+	"nRBdTOYEPbe+kjT56Zf378lYySvIg5lLeRV3bsVU+1rn04dP/18AAAD//w==",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

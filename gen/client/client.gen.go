@@ -199,6 +199,24 @@ func (e FieldErrorIn) Valid() bool {
 	}
 }
 
+// Defines values for ImageDeltaState.
+const (
+	ImageDeltaStateComputing ImageDeltaState = "computing"
+	ImageDeltaStatePending   ImageDeltaState = "pending"
+)
+
+// Valid indicates whether the value is a known member of the ImageDeltaState enum.
+func (e ImageDeltaState) Valid() bool {
+	switch e {
+	case ImageDeltaStateComputing:
+		return true
+	case ImageDeltaStatePending:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for LogLineStream.
 const (
 	Stderr LogLineStream = "stderr"
@@ -1146,6 +1164,14 @@ type Fleet struct {
 	// ReleasePolicy `track_latest`: devices follow the fleet's newest final release; `pinned`: they run `pinned_release_id`.
 	ReleasePolicy ReleasePolicy `json:"release_policy"`
 
+	// Slug The name's part of image repositories (`<org slug>/<fleet slug>/<service>`
+	// in the platform registry). Made from the name when not given; it never
+	// changes, so image references stay valid.
+	//
+	//
+	// Example: acme-robotics
+	Slug Slug `json:"slug"`
+
 	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
 	//
 	// Example: {"batch":"2026-11","site":"lab-3"}
@@ -1158,6 +1184,9 @@ type FleetCreate struct {
 	// Architecture A CPU architecture, in OCI platform spelling.
 	Architecture Architecture `json:"architecture"`
 	Name         Name         `json:"name"`
+
+	// Slug Unique in the organisation; made from the name when absent (409 `slug_taken` when the one given is taken).
+	Slug *Slug `json:"slug,omitempty"`
 
 	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
 	//
@@ -1215,6 +1244,27 @@ type FleetUpdate struct {
 	// Example: {"batch":"2026-11","site":"lab-3"}
 	Tags *Tags `json:"tags,omitempty"`
 }
+
+// ImageDelta A delta between two images that is queued or being computed.
+type ImageDelta struct {
+	// Architecture A CPU architecture, in OCI platform spelling.
+	Architecture Architecture `json:"architecture"`
+
+	// From An OCI content digest.
+	//
+	// Example: sha256:4b1d0c9fa4f5b0f8f0a6b7c52f1e07e4a0d27f3b6e5d8c9a1b2c3d4e5f6a7b8c
+	From  Digest             `json:"from"`
+	Id    openapi_types.UUID `json:"id"`
+	State ImageDeltaState    `json:"state"`
+
+	// To An OCI content digest.
+	//
+	// Example: sha256:4b1d0c9fa4f5b0f8f0a6b7c52f1e07e4a0d27f3b6e5d8c9a1b2c3d4e5f6a7b8c
+	To Digest `json:"to"`
+}
+
+// ImageDeltaState defines model for ImageDelta.State.
+type ImageDeltaState string
 
 // JWKS defines model for JWKS.
 type JWKS struct {
@@ -1396,7 +1446,15 @@ type Org struct {
 	// developer (also changes fleets, devices and releases), admin (also manages
 	// members and API keys, reads the audit log), owner (also deletes the
 	// organisation and manages owners).
-	Role      Role      `json:"role"`
+	Role Role `json:"role"`
+
+	// Slug The name's part of image repositories (`<org slug>/<fleet slug>/<service>`
+	// in the platform registry). Made from the name when not given; it never
+	// changes, so image references stay valid.
+	//
+	//
+	// Example: acme-robotics
+	Slug      Slug      `json:"slug"`
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
@@ -1406,6 +1464,9 @@ type OrgCreate struct {
 	//
 	// Example: Acme Robotics
 	Name OrgName `json:"name"`
+
+	// Slug Unique among organisations; made from the name when absent (409 `slug_taken` when the one given is taken).
+	Slug *Slug `json:"slug,omitempty"`
 }
 
 // OrgName A display name; it need not be unique.
@@ -1890,9 +1951,15 @@ type ServiceImage struct {
 	// Example: sha256:4b1d0c9fa4f5b0f8f0a6b7c52f1e07e4a0d27f3b6e5d8c9a1b2c3d4e5f6a7b8c
 	Digest Digest `json:"digest"`
 
-	// Image The image reference (registry/repository[:tag]).
+	// Image The image's repository in the platform registry,
+	// `<org slug>/<fleet slug>/<service>`, optionally prefixed by the
+	// registry's host (the registry-proxy's public host) and followed by a
+	// tag, which is informational: the digest names the image. An image in
+	// another registry is refused (`image_external`): copy it in first, e.g.
+	// `skopeo copy docker://other.example/app@sha256:... docker://<registry host>/<org>/<fleet>/<service>`.
 	//
-	// Example: registry.example.com/acme/sensor:1.4
+	//
+	// Example: acme/sensors/sensor:1.4
 	Image string `json:"image"`
 }
 
@@ -1908,6 +1975,13 @@ type ServiceStatus struct {
 
 // ServiceStatusStatus defines model for ServiceStatus.Status.
 type ServiceStatusStatus string
+
+// Slug The name's part of image repositories (`<org slug>/<fleet slug>/<service>`
+// in the platform registry). Made from the name when not given; it never
+// changes, so image references stay valid.
+//
+// Example: acme-robotics
+type Slug = string
 
 // StreamEvent One event of a live stream.
 type StreamEvent struct {
@@ -2242,6 +2316,12 @@ type UserId = openapi_types.UUID
 
 // VariableId defines model for VariableId.
 type VariableId = openapi_types.UUID
+
+// DeviceDeltaGetParams defines parameters for DeviceDeltaGet.
+type DeviceDeltaGetParams struct {
+	From Digest `form:"from" json:"from"`
+	To   Digest `form:"to" json:"to"`
+}
 
 // DeviceStateGetParams defines parameters for DeviceStateGet.
 type DeviceStateGetParams struct {
@@ -3250,6 +3330,32 @@ type ClientInterface interface {
 	// Corresponds with GET /.well-known/jwks.json (the `JwksGet` operationId).
 	JwksGet(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// DeviceDeltaGet A delta from an image the device runs to its target image
+	//
+	// Instead of pulling the changed layers of a service's new image, a device
+	// that runs the service's previous image downloads a delta: for each layer
+	// of the target image, nothing when the device already has it, else a
+	// tar-aware patch against the layers of the image it runs. Applying it
+	// rebuilds each target layer's uncompressed tar byte for byte; the device
+	// checks every rebuilt layer's diffID and pulls the layers instead on any
+	// mismatch.
+	//
+	// `from` is the `digest` of the service in the release the device runs
+	// (or ran before it), `to` the `digest` in its target state. Either may
+	// be an image index: the manifest for the device's architecture is used.
+	//
+	// - 200: the delta (`application/vnd.flock.image-delta.v1+tar`).
+	// - 202: the delta is being computed; ask again after `Retry-After`
+	//   seconds. The first ask queues the computation.
+	// - 409 `delta_not_smaller`: a delta would not be smaller than the set
+	//   share of the layers it replaces, or `delta_failed`: it could not be
+	//   made (the detail says why). Pull the layers.
+	// - 404 `image_not_found`: `from` or `to` is not an image of this
+	//   device's releases.
+	//
+	// Corresponds with GET /device/v1/deltas (the `DeviceDeltaGet` operationId).
+	DeviceDeltaGet(ctx context.Context, params *DeviceDeltaGetParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// DeviceRegisterWithBody Register a device
 	//
 	// A device joins the fleet of a provisioning key with its own uuid and
@@ -3783,7 +3889,16 @@ type ClientInterface interface {
 
 	// ReleaseCreateWithBody Register a release
 	//
-	// From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+	// From images already pushed to the platform registry (the
+	// registry-proxy: `docker login <registry host>` with an API key, then
+	// push to `<org slug>/<fleet slug>/<service>`). Each service names an
+	// image and its digest per architecture; the digest may be an image
+	// index. The registry is asked for every digest: 422 `image_not_found`
+	// when it is not there (or in another organisation's repository),
+	// `image_external` when the image names another registry (copy it in
+	// first), `architecture_missing` when an image index has no manifest for
+	// the fleet's architecture or a manifest's config names another one.
+	// Target states name the images by the registry host and digest.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -3792,7 +3907,16 @@ type ClientInterface interface {
 
 	// ReleaseCreate Register a release
 	//
-	// From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+	// From images already pushed to the platform registry (the
+	// registry-proxy: `docker login <registry host>` with an API key, then
+	// push to `<org slug>/<fleet slug>/<service>`). Each service names an
+	// image and its digest per architecture; the digest may be an image
+	// index. The registry is asked for every digest: 422 `image_not_found`
+	// when it is not there (or in another organisation's repository),
+	// `image_external` when the image names another registry (copy it in
+	// first), `architecture_missing` when an image index has no manifest for
+	// the fleet's architecture or a manifest's config names another one.
+	// Target states name the images by the registry host and digest.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -4265,6 +4389,42 @@ type ClientInterface interface {
 // Corresponds with GET /.well-known/jwks.json (the `JwksGet` operationId).
 func (c *Client) JwksGet(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewJwksGetRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceDeltaGet A delta from an image the device runs to its target image
+//
+// Instead of pulling the changed layers of a service's new image, a device
+// that runs the service's previous image downloads a delta: for each layer
+// of the target image, nothing when the device already has it, else a
+// tar-aware patch against the layers of the image it runs. Applying it
+// rebuilds each target layer's uncompressed tar byte for byte; the device
+// checks every rebuilt layer's diffID and pulls the layers instead on any
+// mismatch.
+//
+// `from` is the `digest` of the service in the release the device runs
+// (or ran before it), `to` the `digest` in its target state. Either may
+// be an image index: the manifest for the device's architecture is used.
+//
+//   - 200: the delta (`application/vnd.flock.image-delta.v1+tar`).
+//   - 202: the delta is being computed; ask again after `Retry-After`
+//     seconds. The first ask queues the computation.
+//   - 409 `delta_not_smaller`: a delta would not be smaller than the set
+//     share of the layers it replaces, or `delta_failed`: it could not be
+//     made (the detail says why). Pull the layers.
+//   - 404 `image_not_found`: `from` or `to` is not an image of this
+//     device's releases.
+//
+// Corresponds with GET /device/v1/deltas (the `DeviceDeltaGet` operationId).
+func (c *Client) DeviceDeltaGet(ctx context.Context, params *DeviceDeltaGetParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceDeltaGetRequest(c.Server, params)
 	if err != nil {
 		return nil, err
 	}
@@ -5318,7 +5478,16 @@ func (c *Client) ReleaseList(ctx context.Context, fleetId FleetId, params *Relea
 
 // ReleaseCreateWithBody Register a release
 //
-// From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+// From images already pushed to the platform registry (the
+// registry-proxy: `docker login <registry host>` with an API key, then
+// push to `<org slug>/<fleet slug>/<service>`). Each service names an
+// image and its digest per architecture; the digest may be an image
+// index. The registry is asked for every digest: 422 `image_not_found`
+// when it is not there (or in another organisation's repository),
+// `image_external` when the image names another registry (copy it in
+// first), `architecture_missing` when an image index has no manifest for
+// the fleet's architecture or a manifest's config names another one.
+// Target states name the images by the registry host and digest.
 //
 // Takes any type of body and a specified content type.
 //
@@ -5337,7 +5506,16 @@ func (c *Client) ReleaseCreateWithBody(ctx context.Context, fleetId FleetId, par
 
 // ReleaseCreate Register a release
 //
-// From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+// From images already pushed to the platform registry (the
+// registry-proxy: `docker login <registry host>` with an API key, then
+// push to `<org slug>/<fleet slug>/<service>`). Each service names an
+// image and its digest per architecture; the digest may be an image
+// index. The registry is asked for every digest: 422 `image_not_found`
+// when it is not there (or in another organisation's repository),
+// `image_external` when the image names another registry (copy it in
+// first), `architecture_missing` when an image index has no manifest for
+// the fleet's architecture or a manifest's config names another one.
+// Target states name the images by the registry host and digest.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -6379,6 +6557,64 @@ func NewJwksGetRequest(server string) (*http.Request, error) {
 	queryURL, err := serverURL.Parse(operationPath)
 	if err != nil {
 		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceDeltaGetRequest constructs an http.Request for the DeviceDeltaGet method
+func NewDeviceDeltaGetRequest(server string, params *DeviceDeltaGetParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/device/v1/deltas")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "from", params.From, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "to", params.To, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
 	}
 
 	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
@@ -11666,6 +11902,34 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /.well-known/jwks.json (the `JwksGet` operationId).
 	JwksGetWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*JwksGetResponse, error)
 
+	// DeviceDeltaGetWithResponse A delta from an image the device runs to its target image
+	//
+	// Instead of pulling the changed layers of a service's new image, a device
+	// that runs the service's previous image downloads a delta: for each layer
+	// of the target image, nothing when the device already has it, else a
+	// tar-aware patch against the layers of the image it runs. Applying it
+	// rebuilds each target layer's uncompressed tar byte for byte; the device
+	// checks every rebuilt layer's diffID and pulls the layers instead on any
+	// mismatch.
+	//
+	// `from` is the `digest` of the service in the release the device runs
+	// (or ran before it), `to` the `digest` in its target state. Either may
+	// be an image index: the manifest for the device's architecture is used.
+	//
+	// - 200: the delta (`application/vnd.flock.image-delta.v1+tar`).
+	// - 202: the delta is being computed; ask again after `Retry-After`
+	//   seconds. The first ask queues the computation.
+	// - 409 `delta_not_smaller`: a delta would not be smaller than the set
+	//   share of the layers it replaces, or `delta_failed`: it could not be
+	//   made (the detail says why). Pull the layers.
+	// - 404 `image_not_found`: `from` or `to` is not an image of this
+	//   device's releases.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /device/v1/deltas (the `DeviceDeltaGet` operationId).
+	DeviceDeltaGetWithResponse(ctx context.Context, params *DeviceDeltaGetParams, reqEditors ...RequestEditorFn) (*DeviceDeltaGetResponse, error)
+
 	// DeviceRegisterWithBodyWithResponse Register a device
 	//
 	// A device joins the fleet of a provisioning key with its own uuid and
@@ -12253,7 +12517,16 @@ type ClientWithResponsesInterface interface {
 
 	// ReleaseCreateWithBodyWithResponse Register a release
 	//
-	// From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+	// From images already pushed to the platform registry (the
+	// registry-proxy: `docker login <registry host>` with an API key, then
+	// push to `<org slug>/<fleet slug>/<service>`). Each service names an
+	// image and its digest per architecture; the digest may be an image
+	// index. The registry is asked for every digest: 422 `image_not_found`
+	// when it is not there (or in another organisation's repository),
+	// `image_external` when the image names another registry (copy it in
+	// first), `architecture_missing` when an image index has no manifest for
+	// the fleet's architecture or a manifest's config names another one.
+	// Target states name the images by the registry host and digest.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -12262,7 +12535,16 @@ type ClientWithResponsesInterface interface {
 
 	// ReleaseCreateWithResponse Register a release
 	//
-	// From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+	// From images already pushed to the platform registry (the
+	// registry-proxy: `docker login <registry host>` with an API key, then
+	// push to `<org slug>/<fleet slug>/<service>`). Each service names an
+	// image and its digest per architecture; the digest may be an image
+	// index. The registry is asked for every digest: 422 `image_not_found`
+	// when it is not there (or in another organisation's repository),
+	// `image_external` when the image names another registry (copy it in
+	// first), `architecture_missing` when an image index has no manifest for
+	// the fleet's architecture or a manifest's config names another one.
+	// Target states name the images by the registry host and digest.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -12832,6 +13114,82 @@ func (r JwksGetResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r JwksGetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// DeviceDeltaGetResponse200Headers the declared response headers of an HTTP 200 response for DeviceDeltaGet
+type DeviceDeltaGetResponse200Headers struct {
+	FlockDeltaLayersSize *int64
+}
+
+// DeviceDeltaGetResponse202Headers the declared response headers of an HTTP 202 response for DeviceDeltaGet
+type DeviceDeltaGetResponse202Headers struct {
+	RetryAfter *int
+}
+
+type DeviceDeltaGetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *ImageDelta
+	// ApplicationproblemJSON404 the response for an HTTP 404 `application/problem+json` response
+	ApplicationproblemJSON404 *Problem
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+	// Headers200 the parsed response headers for an HTTP 200 response
+	Headers200 *DeviceDeltaGetResponse200Headers
+	// Headers202 the parsed response headers for an HTTP 202 response
+	Headers202 *DeviceDeltaGetResponse202Headers
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r DeviceDeltaGetResponse) GetJSON202() *ImageDelta {
+	return r.JSON202
+}
+
+// GetApplicationproblemJSON404 returns the response for an HTTP 404 `application/problem+json` response
+func (r DeviceDeltaGetResponse) GetApplicationproblemJSON404() *Problem {
+	return r.ApplicationproblemJSON404
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r DeviceDeltaGetResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceDeltaGetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceDeltaGetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceDeltaGetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceDeltaGetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceDeltaGetResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -16781,6 +17139,40 @@ func (c *ClientWithResponses) JwksGetWithResponse(ctx context.Context, reqEditor
 	return ParseJwksGetResponse(rsp)
 }
 
+// DeviceDeltaGetWithResponse A delta from an image the device runs to its target image
+//
+// Instead of pulling the changed layers of a service's new image, a device
+// that runs the service's previous image downloads a delta: for each layer
+// of the target image, nothing when the device already has it, else a
+// tar-aware patch against the layers of the image it runs. Applying it
+// rebuilds each target layer's uncompressed tar byte for byte; the device
+// checks every rebuilt layer's diffID and pulls the layers instead on any
+// mismatch.
+//
+// `from` is the `digest` of the service in the release the device runs
+// (or ran before it), `to` the `digest` in its target state. Either may
+// be an image index: the manifest for the device's architecture is used.
+//
+//   - 200: the delta (`application/vnd.flock.image-delta.v1+tar`).
+//   - 202: the delta is being computed; ask again after `Retry-After`
+//     seconds. The first ask queues the computation.
+//   - 409 `delta_not_smaller`: a delta would not be smaller than the set
+//     share of the layers it replaces, or `delta_failed`: it could not be
+//     made (the detail says why). Pull the layers.
+//   - 404 `image_not_found`: `from` or `to` is not an image of this
+//     device's releases.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /device/v1/deltas (the `DeviceDeltaGet` operationId).
+func (c *ClientWithResponses) DeviceDeltaGetWithResponse(ctx context.Context, params *DeviceDeltaGetParams, reqEditors ...RequestEditorFn) (*DeviceDeltaGetResponse, error) {
+	rsp, err := c.DeviceDeltaGet(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceDeltaGetResponse(rsp)
+}
+
 // DeviceRegisterWithBodyWithResponse Register a device
 //
 // A device joins the fleet of a provisioning key with its own uuid and
@@ -17674,7 +18066,16 @@ func (c *ClientWithResponses) ReleaseListWithResponse(ctx context.Context, fleet
 
 // ReleaseCreateWithBodyWithResponse Register a release
 //
-// From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+// From images already pushed to the platform registry (the
+// registry-proxy: `docker login <registry host>` with an API key, then
+// push to `<org slug>/<fleet slug>/<service>`). Each service names an
+// image and its digest per architecture; the digest may be an image
+// index. The registry is asked for every digest: 422 `image_not_found`
+// when it is not there (or in another organisation's repository),
+// `image_external` when the image names another registry (copy it in
+// first), `architecture_missing` when an image index has no manifest for
+// the fleet's architecture or a manifest's config names another one.
+// Target states name the images by the registry host and digest.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -17689,7 +18090,16 @@ func (c *ClientWithResponses) ReleaseCreateWithBodyWithResponse(ctx context.Cont
 
 // ReleaseCreateWithResponse Register a release
 //
-// From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+// From images already pushed to the platform registry (the
+// registry-proxy: `docker login <registry host>` with an API key, then
+// push to `<org slug>/<fleet slug>/<service>`). Each service names an
+// image and its digest per architecture; the digest may be an image
+// index. The registry is asked for every digest: 422 `image_not_found`
+// when it is not there (or in another organisation's repository),
+// `image_external` when the image names another registry (copy it in
+// first), `architecture_missing` when an image index has no manifest for
+// the fleet's architecture or a manifest's config names another one.
+// Target states name the images by the registry host and digest.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -18580,6 +18990,76 @@ func ParseJwksGetResponse(rsp *http.Response) (*JwksGetResponse, error) {
 		}
 		response.ApplicationproblemJSONDefault = &dest
 
+	}
+
+	return response, nil
+}
+
+// ParseDeviceDeltaGetResponse parses an HTTP response from a DeviceDeltaGetWithResponse call
+func ParseDeviceDeltaGetResponse(rsp *http.Response) (*DeviceDeltaGetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceDeltaGetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest ImageDelta
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 200:
+		var headers DeviceDeltaGetResponse200Headers
+		if values := rsp.Header.Values("Flock-Delta-Layers-Size"); len(values) > 0 {
+			var value int64
+			if err := runtime.BindStyledParameterWithOptions("simple", "Flock-Delta-Layers-Size", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			}
+			headers.FlockDeltaLayersSize = &value
+		}
+		response.Headers200 = &headers
+	case rsp.StatusCode == 202:
+		var headers DeviceDeltaGetResponse202Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = &value
+		}
+		response.Headers202 = &headers
 	}
 
 	return response, nil

@@ -25,7 +25,7 @@ func (q *Queries) DeviceDelete(ctx context.Context, id uuid.UUID) (int64, error)
 }
 
 const deviceForUpdate = `-- name: DeviceForUpdate :one
-SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id FROM devices WHERE id = $1 FOR UPDATE
+SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id, previous_release_id FROM devices WHERE id = $1 FOR UPDATE
 `
 
 func (q *Queries) DeviceForUpdate(ctx context.Context, id uuid.UUID) (Device, error) {
@@ -54,12 +54,13 @@ func (q *Queries) DeviceForUpdate(ctx context.Context, id uuid.UUID) (Device, er
 		&i.ReportedAt,
 		&i.ReportedSeq,
 		&i.RolloutReleaseID,
+		&i.PreviousReleaseID,
 	)
 	return i, err
 }
 
 const deviceGet = `-- name: DeviceGet :one
-SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id FROM devices WHERE id = $1
+SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id, previous_release_id FROM devices WHERE id = $1
 `
 
 func (q *Queries) DeviceGet(ctx context.Context, id uuid.UUID) (Device, error) {
@@ -88,6 +89,7 @@ func (q *Queries) DeviceGet(ctx context.Context, id uuid.UUID) (Device, error) {
 		&i.ReportedAt,
 		&i.ReportedSeq,
 		&i.RolloutReleaseID,
+		&i.PreviousReleaseID,
 	)
 	return i, err
 }
@@ -210,7 +212,7 @@ const deviceRegister = `-- name: DeviceRegister :one
 INSERT INTO devices (id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (id) DO NOTHING
-RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id
+RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id, previous_release_id
 `
 
 type DeviceRegisterParams struct {
@@ -261,6 +263,7 @@ func (q *Queries) DeviceRegister(ctx context.Context, arg DeviceRegisterParams) 
 		&i.ReportedAt,
 		&i.ReportedSeq,
 		&i.RolloutReleaseID,
+		&i.PreviousReleaseID,
 	)
 	return i, err
 }
@@ -331,7 +334,7 @@ func (q *Queries) DeviceScope(ctx context.Context, id uuid.UUID) (DeviceScopeRow
 }
 
 const deviceUpdate = `-- name: DeviceUpdate :one
-UPDATE devices SET name = $2, fleet_id = $3, pinned_release_id = $4, tags = $5 WHERE id = $1 RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id
+UPDATE devices SET name = $2, fleet_id = $3, pinned_release_id = $4, tags = $5 WHERE id = $1 RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id, previous_release_id
 `
 
 type DeviceUpdateParams struct {
@@ -374,6 +377,7 @@ func (q *Queries) DeviceUpdate(ctx context.Context, arg DeviceUpdateParams) (Dev
 		&i.ReportedAt,
 		&i.ReportedSeq,
 		&i.RolloutReleaseID,
+		&i.PreviousReleaseID,
 	)
 	return i, err
 }

@@ -35,7 +35,7 @@ func (q *Queries) FleetCountByOrg(ctx context.Context, orgID uuid.UUID) (int64, 
 }
 
 const fleetCreate = `-- name: FleetCreate :one
-INSERT INTO fleets (org_id, name, architecture, tags) VALUES ($1, $2, $3, $4) RETURNING id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at, maintenance_window
+INSERT INTO fleets (org_id, name, architecture, tags, slug) VALUES ($1, $2, $3, $4, $5) RETURNING id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at, maintenance_window, slug
 `
 
 type FleetCreateParams struct {
@@ -43,6 +43,7 @@ type FleetCreateParams struct {
 	Name         string
 	Architecture string
 	Tags         map[string]string
+	Slug         *string
 }
 
 func (q *Queries) FleetCreate(ctx context.Context, arg FleetCreateParams) (Fleet, error) {
@@ -51,6 +52,7 @@ func (q *Queries) FleetCreate(ctx context.Context, arg FleetCreateParams) (Fleet
 		arg.Name,
 		arg.Architecture,
 		arg.Tags,
+		arg.Slug,
 	)
 	var i Fleet
 	err := row.Scan(
@@ -64,6 +66,7 @@ func (q *Queries) FleetCreate(ctx context.Context, arg FleetCreateParams) (Fleet
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.MaintenanceWindow,
+		&i.Slug,
 	)
 	return i, err
 }
@@ -81,7 +84,7 @@ func (q *Queries) FleetDelete(ctx context.Context, id uuid.UUID) (int64, error) 
 }
 
 const fleetForUpdate = `-- name: FleetForUpdate :one
-SELECT id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at, maintenance_window FROM fleets WHERE id = $1 FOR UPDATE
+SELECT id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at, maintenance_window, slug FROM fleets WHERE id = $1 FOR UPDATE
 `
 
 func (q *Queries) FleetForUpdate(ctx context.Context, id uuid.UUID) (Fleet, error) {
@@ -98,12 +101,13 @@ func (q *Queries) FleetForUpdate(ctx context.Context, id uuid.UUID) (Fleet, erro
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.MaintenanceWindow,
+		&i.Slug,
 	)
 	return i, err
 }
 
 const fleetGet = `-- name: FleetGet :one
-SELECT id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at, maintenance_window FROM fleets WHERE id = $1
+SELECT id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at, maintenance_window, slug FROM fleets WHERE id = $1
 `
 
 func (q *Queries) FleetGet(ctx context.Context, id uuid.UUID) (Fleet, error) {
@@ -120,12 +124,13 @@ func (q *Queries) FleetGet(ctx context.Context, id uuid.UUID) (Fleet, error) {
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.MaintenanceWindow,
+		&i.Slug,
 	)
 	return i, err
 }
 
 const fleetList = `-- name: FleetList :many
-SELECT id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at, maintenance_window FROM fleets
+SELECT id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at, maintenance_window, slug FROM fleets
 WHERE org_id = $1
   AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid))
 ORDER BY created_at, id
@@ -164,6 +169,7 @@ func (q *Queries) FleetList(ctx context.Context, arg FleetListParams) ([]Fleet, 
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.MaintenanceWindow,
+			&i.Slug,
 		); err != nil {
 			return nil, err
 		}
@@ -176,7 +182,7 @@ func (q *Queries) FleetList(ctx context.Context, arg FleetListParams) ([]Fleet, 
 }
 
 const fleetUpdate = `-- name: FleetUpdate :one
-UPDATE fleets SET name = $2, release_policy = $3, pinned_release_id = $4, tags = $5, maintenance_window = $6 WHERE id = $1 RETURNING id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at, maintenance_window
+UPDATE fleets SET name = $2, release_policy = $3, pinned_release_id = $4, tags = $5, maintenance_window = $6 WHERE id = $1 RETURNING id, org_id, name, architecture, release_policy, pinned_release_id, tags, created_at, updated_at, maintenance_window, slug
 `
 
 type FleetUpdateParams struct {
@@ -209,6 +215,7 @@ func (q *Queries) FleetUpdate(ctx context.Context, arg FleetUpdateParams) (Fleet
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.MaintenanceWindow,
+		&i.Slug,
 	)
 	return i, err
 }

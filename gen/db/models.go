@@ -125,28 +125,29 @@ type ConnectivityEvent struct {
 }
 
 type Device struct {
-	ID               uuid.UUID
-	OrgID            uuid.UUID
-	FleetID          uuid.UUID
-	Name             string
-	DeviceType       string
-	Architecture     string
-	PublicKey        []byte
-	ProvisionedWith  uuid.NullUUID
-	PinnedReleaseID  uuid.NullUUID
-	Tags             map[string]string
-	CreatedAt        time.Time
-	UpdatedAt        time.Time
-	LastSeenAt       *time.Time
-	RunningReleaseID uuid.NullUUID
-	OsVersion        string
-	AgentVersion     string
-	Reported         []byte
-	ConnectionKey    *int64
-	Connected        bool
-	ReportedAt       *time.Time
-	ReportedSeq      *int64
-	RolloutReleaseID uuid.NullUUID
+	ID                uuid.UUID
+	OrgID             uuid.UUID
+	FleetID           uuid.UUID
+	Name              string
+	DeviceType        string
+	Architecture      string
+	PublicKey         []byte
+	ProvisionedWith   uuid.NullUUID
+	PinnedReleaseID   uuid.NullUUID
+	Tags              map[string]string
+	CreatedAt         time.Time
+	UpdatedAt         time.Time
+	LastSeenAt        *time.Time
+	RunningReleaseID  uuid.NullUUID
+	OsVersion         string
+	AgentVersion      string
+	Reported          []byte
+	ConnectionKey     *int64
+	Connected         bool
+	ReportedAt        *time.Time
+	ReportedSeq       *int64
+	RolloutReleaseID  uuid.NullUUID
+	PreviousReleaseID uuid.NullUUID
 }
 
 type DeviceAssertionJti struct {
@@ -203,6 +204,7 @@ type Fleet struct {
 	CreatedAt         time.Time
 	UpdatedAt         time.Time
 	MaintenanceWindow []byte
+	Slug              string
 }
 
 type GooseDbVersion struct {
@@ -222,6 +224,28 @@ type IdempotencyKey struct {
 	CreatedAt   time.Time
 }
 
+type ImageDelta struct {
+	ID           uuid.UUID
+	OrgID        uuid.UUID
+	FromRepo     string
+	FromDigest   string
+	ToRepo       string
+	ToDigest     string
+	Architecture string
+	State        string
+	LeaseHolder  *string
+	LeaseUntil   *time.Time
+	Attempts     int32
+	BlobKey      *string
+	Size         *int64
+	LayersSize   *int64
+	Error        string
+	RequestedAt  time.Time
+	ComputedAt   *time.Time
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+}
+
 type Membership struct {
 	OrgID     uuid.UUID
 	UserID    uuid.UUID
@@ -235,6 +259,7 @@ type Org struct {
 	Name      string
 	CreatedAt time.Time
 	UpdatedAt time.Time
+	Slug      string
 }
 
 type ProvisioningKey struct {

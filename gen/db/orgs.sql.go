@@ -13,7 +13,7 @@ import (
 )
 
 const orgByID = `-- name: OrgByID :one
-SELECT id, name, created_at, updated_at FROM orgs WHERE id = $1
+SELECT id, name, created_at, updated_at, slug FROM orgs WHERE id = $1
 `
 
 func (q *Queries) OrgByID(ctx context.Context, id uuid.UUID) (Org, error) {
@@ -24,22 +24,29 @@ func (q *Queries) OrgByID(ctx context.Context, id uuid.UUID) (Org, error) {
 		&i.Name,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Slug,
 	)
 	return i, err
 }
 
 const orgCreate = `-- name: OrgCreate :one
-INSERT INTO orgs (name) VALUES ($1) RETURNING id, name, created_at, updated_at
+INSERT INTO orgs (name, slug) VALUES ($1, $2) RETURNING id, name, created_at, updated_at, slug
 `
 
-func (q *Queries) OrgCreate(ctx context.Context, name string) (Org, error) {
-	row := q.db.QueryRow(ctx, orgCreate, name)
+type OrgCreateParams struct {
+	Name string
+	Slug *string
+}
+
+func (q *Queries) OrgCreate(ctx context.Context, arg OrgCreateParams) (Org, error) {
+	row := q.db.QueryRow(ctx, orgCreate, arg.Name, arg.Slug)
 	var i Org
 	err := row.Scan(
 		&i.ID,
 		&i.Name,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Slug,
 	)
 	return i, err
 }
@@ -57,7 +64,7 @@ func (q *Queries) OrgDelete(ctx context.Context, id uuid.UUID) (int64, error) {
 }
 
 const orgListForUser = `-- name: OrgListForUser :many
-SELECT o.id, o.name, o.created_at, o.updated_at, m.role FROM orgs o JOIN memberships m ON m.org_id = o.id
+SELECT o.id, o.name, o.created_at, o.updated_at, o.slug, m.role FROM orgs o JOIN memberships m ON m.org_id = o.id
 WHERE m.user_id = $1
   AND ($2::timestamptz IS NULL OR (o.created_at, o.id) > ($2, $3::uuid))
 ORDER BY o.created_at, o.id
@@ -76,6 +83,7 @@ type OrgListForUserRow struct {
 	Name      string
 	CreatedAt time.Time
 	UpdatedAt time.Time
+	Slug      string
 	Role      OrgRole
 }
 
@@ -99,6 +107,7 @@ func (q *Queries) OrgListForUser(ctx context.Context, arg OrgListForUserParams) 
 			&i.Name,
 			&i.CreatedAt,
 			&i.UpdatedAt,
+			&i.Slug,
 			&i.Role,
 		); err != nil {
 			return nil, err
@@ -112,7 +121,7 @@ func (q *Queries) OrgListForUser(ctx context.Context, arg OrgListForUserParams) 
 }
 
 const orgUpdateName = `-- name: OrgUpdateName :one
-UPDATE orgs SET name = $2 WHERE id = $1 RETURNING id, name, created_at, updated_at
+UPDATE orgs SET name = $2 WHERE id = $1 RETURNING id, name, created_at, updated_at, slug
 `
 
 type OrgUpdateNameParams struct {
@@ -128,6 +137,7 @@ func (q *Queries) OrgUpdateName(ctx context.Context, arg OrgUpdateNameParams) (O
 		&i.Name,
 		&i.CreatedAt,
 		&i.UpdatedAt,
+		&i.Slug,
 	)
 	return i, err
 }

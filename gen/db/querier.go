@@ -58,6 +58,35 @@ type Querier interface {
 	ConnectivityList(ctx context.Context, arg ConnectivityListParams) ([]ConnectivityEvent, error)
 	// The server's version and the newest applied migration, for /v1/version.
 	DatabaseVersion(ctx context.Context) (DatabaseVersionRow, error)
+	// Takes a delta to compute: pending, or computing under a lease that ran
+	// out. Nothing when it is done or another worker holds it.
+	DeltaClaim(ctx context.Context, arg DeltaClaimParams) (ImageDelta, error)
+	// A new delta, pending; nothing when the pair exists (DeltaGetByPair then
+	// reads it: a statement of its own sees a row another request just
+	// committed).
+	DeltaCreate(ctx context.Context, arg DeltaCreateParams) (ImageDelta, error)
+	// What the device delta endpoint needs of a device: its organisation and
+	// architecture and the releases whose images it may start a delta from
+	// (the one it runs and the one it ran before).
+	DeltaDevice(ctx context.Context, id uuid.UUID) (DeltaDeviceRow, error)
+	// Records the outcome (ready, not_smaller or failed) of the holder's
+	// computation; 0 rows: the lease was lost meanwhile.
+	DeltaFinish(ctx context.Context, arg DeltaFinishParams) (int64, error)
+	DeltaGet(ctx context.Context, id uuid.UUID) (ImageDelta, error)
+	DeltaGetByPair(ctx context.Context, arg DeltaGetByPairParams) (ImageDelta, error)
+	// Gives a delta back as pending after a failure worth retrying (the
+	// registry or the blob store did not answer); the next request takes it.
+	DeltaRelease(ctx context.Context, arg DeltaReleaseParams) (int64, error)
+	// The services of the device's own releases (of its organisation).
+	DeltaReleaseServices(ctx context.Context, arg DeltaReleaseServicesParams) ([]DeltaReleaseServicesRow, error)
+	// Extends the holder's lease; 0 rows: the lease was lost (it ran out and
+	// another worker took the delta).
+	DeltaRenew(ctx context.Context, arg DeltaRenewParams) (int64, error)
+	// Marks a delta's request as published again when it seems lost: pending
+	// and last requested longer than after_seconds ago, or computing under a
+	// lease that ran out (its worker stopped). Of several replicas asking at
+	// once, one gets the row and publishes.
+	DeltaRerequest(ctx context.Context, arg DeltaRerequestParams) (ImageDelta, error)
 	DeviceAccess(ctx context.Context, arg DeviceAccessParams) (DeviceAccessRow, error)
 	DeviceCountByFleet(ctx context.Context, fleetID uuid.UUID) (int64, error)
 	DeviceDelete(ctx context.Context, id uuid.UUID) (int64, error)
@@ -163,7 +192,7 @@ type Querier interface {
 	MembershipUpdateRole(ctx context.Context, arg MembershipUpdateRoleParams) (Membership, error)
 	MembershipsOfUser(ctx context.Context, userID uuid.UUID) ([]MembershipsOfUserRow, error)
 	OrgByID(ctx context.Context, id uuid.UUID) (Org, error)
-	OrgCreate(ctx context.Context, name string) (Org, error)
+	OrgCreate(ctx context.Context, arg OrgCreateParams) (Org, error)
 	OrgDelete(ctx context.Context, id uuid.UUID) (int64, error)
 	// Keyset pagination on (created_at, id), oldest first.
 	OrgListForUser(ctx context.Context, arg OrgListForUserParams) ([]OrgListForUserRow, error)
@@ -180,6 +209,16 @@ type Querier interface {
 	ProvisioningKeyList(ctx context.Context, arg ProvisioningKeyListParams) ([]ProvisioningKey, error)
 	ProvisioningKeyRevoke(ctx context.Context, arg ProvisioningKeyRevokeParams) (int64, error)
 	ProvisioningKeyUse(ctx context.Context, id uuid.UUID) error
+	// What decides which images a device may pull: its organisation's slug,
+	// its fleet and architecture, and the releases it runs and ran before.
+	RegistryDevice(ctx context.Context, id uuid.UUID) (RegistryDeviceRow, error)
+	// Releases of a fleet among ids (a device's running and previous ones;
+	// those of another fleet give the device nothing).
+	RegistryFleetReleases(ctx context.Context, arg RegistryFleetReleasesParams) ([]RegistryFleetReleasesRow, error)
+	// The organisation and fleet a repository <org slug>/<fleet slug>/... of
+	// the platform registry belongs to, and the role of a user there (NULL when
+	// not a member, or for uuid.Nil).
+	RegistryRepoAccess(ctx context.Context, arg RegistryRepoAccessParams) (RegistryRepoAccessRow, error)
 	ReleaseAccess(ctx context.Context, arg ReleaseAccessParams) (ReleaseAccessRow, error)
 	ReleaseCreate(ctx context.Context, arg ReleaseCreateParams) (Release, error)
 	ReleaseForUpdate(ctx context.Context, id uuid.UUID) (Release, error)

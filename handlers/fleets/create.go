@@ -23,7 +23,10 @@ func (h *Fleets) FleetCreate(ctx context.Context, req api.FleetCreateRequestObje
 	}
 	name := strings.TrimSpace(req.Body.Name)
 	f, err := postgres.Queries(ctx, h.Pool).FleetCreate(ctx, db.FleetCreateParams{
-		OrgID: acc.OrgID, Name: name, Architecture: string(req.Body.Architecture), Tags: t})
+		OrgID: acc.OrgID, Name: name, Architecture: string(req.Body.Architecture), Tags: t, Slug: req.Body.Slug})
+	if postgres.UniqueViolationOf(err) == "fleets_slug_key" {
+		return nil, problem.Errorf(http.StatusConflict, "slug_taken", "the organisation already has a fleet with the slug %q", slugOf(req.Body.Slug, name))
+	}
 	if postgres.IsUniqueViolation(err) {
 		return nil, problem.Errorf(http.StatusConflict, "name_taken", "the organisation already has a fleet named %q", name)
 	}
@@ -36,4 +39,13 @@ func (h *Fleets) FleetCreate(ctx context.Context, req api.FleetCreateRequestObje
 		return nil, err
 	}
 	return api.FleetCreate201JSONResponse(out), nil
+}
+
+// slugOf names the slug a refused insert tried: the one given, or (two
+// fleets of one name created at once) the name's.
+func slugOf(given *string, name string) string {
+	if given != nil {
+		return *given
+	}
+	return name
 }

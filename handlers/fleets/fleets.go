@@ -21,7 +21,7 @@ type Fleets struct {
 
 // Fleet converts a fleet row.
 func Fleet(f db.Fleet) (api.Fleet, error) {
-	out := api.Fleet{Id: f.ID, OrgId: f.OrgID, Name: f.Name, Architecture: api.Architecture(f.Architecture),
+	out := api.Fleet{Id: f.ID, OrgId: f.OrgID, Name: f.Name, Slug: f.Slug, Architecture: api.Architecture(f.Architecture),
 		ReleasePolicy: api.ReleasePolicy(f.ReleasePolicy), Tags: f.Tags, CreatedAt: f.CreatedAt, UpdatedAt: f.UpdatedAt}
 	if f.PinnedReleaseID.Valid {
 		out.PinnedReleaseId = &f.PinnedReleaseID.UUID

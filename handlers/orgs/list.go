@@ -35,7 +35,7 @@ func (h *Orgs) OrgList(ctx context.Context, req api.OrgListRequestObject) (api.O
 	}
 	items, next, err := pagination.Page(rows, limit, func(r db.OrgListForUserRow) (time.Time, uuid.UUID) { return r.CreatedAt, r.ID },
 		pagination.Plain(func(r db.OrgListForUserRow) api.Org {
-			return org(db.Org{ID: r.ID, Name: r.Name, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}, r.Role)
+			return org(db.Org{ID: r.ID, Name: r.Name, Slug: r.Slug, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt}, r.Role)
 		}))
 	if err != nil {
 		return nil, err

@@ -19,6 +19,16 @@ func sqlState(err error) string {
 // IsUniqueViolation reports a unique_violation.
 func IsUniqueViolation(err error) bool { return sqlState(err) == "23505" }
 
+// UniqueViolationOf names the constraint a unique_violation broke, or is
+// empty when err is not one.
+func UniqueViolationOf(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		return pgErr.ConstraintName
+	}
+	return ""
+}
+
 // IsForeignKeyViolation reports a foreign_key_violation.
 func IsForeignKeyViolation(err error) bool { return sqlState(err) == "23503" }
 

@@ -337,7 +337,16 @@ export interface paths {
         put?: never;
         /**
          * Register a release
-         * @description From images that already exist in a registry (no registry is contacted); each service names an image and its digest per architecture.
+         * @description From images already pushed to the platform registry (the
+         *     registry-proxy: `docker login <registry host>` with an API key, then
+         *     push to `<org slug>/<fleet slug>/<service>`). Each service names an
+         *     image and its digest per architecture; the digest may be an image
+         *     index. The registry is asked for every digest: 422 `image_not_found`
+         *     when it is not there (or in another organisation's repository),
+         *     `image_external` when the image names another registry (copy it in
+         *     first), `architecture_missing` when an image index has no manifest for
+         *     the fleet's architecture or a manifest's config names another one.
+         *     Target states name the images by the registry host and digest.
          */
         post: operations["release:create"];
         delete?: never;
@@ -1474,6 +1483,45 @@ export interface paths {
         patch: operations["device-state:update"];
         trace?: never;
     };
+    "/device/v1/deltas": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A delta from an image the device runs to its target image
+         * @description Instead of pulling the changed layers of a service's new image, a device
+         *     that runs the service's previous image downloads a delta: for each layer
+         *     of the target image, nothing when the device already has it, else a
+         *     tar-aware patch against the layers of the image it runs. Applying it
+         *     rebuilds each target layer's uncompressed tar byte for byte; the device
+         *     checks every rebuilt layer's diffID and pulls the layers instead on any
+         *     mismatch.
+         *
+         *     `from` is the `digest` of the service in the release the device runs
+         *     (or ran before it), `to` the `digest` in its target state. Either may
+         *     be an image index: the manifest for the device's architecture is used.
+         *
+         *     - 200: the delta (`application/vnd.flock.image-delta.v1+tar`).
+         *     - 202: the delta is being computed; ask again after `Retry-After`
+         *       seconds. The first ask queues the computation.
+         *     - 409 `delta_not_smaller`: a delta would not be smaller than the set
+         *       share of the layers it replaces, or `delta_failed`: it could not be
+         *       made (the detail says why). Pull the layers.
+         *     - 404 `image_not_found`: `from` or `to` is not an image of this
+         *       device's releases.
+         */
+        get: operations["device-delta:get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/.well-known/jwks.json": {
         parameters: {
             query?: never;
@@ -1689,10 +1737,18 @@ export interface components {
          * @example Acme Robotics
          */
         OrgName: string;
+        /**
+         * @description The name's part of image repositories (`<org slug>/<fleet slug>/<service>`
+         *     in the platform registry). Made from the name when not given; it never
+         *     changes, so image references stay valid.
+         * @example acme-robotics
+         */
+        Slug: string;
         Org: {
             /** Format: uuid */
             id: string;
             name: components["schemas"]["OrgName"];
+            slug: components["schemas"]["Slug"];
             role: components["schemas"]["Role"];
             /** Format: date-time */
             created_at: string;
@@ -1706,6 +1762,8 @@ export interface components {
         };
         OrgCreate: {
             name: components["schemas"]["OrgName"];
+            /** @description Unique among organisations; made from the name when absent (409 `slug_taken` when the one given is taken). */
+            slug?: components["schemas"]["Slug"];
         };
         OrgUpdate: {
             name?: components["schemas"]["OrgName"];
@@ -1856,6 +1914,7 @@ export interface components {
             /** Format: uuid */
             org_id: string;
             name: components["schemas"]["Name"];
+            slug: components["schemas"]["Slug"];
             architecture: components["schemas"]["Architecture"];
             release_policy: components["schemas"]["ReleasePolicy"];
             /**
@@ -1876,6 +1935,8 @@ export interface components {
         };
         FleetCreate: {
             name: components["schemas"]["Name"];
+            /** @description Unique in the organisation; made from the name when absent (409 `slug_taken` when the one given is taken). */
+            slug?: components["schemas"]["Slug"];
             architecture: components["schemas"]["Architecture"];
             tags?: components["schemas"]["Tags"];
         };
@@ -1938,8 +1999,13 @@ export interface components {
         Digest: string;
         ServiceImage: {
             /**
-             * @description The image reference (registry/repository[:tag]).
-             * @example registry.example.com/acme/sensor:1.4
+             * @description The image's repository in the platform registry,
+             *     `<org slug>/<fleet slug>/<service>`, optionally prefixed by the
+             *     registry's host (the registry-proxy's public host) and followed by a
+             *     tag, which is informational: the digest names the image. An image in
+             *     another registry is refused (`image_external`): copy it in first, e.g.
+             *     `skopeo copy docker://other.example/app@sha256:... docker://<registry host>/<org>/<fleet>/<service>`.
+             * @example acme/sensors/sensor:1.4
              */
             image: string;
             digest: components["schemas"]["Digest"];
@@ -2734,6 +2800,16 @@ export interface components {
             variables: {
                 [key: string]: string;
             };
+        };
+        /** @description A delta between two images that is queued or being computed. */
+        ImageDelta: {
+            /** Format: uuid */
+            id: string;
+            /** @enum {string} */
+            state: "pending" | "computing";
+            from: components["schemas"]["Digest"];
+            to: components["schemas"]["Digest"];
+            architecture: components["schemas"]["Architecture"];
         };
         JWKS: {
             keys: ({
@@ -5559,6 +5635,64 @@ export interface operations {
                 content?: never;
             };
             /** @description The state is older than one already applied (`stale_state`). */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-delta:get": {
+        parameters: {
+            query: {
+                from: components["schemas"]["Digest"];
+                to: components["schemas"]["Digest"];
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /**
+             * @description The delta: a tar holding `delta.json` (the index) and one patch per
+             *     layer the device does not have.
+             */
+            200: {
+                headers: {
+                    /** @description Bytes a pull of the layers the delta replaces would download. */
+                    "Flock-Delta-Layers-Size"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/vnd.flock.image-delta.v1+tar": string;
+                };
+            };
+            /** @description The delta is queued or being computed. */
+            202: {
+                headers: {
+                    /** @description Seconds to wait before asking again. */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ImageDelta"];
+                };
+            };
+            /** @description `from` or `to` is not an image of this device's releases (`image_not_found`). */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No delta for this pair: pull the layers (`delta_not_smaller`, `delta_failed`). */
             409: {
                 headers: {
                     [name: string]: unknown;
