@@ -16,8 +16,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
 	"github.com/flock-io/flock-api/gen/db"
-	"github.com/flock-io/flock-api/internal/registryproxy"
 	"github.com/flock-io/flock-api/internal/registry/registrytest"
+	"github.com/flock-io/flock-api/internal/registryproxy"
 	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/promtest"
 )
