@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes the services flock-api's development and tests need run on 127.0.0.1:
-# PostgreSQL (with a `flock` database), Redis, Mosquitto and ClickHouse.
+# PostgreSQL (with a `flock` database), Redis, Mosquitto and ClickHouse, and
+# installs the registry tools the tests use (docker-registry, skopeo).
 # Installs each with apt-get when it is missing and starts it when it is down.
 # Safe to run again.
 set -euo pipefail
@@ -128,6 +129,23 @@ clickhouse_up() {
   log "ClickHouse ready on 127.0.0.1:9000"
 }
 
+# --- Image registry tools ----------------------------------------------------
+# Debian's docker-registry (Distribution, the core Harbor wraps) and skopeo:
+# the registry tests start their own docker-registry on a free port with a
+# config of their own and drive it with skopeo, so nothing is started here.
+registry_up() {
+  local missing=()
+  command -v docker-registry >/dev/null || missing+=(docker-registry)
+  command -v skopeo >/dev/null || missing+=(skopeo)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}"
+    # The package's maintainer scripts may start Debian's own registry on
+    # :5000 with /etc/docker/registry/config.yml; nothing here uses it.
+    if [ -x /etc/init.d/docker-registry ]; then as_root /etc/init.d/docker-registry stop >/dev/null 2>&1 || true; fi
+  fi
+  log "docker-registry and skopeo installed (tests start their own registry)"
+}
+
 # --- Node.js (code generation, Swagger UI assets, the TypeScript SDK) -------
 node_up() {
   command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
@@ -144,6 +162,7 @@ case "${1:-all}" in
   mosquitto) mosquitto_up ;;
   clickhouse) clickhouse_up ;;
   node) node_up ;;
-  all) postgres_up; redis_up; mosquitto_up; clickhouse_up; node_up ;;
-  *) die "usage: $0 [all|postgres|redis|mosquitto|clickhouse|node]" ;;
+  registry) registry_up ;;
+  all) postgres_up; redis_up; mosquitto_up; clickhouse_up; registry_up; node_up ;;
+  *) die "usage: $0 [all|postgres|redis|mosquitto|clickhouse|registry|node]" ;;
 esac
