@@ -18,9 +18,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/flock-io/flock-api/internal/registry"
@@ -294,4 +297,21 @@ func Uncompressed(t testing.TB, img v1.Image) [][]byte {
 		out = append(out, b)
 	}
 	return out
+}
+
+// Push writes img to repo of r (tagged latest) and returns its digest.
+func Push(t testing.TB, r *registry.Registry, repo string, img v1.Image) string {
+	t.Helper()
+	ref, err := name.ParseReference(r.Base().Host+"/"+repo+":latest", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img, remote.WithTransport(r.Transport()), remote.WithAuth(authn.Anonymous)); err != nil {
+		t.Fatalf("push %s: %v", repo, err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.String()
 }
