@@ -108,27 +108,30 @@ func (q *Queries) DeltaCreate(ctx context.Context, arg DeltaCreateParams) (Image
 }
 
 const deltaDevice = `-- name: DeltaDevice :one
-SELECT id, org_id, fleet_id, architecture, running_release_id, previous_release_id FROM devices WHERE id = $1
+SELECT d.org_id, o.slug AS org_slug, d.fleet_id, d.architecture, d.running_release_id, d.previous_release_id
+FROM devices d JOIN orgs o ON o.id = d.org_id
+WHERE d.id = $1
 `
 
 type DeltaDeviceRow struct {
-	ID                uuid.UUID
 	OrgID             uuid.UUID
+	OrgSlug           string
 	FleetID           uuid.UUID
 	Architecture      string
 	RunningReleaseID  uuid.NullUUID
 	PreviousReleaseID uuid.NullUUID
 }
 
-// What the device delta endpoint needs of a device: its organisation and
-// architecture and the releases whose images it may start a delta from
-// (the one it runs and the one it ran before).
+// What the device delta endpoint needs of a device: its organisation (and
+// slug, which prefixes its repositories), fleet and architecture, and the
+// releases whose images it may start a delta from (the one it runs and the
+// one it ran before), as the registry proxy lets it pull them.
 func (q *Queries) DeltaDevice(ctx context.Context, id uuid.UUID) (DeltaDeviceRow, error) {
 	row := q.db.QueryRow(ctx, deltaDevice, id)
 	var i DeltaDeviceRow
 	err := row.Scan(
-		&i.ID,
 		&i.OrgID,
+		&i.OrgSlug,
 		&i.FleetID,
 		&i.Architecture,
 		&i.RunningReleaseID,
@@ -247,6 +250,46 @@ func (q *Queries) DeltaGetByPair(ctx context.Context, arg DeltaGetByPairParams) 
 	return i, err
 }
 
+const deltaLost = `-- name: DeltaLost :one
+UPDATE image_deltas SET state = 'pending', blob_key = NULL, size = NULL, requested_at = now()
+WHERE id = $1 AND state = 'ready' AND blob_key = $2
+RETURNING id, org_id, from_repo, from_digest, to_repo, to_digest, architecture, state, lease_holder, lease_until, attempts, blob_key, size, layers_size, error, requested_at, computed_at, created_at, updated_at
+`
+
+type DeltaLostParams struct {
+	ID      uuid.UUID
+	BlobKey *string
+}
+
+// A ready delta whose object is gone from the blob store: pending again, to
+// be computed anew.
+func (q *Queries) DeltaLost(ctx context.Context, arg DeltaLostParams) (ImageDelta, error) {
+	row := q.db.QueryRow(ctx, deltaLost, arg.ID, arg.BlobKey)
+	var i ImageDelta
+	err := row.Scan(
+		&i.ID,
+		&i.OrgID,
+		&i.FromRepo,
+		&i.FromDigest,
+		&i.ToRepo,
+		&i.ToDigest,
+		&i.Architecture,
+		&i.State,
+		&i.LeaseHolder,
+		&i.LeaseUntil,
+		&i.Attempts,
+		&i.BlobKey,
+		&i.Size,
+		&i.LayersSize,
+		&i.Error,
+		&i.RequestedAt,
+		&i.ComputedAt,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+	)
+	return i, err
+}
+
 const deltaRelease = `-- name: DeltaRelease :execrows
 UPDATE image_deltas SET state = 'pending', error = $1, lease_holder = NULL, lease_until = NULL
 WHERE id = $2 AND state = 'computing' AND lease_holder = $3
@@ -269,12 +312,12 @@ func (q *Queries) DeltaRelease(ctx context.Context, arg DeltaReleaseParams) (int
 }
 
 const deltaReleaseServices = `-- name: DeltaReleaseServices :many
-SELECT id, services FROM releases WHERE id = ANY($1::uuid[]) AND org_id = $2
+SELECT id, services FROM releases WHERE id = ANY($1::uuid[]) AND fleet_id = $2
 `
 
 type DeltaReleaseServicesParams struct {
-	Ids   []uuid.UUID
-	OrgID uuid.UUID
+	Ids     []uuid.UUID
+	FleetID uuid.UUID
 }
 
 type DeltaReleaseServicesRow struct {
@@ -282,9 +325,10 @@ type DeltaReleaseServicesRow struct {
 	Services []byte
 }
 
-// The services of the device's own releases (of its organisation).
+// The services of the device's running and previous releases, when they
+// are its fleet's (another fleet's release gives it nothing).
 func (q *Queries) DeltaReleaseServices(ctx context.Context, arg DeltaReleaseServicesParams) ([]DeltaReleaseServicesRow, error) {
-	rows, err := q.db.Query(ctx, deltaReleaseServices, arg.Ids, arg.OrgID)
+	rows, err := q.db.Query(ctx, deltaReleaseServices, arg.Ids, arg.FleetID)
 	if err != nil {
 		return nil, err
 	}

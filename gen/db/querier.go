@@ -65,19 +65,24 @@ type Querier interface {
 	// reads it: a statement of its own sees a row another request just
 	// committed).
 	DeltaCreate(ctx context.Context, arg DeltaCreateParams) (ImageDelta, error)
-	// What the device delta endpoint needs of a device: its organisation and
-	// architecture and the releases whose images it may start a delta from
-	// (the one it runs and the one it ran before).
+	// What the device delta endpoint needs of a device: its organisation (and
+	// slug, which prefixes its repositories), fleet and architecture, and the
+	// releases whose images it may start a delta from (the one it runs and the
+	// one it ran before), as the registry proxy lets it pull them.
 	DeltaDevice(ctx context.Context, id uuid.UUID) (DeltaDeviceRow, error)
 	// Records the outcome (ready, not_smaller or failed) of the holder's
 	// computation; 0 rows: the lease was lost meanwhile.
 	DeltaFinish(ctx context.Context, arg DeltaFinishParams) (int64, error)
 	DeltaGet(ctx context.Context, id uuid.UUID) (ImageDelta, error)
 	DeltaGetByPair(ctx context.Context, arg DeltaGetByPairParams) (ImageDelta, error)
+	// A ready delta whose object is gone from the blob store: pending again, to
+	// be computed anew.
+	DeltaLost(ctx context.Context, arg DeltaLostParams) (ImageDelta, error)
 	// Gives a delta back as pending after a failure worth retrying (the
 	// registry or the blob store did not answer); the next request takes it.
 	DeltaRelease(ctx context.Context, arg DeltaReleaseParams) (int64, error)
-	// The services of the device's own releases (of its organisation).
+	// The services of the device's running and previous releases, when they
+	// are its fleet's (another fleet's release gives it nothing).
 	DeltaReleaseServices(ctx context.Context, arg DeltaReleaseServicesParams) ([]DeltaReleaseServicesRow, error)
 	// Extends the holder's lease; 0 rows: the lease was lost (it ran out and
 	// another worker took the delta).
