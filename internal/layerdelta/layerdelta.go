@@ -118,10 +118,13 @@ const (
 	// the new one: about 18 times the file in memory, 36 MiB for a 2 MiB
 	// file, which stays under the memory goal of 10 times the largest
 	// changed file whenever bsdiff sees a file at most half the largest's
-	// size. It also takes about 2 s a MiB (suffix sorting, then bzip2 at
+	// size. It also takes 0.5 to 2 s a MiB (suffix sorting, then bzip2 at
 	// its best level), where zstd patch-from takes tens of ms. Larger
 	// changed files get zstd patch-from only.
 	defaultMaxBsdiffFile = 2 << 20
+	// bestLevelFile is the size from which the default Options.Level
+	// patches at zstd.SpeedBestCompression.
+	bestLevelFile = 4 << 20
 	// binarySniff is how much of a file's start Diff looks at for a NUL
 	// byte to call it binary (bsdiff is tried only on binary files unless
 	// Options.BsdiffText).
@@ -147,7 +150,11 @@ type Options struct {
 	// 256 MiB.
 	MaxPatchFile int64
 	// Level is the zstd level of per-file patches. Zero means
-	// zstd.SpeedBestCompression.
+	// zstd.SpeedBestCompression for files of 4 MiB and more (on a rebuilt
+	// Go binary it makes half the patch better does) and
+	// zstd.SpeedBetterCompression for smaller ones: a best-level encoder
+	// holds ~70 MB of tables and clears half of them for every new
+	// dictionary, while on source files better makes patches as small.
 	Level zstd.EncoderLevel
 	// StreamLevel is the zstd level of the header and op streams (new
 	// files' content is in the op stream). Zero means
@@ -157,7 +164,7 @@ type Options struct {
 	// MaxBsdiffFile is the largest file (old or new version) that Diff
 	// also patches with bsdiff, keeping the smaller of the bsdiff and zstd
 	// patches. bsdiff holds about 18 times the file in memory and takes
-	// about 2 s a MiB. Zero means 2 MiB; negative turns bsdiff off.
+	// 0.5 to 2 s a MiB. Zero means 2 MiB; negative turns bsdiff off.
 	MaxBsdiffFile int64
 	// BsdiffText makes Diff try bsdiff on files that look like text too (no
 	// NUL byte in the first 8 KiB of either version). Off by default:
@@ -255,6 +262,7 @@ func isRegular(h *tar.Header) bool {
 func indexBase(ctx context.Context, old []Layer) (*baseIndex, error) {
 	ix := &baseIndex{visible: map[string]fileRef{}, byHash: map[Digest]fileRef{}}
 	var dict []byte
+	copyBuf := make([]byte, 32<<10)
 	for li, l := range old {
 		sp := &splitter{r: bufio.NewReaderSize(io.NewSectionReader(l.R, 0, l.Size), 1<<16), h: sha256.New()}
 		sp.meta.Write(dict)
@@ -293,7 +301,7 @@ func indexBase(ctx context.Context, old []Layer) (*baseIndex, error) {
 				off := sp.n
 				fh := sha256.New()
 				sp.content = true
-				n, err := io.Copy(fh, tr)
+				n, err := io.CopyBuffer(fh, tr, copyBuf) // io.Copy would allocate 32 KiB a file
 				sp.content = false
 				if err != nil {
 					return nil, fmt.Errorf("layerdelta: base layer %d: %s: %w", li, h.Name, err)
@@ -382,7 +390,8 @@ func (s *splitter) Read(p []byte) (int, error) {
 
 type opWriter struct {
 	z       *zstd.Encoder
-	patcher *patcher
+	patcher *patcher      // files under bestLevelFile
+	big     *patcher      // files from bestLevelFile up
 	plain   *zstd.Encoder // estimates a new file's cost in the op stream
 	names   *nameIndex
 	tmp     []byte
@@ -431,9 +440,6 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	if o.MaxPatchFile <= 0 {
 		o.MaxPatchFile = defaultMaxPatchFile
 	}
-	if o.Level == 0 {
-		o.Level = zstd.SpeedBestCompression
-	}
 	if o.MaxBsdiffFile == 0 {
 		o.MaxBsdiffFile = defaultMaxBsdiffFile
 	}
@@ -455,8 +461,12 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	if err != nil {
 		return st, err
 	}
-	ow := &opWriter{z: oz, patcher: &patcher{level: o.Level}}
+	ow := &opWriter{z: oz, patcher: &patcher{level: o.Level}, big: &patcher{level: o.Level}}
+	if o.Level == 0 {
+		ow.patcher.level, ow.big.level = zstd.SpeedBetterCompression, zstd.SpeedBestCompression
+	}
 	defer ow.patcher.close()
+	defer ow.big.close()
 	if !o.NoDict {
 		ow.names = newNameIndex(ix)
 	}
@@ -591,7 +601,11 @@ func diffFile(ix *baseIndex, o *Options, ow *opWriter, tr io.Reader, h *tar.Head
 		if _, err := io.ReadFull(io.NewSectionReader(ix.readers[prev.layer], prev.offset, prev.size), base); err != nil {
 			return err
 		}
-		p, err := ow.patcher.patch(base, data)
+		pt := ow.patcher
+		if max(prev.size, h.Size) >= bestLevelFile {
+			pt = ow.big
+		}
+		p, err := pt.patch(base, data)
 		if err != nil {
 			return err
 		}
