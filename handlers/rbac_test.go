@@ -2,8 +2,8 @@ package handlers_test
 
 import (
 	"net/http"
-	"strings"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/getkin/kin-openapi/openapi3"

@@ -30,11 +30,13 @@ import (
 	"github.com/flock-io/flock-api/handlers/system"
 	"github.com/flock-io/flock-api/handlers/variables"
 	"github.com/flock-io/flock-api/internal/audit"
+	"github.com/flock-io/flock-api/internal/blob"
 	"github.com/flock-io/flock-api/internal/buildinfo"
 	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/devicetoken"
 	"github.com/flock-io/flock-api/internal/kv"
 	"github.com/flock-io/flock-api/internal/mqtt/mqttauth"
+	"github.com/flock-io/flock-api/internal/registry"
 	livestreams "github.com/flock-io/flock-api/internal/streams"
 	"github.com/flock-io/flock-api/internal/telemetry"
 	"github.com/flock-io/flock-api/workers/nudger"
@@ -111,6 +113,12 @@ type Deps struct {
 	Commands commands.Sender
 	// StreamHub feeds the live streams; nil answers them with 503.
 	StreamHub *livestreams.Hub
+	// Registry is the platform registry releases are checked against;
+	// RegistryHost its public host[:port] (FLOCK_REGISTRY_HOST).
+	Registry     *registry.Registry
+	RegistryHost string
+	// Blobs is the S3 store deltas are served from.
+	Blobs *blob.Store
 	// StreamRecheck is how often an open stream asks whether its caller
 	// may still read it (FLOCK_STREAM_RECHECK); zero means 30s.
 	StreamRecheck time.Duration
@@ -128,7 +136,7 @@ func New(d Deps) *Server {
 		AuditLog:     &auditlog.AuditLog{Pool: pool},
 		Fleets:       &fleets.Fleets{Pool: pool, Nudge: d.Nudge},
 		Provisioning: &provisioning.Provisioning{Pool: pool},
-		Releases:     &releases.Releases{Pool: pool, Nudge: d.Nudge},
+		Releases:     &releases.Releases{Pool: pool, Nudge: d.Nudge, Registry: d.Registry, RegistryHost: d.RegistryHost},
 		Devices:      &devices.Devices{Pool: pool, Nudge: d.Nudge, KV: d.KV, Telemetry: d.Telemetry},
 		DeviceGroups: &devicegroups.DeviceGroups{Pool: pool},
 		Rollouts:     &rollouts.Rollouts{Pool: pool, Nudge: d.Nudge},

@@ -14,9 +14,9 @@ import (
 	"github.com/flock-io/flock-api/internal/tags"
 )
 
-// ReleaseCreate registers a release from images that already exist; no
-// registry is contacted. Every service must have an image for the fleet's
-// architecture, or no device of the fleet could run it.
+// ReleaseCreate registers a release from images in the platform registry.
+// Every service must have an image for the fleet's architecture, or no
+// device of the fleet could run it.
 func (h *Releases) ReleaseCreate(ctx context.Context, req api.ReleaseCreateRequestObject) (api.ReleaseCreateResponseObject, error) {
 	acc := auth.AccessFrom(ctx)
 	q := postgres.Queries(ctx, h.Pool)
@@ -43,6 +43,13 @@ func (h *Releases) ReleaseCreate(ctx context.Context, req api.ReleaseCreateReque
 	}
 	if len(fields) > 0 {
 		return nil, &problem.Error{Status: http.StatusBadRequest, Code: "validation_failed", Detail: fields[0].Detail, Errors: fields}
+	}
+	org, err := q.OrgByID(ctx, acc.OrgID)
+	if err != nil {
+		return nil, fmt.Errorf("load org %s: %w", acc.OrgID, err)
+	}
+	if err := h.checkImages(ctx, org.Slug, req.Body.Services); err != nil {
+		return nil, err
 	}
 	services, err := json.Marshal(req.Body.Services)
 	if err != nil {

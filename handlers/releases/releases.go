@@ -12,6 +12,7 @@ import (
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/registry"
 	"github.com/flock-io/flock-api/internal/targetstate"
 	"github.com/flock-io/flock-api/workers/nudger"
 )
@@ -21,6 +22,11 @@ type Releases struct {
 	Pool *pgxpool.Pool
 	// Nudge hears of a release becoming its fleet's latest final; nil: none.
 	Nudge nudger.Notifier
+	// Registry is the platform registry every release's images must be in;
+	// RegistryHost is its public host[:port], which image references in
+	// stored releases (and so target states) start with.
+	Registry     *registry.Registry
+	RegistryHost string
 }
 
 // Release converts a release row.

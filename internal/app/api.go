@@ -30,11 +30,6 @@ func (a *App) initAPI(ctx context.Context) (*modules.Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	verifier, err := a.userTokenVerifier(ctx)
-	if err != nil {
-		return nil, err
-	}
-	a.ready.Add("oidc", verifier.Ready)
 	guard, err := auth.NewGuard(spec, handlers.Policy, a.pool, a.audit, a.log)
 	if err != nil {
 		return nil, err
@@ -57,15 +52,30 @@ func (a *App) initAPI(ctx context.Context) (*modules.Service, error) {
 	server := handlers.New(handlers.Deps{Pool: a.pool, Targets: a.targets, Tokens: a.tokens,
 		TokenEndpoint: TokenEndpoint(a.cfg.PublicURL), Audit: a.audit, MQTTURL: a.mqttPublicURL.Load,
 		KV: a.kv, Telemetry: a.telemetry, MQTTAuth: mqttAuth, MQTTHookToken: a.cfg.MQTTHookToken,
-		MQTTHooksOpen: a.cfg.Dev, Nudge: a.nudger, Bus: a.bus, StreamRecheck: a.cfg.StreamRecheck, Commands: a.commands, StreamHub: hub})
+		MQTTHooksOpen: a.cfg.Dev, Nudge: a.nudger, Bus: a.bus, StreamRecheck: a.cfg.StreamRecheck, Commands: a.commands, StreamHub: hub,
+		Registry: a.registry, RegistryHost: a.cfg.RegistryPublicHost(), Blobs: a.blobs})
 	restapi.Mount(a.server.Router(), spec, server, restapi.Chain{
-		Authn:   auth.NewAuthenticator(verifier, a.tokens, DeviceIssuer(a.cfg.PublicURL), a.pool, a.log),
+		Authn:   a.authn,
 		Guard:   guard,
 		Between: []func(http.Handler) http.Handler{idempotency.Middleware(a.pool, auth.NameOf), streams.CaptureRequest},
 		Gate:    server.MQTTHooks.Gate,
 	})
 	docs.Mount(a.server.Router())
 	return &modules.Service{Run: hub.Run}, nil
+}
+
+// initAuthn builds what resolves a bearer secret to a caller: an OIDC
+// user token (the configured issuer's, or in dev mode the in-process
+// provider's, which it mounts), an org API key or a device token. The API
+// and the registry-proxy's token endpoint share it.
+func (a *App) initAuthn(ctx context.Context) (*modules.Service, error) {
+	verifier, err := a.userTokenVerifier(ctx)
+	if err != nil {
+		return nil, err
+	}
+	a.ready.Add("oidc", verifier.Ready)
+	a.authn = auth.NewAuthenticator(verifier, a.tokens, DeviceIssuer(a.cfg.PublicURL), a.pool, a.log)
+	return nil, nil
 }
 
 // DeviceIssuer is the iss of device tokens: the deployment's public URL.

@@ -12,6 +12,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/flock-io/flock-api/internal/audit"
+	"github.com/flock-io/flock-api/internal/auth"
+	"github.com/flock-io/flock-api/internal/blob"
+	"github.com/flock-io/flock-api/internal/registry"
 	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/config"
 	"github.com/flock-io/flock-api/internal/devicetoken"
@@ -41,11 +44,16 @@ const (
 	Janitor    = "janitor"
 	Relay      = "relay"
 	Commands   = "commands"
+	Authn      = "authn"
+	Registry   = "registry"
+	Blob       = "blob"
 
-	API       = "api"
-	Ingester  = "ingester"
-	Scheduler = "scheduler"
-	All       = "all"
+	API           = "api"
+	Ingester      = "ingester"
+	Scheduler     = "scheduler"
+	RegistryProxy = "registry-proxy"
+	Delta         = "delta"
+	All           = "all"
 )
 
 // table is the whole graph in one screen: each module once, with what it
@@ -68,10 +76,15 @@ func (a *App) table() []modules.Module {
 		{Name: Janitor, Hidden: true, Deps: []string{Config, Postgres, Telemetry}, Init: a.initJanitor},
 		{Name: Relay, Hidden: true, Deps: []string{Config, Metrics, Kafka, MQTTBroker}, Init: a.initRelay},
 		{Name: Commands, Hidden: true, Deps: []string{Config, Postgres, Metrics, Kafka}, Init: a.initCommands},
+		{Name: Authn, Hidden: true, Deps: []string{Config, Postgres, HTTPServer, Tokens}, Init: a.initAuthn},
+		{Name: Registry, Hidden: true, Deps: []string{Config}, Init: a.initRegistry},
+		{Name: Blob, Hidden: true, Deps: []string{Config}, Init: a.initBlob},
 
-		{Name: API, Deps: []string{Config, Postgres, Metrics, Audit, HTTPServer, KV, Kafka, Telemetry, Tokens, Nudger, Janitor, Commands}, Init: a.initAPI},
+		{Name: API, Deps: []string{Config, Postgres, Metrics, Audit, HTTPServer, KV, Kafka, Telemetry, Tokens, Authn, Registry, Blob, Nudger, Janitor, Commands}, Init: a.initAPI},
 		{Name: Ingester, Deps: []string{Config, Postgres, Metrics, HTTPServer, KV, Kafka, Telemetry, MQTTBroker, Relay}, Init: a.initIngester},
 		{Name: Scheduler, Deps: []string{Config, Postgres, Metrics, Audit, HTTPServer, Kafka, Nudger}, Init: a.initScheduler},
+		{Name: RegistryProxy, Deps: []string{Config, Postgres, Metrics, HTTPServer, Tokens, Authn, Registry}, Init: a.initRegistryProxy},
+		{Name: Delta, Deps: []string{Config, Postgres, Metrics, HTTPServer, Kafka, Registry, Blob}, Init: a.initDelta},
 	}
 	var targets []string
 	for _, m := range t {
@@ -99,6 +112,9 @@ type App struct {
 	bus           *bus.Bus
 	telemetry     telemetry.Store
 	tokens        *devicetoken.Service
+	authn         *auth.Authenticator
+	registry      *registry.Registry
+	blobs         *blob.Store
 	nudger        *nudger.Service
 	commands      *commands.Service
 	broker        *broker.Broker

@@ -42,6 +42,27 @@ type Config struct {
 	// still read it.
 	StreamRecheck time.Duration
 
+	// DataDir holds what the embedded engines keep on disk (registry
+	// blobs and manifests, S3 objects) and the delta worker's spool.
+	DataDir string
+
+	RegistryURL      string
+	RegistryUsername string
+	RegistryPassword string
+	// RegistryHost is the registry-proxy's host[:port] as devices and users
+	// reach it: image references in target states start with it.
+	RegistryHost string
+
+	S3Endpoint  string
+	S3Bucket    string
+	S3Region    string
+	S3AccessKey string
+	S3SecretKey string
+
+	// DeltaMaxRatio is the largest share of the layers' download size a
+	// delta may have; a larger delta is not stored and devices pull layers.
+	DeltaMaxRatio float64
+
 	MQTTURL           string
 	MQTTListen        string
 	MQTTPublicURL     string
@@ -111,6 +132,17 @@ func Register(fs *flag.FlagSet) *Settings {
 	add("clickhouse-url", "", "ClickHouse for telemetry, logs and connectivity (clickhouse://host:9000/flock); unset = PostgreSQL tables", (*stringValue)(&c.ClickHouseURL), true)
 	add("telemetry-retention", "720h", "how long telemetry, container logs, connectivity and update events are kept (whole days on ClickHouse); 0 keeps them for ever", (*durationValue)(&c.TelemetryRetention), false)
 	add("stream-recheck", "30s", "how often an open event stream checks that its caller is still a member (or its API key still valid); a removed member's streams end within this", (*durationValue)(&c.StreamRecheck), false)
+	add("data-dir", "flock-data", "folder for what embedded engines keep on disk (registry, S3 objects) and the delta worker's scratch files", (*stringValue)(&c.DataDir), false)
+	add("registry-url", "", "upstream OCI registry behind the registry-proxy (Harbor: https://harbor.example.com); unset = embedded registry under --data-dir", (*stringValue)(&c.RegistryURL), false)
+	add("registry-username", "", "robot account user name for the upstream registry", (*stringValue)(&c.RegistryUsername), false)
+	add("registry-password", "", "robot account secret for the upstream registry", (*stringValue)(&c.RegistryPassword), true)
+	add("registry-host", "", "host[:port] devices and users reach the registry-proxy at (image references start with it); unset = the public URL's host", (*stringValue)(&c.RegistryHost), false)
+	add("s3-endpoint", "", "S3-compatible endpoint for deltas and build logs (https://s3.eu-west-1.amazonaws.com, http://minio:9000); unset = embedded store under --data-dir", (*stringValue)(&c.S3Endpoint), false)
+	add("s3-bucket", "flock", "S3 bucket (created when missing)", (*stringValue)(&c.S3Bucket), false)
+	add("s3-region", "us-east-1", "S3 region", (*stringValue)(&c.S3Region), false)
+	add("s3-access-key", "", "S3 access key id; unset with an endpoint = the SDK's default credential chain", (*stringValue)(&c.S3AccessKey), false)
+	add("s3-secret-key", "", "S3 secret access key", (*stringValue)(&c.S3SecretKey), true)
+	add("delta-max-ratio", "0.8", "a delta larger than this share of the layers it replaces is not kept: devices pull the layers", (*floatValue)(&c.DeltaMaxRatio), false)
 	add("mqtt-url", "", "external MQTT broker the ingester subscribes to (mqtt://host:1883 or mqtts://...); unset = embedded broker", (*stringValue)(&c.MQTTURL), false)
 	add("mqtt-listen", ":1883", "listen address of the embedded MQTT broker (when --mqtt-url is unset)", (*stringValue)(&c.MQTTListen), false)
 	add("mqtt-public-url", "", "MQTT URL devices are told at registration; unset = the embedded broker's port on the public URL's host", (*stringValue)(&c.MQTTPublicURL), false)
@@ -122,6 +154,18 @@ func Register(fs *flag.FlagSet) *Settings {
 	add("ingest-flush-period", "20ms", "longest a message waits for company while the ingester is not writing a batch", (*durationValue)(&c.IngestFlushPeriod), false)
 	add("shutdown-delay", "0s", "how long /readyz reports 503 before draining starts (give load balancers time to notice)", (*durationValue)(&c.ShutdownDelay), false)
 	return s
+}
+
+// RegistryPublicHost is the host[:port] image references name: the
+// registry-proxy as devices and users reach it.
+func (c *Config) RegistryPublicHost() string {
+	if c.RegistryHost != "" {
+		return c.RegistryHost
+	}
+	if u, err := url.Parse(c.PublicURL); err == nil && u.Host != "" {
+		return u.Host
+	}
+	return "127.0.0.1:8080"
 }
 
 // Config returns the bound configuration.
@@ -259,6 +303,26 @@ func (s *Settings) validate() error {
 	}
 	if c.TelemetryRetention < 0 {
 		return &Error{Setting: s.name("telemetry-retention"), Err: errors.New("must not be negative")}
+	}
+	if c.DataDir == "" {
+		return &Error{Setting: s.name("data-dir"), Err: errors.New("required")}
+	}
+	if err := checkHTTPURL(c.RegistryURL, false); err != nil {
+		return &Error{Setting: s.name("registry-url"), Err: err}
+	}
+	if c.RegistryHost != "" {
+		if u, err := url.Parse("//" + c.RegistryHost); err != nil || u.Host != c.RegistryHost || u.Host == "" {
+			return &Error{Setting: s.name("registry-host"), Err: fmt.Errorf("%q: want host or host:port", c.RegistryHost)}
+		}
+	}
+	if err := checkHTTPURL(c.S3Endpoint, false); err != nil {
+		return &Error{Setting: s.name("s3-endpoint"), Err: err}
+	}
+	if c.S3Bucket == "" {
+		return &Error{Setting: s.name("s3-bucket"), Err: errors.New("required")}
+	}
+	if c.DeltaMaxRatio <= 0 || c.DeltaMaxRatio > 1 {
+		return &Error{Setting: s.name("delta-max-ratio"), Err: errors.New("want a share above 0 and at most 1")}
 	}
 	if c.ShutdownDelay < 0 {
 		return &Error{Setting: s.name("shutdown-delay"), Err: errors.New("must not be negative")}

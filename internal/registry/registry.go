@@ -172,6 +172,13 @@ func Platform(arch string) (v1.Platform, bool) {
 	return p, ok
 }
 
+func variantSuffix(v string) string {
+	if v == "" {
+		return ""
+	}
+	return "/" + v
+}
+
 // matches reports whether an index entry's platform is want's. arm64's
 // variant v8 is implied, so an entry may name it or not.
 func matches(got *v1.Platform, want v1.Platform) bool {
@@ -265,6 +272,19 @@ func (r *Registry) Resolve(ctx context.Context, repo, digest, arch string) (Imag
 	cf, err := img.ConfigFile()
 	if err != nil {
 		return Image{}, r.wrap("read config "+m.Config.Digest.String(), err)
+	}
+	if !out.Index {
+		// A lone manifest's platform is its config's. A config that names
+		// none (only hand-made images lack it) cannot be told apart, and
+		// is taken at its word.
+		want, ok := Platform(arch)
+		if !ok {
+			return Image{}, fmt.Errorf("%w: unknown architecture %q", ErrNoPlatform, arch)
+		}
+		if cf.Architecture != "" && !matches(&v1.Platform{OS: cf.OS, Architecture: cf.Architecture, Variant: cf.Variant}, want) {
+			return Image{}, fmt.Errorf("%w: %s@%s is for %s/%s%s, not linux/%s", ErrNoPlatform, repo, digest,
+				cf.OS, cf.Architecture, variantSuffix(cf.Variant), arch)
+		}
 	}
 	for i, l := range m.Layers {
 		layer := Layer{Digest: l.Digest, Size: l.Size, MediaType: l.MediaType}

@@ -94,7 +94,8 @@ func Start(t testing.TB, args ...string) *Server {
 	if testing.Verbose() {
 		logLine = func(l string) { t.Log(l) }
 	}
-	full := append([]string{"--database-url=" + dbURL, "--shutdown-grace=5s", "--dev", "--public-url=" + PublicURL, "--mqtt-listen=127.0.0.1:0"}, args...)
+	full := append([]string{"--database-url=" + dbURL, "--shutdown-grace=5s", "--dev", "--public-url=" + PublicURL, "--mqtt-listen=127.0.0.1:0",
+		"--data-dir=" + t.TempDir()}, args...)
 	p, err := launch.Start(full, logLine)
 	if err != nil {
 		t.Fatal(err)
