@@ -147,6 +147,19 @@ func New(d Deps) *Server {
 		DeviceData:   &devicedata.DeviceData{Telemetry: d.Telemetry},
 		Summary:      &summary.Summary{Pool: pool},
 		Commands:     &commands.Commands{Pool: pool, Send: d.Commands, KV: d.KV},
-		Deltas:       &deltas.Deltas{},
+		Deltas:       newDeltas(d),
 	}
+}
+
+// newDeltas wires the delta handler, leaving out a bus or store this
+// process lacks (an interface holding a nil pointer is not nil).
+func newDeltas(d Deps) *deltas.Deltas {
+	h := &deltas.Deltas{Pool: d.Pool}
+	if d.Bus != nil {
+		h.Bus = d.Bus
+	}
+	if d.Blobs != nil {
+		h.Blobs = d.Blobs
+	}
+	return h
 }
