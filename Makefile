@@ -22,7 +22,7 @@ IMAGE_CREATED   ?= $(shell git log -1 --format=%cI 2>/dev/null)
 export REDOCLY_TELEMETRY := off
 export REDOCLY_SUPPRESS_UPDATE_NOTICE := true
 
-.PHONY: build run services generate check-generate sdk test test-go test-deploy image bench bench-devices bench-ingest bench-rollout bench-summary bench-commands bench-streams clean
+.PHONY: build run services generate check-generate sdk test test-go test-deploy image bench bench-devices bench-ingest bench-rollout bench-summary bench-commands bench-streams bench-deltas bench-registry clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) .
@@ -32,7 +32,7 @@ run: build
 	scripts/services.sh postgres
 	$(BIN) --target=all --dev --http-addr=127.0.0.1:8080 --mqtt-listen=127.0.0.1:1884
 
-## services: install-if-missing and start PostgreSQL, Redis, Mosquitto, ClickHouse
+## services: install-if-missing and start PostgreSQL, Redis, Mosquitto, ClickHouse; install docker-registry and skopeo
 services:
 	scripts/services.sh
 
@@ -112,6 +112,15 @@ bench-summary: services
 ## bench-commands: device commands on --target=all with simulated devices: created to delivered and to completed (p50/p99) per type
 bench-commands: services
 	$(GO) run ./bench/commands
+
+## bench-deltas: layer deltas (internal/layerdelta) on npm, Go binary and Go source layer pairs vs whole-tar bsdiff, xdelta3 -9, zstd -19 --long=31 --patch-from: size, time, peak RSS
+bench-deltas:
+	scripts/services.sh delta-tools
+	$(GO) run ./bench/deltas
+
+## bench-registry: layer pull throughput through the registry-proxy vs straight from a Distribution registry (docker-registry)
+bench-registry: services
+	$(GO) run ./bench/registry
 
 ## bench-streams: 10k SSE clients over 1,000 organisations while 9,000 MQTT devices change state 2,000 times/s (broker, ingester, Kafka, hub): delivered vs expected, MQTT publish to client p50/p99, memory per idle stream, vs a bare loop on the same sockets (-source kafka skips MQTT)
 bench-streams: services

@@ -146,6 +146,20 @@ registry_up() {
   log "docker-registry and skopeo installed (tests start their own registry)"
 }
 
+# --- Delta benchmark tools ---------------------------------------------------
+# bench/deltas compares layer deltas with whole-tar bsdiff, xdelta3 and zstd
+# --patch-from, and reads peak memory from GNU time. Only the bench needs
+# them; `make bench-deltas` installs them.
+delta_tools_up() {
+  local missing=()
+  command -v bsdiff >/dev/null || missing+=(bsdiff)
+  command -v xdelta3 >/dev/null || missing+=(xdelta3)
+  command -v zstd >/dev/null || missing+=(zstd)
+  [ -x /usr/bin/time ] || missing+=(time)
+  if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
+  log "bsdiff, xdelta3, zstd and GNU time installed"
+}
+
 # --- Node.js (code generation, Swagger UI assets, the TypeScript SDK) -------
 node_up() {
   command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
@@ -163,6 +177,7 @@ case "${1:-all}" in
   clickhouse) clickhouse_up ;;
   node) node_up ;;
   registry) registry_up ;;
+  delta-tools) delta_tools_up ;;
   all) postgres_up; redis_up; mosquitto_up; clickhouse_up; registry_up; node_up ;;
-  *) die "usage: $0 [all|postgres|redis|mosquitto|clickhouse|registry|node]" ;;
+  *) die "usage: $0 [all|postgres|redis|mosquitto|clickhouse|registry|delta-tools|node]" ;;
 esac
