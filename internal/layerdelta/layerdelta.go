@@ -83,23 +83,21 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/gabstv/go-bsdiff/pkg/bsdiff"
-	"github.com/gabstv/go-bsdiff/pkg/bspatch"
 	"github.com/klauspost/compress/zstd"
 )
 
 // Version is the patch format version written by Diff. Apply reads it and
 // every earlier version (version 1 is version 2 without opBsdiff).
-const Version = 2
+const Version = 3
 
 var magic = [7]byte{'F', 'L', 'K', 'L', 'D', 'L', 'T'}
 
 const (
-	opEnd    = 0
-	opRef    = 1
-	opZPatch = 2
-	opRaw    = 3
-	opBsdiff = 4
+	opEnd     = 0
+	opRef     = 1
+	opRaw     = 3
+	opGroup   = 5
+	opGrouped = 6
 )
 
 const (
@@ -107,6 +105,9 @@ const (
 	// memory (and the old+new pair it patches). Larger files are stored
 	// whole, streamed.
 	defaultMaxPatchFile = 256 << 20
+	// defaultMaxGroup bounds a content group's old and new bytes (unless
+	// one file's versions are larger).
+	defaultMaxGroup = 32 << 20
 	// maxDict bounds the header stream's dictionary (the old layers' last
 	// non-content bytes), and with it that stream's zstd window (≤ 16 MiB).
 	maxDict = 8 << 20
@@ -174,6 +175,10 @@ type Options struct {
 	// file with no old version of its path against an old file of the same
 	// base name or extension).
 	NoDict bool
+	// MaxGroup bounds the old and new bytes of one content group (a group
+	// holding a single file may be larger). Diff and Apply hold one group in
+	// memory. Zero means 32 MiB.
+	MaxGroup int64
 }
 
 // Stats describes a patch written by Diff.
@@ -187,16 +192,17 @@ type Stats struct {
 	RefBytes     int64 // their content size
 	PatchedFiles int   // patched against an old file (zstd patch-from or bsdiff)
 	PatchedBytes int64 // their new content size
-	PatchBytes   int64 // size of those patches
+	PatchBytes   int64 // size of the content groups' streams and the bsdiff patches
 	BsdiffFiles  int   // of PatchedFiles, those whose bsdiff patch was the smaller
 	BsdiffTried  int   // files given to bsdiff
 	DictFiles    int   // of PatchedFiles, new files patched against an old file of another name
 	DictBytes    int64 // their new content size
-	RawFiles     int   // stored whole (new files, or too large to patch)
+	RawFiles     int   // content without an old base (new files in a group, or too large to hold)
 	RawBytes     int64
 	MetaBytes    int64 // non-content bytes of the tar
 	MetaSize     int64 // their compressed size in the patch
 	OpsSize      int64 // compressed size of the op stream
+	Groups       int   // content groups (zstd streams) in the op stream
 }
 
 // Sentinel errors; Diff's and Apply's errors wrap one of them where they
@@ -390,30 +396,103 @@ func (s *splitter) Read(p []byte) (int, error) {
 
 type opWriter struct {
 	z       *zstd.Encoder
-	patcher *patcher      // files under bestLevelFile
-	big     *patcher      // files from bestLevelFile up
-	plain   *zstd.Encoder // estimates a new file's cost in the op stream
+	zs      *zstd.Encoder // the groups' streams
+	scratch bytes.Buffer
+	table   []int32 // reused: the group matcher's hash table
 	names   *nameIndex
-	tmp     []byte
-	next    int    // ordinal the next reference is expected at
-	data    []byte // reused: the new file's content
-	base    []byte // reused: the old file's content
-	est     []byte // reused: plain's output
+	max   int // Options.MaxGroup
+	tmp   []byte
+	next  int // ordinal the next reference is expected at
+	g     group
 }
 
+// group is the content stream being collected: the new content of its
+// member files (in tar order) and the old files its dictionary
+// concatenates. Its ops (the members', and any other file's between them)
+// wait in pend until the stream is written, ahead of them.
+type group struct {
+	dict     []byte
+	data     []byte
+	bases    []int       // ordinals of the old files in dict, in order
+	inDict   map[int]int // ordinal → offset in dict
+	nextBase int         // base steps are a chain of their own
+	pend     []byte
+	files    int
+	binBytes int64 // new bytes of members that look binary
+}
+
+// op writes one op: to the group's pending ops while a group is open, else
+// straight to the op stream.
 func (o *opWriter) op(code byte, vals ...uint64) error {
 	o.tmp = append(o.tmp[:0], code)
 	for _, v := range vals {
 		o.tmp = binary.AppendUvarint(o.tmp, v)
 	}
-	_, err := o.z.Write(o.tmp)
+	return o.write(o.tmp)
+}
+
+func (o *opWriter) write(p []byte) error {
+	if o.g.files > 0 {
+		o.g.pend = append(o.g.pend, p...)
+		return nil
+	}
+	_, err := o.z.Write(p)
 	return err
 }
 
-func (o *opWriter) step(ord int) uint64 {
-	d := int64(ord - o.next)
-	o.next = ord + 1
+func (o *opWriter) step(ord int) uint64 { return zigzag(ord, &o.next) }
+
+func zigzag(ord int, next *int) uint64 {
+	d := int64(ord - *next)
+	*next = ord + 1
 	return uint64(d<<1) ^ uint64(d>>63)
+}
+
+// flushGroup writes the open group's stream, made of the first dictLen
+// bytes of its dictionary and dataLen bytes of its content, then its
+// pending ops; it leaves bytes past those lengths in place (at the start
+// of the buffers) for the next group.
+func (o *opWriter) flushGroup(st *Stats, dictLen, dataLen int) error {
+	g := &o.g
+	if g.files == 0 {
+		return nil
+	}
+	slack := slackText
+	if g.binBytes*2 > int64(dataLen) {
+		slack = slackBinary
+	}
+	ctrl, db, eb, tbl := gdiff(g.dict[:dictLen], g.data[:dataLen], slack, o.table)
+	o.table = tbl
+	hdr := append(o.tmp[:0], opGroup)
+	hdr = binary.AppendUvarint(hdr, uint64(len(g.bases)))
+	for _, ord := range g.bases {
+		hdr = binary.AppendUvarint(hdr, zigzag(ord, &g.nextBase))
+	}
+	hdr = binary.AppendUvarint(hdr, uint64(dataLen))
+	n0 := len(hdr)
+	var err error
+	for _, raw := range [][]byte{ctrl, db, eb} {
+		if hdr, err = packStream(hdr, raw, o.zs, &o.scratch); err != nil {
+			return err
+		}
+	}
+	o.tmp = hdr
+	for _, p := range [][]byte{hdr, g.pend} {
+		if _, err := o.z.Write(p); err != nil {
+			return err
+		}
+	}
+	st.Groups++
+	st.PatchBytes += int64(len(hdr) - n0)
+	n := copy(g.dict, g.dict[dictLen:])
+	g.dict = g.dict[:n]
+	n = copy(g.data, g.data[dataLen:])
+	g.data = g.data[:n]
+	g.bases = g.bases[:0]
+	clear(g.inDict)
+	g.pend = g.pend[:0]
+	g.files, g.binBytes = 0, 0
+	return nil
 }
 
 func newEncoder(w io.Writer, level zstd.EncoderLevel, window int, dict []byte) (*zstd.Encoder, error) {
@@ -429,9 +508,9 @@ func newEncoder(w io.Writer, level zstd.EncoderLevel, window int, dict []byte) (
 // Diff writes to w a patch that rebuilds the uncompressed tar read from
 // newLayer out of the old layers (in order, lowest first). opts may be nil.
 //
-// Diff reads every old layer once, holds an index of their files, at most one
-// new file's content plus its old version (bounded by Options.MaxPatchFile),
-// and the compressed patch until it is written at the end.
+// Diff reads every old layer once, holds an index of their files, one
+// content group (Options.MaxGroup, or one file's old and new version when
+// they are larger) and the compressed patch until it is written at the end.
 func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opts *Options) (Stats, error) {
 	var o Options
 	if opts != nil {
@@ -445,6 +524,9 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	}
 	if o.StreamLevel == 0 {
 		o.StreamLevel = zstd.SpeedBetterCompression
+	}
+	if o.MaxGroup <= 0 {
+		o.MaxGroup = defaultMaxGroup
 	}
 	var st Stats
 	ix, err := indexBase(ctx, old)
@@ -461,20 +543,20 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	if err != nil {
 		return st, err
 	}
-	ow := &opWriter{z: oz, patcher: &patcher{level: o.Level}, big: &patcher{level: o.Level}}
 	if o.Level == 0 {
-		ow.patcher.level, ow.big.level = zstd.SpeedBetterCompression, zstd.SpeedBestCompression
+		o.Level = zstd.SpeedBetterCompression
 	}
-	defer ow.patcher.close()
-	defer ow.big.close()
-	if !o.NoDict {
-		ow.names = newNameIndex(ix)
-	}
-	ow.plain, err = newEncoder(nil, o.StreamLevel, 8<<20, nil)
+	zs, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(o.Level), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(8<<20),
+		zstd.WithLowerEncoderMem(true), zstd.WithEncoderCRC(false), zstd.WithZeroFrames(true))
 	if err != nil {
 		return st, err
 	}
-	defer ow.plain.Close()
+	defer zs.Close()
+	ow := &opWriter{z: oz, zs: zs, max: int(min(o.MaxGroup, 1<<40))}
+	ow.g.inDict = map[int]int{}
+	if !o.NoDict {
+		ow.names = newNameIndex(ix)
+	}
 
 	sp := &splitter{r: bufio.NewReaderSize(newLayer, 1<<16), h: sha256.New()}
 	tr := tar.NewReader(sp)
@@ -517,6 +599,10 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	if err := flushMeta(); err != nil {
 		return st, err
 	}
+	if err := ow.flushGroup(&st, len(ow.g.dict), len(ow.g.data)); err != nil {
+		return st, err
+	}
+	ow.g, ow.table = group{}, nil
 	if err := ow.op(opEnd); err != nil {
 		return st, err
 	}
@@ -557,21 +643,39 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	return st, nil
 }
 
+// extend returns b with n more bytes, reallocating (with room to spare)
+// only when it must.
+func extend(b []byte, n int) []byte {
+	if cap(b)-len(b) < n {
+		nb := make([]byte, len(b), len(b)+max(n, len(b)/2))
+		copy(nb, b)
+		b = nb
+	}
+	return b[:len(b)+n]
+}
+
 // diffFile encodes one regular file's content, read from tr.
 func diffFile(ix *baseIndex, o *Options, ow *opWriter, tr io.Reader, h *tar.Header, st *Stats) error {
 	st.Files++
+	g := &ow.g
 	if h.Size > o.MaxPatchFile {
-		// Too large to hold: stream it whole.
+		// Too large to hold: stream it whole, after the open group.
 		st.RawFiles++
 		st.RawBytes += h.Size
+		if err := ow.flushGroup(st, len(g.dict), len(g.data)); err != nil {
+			return err
+		}
 		if err := ow.op(opRaw); err != nil {
 			return err
 		}
 		_, err := io.CopyN(ow.z, tr, h.Size)
 		return err
 	}
-	ow.data = grow(ow.data, int(h.Size))
-	data := ow.data
+	// The new content goes straight to the end of the group's content,
+	// and is taken back off if it does not join the group.
+	d0 := len(g.data)
+	g.data = extend(g.data, int(h.Size))
+	data := g.data[d0:]
 	if _, err := io.ReadFull(tr, data); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrTarUnsound, h.Name, err)
 	}
@@ -579,14 +683,16 @@ func diffFile(ix *baseIndex, o *Options, ow *opWriter, tr io.Reader, h *tar.Head
 	name := cleanName(h.Name)
 	prev, hasPrev := ix.visible[name]
 	if hasPrev && prev.sum == sum {
+		g.data = g.data[:d0]
 		return ref(ow, prev, st)
 	}
 	if r, ok := ix.byHash[sum]; ok {
+		g.data = g.data[:d0]
 		return ref(ow, r, st)
 	}
-	// The patch base: the old version of this path or, for a new file, an
-	// old file that probably shares content (same base name, or same
-	// extension and a similar size).
+	// The base: the old version of this path or, for a new file, an old
+	// file that probably shares content (same base name, or same extension
+	// and a similar size).
 	dict := false
 	if !hasPrev || prev.size == 0 {
 		hasPrev = false
@@ -595,63 +701,62 @@ func diffFile(ix *baseIndex, o *Options, ow *opWriter, tr io.Reader, h *tar.Head
 			dict = hasPrev
 		}
 	}
-	if hasPrev && prev.size <= o.MaxPatchFile {
-		ow.base = grow(ow.base, int(prev.size))
-		base := ow.base
-		if _, err := io.ReadFull(io.NewSectionReader(ix.readers[prev.layer], prev.offset, prev.size), base); err != nil {
-			return err
-		}
-		pt := ow.patcher
-		if max(prev.size, h.Size) >= bestLevelFile {
-			pt = ow.big
-		}
-		p, err := pt.patch(base, data)
-		if err != nil {
-			return err
-		}
-		code := byte(opZPatch)
-		// bsdiff's smallest patch (header and three bzip2 streams) is
-		// about 100 bytes: below that zstd has won already.
-		if len(p) > 128 && o.MaxBsdiffFile > 0 && max(prev.size, h.Size) <= o.MaxBsdiffFile &&
-			(o.BsdiffText || isBinary(base) || isBinary(data)) {
-			st.BsdiffTried++
-			if bp, err := bsdiffBytes(base, data); err == nil && len(bp) < len(p) {
-				p, code = bp, opBsdiff
-			}
-		}
-		// Worth it if smaller than the file compressed alone (estimated
-		// with a plain encoder at the op stream's level; skipped when the
-		// patch is obviously small).
-		worth := len(p) < len(data)
-		if worth && (dict || len(p) > len(data)/8) {
-			ow.est = ow.plain.EncodeAll(data, ow.est[:0])
-			worth = len(p) < len(ow.est)
-		}
-		if worth {
-			st.PatchedFiles++
-			st.PatchedBytes += h.Size
-			st.PatchBytes += int64(len(p))
-			if code == opBsdiff {
-				st.BsdiffFiles++
-			}
-			if dict {
-				st.DictFiles++
-				st.DictBytes += h.Size
-			}
-			if err := ow.op(code, ow.step(prev.ord), uint64(len(p))); err != nil {
-				return err
-			}
-			_, err = ow.z.Write(p)
-			return err
-		}
-	}
-	st.RawFiles++
-	st.RawBytes += h.Size
-	if err := ow.op(opRaw); err != nil {
+	hasPrev = hasPrev && prev.size <= o.MaxPatchFile
+	b0 := len(g.dict)
+	var base []byte
+	off, inDict := g.inDict[prev.ord]
+	readBase := func() error {
+		b0 = len(g.dict)
+		g.dict = extend(g.dict, int(prev.size))
+		base = g.dict[b0:]
+		_, err := io.ReadFull(io.NewSectionReader(ix.readers[prev.layer], prev.offset, prev.size), base)
 		return err
 	}
-	_, err := ow.z.Write(data)
-	return err
+	switch {
+	case !hasPrev:
+	case inDict:
+		base = g.dict[off : off+int(prev.size)]
+	default:
+		if err := readBase(); err != nil {
+			return err
+		}
+	}
+	// The file joins the group; a full group is written first.
+	bin := isBinary(data) || hasPrev && isBinary(base)
+	if g.files > 0 && len(g.dict)+len(g.data) > ow.max {
+		if err := ow.flushGroup(st, b0, d0); err != nil {
+			return err
+		}
+		if hasPrev && inDict {
+			// Its base was in the group just written.
+			if err := readBase(); err != nil {
+				return err
+			}
+			inDict = false
+		} else {
+			b0 = 0
+		}
+	}
+	if hasPrev && !inDict {
+		g.inDict[prev.ord] = b0
+		g.bases = append(g.bases, prev.ord)
+	}
+	g.files++
+	if bin {
+		g.binBytes += h.Size
+	}
+	if hasPrev {
+		st.PatchedFiles++
+		st.PatchedBytes += h.Size
+		if dict {
+			st.DictFiles++
+			st.DictBytes += h.Size
+		}
+	} else {
+		st.RawFiles++
+		st.RawBytes += h.Size
+	}
+	return ow.op(opGrouped)
 }
 
 // grow returns b resized to n bytes, reallocating only when it must.
@@ -665,42 +770,6 @@ func grow(b []byte, n int) []byte {
 // isBinary reports whether b's start holds a NUL byte.
 func isBinary(b []byte) bool {
 	return bytes.IndexByte(b[:min(len(b), binarySniff)], 0) >= 0
-}
-
-// bsdiffBytes runs go-bsdiff, turning a panic into an error.
-func bsdiffBytes(old, new []byte) (p []byte, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("bsdiff: %v", r)
-		}
-	}()
-	return bsdiff.Bytes(old, new)
-}
-
-// bsUnpatch applies a bsdiff patch of newSize bytes' output. go-bsdiff's
-// bspatch trusts the patch's control block (a negative length panics), so
-// a panic is a corrupt patch.
-func bsUnpatch(base, p []byte, newSize int) (out []byte, err error) {
-	if len(p) < 32 || string(p[:8]) != "BSDIFF40" {
-		return nil, fmt.Errorf("%w: file patch is not bsdiff", ErrCorrupt)
-	}
-	// Sign-magnitude little-endian, as bsdiff writes it.
-	if n := binary.LittleEndian.Uint64(p[24:32]); n != uint64(newSize) {
-		return nil, fmt.Errorf("%w: bsdiff patch makes %d bytes, want %d", ErrCorrupt, n, newSize)
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			out, err = nil, fmt.Errorf("%w: bsdiff patch: %v", ErrCorrupt, r)
-		}
-	}()
-	out, err = bspatch.Bytes(base, p)
-	if err != nil {
-		return nil, fmt.Errorf("%w: bsdiff patch: %v", ErrCorrupt, err)
-	}
-	if len(out) != newSize {
-		return nil, fmt.Errorf("%w: bsdiff patch gave %d bytes, want %d", ErrCorrupt, len(out), newSize)
-	}
-	return out, nil
 }
 
 // nameIndex finds, for a new file with no old version, an old file likely
@@ -809,49 +878,6 @@ func windowFor(dictLen, dataLen int) int {
 	return w
 }
 
-// patcher encodes per-file zstd patch-from frames. It keeps one encoder and
-// changes only its dictionary between files (a best-level encoder's tables
-// are tens of MB); it makes a new one when a file needs a larger window. The
-// frames declare a window from the new content's size, not the encoder's.
-type patcher struct {
-	level  zstd.EncoderLevel
-	enc    *zstd.Encoder
-	window int
-	out    []byte // reused: valid until the next patch
-}
-
-func (p *patcher) patch(base, data []byte) ([]byte, error) {
-	// A floor of 4 MiB lets the usual small files share one encoder.
-	need := max(windowFor(len(base), len(data)), 4<<20)
-	if p.enc == nil || need > p.window {
-		p.close()
-		enc, err := zstd.NewWriter(nil,
-			zstd.WithEncoderLevel(p.level),
-			zstd.WithLowerEncoderMem(true),
-			zstd.WithEncoderConcurrency(1),
-			zstd.WithWindowSize(need),
-			zstd.WithEncoderDictRaw(1, base),
-			zstd.WithEncoderCRC(false), // the result is checked by the target diffID
-			zstd.WithZeroFrames(true),
-		)
-		if err != nil {
-			return nil, err
-		}
-		p.enc, p.window = enc, need
-	} else if err := p.enc.ResetWithOptions(nil, zstd.WithEncoderDictRaw(1, base)); err != nil {
-		return nil, err
-	}
-	p.out = p.enc.EncodeAll(data, p.out[:0])
-	return p.out, nil
-}
-
-func (p *patcher) close() {
-	if p.enc != nil {
-		p.enc.Close()
-		p.enc = nil
-	}
-}
-
 // ---------------------------------------------------------------- applying
 
 // Info describes a patch, from its header.
@@ -885,8 +911,8 @@ func readHeader(r io.Reader) (Info, error) {
 	if !bytes.Equal(fixed[:7], magic[:]) {
 		return info, fmt.Errorf("%w: not a layer delta (bad magic)", ErrCorrupt)
 	}
-	if fixed[7] < 1 || fixed[7] > Version {
-		return info, fmt.Errorf("%w: %d (this build reads 1 to %d)", ErrVersion, fixed[7], Version)
+	if fixed[7] != Version {
+		return info, fmt.Errorf("%w: %d (this build reads %d)", ErrVersion, fixed[7], Version)
 	}
 	info.Version = int(fixed[7])
 	copy(info.Target[:], fixed[8:40])
@@ -1022,18 +1048,74 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 	bw := bufio.NewWriterSize(io.MultiWriter(w, oh), 1<<16)
 	m := &merger{meta: mz, out: bw}
 	tr := tar.NewReader(m)
-	next := 0
-	step := func() (fileRef, error) {
+	var oldTotal int64
+	for _, f := range ix.files {
+		oldTotal += f.size
+	}
+	next, nextBase := 0, 0
+	step := func(next *int) (fileRef, error) {
 		v, err := binary.ReadUvarint(ops)
 		if err != nil {
 			return fileRef{}, streamErr(err)
 		}
-		ord := int64(next) + (int64(v>>1) ^ -int64(v&1))
+		ord := int64(*next) + (int64(v>>1) ^ -int64(v&1))
 		if ord < 0 || ord >= int64(len(ix.files)) {
 			return fileRef{}, fmt.Errorf("%w: reference to old file %d of %d", ErrCorrupt, ord, len(ix.files))
 		}
-		next = int(ord) + 1
+		*next = int(ord) + 1
 		return ix.files[ord], nil
+	}
+	var grp []byte // the open group's content not yet taken by its files
+	// group reads a group's header and stream and decodes its content.
+	group := func() error {
+		if len(grp) > 0 {
+			return fmt.Errorf("%w: new group with %d bytes of the last left over", ErrCorrupt, len(grp))
+		}
+		nb, err := binary.ReadUvarint(ops)
+		if err != nil {
+			return streamErr(err)
+		}
+		if nb > uint64(len(ix.files)) {
+			return fmt.Errorf("%w: group of %d old files", ErrCorrupt, nb)
+		}
+		bases := make([]fileRef, nb)
+		var dictLen int64
+		for i := range bases {
+			if bases[i], err = step(&nextBase); err != nil {
+				return err
+			}
+			dictLen += bases[i].size
+		}
+		if dictLen > oldTotal {
+			return fmt.Errorf("%w: group dictionary of %d bytes", ErrCorrupt, dictLen)
+		}
+		newLen, err := binary.ReadUvarint(ops)
+		if err != nil {
+			return streamErr(err)
+		}
+		if newLen == 0 || newLen > uint64(info.TargetSize) {
+			return fmt.Errorf("%w: group of %d bytes", ErrCorrupt, newLen)
+		}
+		// Controls take at least 3 bytes each, and each adds or copies a
+		// byte at least; differences and extra bytes are at most newLen.
+		var streams [3][]byte
+		for i := range streams {
+			if streams[i], err = unpackStream(ops, ops, 3*newLen+3); err != nil {
+				return err
+			}
+		}
+		dict := make([]byte, 0, dictLen)
+		for _, f := range bases {
+			dict = dict[:len(dict)+int(f.size)]
+			if _, err := io.ReadFull(io.NewSectionReader(ix.readers[f.layer], f.offset, f.size), dict[len(dict)-int(f.size):]); err != nil {
+				return err
+			}
+		}
+		grp, err = gpatch(dict, streams[0], streams[1], streams[2], int(newLen))
+		if err != nil {
+			return err
+		}
+		return nil
 	}
 	for {
 		if err := ctx.Err(); err != nil {
@@ -1053,9 +1135,17 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 		if err != nil {
 			return info, streamErr(err)
 		}
+		if code == opGroup {
+			if err := group(); err != nil {
+				return info, err
+			}
+			if code, err = ops.ReadByte(); err != nil {
+				return info, streamErr(err)
+			}
+		}
 		switch code {
 		case opRef:
-			f, err := step()
+			f, err := step(&next)
 			if err != nil {
 				return info, err
 			}
@@ -1063,39 +1153,12 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 				return info, fmt.Errorf("%w: %s: referenced old file has %d bytes, header says %d", ErrCorrupt, h.Name, f.size, h.Size)
 			}
 			m.content = io.NewSectionReader(ix.readers[f.layer], f.offset, f.size)
-		case opZPatch, opBsdiff:
-			if code == opBsdiff && info.Version < 2 {
-				return info, fmt.Errorf("%w: bsdiff op in a version %d patch", ErrCorrupt, info.Version)
+		case opGrouped:
+			if int64(len(grp)) < h.Size {
+				return info, fmt.Errorf("%w: %s: %d bytes, %d left in its group", ErrCorrupt, h.Name, h.Size, len(grp))
 			}
-			f, err := step()
-			if err != nil {
-				return info, err
-			}
-			plen, err := binary.ReadUvarint(ops)
-			if err != nil {
-				return info, streamErr(err)
-			}
-			if plen > uint64(h.Size)+1<<16 || h.Size > 1<<40 {
-				return info, fmt.Errorf("%w: %s: patch of %d bytes", ErrCorrupt, h.Name, plen)
-			}
-			base := make([]byte, f.size)
-			if _, err := io.ReadFull(io.NewSectionReader(ix.readers[f.layer], f.offset, f.size), base); err != nil {
-				return info, err
-			}
-			p := make([]byte, plen)
-			if _, err := io.ReadFull(ops, p); err != nil {
-				return info, streamErr(err)
-			}
-			var out []byte
-			if code == opBsdiff {
-				out, err = bsUnpatch(base, p, int(h.Size))
-			} else {
-				out, err = zUnpatch(base, p, int(h.Size))
-			}
-			if err != nil {
-				return info, fmt.Errorf("%s: %w", h.Name, err)
-			}
-			m.content = bytes.NewReader(out)
+			m.content = bytes.NewReader(grp[:h.Size])
+			grp = grp[h.Size:]
 		case opRaw:
 			m.content = ops
 		default:
@@ -1109,6 +1172,9 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 	// Bytes after the end-of-archive blocks.
 	if _, err := io.Copy(io.Discard, m); err != nil {
 		return info, streamErr(err)
+	}
+	if len(grp) > 0 {
+		return info, fmt.Errorf("%w: %d bytes of group content left over", ErrCorrupt, len(grp))
 	}
 	if code, err := ops.ReadByte(); err != nil || code != opEnd {
 		if err != nil {
@@ -1160,12 +1226,15 @@ func streamErr(err error) error {
 }
 
 func zUnpatch(base, p []byte, newSize int) ([]byte, error) {
-	d, err := zstd.NewReader(nil,
+	opts := []zstd.DOption{
 		zstd.WithDecoderConcurrency(1),
-		zstd.WithDecoderDictRaw(1, base),
 		zstd.WithDecoderMaxWindow(uint64(windowFor(len(base), newSize))),
 		zstd.WithDecodeAllCapLimit(true),
-	)
+	}
+	if len(base) > 0 {
+		opts = append(opts, zstd.WithDecoderDictRaw(1, base))
+	}
+	d, err := zstd.NewReader(nil, opts...)
 	if err != nil {
 		return nil, err
 	}
