@@ -400,10 +400,10 @@ type opWriter struct {
 	scratch bytes.Buffer
 	table   []int32 // reused: the group matcher's hash table
 	names   *nameIndex
-	max   int // Options.MaxGroup
-	tmp   []byte
-	next  int // ordinal the next reference is expected at
-	g     group
+	max     int // Options.MaxGroup
+	tmp     []byte
+	next    int // ordinal the next reference is expected at
+	g       group
 }
 
 // group is the content stream being collected: the new content of its

@@ -748,4 +748,3 @@ func TestVersions(t *testing.T) {
 		})
 	}
 }
-
