@@ -73,7 +73,7 @@ type env struct {
 func setup(t *testing.T) *env {
 	t.Helper()
 	ctx := context.Background()
-	e := &env{pool: pgtest.Pool(t), reg: registrytest.Embedded(t), pair: imagedeltatest.BuildPair(t), device: uuid.New()}
+	e := &env{pool: pgtest.Pool(t), reg: registrytest.Embedded(t), pair: imagedeltatest.TextPair(t), device: uuid.New()}
 	b, err := bus.Open(ctx, bus.Config{Partitions: 2, Log: quiet})
 	if err != nil {
 		t.Fatal(err)
@@ -130,7 +130,9 @@ func setup(t *testing.T) *env {
 	// images are another fleet's and give it nothing.
 	exec(`UPDATE devices SET previous_release_id = $2 WHERE id = $1`, e.device, r3)
 
-	e.h = &deltas.Deltas{Pool: e.pool, Bus: e.bus, Blobs: e.blobs, Log: quiet, RetryAfter: 200 * time.Millisecond}
+	// RetryAfter long enough that no ask in a test publishes again unless
+	// the test shortens it.
+	e.h = &deltas.Deltas{Pool: e.pool, Bus: e.bus, Blobs: e.blobs, Log: quiet, RetryAfter: time.Hour}
 	return e
 }
 
@@ -196,7 +198,7 @@ func (e *env) waitReady(t *testing.T, from, to string) reply {
 func TestDeltaServedOnceComputed(t *testing.T) {
 	e := setup(t)
 	r := e.ask(t, e.a, e.b)
-	if r.status != http.StatusAccepted || r.header.Get("Retry-After") != "1" {
+	if r.status != http.StatusAccepted || r.header.Get("Retry-After") != "3600" {
 		t.Fatalf("first ask: %d, Retry-After %q", r.status, r.header.Get("Retry-After"))
 	}
 	var d api.ImageDelta
@@ -349,6 +351,7 @@ func TestNotSmallerAndFailed(t *testing.T) {
 // lease ran out.
 func TestLostRequestsPublishedAgain(t *testing.T) {
 	e := setup(t)
+	e.h.RetryAfter = 200 * time.Millisecond
 	e.ask(t, e.a, e.b)
 	testutil.Eventually(t, "pending request published again", func() error {
 		if r := e.ask(t, e.a, e.b); r.status != http.StatusAccepted {

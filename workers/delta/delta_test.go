@@ -46,10 +46,22 @@ type env struct {
 	a, b  string // digests
 }
 
+// setup pushes the text pair; setupProgram the pair with a compiled Go
+// program, whose deltas take longer.
 func setup(t *testing.T) *env {
 	t.Helper()
+	return setupPair(t, imagedeltatest.TextPair(t))
+}
+
+func setupProgram(t *testing.T) *env {
+	t.Helper()
+	return setupPair(t, imagedeltatest.BuildPair(t))
+}
+
+func setupPair(t *testing.T, pair imagedeltatest.Pair) *env {
+	t.Helper()
 	ctx := context.Background()
-	e := &env{pool: pgtest.Pool(t), reg: registrytest.Embedded(t), pair: imagedeltatest.BuildPair(t)}
+	e := &env{pool: pgtest.Pool(t), reg: registrytest.Embedded(t), pair: pair}
 	var err error
 	if e.bus, err = bus.Open(ctx, bus.Config{Partitions: 2, Log: quiet}); err != nil {
 		t.Fatal(err)
@@ -212,7 +224,7 @@ func (b *bufCloser) Close() error { b.done(b.Bytes()); return nil }
 // for three times: every delta is computed once, and the stored deltas
 // rebuild their targets.
 func TestComputesOnceAcrossWorkers(t *testing.T) {
-	e := setup(t)
+	e := setupProgram(t)
 	junk := imagedeltatest.Image(t, imagedeltatest.RawLayer(t, bytes.Repeat([]byte("not a tar, "), 5000)))
 	c := imagedeltatest.Push(t, e.reg, repo, junk)
 
