@@ -779,6 +779,7 @@ func isBinary(b []byte) bool {
 // guess; Diff keeps the patch only if it beats compressing the file alone.
 type nameIndex struct {
 	byBase map[string][]namedRef
+	byDir  map[string][]namedRef
 	byExt  map[string][]namedRef // sorted by size
 }
 
@@ -788,7 +789,7 @@ type namedRef struct {
 }
 
 func newNameIndex(ix *baseIndex) *nameIndex {
-	n := &nameIndex{byBase: map[string][]namedRef{}, byExt: map[string][]namedRef{}}
+	n := &nameIndex{byBase: map[string][]namedRef{}, byDir: map[string][]namedRef{}, byExt: map[string][]namedRef{}}
 	for name, ref := range ix.visible {
 		if ref.size == 0 {
 			continue
@@ -796,11 +797,15 @@ func newNameIndex(ix *baseIndex) *nameIndex {
 		nr := namedRef{name, ref}
 		base := path.Base(name)
 		n.byBase[base] = append(n.byBase[base], nr)
+		n.byDir[path.Dir(name)] = append(n.byDir[path.Dir(name)], nr)
 		if ext := path.Ext(base); ext != "" && ext != base {
 			n.byExt[ext] = append(n.byExt[ext], nr)
 		}
 	}
 	// Deterministic choices: the map above is walked in random order.
+	for _, l := range n.byDir {
+		slices.SortFunc(l, func(a, b namedRef) int { return strings.Compare(a.name, b.name) })
+	}
 	for _, l := range n.byBase {
 		slices.SortFunc(l, func(a, b namedRef) int { return strings.Compare(a.name, b.name) })
 	}
@@ -825,7 +830,26 @@ func (n *nameIndex) candidate(name string, size int64) (fileRef, bool) {
 		}
 		return l[best].ref, true
 	}
+	// A file of the same directory and extension whose name starts or
+	// ends the same way (new_x.go and x.go, x_v2.js and x.js).
 	ext := path.Ext(base)
+	stem := strings.TrimSuffix(base, ext)
+	var best *namedRef
+	bestScore := 2 // at least 3 characters in common
+	for i, c := range n.byDir[path.Dir(name)] {
+		cb := path.Base(c.name)
+		if path.Ext(cb) != ext {
+			continue
+		}
+		cs := strings.TrimSuffix(cb, ext)
+		score := max(commonPrefix(cs, stem), commonPrefix(reverse(cs), reverse(stem)))
+		if score > bestScore || score == bestScore && best != nil && abs(c.ref.size-size) < abs(best.ref.size-size) {
+			best, bestScore = &n.byDir[path.Dir(name)][i], score
+		}
+	}
+	if best != nil && best.ref.size <= 4*size && size <= 4*best.ref.size {
+		return best.ref, true
+	}
 	l := n.byExt[ext]
 	if ext == "" || ext == base || len(l) == 0 {
 		return fileRef{}, false
@@ -844,6 +868,20 @@ func (n *nameIndex) candidate(name string, size int64) (fileRef, bool) {
 }
 
 func abs(x int64) int64 { return max(x, -x) }
+
+func commonPrefix(a, b string) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
+}
+
+func reverse(s string) string {
+	b := []byte(s)
+	slices.Reverse(b)
+	return string(b)
+}
 
 // commonSuffix counts the trailing path elements a and b share.
 func commonSuffix(a, b string) int {

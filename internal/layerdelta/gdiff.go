@@ -1,0 +1,325 @@
+package layerdelta
+
+import (
+	"bytes"
+	"compress/bzip2"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/bits"
+
+	dbzip2 "github.com/dsnet/compress/bzip2"
+	"github.com/klauspost/compress/zstd"
+)
+
+// A content group is encoded the way bsdiff encodes a file (Colin
+// Percival's algorithm: approximate matches whose byte-wise difference
+// compresses well, the rest as new bytes), with the group's old files,
+// concatenated, as the old side and its new content as the new side. It
+// differs from bsdiff in how it finds matches, in its control encoding and
+// in its compression:
+//
+//   - bsdiff sorts the old side's suffixes to find, at each position of
+//     the new side, the longest match anywhere (16 bytes of memory a byte
+//     of old side and, in go-bsdiff, 0.5 to 2 s a MiB); here a hash table
+//     of the old side's 8-byte strings at every matchStride-th position
+//     (4 bytes an entry, at most 1<<maxTableBits entries) gives a match,
+//     not always the longest, in constant time;
+//   - controls are uvarints (add length, extra length, zigzag seek);
+//   - each of the three streams (controls, difference bytes, extra bytes)
+//     is compressed with zstd or bzip2, whichever is smaller (bzip2 is
+//     much the better on the sparse difference bytes of rebuilt
+//     binaries).
+//
+// slack is bsdiff's "8": how many bytes a match found elsewhere must beat
+// the current alignment by to end it. 8 suits binaries (relinked code
+// moves by small amounts); on text a larger value avoids jumps to common
+// snippets elsewhere that cost more controls than they save.
+
+const (
+	matchLen     = 8
+	matchStride  = 2
+	maxTableBits = 22
+	slackBinary  = 8
+	slackText    = 32
+	// maxExtend bounds how far one lookup extends a match, so that a
+	// region that matches in many places costs linear time.
+	maxExtend = 1 << 16
+)
+
+type matcher struct {
+	old   []byte
+	table []int32
+	chain []int32 // chain[i/matchStride]: the previous position of the same hash
+	shift uint
+}
+
+var chainDepth = 16
+
+func newMatcher(old []byte, table []int32) *matcher {
+	b := max(min(bits.Len(uint(len(old)/matchStride)), maxTableBits), 10)
+	if cap(table) < 1<<b {
+		table = make([]int32, 1<<b)
+	}
+	table = table[:1<<b]
+	for i := range table {
+		table[i] = -1
+	}
+	m := &matcher{old: old, table: table, shift: uint(64 - b)}
+	if chainDepth > 0 {
+		m.chain = make([]int32, len(old)/matchStride+1)
+	}
+	for i := 0; i+matchLen <= len(old); i += matchStride {
+		h := m.hash(old[i:])
+		if m.chain != nil {
+			m.chain[i/matchStride] = m.table[h]
+		}
+		m.table[h] = int32(i)
+	}
+	return m
+}
+
+func (m *matcher) hash(b []byte) uint64 {
+	return (binary.LittleEndian.Uint64(b) * 0x9E3779B185EBCA87) >> m.shift
+}
+
+// search returns a match for the start of nw: its length and its position
+// in the old side.
+func (m *matcher) search(nw []byte, want int) (n, pos int) {
+	if len(nw) < matchLen {
+		return 0, 0
+	}
+	p := m.table[m.hash(nw)]
+	for d := 0; p >= 0; d++ {
+		o := m.old[p:]
+		l := min(len(o), len(nw), maxExtend)
+		k := 0
+		for k+8 <= l && binary.LittleEndian.Uint64(o[k:]) == binary.LittleEndian.Uint64(nw[k:]) {
+			k += 8
+		}
+		for k < l && o[k] == nw[k] {
+			k++
+		}
+		if k > n || k == n && abs(int64(int(p)-want)) < abs(int64(pos-want)) {
+			n, pos = k, int(p)
+		}
+		if m.chain == nil || d >= chainDepth || n >= maxExtend {
+			break
+		}
+		p = m.chain[p/matchStride]
+	}
+	if n < matchLen {
+		return 0, 0
+	}
+	return n, pos
+}
+
+// gdiff computes a group's controls, difference and extra bytes.
+func gdiff(old, nw []byte, slack int, table []int32) (ctrl, db, eb []byte, tbl []int32) {
+	m := newMatcher(old, table)
+	oldsize, newsize := len(old), len(nw)
+	at := func(i int) int { // old byte at i, or -1 outside
+		if i >= 0 && i < oldsize {
+			return int(old[i])
+		}
+		return -1
+	}
+	db = make([]byte, 0, newsize/2)
+	scan, ln, lastscan, lastpos, lastoffset, pos := 0, 0, 0, 0, 0, 0
+	for scan < newsize {
+		oldscore := 0
+		scan += ln
+		scsc := scan
+		for ; scan < newsize; scan++ {
+			ln, pos = m.search(nw[scan:], scan+lastoffset)
+			for ; scsc < scan+ln; scsc++ {
+				if at(scsc+lastoffset) == int(nw[scsc]) {
+					oldscore++
+				}
+			}
+			if (ln == oldscore && ln != 0) || ln > oldscore+slack {
+				break
+			}
+			if at(scan+lastoffset) == int(nw[scan]) {
+				oldscore--
+			}
+		}
+		if ln == oldscore && scan != newsize {
+			continue
+		}
+		// Extend the last match forward and this one backward, each as long
+		// as at least half its bytes match.
+		s, sf, lenf := 0, 0, 0
+		for i := 0; lastscan+i < scan && lastpos+i < oldsize; {
+			if old[lastpos+i] == nw[lastscan+i] {
+				s++
+			}
+			i++
+			if s*2-i > sf*2-lenf {
+				sf, lenf = s, i
+			}
+		}
+		lenb := 0
+		if scan < newsize {
+			s, sb := 0, 0
+			for i := 1; scan >= lastscan+i && pos >= i; i++ {
+				if old[pos-i] == nw[scan-i] {
+					s++
+				}
+				if s*2-i > sb*2-lenb {
+					sb, lenb = s, i
+				}
+			}
+		}
+		if lastscan+lenf > scan-lenb {
+			overlap := lastscan + lenf - (scan - lenb)
+			s, ss, lens := 0, 0, 0
+			for i := 0; i < overlap; i++ {
+				if nw[lastscan+lenf-overlap+i] == old[lastpos+lenf-overlap+i] {
+					s++
+				}
+				if nw[scan-lenb+i] == old[pos-lenb+i] {
+					s--
+				}
+				if s > ss {
+					ss, lens = s, i+1
+				}
+			}
+			lenf += lens - overlap
+			lenb -= lens
+		}
+		for i := 0; i < lenf; i++ {
+			db = append(db, nw[lastscan+i]-old[lastpos+i])
+		}
+		eb = append(eb, nw[lastscan+lenf:scan-lenb]...)
+		seek := int64(pos - lenb - (lastpos + lenf))
+		ctrl = binary.AppendUvarint(ctrl, uint64(lenf))
+		ctrl = binary.AppendUvarint(ctrl, uint64(scan-lenb-(lastscan+lenf)))
+		ctrl = binary.AppendUvarint(ctrl, uint64(seek<<1)^uint64(seek>>63))
+		lastscan, lastpos, lastoffset = scan-lenb, pos-lenb, pos-scan
+	}
+	return ctrl, db, eb, m.table
+}
+
+// gpatch rebuilds a group's newLen bytes of content from its old side and
+// streams, checking every length and position against the buffers.
+func gpatch(old, ctrl, db, eb []byte, newLen int) ([]byte, error) {
+	out := make([]byte, 0, newLen)
+	cr := bytes.NewReader(ctrl)
+	oldpos := int64(0)
+	for cr.Len() > 0 {
+		add, err1 := binary.ReadUvarint(cr)
+		extra, err2 := binary.ReadUvarint(cr)
+		zs, err3 := binary.ReadUvarint(cr)
+		if err1 != nil || err2 != nil || err3 != nil {
+			return nil, fmt.Errorf("%w: group controls cut short", ErrCorrupt)
+		}
+		seek := int64(zs>>1) ^ -int64(zs&1)
+		if add > uint64(newLen-len(out)) || add > uint64(len(db)) || oldpos < 0 || uint64(oldpos)+add > uint64(len(old)) {
+			return nil, fmt.Errorf("%w: group control adds %d bytes at %d", ErrCorrupt, add, oldpos)
+		}
+		n := len(out)
+		out = append(out, db[:add]...)
+		for i, b := range old[oldpos : oldpos+int64(add)] {
+			out[n+i] += b
+		}
+		db = db[add:]
+		if extra > uint64(newLen-len(out)) || extra > uint64(len(eb)) {
+			return nil, fmt.Errorf("%w: group control copies %d new bytes", ErrCorrupt, extra)
+		}
+		out = append(out, eb[:extra]...)
+		eb = eb[extra:]
+		oldpos += int64(add)
+		if seek < -(1<<40) || seek > 1<<40 {
+			return nil, fmt.Errorf("%w: group control seeks %d", ErrCorrupt, seek)
+		}
+		oldpos += seek
+	}
+	if len(out) != newLen || len(db) > 0 || len(eb) > 0 {
+		return nil, fmt.Errorf("%w: group rebuilt %d of %d bytes, %d difference and %d extra bytes left", ErrCorrupt, len(out), newLen, len(db), len(eb))
+	}
+	return out, nil
+}
+
+const (
+	streamZstd  = 0
+	streamBzip2 = 1
+)
+
+// packStream appends to dst one compressed stream: a method byte, the raw
+// length, the compressed length and the compressed bytes (zstd with enc,
+// or bzip2 when it is smaller).
+func packStream(dst, raw []byte, enc *zstd.Encoder, scratch *bytes.Buffer) ([]byte, error) {
+	z := enc.EncodeAll(raw, nil)
+	method, best := byte(streamZstd), z
+	if len(raw) > 1024 {
+		scratch.Reset()
+		bw, err := dbzip2.NewWriter(scratch, &dbzip2.WriterConfig{Level: dbzip2.BestCompression})
+		if err != nil {
+			return nil, err
+		}
+		if _, err := bw.Write(raw); err != nil {
+			return nil, err
+		}
+		if err := bw.Close(); err != nil {
+			return nil, err
+		}
+		if scratch.Len() < len(z) {
+			method, best = streamBzip2, scratch.Bytes()
+		}
+	}
+	dst = append(dst, method)
+	dst = binary.AppendUvarint(dst, uint64(len(raw)))
+	dst = binary.AppendUvarint(dst, uint64(len(best)))
+	return append(dst, best...), nil
+}
+
+// unpackStream reads one stream written by packStream; its raw length may
+// be at most limit.
+func unpackStream(r io.ByteReader, rd io.Reader, limit uint64) ([]byte, error) {
+	method, err := r.ReadByte()
+	if err != nil {
+		return nil, streamErr(err)
+	}
+	rawLen, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, streamErr(err)
+	}
+	clen, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, streamErr(err)
+	}
+	if rawLen > limit || clen > rawLen+rawLen>>8+1<<16 {
+		return nil, fmt.Errorf("%w: group stream of %d bytes in %d", ErrCorrupt, rawLen, clen)
+	}
+	comp := make([]byte, clen)
+	if _, err := io.ReadFull(rd, comp); err != nil {
+		return nil, streamErr(err)
+	}
+	switch method {
+	case streamZstd:
+		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecodeAllCapLimit(true),
+			zstd.WithDecoderMaxWindow(uint64(max(windowFor(0, int(rawLen)), 8<<20))))
+		if err != nil {
+			return nil, err
+		}
+		defer d.Close()
+		out, err := d.DecodeAll(comp, make([]byte, 0, rawLen))
+		if err != nil || uint64(len(out)) != rawLen {
+			return nil, fmt.Errorf("%w: group stream of %d bytes, want %d: %v", ErrCorrupt, len(out), rawLen, err)
+		}
+		return out, nil
+	case streamBzip2:
+		out := make([]byte, rawLen)
+		br := bzip2.NewReader(bytes.NewReader(comp))
+		if _, err := io.ReadFull(br, out); err != nil {
+			return nil, fmt.Errorf("%w: group stream: %v", ErrCorrupt, err)
+		}
+		var one [1]byte
+		if n, _ := br.Read(one[:]); n > 0 {
+			return nil, fmt.Errorf("%w: group stream longer than it says", ErrCorrupt)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("%w: group stream method %d", ErrCorrupt, method)
+}
