@@ -77,7 +77,7 @@ func main() {
 	tools := flag.Bool("tools", true, "run bsdiff, xdelta3 and zstd on the whole tars")
 	level := flag.String("level", "", "layerdelta Options.Level (fastest, default, better, best; empty: the package default)")
 	streamLevel := flag.String("stream-level", "", "layerdelta Options.StreamLevel")
-	bsdiffMax := flag.Int64("bsdiff-max", 0, "layerdelta Options.MaxBsdiffFile (0: the package default, -1: off)")
+	group := flag.Int64("group", 0, "layerdelta Options.MaxGroup in bytes (0: the package default)")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 
@@ -87,7 +87,7 @@ func main() {
 		if err := buildPair(name, dir); err != nil {
 			log.Fatalf("%s: %v", name, err)
 		}
-		r, err := measure(name, dir, *tools, []string{"-level=" + *level, "-stream-level=" + *streamLevel, fmt.Sprint("-bsdiff-max=", *bsdiffMax)})
+		r, err := measure(name, dir, *tools, []string{"-level=" + *level, "-stream-level=" + *streamLevel, fmt.Sprint("-group=", *group)})
 		if err != nil {
 			log.Fatalf("%s: %v", name, err)
 		}
@@ -248,9 +248,9 @@ func measure(name, dir string, tools bool, opts []string) (row, error) {
 		}
 	}
 	st := r.stats
-	r.detail = fmt.Sprintf("%s: %d files: %d references (%s), %d patched (%s → %s; %d bsdiff of %d tried; %d new files against another old file), %d raw (%s); headers %s → %s, ops %s; Go heap peak %s; apply %v, %s RSS",
-		name, st.Files, st.RefFiles, mib(st.RefBytes), st.PatchedFiles, mib(st.PatchedBytes), kib(st.PatchBytes), st.BsdiffFiles, st.BsdiffTried, st.DictFiles,
-		st.RawFiles, mib(st.RawBytes), mib(st.MetaBytes), kib(st.MetaSize), kib(st.OpsSize), mib(r.heapPeak), r.apply.Wall.Round(time.Millisecond), mib(r.apply.RSS))
+	r.detail = fmt.Sprintf("%s: %d files: %d references (%s), %d patched (%s; %d new files against another old file), %d without a base (%s), in %d content groups → %s; headers %s → %s, ops %s; Go heap peak %s; apply %v, %s RSS",
+		name, st.Files, st.RefFiles, mib(st.RefBytes), st.PatchedFiles, mib(st.PatchedBytes), st.DictFiles,
+		st.RawFiles, mib(st.RawBytes), st.Groups, kib(st.PatchBytes), mib(st.MetaBytes), kib(st.MetaSize), kib(st.OpsSize), mib(r.heapPeak), r.apply.Wall.Round(time.Millisecond), mib(r.apply.RSS))
 	return r, nil
 }
 
@@ -387,7 +387,7 @@ func child(args []string) {
 	fl := flag.NewFlagSet("child", flag.ExitOnError)
 	level := fl.String("level", "", "")
 	streamLevel := fl.String("stream-level", "", "")
-	bsdiffMax := fl.Int64("bsdiff-max", 0, "")
+	group := fl.Int64("group", 0, "")
 	memprofile := fl.String("memprofile", "", "")
 	mode, args := args[0], args[1:]
 	var pos []string
@@ -426,7 +426,7 @@ func child(args []string) {
 		stop := heapSampler(&rep.HeapPeak)
 		bw := bufio.NewWriter(out)
 		rep.Stats, err = layerdelta.Diff(ctx, layers, newF, bw, &layerdelta.Options{
-			Level: lvl(*level), StreamLevel: lvl(*streamLevel), MaxBsdiffFile: *bsdiffMax,
+			Level: lvl(*level), StreamLevel: lvl(*streamLevel), MaxGroup: *group,
 		})
 		stop()
 		if *memprofile != "" {

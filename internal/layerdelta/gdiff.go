@@ -54,26 +54,33 @@ type matcher struct {
 	shift uint
 }
 
+// chainDepth is how many earlier positions of the same hash a lookup also
+// tries.
 var chainDepth = 16
 
-func newMatcher(old []byte, table []int32) *matcher {
+// gbufs are gdiff's buffers, kept from one group to the next.
+type gbufs struct {
+	table, chain []int32
+	ctrl, eb     []byte
+}
+
+func newMatcher(old []byte, bufs *gbufs) *matcher {
 	b := max(min(bits.Len(uint(len(old)/matchStride)), maxTableBits), 10)
-	if cap(table) < 1<<b {
-		table = make([]int32, 1<<b)
+	if cap(bufs.table) < 1<<b {
+		bufs.table = make([]int32, 1<<b)
 	}
-	table = table[:1<<b]
+	table := bufs.table[:1<<b]
 	for i := range table {
 		table[i] = -1
 	}
 	m := &matcher{old: old, table: table, shift: uint(64 - b)}
-	if chainDepth > 0 {
-		m.chain = make([]int32, len(old)/matchStride+1)
+	if n := len(old)/matchStride + 1; cap(bufs.chain) < n {
+		bufs.chain = make([]int32, n)
 	}
+	m.chain = bufs.chain[:len(old)/matchStride+1]
 	for i := 0; i+matchLen <= len(old); i += matchStride {
 		h := m.hash(old[i:])
-		if m.chain != nil {
-			m.chain[i/matchStride] = m.table[h]
-		}
+		m.chain[i/matchStride] = m.table[h]
 		m.table[h] = int32(i)
 	}
 	return m
@@ -103,7 +110,7 @@ func (m *matcher) search(nw []byte, want int) (n, pos int) {
 		if k > n || k == n && abs(int64(int(p)-want)) < abs(int64(pos-want)) {
 			n, pos = k, int(p)
 		}
-		if m.chain == nil || d >= chainDepth || n >= maxExtend {
+		if d >= chainDepth || n >= maxExtend {
 			break
 		}
 		p = m.chain[p/matchStride]
@@ -114,9 +121,14 @@ func (m *matcher) search(nw []byte, want int) (n, pos int) {
 	return n, pos
 }
 
-// gdiff computes a group's controls, difference and extra bytes.
-func gdiff(old, nw []byte, slack int, table []int32) (ctrl, db, eb []byte, tbl []int32) {
-	m := newMatcher(old, table)
+// gdiff computes a group's controls, difference and extra bytes. The
+// difference bytes are written over nw's start (each is written at or
+// before the position of the new byte it comes from, once nothing reads
+// that far back any more): nw is lost.
+func gdiff(old, nw []byte, slack int, bufs *gbufs) (ctrl, db, eb []byte) {
+	m := newMatcher(old, bufs)
+	ctrl, eb = bufs.ctrl[:0], bufs.eb[:0]
+	dbLen := 0
 	oldsize, newsize := len(old), len(nw)
 	at := func(i int) int { // old byte at i, or -1 outside
 		if i >= 0 && i < oldsize {
@@ -124,7 +136,6 @@ func gdiff(old, nw []byte, slack int, table []int32) (ctrl, db, eb []byte, tbl [
 		}
 		return -1
 	}
-	db = make([]byte, 0, newsize/2)
 	scan, ln, lastscan, lastpos, lastoffset, pos := 0, 0, 0, 0, 0, 0
 	for scan < newsize {
 		oldscore := 0
@@ -189,8 +200,9 @@ func gdiff(old, nw []byte, slack int, table []int32) (ctrl, db, eb []byte, tbl [
 			lenb -= lens
 		}
 		for i := 0; i < lenf; i++ {
-			db = append(db, nw[lastscan+i]-old[lastpos+i])
+			nw[dbLen+i] = nw[lastscan+i] - old[lastpos+i]
 		}
+		dbLen += lenf
 		eb = append(eb, nw[lastscan+lenf:scan-lenb]...)
 		seek := int64(pos - lenb - (lastpos + lenf))
 		ctrl = binary.AppendUvarint(ctrl, uint64(lenf))
@@ -198,7 +210,8 @@ func gdiff(old, nw []byte, slack int, table []int32) (ctrl, db, eb []byte, tbl [
 		ctrl = binary.AppendUvarint(ctrl, uint64(seek<<1)^uint64(seek>>63))
 		lastscan, lastpos, lastoffset = scan-lenb, pos-lenb, pos-scan
 	}
-	return ctrl, db, eb, m.table
+	bufs.ctrl, bufs.eb = ctrl, eb
+	return ctrl, nw[:dbLen], eb
 }
 
 // gpatch rebuilds a group's newLen bytes of content from its old side and
@@ -250,7 +263,9 @@ const (
 // length, the compressed length and the compressed bytes (zstd with enc,
 // or bzip2 when it is smaller).
 func packStream(dst, raw []byte, enc *zstd.Encoder, scratch *bytes.Buffer) ([]byte, error) {
-	z := enc.EncodeAll(raw, nil)
+	n0 := len(dst)
+	dst = enc.EncodeAll(raw, dst) // moved below once the lengths are known
+	z := dst[n0:]
 	method, best := byte(streamZstd), z
 	if len(raw) > 1024 {
 		scratch.Reset()
@@ -268,10 +283,19 @@ func packStream(dst, raw []byte, enc *zstd.Encoder, scratch *bytes.Buffer) ([]by
 			method, best = streamBzip2, scratch.Bytes()
 		}
 	}
-	dst = append(dst, method)
-	dst = binary.AppendUvarint(dst, uint64(len(raw)))
-	dst = binary.AppendUvarint(dst, uint64(len(best)))
-	return append(dst, best...), nil
+	var hdr []byte
+	hdr = append(hdr, method)
+	hdr = binary.AppendUvarint(hdr, uint64(len(raw)))
+	hdr = binary.AppendUvarint(hdr, uint64(len(best)))
+	if method == streamZstd {
+		// Make room for the header before the zstd bytes.
+		dst = append(dst, hdr...)
+		copy(dst[n0+len(hdr):], dst[n0:len(dst)-len(hdr)])
+		copy(dst[n0:], hdr)
+		return dst, nil
+	}
+	dst = append(append(dst[:n0], hdr...), best...)
+	return dst, nil
 }
 
 // unpackStream reads one stream written by packStream; its raw length may

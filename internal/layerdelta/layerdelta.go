@@ -398,7 +398,7 @@ type opWriter struct {
 	z       *zstd.Encoder
 	zs      *zstd.Encoder // the groups' streams
 	scratch bytes.Buffer
-	table   []int32 // reused: the group matcher's hash table
+	bufs    gbufs
 	names   *nameIndex
 	max     int // Options.MaxGroup
 	tmp     []byte
@@ -461,8 +461,7 @@ func (o *opWriter) flushGroup(st *Stats, dictLen, dataLen int) error {
 	if g.binBytes*2 > int64(dataLen) {
 		slack = slackBinary
 	}
-	ctrl, db, eb, tbl := gdiff(g.dict[:dictLen], g.data[:dataLen], slack, o.table)
-	o.table = tbl
+	ctrl, db, eb := gdiff(g.dict[:dictLen], g.data[:dataLen], slack, &o.bufs)
 	hdr := append(o.tmp[:0], opGroup)
 	hdr = binary.AppendUvarint(hdr, uint64(len(g.bases)))
 	for _, ord := range g.bases {
@@ -602,7 +601,7 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	if err := ow.flushGroup(&st, len(ow.g.dict), len(ow.g.data)); err != nil {
 		return st, err
 	}
-	ow.g, ow.table = group{}, nil
+	ow.g, ow.bufs = group{}, gbufs{}
 	if err := ow.op(opEnd); err != nil {
 		return st, err
 	}
