@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/v1/random"
+
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
 )
 
@@ -46,6 +48,15 @@ func TestReleaseImagesAreCheckedAgainstTheRegistry(t *testing.T) {
 				t.Fatalf("code = %v, want %s: %v", out["code"], tc.code, out)
 			}
 		})
+	}
+
+	// Layers are larger than the API's body limit (1 MiB): /v2/ is exempt.
+	big, err := random.Image(3<<20, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Push(w.developer, repo, big); err != nil {
+		t.Fatalf("push a 3 MiB layer: %v", err)
 	}
 
 	rel := must(t, srv, 201, "POST", path, w.developer, body(repo+":1.0", amd.Digest))

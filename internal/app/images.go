@@ -67,6 +67,8 @@ func (a *App) initRegistryProxy(context.Context) (*modules.Service, error) {
 		return nil, err
 	}
 	p.Mount(a.server.Router())
+	// Layers are as large as they are; the proxy caps manifests itself.
+	a.server.UnlimitedBodies("/v2/")
 	return nil, nil
 }
 

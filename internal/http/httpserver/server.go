@@ -39,7 +39,15 @@ type Server struct {
 	listener net.Listener
 	srv      *http.Server
 	ready    *Readiness
+	// unlimited are path prefixes whose bodies limitBody lets through;
+	// set while modules are wired, before Run, and read-only after.
+	unlimited []string
 }
+
+// UnlimitedBodies exempts requests under prefix from the body limit, for
+// surfaces that bound their bodies themselves (the registry-proxy streams
+// image layers of any size and caps manifests). Call it before Run.
+func (s *Server) UnlimitedBodies(prefix string) { s.unlimited = append(s.unlimited, prefix) }
 
 // New binds the listen address at once, so a taken or invalid address fails
 // start-up rather than the first request.
