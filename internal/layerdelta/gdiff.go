@@ -39,7 +39,7 @@ import (
 const (
 	matchLen     = 8
 	matchStride  = 2
-	maxTableBits = 22
+	maxTableBits = 20
 	slackBinary  = 8
 	slackText    = 32
 	// maxExtend bounds how far one lookup extends a match, so that a
@@ -323,7 +323,7 @@ func unpackStream(r io.ByteReader, rd io.Reader, limit uint64) ([]byte, error) {
 	switch method {
 	case streamZstd:
 		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecodeAllCapLimit(true),
-			zstd.WithDecoderMaxWindow(uint64(max(windowFor(0, int(rawLen)), 8<<20))))
+			zstd.WithDecoderMaxWindow(uint64(max(windowFor(0, int(rawLen)), groupStreamWindow))))
 		if err != nil {
 			return nil, err
 		}

@@ -105,9 +105,13 @@ const (
 	// memory (and the old+new pair it patches). Larger files are stored
 	// whole, streamed.
 	defaultMaxPatchFile = 256 << 20
+	// opsWindow is the op stream's zstd window, groupStreamWindow that of
+	// the groups' streams (controls, difference and extra bytes).
+	opsWindow         = 1 << 20
+	groupStreamWindow = 2 << 20
 	// defaultMaxGroup bounds a content group's old and new bytes (unless
 	// one file's versions are larger).
-	defaultMaxGroup = 32 << 20
+	defaultMaxGroup = 16 << 20
 	// maxDict bounds the header stream's dictionary (the old layers' last
 	// non-content bytes), and with it that stream's zstd window (≤ 16 MiB).
 	maxDict = 8 << 20
@@ -177,7 +181,7 @@ type Options struct {
 	NoDict bool
 	// MaxGroup bounds the old and new bytes of one content group (a group
 	// holding a single file may be larger). Diff and Apply hold one group in
-	// memory. Zero means 32 MiB.
+	// memory. Zero means 16 MiB.
 	MaxGroup int64
 }
 
@@ -538,14 +542,16 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	if err != nil {
 		return st, err
 	}
-	oz, err := newEncoder(&opsBuf, o.StreamLevel, 8<<20, nil)
+	// The op stream holds steps and the groups' already compressed
+	// streams: a small window loses nothing.
+	oz, err := newEncoder(&opsBuf, o.StreamLevel, opsWindow, nil)
 	if err != nil {
 		return st, err
 	}
 	if o.Level == 0 {
 		o.Level = zstd.SpeedBetterCompression
 	}
-	zs, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(o.Level), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(8<<20),
+	zs, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(o.Level), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(groupStreamWindow),
 		zstd.WithLowerEncoderMem(true), zstd.WithEncoderCRC(false), zstd.WithZeroFrames(true))
 	if err != nil {
 		return st, err
@@ -646,7 +652,8 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 // only when it must.
 func extend(b []byte, n int) []byte {
 	if cap(b)-len(b) < n {
-		nb := make([]byte, len(b), len(b)+max(n, len(b)/2))
+		// Room for more small files, but not half again a large buffer.
+		nb := make([]byte, len(b), len(b)+n+min(len(b)/2, 4<<20))
 		copy(nb, b)
 		b = nb
 	}
@@ -669,6 +676,14 @@ func diffFile(ix *baseIndex, o *Options, ow *opWriter, tr io.Reader, h *tar.Head
 		}
 		_, err := io.CopyN(ow.z, tr, h.Size)
 		return err
+	}
+	// A group this file would probably fill (its old version taken to be
+	// as large as the new) is written first, so that the buffers do not
+	// hold a full group and the next file's versions too.
+	if g.files > 0 && int64(len(g.dict)+len(g.data))+2*h.Size > int64(ow.max) {
+		if err := ow.flushGroup(st, len(g.dict), len(g.data)); err != nil {
+			return err
+		}
 	}
 	// The new content goes straight to the end of the group's content,
 	// and is taken back off if it does not join the group.
@@ -1074,7 +1089,7 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 	if err != nil {
 		return info, err
 	}
-	oz, err := zstd.NewReader(opsSec, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(8<<20))
+	oz, err := zstd.NewReader(opsSec, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(opsWindow))
 	if err != nil {
 		return info, err
 	}
