@@ -173,6 +173,27 @@ func (e *env) waitState(t *testing.T, id uuid.UUID, state string) db.ImageDelta 
 	return d
 }
 
+// waitComputed is waitState for the compiled-program pair, whose deltas
+// take a CPU-bound while: under -race, with several test binaries on two
+// cores, longer than testutil.Wait. A delta still computing is progress;
+// any other state but the one wanted fails at once.
+func (e *env) waitComputed(t *testing.T, id uuid.UUID, state string) db.ImageDelta {
+	t.Helper()
+	deadline := time.Now().Add(4 * testutil.Wait)
+	for {
+		d := e.get(t, id)
+		switch {
+		case d.State == state:
+			return d
+		case d.State != StatePending && d.State != StateComputing:
+			t.Fatalf("delta %s: state %s (error %q), want %s", id, d.State, d.Error, state)
+		case time.Now().After(deadline):
+			t.Fatalf("waited %s for delta %s %s: state %s", 4*testutil.Wait, id, state, d.State)
+		}
+		time.Sleep(50 * time.Millisecond) // polling a condition, not waiting for one
+	}
+}
+
 // applyStored applies the stored delta of d against A's layers and checks
 // it rebuilds B's layers.
 func (e *env) applyStored(t *testing.T, d db.ImageDelta, from, to [][]byte) {
@@ -234,9 +255,9 @@ func TestComputesOnceAcrossWorkers(t *testing.T) {
 	ba := e.ask(t, e.b, e.a, 3)
 	ac := e.ask(t, e.a, c, 3)
 
-	dab := e.waitState(t, ab.ID, StateReady)
-	dba := e.waitState(t, ba.ID, StateReady)
-	dac := e.waitState(t, ac.ID, StateFailed)
+	dab := e.waitComputed(t, ab.ID, StateReady)
+	dba := e.waitComputed(t, ba.ID, StateReady)
+	dac := e.waitComputed(t, ac.ID, StateFailed)
 	if !strings.Contains(dac.Error, "tar") {
 		t.Fatalf("failed delta's error %q does not say the layer is not a tar", dac.Error)
 	}
