@@ -62,6 +62,8 @@ var chainDepth = 16
 type gbufs struct {
 	table, chain []int32
 	ctrl, eb     []byte
+	scratch      bytes.Buffer
+	bz           *dbzip2.Writer
 }
 
 func newMatcher(old []byte, bufs *gbufs) *matcher {
@@ -262,17 +264,24 @@ const (
 // packStream appends to dst one compressed stream: a method byte, the raw
 // length, the compressed length and the compressed bytes (zstd with enc,
 // or bzip2 when it is smaller).
-func packStream(dst, raw []byte, enc *zstd.Encoder, scratch *bytes.Buffer) ([]byte, error) {
+func packStream(dst, raw []byte, enc *zstd.Encoder, bufs *gbufs) ([]byte, error) {
+	scratch := &bufs.scratch
 	n0 := len(dst)
 	dst = enc.EncodeAll(raw, dst) // moved below once the lengths are known
 	z := dst[n0:]
 	method, best := byte(streamZstd), z
 	if len(raw) > 1024 {
 		scratch.Reset()
-		bw, err := dbzip2.NewWriter(scratch, &dbzip2.WriterConfig{Level: dbzip2.BestCompression})
-		if err != nil {
+		if bufs.bz == nil {
+			bw, err := dbzip2.NewWriter(scratch, &dbzip2.WriterConfig{Level: dbzip2.BestCompression})
+			if err != nil {
+				return nil, err
+			}
+			bufs.bz = bw
+		} else if err := bufs.bz.Reset(scratch); err != nil {
 			return nil, err
 		}
+		bw := bufs.bz
 		if _, err := bw.Write(raw); err != nil {
 			return nil, err
 		}

@@ -399,15 +399,14 @@ func (s *splitter) Read(p []byte) (int, error) {
 }
 
 type opWriter struct {
-	z       *zstd.Encoder
-	zs      *zstd.Encoder // the groups' streams
-	scratch bytes.Buffer
-	bufs    gbufs
-	names   *nameIndex
-	max     int // Options.MaxGroup
-	tmp     []byte
-	next    int // ordinal the next reference is expected at
-	g       group
+	z     *zstd.Encoder
+	zs    *zstd.Encoder // the groups' streams
+	bufs  gbufs
+	names *nameIndex
+	max   int // Options.MaxGroup
+	tmp   []byte
+	next  int // ordinal the next reference is expected at
+	g     group
 }
 
 // group is the content stream being collected: the new content of its
@@ -475,7 +474,7 @@ func (o *opWriter) flushGroup(st *Stats, dictLen, dataLen int) error {
 	n0 := len(hdr)
 	var err error
 	for _, raw := range [][]byte{ctrl, db, eb} {
-		if hdr, err = packStream(hdr, raw, o.zs, &o.scratch); err != nil {
+		if hdr, err = packStream(hdr, raw, o.zs, &o.bufs); err != nil {
 			return err
 		}
 	}
