@@ -108,7 +108,8 @@ func TestBinaryEndToEnd(t *testing.T) {
 	// Outside dev mode the server trusts an external OpenID Connect issuer:
 	// here a zitadel/oidc provider in this test process, reached over HTTP.
 	issuer, mint := externalIssuer(t, dbURL)
-	cmd := exec.Command(bin, "--target=all", "--http-addr=127.0.0.1:0", "--mqtt-listen=127.0.0.1:0", "--shutdown-delay=3s")
+	cmd := exec.Command(bin, "--target=all", "--http-addr=127.0.0.1:0", "--mqtt-listen=127.0.0.1:0", "--shutdown-delay=3s",
+		"--data-dir="+t.TempDir())
 	cmd.Env = append(os.Environ(), "FLOCK_DATABASE_URL="+dbURL, "FLOCK_DEV=", "FLOCK_LOG_FORMAT=",
 		"FLOCK_OIDC_ISSUER="+issuer, "FLOCK_OIDC_AUDIENCE=flock-e2e")
 	stderr, err := cmd.StderrPipe()
@@ -156,8 +157,8 @@ func TestBinaryEndToEnd(t *testing.T) {
 		if err != nil || resp.JSON200 == nil {
 			t.Fatalf("version: %v %d %s", err, resp.StatusCode(), resp.Body)
 		}
-		if got := resp.JSON200.Targets; !slices.Equal(got, []string{"api", "ingester", "scheduler"}) {
-			t.Errorf("targets = %v, want every target that exists: [api ingester scheduler]", got)
+		if got, want := resp.JSON200.Targets, []string{"api", "ingester", "scheduler", "registry-proxy", "delta"}; !slices.Equal(got, want) {
+			t.Errorf("targets = %v, want every target that exists: %v", got, want)
 		}
 		head, err := exec.Command("git", "-C", repoRoot(t), "rev-parse", "--short=12", "HEAD").Output()
 		if err != nil {
@@ -300,7 +301,8 @@ func externalIssuer(t *testing.T, dbURL string) (string, func(email string) stri
 func TestDevToken(t *testing.T) {
 	bin := build(t)
 	dbURL := pgtest.EmptyURL(t) // dev mode migrates it
-	cmd := exec.Command(bin, "--dev", "--http-addr=127.0.0.1:0", "--mqtt-listen=127.0.0.1:0", "--log-format=json", "--database-url", dbURL)
+	cmd := exec.Command(bin, "--dev", "--http-addr=127.0.0.1:0", "--mqtt-listen=127.0.0.1:0", "--log-format=json", "--database-url", dbURL,
+		"--data-dir="+t.TempDir())
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -358,7 +360,7 @@ func TestDevToken(t *testing.T) {
 
 func TestRefusesToStartWithoutAnIssuer(t *testing.T) {
 	bin := build(t)
-	out, err := exec.Command(bin, "--target=api", "--http-addr=127.0.0.1:0").CombinedOutput()
+	out, err := exec.Command(bin, "--target=api", "--http-addr=127.0.0.1:0", "--data-dir="+t.TempDir()).CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "FLOCK_OIDC_ISSUER") {
 		t.Fatalf("exit = %v, want 2 naming FLOCK_OIDC_ISSUER\n%s", err, out)
 	}
@@ -366,7 +368,7 @@ func TestRefusesToStartWithoutAnIssuer(t *testing.T) {
 
 func TestRefusesADatabaseThatIsBehind(t *testing.T) {
 	bin := build(t)
-	cmd := exec.Command(bin, "--target=api", "--http-addr=127.0.0.1:0", "--database-url", pgtest.EmptyURL(t),
+	cmd := exec.Command(bin, "--target=api", "--http-addr=127.0.0.1:0", "--data-dir="+t.TempDir(), "--database-url", pgtest.EmptyURL(t),
 		"--oidc-issuer=https://id.example.com", "--oidc-audience=x")
 	out, err := cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +18,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/flock-io/flock-api/gen/client"
 	"github.com/flock-io/flock-api/internal/kv"
@@ -61,13 +68,17 @@ func TestSplitProcesses(t *testing.T) {
 		"FLOCK_KAFKA_BROKERS=" + brokers,
 		"FLOCK_LOG_FORMAT=json",
 	}
-	ingester := startProcess(t, "ingester", bin, []string{"--target=ingester", "--http-addr=127.0.0.1:0", "--mqtt-listen=127.0.0.1:0"}, shared)
+	ingester := startProcess(t, "ingester", bin, []string{"--target=ingester", "--http-addr=127.0.0.1:0", "--mqtt-listen=127.0.0.1:0",
+		"--data-dir=" + t.TempDir()}, shared)
 	ingesterHTTP := ingester.waitLog(t, "http server listening", "addr")
 	brokerAddr := ingester.waitLog(t, "mqtt broker listening", "addr")
 	// The api runs no broker: it tells registering devices the ingester's.
-	api := startProcess(t, "api", bin, []string{"--target=api", "--http-addr=127.0.0.1:0"},
+	// It also serves the registry-proxy, through which the release's image
+	// is pushed into its (embedded) registry.
+	api := startProcess(t, "api", bin, []string{"--target=api,registry-proxy", "--http-addr=127.0.0.1:0", "--data-dir=" + t.TempDir()},
 		append(shared, "FLOCK_MQTT_PUBLIC_URL=mqtt://"+brokerAddr))
-	apiBase := "http://" + api.waitLog(t, "http server listening", "addr")
+	apiAddr := api.waitLog(t, "http server listening", "addr")
+	apiBase := "http://" + apiAddr
 	waitReady(t, ingester, "http://"+ingesterHTTP)
 	waitReady(t, api, apiBase)
 	for _, p := range []*process{ingester, api} {
@@ -191,6 +202,7 @@ func TestSplitProcesses(t *testing.T) {
 	// and the devices (publishing at rate 0, connected throughout) fetch
 	// their target state only when connecting or nudged, so the release
 	// reaches them only through the nudge.
+	image, digest := pushImage(t, apiAddr, "flock-split.test", token, org.JSON201.Slug+"/"+fleet.JSON201.Slug+"/app")
 	final := client.ReleaseCreateStatusFinal
 	version := "1.0"
 	release, err := c.ReleaseCreateWithResponse(ctx, fleet.JSON201.Id, nil, client.ReleaseCreateJSONRequestBody{
@@ -202,7 +214,7 @@ func TestSplitProcesses(t *testing.T) {
 			Armv7   *client.ServiceImage `json:"armv7,omitempty"`
 			I386    *client.ServiceImage `json:"i386,omitempty"`
 			Riscv64 *client.ServiceImage `json:"riscv64,omitempty"`
-		}{Amd64: &client.ServiceImage{Image: "registry.example.com/split/app:1.0", Digest: "sha256:" + strings.Repeat("a", 64)}}}},
+		}{Amd64: &client.ServiceImage{Image: image + ":1.0", Digest: digest}}}},
 	})
 	if err != nil || release.JSON201 == nil {
 		t.Fatalf("create release: %v %d %s", err, release.StatusCode(), release.Body)
@@ -244,6 +256,51 @@ func TestSplitProcesses(t *testing.T) {
 	for _, p := range []*process{api, ingester, kafka} {
 		p.stop(t)
 	}
+}
+
+// pushImage pushes a small random linux/amd64 image to repo through the
+// registry-proxy of the process listening on addr, whose public URL's host
+// is registryHost (no port: 80), logged in with token, and returns the
+// image as releases name it (registryHost/repo) and its digest. The host
+// resolves to addr, as DNS would in a deployment, so the token flow (its
+// realm is on the public URL) reaches the process too.
+func pushImage(t *testing.T, addr, registryHost, token, repo string) (string, string) {
+	t.Helper()
+	img, err := random.Image(512, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.NewTag(registryHost+"/"+repo+":1.0", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	defer tr.CloseIdleConnections()
+	dial := tr.DialContext
+	tr.DialContext = func(ctx context.Context, network, a string) (net.Conn, error) {
+		if a == net.JoinHostPort(registryHost, "80") {
+			a = addr
+		}
+		return dial(ctx, network, a)
+	}
+	if err := remote.Write(ref, img, remote.WithAuth(&authn.Basic{Username: "flock", Password: token}),
+		remote.WithTransport(tr), remote.WithContext(t.Context())); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return registryHost + "/" + repo, d.String()
 }
 
 func nudges(s *simulate.Summary) int64 {

@@ -144,7 +144,8 @@ func TestTargetState(t *testing.T) {
 	rel := ts["release"].(map[string]any)
 	svc := ts["services"].([]any)[0].(map[string]any)
 	env := svc["environment"].(map[string]any)
-	if rel["id"] != w.release || svc["image"] != "registry.example.com/acme/app@"+digestA || svc["digest"] != digestA ||
+	img := w.image(w.fleet)
+	if rel["id"] != w.release || svc["image"] != img.Ref+"@"+img.Digest || svc["digest"] != img.Digest ||
 		env["MODE"] != "release" || env["LEVEL"] != "2" || ts["variables"].(map[string]any)["LEVEL"] != "2" {
 		t.Fatalf("target state = %v", ts)
 	}
@@ -181,8 +182,8 @@ func TestTargetState(t *testing.T) {
 	}
 
 	// A newer final release is picked up; a draft is not.
-	must(t, srv, 201, "POST", "/v1/fleets/"+w.fleet+"/releases", w.developer, releaseBody("draft"))
-	newer := must(t, srv, 201, "POST", "/v1/fleets/"+w.fleet+"/releases", w.developer, releaseBody("final"))["id"].(string)
+	must(t, srv, 201, "POST", "/v1/fleets/"+w.fleet+"/releases", w.developer, w.releaseBody(w.fleet, "draft"))
+	newer := must(t, srv, 201, "POST", "/v1/fleets/"+w.fleet+"/releases", w.developer, w.releaseBody(w.fleet, "final"))["id"].(string)
 	_, ts, _ = get()
 	if ts["release"].(map[string]any)["id"] != newer {
 		t.Fatalf("tracking fleet runs %v, want the newest final %s", ts["release"], newer)
@@ -239,11 +240,11 @@ func TestFleetsReleasesAndBadInput(t *testing.T) {
 		{"digest not sha256", "POST", releases, map[string]any{"services": []any{map[string]any{"name": "app",
 			"images": map[string]any{"amd64": map[string]any{"image": "a/b", "digest": "md5:abc"}}}}}, 400, "/services/0/images/amd64/digest"},
 		{"no image for the fleet's architecture", "POST", releases, map[string]any{"services": []any{map[string]any{"name": "app",
-			"images": map[string]any{"arm64": map[string]any{"image": "a/b", "digest": digestA}}}}}, 400, "/services/0/images"},
+			"images": map[string]any{"arm64": map[string]any{"image": w.image(w.fleet).Ref, "digest": w.image(w.fleet).Digest}}}}}, 400, "/services/0/images"},
 		{"invalid variable name", "POST", "/v1/fleets/" + w.fleet + "/variables", map[string]any{"name": "1BAD", "value": "x"}, 400, "/name"},
 		{"reserved variable name", "POST", "/v1/fleets/" + w.fleet + "/variables", map[string]any{"name": "flock_secret", "value": "x"}, 400, "/name"},
 		{"duplicate variable", "POST", "/v1/fleets/" + w.fleet + "/variables", map[string]any{"name": "LEVEL", "value": "x"}, 409, ""},
-		{"pin to a draft", "PATCH", "/v1/fleets/" + w.fleet, map[string]any{"pinned_release_id": must(t, srv, 201, "POST", releases, dev, releaseBody("draft"))["id"]}, 400, "/pinned_release_id"},
+		{"pin to a draft", "PATCH", "/v1/fleets/" + w.fleet, map[string]any{"pinned_release_id": must(t, srv, 201, "POST", releases, dev, w.releaseBody(w.fleet, "draft"))["id"]}, 400, "/pinned_release_id"},
 		{"delete a fleet with devices", "DELETE", "/v1/fleets/" + w.fleet, nil, 409, ""},
 		{"delete an org with fleets", "DELETE", "/v1/orgs/" + w.org, nil, 409, ""},
 	}
@@ -265,7 +266,7 @@ func TestFleetsReleasesAndBadInput(t *testing.T) {
 		t.Fatalf("changing a final release = %d %v", status, out)
 	}
 	must(t, srv, 200, "PATCH", "/v1/releases/"+w.release, dev, map[string]any{"tags": map[string]any{"qa": "ok"}})
-	draft := must(t, srv, 201, "POST", releases, dev, releaseBody("draft"))["id"].(string)
+	draft := must(t, srv, 201, "POST", releases, dev, w.releaseBody(w.fleet, "draft"))["id"].(string)
 	final := must(t, srv, 200, "PATCH", "/v1/releases/"+draft, dev, map[string]any{"status": "final"})
 	if final["finalized_at"] == nil {
 		t.Fatalf("finalised release = %v", final)
@@ -397,7 +398,7 @@ func TestDevicesIsolation(t *testing.T) {
 		{"PATCH", "/v1/fleets/" + b.fleet, map[string]any{"name": "x"}},
 		{"DELETE", "/v1/fleets/" + b.fleet, nil},
 		{"GET", "/v1/fleets/" + b.fleet + "/releases", nil},
-		{"POST", "/v1/fleets/" + b.fleet + "/releases", releaseBody("final")},
+		{"POST", "/v1/fleets/" + b.fleet + "/releases", b.releaseBody(b.fleet, "final")},
 		{"GET", "/v1/releases/" + b.release, nil},
 		{"PATCH", "/v1/releases/" + b.release, map[string]any{"tags": map[string]any{}}},
 		{"GET", "/v1/fleets/" + b.fleet + "/provisioning-keys", nil},

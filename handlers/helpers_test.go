@@ -52,6 +52,8 @@ type world struct {
 	readMetric                         bool       // a sample stored for the read fixtures
 	reportSeq                          int        // the last seq the world's device reported
 	t                                  *testing.T // the subtest using the world now
+
+	images map[string]apptest.Image // pushed for releases, by fleet id (image)
 }
 
 func newDeviceT(w *world) *fakeDevice { return newDevice(w.t) }
@@ -143,11 +145,31 @@ func (d *fakeDevice) token(t *testing.T, srv *apptest.Server) string {
 	return out["access_token"].(string)
 }
 
-const digestA = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+// image is the image of the service "app" that the world's releases in
+// fleet run: a small random amd64 image pushed once per fleet, by the
+// owner, to <org slug>/<fleet slug>/app through the registry-proxy.
+func (w *world) image(fleet string) apptest.Image {
+	w.t.Helper()
+	if img, ok := w.images[fleet]; ok {
+		return img
+	}
+	org := must(w.t, w.srv, 200, "GET", "/v1/orgs/"+w.org, w.owner, nil)["slug"].(string)
+	slug := must(w.t, w.srv, 200, "GET", "/v1/fleets/"+fleet, w.owner, nil)["slug"].(string)
+	img := w.srv.PushImage(w.t, w.owner, org+"/"+slug+"/app", "amd64")
+	if w.images == nil {
+		w.images = map[string]apptest.Image{}
+	}
+	w.images[fleet] = img
+	return img
+}
 
-func releaseBody(status string) map[string]any {
+// releaseBody is a release of fleet (one of the world's organisation's)
+// with status: one service, "app", running the fleet's image.
+func (w *world) releaseBody(fleet, status string) map[string]any {
+	w.t.Helper()
+	img := w.image(fleet)
 	return map[string]any{"version": "1.0", "status": status, "services": []any{map[string]any{
-		"name": "app", "images": map[string]any{"amd64": map[string]any{"image": "registry.example.com/acme/app:1.0", "digest": digestA}},
+		"name": "app", "images": map[string]any{"amd64": map[string]any{"image": img.Ref + ":1.0", "digest": img.Digest}},
 		"environment": map[string]any{"MODE": "release"}, "ports": []any{"8080:80/tcp"},
 	}}}
 }
@@ -156,11 +178,14 @@ func releaseBody(status string) map[string]any {
 // registered device and a variable at each scope.
 func (w *world) withFleet(t *testing.T) *world {
 	t.Helper()
+	if w.t == nil {
+		w.t = t
+	}
 	srv := w.srv
 	w.fleet = must(t, srv, 201, "POST", "/v1/orgs/"+w.org+"/fleets", w.owner, map[string]any{"name": "sensors", "architecture": "amd64"})["id"].(string)
 	pk := must(t, srv, 201, "POST", "/v1/fleets/"+w.fleet+"/provisioning-keys", w.owner, map[string]any{"name": "factory"})
 	w.provKeyID, w.provKey = pk["id"].(string), pk["secret"].(string)
-	w.release = must(t, srv, 201, "POST", "/v1/fleets/"+w.fleet+"/releases", w.owner, releaseBody("final"))["id"].(string)
+	w.release = must(t, srv, 201, "POST", "/v1/fleets/"+w.fleet+"/releases", w.owner, w.releaseBody(w.fleet, "final"))["id"].(string)
 	w.device = newDevice(t)
 	must(t, srv, 201, "POST", "/device/v1/register", "", w.device.registration(w.provKey))
 	w.fleetVar = must(t, srv, 201, "POST", "/v1/fleets/"+w.fleet+"/variables", w.owner, map[string]any{"name": "LEVEL", "value": "1"})["id"].(string)

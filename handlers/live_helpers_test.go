@@ -10,6 +10,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flock-io/flock-api/gen"
 	"github.com/flock-io/flock-api/handlers"
@@ -23,6 +24,8 @@ import (
 	"github.com/flock-io/flock-api/internal/http/reqinfo"
 	"github.com/flock-io/flock-api/internal/http/restapi"
 	"github.com/flock-io/flock-api/internal/postgres"
+	"github.com/flock-io/flock-api/internal/registry/registrytest"
+	"github.com/flock-io/flock-api/internal/registryproxy"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
 	"github.com/flock-io/flock-api/internal/testutil/pgtest"
 )
@@ -81,14 +84,25 @@ func startLiveServer(t *testing.T, o liveOptions) *liveEnv {
 		t.Fatal(err)
 	}
 	e := &liveEnv{pool: pool, tokens: tokens}
-	deps := handlers.Deps{Pool: pool, Tokens: tokens, TokenEndpoint: app.TokenEndpoint(apptest.PublicURL), Audit: recorder}
+	// Releases are checked against an embedded registry, which the
+	// registry-proxy (mounted below, as --target=all mounts it) pushes to.
+	reg := registrytest.Embedded(t)
+	deps := handlers.Deps{Pool: pool, Tokens: tokens, TokenEndpoint: app.TokenEndpoint(apptest.PublicURL), Audit: recorder,
+		Registry: reg, RegistryHost: apptest.RegistryHost}
 	if o.deps != nil {
 		o.deps(e, &deps)
 	}
 	e.server = handlers.New(deps)
 	r := chi.NewRouter()
+	authn := auth.NewAuthenticator(verifier, tokens, devIssuer, pool, log)
+	proxy, err := registryproxy.New(registryproxy.Config{Registry: reg, Pool: pool, Authn: authn, Tokens: tokens,
+		Realm: app.RegistryRealm(apptest.PublicURL), Service: apptest.RegistryHost, Log: log, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy.Mount(r)
 	chain := restapi.Chain{
-		Authn:   auth.NewAuthenticator(verifier, tokens, devIssuer, pool, log),
+		Authn:   authn,
 		Guard:   guard,
 		Between: []func(http.Handler) http.Handler{idempotency.Middleware(pool, auth.NameOf)},
 		Gate:    e.server.MQTTHooks.Gate,

@@ -146,7 +146,7 @@ func TestTargetNudges(t *testing.T) {
 	owner := w.owner
 	fleetA := w.fleet
 	r1 := w.release
-	r2 := must(t, srv, 201, "POST", "/v1/fleets/"+fleetA+"/releases", owner, releaseBody("final"))["id"].(string)
+	r2 := must(t, srv, 201, "POST", "/v1/fleets/"+fleetA+"/releases", owner, w.releaseBody(fleetA, "final"))["id"].(string)
 
 	// B: another device of A. P: a pinned fleet with a device. C: another
 	// tracking fleet to move devices to.
@@ -159,7 +159,7 @@ func TestTargetNudges(t *testing.T) {
 	devB := register(fleetA, w.provKey)
 	newFleet := func(name string) (fleet, release, provKey string) {
 		fleet = must(t, srv, 201, "POST", "/v1/orgs/"+w.org+"/fleets", owner, map[string]any{"name": name, "architecture": "amd64"})["id"].(string)
-		release = must(t, srv, 201, "POST", "/v1/fleets/"+fleet+"/releases", owner, releaseBody("final"))["id"].(string)
+		release = must(t, srv, 201, "POST", "/v1/fleets/"+fleet+"/releases", owner, w.releaseBody(fleet, "final"))["id"].(string)
 		provKey = must(t, srv, 201, "POST", "/v1/fleets/"+fleet+"/provisioning-keys", owner, map[string]any{"name": "k"})["secret"].(string)
 		return fleet, release, provKey
 	}
@@ -190,16 +190,16 @@ func TestTargetNudges(t *testing.T) {
 		nudged []string
 	}{
 		{"draft release: nothing", func(t *testing.T) {
-			draft = must(t, srv, 201, "POST", "/v1/fleets/"+fleetA+"/releases", owner, releaseBody("draft"))["id"].(string)
+			draft = must(t, srv, 201, "POST", "/v1/fleets/"+fleetA+"/releases", owner, w.releaseBody(fleetA, "draft"))["id"].(string)
 		}, nil},
 		{"draft becomes final on a tracking fleet", func(t *testing.T) {
 			must(t, srv, 200, "PATCH", "/v1/releases/"+draft, owner, map[string]any{"status": "final"})
 		}, []string{"A", "B"}},
 		{"new final release on a tracking fleet", func(t *testing.T) {
-			must(t, srv, 201, "POST", "/v1/fleets/"+fleetA+"/releases", owner, releaseBody("final"))
+			must(t, srv, 201, "POST", "/v1/fleets/"+fleetA+"/releases", owner, w.releaseBody(fleetA, "final"))
 		}, []string{"A", "B"}},
 		{"new final release on a pinned fleet: nothing", func(t *testing.T) {
-			must(t, srv, 201, "POST", "/v1/fleets/"+fleetP+"/releases", owner, releaseBody("final"))
+			must(t, srv, 201, "POST", "/v1/fleets/"+fleetP+"/releases", owner, w.releaseBody(fleetP, "final"))
 		}, nil},
 		{"release retagged: nothing", func(t *testing.T) {
 			must(t, srv, 200, "PATCH", "/v1/releases/"+r2, owner, map[string]any{"tags": map[string]any{"qa": "passed"}})

@@ -120,7 +120,7 @@ var fixtures = map[string]fixture{
 	}},
 	"release:list": {req: func(w *world) (string, string, any) { return "GET", "/v1/fleets/" + w.fleet + "/releases", nil }},
 	"release:create": {req: func(w *world) (string, string, any) {
-		return "POST", "/v1/fleets/" + w.fleet + "/releases", releaseBody("draft")
+		return "POST", "/v1/fleets/" + w.fleet + "/releases", w.releaseBody(w.fleet, "draft")
 	}},
 	"release:get": {req: func(w *world) (string, string, any) { return "GET", "/v1/releases/" + w.release, nil }},
 	"release:update": {req: func(w *world) (string, string, any) {

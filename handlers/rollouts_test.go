@@ -14,7 +14,7 @@ import (
 // release to roll out; it returns the new release.
 func (w *world) withRelease2() string {
 	must(w.t, w.srv, 200, "PATCH", "/v1/fleets/"+w.fleet, w.owner, map[string]any{"pinned_release_id": w.release})
-	b := releaseBody("final")
+	b := w.releaseBody(w.fleet, "final")
 	b["version"] = "2.0"
 	return must(w.t, w.srv, 201, "POST", "/v1/fleets/"+w.fleet+"/releases", w.owner, b)["id"].(string)
 }
@@ -86,13 +86,13 @@ func field(out map[string]any) string {
 
 // The rules refuse a rollout that cannot be, naming the field.
 func TestRolloutCreateRefusesBadInput(t *testing.T) {
-	srv := apptest.Start(t, "--target=api")
+	srv := apptest.Start(t, "--target=api,registry-proxy")
 	w := newWorld(t, srv).withFleet(t)
 	w.addDevices(3) // four devices in all
 	rel2 := w.withRelease2()
-	draft := must(t, srv, 201, "POST", "/v1/fleets/"+w.fleet+"/releases", w.owner, releaseBody("draft"))["id"].(string)
+	draft := must(t, srv, 201, "POST", "/v1/fleets/"+w.fleet+"/releases", w.owner, w.releaseBody(w.fleet, "draft"))["id"].(string)
 	other := must(t, srv, 201, "POST", "/v1/orgs/"+w.org+"/fleets", w.owner, map[string]any{"name": "other", "architecture": "amd64"})["id"].(string)
-	otherRel := must(t, srv, 201, "POST", "/v1/fleets/"+other+"/releases", w.owner, releaseBody("final"))["id"].(string)
+	otherRel := must(t, srv, 201, "POST", "/v1/fleets/"+other+"/releases", w.owner, w.releaseBody(other, "final"))["id"].(string)
 	groups := []any{map[string]any{"percent": 50}, map[string]any{}}
 	with := func(k string, v any) map[string]any {
 		b := map[string]any{"release_id": rel2, "groups": groups}
@@ -148,7 +148,7 @@ func TestRolloutCreateRefusesBadInput(t *testing.T) {
 // Every action in every state the API can reach: the ones that make sense
 // move the rollout, the others are 409 naming the state.
 func TestRolloutActions(t *testing.T) {
-	srv := apptest.Start(t, "--target=api")
+	srv := apptest.Start(t, "--target=api,registry-proxy")
 	tests := []struct {
 		from, action string
 		want         string // the state after, or "" for 409
@@ -224,7 +224,7 @@ func TestRolloutActions(t *testing.T) {
 // abort lets go and records every transition in the outbox and the audit
 // log.
 func TestRolloutStartHoldsTheFleet(t *testing.T) {
-	srv := apptest.Start(t, "--target=api")
+	srv := apptest.Start(t, "--target=api,registry-proxy")
 	w := newWorld(t, srv).withFleet(t)
 	ids := w.addDevices(9) // ten in all
 	// A pinned device is left out: a pin beats a rollout.
@@ -352,7 +352,7 @@ func TestRolloutStartHoldsTheFleet(t *testing.T) {
 // Device groups: a saved filter the device list and rollouts target; it
 // cannot be deleted while a rollout that has not ended uses it.
 func TestDeviceGroups(t *testing.T) {
-	srv := apptest.Start(t, "--target=api")
+	srv := apptest.Start(t, "--target=api,registry-proxy")
 	w := newWorld(t, srv).withFleet(t)
 	ids := w.addDevices(4)
 	for i, id := range ids {

@@ -66,7 +66,7 @@ func startStreamEnvWith(t *testing.T, flags ...string) *streamEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Close)
-	srv := apptest.Start(t, append([]string{"--target=api", "--kafka-brokers=" + addr}, flags...)...)
+	srv := apptest.Start(t, append([]string{"--target=api,registry-proxy", "--kafka-brokers=" + addr}, flags...)...)
 	return &streamEnv{srv: srv, bus: b, w: newWorld(t, srv).withFleet(t)}
 }
 

@@ -88,7 +88,7 @@ func TestNULIsRefused(t *testing.T) {
 		body[key] = nul
 		return body
 	}
-	release := releaseBody("draft")
+	release := w.releaseBody(w.fleet, "draft")
 	release["services"].([]any)[0].(map[string]any)["environment"] = map[string]any{"MODE": nul}
 	// A variables cursor is the last (service, name), NUL-separated: a
 	// third part smuggles a NUL into the name it compares with.
@@ -117,7 +117,7 @@ func TestNULIsRefused(t *testing.T) {
 		{name: "device registration name", method: "POST", path: "/device/v1/register",
 			body: withNUL(newDevice(t).registration(w.provKey), "name"), in: "body", field: "/name"},
 		{name: "release version", method: "POST", path: "/v1/fleets/" + w.fleet + "/releases", token: w.owner,
-			body: withNUL(releaseBody("draft"), "version"), in: "body", field: "/version"},
+			body: withNUL(w.releaseBody(w.fleet, "draft"), "version"), in: "body", field: "/version"},
 		{name: "release service environment", method: "POST", path: "/v1/fleets/" + w.fleet + "/releases", token: w.owner,
 			body: release, in: "body", field: "/services/0/environment/MODE"},
 		{name: "release tag", method: "PATCH", path: "/v1/releases/" + w.release, token: w.owner,

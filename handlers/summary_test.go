@@ -45,7 +45,7 @@ func countsText(devices, online, offline, never int, byRelease []any, byStatus [
 // viewer; the organisation's adds up its fleets; another organisation's
 // are not found.
 func TestFleetSummary(t *testing.T) {
-	srv := apptest.Start(t, "--target=api")
+	srv := apptest.Start(t, "--target=api,registry-proxy")
 	w := newWorld(t, srv).withFleet(t)
 	ctx := t.Context()
 	pool := srv.Pool(t)

@@ -74,8 +74,14 @@ func run(adminURL string, n, rounds int) (err error) {
 		return err
 	}
 	defer done()
+	// The embedded registry (the release's image) keeps its files here.
+	dataDir, err := os.MkdirTemp("", "flock-bench-commands-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dataDir)
 	var errorLines atomic.Int64
-	proc, err := launch.Start([]string{"--database-url=" + dbURL, "--dev", "--target=all", "--public-url=" + publicURL},
+	proc, err := launch.Start([]string{"--database-url=" + dbURL, "--dev", "--target=all", "--public-url=" + publicURL, "--data-dir=" + dataDir},
 		func(line string) {
 			if strings.Contains(line, `"level":"ERROR"`) || strings.Contains(line, `"level":"WARN"`) {
 				errorLines.Add(1)
@@ -92,8 +98,15 @@ func run(adminURL string, n, rounds int) (err error) {
 		return err
 	}
 	b := &client{base: proc.URL, token: token, http: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
-	org := b.must("POST", "/v1/orgs", map[string]any{"name": "bench"})["id"].(string)
-	fleet := b.must("POST", "/v1/orgs/"+org+"/fleets", map[string]any{"name": "fleet", "architecture": "amd64"})["id"].(string)
+	orgOut := b.must("POST", "/v1/orgs", map[string]any{"name": "bench"})
+	org := orgOut["id"].(string)
+	fleetOut := b.must("POST", "/v1/orgs/"+org+"/fleets", map[string]any{"name": "fleet", "architecture": "amd64"})
+	fleet := fleetOut["id"].(string)
+	// The release's image, pushed through the registry-proxy as a developer would.
+	img, err := benchapp.PushImage(ctx, proc.URL, publicURL, token, orgOut["slug"].(string)+"/"+fleetOut["slug"].(string)+"/app", "amd64")
+	if err != nil {
+		return err
+	}
 	key := b.must("POST", "/v1/fleets/"+fleet+"/provisioning-keys", map[string]any{"name": "sim"})["secret"].(string)
 
 	// The simulator's devices, unpaced (no periodic traffic), so what is
@@ -127,7 +140,7 @@ func run(adminURL string, n, rounds int) (err error) {
 	}
 	b.must("POST", "/v1/fleets/"+fleet+"/releases", map[string]any{"version": "1.0", "status": "final",
 		"services": []any{map[string]any{"name": "app", "images": map[string]any{"amd64": map[string]any{
-			"image": "registry.example.com/acme/app:1.0", "digest": "sha256:" + strings.Repeat("a", 64)}}}}})
+			"image": img.Ref + ":1.0", "digest": img.Digest}}}}})
 	if err := wait("the devices to run the release", func(s simulate.Summary) bool { return s.UpdatesDone == int64(n) }); err != nil {
 		return err
 	}

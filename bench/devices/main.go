@@ -15,7 +15,6 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -86,8 +85,15 @@ func run(adminURL string, devices, requests int, duration time.Duration, concurr
 	}
 	defer done()
 
+	// The embedded registry (the release's images) keeps its files here.
+	dataDir, err := os.MkdirTemp("", "flock-bench-devices-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dataDir)
+
 	// Info level, as in production: the access log is part of the cost.
-	proc, err := launch.Start([]string{"--database-url=" + dbURL, "--dev", "--public-url=" + publicURL},
+	proc, err := launch.Start([]string{"--database-url=" + dbURL, "--dev", "--public-url=" + publicURL, "--data-dir=" + dataDir},
 		func(line string) {
 			if strings.Contains(line, `"level":"ERROR"`) || strings.Contains(line, `"level":"WARN"`) {
 				fmt.Fprintln(os.Stderr, line)
@@ -102,8 +108,11 @@ func run(adminURL string, devices, requests int, duration time.Duration, concurr
 		return err
 	}
 	b := &bench{base: proc.URL, token: token, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
-	org := b.post("/v1/orgs", token, map[string]any{"name": "bench"})["id"].(string)
-	fleet := b.post("/v1/orgs/"+org+"/fleets", token, map[string]any{"name": "fleet", "architecture": "amd64"})["id"].(string)
+	orgOut := b.post("/v1/orgs", token, map[string]any{"name": "bench"})
+	org := orgOut["id"].(string)
+	fleetOut := b.post("/v1/orgs/"+org+"/fleets", token, map[string]any{"name": "fleet", "architecture": "amd64"})
+	fleet := fleetOut["id"].(string)
+	repos := orgOut["slug"].(string) + "/" + fleetOut["slug"].(string) // where the fleet's images go
 
 	fmt.Printf("seeding %d devices...\n", devices)
 	start := time.Now()
@@ -118,7 +127,7 @@ func run(adminURL string, devices, requests int, duration time.Duration, concurr
 	if duration <= 0 {
 		return nil
 	}
-	return stateBench(b, fleet, duration, concurrency)
+	return stateBench(ctx, b, fleet, repos, duration, concurrency)
 }
 
 // seed inserts the devices in one statement: registering 100,000 devices
@@ -334,18 +343,22 @@ func (m *cpuMeter) read() (self time.Duration, backends map[string]time.Duration
 }
 
 // stateBench registers a device the way a device does, gives it a release
-// and 50 variables (25 fleet, 25 device), and hammers its target state.
-func stateBench(b *bench, fleet string, duration time.Duration, concurrency int) error {
+// (of three images pushed to repos/<service> first) and 50 variables (25
+// fleet, 25 device), and hammers its target state.
+func stateBench(ctx context.Context, b *bench, fleet, repos string, duration time.Duration, concurrency int) error {
 	pk := b.post("/v1/fleets/"+fleet+"/provisioning-keys", b.token, map[string]any{"name": "bench"})["secret"].(string)
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	id := uuid.New()
 	b.post("/device/v1/register", "", map[string]any{"provisioning_key": pk, "uuid": id.String(),
 		"public_key": base64.RawURLEncoding.EncodeToString(pub), "name": "bench-device", "device_type": "generic-amd64"})
-	digest := "sha256:" + hex.EncodeToString(make([]byte, 32))
 	services := []any{}
 	for _, name := range []string{"app", "proxy", "metrics"} {
+		img, err := benchapp.PushImage(ctx, b.base, publicURL, b.token, repos+"/"+name, "amd64")
+		if err != nil {
+			return err
+		}
 		services = append(services, map[string]any{"name": name, "images": map[string]any{
-			"amd64": map[string]any{"image": "registry.example.com/acme/" + name + ":1", "digest": digest}}})
+			"amd64": map[string]any{"image": img.Ref + ":1", "digest": img.Digest}}})
 	}
 	b.post("/v1/fleets/"+fleet+"/releases", b.token, map[string]any{"status": "final", "services": services})
 	for i := range 25 {

@@ -61,17 +61,23 @@ type fleet struct {
 	srv                 *apptest.Server
 	owner               string // token
 	org, fleet, provKey string
+	repos               string                   // <org slug>/<fleet slug>, where its images go
+	images              map[string]apptest.Image // pushed, by service (image)
 }
 
-func newFleet(t *testing.T) *fleet { t.Helper(); return newFleetOn(t, "--target=api") }
+// newFleet serves the API and the registry-proxy its releases' images are
+// pushed through.
+func newFleet(t *testing.T) *fleet { t.Helper(); return newFleetOn(t, "--target=api,registry-proxy") }
 
 // newFleetOn is newFleet on a server started with args.
 func newFleetOn(t *testing.T, args ...string) *fleet {
 	t.Helper()
 	srv := apptest.Start(t, args...)
-	f := &fleet{srv: srv, owner: srv.Token(t, "owner@example.com")}
-	f.org = f.must(t, 201, "POST", "/v1/orgs", map[string]any{"name": "Acme"})["id"].(string)
-	f.fleet = f.must(t, 201, "POST", "/v1/orgs/"+f.org+"/fleets", map[string]any{"name": "sensors", "architecture": "amd64"})["id"].(string)
+	f := &fleet{srv: srv, owner: srv.Token(t, "owner@example.com"), images: map[string]apptest.Image{}}
+	org := f.must(t, 201, "POST", "/v1/orgs", map[string]any{"name": "Acme"})
+	fl := f.must(t, 201, "POST", "/v1/orgs/"+org["id"].(string)+"/fleets", map[string]any{"name": "sensors", "architecture": "amd64"})
+	f.org, f.fleet = org["id"].(string), fl["id"].(string)
+	f.repos = org["slug"].(string) + "/" + fl["slug"].(string)
 	f.provKey = f.must(t, 201, "POST", "/v1/fleets/"+f.fleet+"/provisioning-keys", map[string]any{"name": "simulator"})["secret"].(string)
 	return f
 }
@@ -86,13 +92,26 @@ func (f *fleet) must(t *testing.T, want int, method, path string, body any) map[
 	return out
 }
 
+// image is the amd64 image of service in the fleet's releases: a small
+// random one, pushed by the owner through the registry-proxy the first
+// time a release names the service.
+func (f *fleet) image(t *testing.T, service string) apptest.Image {
+	t.Helper()
+	img, ok := f.images[service]
+	if !ok {
+		img = f.srv.PushImage(t, f.owner, f.repos+"/"+service, "amd64")
+		f.images[service] = img
+	}
+	return img
+}
+
 // finalRelease creates a final release with one service and returns its id.
 func (f *fleet) finalRelease(t *testing.T) string {
 	t.Helper()
+	img := f.image(t, "app")
 	return f.must(t, 201, "POST", "/v1/fleets/"+f.fleet+"/releases", map[string]any{"version": "1.0", "status": "final",
 		"services": []any{map[string]any{"name": "app", "images": map[string]any{"amd64": map[string]any{
-			"image":  "registry.example.com/acme/app:1.0",
-			"digest": "sha256:" + strings.Repeat("a", 64)}}}}})["id"].(string)
+			"image": img.Ref + ":1.0", "digest": img.Digest}}}}})["id"].(string)
 }
 
 // deviceTokens verifies the device tokens of f's server: the same signing

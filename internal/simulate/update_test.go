@@ -59,9 +59,9 @@ func (f *updateFleet) release(t *testing.T, services ...service) uuid.UUID {
 	t.Helper()
 	svcs := make([]any, 0, len(services))
 	for _, s := range services {
+		img := f.image(t, s.name)
 		svcs = append(svcs, map[string]any{"name": s.name, "update_strategy": s.strategy,
-			"images": map[string]any{"amd64": map[string]any{
-				"image": "registry.example.com/acme/" + s.name + ":1", "digest": "sha256:" + strings.Repeat("b", 64)}}})
+			"images": map[string]any{"amd64": map[string]any{"image": img.Ref + ":1", "digest": img.Digest}}})
 	}
 	id := f.must(t, 201, "POST", "/v1/fleets/"+f.fleet.fleet+"/releases",
 		map[string]any{"version": uuid.NewString(), "status": "final", "services": svcs})["id"].(string)
