@@ -15,24 +15,33 @@
 //     reference to a file of the old layers with the same content (same path,
 //     or the same sha256 under any path, even a shadowed or whited-out one),
 //     encoded as a step from the previous reference so that runs of unchanged
-//     files compress to almost nothing; or a patch against the file of the
-//     same path in the old image: a zstd patch-from frame (the old version
-//     as a raw dictionary) or a bsdiff patch (go-bsdiff's BSDIFF40 format),
-//     whichever is smaller (bsdiff is tried only on binary files up to
-//     Options.MaxBsdiffFile, see defaultMaxBsdiffFile); or, for a file with
-//     no old version, the same kind of patch against an old file of the
-//     same base name (or the same extension and a similar size) when that
-//     beats compressing it alone; or the content itself. The op stream is
-//     zstd-compressed.
+//     files compress to almost nothing; or a place in a content group; or,
+//     for a file over Options.MaxPatchFile, the content itself.
+//
+// A content group holds the new content of consecutive changed and new
+// files (tar order; other files' references may come between them), up to
+// Options.MaxGroup old and new bytes. Its base is the concatenation of the
+// old versions of its files: for a changed file the old file at its path,
+// for a new file an old file likely to share content (same base name; or
+// same directory and extension and a name that starts or ends the same
+// way; or same extension and a similar size), for others nothing. The
+// group's new content is encoded against its base the way bsdiff encodes a
+// file (approximate matches, whose byte-wise differences compress to almost
+// nothing, and new bytes; see gdiff.go), in three streams (controls,
+// difference bytes, extra bytes) each compressed with zstd or bzip2,
+// whichever is smaller. One encoding for the whole group, rather than a
+// patch per file, lets the compressors see what files have in common (the
+// same inserted line in many sources, the same change in two bundles of
+// the same code) and pays headers and entropy tables once.
 //
 // Apply rebuilds the tar by running archive/tar over the header stream: each
 // regular file's header says how long its content is, and the next op
 // supplies it. Both sides decide "this entry's data is file content" with the
 // same rule on the same header bytes (regular, not sparse, non-empty).
 //
-// Wire format (version 2), integers big-endian:
+// Wire format (version 3), integers big-endian:
 //
-//	magic   "FLKLDLT" + version byte (2)
+//	magic   "FLKLDLT" + version byte (3)
 //	[32]    target diffID (sha256 of the new uncompressed tar)
 //	uint64  target size
 //	uint32  number of base layers N
@@ -41,29 +50,37 @@
 //	uint64  length, then the op stream (one zstd frame)
 //	[32]    sha256 of every preceding byte of the patch
 //
-// Ops (a byte, then uvarints): opRef step; opZPatch step, n, n bytes;
-// opBsdiff step, n, n bytes (version 2); opRaw, then the file's content;
-// opEnd. The step of a patch op names its base, which may be any old file.
-// Version 1 is version 2 without opBsdiff; Apply reads both. A step is the zigzag-encoded
-// difference between the referenced old file's ordinal (its position among
-// the non-empty regular files of the old layers, lowest layer first) and the
-// previous reference's ordinal plus one.
+// Ops (a byte, then uvarints): opRef step; opGroup n, n base steps, new
+// length, then three streams (a method byte, 0 zstd or 1 bzip2, the raw
+// length, the compressed length, the compressed bytes); opGrouped (the
+// file's content is the next bytes of the open group's content); opRaw,
+// then the file's content; opEnd. A group comes just before the op of its
+// first file, and its content must be used up by its files. A step is the
+// zigzag-encoded difference between an old file's ordinal (its position
+// among the non-empty regular files of the old layers, lowest layer first)
+// and the previous step's ordinal plus one; references and group bases are
+// two separate chains. A control is three uvarints: bytes to add to the
+// base at the current position (from the difference stream), bytes to copy
+// from the extra stream, and the zigzag-encoded move of the base position.
+// Versions 1 and 2 (a zstd or bsdiff patch per file) are not read: none was
+// ever stored.
 //
 // Apply refuses a patch whose magic, version or checksum is wrong, a truncated
 // patch, base layers whose diffIDs differ from those the patch was made
-// against, and a result whose sha256 differs from the target diffID. Apply
+// against, and a result whose sha256 differs from the target diffID; every
+// length and position in a group is checked against its buffers. Apply
 // streams its output: when it returns an error, whatever it wrote to w must be
-// discarded. It holds the compressed header stream in memory, and one patched
-// file's old and new content at a time.
+// discarded. It holds the compressed header stream in memory, and one group's
+// base and content at a time.
 //
 // Memory on Diff's side: the index of the old layers' files, the compressed
-// patch (written at the end, when the target diffID is known), one file's
-// new and old content (files over Options.MaxPatchFile are streamed whole,
-// even when unchanged: a known gap), bsdiff's ~18 times a file up to
-// Options.MaxBsdiffFile, and the zstd encoders; a best-level encoder for
-// the per-file patches holds some 70 MB of tables, so Options.Level =
-// zstd.SpeedBetterCompression trades a few percent on patched binaries for
-// much less. bench/deltas measures it.
+// patch (written at the end, when the target diffID is known), one group's
+// base and new content (at most Options.MaxGroup, or one file's two
+// versions when larger; files over Options.MaxPatchFile are streamed
+// whole, even when unchanged: a known gap), the group matcher's hash table
+// (at most 4 MiB) and chain (2 bytes a byte of base), and three zstd
+// encoders (the header stream's with a window of up to 16 MiB).
+// bench/deltas measures it.
 package layerdelta
 
 import (
@@ -117,22 +134,9 @@ const (
 	maxDict = 8 << 20
 	// maxMetaSection bounds the compressed header stream Apply holds.
 	maxMetaSection = 256 << 20
-	// defaultMaxBsdiffFile bounds the files (old and new version) Diff
-	// hands to bsdiff. go-bsdiff sorts the old version's suffixes into two
-	// []int (16 bytes a byte) and holds diff and extra buffers the size of
-	// the new one: about 18 times the file in memory, 36 MiB for a 2 MiB
-	// file, which stays under the memory goal of 10 times the largest
-	// changed file whenever bsdiff sees a file at most half the largest's
-	// size. It also takes 0.5 to 2 s a MiB (suffix sorting, then bzip2 at
-	// its best level), where zstd patch-from takes tens of ms. Larger
-	// changed files get zstd patch-from only.
-	defaultMaxBsdiffFile = 2 << 20
-	// bestLevelFile is the size from which the default Options.Level
-	// patches at zstd.SpeedBestCompression.
-	bestLevelFile = 4 << 20
 	// binarySniff is how much of a file's start Diff looks at for a NUL
-	// byte to call it binary (bsdiff is tried only on binary files unless
-	// Options.BsdiffText).
+	// byte to call it binary (a group mostly of binaries is matched with
+	// bsdiff's slack, see slackBinary).
 	binarySniff = 8 << 10
 )
 
@@ -154,30 +158,20 @@ type Options struct {
 	// in memory to look up or patch; larger ones are stored whole. Zero means
 	// 256 MiB.
 	MaxPatchFile int64
-	// Level is the zstd level of per-file patches. Zero means
-	// zstd.SpeedBestCompression for files of 4 MiB and more (on a rebuilt
-	// Go binary it makes half the patch better does) and
-	// zstd.SpeedBetterCompression for smaller ones: a best-level encoder
-	// holds ~70 MB of tables and clears half of them for every new
-	// dictionary, while on source files better makes patches as small.
+	// Level is the zstd level of the content groups' streams. Zero means
+	// zstd.SpeedBetterCompression (SpeedDefault made the Go source pair's
+	// groups 10% larger).
 	Level zstd.EncoderLevel
-	// StreamLevel is the zstd level of the header and op streams (new
-	// files' content is in the op stream). Zero means
-	// zstd.SpeedBetterCompression: a best-level encoder holds ~70 MB of
-	// tables, and on the header stream best gains little.
+	// StreamLevel is the zstd level of the header and op streams. Zero
+	// means zstd.SpeedBetterCompression: a best-level encoder holds ~70 MB
+	// of tables, and on the header stream best gains little.
 	StreamLevel zstd.EncoderLevel
-	// MaxBsdiffFile is the largest file (old or new version) that Diff
-	// also patches with bsdiff, keeping the smaller of the bsdiff and zstd
-	// patches. bsdiff holds about 18 times the file in memory and takes
-	// 0.5 to 2 s a MiB. Zero means 2 MiB; negative turns bsdiff off.
+	// MaxBsdiffFile and BsdiffText are ignored since format version 3:
+	// every group is encoded bsdiff-style (see gdiff.go).
 	MaxBsdiffFile int64
-	// BsdiffText makes Diff try bsdiff on files that look like text too (no
-	// NUL byte in the first 8 KiB of either version). Off by default:
-	// on text, zstd patch-from is as small or smaller and far faster.
-	BsdiffText bool
-	// NoDict turns off the dictionary path for new files (compressing a
-	// file with no old version of its path against an old file of the same
-	// base name or extension).
+	BsdiffText    bool
+	// NoDict turns off bases for new files (a file with no old version of
+	// its path joins its group with no old file in the group's base).
 	NoDict bool
 	// MaxGroup bounds the old and new bytes of one content group (a group
 	// holding a single file may be larger). Diff and Apply hold one group in
@@ -194,12 +188,12 @@ type Stats struct {
 	Files        int   // regular files with content in the new layer
 	RefFiles     int   // found in the old layers: reference only
 	RefBytes     int64 // their content size
-	PatchedFiles int   // patched against an old file (zstd patch-from or bsdiff)
+	PatchedFiles int   // in a content group with an old file as base
 	PatchedBytes int64 // their new content size
 	PatchBytes   int64 // size of the content groups' streams and the bsdiff patches
-	BsdiffFiles  int   // of PatchedFiles, those whose bsdiff patch was the smaller
-	BsdiffTried  int   // files given to bsdiff
-	DictFiles    int   // of PatchedFiles, new files patched against an old file of another name
+	BsdiffFiles  int   // always 0 since format version 3
+	BsdiffTried  int   // always 0 since format version 3
+	DictFiles    int   // of PatchedFiles, new files with an old file of another path as base
 	DictBytes    int64 // their new content size
 	RawFiles     int   // content without an old base (new files in a group, or too large to hold)
 	RawBytes     int64
@@ -521,9 +515,6 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	if o.MaxPatchFile <= 0 {
 		o.MaxPatchFile = defaultMaxPatchFile
 	}
-	if o.MaxBsdiffFile == 0 {
-		o.MaxBsdiffFile = defaultMaxBsdiffFile
-	}
 	if o.StreamLevel == 0 {
 		o.StreamLevel = zstd.SpeedBetterCompression
 	}
@@ -770,14 +761,6 @@ func diffFile(ix *baseIndex, o *Options, ow *opWriter, tr io.Reader, h *tar.Head
 		st.RawBytes += h.Size
 	}
 	return ow.op(opGrouped)
-}
-
-// grow returns b resized to n bytes, reallocating only when it must.
-func grow(b []byte, n int) []byte {
-	if cap(b) < n {
-		return make([]byte, n)
-	}
-	return b[:n]
 }
 
 // isBinary reports whether b's start holds a NUL byte.
@@ -1274,28 +1257,4 @@ func streamErr(err error) error {
 		return ErrTruncated
 	}
 	return fmt.Errorf("%w: %v", ErrCorrupt, err)
-}
-
-func zUnpatch(base, p []byte, newSize int) ([]byte, error) {
-	opts := []zstd.DOption{
-		zstd.WithDecoderConcurrency(1),
-		zstd.WithDecoderMaxWindow(uint64(windowFor(len(base), newSize))),
-		zstd.WithDecodeAllCapLimit(true),
-	}
-	if len(base) > 0 {
-		opts = append(opts, zstd.WithDecoderDictRaw(1, base))
-	}
-	d, err := zstd.NewReader(nil, opts...)
-	if err != nil {
-		return nil, err
-	}
-	defer d.Close()
-	out, err := d.DecodeAll(p, make([]byte, 0, newSize))
-	if err != nil {
-		return nil, fmt.Errorf("%w: file patch: %v", ErrCorrupt, err)
-	}
-	if len(out) != newSize {
-		return nil, fmt.Errorf("%w: file patch gave %d bytes, want %d", ErrCorrupt, len(out), newSize)
-	}
-	return out, nil
 }

@@ -2,6 +2,7 @@ package layerdelta
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -14,11 +15,13 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	dbzip2 "github.com/dsnet/compress/bzip2"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -746,6 +749,187 @@ func TestVersions(t *testing.T) {
 			}
 			if _, err := ReadInfo(bytes.NewReader(tc.patch)); errors.Is(err, ErrVersion) != (tc.want == ErrVersion) {
 				t.Errorf("ReadInfo: %v", err)
+			}
+		})
+	}
+}
+
+func TestGpatchRefusesBadControls(t *testing.T) {
+	old := elfLike(5, 64<<10, 0, 0)
+	newer := elfLike(5, 64<<10, 0x40, 16)
+	newer = append(newer, text(6, 2000)...) // extra bytes too
+	nw := append([]byte(nil), newer...)     // gdiff writes over its input
+	ctrl, db, eb := gdiff(old, nw, slackBinary, &gbufs{})
+	ctrl, db, eb = slices.Clone(ctrl), slices.Clone(db), slices.Clone(eb)
+	if out, err := gpatch(old, ctrl, db, eb, len(newer)); err != nil || !bytes.Equal(out, newer) {
+		t.Fatalf("gpatch of a good group: %v", err)
+	}
+	if len(eb) == 0 || len(db) == 0 {
+		t.Fatalf("%d difference and %d extra bytes: the test wants both", len(db), len(eb))
+	}
+	ctl := func(vals ...int64) []byte {
+		var b []byte
+		for i, v := range vals {
+			if i%3 == 2 {
+				b = binary.AppendUvarint(b, uint64(v<<1)^uint64(v>>63))
+			} else {
+				b = binary.AppendUvarint(b, uint64(v))
+			}
+		}
+		return b
+	}
+	tests := []struct {
+		name        string
+		ctrl, db, e []byte
+		n           int
+	}{
+		{"longer result", ctrl, db, eb, len(newer) + 1},
+		{"shorter result", ctrl, db, eb, len(newer) - 1},
+		{"controls cut short", ctrl[:len(ctrl)-1], db, eb, len(newer)},
+		{"difference bytes left over", ctrl, append(slices.Clone(db), 0), eb, len(newer)},
+		{"extra bytes left over", ctrl, db, append(slices.Clone(eb), 0), len(newer)},
+		{"difference bytes missing", ctrl, db[:len(db)-1], eb, len(newer)},
+		{"extra bytes missing", ctrl, db, eb[:len(eb)-1], len(newer)},
+		{"add past the base", ctl(int64(len(old))+1, 0, 0), make([]byte, len(old)+1), nil, len(old) + 1},
+		{"seek before the base", ctl(1, 0, -5, 1, 0, 0), make([]byte, 2), nil, 2},
+		{"huge seek", ctl(1, 0, 1<<50, 1, 0, 0), make([]byte, 2), nil, 2},
+		{"huge add", ctl(1<<62, 0, 0), db, nil, len(newer)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := gpatch(old, tc.ctrl, tc.db, tc.e, tc.n); !errors.Is(err, ErrCorrupt) {
+				t.Errorf("got %v, want ErrCorrupt", err)
+			}
+		})
+	}
+}
+
+func TestUnpackStreamRefuses(t *testing.T) {
+	zs, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer zs.Close()
+	raw := bytes.Repeat(text(7, 3000), 3)
+	for _, method := range []byte{streamZstd, streamBzip2} {
+		var bufs gbufs
+		good, err := packStream(nil, raw, zs, &bufs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if method == streamBzip2 {
+			// Force bzip2: pack with a zstd stream made worse than bzip2.
+			var b bytes.Buffer
+			bw, _ := dbzip2.NewWriter(&b, nil)
+			bw.Write(raw)
+			bw.Close()
+			good = append([]byte{streamBzip2}, binary.AppendUvarint(binary.AppendUvarint(nil, uint64(len(raw))), uint64(b.Len()))...)
+			good = append(good, b.Bytes()...)
+		}
+		read := func(p []byte, limit uint64) ([]byte, error) {
+			r := bufio.NewReader(bytes.NewReader(p))
+			return unpackStream(r, r, limit)
+		}
+		if out, err := read(good, uint64(len(raw))); err != nil || !bytes.Equal(out, raw) {
+			t.Fatalf("method %d: good stream: %v", method, err)
+		}
+		hdrLen := 1 + len(binary.AppendUvarint(nil, uint64(len(raw))))
+		clen, _ := binary.Uvarint(good[hdrLen:])
+		body := len(good) - int(clen)
+		tests := []struct {
+			name  string
+			p     []byte
+			limit uint64
+			want  error
+		}{
+			{"over the limit", good, uint64(len(raw)) - 1, ErrCorrupt},
+			{"unknown method", append([]byte{9}, good[1:]...), uint64(len(raw)), ErrCorrupt},
+			{"truncated", good[:len(good)-3], uint64(len(raw)), ErrTruncated},
+			{"garbage", append(slices.Clone(good[:body]), randBytes(8, int(clen))...), uint64(len(raw)), ErrCorrupt},
+			{"says longer", append(append([]byte{good[0]}, binary.AppendUvarint(nil, uint64(len(raw))+1)...), good[hdrLen:]...), uint64(len(raw)) + 1, ErrCorrupt},
+			{"says shorter", append(append([]byte{good[0]}, binary.AppendUvarint(nil, uint64(len(raw))-1)...), good[hdrLen:]...), uint64(len(raw)), ErrCorrupt},
+		}
+		for _, tc := range tests {
+			t.Run(fmt.Sprintf("%d %s", method, tc.name), func(t *testing.T) {
+				if _, err := read(tc.p, tc.limit); !errors.Is(err, tc.want) {
+					t.Errorf("got %v, want %v", err, tc.want)
+				}
+			})
+		}
+	}
+}
+
+// rewriteOps decodes a patch's op stream, lets f change it, and writes the
+// patch again with a valid checksum, as a buggy or malicious producer would.
+func rewriteOps(t *testing.T, patch []byte, nBases int, f func(ops []byte) []byte) []byte {
+	t.Helper()
+	off := 52 + 40*nBases
+	metaLen := int(binary.BigEndian.Uint64(patch[off:]))
+	opsAt := off + 8 + metaLen
+	opsLen := int(binary.BigEndian.Uint64(patch[opsAt:]))
+	d, err := zstd.NewReader(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ops, err := d.DecodeAll(patch[opsAt+8:opsAt+8+opsLen], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, _ := zstd.NewWriter(nil)
+	comp := e.EncodeAll(f(ops), nil)
+	p := append([]byte(nil), patch[:opsAt]...)
+	p = binary.BigEndian.AppendUint64(p, uint64(len(comp)))
+	p = append(p, comp...)
+	sum := sha256.Sum256(p)
+	return append(p, sum[:]...)
+}
+
+func TestApplyRefusesBadGroups(t *testing.T) {
+	ctx := context.Background()
+	src := text(9, 30_000)
+	oldTar := buildTar(t, layerSpec{entries: []entry{{name: "a", body: src}}})
+	newTar := buildTar(t, layerSpec{entries: []entry{{name: "a", body: edit(src, 1)}}})
+	_, patch := roundTrip(t, [][]byte{oldTar}, newTar)
+	// The op stream: opGroup, 1 base, step 0, new length, three streams,
+	// opGrouped, opEnd.
+	var newLen uint64
+	rewriteOps(t, patch, 1, func(ops []byte) []byte {
+		if ops[0] != opGroup || ops[1] != 1 || ops[2] != 0 || ops[len(ops)-2] != opGrouped || ops[len(ops)-1] != opEnd {
+			t.Fatalf("op stream % x...: not the expected layout", ops[:8])
+		}
+		newLen, _ = binary.Uvarint(ops[3:])
+		return ops
+	})
+	withLen := func(ops []byte, n uint64) []byte {
+		_, k := binary.Uvarint(ops[3:])
+		return append(append(slices.Clone(ops[:3]), binary.AppendUvarint(nil, n)...), ops[3+k:]...)
+	}
+	tests := []struct {
+		name string
+		f    func(ops []byte) []byte
+		want error
+	}{
+		{"unchanged", func(ops []byte) []byte { return ops }, nil},
+		{"group longer than its files", func(ops []byte) []byte { return withLen(ops, newLen+1) }, ErrCorrupt},
+		{"group shorter than its files", func(ops []byte) []byte { return withLen(ops, newLen-1) }, ErrCorrupt},
+		{"empty group", func(ops []byte) []byte { return withLen(ops, 0) }, ErrCorrupt},
+		{"group larger than the target", func(ops []byte) []byte { return withLen(ops, 1<<40) }, ErrCorrupt},
+		{"base out of range", func(ops []byte) []byte { o := slices.Clone(ops); o[2] = 2; return o }, ErrCorrupt},
+		{"more bases than old files", func(ops []byte) []byte { o := slices.Clone(ops); o[1] = 5; return o }, ErrCorrupt},
+		{"group with no file", func(ops []byte) []byte { return append(slices.Clone(ops[:len(ops)-2]), opEnd) }, ErrCorrupt},
+		{"second group before the first is used", func(ops []byte) []byte {
+			return append(append(slices.Clone(ops[:len(ops)-2]), ops[:len(ops)-2]...), opGrouped, opEnd)
+		}, ErrCorrupt},
+		{"cut inside the group", func(ops []byte) []byte { return ops[:len(ops)/2] }, ErrTruncated},
+		{"no end", func(ops []byte) []byte { return ops[:len(ops)-1] }, ErrTruncated},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := rewriteOps(t, patch, 1, tc.f)
+			_, err := Apply(ctx, layersOf(oldTar), bytes.NewReader(p), io.Discard)
+			if tc.want == nil && err != nil || tc.want != nil && !errors.Is(err, tc.want) {
+				t.Errorf("got %v, want %v", err, tc.want)
 			}
 		})
 	}
