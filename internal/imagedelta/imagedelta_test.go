@@ -9,6 +9,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/flock-io/flock-api/internal/imagedelta"
@@ -25,7 +26,28 @@ type fixture struct {
 	bRaw  [][]byte // B's layers, uncompressed
 }
 
+var (
+	shared     fixture
+	sharedOnce sync.Once
+	sharedOK   bool
+)
+
+// compute returns the delta of the compiled-program pair, computed once per
+// test binary (the tests only read it): under -race each computation and
+// application takes seconds.
 func compute(t *testing.T) fixture {
+	t.Helper()
+	sharedOnce.Do(func() {
+		shared = computeNew(t)
+		sharedOK = true
+	})
+	if !sharedOK {
+		t.Fatal("the shared fixture failed in an earlier test")
+	}
+	return shared
+}
+
+func computeNew(t *testing.T) fixture {
 	t.Helper()
 	p := imagedeltatest.BuildPair(t)
 	from := imagedeltatest.Resolved(t, "acme/sensors/hello", p.A)
@@ -128,6 +150,7 @@ func TestComputeApplyRealImages(t *testing.T) {
 
 func TestComputeIsDeterministic(t *testing.T) {
 	f := compute(t)
+	t.Parallel()
 	from := imagedeltatest.Resolved(t, "acme/sensors/hello", f.pair.A)
 	to := imagedeltatest.Resolved(t, "acme/sensors/hello", f.pair.B)
 	var again bytes.Buffer
@@ -196,7 +219,7 @@ func TestCorruptDeltaRefused(t *testing.T) {
 	f := compute(t)
 	rng := rand.New(rand.NewPCG(3, 4))
 	refused := 0
-	const flips = 200
+	const flips = 100
 	for i := range flips {
 		d := bytes.Clone(f.delta)
 		pos := rng.IntN(len(d))
