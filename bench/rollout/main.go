@@ -87,7 +87,13 @@ func run(adminURL string, n, groups, clients int) error {
 	defer done()
 
 	// The API only: the scheduler measured is the one below, alone.
-	proc, err := launch.Start([]string{"--database-url=" + dbURL, "--dev", "--public-url=" + publicURL, "--target=api"},
+	// The embedded registry and blob store keep their files here.
+	dataDir, err := os.MkdirTemp("", "flock-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dataDir)
+	proc, err := launch.Start([]string{"--database-url=" + dbURL, "--data-dir=" + dataDir, "--dev", "--public-url=" + publicURL, "--target=api"},
 		func(line string) {
 			if strings.Contains(line, `"level":"ERROR"`) {
 				fmt.Fprintln(os.Stderr, line)

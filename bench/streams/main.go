@@ -191,7 +191,13 @@ func run(source, adminURL string, clients, orgs, devicesPerOrg, rate int, durati
 		target = "api,ingester"
 	}
 	var brokerAddr atomic.Value
-	proc, err := launch.Start([]string{"--database-url=" + dbURL, "--dev", "--public-url=" + publicURL,
+	// The embedded registry and blob store keep their files here.
+	dataDir, err := os.MkdirTemp("", "flock-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dataDir)
+	proc, err := launch.Start([]string{"--database-url=" + dbURL, "--data-dir=" + dataDir, "--dev", "--public-url=" + publicURL,
 		"--target=" + target, "--kafka-brokers=" + kafka},
 		func(line string) {
 			// (not_ready: launch's polls of /readyz before it was ready)

@@ -73,7 +73,13 @@ func run(adminURL string, n, requests, rate, batches int) error {
 		return err
 	}
 	defer done()
-	proc, err := launch.Start([]string{"--database-url=" + dbURL, "--dev", "--target=api", "--public-url=" + publicURL},
+	// The embedded registry and blob store keep their files here.
+	dataDir, err := os.MkdirTemp("", "flock-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dataDir)
+	proc, err := launch.Start([]string{"--database-url=" + dbURL, "--data-dir=" + dataDir, "--dev", "--target=api", "--public-url=" + publicURL},
 		func(line string) {
 			if strings.Contains(line, `"level":"ERROR"`) || strings.Contains(line, `"level":"WARN"`) {
 				fmt.Fprintln(os.Stderr, line)

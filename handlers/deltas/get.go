@@ -28,10 +28,6 @@ import (
 // ask queues it), 409 when there is none to have (not smaller than the
 // layers, or failed): the device pulls the layers.
 func (h *Deltas) DeviceDeltaGet(ctx context.Context, req api.DeviceDeltaGetRequestObject) (api.DeviceDeltaGetResponseObject, error) {
-	if h.Pool == nil {
-		// Not wired into this deployment's server.
-		return nil, problem.Errorf(http.StatusNotImplemented, "not_implemented", "deltas are not served yet; pull the layers")
-	}
 	p := auth.PrincipalFrom(ctx)
 	if p == nil || p.Kind != auth.KindDevice {
 		return nil, problem.ErrNotFound // the policy lets devices only
