@@ -22,12 +22,15 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
-// The targets that exist today, enabled by default, and those that will
-// come, one values entry each.
+// The targets that exist today, enabled by default (sorted), and those that
+// will come, one values entry each.
 var (
-	defaultTargets = []string{"api", "ingester", "scheduler"}
-	laterTargets   = []string{"builder", "delta", "registry-proxy", "tunnel", "proxy", "events-gateway"}
+	defaultTargets = []string{"api", "delta", "ingester", "registry-proxy", "scheduler"}
+	laterTargets   = []string{"builder", "tunnel", "proxy", "events-gateway"}
 )
+
+// Where the chart mounts FLOCK_DATA_DIR (values.yaml dataDir.path).
+const dataDir = "/var/lib/flock"
 
 func mustRender(t *testing.T, files []string, set ...string) *rendered {
 	t.Helper()
@@ -61,9 +64,39 @@ func TestDefaultValues(t *testing.T) {
 	if n := *deps["scheduler"].Spec.Replicas; n != 2 {
 		t.Errorf("scheduler replicas %d, want 2 (they share the work)", n)
 	}
+	if n := *deps["registry-proxy"].Spec.Replicas; n != 2 {
+		t.Errorf("registry-proxy replicas %d, want 2", n)
+	}
+	if n := *deps["delta"].Spec.Replicas; n != 1 {
+		t.Errorf("delta replicas %d, want 1", n)
+	}
+	// Split targets share the registry and S3 the defaults name, so only the
+	// delta target has a data volume: its scratch files, on an emptyDir.
+	for target, d := range deps {
+		c := d.Spec.Template.Spec.Containers[0]
+		for name, v := range map[string]string{"FLOCK_REGISTRY_URL": "http://flock-registry:5000", "FLOCK_S3_ENDPOINT": "http://flock-s3:9000"} {
+			if e, ok := env(c, name); !ok || e.Value != v {
+				t.Errorf("%s: %s = %+v, want %q", target, name, e, v)
+			}
+		}
+		for _, name := range []string{"FLOCK_REGISTRY_USERNAME", "FLOCK_REGISTRY_PASSWORD", "FLOCK_REGISTRY_HOST", "FLOCK_S3_BUCKET",
+			"FLOCK_S3_REGION", "FLOCK_S3_ACCESS_KEY", "FLOCK_S3_SECRET_KEY", "FLOCK_DELTA_MAX_RATIO"} {
+			if e, ok := env(c, name); ok {
+				t.Errorf("%s: %s=%+v although its value is empty", target, name, e)
+			}
+		}
+		if target == "delta" {
+			checkDataDir(t, d, "emptyDir", "10Gi")
+		} else {
+			checkDataDir(t, d, "", "")
+		}
+	}
+	if n := len(r.pvcs()); n != 0 {
+		t.Errorf("%d PersistentVolumeClaims without targets.all", n)
+	}
 	// HTTP for every target; MQTT for the ingester's embedded broker.
 	svcs := servicesByName(r)
-	if got, want := sortedKeys(svcs), []string{"flock-api", "flock-ingester", "flock-ingester-mqtt", "flock-scheduler"}; !slices.Equal(got, want) {
+	if got, want := sortedKeys(svcs), []string{"flock-api", "flock-delta", "flock-ingester", "flock-ingester-mqtt", "flock-registry-proxy", "flock-scheduler"}; !slices.Equal(got, want) {
 		t.Errorf("Services %v, want %v", got, want)
 	}
 	if s, ok := svcs["flock-ingester-mqtt"]; ok {
@@ -71,7 +104,7 @@ func TestDefaultValues(t *testing.T) {
 			t.Errorf("flock-ingester-mqtt ports %+v, want TCP 1883", p)
 		}
 	}
-	for _, name := range []string{"flock-api", "flock-ingester", "flock-scheduler"} {
+	for _, name := range []string{"flock-api", "flock-delta", "flock-ingester", "flock-registry-proxy", "flock-scheduler"} {
 		if s, ok := svcs[name]; ok && (len(s.Spec.Ports) != 1 || s.Spec.Ports[0].Name != "http") {
 			t.Errorf("%s ports %+v, want http only", name, s.Spec.Ports)
 		}
@@ -84,6 +117,9 @@ func TestDefaultValues(t *testing.T) {
 	}
 	if !strings.Contains(r.notes, "oidc.issuer is empty") {
 		t.Errorf("NOTES.txt does not warn that oidc.issuer is unset:\n%s", r.notes)
+	}
+	if !strings.Contains(r.notes, "route /v2/ and /registry/token") || !strings.Contains(r.notes, "flock-registry-proxy") {
+		t.Errorf("NOTES.txt does not say where the registry's paths go:\n%s", r.notes)
 	}
 }
 
@@ -101,10 +137,33 @@ func TestAllInOne(t *testing.T) {
 		t.Errorf("replicas %d, want 1: in-process engines serve one process", *d.Spec.Replicas)
 	}
 	c := d.Spec.Template.Spec.Containers[0]
-	for _, name := range []string{"FLOCK_REDIS_URL", "FLOCK_KAFKA_BROKERS", "FLOCK_MQTT_URL"} {
+	for _, name := range []string{"FLOCK_REDIS_URL", "FLOCK_KAFKA_BROKERS", "FLOCK_MQTT_URL", "FLOCK_REGISTRY_URL", "FLOCK_S3_ENDPOINT"} {
 		if e, ok := env(c, name); ok {
 			t.Errorf("%s=%q: all-in-one runs on the in-process engine", name, e.Value)
 		}
+	}
+	// The embedded registry and S3 keep their files on a claim of the
+	// chart's, which one pod at a time mounts.
+	checkDataDir(t, d, "pvc", "flock-all-data")
+	if d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
+		t.Errorf("strategy %q, want Recreate: two pods would share the embedded registry's volume", d.Spec.Strategy.Type)
+	}
+	pvcs := r.pvcs()
+	if len(pvcs) != 1 || pvcs[0].Name != "flock-all-data" {
+		t.Fatalf("PersistentVolumeClaims %v, want flock-all-data:\n  %s", pvcs, kinds(r))
+	}
+	pvc := pvcs[0]
+	if got := pvc.Spec.Resources.Requests[corev1.ResourceStorage]; got.String() != "20Gi" {
+		t.Errorf("flock-all-data requests %s, want 20Gi", got.String())
+	}
+	if !slices.Equal(pvc.Spec.AccessModes, []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}) || pvc.Spec.StorageClassName != nil {
+		t.Errorf("flock-all-data: access modes %v, storage class %v; want ReadWriteOnce on the default class", pvc.Spec.AccessModes, pvc.Spec.StorageClassName)
+	}
+	if r.hookOf(pvc) != nil {
+		t.Error("flock-all-data is a hook: it would be deleted and recreated with its data")
+	}
+	if strings.Contains(r.notes, "WARNING: persistence.enabled is false") || !strings.Contains(r.notes, "PersistentVolumeClaim flock-all-data") {
+		t.Errorf("NOTES.txt about the data volume:\n%s", r.notes)
 	}
 	checkPDBs(t, r, deps)
 	checkMigrateJob(t, r)
@@ -124,8 +183,11 @@ func TestEveryTargetAndEveryStore(t *testing.T) {
 		"publicURL=https://flock.example.com",
 		"redis.existingSecret=flock-redis", "kafka.brokers=kafka-0:9092\\,kafka-1:9092",
 		"clickhouse.url=clickhouse://clickhouse:9000/flock", "loki.url=http://loki:3100/loki/api/v1/push",
-		"harbor.url=https://harbor.example.com", "s3.endpoint=https://s3.example.com", "s3.bucket=flock",
-		"s3.existingSecret=flock-s3",
+		"registry.url=https://harbor.example.com", "registry.username=robot$flock",
+		"registry.password.existingSecret=flock-registry", "registry.host=registry.example.com",
+		"s3.endpoint=https://s3.eu-west-1.amazonaws.com", "s3.bucket=flock-deltas", "s3.region=eu-west-1",
+		"s3.accessKey=AKIAEXAMPLE", "s3.secretKey.existingSecret=flock-s3", "s3.secretKey.key=secret-access-key",
+		"deltaMaxRatio=0.5",
 		"oidc.issuer=https://auth.example.com", "oidc.audience=flock-project",
 		"mqtt.url=mqtts://emqx:8883", "mqtt.publicURL=mqtts://mqtt.example.com:8883",
 		"mqtt.password.existingSecret=flock-mqtt", "mqtt.hookToken.existingSecret=flock-mqtt",
@@ -186,25 +248,30 @@ func TestEveryTargetAndEveryStore(t *testing.T) {
 	}
 
 	plain := map[string]string{
-		"FLOCK_PUBLIC_URL":      "https://flock.example.com",
-		"FLOCK_KAFKA_BROKERS":   "kafka-0:9092,kafka-1:9092",
-		"FLOCK_CLICKHOUSE_URL":  "clickhouse://clickhouse:9000/flock",
-		"FLOCK_LOKI_URL":        "http://loki:3100/loki/api/v1/push",
-		"FLOCK_REGISTRY_URL":    "https://harbor.example.com",
-		"FLOCK_S3_ENDPOINT":     "https://s3.example.com",
-		"FLOCK_S3_BUCKET":       "flock",
-		"FLOCK_OIDC_ISSUER":     "https://auth.example.com",
-		"FLOCK_OIDC_AUDIENCE":   "flock-project",
-		"FLOCK_MQTT_URL":        "mqtts://emqx:8883",
-		"FLOCK_MQTT_PUBLIC_URL": "mqtts://mqtt.example.com:8883",
+		"FLOCK_PUBLIC_URL":        "https://flock.example.com",
+		"FLOCK_KAFKA_BROKERS":     "kafka-0:9092,kafka-1:9092",
+		"FLOCK_CLICKHOUSE_URL":    "clickhouse://clickhouse:9000/flock",
+		"FLOCK_LOKI_URL":          "http://loki:3100/loki/api/v1/push",
+		"FLOCK_REGISTRY_URL":      "https://harbor.example.com",
+		"FLOCK_REGISTRY_USERNAME": "robot$flock",
+		"FLOCK_REGISTRY_HOST":     "registry.example.com",
+		"FLOCK_S3_ENDPOINT":       "https://s3.eu-west-1.amazonaws.com",
+		"FLOCK_S3_BUCKET":         "flock-deltas",
+		"FLOCK_S3_REGION":         "eu-west-1",
+		"FLOCK_S3_ACCESS_KEY":     "AKIAEXAMPLE",
+		"FLOCK_DELTA_MAX_RATIO":   "0.5",
+		"FLOCK_OIDC_ISSUER":       "https://auth.example.com",
+		"FLOCK_OIDC_AUDIENCE":     "flock-project",
+		"FLOCK_MQTT_URL":          "mqtts://emqx:8883",
+		"FLOCK_MQTT_PUBLIC_URL":   "mqtts://mqtt.example.com:8883",
 	}
 	secret := map[string][2]string{
-		"FLOCK_DATABASE_URL":    {"flock-database", "database-url"},
-		"FLOCK_REDIS_URL":       {"flock-redis", "redis-url"},
-		"FLOCK_MQTT_PASSWORD":   {"flock-mqtt", "mqtt-password"},
-		"FLOCK_MQTT_HOOK_TOKEN": {"flock-mqtt", "mqtt-hook-token"},
-		"AWS_ACCESS_KEY_ID":     {"flock-s3", "access-key-id"},
-		"AWS_SECRET_ACCESS_KEY": {"flock-s3", "secret-access-key"},
+		"FLOCK_DATABASE_URL":      {"flock-database", "database-url"},
+		"FLOCK_REDIS_URL":         {"flock-redis", "redis-url"},
+		"FLOCK_MQTT_PASSWORD":     {"flock-mqtt", "mqtt-password"},
+		"FLOCK_MQTT_HOOK_TOKEN":   {"flock-mqtt", "mqtt-hook-token"},
+		"FLOCK_REGISTRY_PASSWORD": {"flock-registry", "registry-password"},
+		"FLOCK_S3_SECRET_KEY":     {"flock-s3", "secret-access-key"},
 	}
 	for target, d := range deps {
 		c := d.Spec.Template.Spec.Containers[0]
@@ -218,6 +285,18 @@ func TestEveryTargetAndEveryStore(t *testing.T) {
 		}
 		if _, ok := env(c, "FLOCK_MQTT_LISTEN"); ok {
 			t.Errorf("%s: FLOCK_MQTT_LISTEN set although the broker is external", target)
+		}
+		// Credentials reach flock-api as its own settings (redacted by
+		// --print-config), not as the AWS SDK's variables.
+		for _, name := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} {
+			if _, ok := env(c, name); ok {
+				t.Errorf("%s: %s set; the chart passes FLOCK_S3_ACCESS_KEY and FLOCK_S3_SECRET_KEY", target, name)
+			}
+		}
+		if target == "delta" {
+			checkDataDir(t, d, "emptyDir", "10Gi")
+		} else {
+			checkDataDir(t, d, "", "")
 		}
 	}
 	if strings.Contains(r.notes, "oidc.issuer is empty") {
@@ -239,8 +318,39 @@ func TestRefusedValues(t *testing.T) {
 		{"split targets without Redis", nil, []string{"redis.url="}, "need a shared Redis"},
 		{"split targets without Kafka", nil, []string{"kafka.brokers="}, "need a shared Kafka"},
 		{"all beside api", []string{allInOne}, []string{"targets.api.enabled=true"}, "targets.all runs every target in one process, but api are enabled too"},
-		{"no target", nil, []string{"targets.api.enabled=false", "targets.ingester.enabled=false", "targets.scheduler.enabled=false"}, "no target is enabled"},
+		{"no target", nil, only(), "no target is enabled"},
 		{"external broker without its password", nil, []string{"mqtt.url=mqtt://emqx:1883", "targets.ingester.replicas=2"}, "set mqtt.password.existingSecret"},
+		// The embedded registry and S3 serve one process: split targets
+		// need the shared ones.
+		{"split targets without a registry", nil, []string{"registry.url="}, "registry.url is empty, but the embedded registry serves only the process it runs in"},
+		{"split targets without a registry names them", nil, []string{"registry.url="}, "enabled: api ×2, registry-proxy ×2, delta ×1"},
+		{"split targets without S3", nil, []string{"s3.endpoint="}, "s3.endpoint is empty, but the embedded S3 store serves only the process it runs in"},
+		{"delta alone without a registry", nil, append(only("delta"), "registry.url="), "set registry.url"},
+		{"delta alone without S3", nil, append(only("delta"), "s3.endpoint="), "set s3.endpoint"},
+		{"registry-proxy alone without a registry", nil, append(only("registry-proxy"), "registry.url="), "enabled: registry-proxy ×2"},
+		{"registry-proxy alone without S3", nil, append(only("registry-proxy"), "s3.endpoint="), "set s3.endpoint"},
+		{"two api pods without a registry", nil, append(only("api"), "targets.api.replicas=2", "registry.url="), "enabled: api ×2"},
+		{"two api pods without S3", nil, append(only("api"), "targets.api.replicas=2", "s3.endpoint="), "set s3.endpoint"},
+		{"two all-in-one pods without a registry", []string{allInOne}, []string{"targets.all.replicas=2", "mqtt.url=mqtt://emqx:1883", "mqtt.password.existingSecret=m",
+			"redis.url=redis://redis:6379/0", "kafka.brokers=kafka:9092", "s3.endpoint=http://minio:9000"}, "enabled: all ×2"},
+		{"two all-in-one pods without S3", []string{allInOne}, []string{"targets.all.replicas=2", "mqtt.url=mqtt://emqx:1883", "mqtt.password.existingSecret=m",
+			"redis.url=redis://redis:6379/0", "kafka.brokers=kafka:9092", "registry.url=http://registry:5000"}, "set s3.endpoint"},
+		{"registry user without password", nil, []string{"registry.username=robot$flock"}, "set registry.password.existingSecret"},
+		{"registry password without user", nil, []string{"registry.password.existingSecret=flock-registry"}, "without registry.username"},
+		{"registry password without key", nil, []string{"registry.username=robot$flock", "registry.password.existingSecret=flock-registry", "registry.password.key="}, "FLOCK_REGISTRY_PASSWORD: the Secret's key must not be empty"},
+		{"S3 access key without secret key", nil, []string{"s3.accessKey=AKIA"}, "set s3.secretKey.existingSecret"},
+		{"S3 secret key without access key", nil, []string{"s3.secretKey.existingSecret=flock-s3"}, "without s3.accessKey"},
+		{"harbor.url of chart 0.1", nil, []string{"harbor.url=https://harbor.example.com"}, "harbor.url is now registry.url"},
+		{"s3.existingSecret of chart 0.1", nil, []string{"s3.existingSecret=flock-s3"}, "set s3.accessKey and s3.secretKey.existingSecret"},
+		{"registry URL without scheme", nil, []string{"registry.url=harbor.example.com"}, "/registry/url"},
+		{"S3 endpoint without scheme", nil, []string{"s3.endpoint=minio:9000"}, "/s3/endpoint"},
+		{"registry host with a scheme", nil, []string{"registry.host=https://registry.example.com"}, "/registry/host"},
+		{"delta ratio zero", nil, []string{"deltaMaxRatio=0"}, "deltaMaxRatio"},
+		{"delta ratio above one", nil, []string{"deltaMaxRatio=1.5"}, "deltaMaxRatio"},
+		{"delta ratio not a number", nil, []string{"deltaMaxRatio=most"}, "deltaMaxRatio"},
+		{"data dir not absolute", nil, []string{"dataDir.path=data"}, "/dataDir/path"},
+		{"data dir size not a quantity", nil, []string{"dataDir.sizeLimit=ten gigs"}, "/dataDir/sizeLimit"},
+		{"persistence size not a quantity", []string{allInOne}, []string{"persistence.size=lots"}, "/persistence/size"},
 		{"misspelt value", nil, []string{"targets.api.replica=3"}, "replica"},
 		{"unknown target", nil, []string{"targets.sheduler.enabled=true"}, "sheduler"},
 		{"no database Secret", nil, []string{"postgresql.existingSecret="}, "existingSecret"},
@@ -259,6 +369,108 @@ func TestRefusedValues(t *testing.T) {
 				t.Errorf("error %q does not mention %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// targets.all on an emptyDir (images lost on restart, NOTES.txt says so),
+// on an existing claim, and on a claim of the chart's with no storage class.
+func TestAllInOnePersistence(t *testing.T) {
+	t.Run("disabled", func(t *testing.T) {
+		r := mustRender(t, []string{allInOne}, "persistence.enabled=false", "dataDir.sizeLimit=50Gi")
+		d := byTarget(t, r)["all"]
+		checkDataDir(t, d, "emptyDir", "50Gi")
+		if n := len(r.pvcs()); n != 0 {
+			t.Errorf("%d PersistentVolumeClaims with persistence disabled", n)
+		}
+		if d.Spec.Strategy.Type == appsv1.RecreateDeploymentStrategyType {
+			t.Errorf("strategy Recreate without a claim to protect")
+		}
+		if !strings.Contains(r.notes, "every pushed image and computed delta is lost when the pod restarts") {
+			t.Errorf("NOTES.txt does not warn that the emptyDir loses images:\n%s", r.notes)
+		}
+	})
+	t.Run("disabled, external registry and S3", func(t *testing.T) {
+		r := mustRender(t, []string{allInOne}, "persistence.enabled=false", "registry.url=http://registry:5000", "s3.endpoint=http://minio:9000")
+		checkDataDir(t, byTarget(t, r)["all"], "emptyDir", "10Gi")
+		if strings.Contains(r.notes, "WARNING: persistence.enabled is false") {
+			t.Errorf("NOTES.txt warns of lost images kept elsewhere:\n%s", r.notes)
+		}
+	})
+	t.Run("existing claim", func(t *testing.T) {
+		r := mustRender(t, []string{allInOne}, "persistence.existingClaim=flock-images")
+		d := byTarget(t, r)["all"]
+		checkDataDir(t, d, "pvc", "flock-images")
+		if n := len(r.pvcs()); n != 0 {
+			t.Errorf("%d PersistentVolumeClaims besides the existing one", n)
+		}
+		if d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
+			t.Errorf("strategy %q, want Recreate", d.Spec.Strategy.Type)
+		}
+	})
+	t.Run("storage class", func(t *testing.T) {
+		for class, want := range map[string]string{"-": "", "fast-ssd": "fast-ssd"} {
+			r := mustRender(t, []string{allInOne}, "persistence.storageClass="+class, "persistence.size=100Gi",
+				"persistence.annotations.backup\\.velero\\.io/backup-volumes=data")
+			pvcs := r.pvcs()
+			if len(pvcs) != 1 {
+				t.Fatalf("%d PersistentVolumeClaims, want 1", len(pvcs))
+			}
+			p := pvcs[0]
+			if p.Spec.StorageClassName == nil || *p.Spec.StorageClassName != want {
+				t.Errorf("storageClass %q: storageClassName %v, want %q", class, p.Spec.StorageClassName, want)
+			}
+			if got := p.Spec.Resources.Requests[corev1.ResourceStorage]; got.String() != "100Gi" {
+				t.Errorf("size %s, want 100Gi", got.String())
+			}
+			if p.Annotations["backup.velero.io/backup-volumes"] != "data" {
+				t.Errorf("annotations %v", p.Annotations)
+			}
+		}
+	})
+	t.Run("no claim without all", func(t *testing.T) {
+		if n := len(mustRender(t, nil, "persistence.enabled=true").pvcs()); n != 0 {
+			t.Errorf("%d PersistentVolumeClaims for split targets", n)
+		}
+	})
+}
+
+// A single api pod may run on the embedded registry and S3 (nothing else
+// opens them): it gets a data volume, since the default FLOCK_DATA_DIR is
+// relative to a read-only root.
+func TestEmbeddedEnginesGetADataDir(t *testing.T) {
+	r := mustRender(t, nil, append(only("api", "ingester", "scheduler"), "targets.api.replicas=1", "registry.url=", "s3.endpoint=")...)
+	deps := byTarget(t, r)
+	checkDataDir(t, deps["api"], "emptyDir", "10Gi")
+	checkDataDir(t, deps["ingester"], "", "")
+	checkDataDir(t, deps["scheduler"], "", "")
+	for _, name := range []string{"FLOCK_REGISTRY_URL", "FLOCK_S3_ENDPOINT"} {
+		if e, ok := env(deps["api"].Spec.Template.Spec.Containers[0], name); ok {
+			t.Errorf("api: %s=%q although it is empty", name, e.Value)
+		}
+	}
+	// registry-proxy alone is refused without registry.url (see
+	// TestRefusedValues); with one, neither it nor the api writes files.
+	r = mustRender(t, nil, "dataDir.path=/data")
+	deps = byTarget(t, r)
+	checkDataDir(t, deps["registry-proxy"], "", "")
+	if e, _ := env(deps["delta"].Spec.Template.Spec.Containers[0], "FLOCK_DATA_DIR"); e.Value != "/data" {
+		t.Errorf("delta FLOCK_DATA_DIR %q, want dataDir.path /data", e.Value)
+	}
+}
+
+// deltaMaxRatio from a values file is a YAML number; it reaches flock-api
+// as the same number.
+func TestDeltaMaxRatio(t *testing.T) {
+	for in, want := range map[string]string{"1": "1", "0.25": "0.25", "0.8": "0.8", `"0.6"`: "0.6"} {
+		r := mustRender(t, []string{valuesFile(t, "deltaMaxRatio: "+in+"\n")})
+		for target, d := range byTarget(t, r) {
+			if e, _ := env(d.Spec.Template.Spec.Containers[0], "FLOCK_DELTA_MAX_RATIO"); e.Value != want {
+				t.Errorf("deltaMaxRatio: %s: %s FLOCK_DELTA_MAX_RATIO %q, want %q", in, target, e.Value, want)
+			}
+		}
+	}
+	if _, err := renderChart(t, []string{valuesFile(t, "deltaMaxRatio: 0\n")}); err == nil || !strings.Contains(err.Error(), "deltaMaxRatio") {
+		t.Errorf("deltaMaxRatio: 0 rendered (err %v); flock-api refuses it", err)
 	}
 }
 
@@ -291,15 +503,19 @@ func TestLint(t *testing.T) {
 // duration, an address) fails here and not in a cluster.
 func TestFlockAPIAcceptsTheEnvironment(t *testing.T) {
 	bin := flockAPI(t)
-	// Settings whose targets have not landed yet: flock-api ignores them
-	// today. Each leaves this list when the binary reads it.
-	notYetRead := map[string]bool{"FLOCK_REGISTRY_URL": true, "FLOCK_S3_ENDPOINT": true, "FLOCK_S3_BUCKET": true}
+	// Settings of targets that have not landed yet would go here: flock-api
+	// ignores them until then. Each leaves this list when the binary reads
+	// it; none is waiting today.
+	notYetRead := map[string]bool{}
 	renders := map[string]*rendered{
 		"default":    mustRender(t, nil),
 		"all-in-one": mustRender(t, []string{allInOne}),
 		"external": mustRender(t, nil, "redis.existingSecret=r", "clickhouse.existingSecret=c", "loki.url=http://loki:3100/loki/api/v1/push",
-			"harbor.url=https://harbor", "s3.endpoint=https://s3", "s3.bucket=b", "oidc.issuer=https://auth.example.com", "oidc.audience=a",
+			"registry.url=https://harbor", "registry.username=robot$flock", "registry.password.existingSecret=h", "registry.host=registry.example.com:5443",
+			"s3.endpoint=https://s3", "s3.bucket=b", "s3.region=eu-west-1", "s3.accessKey=AKIA", "s3.secretKey.existingSecret=s", "deltaMaxRatio=0.35",
+			"oidc.issuer=https://auth.example.com", "oidc.audience=a",
 			"mqtt.url=mqtts://emqx:8883", "mqtt.password.existingSecret=m", "mqtt.hookToken.existingSecret=m", "publicURL=https://flock.example.com"),
+		"ratio-from-file": mustRender(t, []string{valuesFile(t, "deltaMaxRatio: 1\n")}),
 	}
 	for name, r := range renders {
 		for _, d := range r.deployments() {
@@ -396,6 +612,73 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(filepath.Dir(builtBin))
 	}
 	os.Exit(code)
+}
+
+// only is the --set list that enables exactly these targets of the
+// default values.
+func only(targets ...string) []string {
+	var set []string
+	for _, tg := range defaultTargets {
+		set = append(set, fmt.Sprintf("targets.%s.enabled=%t", tg, slices.Contains(targets, tg)))
+	}
+	return set
+}
+
+// valuesFile writes a values file for one test.
+func valuesFile(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// checkDataDir checks a Deployment's FLOCK_DATA_DIR: kind "" means none
+// (no variable, no data volume); "emptyDir" one of sizeLimit detail; "pvc"
+// one on the claim named detail. Either way the variable names the mount.
+func checkDataDir(t *testing.T, d *appsv1.Deployment, kind, detail string) {
+	t.Helper()
+	spec := d.Spec.Template.Spec
+	c := spec.Containers[0]
+	e, hasEnv := env(c, "FLOCK_DATA_DIR")
+	var vol *corev1.Volume
+	for i, v := range spec.Volumes {
+		if v.Name == "data" {
+			vol = &spec.Volumes[i]
+		}
+	}
+	var mount *corev1.VolumeMount
+	for i, m := range c.VolumeMounts {
+		if m.Name == "data" {
+			mount = &c.VolumeMounts[i]
+		}
+	}
+	if kind == "" {
+		if hasEnv || vol != nil || mount != nil {
+			t.Errorf("%s: FLOCK_DATA_DIR %+v, volume %+v, mount %+v; want none", d.Name, e, vol, mount)
+		}
+		return
+	}
+	if !hasEnv || vol == nil || mount == nil {
+		t.Fatalf("%s: FLOCK_DATA_DIR %+v, volume %+v, mount %+v; want all three", d.Name, e, vol, mount)
+	}
+	if mount.MountPath != e.Value || mount.ReadOnly {
+		t.Errorf("%s: FLOCK_DATA_DIR %q but the data volume is mounted at %q (read-only %v)", d.Name, e.Value, mount.MountPath, mount.ReadOnly)
+	}
+	if !strings.HasPrefix(e.Value, "/") {
+		t.Errorf("%s: FLOCK_DATA_DIR %q is relative: the working directory is the read-only root", d.Name, e.Value)
+	}
+	switch kind {
+	case "emptyDir":
+		if vol.EmptyDir == nil || vol.EmptyDir.SizeLimit == nil || vol.EmptyDir.SizeLimit.String() != detail {
+			t.Errorf("%s: data volume %+v, want an emptyDir of %s", d.Name, vol.VolumeSource, detail)
+		}
+	case "pvc":
+		if vol.PersistentVolumeClaim == nil || vol.PersistentVolumeClaim.ClaimName != detail {
+			t.Errorf("%s: data volume %+v, want claim %s", d.Name, vol.VolumeSource, detail)
+		}
+	}
 }
 
 // checkWorkload holds for every target's Deployment.

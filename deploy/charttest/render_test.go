@@ -160,6 +160,9 @@ func (r *rendered) pdbs() []*policyv1.PodDisruptionBudget {
 	return ofType[*policyv1.PodDisruptionBudget](r)
 }
 func (r *rendered) jobs() []*batchv1.Job { return ofType[*batchv1.Job](r) }
+func (r *rendered) pvcs() []*corev1.PersistentVolumeClaim {
+	return ofType[*corev1.PersistentVolumeClaim](r)
+}
 func (r *rendered) serviceMonitors() []*monitoringv1.ServiceMonitor {
 	return ofType[*monitoringv1.ServiceMonitor](r)
 }

@@ -132,15 +132,41 @@ func validate(objs []object) []error {
 			if len(v.Spec.Endpoints) == 0 {
 				add(o, "no endpoints")
 			}
+		case *corev1.PersistentVolumeClaim:
+			if len(v.Spec.AccessModes) == 0 {
+				add(o, "no accessModes")
+			}
+			if q, ok := v.Spec.Resources.Requests[corev1.ResourceStorage]; !ok || q.Sign() <= 0 {
+				add(o, "no positive resources.requests.storage")
+			}
 		case *corev1.ServiceAccount:
 		default:
 			add(o, "no validation for kind %s: add it to validate()", o.gvk.Kind)
 		}
 	}
 
-	// Across objects: every selector finds what it is meant to.
+	// Across objects: every selector finds what it is meant to, and every
+	// claim the chart makes is mounted by one Deployment that never runs two
+	// pods on it at once (a ReadWriteOnce claim would keep a rolling
+	// update's new pod pending on another node).
 	for _, o := range objs {
 		switch v := o.obj.(type) {
+		case *corev1.PersistentVolumeClaim:
+			var users []*appsv1.Deployment
+			for _, d := range deps {
+				for _, vol := range d.Spec.Template.Spec.Volumes {
+					if c := vol.PersistentVolumeClaim; c != nil && c.ClaimName == v.Name {
+						users = append(users, d)
+					}
+				}
+			}
+			if len(users) != 1 {
+				add(o, "mounted by %d Deployments, want 1", len(users))
+				continue
+			}
+			if d := users[0]; d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType || d.Spec.Replicas == nil || *d.Spec.Replicas > 1 {
+				add(o, "mounted by %s with strategy %q and %v replicas: want Recreate and at most one", d.Name, d.Spec.Strategy.Type, d.Spec.Replicas)
+			}
 		case *corev1.Service:
 			d := matchingDeployments(deps, v.Spec.Selector)
 			if len(d) != 1 {

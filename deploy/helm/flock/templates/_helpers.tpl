@@ -103,10 +103,36 @@ and a Service of its own. */}}
       key: {{ required (printf "%s: the Secret's key must not be empty" .name) .key | quote }}
 {{- end -}}
 
+{{/* What a target's FLOCK_DATA_DIR lives on: "pvc" (all with
+persistence.enabled), "emptyDir" (delta's scratch files; all without
+persistence; a lone api pod on an embedded registry or S3 store: the
+validation refuses the embedded engines for anything else), or nothing: the target writes no files and FLOCK_DATA_DIR stays unset.
+(dict "root" $ "target" "delta") */}}
+{{- define "flock.dataVolume" -}}
+{{- $v := .root.Values -}}
+{{- if eq .target "all" -}}
+{{- if $v.persistence.enabled -}}pvc{{- else -}}emptyDir{{- end -}}
+{{- else if eq .target "delta" -}}
+emptyDir
+{{- else if and (eq .target "api") (or (not $v.registry.url) (not $v.s3.endpoint)) -}}
+emptyDir
+{{- end -}}
+{{- end -}}
+
+{{/* The PersistentVolumeClaim of targets.all's data: persistence.existingClaim,
+or the one the chart creates. */}}
+{{- define "flock.dataClaim" -}}
+{{- if .Values.persistence.existingClaim -}}
+{{- .Values.persistence.existingClaim -}}
+{{- else -}}
+{{- printf "%s-data" (include "flock.targetName" (dict "root" . "target" "all")) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The flock-api settings every workload gets, from the values. Empty
 values stay unset, so flock-api's defaults apply. Settings a process does not
-read are ignored by it (FLOCK_REGISTRY_URL and FLOCK_S3_* wait for the
-targets that use them). */}}
+read are ignored by it (the ingester never opens the registry or S3).
+FLOCK_DATA_DIR is a target's own: see deployment.yaml. */}}
 {{- define "flock.env" -}}
 {{- $v := .Values -}}
 - name: FLOCK_HTTP_ADDR
@@ -140,9 +166,20 @@ targets that use them). */}}
 - name: FLOCK_LOKI_URL
   value: {{ $v.loki.url | quote }}
 {{- end }}
-{{- if $v.harbor.url }}
+{{- if $v.registry.url }}
 - name: FLOCK_REGISTRY_URL
-  value: {{ $v.harbor.url | quote }}
+  value: {{ $v.registry.url | quote }}
+{{- end }}
+{{- if $v.registry.username }}
+- name: FLOCK_REGISTRY_USERNAME
+  value: {{ $v.registry.username | quote }}
+{{- end }}
+{{- if $v.registry.password.existingSecret }}
+{{ include "flock.secretEnv" (dict "name" "FLOCK_REGISTRY_PASSWORD" "secret" $v.registry.password.existingSecret "key" $v.registry.password.key) }}
+{{- end }}
+{{- if $v.registry.host }}
+- name: FLOCK_REGISTRY_HOST
+  value: {{ $v.registry.host | quote }}
 {{- end }}
 {{- if $v.s3.endpoint }}
 - name: FLOCK_S3_ENDPOINT
@@ -152,9 +189,20 @@ targets that use them). */}}
 - name: FLOCK_S3_BUCKET
   value: {{ $v.s3.bucket | quote }}
 {{- end }}
-{{- if $v.s3.existingSecret }}
-{{ include "flock.secretEnv" (dict "name" "AWS_ACCESS_KEY_ID" "secret" $v.s3.existingSecret "key" $v.s3.accessKeyIDKey) }}
-{{ include "flock.secretEnv" (dict "name" "AWS_SECRET_ACCESS_KEY" "secret" $v.s3.existingSecret "key" $v.s3.secretAccessKeyKey) }}
+{{- if $v.s3.region }}
+- name: FLOCK_S3_REGION
+  value: {{ $v.s3.region | quote }}
+{{- end }}
+{{- if $v.s3.accessKey }}
+- name: FLOCK_S3_ACCESS_KEY
+  value: {{ $v.s3.accessKey | quote }}
+{{- end }}
+{{- if $v.s3.secretKey.existingSecret }}
+{{ include "flock.secretEnv" (dict "name" "FLOCK_S3_SECRET_KEY" "secret" $v.s3.secretKey.existingSecret "key" $v.s3.secretKey.key) }}
+{{- end }}
+{{- if $v.deltaMaxRatio }}
+- name: FLOCK_DELTA_MAX_RATIO
+  value: {{ $v.deltaMaxRatio | toString | quote }}
 {{- end }}
 {{- if $v.oidc.issuer }}
 - name: FLOCK_OIDC_ISSUER

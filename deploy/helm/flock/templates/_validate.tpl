@@ -28,6 +28,49 @@ quietly lose data between processes. Included once, from deployment.yaml. */}}
 {{- fail (printf "%d pods (%s) need a shared Kafka: the in-process cluster serves one process; set kafka.brokers" (int $pods) (join ", " $enabled)) -}}
 {{- end -}}
 {{- end -}}
+{{- /* The embedded registry and S3 store live inside one process (on its
+data volume): the api checks release images in the registry the
+registry-proxy pushes to and the delta target reads, and serves the deltas
+the delta target writes to S3, so outside targets.all they must be shared. */ -}}
+{{- $imagePods := list -}}
+{{- $imageTargets := list "api" "registry-proxy" "delta" "all" -}}
+{{- $split := false -}}
+{{- $regPods := 0 -}}
+{{- $s3Pods := 0 -}}
+{{- range $name := $imageTargets -}}
+{{- $t := index $v.targets $name -}}
+{{- if and $t $t.enabled -}}
+{{- $imagePods = append $imagePods (printf "%s ×%v" $name $t.replicas) -}}
+{{- $regPods = add $regPods $t.replicas -}}
+{{- if ne $name "registry-proxy" -}}{{- $s3Pods = add $s3Pods $t.replicas -}}{{- end -}}
+{{- if has $name (list "registry-proxy" "delta") -}}{{- $split = true -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and (not $v.registry.url) (or $split (gt (int $regPods) 1)) -}}
+{{- fail (printf "registry.url is empty, but the embedded registry serves only the process it runs in, and the api, registry-proxy and delta pods must share one (enabled: %s): set registry.url to Harbor or another distribution-API registry (with registry.username and registry.password.existingSecret for its robot account), or run targets.all alone (values-all-in-one.yaml)" (join ", " $imagePods)) -}}
+{{- end -}}
+{{- if and (not $v.s3.endpoint) (or $split (gt (int $s3Pods) 1)) -}}
+{{- fail (printf "s3.endpoint is empty, but the embedded S3 store serves only the process it runs in, and the delta pods write the deltas the api pods serve (enabled: %s): set s3.endpoint to an S3-compatible store, or run targets.all alone (values-all-in-one.yaml)" (join ", " $imagePods)) -}}
+{{- end -}}
+{{- if and $v.registry.username (not $v.registry.password.existingSecret) -}}
+{{- fail "registry.username is set without its password: set registry.password.existingSecret (and key) to the Secret holding the robot account's secret" -}}
+{{- end -}}
+{{- if and $v.registry.password.existingSecret (not $v.registry.username) -}}
+{{- fail "registry.password.existingSecret is set without registry.username: name the robot account (Harbor: robot$...)" -}}
+{{- end -}}
+{{- if and $v.s3.accessKey (not $v.s3.secretKey.existingSecret) -}}
+{{- fail "s3.accessKey is set without its secret key: set s3.secretKey.existingSecret (and key), or leave both empty for the AWS SDK's default chain (workload identity)" -}}
+{{- end -}}
+{{- if and $v.s3.secretKey.existingSecret (not $v.s3.accessKey) -}}
+{{- fail "s3.secretKey.existingSecret is set without s3.accessKey: set the access key id, or leave both empty for the AWS SDK's default chain (workload identity)" -}}
+{{- end -}}
+{{- /* Values of earlier chart versions, named with their replacement. */ -}}
+{{- if hasKey $v "harbor" -}}
+{{- fail "harbor.url is now registry.url (with registry.username, registry.password and registry.host)" -}}
+{{- end -}}
+{{- if or (hasKey $v.s3 "existingSecret") (hasKey $v.s3 "accessKeyIDKey") (hasKey $v.s3 "secretAccessKeyKey") -}}
+{{- fail "s3.existingSecret, s3.accessKeyIDKey and s3.secretAccessKeyKey are gone: flock-api reads its own FLOCK_S3_ACCESS_KEY and FLOCK_S3_SECRET_KEY; set s3.accessKey and s3.secretKey.existingSecret (and key)" -}}
+{{- end -}}
 {{- if and $v.mqtt.url (not $v.mqtt.password.existingSecret) -}}
 {{- fail "mqtt.url names an external broker: flock-api needs the ingester's password there; set mqtt.password.existingSecret (and key)" -}}
 {{- end -}}
