@@ -609,7 +609,12 @@ func TestShutdownWithFailingStore(t *testing.T) {
 		t.Fatalf("state stored by the failing ingester: %v", err)
 	}
 
-	e.startIngester(cfg) // same session, working store
+	// Same session, working store; the default drain: the 300 ms above is
+	// for the failing ingester, and under load this one may still be
+	// finishing the redelivered message's batch when the test ends.
+	again := cfg
+	again.DrainTimeout = 0
+	e.startIngester(again)
 	testutil.Eventually(t, "state stored after redelivery", func() error {
 		_, err := working.Get(t.Context(), livestate.StateKey(id))
 		return err
