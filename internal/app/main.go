@@ -295,14 +295,19 @@ func simulateMain(ctx context.Context, args []string, stdout, stderr io.Writer, 
 	fs.Float64Var(&cfg.LockShare, "lock-share", 0, "share of devices (0 to 1, chosen by a hash of their uuid) that hold an update lock on their first service when an update arrives")
 	fs.DurationVar(&cfg.LockFor, "lock-for", simulate.DefaultLockFor, "how long such an update lock holds the device on its release")
 	fs.Float64Var(&cfg.FailShare, "fail-share", 0, "share of devices (0 to 1, chosen by a hash of device and release) that fail to start a release they have not run before")
+	fs.BoolVar(&cfg.PullImages, "pull-images", false, "fetch each release's images while updating: a service's first image by its layers through the registry-proxy, later ones by a delta (falling back to the layers); counted in the summary")
+	fs.StringVar(&cfg.Architecture, "architecture", "", "the devices' architecture (amd64, arm64, armv7, armv6, i386, riscv64): registered with it, and the manifest taken from image indexes (default: the fleet's; an index must then hold one linux image)")
+	fs.StringVar(&cfg.LayerDir, "layer-dir", "", "with --pull-images, keep each device's layers under this directory (removed when it stops) instead of in memory")
+	fs.StringVar(&cfg.RegistryAddr, "registry-addr", "", "with --pull-images, dial this host:port for the registry named in image references (when its public host does not resolve from here)")
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error (logs go to stderr)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: flock-api simulate --api URL --provisioning-key KEY [flags]\n\n"+
 			"Registers simulated devices with the provisioning key, connects them over MQTT v5, publishes\n"+
 			"state, telemetry and logs at --rate, follows target nudges (installing each release by its\n"+
 			"services' update strategies, with --lock-share devices held by an update lock and\n"+
-			"--fail-share devices failing), and prints a summary line every --summary-every until\n"+
-			"interrupted or --duration passes.\n\nFlags:\n")
+			"--fail-share devices failing, and with --pull-images fetching the images by layers or\n"+
+			"deltas), and prints a summary line every --summary-every until interrupted or --duration\n"+
+			"passes.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if code, ok := parseArgs(fs, args, stderr); !ok {

@@ -88,6 +88,12 @@ type device struct {
 	attempts  int               // updates begun, which make their events' ids unique
 	answered  map[string][]byte // command id -> the outcome sent, for repeats
 	rebooting string            // the reboot command under way, "" when none
+
+	// images holds the images and layers the device fetched (nil without
+	// Config.PullImages); an update's fetch, on a goroutine of fetches,
+	// uses it while the loop goes on.
+	images  *imageStore
+	fetches sync.WaitGroup
 }
 
 // runDevice runs the device with index i until ctx ends. It returns an
@@ -113,6 +119,17 @@ func runDevice(ctx context.Context, s *simulation, i int) error {
 	d.stepTimer = time.NewTimer(0)
 	d.stepTimer.Stop()
 	defer d.stepTimer.Stop()
+	if s.cfg.PullImages {
+		if d.images, err = newImageStore(s.cfg.LayerDir, d.id); err != nil {
+			return fmt.Errorf("simulate: %s: %w", d.name, err)
+		}
+		defer func() {
+			d.fetches.Wait() // ctx has ended: the fetch under way stops
+			if err := d.images.layers.close(); err != nil {
+				d.s.warn("layer-dir", "removing a device's layers failed", "device", d.id.String(), "error", err)
+			}
+		}()
+	}
 
 	// Registration, the first token and the first connection take a slot.
 	select {
@@ -175,6 +192,9 @@ func (d *device) register(ctx context.Context, pub ed25519.PublicKey) error {
 		PublicKey:       base64.RawURLEncoding.EncodeToString(pub),
 		Name:            d.name,
 		DeviceType:      "simulated",
+	}
+	if a := d.s.cfg.Architecture; a != "" {
+		body.Architecture = ptr(client.Architecture(a))
 	}
 	var err error
 	for attempt := range registerAttempts {
@@ -495,8 +515,14 @@ func (d *device) loop(ctx context.Context, conn *mqttConn) {
 	for {
 		cm := conn.cm                // a reboot replaces it
 		var stepDue <-chan time.Time // nil, so never ready, without an update
-		if d.update != nil {
-			stepDue = d.stepTimer.C
+		var fetched <-chan error     // nil unless the update's images are being fetched
+		if u := d.update; u != nil {
+			if !u.awaitsImages() {
+				stepDue = d.stepTimer.C
+			}
+			if u.fetch != nil && !u.fetched {
+				fetched = u.fetch
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -513,6 +539,8 @@ func (d *device) loop(ctx context.Context, conn *mqttConn) {
 			d.syncTarget(ctx, cm, false)
 		case <-stepDue:
 			d.advance(ctx, cm)
+		case err := <-fetched:
+			d.imagesFetched(ctx, d.update, err)
 		case <-tick:
 			if d.online.Load() {
 				kind, payload := d.payloads.Next()

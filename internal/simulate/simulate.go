@@ -8,7 +8,8 @@
 // publishing update events and a reported state at every step. A share of
 // the devices hold an update lock for a while when an update arrives, and a
 // share fail to start a release (Locks and Fails say which), so a rollout
-// can be watched meeting both.
+// can be watched meeting both. With PullImages they fetch the releases'
+// images too, through the registry-proxy and by deltas (images.go).
 //
 // It backs `flock-api simulate`, and its Payloads serve benchmarks that need
 // the same messages.
@@ -21,6 +22,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -32,6 +34,7 @@ import (
 
 	"github.com/flock-io/flock-api/gen/client"
 	"github.com/flock-io/flock-api/internal/devicetopic"
+	"github.com/flock-io/flock-api/internal/registry"
 )
 
 // Defaults of Config.
@@ -117,6 +120,37 @@ type Config struct {
 	// Fails, that fail to start a release they have not run before: they
 	// report its first service failed and publish a failed update event.
 	FailShare float64
+
+	// PullImages makes the devices fetch their releases' images during an
+	// update's download step, which then ends only once they are fetched
+	// (see images.go): a service's first image by pulling its layers
+	// through the registry-proxy, logged in as the device; a new image of
+	// a service whose previous image the device holds by a delta from the
+	// API, falling back to the layers. A download that fails fails the
+	// update: the service is reported failed with a failed update event.
+	// Summary.Images counts what was downloaded.
+	PullImages bool
+	// Architecture is the devices' architecture in Flock's spelling
+	// (amd64, arm64, armv7, armv6, i386, riscv64). When set the devices
+	// register with it (it must be their fleet's) and take its manifest
+	// from an image index; when not, an index must hold a single linux
+	// image.
+	Architecture string
+	// LayerDir keeps each device's uncompressed layers as files under
+	// <LayerDir>/<device uuid>/ (removed when the device stops) instead
+	// of in memory.
+	LayerDir string
+	// RegistryTransport, when set, carries the devices' registry requests
+	// (the registry host named by image references, and its token realm).
+	// Tests map the deployment's public host to the test server with it.
+	RegistryTransport http.RoundTripper
+	// RegistryAddr, when set and RegistryTransport is not, is the
+	// host:port the devices dial for every registry request, for a
+	// deployment whose public host does not resolve from here.
+	RegistryAddr string
+	// OnImage, when set, is called with each image a device fetched, on
+	// that device's goroutine (so from many at once).
+	OnImage func(ImageFetched)
 }
 
 // Validate reports the first setting Run would refuse.
@@ -147,8 +181,15 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("simulate: lock share must be between 0 and 1, not %v", c.LockShare)
 	case !isShare(c.FailShare):
 		return fmt.Errorf("simulate: fail share must be between 0 and 1, not %v", c.FailShare)
+	case c.Architecture != "" && !knownArchitecture(c.Architecture):
+		return fmt.Errorf("simulate: architecture %q: want amd64, arm64, armv7, armv6, i386 or riscv64", c.Architecture)
 	case len(c.Name) > maxNameLen || (c.Name != "" && strings.TrimSpace(c.Name) == ""):
 		return fmt.Errorf("simulate: name prefix must be 1 to %d characters, not all spaces", maxNameLen)
+	}
+	if c.RegistryAddr != "" {
+		if host, port, err := net.SplitHostPort(c.RegistryAddr); err != nil || host == "" || port == "" {
+			return fmt.Errorf("simulate: registry address %q: want host:port", c.RegistryAddr)
+		}
 	}
 	if c.MQTTURL != "" {
 		if _, err := parseMQTTURL(c.MQTTURL); err != nil {
@@ -156,6 +197,12 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// knownArchitecture reports whether arch is one of Flock's architectures.
+func knownArchitecture(arch string) bool {
+	_, ok := registry.Platform(arch)
+	return ok
 }
 
 // isShare reports whether v is a share of the devices: 0 to 1.
@@ -223,6 +270,9 @@ type Summary struct {
 	// updates that waited for an update lock first (they count as done or
 	// failed too once they end).
 	UpdatesDone, UpdatesLocked, UpdatesFailed int64
+	// Images counts what the devices downloaded for their images; nil
+	// unless Config.PullImages.
+	Images *ImageSummary
 }
 
 // String is the summary as one line of key=value pairs.
@@ -234,7 +284,14 @@ func (s Summary) String() string {
 		s.Elapsed.Round(100*time.Millisecond), s.Devices, s.Registered, s.Connected, s.Online, s.Reconnects, s.ConnectRefused, s.ConnectErrors, s.Reauths,
 		p.Total(), p.State, p.Telemetry, p.Logs, p.Events, p.Status, p.CommandResults, s.PublishRefused, s.PublishErrors,
 		s.NudgesReceived, s.CommandsReceived, s.CommandsSucceeded, s.CommandsFailed, s.TargetsFetched, s.TargetsUnchanged, s.TargetErrors,
-		s.UpdatesDone, s.UpdatesLocked, s.UpdatesFailed)
+		s.UpdatesDone, s.UpdatesLocked, s.UpdatesFailed) + s.imagesString()
+}
+
+func (s Summary) imagesString() string {
+	if s.Images == nil {
+		return ""
+	}
+	return " " + s.Images.String()
 }
 
 // counters are updated by every device at once.
@@ -265,6 +322,14 @@ func (c *counters) published(kind string) *atomic.Int64 {
 	}
 }
 
+func (s *simulation) snapshot(elapsed time.Duration) Summary {
+	sum := s.stats.snapshot(s.cfg.Devices, elapsed)
+	if s.cfg.PullImages {
+		sum.Images = s.images.snapshot()
+	}
+	return sum
+}
+
 func (c *counters) snapshot(devices int, elapsed time.Duration) Summary {
 	return Summary{
 		Elapsed: elapsed, Devices: devices,
@@ -292,6 +357,12 @@ type simulation struct {
 	sem      chan struct{} // registration and first-connect slots
 	lockFor  time.Duration // Config.LockFor or its default
 	stats    counters
+
+	// Images (Config.PullImages).
+	images           imageCounters
+	registryRT       http.RoundTripper
+	insecureRegistry bool           // the deployment is plain HTTP: so is its registry
+	deltaAPI         *client.Client // no overall timeout: a delta may take long to download
 
 	warned sync.Map // problems already logged at Warn
 
@@ -363,6 +434,17 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	if s.lockFor == 0 {
 		s.lockFor = DefaultLockFor
 	}
+	if cfg.PullImages {
+		rt, closeRT := registryTransport(cfg)
+		defer closeRT()
+		s.registryRT = rt
+		s.insecureRegistry = strings.HasPrefix(strings.ToLower(cfg.API), "http://")
+		// Deltas may take longer to download than httpTimeout allows; ctx
+		// bounds them.
+		if s.deltaAPI, err = client.NewClient(cfg.API, client.WithHTTPClient(&http.Client{Transport: transport})); err != nil {
+			return Summary{}, fmt.Errorf("simulate: API client: %w", err)
+		}
+	}
 	if cfg.MQTTURL != "" {
 		s.mqttURL, _ = parseMQTTURL(cfg.MQTTURL) // checked above
 	}
@@ -388,7 +470,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	close(stopSummaries)
 	summaries.Wait()
 
-	sum := s.stats.snapshot(cfg.Devices, time.Since(start))
+	sum := s.snapshot(time.Since(start))
 	fmt.Fprintf(cfg.Out, "final %s rate=%.1f/s\n", sum, perSecond(sum.Published.Total(), sum.Elapsed))
 	return sum, s.err
 }
@@ -404,7 +486,7 @@ func (s *simulation) printSummaries(start time.Time, stop <-chan struct{}) {
 		case <-stop:
 			return
 		case now := <-t.C:
-			sum := s.stats.snapshot(s.cfg.Devices, now.Sub(start))
+			sum := s.snapshot(now.Sub(start))
 			total := sum.Published.Total()
 			fmt.Fprintf(s.cfg.Out, "%s rate=%.1f/s\n", sum, perSecond(total-last, now.Sub(lastAt)))
 			last, lastAt = total, now

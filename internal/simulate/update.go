@@ -272,11 +272,43 @@ func plan(in planInput) []step {
 type update struct {
 	release uuid.UUID
 	version string
-	from    view // what the device reported before the update began
+	attempt int
+	target  []client.TargetService // the release's services, as the target state names them
+	from    view                   // what the device reported before the update began
 	steps   []step
 	next    int       // the step to publish next
 	lockEnd time.Time // when the update lock lets go; zero without one
 	fails   bool
+
+	// With Config.PullImages the images are fetched from the first
+	// download step on, and the last one (download finished) waits for
+	// them: fetch carries the outcome, fetched says it arrived.
+	fetch   chan error
+	fetched bool
+}
+
+// downloadSteps are the indexes of u's first and last download steps, -1
+// without any.
+func (u *update) downloadSteps() (first, last int) {
+	first, last = -1, -1
+	for i, st := range u.steps {
+		if st.what == stepDownload {
+			if first < 0 {
+				first = i
+			}
+			last = i
+		}
+	}
+	return first, last
+}
+
+// awaitsImages reports whether u's next step must wait for its images.
+func (u *update) awaitsImages() bool {
+	if u.fetch == nil || u.fetched {
+		return false
+	}
+	_, last := u.downloadSteps()
+	return u.next >= last
 }
 
 // untouched reports whether nothing has changed on the device yet: no step
@@ -302,7 +334,7 @@ func (d *device) startUpdate(ts *client.TargetState, replaces *update) {
 	}
 	d.attempts++
 	u := &update{
-		release: rel, version: ts.Release.Version, from: from, lockEnd: lockEnd,
+		release: rel, version: ts.Release.Version, attempt: d.attempts, target: ts.Services, from: from, lockEnd: lockEnd,
 		fails: len(svcs) > 0 && Fails(d.id, rel, d.s.cfg.FailShare),
 	}
 	u.steps = plan(planInput{from: from, release: rel, attempt: d.attempts, services: svcs,
@@ -331,6 +363,9 @@ func (d *device) dropUpdate(ctx context.Context, cm *autopaho.ConnectionManager)
 // ends the update and looks at the target again if it changed meanwhile.
 func (d *device) advance(ctx context.Context, cm *autopaho.ConnectionManager) {
 	u := d.update
+	if first, _ := u.downloadSteps(); u.next == first && d.images != nil && u.fetch == nil {
+		d.startFetch(ctx, u)
+	}
 	st := u.steps[u.next]
 	u.next++
 	for _, e := range st.events {
@@ -359,4 +394,25 @@ func (d *device) advance(ctx context.Context, cm *autopaho.ConnectionManager) {
 		d.resync = false
 		d.syncTarget(ctx, cm, false)
 	}
+}
+
+// startFetch fetches u's images on a goroutine of their own; the loop
+// learns the outcome from u.fetch (imagesFetched).
+func (d *device) startFetch(ctx context.Context, u *update) {
+	u.fetch = make(chan error, 1)
+	rel, svcs := u.release, u.target
+	d.fetches.Go(func() { u.fetch <- d.fetchImages(ctx, rel, svcs) })
+}
+
+// imagesFetched takes the outcome of u's fetch: on a failure the update
+// ends failed at its next step (downloadFailed); either way the steps
+// waiting for it go on when their time comes.
+func (d *device) imagesFetched(ctx context.Context, u *update, err error) {
+	u.fetched = true
+	if err == nil || ctx.Err() != nil {
+		return // fetched, or the run is ending
+	}
+	d.s.warn("image-download", "an update failed: its images could not be fetched", "device", d.id.String(),
+		"release_id", u.release, "error", err)
+	u.downloadFailed(err)
 }
