@@ -73,6 +73,16 @@ func (p *Proxy) rights(ctx context.Context, sub subject, repo string) (rights, e
 	return rt, nil
 }
 
+// freshRights is rights read from the database now, replacing what the
+// cache held.
+func (p *Proxy) freshRights(ctx context.Context, sub subject, repo string) (rights, error) {
+	p.rightsCache.Remove(sub.String() + " " + repo)
+	if sub.kind == auth.KindDevice {
+		p.deviceCache.Remove(sub.id)
+	}
+	return p.rights(ctx, sub, repo)
+}
+
 func (p *Proxy) loadRights(ctx context.Context, sub subject, repo string) (rights, error) {
 	q := db.New(p.cfg.Pool)
 	if sub.kind == auth.KindDevice {

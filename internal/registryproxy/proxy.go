@@ -223,6 +223,12 @@ func (p *Proxy) serveV2(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rt, err := p.rights(r.Context(), sub, repo)
+	if err == nil && (!rt.allows(act) || (rt.device != nil && !deviceMay(rt.device, kind, rest))) {
+		// Rights are cached for seconds, and a device nudged to a new
+		// release asks for its images sooner: read them afresh before
+		// refusing.
+		rt, err = p.freshRights(r.Context(), sub, repo)
+	}
 	if errors.Is(err, errGone) {
 		p.challenge(rec, repo, act, "invalid_token")
 		return
