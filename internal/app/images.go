@@ -74,7 +74,9 @@ func (a *App) initRegistryProxy(context.Context) (*modules.Service, error) {
 
 // RegistryRealm is the registry's token endpoint, where engines trade
 // their login for a token.
-func RegistryRealm(publicURL string) string { return strings.TrimRight(publicURL, "/") + "/registry/token" }
+func RegistryRealm(publicURL string) string {
+	return strings.TrimRight(publicURL, "/") + "/registry/token"
+}
 
 // initDelta runs the delta worker: it takes delta requests from Kafka and
 // computes each once, whatever the number of replicas.
