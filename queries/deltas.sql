@@ -60,17 +60,3 @@ WHERE id = @id AND state = 'computing' AND lease_holder = @holder;
 UPDATE image_deltas SET state = 'pending', blob_key = NULL, size = NULL, requested_at = now()
 WHERE id = @id AND state = 'ready' AND blob_key = @blob_key
 RETURNING *;
-
--- name: DeltaDevice :one
--- What the device delta endpoint needs of a device: its organisation (and
--- slug, which prefixes its repositories), fleet and architecture, and the
--- releases whose images it may start a delta from (the one it runs and the
--- one it ran before), as the registry proxy lets it pull them.
-SELECT d.org_id, o.slug AS org_slug, d.fleet_id, d.architecture, d.running_release_id, d.previous_release_id
-FROM devices d JOIN orgs o ON o.id = d.org_id
-WHERE d.id = $1;
-
--- name: DeltaReleaseServices :many
--- The services of the device's running and previous releases, when they
--- are its fleet's (another fleet's release gives it nothing).
-SELECT id, services FROM releases WHERE id = ANY(@ids::uuid[]) AND fleet_id = @fleet_id;

@@ -9,7 +9,8 @@ LEFT JOIN memberships m ON m.org_id = o.id AND m.user_id = @user_id
 WHERE o.slug = @org_slug;
 
 -- name: RegistryDevice :one
--- What decides which images a device may pull: its organisation's slug,
+-- What decides which images a device may use (internal/deviceimages: the
+-- registry-proxy's pulls, the delta endpoint): its organisation and slug,
 -- its fleet and architecture, and the releases it runs and ran before.
 SELECT d.org_id, d.fleet_id, d.architecture, o.slug AS org_slug, d.running_release_id, d.previous_release_id
 FROM devices d JOIN orgs o ON o.id = d.org_id

@@ -107,39 +107,6 @@ func (q *Queries) DeltaCreate(ctx context.Context, arg DeltaCreateParams) (Image
 	return i, err
 }
 
-const deltaDevice = `-- name: DeltaDevice :one
-SELECT d.org_id, o.slug AS org_slug, d.fleet_id, d.architecture, d.running_release_id, d.previous_release_id
-FROM devices d JOIN orgs o ON o.id = d.org_id
-WHERE d.id = $1
-`
-
-type DeltaDeviceRow struct {
-	OrgID             uuid.UUID
-	OrgSlug           string
-	FleetID           uuid.UUID
-	Architecture      string
-	RunningReleaseID  uuid.NullUUID
-	PreviousReleaseID uuid.NullUUID
-}
-
-// What the device delta endpoint needs of a device: its organisation (and
-// slug, which prefixes its repositories), fleet and architecture, and the
-// releases whose images it may start a delta from (the one it runs and the
-// one it ran before), as the registry proxy lets it pull them.
-func (q *Queries) DeltaDevice(ctx context.Context, id uuid.UUID) (DeltaDeviceRow, error) {
-	row := q.db.QueryRow(ctx, deltaDevice, id)
-	var i DeltaDeviceRow
-	err := row.Scan(
-		&i.OrgID,
-		&i.OrgSlug,
-		&i.FleetID,
-		&i.Architecture,
-		&i.RunningReleaseID,
-		&i.PreviousReleaseID,
-	)
-	return i, err
-}
-
 const deltaFinish = `-- name: DeltaFinish :execrows
 UPDATE image_deltas
 SET state = $1, blob_key = $2, size = $3, layers_size = $4,
@@ -309,42 +276,6 @@ func (q *Queries) DeltaRelease(ctx context.Context, arg DeltaReleaseParams) (int
 		return 0, err
 	}
 	return result.RowsAffected(), nil
-}
-
-const deltaReleaseServices = `-- name: DeltaReleaseServices :many
-SELECT id, services FROM releases WHERE id = ANY($1::uuid[]) AND fleet_id = $2
-`
-
-type DeltaReleaseServicesParams struct {
-	Ids     []uuid.UUID
-	FleetID uuid.UUID
-}
-
-type DeltaReleaseServicesRow struct {
-	ID       uuid.UUID
-	Services []byte
-}
-
-// The services of the device's running and previous releases, when they
-// are its fleet's (another fleet's release gives it nothing).
-func (q *Queries) DeltaReleaseServices(ctx context.Context, arg DeltaReleaseServicesParams) ([]DeltaReleaseServicesRow, error) {
-	rows, err := q.db.Query(ctx, deltaReleaseServices, arg.Ids, arg.FleetID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	items := []DeltaReleaseServicesRow{}
-	for rows.Next() {
-		var i DeltaReleaseServicesRow
-		if err := rows.Scan(&i.ID, &i.Services); err != nil {
-			return nil, err
-		}
-		items = append(items, i)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	return items, nil
 }
 
 const deltaRenew = `-- name: DeltaRenew :execrows

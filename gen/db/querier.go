@@ -65,11 +65,6 @@ type Querier interface {
 	// reads it: a statement of its own sees a row another request just
 	// committed).
 	DeltaCreate(ctx context.Context, arg DeltaCreateParams) (ImageDelta, error)
-	// What the device delta endpoint needs of a device: its organisation (and
-	// slug, which prefixes its repositories), fleet and architecture, and the
-	// releases whose images it may start a delta from (the one it runs and the
-	// one it ran before), as the registry proxy lets it pull them.
-	DeltaDevice(ctx context.Context, id uuid.UUID) (DeltaDeviceRow, error)
 	// Records the outcome (ready, not_smaller or failed) of the holder's
 	// computation; 0 rows: the lease was lost meanwhile.
 	DeltaFinish(ctx context.Context, arg DeltaFinishParams) (int64, error)
@@ -81,9 +76,6 @@ type Querier interface {
 	// Gives a delta back as pending after a failure worth retrying (the
 	// registry or the blob store did not answer); the next request takes it.
 	DeltaRelease(ctx context.Context, arg DeltaReleaseParams) (int64, error)
-	// The services of the device's running and previous releases, when they
-	// are its fleet's (another fleet's release gives it nothing).
-	DeltaReleaseServices(ctx context.Context, arg DeltaReleaseServicesParams) ([]DeltaReleaseServicesRow, error)
 	// Extends the holder's lease; 0 rows: the lease was lost (it ran out and
 	// another worker took the delta).
 	DeltaRenew(ctx context.Context, arg DeltaRenewParams) (int64, error)
@@ -214,7 +206,8 @@ type Querier interface {
 	ProvisioningKeyList(ctx context.Context, arg ProvisioningKeyListParams) ([]ProvisioningKey, error)
 	ProvisioningKeyRevoke(ctx context.Context, arg ProvisioningKeyRevokeParams) (int64, error)
 	ProvisioningKeyUse(ctx context.Context, id uuid.UUID) error
-	// What decides which images a device may pull: its organisation's slug,
+	// What decides which images a device may use (internal/deviceimages: the
+	// registry-proxy's pulls, the delta endpoint): its organisation and slug,
 	// its fleet and architecture, and the releases it runs and ran before.
 	RegistryDevice(ctx context.Context, id uuid.UUID) (RegistryDeviceRow, error)
 	// Releases of a fleet among ids (a device's running and previous ones;

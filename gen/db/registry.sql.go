@@ -26,7 +26,8 @@ type RegistryDeviceRow struct {
 	PreviousReleaseID uuid.NullUUID
 }
 
-// What decides which images a device may pull: its organisation's slug,
+// What decides which images a device may use (internal/deviceimages: the
+// registry-proxy's pulls, the delta endpoint): its organisation and slug,
 // its fleet and architecture, and the releases it runs and ran before.
 func (q *Queries) RegistryDevice(ctx context.Context, id uuid.UUID) (RegistryDeviceRow, error) {
 	row := q.db.QueryRow(ctx, registryDevice, id)

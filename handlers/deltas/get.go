@@ -3,22 +3,20 @@ package deltas
 import (
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"net/http"
 	"strings"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/deviceimages"
 	"github.com/flock-io/flock-api/internal/auth"
 	"github.com/flock-io/flock-api/internal/blob"
 	"github.com/flock-io/flock-api/internal/http/problem"
-	"github.com/flock-io/flock-api/internal/targetstate"
 	"github.com/flock-io/flock-api/workers/delta"
 )
 
@@ -42,12 +40,15 @@ func (h *Deltas) DeviceDeltaGet(ctx context.Context, req api.DeviceDeltaGetReque
 	if from == to {
 		return nil, problem.Invalid("query", "to", "from and to are the same image: there is nothing to download")
 	}
-	imgs, err := h.deviceImages(ctx, p.DeviceID)
+	imgs, err := deviceimages.Load(ctx, h.Pool, p.DeviceID)
+	if errors.Is(err, deviceimages.ErrNoDevice) {
+		return nil, fmt.Errorf("%w: %w", err, problem.ErrNotFound) // deleted since the guard looked
+	}
 	if err != nil {
 		return nil, err
 	}
-	fromRepo, okFrom := imgs.from[from]
-	toRepo, okTo := imgs.to[to]
+	fromRepo, okFrom := imgs.Own[from]
+	toRepo, okTo := imgs.Target[to]
 	if !okFrom || !okTo {
 		which := "to"
 		if !okFrom {
@@ -58,11 +59,11 @@ func (h *Deltas) DeviceDeltaGet(ctx context.Context, req api.DeviceDeltaGetReque
 	}
 
 	q := db.New(h.Pool)
-	d, err := q.DeltaCreate(ctx, db.DeltaCreateParams{OrgID: imgs.org, FromRepo: fromRepo, FromDigest: from,
-		ToRepo: toRepo, ToDigest: to, Architecture: imgs.arch})
+	d, err := q.DeltaCreate(ctx, db.DeltaCreateParams{OrgID: imgs.OrgID, FromRepo: fromRepo, FromDigest: from,
+		ToRepo: toRepo, ToDigest: to, Architecture: imgs.Arch})
 	created := err == nil
 	if errors.Is(err, pgx.ErrNoRows) {
-		d, err = q.DeltaGetByPair(ctx, db.DeltaGetByPairParams{OrgID: imgs.org, FromDigest: from, ToDigest: to, Architecture: imgs.arch})
+		d, err = q.DeltaGetByPair(ctx, db.DeltaGetByPairParams{OrgID: imgs.OrgID, FromDigest: from, ToDigest: to, Architecture: imgs.Arch})
 	}
 	if err != nil {
 		return nil, fmt.Errorf("delta %s → %s: %w", from, to, err)
@@ -147,104 +148,6 @@ func (h *Deltas) request(ctx context.Context, d db.ImageDelta) {
 	if err := h.Bus.Publish(pctx, delta.Request(d)); err != nil {
 		h.log().Warn("publish delta request; a later ask publishes it again", "delta", d.ID, "err", err)
 	}
-}
-
-// images are the digests a device may ask deltas between, with their
-// repositories in the platform registry.
-type images struct {
-	org  uuid.UUID
-	arch string
-	from map[string]string // digest → repository: running and previous releases
-	to   map[string]string // target release
-}
-
-// deviceImages reads, in one snapshot, the images of the device's running
-// and previous releases (its fleet's) and of its target release, for its
-// architecture and in its organisation's repositories: what the registry
-// proxy lets it pull.
-func (h *Deltas) deviceImages(ctx context.Context, device uuid.UUID) (images, error) {
-	out := images{from: map[string]string{}, to: map[string]string{}}
-	var dev db.DeltaDeviceRow
-	var own []db.DeltaReleaseServicesRow
-	var target []db.TargetReleasesRow
-	err := pgx.BeginTxFunc(ctx, h.Pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		q := db.New(tx)
-		var err error
-		if dev, err = q.DeltaDevice(ctx, device); err != nil {
-			return err
-		}
-		choices, err := q.TargetChoices(ctx, []uuid.UUID{device})
-		if err != nil {
-			return err
-		}
-		if len(choices) == 1 && choices[0].ReleaseID.Valid {
-			if target, err = q.TargetReleases(ctx, []uuid.UUID{choices[0].ReleaseID.UUID}); err != nil {
-				return err
-			}
-		}
-		var ids []uuid.UUID
-		for _, r := range []uuid.NullUUID{dev.RunningReleaseID, dev.PreviousReleaseID} {
-			if r.Valid {
-				ids = append(ids, r.UUID)
-			}
-		}
-		if len(ids) > 0 {
-			own, err = q.DeltaReleaseServices(ctx, db.DeltaReleaseServicesParams{Ids: ids, FleetID: dev.FleetID})
-		}
-		return err
-	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return out, fmt.Errorf("device %s: %w", device, problem.ErrNotFound) // deleted since the guard looked
-	}
-	if err != nil {
-		return out, fmt.Errorf("load the releases of device %s: %w", device, err)
-	}
-	out.org, out.arch = dev.OrgID, dev.Architecture
-	add := func(into map[string]string, raw []byte) error {
-		var svcs []api.ReleaseService
-		if err := json.Unmarshal(raw, &svcs); err != nil {
-			return fmt.Errorf("decode release services of device %s: %w", device, err)
-		}
-		for _, s := range svcs {
-			img := targetstate.Image(s, dev.Architecture)
-			if img == nil {
-				continue
-			}
-			repo := Repository(img.Image)
-			if !strings.HasPrefix(repo, dev.OrgSlug+"/") {
-				continue // only the organisation's repositories
-			}
-			into[string(img.Digest)] = repo
-		}
-		return nil
-	}
-	for _, r := range own {
-		if err := add(out.from, r.Services); err != nil {
-			return out, err
-		}
-	}
-	for _, r := range target {
-		if err := add(out.to, r.Services); err != nil {
-			return out, err
-		}
-	}
-	return out, nil
-}
-
-// Repository is an image reference's repository in the platform registry:
-// without a tag or digest and without the registry host that may prefix it
-// (a first component with a dot or a colon, or localhost).
-func Repository(ref string) string {
-	if i := strings.Index(ref, "@"); i >= 0 {
-		ref = ref[:i]
-	}
-	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
-		ref = ref[:i]
-	}
-	if first, rest, ok := strings.Cut(ref, "/"); ok && (strings.ContainsAny(first, ".:") || first == "localhost") {
-		ref = rest
-	}
-	return ref
 }
 
 func validDigest(s string) bool {

@@ -3,7 +3,6 @@ package registryproxy
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -13,11 +12,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
+	"github.com/flock-io/flock-api/internal/deviceimages"
 	"github.com/flock-io/flock-api/internal/registry"
-	"github.com/flock-io/flock-api/internal/targetstate"
 )
 
 // errGone means the token's subject no longer exists (a deleted device or
@@ -174,70 +172,17 @@ func (p *Proxy) device(ctx context.Context, id uuid.UUID) (*deviceAccess, error)
 }
 
 func (p *Proxy) loadDevice(ctx context.Context, id uuid.UUID) (*deviceAccess, error) {
-	var (
-		dev      db.RegistryDeviceRow
-		services [][]byte
-	)
-	err := pgx.BeginTxFunc(ctx, p.cfg.Pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-		q := db.New(tx)
-		var err error
-		if dev, err = q.RegistryDevice(ctx, id); err != nil {
-			return err
-		}
-		// The target release by the same rules as the device's target
-		// state.
-		choices, err := q.TargetChoices(ctx, []uuid.UUID{id})
-		if err != nil {
-			return err
-		}
-		if len(choices) == 1 && choices[0].ReleaseID.Valid {
-			rows, err := q.TargetReleases(ctx, []uuid.UUID{choices[0].ReleaseID.UUID})
-			if err != nil {
-				return err
-			}
-			for _, r := range rows {
-				services = append(services, r.Services)
-			}
-		}
-		var own []uuid.UUID
-		for _, r := range []uuid.NullUUID{dev.RunningReleaseID, dev.PreviousReleaseID} {
-			if r.Valid {
-				own = append(own, r.UUID)
-			}
-		}
-		if len(own) > 0 {
-			rows, err := q.RegistryFleetReleases(ctx, db.RegistryFleetReleasesParams{FleetID: dev.FleetID, Ids: own})
-			if err != nil {
-				return err
-			}
-			for _, r := range rows {
-				services = append(services, r.Services)
-			}
-		}
-		return nil
-	})
-	if errors.Is(err, pgx.ErrNoRows) {
+	imgs, err := deviceimages.Load(ctx, p.cfg.Pool, id)
+	if errors.Is(err, deviceimages.ErrNoDevice) {
 		return nil, errGone
 	}
 	if err != nil {
-		return nil, fmt.Errorf("load device %s: %w", id, err)
+		return nil, err
 	}
 	da := &deviceAccess{repos: map[string]*repoAllow{}}
-	for _, raw := range services {
-		var svcs []api.ReleaseService
-		if err := json.Unmarshal(raw, &svcs); err != nil {
-			return nil, fmt.Errorf("decode release services of device %s: %w", id, err)
-		}
-		for _, s := range svcs {
-			img := targetstate.Image(s, dev.Architecture)
-			if img == nil {
-				continue
-			}
-			repo := p.repoOf(img.Image)
-			if !strings.HasPrefix(repo, dev.OrgSlug+"/") {
-				continue // only the device's organisation's repositories
-			}
-			if err := p.allow(ctx, da, repo, string(img.Digest), 0); err != nil {
+	for _, set := range []map[string]string{imgs.Own, imgs.Target} {
+		for digest, repo := range set {
+			if err := p.allow(ctx, da, repo, digest, 0); err != nil {
 				return nil, err
 			}
 		}
@@ -314,20 +259,4 @@ func (p *Proxy) refs(ctx context.Context, repo, digest string) (*manifestRefs, e
 	}
 	p.refsCache.Add(key, r)
 	return r, nil
-}
-
-// repoOf is the repository of a release's image reference: without the
-// registry host (ours) and the tag.
-func (p *Proxy) repoOf(ref string) string {
-	if i := strings.Index(ref, "@"); i >= 0 {
-		ref = ref[:i]
-	}
-	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
-		ref = ref[:i]
-	}
-	if first, rest, ok := strings.Cut(ref, "/"); ok &&
-		(strings.ContainsAny(first, ".:") || first == "localhost" || first == p.cfg.Service) {
-		ref = rest
-	}
-	return ref
 }
