@@ -1512,6 +1512,36 @@ export interface paths {
          *       made (the detail says why). Pull the layers.
          *     - 404 `image_not_found`: `from` or `to` is not an image of this
          *       device's releases.
+         *
+         *     **The delta** is a tar (PAX) whose first entry is `delta.json`, then
+         *     one entry per patch:
+         *
+         *     | `delta.json` field | meaning |
+         *     |---|---|
+         *     | `version` | 1 |
+         *     | `media_type` | `application/vnd.flock.image-delta.v1+tar` |
+         *     | `from`, `to` | `{repo, digest, manifest}`: the digest as asked (maybe an index) and the platform manifest the delta was made of |
+         *     | `base[]` | `{diff_id, size}` of the `from` image's layers, lowest first: the device must hold these uncompressed tars, and every patch applies to all of them, in this order |
+         *     | `layers[]` | the `to` image's layers, lowest first: `{digest, diff_id, size, media_type}` and either `present: true` (the device has a layer with this diff_id) or `patch` (the tar entry holding its patch), `patch_size`, `uncompressed_size` |
+         *
+         *     A patch is in the layerdelta format (version 3: a header stream
+         *     compressed against the base layers' headers, an op stream of file
+         *     references, and content groups encoded bsdiff-style against the old
+         *     files; the reference implementation is the `internal/layerdelta`
+         *     package of flock-api, which `flock-api simulate --pull-images` uses).
+         *     Applying it yields the layer's uncompressed tar, whose sha256 must equal
+         *     its `diff_id`; a device registers the layer under that diff_id (and
+         *     `digest` for the compressed form it replaces) and pulls the layer from
+         *     the registry when it does not match.
+         *
+         *     **Pulling layers instead**: images are in the platform registry named
+         *     by the host of the target state's `image`. Engines log in with the
+         *     OCI distribution token flow: `GET /v2/` answers 401 with
+         *     `WWW-Authenticate: Bearer realm="<public URL>/registry/token",service=...`;
+         *     ask the realm with HTTP basic auth, user name = the device's uuid,
+         *     password = a device token (`POST /device/v1/token`), and send the
+         *     returned `token` as a bearer token. A device may pull, by digest only,
+         *     the images of its running, target and previous releases.
          */
         get: operations["device-delta:get"];
         put?: never;
@@ -2771,7 +2801,13 @@ export interface components {
         };
         TargetService: {
             name: string;
-            /** @description The image to pull, pinned by digest (repository@sha256:...). */
+            /**
+             * @description The image to pull, pinned by digest: `<registry host>/<org slug>/<fleet slug>/<service>@sha256:...`.
+             *     The registry speaks the OCI distribution API with its token flow;
+             *     log in with user name = the device's uuid and password = a device
+             *     token (see `GET /device/v1/deltas` for the flow, and for downloading
+             *     a delta instead when the device runs the service's previous image).
+             */
             image: string;
             digest: components["schemas"]["Digest"];
             /** @description The service's environment with the configuration variables merged in. */
