@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/flock-io/flock-api/gen/api"
+	"github.com/flock-io/flock-api/internal/deviceimages"
 	"github.com/flock-io/flock-api/internal/http/problem"
 	"github.com/flock-io/flock-api/internal/registry"
 )
@@ -31,13 +32,10 @@ func images(s api.ReleaseService) []struct {
 // port, or is localhost, as container engines read it) and its repository
 // without a tag.
 func splitImage(ref string) (host, repo string) {
-	if first, rest, ok := strings.Cut(ref, "/"); ok && (strings.ContainsAny(first, ".:") || first == "localhost") {
-		host, ref = first, rest
+	if first, _, ok := strings.Cut(ref, "/"); ok && (strings.ContainsAny(first, ".:") || first == "localhost") {
+		host = first
 	}
-	if i := strings.LastIndexByte(ref, ':'); i > strings.LastIndexByte(ref, '/') {
-		ref = ref[:i]
-	}
-	return host, ref
+	return host, deviceimages.Repository(ref)
 }
 
 // checkImages asks the platform registry for every image of the release:
