@@ -294,7 +294,9 @@ func unsignedPayload(o *s3.Options) {
 }
 
 // exactReader yields exactly left bytes of r, or an error: r ending early
-// is io.ErrUnexpectedEOF; r holding more is noted in err once left is read.
+// is io.ErrUnexpectedEOF; r holding more is err, returned instead of the
+// last bytes, so the server never receives a whole body (which it would
+// store, perhaps after the caller's clean-up) from a reader that is too long.
 type exactReader struct {
 	r    io.Reader
 	left int64
@@ -302,13 +304,10 @@ type exactReader struct {
 }
 
 func (e *exactReader) Read(p []byte) (int, error) {
+	if e.err != nil {
+		return 0, e.err
+	}
 	if e.left <= 0 {
-		// Probe for a byte too many.
-		var one [1]byte
-		if n, _ := e.r.Read(one[:]); n > 0 {
-			e.err = errors.New("reader is longer than the size given")
-			return 0, e.err
-		}
 		return 0, io.EOF
 	}
 	if int64(len(p)) > e.left {
@@ -316,16 +315,21 @@ func (e *exactReader) Read(p []byte) (int, error) {
 	}
 	n, err := e.r.Read(p)
 	e.left -= int64(n)
-	if err == io.EOF {
-		if e.left > 0 {
+	if e.left > 0 {
+		if err == io.EOF {
 			return n, io.ErrUnexpectedEOF
 		}
-		if n == 0 {
-			return 0, io.EOF
-		}
-		err = nil
+		return n, err
 	}
-	return n, err
+	if err == nil {
+		// Probe for a byte too many before the last bytes go out.
+		var one [1]byte
+		if m, _ := io.ReadFull(e.r, one[:]); m > 0 {
+			e.err = errors.New("reader is longer than the size given")
+			return 0, e.err
+		}
+	}
+	return n, nil
 }
 
 // exactSeeker lets the SDK rewind a seekable body to retry.
