@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes the services flock-api's development and tests need run on 127.0.0.1:
 # PostgreSQL (with a `flock` database), Redis, Mosquitto and ClickHouse, and
-# installs the registry tools the tests use (docker-registry, skopeo).
+# installs the registry tools the tests use (docker-registry, skopeo) and the
+# image builder's (buildah, busybox-static).
 # Installs each with apt-get when it is missing and starts it when it is down.
 # Safe to run again.
 set -euo pipefail
@@ -160,6 +161,23 @@ delta_tools_up() {
   log "bsdiff, xdelta3, zstd and GNU time installed"
 }
 
+# --- Image builder tools -----------------------------------------------------
+# The builder runs buildah as a subprocess with chroot isolation on the vfs
+# storage driver: no daemon, no OCI runtime (runc/crun), no fuse-overlayfs
+# and no CNI plugins are needed, only buildah (which pulls in uidmap and
+# containers-common). busybox-static is the one binary the builder tests'
+# base images hold, built locally since nothing is pulled from public
+# registries.
+builder_tools_up() {
+  local missing=()
+  command -v buildah >/dev/null || missing+=(buildah)
+  # Debian's plain busybox package is linked dynamically: it would not run
+  # in an image without its libraries.
+  dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || missing+=(busybox-static)
+  if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
+  log "buildah $(buildah --version | awk '{print $3}') and busybox-static installed"
+}
+
 # --- Node.js (code generation, Swagger UI assets, the TypeScript SDK) -------
 node_up() {
   command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
@@ -178,6 +196,7 @@ case "${1:-all}" in
   node) node_up ;;
   registry) registry_up ;;
   delta-tools) delta_tools_up ;;
-  all) postgres_up; redis_up; mosquitto_up; clickhouse_up; registry_up; node_up ;;
-  *) die "usage: $0 [all|postgres|redis|mosquitto|clickhouse|registry|delta-tools|node]" ;;
+  builder-tools) builder_tools_up ;;
+  all) postgres_up; redis_up; mosquitto_up; clickhouse_up; registry_up; builder_tools_up; node_up ;;
+  *) die "usage: $0 [all|postgres|redis|mosquitto|clickhouse|registry|delta-tools|builder-tools|node]" ;;
 esac
