@@ -215,7 +215,7 @@ func readIndex(ctx context.Context, p string, maxEntries int) (*index, error) {
 			break
 		}
 		if err != nil {
-			return nil, newError(CodeSourceInvalid, err, "The upload is not a valid tar archive (after %d entries).", ix.count)
+			return nil, newError(CodeSourceInvalid, err, "The upload is not a valid tar archive.")
 		}
 		ix.count++
 		if ix.count > maxEntries {

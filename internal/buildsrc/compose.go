@@ -104,24 +104,16 @@ func parseCompose(file string, data []byte) ([]Service, *Error) {
 }
 
 func (p *composeParser) result() *Error {
-	list := func(code string, fields []FieldError, what string) *Error {
-		names := make([]string, len(fields))
-		for i, f := range fields {
-			names[i] = f.Field
-		}
-		e := newError(code, nil, "The compose file %s has %s: %s.", p.file, what, strings.Join(names, ", "))
-		e.Fields = fields
-		return e
-	}
+	in := "The compose file " + p.file + " has "
 	switch {
 	case len(p.invalid) > 0:
-		return list(CodeComposeInvalid, p.invalid, "invalid values")
+		return listError(CodeComposeInvalid, in+"invalid values", p.invalid)
 	case len(p.unsupported) > 0:
-		return list(CodeComposeUnsupported, p.unsupported, "unsupported keys")
+		return listError(CodeComposeUnsupported, in+"unsupported keys", p.unsupported)
 	case len(p.escapes) > 0:
-		return list(CodePathEscapes, p.escapes, "paths outside the project")
+		return listError(CodePathEscapes, in+"paths outside the project", p.escapes)
 	case len(p.noSource) > 0:
-		return list(CodeServiceInvalid, p.noSource, "services with neither build nor image")
+		return listError(CodeServiceInvalid, in+"services with neither build nor image", p.noSource)
 	}
 	return nil
 }

@@ -39,22 +39,16 @@ func (e *Error) Error() string {
 	b.WriteString(e.Code)
 	b.WriteString(": ")
 	b.WriteString(e.Detail)
-	for i, f := range e.Fields {
-		if i == 0 {
-			b.WriteString(" (")
-		} else {
-			b.WriteString("; ")
+	if len(e.Fields) > 1 {
+		for i, f := range e.Fields {
+			if i == 0 {
+				b.WriteString(" (")
+			} else {
+				b.WriteString("; ")
+			}
+			b.WriteString(f.Field + ": " + f.Detail)
 		}
-		b.WriteString(f.Field)
-		b.WriteString(": ")
-		b.WriteString(f.Detail)
-		if i == len(e.Fields)-1 {
-			b.WriteString(")")
-		}
-	}
-	if e.err != nil {
-		b.WriteString(": ")
-		b.WriteString(e.err.Error())
+		b.WriteString(")")
 	}
 	return b.String()
 }
@@ -63,6 +57,28 @@ func (e *Error) Error() string {
 // can still tell an I/O failure of the spool file from bad input.
 func (e *Error) Unwrap() error { return e.err }
 
-func newError(code string, err error, format string, args ...any) *Error {
-	return &Error{Code: code, Detail: fmt.Sprintf(format, args...), err: err}
+// newError makes an *Error; a non-nil cause is both told in Detail, since
+// the developer needs it (a YAML line number, say), and kept for Unwrap.
+func newError(code string, cause error, format string, args ...any) *Error {
+	d := fmt.Sprintf(format, args...)
+	if cause != nil {
+		d = strings.TrimSuffix(d, ".") + ": " + cause.Error() + "."
+	}
+	return &Error{Code: code, Detail: d, err: cause}
+}
+
+// listError names every field in Detail; with one field, its detail too, so
+// that Detail alone says what is wrong.
+func listError(code, what string, fields []FieldError) *Error {
+	var d string
+	if len(fields) == 1 {
+		d = fmt.Sprintf("%s: %s: %s.", what, fields[0].Field, fields[0].Detail)
+	} else {
+		names := make([]string, len(fields))
+		for i, f := range fields {
+			names[i] = f.Field
+		}
+		d = fmt.Sprintf("%s: %s.", what, strings.Join(names, ", "))
+	}
+	return &Error{Code: code, Detail: d, Fields: fields}
 }

@@ -149,7 +149,7 @@ func readDockerfiles(ctx context.Context, src string, ix *index, proj *Project, 
 		}
 	}
 	if len(missing) > 0 {
-		return listError(CodeDockerfileMissing, "Build sources are missing from the upload", missing)
+		return listError(CodeDockerfileMissing, "The upload lacks build sources", missing)
 	}
 	if len(invalid) == 0 && len(want) > 0 {
 		files, err := readFiles(ctx, src, want)
@@ -165,24 +165,14 @@ func readDockerfiles(ctx context.Context, src string, ix *index, proj *Project, 
 			df := path.Join(s.Build.Context, s.Build.Dockerfile)
 			nr, err := needsRun(files[p], s.Build.Target, s.Build.Args)
 			if err != nil {
-				invalid = append(invalid, FieldError{df, fmt.Sprintf("service %s: %v", s.Name, err)})
+				invalid = append(invalid, FieldError{df, fmt.Sprintf("%v (service %s)", err, s.Name)})
 				continue
 			}
 			s.Build.NeedsRun = nr
 		}
 	}
 	if len(invalid) > 0 {
-		return listError(CodeDockerfileInvalid, "Dockerfiles cannot be used", invalid)
+		return listError(CodeDockerfileInvalid, "The upload has unusable Dockerfiles", invalid)
 	}
 	return nil
-}
-
-func listError(code, what string, fields []FieldError) *Error {
-	names := make([]string, len(fields))
-	for i, f := range fields {
-		names[i] = f.Field
-	}
-	e := newError(code, nil, "%s: %s.", what, strings.Join(names, ", "))
-	e.Fields = fields
-	return e
 }
