@@ -453,8 +453,9 @@ func TestBuildLayerCache(t *testing.T) {
 	if second.CachedSteps == 0 || !f.out.has("--> Using cache") {
 		t.Errorf("the second build used no cache (%d cached steps):\n%s", second.CachedSteps, f.out)
 	}
-	if second.ImageID != first.ImageID {
-		t.Logf("cached build made %s, the first %s", second.ImageID, first.ImageID)
+	// PullMissing: the base image in Storage is used again as it is.
+	if n := strings.Count(f.out.String(), "Trying to pull"); n != 1 {
+		t.Errorf("%d pulls of the base over two builds, want 1:\n%s", n, f.out)
 	}
 }
 
@@ -466,5 +467,51 @@ func TestVersion(t *testing.T) {
 	}
 	if v == "" || !strings.Contains(v, ".") {
 		t.Errorf("version %q", v)
+	}
+}
+
+// The base image comes from, and the result goes to, a registry that wants
+// credentials: Auth is what buildah logs in with, both ways.
+func TestBuildWithCredentials(t *testing.T) {
+	f := newFixture(t)
+	password := "pw-" + randomHex(t)
+	host := buildahtest.RegistryWithAuth(t, "builder", password)
+	base := buildahtest.PushBusybox(t, host, "base/busybox", buildah.HostArchitecture())
+	dir := f.context(t, map[string]string{"Dockerfile": "FROM " + base + "\nRUN echo built > /built\n"})
+	auth := buildahtest.AuthFile(t, host, "builder", password)
+
+	o := f.options(dir, buildah.HostArchitecture())
+	o.Insecure = []string{host}
+	res, err := f.e.Build(context.Background(), o)
+	var be *buildah.BuildError
+	if !errors.As(err, &be) || !strings.Contains(be.Message, "unauthorized") {
+		t.Fatalf("build without credentials: %v, want a failure to pull the base\n%s", err, f.out)
+	}
+
+	o.Auth = auth
+	if res, err = f.e.Build(context.Background(), o); err != nil {
+		t.Fatalf("build: %v\n%s", err, f.out)
+	}
+	p := buildah.PushOptions{
+		Storage: f.storage, WorkDir: f.workDir, Image: res.ImageID,
+		Dest: "docker://" + host + "/org/app:v1", Insecure: []string{host}, Output: f.out.add,
+	}
+	if _, err := f.e.Push(context.Background(), p); err == nil {
+		t.Fatal("push without credentials succeeded")
+	}
+	p.Auth = auth
+	digest, err := f.e.Push(context.Background(), p)
+	if err != nil {
+		t.Fatalf("push: %v\n%s", err, f.out)
+	}
+	img := buildahtest.Pull(t, host+"/org/app:v1")
+	if d, _ := img.Digest(); d.String() != digest {
+		t.Errorf("pushed %s, the registry has %s", digest, d)
+	}
+	if got := files(t, img)["built"]; got != "built\n" {
+		t.Errorf("/built is %q", got)
+	}
+	if f.out.has(password) {
+		t.Error("the output holds the password")
 	}
 }

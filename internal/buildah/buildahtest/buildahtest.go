@@ -8,16 +8,21 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -141,6 +146,53 @@ func Registry(t testing.TB) string {
 	return strings.TrimPrefix(srv.URL, "http://")
 }
 
+// credentials are the users of the registries RegistryWithAuth started, by
+// host, for Push and Pull.
+var credentials sync.Map // host → *authn.Basic
+
+// RegistryWithAuth is Registry behind HTTP basic authentication: only user
+// with password may pull or push. Push and Pull here log in by themselves.
+func RegistryWithAuth(t testing.TB, user, password string) string {
+	t.Helper()
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != user || p != password {
+			w.Header().Set("WWW-Authenticate", `Basic realm="buildahtest"`)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	host := strings.TrimPrefix(srv.URL, "http://")
+	credentials.Store(host, &authn.Basic{Username: user, Password: password})
+	t.Cleanup(func() {
+		srv.Close()
+		credentials.Delete(host)
+	})
+	return host
+}
+
+// AuthFile is a containers-auth.json document with user's password for
+// host, as BuildOptions.Auth and PushOptions.Auth take it.
+func AuthFile(t testing.TB, host, user, password string) []byte {
+	t.Helper()
+	b, err := json.Marshal(map[string]any{"auths": map[string]any{
+		host: map[string]string{"auth": base64.StdEncoding.EncodeToString([]byte(user + ":" + password))},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func remoteOptions(r name.Reference) []remote.Option {
+	opts := []remote.Option{remote.WithContext(context.Background())}
+	if c, ok := credentials.Load(r.Context().RegistryStr()); ok {
+		opts = append(opts, remote.WithAuth(c.(*authn.Basic)))
+	}
+	return opts
+}
+
 // PushBusybox pushes BusyboxImage(arch) to host as repo:tag and returns
 // the reference, e.g. "127.0.0.1:40123/base/busybox:amd64".
 func PushBusybox(t testing.TB, host, repo, arch string) string {
@@ -157,7 +209,7 @@ func Push(t testing.TB, ref string, img v1.Image) {
 	if err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
-	if err := remote.Write(r, img, remote.WithContext(context.Background())); err != nil {
+	if err := remote.Write(r, img, remoteOptions(r)...); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
 }
@@ -169,7 +221,7 @@ func Pull(t testing.TB, ref string) v1.Image {
 	if err != nil {
 		t.Fatalf("pull %s: %v", ref, err)
 	}
-	img, err := remote.Image(r)
+	img, err := remote.Image(r, remoteOptions(r)...)
 	if err != nil {
 		t.Fatalf("pull %s: %v", ref, err)
 	}
