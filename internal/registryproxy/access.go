@@ -113,6 +113,8 @@ func (p *Proxy) loadRights(ctx context.Context, sub subject, repo string) (right
 		keyOrg, keyRole = k.OrgID, k.Role
 	case auth.KindUser:
 		userID = sub.id
+	case kindBuild:
+		return p.buildRights(ctx, q, sub.id, repo)
 	default:
 		return rights{}, errGone
 	}

@@ -135,24 +135,10 @@ func (p *Proxy) serveToken(w http.ResponseWriter, r *http.Request) {
 		distError(rec, http.StatusUnauthorized, "UNAUTHORIZED", "authentication required: log in with a device's uuid and token, or any user name and an API key or access token", nil)
 		return
 	}
-	pr, err := p.cfg.Authn.Authenticate(r.Context(), "Bearer "+pass)
-	if err != nil {
-		var pe *problem.Error
-		if errors.As(err, &pe) && pe.Status < 500 {
-			rec.Header().Set("WWW-Authenticate", `Basic realm="flock registry"`)
-			distError(rec, http.StatusUnauthorized, "UNAUTHORIZED", "invalid credentials: "+pe.Detail, nil)
-			return
-		}
-		p.log.ErrorContext(r.Context(), "registry token: authenticate", "error", err.Error())
-		distError(rec, http.StatusServiceUnavailable, "UNAVAILABLE", "cannot check the credentials now; retry shortly", nil)
+	sub, ok := p.login(rec, r, user, pass)
+	if !ok {
 		return
 	}
-	if pr.Kind == auth.KindDevice && !strings.EqualFold(user, pr.DeviceID.String()) {
-		rec.Header().Set("WWW-Authenticate", `Basic realm="flock registry"`)
-		distError(rec, http.StatusUnauthorized, "UNAUTHORIZED", "a device logs in with its own uuid as the user name", nil)
-		return
-	}
-	sub := subjectOf(pr)
 	claims := tokenClaims{Access: []accessEntry{}}
 	var granted []string
 	for _, sc := range parseScopes(scopes) {
@@ -213,6 +199,49 @@ func (p *Proxy) serveToken(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(rec).Encode(resp)
 }
 
+// login authenticates the token endpoint's basic credentials: a build
+// credential under BuildUser, else a device token, API key or access token.
+// On failure it has answered.
+func (p *Proxy) login(w http.ResponseWriter, r *http.Request, user, pass string) (subject, bool) {
+	if user == BuildUser {
+		sub, err := p.verifyBuildCredential(r.Context(), pass)
+		if err == nil {
+			return sub, true
+		}
+		if errors.Is(err, devicetoken.ErrInvalidToken) {
+			w.Header().Set("WWW-Authenticate", `Basic realm="flock registry"`)
+			distError(w, http.StatusUnauthorized, "UNAUTHORIZED", "invalid build credential", nil)
+			return subject{}, false
+		}
+		if errors.Is(err, errGone) {
+			w.Header().Set("WWW-Authenticate", `Basic realm="flock registry"`)
+			distError(w, http.StatusUnauthorized, "UNAUTHORIZED", "the build ended: its credentials were revoked", nil)
+			return subject{}, false
+		}
+		p.log.ErrorContext(r.Context(), "registry token: verify build credential", "error", err.Error())
+		distError(w, http.StatusServiceUnavailable, "UNAVAILABLE", "cannot check the credentials now; retry shortly", nil)
+		return subject{}, false
+	}
+	pr, err := p.cfg.Authn.Authenticate(r.Context(), "Bearer "+pass)
+	if err != nil {
+		var pe *problem.Error
+		if errors.As(err, &pe) && pe.Status < 500 {
+			w.Header().Set("WWW-Authenticate", `Basic realm="flock registry"`)
+			distError(w, http.StatusUnauthorized, "UNAUTHORIZED", "invalid credentials: "+pe.Detail, nil)
+			return subject{}, false
+		}
+		p.log.ErrorContext(r.Context(), "registry token: authenticate", "error", err.Error())
+		distError(w, http.StatusServiceUnavailable, "UNAVAILABLE", "cannot check the credentials now; retry shortly", nil)
+		return subject{}, false
+	}
+	if pr.Kind == auth.KindDevice && !strings.EqualFold(user, pr.DeviceID.String()) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="flock registry"`)
+		distError(w, http.StatusUnauthorized, "UNAUTHORIZED", "a device logs in with its own uuid as the user name", nil)
+		return subject{}, false
+	}
+	return subjectOf(pr), true
+}
+
 func mergeAccess(list []accessEntry, repo string, actions []string) []accessEntry {
 	for i := range list {
 		if list[i].Name == repo {
@@ -261,6 +290,9 @@ type subject struct {
 func subjectOf(p *auth.Principal) subject { return subject{kind: p.Kind, id: p.ActorID()} }
 
 func (s subject) String() string {
+	if s.kind == kindBuild {
+		return "build:" + s.id.String()
+	}
 	return (&auth.Principal{Kind: s.kind, UserID: s.id, KeyID: s.id, DeviceID: s.id}).Name()
 }
 
@@ -280,6 +312,8 @@ func parseSubject(s string) (subject, error) {
 		return subject{auth.KindAPIKey, u}, nil
 	case "device":
 		return subject{auth.KindDevice, u}, nil
+	case "build":
+		return subject{kindBuild, u}, nil
 	}
 	return subject{}, fmt.Errorf("subject %q: unknown kind", s)
 }
