@@ -48,6 +48,14 @@ var Policy = auth.Policy{
 	"release:get":    {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
 	"release:update": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
 
+	"build:list":   {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"build:get":    {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"build:create": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+	"build:cancel": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
+	// The log holds no secrets: they are masked before it is stored.
+	"build-log:get":    {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"build-log:stream": {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+
 	"rollout:list":        {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
 	"rollout:get":         {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
 	"rollout-device:list": {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},

@@ -12,6 +12,7 @@ import (
 	"github.com/flock-io/flock-api/handlers/apikeys"
 	"github.com/flock-io/flock-api/handlers/auditlog"
 	"github.com/flock-io/flock-api/handlers/commands"
+	"github.com/flock-io/flock-api/handlers/builds"
 	"github.com/flock-io/flock-api/handlers/deltas"
 	"github.com/flock-io/flock-api/handlers/deviceapi"
 	"github.com/flock-io/flock-api/handlers/devicedata"
@@ -32,6 +33,7 @@ import (
 	"github.com/flock-io/flock-api/internal/audit"
 	"github.com/flock-io/flock-api/internal/blob"
 	"github.com/flock-io/flock-api/internal/buildinfo"
+	buildstore "github.com/flock-io/flock-api/internal/builds"
 	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/devicetoken"
 	"github.com/flock-io/flock-api/internal/kv"
@@ -65,6 +67,7 @@ type Server struct {
 	*summary.Summary
 	*commands.Commands
 	*deltas.Deltas
+	*builds.Builds
 }
 
 var _ api.StrictServerInterface = (*Server)(nil)
@@ -119,6 +122,9 @@ type Deps struct {
 	RegistryHost string
 	// Blobs is the S3 store deltas are served from.
 	Blobs *blob.Store
+	// Builds configures the builds API (upload limit, spool directory);
+	// its stores are filled in from the fields above.
+	Builds builds.Builds
 	// StreamRecheck is how often an open stream asks whether its caller
 	// may still read it (FLOCK_STREAM_RECHECK); zero means 30s.
 	StreamRecheck time.Duration
@@ -148,7 +154,21 @@ func New(d Deps) *Server {
 		Summary:      &summary.Summary{Pool: pool},
 		Commands:     &commands.Commands{Pool: pool, Send: d.Commands, KV: d.KV},
 		Deltas:       newDeltas(d),
+		Builds:       newBuilds(d),
 	}
+}
+
+// newBuilds wires the builds handler to the process's stores.
+func newBuilds(d Deps) *builds.Builds {
+	h := d.Builds
+	h.Pool, h.Blobs, h.Registry, h.Bus, h.RegistryHost = d.Pool, d.Blobs, d.Registry, d.Bus, d.RegistryHost
+	if h.Finisher == nil && d.Blobs != nil && d.Registry != nil {
+		h.Finisher = &buildstore.Finisher{Pool: d.Pool, Blobs: d.Blobs, Registry: d.Registry, RegistryHost: d.RegistryHost}
+		if d.Nudge != nil {
+			h.Finisher.FleetFinal = d.Nudge.FleetChanged
+		}
+	}
+	return &h
 }
 
 // newDeltas wires the delta handler, leaving out a bus or store this

@@ -57,3 +57,8 @@ WHERE r.id = @id;
 SELECT g.org_id, m.role FROM device_groups g
 LEFT JOIN memberships m ON m.org_id = g.org_id AND m.user_id = @user_id
 WHERE g.id = @id;
+
+-- name: BuildAccess :one
+SELECT b.org_id, m.role FROM builds b
+LEFT JOIN memberships m ON m.org_id = b.org_id AND m.user_id = @user_id
+WHERE b.id = @id;

@@ -24,3 +24,11 @@ LIMIT @max_rows;
 
 -- name: ReleaseLatestFinal :one
 SELECT * FROM releases WHERE fleet_id = $1 AND status = 'final' ORDER BY finalized_at DESC, id DESC LIMIT 1;
+
+-- name: ReleaseBuilt :one
+-- Ends a build's draft release: final with its services' images, or
+-- failed. A release that is no longer a draft is left alone.
+UPDATE releases SET status = @status, services = @services,
+  finalized_at = CASE WHEN @status::text = 'final' THEN now() END
+WHERE id = @id AND status = 'draft'
+RETURNING *;

@@ -100,6 +100,33 @@ func (e AuditEventOutcome) Valid() bool {
 	}
 }
 
+// Defines values for BuildStatus.
+const (
+	BuildStatusCancelled BuildStatus = "cancelled"
+	BuildStatusFailed    BuildStatus = "failed"
+	BuildStatusQueued    BuildStatus = "queued"
+	BuildStatusRunning   BuildStatus = "running"
+	BuildStatusSucceeded BuildStatus = "succeeded"
+)
+
+// Valid indicates whether the value is a known member of the BuildStatus enum.
+func (e BuildStatus) Valid() bool {
+	switch e {
+	case BuildStatusCancelled:
+		return true
+	case BuildStatusFailed:
+		return true
+	case BuildStatusQueued:
+		return true
+	case BuildStatusRunning:
+		return true
+	case BuildStatusSucceeded:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for CommandStatus.
 const (
 	CommandStatusDelivered CommandStatus = "delivered"
@@ -869,6 +896,137 @@ type AuditEventPage struct {
 	Items      []AuditEvent `json:"items"`
 	NextCursor *string      `json:"next_cursor,omitempty"`
 }
+
+// Build defines model for Build.
+type Build struct {
+	Architectures     []Architecture `json:"architectures"`
+	CancelRequestedAt *time.Time     `json:"cancel_requested_at,omitempty"`
+	CreatedAt         time.Time      `json:"created_at"`
+
+	// DurationMs From upload to end.
+	DurationMs *int64 `json:"duration_ms,omitempty"`
+
+	// Error Why a build or one of its images failed.
+	Error      *BuildError        `json:"error,omitempty"`
+	FinishedAt *time.Time         `json:"finished_at,omitempty"`
+	FleetId    openapi_types.UUID `json:"fleet_id"`
+	Id         openapi_types.UUID `json:"id"`
+
+	// LogBytes The log's size as text.
+	LogBytes int64 `json:"log_bytes"`
+	LogLines int64 `json:"log_lines"`
+
+	// LogStoredBytes The compressed log's size in the blob store, once the build ended.
+	LogStoredBytes *int64 `json:"log_stored_bytes,omitempty"`
+
+	// ReleaseId The release the build makes (draft while it runs).
+	ReleaseId openapi_types.UUID `json:"release_id"`
+	Services  []BuildService     `json:"services"`
+
+	// SourceBytes The uploaded tar's size.
+	SourceBytes *int64     `json:"source_bytes,omitempty"`
+	StartedAt   *time.Time `json:"started_at,omitempty"`
+
+	// Status `queued` until a builder starts one of its images; `running`; then
+	// `succeeded` (every image built and pushed, the release final), `failed`
+	// (an image failed, or waited for a builder longer than the deployment
+	// allows; the release failed) or `cancelled` (the release failed).
+	Status  BuildStatus `json:"status"`
+	Version string      `json:"version"`
+}
+
+// BuildError Why a build or one of its images failed.
+type BuildError struct {
+	// Architecture A CPU architecture, in OCI platform spelling.
+	Architecture *Architecture `json:"architecture,omitempty"`
+
+	// Code `build_failed` (the builder's command failed; `step` names the
+	// step), `push_failed`, `no_builder` (no running builder could build
+	// the architecture in time), `timeout` (the build ran longer than the
+	// deployment allows), `source_invalid` (the stored source is unreadable),
+	// `internal`.
+	Code   string `json:"code"`
+	Detail string `json:"detail"`
+
+	// LogTail The image's last log lines before the failure.
+	LogTail *[]string `json:"log_tail,omitempty"`
+	Service *string   `json:"service,omitempty"`
+
+	// Step The failing step as the builder printed it, e.g. `STEP 3/5: RUN make`.
+	Step *string `json:"step,omitempty"`
+}
+
+// BuildImage One service's image for one architecture.
+type BuildImage struct {
+	// Architecture A CPU architecture, in OCI platform spelling.
+	Architecture Architecture `json:"architecture"`
+
+	// Builder The builder replica that built it (or builds it).
+	Builder *string `json:"builder,omitempty"`
+
+	// Digest An OCI content digest.
+	//
+	// Example: sha256:4b1d0c9fa4f5b0f8f0a6b7c52f1e07e4a0d27f3b6e5d8c9a1b2c3d4e5f6a7b8c
+	Digest *Digest `json:"digest,omitempty"`
+
+	// DurationMs From start to finish.
+	DurationMs *int64 `json:"duration_ms,omitempty"`
+
+	// Error Why a build or one of its images failed.
+	Error      *BuildError `json:"error,omitempty"`
+	FinishedAt *time.Time  `json:"finished_at,omitempty"`
+
+	// Image The repository it was pushed to, `<registry host>/<org slug>/<fleet slug>/<service>`.
+	Image     *string    `json:"image,omitempty"`
+	QueuedAt  *time.Time `json:"queued_at,omitempty"`
+	StartedAt *time.Time `json:"started_at,omitempty"`
+
+	// Status `queued` until a builder starts one of its images; `running`; then
+	// `succeeded` (every image built and pushed, the release final), `failed`
+	// (an image failed, or waited for a builder longer than the deployment
+	// allows; the release failed) or `cancelled` (the release failed).
+	Status BuildStatus `json:"status"`
+
+	// Waiting Set while queued when no running builder can build it, saying so; it fails with `no_builder` when that lasts.
+	Waiting *string `json:"waiting,omitempty"`
+}
+
+// BuildLogLine defines model for BuildLogLine.
+type BuildLogLine struct {
+	// Architecture A CPU architecture, in OCI platform spelling.
+	Architecture *Architecture `json:"architecture,omitempty"`
+	Line         string        `json:"line"`
+
+	// Seq Numbers the build's lines from 1; consecutive numbers mean nothing is missing.
+	Seq int64 `json:"seq"`
+
+	// Service The service, or `flock` for the platform's own lines.
+	Service string    `json:"service"`
+	Ts      time.Time `json:"ts"`
+}
+
+// BuildPage defines model for BuildPage.
+type BuildPage struct {
+	Items      []Build `json:"items"`
+	NextCursor *string `json:"next_cursor,omitempty"`
+}
+
+// BuildService defines model for BuildService.
+type BuildService struct {
+	// Image For a service that names an existing image instead of a build, that image.
+	Image  *string      `json:"image,omitempty"`
+	Images []BuildImage `json:"images"`
+
+	// IndexDigest The image index listing every architecture's image, once all are built.
+	IndexDigest *Digest `json:"index_digest,omitempty"`
+	Name        string  `json:"name"`
+}
+
+// BuildStatus `queued` until a builder starts one of its images; `running`; then
+// `succeeded` (every image built and pushed, the release final), `failed`
+// (an image failed, or waited for a builder longer than the deployment
+// allows; the release failed) or `cancelled` (the release failed).
+type BuildStatus string
 
 // Command defines model for Command.
 type Command struct {
@@ -1653,7 +1811,9 @@ type ReleaseService struct {
 	CapAdd      *[]string          `json:"cap_add,omitempty"`
 	Environment *map[string]string `json:"environment,omitempty"`
 
-	// Images The image for each architecture the release supports.
+	// Images The image for each architecture the release supports; a release
+	// needs one for its fleet's architecture. A build's draft release has
+	// none until the builder pushed them.
 	Images struct {
 		Amd64   *ServiceImage `json:"amd64,omitempty"`
 		Arm64   *ServiceImage `json:"arm64,omitempty"`
@@ -2261,6 +2421,9 @@ type Version struct {
 	Version string `json:"version"`
 }
 
+// BuildId defines model for BuildId.
+type BuildId = openapi_types.UUID
+
 // CommandId defines model for CommandId.
 type CommandId = openapi_types.UUID
 
@@ -2336,6 +2499,24 @@ type DeviceDeltaGetParams struct {
 // DeviceStateGetParams defines parameters for DeviceStateGet.
 type DeviceStateGetParams struct {
 	IfNoneMatch *string `json:"If-None-Match,omitempty"`
+}
+
+// BuildCancelParams defines parameters for BuildCancel.
+type BuildCancelParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// BuildLogStreamParams defines parameters for BuildLogStream.
+type BuildLogStreamParams struct {
+	// LastEventId Resume after this line's `seq`.
+	LastEventId *int64 `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+
+	// LastEventID The Server-Sent Events resume header; see `last_event_id`.
+	LastEventID *string `json:"Last-Event-ID,omitempty"`
 }
 
 // DeviceGroupUpdateParams defines parameters for DeviceGroupUpdate.
@@ -2608,6 +2789,30 @@ type FleetUpdateParams struct {
 	// that response again (with `Idempotent-Replayed: true`) without running
 	// twice. The same key with a different request is 422. Keys are per caller.
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// BuildListParams defines parameters for BuildList.
+type BuildListParams struct {
+	Status *BuildStatus `form:"status,omitempty" json:"status,omitempty"`
+
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// BuildCreateParams defines parameters for BuildCreate.
+type BuildCreateParams struct {
+	// Version The release's version label.
+	Version *string `form:"version,omitempty" json:"version,omitempty"`
+
+	// Architectures Architectures to build, besides the fleet's own (always built), for
+	// a release that other fleets may also run. Each is built by a builder
+	// that runs on it or emulates it, or by any builder when the service's
+	// Dockerfile needs no `RUN` for it (`COPY`-only images, or `RUN`
+	// only in `FROM --platform=$BUILDPLATFORM` stages).
+	Architectures *[]Architecture `form:"architectures,omitempty" json:"architectures,omitempty"`
 }
 
 // FleetEventsStreamParams defines parameters for FleetEventsStream.
@@ -3285,6 +3490,18 @@ type ServerInterface interface {
 	// MqttHookAuthenticate MQTT broker hook, authentication
 	// (POST /internal/v1/mqtt/auth)
 	MqttHookAuthenticate(w http.ResponseWriter, r *http.Request)
+	// BuildGet A build, with each service's images and their status and timings
+	// (GET /v1/builds/{buildId})
+	BuildGet(w http.ResponseWriter, r *http.Request, buildId BuildId)
+	// BuildCancel Cancel a build
+	// (POST /v1/builds/{buildId}/cancel)
+	BuildCancel(w http.ResponseWriter, r *http.Request, buildId BuildId, params BuildCancelParams)
+	// BuildLogGet A build's log, as text
+	// (GET /v1/builds/{buildId}/log)
+	BuildLogGet(w http.ResponseWriter, r *http.Request, buildId BuildId)
+	// BuildLogStream Follow a build's log (Server-Sent Events)
+	// (GET /v1/builds/{buildId}/log/stream)
+	BuildLogStream(w http.ResponseWriter, r *http.Request, buildId BuildId, params BuildLogStreamParams)
 	// CommandGet A command and its status
 	// (GET /v1/commands/{commandId})
 	CommandGet(w http.ResponseWriter, r *http.Request, commandId CommandId)
@@ -3366,6 +3583,12 @@ type ServerInterface interface {
 	// FleetUpdate Change a fleet
 	// (PATCH /v1/fleets/{fleetId})
 	FleetUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetUpdateParams)
+	// BuildList Builds of a fleet
+	// (GET /v1/fleets/{fleetId}/builds)
+	BuildList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params BuildListParams)
+	// BuildCreate Build a project into a release
+	// (POST /v1/fleets/{fleetId}/builds)
+	BuildCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params BuildCreateParams)
 	// FleetEventsStream Live events of a fleet (Server-Sent Events)
 	// (GET /v1/fleets/{fleetId}/events)
 	FleetEventsStream(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetEventsStreamParams)
@@ -3570,6 +3793,30 @@ func (_ Unimplemented) MqttHookAuthenticate(w http.ResponseWriter, r *http.Reque
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// BuildGet A build, with each service's images and their status and timings
+// (GET /v1/builds/{buildId})
+func (_ Unimplemented) BuildGet(w http.ResponseWriter, r *http.Request, buildId BuildId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// BuildCancel Cancel a build
+// (POST /v1/builds/{buildId}/cancel)
+func (_ Unimplemented) BuildCancel(w http.ResponseWriter, r *http.Request, buildId BuildId, params BuildCancelParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// BuildLogGet A build's log, as text
+// (GET /v1/builds/{buildId}/log)
+func (_ Unimplemented) BuildLogGet(w http.ResponseWriter, r *http.Request, buildId BuildId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// BuildLogStream Follow a build's log (Server-Sent Events)
+// (GET /v1/builds/{buildId}/log/stream)
+func (_ Unimplemented) BuildLogStream(w http.ResponseWriter, r *http.Request, buildId BuildId, params BuildLogStreamParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // CommandGet A command and its status
 // (GET /v1/commands/{commandId})
 func (_ Unimplemented) CommandGet(w http.ResponseWriter, r *http.Request, commandId CommandId) {
@@ -3729,6 +3976,18 @@ func (_ Unimplemented) FleetGet(w http.ResponseWriter, r *http.Request, fleetId 
 // FleetUpdate Change a fleet
 // (PATCH /v1/fleets/{fleetId})
 func (_ Unimplemented) FleetUpdate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetUpdateParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// BuildList Builds of a fleet
+// (GET /v1/fleets/{fleetId}/builds)
+func (_ Unimplemented) BuildList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params BuildListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// BuildCreate Build a project into a release
+// (POST /v1/fleets/{fleetId}/builds)
+func (_ Unimplemented) BuildCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params BuildCreateParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -4203,6 +4462,171 @@ func (siw *ServerInterfaceWrapper) MqttHookAuthenticate(w http.ResponseWriter, r
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.MqttHookAuthenticate(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// BuildGet operation middleware
+func (siw *ServerInterfaceWrapper) BuildGet(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "buildId" -------------
+	var buildId BuildId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "buildId", chi.URLParam(r, "buildId"), &buildId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "buildId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.BuildGet(w, r, buildId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// BuildCancel operation middleware
+func (siw *ServerInterfaceWrapper) BuildCancel(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "buildId" -------------
+	var buildId BuildId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "buildId", chi.URLParam(r, "buildId"), &buildId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "buildId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params BuildCancelParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.BuildCancel(w, r, buildId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// BuildLogGet operation middleware
+func (siw *ServerInterfaceWrapper) BuildLogGet(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "buildId" -------------
+	var buildId BuildId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "buildId", chi.URLParam(r, "buildId"), &buildId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "buildId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.BuildLogGet(w, r, buildId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// BuildLogStream operation middleware
+func (siw *ServerInterfaceWrapper) BuildLogStream(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "buildId" -------------
+	var buildId BuildId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "buildId", chi.URLParam(r, "buildId"), &buildId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "buildId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params BuildLogStreamParams
+
+	// ------------- Optional query parameter "last_event_id" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "last_event_id", r.URL.Query(), &params.LastEventId, runtime.BindQueryParameterOptions{Type: "integer", Format: "int64"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "last_event_id"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "last_event_id", Err: err})
+		}
+		return
+	}
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Last-Event-ID" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Last-Event-ID")]; found {
+		var LastEventID string
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Last-Event-ID", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Last-Event-ID", valueList[0], &LastEventID, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Last-Event-ID", Err: err})
+			return
+		}
+
+		params.LastEventID = &LastEventID
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.BuildLogStream(w, r, buildId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -5745,6 +6169,129 @@ func (siw *ServerInterfaceWrapper) FleetUpdate(w http.ResponseWriter, r *http.Re
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.FleetUpdate(w, r, fleetId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// BuildList operation middleware
+func (siw *ServerInterfaceWrapper) BuildList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params BuildListParams
+
+	// ------------- Optional query parameter "status" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "status", r.URL.Query(), &params.Status, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "status"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "status", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.BuildList(w, r, fleetId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// BuildCreate operation middleware
+func (siw *ServerInterfaceWrapper) BuildCreate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "fleetId" -------------
+	var fleetId FleetId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "fleetId", chi.URLParam(r, "fleetId"), &fleetId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "fleetId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params BuildCreateParams
+
+	// ------------- Optional query parameter "version" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "version", r.URL.Query(), &params.Version, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "version"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "version", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "architectures" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", false, false, "architectures", r.URL.Query(), &params.Architectures, runtime.BindQueryParameterOptions{Type: "array", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "architectures"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "architectures", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.BuildCreate(w, r, fleetId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -8567,6 +9114,24 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 		r.Patch(options.BaseURL+"/v1/releases/{releaseId}", wrapper.ReleaseUpdate)
 	})
 	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/fleets/{fleetId}/builds", wrapper.BuildList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/fleets/{fleetId}/builds", wrapper.BuildCreate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/builds/{buildId}", wrapper.BuildGet)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/builds/{buildId}/cancel", wrapper.BuildCancel)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/builds/{buildId}/log", wrapper.BuildLogGet)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/builds/{buildId}/log/stream", wrapper.BuildLogStream)
+	})
+	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/v1/fleets/{fleetId}/variables", wrapper.FleetVariableList)
 	})
 	r.Group(func(r chi.Router) {
@@ -9160,6 +9725,204 @@ type MqttHookAuthenticatedefaultApplicationProblemPlusJSONResponse struct {
 }
 
 func (response MqttHookAuthenticatedefaultApplicationProblemPlusJSONResponse) VisitMqttHookAuthenticateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type BuildGetRequestObject struct {
+	BuildId BuildId `json:"buildId"`
+}
+
+type BuildGetResponseObject interface {
+	VisitBuildGetResponse(w http.ResponseWriter) error
+}
+
+type BuildGet200JSONResponse Build
+
+func (response BuildGet200JSONResponse) VisitBuildGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type BuildGetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response BuildGetdefaultApplicationProblemPlusJSONResponse) VisitBuildGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type BuildCancelRequestObject struct {
+	BuildId BuildId `json:"buildId"`
+	Params  BuildCancelParams
+}
+
+type BuildCancelResponseObject interface {
+	VisitBuildCancelResponse(w http.ResponseWriter) error
+}
+
+type BuildCancel200JSONResponse Build
+
+func (response BuildCancel200JSONResponse) VisitBuildCancelResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type BuildCancel409ApplicationProblemPlusJSONResponse Problem
+
+func (response BuildCancel409ApplicationProblemPlusJSONResponse) VisitBuildCancelResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(409)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type BuildCanceldefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response BuildCanceldefaultApplicationProblemPlusJSONResponse) VisitBuildCancelResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type BuildLogGetRequestObject struct {
+	BuildId BuildId `json:"buildId"`
+}
+
+type BuildLogGetResponseObject interface {
+	VisitBuildLogGetResponse(w http.ResponseWriter) error
+}
+
+type BuildLogGet200TextResponse string
+
+func (response BuildLogGet200TextResponse) VisitBuildLogGetResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(200)
+
+	_, err := w.Write([]byte(fmt.Sprint(response)))
+	return err
+}
+
+type BuildLogGetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response BuildLogGetdefaultApplicationProblemPlusJSONResponse) VisitBuildLogGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type BuildLogStreamRequestObject struct {
+	BuildId BuildId `json:"buildId"`
+	Params  BuildLogStreamParams
+}
+
+type BuildLogStreamResponseObject interface {
+	VisitBuildLogStreamResponse(w http.ResponseWriter) error
+}
+
+type BuildLogStream200TexteventStreamResponse struct {
+	Body          io.Reader
+	ContentLength int64
+}
+
+func (response BuildLogStream200TexteventStreamResponse) VisitBuildLogStreamResponse(w http.ResponseWriter) error {
+
+	w.Header().Set("Content-Type", "text/event-stream")
+	if response.ContentLength != 0 {
+		w.Header().Set("Content-Length", fmt.Sprint(response.ContentLength))
+	}
+	w.WriteHeader(200)
+
+	if closer, ok := response.Body.(io.ReadCloser); ok {
+		defer closer.Close()
+	}
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		// If w doesn't support flushing, fall back to io.Copy.
+		_, err := io.Copy(w, response.Body)
+		return err
+	}
+	// text/event-stream messages are typically small; use a
+	// modest buffer and flush after each chunk so clients see
+	// events immediately instead of waiting on OS buffering.
+	buf := make([]byte, 4096)
+	for {
+		n, err := response.Body.Read(buf)
+		if n > 0 {
+			if _, writeErr := w.Write(buf[:n]); writeErr != nil {
+				return writeErr
+			}
+			flusher.Flush()
+		}
+		if err != nil {
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+type BuildLogStreamdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response BuildLogStreamdefaultApplicationProblemPlusJSONResponse) VisitBuildLogStreamResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -10301,6 +11064,111 @@ type FleetUpdatedefaultApplicationProblemPlusJSONResponse struct {
 }
 
 func (response FleetUpdatedefaultApplicationProblemPlusJSONResponse) VisitFleetUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type BuildListRequestObject struct {
+	FleetId FleetId `json:"fleetId"`
+	Params  BuildListParams
+}
+
+type BuildListResponseObject interface {
+	VisitBuildListResponse(w http.ResponseWriter) error
+}
+
+type BuildList200JSONResponse BuildPage
+
+func (response BuildList200JSONResponse) VisitBuildListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type BuildListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response BuildListdefaultApplicationProblemPlusJSONResponse) VisitBuildListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type BuildCreateRequestObject struct {
+	FleetId FleetId `json:"fleetId"`
+	Params  BuildCreateParams
+	Body    io.Reader
+}
+
+type BuildCreateResponseObject interface {
+	VisitBuildCreateResponse(w http.ResponseWriter) error
+}
+
+type BuildCreate202ResponseHeaders struct {
+	Location *string
+}
+
+type BuildCreate202JSONResponse struct {
+	Body    Build
+	Headers BuildCreate202ResponseHeaders
+}
+
+func (response BuildCreate202JSONResponse) VisitBuildCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if response.Headers.Location != nil {
+		w.Header().Set("Location", fmt.Sprint(*response.Headers.Location))
+	}
+	w.WriteHeader(202)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type BuildCreate413ApplicationProblemPlusJSONResponse Problem
+
+func (response BuildCreate413ApplicationProblemPlusJSONResponse) VisitBuildCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(413)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type BuildCreatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response BuildCreatedefaultApplicationProblemPlusJSONResponse) VisitBuildCreateResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -12510,6 +13378,18 @@ type StrictServerInterface interface {
 	// MqttHookAuthenticate MQTT broker hook, authentication
 	// (POST /internal/v1/mqtt/auth)
 	MqttHookAuthenticate(ctx context.Context, request MqttHookAuthenticateRequestObject) (MqttHookAuthenticateResponseObject, error)
+	// BuildGet A build, with each service's images and their status and timings
+	// (GET /v1/builds/{buildId})
+	BuildGet(ctx context.Context, request BuildGetRequestObject) (BuildGetResponseObject, error)
+	// BuildCancel Cancel a build
+	// (POST /v1/builds/{buildId}/cancel)
+	BuildCancel(ctx context.Context, request BuildCancelRequestObject) (BuildCancelResponseObject, error)
+	// BuildLogGet A build's log, as text
+	// (GET /v1/builds/{buildId}/log)
+	BuildLogGet(ctx context.Context, request BuildLogGetRequestObject) (BuildLogGetResponseObject, error)
+	// BuildLogStream Follow a build's log (Server-Sent Events)
+	// (GET /v1/builds/{buildId}/log/stream)
+	BuildLogStream(ctx context.Context, request BuildLogStreamRequestObject) (BuildLogStreamResponseObject, error)
 	// CommandGet A command and its status
 	// (GET /v1/commands/{commandId})
 	CommandGet(ctx context.Context, request CommandGetRequestObject) (CommandGetResponseObject, error)
@@ -12591,6 +13471,12 @@ type StrictServerInterface interface {
 	// FleetUpdate Change a fleet
 	// (PATCH /v1/fleets/{fleetId})
 	FleetUpdate(ctx context.Context, request FleetUpdateRequestObject) (FleetUpdateResponseObject, error)
+	// BuildList Builds of a fleet
+	// (GET /v1/fleets/{fleetId}/builds)
+	BuildList(ctx context.Context, request BuildListRequestObject) (BuildListResponseObject, error)
+	// BuildCreate Build a project into a release
+	// (POST /v1/fleets/{fleetId}/builds)
+	BuildCreate(ctx context.Context, request BuildCreateRequestObject) (BuildCreateResponseObject, error)
 	// FleetEventsStream Live events of a fleet (Server-Sent Events)
 	// (GET /v1/fleets/{fleetId}/events)
 	FleetEventsStream(ctx context.Context, request FleetEventsStreamRequestObject) (FleetEventsStreamResponseObject, error)
@@ -13006,6 +13892,112 @@ func (sh *strictHandler) MqttHookAuthenticate(w http.ResponseWriter, r *http.Req
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(MqttHookAuthenticateResponseObject); ok {
 		if err := validResponse.VisitMqttHookAuthenticateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// BuildGet operation middleware
+func (sh *strictHandler) BuildGet(w http.ResponseWriter, r *http.Request, buildId BuildId) {
+	var request BuildGetRequestObject
+
+	request.BuildId = buildId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.BuildGet(ctx, request.(BuildGetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "BuildGet")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(BuildGetResponseObject); ok {
+		if err := validResponse.VisitBuildGetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// BuildCancel operation middleware
+func (sh *strictHandler) BuildCancel(w http.ResponseWriter, r *http.Request, buildId BuildId, params BuildCancelParams) {
+	var request BuildCancelRequestObject
+
+	request.BuildId = buildId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.BuildCancel(ctx, request.(BuildCancelRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "BuildCancel")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(BuildCancelResponseObject); ok {
+		if err := validResponse.VisitBuildCancelResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// BuildLogGet operation middleware
+func (sh *strictHandler) BuildLogGet(w http.ResponseWriter, r *http.Request, buildId BuildId) {
+	var request BuildLogGetRequestObject
+
+	request.BuildId = buildId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.BuildLogGet(ctx, request.(BuildLogGetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "BuildLogGet")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(BuildLogGetResponseObject); ok {
+		if err := validResponse.VisitBuildLogGetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// BuildLogStream operation middleware
+func (sh *strictHandler) BuildLogStream(w http.ResponseWriter, r *http.Request, buildId BuildId, params BuildLogStreamParams) {
+	var request BuildLogStreamRequestObject
+
+	request.BuildId = buildId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.BuildLogStream(ctx, request.(BuildLogStreamRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "BuildLogStream")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(BuildLogStreamResponseObject); ok {
+		if err := validResponse.VisitBuildLogStreamResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -13773,6 +14765,62 @@ func (sh *strictHandler) FleetUpdate(w http.ResponseWriter, r *http.Request, fle
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(FleetUpdateResponseObject); ok {
 		if err := validResponse.VisitFleetUpdateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// BuildList operation middleware
+func (sh *strictHandler) BuildList(w http.ResponseWriter, r *http.Request, fleetId FleetId, params BuildListParams) {
+	var request BuildListRequestObject
+
+	request.FleetId = fleetId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.BuildList(ctx, request.(BuildListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "BuildList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(BuildListResponseObject); ok {
+		if err := validResponse.VisitBuildListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// BuildCreate operation middleware
+func (sh *strictHandler) BuildCreate(w http.ResponseWriter, r *http.Request, fleetId FleetId, params BuildCreateParams) {
+	var request BuildCreateRequestObject
+
+	request.FleetId = fleetId
+	request.Params = params
+
+	request.Body = r.Body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.BuildCreate(ctx, request.(BuildCreateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "BuildCreate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(BuildCreateResponseObject); ok {
+		if err := validResponse.VisitBuildCreateResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -15227,385 +16275,435 @@ func (sh *strictHandler) VersionGet(w http.ResponseWriter, r *http.Request) {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7L17cxu5sQf6VVC8p8pkMqIkv7KWKnWO4vUmzj7s2N7sqbv0FUEOSCIaArMDjGjG8Xe/he4GBkPO8CFR",
-	"WvuU/0jW4szg2Wj089cfO2M9z7USyprO2cdOzgs+F1YU8NdzPZ9zlb5M3R+pMONC5lZq1TnrvJsJNsbH",
-	"DwyTab+TdKR7kHM76yQdxeeic9YZhxaSTiF+K2Uh0s6ZLUqRdMx4JubcNT3RxZzbzlmnLKV70y5z97Gx",
-	"hVTTzqdPSed5WRhdNA9jqMQHezmGN4ZMT5idCZYX4lrq0rCcT8U503Np2UQX8GwiC2PhQRj1b6UoltGw",
-	"sbt4jHP+4QehpnbWOXt4ctI0xm/FtRyLvxa6zNtWLIVX2NS9s2nZ0lpTt1s6HNbmET0wzH2/cTS3Hsh3",
-	"mRC2bRwT93DTkkzo69uN4WUq5rm2Qo2X34vl+lB+5FfCMM4KYYslM3wiziKScT0LY9lC2hnj7EosWVEq",
-	"w7hKmbSGFcLkWhnBpBmoK5EjyT18zGa6LMw5tJsLbj2RGj4X9UbDr67tqbBmoOyM26plPuVSsS68PAyz",
-	"sUdvRJ7xpUjPmFuUYQ+a06V1A1RSTQfKLuRY9Nm7uAeaSConE1EIVc1QGvb44cM++14sDeOFYLko2Jhn",
-	"mSj6A+V3aCZ4Kopqj6LVPXLL23Z+njxJOnOp/N+nidtrKwrX5v/362Dw4eHp0WDw4U8v3v/xvxq38Xux",
-	"bCOki9cv3dQ2kdIVfH07QvqBG/viWqhGgn4jTDkXjE+scBxHGibcq0hKQ5kGLpVxY/EZK8RYyGuR9tmL",
-	"a1EsBwp/xjakZUAG7ptRaZixMsvYTGepcVtl3JtAool7RbFMXgumlTDnA7VwP/gPlWaZVlNR0MdGzwUN",
-	"Zs44G055PqQBGb50z/vsO10M1FtRXIvi6K17AvM2OBm3Dkfww9HLb4cMKYKlWpiKlrujQi+MKMxAGQFH",
-	"hWnlJqyVEmPbO8c1CncPW0hlGIx7pB2BFoJN5bVQEemtMGy3kJcw7kvYsDa+fbJKeBt39m9I34101rAg",
-	"BW47rsE5M0KwYW1gw37byakt4y3HL+fSNo95rt3RtmJumNWOx5WFYlI5Stl4HWbQZDyqVEx4mdnO2RM3",
-	"Iv5Bzsu5+wPHh39Vo5PKiqkocHh6+g9ofW2Er1S2ZJlUwrCxVpZLx7eQNKz4YBMmp0q7abIxN61j/W3j",
-	"rb118fTUbawci5bxwamFMcKpgcMH77eNhx63jerpo50G9Y7LbH1EvxCPHxqpxmKYsJlesDlXS89flFg4",
-	"bo4DtprB8RuJiS4EzYT4RNvoreu3ceNPT+KdPz2pbf1J49a/KqZtXFsXU66k4e6nTaxbQxO3Y92vC30t",
-	"jdSOvDZcJHn02n3cKG9EJrhpFdQKfLxpFEVo4ZYj0Vmmy1ZRrcDHG0cSWrjdSN46um45iQt3Ic54ngsl",
-	"UuaEqiK+ca2ct59JaLZxKCm34sh92zweWwg+f7fMhWnnD0bQDeq+N6zLUVE6MsLdcFakLJPG3Xp0ltzb",
-	"xRLedp8PlIFeHhhmxjoXbMyLQgrTp9vZCZtDURRO2eHZwt3SYz0XeDeKD3mmU9E5m/DMiJYzDcOPZw9X",
-	"gvvHfxVi0jnr/D/HlVZ4jK+ZY5w73FFuATqf4Pi/xE+/gcNPf1RMjBcFX7o3jV1mIMXrYu7+/lnZJobW",
-	"sLGBW23Z0xJavMGe/mxE0UbqpRHFJjov8dvbEfk/eSH5KGs9+df0fNNArqs2bjOYT+5j1DSAHl4XepSJ",
-	"ufunu5KFAsGC53kmx8Crj3N844//Mm68H6O+NtGSbxd6rM/4QjEg7oRxp1ixN989Z88eP/kTo55Yqsfl",
-	"XCjbh8WjFl2HF2PbZCL4ZabZnKeCcTaecYVSTl7oXBRW4jRlusPiJJ2Mj0S2kVDEnMssYWRnqFQRXTRd",
-	"J27vYJrSsoWbLQr4jlLP2dDNLC0zUQxBizRLY8U8Yd9lenzlmlwoz4lZeLXfNGz84WNHKHc1/wpE20k6",
-	"PJeXV6CkxUOjn1Dld8cJuu28byLcis5+xadJBxYO16n6RI/+JcbWDeUil6R21zdgXAjHGC+53fXgJuGb",
-	"0bJ9S9hiphm9CGt7JZZujbZutfiQy0KYvQa0MxUZe1maMNtVaiVtzannoB7y0ql01h04d88FFb1rNbw4",
-	"l6q0oleb1sZxIsv4uP4gL8REfmixz4ABZDzjBR9bUZhgwhDjQji1UzMrsswN2zCe88L24Tri8xwZf3Z1",
-	"+WjybPyQj06bBlXoTGzjGm/cO6uEB4sMU6JGwjySmKzaqfE5vAR8LU2lmzLPXkfUSTdpnWDr9LFhC43V",
-	"uWELXVxJNY3skGg9AqUelGWlLcNG99/ISJ04XVdyKtPKYPD2oEsfr/q29YWzwbPs1aRz9uvmvohJfEpW",
-	"uQTSWjN9utWU1ohskjAzc8xRO1lCKpQc/K12zrwFgpuBGl6UdqYL+W+4y87YXwQvRMEG5cnJozH2Bv8W",
-	"wz7yXXYlRG6oaWvYjJuZF7yaKD09EY8fj5+MvhEnkz/xp6Mn48fpI/FwcvmPh7PZaJ5mL/96mr38R2cb",
-	"d6WZry/y+7DMr/lUrDPWINntJOKFlV+T3yITewPrWD2S0FcjRRTjmbRibMuiQay/YM9f/8x49E7iNvDV",
-	"85csz7h1h4KZXGSZVFPgLnSh8Xn69LG70Yq5/+/1n+i/T92l9Ogb959CmvH108cNd1nSuShTiVaf9TXk",
-	"Xq7YuHTw0u63gOuA47wb9WH/+GXqOS3x/YSJ/rTPhnMxH4niDFncsM5sa88aey+ml7sOtLROvYgFCFOO",
-	"x8I4FWLCZea2smlJabzUz9pjY7ktTfPs//bu3WuGL8RTZ1NtIwknmBaSjuXFVPiu1tuT0SIaXRZjUWsW",
-	"xcI0Yd5UWggm3SkXzfKUxOXYUb9Yu6zoTdqDhOgrJona4lVbEBat8WgFCj4IJ6jOw91xA3IvNoiD2hHy",
-	"TQXCmwuROx3wVGTyWhR7doQC9a6HDjSgJsmCVATyIxouU7YQyrJFodU0AcnCnUmR9g8l1YLfbddx7/ia",
-	"qUysG/jCpt0g0nmLL0dKzg4fofWi6WRWmxTNO/G6DY2sRmi1Na2R0waCv5XEKVXNDPvoqZP46mTyVoy1",
-	"SpF1kgOeLbiTV7wHnOiHbCvSi55gBg423acnj7+pG/RPmnivabOXg6cRHzr1gI8t0+qc+VVno6Vjx5YX",
-	"9pJeS1ghJk41cs/cOLVjxn5UO5vMb08N8P2GHTwEi/Xc787569uWmzYXKpVqyrqONtw/6tRxhm5FuBMl",
-	"eITJX+duSnRDCz6eDZTjHO6N4NAzvYQFLsm6EcHx8ZXSi0ykU5GSx9N1LG0vGSgQK0QqUha4WO3jQuS6",
-	"8Io83Ym9hEgXXx0oejeVKahUE6mkmbnREa0Pq/M67KE3HLRsOyuEAE/jRCqekVBPAg+tVCdi/o4f+PGS",
-	"IAT/oNE0SkQxxa3tRiFGWtuVCcPpMOeMT91WnPZP+iducTJuRdFLVo/PQHXpF/Do0a8PgjtNFAnYnFIn",
-	"VQ/p8bBq/RRaHyjfvEyFsnKyZN1RJtUV44r98OJbN4CREHnCjAb/setLK2akhcVDxuN3omXsfXbhZ7mY",
-	"aRNtLrx+eS0KI7WCQAqdpW7kQJzcMiWuRVG9r5VI2Jgrt9uWX4ka1+s+PnnWq+8lrjOIWLXFA+MVzrdl",
-	"84C25bW0yzZFYR/Bg5rT6tKI39bJ4afSifAmOo8PwgGUWplzdI0L9DzrCex49RycBsvggq/ZFKSyoCat",
-	"s3Lh5+UXK5x4R/rSVH9utQdiU2vzTDottpi15T0Mi13ds7tjtt9yy0fciH8i5a4PHQflKbv5uiR/7VxO",
-	"URNgYGp3LA9tfSl1UlP3TnfaWwPxCpu7f62NnRbi7T9+YPj6A8Pog7qCefqkf/psB6tFrctkdQkal1F4",
-	"YWLlbK1YDjaK6vG7N1QMSBT0gsS9iMVgGTZCqM1mRc83ucGrayZ4kbJJoecJ0443vnnx9p1jlz/+4927",
-	"/a2Jm1b2J/fOp6SjVSaVaByjk9jiYcZygydjNzA2KvSVKJjSi3OyiOIXFPE244ZYffU5zM59DKo69ARy",
-	"B10FTsJ1QrqAFwcK1kGqKtLq9ISs5QbvBFqDkdaZ4GpPw0gulRLpJTndd/3KD/YSBrrV7Epvv4WXwdAx",
-	"3cr13rl3PiWdMk/3JPsmnSiYKSKFiAy/8RlJ6ieURhooZUVpiobWzgQg/LXJSmj4tUg9fU1kZkVxFsiH",
-	"jUSm1dQEwZXc597LzqeJI5SBcpNgKGBhHOTQ/XKJzoNhiOmUqSNhJzAF7dAMEy8rD5RTtUCHMxSjxih8",
-	"AsNCo5OQSeNGoxhaq5i0SIW3d4VVI6tdjVuJcfUq3JGG9+EU0Zo28tE9DtzvSPtE8ETT0XLfmK5vZAO4",
-	"6T5XcRqnJydR8DpufNIplfytFPSKLUpxu03e7I+6xb42+Z+2rPMhxMiYHd2hAFn18jOQ0VbimEsV/3q6",
-	"mVzqXPTFPLdLNs4EL7yhiPgYRJh8rqS1zyRWyfB2hNeyX4ejrzsnrTdiKo3FeOY9mM5tJO8VKbpSIApu",
-	"8pEoimUuHx+BxhJnAPCjf58cPXtP/z16//Ekefrw03/d9i5ai3PZN0A46eTlKJNj//GGdJoX6cMnT06f",
-	"MfyAXYllwh49ZKOlFSBNlCrnaSpS5tS5p4/LIuuvLMLF0f+L8788ev/x8aPm6cOxXBvJX4USGGlIdlRv",
-	"i0GBRigr7RI0Bid+Mzwu2wPVYmJriBmi76IlapQUtxFo5RZt4WY78aW99LP5b9ZelkVLbFesrUTinDd2",
-	"OqWmO3RNnB0fz7SxZ05mH4IlDX42td97EPGFvYyqHbowSzW+eP0yhLcxbgfqmLufeS77Sz7P+uxiVNlk",
-	"Ia4hFXmml/A+ZCIp7UfqBFQcaV3ZuZnopa+EuhQqzbVUzbppAUZ+W/BUMCOnEJNrjNs+JxpXo2HQljln",
-	"PDOoDQ55mQ7hX9EH89Kg6L7sb6XF2G3TpK6sjL6dAN+5F5sCAMbCmEvrnx7Er7bqz2ly4EBM64p7psH5",
-	"DdNbjfLDWJbthrra5GqN1cZYm+SWFXyDzut97xm/+U0q399/eeepqvsi/fbtRa/Klws8Ny/ktdP+r8Ty",
-	"jElj2J+ZKUfsz7E9GvIcE8bLFH9HcmSeONjPb34AlwLjFtNlnniTAeMzwdNkoJxax9m/rCT7BDqswL2A",
-	"Jy26Ux6fPHu6dQfCxNvX9UASYcwVVxIf9bWIrc3gsVPgf8PczFrOYpyuAWpuLCTsFGC5173dZGlZpRBw",
-	"2/gsCT/YQBo4Basdl2SFmPIizYQJUYw++zTXmRwvz5kqs8y9PXGq/KJ6pWlq7l0+clINRlsfWsyUUzpL",
-	"a3HSr56/ZBSWzVJ4rW6lNTP+8MnTs8ej0/Rk/GzCH0+ejE4m30xO+NPRn8ZPHk5OxcmfxGN+kj780+TR",
-	"6Kl4kn4zfsZPRw/Hj9LH4snkKf/T6JtxXS6hRn/lRxMno318+rhZMvlOiix90RzH8EoJJtU1z2TKcnBX",
-	"TarA1vXw7FTY5vSnGd6d1zwrBVppoM2VVYAhuceU+WhnXLGnj6Jg1kYBwo2/kRW9ffUTA2YhCiYVmTRH",
-	"Ol2y7vDY0bW748mVGnIaKdy7PrRjb1dYMxir1jt2Vi0dznvBTRwM5waCOzbrJCFJgvINt94GwOlx6olf",
-	"9yauBLncv7+Vflf5jrvdUlyNxeVCqlQvtg3ux+qLX/CDfS3ktzQktyaAkR3Tu4hLnykL1Absy5H6EBsd",
-	"7sSLfc/4+XabNLz9Gl/+lHRMVk63Jg+5dz4LGx6Mds1avbIEwdS3j3UPzsSN7Hq3OTb7EKXfqd3isHHP",
-	"3q9GF/0MFh3vV4klgXPMswG9ErJPnagAxMlRb+k+PnnGhm4Ul5ZfCTWsSFcryvF21AsPe/3bGwdX9rl1",
-	"1w5hxUGWeHdGHGj/bTmf86Ipg0aXBOGycUvx8+f48r5qMqUbmc0IHv4tRm68a4HJDSp1wnsheLpMPCpF",
-	"wnLuxOeExTFIPM8Lfc2zXhKEfBmUWUCiAAAVEDzBjVYzWdbXBd6sb+JNFo58OtXCSZUKNHZvznmuX67u",
-	"m8R32bTJq7RDi7nrDu3mVMQ2yae4MsaoQ99c4hdx+4BXGot0cJpzREStNH4gXaf50t+N9TVc/2t8EPzx",
-	"gdjnfMmUWGRL792L1QpPul0eJU/rhWI4LnBXFzIVhknbI+2jEHNQySQIxC1KRrVy96FPSdKjzpkBZWqK",
-	"Lnh0ntZv0OFGCWSrynRLieR2GtfLOZ+Kb0VmedO6pO4BGwm7EO7qWmgm3fvE7qRhv5WixBjGkQCwCj3P",
-	"S4sR2Ye79t0lu9WvgKrjHnHZnn2sBz7iLNy/3zfaB3cdS5OI5tkMzAka2+He/vsv379d5+ZXYlln9s0s",
-	"BMluZTeyaaNxb1xcN/5+1ZLYcmWXjb+XpjmS6MN2ocA1iR3uzYJhQZq++kFPf6AYnvo6+Miehqj9LXGK",
-	"ARclij6tW2LO2VgrI8allU4soG/ngitAJpIK1Pi5NIZSvHYMbGtPJigEn9dyl2yqS8CysakoimZqNjdU",
-	"OCKsF4h1hAuPxpDgwm7YikMIoX5X704MXb8at13UDdemvxDdrTkStYsTXSLhokTMLH9P5kJBmrxAiCyI",
-	"PB+OC62GoGwYLxIuDbzLhmmJ7qRLgyb1YXPITZPR+TtHomAKMayLNmDAcWMpXx7pydFcKztj+P/000KI",
-	"K7T9cOYb0wUz5XjGuGHD/0m5zJYryXon7CH7A/sDOz16sovTenVG5MRsSdl42piy4dbt8t+6KYLvQrGX",
-	"Fz9dAAgBc69UMCU/v3teH/mL0i3j8V9EkckVu/fTx9vOCix6w3Qaaa4tuwQ8AkdSYbK/j7eKdVLgTEsK",
-	"CmNWr9/CmCxpZjLf/Zj9GL5pOmkAsLClhZ9Ng4JAyAzxiJqXwz0/DIrC7snft58XpedvycrH2d0sR2re",
-	"aCcGNCdRGICWgnf67C0lLixmGkNNtfUOJqnYUlg2EmMNLIXhfgwUN8xordxRBqJy77u3SUmVhnWvRSEn",
-	"UqQ96ge4TdgJHF9Sx0J8fMiUfN9Da04+ru4hrhqiwju8aaCDHbXB+kxuvH5b1g1O/Nq67ZNNXUwvW/E3",
-	"bjzqYOMMzW+kAFvI8Q/SNNjv5/Bsk7kEYtR3F5A2oI2UCmEKN5MHzQZeTkLve4vBfmKNC/KbtRfjLPJa",
-	"N2Td8igMfZxJCNAwVxD8keo+e4WOUpQWeCEQq7BR6Rt7H3dQsspRJs0MMspGGBbSKJZit0hoNTHh4eNG",
-	"lSyX42ZeCI/Q50Z9B38VRlPjMxpN3hBP9/TJk0dPkkYdp2hEJXm4XR7ws4ta8bNI/Kpt3D4DCbGrBFuE",
-	"3wNcRJbpBbi31HK7R4y+b+25tLPNlAPeQYzJuVJ6YXBxfV6UmhI57UND+1FCzo1Z6CJttmZUMTmBCLzq",
-	"ht08MMy3sEIF35w+e3gfRBAmsHkTmvcfw1YaM2q+i7JOEp8vYHxECIa7sO7PSn5gJJ32ztiLH//xv6zK",
-	"hQOAZr9UAL6bkHzA3I2BIX64+6kWJmGlgsADaQeqEEcxuJMJ8V2Txo1YESbaNWJpLk2Zi8LLayscoChF",
-	"Sw8AbHMeUyygCZsrmRvAoQpYOdCAjNE4oiSaAx25lYk0bf5Ph0FAelVMDyNNHzCB4lUx9fbafWT0fZyx",
-	"h3Gw1v2q6zL+Vr/pq2J6I2l/z1U8pPOTz502WdMzD+/83DXbwc+xib1Lk2d8CYM5Z9IyJQQmxo8Ew9D8",
-	"ukp/MZ4L9kaPtHXSUnKAg3UIVcOdz+16Rn3yr7kxYHTxhSE8y3NfUVUI2hkdpQh6GOybKi2viumd+Gib",
-	"UjggEKQWnBdTZMJG/inBhu7sxfYzaFjznXWdNhUlOAJpWi2LeCAn4F48oskZFCGgrhnKWqFJ0SLgkTrF",
-	"BysUoBmQYadBoAPM3vViFOOZVOKoEDzlo0wkzFj8b6YXomBG8StxOeZGhBG4huonGkLF0MQWQCoaEgjb",
-	"Iuy4jQCGIktHQCPD1N1ZOecrOeIQehaB+g8QRn7QwdjukahCbE9OWkGQTHP0oFDWNQ4ReBgMB3JzBeEV",
-	"wL0ISKRaht2PQhXB2JQrqYzlqg33Jud2tgLchg7CCp0pCgO8Pj3WxdR0tqKobYY2ox3hBmPrgbdRmM7w",
-	"f49ISzl6mfoyDf02H+AuuGyO0oJb2MMr1ub1uIYQ/+TZsxqUUIth2maNF5mZ6cIyg3zJz/hKKpg9Ef95",
-	"FZ/siBLj5PR4XBaFUOOVY0GrEdEFaz8ethGx5YL9/OYlKwSUThnDjY8FCxpGBhUWRMGGbtlWHABloc4m",
-	"jlec0etnO5zZZvhdXL8YqsoxlhoVvW9mcjEi/l3g894J4u5dgDDM+YfL0gizoYKG914B6V+JJbixCsqu",
-	"a87R2AFzN0YQzTdj5YprfbXnbjRP6VuaiR+8SCMWD/C1mk1445yaVIF1iIAAxQv9b7X9rxDiAaB5d1ud",
-	"eNNrNS1OTraVNNkn9GZXib5xGfZA0F09z3cCpdtnnno8pK7VbPj61dt37BhPiLvXPGUN+7cDuV2Z0iG0",
-	"ivVVuitPBgUoHYavQmCW/Pe+X90djOPuK07r4CvsfGqqE7EL+qNvp0J/3COsvBUB6YJNCiGOAGYYIOyD",
-	"454zI+ZcWTn2cEhMFwAyVjOBbbKSRKwxwkPy13RYyabA8w0UdSMGeYBtq7L+n5xsrfxRyZOEWdlJCz6x",
-	"Uc6K/xtIuzkk52YbvCWaojl8Z+MZPgTj8ezgzhnO6xA+Waf0oS34+Ooy41YYOzwLAs1qutsD4xHJatGg",
-	"5yG48wwd4UWp/E9RVOkwTkuKe+z4ENTGrV6htv2ii14hCh6iHfq0Mmgv8aqQyWUhrffCzHNtRFzDa4VB",
-	"8/ySp2ltaytB7acX7y4vvv3x5U/rqfuXjaULV0/O6vYLdS0Lrea+0ErjxD+2AvlUBIAxqXsuHuiT7kPU",
-	"n7hjflEYJmmZGBBsyjzXhUVs1i1GGMRn32b2wi2A4Fs3AwRz3/+j66c3+ehP+34EmPJ7fuMB6Pf6rGl3",
-	"4XYyt6MQL7W2425cbgTegN1vORffnHxzcvbNybEd5/WT0f315OhZ//0fz3r//Stkj54mTz51z6p/9/67",
-	"e9y14/w/ZZr3ev/9X1shZ9bPUF7Ia5mJqUhrlw5RfKO3yvLC1m8o9NIdGavzHHFdiY8pCE6GsluAbnbk",
-	"IfCT1W+aeBt6Qi4B5EJMl7tL9GgOfeu/Q8dEuE71QmWap0d2JtTRlcwyuAZ1Vs5F2xal3PKz42teHGdy",
-	"dMzzfDUs6clWLJSN+9AcxkFsacOV1QZWPAQZYcgWM5kJiqznxoj5KBPpORvCBTV0KshIECoGYQIrJufz",
-	"EgynPfciGFSGAR4Oc/gXMsvYSPRbhZIA8bvhytrRZt1Q8owz6A0MCViNgMxs58xJPvHv3DKulqEU2jbe",
-	"W4lffl47zOd2+RN10MJ9o4Mh1ibg2y+hOFZRKhNVLsYhgHOn1teQrviBWkdT6Q49lMox2NoAUGWYwKoq",
-	"kQ3UEH52KitJQ8cffd3rT8eQoTDsRSiDiONoEJLyb+/evR6o7vD1xbvnf4u1X/rOaQsRdqWPU7ULDXEe",
-	"GC7/WwlWSnYxUAhiKU2Af9VYF48CFIZG/DaExyN9LSrfVfW2AHBmrgg8mVAxkdTdQBaFBEQLEO8K/GAx",
-	"k+MZHga+ZEJCNMqY+8qCK1d6jNK8g6SddCQIUoUwZoUnxWgZTzaymUcPG/xRZq9RUN7hvqidjakPL5VT",
-	"0owg+Ei0N+NKr6GWG4JmpWW1BVfG/e7hRMaFNoagsj3sN+teCZGDlFoC2IBWLJXmCuJ0SiPYz0p+GKi5",
-	"zDJJ8SnulUCiVNzbFqWxC13Y2ZKNHY33WgJJNmUy3kDZJzGmUtI3ib5rmthvzZeEbnYPoGMNk08hNZmr",
-	"FV8o+OXdnoOZaq6NPWPXEqgfclJNLwGIGJE5Mmdd8KAgy6WsN5MEPcltGVGQ6SWMp3Op6JM5V+6KGyjy",
-	"9cG7VAjQJAy6QqyjMpWWZXraS5heqNBnKjJhBWGor+GsUPP4hVmBNsf5INwWzsPJKm5wTlRxXzTfXphp",
-	"cbDU2Bs5C8BJYy+nzZivoJmoVHzwrh9MAEYxoNBZ5rhe2VIciOCh4JOdC7Co9C4NbI4aN+ZfhshBdOAX",
-	"XEWeTV/10XEJ9CVu7bAhDXqHPW2FvLxf3I15LfY6ZHIpnpuZJpB5K1Wpa6WRbgR0VvB5vuPivHGvwidW",
-	"XOaiuMQcoTrF6HKUReSCGW9xhuseqfcjPr661OqSj3QRR05HuowR1mYiTg1qYORINnsR9w3yyumjS3dF",
-	"atUM3oNlRaSqkLvJgQ8RSk4sDmkbGADMuu4+k06/wiqxULfDzHSWJk5a7PU/M+DgyOwb7XiV8lpboxql",
-	"V5bgGmsMRzlOqV+hwDU6aKKf/WL0aG8vPOntl4sBXTeEaJWh9rUux7MK09u97kQZRxZ5Ia6lLk1lfPT5",
-	"aLZWi3xthk2xqZ/ap/Y8XHbNLtLRssKaWIGnIvXbUUPjiSNNq/EZhJFARcPm5z4Du/Eh3nyXfnUbXkBx",
-	"t4URhPo1jY99OmbLUzkX6SWJDU2YhJZnzY9KVQjudrv5MQGBXDpJtemNVRzSkKEexpvUdqS2xCvNVwvU",
-	"Us2nmmU87vrC+8luODa3AfuOxZYGy4EXSX0kTg0bH769a/ngbS7Ge/qE7kQuqOxhkWRQXzH/4CxS0Awz",
-	"IsO8Hk4yFWSpk0BxFkV7cDtQ/9LkRkDBrItCuR3PKJw+w2I3PTJUxfIaYHVZfiUGCkDvrNYJWtmdwkIi",
-	"7XimjVB4+WG0HxSZdfuL4L11kX93Iegwkk1Y5LWic55PruRyO2WKkqcp3O+cnYB/ARL+yYG6LjA1KKNt",
-	"wtNOSJCt8I27iVqrZuS1WFB4k+WlNftfac1ZFOuyXBjE07XV/5teALxhpf1DkGVRqprXZiZ4ZmducGhU",
-	"YNywwPjO2VQ7fUpPJoDEsJB2Jn3tN87I0F0rEfjN08e1+JjmoD4Sv3azdKMg9j7ZxOwAF9gNlWL8lN9m",
-	"I8Be2m9IKYmErw1wRnQC2qoQpYKnHh/jLup+BvW3QRAgotm/4IyXv28l1eOKrMj2+6gQniPcXLKOYZ69",
-	"MOzl6CBBh4Ft3d2DePJr5HKH/vz1TWgv5+hYDF4mPrE9cGNpe0n1V9fqDGoyofCfuHcHqionxYxUY9FL",
-	"WCRPJawSpwJqG0hT7i6klpj7e6CcWobBM2AJ7AXYN9bFu3CdMyUM2J5U03pFyG7BgRN5BlblrzkmCd6Q",
-	"XhKKRlbFBAeK2FbCJiLLkA1b3ciGwa4Kwe6BA7o7fKCqIbEgELKusTLLcMLgjLLQqOcQvYQFgXGgun7N",
-	"EzLCR4scirBWH5/5Ebglq0TNgermpd14lYDgQLdRXN5yIq93qG75e4nQG6ySEH//ziv5e3qTLn55y17q",
-	"d+zvemQe0BU9LqQVBZT712oMUgmahYdzqS4N+EeHNTPjA+PBww3CGWJRUbeZcsLmGiIjuGLDXBRjoaz/",
-	"ek6Yh1LRDTVQQ6JGAFg3w6QmHwIUogH0mBGEVjT5Xdazx91XnaSDokrTStb6bFJwUZ3mWYZVUGsJEsFr",
-	"uHk/32+rLtVcCaZa8hqUYmOYLa1us30tDtrdKDyuqY/YaG0oG9PNa6bRQ5nM9zc3B/zJPWLNjdPUbqDZ",
-	"3cpiuM5ltjAMX/x9F7BqxNP0GajepuaGvRFlc22S+weZGcunos/+6vhqdfC7HiTfq5TENxwbL4EZlHkP",
-	"K4PA8IbnlfcWr+w5X0IqKFPkKgRnMb8KBexWmsb0c6yTHaoed6Wlb4ANgT9sycbciF4j/pUbyvYD6Iu4",
-	"yLnQpW1UTJqqkTeoJnyJpXrp/oOsGbp6zjHlHJUO4DVMlxZdnp7bOLa7eo3W1JKHT549PNkBBwtMyJc2",
-	"vl12OBsrV1J04vYsfBZxNPFhnJVGXosf/YgRovAWnC6cFXPpAXW3a7LvfIIsUmNVNX7o8diwLTFsUVo1",
-	"v2qkjDWy+IU7Ip0RLD/jE0vldYApGFNZ9gESEJX3DTvc7LQuqbpJvMVhTKfrxAoxJjMnKHVpd3orskDN",
-	"HoRaNrExL8nZ+hqiM7/FyrH7Zv5eWnQb8zyg+nT3itMbMn7dWHYUH3DskmdvuBVoQCwoSmdeZlZi6M1o",
-	"yaQaF2IulL2c8LH1gbSAp+cLqsCCX1baTbBE4i/rLoaVD7bz6tVBbJGansQ5Tv3TBvKb8w9bnZy7i11r",
-	"w0vWprhhN1sUYIAWZ11yayUI6YaiS28NcZx1lWZKLOjikWp67rdhoHiGbQXlDiX+XqXwTnQRuCrreuNt",
-	"taMU4jVQwAiUEE4RVoRsDqoq6RCsi6cPG0gBcLEyLyu9YF5VHijS8XoJKghujpEWxbrhV9d7oxXSq48D",
-	"1aI/9qCW/liAGk2RrJWGGpZztaQ+h5ojlWCHaxzpivF6YUwlzN7rLQ1OFT+MRtWiFiK9p1sl1NPZETrZ",
-	"99ESK//AQIiXkVYXS59jkGfcQh4Rpr8Vy2SghoPy5OTRWBdTZrJyCn+JY/wRd3vtZzKc4G/DhOkcJ5kt",
-	"GSZWhvpxjjiwpweGzbSxEPoauj/KC/3BPaJyhO6NHpAJpnwQ6OpAQXlkiAREzzwecuiUnCawMIS2av0i",
-	"9NmFotQBqQbK8znfPYO0wQmeuyG8dyk+WFEong17Z2yscwwGUGwiC2MTJvrT/kANzZXOhcbnqR5fieLs",
-	"+Bja7lMo8zHP8/+hmkT9fr96C1cwjMDNuLa2umjYgg2rTyQfAqj5eC6OjVBGF4b+e3baf7w1jLoh3v6P",
-	"3V/7l0fvw5+9P1BI/B97/909bn8L3qvKRL6P/t2H2P3Th3/61BhEv8qOgcYTfzaaWG89mm/PI0e2pMu8",
-	"0NNCmLU0221iXIN8/fTRRuyCEMTdbsaK1NAqyv+DtLE2uiGGP3OEljbigkRGUIY20BhqqxvX8JdZBvdU",
-	"IfKMj4HHLoXtnVcAyOioqZVm48bfQ3jJ4WCTUC4QFad6PFwcAtEQmE8r17jzhJvUoCjwOZTdowpeeP4D",
-	"M5TCsO6tmd5AtbHUXp/92IK45BYF8JTOQ4T/QFEwJ0RG+6ESdAMEHy0RC6LpnB8VjYhIjgZ3Odz1U9uY",
-	"0/IWQMJfXIum6poAeHKNhmnGWSavBUNU8QZ4yebqnArRaFghxkJei5QtfIAhNkxRynUtZaNfi2N5hE34",
-	"+usUg51hcjneJ9/zyRV3w9JF6oHz1qP3fblUM1CygsdzgzpH7RRPRj/T0yHjjFDQ6dmU50MICAaSBrcm",
-	"2F9SMWTdYSGsk+u1wmRGNiqhiirVisPja/Q8OJJhCoZxcyXSgbsf8R4dIoTOkPoEy8IQdCosj+G7M5le",
-	"XI61MuVcFNjlQBH6njffOHmKTbixTChdTmfnbEhVOsFOSAMd8yyDYH1DtULccPxZqAUOA1Qf4jlgdDFU",
-	"p0CchBSGP1B+/LVasRUTuMPiu83hr77WHdI5M1brNBgJpMFtQKwbxXTOfysJxfIMzWfSDhRIxdyw4Q/c",
-	"2CM4XEcvvx26yQ8BSRYauZQp5A0Vwu0JK+R0ZqknafsDFdJOkHhnRKTwk0yZViRqO4J1bFyOeZ8hNlf4",
-	"wsnbgokPY5FbTxyRnKU0A6YJXgnfdeJH5Dd1oMBOKNNwim9f2HfP+kIeCGdj3H/Fyt6511ugaiDqELhI",
-	"46Wz0kgbKC+RB/EVyIgpbT/wA8y/OYMsYHIJYoLGwu2JO1Q5OEIhG45F7tU3yJDozK8xpN45nBjowyO5",
-	"Xku7HJ41VIjG41ZBhoJD8Hn0FXbWOw/DRgFieOYlCS83sS4OEdbFfxWPZD7nKoX50r8phSH1qE3d5/h7",
-	"SwuOf54B16qSqDM9hcoc58EGiAvqxRPsYKC63jwaN43c98xzzQgqFRgooocVouK4AzUTWXruD8lZzASE",
-	"Sg2VBFvMlnUdNN7wUHC8tjfVr7iq8VuwJtUPmZ5Wlao6SWfK8w5Zi5vV0RpkX0sIKQlyfaYVOJf/GNzM",
-	"f0QR5bKilz+H0t3sIhj6pfGfYmxZ9TrVII0KlZ+vNRmMG6EiW0SePjcNgO9jATWTxj4wbIgd/9nd60Oa",
-	"CHge5o6/1kaFgABw2qrkuEa3w2jpY1nao25zp0VS0EBw09dAmEBhPGdVVAyygYCjWzPXhrkHdqDVpupx",
-	"9HGNN7bj7u4VmdMY3LJbUbjR8jIkEjdny8bLRzwEX02iNLXSwPaK9GALsBt6i89lxryw1cwvD4myz4Ls",
-	"N8qVk7HjV3RYd31b7fxyCyGENqqu14eexIeogTCaFu+ddyS0QAesmi8aQtpqINoBM+dKLI+xJDHiE7Bu",
-	"BfB4Dvlv7PTo9OQkKrycYA1jw8rcMbGHT570ath4Hzsjbsezzlnn4cnDp0enp05VldaNJ+Ojo0dkmY4n",
-	"EOUWxnMupsK+aeM2cXldrBEesGFD1hVqqxhRtRJiuhQNRat3lKii5NUd8kr82+9b5xjBpmxHMtkcsvEp",
-	"2dtYelP8kgYnHM7jgWFRm1XN/7FWEzml2kHsmheSjzJh2FwUUwi56XfaUFE22HLd5udlliUM8WnYaEkG",
-	"zzM23MGgeDMbR2S+HJK+EXoxueBXKDe9ev7SCZG2kKMSZu0EUliQCrR+kunF+UA5kc3XpYHKSGAa+XO9",
-	"JL6jSFBdPbw++3Nw0Q8Uttc1QrDhX1/UIN2gAqKpAJVdpwkZk4s4VnCgOJVLlMpYp9SG0xSXr7a17Q4e",
-	"CdiRXouKc0gElB2gTbYelDroyEaQkV1AQfaBAmlG+tgy4g3wHJUduH6ew6L7Bao6ruZXW4kkMJ31SW7g",
-	"YM3evRVkiJkus9TRT0M+1l62ikgE3exQj2+Qm+TD1/lzAw0FLnZL1llxQ5B5eZ5nEPHv44cKrHdBrLLr",
-	"ExQEt5Tp3mtknq24ec8pS94dbojK4WppZ05iJ9MtVcRFzZvMsOeIUewev3jHp9tR9CrUvDgOPALOq5av",
-	"kbZEJubCFsu3opBNYZBYFolhCCAVafH29um0EFPu01mMFfk61ZnQbosojSWIWhiObFQcXxFqsOuRFBi0",
-	"R+IgE6azFNHZQAdyryEYBaSH00ycep2JifUJ8i3D49fTHVOXQ7jYDnJwxk0LyigBy+EovaHFL+0Oo5jz",
-	"DzuOdy7Vjm+2lTYH3tY+xp0zGGxI28VoCXQndBJYfFqsXfQdXzprfaTuiR9ofYXpLBbu9G0/bUSsofAW",
-	"Uegug4OkgX0CRUVeq2W5Ma4FXFw3rc4KA/NtrPSc+APcNEW8clu8M5XDj47pCvQLwVBVRsQhGsOGHnuo",
-	"1xDvA6amJlbRhgMfxLoKEB662Snl7aZ+WW+H3q/i5L7QO+3lfZvO6y8rIqbHkJrxPBdqBS5jc8YSGZ5X",
-	"fcmXFAUTZUlUnu3otyjIhRzP0Zf0Sz30eXNORJNCiPn/0TbQV1uo+BDBe/GhuLsAvpqxaL2Cl/d3eTnA",
-	"s7lwHMBlUjf+n/k8IazOo5YD5X3z0lTOdB/75d9yDyPlBrxqUSqUTDMxwLiXhTTinJXqSkGN/xWCRBkp",
-	"DAmgL2j0dZO2a9FLzhioEAiF2m40Rq/oB2tr9jdCeK2YVMYB1CgYWv1qEICUEgtv6nhgwOU24plQfKBC",
-	"FND8LCyNv3pIo67SoHWWRl4Fp/lB+osaKLOQdjzzdmcIzu05aUbnDR+CrMO6sKrG6sJ1ogvAW9IYaQS1",
-	"Inrn5OsMTXgNX/t4tmgzz91uwuHEeHo3/qrLkTAyrRrSSlCd6WiAkEvkP3U8BzzV4CzkTpPW16JY8Vis",
-	"ozYmHfcf/ME/BoHXTWTt5xlX6ZFrt5kMzKFKBIequlFQRCbH4n/o7/4YyvavVbm9bXW0qCqV6469+ODT",
-	"c3ZgjH4QpNlugdP+J+kOh1mwmgJaP3xvReyVODJjnUNxGlJddrqt7wLKvT1nKBQKaMpQD1dzqwHPXb2I",
-	"S2iY1edMzHO7jOqzRMjLLYaR/dYe7MkNQlrlEMIZVWvu/fBOTwJcxCOtsuX+sO5V8X8fU4VLtx/QjqfE",
-	"W1XEWxNQYxuqnzgVhXM867sfXj3//pJiSjFY081GrBb8BH/ACtA1P/p3LfLwfXOAU1xwYhsib42uPKhH",
-	"JzkIkdXAiFvwjltwhwNp1dJ8Hn/z5E9Pk92qGGMLm7b9EIJZYGZ3J5X5Lm5UnPsW67hhASvr1Gpy23ze",
-	"pi3/8/lbVggsAoLBX1LxYgkxVaNSZhZibyD5bEgi10rtJirT0xYhN9rBsvgtvedn8CnpTHUMalr1NtWn",
-	"/YdP+9+04yu0GDDoIYZO5YWGBKs5uPEBF58MHAUVBQs9/trhuXTrvbslvNVMGDvZ9IQB3O4RzyUubyqu",
-	"0aPAFSuV5dOpSGEPVmqlXZ/0T/sne1gLaf9ri1qtVrRN61SFbKsspF2+dZtFYQuCF011dS/A1QJQdZi/",
-	"hh4Uzv7+y7sqSPVVLtTLbxmF/7i9uJapKM7dLqTieqDmOhUJG4blcb8eYVtHRyDVsKUuY9lryPJCKmuc",
-	"YNqD1QTg3zgCkABIWXc4ya4u+/3+kBwrQITAfnFWYQ1m1uaVLFPN+zt/C//9l3drLLleTxonvVYRCJ4N",
-	"IzhnKj6NcZkNLipT+bASlulpLRba6Xu6FiBcpUKE8GPKevj5zQ/khfNv0GAStsHPtetKzX+z9m9aXzVT",
-	"/kzrK1oWHH2e6eUcy2tHcTtQS8n4KUmFORID5T43SaxL+u+ZEbj1Ow3zE+SGTXRTsUnFp5CTlQS7t0rD",
-	"EICE9ATDiBPGq3hssEs7dW6gIBHuKFLyCCOXaUUYuq6JH6QqP4QAp4EaKIqWBEBHCRGd7aU1u0O46cdA",
-	"2Mf0+I//MloNewMVcho5m69Uz/QxuB59e1gVxRviJCDGcqVSoq92RSUT0WtRCFsWitR1p5soZPMof3Uu",
-	"cj6eiaOHwKfKIqPVN2fHx4vFos/hcV8X02P61hz/8PL5i5/evnDf9Gd2nkXFEDsYuX3x+mUUAHDWQT74",
-	"KenoXCjHpc86j/on/Uco48yAVR33FyLLjuDiOv7X4sr0/0VYQNO24l+ENgncwq9UcMl6YHGgY8OMnCqR",
-	"sn9hOU/QqTkrtEWeg/go16KQE5Cm3aUMT16mjn0srsxfQTr2Kwwjfnhygpe2sj6GINptP3q8OrddrH//",
-	"5fu3SPGrXOrvb1/9xH4RI/a9WLK3wvaR05Go2dxqGOaxLwkb3w+ds1/fJx3jK/92vhdLcr+5RaqxxVDk",
-	"KQT7HMEl65pb4z6te/WSPOp6AhELvvCkD/fM+FIU5MWqfOvBLJPEnn5/fjc64oO1xDBy6p9VVWKgt4Ei",
-	"uzO5+6gjpdEXuGoG8zmWM24g2FlkRmAGWnHEF04ZywFWj0+5VMYSToKfVcg8q8oDXOR5BkcfS+uD7GAo",
-	"+RZHBJ+7a0W5fQUo+tQ9Y6OlxZo37h/n0SgHajwT4yuPvYCtVg2lcjJ5+S0GUZRZZuJB+pAHTSbGuTSA",
-	"EwgMb+iuRoDwB06E/vaAOhO0mjp420rcxEB1dQHI0CE/s5ewodXDeqMErxs7YfvsBYJLzPlyoEaO04fs",
-	"vVR8wKDbOVdyAt5FivMI13KtKJCE6zmFaR2xhycnPgQ6s3yFWV+rtI/FF6CzI3inf336R8sLuGbd9w/j",
-	"76UheAi3YSXAQ3BzhTRBgfLDN8IWy6ML98dwoBgjjw4KGGgtdN/8VoqSUhaxMSwG7DqFwuzQ4aXS9tLM",
-	"IbNieOYpnS0g2IDKptNjxPwhDCroF2ADaAs9EYTMLuPFXNcL1SA5c8/HUduuGagiT6ZQ66Q9cGAsZste",
-	"n70uAaPHN0+Df8wopdINfqJLiAAnCnN9OoqQCAQW9pngQl2HYVv9bQ1b+Yc/vPO78Ic/IACgOynd1xf/",
-	"22OLmTZ+bbESszQ0N7hhht6yq2ulmuFAn7nW/1N7G2s3s/+wueBggP7PQP3n6OgI/gcv07U3ZP9hpwx/",
-	"motUcsA0cr/uTmf0OSwPHZf/sOHHQuQ6oWCvJND+p2Et65VT3g/rzvmSjo07ML3qqvRSUTg9FTE7rRJ2",
-	"V09oEE7v+PU9DsDxkkuZJszIf4tPgRd4TkGpxrjxWADcO/5rOQcASAGoGQjksMrrTJwdThw2WE4AA4rA",
-	"q5JQ8BPUQhox9o9jhuEBcW0cnJsarmptigmrdvATSmWEeDN0wxXKzQvCzeN49BlUY4SOokq11DDUWRnC",
-	"pOgrR7JIf25J8HIwOG3HK+Efl240jhTipcIf3aQH6oLWSQbvEvSPm4pWSdb1dSEfOa5BsiKmLQziHYhv",
-	"M7f7tGYP6BPYHaZzn/Hg9GSAoKtSFXH/SEBC2ADDhHKybcpGxi3FkbHLTNT60lk6UK4pc053iq9aLZ0a",
-	"6SRrlNr8leTl/uNqrsOByvn4ithHpL+j/TRSWY2clxm3gh0duXvxCMs+Dd1FATUroquaLd3Zj27Ohvs5",
-	"IYaDcZJI4uK30ulFUA6Htn94HpfnwbKzUcOsVCmybesJBuB7Bypclf6mi7qHwxyx8V7TbQ+aLuquQff0",
-	"9aVSLZD3Vrf/H/7wmkS2uqzwhz+c4VnCoJ22xFfQhNOBwsx/zPavi15wyT8wdC8M++yFmkolDIsDQ0Hb",
-	"WQsqreJIz0ghvn547I6nWbiRPj459QmUv/zyy9FF6fi8dYxXnLG/gMrJCsGz+Z8HnZ1070EnIXHnz/1+",
-	"f3g+UO6yxpXk2RyHCnXnR9zIMeOlnSWbg1oTR6drIa3eHtNij+jhuYJSxoSn4HQ8kToW517AOrCoVWNb",
-	"VW4OIFph4HCIGIaaTQkSBW0qYTgHJBLaLSCoFRwO0i3rOhNmdXzrziKqTjkv+Fw4MgdAIOkUg99KUSy9",
-	"E+IMKo10YtsYpubupkH5wO5PSXPjVt++6fd7aYCbrva6ZhjcRWjTbbAYNgZPkmqD0o6/NGrCStf6YjTI",
-	"C6C0P1wQuVOCkCFEV1ZgADN+TUYaYvZumKDcH8GeHv0A3ODorfx3gxfnL0us2OXIbEXKrESM4MxHidXr",
-	"bP1O0rQyrRkpbmkenjw8mCYOOC0wx43L7i4fENMhYbIu+PfryxYJ/U1OViyGZTXgJATbhLkCy5C7Fusr",
-	"0rgAj08eb1iA2PC0+0JUpoO1VdhNYF+X1gOgSiX998Ce8fjk2X2O/yfNgkREfgYuizOk14hYuw2aVrKi",
-	"GPUOYpD5GIzXv77/VLPOXPihFnpeLfFaXoKOFWcfG7+D6cYLH+CM0k0BsOHi+JeWZHjBTBEw2ORRYXow",
-	"xIUsD71QIW9joF6kD588OX3mQX2uxLLP4GB4axCY1+m+RfGOLJfhqUe2Zd2HJye98+or6AUDgAjMxw0E",
-	"9MCxVpNMji3rPj551mu/qN74ZcA7Qhj7F50uD8ZUVjr5VHcBEcDsnRkX495x5o2mRjJyeYoQaaS1XInl",
-	"eTCPkeEOCP/hyek9j/NNGN/hTaG+7SCJ7XaIAoBsq6m6nrEXEhlyqciaiEeq+juua46VyJ1OFGXy9age",
-	"R2UErcpht1rAEjyMYDLDlIpachpI/O8ozcGrV8hTjjAjwquOUjEMTWe/ldoKc8aGXoimV1CCHnR8mhg4",
-	"jobY2JCpMp0K1g1xxruVNqWvewAHKUUEbuHHRQkFOEUcWp+9JUE5vLXUJdoduGHDl5Ojn7QSRz+CxYe1",
-	"TWOguj4BhAGMCcaxog8T5/PAVOMoOMDRSUWj6Lmtnwo7UI9OHlcGZmLYHvw+ICBINRZORRw55Wptctgk",
-	"cDgPC2G1budukKbULoajrFKJyrUVqQkfcXxNQ83SPQXk/bhDnHHVIpnV7MZ1IcztW72vNRH7U9J5hHJU",
-	"veWfVW1bQh6QU8Dsjbq5O2mhFl4fL0cbIwMP3HjWIJhaXUCiFLdr0gYWEiquwGhshFDnoOUacE1Lp06i",
-	"XhoMHEaXxVj0UTl2XwM38HWJV+sKoxUPUloHCgoIn2GFIYQwNW5kO9QZppwSrUSFkkllh+MKwqG+LZpb",
-	"xo6dQAQseyNygXHVBI8J7WFPXafA2GLZC+aGhyePWYViYvxteQ5WMqhsDF8OVGWfeMaGxvIMU+DFMGGK",
-	"z708RL35Osnw7ZYT/rPHCrkLEaZeKXsnCeZxC1V5plnA+q6mAOHhvX+lgJKnkMZww8BtAiHUdfJh3dq+",
-	"3bUKgEtfv9U3Huq6dAIGoHb5Hhgn2JswnOFF+u3bCwgEAow5EChOn1BhLMO6phwFzBe0YaGcqIspJlaD",
-	"JDPOuJybXoJOdQzihNea/fz9Frp+B2O/S6EceqAoit9HMMc5Njr/Y3Pg4aXddwVPheOsGBvBjREFaF4Q",
-	"21brfBOlBfP79enx/Ddrj/k426BOKubhVGvBRN0XP/7jf+mCKO1MF/LfHKvTcXMFCbtYYmCgKiwggmdC",
-	"i+Yok2YGjiFmdS7HkCZRjhCMD3+fyMw6xn7hr6YE7dMAhW2j2C0sTOSIu5fUmodLh7Rbqn2fMOvzdTHk",
-	"Kwm4eypgWcE/w2CgFVLZoaHIukoAT+T78O71pplSnGT8EVZor80aLnAPLETfor+5KH3KLWTgzUciTcFW",
-	"DxvyAH2rz0k/wJdor6xmYJkefhx0cGQyHXSc7PxfH/3fnwadhA06bkndig46ZwPlnvsf6Dlslf8W/qAH",
-	"WNbEP8G/Pg06n4ZJ5BKIItU4Yv/zysqPCs2r0kJGTCquGcYr8jgizWcg8yjqbaC6QwwzdwR6+bdXr76/",
-	"fPfq+xc/DavbHp2S8A3xJvb45BEbQvDb5TjTRqSN9/WPFHp3QUR+V/e16+dinP1OnC30bhy3ajWkjsF0",
-	"dKDrswpq/PX9p+Rj/Q6NWY3bo6TOZSL+5tlZK3cr7ezW7K0i0VX+Rkd9oNxZJ1bXZx4ki34IR0AWIfCU",
-	"WAQBpQRWhixhxbPETUBSaeQz5DeYCmNF0SMvWjDqBS4ZI7J41+ocarlIADwsc1G4t5Hf4NEBbDhw86o6",
-	"4/Erhe6AqQQHxN0zID9+/7n/G3hNn/3SFsXKY+6ToDNOQtjF8CKmrOBqRLMCMhjECz4P3EdSQCcukRPE",
-	"Hp+c9tkFe/LhA0SakCkGNi+OwmEQ8+XTtnF1BsoWAJBBw5FTpQsBQUufMzP0vtm75Ielnf2eDBG6/7w5",
-	"YsWY2lni9emxFziOP9K/XqafIgNofZcJx/OOQ2ipl7alpXHeYmUjl4xHLIWoc2tYQAL0K+bXhywsNZtb",
-	"U5fVK34eL9POp/e02iRyYwCNN4hCRTBadsy6Xb+N3vhCBo9PnvkyzxUcKsFMoukR6/95oRJLHTdpZNDt",
-	"t9jfLho/vnqQdcemqrvMF1Zd0Ux8ydxPSTM5RvO4Y5KMemo/8XH180PQ5s6Lsx9ZfhsTHZRrajEcXoTc",
-	"/KrKdyC5uD4VlX2r16iC4ATwdSq9YFqFSjfBBoNlno3ly40kGoxh+03zZSrmubZCjZffi2UHLdp3ZXuI",
-	"B/q7mB7ulTQRe2vl+D4wpJVvINVduOAx6tytTrgL9lYU16I4eusEnReooFeRiwtkhXkuVMho8oQXw2sh",
-	"4Xarav6YgQyJOyQGPTrxYd2Qf1JJ3jNfs98gmXtLL7ZZeddpVFTS3H3mRDcYMpQRCHX++2R/aACQDj8S",
-	"3I+7qOoI0qyL606Y/1jktRenOAUIea7YEEIWC1HTP1ax6rtQLLKOVu/9XrQ42KiHjQ+pTFDJAJNwADUM",
-	"Y9EUlo/QSngobYDeNmjzUJoMyE5OxsIJ2DoFoQsFtRBCqgdEQx9RorUit0NUPUFkqWvJLY9rBWCicdCn",
-	"TwaKtpRdCZFDWuoHKQwyKiffQrCOAmAVX+7CtYXaFIZxUmjVQK2WTACfBiyLCsUYcCZdSAM7Y/VCDL2q",
-	"YlcENr62O6FYp0yrkgF9dqFq8P+g+UEdMbWkkQcE9LGOEP2p+gWYaCiwV6a4iL4egGFaIdJ2u6MCzise",
-	"P8TN35tD42fvoEDwp2Tr645GoT93a+31+t/QLbqDU9OKDxYZ0BEu4e58OC6m0uqUQHp6wcezqnrAUKZn",
-	"pFNGbfRlGipwIXaX03rX3nKnnd4LcYFDKCwwRML30YRu46MPGTcD9fe3r35yG3z7G+EHd7yJ2OiUbmC6",
-	"6wy8F10auEqHkGz2uG6OF2Zj2EdVi8OAKh63eYS/n+HAhwki0HP2ixi91eMrYc8wwAOg9AVzNDZQc2EM",
-	"n1b7w+Pd6bM3WIUDufNK2ZA/U7B8OoTy3oE9+KI6VKaDxbp4xUnqRo0h5QAMlIaIdwHplMTuxlxBOUNh",
-	"faYA644KvTCiMD2IOtaTiSiCX9WUo7zQVo91Zigyv399ioQ5xCDmfpPxxNutIBM5E2NrfPiI+5yStvF5",
-	"LtXUBG5epV1VLFpr4LLMamLQ0jA0XOAakB3/9OTkm5BAUwhutGJQJ4cF9pzQ9cbVQNXZuQ+zH3OfcToS",
-	"GESwC7v8RYwM0MW9csxV5neK8V4rXl0AxaqKOwQSZn5jzxlRLt4YMUuBBFefMm36985WwmDvgZvE0Uyb",
-	"9PaXHiXbIHLXQhcYD2wBvAtKhUFqSREC1iDN0Gq8tEd8fNVvj8kXh1KMfj/lf01d2K7w34euv1mXOqSC",
-	"n1SRtnXIwJaVuQkVryr6Tcv6JejZv6eK3UYRhK11QMp4IxB2ZK6vBVQFYLpghbB8uvnUtHKoYOVttezi",
-	"FMli+YM0Oyb6BHPpXpbdqgrL9itMzqXd5a57jvBSdxq4SMMHuKzGKI+ckib8cic+FgqyUg9ieqGWUc+0",
-	"uokgbmGyrnOLRr/oP2op7XNfgaG6myHBPGjCeM+tAjGA7zCEfyQsIJgG0QpKWNMbxlcZHWL5QHPJ7bDP",
-	"Xjo5kcQ5H6vH6zVLx1dKLzKRwiOVhkBFcFuWdgxmhS6KiTYUTYRZnU2FHUJ82wJMmav1zoJcomIN3vSi",
-	"BD0+xucg/fvFkgjbmbCZXkDYop5YnLI0A5WKTF5DSHyrJEkkQFh9nym7rg9yJ359es8OpITlQjnd6/eK",
-	"UawC+6dQiNOn7JkypzBBOCRINk7RJzPS0P94WSp6V6S9Q3AXiK+vyvhtZS+bLpyoBl6bYg12ECvnorl+",
-	"odWrJQwrG1bk80xCQC9yWfYXbWeR1kCFBWE4WkHGwTJKRRpWzy6N+G14zsiSibU2HYNRUAMkjMMxN6xh",
-	"5pP8sJ4qPaWE26rZPvubNJZwgq9EHtWS9fFmLBSEHahcFFJvPP/V0jbf1F/WnVrNpkIJ33K7Vp/QPt/F",
-	"RRt1MqP9i5TOQwvn7UfpsP4QdxroJvvqivjqivg/4Yr46oX46oVoMBdWrO6uXQ47cfAbuhi+Ohe+Ohe2",
-	"ORe++hUOxijuxImwhT9ketrOGn6gSuimJuICGK474lCf0OlQffZOs4nOHJUpsaBv0B6yBDgwARBGgbFk",
-	"euq5ipOy2PBs4Qlo2KuONLAlFOvMGdQXQbRgkokRdA+FKugySFUIMTCXgGgFBswcKhIwqQZqJOxCCNVO",
-	"0j/o6Y2Um7dQb2sHIv4ZCnLtQu16WtVP3OXtf4CN9EszbsKCK7Fd/fKl+VeULta1TnodRcUegTKM+C1h",
-	"I6eSuwbR4tI7pP/kgYmq5sBRqg5uULDv8ugeV0Ja4wn22j8d3Lh8IqIo4lFF4HLITEe7Y4CPcBfwQA0t",
-	"lxnKU5hTpuiq8qd9xfiJx1TaPvuJzqI0gAi7eh7pLAYt111c1Xkm+QI6IKVioMCmm4uCdcNmG/Fbb1Wo",
-	"5MFqmunpsMbUAVxvoJyQiG8S/Z2TUtGsDXK0p1I1eZBjN3GQm6oEu/KQO2QNevqO78if/o9oJAntbrPg",
-	"ewiO8R3ejryNcWxTE+6Hm+yiJkT6QXSNrysHUEt7oFaWtLrnGzItExKD0V1iyjnw602n7BZy55d70L5E",
-	"sXc7/TdKv3dO9lj3tZ3s0XaIb2G+4go4b1Q/OQRbN1rXQa90LbTF1GBBZpI87y6HrOplm2+I1uYQ2/8O",
-	"wKKguaimucBCtPe22VUHbdv9ttpNgBOBxH4/cNrfX0FOIr9wL1mplj1Qxor8jEHV44TNpUrYnH9IGL+e",
-	"Br0czBpQ28n1hBBcVuR9dmHZXDuJ6/Tk5ITqW0NBbKjVe8a4N+9CWWOmhEgRH7qY+kLdrewyVARvBHFa",
-	"FblbSB4luy6UjyHOjm+eZdLYYe/cA7Jg5blrUfAMCxrlmU6Fx0xtCugIJZjbAVarUt5RTTZ+9O9Q0az/",
-	"/uNJ8uzZp8Z6ZnP+4SU2cIqVfv1fDTWd7RJKkUx0MQf+vKVGNmzHuS/mCVr9TJeFd9INgVaglFZjKAsV",
-	"am6ALN1Y7blpWEKltUGxrtKWSTXOylSkvWqMSi/axhMKRh9gPAuZ2hnV5bAiTxhnf9UsJbA4dBPpTHiL",
-	"F+sOH52YYcKGT+bDZKCGp7NhNOhqWqm8limibjw9SVihS8g9LHN0HUOj3s3RZ2/hJLlrjmcIVELX4s9K",
-	"fmAi14BU3bY9VuTtCGb3DGC2Uta/gYe/AhQsgLZzrIMOMuL4T3SReJxthLmH3w+sEwdOb9DFTpXG75HT",
-	"o5vwaIv/8pdVXDIfA4lJrtL6ALtVcwMhkVcgaXLubQ4y7fXZ91s87Ywc7S2cOqo0/bkYoj4nc9FqXe+N",
-	"JiNyGN+Vrz6ieurJV0anLu+T6kOJ13b5ZqUWLLBECijxwA2ICALSSRuB+nKYX34MSK0O6UZCiurnVoZG",
-	"PPMo1R8k8KPCUY02qTn2o9rtOwm2/G61miwYBh1Tc9INmsjoybDPnhNGsvEwAYikzMQHaQD9MFTh9TWf",
-	"nGAZAGCigrWb6O3zDjxcGeU9Rx5WVXCb1TolFmETDhOwZwkbe51kd6DYHbjY8Uf/z7VMl01Ecp+5KW/E",
-	"XF8fRn7Cpirt2M/94Cd+O+P9Z1j27akbK5WRP/Oj+fskcWw7mj6N45DHcxUowbf9wODVvvlYYvHS44/w",
-	"3xvgw1QA/zMe0DnWuft37pUvPZcM5hktJ65deyYZTPqOE8mgjzZygwEeRvjdMPf9dvM7JLRNmDCYmgS1",
-	"MzEhyf1LQ+gMxF4iOGeEbu/DofVCsS79dpnrTI6X7iPlI2fw35f+DaqrlgmEVCv4+IqMdlaAr9n9col/",
-	"9Vpo+vPmhvEQ75kVbiRMzwcPRqCBCbbSaQu/O3DkMw3gtmHPyWrMMzjKCBXpa/zz1/jn+4x/hpP8Nfz5",
-	"a/hzQ1Qj8bu7i32uxIXNDHzfwGf4/Gvc89e45w1xzxHj+xr2fFsGceCY5+18Ia41d3Qllu24BK+jN78X",
-	"/wfyHVcmtN3k7ZYnWYn99l4CA56Eg9DG65XyfzGFRFQR79xtNcxGi7fHRw94OFLR4UFiJawUz7/Ak+Jr",
-	"ZAOCI04TKjOs64Urqx9M2Xeh4DX3dc8G6cZBpJvM07XSj7jAB9ECoeeGOpPtxLUz9zj+eCWWWwxkUCkU",
-	"E8y5qqiLZsqcpD7XhVhHqY2qKKJy41StCaSjb6Wv+7WCX+urQ1nBXVN77dWNGcF2rryyphsvFl+ftvU+",
-	"eYMv3BnCDbX/pSLc0PC330p+oQ/vzH/jSww33j9hg+/i7vnOqeW+Fj4d/7w0kQC3Xha/S3Xb8c+jvNAf",
-	"lmdsmDp5CqJqpSK9Mnwy08Z6ddG7aC9ev3QHDONXBsr16voc4qe6mDKTlVMqZo8/4n249jN5cakDn5Lh",
-	"XeWOqg0I31hk1OPeU/n43EnmUZlRVCPo4ZwvnUjuSxcPFNQjpxJEfnLSVFFOpFLg52fs8cOHbK1s9EB5",
-	"uZ+KT1tQl7ra3fyhDLAuplxJAyT9AHHSjLS6WPaSgaI2fbWWYQU2hHP0c8amqp0b63wJHauBAvLtJWwY",
-	"z/5yLo2RakothprNMG/C22dzruQEToAuUG/01V7jprBOnn8XI68ncroyNq1Ef6DeRdUeTRX8SYRJYU81",
-	"akIoBljmJmWJjtTn7bivD/KexSTqfJNcRJznMCwuFCemVps5XOsth9bmDbccvrDfLSd2v+SweV9A8ku7",
-	"43D0O9xxtMx3cMdRyy13nN/eu7jjXhci5wWUf4QSmUO45oa9qJoIDmrViVepYFZjCSmSlMH/B/ejNqIB",
-	"l1UXiLnkZMipvHasmU9NAmzX14dFbOaqOhZ5BsFr48cAUXJiYpku7ZkTTt39kC340gzUCMokhSn02VsI",
-	"DA+YbvT7GcSLD/vsInKMayX8dwMV0qnBk+4LrRB7Bv2Sp8vEF8ZIWM5LSqdccGkhVcrdh04iwFEDuGsq",
-	"JxNRoNk/1OHFEUAZXqUXZ+BP0FnGYAsU4wNFyw0fFHwMVXp9EXG/LIgPGW8OXQ/YvbTGl0g0ULCcguFh",
-	"e6WJatTS5bN+eeDSfOaXR22Q9315YOdtlwfRVoK083uBzVX0Xh10knEPYz4CtrLKRRqut4q5tV1vodW2",
-	"fGq9cJLUMio4I2rnGZOhIQdj4v6dgFzri9n4gwNIaz5gGNU8dMFBrg/WDybsRmJkGMngZwAHc6Bm/FpU",
-	"dZcgsB8Q53iW9dlzXXqvKAC/YWYE9OjD17nlI25Amq5iMqGUNZbKZNzgILz5AtzpUJHEzsSSWCATv5U8",
-	"w6KqpbIraNmtFvS3uNT3EQhDXW2kT5CLywNZu7/1eIKlartpDxAp00bE9xAGDoP4GgV+/1Hgq2R0m5DQ",
-	"HawSn0UMeI3YvoaAf0kh4JvIdSv72jn+u0YgX3r4N0oTB47+3sPmvVvwd23Jv8Z+f6ax33Va2i30ey42",
-	"RsxA4eaRmEkKtcAwEF/BOCopHdtNjY9UFKbPfqKkdWiJvgPXVjBFr18BP9515Y0f2zfIiOJQEAgGco+P",
-	"JNa/jovjpkJZaZfVNuhiujl0qb6+gInPsww2J9NqCnGnXcBYiUz8Phw6/rhXx4VaX/xXxfTLF/FeFdPt",
-	"0l1tTQ+x6T8u621GWw4bDJy8UfR6F2/oWM+F8ZsniqYz1Lhtn7ewVA3wnuWkV8V0k4gU79gh4w/qx26d",
-	"FKKTf/xRF9MtYQUo6FBBiajhKoSCKowC8yUWYPrslSMh0xKl8qqYfuH5ONtWuSUr51UxveMrZgPVHZri",
-	"LrYvwn6b+8pR4yZ58FUx/bylwGqA9ywAbth2L/sdevspU+omDOeY53I1LLI+8O/F0qwYiSgWcNVZtcpb",
-	"LnL5fyKOEuexW/jkQU4zsW5QqVv3NGzcrU53qyyyLd4RQjGuxPIBWKkBr5MjmBWWJHF3oC4emDayuNN4",
-	"yFoX9yxsxH3/ntGPQQtopplNvGCXIEfafig1aVZrTYJ3VWRu3w3E8hQY5mfxIwSKRhoR6Tnj6VyCzrhs",
-	"1gZxSb/wCMct+3HDM7ydQ67EMdY3vEyl3YaahOmE6Atic56KClCqYkxb7wLX0waEo1VIq2wZ0nQsBDRB",
-	"JgfwIUAgv2NktXgAofDSlr5vjqL2RV2GYSO3X4i4gIcypgCxAiT45nvRvXaLS7HpnNTKem8pbAlVfL98",
-	"oSeazPaNjoNwzKp56WDuVWx+8+7Xd+oQolHrHn/expb1gd6zHBQNYDPyLO7r7xGscrESPTZBJg/KFDgx",
-	"D8K73vIY5gez9jdQbDv/2cZ5do/BBD/BpUybb6uyhCe7XZI+MIY8Ae6O5NO2K9Ly6SVKQI3gmqcniNMa",
-	"/t5hEL9Av9huAqpJNSSIErR8CrE6MLYQ3tA2Ou8waQb/fPKkcURNjWFoUK0l+nKkdSa4av+UoocigJJ9",
-	"96mpVfefy7wQE/nhkOtfIwJ/ggy/DlWq/fFuXnN85xLeucFEv7wbddfL9M6u0Z0uUHNgAerA8Cr10X+F",
-	"WfkKs/J/BmblVTH9CrLyFWSlCUOhzvXuDmxlOyPfF2ZFF9OvICtfQVY2gKwEtvcVYuVQ7OHAUCubuAIF",
-	"t7eppxA8+OWbxGAa2+V3XIzDi+/Q/Rbp/cZZBtvsXtD5523xiod4z7aujSiXSiyQJs4Dvmgtu66W/nhQ",
-	"/JNtKJi1M0zBQ62H+Ed4/uWfYpzH9mNM63H4c/wjRWltPMh+Nw7v3L9IIZIwF4W7zUdLJuZcZpS8gb58",
-	"pdlMTmfgcOMqijV9AEIEfjpQi5lGZAIBQgnW2ZEKQgHSFO5JTRU+1RVUWUGsBCpPCl9Aai6JXdyya1HI",
-	"iRQpDqpJUMDV+7w5UW2M98yKsO9NvAhJ6yCBKmnKOLXXSLsb+Mzxx9KIYkuQwQUGBhSYK+HDGx3dpRpi",
-	"yHVpC64Ar3l+zrhaOt1hzpcsE/xaoFAMYj/E0XpZfSSoybTfQl9felLJhj25s0CDn2E/NyF6/6RHOl0i",
-	"KhaXRnh+w0du1JRGANHqPtzAzwT2nDbb0G7btr1NxVzb9r39vOMWa2O859DFzbzDRy8ejn88r28yhZLt",
-	"zEm2JW9DSH1IySWsV/robOpL0qKajJkzZAOtB7aQ/isLZrXlmWkMor6f7Oaqo10ii+84xfmuYo5pqz04",
-	"zfFH+hfdFZuw1u54+bdA9xxQhL/YjNaz79K+8Su4iTtfsLTgE4+9hVZtUE10wSZcZhCptwLWIg2T83lp",
-	"IQN0VGIRPKfbuEH329ChPm8OXB/kPbPgLSTmefABSe07hGcRCWwyVuu3fLojYJRHqDj+SP+qn9L6DF6C",
-	"Vw88bo5GKJ4nyiE0wlqppuQ48V7l0ZIwMnJRUKgG+FUU41nWb0ORuWtesBMSy4F4gYd1CeHCvujgYaCc",
-	"3viti7hvw74e85EuLJbjvWnzbVrpWwgjdtxjqnV65lRQCh+QTsFcZEtmAatOpEgcsBRubCM+vqJL3OoS",
-	"7LPVl3lpGbygFa2buJa6NIGBETSVa0ikl+5VRFUigcBYvjTuY3BBS8sKrqqA0Gqb2YVihKECeuycX4Ef",
-	"kxmhTAiYpbcfGI/5Ytjjk2cJU3zuvUnwYAM20gVswecNjYRj/ESc83c9fyFuWND2/B5hZj9py3JtjHSX",
-	"ZDMpHIRPuGWvUJE2AiE1H+88L/S1uJsD/h2gUvptIQQzOPDYLc/OCB7sgyUmDwhq5h7PFs3/8Fr/V7K/",
-	"Q7LHXVshnv2pf8zVWGR3Q/wQJMcZoXzjB+dQIZ1D/WmtMIFqhOWopTJW8PT+KP85zv0r4X9JhI+bFjFV",
-	"i2FyiG1MpLX/OdgWa0wbsW/I8Y1gX7GTCPy1qWV/3qOQVqnkvJx3zqpi/VJZMQXb1pcJIbtr8Gid1kIo",
-	"6WgZhOL0UPk4UdDvFqHjrvSRQxft89CtmJFpMY2SEGPJIm2CPbBead4jNnpsQb843h7iFfaVUNXAtoK6",
-	"SzGpX+NOv8ad3mvcKZ25r7GnX2NPG+t3hXj4u4o63Y/p7xuBSg18jUL9GoW6IQq1xgS/RqLenlkcOAZ1",
-	"Vx6hxAeLGZV3o8+DZ7ksCrec3lalc8MsBxQMJRZBAOxirQJf4wekO7B8SSXNLAgLaLpwPAetXkzpRQIi",
-	"KgRXke06FWNhjC4eGGZnhTAgjTmJCsKysD6AX3s0XeOP92dJ+El8sH8lheyrMeHLMSa8vZI54+7q8Dzl",
-	"NrY0oLq7OXo/tTuG1gvqrZy2+zsGr2EBvh6BL+kIwJ7dxn+COtwd3ThA41DXxmmq4JF0AqC0cPXk98nj",
-	"UeD9St1fFHWTlsJXxIT9qRzkk7sTq9DvLg1YfGqed6peVBngMIocrqjI4ubEXX8jsK7TI/yiOnLP5Fza",
-	"0MKcS7fJXI2d1qVSvejd3zGCulFfT9GXJSZBra8VT97GM3QtCiNxkq3GilEpsxSRM/JCOxEfqB0qdBIt",
-	"G3cE5lTih6gXKQ8NzwPlq/t4sGil2dhpDMpKnjWW5fknDu2OA6Wol1YiolJJtE632CQxLgtpl52zX9/H",
-	"W0b9B2ySVOSZXjrdN1ZJl8aKudu1eksfO2gLcY26o4amjSbIusjwAWwDDbfUJSnb/U7SKYusc9Y5hoNL",
-	"va+FSvCxBWcw+PRqQ+5HDjUc8joiyzrwfPRVAJ5vQHKpAczrhaJMxnOWC51ngoDmST+YxxlDUQcQ/Ns8",
-	"KGqmIVe1CrHGmgFVcz4CfPNwj8xY5yJFbEmIKSmtnhO+bmgroC02oAjNNDl4Urhw4q8AT279k78GNLLI",
-	"EeYU+FotVqCFoozqbfkYyv4KHFPTsAB7N10tU+8WPvq6Vh67eeXTVuSX/ioUT9MwXoYQX0MZqFS7pxa8",
-	"iUVjowZDtOh6i201j7glAaByiDHY26jZqobFershbppZfgXZZgX4cHxpDKkc15wGj1VlRUki+cBQhKET",
-	"CGoT8tx9veO3MeIRuu4Mbb6v4YaZcAaCox1LX1t6jwG23nrNwOZYTINj0zUfzG0JOpQwLNv79WQasw8y",
-	"wjWdBW4DxRiBkbbXOivn4ozNhS3Aw+TuBi4VFp42ifeG+sDUqCcrMuE+a+I5FwZhY/3KWe1kCNYtxEhr",
-	"nAXduKEgFXKwyRJNZyAdjsTYnSy4CaOOCc5n6xzHPMvqpUwWCossmPU94rlsay+u2v0AOahUk4IbW5TI",
-	"DVxPJmGmHM8Yem59JWn24z/evWOjQl9BHsxM66u4cyemutc6n95/+v8DAAD//w==",
+	"7P17d9s2tgcMfxUsvbNWpA4t27lNI6+uczxpOpNp2mSS9PS8T5XHhERIwpgCWAK0rMnkuz8Le2+QoETq",
+	"Ystuclb+mGkskrhubOzrb3/sjPU800ooazqDj52M53wurMjhr78WMk1eJu6fiTDjXGZWatUZdN7PBBu5",
+	"hw8Mk0m/E3Wk+znjdtaJOorPRWfQGdHXUScXvxcyF0lnYPNCRB0znok5d81OdD7ntjPoFIV0b9pl5j41",
+	"Npdq2vn0Keo81/M5V62jGOPjTeMYly3cciRFbnTePIxYiWt7MYY3YqYnzM4Ey3JxJXVhWMan4ozpubRs",
+	"onN4NpG5sfCgHPXvhciXwbCxu3CMc379SqipnXUGD09Omsb4vbiSY/G3XBdZ24ol8Aqbunc2LVtSa+p2",
+	"S4fD2jyiB4a57zeO5tYD+SEVwraNY+IeblqSCX19uzG8TMQ801ao8fJHsVwfyk/8UhjGWS5svmSGT8Qg",
+	"IBnXszCWLaSdMc4uxZLlhTKMq4RJa1guTKaVEUyaoboUGZLcw8dspovcnEG7meDWE6nhc1FvtPzVtT0V",
+	"1gyVnXFbtcynXCrWhZfjcjb26K3IUr4UyYC5RYl70JwurBugkmo6VHYhx6LP3oc90EQSOZmIXKhqhtKw",
+	"xw8f9tmPYmkYzwXLRM7GPE1F3h8qv0MzwRORV3sUrO6RW9628/PkSdSZS+X/Po3cXluRuzb/39+Gw+uH",
+	"p0fD4fVfXnz4858at/FHsWwjpPM3L93UNpHSJXx9O0J6xY19cSVUI0G/FaaYC8YnVjiOIw0T7lUkpVgm",
+	"JZdKubH4jOViLOSVSPrsxZXIl0OFP2Mb0jIgAwu83zBjZZqymU4T47bKuDeBRCP3imKpvBJMK2HOhmrh",
+	"fvAfKs1SraYip4+NngsazJxxFk95FtOADF+65332g86H6p3Ir0R+9M49gXkbnIxbhyP44ejl9zFDimCJ",
+	"Fqai5e4o1wsjcjNURsBRYVq5CWulxNj2znCNyvuPLaQyDMY90o5Ac8Gm8kqogPRWGLZbyAsY9wVsWBvf",
+	"PlklvI07+3ek70Y6a1iQHLcd1+CMGSFYXBtY3G87ObVlvOX45Vza5jHPtTvaVswNs9rxuCJXTCpHKRuv",
+	"wxSaDEeViAkvUtsZPHEj4tdyXszdHzg+/KsanVRWTEWOw9PTf0LrayN8rdIlS6USho21slw6voWkYcW1",
+	"jZicKu2mycbctI7194239tbF01O3sXIsWsYHpxbGCKcGDh+83zYeetw2qqePdhrUey7T9RH9Sjw+NlKN",
+	"RRyxmV6wOVdLz1+UWDhujgO2msHxG4mJzgXNhPhE2+it67dx409Pwp0/Palt/Unj1r/Op21cW+dTrqTh",
+	"7qdNrFtDE7dj3W9yfSWN1I68NlwkWfDafdwob0UquGkV1HJ8vGkUednCLUei01QXraJajo83jqRs4XYj",
+	"eefouuUkLtyFOONZJpRImBOq8vDGtXLefiah2cahJNyKI/dt83hsLvj8/TITpp0/GEE3qPvesC5HRenI",
+	"CHfDWZGwVBp369FZcm/nS3jbfT5UBnp5YJgZ60ywMc9zKUyfbmcnbMYiz52yw9OFu6XHei7wbhTXWaoT",
+	"0RlMeGpEy5mG4YezhyvB/eNPuZh0Bp3/33GlmR7ja+YY5w53lFuAzic4/i/x02/h8NMfFRPjec6X7k1j",
+	"lylI8Tqfu79/UbaJoTVsbMmttuxpAS3eYE9/MSJvI/XCiHwTnRf47e2I/H94LvkobT35V/R800CuqjZu",
+	"M5hP7mPUNIAe3uR6lIq5+6e7koUCwYJnWSrHwKuPM3zjz/8ybrwfg7420ZJvF3qsz/hcMSDuiHGnWLG3",
+	"Pzxnzx4/+Qujnliix8VcKNuHxaMWXYfnY9tkIvh1ptmcJ4JxNp5xhVJOlutM5FbiNGWyw+JEnZSPRLqR",
+	"UMScyzRiZGeoVBGdN10nbu9gmtKyhZstCviOUs9Y7GaWFKnIY9AizdJYMY/YD6keX7omF8pzYla+2m8a",
+	"Nv7wsSOUu5p/A6LtRB2eyYtLUNLCodFPqPK74wTddj40EW5FZ7/h06gDC4frVH2iR/8SY+uGcp5JUrvr",
+	"GzDOhWOMF9zuenCj8pvRsn1L2GKmGb0Ia3splm6Ntm61uM5kLsxeA9qZioy9KEw521VqJW3NqeegHvLC",
+	"qXTWHTh3z5UqetdqeHEuVWFFrzatjeNElvFx/UGWi4m8brHPgAFkPOM5H1uRm9KEIca5cGqnZlakqRu2",
+	"YTzjue3DdcTnGTL+9PLi0eTZ+CEfnTYNKtep2MY13rp3VgkPFhmmRI2U84hCsmqnxufwEvC1JJFuyjx9",
+	"E1An3aR1gq3Tx4YtNFZnhi10finVNLBDovUIlHpQlpW2DBvdfyMDdeJ0XcmpTCvD4buDLn246tvWF84G",
+	"T9PXk87gt819EZP4FK1yCaS1Zvp0qymtEekkYmbmmKN2soRUKDn4W+2MeQsEN0MVnxd2pnP5b7jLBuyv",
+	"guciZ8Pi5OTRGHuDf4u4j3yXXQqRGWraGjbjZuYFryZKT07E48fjJ6NvxcnkL/zp6Mn4cfJIPJxc/PPh",
+	"bDaaJ+nLv52mL//Z2cZdaebri/yhXOY3fCrWGWsp2e0k4pUrvya/BSb2BtaxeiShr0aKyMczacXYFnmD",
+	"WH/Onr/5hfHgncht4OvnL1mWcusOBTOZSFOppsBd6ELj8+TpY3ej5XP/36u/0H+fukvp0bfuP7k046un",
+	"jxvusqhzXiQSrT7ra8i9XLFx6eCl3W8B1wHHeTfqw/7xy8RzWuL7ERP9aZ/FczEfiXyALC6uM9vas8be",
+	"8+nFrgMtrFMvQgHCFOOxME6FmHCZuq1sWlIaL/Wz9thYbgvTPPu/v3//huEL4dTZVNtAwilNC1HH8nwq",
+	"fFfr7clgEY0u8rGoNYtiYRIxbyrNBZPulItmeUricuyoX6xdVvQm7UFE9BWSRG3xqi0oF63xaJUUfBBO",
+	"UJ2Hu+MG4OJsOG8BA9hjxCFraRjzmKuxSC9oYW8oa+7zTVLgbl7MG6j8h1zPWZGlmidOdBIqqV37Ulng",
+	"ZOuUDrrRtrWAhX0Bb36KOhOppJntOXpwt+3KI3aVfPX0YrS0ouXUp3r6wDAj/y2cTmTFtd1xTVy7YOKs",
+	"jWLz+8bqHJSH1uG4dc2FMSIJRybJl5LqEYM2IqYV8RNwuru9FLvuJlnsWhkXPQ9an4ODspvkfGLZYiZT",
+	"4YSZvFCmt5NiQ+bo3c8V0JK3iTecK+SnmxYSydwpYDynZdxxeYzl+b7HrrpXts8KX/0Uda5Ebugu3oGB",
+	"l2ejtoFl11Vz0QovC5a/xlNCEg6PSSvTfOG5wKrmsWScCEXn4NbRExBU5ZxPhWHuvkbibGe5+zLaMdgb",
+	"V4cSwygusMOYdUsKBjsJhYXQeM5YbKzIYjCIGG8DFVkvYnFWmJlvJWKx0hfUSsy6Snvvtm+ajXWRJvjX",
+	"ULk+w5nB4ZVz4dp1/9WFDUfGcq68d9TOuMKBJCJL9XIOvtg01Qvjviail+qKp9JPD1kKIwFDGlaoXPCE",
+	"j1LRi4YqdoSdK57GqDGsXxjCkpenkXPaRhcQiDducx8YNBekekr+nsDPQ3IaGA/9oW+xEwUnu3KENZwy",
+	"kbUYCrh08jlzbwAfrzaeZblbA6d+eSn23fsXb9ij4ycD9vaXn4G5xf2tUhRQXLlerYfk5ZwEoVUbs/A+",
+	"uwd0MEAjd6clpJbDnhJagg3hXCJnuQDDKpoF3I/WMfeuzvENw6TtNYqkiZwKY7eN6Xt8ayfZBFivE01Q",
+	"evjMpBPZvLV4ZWbaSKvzpTerOhbibh8dsRhV+1xMpbH5ks20IQ3/GJ/ofMpMWkxrPwK/X/+ZiMhbCJrG",
+	"+Xshiv3vr/u58xZcWvf92iq+E16ywOGjWtTEbLkizukOtOFLOPf6zC28YwMG44tqTJtULG6BW5nth712",
+	"6DZqQDC/V3r6SiqxWavY9/Cm1GKDNPX7+vr9XDjtO+B8jjUDR564k3V6xsZaGTEurLwSTNHbc8HdItuZ",
+	"W0Rp2FwaQ3aOXSSltqAFCPfCh+CXiCepHl/GZSykN6yQRwHG2az1mhvqvG6N4PMoiIWAFW3dxENosKhc",
+	"3rHyGsSKrIy1mUH9AJZfWgY8BijzcMXEtTQWNh+uJOlEIA6GCxLpIvwAHvdbueKeK4SXZMMySZWI64vq",
+	"YtnNduuvmA9Rm5zCoGFwgbvJou87PJz+UibFiqcpBIDBddjf4L9oNk7TmrTvYIsZKkbeFzPwK/stEDle",
+	"jGZdtj5jMfHH+AyC8IYqBkOZSEAAxoniEuDV7gRgvJsiMkehsjeRiqdOyiSxd6i6XHlBBX6Ck+z4t0jI",
+	"meBHtyK+skp6HSoUX8/qfUF7PeAMaCGpxPWVd8jOTTZAXB6nAeGk3en2syXDIPyjbLTRRkgB5g0OQT3P",
+	"UnEfZpq6G3EnE28iUnkl8n3tQeBS3dWkIto0PHISUyS54TJhC6ecLHKtphGQQ6XlHcSveRemoM26xS7S",
+	"DJFOJc94N/cOH2H8SpNqX21STc0n73ap4Nd092BNa+TUxHNoALfyOUpVC8R79PTkJFoT4cZaJSiCeF3b",
+	"8QtT3vtEP6QjSu98hLu/jOp7evL423pI58lNhQ+nSvCxZVqdMb/qbLRkuQCGelHKKLmYFAafuXFqOxO5",
+	"H9XOQZO3pwb4fsMOHkJE8dzv7oSU+iFZ259MqMRdwl3SBVaoY4CB5SCyS8gJoIhtdwNhIoLg49lQOc4B",
+	"Zkgf0m16ESu5JN4mRHB8fKn0IhXJVCQU8w4yj+1FQ1XeIKzkYrWPnW6X+1AO8or0IiJdfHWo6N1EJuBU",
+	"R/3SjY5oPa7Oa9zDfAgwnNhZLgSIGnAB1687WqlOwPzbbjwazab77j0RZ303cjHS2q5MGMWNM8anbitO",
+	"+yf9E7c4Kbci70Wrx2eouvQLCCiVmYMCqkUegcCZMKlYTI/jqvVTaH2ofPMyEcrKyZJ1R6lUl05MffXi",
+	"ezeAkRBZxIyGDAIQhhQz0sLiJYYFO9Ey9j4797NczLQJNhdevyAbKqTSaCfbUFiVE5mdLFW9r5WInC7q",
+	"dtvyS1Hjet3HJ89WRBdcZzDe1hYPwpdwvi2bB7Qtr6RdtrmK9xE8qDmtLraqkWWWVvWROcPkCIG5B3oC",
+	"O149h7DRZZmEsasBx8/LL1Z54h3pS1P9uTUiDJtam2fUaYnGWVvew7DY1T27O2b7Pbd8xI34n8qZsBK/",
+	"AoO6CJwN69clRezP5RQtdAyCLcF8hZRAndQc/qc72whEvrn7N9rYaS7e/fMVw9cfGEYf1EMMTp/0T5/t",
+	"oPvXuoxWl6BxGUWzSn0rH8VN/LcoCnpB4n48pNw4diTU5sAyzzc52fxngucJWJciph1vfPvi3XvHLn/6",
+	"5/v3+8eTbVrZn907n6KOVt4otjZGJ7GFwwzlBk/GbmBslOtLkTOlF2ekxuIXlPM444ZYffU5zM59DMEa",
+	"0BPIHXQVOAnXCekCXhwqWAdy2cJKnZ5QvKSpOWFGWqeCqz1DYzKplEgu6k7crV/5wV7AQLcG3tHb7+Bl",
+	"CHWZbuV67907n6JOkSV7kn2TTlQGqgQKEVlXwjMSrZpqYaQlpawoTcHQ2pkAJEA3xYkZfiUST18TmVqR",
+	"D0ryYSORajU1peBKCRQ+z4JPI0coQ+Um4e05ZKnmc3GB4aNxmdUrE0fCTmAqtUMTR15WHiqnaoEOZyhL",
+	"kVECDSYGBychlcaC1RzjlZi0SIW3D4auRla7GrcS45rVbzca3odTBGvayEf3OHB/IO0TwRNNB8t9Y7q+",
+	"kQ3gpvtcZeqcnpwE8AW48VGnUPL3QtArNi/E7TZ5c0TyLfa1yci7ZZ0PIUaG7OgOBciql1+AjLYSx1yq",
+	"8NfTzeRS56Iv5pldsnEqeO4NRcTHamECnxtp7TOJVTK8HeG17Nfh6OvOSest+L0xCmEPpnMbyXtFiq4U",
+	"iJybbCTyfJnJx0egsYQYEPzo3ydHzz7Qf48+fDyJnj789Kfb3kVrmU77pohHnawYpXLsP94AqPIiefjk",
+	"yekzhh+wS7GM2KOHDCK7nDRRqIwniUiYU+eePi7ytL+yCOdH/w/O/+Low8fHj5qnD8dybSR/E0pgrinZ",
+	"Ub0tBgUaoay0S/RHK71geFy2pyqGxNaQNUbfBUvUKCluI9AqML6Fm+3El/bSz+a/W3tR5C0BVqG2Eohz",
+	"3tjplJpu7JoYHB/PtLEDJ7PHYEmDn03t9x7k/GEvo2qHzs1Sjc/fvCwTHBm3Q3XM3c88k/0ln6d9dj6q",
+	"bLKQ2RLEpwEWjdJ+pE5AxZGaloizfUQvfSnUhVBJpqVq1k1zMPLbnCeCGTmFrGxj3PY50bgaDYO2zBnj",
+	"qUFtMOZFEsO/gg/mhUHRfbk9SCR02zSpKyujbyfA9+7FphSQsTDmwvqnB/Grrfpzmhw46H2uu2ca0h9g",
+	"eqt5npjNtN1QV5tcrbHaGGuT3LKCbzHKft97xm9+k8r3j1/fe6rqvki+f3feqxCTSp6b5fLKaf+XYjlg",
+	"0hj2HTPFiH0X2qMB6SpivEjwdyRH5omD/fL2FbgUGLcImPLEmwwYnwmeREPl1DrO/mUl2SfQYQXuBTxp",
+	"wZ3y+OTZ0607UE68fV0PJBGGXHEF+kpfidDaDB47Bf43ROeqoVaFgB2g5q6GTh5Uh2y0tKxSCLhtyqgF",
+	"GmxJGjgFC1FsLBdTniepMGUeq8cfy3Qqx8szpoo0hfBHp8ovqleapube5SMn1WC+/aHFzDIGZy1T/vXz",
+	"l4wS8xmG6tSttGbGHz55Ong8Ok1Oxs8m/PHkyehk8u3khD8d/WX85OHkVJz8RTzmJ8nDv0wejZ6KJ8m3",
+	"42f8dPRw/Ch5LJ5MnvK/jL4d1+USavQ3fjRxMtrHp4+bJZMfpGiNVH+tBKPoaZaBu2pSpTavR95WodHr",
+	"Ae8WIBLSQqCVBtpcWQUYknschsc8fRSkMzcKEG78jazo3eufGTALkTOpyKQ50smSdeNjR9fujvcBdh7V",
+	"ihL+60M79naFNYOxar1jZ9XS4bwX3ITpkG4guGOzTlTCZBDi1NbbADg9Tn1jiDWg+f3xVvpd5Tvudktx",
+	"NRYXC6kSvdg2uJ+qL37FD/a1kN/SkNyeDYR2TO8iLjxWGlAbsC9H6jE2Gu/Ei33P+Pl2mzS8/QZf/hR1",
+	"TFpMt8LHuHc+CxsejHbNWr2yBKWpbx/rHpyJG9n1bnNs9iFKv1O7RXPinq3Fcv4CFh3vVwklgTNEWgG9",
+	"EvDHnKgAxMlRb+k+PnnGYjeKC8svhYor0tWKUP4c9cLDXv/2xsGVfW7dtUNYcZAl3p0RB9p/V8znPG/C",
+	"UNEFAQlv3FL8/Dm+vK+aTIAzZjOGq3+LkRvvSiC8hUqc8J4Lniwjn0wQsYw78TliYQwSz7JcX0EUrBfy",
+	"ZanMAhYpQOiC4AlutJrJsr4u8GZ9E2+ycOTTqRYO4pjBgLQZ9a5+ubpvIt9l0yav0g4t5q47tJtTEdsk",
+	"n+LKGIMOfXORX8TtA15pLNDBac4BEbXS+IF0neZLfzfW13D9r/FB8MeXxD7nS6bEIl16716oVnjS7fIA",
+	"Pk8vFMNxgbs6l4mAFC/SPnIxB5VMgkDcomRUK3cf+pQkPeqMGVCmpuiCR+dp/QaNN0ogW1WmW0okt9O4",
+	"ICnie5Fa3rQuiXvARsIuhLu6Ftpn12J6hvFpUxAlB3Clep4V9tB5t+6S3T3jb1/2sR74iLNw//7QaB/c",
+	"dSxNIppnMzAnaGyHe/sfv/74bp2bX4plndk3sxAku5XdSKeNxr1xftX4+2ULtMmlXTb+XpjmSKLr7UKB",
+	"axI73JsFw4I0fdWaKnfzdLcSGTeIPq1bYjYmv8H3t0p+ayDoXPB5Db3GJroANGObiDxvpuabJ7uVaL9B",
+	"2huOYUPWG23FIYRQv6t3J4auX43bLuqGa9NfiO7WHInaxYkukfKiRNR0f09mQgFQokCQdIg8j8e5VnGZ",
+	"SQci4dLAuywuU50NmtTj5pCbJqPzD45EwRRiWBdtwIDkzxK+PNKTo7lWdsbw/+mnhRCXaPvhzDemc2aK",
+	"8Yxxw+L/TrhMlytwTSfsIfuGfcNOj57s4rRenRE5MVtSNp42pmy4dbv4t26K4DtX7OX5z+eAlMDcKxVQ",
+	"7S/vn9dH/qJwy3j8V5GncsXu/fTx1jT+HEJC16bTSHNt2SXgETiSCuEefbxVqJMCZ1pSUBizev0WRrgs",
+	"M5PZ7sfsp/KbppMGEJtbWvjFNCgIhM0Zjqh5Odzzw+Bo7g7/d/t5EUDjFlxGnN3NcqTmrSgZmcgNgIvD",
+	"O332jhIXFjONoabaegeTVGwpLBuJsQaWwnA/hoobZrRWhGuxhPfd26SkSsO6VyKXEymSHvUD3KbcCRxf",
+	"VK+G8fiQoIy+h1ZURlzdQ1w1RIV3eNNABztqg/WZ3Hj9tqwbnPi1ddsHTy+fXrQisN541KWNs2x+IwXY",
+	"XI5fSdNgv5/Ds03mEohR311A2oA3WygsVLFTIje8HJW97y0G+4k1Lsjv1p6P08Br3ZB1y4Mw9HEqIUDD",
+	"XELwR6L77DU6SlFa4LnAahWNSt/Y+7hLJasYpdLMIKNshGEhjWIpdouEVhMTHj5uVMkyOW7mhfAIfW7U",
+	"d+mvwmhqfEajyRri6Z4+efLoSdSo4+SNuLQPt8sDfnZBK34WkV+1jdtnICF2lWDz8vcSMDRN9QLcW2q5",
+	"3SNG37f2XNjZZsoB7yDG5FwqvTC4uD4vSk2JnPahof0oIePGLHSeNFszqpickgi86obdPDDMt7BCBd+e",
+	"Pnt4H0RQTmDzJjTvP4atNGbU/BBknUQ+X8D4iBAMd2HdX5S8ZiSd9gbsxU///F9W5cIZBBojlmBnbhkJ",
+	"98rdGBjih7ufaGEiVigIPJB2qHJxFMJ7mzK+a9K4ESvCRLtGLM2FKTKRe3lthQPkhWjpAaCNz0KKhXpS",
+	"5lJmBpDIS7RkaECGeKxBEs2BjtzKRJo2/+fDYGC/zqeHkaYPmEDxOp96e+0+Mvo+ztjDOFjrftV1GX+r",
+	"3/R1Pr2RtL/nKh7S+cnnTpus6ZmHd37umu3g59jE3qXJUr6EwQAwlxICE+NHgmFofl2lPx/PBXurR9o6",
+	"aSk6wME6hKrhzud2PaM++TfcGDC6+NKgnuW5r6guKO2MDlIEs2Z4pZ2Vltf59E58tE0pHBAIUgvOCyky",
+	"YiP/lArH7OzF9jNoWPOddZ02FaV0BNK0WhbxQE7AvXhEkzMoqIGzZihrLU6DFgFfq0VcW6EAzYAMOw0C",
+	"XSOK6k98PJNKHHkc0YgZi/9N9ULkzCh+KS7G3IhyBK6h+omGUDE0sZUgFRvARxsE2ApgKLB0lHj0mLo7",
+	"K+Z8JUccQs+Cso5DLCQ47GBs90hUIbYnJ60gSKY5elAo6xqHCDwMhgO5uQJxL+HdCUikWobdj0IVwdiI",
+	"kGYsV224Nxm3sxXofnQQVuhMQRjg1emxzqemsxVHfzO4Pe0INxhbD7yNwnTi/z0iLeXoZeILdfY3o0lu",
+	"RuZ3lFa6hX2Bjdq8HtdqBD559qwGJdRimLZp40VmZjq3zCBf8jO+lApmT8R/VsUnO6LEODk9Hhd5LtR4",
+	"5VjQagR0wdqPh21EbDlnv7x9yXIBxXPHcONjycqGkUGNTZGz2C3bigOgyNUAcBkH9PpghzPbXIAJ1y+E",
+	"qkKw3ICKPjQzubAm4l1UaLqTmkt3AcIw59cXhWlDMwd+5b1XQPqXYglurJyy65pzNHaouhTWkMk2V0sS",
+	"V/pyz91ontL3NBM/eJEELB4KGGk24Y1z2gKN7lV3X4wJ+t9q+18hxAMUZ9ptdcJNr1U1PTnZVtR2n9Cb",
+	"XSX6xmXYo4bS6nm+k2JKfeapxxdVsprFb16/e8+O8YS4e81T1g7A3hvLHK1M6RBaxfoq3ZUngwKUDsNX",
+	"ITBL/vszqOixdzUJWodN9SR2Qn/07VToj3uElbciIJ2zSS7EERSagiKGpeOeMyPmXFk59nBITOcAMlYz",
+	"ge1YNSLAQ/LXdFAYYj3wfANF3YhBHmDbqqz/Jydba79W8iRhVnagfkmQs+L/BtJuDsm52QZviaZoDt/Z",
+	"eIYPwXg8O7hzhvOmDJ9cgTe2OR9fXqTcCmPjQSnQrKa7PTAekawWDXpWBncO0BGeF8r/FESVxmFaUthj",
+	"x4egNm71CrXtF130GlHwEO3Qp5VBe5FXhUwmc2m9F2aeaSPCKu4rDJpnFzxJaltbCWo/v3h/cf79Ty9/",
+	"Xk/dv/jw5z9txst4crK+/UJdyVyruS+12zjx9uIdFQFUYOB7LF6F0g36E3fMLyygEsJCmyLLNGJT+t+G",
+	"SgmRIDg2ugdMSUa1/FB2XiLjYyUj3+iMm6FS7nvMfK5VD6E6DjMxb4rhwiqA20xruM0l6jmWDNz/o6un",
+	"N/noL/t+BJUL9/zGlznc67MmCoIb0NyOCr1k3I7tcbER3AMorOXsfXvy7cng25NjO87qp6/728nRs/6H",
+	"Pw96//UbZKieRk8+dQfVv3v/1T3u2nH2nyLJer3/+tNWWJv1c5rl8kqmYiqS2sVGp6rRI2Z5buu3IHoC",
+	"j4zVWYbYscQrFQRAQ3F3QFA78oUWo9VvmvgnelsuAEhDTJe7aw1ocn3nv0PnR3ll64VKNU+O7Eyoo0uZ",
+	"pnDV6rSYi7YtSrjlg+Mrnh+ncnTMs2w19OnJVryVjfuwN+Z/XW5cvxaBG8VU/gSj97kxYj7CMlVwCcZO",
+	"zRl5bH3CHVZMzucFGGd7ZyV0fwlBhzgBC5mmbCT6rYJPCSO84Vrc0S7eUFifE7Od8yXVvCRT3hlz0lX4",
+	"O7eMq2VZcH+bkb0S8fy8dpjP7XI06sCI+0YgQzxPiaG/NL6IHuJBgwURhwAOpFpfMYkRQ7WO2NKNPVzL",
+	"MdjzALQljmBVlUiHCsuvOLWYJK7jj/iPl8mnY8iCiHsBkiFiRRqEvfz7+/dvhqobvzl///zvoYZN30HJ",
+	"twof08fC2oWGWBIMyf+9AEsoOx8qBMqUpoSYBSW/DIKIjfg9hscjfSUq/1j1tgAAaK4IoJmQN5HU3UAW",
+	"uQTUDBAhc/xgMZPjGR4GvmRCQsTLmM9F45UeIkHvIM1HHQnCGpRtrPOkEJHjyUY28+hhg8/L7DUKym3c",
+	"Fxm0Mb3ipXKKoBEEUYk2bVzpNWR0Q/CvtKw258q43z1kyTjXxhAct4cWZ91LITKQhAsANNCKJdJcQixQ",
+	"YQT7RcnroZrLNJUUA+NeKUkURsWZzQtjFzq3syUbOxrvtQSrbMqWvIFBgcSYyhCwSbxuqEzUeEnoZhcE",
+	"Ou8wwRXSn7la8beC79/tOZjC5trYAbuSQP2Q92p6EcDQiNSROeuClwZZLknKJip1MbdlREGmFzGezKWi",
+	"T+ZcuStuqMifCO86TnQpliZi0BXiKRWJhJqAvYjphSr7TEQqrK+1uIblQs3jF2YFPh3ng5BeOA8nq7jB",
+	"OVHFfdF8e2E2x8HSb2/kkABHkL2YNuPKgvYD1YnIvYRJxigG5DpNHdcrWkpQEwQVfLJzkReV3KURz1Hj",
+	"xhzPMjoRgwRyrgLvKS44o3p0O8FINKRa77CnrbCa94vtMa/Fd5fZYopnZqYJyN5KVeha+bkbganlfJ7t",
+	"uDhv3avwiRUXmcgvMA+pTjG6GKUBuWBW3Xp94Z3S+0d8fHmh1QUf6TyMzg50GSOsTUWYfnS40r175q7T",
+	"RxfuitSqGSAIS5dIVaGDR76kocVMszI1BIOMWdfdZ9LpVwxCEKA2iJnpNIEyh801OD8PYO61gsTeGVyu",
+	"UY3SK2tzjTWWRzlM21+hwDU6aKKf/eIAaW/PPentl+8BXTeEgRXWI3/rYjyrcMPd606UcWSR5eJK6sJU",
+	"Bk6f8xbwQoK2qM2wKf71U/vUnpeXXbMbdrSs8CxWILBI/aaSnesnjjStxmcQqpKmrd/6LO/Gh3jzXfjV",
+	"bXiBSsA1M4KyRk7jY5/y2fJUzkVyQWJDE+6h5WnzI6i97Ha7+TGBjVw4SbXpjVWs0zILvhxvVNuR2hKv",
+	"NL+1Rl41y3Dc9YX3k91wbG4DKB6KLQ2WAy+S+mifGv4+fHvX8sG7TIz39DvdiVxQ2cMCyaC+Yv7BIFDQ",
+	"DDMixdwhTjIVZMKTQDEIIkq4Hap/aXJVoGDWRaHcjmcUsp9iQZ0eGapCeQ3wwCy/FEOVYQlnHaEl3yks",
+	"JNKOZ9oIhZcfRhSyGTezsqJlUhf5dxeCDiPZlIu8VtjO88mVfHGnTFGCNoUUnrETcEEAqAA5adcFpgZl",
+	"tE142gltshUicjdRa9WMvBZvCm+yrLBm/yutOVNjXZYrB/F0bfX/rhcAoVhp/xDImReq5hmaCZ7amRsc",
+	"GhUYN6xkfGdsqp0+pScTQHtYSDuTvr4cDyvVl2E43z59XIvBaQ4cJPFrN0s3CmIfok3MDrCHqxq1VPHV",
+	"zoQRYC/tN6StBMLXBsgkOgFtlY4SwROPwXEXtUVL9bdBECCi2b+ojZe/byXV44qsyPb7qBCeI9xcsg6h",
+	"pL0w7OXoUoIuB7Z1dw8SLVAjlzuMGVjfhPaSkY7F4GXik+dLbixtL6r+6lqdQt0nFP4j9+5QVSWrmJFq",
+	"LHoRC+SpiFXiVIkMB9KUuwupJeb+HiqnlpmqqnavhJZjXbwL1zlTxIDtSTWtV53s5hw4kWdgVY6cY5Lg",
+	"DelFZWHKqmDhUBHbithEpCmyYasb2TDWboakE88B3R0+VNWQWCkQsq6xMk1xwuCMstCo5xC9iJUC41B1",
+	"/ZpHZIQPFrks9Fp9PPAjcEtWiZpD1c0Ku/EqAcGBbqOwhOZEXu1QQfOPEqE3WCUhxv+9V/L39Cad//qO",
+	"vdTv2T/0yDygK3qcSytyqdWAqphbMgvHc6kuDPhH45qZ8YHxAOUGIROxcKnbTDlhcw3RF1yxOBP5WCjr",
+	"v54TrqJUdEMNVUzUCCDuJo5q8iHALRpAqHEjNY1+l/UMdfdVJ+qgqNK0krU+mxRcVKd5mmKl1VoSRuk1",
+	"3LyfH7ZVsGquNlMteQ2usTGUl1a32b4WBgZvFB7X1EdstDaUjSntNdPooUzm+5ubS4zLPeLZjdPUbqDZ",
+	"3cpiuM5lttWlpwLzuwBiI2anz3L1NjU37I1InmuT3D+QzVg+FX32N8dXq4Pf9UD8XqUkvuHYeAHMoMh6",
+	"WH0EhhefVd5bvLLnfAnppkyRqxCcxfyyLJK30jSmuGMt7rKyclda+gbYEPjDlmzMjeg1Ymy5oWw/gL5Q",
+	"jJwLXdhGxaSp4nmDasKXWA6Y7j/IzKGr5wzT2lHpAF7DdGHR5em5jWO7q9doTS15+OTZw5MdsLbAhHxh",
+	"w9tlh7OxciUFJ27P4moBRxPX47Qw8kr85EeMMIi34HTlWTEXHrR3uyb73ifhIjVWleljj/mGbYm4RWnV",
+	"/LKRMtbI4lfuiHRG0P+MTyyV8AGmYExl2QfYQVTeN+xws9O6oAoq4RaXYzpdJ1aIMZk5QalLu9NbkQVq",
+	"9iDUsomNeUnO1tcQnfktVo7dN/OP0qLbmOcB1ae7V5zekvHrxrKjuMaxS56+5VagATGnKJ15kVqJoTej",
+	"JZNqnIu5UPZiwsfWB+sCZp8v2gILflFpN6UlEn9ZdzGsfLCdV68OYovU9CTMo+qfNpDfnF9vdXLuLnat",
+	"DS9am+KG3WxRgAG+nHXJrRUhbByKLr01VHPWVZopsaCLR6rpmd+GoeIptlUqdyjx9yqFd6Lzkquyrjfe",
+	"VjtKIV5DBYwAY6+5IvR0UFVJh2BdPH3YQAKgjpV5WekF86ryUJGO14tQQXBzDLQo1i1/db03WiG9+jhU",
+	"LfpjD+r1jwWo0RTJWmmo5XKulu3nUNekEuxwjQNdMVwvjKmE2Xu9pcGp4ofRqFrUQqT3dKuUNXt2hGf2",
+	"fbTE4z8wEOJlpNX50ucxZCm3kKuEKXb5MhqqeFicnDwa63zKTFpM4S9xjD/ibq/9TIYT/C2OmM5wkumS",
+	"YfJmWaPOEQf29MCwmTYWQl/L7o+yXF+7R1Ty0L3RAzLBtBICdh0qKMEMkYDomcdDDp2S0wQWhhBdrV+E",
+	"PjtXlJ4g1VB5Pue7Z5CaOMFzF8N7F+LailzxNO4N2FhnGAyg2ETmxkZM9Kf9oYrNpc6ExueJHl+KfHB8",
+	"DG33KZT5mGfZf1Pdo36/X72FK1iOwM24trY6b9iCDatPJF8GUPPxXBwboYzODf13cNp/vDWMuiHe/s/d",
+	"3/oXRx/KP3vfUEj8n3v/1T1ufwveq0pRfgj+3YfY/dOHf/nUGES/yo6BxiN/NppYbz2ab88jR7akiyzX",
+	"01yYtVTebWJcg3z99NFGfIQyiLvdjBWooVWU/7W0oTa6IYY/dYSWNGKPBEZQhjbQEM6rGwSHQti5u6dy",
+	"kaV8DDx2KWzvrAJZRkdNrfwbN/4ewksOBxuVJQlRcarHw4UhEA2B+bRyjTtP2EwNigKfQ2k/qhKG579k",
+	"hlIY1r010xuqNpba67OfWlCd3KIAZtNZGeE/VBTMCZHRfqgEDwHBR0vEm2g650d5I+qSo8FdDnf91Dbm",
+	"tLwDIPIXV6KpgieAqlyhYZpxlsorwRC5vAHCsrkCqELEG5aLsZBXImELH2CIDVOUcl1L2ejX4liCYROG",
+	"/zrFYGeYwI73yY98csndsHSeeHC+9eh9X5LVDJWsIPjcoM5QO8WT0U/1NGacEdI6PZvyLIaAYCBpcGuC",
+	"/SURMevGubBOrtcKEybZqIBKrVSPDo+v0fPSkQxTMIybS5EM3f2I92iMMD0x9QmWhRh0KizB4bszqV5c",
+	"jLUyxVzk2OVQEcKfN984eYpNuLFMKF1MZ2cspkqgYCekgY55mkKwvqF6JG44/izUAocp3+9SLCm6GCpg",
+	"IBZDAsMfKj/+Wj3aigncYYHf5vBXX08P6ZwZq3VSGgmkwW1APB3FdMZ/Lwgpc4DmM2mHCqRiblj8iht7",
+	"BIfr6OX3sZt8DGi10MiFTCBvKBduT1gupzNLPUnbH6oy7QSJd0ZECj/JhGlForYjWMfG5Zj3GeJ/lV8M",
+	"IXFSXI9FZj1xBHKW0gyYJnglfNeRH5Hf1KECO6FMylN8++LBe9Yw8mA7G+P+K1b23r3eAocDUYfARRov",
+	"nZVG2oB/iTyIr0BGTGH7JT/A/JsB5MGSSxATNBZuT9yhysARCtlwLHCvvkWGRGd+jSH1zuDEQB8eLfZK",
+	"2mU8aKhCjcetgiUFh+Dz4CvsrHdWDhsFiHjgJQkvN7EuDhHWxX8VjmQ+5yqB+dK/KYUh8chQ3ef4e0sL",
+	"jn8OgGtVidqpnkL1j7PSBogL6sUT7GCout48GjaN3HfguWYAxwoMFBHKclFx3KGaiTQ584dkEDIBoRJD",
+	"ZccWs2VdBw03vCxqXtub6ldc1fAtWJPqh1RPq2pYnagz5VmHrMXN6mgNFrAlhJQEuT7TCpzLfy7dzH9G",
+	"EeWiopfvyvLg7Lw09EvjP8XYsup1qnMaFEM/W2uyNG6UVd8C8vS5aQCuHwqoqTT2gWExdvydu9djmgh4",
+	"HuaOv9ZGhaADcNqq5LhGt8No6WNZ2qNuM6dFUtBA6aavAT2BwnjGqqgYZAMlVm/NXFvOvWQHWm2qUEcf",
+	"13hjO7bvXpE5jcEtuxWeGy0vykTi5mzZcPmIh+CrUZCmVhjYXpEcbAF2Q4jxucyYF7aa+eVhV/ZZkP1G",
+	"uXIydvyKDuuub6udX24hhLKNquv1oUfhIWogjKbFe+8dCS3QAavmi4aQthpQd4nLcymWx1j2GPEJWLcC",
+	"kTyD/Dd2enR6chIUd46wTrJhReaY2MMnT3o1/L2PnRG341ln0Hl48vDp0empU1WldeNJ+ejoEVmmwwkE",
+	"uYXhnPOpsG/buE1YwhfrkJf4s2XWFWqrGFG1EmK6FA2FsXeUqILk1R3ySvzbH1rnGECzbEdL2Ryy8Sna",
+	"21h6U4yUBicczuOBYUGbZclRd3dN5JTqE7Ernks+SoVhc5FPIeSm32lDXtlgy3WbnxVpGjHEwGGjJRk8",
+	"ByzewaB4MxtHYL6MSd8oezGZ4JcoN71+/tIJkTaXowJm7QRSWJAKGH+S6sXZUDmRzde+gepLYBr5rl52",
+	"31EkqK4ewp99V7rohwrb6xohWPy3FzXYOKiyaCrQZtdpRMbkPIwVHCpOJRmlMtYpteVpCktk29p2lx4J",
+	"2JFei4pzSASUHaBNth6UOujIRpCRXUBB9oECaUb62DLiDfAclR24fp7LRfcLVHVcza+2ElHJdNYnuYGD",
+	"NXv3VpAhZrpIE0c/DflYe9kqAhF0s0M9vEFukg9f588NNFRysVuyzoobgszLsyyFiH8fP5RjTQ1ilV2f",
+	"oCC4x4TqNTLPVmy+55Ql7w43ROVwtbQzJ7GT6Zaq7qLmTWbYM8RBdo9fvOfT7Uh9FTJfGAcegPNVy9dI",
+	"WyIVc2Hz5TuRy6YwSCy9xDAEkArBeHv7dJqLKffpLMaKbJ3qTNluiyiNZY5aGI5sVBxfEzKx65EUGLRH",
+	"4iAjptMEEeBAB3KvIRgFpIfTTJx6nYqJ9QnyLcPjV9MdU5fLcLEd5OCUmxYkUwKvw1F6Q4tf2h1GMefX",
+	"O453LtWOb7aVTwfe1j7GnTMYbJm2i9ES6E7oRLD4tFi76Du+PNf6SN0TP9D6CtNZzN3p237aiFjL4l5E",
+	"obsMDpIG9gkUFVmtXubGuBZwcd20AiwMzLex0nPkD3DTFPHKbfHOVA4/OqYr0C8EQ1UZEWM0hsUee6jX",
+	"EO8DpqYmVtGGNV+KdRXoPHSzU8rbTf2y3g69X1XLfaF32ksIN53XX1dETI8hNeNZJtQKXMbmjCUyPK/6",
+	"ki8oCibIkqg828FvQZALOZ6DL+mXeujz5pyIJoUQ8/+DbaCvtlDxIYL3wkNxdwF8NWPRepUw7+/ycoBn",
+	"c+VxAJdJ3fg/8HlCWAFILYfK++alqZzpPvbLv+UeBsoNeNWCVCiZpGKIcS8LacQZK9Sl0gu1pvOgjFQO",
+	"CaAvaPR1k7Zr0UvOGKhQEgq13WiMXtEP1tbs74QiWzGplAOoUWlo9atBAFJKLLyp44EBl9uIp0LxoSqj",
+	"gOaDcmn81UMadZUGrdMk8Co4zQ/SX9RQmYW045m3O0Nwbs9JMzpr+BBkHdaFVTVW564TnQPeksZII6hH",
+	"0TsjX2fZhNfwtY9nCzbzzO0mHE6Mp3fjr7ocCSOTqiGtBNWyDgYIuUT+U8dzwFMNzkLuNGl9JfIVj8U6",
+	"amPUcf/BH/xjEHjdRNZ+nnGVHLl2m8nAHKoMcVm5NwiKSOVY/Df93R/reVMl3dtWYAsqX7nu2Itrn56z",
+	"A2P0gyDNdgtk9/+Q7nCYBaspoPXD906EXokjM9YZFMAh1WWn2/ou4OLbc4bKYgRNGerl1dxqwHNXL+IS",
+	"Gmb1GRPzzC6DGjABunOLYWS/tQd7coOQVjmEcEbVmns/vNOTABfxSKt0uT90vF+NKh8Jl24/oB1Pibeq",
+	"urcmoIY2VD9xKjzneNYPr14///GCYkoxWNPNRqwWFQV/wAqYNj/6dy3y8ENzgFNY1GIbIm+NrjyoRyc6",
+	"CJHVwIhb8I5bcIdL0qql+Tz+9slfnka7VUrGFjZt+yEEs5KZ3Z1U5ru4UQHwW6zjhgWsrFOryW3zeZu2",
+	"/D/P37FcYKERDP6SiudLiKkaFTK1EHsDyWcxiVwr9aGoFFBbhNxoB8vi9/Sen8GnqDPVIahp1dtUn/Yf",
+	"Pu1/246v0GLAoIcYOpXlGhKs5uDGB+x9MnDkVHis7PG3Ds+kW+/dLeGtZsLQyaYnDOB2j3gmcXkTcYUe",
+	"Ba5YoSyfTkWC+PIrJfNO+qf9kz2shbT/tUWtVivYpnWqQrZV5NIu37nNorAFwfOm2r3n4GoBqDrMX0MP",
+	"Cmf/+PV9FaT6OhPq5feMwn/cXlzJRORnbhcScTVUc52IiMXl8rhfj7CtoyOQathSF6HsFbMsl8oCuH8P",
+	"VhOAf8MIQAIgZd14kl5e9Pv9mBwrQITAfnFW5RrMrM0qWaaa9w/+Fv7Hr+/XWHK9ZjVOeq3qEDyLAzhn",
+	"KnCNcZkNLipT+bAiluppLRba6Xu6FiBcpUKU4ceU9fDL21fkhfNv0GAitsHPtetKzX+39u9aXzZT/kzr",
+	"S1oWHH2W6uUcS3gHcTtQr8n4KUmFORJD5T43UahL+u+ZEbj1Ow3zE+SGTXRTQUvFp5CTFZV2b5WUQwAS",
+	"0hMMI44Yr+KxwS7t1LmhgkS4o0DJI4xcphVh6LomXklVXJcBTkM1VBQtCYCOEiI628t3dmO46cdA2Mf0",
+	"+M//MlrFvaEqcxo5m69U6PQxuB59O64K78U4CYixXKnG6CtqUVlG9Frkwha5InXd6SYK2TzKX53zjI9n",
+	"4ugh8KkiT2n1zeD4eLFY9Dk87ut8ekzfmuNXL5+/+PndC/dNf2bnaVBwsYOR2+dvXgYBAIMO8sFPUUdn",
+	"QjkuPeg86p/0H6GMMwNWddxfiDQ9govr+F+LS9P/F2EBTdsKjBHaJHALv1KlS9YDiwMdG2bkVImE/QtL",
+	"hoJOzVmuLfIcxEe5ErmcgDTtLmV48jJx7GNxaf4G0rFfYRjxw5MTvLSV9TEEwW770ePVue1i/cevP75D",
+	"il/lUv949/pn9qsYsR/Fkr0Tto+cjkTN5lbLYR77srPh/dAZ/PYh6hhfXbjzo1iS+80tUo0tloWkymCf",
+	"I7hkXXNr3Kd1r16SR11PIGLBF7f04Z4pX4qcvFiVb700y0Shp9+f342O+NJaYhg59QdVJRrobajI7kzu",
+	"PupIafQFrprBfI7ljBsIdhapEZiBlh/xhVPGMoDV41MulbGEk+BnVWaeVeUBzrMshaOP5ftBdjCUfIsj",
+	"gs/dtaLcvgIUfeKesdHSYlkc94+zYJRDNZ6J8aXHXsBWq4YSOZm8/B6DKIo0NeEgfciDJhPjXBrACQSG",
+	"F7urESD8gROhv71EnSm1mjp420rcxFB1dQ7I0GV+Zi9isdVxvVGC1w2dsH32AsEl5nw5VCPH6cvsvURc",
+	"Y9DtnCs5Ae8ixXmU13Kt8JCE6zmBaR2xhycnPgQ6tXyFWV+ppI/FF6CzI3inf3X6Z8tzuGbd9w/D76Uh",
+	"eAi3YQXAQ3BziTRBgfLxW2Hz5dG5+yMeKsbIo4MCBloL3Te/F6KglEVsDAsOu06h+Dt0eKG0vTBzyKyI",
+	"B57S2QKCDag0Oz1GzB/CoIJ+ATaAttATQZnZZbyY63qhGiQD93wctO2agUr1ZAq1TtoDB8Zituz12Zsi",
+	"TYPmafCPGaVUusFPdAER4ERhrk9HERKBwMp9JrhQ12G5rf62hq385pv3fhe++QYBAN1J6b45/98eW8y0",
+	"8WuL1Z6lobnBDRN7y66ulYOGAz1wrf+n9jbWh2b/YXPBwQD9n6H6z9HREfwPXqZrL2b/YacMf5qLRHLA",
+	"NHK/7k5n9DksDx2X/7D4Yy4yHVGwV1TS/qe4lvXKKe+Hded8ScfGHZhedVV6qag8PRUxO60SdldPaBBO",
+	"7/jtAw7A8ZILmUTMyH+LTyUv8JyCUo1x47HIuHf813IOAJACUDMQyGGV15kwO5w4bGk5AQwoAq+KyqKi",
+	"oBbSiLF/HDMMD4hr4+Dc1HBVa1OMWLWDn1AqI8Sb2A1XKDcvCDcP49FnUPEROgqq4VLDUGclhknRV45k",
+	"kf7ckuDlYHDajlfCPy7caBwphEuFP7pJD9U5rZMsvUvQP24qWiVZ19eefOS4BsmKmLYwDHcgvM3c7tOa",
+	"PaBPYHeYznzGg9OTAYKuSlXE/SMBCWEDDBPKybYJGxm3FEfGLlNR60unyVC5pswZ3Sm+MrZ0aqSTrFFq",
+	"81eSl/uPq7nGQ5Xx8SWxj0B/R/tpoLIaOS9SbgU7OnL34hGWfYrdRQE1K4Krmi3d2Q9uzob7OSKGg3GS",
+	"SOLi98LpRVAOh7Y/PgvL82Bp26BhVqgE2bb1BAPwvUNVXpX+pgu6h8McsPFe020Pmi7qrqXu6etLJVog",
+	"761u/2++eUMiW11W+OabAZ4lDNppS3wFTTgZKsz8x2z/uugFl/wDQ/dC3Gcv1FQqYVgYGArazlpQaRVH",
+	"OiCF+OrhsTueZuFG+vjk1CdQ/vrrr0fnhePz1jFeMWB/BZWT5YKn8++GnZ1072EnInHnu36/H58Nlbus",
+	"cSV5OsehQm37ETdyzHhhZ9HmoNbI0elaSKu3x7TYI3p4rqBcMuEpOB1PJI7FuRew1ixq1dhWlZsDiFYY",
+	"OFxGDEPNpgiJgjaVMJxLJBLaLSCoFRwO0i3rOhNmdXzvziKqThnP+Vw4MgdAIOkUg98LkS+9E2IAlUY6",
+	"oW0MU3N306B8YPenqLlxq2/f9Ie9NMBNV3tdMyzdRWjTbbAYNgZPkmqD0o6/NGrCStf6YjTIC5yMgxdE",
+	"5pQgZAjBlVUygBm/IiMNMXs3TFDuj2BPj14BNzh6J//d4MX56xIrdjkyW5EyKxGjdOajxOp1tn4nalqZ",
+	"1owUtzQPTx4eTBMHnBaY48Zld5cPiOmQMFkX/Pv1ZQuE/iYnKxbDshpwEkrbhLkEy5C7Fusr0rgAj08e",
+	"b1iA0PC0+0JUpoO1VdhNYF+X1ktAlUr674E94/HJs/sc/8+alRIR+Rm4zAdIrwGxdhs0rWhFMeodxCDz",
+	"sTRe//bhU806c+6Hmut5tcRreQk6VJx9bPwOphsvfIAzSjcFwJYXx7+0JMMLZoqAwSYLit+DIa7M8tAL",
+	"VeZtDNWL5OGTJ6fPPKjPpVj2GRwMbw0C8zrdtyjekeWyfOqRbVn34clJ76z6CnrBACAC83EDAT1wrNUk",
+	"lWPLuo9PnvXaL6q3fhnwjhDG/lUny4MxlZVOPtVdQAQwe2fGxbB3nHmjqZGMXJ4iRBJoLZdieVaax8hw",
+	"B4T/8OT0nsf5thzf4U2hvu1SEtvtEJUAsq2m6nrGXpnIkElF1kQ8UtXfYe10rHbudKIgk69H9TgqI2hV",
+	"crvVAhbhYQSTGaZU1JLTQOJ/T2kOXr1CnnKEGRFedZSKYWg6+73QVpgBi70QTa+gBD3s+DQxcBzF2FjM",
+	"VJFMBeuWcca7lTalr3sABylFAG7hx0UJBThFHFqfvSNBuXxrqQu0O3DD4peTo5+1Ekc/gcWHtU1jqLo+",
+	"AYQBjAnGsaIPE+fzwFTjyDnA0UlFo+i5rZ8KO1SPTh5XBmZi2B78vkRAkGosnIo4csrV2uSwSeBwHhbC",
+	"at3O3SBNqV0MR1mlEpVrK1ITPsL4moaapXsKyPtxhzDjqkUyq9mN60KY27d6X2si9qeo8wjlqHrLv6ja",
+	"tpR5QE4Bszfq5u6khVp4fbgcbYwMPHDjWYNganUOiVLcrkkbWEgovwSjsRFCnYGWa8A1LZ06iXppaeAw",
+	"usjHoo/KsfsauIGvS7xaVxiteJDSOlRQQHiAFYYQwtS4ke1QZ5hySrQSFUomlR0OKwiX9W3R3DJ27AQi",
+	"YNlbkQmMqyZ4TGgPe+o6Bcbmy15pbnh48phVKCbG35ZnYCWDysbw5VBV9olnLDaWp5gCL+KIKT738hD1",
+	"5uskw7dbTvgvHivkLkSYeqXsnSSYxy1U5ZlmDuu7mgKEh/f+lQJKnkIaww0DtwmEUNfJh3Vr+3bXKgAu",
+	"ff1W33io69IJGIDa5XtgnGBvwnCGF8n3784hEAgw5kCgOH1ChbEM65piVGK+oA0L5USdTzGxGiSZccrl",
+	"3PQidKpjECe81uzn77fQ9XsY+10K5dADRVH8MYI5zrHR+R+aAw8v7b7PeSIcZ8XYCG6MyEHzgti2Wueb",
+	"KK00v1+dHs9/t/aYj9MN6qRiHk61FkzUffHTP/+XLojCznQu/82xOh03l5CwiyUGhqrCAiJ4JrRojlJp",
+	"ZuAYYlZncgxpEsUIwfjw94lMrWPs5/5qitA+DVDYNojdwsJEjrh7Ua15uHRIu6Xa9xGzPl8XQ76iEndP",
+	"lVhW8M9yMNAKqezQUGBdJYAn8n1493rTTClOMvwIK7TXZg0XuAcWom/R35wXPuUWMvDmI5EkYKuHDXmA",
+	"vtXnpB/gS7RXVjOwTMcfhx0cmUyGHSc7/+mj//vTsBOxYcctqVvRYWcwVO65/4Gew1b5b+EPeoBlTfwT",
+	"/OvTsPMpjgKXQBCpxhH7n1dWflRoXhcWMmISccUwXpGHEWk+A5kHUW9D1Y0xzNwR6MXfX7/+8eL96x9f",
+	"/BxXtz06JeEb4k3s8ckjFkPw28U41UYkjff1TxR6d05Eflf3tevnfJz+QZyt7N04btVqSB2D6ehA12cV",
+	"1Pjbh0/Rx/odGrIat0dRncsE/M2zs1buVtjZrdlbRaKr/I2O+lC5s06srs88SBb9UB4BmZeBp8QiCCil",
+	"ZGXIElY8S9yUSCqNfIb8BlNhrMh75EUrjXollwwRWbxrdQ61XCQAHhaZyN3byG/w6AA2HLh5VZ3x+JVC",
+	"d8BUggPi7hmQH7//3P8NvKbPfm2LYuUh94nQGSch7CI+DymrdDWiWQEZDOIFn5XcR1JAJy6RE8Qen5z2",
+	"2Tl7cn0NkSZkioHNC6NwGMR8+bRtXJ2hsjkAZNBw5FTpXEDQ0ufMDL1v9i75YWFnfyRDhO4/b45YMaZ2",
+	"lnh1eowRi8cf4b8vk0+B8bO+w391L9xx8Cz00baklJdx4/UMHDHQFIkfTbZX40OrZB7KfVY6pT4MpcXV",
+	"I+tLzR7XNLDqFZzpy6Tz6UPLPhxjKQq4n27YctRys73EKQaVSkB2xA5TLEmtvdnStQa8PAc/plZohjFW",
+	"Z8CXqF4vxT+iuO1zfaRhl9K1SEUhoTEAVB2quOwOw7AgRoFs6zF55PrsOb6EsfX4OUFqmqGiQodkf4Gn",
+	"hFVd2l8gzx02sIlpwVJhF519N/BlIuaZtkKNlz+KZedODabbj0VQyYpY7hmjFb6gHyD7EwxrBhWUCNPH",
+	"3RLRLoNFLstEEoE5yxYG3g+26o8y5+AkZ9xgdctDcAHcd09WTWe67WSmetrqIsKkEkCmNZpNeF6HSyJX",
+	"j7vMGzD5CKcv9PPgA/YfEjpcw2WNgm4YqPUARboUIq5ApvOSIDpi4p4TgTwsAsxlqMAGjFXvEP7dJ4z5",
+	"/LQzTyO47lH1xijVIzTgRkO1AOR0LNWzNAExIs9m7yAPF1XUOQWzxt98840b1LlTtYeKoO/L+OZarhKU",
+	"bGdefPnrLy9ffX/x6vXfLl69/Onl+7jHLoUAbmSGCuODcRlAhcZAZhrfwonXhW1lBq/0dKcrzopre5yl",
+	"XKotPoImYk719IDX2AMIsAOEDDeq+7mcUj09xmjRjc7SVE9h99xm+OMAlRbhFCixQJusqWjFMSHIh2fS",
+	"RkPlDgrSEBRZIHMMIadz5vfslVQiYjIZVB6E3lnpmxuqFfYRBCMjhjQ34AJyQjR1J1RC3VFv6IiEDqvA",
+	"awqYBbnY9NlbhM7H2gsr8P9dqL9ZLwDQwyBqIlY6NNypJb+7czHWcxDmYYwShwhnTZUOfI8vRIY+wD2J",
+	"nFLlToS7h6+lMHho3SBLD4iHKAfDSutRQDz89atx1Y0Psw7KJLgBP6B9APC3hii+2kpsjhTbBAf1KWqi",
+	"u3civxL50Tu3ei+QZqisAXr4zjD1sr4b5UhXvai1nWzzoj66kRMV+AiM4Kg6TnsIBUT77V4QrNdye2bz",
+	"A1Ts8rcl8hzWXV/n3jr/iTo4jINwIm8fPf5I/9qkslDZgTtWWqiXtj2gcR6G4/sCC15iLoHL/Zr79bnB",
+	"Wj/3C1qtNnkIMN7fx29AAWNadgQJWmf+b33dtccnz3oEx1RVb/AiPKggyJG9DVzaNgcSdPs99reLgxJf",
+	"Pci6Y1OV6Q3WY92RgssEK99IjsE87pgkg57aDRTVVA5Dmzsvzn5k+X1IdKjVNsc5nJdQYm4NpSogsp1I",
+	"LiynS1Wq6yV1IZYaLkqlnVhSFuYsXcaQ0ggS7kYSLX33B9An78pVGg70D/GU3itpIlTwyvF9YMiJuIFU",
+	"d+GCeHu3p0yfNwkjVaLVAlmhk+JKAAZPeCEaMBJudy7mI5GbmcxQZwOcARJlH514Kwyky1eOAhApoR40",
+	"krkPTME2q2BgGhVZdNxnvT7AJCgLVc/MgIUFbzxiQ63eTfkjoZO6i6pe8IZ1cd1JTIaGwaRdIjKUFa+4",
+	"YjFkWOWi5i7ZSbamMD1aHGzUV7kqkReg8BpiBgDIMabOKKx2p5XwlX+gUpBBjVJpindxMjrWecPWvaqp",
+	"oHRbmZkO+u4R4UIp0oKDYm/Cacgr0j4O+vTJUHnDGqq4jRI9V4AD6aU91xY6fzDrjDJBhmq1wpvXKWCd",
+	"qXYcqTyAWjFg9bpxvarAcFAbaW13MOwea4aVFc767FzVqpWBeQLKHqsljbws2DTWQQEyKtYHHmXKQ5QJ",
+	"LqIvX2aYVlgYqD2uCs4rHr82tWYLh8bP3jt67Ti1Y8vrjkahP3dr7fX631H/uFv1Iaz9uFl7YC+csl4W",
+	"O4udmo3WqKCNvkzKgsEINTwYqvW33Gmn98o0phj06xgJ3yc/uY0PPmTcDNU/3r3+2W3w7W+EV+54E7HR",
+	"Kd3AdDdrOTdXblYlmz2um+OF2Wh4qUoHGjA2hm0e4e8DHHgcYcEszn4Vo3d6fCnsAM0zUPlLgFFpqObC",
+	"GD6t9oeHu7Ni+Vipcvgd5fYmMdMTNKMAe/A1QKmqIAtdhxUnqftgY1Lgh0pDgq4A9Bdid2OuwKchrE9s",
+	"Zt1RrhdG5KYHSZJ6MhF5aQQxxSjLtdVjnRqykvavTpEwY8y57Df5er2bHYCTUjG2xke7u88JYwqfZ1JN",
+	"TcnNK5SIikVrDVyWWU0MWhq0J1HSBrmfTk9Ovi3NTrngRisGZT1ZyZ4jut64Gqo6O/dZwWPuAXJGAmOe",
+	"d2GXv4qRAbq4V465yvxOMT1lJQgVMHyrWnQlCTO/sWeMKBdvjJClAB6PR3gy/XtnK+Vg74GbhMkXm/T2",
+	"l76oD7qCSrdf6RGUFjPh8zK/BlBRrMZLe8THl/32FGJxKMXoj1P+19SF7Qr/fej6m3WpQyr4UZUYWEc4",
+	"b1mZm1DxqqLftKxfgp79R6rYbRRBUMAHpIy3AlES5/pKQBEzpnOWC8unm09NK4cqrbytll2cIlksX0mz",
+	"Iy5BaS7dy7JbFY3cfoXJubS73HXPEQ33TsMGaPiA7tsYlJ5Rjrdf7sinboAT9SCmF2oZ9UyrmwjiFibr",
+	"OrdoDHb5Zw2Ba+4LxlV384Ac4KgJ4z23ihsHoY5ltHrEyoILpWilxHVZ29ZEDKq9sBirnZsLbuM+e+nk",
+	"RBLnfGoRr8GK8vGl0otUJD4CyedVQZRlYcdgVuiimGjLGu8wq8FU2BjScRZgylwtz1zKJSrU4E0vwBPh",
+	"Y3wO0r9fLIlVBiI20wvIstITi1OWZqgSkcoryOBtlSSJBAha/DNl1/VB7sSvT+/ZgRSxTCine/1RMThV",
+	"HvLUHZUSYcQUGWU1wSFBsnGKPpmRYv/jRaHoXZH0DsFdIB24qjq+lb1sunCCkt2tsT2A6ijnorncutWr",
+	"FdcrG1YQohmV+YfIZdlftZ0FWgPVQSf3PCRILwPkhLh6dmHE7/EZI0smqPxQG0ZBycJyHEz6kssekyQM",
+	"AfD4QEFEAPu7NJbKmlyKrMJiLNNj3O3uVHWthioTudQbz3+1tM039Zd1p1azqYoabbldq09on+/iog06",
+	"mdH+BUrnoYXz9qN0WH+IOw10k311RXx1RfyfcEV89UJ89UI0mAsrVnfXLoedOPgNXQxfnQtfnQvbnAtf",
+	"/QoHYxR34kTYwh9SPW1nDa/01CchBCIu1O5wRxzKqTsdqs/eazbBqFIlFj4IGmwdS0AvFoC4WjKWVE89",
+	"V3FSFosHC09Aca860sCWUKwzAyiHiMVNSCam+HMQqqDLUqrCgOq5BABeMGBmUECNSTVUI2EXQqh2koZA",
+	"3BsoN++gPPAORPwL1A/ehdr1tCr3vsvb/wQb6Zdm3KTI5+3qV+oJsq50sa510usoqE0PlGHE7xEbOZXc",
+	"NYgWl94h/ScPTFDkE45SdXBLBfsuj+62xA2v/dPBDdOXwnwFrLMEQFpodyzR7twFPFSx5TJFeQohMBRd",
+	"Vf60rxg/8ZhK22c/01mUBgpYrJ5HOoullusuruo8k3xRz5kAm24mctYtN9uI33urQiUvraaQbRIydcAC",
+	"HyonJOKbRH9nPrGgURvkaE/FcoAox27iIDdVCXblIXfIGvT0Pd+RP/0f0Ugi2t1mwfegORctjGObmnA/",
+	"3GQXNSHQD4JrfF05cOdTDNXKklb3fAMwTERiMLpLTDEHfr3plN1C7vxyD9qXKPZup/9G6ffOyd41Lsdm",
+	"Sw4wvoWpuCu1RAxUUQRZvgy2brSug17pWmiLqfkJOiHJ8+4gL6petvmGaG0Osf3vAdsWmqtip0BKuM/N",
+	"rjpo2+531W4C+iHgkPmB0/7+BnIS+YV7EePTaS6mIM4Afr+xIhuwsS6UjdhcqojN+XXE+NW01MvBrAGl",
+	"aF1PiFphRdZn55bNtZO4Tk9OTuA3A7KOEbl08hD35t0c0iCUEAmWs8mnUC5GZO3s8r2ffSPm7KrI3ULy",
+	"KNl1IeWSODu+OUilsXHvzONHYqHsK5HzFOuvZqlOhC/x0BTQge1srAdRFpENS0jzo3+XBZj7Hz6eRM+e",
+	"fWosvzzn1y+xgdMTyET1f63XoIX6N50B5K92mvNSqeItEgpsxxmjUwJa/UwXuXfSxUArrfmzQFDNebMb",
+	"SpU3D0uopDYo1lXaMqnGaZGIpFeNUelF23hgtAcaz0ImdkZlBK3IIsbZ3zRLCNsa3UQ6FRXoSPzoxMQR",
+	"i5/M42io4tNZHAy6mlYir2SCIIFPTyKW6wJyD4sMXcfQqHdz9Nk7OEnumuMp4irStfiLktdMZBoK67Rt",
+	"jxVZO+DyPeMt+0P8DjhCEw9/DaC9gMTtWAcdZERqmOg88mWBsCoX/H5gnbjk9AZd7Dia++T06CY82uK/",
+	"/HUVRtnHQGKSq7Q+wG7V3ECFkypMZzn3NgeZ9Prsxy2edkaO9hZOjaGGIIp9Loaoz8lcFCzPdpMROYzv",
+	"ylcfUD31lOV6mgtjqMv7pPorKqrfTvEI3sLKF4ElUkCJx5lDqCyQTtoI1Ffv//JjQPxMthNSuWZRYGjE",
+	"M49S/UECP6qyD8EmNcd+VLt9J8GWP2BkQR4YVXUOTM1JN2gioydxnz2nki7GwwRg4RcmrqUBsHY/2rJE",
+	"rRMsS7xKamgbvX3egYcro7znyEPfe5tap8Si3ITDBOxZKuWzTrI7UOwOXOz4o//nWqbLJiK5z9yUt2Ku",
+	"rw4jP2FTlXbs537wE7+d8f5PuezbUzf8u593CsfKKO85iWPb0fRpHIc8nqtACb7tBwav9s3HEsoFmOOP",
+	"8N8b4MNU9chmvETnWOfuP7hXvvRcMphnsJy4du2ZZDDpO04kgz7ayA0GeBjhd8Pc99vNH5DQNmHCYGoS",
+	"lPrHhCT3Lw2hMxB7ibUEgmJcPhxaLxTr0m8XmU7leOk+Uj5yBv994d+gMtCpQATonI8vyWhnBfia3S8X",
+	"+FevhaY/b24YDvGeWeFGwvR88GAEWjLBVjpt4XeEkrgZQPnOctWg9S81Uw0Gv12dwgU+vEIO3ZPKtLrr",
+	"NwbRrHGn1no9I50sfX2+LNf/EmMs+A+VgLsA6jj9t8yO6rXJexE5oUUyGCrIgMm0gbgnCLGC5FytLevG",
+	"iR5fivyI3ugv5ykUPl35lbufIbmkeg2qwtbeqGDutQLEeegj/h4ac33HWDTADclINU0DENo5l6oK2yZA",
+	"XyCea1sWqaa3DYQ5Ygn7clpzvmSFEZH3bWDuHsJ1QhUvaoxl3M4ck8dcGfdTNWMYZMRink/BYOzrEEa+",
+	"annEYqGuZK7VXCgLa5LykUjhbUjGc/+40mkxF/DPXIBRHx7n8kqmYgoA1PGYZxc8QXRrcGlnQiXmQqv4",
+	"jHG1ZLX6pjnJQ3C3PD45qbYiTJqqcK0Fp6ruQLrMEL4uxdONeCoUh3qTS134kFtYxRgLWR/TF4Q4XIZN",
+	"Q6LjXBfKEqZo/PaXn9nREfz0nV1m4jv8MpLJdyvfouuJClP6fnzd9SNe2JmvZc0rR64Bdz6MLYIiEO5P",
+	"AyUePg47M23ssDNg9DtWdhhxI54+7hZG5ANf46E3dJwj7qFfGAEJYIGHikYAqQo6Z+5rAnnvs5+FhF2Q",
+	"GEbrPuR10owg4hULcmKRbbLQAv5lYPYKwY2prLuF6ynVHIrxYOU8BtWUQaCskkwrXHTY0/Py1KDFBCkT",
+	"aw0B+AKZQKhOaIBPB5HH66X7u/BIGqbzKVfSAIt+gDDRJuNj0auVkM+HyvLpWQkMbXR6JRJw/rC/VsvH",
+	"uvEPb1//FPdWkiR8/+XSL1nXEXwuIEmCEpPWxgMCFDRS7RgGdJcUEuzuma8/HGwvhWiPBOPGFHN02Iyg",
+	"qj4fz0BJ8mVRcVsgHJrKbvhy3Wrpg8+oPKEvy47WKeAubljcslTwK1Fn3V0+MjotrCPmfj92PNIs56lU",
+	"lyzTUoFVS2Ppjl60xrlrSTIs47kBLhtSg2O+nucBi/Nsi0PoKrSfs0K5j8GqUjFnINDHJydVrOxYJ1RV",
+	"Bnw7kwmGOxIH9d3qHIs8v6+Ta1U2vfvw5GFvqGiBkpxPbFUm10N9UgI2TNYIayFoR0/q5kIcjNKewpbC",
+	"noXY0G6ZUmyL3nAnFmpYXuJOuM3GnlGsX1Rxh3haJKLdoxqAdQbwJa0E/G2GSuf1eZb49+1FBFqMjK31",
+	"g4MKs3C/tLlV6aU2V+JpU+3WNZ/qeQAoD1l1VP9iJBwhmlqJYlB8eLrgS1qoXuT4pqPV2p7i9YUyMNzN",
+	"PDVQEpmCKv06O8ZSlpGggwOw8xo0MJ0zMS9AMfK6mftALavKE57syhodQxUQNYYzKA03FQaIAVT889dv",
+	"/v/xEVZ5A1KBtuGlocKfFQMGxo6OPMv67k+ALf/m1fn7H16//cldae5Tiicr4xEmPDUtAQkhdn9deC/j",
+	"EDYJwuFO1cMPnm4LONhZ77s+sjyvy+arAreFugUtwifrWp2WlfbQuzlaWrdMnajy+o+k4rAyDZj423TH",
+	"h/dTOoP4F1DamReeSmCFv714z5rA70EwdlN3IoBH2K7VDn6lqfBOs8hPCNq/vH3Vr1FIU4Hhx6eP7jvP",
+	"v7obKURo95oMP53/78Uvb169Pv8+7h1MMXOXLl2vUoHFhhjRhpoda7r5YbOSSU28bUpytJqPDEGshFj8",
+	"NTf5a27yfeYmg73ia2ry19TkhoxD4nd3l5dcGcs2M/B9k5Lh8685yV9zkjfkJAeM72tK8m0ZxIHzkbfz",
+	"hSzXV1BpU6rp0aVYtvtf3gRv/ij+D2ARrUxou//ELU+0kpftjUpkED4EbYTjgj6bPSvhzt2Jf8WXWi6x",
+	"akF9qMIMCMfU8y+IcpRoX5yh4ROmCYbXdZ/tyuqXFqC7cL4293XPwWKNg0g2hY5dimUFFosLfBAPLfSM",
+	"amGN0NqJa2fucfzxUiy3BK/8rEvwN64q6qKZgvFqrnOxXkHGv0oFV93dzScTgIrbSl/3G6F2pS8PFaHm",
+	"mtprr27MCLZz5ZU13XixkJGh/T55iy/cmUef2v9Sffo0/O23kl/ow/v1aQgt90+5wXdx9/zg1HJfS5qO",
+	"f1aYQIBrcNOR/4I8plmur5cD77lmqZ5KRXpl+Qk4SEld9OHT529eugOGuSVD5Xp1fVLBWZ1PmUmLaa3i",
+	"LN6Haz/XitPGHi7B+4XAexi4R31NOnIjZk4yD8zZqEbQwzlfgp+OfJhDJVUirvEmLicnTZWBRCoFfj5g",
+	"jx8+JL/ohdL2YqILlcRUGxPdlo65WlCXuhoduwpdFis+0Mor2Yu8O+1CXGOZ9LjyPuAc/ZyxqWrnxjpb",
+	"QseKKtD2IMigmv0FeeeoxdJ5C/OmWnhszpWcwAkAH2zglQmbQsO8fxezoidyujI2rUR/qN5DfAPis5sq",
+	"MZMIk1KSatSEMImwzE3KEh2pzzuovj7IexaTqPNNchFxnsOwOF+HocEqHnC41lsOrc0bbjl8Yb9bTux+",
+	"yWHz7yzu1Jd2x+Hod7jjaJnv4I6jllvuOL+9d3HHvclFxnNhWBf2nMVwzcW9oNInDmo1wLZSwaweKrgz",
+	"UFIGpyPcj9qIhpopOkc8ZCdDTuWVY818aiJgu5CaKhJ80/SZ1/4oajd0HGEGm5hYBtFRHMKB0ec9VCPB",
+	"ramm0GfvIGm7dAvS7wMM++qz8yBoXSvhvxuqEuoMotx9EVRiz1RxfRn5opURy3hBUEcLLi3AmGAYnB81",
+	"xP4kcjIRFCiz8O4ZHAG41ZVeDMCfoNOUYage40NFyw0f5Hx8adCDieHJ1AHWbgg3h64H7B7Kq3uVJi+U",
+	"D5mB7ZW+trSv6t14eeDSfOaXR22Q9315YOdtlwfRVoS080cBwVf0Xh10knEPYz4CtrLKRRqut4q5tV1v",
+	"ZattWGd64SSpZVAMVtTOMwKVAT7CJIUq806u9YVm/cEBFHSfzItqHrrgIFYVmKOkugrEyCYUo0vM2x3M",
+	"oZrxK1HVRIake0CD52naZ8914b2iAMqOqAXQo08t55aPuAFpusqXtDlXhiOYPDc4CG++gFB3qBZqZ2JJ",
+	"LJCJ3wueOqYBeCQrlaxaLejvcKnvI0mFutpInyAXFweydn/vsf4L1XbTHiCLpY2I7yFFGwbxNUP7/jO0",
+	"V8noNumaO1glPov87BqxfU3P/pLSszeR61b2tXNudo1AvvTUbJQmDpyZvYfNe7fE7NqSf83L/kzzsuu0",
+	"tFta9lxsjJgpjMjZSMykT8yCMBAsAhqVUSmybjc1PlIRk2gQUA5aou/AtVWaotevgJ/uuirmT+0bZER+",
+	"KHhCA7hgR1JBq8E+yEQoK+2y2gadTzeHLtXXF9IleJrC5qRaTSHutAv4p4GJ36cq1xJp6pjN64v/Op9+",
+	"+SLe63y6XbqrrekhNv2nZb3NYMthg4GTtyZ7lhs61nNh/OaJvOkMNW7b5y0sVQO8ZznpdT7dJCKFO3bI",
+	"+IP6sVsnheDkH3/U+XRLWAEKOlTsMWi4CqGYi/kIUiZV4lmA6bPXC8ijbI5SeZ1Pv3CsjG2r3IKY8Tqf",
+	"3vEVs4HqDk1x59sXYb/Nfe2ocZM8+Dqfft5SYDXAexYAN2y7l/0Ovf2EYnIThnPMM7kaFlkf+I9iaVaM",
+	"RBQLuOqsWuUt55n8PxFHifPYLXzyIKeZWDeo1K17Wm7crU53qyyyLd4RQjEuxfIBWKkhb5Yj0DSWC3V3",
+	"oM4fmDayuNN4yFoX9yxshH3/kdGPpRbQTDObeMEuQY60/cxYnRm20PklZEFgfWzwrorU7Tsm/+YY5mfx",
+	"IyzihDQikjPGk7kEnXHZrA3ikn7hEY5b9uOGZ3g7h1yJY6xveJFIuw3RGNMJ0RfE5jwRFdhzxZi23gWu",
+	"pw3ow6tw0+myTNOBJHDM5AA+BNXB7hj1PBxAWRR5S983Rzj/oi7DciO3X4i4gIcypgCxQlL15nvRvXaL",
+	"S7HpnFBVAgwdaQ2FQi/g39xLX77QE0xm+0aHQThm1bx0MPcqNr959+s7dQjRqHWPP29jy/pA71kOCgaw",
+	"uSoM7usfEaxyvhI9RqhDoEyBE/MgvOsdDyF4MWt/A8W2859tnGf3GEzwE1zIpPm2Kgp4stsl6QNjyBPg",
+	"7kg+bbsiLZ9eoATUjlYzl6r8e4dB/Ar9YrsRYmCVQ4IoQcunBDAkTRXe0DY67zBpLszx5EnjiJoaw9Cg",
+	"JvyOkdap4Kr9U4oeCsBD992nplbdfy6yXEzk9SHXv0YE/gQZfiWSlePdvOb4zgW8c4OJfnk36q6X6Z1d",
+	"oztdoObAAtSB4VXqo/8Ks/IVZuX/DMzK63z6FWTlK8hKE4ZCnevdHdjKdka+L8yKzqdfQVa+gqxsAFkp",
+	"2d5XiJVDsYcDQ61s4goU3N6mnkLw4JdvEoNpbJffcTEOL77/gFiqG6X3G2cZbLN7Qeeft8UrHOI927o2",
+	"VqBQYoE0cVbW/qhl19XSHw+Kf7KtQkXtDFPwUOsh/gmef/mnGOex/RjTehz+HP9EUVobD7LfjcM7988T",
+	"iCTMRO5u89GSiTmXqYcvB1++0mwmp7MQ2hVDEx+AEIGfDtViphGZALDxMdaVSQWhAEkC96QG6SGV6jLA",
+	"s18SKLD7AlJzSezill2JXE6kSHBQTYICrt7nzYlqY7xnVoR9b+JFSFoHCVRJEsapvUba3cBnjj8WRuRb",
+	"ggzOMTAgx1wJH97o6C7REEOuC5tzBbWU5lA2w+kOc75E7H0UikHshzjaoAJA7jM5munrS08q2bAndxZo",
+	"8Avs56ZqWz9rKGcDqFhcGuH5DR+5UVMaAUSr+3ADPxPYc9psQ7tt2/Y2EXNt2/f2845brI3xnkMXN/MO",
+	"H714OP7xvL7JFEq2MyfZlrwNIfVlSi5hvdJHg6mwcQAchJkzZAOtB7aQ/itzZrXlqWkMor6f7Oaqo10i",
+	"i+84xfmuYo5pqz04zfFH+hfdFZuw1u54+bdA9xxQhD/fjNaz79K+9Su4iTufU2kWxN5CqzaoJmUhlLM1",
+	"sBZpmJzPCwsZoKPCUn0NcAI3HBQax+fNgeuDvGcWvIXEPA8+IKn9gPAsIoJNdpuNlTB3A4zyCBXHH+lf",
+	"9VNan8FL8OqBx83RCMXzBDmEvvAPMl3vVR4tCSMjEzmFaoBfRTGepv02FJm75gU7IbEciBd4WJcyXDjL",
+	"9TQXxhwGyumt37qA+zbs6zEf6RymcfPm27TSdxBG7LjHVOtk4FRQCh+QTsFcpEuGtfhEgsQBS+HGNuLj",
+	"S7rErS7APlt9mRWWwQtQTcitm7iSujAlAyNoKteQSC7cq4iqRAKBsXwJpYjABS0ty7mqAkKrbWbnihGG",
+	"CuixWG9KaWaEMmXALL39wHjMF8Menzwri/aBhd892ICNdA5b8HlDI+EYPxHn/EPPXxk3LGh7/ogws5+1",
+	"ZZk2RrpLspkUDsIn3LJXqEgbgZCaj3eW5fpK3M0B/wFQKf22EIIZHHjslqcDgge7tsTkAUHN3OPZovkf",
+	"Xuv/SvZ3SPa4ayvEsz/1YxG/uyF+CJLjjFC+8QMnTAOFCwwwkIbB/Qo2VGMFT+6P8p/j3L8S/pdE+Lhp",
+	"AVMta2lCPAKS1v7nYFusMW3EviHHN4J9xU4C8Nemlv15D0JapZLzYt4ZVMUvpbJiCratLxNCdtfg0Tqt",
+	"laGko2UpFCeHyscJgn63CB13pY8cumifh27FjEyLaZSEGEsWaROWbgZwxSoCA8pdEragXxxvD/EK+0qo",
+	"asm2SnWXYlK/xp1+jTu917hTOnNfY0+/xp421u8q4+HvKup0P6a/bwQqNfA1CvVrFOqGKNQaE/waiXp7",
+	"ZnHgGNRdeYQS1xYzKu9GnwfPcpHnbjm9rUpnhlkOKBhKLEoBsIu1CnyNH5DuwPIllTSzUlhA04XjOWj1",
+	"YkovIhBRIbiKbNeJGAtjdP7AMDvLhQFpzElUEJaF9QH82qPpGn+8P0vCz+La/o0Usq/GhC/HmPDuUmaM",
+	"u6vD85Tb2NKA6u7m6P3c7hhaL6i3ctru7xi8gQX4egS+pCMAe3Yb/wnqcHd04wCNQ10bp6mCR9IJgNLC",
+	"1ZPdJ49HgfcrdX9R1E1aCl8RE/ancpBP7k6sQr+7NGDxqXneqXpRZYDDKHK4ogKLmxN3/Y3Auk6P8Ivq",
+	"yD2Vc2nLFuZcuk3mauy0LpXoRe/+jhHUjfp6ir4sMQlqfa148jaeoSuRG4mTbDVWjAqZJoickeXaifhA",
+	"7VChk2jZuCMwpxI/RL1IeWh4Hipf3ceDRSvNxk5jUFbytLEsz//g0O44UIp6aSUiKpVE63SLTRLjIpd2",
+	"2Rn89iHcMuq/xCZJRJbqpdN9Q5V0aayYu12rt/Sxg7YQ16g7amjaaIKsCwwfwDbQcEtdkrLd70SdIk87",
+	"g84xHFzqfS1Ugo8tOIPBp1cbcj9wqOGQ1xFZ1oHng69K4PkGJJcawLxeKMpkPGOZ0FkqCGie9IN5mDEU",
+	"dADBv82DomYaclWrEGusGVA15yPANw/3yIx1JhLEloSYksLqOeHr/n+EXc9O+zAMfhXrd/kNqdoDcAMh",
+	"IQ4cEDvCIWszVtY1U5Ly57B3R7aT1FlS7Yqo06SO4/lzvi/ZSmyLFRahvQkAT0cHjnyK+OTKRx4TG5kA",
+	"wvAHfKbFSr5gJ6G3FXso1xd0TLXXIu7d7lKmHhdePJ3JY9dXvltkfllfUvHUXuMptfi6cAM1aPdkzZss",
+	"GisMpm7R0uI9RjwHfrIja39/6tbDSgFtc0c0WaIQ+kASx/g3in5vI0Wmnxl2i+/TwHQajOp0ByQ/55W9",
+	"YVn/IGmLzkEF0JpybnNNgplzDyXQvHm2FMRrc13Sd1I+JDsz+Afkx2IJZ72O0m7qEQevDnSzzhJeFWVA",
+	"+hFPiI+Ezs0Vo0bkQi50U2Lyk328eJKVA79KdieGKV1w9KhXx7f+HDWC4/FVuFnkOyutZ8VEDKcVEBfN",
+	"p9Jiw+AZt6BHDLPvZKgMBcfavlc+7Q6nuav4ywzTUd/CUXtLaBp6m+pHFtkmHyOINjbhipG8HjQ+Vouv",
+	"d44pcuPKeYP5Eqys3hrDswjZRRLf4mi9++UyIWXCW91iFCG/FwMH6qKrc2zVMOSyLd8jC0q48hupU79k",
+	"T26P/3xa9OPOKuftxJEPR3INuKndA6PUUTUbnl82G9hac6A7P3tjDnJwTMnx3/6d389/AQAA//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

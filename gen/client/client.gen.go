@@ -94,6 +94,33 @@ func (e AuditEventOutcome) Valid() bool {
 	}
 }
 
+// Defines values for BuildStatus.
+const (
+	BuildStatusCancelled BuildStatus = "cancelled"
+	BuildStatusFailed    BuildStatus = "failed"
+	BuildStatusQueued    BuildStatus = "queued"
+	BuildStatusRunning   BuildStatus = "running"
+	BuildStatusSucceeded BuildStatus = "succeeded"
+)
+
+// Valid indicates whether the value is a known member of the BuildStatus enum.
+func (e BuildStatus) Valid() bool {
+	switch e {
+	case BuildStatusCancelled:
+		return true
+	case BuildStatusFailed:
+		return true
+	case BuildStatusQueued:
+		return true
+	case BuildStatusRunning:
+		return true
+	case BuildStatusSucceeded:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for CommandStatus.
 const (
 	CommandStatusDelivered CommandStatus = "delivered"
@@ -863,6 +890,137 @@ type AuditEventPage struct {
 	Items      []AuditEvent `json:"items"`
 	NextCursor *string      `json:"next_cursor,omitempty"`
 }
+
+// Build defines model for Build.
+type Build struct {
+	Architectures     []Architecture `json:"architectures"`
+	CancelRequestedAt *time.Time     `json:"cancel_requested_at,omitempty"`
+	CreatedAt         time.Time      `json:"created_at"`
+
+	// DurationMs From upload to end.
+	DurationMs *int64 `json:"duration_ms,omitempty"`
+
+	// Error Why a build or one of its images failed.
+	Error      *BuildError        `json:"error,omitempty"`
+	FinishedAt *time.Time         `json:"finished_at,omitempty"`
+	FleetId    openapi_types.UUID `json:"fleet_id"`
+	Id         openapi_types.UUID `json:"id"`
+
+	// LogBytes The log's size as text.
+	LogBytes int64 `json:"log_bytes"`
+	LogLines int64 `json:"log_lines"`
+
+	// LogStoredBytes The compressed log's size in the blob store, once the build ended.
+	LogStoredBytes *int64 `json:"log_stored_bytes,omitempty"`
+
+	// ReleaseId The release the build makes (draft while it runs).
+	ReleaseId openapi_types.UUID `json:"release_id"`
+	Services  []BuildService     `json:"services"`
+
+	// SourceBytes The uploaded tar's size.
+	SourceBytes *int64     `json:"source_bytes,omitempty"`
+	StartedAt   *time.Time `json:"started_at,omitempty"`
+
+	// Status `queued` until a builder starts one of its images; `running`; then
+	// `succeeded` (every image built and pushed, the release final), `failed`
+	// (an image failed, or waited for a builder longer than the deployment
+	// allows; the release failed) or `cancelled` (the release failed).
+	Status  BuildStatus `json:"status"`
+	Version string      `json:"version"`
+}
+
+// BuildError Why a build or one of its images failed.
+type BuildError struct {
+	// Architecture A CPU architecture, in OCI platform spelling.
+	Architecture *Architecture `json:"architecture,omitempty"`
+
+	// Code `build_failed` (the builder's command failed; `step` names the
+	// step), `push_failed`, `no_builder` (no running builder could build
+	// the architecture in time), `timeout` (the build ran longer than the
+	// deployment allows), `source_invalid` (the stored source is unreadable),
+	// `internal`.
+	Code   string `json:"code"`
+	Detail string `json:"detail"`
+
+	// LogTail The image's last log lines before the failure.
+	LogTail *[]string `json:"log_tail,omitempty"`
+	Service *string   `json:"service,omitempty"`
+
+	// Step The failing step as the builder printed it, e.g. `STEP 3/5: RUN make`.
+	Step *string `json:"step,omitempty"`
+}
+
+// BuildImage One service's image for one architecture.
+type BuildImage struct {
+	// Architecture A CPU architecture, in OCI platform spelling.
+	Architecture Architecture `json:"architecture"`
+
+	// Builder The builder replica that built it (or builds it).
+	Builder *string `json:"builder,omitempty"`
+
+	// Digest An OCI content digest.
+	//
+	// Example: sha256:4b1d0c9fa4f5b0f8f0a6b7c52f1e07e4a0d27f3b6e5d8c9a1b2c3d4e5f6a7b8c
+	Digest *Digest `json:"digest,omitempty"`
+
+	// DurationMs From start to finish.
+	DurationMs *int64 `json:"duration_ms,omitempty"`
+
+	// Error Why a build or one of its images failed.
+	Error      *BuildError `json:"error,omitempty"`
+	FinishedAt *time.Time  `json:"finished_at,omitempty"`
+
+	// Image The repository it was pushed to, `<registry host>/<org slug>/<fleet slug>/<service>`.
+	Image     *string    `json:"image,omitempty"`
+	QueuedAt  *time.Time `json:"queued_at,omitempty"`
+	StartedAt *time.Time `json:"started_at,omitempty"`
+
+	// Status `queued` until a builder starts one of its images; `running`; then
+	// `succeeded` (every image built and pushed, the release final), `failed`
+	// (an image failed, or waited for a builder longer than the deployment
+	// allows; the release failed) or `cancelled` (the release failed).
+	Status BuildStatus `json:"status"`
+
+	// Waiting Set while queued when no running builder can build it, saying so; it fails with `no_builder` when that lasts.
+	Waiting *string `json:"waiting,omitempty"`
+}
+
+// BuildLogLine defines model for BuildLogLine.
+type BuildLogLine struct {
+	// Architecture A CPU architecture, in OCI platform spelling.
+	Architecture *Architecture `json:"architecture,omitempty"`
+	Line         string        `json:"line"`
+
+	// Seq Numbers the build's lines from 1; consecutive numbers mean nothing is missing.
+	Seq int64 `json:"seq"`
+
+	// Service The service, or `flock` for the platform's own lines.
+	Service string    `json:"service"`
+	Ts      time.Time `json:"ts"`
+}
+
+// BuildPage defines model for BuildPage.
+type BuildPage struct {
+	Items      []Build `json:"items"`
+	NextCursor *string `json:"next_cursor,omitempty"`
+}
+
+// BuildService defines model for BuildService.
+type BuildService struct {
+	// Image For a service that names an existing image instead of a build, that image.
+	Image  *string      `json:"image,omitempty"`
+	Images []BuildImage `json:"images"`
+
+	// IndexDigest The image index listing every architecture's image, once all are built.
+	IndexDigest *Digest `json:"index_digest,omitempty"`
+	Name        string  `json:"name"`
+}
+
+// BuildStatus `queued` until a builder starts one of its images; `running`; then
+// `succeeded` (every image built and pushed, the release final), `failed`
+// (an image failed, or waited for a builder longer than the deployment
+// allows; the release failed) or `cancelled` (the release failed).
+type BuildStatus string
 
 // Command defines model for Command.
 type Command struct {
@@ -1647,7 +1805,9 @@ type ReleaseService struct {
 	CapAdd      *[]string          `json:"cap_add,omitempty"`
 	Environment *map[string]string `json:"environment,omitempty"`
 
-	// Images The image for each architecture the release supports.
+	// Images The image for each architecture the release supports; a release
+	// needs one for its fleet's architecture. A build's draft release has
+	// none until the builder pushed them.
 	Images struct {
 		Amd64   *ServiceImage `json:"amd64,omitempty"`
 		Arm64   *ServiceImage `json:"arm64,omitempty"`
@@ -2255,6 +2415,9 @@ type Version struct {
 	Version string `json:"version"`
 }
 
+// BuildId defines model for BuildId.
+type BuildId = openapi_types.UUID
+
 // CommandId defines model for CommandId.
 type CommandId = openapi_types.UUID
 
@@ -2330,6 +2493,24 @@ type DeviceDeltaGetParams struct {
 // DeviceStateGetParams defines parameters for DeviceStateGet.
 type DeviceStateGetParams struct {
 	IfNoneMatch *string `json:"If-None-Match,omitempty"`
+}
+
+// BuildCancelParams defines parameters for BuildCancel.
+type BuildCancelParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// BuildLogStreamParams defines parameters for BuildLogStream.
+type BuildLogStreamParams struct {
+	// LastEventId Resume after this line's `seq`.
+	LastEventId *int64 `form:"last_event_id,omitempty" json:"last_event_id,omitempty"`
+
+	// LastEventID The Server-Sent Events resume header; see `last_event_id`.
+	LastEventID *string `json:"Last-Event-ID,omitempty"`
 }
 
 // DeviceGroupUpdateParams defines parameters for DeviceGroupUpdate.
@@ -2602,6 +2783,30 @@ type FleetUpdateParams struct {
 	// that response again (with `Idempotent-Replayed: true`) without running
 	// twice. The same key with a different request is 422. Keys are per caller.
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// BuildListParams defines parameters for BuildList.
+type BuildListParams struct {
+	Status *BuildStatus `form:"status,omitempty" json:"status,omitempty"`
+
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// BuildCreateParams defines parameters for BuildCreate.
+type BuildCreateParams struct {
+	// Version The release's version label.
+	Version *string `form:"version,omitempty" json:"version,omitempty"`
+
+	// Architectures Architectures to build, besides the fleet's own (always built), for
+	// a release that other fleets may also run. Each is built by a builder
+	// that runs on it or emulates it, or by any builder when the service's
+	// Dockerfile needs no `RUN` for it (`COPY`-only images, or `RUN`
+	// only in `FROM --platform=$BUILDPLATFORM` stages).
+	Architectures *[]Architecture `form:"architectures,omitempty" json:"architectures,omitempty"`
 }
 
 // FleetEventsStreamParams defines parameters for FleetEventsStream.
@@ -3559,6 +3764,46 @@ type ClientInterface interface {
 	// Corresponds with POST /internal/v1/mqtt/auth (the `MqttHookAuthenticate` operationId).
 	MqttHookAuthenticate(ctx context.Context, body MqttHookAuthenticateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// BuildGet A build, with each service's images and their status and timings
+	//
+	// Corresponds with GET /v1/builds/{buildId} (the `BuildGet` operationId).
+	BuildGet(ctx context.Context, buildId BuildId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// BuildCancel Cancel a build
+	//
+	// Images not started are cancelled at once; a builder working on one
+	// stops it within seconds (its process is killed). The build ends
+	// `cancelled` and its release `failed`. Cancelling a build that has
+	// ended is 409 `build_ended`, naming its status.
+	//
+	// Corresponds with POST /v1/builds/{buildId}/cancel (the `BuildCancel` operationId).
+	BuildCancel(ctx context.Context, buildId BuildId, params *BuildCancelParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// BuildLogGet A build's log, as text
+	//
+	// Every line so far, oldest first, each as `<service>/<architecture> | <line>`
+	// (the platform's own lines name service `flock`). While the build
+	// runs it is read from the database; once it ended, from the blob store,
+	// where it stays after the build. Secrets are masked (`***`). A log
+	// longer than the deployment's limit (`FLOCK_BUILD_LOG_LIMIT`) keeps its
+	// first lines and says where it was cut.
+	//
+	// Corresponds with GET /v1/builds/{buildId}/log (the `BuildLogGet` operationId).
+	BuildLogGet(ctx context.Context, buildId BuildId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// BuildLogStream Follow a build's log (Server-Sent Events)
+	//
+	// The log's lines so far, then each new one as the builders write it,
+	// as `build.log` events (data: a BuildLogLine, id: its `seq`); when the
+	// build has ended and every line was sent, a `build.end` event (data:
+	// the Build) and the stream closes. Resume with `Last-Event-ID` (or
+	// `last_event_id`): the lines after that seq. A comment line is sent
+	// when nothing happened for a while, to keep proxies from closing the
+	// connection.
+	//
+	// Corresponds with GET /v1/builds/{buildId}/log/stream (the `BuildLogStream` operationId).
+	BuildLogStream(ctx context.Context, buildId BuildId, params *BuildLogStreamParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// CommandGet A command and its status
 	//
 	// Corresponds with GET /v1/commands/{commandId} (the `CommandGet` operationId).
@@ -3853,6 +4098,53 @@ type ClientInterface interface {
 	//
 	// Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
 	FleetUpdate(ctx context.Context, fleetId FleetId, params *FleetUpdateParams, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// BuildList Builds of a fleet
+	//
+	// Corresponds with GET /v1/fleets/{fleetId}/builds (the `BuildList` operationId).
+	BuildList(ctx context.Context, fleetId FleetId, params *BuildListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// BuildCreateWithBody Build a project into a release
+	//
+	// The body is the project as a tar (or a gzip-compressed tar), streamed:
+	// a compose file at its root (`docker-compose.yml`, `docker-compose.yaml`,
+	// `compose.yml` or `compose.yaml`; without one, a root `Dockerfile` makes
+	// a single service `main`) and the build contexts of its services. The
+	// compose file may use, per service: `build` (a context path, or
+	// `context`, `dockerfile`, `args`, `target`), `image`, `environment`,
+	// `labels`, `ports`, `volumes`, `restart`, `privileged`, `cap_add` and
+	// `depends_on`; any other key is refused with 400
+	// `compose_unsupported`, naming each.
+	//
+	// Build secrets follow balena's layout: each file `.flock/secrets/<id>`
+	// is mounted for `RUN --mount=type=secret,id=<id>` steps, and
+	// `.flock/registry-auth.json` (a containers auth file, `{"auths":
+	// {"host": {"auth": "base64(user:password)"}}}`) logs in to other
+	// registries for base images. Neither is ever in a build context, an
+	// image layer or the log (their values are masked), and the uploaded
+	// source is deleted when the build ends.
+	//
+	// A service with `image` only must name an image already in the
+	// platform registry (in this organisation's namespace), by digest or
+	// tag; it is resolved now. Base images (`FROM`) come from the platform
+	// registry (any repository of this organisation) or from registries
+	// the auth file logs in to; public registries cannot be assumed to be
+	// reachable.
+	//
+	// The upload is checked before anything is stored: a tar with a path
+	// that leaves the project (absolute, `..`, a symlink pointing outside),
+	// a compose file that does not parse, a service without `build` or
+	// `image`, a missing or unparsable Dockerfile are 400 with the code
+	// and the offending path, service or key. Then the build is queued (202)
+	// with a draft release that has the compose settings of every service
+	// and no images yet; the builder fills the images in and makes the
+	// release final when every image is built, or failed when one fails
+	// or the build is cancelled.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/builds (the `BuildCreate` operationId).
+	BuildCreateWithBody(ctx context.Context, fleetId FleetId, params *BuildCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// FleetEventsStream Live events of a fleet (Server-Sent Events)
 	//
@@ -4778,6 +5070,86 @@ func (c *Client) MqttHookAuthenticate(ctx context.Context, body MqttHookAuthenti
 	return c.Client.Do(req)
 }
 
+// BuildGet A build, with each service's images and their status and timings
+//
+// Corresponds with GET /v1/builds/{buildId} (the `BuildGet` operationId).
+func (c *Client) BuildGet(ctx context.Context, buildId BuildId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewBuildGetRequest(c.Server, buildId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// BuildCancel Cancel a build
+//
+// Images not started are cancelled at once; a builder working on one
+// stops it within seconds (its process is killed). The build ends
+// `cancelled` and its release `failed`. Cancelling a build that has
+// ended is 409 `build_ended`, naming its status.
+//
+// Corresponds with POST /v1/builds/{buildId}/cancel (the `BuildCancel` operationId).
+func (c *Client) BuildCancel(ctx context.Context, buildId BuildId, params *BuildCancelParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewBuildCancelRequest(c.Server, buildId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// BuildLogGet A build's log, as text
+//
+// Every line so far, oldest first, each as `<service>/<architecture> | <line>`
+// (the platform's own lines name service `flock`). While the build
+// runs it is read from the database; once it ended, from the blob store,
+// where it stays after the build. Secrets are masked (`***`). A log
+// longer than the deployment's limit (`FLOCK_BUILD_LOG_LIMIT`) keeps its
+// first lines and says where it was cut.
+//
+// Corresponds with GET /v1/builds/{buildId}/log (the `BuildLogGet` operationId).
+func (c *Client) BuildLogGet(ctx context.Context, buildId BuildId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewBuildLogGetRequest(c.Server, buildId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// BuildLogStream Follow a build's log (Server-Sent Events)
+//
+// The log's lines so far, then each new one as the builders write it,
+// as `build.log` events (data: a BuildLogLine, id: its `seq`); when the
+// build has ended and every line was sent, a `build.end` event (data:
+// the Build) and the stream closes. Resume with `Last-Event-ID` (or
+// `last_event_id`): the lines after that seq. A comment line is sent
+// when nothing happened for a while, to keep proxies from closing the
+// connection.
+//
+// Corresponds with GET /v1/builds/{buildId}/log/stream (the `BuildLogStream` operationId).
+func (c *Client) BuildLogStream(ctx context.Context, buildId BuildId, params *BuildLogStreamParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewBuildLogStreamRequest(c.Server, buildId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // CommandGet A command and its status
 //
 // Corresponds with GET /v1/commands/{commandId} (the `CommandGet` operationId).
@@ -5393,6 +5765,73 @@ func (c *Client) FleetUpdateWithBody(ctx context.Context, fleetId FleetId, param
 // Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
 func (c *Client) FleetUpdate(ctx context.Context, fleetId FleetId, params *FleetUpdateParams, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewFleetUpdateRequest(c.Server, fleetId, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// BuildList Builds of a fleet
+//
+// Corresponds with GET /v1/fleets/{fleetId}/builds (the `BuildList` operationId).
+func (c *Client) BuildList(ctx context.Context, fleetId FleetId, params *BuildListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewBuildListRequest(c.Server, fleetId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// BuildCreateWithBody Build a project into a release
+//
+// The body is the project as a tar (or a gzip-compressed tar), streamed:
+// a compose file at its root (`docker-compose.yml`, `docker-compose.yaml`,
+// `compose.yml` or `compose.yaml`; without one, a root `Dockerfile` makes
+// a single service `main`) and the build contexts of its services. The
+// compose file may use, per service: `build` (a context path, or
+// `context`, `dockerfile`, `args`, `target`), `image`, `environment`,
+// `labels`, `ports`, `volumes`, `restart`, `privileged`, `cap_add` and
+// `depends_on`; any other key is refused with 400
+// `compose_unsupported`, naming each.
+//
+// Build secrets follow balena's layout: each file `.flock/secrets/<id>`
+// is mounted for `RUN --mount=type=secret,id=<id>` steps, and
+// `.flock/registry-auth.json` (a containers auth file, `{"auths":
+// {"host": {"auth": "base64(user:password)"}}}`) logs in to other
+// registries for base images. Neither is ever in a build context, an
+// image layer or the log (their values are masked), and the uploaded
+// source is deleted when the build ends.
+//
+// A service with `image` only must name an image already in the
+// platform registry (in this organisation's namespace), by digest or
+// tag; it is resolved now. Base images (`FROM`) come from the platform
+// registry (any repository of this organisation) or from registries
+// the auth file logs in to; public registries cannot be assumed to be
+// reachable.
+//
+// The upload is checked before anything is stored: a tar with a path
+// that leaves the project (absolute, `..`, a symlink pointing outside),
+// a compose file that does not parse, a service without `build` or
+// `image`, a missing or unparsable Dockerfile are 400 with the code
+// and the offending path, service or key. Then the build is queued (202)
+// with a draft release that has the compose settings of every service
+// and no images yet; the builder fills the images in and makes the
+// release final when every image is built, or failed when one fails
+// or the build is cancelled.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/fleets/{fleetId}/builds (the `BuildCreate` operationId).
+func (c *Client) BuildCreateWithBody(ctx context.Context, fleetId FleetId, params *BuildCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewBuildCreateRequestWithBody(c.Server, fleetId, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -6927,6 +7366,199 @@ func NewMqttHookAuthenticateRequestWithBody(server string, contentType string, b
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewBuildGetRequest constructs an http.Request for the BuildGet method
+func NewBuildGetRequest(server string, buildId BuildId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "buildId", buildId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/builds/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewBuildCancelRequest constructs an http.Request for the BuildCancel method
+func NewBuildCancelRequest(server string, buildId BuildId, params *BuildCancelParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "buildId", buildId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/builds/%s/cancel", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewBuildLogGetRequest constructs an http.Request for the BuildLogGet method
+func NewBuildLogGetRequest(server string, buildId BuildId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "buildId", buildId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/builds/%s/log", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewBuildLogStreamRequest constructs an http.Request for the BuildLogStream method
+func NewBuildLogStreamRequest(server string, buildId BuildId, params *BuildLogStreamParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "buildId", buildId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/builds/%s/log/stream", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.LastEventId != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "last_event_id", *params.LastEventId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.LastEventID != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Last-Event-ID", *params.LastEventID, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Last-Event-ID", headerParam0)
+		}
+
+	}
 
 	return req, nil
 }
@@ -8765,6 +9397,166 @@ func NewFleetUpdateRequestWithBody(server string, fleetId FleetId, params *Fleet
 		}
 
 	}
+
+	return req, nil
+}
+
+// NewBuildListRequest constructs an http.Request for the BuildList method
+func NewBuildListRequest(server string, fleetId FleetId, params *BuildListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s/builds", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Status != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "status", *params.Status, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewBuildCreateRequestWithBody constructs an http.Request for the BuildCreate method, with any body, and a specified content type
+func NewBuildCreateRequestWithBody(server string, fleetId FleetId, params *BuildCreateParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "fleetId", fleetId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/fleets/%s/builds", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Version != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "version", *params.Version, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Architectures != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", false, "architectures", *params.Architectures, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
 
 	return req, nil
 }
@@ -12195,6 +12987,54 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /internal/v1/mqtt/auth (the `MqttHookAuthenticate` operationId).
 	MqttHookAuthenticateWithResponse(ctx context.Context, body MqttHookAuthenticateJSONRequestBody, reqEditors ...RequestEditorFn) (*MqttHookAuthenticateResponse, error)
 
+	// BuildGetWithResponse A build, with each service's images and their status and timings
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/builds/{buildId} (the `BuildGet` operationId).
+	BuildGetWithResponse(ctx context.Context, buildId BuildId, reqEditors ...RequestEditorFn) (*BuildGetResponse, error)
+
+	// BuildCancelWithResponse Cancel a build
+	//
+	// Images not started are cancelled at once; a builder working on one
+	// stops it within seconds (its process is killed). The build ends
+	// `cancelled` and its release `failed`. Cancelling a build that has
+	// ended is 409 `build_ended`, naming its status.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/builds/{buildId}/cancel (the `BuildCancel` operationId).
+	BuildCancelWithResponse(ctx context.Context, buildId BuildId, params *BuildCancelParams, reqEditors ...RequestEditorFn) (*BuildCancelResponse, error)
+
+	// BuildLogGetWithResponse A build's log, as text
+	//
+	// Every line so far, oldest first, each as `<service>/<architecture> | <line>`
+	// (the platform's own lines name service `flock`). While the build
+	// runs it is read from the database; once it ended, from the blob store,
+	// where it stays after the build. Secrets are masked (`***`). A log
+	// longer than the deployment's limit (`FLOCK_BUILD_LOG_LIMIT`) keeps its
+	// first lines and says where it was cut.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/builds/{buildId}/log (the `BuildLogGet` operationId).
+	BuildLogGetWithResponse(ctx context.Context, buildId BuildId, reqEditors ...RequestEditorFn) (*BuildLogGetResponse, error)
+
+	// BuildLogStreamWithResponse Follow a build's log (Server-Sent Events)
+	//
+	// The log's lines so far, then each new one as the builders write it,
+	// as `build.log` events (data: a BuildLogLine, id: its `seq`); when the
+	// build has ended and every line was sent, a `build.end` event (data:
+	// the Build) and the stream closes. Resume with `Last-Event-ID` (or
+	// `last_event_id`): the lines after that seq. A comment line is sent
+	// when nothing happened for a while, to keep proxies from closing the
+	// connection.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/builds/{buildId}/log/stream (the `BuildLogStream` operationId).
+	BuildLogStreamWithResponse(ctx context.Context, buildId BuildId, params *BuildLogStreamParams, reqEditors ...RequestEditorFn) (*BuildLogStreamResponse, error)
+
 	// CommandGetWithResponse A command and its status
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -12531,6 +13371,55 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with PATCH /v1/fleets/{fleetId} (the `FleetUpdate` operationId).
 	FleetUpdateWithResponse(ctx context.Context, fleetId FleetId, params *FleetUpdateParams, body FleetUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*FleetUpdateResponse, error)
+
+	// BuildListWithResponse Builds of a fleet
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/fleets/{fleetId}/builds (the `BuildList` operationId).
+	BuildListWithResponse(ctx context.Context, fleetId FleetId, params *BuildListParams, reqEditors ...RequestEditorFn) (*BuildListResponse, error)
+
+	// BuildCreateWithBodyWithResponse Build a project into a release
+	//
+	// The body is the project as a tar (or a gzip-compressed tar), streamed:
+	// a compose file at its root (`docker-compose.yml`, `docker-compose.yaml`,
+	// `compose.yml` or `compose.yaml`; without one, a root `Dockerfile` makes
+	// a single service `main`) and the build contexts of its services. The
+	// compose file may use, per service: `build` (a context path, or
+	// `context`, `dockerfile`, `args`, `target`), `image`, `environment`,
+	// `labels`, `ports`, `volumes`, `restart`, `privileged`, `cap_add` and
+	// `depends_on`; any other key is refused with 400
+	// `compose_unsupported`, naming each.
+	//
+	// Build secrets follow balena's layout: each file `.flock/secrets/<id>`
+	// is mounted for `RUN --mount=type=secret,id=<id>` steps, and
+	// `.flock/registry-auth.json` (a containers auth file, `{"auths":
+	// {"host": {"auth": "base64(user:password)"}}}`) logs in to other
+	// registries for base images. Neither is ever in a build context, an
+	// image layer or the log (their values are masked), and the uploaded
+	// source is deleted when the build ends.
+	//
+	// A service with `image` only must name an image already in the
+	// platform registry (in this organisation's namespace), by digest or
+	// tag; it is resolved now. Base images (`FROM`) come from the platform
+	// registry (any repository of this organisation) or from registries
+	// the auth file logs in to; public registries cannot be assumed to be
+	// reachable.
+	//
+	// The upload is checked before anything is stored: a tar with a path
+	// that leaves the project (absolute, `..`, a symlink pointing outside),
+	// a compose file that does not parse, a service without `build` or
+	// `image`, a missing or unparsable Dockerfile are 400 with the code
+	// and the offending path, service or key. Then the build is queued (202)
+	// with a draft release that has the compose settings of every service
+	// and no images yet; the builder fills the images in and makes the
+	// release final when every image is built, or failed when one fails
+	// or the build is cancelled.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/fleets/{fleetId}/builds (the `BuildCreate` operationId).
+	BuildCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, params *BuildCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*BuildCreateResponse, error)
 
 	// FleetEventsStreamWithResponse Live events of a fleet (Server-Sent Events)
 	//
@@ -13593,6 +14482,191 @@ func (r MqttHookAuthenticateResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r MqttHookAuthenticateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type BuildGetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Build
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r BuildGetResponse) GetJSON200() *Build {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r BuildGetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r BuildGetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r BuildGetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r BuildGetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r BuildGetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type BuildCancelResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *Build
+	// ApplicationproblemJSON409 the response for an HTTP 409 `application/problem+json` response
+	ApplicationproblemJSON409 *Problem
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r BuildCancelResponse) GetJSON200() *Build {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSON409 returns the response for an HTTP 409 `application/problem+json` response
+func (r BuildCancelResponse) GetApplicationproblemJSON409() *Problem {
+	return r.ApplicationproblemJSON409
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r BuildCancelResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r BuildCancelResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r BuildCancelResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r BuildCancelResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r BuildCancelResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type BuildLogGetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r BuildLogGetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r BuildLogGetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r BuildLogGetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r BuildLogGetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r BuildLogGetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type BuildLogStreamResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r BuildLogStreamResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r BuildLogStreamResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r BuildLogStreamResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r BuildLogStreamResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r BuildLogStreamResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -14826,6 +15900,116 @@ func (r FleetUpdateResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r FleetUpdateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type BuildListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *BuildPage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r BuildListResponse) GetJSON200() *BuildPage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r BuildListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r BuildListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r BuildListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r BuildListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r BuildListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// BuildCreateResponse202Headers the declared response headers of an HTTP 202 response for BuildCreate
+type BuildCreateResponse202Headers struct {
+	Location *string
+}
+
+type BuildCreateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *Build
+	// ApplicationproblemJSON413 the response for an HTTP 413 `application/problem+json` response
+	ApplicationproblemJSON413 *Problem
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+	// Headers202 the parsed response headers for an HTTP 202 response
+	Headers202 *BuildCreateResponse202Headers
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r BuildCreateResponse) GetJSON202() *Build {
+	return r.JSON202
+}
+
+// GetApplicationproblemJSON413 returns the response for an HTTP 413 `application/problem+json` response
+func (r BuildCreateResponse) GetApplicationproblemJSON413() *Problem {
+	return r.ApplicationproblemJSON413
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r BuildCreateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r BuildCreateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r BuildCreateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r BuildCreateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r BuildCreateResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -17534,6 +18718,78 @@ func (c *ClientWithResponses) MqttHookAuthenticateWithResponse(ctx context.Conte
 	return ParseMqttHookAuthenticateResponse(rsp)
 }
 
+// BuildGetWithResponse A build, with each service's images and their status and timings
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/builds/{buildId} (the `BuildGet` operationId).
+func (c *ClientWithResponses) BuildGetWithResponse(ctx context.Context, buildId BuildId, reqEditors ...RequestEditorFn) (*BuildGetResponse, error) {
+	rsp, err := c.BuildGet(ctx, buildId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseBuildGetResponse(rsp)
+}
+
+// BuildCancelWithResponse Cancel a build
+//
+// Images not started are cancelled at once; a builder working on one
+// stops it within seconds (its process is killed). The build ends
+// `cancelled` and its release `failed`. Cancelling a build that has
+// ended is 409 `build_ended`, naming its status.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/builds/{buildId}/cancel (the `BuildCancel` operationId).
+func (c *ClientWithResponses) BuildCancelWithResponse(ctx context.Context, buildId BuildId, params *BuildCancelParams, reqEditors ...RequestEditorFn) (*BuildCancelResponse, error) {
+	rsp, err := c.BuildCancel(ctx, buildId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseBuildCancelResponse(rsp)
+}
+
+// BuildLogGetWithResponse A build's log, as text
+//
+// Every line so far, oldest first, each as `<service>/<architecture> | <line>`
+// (the platform's own lines name service `flock`). While the build
+// runs it is read from the database; once it ended, from the blob store,
+// where it stays after the build. Secrets are masked (`***`). A log
+// longer than the deployment's limit (`FLOCK_BUILD_LOG_LIMIT`) keeps its
+// first lines and says where it was cut.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/builds/{buildId}/log (the `BuildLogGet` operationId).
+func (c *ClientWithResponses) BuildLogGetWithResponse(ctx context.Context, buildId BuildId, reqEditors ...RequestEditorFn) (*BuildLogGetResponse, error) {
+	rsp, err := c.BuildLogGet(ctx, buildId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseBuildLogGetResponse(rsp)
+}
+
+// BuildLogStreamWithResponse Follow a build's log (Server-Sent Events)
+//
+// The log's lines so far, then each new one as the builders write it,
+// as `build.log` events (data: a BuildLogLine, id: its `seq`); when the
+// build has ended and every line was sent, a `build.end` event (data:
+// the Build) and the stream closes. Resume with `Last-Event-ID` (or
+// `last_event_id`): the lines after that seq. A comment line is sent
+// when nothing happened for a while, to keep proxies from closing the
+// connection.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/builds/{buildId}/log/stream (the `BuildLogStream` operationId).
+func (c *ClientWithResponses) BuildLogStreamWithResponse(ctx context.Context, buildId BuildId, params *BuildLogStreamParams, reqEditors ...RequestEditorFn) (*BuildLogStreamResponse, error) {
+	rsp, err := c.BuildLogStream(ctx, buildId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseBuildLogStreamResponse(rsp)
+}
+
 // CommandGetWithResponse A command and its status
 //
 // Returns a wrapper object for the known response body format(s).
@@ -18067,6 +19323,67 @@ func (c *ClientWithResponses) FleetUpdateWithResponse(ctx context.Context, fleet
 		return nil, err
 	}
 	return ParseFleetUpdateResponse(rsp)
+}
+
+// BuildListWithResponse Builds of a fleet
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/fleets/{fleetId}/builds (the `BuildList` operationId).
+func (c *ClientWithResponses) BuildListWithResponse(ctx context.Context, fleetId FleetId, params *BuildListParams, reqEditors ...RequestEditorFn) (*BuildListResponse, error) {
+	rsp, err := c.BuildList(ctx, fleetId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseBuildListResponse(rsp)
+}
+
+// BuildCreateWithBodyWithResponse Build a project into a release
+//
+// The body is the project as a tar (or a gzip-compressed tar), streamed:
+// a compose file at its root (`docker-compose.yml`, `docker-compose.yaml`,
+// `compose.yml` or `compose.yaml`; without one, a root `Dockerfile` makes
+// a single service `main`) and the build contexts of its services. The
+// compose file may use, per service: `build` (a context path, or
+// `context`, `dockerfile`, `args`, `target`), `image`, `environment`,
+// `labels`, `ports`, `volumes`, `restart`, `privileged`, `cap_add` and
+// `depends_on`; any other key is refused with 400
+// `compose_unsupported`, naming each.
+//
+// Build secrets follow balena's layout: each file `.flock/secrets/<id>`
+// is mounted for `RUN --mount=type=secret,id=<id>` steps, and
+// `.flock/registry-auth.json` (a containers auth file, `{"auths":
+// {"host": {"auth": "base64(user:password)"}}}`) logs in to other
+// registries for base images. Neither is ever in a build context, an
+// image layer or the log (their values are masked), and the uploaded
+// source is deleted when the build ends.
+//
+// A service with `image` only must name an image already in the
+// platform registry (in this organisation's namespace), by digest or
+// tag; it is resolved now. Base images (`FROM`) come from the platform
+// registry (any repository of this organisation) or from registries
+// the auth file logs in to; public registries cannot be assumed to be
+// reachable.
+//
+// The upload is checked before anything is stored: a tar with a path
+// that leaves the project (absolute, `..`, a symlink pointing outside),
+// a compose file that does not parse, a service without `build` or
+// `image`, a missing or unparsable Dockerfile are 400 with the code
+// and the offending path, service or key. Then the build is queued (202)
+// with a draft release that has the compose settings of every service
+// and no images yet; the builder fills the images in and makes the
+// release final when every image is built, or failed when one fails
+// or the build is cancelled.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/fleets/{fleetId}/builds (the `BuildCreate` operationId).
+func (c *ClientWithResponses) BuildCreateWithBodyWithResponse(ctx context.Context, fleetId FleetId, params *BuildCreateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*BuildCreateResponse, error) {
+	rsp, err := c.BuildCreateWithBody(ctx, fleetId, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseBuildCreateResponse(rsp)
 }
 
 // FleetEventsStreamWithResponse Live events of a fleet (Server-Sent Events)
@@ -19423,6 +20740,131 @@ func ParseMqttHookAuthenticateResponse(rsp *http.Response) (*MqttHookAuthenticat
 	return response, nil
 }
 
+// ParseBuildGetResponse parses an HTTP response from a BuildGetWithResponse call
+func ParseBuildGetResponse(rsp *http.Response) (*BuildGetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &BuildGetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Build
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseBuildCancelResponse parses an HTTP response from a BuildCancelWithResponse call
+func ParseBuildCancelResponse(rsp *http.Response) (*BuildCancelResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &BuildCancelResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest Build
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseBuildLogGetResponse parses an HTTP response from a BuildLogGetWithResponse call
+func ParseBuildLogGetResponse(rsp *http.Response) (*BuildLogGetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &BuildLogGetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseBuildLogStreamResponse parses an HTTP response from a BuildLogStreamWithResponse call
+func ParseBuildLogStreamResponse(rsp *http.Response) (*BuildLogStreamResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &BuildLogStreamResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseCommandGetResponse parses an HTTP response from a CommandGetWithResponse call
 func ParseCommandGetResponse(rsp *http.Response) (*CommandGetResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -20267,6 +21709,92 @@ func ParseFleetUpdateResponse(rsp *http.Response) (*FleetUpdateResponse, error) 
 		}
 		response.ApplicationproblemJSONDefault = &dest
 
+	}
+
+	return response, nil
+}
+
+// ParseBuildListResponse parses an HTTP response from a BuildListWithResponse call
+func ParseBuildListResponse(rsp *http.Response) (*BuildListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &BuildListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest BuildPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseBuildCreateResponse parses an HTTP response from a BuildCreateWithResponse call
+func ParseBuildCreateResponse(rsp *http.Response) (*BuildCreateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &BuildCreateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest Build
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 202:
+		var headers BuildCreateResponse202Headers
+		if values := rsp.Header.Values("Location"); len(values) > 0 {
+			var value string
+			if err := runtime.BindStyledParameterWithOptions("simple", "Location", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.Location = &value
+		}
+		response.Headers202 = &headers
 	}
 
 	return response, nil

@@ -9,6 +9,43 @@ import (
 	"context"
 )
 
+// iteratorForBuildLogInsert implements pgx.CopyFromSource.
+type iteratorForBuildLogInsert struct {
+	rows                 []BuildLogInsertParams
+	skippedFirstNextCall bool
+}
+
+func (r *iteratorForBuildLogInsert) Next() bool {
+	if len(r.rows) == 0 {
+		return false
+	}
+	if !r.skippedFirstNextCall {
+		r.skippedFirstNextCall = true
+		return true
+	}
+	r.rows = r.rows[1:]
+	return len(r.rows) > 0
+}
+
+func (r iteratorForBuildLogInsert) Values() ([]interface{}, error) {
+	return []interface{}{
+		r.rows[0].BuildID,
+		r.rows[0].Seq,
+		r.rows[0].Ts,
+		r.rows[0].Service,
+		r.rows[0].Architecture,
+		r.rows[0].Line,
+	}, nil
+}
+
+func (r iteratorForBuildLogInsert) Err() error {
+	return nil
+}
+
+func (q *Queries) BuildLogInsert(ctx context.Context, arg []BuildLogInsertParams) (int64, error) {
+	return q.db.CopyFrom(ctx, []string{"build_log_lines"}, []string{"build_id", "seq", "ts", "service", "architecture", "line"}, &iteratorForBuildLogInsert{rows: arg})
+}
+
 // iteratorForTelemetrySampleCopy implements pgx.CopyFromSource.
 type iteratorForTelemetrySampleCopy struct {
 	rows                 []TelemetrySampleCopyParams

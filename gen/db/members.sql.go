@@ -12,6 +12,29 @@ import (
 	"github.com/google/uuid"
 )
 
+const buildAccess = `-- name: BuildAccess :one
+SELECT b.org_id, m.role FROM builds b
+LEFT JOIN memberships m ON m.org_id = b.org_id AND m.user_id = $1
+WHERE b.id = $2
+`
+
+type BuildAccessParams struct {
+	UserID uuid.UUID
+	ID     uuid.UUID
+}
+
+type BuildAccessRow struct {
+	OrgID uuid.UUID
+	Role  *OrgRole
+}
+
+func (q *Queries) BuildAccess(ctx context.Context, arg BuildAccessParams) (BuildAccessRow, error) {
+	row := q.db.QueryRow(ctx, buildAccess, arg.UserID, arg.ID)
+	var i BuildAccessRow
+	err := row.Scan(&i.OrgID, &i.Role)
+	return i, err
+}
+
 const deviceAccess = `-- name: DeviceAccess :one
 SELECT d.org_id, m.role FROM devices d
 LEFT JOIN memberships m ON m.org_id = d.org_id AND m.user_id = $1

@@ -84,6 +84,66 @@ type AuditEvent struct {
 	Status     int32
 }
 
+type Build struct {
+	ID                uuid.UUID
+	OrgID             uuid.UUID
+	FleetID           uuid.UUID
+	ReleaseID         uuid.UUID
+	Status            string
+	Version           string
+	Architectures     []string
+	Services          []byte
+	Indexes           []byte
+	SourceKey         string
+	SourceBytes       int64
+	Error             []byte
+	LogSeq            int64
+	LogBytes          int64
+	LogTruncated      bool
+	LogKey            *string
+	LogStoredBytes    *int64
+	CreatedBy         string
+	CreatedAt         time.Time
+	StartedAt         *time.Time
+	FinishedAt        *time.Time
+	CancelRequestedAt *time.Time
+	UpdatedAt         time.Time
+}
+
+type BuildImage struct {
+	BuildID      uuid.UUID
+	Service      string
+	Architecture string
+	NeedsRun     bool
+	Status       string
+	Image        *string
+	Digest       *string
+	MediaType    *string
+	ManifestSize *int64
+	Holder       *string
+	LeaseUntil   *time.Time
+	Attempts     int32
+	Error        []byte
+	QueuedAt     time.Time
+	StartedAt    *time.Time
+	FinishedAt   *time.Time
+}
+
+type BuildLogLine struct {
+	BuildID      uuid.UUID
+	Seq          int64
+	Ts           time.Time
+	Service      string
+	Architecture string
+	Line         string
+}
+
+type Builder struct {
+	Holder        string
+	Architectures []string
+	SeenAt        time.Time
+}
+
 type Command struct {
 	ID             uuid.UUID
 	OrgID          uuid.UUID

@@ -23,6 +23,56 @@ type Querier interface {
 	AuditEventInsert(ctx context.Context, arg AuditEventInsertParams) error
 	// Newest first within [since, until), keyset pagination on (occurred_at, id).
 	AuditEventList(ctx context.Context, arg AuditEventListParams) ([]AuditEvent, error)
+	BuildAccess(ctx context.Context, arg BuildAccessParams) (BuildAccessRow, error)
+	BuildByRelease(ctx context.Context, releaseID uuid.UUID) (Build, error)
+	BuildCreate(ctx context.Context, arg BuildCreateParams) (Build, error)
+	BuildFinish(ctx context.Context, arg BuildFinishParams) (Build, error)
+	BuildForUpdate(ctx context.Context, id uuid.UUID) (Build, error)
+	BuildGet(ctx context.Context, id uuid.UUID) (Build, error)
+	// Takes one image of the build that this builder can build: queued, or
+	// running under a lease that ran out; an architecture it runs on or
+	// emulates, or one without RUN steps for it. Another builder's claim of
+	// the same row waits for this one, then skips it.
+	BuildImageClaim(ctx context.Context, arg BuildImageClaimParams) (BuildImage, error)
+	BuildImageCreate(ctx context.Context, arg BuildImageCreateParams) error
+	BuildImageFailQueued(ctx context.Context, arg BuildImageFailQueuedParams) (int64, error)
+	// Records the holder's outcome; 0 rows: the lease was lost meanwhile.
+	BuildImageFinish(ctx context.Context, arg BuildImageFinishParams) (int64, error)
+	// Gives an image back as queued (the builder is stopping).
+	BuildImageRelease(ctx context.Context, arg BuildImageReleaseParams) (int64, error)
+	// Extends the holder's lease; no row: the lease was lost. Returns whether
+	// the build's cancellation was asked for.
+	BuildImageRenew(ctx context.Context, arg BuildImageRenewParams) (bool, error)
+	BuildImages(ctx context.Context, buildID uuid.UUID) ([]BuildImage, error)
+	BuildImagesCancelQueued(ctx context.Context, buildID uuid.UUID) (int64, error)
+	// The images of several builds (a page of them).
+	BuildImagesOf(ctx context.Context, ids []uuid.UUID) ([]BuildImage, error)
+	// Queued images of open builds that have waited longer than
+	// after_seconds.
+	BuildImagesWaiting(ctx context.Context, afterSeconds float64) ([]BuildImage, error)
+	BuildList(ctx context.Context, arg BuildListParams) ([]Build, error)
+	BuildLogDelete(ctx context.Context, buildID uuid.UUID) error
+	BuildLogInsert(ctx context.Context, arg []BuildLogInsertParams) (int64, error)
+	BuildLogLines(ctx context.Context, arg BuildLogLinesParams) ([]BuildLogLinesRow, error)
+	// Numbers n new lines of b bytes; the caller inserts them in the same
+	// transaction.
+	BuildLogReserve(ctx context.Context, arg BuildLogReserveParams) (BuildLogReserveRow, error)
+	BuildLogState(ctx context.Context, id uuid.UUID) (BuildLogStateRow, error)
+	// Builds with an image this builder could take now, oldest first: what a
+	// builder polls for besides its Kafka records (a record went to another
+	// replica that cannot build that architecture, or was lost).
+	BuildOpenForBuilder(ctx context.Context, arg BuildOpenForBuilderParams) ([]BuildOpenForBuilderRow, error)
+	BuildRequestCancel(ctx context.Context, id uuid.UUID) (Build, error)
+	BuildStarted(ctx context.Context, id uuid.UUID) error
+	BuilderGone(ctx context.Context, holder string) error
+	BuilderSeen(ctx context.Context, arg BuilderSeenParams) error
+	BuildersForget(ctx context.Context) error
+	// Builders seen within the last alive_seconds.
+	BuildersLive(ctx context.Context, aliveSeconds float64) ([]Builder, error)
+	// Open builds that may be ready to end: every image settled, or cancelled
+	// with nothing running. A builder ends them when the one that settled the
+	// last image could not (it stopped).
+	BuildsOpenStale(ctx context.Context) ([]uuid.UUID, error)
 	CommandAccess(ctx context.Context, arg CommandAccessParams) (CommandAccessRow, error)
 	// A device's acknowledgement, applied only when it moves the command
 	// forward: received takes a pending command to delivered; succeeded or
@@ -218,6 +268,9 @@ type Querier interface {
 	// not a member, or for uuid.Nil).
 	RegistryRepoAccess(ctx context.Context, arg RegistryRepoAccessParams) (RegistryRepoAccessRow, error)
 	ReleaseAccess(ctx context.Context, arg ReleaseAccessParams) (ReleaseAccessRow, error)
+	// Ends a build's draft release: final with its services' images, or
+	// failed. A release that is no longer a draft is left alone.
+	ReleaseBuilt(ctx context.Context, arg ReleaseBuiltParams) (Release, error)
 	ReleaseCreate(ctx context.Context, arg ReleaseCreateParams) (Release, error)
 	ReleaseForUpdate(ctx context.Context, id uuid.UUID) (Release, error)
 	ReleaseGet(ctx context.Context, id uuid.UUID) (Release, error)

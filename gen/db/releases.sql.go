@@ -12,6 +12,39 @@ import (
 	"github.com/google/uuid"
 )
 
+const releaseBuilt = `-- name: ReleaseBuilt :one
+UPDATE releases SET status = $1, services = $2,
+  finalized_at = CASE WHEN $1::text = 'final' THEN now() END
+WHERE id = $3 AND status = 'draft'
+RETURNING id, org_id, fleet_id, version, status, services, tags, created_at, updated_at, finalized_at
+`
+
+type ReleaseBuiltParams struct {
+	Status   string
+	Services []byte
+	ID       uuid.UUID
+}
+
+// Ends a build's draft release: final with its services' images, or
+// failed. A release that is no longer a draft is left alone.
+func (q *Queries) ReleaseBuilt(ctx context.Context, arg ReleaseBuiltParams) (Release, error) {
+	row := q.db.QueryRow(ctx, releaseBuilt, arg.Status, arg.Services, arg.ID)
+	var i Release
+	err := row.Scan(
+		&i.ID,
+		&i.OrgID,
+		&i.FleetID,
+		&i.Version,
+		&i.Status,
+		&i.Services,
+		&i.Tags,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.FinalizedAt,
+	)
+	return i, err
+}
+
 const releaseCreate = `-- name: ReleaseCreate :one
 INSERT INTO releases (org_id, fleet_id, version, status, services, tags, finalized_at)
 VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $4 = 'final' THEN now() END)

@@ -2,9 +2,12 @@ package releases
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"github.com/flock-io/flock-api/internal/postgres"
 	"net/http"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
@@ -27,6 +30,12 @@ func (h *Releases) ReleaseUpdate(ctx context.Context, req api.ReleaseUpdateReque
 				"release %s is %s; only a draft can become final or failed", r.ID, r.Status)
 		}
 		status = string(*s)
+		if b, err := q.BuildByRelease(ctx, r.ID); err == nil && b.FinishedAt == nil {
+			return nil, problem.Errorf(http.StatusConflict, "release_building",
+				"release %s is being made by build %s, which ends it: cancel the build to stop it", r.ID, b.ID)
+		} else if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("build of release %s: %w", r.ID, err)
+		}
 	}
 	t := r.Tags
 	if req.Body.Tags != nil {

@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/flock-io/flock-api/gen"
 	"github.com/flock-io/flock-api/handlers"
+	"github.com/flock-io/flock-api/handlers/builds"
 	"github.com/flock-io/flock-api/handlers/streams"
 	"github.com/flock-io/flock-api/internal/auth"
 	"github.com/flock-io/flock-api/internal/auth/oidcverify"
@@ -48,16 +51,24 @@ func (a *App) initAPI(ctx context.Context) (*modules.Service, error) {
 	// The stream hub is the api target's: it reads the topics while the
 	// target runs, and stopping it ends every open stream, so the HTTP
 	// server (stopped after the api) can drain.
+	spool := filepath.Join(a.cfg.DataDir, "uploads")
+	if err := os.MkdirAll(spool, 0o700); err != nil {
+		return nil, fmt.Errorf("FLOCK_DATA_DIR: %w", err)
+	}
 	hub := livestreams.New(a.bus, livestreams.Options{Log: a.log, Registerer: a.metrics.Registry})
 	server := handlers.New(handlers.Deps{Pool: a.pool, Targets: a.targets, Tokens: a.tokens,
 		TokenEndpoint: TokenEndpoint(a.cfg.PublicURL), Audit: a.audit, MQTTURL: a.mqttPublicURL.Load,
 		KV: a.kv, Telemetry: a.telemetry, MQTTAuth: mqttAuth, MQTTHookToken: a.cfg.MQTTHookToken,
 		MQTTHooksOpen: a.cfg.Dev, Nudge: a.nudger, Bus: a.bus, StreamRecheck: a.cfg.StreamRecheck, Commands: a.commands, StreamHub: hub,
-		Registry: a.registry, RegistryHost: a.cfg.RegistryPublicHost(), Blobs: a.blobs})
+		Registry: a.registry, RegistryHost: a.cfg.RegistryPublicHost(), Blobs: a.blobs,
+		Builds: builds.Builds{MaxUpload: int64(a.cfg.BuildMaxUpload), SpoolDir: spool, Log: a.log}})
+	// A build upload is bounded by FLOCK_BUILD_MAX_UPLOAD instead, and
+	// spooled to disk before its operation runs.
+	a.server.UnlimitedBodiesIf(builds.IsUpload)
 	restapi.Mount(a.server.Router(), spec, server, restapi.Chain{
 		Authn:   a.authn,
 		Guard:   guard,
-		Between: []func(http.Handler) http.Handler{idempotency.Middleware(a.pool, auth.NameOf), streams.CaptureRequest},
+		Between: []func(http.Handler) http.Handler{server.Builds.Spool, idempotency.Middleware(a.pool, auth.NameOf), streams.CaptureRequest},
 		Gate:    server.MQTTHooks.Gate,
 	})
 	docs.Mount(a.server.Router())

@@ -53,6 +53,7 @@ const (
 	Scheduler     = "scheduler"
 	RegistryProxy = "registry-proxy"
 	Delta         = "delta"
+	Builder       = "builder"
 	All           = "all"
 )
 
@@ -84,6 +85,7 @@ func (a *App) table() []modules.Module {
 		{Name: Ingester, Deps: []string{Config, Postgres, Metrics, HTTPServer, KV, Kafka, Telemetry, MQTTBroker, Relay}, Init: a.initIngester},
 		{Name: Scheduler, Deps: []string{Config, Postgres, Metrics, Audit, HTTPServer, Kafka, Nudger}, Init: a.initScheduler},
 		{Name: RegistryProxy, Deps: []string{Config, Postgres, Metrics, HTTPServer, Tokens, Authn, Registry}, Init: a.initRegistryProxy},
+		{Name: Builder, Deps: []string{Config, Postgres, Metrics, HTTPServer, Kafka, Registry, Blob, Tokens, Nudger}, Init: a.initBuilder},
 		{Name: Delta, Deps: []string{Config, Postgres, Metrics, HTTPServer, Kafka, Registry, Blob}, Init: a.initDelta},
 	}
 	var targets []string

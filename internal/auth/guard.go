@@ -76,6 +76,10 @@ var scopes = []scope{
 		r, err := q.ReleaseAccess(ctx, db.ReleaseAccessParams{ID: id, UserID: user})
 		return r.OrgID, r.Role, err
 	}},
+	{"buildId", "build", func(ctx context.Context, q *db.Queries, id, user uuid.UUID) (uuid.UUID, *db.OrgRole, error) {
+		r, err := q.BuildAccess(ctx, db.BuildAccessParams{ID: id, UserID: user})
+		return r.OrgID, r.Role, err
+	}},
 	{"rolloutId", "rollout", func(ctx context.Context, q *db.Queries, id, user uuid.UUID) (uuid.UUID, *db.OrgRole, error) {
 		r, err := q.RolloutAccess(ctx, db.RolloutAccessParams{ID: id, UserID: user})
 		return r.OrgID, r.Role, err

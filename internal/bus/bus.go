@@ -31,6 +31,7 @@ const (
 	TopicRolloutEvents      = "flock.rollout.events.v1"
 	TopicCommandEvents      = "flock.device.command-events.v1"
 	TopicDeltaRequests      = "flock.delta.requests.v1"
+	TopicBuildRequests      = "flock.build.requests.v1"
 )
 
 // AllTopics are the topics Open makes sure exist.
@@ -44,6 +45,7 @@ var AllTopics = []string{
 	TopicRolloutEvents,
 	TopicCommandEvents,
 	TopicDeltaRequests,
+	TopicBuildRequests,
 }
 
 // ErrClosed is returned by Consume when the Bus was closed under it.

@@ -63,6 +63,17 @@ type Config struct {
 	// delta may have; a larger delta is not stored and devices pull layers.
 	DeltaMaxRatio float64
 
+	// Builds: the upload limit, one image's wall-clock limit, a log's size
+	// limit, how long an image waits for a builder able to take it, and the
+	// builder replica's own settings.
+	BuildMaxUpload       ByteSize
+	BuildTimeout         time.Duration
+	BuildLogLimit        ByteSize
+	BuildQueueTimeout    time.Duration
+	BuilderArchitectures string
+	BuilderRegistry      string
+	BuilderInsecure      bool
+
 	MQTTURL           string
 	MQTTListen        string
 	MQTTPublicURL     string
@@ -143,6 +154,13 @@ func Register(fs *flag.FlagSet) *Settings {
 	add("s3-access-key", "", "S3 access key id; unset with an endpoint = the SDK's default credential chain", (*stringValue)(&c.S3AccessKey), false)
 	add("s3-secret-key", "", "S3 secret access key", (*stringValue)(&c.S3SecretKey), true)
 	add("delta-max-ratio", "0.8", "a delta larger than this share of the layers it replaces is not kept: devices pull the layers", (*floatValue)(&c.DeltaMaxRatio), false)
+	add("build-max-upload", "512MiB", "largest project upload a build accepts (413 above)", &c.BuildMaxUpload, false)
+	add("build-timeout", "1h", "wall-clock limit of building and pushing one image", (*durationValue)(&c.BuildTimeout), false)
+	add("build-log-limit", "16MiB", "largest build log kept (as text); later lines are dropped and the log says so", &c.BuildLogLimit, false)
+	add("build-queue-timeout", "15m", "how long an image waits for a running builder able to build its architecture before the build fails (no_builder)", (*durationValue)(&c.BuildQueueTimeout), false)
+	add("builder-architectures", "", "architectures this builder runs RUN steps for (comma list); unset = the host's own plus those with a qemu binfmt_misc handler", (*stringValue)(&c.BuilderArchitectures), false)
+	add("builder-registry", "", "host[:port] where buildah reaches the registry-proxy; unset = the registry host", (*stringValue)(&c.BuilderRegistry), false)
+	add("builder-insecure", "false", "buildah talks to the registry-proxy over plain HTTP (development; the embedded default serves HTTP)", (*boolValue)(&c.BuilderInsecure), false)
 	add("mqtt-url", "", "external MQTT broker the ingester subscribes to (mqtt://host:1883 or mqtts://...); unset = embedded broker", (*stringValue)(&c.MQTTURL), false)
 	add("mqtt-listen", ":1883", "listen address of the embedded MQTT broker (when --mqtt-url is unset)", (*stringValue)(&c.MQTTListen), false)
 	add("mqtt-public-url", "", "MQTT URL devices are told at registration; unset = the embedded broker's port on the public URL's host", (*stringValue)(&c.MQTTPublicURL), false)

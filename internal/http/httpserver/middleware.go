@@ -107,6 +107,12 @@ func (s *Server) recoverer(next http.Handler) http.Handler {
 // so, otherwise when a reader crosses it (the validator maps that to 413).
 func (s *Server) limitBody(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, m := range s.unlimitedIf {
+			if m(r) {
+				next.ServeHTTP(w, r)
+				return
+			}
+		}
 		for _, p := range s.unlimited {
 			if strings.HasPrefix(r.URL.Path, p) {
 				next.ServeHTTP(w, r)

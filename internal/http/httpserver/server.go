@@ -42,12 +42,22 @@ type Server struct {
 	// unlimited are path prefixes whose bodies limitBody lets through;
 	// set while modules are wired, before Run, and read-only after.
 	unlimited []string
+	// unlimitedIf are requests limitBody lets through, by a rule of their
+	// own; same lifetime as unlimited.
+	unlimitedIf []func(*http.Request) bool
 }
 
 // UnlimitedBodies exempts requests under prefix from the body limit, for
 // surfaces that bound their bodies themselves (the registry-proxy streams
 // image layers of any size and caps manifests). Call it before Run.
 func (s *Server) UnlimitedBodies(prefix string) { s.unlimited = append(s.unlimited, prefix) }
+
+// UnlimitedBodiesIf exempts the requests match accepts from the body
+// limit, for one operation that bounds its body itself (a build upload).
+// Call it before Run.
+func (s *Server) UnlimitedBodiesIf(match func(*http.Request) bool) {
+	s.unlimitedIf = append(s.unlimitedIf, match)
+}
 
 // New binds the listen address at once, so a taken or invalid address fails
 // start-up rather than the first request.

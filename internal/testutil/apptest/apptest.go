@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"sync"
 	"testing"
@@ -31,6 +32,9 @@ const PublicURL = "http://flock.test:8080"
 type Server struct {
 	URL         string
 	DatabaseURL string
+	// PublicURL is the URL the server was started with: PublicURL, or
+	// for StartReachable its own address.
+	PublicURL string
 
 	mu   sync.Mutex
 	pool *pgxpool.Pool
@@ -74,7 +78,7 @@ func (s *Server) provider(t testing.TB) *devoidc.Provider {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.prov == nil {
-		p, err := devoidc.New(context.Background(), pool, app.DevIssuer(PublicURL), app.DevAudience)
+		p, err := devoidc.New(context.Background(), pool, app.DevIssuer(s.PublicURL), app.DevAudience)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -89,18 +93,37 @@ func (s *Server) provider(t testing.TB) *devoidc.Provider {
 // exits 0.
 func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
+	return start(t, PublicURL, args)
+}
+
+// StartReachable is Start with the public URL the server's own address,
+// for clients that follow the URLs the server hands out (buildah follows
+// the registry's token realm), and the registry host that address.
+func StartReachable(t testing.TB, args ...string) *Server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return start(t, "http://"+addr, append([]string{"--http-addr=" + addr}, args...))
+}
+
+func start(t testing.TB, publicURL string, args []string) *Server {
+	t.Helper()
 	dbURL := pgtest.URL(t)
 	var logLine func(string)
 	if testing.Verbose() {
 		logLine = func(l string) { t.Log(l) }
 	}
-	full := append([]string{"--database-url=" + dbURL, "--shutdown-grace=5s", "--dev", "--public-url=" + PublicURL, "--mqtt-listen=127.0.0.1:0",
+	full := append([]string{"--database-url=" + dbURL, "--shutdown-grace=5s", "--dev", "--public-url=" + publicURL, "--mqtt-listen=127.0.0.1:0",
 		"--data-dir=" + t.TempDir()}, args...)
 	p, err := launch.Start(full, logLine)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &Server{URL: p.URL, DatabaseURL: dbURL}
+	srv := &Server{URL: p.URL, DatabaseURL: dbURL, PublicURL: publicURL}
 	t.Cleanup(func() {
 		srv.mu.Lock()
 		if srv.pool != nil {

@@ -379,6 +379,166 @@ export interface paths {
         patch: operations["release:update"];
         trace?: never;
     };
+    "/v1/fleets/{fleetId}/builds": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        /** Builds of a fleet */
+        get: operations["build:list"];
+        put?: never;
+        /**
+         * Build a project into a release
+         * @description The body is the project as a tar (or a gzip-compressed tar), streamed:
+         *     a compose file at its root (`docker-compose.yml`, `docker-compose.yaml`,
+         *     `compose.yml` or `compose.yaml`; without one, a root `Dockerfile` makes
+         *     a single service `main`) and the build contexts of its services. The
+         *     compose file may use, per service: `build` (a context path, or
+         *     `context`, `dockerfile`, `args`, `target`), `image`, `environment`,
+         *     `labels`, `ports`, `volumes`, `restart`, `privileged`, `cap_add` and
+         *     `depends_on`; any other key is refused with 400
+         *     `compose_unsupported`, naming each.
+         *
+         *     Build secrets follow balena's layout: each file `.flock/secrets/<id>`
+         *     is mounted for `RUN --mount=type=secret,id=<id>` steps, and
+         *     `.flock/registry-auth.json` (a containers auth file, `{"auths":
+         *     {"host": {"auth": "base64(user:password)"}}}`) logs in to other
+         *     registries for base images. Neither is ever in a build context, an
+         *     image layer or the log (their values are masked), and the uploaded
+         *     source is deleted when the build ends.
+         *
+         *     A service with `image` only must name an image already in the
+         *     platform registry (in this organisation's namespace), by digest or
+         *     tag; it is resolved now. Base images (`FROM`) come from the platform
+         *     registry (any repository of this organisation) or from registries
+         *     the auth file logs in to; public registries cannot be assumed to be
+         *     reachable.
+         *
+         *     The upload is checked before anything is stored: a tar with a path
+         *     that leaves the project (absolute, `..`, a symlink pointing outside),
+         *     a compose file that does not parse, a service without `build` or
+         *     `image`, a missing or unparsable Dockerfile are 400 with the code
+         *     and the offending path, service or key. Then the build is queued (202)
+         *     with a draft release that has the compose settings of every service
+         *     and no images yet; the builder fills the images in and makes the
+         *     release final when every image is built, or failed when one fails
+         *     or the build is cancelled.
+         */
+        post: operations["build:create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/builds/{buildId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The build's id. */
+                buildId: components["parameters"]["BuildId"];
+            };
+            cookie?: never;
+        };
+        /** A build, with each service's images and their status and timings */
+        get: operations["build:get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/builds/{buildId}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The build's id. */
+                buildId: components["parameters"]["BuildId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Cancel a build
+         * @description Images not started are cancelled at once; a builder working on one
+         *     stops it within seconds (its process is killed). The build ends
+         *     `cancelled` and its release `failed`. Cancelling a build that has
+         *     ended is 409 `build_ended`, naming its status.
+         */
+        post: operations["build:cancel"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/builds/{buildId}/log": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The build's id. */
+                buildId: components["parameters"]["BuildId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * A build's log, as text
+         * @description Every line so far, oldest first, each as `<service>/<architecture> | <line>`
+         *     (the platform's own lines name service `flock`). While the build
+         *     runs it is read from the database; once it ended, from the blob store,
+         *     where it stays after the build. Secrets are masked (`***`). A log
+         *     longer than the deployment's limit (`FLOCK_BUILD_LOG_LIMIT`) keeps its
+         *     first lines and says where it was cut.
+         */
+        get: operations["build-log:get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/builds/{buildId}/log/stream": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The build's id. */
+                buildId: components["parameters"]["BuildId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Follow a build's log (Server-Sent Events)
+         * @description The log's lines so far, then each new one as the builders write it,
+         *     as `build.log` events (data: a BuildLogLine, id: its `seq`); when the
+         *     build has ended and every line was sent, a `build.end` event (data:
+         *     the Build) and the stream closes. Resume with `Last-Event-ID` (or
+         *     `last_event_id`): the lines after that seq. A comment line is sent
+         *     when nothing happened for a while, to keep proxies from closing the
+         *     connection.
+         */
+        get: operations["build-log:stream"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/fleets/{fleetId}/variables": {
         parameters: {
             query?: never;
@@ -2053,7 +2213,11 @@ export interface components {
         /** @description One container of a release, in the spirit of a compose service. */
         ReleaseService: {
             name: string;
-            /** @description The image for each architecture the release supports. */
+            /**
+             * @description The image for each architecture the release supports; a release
+             *     needs one for its fleet's architecture. A build's draft release has
+             *     none until the builder pushed them.
+             */
             images: {
                 amd64?: components["schemas"]["ServiceImage"];
                 arm64?: components["schemas"]["ServiceImage"];
@@ -2115,6 +2279,127 @@ export interface components {
             /** @enum {string} */
             status?: "final" | "failed";
             tags?: components["schemas"]["Tags"];
+        };
+        /**
+         * @description `queued` until a builder starts one of its images; `running`; then
+         *     `succeeded` (every image built and pushed, the release final), `failed`
+         *     (an image failed, or waited for a builder longer than the deployment
+         *     allows; the release failed) or `cancelled` (the release failed).
+         * @enum {string}
+         */
+        BuildStatus: "queued" | "running" | "succeeded" | "failed" | "cancelled";
+        /** @description Why a build or one of its images failed. */
+        BuildError: {
+            /**
+             * @description `build_failed` (the builder's command failed; `step` names the
+             *     step), `push_failed`, `no_builder` (no running builder could build
+             *     the architecture in time), `timeout` (the build ran longer than the
+             *     deployment allows), `source_invalid` (the stored source is unreadable),
+             *     `internal`.
+             */
+            code: string;
+            detail: string;
+            service?: string;
+            architecture?: components["schemas"]["Architecture"];
+            /** @description The failing step as the builder printed it, e.g. `STEP 3/5: RUN make`. */
+            step?: string;
+            /** @description The image's last log lines before the failure. */
+            log_tail?: string[];
+        };
+        /** @description One service's image for one architecture. */
+        BuildImage: {
+            architecture: components["schemas"]["Architecture"];
+            status: components["schemas"]["BuildStatus"];
+            /** @description The repository it was pushed to, `<registry host>/<org slug>/<fleet slug>/<service>`. */
+            image?: string;
+            digest?: components["schemas"]["Digest"];
+            /** @description Set while queued when no running builder can build it, saying so; it fails with `no_builder` when that lasts. */
+            waiting?: string;
+            /** @description The builder replica that built it (or builds it). */
+            builder?: string;
+            /** Format: date-time */
+            queued_at?: string;
+            /** Format: date-time */
+            started_at?: string;
+            /** Format: date-time */
+            finished_at?: string;
+            /**
+             * Format: int64
+             * @description From start to finish.
+             */
+            duration_ms?: number;
+            error?: components["schemas"]["BuildError"];
+        };
+        BuildService: {
+            name: string;
+            /** @description For a service that names an existing image instead of a build, that image. */
+            image?: string;
+            /** @description The image index listing every architecture's image, once all are built. */
+            index_digest?: components["schemas"]["Digest"];
+            images: components["schemas"]["BuildImage"][];
+        };
+        Build: {
+            /** Format: uuid */
+            id: string;
+            /** Format: uuid */
+            fleet_id: string;
+            /**
+             * Format: uuid
+             * @description The release the build makes (draft while it runs).
+             */
+            release_id: string;
+            status: components["schemas"]["BuildStatus"];
+            version: string;
+            architectures: components["schemas"]["Architecture"][];
+            services: components["schemas"]["BuildService"][];
+            /**
+             * Format: int64
+             * @description The uploaded tar's size.
+             */
+            source_bytes?: number;
+            error?: components["schemas"]["BuildError"];
+            /** Format: int64 */
+            log_lines: number;
+            /**
+             * Format: int64
+             * @description The log's size as text.
+             */
+            log_bytes: number;
+            /**
+             * Format: int64
+             * @description The compressed log's size in the blob store, once the build ended.
+             */
+            log_stored_bytes?: number;
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            started_at?: string;
+            /** Format: date-time */
+            finished_at?: string;
+            /** Format: date-time */
+            cancel_requested_at?: string;
+            /**
+             * Format: int64
+             * @description From upload to end.
+             */
+            duration_ms?: number;
+        };
+        BuildPage: {
+            items: components["schemas"]["Build"][];
+            next_cursor?: string;
+        };
+        BuildLogLine: {
+            /**
+             * Format: int64
+             * @description Numbers the build's lines from 1; consecutive numbers mean nothing is missing.
+             */
+            seq: number;
+            /** Format: date-time */
+            ts: string;
+            /** @description The service, or `flock` for the platform's own lines. */
+            service: string;
+            architecture?: components["schemas"]["Architecture"];
+            line: string;
         };
         Variable: {
             /** Format: uuid */
@@ -2928,6 +3213,8 @@ export interface components {
         ProvisioningKeyId: string;
         /** @description The release's id. */
         ReleaseId: string;
+        /** @description The build's id. */
+        BuildId: string;
         /** @description The variable's id. */
         VariableId: string;
         /** @description The rollout's id. */
@@ -3783,6 +4070,205 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Release"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "build:list": {
+        parameters: {
+            query?: {
+                status?: components["schemas"]["BuildStatus"];
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of builds, newest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BuildPage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "build:create": {
+        parameters: {
+            query?: {
+                /** @description The release's version label. */
+                version?: string;
+                /**
+                 * @description Architectures to build, besides the fleet's own (always built), for
+                 *     a release that other fleets may also run. Each is built by a builder
+                 *     that runs on it or emulates it, or by any builder when the service's
+                 *     Dockerfile needs no `RUN` for it (`COPY`-only images, or `RUN`
+                 *     only in `FROM --platform=$BUILDPLATFORM` stages).
+                 */
+                architectures?: components["schemas"]["Architecture"][];
+            };
+            header?: never;
+            path: {
+                /** @description The fleet's id. */
+                fleetId: components["parameters"]["FleetId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/x-tar": string;
+            };
+        };
+        responses: {
+            /** @description The queued build; follow it with `GET /v1/builds/{buildId}` or its log stream. */
+            202: {
+                headers: {
+                    /** @description The build's URL. */
+                    Location?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Build"];
+                };
+            };
+            /** @description The upload is larger than the deployment's limit (`FLOCK_BUILD_MAX_UPLOAD`). */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "build:get": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The build's id. */
+                buildId: components["parameters"]["BuildId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The build. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Build"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "build:cancel": {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                /** @description The build's id. */
+                buildId: components["parameters"]["BuildId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The build after the request; `cancel_requested_at` is set and, once its builders stopped, `status` is `cancelled`. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Build"];
+                };
+            };
+            /** @description The build has ended. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "build-log:get": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The build's id. */
+                buildId: components["parameters"]["BuildId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The log. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/plain": string;
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "build-log:stream": {
+        parameters: {
+            query?: {
+                /** @description Resume after this line's `seq`. */
+                last_event_id?: number;
+            };
+            header?: {
+                /** @description The Server-Sent Events resume header; see `last_event_id`. */
+                "Last-Event-ID"?: string;
+            };
+            path: {
+                /** @description The build's id. */
+                buildId: components["parameters"]["BuildId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The stream. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": components["schemas"]["BuildLogLine"];
                 };
             };
             default: components["responses"]["Problem"];
