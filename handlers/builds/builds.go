@@ -191,7 +191,6 @@ func anyRunning(imgs []db.BuildImage) bool {
 	return false
 }
 
-
 func jsonMarshal(v any) ([]byte, error) {
 	b, err := json.Marshal(v)
 	if err != nil {

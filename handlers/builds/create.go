@@ -258,7 +258,6 @@ func (h *Builds) publish(b db.Build) {
 	}
 }
 
-
 // releaseService is a compose service's settings as a release names them.
 func releaseService(s buildsrc.Service) api.ReleaseService {
 	rs := api.ReleaseService{Name: s.Name}

@@ -13,9 +13,9 @@ import (
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
-	"github.com/flock-io/flock-api/internal/deviceimages"
 	"github.com/flock-io/flock-api/internal/auth"
 	"github.com/flock-io/flock-api/internal/blob"
+	"github.com/flock-io/flock-api/internal/deviceimages"
 	"github.com/flock-io/flock-api/internal/http/problem"
 	"github.com/flock-io/flock-api/workers/delta"
 )

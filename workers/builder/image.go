@@ -367,4 +367,3 @@ func authFile(user []byte, host, cred string) ([]byte, []string, error) {
 // buildUser is the registry-proxy's user name for build credentials
 // (registryproxy.BuildUser; not imported, the worker needs only the name).
 const buildUser = "flock-build"
-
