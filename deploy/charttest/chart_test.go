@@ -85,7 +85,7 @@ func TestDefaultValues(t *testing.T) {
 				t.Errorf("%s: %s=%+v although its value is empty", target, name, e)
 			}
 		}
-		if target == "delta" {
+		if target == "delta" || strings.HasPrefix(target, "builder-") {
 			checkDataDir(t, d, "emptyDir", "10Gi")
 		} else {
 			checkDataDir(t, d, "", "")
@@ -201,6 +201,10 @@ func TestEveryTargetAndEveryStore(t *testing.T) {
 
 	deps := byTarget(t, r)
 	want := append(slices.Clone(defaultTargets), laterTargets...)
+	// The builder runs one Deployment per architecture (values.yaml:
+	// amd64 and arm64).
+	want = slices.DeleteFunc(want, func(s string) bool { return s == "builder" })
+	want = append(want, "builder-amd64", "builder-arm64")
 	sort.Strings(want)
 	if got := sortedKeys(deps); !slices.Equal(got, want) {
 		t.Fatalf("Deployments for %v, want one for each of %v", got, want)
@@ -293,7 +297,7 @@ func TestEveryTargetAndEveryStore(t *testing.T) {
 				t.Errorf("%s: %s set; the chart passes FLOCK_S3_ACCESS_KEY and FLOCK_S3_SECRET_KEY", target, name)
 			}
 		}
-		if target == "delta" {
+		if target == "delta" || strings.HasPrefix(target, "builder-") {
 			checkDataDir(t, d, "emptyDir", "10Gi")
 		} else {
 			checkDataDir(t, d, "", "")
@@ -516,6 +520,8 @@ func TestFlockAPIAcceptsTheEnvironment(t *testing.T) {
 			"oidc.issuer=https://auth.example.com", "oidc.audience=a",
 			"mqtt.url=mqtts://emqx:8883", "mqtt.password.existingSecret=m", "mqtt.hookToken.existingSecret=m", "publicURL=https://flock.example.com"),
 		"ratio-from-file": mustRender(t, []string{valuesFile(t, "deltaMaxRatio: 1\n")}),
+		"builders": mustRender(t, nil, "targets.builder.enabled=true", "registry.url=https://harbor", "registry.username=robot$flock", "registry.password.existingSecret=h",
+			"s3.endpoint=https://s3"),
 	}
 	for name, r := range renders {
 		for _, d := range r.deployments() {
@@ -692,7 +698,7 @@ func checkWorkload(t *testing.T, r *rendered, target string, d *appsv1.Deploymen
 		t.Fatalf("%s: %d containers, want 1", d.Name, len(spec.Containers))
 	}
 	c := spec.Containers[0]
-	if !strings.HasPrefix(c.Image, "registry.example.com/flock/flock-api:") {
+	if !strings.HasPrefix(c.Image, "registry.example.com/flock/flock-api:") && !(strings.HasPrefix(target, "builder-") && strings.HasPrefix(c.Image, "registry.example.com/flock/flock-api-builder:")) {
 		t.Errorf("%s: image %q", d.Name, c.Image)
 	}
 	if len(c.Command) != 0 || len(c.Args) != 0 {
@@ -736,7 +742,8 @@ func checkWorkload(t *testing.T, r *rendered, target string, d *appsv1.Deploymen
 	for _, e := range c.Env {
 		if e.Name == "FLOCK_TARGET" {
 			n++
-			if e.Value != target {
+			// builder-<arch> is the builder for one architecture.
+			if want, _, _ := strings.Cut(target, "-"); e.Value != target && !(want == "builder" && e.Value == want) {
 				t.Errorf("%s: FLOCK_TARGET=%q, want %q", d.Name, e.Value, target)
 			}
 		}
@@ -842,10 +849,14 @@ func byTarget(t *testing.T, r *rendered) map[string]*appsv1.Deployment {
 		if !ok {
 			t.Fatalf("Deployment %s sets no FLOCK_TARGET", d.Name)
 		}
-		if out[e.Value] != nil {
-			t.Fatalf("Deployments %s and %s both run %s", out[e.Value].Name, d.Name, e.Value)
+		key := e.Value
+		if a, ok := env(d.Spec.Template.Spec.Containers[0], "FLOCK_BUILDER_ARCHITECTURES"); ok {
+			key += "-" + a.Value // one builder Deployment per architecture
 		}
-		out[e.Value] = d
+		if out[key] != nil {
+			t.Fatalf("Deployments %s and %s both run %s", out[key].Name, d.Name, key)
+		}
+		out[key] = d
 	}
 	return out
 }
@@ -877,4 +888,38 @@ func matches(selector, lbls map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// One builder Deployment per architecture, on nodes of it, each told to
+// build its own, with the builder's own image.
+func TestBuilderPerArchitecture(t *testing.T) {
+	r := mustRender(t, nil, "targets.builder.enabled=true", "targets.builder.image=registry.example.com/flock/flock-api-builder:1",
+		"targets.builder.architectures={arm64,armv7}", "targets.builder.nodeSelector.pool=builders",
+		"registry.url=https://harbor", "registry.username=robot$flock", "registry.password.existingSecret=h", "s3.endpoint=https://s3")
+	deps := byTarget(t, r)
+	for arch, kube := range map[string]string{"arm64": "arm64", "armv7": "arm"} {
+		d, ok := deps["builder-"+arch]
+		if !ok {
+			t.Fatalf("no builder Deployment for %s; Deployments: %v", arch, sortedKeys(deps))
+		}
+		if d.Name != "flock-builder-"+arch {
+			t.Errorf("%s: name %s", arch, d.Name)
+		}
+		ns := d.Spec.Template.Spec.NodeSelector
+		if ns["kubernetes.io/arch"] != kube || ns["pool"] != "builders" {
+			t.Errorf("%s: nodeSelector %v, want kubernetes.io/arch=%s and the target's own", arch, ns, kube)
+		}
+		c := d.Spec.Template.Spec.Containers[0]
+		if c.Image != "registry.example.com/flock/flock-api-builder:1" {
+			t.Errorf("%s: image %s, want the builder's", arch, c.Image)
+		}
+		if e, _ := env(c, "FLOCK_TARGET"); e.Value != "builder" {
+			t.Errorf("%s: FLOCK_TARGET %q", arch, e.Value)
+		}
+		checkWorkload(t, r, "builder-"+arch, d)
+	}
+	if _, ok := deps["builder-amd64"]; ok {
+		t.Error("a builder for amd64, which the values do not list")
+	}
+	checkPDBs(t, r, deps)
 }

@@ -112,7 +112,7 @@ validation refuses the embedded engines for anything else), or nothing: the targ
 {{- $v := .root.Values -}}
 {{- if eq .target "all" -}}
 {{- if $v.persistence.enabled -}}pvc{{- else -}}emptyDir{{- end -}}
-{{- else if eq .target "delta" -}}
+{{- else if or (eq .target "delta") (hasPrefix "builder" .target) -}}
 emptyDir
 {{- else if and (eq .target "api") (or (not $v.registry.url) (not $v.s3.endpoint)) -}}
 emptyDir
@@ -236,4 +236,34 @@ FLOCK_DATA_DIR is a target's own: see deployment.yaml. */}}
 {{- with $v.extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{- /* The Deployments to render, by instance name: one per enabled target,
+except that a builder with architectures becomes one Deployment per
+architecture (builder-<arch>), pinned to nodes of that architecture and
+told to build it, which is how a fleet of arm64 devices gets native
+builds. Each value is {target: FLOCK_TARGET, cfg: the target's values}. */ -}}
+{{- define "flock.instances" -}}
+{{- $out := dict -}}
+{{- range $target, $cfg := .Values.targets -}}
+{{- if $cfg.enabled -}}
+{{- if and (eq $target "builder") $cfg.architectures -}}
+{{- range $arch := $cfg.architectures -}}
+{{- $c := deepCopy $cfg -}}
+{{- $ns := merge (dict "kubernetes.io/arch" (include "flock.kubeArch" $arch)) (deepCopy (default dict (default $.Values.nodeSelector $cfg.nodeSelector))) -}}
+{{- $_ := set $c "nodeSelector" $ns -}}
+{{- $_ := set $c "env" (append (default list $cfg.env) (dict "name" "FLOCK_BUILDER_ARCHITECTURES" "value" $arch)) -}}
+{{- $_ := set $out (printf "builder-%s" $arch) (dict "target" "builder" "cfg" $c) -}}
+{{- end -}}
+{{- else -}}
+{{- $_ := set $out $target (dict "target" $target "cfg" $cfg) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{- /* A Flock architecture's kubernetes.io/arch node label. */ -}}
+{{- define "flock.kubeArch" -}}
+{{- get (dict "amd64" "amd64" "arm64" "arm64" "armv7" "arm" "armv6" "arm" "i386" "386" "riscv64" "riscv64") . -}}
 {{- end -}}

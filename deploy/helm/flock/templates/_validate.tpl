@@ -33,7 +33,7 @@ data volume): the api checks release images in the registry the
 registry-proxy pushes to and the delta target reads, and serves the deltas
 the delta target writes to S3, so outside targets.all they must be shared. */ -}}
 {{- $imagePods := list -}}
-{{- $imageTargets := list "api" "registry-proxy" "delta" "all" -}}
+{{- $imageTargets := list "api" "registry-proxy" "delta" "builder" "all" -}}
 {{- $split := false -}}
 {{- $regPods := 0 -}}
 {{- $s3Pods := 0 -}}
@@ -43,7 +43,7 @@ the delta target writes to S3, so outside targets.all they must be shared. */ -}
 {{- $imagePods = append $imagePods (printf "%s ×%v" $name $t.replicas) -}}
 {{- $regPods = add $regPods $t.replicas -}}
 {{- if ne $name "registry-proxy" -}}{{- $s3Pods = add $s3Pods $t.replicas -}}{{- end -}}
-{{- if has $name (list "registry-proxy" "delta") -}}{{- $split = true -}}{{- end -}}
+{{- if has $name (list "registry-proxy" "delta" "builder") -}}{{- $split = true -}}{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- if and (not $v.registry.url) (or $split (gt (int $regPods) 1)) -}}
