@@ -1,6 +1,8 @@
 package handlers_test
 
 import (
+	"archive/tar"
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
@@ -50,6 +52,7 @@ type world struct {
 	readRollout, readGroup             string     // made once for the read fixtures
 	readCommand                        string     // made once for the read fixtures
 	readMetric                         bool       // a sample stored for the read fixtures
+	readBuild                          string     // made once for the read fixtures
 	reportSeq                          int        // the last seq the world's device reported
 	t                                  *testing.T // the subtest using the world now
 
@@ -191,4 +194,35 @@ func (w *world) withFleet(t *testing.T) *world {
 	w.fleetVar = must(t, srv, 201, "POST", "/v1/fleets/"+w.fleet+"/variables", w.owner, map[string]any{"name": "LEVEL", "value": "1"})["id"].(string)
 	w.deviceVar = must(t, srv, 201, "POST", "/v1/devices/"+w.device.id.String()+"/variables", w.owner, map[string]any{"name": "LEVEL", "value": "2"})["id"].(string)
 	return w
+}
+
+// buildUpload is a project whose build stays open: its Dockerfile runs a
+// command, so its riscv64 image waits for a builder of that architecture,
+// which no test runs, for the default queue timeout (15 minutes).
+func buildUpload(t *testing.T) apptest.Raw {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	df := "FROM scratch\nRUN true\n"
+	if err := tw.WriteHeader(&tar.Header{Name: "Dockerfile", Mode: 0o644, Size: int64(len(df)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Write([]byte(df))
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return apptest.Raw{ContentType: "application/x-tar", Data: buf.Bytes()}
+}
+
+// openBuild uploads a build that stays open (see buildUpload).
+func (w *world) openBuild() string {
+	w.t.Helper()
+	return must(w.t, w.srv, 202, "POST", "/v1/fleets/"+w.fleet+"/builds?architectures=riscv64", w.developer, buildUpload(w.t))["id"].(string)
+}
+
+func (w *world) buildForReads() string {
+	if w.readBuild == "" {
+		w.readBuild = w.openBuild()
+	}
+	return w.readBuild
 }

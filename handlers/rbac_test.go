@@ -126,6 +126,18 @@ var fixtures = map[string]fixture{
 	"release:update": {req: func(w *world) (string, string, any) {
 		return "PATCH", "/v1/releases/" + w.release, map[string]any{"tags": map[string]any{"qa": "passed"}}
 	}},
+	"build:list": {req: func(w *world) (string, string, any) { return "GET", "/v1/fleets/" + w.fleet + "/builds", nil }},
+	"build:get":  {req: func(w *world) (string, string, any) { return "GET", "/v1/builds/" + w.buildForReads(), nil }},
+	"build:create": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/fleets/" + w.fleet + "/builds", buildUpload(w.t)
+	}},
+	"build:cancel": {req: func(w *world) (string, string, any) {
+		return "POST", "/v1/builds/" + w.openBuild() + "/cancel", nil
+	}},
+	"build-log:get": {req: func(w *world) (string, string, any) { return "GET", "/v1/builds/" + w.buildForReads() + "/log", nil }},
+	"build-log:stream": {stream: "sse", req: func(w *world) (string, string, any) {
+		return "GET", "/v1/builds/" + w.buildForReads() + "/log/stream", nil
+	}},
 	"rollout:list": {req: func(w *world) (string, string, any) { return "GET", "/v1/fleets/" + w.fleet + "/rollouts", nil }},
 	"rollout:get":  {req: func(w *world) (string, string, any) { return "GET", "/v1/rollouts/" + w.rolloutForReads(), nil }},
 	"rollout-device:list": {req: func(w *world) (string, string, any) {

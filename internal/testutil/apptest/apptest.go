@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -78,7 +79,11 @@ func (s *Server) provider(t testing.TB) *devoidc.Provider {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.prov == nil {
-		p, err := devoidc.New(context.Background(), pool, app.DevIssuer(s.PublicURL), app.DevAudience)
+		pub := s.PublicURL
+		if pub == "" {
+			pub = PublicURL // a Server a test made itself
+		}
+		p, err := devoidc.New(context.Background(), pool, app.DevIssuer(pub), app.DevAudience)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -154,11 +159,20 @@ func (s *Server) Do(t testing.TB, method, path, token string, body any) (int, ht
 	return status, hdr, out
 }
 
+// Raw is a request body sent as it is, with its content type.
+type Raw struct {
+	ContentType string
+	Data        []byte
+}
+
 // Send is Do that returns what goes wrong instead of failing a test, so any
 // goroutine may call it; header adds request headers.
 func (s *Server) Send(method, path, token string, header http.Header, body any) (int, http.Header, map[string]any, error) {
 	var rd io.Reader
-	if body != nil {
+	raw, isRaw := body.(Raw)
+	if isRaw {
+		rd = bytes.NewReader(raw.Data)
+	} else if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
 			return 0, nil, nil, err
@@ -172,7 +186,10 @@ func (s *Server) Send(method, path, token string, header http.Header, body any) 
 	for k, v := range header {
 		req.Header[k] = v
 	}
-	if body != nil {
+	switch {
+	case isRaw:
+		req.Header.Set("Content-Type", raw.ContentType)
+	case body != nil:
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if token != "" {
@@ -183,14 +200,18 @@ func (s *Server) Send(method, path, token string, header http.Header, body any) 
 		return 0, nil, nil, err
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
+	got, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return 0, nil, nil, fmt.Errorf("%s %s: read body: %w", method, path, err)
 	}
 	var out map[string]any
-	if len(raw) > 0 {
-		if err := json.Unmarshal(raw, &out); err != nil {
-			return 0, nil, nil, fmt.Errorf("%s %s: body is not a JSON object: %w: %s", method, path, err, raw)
+	if ct := resp.Header.Get("Content-Type"); len(got) > 0 && strings.HasPrefix(ct, "text/plain") && resp.StatusCode/100 == 2 {
+		// A text answer (a build log): its text under "text".
+		return resp.StatusCode, resp.Header, map[string]any{"text": string(got)}, nil
+	}
+	if len(got) > 0 {
+		if err := json.Unmarshal(got, &out); err != nil {
+			return 0, nil, nil, fmt.Errorf("%s %s: body is not a JSON object: %w: %s", method, path, err, got)
 		}
 	}
 	return resp.StatusCode, resp.Header, out, nil
