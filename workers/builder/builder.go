@@ -99,7 +99,8 @@ type Worker struct {
 	cfg  Config
 	log  *slog.Logger
 	sem  chan struct{}
-	busy sync.Map // build id → struct{}: builds this replica claims from now
+	wake chan uuid.UUID // builds named by records, for the poll loop
+	busy sync.Map       // build id → struct{}: builds this replica claims from now
 
 	outcomes *prometheus.CounterVec
 	duration prometheus.Histogram
@@ -141,7 +142,7 @@ func New(cfg Config) *Worker {
 		cfg.Log = slog.Default()
 	}
 	w := &Worker{cfg: cfg, log: cfg.Log.With("component", "builder", "holder", cfg.Holder),
-		sem: make(chan struct{}, cfg.Concurrency),
+		sem: make(chan struct{}, cfg.Concurrency), wake: make(chan uuid.UUID, 256),
 		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flock_builder_images_total",
 			Help: "Images this builder worked on, by outcome: succeeded, failed, cancelled, lost (lease lost), stopped (given back as the builder stopped)."},
 			[]string{"outcome"}),
@@ -190,8 +191,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	return err
 }
 
+// handle turns records into wake-ups of the poll loop and returns at once:
+// the claim in PostgreSQL, not the record, is what an image's build hangs
+// on, so a record is committed before its build ends (a replica that dies
+// leaves its lease to run out, and another replica's poll takes the image).
+// Building inside the handler would hold the group's rebalances for as
+// long as a build lasts.
 func (w *Worker) handle(ctx context.Context, recs []bus.Record) error {
-	g, gctx := errgroup.WithContext(ctx)
 	for _, r := range recs {
 		var rec struct {
 			BuildID string `json:"build_id"`
@@ -205,9 +211,12 @@ func (w *Worker) handle(ctx context.Context, recs []bus.Record) error {
 			w.log.WarnContext(ctx, "build request: bad build id", "build_id", rec.BuildID)
 			continue
 		}
-		g.Go(func() error { w.work(gctx, id); return nil })
+		select {
+		case w.wake <- id:
+		default: // the next poll finds it
+		}
 	}
-	return g.Wait()
+	return nil
 }
 
 // pollLoop heartbeats, takes work the records did not bring, fails images
@@ -218,10 +227,20 @@ func (w *Worker) pollLoop(ctx context.Context) error {
 	defer t.Stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	start := func(id uuid.UUID) {
+		if _, busy := w.busy.Load(id); busy {
+			return
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); w.work(ctx, id) }()
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case id := <-w.wake:
+			start(id)
+			continue
 		case <-t.C:
 		}
 		q := db.New(w.cfg.Pool)
@@ -235,11 +254,7 @@ func (w *Worker) pollLoop(ctx context.Context) error {
 			continue
 		}
 		for _, o := range open {
-			if _, busy := w.busy.Load(o.BuildID); busy {
-				continue
-			}
-			wg.Add(1)
-			go func() { defer wg.Done(); w.work(ctx, o.BuildID) }()
+			start(o.BuildID)
 		}
 		if err := w.sweep(ctx, q); err != nil {
 			w.log.WarnContext(ctx, "builder sweep", "error", err.Error())
