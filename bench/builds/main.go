@@ -47,12 +47,15 @@ import (
 func main() {
 	admin := flag.String("database-url", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "PostgreSQL server to create the run's database on")
 	reps := flag.Int("reps", 3, "rounds of each measurement (the median is reported)")
+	flag.BoolVar(&showLog, "log", false, "print the last warm build's log (where the time goes)")
 	flag.Parse()
 	if err := run(context.Background(), *admin, *reps); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/builds:", err)
 		os.Exit(1)
 	}
 }
+
+var showLog bool
 
 type env struct {
 	url, host, token, org string
@@ -120,9 +123,14 @@ func run(ctx context.Context, admin string, reps int) error {
 			return err
 		}
 		for _, list := range []*[]time.Duration{&cold, &warm} {
-			d, draft, _, err := e.build(fleet["id"].(string), tarball)
+			d, draft, b, err := e.build(fleet["id"].(string), tarball)
 			if err != nil {
 				return err
+			}
+			if showLog && list == &warm && i == reps-1 {
+				if err := e.printLog(b["id"].(string)); err != nil {
+					return err
+				}
 			}
 			*list = append(*list, d)
 			toDraft = append(toDraft, draft)
@@ -221,6 +229,18 @@ func (e *env) byHand(root, src, repo string) (time.Duration, error) {
 		}
 	}
 	return time.Since(start), nil
+}
+
+func (e *env) printLog(id string) error {
+	req, _ := http.NewRequest("GET", e.url+"/v1/builds/"+id+"/log", nil)
+	req.Header.Set("Authorization", "Bearer "+e.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(os.Stderr, resp.Body)
+	return err
 }
 
 func projectFiles(base string) map[string]string {
