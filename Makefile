@@ -30,9 +30,10 @@ build:
 ## run: flock-api --target=all --dev on http://127.0.0.1:8080 (Swagger UI at /docs); loopback only, since dev mode opens the MQTT hooks and the dev OIDC provider
 run: build
 	scripts/services.sh postgres
+	scripts/services.sh builder-tools
 	$(BIN) --target=all --dev --http-addr=127.0.0.1:8080 --mqtt-listen=127.0.0.1:1884
 
-## services: install-if-missing and start PostgreSQL, Redis, Mosquitto, ClickHouse; install docker-registry and skopeo
+## services: install-if-missing and start PostgreSQL, Redis, Mosquitto, ClickHouse; install docker-registry, skopeo, buildah and busybox-static
 services:
 	scripts/services.sh
 
