@@ -236,7 +236,9 @@ func (h *Builds) BuildCreate(ctx context.Context, req api.BuildCreateRequestObje
 	if err != nil {
 		return nil, fmt.Errorf("running builders: %w", err)
 	}
-	b.LogSeq, b.LogBytes = 1, 0
+	if b, err = q.BuildGet(ctx, id); err != nil { // with its first log line counted
+		return nil, fmt.Errorf("load build %s: %w", id, err)
+	}
 	out, err := view(b, imgs, live)
 	if err != nil {
 		return nil, err
