@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -92,6 +93,8 @@ func AppendTx(ctx context.Context, q *db.Queries, build uuid.UUID, limit int64, 
 		truncated bool
 	)
 	for _, l := range lines {
+		// PostgreSQL keeps microseconds: counted as it will read back.
+		l.TS = l.TS.Truncate(time.Microsecond)
 		n := int64(len(Format(l)))
 		if limit > 0 && size+n > limit {
 			l = Line{TS: l.TS, Service: PlatformService,
@@ -171,27 +174,55 @@ func storedLines(ctx context.Context, blobs *blob.Store, key string, after int64
 }
 
 // Masker replaces secrets in log text with ***.
-type Masker struct{ r *strings.Replacer }
+type Masker struct{ secrets []string }
 
 // NewMasker masks each of secrets (empty ones and very short ones, which
 // would mask ordinary words, are left out).
 func NewMasker(secrets ...string) *Masker {
-	var pairs []string
+	m := &Masker{}
 	for _, s := range secrets {
 		if len(s) >= 4 {
-			pairs = append(pairs, s, "***")
+			m.secrets = append(m.secrets, s)
 		}
 	}
-	if len(pairs) == 0 {
-		return &Masker{}
-	}
-	return &Masker{r: strings.NewReplacer(pairs...)}
+	return m
 }
 
-// Mask returns s with every secret replaced.
+// Mask returns s with every secret replaced. Where secrets overlap (one
+// a prefix or part of another, or two sharing bytes) the whole stretch
+// they cover is replaced, so no byte of either shows.
 func (m *Masker) Mask(s string) string {
-	if m == nil || m.r == nil {
+	if m == nil || len(m.secrets) == 0 {
 		return s
 	}
-	return m.r.Replace(s)
+	type span struct{ from, to int }
+	var spans []span
+	for _, sec := range m.secrets {
+		for i := 0; i < len(s); {
+			j := strings.Index(s[i:], sec)
+			if j < 0 {
+				break
+			}
+			spans = append(spans, span{i + j, i + j + len(sec)})
+			i += j + 1
+		}
+	}
+	if len(spans) == 0 {
+		return s
+	}
+	slices.SortFunc(spans, func(a, b span) int { return a.from - b.from })
+	var b strings.Builder
+	b.Grow(len(s))
+	at := 0 // s[:at] is written
+	for k := 0; k < len(spans); {
+		cur := spans[k]
+		for k++; k < len(spans) && spans[k].from < cur.to; k++ {
+			cur.to = max(cur.to, spans[k].to)
+		}
+		b.WriteString(s[at:cur.from])
+		b.WriteString("***")
+		at = cur.to
+	}
+	b.WriteString(s[at:])
+	return b.String()
 }
