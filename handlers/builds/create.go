@@ -172,7 +172,7 @@ func (h *Builds) BuildCreate(ctx context.Context, req api.BuildCreateRequestObje
 			if err != nil {
 				return nil, err
 			}
-			bs.Release.Images = builds.ServiceImages(imgs)
+			builds.SetImages(&bs.Release, imgs)
 		}
 		services = append(services, bs)
 		releaseServices = append(releaseServices, bs.Release)

@@ -234,7 +234,7 @@ func (f *Finisher) publish(ctx context.Context, q *db.Queries, b db.Build, servi
 			return nil, nil, fmt.Errorf("push the image index of %s: %w", s.Release.Name, err)
 		}
 		indexes[s.Release.Name] = d.String()
-		out[i].Release.Images = ServiceImages(images)
+		SetImages(&out[i].Release, images)
 	}
 	return indexes, out, nil
 }
@@ -270,40 +270,23 @@ func Repository(orgSlug, fleetSlug, service string) string {
 // Tag is the tag a build's images and indexes are pushed under.
 func Tag(build uuid.UUID) string { return "build-" + build.String() }
 
-// ServiceImages turns a map of architecture to image into the release's
-// per-architecture images.
-func ServiceImages(m map[string]api.ServiceImage) struct {
-	Amd64   *api.ServiceImage `json:"amd64,omitempty"`
-	Arm64   *api.ServiceImage `json:"arm64,omitempty"`
-	Armv6   *api.ServiceImage `json:"armv6,omitempty"`
-	Armv7   *api.ServiceImage `json:"armv7,omitempty"`
-	I386    *api.ServiceImage `json:"i386,omitempty"`
-	Riscv64 *api.ServiceImage `json:"riscv64,omitempty"`
-} {
-	var out struct {
-		Amd64   *api.ServiceImage `json:"amd64,omitempty"`
-		Arm64   *api.ServiceImage `json:"arm64,omitempty"`
-		Armv6   *api.ServiceImage `json:"armv6,omitempty"`
-		Armv7   *api.ServiceImage `json:"armv7,omitempty"`
-		I386    *api.ServiceImage `json:"i386,omitempty"`
-		Riscv64 *api.ServiceImage `json:"riscv64,omitempty"`
-	}
+// SetImages sets a release service's image for each architecture of m.
+func SetImages(rs *api.ReleaseService, m map[string]api.ServiceImage) {
 	for a, img := range m {
 		img := img
 		switch a {
 		case "amd64":
-			out.Amd64 = &img
+			rs.Images.Amd64 = &img
 		case "arm64":
-			out.Arm64 = &img
+			rs.Images.Arm64 = &img
 		case "armv6":
-			out.Armv6 = &img
+			rs.Images.Armv6 = &img
 		case "armv7":
-			out.Armv7 = &img
+			rs.Images.Armv7 = &img
 		case "i386":
-			out.I386 = &img
+			rs.Images.I386 = &img
 		case "riscv64":
-			out.Riscv64 = &img
+			rs.Images.Riscv64 = &img
 		}
 	}
-	return out
 }
