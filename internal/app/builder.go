@@ -43,6 +43,12 @@ func (a *App) initBuilder(ctx context.Context) (*modules.Service, error) {
 			archs = append(archs, x)
 		}
 	}
+	var insecure []string
+	for _, h := range strings.Split(a.cfg.BuilderInsecureRegistries, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			insecure = append(insecure, h)
+		}
+	}
 	host := a.cfg.RegistryPublicHost()
 	realm := RegistryRealm(a.cfg.PublicURL)
 	fin := &builds.Finisher{Pool: a.pool, Blobs: a.blobs, Registry: a.registry, RegistryHost: host,
@@ -52,8 +58,8 @@ func (a *App) initBuilder(ctx context.Context) (*modules.Service, error) {
 			return registryproxy.SignBuildCredential(a.tokens, realm, host, id, ttl)
 		},
 		RegistryHost: host, PushHost: a.cfg.BuilderRegistry,
-		Insecure: a.cfg.BuilderInsecure || strings.HasPrefix(a.cfg.PublicURL, "http://"),
-		DataDir:  dir, Architectures: archs, Timeout: a.cfg.BuildTimeout, LogLimit: int64(a.cfg.BuildLogLimit),
+		Insecure: a.cfg.BuilderInsecure || strings.HasPrefix(a.cfg.PublicURL, "http://"), InsecureRegistries: insecure,
+		DataDir: dir, Architectures: archs, Timeout: a.cfg.BuildTimeout, LogLimit: int64(a.cfg.BuildLogLimit),
 		QueueTimeout: a.cfg.BuildQueueTimeout, Log: a.log, Registerer: a.metrics.Registry})
 	a.log.Info("builder", "buildah", v, "holder", w.Holder())
 	return &modules.Service{Run: w.Run}, nil

@@ -73,6 +73,9 @@ type Config struct {
 	BuilderArchitectures string
 	BuilderRegistry      string
 	BuilderInsecure      bool
+	// BuilderInsecureRegistries are other registries (base images) that
+	// builds reach over plain HTTP.
+	BuilderInsecureRegistries string
 
 	MQTTURL           string
 	MQTTListen        string
@@ -160,6 +163,7 @@ func Register(fs *flag.FlagSet) *Settings {
 	add("build-queue-timeout", "15m", "how long an image waits for a running builder able to build its architecture before the build fails (no_builder)", (*durationValue)(&c.BuildQueueTimeout), false)
 	add("builder-architectures", "", "architectures this builder runs RUN steps for (comma list); unset = the host's own plus those with a qemu binfmt_misc handler", (*stringValue)(&c.BuilderArchitectures), false)
 	add("builder-registry", "", "host[:port] where buildah reaches the registry-proxy; unset = the registry host", (*stringValue)(&c.BuilderRegistry), false)
+	add("builder-insecure-registries", "", "other registries (host:port, comma list) builds pull base images from over plain HTTP (development)", (*stringValue)(&c.BuilderInsecureRegistries), false)
 	add("builder-insecure", "false", "buildah talks to the registry-proxy over plain HTTP (development; the embedded default serves HTTP)", (*boolValue)(&c.BuilderInsecure), false)
 	add("mqtt-url", "", "external MQTT broker the ingester subscribes to (mqtt://host:1883 or mqtts://...); unset = embedded broker", (*stringValue)(&c.MQTTURL), false)
 	add("mqtt-listen", ":1883", "listen address of the embedded MQTT broker (when --mqtt-url is unset)", (*stringValue)(&c.MQTTListen), false)

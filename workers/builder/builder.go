@@ -67,6 +67,9 @@ type Config struct {
 	RegistryHost string
 	PushHost     string
 	Insecure     bool
+	// InsecureRegistries are other registries (base images) reached over
+	// plain HTTP.
+	InsecureRegistries []string
 	// DataDir holds the builds' working directories and the layer
 	// storage (one per fleet, so tenants never share cached layers).
 	DataDir string

@@ -50,6 +50,7 @@ type env struct {
 	token string
 	fleet string
 	org   string // slug
+	orgID string
 	slug  string // fleet slug
 	host  string // registry host
 }
@@ -61,7 +62,7 @@ func setup(t *testing.T, args ...string) *env {
 	tok := srv.Token(t, "builder-dev@example.com")
 	org := mustDo(t, srv, 201, "POST", "/v1/orgs", tok, map[string]any{"name": "Builders Inc"})
 	fleet := mustDo(t, srv, 201, "POST", "/v1/orgs/"+org["id"].(string)+"/fleets", tok, map[string]any{"name": "Edge", "architecture": "amd64"})
-	return &env{srv: srv, token: tok, fleet: fleet["id"].(string), org: org["slug"].(string), slug: fleet["slug"].(string),
+	return &env{srv: srv, token: tok, fleet: fleet["id"].(string), org: org["slug"].(string), orgID: org["id"].(string), slug: fleet["slug"].(string),
 		host: strings.TrimPrefix(srv.PublicURL, "http://")}
 }
 

@@ -211,9 +211,9 @@ func (w *Worker) buildImage(ctx context.Context, img db.BuildImage, lines *logBu
 
 	storage := buildah.Storage{Root: filepath.Join(w.cfg.DataDir, "storage", b.FleetID.String(), "root"),
 		RunRoot: filepath.Join(w.cfg.DataDir, "storage", b.FleetID.String(), "run")}
-	var insecure []string
+	insecure := append([]string(nil), w.cfg.InsecureRegistries...)
 	if w.cfg.Insecure {
-		insecure = []string{w.cfg.PushHost}
+		insecure = append(insecure, w.cfg.PushHost)
 		if w.cfg.RegistryHost != w.cfg.PushHost {
 			insecure = append(insecure, w.cfg.RegistryHost)
 		}
