@@ -313,7 +313,6 @@ func (e *env) pushBase(repo string) (string, error) {
 	return e.host + "/" + repo + "@" + d.String(), nil
 }
 
-
 func (e *env) json(method, path string, body any) (map[string]any, error) {
 	var rd io.Reader
 	if body != nil {
