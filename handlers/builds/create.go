@@ -49,9 +49,16 @@ func (h *Builds) Spool(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
+		// Before anything reads the body: the idempotency middleware would
+		// read all of it into memory.
 		if r.Header.Get(idempotency.Header) != "" {
 			problem.Write(w, r, problem.Invalid("header", idempotency.Header,
 				"build:create does not take an Idempotency-Key: each upload is a build of its own"))
+			return
+		}
+		if !h.mayUpload(r) {
+			// The guard answers (403 or 404) without reading the body.
+			next.ServeHTTP(w, r)
 			return
 		}
 		limit := h.maxUpload()
@@ -71,6 +78,35 @@ func (h *Builds) Spool(next http.Handler) http.Handler {
 		r.Body = sp
 		next.ServeHTTP(w, r)
 	})
+}
+
+// mayUpload reports whether the caller may create builds in the fleet of
+// the path (developer or more in its organisation), so that nobody else
+// makes the server store a body it then refuses. The guard decides again.
+func (h *Builds) mayUpload(r *http.Request) bool {
+	p := auth.PrincipalFrom(r.Context())
+	if p == nil {
+		return false
+	}
+	id, err := uuid.Parse(strings.Split(strings.TrimPrefix(r.URL.Path, "/v1/fleets/"), "/")[0])
+	if err != nil {
+		return false
+	}
+	var user uuid.UUID
+	if p.Kind == auth.KindUser {
+		user = p.UserID
+	}
+	fa, err := db.New(h.Pool).FleetAccess(r.Context(), db.FleetAccessParams{ID: id, UserID: user})
+	if err != nil {
+		return false
+	}
+	switch {
+	case p.Kind == auth.KindAPIKey:
+		return p.KeyOrg == fa.OrgID && auth.AtLeast(p.KeyRole, db.OrgRoleDeveloper)
+	case p.Kind == auth.KindUser:
+		return fa.Role != nil && auth.AtLeast(*fa.Role, db.OrgRoleDeveloper)
+	}
+	return false
 }
 
 func (h *Builds) maxUpload() int64 {

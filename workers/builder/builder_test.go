@@ -370,6 +370,13 @@ func TestBuilds(t *testing.T) {
 		if code, out := e.upload(t, "", big); code != 413 || out["code"] != "build_too_large" {
 			t.Fatalf("a 5 MiB upload = %d %v, want 413", code, out)
 		}
+		// A viewer is refused before the body is read: 403, not 413.
+		mustDo(t, e.srv, 201, "POST", "/v1/orgs/"+e.orgID+"/members", e.token, map[string]any{"email": "viewer@example.com", "role": "viewer"})
+		viewer := *e
+		viewer.token = e.srv.Token(t, "viewer@example.com")
+		if code, out := viewer.upload(t, "", big); code != 403 {
+			t.Fatalf("a viewer's 5 MiB upload = %d %v, want 403", code, out)
+		}
 		list := mustDo(t, e.srv, 200, "GET", "/v1/fleets/"+e.fleet+"/builds", e.token, nil)
 		if n := len(list["items"].([]any)); n != 5 {
 			t.Fatalf("builds listed = %d, want the 5 accepted ones", n)
