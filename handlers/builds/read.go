@@ -209,9 +209,18 @@ func (s logStream) VisitBuildLogStreamResponse(w http.ResponseWriter) error {
 	t := time.NewTicker(poll)
 	defer t.Stop()
 	for {
-		b, imgs, live, err := s.h.load(s.ctx, q, s.id)
+		// One row a poll; the images and builders only for the end event,
+		// or for a cancelled build that may need ending (load ends it).
+		b, err := q.BuildGet(s.ctx, s.id)
 		if err != nil {
-			return err
+			return fmt.Errorf("load build %s: %w", s.id, err)
+		}
+		var imgs []db.BuildImage
+		var live []db.Builder
+		if b.FinishedAt != nil || b.CancelRequestedAt != nil {
+			if b, imgs, live, err = s.h.load(s.ctx, q, s.id); err != nil {
+				return err
+			}
 		}
 		sent := 0
 		err = builds.Lines(s.ctx, q, s.h.Blobs, b, s.after, func(l builds.Line) error {
