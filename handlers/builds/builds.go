@@ -15,6 +15,7 @@ import (
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/gen/events"
 	"github.com/flock-io/flock-api/internal/auth"
 	"github.com/flock-io/flock-api/internal/blob"
 	"github.com/flock-io/flock-api/internal/builds"
@@ -62,12 +63,8 @@ func (h *Builds) builderAlive() time.Duration {
 
 // Request is the record asking builders to run build b.
 func Request(b db.Build) bus.Record {
-	v, _ := json.Marshal(struct {
-		BuildID       string   `json:"build_id"`
-		OrgID         string   `json:"org_id"`
-		Architectures []string `json:"architectures"`
-		RequestedAt   string   `json:"requested_at"`
-	}{b.ID.String(), b.OrgID.String(), b.Architectures, time.Now().UTC().Format(time.RFC3339Nano)})
+	v, _ := json.Marshal(events.BuildRequestRecord{BuildId: b.ID.String(), OrgId: b.OrgID.String(),
+		Architectures: b.Architectures, RequestedAt: time.Now().UTC().Format(time.RFC3339Nano)})
 	return bus.Record{Topic: bus.TopicBuildRequests, Key: []byte(b.ID.String()), Value: v}
 }
 
@@ -135,18 +132,10 @@ func imageView(b db.Build, img db.BuildImage, builders []db.Builder) api.BuildIm
 		}
 	}
 	if img.Status == builds.StatusQueued && b.FinishedAt == nil && !builds.CanAnyBuild(builders, img) {
-		w := NoBuilder(img)
+		w := builds.NoBuilder(img)
 		v.Waiting = &w
 	}
 	return v
-}
-
-// NoBuilder says why img waits.
-func NoBuilder(img db.BuildImage) string {
-	if img.NeedsRun {
-		return fmt.Sprintf("no running builder can build for %s: its Dockerfile runs commands, so it needs a builder on %s or emulating it", img.Architecture, img.Architecture)
-	}
-	return "no builder is running"
 }
 
 func anyImage(s api.ReleaseService) *api.ServiceImage {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -176,7 +177,7 @@ func (h *Builds) BuildCreate(ctx context.Context, req api.BuildCreateRequestObje
 	archs := []string{fleet.Architecture}
 	if req.Params.Architectures != nil {
 		for _, a := range *req.Params.Architectures {
-			if !contains(archs, string(a)) {
+			if !slices.Contains(archs, string(a)) {
 				archs = append(archs, string(a))
 			}
 		}
@@ -388,13 +389,4 @@ func (h *Builds) resolveImage(ctx context.Context, orgSlug, service, ref string,
 		out[a] = api.ServiceImage{Image: h.RegistryHost + "/" + repo, Digest: digest}
 	}
 	return out, nil
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

@@ -6,6 +6,8 @@
 package builds
 
 import (
+	"fmt"
+
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 )
@@ -77,6 +79,14 @@ func CanAnyBuild(builders []db.Builder, img db.BuildImage) bool {
 		}
 	}
 	return false
+}
+
+// NoBuilder says why img waits when no running builder can take it.
+func NoBuilder(img db.BuildImage) string {
+	if img.NeedsRun {
+		return fmt.Sprintf("no running builder can build for %s (its Dockerfile runs commands, so it needs a builder on %s or emulating it)", img.Architecture, img.Architecture)
+	}
+	return "no builder is running"
 }
 
 // SourceKey is where a build's uploaded tar is kept while it runs.

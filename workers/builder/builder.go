@@ -40,6 +40,7 @@ import (
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/gen/events"
 	"github.com/flock-io/flock-api/internal/blob"
 	"github.com/flock-io/flock-api/internal/buildah"
 	"github.com/flock-io/flock-api/internal/builds"
@@ -202,16 +203,14 @@ func (w *Worker) Run(ctx context.Context) error {
 // long as a build lasts.
 func (w *Worker) handle(ctx context.Context, recs []bus.Record) error {
 	for _, r := range recs {
-		var rec struct {
-			BuildID string `json:"build_id"`
-		}
+		var rec events.BuildRequestRecord
 		if err := json.Unmarshal(r.Value, &rec); err != nil {
 			w.log.WarnContext(ctx, "build request: undecodable record", "error", err.Error())
 			continue
 		}
-		id, err := uuid.Parse(rec.BuildID)
+		id, err := uuid.Parse(rec.BuildId)
 		if err != nil {
-			w.log.WarnContext(ctx, "build request: bad build id", "build_id", rec.BuildID)
+			w.log.WarnContext(ctx, "build request: bad build id", "build_id", rec.BuildId)
 			continue
 		}
 		select {
@@ -281,7 +280,7 @@ func (w *Worker) sweep(ctx context.Context, q *db.Queries) error {
 			}
 			arch := api.Architecture(img.Architecture)
 			e, _ := json.Marshal(api.BuildError{Code: builds.CodeNoBuilder, Service: &img.Service, Architecture: &arch,
-				Detail: fmt.Sprintf("waited %s: %s", w.cfg.QueueTimeout, noBuilder(img))})
+				Detail: fmt.Sprintf("waited %s: %s", w.cfg.QueueTimeout, builds.NoBuilder(img))})
 			n, err := q.BuildImageFailQueued(ctx, db.BuildImageFailQueuedParams{BuildID: img.BuildID, Service: img.Service,
 				Architecture: img.Architecture, Error: e})
 			if err != nil {
@@ -289,7 +288,7 @@ func (w *Worker) sweep(ctx context.Context, q *db.Queries) error {
 			}
 			if n > 0 {
 				_ = builds.Append(ctx, w.cfg.Pool, img.BuildID, w.cfg.LogLimit, []builds.Line{{TS: time.Now(),
-					Service: img.Service, Arch: img.Architecture, Text: "failed: " + noBuilder(img)}})
+					Service: img.Service, Arch: img.Architecture, Text: "failed: " + builds.NoBuilder(img)}})
 			}
 		}
 	}
@@ -303,13 +302,6 @@ func (w *Worker) sweep(ctx context.Context, q *db.Queries) error {
 		}
 	}
 	return nil
-}
-
-func noBuilder(img db.BuildImage) string {
-	if img.NeedsRun {
-		return fmt.Sprintf("no running builder can build for %s (its Dockerfile runs commands, so it needs a builder on %s or emulating it)", img.Architecture, img.Architecture)
-	}
-	return "no builder is running"
 }
 
 // work builds every image of build id this replica can take, one claim at

@@ -20,6 +20,7 @@ import (
 	"github.com/flock-io/flock-api/internal/buildah"
 	"github.com/flock-io/flock-api/internal/builds"
 	"github.com/flock-io/flock-api/internal/buildsrc"
+	"github.com/flock-io/flock-api/internal/registryproxy"
 )
 
 // Why an image's build stopped before it ended by itself.
@@ -355,13 +356,9 @@ func authFile(user []byte, host, cred string) ([]byte, []string, error) {
 			masked = append(masked, v)
 		}
 	}
-	basic := base64.StdEncoding.EncodeToString([]byte(buildUser + ":" + cred))
+	basic := base64.StdEncoding.EncodeToString([]byte(registryproxy.BuildUser + ":" + cred))
 	doc.Auths[host] = map[string]string{"auth": basic}
 	masked = append(masked, cred, basic)
 	b, err := json.Marshal(doc)
 	return b, masked, err
 }
-
-// buildUser is the registry-proxy's user name for build credentials
-// (registryproxy.BuildUser; not imported, the worker needs only the name).
-const buildUser = "flock-build"
