@@ -419,6 +419,16 @@ export interface paths {
          *     the auth file logs in to; public registries cannot be assumed to be
          *     reachable.
          *
+         *     A service with `image` that is not in the registry is 422
+         *     `image_not_found`, one in another registry `image_external`, one
+         *     without every architecture of the build `architecture_missing`. A
+         *     project where no service has `build` is 400 `nothing_to_build`
+         *     (register a release instead). The upload is read to its end before
+         *     the checks; one cut short is 400 `upload_incomplete`. Only developers
+         *     and up are read at all: anyone else gets 403 or 404 with the body
+         *     unread. This operation takes no `Idempotency-Key` (400): each upload
+         *     is a build of its own.
+         *
          *     The upload is checked before anything is stored: a tar with a path
          *     that leaves the project (absolute, `..`, a symlink pointing outside),
          *     a compose file that does not parse, a service without `build` or
@@ -494,8 +504,13 @@ export interface paths {
         };
         /**
          * A build's log, as text
-         * @description Every line so far, oldest first, each as `<service>/<architecture> | <line>`
-         *     (the platform's own lines name service `flock`). While the build
+         * @description Every line so far, oldest first, each as
+         *     `<time> <service>/<architecture> | <line>`, the time in RFC 3339 with
+         *     up to microseconds (`2026-12-02T01:08:44.542256Z app/amd64 | STEP 2/4: RUN make`);
+         *     the platform's own lines name service `flock` and may have no
+         *     architecture (`... flock | build succeeded in 2.4s`). Service and
+         *     architecture never hold a space, `/` or `|`, so the first ` | ` ends
+         *     the prefix. The line with number n (BuildLogLine.seq) is the n-th line. While the build
          *     runs it is read from the database; once it ended, from the blob store,
          *     where it stays after the build. Secrets are masked (`***`). A log
          *     longer than the deployment's limit (`FLOCK_BUILD_LOG_LIMIT`) keeps its
@@ -525,7 +540,18 @@ export interface paths {
          * @description The log's lines so far, then each new one as the builders write it,
          *     as `build.log` events (data: a BuildLogLine, id: its `seq`); when the
          *     build has ended and every line was sent, a `build.end` event (data:
-         *     the Build) and the stream closes. Resume with `Last-Event-ID` (or
+         *     the Build) and the stream closes. Frames:
+         *
+         *         id: 12
+         *         event: build.log
+         *         data: {"seq":12,"ts":"2026-12-02T01:08:44.66Z","service":"app","architecture":"amd64","line":"--> Using cache 5f7b..."}
+         *
+         *         event: build.end
+         *         data: {"id":"...","status":"succeeded",...}
+         *
+         *     Lines are never lost or repeated between the history and live lines:
+         *     while the build runs they come from the database, and once it ended
+         *     from the stored log, numbered the same. Resume with `Last-Event-ID` (or
          *     `last_event_id`): the lines after that seq. A comment line is sent
          *     when nothing happened for a while, to keep proxies from closing the
          *     connection.
