@@ -23,7 +23,15 @@ var errNotYet = errors.New("condition not met")
 // and wait for that instead.
 func Eventually(t testing.TB, what string, check func() error) {
 	t.Helper()
-	deadline := time.Now().Add(Wait)
+	EventuallyWithin(t, Wait, what, check)
+}
+
+// EventuallyWithin is Eventually for conditions that stand behind real work
+// whose length the test does not control (an image build runs buildah,
+// several at once under load), with its own bound.
+func EventuallyWithin(t testing.TB, within time.Duration, what string, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(within)
 	pause := time.Millisecond
 	for {
 		err := check()
@@ -31,7 +39,7 @@ func Eventually(t testing.TB, what string, check func() error) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("waited %s for %s: %v", Wait, what, err)
+			t.Fatalf("waited %s for %s: %v", within, what, err)
 		}
 		time.Sleep(pause)
 		pause = min(2*pause, 50*time.Millisecond)

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -44,6 +45,11 @@ func project(t *testing.T, files map[string]string) []byte {
 	}
 	return buf.Bytes()
 }
+
+// buildWait bounds the wait for a build: buildah's work, which takes
+// seconds alone and minutes when several test binaries build at once on
+// two cores.
+const buildWait = 5 * time.Minute
 
 type env struct {
 	srv   *apptest.Server
@@ -117,7 +123,7 @@ func (e *env) base(t *testing.T) string {
 func (e *env) wait(t *testing.T, id string) map[string]any {
 	t.Helper()
 	var b map[string]any
-	testutil.Eventually(t, "build "+id+" ends", func() error {
+	testutil.EventuallyWithin(t, buildWait, "build "+id+" ends", func() error {
 		b = mustDo(t, e.srv, 200, "GET", "/v1/builds/"+id, e.token, nil)
 		if b["finished_at"] == nil {
 			return fmt.Errorf("status %v", b["status"])
@@ -297,7 +303,7 @@ func TestBuilds(t *testing.T) {
 			t.Fatalf("upload = %d: %v", code, b)
 		}
 		id := b["id"].(string)
-		testutil.Eventually(t, "the build runs", func() error {
+		testutil.EventuallyWithin(t, buildWait, "the build runs", func() error {
 			if !strings.Contains(e.log(t, id), "sleeping") {
 				return fmt.Errorf("not yet")
 			}
