@@ -229,7 +229,7 @@ func TestForwarding(t *testing.T) {
 	h := newHarness(t)
 	type seen struct {
 		Host, Proto, URI string
-		Header          http.Header
+		Header           http.Header
 	}
 	port := startDevice(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Request-Id", "device-own-id")
