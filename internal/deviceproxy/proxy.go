@@ -68,7 +68,7 @@ const (
 	outcomeTimeout       = "timeout"        // the dial timed out
 	outcomeUnavailable   = "unavailable"    // Resolve failed
 	outcomeClientGone    = "client_gone"    // the client left before an answer
-	outcomeAborted       = "aborted"        // the answer broke off mid-stream
+	outcomeAborted       = "aborted"        // the device broke off its answer mid-stream
 	outcomeUpgradeFailed = "upgrade_failed" // the device switched protocols wrongly
 )
 
@@ -205,50 +205,49 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	defer p.inflight.Dec()
 	st := &state{client: r.Context()}
 	var device uuid.UUID
-	finished := false
-	defer func() {
-		// ReverseProxy panics with http.ErrAbortHandler when the answer
-		// breaks off mid-stream; the request still counts.
-		if !finished {
-			st.outcome = outcomeAborted
-		}
-		p.record(r, device, st, time.Since(start))
-	}()
+	defer func() { p.record(r, device, st, time.Since(start)) }()
 
 	device, ok := p.deviceOf(r.Host)
 	if !ok {
 		st.outcome = outcomeNotFound
 		p.writeError(w, r, pageNotFound)
-		finished = true
 		return
 	}
 	route, err := p.resolve(r.Context(), device)
+	if err == nil && route.Port == 0 {
+		err = errors.New("route without a port")
+	}
 	switch {
-	case err == nil && route.Port == 0:
-		err = fmt.Errorf("resolve device %s: route without a port", device)
-		fallthrough
-	case err != nil && !errors.Is(err, ErrNotPublic):
-		st.err = fmt.Errorf("resolve device %s: %w", device, err)
-		if r.Context().Err() != nil {
-			st.outcome = outcomeClientGone
-		} else {
-			st.outcome = outcomeUnavailable
-			p.writeError(w, r, pageUnavailable)
-		}
-		finished = true
-		return
-	case err != nil:
+	case errors.Is(err, ErrNotPublic):
 		st.outcome = outcomeNotFound
 		p.writeError(w, r, pageNotFound)
-		finished = true
+		return
+	case err != nil && r.Context().Err() != nil:
+		st.outcome, st.err = outcomeClientGone, fmt.Errorf("resolve device %s: %w", device, err)
+		return
+	case err != nil:
+		st.outcome, st.err = outcomeUnavailable, fmt.Errorf("resolve device %s: %w", device, err)
+		p.writeError(w, r, pageUnavailable)
 		return
 	}
 	if route.Device == uuid.Nil {
 		route.Device = device
 	}
 	st.route = route
+
+	completed := false
+	defer func() {
+		// ReverseProxy panics with http.ErrAbortHandler when the answer
+		// breaks off mid-stream, at either end; the request still counts.
+		if !completed {
+			st.outcome = outcomeAborted
+			if r.Context().Err() != nil {
+				st.outcome = outcomeClientGone
+			}
+		}
+	}()
 	p.forward.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
-	finished = true
+	completed = true
 }
 
 // deviceOf returns the device a Host names: exactly one label, a uuid in
@@ -382,7 +381,7 @@ func (p *Proxy) record(r *http.Request, device uuid.UUID, st *state, elapsed tim
 	case outcomeUnavailable:
 		// Our side failed, not the device or the visitor.
 		level = slog.LevelError
-	case outcomeAborted, outcomeUpgradeFailed:
+	case outcomeUpgradeFailed:
 		level = slog.LevelWarn
 	}
 	p.log.LogAttrs(r.Context(), level, "device proxy request", attrs...)

@@ -436,6 +436,16 @@ func TestDialTimeoutAndResolveFailure(t *testing.T) {
 			t.Fatalf("status %d: %s", resp.StatusCode, body)
 		}
 	})
+	t.Run("route without a port", func(t *testing.T) {
+		h := newHarness(t)
+		id := h.fleet.add(device{public: true, port: 0})
+		if resp, body := h.get(t, hostOf(id), nil); resp.StatusCode != http.StatusServiceUnavailable {
+			t.Fatalf("status %d: %s", resp.StatusCode, body)
+		}
+		if got := h.fleet.dialCount(id); got != 0 {
+			t.Errorf("dialed a route without a port %d times", got)
+		}
+	})
 	t.Run("resolve fails", func(t *testing.T) {
 		h := newHarness(t)
 		h.fleet.failResolve(errors.New("database is down"))
@@ -550,4 +560,35 @@ func TestNewRejectsBadConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAbortedMidStream: when the device breaks off a response already under
+// way, the client's response breaks off too (rather than ending as if
+// complete) and the request counts as aborted.
+func TestAbortedMidStream(t *testing.T) {
+	h := newHarness(t)
+	port := startDevice(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "first\n")
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler) // the device's server drops the connection
+	}))
+	id := h.fleet.add(device{public: true, port: port})
+	resp, err := h.client.Get("http://" + hostOf(id) + "/")
+	if err != nil {
+		t.Fatalf("GET: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err == nil {
+		t.Fatalf("the client read a complete body %q from an aborted response", body)
+	}
+	if string(body) != "first\n" {
+		t.Errorf("read %q before the break", body)
+	}
+	testutil.Eventually(t, "the abort to be counted", func() error {
+		if got := promtest.Sum(t, h.reg, "flock_proxy_requests_total", "outcome", outcomeAborted); got != 1 {
+			return fmt.Errorf("aborted = %v", got)
+		}
+		return nil
+	})
 }
