@@ -251,7 +251,7 @@ func TestNoDeviceToDevice(t *testing.T) {
 				from     *Client
 				fromPeer Peer
 				to       netip.AddrPort
-				reached bool // a reset from the server's stack still proves the packet arrived
+				reached  bool // a reset from the server's stack still proves the packet arrived
 			}{
 				{"A to server", a, pa, netip.AddrPortFrom(ov.server, 22), true},
 				{"B to server", b, pb, netip.AddrPortFrom(ov.server, 22), true},
