@@ -136,7 +136,8 @@ type Server struct {
 	peers   prometheus.Gauge
 }
 
-// NewServer starts a replica listening on cfg.Listen.
+// NewServer starts a replica listening on cfg.Listen. It runs until Close or
+// until ctx is cancelled.
 func NewServer(ctx context.Context, cfg ServerConfig) (*Server, error) {
 	if cfg.PrivateKey.IsZero() {
 		return nil, errors.New("wgtunnel: server: private key required")
