@@ -109,6 +109,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 	// here a zitadel/oidc provider in this test process, reached over HTTP.
 	issuer, mint := externalIssuer(t, dbURL)
 	cmd := exec.Command(bin, "--target=all", "--http-addr=127.0.0.1:0", "--mqtt-listen=127.0.0.1:0", "--shutdown-delay=3s",
+		"--tunnel-listen=127.0.0.1:0", "--proxy-addr=127.0.0.1:0", "--device-url-domain=devices.e2e.test",
 		"--data-dir="+t.TempDir())
 	cmd.Env = append(os.Environ(), "FLOCK_DATABASE_URL="+dbURL, "FLOCK_DEV=", "FLOCK_LOG_FORMAT=",
 		"FLOCK_OIDC_ISSUER="+issuer, "FLOCK_OIDC_AUDIENCE=flock-e2e")
@@ -302,6 +303,7 @@ func TestDevToken(t *testing.T) {
 	bin := build(t)
 	dbURL := pgtest.EmptyURL(t) // dev mode migrates it
 	cmd := exec.Command(bin, "--dev", "--http-addr=127.0.0.1:0", "--mqtt-listen=127.0.0.1:0", "--log-format=json", "--database-url", dbURL,
+		"--tunnel-listen=127.0.0.1:0", "--proxy-addr=127.0.0.1:0",
 		"--data-dir="+t.TempDir())
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -102,6 +102,11 @@ var Policy = auth.Policy{
 	"device-log:stream":             {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
 	"device-log:websocket":          {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
 
+	// The organisation's tunnel_min_role (developer unless an admin
+	// changed it) is checked in the handler; the session is audited there.
+	"device-tunnel:open":         {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+	"device-tunnel-session:list": {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+
 	"device-command:create": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
 	"device-command:list":   {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
 	"command:get":           {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
@@ -117,12 +122,13 @@ var Policy = auth.Policy{
 
 	// The device API: registration proves itself with a provisioning key in
 	// the body, the token endpoint with a signed assertion.
-	"device:register":     {Level: auth.Public},
-	"device:token":        {Level: auth.Public, NoStore: true},
-	"jwks:get":            {Level: auth.Public},
-	"device-state:get":    {Level: auth.Device},
-	"device-state:update": {Level: auth.Device},
-	"device-delta:get":    {Level: auth.Device},
+	"device:register":        {Level: auth.Public},
+	"device:token":           {Level: auth.Public, NoStore: true},
+	"jwks:get":               {Level: auth.Public},
+	"device-state:get":       {Level: auth.Device},
+	"device-state:update":    {Level: auth.Device},
+	"device-delta:get":       {Level: auth.Device},
+	"device-tunnel:register": {Level: auth.Device},
 
 	// An external MQTT broker's hooks: the broker is no user or device. The
 	// request body carries the client's credentials; a deployment locks the

@@ -209,6 +209,17 @@ var fixtures = map[string]fixture{
 	"device-variable:delete": {req: func(w *world) (string, string, any) {
 		return "DELETE", "/v1/devices/" + w.device.id.String() + "/variables/" + w.deviceVar, nil
 	}},
+	// Developer is the organisation's tunnel_min_role unless an admin
+	// changes it (checked in the handler, the policy lets viewers through).
+	"device-tunnel:open": {stream: "websocket", minRole: db.OrgRoleDeveloper, req: func(w *world) (string, string, any) {
+		return "GET", "/v1/devices/" + w.device.id.String() + "/tunnel?port=22", nil
+	}},
+	"device-tunnel-session:list": {req: func(w *world) (string, string, any) {
+		return "GET", "/v1/devices/" + w.device.id.String() + "/tunnel-sessions", nil
+	}},
+	"device-tunnel:register": {req: func(w *world) (string, string, any) {
+		return "PUT", "/device/v1/tunnel", map[string]any{"public_key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="}
+	}},
 	// The device API answers devices, not people: registration and the token
 	// endpoint prove themselves in the body, so any caller may call them.
 	"device:register": {req: func(w *world) (string, string, any) {

@@ -3,6 +3,7 @@
 package handlers
 
 import (
+	"github.com/google/uuid"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -29,6 +30,7 @@ import (
 	"github.com/flock-io/flock-api/handlers/streams"
 	"github.com/flock-io/flock-api/handlers/summary"
 	"github.com/flock-io/flock-api/handlers/system"
+	"github.com/flock-io/flock-api/handlers/tunnels"
 	"github.com/flock-io/flock-api/handlers/variables"
 	"github.com/flock-io/flock-api/internal/audit"
 	"github.com/flock-io/flock-api/internal/blob"
@@ -68,6 +70,7 @@ type Server struct {
 	*commands.Commands
 	*deltas.Deltas
 	*builds.Builds
+	*tunnels.Tunnels
 }
 
 var _ api.StrictServerInterface = (*Server)(nil)
@@ -125,6 +128,12 @@ type Deps struct {
 	// Builds configures the builds API (upload limit, spool directory);
 	// its stores are filled in from the fields above.
 	Builds builds.Builds
+	// DevicePublicURL is a device's public URL (FLOCK_DEVICE_URL_DOMAIN);
+	// nil when there is none.
+	DevicePublicURL func(uuid.UUID) string
+	// Tunnels configures remote access (the tunnel dialer, the overlay);
+	// its stores are filled in from the fields above.
+	Tunnels *tunnels.Tunnels
 	// StreamRecheck is how often an open stream asks whether its caller
 	// may still read it (FLOCK_STREAM_RECHECK); zero means 30s.
 	StreamRecheck time.Duration
@@ -143,7 +152,7 @@ func New(d Deps) *Server {
 		Fleets:       &fleets.Fleets{Pool: pool, Nudge: d.Nudge},
 		Provisioning: &provisioning.Provisioning{Pool: pool},
 		Releases:     &releases.Releases{Pool: pool, Nudge: d.Nudge, Registry: d.Registry, RegistryHost: d.RegistryHost},
-		Devices:      &devices.Devices{Pool: pool, Nudge: d.Nudge, KV: d.KV, Telemetry: d.Telemetry},
+		Devices:      &devices.Devices{Pool: pool, Nudge: d.Nudge, KV: d.KV, Telemetry: d.Telemetry, PublicURL: d.DevicePublicURL, Audit: d.Audit},
 		DeviceGroups: &devicegroups.DeviceGroups{Pool: pool},
 		Rollouts:     &rollouts.Rollouts{Pool: pool, Nudge: d.Nudge},
 		Variables:    &variables.Variables{Pool: pool, Nudge: d.Nudge},
@@ -155,7 +164,19 @@ func New(d Deps) *Server {
 		Commands:     &commands.Commands{Pool: pool, Send: d.Commands, KV: d.KV},
 		Deltas:       newDeltas(d),
 		Builds:       newBuilds(d),
+		Tunnels:      newTunnels(d),
 	}
+}
+
+// newTunnels wires the remote-access handler; without a configuration it
+// answers 503 tunnels_unavailable.
+func newTunnels(d Deps) *tunnels.Tunnels {
+	h := d.Tunnels
+	if h == nil {
+		h = &tunnels.Tunnels{}
+	}
+	h.Pool, h.Audit = d.Pool, d.Audit
+	return h
 }
 
 // newBuilds wires the builds handler to the process's stores.

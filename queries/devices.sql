@@ -41,7 +41,8 @@ RETURNING coalesce(reported_seq, -1)::bigint AS reported_seq;
 -- rather than decoding it into a map to encode the map again.
 SELECT id, org_id, fleet_id, name, device_type, architecture, pinned_release_id,
        tags::jsonb AS tags_json, created_at, updated_at, last_seen_at,
-       connection_key, connected, reported, reported_at, reported_seq
+       connection_key, connected, reported, reported_at, reported_seq,
+       public_url_enabled, public_url_port
 FROM devices
 WHERE devices.org_id = @org_id
   AND (sqlc.narg(fleet_id)::uuid IS NULL OR fleet_id = sqlc.narg(fleet_id))

@@ -178,6 +178,20 @@ builder_tools_up() {
   log "buildah $(buildah --version | awk '{print $3}') and busybox-static installed"
 }
 
+# --- SSH (remote-access tests) ----------------------------------------------
+# The tunnel tests run Debian's sshd on a loopback port as a simulated
+# device's SSH server (its own config and keys; the system's sshd is never
+# started) and OpenSSH's client through `flock-api tunnel` as ProxyCommand.
+ssh_tools_up() {
+  local missing=()
+  [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+  command -v ssh >/dev/null && command -v scp >/dev/null || missing+=(openssh-client)
+  if [ "${#missing[@]}" -gt 0 ]; then apt_install "${missing[@]}"; fi
+  # sshd refuses to start as root without its privilege separation folder.
+  mkdir -p /run/sshd 2>/dev/null || true
+  log "openssh-server and openssh-client installed"
+}
+
 # --- Node.js (code generation, Swagger UI assets, the TypeScript SDK) -------
 node_up() {
   command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
@@ -197,6 +211,7 @@ case "${1:-all}" in
   registry) registry_up ;;
   delta-tools) delta_tools_up ;;
   builder-tools) builder_tools_up ;;
-  all) postgres_up; redis_up; mosquitto_up; clickhouse_up; registry_up; builder_tools_up; node_up ;;
-  *) die "usage: $0 [all|postgres|redis|mosquitto|clickhouse|registry|delta-tools|builder-tools|node]" ;;
+  ssh-tools) ssh_tools_up ;;
+  all) postgres_up; redis_up; mosquitto_up; clickhouse_up; registry_up; builder_tools_up; ssh_tools_up; node_up ;;
+  *) die "usage: $0 [all|postgres|redis|mosquitto|clickhouse|registry|delta-tools|builder-tools|ssh-tools|node]" ;;
 esac

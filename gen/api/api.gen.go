@@ -1144,6 +1144,7 @@ type Device struct {
 	Online          bool                `json:"online"`
 	OrgId           openapi_types.UUID  `json:"org_id"`
 	PinnedReleaseId *openapi_types.UUID `json:"pinned_release_id,omitempty"`
+	PublicUrl       PublicUrl           `json:"public_url"`
 
 	// ReportedState What a device says it runs. The same schema as `ReportedState` in the
 	// AsyncAPI document (`asyncapi/flock.yaml`, channel
@@ -1270,6 +1271,37 @@ type DeviceTokenRequest struct {
 	Assertion string `json:"assertion"`
 }
 
+// DeviceTunnel defines model for DeviceTunnel.
+type DeviceTunnel struct {
+	// Address The device's overlay address (for its interface, with the prefix's length).
+	//
+	// Example: fd66:6c6b:0:1::2
+	Address string `json:"address"`
+
+	// Endpoint The tunnel servers' UDP endpoint, host:port.
+	Endpoint string `json:"endpoint"`
+
+	// KeepaliveSeconds The persistent keepalive to set on the peer.
+	KeepaliveSeconds int `json:"keepalive_seconds"`
+
+	// Prefix The overlay network, the peer's allowed IPs on the device.
+	//
+	// Example: fd66:6c6b:0:1::/64
+	Prefix string `json:"prefix"`
+
+	// ServerAddress The tunnel servers' own overlay address.
+	ServerAddress string `json:"server_address"`
+
+	// ServerPublicKey The tunnel servers' WireGuard public key, base64.
+	ServerPublicKey string `json:"server_public_key"`
+}
+
+// DeviceTunnelRegister defines model for DeviceTunnelRegister.
+type DeviceTunnelRegister struct {
+	// PublicKey The device's WireGuard public key, base64 (44 characters, as `wg pubkey` prints it).
+	PublicKey string `json:"public_key"`
+}
+
 // DeviceUpdate defines model for DeviceUpdate.
 type DeviceUpdate struct {
 	// FleetId Moves the device to another fleet of the same organisation and architecture.
@@ -1278,6 +1310,11 @@ type DeviceUpdate struct {
 
 	// PinnedReleaseId A final release of the device's fleet to run regardless of the fleet's policy; null to follow the fleet.
 	PinnedReleaseId nullable.Nullable[openapi_types.UUID] `json:"pinned_release_id,omitempty"`
+
+	// PublicUrl Publishes the device's web server at `https://<device id>.devices.<domain>`
+	// (through the proxy target), or withdraws it. Off by default; turning it
+	// on is audited as `device-public-url:enable`.
+	PublicUrl *PublicUrlUpdate `json:"public_url,omitempty"`
 
 	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
 	//
@@ -1618,8 +1655,11 @@ type Org struct {
 	//
 	//
 	// Example: acme-robotics
-	Slug      Slug      `json:"slug"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Slug Slug `json:"slug"`
+
+	// TunnelMinRole The least role that may open tunnels (SSH, port forwarding) to the organisation's devices.
+	TunnelMinRole Role      `json:"tunnel_min_role"`
+	UpdatedAt     time.Time `json:"updated_at"`
 }
 
 // OrgCreate defines model for OrgCreate.
@@ -1665,6 +1705,9 @@ type OrgUpdate struct {
 	//
 	// Example: Acme Robotics
 	Name *OrgName `json:"name,omitempty"`
+
+	// TunnelMinRole The least role that may open tunnels to the organisation's devices (developer by default).
+	TunnelMinRole *Role `json:"tunnel_min_role,omitempty"`
 }
 
 // Problem An RFC 9457 problem document with Flock's extension members.
@@ -1760,6 +1803,26 @@ type ProvisioningKeyCreated struct {
 type ProvisioningKeyPage struct {
 	Items      []ProvisioningKey `json:"items"`
 	NextCursor *string           `json:"next_cursor,omitempty"`
+}
+
+// PublicUrl defines model for PublicUrl.
+type PublicUrl struct {
+	// Enabled Whether the device's web server is published.
+	Enabled bool `json:"enabled"`
+
+	// Port The device port its public URL reaches.
+	Port int `json:"port"`
+
+	// Url The public URL, `https://<device id>.devices.<domain>`, when the deployment has a device URL domain.
+	Url *string `json:"url,omitempty"`
+}
+
+// PublicUrlUpdate Publishes the device's web server at `https://<device id>.devices.<domain>`
+// (through the proxy target), or withdraws it. Off by default; turning it
+// on is audited as `device-public-url:enable`.
+type PublicUrlUpdate struct {
+	Enabled *bool `json:"enabled,omitempty"`
+	Port    *int  `json:"port,omitempty"`
 }
 
 // Release defines model for Release.
@@ -2308,6 +2371,36 @@ type TelemetrySeries struct {
 	Until       time.Time `json:"until"`
 }
 
+// TunnelSession defines model for TunnelSession.
+type TunnelSession struct {
+	ActorId openapi_types.UUID `json:"actor_id"`
+
+	// ActorLabel The user's email or the API key's name.
+	ActorLabel string `json:"actor_label"`
+
+	// ActorType user or api_key
+	ActorType       string             `json:"actor_type"`
+	BytesFromDevice int64              `json:"bytes_from_device"`
+	BytesToDevice   int64              `json:"bytes_to_device"`
+	DeviceId        openapi_types.UUID `json:"device_id"`
+
+	// DurationSeconds How long the session lasted (so far, while it runs).
+	DurationSeconds *float32           `json:"duration_seconds,omitempty"`
+	EndedAt         *time.Time         `json:"ended_at,omitempty"`
+	Id              openapi_types.UUID `json:"id"`
+
+	// Outcome How it ended (closed, device_offline, port_closed, device_timeout, too_many_sessions, lost); empty while it runs.
+	Outcome   *string   `json:"outcome,omitempty"`
+	Port      int       `json:"port"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+// TunnelSessionPage defines model for TunnelSessionPage.
+type TunnelSessionPage struct {
+	Items      []TunnelSession `json:"items"`
+	NextCursor *string         `json:"next_cursor,omitempty"`
+}
+
 // UpdateEvent An update step the device reported (the AsyncAPI `events` channel).
 type UpdateEvent struct {
 	Error *string `json:"error,omitempty"`
@@ -2720,6 +2813,21 @@ type DeviceTelemetryGetParams struct {
 	// `1h`); default the range divided by 60, rounded up to a whole
 	// second. Steps are aligned to the Unix epoch.
 	Step *string `form:"step,omitempty" json:"step,omitempty"`
+}
+
+// DeviceTunnelOpenParams defines parameters for DeviceTunnelOpen.
+type DeviceTunnelOpenParams struct {
+	// Port The device's TCP port.
+	Port int `form:"port" json:"port"`
+}
+
+// DeviceTunnelSessionListParams defines parameters for DeviceTunnelSessionList.
+type DeviceTunnelSessionListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
 // DeviceUpdateEventListParams defines parameters for DeviceUpdateEventList.
@@ -3259,6 +3367,9 @@ type DeviceStateUpdateJSONRequestBody = ReportedState
 // DeviceTokenJSONRequestBody defines body for DeviceToken for application/json ContentType.
 type DeviceTokenJSONRequestBody = DeviceTokenRequest
 
+// DeviceTunnelRegisterJSONRequestBody defines body for DeviceTunnelRegister for application/json ContentType.
+type DeviceTunnelRegisterJSONRequestBody = DeviceTunnelRegister
+
 // MqttHookAuthorizeJSONRequestBody defines body for MqttHookAuthorize for application/json ContentType.
 type MqttHookAuthorizeJSONRequestBody = MqttAclRequest
 
@@ -3484,6 +3595,9 @@ type ServerInterface interface {
 	// DeviceToken Trade a signed assertion for a device token
 	// (POST /device/v1/token)
 	DeviceToken(w http.ResponseWriter, r *http.Request)
+	// DeviceTunnelRegister Register the device's WireGuard key and get its overlay address
+	// (PUT /device/v1/tunnel)
+	DeviceTunnelRegister(w http.ResponseWriter, r *http.Request)
 	// MqttHookAuthorize MQTT broker hook, authorization
 	// (POST /internal/v1/mqtt/acl)
 	MqttHookAuthorize(w http.ResponseWriter, r *http.Request)
@@ -3559,6 +3673,12 @@ type ServerInterface interface {
 	// DeviceTelemetryGet A device's metrics as time series
 	// (GET /v1/devices/{deviceId}/telemetry)
 	DeviceTelemetryGet(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceTelemetryGetParams)
+	// DeviceTunnelOpen A TCP stream to a port of the device (WebSocket)
+	// (GET /v1/devices/{deviceId}/tunnel)
+	DeviceTunnelOpen(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceTunnelOpenParams)
+	// DeviceTunnelSessionList Remote-access sessions to a device
+	// (GET /v1/devices/{deviceId}/tunnel-sessions)
+	DeviceTunnelSessionList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceTunnelSessionListParams)
 	// DeviceUpdateEventList A device's update progress events
 	// (GET /v1/devices/{deviceId}/update-events)
 	DeviceUpdateEventList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceUpdateEventListParams)
@@ -3781,6 +3901,12 @@ func (_ Unimplemented) DeviceToken(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// DeviceTunnelRegister Register the device's WireGuard key and get its overlay address
+// (PUT /device/v1/tunnel)
+func (_ Unimplemented) DeviceTunnelRegister(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // MqttHookAuthorize MQTT broker hook, authorization
 // (POST /internal/v1/mqtt/acl)
 func (_ Unimplemented) MqttHookAuthorize(w http.ResponseWriter, r *http.Request) {
@@ -3928,6 +4054,18 @@ func (_ Unimplemented) DeviceMetricList(w http.ResponseWriter, r *http.Request, 
 // DeviceTelemetryGet A device's metrics as time series
 // (GET /v1/devices/{deviceId}/telemetry)
 func (_ Unimplemented) DeviceTelemetryGet(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceTelemetryGetParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceTunnelOpen A TCP stream to a port of the device (WebSocket)
+// (GET /v1/devices/{deviceId}/tunnel)
+func (_ Unimplemented) DeviceTunnelOpen(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceTunnelOpenParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// DeviceTunnelSessionList Remote-access sessions to a device
+// (GET /v1/devices/{deviceId}/tunnel-sessions)
+func (_ Unimplemented) DeviceTunnelSessionList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceTunnelSessionListParams) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -4434,6 +4572,20 @@ func (siw *ServerInterfaceWrapper) DeviceToken(w http.ResponseWriter, r *http.Re
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.DeviceToken(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceTunnelRegister operation middleware
+func (siw *ServerInterfaceWrapper) DeviceTunnelRegister(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceTunnelRegister(w, r)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -5739,6 +5891,103 @@ func (siw *ServerInterfaceWrapper) DeviceTelemetryGet(w http.ResponseWriter, r *
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.DeviceTelemetryGet(w, r, deviceId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceTunnelOpen operation middleware
+func (siw *ServerInterfaceWrapper) DeviceTunnelOpen(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceTunnelOpenParams
+
+	// ------------- Required query parameter "port" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, true, "port", r.URL.Query(), &params.Port, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "port"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "port", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceTunnelOpen(w, r, deviceId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// DeviceTunnelSessionList operation middleware
+func (siw *ServerInterfaceWrapper) DeviceTunnelSessionList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "deviceId" -------------
+	var deviceId DeviceId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "deviceId", chi.URLParam(r, "deviceId"), &deviceId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "deviceId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params DeviceTunnelSessionListParams
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.DeviceTunnelSessionList(w, r, deviceId, params)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -9273,6 +9522,12 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 		r.Get(options.BaseURL+"/v1/devices/{deviceId}/update-events", wrapper.DeviceUpdateEventList)
 	})
 	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/devices/{deviceId}/tunnel", wrapper.DeviceTunnelOpen)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/devices/{deviceId}/tunnel-sessions", wrapper.DeviceTunnelSessionList)
+	})
+	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/v1/devices/{deviceId}/commands", wrapper.DeviceCommandList)
 	})
 	r.Group(func(r chi.Router) {
@@ -9295,6 +9550,9 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/device/v1/deltas", wrapper.DeviceDeltaGet)
+	})
+	r.Group(func(r chi.Router) {
+		r.Put(options.BaseURL+"/device/v1/tunnel", wrapper.DeviceTunnelRegister)
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/.well-known/jwks.json", wrapper.JwksGet)
@@ -9647,6 +9905,45 @@ type DeviceTokendefaultApplicationProblemPlusJSONResponse struct {
 }
 
 func (response DeviceTokendefaultApplicationProblemPlusJSONResponse) VisitDeviceTokenResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceTunnelRegisterRequestObject struct {
+	Body *DeviceTunnelRegisterJSONRequestBody
+}
+
+type DeviceTunnelRegisterResponseObject interface {
+	VisitDeviceTunnelRegisterResponse(w http.ResponseWriter) error
+}
+
+type DeviceTunnelRegister200JSONResponse DeviceTunnel
+
+func (response DeviceTunnelRegister200JSONResponse) VisitDeviceTunnelRegisterResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceTunnelRegisterdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceTunnelRegisterdefaultApplicationProblemPlusJSONResponse) VisitDeviceTunnelRegisterResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -10752,6 +11049,80 @@ type DeviceTelemetryGetdefaultApplicationProblemPlusJSONResponse struct {
 }
 
 func (response DeviceTelemetryGetdefaultApplicationProblemPlusJSONResponse) VisitDeviceTelemetryGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceTunnelOpenRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+	Params   DeviceTunnelOpenParams
+}
+
+type DeviceTunnelOpenResponseObject interface {
+	VisitDeviceTunnelOpenResponse(w http.ResponseWriter) error
+}
+
+type DeviceTunnelOpen101Response struct {
+}
+
+func (response DeviceTunnelOpen101Response) VisitDeviceTunnelOpenResponse(w http.ResponseWriter) error {
+	w.WriteHeader(101)
+	return nil
+}
+
+type DeviceTunnelOpendefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceTunnelOpendefaultApplicationProblemPlusJSONResponse) VisitDeviceTunnelOpenResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceTunnelSessionListRequestObject struct {
+	DeviceId DeviceId `json:"deviceId"`
+	Params   DeviceTunnelSessionListParams
+}
+
+type DeviceTunnelSessionListResponseObject interface {
+	VisitDeviceTunnelSessionListResponse(w http.ResponseWriter) error
+}
+
+type DeviceTunnelSessionList200JSONResponse TunnelSessionPage
+
+func (response DeviceTunnelSessionList200JSONResponse) VisitDeviceTunnelSessionListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type DeviceTunnelSessionListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response DeviceTunnelSessionListdefaultApplicationProblemPlusJSONResponse) VisitDeviceTunnelSessionListResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -13372,6 +13743,9 @@ type StrictServerInterface interface {
 	// DeviceToken Trade a signed assertion for a device token
 	// (POST /device/v1/token)
 	DeviceToken(ctx context.Context, request DeviceTokenRequestObject) (DeviceTokenResponseObject, error)
+	// DeviceTunnelRegister Register the device's WireGuard key and get its overlay address
+	// (PUT /device/v1/tunnel)
+	DeviceTunnelRegister(ctx context.Context, request DeviceTunnelRegisterRequestObject) (DeviceTunnelRegisterResponseObject, error)
 	// MqttHookAuthorize MQTT broker hook, authorization
 	// (POST /internal/v1/mqtt/acl)
 	MqttHookAuthorize(ctx context.Context, request MqttHookAuthorizeRequestObject) (MqttHookAuthorizeResponseObject, error)
@@ -13447,6 +13821,12 @@ type StrictServerInterface interface {
 	// DeviceTelemetryGet A device's metrics as time series
 	// (GET /v1/devices/{deviceId}/telemetry)
 	DeviceTelemetryGet(ctx context.Context, request DeviceTelemetryGetRequestObject) (DeviceTelemetryGetResponseObject, error)
+	// DeviceTunnelOpen A TCP stream to a port of the device (WebSocket)
+	// (GET /v1/devices/{deviceId}/tunnel)
+	DeviceTunnelOpen(ctx context.Context, request DeviceTunnelOpenRequestObject) (DeviceTunnelOpenResponseObject, error)
+	// DeviceTunnelSessionList Remote-access sessions to a device
+	// (GET /v1/devices/{deviceId}/tunnel-sessions)
+	DeviceTunnelSessionList(ctx context.Context, request DeviceTunnelSessionListRequestObject) (DeviceTunnelSessionListResponseObject, error)
 	// DeviceUpdateEventList A device's update progress events
 	// (GET /v1/devices/{deviceId}/update-events)
 	DeviceUpdateEventList(ctx context.Context, request DeviceUpdateEventListRequestObject) (DeviceUpdateEventListResponseObject, error)
@@ -13830,6 +14210,37 @@ func (sh *strictHandler) DeviceToken(w http.ResponseWriter, r *http.Request) {
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(DeviceTokenResponseObject); ok {
 		if err := validResponse.VisitDeviceTokenResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceTunnelRegister operation middleware
+func (sh *strictHandler) DeviceTunnelRegister(w http.ResponseWriter, r *http.Request) {
+	var request DeviceTunnelRegisterRequestObject
+
+	var body DeviceTunnelRegisterJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceTunnelRegister(ctx, request.(DeviceTunnelRegisterRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceTunnelRegister")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceTunnelRegisterResponseObject); ok {
+		if err := validResponse.VisitDeviceTunnelRegisterResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -14527,6 +14938,60 @@ func (sh *strictHandler) DeviceTelemetryGet(w http.ResponseWriter, r *http.Reque
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(DeviceTelemetryGetResponseObject); ok {
 		if err := validResponse.VisitDeviceTelemetryGetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceTunnelOpen operation middleware
+func (sh *strictHandler) DeviceTunnelOpen(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceTunnelOpenParams) {
+	var request DeviceTunnelOpenRequestObject
+
+	request.DeviceId = deviceId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceTunnelOpen(ctx, request.(DeviceTunnelOpenRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceTunnelOpen")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceTunnelOpenResponseObject); ok {
+		if err := validResponse.VisitDeviceTunnelOpenResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// DeviceTunnelSessionList operation middleware
+func (sh *strictHandler) DeviceTunnelSessionList(w http.ResponseWriter, r *http.Request, deviceId DeviceId, params DeviceTunnelSessionListParams) {
+	var request DeviceTunnelSessionListRequestObject
+
+	request.DeviceId = deviceId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.DeviceTunnelSessionList(ctx, request.(DeviceTunnelSessionListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "DeviceTunnelSessionList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(DeviceTunnelSessionListResponseObject); ok {
+		if err := validResponse.VisitDeviceTunnelSessionListResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -16275,445 +16740,480 @@ func (sh *strictHandler) VersionGet(w http.ResponseWriter, r *http.Request) {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7L37k9s2sj/6r6B0t8pSlqN5eOxNNJU631nH2fXGib1+nJz7jXyHkAhJ2KEAmgBH1nr9v99CdwMkJVKP",
-	"GY3jnPIPu/GIJJ6NRj8//bEz1vNMK6Gs6Qw+djKe87mwIoe//lrINHmWuH8mwoxzmVmpVWfQeTMTbOQe",
-	"PjBMJv1O1JHu54zbWSfqKD4XnUFnRF9HnVy8L2Quks7A5oWIOmY8E3Pump3ofM5tZ9ApCunetMvMfWps",
-	"LtW08+lT1Hmi53OuWkcxxsebxjEOLdxxJEVudN48jFiJD/ZqDG/ETE+YnQmW5eJG6sKwjE/FBdNzadlE",
-	"5/BsInNj4UEY9ftC5MvKsLG76hjn/MNzoaZ21hmcnZw0jfEHcSPH4m+5LrK2FUvgFTZ172xatqTW1N2W",
-	"Doe1eUQPDHPfbxzNnQfyYyqEbRvHxD3ctCQT+vpuY3iWiHmmrVDj5U9iuT6Un/m1MIyzXNh8yQyfiEGF",
-	"ZFzPwli2kHbGOLsWS5YXyjCuEiatYbkwmVZGMGmG6lpkSHJn52ymi9xcQLuZ4NYTqeFzUW80/Orangpr",
-	"hsrOuC1b5lMuFevCy3GYjT16JbKUL0UyYG5R4h40pwvrBqikmg6VXcix6LM31R5oIomcTEQuVDlDadj5",
-	"2Vmf/SSWhvFcsEzkbMzTVOT9ofI7NBM8EXm5R5XVPXLL23Z+Hj2KOnOp/N+nkdtrK3LX5v/323D44ez0",
-	"aDj88Jen7/78p8Zt/Eks2wjp8uUzN7VNpHQNX9+NkJ5zY5/eCNVI0K+EKeaC8YkVjuNIw4R7FUkplkng",
-	"Uik3Fp+xXIyFvBFJnz29EflyqPBnbENaBmRggfcbZqxMUzbTaWLcVhn3JpBo5F5RLJU3gmklzMVQLdwP",
-	"/kOlWarVVOT0sdFzQYOZM87iKc9iGpDhS/e8z37U+VC9FvmNyI9euycwb4OTcetwBD8cPfshZkgRLNHC",
-	"lLTcHeV6YURuhsoIOCpMKzdhrZQY294FrlG4/9hCKsNg3CPtCDQXbCpvhKqQ3grDdgt5BeO+gg1r49sn",
-	"q4S3cWf/jvTdSGcNC5LjtuMaXDAjBItrA4v7bSentox3HL+cS9s85rl2R9uKuWFWOx5X5IpJ5Shl43WY",
-	"QpPVUSViwovUdgaP3Ij4Bzkv5u4PHB/+VY5OKiumIsfh6ek/ofW1Eb5Q6ZKlUgnDxlpZLh3fQtKw4oON",
-	"mJwq7abJxty0jvX9xlt76+LpqdtYORYt44NTC2OEUwOHD95vGw89bhvV44c7DeoNl+n6iH4lHh8bqcYi",
-	"jthML9icq6XnL0osHDfHAVvN4PiNxETngmZCfKJt9Nb127jxpyfVnT89qW39SePWv8inbVxb51OupOHu",
-	"p02sW0MTd2PdL3N9I43Ujrw2XCRZ5bXPcaO8EqngplVQy/HxplHkoYU7jkSnqS5aRbUcH28cSWjhbiN5",
-	"7ei65SQu3IU441kmlEiYE6ry6o1r5bz9TEKzjUNJuBVH7tvm8dhc8PmbZSZMO38wgm5Q971hXY6K0pER",
-	"7oazImGpNO7Wo7Pk3s6X8Lb7fKgM9PLAMDPWmWBjnudSmD7dzk7YjEWeO2WHpwt3S4/1XODdKD5kqU5E",
-	"ZzDhqREtZxqGX509XAnuH3/KxaQz6Pw/x6VmeoyvmWOcO9xRbgE6n+D4P8NPv4XDT3+UTIznOV+6N41d",
-	"piDF63zu/n6rbBNDa9jYwK227GkBLd5iT98akbeRemFEvonOC/z2bkT+3zyXfJS2nvwber5pIDdlG3cZ",
-	"zCf3MWoaQA8vcz1Kxdz9013JQoFgwbMslWPg1ccZvvHnfxk33o+VvjbRkm8XeqzP+FIxIO6IcadYsVc/",
-	"PmHfnT/6C6OeWKLHxVwo24fFoxZdh5dj22Qi+HWm2ZwngnE2nnGFUk6W60zkVuI0ZbLD4kSdlI9EupFQ",
-	"xJzLNGJkZyhVEZ03XSdu72Ca0rKFmy0K+I5SL1jsZpYUqchj0CLN0lgxj9iPqR5fuyYXynNiFl7tNw0b",
-	"f/jYEcpdzb8B0XaiDs/k1TUoadWh0U+o8rvjBN123jURbklnv+HTqAMLh+tUfqJH/xJj64ZymUlSu+sb",
-	"MM6FY4xX3O56cKPwzWjZviVsMdOMXoS1vRZLt0Zbt1p8yGQuzF4D2pmKjL0qTJjtKrWStubUc1APeeFU",
-	"OusOnLvngoretRpenEtVWNGrTWvjOJFlfFx/kOViIj+02GfAADKe8ZyPrchNMGGIcS6c2qmZFWnqhm0Y",
-	"z3hu+3Ad8XmGjD+9vno4+W58xkenTYPKdSq2cY1X7p1VwoNFhilRI2EeUZWs2qnxCbwEfC1JpJsyT19W",
-	"qJNu0jrB1uljwxYaqzPDFjq/lmpasUOi9QiUelCWlbYMG91/IyvqxOm6klOaVobD1wdd+uqqb1tfOBs8",
-	"TV9MOoPfNvdFTOJTtMolkNaa6dOtprRGpJOImZljjtrJElKh5OBvtQvmLRDcDFV8WdiZzuW/4S4bsL8K",
-	"noucDYuTk4dj7A3+LeI+8l12LURmqGlr2IybmRe8mig9ORHn5+NHo2/FyeQv/PHo0fg8eSjOJlf/PJvN",
-	"RvMkffa30/TZPzvbuCvNfH2R34VlfsmnYp2xBsluJxEvrPya/FYxsTewjtUjCX01UkQ+nkkrxrbIG8T6",
-	"S/bk5VvGK+9EbgNfPHnGspRbdyiYyUSaSjUF7kIXGp8nj8/djZbP/X9v/kL/fewupYffuv/k0oxvHp83",
-	"3GVR57JIJFp91teQe7li49LBS7vfAq4DjvNu1If942eJ57TE9yMm+tM+i+diPhL5AFlcXGe2tWeNvefT",
-	"q10HWlinXlQFCFOMx8I4FWLCZeq2smlJabzUz9pjY7ktTPPs//7mzUuGL1SnzqbaViScYFqIOpbnU+G7",
-	"Wm9PVhbR6CIfi1qzKBYmEfOm0lww6U65aJanJC7HjvrF2mVFb9IeRERfVZKoLV65BWHRGo9WoOCDcILy",
-	"PNwfNwAXZ8N5qzCAPUZcZS0NYx5zNRbpFS3sLWXNfb5JCtzNq3kDlf+Y6zkrslTzxIlOQiW1a18qC5xs",
-	"ndJBN9q2FrCwT+HNT1FnIpU0sz1HD+62XXnErpKvnl6Nlla0nPpUTx8YZuS/hdOJrPhgd1wT1y6YOGuj",
-	"2Py+sToH5aF1OG5dc2GMSKojk+RLSfWIQRsR04r4CTjd3V6KXXeTLHatjIueV1qfg4Oym+R8YtliJlPh",
-	"hJm8UKa3k2JD5ujdzxXQkreJN5wr5KebFhLJ3ClgPKdl3HF5jOX5vseuvFe2zwpf/RR1bkRu6C7egYGH",
-	"s1HbwNB12Vy0wssqy1/jKVUSrh6TVqb51HOBVc1jyTgRis7BraMnIKjKOZ8Kw9x9jcTZznL3ZbRjsDeu",
-	"DiWGUVxhhzHrBgoGOwmFhdB4LlhsrMhiMIgYbwMVWS9icVaYmW8lYrHSV9RKzLpKe++2b5qNdZEm+NdQ",
-	"uT6rM4PDK+fCtev+qwtbHRnLufLeUTvjCgeSiCzVyzn4YtNUL4z7moheqhueSj89ZCmMBAxpWKFywRM+",
-	"SkUvGqrYEXaueBqjxrB+YQhLXp5GzmkbXUAg3rjNfWDQXJDqKfl7Kn4ektPAeOgPfYudqHKyS0dYwykT",
-	"WYuhgEsnnzP3BvDxcuNZlrs1cOqXl2Jfv3n6kj08fjRgr97+Aswt7m+VooDiwnq1HpJncxKEVm3Mwvvs",
-	"HtDBAI3cnZYqtRz2lNASbAjnEjnLBRhW0SzgfrSOuXd1jm8YJm2vUSRN5FQYu21MP+BbO8kmwHqdaILS",
-	"wxcmncjmrcUrM9NGWp0vvVnVsRB3++iIxaja52Iqjc2XbKYNafjH+ETnU2bSYlr7Efj9+s9ERN5C0DTO",
-	"94Uo9r+/Ps+dt+DSuu/XVvG18JIFDh/VoiZmyxVxTnegDV/CudcXbuEdGzAYX1Rj2qRicQvcymw/7LVD",
-	"t1EDgvk919PnUonNWsW+hzelFhukqffr6/dL4bTvCudzrBk48sSdrNMLNtbKiHFh5Y1git6eC+4W2c7c",
-	"IkrD5tIYsnPsIim1BS1AuBc+BL9EPEn1+DoOsZDesEIeBRhns9ZrbqnzujWCz6NKLASsaOsmHkKDReXy",
-	"npXXSqzIylibGdSPYPmlZcBjgDIPV0x8kMbC5sOVJJ0IxMFwQSJdhB/A434rV9xzhfCSbFgmqRLx4aq8",
-	"WHaz3for5l3UJqcwaBhc4G6y6PuuHk5/KZNixdMUAsDgOuxv8F80G6dpTdp3sMUMFSPvixn4lf0WiBwv",
-	"RrMuW1+wmPhjfAFBeEMVg6FMJCAA40RxCfBqdwIw3k0RmaNQ2ZtIxVMnZZLYO1RdrrygAj/BSXb8WyTk",
-	"TPCjWxFfWSm9DhWKrxf1vqC9HnAGtJCU4vrKO2TnJhsgLo/TgHDS7nT72ZJhEP4RGm20EVKAeYNDUM+z",
-	"VHwOM03djbiTiTcRqbwR+b72IHCp7mpSEW0aHjmJKZLccJmwhVNOFrlW0wjIodTyDuLXvA9T0GbdYhdp",
-	"hkinlGe8m3uHjzB+pUm1LzeppuaTdzso+DXdvbKmNXJq4jk0gDv5HKWqBeI9fHxyEq2JcGOtEhRBvK7t",
-	"+IUJ9z7RD+mI0jsf4e4PUX2PT86/rYd0ntxW+HCqBB9bptUF86vORkuWC2CoV0FGycWkMPjMjVPbmcj9",
-	"qHYOmrw7NcD3G3bwECKK5373J6TUD8na/mRCJe4S7pIusEIdAwwsB5FdQk4ARWy7GwgTEQQfz4bKcQ4w",
-	"Q/qQbtOLWOCSeJsQwfHxtdKLVCRTkVDMO8g8thcNVbhBWOBitY+dbpf7UA7yivQiIl18dajo3UQm4FRH",
-	"/dKNjmg9Ls9r3MN8CDCc2FkuBIgacAHXrztaqU6F+bfdeDSaTffdGyLO+m7kYqS1XZkwihsXjE/dVpz2",
-	"T/onbnFSbkXei1aPz1B16RcQUEozBwVUizwCgTNhUrGYHsdl66fQ+lD55mUilJWTJeuOUqmunZj6/OkP",
-	"bgAjIbKIGQ0ZBCAMKWakhcVLDKvsRMvY++zSz3Ix06ayufD6FdlQIZVGO9mGwqqcyOxkqfJ9rUTkdFG3",
-	"25ZfixrX656ffLciuuA6g/G2tngQvoTzbdk8oG15I+2yzVW8j+BBzWl1tVWNDFla5UfmApMjBOYe6Ans",
-	"ePkcwkaXIQljVwOOn5dfrHDiHelLU/65NSIMm1qbZ9RpicZZW97DsNjVPbs/ZvsDt3zEjfjv0pmwEr8C",
-	"g7qqOBvWr0uK2J/LKVroGARbgvkKKYE6qTn8T3e2EYh8c/cvtbHTXLz+53OGrz8wjD6ohxicPuqffreD",
-	"7l/rMlpdgsZlFM0q9Z18FLfx36Io6AWJz+Mh5caxI6E2B5Z5vsnJ5j8TPE/AuhQx7Xjjq6ev3zh2+fM/",
-	"37zZP55s08r+4t75FHW08kaxtTE6ia06zKrc4MnYDYyNcn0tcqb04oLUWPyCch5n3BCrLz+H2bmPIVgD",
-	"egK5g64CJ+E6IV3Ai0MF60AuW1ip0xOKlzQ1J8xI61RwtWdoTCaVEslV3Ym79Ss/2CsY6NbAO3r7NbwM",
-	"oS7TrVzvjXvnU9QpsmRPsm/SiUKgSkUhIutK9YxEq6ZaGGmglBWlqTK0diYACdBNcWKG34jE09dEplbk",
-	"g0A+bCRSraYmCK6UQOHzLPg0coQyVG4S3p5Dlmo+F1cYPhqHrF6ZOBJ2AlPQDk0ceVl5qJyqBTqcoSxF",
-	"Rgk0mBhcOQmpNBas5hivxKRFKrx7MHQ5strVuJUY16x+u9HwPpyisqaNfHSPA/c70j4RPNF0ZblvTde3",
-	"sgHcdp/LTJ3Tk5MKfAFufNQplHxfCHrF5oW42yZvjki+w742GXm3rPMhxMgqO7pHAbLs5S2Q0VbimEtV",
-	"/fV0M7nUuejTeWaXbJwKnntDEfGxWpjAl0Za+0xilQzvRngt+3U4+rp30noFfm+MQtiD6dxF8l6RoksF",
-	"IucmG4k8X2by/Ag0lioGBD/698nRd+/ov0fvPp5Ej88+/emud9FaptO+KeJRJytGqRz7jzcAqjxNzh49",
-	"Ov2O4QfsWiwj9vCMQWSXkyYKlfEkEQlz6tzj8yJP+yuLcHn0f3H+V0fvPp4/bJ4+HMu1kfxNKIG5pmRH",
-	"9bYYFGiEstIu0R+t9ILhcdmeqlgltoasMfquskSNkuI2Ai0D41u42U58aS/9bP7e2qsibwmwqmorFXHO",
-	"GzudUtONXROD4+OZNnbgZPYYLGnws6n93oOcP+xlVO7QpVmq8eXLZyHBkXE7VMfc/cwz2V/yedpnl6PS",
-	"JguZLZX4NMCiUdqP1AmoOFLTEnG2j+ilr4W6EirJtFTNumkORn6b80QwI6eQlW2M2z4nGpejYdCWuWA8",
-	"NagNxrxIYvhX5YN5YVB0X24PEqm6bZrUlZXRtxPgG/diUwrIWBhzZf3Tg/jVVv05TQ4c9D7X3TMN6Q8w",
-	"vdU8T8xm2m6oq02u1lhtjLVJblnBVxhlv+894ze/SeX7x69vPFV1nyY/vL7slYhJgedmubxx2v+1WA6Y",
-	"NIZ9z0wxYt9X7dGAdBUxXiT4O5Ij88TB3r56Di4Fxi0CpjzyJgPGZ4In0VA5tY6zf1lJ9gl0WIF7AU9a",
-	"5U45P/nu8dYdCBNvX9cDSYRVrrgCfaVvRNXaDB47Bf43ROeqoVZVATtAzV0NnTyoDtloaVmlEHDbhKgF",
-	"GmwgDZyChSg2lospz5NUmJDH6vHHMp3K8fKCqSJNIfzRqfKL8pWmqbl3+chJNZhvf2gxM8TgrGXKv3jy",
-	"jFFiPsNQnbqV1sz42aPHg/PRaXIy/m7CzyePRieTbycn/PHoL+NHZ5NTcfIXcc5PkrO/TB6OHotHybfj",
-	"7/jp6Gz8MDkXjyaP+V9G347rcgk1+hs/mjgZ7ePj82bJ5EcpWiPVXyjBKHqaZeCumpSpzeuRt2Vo9HrA",
-	"uwWIhLQQaKWBNldWAYbkHlfDYx4/rKQzNwoQbvyNrOj1i18YMAuRM6nIpDnSyZJ142NH1+6O9wF2HtWK",
-	"Ev7rQzv2doU1g7FqvWNn5dLhvBfcVNMh3UBwx2adKMBkEOLU1tsAOD1OfWOINaD5/f5W+l3lO+52S3E1",
-	"FlcLqRK92Da4n8svfsUP9rWQ39GQ3J4NhHZM7yIuPFYaUBuwL0fqMTYa78SLfc/4+XabNLz9El/+FHVM",
-	"Wky3wse4d74IGx6Mds1avbIEwdS3j3UPzsSt7Hp3OTb7EKXfqd2iOXHP1mI534JFx/tVqpLABSKtgF4J",
-	"+GNOVADi5Ki3dM9PvmOxG8WV5ddCxSXpakUof4564WGvf3fj4Mo+t+7aIaw4yBLvz4gD7b8u5nOeN2Go",
-	"6IKAhDduKX7+BF/eV00mwBmzGcPVv8XIjXcjEN5CJU54zwVPlpFPJohYxp34HLFqDBLPslzfQBSsF/Jl",
-	"UGYBixQgdEHwBDdazWRZXxd4s76Jt1k48umUCwdxzGBA2ox6V79c3TeR77Jpk1dphxZz1x3azamIbZJP",
-	"cWWMlQ59c5FfxO0DXmmsooPTnCtE1ErjB9J1mi/93Vhfw/W/xgfBHx+Ifc6XTIlFuvTevapa4Um3yyvw",
-	"eXqhGI4L3NW5TASkeJH2kYs5qGQSBOIWJaNcuc+hT0nSoy6YAWVqii54dJ7Wb9B4owSyVWW6o0RyN40L",
-	"kiJ+EKnlTeuSuAdsJOxCuKtroX12LaZnGJ82BVFyAFeq51lhD5136y7Z3TP+9mUf64GPOAv373eN9sFd",
-	"x9Ikonk2A3OCxna4t//x60+v17n5tVjWmX0zC0GyW9mNdNpo3BvnN42/X7dAm1zbZePvhWmOJPqwXShw",
-	"TWKHe7NgWJCmr1pT5W6f7haQcSvRp3VLzMbkN/j+TslvDQSdCz6vodfYRBeAZmwTkefN1Hz7ZLeA9ltJ",
-	"e8MxbMh6o604hBDqd/X+xND1q3HbRd1wbfoL0d2aI1G7ONElEi5KRE3392QmFAAlCgRJh8jzeJxrFYdM",
-	"OhAJlwbeZXFIdTZoUo+bQ26ajM4/OhIFU4hhXbQBA5I/S/jySE+O5lrZGcP/p58WQlyj7Ycz35jOmSnG",
-	"M8YNi/9PwmW6XIFrOmFn7Bv2DTs9erSL03p1RuTEbEnZeNyYsuHW7erfuimC71KxZ5e/XAJSAnOvlEC1",
-	"b988qY/8aeGW8fivIk/lit378fnWNP4cQkLXptNIc23ZJeAROJIK4R59vFVVJwXOtKSgMGb1+i2McFlm",
-	"JrPdj9nP4ZumkwYQm1taeGsaFATC5qyOqHk53PPD4GjuDv9393kRQOMWXEac3e1ypOatKBmZyA2Ai8M7",
-	"ffaaEhcWM42hptp6B5NUbCksG4mxBpbCcD+GihtmtFaEa7GE993bpKRKw7o3IpcTKZIe9QPcJuwEji+q",
-	"V8M4PyQoo++hFZURV/cQVw1R4T3eNNDBjtpgfSa3Xr8t6wYnfm3d9sHTy6dXrQistx51sHGG5jdSgM3l",
-	"+Lk0Dfb7OTzbZC6BGPXdBaQNeLOFwkIVOyVyw8tR6H1vMdhPrHFB3lt7OU4rXuuGrFteCUMfpxICNMw1",
-	"BH8kus9eoKMUpQWeC6xW0aj0jb2POyhZxSiVZgYZZSMMC2kUS7FbJLSamHB23qiSZXLczAvhEfrcqO/g",
-	"r8JoanxGo8ka4ukeP3r08FHUqOPkjbi0Z9vlAT+7Sit+FpFftY3bZyAhdpVg8/B7AAxNU70A95ZabveI",
-	"0fetPRd2tplywDuIMTnXSi8MLq7Pi1JTIqd9aGg/Ssi4MQudJ83WjDImJxCBV92wmweG+RZWqODb0+/O",
-	"PgcRhAls3oTm/cewlcaMmh8rWSeRzxcwPiIEw11Y962SHxhJp70Be/rzP/+HlblwBoHGiCXYmVtGwr1y",
-	"NwaG+OHuJ1qYiBUKAg+kHapcHFXhvU2I75o0bsSKMNGuEUtzZYpM5F5eW+EAeSFaegBo44sqxUI9KXMt",
-	"MwNI5AEtGRqQVTzWShLNgY7cykSaNv+Xw2Bgv8inh5GmD5hA8SKfenvtPjL6Ps7YwzhY637VdRl/q9/0",
-	"RT69lbS/5yoe0vnJ506brOmZh3d+7prt4OfYxN6lyVK+hMEAMJcSAhPjR4JhaH5dpb8czwV7pUfaOmkp",
-	"OsDBOoSq4c7ndj2jPvmX3BgwuvjSoJ7lua+oLijtjK6kCGbN8Eo7Ky0v8um9+GibUjggEKQWnFelyIiN",
-	"/FMqHLOzF9vPoGHNd9Z12lSU4AikabUs4oGcgHvxiCZnUKUGzpqhrLU4DVoEfK0W8cEKBWgGZNhpEOga",
-	"UVR/5uOZVOLI44hGzFj8b6oXImdG8WtxNeZGhBG4huonGkLF0MQWQCo2gI82CLAlwFDF0hHw6DF1d1bM",
-	"+UqOOISeVco6DrGQ4LCDsd0jUYbYnpy0giCZ5uhBoaxrHCLwMBgO5OYSxD3AuxOQSLkMux+FMoKxESHN",
-	"WK7acG8ybmcr0P3oICzRmSphgDenxzqfms5WHP3N4Pa0I9xgbD3wNgrTif/niLSUo2eJL9TZ34wmuRmZ",
-	"31FacAv7Ahu1eZ3XagQ++u67GpRQi2Hapo0XmZnp3DKDfMnP+FoqmD0R/0UZn+yIEuPk9Hhc5LlQ45Vj",
-	"QatRoQvWfjxsI2LLJXv76hnLBRTPHcONjyUrG0YGNTZFzmK3bCsOgCJXA8BlHNDrgx3ObHMBJly/KlQV",
-	"guVWqOhdM5Or1kS8jwpN91Jz6T5AGOb8w1Vh2tDMgV957xWQ/rVYghsrp+y65hyNHaouVWvIZJurJYkb",
-	"fb3nbjRP6QeaiR+8SCosHgoYaTbhjXPaAo3uVXdfjAn632r7XyHEAxRn2m11qpteq2p6crKtqO0+oTe7",
-	"SvSNy7BHDaXV83wvxZT6zFOPL6pkNYtfvnj9hh3jCXH3mqesHYC9N5Y5WpnSIbSK9VW6L08GBSgdhq9C",
-	"YJb89xdQ0WPvahK0DpvqSeyE/ujbKdEf9wgrb0VAumSTXIgjKDQFRQyD454zI+ZcWTn2cEhM5wAyVjOB",
-	"7Vg1ooKH5K/pSmGI9cDzDRR1KwZ5gG0rs/4fnWyt/VrKk4RZ2YH6JZWcFf83kHZzSM7tNnhLNEVz+M7G",
-	"M3wIxuPZwb0znJchfHIF3tjmfHx9lXIrjI0HQaBZTXd7YDwiWS0a9CIEdw7QEZ4Xyv9UiSqNq2lJ1R47",
-	"PgS1catXqG2/6KIXiIKHaIc+rQzai7wqZDKZS+u9MPNMG1Gt4r7CoHl2xZOktrWloPbL0zdXlz/8/OyX",
-	"9dT9q3d//tNmvIxHJ+vbL9SNzLWa+1K7jRNvL95REkAJBr7H4pUo3aA/ccf8qgVUqrDQpsgyjdiU/reh",
-	"UkIkCI6N7gETyKiWH8ouAzI+VjLyjc64GSrlvsfM51r1EKrjMBPzphgurAK4zbSG2xxQz7Fk4P4f3Ty+",
-	"zUd/2fcjqFy45ze+zOFenzVRENyA5m5U6CXjdmyPq43gHkBhLWfv25NvTwbfnhzbcVY/fd3fTo6+67/7",
-	"86D3X79Bhupp9OhTd1D+u/df3eOuHWf/KZKs1/uvP22FtVk/p1kub2QqpiKpXWx0qho9Ypbntn4Loifw",
-	"yFidZYgdS7xSQQA0FHcHBLUjX2gxWv2miX+it+UKgDTEdLm71oAm19f+O3R+hCtbL1SqeXJkZ0IdXcs0",
-	"hatWp8VctG1Rwi0fHN/w/DiVo2OeZauhT4+24q1s3Ie9Mf/rcuP6tQjcKKbyJxi9z40R8xGWqYJLMHZq",
-	"zshj6xPusGJyPi/AONu7CND9AYIOcQIWMk3ZSPRbBZ8AI7zhWtzRLt5QWJ8Ts53zJdW8JFPeBXPSVfV3",
-	"bhlXy1Bwf5uRvRTx/Lx2mM/dcjTqwIj7RiBDPE/A0F8aX0QP8aDBgohDAAdSra+YxIihWkds6cYeruUY",
-	"7HkA2hJHsKpKpEOF5VecWkwS1/FH/Mez5NMxZEHEvQqSIWJFGoS9/PubNy+Hqhu/vHzz5O9VDZu+g5Jv",
-	"JT6mj4W1Cw2xJBiS/74ASyi7HCoEypQmQMyCkh+CIGIj3sfweKRvROkfK98WAADNFQE0E/ImkrobyCKX",
-	"gJoBImSOHyxmcjzDw8CXTEiIeBnzuWi80qtI0DtI81FHgrAGZRvrPKmKyPFoI5t5eNbg8zJ7jYJyG/dF",
-	"Bm1Mr3imnCJoBEFUok0bV3oNGd0Q/Cstq825Mu53D1kyzrUxBMftocVZ91qIDCThAgANtGKJNNcQC1QY",
-	"wd4q+WGo5jJNJcXAuFcCicKoOLN5YexC53a2ZGNH472WYJVN2ZK3MCiQGFMaAjaJ1w2ViRovCd3sgkDn",
-	"HSa4QvozVyv+VvD9uz0HU9hcGztgNxKoH/JeTS8CGBqROjJnXfDSIMslSdlEQRdzW0YUZHoR48lcKvpk",
-	"zpW74oaK/InwruNE12JpIgZdIZ5SkUioCdiLmF6o0GciUmF9rcU1LBdqHr8wK/DpOB+E9MJ5OFnFDc6J",
-	"Ku6L5tsLszkOln57K4cEOILs1bQZVxa0H6hORO4lTDJGMSDXaeq4XtFSgpogqOCTnYu8qOQ+jXiOGjfm",
-	"eIboRAwSyLmqeE9xwRnVo9sJRqIh1XqHPW2F1fy82B7zWnx3yBZTPDMzTUD2VqpC18rP3QpMLefzbMfF",
-	"eeVehU+suMpEfoV5SHWK0cUorZALZtWt1xfeKb1/xMfXV1pd8ZHOq9HZFV3GCGtTUU0/Olzp3j1z1+mj",
-	"K3dFatUMEISlS6Qq0cEjX9LQYqZZSA3BIGPWdfeZdPoVgxAEqA1iZjpNoMxhcw3OLwOYe60gsXcGhzWq",
-	"UXppba6xxnCUq2n7KxS4RgdN9LNfHCDt7aUnvf3yPaDrhjCwwnrkb12MZyVuuHvdiTKOLLJc3EhdmNLA",
-	"6XPeKryQoC1qM2yKf/3UPrUn4bJrdsOOliWexQoEFqnfVLJz/cSRptX4DEJV0rT1W5/l3fgQb74rv7oN",
-	"L1AJuGZGEGrkND72KZ8tT+VcJFckNjThHlqeNj+C2stut5sfE9jIlZNUm95YxToNWfBhvFFtR2pLvNL8",
-	"1hp55Syr464vvJ/shmNzF0DxqtjSYDnwIqmP9qnh78O39y0fvM7EeE+/073IBaU9rCIZ1FfMPxhUFDTD",
-	"jEgxd4iTTAWZ8CRQDCoRJdwO1b80uSpQMOuiUG7HMwrZT7GgTo8MVVV5DfDALL8WQ5VhCWcdoSXfKSwk",
-	"0o5n2giFlx9GFLIZN7NQ0TKpi/y7C0GHkWzCIq8VtvN8ciVf3ClTlKBNIYUX7ARcEAAqQE7adYGpQRlt",
-	"E552QptshYjcTdRaNSOvxZvCmywrrNn/SmvO1FiX5cIgHq+t/t/1AiAUS+0fAjnzQtU8QzPBUztzg0Oj",
-	"AuOGBcZ3waba6VN6MgG0h4W0M+nry/FqpfoQhvPt4/NaDE5z4CCJX7tZulEQexdtYnaAPVzWqKWKr3Ym",
-	"jAB7ab8hbaUifG2ATKIT0FbpKBE88Rgc91FbNKi/DYIAEc3+RW28/H0nqR5XZEW230eF8Bzh9pJ1FUra",
-	"C8Nejg4SdBjY1t09SLRAjVzuMWZgfRPaS0Y6FoOXiU+eD9xY2l5U/tW1OoW6Tyj8R+7doSpLVjEj1Vj0",
-	"IlaRpyJWilMBGQ6kKXcXUkvM/T1UTi0zZVXtXoCWY128C9c5U8SA7Uk1rVed7OYcOJFnYGWOnGOS4A3p",
-	"RaEwZVmwcKiIbUVsItIU2bDVjWwYazdD0onngO4OH6pySCwIhKxrrExTnDA4oyw06jlEL2JBYByqrl/z",
-	"iIzwlUUOhV7Ljwd+BG7JSlFzqLpZYTdeJSA40G1ULaE5kTc7VND8vUToDVZJiPF/45X8Pb1Jl7++Zs/0",
-	"G/YPPTIP6Ioe59KKXGo1oCrmlszC8VyqKwP+0bhmZnxgPEC5QchELFzqNlNO2FxD9AVXLM5EPhbK+q/n",
-	"hKsoFd1QQxUTNQKIu4mjmnwIcIsGEGrcSE2j32U9Q9191Yk6KKo0rWStzyYFF9VpnqZYabWWhBG8hpv3",
-	"8922ClbN1WbKJa/BNTaG8tLqNtvXqoHBG4XHNfURG60NZWNKe800eiiT+f7m5oBxuUc8u3Ga2i00uztZ",
-	"DNe5zLa69FRgfhdAbMTs9Fmu3qbmhr0RyXNtkvsHshnLp6LP/ub4annwux6I36uUxDccGy+AGRRZD6uP",
-	"wPDii9J7i1f2nC8h3ZQpchWCs5hfhyJ5K01jijvW4g6VlbvS0jfAhsAftmRjbkSvEWPLDWX7AfSFYuRc",
-	"6MI2KiZNFc8bVBO+xHLAdP9BZg5dPReY1o5KB/AapguLLk/PbRzbXb1Ga2rJ2aPvzk52wNoCE/KVrd4u",
-	"O5yNlSupcuL2LK5W4WjiwzgtjLwRP/sRIwziHThdOCvmyoP2btdk3/gkXKTGsjJ97DHfsC0Rtyitml83",
-	"UsYaWfzKHZHOCPqf8YmlEj7AFIwpLfsAO4jK+4YdbnZaF1RBpbrFYUyn68QKMSYzJyh1aXd6K7JAzR6E",
-	"WjaxMS/J2foaojO/xcqx+2b+Xlp0G/M8oPp0/4rTKzJ+3Vp2FB9w7JKnr7gVaEDMKUpnXqRWYujNaMmk",
-	"GudiLpS9mvCx9cG6gNnni7bAgl+V2k2wROIv6y6GlQ+28+rVQWyRmh5V86j6pw3kN+cftjo5dxe71oYX",
-	"rU1xw262KMAAX8665NaKEDYORZfeGqo56yrNlFjQxSPV9MJvw1DxFNsKyh1K/L1S4Z3oPHBV1vXG23JH",
-	"KcRrqIARYOw1V4SeDqoq6RCsi6cPG0gA1LE0Lyu9YF5VHirS8XoRKghujhUtinXDr673RiukVx+HqkV/",
-	"7EG9/rEANZoiWUsNNSznatl+DnVNSsEO17iiK1bXC2MqYfZeb2lwqvhhNKoWtRDpPd0qoWbPjvDMvo+W",
-	"ePwHBkK8jLQ6X/o8hizlFnKVMMUuX0ZDFQ+Lk5OHY51PmUmLKfwljvFH3O21n8lwgr/FEdMZTjJdMkze",
-	"DDXqHHFgTw8Mm2ljIfQ1dH+U5fqDe0QlD90bPSATTCshYNehghLMEAmInnk85NApOU1gYQjR1fpF6LNL",
-	"RekJUg2V53O+ewapiRM8dzG8dyU+WJErnsa9ARvrDIMBFJvI3NiIif60P1SxudaZ0Pg80eNrkQ+Oj6Ht",
-	"PoUyH/Ms+z9U96jf75dv4QqGEbgZ19ZW5w1bsGH1ieRDADUfz8WxEcro3NB/B6f9861h1A3x9n/u/ta/",
-	"OnoX/ux9QyHxf+79V/e4/S14ryxF+a7y7z7E7p+e/eVTYxD9KjsGGo/82WhivfVovj2PHNmSrrJcT3Nh",
-	"1lJ5t4lxDfL144cb8RFCEHe7GauihpZR/h+krWqjG2L4U0doSSP2SMUIytAGWoXz6laCQyHs3N1TuchS",
-	"PgYeuxS2d1GCLKOjplb+jRt/D+Elh4ONQklCVJzq8XDVEIiGwHxaucadJ2ymBkWBz6G0H1UJw/MfmKEU",
-	"hnXvzPSGqo2l9vrs5xZUJ7cogNl0ESL8h4qCOSEy2g+V4CEg+GiJeBNN5/wob0RdcjS4y+Gun9rGnJbX",
-	"AET+9EY0VfAEUJUbNEwzzlJ5IxgilzdAWDZXAFWIeMNyMRbyRiRs4QMMsWGKUq5rKRv9WhxLMGzC8F+n",
-	"GOwME9jxPvmJT665G5bOEw/Otx6970uymqGSJQSfG9QFaqd4MvqpnsaMM0Jap2dTnsUQEAwkDW5NsL8k",
-	"ImbdOBfWyfVaYcIkGxVQqZXq0eHxNXoeHMkwBcO4uRbJ0N2PeI/GCNMTU59gWYhBp8ISHL47k+rF1Vgr",
-	"U8xFjl0OFSH8efONk6fYhBvLhNLFdHbBYqoECnZCGuiYpykE6xuqR+KG489CLXCY8v2uxZKii6ECBmIx",
-	"JDD8ofLjr9WjLZnAPRb4bQ5/9fX0kM6ZsVonwUggDW4D4ukopjP+viCkzAGaz6QdKpCKuWHxc27sERyu",
-	"o2c/xG7yMaDVQiNXMoG8oVy4PWG5nM4s9SRtf6hC2gkS74yIFH6SCdOKRG1HsI6NyzHvM8T/Cl8MIXFS",
-	"fBiLzHriqMhZSjNgmuCV8F1HfkR+U4cK7IQyCaf47sWD96xh5MF2Nsb9l6zsjXu9BQ4Hog6BizReOiuN",
-	"tAH/EnkQX4GMmML2Az/A/JsB5MGSSxATNBZuT9yhysARCtlwrOJefYUMic78GkPqXcCJgT48WuyNtMt4",
-	"0FCFGo9bCUsKDsEnla+ws95FGDYKEPHASxJebmJdHCKsi/+qOpL5nKsE5kv/phSGxCNDdZ/g7y0tOP45",
-	"AK5VJmqnegrVPy6CDRAX1Isn2MFQdb15tNo0ct+B55oVOFZgoIhQlouS4w7VTKTJhT8kgyoTECoxVHZs",
-	"MVvWddDqhoei5rW9KX/FVa2+BWtS/pDqaVkNqxN1pjzrkLW4WR2twQK2hJCSINdnWoFz+c/BzfxnFFGu",
-	"Snr5PpQHZ5fB0C+N/xRjy8rXqc5ppRj6xVqTwbgRqr5VyNPnpgG4flVATaWxDwyLsePv3b0e00TA8zB3",
-	"/LU2KgQdgNNWJsc1uh1GSx/L0h51mzktkoIGgpu+BvQECuMFK6NikA0ErN6auTbMPbADrTZVqKOPa7yx",
-	"Hdt3r8icxuCW3QrPjZZXIZG4OVu2unzEQ/DVqJKmVhjYXpEcbAF2Q4jxucyYF7aa+eVhV/ZZkP1GuXIy",
-	"dvyKDuuub6udX24hhNBG2fX60KPqIWogjKbFe+MdCS3QAavmi4aQthpQd8DluRbLYyx7jPgErFuCSF5A",
-	"/hs7PTo9OakUd46wTrJhReaY2NmjR70a/t7Hzojb8awz6JydnD0+Oj11qqq0bjwpHx09JMt0dQKV3MLq",
-	"nPOpsK/auE21hC/WIQ/4syHrCrVVjKhaCTFdiobC2DtKVJXk1R3ySvzb71rnWIFm2Y6Wsjlk41O0t7H0",
-	"thgpDU44nMcDwypthpKj7u6ayCnVJ2I3PJd8lArD5iKfQshNv9OGvLLBlus2PyvSNGKIgcNGSzJ4Dli8",
-	"g0HxdjaOivkyJn0j9GIywa9Rbnrx5JkTIm0uRwXM2gmksCAlMP4k1YuLoXIim699A9WXwDTyfb3svqNI",
-	"UF09hD/7Prjohwrb6xohWPy3pzXYOKiyaErQZtdpRMbkvBorOFScSjJKZaxTasNpqpbItrXtDh4J2JFe",
-	"i4pzSASUHaBNth6UOujIRpCRXUBB9oECaUb62DLiDfAcpR24fp7DovsFKjsu51dbiSgwnfVJbuBgzd69",
-	"FWSImS7SxNFPQz7WXraKigi62aFevUFukw9f588NNBS42B1ZZ8kNQeblWZZCxL+PH8qxpgaxyq5PUBDc",
-	"Y0L1GplnKzbfE8qSd4cbonK4WtqZk9jJdEtVd1HzJjPsBeIgu8dP3/DpdqS+EpmvGgdeAecrl6+RtkQq",
-	"5sLmy9cil01hkFh6iWEIIBWC8fb26TQXU+7TWYwV2TrVmdBuiyiNZY5aGI5sVBxfEDKx65EUGLRH4iAj",
-	"ptMEEeBAB3KvIRgFpIfTTJx6nYqJ9QnyLcPjN9MdU5dDuNgOcnDKTQuSKYHX4Si9ocUv7Q6jmPMPO453",
-	"LtWOb7aVTwfe1j7GnTMYbEjbxWgJdCd0Ilh8Wqxd9B1fnmt9pO6JH2h9heks5u70bT9tRKyhuBdR6C6D",
-	"g6SBfQJFRVarl7kxrgVcXLetAAsD822s9Bz5A9w0RbxyW7wzpcOPjukK9AvBUJVGxBiNYbHHHuo1xPuA",
-	"qamJVbRhzQexrgSdh252Snm7rV/W26H3q2q5L/ROewnhpvP664qI6TGkZjzLhFqBy9icsUSG51Vf8hVF",
-	"wVSyJErPduW3SpALOZ4rX9Iv9dDnzTkRTQoh5v9XtoG+2kLFhwjeqx6K+wvgqxmL1quEeX+XlwM8mwvH",
-	"AVwmdeP/wOcJYQUgtRwq75uXpnSm+9gv/5Z7WFFuwKtWSYWSSSqGGPeykEZcsEJdK71QazoPykhhSAB9",
-	"QaOvm7Rdi15yxkCFQCjUdqMxekU/WFuzvxOKbMmkUg6gRsHQ6leDAKSUWHhTxwMDLrcRT4XiQxWigOaD",
-	"sDT+6iGNukyD1mlS8So4zQ/SX9RQmYW045m3O0Nwbs9JMzpr+BBkHdaFVTVW564TnQPeksZII6hH0bsg",
-	"X2dowmv42sezVTbzwu0mHE6Mp3fjL7scCSOTsiGtBNWyrgwQcon8p47ngKcanIXcadL6RuQrHot11Mao",
-	"4/6DP/jHIPC6iaz9POMqOXLtNpOBOVQZ4lC5txIUkcqx+D/0d3+s502VdO9aga1S+cp1x55+8Ok5OzBG",
-	"PwjSbLdAdv836Q6HWbCaAlo/fK9F1StxZMY6gwI4pLrsdFvfB1x8e85QKEbQlKEeruZWA567ehGX0DCr",
-	"L5iYZ3ZZqQFTQXduMYzst/ZgT24Q0kqHEM6oXHPvh3d6EuAiHmmVLveHjverUeYj4dLtB7TjKfFOVffW",
-	"BNSqDdVPnArPOZ714/MXT366ophSDNZ0sxGrRUXBH7ACps2P/l2LPHzXHOBULWqxDZG3Rlce1KMTHYTI",
-	"amDELXjHLbjDgbRqaT7n3z76y+Not0rJ2MKmbT+EYBaY2f1JZb6LWxUAv8M6bljA0jq1mtw2n7dpy//9",
-	"5DXLBRYaweAvqXi+hJiqUSFTC7E3kHwWk8i1Uh+KSgG1RciNdrAs/kDv+Rl8ijpTXQU1LXub6tP+2eP+",
-	"t+34Ci0GDHqIoVNZriHBag5ufMDeJwNHToXHQo+/dXgm3XrvbglvNRNWnWx6wgBu94hnEpc3ETfoUeCK",
-	"Fcry6VQkiC+/UjLvpH/aP9nDWkj7X1vUcrUq27ROVci2ilza5Wu3WRS2IHjeVLv3ElwtAFWH+WvoQeHs",
-	"H7++KYNUX2RCPfuBUfiP24sbmYj8wu1CIm6Gaq4TEbE4LI/79QjbOjoCqYYtdVGVvWKW5VJZAPfvwWoC",
-	"8G81ApAASFk3nqTXV/1+PybHChAhsF+cVViDmbVZKcuU8/7R38L/+PXNGkuu16zGSa9VHYJncQXOmQpc",
-	"Y1xmg4vKlD6siKV6WouFdvqergUIl6kQIfyYsh7evnpOXjj/Bg0mYhv8XLuu1Py9tX/X+rqZ8mdaX9Oy",
-	"4OizVC/nWMK7ErcD9ZqMn5JUmCMxVO5zE1V1Sf89MwK3fqdhfoLcsIluKmip+BRysqJg91ZJGAKQkJ5g",
-	"GHHEeBmPDXZpp84NFSTCHVWUPMLIZVoRhq5r4rlUxYcQ4DRUQ0XRkgDoKCGis718ZzeGm34MhH1Mj//8",
-	"L6NV3BuqkNPI2XylQqePwfXo23FZeC/GSUCM5Uo1Rl9Ri8oyotciF7bIFanrTjdRyOZR/upcZnw8E0dn",
-	"wKeKPKXVN4Pj48Vi0efwuK/z6TF9a46fP3vy9JfXT903/Zmdp5WCix2M3L58+awSADDoIB/8FHV0JpTj",
-	"0oPOw/5J/yHKODNgVcf9hUjTI7i4jv+1uDb9fxEW0LStwBihTQK38CsVXLIeWBzo2DAjp0ok7F9YMhR0",
-	"as5ybZHnID7KjcjlBKRpdynDk2eJYx+La/M3kI79CsOIz05O8NJW1scQVHbbjx6vzm0X6z9+/ek1Uvwq",
-	"l/rH6xe/sF/FiP0kluy1sH3kdCRqNrcahnnsy85W74fO4Ld3Ucf46sKdn8SS3G9ukWpsMRSSCsE+R3DJ",
-	"uubWuE/rXj0jj7qeQMSCL27pwz1TvhQ5ebFK33owy0RVT78/vxsd8cFaYhg59QdlJRrobajI7kzuPupI",
-	"afQFrprBfI7ljBsIdhapEZiBlh/xhVPGMoDV41MulbGEk+BnFTLPyvIAl1mWwtHH8v0gOxhKvsURwefu",
-	"WlFuXwGKPnHP2GhpsSyO+8dFZZRDNZ6J8bXHXsBWy4YSOZk8+wGDKIo0NdVB+pAHTSbGuTSAEwgML3ZX",
-	"I0D4AydCf3tAnQlaTR28bSVuYqi6Ogdk6JCf2YtYbHVcb5TgdatO2D57iuASc74cqpHj9CF7LxEfMOh2",
-	"zpWcgHeR4jzCtVwrPCThek5gWkfs7OTEh0Cnlq8w6xuV9LH4AnR2BO/0b07/bHkO16z7/qz6vTQED+E2",
-	"rAB4CG6ukSYoUD5+JWy+PLp0f8RDxRh5dFDAQGuh++Z9IQpKWcTGsOCw6xSKv0OHV0rbKzOHzIp44Cmd",
-	"LSDYgEqz02PE/CEMKugXYANoCz0RhMwu48Vc1wvVIBm45+NK264ZqFRPplDrpD1wYCxmy16fvSzStNI8",
-	"Df6cUUqlG/xEFxABThTm+nQUIREILOwzwYW6DsO2+tsatvKbb974XfjmGwQAdCel+/Lyf3psMdPGry1W",
-	"e5aG5gY3TOwtu7pWDhoO9MC1/p/a21gfmv2HzQUHA/R/huo/R0dH8D94ma69mP2HnTL8aS4SyQHTyP26",
-	"O53R57A8dFz+w+KPuch0RMFeUaD9T3Et65VT3g/rzvmSjo07ML3yqvRSUTg9JTE7rRJ2V09oEE7v+O0d",
-	"DsDxkiuZRMzIf4tPgRd4TkGpxrjxWGTcO/5rOQcASAGoGQjksMrrTDU7nDhssJwABhSBV0WhqCiohTRi",
-	"7B/HDMMD4to4ODc1XNXaFCNW7uAnlMoI8SZ2wxXKzQvCzavx6DOo+AgdVarhUsNQZyWGSdFXjmSR/tyS",
-	"4OVgcNqOV8I/rtxoHClUlwp/dJMeqktaJxm8S9A/bipaJVnX15586LgGyYqYtjCs7kD1NnO7T2v2gD6B",
-	"3WE68xkPTk8GCLoyVRH3jwQkhA0wTCgn2yZsZNxSHBm7TEWtL50mQ+WaMhd0p/jK2NKpkU6yRqnNX0le",
-	"7j8u5xoPVcbH18Q+Kvo72k8rKquR8yLlVrCjI3cvHmHZp9hdFFCzonJVs6U7+5Wbs+F+jojhYJwkkrh4",
-	"Xzi9CMrh0PbHF9XyPFjattIwK1SCbNt6ggH43qEKV6W/6Srdw2GusPFe020Pmi7qrkH39PWlEi2Q95a3",
-	"/zffvCSRrS4rfPPNAM8SBu20Jb6CJpwMFWb+Y7Z/XfSCS/6BoXsh7rOnaiqVMKwaGArazlpQaRlHOiCF",
-	"+Obs2B1Ps3AjPT859QmUv/7669Fl4fi8dYxXDNhfQeVkueDp/PthZyfde9iJSNz5vt/vxxdD5S5rXEme",
-	"znGoUNt+xI0cM17YWbQ5qDVydLoW0urtMS32iB6eKyiXTHgKTscTiWNx7gWsNYtaNbZV5uYAohUGDoeI",
-	"YajZFCFR0KYShnNAIqHdAoJaweEg3bKuM2FWxw/uLKLqlPGcz4UjcwAEkk4xeF+IfOmdEAOoNNKp2sYw",
-	"NXc3DcoHdn+Kmhu3+u5Nv9tLA9x0tdc1w+AuQptug8WwMXiSVBuUdvylURNWutYXo0Fe4GQcvCAypwQh",
-	"Q6hcWYEBzPgNGWmI2bthgnJ/BHt69By4wdFr+e8GL85fl1ixy5HZipRZihjBmY8Sq9fZ+p2oaWVaM1Lc",
-	"0pydnB1MEwecFpjjxmV3lw+I6ZAwWRf8+/Vlqwj9TU5WLIZlNeAkBNuEuQbLkLsW6yvSuADnJ+cbFqBq",
-	"eNp9IUrTwdoq7Cawr0vrAVCllP57YM84P/nuc47/F82CRER+Bi7zAdJrhVi7DZpWtKIY9Q5ikPkYjNe/",
-	"vftUs85c+qHmel4u8Vpegq4qzj42fgfTjRc+wBmlmwJgw8XxLy3J8IKZImCwySrF78EQF7I89EKFvI2h",
-	"epqcPXp0+p0H9bkWyz6Dg+GtQWBep/sWxTuyXIanHtmWdc9OTnoX5VfQCwYAEZiPGwjogWOtJqkcW9Y9",
-	"P/mu135RvfLLgHeEMPavOlkejKmsdPKp7gIigNl7My5We8eZN5oaycjlKUIkFa3lWiwvgnmMDHdA+Gcn",
-	"p595nK/C+A5vCvVtB0lst0MUAGRbTdX1jL2QyJBJRdZEPFLl39Xa6Vjt3OlElUy+HtXjKI2gZcntVgtY",
-	"hIcRTGaYUlFLTgOJ/w2lOXj1CnnKEWZEeNVRKoah6ex9oa0wAxZ7IZpeQQl62PFpYuA4irGxmKkimQrW",
-	"DXHGu5U2pa97AAcpRQXcwo+LEgpwiji0PntNgnJ4a6kLtDtww+Jnk6NftBJHP4PFh7VNY6i6PgGEAYwJ",
-	"xrGiDxPn88CU48g5wNFJRaPoua2fCjtUD0/OSwMzMWwPfh8QEKQaC6cijpxytTY5bBI4nIeFsFq3czdI",
-	"U2oXw1FWKUXl2orUhI9qfE1DzdI9BeT9uEM146pFMqvZjetCmNu3el9rIvanqPMQ5ah6y29VbVtCHpBT",
-	"wOyturk/aaEWXl9djjZGBh648axBMLU6h0QpbtekDSwklF+D0dgIoS5AyzXgmpZOnUS9NBg4jC7yseij",
-	"cuy+Bm7g6xKv1hVGKx6ktA4VFBAeYIUhhDA1bmQ71BmmnBKtRImSSWWHqxWEQ31bNLeMHTuBCFj2SmQC",
-	"46oJHhPaw566ToGx+bIXzA1nJ+esRDEx/ra8ACsZVDaGL4eqtE98x2JjeYop8CKOmOJzLw9Rb75OMny7",
-	"5YS/9Vgh9yHC1Ctl7yTBnLdQlWeaOazvagoQHt7PrxRQ8hTSGG4YuE0ghLpOPqxb27f7VgFw6eu3+sZD",
-	"XZdOwADULt8D4wR7E4YzPE1+eH0JgUCAMQcCxekjKoxlWNcUo4D5gjYslBN1PsXEapBkximXc9OL0KmO",
-	"QZzwWrOfv99C129g7PcplEMPFEXx+wjmOMdG53/VHHh4afdNzhPhOCvGRnBjRA6aF8S21TrfRGnB/H5z",
-	"ejx/b+0xH6cb1EnFPJxqLZio+/Tnf/4PXRCFnelc/ptjdTpuriFhF0sMDFWJBUTwTGjRHKXSzMAxxKzO",
-	"5BjSJIoRgvHh7xOZWsfYL/3VFKF9GqCwbSV2CwsTOeLuRbXm4dIh7ZZq30fM+nxdDPmKAu6eClhW8M8w",
-	"GGiFVHZoqGJdJYAn8n1493rTTClOsvoRVmivzRoucA8sRN+ivzkvfMotZODNRyJJwFYPG/IAfatPSD/A",
-	"l2ivrGZgmY4/Djs4MpkMO052/tNH//enYSdiw45bUreiw85gqNxz/wM9h63y38If9ADLmvgn+NenYedT",
-	"HFVcApVINY7Y/7y08qNC86KwkBGTiBuG8Yq8GpHmM5B5JeptqLoxhpk7Ar36+4sXP129efHT01/i8rZH",
-	"pyR8Q7yJnZ88ZDEEv12NU21E0nhf/0yhd5dE5Pd1X7t+Lsfp78TZQu/GcatWQ+oYTEcHuj7LoMbf3n2K",
-	"Ptbv0CqrcXsU1blMhb95dtbK3Qo7uzN7K0l0lb/RUR8qd9aJ1fWZB8miH8IRkHkIPCUWQUApgZUhS1jx",
-	"LHETkFQa+Qz5DabCWJH3yIsWjHqBS1YRWbxrdQ61XCQAHhaZyN3byG/w6AA2HLh5VZ3x+JVCd8BUggPi",
-	"/hmQH7//3P8NvKbPfm2LYuVV7hOhM05C2EV8WaWs4GpEswIyGMQLvgjcR1JAJy6RE8TOT0777JI9+vAB",
-	"Ik3IFAObV43CYRDz5dO2cXWGyuYAkEHDkVOlcwFBS18yM/S+2fvkh4Wd/Z4MEbr/sjliyZjaWeLN6TFG",
-	"LB5/hP8+Sz5VjJ/1Hf6re+Geg2ehj7YlpbyMW69nxREDTZH40WR7NT60SuZVuc9Kp9RXQ2lx9cj6UrPH",
-	"NQ2sfAVn+izpfHrXsg/HWIoC7qdbthy13GzPcIqVSiUgO2KHKZak1t5s6VoDXp6DH1MrNMMYqzPgS1Sv",
-	"l+IfUdz2uT7SsGvpWqSikNAYAKoOVRy6wzAsiFEg23pMHrk+e4IvYWw9fk6QmmaoqNAh2V/gKWFVB/sL",
-	"5LnDBjYxLVgq7KKz7wY+S8Q801ao8fInsezcq8F0+7GoVLIilnvBaIWv6AfI/gTDmkEFJcL0cbdEtMtg",
-	"kcsykURgzrKFgfcrW/V7mXNwkjNusLrlIbgA7rsnq6Yz3XYyUz1tdRFhUgkg0xrNJjyvwyWRq8dRL2UJ",
-	"WTknRD7WgNJHyH1Vzw+9/B963XUVSrWAaCHnEMX16scn7OHDh9+RzIdYl3M5znU4qzHiW54dnZy9OTkd",
-	"nHw7OD/vPzo/O3v0+P8ynmXHfJ48Pmf/Ya/fPH3Jzo7PB+zV219AMIx7F+ia8YFiD1CkTCHiC2RKL4mi",
-	"IygmW/PSw+EOVS2iuxv3+32M72P/of0uKxtJxc765ybu9RlhmaH/q9YEVecDdxAzGR+LiMXHGN3wnxhz",
-	"SEJ0NsS/Ei+idJOJ/EDFa30hcoYoTUyxLpxBgvjvG/G+571q6sjO4AsnYnrYCRj/UIGNHasKIry+T8jz",
-	"+X8X/gwiXUflG6NUj9BAHg3VApDpsRTS0lQOO96J7DXkOaMJYE7BwvE333zj1uuSpXo6VFRaIMSP13LB",
-	"oCQ+8+LhX98+e/7D1fMXf7t6/uznZ2/iHrsWAri9GSpcPdxmMFFgoDiNb+HUl8K2MtvnerqTCGHFB3uc",
-	"pVyqLT6YJmaR6ukBxYQHEMAICCRuVJ/n8k/19BijcTc6o1M9hd1zm+HZDVSyBC6jxAJt3qakFcfkAW+A",
-	"SRsNldMqkIagiAWZuwiZnrMq0UdMJoPSQ9O7CL7PoVphz5VgbzxK3ICLzSkp1J1QCXVHveEphA7LwHYK",
-	"SAa9w/TZj24FDcTyM8ZgPKdn+G9oasDCXPBXnMfHYceI98PO4PQsGnascQpkp4n1PX78f4edaOihAOA9",
-	"nmXwW40FwwPHG+ERsGD309ERMee3BqIr+Hgm2KPJX0b9fn/Y+eTHXRurcGysNlZQgIcd+MYNBi5i+Cnw",
-	"w2En6vf70OBzPImB/aUQmJuTSwbqqNmFINV3Jg0UDHPrCwVdgHQGjsHUOFfIzFqysa4Ugwh8K6IgxArv",
-	"qtQBIb8eHBvkoCIJHv4+e4UVJrBEyUqVjC6Uqa3XyehhrgHxHOJ93Gnv7x17G+s56LxAahIpDVimCnEu",
-	"HoaL7OEw28jdh46xOXH1gxQGZ+loLTgKPZI/2B9bORqWjViXIFejXWDWlWoibsAP6DgBRmJDsGttJTYH",
-	"VG5CTfsUNbEPd5WK/Oi1W72nePSp+gc6wi8wQ7m+G2Gkq8EGtZ1sCzZ4eKtYA7gOYARHJVfcQ3YmFtbu",
-	"LMSyRne/M36EwnZeqMSrg3XX17m3fo1EHRzGQS4U70Y4/kj/2qTZU3WOe9btqZe2PaBxHubi9nVIvGIZ",
-	"8P39mvv1ucVaP/ELWq42OdIwLcaHOUGdb1p2xNJav8Nf+fKE5yff9Qi1rCxy4jVd0NTxYvWuImnb/KzQ",
-	"7Q/Y3y5+fHz1IOuOTZUWaliPdX8jLhOsfCM5VuZxzyRZ6andjldO5TC0ufPi7EeWP1SJDo0/zeFAlwFx",
-	"z62hVAUkgBDJVatOUzH3euVpSDmAi1JpJ12G+rUhsgIyf0FR2UiiIcTlAGaX+4ooqA70dwko+KykiYja",
-	"K8f3gSFf+wZS3YUL4u3djixw2SSMlPmIC2SFTooLOCWe8Kqg2Ui43blwQqeZyQxVb4DjII3k4Yk3VoJF",
-	"oPSngUgJZdORzH38FrZZxszTqMjw6T7r9QFNRFkoDmgGrFoXygOb1MpChR8JxNddVPW6UKyL605iMjQM",
-	"np8AXBIKw3HFYkhEzEXNq7iTbE3RrLQ42KgvBhcASqA+IUJrABY4Zpgp1CG0Er5AFhTUMmgYUJp0ECej",
-	"YzlEbN1bDBRUOAwADmC2OCL4NEXGjEpNRJEma9I+Dvr00VB5mxZaKholeq4ALtVLe64t9JFiciYlTA3V",
-	"aiFEr1PAOlOJRdJcAdxlwOrlFXtlHe5KCbG13cHsFCytFwoB9tmlqhX1AysaVAdXSxp5qGtWV82wpiUE",
-	"XlC6rkxwEX2VP8O0wvpZ7eGHcF7x+LWpNVs4NH72xtFrx6kdW153NAr9uVtrr9f/jvrH/aoP1RKpm7UH",
-	"9pSPZ2VNwFgmAzLRVtroyyQYaxGRezBU62+5007vhWy/GAwEMRK+zxF0G1/5EAzL/3j94he3wXe/EZ67",
-	"403ERqd0A9PdrOXcXrlZlWz2uG6OF2aj/ayssGnAwV5t8wh/H+DA4wjrynH2qxi91uNrYQdoZYMCeQJs",
-	"g0M1F8bwabk/vLo7K5aPlWKg31MKfBIzPUFrGLAHXyqXim+yqoe95CT1UIWYFPih0pDHLgAkidjdmCtw",
-	"/Qnr8/9Zd5TrhRG56UEusZ5MRB6MIKYYZbm2eqxTQ8b8/s0pEmaMqcn9ppAIH40C+GKpGFvjk0Lc5wTF",
-	"hs8zqaYmcPMSTKVk0VoDl2VWE4OWBs2ClNtEXtrTk5Nvg/UwF9xoxaD6LQvsOaLrjauhqrNznzw/5h5H",
-	"aiQwNWAXdvmrGBmgi8/KMVeZ3ylmca3EagPUdVmyMZAw8xt7wYhy8caoshSArfJAaKb/2dlKGOxn4CbV",
-	"HKVNevszX/sKPabBOx4c59IiYEQe0tAAPMhqvLRHfHzdb8+0F4dSjH4/5X9NXdiu8H8OXX+zLnVIBT8q",
-	"82frhQBaVuY2VLyq6Dct6x9Bz/49Vew2iiDE7ANSxiuBYKJzfSOg1h+6aSyfbj41rRwqWHlbLbs4RbJY",
-	"PpdmR/iOYC7dy7Jb1lbdfoXJubS73HVPEDT6XqNraPgAgt2Yu5ERFIJf7shnOIEv/CCmF2oZ9Uyrmwji",
-	"DibrOrdojAn7Zw2obu7rKpZ384DiGFATxntuFV4RIoJDUkfEQl2SIFop8SGUgDYRg6JILBYfMpkLc8Vt",
-	"3GfPnJxI4pzPwOM19F0+vlZ6kYrEB+r59EMIRi7sGMwKXRQTvS2EZjWYChtD1toCTJmrVcyDXKKqGrzp",
-	"VWB3+Bifg/TvF0uiNzRiM70AP6yeWJyyNEOViFTeQKJ7qyRJJEAI/F8ou64Pcid+ffqZHUgRy4Ryutfv",
-	"FapWputP3VEJQDymyCj5Dw4Jko1T9MmMFPsfrwpF74qkdwjuAlnzZXH+rexl04VTqWzfGgIH4KdyXsM2",
-	"qZWN1zlLpCl/CjasSiRzFNJ0kcuyv2o7q2gNTucu3fOAI7CsAIzE5bMrI97HF4wsmaDyQwklBZU9wziY",
-	"9JXJPXRPNQTAw2hVIgLY3ymaAlA1shKyNGSRudvdqepaDVUmcqk3nv9yaZtv6j/WnVrOpqz9teV2LT+h",
-	"fb6Pi7bSiY+GqSidhxbO24/SYf0h7jTQTfbVFfHVFfG/whXx1Qvx1QvRYC4sWd19uxx24uC3dDF8dS58",
-	"dS5scy589SscjFHcixNhC39I9bSdNTzXU58rUxFxocSNO+Lc6SZOh+qzN5pNMKpUiYUPgsbgbAD5FgBM",
-	"HBhLqqeeqzgpi8WDhSeguFceaWBLKNaZAVQNxRpAJBNTGkEZIx6kKgyonkvAqa7GmUs1VBRr3k7SEIh7",
-	"C+XmNVTR3oGI30KZ7V2oXU8pk2jHt/8JNtI/mnGTIp+3q1+pJ8i60sW61kmvo1DOkCjDiPcRGzmV3DWI",
-	"FpfeIf0nD0ylFi4cpfLgBgX7Po/utvwbr/3Twa1m+VXzFbAcGeDNod0xgEK6C3ioYstlivIUIsUouqr8",
-	"aV8xfuIxlbbPfqGzKA3UeVk9jz7voyXng2ro1HImwKabiZx1w2Yb8b63KlTyYDWFpKEqUwfI/KFyQiK+",
-	"SfR34RMLGrVBjvZUrJqJcuwmDnJblWBXHnKPrEFP3/Ad+dP/Eo0kot1tFnwPmnPRwji2qQmfh5vsoiZU",
-	"9IPKNb6uHLjzKYZqZUnLe74BPykiMRjdJaaYA7/edMruIHf+cQ/aH1Hs3U7/jdLvvZO9a1yOzZZUeXwL",
-	"M8ZXSu4YKDYKsnwItm60roNe6Vpoi6n5GTohyfP+kGHKXrb5hmhtDrH9bwACGporY6dASvicm1120Lbd",
-	"r8vdhLR5gOvzA6f9/Q3kJPIL9yLGp9NcTEGcgTIXxopswMa6UDZic6kiNucfIsZvpkEvB7MGVGx2PSG4",
-	"ixVZn11aNtdO4jo9OTmB3wzIOkbk0slD3Jt3c0iDUEIkWPUpn0JVJZG1s8s3fvaN0MyrIncLyaNk14WU",
-	"S+Ls+OYglcbGvQsPs4r15G9EzlMsU5ylOhG+EkpTQAe2s7FsSqi1XK20zo/+HeqU9999PIm+++5TY5Xy",
-	"Of/wDBs4PYFMVP/XeqlmKBPVGUD+aqc5L5UKQyOhwHZcMDoloNXPdJF7J10MtNKaPwsE1Zw3u6Gif/Ow",
-	"hEpqg2JdpS2TapwWiUh65RiVXrSNB0Z7oPEsZGJnVG3TiixinP1Ns4Qg4NFNpFNRYvPED09MHLH40TyO",
-	"hio+ncWVQZfTSuSNTBBL8/FJxHJdQO4hIohwbNS7OfrsNZwkd83xFOFH6Vp8q+QHJjIN9afatseKrB2X",
-	"/DPDkvtD/Bo4QhMPfwHY1gBY71gHHWQE3JjoPPLVs7B4Hfx+YJ04cHqDLnYczefk9OgmPNriv/x1FW3c",
-	"x0Bikqu0PsBu1dxA9cVK6HM59zYHmfT67KctnnZGjvYWTo2hhiCKfSmGqC/JXFRZnu0mI3IY35evvkL1",
-	"1FOW62kujKEuPyfV3/AcoK/bKR4xeFh4EVgiBZR4OEZElAPppI1A/5u+/+PHgPiZbCeksGZRxdCIZx6l",
-	"+oMEfpTVUSqb1Bz7Ue72vQRb/oiRBXnFqKpzYGraA0/F9CTusydU+ch4mACsj8TEB2mgpoEfbajk7ATL",
-	"AOtKDW2jty878HBllJ858tD33qbWKbEIm3CYgD1LFa/WSXYHit2Bix1/9P9cy3TZRCSfMzfllZjrm8PI",
-	"T9hUqR37uR/8xG9nvP8dln176oZ/98tO4VgZ5WdO4th2NH0axyGP5ypQgm/7gcGrffOxhKoa5vgj/PcW",
-	"+DBl2b4ZD+gc69z9R/fKHz2XDOZZWU5cu/ZMMpj0PSeSQR9t5AYDPIzwu2Hu++3mj0homzBhMDWJSRtR",
-	"QpL7l4bQGYi9xJIblZp1PhxaLxTr0m9XmU7leOk+Uj5yBv995d+gaumpQKD0nI+vyWhnBfia3S9X+Fev",
-	"haa/bG5YHeJnZoUbCdPzwYMRaGCCrXTawu8I7HIzzvi95apB63/UTDUY/HZ1Chf48Ao5dE8q0+qu3xoL",
-	"tcadWstajXSy9IC7Wa7/JcYWS6NbnkOYE2fTf8vsqF7CvxeRE1okg6GCDJhMG4h7ghArSM7V2rJunOjx",
-	"tciP6I3+cp5CfeCVX7n7GZJLytcAXrj2RlkNQisozAB9xD9AY67vGGtruCEZqaZpBSt5zqUqw7YJjROI",
-	"54MNtdzpbQNhjhAEVk5rzpesMCLyvg3M3UPUVSh2R42xjNuZY/KYK+N+KmcMg4xYzPMpGIx9uc7IF/eP",
-	"WCzUjcy1mgtlYU1SPhIpvA3JeO4fNzot5gL+mQsw6sPjXN7IVEwBpz0e8+yKJwgCDy7tTKjEXGkVXzCu",
-	"lqxWBjgneQjulvOTk3IrqklTJfy74GB8Hqq/Ip40wSRTPN2Ip0JxKMu61IUPuYVVjLHe+zF9QTDcIWwa",
-	"Eh3nulCWMEXjV29/YUdH8NP3dpmJ7/HLSCbfr3yLrieq3+r7oXLJyyNe2Jkv+c5LR64Bdz6MLYJaKe5P",
-	"AIVVH4edmTZ22AHwWPc7FkAZcSMen3cLI/KBL4XSGzrOEffQL4yABLDAQ0UjgFQFnTP3NdVC6LNfhIRd",
-	"kBhG6z7kddKMIOIV69ZiLXqy0AL+ZcXsVcWo7kWBzoss1RxAZLHAJIOi4yBQlkmmZfkA2NPLcGrQYoKU",
-	"iSW5AHyBTCBUTreCTweRxx643JeqXrIuPJKG6XzKlTTAoh8gmjnAiWMAcyKnUI0yHyrLpxcB39vo9EYk",
-	"4Pxhfy2Xj3XjH1+9+DnurSRJ+P7D0i9Z1xF8LiBJghKT1sYDAhQ0Uu4YBnQHCqns7oUv013ZXgrRHgnG",
-	"jSnm6LAZCQh9Hs9ASdqwvJChQnXiydsRxi8NOz87G6q12vARGLYc2VBZ7/AJveorLeGbQ+UZKFrJaijv",
-	"ZORCYoirj67m0jh+GkNdOH9NYIC60mE6swB6HWPxiBMWU1zrldVX+ATyh0MJaS/1SmWs4L6cBRJtAHen",
-	"MnBC+QRC3Bao62MuMGGxsMzMdG5Dx9jGlQQm7ug97rMXjoITcSNSJxlRKbgig5MDPXHLeJoOHH90rUJE",
-	"IcCCnp88dORxfnJeRvq6q3OoCghsd+N29OQFLoJ4VJrFFfn46CexjJ3OedIjnoijBK7nD36pAIRa0+V6",
-	"+FpG5KPlaulDFQkbekBXN9oy4S5yq8UtSwW/EfWLvstHRqeFdayv34/djWqW81Sqa5ZpqcAGqrEeUi9a",
-	"u+drKVUs4zmgV9eI21Gapwi4EP0lxxmRlFvVQrmPwQZXXuWwKW4nw3qPdUKlusATOJlgcCzdt75bnWPl",
-	"/Dd15iYNe1+Iwqn8ZydnPTwIjLMk5xNb1h73wLCUrg+TNcJaCPHSk7pxGQejtOdHS2EvqoDwbplSbIve",
-	"gIOaUAEwYJa+Z1QCF2WUKvJWiSVEUGnE4i34kiNP97cZKp3X5xmKirRXZmkxSbcWZa+U7QZppM0JTy+1",
-	"OZ5Pmwpir3ngLyucB3IwqajQSDhCNLW676Am83TBl7RQvcjdso5Wa3uKzBE1JpDkeGqgzjyF4Pp1dtdQ",
-	"qM1DBwcg2zXo6zpnYl6AGu01efeBWpblfDzZhcJHQ1Uhagx+cWzh1dtfMJwQ6kM8efHy/42PsHQmkAq0",
-	"DS8NFf6sGFx37OjIX3Df/wkKSrx8fvnmxxevfnYCkPuUog9D9MqEp6YlfKXK5OuqXoha2aQ2VXeqHqzy",
-	"eFt4ys5Wgg9Hlud1TW5VPbNQDKZFVWFdq9NQvhR94aOldcvUicoYkZFUHFamoRDGNkvD2eepR0T8Cyjt",
-	"wovaAYbjb0/fsKaKF6BGuak7gdHjsdcKsj/XVM2sWUEkvPW3r573axTSVLX9/PTh50aFKO9GCijbvRDL",
-	"z5f/c/X25fMXlz/EvYOp8e7SpetVKrDvESPaUAhpzZJz2Bx2MircNYE9Ws1eh5Bnwrf+msn+NZP9c2ay",
-	"g3XrayL710T2hvxU4nf3l8VemlY3M/B9U9jh868Z7F8z2DdksFcY39cE9rsyiANnr2/nC1mub6B8sVTT",
-	"o2uxbPfWvay8+ZP4X4BctTKh7d42tzzRSha/NyqR++AQtFEdF/TZ7Ier7ty9eON8/fpgHQX1oQxKIdRb",
-	"z78gJlaiNXqGZnKYJpjp1z38K6sfLED34apv7uszhxY2DiLZFGh4LZYltDAu8EH8+dAzqoU1Qmsnrp25",
-	"x/HHa7HcEur0iw5QgVyV1EUzBePVXOdivd6Qf5WqWLu7m08mACy4lb4+bzzjjb4+VDyja2qvvbo1I9jO",
-	"lVfWdOPFQkaG9vvkFb5wb/Ef1P4fNQKEhr/9VvILffgoEBpCy/0TNvg+7p4fnVruC/TT8c8KUxHgGpy6",
-	"5L8g/3qW6w/LgY9zYKmeSkV6ZfgE3OmkLvpg+8uXz9wBw0ykoXK9uj6piLfOp8ykxbRWtBvvw7Wfa/W9",
-	"Yw+u4f1C4GuuONN9BUNyOmdOMq+Ys1GNoIdzvgSvLnm8h0qqRFBJ66qPNuSrkUqBnw/Y+dkZW3PdUiVV",
-	"GZy+FtSlrs6r/twVj3npw+5FwR0cfLyl9wHn6Oe84hrujnW2hI4VlZ3uRS0OX2wxuPph3lQ5kc25khM4",
-	"AeCxr3hl6m5lp7z6dzGHfiKnK2PTSvSH6g1EwyCavynTeIkwKYGtRk0IqgnL3KQs0ZH6slMw6oP8zGIS",
-	"db5JLiLOcxgWt+r5b+ZwrbccWps33HL4wn63nNj9ksPmX1vcqT/aHYej3+GOo2W+hzuOWm654/z23scd",
-	"9zIXGc+FYV3YcxbDNRf3KnVhcVCr4dilCmb1UMGdgZIyOB3hftRGNFTY0TmiZzsZcipvHGvmUxMB24VE",
-	"ZpHgm6bPvPZHMd5VxxHmO4qJZRBLxyF4HH3eQzUS3JpyCn32GlL8g1uQfh9gkGCfXVZSHLQS/ruhCsB4",
-	"kBPhS+YSe6ZInGXkS5xGLOMFAWMtuLQAeoNBk37UECmWyMlEUFjVwrtncATgVld6MQB/gk5ThoGdjA8V",
-	"LTd8kPPxtUEPJgazUwdY6aO6OXQ9UESRhfIApFMXyofMwPZKX4ncl/JvvDxwab7wy6M2yM99eWDnbZcH",
-	"0VaEtPN7lQ0o6b086CTjHsZ8BGxllYs0XG8lc2u73kKrbch4euEkqWWldLConWeEtQM0jYn7NwYr+7LE",
-	"/uAAZr5P/UY1D11wENkMzFFSFQ5iZBOK6Cbm7Q7mUM34jSgraANEA4Ti8TTtsye68F5RgPBHjAvo0QMR",
-	"cMtH3IA0XWbX2pwrw7H0ADc4CG++gMQIqC1rZ2JJLJCJ9wVPHdMA9JqVumetFvTXuNSfI6WJutpInyAX",
-	"Fweydv/gK0MUqu2mPUDOUxsRf4aEfhjE13z+z5/Pv0pGd0nu3cEq8UVk89eI7Wsy/x8pmX8TuW5lXztn",
-	"8tcI5I+eyI/SxIHz+Pewee+Wxl9b8q9Z/F9oFn+dlnZL4p+LjREzhRE5G4mZ9Gl8EAaCJWOjEJUi63ZT",
-	"4yMVMeUK4QehJfoOXFvBFL1+Bfx83zVUf27fICPyQ4FZGkCRO5IKWq3sg0yEstIuy23Q+XRz6FJ9fSFd",
-	"gqcpbE6q1RTiTruAllsx8fvE9lraVR3he33xX+TTP76I9yKfbpfuamt6iE3/eVlvs7LlsMHAyVtTg8OG",
-	"jvVcGL95Im86Q43b9mULS+UAP7Oc9CKfbhKRqjt2yPiD+rFbJ4XKyT/+qPPplrACFHSoNGil4TKEYi7m",
-	"I0iwVYlnAabPXiwg67Y5SuVFPv2DI6tsW+UWfJUX+fSer5gNVHdoirvcvgj7be4LR42b5MEX+fTLlgLL",
-	"AX5mAXDDtnvZ79DbT5g3t2E4xzyTq2GR9YH/JJZmxUhEsYCrzqpV3nKZyf8VcZQ4j93CJw9ymol1g0rd",
-	"uqdh4+50ultlkW3xjhCKcS2WD8BKDXmzHGHJsbisuwN1/sC0kcW9xkPWuvjMwka1798z+jFoAc00s4kX",
-	"7BLkSNvPjNWZYQudX0MWBFZTB+8q5fxDLE+OYX4WP8KSX0gjIrlgPJlL0BmXzdogLukfPMJxy37c8gxv",
-	"55ArcYz1DS8SabfhX2M6IfqC2JwnooQGLxnT1rvA9bQBq3oVnDxdhjQdSALHTA7gQ1BL7p4x8qsDCCW0",
-	"t/R9ezz8P9RlGDZy+4WIC3goYwoQKyRVb74X3Wt3uBSbzgnVsMDQkdZQKPQC/s299McXeiqT2b7R1SAc",
-	"s2peOph7FZvfvPv1nTqEaNS6x1+2sWV9oJ9ZDqoMYHMNIdzX3yNY5XIleowwqkCZAifmQXjXa14FbMas",
-	"/Q0U285/tnGe3WMwwU9wJZPm26oo4Mlul6QPjCFPgLsj+bTtirR8eoUSUDtazVyq8PcOg/gV+sV2I0RM",
-	"C0OCKEHLpwQwJE0Z3tA2Ou8waS7j8uhR44iaGsPQoCb8jpHWqeCq/VOKHqpAze67T02tuv9cZbmYyA+H",
-	"XP8aEfgTZPiNSFaOd/Oa4ztX8M4tJvrHu1F3vUzv7Rrd6QI1BxagDgyvUh/9V5iVrzAr/2tgVl7k068g",
-	"K19BVpowFOpc7/7AVrYz8n1hVnQ+/Qqy8hVkZQPISmB7XyFWDsUeDgy1sokrUHB7m3oKwYN/fJMYTGO7",
-	"/I6LcXjx/UfEUt0ovd86y2Cb3Qs6/7ItXtUhfmZb18Z6JUoskCYuQqWYWnZdLf3xoPgn2+qZ1M4wBQ+1",
-	"HuKf4fkf/xTjPLYfY1qPw5/jnylKa+NB9rtxeOf+ZQKRhJnI3W0+WjIx5zL18OXgy1eazeR0VoV2xdDE",
-	"ByBE4KdDtZhpRCaASgoY68qkglCAJIF7UoP0kEp1Xal+sCRQYPcFpOaS2MUtuxG5nEiR4KCaBAVcvS+b",
-	"E9XG+JlZEfa9iRchaR0kUCVJGKf2Gml3A585/lgYkW8JMrjEwIAccyV8eKOju0RDDLkubM4VVN6aX/gi",
-	"AnO+ROx9FIpB7Ic42kq9iNxncjTT1x89qWTDntxboMFb2M9Ntdl+0VD8CFCxuDTC8xs+cqOmNAKIVvfh",
-	"Bn4msOe02YZ227btbSLm2rbv7Zcdt1gb42cOXdzMO3z04uH4x5P6JlMo2c6cZFvyNoTUh5RcwnqljwZT",
-	"YeMKcBBmzpANtB7YQvqvzJnVlqemMYj682Q3lx3tEll8zynO9xVzTFvtwWmOP9K/6K7YhLV2z8u/Bbrn",
-	"gCL85Wa0nn2X9pVfwU3c+ZJKsyD2Flq1QTUJhVAu1sBapGFyPi8sZICOCkv1NcAJ3HBQaBxfNgeuD/Iz",
-	"s+AtJOZ58AFJ7UeEZxERbLLbbKybuhtglEeoOP5I/6qf0voMnoFXDzxujkYonqeSQ+gL/yDT9V7l0ZIw",
-	"MjKRU6gG+FUU42nab0ORuW9esBMSy4F4gYd1CeHCWa6nuTDmMFBOr/zWVbhvw74e85HOYRq3b75NK30N",
-	"YcSOe0y1TgZOBaXwAekUzEW6ZFi5USRIHLAUbmwjPr6mS9zqAuyz5ZdZYRm8ANWE3LqJG6kLExgYQVO5",
-	"hkRy5V6limgEeWj5EkoRgQtaWpZzVQaEltvMLhUjDBXQY+e+GJkRyoSAWXr7gfGYL4adn3wXSjyChd89",
-	"2ICNdAlb8GVDI+EYPxHn/F3PX4gbFrQ9v0eY2S/askwbI90l2UwKB+ETbtlLVKSNQEjNxzvLcn0j7ueA",
-	"/wiolH5bCMEMDjx2y9MBwYN9sMTkAUHNfMazRfM/vNb/lezvkexx11aIZ3/qxyJ+90P8ECTHGaF84wdO",
-	"mAYKFxhgIA2D+xVsqFCb8/NR/hOc+1fC/yMR/v/P3tX0uG0D0b9C6JIN4G7v21OLAkEPDVok6KXJgZaY",
-	"mF2JFEgqXqPIfy/mgxRl0et1vTZgQNfFmpSomeFw5vE9+mhZUE1amohHINM63Q+OYY35Q5wKOf5ftK80",
-	"SUb+Who5+nsGadVGd0NXPYzil9oE9RVrW7dJIftS8OjU1hKUdL1LSXHzWvdxMtDvkaTjUueR1xbti9St",
-	"dCMz0DVKZozlirTPhb6RXHFEYKDcJXMLxsWJ9ZB4YN+DqqawlY67jEldcKcL7vSquFP2uQV7umBPi/pd",
-	"CQ9/KdTpaUH/VAQqD7CgUBcU6jMo1EkQXJCo5weLV8agvjRGGPUU6EblZc7z2FkenIPljLUq23sRJLJg",
-	"GLVNCeAdaRVEjR/M7rDypY32m5QsUOkCYg5VvYSx2xWmqAiu4tp1o2rlvXVvvAgbpzxmY5BRISyL9AHi",
-	"2lPpmv54vUrCe/UU3vGBbCkm3E4x4cOj7oWErSPGlHNqaWh1l3G994cbQ3NBvT1vu54b/IELsLjALbkA",
-	"frNz+id0hrvQjoM2jro2cFLFjiQkgDrg1tNfM8ZTwrtY901ZN59S5F6acLqVY35yubSK+u7aY8Vn0nln",
-	"9aKxAEcoctyisoobpLtxRxB3cI6Iiwrm3upOhzRCJzV8ZGlqOHWZxm7fXs+NUDdq8aLbSpNQ62uvk/es",
-	"D31Tzmt6yYPFivWg24aYM3pnIcVHa0eFTrZlDy7QscQPWy9ZHhWeP5mo7hPJoo0VNZwYTNCyLcry/EWP",
-	"dmGgFM9y0IhYKonX6YyPpOrB6bCrHv7+nH8ynj9xkzSqb+0Ozr75kXTng+rgq01H+reiWggMCq5GpY0S",
-	"ZV1W+MCwQYVbnpIP2/fVqhpcWz1UP6Lj8uwzqISsAzaDsac3eeT7rKFGjzxnZJkTz2e/SsTzBSaXCcG8",
-	"3Rq+yfiT6JXtW8VE83w+6PIbQ9kECP4tPxQPU7irOkKsSTNgHC4iwJ9/3B98bXvVELckYkqGYDvm101j",
-	"JbbFAovQxnKDp8ENJ/8V8snNf/IusZFljTA4wE+0WNEW3JDpbUUM5f0eHVPpsZB7t9mXqYeFz349kccu",
-	"r3xzkPnlfp+Kp/QYvyWIr+cbqKzdMwFvkmhsNmBCi85H/AUinhdhcIa0v/9RdRB3UqCbe6TJygqhv6LE",
-	"MfwNo98ng5HpaWy7xedZiaFvrWxUI1B+Lkj3lmT9WdIWjAMLoCXl3NUxCWbKPWTWzRvfFoN46V0P6TvJ",
-	"wMnO2PwTaMfZEo56HfNxE0ZcBPmIN+sc9quiDIg2sEN8Td25sWK0ynIhz2hKSH4mHy/uZPOJP+TsTtSm",
-	"9GzoUa+Obv15BILD9jUzs8h3Nh99UkyEcFpo4sLwqbS4ouYZQdBjD1M3eajkgmPJ72VI3uEVoYq/2Xbo",
-	"1IPoVHDYTQNrk9qQyDbaGLZoIwg3mymoVsHPSvH1Z08UuXHlgoV8Sdw5tbaW3oKziyS+RdH6y47KhJgJ",
-	"r1UNUQTtPpuYqYuOvmMt23Yq27I1JCjh599I9vrQeLl7vKHdQpsvTvrgBop8MJNfCT/UG0Fd6qiaLX7/",
-	"8+NHsXb2Ee/8bKx9zCeHlBz+rfr++ft/AQAA//8=",
+	"7P17l9u2tTeOvxUs/fpbllJKoxmPnVizss6ZOk7rxoldX5rzPJEfERIxEjoUwBDgyGri9/5d2HsDJCVS",
+	"F8+Mk56VP9p4RBLXjY19/exfOjO9zLQSyprO6JdOxnO+FFbk8NdfCpkmzxP3z0SYWS4zK7XqjDpvF4JN",
+	"3cMHhslk0Ik60v2ccbvoRB3Fl6Iz6kzp66iTi58LmYukM7J5IaKOmS3Ekrtmr3S+5LYz6hSFdG/adeY+",
+	"NTaXat75+DHqPNXLJVeto5jh413jmIUWbjmSIjc6bx5GrMQHO5nBGzHTV8wuBMtycSN1YVjG5+KC6aW0",
+	"7Ern8OxK5sbCgzDqnwuRryvDxu6qY1zyDy+EmttFZ3Q2HDaN8RtxI2fir7kusrYVS+AVNnfv7Fq2pNbU",
+	"7ZYOh7V7RA8Mc9/vHM2tB/JtKoRtG8eVe7hrSa7o69uN4Xkilpm2Qs3W34n19lC+59fCMM5yYfM1M/xK",
+	"jCok43oWxrKVtAvG2bVYs7xQhnGVMGkNy4XJtDKCSTNW1yJDkjs7Zwtd5OYC2s0Et55IDV+KeqPhV9f2",
+	"XFgzVnbBbdkyn3OpWBdejsNsbP+1yFK+FsmIuUWJe9CcLqwboJJqPlZ2JWdiwN5We6CJJPLqSuRClTOU",
+	"hp2fnQ3Yd2JtGM8Fy0TOZjxNRT4YK79DC8ETkZd7VFndvlvetvPz6FHUWUrl/z6N3F5bkbs2/99P4/GH",
+	"s9P+ePzhy2fv//ynxm38TqzbCOny1XM3tV2kdA1f346QXnBjn90I1UjQr4UploLxKyscx5GGCfcqklIs",
+	"k8ClUm4sPmO5mAl5I5IBe3Yj8vVY4c/YhrQMyMAC7zfMWJmmbKHTxLitMu5NINHIvaJYKm8E00qYi7Fa",
+	"uR/8h0qzVKu5yOljo5eCBrNknMVznsU0IMPX7vmAfavzsXoj8huR99+4JzBvg5Nx69CHH/rPv4kZUgRL",
+	"tDAlLXenuV4ZkZuxMgKOCtPKTVgrJWa2d4FrFO4/tpLKMBj3VDsCzQWbyxuhKqS3wbDdQk5g3BPYsDa+",
+	"PdwkvJ07+zek70Y6a1iQHLcd1+CCGSFYXBtYPGg7ObVlvOX45VLa5jEvtTvaViwNs9rxuCJXTCpHKTuv",
+	"wxSarI4qEVe8SG1n9MiNiH+Qy2Lp/sDx4V/l6KSyYi5yHJ6e/wNa3xrhS5WuWSqVMGymleXS8S0kDSs+",
+	"2IjJudJummzGTetYf955a+9dPD13GytnomV8cGphjHBq4PDB+23jocdto3r88KBBveUy3R7Rj8TjYyPV",
+	"TMQRW+gVW3K19vxFiZXj5jhgqxkcv6m40rmgmRCfaBu9df02bvzpsLrzp8Pa1g8bt/5lPm/j2jqfcyUN",
+	"dz/tYt0amrgd636V6xtppHbkteMiySqvfY4b5bVIBTetglqOj3eNIg8t3HIkOk110Sqq5fh450hCC7cb",
+	"yRtH1y0nceUuxAXPMqFEwpxQlVdvXCuX7WcSmm0cSsKt6Ltvm8djc8GXb9eZMO38wQi6Qd33hnU5Kkp9",
+	"I9wNZ0XCUmncrUdnyb2dr+Ft9/lYGejlgWFmpjPBZjzPpTADup2dsBmLPHfKDk9X7pae6aXAu1F8yFKd",
+	"iM7oiqdGtJxpGH519nAluH/8KRdXnVHn/3dSaqYn+Jo5wbnDHeUWoPMRjv9z/PQrOPz0R8nEeJ7ztXvT",
+	"2HUKUrzOl+7vd8o2MbSGjQ3cas+eFtDiJ+zpOyPyNlIvjMh30XmB396OyP/Jc8mnaevJv6HnuwZyU7Zx",
+	"m8F8dB+jpgH08CrX01Qs3T/dlSwUCBY8y1I5A159kuEbf/6XceP9pdLXLlry7UKP9RlfKgbEHTHuFCv2",
+	"+tun7Mn5oy8Z9cQSPSuWQtkBLB616Dq8nNkmE8GPC82WPBGMs9mCK5RyslxnIrcSpymTAxYn6qR8KtKd",
+	"hCKWXKYRIztDqYrovOk6cXsH05SWrdxsUcB3lHrBYjezpEhFHoMWadbGimXEvk317No1uVKeE7Pw6qBp",
+	"2PjDLx2h3NX8ExBtJ+rwTE6uQUmrDo1+QpXfHSfotvO+iXBLOvsJn0YdWDhcp/ITPf2XmFk3lMtMktpd",
+	"34BZLhxjnHB76MGNwjfTdfuWsNVCM3oR1vZarN0a7d1q8SGTuTBHDehgKjJ2Upgw201qJW3NqeegHvLC",
+	"qXTWHTh3zwUVvWs1vLiUqrCiV5vWznEiy/hl+0GWiyv5ocU+AwaQ2YLnfGZFboIJQ8xy4dROzaxIUzds",
+	"w3jGczuA64gvM2T86fXk4dWT2RmfnjYNKtep2Mc1Xrt3NgkPFhmmRI2EeURVsmqnxqfwEvC1JJFuyjx9",
+	"VaFOuknrBFunjx1baKzODFvp/FqqecUOidYjUOpBWVbaMmz0+I2sqBOn20pOaVoZj9/c6dJXV33f+sLZ",
+	"4Gn68qoz+ml3X8QkPkabXAJprZk+3WpKa0R6FTGzcMxRO1lCKpQc/K12wbwFgpuxii8Lu9C5/DfcZSP2",
+	"F8FzkbNxMRw+nGFv8G8RD5DvsmshMkNNW8MW3Cy84NVE6clQnJ/PHk2/EsOrL/nj6aPZefJQnF1N/nG2",
+	"WEyXSfr8r6fp83909nFXmvn2Ir8Py/yKz8U2Yw2S3UEiXlj5LfmtYmJvYB2bRxL6aqSIfLaQVsxskTeI",
+	"9Zfs6at3jFfeidwGvnz6nGUpt+5QMJOJNJVqDtyFLjS+TB6fuxstX/r/3nxJ/33sLqWHX7n/5NLMbh6f",
+	"N9xlUeeySCRafbbXkHu5YufSwUuH3wKuA47zbtSH/ePniee0xPcjJgbzAYuXYjkV+QhZXFxntrVnjb3n",
+	"88mhAy2sUy+qAoQpZjNhnApxxWXqtrJpSWm81M/WY2O5LUzz7P/29u0rhi9Up87m2lYknGBaiDqW53Ph",
+	"u9puT1YW0egin4lasygWJhHzptJcMOlOuWiWpyQux4H6xdZlRW/SHkREX1WSqC1euQVh0RqPVqDgO+EE",
+	"5Xm4P24ALs6G81ZhAEeMuMpaGsY842om0gkt7CfKmsd8kxS4m5NlA5V/m+slK7JU88SJTkIltWtfKguc",
+	"bJvSQTfatxawsM/gzY9R50oqaRZHjh7cbYfyiEMlXz2fTNdWtJz6VM8fGGbkv4XTiaz4YA9cE9cumDhr",
+	"o9j9vrE6B+WhdThuXXNhjEiqI5PkS0n1lEEbEdOK+Ak43d1eikN3kyx2rYyLnldaX4KDspvk/Mqy1UKm",
+	"wgkzeaFM7yDFhszRh58roCVvE284V8hPdy0kkrlTwHhOy3jg8hjL82OPXXmv7J8Vvvox6tyI3NBdfAAD",
+	"D2ejtoGh67K5aIOXVZa/xlOqJFw9Jq1M85nnApuax5pxIhSdg1tHX4GgKpd8Lgxz9zUSZzvLPZbRzsDe",
+	"uDmUGEYxwQ5j1g0UDHYSCguh8Vyw2FiRxWAQMd4GKrJexOKsMAvfSsRipSfUSsy6Snvvtm+azXSRJvjX",
+	"WLk+qzODwyuXwrXr/qsLWx0Zy7ny3lG74AoHkogs1esl+GLTVK+M+5qIXqobnko/PWQpjAQMaVihcsET",
+	"Pk1FLxqr2BF2rngao8awfWEIS16eRs5pG11AIN64zX1g0FyQ6jn5eyp+HpLTwHjoD32LnahysktHWMMp",
+	"E1mLoYBLJ58z9wbw8XLjWZa7NXDql5di37x99oo9PHk0Yq/f/QDMLR7slaKA4sJ6tR6S50sShDZtzML7",
+	"7B7QwQCN3J2WKrXc7SmhJdgRziVylgswrKJZwP1oHXPv6hzfMEzaXqNImsi5MHbfmL7Btw6STYD1OtEE",
+	"pYffmXQim7cWr8xMG2l1vvZmVcdC3O2jIxajap+LuTQ2X7OFNqThn+ATnc+ZSYt57Ufg99s/ExF5C0HT",
+	"OH8uRHH8/fV57rwVl9Z9v7WKb4SXLHD4qBY1MVuuiHO6A234Gs69vnAL79iAwfiiGtMmFYtb4FZm/2Gv",
+	"HbqdGhDM74Wev5BK7NYqjj28KbXYIE39vL1+PxRO+65wPseagSNfuZN1esFmWhkxK6y8EUzR20vB3SLb",
+	"hVtEadhSGkN2jkMkpbagBQj3wofgl4ivUj27jkMspDeskEcBxtms9ZpP1HndGsHnUSUWAla0dRPvQoNF",
+	"5fKelddKrMjGWJsZ1Ldg+aVlwGOAMg9XTHyQxsLmw5UknQjEwXBBIl2EH8DjQStXPHKF8JJsWCapEvFh",
+	"Ul4sh9lu/RXzPmqTUxg0DC5wN1n0fVcPp7+USbHiaQoBYHAdDnb4L5qN07Qm7TvYYoaKkffFDPzKfgtE",
+	"jhej2ZatL1hM/DG+gCC8sYrBUCYSEIBxorgEeLU7ARjvpojMUajsXUnFUydlktg7Vl2uvKACP8FJdvxb",
+	"JORM8KPbEF9ZKb2OFYqvF/W+oL0ecAa0kJTi+sY7ZOcmGyAuj9OAcNLudPvZkmEQ/hEabbQRUoB5g0NQ",
+	"L7NUfA4zTd2NeJCJNxGpvBH5sfYgcKkealIRbRoeOYkpktxwmbCVU05WuVbzCMih1PLuxK95H6ag3brF",
+	"IdIMkU4pz3g39wEfYfxKk2pfblJNzSfvdlDwa7p7ZU1r5NTEc2gAt/I5SlULxHv4eDiMtkS4mVYJiiBe",
+	"13b8woR7n+iHdETpnY9w94eovsfD86/qIZ3DTxU+nCrBZ5ZpdcH8qrPpmuUCGOokyCi5uCoMPnPj1HYh",
+	"cj+qg4Mmb08N8P2OHbwLEcVzv/sTUuqHZGt/MqESdwl3SRfYoI4RBpaDyC4hJ4Aitt0NhIkIgs8WY+U4",
+	"B5ghfUi36UUscEm8TYjg+Oxa6VUqkrlIKOYdZB7bi8Yq3CAscLHax063y30oB3lFehGRLr46VvRuIhNw",
+	"qqN+6UZHtB6X5zXuYT4EGE7sIhcCRA24gOvXHa1Up8L82248Gs2u++4tEWd9N3Ix1dpuTBjFjQvG524r",
+	"TgfDwdAtTsqtyHvR5vEZqy79AgJKaeaggGqRRyBwJkwqFtPjuGz9FFofK9+8TISy8mrNutNUqmsnpr54",
+	"9o0bwFSILGJGQwYBCEOKGWlh8RLDKjvRMvYBu/SzXC20qWwuvD4hGyqk0mgn21BYlROZnSxVvq+ViJwu",
+	"6nbb8mtR43rd8+GTDdEF1xmMt7XFg/AlnG/L5gFtyxtp122u4mMED2pOq8leNTJkaZUfmQtMjhCYe6Cv",
+	"YMfL5xA2ug5JGIcacPy8/GKFE+9IX5ryz70RYdjU1jyjTks0ztby3g2L3dyz+2O233DLp9yIf5bOhI34",
+	"FRjUpOJs2L4uKWJ/KedooWMQbAnmK6QE6qTm8D892EYg8t3dv9LGznPx5h8vGL7+wDD6oB5icPpocPrk",
+	"AN2/1mW0uQSNyyiaVepb+Sg+xX+LoqAXJD6Ph5Qbx46E2h1Y5vkmJ5v/QvA8AetSxLTjja+fvXnr2OX3",
+	"/3j79vh4sl0r+4N752PU0cobxbbG6CS26jCrcoMnYzcwNs31tciZ0qsLUmPxC8p5XHBDrL78HGbnPoZg",
+	"DegJ5A66CpyE64R0AS+OFawDuWxhpU6HFC9pak6Yqdap4OrI0JhMKiWSSd2Ju/+rYprK2aTI071R0vDm",
+	"uzxFVzHOcQLz2xuvR2+/gZchQma+l1m+de98jDpFlhx5WppUqRDfUtGjyChTPVrRpoUXRhoIrLZeG4pX",
+	"ZZztjASSqJtizQy/EYmn0SuZWpGPAgmyqUi1mpsg/FIShs/V4PPIEdtYuRl5mxBZu/lSTDAENQ6ZwTJx",
+	"x8AJXUHDNHHk5e2xcuoa6IGGMh0ZJeFgcnHlNKXSWLC8Y8wTkxYp+fYB1eXIatfrXoLeshwedg6O4TaV",
+	"NW3kxUcc2t/wIBD1E4FXlvuT6fqT7Aifus9lts/pcFiBQMCNjzqFkj8Xgl6xeSFut8m7o5pvsa9NhuI9",
+	"63wXomiVHd2jEFr28g7IaC9xLKWq/nq6m1zqXPTZMrNrNksFz72xifhYLdTg90Zax0xikwxvR3gt+3V3",
+	"9HXvpPUafOcYyXAE07mN9L4hiZdKSM5NNhV5vs7keR+0niqOBO//e9h/8p7+23//yzB6fPbxT7e9i7ay",
+	"pY5NMw8izbVY7wFleZacPXp0+oThB+xarCP28IxBdJiTJgqV8SQRCXMq4ePzIk8HG4tw2f+/OP9J//0v",
+	"5w+bpw/HcmskfxVKYL4q2WK9PQcFGqGstGv0aSu9Ynhc9qc7VomtIfOMvqssUaPYuI9Ay+D6Fm52EF86",
+	"Ssdb/mytF+u397Sq8VTEOW8wdYpRN3ZNjE5OFtrYkRPgY7DGwc+m9nsP8gaxl2m5Q5dmrWaXr56HJEnG",
+	"7VidcPczz+RgzZfpgF1OS7suZMdUYtwAz0ZpP1InoOJITUvU2jGil74WaiJUkmmpmvXbHBwFNueJYEbO",
+	"IbPbGLd9TjQuR8OgLXPBeGpQo4x5kcTwr8oHy8Kg6L7eH2hSdf006S4bo28nwLfuxaY0kpkwZmL90zvx",
+	"zW36hJqcQOjBrrt4GlIoYHqbuaKYEbXf2FebXK2x2hhrk9yzgq8xUv/Ye8ZvfpPK9/cf33qq6j5Lvnlz",
+	"2StRlwLPzXJ5wy1klI2YNIZ9zUwxZV9XbdqAlhUxXiT4O5Ij88TB3r1+AW4Jxi2CrjzyZgfGF4In0Vg5",
+	"tY6zf1lJNg50eoGLAk9a5U45Hz55vHcHwsR3rGuhFGYwbyxakuTCmD2Xkb4RecrXjN5mXXcc4S5QVuRX",
+	"fCaicjlR2HpgWApz6G1kgyaPH48ezx5PR8PR6Wh01kjarXzCjcrCVMhIaR6wd9+8CssfscAoG53g10Jk",
+	"PJU3YmLwiLQAgIjcOFFHWRa+QBAVwC+CWYpaznXlOO3KpfULqYRd6fw6Ck09MBhjLBL2/JXxneAG7FzA",
+	"k6rJt+5lF/lk5/ZuLiSkTtZ3erCj7X2izGbzP8pc/LXgeVKTaVB8OSAYkGZSyfHdHsfWvCu01LT5+87L",
+	"J0q8Bwt5u5aEdc/PK1nXcOvHq7l781qsY4yoDnHBjYLfn0/e/3J+9vGny2fPv//Hu/8zm19rsxqef/X+",
+	"6z/tl8/KObSv0h3pmVVZawOUT9+Iqh8MYgkURAYgbmANT68KJQTGs82g7ju1TDXagDfvHXAoh3gqGmzY",
+	"f5yChfhalos5z5PU8Vd6zyMjZjqVs/UFU0WaQmC2dqyifKVpau5dPnUcA5FA7sIYTdt9e803hBZuAYC8",
+	"fPqcEd4IwwjEOvczC3726PHofHqaDGdPrvj51aPp8OqrqyF/PP1y9ujs6lQMvxTnfJicfXn1cPpYPEq+",
+	"mj3hp9Oz2cPkXDy6esy/nH41q58YavQn3r9yauMvj8+blaVvpWhNwHmpBKOkEJaBF/6qRGzYTigoMz62",
+	"83gsIL+khUDDMbS5sQowJPe4GvX3+GGFXzTqNG78jdLRm5c/MGCTInd3OsrVU52sWTc+cYfCqR0+btiD",
+	"9RGOSX1oJ97UueUHU61i/6JcOpz3iptqlrcbCO7YohMF9B8C0tsroILwiVPfmTkCIKW/vfPxUJWTu91S",
+	"XM3EZCVVolf7Bvd9+cWP+MGxjr9b+sfakxzRteIjXwoPAQnUBrzPkXqMjcYHMXLfM36+32cGb7/Cl52I",
+	"kxbzvahY7p3fhVsBRrvlTdtYguB9OMbhAGfik1wNtzk2xxCl36nDgtRxz7ZC1N+Bkdm7i6tixAUCSIGp",
+	"C2AVnZwBxMnRlNI9Hz5hsRvFxPJroeKSdLUi8FJHvfCwN7i9v2Jjn1t37S4My8gS78+uDO2/KZZLnjdB",
+	"Q+mC8NF3bil+/hRfPtZyRzhaZjc0tX+LUXTCjUDUHpWIhHVzwZN15HOkIpZxp9FHrBpaybMs1zcQ3O8V",
+	"ZRnsawCxDMjgILWCm7/mRamvC7xZ38RPWThyM5cLB+kZYNPeDeZZv1zdN5HvsmmTN2mHFvPQHTos6AHb",
+	"pJiHjTFWOvTNRX4R9w94o7GKWZDmXCGiVhq/I0Wp+dI/jPU1XP9bfBDCjAKxL8FQsUrXPuCgqpN40u3y",
+	"CiqoXimG4wJDQi4TARoqqS65WII+J0EgbtFQypX7HMqYJCXsAmw7Vs8xsgjjOeo3aLxTAtmrb91SIrmd",
+	"xgW5Xt+I1PKmdUncAzYVdiXc1bXSHjQAs86MzwaF4F9AYdbLrLB3DSfgLtnDE5mPZR/b8dw4C/fv940u",
+	"i0PH0iSieTYDc4LGDri3//7jd2+2ufm1WNeZfTMLQbLb2I103uhvmOU3jb9ftyA2Xdt14++FaQ6Q/LBf",
+	"KHBNYodHs2BYkKavWjOAPz2LNwB+V4Lq62acnTm98P2tcnobCDoXfFkD5bKJLgCk3SYiz5up+dNzeAOI",
+	"eSWbF8ewI5mXtuIuhFC/q/cnhm5fjfsu6oZr01+I7tacitrFiV7acFFiMQh/T2ZCAf6rwNoPkFATz3Kt",
+	"4pAgDCLh2sC7LA4IDmTFjpujAJv8YN86EgVTiGFddEtBgRKW8HVfX/WXWtkFw/+nn1ZCXKPthzPfmM6Z",
+	"KWYLsEj/d8Jlut5AoRuyM/YF+4Kd9h8dEkezOSOKq2jJRHvcmInm1m3yb90UmHyp2PPLHy4BAIa5V0r8",
+	"7Xdvn9ZH/qxwy3jyF5GncsMV9/h8LzpJDpHuW9NppLm2pDlwUvalQhRbHwJa1UmBM60pTpVZvX0LIwqg",
+	"Wcjs8GP2ffim6aQBcvCeFt6ZBgWBIIerI2peDvf8buCBD0c1vf28CHd2D9wszu7TUj+XreA/mcgN1EyA",
+	"dwbsDeVjrRYaI+i19T5vqdhaWDYVMw0sheF+jBU3zGitCK5nDe+7t0lJlYZ1b0Qur6RIetQPcJuwEzi+",
+	"qF7k5/wusWZ9D61gs7i6d3HVEBXe400DHRyoDdZn8snrt2fd4MRvrdsxMKH5fNIKLP3Jow42ztD8Tgqw",
+	"uZy9kKbBfr+EZ7vMJZB6c7iAtANGu1BYf+cgfAp4OQq9Hy0G+4k1LsjP1l7O0kogTQOYAK9k18xSCTFj",
+	"5hri0RI9YC/Ry4rSAs8FFuFpVPpmPuwmKFnFNJVmAYmyU4xUaxRLsVsktJqYcHbeqJJlctYSbOAeoc+N",
+	"+g7+KkzwwGc0mqwhxPfxo0cPH0WNOk7eCLd9tl8e8LOrtOJnEflV27l9BvL8Nwk2D78HHOQ01Stwb6n1",
+	"fo8Yfd/ac2EXuykHvIMYJnit9Mrg4vp0TzUncjqGho6jhIwbs9J50mzNKMMEAxF41Q27eWCYb2GDCr46",
+	"fXL2OYggTGD3JjTvP0bSNSYKfltJpot8CpPxQWoYgce675T8wEg67Y3Ys+//8T+sTPE1iJ9ILMEu3DIS",
+	"nJ+7MTDqGHc/0cJErFAQtSDtWOWiX61aYELI6VXjRmwIE+0asTQTU2Qi9/LaBgfIC9HSAyC2X1QpFsrk",
+	"mWuZGSiwEEDgGQa1DRpzA+/oyG1MpGnzf7gbaP+X+fxupOk7zOl6mc+9vfYYGf0oZyzEbU2WUk18F4eZ",
+	"x7GzRvCqVHBjnfJOuF1OwwdVHDszrPvmzd8ilukcyHzF80Sqec8nvG4UOPMx1XfnDq57gUkj2VyI4/y+",
+	"L/P5J2krR1LBXTpv+dJpwzU9+e6dt4cmkPk5Nl1P0mQQAsqXkFDBlBCIVzIVDLOd6iaJy9lSsNd6qq2T",
+	"9qI7YAx3oSo5/rJfT6pP/hU3BoxGvmKzZ9nuKyrXTDujK5nbWTPq3cFK18t8fi8+5qasOAhkqUUmViky",
+	"YlP/lOp5HeyF9zNoWPODdbU2FSs4MmlaLYt4R07MI3nEb8LRd7Ju1k3EjUjdnNx+ki2R2MPWwlUKqW2Z",
+	"JVsrnKH9xRf8Eh+sUACJQ2a0BvG5EYr7ez5bSCX6How6Ysbif1O9Ejkzil+LyYwbEUbgGqrzHwjMQ4Nm",
+	"QDragWDdoC6UKHUVu1IoaoL4D4tiyTeARiDQr1IbeIzVaMcdTO6ZijLHYjhsRdIzzbGaQlnXOMQ7Yugh",
+	"aCllJZBQI4TQqMplOPzglvGijTCbxnLVBp6WcbvYqP+CtFpC/FWCLm9OT3Q+N529xVh2V0ihHeEGk6uA",
+	"E1NQVPw/fdIJ+88TX+15sBuSeHd5F0dpwQnvqzTV5nVeKzT76MmTGh5dixvApo3Xrlk48cwgF/UzvpYK",
+	"Zk/Ef1GGkjuixKhEPZsVeS7UZh4GrUaFLlj78bCNsF+X7N3r5ywXUIF9BvIJ1j1uGBkUahY5i92ybbhb",
+	"ilyNANx3RK+PDjizzVX8cP2qeIeIuF6hovfNTK5aWPc+yvzdS+G++0DyWfIPk8K0lcQAfuUvEiD9a7GG",
+	"CyinZJPmrKIDSvdVC5Flu0vuiRt9feRuNE/pG5qJH7xIKiwequBpdsUb57SnvoY3lPhsH+h/r6dlgxDv",
+	"oMLfYatT3fRaaezhcF9l9GMCnQ7VPxqX4YhCfJvn+V4q8g2Ypx5fmc9qFr96+eYtO8ET4u41T1kHVIfY",
+	"WStvY0p3oQNtr9J9+Y1KPKhtY6ByEl1yCB7XA8NWYkoZeU6vJVN5DTG4YvTKdG53ZbChyUNa49PX3r1+",
+	"wXLBZ4tNNFm0re8+Ba3582XjEYsX1mZmdEKFGDzOWIKlGAYhYR2f6iWXiqo0VCS7StL7wsk6fjpu+PjN",
+	"flrzy06rtHPTDlScNpRl2hvTuoHc3mI5xqprF7ku5j5pV3/w4SoY7uHYeJLzFYRrspdXVxVd54LZIleI",
+	"3jpWANXJeJEAKrnT77HfPm5cv8jTES4Xhars0xArJN1OlMcQV5NeRhGWdyOqQGSp/PfvoNLa0VW+aB12",
+	"1fk6CJXbt1Oich+RF9OKTHnJrnIh+lAAFIpLh8gjzoxYcmXlzMNUOqqd6eVS2sFhhtOKtFHBqfSSb6Vg",
+	"13bmzPt2ivokmeMOtq1EUno03FuTv1TRCEu8A3XlKkl3/m8g7eaYwk/b4D3hYM3xh2bXit/FXe7Zwf3d",
+	"4fWQ7u2yEzbns+tJyq0wNh4FHWEz2feB8UixtXD2ixCdPsJInrxQ/qdKWHxczaus9tjxMfSNW71Bbcfd",
+	"ZC8RnRhRqH1eLLQXeeuCyWQurXcjLzNtgh+vwdbFswlPktrWlrrPD8/eTi6/+f75D9tZ8ZP3f/7Tbgyy",
+	"R8Pt7RfqRuZaLQkeuXni7UXVSgIoi7QcsXhl9RQwSXDH/KqF7arlOkyRudvRXJQrPFZKiASLlnjQDk9G",
+	"tex4dhkqFmGFSd/ogpuxUu57RJOpVXWj+loLsWwKQsXqzPts67jNoRoNlnI+/qObx5/y0ZfHfgQVpY/8",
+	"xpefPuqzJgqCG9Dcjgq9stmOlzbZCZgGFNZy9r4afjUcfTU8sbOsfvq6Pw37Twbv/zzq/ddPkGJ/Gj36",
+	"2B2V/+79V/eka2fZr0WS9Xr/9ae9UIHb5zTL5Y1MxdzrQnSx0alqdOlb7hUcfwtiKEPfWJ1liOlPvFJB",
+	"Bke64muEqO37AtjR5jdN/BPdrRMAJxPz9eGKOKoOb/x36M4IV7ZeqVTzpG8XQvWvZQpwwTc6LZaibYsS",
+	"bvno5IbnJ6mcnvAs24zdfLQXw27nPhxdi6kuN25fi8CNYipLh+lH3BixnGL5ULgEY2Y1m3rFjupBKCaX",
+	"ywL8Hb2LUFIpwPoi9tJKpimbikGr4BPKO+y4Fj9Jv3up0rVTPYHZLvmaapGTdfyCOemq+ju3jKs1BLEP",
+	"DtChShHPz+uA+dwuyayOPH1sCgUEJIbaRmvjixtjnQ4wyuMQQMOs9RWTGDFW2yh43dhD4J2AiRyA8OII",
+	"VlWJdKywLN7JzSnZnMzJL/iP58nHE0jjinsVdGgE40ZILHBnjFU3fnX59unfqkYr+g5K8Za45T6Y3640",
+	"BMNhTtHPBTgX2OVYIYC5U6YJ+h/sZiGKKzbi5xgeT/WNKB3k5dsCCnNwRYUzCBEdSd0NZJVLQCIDETLH",
+	"D1YLOVvgYeBrJiQYjWZ8KRqv9GqFjgOk+agjM4/GtMGTqihnj3aymYdnDU5vc9QoKDn7WMT2xvyw58op",
+	"gkYQ7De6iXCltyrWGILlp2W1OVfG/e5h4Ga5NobKpPiSL6x7LUQGknABiCxasUSaazDLFEawd0p+GKul",
+	"TFNJQXzulUCiMCrObF4Yu9K5XazZzNF4ryXable69ycYFEiMKQ0Bu8TrhoqRjZeEbvbqoT8cM/QBv4Gr",
+	"jYALCP5Bf7/V4H0ZsRsJ1A+J+6YXAbQf+fO74PhElkuSsomCLua2jCjI9CLGk6VU9MmSK3fFjRW56OFd",
+	"x4muxdpEDLpCjMoikVCruRcxvVKhz0Skwvoa2FtIVtQ8fmE2ytrgfBAmFefhZBU3OCequC+aby9MR7sz",
+	"/IBP8vGBb9VO5s1Y/aD9QNVI8tgiSgKKAblOU8f1CtvsMiNYT/jk4OJ7KrlPI56jxp1J6iG8GqOEcq4q",
+	"AQm44IzqBB+Eg9OAFXHAnrZClX9ecKJlLUElpLsqnpmFpgJDVqpC18oCfxJAbc6X2YGL89q9Cp9YMclE",
+	"PsFEyjrF6GKaVsgF04KrMABH4JNM+ex6otWET8n0va3LGGFtWgO1bGDkn1he+kjwDfpo4q5IrZoRzrCk",
+	"nFRl1ZbIl5q2mCobctswS4J13X0mnX7FIKoHaraZhU4TKD/dXBv991H5pLLjJS5AbY1qlF5am2usMRzl",
+	"Ku7IBgVu0UET/RwXCEx7e+lJ77iENei6IQ60sL6aii5mi7IWi3vdiTLgUszFjdSFKQ2cPmm3wgsJm6c2",
+	"wyZf5sf2qT0Nl11zZMN0XQLybGD4kfpNpdS3TxxpWo3PIPorTVu/9TAVjQ/x5pv41W14gUrzNjOCULuw",
+	"8bHPWW95KpcimZDY0IQlbXna/KhQ6BpuaZjQkiZOUm16YxOfNMB4hPFGtR2pLfFG83trF5ezrI67vvB+",
+	"sjuOzW2KtFTFlgbLgRdJfQBdraYRfHvf8sGbTMyO9Dvdi1xQ2sMqkkF9xfyDUUVBM8yIFJMfOclUAOVB",
+	"AsWoEqTF7Vj9S5OrAgWzLgrldragnKMUCx32yFBVldcA0NDyazFWgAxqtY7Qku8UFhJpZwtthMLLD4N0",
+	"2YKbRag0ntRF/sOFoLuRbMIibxUc9nxyA/DCKVOEMEFRuhdsCC4IQEUhJ+22wNSgjLYJTwdh7bYC5B4m",
+	"am2akbdCuOFNlhXWHH+lNUfdbMtyYRCPt1b/b3oFGLCl9g+x0Xmhap6hheCpXbjBoVGBccMC47tgc+30",
+	"KX11BXA1K2kX0tf95YwM3bWAnq8en9fC2ppjcUn8OszSjYLY+2gXs4N6Dm6oFJqr/DYbAfbSQUPeXUX4",
+	"2oH5RiegrQJlInjiQYTuo+Z7UH8b4eSBaI41XZXy962kelyRDdn+GBXCc4RPl6yr5Tm8MOzl6CBBh4Ht",
+	"3d07iRaokcs9xgxsb0J7KW/HYvAy8egfgRtL24vKv7pWp1CPE4X/yL07VmUpUWakmolexCryVMRKcSpA",
+	"W4I05e5Caom5v8fKqWUYoAOWwF7AxmRdvAu3OVPEgO1JNa9XA+/mHDiRZ2Blkq9jkuAN6UWhYHhZSHqs",
+	"iG1F7EqkKbJhqxvZMIa7QdaZ54DuDh+rckgsCISsa6xMU5wwOKMwAtJziF7EgsA4Vl2/5hEZ4SuLHArw",
+	"lx+P/AjckpWi5lh1s8LuvEpAcKDbqFra/EreHFDZ/LcSoXdYJSFt5q1X8o/0Jl3++IY912/Z3/XUPKAr",
+	"epZLK3Kp1YhpNQOpBM3C8VKqiQH/aFwzMz4wvuiLQcxXLCjvNlNesaWG6AuuWJyJfCaU9V8vCRhWKrqh",
+	"xiomaoTCOCaOavIh4MUagNhyIzWNfpdtiA33VSfqoKjStJK1PpsUXFSneZpiBfxaXlPwGu7ez/f7qoI2",
+	"V/Arl7yGN9sYF0yr22xfq8ba7xQet9RHbLQ2lJ2YHDXT6F2ZzI83NweQ3iNSRIzT1D5Bs7uVxXCby+xh",
+	"GG5QqbDiEER/BB32ie/epuaGvROKeGuSxweyGcvnYsD+6vhqefC7vgyJVymJbzg2XgAzKLIeVnSD4cUX",
+	"pfcWr+wlX0O+OVPkKgRnMb8OhYc3mkaMDqiEYlgiMYO8Ky19A2wI/GFrNuNG9BpBAt1Q9h9AX3xPLoUu",
+	"bKNi8vDx8BDVhK9heP7+g2Q3unouEJcDlQ7gNUwXFl2ents4trt5jdbUkrNHT86GB4AFggl5Yqu3ywFn",
+	"Y+NKqpy4IwvWVjia+DBLCyNvxPd+xIjjegtOF86KmXjU8f2a7FufhY/U6K56LLoXe9BKbEvELUqr5teN",
+	"lLFFFj9yR6QLql3C+JWlHBVgCsaUln3ATUXlfccONzutC6pKV93iMKbTbWKFGJOFE5S6tDu9DVmgZg9C",
+	"LZvYmJfkbH0N0ZnfYuU4fDN/Ky26jXneofp0/4rTazJ+fbLsKD7g2CVPX3Mr0ICYU5TOskitxNCb6ZpJ",
+	"NcvFUig7ueIz64N1AXTUl6yCBZ+U2k2wROIv2y6GjQ/28+rNQeyRmmp5M4PTBvJb8g97nZyHi11bw4u2",
+	"prhjN1sUYKi/wLrk1ooQ9xJFl95WWQbWVZopsaKLR6r5hd+GseIpthWUO5T4e6XCe6XzwFVZ1xtvyx2l",
+	"EK+xAkaAsddOL0Pm6VRV0iFYF08fNpAAKm1pXlZ6xbyqPFak4/UiVBDcHCtaFOuGX13vjVZIrz5islaD",
+	"/tiL2IyrmQA1miJZSw01LGddgYTFqgl2uMYVXbG6XhhTCbP3ekuDU8UPo1G1qIVIH+lWCUXHDsSX9320",
+	"xOM/MBDiZaTV+drnMWQpt5CrhFmr+Toaqxiz73Q+ZyYt5ph/Rwl7uNtbP5PhJGQu6gwnma6pumao++uI",
+	"A3t6YKD2JYS+hu77kNf3ICRoujd6QCaYVkLI1GNl+ZwiAdEzj4ccOiWnCSwMQVJbvwgDdqkoPUGqsfJ8",
+	"znfPINv3Cs9dDO9NxAcrcsXTuDdiM51hMIBiVzI3NmJiMB+MVWyudSY0Pk/07Frko5MTaHtAocwnPMv+",
+	"mwq3DQaD8i1cwTACN+Pa2uq8YQt2rD6RfAig5rOlODFCGZ0b+u/odHC+N4y6Id7+z92fBpP++/Bn7wsK",
+	"if9z77+6J+1vwXtlee/3lX8PIHb/9OzLj41B9JvsGGg88mejifXWo/mOPHJkS5pkuZ77OqR7RZ8GjbYK",
+	"0/lwJ+RICOJuN2NV1NAyyv+DtFVtdEcMf+oILWmE86kYQRnaQKt4hN1KcCiEnbt7KhdZymfAY9fC9i5K",
+	"lHh01NSKX3Lj7yG85HCwUSjzjIpTPR6uGgLREJhPK9e48wTO1qAo8CWUS6Yyh3j+AzOUwrDurZneWLWx",
+	"1N6Afd8C6+YWBUDbLkKE/1hRMCdERvuhEuIKBB+tEcKl6Zz380bYNUeDhxzu+qltzGl5A5UUnt2IpmrH",
+	"gFN0g4ZpxhlUIcbSCw0YvM1V1RWCSLFczIS8EQlb+QBDbJiilOtayk6/FscaMruKkGxTDHaGmBB4n3zH",
+	"r665G5bOE48uuh2978vcm7GSJYaoG9QFaqdUITnV85hxRqUi6NmcZzEEBANJg1sT7C+JiFk3zoV1cr1W",
+	"mDDJpgVUv6eCmnh8jV4GRzJMwTBurkUydvcj3qMxIl/F1CdYFmLQqbCGkO/OpHo1mWlliqXIscuxIohS",
+	"b75x8hS74sYyoXQxX1ywmKqrg52QBjrjaQrB+oYKKrnh+LNQCxymfL9rsaboYijhg/AmCQx/rPz4azX+",
+	"SyZwnBvzExLa2wqCIp0zY7VOgpFAGtwGhKhSTGf854KgfkdoPpN2rEAq5obFL7ixfThc/effxG7yMcBt",
+	"QyMTmUDeUC7cnrBczheWepJ2MFYh7QSJd0FECj/JhGlForYjWMfG5YwPGAIAhi/GkDgpPsxEZj1xVOQs",
+	"pRkwTfBK+K4jPyK/qWMFdkKZhFNc26xPi3c9rgibx6/aGfdfsrK37vUWhCmIOgQu0njpbDTShlxO5EF8",
+	"BTJiCjsI/ADzb0aQB0suQUzQWLk9cYcqA0coZMOxinv1NTIkOvNbDKl3AScG+vBw1zfSruNqZFEFVl3n",
+	"FVxlcAg+rXyFnfUuwrBRgIhHXpLwchPr4hBhXfxX1ZEsl1wlMF/6N6UwJB5srfsUf29pwfHPEXCtMlE7",
+	"1XMoX3QRbIC4oF48wQ7GquvNo9WmkfuOPNes4EkDA0XQv1yUHHesFiJNLvwhGVWZgFCJobqJq8W6roNW",
+	"N7zj+VVtb8pfcVWrb8GalD+kel6W8+tEnTnPOmQtblZHa7igLSGkJMgNmFbgXP5zcDP/GUWUSUkvXwd4",
+	"YHYZDP3S+E8xtqx8nWAqv//H27eEbn2x1WQwboSylRXy9LlpUB2kKqCm0tgHhsXY8dfuXo9pIuB5WDr+",
+	"WhsVgg7AaSuT4xrdDtO1j2Vpj7rNnBZJQQPBTV/DTgOF8YKVUTHIBgLYeM1cG+Ye2IFWu0ps0sc13tgO",
+	"Tn5UZE5jcMthlTOn60lIJG7Olq0uH/EQfDWqpKkVBrZXJHe2AIchxPhcZswL28z88rArxyzIcaPcOBkH",
+	"fkWH9dC31cEvtxBCaKPsenvoUfUQNRBG0+K99Y6EFuiATfNFQ0hbrdJAwOW5FusTrNuO+ASsW+KyXkD+",
+	"Gzvtnw6Hler0ERZ6N6zIHBM7e/SoV4O0/KUz5Xa26Iw6Z8Ozx/3TU6eqSuvGk/Jp/yFZpqsTqOQWVuec",
+	"z4V93cZtqjXInSRYqABAHbKuUFvFiKqNENO1aKjsf6BEVUlePSCvxL/9vnWOFWiW/Wgpu0M2PkZHG0s/",
+	"FSOlwQmH83hgWKXNUDPZ3V1Xck4F1tgNzyWfpsKwpcjnEHIz6LQhr+yw5brNz4o0jRhi4ADUGUxuxOID",
+	"DIqfZuOomC9j0jdCLyYT/BrlppdPnzsh0uZyWsCsnUAKC1JW9rhK9epirJzI5ot3Qfk4MI18XUeQcxQJ",
+	"qquvQcK+Di76scL2ukYIFv/1WQ2JEcrEmhK13XUakTE5r8YKjhWnmrJSGeuU2gr0Xlnj39a2O3gkYEd6",
+	"LSrOXSKgHABtsveg1EFHdoKMHAIKcgwUSDPSx54R74DnKO3A9fMcFt0vUNlxOb/aSkSB6WxPcgcHa/bu",
+	"bSBDLHSRJo5+GvKxjrJVVETQ3Q716g3yKfnwdf7cQEOBi92SdZbcEGRenmUpRPz7+KEciwIRq+z6BAXB",
+	"PSZUr5F5tmLzPaUseXe4ISqHq7VdACokHnYqG46aN5lhLxBa3D1+9pbP9yP1lch81TjwCjhfuXyNtCVS",
+	"sRQ2X78RuWwKg8TacQxDAKmSlbe3z+e5mHOfzmKsyLapzoR2W0RprNPWwnBko+L4ksC+XY+kwKA9EgcZ",
+	"MZ0miAAHOpB7DcEoID2cZuLU61RcWZ8g3zI8fjM/MHU5hIsdIAen3LRAxxJ4HY7SG1r80h4wiiX/cOB4",
+	"l1Id+KZtAesG3tY+xoMzGGxI28VoCXQndCJYfFqsQ/QdX19we6TuiR9ofYXpLObu9O0/bUSsoTohUegh",
+	"g4OkgWMCRUVWK/i7GxxYWSwv8SklrGFgvo2NniN/gBuZB5QDeSOMZ4BbQdk6P/S+wZfhKm3ZQgNIJlDu",
+	"1JetIwCRBwYkuUF7u80FBkAG1DnjmZxci3XT59O1FWYCuBRJSH464IDjd1Yf99VxV3RTXeiWGFOUJWGf",
+	"IKoWwlgAej4i+xTBSVXvuJIBfEIc9oHFUQs7002FoNzIpaVMge4s1UYkHmhmQoo/1hSbbDwkH2/ErNaT",
+	"JVfrCU3cRCzVxvYumFhmdl2f96ANy++uwCKa1NbqjV2h06g8OfVzQSOqdb9Nak1Eu/f03kXYYp0d3F/w",
+	"Ikr6LU7hMs6ApIMNxClCvyt9FzHa4GMPedZrCDMEC3eThNJWNSZok2X5GOjmoEzbTw0H8e6v46qBH4v4",
+	"Fewo26qUafGxVzbBQ9cteJYJtYHSsztRklj4ZgjLhA5DJTmrDKip/FaJraN4l8qX9Es942J3KlbTgUbY",
+	"kco20Fd7qPguDl/1UNz30WsDo/zWu9m9+uGlq3AcwFNb9zmOfHoiVh5U67HyIUHSlDE8PuTUv+UeVmwq",
+	"4MyvZGDKJBVjDLdbSSMuWKGulV6pLVMLqmZhSIC4Q6Ove9Jci15hx/ioQCjUdqMPbMMs0XjR1ZlUygFL",
+	"Lfh3/GoQbp0SK29hfWDA0z/lqVB8rELw4XIUlsZLvGTIK9EXdJpUnJnuCoSsOzVWZiXtbOHdXVi8zSlR",
+	"Omv4EFQs1oVVNVbnrhOdA8ybxgBHqCzVu6AQi9CENyxqH0Zb2cwLt5twODGNx42/7HIqjEzKhrQSYGSr",
+	"DRBSGP2njudAgAzEKPBrocADt+Eo3QaLjTruP/iDfwy3tpvI1s8LrpK+a7eZDKgw7+1rKWC9/xpoLU/l",
+	"TPw3/T2Y6WWVqeL7t69cW6m46bpjzz74rMADGKMfBBnU9lQK+CeZLO5mwWpCdf3wvRFVZ2jfzHQGpezI",
+	"YnLQbX0fVSraUxVDWaEmYIxwNbf6DdzVi3CohlntJeGymlsFVL7FHnvc2oMbq0FIK/3QOKNyzX34D88F",
+	"AzjWvlbp+viKFX41yjRIXLrj8L08Jd6q2u+WgFp13fiJU8Fbx7O+ffHy6XcTCmXHGHEoabNZjB3ckBsY",
+	"/rz/71rA8/vmuMpqeap9QOA1uvJYQp3oToishoHeArPeAnceSKuWXXj+1aMvH++jFaIIbGHXtt+FYBaY",
+	"2f1JZb6LA4G267O5xTruWMDSKL6ZU7tcthnp/vn0DcsFlgzDmFOpeL6GUM5pIVMLIX+Q8xqTyLVR6ZGK",
+	"+rUF5k4PcGh8Q+/5GXyMOnNdxVIue5vr08HZ48FX7bAuLXZTeogRm1muIa9zCdFDUPKD7Ko5lRANPf7U",
+	"4Zl06324A67VO1H17esrBijffZ5JXN5E3KAjkytWKMvnc5FgWYuN4rfDwelgeISTgva/tqjlalW2aZuq",
+	"kG0VubTrN26zKFpK8FzkTXhXZDDklDaLjlvO/v7j2zI2/mUm1PNvGEUdur24kYnIL9wuJOJmrJY6ERGL",
+	"w/K4X/vYVr+Ptsi1LqqyV8yyXCoLNUWwVBjgjVcDj8lsybrxVXo9GQwGMflzgQiB/eKswhosrM1KWaac",
+	"97f+Fv77j2+3WLIPkfNOcDfprfqB8CyuoMjDDxGFgzd4xk3pOo9Yque1FAyn7+laXkKZgRWyHsqCdeT8",
+	"92/QYCK2w71+6Eotf7b2b1pfN1P+QutrWpZ6xbsHphouCJUXQ7lrqTA1a6zc56a5Yp4RuPUHDfMjpKRe",
+	"6abS1IrPIRU0Cu42lYQhAAnpK8xeiBgv00DAHebUubGC/Nt+RckjaG6mFUF3uyZeSFV8CHGVYzVWFKQN",
+	"OLISAsnbC3F3Y7jpZ0DYJ/T4z/8yWsW9sQqp1JwtN2pt+9B/D/oflyV0Y5wEhHZv1FX2tTGpwDI6S3Nh",
+	"i1yRuu50E4VsHuWvzmXGZwvRPwM+BVUUO74s4Gq1GnB4PND5/IS+NScvnj999sObZ+6bwcIu00rp5A4m",
+	"jFy+el6JOxp1kA9+jDo6E8px6VHn4WA4eIgyzgJY1clgJdK0DxfXyb9W12bwL4Igm7eVCiWQW+AWfqVC",
+	"JIivZwB0bJiRcyUS9i8s/g06NWe5tshzEJbpRuTyCqRpdynDk+eJYx+ra/NXkI79CsOIz4ZDvLSV9aFL",
+	"ld32o8erc9/F+vcfv3uDFL/Jpf7+5uUP7EcxZd+JNXsj7AA5HYmaza2GYZ74AvLV+6Ez+ul91KFq1p1R",
+	"5zuxJq+/W6QaWwz160KMYR8uWdfcFvdp3avnFMijryBQypep9lHmKV+LnJznZUhPMMtE1QAjf353xv8E",
+	"awmW50wtH5UFsKC3sSK7M0UZUEdKYwjCphnMp3YvuIEcC5EagYmveZ+vnDKWAZonn3OpjCV4Fj+rkPBa",
+	"ViW5zLJ07Utg5gJkB0M5/zgi+NxdK8rtK1TASNwzNl1brMbl/nFRGeVYzRZidu0hX7DVsqFEXl09/wZj",
+	"t4o0NdVB+kgrTSbGpTQATwoML3ZXI1QOAU6EYT4B7CpoNXXMyI1wrbHq6hwA6UNaeC9isdVxvVFC9a7G",
+	"fgzYM8S0WfL1WE0dpw9Jw4n4gLH+S67kFQQ16I2atbV6ZxKu5wSm1Wdnw6HPvEgt32DWNyoZYM0X6KwP",
+	"7wxuTv9seQ7XrPv+rPq9NIRK4zasAFQabq6RJig/J34tbL7uX7o/4rFijHyTKGCgtdB983MhCsqUxsZg",
+	"TNDp+fCJE0BTyydK24lZQkJXPPKUzlYQ4wRY6ILRY4QaI+g76BfQSmgLPRGEhFLjxVzXC5U+Grnns0rb",
+	"rpklT0JqqnXSHjgwVot1b8BeFWlaaZ4Gf84ok9sN/koXkHhCFOb6dBQhEX8w7DOhFLsOw7b62xq28osv",
+	"3vpd+OILxB11J6X76vJ/emy10MavrVCUV45zgxsm9pZdSLaCFzKR44EeudZ/rb3NrqRIE/YrWwoOBuhf",
+	"x+rXfr8P/4OX6dqL2a/slOFPS5FIDu5L9+vhdEafw/LQcfmVxb/kItMRxZhGgfY/xrVke07phqy75Gs6",
+	"Nu7A9Mqr0ktF4fSUxOy0SthdfUWDcHrHT+9xAI6XTGQSMSP/LT4GXuA5BSEc4MY7MXgV4o1qqU6AgwNg",
+	"PYgfs8nrTBWUgjhssJwA9Bxh5kWhPDiohTRi7B/HDMMD4to5ODc1XNXaFCNW7uBHlMoIaCt2wxXKzQuy",
+	"XKppMFgeGjqq1LWnhqG8UwyToq8cySL9uSXBy8HgtB2vhH9M3GgcKVSXCn90kx6rS1onGbxL0D9uKlol",
+	"WdeXvH3ouAbJipgtNa7uQPU2c7tPa/aAPoHdYTrziVZOTwbkyzJDGvePBCREKzFMKCfbJmxq3FL0jV2n",
+	"otaXTpOxck2ZC7pTqD0mnRrpJGuU2vyV5OX+k3Ku8VhlfHZN7KOiv6P9tKKyGrksUm4F6/fdvdjHanOx",
+	"uyigVE7lqmZrd/YrN2fD/RwRw8HwbCRx8XPh9CKowkXbH19Uq4JhkfpKw6xQCbJt6wkGUMPHKlyV/qar",
+	"dA+HucLGe023PWi6qLsG3dOXtUu0QN5b3v5ffPGKRLa6rPDFFyM8Sxgr2JZvD5pwMlYIOIIgI3XRCy75",
+	"B4buhXjAnqm5VMKwajw6aDtbsexl+PqIFOKbsxN3PM3KjfR8eOrztn/88cf+ZeH4vHWMV4zYX0DlZLng",
+	"6fLrcecg3XvciUjc+XowGMQXY+Uua1xJni5xqH97+/aVOy5yxnhhF9HuWPrI0elWJL23x7TYI3p4rpz6",
+	"7WFcnI4nEsfi3AtY4hq1amyrTAkEID3MVwiJClAqLkKioE0l6PgAgES7BQS1Af9DumVdZ8Jksm/cWUTV",
+	"KeM5XwpH5oBDJp1i8HMh8rV3QoygwFGnahtDRIDDNCifT/Ixam7c6ts3/f4oDXDX1V7XDIO7CG26DRbD",
+	"xphtUm1Q2vGXRk1Y6VpfAwt5gZNx8ILInBKEDKFyZQUGsOA3ZKQhZu+GCcp9H/a0/wK4Qf+N/HeDF+cv",
+	"aywU6MhsQ8osRYzgzEeJ1etsg07UtDKtiXBuac6GZ3emiQM8FMxx57K7ywfEdMjTrgv+g/qyVYT+Jicr",
+	"1uCzGuBZgm3CXINlyF2L9RVpXIDz4fmOBagang5fiNJ0sLUKhwns29J6wHEqpf8e2DPOh08+5/h/0CxI",
+	"RORn4DIfIb1WiLXboGlFG4pR704MMr8E4/VP7z/WrDOXfqi5XpZLvJUOpauKs0/JOcB044UPcEbpprj7",
+	"cHH8S0syvGCCGhhswCngpElHrtdiXSaX6ZUK6WJj9Sw5e/To9InHErsW6wGDg+GtQWBep/sWxTuyXIan",
+	"HlCbdc+Gw95F+RX0ggFAhCHmBgJ64Eyrq1TOLOueD5/02i+q134Z8I4Qxv5FJ+s7YyobnXysu4AI1/re",
+	"jIvV3nHmjaZGMnJ5ihBJRWu5FuuLYB4jwx0Q/tnw9DOP83UY392bQn3bQRI77BAF3OpWU3U9UTjkT2VS",
+	"kTURj1T5dzhmoKtaYazTiSoJxD0qA1QaQctK/60WsAgPI5jMMJOrlhMLEv9byq7y6hXylD4mYnnVUSqG",
+	"GTHs50JbYUYs9kI0vYIS9Ljjs1PBcRRjYzFTRTIXrBvijA+rqExf9wCFVooKpo4fF+Ux4RRxaAP2hgTl",
+	"8NZaF2h34IbFz6/6P2gl+t+DxYe1TWOsuj7vjAF6Esaxog8T5/PAlOPIOaBgSkWj6Lmtnws7Vg+H56WB",
+	"mRi2r7kRgFekmgmnIk6dcrU1OWwSOJxHo7Fat3M3yI5sF8NRVilF5dqK1ISPanxNQ6nkIwXk47hDNdGz",
+	"RTKr2Y3rQpjbt3pfWyL2x6jzEOWoesvvVG1bQvqhU8DsJ3Vzf9JCLby+uhxtjAw8cLNFg2BqdQ75mdxu",
+	"SRtYvyy/BqOxEUJdgJZrwDUtnTqJemkwcBhd5DMxQOXYfQ3cwJdD3yxnjlY8yKQfK6hbPsLCZoicbNzI",
+	"DihvTqlsWokSnJeqnVcLl4ey2mhumTl2AhGw7LXIBMZVEyovtIc9dZ0CY/N1L5gbzobnrARPMv62vAAr",
+	"GRRUhy/HqrRPPGGxsTxF5A0RR0zxpZeHqDdfnh2+3XPC33mIovsQYeoF+g+SYM5bqMozzRzWdzPzEA/v",
+	"51cKKGcTaQw3DNwmEEJdJx/Wre3bfasAuPT1W33noa5LJ2AAapfvgXGCvQnDGZ4l37y5hEAggLYEgeL0",
+	"EdXjM6xrimmAmkIbFsqJOp8jngNIMrOUy6XpRehUxyBOeK3Zzz9ooeu3MPb7FMqhB4qi+G0Ec5xjo/O/",
+	"ag68e2n3bc4T4TgrxkZwY0QOmhfEttU6P5DSIMcNSK1ooLTXYqmt8DFn3Tdv/oZJiq6/Fc+xUhiYkYMd",
+	"tsewfIepBAEAQBhnP8pc/LXgOSKRpXwdAmOCNUvy1DBdWGY1IrhattL5tRmrqVhIlbAfLt+i7zXYRq+h",
+	"q6dFfiNQYXWqZMZlzrpOWFzN2Vyoa7GOxyrRUMifoqDKYS94esUWgqTtIGFDaJFgmSAbPF4qeBmMgi8d",
+	"nAqlksy4ZbFQCaRSxxHjBLz9/JUB39OV/BBHrpWE6l479QVCYkTGAfNVX7E4/OWTYeOLoKKD8+SKu4WF",
+	"sMuYJ0kujIlBGfAKUTBGuYtPiZUbGxTPJs82hzBs24OOcTWoHdQ4grHPPaF5aTUDDPA1Q7rxQJgk1Joa",
+	"wxurBVeJWfBrUV0sr+kHRUCrqmNwwL4RqSiv8CCQLPWNE6Ctwf0IeJweixMjBOCGxs2YXIv1RKpJYQAa",
+	"kuwMGx4cJ4eTtgz+7kfDhyzGyZlJofgNl6njhOCpBQNZiIwDuUppvxQ4ux2WdUwn/Sxmi42ufhseiZyl",
+	"1SJLt6LnBEZYt+nm3i9mMhfUruaSMfnANLDJ2XJ4dDR2MdXg07w5PVn+bO0Jn6U7bHSKeWj8WoRm99n3",
+	"//gfkroLu9C5/DfHSsPcXAP4CpaLGqsS15GgNtFNNE2lWYC3nVmdyRnknhVTBFbG369kap20fOmPV4RO",
+	"PyhrYisBsVhk0kkMvajWPEjyxI/Gikr6W4+9gnG0UcBQVgGXFP4ZBgOtkB0UGqq4rAiskxzKPmapaaYU",
+	"fF79CNlrbdagFXmQSPoWL5K88PApkNa8nIokAQcobMgDDFh56q8E9K3jXlnNwN0X/zLu4MhkMu6M2Ljz",
+	"p1/83x/HnYiNAZrBrei4Mxor99z/QM9hq/y38Ac9wBJ1/gn+9XHc+RhHFT9rJfyXYx0nXrpO0Ur0srCQ",
+	"ZpiIG4ZB4LzKzDyaDK+EEo9VN8bcHUegk7+9fPnd5O3L7579EJcqFPJg+IbYGTt3LBQiignKoFEJ+p7i",
+	"mS+JyO9LCXL9XM7S30hcDL0bx85aeeEM7PF3xPrKSPGf3n+MfqnzvyqrcXsU1blMhb95dtbK3Qq7uDV7",
+	"K0l0k7/RUR8rd9aJ1Q2YBzylH8IRkHmI5icWQaB3gZV5iavmrucmoOI18hlyxs6FuzJ6FJoQPCWBS1bR",
+	"9Xy8CsqlEsCri0zk7m3kN3h0AOcXYmdUnfH4lUIf61yCV/f+GZAfv//c/w28ZsB+bEsN4FXug6I1zNqw",
+	"+LJKWSF+A221yGCw9sNF4D7SVkVsJyWeD08H7JI9+vABwvfIvg2bVw1tZBBI67EwcHXGyuYAdkbDkXOl",
+	"cwGRoL9nZugDXu6THxZ28VsyROj+980RS8bUzhJvTk8wDPzkF/jv8+RjxaNU3+G/uBfuOSMB+mhbUkp2",
+	"++T1rHi3oSkSP5ocWsbHq8q8KvdZuXQCfmU9cfXIpF1zcjQNrHwFZ/o86Xx837IPJ1hWDO6nT2w5arnZ",
+	"nuMUK1XnQHbEDlP3F+rJ4AtyrQEvzyE4RCu0bRurM+BLbg2l8kHlKG77BEqnlUrXIhX4hsYAHH+s4tAd",
+	"xrZC4Bc5LGMKcxiwp/gSJizh5wSPbsaKilaTURueUt2RYNQG8BDYwCamBUuFXXSO3cDniVhm2go1W38n",
+	"1p179ULtPxaVqqTEci8YrfCEfoCUevBWGFRQIsTkcEtEuwxujiwTSQQ+AlsYeL+yVb+VjRwnueAG8cfu",
+	"ggvgvnuyajrTbScz1fNWvztm6kGVAY/mVoW+JP+5o15KvbRySejKrAFxmVCYq+50evlXet11FcrugWgh",
+	"lxAa+/rbp+zhw4dPSOZD3PKlnOU6nNUYscrP+sOzt8PT0fCr0fn54NH52dmjx/+X8Sw74cvk8Tn7lb15",
+	"++wVOzs5H7HX734AwTDuXaC/20ffPkCRMoUwWpApvSSK3vWYHHhrX9pgrGppMt14MBhg0DT7lfa7rFIp",
+	"FTsbnJu4N2CES4smvloTVGkZfOzMZHwmIhafYMjYrzEm5oWUF0gqIF5EOXxX8gPyKSwS4S4HBNxjinXh",
+	"DFK5poERP/e8BVD17QK+cCKmx/KB8Y8VGNiwQjSWSvJZzj6p+sKfQaTrqHxjmuopeh2jsVpBlSEsa7k2",
+	"lcOOdyJ7A+ARaAJYUgZG/MUXX7j1umSpno8VlYkKSTm1BNtULqVlXjz8y7vnL76ZvHj518mL598/fxt7",
+	"A6u0Zqxw9XCbwUSB2Tc0vpVTXwrbymxf6PlBIoQVH+xJlnKp9ji2m5hFqud3KCY8gKhwgHVyo/o8l3+q",
+	"5yeY4rAzwifVc9g9txme3UBVcuAySqzQkWhKWnFMHkBcmLTRWDmtAmkICpKRuYuqDHFWJfqIyWRUur17",
+	"FyGgZKw22HMlgwaPEjcQt+CUFOpOqIS6o97wFEKHZbYQZXmA3mEG7Fu3ggYSpBhjMJ7TM/w3NDViYS74",
+	"K87jl3HHiJ/HndHpWTTuWOMUyE4T63v8+P+OO9HY46vAezzL4LcaC4YHjjfCI2DB7qd+n5jzOwMha3y2",
+	"EOzR1ZfTwWAw7nz0466NVTg2VhsrKMDjDnzjBgMXMfwU+OG4Ew0GA2jwBZ7EwP5SyHbIyc8NNXHtSpDq",
+	"u5AGir+69QVHDZDOyDGYGucK6a5rNtOVwl6Bb0UU2V3hXZWabhQsAccGOahIgrdkwF5jtTAsN7dR8ayr",
+	"87HaqHnWQ+cL8Rzifdxp7z879jbTS9B5gdQkUhqwTBWCBz22ITkZYbaRuw8dY3Pi6gcpDM7S0Vpw3fiq",
+	"TGB/bOVoWAJsW4LcdETCrCuV4dyAH9BxArzrhgyC2krsjlLfBUX5MWpiH2/A4dN/41bvGR59quSG0UUX",
+	"CPtQ340w0s0IrtpOtkVwPfykAC64DmAE/ZIrHiE7Ewtrj8DAEpW3vzO+hSLFXqjEq4N1t9e5t32NRB0c",
+	"xp1cKN6NcPIL/WuXZk+V1u5Zt6de2vaAxnk3F7evKecVy1Crya+5X59PWOunfkHL1SZHGuYa+tjRv7q/",
+	"aNkRoLApOIFKTZ8Pn/QICrIsWOc1XdDU8WL1riJp24JXoNtvsL9DgqPw1TtZd2yqtFDDemz7G3GZYOUb",
+	"ybEyj3smyUpPu728OJW7oc2DF+c4svymSnRo/GmOsbwMMKZuDaUqIKuOSI7C4rDGvwUHQK0sHeRo4kWp",
+	"tJMuL8JzH64GcAqgqOwk0RA3eAdml/sKQqgO9DeJQPispInVUTaO7wNDvvYdpHoIF8Tbux2u5bJJGCmT",
+	"vFfICp0UF8CfPOFVC6Ag4XaXwgmdZiEzVL0B44g0kodDb6wEi0DpTwOR0vLcGiRzHxSLbZaJSDQqMny6",
+	"z3oDgGhSFgo9mxGr1vj0aFG1Ep/hR0JGdxdVvcYn6+K6k5gMDYPnJ6BBhSK/XLEYsrtzUfMqHiRbU4oA",
+	"LQ426gv7lsFt08IQXhHUdcG0XYU6hFbCFzuF4qgYfuX+jTqIk9GxtDW27i0GCqpVB1QcMFv0CZNSkTGj",
+	"Ut9apMmWtI+DPn00Vt6mhZaKRomeK8Cg9tKeawt9pJjxTlmoY7VZ1NrrFLDOVC6bNFdAzBqxeqnsoL6O",
+	"VaUc7NbuYMoflkkORZ0xNK1SoBmDsiAcZE0jDzVq66oZ1ieHwAvCQJAJLqKv2GyYVlgLtT3EC84rHr82",
+	"tWYPh8bP3jp67Ti1Y8/rjkahP3drHfX631D/uF/1oVrufrf2wJ7x2aKs7xzLZEQm2kobA5kEYy2WORiN",
+	"1fZb7rTTeyGFOgYDQYyE7xOv3cZXPgTD8t/fvPzBbfDtb4QX7ngTsdEp3cF0d2s5n67cbEo2R1w3Jyuz",
+	"035WVks34GCvttnH30c48DhiPgRYTN/o2bWwI7SySQyxdTQ2VkthDJ+X+8Oru7Nh+dgo7P414YokMdNX",
+	"aA0D9oAUFQqps6qHveQk9VCFmBT4sdIADiIAeY7Y3YwrcP0J60FVWHea65URuekBQIO+usLoW2RixTTL",
+	"tdUznRoy5g9uTpEwY8R7GDSFRFQCZo1Ixcwan2nnPid8S3yeSTU3gZuXCFUli9YauCyzmhi0NGgWpIRR",
+	"8tKeDodfBethLrjRisXwYWDPkY8eVmNVZ+cekWTGPTjfVGC+1SHs8kcxNUAXn5VjbjK/U0yN3UiAgfoB",
+	"ZfntQMLMb+wFI8rFG6PKUgAL0KNLmsFnZythsJ+Bm1QTP3fp7c99HVP0mAbveHCcS4soPHnI7YU4dqvx",
+	"0p7y2fWgHb5E3JVi9Nsp/1vqwn6F/3Po+rt1qbtU8KMSlKBeXaVlZT6FijcV/aZl/U/Qs39LFbuNIqgM",
+	"wR1SxmuBCM1LfSOgbjO6aSyf7z41rRwqWHlbLbs4RbJYvpDmQEykYC49yrJb1snff4XJpbSH3HVPEYn/",
+	"XqNraPhQWaAxIS4jfBm/3JFPGwVf+J2YXqhl1DOtbiKIW5is69yiMSbsHzX0z6WvkV3ezSOKY0BNGO+5",
+	"TcxaiAgOSR0RC8WegmilxAfr3zARgwKXLBYfMpkLM+E2HrDnTk4kcc6nNfMapDmfXSu9SkXiA/V8TjcE",
+	"I2P9wrHqopjobSE0q9Fc2BhSgVdgyozrVpfgAvfZ5CRo9CpYZnyGz0H694sl0RsasYVegR9WX1mcsjRj",
+	"lYhU3gB6SKskSSRAZU1+p+y6PsiD+PXpZ3YgRSwTyulev1WoWomBMndHJaCbmSKjjGo4JEg2TtEnM1Ls",
+	"f5wUit4VSe8uuAtAkfCyz33sZdeFU5ow20PgAFFaLmuAUWWql9Xu9CXSlD8FG1YlkjkK2AfIZdlftF1U",
+	"tAanc5fueQBnWVdQm+Ly2cSIn+MLRpZMUPmhLp2CKu1hHAw88gZDJgAPrRoC4LEJKxEB7G8UTQHJl1mJ",
+	"Ax2yyNzt7lR1rcYqE7nUO89/ubTNN/V/1p1azqYsqLjndi0/oX2+j4u20omPhqkonXctnLcfpbv1h7jT",
+	"QDfZH66IP1wR/ytcEX94If7wQjSYC0tWd98uh4M4+Ce6GP5wLvzhXNjnXPjDr3BnjOJenAh7+EOq5+2s",
+	"4YWe+1yZiogLdcPcEedON3E61IC91ewKo0qVWPkgaAzOhsoJAtDeA2NJ9dxzFSdlsXi08gQU98ojDWwJ",
+	"xTozglLMCClEMjGlEZQx4kGqwoDqpQTw/2qcuVRjRbHm7SQNgbifoNy8kWomDiHid8rK9CBq13PKJDrw",
+	"7X+AjfQ/zbhJkc/71a/UE2Rd6WJd66TXaagRS5RhxM8RmzqV3DWIFpfeXfpPHphKgXE4SuXBDQr2fR7d",
+	"ffk3Xvung1vN8qvmK2CNRwDxRLtjQNp1F/BYxZbLFOUpRIrxqFD+tG8YP/GYSjtgP9BZlAaKZ22eR5/3",
+	"0ZLzQYXJajkTYNPNRM66YbON+Lm3KVTyYDWFpKEqU4c6JGPlhER8k+jvwicWNGqD3JRgWCTH7uIgn6oS",
+	"HMpD7pE16PlbfiB/+l+ikUS0u82C753mXLQwjn1qwufhJoeoCRX9oHKNbysH7nyKsdpY0vKeb8BPikgM",
+	"RneJKZbAr3edslvInf+5B+0/UezdT/+N0u+9k71rXM7MnlR5fAszxjfqmBmo4AyyfAi2brSug17pWmiL",
+	"qfkeOiHJ8/6QYcpe9vmGaG3uYvvfAq4+NFfGToGU8Dk3u+ygbbvflLsJafMA1+cHTvv7E8hJ5BfuRYzP",
+	"57mYgzgDtYOMFdmIzXShbMSWUkVsyT9EjN/Mg14OZg0og+96QnAXK7IBu7RsqZ3EdTocDuE3A7KOEbl0",
+	"8hD35t0c0iCUEAmW0svnUKpOZDuAMf3sG/HuN0XuFpJHya4LKZfE2fHNUSqNjXsXHrvacXfjpCWeYu33",
+	"LNWJ8OWlmgI6sJ2dtahCAfuMWyty18j/+4n3//3e/d+w/2QyeP/LMHry5OOfmorrL/mH59jA6RAyUf1f",
+	"2/XvofZeZwT5q53mvFSqto+EAttxweiUgFa/0EXunXQx0Epr/iwQVHPebMKt6Dsdu6lYftOwhEpqg2Jd",
+	"pS2TapYWiUh65RiVXrWNB0Z7R+NZycQuqISxFVnEOPurZgnV1UA3kU5Fic0TPxyaOGLxo2UcjVV8uogr",
+	"gy6nlcgbmSCW5uNhxHJdQO4hIohwbNS7OQbsDZwkd83xFDGd6Vp8p+QHJjINRf3atseKrL3Yw2eu9eAP",
+	"8RvgCE08/CUUDIAqII510EFGwI0rnUe+JCFWBIXf71gnDpzeoIsdR/NZOX3A225k8y/BJcnZ26evqv55",
+	"q1mc6dzGFFkToiRBtpW2gmCLYNspXxOUNZVdke6oMSxWVxG5gqAFxogVX5sReEfRyE0WXlKaEfrCClVP",
+	"IXtgABE8KutOQKCGQXCYKZ9dMzeGGzS8+Q4H7O1CYqPus0p1T4JT7veJsaP92vtcxqrfh/bPzmKWi5Sv",
+	"DUHTcMvc6r1587cAQF6H3zeLxBeXNGbB+pq9yvWHNQXGfP2gfQj//wULvT4Yq1xr+984LHqh4hEC03u/",
+	"D7EQip2efTkYDoaD09FXQzdigk2Hq1HPeAprBb7gHxeaLfl6xCj7jqpjWZYK7qus5nOupIHT+cB4mOrJ",
+	"UqpJrlMRj1U3ETcidXcsK1SKUN6MJ0upQp0aKOPtFBwF3slrsUauzC1zjQy8V9oIY6hiay5m7kgmUFwN",
+	"blbsuU/v0A0LU+dFIi3V6z7GHQJjOsi/gX0f4ObYcK6M1bZ3pckTst0P7Q8F69XCZhTBTy55gra9ytlC",
+	"3BWqtKCEdx0Z10TiK+1y7woxfI117ENogkiomLV7nf0aXsQkS2i2uaa1r2t9fj48Z796ccgtbSqV8LWV",
+	"vaqg06QKYw63cjUKMSdolApiOndk08OazeePhmeuEzgeBHFZ7yGnNH2+wdECq/DtVAfr2LMu7EZTiUyo",
+	"biHigypk4zTbsyeuAavdQVKBgk29jQeG+TK8UB0w4DdhEM2syHPkefgxgU+BwgrdgPz7K4vLqVJdaQAU",
+	"JZyBMs8VSjz/JUREsSKb54FWClM4FoC3lhmx8+GQxUrbSWmMiNj58KH7v/N9wPKO+e2TnmtalLtjgP20",
+	"SBfu2U6hd8k/IGTK40ePHj6qQKicNkCo3JltgO6wcHOVsWtuQncHRnJZaQ9FNyDWWspNi3Egh6oZfaya",
+	"cb+ShOfB+wwFdLo1AvnULvC6y8Ld/9qDGPuLXahorJzitNArUPSioDFOoXAsaIorvh6wEiDB3yBmoVcG",
+	"IOtiOB4TbqmYhfsW9VEUgXPhRuJTza/EKrib99D+G+zqPz/yrzad/W4nv/l3H+r3ukrCJTdsjn79LPSO",
+	"AXb9PZF/P24WP/PZQwgPI61PTdl01FG587ISm1x6b51MegP23Z4YVUYhqi10ikk6YMT8vbhwf090X1me",
+	"/VRPoZb3FeVa0ReppyzXcyiMQ8T3GfXFG55DJa52ikf0ShZeBE5KodgeyByxmMGu10ag/6Tv//N5qJ/J",
+	"fkIKaxZVXPR45tEefich02Wx1somNUdNl7t9L2lK32JMbl4JR9A5MDXtIVtjehIP2FMqxGw8wBaWa2bi",
+	"gzRQn8mP1stE4IULBRGooX309vtO2dkY5WfO2fG9tzlElFiFTbibVBdLBbi3SfYAij2Ai5384v+5lSO+",
+	"i0g+Z1b3a6g0ltyVEHVTwYTyc7/zE7+f8f4zLPv+pGf/7u87+XljlJ85/Xnf0fQJ0Hd5PDchxnzbDwxe",
+	"7buPJRT5NCe/wH8/AVkxlDcH7zId8m3u/q175T8dhQHmWVlOXLt2DAaY9D1DMEAfbeQGA7wb4XfH3I/b",
+	"zW+R0HahKWJSP5M2olR+9y8NQeeQtYTF6iol9H0ioV4p1qXfJplO5WztPlI+5hz/PfFvyKTnmk0FlhjK",
+	"+eya3N1WQJSm+2WCf/VaaPr3zQ2rQ/zMrHAnYXo+eGcEGphgK5228DuCid9doefeUB6g9f9UjAcY/H51",
+	"Chf47hVy6J5Ups1d/+QqAjXu1Fple6qTUKw2y/W/xAxqiXFmeQ4JApzN/y2zvusjFxBFbHnei8huDC4c",
+	"yB3PtIGMAUhOAFgbrS3rxomeXYu8T28M1ss0jtjWr9z9DGnZ5WtQmKP2RllHTSsoaQZ9xN9AY67vGKvS",
+	"uSEZqeZppcrIkktVJjwSjj0QzwfMBwEgaHwbnLeQ3F2Z1pKvWWFE5KOCEPUC6xVA7X1qjGXcLhyTxyxz",
+	"91M5YxhkxGKezyHUAgGb417EYqgsBRl36kbmWi2FsrAmKZ+KFN4GGAv3jxudFksB/8wF+MvgcS5vZCrm",
+	"UOEonvFswhMsnwTBoJlQiZloFV8wrtaIvuFrFXsXFtwt58NhuRVVuIGycJLgELYxVn/BSixUYIQyUaY8",
+	"FYo/MCzla134ZDVYxXgAzscT+uKk7vyOASJkqQtlCY0/fv3uB9bvw09f23UmvsYvI5l8vfEtBm1FNF/q",
+	"B516+brPC7uAsu5hryAE0kAgLIwtgiqD7k8op6B+GXcW2thxB8ouuN+xdOCUG/H4vFsYkY98EcHe2HGO",
+	"uIcRlQjlBQs8VjQCSPLVOXNfUxWxAfuBXGsSE9Dch7xOmhHkisH7bjVF7p17gBxfMXtVq7v0Su9FkaWa",
+	"Q/kFo4t8BtH8KBQnJTxLWXgL3drh1KDFBCkTi9kCbBmZQHAaVWRn8Gn7kj/Mrz3rwiNpNh38rh0oxIOp",
+	"f4mcC6hOMVaWzy9CZRyj0xuRQNgU+0u5fKwbf/v65fdxbyO92Pcfln7Nuo7gcwHpxZTSvzUeEKCgkXLH",
+	"MEokUEhldy98QfTK9pbecm5MsUQ31FRA0uBsAUrSjuWFCAWJYCAUJxTGLw07PzsbK3x3orSdXOlCuQOp",
+	"FZRz8tW/wyf0qq9Rim+OlWegaCWr1UciIxcSQ1x9NFlK4/hpDBWV/TWB0QdKh+ksQrmYGMuuobN3IdV8",
+	"YvUEnwDyjke9C1KvVMYK7gvBIdGGskhUQFkoD71BwTsLMbs2Fwj1UVhmFjq3oWNsYyKBiTt6jwfspaPg",
+	"EEFCRZSLjFxzHCrb8TQdOf7oWoVcHADUPx8+dORxPjwv4zzc1TlWBaSEUrRPELgIHF1pFlfk4/53Yh07",
+	"nXPYI56IowSu5w9+qQAAtdTXw1cBpehGrtY+yYeqqozo6kZbJtxFbrUwzOZG1C/6Lp8anRbWsb7BIHY3",
+	"qlkvU6muGRT3h4p+WEm0F23d8zUwApbxHOq+1IjbUZqnCLgQ/SXHGZGUW9VCuY/BBlde5bApbifDes90",
+	"QkVuIVbo6grTyui+9d1quNOAjqrMTRr2cyEKp/KfDc96eBAYZ0nOr2wgw1BSgYCuYLK+cDsEDFeNyzgY",
+	"pT0/Wgt7US2l5JYpxbboDTioCZXOBWbpe0YlcFXmdyFvlVh8D5VGLHuILznydH+bsdJ5fZ6hHF97TcMW",
+	"k/S2eEjDe2DYjcjB2Q3SSFtEBb3UFrJ5OhweELt6WeE84JClcpxT4QjRlHYaqinX5emKr2mhepG7ZR2t",
+	"1vYUmSNqTCDJ8dRolheKktf8OrtrKFS1pIMDxY406Os6Z2JZgBrtNXn3gVqXhTA92YWSoWNVIWoMG3ds",
+	"4fW7HzARByqrPX356v/EfSw6D6QCbcNLY4U/KwbXHev3/QX39Z+gFNurF5dvv335+nsnALlPKW8nxH1f",
+	"8dS0BH5XmXxd1Qvx3rvUpupO1cO8H+8L7D7YSvChb3le1+Q21TPLMbquUVVhXavTUPgffeEQ0gFmkBBd",
+	"jUE3DaHVB1gazj5PJU/iX0BpF17UDgB2f332ljXVigM1yk3dCYw+eCii6kwwgRea6gA3K4hUqejd6xeD",
+	"GoVsLdTHqHN++vBz46mVdyOlYhxewvD7y/+ZvHv14uXlN3HvztR4d+nS9SoV2PeIEe0oIbplyblb9Ccy",
+	"KtwW+inaxH2CZEGqDPMHBtQfGFCfEwMKrFt/QED9AQHVgOxC/O7+8J9K0+puBn4s+BN8/gf20x/YTzuw",
+	"nyqM7w/op9syiDvGfdrPF7Jc30inIks171+Ldbu37lXlze/E/wLM140J7fe2ueWJNvCvvFGJ3Ad3QRvV",
+	"cUGfzX646s7dizfuG6pxEqyjoD6UQSlUL8LzL4iJlWiNXqCZHKYJZvptD//G6gcL0H246pv7+syhhY2D",
+	"SHYFGl6LdVmUAxf4Tvz50DOqhTVCayeug7nHyS/XYr0n1OkHHUC2uSqpi2YKxqulzsV2pc5qPhwoN07V",
+	"uoKsub309XnjGW/09V3FM7qmjtqrT2YE+7nyxpruvFjIyNB+n7zGF+4t/oPa/0+NAKHh77+V/ELfR0YS",
+	"ttx8/4QNvo+751unlpOPwh//rDAVAa7BqUv+C/KvZ7n+sB75OAeW6rlUpFeGT8Cd7nOXKdiecrQxE2ms",
+	"XK+ABoCf6nzOTFrM8SuKFsD78P9j7/qa27iN+FfB6MXyDCN1MslD5Sc1mbiZ1lYaJc1DlXFAHkShOgJX",
+	"ACea4/F372B3gcMd7w8pHWkyw6emMg+Hwy4Wi93f/nbtzyErgy8ItHQhLwS55iSZHnp/U9K58J55Es7G",
+	"awT944KvIKtLGe87JVUmPuJJnOZoI9MDXSnw8Sv2zddfs7XU7Z0Kfj8lfR1cl861SfO5jYx5lcN+PYnp",
+	"4JjjrbIP+I3hmxup4fOZLlZImHCnQH1fTzoSvjhiTPXDd1PPcbbgSt7DDoCMfZKVqaeV/eU1/BbZp+7l",
+	"vDE3rcTFnfoF0DDYB8tWBDikmFTAVtMmpKOHZW67LNGWOuwSjPok9+wm0cv7/CKyPOOYuGbmv93CdZ5y",
+	"GG3uOeXwB9udcmLzQw6Hv3UoqWM743D2G5xxtMw7OONo5I4zLoh3F2fcT0YU3AjLzkHm7A845v54DTDC",
+	"2N6+BY5dXcGcvlNwZqCnDElHOB+1FS29KbXB2n3vQ87lkzfNfG4nYHaBAkhk+Et7wcLtjzDeaeII6x3F",
+	"vWOApeMAHsec952aCu5s9QkX7BbIsWJakP5+hSDBC3adlDhoJcJzdypSSkNNBJVEBPNMSJzVJNS+T1jB",
+	"S6KUXXLpgC4SQZNh1oAUy+T9vSBYVaTPwRlAWl3p5RXkE3SeMwR2Mn6naLnhAcNnjxYzmAhmpxdgj7xU",
+	"OHQ8EKLIQWMtulOXKkBmQLzShqC0N3B4+KwfHrg0B3541Ca578MDX951eJBuTVB3vlTDrUrfq41OPu44",
+	"4SMwK00r0nK8Vcat63iLo3ZxSuslMr8Eva6XLGmFhNDAQwdUOAhWDnwVYeNAt6lQ+o3XPEzBAbIZjKOk",
+	"/nVkyO4J0U3G2wGB1gN/wqgAkF4AuRlA8XieX7DvKtILaH6F7HDwxkBEwB2fcgvedFVd6wxXliOFDifa",
+	"jRC+gMIIIsMSKzKBTPyv5Lk3GsCz0egY3BlBv8Wl3kdJE72qVz/BLy5HinZ/H3qqlarrpB2h5qlLifdQ",
+	"0A+TONXz77+ev6lGLynu3SAqcRDV/DVlOxXzH1Mxf5+6DpqvjSv5awpy7IX86E2MXMe/Rcx7szL+2pKf",
+	"qvgPtIq/rkubFfEvRC9iprTCsKl4kKGMD2AgDAAgk4hKkfW4qQ1IRSy5QuJuGImeQ8bFEIpePwLeiR37",
+	"ie+6BWSFGYsG3gL/8ldSwaiJHGQmlJNuVYlBm3k/dKm+vhXbJJuKXKs54E7P72s0rJNY2F4ru6r3xllf",
+	"/BszP34X78bMh7272pqOIfR3q/qYichBwGDJO0uDo0BneiFsEJ4wbXuoVWyH7SxVE9yzn3Rj5n0uUiqx",
+	"MfEH9W23rgrJzr/8pM18AFaAjo5d422uIBSB59kbXzIB9oLdLKHqth2lcmPmR86sMrTKHfwqN2a+4yOm",
+	"R+vG1rjr4UXYTrg3Xhv7/MEbMz9sL7Ca4J4dwB6xB99vbPET581zDM4lL2QTFlmf+D/EyjaCRIQFbCar",
+	"mrblupB/Chwlfsdm8MlRdjOZbrhSd8o0Cu5Fu7vTFxnCOwIU41GsXkGUGupmOTb0gaNo5s9AbV7ZLrXY",
+	"KR6y9oo9Oxvpu78k+jHeAtp1ps8WbAJyJPEz63Rh2VKbR6iCcEyrmYDsKtX8A5bHIMzP4UPYLBd1RGRv",
+	"sJ2EBWBk620Ql/TIEY4D8njmHh62kA0cY13gZSbdEP81lhNiLgi6UlRNdSrDNHgW+Df1cFU32/rkq1im",
+	"A0XgWMkBdgi6MO+4u1Q6gWlotTDw7ud3kjqqwzAKcvhAxAUcK5gCygpF1f3nov/ZCw7Ftn1CPWoQOtIJ",
+	"hcIs4Fv/o+N3epKPGRZ0CsKxzfDSaOlVHL5f+nVJjeEadcr4sIMt6xPdsx+UTKC/+ybK9UuAVa4b6DHi",
+	"qILLFCQxR7FdtzwlbMaq/R6N7bY/Q5Zncwwm5Ak+yKz9tCpL+JfNDskAjKFMgD8j+bzriHR8/gE9oG62",
+	"moVU8f9vMInf4L047gQZ0+KUACXo+JwIhqSt4A1dswsJk/YGiN9+2zqjtsEQGtTG3zHVOhdcdT9K6KGE",
+	"anZbObWN6v/nQ2HEvfw45vrXlCDsIMufRNbY3u1rjr/5AL95xoce34m66WG6s2N0owPUjuxAjUyvUp/9",
+	"iWblRLPyp6FZuTHzE8nKiWSljUOhbvV2R7YybMi3pVnRZn4iWTmRrPSQrESzd6JYGcs8jEy10mcVCNze",
+	"dT0F8ODxh8TgM4b9d1yM8d33H5BLtdd7f3aVwVDcC15+2BGvdIp7jnX19itRYok68SZ2iqlV19XKH0fl",
+	"PxnqZ1LbwwQe6tzE7+Dfj38X43cMb2Naj/H38TtCafVu5CCN8ZP71xkgCQth/Gk+XTGx4DIP9OWQy1ea",
+	"Pcj5Q0rtGjqbeycCH71TyweNzATQSQGxrkxCf3+eQdNyrcF7yKV6TLofrIgU2D8BpbnkdnHHnoSR91Jk",
+	"OKk2RwFX77AtUW2OezZF+O4+W4SqNQpQJcsYp/FadbfHzlx+Kq0wAyCDawQGGKyVCPBGr3eZBgy5Lp3h",
+	"CjpvLd6EJgILvkLufXSKwe0HHG3SL8KESo52/Tr2opIemewMaPAryLOvN9t7Dc2PgBWLSyuCveFTP2sq",
+	"IwC0eoAbhC8BmZOwLUnbdck2g97hnbI9bNxibY57hi72246AXhzPfnxXFzJByTa2JEPF2wCpjyW5xPVK",
+	"D13NhfsjIQ7CyhmKgdaBLXT/lYY57XhuW0HU+6lurl60CbJ4xyXOu8Ick6gDOc3lJ/ovOiv6uNZ2vPwD",
+	"1D0juvDX/Ww92y7tz2EF+6zzNbVmQe4tjGrD1SQ2QnmzRtYiLZOLRemgAnRaOuqvAUnglo1C8zhsC1yf",
+	"5J5N8ICKBRs8oqr9gPQsYgJC9sLGvqmbEUYFhorLT/Rf9V1a/4IfIasHGTevI4TnSWoIQ+MfNLohqzxd",
+	"EUdGIQxBNSCvohjP84suFpld24KNmFhGsgWB1iXChQuj50ZYOw6V089BdIn1bZHrJZ9qA5/x/OG7bqW3",
+	"ACP21mOudXblr6AEH5D+grnMVww7N4oMlQOWws9tymePdIg7XUJ8tnqyKB2DH0A3Ib9u4knq0kYDRtRU",
+	"fiCRffA/pY5oRHno+ApaEUEKWjpmuKoAoZWY2bVixKEC99hFaEZmhbIRMEu/fmUD54tl3/zlr7HFI0T4",
+	"/T/0cCNdgwgOmxoJ5/iZLOcX3X8RNyxIPF8CZvZeO1Zoa6U/JNtVYRQ74Ze9YkXqJUJq395FYfST2M0G",
+	"/wFYKYNYiMEMNjy+ludXRA/20ZGRBwY1u8e9Rd8//q3/pPY7VHuUWkN5ttd+bOK3G+UHkBxnxPKND3hn",
+	"GjRcIMBAWgbnK8RQoTfn/jT/O/z2k+Ifk+Kj0BKjGntpAh4BVWv7fTCENSZBbAs5fhbtK74kIX9tGzns",
+	"9wTSKpVclIuzq6r5pVROzCG2dZwUspuCR+u6FqGk01V0irOx6nES0O+A07Gr+8jYTfsCdStWZDosoyTG",
+	"WIpI27TRN5ArVggMaHdJ3IJhcUI8JFzYG1DVaLbidZcwqSfc6Ql3ulfcKe25E/b0hD1t7d8V8fC7Qp1u",
+	"Z/S3RaDSACcU6gmF2oNCrRnBExL15cZiZAzqpjZCiY8OKyp3c5+HzHJpjF/OEKvShWWOAwuGEsvoAJ5j",
+	"r4LQ4we8O4h8SSXtQ3QWMHThbQ5GvZjSywm4qACuoth1JmbCWm1eWeYejLDgjXmPCmBZ2B8grD2GrvGP",
+	"+4skvBcf3Vu6kJ2CCccTTLh9lAXj/ugINuUlsTTQut1svffdiaH1hnqN3ba/bfATLMBpCxzTFgCZvSR/",
+	"gne4HZ04oOPQ18bfVCEj6R1A6eDoKfZp49HhPWn3UWk33VJ4w03YXsvBP9mdW4V5d2kh4lPLvFP3oioA",
+	"hyhyOKKSiJt3d8OJwM79PSIsqlf3XC6kiyMsuPRC5mrmb10q08vX+9tG0DfqtIuOy02CXl+NTF7vHnoS",
+	"xkr8yM5gxbSUeYbMGYXR3sUHbYcOnaTL1m+BBbX4Ie1FzcPA850K3X0CWbTSbOZvDMpJnre25fk3Tm3H",
+	"QCl6S6cSUaskWqcXCEnMSiPd6uzqP7+nIqP3R26STBS5Xvm7b3olXVknFl5q9ZE+nWEsxA/qtxqGNtoo",
+	"65LAB5gNDNzSK+myfXE2OStNfnZ1dgkbl96+BpXgMwfJYMjp1aZ8kSTUcMrrjCzrxPPJU5F4voXJpUYw",
+	"r5eKKhnfsELoIhdENE/3g0VaMZS8AMC/7ZOiYVpqVSuINfYMqIYLCPD+6X5lZ7oQGXJLAqakdHpB/Lpx",
+	"rMi22MIi9KApwZPBgZM+BXxy64+8jWxkSSLMX+BrvVhBF0yZ9NsKGMqLBh1T27SAezdrtqn3C588XWuP",
+	"3b7yWSfzy0WTiqdtGj9GiK+lClTq3VMDb2LT2GTAiBZdH/Fv3uJZ5kqjsPf3f8XMsXPOYJtboMlKAqHf",
+	"Q4tj/zewfncKLNPHKu0W5jNhZZFrnomMQfs5x81rbOtPLW29ckAAtK1z7mSoBTP6HjzJ5lVfC0a87Vu7",
+	"+jtxR85OlfxjoMfJElb9OtbHjRhx5vgjVNYZyFeFNiBS+RNiHrNzVcRokvhCltCU3vmpCS+cZOsvvk3Z",
+	"nTBNaUnRQ786rPqzAAT3x9eamgW+s/XRa8FEb05bkrh++BhanGDyDCHoIYcps9RUUsCxbd9zF3eHFYgq",
+	"ftJ5uRBXbCGcgWya1zYuFTbZBh2DFG0A4SZvciIX/rE2+3ptkSI3rJzT3l9i50ZMtcavIO8iNt9Ca32/",
+	"wjAheMJTMfNWBPQ+eTFRF7WK6/bv2GtQG8DnL7nBBJKu7MITOXC/SSPeltxk8Keck8YnTQFfWVaU01zO",
+	"2K8//7O22Rfaia/4zLsvQys943lebx6zVNjWwq5rCi9k13jpJn2FZ5ZU94ZbZ0q0v/5NdsJsOXtgmCsP",
+	"vbvZu3/98gubGv0IlUcPWj+mL/cXA/+zs8+/f/5/AAAA//8=",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

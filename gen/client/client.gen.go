@@ -1138,6 +1138,7 @@ type Device struct {
 	Online          bool                `json:"online"`
 	OrgId           openapi_types.UUID  `json:"org_id"`
 	PinnedReleaseId *openapi_types.UUID `json:"pinned_release_id,omitempty"`
+	PublicUrl       PublicUrl           `json:"public_url"`
 
 	// ReportedState What a device says it runs. The same schema as `ReportedState` in the
 	// AsyncAPI document (`asyncapi/flock.yaml`, channel
@@ -1264,6 +1265,37 @@ type DeviceTokenRequest struct {
 	Assertion string `json:"assertion"`
 }
 
+// DeviceTunnel defines model for DeviceTunnel.
+type DeviceTunnel struct {
+	// Address The device's overlay address (for its interface, with the prefix's length).
+	//
+	// Example: fd66:6c6b:0:1::2
+	Address string `json:"address"`
+
+	// Endpoint The tunnel servers' UDP endpoint, host:port.
+	Endpoint string `json:"endpoint"`
+
+	// KeepaliveSeconds The persistent keepalive to set on the peer.
+	KeepaliveSeconds int `json:"keepalive_seconds"`
+
+	// Prefix The overlay network, the peer's allowed IPs on the device.
+	//
+	// Example: fd66:6c6b:0:1::/64
+	Prefix string `json:"prefix"`
+
+	// ServerAddress The tunnel servers' own overlay address.
+	ServerAddress string `json:"server_address"`
+
+	// ServerPublicKey The tunnel servers' WireGuard public key, base64.
+	ServerPublicKey string `json:"server_public_key"`
+}
+
+// DeviceTunnelRegister defines model for DeviceTunnelRegister.
+type DeviceTunnelRegister struct {
+	// PublicKey The device's WireGuard public key, base64 (44 characters, as `wg pubkey` prints it).
+	PublicKey string `json:"public_key"`
+}
+
 // DeviceUpdate defines model for DeviceUpdate.
 type DeviceUpdate struct {
 	// FleetId Moves the device to another fleet of the same organisation and architecture.
@@ -1272,6 +1304,11 @@ type DeviceUpdate struct {
 
 	// PinnedReleaseId A final release of the device's fleet to run regardless of the fleet's policy; null to follow the fleet.
 	PinnedReleaseId nullable.Nullable[openapi_types.UUID] `json:"pinned_release_id,omitempty"`
+
+	// PublicUrl Publishes the device's web server at `https://<device id>.devices.<domain>`
+	// (through the proxy target), or withdraws it. Off by default; turning it
+	// on is audited as `device-public-url:enable`.
+	PublicUrl *PublicUrlUpdate `json:"public_url,omitempty"`
 
 	// Tags Free-form key/value labels (at most 50; keys 1-100 characters, values up to 255).
 	//
@@ -1612,8 +1649,11 @@ type Org struct {
 	//
 	//
 	// Example: acme-robotics
-	Slug      Slug      `json:"slug"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Slug Slug `json:"slug"`
+
+	// TunnelMinRole The least role that may open tunnels (SSH, port forwarding) to the organisation's devices.
+	TunnelMinRole Role      `json:"tunnel_min_role"`
+	UpdatedAt     time.Time `json:"updated_at"`
 }
 
 // OrgCreate defines model for OrgCreate.
@@ -1659,6 +1699,9 @@ type OrgUpdate struct {
 	//
 	// Example: Acme Robotics
 	Name *OrgName `json:"name,omitempty"`
+
+	// TunnelMinRole The least role that may open tunnels to the organisation's devices (developer by default).
+	TunnelMinRole *Role `json:"tunnel_min_role,omitempty"`
 }
 
 // Problem An RFC 9457 problem document with Flock's extension members.
@@ -1754,6 +1797,26 @@ type ProvisioningKeyCreated struct {
 type ProvisioningKeyPage struct {
 	Items      []ProvisioningKey `json:"items"`
 	NextCursor *string           `json:"next_cursor,omitempty"`
+}
+
+// PublicUrl defines model for PublicUrl.
+type PublicUrl struct {
+	// Enabled Whether the device's web server is published.
+	Enabled bool `json:"enabled"`
+
+	// Port The device port its public URL reaches.
+	Port int `json:"port"`
+
+	// Url The public URL, `https://<device id>.devices.<domain>`, when the deployment has a device URL domain.
+	Url *string `json:"url,omitempty"`
+}
+
+// PublicUrlUpdate Publishes the device's web server at `https://<device id>.devices.<domain>`
+// (through the proxy target), or withdraws it. Off by default; turning it
+// on is audited as `device-public-url:enable`.
+type PublicUrlUpdate struct {
+	Enabled *bool `json:"enabled,omitempty"`
+	Port    *int  `json:"port,omitempty"`
 }
 
 // Release defines model for Release.
@@ -2302,6 +2365,36 @@ type TelemetrySeries struct {
 	Until       time.Time `json:"until"`
 }
 
+// TunnelSession defines model for TunnelSession.
+type TunnelSession struct {
+	ActorId openapi_types.UUID `json:"actor_id"`
+
+	// ActorLabel The user's email or the API key's name.
+	ActorLabel string `json:"actor_label"`
+
+	// ActorType user or api_key
+	ActorType       string             `json:"actor_type"`
+	BytesFromDevice int64              `json:"bytes_from_device"`
+	BytesToDevice   int64              `json:"bytes_to_device"`
+	DeviceId        openapi_types.UUID `json:"device_id"`
+
+	// DurationSeconds How long the session lasted (so far, while it runs).
+	DurationSeconds *float32           `json:"duration_seconds,omitempty"`
+	EndedAt         *time.Time         `json:"ended_at,omitempty"`
+	Id              openapi_types.UUID `json:"id"`
+
+	// Outcome How it ended (closed, device_offline, port_closed, device_timeout, too_many_sessions, lost); empty while it runs.
+	Outcome   *string   `json:"outcome,omitempty"`
+	Port      int       `json:"port"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+// TunnelSessionPage defines model for TunnelSessionPage.
+type TunnelSessionPage struct {
+	Items      []TunnelSession `json:"items"`
+	NextCursor *string         `json:"next_cursor,omitempty"`
+}
+
 // UpdateEvent An update step the device reported (the AsyncAPI `events` channel).
 type UpdateEvent struct {
 	Error *string `json:"error,omitempty"`
@@ -2714,6 +2807,21 @@ type DeviceTelemetryGetParams struct {
 	// `1h`); default the range divided by 60, rounded up to a whole
 	// second. Steps are aligned to the Unix epoch.
 	Step *string `form:"step,omitempty" json:"step,omitempty"`
+}
+
+// DeviceTunnelOpenParams defines parameters for DeviceTunnelOpen.
+type DeviceTunnelOpenParams struct {
+	// Port The device's TCP port.
+	Port int `form:"port" json:"port"`
+}
+
+// DeviceTunnelSessionListParams defines parameters for DeviceTunnelSessionList.
+type DeviceTunnelSessionListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
 // DeviceUpdateEventListParams defines parameters for DeviceUpdateEventList.
@@ -3253,6 +3361,9 @@ type DeviceStateUpdateJSONRequestBody = ReportedState
 // DeviceTokenJSONRequestBody defines body for DeviceToken for application/json ContentType.
 type DeviceTokenJSONRequestBody = DeviceTokenRequest
 
+// DeviceTunnelRegisterJSONRequestBody defines body for DeviceTunnelRegister for application/json ContentType.
+type DeviceTunnelRegisterJSONRequestBody = DeviceTunnelRegister
+
 // MqttHookAuthorizeJSONRequestBody defines body for MqttHookAuthorize for application/json ContentType.
 type MqttHookAuthorizeJSONRequestBody = MqttAclRequest
 
@@ -3680,6 +3791,52 @@ type ClientInterface interface {
 	// Corresponds with POST /device/v1/token (the `DeviceToken` operationId).
 	DeviceToken(ctx context.Context, body DeviceTokenJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// DeviceTunnelRegisterWithBody Register the device's WireGuard key and get its overlay address
+	//
+	// Remote access (SSH, port forwarding, the public URL) reaches a device
+	// over a WireGuard overlay that the device dials out to, so it works
+	// behind NAT. The device makes a Curve25519 key pair (as `wg genkey`
+	// does), sends the public half here, and configures one peer from the
+	// answer: the server's public key at `endpoint`, allowed IPs `prefix`,
+	// and a persistent keepalive of `keepalive_seconds`; its own interface
+	// gets `address`.
+	//
+	// Registering again (a new key, say after a reset) keeps the address and
+	// replaces the key at once. Any tunnel replica accepts the device's
+	// handshake: the server key is the same on all of them. Deleting the
+	// device removes its peer on every replica.
+	//
+	// - 409 `public_key_in_use`: another device registered this key.
+	// - 503 `tunnels_unavailable`: this deployment runs no tunnel servers.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PUT /device/v1/tunnel (the `DeviceTunnelRegister` operationId).
+	DeviceTunnelRegisterWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceTunnelRegister Register the device's WireGuard key and get its overlay address
+	//
+	// Remote access (SSH, port forwarding, the public URL) reaches a device
+	// over a WireGuard overlay that the device dials out to, so it works
+	// behind NAT. The device makes a Curve25519 key pair (as `wg genkey`
+	// does), sends the public half here, and configures one peer from the
+	// answer: the server's public key at `endpoint`, allowed IPs `prefix`,
+	// and a persistent keepalive of `keepalive_seconds`; its own interface
+	// gets `address`.
+	//
+	// Registering again (a new key, say after a reset) keeps the address and
+	// replaces the key at once. Any tunnel replica accepts the device's
+	// handshake: the server key is the same on all of them. Deleting the
+	// device removes its peer on every replica.
+	//
+	// - 409 `public_key_in_use`: another device registered this key.
+	// - 503 `tunnels_unavailable`: this deployment runs no tunnel servers.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PUT /device/v1/tunnel (the `DeviceTunnelRegister` operationId).
+	DeviceTunnelRegister(ctx context.Context, body DeviceTunnelRegisterJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// MqttHookAuthorizeWithBody MQTT broker hook, authorization
 	//
 	// An external MQTT broker (EMQX HTTP authorization) asks whether a
@@ -4033,6 +4190,49 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /v1/devices/{deviceId}/telemetry (the `DeviceTelemetryGet` operationId).
 	DeviceTelemetryGet(ctx context.Context, deviceId DeviceId, params *DeviceTelemetryGetParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceTunnelOpen A TCP stream to a port of the device (WebSocket)
+	//
+	// Opens a TCP connection to `port` on the device, over its WireGuard
+	// overlay, and carries it in binary WebSocket messages both ways: what
+	// the client sends is written to the device's port, what the port sends
+	// back arrives as messages. This is what `flock-api tunnel --device <id>
+	// --port 22` relays, so that OpenSSH reaches the device's sshd with
+	// `ssh -o ProxyCommand='flock-api tunnel --device %h --port 22'
+	// root@<device id>`, and `--listen 127.0.0.1:8022` forwards a local port.
+	//
+	// Who may: members with at least the organisation's `tunnel_min_role`
+	// (developer unless an admin changed it), or an API key of that role.
+	// Every session is recorded (`device-tunnel-session:list`) and audited.
+	//
+	// Authenticate with the `Authorization` header, or by offering the
+	// subprotocols `flock.tunnel.v1` and `bearer.<token>` where a client
+	// cannot set headers; the server selects `flock.tunnel.v1`.
+	//
+	// When the connection cannot be made, the WebSocket closes with one of
+	// these codes, and a reason saying what happened:
+	//
+	// | code | reason starts with | meaning |
+	// |---|---|---|
+	// | 4404 | `device offline` | the device holds no tunnel (not connected, or never registered a key) |
+	// | 4502 | `port closed` | the device refused a connection to the port |
+	// | 4504 | `device timeout` | the device did not answer in time |
+	// | 4429 | `too many sessions` | the device's or the caller's limit of concurrent sessions is reached |
+	// | 1000 | `closed` | either side ended the stream |
+	//
+	// Before the upgrade, the usual problems: 400 `not_websocket`, 403, 404.
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/tunnel (the `DeviceTunnelOpen` operationId).
+	DeviceTunnelOpen(ctx context.Context, deviceId DeviceId, params *DeviceTunnelOpenParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeviceTunnelSessionList Remote-access sessions to a device
+	//
+	// Every tunnel opened to the device, newest first: who, which port, when,
+	// for how long, and the bytes each way. A running session shows no
+	// `ended_at`; its byte counts are renewed every few seconds.
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/tunnel-sessions (the `DeviceTunnelSessionList` operationId).
+	DeviceTunnelSessionList(ctx context.Context, deviceId DeviceId, params *DeviceTunnelSessionListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// DeviceUpdateEventList A device's update progress events
 	//
@@ -4972,6 +5172,72 @@ func (c *Client) DeviceToken(ctx context.Context, body DeviceTokenJSONRequestBod
 	return c.Client.Do(req)
 }
 
+// DeviceTunnelRegisterWithBody Register the device's WireGuard key and get its overlay address
+//
+// Remote access (SSH, port forwarding, the public URL) reaches a device
+// over a WireGuard overlay that the device dials out to, so it works
+// behind NAT. The device makes a Curve25519 key pair (as `wg genkey`
+// does), sends the public half here, and configures one peer from the
+// answer: the server's public key at `endpoint`, allowed IPs `prefix`,
+// and a persistent keepalive of `keepalive_seconds`; its own interface
+// gets `address`.
+//
+// Registering again (a new key, say after a reset) keeps the address and
+// replaces the key at once. Any tunnel replica accepts the device's
+// handshake: the server key is the same on all of them. Deleting the
+// device removes its peer on every replica.
+//
+// - 409 `public_key_in_use`: another device registered this key.
+// - 503 `tunnels_unavailable`: this deployment runs no tunnel servers.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PUT /device/v1/tunnel (the `DeviceTunnelRegister` operationId).
+func (c *Client) DeviceTunnelRegisterWithBody(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceTunnelRegisterRequestWithBody(c.Server, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceTunnelRegister Register the device's WireGuard key and get its overlay address
+//
+// Remote access (SSH, port forwarding, the public URL) reaches a device
+// over a WireGuard overlay that the device dials out to, so it works
+// behind NAT. The device makes a Curve25519 key pair (as `wg genkey`
+// does), sends the public half here, and configures one peer from the
+// answer: the server's public key at `endpoint`, allowed IPs `prefix`,
+// and a persistent keepalive of `keepalive_seconds`; its own interface
+// gets `address`.
+//
+// Registering again (a new key, say after a reset) keeps the address and
+// replaces the key at once. Any tunnel replica accepts the device's
+// handshake: the server key is the same on all of them. Deleting the
+// device removes its peer on every replica.
+//
+// - 409 `public_key_in_use`: another device registered this key.
+// - 503 `tunnels_unavailable`: this deployment runs no tunnel servers.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PUT /device/v1/tunnel (the `DeviceTunnelRegister` operationId).
+func (c *Client) DeviceTunnelRegister(ctx context.Context, body DeviceTunnelRegisterJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceTunnelRegisterRequest(c.Server, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // MqttHookAuthorizeWithBody MQTT broker hook, authorization
 //
 // An external MQTT broker (EMQX HTTP authorization) asks whether a
@@ -5616,6 +5882,69 @@ func (c *Client) DeviceMetricList(ctx context.Context, deviceId DeviceId, reqEdi
 // Corresponds with GET /v1/devices/{deviceId}/telemetry (the `DeviceTelemetryGet` operationId).
 func (c *Client) DeviceTelemetryGet(ctx context.Context, deviceId DeviceId, params *DeviceTelemetryGetParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewDeviceTelemetryGetRequest(c.Server, deviceId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceTunnelOpen A TCP stream to a port of the device (WebSocket)
+//
+// Opens a TCP connection to `port` on the device, over its WireGuard
+// overlay, and carries it in binary WebSocket messages both ways: what
+// the client sends is written to the device's port, what the port sends
+// back arrives as messages. This is what `flock-api tunnel --device <id>
+// --port 22` relays, so that OpenSSH reaches the device's sshd with
+// `ssh -o ProxyCommand='flock-api tunnel --device %h --port 22'
+// root@<device id>`, and `--listen 127.0.0.1:8022` forwards a local port.
+//
+// Who may: members with at least the organisation's `tunnel_min_role`
+// (developer unless an admin changed it), or an API key of that role.
+// Every session is recorded (`device-tunnel-session:list`) and audited.
+//
+// Authenticate with the `Authorization` header, or by offering the
+// subprotocols `flock.tunnel.v1` and `bearer.<token>` where a client
+// cannot set headers; the server selects `flock.tunnel.v1`.
+//
+// When the connection cannot be made, the WebSocket closes with one of
+// these codes, and a reason saying what happened:
+//
+// | code | reason starts with | meaning |
+// |---|---|---|
+// | 4404 | `device offline` | the device holds no tunnel (not connected, or never registered a key) |
+// | 4502 | `port closed` | the device refused a connection to the port |
+// | 4504 | `device timeout` | the device did not answer in time |
+// | 4429 | `too many sessions` | the device's or the caller's limit of concurrent sessions is reached |
+// | 1000 | `closed` | either side ended the stream |
+//
+// Before the upgrade, the usual problems: 400 `not_websocket`, 403, 404.
+//
+// Corresponds with GET /v1/devices/{deviceId}/tunnel (the `DeviceTunnelOpen` operationId).
+func (c *Client) DeviceTunnelOpen(ctx context.Context, deviceId DeviceId, params *DeviceTunnelOpenParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceTunnelOpenRequest(c.Server, deviceId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeviceTunnelSessionList Remote-access sessions to a device
+//
+// Every tunnel opened to the device, newest first: who, which port, when,
+// for how long, and the bytes each way. A running session shows no
+// `ended_at`; its byte counts are renewed every few seconds.
+//
+// Corresponds with GET /v1/devices/{deviceId}/tunnel-sessions (the `DeviceTunnelSessionList` operationId).
+func (c *Client) DeviceTunnelSessionList(ctx context.Context, deviceId DeviceId, params *DeviceTunnelSessionListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeviceTunnelSessionListRequest(c.Server, deviceId, params)
 	if err != nil {
 		return nil, err
 	}
@@ -7342,6 +7671,46 @@ func NewDeviceTokenRequestWithBody(server string, contentType string, body io.Re
 	return req, nil
 }
 
+// NewDeviceTunnelRegisterRequest calls the generic DeviceTunnelRegister builder with application/json body
+func NewDeviceTunnelRegisterRequest(server string, body DeviceTunnelRegisterJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewDeviceTunnelRegisterRequestWithBody(server, "application/json", bodyReader)
+}
+
+// NewDeviceTunnelRegisterRequestWithBody constructs an http.Request for the DeviceTunnelRegister method, with any body, and a specified content type
+func NewDeviceTunnelRegisterRequestWithBody(server string, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/device/v1/tunnel")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPut, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewMqttHookAuthorizeRequest calls the generic MqttHookAuthorize builder with application/json body
 func NewMqttHookAuthorizeRequest(server string, body MqttHookAuthorizeJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
@@ -8928,6 +9297,136 @@ func NewDeviceTelemetryGetRequest(server string, deviceId DeviceId, params *Devi
 		if params.Step != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "step", *params.Step, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceTunnelOpenRequest constructs an http.Request for the DeviceTunnelOpen method
+func NewDeviceTunnelOpenRequest(server string, deviceId DeviceId, params *DeviceTunnelOpenParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s/tunnel", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if queryFrag, err := runtime.StyleParamWithOptions("form", true, "port", params.Port, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+			return nil, err
+		} else {
+			for _, qp := range strings.Split(queryFrag, "&") {
+				rawQueryFragments = append(rawQueryFragments, qp)
+			}
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeviceTunnelSessionListRequest constructs an http.Request for the DeviceTunnelSessionList method
+func NewDeviceTunnelSessionListRequest(server string, deviceId DeviceId, params *DeviceTunnelSessionListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "deviceId", deviceId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/devices/%s/tunnel-sessions", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
@@ -12955,6 +13454,52 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with POST /device/v1/token (the `DeviceToken` operationId).
 	DeviceTokenWithResponse(ctx context.Context, body DeviceTokenJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceTokenResponse, error)
 
+	// DeviceTunnelRegisterWithBodyWithResponse Register the device's WireGuard key and get its overlay address
+	//
+	// Remote access (SSH, port forwarding, the public URL) reaches a device
+	// over a WireGuard overlay that the device dials out to, so it works
+	// behind NAT. The device makes a Curve25519 key pair (as `wg genkey`
+	// does), sends the public half here, and configures one peer from the
+	// answer: the server's public key at `endpoint`, allowed IPs `prefix`,
+	// and a persistent keepalive of `keepalive_seconds`; its own interface
+	// gets `address`.
+	//
+	// Registering again (a new key, say after a reset) keeps the address and
+	// replaces the key at once. Any tunnel replica accepts the device's
+	// handshake: the server key is the same on all of them. Deleting the
+	// device removes its peer on every replica.
+	//
+	// - 409 `public_key_in_use`: another device registered this key.
+	// - 503 `tunnels_unavailable`: this deployment runs no tunnel servers.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /device/v1/tunnel (the `DeviceTunnelRegister` operationId).
+	DeviceTunnelRegisterWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceTunnelRegisterResponse, error)
+
+	// DeviceTunnelRegisterWithResponse Register the device's WireGuard key and get its overlay address
+	//
+	// Remote access (SSH, port forwarding, the public URL) reaches a device
+	// over a WireGuard overlay that the device dials out to, so it works
+	// behind NAT. The device makes a Curve25519 key pair (as `wg genkey`
+	// does), sends the public half here, and configures one peer from the
+	// answer: the server's public key at `endpoint`, allowed IPs `prefix`,
+	// and a persistent keepalive of `keepalive_seconds`; its own interface
+	// gets `address`.
+	//
+	// Registering again (a new key, say after a reset) keeps the address and
+	// replaces the key at once. Any tunnel replica accepts the device's
+	// handshake: the server key is the same on all of them. Deleting the
+	// device removes its peer on every replica.
+	//
+	// - 409 `public_key_in_use`: another device registered this key.
+	// - 503 `tunnels_unavailable`: this deployment runs no tunnel servers.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /device/v1/tunnel (the `DeviceTunnelRegister` operationId).
+	DeviceTunnelRegisterWithResponse(ctx context.Context, body DeviceTunnelRegisterJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceTunnelRegisterResponse, error)
+
 	// MqttHookAuthorizeWithBodyWithResponse MQTT broker hook, authorization
 	//
 	// An external MQTT broker (EMQX HTTP authorization) asks whether a
@@ -13348,6 +13893,53 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /v1/devices/{deviceId}/telemetry (the `DeviceTelemetryGet` operationId).
 	DeviceTelemetryGetWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceTelemetryGetParams, reqEditors ...RequestEditorFn) (*DeviceTelemetryGetResponse, error)
+
+	// DeviceTunnelOpenWithResponse A TCP stream to a port of the device (WebSocket)
+	//
+	// Opens a TCP connection to `port` on the device, over its WireGuard
+	// overlay, and carries it in binary WebSocket messages both ways: what
+	// the client sends is written to the device's port, what the port sends
+	// back arrives as messages. This is what `flock-api tunnel --device <id>
+	// --port 22` relays, so that OpenSSH reaches the device's sshd with
+	// `ssh -o ProxyCommand='flock-api tunnel --device %h --port 22'
+	// root@<device id>`, and `--listen 127.0.0.1:8022` forwards a local port.
+	//
+	// Who may: members with at least the organisation's `tunnel_min_role`
+	// (developer unless an admin changed it), or an API key of that role.
+	// Every session is recorded (`device-tunnel-session:list`) and audited.
+	//
+	// Authenticate with the `Authorization` header, or by offering the
+	// subprotocols `flock.tunnel.v1` and `bearer.<token>` where a client
+	// cannot set headers; the server selects `flock.tunnel.v1`.
+	//
+	// When the connection cannot be made, the WebSocket closes with one of
+	// these codes, and a reason saying what happened:
+	//
+	// | code | reason starts with | meaning |
+	// |---|---|---|
+	// | 4404 | `device offline` | the device holds no tunnel (not connected, or never registered a key) |
+	// | 4502 | `port closed` | the device refused a connection to the port |
+	// | 4504 | `device timeout` | the device did not answer in time |
+	// | 4429 | `too many sessions` | the device's or the caller's limit of concurrent sessions is reached |
+	// | 1000 | `closed` | either side ended the stream |
+	//
+	// Before the upgrade, the usual problems: 400 `not_websocket`, 403, 404.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/tunnel (the `DeviceTunnelOpen` operationId).
+	DeviceTunnelOpenWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceTunnelOpenParams, reqEditors ...RequestEditorFn) (*DeviceTunnelOpenResponse, error)
+
+	// DeviceTunnelSessionListWithResponse Remote-access sessions to a device
+	//
+	// Every tunnel opened to the device, newest first: who, which port, when,
+	// for how long, and the bytes each way. A running session shows no
+	// `ended_at`; its byte counts are renewed every few seconds.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/devices/{deviceId}/tunnel-sessions (the `DeviceTunnelSessionList` operationId).
+	DeviceTunnelSessionListWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceTunnelSessionListParams, reqEditors ...RequestEditorFn) (*DeviceTunnelSessionListResponse, error)
 
 	// DeviceUpdateEventListWithResponse A device's update progress events
 	//
@@ -14464,6 +15056,54 @@ func (r DeviceTokenResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r DeviceTokenResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceTunnelRegisterResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *DeviceTunnel
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceTunnelRegisterResponse) GetJSON200() *DeviceTunnel {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceTunnelRegisterResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceTunnelRegisterResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceTunnelRegisterResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceTunnelRegisterResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceTunnelRegisterResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -15608,6 +16248,95 @@ func (r DeviceTelemetryGetResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r DeviceTelemetryGetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceTunnelOpenResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceTunnelOpenResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceTunnelOpenResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceTunnelOpenResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceTunnelOpenResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceTunnelOpenResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type DeviceTunnelSessionListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *TunnelSessionPage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r DeviceTunnelSessionListResponse) GetJSON200() *TunnelSessionPage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r DeviceTunnelSessionListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r DeviceTunnelSessionListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeviceTunnelSessionListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeviceTunnelSessionListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeviceTunnelSessionListResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -18688,6 +19417,64 @@ func (c *ClientWithResponses) DeviceTokenWithResponse(ctx context.Context, body 
 	return ParseDeviceTokenResponse(rsp)
 }
 
+// DeviceTunnelRegisterWithBodyWithResponse Register the device's WireGuard key and get its overlay address
+//
+// Remote access (SSH, port forwarding, the public URL) reaches a device
+// over a WireGuard overlay that the device dials out to, so it works
+// behind NAT. The device makes a Curve25519 key pair (as `wg genkey`
+// does), sends the public half here, and configures one peer from the
+// answer: the server's public key at `endpoint`, allowed IPs `prefix`,
+// and a persistent keepalive of `keepalive_seconds`; its own interface
+// gets `address`.
+//
+// Registering again (a new key, say after a reset) keeps the address and
+// replaces the key at once. Any tunnel replica accepts the device's
+// handshake: the server key is the same on all of them. Deleting the
+// device removes its peer on every replica.
+//
+// - 409 `public_key_in_use`: another device registered this key.
+// - 503 `tunnels_unavailable`: this deployment runs no tunnel servers.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /device/v1/tunnel (the `DeviceTunnelRegister` operationId).
+func (c *ClientWithResponses) DeviceTunnelRegisterWithBodyWithResponse(ctx context.Context, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*DeviceTunnelRegisterResponse, error) {
+	rsp, err := c.DeviceTunnelRegisterWithBody(ctx, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceTunnelRegisterResponse(rsp)
+}
+
+// DeviceTunnelRegisterWithResponse Register the device's WireGuard key and get its overlay address
+//
+// Remote access (SSH, port forwarding, the public URL) reaches a device
+// over a WireGuard overlay that the device dials out to, so it works
+// behind NAT. The device makes a Curve25519 key pair (as `wg genkey`
+// does), sends the public half here, and configures one peer from the
+// answer: the server's public key at `endpoint`, allowed IPs `prefix`,
+// and a persistent keepalive of `keepalive_seconds`; its own interface
+// gets `address`.
+//
+// Registering again (a new key, say after a reset) keeps the address and
+// replaces the key at once. Any tunnel replica accepts the device's
+// handshake: the server key is the same on all of them. Deleting the
+// device removes its peer on every replica.
+//
+// - 409 `public_key_in_use`: another device registered this key.
+// - 503 `tunnels_unavailable`: this deployment runs no tunnel servers.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /device/v1/tunnel (the `DeviceTunnelRegister` operationId).
+func (c *ClientWithResponses) DeviceTunnelRegisterWithResponse(ctx context.Context, body DeviceTunnelRegisterJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceTunnelRegisterResponse, error) {
+	rsp, err := c.DeviceTunnelRegister(ctx, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceTunnelRegisterResponse(rsp)
+}
+
 // MqttHookAuthorizeWithBodyWithResponse MQTT broker hook, authorization
 //
 // An external MQTT broker (EMQX HTTP authorization) asks whether a
@@ -19260,6 +20047,65 @@ func (c *ClientWithResponses) DeviceTelemetryGetWithResponse(ctx context.Context
 		return nil, err
 	}
 	return ParseDeviceTelemetryGetResponse(rsp)
+}
+
+// DeviceTunnelOpenWithResponse A TCP stream to a port of the device (WebSocket)
+//
+// Opens a TCP connection to `port` on the device, over its WireGuard
+// overlay, and carries it in binary WebSocket messages both ways: what
+// the client sends is written to the device's port, what the port sends
+// back arrives as messages. This is what `flock-api tunnel --device <id>
+// --port 22` relays, so that OpenSSH reaches the device's sshd with
+// `ssh -o ProxyCommand='flock-api tunnel --device %h --port 22'
+// root@<device id>`, and `--listen 127.0.0.1:8022` forwards a local port.
+//
+// Who may: members with at least the organisation's `tunnel_min_role`
+// (developer unless an admin changed it), or an API key of that role.
+// Every session is recorded (`device-tunnel-session:list`) and audited.
+//
+// Authenticate with the `Authorization` header, or by offering the
+// subprotocols `flock.tunnel.v1` and `bearer.<token>` where a client
+// cannot set headers; the server selects `flock.tunnel.v1`.
+//
+// When the connection cannot be made, the WebSocket closes with one of
+// these codes, and a reason saying what happened:
+//
+// | code | reason starts with | meaning |
+// |---|---|---|
+// | 4404 | `device offline` | the device holds no tunnel (not connected, or never registered a key) |
+// | 4502 | `port closed` | the device refused a connection to the port |
+// | 4504 | `device timeout` | the device did not answer in time |
+// | 4429 | `too many sessions` | the device's or the caller's limit of concurrent sessions is reached |
+// | 1000 | `closed` | either side ended the stream |
+//
+// Before the upgrade, the usual problems: 400 `not_websocket`, 403, 404.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/devices/{deviceId}/tunnel (the `DeviceTunnelOpen` operationId).
+func (c *ClientWithResponses) DeviceTunnelOpenWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceTunnelOpenParams, reqEditors ...RequestEditorFn) (*DeviceTunnelOpenResponse, error) {
+	rsp, err := c.DeviceTunnelOpen(ctx, deviceId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceTunnelOpenResponse(rsp)
+}
+
+// DeviceTunnelSessionListWithResponse Remote-access sessions to a device
+//
+// Every tunnel opened to the device, newest first: who, which port, when,
+// for how long, and the bytes each way. A running session shows no
+// `ended_at`; its byte counts are renewed every few seconds.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/devices/{deviceId}/tunnel-sessions (the `DeviceTunnelSessionList` operationId).
+func (c *ClientWithResponses) DeviceTunnelSessionListWithResponse(ctx context.Context, deviceId DeviceId, params *DeviceTunnelSessionListParams, reqEditors ...RequestEditorFn) (*DeviceTunnelSessionListResponse, error) {
+	rsp, err := c.DeviceTunnelSessionList(ctx, deviceId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeviceTunnelSessionListResponse(rsp)
 }
 
 // DeviceUpdateEventListWithResponse A device's update progress events
@@ -20778,6 +21624,39 @@ func ParseDeviceTokenResponse(rsp *http.Response) (*DeviceTokenResponse, error) 
 	return response, nil
 }
 
+// ParseDeviceTunnelRegisterResponse parses an HTTP response from a DeviceTunnelRegisterWithResponse call
+func ParseDeviceTunnelRegisterResponse(rsp *http.Response) (*DeviceTunnelRegisterResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceTunnelRegisterResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest DeviceTunnel
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseMqttHookAuthorizeResponse parses an HTTP response from a MqttHookAuthorizeWithResponse call
 func ParseMqttHookAuthorizeResponse(rsp *http.Response) (*MqttHookAuthorizeResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -21545,6 +22424,68 @@ func ParseDeviceTelemetryGetResponse(rsp *http.Response) (*DeviceTelemetryGetRes
 	switch {
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
 		var dest TelemetrySeries
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceTunnelOpenResponse parses an HTTP response from a DeviceTunnelOpenWithResponse call
+func ParseDeviceTunnelOpenResponse(rsp *http.Response) (*DeviceTunnelOpenResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceTunnelOpenResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 101:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseDeviceTunnelSessionListResponse parses an HTTP response from a DeviceTunnelSessionListWithResponse call
+func ParseDeviceTunnelSessionListResponse(rsp *http.Response) (*DeviceTunnelSessionListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeviceTunnelSessionListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest TunnelSessionPage
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
 			return nil, err
 		}

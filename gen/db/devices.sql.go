@@ -25,7 +25,7 @@ func (q *Queries) DeviceDelete(ctx context.Context, id uuid.UUID) (int64, error)
 }
 
 const deviceForUpdate = `-- name: DeviceForUpdate :one
-SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id, previous_release_id FROM devices WHERE id = $1 FOR UPDATE
+SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id, previous_release_id, public_url_enabled, public_url_port FROM devices WHERE id = $1 FOR UPDATE
 `
 
 func (q *Queries) DeviceForUpdate(ctx context.Context, id uuid.UUID) (Device, error) {
@@ -55,12 +55,14 @@ func (q *Queries) DeviceForUpdate(ctx context.Context, id uuid.UUID) (Device, er
 		&i.ReportedSeq,
 		&i.RolloutReleaseID,
 		&i.PreviousReleaseID,
+		&i.PublicUrlEnabled,
+		&i.PublicUrlPort,
 	)
 	return i, err
 }
 
 const deviceGet = `-- name: DeviceGet :one
-SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id, previous_release_id FROM devices WHERE id = $1
+SELECT id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id, previous_release_id, public_url_enabled, public_url_port FROM devices WHERE id = $1
 `
 
 func (q *Queries) DeviceGet(ctx context.Context, id uuid.UUID) (Device, error) {
@@ -90,6 +92,8 @@ func (q *Queries) DeviceGet(ctx context.Context, id uuid.UUID) (Device, error) {
 		&i.ReportedSeq,
 		&i.RolloutReleaseID,
 		&i.PreviousReleaseID,
+		&i.PublicUrlEnabled,
+		&i.PublicUrlPort,
 	)
 	return i, err
 }
@@ -97,7 +101,8 @@ func (q *Queries) DeviceGet(ctx context.Context, id uuid.UUID) (Device, error) {
 const deviceList = `-- name: DeviceList :many
 SELECT id, org_id, fleet_id, name, device_type, architecture, pinned_release_id,
        tags::jsonb AS tags_json, created_at, updated_at, last_seen_at,
-       connection_key, connected, reported, reported_at, reported_seq
+       connection_key, connected, reported, reported_at, reported_seq,
+       public_url_enabled, public_url_port
 FROM devices
 WHERE devices.org_id = $1
   AND ($2::uuid IS NULL OR fleet_id = $2)
@@ -136,22 +141,24 @@ type DeviceListParams struct {
 }
 
 type DeviceListRow struct {
-	ID              uuid.UUID
-	OrgID           uuid.UUID
-	FleetID         uuid.UUID
-	Name            string
-	DeviceType      string
-	Architecture    string
-	PinnedReleaseID uuid.NullUUID
-	TagsJson        []byte
-	CreatedAt       time.Time
-	UpdatedAt       time.Time
-	LastSeenAt      *time.Time
-	ConnectionKey   *int64
-	Connected       bool
-	Reported        []byte
-	ReportedAt      *time.Time
-	ReportedSeq     *int64
+	ID               uuid.UUID
+	OrgID            uuid.UUID
+	FleetID          uuid.UUID
+	Name             string
+	DeviceType       string
+	Architecture     string
+	PinnedReleaseID  uuid.NullUUID
+	TagsJson         []byte
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
+	LastSeenAt       *time.Time
+	ConnectionKey    *int64
+	Connected        bool
+	Reported         []byte
+	ReportedAt       *time.Time
+	ReportedSeq      *int64
+	PublicUrlEnabled bool
+	PublicUrlPort    int32
 }
 
 // Keyset pagination on (created_at, id); every filter is optional. Only the
@@ -197,6 +204,8 @@ func (q *Queries) DeviceList(ctx context.Context, arg DeviceListParams) ([]Devic
 			&i.Reported,
 			&i.ReportedAt,
 			&i.ReportedSeq,
+			&i.PublicUrlEnabled,
+			&i.PublicUrlPort,
 		); err != nil {
 			return nil, err
 		}
@@ -212,7 +221,7 @@ const deviceRegister = `-- name: DeviceRegister :one
 INSERT INTO devices (id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (id) DO NOTHING
-RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id, previous_release_id
+RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id, previous_release_id, public_url_enabled, public_url_port
 `
 
 type DeviceRegisterParams struct {
@@ -264,6 +273,8 @@ func (q *Queries) DeviceRegister(ctx context.Context, arg DeviceRegisterParams) 
 		&i.ReportedSeq,
 		&i.RolloutReleaseID,
 		&i.PreviousReleaseID,
+		&i.PublicUrlEnabled,
+		&i.PublicUrlPort,
 	)
 	return i, err
 }
@@ -334,7 +345,7 @@ func (q *Queries) DeviceScope(ctx context.Context, id uuid.UUID) (DeviceScopeRow
 }
 
 const deviceUpdate = `-- name: DeviceUpdate :one
-UPDATE devices SET name = $2, fleet_id = $3, pinned_release_id = $4, tags = $5 WHERE id = $1 RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id, previous_release_id
+UPDATE devices SET name = $2, fleet_id = $3, pinned_release_id = $4, tags = $5 WHERE id = $1 RETURNING id, org_id, fleet_id, name, device_type, architecture, public_key, provisioned_with, pinned_release_id, tags, created_at, updated_at, last_seen_at, running_release_id, os_version, agent_version, reported, connection_key, connected, reported_at, reported_seq, rollout_release_id, previous_release_id, public_url_enabled, public_url_port
 `
 
 type DeviceUpdateParams struct {
@@ -378,6 +389,8 @@ func (q *Queries) DeviceUpdate(ctx context.Context, arg DeviceUpdateParams) (Dev
 		&i.ReportedSeq,
 		&i.RolloutReleaseID,
 		&i.PreviousReleaseID,
+		&i.PublicUrlEnabled,
+		&i.PublicUrlPort,
 	)
 	return i, err
 }

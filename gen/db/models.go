@@ -208,6 +208,8 @@ type Device struct {
 	ReportedSeq       *int64
 	RolloutReleaseID  uuid.NullUUID
 	PreviousReleaseID uuid.NullUUID
+	PublicUrlEnabled  bool
+	PublicUrlPort     int32
 }
 
 type DeviceAssertionJti struct {
@@ -251,6 +253,14 @@ type DeviceSummaryDelta struct {
 	RunningReleaseID uuid.NullUUID
 	UpdateStatus     string
 	Devices          int64
+}
+
+type DeviceTunnel struct {
+	DeviceID  uuid.UUID
+	PublicKey []byte
+	Host      int64
+	CreatedAt time.Time
+	UpdatedAt time.Time
 }
 
 type Fleet struct {
@@ -315,11 +325,12 @@ type Membership struct {
 }
 
 type Org struct {
-	ID        uuid.UUID
-	Name      string
-	CreatedAt time.Time
-	UpdatedAt time.Time
-	Slug      string
+	ID            uuid.UUID
+	Name          string
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
+	Slug          string
+	TunnelMinRole OrgRole
 }
 
 type ProvisioningKey struct {
@@ -441,6 +452,29 @@ type TelemetrySample struct {
 	Value    float64
 	Unit     string
 	Labels   []byte
+}
+
+type TunnelServerKey struct {
+	Singleton  bool
+	PrivateKey []byte
+	CreatedAt  time.Time
+}
+
+type TunnelSession struct {
+	ID              uuid.UUID
+	OrgID           uuid.UUID
+	DeviceID        uuid.UUID
+	ActorType       string
+	ActorID         uuid.UUID
+	ActorLabel      string
+	Port            int32
+	RequestID       string
+	StartedAt       time.Time
+	EndedAt         *time.Time
+	AliveUntil      time.Time
+	BytesToDevice   int64
+	BytesFromDevice int64
+	Outcome         string
 }
 
 type UpdateEvent struct {

@@ -13,7 +13,7 @@ import (
 )
 
 const orgByID = `-- name: OrgByID :one
-SELECT id, name, created_at, updated_at, slug FROM orgs WHERE id = $1
+SELECT id, name, created_at, updated_at, slug, tunnel_min_role FROM orgs WHERE id = $1
 `
 
 func (q *Queries) OrgByID(ctx context.Context, id uuid.UUID) (Org, error) {
@@ -25,12 +25,13 @@ func (q *Queries) OrgByID(ctx context.Context, id uuid.UUID) (Org, error) {
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.Slug,
+		&i.TunnelMinRole,
 	)
 	return i, err
 }
 
 const orgCreate = `-- name: OrgCreate :one
-INSERT INTO orgs (name, slug) VALUES ($1, $2) RETURNING id, name, created_at, updated_at, slug
+INSERT INTO orgs (name, slug) VALUES ($1, $2) RETURNING id, name, created_at, updated_at, slug, tunnel_min_role
 `
 
 type OrgCreateParams struct {
@@ -47,6 +48,7 @@ func (q *Queries) OrgCreate(ctx context.Context, arg OrgCreateParams) (Org, erro
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.Slug,
+		&i.TunnelMinRole,
 	)
 	return i, err
 }
@@ -64,7 +66,7 @@ func (q *Queries) OrgDelete(ctx context.Context, id uuid.UUID) (int64, error) {
 }
 
 const orgListForUser = `-- name: OrgListForUser :many
-SELECT o.id, o.name, o.created_at, o.updated_at, o.slug, m.role FROM orgs o JOIN memberships m ON m.org_id = o.id
+SELECT o.id, o.name, o.created_at, o.updated_at, o.slug, o.tunnel_min_role, m.role FROM orgs o JOIN memberships m ON m.org_id = o.id
 WHERE m.user_id = $1
   AND ($2::timestamptz IS NULL OR (o.created_at, o.id) > ($2, $3::uuid))
 ORDER BY o.created_at, o.id
@@ -79,12 +81,13 @@ type OrgListForUserParams struct {
 }
 
 type OrgListForUserRow struct {
-	ID        uuid.UUID
-	Name      string
-	CreatedAt time.Time
-	UpdatedAt time.Time
-	Slug      string
-	Role      OrgRole
+	ID            uuid.UUID
+	Name          string
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
+	Slug          string
+	TunnelMinRole OrgRole
+	Role          OrgRole
 }
 
 // Keyset pagination on (created_at, id), oldest first.
@@ -108,6 +111,7 @@ func (q *Queries) OrgListForUser(ctx context.Context, arg OrgListForUserParams) 
 			&i.CreatedAt,
 			&i.UpdatedAt,
 			&i.Slug,
+			&i.TunnelMinRole,
 			&i.Role,
 		); err != nil {
 			return nil, err
@@ -121,7 +125,7 @@ func (q *Queries) OrgListForUser(ctx context.Context, arg OrgListForUserParams) 
 }
 
 const orgUpdateName = `-- name: OrgUpdateName :one
-UPDATE orgs SET name = $2 WHERE id = $1 RETURNING id, name, created_at, updated_at, slug
+UPDATE orgs SET name = $2 WHERE id = $1 RETURNING id, name, created_at, updated_at, slug, tunnel_min_role
 `
 
 type OrgUpdateNameParams struct {
@@ -138,6 +142,7 @@ func (q *Queries) OrgUpdateName(ctx context.Context, arg OrgUpdateNameParams) (O
 		&i.CreatedAt,
 		&i.UpdatedAt,
 		&i.Slug,
+		&i.TunnelMinRole,
 	)
 	return i, err
 }

@@ -170,6 +170,8 @@ type Querier interface {
 	// The org and fleet of each of a batch of devices the ingester heard from;
 	// a deleted device is simply absent.
 	DeviceOwners(ctx context.Context, ids []uuid.UUID) ([]DeviceOwnersRow, error)
+	// The proxy's route: a device's public URL settings.
+	DevicePublicURL(ctx context.Context, id uuid.UUID) (DevicePublicURLRow, error)
 	// A retry of the same registration conflicts on the id and returns nothing;
 	// the caller then compares keys.
 	DeviceRegister(ctx context.Context, arg DeviceRegisterParams) (Device, error)
@@ -181,6 +183,7 @@ type Querier interface {
 	DeviceReportRefused(ctx context.Context, id uuid.UUID) (int64, error)
 	// What authenticating a device token needs: that the device still exists, and where it is now.
 	DeviceScope(ctx context.Context, id uuid.UUID) (DeviceScopeRow, error)
+	DeviceSetPublicURL(ctx context.Context, arg DeviceSetPublicURLParams) error
 	DeviceUpdate(ctx context.Context, arg DeviceUpdateParams) (Device, error)
 	// Like every batch update of devices here, it first locks its rows in id
 	// order (the MATERIALIZED "locked" step): two ingester connections may
@@ -243,6 +246,8 @@ type Querier interface {
 	OrgDelete(ctx context.Context, id uuid.UUID) (int64, error)
 	// Keyset pagination on (created_at, id), oldest first.
 	OrgListForUser(ctx context.Context, arg OrgListForUserParams) ([]OrgListForUserRow, error)
+	OrgSetTunnelMinRole(ctx context.Context, arg OrgSetTunnelMinRoleParams) error
+	OrgTunnelMinRole(ctx context.Context, id uuid.UUID) (OrgRole, error)
 	OrgUpdateName(ctx context.Context, arg OrgUpdateNameParams) (Org, error)
 	// Locks the organisation's owner rows so two concurrent demotions cannot both
 	// see another owner and leave none.
@@ -426,6 +431,23 @@ type Querier interface {
 	// than carried through the aggregation, whose per-step array sorts made a
 	// day of ten 1 Hz metrics take 2.3 s instead of 1.6 s (BenchmarkSeries).
 	TelemetrySeries(ctx context.Context, arg TelemetrySeriesParams) ([]TelemetrySeriesRow, error)
+	TunnelByDevice(ctx context.Context, deviceID uuid.UUID) (DeviceTunnel, error)
+	// The peer of a handshake: the device that registered this key, if it
+	// still exists.
+	TunnelByKey(ctx context.Context, publicKey []byte) (TunnelByKeyRow, error)
+	// A device registers (or changes) its WireGuard key; its host number, once
+	// given, stays. A key another device holds fails on the unique index.
+	TunnelRegister(ctx context.Context, arg TunnelRegisterParams) (DeviceTunnel, error)
+	TunnelServerKey(ctx context.Context) ([]byte, error)
+	TunnelServerKeyInit(ctx context.Context, privateKey []byte) error
+	TunnelSessionEnd(ctx context.Context, arg TunnelSessionEndParams) error
+	TunnelSessionList(ctx context.Context, arg TunnelSessionListParams) ([]TunnelSession, error)
+	// Serialises the session limits of one key (a device or an actor) across
+	// replicas, until the transaction ends.
+	TunnelSessionLock(ctx context.Context, lockKey string) error
+	TunnelSessionRenew(ctx context.Context, arg TunnelSessionRenewParams) error
+	TunnelSessionStart(ctx context.Context, arg TunnelSessionStartParams) error
+	TunnelSessionsOpen(ctx context.Context, arg TunnelSessionsOpenParams) (TunnelSessionsOpenRow, error)
 	// As DeviceLogInsert: one statement per batch, redeliveries skipped. The
 	// arrays cannot hold NULL through sqlc, so the nil UUID and progress -1
 	// stand for "not sent".

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/audit"
 	"log/slog"
 	"time"
 
@@ -30,6 +31,11 @@ type Devices struct {
 	Telemetry telemetry.Store
 	// Nudge hears of committed changes to a device's target; nil: none.
 	Nudge nudger.Notifier
+	// PublicURL is a device's public URL (FLOCK_DEVICE_URL_DOMAIN); nil
+	// when the deployment has no device URL domain.
+	PublicURL func(uuid.UUID) string
+	// Audit records a public URL's enabling beside the update's own event.
+	Audit *audit.Recorder
 }
 
 // OnlineWindow is how recently a device that never connected over MQTT must
@@ -62,7 +68,8 @@ func Device(d db.Device) (api.Device, error) {
 func withLive(d db.Device, live *livestate.State) (api.Device, error) {
 	out := api.Device{Id: d.ID, OrgId: d.OrgID, FleetId: d.FleetID, Name: d.Name, DeviceType: d.DeviceType,
 		Architecture: api.Architecture(d.Architecture), Tags: d.Tags, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt,
-		LastSeenAt: d.LastSeenAt, Online: Online(d, time.Now())}
+		LastSeenAt: d.LastSeenAt, Online: Online(d, time.Now()),
+		PublicUrl: api.PublicUrl{Enabled: d.PublicUrlEnabled, Port: int(d.PublicUrlPort)}}
 	if out.Tags == nil {
 		out.Tags = map[string]string{}
 	}
@@ -115,7 +122,12 @@ func shown(id uuid.UUID, reported []byte, reportedAt *time.Time, reportedSeq *in
 // device converts one device row with its live state.
 func (h *Devices) device(ctx context.Context, d db.Device) (api.Device, error) {
 	live := h.liveStates(ctx, []uuid.UUID{d.ID})
-	return withLive(d, live[d.ID])
+	out, err := withLive(d, live[d.ID])
+	if err == nil && h.PublicURL != nil {
+		u := h.PublicURL(d.ID)
+		out.PublicUrl.Url = &u
+	}
+	return out, err
 }
 
 // liveStates reads the KV store's states of devices in one round trip. The

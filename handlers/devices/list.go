@@ -63,5 +63,5 @@ func (h *Devices) list(ctx context.Context, org uuid.UUID, p api.DeviceListParam
 		c := pagination.Encode(last.CreatedAt, last.ID)
 		next = &c
 	}
-	return encodeDeviceList(page, live, next, time.Now())
+	return encodeDeviceList(page, live, next, time.Now(), h.PublicURL)
 }

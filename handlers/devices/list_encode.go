@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -49,7 +50,8 @@ var pageBuffers = sync.Pool{New: func() any { return new([]byte) }}
 
 // encodeDeviceList encodes a page of devices, with their live states, as
 // encoding/json encodes api.DevicePage (trailing newline included).
-func encodeDeviceList(rows []db.DeviceListRow, live map[uuid.UUID]*livestate.State, next *string, now time.Time) (deviceListPage, error) {
+func encodeDeviceList(rows []db.DeviceListRow, live map[uuid.UUID]*livestate.State, next *string, now time.Time,
+	publicURL func(uuid.UUID) string) (deviceListPage, error) {
 	buf := pageBuffers.Get().(*[]byte)
 	b := append((*buf)[:0], `{"items":[`...)
 	for i := range rows {
@@ -57,7 +59,7 @@ func encodeDeviceList(rows []db.DeviceListRow, live map[uuid.UUID]*livestate.Sta
 			b = append(b, ',')
 		}
 		var err error
-		if b, err = appendDevice(b, &rows[i], live[rows[i].ID], now); err != nil {
+		if b, err = appendDevice(b, &rows[i], live[rows[i].ID], now, publicURL); err != nil {
 			pageBuffers.Put(buf)
 			return deviceListPage{}, err
 		}
@@ -73,7 +75,7 @@ func encodeDeviceList(rows []db.DeviceListRow, live map[uuid.UUID]*livestate.Sta
 
 // appendDevice encodes one device as withLive and encoding/json would show
 // it, in api.Device's field order.
-func appendDevice(b []byte, r *db.DeviceListRow, live *livestate.State, now time.Time) ([]byte, error) {
+func appendDevice(b []byte, r *db.DeviceListRow, live *livestate.State, now time.Time, publicURL func(uuid.UUID) string) ([]byte, error) {
 	reported, lastSeen, err := shown(r.ID, r.Reported, r.ReportedAt, r.ReportedSeq, r.LastSeenAt, live)
 	if err != nil {
 		return nil, err
@@ -109,6 +111,15 @@ func appendDevice(b []byte, r *db.DeviceListRow, live *livestate.State, now time
 		b = append(b, `,"pinned_release_id":`...)
 		b = appendUUID(b, r.PinnedReleaseID.UUID)
 	}
+	b = append(b, `,"public_url":{"enabled":`...)
+	b = strconv.AppendBool(b, r.PublicUrlEnabled)
+	b = append(b, `,"port":`...)
+	b = strconv.AppendInt(b, int64(r.PublicUrlPort), 10)
+	if publicURL != nil {
+		b = append(b, `,"url":`...)
+		b = appendString(b, publicURL(r.ID))
+	}
+	b = append(b, '}')
 	if reported != nil {
 		rs, err := json.Marshal(reported)
 		if err != nil {

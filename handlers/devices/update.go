@@ -4,7 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/audit"
+	"github.com/flock-io/flock-api/internal/auth"
+	"github.com/flock-io/flock-api/internal/http/reqinfo"
 	"github.com/flock-io/flock-api/internal/postgres"
+	"net/http"
 	"strings"
 
 	"github.com/google/uuid"
@@ -65,6 +69,11 @@ func (h *Devices) DeviceUpdate(ctx context.Context, req api.DeviceUpdateRequestO
 			d.PinnedReleaseID = uuid.NullUUID{UUID: rel, Valid: true}
 		}
 	}
+	if b.PublicUrl != nil {
+		if err := h.setPublicURL(ctx, q, &d, b.PublicUrl); err != nil {
+			return nil, err
+		}
+	}
 	d, err = q.DeviceUpdate(ctx, db.DeviceUpdateParams{ID: d.ID, Name: d.Name, FleetID: d.FleetID,
 		PinnedReleaseID: d.PinnedReleaseID, Tags: d.Tags})
 	if err != nil {
@@ -80,4 +89,35 @@ func (h *Devices) DeviceUpdate(ctx context.Context, req api.DeviceUpdateRequestO
 		return nil, err
 	}
 	return api.DeviceUpdate200JSONResponse(out), nil
+}
+
+// setPublicURL publishes or withdraws the device's public URL. Turning it
+// on exposes a device's web server to anyone who has the URL, so that is
+// audited as an operation of its own, in the update's transaction.
+func (h *Devices) setPublicURL(ctx context.Context, q *db.Queries, d *db.Device, u *api.PublicUrlUpdate) error {
+	enabled, port := d.PublicUrlEnabled, d.PublicUrlPort
+	if u.Enabled != nil {
+		enabled = *u.Enabled
+	}
+	if u.Port != nil {
+		port = int32(*u.Port)
+	}
+	if err := q.DeviceSetPublicURL(ctx, db.DeviceSetPublicURLParams{ID: d.ID, Enabled: enabled, Port: port}); err != nil {
+		return fmt.Errorf("set public URL of %s: %w", d.ID, err)
+	}
+	turnedOn := enabled && (!d.PublicUrlEnabled || port != d.PublicUrlPort)
+	d.PublicUrlEnabled, d.PublicUrlPort = enabled, port
+	if !turnedOn || h.Audit == nil {
+		return nil
+	}
+	acc := auth.AccessFrom(ctx)
+	ev := audit.NewEvent()
+	ev.OrgID, ev.ActorType, ev.ActorID, ev.ActorLabel = d.OrgID, acc.Principal.ActorType(), acc.Principal.ActorID(), acc.Principal.Label()
+	ev.Operation, ev.TargetID, ev.RequestID = "device-public-url:enable", d.ID.String(), reqinfo.ID(ctx)
+	ev.Outcome, ev.Status = audit.Success, http.StatusOK
+	if err := h.Audit.Insert(ctx, q, ev); err != nil {
+		return err
+	}
+	postgres.AfterCommit(ctx, func() { h.Audit.Committed(ev) })
+	return nil
 }

@@ -14,5 +14,6 @@ type Orgs struct {
 }
 
 func org(o db.Org, role db.OrgRole) api.Org {
-	return api.Org{Id: o.ID, Name: o.Name, Slug: o.Slug, Role: api.Role(role), CreatedAt: o.CreatedAt, UpdatedAt: o.UpdatedAt}
+	return api.Org{Id: o.ID, Name: o.Name, Slug: o.Slug, Role: api.Role(role), TunnelMinRole: api.Role(o.TunnelMinRole),
+		CreatedAt: o.CreatedAt, UpdatedAt: o.UpdatedAt}
 }

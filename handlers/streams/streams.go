@@ -68,6 +68,13 @@ func CaptureRequest(next http.Handler) http.Handler {
 	})
 }
 
+// RequestFrom returns the request CaptureRequest kept, or nil when the
+// request asked for no upgrade.
+func RequestFrom(ctx context.Context) *http.Request {
+	r, _ := ctx.Value(requestKey{}).(*http.Request)
+	return r
+}
+
 // stream is the response of every stream operation: its Visit methods
 // run the stream on the response writer (the strict server's way to
 // stream).

@@ -56,12 +56,17 @@ func (a *App) initAPI(ctx context.Context) (*modules.Service, error) {
 		return nil, fmt.Errorf("FLOCK_DATA_DIR: %w", err)
 	}
 	hub := livestreams.New(a.bus, livestreams.Options{Log: a.log, Registerer: a.metrics.Registry})
+	tun, err := a.tunnelsHandler()
+	if err != nil {
+		return nil, err
+	}
 	server := handlers.New(handlers.Deps{Pool: a.pool, Targets: a.targets, Tokens: a.tokens,
 		TokenEndpoint: TokenEndpoint(a.cfg.PublicURL), Audit: a.audit, MQTTURL: a.mqttPublicURL.Load,
 		KV: a.kv, Telemetry: a.telemetry, MQTTAuth: mqttAuth, MQTTHookToken: a.cfg.MQTTHookToken,
 		MQTTHooksOpen: a.cfg.Dev, Nudge: a.nudger, Bus: a.bus, StreamRecheck: a.cfg.StreamRecheck, Commands: a.commands, StreamHub: hub,
 		Registry: a.registry, RegistryHost: a.cfg.RegistryPublicHost(), Blobs: a.blobs,
-		Builds: builds.Builds{MaxUpload: int64(a.cfg.BuildMaxUpload), SpoolDir: spool, Log: a.log}})
+		Builds:  builds.Builds{MaxUpload: int64(a.cfg.BuildMaxUpload), SpoolDir: spool, Log: a.log},
+		Tunnels: tun, DevicePublicURL: a.devicePublicURL()})
 	// A build upload is bounded by FLOCK_BUILD_MAX_UPLOAD instead, and
 	// spooled to disk before its operation runs.
 	a.server.UnlimitedBodiesIf(builds.IsUpload)
@@ -72,7 +77,13 @@ func (a *App) initAPI(ctx context.Context) (*modules.Service, error) {
 		Gate:    server.MQTTHooks.Gate,
 	})
 	docs.Mount(a.server.Router())
-	return &modules.Service{Run: hub.Run}, nil
+	return &modules.Service{Run: func(ctx context.Context) error {
+		err := hub.Run(ctx)
+		// Tunnel sessions are hijacked connections the HTTP server's
+		// drain does not wait for: end them with the api.
+		tun.Close()
+		return err
+	}}, nil
 }
 
 // initAuthn builds what resolves a bearer secret to a caller: an OIDC

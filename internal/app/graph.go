@@ -54,6 +54,8 @@ const (
 	RegistryProxy = "registry-proxy"
 	Delta         = "delta"
 	Builder       = "builder"
+	Tunnel        = "tunnel"
+	Proxy         = "proxy"
 	All           = "all"
 )
 
@@ -87,6 +89,8 @@ func (a *App) table() []modules.Module {
 		{Name: RegistryProxy, Deps: []string{Config, Postgres, Metrics, HTTPServer, Tokens, Authn, Registry}, Init: a.initRegistryProxy},
 		{Name: Builder, Deps: []string{Config, Postgres, Metrics, HTTPServer, Kafka, Registry, Blob, Tokens, Nudger}, Init: a.initBuilder},
 		{Name: Delta, Deps: []string{Config, Postgres, Metrics, HTTPServer, Kafka, Registry, Blob}, Init: a.initDelta},
+		{Name: Tunnel, Deps: []string{Config, Postgres, Metrics, HTTPServer, KV}, Init: a.initTunnel},
+		{Name: Proxy, Deps: []string{Config, Postgres, Metrics, HTTPServer, KV}, Init: a.initProxy},
 	}
 	var targets []string
 	for _, m := range t {
@@ -123,6 +127,7 @@ type App struct {
 	mqttURL       *url.URL   // where the ingester and the relay connect
 	mqttPublicURL mqttPublic // what devices are told
 	mqttPassword  string
+	remoteState   remote
 }
 
 // New builds the module graph for cfg. It fails only when the table itself

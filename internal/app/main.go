@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -39,6 +41,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, getenv f
 			return simulateMain(ctx, args[1:], stdout, stderr, getenv)
 		case "dev-kafka":
 			return devKafkaMain(ctx, args[1:], stdout, stderr, getenv)
+		case "tunnel":
+			return tunnelMain(ctx, args[1:], os.Stdin, stdout, stderr, getenv)
 		}
 	}
 	return serveMain(ctx, args, stdout, stderr, getenv)
@@ -56,7 +60,7 @@ func serveMain(ctx context.Context, args []string, stdout, stderr io.Writer, get
 	printConfig := fs.Bool("print-config", false, "print the effective configuration (secrets redacted), then exit")
 	version := fs.Bool("version", false, "print the version, then exit")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: flock-api [flags]\n       flock-api migrate up|down|status [flags]\n       flock-api dev-token --email EMAIL [--name NAME] [--ttl 12h]\n       flock-api simulate --api URL --provisioning-key KEY [--devices N] [--rate R] (see simulate --help)\n       flock-api dev-kafka [--listen 127.0.0.1:9092] (development only: serves the embedded Kafka to other processes)\n\nFlags (each also set by its environment variable):\n")
+		fmt.Fprintf(stderr, "Usage: flock-api [flags]\n       flock-api migrate up|down|status [flags]\n       flock-api dev-token --email EMAIL [--name NAME] [--ttl 12h]\n       flock-api simulate --api URL --provisioning-key KEY [--devices N] [--rate R] (see simulate --help)\n       flock-api dev-kafka [--listen 127.0.0.1:9092] (development only: serves the embedded Kafka to other processes)\n       flock-api tunnel --device ID [--port 22] [--listen ADDR] (a TCP stream to a device's port; see tunnel --help)\n\nFlags (each also set by its environment variable):\n")
 		settings.Usage(stderr)
 		fmt.Fprintf(stderr, "  --list-targets\n  --print-config\n  --version\n")
 	}
@@ -299,6 +303,9 @@ func simulateMain(ctx context.Context, args []string, stdout, stderr io.Writer, 
 	fs.StringVar(&cfg.Architecture, "architecture", "", "the devices' architecture (amd64, arm64, armv7, armv6, i386, riscv64): registered with it, and the manifest taken from image indexes (default: the fleet's; an index must then hold one linux image)")
 	fs.StringVar(&cfg.LayerDir, "layer-dir", "", "with --pull-images, keep each device's layers under this directory (removed when it stops) instead of in memory")
 	fs.StringVar(&cfg.RegistryAddr, "registry-addr", "", "with --pull-images, dial this host:port for the registry named in image references (when its public host does not resolve from here)")
+	fs.BoolVar(&cfg.Tunnel, "tunnel", false, "register a WireGuard key and keep a tunnel up: each device serves a small web server on overlay port 80")
+	forwards := fs.String("tunnel-forward", "", "with --tunnel, relay overlay ports to local addresses: 22=127.0.0.1:2222,8080=127.0.0.1:8080")
+	fs.StringVar(&cfg.TunnelEndpoint, "tunnel-endpoint", "", "with --tunnel, send WireGuard to this host:port instead of the endpoint registration names")
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error (logs go to stderr)")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: flock-api simulate --api URL --provisioning-key KEY [flags]\n\n"+
@@ -316,6 +323,18 @@ func simulateMain(ctx context.Context, args []string, stdout, stderr io.Writer, 
 	if cfg.ProvisioningKey == "" {
 		fmt.Fprintln(stderr, "flock-api simulate: --provisioning-key (or FLOCK_PROVISIONING_KEY) is required")
 		return ExitUsage
+	}
+	if *forwards != "" {
+		cfg.TunnelForward = map[uint16]string{}
+		for _, f := range strings.Split(*forwards, ",") {
+			port, to, ok := strings.Cut(strings.TrimSpace(f), "=")
+			n, err := strconv.ParseUint(port, 10, 16)
+			if !ok || err != nil || n == 0 || to == "" {
+				fmt.Fprintf(stderr, "flock-api simulate: --tunnel-forward: %q is not port=host:port\n", f)
+				return ExitUsage
+			}
+			cfg.TunnelForward[uint16(n)] = to
+		}
 	}
 	if cfg.SummaryEvery <= 0 {
 		fmt.Fprintln(stderr, "flock-api simulate: --summary-every must be positive")

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"sort"
 	"strconv"
@@ -76,6 +77,22 @@ type Config struct {
 	// BuilderInsecureRegistries are other registries (base images) that
 	// builds reach over plain HTTP.
 	BuilderInsecureRegistries string
+
+	// Remote access: the tunnel replica's WireGuard server, the internal
+	// plane between replicas, session limits, and the proxy target.
+	TunnelListen               string
+	TunnelEndpoint             string
+	TunnelPrefix               string
+	TunnelPrivateKey           string
+	TunnelReplica              string
+	InternalURL                string
+	InternalToken              string
+	TunnelMaxSessionsPerDevice int
+	TunnelMaxSessionsPerUser   int
+	DeviceURLDomain            string
+	ProxyAddr                  string
+	ProxyTLSCert               string
+	ProxyTLSKey                string
 
 	MQTTURL           string
 	MQTTListen        string
@@ -165,6 +182,19 @@ func Register(fs *flag.FlagSet) *Settings {
 	add("builder-registry", "", "host[:port] where buildah reaches the registry-proxy; unset = the registry host", (*stringValue)(&c.BuilderRegistry), false)
 	add("builder-insecure-registries", "", "other registries (host:port, comma list) builds pull base images from over plain HTTP (development)", (*stringValue)(&c.BuilderInsecureRegistries), false)
 	add("builder-insecure", "false", "buildah talks to the registry-proxy over plain HTTP (development; the embedded default serves HTTP)", (*boolValue)(&c.BuilderInsecure), false)
+	add("tunnel-listen", ":51820", "UDP address of the tunnel replica's WireGuard server (only the port is used: it listens on every address)", (*stringValue)(&c.TunnelListen), false)
+	add("tunnel-endpoint", "", "host:port devices send WireGuard to (the tunnel replicas' UDP load balancer); unset = the public URL's host and the tunnel port", (*stringValue)(&c.TunnelEndpoint), false)
+	add("tunnel-prefix", "fd66:6c6b:7475:6e00::/64", "the overlay network devices get addresses in (IPv6 ULA, or e.g. 100.64.0.0/10)", (*stringValue)(&c.TunnelPrefix), false)
+	add("tunnel-private-key", "", "the tunnel servers' WireGuard private key (wg genkey), the same on every replica; unset = made once and kept in PostgreSQL", (*stringValue)(&c.TunnelPrivateKey), true)
+	add("tunnel-replica", "", "this tunnel replica's name in the KV store; unset = host name and process id", (*stringValue)(&c.TunnelReplica), false)
+	add("internal-url", "", "how other replicas reach this process's HTTP server (http://pod-ip:8080); unset = http://127.0.0.1:<http port>", (*stringValue)(&c.InternalURL), false)
+	add("internal-token", "", "shared secret of the internal plane between replicas (tunnel dials); unset = each process reaches only the devices its own tunnel replica holds", (*stringValue)(&c.InternalToken), true)
+	add("tunnel-max-sessions-per-device", "8", "most tunnel sessions open to one device at once", (*intValue)(&c.TunnelMaxSessionsPerDevice), false)
+	add("tunnel-max-sessions-per-user", "16", "most tunnel sessions one user or API key has open at once", (*intValue)(&c.TunnelMaxSessionsPerUser), false)
+	add("device-url-domain", "", "devices' public URLs are <uuid>.<this domain> (devices.example.com); unset = the proxy target is refused", (*stringValue)(&c.DeviceURLDomain), false)
+	add("proxy-addr", ":8081", "listen address of the proxy target (devices' public URLs)", (*stringValue)(&c.ProxyAddr), false)
+	add("proxy-tls-cert", "", "wildcard certificate (PEM) of *.<device URL domain>; reloaded when the file changes; unset = plain HTTP", (*stringValue)(&c.ProxyTLSCert), false)
+	add("proxy-tls-key", "", "its private key (PEM)", (*stringValue)(&c.ProxyTLSKey), false)
 	add("mqtt-url", "", "external MQTT broker the ingester subscribes to (mqtt://host:1883 or mqtts://...); unset = embedded broker", (*stringValue)(&c.MQTTURL), false)
 	add("mqtt-listen", ":1883", "listen address of the embedded MQTT broker (when --mqtt-url is unset)", (*stringValue)(&c.MQTTListen), false)
 	add("mqtt-public-url", "", "MQTT URL devices are told at registration; unset = the embedded broker's port on the public URL's host", (*stringValue)(&c.MQTTPublicURL), false)
@@ -213,6 +243,11 @@ func (s *Settings) Resolve(fs *flag.FlagSet, getenv func(string) string) error {
 			st.source = "env"
 		}
 	}
+	// *.localhost resolves to the loopback in browsers and curl, so a
+	// development proxy's device URLs work without DNS.
+	if s.cfg.Dev && s.cfg.DeviceURLDomain == "" {
+		s.cfg.DeviceURLDomain = "devices.localhost"
+	}
 	if s.cfg.LogFormat == "" {
 		s.cfg.LogFormat = "json"
 		if s.cfg.Dev {
@@ -238,6 +273,15 @@ func (s *Settings) validate() error {
 	c := s.cfg
 	if err := checkListenAddr(c.HTTPAddr); err != nil {
 		return &Error{Setting: s.name("http-addr"), Err: err}
+	}
+	if _, err := netip.ParsePrefix(c.TunnelPrefix); err != nil {
+		return &Error{Setting: s.name("tunnel-prefix"), Err: err}
+	}
+	if c.TunnelMaxSessionsPerDevice <= 0 || c.TunnelMaxSessionsPerUser <= 0 {
+		return &Error{Setting: s.name("tunnel-max-sessions-per-device"), Err: errors.New("session limits must be positive")}
+	}
+	if (c.ProxyTLSCert == "") != (c.ProxyTLSKey == "") {
+		return &Error{Setting: s.name("proxy-tls-cert"), Err: errors.New("set both the certificate and its key, or neither")}
 	}
 	if c.HTTPBodyLimit <= 0 {
 		return &Error{Setting: s.name("http-body-limit"), Err: errors.New("must be positive")}

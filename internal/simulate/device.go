@@ -159,6 +159,14 @@ func runDevice(ctx context.Context, s *simulation, i int) error {
 		return fmt.Errorf("simulate: token for %s (%s): %w", d.name, d.id, err)
 	}
 
+	if s.cfg.Tunnel {
+		var tunnels sync.WaitGroup
+		defer tunnels.Wait()
+		tctx, stopTunnel := context.WithCancel(ctx)
+		defer stopTunnel()
+		tunnels.Go(func() { d.runTunnel(tctx) })
+	}
+
 	// The connection outlives ctx by the offline status of a clean stop;
 	// stop cancels it.
 	mqttCtx, stopMQTT := context.WithCancel(context.WithoutCancel(ctx))

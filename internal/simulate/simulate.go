@@ -148,6 +148,17 @@ type Config struct {
 	// host:port the devices dial for every registry request, for a
 	// deployment whose public host does not resolve from here.
 	RegistryAddr string
+	// Tunnel makes each device register a WireGuard key and keep a tunnel
+	// to the deployment's tunnel replicas up (wireguard-go on a userspace
+	// netstack): on its overlay address it serves a small web server on
+	// WebPort (/, /bytes?n=, POST /echo, a WebSocket echo at /ws) and
+	// relays each TunnelForward port to a local address (22 to a local
+	// sshd, say).
+	Tunnel        bool
+	TunnelForward map[uint16]string
+	// TunnelEndpoint overrides the WireGuard endpoint registration names,
+	// for a deployment whose public host does not resolve from here.
+	TunnelEndpoint string
 	// OnImage, when set, is called with each image a device fetched, on
 	// that device's goroutine (so from many at once).
 	OnImage func(ImageFetched)
@@ -273,6 +284,9 @@ type Summary struct {
 	// Images counts what the devices downloaded for their images; nil
 	// unless Config.PullImages.
 	Images *ImageSummary
+	// Tunnels counts devices with their WireGuard tunnel up (registered
+	// and the client running; Config.Tunnel).
+	Tunnels int64
 }
 
 // String is the summary as one line of key=value pairs.
@@ -303,6 +317,7 @@ type counters struct {
 	commandResults                                                                            atomic.Int64
 	targetsFetched, targetsUnchanged, targetErrors                                            atomic.Int64
 	updatesDone, updatesLocked, updatesFailed                                                 atomic.Int64
+	tunnels                                                                                   atomic.Int64
 }
 
 func (c *counters) published(kind string) *atomic.Int64 {
@@ -343,6 +358,7 @@ func (c *counters) snapshot(devices int, elapsed time.Duration) Summary {
 		CommandsSucceeded: c.commandsSucceeded.Load(), CommandsFailed: c.commandsFailed.Load(),
 		TargetsFetched: c.targetsFetched.Load(), TargetsUnchanged: c.targetsUnchanged.Load(), TargetErrors: c.targetErrors.Load(),
 		UpdatesDone: c.updatesDone.Load(), UpdatesLocked: c.updatesLocked.Load(), UpdatesFailed: c.updatesFailed.Load(),
+		Tunnels: c.tunnels.Load(),
 	}
 }
 

@@ -28,7 +28,8 @@ type Process struct {
 
 // Start runs flock-api with args plus --http-addr=127.0.0.1:0,
 // --mqtt-listen=127.0.0.1:0 (the default MQTT port is often Mosquitto's, and
-// a process under test must never take a fixed port) and JSON logs,
+// a process under test must never take a fixed port), the same for the
+// tunnel's UDP port and the proxy, and JSON logs,
 // hands every log line to logLine (nil drops them), and returns once /readyz
 // answers 200.
 func Start(args []string, logLine func(string)) (*Process, error) {
@@ -62,7 +63,8 @@ func Start(args []string, logLine func(string)) (*Process, error) {
 		}
 		_, _ = io.Copy(io.Discard, pr)
 	}()
-	full := append([]string{"--http-addr=127.0.0.1:0", "--mqtt-listen=127.0.0.1:0", "--log-format=json"}, args...)
+	full := append([]string{"--http-addr=127.0.0.1:0", "--mqtt-listen=127.0.0.1:0", "--tunnel-listen=127.0.0.1:0",
+		"--proxy-addr=127.0.0.1:0", "--log-format=json"}, args...)
 	p := &Process{cancel: cancel, exit: make(chan int, 1)}
 	go func() {
 		p.exit <- app.Main(ctx, full, io.Discard, pw, func(string) string { return "" })

@@ -1539,6 +1539,81 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/devices/{deviceId}/tunnel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * A TCP stream to a port of the device (WebSocket)
+         * @description Opens a TCP connection to `port` on the device, over its WireGuard
+         *     overlay, and carries it in binary WebSocket messages both ways: what
+         *     the client sends is written to the device's port, what the port sends
+         *     back arrives as messages. This is what `flock-api tunnel --device <id>
+         *     --port 22` relays, so that OpenSSH reaches the device's sshd with
+         *     `ssh -o ProxyCommand='flock-api tunnel --device %h --port 22'
+         *     root@<device id>`, and `--listen 127.0.0.1:8022` forwards a local port.
+         *
+         *     Who may: members with at least the organisation's `tunnel_min_role`
+         *     (developer unless an admin changed it), or an API key of that role.
+         *     Every session is recorded (`device-tunnel-session:list`) and audited.
+         *
+         *     Authenticate with the `Authorization` header, or by offering the
+         *     subprotocols `flock.tunnel.v1` and `bearer.<token>` where a client
+         *     cannot set headers; the server selects `flock.tunnel.v1`.
+         *
+         *     When the connection cannot be made, the WebSocket closes with one of
+         *     these codes, and a reason saying what happened:
+         *
+         *     | code | reason starts with | meaning |
+         *     |---|---|---|
+         *     | 4404 | `device offline` | the device holds no tunnel (not connected, or never registered a key) |
+         *     | 4502 | `port closed` | the device refused a connection to the port |
+         *     | 4504 | `device timeout` | the device did not answer in time |
+         *     | 4429 | `too many sessions` | the device's or the caller's limit of concurrent sessions is reached |
+         *     | 1000 | `closed` | either side ended the stream |
+         *
+         *     Before the upgrade, the usual problems: 400 `not_websocket`, 403, 404.
+         */
+        get: operations["device-tunnel:open"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/devices/{deviceId}/tunnel-sessions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * Remote-access sessions to a device
+         * @description Every tunnel opened to the device, newest first: who, which port, when,
+         *     for how long, and the bytes each way. A running session shows no
+         *     `ended_at`; its byte counts are renewed every few seconds.
+         */
+        get: operations["device-tunnel-session:list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/devices/{deviceId}/commands": {
         parameters: {
             query?: never;
@@ -1731,6 +1806,40 @@ export interface paths {
          */
         get: operations["device-delta:get"];
         put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/device/v1/tunnel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Register the device's WireGuard key and get its overlay address
+         * @description Remote access (SSH, port forwarding, the public URL) reaches a device
+         *     over a WireGuard overlay that the device dials out to, so it works
+         *     behind NAT. The device makes a Curve25519 key pair (as `wg genkey`
+         *     does), sends the public half here, and configures one peer from the
+         *     answer: the server's public key at `endpoint`, allowed IPs `prefix`,
+         *     and a persistent keepalive of `keepalive_seconds`; its own interface
+         *     gets `address`.
+         *
+         *     Registering again (a new key, say after a reset) keeps the address and
+         *     replaces the key at once. Any tunnel replica accepts the device's
+         *     handshake: the server key is the same on all of them. Deleting the
+         *     device removes its peer on every replica.
+         *
+         *     - 409 `public_key_in_use`: another device registered this key.
+         *     - 503 `tunnels_unavailable`: this deployment runs no tunnel servers.
+         */
+        put: operations["device-tunnel:register"];
         post?: never;
         delete?: never;
         options?: never;
@@ -1966,6 +2075,8 @@ export interface components {
             name: components["schemas"]["OrgName"];
             slug: components["schemas"]["Slug"];
             role: components["schemas"]["Role"];
+            /** @description The least role that may open tunnels (SSH, port forwarding) to the organisation's devices. */
+            tunnel_min_role: components["schemas"]["Role"];
             /** Format: date-time */
             created_at: string;
             /** Format: date-time */
@@ -1983,6 +2094,8 @@ export interface components {
         };
         OrgUpdate: {
             name?: components["schemas"]["OrgName"];
+            /** @description The least role that may open tunnels to the organisation's devices (developer by default). */
+            tunnel_min_role?: components["schemas"]["Role"];
         };
         Member: {
             user: components["schemas"]["User"];
@@ -2749,6 +2862,14 @@ export interface components {
             agent_version?: string;
             ip_addresses?: string[];
         };
+        PublicUrl: {
+            /** @description Whether the device's web server is published. */
+            enabled: boolean;
+            /** @description The device port its public URL reaches. */
+            port: number;
+            /** @description The public URL, `https://<device id>.devices.<domain>`, when the deployment has a device URL domain. */
+            url?: string;
+        };
         Device: {
             /** Format: uuid */
             id: string;
@@ -2778,10 +2899,20 @@ export interface components {
             created_at: string;
             /** Format: date-time */
             updated_at: string;
+            public_url: components["schemas"]["PublicUrl"];
         };
         DevicePage: {
             items: components["schemas"]["Device"][];
             next_cursor?: string;
+        };
+        /**
+         * @description Publishes the device's web server at `https://<device id>.devices.<domain>`
+         *     (through the proxy target), or withdraws it. Off by default; turning it
+         *     on is audited as `device-public-url:enable`.
+         */
+        PublicUrlUpdate: {
+            enabled?: boolean;
+            port?: number;
         };
         DeviceUpdate: {
             name?: components["schemas"]["Name"];
@@ -2796,6 +2927,7 @@ export interface components {
              */
             pinned_release_id?: string | null;
             tags?: components["schemas"]["Tags"];
+            public_url?: components["schemas"]["PublicUrlUpdate"];
         };
         ConnectivityEvent: {
             /** @enum {string} */
@@ -3004,6 +3136,35 @@ export interface components {
             items: components["schemas"]["UpdateEvent"][];
             next_cursor?: string;
         };
+        TunnelSession: {
+            /** Format: uuid */
+            id: string;
+            /** Format: uuid */
+            device_id: string;
+            /** @description user or api_key */
+            actor_type: string;
+            /** Format: uuid */
+            actor_id: string;
+            /** @description The user's email or the API key's name. */
+            actor_label: string;
+            port: number;
+            /** Format: date-time */
+            started_at: string;
+            /** Format: date-time */
+            ended_at?: string;
+            /** @description How long the session lasted (so far, while it runs). */
+            duration_seconds?: number;
+            /** Format: int64 */
+            bytes_to_device: number;
+            /** Format: int64 */
+            bytes_from_device: number;
+            /** @description How it ended (closed, device_offline, port_closed, device_timeout, too_many_sessions, lost); empty while it runs. */
+            outcome?: string;
+        };
+        TunnelSessionPage: {
+            items: components["schemas"]["TunnelSession"][];
+            next_cursor?: string;
+        };
         /**
          * @description pending (waiting for the device: sent when it is connected, again each
          *     time it reconnects), delivered (the device acknowledged receiving it),
@@ -3157,6 +3318,30 @@ export interface components {
             from: components["schemas"]["Digest"];
             to: components["schemas"]["Digest"];
             architecture: components["schemas"]["Architecture"];
+        };
+        DeviceTunnelRegister: {
+            /** @description The device's WireGuard public key, base64 (44 characters, as `wg pubkey` prints it). */
+            public_key: string;
+        };
+        DeviceTunnel: {
+            /**
+             * @description The device's overlay address (for its interface, with the prefix's length).
+             * @example fd66:6c6b:0:1::2
+             */
+            address: string;
+            /**
+             * @description The overlay network, the peer's allowed IPs on the device.
+             * @example fd66:6c6b:0:1::/64
+             */
+            prefix: string;
+            /** @description The tunnel servers' WireGuard public key, base64. */
+            server_public_key: string;
+            /** @description The tunnel servers' own overlay address. */
+            server_address: string;
+            /** @description The tunnel servers' UDP endpoint, host:port. */
+            endpoint: string;
+            /** @description The persistent keepalive to set on the peer. */
+            keepalive_seconds: number;
         };
         JWKS: {
             keys: ({
@@ -5972,6 +6157,60 @@ export interface operations {
             default: components["responses"]["Problem"];
         };
     };
+    "device-tunnel:open": {
+        parameters: {
+            query: {
+                /** @description The device's TCP port. */
+                port: number;
+            };
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Switched to the WebSocket protocol; binary messages carry the TCP stream. */
+            101: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-tunnel-session:list": {
+        parameters: {
+            query?: {
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The device's uuid. */
+                deviceId: components["parameters"]["DeviceId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of sessions, newest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TunnelSessionPage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
     "device-command:list": {
         parameters: {
             query?: {
@@ -6247,6 +6486,31 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "device-tunnel:register": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["DeviceTunnelRegister"];
+            };
+        };
+        responses: {
+            /** @description The device's overlay settings. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeviceTunnel"];
                 };
             };
             default: components["responses"]["Problem"];
