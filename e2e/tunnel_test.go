@@ -466,5 +466,3 @@ func (s *sshd) clientArgs(bin, api string) []string {
 		"-o", "StrictHostKeyChecking=yes", "-o", "UserKnownHostsFile=" + s.knownHosts,
 		"-o", "ProxyCommand=" + bin + " tunnel --api " + api + " --device %h --port 22"}
 }
-
-
