@@ -80,7 +80,9 @@ func TestDefaultValues(t *testing.T) {
 			}
 		}
 		for _, name := range []string{"FLOCK_REGISTRY_USERNAME", "FLOCK_REGISTRY_PASSWORD", "FLOCK_REGISTRY_HOST", "FLOCK_S3_BUCKET",
-			"FLOCK_S3_REGION", "FLOCK_S3_ACCESS_KEY", "FLOCK_S3_SECRET_KEY", "FLOCK_DELTA_MAX_RATIO"} {
+			"FLOCK_S3_REGION", "FLOCK_S3_ACCESS_KEY", "FLOCK_S3_SECRET_KEY", "FLOCK_DELTA_MAX_RATIO",
+			"FLOCK_TUNNEL_ENDPOINT", "FLOCK_TUNNEL_PREFIX", "FLOCK_TUNNEL_PRIVATE_KEY", "FLOCK_INTERNAL_TOKEN", "FLOCK_DEVICE_URL_DOMAIN",
+			"FLOCK_PROXY_TLS_CERT", "FLOCK_PROXY_TLS_KEY", "FLOCK_TUNNEL_LISTEN", "FLOCK_PROXY_ADDR", "FLOCK_INTERNAL_URL", "FLOCK_TUNNEL_REPLICA"} {
 			if e, ok := env(c, name); ok {
 				t.Errorf("%s: %s=%+v although its value is empty", target, name, e)
 			}
@@ -124,7 +126,7 @@ func TestDefaultValues(t *testing.T) {
 }
 
 func TestAllInOne(t *testing.T) {
-	r := mustRender(t, []string{allInOne})
+	r := mustRender(t, allInOneFiles)
 	t.Logf("values-all-in-one.yaml: render %v, validate %v, %d objects", r.render, r.validate, len(r.objects))
 
 	deps := byTarget(t, r)
@@ -168,9 +170,23 @@ func TestAllInOne(t *testing.T) {
 	checkPDBs(t, r, deps)
 	checkMigrateJob(t, r)
 	svcs := servicesByName(r)
-	if got, want := sortedKeys(svcs), []string{"flock-all", "flock-all-mqtt"}; !slices.Equal(got, want) {
+	if got, want := sortedKeys(svcs), []string{"flock-all", "flock-all-mqtt", "flock-all-public", "flock-all-wireguard"}; !slices.Equal(got, want) {
 		t.Errorf("Services %v, want %v", got, want)
 	}
+	// "all" runs the tunnel and the proxy: their listeners, Services and
+	// the replica's own address; the endpoint defaults to the public URL's
+	// host in flock-api.
+	for name, want := range map[string]string{"FLOCK_TUNNEL_LISTEN": ":51820", "FLOCK_PROXY_ADDR": ":8081",
+		"FLOCK_DEVICE_URL_DOMAIN": "devices.example.com", "FLOCK_INTERNAL_URL": "http://$(POD_IP):8080"} {
+		if e, ok := env(c, name); !ok || e.Value != want {
+			t.Errorf("all: %s = %+v, want %q", name, e, want)
+		}
+	}
+	if e, ok := env(c, "FLOCK_TUNNEL_ENDPOINT"); ok {
+		t.Errorf("all: FLOCK_TUNNEL_ENDPOINT=%q although tunnel.endpoint is empty", e.Value)
+	}
+	checkServicePort(t, svcs["flock-all-wireguard"], corev1.ServiceTypeLoadBalancer, corev1.ProtocolUDP, 51820)
+	checkServicePort(t, svcs["flock-all-public"], corev1.ServiceTypeLoadBalancer, corev1.ProtocolTCP, 80)
 	if s := svcs["flock-all-mqtt"]; s != nil && s.Spec.Type != corev1.ServiceTypeLoadBalancer {
 		t.Errorf("MQTT Service type %s, want LoadBalancer (devices are outside the cluster)", s.Spec.Type)
 	}
@@ -193,6 +209,8 @@ func TestEveryTargetAndEveryStore(t *testing.T) {
 		"mqtt.password.existingSecret=flock-mqtt", "mqtt.hookToken.existingSecret=flock-mqtt",
 		"targets.ingester.replicas=3",
 		"metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prometheus",
+		"tunnel.endpoint=tunnel.example.com:51820", "tunnel.prefix=fd00:1234::/64", "tunnel.privateKey.existingSecret=flock-tunnel",
+		"internalToken.existingSecret=flock-internal", "proxy.domain=devices.example.com", "proxy.tls.secretName=devices-wildcard",
 	}
 	for _, tg := range laterTargets {
 		set = append(set, "targets."+tg+".enabled=true")
@@ -225,6 +243,10 @@ func TestEveryTargetAndEveryStore(t *testing.T) {
 	if p := wg.Spec.Ports; len(p) != 1 || p[0].Protocol != corev1.ProtocolUDP || p[0].Port != 51820 || wg.Spec.Type != corev1.ServiceTypeLoadBalancer {
 		t.Errorf("flock-tunnel-wireguard: %s %+v, want a LoadBalancer on UDP 51820", wg.Spec.Type, p)
 	}
+	if wg.Spec.SessionAffinity != corev1.ServiceAffinityClientIP {
+		t.Errorf("flock-tunnel-wireguard: sessionAffinity %q, want ClientIP (a device keeps its replica)", wg.Spec.SessionAffinity)
+	}
+	checkServicePort(t, svcs["flock-proxy-public"], corev1.ServiceTypeLoadBalancer, corev1.ProtocolTCP, 443)
 
 	sms := r.serviceMonitors()
 	if len(sms) != 1 {
@@ -268,6 +290,11 @@ func TestEveryTargetAndEveryStore(t *testing.T) {
 		"FLOCK_OIDC_AUDIENCE":     "flock-project",
 		"FLOCK_MQTT_URL":          "mqtts://emqx:8883",
 		"FLOCK_MQTT_PUBLIC_URL":   "mqtts://mqtt.example.com:8883",
+		"FLOCK_TUNNEL_ENDPOINT":   "tunnel.example.com:51820",
+		"FLOCK_TUNNEL_PREFIX":     "fd00:1234::/64",
+		"FLOCK_DEVICE_URL_DOMAIN": "devices.example.com",
+		"FLOCK_PROXY_TLS_CERT":    "/etc/flock/proxy-tls/tls.crt",
+		"FLOCK_PROXY_TLS_KEY":     "/etc/flock/proxy-tls/tls.key",
 	}
 	secret := map[string][2]string{
 		"FLOCK_DATABASE_URL":      {"flock-database", "database-url"},
@@ -290,6 +317,7 @@ func TestEveryTargetAndEveryStore(t *testing.T) {
 		if _, ok := env(c, "FLOCK_MQTT_LISTEN"); ok {
 			t.Errorf("%s: FLOCK_MQTT_LISTEN set although the broker is external", target)
 		}
+		checkRemoteSecrets(t, target, c, "flock-internal", "flock-tunnel")
 		// Credentials reach flock-api as its own settings (redacted by
 		// --print-config), not as the AWS SDK's variables.
 		for _, name := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} {
@@ -318,10 +346,10 @@ func TestRefusedValues(t *testing.T) {
 		want  string
 	}{
 		{"embedded broker on two ingesters", nil, []string{"targets.ingester.replicas=2"}, "targets.ingester.replicas is 2, but the embedded MQTT broker serves one process"},
-		{"embedded broker on two all-in-one pods", []string{allInOne}, []string{"targets.all.replicas=2"}, "targets.all.replicas is 2"},
+		{"embedded broker on two all-in-one pods", allInOneFiles, []string{"targets.all.replicas=2"}, "targets.all.replicas is 2"},
 		{"split targets without Redis", nil, []string{"redis.url="}, "need a shared Redis"},
 		{"split targets without Kafka", nil, []string{"kafka.brokers="}, "need a shared Kafka"},
-		{"all beside api", []string{allInOne}, []string{"targets.api.enabled=true"}, "targets.all runs every target in one process, but api are enabled too"},
+		{"all beside api", allInOneFiles, []string{"targets.api.enabled=true"}, "targets.all runs every target in one process, but api are enabled too"},
 		{"no target", nil, only(), "no target is enabled"},
 		{"external broker without its password", nil, []string{"mqtt.url=mqtt://emqx:1883", "targets.ingester.replicas=2"}, "set mqtt.password.existingSecret"},
 		// The embedded registry and S3 serve one process: split targets
@@ -335,9 +363,9 @@ func TestRefusedValues(t *testing.T) {
 		{"registry-proxy alone without S3", nil, append(only("registry-proxy"), "s3.endpoint="), "set s3.endpoint"},
 		{"two api pods without a registry", nil, append(only("api"), "targets.api.replicas=2", "registry.url="), "enabled: api ×2"},
 		{"two api pods without S3", nil, append(only("api"), "targets.api.replicas=2", "s3.endpoint="), "set s3.endpoint"},
-		{"two all-in-one pods without a registry", []string{allInOne}, []string{"targets.all.replicas=2", "mqtt.url=mqtt://emqx:1883", "mqtt.password.existingSecret=m",
+		{"two all-in-one pods without a registry", allInOneFiles, []string{"targets.all.replicas=2", "mqtt.url=mqtt://emqx:1883", "mqtt.password.existingSecret=m",
 			"redis.url=redis://redis:6379/0", "kafka.brokers=kafka:9092", "s3.endpoint=http://minio:9000"}, "enabled: all ×2"},
-		{"two all-in-one pods without S3", []string{allInOne}, []string{"targets.all.replicas=2", "mqtt.url=mqtt://emqx:1883", "mqtt.password.existingSecret=m",
+		{"two all-in-one pods without S3", allInOneFiles, []string{"targets.all.replicas=2", "mqtt.url=mqtt://emqx:1883", "mqtt.password.existingSecret=m",
 			"redis.url=redis://redis:6379/0", "kafka.brokers=kafka:9092", "registry.url=http://registry:5000"}, "set s3.endpoint"},
 		{"registry user without password", nil, []string{"registry.username=robot$flock"}, "set registry.password.existingSecret"},
 		{"registry password without user", nil, []string{"registry.password.existingSecret=flock-registry"}, "without registry.username"},
@@ -354,7 +382,7 @@ func TestRefusedValues(t *testing.T) {
 		{"delta ratio not a number", nil, []string{"deltaMaxRatio=most"}, "deltaMaxRatio"},
 		{"data dir not absolute", nil, []string{"dataDir.path=data"}, "/dataDir/path"},
 		{"data dir size not a quantity", nil, []string{"dataDir.sizeLimit=ten gigs"}, "/dataDir/sizeLimit"},
-		{"persistence size not a quantity", []string{allInOne}, []string{"persistence.size=lots"}, "/persistence/size"},
+		{"persistence size not a quantity", allInOneFiles, []string{"persistence.size=lots"}, "/persistence/size"},
 		{"misspelt value", nil, []string{"targets.api.replica=3"}, "replica"},
 		{"unknown target", nil, []string{"targets.sheduler.enabled=true"}, "sheduler"},
 		{"no database Secret", nil, []string{"postgresql.existingSecret="}, "existingSecret"},
@@ -363,6 +391,22 @@ func TestRefusedValues(t *testing.T) {
 		// number, and a large one loses digits as a float.
 		{"numeric audience", nil, []string{"oidc.audience=312345678901234567"}, "/oidc/audience': got number, want string"},
 		{"bad duration", nil, []string{"shutdownDelay=5 seconds"}, "shutdownDelay"},
+		// Remote access: the tunnel and proxy pods need what makes them
+		// reachable and each other's plane.
+		{"tunnel without its endpoint", nil, remoteSet("tunnel.endpoint="), "targets.tunnel needs tunnel.endpoint"},
+		{"tunnel without the internal token", nil, remoteSet("internalToken.existingSecret="), "targets.tunnel and targets.proxy need internalToken.existingSecret"},
+		{"proxy alone without the internal token", nil, []string{"targets.proxy.enabled=true", "proxy.domain=devices.example.com"}, "targets.proxy need internalToken.existingSecret"},
+		{"proxy without its domain", nil, remoteSet("proxy.domain="), "targets.proxy needs proxy.domain"},
+		{"all-in-one without a device URL domain", []string{allInOne}, nil, "targets.all (which runs the proxy) needs proxy.domain"},
+		{"tunnel without Redis", nil, append(only(), "targets.tunnel.enabled=true", "targets.tunnel.replicas=1", "tunnel.endpoint=t.example.com:51820",
+			"internalToken.existingSecret=i", "redis.url="), "targets.tunnel need a shared Redis"},
+		{"internal token without key", nil, remoteSet("internalToken.key="), "FLOCK_INTERNAL_TOKEN: the Secret's key must not be empty"},
+		{"tunnel endpoint with a scheme", nil, remoteSet("tunnel.endpoint=udp://tunnel.example.com:51820"), "/tunnel/endpoint"},
+		{"tunnel endpoint without a port", nil, remoteSet("tunnel.endpoint=tunnel.example.com"), "/tunnel/endpoint"},
+		{"proxy domain with a wildcard", nil, remoteSet("proxy.domain=*.devices.example.com"), "/proxy/domain"},
+		{"proxy Service port", nil, remoteSet("proxy.service.port=8443"), "port"},
+		{"local traffic policy on a ClusterIP", nil, remoteSet("tunnel.service.type=ClusterIP", "tunnel.service.externalTrafficPolicy=Local"),
+			"externalTrafficPolicy Local needs type LoadBalancer or NodePort"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := renderChart(t, tc.files, tc.set...)
@@ -380,7 +424,7 @@ func TestRefusedValues(t *testing.T) {
 // on an existing claim, and on a claim of the chart's with no storage class.
 func TestAllInOnePersistence(t *testing.T) {
 	t.Run("disabled", func(t *testing.T) {
-		r := mustRender(t, []string{allInOne}, "persistence.enabled=false", "dataDir.sizeLimit=50Gi")
+		r := mustRender(t, allInOneFiles, "persistence.enabled=false", "dataDir.sizeLimit=50Gi")
 		d := byTarget(t, r)["all"]
 		checkDataDir(t, d, "emptyDir", "50Gi")
 		if n := len(r.pvcs()); n != 0 {
@@ -394,14 +438,14 @@ func TestAllInOnePersistence(t *testing.T) {
 		}
 	})
 	t.Run("disabled, external registry and S3", func(t *testing.T) {
-		r := mustRender(t, []string{allInOne}, "persistence.enabled=false", "registry.url=http://registry:5000", "s3.endpoint=http://minio:9000")
+		r := mustRender(t, allInOneFiles, "persistence.enabled=false", "registry.url=http://registry:5000", "s3.endpoint=http://minio:9000")
 		checkDataDir(t, byTarget(t, r)["all"], "emptyDir", "10Gi")
 		if strings.Contains(r.notes, "WARNING: persistence.enabled is false") {
 			t.Errorf("NOTES.txt warns of lost images kept elsewhere:\n%s", r.notes)
 		}
 	})
 	t.Run("existing claim", func(t *testing.T) {
-		r := mustRender(t, []string{allInOne}, "persistence.existingClaim=flock-images")
+		r := mustRender(t, allInOneFiles, "persistence.existingClaim=flock-images")
 		d := byTarget(t, r)["all"]
 		checkDataDir(t, d, "pvc", "flock-images")
 		if n := len(r.pvcs()); n != 0 {
@@ -413,7 +457,7 @@ func TestAllInOnePersistence(t *testing.T) {
 	})
 	t.Run("storage class", func(t *testing.T) {
 		for class, want := range map[string]string{"-": "", "fast-ssd": "fast-ssd"} {
-			r := mustRender(t, []string{allInOne}, "persistence.storageClass="+class, "persistence.size=100Gi",
+			r := mustRender(t, allInOneFiles, "persistence.storageClass="+class, "persistence.size=100Gi",
 				"persistence.annotations.backup\\.velero\\.io/backup-volumes=data")
 			pvcs := r.pvcs()
 			if len(pvcs) != 1 {
@@ -485,7 +529,7 @@ func TestLint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, files := range [][]string{nil, {allInOne}} {
+	for _, files := range [][]string{nil, allInOneFiles} {
 		vals, err := (&values.Options{ValueFiles: files}).MergeValues(getter.Providers{})
 		if err != nil {
 			t.Fatal(err)
@@ -513,13 +557,15 @@ func TestFlockAPIAcceptsTheEnvironment(t *testing.T) {
 	notYetRead := map[string]bool{}
 	renders := map[string]*rendered{
 		"default":    mustRender(t, nil),
-		"all-in-one": mustRender(t, []string{allInOne}),
+		"all-in-one": mustRender(t, allInOneFiles),
 		"external": mustRender(t, nil, "redis.existingSecret=r", "clickhouse.existingSecret=c", "loki.url=http://loki:3100/loki/api/v1/push",
 			"registry.url=https://harbor", "registry.username=robot$flock", "registry.password.existingSecret=h", "registry.host=registry.example.com:5443",
 			"s3.endpoint=https://s3", "s3.bucket=b", "s3.region=eu-west-1", "s3.accessKey=AKIA", "s3.secretKey.existingSecret=s", "deltaMaxRatio=0.35",
 			"oidc.issuer=https://auth.example.com", "oidc.audience=a",
 			"mqtt.url=mqtts://emqx:8883", "mqtt.password.existingSecret=m", "mqtt.hookToken.existingSecret=m", "publicURL=https://flock.example.com"),
 		"ratio-from-file": mustRender(t, []string{valuesFile(t, "deltaMaxRatio: 1\n")}),
+		"remote":          mustRender(t, nil, remoteSet("tunnel.privateKey.existingSecret=k", "tunnel.prefix=100.64.0.0/10", "proxy.tls.secretName=w")...),
+		"remote-http":     mustRender(t, nil, remoteSet()...),
 		"builders": mustRender(t, nil, "targets.builder.enabled=true", "registry.url=https://harbor", "registry.username=robot$flock", "registry.password.existingSecret=h",
 			"s3.endpoint=https://s3"),
 	}

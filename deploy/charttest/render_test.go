@@ -33,15 +33,20 @@ import (
 )
 
 const (
-	chartDir    = "../helm/flock"
-	allInOne    = chartDir + "/values-all-in-one.yaml"
-	releaseName = "flock"
-	namespace   = "flock-system"
+	chartDir = "../helm/flock"
+	allInOne = chartDir + "/values-all-in-one.yaml"
+	// The value an all-in-one install must add: "all" runs the proxy.
+	allInOneDomain = "testdata/all-in-one-domain.yaml"
+	releaseName    = "flock"
+	namespace      = "flock-system"
 	// The Kubernetes version the typed objects come from (k8s.io/api
 	// v0.37): the render claims that version, so Chart.yaml's kubeVersion
 	// range is checked too.
 	kubeVersion = "v1.37.0"
 )
+
+// values-all-in-one.yaml as installed (with proxy.domain).
+var allInOneFiles = []string{allInOne, allInOneDomain}
 
 // The kinds the chart may produce. Anything else fails the decode: a new
 // kind is added here together with its typed validation.

@@ -78,14 +78,35 @@ or inside "all") unless mqtt.url names an external broker. */}}
 {{- if and (has .target (list "ingester" "all")) (not .root.Values.mqtt.url) -}}true{{- end -}}
 {{- end -}}
 
+{{/* Whether a target runs a tunnel replica (WireGuard on UDP) or the proxy
+of devices' public URLs: the tunnel and proxy targets, and "all", which runs
+every target. (dict "root" $ "target" "tunnel") */}}
+{{- define "flock.runsTunnel" -}}
+{{- if has .target (list "tunnel" "all") -}}true{{- end -}}
+{{- end -}}
+{{- define "flock.runsProxy" -}}
+{{- if has .target (list "proxy" "all") -}}true{{- end -}}
+{{- end -}}
+
 {{/* A target's surfaces beyond HTTP, as a YAML list: the embedded broker's
-MQTT listener, then the entry's extraPorts. Each becomes a container port
-and a Service of its own. */}}
+MQTT listener, the tunnel's WireGuard (UDP, tunnel.service), the proxy's
+public listener (proxy.service: port 443 with proxy.tls.secretName, 80
+without), then the entry's extraPorts. Each becomes a container port and a
+Service of its own. */}}
 {{- define "flock.extraPorts" -}}
 {{- $ports := list -}}
 {{- if include "flock.embeddedBroker" . -}}
 {{- $m := .root.Values.mqtt.embedded -}}
 {{- $ports = append $ports (dict "name" "mqtt" "containerPort" $m.port "protocol" "TCP" "service" $m.service) -}}
+{{- end -}}
+{{- if include "flock.runsTunnel" . -}}
+{{- $t := .root.Values.tunnel -}}
+{{- $ports = append $ports (dict "name" "wireguard" "containerPort" $t.port "protocol" "UDP" "service" $t.service) -}}
+{{- end -}}
+{{- if include "flock.runsProxy" . -}}
+{{- $p := .root.Values.proxy -}}
+{{- $svc := merge (dict "port" (ternary 443 80 (not (empty $p.tls.secretName)))) (deepCopy $p.service) -}}
+{{- $ports = append $ports (dict "name" "public" "containerPort" $p.port "protocol" "TCP" "service" $svc) -}}
 {{- end -}}
 {{- $cfg := index .root.Values.targets .target -}}
 {{- range $cfg.extraPorts -}}
@@ -233,8 +254,71 @@ FLOCK_DATA_DIR is a target's own: see deployment.yaml. */}}
 {{- if $v.mqtt.hookToken.existingSecret }}
 {{ include "flock.secretEnv" (dict "name" "FLOCK_MQTT_HOOK_TOKEN" "secret" $v.mqtt.hookToken.existingSecret "key" $v.mqtt.hookToken.key) }}
 {{- end }}
+{{- /* Remote access: the api tells devices where the tunnel is and
+which public URL they have, so these are everyone's. The api reads only
+whether FLOCK_PROXY_TLS_CERT is set (public URLs are then https://); the
+files exist on the proxy's pods only (flock.remoteEnv). */}}
+{{- if $v.tunnel.endpoint }}
+- name: FLOCK_TUNNEL_ENDPOINT
+  value: {{ $v.tunnel.endpoint | quote }}
+{{- end }}
+{{- if $v.tunnel.prefix }}
+- name: FLOCK_TUNNEL_PREFIX
+  value: {{ $v.tunnel.prefix | quote }}
+{{- end }}
+{{- if $v.proxy.domain }}
+- name: FLOCK_DEVICE_URL_DOMAIN
+  value: {{ $v.proxy.domain | quote }}
+{{- end }}
+{{- if $v.proxy.tls.secretName }}
+- name: FLOCK_PROXY_TLS_CERT
+  value: {{ printf "%s/tls.crt" (include "flock.proxyTLSDir" .) | quote }}
+- name: FLOCK_PROXY_TLS_KEY
+  value: {{ printf "%s/tls.key" (include "flock.proxyTLSDir" .) | quote }}
+{{- end }}
 {{- with $v.extraEnv }}
 {{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Where the proxy's kubernetes.io/tls Secret is mounted. */}}
+{{- define "flock.proxyTLSDir" -}}/etc/flock/proxy-tls{{- end -}}
+
+{{/* The remote-access environment of one target, after flock.env: the
+internal plane's token (api, tunnel, proxy: the api and proxy dial devices
+through the tunnel replica holding them, at /internal/v1/tunnel/dial), the
+WireGuard server key (api: its public key goes to devices; tunnel), and a
+tunnel replica's own name and address (downward API), the listeners.
+(dict "root" $ "target" "tunnel") */}}
+{{- define "flock.remoteEnv" -}}
+{{- $v := .root.Values -}}
+{{- $tunnel := include "flock.runsTunnel" . -}}
+{{- $proxy := include "flock.runsProxy" . -}}
+{{- if and $v.internalToken.existingSecret (or $tunnel $proxy (eq .target "api")) }}
+{{ include "flock.secretEnv" (dict "name" "FLOCK_INTERNAL_TOKEN" "secret" $v.internalToken.existingSecret "key" $v.internalToken.key) }}
+{{- end }}
+{{- if and $v.tunnel.privateKey.existingSecret (or $tunnel (eq .target "api")) }}
+{{ include "flock.secretEnv" (dict "name" "FLOCK_TUNNEL_PRIVATE_KEY" "secret" $v.tunnel.privateKey.existingSecret "key" $v.tunnel.privateKey.key) }}
+{{- end }}
+{{- if $tunnel }}
+- name: FLOCK_TUNNEL_LISTEN
+  value: {{ printf ":%v" $v.tunnel.port | quote }}
+# The replica's name in the KV directory of which replica holds each
+# device, and where the api and proxy pods reach its HTTP port.
+- name: FLOCK_TUNNEL_REPLICA
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+- name: FLOCK_INTERNAL_URL
+  value: {{ printf "http://$(POD_IP):%v" $v.httpPort | quote }}
+{{- end }}
+{{- if $proxy }}
+- name: FLOCK_PROXY_ADDR
+  value: {{ printf ":%v" $v.proxy.port | quote }}
 {{- end }}
 {{- end -}}
 

@@ -20,6 +20,27 @@ quietly lose data between processes. Included once, from deployment.yaml. */}}
 {{- if and (has "all" $enabled) (gt (len $enabled) 1) -}}
 {{- fail (printf "targets.all runs every target in one process, but %s are enabled too: disable them, or disable all" (without $enabled "all" | join ", ")) -}}
 {{- end -}}
+{{- /* Remote access as targets of their own: the api and proxy pods reach
+a device through the tunnel replica holding it, found in the KV store and
+dialled over the internal plane with the shared token. */ -}}
+{{- $remote := list -}}
+{{- range $name := list "tunnel" "proxy" -}}
+{{- if (index $v.targets $name).enabled -}}{{- $remote = append $remote (printf "targets.%s" $name) -}}{{- end -}}
+{{- end -}}
+{{- if $remote -}}
+{{- if not (or $v.redis.url $v.redis.existingSecret) -}}
+{{- fail (printf "%s need a shared Redis: which tunnel replica holds each device is kept in the KV store, and the in-process one serves one process; set redis.url or redis.existingSecret" (join " and " $remote)) -}}
+{{- end -}}
+{{- if not $v.internalToken.existingSecret -}}
+{{- fail (printf "%s need internalToken.existingSecret (and key): the api and proxy pods dial devices through the tunnel replicas at /internal/v1/tunnel/dial with that shared token (FLOCK_INTERNAL_TOKEN): a Secret holding a random value, e.g. from openssl rand -hex 32" (join " and " $remote)) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $v.targets.tunnel.enabled (not $v.tunnel.endpoint) -}}
+{{- fail "targets.tunnel needs tunnel.endpoint: the host:port of the wireguard Service's load balancer, which the api tells devices to send WireGuard to (FLOCK_TUNNEL_ENDPOINT)" -}}
+{{- end -}}
+{{- if and (or $v.targets.proxy.enabled $v.targets.all.enabled) (not $v.proxy.domain) -}}
+{{- fail (printf "%s needs proxy.domain: devices' public URLs are <device uuid>.<proxy.domain> (FLOCK_DEVICE_URL_DOMAIN), and flock-api refuses to run the proxy without it; point a wildcard DNS record *.<proxy.domain> at the proxy's public Service" (ternary "targets.proxy" "targets.all (which runs the proxy)" $v.targets.proxy.enabled)) -}}
+{{- end -}}
 {{- if gt (int $pods) 1 -}}
 {{- if not (or $v.redis.url $v.redis.existingSecret) -}}
 {{- fail (printf "%d pods (%s) need a shared Redis: in-process live state serves one process; set redis.url or redis.existingSecret" (int $pods) (join ", " $enabled)) -}}
