@@ -22,7 +22,7 @@ IMAGE_CREATED   ?= $(shell git log -1 --format=%cI 2>/dev/null)
 export REDOCLY_TELEMETRY := off
 export REDOCLY_SUPPRESS_UPDATE_NOTICE := true
 
-.PHONY: build run services generate check-generate sdk test test-go test-deploy image bench bench-devices bench-ingest bench-rollout bench-summary bench-commands bench-streams bench-deltas bench-registry clean
+.PHONY: build run services generate check-generate sdk test test-go test-deploy image bench bench-devices bench-ingest bench-rollout bench-summary bench-commands bench-streams bench-deltas bench-registry bench-tunnel clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) .
@@ -113,6 +113,12 @@ bench-summary: services
 ## bench-commands: device commands on --target=all with simulated devices: created to delivered and to completed (p50/p99) per type
 bench-commands: services
 	$(GO) run ./bench/commands
+
+## bench-tunnel: remote access over WireGuard (wireguard-go + netstack on both ends): a 100 MB download through the proxy and the tunnel WebSocket vs loopback TCP, added round-trip latency; and the wgtunnel benchmarks (handshakes/s, memory per idle peer)
+bench-tunnel: services
+	$(GO) run ./bench/tunnel
+	$(GO) test -run '^$$' -bench Handshakes -benchtime=5s ./internal/wgtunnel/
+	$(GO) test -run '^$$' -bench IdlePeers -benchtime=3x ./internal/wgtunnel/
 
 ## bench-deltas: layer deltas (internal/layerdelta) on npm, Go binary and Go source layer pairs vs whole-tar bsdiff, xdelta3 -9, zstd -19 --long=31 --patch-from: size, time, peak RSS
 bench-deltas:

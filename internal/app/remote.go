@@ -149,7 +149,7 @@ func (a *App) initTunnel(ctx context.Context) (*modules.Service, error) {
 	r.mu.Unlock()
 	r.dialer.SetLocal(name, rep.Server())
 	a.server.Router().Handle(tunnelroute.DialPath, rep.Handler(a.cfg.InternalToken))
-	if a.cfg.InternalToken == "" {
+	if a.cfg.InternalToken == "" && !a.cfg.Dev {
 		a.log.Warn("tunnel: FLOCK_INTERNAL_TOKEN is unset: other processes cannot dial the devices this replica holds")
 	}
 	a.log.Info("tunnel replica listening", "replica", name, "udp_port", strconv.Itoa(rep.Server().Port()),
