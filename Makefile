@@ -31,7 +31,7 @@ build:
 run: build
 	scripts/services.sh postgres
 	scripts/services.sh builder-tools
-	$(BIN) --target=all --dev --http-addr=127.0.0.1:8080 --mqtt-listen=127.0.0.1:1884
+	$(BIN) --target=all --dev --http-addr=127.0.0.1:8080 --mqtt-listen=127.0.0.1:1884 --tunnel-listen=127.0.0.1:51820 --proxy-addr=127.0.0.1:8081
 
 ## services: install-if-missing and start PostgreSQL, Redis, Mosquitto, ClickHouse; install docker-registry, skopeo, buildah and busybox-static
 services:
