@@ -323,6 +323,25 @@ func TestRemoteAccessEndToEnd(t *testing.T) {
 	}
 	_ = ws.Close(websocket.StatusNormalClosure, "")
 
+	// Replica a dies (kill -9): it stops renewing its record, and within
+	// its 15 s lease nothing routes to it; the device it held is offline
+	// (until it handshakes elsewhere), refused at once, not hung.
+	_ = w.replicas[0].cmd.Process.Kill()
+	<-w.replicas[0].exited
+	testutil.EventuallyWithin(t, time.Minute, "the dead replica's device reported offline", func() error {
+		cmd := exec.Command(w.bin, "tunnel", "--api", w.apiBase, "--device", onA, "--port", "22")
+		cmd.Env = append(os.Environ(), "FLOCK_TOKEN="+w.token)
+		cmd.Stdin = strings.NewReader("")
+		out, _ := cmd.CombinedOutput()
+		if !strings.Contains(string(out), "device offline") {
+			return fmt.Errorf("tunnel to a device of the dead replica: %q", out)
+		}
+		return nil
+	})
+	if status, _ := get(onA, "/"); status != http.StatusBadGateway {
+		t.Errorf("the public URL of a device of the dead replica = %d, want 502 (offline)", status)
+	}
+
 	// Deleting the device removes its peer from replica b at once.
 	w.must(t, 204, "DELETE", "/v1/devices/"+onB, nil)
 	testutil.Eventually(t, "the deleted device's peer removed", func() error {
