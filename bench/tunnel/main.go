@@ -183,11 +183,15 @@ func run(adminURL string, mb, rtts int) error {
 		}
 		return b, nil
 	}
-	tDirect, err := best(func() (time.Duration, error) { return download(plain, "http://"+direct+"/bytes?n="+strconv.FormatInt(size, 10), size) })
+	tDirect, err := best(func() (time.Duration, error) {
+		return download(plain, "http://"+direct+"/bytes?n="+strconv.FormatInt(size, 10), size)
+	})
 	if err != nil {
 		return err
 	}
-	tProxy, err := best(func() (time.Duration, error) { return download(proxied, deviceURL+"/bytes?n="+strconv.FormatInt(size, 10), size) })
+	tProxy, err := best(func() (time.Duration, error) {
+		return download(proxied, deviceURL+"/bytes?n="+strconv.FormatInt(size, 10), size)
+	})
 	if err != nil {
 		return err
 	}
