@@ -323,6 +323,35 @@ func TestRemoteAccessEndToEnd(t *testing.T) {
 	}
 	_ = ws.Close(websocket.StatusNormalClosure, "")
 
+	// A local port forward (--listen) to the device's web server.
+	fwd := startProcess(t, "tunnel --listen", w.bin, []string{"tunnel", "--api", w.apiBase, "--device", onA, "--port", "80",
+		"--listen", "127.0.0.1:0"}, []string{"FLOCK_TOKEN=" + w.token})
+	var local string
+	testutil.Eventually(t, "the forward to listen", func() error {
+		for _, line := range fwd.log.all() {
+			if rest, ok := strings.CutPrefix(line, "forwarding "); ok {
+				local, _, _ = strings.Cut(rest, " ")
+				return nil
+			}
+		}
+		fwd.failIfExited(t, "its listening line")
+		return errors.New("not listening yet")
+	})
+	// Each local connection is a tunnel of its own.
+	noReuse := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for range 2 {
+		resp, err := noReuse.Get("http://" + local + "/")
+		if err != nil {
+			t.Fatalf("GET through the local forward: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), onA) {
+			t.Fatalf("GET through the local forward = %d %q", resp.StatusCode, body)
+		}
+	}
+	fwd.stop(t)
+
 	// Replica a dies (kill -9): it stops renewing its record, and within
 	// its 15 s lease nothing routes to it; the device it held is offline
 	// (until it handshakes elsewhere), refused at once, not hung.
