@@ -158,7 +158,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 		if err != nil || resp.JSON200 == nil {
 			t.Fatalf("version: %v %d %s", err, resp.StatusCode(), resp.Body)
 		}
-		if got, want := resp.JSON200.Targets, []string{"api", "ingester", "scheduler", "registry-proxy", "builder", "delta"}; !slices.Equal(got, want) {
+		if got, want := resp.JSON200.Targets, []string{"api", "ingester", "scheduler", "registry-proxy", "builder", "delta", "tunnel", "proxy"}; !slices.Equal(got, want) {
 			t.Errorf("targets = %v, want every target that exists: %v", got, want)
 		}
 		head, err := exec.Command("git", "-C", repoRoot(t), "rev-parse", "--short=12", "HEAD").Output()
