@@ -120,9 +120,9 @@ func Verify(secret string, header http.Header, body []byte, now time.Time, toler
 	// A proxy may have split a long header into several fields; all of them
 	// carry candidate signatures.
 	sigs := strings.Join(header.Values("webhook-signature"), " ")
-	for name, v := range map[string]string{"webhook-id": id, "webhook-timestamp": tsText, "webhook-signature": sigs} {
-		if strings.TrimSpace(v) == "" {
-			return fmt.Errorf("webhook: verify: %w: %s", ErrMissingHeader, name)
+	for _, h := range [...]struct{ name, value string }{{"webhook-id", id}, {"webhook-timestamp", tsText}, {"webhook-signature", sigs}} {
+		if strings.TrimSpace(h.value) == "" {
+			return fmt.Errorf("webhook: verify: %w: %s", ErrMissingHeader, h.name)
 		}
 	}
 
