@@ -112,7 +112,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 		"--tunnel-listen=127.0.0.1:0", "--proxy-addr=127.0.0.1:0", "--device-url-domain=devices.e2e.test",
 		"--data-dir="+t.TempDir())
 	cmd.Env = append(os.Environ(), "FLOCK_DATABASE_URL="+dbURL, "FLOCK_DEV=", "FLOCK_LOG_FORMAT=",
-		"FLOCK_OIDC_ISSUER="+issuer, "FLOCK_OIDC_AUDIENCE=flock-e2e")
+		"FLOCK_OIDC_ISSUER="+issuer, "FLOCK_OIDC_AUDIENCE=flock-e2e", "FLOCK_EVENTS_ENCRYPTION_KEY=ZmxvY2stZTJlLWV2ZW50cy1rZXktMzItYnl0ZXMhISE=")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -158,7 +158,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 		if err != nil || resp.JSON200 == nil {
 			t.Fatalf("version: %v %d %s", err, resp.StatusCode(), resp.Body)
 		}
-		if got, want := resp.JSON200.Targets, []string{"api", "ingester", "scheduler", "registry-proxy", "builder", "delta", "tunnel", "proxy"}; !slices.Equal(got, want) {
+		if got, want := resp.JSON200.Targets, []string{"api", "ingester", "scheduler", "registry-proxy", "builder", "delta", "tunnel", "proxy", "events-gateway"}; !slices.Equal(got, want) {
 			t.Errorf("targets = %v, want every target that exists: %v", got, want)
 		}
 		head, err := exec.Command("git", "-C", repoRoot(t), "rev-parse", "--short=12", "HEAD").Output()

@@ -7,6 +7,8 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"net/http"
+	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,6 +55,7 @@ type world struct {
 	readCommand                        string     // made once for the read fixtures
 	readMetric                         bool       // a sample stored for the read fixtures
 	readBuild                          string     // made once for the read fixtures
+	readEndpoint                       string     // made once for the read fixtures
 	reportSeq                          int        // the last seq the world's device reported
 	t                                  *testing.T // the subtest using the world now
 
@@ -226,3 +229,20 @@ func (w *world) buildForReads() string {
 	}
 	return w.readBuild
 }
+
+// endpoint is an event endpoint of the world's organisation: made once for
+// reads, fresh for writes (a write world is new each time).
+func (w *world) endpoint() string {
+	w.t.Helper()
+	if w.readEndpoint == "" {
+		w.readEndpoint = must(w.t, w.srv, 201, "POST", "/v1/orgs/"+w.org+"/event-endpoints", w.owner,
+			map[string]any{"name": "ci", "kind": "webhook", "url": hookURL()})["id"].(string)
+	}
+	return w.readEndpoint
+}
+
+// hookURL is a webhook receiver answering 204 to everything, for worlds
+// whose server allows private addresses (--events-allow-private).
+var hookURL = sync.OnceValue(func() string {
+	return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })).URL
+})

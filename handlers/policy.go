@@ -107,6 +107,20 @@ var Policy = auth.Policy{
 	"device-tunnel:open":         {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
 	"device-tunnel-session:list": {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
 
+	// Event subscriptions: admins manage endpoints (their secrets, where
+	// the organisation's events go), developers read them and the log.
+	"event-type:list":              {Level: auth.Authenticated},
+	"event-endpoint:list":          {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper},
+	"event-endpoint:get":           {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper},
+	"event-delivery-attempt:list":  {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper},
+	"event-endpoint:create":        {Level: auth.OrgRole, MinRole: db.OrgRoleAdmin, Write: true, NoStore: true},
+	"event-endpoint:update":        {Level: auth.OrgRole, MinRole: db.OrgRoleAdmin, Write: true},
+	"event-endpoint:delete":        {Level: auth.OrgRole, MinRole: db.OrgRoleAdmin, Write: true},
+	"event-endpoint:rotate-secret": {Level: auth.OrgRole, MinRole: db.OrgRoleAdmin, Write: true, NoStore: true},
+	"event-endpoint:replay":        {Level: auth.OrgRole, MinRole: db.OrgRoleAdmin, Write: true},
+	"event-endpoint:test":          {Level: auth.OrgRole, MinRole: db.OrgRoleAdmin},
+	"org-cloudevents:websocket":    {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
+
 	"device-command:create": {Level: auth.OrgRole, MinRole: db.OrgRoleDeveloper, Write: true},
 	"device-command:list":   {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},
 	"command:get":           {Level: auth.OrgRole, MinRole: db.OrgRoleViewer},

@@ -19,6 +19,7 @@ import (
 	"github.com/flock-io/flock-api/handlers/devicedata"
 	"github.com/flock-io/flock-api/handlers/devicegroups"
 	"github.com/flock-io/flock-api/handlers/devices"
+	"github.com/flock-io/flock-api/handlers/eventendpoints"
 	"github.com/flock-io/flock-api/handlers/fleets"
 	"github.com/flock-io/flock-api/handlers/identity"
 	"github.com/flock-io/flock-api/handlers/members"
@@ -71,6 +72,7 @@ type Server struct {
 	*deltas.Deltas
 	*builds.Builds
 	*tunnels.Tunnels
+	*eventendpoints.EventEndpoints
 }
 
 var _ api.StrictServerInterface = (*Server)(nil)
@@ -128,6 +130,9 @@ type Deps struct {
 	// Builds configures the builds API (upload limit, spool directory);
 	// its stores are filled in from the fields above.
 	Builds builds.Builds
+	// EventEndpoints configures the event subscriptions (the secrets' box,
+	// the URL policy, the deliverer of test sends); its pool is filled in.
+	EventEndpoints *eventendpoints.EventEndpoints
 	// DevicePublicURL is a device's public URL (FLOCK_DEVICE_URL_DOMAIN);
 	// nil when there is none.
 	DevicePublicURL func(uuid.UUID) string
@@ -165,6 +170,14 @@ func New(d Deps) *Server {
 		Deltas:       newDeltas(d),
 		Builds:       newBuilds(d),
 		Tunnels:      newTunnels(d),
+		EventEndpoints: func() *eventendpoints.EventEndpoints {
+			h := d.EventEndpoints
+			if h == nil {
+				h = &eventendpoints.EventEndpoints{}
+			}
+			h.Pool = d.Pool
+			return h
+		}(),
 	}
 }
 

@@ -213,7 +213,7 @@ func TestTrailingBytesAreMalformed(t *testing.T) {
 // headers and no body: every GET operation of the API and the operational
 // and documentation endpoints. Logs and metrics keep the method HEAD.
 func TestHeadMirrorsGet(t *testing.T) {
-	srv := apptest.Start(t)
+	srv := apptest.Start(t, "--events-allow-private") // event endpoints point at a receiver on loopback
 	w := newWorld(t, srv).withFleet(t)
 	w.t = t
 	devToken := w.device.token(t, srv)

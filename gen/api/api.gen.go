@@ -193,6 +193,27 @@ func (e ConnectivityEventEvent) Valid() bool {
 	}
 }
 
+// Defines values for DeliveryAttemptDeliveryStatus.
+const (
+	DeliveryAttemptDeliveryStatusFailed    DeliveryAttemptDeliveryStatus = "failed"
+	DeliveryAttemptDeliveryStatusPending   DeliveryAttemptDeliveryStatus = "pending"
+	DeliveryAttemptDeliveryStatusSucceeded DeliveryAttemptDeliveryStatus = "succeeded"
+)
+
+// Valid indicates whether the value is a known member of the DeliveryAttemptDeliveryStatus enum.
+func (e DeliveryAttemptDeliveryStatus) Valid() bool {
+	switch e {
+	case DeliveryAttemptDeliveryStatusFailed:
+		return true
+	case DeliveryAttemptDeliveryStatusPending:
+		return true
+	case DeliveryAttemptDeliveryStatusSucceeded:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for DeviceTokenTokenType.
 const (
 	Bearer DeviceTokenTokenType = "Bearer"
@@ -202,6 +223,60 @@ const (
 func (e DeviceTokenTokenType) Valid() bool {
 	switch e {
 	case Bearer:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for EventEndpointKind.
+const (
+	EventEndpointKindKafka   EventEndpointKind = "kafka"
+	EventEndpointKindWebhook EventEndpointKind = "webhook"
+)
+
+// Valid indicates whether the value is a known member of the EventEndpointKind enum.
+func (e EventEndpointKind) Valid() bool {
+	switch e {
+	case EventEndpointKindKafka:
+		return true
+	case EventEndpointKindWebhook:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for EventEndpointCreateKind.
+const (
+	EventEndpointCreateKindKafka   EventEndpointCreateKind = "kafka"
+	EventEndpointCreateKindWebhook EventEndpointCreateKind = "webhook"
+)
+
+// Valid indicates whether the value is a known member of the EventEndpointCreateKind enum.
+func (e EventEndpointCreateKind) Valid() bool {
+	switch e {
+	case EventEndpointCreateKindKafka:
+		return true
+	case EventEndpointCreateKindWebhook:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for EventTypeListItemsOrderedBy.
+const (
+	EventTypeListItemsOrderedByDevice  EventTypeListItemsOrderedBy = "device"
+	EventTypeListItemsOrderedByRollout EventTypeListItemsOrderedBy = "rollout"
+)
+
+// Valid indicates whether the value is a known member of the EventTypeListItemsOrderedBy enum.
+func (e EventTypeListItemsOrderedBy) Valid() bool {
+	switch e {
+	case EventTypeListItemsOrderedByDevice:
+		return true
+	case EventTypeListItemsOrderedByRollout:
 		return true
 	default:
 		return false
@@ -244,6 +319,30 @@ func (e ImageDeltaState) Valid() bool {
 	case ImageDeltaStateComputing:
 		return true
 	case ImageDeltaStatePending:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for KafkaSinkSaslMechanism.
+const (
+	None        KafkaSinkSaslMechanism = "none"
+	PLAIN       KafkaSinkSaslMechanism = "PLAIN"
+	SCRAMSHA256 KafkaSinkSaslMechanism = "SCRAM-SHA-256"
+	SCRAMSHA512 KafkaSinkSaslMechanism = "SCRAM-SHA-512"
+)
+
+// Valid indicates whether the value is a known member of the KafkaSinkSaslMechanism enum.
+func (e KafkaSinkSaslMechanism) Valid() bool {
+	switch e {
+	case None:
+		return true
+	case PLAIN:
+		return true
+	case SCRAMSHA256:
+		return true
+	case SCRAMSHA512:
 		return true
 	default:
 		return false
@@ -1125,6 +1224,36 @@ type DatabaseVersion struct {
 	ServerVersion string `json:"server_version"`
 }
 
+// DeliveryAttempt defines model for DeliveryAttempt.
+type DeliveryAttempt struct {
+	At         time.Time          `json:"at"`
+	DeliveryId openapi_types.UUID `json:"delivery_id"`
+
+	// DeliveryStatus What became of the delivery so far (failed = every retry spent).
+	DeliveryStatus *DeliveryAttemptDeliveryStatus `json:"delivery_status,omitempty"`
+	DurationMs     int                            `json:"duration_ms"`
+	Error          *string                        `json:"error,omitempty"`
+	EventId        openapi_types.UUID             `json:"event_id"`
+	EventType      string                         `json:"event_type"`
+	Id             openapi_types.UUID             `json:"id"`
+
+	// Response The first bytes of the response body.
+	Response *string `json:"response,omitempty"`
+
+	// StatusCode The receiver's HTTP status; absent when there was no response.
+	StatusCode *int `json:"status_code,omitempty"`
+	Succeeded  bool `json:"succeeded"`
+}
+
+// DeliveryAttemptDeliveryStatus What became of the delivery so far (failed = every retry spent).
+type DeliveryAttemptDeliveryStatus string
+
+// DeliveryAttemptPage defines model for DeliveryAttemptPage.
+type DeliveryAttemptPage struct {
+	Items      []DeliveryAttempt `json:"items"`
+	NextCursor *string           `json:"next_cursor,omitempty"`
+}
+
 // Device defines model for Device.
 type Device struct {
 	// Architecture A CPU architecture, in OCI platform spelling.
@@ -1327,6 +1456,97 @@ type DeviceUpdate struct {
 // Example: sha256:4b1d0c9fa4f5b0f8f0a6b7c52f1e07e4a0d27f3b6e5d8c9a1b2c3d4e5f6a7b8c
 type Digest = string
 
+// EventEndpoint defines model for EventEndpoint.
+type EventEndpoint struct {
+	CreatedAt  time.Time  `json:"created_at"`
+	DisabledAt *time.Time `json:"disabled_at,omitempty"`
+
+	// DisabledReason Why Flock disabled the endpoint (a failure streak), when it did.
+	DisabledReason *string `json:"disabled_reason,omitempty"`
+	Enabled        bool    `json:"enabled"`
+
+	// FailingSince Start of the current run of failed attempts.
+	FailingSince *time.Time          `json:"failing_since,omitempty"`
+	FleetId      *openapi_types.UUID `json:"fleet_id,omitempty"`
+	Id           openapi_types.UUID  `json:"id"`
+	Kafka        *struct {
+		Brokers       *[]string `json:"brokers,omitempty"`
+		SaslMechanism *string   `json:"sasl_mechanism,omitempty"`
+		Tls           *bool     `json:"tls,omitempty"`
+		Topic         *string   `json:"topic,omitempty"`
+		Username      *string   `json:"username,omitempty"`
+	} `json:"kafka,omitempty"`
+	Kind  EventEndpointKind  `json:"kind"`
+	Name  Name               `json:"name"`
+	OrgId openapi_types.UUID `json:"org_id"`
+
+	// PreviousExpiresAt Until then the previous secret signs too.
+	PreviousExpiresAt *time.Time `json:"previous_expires_at,omitempty"`
+
+	// Secret The signing secret (whsec_...), in the answers of create and rotate-secret only.
+	Secret    *string   `json:"secret,omitempty"`
+	Types     []string  `json:"types"`
+	UpdatedAt time.Time `json:"updated_at"`
+	Url       *string   `json:"url,omitempty"`
+}
+
+// EventEndpointKind defines model for EventEndpoint.Kind.
+type EventEndpointKind string
+
+// EventEndpointCreate defines model for EventEndpointCreate.
+type EventEndpointCreate struct {
+	Enabled *bool `json:"enabled,omitempty"`
+
+	// FleetId Only events of this fleet.
+	FleetId *openapi_types.UUID     `json:"fleet_id,omitempty"`
+	Kafka   *KafkaSink              `json:"kafka,omitempty"`
+	Kind    EventEndpointCreateKind `json:"kind"`
+	Name    Name                    `json:"name"`
+
+	// Types Event types to deliver (see `event-type:list`); empty or absent means all.
+	Types *[]string `json:"types,omitempty"`
+
+	// Url The webhook URL (kind webhook).
+	Url *string `json:"url,omitempty"`
+}
+
+// EventEndpointCreateKind defines model for EventEndpointCreate.Kind.
+type EventEndpointCreateKind string
+
+// EventEndpointPage defines model for EventEndpointPage.
+type EventEndpointPage struct {
+	Items      []EventEndpoint `json:"items"`
+	NextCursor *string         `json:"next_cursor,omitempty"`
+}
+
+// EventEndpointUpdate defines model for EventEndpointUpdate.
+type EventEndpointUpdate struct {
+	Enabled *bool                                 `json:"enabled,omitempty"`
+	FleetId nullable.Nullable[openapi_types.UUID] `json:"fleet_id,omitempty"`
+	Kafka   *KafkaSink                            `json:"kafka,omitempty"`
+	Name    *Name                                 `json:"name,omitempty"`
+	Types   *[]string                             `json:"types,omitempty"`
+	Url     *string                               `json:"url,omitempty"`
+}
+
+// EventTypeList defines model for EventTypeList.
+type EventTypeList struct {
+	Items []struct {
+		// OrderedBy Events of one device (or rollout) reach an endpoint in order.
+		OrderedBy *EventTypeListItemsOrderedBy `json:"ordered_by,omitempty"`
+
+		// Schema JSON Schema of the event's `data`.
+		Schema  map[string]interface{} `json:"schema"`
+		Summary string                 `json:"summary"`
+
+		// Type Example: io.flock.device.online
+		Type string `json:"type"`
+	} `json:"items"`
+}
+
+// EventTypeListItemsOrderedBy Events of one device (or rollout) reach an endpoint in order.
+type EventTypeListItemsOrderedBy string
+
 // FieldError One invalid part of a request.
 type FieldError struct {
 	// Detail Why the value is invalid.
@@ -1482,6 +1702,21 @@ type JWKS_Keys_Item struct {
 	X                    *string                `json:"x,omitempty"`
 	AdditionalProperties map[string]interface{} `json:"-"`
 }
+
+// KafkaSink defines model for KafkaSink.
+type KafkaSink struct {
+	Brokers []string `json:"brokers"`
+
+	// Password Stored encrypted; never returned.
+	Password      *string                 `json:"password,omitempty"`
+	SaslMechanism *KafkaSinkSaslMechanism `json:"sasl_mechanism,omitempty"`
+	Tls           *bool                   `json:"tls,omitempty"`
+	Topic         string                  `json:"topic"`
+	Username      *string                 `json:"username,omitempty"`
+}
+
+// KafkaSinkSaslMechanism defines model for KafkaSink.SaslMechanism.
+type KafkaSinkSaslMechanism string
 
 // LogLine defines model for LogLine.
 type LogLine struct {
@@ -1913,6 +2148,18 @@ type ReleaseUpdate struct {
 // ReleaseUpdateStatus defines model for ReleaseUpdate.Status.
 type ReleaseUpdateStatus string
 
+// ReplayRequest defines model for ReplayRequest.
+type ReplayRequest struct {
+	DeliveryId *openapi_types.UUID `json:"delivery_id,omitempty"`
+	Since      *time.Time          `json:"since,omitempty"`
+}
+
+// ReplayResult defines model for ReplayResult.
+type ReplayResult struct {
+	// Queued Deliveries queued.
+	Queued int `json:"queued"`
+}
+
 // ReportedState What a device says it runs. The same schema as `ReportedState` in the
 // AsyncAPI document (`asyncapi/flock.yaml`, channel
 // `flock/v1/devices/{deviceId}/state`): a device reports over HTTP
@@ -2172,6 +2419,12 @@ type RolloutRamp struct {
 // release), aborted, rolled_back (aborted, and every touched device put back
 // on its previous release), canceled (stopped before it started).
 type RolloutState string
+
+// SecretRotation defines model for SecretRotation.
+type SecretRotation struct {
+	// OverlapSeconds How long the previous secret keeps signing.
+	OverlapSeconds *int `json:"overlap_seconds,omitempty"`
+}
 
 // ServiceImage defines model for ServiceImage.
 type ServiceImage struct {
@@ -2529,6 +2782,9 @@ type DeviceGroupId = openapi_types.UUID
 // DeviceId defines model for DeviceId.
 type DeviceId = openapi_types.UUID
 
+// EventEndpointId defines model for EventEndpointId.
+type EventEndpointId = openapi_types.UUID
+
 // FleetId defines model for FleetId.
 type FleetId = openapi_types.UUID
 
@@ -2881,6 +3137,42 @@ type DeviceVariableUpdateParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// EventEndpointDeleteParams defines parameters for EventEndpointDelete.
+type EventEndpointDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// EventEndpointUpdateParams defines parameters for EventEndpointUpdate.
+type EventEndpointUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// EventDeliveryAttemptListParams defines parameters for EventDeliveryAttemptList.
+type EventDeliveryAttemptListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// EventEndpointReplayParams defines parameters for EventEndpointReplay.
+type EventEndpointReplayParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // FleetDeleteParams defines parameters for FleetDelete.
 type FleetDeleteParams struct {
 	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
@@ -3117,6 +3409,15 @@ type AuditEventListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// OrgCloudeventsWebsocketParams defines parameters for OrgCloudeventsWebsocket.
+type OrgCloudeventsWebsocketParams struct {
+	// After The `sequence` of the last event received.
+	After *int64 `form:"after,omitempty" json:"after,omitempty"`
+
+	// Types Only these event types (comma-separated).
+	Types *[]string `form:"types,omitempty" json:"types,omitempty"`
+}
+
 // DeviceGroupListParams defines parameters for DeviceGroupList.
 type DeviceGroupListParams struct {
 	// Limit The most items to return in one page.
@@ -3151,6 +3452,15 @@ type DeviceListParams struct {
 	// DeviceGroupId Only devices of this saved device group.
 	DeviceGroupId *openapi_types.UUID `form:"device_group_id,omitempty" json:"device_group_id,omitempty"`
 
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// EventEndpointListParams defines parameters for EventEndpointList.
+type EventEndpointListParams struct {
 	// Limit The most items to return in one page.
 	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
 
@@ -3391,6 +3701,15 @@ type DeviceVariableCreateJSONRequestBody = VariableCreate
 // DeviceVariableUpdateJSONRequestBody defines body for DeviceVariableUpdate for application/json ContentType.
 type DeviceVariableUpdateJSONRequestBody = VariableUpdate
 
+// EventEndpointUpdateJSONRequestBody defines body for EventEndpointUpdate for application/json ContentType.
+type EventEndpointUpdateJSONRequestBody = EventEndpointUpdate
+
+// EventEndpointReplayJSONRequestBody defines body for EventEndpointReplay for application/json ContentType.
+type EventEndpointReplayJSONRequestBody = ReplayRequest
+
+// EventEndpointRotateSecretJSONRequestBody defines body for EventEndpointRotateSecret for application/json ContentType.
+type EventEndpointRotateSecretJSONRequestBody = SecretRotation
+
 // FleetUpdateJSONRequestBody defines body for FleetUpdate for application/json ContentType.
 type FleetUpdateJSONRequestBody = FleetUpdate
 
@@ -3420,6 +3739,9 @@ type ApiKeyCreateJSONRequestBody = ApiKeyCreate
 
 // DeviceGroupCreateJSONRequestBody defines body for DeviceGroupCreate for application/json ContentType.
 type DeviceGroupCreateJSONRequestBody = DeviceGroupCreate
+
+// EventEndpointCreateJSONRequestBody defines body for EventEndpointCreate for application/json ContentType.
+type EventEndpointCreateJSONRequestBody = EventEndpointCreate
 
 // FleetCreateJSONRequestBody defines body for FleetCreate for application/json ContentType.
 type FleetCreateJSONRequestBody = FleetCreate
@@ -3694,6 +4016,30 @@ type ServerInterface interface {
 	// DeviceVariableUpdate Change a device variable's value
 	// (PATCH /v1/devices/{deviceId}/variables/{variableId})
 	DeviceVariableUpdate(w http.ResponseWriter, r *http.Request, deviceId DeviceId, variableId VariableId, params DeviceVariableUpdateParams)
+	// EventEndpointDelete Delete an event endpoint and its delivery log
+	// (DELETE /v1/event-endpoints/{endpointId})
+	EventEndpointDelete(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId, params EventEndpointDeleteParams)
+	// EventEndpointGet An event endpoint
+	// (GET /v1/event-endpoints/{endpointId})
+	EventEndpointGet(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId)
+	// EventEndpointUpdate Change an event endpoint, or enable it again
+	// (PATCH /v1/event-endpoints/{endpointId})
+	EventEndpointUpdate(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId, params EventEndpointUpdateParams)
+	// EventDeliveryAttemptList The delivery log of an endpoint
+	// (GET /v1/event-endpoints/{endpointId}/attempts)
+	EventDeliveryAttemptList(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId, params EventDeliveryAttemptListParams)
+	// EventEndpointReplay Deliver again one delivery, or every event since a time
+	// (POST /v1/event-endpoints/{endpointId}/replay)
+	EventEndpointReplay(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId, params EventEndpointReplayParams)
+	// EventEndpointRotateSecret Rotate a webhook's signing secret
+	// (POST /v1/event-endpoints/{endpointId}/rotate-secret)
+	EventEndpointRotateSecret(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId)
+	// EventEndpointTest Send a test event now
+	// (POST /v1/event-endpoints/{endpointId}/test)
+	EventEndpointTest(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId)
+	// EventTypeList The catalogue of event types
+	// (GET /v1/event-types)
+	EventTypeList(w http.ResponseWriter, r *http.Request)
 	// FleetDelete Delete a fleet
 	// (DELETE /v1/fleets/{fleetId})
 	FleetDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetDeleteParams)
@@ -3781,6 +4127,9 @@ type ServerInterface interface {
 	// AuditEventList The audit log of an organisation
 	// (GET /v1/orgs/{orgId}/audit-events)
 	AuditEventList(w http.ResponseWriter, r *http.Request, orgId OrgId, params AuditEventListParams)
+	// OrgCloudeventsWebsocket The organisation's events as a WebSocket feed with a durable cursor
+	// (GET /v1/orgs/{orgId}/cloudevents/ws)
+	OrgCloudeventsWebsocket(w http.ResponseWriter, r *http.Request, orgId OrgId, params OrgCloudeventsWebsocketParams)
 	// DeviceGroupList Device groups of an organisation
 	// (GET /v1/orgs/{orgId}/device-groups)
 	DeviceGroupList(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceGroupListParams)
@@ -3790,6 +4139,12 @@ type ServerInterface interface {
 	// DeviceList Devices of an organisation
 	// (GET /v1/orgs/{orgId}/devices)
 	DeviceList(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceListParams)
+	// EventEndpointList The organisation's event endpoints
+	// (GET /v1/orgs/{orgId}/event-endpoints)
+	EventEndpointList(w http.ResponseWriter, r *http.Request, orgId OrgId, params EventEndpointListParams)
+	// EventEndpointCreate Subscribe a webhook URL or a Kafka cluster to the organisation's events
+	// (POST /v1/orgs/{orgId}/event-endpoints)
+	EventEndpointCreate(w http.ResponseWriter, r *http.Request, orgId OrgId)
 	// OrgEventsStream Live events of an organisation (Server-Sent Events)
 	// (GET /v1/orgs/{orgId}/events)
 	OrgEventsStream(w http.ResponseWriter, r *http.Request, orgId OrgId, params OrgEventsStreamParams)
@@ -4099,6 +4454,54 @@ func (_ Unimplemented) DeviceVariableUpdate(w http.ResponseWriter, r *http.Reque
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// EventEndpointDelete Delete an event endpoint and its delivery log
+// (DELETE /v1/event-endpoints/{endpointId})
+func (_ Unimplemented) EventEndpointDelete(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId, params EventEndpointDeleteParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// EventEndpointGet An event endpoint
+// (GET /v1/event-endpoints/{endpointId})
+func (_ Unimplemented) EventEndpointGet(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// EventEndpointUpdate Change an event endpoint, or enable it again
+// (PATCH /v1/event-endpoints/{endpointId})
+func (_ Unimplemented) EventEndpointUpdate(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId, params EventEndpointUpdateParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// EventDeliveryAttemptList The delivery log of an endpoint
+// (GET /v1/event-endpoints/{endpointId}/attempts)
+func (_ Unimplemented) EventDeliveryAttemptList(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId, params EventDeliveryAttemptListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// EventEndpointReplay Deliver again one delivery, or every event since a time
+// (POST /v1/event-endpoints/{endpointId}/replay)
+func (_ Unimplemented) EventEndpointReplay(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId, params EventEndpointReplayParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// EventEndpointRotateSecret Rotate a webhook's signing secret
+// (POST /v1/event-endpoints/{endpointId}/rotate-secret)
+func (_ Unimplemented) EventEndpointRotateSecret(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// EventEndpointTest Send a test event now
+// (POST /v1/event-endpoints/{endpointId}/test)
+func (_ Unimplemented) EventEndpointTest(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// EventTypeList The catalogue of event types
+// (GET /v1/event-types)
+func (_ Unimplemented) EventTypeList(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // FleetDelete Delete a fleet
 // (DELETE /v1/fleets/{fleetId})
 func (_ Unimplemented) FleetDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetDeleteParams) {
@@ -4273,6 +4676,12 @@ func (_ Unimplemented) AuditEventList(w http.ResponseWriter, r *http.Request, or
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
+// OrgCloudeventsWebsocket The organisation's events as a WebSocket feed with a durable cursor
+// (GET /v1/orgs/{orgId}/cloudevents/ws)
+func (_ Unimplemented) OrgCloudeventsWebsocket(w http.ResponseWriter, r *http.Request, orgId OrgId, params OrgCloudeventsWebsocketParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
 // DeviceGroupList Device groups of an organisation
 // (GET /v1/orgs/{orgId}/device-groups)
 func (_ Unimplemented) DeviceGroupList(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceGroupListParams) {
@@ -4288,6 +4697,18 @@ func (_ Unimplemented) DeviceGroupCreate(w http.ResponseWriter, r *http.Request,
 // DeviceList Devices of an organisation
 // (GET /v1/orgs/{orgId}/devices)
 func (_ Unimplemented) DeviceList(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// EventEndpointList The organisation's event endpoints
+// (GET /v1/orgs/{orgId}/event-endpoints)
+func (_ Unimplemented) EventEndpointList(w http.ResponseWriter, r *http.Request, orgId OrgId, params EventEndpointListParams) {
+	w.WriteHeader(http.StatusNotImplemented)
+}
+
+// EventEndpointCreate Subscribe a webhook URL or a Kafka cluster to the organisation's events
+// (POST /v1/orgs/{orgId}/event-endpoints)
+func (_ Unimplemented) EventEndpointCreate(w http.ResponseWriter, r *http.Request, orgId OrgId) {
 	w.WriteHeader(http.StatusNotImplemented)
 }
 
@@ -6301,6 +6722,303 @@ func (siw *ServerInterfaceWrapper) DeviceVariableUpdate(w http.ResponseWriter, r
 	handler.ServeHTTP(w, r)
 }
 
+// EventEndpointDelete operation middleware
+func (siw *ServerInterfaceWrapper) EventEndpointDelete(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "endpointId" -------------
+	var endpointId EventEndpointId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "endpointId", chi.URLParam(r, "endpointId"), &endpointId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "endpointId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params EventEndpointDeleteParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.EventEndpointDelete(w, r, endpointId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// EventEndpointGet operation middleware
+func (siw *ServerInterfaceWrapper) EventEndpointGet(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "endpointId" -------------
+	var endpointId EventEndpointId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "endpointId", chi.URLParam(r, "endpointId"), &endpointId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "endpointId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.EventEndpointGet(w, r, endpointId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// EventEndpointUpdate operation middleware
+func (siw *ServerInterfaceWrapper) EventEndpointUpdate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "endpointId" -------------
+	var endpointId EventEndpointId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "endpointId", chi.URLParam(r, "endpointId"), &endpointId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "endpointId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params EventEndpointUpdateParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.EventEndpointUpdate(w, r, endpointId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// EventDeliveryAttemptList operation middleware
+func (siw *ServerInterfaceWrapper) EventDeliveryAttemptList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "endpointId" -------------
+	var endpointId EventEndpointId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "endpointId", chi.URLParam(r, "endpointId"), &endpointId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "endpointId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params EventDeliveryAttemptListParams
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.EventDeliveryAttemptList(w, r, endpointId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// EventEndpointReplay operation middleware
+func (siw *ServerInterfaceWrapper) EventEndpointReplay(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "endpointId" -------------
+	var endpointId EventEndpointId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "endpointId", chi.URLParam(r, "endpointId"), &endpointId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "endpointId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params EventEndpointReplayParams
+
+	headers := r.Header
+
+	// ------------- Optional header parameter "Idempotency-Key" -------------
+	if valueList, found := headers[http.CanonicalHeaderKey("Idempotency-Key")]; found {
+		var IdempotencyKey IdempotencyKey
+		n := len(valueList)
+		if n != 1 {
+			siw.ErrorHandlerFunc(w, r, &TooManyValuesForParamError{ParamName: "Idempotency-Key", Count: n})
+			return
+		}
+
+		err = runtime.BindStyledParameterWithOptions("simple", "Idempotency-Key", valueList[0], &IdempotencyKey, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: false, Type: "string", Format: ""})
+		if err != nil {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "Idempotency-Key", Err: err})
+			return
+		}
+
+		params.IdempotencyKey = &IdempotencyKey
+
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.EventEndpointReplay(w, r, endpointId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// EventEndpointRotateSecret operation middleware
+func (siw *ServerInterfaceWrapper) EventEndpointRotateSecret(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "endpointId" -------------
+	var endpointId EventEndpointId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "endpointId", chi.URLParam(r, "endpointId"), &endpointId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "endpointId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.EventEndpointRotateSecret(w, r, endpointId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// EventEndpointTest operation middleware
+func (siw *ServerInterfaceWrapper) EventEndpointTest(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "endpointId" -------------
+	var endpointId EventEndpointId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "endpointId", chi.URLParam(r, "endpointId"), &endpointId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "endpointId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.EventEndpointTest(w, r, endpointId)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// EventTypeList operation middleware
+func (siw *ServerInterfaceWrapper) EventTypeList(w http.ResponseWriter, r *http.Request) {
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.EventTypeList(w, r)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // FleetDelete operation middleware
 func (siw *ServerInterfaceWrapper) FleetDelete(w http.ResponseWriter, r *http.Request) {
 
@@ -7754,6 +8472,61 @@ func (siw *ServerInterfaceWrapper) AuditEventList(w http.ResponseWriter, r *http
 	handler.ServeHTTP(w, r)
 }
 
+// OrgCloudeventsWebsocket operation middleware
+func (siw *ServerInterfaceWrapper) OrgCloudeventsWebsocket(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params OrgCloudeventsWebsocketParams
+
+	// ------------- Optional query parameter "after" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "after", r.URL.Query(), &params.After, runtime.BindQueryParameterOptions{Type: "integer", Format: "int64"})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "after"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "after", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "types" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", false, false, "types", r.URL.Query(), &params.Types, runtime.BindQueryParameterOptions{Type: "array", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "types"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "types", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.OrgCloudeventsWebsocket(w, r, orgId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
 // DeviceGroupList operation middleware
 func (siw *ServerInterfaceWrapper) DeviceGroupList(w http.ResponseWriter, r *http.Request) {
 
@@ -7996,6 +8769,87 @@ func (siw *ServerInterfaceWrapper) DeviceList(w http.ResponseWriter, r *http.Req
 
 	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		siw.Handler.DeviceList(w, r, orgId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// EventEndpointList operation middleware
+func (siw *ServerInterfaceWrapper) EventEndpointList(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	// Parameter object where we will unmarshal all parameters from the context
+	var params EventEndpointListParams
+
+	// ------------- Optional query parameter "limit" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "limit", r.URL.Query(), &params.Limit, runtime.BindQueryParameterOptions{Type: "integer", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "limit"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "limit", Err: err})
+		}
+		return
+	}
+
+	// ------------- Optional query parameter "cursor" -------------
+
+	err = runtime.BindQueryParameterWithOptions("form", true, false, "cursor", r.URL.Query(), &params.Cursor, runtime.BindQueryParameterOptions{Type: "string", Format: ""})
+	if err != nil {
+		var requiredError *runtime.RequiredParameterError
+		if errors.As(err, &requiredError) {
+			siw.ErrorHandlerFunc(w, r, &RequiredParamError{ParamName: "cursor"})
+		} else {
+			siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "cursor", Err: err})
+		}
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.EventEndpointList(w, r, orgId, params)
+	}))
+
+	for _, middleware := range siw.HandlerMiddlewares {
+		handler = middleware(handler)
+	}
+
+	handler.ServeHTTP(w, r)
+}
+
+// EventEndpointCreate operation middleware
+func (siw *ServerInterfaceWrapper) EventEndpointCreate(w http.ResponseWriter, r *http.Request) {
+
+	var err error
+	_ = err
+
+	// ------------- Path parameter "orgId" -------------
+	var orgId OrgId
+
+	err = runtime.BindStyledParameterWithOptions("simple", "orgId", chi.URLParam(r, "orgId"), &orgId, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationPath, Explode: false, Required: true, Type: "string", Format: "uuid", ValueIsUnescaped: r.URL.RawPath == ""})
+	if err != nil {
+		siw.ErrorHandlerFunc(w, r, &InvalidParamFormatError{ParamName: "orgId", Err: err})
+		return
+	}
+
+	handler := http.Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		siw.Handler.EventEndpointCreate(w, r, orgId)
 	}))
 
 	for _, middleware := range siw.HandlerMiddlewares {
@@ -9535,6 +10389,39 @@ func HandlerWithOptions(si ServerInterface, options ChiServerOptions) http.Handl
 	})
 	r.Group(func(r chi.Router) {
 		r.Get(options.BaseURL+"/v1/commands/{commandId}", wrapper.CommandGet)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/event-types", wrapper.EventTypeList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/orgs/{orgId}/event-endpoints", wrapper.EventEndpointList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/orgs/{orgId}/event-endpoints", wrapper.EventEndpointCreate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Delete(options.BaseURL+"/v1/event-endpoints/{endpointId}", wrapper.EventEndpointDelete)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/event-endpoints/{endpointId}", wrapper.EventEndpointGet)
+	})
+	r.Group(func(r chi.Router) {
+		r.Patch(options.BaseURL+"/v1/event-endpoints/{endpointId}", wrapper.EventEndpointUpdate)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/event-endpoints/{endpointId}/rotate-secret", wrapper.EventEndpointRotateSecret)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/event-endpoints/{endpointId}/test", wrapper.EventEndpointTest)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/event-endpoints/{endpointId}/attempts", wrapper.EventDeliveryAttemptList)
+	})
+	r.Group(func(r chi.Router) {
+		r.Post(options.BaseURL+"/v1/event-endpoints/{endpointId}/replay", wrapper.EventEndpointReplay)
+	})
+	r.Group(func(r chi.Router) {
+		r.Get(options.BaseURL+"/v1/orgs/{orgId}/cloudevents/ws", wrapper.OrgCloudeventsWebsocket)
 	})
 	r.Group(func(r chi.Router) {
 		r.Post(options.BaseURL+"/device/v1/register", wrapper.DeviceRegister)
@@ -11332,6 +12219,318 @@ func (response DeviceVariableUpdatedefaultApplicationProblemPlusJSONResponse) Vi
 	return err
 }
 
+type EventEndpointDeleteRequestObject struct {
+	EndpointId EventEndpointId `json:"endpointId"`
+	Params     EventEndpointDeleteParams
+}
+
+type EventEndpointDeleteResponseObject interface {
+	VisitEventEndpointDeleteResponse(w http.ResponseWriter) error
+}
+
+type EventEndpointDelete204Response struct {
+}
+
+func (response EventEndpointDelete204Response) VisitEventEndpointDeleteResponse(w http.ResponseWriter) error {
+	w.WriteHeader(204)
+	return nil
+}
+
+type EventEndpointDeletedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response EventEndpointDeletedefaultApplicationProblemPlusJSONResponse) VisitEventEndpointDeleteResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventEndpointGetRequestObject struct {
+	EndpointId EventEndpointId `json:"endpointId"`
+}
+
+type EventEndpointGetResponseObject interface {
+	VisitEventEndpointGetResponse(w http.ResponseWriter) error
+}
+
+type EventEndpointGet200JSONResponse EventEndpoint
+
+func (response EventEndpointGet200JSONResponse) VisitEventEndpointGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventEndpointGetdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response EventEndpointGetdefaultApplicationProblemPlusJSONResponse) VisitEventEndpointGetResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventEndpointUpdateRequestObject struct {
+	EndpointId EventEndpointId `json:"endpointId"`
+	Params     EventEndpointUpdateParams
+	Body       *EventEndpointUpdateJSONRequestBody
+}
+
+type EventEndpointUpdateResponseObject interface {
+	VisitEventEndpointUpdateResponse(w http.ResponseWriter) error
+}
+
+type EventEndpointUpdate200JSONResponse EventEndpoint
+
+func (response EventEndpointUpdate200JSONResponse) VisitEventEndpointUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventEndpointUpdatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response EventEndpointUpdatedefaultApplicationProblemPlusJSONResponse) VisitEventEndpointUpdateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventDeliveryAttemptListRequestObject struct {
+	EndpointId EventEndpointId `json:"endpointId"`
+	Params     EventDeliveryAttemptListParams
+}
+
+type EventDeliveryAttemptListResponseObject interface {
+	VisitEventDeliveryAttemptListResponse(w http.ResponseWriter) error
+}
+
+type EventDeliveryAttemptList200JSONResponse DeliveryAttemptPage
+
+func (response EventDeliveryAttemptList200JSONResponse) VisitEventDeliveryAttemptListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventDeliveryAttemptListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response EventDeliveryAttemptListdefaultApplicationProblemPlusJSONResponse) VisitEventDeliveryAttemptListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventEndpointReplayRequestObject struct {
+	EndpointId EventEndpointId `json:"endpointId"`
+	Params     EventEndpointReplayParams
+	Body       *EventEndpointReplayJSONRequestBody
+}
+
+type EventEndpointReplayResponseObject interface {
+	VisitEventEndpointReplayResponse(w http.ResponseWriter) error
+}
+
+type EventEndpointReplay202JSONResponse ReplayResult
+
+func (response EventEndpointReplay202JSONResponse) VisitEventEndpointReplayResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(202)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventEndpointReplaydefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response EventEndpointReplaydefaultApplicationProblemPlusJSONResponse) VisitEventEndpointReplayResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventEndpointRotateSecretRequestObject struct {
+	EndpointId EventEndpointId `json:"endpointId"`
+	Body       *EventEndpointRotateSecretJSONRequestBody
+}
+
+type EventEndpointRotateSecretResponseObject interface {
+	VisitEventEndpointRotateSecretResponse(w http.ResponseWriter) error
+}
+
+type EventEndpointRotateSecret200JSONResponse EventEndpoint
+
+func (response EventEndpointRotateSecret200JSONResponse) VisitEventEndpointRotateSecretResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventEndpointRotateSecretdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response EventEndpointRotateSecretdefaultApplicationProblemPlusJSONResponse) VisitEventEndpointRotateSecretResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventEndpointTestRequestObject struct {
+	EndpointId EventEndpointId `json:"endpointId"`
+}
+
+type EventEndpointTestResponseObject interface {
+	VisitEventEndpointTestResponse(w http.ResponseWriter) error
+}
+
+type EventEndpointTest200JSONResponse DeliveryAttempt
+
+func (response EventEndpointTest200JSONResponse) VisitEventEndpointTestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventEndpointTestdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response EventEndpointTestdefaultApplicationProblemPlusJSONResponse) VisitEventEndpointTestResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventTypeListRequestObject struct {
+}
+
+type EventTypeListResponseObject interface {
+	VisitEventTypeListResponse(w http.ResponseWriter) error
+}
+
+type EventTypeList200JSONResponse EventTypeList
+
+func (response EventTypeList200JSONResponse) VisitEventTypeListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventTypeListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response EventTypeListdefaultApplicationProblemPlusJSONResponse) VisitEventTypeListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type FleetDeleteRequestObject struct {
 	FleetId FleetId `json:"fleetId"`
 	Params  FleetDeleteParams
@@ -12528,6 +13727,40 @@ func (response AuditEventListdefaultApplicationProblemPlusJSONResponse) VisitAud
 	return err
 }
 
+type OrgCloudeventsWebsocketRequestObject struct {
+	OrgId  OrgId `json:"orgId"`
+	Params OrgCloudeventsWebsocketParams
+}
+
+type OrgCloudeventsWebsocketResponseObject interface {
+	VisitOrgCloudeventsWebsocketResponse(w http.ResponseWriter) error
+}
+
+type OrgCloudeventsWebsocket101Response struct {
+}
+
+func (response OrgCloudeventsWebsocket101Response) VisitOrgCloudeventsWebsocketResponse(w http.ResponseWriter) error {
+	w.WriteHeader(101)
+	return nil
+}
+
+type OrgCloudeventsWebsocketdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response OrgCloudeventsWebsocketdefaultApplicationProblemPlusJSONResponse) VisitOrgCloudeventsWebsocketResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
 type DeviceGroupListRequestObject struct {
 	OrgId  OrgId `json:"orgId"`
 	Params DeviceGroupListParams
@@ -12652,6 +13885,86 @@ type DeviceListdefaultApplicationProblemPlusJSONResponse struct {
 }
 
 func (response DeviceListdefaultApplicationProblemPlusJSONResponse) VisitDeviceListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventEndpointListRequestObject struct {
+	OrgId  OrgId `json:"orgId"`
+	Params EventEndpointListParams
+}
+
+type EventEndpointListResponseObject interface {
+	VisitEventEndpointListResponse(w http.ResponseWriter) error
+}
+
+type EventEndpointList200JSONResponse EventEndpointPage
+
+func (response EventEndpointList200JSONResponse) VisitEventEndpointListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(200)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventEndpointListdefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response EventEndpointListdefaultApplicationProblemPlusJSONResponse) VisitEventEndpointListResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(response.StatusCode)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventEndpointCreateRequestObject struct {
+	OrgId OrgId `json:"orgId"`
+	Body  *EventEndpointCreateJSONRequestBody
+}
+
+type EventEndpointCreateResponseObject interface {
+	VisitEventEndpointCreateResponse(w http.ResponseWriter) error
+}
+
+type EventEndpointCreate201JSONResponse EventEndpoint
+
+func (response EventEndpointCreate201JSONResponse) VisitEventEndpointCreateResponse(w http.ResponseWriter) error {
+
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(response); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(201)
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+type EventEndpointCreatedefaultApplicationProblemPlusJSONResponse struct {
+	Body       Problem
+	StatusCode int
+}
+
+func (response EventEndpointCreatedefaultApplicationProblemPlusJSONResponse) VisitEventEndpointCreateResponse(w http.ResponseWriter) error {
 
 	var buf bytes.Buffer
 	if err := json.NewEncoder(&buf).Encode(response.Body); err != nil {
@@ -13842,6 +15155,30 @@ type StrictServerInterface interface {
 	// DeviceVariableUpdate Change a device variable's value
 	// (PATCH /v1/devices/{deviceId}/variables/{variableId})
 	DeviceVariableUpdate(ctx context.Context, request DeviceVariableUpdateRequestObject) (DeviceVariableUpdateResponseObject, error)
+	// EventEndpointDelete Delete an event endpoint and its delivery log
+	// (DELETE /v1/event-endpoints/{endpointId})
+	EventEndpointDelete(ctx context.Context, request EventEndpointDeleteRequestObject) (EventEndpointDeleteResponseObject, error)
+	// EventEndpointGet An event endpoint
+	// (GET /v1/event-endpoints/{endpointId})
+	EventEndpointGet(ctx context.Context, request EventEndpointGetRequestObject) (EventEndpointGetResponseObject, error)
+	// EventEndpointUpdate Change an event endpoint, or enable it again
+	// (PATCH /v1/event-endpoints/{endpointId})
+	EventEndpointUpdate(ctx context.Context, request EventEndpointUpdateRequestObject) (EventEndpointUpdateResponseObject, error)
+	// EventDeliveryAttemptList The delivery log of an endpoint
+	// (GET /v1/event-endpoints/{endpointId}/attempts)
+	EventDeliveryAttemptList(ctx context.Context, request EventDeliveryAttemptListRequestObject) (EventDeliveryAttemptListResponseObject, error)
+	// EventEndpointReplay Deliver again one delivery, or every event since a time
+	// (POST /v1/event-endpoints/{endpointId}/replay)
+	EventEndpointReplay(ctx context.Context, request EventEndpointReplayRequestObject) (EventEndpointReplayResponseObject, error)
+	// EventEndpointRotateSecret Rotate a webhook's signing secret
+	// (POST /v1/event-endpoints/{endpointId}/rotate-secret)
+	EventEndpointRotateSecret(ctx context.Context, request EventEndpointRotateSecretRequestObject) (EventEndpointRotateSecretResponseObject, error)
+	// EventEndpointTest Send a test event now
+	// (POST /v1/event-endpoints/{endpointId}/test)
+	EventEndpointTest(ctx context.Context, request EventEndpointTestRequestObject) (EventEndpointTestResponseObject, error)
+	// EventTypeList The catalogue of event types
+	// (GET /v1/event-types)
+	EventTypeList(ctx context.Context, request EventTypeListRequestObject) (EventTypeListResponseObject, error)
 	// FleetDelete Delete a fleet
 	// (DELETE /v1/fleets/{fleetId})
 	FleetDelete(ctx context.Context, request FleetDeleteRequestObject) (FleetDeleteResponseObject, error)
@@ -13929,6 +15266,9 @@ type StrictServerInterface interface {
 	// AuditEventList The audit log of an organisation
 	// (GET /v1/orgs/{orgId}/audit-events)
 	AuditEventList(ctx context.Context, request AuditEventListRequestObject) (AuditEventListResponseObject, error)
+	// OrgCloudeventsWebsocket The organisation's events as a WebSocket feed with a durable cursor
+	// (GET /v1/orgs/{orgId}/cloudevents/ws)
+	OrgCloudeventsWebsocket(ctx context.Context, request OrgCloudeventsWebsocketRequestObject) (OrgCloudeventsWebsocketResponseObject, error)
 	// DeviceGroupList Device groups of an organisation
 	// (GET /v1/orgs/{orgId}/device-groups)
 	DeviceGroupList(ctx context.Context, request DeviceGroupListRequestObject) (DeviceGroupListResponseObject, error)
@@ -13938,6 +15278,12 @@ type StrictServerInterface interface {
 	// DeviceList Devices of an organisation
 	// (GET /v1/orgs/{orgId}/devices)
 	DeviceList(ctx context.Context, request DeviceListRequestObject) (DeviceListResponseObject, error)
+	// EventEndpointList The organisation's event endpoints
+	// (GET /v1/orgs/{orgId}/event-endpoints)
+	EventEndpointList(ctx context.Context, request EventEndpointListRequestObject) (EventEndpointListResponseObject, error)
+	// EventEndpointCreate Subscribe a webhook URL or a Kafka cluster to the organisation's events
+	// (POST /v1/orgs/{orgId}/event-endpoints)
+	EventEndpointCreate(ctx context.Context, request EventEndpointCreateRequestObject) (EventEndpointCreateResponseObject, error)
 	// OrgEventsStream Live events of an organisation (Server-Sent Events)
 	// (GET /v1/orgs/{orgId}/events)
 	OrgEventsStream(ctx context.Context, request OrgEventsStreamRequestObject) (OrgEventsStreamResponseObject, error)
@@ -15150,6 +16496,240 @@ func (sh *strictHandler) DeviceVariableUpdate(w http.ResponseWriter, r *http.Req
 	}
 }
 
+// EventEndpointDelete operation middleware
+func (sh *strictHandler) EventEndpointDelete(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId, params EventEndpointDeleteParams) {
+	var request EventEndpointDeleteRequestObject
+
+	request.EndpointId = endpointId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.EventEndpointDelete(ctx, request.(EventEndpointDeleteRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "EventEndpointDelete")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(EventEndpointDeleteResponseObject); ok {
+		if err := validResponse.VisitEventEndpointDeleteResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// EventEndpointGet operation middleware
+func (sh *strictHandler) EventEndpointGet(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId) {
+	var request EventEndpointGetRequestObject
+
+	request.EndpointId = endpointId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.EventEndpointGet(ctx, request.(EventEndpointGetRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "EventEndpointGet")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(EventEndpointGetResponseObject); ok {
+		if err := validResponse.VisitEventEndpointGetResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// EventEndpointUpdate operation middleware
+func (sh *strictHandler) EventEndpointUpdate(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId, params EventEndpointUpdateParams) {
+	var request EventEndpointUpdateRequestObject
+
+	request.EndpointId = endpointId
+	request.Params = params
+
+	var body EventEndpointUpdateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.EventEndpointUpdate(ctx, request.(EventEndpointUpdateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "EventEndpointUpdate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(EventEndpointUpdateResponseObject); ok {
+		if err := validResponse.VisitEventEndpointUpdateResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// EventDeliveryAttemptList operation middleware
+func (sh *strictHandler) EventDeliveryAttemptList(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId, params EventDeliveryAttemptListParams) {
+	var request EventDeliveryAttemptListRequestObject
+
+	request.EndpointId = endpointId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.EventDeliveryAttemptList(ctx, request.(EventDeliveryAttemptListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "EventDeliveryAttemptList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(EventDeliveryAttemptListResponseObject); ok {
+		if err := validResponse.VisitEventDeliveryAttemptListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// EventEndpointReplay operation middleware
+func (sh *strictHandler) EventEndpointReplay(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId, params EventEndpointReplayParams) {
+	var request EventEndpointReplayRequestObject
+
+	request.EndpointId = endpointId
+	request.Params = params
+
+	var body EventEndpointReplayJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.EventEndpointReplay(ctx, request.(EventEndpointReplayRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "EventEndpointReplay")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(EventEndpointReplayResponseObject); ok {
+		if err := validResponse.VisitEventEndpointReplayResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// EventEndpointRotateSecret operation middleware
+func (sh *strictHandler) EventEndpointRotateSecret(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId) {
+	var request EventEndpointRotateSecretRequestObject
+
+	request.EndpointId = endpointId
+
+	var body EventEndpointRotateSecretJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		if !errors.Is(err, io.EOF) {
+			sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+			return
+		}
+	} else {
+		request.Body = &body
+	}
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.EventEndpointRotateSecret(ctx, request.(EventEndpointRotateSecretRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "EventEndpointRotateSecret")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(EventEndpointRotateSecretResponseObject); ok {
+		if err := validResponse.VisitEventEndpointRotateSecretResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// EventEndpointTest operation middleware
+func (sh *strictHandler) EventEndpointTest(w http.ResponseWriter, r *http.Request, endpointId EventEndpointId) {
+	var request EventEndpointTestRequestObject
+
+	request.EndpointId = endpointId
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.EventEndpointTest(ctx, request.(EventEndpointTestRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "EventEndpointTest")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(EventEndpointTestResponseObject); ok {
+		if err := validResponse.VisitEventEndpointTestResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// EventTypeList operation middleware
+func (sh *strictHandler) EventTypeList(w http.ResponseWriter, r *http.Request) {
+	var request EventTypeListRequestObject
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.EventTypeList(ctx, request.(EventTypeListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "EventTypeList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(EventTypeListResponseObject); ok {
+		if err := validResponse.VisitEventTypeListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // FleetDelete operation middleware
 func (sh *strictHandler) FleetDelete(w http.ResponseWriter, r *http.Request, fleetId FleetId, params FleetDeleteParams) {
 	var request FleetDeleteRequestObject
@@ -15992,6 +17572,33 @@ func (sh *strictHandler) AuditEventList(w http.ResponseWriter, r *http.Request, 
 	}
 }
 
+// OrgCloudeventsWebsocket operation middleware
+func (sh *strictHandler) OrgCloudeventsWebsocket(w http.ResponseWriter, r *http.Request, orgId OrgId, params OrgCloudeventsWebsocketParams) {
+	var request OrgCloudeventsWebsocketRequestObject
+
+	request.OrgId = orgId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.OrgCloudeventsWebsocket(ctx, request.(OrgCloudeventsWebsocketRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "OrgCloudeventsWebsocket")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(OrgCloudeventsWebsocketResponseObject); ok {
+		if err := validResponse.VisitOrgCloudeventsWebsocketResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
 // DeviceGroupList operation middleware
 func (sh *strictHandler) DeviceGroupList(w http.ResponseWriter, r *http.Request, orgId OrgId, params DeviceGroupListParams) {
 	var request DeviceGroupListRequestObject
@@ -16073,6 +17680,66 @@ func (sh *strictHandler) DeviceList(w http.ResponseWriter, r *http.Request, orgI
 		sh.options.ResponseErrorHandlerFunc(w, r, err)
 	} else if validResponse, ok := response.(DeviceListResponseObject); ok {
 		if err := validResponse.VisitDeviceListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// EventEndpointList operation middleware
+func (sh *strictHandler) EventEndpointList(w http.ResponseWriter, r *http.Request, orgId OrgId, params EventEndpointListParams) {
+	var request EventEndpointListRequestObject
+
+	request.OrgId = orgId
+	request.Params = params
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.EventEndpointList(ctx, request.(EventEndpointListRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "EventEndpointList")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(EventEndpointListResponseObject); ok {
+		if err := validResponse.VisitEventEndpointListResponse(w); err != nil {
+			sh.options.ResponseErrorHandlerFunc(w, r, err)
+		}
+	} else if response != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, fmt.Errorf("unexpected response type: %T", response))
+	}
+}
+
+// EventEndpointCreate operation middleware
+func (sh *strictHandler) EventEndpointCreate(w http.ResponseWriter, r *http.Request, orgId OrgId) {
+	var request EventEndpointCreateRequestObject
+
+	request.OrgId = orgId
+
+	var body EventEndpointCreateJSONRequestBody
+	if err := runtime.BindJSONBody(r, &body); err != nil {
+		sh.options.RequestErrorHandlerFunc(w, r, fmt.Errorf("can't decode JSON body: %w", err))
+		return
+	}
+	request.Body = &body
+
+	handler := func(ctx context.Context, w http.ResponseWriter, r *http.Request, request interface{}) (interface{}, error) {
+		return sh.ssi.EventEndpointCreate(ctx, request.(EventEndpointCreateRequestObject))
+	}
+	for _, middleware := range sh.middlewares {
+		handler = middleware(handler, "EventEndpointCreate")
+	}
+
+	response, err := handler(r.Context(), w, r, request)
+
+	if err != nil {
+		sh.options.ResponseErrorHandlerFunc(w, r, err)
+	} else if validResponse, ok := response.(EventEndpointCreateResponseObject); ok {
+		if err := validResponse.VisitEventEndpointCreateResponse(w); err != nil {
 			sh.options.ResponseErrorHandlerFunc(w, r, err)
 		}
 	} else if response != nil {
@@ -16740,480 +18407,530 @@ func (sh *strictHandler) VersionGet(w http.ResponseWriter, r *http.Request) {
 // const string: with thousands of chunks the chained `+` fold is several
 // times slower for the Go compiler than parsing a slice literal.
 var swaggerSpec = []string{
-	"7P17l9u2tTeOvxUs/fpbllJKoxmPnVizss6ZOk7rxoldX5rzPJEfERIxEjoUwBDgyGri9/5d2HsDJCVS",
-	"F8+Mk56VP9p4RBLXjY19/exfOjO9zLQSyprO6JdOxnO+FFbk8NdfCpkmzxP3z0SYWS4zK7XqjDpvF4JN",
-	"3cMHhslk0Ik60v2ccbvoRB3Fl6Iz6kzp66iTi58LmYukM7J5IaKOmS3Ekrtmr3S+5LYz6hSFdG/adeY+",
-	"NTaXat75+DHqPNXLJVeto5jh413jmIUWbjmSIjc6bx5GrMQHO5nBGzHTV8wuBMtycSN1YVjG5+KC6aW0",
-	"7Ern8OxK5sbCgzDqnwuRryvDxu6qY1zyDy+EmttFZ3Q2HDaN8RtxI2fir7kusrYVS+AVNnfv7Fq2pNbU",
-	"7ZYOh7V7RA8Mc9/vHM2tB/JtKoRtG8eVe7hrSa7o69uN4Xkilpm2Qs3W34n19lC+59fCMM5yYfM1M/xK",
-	"jCok43oWxrKVtAvG2bVYs7xQhnGVMGkNy4XJtDKCSTNW1yJDkjs7Zwtd5OYC2s0Et55IDV+KeqPhV9f2",
-	"XFgzVnbBbdkyn3OpWBdejsNsbP+1yFK+FsmIuUWJe9CcLqwboJJqPlZ2JWdiwN5We6CJJPLqSuRClTOU",
-	"hp2fnQ3Yd2JtGM8Fy0TOZjxNRT4YK79DC8ETkZd7VFndvlvetvPz6FHUWUrl/z6N3F5bkbs2/99P4/GH",
-	"s9P+ePzhy2fv//ynxm38TqzbCOny1XM3tV2kdA1f346QXnBjn90I1UjQr4UploLxKyscx5GGCfcqklIs",
-	"k8ClUm4sPmO5mAl5I5IBe3Yj8vVY4c/YhrQMyMAC7zfMWJmmbKHTxLitMu5NINHIvaJYKm8E00qYi7Fa",
-	"uR/8h0qzVKu5yOljo5eCBrNknMVznsU0IMPX7vmAfavzsXoj8huR99+4JzBvg5Nx69CHH/rPv4kZUgRL",
-	"tDAlLXenuV4ZkZuxMgKOCtPKTVgrJWa2d4FrFO4/tpLKMBj3VDsCzQWbyxuhKqS3wbDdQk5g3BPYsDa+",
-	"PdwkvJ07+zek70Y6a1iQHLcd1+CCGSFYXBtYPGg7ObVlvOX45VLa5jEvtTvaViwNs9rxuCJXTCpHKTuv",
-	"wxSarI4qEVe8SG1n9MiNiH+Qy2Lp/sDx4V/l6KSyYi5yHJ6e/wNa3xrhS5WuWSqVMGymleXS8S0kDSs+",
-	"2IjJudJummzGTetYf955a+9dPD13GytnomV8cGphjHBq4PDB+23jocdto3r88KBBveUy3R7Rj8TjYyPV",
-	"TMQRW+gVW3K19vxFiZXj5jhgqxkcv6m40rmgmRCfaBu9df02bvzpsLrzp8Pa1g8bt/5lPm/j2jqfcyUN",
-	"dz/tYt0amrgd636V6xtppHbkteMiySqvfY4b5bVIBTetglqOj3eNIg8t3HIkOk110Sqq5fh450hCC7cb",
-	"yRtH1y0nceUuxAXPMqFEwpxQlVdvXCuX7WcSmm0cSsKt6Ltvm8djc8GXb9eZMO38wQi6Qd33hnU5Kkp9",
-	"I9wNZ0XCUmncrUdnyb2dr+Ft9/lYGejlgWFmpjPBZjzPpTADup2dsBmLPHfKDk9X7pae6aXAu1F8yFKd",
-	"iM7oiqdGtJxpGH519nAluH/8KRdXnVHn/3dSaqYn+Jo5wbnDHeUWoPMRjv9z/PQrOPz0R8nEeJ7ztXvT",
-	"2HUKUrzOl+7vd8o2MbSGjQ3cas+eFtDiJ+zpOyPyNlIvjMh30XmB396OyP/Jc8mnaevJv6HnuwZyU7Zx",
-	"m8F8dB+jpgH08CrX01Qs3T/dlSwUCBY8y1I5A159kuEbf/6XceP9pdLXLlry7UKP9RlfKgbEHTHuFCv2",
-	"+tun7Mn5oy8Z9cQSPSuWQtkBLB616Dq8nNkmE8GPC82WPBGMs9mCK5RyslxnIrcSpymTAxYn6qR8KtKd",
-	"hCKWXKYRIztDqYrovOk6cXsH05SWrdxsUcB3lHrBYjezpEhFHoMWadbGimXEvk317No1uVKeE7Pw6qBp",
-	"2PjDLx2h3NX8ExBtJ+rwTE6uQUmrDo1+QpXfHSfotvO+iXBLOvsJn0YdWDhcp/ITPf2XmFk3lMtMktpd",
-	"34BZLhxjnHB76MGNwjfTdfuWsNVCM3oR1vZarN0a7d1q8SGTuTBHDehgKjJ2Upgw201qJW3NqeegHvLC",
-	"qXTWHTh3zwUVvWs1vLiUqrCiV5vWznEiy/hl+0GWiyv5ocU+AwaQ2YLnfGZFboIJQ8xy4dROzaxIUzds",
-	"w3jGczuA64gvM2T86fXk4dWT2RmfnjYNKtep2Mc1Xrt3NgkPFhmmRI2EeURVsmqnxqfwEvC1JJFuyjx9",
-	"VaFOuknrBFunjx1baKzODFvp/FqqecUOidYjUOpBWVbaMmz0+I2sqBOn20pOaVoZj9/c6dJXV33f+sLZ",
-	"4Gn68qoz+ml3X8QkPkabXAJprZk+3WpKa0R6FTGzcMxRO1lCKpQc/K12wbwFgpuxii8Lu9C5/DfcZSP2",
-	"F8FzkbNxMRw+nGFv8G8RD5DvsmshMkNNW8MW3Cy84NVE6clQnJ/PHk2/EsOrL/nj6aPZefJQnF1N/nG2",
-	"WEyXSfr8r6fp83909nFXmvn2Ir8Py/yKz8U2Yw2S3UEiXlj5LfmtYmJvYB2bRxL6aqSIfLaQVsxskTeI",
-	"9Zfs6at3jFfeidwGvnz6nGUpt+5QMJOJNJVqDtyFLjS+TB6fuxstX/r/3nxJ/33sLqWHX7n/5NLMbh6f",
-	"N9xlUeeySCRafbbXkHu5YufSwUuH3wKuA47zbtSH/ePniee0xPcjJgbzAYuXYjkV+QhZXFxntrVnjb3n",
-	"88mhAy2sUy+qAoQpZjNhnApxxWXqtrJpSWm81M/WY2O5LUzz7P/29u0rhi9Up87m2lYknGBaiDqW53Ph",
-	"u9puT1YW0egin4lasygWJhHzptJcMOlOuWiWpyQux4H6xdZlRW/SHkREX1WSqC1euQVh0RqPVqDgO+EE",
-	"5Xm4P24ALs6G81ZhAEeMuMpaGsY842om0gkt7CfKmsd8kxS4m5NlA5V/m+slK7JU88SJTkIltWtfKguc",
-	"bJvSQTfatxawsM/gzY9R50oqaRZHjh7cbYfyiEMlXz2fTNdWtJz6VM8fGGbkv4XTiaz4YA9cE9cumDhr",
-	"o9j9vrE6B+WhdThuXXNhjEiqI5PkS0n1lEEbEdOK+Ak43d1eikN3kyx2rYyLnldaX4KDspvk/Mqy1UKm",
-	"wgkzeaFM7yDFhszRh58roCVvE284V8hPdy0kkrlTwHhOy3jg8hjL82OPXXmv7J8Vvvox6tyI3NBdfAAD",
-	"D2ejtoGh67K5aIOXVZa/xlOqJFw9Jq1M85nnApuax5pxIhSdg1tHX4GgKpd8Lgxz9zUSZzvLPZbRzsDe",
-	"uDmUGEYxwQ5j1g0UDHYSCguh8Vyw2FiRxWAQMd4GKrJexOKsMAvfSsRipSfUSsy6Snvvtm+azXSRJvjX",
-	"WLk+qzODwyuXwrXr/qsLWx0Zy7ny3lG74AoHkogs1esl+GLTVK+M+5qIXqobnko/PWQpjAQMaVihcsET",
-	"Pk1FLxqr2BF2rngao8awfWEIS16eRs5pG11AIN64zX1g0FyQ6jn5eyp+HpLTwHjoD32LnahysktHWMMp",
-	"E1mLoYBLJ58z9wbw8XLjWZa7NXDql5di37x99oo9PHk0Yq/f/QDMLR7slaKA4sJ6tR6S50sShDZtzML7",
-	"7B7QwQCN3J2WKrXc7SmhJdgRziVylgswrKJZwP1oHXPv6hzfMEzaXqNImsi5MHbfmL7Btw6STYD1OtEE",
-	"pYffmXQim7cWr8xMG2l1vvZmVcdC3O2jIxajap+LuTQ2X7OFNqThn+ATnc+ZSYt57Ufg99s/ExF5C0HT",
-	"OH8uRHH8/fV57rwVl9Z9v7WKb4SXLHD4qBY1MVuuiHO6A234Gs69vnAL79iAwfiiGtMmFYtb4FZm/2Gv",
-	"HbqdGhDM74Wev5BK7NYqjj28KbXYIE39vL1+PxRO+65wPseagSNfuZN1esFmWhkxK6y8EUzR20vB3SLb",
-	"hVtEadhSGkN2jkMkpbagBQj3wofgl4ivUj27jkMspDeskEcBxtms9ZpP1HndGsHnUSUWAla0dRPvQoNF",
-	"5fKelddKrMjGWJsZ1Ldg+aVlwGOAMg9XTHyQxsLmw5UknQjEwXBBIl2EH8DjQStXPHKF8JJsWCapEvFh",
-	"Ul4sh9lu/RXzPmqTUxg0DC5wN1n0fVcPp7+USbHiaQoBYHAdDnb4L5qN07Qm7TvYYoaKkffFDPzKfgtE",
-	"jhej2ZatL1hM/DG+gCC8sYrBUCYSEIBxorgEeLU7ARjvpojMUajsXUnFUydlktg7Vl2uvKACP8FJdvxb",
-	"JORM8KPbEF9ZKb2OFYqvF/W+oL0ecAa0kJTi+sY7ZOcmGyAuj9OAcNLudPvZkmEQ/hEabbQRUoB5g0NQ",
-	"L7NUfA4zTd2NeJCJNxGpvBH5sfYgcKkealIRbRoeOYkpktxwmbCVU05WuVbzCMih1PLuxK95H6ag3brF",
-	"IdIMkU4pz3g39wEfYfxKk2pfblJNzSfvdlDwa7p7ZU1r5NTEc2gAt/I5SlULxHv4eDiMtkS4mVYJiiBe",
-	"13b8woR7n+iHdETpnY9w94eovsfD86/qIZ3DTxU+nCrBZ5ZpdcH8qrPpmuUCGOokyCi5uCoMPnPj1HYh",
-	"cj+qg4Mmb08N8P2OHbwLEcVzv/sTUuqHZGt/MqESdwl3SRfYoI4RBpaDyC4hJ4Aitt0NhIkIgs8WY+U4",
-	"B5ghfUi36UUscEm8TYjg+Oxa6VUqkrlIKOYdZB7bi8Yq3CAscLHax063y30oB3lFehGRLr46VvRuIhNw",
-	"qqN+6UZHtB6X5zXuYT4EGE7sIhcCRA24gOvXHa1Up8L82248Gs2u++4tEWd9N3Ix1dpuTBjFjQvG524r",
-	"TgfDwdAtTsqtyHvR5vEZqy79AgJKaeaggGqRRyBwJkwqFtPjuGz9FFofK9+8TISy8mrNutNUqmsnpr54",
-	"9o0bwFSILGJGQwYBCEOKGWlh8RLDKjvRMvYBu/SzXC20qWwuvD4hGyqk0mgn21BYlROZnSxVvq+ViJwu",
-	"6nbb8mtR43rd8+GTDdEF1xmMt7XFg/AlnG/L5gFtyxtp122u4mMED2pOq8leNTJkaZUfmQtMjhCYe6Cv",
-	"YMfL5xA2ug5JGIcacPy8/GKFE+9IX5ryz70RYdjU1jyjTks0ztby3g2L3dyz+2O233DLp9yIf5bOhI34",
-	"FRjUpOJs2L4uKWJ/KedooWMQbAnmK6QE6qTm8D892EYg8t3dv9LGznPx5h8vGL7+wDD6oB5icPpocPrk",
-	"AN2/1mW0uQSNyyiaVepb+Sg+xX+LoqAXJD6Ph5Qbx46E2h1Y5vkmJ5v/QvA8AetSxLTjja+fvXnr2OX3",
-	"/3j79vh4sl0r+4N752PU0cobxbbG6CS26jCrcoMnYzcwNs31tciZ0qsLUmPxC8p5XHBDrL78HGbnPoZg",
-	"DegJ5A66CpyE64R0AS+OFawDuWxhpU6HFC9pak6Yqdap4OrI0JhMKiWSSd2Ju/+rYprK2aTI071R0vDm",
-	"uzxFVzHOcQLz2xuvR2+/gZchQma+l1m+de98jDpFlhx5WppUqRDfUtGjyChTPVrRpoUXRhoIrLZeG4pX",
-	"ZZztjASSqJtizQy/EYmn0SuZWpGPAgmyqUi1mpsg/FIShs/V4PPIEdtYuRl5mxBZu/lSTDAENQ6ZwTJx",
-	"x8AJXUHDNHHk5e2xcuoa6IGGMh0ZJeFgcnHlNKXSWLC8Y8wTkxYp+fYB1eXIatfrXoLeshwedg6O4TaV",
-	"NW3kxUcc2t/wIBD1E4FXlvuT6fqT7Aifus9lts/pcFiBQMCNjzqFkj8Xgl6xeSFut8m7o5pvsa9NhuI9",
-	"63wXomiVHd2jEFr28g7IaC9xLKWq/nq6m1zqXPTZMrNrNksFz72xifhYLdTg90Zax0xikwxvR3gt+3V3",
-	"9HXvpPUafOcYyXAE07mN9L4hiZdKSM5NNhV5vs7keR+0niqOBO//e9h/8p7+23//yzB6fPbxT7e9i7ay",
-	"pY5NMw8izbVY7wFleZacPXp0+oThB+xarCP28IxBdJiTJgqV8SQRCXMq4ePzIk8HG4tw2f+/OP9J//0v",
-	"5w+bpw/HcmskfxVKYL4q2WK9PQcFGqGstGv0aSu9Ynhc9qc7VomtIfOMvqssUaPYuI9Ay+D6Fm52EF86",
-	"Ssdb/mytF+u397Sq8VTEOW8wdYpRN3ZNjE5OFtrYkRPgY7DGwc+m9nsP8gaxl2m5Q5dmrWaXr56HJEnG",
-	"7VidcPczz+RgzZfpgF1OS7suZMdUYtwAz0ZpP1InoOJITUvU2jGil74WaiJUkmmpmvXbHBwFNueJYEbO",
-	"IbPbGLd9TjQuR8OgLXPBeGpQo4x5kcTwr8oHy8Kg6L7eH2hSdf006S4bo28nwLfuxaY0kpkwZmL90zvx",
-	"zW36hJqcQOjBrrt4GlIoYHqbuaKYEbXf2FebXK2x2hhrk9yzgq8xUv/Ye8ZvfpPK9/cf33qq6j5Lvnlz",
-	"2StRlwLPzXJ5wy1klI2YNIZ9zUwxZV9XbdqAlhUxXiT4O5Ij88TB3r1+AW4Jxi2CrjzyZgfGF4In0Vg5",
-	"tY6zf1lJNg50eoGLAk9a5U45Hz55vHcHwsR3rGuhFGYwbyxakuTCmD2Xkb4RecrXjN5mXXcc4S5QVuRX",
-	"fCaicjlR2HpgWApz6G1kgyaPH48ezx5PR8PR6Wh01kjarXzCjcrCVMhIaR6wd9+8CssfscAoG53g10Jk",
-	"PJU3YmLwiLQAgIjcOFFHWRa+QBAVwC+CWYpaznXlOO3KpfULqYRd6fw6Ck09MBhjLBL2/JXxneAG7FzA",
-	"k6rJt+5lF/lk5/ZuLiSkTtZ3erCj7X2izGbzP8pc/LXgeVKTaVB8OSAYkGZSyfHdHsfWvCu01LT5+87L",
-	"J0q8Bwt5u5aEdc/PK1nXcOvHq7l781qsY4yoDnHBjYLfn0/e/3J+9vGny2fPv//Hu/8zm19rsxqef/X+",
-	"6z/tl8/KObSv0h3pmVVZawOUT9+Iqh8MYgkURAYgbmANT68KJQTGs82g7ju1TDXagDfvHXAoh3gqGmzY",
-	"f5yChfhalos5z5PU8Vd6zyMjZjqVs/UFU0WaQmC2dqyifKVpau5dPnUcA5FA7sIYTdt9e803hBZuAYC8",
-	"fPqcEd4IwwjEOvczC3726PHofHqaDGdPrvj51aPp8OqrqyF/PP1y9ujs6lQMvxTnfJicfXn1cPpYPEq+",
-	"mj3hp9Oz2cPkXDy6esy/nH41q58YavQn3r9yauMvj8+blaVvpWhNwHmpBKOkEJaBF/6qRGzYTigoMz62",
-	"83gsIL+khUDDMbS5sQowJPe4GvX3+GGFXzTqNG78jdLRm5c/MGCTInd3OsrVU52sWTc+cYfCqR0+btiD",
-	"9RGOSX1oJ97UueUHU61i/6JcOpz3iptqlrcbCO7YohMF9B8C0tsroILwiVPfmTkCIKW/vfPxUJWTu91S",
-	"XM3EZCVVolf7Bvd9+cWP+MGxjr9b+sfakxzRteIjXwoPAQnUBrzPkXqMjcYHMXLfM36+32cGb7/Cl52I",
-	"kxbzvahY7p3fhVsBRrvlTdtYguB9OMbhAGfik1wNtzk2xxCl36nDgtRxz7ZC1N+Bkdm7i6tixAUCSIGp",
-	"C2AVnZwBxMnRlNI9Hz5hsRvFxPJroeKSdLUi8FJHvfCwN7i9v2Jjn1t37S4My8gS78+uDO2/KZZLnjdB",
-	"Q+mC8NF3bil+/hRfPtZyRzhaZjc0tX+LUXTCjUDUHpWIhHVzwZN15HOkIpZxp9FHrBpaybMs1zcQ3O8V",
-	"ZRnsawCxDMjgILWCm7/mRamvC7xZ38RPWThyM5cLB+kZYNPeDeZZv1zdN5HvsmmTN2mHFvPQHTos6AHb",
-	"pJiHjTFWOvTNRX4R9w94o7GKWZDmXCGiVhq/I0Wp+dI/jPU1XP9bfBDCjAKxL8FQsUrXPuCgqpN40u3y",
-	"CiqoXimG4wJDQi4TARoqqS65WII+J0EgbtFQypX7HMqYJCXsAmw7Vs8xsgjjOeo3aLxTAtmrb91SIrmd",
-	"xgW5Xt+I1PKmdUncAzYVdiXc1bXSHjQAs86MzwaF4F9AYdbLrLB3DSfgLtnDE5mPZR/b8dw4C/fv940u",
-	"i0PH0iSieTYDc4LGDri3//7jd2+2ufm1WNeZfTMLQbLb2I103uhvmOU3jb9ftyA2Xdt14++FaQ6Q/LBf",
-	"KHBNYodHs2BYkKavWjOAPz2LNwB+V4Lq62acnTm98P2tcnobCDoXfFkD5bKJLgCk3SYiz5up+dNzeAOI",
-	"eSWbF8ewI5mXtuIuhFC/q/cnhm5fjfsu6oZr01+I7tacitrFiV7acFFiMQh/T2ZCAf6rwNoPkFATz3Kt",
-	"4pAgDCLh2sC7LA4IDmTFjpujAJv8YN86EgVTiGFddEtBgRKW8HVfX/WXWtkFw/+nn1ZCXKPthzPfmM6Z",
-	"KWYLsEj/d8Jlut5AoRuyM/YF+4Kd9h8dEkezOSOKq2jJRHvcmInm1m3yb90UmHyp2PPLHy4BAIa5V0r8",
-	"7Xdvn9ZH/qxwy3jyF5GncsMV9/h8LzpJDpHuW9NppLm2pDlwUvalQhRbHwJa1UmBM60pTpVZvX0LIwqg",
-	"Wcjs8GP2ffim6aQBcvCeFt6ZBgWBIIerI2peDvf8buCBD0c1vf28CHd2D9wszu7TUj+XreA/mcgN1EyA",
-	"dwbsDeVjrRYaI+i19T5vqdhaWDYVMw0sheF+jBU3zGitCK5nDe+7t0lJlYZ1b0Qur6RIetQPcJuwEzi+",
-	"qF7k5/wusWZ9D61gs7i6d3HVEBXe400DHRyoDdZn8snrt2fd4MRvrdsxMKH5fNIKLP3Jow42ztD8Tgqw",
-	"uZy9kKbBfr+EZ7vMJZB6c7iAtANGu1BYf+cgfAp4OQq9Hy0G+4k1LsjP1l7O0kogTQOYAK9k18xSCTFj",
-	"5hri0RI9YC/Ry4rSAs8FFuFpVPpmPuwmKFnFNJVmAYmyU4xUaxRLsVsktJqYcHbeqJJlctYSbOAeoc+N",
-	"+g7+KkzwwGc0mqwhxPfxo0cPH0WNOk7eCLd9tl8e8LOrtOJnEflV27l9BvL8Nwk2D78HHOQ01Stwb6n1",
-	"fo8Yfd/ac2EXuykHvIMYJnit9Mrg4vp0TzUncjqGho6jhIwbs9J50mzNKMMEAxF41Q27eWCYb2GDCr46",
-	"fXL2OYggTGD3JjTvP0bSNSYKfltJpot8CpPxQWoYgce675T8wEg67Y3Ys+//8T+sTPE1iJ9ILMEu3DIS",
-	"nJ+7MTDqGHc/0cJErFAQtSDtWOWiX61aYELI6VXjRmwIE+0asTQTU2Qi9/LaBgfIC9HSAyC2X1QpFsrk",
-	"mWuZGSiwEEDgGQa1DRpzA+/oyG1MpGnzf7gbaP+X+fxupOk7zOl6mc+9vfYYGf0oZyzEbU2WUk18F4eZ",
-	"x7GzRvCqVHBjnfJOuF1OwwdVHDszrPvmzd8ilukcyHzF80Sqec8nvG4UOPMx1XfnDq57gUkj2VyI4/y+",
-	"L/P5J2krR1LBXTpv+dJpwzU9+e6dt4cmkPk5Nl1P0mQQAsqXkFDBlBCIVzIVDLOd6iaJy9lSsNd6qq2T",
-	"9qI7YAx3oSo5/rJfT6pP/hU3BoxGvmKzZ9nuKyrXTDujK5nbWTPq3cFK18t8fi8+5qasOAhkqUUmViky",
-	"YlP/lOp5HeyF9zNoWPODdbU2FSs4MmlaLYt4R07MI3nEb8LRd7Ju1k3EjUjdnNx+ki2R2MPWwlUKqW2Z",
-	"JVsrnKH9xRf8Eh+sUACJQ2a0BvG5EYr7ez5bSCX6How6Ysbif1O9Ejkzil+LyYwbEUbgGqrzHwjMQ4Nm",
-	"QDragWDdoC6UKHUVu1IoaoL4D4tiyTeARiDQr1IbeIzVaMcdTO6ZijLHYjhsRdIzzbGaQlnXOMQ7Yugh",
-	"aCllJZBQI4TQqMplOPzglvGijTCbxnLVBp6WcbvYqP+CtFpC/FWCLm9OT3Q+N529xVh2V0ihHeEGk6uA",
-	"E1NQVPw/fdIJ+88TX+15sBuSeHd5F0dpwQnvqzTV5nVeKzT76MmTGh5dixvApo3Xrlk48cwgF/UzvpYK",
-	"Zk/Ef1GGkjuixKhEPZsVeS7UZh4GrUaFLlj78bCNsF+X7N3r5ywXUIF9BvIJ1j1uGBkUahY5i92ybbhb",
-	"ilyNANx3RK+PDjizzVX8cP2qeIeIuF6hovfNTK5aWPc+yvzdS+G++0DyWfIPk8K0lcQAfuUvEiD9a7GG",
-	"CyinZJPmrKIDSvdVC5Flu0vuiRt9feRuNE/pG5qJH7xIKiwequBpdsUb57SnvoY3lPhsH+h/r6dlgxDv",
-	"oMLfYatT3fRaaezhcF9l9GMCnQ7VPxqX4YhCfJvn+V4q8g2Ypx5fmc9qFr96+eYtO8ET4u41T1kHVIfY",
-	"WStvY0p3oQNtr9J9+Y1KPKhtY6ByEl1yCB7XA8NWYkoZeU6vJVN5DTG4YvTKdG53ZbChyUNa49PX3r1+",
-	"wXLBZ4tNNFm0re8+Ba3582XjEYsX1mZmdEKFGDzOWIKlGAYhYR2f6iWXiqo0VCS7StL7wsk6fjpu+PjN",
-	"flrzy06rtHPTDlScNpRl2hvTuoHc3mI5xqprF7ku5j5pV3/w4SoY7uHYeJLzFYRrspdXVxVd54LZIleI",
-	"3jpWANXJeJEAKrnT77HfPm5cv8jTES4Xhars0xArJN1OlMcQV5NeRhGWdyOqQGSp/PfvoNLa0VW+aB12",
-	"1fk6CJXbt1Oich+RF9OKTHnJrnIh+lAAFIpLh8gjzoxYcmXlzMNUOqqd6eVS2sFhhtOKtFHBqfSSb6Vg",
-	"13bmzPt2ivokmeMOtq1EUno03FuTv1TRCEu8A3XlKkl3/m8g7eaYwk/b4D3hYM3xh2bXit/FXe7Zwf3d",
-	"4fWQ7u2yEzbns+tJyq0wNh4FHWEz2feB8UixtXD2ixCdPsJInrxQ/qdKWHxczaus9tjxMfSNW71Bbcfd",
-	"ZC8RnRhRqH1eLLQXeeuCyWQurXcjLzNtgh+vwdbFswlPktrWlrrPD8/eTi6/+f75D9tZ8ZP3f/7Tbgyy",
-	"R8Pt7RfqRuZaLQkeuXni7UXVSgIoi7QcsXhl9RQwSXDH/KqF7arlOkyRudvRXJQrPFZKiASLlnjQDk9G",
-	"tex4dhkqFmGFSd/ogpuxUu57RJOpVXWj+loLsWwKQsXqzPts67jNoRoNlnI+/qObx5/y0ZfHfgQVpY/8",
-	"xpefPuqzJgqCG9Dcjgq9stmOlzbZCZgGFNZy9r4afjUcfTU8sbOsfvq6Pw37Twbv/zzq/ddPkGJ/Gj36",
-	"2B2V/+79V/eka2fZr0WS9Xr/9ae9UIHb5zTL5Y1MxdzrQnSx0alqdOlb7hUcfwtiKEPfWJ1liOlPvFJB",
-	"Bke64muEqO37AtjR5jdN/BPdrRMAJxPz9eGKOKoOb/x36M4IV7ZeqVTzpG8XQvWvZQpwwTc6LZaibYsS",
-	"bvno5IbnJ6mcnvAs24zdfLQXw27nPhxdi6kuN25fi8CNYipLh+lH3BixnGL5ULgEY2Y1m3rFjupBKCaX",
-	"ywL8Hb2LUFIpwPoi9tJKpimbikGr4BPKO+y4Fj9Jv3up0rVTPYHZLvmaapGTdfyCOemq+ju3jKs1BLEP",
-	"DtChShHPz+uA+dwuyayOPH1sCgUEJIbaRmvjixtjnQ4wyuMQQMOs9RWTGDFW2yh43dhD4J2AiRyA8OII",
-	"VlWJdKywLN7JzSnZnMzJL/iP58nHE0jjinsVdGgE40ZILHBnjFU3fnX59unfqkYr+g5K8Za45T6Y3640",
-	"BMNhTtHPBTgX2OVYIYC5U6YJ+h/sZiGKKzbi5xgeT/WNKB3k5dsCCnNwRYUzCBEdSd0NZJVLQCIDETLH",
-	"D1YLOVvgYeBrJiQYjWZ8KRqv9GqFjgOk+agjM4/GtMGTqihnj3aymYdnDU5vc9QoKDn7WMT2xvyw58op",
-	"gkYQ7De6iXCltyrWGILlp2W1OVfG/e5h4Ga5NobKpPiSL6x7LUQGknABiCxasUSaazDLFEawd0p+GKul",
-	"TFNJQXzulUCiMCrObF4Yu9K5XazZzNF4ryXable69ycYFEiMKQ0Bu8TrhoqRjZeEbvbqoT8cM/QBv4Gr",
-	"jYALCP5Bf7/V4H0ZsRsJ1A+J+6YXAbQf+fO74PhElkuSsomCLua2jCjI9CLGk6VU9MmSK3fFjRW56OFd",
-	"x4muxdpEDLpCjMoikVCruRcxvVKhz0Skwvoa2FtIVtQ8fmE2ytrgfBAmFefhZBU3OCequC+aby9MR7sz",
-	"/IBP8vGBb9VO5s1Y/aD9QNVI8tgiSgKKAblOU8f1CtvsMiNYT/jk4OJ7KrlPI56jxp1J6iG8GqOEcq4q",
-	"AQm44IzqBB+Eg9OAFXHAnrZClX9ecKJlLUElpLsqnpmFpgJDVqpC18oCfxJAbc6X2YGL89q9Cp9YMclE",
-	"PsFEyjrF6GKaVsgF04KrMABH4JNM+ex6otWET8n0va3LGGFtWgO1bGDkn1he+kjwDfpo4q5IrZoRzrCk",
-	"nFRl1ZbIl5q2mCobctswS4J13X0mnX7FIKoHaraZhU4TKD/dXBv991H5pLLjJS5AbY1qlF5am2usMRzl",
-	"Ku7IBgVu0UET/RwXCEx7e+lJ77iENei6IQ60sL6aii5mi7IWi3vdiTLgUszFjdSFKQ2cPmm3wgsJm6c2",
-	"wyZf5sf2qT0Nl11zZMN0XQLybGD4kfpNpdS3TxxpWo3PIPorTVu/9TAVjQ/x5pv41W14gUrzNjOCULuw",
-	"8bHPWW95KpcimZDY0IQlbXna/KhQ6BpuaZjQkiZOUm16YxOfNMB4hPFGtR2pLfFG83trF5ezrI67vvB+",
-	"sjuOzW2KtFTFlgbLgRdJfQBdraYRfHvf8sGbTMyO9Dvdi1xQ2sMqkkF9xfyDUUVBM8yIFJMfOclUAOVB",
-	"AsWoEqTF7Vj9S5OrAgWzLgrldragnKMUCx32yFBVldcA0NDyazFWgAxqtY7Qku8UFhJpZwtthMLLD4N0",
-	"2YKbRag0ntRF/sOFoLuRbMIibxUc9nxyA/DCKVOEMEFRuhdsCC4IQEUhJ+22wNSgjLYJTwdh7bYC5B4m",
-	"am2akbdCuOFNlhXWHH+lNUfdbMtyYRCPt1b/b3oFGLCl9g+x0Xmhap6hheCpXbjBoVGBccMC47tgc+30",
-	"KX11BXA1K2kX0tf95YwM3bWAnq8en9fC2ppjcUn8OszSjYLY+2gXs4N6Dm6oFJqr/DYbAfbSQUPeXUX4",
-	"2oH5RiegrQJlInjiQYTuo+Z7UH8b4eSBaI41XZXy962kelyRDdn+GBXCc4RPl6yr5Tm8MOzl6CBBh4Ht",
-	"3d07iRaokcs9xgxsb0J7KW/HYvAy8egfgRtL24vKv7pWp1CPE4X/yL07VmUpUWakmolexCryVMRKcSpA",
-	"W4I05e5Caom5v8fKqWUYoAOWwF7AxmRdvAu3OVPEgO1JNa9XA+/mHDiRZ2Blkq9jkuAN6UWhYHhZSHqs",
-	"iG1F7EqkKbJhqxvZMIa7QdaZ54DuDh+rckgsCISsa6xMU5wwOKMwAtJziF7EgsA4Vl2/5hEZ4SuLHArw",
-	"lx+P/AjckpWi5lh1s8LuvEpAcKDbqFra/EreHFDZ/LcSoXdYJSFt5q1X8o/0Jl3++IY912/Z3/XUPKAr",
-	"epZLK3Kp1YhpNQOpBM3C8VKqiQH/aFwzMz4wvuiLQcxXLCjvNlNesaWG6AuuWJyJfCaU9V8vCRhWKrqh",
-	"xiomaoTCOCaOavIh4MUagNhyIzWNfpdtiA33VSfqoKjStJK1PpsUXFSneZpiBfxaXlPwGu7ez/f7qoI2",
-	"V/Arl7yGN9sYF0yr22xfq8ba7xQet9RHbLQ2lJ2YHDXT6F2ZzI83NweQ3iNSRIzT1D5Bs7uVxXCby+xh",
-	"GG5QqbDiEER/BB32ie/epuaGvROKeGuSxweyGcvnYsD+6vhqefC7vgyJVymJbzg2XgAzKLIeVnSD4cUX",
-	"pfcWr+wlX0O+OVPkKgRnMb8OhYc3mkaMDqiEYlgiMYO8Ky19A2wI/GFrNuNG9BpBAt1Q9h9AX3xPLoUu",
-	"bKNi8vDx8BDVhK9heP7+g2Q3unouEJcDlQ7gNUwXFl2ents4trt5jdbUkrNHT86GB4AFggl5Yqu3ywFn",
-	"Y+NKqpy4IwvWVjia+DBLCyNvxPd+xIjjegtOF86KmXjU8f2a7FufhY/U6K56LLoXe9BKbEvELUqr5teN",
-	"lLFFFj9yR6QLql3C+JWlHBVgCsaUln3ATUXlfccONzutC6pKV93iMKbTbWKFGJOFE5S6tDu9DVmgZg9C",
-	"LZvYmJfkbH0N0ZnfYuU4fDN/Ky26jXneofp0/4rTazJ+fbLsKD7g2CVPX3Mr0ICYU5TOskitxNCb6ZpJ",
-	"NcvFUig7ueIz64N1AXTUl6yCBZ+U2k2wROIv2y6GjQ/28+rNQeyRmmp5M4PTBvJb8g97nZyHi11bw4u2",
-	"prhjN1sUYKi/wLrk1ooQ9xJFl95WWQbWVZopsaKLR6r5hd+GseIpthWUO5T4e6XCe6XzwFVZ1xtvyx2l",
-	"EK+xAkaAsddOL0Pm6VRV0iFYF08fNpAAKm1pXlZ6xbyqPFak4/UiVBDcHCtaFOuGX13vjVZIrz5islaD",
-	"/tiL2IyrmQA1miJZSw01LGddgYTFqgl2uMYVXbG6XhhTCbP3ekuDU8UPo1G1qIVIH+lWCUXHDsSX9320",
-	"xOM/MBDiZaTV+drnMWQpt5CrhFmr+Toaqxiz73Q+ZyYt5ph/Rwl7uNtbP5PhJGQu6gwnma6pumao++uI",
-	"A3t6YKD2JYS+hu77kNf3ICRoujd6QCaYVkLI1GNl+ZwiAdEzj4ccOiWnCSwMQVJbvwgDdqkoPUGqsfJ8",
-	"znfPINv3Cs9dDO9NxAcrcsXTuDdiM51hMIBiVzI3NmJiMB+MVWyudSY0Pk/07Frko5MTaHtAocwnPMv+",
-	"mwq3DQaD8i1cwTACN+Pa2uq8YQt2rD6RfAig5rOlODFCGZ0b+u/odHC+N4y6Id7+z92fBpP++/Bn7wsK",
-	"if9z77+6J+1vwXtlee/3lX8PIHb/9OzLj41B9JvsGGg88mejifXWo/mOPHJkS5pkuZ77OqR7RZ8GjbYK",
-	"0/lwJ+RICOJuN2NV1NAyyv+DtFVtdEcMf+oILWmE86kYQRnaQKt4hN1KcCiEnbt7KhdZymfAY9fC9i5K",
-	"lHh01NSKX3Lj7yG85HCwUSjzjIpTPR6uGgLREJhPK9e48wTO1qAo8CWUS6Yyh3j+AzOUwrDurZneWLWx",
-	"1N6Afd8C6+YWBUDbLkKE/1hRMCdERvuhEuIKBB+tEcKl6Zz380bYNUeDhxzu+qltzGl5A5UUnt2IpmrH",
-	"gFN0g4ZpxhlUIcbSCw0YvM1V1RWCSLFczIS8EQlb+QBDbJiilOtayk6/FscaMruKkGxTDHaGmBB4n3zH",
-	"r665G5bOE48uuh2978vcm7GSJYaoG9QFaqdUITnV85hxRqUi6NmcZzEEBANJg1sT7C+JiFk3zoV1cr1W",
-	"mDDJpgVUv6eCmnh8jV4GRzJMwTBurkUydvcj3qMxIl/F1CdYFmLQqbCGkO/OpHo1mWlliqXIscuxIohS",
-	"b75x8hS74sYyoXQxX1ywmKqrg52QBjrjaQrB+oYKKrnh+LNQCxymfL9rsaboYijhg/AmCQx/rPz4azX+",
-	"SyZwnBvzExLa2wqCIp0zY7VOgpFAGtwGhKhSTGf854KgfkdoPpN2rEAq5obFL7ixfThc/effxG7yMcBt",
-	"QyMTmUDeUC7cnrBczheWepJ2MFYh7QSJd0FECj/JhGlForYjWMfG5YwPGAIAhi/GkDgpPsxEZj1xVOQs",
-	"pRkwTfBK+K4jPyK/qWMFdkKZhFNc26xPi3c9rgibx6/aGfdfsrK37vUWhCmIOgQu0njpbDTShlxO5EF8",
-	"BTJiCjsI/ADzb0aQB0suQUzQWLk9cYcqA0coZMOxinv1NTIkOvNbDKl3AScG+vBw1zfSruNqZFEFVl3n",
-	"FVxlcAg+rXyFnfUuwrBRgIhHXpLwchPr4hBhXfxX1ZEsl1wlMF/6N6UwJB5srfsUf29pwfHPEXCtMlE7",
-	"1XMoX3QRbIC4oF48wQ7GquvNo9WmkfuOPNes4EkDA0XQv1yUHHesFiJNLvwhGVWZgFCJobqJq8W6roNW",
-	"N7zj+VVtb8pfcVWrb8GalD+kel6W8+tEnTnPOmQtblZHa7igLSGkJMgNmFbgXP5zcDP/GUWUSUkvXwd4",
-	"YHYZDP3S+E8xtqx8nWAqv//H27eEbn2x1WQwboSylRXy9LlpUB2kKqCm0tgHhsXY8dfuXo9pIuB5WDr+",
-	"WhsVgg7AaSuT4xrdDtO1j2Vpj7rNnBZJQQPBTV/DTgOF8YKVUTHIBgLYeM1cG+Ye2IFWu0ps0sc13tgO",
-	"Tn5UZE5jcMthlTOn60lIJG7Olq0uH/EQfDWqpKkVBrZXJHe2AIchxPhcZswL28z88rArxyzIcaPcOBkH",
-	"fkWH9dC31cEvtxBCaKPsenvoUfUQNRBG0+K99Y6EFuiATfNFQ0hbrdJAwOW5FusTrNuO+ASsW+KyXkD+",
-	"Gzvtnw6Hler0ERZ6N6zIHBM7e/SoV4O0/KUz5Xa26Iw6Z8Ozx/3TU6eqSuvGk/Jp/yFZpqsTqOQWVuec",
-	"z4V93cZtqjXInSRYqABAHbKuUFvFiKqNENO1aKjsf6BEVUlePSCvxL/9vnWOFWiW/Wgpu0M2PkZHG0s/",
-	"FSOlwQmH83hgWKXNUDPZ3V1Xck4F1tgNzyWfpsKwpcjnEHIz6LQhr+yw5brNz4o0jRhi4ADUGUxuxOID",
-	"DIqfZuOomC9j0jdCLyYT/BrlppdPnzsh0uZyWsCsnUAKC1JW9rhK9epirJzI5ot3Qfk4MI18XUeQcxQJ",
-	"qquvQcK+Di76scL2ukYIFv/1WQ2JEcrEmhK13XUakTE5r8YKjhWnmrJSGeuU2gr0Xlnj39a2O3gkYEd6",
-	"LSrOXSKgHABtsveg1EFHdoKMHAIKcgwUSDPSx54R74DnKO3A9fMcFt0vUNlxOb/aSkSB6WxPcgcHa/bu",
-	"bSBDLHSRJo5+GvKxjrJVVETQ3Q716g3yKfnwdf7cQEOBi92SdZbcEGRenmUpRPz7+KEciwIRq+z6BAXB",
-	"PSZUr5F5tmLzPaUseXe4ISqHq7VdACokHnYqG46aN5lhLxBa3D1+9pbP9yP1lch81TjwCjhfuXyNtCVS",
-	"sRQ2X78RuWwKg8TacQxDAKmSlbe3z+e5mHOfzmKsyLapzoR2W0RprNPWwnBko+L4ksC+XY+kwKA9EgcZ",
-	"MZ0miAAHOpB7DcEoID2cZuLU61RcWZ8g3zI8fjM/MHU5hIsdIAen3LRAxxJ4HY7SG1r80h4wiiX/cOB4",
-	"l1Id+KZtAesG3tY+xoMzGGxI28VoCXQndCJYfFqsQ/QdX19we6TuiR9ofYXpLObu9O0/bUSsoTohUegh",
-	"g4OkgWMCRUVWK/i7GxxYWSwv8SklrGFgvo2NniN/gBuZB5QDeSOMZ4BbQdk6P/S+wZfhKm3ZQgNIJlDu",
-	"1JetIwCRBwYkuUF7u80FBkAG1DnjmZxci3XT59O1FWYCuBRJSH464IDjd1Yf99VxV3RTXeiWGFOUJWGf",
-	"IKoWwlgAej4i+xTBSVXvuJIBfEIc9oHFUQs7002FoNzIpaVMge4s1UYkHmhmQoo/1hSbbDwkH2/ErNaT",
-	"JVfrCU3cRCzVxvYumFhmdl2f96ANy++uwCKa1NbqjV2h06g8OfVzQSOqdb9Nak1Eu/f03kXYYp0d3F/w",
-	"Ikr6LU7hMs6ApIMNxClCvyt9FzHa4GMPedZrCDMEC3eThNJWNSZok2X5GOjmoEzbTw0H8e6v46qBH4v4",
-	"Fewo26qUafGxVzbBQ9cteJYJtYHSsztRklj4ZgjLhA5DJTmrDKip/FaJraN4l8qX9Es942J3KlbTgUbY",
-	"kco20Fd7qPguDl/1UNz30WsDo/zWu9m9+uGlq3AcwFNb9zmOfHoiVh5U67HyIUHSlDE8PuTUv+UeVmwq",
-	"4MyvZGDKJBVjDLdbSSMuWKGulV6pLVMLqmZhSIC4Q6Ove9Jci15hx/ioQCjUdqMPbMMs0XjR1ZlUygFL",
-	"Lfh3/GoQbp0SK29hfWDA0z/lqVB8rELw4XIUlsZLvGTIK9EXdJpUnJnuCoSsOzVWZiXtbOHdXVi8zSlR",
-	"Omv4EFQs1oVVNVbnrhOdA8ybxgBHqCzVu6AQi9CENyxqH0Zb2cwLt5twODGNx42/7HIqjEzKhrQSYGSr",
-	"DRBSGP2njudAgAzEKPBrocADt+Eo3QaLjTruP/iDfwy3tpvI1s8LrpK+a7eZDKgw7+1rKWC9/xpoLU/l",
-	"TPw3/T2Y6WWVqeL7t69cW6m46bpjzz74rMADGKMfBBnU9lQK+CeZLO5mwWpCdf3wvRFVZ2jfzHQGpezI",
-	"YnLQbX0fVSraUxVDWaEmYIxwNbf6DdzVi3CohlntJeGymlsFVL7FHnvc2oMbq0FIK/3QOKNyzX34D88F",
-	"AzjWvlbp+viKFX41yjRIXLrj8L08Jd6q2u+WgFp13fiJU8Fbx7O+ffHy6XcTCmXHGHEoabNZjB3ckBsY",
-	"/rz/71rA8/vmuMpqeap9QOA1uvJYQp3oToishoHeArPeAnceSKuWXXj+1aMvH++jFaIIbGHXtt+FYBaY",
-	"2f1JZb6LA4G267O5xTruWMDSKL6ZU7tcthnp/vn0DcsFlgzDmFOpeL6GUM5pIVMLIX+Q8xqTyLVR6ZGK",
-	"+rUF5k4PcGh8Q+/5GXyMOnNdxVIue5vr08HZ48FX7bAuLXZTeogRm1muIa9zCdFDUPKD7Ko5lRANPf7U",
-	"4Zl06324A67VO1H17esrBijffZ5JXN5E3KAjkytWKMvnc5FgWYuN4rfDwelgeISTgva/tqjlalW2aZuq",
-	"kG0VubTrN26zKFpK8FzkTXhXZDDklDaLjlvO/v7j2zI2/mUm1PNvGEUdur24kYnIL9wuJOJmrJY6ERGL",
-	"w/K4X/vYVr+Ptsi1LqqyV8yyXCoLNUWwVBjgjVcDj8lsybrxVXo9GQwGMflzgQiB/eKswhosrM1KWaac",
-	"97f+Fv77j2+3WLIPkfNOcDfprfqB8CyuoMjDDxGFgzd4xk3pOo9Yque1FAyn7+laXkKZgRWyHsqCdeT8",
-	"92/QYCK2w71+6Eotf7b2b1pfN1P+QutrWpZ6xbsHphouCJUXQ7lrqTA1a6zc56a5Yp4RuPUHDfMjpKRe",
-	"6abS1IrPIRU0Cu42lYQhAAnpK8xeiBgv00DAHebUubGC/Nt+RckjaG6mFUF3uyZeSFV8CHGVYzVWFKQN",
-	"OLISAsnbC3F3Y7jpZ0DYJ/T4z/8yWsW9sQqp1JwtN2pt+9B/D/oflyV0Y5wEhHZv1FX2tTGpwDI6S3Nh",
-	"i1yRuu50E4VsHuWvzmXGZwvRPwM+BVUUO74s4Gq1GnB4PND5/IS+NScvnj999sObZ+6bwcIu00rp5A4m",
-	"jFy+el6JOxp1kA9+jDo6E8px6VHn4WA4eIgyzgJY1clgJdK0DxfXyb9W12bwL4Igm7eVCiWQW+AWfqVC",
-	"JIivZwB0bJiRcyUS9i8s/g06NWe5tshzEJbpRuTyCqRpdynDk+eJYx+ra/NXkI79CsOIz4ZDvLSV9aFL",
-	"ld32o8erc9/F+vcfv3uDFL/Jpf7+5uUP7EcxZd+JNXsj7AA5HYmaza2GYZ74AvLV+6Ez+ul91KFq1p1R",
-	"5zuxJq+/W6QaWwz160KMYR8uWdfcFvdp3avnFMijryBQypep9lHmKV+LnJznZUhPMMtE1QAjf353xv8E",
-	"awmW50wtH5UFsKC3sSK7M0UZUEdKYwjCphnMp3YvuIEcC5EagYmveZ+vnDKWAZonn3OpjCV4Fj+rkPBa",
-	"ViW5zLJ07Utg5gJkB0M5/zgi+NxdK8rtK1TASNwzNl1brMbl/nFRGeVYzRZidu0hX7DVsqFEXl09/wZj",
-	"t4o0NdVB+kgrTSbGpTQATwoML3ZXI1QOAU6EYT4B7CpoNXXMyI1wrbHq6hwA6UNaeC9isdVxvVFC9a7G",
-	"fgzYM8S0WfL1WE0dpw9Jw4n4gLH+S67kFQQ16I2atbV6ZxKu5wSm1Wdnw6HPvEgt32DWNyoZYM0X6KwP",
-	"7wxuTv9seQ7XrPv+rPq9NIRK4zasAFQabq6RJig/J34tbL7uX7o/4rFijHyTKGCgtdB983MhCsqUxsZg",
-	"TNDp+fCJE0BTyydK24lZQkJXPPKUzlYQ4wRY6ILRY4QaI+g76BfQSmgLPRGEhFLjxVzXC5U+Grnns0rb",
-	"rpklT0JqqnXSHjgwVot1b8BeFWlaaZ4Gf84ok9sN/koXkHhCFOb6dBQhEX8w7DOhFLsOw7b62xq28osv",
-	"3vpd+OILxB11J6X76vJ/emy10MavrVCUV45zgxsm9pZdSLaCFzKR44EeudZ/rb3NrqRIE/YrWwoOBuhf",
-	"x+rXfr8P/4OX6dqL2a/slOFPS5FIDu5L9+vhdEafw/LQcfmVxb/kItMRxZhGgfY/xrVke07phqy75Gs6",
-	"Nu7A9Mqr0ktF4fSUxOy0SthdfUWDcHrHT+9xAI6XTGQSMSP/LT4GXuA5BSEc4MY7MXgV4o1qqU6AgwNg",
-	"PYgfs8nrTBWUgjhssJwA9Bxh5kWhPDiohTRi7B/HDMMD4to5ODc1XNXaFCNW7uBHlMoIaCt2wxXKzQuy",
-	"XKppMFgeGjqq1LWnhqG8UwyToq8cySL9uSXBy8HgtB2vhH9M3GgcKVSXCn90kx6rS1onGbxL0D9uKlol",
-	"WdeXvH3ouAbJipgtNa7uQPU2c7tPa/aAPoHdYTrziVZOTwbkyzJDGvePBCREKzFMKCfbJmxq3FL0jV2n",
-	"otaXTpOxck2ZC7pTqD0mnRrpJGuU2vyV5OX+k3Ku8VhlfHZN7KOiv6P9tKKyGrksUm4F6/fdvdjHanOx",
-	"uyigVE7lqmZrd/YrN2fD/RwRw8HwbCRx8XPh9CKowkXbH19Uq4JhkfpKw6xQCbJt6wkGUMPHKlyV/qar",
-	"dA+HucLGe023PWi6qLsG3dOXtUu0QN5b3v5ffPGKRLa6rPDFFyM8Sxgr2JZvD5pwMlYIOIIgI3XRCy75",
-	"B4buhXjAnqm5VMKwajw6aDtbsexl+PqIFOKbsxN3PM3KjfR8eOrztn/88cf+ZeH4vHWMV4zYX0DlZLng",
-	"6fLrcecg3XvciUjc+XowGMQXY+Uua1xJni5xqH97+/aVOy5yxnhhF9HuWPrI0elWJL23x7TYI3p4rpz6",
-	"7WFcnI4nEsfi3AtY4hq1amyrTAkEID3MVwiJClAqLkKioE0l6PgAgES7BQS1Af9DumVdZ8Jksm/cWUTV",
-	"KeM5XwpH5oBDJp1i8HMh8rV3QoygwFGnahtDRIDDNCifT/Ixam7c6ts3/f4oDXDX1V7XDIO7CG26DRbD",
-	"xphtUm1Q2vGXRk1Y6VpfAwt5gZNx8ILInBKEDKFyZQUGsOA3ZKQhZu+GCcp9H/a0/wK4Qf+N/HeDF+cv",
-	"aywU6MhsQ8osRYzgzEeJ1etsg07UtDKtiXBuac6GZ3emiQM8FMxx57K7ywfEdMjTrgv+g/qyVYT+Jicr",
-	"1uCzGuBZgm3CXINlyF2L9RVpXIDz4fmOBagang5fiNJ0sLUKhwns29J6wHEqpf8e2DPOh08+5/h/0CxI",
-	"RORn4DIfIb1WiLXboGlFG4pR704MMr8E4/VP7z/WrDOXfqi5XpZLvJUOpauKs0/JOcB044UPcEbpprj7",
-	"cHH8S0syvGCCGhhswCngpElHrtdiXSaX6ZUK6WJj9Sw5e/To9InHErsW6wGDg+GtQWBep/sWxTuyXIan",
-	"HlCbdc+Gw95F+RX0ggFAhCHmBgJ64Eyrq1TOLOueD5/02i+q134Z8I4Qxv5FJ+s7YyobnXysu4AI1/re",
-	"jIvV3nHmjaZGMnJ5ihBJRWu5FuuLYB4jwx0Q/tnw9DOP83UY392bQn3bQRI77BAF3OpWU3U9UTjkT2VS",
-	"kTURj1T5dzhmoKtaYazTiSoJxD0qA1QaQctK/60WsAgPI5jMMJOrlhMLEv9byq7y6hXylD4mYnnVUSqG",
-	"GTHs50JbYUYs9kI0vYIS9Ljjs1PBcRRjYzFTRTIXrBvijA+rqExf9wCFVooKpo4fF+Ux4RRxaAP2hgTl",
-	"8NZaF2h34IbFz6/6P2gl+t+DxYe1TWOsuj7vjAF6Esaxog8T5/PAlOPIOaBgSkWj6Lmtnws7Vg+H56WB",
-	"mRi2r7kRgFekmgmnIk6dcrU1OWwSOJxHo7Fat3M3yI5sF8NRVilF5dqK1ISPanxNQ6nkIwXk47hDNdGz",
-	"RTKr2Y3rQpjbt3pfWyL2x6jzEOWoesvvVG1bQvqhU8DsJ3Vzf9JCLby+uhxtjAw8cLNFg2BqdQ75mdxu",
-	"SRtYvyy/BqOxEUJdgJZrwDUtnTqJemkwcBhd5DMxQOXYfQ3cwJdD3yxnjlY8yKQfK6hbPsLCZoicbNzI",
-	"DihvTqlsWokSnJeqnVcLl4ey2mhumTl2AhGw7LXIBMZVEyovtIc9dZ0CY/N1L5gbzobnrARPMv62vAAr",
-	"GRRUhy/HqrRPPGGxsTxF5A0RR0zxpZeHqDdfnh2+3XPC33mIovsQYeoF+g+SYM5bqMozzRzWdzPzEA/v",
-	"51cKKGcTaQw3DNwmEEJdJx/Wre3bfasAuPT1W33noa5LJ2AAapfvgXGCvQnDGZ4l37y5hEAggLYEgeL0",
-	"EdXjM6xrimmAmkIbFsqJOp8jngNIMrOUy6XpRehUxyBOeK3Zzz9ooeu3MPb7FMqhB4qi+G0Ec5xjo/O/",
-	"ag68e2n3bc4T4TgrxkZwY0QOmhfEttU6P5DSIMcNSK1ooLTXYqmt8DFn3Tdv/oZJiq6/Fc+xUhiYkYMd",
-	"tsewfIepBAEAQBhnP8pc/LXgOSKRpXwdAmOCNUvy1DBdWGY1IrhattL5tRmrqVhIlbAfLt+i7zXYRq+h",
-	"q6dFfiNQYXWqZMZlzrpOWFzN2Vyoa7GOxyrRUMifoqDKYS94esUWgqTtIGFDaJFgmSAbPF4qeBmMgi8d",
-	"nAqlksy4ZbFQCaRSxxHjBLz9/JUB39OV/BBHrpWE6l479QVCYkTGAfNVX7E4/OWTYeOLoKKD8+SKu4WF",
-	"sMuYJ0kujIlBGfAKUTBGuYtPiZUbGxTPJs82hzBs24OOcTWoHdQ4grHPPaF5aTUDDPA1Q7rxQJgk1Joa",
-	"wxurBVeJWfBrUV0sr+kHRUCrqmNwwL4RqSiv8CCQLPWNE6Ctwf0IeJweixMjBOCGxs2YXIv1RKpJYQAa",
-	"kuwMGx4cJ4eTtgz+7kfDhyzGyZlJofgNl6njhOCpBQNZiIwDuUppvxQ4ux2WdUwn/Sxmi42ufhseiZyl",
-	"1SJLt6LnBEZYt+nm3i9mMhfUruaSMfnANLDJ2XJ4dDR2MdXg07w5PVn+bO0Jn6U7bHSKeWj8WoRm99n3",
-	"//gfkroLu9C5/DfHSsPcXAP4CpaLGqsS15GgNtFNNE2lWYC3nVmdyRnknhVTBFbG369kap20fOmPV4RO",
-	"PyhrYisBsVhk0kkMvajWPEjyxI/Gikr6W4+9gnG0UcBQVgGXFP4ZBgOtkB0UGqq4rAiskxzKPmapaaYU",
-	"fF79CNlrbdagFXmQSPoWL5K88PApkNa8nIokAQcobMgDDFh56q8E9K3jXlnNwN0X/zLu4MhkMu6M2Ljz",
-	"p1/83x/HnYiNAZrBrei4Mxor99z/QM9hq/y38Ac9wBJ1/gn+9XHc+RhHFT9rJfyXYx0nXrpO0Ur0srCQ",
-	"ZpiIG4ZB4LzKzDyaDK+EEo9VN8bcHUegk7+9fPnd5O3L7579EJcqFPJg+IbYGTt3LBQiignKoFEJ+p7i",
-	"mS+JyO9LCXL9XM7S30hcDL0bx85aeeEM7PF3xPrKSPGf3n+MfqnzvyqrcXsU1blMhb95dtbK3Qq7uDV7",
-	"K0l0k7/RUR8rd9aJ1Q2YBzylH8IRkHmI5icWQaB3gZV5iavmrucmoOI18hlyxs6FuzJ6FJoQPCWBS1bR",
-	"9Xy8CsqlEsCri0zk7m3kN3h0AOcXYmdUnfH4lUIf61yCV/f+GZAfv//c/w28ZsB+bEsN4FXug6I1zNqw",
-	"+LJKWSF+A221yGCw9sNF4D7SVkVsJyWeD08H7JI9+vABwvfIvg2bVw1tZBBI67EwcHXGyuYAdkbDkXOl",
-	"cwGRoL9nZugDXu6THxZ28VsyROj+980RS8bUzhJvTk8wDPzkF/jv8+RjxaNU3+G/uBfuOSMB+mhbUkp2",
-	"++T1rHi3oSkSP5ocWsbHq8q8KvdZuXQCfmU9cfXIpF1zcjQNrHwFZ/o86Xx837IPJ1hWDO6nT2w5arnZ",
-	"nuMUK1XnQHbEDlP3F+rJ4AtyrQEvzyE4RCu0bRurM+BLbg2l8kHlKG77BEqnlUrXIhX4hsYAHH+s4tAd",
-	"xrZC4Bc5LGMKcxiwp/gSJizh5wSPbsaKilaTURueUt2RYNQG8BDYwCamBUuFXXSO3cDniVhm2go1W38n",
-	"1p179ULtPxaVqqTEci8YrfCEfoCUevBWGFRQIsTkcEtEuwxujiwTSQQ+AlsYeL+yVb+VjRwnueAG8cfu",
-	"ggvgvnuyajrTbScz1fNWvztm6kGVAY/mVoW+JP+5o15KvbRySejKrAFxmVCYq+50evlXet11FcrugWgh",
-	"lxAa+/rbp+zhw4dPSOZD3PKlnOU6nNUYscrP+sOzt8PT0fCr0fn54NH52dmjx/+X8Sw74cvk8Tn7lb15",
-	"++wVOzs5H7HX734AwTDuXaC/20ffPkCRMoUwWpApvSSK3vWYHHhrX9pgrGppMt14MBhg0DT7lfa7rFIp",
-	"FTsbnJu4N2CES4smvloTVGkZfOzMZHwmIhafYMjYrzEm5oWUF0gqIF5EOXxX8gPyKSwS4S4HBNxjinXh",
-	"DFK5poERP/e8BVD17QK+cCKmx/KB8Y8VGNiwQjSWSvJZzj6p+sKfQaTrqHxjmuopeh2jsVpBlSEsa7k2",
-	"lcOOdyJ7A+ARaAJYUgZG/MUXX7j1umSpno8VlYkKSTm1BNtULqVlXjz8y7vnL76ZvHj518mL598/fxt7",
-	"A6u0Zqxw9XCbwUSB2Tc0vpVTXwrbymxf6PlBIoQVH+xJlnKp9ji2m5hFqud3KCY8gKhwgHVyo/o8l3+q",
-	"5yeY4rAzwifVc9g9txme3UBVcuAySqzQkWhKWnFMHkBcmLTRWDmtAmkICpKRuYuqDHFWJfqIyWRUur17",
-	"FyGgZKw22HMlgwaPEjcQt+CUFOpOqIS6o97wFEKHZbYQZXmA3mEG7Fu3ggYSpBhjMJ7TM/w3NDViYS74",
-	"K87jl3HHiJ/HndHpWTTuWOMUyE4T63v8+P+OO9HY46vAezzL4LcaC4YHjjfCI2DB7qd+n5jzOwMha3y2",
-	"EOzR1ZfTwWAw7nz0466NVTg2VhsrKMDjDnzjBgMXMfwU+OG4Ew0GA2jwBZ7EwP5SyHbIyc8NNXHtSpDq",
-	"u5AGir+69QVHDZDOyDGYGucK6a5rNtOVwl6Bb0UU2V3hXZWabhQsAccGOahIgrdkwF5jtTAsN7dR8ayr",
-	"87HaqHnWQ+cL8Rzifdxp7z879jbTS9B5gdQkUhqwTBWCBz22ITkZYbaRuw8dY3Pi6gcpDM7S0Vpw3fiq",
-	"TGB/bOVoWAJsW4LcdETCrCuV4dyAH9BxArzrhgyC2krsjlLfBUX5MWpiH2/A4dN/41bvGR59quSG0UUX",
-	"CPtQ340w0s0IrtpOtkVwPfykAC64DmAE/ZIrHiE7Ewtrj8DAEpW3vzO+hSLFXqjEq4N1t9e5t32NRB0c",
-	"xp1cKN6NcPIL/WuXZk+V1u5Zt6de2vaAxnk3F7evKecVy1Crya+5X59PWOunfkHL1SZHGuYa+tjRv7q/",
-	"aNkRoLApOIFKTZ8Pn/QICrIsWOc1XdDU8WL1riJp24JXoNtvsL9DgqPw1TtZd2yqtFDDemz7G3GZYOUb",
-	"ybEyj3smyUpPu728OJW7oc2DF+c4svymSnRo/GmOsbwMMKZuDaUqIKuOSI7C4rDGvwUHQK0sHeRo4kWp",
-	"tJMuL8JzH64GcAqgqOwk0RA3eAdml/sKQqgO9DeJQPispInVUTaO7wNDvvYdpHoIF8Tbux2u5bJJGCmT",
-	"vFfICp0UF8CfPOFVC6Ag4XaXwgmdZiEzVL0B44g0kodDb6wEi0DpTwOR0vLcGiRzHxSLbZaJSDQqMny6",
-	"z3oDgGhSFgo9mxGr1vj0aFG1Ep/hR0JGdxdVvcYn6+K6k5gMDYPnJ6BBhSK/XLEYsrtzUfMqHiRbU4oA",
-	"LQ426gv7lsFt08IQXhHUdcG0XYU6hFbCFzuF4qgYfuX+jTqIk9GxtDW27i0GCqpVB1QcMFv0CZNSkTGj",
-	"Ut9apMmWtI+DPn00Vt6mhZaKRomeK8Cg9tKeawt9pJjxTlmoY7VZ1NrrFLDOVC6bNFdAzBqxeqnsoL6O",
-	"VaUc7NbuYMoflkkORZ0xNK1SoBmDsiAcZE0jDzVq66oZ1ieHwAvCQJAJLqKv2GyYVlgLtT3EC84rHr82",
-	"tWYPh8bP3jp67Ti1Y8/rjkahP3drHfX631D/uF/1oVrufrf2wJ7x2aKs7xzLZEQm2kobA5kEYy2WORiN",
-	"1fZb7rTTeyGFOgYDQYyE7xOv3cZXPgTD8t/fvPzBbfDtb4QX7ngTsdEp3cF0d2s5n67cbEo2R1w3Jyuz",
-	"035WVks34GCvttnH30c48DhiPgRYTN/o2bWwI7SySQyxdTQ2VkthDJ+X+8Oru7Nh+dgo7P414YokMdNX",
-	"aA0D9oAUFQqps6qHveQk9VCFmBT4sdIADiIAeY7Y3YwrcP0J60FVWHea65URuekBQIO+usLoW2RixTTL",
-	"tdUznRoy5g9uTpEwY8R7GDSFRFQCZo1Ixcwan2nnPid8S3yeSTU3gZuXCFUli9YauCyzmhi0NGgWpIRR",
-	"8tKeDodfBethLrjRisXwYWDPkY8eVmNVZ+cekWTGPTjfVGC+1SHs8kcxNUAXn5VjbjK/U0yN3UiAgfoB",
-	"ZfntQMLMb+wFI8rFG6PKUgAL0KNLmsFnZythsJ+Bm1QTP3fp7c99HVP0mAbveHCcS4soPHnI7YU4dqvx",
-	"0p7y2fWgHb5E3JVi9Nsp/1vqwn6F/3Po+rt1qbtU8KMSlKBeXaVlZT6FijcV/aZl/U/Qs39LFbuNIqgM",
-	"wR1SxmuBCM1LfSOgbjO6aSyf7z41rRwqWHlbLbs4RbJYvpDmQEykYC49yrJb1snff4XJpbSH3HVPEYn/",
-	"XqNraPhQWaAxIS4jfBm/3JFPGwVf+J2YXqhl1DOtbiKIW5is69yiMSbsHzX0z6WvkV3ezSOKY0BNGO+5",
-	"TcxaiAgOSR0RC8WegmilxAfr3zARgwKXLBYfMpkLM+E2HrDnTk4kcc6nNfMapDmfXSu9SkXiA/V8TjcE",
-	"I2P9wrHqopjobSE0q9Fc2BhSgVdgyozrVpfgAvfZ5CRo9CpYZnyGz0H694sl0RsasYVegR9WX1mcsjRj",
-	"lYhU3gB6SKskSSRAZU1+p+y6PsiD+PXpZ3YgRSwTyulev1WoWomBMndHJaCbmSKjjGo4JEg2TtEnM1Ls",
-	"f5wUit4VSe8uuAtAkfCyz33sZdeFU5ow20PgAFFaLmuAUWWql9Xu9CXSlD8FG1YlkjkK2AfIZdlftF1U",
-	"tAanc5fueQBnWVdQm+Ly2cSIn+MLRpZMUPmhLp2CKu1hHAw88gZDJgAPrRoC4LEJKxEB7G8UTQHJl1mJ",
-	"Ax2yyNzt7lR1rcYqE7nUO89/ubTNN/V/1p1azqYsqLjndi0/oX2+j4u20omPhqkonXctnLcfpbv1h7jT",
-	"QDfZH66IP1wR/ytcEX94If7wQjSYC0tWd98uh4M4+Ce6GP5wLvzhXNjnXPjDr3BnjOJenAh7+EOq5+2s",
-	"4YWe+1yZiogLdcPcEedON3E61IC91ewKo0qVWPkgaAzOhsoJAtDeA2NJ9dxzFSdlsXi08gQU98ojDWwJ",
-	"xTozglLMCClEMjGlEZQx4kGqwoDqpQTw/2qcuVRjRbHm7SQNgbifoNy8kWomDiHid8rK9CBq13PKJDrw",
-	"7X+AjfQ/zbhJkc/71a/UE2Rd6WJd66TXaagRS5RhxM8RmzqV3DWIFpfeXfpPHphKgXE4SuXBDQr2fR7d",
-	"ffk3Xvung1vN8qvmK2CNRwDxRLtjQNp1F/BYxZbLFOUpRIrxqFD+tG8YP/GYSjtgP9BZlAaKZ22eR5/3",
-	"0ZLzQYXJajkTYNPNRM66YbON+Lm3KVTyYDWFpKEqU4c6JGPlhER8k+jvwicWNGqD3JRgWCTH7uIgn6oS",
-	"HMpD7pE16PlbfiB/+l+ikUS0u82C753mXLQwjn1qwufhJoeoCRX9oHKNbysH7nyKsdpY0vKeb8BPikgM",
-	"RneJKZbAr3edslvInf+5B+0/UezdT/+N0u+9k71rXM7MnlR5fAszxjfqmBmo4AyyfAi2brSug17pWmiL",
-	"qfkeOiHJ8/6QYcpe9vmGaG3uYvvfAq4+NFfGToGU8Dk3u+ygbbvflLsJafMA1+cHTvv7E8hJ5BfuRYzP",
-	"57mYgzgDtYOMFdmIzXShbMSWUkVsyT9EjN/Mg14OZg0og+96QnAXK7IBu7RsqZ3EdTocDuE3A7KOEbl0",
-	"8hD35t0c0iCUEAmW0svnUKpOZDuAMf3sG/HuN0XuFpJHya4LKZfE2fHNUSqNjXsXHrvacXfjpCWeYu33",
-	"LNWJ8OWlmgI6sJ2dtahCAfuMWyty18j/+4n3//3e/d+w/2QyeP/LMHry5OOfmorrL/mH59jA6RAyUf1f",
-	"2/XvofZeZwT5q53mvFSqto+EAttxweiUgFa/0EXunXQx0Epr/iwQVHPebMKt6Dsdu6lYftOwhEpqg2Jd",
-	"pS2TapYWiUh65RiVXrWNB0Z7R+NZycQuqISxFVnEOPurZgnV1UA3kU5Fic0TPxyaOGLxo2UcjVV8uogr",
-	"gy6nlcgbmSCW5uNhxHJdQO4hIohwbNS7OQbsDZwkd83xFDGd6Vp8p+QHJjINRf3atseKrL3Yw2eu9eAP",
-	"8RvgCE08/CUUDIAqII510EFGwI0rnUe+JCFWBIXf71gnDpzeoIsdR/NZOX3A225k8y/BJcnZ26evqv55",
-	"q1mc6dzGFFkToiRBtpW2gmCLYNspXxOUNZVdke6oMSxWVxG5gqAFxogVX5sReEfRyE0WXlKaEfrCClVP",
-	"IXtgABE8KutOQKCGQXCYKZ9dMzeGGzS8+Q4H7O1CYqPus0p1T4JT7veJsaP92vtcxqrfh/bPzmKWi5Sv",
-	"DUHTcMvc6r1587cAQF6H3zeLxBeXNGbB+pq9yvWHNQXGfP2gfQj//wULvT4Yq1xr+984LHqh4hEC03u/",
-	"D7EQip2efTkYDoaD09FXQzdigk2Hq1HPeAprBb7gHxeaLfl6xCj7jqpjWZYK7qus5nOupIHT+cB4mOrJ",
-	"UqpJrlMRj1U3ETcidXcsK1SKUN6MJ0upQp0aKOPtFBwF3slrsUauzC1zjQy8V9oIY6hiay5m7kgmUFwN",
-	"blbsuU/v0A0LU+dFIi3V6z7GHQJjOsi/gX0f4ObYcK6M1bZ3pckTst0P7Q8F69XCZhTBTy55gra9ytlC",
-	"3BWqtKCEdx0Z10TiK+1y7woxfI117ENogkiomLV7nf0aXsQkS2i2uaa1r2t9fj48Z796ccgtbSqV8LWV",
-	"vaqg06QKYw63cjUKMSdolApiOndk08OazeePhmeuEzgeBHFZ7yGnNH2+wdECq/DtVAfr2LMu7EZTiUyo",
-	"biHigypk4zTbsyeuAavdQVKBgk29jQeG+TK8UB0w4DdhEM2syHPkefgxgU+BwgrdgPz7K4vLqVJdaQAU",
-	"JZyBMs8VSjz/JUREsSKb54FWClM4FoC3lhmx8+GQxUrbSWmMiNj58KH7v/N9wPKO+e2TnmtalLtjgP20",
-	"SBfu2U6hd8k/IGTK40ePHj6qQKicNkCo3JltgO6wcHOVsWtuQncHRnJZaQ9FNyDWWspNi3Egh6oZfaya",
-	"cb+ShOfB+wwFdLo1AvnULvC6y8Ld/9qDGPuLXahorJzitNArUPSioDFOoXAsaIorvh6wEiDB3yBmoVcG",
-	"IOtiOB4TbqmYhfsW9VEUgXPhRuJTza/EKrib99D+G+zqPz/yrzad/W4nv/l3H+r3ukrCJTdsjn79LPSO",
-	"AXb9PZF/P24WP/PZQwgPI61PTdl01FG587ISm1x6b51MegP23Z4YVUYhqi10ikk6YMT8vbhwf090X1me",
-	"/VRPoZb3FeVa0ReppyzXcyiMQ8T3GfXFG55DJa52ikf0ShZeBE5KodgeyByxmMGu10ag/6Tv//N5qJ/J",
-	"fkIKaxZVXPR45tEefich02Wx1somNUdNl7t9L2lK32JMbl4JR9A5MDXtIVtjehIP2FMqxGw8wBaWa2bi",
-	"gzRQn8mP1stE4IULBRGooX309vtO2dkY5WfO2fG9tzlElFiFTbibVBdLBbi3SfYAij2Ai5384v+5lSO+",
-	"i0g+Z1b3a6g0ltyVEHVTwYTyc7/zE7+f8f4zLPv+pGf/7u87+XljlJ85/Xnf0fQJ0Hd5PDchxnzbDwxe",
-	"7buPJRT5NCe/wH8/AVkxlDcH7zId8m3u/q175T8dhQHmWVlOXLt2DAaY9D1DMEAfbeQGA7wb4XfH3I/b",
-	"zW+R0HahKWJSP5M2olR+9y8NQeeQtYTF6iol9H0ioV4p1qXfJplO5WztPlI+5hz/PfFvyKTnmk0FlhjK",
-	"+eya3N1WQJSm+2WCf/VaaPr3zQ2rQ/zMrHAnYXo+eGcEGphgK5228DuCid9doefeUB6g9f9UjAcY/H51",
-	"Chf47hVy6J5Ups1d/+QqAjXu1Fple6qTUKw2y/W/xAxqiXFmeQ4JApzN/y2zvusjFxBFbHnei8huDC4c",
-	"yB3PtIGMAUhOAFgbrS3rxomeXYu8T28M1ss0jtjWr9z9DGnZ5WtQmKP2RllHTSsoaQZ9xN9AY67vGKvS",
-	"uSEZqeZppcrIkktVJjwSjj0QzwfMBwEgaHwbnLeQ3F2Z1pKvWWFE5KOCEPUC6xVA7X1qjGXcLhyTxyxz",
-	"91M5YxhkxGKezyHUAgGb417EYqgsBRl36kbmWi2FsrAmKZ+KFN4GGAv3jxudFksB/8wF+MvgcS5vZCrm",
-	"UOEonvFswhMsnwTBoJlQiZloFV8wrtaIvuFrFXsXFtwt58NhuRVVuIGycJLgELYxVn/BSixUYIQyUaY8",
-	"FYo/MCzla134ZDVYxXgAzscT+uKk7vyOASJkqQtlCY0/fv3uB9bvw09f23UmvsYvI5l8vfEtBm1FNF/q",
-	"B516+brPC7uAsu5hryAE0kAgLIwtgiqD7k8op6B+GXcW2thxB8ouuN+xdOCUG/H4vFsYkY98EcHe2HGO",
-	"uIcRlQjlBQs8VjQCSPLVOXNfUxWxAfuBXGsSE9Dch7xOmhHkisH7bjVF7p17gBxfMXtVq7v0Su9FkaWa",
-	"Q/kFo4t8BtH8KBQnJTxLWXgL3drh1KDFBCkTi9kCbBmZQHAaVWRn8Gn7kj/Mrz3rwiNpNh38rh0oxIOp",
-	"f4mcC6hOMVaWzy9CZRyj0xuRQNgU+0u5fKwbf/v65fdxbyO92Pcfln7Nuo7gcwHpxZTSvzUeEKCgkXLH",
-	"MEokUEhldy98QfTK9pbecm5MsUQ31FRA0uBsAUrSjuWFCAWJYCAUJxTGLw07PzsbK3x3orSdXOlCuQOp",
-	"FZRz8tW/wyf0qq9Rim+OlWegaCWr1UciIxcSQ1x9NFlK4/hpDBWV/TWB0QdKh+ksQrmYGMuuobN3IdV8",
-	"YvUEnwDyjke9C1KvVMYK7gvBIdGGskhUQFkoD71BwTsLMbs2Fwj1UVhmFjq3oWNsYyKBiTt6jwfspaPg",
-	"EEFCRZSLjFxzHCrb8TQdOf7oWoVcHADUPx8+dORxPjwv4zzc1TlWBaSEUrRPELgIHF1pFlfk4/53Yh07",
-	"nXPYI56IowSu5w9+qQAAtdTXw1cBpehGrtY+yYeqqozo6kZbJtxFbrUwzOZG1C/6Lp8anRbWsb7BIHY3",
-	"qlkvU6muGRT3h4p+WEm0F23d8zUwApbxHOq+1IjbUZqnCLgQ/SXHGZGUW9VCuY/BBlde5bApbifDes90",
-	"QkVuIVbo6grTyui+9d1quNOAjqrMTRr2cyEKp/KfDc96eBAYZ0nOr2wgw1BSgYCuYLK+cDsEDFeNyzgY",
-	"pT0/Wgt7US2l5JYpxbboDTioCZXOBWbpe0YlcFXmdyFvlVh8D5VGLHuILznydH+bsdJ5fZ6hHF97TcMW",
-	"k/S2eEjDe2DYjcjB2Q3SSFtEBb3UFrJ5OhweELt6WeE84JClcpxT4QjRlHYaqinX5emKr2mhepG7ZR2t",
-	"1vYUmSNqTCDJ8dRolheKktf8OrtrKFS1pIMDxY406Os6Z2JZgBrtNXn3gVqXhTA92YWSoWNVIWoMG3ds",
-	"4fW7HzARByqrPX356v/EfSw6D6QCbcNLY4U/KwbXHev3/QX39Z+gFNurF5dvv335+nsnALlPKW8nxH1f",
-	"8dS0BH5XmXxd1Qvx3rvUpupO1cO8H+8L7D7YSvChb3le1+Q21TPLMbquUVVhXavTUPgffeEQ0gFmkBBd",
-	"jUE3DaHVB1gazj5PJU/iX0BpF17UDgB2f332ljXVigM1yk3dCYw+eCii6kwwgRea6gA3K4hUqejd6xeD",
-	"GoVsLdTHqHN++vBz46mVdyOlYhxewvD7y/+ZvHv14uXlN3HvztR4d+nS9SoV2PeIEe0oIbplyblb9Ccy",
-	"KtwW+inaxH2CZEGqDPMHBtQfGFCfEwMKrFt/QED9AQHVgOxC/O7+8J9K0+puBn4s+BN8/gf20x/YTzuw",
-	"nyqM7w/op9syiDvGfdrPF7Jc30inIks171+Ldbu37lXlze/E/wLM140J7fe2ueWJNvCvvFGJ3Ad3QRvV",
-	"cUGfzX646s7dizfuG6pxEqyjoD6UQSlUL8LzL4iJlWiNXqCZHKYJZvptD//G6gcL0H246pv7+syhhY2D",
-	"SHYFGl6LdVmUAxf4Tvz50DOqhTVCayeug7nHyS/XYr0n1OkHHUC2uSqpi2YKxqulzsV2pc5qPhwoN07V",
-	"uoKsub309XnjGW/09V3FM7qmjtqrT2YE+7nyxpruvFjIyNB+n7zGF+4t/oPa/0+NAKHh77+V/ELfR0YS",
-	"ttx8/4QNvo+751unlpOPwh//rDAVAa7BqUv+C/KvZ7n+sB75OAeW6rlUpFeGT8Cd7nOXKdiecrQxE2ms",
-	"XK+ABoCf6nzOTFrM8SuKFsD78P9j7/qa27iN+FfB6MXyDCN1MslD5Sc1mbiZ1lYaJc1DlXFAHkShOgJX",
-	"ACea4/F372B3gcMd7w8pHWkyw6emMg+Hwy4Wi93f/nbtzyErgy8ItHQhLwS55iSZHnp/U9K58J55Es7G",
-	"awT944KvIKtLGe87JVUmPuJJnOZoI9MDXSnw8Sv2zddfs7XU7Z0Kfj8lfR1cl861SfO5jYx5lcN+PYnp",
-	"4JjjrbIP+I3hmxup4fOZLlZImHCnQH1fTzoSvjhiTPXDd1PPcbbgSt7DDoCMfZKVqaeV/eU1/BbZp+7l",
-	"vDE3rcTFnfoF0DDYB8tWBDikmFTAVtMmpKOHZW67LNGWOuwSjPok9+wm0cv7/CKyPOOYuGbmv93CdZ5y",
-	"GG3uOeXwB9udcmLzQw6Hv3UoqWM743D2G5xxtMw7OONo5I4zLoh3F2fcT0YU3AjLzkHm7A845v54DTDC",
-	"2N6+BY5dXcGcvlNwZqCnDElHOB+1FS29KbXB2n3vQ87lkzfNfG4nYHaBAkhk+Et7wcLtjzDeaeII6x3F",
-	"vWOApeMAHsec952aCu5s9QkX7BbIsWJakP5+hSDBC3adlDhoJcJzdypSSkNNBJVEBPNMSJzVJNS+T1jB",
-	"S6KUXXLpgC4SQZNh1oAUy+T9vSBYVaTPwRlAWl3p5RXkE3SeMwR2Mn6naLnhAcNnjxYzmAhmpxdgj7xU",
-	"OHQ8EKLIQWMtulOXKkBmQLzShqC0N3B4+KwfHrg0B3541Ca578MDX951eJBuTVB3vlTDrUrfq41OPu44",
-	"4SMwK00r0nK8Vcat63iLo3ZxSuslMr8Eva6XLGmFhNDAQwdUOAhWDnwVYeNAt6lQ+o3XPEzBAbIZjKOk",
-	"/nVkyO4J0U3G2wGB1gN/wqgAkF4AuRlA8XieX7DvKtILaH6F7HDwxkBEwB2fcgvedFVd6wxXliOFDifa",
-	"jRC+gMIIIsMSKzKBTPyv5Lk3GsCz0egY3BlBv8Wl3kdJE72qVz/BLy5HinZ/H3qqlarrpB2h5qlLifdQ",
-	"0A+TONXz77+ev6lGLynu3SAqcRDV/DVlOxXzH1Mxf5+6DpqvjSv5awpy7IX86E2MXMe/Rcx7szL+2pKf",
-	"qvgPtIq/rkubFfEvRC9iprTCsKl4kKGMD2AgDAAgk4hKkfW4qQ1IRSy5QuJuGImeQ8bFEIpePwLeiR37",
-	"ie+6BWSFGYsG3gL/8ldSwaiJHGQmlJNuVYlBm3k/dKm+vhXbJJuKXKs54E7P72s0rJNY2F4ru6r3xllf",
-	"/BszP34X78bMh7272pqOIfR3q/qYichBwGDJO0uDo0BneiFsEJ4wbXuoVWyH7SxVE9yzn3Rj5n0uUiqx",
-	"MfEH9W23rgrJzr/8pM18AFaAjo5d422uIBSB59kbXzIB9oLdLKHqth2lcmPmR86sMrTKHfwqN2a+4yOm",
-	"R+vG1rjr4UXYTrg3Xhv7/MEbMz9sL7Ca4J4dwB6xB99vbPET581zDM4lL2QTFlmf+D/EyjaCRIQFbCar",
-	"mrblupB/Chwlfsdm8MlRdjOZbrhSd8o0Cu5Fu7vTFxnCOwIU41GsXkGUGupmOTb0gaNo5s9AbV7ZLrXY",
-	"KR6y9oo9Oxvpu78k+jHeAtp1ps8WbAJyJPEz63Rh2VKbR6iCcEyrmYDsKtX8A5bHIMzP4UPYLBd1RGRv",
-	"sJ2EBWBk620Ql/TIEY4D8njmHh62kA0cY13gZSbdEP81lhNiLgi6UlRNdSrDNHgW+Df1cFU32/rkq1im",
-	"A0XgWMkBdgi6MO+4u1Q6gWlotTDw7ud3kjqqwzAKcvhAxAUcK5gCygpF1f3nov/ZCw7Ftn1CPWoQOtIJ",
-	"hcIs4Fv/o+N3epKPGRZ0CsKxzfDSaOlVHL5f+nVJjeEadcr4sIMt6xPdsx+UTKC/+ybK9UuAVa4b6DHi",
-	"qILLFCQxR7FdtzwlbMaq/R6N7bY/Q5Zncwwm5Ak+yKz9tCpL+JfNDskAjKFMgD8j+bzriHR8/gE9oG62",
-	"moVU8f9vMInf4L047gQZ0+KUACXo+JwIhqSt4A1dswsJk/YGiN9+2zqjtsEQGtTG3zHVOhdcdT9K6KGE",
-	"anZbObWN6v/nQ2HEvfw45vrXlCDsIMufRNbY3u1rjr/5AL95xoce34m66WG6s2N0owPUjuxAjUyvUp/9",
-	"iWblRLPyp6FZuTHzE8nKiWSljUOhbvV2R7YybMi3pVnRZn4iWTmRrPSQrESzd6JYGcs8jEy10mcVCNze",
-	"dT0F8ODxh8TgM4b9d1yM8d33H5BLtdd7f3aVwVDcC15+2BGvdIp7jnX19itRYok68SZ2iqlV19XKH0fl",
-	"PxnqZ1LbwwQe6tzE7+Dfj38X43cMb2Naj/H38TtCafVu5CCN8ZP71xkgCQth/Gk+XTGx4DIP9OWQy1ea",
-	"Pcj5Q0rtGjqbeycCH71TyweNzATQSQGxrkxCf3+eQdNyrcF7yKV6TLofrIgU2D8BpbnkdnHHnoSR91Jk",
-	"OKk2RwFX77AtUW2OezZF+O4+W4SqNQpQJcsYp/FadbfHzlx+Kq0wAyCDawQGGKyVCPBGr3eZBgy5Lp3h",
-	"CjpvLd6EJgILvkLufXSKwe0HHG3SL8KESo52/Tr2opIemewMaPAryLOvN9t7Dc2PgBWLSyuCveFTP2sq",
-	"IwC0eoAbhC8BmZOwLUnbdck2g97hnbI9bNxibY57hi72246AXhzPfnxXFzJByTa2JEPF2wCpjyW5xPVK",
-	"D13NhfsjIQ7CyhmKgdaBLXT/lYY57XhuW0HU+6lurl60CbJ4xyXOu8Ick6gDOc3lJ/ovOiv6uNZ2vPwD",
-	"1D0juvDX/Ww92y7tz2EF+6zzNbVmQe4tjGrD1SQ2QnmzRtYiLZOLRemgAnRaOuqvAUnglo1C8zhsC1yf",
-	"5J5N8ICKBRs8oqr9gPQsYgJC9sLGvqmbEUYFhorLT/Rf9V1a/4IfIasHGTevI4TnSWoIQ+MfNLohqzxd",
-	"EUdGIQxBNSCvohjP84suFpld24KNmFhGsgWB1iXChQuj50ZYOw6V089BdIn1bZHrJZ9qA5/x/OG7bqW3",
-	"ACP21mOudXblr6AEH5D+grnMVww7N4oMlQOWws9tymePdIg7XUJ8tnqyKB2DH0A3Ib9u4knq0kYDRtRU",
-	"fiCRffA/pY5oRHno+ApaEUEKWjpmuKoAoZWY2bVixKEC99hFaEZmhbIRMEu/fmUD54tl3/zlr7HFI0T4",
-	"/T/0cCNdgwgOmxoJ5/iZLOcX3X8RNyxIPF8CZvZeO1Zoa6U/JNtVYRQ74Ze9YkXqJUJq395FYfST2M0G",
-	"/wFYKYNYiMEMNjy+ludXRA/20ZGRBwY1u8e9Rd8//q3/pPY7VHuUWkN5ttd+bOK3G+UHkBxnxPKND3hn",
-	"GjRcIMBAWgbnK8RQoTfn/jT/O/z2k+Ifk+Kj0BKjGntpAh4BVWv7fTCENSZBbAs5fhbtK74kIX9tGzns",
-	"9wTSKpVclIuzq6r5pVROzCG2dZwUspuCR+u6FqGk01V0irOx6nES0O+A07Gr+8jYTfsCdStWZDosoyTG",
-	"WIpI27TRN5ArVggMaHdJ3IJhcUI8JFzYG1DVaLbidZcwqSfc6Ql3ulfcKe25E/b0hD1t7d8V8fC7Qp1u",
-	"Z/S3RaDSACcU6gmF2oNCrRnBExL15cZiZAzqpjZCiY8OKyp3c5+HzHJpjF/OEKvShWWOAwuGEsvoAJ5j",
-	"r4LQ4we8O4h8SSXtQ3QWMHThbQ5GvZjSywm4qACuoth1JmbCWm1eWeYejLDgjXmPCmBZ2B8grD2GrvGP",
-	"+4skvBcf3Vu6kJ2CCccTTLh9lAXj/ugINuUlsTTQut1svffdiaH1hnqN3ba/bfATLMBpCxzTFgCZvSR/",
-	"gne4HZ04oOPQ18bfVCEj6R1A6eDoKfZp49HhPWn3UWk33VJ4w03YXsvBP9mdW4V5d2kh4lPLvFP3oioA",
-	"hyhyOKKSiJt3d8OJwM79PSIsqlf3XC6kiyMsuPRC5mrmb10q08vX+9tG0DfqtIuOy02CXl+NTF7vHnoS",
-	"xkr8yM5gxbSUeYbMGYXR3sUHbYcOnaTL1m+BBbX4Ie1FzcPA850K3X0CWbTSbOZvDMpJnre25fk3Tm3H",
-	"QCl6S6cSUaskWqcXCEnMSiPd6uzqP7+nIqP3R26STBS5Xvm7b3olXVknFl5q9ZE+nWEsxA/qtxqGNtoo",
-	"65LAB5gNDNzSK+myfXE2OStNfnZ1dgkbl96+BpXgMwfJYMjp1aZ8kSTUcMrrjCzrxPPJU5F4voXJpUYw",
-	"r5eKKhnfsELoIhdENE/3g0VaMZS8AMC/7ZOiYVpqVSuINfYMqIYLCPD+6X5lZ7oQGXJLAqakdHpB/Lpx",
-	"rMi22MIi9KApwZPBgZM+BXxy64+8jWxkSSLMX+BrvVhBF0yZ9NsKGMqLBh1T27SAezdrtqn3C588XWuP",
-	"3b7yWSfzy0WTiqdtGj9GiK+lClTq3VMDb2LT2GTAiBZdH/Fv3uJZ5kqjsPf3f8XMsXPOYJtboMlKAqHf",
-	"Q4tj/zewfncKLNPHKu0W5jNhZZFrnomMQfs5x81rbOtPLW29ckAAtK1z7mSoBTP6HjzJ5lVfC0a87Vu7",
-	"+jtxR85OlfxjoMfJElb9OtbHjRhx5vgjVNYZyFeFNiBS+RNiHrNzVcRokvhCltCU3vmpCS+cZOsvvk3Z",
-	"nTBNaUnRQ786rPqzAAT3x9eamgW+s/XRa8FEb05bkrh++BhanGDyDCHoIYcps9RUUsCxbd9zF3eHFYgq",
-	"ftJ5uRBXbCGcgWya1zYuFTbZBh2DFG0A4SZvciIX/rE2+3ptkSI3rJzT3l9i50ZMtcavIO8iNt9Ca32/",
-	"wjAheMJTMfNWBPQ+eTFRF7WK6/bv2GtQG8DnL7nBBJKu7MITOXC/SSPeltxk8Keck8YnTQFfWVaU01zO",
-	"2K8//7O22Rfaia/4zLsvQys943lebx6zVNjWwq5rCi9k13jpJn2FZ5ZU94ZbZ0q0v/5NdsJsOXtgmCsP",
-	"vbvZu3/98gubGv0IlUcPWj+mL/cXA/+zs8+/f/5/AAAA//8=",
+	"7L37d9s2tj/6r2Dpzl2ROpQsO3bayKvrHE+aTjN9JBM703NPla8IiZCEMQUwBGhF0+Z/vwt7AyAokXrY",
+	"ctr5rvlhprFI4rmxsZ+f/WtrIheZFExo1Rr82spoThdMsxz++kvB0+RVYv6ZMDXJeaa5FK1B62bOyNg8",
+	"fKIIT3qtqMXNzxnV81bUEnTBWoPW2H4dtXL2oeA5S1oDnRcsaqnJnC2oaXYq8wXVrUGrKLh5U68y86nS",
+	"ORez1qdPUeuFXCyoaBzFBB9vG8fEt/DAkRS5knn9MGLBPurRBN6IiZwSPWcky9kdl4UiGZ2xSyIXXJOp",
+	"zOHZlOdKwwM/6g8Fy1fBsLG7cIwL+vEHJmZ63hqc9ft1Y/yG3fEJ+2sui6xpxRJ4hczMO9uWLak09bCl",
+	"w2FtH9ETRcz3W0fz4IG8vGNCvxRJJrnQOJ6azlj5wsO6+zZlTDdNe2oebtuBqf36YWN4lbBFJjUTk9X3",
+	"bLU5lB/pLVOEkpzpfEUUnbJBQKGmZ6Y0WXI9J5TcshXJC6EIFQnhWpGcqUwKxQhXQ3HLMqTws3Myl0Wu",
+	"LqHdjFHtzoSiC1Zt1P9q2p4xrYZCz6kuW6YzygVpw8uxn43uvmVZSlcsGRCzKHEHmpOFNgMUXMyGQi/5",
+	"hPXITdiDnUjCp1OWM1HOkCtyfnbWI9+zlSI0ZyRjOZnQNGV5byjcDs0ZTVhe7lGwul2zvE3H9eIiai24",
+	"cH+fRmavNctNm//nl+Hw49lpdzj8+OXL93/+U+02fs9WTYR09eaVmdo2UrqFrx9GSD9QpeH81I3jLVPF",
+	"ghE61cwwOK4IM68iKcU88UwxpUrjM5KzCeN3LOmRl3csXw0F/oxtcE2ADDRcNYoozdOUzGWaKLNVyrwJ",
+	"JBqZVwRJ+R0jUjB1ORRL84P7UEiSSjFjuf1YyQWzg1kQSuIZzWI7IEVX5nmPfCvzobhm+R3Lu9fmCcxb",
+	"4WTMOnThh+6rb2KCFEESyVRJy+1xLpeK5WooFIOjQqQwE5ZCsInuXOIa+euWLLlQBMY9loZAc0Zm/I6J",
+	"gPTW7gezkCMY9wg2rOma6K8T3tad/Q7pu5bOahYkx23HNbgkijESVwYW95pOTmUZHzh+vuC6fswLaY62",
+	"ZgtFtDQ8rsgF4cJQytbbN4Umw1ElbEqLVLcGF2ZE9CNfFAvzB44P/ypHx4VmM5bj8OTs79D6xghfi3RF",
+	"Ui6YIhMpNOWGbyFpaPZRR4TPhDTTJBOqGsf6YauQsHPx5MxsLJ+whvHBqYUxwqmBwwfvN43HPm4a1bOn",
+	"ew3qhvJ0c0Q/Wx4fKy4mLI7IXC7JgoqV4y+CLQ03xwFrSeD4jdlU5szOxPKJptFr02/txp/2w50/7Ve2",
+	"vl+79a/zWRPXlvmMCq6o+Wkb65bQxMNY95tc3nHFpSGvLRdJFrz2OW6UtyxlVDXKhTk+3jaK3LfwwJHI",
+	"NJVFo6iW4+OtI/EtPGwk14auG07i0lyIc5plTLCEGKEqD29czRfNZxKarR1KQjXrmm/rx6NzRhc3q4yp",
+	"Zv6gmL1BzfeKtCnqZV3FzA2nWUJSrsytZ8+SeTtfwdvm86FQ0MsTRdREZoxMaJ5zpnr2djbCZszy3OhW",
+	"NF2aW3oiFwzvRvYxS2XCWoMpTRVrONMw/HD2cCWYf/wpZ9PWoPX/nJSK8Am+pk5w7nBHmQVofYLj/wo/",
+	"/QoOv/2jZGI0z+nKvKn0KgUpXuYL8/c7oesYWs3Gem61Y08LaPEee/pOsbyJ1AvF8m10XuC3DyPyf9Cc",
+	"03HaePLv7PNtA7kr23jIYD6Zj1HTAHp4k8txyhbmn+ZKZgIEC5plKZ8Arz7J8I0//1OZ8f4a9LWNlly7",
+	"0GN1xleCAHFHhBrFirz99gV5fn7xJbE9kUROigUTugeLZ1s0HV5NdJ1F4ue5JAuaMELJZE4FSjlZLjOW",
+	"a47T5MkeixO1Ujpm6VZCYQvK04hYs0apisi87joxewfT5JoszWxRwDeUekliM7OkSFkegxapVkqzRUS+",
+	"TeXk1jS5FI4TE/9qr27Y+MOvLSbM1fwLEG0ratGMj25BSQuHZn9CC4M5TtBt630d4ZZ09gs+jVqwcLhO",
+	"5Sdy/E820WYoVxm3and1AyY5M4xxRPW+Bzfy34xXzVtClnNJ7IuwtrdsZdZo51azjxnPmTpoQHtTkdKj",
+	"QvnZrlOr1daMeg7qIS2MSqfNgTP3nFfR21rCiwsuCs06lWltHSeyjF83H2Q5m/KPDfYZMIBM5jSnE81y",
+	"5U0YbJIzo3ZKolmammErQjOa6x5cR3SRIeNPb0dPp88nZ3R8WjeoXKZsF9d4a95ZJzxYZJiSbcTPIwrJ",
+	"qpkaX8BLwNeShJsp0/RNQJ32Jq0SbJU+tmyh0jJTZCnzWy5mgdkTrUeg1IOyLKQm2OjhGxmoE6ebSk5p",
+	"WhkOr4+69OGq71pfOBs0TV9PW4NftvdlmcSnaJ1LIK3V06dZTa4VS6cRUXPDHKWRJbhAycHdapfEWSCo",
+	"Gor4qtBzmfN/wV02IH9hNGc5GRb9/tMJ9gb/ZnEP+S65ZSxTtmmtyJyquRO86ig96bPz88nF+CvWn35J",
+	"n40vJufJU3Y2Hf39bD4fL5L01V9P01d/b+3irnbmm4v83i/zGzpjm4zVS3Z7iXh+5Tfkt8CiX8M61o8k",
+	"9FVLEflkzjWb6CKvEeuvyIs37wgN3onMBr5+8YpkKdXmUBCVsTTlYgbcxV5odJE8Ozc3Wr5w/7370v73",
+	"mbmUnn5l/pNzNbl7dl5zl0WtqyLhaPXZXEPq5IqtSwcv7X8LmA4ozrtWH3aPXyWO01q+HxHWm/VIvGCL",
+	"McsHyOLiKrOtPKvtPZ+N9h1ooY16EQoQqphMmDIqxJTy1Gxl3ZLa8dp+Nh4rTXWh6mf/3c3NG4IvhFMn",
+	"M6kDCcebFqKWpvmMua422+PBIipZ5BNWaRbFwiQizlSaM8LNKWf18hTH5dhTv9i4rOybdg8iS18hSVQW",
+	"r9wCv2i1R8tT8FE4QXkeHo8bgEe15rwFDOCAEYespWbMEyomLB3Zhb2nrHnIN0mBuzla1FD5t7lckCJL",
+	"JU2M6MREUrn2udDAyTYpHXSjXWsBC/sS3vwUtaZccDU/cPTgbtuXR+wr+crZaLzSrOHUp3L2RBHF/8WM",
+	"TqTZR73nmph2wcRZGcX295WWOSgPjcMx65ozpVgSjoxbX0oqxwTaiIgUlp+Aj9/sJdt3N63FrpFx2edB",
+	"6wtwULaTnE41Wc55yowwkxdCdfZSbKw5ev9zBbTkbOI15wr56baFRDI3ChjN7TLuuTxK0/zQY1feK7tn",
+	"ha9+ilp3LFf2Lt6DgfuzUdlA33XZXLTGy4Llr/CUkITDY9LINF86LrCueawItYQic3DryCkIqnxBZ0wR",
+	"c18jcTaz3EMZ7QTsjetDiWEUI+wwJm1PwWAnsVEodjyXJFaaZTEYRJSzgbKsE5E4K9TctRKRWMiRbSUm",
+	"bSGdd9s1TSaySBP8ayhMn+HM4PDyBTPtmv/KQocjIzkVzjuq51TgQBKWpXK1AF9smsqlMl9boufijqbc",
+	"TQ9ZCrECBlekEDmjCR2nrBMNRWwIOxc0jVFj2LwwmLZenlrOqWtdQCDemM19otBckMqZ9fcEfh4rp4Hx",
+	"0B36BjtRcLJLR1jNKWNZg6GAciOfE/MG8PFy40mWmzUw6peTYq9vXr4hT08uBuTtu5+AucW9nVIUUJxf",
+	"r8ZD8mphBaF1GzNzPrsn9mCARm5OS0gtxz0ldgm2RI+xnOQMDKtoFjA/asPc2zLHNxThulMrkiZ8xpTe",
+	"NaZv8K29ZBNgvUY0QenhDyad8PqtxSszk4prma+cWdWwEHP7yIjEqNrnbMaVzldkLpXV8E/wicxnRKXF",
+	"rPIj8PvNny0ROQtB3Tg/FKw4/P76PHfeknJtvt9YxWvmJAscPqpFdcyWCss5zYFWdAXnXl6ahTdsQGF8",
+	"UYVpWxWLauBWavdhrxy6rRoQzO8HOfuBC7Zdqzj08Ka2xRpp6sPm+v1UGO074HyGNQNHnpqTdXpJJlIo",
+	"Nik0v2NE2LcXjJpF1nOziFyRBVfK2jn2kZSaghYg3Asfgl8inqZychv70EtnWLEeBRhnvdar7qnzmjWC",
+	"z6MgFgJWtHETj6HBonL5yMprECuyNtZ6BvUtWH7tMuAxQJmHCsI+cqVh8+FK4kYEomC4sCJdhB/A414j",
+	"VzxwhfCSrFkmLhL2cVReLPvZbt0V8z5qklMINAwucDNZ9H2Hh9NdylaxomkKAWBwHfa2+C/qjdN2TZp3",
+	"sMEMFSPviwn4ld0WsBwvRrUpW1+S2PLH+BKC8IYiBkMZS0AAxoniEuDVbgRgvJsia45CZW/KBU2NlGnF",
+	"3qFoU+EEFfgJTrLh3yyxzgQ3ujXxlZTS61Cg+HpZ7Qva6wBnQAtJKa6vvWPt3NYGiMtjNCCctDndbrbW",
+	"MAj/8I3W2ghtPHuNQ1AuspR9DjNN1Y24l4k3YSm/Y/mh9iBwqe5rUmFNGp51EtvAdUV5QpZGOVnmUswi",
+	"IIdSyzuKX/MxTEHbdYt9pBlLOqU849zce3yE8St1qn25SRU133q3vYJf0d2DNa2QUx3PsQN4kM+Ri0og",
+	"3tNn/X60IcJNpEhQBHG6tuEXyt/7ln6sjsid8xHufh/V96x//lU1pLN/X+HDqBJ0ookUl8StOhmvSM6A",
+	"oY68jJKzaaHwmRmn1HOWu1HtHTT5cGqA77fs4DFEFMf9Hk9IqR6Sjf3JmEjMJdy2usAadQwwsBxEdg45",
+	"ATZi29xAmIjA6GQ+FIZzgBnShXSrTkQ8l8TbxBIcndwKuUxZMmOJjXkHmUd3oqHwNwjxXKzysdHtchfK",
+	"Yb0inciSLr46FPbdhCfgVEf90ozO0npcnte4g/kQYDjR85wxEDXgAq5ed3alWgHzb7rx7Gi23Xc3ljir",
+	"u5GzsZR6bcIoblwSOjNbcdrr9/pmcVKqWd6J1o/PULTtLyCglGYOG1DN8ggEzoRwQWL7OC5bP4XWh8I1",
+	"zxMmNJ+uSHuccnFrxNQfXn5jBjBmLIuIkpBBAMKQIIprWLxEkWAnGsbeI1dulsu5VMHmwusja0OFVBpp",
+	"ZBsbVmVEZiNLle9LwSKji5rd1vSWVbhe+7z/fE10wXUG421l8SB8CefbsHlA2/yO61WTq/gQwcM2J8Vo",
+	"pxrpk8LKj9QlJkcwzD2QU9jx8jmEja58Esa+Bhw3L7dY/sQb0ueq/HNnRBg2tTHPqNUQjbOxvMdhset7",
+	"9njM9huq6Zgq9o/SmbAWvwKDGgXOhs3r0kbsL/gMLXQEgi3BfIWUYDupOPxP97YRsHx792+k0rOcXf/9",
+	"B4KvP1HEflANMTi96J0+30P3r3QZrS9B7TIig11dac0W2QMPmeXWq33FV/9+U3gCCOBjNqE+b8pddCvD",
+	"Dac0J217c31tlVubS5gxgdbbzTul5h55v9ujvMX8uin3u9SovXQPeNlJUPcV8V3I1bZ4QnBzBbEZmOM4",
+	"lsmq12znHNV7nND4C0l0hmqDGJJLQselJIPxHUsKyXCuz/qwknJfynUYS5kyKprUh5LcgkWvLCkwwOpm",
+	"hj3tcSSOwRjXT9kjskVWbyJ7kM/xPvEYqNo1kvWjRDxQZcQLJrYHijo5iFof3pzRPAFrcUSkkXXevry+",
+	"MeLPj3+/uTk8PnTbyv5k3vkUtaRwRu6NMZoDEw4z1APctWQGRsa5vGU5EXJ5ac1S+IXNYZ6bIweiW/k5",
+	"zM58DMFX0BPoEVa0MxqrOcMMXhwKWAcbggErddq38c+q4lT1h/SgULeMC8GSUTUoY/dXxTjlk1GRpzuz",
+	"HuDNd3mK7BHnCDfN7vhb+/Y1vAwRb7OdZ/zGvPMpahVZcuBpqeNtPl4tsItYI2t4tKJ1jw2M1BNYZb3W",
+	"DCnBOJsZCWAw1MWOKnrHEkejU55qlg88CZIxS6WYKa/M2qQql3tFZ5EhtqEwM3I2Xuu9ogs2wpDy2Gf6",
+	"88QcA6NEeYuRiiOnPw/FRAq06yibuUxsUh2CBQSnKeVKgycNYxgJ10jJD0+QKEdWuRV2EvSGJ2C/c3AI",
+	"twnWtJYXH3Bof8eDYKnfEniw3Pem63vZBe+7z2X23mm/HyCo4MZHrULwDwWzr+i8YA/b5O1ZCg/Y1zrH",
+	"z451Po4EVbKjx5aeoJd3QEY7iWPBRfjr6XZyqXLRl4tMr8gkZTR3xmPLxyqhQ3800jpkEutk+DDCa9iv",
+	"49HXo5PWW4iFwcikA5jOQ6T3NUm8NCrkVGVjluerjJ93wYoR4sLQ7r/63efv7X+773/tR8/OPv3poXfR",
+	"RvbjobARXqS5ZasdmE4vk7OLi9PnBD8gt2wVkadnVg3mghQio0nCEjKmij07L/K0t7YIV93/xfmPuu9/",
+	"PX9aP304lhsj+SsTDPPPrW/F2WdRoGFCc73CGBUhlwSPy+705ZDYajJJ7XfBEtWKjbsItEyWaeBme/Gl",
+	"g3S8xQetnVi/uaehxhOIc84BYhSjdmyaGJyczKXSAyPAx2Bdh59V5fcO5AFjL+Nyh67USkyu3rzySc+E",
+	"6qE4oeZnmvHeii7SHrmqWDe4Crz+iE8lpBupEVBxpKohCvUQ0UveMjFy+GC1umMOjj+d04QRxWeA1KCU",
+	"2T4jGpejIdCWuiQ0VahRxrRIYvhX8MGiUCi6r3YHjoWu3DrdZW30zQR4Y16sSwubMKVG2j09iq993cdb",
+	"59TFiJSqy7YmJQqmt577jRmOu433lclVGquMsTLJHSv4FjNvDr1n3ObXqXx/+/nGUVX7ZfLN9VWnRFHz",
+	"PDfL+R3VkCE6IFwp8jVRxZh8HfqoAGwvIrRI8HckR+KIg7x7+wO4GQnVCKJ04cwOhM4ZTaKhMGodJf/U",
+	"3No40IkNLkc8acGdct5//mznDviJb1nXQghEJFhbtCTJmVI7LiN5x/KUroh9m7TNcYS7QGiWT+mEReVy",
+	"orD1RJEU5tBZy+5Onj0bPJs8Gw/6g9PB4KyWtBv5hBmVhqlYp4N6Qt5988Yvf0Q8o6w1C98yltGU37GR",
+	"wiPSAOjDcmVEHaGJ/wJBkQCPDGbJKhgKwXHalhvvFlIwvZT5beSbeqIwZ4Al5NUb5TrBDdi6gCehC6ca",
+	"NcPy0dbtXV9ISIWu7nRvS9u7RJn15n/mOftrQfOkItOg+LJHcK+dSZCzvzmOjXkHtFS3+bvOyz0l3r2F",
+	"vG1LQtrn5wGKAtz68XJm3rxlqxgzJHycf63g9+eT97+en3365erlqx///u7/m8xupVr2z796//Wfdstn",
+	"5RyaV+lIemYoa62BbMo7Fvq1ITZIQKQP4oBW8DFDaDAwnq0naRzVMlVrA16/dyBAxMdHejeg3X+cgoZ4",
+	"eZKzGc2T1PBX+55DOs1kyierSyKKNIVEC2lYRflK3dTMu3RsOAYi+xzDGG23++Garw8V3gD0ef3iFbH4",
+	"QQQjiqvcT83p2cWzwfn4NOlPnk/p+fRi3J9+Ne3TZ+MvJxdn01PW/5Kd035y9uX06fgZu0i+mjynp+Oz",
+	"ydPknF1Mn9Evx19NqifGNvoL7U6N2vjrs/N6ZamCgnscaJqEK7NL9/woZ1TVyTs/z1cWhcK9CsTihZQ2",
+	"dXleBBDEbjuRN3cnvCEeVEBDdf5NdEUbRU7Vo7BdY5wRUvWkyHOrb5ifrAucondR7e+zegwv3C2d3tLN",
+	"nUWVqGqQ2Z0UR1U6WrDJ3PCkRf0nqapfTy0zPqn9pFAsbw5r3zhqtxxjpp1Uv2TjuZS3LTfV9w91Bh7g",
+	"M7Ow3qNtiDiA9obItBUocIQ1ARHeKMxyfzLZBgVjmoNMJGy9vZwrNhn1er1O5HyHVKilBTHC8w0XSy61",
+	"6dN+J0W6asTTOpBqDnc8RC3Lw+/hkADyiDzOnzvjh3klKmzxfvHKJW/xwcqVaytkNY3CAkAClkFuYN9o",
+	"vB+bj/42sv/evHTNxe3nOFu6HjzyZYAYqaWLKSJtABGG6XfNw0HKlY47l4SBkVvmLrRlwagAbaNiqN9p",
+	"7K4Y6mvotsn6ZVfFKMakbZbM/dJZs7Gf9eux+WtSdWDld5LiMUzr1Sv/8SzslX6OJFZvv7G33J47ZcfD",
+	"z8q96P7YxLkHsdVvzM0qYz9wpfehpupzmScsb4AefFmJx7UKTlvmDqyxQ3JGJ3PI+HOSGxcEmgyjAz0C",
+	"o/2ulvGUaJv1NIU7XR3g365f/0Su4UMnvAF/eaJInFBNw0zmcsVUsVhQRO1uBpj0Aj2XPcgz7Vlbhw/+",
+	"2AtE0vXl51d3tqrUsPeR/JazRviM14IRC+lAMivberzFTTiAEq9hU07XgNuaFgzDRKDNNZ0HlsA8DnP2",
+	"nj0NrAO18rEZf60t1GwrkBPLCRc2LmsskxVpxyfmpMYdj0zqofYtCml1aCcusGFD3haNRv55uXQ47yVV",
+	"ITmbgaB+Nm9FHrvXwuDvNEeDqRmnvhX3AUqM/P6hhvs6mKjZLUHFhI2WXCRyuWtwP5Zf/IwfPKJkv9sS",
+	"EkIUYSCVy1spXAEHoDawdBhSj7HReC/ZzfWMn++OkIO33+DLhmOlxWwnprV55w8RRASj3YidW1sCH2t0",
+	"iCAPZ+JeAvxDjs0hROl2ar8Uc9yzjQTzdxBS4hS80Gh4ifDP4NiGogh0wZA4rezcPu8/J7EZxUjTWybi",
+	"knTNHQ4BfIZ64WGn9/DopLV9bty1Y8i6yBIfT8aF9q9L6WA9j7uwxdS2bil+/gJfPtQKZAUktb2wlHuL",
+	"2FjkO4aYuyJhCWnnjCaryCGcRCSjhQJEyCAxkmZZLu8gNd+5xbj3pkOBJCgjBqYECOqtqGLVdYE3t4mY",
+	"+y2cDSotFw7AFUAq3l6Ko3q5mm8i1+VuYcsv+b47tF+IM7ZpI5zXxhh06JqL3CIeLB0GQQB2zgERNdL4",
+	"kfS3+kt/P9ZXc/1v8EFIKvDEvgC35DJdufDi0APhSLdNg5oecikIjgvchjlPGPijrKMiZwvw3nAQiBt0",
+	"ynLlPofrxRmELsGTq+UM8wgwert6g8ZbJZCdGvIDJZKH+VcAqeUblmpaty6JeUDGTC+ZubqW0kH+IWaM",
+	"clhOkLoLNZTkIiv0scEAzSW7PwzZoexjM3MOZ2H+/b42QGnfsdSJaI7NwJygsT3u7b/9/P31Jje/Zasq",
+	"s9+mrq/tRjqrVbon+V3t77cNeMu3etXkeqj9/eNuocA0iR0ezIJhQeq+Ku1Lh8mqdc6c6hnxMSRrBsqL",
+	"i62mp7P+jtI2GVVqKfOkzkEGgJBMTPJVplly6TPXdZELPHoVI9jZ+fpQotYy55q9FunKB0pvuqC8eb0l",
+	"JJhZ3EGxf7754erVT62odf3i7dWP3evvrrpnF88qf1+cntWfoFRVOrBrv8W3tRaxe9X93373eW/Uff/r",
+	"aXR2/rwhYDXwf+3YmzVCcvvuRlBHU42YcPfHdfMl4AKYhWogwFaUN/j+QShvNUwyZ3RRgWnXiSygbJ9O",
+	"WJ7X7+/9Ud18WbsA3w3HsAXezW7FMRQbt6uPp9psilu7eFKNKOaELCOJjVlFGMM4Xy98YXlQJ3tlTEBF",
+	"IIbVQAFiJZ7kUsQeMg7UjJWCd0nsE4ptHFRcn0dWF1nwrSFRMK8p0sbARihZSxK66sppdyGFnhP8f/vT",
+	"krFbtCdS4hqTOVHFZA4xTf+dUJ6u1uoS9MkZ+YJ8QU67F/tkYqzPyHKHBmyiZ7XYRGbdRv+SdamtV4K8",
+	"uvrpCiCBiXmlrMj27uZFdeQvC7OMJ39hecrXgjmfne/Eq80B+2BjOrU0x5qd2izpcoF1jVwSYWjnAM60",
+	"spmORMtNyQ7rQqg5z/Y/Zj/6b2od24rtxHt9p2qUTluEKhxR/XKY58eJytm/zs3D52UrEe0oQISzu59z",
+	"fdEIB52xXEEVTXinR64tQs9yLjEHW2oXNc0FWTHAs5DAUgjux1BQRZSUwgI4r+B987Y1fHBF2ncs51PO",
+	"ko7tB7iN3wkc35qkdX7M6kOuh8byQ7i6x7hqLBU+4k0DHexpYajO5N7rt2Pd4MTXeD73LxyTz0aNpcbu",
+	"PWpvN/fNb6UAnfNJvY93Ac+2meAAvGF/AWlLYbVCYEXmvcIg4OXI936wauUmVrsgH7S+mqRBKkYNug0N",
+	"8BkmKYesI3WLYSmyR15jnC5KCzRnWJa51pAwcYkbXnEvxilXc/DxjjHXqVYsxW6R0HZoSKHuUROubh6h",
+	"H9f27X2gCBGAz+xospok0WcXF08v9ldZaoe4Lg+42QWtuFlEbtW2bp8CZWydYHP/u6+MlaZyCS5Tsdrt",
+	"ZbXfN/Zc6Pl2ygGPMyaa3Qq5VLi4DgBMzCw5HUJDh1FCsy5+VUk080TgVDfs5okiroU1Kvjq9PnZ5yAC",
+	"P4Htm1C//xiCWRuB+W0Ax+KjgpVLc8LQTdJ+J/hHYqXTzoC8/PHv/0NK0DeFFTUsS9Bzs4y2wIO5MTBv",
+	"FXc/kUxFpBAQ9871UOSsG9axVD5pcVq7EWvCRLNGzNVIFRnLnby2xgHygjX0AOGdlyHFQniquuWZgpKb",
+	"viwgwbSoXi26zJGO3NpE6jb/p+MUe3ydz44jTR8RFeR1PnM+gENk9IMc/JD5M1pwMXJd7Odywc5q4cxT",
+	"RpU2yrtFcjcaPqji2Jki7evr7yKSyRzIfEnzhItZx0EmrZW8d1m5xwsxqEYWWI1kfSEOiyV4nc/upa0c",
+	"SAXHDAigC6MNV/Tk4wcE7AtB4uZYdz1xlUESIV1ASj4RjCGC7ZgRxMuomiSuJgtG3sqx1Ebai47AGI6h",
+	"Khn+sltPqk7+DVUKjEb4QlmcwnxFMjpjHsFPBthfWX0dhL2Vrtf57FHiFuqju/NVNbctpMiIjN1TW+F9",
+	"78gON4OaNd9bV2tSsbxz3E6rYRGP5Bg/kEf8Lhx9K+sm7YTdsdTMyeyntSVa9rCxcEFp/Q2zZGPNe7S/",
+	"uBLw7KNmAkCSrRmtRnyuhcr8kU7mXLCuK08WEaXxv6lcspwoQW/ZaEIV8yMwDVX5DwR7okHTY19vqWlW",
+	"oy6UdQsCu5Ivc4sIgvNiQdegZyF4tAxhJcNWyhdcD1sIDzFmZZZ+v99YW0HVx/8yoU3jEEOL4aygpZS1",
+	"YX3VWJviVi7D/ge3jEGuLbyiNBVNcPoZ1fO1isBIq2XRhyCQ9+70ROYz1dpZnnd7zVy7I1QhPAdwYhto",
+	"F/9P1+qE3VdJTDCgt7e9SNX2gr+G0nxgR4jP6ud1DtebcwRcPH9eqVDQ4AbQae21q+ZGPLMR527GkNAi",
+	"p474L8tkZEOUGOkqJ5jyuJ7Jb1cjoAvSfDx0LRD8FXn39hXJ2ZRB+0YkMMpz7ciMPGKoNTbLtuZuKXIx",
+	"gDD8gX19sMeZrQ/Jx/ULK2BgDb6Ait7XMzmPB/Q9Wx1H86hWbNmNZvwHKXmyoB9HhWoqkgr8yl0kQPq3",
+	"bAUXUG7hCupxKRptjiVgRViaPvOl6et5wp28PTRNsXZK39iZuMGzJGDxZmaIlV03px0VV52hxOFFQP87",
+	"PS1rhPig+iuHrE646Z5jASZev1pYZdve7g6e21f/qF2GZH/Zaf08f4o2MO63JOaafedasXQaGb67FGCE",
+	"wZsk5PXEUY9iALdqxK74zevrG3KCJ8Tca46y9qgXase0uSDvN5fkGDrQ5io9lt+oRBTeNAaG2bfbEZ2f",
+	"KLJkY4vpYvRaayqv1JAKjF4QRLUFAwVNHlwrB4Dy7u0PmPW2Xl8IbevbT0FjDmrZeETiudaZGpzY0pwO",
+	"qTrB4pw9D3mGT+WCcmHrdgaSXQCbNjeyjpuOGT5+s5vWymRrWKWtm7an4rSmLNu9UY0bSPUDlmMo2nqe",
+	"y2LmYJ/kRxeuguEeho0nOV1CCDB5PZ0Gus4l0UUusJ7PUEDxFkKLBOrUGf0e++3ixnWLPB3gctlQlQel",
+	"vjqiPIS46vQyG7V7HFEFopX5v/4AtfcPrvtu12Fb5fe96rS5dso6bQfkWjXWKrki05yxrpk2SemYpT7y",
+	"iBLFFlRoPnGFSwzVTuRiwXVvP8NpIG0ElUuc5BuUcN/MxnrfTFH3kjmOsG1lKOvFrlDWUEVzEaVJTqc6",
+	"zEu2fwNp18cU3m+Dd4SD1ccfqm0rfoy73LGDx7vDq2kCm4VIdU4nt6OUaqZ0PPA6wjpc1BPlagdVUiQu",
+	"fcbDACN58kK4n4JUizjM1Q17bLm8jNqtXqO2w26y11ivCuuSuVxraM/jtKiM51w7N/Iik8r78WpsXTQb",
+	"0SSpbG2p+/z08mZ09c2PEAe9hqs2ev/nP21Hsb6ogR9g4o7nUixswaz6iTdjw5QEUJbtPWDxynq6YJIA",
+	"RIEgN6FS5FUVmbkd1WW5wkMhGEuwjK2DfXRkVMFXI1e+hjWcfN/onKqhEOb7wqH7lHX+bcX1OVvUBaHS",
+	"RfLsfKdtHbfZ1yem+eJeH909u89HXx76EX/61cEd5VxN7g6dVB0FwQ2oHkaFTtlsRtwebYXcBgprOHtf",
+	"9b/qD77qn+hJVj197V/63ee9938edP7rFwBpO40uPrUH5b87/9U+aetJ9luRZJ3Of/2pdThMSJbzO56y",
+	"2RoSUWMmg60KWL0FMZShq7TMMqzy6DMsWlGLpku6wiInXQvBBoFclW/q+Ce6W0cAb81mq/0VcVQdrt13",
+	"6M7wV7ZcilTSpKvnTHRveQoFZ+5kWixY0xYlVNPByR3NT1I+PqFZVpMlswMFfes+HFyduyo3bl6LwI1i",
+	"spzzlNmUNqoUWxgN4ZLEcAnGREsydoqdrRAqCF8sCvB3dC59kW2PlIcpOkuepmTMeo2Cz9ZCbXbs99Lv",
+	"AO+KWma7oCsymVMxY76UmZGuwt+pJlSsIIi9t4cOVYp4bl57zOdhiYtvWZbS1b7wzwv6cW0CuwtaHFbj",
+	"z8MZ7hlY0Tih+igsWxm9xiQKw+TM5WLuYfy0bdWfj7Ai1KGJKRDm6WuIrxRU3SqEwnq44OrAjQW9vdJX",
+	"bIWzodhEp2/HDpr+BPF/VnSRxhHQqmDpUMTw88ndqbXkqZNf8R+vkk8nkHAZd4KqTVgkC6GqwUk0FO34",
+	"zdXNi+9CU6D9zuh5QT0xlyKhlxJCDDFT60MBLhtyNRRYWIwrX2ITrJE+Ni5W7EMMj8fyjpVhB+XbDArg",
+	"UmEL1NpKZchAzEAgdc9opEYwz/GD5ZxP5shi6IowDqa4CV2wWkEprIS7F2QWzxxKcjPY1vn2hMenZzWh",
+	"BOqgUVgYhUMrqdVm3b0SRr1WzJbjQucbrvRGZWhly+XZZdU5Fcr87uDZJ7lUypYjdqWVSfuWsQz0iwKw",
+	"k6QgCVe3YOwqFCPvBP84FAueptyGRppXPInCqCjReaH0UuZ6viITQ+OdhhjGbcAM9zDTWOGwNK9sU1o2",
+	"dOgP9axF1vtKMcoAsTQAaYWKtTAWCKnCKAotwac1IHccqB8gNlQnAsh9GyXRBncyXmRW/1CR13ABkhMp",
+	"SHUiQpMFF/aTBRVGcBgKG/gA7xpOdMtWKiLQFQJ9FgnXJJWzTkTkUvg+E5YyzWyd6g2Eads8fqHWykfj",
+	"fLB8Cc7DSIBmcEYANF/UywQWxu1YSB/38pwiSO9oVl9DD3RKkbCPzg+OeCYoXOUyTQ3XK3S9I9KW24BP",
+	"9i40K5LHNI0aatwKJ+GD1jH2KqciCPPABcdagHhZ7+ywBtVljz1tLCH2eWHEFpW0H59ELGim5tIW8tZc",
+	"FLJQtQR+QGpQThfZnovz1rwKn2g2ylg+wvTUKsXIYpwG5ILJ1iFgxwFIQmM6uR1JMaJj61DY1BAV0zqt",
+	"FJuoYeRINgcR9z1gcuxHWzHDuba1Kn01VevzguBSo2z4jEHMPSFtc59xo7USiJUiep4zNZdpEhlpsdP7",
+	"gxViDAz2wY6XCB6VNapQemnDr7BGf5RDhKA1Ctyggzr6OSy82u7tlSO9w9IAoeua6NpCuyqnspjMyxqp",
+	"5nUjyoCj1kFye7OxS4UOeKFF0arMsM5D/Kl5ai/8ZVcfLzJeldBZa1qeNWoYaqg9cVZ/rX0GMXVp2vit",
+	"A5SpfYg338itbs0LKO42MIKaGuJhYJpFAmh4yhcsGVmxoa7Gk6Zp/aNCoMO9oWGLazYykmrdG+t1Qzzg",
+	"jh9vVNmRyhKvNV8uUG2l+3CW4birC+8mu+XYPKR4aii21NhjnEjqwhIrtYbh28eWD64zNjnQm/cockFp",
+	"ZQwkg+qKuQeDQEFTRLEUU0qplakAIMUKFIMg9I3qofintA4gFMzaKJTrydxmcpmmuBQda/4L5TWAHtX0",
+	"lg0FYPhqKSP0jxiFxYq0k7lUTODlh6HPZE4VBNZiMcSqyL+/EHQcycYvcj9q4JNrMCJGmbK4HTb2+ZL0",
+	"wbEDWDPW9b0pMNUoo03C0141cPYH5q8VtdaN8xuB8fAmyQqtDr/S6mOZNmU5P4hnG6v/nVwCWnOp/UPE",
+	"eV6Iir9tzmiq52ZwaFQgVBHP+C7JTBp9Sk6nAAK05HoOshmYmlwFl0qY1FfPzivBgvURzlb82s9/gILY",
+	"+2gbs4M6i2aoNuBZuG1WDKzQvZpsxkD42oLOaE+ArXBbU9OTJg6a6cBS53uJ+V79rS3zhuVMDtUcvPz9",
+	"IKkeV2RNtj9EhXAc4f6SdVg20wnDTo72ErQf2M7dPUoMRoVcHjESY3MTNhiflYRI27AYvEwcpornxlx3",
+	"ovKvtpZpYngBCv+ReXco5ozmCdrLwB/RiUggT0WkFKc8CC1IU+YutC0R8/dQGLUMw57AEtjxKLakjXfh",
+	"JmeKCLA9LmadaCg8ayLtnAIncgysTJ02TBJ8TJ3IJb60c+sVIHQoLNuKyJSlKbJhLWvZMAYRQi6f44Dm",
+	"Dh+KckjEC4SkrTRPU5wwuPgwrtRxiE5EvMA4FG235pE1wgeLjJU4Kx8P3AjMkpWi5lC0s0JvvUpAcLC3",
+	"UQddJuAamPI7Br4GuByrMsTvL0JvsUpCMtKNU/IP9CZd/XxNXskb8jc5Vk/sFT3JuWY5l2JApJiAVIJm",
+	"4XjBxUiB1zmumBmfKFeMVSE685QLiEGOCJ+ShYSYFipInLF8woR2Xy8shDMX9oYaithSIxSsVXFUkQ8B",
+	"2Vlh5RyZa1Xrd9kELjFftaIWiip1K1nps07BRXWapilYU6rg0N4Xu30/30c7Sk3VV9Yvl7yCDF0bbW1X",
+	"t96+FmYwbBUeN9RHbLQylK1IJxXT6LFM5oebmz2c9gGJN8poavfQ7B5kMdzkMjsYhhlUyjTbp/YGwoM7",
+	"OAFnUzPD3goavjHJw8MDlaYz1iN/NXy1PPhtVx7UqZSWbxg2XgAzKLIOVlqH4cWXpfcWr+wFXUEWPxHW",
+	"VQjOYnrLnF6x1jQin0CFUkUSjnn5ba7tN8CGwB+2IhOqWKcWetEMZfcBdEXx+YLJQtcqJk+f9fdRTegK",
+	"hufuP0ghtFfPJaKdoNIBvIbIQqPL03Ebw3bXr9GKWnJ28fysvwcEI5iQRzq8XfY4G2tXUnDitgMdbAam",
+	"lRyNfZykheJ37Ec3YkRcfgCn82dFjVx9gN2a7I3DNkBqNFc9FsOPHRQotsXiBqVV0ttaytggi5+pIdK5",
+	"rTJE6FTbzB9gCkqVln1Ao0XlfcsO1zutC1stPtxiP6bTTWKFGJO5EZTadnc6a7JAxR6EWrZlY06S09U1",
+	"RGd+g5Vj/838vbToJuZ5RPXp8RWnt9b4dW/ZkX3EsXOavqWaoQExt1E6iyLVHENvxivCxSRnCyb0aEon",
+	"2oVAA5SrKyUNCz4qtRtvicRfNl0Max/s5tXrg9ghNVWykXqnNeS3oB93Ojn3F7s2hhdtTHHLbjYowFAp",
+	"hbStWytCNFEUXTobBVRIW0gi2NJePFzMLt02DAVNsS2v3KHE3ykV3qnMPVclbWe8LXfUhngNBTACjGg3",
+	"ehkyT6OqWh2CtPH0YQMJYP2W5mUhl8SpykNhdbxOhAqCmWOgRZG2/9X0XmuFdOojpsDV6I+diEyomDBQ",
+	"o218cKmh+uWsKpCwWBXBDtc40BXD9cJIVZi901tqnCpuGLWqxTXkzb6Vmjp16ADHirxjeUqz2mvKGjQb",
+	"JJi6EsG3jGXKVfat5pCu40D398vzq0TVH+gz8pXO9yxz4fpoSOF4oiB+TXEt85VLfclSqiG9DROd81U0",
+	"FDEmbMp8RlRazDBl0+Z4Iilv/GytQj7ZVWY4yXRFMIUe2amlfOzpiSJzqTRES/vuu5AK+sTn9Jo3OnAG",
+	"MBPJgpkPhaYzG+aIYQfIwaBT6xGChbEo5totQo9cCZvRwsVQOCbuuieQID5FphLDeyP2UbNc0DTuDMhE",
+	"ZhjpIMiU50pHhPVmvaGI1a3MmMTniZzcsnxwcgJt92z0+wnNsv+21eJ7vV75Fq6gH4GZcWVtZV6zBVtW",
+	"355nH3NPJwt2ophQMlf2v4PT3vnOyPuaFI0/t3/pjbrv/Z+dL2wWxZ87/9U+aX4L3rvq/q/N8Hgf/LsH",
+	"6R6nZ19+qs27WL9rgMYjdzbeN5+4MqL/kCNnDWWjLJeznKkNQIVdMmqN8vDs6VaUGh/332yjC3TsMjHk",
+	"I9ehqr0l7SM1hJbUIkAFFl6CBt4QwrIdRL5CpoK5hHOWpXQCF8iK6c5lWVgAvVBhwjihyl2yeIPjYCOb",
+	"ywXQoKiANsR31ORy2JWr3XmL51ejBdEFA9RVrLaK598zQ84UaT+Y6Q1FE0vt9MiPDUiAZlEA5+/SJ4UM",
+	"hY1UhbBvN1QL0gORVStE/ak75928FqnP0OA+h7t6amvToK6h+AaUH26AtrpDqzuhJOV3jGC1jhrY5lp4",
+	"XyYQd4zkbML4HUvI0kVPYsM2BHv/Gv4J1QeWLr7xnSGMCN4nUDLIDEvmiQOk3UxNwJbGRvDkJeysGdQl",
+	"qt62VHEqZzGhxFYXsc9mNIsh2hlIGny2YFxKWEzacc60UVqkwBxbMi4U+N2xri8eXyUXrFJuWRGqblky",
+	"NPcj3qMxgqXFtk8wm8SgMGIpM9edSuVyNJFCFQuWY5dDYVFtnW3KCItkSpUmTMhiNr8kMUUlHYygdqAT",
+	"mqaQiaBsXTczHHcWKlHRNkX0lq1s6DRUEkNEnASGPxRu/Ej+G0zgMB/tPTAQmuoSI50TpaVMvAWEK9wG",
+	"RDUTRGb0Q2HRoQdoG+R6KEDkp4rEP1Clu3C4uq++ic3kY0Boh0ZGPIFUs5yZPSE5n8217Ynr3lD4nBok",
+	"3rklUviJJ0QKq0cYgjVsnE9ojyBmpP9iCLm27OOEZdoRRyBnCUmAaYLLxXUduRG5TR0KMILyxJ/iymbd",
+	"L5j3sFqQDvJsa1JDycpuzOsNoGQQUglcpPbSWWukCezekoflK5DuU+ie5weYXDSA1Gnr78Tsk6XZE3Oo",
+	"MvDyQgIlCXzHb5Eh2TO/wZA6l3BioA+HkH7H9SoOw6YCJH6ZB1Dc4O18EXyFnXUu/bBRgIgHTpJwchNp",
+	"4xBhXdxX4UgWCyoSmK/9t83PSBw+X/sF/t7QguGfA+BaZW5/KmdQ8erSGzhxQZ14gh0MRdvZfsOmkfsO",
+	"HNcMIMiBgSJOZM5KjjsUc5Yml+6QDEImwESibPnW5XxVVbDDDW85flXZm/JXXNXwLViT8odUzoLa/VFr",
+	"RrOWNYXX69oVKNmG+FgryPUI1tMnf/Y+9D+jiDIq6eVrjyhNrrwXgyv3KQbOla9bZNMf/35zYwHRLzea",
+	"9JYbXz03IE+XeAcFZUIBNeVKP1Ekxo6/Nvd6bCcCbpWF4a+VUSFOBZy2MvOv1qcyXrlAneaQ4sxokTYi",
+	"wscgVOD2QGG8JGXID7IBj09fsUX7uXt2IMW2Sr/24wpvbMazPyjsqDZyZ78CvuPVyOee1ydYh8tneQi+",
+	"GgU5eIWC7WXJ0RZgP1Ahl/6OSW/raW0OqeeQBTlslGsnY8+v7GHd922x98sNhODbKLveHHoUHqIawqhb",
+	"vBvnJWlAm9hZXnOtOIWHcrplq5M7mhYMQZ0UaZdQvpeQ3EdOu6f9vrkycjrRLFcRgQ8UKTLDxM4uLjoV",
+	"FNRfW2OqJ/PWoHXWP3vWPT01qirXZjwpHXefWrN7OIEgcTKccz5j+m0Tt7kJoqyMJFgIj1nuU8pQW8Vw",
+	"sbX42RV63tbcPPtJVEFm7h5JM+7t941zDNB8dgPsbI9H+RQdbCy9L6xOjYcR5/FEkaBNX7rd3F1TPrM1",
+	"+cgdzTkdp0yRBctnEE/UazWB9Wyx5ZrNz4o0jQjCJgE6HkxuQOI9DIr3s3EE5svY6hu+F5Uxeoty0+sX",
+	"r4wQqXM+LmDWRiCFBSmLwUxTubwcCiOyuXpvUHEQTCNfV0EHDUWC6urK1pCvffzBUGB7bcUYif/6sgLe",
+	"CdWqVQn0bzqNrDE5DwMhh4La0tZcKG2U2gCtETO/XYxjud3eeQA70mlQcY4JmrMHGs7Og1LFqdmKS7MP",
+	"jswh6DH14DA7RrwF0aW0A1fPs190t0Blx+X8KisReaazOcktHKzedbkGezGXRZoY+qlJNjvIVhGIoNuj",
+	"BcIb5D7J/lX+XENDnos9kHWW3BBkXpplKaQzuOCoHOtIWVbZdtkXjDoYsU4t82yEc3xhIQDM4YaQIypW",
+	"eg5AonjY0X9sNW9rhr1ENHrz+OUNne0GdyzBHMMg9wDPsVy+WtpiKVswna+uAcWlpqwCVN4jGN9oi585",
+	"e/tslrMZdbk6SrNsk+qUb7dBlMbSfg0Mh9cqjq8tPrzp0SowaI/EQUZEpgmCBoIOZF5DpA3IfbczMep1",
+	"yqbaZf83DI/ezfbMy/axcHvIwSlVDWjDFu8QR+kMLW5p9xjFgn7cc7wLLvZ8UzfguwNvax7j3ukZ2uck",
+	"YygIuhNaESy+Xax99B1XknJzpOaJG2h1he1ZzM3p233aLLH6gpaWQvcZ3EEITUZnZJU4gx140kJjRZL7",
+	"VD2Hgbk21nqO3AGuZR5QQeaaKccANyLOZb7vfYMvw1XasIUKYFqgQq6rdGjRUZ4okOR6ze3W16QAGVDm",
+	"hGZ8dMtWdZ+PV5qpEYBuJD6za48Djt9pedhXh13RdaXEt4SfKNwnCBmGGB2oVhBZ+5TFygrvuJIB3CPI",
+	"fM96uoWeyLraYWbkXNs0iPYklYolDkVnZBV/LEM3WntofbwR0VKOFlSsRnbiKiKpVLpzSdgi06vqvHtN",
+	"8I/HQsKoU1vDGzug06g8OdVzYUdU6X6T1OqIdufpPUZMZpUdPF5kJkr6DU7hMs7ASgdrcFoWMLH0XcRo",
+	"g48dnlunJoYSLNx1EkpToSGvTZYVh6CbvdKI7xsO4txfhxWQPxTOzNtRNlUp1eBjDzbB4fLNaZYxsQZB",
+	"tD0L1LLw9RCWkT0MQeZZGVAT/BYEDtp4l+BL+0s1nWR7nlndgUZMlWAb7Fc7qPgYhy88FI999JrwS791",
+	"bnanfjjpyh8H8NRWfY4Dl3uJxSrFaihcSBBXZQyPi6d1b5mHgU0FnPlBeilPUjbEcLslV+ySFOJWyKXY",
+	"MLWgauaHBHBCdvRVT5pp0SnsGB/lCcW2XesDWzNL1F50VSaVUgCK8/4dtxoWlE+wpbOwPlHg6R/TlAk6",
+	"FD74cDHwS+MkXmvIK6ElZJoEzkxzBUJKoRgKteR6MnfuLqz3Z5QomdV8CCoWacOqKi1z04nMAcNOYoAj",
+	"FCPrXNoQC9+EMyxKFyMcbOal2U04nJijZMZfdjlmiidlQ1IwMLJVBgj5me5Tw3MgQAZiFOgtE+CBW3OU",
+	"buILRy3zH/zBPYZb20xk4+c5FUnXtFtPBraW88PLb4AAXMU5pimfsP+2f/cmchEyVXz/4cWOgyKtpjvy",
+	"8qNLedyDMbpBWIPajuIS/7Ami+MsWEWorh6+axY6Q7tqIjOofmgtJnvd1o9R2KQ5D9NXoqpD/fBXc6Pf",
+	"wFy9iPWqiJZOEi4LAAZ1CBrssYetPbixaoS00g9tY+H9mrvwH5ozAlizXSnS1eFFTtxqlDmeuHSHgZc5",
+	"SnxQgegNATV03biJ2xrJhmd9+8PrF9+PbCg7xohDFaT1+v3ghlwr+0C7/6oEPL+vj6sMK5rtwo6v0JUD",
+	"SmpFRyGyCmx+AzJ/A0K+J61K6uT5VxdfPttFK5YisIVt234Mwcwzs8eTylwXe2KzV2fzgHXcsoClUXw9",
+	"YXixaDLS/ePFNckZVpnDmFMuaL6CUM5xwVMNIX+Q0BtbkWutOKitA9kUmDvew6HxjX3PzeBT1JrJECi6",
+	"7G0mT3tnz3pfNWPWNNhN7UOM2MxyCUmrC4gegiox1q6a26qzvsdfWjTjZr33d8A1eidC376cEoAw79KM",
+	"4/Im7A4dmVSQQmg6m7EEK6Gs1Uvu9057/QOcFHb/K4tarlawTZtUhWyryLleXZvNstFSjOYsrwPzsgZD",
+	"anOC0XFLyd9+vilj419nTLz6htioQ7MXdzxh+aXZhYTdDcVCJiwisV8e82sX2+p20Ra5kkUoe8Uky7nQ",
+	"UIYGq8sBmHoYeGzNlqQdT9PbUa/Xi60/F4gQ2C/Oyq/BXOuslGXKeX/rbuG//XyzwZJdiJxzgptJb5Sc",
+	"hGdxAJEPP0Q2HLzGM65K13lEUjmrpGAYfU9W8hLKDCyf9VDWOLTOf/eGHUxEtrjX912pxQetv5Pytp7y",
+	"51Le2mWpFkl8osJwQSjW6Sukc4GpWUNhPlf1RRYVw63fa5ifIN92KuuqmQs6gzzXyLvbROKHACQkp5i9",
+	"EBFapoGAO8yoc0MBycXdQMmzuONECotLbpr4gYvio4+rHIqhsEHaAJLLIZC8uXZ7O4abfgKEfWIf//mf",
+	"Soq4MxQ+T5ySxVp5dhf67yoaxGXV5RgnAaHda6W4XTlVW5MbnaU500UurLpudBOBbB7lr9ZVRidz1j0D",
+	"PgWFN1uukuRyuexReNyT+ezEfqtOfnj14uVP1y/NN725XqRBte0WJoxcvXkVxB0NWsgHP0UtmTFhuPSg",
+	"9bTX7z1FGWcOrOqkt2Rp2oWL6+Sfy1vV+6fFV5s1VZe1CL7ALdxK+UgQV6wB6BgTSVlC/on14kGnpiS3",
+	"ia4EMafuWM6nIE2bSxmevEoM+1jeqr+CdOxWGEZ81u/jpS20C10KdtuNHq/OXRfr337+/hopfp1L/e36",
+	"9U/kZzYm37MVuWa6h5zOipr1rfphnrxBmqvcD63BL++jli2A3hq0vmcr6/U3i1Rhi77koY8x7MIla5rb",
+	"4D6Ne/XKBvLIKQRKucrmLso8pSuWW+d5GdLjzTJRGGDkzu/W+B9vLcGKrqmmg7JmGvQ2FNbubKMMbEdC",
+	"YgjCuhnM5a3PqYIcC5YqhomveZcujTKWAVQpnVEulLbYM25WPuG1LLlylWXpylVNzRnIDsoCGuCI4HNz",
+	"rQizr1DeIzHPyHilsYCb+cdlMMqhmMzZ5Nbh2WCrZUMJn05ffYOxW0WaqnCQLtJKWhPjgivAXgWGF5ur",
+	"EcqiACfCMB+P5OW1miog5lq41lC0ZQ5o+z7nvRORWMu42qiFLA9jP3rkJQL2LOhqKMaG0/uk4YR9xFj/",
+	"BRV8CkENcq3McaVEHofrOYFpdclZv+8yL1JN15j1nUh6WNAGOuvCO7270z9rmsM1a74/C7/nykLumA0r",
+	"AHKHqlukCZufE79lOl91r8wf8VAQYn2TKGCgtdB8A0WAbOIDNAZjgk7P+8+NAJpqOhJSj9QCErrigaN0",
+	"soQYJwB6Z8Q+Rhw1i+sH/QIUi91CRwQ+oVQ5Mdf0YqtlDczzSdC2aWZBE5+aqo20Bw6M5XzV6ZE3RZoG",
+	"zdvBnxObyW0GP5UFJJ5YCjN9GorgCK7o99lCMJsO/ba62xq28osvbtwufPEFgqqak9J+c/U/HbKcS+XW",
+	"lgmbV45zgxsmdpZdSLaCFzKW44EemNZ/q7xNppylCfmNLBgFA/RvQ/Fbt9uF/8HL9tqLyW/klOBPC5Zw",
+	"Cu5L8+v+dGY/h+Wxx+U3Ev+as0xGNsY08rT/Ka4k21ObbkjaC7qyx8YcmE55VTqpyJ+ekpiNVgm7K6d2",
+	"EEbv+OU9DsDwkhFPIqL4v9gnzwscp7AIB7jxRgxe+nijSqoTgPwAEhGC46zzOhUiblgO6y0ngKtnAQEj",
+	"X1Ee1EI7YuwfxwzDA+LaOjgzNVzVyhQjUu7gJ5TKLIpYbIbLhJkXZLmEaTBYURw6cjHIXLmGoXZVDJOy",
+	"XxmSRfozS4KXg8JpG14J/xiZ0RhSCJcKfzSTHooru07ce5egf9xUtEqStquS/NRwDSsrYrbUMNyB8DYz",
+	"u2/X7In9BHaHyMwlWhk9GWA9ywxp3D8rICEUiyJMGNk2IWNllqKr9Cpllb5kmgyFaUpd2jvFtke4USON",
+	"ZI1Sm7uSnNx/Us41HoqMTm4t+wj0d7SfBiqr4osipZqRbtfci10sUBibiwLqAAVXNVmZsx/cnDX3c2QZ",
+	"DoZnI4mzD4XRi6DEmN3++DIseWYUPMOCfcOkEAmybe0IBiDRh8Jfle6mC7qHwxyw8U7dbQ+aLuquXvd0",
+	"lRATyZD3lrf/F1+8sSJbVVb44osBniWMFWzKtwdNOBkKBBxBkJGq6AWX/BNl74W4R16KGRdMkTAeHbSd",
+	"jVj2Mnx9YBXiu7MTczzV0oz0vH/q8rZ//vnn7lVh+Lw2jJcNyF9A5SQ5o+ni62FrL9172IqsuPN1r9eL",
+	"L4fCXNa4kjRd4FC/u7l5Y44LnxBa6Hm0PZY+MnS6EUnv7DEN9ogOniujfjsYF6PjscSwOPMCVkVHrRrb",
+	"KlMCASUQ8xV8ogLUwYuQKOymWlx8j+5kdwsIag3byOqWVZ0Jk8m+MWcRVaeM5nTBDJkDyBo3isGHguUr",
+	"54QYQPWmVmgbQ0SA/TQol0/yKapvXMuHN/3+IA1w29Ve1Qy9uwhtujUWw9qYbavaoLTjLo2KsNLWrsAX",
+	"8gIj4+AFkRklCBlCcGV5BjCnd9ZIY5m9GSYo913Y0+4PwA261/xfNV6cv6ywCqIhszUpsxQxvDMfJVan",
+	"s/VaUd3KNCbCmaU5658dTRMHeCiY49ZlN5cP1uo0F3lV8O9Vly0Q+uucrFhgUEuAZ/G2CXULliFzLVZX",
+	"pHYBzvvnWxYgNDztvxCl6WBjFfYT2DeldY/jVEr/HbBnnPeff87x/ySJl4isn4HyfID0GhBru0bTitYU",
+	"o85RDDK/euP1L+8/VawzV26ouVyUS7yRDiVDxdml5OxhunHCBzijZF3cvb84/im5NbxgghoYbMApYKRJ",
+	"Q663bFUml8ml8OliQ/EyObu4OH3usMRu2apH4GA4axCY1+19i+KdtVz6pw4tnLTP+v3OZfkV9IIBQBZD",
+	"zAwE9MCJFNOUTzRpn/efd5ovqrduGfCOYEr/RSarozGVtU4+VV1AFrT70YyLYe8481pTozVyOYpgSaC1",
+	"3LLVpTePWcMdEP5Z//Qzj/OtH9/xTaGubS+J7XeIPCh3o6m6mijs86cyLqw1EY9U+bc/ZqCraqa00YmC",
+	"BOKOrXFUGkGRM2y1gEV4GMFkhplclZxYkPhvbHaVU6+Qp3QxEcupjlwQzIghHwqpmRqQ2AnR9hWUoIct",
+	"l50KjqMYG4uJKJIZI20fZ7xfuWj7dQcgdjkLMHXcuGweE04Rh9Yj11ZQ9m+tZIF2B6pI/Gra/UkK1v0R",
+	"LD6kaRpD0XZ5ZwTQkzCOFX2YOJ8nqhxHTgHikws7io7Z+hnTQ/G0f14amC3DdgVFPPAKFxNmVMSxUa42",
+	"JodNAodzaDRaymbuBtmRzWI4yiqlqFxZkYrwEcbX1NSBPlBAPow7hImeDZJZxW5cFcLMvlX72hCxP0Wt",
+	"pyhHVVt+Jyrb4tMPjQKm79XN40kLlfD6cDmaGBl44CbzGsFUyxzyM6nekDawOFt+C0ZjxZi4BC1XgWua",
+	"G3US9VJv4FCyyCesh8qx+Rq4gav1vl6rHa14kEk/FFCUfYBV2xAWWpmR7VG73aayScFK5GFbyj2syu5r",
+	"hqO5ZWLYCUTAkrcsYxhXbSGHoT3sqW0UGJ2vOt7ccNY/JyV4knK35SVYyaBaPHw5FKV94jmJlaYpIm+w",
+	"OCKCLpw8ZHtztefh2x0n/J2DKHoMEeatDQIPDuAuCea8gaoc08xhfdczD/Hwfn6lwOZsIo3hhoHbBEKo",
+	"q+RD2pV9e2wVAJe+eqtvPdRV6QQMQM3yPTBOsDdhOMPL5JvrKwgEAmhLEChOL2yxQUXaqhh7qCm0YaGc",
+	"KPMZ4jmAJDNJKV+oToROdQzihNfq/fy9Brq+gbE/plAOPdgoit9HMMc51jr/Q3Pg8aXdm5wmzHBWjI2g",
+	"SrEcNC+Ibat0vielQY4bkFpRQ2lv2UJq5mLO2tfX32GSoulvSXMsgwZmZG+H7RCsTaKCIAAACKPkZ56z",
+	"vxY0RySylK58YIy3ZnGaKiILTbREBFdNljK/VUMxZnMuEvLT1Q36Xr1t9Ba6elHkdwwVVqNKZpTnpG2E",
+	"xeWMzJi4Zat4KBLJDIHbKKhy2HOaTsmcWWnbS9gQWsRIxqwNHi8VvAwG3pcOToVSSSZUk5iJBFKp44hQ",
+	"C7z96o0C39OUf4wj00pii3ob9UUgejoFzFc5JbH/yyXDxpdeRQfnyZSahYWwy5gmSc6UikEZcAqRN0aZ",
+	"i0+wpRkbVAa3nm0KYdi6Y2HbzWxsO6hxeGOfeWLnJcUEMMBXBOnGAWFaoVZVGN5QzKlI1JzesnCxnKbv",
+	"FQEpQsdgj3zDUlZe4V4gWcg7I0Brhfvh8TgdFidGCMANjZsxumWrERejQgE0pLUzrHlwjBxutWXwd1/0",
+	"n5IYJ6dGhaB3lKeGE4KnFgxkPjIO5Coh3VLg7LZY1jGd9LOYLda6+n14JHKWRousvRUdJ1BMm01Xj34x",
+	"W3NB5WouGZMLTAObnC6HZ4/GNqbqfZp3pyeLD1qf0Em6xUYniIPGr0Rotl/++Pf/sVJ3oecy5/+iWEaZ",
+	"qlsAX8FaWENR4jpaqE10E41TrubgbSdaZnwCuWfFGIGV8fcpT7WRlq/c8YrQ6Qc1W3QQEIsVNI3E0Ikq",
+	"zYMkb/nRUIBkExHtsFcwjjbyGMrC45LCP/1goBVrB4WGApeVBeu0DmUXs1Q3Uxt8Hn6E7LUya9CKHEik",
+	"/RYvkrxw8CmQ1rwYsyQBByhsyBMMWHnhrgT0reNeaUnA3Rf/OmzhyHgybA3IsPWnX93fn4atiAwBmsGs",
+	"6LA1GArz3P1gn8NWuW/hD/sA6++5J/jXp2HrUxwFftYg/JdikSpauk7RSvS60JBmmLA7gkHgNGRmDk2G",
+	"BqHEQ9GOMXfHEOjou9evvx/dvP7+5U9xqUIhD4ZvLDsj54aFQkSxhTKoVYJ+tPHMV5bIH0sJMv1cTdLf",
+	"SVz0vSvDzhp54QTs8UdifWWk+C/vP0W/VvlfyGrMHkVVLhPwN8fOGrlboecPZm8lia7zN3vUh8Kcdcvq",
+	"esQBntof/BHguY/mtyzCgt55VuYkroq7niqPilfLZ6wzdsbMldGxoQneU+K5ZIiu5+JVUC7lAF5dZCw3",
+	"byO/waMDOL8QOyOqjMetFPpYZxy8uo/PgNz43efub+A1PfJzU2oADbkPitYwa0Xiq5CyfPwG2mqRwWDt",
+	"h0vPfbgORWwjJZ73T3vkilx8/Ajhe9a+DZsXhjYSCKR1WBi4OkOhcwA7s8PhMyFzBpGgf2Rm6AJeHpMf",
+	"Fnr+ezJE6P6PzRFLxtTMEu9OTzAM/ORX+O+r5FPgUaru8F/MC4+ckQB9NC2pTXa793oG3m1oyoofdQ4t",
+	"5eJVeR7KfZovjIAfrCeunjVpV5wcdQMrX8GZvkpan9437MMJ1kyD++meLUcNN9srnGJQUg9kR+wwNX+h",
+	"ngy+INMa8PIcgkOkQNu20jIDvmTWkAsXVI7itkugNFopNy3a6uXQGIDjD0Xsu8PYVgj8sg7L2IY59MgL",
+	"fAkTlvBzC4+uhsJW5LZGbXhq6454ozaAh8AG1jEtWCrsonXoBr5K2CKTmonJ6nu2aj2qF2r3sQhKrlqW",
+	"e0nsCo/sD5BSD94KhQpKhJgcZonsLoObI8tYEoGPQBcK3g+26veykeMk51Qh/tgxuADuuyOrujPddDJT",
+	"OWv0u2OmHlQZcGhuIfSl9Z8b6rWpl5ovLLoyqUFctijMoTvdvvybfd105cvugWjBFxAa+/bbF+Tp06fP",
+	"rcyHuOULPsmlP6sxYpWfdftnN/3TQf+rwfl57+L87Ozi2f8SmmUndJE8Oye/keubl2/I2cn5gLx99xMI",
+	"hnHnEv3dLvr2CYqUKYTRgkzpJFH0rsfWgbdypQ2GopIm0457vR4GTZPf7H6XJTi5IGe9cxV3esTi0qKJ",
+	"r9KELSMNPnaiMjphEYlPMGTstxgT83zKCyQVWF5kc/im/CPyKSwSYS4HBNwjgrThDNpyTT3FPnScBVB0",
+	"9Ry+MCKmw/KB8Q8FGNiw/DWWSnJZzi6p+tKdQaTrqHxjnMoxeh2joVhClSGs2blSwWHHO5FgCU00ASxs",
+	"Bkb8xRdfmPW6IqmcDYUtE+WTcioJtilfcE2cePiXd69++Gb0w+u/jn549eOrm9gZWLlWQ4Grh9sMJgrM",
+	"vrHjWxr1pdCNzPYHOdtLhNDsoz7JUsrFDsd2HbNI5eyIYsITiAoHWCczqs9z+adydoIpDlsjfFI5g90z",
+	"m+HYDZRcBy4j2BIdiaqkFcPkAcSFcB0NhdEqkIagIJk1d9kqQ5SERB8RngxKt3fn0geUDMUaew4yaPAo",
+	"UQVxC0ZJsd0xkdjubG94CqHDMlvIZnmA3qF65FuzggoSpAghMJ7TM/w3NDUgfi74K87j12FLsQ/D1uD0",
+	"LBq2tDIKZKuO9T179r/DVjR0+CrwHs0y+K3CguGB4Y3wCFiw+anbtcz5nYKQNTqZM3Ix/XLc6/WGrU9u",
+	"3JWxMsPGKmMFBXjYgm/MYOAihp88Pxy2ol6vBw3+gCfRs78Ush1y6+eGgr96yazqO+cKir+a9QVHDZDO",
+	"wDCYCufy6a4rMpFBYS/PtyIb2R3wrqCmmw2WgGODHJQl3lvSI2+xWhiWm1ureNaW+VCs1TzroPPF8hzL",
+	"+6jR3j8Y9jaRC9B5gdQ4UhqwTOGDBx22oXUywmwjcx8axmbE1Y+cKZyloTXvunFVmcD+2MjRsATYpgS5",
+	"7oiEWQeV4cyAn9jjBHjXNRkElZXYHqW+vTRxHfu4BodP99qs3ks8+raSG0YXXSLsQ3U3/EjXI7gqO9kU",
+	"wfX0XgFccB3ACLolVzxAdrYsrDkCA0tUPvzO+BaKFDuhEq8O0t5c587mNRK1cBhHuVCcG+HkV/uvbZq9",
+	"rbT2yLq97aVpD+w4j3Nxu5pyTrH0tZrcmrv1ucdav3ALWq62daRhrqGLHf2r+csuOwIU1gUn2FLT5/3n",
+	"HQsFWRasc5ouaOp4sTpXEddNwSvQ7TfY3z7BUfjqUdYdmyot1LAem/5GXCZY+VpyDObxyCQZ9LTdy4tT",
+	"OQ5t7r04h5HlNyHRofGnPsbyysOYmjXkooCsOktyNiwORgHAnKpalg5yNPGiFNJIl5f+uQtXAzgFUFS2",
+	"kqiPGzyC2eWxghDCgf4uEQiflTSxOsra8X2irK99C6nuwwXx9m6Ga7mqE0bKJO8lskIjxXnwJ0d4YQEU",
+	"JNz2ghmhU815hqo3YBxZjeRp3xkrwSJQ+tNApNQ01wrJ3AXFYptlIpIdlTV8ms86PYBoEhoKPasBCWt8",
+	"OrSoSolP/6NFRjcXVbXGJ2njulsxGRoGz49Hg/JFfqkgMWR356ziVdxLtrYpAnZxsFFX2LcMbhsXyuIV",
+	"QV0XTNsVqENIwVyxUyiOiuFX5t+ogxgZHUtbY+vOYiCgWrVHxQGzRddiUgprzAjqW7M02ZD2cdCnF0Ph",
+	"bFpoqaiV6KkADGon7Zm20EeKGe82C3Uo1otaO50C1tmWy7aaKyBmDUi1VLZXX4ciKAe7sTuY8odlkn1R",
+	"ZwxNCwo0Y1AWhIOs7Mh9jdqqaob1ySHwwmIg8AQX0VVsVkQKrIXaHOIF5xWPX5Nas4ND42c3hl5bRu3Y",
+	"8bqhUejP3FoHvf4d6h+Pqz6E5e63aw/kJZ3My/rOMU8G1kQbtNHjiTfWYpmDwVBsvmVOu33Pp1DHYCCI",
+	"kfBd4rXZ+OBDMCz/7fr1T2aDH34j/GCOtyU2e0q3MN3tWs79lZt1yeaA6+Zkqbbaz8pq6Qoc7GGbXfx9",
+	"gAOPI+JCgNn4Wk5umR6glY1jiK2hsaFYMKXorNwfGu7OmuVjrbD71xZXJImJnKI1DNgDUpQvpE5CD3vJ",
+	"SaqhCrFV4IdCAjgIA+Q5y+4mVIDrj2kHqkLa41wuFctVBwAa5HSK0bfIxIpxlkstJzJV1pjfuztFwowR",
+	"76FXFxIRBMwqlrKJVi7Tznxu8S3xecbFTHluXiJUlSxaSuCyREvLoLlCs6BNGLVe2tN+/ytvPcwZVVKQ",
+	"GD707Dly0cNiKKrs3CGSTKgD5xszzLfah13+zMYK6OKzcsx15neKqbFrCTBQP6Asv+1JmLiNvSSWcvHG",
+	"CFkKYAE6dEnV++xsxQ/2M3CTMPFzm97+ytUxRY+p9457xznXiMKT+9xeiGPXEi/tMZ3c9prhS9ixFKPf",
+	"T/nfUBd2K/yfQ9ffrksdU8GPSlCCanWVhpW5DxWvK/p1y/rvoGf/nip2E0XYMgRHpIy3DBGaF/KOQd1m",
+	"dNNoOtt+aho5lLfyNlp2cYrWYvkDV3tiInlz6UGW3bJO/u4rjC+43ueue4FI/I8aXWOHD5UFahPiMosv",
+	"45Y7cmmj4As/iunFtox6ppZ1BPEAk3WVW9TGhP29gv65cDWyy7t5YOMYUBPGe24dsxYign1SR0R8sScv",
+	"Wgn2Ubs3VESgwCWJ2ceM50yNqI575JWRE60459KaaQXSnE5uhVymLHGBei6nG4KRsX7hULRRTHS2EDur",
+	"wYzpGFKBl2DKjKtWF+8Cd9nkVtDoBFhmdILPQfp3i8XRGxqRuVyCH1ZONU6Zq6FIWMrvAD2kUZK0JGDL",
+	"mvxB2XV1kHvx69PP7ECKSMaE0b1+r1C1EgNlZo6KRzdTRWYzquGQINkYRd+akWL346gQ9l2WdI7BXQCK",
+	"hJZ97mIv2y6c0oTZHAIHiNJ8UQGMKlO9tDSnL+Gq/MnbsIJI5shjHyCXJX+Reh5oDUbnLt3zAM6yClCb",
+	"4vLZSLEP8SWxlkxQ+aEunYAq7X4cBDzyCkMmAA8tDAFw2IRBRAD5zkZTQPJlVuJA+ywyc7sbVV2KochY",
+	"zuXW818ubf1N/e91p5azKQsq7rhdy0/sPj/GRRt04qJhAqXz2MJ581E6rj/EnAZ7k/3HFfEfV8T/Fa6I",
+	"/3gh/uOFqDEXlqzusV0Oe3Hwe7oY/uNc+I9zYZdz4T9+haMxikdxIuzgD6mcNbOGH+TM5coEIi7UDTNH",
+	"nBrdxOhQPXIjyRSjSgVbuiBoDM6GygkM0N49Y0nlzHEVI2WReLB0BBR3yiMNbAnFOjWAUswIKWRlYptG",
+	"UMaIe6kKA6oXHMD/wzhzLobCxpo3kzQE4t5DubnmYsL2IeJ3QvN0L2qXM5tJtOfbfwcb6b+bcdNGPu9W",
+	"v1JHkFWli7S1kV7HvkaspQzFPkRkbFRy0yBaXDrH9J88UUGBcThK5cH1CvZjHt1d+TdO+7cHN8zyC/MV",
+	"sMYjgHii3dEj7ZoLeChiTXmK8hQixThUKHfa14yfeEy57pGf7FnkCopnrZ9Hl/fRkPNhC5NVcibAppux",
+	"nLT9Ziv2obMuVFJvNYWkoZCpQx2SoTBCIr5p6e/SJRbUaoNUlWBYVo7dxkHuqxLsy0MekTXI2Q3dkz/9",
+	"X6KRRHZ36wXfo+ZcNDCOXWrC5+Em+6gJgX4QXOObyoE5n2wo1pa0vOdr8JMiKwaju0QVC+DX207ZA+TO",
+	"f9+D9u8o9u6m/1rp99HJ3jTOJ2pHqjy+hRnja3XMFFRwBlneB1vXWtdBrzQtNMXU/AidWMnz8ZBhyl52",
+	"+Ybs2hxj+28AVx+aK2OnQEr4nJtddtC03dflbkLaPMD1uYHb/f0F5CTrF+5EhM5mOZuBOAO1g5Rm2YBM",
+	"ZCF0RBZcRGRBP0aE3s28Xg5mDSiDb3pCcBfNsh650mQhjcR12u/34TcFso5iOTfyEHXm3RzSIARjCZbS",
+	"y2dQqo5lW4Ax3exr8e7XRe4GkkfJrg0pl5az45uDlCsddy4ddrXh7spISzTF2u9ZKhPmykvVBXRgO1tr",
+	"UfkC9hnVmuWmkf/zC+3+6735v373+aj3/td+9Pz5pz/VFddf0I+vsIHTPmSiur82699D7b3WAPJXW/V5",
+	"qbbaPhIKbMclsacEtPq5LHLnpIuBVhrzZ4Gg6vNmE6pZ1+jYdcXy64bFRFIZFGkLqQkXk7RIWNIpxyjk",
+	"smk8MNojjWfJEz23JYw1yyJCyV8lSWxdDXQTyZSV2Dzx076KIxJfLOJoKOLTeRwMupxWwu94gliaz/oR",
+	"yWUBuYeIIEKxUefm6JFrOEnmmqMpYjrba/Gd4B8JyyQU9WvaHs2y5mIPn7nWgzvE18AR6nj4aygYAFVA",
+	"DOuwBxkBN6Yyj1xJQqwICr8fWSf2nF6hix1H81k5vcfbrmXzr8ElScnNizehf15LEmcy17GNrPFRkiDb",
+	"ch0g2CLYdkpXFsrall3h5qgRLFYXiFxe0AJjxJKu1AC8o2jkthZeqzQj9IVmoppC9kQBInhU1p2AQA2F",
+	"4DBjOrklZgx3aHhzHfbIzZxjo+azoLqnhVPudi1jR/u187kMRbcL7Z+dxSRnKV0pC01DNTGrd339nQcg",
+	"r8Lvq3niiksqNSddSd7k8uPKBsZ8/aR5CP/vnPhenwxFLqX+bxyWfSHwCIHpvduFWAhBTs++7PV7/d7p",
+	"4Ku+GbGFTYerUU5oCmsFvuCf55Is6GpAbPadrY6lScqoq7Kaz6jgCk7nE+VgqkcLLka5TFk8FO2E3bHU",
+	"3LGkEClCeROaLLjwdWqgjLdRcAR4J2/ZCrky1cQ00nNeacWUshVbczYxRzKB4mpws2LPXfuOvWFh6rRI",
+	"uLb1ug9xh8CY9vJvYN97uDnWnCtDseldqfOEbPZj98cG61XCZoSFn1zQBG17wdlC3BVbaUEw5zpSponE",
+	"VdqlzhWi6Arr2PvQBJbYYtbmdfKbfxGTLKHZ+prWrq71+Xn/nPzmxCGztCkXzNVWdqqCTJMQxhxu5TAK",
+	"MbfQKAFiOjVk08GazecX/TPTCRwPC3FZ7SG3afp0jaN5VuHaCQdr2LMs9FpTCU9s3ULEBxXIxu1sz56b",
+	"BrQ0B0l4ClbVNp4o4srwQnVAj9+EQTSTIs+R5+HHFnwKFFboBuTf30hcTtXWlQZAUYszUOa5Qonnv/iI",
+	"KFJks9zTSqEKwwLw1lIDct7vk1hIPSqNERE57z81/3e+C1jeML9d0nNFizJ3DLCfBunCPNsq9C7oR4RM",
+	"eXZx8fQigFA5rYFQOZptwN5h/uYqY9fMhI4HRnIVtIeiGxBrJeWmwTiQQ9WMLlbNeFxJwvHgXYYCe7ol",
+	"AvlULvCqy8Lc/9KBGLuLnYloKIziNJdLUPQirzGOoXAsaIpLuuqREiDB3SBqLpcKIOtiOB4jqm0xC/Mt",
+	"6qMoAufMjMSlmk/Z0rubd9D+NXb17x/5V5nObreT2/zjh/q9DUm45Ib10a+fhd4xwK67I/Lv5/XiZy57",
+	"COFhuHapKeuOOlvuvKzExhfOW8eTTo98vyNGldgQ1QY6xSQdMGL+UVy4fyS6D5ZnN9XbUMvHinIN9EXb",
+	"U5bLGRTGscT3GfXFO5pDJa5mikf0SuJfBE5qQ7EdkDliMYNdr4lA/2G///fnoW4muwnJr1kUuOjxzKM9",
+	"/Cgh02Wx1mCT6qOmy91+lDSlbzEmNw/CEWQOTE06yNbYPol75IUtxKwcwBaWaybsI1dQn8mN1slE4IXz",
+	"BRFsQ7vo7Y+dsrM2ys+cs+N6b3KICLb0m3CcVBdtC3BvkuweFLsHFzv51f1zI0d8G5F8zqzut1BpLDmW",
+	"EHUXYEK5uR/9xO9mvP/wy7476dm9+8dOfl4b5WdOf951NF0C9DGP5zrEmGv7icKrffuxxEgVV5hQnfzq",
+	"/rnjJIJQ9tK++28OryBsGJabuoe4tCmmK5LKWbCMuGbuYTMGQ2WNHhmKodJXE/m5CR5FHl5fte0LdBhl",
+	"VGazHXrxpaBjW8si4cpQd1Ju5CRlNMfykFPK0wKsCROo62RHx5kiHwpWlBmKFnHdNwZeOK3ZAsqzA+bI",
+	"pvRSGfAfm0PWDfUzs8nPTqyOR67TLAaPCpBkuMbN3UbHezDNE0sru0xv9rVoLVbdA5y4bH2oQ+Xmh4Zt",
+	"Z2RDGwWa2pwP3b7YQKHf2KlcYef//lrd2oR2K3dud44VJRReEdC++EwMcR9ShGK9q8PLHdWy31rd8WfQ",
+	"Dt3ERjyBgilQU9OuC/f81ZYdXs6pBtfRmGGJ/ulQcN3pEWzLRXWHCauWuENPJ4H3UCt3aaxQvQgZP8Ls",
+	"+r4j4tEiHJuXOfiM2kE2KiScfzkUCbiPbeGOl/94+dPN9ejty5uXP928ev1T3OmRt5jblaMTdCa4YjaO",
+	"SJHxaijiJRvPpbzt8iQmJzD2F6ksEptyHPP6em+VZX+Le/cHvURwdAdVizs7eudNteIAd+VYEiK/80hj",
+	"mPyEdI03R0CjSI+YYPTQKySXmmrWVWDDe8zj+5bpIrcQvAIdKznTka3o/Q6RZLKc3XFZqFEAKYNT9yAs",
+	"Kx9RopcSytBTDYXS21A4SCRB6x3IavJHxL+MxYRyf7QgqQ88fxZmguckoxMWim5DwQWZpnw21yVuDqwe",
+	"OOLlYsHt2bal8eF6HUs9333+YA/QjPpIRRex8bd2uIaS/zBCVymHlBt3FNsHrCqhxG7/EwU7g45Bu9QP",
+	"OjqaqUc9MdcQ9QSQDLKHISHV8fTMCFyCqvWoloolYjxFQ2HpMeW3Rp5bIayTDf6wdUN9bIyVWUibpkra",
+	"cLjg6KVy1umRVwEsDjhPiZYYVISajMsp9+PcdQBumHpk8MCK6NZEkXbyR8TsMRtk90fI5d4EBxAdO4T6",
+	"8JYHGKJvofaabRJRRQIhRoGD0R6FCLe1DG6YMhtpY8PDYAel5YQAB9EJ9IWEavpEQSrEUFzDGl+W9vcJ",
+	"1TSVs4K5CmvxpFBaLliOo40hEgxiAaY4jiu1EpOrN698XgVpxyfU/Egz3lvRRWokoTd8couoKJgfU0q/",
+	"T9RQWFgTmxNL5ixnPRJDICdLRuNVDH4BG+xHoZ0nKsAHGQr7LhmvBg1ZyDJ3hRY6GJITDsIfFgweheJL",
+	"Loyq8QDcrDL22GkN1Y6a0Lfcph1LWSmpQE4dhwKq3n0GpiljhtfCf/9/9r61t41cSfuvEMYLRArky2SS",
+	"AV4b80GTTOYMjhNn7eScXawOLEpNSzxukb0k27Y2mP++YFWR3S11S3LS0tgDfZqM3Bc2Wawq1uV5voGB",
+	"Bc6r/l7oQqFkwPIp9b2/5LmjtcJ3luYU5645TggfveX4ILyjSdBggO0kyVd8++NW8z0K2qrQH4J/Mul6",
+	"BPkpMaCTIV0KVKXcSMXTSIJLgGP6XrEO/Xad6VSO5/6m6CDiv6/DFTLp+semAqnIDfc6D9piwJR04Jdr",
+	"/L9ug0w/7ZhgeYg7jgWuFMyQL2lNQGOypFFOG/Qd0UmuZvLeGhosPP25YsHC4NdH5nCC2y/cgddTacXi",
+	"qn8z22hFO9UeFIBhWSfz4HBlRv9bjB3j1ns63IDnwtnkf2V26N9hBKANOG66PaovhVJvwJjMtAVkEQAx",
+	"Afhrrb1DlnhP0RzSFUfzWTrssaVfva/WA/jG4jIg8K1ccRbrgrQSPaBM044N38HD/LuHQFJs/ZCsVJO0",
+	"xEY841IVwGjEdwnC84AeG0S08Wpo8gAQyNJnzfic5Vb0QvcgouMir+mQdXh4GMu4m3olj2iU/qfii2GQ",
+	"PTbkZgItWUjsNuz22BAY6AGZS91Jo5V3aGFOUj4SKVwNcLf+H3c6zWcC/mkE1NXDn428k6mYABP6cMyz",
+	"a54gzTo0jWf+XHit1fCsOM5BGwVUiqM/BLbl9clJsRRlWNKCYN17sdBd8AsyNhMRMSHWjHgqlHf1Uz7X",
+	"eQC1glkc4on0mO44rjbJDAFKeObPhsTaObz88pEdHsJPP3tP8GcKAMnk54V7sbmzR99L78HifzM/5Lmb",
+	"HnmtENcKWqUtNMzD2Hps+HVw4P8XaFfV18HBVFs3OAB6Vv+7/+fgYMSt+Ol1J7fCnGbc2nttku7Aa45h",
+	"FzuvEfIfJnigaASSzh/+bgZrbY/YRyrBlwhU5W/kVdHsAaYUXO9nU5jQBAAMk6XyuDILdLeocs6zVHOg",
+	"abU6N2M4XKFTnBThqIKgH9tf4q7ByiqUTKZVOkd6AyqVws8oM8DBQSZQg7Mw96wDf5J2sREIjlYZHwuE",
+	"CEvkRACL7UA5PjmLDNpWp3cigfZK9ksxfawzfH958WHYXYAhDO+PUz9nHS/wRgAMIUF/Lo0HHCh4SLFi",
+	"2E0WJaS0umcsy0epHJcuLnXVcGvzGZarjwSAi42nUEyxYnohRSAxOkL9hHH80rLXr14NFF57rbS7vtG5",
+	"8hvSHzS92Cjcz/EWulQ8OGEUT/HKgQoKFOPCFR51SmGgMAzLf7qeSev16fCI9QcqmAnsUlI6fs400koP",
+	"YcTUFDKVanLt9DX+BRC6AztG9Hqlsk7wpIsIbii0kT7daVDOQoXMCDX5TcX41p4hJHDumJ1q4+KL8RnX",
+	"EpS4l/fhEbvwEhw7zQDSEvpbsYSfJ4C/laanXj/6pwJmDxBvvj750YvH65PXRczLm86BygE6jroCo8NF",
+	"2R2l2bDkHx/+XcyH/sx50iWdiKMErRc2fnEAAGmpzgd8c5Eh4moewICIffmUTDfWPIIt8rOF7Xh3omro",
+	"O3xkdZo7r/qOjobeotr5LJXqlkFswj9Z587KRHR7S3a+AlrKMm6AH7oi3F7SgkSAQQxGjjMSKT+rufI3",
+	"Q4a7MOWwKH4l43yPdSJwySDTdnOD8FNkb8NrNdg0kKOycityfJ1XJ6+6uBEYZ4nhNy6KYaReJUB8+Fgr",
+	"nAMQFYxIFEWoOBilgz6aC3dWplz305Tis+gK2KgJOimoLMOb8RB4X+BAoW6VFh6Gh8YbLtOgtr14+v+3",
+	"A0UGIX7nmKuxSNP68BHY66bS1WX3kIb3wrI7YaApBryRps4ruqiptfuHk5MNetz7Jc0D8Uj4sh4bCS+I",
+	"tojTvKBjMk/v+ZwmqtvzVtbLamVNUTniiQk8OYhTm1wRyFWYZ2+GeFg/2jhAiq7hvK4NE7McjtHhJO9v",
+	"UPO45NGmkoy8sANVEmqEl/Bq4fLLRwTskd5Lfnvx6b+Gh2BhUVTg2XDRQOHPioG5Y4eHwcD9/P9++fL7",
+	"+btP5/3P7y8uP3gHyN9K+D4RH+KGp7YBIKKs5KtHvYgLserYVF6pKhzET+sAIDaOEjwcOm6qJ7nF45nj",
+	"2IVbe1RhHadTADWAEquiHgXCIBGFAZvzaiAYdpo2ht3ZFGkINWD+mrPgakeii99+/cyO736gIMDx1xFy",
+	"g/8Bxyj/6d5hDE2GPWJxhw841zjWhgMiMZp/uTw/qkjI0kT90Tt4/cOPu+ZdKGwjQba4KQ9QA1mq5/4Y",
+	"FVtlO1QxAfvm+kP/P6+/fDq/6L8bdls7xnujS+ZVKojvkSKqO9M3RXLaRYmnoML3QsT3FvHhAVSMGKT3",
+	"WPF7rPhdYsVDdGsPFb+Hiq9BgCZ9tz2c+CK0ulqBPxYkHm7fY8TvMeJXYMSXFN8eIv57FUTL+PDr9UJm",
+	"9J30R2SpJoe3Yt6crftUuvLv4i/ADbXwQeuzbX566noPvLtJ6YM2ZKM8LnhnfR6uvHJbyca9Iy7kGB2F",
+	"40NRlEJlVEF/Qe+8xGj0FMPk2H+hVTpfzvAvzH6MAG0jVV//rh23INcOIlnVkHwr5qXeltbqSfHNeCys",
+	"CFqzcG2sPY6/3or5mlKnjzqS8XFVSBd9KQSvZtpAzTIKYMjnlHGz4HDjj1o3gK61Vr522/d8p2/b6nv2",
+	"j3rUWn2zIlivlRfmdKVhoSBDsz25xAu2Vv9Bz3+uFSA0/PVWKUz0NpCL8Mn19icu8DZsz3t/LKccRdj+",
+	"WW5LDlxNUpfyF5Rfz4x+mJ+GOgeW6olUdK6Mt0A6PWAcEigHYTkiYtFA+bcCaijeqs2E2TSf4F1ULYD2",
+	"cOnnkJXBFwT6ipAXwjLeIpkeG6gx6Zx5z7wUzsZjBP1xxueQ1aWM90BJlYgHtMTlHG1EhKUjBd5+yl6/",
+	"esWWUrcDFfx+Svo6OC51tCnncxcy5kUOu9uL6eCY4y2yD/iN4ZsXUsOdsc7mCKw6UCC+3V5DwhefGFP9",
+	"8N0QxVOAVShvYAdAxr6Ulammlf3hNVyLKPU3crIwNq3E0UB9hmoY5Mu3BVA2CSYBXVWkCWkrYZrrDku0",
+	"pZ42VEt1kDt2k+jlq/wi0jztqLjFzH+9hmu0chhtXmHl8ILHWTmxuZHDx185XKnnZuNw9BvYOJrmLdg4",
+	"enKDjQvLuw0b98mIjEPDH6w5G4KZG3ahjBCTGDioxXLs4gjm9EAh6AZ4ypB0BPuobQVmiE2MzjP/V8D4",
+	"9D7kRN551cwntgdqN3SNwJX2iIXTH9V4lxNHiIsmbhyDWjoOxeOY8x6oEXT0xk84YlcAoh/TgvT7KRYJ",
+	"HrF+qcVBKxHuG6hIPQc9EdQSEdQzVeLMewEjs8cynhP11D2XDmhlsGgyjBoqxRJ5cyOorCrCbOMIIK2u",
+	"9P0p5BN0mjIs7GR8oGi64QbDx7eIj0HF7PQCoLapLA6ZB6oockDAT2fqXIWSGVheaUNQ2is4ND7LxgOn",
+	"5okbj8ogd2088OVNxoNkq4ey82cR8xfyXmx08nHbCR+BWlnUIjXmrVBuTeYtPrWJe07fI0J0kOtqy5JW",
+	"SBwHfBUAmY3FygHXNmwcYKUPEJF4zMMUHFQ2g3KUCpMMpMhuqKKblLcDoP0pv8OoAIDjAgkClOLxND1i",
+	"bwtwXMAsQBYJeGMALOWOj7gFb7roAnSGK8sRapsTPG8IX0BjBIHmizmpQCb+J+epVxrYUlqBObaNEfQr",
+	"nOpdtDTRq1bKJ/jFeUvR7nc0X7gEtZa2hZ6nJiHeAfAnDGKP+7l73M9FMfoeEMANohJPAvWzImx70M/n",
+	"BPq5SlzXqq+NET8rAvLcAT/Rm2gZ7/MRMe/N4D4rU75H+3yiaJ9VWdoM7HMmVlbM5BZQuaYytPFBGQiD",
+	"ApBerEqRZgHDgioVseUKCf7gSXQfMrOEUPSyCfggtuwnfmheICtMW9gKCOhyKBU8tbQOMhHKSVfCUtBm",
+	"srp0qTq/BSsNG4lUqwnUnXZuKnRNvdjYXmm7qnJoL0/+hZk8fxfvwkzWe3eVOW1j0T/Mq88sLTksMGjy",
+	"xtbguKBjPRM2LJ4wdXuodtmetrNUDHDHftKFmaxykcor1mb9QXXbLYtCaecff9VmsqasAB0du4x6GEso",
+	"Ah+cV76kAuwRu7iHrtv6KpULM3n2QM2rZ7kBX+XCTLZsYlZIXdsS118/CY9b3Asvjav8wQszedpeYDHA",
+	"HTuAK5Y9+H5tLz9h3nyLwjnmmVwsi6wO/O9ibheCRFQLuJisWtQt/Uz+Jeoo8Ts2K59sZTeT6ibo4IY1",
+	"jQv3Xbu70RdZV+8IpRi3Yv4CotTQN8uR+BtM0djbQG1e2Cax2Go9ZOUVO3Y2yu/+M6sf4ymgXmZW6YJN",
+	"ihxp+Zl1OrPsXptb6IJwBBP7Lvb8Qy2PwTI/hzdZTCeMcY7OkHbWQmFk7WkQp/SZVziuWY9v3MPrNeRC",
+	"HWN1wfNEunU8edhOiLkgYK8tyLcLxbTWFvg3reC0W6T/TuexTQeawLGTA/SQkzOxbRb68gBGgZJ1zbu/",
+	"nXH+WRnDuJDrDSJOYFvBFBDWEqR+k130l32HUazbJ+NU58n6DjMofwREqtAdRi1j1DbrT/DWmRzK9JLD",
+	"mU6qGPCI0xr6cHpFziS25gRcWBvaxIoQHBMPTigrtRoo7pyRo9wJNrTevKqxGJ5izAhEBNDqK63AsL9+",
+	"DmWdeEsoHK1pUsuMHlPDf2hNZQYQt2NvcBOIfrfAFMO3DjGpLkRSIaz2JpIEqNIJN1CAjwwKCEplYkuR",
+	"ZZ2F5rhewG4qd7aVe9PWtLZ1V/au1aW6L8zkbSEsK/rFlq1psVQhX1bXFdigfGAm65WPVO6n1wclzuWT",
+	"Gs7leg2IHOQlUFjWgVb0Qyv85ziRAKbDJsAXAVO2BvBiDV5JGeXizclGMBetN8st7tJ2m+U+LzP2Fz2q",
+	"pT5U3CQBRyc3kHfDHd0mr8gqTUis/lhE11gUivUQv/mL/gp0MvFj1pu8cjmiXQy0t1Zogo9fbQerK9XG",
+	"IbFxjZ922Hl5oDs+EZYG0HQeLIvNn1G211+ooyW0PggrQTlHK3ruipcpLhG/ZIXENuufdZpn82p0yJhe",
+	"y6TedOY5/GWz40IoESSHzJ8W+KTJXjs+ucazYDNu10yq+P8bDAKokui5PcSOjEOCemnHJwS1Jm1R6NU0",
+	"upA6rh3fqzdvakdU9zAskqxDMhppnQqumm+lOsoS6PZj16nuqf4/15kRN/KhzfmvCEHYQZbfiWRhe9fP",
+	"OV5zDdd8w4c+P4u6qTHdmhndyIDalh2oBaKaRkVWoV15/k5U5XM2iByE+Wl/7Zuc7eKd2/Clm0Ltffby",
+	"JZ3pX74Mpzyqwn5U1ABgxTvD8gqVohbgKQy7vUB5lSHxCbtyXCXcJEAxg4EFm4mxvKFnnLIKbV0H4gwI",
+	"ZJR0e8UfnZwJ6/gsGyJEZw2TF+sM737o4RkbAZ3Z3z703x5e/a3/6s1PUPGeHMXnHAHWa4CojjEOAM9W",
+	"/qg8NsINgeMhN/6LgEIJ2GS6R6zPXj08gCGWiv1wwiyTdqBsPh4La88KEFeAm4XUhjNSJAEvZqRzx94w",
+	"22Nv2EyqHvvxBP/7ik17A/WGTSFu8MMJm7IOjO3f0jlhuthTS61HeXZWoZ254RIIl260YT9iLCTC4xGh",
+	"4Lvfr/q/nP963X//+dfLYRegoyPlbIBhLcnuQAFW7irmqXA/Qd8csUuRSCPGAUBN3AkzUIhtKJIj9uXy",
+	"3GIn0UiwqXNZxyJgGaFC+yMzATHzJAHUR8s6hJI7UAhApADYFyMlAd9Oq+4ZOn8i1RlgtBV4gYz791uW",
+	"GXkHMR6tgidVnaH++fnFP68/Xf7+j/7nX3/2nvuQIJ5fvrzlN7f85ctixmFySlspMzrJxyLiGwMYGjSH",
+	"lfcTAlMy2Ged4VhcvwwgS7YX+ygYQdaCl9QL5FsBDzc0psgkXHcr5l0ClrrqX52zT+f93z/6S6/eXvY/",
+	"wIx9Pr8ClK5QXyuSMxhlQDwvIIeZUGMzzxwAzhaMSmKWuTmbCa5ClMr/4YxQrgB6CkAZLRGhAKIt9UJQ",
+	"pG0d/9dWs3Z1b9rxUe1RfHhlYt4KXx3rhDCt17hTfR/A2NW4nTrsfOTHNCpx5vl9i43fiPM3TnNo+6UA",
+	"V210aQOGp2XXpT2MzKrjtcfK3GNl/mWwMi/MZI+UuUfKrAPCq2q97SFmrj2DPhorU5vJHilzj5S5Aikz",
+	"qr09TmZb6qFlvMxVWoE6lJsCUtAB9vwDUfAZ6wNQOBntR5/eIyHGysDjN7eKr0vZwcufdrKuPMQdn/1W",
+	"kk4qcY8ycRbpPisQKRUMm1ZBLNeRUlb2MHWANG7iD/D357+L8TvWb2Oaj/b38QdqtVm5kcNqbCFsnEA7",
+	"WCaMt+ajORMzLtNQGgIF2UqzqZxMy/wc2F/2ApwIvHWg7qca4eWADo/Cw1JBPXeSgJ3U4D2kUt2WKOzm",
+	"xOzi74AQGrld3LE7YeSNFAkOqs5RwNl72pqoMsYdqyJ89ypdhKLVSrdBkjBOz6uV3RV65vhrboVZUyne",
+	"x+pugw3voUfNy12ioRFY585wBfTJs7PABDfjcyRQQ6cY3H5ohiyR/pnQjl8vX88dGWDFmmytWvwLrOcq",
+	"gu2PGlJNAG3MpRVB3/CRHzX1gkPLcagZD18Ca06LbWm1XdPaJmKmXfPaPu3ms8oYd9x/tlp3hBa09vTH",
+	"2+oiUz/QxppkHQIX9EVHXCUi7KCbTifCDUvorwh/QDHQancCnX+lYU47ntraTtjdQFQVL9qkPXTLOFXb",
+	"ahylpQ4Io8df6V9kK1YBZm95+tfgr7bowvdXQ64+dmovwwyu0s594tdEAGWMasPRJLJZni0hbkrL5GyW",
+	"OygnHuWOSBKhfq1mo9A4nrYGrg5yxyp4jYgFHdyiqL1HjE3Rg0WGFLRwfLIh6m+AGTz+Sv+q7tLqF/wO",
+	"WT3IuHkZoVLkEhBMYG9FpRsK4kZzAjrMhKEqU8irKMbT9KgJCnTbumAjOM2WdEHA5oxJ48zoiRHWtoPH",
+	"exmWrqR9a9b1mI+0gc/49sc3nUqvoBfUa4+J1smpP4JSTYT0B8z7dM6Qfl8kKBwwFX5sIz6+DTULOof4",
+	"bHFnljsGFwAlrJ83cSd1bqMCI3xh/yCRXPtLqXGHcOsdnwOfLKSgpWOGq6Krr1hm1leMgDDhHDsLjNJW",
+	"KBu7HunqFzYAd1r2+uT/R55+iPD7P6wAuO3DEjxtfFsc4x+kOf/U/RebPwUtz59RIf9RO5Zpa6U3kvWi",
+	"0Iqe8NNeQNuuRLOt395ZZvSd2M4Gfw8VJmFZCIYaNjy+lqenhPH84EjJY0vfDvcWfX/7p/692G9R7HHV",
+	"FoTn8dKPTOzbEX6o7+eMqJrwhjOozeUGUF0UomD4HQwxVOsET3Yn+W/x2/eC/5wEHxetpFQdlskhQQ2J",
+	"1uP3wbo2KVqIx3ZLfRN3B76kxOBR9+Sw30vdOGvalZ8hD8imfS9VWYtdMKN5dIqTtjohSv1Ka5yObZ1H",
+	"2mZeD/wbWJfrEAuHaD8oIm1jPDBg8hcVGP6uUBQdJifEQ8KBfaFUNaqteNylmtR93em+7nSndae05/a1",
+	"p/va01oS5lgPv62q08cp/cdWoNID9lWo+yrUFVWoFSW4r0T9fmXRcg3qpjpCiQeHYBDbOc9/Rjgs46cz",
+	"xKp0ZpnjAGWoxH10ADtIOBeIWsG7g8iXVNJOo7OAoQuvcwjISun7HrioUFxFsetEjIW12rywzE2NsOCN",
+	"eY8KyrKQ5C3MPYau8cfdRRI+igf3Gx3I9sGE5xNMuLqVGePedASd8j2xNJC67Wy9j82JoWVW9IXdtrtt",
+	"8AkmYL8FntMWgDX7nvwJnuG2ZHFAxoGc1J9UISPpHUDpwPRku9Tx6PDupftZSTedUviCm/B4KQf/ZHtu",
+	"FebdpYWITyXzThS0RQAOq8jBRJUibt7dDRYBITbCpHpxBxSD+IQZl36RuRr7U5dK9H13d9sIyH/3u+h5",
+	"uUlA2LyQyVu5h+6EsRI/sjFYMcplmiDOA6HjgrQjZAjKMgBvzIinlaQXJQ8DzwMVKFoD44/SbOxPDMpJ",
+	"ntbCc/wDh7blQil6S6MQEd8tzdN3LJIY50a6+cHpf/+rvGT0/girViDHlI+kc+vEzK9a9UlfDzAW4h/q",
+	"txqGNppgeCnwAWoDA7f0SjpsHx30DnKTHpweHMPGpbcvlUpwgNgZYU6vMuSjUkINh7wMJrfMHla6K7KH",
+	"1YDQVVjC9L2iTsYzlgmdpYLYwuh8MCt3DJVeAMW/9YOix9T0qhYl1kj8VjwuVICvHu6hHetMJEgQADUl",
+	"udMzIkkpgI4DZH4NAOJUU4InAYNTvgtAwZdv+S0CqZYSYf4Az814Kp0AzC2UBZOXSJNDDeXRApJk3bCA",
+	"QCXyoouJtCElVLo7M/pOehFHyOOvjRihdWXbR4sognXD+D2W+FrqQCUC1krxppzxSeWzYrXo8hN/8RrP",
+	"Mpcb5V0So/8txo51OINtbgHhsxQIfafHt8L430D7AdCREw9F2i2Mp8fyLNU8EQmCnzluukwqp2l0IBwQ",
+	"AA2JuvJq9ViW21JYLUu5u9FmRlNv5uh78FI2r/haUOJ139pE0ssdOTtF8o+BHJemsCBdXH5urBFnjt9C",
+	"Z52BfFXgcpTKW4hJzM4VEaNeyReyVE3pnZ/K4gVLtvziqzIwJaYpLQl6IB3Hrj8LheDefC2JWYBqXX56",
+	"JZgIoFfLSVz/+Bha7GHyDEvQ5xFjrqwqKeBYt++5i7vDCqwqvtNpPhOnbCacgWyalzYulTAs1ROQMUjR",
+	"hiLc0pucSIW/rU6/9i3ynISZc9r7S6xjxEhr/AryLiKDMmrrmzmGCcETHomx1yIg96UXE3RR7XJd/Q0J",
+	"47WB+vx7bjCBpAu9cEcO3D+lEb/l3CTwU8pJ4kvM7i9swHD7cnle2ewz7cQhB5y8BjW00JxSRk4LeXJv",
+	"dtCy2dPQUhoQsbBqHBKdvSVs8zNikkcYKuB6QOi5LOXz0jgX4KrWiMSYp2mVqvReIYmiXRZpnsmm55W1",
+	"yQv8SqluDI/gjPAm22M2H08ZJvXFgxNG8ZR9+I/Pn9nI6FtokYKpKFt0hZcd/PGvP/4vAAD//w==",
 }
 
 // decodeSpec returns the embedded OpenAPI spec as raw JSON bytes,

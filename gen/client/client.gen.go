@@ -187,6 +187,27 @@ func (e ConnectivityEventEvent) Valid() bool {
 	}
 }
 
+// Defines values for DeliveryAttemptDeliveryStatus.
+const (
+	DeliveryAttemptDeliveryStatusFailed    DeliveryAttemptDeliveryStatus = "failed"
+	DeliveryAttemptDeliveryStatusPending   DeliveryAttemptDeliveryStatus = "pending"
+	DeliveryAttemptDeliveryStatusSucceeded DeliveryAttemptDeliveryStatus = "succeeded"
+)
+
+// Valid indicates whether the value is a known member of the DeliveryAttemptDeliveryStatus enum.
+func (e DeliveryAttemptDeliveryStatus) Valid() bool {
+	switch e {
+	case DeliveryAttemptDeliveryStatusFailed:
+		return true
+	case DeliveryAttemptDeliveryStatusPending:
+		return true
+	case DeliveryAttemptDeliveryStatusSucceeded:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for DeviceTokenTokenType.
 const (
 	Bearer DeviceTokenTokenType = "Bearer"
@@ -196,6 +217,60 @@ const (
 func (e DeviceTokenTokenType) Valid() bool {
 	switch e {
 	case Bearer:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for EventEndpointKind.
+const (
+	EventEndpointKindKafka   EventEndpointKind = "kafka"
+	EventEndpointKindWebhook EventEndpointKind = "webhook"
+)
+
+// Valid indicates whether the value is a known member of the EventEndpointKind enum.
+func (e EventEndpointKind) Valid() bool {
+	switch e {
+	case EventEndpointKindKafka:
+		return true
+	case EventEndpointKindWebhook:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for EventEndpointCreateKind.
+const (
+	EventEndpointCreateKindKafka   EventEndpointCreateKind = "kafka"
+	EventEndpointCreateKindWebhook EventEndpointCreateKind = "webhook"
+)
+
+// Valid indicates whether the value is a known member of the EventEndpointCreateKind enum.
+func (e EventEndpointCreateKind) Valid() bool {
+	switch e {
+	case EventEndpointCreateKindKafka:
+		return true
+	case EventEndpointCreateKindWebhook:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for EventTypeListItemsOrderedBy.
+const (
+	EventTypeListItemsOrderedByDevice  EventTypeListItemsOrderedBy = "device"
+	EventTypeListItemsOrderedByRollout EventTypeListItemsOrderedBy = "rollout"
+)
+
+// Valid indicates whether the value is a known member of the EventTypeListItemsOrderedBy enum.
+func (e EventTypeListItemsOrderedBy) Valid() bool {
+	switch e {
+	case EventTypeListItemsOrderedByDevice:
+		return true
+	case EventTypeListItemsOrderedByRollout:
 		return true
 	default:
 		return false
@@ -238,6 +313,30 @@ func (e ImageDeltaState) Valid() bool {
 	case ImageDeltaStateComputing:
 		return true
 	case ImageDeltaStatePending:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for KafkaSinkSaslMechanism.
+const (
+	None        KafkaSinkSaslMechanism = "none"
+	PLAIN       KafkaSinkSaslMechanism = "PLAIN"
+	SCRAMSHA256 KafkaSinkSaslMechanism = "SCRAM-SHA-256"
+	SCRAMSHA512 KafkaSinkSaslMechanism = "SCRAM-SHA-512"
+)
+
+// Valid indicates whether the value is a known member of the KafkaSinkSaslMechanism enum.
+func (e KafkaSinkSaslMechanism) Valid() bool {
+	switch e {
+	case None:
+		return true
+	case PLAIN:
+		return true
+	case SCRAMSHA256:
+		return true
+	case SCRAMSHA512:
 		return true
 	default:
 		return false
@@ -1119,6 +1218,36 @@ type DatabaseVersion struct {
 	ServerVersion string `json:"server_version"`
 }
 
+// DeliveryAttempt defines model for DeliveryAttempt.
+type DeliveryAttempt struct {
+	At         time.Time          `json:"at"`
+	DeliveryId openapi_types.UUID `json:"delivery_id"`
+
+	// DeliveryStatus What became of the delivery so far (failed = every retry spent).
+	DeliveryStatus *DeliveryAttemptDeliveryStatus `json:"delivery_status,omitempty"`
+	DurationMs     int                            `json:"duration_ms"`
+	Error          *string                        `json:"error,omitempty"`
+	EventId        openapi_types.UUID             `json:"event_id"`
+	EventType      string                         `json:"event_type"`
+	Id             openapi_types.UUID             `json:"id"`
+
+	// Response The first bytes of the response body.
+	Response *string `json:"response,omitempty"`
+
+	// StatusCode The receiver's HTTP status; absent when there was no response.
+	StatusCode *int `json:"status_code,omitempty"`
+	Succeeded  bool `json:"succeeded"`
+}
+
+// DeliveryAttemptDeliveryStatus What became of the delivery so far (failed = every retry spent).
+type DeliveryAttemptDeliveryStatus string
+
+// DeliveryAttemptPage defines model for DeliveryAttemptPage.
+type DeliveryAttemptPage struct {
+	Items      []DeliveryAttempt `json:"items"`
+	NextCursor *string           `json:"next_cursor,omitempty"`
+}
+
 // Device defines model for Device.
 type Device struct {
 	// Architecture A CPU architecture, in OCI platform spelling.
@@ -1321,6 +1450,97 @@ type DeviceUpdate struct {
 // Example: sha256:4b1d0c9fa4f5b0f8f0a6b7c52f1e07e4a0d27f3b6e5d8c9a1b2c3d4e5f6a7b8c
 type Digest = string
 
+// EventEndpoint defines model for EventEndpoint.
+type EventEndpoint struct {
+	CreatedAt  time.Time  `json:"created_at"`
+	DisabledAt *time.Time `json:"disabled_at,omitempty"`
+
+	// DisabledReason Why Flock disabled the endpoint (a failure streak), when it did.
+	DisabledReason *string `json:"disabled_reason,omitempty"`
+	Enabled        bool    `json:"enabled"`
+
+	// FailingSince Start of the current run of failed attempts.
+	FailingSince *time.Time          `json:"failing_since,omitempty"`
+	FleetId      *openapi_types.UUID `json:"fleet_id,omitempty"`
+	Id           openapi_types.UUID  `json:"id"`
+	Kafka        *struct {
+		Brokers       *[]string `json:"brokers,omitempty"`
+		SaslMechanism *string   `json:"sasl_mechanism,omitempty"`
+		Tls           *bool     `json:"tls,omitempty"`
+		Topic         *string   `json:"topic,omitempty"`
+		Username      *string   `json:"username,omitempty"`
+	} `json:"kafka,omitempty"`
+	Kind  EventEndpointKind  `json:"kind"`
+	Name  Name               `json:"name"`
+	OrgId openapi_types.UUID `json:"org_id"`
+
+	// PreviousExpiresAt Until then the previous secret signs too.
+	PreviousExpiresAt *time.Time `json:"previous_expires_at,omitempty"`
+
+	// Secret The signing secret (whsec_...), in the answers of create and rotate-secret only.
+	Secret    *string   `json:"secret,omitempty"`
+	Types     []string  `json:"types"`
+	UpdatedAt time.Time `json:"updated_at"`
+	Url       *string   `json:"url,omitempty"`
+}
+
+// EventEndpointKind defines model for EventEndpoint.Kind.
+type EventEndpointKind string
+
+// EventEndpointCreate defines model for EventEndpointCreate.
+type EventEndpointCreate struct {
+	Enabled *bool `json:"enabled,omitempty"`
+
+	// FleetId Only events of this fleet.
+	FleetId *openapi_types.UUID     `json:"fleet_id,omitempty"`
+	Kafka   *KafkaSink              `json:"kafka,omitempty"`
+	Kind    EventEndpointCreateKind `json:"kind"`
+	Name    Name                    `json:"name"`
+
+	// Types Event types to deliver (see `event-type:list`); empty or absent means all.
+	Types *[]string `json:"types,omitempty"`
+
+	// Url The webhook URL (kind webhook).
+	Url *string `json:"url,omitempty"`
+}
+
+// EventEndpointCreateKind defines model for EventEndpointCreate.Kind.
+type EventEndpointCreateKind string
+
+// EventEndpointPage defines model for EventEndpointPage.
+type EventEndpointPage struct {
+	Items      []EventEndpoint `json:"items"`
+	NextCursor *string         `json:"next_cursor,omitempty"`
+}
+
+// EventEndpointUpdate defines model for EventEndpointUpdate.
+type EventEndpointUpdate struct {
+	Enabled *bool                                 `json:"enabled,omitempty"`
+	FleetId nullable.Nullable[openapi_types.UUID] `json:"fleet_id,omitempty"`
+	Kafka   *KafkaSink                            `json:"kafka,omitempty"`
+	Name    *Name                                 `json:"name,omitempty"`
+	Types   *[]string                             `json:"types,omitempty"`
+	Url     *string                               `json:"url,omitempty"`
+}
+
+// EventTypeList defines model for EventTypeList.
+type EventTypeList struct {
+	Items []struct {
+		// OrderedBy Events of one device (or rollout) reach an endpoint in order.
+		OrderedBy *EventTypeListItemsOrderedBy `json:"ordered_by,omitempty"`
+
+		// Schema JSON Schema of the event's `data`.
+		Schema  map[string]interface{} `json:"schema"`
+		Summary string                 `json:"summary"`
+
+		// Type Example: io.flock.device.online
+		Type string `json:"type"`
+	} `json:"items"`
+}
+
+// EventTypeListItemsOrderedBy Events of one device (or rollout) reach an endpoint in order.
+type EventTypeListItemsOrderedBy string
+
 // FieldError One invalid part of a request.
 type FieldError struct {
 	// Detail Why the value is invalid.
@@ -1476,6 +1696,21 @@ type JWKS_Keys_Item struct {
 	X                    *string                `json:"x,omitempty"`
 	AdditionalProperties map[string]interface{} `json:"-"`
 }
+
+// KafkaSink defines model for KafkaSink.
+type KafkaSink struct {
+	Brokers []string `json:"brokers"`
+
+	// Password Stored encrypted; never returned.
+	Password      *string                 `json:"password,omitempty"`
+	SaslMechanism *KafkaSinkSaslMechanism `json:"sasl_mechanism,omitempty"`
+	Tls           *bool                   `json:"tls,omitempty"`
+	Topic         string                  `json:"topic"`
+	Username      *string                 `json:"username,omitempty"`
+}
+
+// KafkaSinkSaslMechanism defines model for KafkaSink.SaslMechanism.
+type KafkaSinkSaslMechanism string
 
 // LogLine defines model for LogLine.
 type LogLine struct {
@@ -1907,6 +2142,18 @@ type ReleaseUpdate struct {
 // ReleaseUpdateStatus defines model for ReleaseUpdate.Status.
 type ReleaseUpdateStatus string
 
+// ReplayRequest defines model for ReplayRequest.
+type ReplayRequest struct {
+	DeliveryId *openapi_types.UUID `json:"delivery_id,omitempty"`
+	Since      *time.Time          `json:"since,omitempty"`
+}
+
+// ReplayResult defines model for ReplayResult.
+type ReplayResult struct {
+	// Queued Deliveries queued.
+	Queued int `json:"queued"`
+}
+
 // ReportedState What a device says it runs. The same schema as `ReportedState` in the
 // AsyncAPI document (`asyncapi/flock.yaml`, channel
 // `flock/v1/devices/{deviceId}/state`): a device reports over HTTP
@@ -2166,6 +2413,12 @@ type RolloutRamp struct {
 // release), aborted, rolled_back (aborted, and every touched device put back
 // on its previous release), canceled (stopped before it started).
 type RolloutState string
+
+// SecretRotation defines model for SecretRotation.
+type SecretRotation struct {
+	// OverlapSeconds How long the previous secret keeps signing.
+	OverlapSeconds *int `json:"overlap_seconds,omitempty"`
+}
 
 // ServiceImage defines model for ServiceImage.
 type ServiceImage struct {
@@ -2523,6 +2776,9 @@ type DeviceGroupId = openapi_types.UUID
 // DeviceId defines model for DeviceId.
 type DeviceId = openapi_types.UUID
 
+// EventEndpointId defines model for EventEndpointId.
+type EventEndpointId = openapi_types.UUID
+
 // FleetId defines model for FleetId.
 type FleetId = openapi_types.UUID
 
@@ -2875,6 +3131,42 @@ type DeviceVariableUpdateParams struct {
 	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
 }
 
+// EventEndpointDeleteParams defines parameters for EventEndpointDelete.
+type EventEndpointDeleteParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// EventEndpointUpdateParams defines parameters for EventEndpointUpdate.
+type EventEndpointUpdateParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
+// EventDeliveryAttemptListParams defines parameters for EventDeliveryAttemptList.
+type EventDeliveryAttemptListParams struct {
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// EventEndpointReplayParams defines parameters for EventEndpointReplay.
+type EventEndpointReplayParams struct {
+	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
+	// kept for 24 hours; a repeat of the same request with the same key gets
+	// that response again (with `Idempotent-Replayed: true`) without running
+	// twice. The same key with a different request is 422. Keys are per caller.
+	IdempotencyKey *IdempotencyKey `json:"Idempotency-Key,omitempty"`
+}
+
 // FleetDeleteParams defines parameters for FleetDelete.
 type FleetDeleteParams struct {
 	// IdempotencyKey Makes a retry safe: the first request with a key runs and its response is
@@ -3111,6 +3403,15 @@ type AuditEventListParams struct {
 	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
 }
 
+// OrgCloudeventsWebsocketParams defines parameters for OrgCloudeventsWebsocket.
+type OrgCloudeventsWebsocketParams struct {
+	// After The `sequence` of the last event received.
+	After *int64 `form:"after,omitempty" json:"after,omitempty"`
+
+	// Types Only these event types (comma-separated).
+	Types *[]string `form:"types,omitempty" json:"types,omitempty"`
+}
+
 // DeviceGroupListParams defines parameters for DeviceGroupList.
 type DeviceGroupListParams struct {
 	// Limit The most items to return in one page.
@@ -3145,6 +3446,15 @@ type DeviceListParams struct {
 	// DeviceGroupId Only devices of this saved device group.
 	DeviceGroupId *openapi_types.UUID `form:"device_group_id,omitempty" json:"device_group_id,omitempty"`
 
+	// Limit The most items to return in one page.
+	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
+
+	// Cursor The `next_cursor` of the previous page; omit for the first page.
+	Cursor *Cursor `form:"cursor,omitempty" json:"cursor,omitempty"`
+}
+
+// EventEndpointListParams defines parameters for EventEndpointList.
+type EventEndpointListParams struct {
 	// Limit The most items to return in one page.
 	Limit *Limit `form:"limit,omitempty" json:"limit,omitempty"`
 
@@ -3385,6 +3695,15 @@ type DeviceVariableCreateJSONRequestBody = VariableCreate
 // DeviceVariableUpdateJSONRequestBody defines body for DeviceVariableUpdate for application/json ContentType.
 type DeviceVariableUpdateJSONRequestBody = VariableUpdate
 
+// EventEndpointUpdateJSONRequestBody defines body for EventEndpointUpdate for application/json ContentType.
+type EventEndpointUpdateJSONRequestBody = EventEndpointUpdate
+
+// EventEndpointReplayJSONRequestBody defines body for EventEndpointReplay for application/json ContentType.
+type EventEndpointReplayJSONRequestBody = ReplayRequest
+
+// EventEndpointRotateSecretJSONRequestBody defines body for EventEndpointRotateSecret for application/json ContentType.
+type EventEndpointRotateSecretJSONRequestBody = SecretRotation
+
 // FleetUpdateJSONRequestBody defines body for FleetUpdate for application/json ContentType.
 type FleetUpdateJSONRequestBody = FleetUpdate
 
@@ -3414,6 +3733,9 @@ type ApiKeyCreateJSONRequestBody = ApiKeyCreate
 
 // DeviceGroupCreateJSONRequestBody defines body for DeviceGroupCreate for application/json ContentType.
 type DeviceGroupCreateJSONRequestBody = DeviceGroupCreate
+
+// EventEndpointCreateJSONRequestBody defines body for EventEndpointCreate for application/json ContentType.
+type EventEndpointCreateJSONRequestBody = EventEndpointCreate
 
 // FleetCreateJSONRequestBody defines body for FleetCreate for application/json ContentType.
 type FleetCreateJSONRequestBody = FleetCreate
@@ -4285,6 +4607,113 @@ type ClientInterface interface {
 	// Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
 	DeviceVariableUpdate(ctx context.Context, deviceId DeviceId, variableId VariableId, params *DeviceVariableUpdateParams, body DeviceVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// EventEndpointDelete Delete an event endpoint and its delivery log
+	//
+	// Corresponds with DELETE /v1/event-endpoints/{endpointId} (the `EventEndpointDelete` operationId).
+	EventEndpointDelete(ctx context.Context, endpointId EventEndpointId, params *EventEndpointDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// EventEndpointGet An event endpoint
+	//
+	// Corresponds with GET /v1/event-endpoints/{endpointId} (the `EventEndpointGet` operationId).
+	EventEndpointGet(ctx context.Context, endpointId EventEndpointId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// EventEndpointUpdateWithBody Change an event endpoint, or enable it again
+	//
+	// Enabling a disabled endpoint clears its failure record; deliveries queued before it was disabled are attempted again.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PATCH /v1/event-endpoints/{endpointId} (the `EventEndpointUpdate` operationId).
+	EventEndpointUpdateWithBody(ctx context.Context, endpointId EventEndpointId, params *EventEndpointUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// EventEndpointUpdate Change an event endpoint, or enable it again
+	//
+	// Enabling a disabled endpoint clears its failure record; deliveries queued before it was disabled are attempted again.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PATCH /v1/event-endpoints/{endpointId} (the `EventEndpointUpdate` operationId).
+	EventEndpointUpdate(ctx context.Context, endpointId EventEndpointId, params *EventEndpointUpdateParams, body EventEndpointUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// EventDeliveryAttemptList The delivery log of an endpoint
+	//
+	// Every attempt, newest first, with its status code, response time and the first bytes of the response.
+	//
+	// Corresponds with GET /v1/event-endpoints/{endpointId}/attempts (the `EventDeliveryAttemptList` operationId).
+	EventDeliveryAttemptList(ctx context.Context, endpointId EventEndpointId, params *EventDeliveryAttemptListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// EventEndpointReplayWithBody Deliver again one delivery, or every event since a time
+	//
+	// With `delivery_id`, that delivery is queued again (whatever became of
+	// it). With `since`, every event of the organisation since then that the
+	// endpoint takes is queued, delivered before or not (events are kept 7
+	// days, `FLOCK_EVENTS_RETENTION`). Receivers recognise repeats by
+	// `webhook-id` / the CloudEvents `id`.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/event-endpoints/{endpointId}/replay (the `EventEndpointReplay` operationId).
+	EventEndpointReplayWithBody(ctx context.Context, endpointId EventEndpointId, params *EventEndpointReplayParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// EventEndpointReplay Deliver again one delivery, or every event since a time
+	//
+	// With `delivery_id`, that delivery is queued again (whatever became of
+	// it). With `since`, every event of the organisation since then that the
+	// endpoint takes is queued, delivered before or not (events are kept 7
+	// days, `FLOCK_EVENTS_RETENTION`). Receivers recognise repeats by
+	// `webhook-id` / the CloudEvents `id`.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/event-endpoints/{endpointId}/replay (the `EventEndpointReplay` operationId).
+	EventEndpointReplay(ctx context.Context, endpointId EventEndpointId, params *EventEndpointReplayParams, body EventEndpointReplayJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// EventEndpointRotateSecretWithBody Rotate a webhook's signing secret
+	//
+	// Returns the new secret, once. Until `previous_expires_at` every
+	// delivery carries two signatures (old and new secret) in
+	// `webhook-signature`, so receivers can switch at their pace; deliveries
+	// in flight when the rotation commits are signed with both.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/event-endpoints/{endpointId}/rotate-secret (the `EventEndpointRotateSecret` operationId).
+	EventEndpointRotateSecretWithBody(ctx context.Context, endpointId EventEndpointId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// EventEndpointRotateSecret Rotate a webhook's signing secret
+	//
+	// Returns the new secret, once. Until `previous_expires_at` every
+	// delivery carries two signatures (old and new secret) in
+	// `webhook-signature`, so receivers can switch at their pace; deliveries
+	// in flight when the rotation commits are signed with both.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/event-endpoints/{endpointId}/rotate-secret (the `EventEndpointRotateSecret` operationId).
+	EventEndpointRotateSecret(ctx context.Context, endpointId EventEndpointId, body EventEndpointRotateSecretJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// EventEndpointTest Send a test event now
+	//
+	// Sends an `io.flock.event-endpoint.test` event to the endpoint at once,
+	// signed like any other, and answers with the attempt (also in the
+	// delivery log). It does not count towards disabling the endpoint.
+	//
+	// Corresponds with POST /v1/event-endpoints/{endpointId}/test (the `EventEndpointTest` operationId).
+	EventEndpointTest(ctx context.Context, endpointId EventEndpointId, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// EventTypeList The catalogue of event types
+	//
+	// Every CloudEvents type Flock delivers to organisations (by webhook, the
+	// WebSocket feed, or forwarding to their Kafka), with its data's JSON
+	// Schema; the same catalogue is the `customerEvents` channel of the
+	// AsyncAPI document (`/asyncapi.yaml`). Pick types for an endpoint's
+	// `types` filter here. `ordered_by` names what a type's events are
+	// ordered by: events of one device (or rollout) reach an endpoint in the
+	// order they happened.
+	//
+	// Corresponds with GET /v1/event-types (the `EventTypeList` operationId).
+	EventTypeList(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// FleetDelete Delete a fleet
 	//
 	// Refused (409) while the fleet has devices.
@@ -4664,6 +5093,19 @@ type ClientInterface interface {
 	// Corresponds with GET /v1/orgs/{orgId}/audit-events (the `AuditEventList` operationId).
 	AuditEventList(ctx context.Context, orgId OrgId, params *AuditEventListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// OrgCloudeventsWebsocket The organisation's events as a WebSocket feed with a durable cursor
+	//
+	// Each text message is one event as a structured-mode CloudEvents JSON
+	// document, the same documents webhooks receive, with the extension
+	// attribute `sequence`: the cursor. Reconnect with `after=<sequence>` of
+	// the last event processed to resume right after it (events are kept 7
+	// days); without `after` the feed starts with new events. Authenticate
+	// like the other WebSockets (`Authorization`, or the subprotocols
+	// `flock.v1` and `bearer.<token>`). The server pings every 15 s.
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/cloudevents/ws (the `OrgCloudeventsWebsocket` operationId).
+	OrgCloudeventsWebsocket(ctx context.Context, orgId OrgId, params *OrgCloudeventsWebsocketParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// DeviceGroupList Device groups of an organisation
 	//
 	// Corresponds with GET /v1/orgs/{orgId}/device-groups (the `DeviceGroupList` operationId).
@@ -4687,6 +5129,65 @@ type ClientInterface interface {
 	//
 	// Corresponds with GET /v1/orgs/{orgId}/devices (the `DeviceList` operationId).
 	DeviceList(ctx context.Context, orgId OrgId, params *DeviceListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// EventEndpointList The organisation's event endpoints
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/event-endpoints (the `EventEndpointList` operationId).
+	EventEndpointList(ctx context.Context, orgId OrgId, params *EventEndpointListParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// EventEndpointCreateWithBody Subscribe a webhook URL or a Kafka cluster to the organisation's events
+	//
+	// A **webhook** receives each event as a structured-mode CloudEvents JSON
+	// body (`application/cloudevents+json`), signed per the Standard
+	// Webhooks specification: `webhook-id` (the event id), `webhook-timestamp`
+	// and `webhook-signature` (`v1,<base64 HMAC-SHA256 of id.timestamp.body>`
+	// with the key in `secret`, returned once, here). A 2xx within 10 s is
+	// success; anything else is retried after about 5 s, 5 min, 30 min, 2 h,
+	// 5 h and 10 h (with jitter), then given up; an endpoint failing for 3
+	// days (`FLOCK_EVENTS_DISABLE_AFTER`) is disabled and the organisation
+	// gets an `io.flock.event-endpoint.disabled` event. Redirects are never
+	// followed. URLs must be http(s) and resolve to public addresses (checked
+	// here and at every connection); a development deployment allows private
+	// ones with `FLOCK_EVENTS_ALLOW_PRIVATE=true`.
+	//
+	// A **kafka** endpoint gets each event produced to its topic in
+	// CloudEvents binary mode (`ce_*` headers, the data as the value, the
+	// device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
+	// configured; its password is stored encrypted.
+	//
+	// `types` empty means every type; `fleet_id` limits it to one fleet's events.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/event-endpoints (the `EventEndpointCreate` operationId).
+	EventEndpointCreateWithBody(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// EventEndpointCreate Subscribe a webhook URL or a Kafka cluster to the organisation's events
+	//
+	// A **webhook** receives each event as a structured-mode CloudEvents JSON
+	// body (`application/cloudevents+json`), signed per the Standard
+	// Webhooks specification: `webhook-id` (the event id), `webhook-timestamp`
+	// and `webhook-signature` (`v1,<base64 HMAC-SHA256 of id.timestamp.body>`
+	// with the key in `secret`, returned once, here). A 2xx within 10 s is
+	// success; anything else is retried after about 5 s, 5 min, 30 min, 2 h,
+	// 5 h and 10 h (with jitter), then given up; an endpoint failing for 3
+	// days (`FLOCK_EVENTS_DISABLE_AFTER`) is disabled and the organisation
+	// gets an `io.flock.event-endpoint.disabled` event. Redirects are never
+	// followed. URLs must be http(s) and resolve to public addresses (checked
+	// here and at every connection); a development deployment allows private
+	// ones with `FLOCK_EVENTS_ALLOW_PRIVATE=true`.
+	//
+	// A **kafka** endpoint gets each event produced to its topic in
+	// CloudEvents binary mode (`ce_*` headers, the data as the value, the
+	// device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
+	// configured; its password is stored encrypted.
+	//
+	// `types` empty means every type; `fleet_id` limits it to one fleet's events.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/event-endpoints (the `EventEndpointCreate` operationId).
+	EventEndpointCreate(ctx context.Context, orgId OrgId, body EventEndpointCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// OrgEventsStream Live events of an organisation (Server-Sent Events)
 	//
@@ -6076,6 +6577,223 @@ func (c *Client) DeviceVariableUpdate(ctx context.Context, deviceId DeviceId, va
 	return c.Client.Do(req)
 }
 
+// EventEndpointDelete Delete an event endpoint and its delivery log
+//
+// Corresponds with DELETE /v1/event-endpoints/{endpointId} (the `EventEndpointDelete` operationId).
+func (c *Client) EventEndpointDelete(ctx context.Context, endpointId EventEndpointId, params *EventEndpointDeleteParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEventEndpointDeleteRequest(c.Server, endpointId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// EventEndpointGet An event endpoint
+//
+// Corresponds with GET /v1/event-endpoints/{endpointId} (the `EventEndpointGet` operationId).
+func (c *Client) EventEndpointGet(ctx context.Context, endpointId EventEndpointId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEventEndpointGetRequest(c.Server, endpointId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// EventEndpointUpdateWithBody Change an event endpoint, or enable it again
+//
+// Enabling a disabled endpoint clears its failure record; deliveries queued before it was disabled are attempted again.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PATCH /v1/event-endpoints/{endpointId} (the `EventEndpointUpdate` operationId).
+func (c *Client) EventEndpointUpdateWithBody(ctx context.Context, endpointId EventEndpointId, params *EventEndpointUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEventEndpointUpdateRequestWithBody(c.Server, endpointId, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// EventEndpointUpdate Change an event endpoint, or enable it again
+//
+// Enabling a disabled endpoint clears its failure record; deliveries queued before it was disabled are attempted again.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PATCH /v1/event-endpoints/{endpointId} (the `EventEndpointUpdate` operationId).
+func (c *Client) EventEndpointUpdate(ctx context.Context, endpointId EventEndpointId, params *EventEndpointUpdateParams, body EventEndpointUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEventEndpointUpdateRequest(c.Server, endpointId, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// EventDeliveryAttemptList The delivery log of an endpoint
+//
+// Every attempt, newest first, with its status code, response time and the first bytes of the response.
+//
+// Corresponds with GET /v1/event-endpoints/{endpointId}/attempts (the `EventDeliveryAttemptList` operationId).
+func (c *Client) EventDeliveryAttemptList(ctx context.Context, endpointId EventEndpointId, params *EventDeliveryAttemptListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEventDeliveryAttemptListRequest(c.Server, endpointId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// EventEndpointReplayWithBody Deliver again one delivery, or every event since a time
+//
+// With `delivery_id`, that delivery is queued again (whatever became of
+// it). With `since`, every event of the organisation since then that the
+// endpoint takes is queued, delivered before or not (events are kept 7
+// days, `FLOCK_EVENTS_RETENTION`). Receivers recognise repeats by
+// `webhook-id` / the CloudEvents `id`.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/event-endpoints/{endpointId}/replay (the `EventEndpointReplay` operationId).
+func (c *Client) EventEndpointReplayWithBody(ctx context.Context, endpointId EventEndpointId, params *EventEndpointReplayParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEventEndpointReplayRequestWithBody(c.Server, endpointId, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// EventEndpointReplay Deliver again one delivery, or every event since a time
+//
+// With `delivery_id`, that delivery is queued again (whatever became of
+// it). With `since`, every event of the organisation since then that the
+// endpoint takes is queued, delivered before or not (events are kept 7
+// days, `FLOCK_EVENTS_RETENTION`). Receivers recognise repeats by
+// `webhook-id` / the CloudEvents `id`.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/event-endpoints/{endpointId}/replay (the `EventEndpointReplay` operationId).
+func (c *Client) EventEndpointReplay(ctx context.Context, endpointId EventEndpointId, params *EventEndpointReplayParams, body EventEndpointReplayJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEventEndpointReplayRequest(c.Server, endpointId, params, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// EventEndpointRotateSecretWithBody Rotate a webhook's signing secret
+//
+// Returns the new secret, once. Until `previous_expires_at` every
+// delivery carries two signatures (old and new secret) in
+// `webhook-signature`, so receivers can switch at their pace; deliveries
+// in flight when the rotation commits are signed with both.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/event-endpoints/{endpointId}/rotate-secret (the `EventEndpointRotateSecret` operationId).
+func (c *Client) EventEndpointRotateSecretWithBody(ctx context.Context, endpointId EventEndpointId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEventEndpointRotateSecretRequestWithBody(c.Server, endpointId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// EventEndpointRotateSecret Rotate a webhook's signing secret
+//
+// Returns the new secret, once. Until `previous_expires_at` every
+// delivery carries two signatures (old and new secret) in
+// `webhook-signature`, so receivers can switch at their pace; deliveries
+// in flight when the rotation commits are signed with both.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/event-endpoints/{endpointId}/rotate-secret (the `EventEndpointRotateSecret` operationId).
+func (c *Client) EventEndpointRotateSecret(ctx context.Context, endpointId EventEndpointId, body EventEndpointRotateSecretJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEventEndpointRotateSecretRequest(c.Server, endpointId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// EventEndpointTest Send a test event now
+//
+// Sends an `io.flock.event-endpoint.test` event to the endpoint at once,
+// signed like any other, and answers with the attempt (also in the
+// delivery log). It does not count towards disabling the endpoint.
+//
+// Corresponds with POST /v1/event-endpoints/{endpointId}/test (the `EventEndpointTest` operationId).
+func (c *Client) EventEndpointTest(ctx context.Context, endpointId EventEndpointId, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEventEndpointTestRequest(c.Server, endpointId)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// EventTypeList The catalogue of event types
+//
+// Every CloudEvents type Flock delivers to organisations (by webhook, the
+// WebSocket feed, or forwarding to their Kafka), with its data's JSON
+// Schema; the same catalogue is the `customerEvents` channel of the
+// AsyncAPI document (`/asyncapi.yaml`). Pick types for an endpoint's
+// `types` filter here. `ordered_by` names what a type's events are
+// ordered by: events of one device (or rollout) reach an endpoint in the
+// order they happened.
+//
+// Corresponds with GET /v1/event-types (the `EventTypeList` operationId).
+func (c *Client) EventTypeList(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEventTypeListRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // FleetDelete Delete a fleet
 //
 // Refused (409) while the fleet has devices.
@@ -6835,6 +7553,29 @@ func (c *Client) AuditEventList(ctx context.Context, orgId OrgId, params *AuditE
 	return c.Client.Do(req)
 }
 
+// OrgCloudeventsWebsocket The organisation's events as a WebSocket feed with a durable cursor
+//
+// Each text message is one event as a structured-mode CloudEvents JSON
+// document, the same documents webhooks receive, with the extension
+// attribute `sequence`: the cursor. Reconnect with `after=<sequence>` of
+// the last event processed to resume right after it (events are kept 7
+// days); without `after` the feed starts with new events. Authenticate
+// like the other WebSockets (`Authorization`, or the subprotocols
+// `flock.v1` and `bearer.<token>`). The server pings every 15 s.
+//
+// Corresponds with GET /v1/orgs/{orgId}/cloudevents/ws (the `OrgCloudeventsWebsocket` operationId).
+func (c *Client) OrgCloudeventsWebsocket(ctx context.Context, orgId OrgId, params *OrgCloudeventsWebsocketParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewOrgCloudeventsWebsocketRequest(c.Server, orgId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // DeviceGroupList Device groups of an organisation
 //
 // Corresponds with GET /v1/orgs/{orgId}/device-groups (the `DeviceGroupList` operationId).
@@ -6889,6 +7630,95 @@ func (c *Client) DeviceGroupCreate(ctx context.Context, orgId OrgId, params *Dev
 // Corresponds with GET /v1/orgs/{orgId}/devices (the `DeviceList` operationId).
 func (c *Client) DeviceList(ctx context.Context, orgId OrgId, params *DeviceListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewDeviceListRequest(c.Server, orgId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// EventEndpointList The organisation's event endpoints
+//
+// Corresponds with GET /v1/orgs/{orgId}/event-endpoints (the `EventEndpointList` operationId).
+func (c *Client) EventEndpointList(ctx context.Context, orgId OrgId, params *EventEndpointListParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEventEndpointListRequest(c.Server, orgId, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// EventEndpointCreateWithBody Subscribe a webhook URL or a Kafka cluster to the organisation's events
+//
+// A **webhook** receives each event as a structured-mode CloudEvents JSON
+// body (`application/cloudevents+json`), signed per the Standard
+// Webhooks specification: `webhook-id` (the event id), `webhook-timestamp`
+// and `webhook-signature` (`v1,<base64 HMAC-SHA256 of id.timestamp.body>`
+// with the key in `secret`, returned once, here). A 2xx within 10 s is
+// success; anything else is retried after about 5 s, 5 min, 30 min, 2 h,
+// 5 h and 10 h (with jitter), then given up; an endpoint failing for 3
+// days (`FLOCK_EVENTS_DISABLE_AFTER`) is disabled and the organisation
+// gets an `io.flock.event-endpoint.disabled` event. Redirects are never
+// followed. URLs must be http(s) and resolve to public addresses (checked
+// here and at every connection); a development deployment allows private
+// ones with `FLOCK_EVENTS_ALLOW_PRIVATE=true`.
+//
+// A **kafka** endpoint gets each event produced to its topic in
+// CloudEvents binary mode (`ce_*` headers, the data as the value, the
+// device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
+// configured; its password is stored encrypted.
+//
+// `types` empty means every type; `fleet_id` limits it to one fleet's events.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/orgs/{orgId}/event-endpoints (the `EventEndpointCreate` operationId).
+func (c *Client) EventEndpointCreateWithBody(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEventEndpointCreateRequestWithBody(c.Server, orgId, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// EventEndpointCreate Subscribe a webhook URL or a Kafka cluster to the organisation's events
+//
+// A **webhook** receives each event as a structured-mode CloudEvents JSON
+// body (`application/cloudevents+json`), signed per the Standard
+// Webhooks specification: `webhook-id` (the event id), `webhook-timestamp`
+// and `webhook-signature` (`v1,<base64 HMAC-SHA256 of id.timestamp.body>`
+// with the key in `secret`, returned once, here). A 2xx within 10 s is
+// success; anything else is retried after about 5 s, 5 min, 30 min, 2 h,
+// 5 h and 10 h (with jitter), then given up; an endpoint failing for 3
+// days (`FLOCK_EVENTS_DISABLE_AFTER`) is disabled and the organisation
+// gets an `io.flock.event-endpoint.disabled` event. Redirects are never
+// followed. URLs must be http(s) and resolve to public addresses (checked
+// here and at every connection); a development deployment allows private
+// ones with `FLOCK_EVENTS_ALLOW_PRIVATE=true`.
+//
+// A **kafka** endpoint gets each event produced to its topic in
+// CloudEvents binary mode (`ce_*` headers, the data as the value, the
+// device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
+// configured; its password is stored encrypted.
+//
+// `types` empty means every type; `fleet_id` limits it to one fleet's events.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/orgs/{orgId}/event-endpoints (the `EventEndpointCreate` operationId).
+func (c *Client) EventEndpointCreate(ctx context.Context, orgId OrgId, body EventEndpointCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewEventEndpointCreateRequest(c.Server, orgId, body)
 	if err != nil {
 		return nil, err
 	}
@@ -9807,6 +10637,394 @@ func NewDeviceVariableUpdateRequestWithBody(server string, deviceId DeviceId, va
 	return req, nil
 }
 
+// NewEventEndpointDeleteRequest constructs an http.Request for the EventEndpointDelete method
+func NewEventEndpointDeleteRequest(server string, endpointId EventEndpointId, params *EventEndpointDeleteParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "endpointId", endpointId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/event-endpoints/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewEventEndpointGetRequest constructs an http.Request for the EventEndpointGet method
+func NewEventEndpointGetRequest(server string, endpointId EventEndpointId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "endpointId", endpointId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/event-endpoints/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewEventEndpointUpdateRequest calls the generic EventEndpointUpdate builder with application/json body
+func NewEventEndpointUpdateRequest(server string, endpointId EventEndpointId, params *EventEndpointUpdateParams, body EventEndpointUpdateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewEventEndpointUpdateRequestWithBody(server, endpointId, params, "application/json", bodyReader)
+}
+
+// NewEventEndpointUpdateRequestWithBody constructs an http.Request for the EventEndpointUpdate method, with any body, and a specified content type
+func NewEventEndpointUpdateRequestWithBody(server string, endpointId EventEndpointId, params *EventEndpointUpdateParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "endpointId", endpointId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/event-endpoints/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPatch, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewEventDeliveryAttemptListRequest constructs an http.Request for the EventDeliveryAttemptList method
+func NewEventDeliveryAttemptListRequest(server string, endpointId EventEndpointId, params *EventDeliveryAttemptListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "endpointId", endpointId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/event-endpoints/%s/attempts", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewEventEndpointReplayRequest calls the generic EventEndpointReplay builder with application/json body
+func NewEventEndpointReplayRequest(server string, endpointId EventEndpointId, params *EventEndpointReplayParams, body EventEndpointReplayJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewEventEndpointReplayRequestWithBody(server, endpointId, params, "application/json", bodyReader)
+}
+
+// NewEventEndpointReplayRequestWithBody constructs an http.Request for the EventEndpointReplay method, with any body, and a specified content type
+func NewEventEndpointReplayRequestWithBody(server string, endpointId EventEndpointId, params *EventEndpointReplayParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "endpointId", endpointId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/event-endpoints/%s/replay", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.IdempotencyKey != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "Idempotency-Key", *params.IdempotencyKey, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("Idempotency-Key", headerParam0)
+		}
+
+	}
+
+	return req, nil
+}
+
+// NewEventEndpointRotateSecretRequest calls the generic EventEndpointRotateSecret builder with application/json body
+func NewEventEndpointRotateSecretRequest(server string, endpointId EventEndpointId, body EventEndpointRotateSecretJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewEventEndpointRotateSecretRequestWithBody(server, endpointId, "application/json", bodyReader)
+}
+
+// NewEventEndpointRotateSecretRequestWithBody constructs an http.Request for the EventEndpointRotateSecret method, with any body, and a specified content type
+func NewEventEndpointRotateSecretRequestWithBody(server string, endpointId EventEndpointId, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "endpointId", endpointId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/event-endpoints/%s/rotate-secret", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewEventEndpointTestRequest constructs an http.Request for the EventEndpointTest method
+func NewEventEndpointTestRequest(server string, endpointId EventEndpointId) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "endpointId", endpointId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/event-endpoints/%s/test", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewEventTypeListRequest constructs an http.Request for the EventTypeList method
+func NewEventTypeListRequest(server string) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/event-types")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewFleetDeleteRequest constructs an http.Request for the FleetDelete method
 func NewFleetDeleteRequest(server string, fleetId FleetId, params *FleetDeleteParams) (*http.Request, error) {
 	var err error
@@ -11603,6 +12821,79 @@ func NewAuditEventListRequest(server string, orgId OrgId, params *AuditEventList
 	return req, nil
 }
 
+// NewOrgCloudeventsWebsocketRequest constructs an http.Request for the OrgCloudeventsWebsocket method
+func NewOrgCloudeventsWebsocketRequest(server string, orgId OrgId, params *OrgCloudeventsWebsocketParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/cloudevents/ws", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.After != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "after", *params.After, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: "int64"}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Types != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", false, "types", *params.Types, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "array", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewDeviceGroupListRequest constructs an http.Request for the DeviceGroupList method
 func NewDeviceGroupListRequest(server string, orgId OrgId, params *DeviceGroupListParams) (*http.Request, error) {
 	var err error
@@ -11891,6 +13182,126 @@ func NewDeviceListRequest(server string, orgId OrgId, params *DeviceListParams) 
 	if err != nil {
 		return nil, err
 	}
+
+	return req, nil
+}
+
+// NewEventEndpointListRequest constructs an http.Request for the EventEndpointList method
+func NewEventEndpointListRequest(server string, orgId OrgId, params *EventEndpointListParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/event-endpoints", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Cursor != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "cursor", *params.Cursor, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewEventEndpointCreateRequest calls the generic EventEndpointCreate builder with application/json body
+func NewEventEndpointCreateRequest(server string, orgId OrgId, body EventEndpointCreateJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewEventEndpointCreateRequestWithBody(server, orgId, "application/json", bodyReader)
+}
+
+// NewEventEndpointCreateRequestWithBody constructs an http.Request for the EventEndpointCreate method, with any body, and a specified content type
+func NewEventEndpointCreateRequestWithBody(server string, orgId OrgId, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "orgId", orgId, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: "uuid"})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/orgs/%s/event-endpoints", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
 
 	return req, nil
 }
@@ -13998,6 +15409,123 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with PATCH /v1/devices/{deviceId}/variables/{variableId} (the `DeviceVariableUpdate` operationId).
 	DeviceVariableUpdateWithResponse(ctx context.Context, deviceId DeviceId, variableId VariableId, params *DeviceVariableUpdateParams, body DeviceVariableUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*DeviceVariableUpdateResponse, error)
 
+	// EventEndpointDeleteWithResponse Delete an event endpoint and its delivery log
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/event-endpoints/{endpointId} (the `EventEndpointDelete` operationId).
+	EventEndpointDeleteWithResponse(ctx context.Context, endpointId EventEndpointId, params *EventEndpointDeleteParams, reqEditors ...RequestEditorFn) (*EventEndpointDeleteResponse, error)
+
+	// EventEndpointGetWithResponse An event endpoint
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/event-endpoints/{endpointId} (the `EventEndpointGet` operationId).
+	EventEndpointGetWithResponse(ctx context.Context, endpointId EventEndpointId, reqEditors ...RequestEditorFn) (*EventEndpointGetResponse, error)
+
+	// EventEndpointUpdateWithBodyWithResponse Change an event endpoint, or enable it again
+	//
+	// Enabling a disabled endpoint clears its failure record; deliveries queued before it was disabled are attempted again.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/event-endpoints/{endpointId} (the `EventEndpointUpdate` operationId).
+	EventEndpointUpdateWithBodyWithResponse(ctx context.Context, endpointId EventEndpointId, params *EventEndpointUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*EventEndpointUpdateResponse, error)
+
+	// EventEndpointUpdateWithResponse Change an event endpoint, or enable it again
+	//
+	// Enabling a disabled endpoint clears its failure record; deliveries queued before it was disabled are attempted again.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PATCH /v1/event-endpoints/{endpointId} (the `EventEndpointUpdate` operationId).
+	EventEndpointUpdateWithResponse(ctx context.Context, endpointId EventEndpointId, params *EventEndpointUpdateParams, body EventEndpointUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*EventEndpointUpdateResponse, error)
+
+	// EventDeliveryAttemptListWithResponse The delivery log of an endpoint
+	//
+	// Every attempt, newest first, with its status code, response time and the first bytes of the response.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/event-endpoints/{endpointId}/attempts (the `EventDeliveryAttemptList` operationId).
+	EventDeliveryAttemptListWithResponse(ctx context.Context, endpointId EventEndpointId, params *EventDeliveryAttemptListParams, reqEditors ...RequestEditorFn) (*EventDeliveryAttemptListResponse, error)
+
+	// EventEndpointReplayWithBodyWithResponse Deliver again one delivery, or every event since a time
+	//
+	// With `delivery_id`, that delivery is queued again (whatever became of
+	// it). With `since`, every event of the organisation since then that the
+	// endpoint takes is queued, delivered before or not (events are kept 7
+	// days, `FLOCK_EVENTS_RETENTION`). Receivers recognise repeats by
+	// `webhook-id` / the CloudEvents `id`.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/event-endpoints/{endpointId}/replay (the `EventEndpointReplay` operationId).
+	EventEndpointReplayWithBodyWithResponse(ctx context.Context, endpointId EventEndpointId, params *EventEndpointReplayParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*EventEndpointReplayResponse, error)
+
+	// EventEndpointReplayWithResponse Deliver again one delivery, or every event since a time
+	//
+	// With `delivery_id`, that delivery is queued again (whatever became of
+	// it). With `since`, every event of the organisation since then that the
+	// endpoint takes is queued, delivered before or not (events are kept 7
+	// days, `FLOCK_EVENTS_RETENTION`). Receivers recognise repeats by
+	// `webhook-id` / the CloudEvents `id`.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/event-endpoints/{endpointId}/replay (the `EventEndpointReplay` operationId).
+	EventEndpointReplayWithResponse(ctx context.Context, endpointId EventEndpointId, params *EventEndpointReplayParams, body EventEndpointReplayJSONRequestBody, reqEditors ...RequestEditorFn) (*EventEndpointReplayResponse, error)
+
+	// EventEndpointRotateSecretWithBodyWithResponse Rotate a webhook's signing secret
+	//
+	// Returns the new secret, once. Until `previous_expires_at` every
+	// delivery carries two signatures (old and new secret) in
+	// `webhook-signature`, so receivers can switch at their pace; deliveries
+	// in flight when the rotation commits are signed with both.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/event-endpoints/{endpointId}/rotate-secret (the `EventEndpointRotateSecret` operationId).
+	EventEndpointRotateSecretWithBodyWithResponse(ctx context.Context, endpointId EventEndpointId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*EventEndpointRotateSecretResponse, error)
+
+	// EventEndpointRotateSecretWithResponse Rotate a webhook's signing secret
+	//
+	// Returns the new secret, once. Until `previous_expires_at` every
+	// delivery carries two signatures (old and new secret) in
+	// `webhook-signature`, so receivers can switch at their pace; deliveries
+	// in flight when the rotation commits are signed with both.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/event-endpoints/{endpointId}/rotate-secret (the `EventEndpointRotateSecret` operationId).
+	EventEndpointRotateSecretWithResponse(ctx context.Context, endpointId EventEndpointId, body EventEndpointRotateSecretJSONRequestBody, reqEditors ...RequestEditorFn) (*EventEndpointRotateSecretResponse, error)
+
+	// EventEndpointTestWithResponse Send a test event now
+	//
+	// Sends an `io.flock.event-endpoint.test` event to the endpoint at once,
+	// signed like any other, and answers with the attempt (also in the
+	// delivery log). It does not count towards disabling the endpoint.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/event-endpoints/{endpointId}/test (the `EventEndpointTest` operationId).
+	EventEndpointTestWithResponse(ctx context.Context, endpointId EventEndpointId, reqEditors ...RequestEditorFn) (*EventEndpointTestResponse, error)
+
+	// EventTypeListWithResponse The catalogue of event types
+	//
+	// Every CloudEvents type Flock delivers to organisations (by webhook, the
+	// WebSocket feed, or forwarding to their Kafka), with its data's JSON
+	// Schema; the same catalogue is the `customerEvents` channel of the
+	// AsyncAPI document (`/asyncapi.yaml`). Pick types for an endpoint's
+	// `types` filter here. `ordered_by` names what a type's events are
+	// ordered by: events of one device (or rollout) reach an endpoint in the
+	// order they happened.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/event-types (the `EventTypeList` operationId).
+	EventTypeListWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*EventTypeListResponse, error)
+
 	// FleetDeleteWithResponse Delete a fleet
 	//
 	// Refused (409) while the fleet has devices.
@@ -14415,6 +15943,21 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/orgs/{orgId}/audit-events (the `AuditEventList` operationId).
 	AuditEventListWithResponse(ctx context.Context, orgId OrgId, params *AuditEventListParams, reqEditors ...RequestEditorFn) (*AuditEventListResponse, error)
 
+	// OrgCloudeventsWebsocketWithResponse The organisation's events as a WebSocket feed with a durable cursor
+	//
+	// Each text message is one event as a structured-mode CloudEvents JSON
+	// document, the same documents webhooks receive, with the extension
+	// attribute `sequence`: the cursor. Reconnect with `after=<sequence>` of
+	// the last event processed to resume right after it (events are kept 7
+	// days); without `after` the feed starts with new events. Authenticate
+	// like the other WebSockets (`Authorization`, or the subprotocols
+	// `flock.v1` and `bearer.<token>`). The server pings every 15 s.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/cloudevents/ws (the `OrgCloudeventsWebsocket` operationId).
+	OrgCloudeventsWebsocketWithResponse(ctx context.Context, orgId OrgId, params *OrgCloudeventsWebsocketParams, reqEditors ...RequestEditorFn) (*OrgCloudeventsWebsocketResponse, error)
+
 	// DeviceGroupListWithResponse Device groups of an organisation
 	//
 	// Returns a wrapper object for the known response body format(s).
@@ -14442,6 +15985,67 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /v1/orgs/{orgId}/devices (the `DeviceList` operationId).
 	DeviceListWithResponse(ctx context.Context, orgId OrgId, params *DeviceListParams, reqEditors ...RequestEditorFn) (*DeviceListResponse, error)
+
+	// EventEndpointListWithResponse The organisation's event endpoints
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/orgs/{orgId}/event-endpoints (the `EventEndpointList` operationId).
+	EventEndpointListWithResponse(ctx context.Context, orgId OrgId, params *EventEndpointListParams, reqEditors ...RequestEditorFn) (*EventEndpointListResponse, error)
+
+	// EventEndpointCreateWithBodyWithResponse Subscribe a webhook URL or a Kafka cluster to the organisation's events
+	//
+	// A **webhook** receives each event as a structured-mode CloudEvents JSON
+	// body (`application/cloudevents+json`), signed per the Standard
+	// Webhooks specification: `webhook-id` (the event id), `webhook-timestamp`
+	// and `webhook-signature` (`v1,<base64 HMAC-SHA256 of id.timestamp.body>`
+	// with the key in `secret`, returned once, here). A 2xx within 10 s is
+	// success; anything else is retried after about 5 s, 5 min, 30 min, 2 h,
+	// 5 h and 10 h (with jitter), then given up; an endpoint failing for 3
+	// days (`FLOCK_EVENTS_DISABLE_AFTER`) is disabled and the organisation
+	// gets an `io.flock.event-endpoint.disabled` event. Redirects are never
+	// followed. URLs must be http(s) and resolve to public addresses (checked
+	// here and at every connection); a development deployment allows private
+	// ones with `FLOCK_EVENTS_ALLOW_PRIVATE=true`.
+	//
+	// A **kafka** endpoint gets each event produced to its topic in
+	// CloudEvents binary mode (`ce_*` headers, the data as the value, the
+	// device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
+	// configured; its password is stored encrypted.
+	//
+	// `types` empty means every type; `fleet_id` limits it to one fleet's events.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/event-endpoints (the `EventEndpointCreate` operationId).
+	EventEndpointCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*EventEndpointCreateResponse, error)
+
+	// EventEndpointCreateWithResponse Subscribe a webhook URL or a Kafka cluster to the organisation's events
+	//
+	// A **webhook** receives each event as a structured-mode CloudEvents JSON
+	// body (`application/cloudevents+json`), signed per the Standard
+	// Webhooks specification: `webhook-id` (the event id), `webhook-timestamp`
+	// and `webhook-signature` (`v1,<base64 HMAC-SHA256 of id.timestamp.body>`
+	// with the key in `secret`, returned once, here). A 2xx within 10 s is
+	// success; anything else is retried after about 5 s, 5 min, 30 min, 2 h,
+	// 5 h and 10 h (with jitter), then given up; an endpoint failing for 3
+	// days (`FLOCK_EVENTS_DISABLE_AFTER`) is disabled and the organisation
+	// gets an `io.flock.event-endpoint.disabled` event. Redirects are never
+	// followed. URLs must be http(s) and resolve to public addresses (checked
+	// here and at every connection); a development deployment allows private
+	// ones with `FLOCK_EVENTS_ALLOW_PRIVATE=true`.
+	//
+	// A **kafka** endpoint gets each event produced to its topic in
+	// CloudEvents binary mode (`ce_*` headers, the data as the value, the
+	// device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
+	// configured; its password is stored encrypted.
+	//
+	// `types` empty means every type; `fleet_id` limits it to one fleet's events.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/orgs/{orgId}/event-endpoints (the `EventEndpointCreate` operationId).
+	EventEndpointCreateWithResponse(ctx context.Context, orgId OrgId, body EventEndpointCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*EventEndpointCreateResponse, error)
 
 	// OrgEventsStreamWithResponse Live events of an organisation (Server-Sent Events)
 	//
@@ -16576,6 +18180,383 @@ func (r DeviceVariableUpdateResponse) ContentType() string {
 	return ""
 }
 
+type EventEndpointDeleteResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r EventEndpointDeleteResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r EventEndpointDeleteResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r EventEndpointDeleteResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r EventEndpointDeleteResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r EventEndpointDeleteResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type EventEndpointGetResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *EventEndpoint
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r EventEndpointGetResponse) GetJSON200() *EventEndpoint {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r EventEndpointGetResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r EventEndpointGetResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r EventEndpointGetResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r EventEndpointGetResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r EventEndpointGetResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type EventEndpointUpdateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *EventEndpoint
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r EventEndpointUpdateResponse) GetJSON200() *EventEndpoint {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r EventEndpointUpdateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r EventEndpointUpdateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r EventEndpointUpdateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r EventEndpointUpdateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r EventEndpointUpdateResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type EventDeliveryAttemptListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *DeliveryAttemptPage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r EventDeliveryAttemptListResponse) GetJSON200() *DeliveryAttemptPage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r EventDeliveryAttemptListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r EventDeliveryAttemptListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r EventDeliveryAttemptListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r EventDeliveryAttemptListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r EventDeliveryAttemptListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type EventEndpointReplayResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *ReplayResult
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r EventEndpointReplayResponse) GetJSON202() *ReplayResult {
+	return r.JSON202
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r EventEndpointReplayResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r EventEndpointReplayResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r EventEndpointReplayResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r EventEndpointReplayResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r EventEndpointReplayResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type EventEndpointRotateSecretResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *EventEndpoint
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r EventEndpointRotateSecretResponse) GetJSON200() *EventEndpoint {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r EventEndpointRotateSecretResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r EventEndpointRotateSecretResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r EventEndpointRotateSecretResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r EventEndpointRotateSecretResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r EventEndpointRotateSecretResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type EventEndpointTestResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *DeliveryAttempt
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r EventEndpointTestResponse) GetJSON200() *DeliveryAttempt {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r EventEndpointTestResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r EventEndpointTestResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r EventEndpointTestResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r EventEndpointTestResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r EventEndpointTestResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type EventTypeListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *EventTypeList
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r EventTypeListResponse) GetJSON200() *EventTypeList {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r EventTypeListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r EventTypeListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r EventTypeListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r EventTypeListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r EventTypeListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type FleetDeleteResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -17940,6 +19921,47 @@ func (r AuditEventListResponse) ContentType() string {
 	return ""
 }
 
+type OrgCloudeventsWebsocketResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r OrgCloudeventsWebsocketResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r OrgCloudeventsWebsocketResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r OrgCloudeventsWebsocketResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r OrgCloudeventsWebsocketResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r OrgCloudeventsWebsocketResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 type DeviceGroupListResponse struct {
 	Body         []byte
 	HTTPResponse *http.Response
@@ -18085,6 +20107,102 @@ func (r DeviceListResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r DeviceListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type EventEndpointListResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *EventEndpointPage
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r EventEndpointListResponse) GetJSON200() *EventEndpointPage {
+	return r.JSON200
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r EventEndpointListResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r EventEndpointListResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r EventEndpointListResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r EventEndpointListResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r EventEndpointListResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+type EventEndpointCreateResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *EventEndpoint
+	// ApplicationproblemJSONDefault the response for an HTTP default `application/problem+json` response
+	ApplicationproblemJSONDefault *Problem
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r EventEndpointCreateResponse) GetJSON201() *EventEndpoint {
+	return r.JSON201
+}
+
+// GetApplicationproblemJSONDefault returns the response for an HTTP default `application/problem+json` response
+func (r EventEndpointCreateResponse) GetApplicationproblemJSONDefault() *Problem {
+	return r.ApplicationproblemJSONDefault
+}
+
+// GetBody returns the raw response body bytes
+func (r EventEndpointCreateResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r EventEndpointCreateResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r EventEndpointCreateResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r EventEndpointCreateResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -20207,6 +22325,189 @@ func (c *ClientWithResponses) DeviceVariableUpdateWithResponse(ctx context.Conte
 	return ParseDeviceVariableUpdateResponse(rsp)
 }
 
+// EventEndpointDeleteWithResponse Delete an event endpoint and its delivery log
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/event-endpoints/{endpointId} (the `EventEndpointDelete` operationId).
+func (c *ClientWithResponses) EventEndpointDeleteWithResponse(ctx context.Context, endpointId EventEndpointId, params *EventEndpointDeleteParams, reqEditors ...RequestEditorFn) (*EventEndpointDeleteResponse, error) {
+	rsp, err := c.EventEndpointDelete(ctx, endpointId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEventEndpointDeleteResponse(rsp)
+}
+
+// EventEndpointGetWithResponse An event endpoint
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/event-endpoints/{endpointId} (the `EventEndpointGet` operationId).
+func (c *ClientWithResponses) EventEndpointGetWithResponse(ctx context.Context, endpointId EventEndpointId, reqEditors ...RequestEditorFn) (*EventEndpointGetResponse, error) {
+	rsp, err := c.EventEndpointGet(ctx, endpointId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEventEndpointGetResponse(rsp)
+}
+
+// EventEndpointUpdateWithBodyWithResponse Change an event endpoint, or enable it again
+//
+// Enabling a disabled endpoint clears its failure record; deliveries queued before it was disabled are attempted again.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/event-endpoints/{endpointId} (the `EventEndpointUpdate` operationId).
+func (c *ClientWithResponses) EventEndpointUpdateWithBodyWithResponse(ctx context.Context, endpointId EventEndpointId, params *EventEndpointUpdateParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*EventEndpointUpdateResponse, error) {
+	rsp, err := c.EventEndpointUpdateWithBody(ctx, endpointId, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEventEndpointUpdateResponse(rsp)
+}
+
+// EventEndpointUpdateWithResponse Change an event endpoint, or enable it again
+//
+// Enabling a disabled endpoint clears its failure record; deliveries queued before it was disabled are attempted again.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PATCH /v1/event-endpoints/{endpointId} (the `EventEndpointUpdate` operationId).
+func (c *ClientWithResponses) EventEndpointUpdateWithResponse(ctx context.Context, endpointId EventEndpointId, params *EventEndpointUpdateParams, body EventEndpointUpdateJSONRequestBody, reqEditors ...RequestEditorFn) (*EventEndpointUpdateResponse, error) {
+	rsp, err := c.EventEndpointUpdate(ctx, endpointId, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEventEndpointUpdateResponse(rsp)
+}
+
+// EventDeliveryAttemptListWithResponse The delivery log of an endpoint
+//
+// Every attempt, newest first, with its status code, response time and the first bytes of the response.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/event-endpoints/{endpointId}/attempts (the `EventDeliveryAttemptList` operationId).
+func (c *ClientWithResponses) EventDeliveryAttemptListWithResponse(ctx context.Context, endpointId EventEndpointId, params *EventDeliveryAttemptListParams, reqEditors ...RequestEditorFn) (*EventDeliveryAttemptListResponse, error) {
+	rsp, err := c.EventDeliveryAttemptList(ctx, endpointId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEventDeliveryAttemptListResponse(rsp)
+}
+
+// EventEndpointReplayWithBodyWithResponse Deliver again one delivery, or every event since a time
+//
+// With `delivery_id`, that delivery is queued again (whatever became of
+// it). With `since`, every event of the organisation since then that the
+// endpoint takes is queued, delivered before or not (events are kept 7
+// days, `FLOCK_EVENTS_RETENTION`). Receivers recognise repeats by
+// `webhook-id` / the CloudEvents `id`.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/event-endpoints/{endpointId}/replay (the `EventEndpointReplay` operationId).
+func (c *ClientWithResponses) EventEndpointReplayWithBodyWithResponse(ctx context.Context, endpointId EventEndpointId, params *EventEndpointReplayParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*EventEndpointReplayResponse, error) {
+	rsp, err := c.EventEndpointReplayWithBody(ctx, endpointId, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEventEndpointReplayResponse(rsp)
+}
+
+// EventEndpointReplayWithResponse Deliver again one delivery, or every event since a time
+//
+// With `delivery_id`, that delivery is queued again (whatever became of
+// it). With `since`, every event of the organisation since then that the
+// endpoint takes is queued, delivered before or not (events are kept 7
+// days, `FLOCK_EVENTS_RETENTION`). Receivers recognise repeats by
+// `webhook-id` / the CloudEvents `id`.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/event-endpoints/{endpointId}/replay (the `EventEndpointReplay` operationId).
+func (c *ClientWithResponses) EventEndpointReplayWithResponse(ctx context.Context, endpointId EventEndpointId, params *EventEndpointReplayParams, body EventEndpointReplayJSONRequestBody, reqEditors ...RequestEditorFn) (*EventEndpointReplayResponse, error) {
+	rsp, err := c.EventEndpointReplay(ctx, endpointId, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEventEndpointReplayResponse(rsp)
+}
+
+// EventEndpointRotateSecretWithBodyWithResponse Rotate a webhook's signing secret
+//
+// Returns the new secret, once. Until `previous_expires_at` every
+// delivery carries two signatures (old and new secret) in
+// `webhook-signature`, so receivers can switch at their pace; deliveries
+// in flight when the rotation commits are signed with both.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/event-endpoints/{endpointId}/rotate-secret (the `EventEndpointRotateSecret` operationId).
+func (c *ClientWithResponses) EventEndpointRotateSecretWithBodyWithResponse(ctx context.Context, endpointId EventEndpointId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*EventEndpointRotateSecretResponse, error) {
+	rsp, err := c.EventEndpointRotateSecretWithBody(ctx, endpointId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEventEndpointRotateSecretResponse(rsp)
+}
+
+// EventEndpointRotateSecretWithResponse Rotate a webhook's signing secret
+//
+// Returns the new secret, once. Until `previous_expires_at` every
+// delivery carries two signatures (old and new secret) in
+// `webhook-signature`, so receivers can switch at their pace; deliveries
+// in flight when the rotation commits are signed with both.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/event-endpoints/{endpointId}/rotate-secret (the `EventEndpointRotateSecret` operationId).
+func (c *ClientWithResponses) EventEndpointRotateSecretWithResponse(ctx context.Context, endpointId EventEndpointId, body EventEndpointRotateSecretJSONRequestBody, reqEditors ...RequestEditorFn) (*EventEndpointRotateSecretResponse, error) {
+	rsp, err := c.EventEndpointRotateSecret(ctx, endpointId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEventEndpointRotateSecretResponse(rsp)
+}
+
+// EventEndpointTestWithResponse Send a test event now
+//
+// Sends an `io.flock.event-endpoint.test` event to the endpoint at once,
+// signed like any other, and answers with the attempt (also in the
+// delivery log). It does not count towards disabling the endpoint.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/event-endpoints/{endpointId}/test (the `EventEndpointTest` operationId).
+func (c *ClientWithResponses) EventEndpointTestWithResponse(ctx context.Context, endpointId EventEndpointId, reqEditors ...RequestEditorFn) (*EventEndpointTestResponse, error) {
+	rsp, err := c.EventEndpointTest(ctx, endpointId, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEventEndpointTestResponse(rsp)
+}
+
+// EventTypeListWithResponse The catalogue of event types
+//
+// Every CloudEvents type Flock delivers to organisations (by webhook, the
+// WebSocket feed, or forwarding to their Kafka), with its data's JSON
+// Schema; the same catalogue is the `customerEvents` channel of the
+// AsyncAPI document (`/asyncapi.yaml`). Pick types for an endpoint's
+// `types` filter here. `ordered_by` names what a type's events are
+// ordered by: events of one device (or rollout) reach an endpoint in the
+// order they happened.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/event-types (the `EventTypeList` operationId).
+func (c *ClientWithResponses) EventTypeListWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*EventTypeListResponse, error) {
+	rsp, err := c.EventTypeList(ctx, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEventTypeListResponse(rsp)
+}
+
 // FleetDeleteWithResponse Delete a fleet
 //
 // Refused (409) while the fleet has devices.
@@ -20852,6 +23153,27 @@ func (c *ClientWithResponses) AuditEventListWithResponse(ctx context.Context, or
 	return ParseAuditEventListResponse(rsp)
 }
 
+// OrgCloudeventsWebsocketWithResponse The organisation's events as a WebSocket feed with a durable cursor
+//
+// Each text message is one event as a structured-mode CloudEvents JSON
+// document, the same documents webhooks receive, with the extension
+// attribute `sequence`: the cursor. Reconnect with `after=<sequence>` of
+// the last event processed to resume right after it (events are kept 7
+// days); without `after` the feed starts with new events. Authenticate
+// like the other WebSockets (`Authorization`, or the subprotocols
+// `flock.v1` and `bearer.<token>`). The server pings every 15 s.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/orgs/{orgId}/cloudevents/ws (the `OrgCloudeventsWebsocket` operationId).
+func (c *ClientWithResponses) OrgCloudeventsWebsocketWithResponse(ctx context.Context, orgId OrgId, params *OrgCloudeventsWebsocketParams, reqEditors ...RequestEditorFn) (*OrgCloudeventsWebsocketResponse, error) {
+	rsp, err := c.OrgCloudeventsWebsocket(ctx, orgId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseOrgCloudeventsWebsocketResponse(rsp)
+}
+
 // DeviceGroupListWithResponse Device groups of an organisation
 //
 // Returns a wrapper object for the known response body format(s).
@@ -20902,6 +23224,85 @@ func (c *ClientWithResponses) DeviceListWithResponse(ctx context.Context, orgId 
 		return nil, err
 	}
 	return ParseDeviceListResponse(rsp)
+}
+
+// EventEndpointListWithResponse The organisation's event endpoints
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/orgs/{orgId}/event-endpoints (the `EventEndpointList` operationId).
+func (c *ClientWithResponses) EventEndpointListWithResponse(ctx context.Context, orgId OrgId, params *EventEndpointListParams, reqEditors ...RequestEditorFn) (*EventEndpointListResponse, error) {
+	rsp, err := c.EventEndpointList(ctx, orgId, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEventEndpointListResponse(rsp)
+}
+
+// EventEndpointCreateWithBodyWithResponse Subscribe a webhook URL or a Kafka cluster to the organisation's events
+//
+// A **webhook** receives each event as a structured-mode CloudEvents JSON
+// body (`application/cloudevents+json`), signed per the Standard
+// Webhooks specification: `webhook-id` (the event id), `webhook-timestamp`
+// and `webhook-signature` (`v1,<base64 HMAC-SHA256 of id.timestamp.body>`
+// with the key in `secret`, returned once, here). A 2xx within 10 s is
+// success; anything else is retried after about 5 s, 5 min, 30 min, 2 h,
+// 5 h and 10 h (with jitter), then given up; an endpoint failing for 3
+// days (`FLOCK_EVENTS_DISABLE_AFTER`) is disabled and the organisation
+// gets an `io.flock.event-endpoint.disabled` event. Redirects are never
+// followed. URLs must be http(s) and resolve to public addresses (checked
+// here and at every connection); a development deployment allows private
+// ones with `FLOCK_EVENTS_ALLOW_PRIVATE=true`.
+//
+// A **kafka** endpoint gets each event produced to its topic in
+// CloudEvents binary mode (`ce_*` headers, the data as the value, the
+// device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
+// configured; its password is stored encrypted.
+//
+// `types` empty means every type; `fleet_id` limits it to one fleet's events.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/orgs/{orgId}/event-endpoints (the `EventEndpointCreate` operationId).
+func (c *ClientWithResponses) EventEndpointCreateWithBodyWithResponse(ctx context.Context, orgId OrgId, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*EventEndpointCreateResponse, error) {
+	rsp, err := c.EventEndpointCreateWithBody(ctx, orgId, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEventEndpointCreateResponse(rsp)
+}
+
+// EventEndpointCreateWithResponse Subscribe a webhook URL or a Kafka cluster to the organisation's events
+//
+// A **webhook** receives each event as a structured-mode CloudEvents JSON
+// body (`application/cloudevents+json`), signed per the Standard
+// Webhooks specification: `webhook-id` (the event id), `webhook-timestamp`
+// and `webhook-signature` (`v1,<base64 HMAC-SHA256 of id.timestamp.body>`
+// with the key in `secret`, returned once, here). A 2xx within 10 s is
+// success; anything else is retried after about 5 s, 5 min, 30 min, 2 h,
+// 5 h and 10 h (with jitter), then given up; an endpoint failing for 3
+// days (`FLOCK_EVENTS_DISABLE_AFTER`) is disabled and the organisation
+// gets an `io.flock.event-endpoint.disabled` event. Redirects are never
+// followed. URLs must be http(s) and resolve to public addresses (checked
+// here and at every connection); a development deployment allows private
+// ones with `FLOCK_EVENTS_ALLOW_PRIVATE=true`.
+//
+// A **kafka** endpoint gets each event produced to its topic in
+// CloudEvents binary mode (`ce_*` headers, the data as the value, the
+// device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
+// configured; its password is stored encrypted.
+//
+// `types` empty means every type; `fleet_id` limits it to one fleet's events.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/orgs/{orgId}/event-endpoints (the `EventEndpointCreate` operationId).
+func (c *ClientWithResponses) EventEndpointCreateWithResponse(ctx context.Context, orgId OrgId, body EventEndpointCreateJSONRequestBody, reqEditors ...RequestEditorFn) (*EventEndpointCreateResponse, error) {
+	rsp, err := c.EventEndpointCreate(ctx, orgId, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseEventEndpointCreateResponse(rsp)
 }
 
 // OrgEventsStreamWithResponse Live events of an organisation (Server-Sent Events)
@@ -22664,6 +25065,266 @@ func ParseDeviceVariableUpdateResponse(rsp *http.Response) (*DeviceVariableUpdat
 	return response, nil
 }
 
+// ParseEventEndpointDeleteResponse parses an HTTP response from a EventEndpointDeleteWithResponse call
+func ParseEventEndpointDeleteResponse(rsp *http.Response) (*EventEndpointDeleteResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &EventEndpointDeleteResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseEventEndpointGetResponse parses an HTTP response from a EventEndpointGetWithResponse call
+func ParseEventEndpointGetResponse(rsp *http.Response) (*EventEndpointGetResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &EventEndpointGetResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest EventEndpoint
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseEventEndpointUpdateResponse parses an HTTP response from a EventEndpointUpdateWithResponse call
+func ParseEventEndpointUpdateResponse(rsp *http.Response) (*EventEndpointUpdateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &EventEndpointUpdateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest EventEndpoint
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseEventDeliveryAttemptListResponse parses an HTTP response from a EventDeliveryAttemptListWithResponse call
+func ParseEventDeliveryAttemptListResponse(rsp *http.Response) (*EventDeliveryAttemptListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &EventDeliveryAttemptListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest DeliveryAttemptPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseEventEndpointReplayResponse parses an HTTP response from a EventEndpointReplayWithResponse call
+func ParseEventEndpointReplayResponse(rsp *http.Response) (*EventEndpointReplayResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &EventEndpointReplayResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest ReplayResult
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseEventEndpointRotateSecretResponse parses an HTTP response from a EventEndpointRotateSecretWithResponse call
+func ParseEventEndpointRotateSecretResponse(rsp *http.Response) (*EventEndpointRotateSecretResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &EventEndpointRotateSecretResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest EventEndpoint
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseEventEndpointTestResponse parses an HTTP response from a EventEndpointTestWithResponse call
+func ParseEventEndpointTestResponse(rsp *http.Response) (*EventEndpointTestResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &EventEndpointTestResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest DeliveryAttempt
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseEventTypeListResponse parses an HTTP response from a EventTypeListWithResponse call
+func ParseEventTypeListResponse(rsp *http.Response) (*EventTypeListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &EventTypeListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest EventTypeList
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseFleetDeleteResponse parses an HTTP response from a FleetDeleteWithResponse call
 func ParseFleetDeleteResponse(rsp *http.Response) (*FleetDeleteResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -23617,6 +26278,35 @@ func ParseAuditEventListResponse(rsp *http.Response) (*AuditEventListResponse, e
 	return response, nil
 }
 
+// ParseOrgCloudeventsWebsocketResponse parses an HTTP response from a OrgCloudeventsWebsocketWithResponse call
+func ParseOrgCloudeventsWebsocketResponse(rsp *http.Response) (*OrgCloudeventsWebsocketResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &OrgCloudeventsWebsocketResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 101:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
 // ParseDeviceGroupListResponse parses an HTTP response from a DeviceGroupListWithResponse call
 func ParseDeviceGroupListResponse(rsp *http.Response) (*DeviceGroupListResponse, error) {
 	bodyBytes, err := io.ReadAll(rsp.Body)
@@ -23710,6 +26400,72 @@ func ParseDeviceListResponse(rsp *http.Response) (*DeviceListResponse, error) {
 			return nil, err
 		}
 		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseEventEndpointListResponse parses an HTTP response from a EventEndpointListWithResponse call
+func ParseEventEndpointListResponse(rsp *http.Response) (*EventEndpointListResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &EventEndpointListResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest EventEndpointPage
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
+		var dest Problem
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.ApplicationproblemJSONDefault = &dest
+
+	}
+
+	return response, nil
+}
+
+// ParseEventEndpointCreateResponse parses an HTTP response from a EventEndpointCreateWithResponse call
+func ParseEventEndpointCreateResponse(rsp *http.Response) (*EventEndpointCreateResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &EventEndpointCreateResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest EventEndpoint
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
 
 	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && true:
 		var dest Problem

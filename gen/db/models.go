@@ -263,6 +263,60 @@ type DeviceTunnel struct {
 	UpdatedAt time.Time
 }
 
+type EventDelivery struct {
+	ID            uuid.UUID
+	EndpointID    uuid.UUID
+	EventSeq      int64
+	OrderKey      string
+	Status        string
+	Attempts      int32
+	NextAttemptAt time.Time
+	LeaseUntil    *time.Time
+	LeasedBy      *string
+	LastStatus    *int32
+	LastError     string
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
+}
+
+type EventDeliveryAttempt struct {
+	ID         uuid.UUID
+	DeliveryID uuid.UUID
+	EndpointID uuid.UUID
+	At         time.Time
+	StatusCode *int32
+	DurationMs int32
+	Response   string
+	Error      string
+	Succeeded  bool
+}
+
+type EventDevKey struct {
+	Singleton bool
+	Key       []byte
+}
+
+type EventEndpoint struct {
+	ID                uuid.UUID
+	OrgID             uuid.UUID
+	Name              string
+	Kind              string
+	Url               string
+	Kafka             []byte
+	KafkaPassword     []byte
+	Types             []string
+	FleetID           uuid.NullUUID
+	Secret            []byte
+	PreviousSecret    []byte
+	PreviousExpiresAt *time.Time
+	Enabled           bool
+	DisabledReason    string
+	DisabledAt        *time.Time
+	FailingSince      *time.Time
+	CreatedAt         time.Time
+	UpdatedAt         time.Time
+}
+
 type Fleet struct {
 	ID                uuid.UUID
 	OrgID             uuid.UUID
@@ -331,6 +385,20 @@ type Org struct {
 	UpdatedAt     time.Time
 	Slug          string
 	TunnelMinRole OrgRole
+}
+
+type OrgEvent struct {
+	Seq       int64
+	ID        uuid.UUID
+	OrgID     uuid.UUID
+	FleetID   uuid.NullUUID
+	OrderKey  string
+	Type      string
+	Source    string
+	Subject   string
+	Time      time.Time
+	Data      []byte
+	CreatedAt time.Time
 }
 
 type ProvisioningKey struct {

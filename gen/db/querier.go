@@ -20,6 +20,9 @@ type Querier interface {
 	ApiKeyList(ctx context.Context, arg ApiKeyListParams) ([]ApiKey, error)
 	// Records use at most once a minute, so authentication is not a write per request.
 	ApiKeyTouch(ctx context.Context, id uuid.UUID) error
+	AttemptInsert(ctx context.Context, arg AttemptInsertParams) error
+	// The delivery log of an endpoint, newest first.
+	AttemptList(ctx context.Context, arg AttemptListParams) ([]AttemptListRow, error)
 	AuditEventInsert(ctx context.Context, arg AuditEventInsertParams) error
 	// Newest first within [since, until), keyset pagination on (occurred_at, id).
 	AuditEventList(ctx context.Context, arg AuditEventListParams) ([]AuditEvent, error)
@@ -108,6 +111,21 @@ type Querier interface {
 	ConnectivityList(ctx context.Context, arg ConnectivityListParams) ([]ConnectivityEvent, error)
 	// The server's version and the newest applied migration, for /v1/version.
 	DatabaseVersion(ctx context.Context) (DatabaseVersionRow, error)
+	// Leases due deliveries to holder: at most per_endpoint in flight per
+	// endpoint (counting those already leased), so one slow endpoint cannot
+	// take every worker, and never a delivery while an earlier one of the same
+	// endpoint and order key is still pending. The locking step re-checks the
+	// lease, so two replicas never lease one delivery.
+	DeliveriesClaim(ctx context.Context, arg DeliveriesClaimParams) ([]EventDelivery, error)
+	// When the next pending delivery comes due (null when none), so the
+	// dispatcher sleeps no longer than that.
+	DeliveriesNextDue(ctx context.Context) (time.Time, error)
+	// The outcome of an attempt by the lease's holder: succeeded, failed (the
+	// schedule is spent), or pending again at next_attempt_at.
+	DeliveryDone(ctx context.Context, arg DeliveryDoneParams) (int64, error)
+	// A delivery made and attempted at once (event-endpoint:test).
+	DeliveryInsertLeased(ctx context.Context, arg DeliveryInsertLeasedParams) (EventDelivery, error)
+	DeliveryReplay(ctx context.Context, arg DeliveryReplayParams) (int64, error)
 	// Takes a delta to compute: pending, or computing under a lease that ran
 	// out. Nothing when it is done or another worker holds it.
 	DeltaClaim(ctx context.Context, arg DeltaClaimParams) (ImageDelta, error)
@@ -203,6 +221,26 @@ type Querier interface {
 	// Marks devices seen at the given times (one row per device at most) without
 	// ever moving last_seen_at back; rows it would not change are not written.
 	DevicesTouch(ctx context.Context, arg DevicesTouchParams) error
+	EndpointDisable(ctx context.Context, arg EndpointDisableParams) (int64, error)
+	// Marks the start of a run of failures (kept while it lasts).
+	EndpointFailing(ctx context.Context, id uuid.UUID) (EndpointFailingRow, error)
+	// Queues again every event since a time that the endpoint takes, whether
+	// or not it was delivered.
+	EndpointReplaySince(ctx context.Context, arg EndpointReplaySinceParams) (int64, error)
+	EndpointSucceeded(ctx context.Context, id uuid.UUID) error
+	EventDevKey(ctx context.Context) ([]byte, error)
+	EventDevKeyInit(ctx context.Context, key []byte) error
+	EventEndpointAccess(ctx context.Context, arg EventEndpointAccessParams) (EventEndpointAccessRow, error)
+	EventEndpointCreate(ctx context.Context, arg EventEndpointCreateParams) (EventEndpoint, error)
+	EventEndpointDelete(ctx context.Context, id uuid.UUID) (int64, error)
+	EventEndpointForUpdate(ctx context.Context, id uuid.UUID) (EventEndpoint, error)
+	EventEndpointGet(ctx context.Context, id uuid.UUID) (EventEndpoint, error)
+	EventEndpointList(ctx context.Context, arg EventEndpointListParams) ([]EventEndpoint, error)
+	EventEndpointUpdate(ctx context.Context, arg EventEndpointUpdateParams) (EventEndpoint, error)
+	EventEndpointsByID(ctx context.Context, ids []uuid.UUID) ([]EventEndpoint, error)
+	// One delivery for every enabled endpoint of the organisation that takes
+	// the event's type and fleet.
+	EventFanOut(ctx context.Context, arg EventFanOutParams) (int64, error)
 	// The fleet's organisation and the user's role there, in one round trip.
 	FleetAccess(ctx context.Context, arg FleetAccessParams) (FleetAccessRow, error)
 	// The rollout that holds a fleet, if any (ready ones do not hold it yet).
@@ -244,6 +282,13 @@ type Querier interface {
 	OrgByID(ctx context.Context, id uuid.UUID) (Org, error)
 	OrgCreate(ctx context.Context, arg OrgCreateParams) (Org, error)
 	OrgDelete(ctx context.Context, id uuid.UUID) (int64, error)
+	// A second copy of an event (the same id) inserts nothing and returns no row.
+	OrgEventInsert(ctx context.Context, arg OrgEventInsertParams) (int64, error)
+	// The feed: the organisation's events after a sequence, in order.
+	OrgEventsAfter(ctx context.Context, arg OrgEventsAfterParams) ([]OrgEvent, error)
+	OrgEventsBySeq(ctx context.Context, seqs []int64) ([]OrgEvent, error)
+	OrgEventsLast(ctx context.Context, orgID uuid.UUID) (int64, error)
+	OrgEventsPrune(ctx context.Context, before time.Time) (int64, error)
 	// Keyset pagination on (created_at, id), oldest first.
 	OrgListForUser(ctx context.Context, arg OrgListForUserParams) ([]OrgListForUserRow, error)
 	OrgSetTunnelMinRole(ctx context.Context, arg OrgSetTunnelMinRoleParams) error

@@ -66,7 +66,7 @@ func (a *App) initAPI(ctx context.Context) (*modules.Service, error) {
 		MQTTHooksOpen: a.cfg.Dev, Nudge: a.nudger, Bus: a.bus, StreamRecheck: a.cfg.StreamRecheck, Commands: a.commands, StreamHub: hub,
 		Registry: a.registry, RegistryHost: a.cfg.RegistryPublicHost(), Blobs: a.blobs,
 		Builds:  builds.Builds{MaxUpload: int64(a.cfg.BuildMaxUpload), SpoolDir: spool, Log: a.log},
-		Tunnels: tun, DevicePublicURL: a.devicePublicURL()})
+		Tunnels: tun, DevicePublicURL: a.devicePublicURL(), EventEndpoints: a.eventEndpointsHandler(ctx)})
 	// A build upload is bounded by FLOCK_BUILD_MAX_UPLOAD instead, and
 	// spooled to disk before its operation runs.
 	a.server.UnlimitedBodiesIf(builds.IsUpload)

@@ -18,7 +18,7 @@ func TestGraph(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := a.Manager()
-	if got, want := m.Targets(), []string{"all", "api", "builder", "delta", "ingester", "proxy", "registry-proxy", "scheduler", "tunnel"}; !reflect.DeepEqual(got, want) {
+	if got, want := m.Targets(), []string{"all", "api", "builder", "delta", "events-gateway", "ingester", "proxy", "registry-proxy", "scheduler", "tunnel"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("targets = %v, want %v", got, want)
 	}
 	edges := map[string][]string{
@@ -46,7 +46,8 @@ func TestGraph(t *testing.T) {
 		"metrics":         {"config"},
 		"tunnel":          {"config", "postgres", "metrics", "http-server", "kv"},
 		"proxy":           {"config", "postgres", "metrics", "http-server", "kv"},
-		"all":             {"api", "ingester", "scheduler", "registry-proxy", "builder", "delta", "tunnel", "proxy"},
+		"events-gateway":  {"config", "postgres", "metrics", "http-server", "kafka"},
+		"all":             {"api", "ingester", "scheduler", "registry-proxy", "builder", "delta", "tunnel", "proxy", "events-gateway"},
 	}
 	for mod, want := range edges {
 		if got := m.Deps(mod); !reflect.DeepEqual(got, want) {
@@ -58,7 +59,7 @@ func TestGraph(t *testing.T) {
 		t.Fatal(err)
 	}
 	if want := []string{"config", "postgres", "metrics", "audit", "http-server", "kv", "kafka", "telemetry-store", "device-tokens",
-		"authn", "registry", "blob", "nudger", "janitor", "commands", "api", "mqtt-broker", "relay", "ingester", "scheduler", "registry-proxy", "builder", "delta", "tunnel", "proxy", "all"}; !reflect.DeepEqual(order, want) {
+		"authn", "registry", "blob", "nudger", "janitor", "commands", "api", "mqtt-broker", "relay", "ingester", "scheduler", "registry-proxy", "builder", "delta", "tunnel", "proxy", "events-gateway", "all"}; !reflect.DeepEqual(order, want) {
 		t.Errorf("all resolves to %v, want %v (the HTTP server must start after the stores it serves)", order, want)
 	}
 }
@@ -73,14 +74,14 @@ func TestMainExitCodes(t *testing.T) {
 		wantErr  string
 	}{
 		{name: "unknown target", args: []string{"--target=nope"}, wantCode: 2,
-			wantErr: `flock-api: invalid --target: unknown target "nope" (valid: all, api, builder, delta, ingester, proxy, registry-proxy, scheduler, tunnel)`},
+			wantErr: `flock-api: invalid --target: unknown target "nope" (valid: all, api, builder, delta, events-gateway, ingester, proxy, registry-proxy, scheduler, tunnel)`},
 		{name: "unknown target from env", env: map[string]string{"FLOCK_TARGET": "api,bogus"}, wantCode: 2,
-			wantErr: `flock-api: invalid FLOCK_TARGET: unknown target "bogus" (valid: all, api, builder, delta, ingester, proxy, registry-proxy, scheduler, tunnel)`},
+			wantErr: `flock-api: invalid FLOCK_TARGET: unknown target "bogus" (valid: all, api, builder, delta, events-gateway, ingester, proxy, registry-proxy, scheduler, tunnel)`},
 		{name: "bad address", env: map[string]string{"FLOCK_HTTP_ADDR": "notaport"}, wantCode: 2,
 			wantErr: `flock-api: invalid FLOCK_HTTP_ADDR: "notaport": want host:port or :port`},
 		{name: "unknown flag", args: []string{"--nope"}, wantCode: 2},
 		{name: "list targets", args: []string{"--list-targets"}, wantCode: 0,
-			wantOut: "all\n  needs: api, ingester, scheduler, registry-proxy, builder, delta, tunnel, proxy\napi\n  needs: config, postgres, metrics, audit, http-server, kv, kafka, telemetry-store, device-tokens, authn, registry, blob, nudger, janitor, commands\nbuilder\n  needs: config, postgres, metrics, http-server, kafka, registry, blob, device-tokens, nudger\ndelta\n  needs: config, postgres, metrics, http-server, kafka, registry, blob\ningester\n  needs: config, postgres, metrics, http-server, kv, kafka, telemetry-store, mqtt-broker, relay\nproxy\n  needs: config, postgres, metrics, http-server, kv\nregistry-proxy\n  needs: config, postgres, metrics, http-server, device-tokens, authn, registry\nscheduler\n  needs: config, postgres, metrics, audit, http-server, kafka, nudger\ntunnel\n  needs: config, postgres, metrics, http-server, kv\n"},
+			wantOut: "all\n  needs: api, ingester, scheduler, registry-proxy, builder, delta, tunnel, proxy, events-gateway\napi\n  needs: config, postgres, metrics, audit, http-server, kv, kafka, telemetry-store, device-tokens, authn, registry, blob, nudger, janitor, commands\nbuilder\n  needs: config, postgres, metrics, http-server, kafka, registry, blob, device-tokens, nudger\ndelta\n  needs: config, postgres, metrics, http-server, kafka, registry, blob\nevents-gateway\n  needs: config, postgres, metrics, http-server, kafka\ningester\n  needs: config, postgres, metrics, http-server, kv, kafka, telemetry-store, mqtt-broker, relay\nproxy\n  needs: config, postgres, metrics, http-server, kv\nregistry-proxy\n  needs: config, postgres, metrics, http-server, device-tokens, authn, registry\nscheduler\n  needs: config, postgres, metrics, audit, http-server, kafka, nudger\ntunnel\n  needs: config, postgres, metrics, http-server, kv\n"},
 		{name: "print config", args: []string{"--print-config", "--database-url=postgres://u:pw@h/db"}, wantCode: 0,
 			wantOut: `"postgres://u:xxxxx@h/db"`},
 		{name: "migrate without verb", args: []string{"migrate"}, wantCode: 2},

@@ -56,6 +56,7 @@ const (
 	Builder       = "builder"
 	Tunnel        = "tunnel"
 	Proxy         = "proxy"
+	EventsGateway = "events-gateway"
 	All           = "all"
 )
 
@@ -91,6 +92,7 @@ func (a *App) table() []modules.Module {
 		{Name: Delta, Deps: []string{Config, Postgres, Metrics, HTTPServer, Kafka, Registry, Blob}, Init: a.initDelta},
 		{Name: Tunnel, Deps: []string{Config, Postgres, Metrics, HTTPServer, KV}, Init: a.initTunnel},
 		{Name: Proxy, Deps: []string{Config, Postgres, Metrics, HTTPServer, KV}, Init: a.initProxy},
+		{Name: EventsGateway, Deps: []string{Config, Postgres, Metrics, HTTPServer, Kafka}, Init: a.initEventsGateway},
 	}
 	var targets []string
 	for _, m := range t {
@@ -128,6 +130,7 @@ type App struct {
 	mqttPublicURL mqttPublic // what devices are told
 	mqttPassword  string
 	remoteState   remote
+	events        eventsState
 }
 
 // New builds the module graph for cfg. It fails only when the table itself

@@ -92,6 +92,10 @@ var scopes = []scope{
 		r, err := q.CommandAccess(ctx, db.CommandAccessParams{ID: id, UserID: user})
 		return r.OrgID, r.Role, err
 	}},
+	{"endpointId", "event endpoint", func(ctx context.Context, q *db.Queries, id, user uuid.UUID) (uuid.UUID, *db.OrgRole, error) {
+		r, err := q.EventEndpointAccess(ctx, db.EventEndpointAccessParams{ID: id, UserID: user})
+		return r.OrgID, r.Role, err
+	}},
 }
 
 // Rule is the access policy of one operation.

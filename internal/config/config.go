@@ -94,6 +94,18 @@ type Config struct {
 	ProxyTLSCert               string
 	ProxyTLSKey                string
 
+	// Events for customers: the key sealing endpoints' secrets, the SSRF
+	// switch for development, retries, disabling, retention, the
+	// gateway's concurrency.
+	EventsEncryptionKey string
+	EventsAllowPrivate  bool
+	EventsRetrySchedule string
+	EventsDisableAfter  time.Duration
+	EventsRetention     time.Duration
+	EventsTimeout       time.Duration
+	EventsWorkers       int
+	EventsPerEndpoint   int
+
 	MQTTURL           string
 	MQTTListen        string
 	MQTTPublicURL     string
@@ -195,6 +207,14 @@ func Register(fs *flag.FlagSet) *Settings {
 	add("proxy-addr", ":8081", "listen address of the proxy target (devices' public URLs)", (*stringValue)(&c.ProxyAddr), false)
 	add("proxy-tls-cert", "", "wildcard certificate (PEM) of *.<device URL domain>; reloaded when the file changes; unset = plain HTTP", (*stringValue)(&c.ProxyTLSCert), false)
 	add("proxy-tls-key", "", "its private key (PEM)", (*stringValue)(&c.ProxyTLSKey), false)
+	add("events-encryption-key", "", "32 bytes, base64 (openssl rand -base64 32), sealing event endpoints' signing secrets and Kafka passwords at rest; required for event endpoints outside dev mode", (*stringValue)(&c.EventsEncryptionKey), true)
+	add("events-allow-private", "false", "let webhooks and Kafka endpoints reach loopback, private and link-local addresses (development; refused otherwise, against SSRF)", (*boolValue)(&c.EventsAllowPrivate), false)
+	add("events-retry-schedule", "5s,5m,30m,2h,5h,10h", "waits before each retry of a failed delivery (each with ±20% jitter); after the last the delivery fails", (*stringValue)(&c.EventsRetrySchedule), false)
+	add("events-disable-after", "72h", "an endpoint whose every delivery failed for this long is disabled and its organisation told", (*durationValue)(&c.EventsDisableAfter), false)
+	add("events-retention", "168h", "how long organisations' events are kept for the WebSocket feed and replays", (*durationValue)(&c.EventsRetention), false)
+	add("events-timeout", "10s", "a webhook must answer 2xx within this", (*durationValue)(&c.EventsTimeout), false)
+	add("events-workers", "64", "deliveries one events-gateway replica attempts at once", (*intValue)(&c.EventsWorkers), false)
+	add("events-per-endpoint", "8", "deliveries to one endpoint in flight at once, across replicas", (*intValue)(&c.EventsPerEndpoint), false)
 	add("mqtt-url", "", "external MQTT broker the ingester subscribes to (mqtt://host:1883 or mqtts://...); unset = embedded broker", (*stringValue)(&c.MQTTURL), false)
 	add("mqtt-listen", ":1883", "listen address of the embedded MQTT broker (when --mqtt-url is unset)", (*stringValue)(&c.MQTTListen), false)
 	add("mqtt-public-url", "", "MQTT URL devices are told at registration; unset = the embedded broker's port on the public URL's host", (*stringValue)(&c.MQTTPublicURL), false)
@@ -282,6 +302,12 @@ func (s *Settings) validate() error {
 	}
 	if (c.ProxyTLSCert == "") != (c.ProxyTLSKey == "") {
 		return &Error{Setting: s.name("proxy-tls-cert"), Err: errors.New("set both the certificate and its key, or neither")}
+	}
+	if _, err := ParseSchedule(c.EventsRetrySchedule); err != nil {
+		return &Error{Setting: s.name("events-retry-schedule"), Err: err}
+	}
+	if c.EventsWorkers <= 0 || c.EventsPerEndpoint <= 0 || c.EventsTimeout <= 0 {
+		return &Error{Setting: s.name("events-workers"), Err: errors.New("events workers, per-endpoint limit and timeout must be positive")}
 	}
 	if c.HTTPBodyLimit <= 0 {
 		return &Error{Setting: s.name("http-body-limit"), Err: errors.New("must be positive")}
@@ -568,4 +594,17 @@ func (c *Config) KafkaSeeds() []string {
 		}
 	}
 	return out
+}
+
+// ParseSchedule reads a comma list of durations (FLOCK_EVENTS_RETRY_SCHEDULE).
+func ParseSchedule(s string) ([]time.Duration, error) {
+	var out []time.Duration
+	for _, f := range strings.Split(s, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(f))
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("%q: want positive durations separated by commas (5s,5m,30m)", s)
+		}
+		out = append(out, d)
+	}
+	return out, nil
 }

@@ -1663,6 +1663,224 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/event-types": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The catalogue of event types
+         * @description Every CloudEvents type Flock delivers to organisations (by webhook, the
+         *     WebSocket feed, or forwarding to their Kafka), with its data's JSON
+         *     Schema; the same catalogue is the `customerEvents` channel of the
+         *     AsyncAPI document (`/asyncapi.yaml`). Pick types for an endpoint's
+         *     `types` filter here. `ordered_by` names what a type's events are
+         *     ordered by: events of one device (or rollout) reach an endpoint in the
+         *     order they happened.
+         */
+        get: operations["event-type:list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orgs/{orgId}/event-endpoints": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        /** The organisation's event endpoints */
+        get: operations["event-endpoint:list"];
+        put?: never;
+        /**
+         * Subscribe a webhook URL or a Kafka cluster to the organisation's events
+         * @description A **webhook** receives each event as a structured-mode CloudEvents JSON
+         *     body (`application/cloudevents+json`), signed per the Standard
+         *     Webhooks specification: `webhook-id` (the event id), `webhook-timestamp`
+         *     and `webhook-signature` (`v1,<base64 HMAC-SHA256 of id.timestamp.body>`
+         *     with the key in `secret`, returned once, here). A 2xx within 10 s is
+         *     success; anything else is retried after about 5 s, 5 min, 30 min, 2 h,
+         *     5 h and 10 h (with jitter), then given up; an endpoint failing for 3
+         *     days (`FLOCK_EVENTS_DISABLE_AFTER`) is disabled and the organisation
+         *     gets an `io.flock.event-endpoint.disabled` event. Redirects are never
+         *     followed. URLs must be http(s) and resolve to public addresses (checked
+         *     here and at every connection); a development deployment allows private
+         *     ones with `FLOCK_EVENTS_ALLOW_PRIVATE=true`.
+         *
+         *     A **kafka** endpoint gets each event produced to its topic in
+         *     CloudEvents binary mode (`ce_*` headers, the data as the value, the
+         *     device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
+         *     configured; its password is stored encrypted.
+         *
+         *     `types` empty means every type; `fleet_id` limits it to one fleet's events.
+         */
+        post: operations["event-endpoint:create"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/event-endpoints/{endpointId}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                endpointId: components["parameters"]["EventEndpointId"];
+            };
+            cookie?: never;
+        };
+        /** An event endpoint */
+        get: operations["event-endpoint:get"];
+        put?: never;
+        post?: never;
+        /** Delete an event endpoint and its delivery log */
+        delete: operations["event-endpoint:delete"];
+        options?: never;
+        head?: never;
+        /**
+         * Change an event endpoint, or enable it again
+         * @description Enabling a disabled endpoint clears its failure record; deliveries queued before it was disabled are attempted again.
+         */
+        patch: operations["event-endpoint:update"];
+        trace?: never;
+    };
+    "/v1/event-endpoints/{endpointId}/rotate-secret": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                endpointId: components["parameters"]["EventEndpointId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Rotate a webhook's signing secret
+         * @description Returns the new secret, once. Until `previous_expires_at` every
+         *     delivery carries two signatures (old and new secret) in
+         *     `webhook-signature`, so receivers can switch at their pace; deliveries
+         *     in flight when the rotation commits are signed with both.
+         */
+        post: operations["event-endpoint:rotate-secret"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/event-endpoints/{endpointId}/test": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                endpointId: components["parameters"]["EventEndpointId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Send a test event now
+         * @description Sends an `io.flock.event-endpoint.test` event to the endpoint at once,
+         *     signed like any other, and answers with the attempt (also in the
+         *     delivery log). It does not count towards disabling the endpoint.
+         */
+        post: operations["event-endpoint:test"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/event-endpoints/{endpointId}/attempts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                endpointId: components["parameters"]["EventEndpointId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * The delivery log of an endpoint
+         * @description Every attempt, newest first, with its status code, response time and the first bytes of the response.
+         */
+        get: operations["event-delivery-attempt:list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/event-endpoints/{endpointId}/replay": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                endpointId: components["parameters"]["EventEndpointId"];
+            };
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Deliver again one delivery, or every event since a time
+         * @description With `delivery_id`, that delivery is queued again (whatever became of
+         *     it). With `since`, every event of the organisation since then that the
+         *     endpoint takes is queued, delivered before or not (events are kept 7
+         *     days, `FLOCK_EVENTS_RETENTION`). Receivers recognise repeats by
+         *     `webhook-id` / the CloudEvents `id`.
+         */
+        post: operations["event-endpoint:replay"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/orgs/{orgId}/cloudevents/ws": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        /**
+         * The organisation's events as a WebSocket feed with a durable cursor
+         * @description Each text message is one event as a structured-mode CloudEvents JSON
+         *     document, the same documents webhooks receive, with the extension
+         *     attribute `sequence`: the cursor. Reconnect with `after=<sequence>` of
+         *     the last event processed to resume right after it (events are kept 7
+         *     days); without `after` the feed starts with new events. Authenticate
+         *     like the other WebSockets (`Authorization`, or the subprotocols
+         *     `flock.v1` and `bearer.<token>`). The server pings every 15 s.
+         */
+        get: operations["org-cloudevents:websocket"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/device/v1/register": {
         parameters: {
             query?: never;
@@ -3218,6 +3436,151 @@ export interface components {
              */
             expires_in: number;
         };
+        EventTypeList: {
+            items: {
+                /** @example io.flock.device.online */
+                type: string;
+                summary: string;
+                /**
+                 * @description Events of one device (or rollout) reach an endpoint in order.
+                 * @enum {string}
+                 */
+                ordered_by?: "device" | "rollout";
+                /** @description JSON Schema of the event's `data`. */
+                schema: {
+                    [key: string]: unknown;
+                };
+            }[];
+        };
+        EventEndpoint: {
+            /** Format: uuid */
+            id: string;
+            /** Format: uuid */
+            org_id: string;
+            name: components["schemas"]["Name"];
+            /** @enum {string} */
+            kind: "webhook" | "kafka";
+            url?: string;
+            kafka?: {
+                brokers?: string[];
+                topic?: string;
+                sasl_mechanism?: string;
+                username?: string;
+                tls?: boolean;
+            };
+            types: string[];
+            /** Format: uuid */
+            fleet_id?: string;
+            enabled: boolean;
+            /** @description Why Flock disabled the endpoint (a failure streak), when it did. */
+            disabled_reason?: string;
+            /** Format: date-time */
+            disabled_at?: string;
+            /**
+             * Format: date-time
+             * @description Start of the current run of failed attempts.
+             */
+            failing_since?: string;
+            /** @description The signing secret (whsec_...), in the answers of create and rotate-secret only. */
+            secret?: string;
+            /**
+             * Format: date-time
+             * @description Until then the previous secret signs too.
+             */
+            previous_expires_at?: string;
+            /** Format: date-time */
+            created_at: string;
+            /** Format: date-time */
+            updated_at: string;
+        };
+        EventEndpointPage: {
+            items: components["schemas"]["EventEndpoint"][];
+            next_cursor?: string;
+        };
+        KafkaSink: {
+            brokers: string[];
+            topic: string;
+            /**
+             * @default none
+             * @enum {string}
+             */
+            sasl_mechanism: "none" | "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512";
+            username?: string;
+            /** @description Stored encrypted; never returned. */
+            password?: string;
+            /** @default false */
+            tls: boolean;
+        };
+        EventEndpointCreate: {
+            name: components["schemas"]["Name"];
+            /** @enum {string} */
+            kind: "webhook" | "kafka";
+            /** @description The webhook URL (kind webhook). */
+            url?: string;
+            kafka?: components["schemas"]["KafkaSink"];
+            /** @description Event types to deliver (see `event-type:list`); empty or absent means all. */
+            types?: string[];
+            /**
+             * Format: uuid
+             * @description Only events of this fleet.
+             */
+            fleet_id?: string;
+            /** @default true */
+            enabled: boolean;
+        };
+        EventEndpointUpdate: {
+            name?: components["schemas"]["Name"];
+            url?: string;
+            kafka?: components["schemas"]["KafkaSink"];
+            types?: string[];
+            /** Format: uuid */
+            fleet_id?: string | null;
+            enabled?: boolean;
+        };
+        SecretRotation: {
+            /**
+             * @description How long the previous secret keeps signing.
+             * @default 86400
+             */
+            overlap_seconds: number;
+        };
+        DeliveryAttempt: {
+            /** Format: uuid */
+            id: string;
+            /** Format: uuid */
+            delivery_id: string;
+            /** Format: uuid */
+            event_id: string;
+            event_type: string;
+            /** Format: date-time */
+            at: string;
+            /** @description The receiver's HTTP status; absent when there was no response. */
+            status_code?: number;
+            duration_ms: number;
+            /** @description The first bytes of the response body. */
+            response?: string;
+            error?: string;
+            succeeded: boolean;
+            /**
+             * @description What became of the delivery so far (failed = every retry spent).
+             * @enum {string}
+             */
+            delivery_status?: "pending" | "succeeded" | "failed";
+        };
+        DeliveryAttemptPage: {
+            items: components["schemas"]["DeliveryAttempt"][];
+            next_cursor?: string;
+        };
+        ReplayRequest: {
+            /** Format: uuid */
+            delivery_id?: string;
+            /** Format: date-time */
+            since?: string;
+        };
+        ReplayResult: {
+            /** @description Deliveries queued. */
+            queued: number;
+        };
         DeviceRegister: {
             provisioning_key: string;
             /**
@@ -3461,6 +3824,7 @@ export interface components {
         LogTail: number;
         /** @description The command's id. */
         CommandId: string;
+        EventEndpointId: string;
     };
     requestBodies: never;
     headers: never;
@@ -6306,6 +6670,311 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Command"];
                 };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "event-type:list": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The catalogue. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventTypeList"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "event-endpoint:list": {
+        parameters: {
+            query?: {
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of endpoints, oldest first. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventEndpointPage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "event-endpoint:create": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EventEndpointCreate"];
+            };
+        };
+        responses: {
+            /** @description The endpoint, with its signing secret (webhooks), shown this once. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventEndpoint"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "event-endpoint:get": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                endpointId: components["parameters"]["EventEndpointId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The endpoint. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventEndpoint"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "event-endpoint:delete": {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                endpointId: components["parameters"]["EventEndpointId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "event-endpoint:update": {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                endpointId: components["parameters"]["EventEndpointId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EventEndpointUpdate"];
+            };
+        };
+        responses: {
+            /** @description The endpoint. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventEndpoint"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "event-endpoint:rotate-secret": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                endpointId: components["parameters"]["EventEndpointId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["SecretRotation"];
+            };
+        };
+        responses: {
+            /** @description The endpoint with its new secret. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["EventEndpoint"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "event-endpoint:test": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                endpointId: components["parameters"]["EventEndpointId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The attempt. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeliveryAttempt"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "event-delivery-attempt:list": {
+        parameters: {
+            query?: {
+                /** @description The most items to return in one page. */
+                limit?: components["parameters"]["Limit"];
+                /** @description The `next_cursor` of the previous page; omit for the first page. */
+                cursor?: components["parameters"]["Cursor"];
+            };
+            header?: never;
+            path: {
+                endpointId: components["parameters"]["EventEndpointId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of attempts. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DeliveryAttemptPage"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "event-endpoint:replay": {
+        parameters: {
+            query?: never;
+            header?: {
+                /**
+                 * @description Makes a retry safe: the first request with a key runs and its response is
+                 *     kept for 24 hours; a repeat of the same request with the same key gets
+                 *     that response again (with `Idempotent-Replayed: true`) without running
+                 *     twice. The same key with a different request is 422. Keys are per caller.
+                 */
+                "Idempotency-Key"?: components["parameters"]["IdempotencyKey"];
+            };
+            path: {
+                endpointId: components["parameters"]["EventEndpointId"];
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ReplayRequest"];
+            };
+        };
+        responses: {
+            /** @description Queued. */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReplayResult"];
+                };
+            };
+            default: components["responses"]["Problem"];
+        };
+    };
+    "org-cloudevents:websocket": {
+        parameters: {
+            query?: {
+                /** @description The `sequence` of the last event received. */
+                after?: number;
+                /** @description Only these event types (comma-separated). */
+                types?: string[];
+            };
+            header?: never;
+            path: {
+                /** @description The organisation's id. */
+                orgId: components["parameters"]["OrgId"];
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Switched to the WebSocket protocol; messages are CloudEvents JSON documents. */
+            101: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             default: components["responses"]["Problem"];
         };

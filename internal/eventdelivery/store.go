@@ -1,0 +1,62 @@
+package eventdelivery
+
+import (
+	"context"
+	"strings"
+
+	"errors"
+	"fmt"
+	"github.com/google/uuid"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/flock-io/flock-api/gen/db"
+)
+
+// Emit stores ev in the organisation's log and queues a delivery for every
+// endpoint that takes it, in q's transaction. It reports false for an
+// event stored before (the same id): nothing more is queued.
+func Emit(ctx context.Context, q *db.Queries, ev *Event) (seq int64, stored bool, err error) {
+	seq, err = q.OrgEventInsert(ctx, db.OrgEventInsertParams{ID: ev.ID, OrgID: ev.OrgID, FleetID: ev.FleetID, OrderKey: ev.OrderKey,
+		Type: ev.Type, Source: ev.Source, Subject: ev.Subject, Time: ev.Time, Data: ev.Data})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("store event %s: %w", ev.ID, err)
+	}
+	if _, err := q.EventFanOut(ctx, db.EventFanOutParams{Seq: seq, OrderKey: ev.OrderKey, OrgID: ev.OrgID, Type: ev.Type, FleetID: ev.FleetID}); err != nil {
+		return 0, false, fmt.Errorf("queue deliveries of event %s: %w", ev.ID, err)
+	}
+	return seq, true, nil
+}
+
+// RecordAttempt writes an attempt to the delivery log.
+func RecordAttempt(ctx context.Context, q *db.Queries, d db.EventDelivery, res Result) (uuid.UUID, error) {
+	var code *int32
+	if res.Status != 0 {
+		c := int32(res.Status)
+		code = &c
+	}
+	msg := ""
+	if res.Err != nil {
+		msg = res.Err.Error()
+		if len(msg) > 1000 {
+			msg = msg[:1000]
+		}
+	}
+	resp := res.Response
+	if len(resp) > 1024 {
+		resp = resp[:1024]
+	}
+	id, _ := uuid.NewV7()
+	// The log is text: strings.ToValidUTF8 keeps a body cut mid-rune (or
+	// binary) storable.
+	err := q.AttemptInsert(ctx, db.AttemptInsertParams{ID: id, DeliveryID: d.ID, EndpointID: d.EndpointID, StatusCode: code,
+		DurationMs: int32(res.Duration.Milliseconds()), Response: strings.ToValidUTF8(strings.ReplaceAll(string(resp), "\x00", ""), "\uFFFD"),
+		Error: msg, Succeeded: res.Err == nil})
+	if err != nil {
+		return id, fmt.Errorf("record attempt of delivery %s: %w", d.ID, err)
+	}
+	return id, nil
+}

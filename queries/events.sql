@@ -1,0 +1,178 @@
+-- name: OrgEventInsert :one
+-- A second copy of an event (the same id) inserts nothing and returns no row.
+INSERT INTO org_events (id, org_id, fleet_id, order_key, type, source, subject, time, data)
+VALUES (@id, @org_id, sqlc.narg(fleet_id)::uuid, @order_key, @type, @source, @subject, @time, @data)
+ON CONFLICT (id) DO NOTHING
+RETURNING seq;
+
+-- name: EventFanOut :execrows
+-- One delivery for every enabled endpoint of the organisation that takes
+-- the event's type and fleet.
+INSERT INTO event_deliveries (id, endpoint_id, event_seq, order_key)
+SELECT gen_random_uuid(), e.id, @seq, @order_key
+FROM event_endpoints e
+WHERE e.org_id = @org_id AND e.enabled
+  AND (cardinality(e.types) = 0 OR @type::text = ANY (e.types))
+  AND (e.fleet_id IS NULL OR e.fleet_id = sqlc.narg(fleet_id)::uuid)
+ON CONFLICT (endpoint_id, event_seq) DO NOTHING;
+
+-- name: DeliveriesClaim :many
+-- Leases due deliveries to holder: at most per_endpoint in flight per
+-- endpoint (counting those already leased), so one slow endpoint cannot
+-- take every worker, and never a delivery while an earlier one of the same
+-- endpoint and order key is still pending. The locking step re-checks the
+-- lease, so two replicas never lease one delivery.
+WITH busy AS (
+  SELECT endpoint_id, count(*) AS n FROM event_deliveries
+  WHERE status = 'pending' AND lease_until > now()
+  GROUP BY endpoint_id
+), cand AS (
+  SELECT x.id FROM (
+    SELECT d.id, d.endpoint_id, d.next_attempt_at, d.event_seq,
+           row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.event_seq) AS rn
+    FROM event_deliveries d
+    JOIN event_endpoints e ON e.id = d.endpoint_id AND e.enabled
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+      AND (d.lease_until IS NULL OR d.lease_until <= now())
+      AND (d.order_key = '' OR NOT EXISTS (
+        SELECT 1 FROM event_deliveries p
+        WHERE p.endpoint_id = d.endpoint_id AND p.order_key = d.order_key
+          AND p.status = 'pending' AND p.event_seq < d.event_seq))
+  ) x LEFT JOIN busy b ON b.endpoint_id = x.endpoint_id
+  WHERE x.rn + coalesce(b.n, 0) <= @per_endpoint::bigint
+  ORDER BY x.next_attempt_at, x.event_seq
+  LIMIT @max_rows
+), locked AS (
+  SELECT d.id FROM event_deliveries d JOIN cand ON cand.id = d.id
+  WHERE d.status = 'pending' AND (d.lease_until IS NULL OR d.lease_until <= now())
+  FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE event_deliveries d
+SET lease_until = now() + make_interval(secs => @lease_seconds::double precision), leased_by = @holder::text
+FROM locked WHERE d.id = locked.id
+RETURNING d.*;
+
+-- name: OrgEventsBySeq :many
+SELECT * FROM org_events WHERE seq = ANY (@seqs::bigint[]);
+
+-- name: EventEndpointsByID :many
+SELECT * FROM event_endpoints WHERE id = ANY (@ids::uuid[]);
+
+-- name: DeliveryDone :execrows
+-- The outcome of an attempt by the lease's holder: succeeded, failed (the
+-- schedule is spent), or pending again at next_attempt_at.
+UPDATE event_deliveries
+SET status = @status, attempts = attempts + 1, next_attempt_at = @next_attempt_at, lease_until = NULL, leased_by = NULL,
+    last_status = sqlc.narg(last_status), last_error = @last_error
+WHERE id = @id AND leased_by = @holder::text;
+
+-- name: AttemptInsert :exec
+INSERT INTO event_delivery_attempts (id, delivery_id, endpoint_id, status_code, duration_ms, response, error, succeeded)
+VALUES (@id, @delivery_id, @endpoint_id, sqlc.narg(status_code), @duration_ms, @response, @error, @succeeded);
+
+-- name: EndpointSucceeded :exec
+UPDATE event_endpoints SET failing_since = NULL WHERE id = @id AND failing_since IS NOT NULL;
+
+-- name: EndpointFailing :one
+-- Marks the start of a run of failures (kept while it lasts).
+UPDATE event_endpoints SET failing_since = coalesce(failing_since, now()) WHERE id = @id
+RETURNING failing_since, enabled, org_id, name;
+
+-- name: EndpointDisable :execrows
+UPDATE event_endpoints SET enabled = false, disabled_reason = @reason, disabled_at = now() WHERE id = @id AND enabled;
+
+-- name: EventEndpointCreate :one
+INSERT INTO event_endpoints (id, org_id, name, kind, url, kafka, kafka_password, types, fleet_id, secret, enabled)
+VALUES (@id, @org_id, @name, @kind, @url, @kafka, @kafka_password, @types, sqlc.narg(fleet_id)::uuid, @secret, @enabled)
+RETURNING *;
+
+-- name: EventEndpointGet :one
+SELECT * FROM event_endpoints WHERE id = @id;
+
+-- name: EventEndpointForUpdate :one
+SELECT * FROM event_endpoints WHERE id = @id FOR UPDATE;
+
+-- name: EventEndpointList :many
+SELECT * FROM event_endpoints
+WHERE org_id = @org_id
+  AND (sqlc.narg(after_time)::timestamptz IS NULL OR (created_at, id) > (sqlc.narg(after_time), sqlc.narg(after_id)::uuid))
+ORDER BY created_at, id
+LIMIT @max_rows;
+
+-- name: EventEndpointUpdate :one
+UPDATE event_endpoints
+SET name = @name, url = @url, kafka = @kafka, kafka_password = @kafka_password, types = @types, fleet_id = sqlc.narg(fleet_id)::uuid,
+    enabled = @enabled, disabled_reason = @disabled_reason, disabled_at = sqlc.narg(disabled_at), failing_since = sqlc.narg(failing_since),
+    secret = @secret, previous_secret = @previous_secret, previous_expires_at = sqlc.narg(previous_expires_at)
+WHERE id = @id
+RETURNING *;
+
+-- name: EventEndpointDelete :execrows
+DELETE FROM event_endpoints WHERE id = @id;
+
+-- name: EventEndpointAccess :one
+SELECT e.org_id, m.role FROM event_endpoints e
+LEFT JOIN memberships m ON m.org_id = e.org_id AND m.user_id = @user_id
+WHERE e.id = @id;
+
+-- name: AttemptList :many
+-- The delivery log of an endpoint, newest first.
+SELECT a.*, d.event_seq, d.status AS delivery_status, d.attempts AS delivery_attempts, ev.id AS event_id, ev.type AS event_type
+FROM event_delivery_attempts a
+JOIN event_deliveries d ON d.id = a.delivery_id
+JOIN org_events ev ON ev.seq = d.event_seq
+WHERE a.endpoint_id = @endpoint_id
+  AND (sqlc.narg(before_time)::timestamptz IS NULL OR (a.at, a.id) < (sqlc.narg(before_time), sqlc.narg(before_id)::uuid))
+ORDER BY a.at DESC, a.id DESC
+LIMIT @max_rows;
+
+-- name: DeliveryReplay :execrows
+UPDATE event_deliveries
+SET status = 'pending', next_attempt_at = now(), attempts = 0, lease_until = NULL, leased_by = NULL
+WHERE id = @id AND endpoint_id = @endpoint_id;
+
+-- name: EndpointReplaySince :execrows
+-- Queues again every event since a time that the endpoint takes, whether
+-- or not it was delivered.
+INSERT INTO event_deliveries (id, endpoint_id, event_seq, order_key)
+SELECT gen_random_uuid(), e.id, ev.seq, ev.order_key
+FROM event_endpoints e
+JOIN org_events ev ON ev.org_id = e.org_id
+WHERE e.id = @endpoint_id AND ev.time >= @since
+  AND (cardinality(e.types) = 0 OR ev.type = ANY (e.types))
+  AND (e.fleet_id IS NULL OR e.fleet_id = ev.fleet_id)
+ON CONFLICT (endpoint_id, event_seq) DO UPDATE
+SET status = 'pending', next_attempt_at = now(), attempts = 0, lease_until = NULL, leased_by = NULL;
+
+-- name: OrgEventsAfter :many
+-- The feed: the organisation's events after a sequence, in order.
+SELECT * FROM org_events
+WHERE org_id = @org_id AND seq > @after
+  AND (cardinality(@types::text[]) = 0 OR type = ANY (@types::text[]))
+ORDER BY seq
+LIMIT @max_rows;
+
+-- name: OrgEventsLast :one
+SELECT coalesce(max(seq), 0)::bigint FROM org_events WHERE org_id = @org_id;
+
+-- name: OrgEventsPrune :execrows
+DELETE FROM org_events WHERE seq IN (SELECT o.seq FROM org_events o WHERE o.created_at < @before::timestamptz LIMIT 10000);
+
+-- name: EventDevKeyInit :exec
+INSERT INTO event_dev_key (key) VALUES (@key) ON CONFLICT DO NOTHING;
+
+-- name: EventDevKey :one
+SELECT key FROM event_dev_key;
+
+-- name: DeliveryInsertLeased :one
+-- A delivery made and attempted at once (event-endpoint:test).
+INSERT INTO event_deliveries (id, endpoint_id, event_seq, lease_until, leased_by)
+VALUES (@id, @endpoint_id, @event_seq, now() + interval '1 minute', @holder::text)
+RETURNING *;
+
+-- name: DeliveriesNextDue :one
+-- When the next pending delivery comes due (null when none), so the
+-- dispatcher sleeps no longer than that.
+SELECT coalesce(min(d.next_attempt_at), now() + interval '1 hour')::timestamptz AS due FROM event_deliveries d
+JOIN event_endpoints e ON e.id = d.endpoint_id AND e.enabled
+WHERE d.status = 'pending' AND d.lease_until IS NULL;
