@@ -18,6 +18,9 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/apptest"
@@ -316,4 +319,61 @@ func TestEventEndpointRefusals(t *testing.T) {
 		t.Errorf("a developer creating an endpoint = %d, want 403", status)
 	}
 
+}
+
+// TestKafkaForwarding: an endpoint forwarding to the organisation's own
+// Kafka cluster (an embedded kfake with SASL SCRAM-SHA-256) gets each event
+// in CloudEvents binary mode: the data as the value, ce_* headers, the
+// device id as the key, in the device's order; its password is never
+// shown.
+func TestKafkaForwarding(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-256", "acme", "s3cret"),
+		kfake.SeedTopics(1, "flock-events"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	srv := apptest.Start(t, "--events-allow-private")
+	w := newWorld(t, srv).withFleet(t)
+	dev := w.device.token(t, srv)
+	ep := must(t, srv, 201, "POST", "/v1/orgs/"+w.org+"/event-endpoints", w.admin, map[string]any{"name": "our kafka", "kind": "kafka",
+		"types": []string{"io.flock.device.state.changed"},
+		"kafka": map[string]any{"brokers": cluster.ListenAddrs(), "topic": "flock-events", "sasl_mechanism": "SCRAM-SHA-256", "username": "acme", "password": "s3cret"}})
+	if k := ep["kafka"].(map[string]any); k["password"] != nil || k["username"] != "acme" || ep["secret"] != nil {
+		t.Errorf("kafka endpoint shows %v", ep)
+	}
+	reportStates(t, srv, dev, 1, 3)
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...), kgo.ConsumeTopics("flock-events"),
+		kgo.SASL(scram.Auth{User: "acme", Pass: "s3cret"}.AsSha256Mechanism()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var recs []*kgo.Record
+	testutil.Eventually(t, "three records on the customer's topic", func() error {
+		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+		defer cancel()
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) { recs = append(recs, r) })
+		if len(recs) < 3 {
+			return fmt.Errorf("%d records", len(recs))
+		}
+		return nil
+	})
+	for i, r := range recs {
+		h := map[string]string{}
+		for _, x := range r.Headers {
+			h[x.Key] = string(x.Value)
+		}
+		var data struct {
+			DeviceID string `json:"device_id"`
+			State    struct{ Seq int }
+		}
+		_ = json.Unmarshal(r.Value, &data)
+		if h["ce_specversion"] != "1.0" || h["ce_type"] != "io.flock.device.state.changed" || h["ce_id"] == "" ||
+			h["ce_source"] != "/orgs/"+w.org+"/fleets/"+w.fleet || h["ce_subject"] != w.device.id.String() ||
+			string(r.Key) != w.device.id.String() || data.State.Seq != i+1 || data.DeviceID != w.device.id.String() {
+			t.Errorf("record %d: key %s headers %v value %s", i, r.Key, h, r.Value)
+		}
+	}
 }

@@ -188,7 +188,10 @@ const idlePoll = time.Second
 func (g *Gateway) dispatch(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	lease := g.cfg.AttemptTimeout*2 + 10*time.Second
+	// An attempt ends within AttemptTimeout (its context says so); the
+	// margin covers writing its outcome. A replica killed mid-attempt
+	// holds the delivery (and the device's later ones) this long.
+	lease := g.cfg.AttemptTimeout + 5*time.Second
 	for ctx.Err() == nil {
 		free := g.cfg.Workers - len(g.sem)
 		var claimed []db.EventDelivery
