@@ -71,7 +71,9 @@ func TestEventsGatewaySurvivesKill9(t *testing.T) {
 	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		time.Sleep(20 * time.Millisecond) // a receiver's own work, not a wait for a condition
-		var ev struct{ Data struct{ State struct{ Seq int } } }
+		var ev struct {
+			Data struct{ State struct{ Seq int } }
+		}
 		_ = json.Unmarshal(body, &ev)
 		mu.Lock()
 		defer mu.Unlock()
