@@ -25,8 +25,8 @@ import (
 // The targets that exist today, enabled by default (sorted), and those that
 // will come, one values entry each.
 var (
-	defaultTargets = []string{"api", "delta", "ingester", "registry-proxy", "scheduler"}
-	laterTargets   = []string{"builder", "tunnel", "proxy", "events-gateway"}
+	defaultTargets = []string{"api", "delta", "events-gateway", "ingester", "registry-proxy", "scheduler"}
+	laterTargets   = []string{"builder", "tunnel", "proxy"}
 )
 
 // Where the chart mounts FLOCK_DATA_DIR (values.yaml dataDir.path).
@@ -70,6 +70,9 @@ func TestDefaultValues(t *testing.T) {
 	if n := *deps["delta"].Spec.Replicas; n != 1 {
 		t.Errorf("delta replicas %d, want 1", n)
 	}
+	if n := *deps["events-gateway"].Spec.Replicas; n != 2 {
+		t.Errorf("events-gateway replicas %d, want 2", n)
+	}
 	// Split targets share the registry and S3 the defaults name, so only the
 	// delta target has a data volume: its scratch files, on an emptyDir.
 	for target, d := range deps {
@@ -82,7 +85,9 @@ func TestDefaultValues(t *testing.T) {
 		for _, name := range []string{"FLOCK_REGISTRY_USERNAME", "FLOCK_REGISTRY_PASSWORD", "FLOCK_REGISTRY_HOST", "FLOCK_S3_BUCKET",
 			"FLOCK_S3_REGION", "FLOCK_S3_ACCESS_KEY", "FLOCK_S3_SECRET_KEY", "FLOCK_DELTA_MAX_RATIO",
 			"FLOCK_TUNNEL_ENDPOINT", "FLOCK_TUNNEL_PREFIX", "FLOCK_TUNNEL_PRIVATE_KEY", "FLOCK_INTERNAL_TOKEN", "FLOCK_DEVICE_URL_DOMAIN",
-			"FLOCK_PROXY_TLS_CERT", "FLOCK_PROXY_TLS_KEY", "FLOCK_TUNNEL_LISTEN", "FLOCK_PROXY_ADDR", "FLOCK_INTERNAL_URL", "FLOCK_TUNNEL_REPLICA"} {
+			"FLOCK_PROXY_TLS_CERT", "FLOCK_PROXY_TLS_KEY", "FLOCK_TUNNEL_LISTEN", "FLOCK_PROXY_ADDR", "FLOCK_INTERNAL_URL", "FLOCK_TUNNEL_REPLICA",
+			"FLOCK_EVENTS_ALLOW_PRIVATE", "FLOCK_EVENTS_RETRY_SCHEDULE", "FLOCK_EVENTS_DISABLE_AFTER", "FLOCK_EVENTS_RETENTION", "FLOCK_EVENTS_TIMEOUT",
+			"FLOCK_EVENTS_WORKERS", "FLOCK_EVENTS_PER_ENDPOINT"} {
 			if e, ok := env(c, name); ok {
 				t.Errorf("%s: %s=%+v although its value is empty", target, name, e)
 			}
@@ -92,13 +97,17 @@ func TestDefaultValues(t *testing.T) {
 		} else {
 			checkDataDir(t, d, "", "")
 		}
+		checkEventsKey(t, target, c, "flock-events")
+	}
+	if !strings.Contains(r.notes, "FLOCK_EVENTS_ENCRYPTION_KEY from Secret flock-events (key events-encryption-key)") {
+		t.Errorf("NOTES.txt does not name the events key's Secret:\n%s", r.notes)
 	}
 	if n := len(r.pvcs()); n != 0 {
 		t.Errorf("%d PersistentVolumeClaims without targets.all", n)
 	}
 	// HTTP for every target; MQTT for the ingester's embedded broker.
 	svcs := servicesByName(r)
-	if got, want := sortedKeys(svcs), []string{"flock-api", "flock-delta", "flock-ingester", "flock-ingester-mqtt", "flock-registry-proxy", "flock-scheduler"}; !slices.Equal(got, want) {
+	if got, want := sortedKeys(svcs), []string{"flock-api", "flock-delta", "flock-events-gateway", "flock-ingester", "flock-ingester-mqtt", "flock-registry-proxy", "flock-scheduler"}; !slices.Equal(got, want) {
 		t.Errorf("Services %v, want %v", got, want)
 	}
 	if s, ok := svcs["flock-ingester-mqtt"]; ok {
@@ -106,7 +115,7 @@ func TestDefaultValues(t *testing.T) {
 			t.Errorf("flock-ingester-mqtt ports %+v, want TCP 1883", p)
 		}
 	}
-	for _, name := range []string{"flock-api", "flock-delta", "flock-ingester", "flock-registry-proxy", "flock-scheduler"} {
+	for _, name := range []string{"flock-api", "flock-delta", "flock-events-gateway", "flock-ingester", "flock-registry-proxy", "flock-scheduler"} {
 		if s, ok := svcs[name]; ok && (len(s.Spec.Ports) != 1 || s.Spec.Ports[0].Name != "http") {
 			t.Errorf("%s ports %+v, want http only", name, s.Spec.Ports)
 		}
@@ -185,6 +194,8 @@ func TestAllInOne(t *testing.T) {
 	if e, ok := env(c, "FLOCK_TUNNEL_ENDPOINT"); ok {
 		t.Errorf("all: FLOCK_TUNNEL_ENDPOINT=%q although tunnel.endpoint is empty", e.Value)
 	}
+	// "all" runs the api and the events-gateway.
+	checkEventsKey(t, "all", c, "flock-events")
 	checkServicePort(t, svcs["flock-all-wireguard"], corev1.ServiceTypeLoadBalancer, corev1.ProtocolUDP, 51820)
 	checkServicePort(t, svcs["flock-all-public"], corev1.ServiceTypeLoadBalancer, corev1.ProtocolTCP, 80)
 	if s := svcs["flock-all-mqtt"]; s != nil && s.Spec.Type != corev1.ServiceTypeLoadBalancer {
@@ -330,6 +341,7 @@ func TestEveryTargetAndEveryStore(t *testing.T) {
 		} else {
 			checkDataDir(t, d, "", "")
 		}
+		checkEventsKey(t, target, c, "flock-events")
 	}
 	if strings.Contains(r.notes, "oidc.issuer is empty") {
 		t.Errorf("NOTES.txt warns about an issuer that is set")
@@ -405,6 +417,24 @@ func TestRefusedValues(t *testing.T) {
 		{"tunnel endpoint without a port", nil, remoteSet("tunnel.endpoint=tunnel.example.com"), "/tunnel/endpoint"},
 		{"proxy domain with a wildcard", nil, remoteSet("proxy.domain=*.devices.example.com"), "/proxy/domain"},
 		{"proxy Service port", nil, remoteSet("proxy.service.port=8443"), "port"},
+		// Events for customers: the key sealing endpoints' secrets is
+		// required while the api, events-gateway or all runs outside dev
+		// mode.
+		{"default targets without the events key", nil, []string{"events.encryptionKey.existingSecret="},
+			"targets.api and targets.events-gateway need events.encryptionKey.existingSecret"},
+		{"events key error says how to make one", nil, []string{"events.encryptionKey.existingSecret="}, "openssl rand -base64 32"},
+		{"events-gateway alone without the events key", nil, append(only("events-gateway"), "events.encryptionKey.existingSecret="), "targets.events-gateway need events.encryptionKey.existingSecret"},
+		{"api alone without the events key", nil, append(only("api"), "events.encryptionKey.existingSecret="), "targets.api need events.encryptionKey.existingSecret"},
+		{"all-in-one without the events key", allInOneFiles, []string{"events.encryptionKey.existingSecret="}, "targets.all need events.encryptionKey.existingSecret"},
+		{"dev mode of another target only", nil, []string{"events.encryptionKey.existingSecret=", "targets.ingester.env[0].name=FLOCK_DEV", "targets.ingester.env[0].value=true"},
+			"targets.api and targets.events-gateway need"},
+		{"events key without key name", nil, []string{"events.encryptionKey.key="}, "FLOCK_EVENTS_ENCRYPTION_KEY: the Secret's key must not be empty"},
+		{"events retry schedule not durations", nil, []string{"events.retrySchedule=5s;5m"}, "/events/retrySchedule"},
+		{"events timeout not a duration", nil, []string{"events.timeout=10"}, "/events/timeout"},
+		{"events workers zero", nil, []string{"events.workers=0"}, "/events/workers"},
+		{"events per endpoint not a number", nil, []string{"events.perEndpoint=many"}, "/events/perEndpoint"},
+		{"events allowPrivate not a boolean", nil, []string{"events.allowPrivate=yes"}, "/events/allowPrivate"},
+		{"unknown events value", nil, []string{"events.encryptionKeySecret=x"}, "encryptionKeySecret"},
 		{"local traffic policy on a ClusterIP", nil, remoteSet("tunnel.service.type=ClusterIP", "tunnel.service.externalTrafficPolicy=Local"),
 			"externalTrafficPolicy Local needs type LoadBalancer or NodePort"},
 	} {
@@ -530,7 +560,7 @@ func TestLint(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, files := range [][]string{nil, allInOneFiles} {
-		vals, err := (&values.Options{ValueFiles: files}).MergeValues(getter.Providers{})
+		vals, err := (&values.Options{ValueFiles: append([]string{requiredValues}, files...)}).MergeValues(getter.Providers{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -568,6 +598,9 @@ func TestFlockAPIAcceptsTheEnvironment(t *testing.T) {
 		"remote-http":     mustRender(t, nil, remoteSet()...),
 		"builders": mustRender(t, nil, "targets.builder.enabled=true", "registry.url=https://harbor", "registry.username=robot$flock", "registry.password.existingSecret=h",
 			"s3.endpoint=https://s3"),
+		"events":            mustRender(t, nil, eventsSet...),
+		"events-all-in-one": mustRender(t, allInOneFiles, eventsSet...),
+		"events-dev":        mustRender(t, []string{devValues(t)}, "events.encryptionKey.existingSecret="),
 	}
 	for name, r := range renders {
 		for _, d := range r.deployments() {

@@ -37,6 +37,12 @@ const (
 	allInOne = chartDir + "/values-all-in-one.yaml"
 	// The value an all-in-one install must add: "all" runs the proxy.
 	allInOneDomain = "testdata/all-in-one-domain.yaml"
+	// The values every install must add, whatever else it sets: the Secret
+	// of the events encryption key, which the chart has no default for and
+	// which the api and events-gateway (enabled by default) and all need.
+	// renderChart reads it before any other file; a test clears it with
+	// --set events.encryptionKey.existingSecret=.
+	requiredValues = "testdata/required.yaml"
 	releaseName    = "flock"
 	namespace      = "flock-system"
 	// The Kubernetes version the typed objects come from (k8s.io/api
@@ -98,6 +104,7 @@ func renderChart(t testing.TB, files []string, set ...string) (*rendered, error)
 	if err != nil {
 		t.Fatalf("load chart: %v", err)
 	}
+	files = append([]string{requiredValues}, files...)
 	vals, err := (&values.Options{ValueFiles: files, Values: set}).MergeValues(getter.Providers{})
 	if err != nil {
 		t.Fatalf("values %v %v: %v", files, set, err)

@@ -322,6 +322,70 @@ tunnel replica's own name and address (downward API), the listeners.
 {{- end }}
 {{- end -}}
 
+{{/* Whether a target runs the events-gateway (consumer and outbox), and
+whether it uses the key sealing event endpoints' secrets: the api creates
+endpoints and sends test events, so it needs the key too.
+(dict "root" $ "target" "api") */}}
+{{- define "flock.runsEventsGateway" -}}
+{{- if has .target (list "events-gateway" "all") -}}true{{- end -}}
+{{- end -}}
+{{- define "flock.usesEvents" -}}
+{{- if has .target (list "api" "events-gateway" "all") -}}true{{- end -}}
+{{- end -}}
+
+{{/* Whether a target runs in flock-api's dev mode: FLOCK_DEV set true in
+extraEnv or in the target's own env (the chart has no value of its own for
+it). (dict "root" $ "target" "api") */}}
+{{- define "flock.devMode" -}}
+{{- $cfg := index .root.Values.targets .target | default dict -}}
+{{- range (concat (.root.Values.extraEnv | default list) ($cfg.env | default list)) -}}
+{{- if and (eq (toString .name) "FLOCK_DEV") (has (toString .value) (list "1" "t" "T" "true" "TRUE" "True")) -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The events environment of one target, after flock.env: the key sealing
+endpoints' secrets and the delivery settings (api, events-gateway, all), the
+gateway's own concurrency (events-gateway, all). Empty values stay unset.
+(dict "root" $ "target" "events-gateway") */}}
+{{- define "flock.eventsEnv" -}}
+{{- $e := .root.Values.events -}}
+{{- if include "flock.usesEvents" . }}
+{{- if $e.encryptionKey.existingSecret }}
+{{ include "flock.secretEnv" (dict "name" "FLOCK_EVENTS_ENCRYPTION_KEY" "secret" $e.encryptionKey.existingSecret "key" $e.encryptionKey.key) }}
+{{- end }}
+{{- if $e.allowPrivate }}
+- name: FLOCK_EVENTS_ALLOW_PRIVATE
+  value: "true"
+{{- end }}
+{{- if $e.retrySchedule }}
+- name: FLOCK_EVENTS_RETRY_SCHEDULE
+  value: {{ $e.retrySchedule | quote }}
+{{- end }}
+{{- if $e.disableAfter }}
+- name: FLOCK_EVENTS_DISABLE_AFTER
+  value: {{ $e.disableAfter | quote }}
+{{- end }}
+{{- if $e.retention }}
+- name: FLOCK_EVENTS_RETENTION
+  value: {{ $e.retention | quote }}
+{{- end }}
+{{- if $e.timeout }}
+- name: FLOCK_EVENTS_TIMEOUT
+  value: {{ $e.timeout | quote }}
+{{- end }}
+{{- end }}
+{{- if include "flock.runsEventsGateway" . }}
+{{- if $e.workers }}
+- name: FLOCK_EVENTS_WORKERS
+  value: {{ $e.workers | toString | quote }}
+{{- end }}
+{{- if $e.perEndpoint }}
+- name: FLOCK_EVENTS_PER_ENDPOINT
+  value: {{ $e.perEndpoint | toString | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{- /* The Deployments to render, by instance name: one per enabled target,
 except that a builder with architectures becomes one Deployment per
 architecture (builder-<arch>), pinned to nodes of that architecture and

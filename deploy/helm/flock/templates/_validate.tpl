@@ -38,6 +38,19 @@ dialled over the internal plane with the shared token. */ -}}
 {{- if and $v.targets.tunnel.enabled (not $v.tunnel.endpoint) -}}
 {{- fail "targets.tunnel needs tunnel.endpoint: the host:port of the wireguard Service's load balancer, which the api tells devices to send WireGuard to (FLOCK_TUNNEL_ENDPOINT)" -}}
 {{- end -}}
+{{- /* Events for customers: the api (endpoints, test events), the
+events-gateway and all seal and open endpoints' secrets with one key, which
+flock-api generates only in dev mode. */ -}}
+{{- $needsKey := list -}}
+{{- range $name := list "api" "events-gateway" "all" -}}
+{{- $t := index $v.targets $name -}}
+{{- if and $t $t.enabled (not (include "flock.devMode" (dict "root" $ "target" $name))) -}}
+{{- $needsKey = append $needsKey (printf "targets.%s" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $needsKey (not $v.events.encryptionKey.existingSecret) -}}
+{{- fail (printf "%s need events.encryptionKey.existingSecret (and key): the key sealing event endpoints' signing secrets and Kafka passwords at rest (FLOCK_EVENTS_ENCRYPTION_KEY, 32 bytes base64); outside dev mode flock-api refuses to start the events-gateway without it and the api answers event-endpoint operations 503. Create it with kubectl create secret generic flock-events --from-literal=events-encryption-key=\"$(openssl rand -base64 32)\" and set events.encryptionKey.existingSecret=flock-events" (join " and " $needsKey)) -}}
+{{- end -}}
 {{- if and (or $v.targets.proxy.enabled $v.targets.all.enabled) (not $v.proxy.domain) -}}
 {{- fail (printf "%s needs proxy.domain: devices' public URLs are <device uuid>.<proxy.domain> (FLOCK_DEVICE_URL_DOMAIN), and flock-api refuses to run the proxy without it; point a wildcard DNS record *.<proxy.domain> at the proxy's public Service" (ternary "targets.proxy" "targets.all (which runs the proxy)" $v.targets.proxy.enabled)) -}}
 {{- end -}}
