@@ -302,6 +302,7 @@ func TestEventEndpointRefusals(t *testing.T) {
 		{"unknown type", map[string]any{"name": "x", "kind": "webhook", "url": "https://example.com/hook", "types": []string{"io.flock.nope"}}, "/types"},
 		{"webhook without url", map[string]any{"name": "x", "kind": "webhook"}, "/url"},
 		{"kafka without brokers", map[string]any{"name": "x", "kind": "kafka", "kafka": map[string]any{"brokers": []string{}, "topic": "t"}}, ""},
+		{"kafka broker on loopback", map[string]any{"name": "x", "kind": "kafka", "kafka": map[string]any{"brokers": []string{"127.0.0.1:9092"}, "topic": "t"}}, "/kafka/brokers"},
 		{"kafka bad mechanism user", map[string]any{"name": "x", "kind": "kafka", "kafka": map[string]any{"brokers": []string{"k:9092"}, "topic": "t", "sasl_mechanism": "PLAIN"}}, "/kafka"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -225,8 +225,7 @@ var fixtures = map[string]fixture{
 		return "GET", "/v1/orgs/" + w.org + "/event-endpoints", nil
 	}},
 	"event-endpoint:create": {req: func(w *world) (string, string, any) {
-		return "POST", "/v1/orgs/" + w.org + "/event-endpoints", map[string]any{"name": "k", "kind": "kafka",
-			"kafka": map[string]any{"brokers": []string{"kafka.example.com:9092"}, "topic": "flock"}}
+		return "POST", "/v1/orgs/" + w.org + "/event-endpoints", map[string]any{"name": "k", "kind": "webhook", "url": hookURL()}
 	}},
 	"event-endpoint:get": {req: func(w *world) (string, string, any) { return "GET", "/v1/event-endpoints/" + w.endpoint(), nil }},
 	"event-endpoint:update": {req: func(w *world) (string, string, any) {

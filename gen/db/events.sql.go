@@ -119,26 +119,32 @@ func (q *Queries) AttemptList(ctx context.Context, arg AttemptListParams) ([]Att
 }
 
 const deliveriesClaim = `-- name: DeliveriesClaim :many
-WITH busy AS (
-  SELECT endpoint_id, count(*) AS n FROM event_deliveries
-  WHERE status = 'pending' AND lease_until > now()
-  GROUP BY endpoint_id
+WITH due AS (
+  SELECT d.id, d.endpoint_id, d.order_key, d.event_seq, d.next_attempt_at
+  FROM event_deliveries d
+  WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+    AND (d.lease_until IS NULL OR d.lease_until <= now())
+  ORDER BY d.next_attempt_at, d.event_seq
+  LIMIT $3::int
+), busy AS (
+  SELECT b.endpoint_id, count(*) AS n FROM event_deliveries b
+  WHERE b.status = 'pending' AND b.leased_by IS NOT NULL AND b.lease_until > now()
+    AND b.endpoint_id IN (SELECT endpoint_id FROM due)
+  GROUP BY b.endpoint_id
 ), cand AS (
   SELECT x.id FROM (
-    SELECT d.id, d.endpoint_id, d.next_attempt_at, d.event_seq,
+    SELECT d.id, d.endpoint_id, d.next_attempt_at, d.event_seq, e.failing_since IS NOT NULL AS failing,
            row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.event_seq) AS rn
-    FROM event_deliveries d
+    FROM due d
     JOIN event_endpoints e ON e.id = d.endpoint_id AND e.enabled
-    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-      AND (d.lease_until IS NULL OR d.lease_until <= now())
-      AND (d.order_key = '' OR NOT EXISTS (
+    WHERE d.order_key = '' OR NOT EXISTS (
         SELECT 1 FROM event_deliveries p
         WHERE p.endpoint_id = d.endpoint_id AND p.order_key = d.order_key
-          AND p.status = 'pending' AND p.event_seq < d.event_seq))
+          AND p.status = 'pending' AND p.event_seq < d.event_seq)
   ) x LEFT JOIN busy b ON b.endpoint_id = x.endpoint_id
-  WHERE x.rn + coalesce(b.n, 0) <= $3::bigint
+  WHERE x.rn + coalesce(b.n, 0) <= CASE WHEN x.failing THEN 1 ELSE $4::bigint END
   ORDER BY x.next_attempt_at, x.event_seq
-  LIMIT $4
+  LIMIT $5
 ), locked AS (
   SELECT d.id FROM event_deliveries d JOIN cand ON cand.id = d.id
   WHERE d.status = 'pending' AND (d.lease_until IS NULL OR d.lease_until <= now())
@@ -153,19 +159,25 @@ RETURNING d.id, d.endpoint_id, d.event_seq, d.order_key, d.status, d.attempts, d
 type DeliveriesClaimParams struct {
 	LeaseSeconds float64
 	Holder       string
+	Scan         int32
 	PerEndpoint  int64
 	MaxRows      int32
 }
 
 // Leases due deliveries to holder: at most per_endpoint in flight per
-// endpoint (counting those already leased), so one slow endpoint cannot
-// take every worker, and never a delivery while an earlier one of the same
-// endpoint and order key is still pending. The locking step re-checks the
-// lease, so two replicas never lease one delivery.
+// endpoint (counting those already leased), and one for an endpoint whose
+// last attempt failed (a circuit breaker: a dead endpoint holds one
+// worker, probing, not per_endpoint of them), so slow or dead endpoints
+// cannot take the workers the others need, and never a delivery while an earlier one of the same
+// endpoint and order key is still pending. Only the scan oldest due rows
+// are considered (the due index), so a claim costs the same however long
+// the backlog is. The locking step re-checks the lease, so two replicas
+// never lease one delivery.
 func (q *Queries) DeliveriesClaim(ctx context.Context, arg DeliveriesClaimParams) ([]EventDelivery, error) {
 	rows, err := q.db.Query(ctx, deliveriesClaim,
 		arg.LeaseSeconds,
 		arg.Holder,
+		arg.Scan,
 		arg.PerEndpoint,
 		arg.MaxRows,
 	)
@@ -306,6 +318,48 @@ func (q *Queries) DeliveryReplay(ctx context.Context, arg DeliveryReplayParams) 
 		return 0, err
 	}
 	return result.RowsAffected(), nil
+}
+
+const deliverySucceeded = `-- name: DeliverySucceeded :one
+WITH done AS (
+  UPDATE event_deliveries ed
+  SET status = 'succeeded', attempts = ed.attempts + 1, lease_until = NULL, leased_by = NULL,
+      last_status = $1::int, last_error = ''
+  WHERE ed.id = $2::uuid AND ed.leased_by = $3::text
+  RETURNING ed.id, ed.endpoint_id
+), logged AS (
+  INSERT INTO event_delivery_attempts (id, delivery_id, endpoint_id, status_code, duration_ms, response, error, succeeded)
+  SELECT $4::uuid, done.id, done.endpoint_id, $1::int, $5::int, $6::text, '', true FROM done
+), cleared AS (
+  UPDATE event_endpoints ee SET failing_since = NULL
+  WHERE ee.id IN (SELECT endpoint_id FROM done) AND ee.failing_since IS NOT NULL
+)
+SELECT count(*) FROM done
+`
+
+type DeliverySucceededParams struct {
+	StatusCode *int32
+	ID         uuid.UUID
+	Holder     string
+	AttemptID  uuid.UUID
+	DurationMs int32
+	Response   string
+}
+
+// A successful attempt in one statement: the delivery done, the attempt
+// logged, the endpoint's failure record cleared.
+func (q *Queries) DeliverySucceeded(ctx context.Context, arg DeliverySucceededParams) (int64, error) {
+	row := q.db.QueryRow(ctx, deliverySucceeded,
+		arg.StatusCode,
+		arg.ID,
+		arg.Holder,
+		arg.AttemptID,
+		arg.DurationMs,
+		arg.Response,
+	)
+	var count int64
+	err := row.Scan(&count)
+	return count, err
 }
 
 const endpointDisable = `-- name: EndpointDisable :execrows

@@ -112,10 +112,14 @@ type Querier interface {
 	// The server's version and the newest applied migration, for /v1/version.
 	DatabaseVersion(ctx context.Context) (DatabaseVersionRow, error)
 	// Leases due deliveries to holder: at most per_endpoint in flight per
-	// endpoint (counting those already leased), so one slow endpoint cannot
-	// take every worker, and never a delivery while an earlier one of the same
-	// endpoint and order key is still pending. The locking step re-checks the
-	// lease, so two replicas never lease one delivery.
+	// endpoint (counting those already leased), and one for an endpoint whose
+	// last attempt failed (a circuit breaker: a dead endpoint holds one
+	// worker, probing, not per_endpoint of them), so slow or dead endpoints
+	// cannot take the workers the others need, and never a delivery while an earlier one of the same
+	// endpoint and order key is still pending. Only the scan oldest due rows
+	// are considered (the due index), so a claim costs the same however long
+	// the backlog is. The locking step re-checks the lease, so two replicas
+	// never lease one delivery.
 	DeliveriesClaim(ctx context.Context, arg DeliveriesClaimParams) ([]EventDelivery, error)
 	// When the next pending delivery comes due (null when none), so the
 	// dispatcher sleeps no longer than that.
@@ -126,6 +130,9 @@ type Querier interface {
 	// A delivery made and attempted at once (event-endpoint:test).
 	DeliveryInsertLeased(ctx context.Context, arg DeliveryInsertLeasedParams) (EventDelivery, error)
 	DeliveryReplay(ctx context.Context, arg DeliveryReplayParams) (int64, error)
+	// A successful attempt in one statement: the delivery done, the attempt
+	// logged, the endpoint's failure record cleared.
+	DeliverySucceeded(ctx context.Context, arg DeliverySucceededParams) (int64, error)
 	// Takes a delta to compute: pending, or computing under a lease that ran
 	// out. Nothing when it is done or another worker holds it.
 	DeltaClaim(ctx context.Context, arg DeltaClaimParams) (ImageDelta, error)

@@ -137,6 +137,18 @@ func fleetOf(ctx context.Context, q *db.Queries, org uuid.UUID, id *uuid.UUID) (
 	return uuid.NullUUID{UUID: f.ID, Valid: true}, nil
 }
 
+// checkBrokers applies the webhook URL rules to a Kafka endpoint's
+// brokers (public addresses only unless allowed); each connection is
+// checked again when it is made.
+func (h *EventEndpoints) checkBrokers(ctx context.Context, brokers []string) error {
+	for _, b := range brokers {
+		if err := h.Policy.CheckURL(ctx, "https://"+b); err != nil {
+			return problem.Invalid("body", "/kafka/brokers", fmt.Sprintf("broker %s: %v", b, err))
+		}
+	}
+	return nil
+}
+
 // kafkaSettings checks a Kafka sink's settings; the password comes back
 // apart, to be sealed.
 func kafkaSettings(k *api.KafkaSink) (eventdelivery.KafkaSettings, string, error) {
@@ -201,6 +213,9 @@ func (h *EventEndpoints) EventEndpointCreate(ctx context.Context, req api.EventE
 		}
 		ks, pw, err := kafkaSettings(b.Kafka)
 		if err != nil {
+			return nil, err
+		}
+		if err := h.checkBrokers(ctx, ks.Brokers); err != nil {
 			return nil, err
 		}
 		p.Kafka, _ = json.Marshal(ks)
@@ -291,6 +306,9 @@ func (h *EventEndpoints) EventEndpointUpdate(ctx context.Context, req api.EventE
 		}
 		ks, pw, err := kafkaSettings(b.Kafka)
 		if err != nil {
+			return nil, err
+		}
+		if err := h.checkBrokers(ctx, ks.Brokers); err != nil {
 			return nil, err
 		}
 		p.Kafka, _ = json.Marshal(ks)

@@ -27,7 +27,7 @@ func (a *App) eventsDeliverer(ctx context.Context) (*eventdelivery.Deliverer, er
 	s := &a.events
 	s.once.Do(func() {
 		s.box, s.err = eventdelivery.LoadKey(ctx, a.pool, a.cfg.EventsEncryptionKey, a.cfg.Dev)
-		s.deliverer = &eventdelivery.Deliverer{Box: s.box, Webhooks: webhook.NewSender(a.webhookPolicy())}
+		s.deliverer = &eventdelivery.Deliverer{Box: s.box, Webhooks: webhook.NewSender(a.webhookPolicy()), Policy: a.webhookPolicy()}
 	})
 	return s.deliverer, s.err
 }

@@ -125,6 +125,9 @@ type Result struct {
 type Deliverer struct {
 	Box      *secretbox.Box
 	Webhooks *webhook.Sender
+	// Policy guards connections to customers' Kafka brokers as the
+	// webhook sender's are (SSRF).
+	Policy webhook.Policy
 	// KafkaTLSInsecure skips verifying customers' brokers' certificates
 	// (tests only).
 	KafkaTLSInsecure bool
@@ -214,6 +217,7 @@ func (d *Deliverer) sink(ctx context.Context, ep db.EventEndpoint) (*kafkasink.S
 	}
 	cfg := ks.Config(pw)
 	cfg.TLSInsecureSkipVerify = d.KafkaTLSInsecure
+	cfg.Dial = d.Policy.DialContext
 	s, err := kafkasink.Open(ctx, cfg)
 	if err != nil {
 		return nil, err

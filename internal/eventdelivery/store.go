@@ -45,18 +45,21 @@ func RecordAttempt(ctx context.Context, q *db.Queries, d db.EventDelivery, res R
 			msg = msg[:1000]
 		}
 	}
-	resp := res.Response
-	if len(resp) > 1024 {
-		resp = resp[:1024]
-	}
 	id, _ := uuid.NewV7()
-	// The log is text: strings.ToValidUTF8 keeps a body cut mid-rune (or
-	// binary) storable.
 	err := q.AttemptInsert(ctx, db.AttemptInsertParams{ID: id, DeliveryID: d.ID, EndpointID: d.EndpointID, StatusCode: code,
-		DurationMs: int32(res.Duration.Milliseconds()), Response: strings.ToValidUTF8(strings.ReplaceAll(string(resp), "\x00", ""), "\uFFFD"),
-		Error: msg, Succeeded: res.Err == nil})
+		DurationMs: int32(res.Duration.Milliseconds()), Response: LogText(res.Response), Error: msg, Succeeded: res.Err == nil})
 	if err != nil {
 		return id, fmt.Errorf("record attempt of delivery %s: %w", d.ID, err)
 	}
 	return id, nil
+}
+
+// LogText is the first KB of a response as the delivery log keeps it:
+// text, so a body cut mid-rune (or binary, or with NULs PostgreSQL text
+// refuses) is made valid.
+func LogText(b []byte) string {
+	if len(b) > 1024 {
+		b = b[:1024]
+	}
+	return strings.ToValidUTF8(strings.ReplaceAll(string(b), "\x00", ""), "\uFFFD")
 }

@@ -1,6 +1,7 @@
 package kafkasink
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -39,6 +40,11 @@ type Config struct {
 	CACertPEM string
 	// DialTimeout bounds one TCP (and TLS) connect; 0 means 10s.
 	DialTimeout time.Duration
+	// Dial, when set, opens every TCP connection to a broker (the seeds
+	// and the addresses the cluster advertises): the platform passes its
+	// SSRF guard here, so a customer's broker list cannot reach internal
+	// addresses. TLS is layered on its connections.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 
 	// deliveryTimeout overrides defaultDeliveryTimeout so tests of a dead
 	// cluster do not wait 15s; not part of the API because callers have

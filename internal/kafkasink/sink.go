@@ -16,9 +16,11 @@ package kafkasink
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"sync/atomic"
 	"time"
 
@@ -134,11 +136,33 @@ func (c Config) connOpts() ([]kgo.Opt, error) {
 	if c.DialTimeout > 0 {
 		opts = append(opts, kgo.DialTimeout(c.DialTimeout))
 	}
+	var tc *tls.Config
 	if c.TLS {
-		tc, err := c.tlsConfig()
-		if err != nil {
+		var err error
+		if tc, err = c.tlsConfig(); err != nil {
 			return nil, fmt.Errorf("%w: tls: %w", ErrInvalidConfig, err)
 		}
+	}
+	switch {
+	case c.Dial != nil:
+		dial := c.Dial
+		opts = append(opts, kgo.Dialer(func(ctx context.Context, network, host string) (net.Conn, error) {
+			conn, err := dial(ctx, network, host)
+			if err != nil || tc == nil {
+				return conn, err
+			}
+			cfg := tc.Clone()
+			if cfg.ServerName == "" {
+				cfg.ServerName, _, _ = net.SplitHostPort(host)
+			}
+			tconn := tls.Client(conn, cfg)
+			if err := tconn.HandshakeContext(ctx); err != nil {
+				conn.Close()
+				return nil, err
+			}
+			return tconn, nil
+		}))
+	case tc != nil:
 		opts = append(opts, kgo.DialTLSConfig(tc))
 	}
 	switch c.SASL.Mechanism {

@@ -240,6 +240,22 @@ func (g *guard) control(network, address string, _ syscall.RawConn) error {
 	return nil
 }
 
+func (p Policy) guard() *guard {
+	g := &guard{policy: p, dialer: &net.Dialer{Timeout: p.Timeout, KeepAlive: 30 * time.Second}}
+	if !p.AllowPrivate {
+		g.dialer.Control = g.control
+	}
+	return g
+}
+
+// DialContext is the guarded dial of the Sender, for other connections to
+// customers' systems (their Kafka brokers, including the addresses those
+// brokers advertise): the name is resolved once, every address checked,
+// and the checked addresses dialled.
+func (p Policy) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	return p.withDefaults().guard().dialContext(ctx, network, address)
+}
+
 // Sender delivers messages over one shared HTTP client whose connections all
 // pass the address guard. It is safe for concurrent use.
 type Sender struct {
@@ -250,10 +266,7 @@ type Sender struct {
 // NewSender returns a Sender for p, with defaults filled in.
 func NewSender(p Policy) *Sender {
 	p = p.withDefaults()
-	g := &guard{policy: p, dialer: &net.Dialer{Timeout: p.Timeout, KeepAlive: 30 * time.Second}}
-	if !p.AllowPrivate {
-		g.dialer.Control = g.control
-	}
+	g := p.guard()
 	tr := &http.Transport{
 		// An environment proxy would make the connection, and so the
 		// address check, happen somewhere we do not control.
