@@ -271,11 +271,13 @@ func TestWebhooks(t *testing.T) {
 	rcv.mu.Lock()
 	rcv.fail = func(delivered) bool { return true }
 	rcv.mu.Unlock()
+	stateSeq := 100
 	testutil.Eventually(t, "the failing endpoint disabled", func() error {
-		reportStates(t, srv, dev, 100, 100) // keeps it failing
+		stateSeq++
+		reportStates(t, srv, dev, stateSeq, stateSeq) // a new event keeps it failing
 		e := must(t, srv, 200, "GET", "/v1/event-endpoints/"+id, w.developer, nil)
 		if e["enabled"] != false || e["disabled_reason"] == nil {
-			return fmt.Errorf("endpoint %v", e)
+			return fmt.Errorf("endpoint %v; the last attempts %v", e, must(t, srv, 200, "GET", "/v1/event-endpoints/"+id+"/attempts?limit=3", w.developer, nil)["items"])
 		}
 		return nil
 	})

@@ -8,8 +8,12 @@ RETURNING seq;
 -- name: EventFanOut :execrows
 -- One delivery for every enabled endpoint of the organisation that takes
 -- the event's type and fleet.
-INSERT INTO event_deliveries (id, endpoint_id, event_seq, order_key)
-SELECT gen_random_uuid(), e.id, @seq, @order_key
+INSERT INTO event_deliveries (id, endpoint_id, event_seq, order_key, next_attempt_at)
+SELECT gen_random_uuid(), e.id, @seq, @order_key,
+  -- not due before the delivery ahead of it in its order key (one in
+  -- backoff), so the claim's index range holds only deliveries it can send
+  greatest(now(), (SELECT max(p.next_attempt_at) FROM event_deliveries p
+                   WHERE p.endpoint_id = e.id AND p.order_key = @order_key::text AND @order_key::text <> '' AND p.status = 'pending'))
 FROM event_endpoints e
 WHERE e.org_id = @org_id AND e.enabled
   AND (cardinality(e.types) = 0 OR @type::text = ANY (e.types))
@@ -17,37 +21,44 @@ WHERE e.org_id = @org_id AND e.enabled
 ON CONFLICT (endpoint_id, event_seq) DO NOTHING;
 
 -- name: DeliveriesClaim :many
--- Leases due deliveries to holder: at most per_endpoint in flight per
--- endpoint (counting those already leased), and one for an endpoint whose
--- last attempt failed (a circuit breaker: a dead endpoint holds one
--- worker, probing, not per_endpoint of them), so slow or dead endpoints
--- cannot take the workers the others need, and never a delivery while an earlier one of the same
--- endpoint and order key is still pending. Only the scan oldest due rows
--- are considered (the due index), so a claim costs the same however long
--- the backlog is. The locking step re-checks the lease, so two replicas
--- never lease one delivery.
-WITH due AS (
-  SELECT d.id, d.endpoint_id, d.order_key, d.event_seq, d.next_attempt_at
-  FROM event_deliveries d
-  WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-    AND (d.lease_until IS NULL OR d.lease_until <= now())
-  ORDER BY d.next_attempt_at, d.event_seq
-  LIMIT @scan::int
+-- Leases due deliveries to holder, fairly across endpoints: each endpoint
+-- with due deliveries offers only its oldest few (an index probe each),
+-- and may have at most per_endpoint in flight (counting those already
+-- leased), or one while its last attempt failed (a circuit breaker: a dead
+-- endpoint keeps one worker probing and its backlog never crowds out the
+-- others'). A delivery waits while an earlier one of the same endpoint and
+-- order key is still pending. The locking step re-checks the lease, so two
+-- replicas never lease one delivery.
+WITH eps AS (
+  SELECT e.id, e.failing_since IS NOT NULL AS failing FROM event_endpoints e
+  WHERE e.enabled AND EXISTS (
+    SELECT 1 FROM event_deliveries x
+    WHERE x.endpoint_id = e.id AND x.status = 'pending' AND x.next_attempt_at <= now())
 ), busy AS (
   SELECT b.endpoint_id, count(*) AS n FROM event_deliveries b
   WHERE b.status = 'pending' AND b.leased_by IS NOT NULL AND b.lease_until > now()
-    AND b.endpoint_id IN (SELECT endpoint_id FROM due)
+    AND b.endpoint_id IN (SELECT id FROM eps)
   GROUP BY b.endpoint_id
+), due AS (
+  SELECT d.id, d.endpoint_id, d.order_key, d.event_seq, d.next_attempt_at, eps.failing
+  FROM eps CROSS JOIN LATERAL (
+    SELECT dd.id, dd.endpoint_id, dd.order_key, dd.event_seq, dd.next_attempt_at FROM event_deliveries dd
+    WHERE dd.endpoint_id = eps.id AND dd.status = 'pending' AND dd.next_attempt_at <= now()
+      AND (dd.lease_until IS NULL OR dd.lease_until <= now())
+      -- only the head of its order key: a row waiting behind an earlier
+      -- one must never fill the window the head needs
+      AND (dd.order_key = '' OR NOT EXISTS (
+        SELECT 1 FROM event_deliveries p
+        WHERE p.endpoint_id = dd.endpoint_id AND p.order_key = dd.order_key
+          AND p.status = 'pending' AND p.event_seq < dd.event_seq))
+    ORDER BY dd.next_attempt_at, dd.event_seq
+    LIMIT @scan_per_endpoint::int
+  ) d
 ), cand AS (
   SELECT x.id FROM (
-    SELECT d.id, d.endpoint_id, d.next_attempt_at, d.event_seq, e.failing_since IS NOT NULL AS failing,
+    SELECT d.id, d.endpoint_id, d.next_attempt_at, d.event_seq, d.failing,
            row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.event_seq) AS rn
     FROM due d
-    JOIN event_endpoints e ON e.id = d.endpoint_id AND e.enabled
-    WHERE d.order_key = '' OR NOT EXISTS (
-        SELECT 1 FROM event_deliveries p
-        WHERE p.endpoint_id = d.endpoint_id AND p.order_key = d.order_key
-          AND p.status = 'pending' AND p.event_seq < d.event_seq)
   ) x LEFT JOIN busy b ON b.endpoint_id = x.endpoint_id
   WHERE x.rn + coalesce(b.n, 0) <= CASE WHEN x.failing THEN 1 ELSE @per_endpoint::bigint END
   ORDER BY x.next_attempt_at, x.event_seq
@@ -77,6 +88,11 @@ WITH done AS (
 ), cleared AS (
   UPDATE event_endpoints ee SET failing_since = NULL
   WHERE ee.id IN (SELECT endpoint_id FROM done) AND ee.failing_since IS NOT NULL
+), ahead AS (
+  -- the deliveries behind it that its backoff held back are due now
+  UPDATE event_deliveries nx SET next_attempt_at = now()
+  WHERE nx.endpoint_id IN (SELECT endpoint_id FROM done) AND nx.order_key = @order_key::text AND @order_key::text <> ''
+    AND nx.status = 'pending' AND nx.attempts = 0 AND nx.next_attempt_at > now() AND nx.event_seq > @event_seq::bigint
 )
 SELECT count(*) FROM done;
 
@@ -204,3 +220,16 @@ RETURNING *;
 SELECT coalesce(min(d.next_attempt_at), now() + interval '1 hour')::timestamptz AS due FROM event_deliveries d
 JOIN event_endpoints e ON e.id = d.endpoint_id AND e.enabled
 WHERE d.status = 'pending' AND d.lease_until IS NULL;
+
+-- name: DeliveriesBehind :exec
+-- A delivery going into backoff takes the ones behind it in its order key
+-- along, so they do not come due before it.
+UPDATE event_deliveries SET next_attempt_at = greatest(next_attempt_at, @next_attempt_at)
+WHERE endpoint_id = @endpoint_id AND order_key = @order_key AND @order_key::text <> '' AND status = 'pending' AND event_seq > @event_seq;
+
+-- name: DeliveriesAhead :exec
+-- After a success, the deliveries behind it that were never attempted are
+-- due at once.
+UPDATE event_deliveries SET next_attempt_at = now()
+WHERE endpoint_id = @endpoint_id AND order_key = @order_key AND @order_key::text <> '' AND status = 'pending'
+  AND attempts = 0 AND next_attempt_at > now() AND event_seq > @event_seq;

@@ -118,29 +118,80 @@ func (q *Queries) AttemptList(ctx context.Context, arg AttemptListParams) ([]Att
 	return items, nil
 }
 
+const deliveriesAhead = `-- name: DeliveriesAhead :exec
+UPDATE event_deliveries SET next_attempt_at = now()
+WHERE endpoint_id = $1 AND order_key = $2 AND $2::text <> '' AND status = 'pending'
+  AND attempts = 0 AND next_attempt_at > now() AND event_seq > $3
+`
+
+type DeliveriesAheadParams struct {
+	EndpointID uuid.UUID
+	OrderKey   string
+	EventSeq   int64
+}
+
+// After a success, the deliveries behind it that were never attempted are
+// due at once.
+func (q *Queries) DeliveriesAhead(ctx context.Context, arg DeliveriesAheadParams) error {
+	_, err := q.db.Exec(ctx, deliveriesAhead, arg.EndpointID, arg.OrderKey, arg.EventSeq)
+	return err
+}
+
+const deliveriesBehind = `-- name: DeliveriesBehind :exec
+UPDATE event_deliveries SET next_attempt_at = greatest(next_attempt_at, $1)
+WHERE endpoint_id = $2 AND order_key = $3 AND $3::text <> '' AND status = 'pending' AND event_seq > $4
+`
+
+type DeliveriesBehindParams struct {
+	NextAttemptAt time.Time
+	EndpointID    uuid.UUID
+	OrderKey      string
+	EventSeq      int64
+}
+
+// A delivery going into backoff takes the ones behind it in its order key
+// along, so they do not come due before it.
+func (q *Queries) DeliveriesBehind(ctx context.Context, arg DeliveriesBehindParams) error {
+	_, err := q.db.Exec(ctx, deliveriesBehind,
+		arg.NextAttemptAt,
+		arg.EndpointID,
+		arg.OrderKey,
+		arg.EventSeq,
+	)
+	return err
+}
+
 const deliveriesClaim = `-- name: DeliveriesClaim :many
-WITH due AS (
-  SELECT d.id, d.endpoint_id, d.order_key, d.event_seq, d.next_attempt_at
-  FROM event_deliveries d
-  WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-    AND (d.lease_until IS NULL OR d.lease_until <= now())
-  ORDER BY d.next_attempt_at, d.event_seq
-  LIMIT $3::int
+WITH eps AS (
+  SELECT e.id, e.failing_since IS NOT NULL AS failing FROM event_endpoints e
+  WHERE e.enabled AND EXISTS (
+    SELECT 1 FROM event_deliveries x
+    WHERE x.endpoint_id = e.id AND x.status = 'pending' AND x.next_attempt_at <= now())
 ), busy AS (
   SELECT b.endpoint_id, count(*) AS n FROM event_deliveries b
   WHERE b.status = 'pending' AND b.leased_by IS NOT NULL AND b.lease_until > now()
-    AND b.endpoint_id IN (SELECT endpoint_id FROM due)
+    AND b.endpoint_id IN (SELECT id FROM eps)
   GROUP BY b.endpoint_id
+), due AS (
+  SELECT d.id, d.endpoint_id, d.order_key, d.event_seq, d.next_attempt_at, eps.failing
+  FROM eps CROSS JOIN LATERAL (
+    SELECT dd.id, dd.endpoint_id, dd.order_key, dd.event_seq, dd.next_attempt_at FROM event_deliveries dd
+    WHERE dd.endpoint_id = eps.id AND dd.status = 'pending' AND dd.next_attempt_at <= now()
+      AND (dd.lease_until IS NULL OR dd.lease_until <= now())
+      -- only the head of its order key: a row waiting behind an earlier
+      -- one must never fill the window the head needs
+      AND (dd.order_key = '' OR NOT EXISTS (
+        SELECT 1 FROM event_deliveries p
+        WHERE p.endpoint_id = dd.endpoint_id AND p.order_key = dd.order_key
+          AND p.status = 'pending' AND p.event_seq < dd.event_seq))
+    ORDER BY dd.next_attempt_at, dd.event_seq
+    LIMIT $3::int
+  ) d
 ), cand AS (
   SELECT x.id FROM (
-    SELECT d.id, d.endpoint_id, d.next_attempt_at, d.event_seq, e.failing_since IS NOT NULL AS failing,
+    SELECT d.id, d.endpoint_id, d.next_attempt_at, d.event_seq, d.failing,
            row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.event_seq) AS rn
     FROM due d
-    JOIN event_endpoints e ON e.id = d.endpoint_id AND e.enabled
-    WHERE d.order_key = '' OR NOT EXISTS (
-        SELECT 1 FROM event_deliveries p
-        WHERE p.endpoint_id = d.endpoint_id AND p.order_key = d.order_key
-          AND p.status = 'pending' AND p.event_seq < d.event_seq)
   ) x LEFT JOIN busy b ON b.endpoint_id = x.endpoint_id
   WHERE x.rn + coalesce(b.n, 0) <= CASE WHEN x.failing THEN 1 ELSE $4::bigint END
   ORDER BY x.next_attempt_at, x.event_seq
@@ -157,27 +208,26 @@ RETURNING d.id, d.endpoint_id, d.event_seq, d.order_key, d.status, d.attempts, d
 `
 
 type DeliveriesClaimParams struct {
-	LeaseSeconds float64
-	Holder       string
-	Scan         int32
-	PerEndpoint  int64
-	MaxRows      int32
+	LeaseSeconds    float64
+	Holder          string
+	ScanPerEndpoint int32
+	PerEndpoint     int64
+	MaxRows         int32
 }
 
-// Leases due deliveries to holder: at most per_endpoint in flight per
-// endpoint (counting those already leased), and one for an endpoint whose
-// last attempt failed (a circuit breaker: a dead endpoint holds one
-// worker, probing, not per_endpoint of them), so slow or dead endpoints
-// cannot take the workers the others need, and never a delivery while an earlier one of the same
-// endpoint and order key is still pending. Only the scan oldest due rows
-// are considered (the due index), so a claim costs the same however long
-// the backlog is. The locking step re-checks the lease, so two replicas
-// never lease one delivery.
+// Leases due deliveries to holder, fairly across endpoints: each endpoint
+// with due deliveries offers only its oldest few (an index probe each),
+// and may have at most per_endpoint in flight (counting those already
+// leased), or one while its last attempt failed (a circuit breaker: a dead
+// endpoint keeps one worker probing and its backlog never crowds out the
+// others'). A delivery waits while an earlier one of the same endpoint and
+// order key is still pending. The locking step re-checks the lease, so two
+// replicas never lease one delivery.
 func (q *Queries) DeliveriesClaim(ctx context.Context, arg DeliveriesClaimParams) ([]EventDelivery, error) {
 	rows, err := q.db.Query(ctx, deliveriesClaim,
 		arg.LeaseSeconds,
 		arg.Holder,
-		arg.Scan,
+		arg.ScanPerEndpoint,
 		arg.PerEndpoint,
 		arg.MaxRows,
 	)
@@ -333,6 +383,11 @@ WITH done AS (
 ), cleared AS (
   UPDATE event_endpoints ee SET failing_since = NULL
   WHERE ee.id IN (SELECT endpoint_id FROM done) AND ee.failing_since IS NOT NULL
+), ahead AS (
+  -- the deliveries behind it that its backoff held back are due now
+  UPDATE event_deliveries nx SET next_attempt_at = now()
+  WHERE nx.endpoint_id IN (SELECT endpoint_id FROM done) AND nx.order_key = $7::text AND $7::text <> ''
+    AND nx.status = 'pending' AND nx.attempts = 0 AND nx.next_attempt_at > now() AND nx.event_seq > $8::bigint
 )
 SELECT count(*) FROM done
 `
@@ -344,6 +399,8 @@ type DeliverySucceededParams struct {
 	AttemptID  uuid.UUID
 	DurationMs int32
 	Response   string
+	OrderKey   string
+	EventSeq   int64
 }
 
 // A successful attempt in one statement: the delivery done, the attempt
@@ -356,6 +413,8 @@ func (q *Queries) DeliverySucceeded(ctx context.Context, arg DeliverySucceededPa
 		arg.AttemptID,
 		arg.DurationMs,
 		arg.Response,
+		arg.OrderKey,
+		arg.EventSeq,
 	)
 	var count int64
 	err := row.Scan(&count)
@@ -783,8 +842,12 @@ func (q *Queries) EventEndpointsByID(ctx context.Context, ids []uuid.UUID) ([]Ev
 }
 
 const eventFanOut = `-- name: EventFanOut :execrows
-INSERT INTO event_deliveries (id, endpoint_id, event_seq, order_key)
-SELECT gen_random_uuid(), e.id, $1, $2
+INSERT INTO event_deliveries (id, endpoint_id, event_seq, order_key, next_attempt_at)
+SELECT gen_random_uuid(), e.id, $1, $2,
+  -- not due before the delivery ahead of it in its order key (one in
+  -- backoff), so the claim's index range holds only deliveries it can send
+  greatest(now(), (SELECT max(p.next_attempt_at) FROM event_deliveries p
+                   WHERE p.endpoint_id = e.id AND p.order_key = $2::text AND $2::text <> '' AND p.status = 'pending'))
 FROM event_endpoints e
 WHERE e.org_id = $3 AND e.enabled
   AND (cardinality(e.types) = 0 OR $4::text = ANY (e.types))

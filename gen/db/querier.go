@@ -111,15 +111,20 @@ type Querier interface {
 	ConnectivityList(ctx context.Context, arg ConnectivityListParams) ([]ConnectivityEvent, error)
 	// The server's version and the newest applied migration, for /v1/version.
 	DatabaseVersion(ctx context.Context) (DatabaseVersionRow, error)
-	// Leases due deliveries to holder: at most per_endpoint in flight per
-	// endpoint (counting those already leased), and one for an endpoint whose
-	// last attempt failed (a circuit breaker: a dead endpoint holds one
-	// worker, probing, not per_endpoint of them), so slow or dead endpoints
-	// cannot take the workers the others need, and never a delivery while an earlier one of the same
-	// endpoint and order key is still pending. Only the scan oldest due rows
-	// are considered (the due index), so a claim costs the same however long
-	// the backlog is. The locking step re-checks the lease, so two replicas
-	// never lease one delivery.
+	// After a success, the deliveries behind it that were never attempted are
+	// due at once.
+	DeliveriesAhead(ctx context.Context, arg DeliveriesAheadParams) error
+	// A delivery going into backoff takes the ones behind it in its order key
+	// along, so they do not come due before it.
+	DeliveriesBehind(ctx context.Context, arg DeliveriesBehindParams) error
+	// Leases due deliveries to holder, fairly across endpoints: each endpoint
+	// with due deliveries offers only its oldest few (an index probe each),
+	// and may have at most per_endpoint in flight (counting those already
+	// leased), or one while its last attempt failed (a circuit breaker: a dead
+	// endpoint keeps one worker probing and its backlog never crowds out the
+	// others'). A delivery waits while an earlier one of the same endpoint and
+	// order key is still pending. The locking step re-checks the lease, so two
+	// replicas never lease one delivery.
 	DeliveriesClaim(ctx context.Context, arg DeliveriesClaimParams) ([]EventDelivery, error)
 	// When the next pending delivery comes due (null when none), so the
 	// dispatcher sleeps no longer than that.

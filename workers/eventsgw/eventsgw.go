@@ -198,7 +198,7 @@ func (g *Gateway) dispatch(ctx context.Context) error {
 		if free > 0 {
 			var err error
 			claimed, err = db.New(g.cfg.Pool).DeliveriesClaim(ctx, db.DeliveriesClaimParams{PerEndpoint: int64(g.cfg.PerEndpoint),
-				MaxRows: int32(free), Scan: int32(max(1000, 50*free)), LeaseSeconds: lease.Seconds(), Holder: g.holder})
+				MaxRows: int32(free), ScanPerEndpoint: int32(4 * g.cfg.PerEndpoint), LeaseSeconds: lease.Seconds(), Holder: g.holder})
 			if err != nil && ctx.Err() == nil {
 				g.log.Warn("events-gateway: claiming deliveries failed", "error", err)
 			}
@@ -321,6 +321,16 @@ func (g *Gateway) attempt(ctx context.Context, d db.EventDelivery, ep db.EventEn
 		if res.Err == nil {
 			return q.EndpointSucceeded(ctx, ep.ID)
 		}
+		// The deliveries behind this one wait for its retry, or go now
+		// that it gave up.
+		if status == "pending" {
+			err = q.DeliveriesBehind(ctx, db.DeliveriesBehindParams{EndpointID: d.EndpointID, OrderKey: d.OrderKey, EventSeq: d.EventSeq, NextAttemptAt: next})
+		} else {
+			err = q.DeliveriesAhead(ctx, db.DeliveriesAheadParams{EndpointID: d.EndpointID, OrderKey: d.OrderKey, EventSeq: d.EventSeq})
+		}
+		if err != nil {
+			return err
+		}
 		f, err := q.EndpointFailing(ctx, ep.ID)
 		if err != nil {
 			return err
@@ -366,6 +376,7 @@ func (g *Gateway) succeeded(ctx context.Context, d db.EventDelivery, ev db.OrgEv
 	}
 	id, _ := uuid.NewV7()
 	n, err := db.New(g.cfg.Pool).DeliverySucceeded(ctx, db.DeliverySucceededParams{ID: d.ID, Holder: g.holder, AttemptID: id,
+		OrderKey: d.OrderKey, EventSeq: d.EventSeq,
 		StatusCode: code, DurationMs: int32(res.Duration.Milliseconds()), Response: eventdelivery.LogText(res.Response)})
 	switch {
 	case err != nil:
