@@ -71,9 +71,10 @@ CREATE TABLE event_deliveries (
   updated_at      timestamptz NOT NULL DEFAULT now(),
   UNIQUE (endpoint_id, event_seq)
 );
-CREATE INDEX event_deliveries_due_idx ON event_deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX event_deliveries_due_idx ON event_deliveries (endpoint_id, next_attempt_at, event_seq) WHERE status = 'pending';
 CREATE INDEX event_deliveries_order_idx ON event_deliveries (endpoint_id, order_key, event_seq) WHERE status = 'pending';
 CREATE INDEX event_deliveries_event_idx ON event_deliveries (event_seq);
+CREATE INDEX event_deliveries_blocked_idx ON event_deliveries (created_at) WHERE status = 'pending' AND next_attempt_at = 'infinity';
 CREATE INDEX event_deliveries_leased_idx ON event_deliveries (endpoint_id) WHERE status = 'pending' AND leased_by IS NOT NULL;
 
 -- The delivery log: every attempt, newest first per endpoint.

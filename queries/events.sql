@@ -7,17 +7,27 @@ RETURNING seq;
 
 -- name: EventFanOut :execrows
 -- One delivery for every enabled endpoint of the organisation that takes
--- the event's type and fleet.
+-- the event's type and fleet. Only the head of an order key is ever due:
+-- a delivery behind another pending one waits (infinity) until that one
+-- is done and promotes it (DeliveryPromoteNext), so the claim's index
+-- range holds only deliveries it may send. The pending deliveries ahead
+-- are locked FOR SHARE: a completion racing this insert either commits
+-- first (this sees nothing pending: due now) or waits for this commit and
+-- then promotes what it inserted.
+WITH eps AS (
+  SELECT e.id FROM event_endpoints e
+  WHERE e.org_id = @org_id AND e.enabled
+    AND (cardinality(e.types) = 0 OR @type::text = ANY (e.types))
+    AND (e.fleet_id IS NULL OR e.fleet_id = sqlc.narg(fleet_id)::uuid)
+), ahead AS (
+  SELECT p.endpoint_id FROM event_deliveries p
+  WHERE @order_key::text <> '' AND p.endpoint_id IN (SELECT id FROM eps) AND p.order_key = @order_key::text AND p.status = 'pending'
+  FOR SHARE OF p
+)
 INSERT INTO event_deliveries (id, endpoint_id, event_seq, order_key, next_attempt_at)
-SELECT gen_random_uuid(), e.id, @seq, @order_key,
-  -- not due before the delivery ahead of it in its order key (one in
-  -- backoff), so the claim's index range holds only deliveries it can send
-  greatest(now(), (SELECT max(p.next_attempt_at) FROM event_deliveries p
-                   WHERE p.endpoint_id = e.id AND p.order_key = @order_key::text AND @order_key::text <> '' AND p.status = 'pending'))
-FROM event_endpoints e
-WHERE e.org_id = @org_id AND e.enabled
-  AND (cardinality(e.types) = 0 OR @type::text = ANY (e.types))
-  AND (e.fleet_id IS NULL OR e.fleet_id = sqlc.narg(fleet_id)::uuid)
+SELECT gen_random_uuid(), eps.id, @seq, @order_key::text,
+  CASE WHEN eps.id IN (SELECT endpoint_id FROM ahead) THEN 'infinity'::timestamptz ELSE now() END
+FROM eps
 ON CONFLICT (endpoint_id, event_seq) DO NOTHING;
 
 -- name: DeliveriesClaim :many
@@ -26,8 +36,8 @@ ON CONFLICT (endpoint_id, event_seq) DO NOTHING;
 -- and may have at most per_endpoint in flight (counting those already
 -- leased), or one while its last attempt failed (a circuit breaker: a dead
 -- endpoint keeps one worker probing and its backlog never crowds out the
--- others'). A delivery waits while an earlier one of the same endpoint and
--- order key is still pending. The locking step re-checks the lease, so two
+-- others'). Deliveries behind another of their order key are not due
+-- (EventFanOut), so order holds without looking. The locking step re-checks the lease, so two
 -- replicas never lease one delivery.
 WITH eps AS (
   SELECT e.id, e.failing_since IS NOT NULL AS failing FROM event_endpoints e
@@ -45,12 +55,6 @@ WITH eps AS (
     SELECT dd.id, dd.endpoint_id, dd.order_key, dd.event_seq, dd.next_attempt_at FROM event_deliveries dd
     WHERE dd.endpoint_id = eps.id AND dd.status = 'pending' AND dd.next_attempt_at <= now()
       AND (dd.lease_until IS NULL OR dd.lease_until <= now())
-      -- only the head of its order key: a row waiting behind an earlier
-      -- one must never fill the window the head needs
-      AND (dd.order_key = '' OR NOT EXISTS (
-        SELECT 1 FROM event_deliveries p
-        WHERE p.endpoint_id = dd.endpoint_id AND p.order_key = dd.order_key
-          AND p.status = 'pending' AND p.event_seq < dd.event_seq))
     ORDER BY dd.next_attempt_at, dd.event_seq
     LIMIT @scan_per_endpoint::int
   ) d
@@ -75,7 +79,9 @@ RETURNING d.*;
 
 -- name: DeliverySucceeded :one
 -- A successful attempt in one statement: the delivery done, the attempt
--- logged, the endpoint's failure record cleared.
+-- logged, the endpoint's failure record cleared. The next of its order key
+-- is promoted by a statement after it (DeliveryPromoteNext), which sees an
+-- insert that raced this one (EventFanOut).
 WITH done AS (
   UPDATE event_deliveries ed
   SET status = 'succeeded', attempts = ed.attempts + 1, lease_until = NULL, leased_by = NULL,
@@ -88,11 +94,6 @@ WITH done AS (
 ), cleared AS (
   UPDATE event_endpoints ee SET failing_since = NULL
   WHERE ee.id IN (SELECT endpoint_id FROM done) AND ee.failing_since IS NOT NULL
-), ahead AS (
-  -- the deliveries behind it that its backoff held back are due now
-  UPDATE event_deliveries nx SET next_attempt_at = now()
-  WHERE nx.endpoint_id IN (SELECT endpoint_id FROM done) AND nx.order_key = @order_key::text AND @order_key::text <> ''
-    AND nx.status = 'pending' AND nx.attempts = 0 AND nx.next_attempt_at > now() AND nx.event_seq > @event_seq::bigint
 )
 SELECT count(*) FROM done;
 
@@ -177,16 +178,26 @@ WHERE id = @id AND endpoint_id = @endpoint_id;
 
 -- name: EndpointReplaySince :execrows
 -- Queues again every event since a time that the endpoint takes, whether
--- or not it was delivered.
-INSERT INTO event_deliveries (id, endpoint_id, event_seq, order_key)
-SELECT gen_random_uuid(), e.id, ev.seq, ev.order_key
-FROM event_endpoints e
-JOIN org_events ev ON ev.org_id = e.org_id
-WHERE e.id = @endpoint_id AND ev.time >= @since
-  AND (cardinality(e.types) = 0 OR ev.type = ANY (e.types))
-  AND (e.fleet_id IS NULL OR e.fleet_id = ev.fleet_id)
+-- or not it was delivered, keeping each order key's order: its first
+-- replayed event is due (unless one of its deliveries is pending still),
+-- the rest follow it one by one.
+INSERT INTO event_deliveries (id, endpoint_id, event_seq, order_key, next_attempt_at)
+SELECT gen_random_uuid(), r.endpoint_id, r.seq, r.order_key,
+  CASE WHEN r.order_key = '' OR (r.rn = 1 AND NOT EXISTS (
+         SELECT 1 FROM event_deliveries p
+         WHERE p.endpoint_id = r.endpoint_id AND p.order_key = r.order_key AND p.status = 'pending' AND p.event_seq < r.seq))
+       THEN now() ELSE 'infinity'::timestamptz END
+FROM (
+  SELECT e.id AS endpoint_id, ev.seq, ev.order_key,
+         row_number() OVER (PARTITION BY ev.order_key ORDER BY ev.seq) AS rn
+  FROM event_endpoints e
+  JOIN org_events ev ON ev.org_id = e.org_id
+  WHERE e.id = @endpoint_id AND ev.time >= @since
+    AND (cardinality(e.types) = 0 OR ev.type = ANY (e.types))
+    AND (e.fleet_id IS NULL OR e.fleet_id = ev.fleet_id)
+) r
 ON CONFLICT (endpoint_id, event_seq) DO UPDATE
-SET status = 'pending', next_attempt_at = now(), attempts = 0, lease_until = NULL, leased_by = NULL;
+SET status = 'pending', next_attempt_at = EXCLUDED.next_attempt_at, attempts = 0, lease_until = NULL, leased_by = NULL;
 
 -- name: OrgEventsAfter :many
 -- The feed: the organisation's events after a sequence, in order.
@@ -219,17 +230,25 @@ RETURNING *;
 -- dispatcher sleeps no longer than that.
 SELECT coalesce(min(d.next_attempt_at), now() + interval '1 hour')::timestamptz AS due FROM event_deliveries d
 JOIN event_endpoints e ON e.id = d.endpoint_id AND e.enabled
-WHERE d.status = 'pending' AND d.lease_until IS NULL;
+WHERE d.status = 'pending' AND d.lease_until IS NULL AND d.next_attempt_at < 'infinity';
 
--- name: DeliveriesBehind :exec
--- A delivery going into backoff takes the ones behind it in its order key
--- along, so they do not come due before it.
-UPDATE event_deliveries SET next_attempt_at = greatest(next_attempt_at, @next_attempt_at)
-WHERE endpoint_id = @endpoint_id AND order_key = @order_key AND @order_key::text <> '' AND status = 'pending' AND event_seq > @event_seq;
-
--- name: DeliveriesAhead :exec
--- After a success, the deliveries behind it that were never attempted are
--- due at once.
+-- name: DeliveryPromoteNext :exec
+-- A delivery done (or given up) makes the next of its order key due.
 UPDATE event_deliveries SET next_attempt_at = now()
-WHERE endpoint_id = @endpoint_id AND order_key = @order_key AND @order_key::text <> '' AND status = 'pending'
-  AND attempts = 0 AND next_attempt_at > now() AND event_seq > @event_seq;
+WHERE id = (SELECT n.id FROM event_deliveries n
+            WHERE n.endpoint_id = @endpoint_id AND n.order_key = @order_key::text AND @order_key::text <> ''
+              AND n.status = 'pending' AND n.event_seq > @event_seq::bigint
+            ORDER BY n.event_seq LIMIT 1)
+  AND next_attempt_at = 'infinity';
+
+-- name: DeliveriesUnblock :execrows
+-- The safety net of promotion (a promotion that failed after its success
+-- committed): blocked deliveries with nothing pending ahead become due.
+UPDATE event_deliveries d SET next_attempt_at = now()
+WHERE d.id IN (
+  SELECT b.id FROM event_deliveries b
+  WHERE b.status = 'pending' AND b.next_attempt_at = 'infinity' AND b.created_at < now() - interval '10 seconds'
+    AND NOT EXISTS (SELECT 1 FROM event_deliveries p
+                    WHERE p.endpoint_id = b.endpoint_id AND p.order_key = b.order_key
+                      AND p.status = 'pending' AND p.event_seq < b.event_seq)
+  LIMIT 1000);

@@ -118,49 +118,6 @@ func (q *Queries) AttemptList(ctx context.Context, arg AttemptListParams) ([]Att
 	return items, nil
 }
 
-const deliveriesAhead = `-- name: DeliveriesAhead :exec
-UPDATE event_deliveries SET next_attempt_at = now()
-WHERE endpoint_id = $1 AND order_key = $2 AND $2::text <> '' AND status = 'pending'
-  AND attempts = 0 AND next_attempt_at > now() AND event_seq > $3
-`
-
-type DeliveriesAheadParams struct {
-	EndpointID uuid.UUID
-	OrderKey   string
-	EventSeq   int64
-}
-
-// After a success, the deliveries behind it that were never attempted are
-// due at once.
-func (q *Queries) DeliveriesAhead(ctx context.Context, arg DeliveriesAheadParams) error {
-	_, err := q.db.Exec(ctx, deliveriesAhead, arg.EndpointID, arg.OrderKey, arg.EventSeq)
-	return err
-}
-
-const deliveriesBehind = `-- name: DeliveriesBehind :exec
-UPDATE event_deliveries SET next_attempt_at = greatest(next_attempt_at, $1)
-WHERE endpoint_id = $2 AND order_key = $3 AND $3::text <> '' AND status = 'pending' AND event_seq > $4
-`
-
-type DeliveriesBehindParams struct {
-	NextAttemptAt time.Time
-	EndpointID    uuid.UUID
-	OrderKey      string
-	EventSeq      int64
-}
-
-// A delivery going into backoff takes the ones behind it in its order key
-// along, so they do not come due before it.
-func (q *Queries) DeliveriesBehind(ctx context.Context, arg DeliveriesBehindParams) error {
-	_, err := q.db.Exec(ctx, deliveriesBehind,
-		arg.NextAttemptAt,
-		arg.EndpointID,
-		arg.OrderKey,
-		arg.EventSeq,
-	)
-	return err
-}
-
 const deliveriesClaim = `-- name: DeliveriesClaim :many
 WITH eps AS (
   SELECT e.id, e.failing_since IS NOT NULL AS failing FROM event_endpoints e
@@ -178,12 +135,6 @@ WITH eps AS (
     SELECT dd.id, dd.endpoint_id, dd.order_key, dd.event_seq, dd.next_attempt_at FROM event_deliveries dd
     WHERE dd.endpoint_id = eps.id AND dd.status = 'pending' AND dd.next_attempt_at <= now()
       AND (dd.lease_until IS NULL OR dd.lease_until <= now())
-      -- only the head of its order key: a row waiting behind an earlier
-      -- one must never fill the window the head needs
-      AND (dd.order_key = '' OR NOT EXISTS (
-        SELECT 1 FROM event_deliveries p
-        WHERE p.endpoint_id = dd.endpoint_id AND p.order_key = dd.order_key
-          AND p.status = 'pending' AND p.event_seq < dd.event_seq))
     ORDER BY dd.next_attempt_at, dd.event_seq
     LIMIT $3::int
   ) d
@@ -220,8 +171,8 @@ type DeliveriesClaimParams struct {
 // and may have at most per_endpoint in flight (counting those already
 // leased), or one while its last attempt failed (a circuit breaker: a dead
 // endpoint keeps one worker probing and its backlog never crowds out the
-// others'). A delivery waits while an earlier one of the same endpoint and
-// order key is still pending. The locking step re-checks the lease, so two
+// others'). Deliveries behind another of their order key are not due
+// (EventFanOut), so order holds without looking. The locking step re-checks the lease, so two
 // replicas never lease one delivery.
 func (q *Queries) DeliveriesClaim(ctx context.Context, arg DeliveriesClaimParams) ([]EventDelivery, error) {
 	rows, err := q.db.Query(ctx, deliveriesClaim,
@@ -266,7 +217,7 @@ func (q *Queries) DeliveriesClaim(ctx context.Context, arg DeliveriesClaimParams
 const deliveriesNextDue = `-- name: DeliveriesNextDue :one
 SELECT coalesce(min(d.next_attempt_at), now() + interval '1 hour')::timestamptz AS due FROM event_deliveries d
 JOIN event_endpoints e ON e.id = d.endpoint_id AND e.enabled
-WHERE d.status = 'pending' AND d.lease_until IS NULL
+WHERE d.status = 'pending' AND d.lease_until IS NULL AND d.next_attempt_at < 'infinity'
 `
 
 // When the next pending delivery comes due (null when none), so the
@@ -276,6 +227,27 @@ func (q *Queries) DeliveriesNextDue(ctx context.Context) (time.Time, error) {
 	var due time.Time
 	err := row.Scan(&due)
 	return due, err
+}
+
+const deliveriesUnblock = `-- name: DeliveriesUnblock :execrows
+UPDATE event_deliveries d SET next_attempt_at = now()
+WHERE d.id IN (
+  SELECT b.id FROM event_deliveries b
+  WHERE b.status = 'pending' AND b.next_attempt_at = 'infinity' AND b.created_at < now() - interval '10 seconds'
+    AND NOT EXISTS (SELECT 1 FROM event_deliveries p
+                    WHERE p.endpoint_id = b.endpoint_id AND p.order_key = b.order_key
+                      AND p.status = 'pending' AND p.event_seq < b.event_seq)
+  LIMIT 1000)
+`
+
+// The safety net of promotion (a promotion that failed after its success
+// committed): blocked deliveries with nothing pending ahead become due.
+func (q *Queries) DeliveriesUnblock(ctx context.Context) (int64, error) {
+	result, err := q.db.Exec(ctx, deliveriesUnblock)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
 const deliveryDone = `-- name: DeliveryDone :execrows
@@ -351,6 +323,27 @@ func (q *Queries) DeliveryInsertLeased(ctx context.Context, arg DeliveryInsertLe
 	return i, err
 }
 
+const deliveryPromoteNext = `-- name: DeliveryPromoteNext :exec
+UPDATE event_deliveries SET next_attempt_at = now()
+WHERE id = (SELECT n.id FROM event_deliveries n
+            WHERE n.endpoint_id = $1 AND n.order_key = $2::text AND $2::text <> ''
+              AND n.status = 'pending' AND n.event_seq > $3::bigint
+            ORDER BY n.event_seq LIMIT 1)
+  AND next_attempt_at = 'infinity'
+`
+
+type DeliveryPromoteNextParams struct {
+	EndpointID uuid.UUID
+	OrderKey   string
+	EventSeq   int64
+}
+
+// A delivery done (or given up) makes the next of its order key due.
+func (q *Queries) DeliveryPromoteNext(ctx context.Context, arg DeliveryPromoteNextParams) error {
+	_, err := q.db.Exec(ctx, deliveryPromoteNext, arg.EndpointID, arg.OrderKey, arg.EventSeq)
+	return err
+}
+
 const deliveryReplay = `-- name: DeliveryReplay :execrows
 UPDATE event_deliveries
 SET status = 'pending', next_attempt_at = now(), attempts = 0, lease_until = NULL, leased_by = NULL
@@ -383,11 +376,6 @@ WITH done AS (
 ), cleared AS (
   UPDATE event_endpoints ee SET failing_since = NULL
   WHERE ee.id IN (SELECT endpoint_id FROM done) AND ee.failing_since IS NOT NULL
-), ahead AS (
-  -- the deliveries behind it that its backoff held back are due now
-  UPDATE event_deliveries nx SET next_attempt_at = now()
-  WHERE nx.endpoint_id IN (SELECT endpoint_id FROM done) AND nx.order_key = $7::text AND $7::text <> ''
-    AND nx.status = 'pending' AND nx.attempts = 0 AND nx.next_attempt_at > now() AND nx.event_seq > $8::bigint
 )
 SELECT count(*) FROM done
 `
@@ -399,12 +387,12 @@ type DeliverySucceededParams struct {
 	AttemptID  uuid.UUID
 	DurationMs int32
 	Response   string
-	OrderKey   string
-	EventSeq   int64
 }
 
 // A successful attempt in one statement: the delivery done, the attempt
-// logged, the endpoint's failure record cleared.
+// logged, the endpoint's failure record cleared. The next of its order key
+// is promoted by a statement after it (DeliveryPromoteNext), which sees an
+// insert that raced this one (EventFanOut).
 func (q *Queries) DeliverySucceeded(ctx context.Context, arg DeliverySucceededParams) (int64, error) {
 	row := q.db.QueryRow(ctx, deliverySucceeded,
 		arg.StatusCode,
@@ -413,8 +401,6 @@ func (q *Queries) DeliverySucceeded(ctx context.Context, arg DeliverySucceededPa
 		arg.AttemptID,
 		arg.DurationMs,
 		arg.Response,
-		arg.OrderKey,
-		arg.EventSeq,
 	)
 	var count int64
 	err := row.Scan(&count)
@@ -464,15 +450,23 @@ func (q *Queries) EndpointFailing(ctx context.Context, id uuid.UUID) (EndpointFa
 }
 
 const endpointReplaySince = `-- name: EndpointReplaySince :execrows
-INSERT INTO event_deliveries (id, endpoint_id, event_seq, order_key)
-SELECT gen_random_uuid(), e.id, ev.seq, ev.order_key
-FROM event_endpoints e
-JOIN org_events ev ON ev.org_id = e.org_id
-WHERE e.id = $1 AND ev.time >= $2
-  AND (cardinality(e.types) = 0 OR ev.type = ANY (e.types))
-  AND (e.fleet_id IS NULL OR e.fleet_id = ev.fleet_id)
+INSERT INTO event_deliveries (id, endpoint_id, event_seq, order_key, next_attempt_at)
+SELECT gen_random_uuid(), r.endpoint_id, r.seq, r.order_key,
+  CASE WHEN r.order_key = '' OR (r.rn = 1 AND NOT EXISTS (
+         SELECT 1 FROM event_deliveries p
+         WHERE p.endpoint_id = r.endpoint_id AND p.order_key = r.order_key AND p.status = 'pending' AND p.event_seq < r.seq))
+       THEN now() ELSE 'infinity'::timestamptz END
+FROM (
+  SELECT e.id AS endpoint_id, ev.seq, ev.order_key,
+         row_number() OVER (PARTITION BY ev.order_key ORDER BY ev.seq) AS rn
+  FROM event_endpoints e
+  JOIN org_events ev ON ev.org_id = e.org_id
+  WHERE e.id = $1 AND ev.time >= $2
+    AND (cardinality(e.types) = 0 OR ev.type = ANY (e.types))
+    AND (e.fleet_id IS NULL OR e.fleet_id = ev.fleet_id)
+) r
 ON CONFLICT (endpoint_id, event_seq) DO UPDATE
-SET status = 'pending', next_attempt_at = now(), attempts = 0, lease_until = NULL, leased_by = NULL
+SET status = 'pending', next_attempt_at = EXCLUDED.next_attempt_at, attempts = 0, lease_until = NULL, leased_by = NULL
 `
 
 type EndpointReplaySinceParams struct {
@@ -481,7 +475,9 @@ type EndpointReplaySinceParams struct {
 }
 
 // Queues again every event since a time that the endpoint takes, whether
-// or not it was delivered.
+// or not it was delivered, keeping each order key's order: its first
+// replayed event is due (unless one of its deliveries is pending still),
+// the rest follow it one by one.
 func (q *Queries) EndpointReplaySince(ctx context.Context, arg EndpointReplaySinceParams) (int64, error) {
 	result, err := q.db.Exec(ctx, endpointReplaySince, arg.EndpointID, arg.Since)
 	if err != nil {
@@ -842,16 +838,20 @@ func (q *Queries) EventEndpointsByID(ctx context.Context, ids []uuid.UUID) ([]Ev
 }
 
 const eventFanOut = `-- name: EventFanOut :execrows
+WITH eps AS (
+  SELECT e.id FROM event_endpoints e
+  WHERE e.org_id = $3 AND e.enabled
+    AND (cardinality(e.types) = 0 OR $4::text = ANY (e.types))
+    AND (e.fleet_id IS NULL OR e.fleet_id = $5::uuid)
+), ahead AS (
+  SELECT p.endpoint_id FROM event_deliveries p
+  WHERE $2::text <> '' AND p.endpoint_id IN (SELECT id FROM eps) AND p.order_key = $2::text AND p.status = 'pending'
+  FOR SHARE OF p
+)
 INSERT INTO event_deliveries (id, endpoint_id, event_seq, order_key, next_attempt_at)
-SELECT gen_random_uuid(), e.id, $1, $2,
-  -- not due before the delivery ahead of it in its order key (one in
-  -- backoff), so the claim's index range holds only deliveries it can send
-  greatest(now(), (SELECT max(p.next_attempt_at) FROM event_deliveries p
-                   WHERE p.endpoint_id = e.id AND p.order_key = $2::text AND $2::text <> '' AND p.status = 'pending'))
-FROM event_endpoints e
-WHERE e.org_id = $3 AND e.enabled
-  AND (cardinality(e.types) = 0 OR $4::text = ANY (e.types))
-  AND (e.fleet_id IS NULL OR e.fleet_id = $5::uuid)
+SELECT gen_random_uuid(), eps.id, $1, $2::text,
+  CASE WHEN eps.id IN (SELECT endpoint_id FROM ahead) THEN 'infinity'::timestamptz ELSE now() END
+FROM eps
 ON CONFLICT (endpoint_id, event_seq) DO NOTHING
 `
 
@@ -864,7 +864,13 @@ type EventFanOutParams struct {
 }
 
 // One delivery for every enabled endpoint of the organisation that takes
-// the event's type and fleet.
+// the event's type and fleet. Only the head of an order key is ever due:
+// a delivery behind another pending one waits (infinity) until that one
+// is done and promotes it (DeliveryPromoteNext), so the claim's index
+// range holds only deliveries it may send. The pending deliveries ahead
+// are locked FOR SHARE: a completion racing this insert either commits
+// first (this sees nothing pending: due now) or waits for this commit and
+// then promotes what it inserted.
 func (q *Queries) EventFanOut(ctx context.Context, arg EventFanOutParams) (int64, error) {
 	result, err := q.db.Exec(ctx, eventFanOut,
 		arg.Seq,

@@ -111,32 +111,33 @@ type Querier interface {
 	ConnectivityList(ctx context.Context, arg ConnectivityListParams) ([]ConnectivityEvent, error)
 	// The server's version and the newest applied migration, for /v1/version.
 	DatabaseVersion(ctx context.Context) (DatabaseVersionRow, error)
-	// After a success, the deliveries behind it that were never attempted are
-	// due at once.
-	DeliveriesAhead(ctx context.Context, arg DeliveriesAheadParams) error
-	// A delivery going into backoff takes the ones behind it in its order key
-	// along, so they do not come due before it.
-	DeliveriesBehind(ctx context.Context, arg DeliveriesBehindParams) error
 	// Leases due deliveries to holder, fairly across endpoints: each endpoint
 	// with due deliveries offers only its oldest few (an index probe each),
 	// and may have at most per_endpoint in flight (counting those already
 	// leased), or one while its last attempt failed (a circuit breaker: a dead
 	// endpoint keeps one worker probing and its backlog never crowds out the
-	// others'). A delivery waits while an earlier one of the same endpoint and
-	// order key is still pending. The locking step re-checks the lease, so two
+	// others'). Deliveries behind another of their order key are not due
+	// (EventFanOut), so order holds without looking. The locking step re-checks the lease, so two
 	// replicas never lease one delivery.
 	DeliveriesClaim(ctx context.Context, arg DeliveriesClaimParams) ([]EventDelivery, error)
 	// When the next pending delivery comes due (null when none), so the
 	// dispatcher sleeps no longer than that.
 	DeliveriesNextDue(ctx context.Context) (time.Time, error)
+	// The safety net of promotion (a promotion that failed after its success
+	// committed): blocked deliveries with nothing pending ahead become due.
+	DeliveriesUnblock(ctx context.Context) (int64, error)
 	// The outcome of an attempt by the lease's holder: succeeded, failed (the
 	// schedule is spent), or pending again at next_attempt_at.
 	DeliveryDone(ctx context.Context, arg DeliveryDoneParams) (int64, error)
 	// A delivery made and attempted at once (event-endpoint:test).
 	DeliveryInsertLeased(ctx context.Context, arg DeliveryInsertLeasedParams) (EventDelivery, error)
+	// A delivery done (or given up) makes the next of its order key due.
+	DeliveryPromoteNext(ctx context.Context, arg DeliveryPromoteNextParams) error
 	DeliveryReplay(ctx context.Context, arg DeliveryReplayParams) (int64, error)
 	// A successful attempt in one statement: the delivery done, the attempt
-	// logged, the endpoint's failure record cleared.
+	// logged, the endpoint's failure record cleared. The next of its order key
+	// is promoted by a statement after it (DeliveryPromoteNext), which sees an
+	// insert that raced this one (EventFanOut).
 	DeliverySucceeded(ctx context.Context, arg DeliverySucceededParams) (int64, error)
 	// Takes a delta to compute: pending, or computing under a lease that ran
 	// out. Nothing when it is done or another worker holds it.
@@ -237,7 +238,9 @@ type Querier interface {
 	// Marks the start of a run of failures (kept while it lasts).
 	EndpointFailing(ctx context.Context, id uuid.UUID) (EndpointFailingRow, error)
 	// Queues again every event since a time that the endpoint takes, whether
-	// or not it was delivered.
+	// or not it was delivered, keeping each order key's order: its first
+	// replayed event is due (unless one of its deliveries is pending still),
+	// the rest follow it one by one.
 	EndpointReplaySince(ctx context.Context, arg EndpointReplaySinceParams) (int64, error)
 	EndpointSucceeded(ctx context.Context, id uuid.UUID) error
 	EventDevKey(ctx context.Context) ([]byte, error)
@@ -251,7 +254,13 @@ type Querier interface {
 	EventEndpointUpdate(ctx context.Context, arg EventEndpointUpdateParams) (EventEndpoint, error)
 	EventEndpointsByID(ctx context.Context, ids []uuid.UUID) ([]EventEndpoint, error)
 	// One delivery for every enabled endpoint of the organisation that takes
-	// the event's type and fleet.
+	// the event's type and fleet. Only the head of an order key is ever due:
+	// a delivery behind another pending one waits (infinity) until that one
+	// is done and promotes it (DeliveryPromoteNext), so the claim's index
+	// range holds only deliveries it may send. The pending deliveries ahead
+	// are locked FOR SHARE: a completion racing this insert either commits
+	// first (this sees nothing pending: due now) or waits for this commit and
+	// then promotes what it inserted.
 	EventFanOut(ctx context.Context, arg EventFanOutParams) (int64, error)
 	// The fleet's organisation and the user's role there, in one round trip.
 	FleetAccess(ctx context.Context, arg FleetAccessParams) (FleetAccessRow, error)

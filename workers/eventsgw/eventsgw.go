@@ -321,15 +321,11 @@ func (g *Gateway) attempt(ctx context.Context, d db.EventDelivery, ep db.EventEn
 		if res.Err == nil {
 			return q.EndpointSucceeded(ctx, ep.ID)
 		}
-		// The deliveries behind this one wait for its retry, or go now
-		// that it gave up.
-		if status == "pending" {
-			err = q.DeliveriesBehind(ctx, db.DeliveriesBehindParams{EndpointID: d.EndpointID, OrderKey: d.OrderKey, EventSeq: d.EventSeq, NextAttemptAt: next})
-		} else {
-			err = q.DeliveriesAhead(ctx, db.DeliveriesAheadParams{EndpointID: d.EndpointID, OrderKey: d.OrderKey, EventSeq: d.EventSeq})
-		}
-		if err != nil {
-			return err
+		// A delivery that gave up lets the next of its order key go.
+		if status == "failed" {
+			if err := q.DeliveryPromoteNext(ctx, db.DeliveryPromoteNextParams{EndpointID: d.EndpointID, OrderKey: d.OrderKey, EventSeq: d.EventSeq}); err != nil {
+				return err
+			}
 		}
 		f, err := q.EndpointFailing(ctx, ep.ID)
 		if err != nil {
@@ -375,8 +371,8 @@ func (g *Gateway) succeeded(ctx context.Context, d db.EventDelivery, ev db.OrgEv
 		code = &c
 	}
 	id, _ := uuid.NewV7()
-	n, err := db.New(g.cfg.Pool).DeliverySucceeded(ctx, db.DeliverySucceededParams{ID: d.ID, Holder: g.holder, AttemptID: id,
-		OrderKey: d.OrderKey, EventSeq: d.EventSeq,
+	q := db.New(g.cfg.Pool)
+	n, err := q.DeliverySucceeded(ctx, db.DeliverySucceededParams{ID: d.ID, Holder: g.holder, AttemptID: id,
 		StatusCode: code, DurationMs: int32(res.Duration.Milliseconds()), Response: eventdelivery.LogText(res.Response)})
 	switch {
 	case err != nil:
@@ -385,6 +381,13 @@ func (g *Gateway) succeeded(ctx context.Context, d db.EventDelivery, ev db.OrgEv
 		g.log.Warn("events-gateway: a delivery's lease lapsed during its attempt; another replica makes it again", "delivery", d.ID)
 	default:
 		g.latency.Observe(time.Since(ev.Time).Seconds())
+		if d.OrderKey != "" {
+			// After the success committed: an insert that raced it is
+			// visible now (EventFanOut).
+			if err := q.DeliveryPromoteNext(ctx, db.DeliveryPromoteNextParams{EndpointID: d.EndpointID, OrderKey: d.OrderKey, EventSeq: d.EventSeq}); err != nil {
+				g.log.Error("events-gateway: promoting the next delivery failed; it waits for the sweep", "delivery", d.ID, "error", err)
+			}
+		}
 	}
 }
 
@@ -395,12 +398,18 @@ func truncate(s string, n int) string {
 	return s[:n]
 }
 
-// pruneEvery is how often old events are deleted.
-const pruneEvery = time.Hour
+// pruneEvery is how often old events are deleted; sweepEvery how often
+// blocked deliveries with nothing ahead any more are made due.
+const (
+	pruneEvery = time.Hour
+	sweepEvery = 30 * time.Second
+)
 
 func (g *Gateway) prune(ctx context.Context) {
 	t := time.NewTicker(pruneEvery)
 	defer t.Stop()
+	sweep := time.NewTicker(sweepEvery)
+	defer sweep.Stop()
 	for {
 		for ctx.Err() == nil {
 			n, err := db.New(g.cfg.Pool).OrgEventsPrune(ctx, time.Now().Add(-g.cfg.Retention))
@@ -414,10 +423,19 @@ func (g *Gateway) prune(ctx context.Context) {
 				break
 			}
 		}
+	wait:
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-sweep.C:
+			if n, err := db.New(g.cfg.Pool).DeliveriesUnblock(ctx); err != nil && ctx.Err() == nil {
+				g.log.Warn("events-gateway: sweeping blocked deliveries failed", "error", err)
+			} else if n > 0 {
+				g.log.Warn("events-gateway: deliveries unblocked by the sweep", "count", n)
+				g.Kick()
+			}
+			goto wait
 		}
 	}
 }
