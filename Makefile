@@ -22,7 +22,7 @@ IMAGE_CREATED   ?= $(shell git log -1 --format=%cI 2>/dev/null)
 export REDOCLY_TELEMETRY := off
 export REDOCLY_SUPPRESS_UPDATE_NOTICE := true
 
-.PHONY: build run services generate check-generate sdk test test-go test-deploy image bench bench-devices bench-ingest bench-rollout bench-summary bench-commands bench-streams bench-deltas bench-registry bench-tunnel clean
+.PHONY: build run services generate check-generate sdk test test-go test-deploy image bench bench-devices bench-ingest bench-rollout bench-summary bench-commands bench-streams bench-deltas bench-registry bench-tunnel bench-events clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) .
@@ -119,6 +119,10 @@ bench-tunnel: services
 	$(GO) run ./bench/tunnel
 	$(GO) test -run '^$$' -bench Handshakes -benchtime=5s ./internal/wgtunnel/
 	$(GO) test -run '^$$' -bench IdlePeers -benchtime=3x ./internal/wgtunnel/
+
+## bench-events: the events-gateway: deliveries/s to 100 webhook receivers vs a bare loop (healthy and with 10% timing out), MQTT-to-webhook latency, how far dead endpoints delay the others
+bench-events: services
+	$(GO) run ./bench/events
 
 ## bench-deltas: layer deltas (internal/layerdelta) on npm, Go binary and Go source layer pairs vs whole-tar bsdiff, xdelta3 -9, zstd -19 --long=31 --patch-from: size, time, peak RSS
 bench-deltas:
