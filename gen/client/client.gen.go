@@ -4705,7 +4705,7 @@ type ClientInterface interface {
 	//
 	// Every CloudEvents type Flock delivers to organisations (by webhook, the
 	// WebSocket feed, or forwarding to their Kafka), with its data's JSON
-	// Schema; the same catalogue is the `customerEvents` channel of the
+	// Schema; the same catalogue is the `customer*` channels of the
 	// AsyncAPI document (`/asyncapi.yaml`). Pick types for an endpoint's
 	// `types` filter here. `ordered_by` names what a type's events are
 	// ordered by: events of one device (or rollout) reach an endpoint in the
@@ -6775,7 +6775,7 @@ func (c *Client) EventEndpointTest(ctx context.Context, endpointId EventEndpoint
 //
 // Every CloudEvents type Flock delivers to organisations (by webhook, the
 // WebSocket feed, or forwarding to their Kafka), with its data's JSON
-// Schema; the same catalogue is the `customerEvents` channel of the
+// Schema; the same catalogue is the `customer*` channels of the
 // AsyncAPI document (`/asyncapi.yaml`). Pick types for an endpoint's
 // `types` filter here. `ordered_by` names what a type's events are
 // ordered by: events of one device (or rollout) reach an endpoint in the
@@ -15515,7 +15515,7 @@ type ClientWithResponsesInterface interface {
 	//
 	// Every CloudEvents type Flock delivers to organisations (by webhook, the
 	// WebSocket feed, or forwarding to their Kafka), with its data's JSON
-	// Schema; the same catalogue is the `customerEvents` channel of the
+	// Schema; the same catalogue is the `customer*` channels of the
 	// AsyncAPI document (`/asyncapi.yaml`). Pick types for an endpoint's
 	// `types` filter here. `ordered_by` names what a type's events are
 	// ordered by: events of one device (or rollout) reach an endpoint in the
@@ -22491,7 +22491,7 @@ func (c *ClientWithResponses) EventEndpointTestWithResponse(ctx context.Context,
 //
 // Every CloudEvents type Flock delivers to organisations (by webhook, the
 // WebSocket feed, or forwarding to their Kafka), with its data's JSON
-// Schema; the same catalogue is the `customerEvents` channel of the
+// Schema; the same catalogue is the `customer*` channels of the
 // AsyncAPI document (`/asyncapi.yaml`). Pick types for an endpoint's
 // `types` filter here. `ordered_by` names what a type's events are
 // ordered by: events of one device (or rollout) reach an endpoint in the

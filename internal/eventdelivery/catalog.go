@@ -1,6 +1,6 @@
 // Package eventdelivery is what the API and the events-gateway share about
 // customers' events: the catalogue of types (read from the AsyncAPI
-// document's customerEvents channel, the source of truth), how internal
+// document's customer* channels, the source of truth), how internal
 // Kafka records become CloudEvents with stable ids, how an event is
 // rendered for each kind of endpoint, the retry schedule, and the sealing
 // of endpoints' secrets.
@@ -41,9 +41,8 @@ func Known(t string) bool {
 
 func loadCatalog() ([]Type, error) {
 	var doc struct {
-		Channels map[string]struct {
-			Messages yaml.Node `yaml:"messages"`
-		} `yaml:"channels"`
+		// A node keeps the document's order of channels and messages.
+		Channels   yaml.Node `yaml:"channels"`
 		Components struct {
 			Messages map[string]struct {
 				Title     string         `yaml:"title"`
@@ -57,23 +56,39 @@ func loadCatalog() ([]Type, error) {
 	if err := yaml.Unmarshal(asyncapi.YAML, &doc); err != nil {
 		return nil, fmt.Errorf("parse the asyncapi document: %w", err)
 	}
-	ch, ok := doc.Channels["customerEvents"]
-	if !ok {
-		return nil, fmt.Errorf("the asyncapi document has no customerEvents channel")
-	}
-	// The channel's messages in document order (a yaml.Node keeps it).
-	var out []Type
-	for i := 0; i+1 < len(ch.Messages.Content); i += 2 {
-		var ref struct {
-			Ref string `yaml:"$ref"`
+	// Every customer* channel's messages, in document order: one channel
+	// per payload schema, so the generated Go types stay one per schema.
+	var refs []string
+	for i := 0; i+1 < len(doc.Channels.Content); i += 2 {
+		if !strings.HasPrefix(doc.Channels.Content[i].Value, "customer") {
+			continue
 		}
-		if err := ch.Messages.Content[i+1].Decode(&ref); err != nil {
+		var ch struct {
+			Messages yaml.Node `yaml:"messages"`
+		}
+		if err := doc.Channels.Content[i+1].Decode(&ch); err != nil {
 			return nil, err
 		}
+		for k := 0; k+1 < len(ch.Messages.Content); k += 2 {
+			var ref struct {
+				Ref string `yaml:"$ref"`
+			}
+			if err := ch.Messages.Content[k+1].Decode(&ref); err != nil {
+				return nil, err
+			}
+			refs = append(refs, ref.Ref)
+		}
+	}
+	if len(refs) == 0 {
+		return nil, fmt.Errorf("the asyncapi document has no customer* channels")
+	}
+	var out []Type
+	for _, r := range refs {
+		ref := struct{ Ref string }{r}
 		name := strings.TrimPrefix(ref.Ref, "#/components/messages/")
 		m, ok := doc.Components.Messages[name]
 		if !ok || m.Title == "" {
-			return nil, fmt.Errorf("customerEvents message %s has no title (its event type)", name)
+			return nil, fmt.Errorf("customer event message %s has no title (its event type)", name)
 		}
 		schema, err := inline(m.Payload, doc.Components.Schemas, 0)
 		if err != nil {

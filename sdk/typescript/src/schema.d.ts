@@ -1674,7 +1674,7 @@ export interface paths {
          * The catalogue of event types
          * @description Every CloudEvents type Flock delivers to organisations (by webhook, the
          *     WebSocket feed, or forwarding to their Kafka), with its data's JSON
-         *     Schema; the same catalogue is the `customerEvents` channel of the
+         *     Schema; the same catalogue is the `customer*` channels of the
          *     AsyncAPI document (`/asyncapi.yaml`). Pick types for an endpoint's
          *     `types` filter here. `ordered_by` names what a type's events are
          *     ordered by: events of one device (or rollout) reach an endpoint in the
