@@ -268,6 +268,11 @@ func TestWebhooks(t *testing.T) {
 	all.mu.Lock()
 	all.secrets = []string{ep2["secret"].(string)}
 	all.mu.Unlock()
+	// An audited change reaches it as io.flock.audit.recorded.
+	must(t, srv, 200, "PATCH", "/v1/devices/"+w.device.id.String(), w.admin, map[string]any{"name": "renamed"})
+	testutil.Eventually(t, "the audited change delivered", testutil.Until(func() bool {
+		return slices.ContainsFunc(all.snapshot(), func(d delivered) bool { return d.typ == "io.flock.audit.recorded" })
+	}))
 	rcv.mu.Lock()
 	rcv.fail = func(delivered) bool { return true }
 	rcv.mu.Unlock()

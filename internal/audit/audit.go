@@ -13,6 +13,8 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/gen/events"
+	"github.com/flock-io/flock-api/internal/eventdelivery"
 )
 
 // Event is one audit record.
@@ -72,6 +74,17 @@ func (r *Recorder) Insert(ctx context.Context, q *db.Queries, ev Event) error {
 	})
 	if err != nil {
 		return fmt.Errorf("record audit event %s: %w", ev.Operation, err)
+	}
+	// The organisation's io.flock.audit.recorded event, in the change's
+	// transaction too: its endpoints hear of exactly the committed changes.
+	// A deleted organisation has no endpoints left to tell (and its
+	// events went with it).
+	if ev.OrgID != uuid.Nil && ev.Operation != "org:delete" {
+		if _, _, err := eventdelivery.Emit(ctx, q, eventdelivery.Audited(ev.ID, ev.OrgID, ev.Time, events.AuditRecordedData{
+			Id: ev.ID.String(), Operation: ev.Operation, ActorType: ev.ActorType, ActorLabel: ev.ActorLabel, TargetId: ev.TargetID,
+			Outcome: ev.Outcome, Status: ev.Status, RequestId: ev.RequestID, Time: ev.Time.UTC().Format(time.RFC3339Nano)})); err != nil {
+			return fmt.Errorf("record audit event %s: %w", ev.Operation, err)
+		}
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/flock-io/flock-api/internal/eventdelivery"
 	"log/slog"
 	"time"
 
@@ -125,6 +126,13 @@ func (f *Finisher) Finish(ctx context.Context, id uuid.UUID) (bool, error) {
 		idxJSON, _ := json.Marshal(indexes)
 		if _, err := q.BuildFinish(ctx, db.BuildFinishParams{ID: id, Status: status, Error: errJSON, Indexes: idxJSON,
 			LogKey: &key, LogStoredBytes: &stored}); err != nil {
+			return fmt.Errorf("end build %s: %w", id, err)
+		}
+		detail := ""
+		if firstErr != nil {
+			detail = firstErr.Detail
+		}
+		if _, _, err := eventdelivery.Emit(ctx, q, eventdelivery.BuildFinished(id, b.OrgID, b.FleetID, b.ReleaseID, status, detail, time.Now())); err != nil {
 			return fmt.Errorf("end build %s: %w", id, err)
 		}
 		releaseStatus := "failed"

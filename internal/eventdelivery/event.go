@@ -163,3 +163,20 @@ func TestEvent(ep db.EventEndpoint, now time.Time) *Event {
 	return &Event{ID: id, OrgID: ep.OrgID, Type: "io.flock.event-endpoint.test", Source: SourceOf(ep.OrgID, uuid.NullUUID{}),
 		Subject: ep.ID.String(), Time: now.UTC(), Data: data}
 }
+
+// Audited is the io.flock.audit.recorded event of an audit record; its id
+// is the record's, so it is stored once.
+func Audited(id, org uuid.UUID, at time.Time, d events.AuditRecordedData) *Event {
+	data, _ := json.Marshal(d)
+	return &Event{ID: uuid.NewSHA1(idSpace, id[:]), OrgID: org, Type: "io.flock.audit.recorded", Source: SourceOf(org, uuid.NullUUID{}),
+		Subject: d.TargetId, Time: at.UTC(), Data: data}
+}
+
+// BuildFinished is the io.flock.build.finished event of a build.
+func BuildFinished(build, org, fleet, release uuid.UUID, status, errDetail string, now time.Time) *Event {
+	data, _ := json.Marshal(events.BuildFinishedData{BuildId: build.String(), FleetId: fleet.String(), ReleaseId: release.String(),
+		Status: status, Error: errDetail})
+	f := uuid.NullUUID{UUID: fleet, Valid: true}
+	return &Event{ID: uuid.NewSHA1(idSpace, []byte("build-finished\x00"+build.String())), OrgID: org, FleetID: f,
+		Type: "io.flock.build.finished", Source: SourceOf(org, f), Subject: build.String(), Time: now.UTC(), Data: data}
+}

@@ -25,6 +25,7 @@ func TestCatalog(t *testing.T) {
 		"io.flock.device.online": "device", "io.flock.device.offline": "device", "io.flock.device.state.changed": "device",
 		"io.flock.device.update.progressed": "device", "io.flock.rollout.group.started": "rollout", "io.flock.rollout.rolled.back": "rollout",
 		"io.flock.event-endpoint.disabled": "", "io.flock.event-endpoint.test": "",
+		"io.flock.build.finished": "", "io.flock.audit.recorded": "",
 	} {
 		ty, ok := byType[typ]
 		if !ok || ty.OrderedBy != ordered {
