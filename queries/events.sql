@@ -1,7 +1,10 @@
 -- name: OrgEventInsert :one
--- A second copy of an event (the same id) inserts nothing and returns no row.
+-- A second copy of an event (the same id), or one of an organisation that
+-- no longer exists (deleted while its records were in flight), inserts
+-- nothing and returns no row.
 INSERT INTO org_events (id, org_id, fleet_id, order_key, type, source, subject, time, data)
-VALUES (@id, @org_id, sqlc.narg(fleet_id)::uuid, @order_key, @type, @source, @subject, @time, @data)
+SELECT @id, @org_id, sqlc.narg(fleet_id)::uuid, @order_key, @type, @source, @subject, @time, @data
+WHERE EXISTS (SELECT 1 FROM orgs WHERE orgs.id = @org_id)
 ON CONFLICT (id) DO NOTHING
 RETURNING seq;
 

@@ -887,7 +887,8 @@ func (q *Queries) EventFanOut(ctx context.Context, arg EventFanOutParams) (int64
 
 const orgEventInsert = `-- name: OrgEventInsert :one
 INSERT INTO org_events (id, org_id, fleet_id, order_key, type, source, subject, time, data)
-VALUES ($1, $2, $3::uuid, $4, $5, $6, $7, $8, $9)
+SELECT $1, $2, $3::uuid, $4, $5, $6, $7, $8, $9
+WHERE EXISTS (SELECT 1 FROM orgs WHERE orgs.id = $2)
 ON CONFLICT (id) DO NOTHING
 RETURNING seq
 `
@@ -904,7 +905,9 @@ type OrgEventInsertParams struct {
 	Data     []byte
 }
 
-// A second copy of an event (the same id) inserts nothing and returns no row.
+// A second copy of an event (the same id), or one of an organisation that
+// no longer exists (deleted while its records were in flight), inserts
+// nothing and returns no row.
 func (q *Queries) OrgEventInsert(ctx context.Context, arg OrgEventInsertParams) (int64, error) {
 	row := q.db.QueryRow(ctx, orgEventInsert,
 		arg.ID,

@@ -303,7 +303,9 @@ type Querier interface {
 	OrgByID(ctx context.Context, id uuid.UUID) (Org, error)
 	OrgCreate(ctx context.Context, arg OrgCreateParams) (Org, error)
 	OrgDelete(ctx context.Context, id uuid.UUID) (int64, error)
-	// A second copy of an event (the same id) inserts nothing and returns no row.
+	// A second copy of an event (the same id), or one of an organisation that
+	// no longer exists (deleted while its records were in flight), inserts
+	// nothing and returns no row.
 	OrgEventInsert(ctx context.Context, arg OrgEventInsertParams) (int64, error)
 	// The feed: the organisation's events after a sequence, in order.
 	OrgEventsAfter(ctx context.Context, arg OrgEventsAfterParams) ([]OrgEvent, error)
