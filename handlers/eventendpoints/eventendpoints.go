@@ -270,9 +270,7 @@ func (h *EventEndpoints) EventEndpointUpdate(ctx context.Context, req api.EventE
 		return nil, fmt.Errorf("load event endpoint %s: %w", req.EndpointId, err)
 	}
 	b := req.Body
-	p := db.EventEndpointUpdateParams{ID: e.ID, Name: e.Name, Url: e.Url, Kafka: e.Kafka, KafkaPassword: e.KafkaPassword, Types: e.Types,
-		FleetID: e.FleetID, Enabled: e.Enabled, DisabledReason: e.DisabledReason, DisabledAt: e.DisabledAt, FailingSince: e.FailingSince,
-		Secret: e.Secret, PreviousSecret: e.PreviousSecret, PreviousExpiresAt: e.PreviousExpiresAt}
+	p := updateOf(e)
 	if b.Name != nil {
 		p.Name = strings.TrimSpace(*b.Name)
 	}
@@ -329,6 +327,13 @@ func (h *EventEndpoints) EventEndpointUpdate(ctx context.Context, req api.EventE
 	return api.EventEndpointUpdate200JSONResponse(convert(e, "")), nil
 }
 
+// updateOf is an update that changes nothing, for the caller to change.
+func updateOf(e db.EventEndpoint) db.EventEndpointUpdateParams {
+	return db.EventEndpointUpdateParams{ID: e.ID, Name: e.Name, Url: e.Url, Kafka: e.Kafka, KafkaPassword: e.KafkaPassword, Types: e.Types,
+		FleetID: e.FleetID, Enabled: e.Enabled, DisabledReason: e.DisabledReason, DisabledAt: e.DisabledAt, FailingSince: e.FailingSince,
+		Secret: e.Secret, PreviousSecret: e.PreviousSecret, PreviousExpiresAt: e.PreviousExpiresAt}
+}
+
 // EventEndpointDelete deletes an endpoint with its outbox and log.
 func (h *EventEndpoints) EventEndpointDelete(ctx context.Context, req api.EventEndpointDeleteRequestObject) (api.EventEndpointDeleteResponseObject, error) {
 	if _, err := postgres.Queries(ctx, h.Pool).EventEndpointDelete(ctx, req.EndpointId); err != nil {
@@ -361,9 +366,9 @@ func (h *EventEndpoints) EventEndpointRotateSecret(ctx context.Context, req api.
 		return nil, err
 	}
 	expires := time.Now().Add(overlap)
-	e, err = q.EventEndpointUpdate(ctx, db.EventEndpointUpdateParams{ID: e.ID, Name: e.Name, Url: e.Url, Kafka: e.Kafka, KafkaPassword: e.KafkaPassword,
-		Types: e.Types, FleetID: e.FleetID, Enabled: e.Enabled, DisabledReason: e.DisabledReason, DisabledAt: e.DisabledAt, FailingSince: e.FailingSince,
-		Secret: eventdelivery.Seal(box, e.ID, "secret", secret), PreviousSecret: e.Secret, PreviousExpiresAt: &expires})
+	p := updateOf(e)
+	p.Secret, p.PreviousSecret, p.PreviousExpiresAt = eventdelivery.Seal(box, e.ID, "secret", secret), e.Secret, &expires
+	e, err = q.EventEndpointUpdate(ctx, p)
 	if err != nil {
 		return nil, fmt.Errorf("rotate the secret of %s: %w", req.EndpointId, err)
 	}
