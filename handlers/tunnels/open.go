@@ -20,6 +20,7 @@ import (
 	"github.com/flock-io/flock-api/internal/auth"
 	"github.com/flock-io/flock-api/internal/http/problem"
 	"github.com/flock-io/flock-api/internal/http/reqinfo"
+	"github.com/flock-io/flock-api/internal/netpipe"
 	"github.com/flock-io/flock-api/internal/postgres"
 	"github.com/flock-io/flock-api/internal/tunnelroute"
 )
@@ -147,7 +148,7 @@ func (s *session) run(c *websocket.Conn) {
 	}()
 	nc := websocket.NetConn(ctx, c, websocket.MessageBinary)
 	context.AfterFunc(ctx, func() { _ = nc.Close(); _ = dc.Close() })
-	tunnelroute.Pipe(nc, dc, &s.toDevice, &s.fromDev)
+	netpipe.Pipe(nc, dc, &s.toDevice, &s.fromDev)
 	cancel()
 	<-renewDone
 	s.end("closed")

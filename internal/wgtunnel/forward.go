@@ -2,14 +2,12 @@ package wgtunnel
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
-)
 
-type closeWriter interface{ CloseWrite() error }
+	"github.com/flock-io/flock-api/internal/netpipe"
+)
 
 // Forward relays each connection accepted on l to the TCP address to, until
 // ctx ends (then it returns nil after closing l and every relayed connection)
@@ -61,29 +59,7 @@ func Forward(ctx context.Context, l net.Listener, to string) error {
 			track(out, true)
 			defer track(out, false)
 			defer out.Close()
-			relay(in, out)
+			netpipe.Pipe(in, out, nil, nil)
 		}()
 	}
-}
-
-// relay copies both ways and half-closes each direction as it ends, so
-// protocols that signal completion with EOF (scp, ssh exec) finish cleanly
-// instead of hanging until the other side gives up.
-func relay(a, b net.Conn) {
-	var wg sync.WaitGroup
-	half := func(dst, src net.Conn) {
-		defer wg.Done()
-		_, err := io.Copy(dst, src)
-		if cw, ok := dst.(closeWriter); ok && (err == nil || errors.Is(err, io.EOF)) {
-			cw.CloseWrite()
-			return
-		}
-		// An error mid-stream: no clean EOF to pass on, end both ways.
-		dst.Close()
-		src.Close()
-	}
-	wg.Add(2)
-	go half(a, b)
-	go half(b, a)
-	wg.Wait()
 }

@@ -289,3 +289,6 @@ func rxOf(s *Server, p Peer) uint64 {
 	}
 	return 0
 }
+
+// closeWriter is a connection that can end its sending half.
+type closeWriter interface{ CloseWrite() error }
