@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http/httptest"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -105,12 +106,7 @@ func TestDialThroughAnotherReplica(t *testing.T) {
 			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
 		}
 	}()
-	closed, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closedPort := uint16(closed.Addr().(*net.TCPAddr).Port)
-	closed.Close()
+	closedPort := closedPort(t)
 
 	dev := uuid.New()
 	holder := httptest.NewServer(Handler(loopback{known: dev}, "secret", time.Second, slog.New(slog.DiscardHandler)))
@@ -170,4 +166,24 @@ func TestDialThroughAnotherReplica(t *testing.T) {
 	if _, err := d.Dial(ctx, dev, 22); !errors.Is(err, ErrOffline) {
 		t.Errorf("dial through a dead replica: %v, want ErrOffline", err)
 	}
+}
+
+// closedPort is a loopback port that refuses connections for the whole
+// test: bound by a socket that never listens, so no other process can
+// take it (a port freed by closing a listener can be, under load).
+func closedPort(t *testing.T) uint16 {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uint16(sa.(*syscall.SockaddrInet4).Port)
 }
