@@ -422,11 +422,7 @@ func (h *EventEndpoints) EventEndpointTest(ctx context.Context, req api.EventEnd
 		if attemptID, err = eventdelivery.RecordAttempt(ctx, q, d, res); err != nil {
 			return err
 		}
-		var code *int32
-		if res.Status != 0 {
-			c := int32(res.Status)
-			code = &c
-		}
+		code := res.StatusCode()
 		msg := ""
 		if res.Err != nil {
 			msg = res.Err.Error()

@@ -121,6 +121,16 @@ type Result struct {
 	Retry    bool  // whether a later attempt may succeed
 }
 
+// StatusCode is the HTTP status as the database keeps it: nil when there
+// was none.
+func (r Result) StatusCode() *int32 {
+	if r.Status == 0 {
+		return nil
+	}
+	c := int32(r.Status)
+	return &c
+}
+
 // Deliverer sends an event to an endpoint of either kind.
 type Deliverer struct {
 	Box      *secretbox.Box

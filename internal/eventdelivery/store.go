@@ -33,11 +33,7 @@ func Emit(ctx context.Context, q *db.Queries, ev *Event) (seq int64, stored bool
 
 // RecordAttempt writes an attempt to the delivery log.
 func RecordAttempt(ctx context.Context, q *db.Queries, d db.EventDelivery, res Result) (uuid.UUID, error) {
-	var code *int32
-	if res.Status != 0 {
-		c := int32(res.Status)
-		code = &c
-	}
+	code := res.StatusCode()
 	msg := ""
 	if res.Err != nil {
 		msg = res.Err.Error()

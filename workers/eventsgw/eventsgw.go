@@ -301,11 +301,7 @@ func (g *Gateway) attempt(ctx context.Context, d db.EventDelivery, ep db.EventEn
 		if _, err := eventdelivery.RecordAttempt(ctx, q, d, res); err != nil {
 			return err
 		}
-		var lastStatus *int32
-		if res.Status != 0 {
-			s := int32(res.Status)
-			lastStatus = &s
-		}
+		lastStatus := res.StatusCode()
 		lastErr := ""
 		if res.Err != nil {
 			lastErr = truncate(res.Err.Error(), 1000)
@@ -365,11 +361,7 @@ var errLeaseLost = errors.New("lease lost")
 // succeeded records a successful attempt in one statement (the common
 // case, so one round trip).
 func (g *Gateway) succeeded(ctx context.Context, d db.EventDelivery, ev db.OrgEvent, res eventdelivery.Result) {
-	var code *int32
-	if res.Status != 0 {
-		c := int32(res.Status)
-		code = &c
-	}
+	code := res.StatusCode()
 	id, _ := uuid.NewV7()
 	q := db.New(g.cfg.Pool)
 	n, err := q.DeliverySucceeded(ctx, db.DeliverySucceededParams{ID: d.ID, Holder: g.holder, AttemptID: id,
