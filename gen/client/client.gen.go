@@ -4123,6 +4123,13 @@ type ClientInterface interface {
 	// and a persistent keepalive of `keepalive_seconds`; its own interface
 	// gets `address`.
 	//
+	// What comes over the tunnel: TCP connections from the servers' address
+	// to ports on the device's overlay address (SSH for `device-tunnel:open`,
+	// the public URL's port for the proxy). Nothing is routed between
+	// devices. The servers hold a device's peer only while it handshakes:
+	// keep the keepalive, and handshake again (WireGuard does, every two
+	// minutes) after a network change.
+	//
 	// Registering again (a new key, say after a reset) keeps the address and
 	// replaces the key at once. Any tunnel replica accepts the device's
 	// handshake: the server key is the same on all of them. Deleting the
@@ -4145,6 +4152,13 @@ type ClientInterface interface {
 	// answer: the server's public key at `endpoint`, allowed IPs `prefix`,
 	// and a persistent keepalive of `keepalive_seconds`; its own interface
 	// gets `address`.
+	//
+	// What comes over the tunnel: TCP connections from the servers' address
+	// to ports on the device's overlay address (SSH for `device-tunnel:open`,
+	// the public URL's port for the proxy). Nothing is routed between
+	// devices. The servers hold a device's peer only while it handshakes:
+	// keep the keepalive, and handshake again (WireGuard does, every two
+	// minutes) after a network change.
 	//
 	// Registering again (a new key, say after a reset) keeps the address and
 	// replaces the key at once. Any tunnel replica accepts the device's
@@ -5683,6 +5697,13 @@ func (c *Client) DeviceToken(ctx context.Context, body DeviceTokenJSONRequestBod
 // and a persistent keepalive of `keepalive_seconds`; its own interface
 // gets `address`.
 //
+// What comes over the tunnel: TCP connections from the servers' address
+// to ports on the device's overlay address (SSH for `device-tunnel:open`,
+// the public URL's port for the proxy). Nothing is routed between
+// devices. The servers hold a device's peer only while it handshakes:
+// keep the keepalive, and handshake again (WireGuard does, every two
+// minutes) after a network change.
+//
 // Registering again (a new key, say after a reset) keeps the address and
 // replaces the key at once. Any tunnel replica accepts the device's
 // handshake: the server key is the same on all of them. Deleting the
@@ -5715,6 +5736,13 @@ func (c *Client) DeviceTunnelRegisterWithBody(ctx context.Context, contentType s
 // answer: the server's public key at `endpoint`, allowed IPs `prefix`,
 // and a persistent keepalive of `keepalive_seconds`; its own interface
 // gets `address`.
+//
+// What comes over the tunnel: TCP connections from the servers' address
+// to ports on the device's overlay address (SSH for `device-tunnel:open`,
+// the public URL's port for the proxy). Nothing is routed between
+// devices. The servers hold a device's peer only while it handshakes:
+// keep the keepalive, and handshake again (WireGuard does, every two
+// minutes) after a network change.
 //
 // Registering again (a new key, say after a reset) keeps the address and
 // replaces the key at once. Any tunnel replica accepts the device's
@@ -14875,6 +14903,13 @@ type ClientWithResponsesInterface interface {
 	// and a persistent keepalive of `keepalive_seconds`; its own interface
 	// gets `address`.
 	//
+	// What comes over the tunnel: TCP connections from the servers' address
+	// to ports on the device's overlay address (SSH for `device-tunnel:open`,
+	// the public URL's port for the proxy). Nothing is routed between
+	// devices. The servers hold a device's peer only while it handshakes:
+	// keep the keepalive, and handshake again (WireGuard does, every two
+	// minutes) after a network change.
+	//
 	// Registering again (a new key, say after a reset) keeps the address and
 	// replaces the key at once. Any tunnel replica accepts the device's
 	// handshake: the server key is the same on all of them. Deleting the
@@ -14897,6 +14932,13 @@ type ClientWithResponsesInterface interface {
 	// answer: the server's public key at `endpoint`, allowed IPs `prefix`,
 	// and a persistent keepalive of `keepalive_seconds`; its own interface
 	// gets `address`.
+	//
+	// What comes over the tunnel: TCP connections from the servers' address
+	// to ports on the device's overlay address (SSH for `device-tunnel:open`,
+	// the public URL's port for the proxy). Nothing is routed between
+	// devices. The servers hold a device's peer only while it handshakes:
+	// keep the keepalive, and handshake again (WireGuard does, every two
+	// minutes) after a network change.
 	//
 	// Registering again (a new key, say after a reset) keeps the address and
 	// replaces the key at once. Any tunnel replica accepts the device's
@@ -21545,6 +21587,13 @@ func (c *ClientWithResponses) DeviceTokenWithResponse(ctx context.Context, body 
 // and a persistent keepalive of `keepalive_seconds`; its own interface
 // gets `address`.
 //
+// What comes over the tunnel: TCP connections from the servers' address
+// to ports on the device's overlay address (SSH for `device-tunnel:open`,
+// the public URL's port for the proxy). Nothing is routed between
+// devices. The servers hold a device's peer only while it handshakes:
+// keep the keepalive, and handshake again (WireGuard does, every two
+// minutes) after a network change.
+//
 // Registering again (a new key, say after a reset) keeps the address and
 // replaces the key at once. Any tunnel replica accepts the device's
 // handshake: the server key is the same on all of them. Deleting the
@@ -21573,6 +21622,13 @@ func (c *ClientWithResponses) DeviceTunnelRegisterWithBodyWithResponse(ctx conte
 // answer: the server's public key at `endpoint`, allowed IPs `prefix`,
 // and a persistent keepalive of `keepalive_seconds`; its own interface
 // gets `address`.
+//
+// What comes over the tunnel: TCP connections from the servers' address
+// to ports on the device's overlay address (SSH for `device-tunnel:open`,
+// the public URL's port for the proxy). Nothing is routed between
+// devices. The servers hold a device's peer only while it handshakes:
+// keep the keepalive, and handshake again (WireGuard does, every two
+// minutes) after a network change.
 //
 // Registering again (a new key, say after a reset) keeps the address and
 // replaces the key at once. Any tunnel replica accepts the device's

@@ -2049,6 +2049,13 @@ export interface paths {
          *     and a persistent keepalive of `keepalive_seconds`; its own interface
          *     gets `address`.
          *
+         *     What comes over the tunnel: TCP connections from the servers' address
+         *     to ports on the device's overlay address (SSH for `device-tunnel:open`,
+         *     the public URL's port for the proxy). Nothing is routed between
+         *     devices. The servers hold a device's peer only while it handshakes:
+         *     keep the keepalive, and handshake again (WireGuard does, every two
+         *     minutes) after a network change.
+         *
          *     Registering again (a new key, say after a reset) keeps the address and
          *     replaces the key at once. Any tunnel replica accepts the device's
          *     handshake: the server key is the same on all of them. Deleting the
