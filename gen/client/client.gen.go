@@ -5117,6 +5117,13 @@ type ClientInterface interface {
 	// like the other WebSockets (`Authorization`, or the subprotocols
 	// `flock.v1` and `bearer.<token>`). The server pings every 15 s.
 	//
+	// Access is checked when the feed opens and again while it runs (every
+	// 30 s by default, `FLOCK_STREAM_RECHECK`): a member removed from the
+	// organisation, or an API key deleted or expired, loses an open feed
+	// with close code 1008 and a reason starting `access_ended`. Close
+	// 1008 `slow consumer` means the client read too slowly, and 1011 that
+	// the log could not be read; in both cases reconnect with the cursor.
+	//
 	// Corresponds with GET /v1/orgs/{orgId}/cloudevents/ws (the `OrgCloudeventsWebsocket` operationId).
 	OrgCloudeventsWebsocket(ctx context.Context, orgId OrgId, params *OrgCloudeventsWebsocketParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
@@ -7590,6 +7597,13 @@ func (c *Client) AuditEventList(ctx context.Context, orgId OrgId, params *AuditE
 // days); without `after` the feed starts with new events. Authenticate
 // like the other WebSockets (`Authorization`, or the subprotocols
 // `flock.v1` and `bearer.<token>`). The server pings every 15 s.
+//
+// Access is checked when the feed opens and again while it runs (every
+// 30 s by default, `FLOCK_STREAM_RECHECK`): a member removed from the
+// organisation, or an API key deleted or expired, loses an open feed
+// with close code 1008 and a reason starting `access_ended`. Close
+// 1008 `slow consumer` means the client read too slowly, and 1011 that
+// the log could not be read; in both cases reconnect with the cursor.
 //
 // Corresponds with GET /v1/orgs/{orgId}/cloudevents/ws (the `OrgCloudeventsWebsocket` operationId).
 func (c *Client) OrgCloudeventsWebsocket(ctx context.Context, orgId OrgId, params *OrgCloudeventsWebsocketParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
@@ -15995,6 +16009,13 @@ type ClientWithResponsesInterface interface {
 	// like the other WebSockets (`Authorization`, or the subprotocols
 	// `flock.v1` and `bearer.<token>`). The server pings every 15 s.
 	//
+	// Access is checked when the feed opens and again while it runs (every
+	// 30 s by default, `FLOCK_STREAM_RECHECK`): a member removed from the
+	// organisation, or an API key deleted or expired, loses an open feed
+	// with close code 1008 and a reason starting `access_ended`. Close
+	// 1008 `slow consumer` means the client read too slowly, and 1011 that
+	// the log could not be read; in both cases reconnect with the cursor.
+	//
 	// Returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with GET /v1/orgs/{orgId}/cloudevents/ws (the `OrgCloudeventsWebsocket` operationId).
@@ -23218,6 +23239,13 @@ func (c *ClientWithResponses) AuditEventListWithResponse(ctx context.Context, or
 // days); without `after` the feed starts with new events. Authenticate
 // like the other WebSockets (`Authorization`, or the subprotocols
 // `flock.v1` and `bearer.<token>`). The server pings every 15 s.
+//
+// Access is checked when the feed opens and again while it runs (every
+// 30 s by default, `FLOCK_STREAM_RECHECK`): a member removed from the
+// organisation, or an API key deleted or expired, loses an open feed
+// with close code 1008 and a reason starting `access_ended`. Close
+// 1008 `slow consumer` means the client read too slowly, and 1011 that
+// the log could not be read; in both cases reconnect with the cursor.
 //
 // Returns a wrapper object for the known response body format(s).
 //

@@ -38,8 +38,10 @@ type EventEndpoints struct {
 	// Policy checks webhook URLs (SSRF); Deliverer makes test sends.
 	Policy    webhook.Policy
 	Deliverer *eventdelivery.Deliverer
-	// FeedPoll is how often the feed looks for new events (default 250ms).
-	FeedPoll time.Duration
+	// FeedPoll is how often the feed looks for new events (default 250ms);
+	// FeedRecheck how often an open feed asks whether its caller may still
+	// read the organisation (default 30s, as the live streams).
+	FeedPoll, FeedRecheck time.Duration
 }
 
 func (h *EventEndpoints) box() (*secretbox.Box, error) {

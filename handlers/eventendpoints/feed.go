@@ -52,7 +52,7 @@ func (h *EventEndpoints) OrgCloudeventsWebsocket(ctx context.Context, req api.Or
 		}
 		after = last
 	}
-	return feed{h: h, ctx: ctx, r: r, org: req.OrgId, after: after, types: types}, nil
+	return feed{h: h, ctx: ctx, r: r, org: req.OrgId, after: after, types: types, access: streams.AccessCheck(ctx, h.Pool)}, nil
 }
 
 type feed struct {
@@ -62,6 +62,9 @@ type feed struct {
 	org   uuid.UUID
 	after int64
 	types []string
+	// access, when set, is asked every FeedRecheck: a member removed or a
+	// key deleted loses an open feed, as it does the live streams.
+	access func(context.Context) (bool, error)
 }
 
 func (f feed) VisitOrgCloudeventsWebsocketResponse(w http.ResponseWriter) error {
@@ -81,6 +84,11 @@ func (f feed) VisitOrgCloudeventsWebsocketResponse(w http.ResponseWriter) error 
 	tick := time.NewTicker(poll)
 	defer tick.Stop()
 	lastPing := time.Now()
+	recheck := f.h.FeedRecheck
+	if recheck <= 0 {
+		recheck = 30 * time.Second
+	}
+	lastCheck := time.Now()
 	types := f.types
 	if types == nil {
 		types = []string{}
@@ -109,6 +117,18 @@ func (f feed) VisitOrgCloudeventsWebsocketResponse(w http.ResponseWriter) error 
 		}
 		if len(evs) == feedBatch {
 			continue
+		}
+		if f.access != nil && time.Since(lastCheck) >= recheck {
+			actx, cancel := context.WithTimeout(ctx, feedWrite)
+			ok, err := f.access(actx)
+			cancel()
+			// A failed check keeps the feed: a database hiccup is no reason
+			// to drop every integration; the next check decides.
+			if err == nil && !ok {
+				_ = c.Close(websocket.StatusPolicyViolation, "access_ended: the caller may no longer read this organisation's events")
+				return nil
+			}
+			lastCheck = time.Now()
 		}
 		if time.Since(lastPing) >= feedPing {
 			pctx, cancel := context.WithTimeout(ctx, feedWrite)

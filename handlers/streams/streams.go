@@ -146,7 +146,7 @@ func (h *Streams) open(ctx context.Context, ws bool, kind live.Kind, f *live.Fil
 	} else {
 		f.Types = scope
 	}
-	st := &live.Stream{Kind: kind, Filter: f, Heartbeat: h.Heartbeat, Recheck: h.recheck(ctx), RecheckEvery: h.Recheck}
+	st := &live.Stream{Kind: kind, Filter: f, Heartbeat: h.Heartbeat, Recheck: AccessCheck(ctx, h.Pool), RecheckEvery: h.Recheck}
 	in, field, id := "query", "last_event_id", query
 	if id == nil && header != nil {
 		in, field, id = "header", "Last-Event-ID", header
@@ -161,10 +161,11 @@ func (h *Streams) open(ctx context.Context, ws bool, kind live.Kind, f *live.Fil
 	return stream{ctx: ctx, h: h, st: st, ws: ws}, nil
 }
 
-// recheck asks whether the caller of a stream opened in ctx may still read
-// its organisation: the guard let the stream open, but a member removed or
-// a key deleted since must not keep reading it.
-func (h *Streams) recheck(ctx context.Context) func(context.Context) (bool, error) {
+// AccessCheck asks whether the caller of a stream opened in ctx may still
+// read its organisation: the guard let the stream open, but a member
+// removed or a key deleted since must not keep reading it. It is nil for
+// callers whose access cannot end while a stream is open.
+func AccessCheck(ctx context.Context, pool *pgxpool.Pool) func(context.Context) (bool, error) {
 	acc := auth.AccessFrom(ctx)
 	if acc == nil || acc.Principal == nil {
 		return nil
@@ -180,7 +181,7 @@ func (h *Streams) recheck(ctx context.Context) func(context.Context) (bool, erro
 		return nil
 	}
 	return func(ctx context.Context) (bool, error) {
-		ok, err := db.New(h.Pool).StreamAccessHolds(ctx, params)
+		ok, err := db.New(pool).StreamAccessHolds(ctx, params)
 		if err != nil {
 			return false, fmt.Errorf("recheck stream access of %s in %s: %w", p.Label(), org, err)
 		}

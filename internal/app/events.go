@@ -42,9 +42,9 @@ func (a *App) eventEndpointsHandler(ctx context.Context) *eventendpoints.EventEn
 	d, err := a.eventsDeliverer(ctx)
 	if err != nil {
 		a.log.Warn("event endpoints unavailable", "error", err)
-		return &eventendpoints.EventEndpoints{Policy: a.webhookPolicy()}
+		return &eventendpoints.EventEndpoints{Policy: a.webhookPolicy(), FeedRecheck: a.cfg.StreamRecheck}
 	}
-	return &eventendpoints.EventEndpoints{Box: d.Box, Policy: a.webhookPolicy(), Deliverer: d}
+	return &eventendpoints.EventEndpoints{Box: d.Box, Policy: a.webhookPolicy(), Deliverer: d, FeedRecheck: a.cfg.StreamRecheck}
 }
 
 // initEventsGateway runs the events-gateway: internal topics in, the

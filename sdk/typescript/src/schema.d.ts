@@ -1871,6 +1871,13 @@ export interface paths {
          *     days); without `after` the feed starts with new events. Authenticate
          *     like the other WebSockets (`Authorization`, or the subprotocols
          *     `flock.v1` and `bearer.<token>`). The server pings every 15 s.
+         *
+         *     Access is checked when the feed opens and again while it runs (every
+         *     30 s by default, `FLOCK_STREAM_RECHECK`): a member removed from the
+         *     organisation, or an API key deleted or expired, loses an open feed
+         *     with close code 1008 and a reason starting `access_ended`. Close
+         *     1008 `slow consumer` means the client read too slowly, and 1011 that
+         *     the log could not be read; in both cases reconnect with the cursor.
          */
         get: operations["org-cloudevents:websocket"];
         put?: never;

@@ -1,0 +1,212 @@
+package handlers_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/flock-io/flock-api/internal/testutil"
+	"github.com/flock-io/flock-api/internal/testutil/apptest"
+)
+
+// held is one webhook request a test receiver holds until the test
+// answers it.
+type held struct {
+	id   string
+	seq  int
+	sigs map[string]bool // which of the secrets named so far verified
+	code chan int
+}
+
+// A secret rotated while a delivery is in flight: the attempt already on
+// the wire keeps the signatures of its time, and every attempt after the
+// rotation is signed with the secrets of its own time: both during an
+// overlap, only the new one after a rotation without overlap. So a
+// receiver that switched secrets at once refuses the stale attempt (401)
+// and the retry, signed with the new secret, gets through: the event is
+// still delivered, once accepted, under its original id.
+func TestWebhookSecretRotationInFlight(t *testing.T) {
+	srv := apptest.Start(t, "--events-allow-private", "--events-retry-schedule=50ms,50ms,50ms,50ms,50ms,50ms")
+	w := newWorld(t, srv).withFleet(t)
+	dev := w.device.token(t, srv)
+
+	var mu sync.Mutex
+	named := map[string]string{} // secret -> its name in the test
+	arrived := make(chan held)
+	stop := make(chan struct{})
+	rcv := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+		body, _ := io.ReadAll(req.Body)
+		var ev struct {
+			Data struct {
+				State struct{ Seq int } `json:"state"`
+			} `json:"data"`
+		}
+		_ = json.Unmarshal(body, &ev)
+		id, ts, sig := req.Header.Get("webhook-id"), req.Header.Get("webhook-timestamp"), req.Header.Get("webhook-signature")
+		h := held{id: id, seq: ev.Data.State.Seq, sigs: map[string]bool{}, code: make(chan int, 1)}
+		mu.Lock()
+		for s, name := range named {
+			if verifySig(s, id, ts, body, sig) {
+				h.sigs[name] = true
+			}
+		}
+		mu.Unlock()
+		select {
+		case arrived <- h:
+		case <-stop:
+			return
+		}
+		select {
+		case code := <-h.code:
+			rw.WriteHeader(code)
+		case <-stop:
+		}
+	}))
+	t.Cleanup(rcv.Close)
+	t.Cleanup(func() { close(stop) }) // runs first: frees held requests so Close can finish
+
+	next := func(what string) held {
+		t.Helper()
+		select {
+		case h := <-arrived:
+			return h
+		case <-time.After(testutil.Wait):
+			t.Fatalf("%s: no request within %s", what, testutil.Wait)
+			return held{}
+		}
+	}
+	wantSigs := func(h held, what string, names ...string) {
+		t.Helper()
+		if len(h.sigs) != len(names) {
+			t.Errorf("%s: signatures of %v verified, want exactly %v", what, h.sigs, names)
+		}
+		for _, n := range names {
+			if !h.sigs[n] {
+				t.Errorf("%s: signatures of %v verified, want exactly %v", what, h.sigs, names)
+			}
+		}
+	}
+
+	ep := must(t, srv, 201, "POST", "/v1/orgs/"+w.org+"/event-endpoints", w.admin, map[string]any{
+		"name": "rotating", "kind": "webhook", "url": rcv.URL, "types": []string{"io.flock.device.state.changed"}})
+	id := ep["id"].(string)
+	mu.Lock()
+	named[ep["secret"].(string)] = "A"
+	mu.Unlock()
+
+	// 1. Rotation with an overlap while seq 1 is on the wire.
+	reportStates(t, srv, dev, 1, 1)
+	first := next("seq 1")
+	wantSigs(first, "seq 1 before the rotation", "A")
+	rot := must(t, srv, 200, "POST", "/v1/event-endpoints/"+id+"/rotate-secret", w.admin, map[string]any{"overlap_seconds": 3600})
+	mu.Lock()
+	named[rot["secret"].(string)] = "B"
+	mu.Unlock()
+	first.code <- http.StatusServiceUnavailable // the receiver was busy: a retry follows
+	retry := next("seq 1's retry")
+	if retry.id != first.id || retry.seq != 1 {
+		t.Fatalf("after the rotation came %s (seq %d), want the retry of %s (seq 1)", retry.id, retry.seq, first.id)
+	}
+	wantSigs(retry, "seq 1's retry during the overlap", "A", "B")
+	retry.code <- http.StatusNoContent
+
+	// 2. Rotation without overlap while seq 2 is on the wire: the receiver
+	// switched to the new secret at once and refuses what B signed.
+	reportStates(t, srv, dev, 2, 2)
+	second := next("seq 2")
+	wantSigs(second, "seq 2 before the second rotation", "A", "B")
+	rot = must(t, srv, 200, "POST", "/v1/event-endpoints/"+id+"/rotate-secret", w.admin, map[string]any{"overlap_seconds": 0})
+	mu.Lock()
+	named[rot["secret"].(string)] = "C"
+	mu.Unlock()
+	second.code <- http.StatusUnauthorized
+	retry = next("seq 2's retry")
+	if retry.id != second.id || retry.seq != 2 {
+		t.Fatalf("after the second rotation came %s (seq %d), want the retry of %s (seq 2)", retry.id, retry.seq, second.id)
+	}
+	wantSigs(retry, "seq 2's retry after a rotation without overlap", "C")
+	retry.code <- http.StatusNoContent
+
+	// The log says what happened: each event refused once, then accepted.
+	testutil.Eventually(t, "the log holds 4 attempts", func() error {
+		items := must(t, srv, 200, "GET", "/v1/event-endpoints/"+id+"/attempts?limit=10", w.developer, nil)["items"].([]any)
+		var codes []string
+		for _, it := range items {
+			a := it.(map[string]any)
+			codes = append(codes, fmt.Sprint(a["status_code"]))
+		}
+		// Newest first.
+		if strings.Join(codes, ",") != "204,401,204,503" {
+			return errors.New("attempts (newest first): " + strings.Join(codes, ","))
+		}
+		return nil
+	})
+}
+
+// The feed is authorised when it opens and again while it runs, as the
+// live streams are: a member removed from the organisation loses an open
+// feed (close 1008, access_ended), while another member's goes on.
+func TestEventFeedEndsWhenAccessEnds(t *testing.T) {
+	srv := apptest.Start(t, "--stream-recheck=100ms")
+	w := newWorld(t, srv).withFleet(t)
+	victim := srv.Token(t, "victim@example.com")
+	dial := func(token string) *websocket.Conn {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), testutil.Wait)
+		defer cancel()
+		c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+"/v1/orgs/"+w.org+"/cloudevents/ws",
+			&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + token}}})
+		if err != nil {
+			t.Fatalf("feed: %v", err)
+		}
+		t.Cleanup(func() { _ = c.CloseNow() })
+		return c
+	}
+	gone, stays := dial(victim), dial(w.viewer)
+
+	must(t, srv, 204, "DELETE", "/v1/orgs/"+w.org+"/members/"+w.victimID, w.owner, nil)
+	ctx, cancel := context.WithTimeout(t.Context(), testutil.Wait)
+	defer cancel()
+	// What was logged before the check (the removal's own audit event)
+	// may come first; then the feed closes.
+	var err error
+	for err == nil {
+		_, _, err = gone.Read(ctx)
+	}
+	if websocket.CloseStatus(err) != websocket.StatusPolicyViolation {
+		t.Fatalf("the removed member's feed ended with %v, want close 1008", err)
+	}
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || !strings.HasPrefix(ce.Reason, "access_ended") {
+		t.Errorf("close reason %q, want access_ended", ce.Reason)
+	}
+
+	// The viewer's feed carries what happens next (this audited change).
+	must(t, srv, 200, "PATCH", "/v1/devices/"+w.device.id.String(), w.admin, map[string]any{"name": "after-removal"})
+	for {
+		_, b, err := stays.Read(ctx)
+		if err != nil {
+			t.Fatalf("the viewer's feed, waiting for the rename: %v", err)
+		}
+		var ev struct {
+			Type string
+			Data struct {
+				TargetID string `json:"target_id"`
+			}
+		}
+		_ = json.Unmarshal(b, &ev)
+		if ev.Type == "io.flock.audit.recorded" && ev.Data.TargetID == w.device.id.String() {
+			break
+		}
+	}
+}
