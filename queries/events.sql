@@ -80,25 +80,91 @@ SET lease_until = now() + make_interval(secs => @lease_seconds::double precision
 FROM locked WHERE d.id = locked.id
 RETURNING d.*;
 
+-- name: DeliveriesSucceeded :many
+-- Successful attempts, many in one statement (the common case; the
+-- gateway writes what finished while the last write ran): the deliveries
+-- done, the attempts logged, the endpoints' failure records cleared. It
+-- returns those it wrote. A delivery another transaction holds locked (a
+-- fan-out's FOR SHARE of the pending rows ahead of its event) is skipped,
+-- not waited for: waiting while holding the batch's other rows could
+-- deadlock with that fan-out, which locks in its events' order. The
+-- caller writes the skipped ones with DeliverySucceeded, one at a time.
+-- The next of each order key is promoted by a statement after it
+-- (DeliveriesPromoteNext), which sees an insert that raced this one.
+WITH input AS (
+  -- Set-returning functions in one select list advance together.
+  SELECT unnest(@ids::uuid[]) AS id, unnest(@attempt_ids::uuid[]) AS attempt_id, unnest(@ats::timestamptz[]) AS at,
+         unnest(@status_codes::int[]) AS status_code, unnest(@durations_ms::int[]) AS duration_ms, unnest(@responses::text[]) AS response
+), free AS (
+  SELECT ed.id FROM event_deliveries ed
+  WHERE ed.id IN (SELECT input.id FROM input) AND ed.leased_by = @holder::text
+  FOR UPDATE OF ed SKIP LOCKED
+), done AS (
+  UPDATE event_deliveries ed
+  SET status = 'succeeded', attempts = ed.attempts + 1, lease_until = NULL, leased_by = NULL,
+      last_status = nullif(input.status_code, 0), last_error = '', updated_at = now()
+  FROM input
+  WHERE ed.id = input.id AND ed.id IN (SELECT free.id FROM free)
+  RETURNING ed.id, ed.endpoint_id, ed.order_key, ed.event_seq
+), logged AS (
+  INSERT INTO event_delivery_attempts (id, delivery_id, endpoint_id, at, status_code, duration_ms, response, error, succeeded)
+  SELECT input.attempt_id, done.id, done.endpoint_id, input.at, nullif(input.status_code, 0), input.duration_ms, input.response, '', true
+  FROM done JOIN input ON input.id = done.id
+), cleared AS (
+  -- In id order, so two replicas' writes never wait on each other in a cycle.
+  UPDATE event_endpoints ee SET failing_since = NULL
+  WHERE ee.id IN (SELECT e.id FROM event_endpoints e
+                  WHERE e.id IN (SELECT endpoint_id FROM done) AND e.failing_since IS NOT NULL
+                  ORDER BY e.id FOR UPDATE)
+)
+SELECT done.id, done.endpoint_id, done.order_key, done.event_seq FROM done;
+
 -- name: DeliverySucceeded :one
--- A successful attempt in one statement: the delivery done, the attempt
--- logged, the endpoint's failure record cleared. The next of its order key
--- is promoted by a statement after it (DeliveryPromoteNext), which sees an
--- insert that raced this one (EventFanOut).
+-- One successful attempt (DeliveriesSucceeded skipped it: locked by a
+-- fan-out, which this waits for). No row: the lease lapsed.
 WITH done AS (
   UPDATE event_deliveries ed
   SET status = 'succeeded', attempts = ed.attempts + 1, lease_until = NULL, leased_by = NULL,
-      last_status = sqlc.narg(status_code)::int, last_error = ''
+      last_status = sqlc.narg(status_code)::int, last_error = '', updated_at = now()
   WHERE ed.id = @id::uuid AND ed.leased_by = @holder::text
-  RETURNING ed.id, ed.endpoint_id
+  RETURNING ed.id, ed.endpoint_id, ed.order_key, ed.event_seq
 ), logged AS (
-  INSERT INTO event_delivery_attempts (id, delivery_id, endpoint_id, status_code, duration_ms, response, error, succeeded)
-  SELECT @attempt_id::uuid, done.id, done.endpoint_id, sqlc.narg(status_code)::int, @duration_ms::int, @response::text, '', true FROM done
+  INSERT INTO event_delivery_attempts (id, delivery_id, endpoint_id, at, status_code, duration_ms, response, error, succeeded)
+  SELECT @attempt_id::uuid, done.id, done.endpoint_id, @at::timestamptz, sqlc.narg(status_code)::int, @duration_ms::int, @response::text, '', true FROM done
 ), cleared AS (
   UPDATE event_endpoints ee SET failing_since = NULL
   WHERE ee.id IN (SELECT endpoint_id FROM done) AND ee.failing_since IS NOT NULL
 )
-SELECT count(*) FROM done;
+SELECT done.id, done.endpoint_id, done.order_key, done.event_seq FROM done;
+
+-- name: DeliveriesPromoteNext :many
+-- Deliveries done make the next of each of their order keys due (the
+-- batch form of DeliveryPromoteNext). A next delivery another transaction
+-- holds locked (a fan-out's FOR SHARE) is skipped, not waited for, as in
+-- DeliveriesSucceeded; it comes back with promoted false and the caller
+-- promotes it with DeliveryPromote.
+WITH i AS (
+  SELECT unnest(@endpoint_ids::uuid[]) AS endpoint_id, unnest(@order_keys::text[]) AS order_key,
+         unnest(@event_seqs::bigint[]) AS event_seq
+), target AS (
+  SELECT n.id FROM i CROSS JOIN LATERAL (
+    SELECT x.id FROM event_deliveries x
+    WHERE x.endpoint_id = i.endpoint_id AND x.order_key = i.order_key AND i.order_key <> ''
+      AND x.status = 'pending' AND x.event_seq > i.event_seq
+    ORDER BY x.event_seq LIMIT 1) n
+), free AS (
+  SELECT d.id FROM event_deliveries d
+  WHERE d.id IN (SELECT target.id FROM target) AND d.next_attempt_at = 'infinity'
+  FOR UPDATE OF d SKIP LOCKED
+), promoted AS (
+  UPDATE event_deliveries d SET next_attempt_at = now()
+  WHERE d.id IN (SELECT free.id FROM free)
+  RETURNING d.id
+)
+SELECT target.id, (target.id IN (SELECT promoted.id FROM promoted))::bool AS promoted FROM target;
+
+-- name: DeliveryPromote :execrows
+UPDATE event_deliveries SET next_attempt_at = now() WHERE id = @id AND status = 'pending' AND next_attempt_at = 'infinity';
 
 -- name: OrgEventsBySeq :many
 SELECT * FROM org_events WHERE seq = ANY (@seqs::bigint[]);

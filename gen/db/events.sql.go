@@ -229,6 +229,154 @@ func (q *Queries) DeliveriesNextDue(ctx context.Context) (time.Time, error) {
 	return due, err
 }
 
+const deliveriesPromoteNext = `-- name: DeliveriesPromoteNext :many
+WITH i AS (
+  SELECT unnest($1::uuid[]) AS endpoint_id, unnest($2::text[]) AS order_key,
+         unnest($3::bigint[]) AS event_seq
+), target AS (
+  SELECT n.id FROM i CROSS JOIN LATERAL (
+    SELECT x.id FROM event_deliveries x
+    WHERE x.endpoint_id = i.endpoint_id AND x.order_key = i.order_key AND i.order_key <> ''
+      AND x.status = 'pending' AND x.event_seq > i.event_seq
+    ORDER BY x.event_seq LIMIT 1) n
+), free AS (
+  SELECT d.id FROM event_deliveries d
+  WHERE d.id IN (SELECT target.id FROM target) AND d.next_attempt_at = 'infinity'
+  FOR UPDATE OF d SKIP LOCKED
+), promoted AS (
+  UPDATE event_deliveries d SET next_attempt_at = now()
+  WHERE d.id IN (SELECT free.id FROM free)
+  RETURNING d.id
+)
+SELECT target.id, (target.id IN (SELECT promoted.id FROM promoted))::bool AS promoted FROM target
+`
+
+type DeliveriesPromoteNextParams struct {
+	EndpointIds []uuid.UUID
+	OrderKeys   []string
+	EventSeqs   []int64
+}
+
+type DeliveriesPromoteNextRow struct {
+	ID       uuid.UUID
+	Promoted bool
+}
+
+// Deliveries done make the next of each of their order keys due (the
+// batch form of DeliveryPromoteNext). A next delivery another transaction
+// holds locked (a fan-out's FOR SHARE) is skipped, not waited for, as in
+// DeliveriesSucceeded; it comes back with promoted false and the caller
+// promotes it with DeliveryPromote.
+func (q *Queries) DeliveriesPromoteNext(ctx context.Context, arg DeliveriesPromoteNextParams) ([]DeliveriesPromoteNextRow, error) {
+	rows, err := q.db.Query(ctx, deliveriesPromoteNext, arg.EndpointIds, arg.OrderKeys, arg.EventSeqs)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []DeliveriesPromoteNextRow{}
+	for rows.Next() {
+		var i DeliveriesPromoteNextRow
+		if err := rows.Scan(&i.ID, &i.Promoted); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const deliveriesSucceeded = `-- name: DeliveriesSucceeded :many
+WITH input AS (
+  -- Set-returning functions in one select list advance together.
+  SELECT unnest($1::uuid[]) AS id, unnest($2::uuid[]) AS attempt_id, unnest($3::timestamptz[]) AS at,
+         unnest($4::int[]) AS status_code, unnest($5::int[]) AS duration_ms, unnest($6::text[]) AS response
+), free AS (
+  SELECT ed.id FROM event_deliveries ed
+  WHERE ed.id IN (SELECT input.id FROM input) AND ed.leased_by = $7::text
+  FOR UPDATE OF ed SKIP LOCKED
+), done AS (
+  UPDATE event_deliveries ed
+  SET status = 'succeeded', attempts = ed.attempts + 1, lease_until = NULL, leased_by = NULL,
+      last_status = nullif(input.status_code, 0), last_error = '', updated_at = now()
+  FROM input
+  WHERE ed.id = input.id AND ed.id IN (SELECT free.id FROM free)
+  RETURNING ed.id, ed.endpoint_id, ed.order_key, ed.event_seq
+), logged AS (
+  INSERT INTO event_delivery_attempts (id, delivery_id, endpoint_id, at, status_code, duration_ms, response, error, succeeded)
+  SELECT input.attempt_id, done.id, done.endpoint_id, input.at, nullif(input.status_code, 0), input.duration_ms, input.response, '', true
+  FROM done JOIN input ON input.id = done.id
+), cleared AS (
+  -- In id order, so two replicas' writes never wait on each other in a cycle.
+  UPDATE event_endpoints ee SET failing_since = NULL
+  WHERE ee.id IN (SELECT e.id FROM event_endpoints e
+                  WHERE e.id IN (SELECT endpoint_id FROM done) AND e.failing_since IS NOT NULL
+                  ORDER BY e.id FOR UPDATE)
+)
+SELECT done.id, done.endpoint_id, done.order_key, done.event_seq FROM done
+`
+
+type DeliveriesSucceededParams struct {
+	Ids         []uuid.UUID
+	AttemptIds  []uuid.UUID
+	Ats         []time.Time
+	StatusCodes []int32
+	DurationsMs []int32
+	Responses   []string
+	Holder      string
+}
+
+type DeliveriesSucceededRow struct {
+	ID         uuid.UUID
+	EndpointID uuid.UUID
+	OrderKey   string
+	EventSeq   int64
+}
+
+// Successful attempts, many in one statement (the common case; the
+// gateway writes what finished while the last write ran): the deliveries
+// done, the attempts logged, the endpoints' failure records cleared. It
+// returns those it wrote. A delivery another transaction holds locked (a
+// fan-out's FOR SHARE of the pending rows ahead of its event) is skipped,
+// not waited for: waiting while holding the batch's other rows could
+// deadlock with that fan-out, which locks in its events' order. The
+// caller writes the skipped ones with DeliverySucceeded, one at a time.
+// The next of each order key is promoted by a statement after it
+// (DeliveriesPromoteNext), which sees an insert that raced this one.
+func (q *Queries) DeliveriesSucceeded(ctx context.Context, arg DeliveriesSucceededParams) ([]DeliveriesSucceededRow, error) {
+	rows, err := q.db.Query(ctx, deliveriesSucceeded,
+		arg.Ids,
+		arg.AttemptIds,
+		arg.Ats,
+		arg.StatusCodes,
+		arg.DurationsMs,
+		arg.Responses,
+		arg.Holder,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []DeliveriesSucceededRow{}
+	for rows.Next() {
+		var i DeliveriesSucceededRow
+		if err := rows.Scan(
+			&i.ID,
+			&i.EndpointID,
+			&i.OrderKey,
+			&i.EventSeq,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const deliveriesUnblock = `-- name: DeliveriesUnblock :execrows
 UPDATE event_deliveries d SET next_attempt_at = now()
 WHERE d.id IN (
@@ -323,6 +471,18 @@ func (q *Queries) DeliveryInsertLeased(ctx context.Context, arg DeliveryInsertLe
 	return i, err
 }
 
+const deliveryPromote = `-- name: DeliveryPromote :execrows
+UPDATE event_deliveries SET next_attempt_at = now() WHERE id = $1 AND status = 'pending' AND next_attempt_at = 'infinity'
+`
+
+func (q *Queries) DeliveryPromote(ctx context.Context, id uuid.UUID) (int64, error) {
+	result, err := q.db.Exec(ctx, deliveryPromote, id)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const deliveryPromoteNext = `-- name: DeliveryPromoteNext :exec
 UPDATE event_deliveries SET next_attempt_at = now()
 WHERE id = (SELECT n.id FROM event_deliveries n
@@ -367,17 +527,17 @@ const deliverySucceeded = `-- name: DeliverySucceeded :one
 WITH done AS (
   UPDATE event_deliveries ed
   SET status = 'succeeded', attempts = ed.attempts + 1, lease_until = NULL, leased_by = NULL,
-      last_status = $1::int, last_error = ''
+      last_status = $1::int, last_error = '', updated_at = now()
   WHERE ed.id = $2::uuid AND ed.leased_by = $3::text
-  RETURNING ed.id, ed.endpoint_id
+  RETURNING ed.id, ed.endpoint_id, ed.order_key, ed.event_seq
 ), logged AS (
-  INSERT INTO event_delivery_attempts (id, delivery_id, endpoint_id, status_code, duration_ms, response, error, succeeded)
-  SELECT $4::uuid, done.id, done.endpoint_id, $1::int, $5::int, $6::text, '', true FROM done
+  INSERT INTO event_delivery_attempts (id, delivery_id, endpoint_id, at, status_code, duration_ms, response, error, succeeded)
+  SELECT $4::uuid, done.id, done.endpoint_id, $5::timestamptz, $1::int, $6::int, $7::text, '', true FROM done
 ), cleared AS (
   UPDATE event_endpoints ee SET failing_since = NULL
   WHERE ee.id IN (SELECT endpoint_id FROM done) AND ee.failing_since IS NOT NULL
 )
-SELECT count(*) FROM done
+SELECT done.id, done.endpoint_id, done.order_key, done.event_seq FROM done
 `
 
 type DeliverySucceededParams struct {
@@ -385,26 +545,38 @@ type DeliverySucceededParams struct {
 	ID         uuid.UUID
 	Holder     string
 	AttemptID  uuid.UUID
+	At         time.Time
 	DurationMs int32
 	Response   string
 }
 
-// A successful attempt in one statement: the delivery done, the attempt
-// logged, the endpoint's failure record cleared. The next of its order key
-// is promoted by a statement after it (DeliveryPromoteNext), which sees an
-// insert that raced this one (EventFanOut).
-func (q *Queries) DeliverySucceeded(ctx context.Context, arg DeliverySucceededParams) (int64, error) {
+type DeliverySucceededRow struct {
+	ID         uuid.UUID
+	EndpointID uuid.UUID
+	OrderKey   string
+	EventSeq   int64
+}
+
+// One successful attempt (DeliveriesSucceeded skipped it: locked by a
+// fan-out, which this waits for). No row: the lease lapsed.
+func (q *Queries) DeliverySucceeded(ctx context.Context, arg DeliverySucceededParams) (DeliverySucceededRow, error) {
 	row := q.db.QueryRow(ctx, deliverySucceeded,
 		arg.StatusCode,
 		arg.ID,
 		arg.Holder,
 		arg.AttemptID,
+		arg.At,
 		arg.DurationMs,
 		arg.Response,
 	)
-	var count int64
-	err := row.Scan(&count)
-	return count, err
+	var i DeliverySucceededRow
+	err := row.Scan(
+		&i.ID,
+		&i.EndpointID,
+		&i.OrderKey,
+		&i.EventSeq,
+	)
+	return i, err
 }
 
 const endpointDisable = `-- name: EndpointDisable :execrows

@@ -123,6 +123,23 @@ type Querier interface {
 	// When the next pending delivery comes due (null when none), so the
 	// dispatcher sleeps no longer than that.
 	DeliveriesNextDue(ctx context.Context) (time.Time, error)
+	// Deliveries done make the next of each of their order keys due (the
+	// batch form of DeliveryPromoteNext). A next delivery another transaction
+	// holds locked (a fan-out's FOR SHARE) is skipped, not waited for, as in
+	// DeliveriesSucceeded; it comes back with promoted false and the caller
+	// promotes it with DeliveryPromote.
+	DeliveriesPromoteNext(ctx context.Context, arg DeliveriesPromoteNextParams) ([]DeliveriesPromoteNextRow, error)
+	// Successful attempts, many in one statement (the common case; the
+	// gateway writes what finished while the last write ran): the deliveries
+	// done, the attempts logged, the endpoints' failure records cleared. It
+	// returns those it wrote. A delivery another transaction holds locked (a
+	// fan-out's FOR SHARE of the pending rows ahead of its event) is skipped,
+	// not waited for: waiting while holding the batch's other rows could
+	// deadlock with that fan-out, which locks in its events' order. The
+	// caller writes the skipped ones with DeliverySucceeded, one at a time.
+	// The next of each order key is promoted by a statement after it
+	// (DeliveriesPromoteNext), which sees an insert that raced this one.
+	DeliveriesSucceeded(ctx context.Context, arg DeliveriesSucceededParams) ([]DeliveriesSucceededRow, error)
 	// The safety net of promotion (a promotion that failed after its success
 	// committed): blocked deliveries with nothing pending ahead become due.
 	DeliveriesUnblock(ctx context.Context) (int64, error)
@@ -131,14 +148,13 @@ type Querier interface {
 	DeliveryDone(ctx context.Context, arg DeliveryDoneParams) (int64, error)
 	// A delivery made and attempted at once (event-endpoint:test).
 	DeliveryInsertLeased(ctx context.Context, arg DeliveryInsertLeasedParams) (EventDelivery, error)
+	DeliveryPromote(ctx context.Context, id uuid.UUID) (int64, error)
 	// A delivery done (or given up) makes the next of its order key due.
 	DeliveryPromoteNext(ctx context.Context, arg DeliveryPromoteNextParams) error
 	DeliveryReplay(ctx context.Context, arg DeliveryReplayParams) (int64, error)
-	// A successful attempt in one statement: the delivery done, the attempt
-	// logged, the endpoint's failure record cleared. The next of its order key
-	// is promoted by a statement after it (DeliveryPromoteNext), which sees an
-	// insert that raced this one (EventFanOut).
-	DeliverySucceeded(ctx context.Context, arg DeliverySucceededParams) (int64, error)
+	// One successful attempt (DeliveriesSucceeded skipped it: locked by a
+	// fan-out, which this waits for). No row: the lease lapsed.
+	DeliverySucceeded(ctx context.Context, arg DeliverySucceededParams) (DeliverySucceededRow, error)
 	// Takes a delta to compute: pending, or computing under a lease that ran
 	// out. Nothing when it is done or another worker holds it.
 	DeltaClaim(ctx context.Context, arg DeltaClaimParams) (ImageDelta, error)

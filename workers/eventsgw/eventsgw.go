@@ -26,8 +26,10 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sethvargo/go-retry"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/flock-io/flock-api/gen/db"
@@ -51,9 +53,15 @@ type Config struct {
 	Schedule     []time.Duration
 	DisableAfter time.Duration
 	Retention    time.Duration
-	// Workers bounds the attempts in flight (default 64); PerEndpoint
-	// those of one endpoint (default 8).
+	// Workers bounds the attempts in flight (default 64) that are still
+	// within SlowAfter (default 100ms) of their start; an attempt still
+	// waiting for its receiver after that gives its worker to the next
+	// delivery and waits among up to 16×Workers slow ones, so receivers
+	// that hang hold sockets, not the workers healthy endpoints need.
+	// PerEndpoint bounds the attempts in flight to one endpoint (default
+	// 8; 1 while it is failing).
 	Workers, PerEndpoint int
+	SlowAfter            time.Duration
 	// AttemptTimeout bounds one attempt (default 15 s; the webhook sender
 	// has its own, shorter, timeout); the lease outlives it.
 	AttemptTimeout time.Duration
@@ -67,7 +75,11 @@ type Gateway struct {
 	log    *slog.Logger
 	holder string
 	kick   chan struct{}
-	sem    chan struct{}
+	sem    chan struct{} // workers: attempts within SlowAfter of their start
+	slow   chan struct{} // attempts past SlowAfter, still waiting
+	// succeeded carries successful attempts to the one writer, which
+	// records what queued up while its last write ran in one statement.
+	succeeded chan success
 
 	attempts *prometheus.CounterVec
 	stored   prometheus.Counter
@@ -98,9 +110,13 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.AttemptTimeout <= 0 {
 		cfg.AttemptTimeout = 15 * time.Second
 	}
+	if cfg.SlowAfter <= 0 {
+		cfg.SlowAfter = 100 * time.Millisecond
+	}
 	host, _ := os.Hostname()
 	g := &Gateway{cfg: cfg, log: cfg.Log.With("component", "events-gateway"), holder: fmt.Sprintf("%s-%d-%s", host, os.Getpid(), uuid.NewString()[:8]),
-		kick: make(chan struct{}, 1), sem: make(chan struct{}, cfg.Workers)}
+		kick: make(chan struct{}, 1), sem: make(chan struct{}, cfg.Workers), slow: make(chan struct{}, 16*cfg.Workers),
+		succeeded: make(chan success, cfg.Workers)}
 	g.attempts = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "flock_events_attempts_total",
 		Help: "Delivery attempts by kind and outcome (succeeded, retry, failed)."}, []string{"kind", "outcome"})
 	g.stored = prometheus.NewCounter(prometheus.CounterOpts{Name: "flock_events_stored_total", Help: "Customer events stored (duplicates not counted)."})
@@ -136,7 +152,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 		}
 		return err
 	})
-	eg.Go(func() error { return g.dispatch(ctx) })
+	eg.Go(func() error {
+		// The writer outlives the dispatcher: attempts that finish while
+		// the replica stops still have their outcome written.
+		defer close(g.succeeded)
+		return g.dispatch(ctx)
+	})
+	eg.Go(func() error { g.writeSucceeded(context.WithoutCancel(ctx)); return nil })
 	eg.Go(func() error { g.prune(ctx); return nil })
 	return eg.Wait()
 }
@@ -159,19 +181,31 @@ func (g *Gateway) ingest(ctx context.Context, recs []bus.Record) error {
 	if len(evs) == 0 {
 		return nil
 	}
+	// A batch's transaction can meet another's locks (a completion
+	// promoting the delivery a fan-out locks) and be chosen as a
+	// deadlock's victim, or meet a restarting database: it is tried again
+	// before the error stops the consumer (and the batch is redelivered).
 	n := 0
-	err := postgres.InTx(ctx, g.cfg.Pool, func(q *db.Queries) error {
-		n = 0
-		for _, ev := range evs {
-			_, stored, err := eventdelivery.Emit(ctx, q, ev)
-			if err != nil {
-				return err
+	backoff := retry.WithMaxRetries(ingestRetries, retry.WithCappedDuration(ingestRetryMax, retry.NewExponential(ingestRetryBase)))
+	err := retry.Do(ctx, backoff, func(ctx context.Context) error {
+		err := postgres.InTx(ctx, g.cfg.Pool, func(q *db.Queries) error {
+			n = 0
+			for _, ev := range evs {
+				_, stored, err := eventdelivery.Emit(ctx, q, ev)
+				if err != nil {
+					return err
+				}
+				if stored {
+					n++
+				}
 			}
-			if stored {
-				n++
-			}
+			return nil
+		})
+		if err != nil && ctx.Err() == nil {
+			g.log.Warn("events-gateway: storing a batch of events failed; trying again", "events", len(evs), "error", err)
+			return retry.RetryableError(err)
 		}
-		return nil
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("store %d events: %w", len(evs), err)
@@ -180,6 +214,13 @@ func (g *Gateway) ingest(ctx context.Context, recs []bus.Record) error {
 	g.Kick()
 	return nil
 }
+
+// A batch of events is stored with these retries.
+const (
+	ingestRetries   = 8
+	ingestRetryBase = 50 * time.Millisecond
+	ingestRetryMax  = 5 * time.Second
+)
 
 // idlePoll is how often the dispatcher looks for due retries when nothing
 // kicked it (another replica's events, retries coming due).
@@ -192,23 +233,31 @@ func (g *Gateway) dispatch(ctx context.Context) error {
 	// margin covers writing its outcome. A replica killed mid-attempt
 	// holds the delivery (and the device's later ones) this long.
 	lease := g.cfg.AttemptTimeout + 5*time.Second
+	// A claim is a query over every endpoint with due deliveries: while
+	// attempts run (each frees its worker and wakes this loop), wait until
+	// enough workers are free to make the query worth it.
+	minClaim := max(1, g.cfg.Workers/4)
 	for ctx.Err() == nil {
-		free := g.cfg.Workers - len(g.sem)
-		var claimed []db.EventDelivery
-		if free > 0 {
-			var err error
-			claimed, err = db.New(g.cfg.Pool).DeliveriesClaim(ctx, db.DeliveriesClaimParams{PerEndpoint: int64(g.cfg.PerEndpoint),
-				MaxRows: int32(free), ScanPerEndpoint: int32(4 * g.cfg.PerEndpoint), LeaseSeconds: lease.Seconds(), Holder: g.holder})
-			if err != nil && ctx.Err() == nil {
-				g.log.Warn("events-gateway: claiming deliveries failed", "error", err)
+		busy := len(g.sem)
+		free := g.cfg.Workers - busy
+		if free < minClaim && busy > 0 {
+			select {
+			case <-ctx.Done():
+			case <-g.kick:
 			}
+			continue
+		}
+		claimed, err := db.New(g.cfg.Pool).DeliveriesClaim(ctx, db.DeliveriesClaimParams{PerEndpoint: int64(g.cfg.PerEndpoint),
+			MaxRows: int32(free), ScanPerEndpoint: int32(g.cfg.PerEndpoint), LeaseSeconds: lease.Seconds(), Holder: g.holder})
+		if err != nil && ctx.Err() == nil {
+			g.log.Warn("events-gateway: claiming deliveries failed", "error", err)
 		}
 		if len(claimed) > 0 {
 			if err := g.start(ctx, &wg, claimed); err != nil && ctx.Err() == nil {
 				g.log.Warn("events-gateway: loading claimed deliveries failed; their leases lapse and they are retried", "error", err)
 			}
 			if len(claimed) == free {
-				continue // maybe more due: claim again once a slot frees
+				continue // maybe more due: claim again once workers free
 			}
 		}
 		wait := idlePoll
@@ -224,9 +273,49 @@ func (g *Gateway) dispatch(ctx context.Context) error {
 	return nil
 }
 
-// done is signalled when an attempt ends, so a full dispatcher claims
-// again at once.
-func (g *Gateway) release() {
+// slot is the worker an attempt holds: one of Workers, until SlowAfter
+// passes and it moves (when there is room) to the slow ones.
+type slot struct {
+	g     *Gateway
+	mu    sync.Mutex
+	state int // 0 a worker, 1 slow, 2 released
+	timer *time.Timer
+}
+
+func (g *Gateway) worker() *slot {
+	s := &slot{g: g}
+	s.timer = time.AfterFunc(g.cfg.SlowAfter, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.state != 0 {
+			return
+		}
+		select {
+		case g.slow <- struct{}{}:
+			s.state = 1
+			g.free()
+		default: // slow ones full: keep the worker
+		}
+	})
+	return s
+}
+
+// release ends the attempt's hold (once; later calls do nothing).
+func (s *slot) release() {
+	s.timer.Stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch s.state {
+	case 0:
+		s.g.free()
+	case 1:
+		<-s.g.slow
+	}
+	s.state = 2
+}
+
+// free returns a worker and wakes the dispatcher, so it claims again.
+func (g *Gateway) free() {
 	<-g.sem
 	g.Kick()
 }
@@ -263,7 +352,8 @@ func (g *Gateway) start(ctx context.Context, wg *sync.WaitGroup, ds []db.EventDe
 		}
 		g.sem <- struct{}{}
 		wg.Go(func() {
-			defer g.release()
+			w := g.worker()
+			defer w.release()
 			// The attempt finishes even when the process is stopping: its
 			// outcome must be written, or it is made again.
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.AttemptTimeout)
@@ -292,7 +382,7 @@ func (g *Gateway) attempt(ctx context.Context, d db.EventDelivery, ep db.EventEn
 	}
 	g.attempts.WithLabelValues(ep.Kind, outcome).Inc()
 	if res.Err == nil {
-		g.succeeded(ctx, d, ev, res)
+		g.succeeded <- success{d: d, eventTime: ev.Time, res: res, at: now}
 		return
 	}
 	var disabled *eventdelivery.Event
@@ -358,28 +448,137 @@ func (g *Gateway) attempt(ctx context.Context, d db.EventDelivery, ep db.EventEn
 
 var errLeaseLost = errors.New("lease lost")
 
-// succeeded records a successful attempt in one statement (the common
-// case, so one round trip).
-func (g *Gateway) succeeded(ctx context.Context, d db.EventDelivery, ev db.OrgEvent, res eventdelivery.Result) {
-	code := res.StatusCode()
-	id, _ := uuid.NewV7()
-	q := db.New(g.cfg.Pool)
-	n, err := q.DeliverySucceeded(ctx, db.DeliverySucceededParams{ID: d.ID, Holder: g.holder, AttemptID: id,
-		StatusCode: code, DurationMs: int32(res.Duration.Milliseconds()), Response: eventdelivery.LogText(res.Response)})
-	switch {
-	case err != nil:
-		g.log.Error("events-gateway: recording an attempt failed; the lease lapses and the delivery is attempted again", "delivery", d.ID, "error", err)
-	case n == 0:
-		g.log.Warn("events-gateway: a delivery's lease lapsed during its attempt; another replica makes it again", "delivery", d.ID)
-	default:
-		g.latency.Observe(time.Since(ev.Time).Seconds())
-		if d.OrderKey != "" {
-			// After the success committed: an insert that raced it is
-			// visible now (EventFanOut).
-			if err := q.DeliveryPromoteNext(ctx, db.DeliveryPromoteNextParams{EndpointID: d.EndpointID, OrderKey: d.OrderKey, EventSeq: d.EventSeq}); err != nil {
-				g.log.Error("events-gateway: promoting the next delivery failed; it waits for the sweep", "delivery", d.ID, "error", err)
+// success is a successful attempt waiting to be written.
+type success struct {
+	d         db.EventDelivery
+	eventTime time.Time
+	res       eventdelivery.Result
+	at        time.Time
+}
+
+// maxWrite bounds the successes written in one statement.
+const maxWrite = 256
+
+// writeSucceeded writes successful attempts until the dispatcher closes
+// the channel: each write takes everything queued meanwhile, so under
+// load one statement records many attempts and when idle each is
+// written at once.
+func (g *Gateway) writeSucceeded(ctx context.Context) {
+	batch := make([]success, 0, maxWrite)
+	for s := range g.succeeded {
+		batch = append(batch[:0], s)
+	more:
+		for len(batch) < maxWrite {
+			select {
+			case s, ok := <-g.succeeded:
+				if !ok {
+					break more
+				}
+				batch = append(batch, s)
+			default:
+				break more
 			}
 		}
+		g.writeBatch(ctx, batch)
+	}
+}
+
+// writeBatch records successes in one statement, then makes the next
+// delivery of each of their order keys due: after the success committed,
+// so an insert that raced it is visible (EventFanOut). A write that fails
+// leaves the leases to lapse, and the deliveries are made again.
+func (g *Gateway) writeBatch(ctx context.Context, batch []success) {
+	p := db.DeliveriesSucceededParams{Holder: g.holder}
+	for _, s := range batch {
+		id, _ := uuid.NewV7()
+		code := int32(0)
+		if c := s.res.StatusCode(); c != nil {
+			code = *c
+		}
+		p.Ids = append(p.Ids, s.d.ID)
+		p.AttemptIds = append(p.AttemptIds, id)
+		p.Ats = append(p.Ats, s.at)
+		p.StatusCodes = append(p.StatusCodes, code)
+		p.DurationsMs = append(p.DurationsMs, int32(s.res.Duration.Milliseconds()))
+		p.Responses = append(p.Responses, eventdelivery.LogText(s.res.Response))
+	}
+	q := db.New(g.cfg.Pool)
+	rows, err := q.DeliveriesSucceeded(ctx, p)
+	if err != nil {
+		g.log.Error("events-gateway: recording attempts failed; their leases lapse and the deliveries are made again", "count", len(batch), "error", err)
+		return
+	}
+	done := rows
+	if len(done) < len(batch) {
+		// Skipped (locked by a fan-out) or no longer leased: one at a time.
+		wrote := make(map[uuid.UUID]bool, len(done))
+		for _, d := range done {
+			wrote[d.ID] = true
+		}
+		lapsed := 0
+		for i, s := range batch {
+			if wrote[s.d.ID] {
+				continue
+			}
+			var code *int32
+			if p.StatusCodes[i] != 0 {
+				code = &p.StatusCodes[i]
+			}
+			r, err := q.DeliverySucceeded(ctx, db.DeliverySucceededParams{ID: s.d.ID, Holder: g.holder, AttemptID: p.AttemptIds[i], At: s.at,
+				StatusCode: code, DurationMs: p.DurationsMs[i], Response: p.Responses[i]})
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+				lapsed++
+			case err != nil:
+				g.log.Error("events-gateway: recording an attempt failed; the lease lapses and the delivery is made again", "delivery", s.d.ID, "error", err)
+			default:
+				done = append(done, db.DeliveriesSucceededRow(r))
+			}
+		}
+		if lapsed > 0 {
+			g.log.Warn("events-gateway: deliveries' leases lapsed during their attempts; another replica makes them again", "count", lapsed)
+		}
+	}
+	written := make(map[uuid.UUID]bool, len(done))
+	var pp db.DeliveriesPromoteNextParams
+	for _, d := range done {
+		written[d.ID] = true
+		if d.OrderKey != "" {
+			pp.EndpointIds = append(pp.EndpointIds, d.EndpointID)
+			pp.OrderKeys = append(pp.OrderKeys, d.OrderKey)
+			pp.EventSeqs = append(pp.EventSeqs, d.EventSeq)
+		}
+	}
+	for _, s := range batch {
+		if written[s.d.ID] {
+			g.latency.Observe(time.Since(s.eventTime).Seconds())
+		}
+	}
+	if len(pp.EndpointIds) == 0 {
+		return
+	}
+	next, err := q.DeliveriesPromoteNext(ctx, pp)
+	if err != nil {
+		g.log.Error("events-gateway: promoting the next deliveries failed; they wait for the sweep", "count", len(pp.EndpointIds), "error", err)
+		return
+	}
+	n := 0
+	for _, r := range next {
+		if !r.Promoted {
+			// Skipped while a fan-out held it; that fan-out has committed
+			// by the time this (waiting) statement gets the row.
+			m, err := q.DeliveryPromote(ctx, r.ID)
+			if err != nil {
+				g.log.Error("events-gateway: promoting the next delivery failed; it waits for the sweep", "delivery", r.ID, "error", err)
+			}
+			r.Promoted = m > 0
+		}
+		if r.Promoted {
+			n++
+		}
+	}
+	if n > 0 {
+		g.Kick()
 	}
 }
 
