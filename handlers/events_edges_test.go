@@ -210,3 +210,57 @@ func TestEventFeedEndsWhenAccessEnds(t *testing.T) {
 		}
 	}
 }
+
+// A receiver that hangs holds sockets, not the gateway's workers: with two
+// workers and an endpoint whose receiver never answers (within a timeout
+// longer than the test), another endpoint still gets every event, while
+// the hanging one holds more attempts than there are workers.
+func TestHangingReceiverDoesNotHoldWorkers(t *testing.T) {
+	srv := apptest.Start(t, "--events-allow-private", "--events-workers=2", "--events-timeout=5m")
+	w := newWorld(t, srv).withFleet(t)
+
+	var mu sync.Mutex
+	holding := 0
+	stop := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, req *http.Request) {
+		mu.Lock()
+		holding++
+		mu.Unlock()
+		select {
+		case <-stop:
+		case <-req.Context().Done():
+		}
+		rw.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(hang.Close)
+	t.Cleanup(func() { close(stop) })
+	healthy := newReceiver(t)
+
+	// Audit events are not ordered per device: each is due at once, so the
+	// hanging endpoint can take up to --events-per-endpoint attempts.
+	types := []string{"io.flock.audit.recorded"}
+	must(t, srv, 201, "POST", "/v1/orgs/"+w.org+"/event-endpoints", w.admin, map[string]any{"name": "hangs", "kind": "webhook", "url": hang.URL, "types": types})
+	ep := must(t, srv, 201, "POST", "/v1/orgs/"+w.org+"/event-endpoints", w.admin, map[string]any{"name": "healthy", "kind": "webhook", "url": healthy.srv.URL, "types": types})
+	healthy.mu.Lock()
+	healthy.secrets = []string{ep["secret"].(string)}
+	healthy.mu.Unlock()
+
+	for i := range 6 {
+		must(t, srv, 200, "PATCH", "/v1/devices/"+w.device.id.String(), w.admin, map[string]any{"name": fmt.Sprintf("rename-%d", i)})
+	}
+	testutil.Eventually(t, "6 audit events at the healthy endpoint while the other hangs on more than 2", func() error {
+		n := 0
+		for _, d := range healthy.snapshot() {
+			if d.typ == "io.flock.audit.recorded" {
+				n++
+			}
+		}
+		mu.Lock()
+		h := holding
+		mu.Unlock()
+		if n < 6 || h <= 2 {
+			return fmt.Errorf("healthy endpoint has %d audit events, the hanging receiver holds %d requests", n, h)
+		}
+		return nil
+	})
+}
