@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -260,6 +261,52 @@ func TestHangingReceiverDoesNotHoldWorkers(t *testing.T) {
 		mu.Unlock()
 		if n < 6 || h <= 2 {
 			return fmt.Errorf("healthy endpoint has %d audit events, the hanging receiver holds %d requests", n, h)
+		}
+		return nil
+	})
+}
+
+// Releases changing state reach the organisation's endpoints as
+// io.flock.release.* events, in order per release: created (draft or
+// final), then finalized or failed; a release registered final is created
+// and finalized at once.
+func TestReleaseEvents(t *testing.T) {
+	srv := apptest.Start(t, "--events-allow-private")
+	w := newWorld(t, srv).withFleet(t)
+	rcv := newReceiver(t)
+	ep := must(t, srv, 201, "POST", "/v1/orgs/"+w.org+"/event-endpoints", w.admin, map[string]any{"name": "releases", "kind": "webhook",
+		"url": rcv.srv.URL, "types": []string{"io.flock.release.created", "io.flock.release.finalized", "io.flock.release.failed"}})
+	rcv.mu.Lock()
+	rcv.secrets = []string{ep["secret"].(string)}
+	rcv.mu.Unlock()
+
+	path := "/v1/fleets/" + w.fleet + "/releases"
+	drafted := must(t, srv, 201, "POST", path, w.developer, w.releaseBody(w.fleet, "draft"))["id"].(string)
+	final := must(t, srv, 201, "POST", path, w.developer, w.releaseBody(w.fleet, "final"))["id"].(string)
+	failed := must(t, srv, 201, "POST", path, w.developer, w.releaseBody(w.fleet, "draft"))["id"].(string)
+	must(t, srv, 200, "PATCH", "/v1/releases/"+drafted, w.developer, map[string]any{"status": "final"})
+	// A change that is not a status change announces nothing: had it, its
+	// event would come between this release's two (they are in order).
+	must(t, srv, 200, "PATCH", "/v1/releases/"+failed, w.developer, map[string]any{"tags": map[string]string{"env": "prod"}})
+	must(t, srv, 200, "PATCH", "/v1/releases/"+failed, w.developer, map[string]any{"status": "failed"})
+
+	want := map[string][]string{
+		drafted: {"io.flock.release.created", "io.flock.release.finalized"},
+		final:   {"io.flock.release.created", "io.flock.release.finalized"},
+		failed:  {"io.flock.release.created", "io.flock.release.failed"},
+	}
+	testutil.Eventually(t, "each release's events, in order", func() error {
+		got := map[string][]string{}
+		for _, d := range rcv.snapshot() {
+			got[d.subject] = append(got[d.subject], d.typ)
+		}
+		for rel, types := range want {
+			if !slices.Equal(got[rel], types) {
+				return fmt.Errorf("release %s: %v, want %v (all: %v)", rel, got[rel], types, got)
+			}
+		}
+		if len(got) != len(want) {
+			return fmt.Errorf("events of %d releases, want %d: %v", len(got), len(want), got)
 		}
 		return nil
 	})

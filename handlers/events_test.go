@@ -43,6 +43,7 @@ type receiver struct {
 
 type delivered struct {
 	id, typ string
+	subject string
 	seq     int // the reported state's seq, for state events
 	sigs    int // v1 signatures that verified
 }
@@ -78,15 +79,15 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 	body, _ := io.ReadAll(req.Body)
 	id, ts, sig := req.Header.Get("webhook-id"), req.Header.Get("webhook-timestamp"), req.Header.Get("webhook-signature")
 	var ev struct {
-		ID, Type, SpecVersion string
-		Data                  struct {
+		ID, Type, SpecVersion, Subject string
+		Data                           struct {
 			State struct{ Seq int } `json:"state"`
 		}
 	}
 	_ = json.Unmarshal(body, &ev)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	d := delivered{id: id, typ: ev.Type, seq: ev.Data.State.Seq}
+	d := delivered{id: id, typ: ev.Type, subject: ev.Subject, seq: ev.Data.State.Seq}
 	when, err := strconv.ParseInt(ts, 10, 64)
 	switch {
 	case err != nil || time.Since(time.Unix(when, 0)).Abs() > 5*time.Minute:

@@ -19,6 +19,7 @@ import (
 	"github.com/flock-io/flock-api/internal/auth"
 	"github.com/flock-io/flock-api/internal/builds"
 	"github.com/flock-io/flock-api/internal/buildsrc"
+	"github.com/flock-io/flock-api/internal/eventdelivery"
 	"github.com/flock-io/flock-api/internal/http/idempotency"
 	"github.com/flock-io/flock-api/internal/http/problem"
 	"github.com/flock-io/flock-api/internal/postgres"
@@ -234,6 +235,9 @@ func (h *Builds) BuildCreate(ctx context.Context, req api.BuildCreateRequestObje
 		Status: "draft", Services: relJSON, Tags: map[string]string{"flock.build": id.String()}})
 	if err != nil {
 		return nil, fmt.Errorf("create the release of build %s: %w", id, err)
+	}
+	if _, _, err := eventdelivery.Emit(ctx, q, eventdelivery.ReleaseChanged("created", rel, uuid.NullUUID{UUID: id, Valid: true}, time.Now())); err != nil {
+		return nil, fmt.Errorf("record the created event of release %s: %w", rel.ID, err)
 	}
 	svcJSON, err := jsonMarshal(services)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
+	"github.com/flock-io/flock-api/internal/eventdelivery"
 	"github.com/flock-io/flock-api/internal/http/problem"
 	"github.com/flock-io/flock-api/internal/tags"
 )
@@ -67,6 +68,9 @@ func (h *Releases) ReleaseCreate(ctx context.Context, req api.ReleaseCreateReque
 		Status: status, Services: services, Tags: t})
 	if err != nil {
 		return nil, fmt.Errorf("create release in %s: %w", req.FleetId, err)
+	}
+	if err := emitChanges(ctx, q, r, "created", eventdelivery.ReleaseStatusChange(r.Status)); err != nil {
+		return nil, err
 	}
 	if r.Status == "final" {
 		if err := h.becameFinal(ctx, q, r.FleetID); err != nil {

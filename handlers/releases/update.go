@@ -11,6 +11,7 @@ import (
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/eventdelivery"
 	"github.com/flock-io/flock-api/internal/http/problem"
 	"github.com/flock-io/flock-api/internal/tags"
 )
@@ -46,6 +47,11 @@ func (h *Releases) ReleaseUpdate(ctx context.Context, req api.ReleaseUpdateReque
 	r, err = q.ReleaseUpdate(ctx, db.ReleaseUpdateParams{ID: r.ID, Status: status, Tags: t})
 	if err != nil {
 		return nil, fmt.Errorf("update release %s: %w", req.ReleaseId, err)
+	}
+	if status != was {
+		if err := emitChanges(ctx, q, r, eventdelivery.ReleaseStatusChange(status)); err != nil {
+			return nil, err
+		}
 	}
 	if status == "final" && status != was {
 		if err := h.becameFinal(ctx, q, r.FleetID); err != nil {

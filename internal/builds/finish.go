@@ -147,9 +147,16 @@ func (f *Finisher) Finish(ctx context.Context, id uuid.UUID) (bool, error) {
 		if err != nil {
 			return fmt.Errorf("encode release services: %w", err)
 		}
-		if _, err := q.ReleaseBuilt(ctx, db.ReleaseBuiltParams{ID: b.ReleaseID, Status: releaseStatus, Services: relJSON}); err != nil &&
-			!errors.Is(err, pgx.ErrNoRows) {
+		r, err := q.ReleaseBuilt(ctx, db.ReleaseBuiltParams{ID: b.ReleaseID, Status: releaseStatus, Services: relJSON})
+		switch {
+		case errors.Is(err, pgx.ErrNoRows): // no longer a draft: left alone
+		case err != nil:
 			return fmt.Errorf("end release %s of build %s: %w", b.ReleaseID, id, err)
+		default:
+			ev := eventdelivery.ReleaseChanged(eventdelivery.ReleaseStatusChange(r.Status), r, uuid.NullUUID{UUID: id, Valid: true}, time.Now())
+			if _, _, err := eventdelivery.Emit(ctx, q, ev); err != nil {
+				return fmt.Errorf("end release %s of build %s: %w", b.ReleaseID, id, err)
+			}
 		}
 		if releaseStatus == "final" {
 			// Serialises with pin changes, as a release made final by the

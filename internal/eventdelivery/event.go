@@ -180,3 +180,31 @@ func BuildFinished(build, org, fleet, release uuid.UUID, status, errDetail strin
 	return &Event{ID: uuid.NewSHA1(idSpace, []byte("build-finished\x00"+build.String())), OrgID: org, FleetID: f,
 		Type: "io.flock.build.finished", Source: SourceOf(org, f), Subject: build.String(), Time: now.UTC(), Data: data}
 }
+
+// ReleaseChanged is the io.flock.release.<change> event of a release
+// (created, finalized or failed), built is the build that made it, if one
+// did. Each change happens once to a release, so its id is derived from
+// the release and the change and a second emission is stored once.
+func ReleaseChanged(change string, r db.Release, built uuid.NullUUID, now time.Time) *Event {
+	d := events.ReleaseChangedData{ReleaseId: r.ID.String(), FleetId: r.FleetID.String(), Version: r.Version, Status: r.Status}
+	if built.Valid {
+		d.BuildId = built.UUID.String()
+	}
+	data, _ := json.Marshal(d)
+	f := uuid.NullUUID{UUID: r.FleetID, Valid: true}
+	return &Event{ID: uuid.NewSHA1(idSpace, []byte("release-"+change+"\x00"+r.ID.String())), OrgID: r.OrgID, FleetID: f,
+		OrderKey: r.ID.String(), Type: "io.flock.release." + change, Source: SourceOf(r.OrgID, f), Subject: r.ID.String(),
+		Time: now.UTC(), Data: data}
+}
+
+// ReleaseStatusChange is the event type suffix of a release becoming
+// status ("" for a status no event announces).
+func ReleaseStatusChange(status string) string {
+	switch status {
+	case "final":
+		return "finalized"
+	case "failed":
+		return "failed"
+	}
+	return ""
+}

@@ -26,6 +26,7 @@ func TestCatalog(t *testing.T) {
 		"io.flock.device.update.progressed": "device", "io.flock.rollout.group.started": "rollout", "io.flock.rollout.rolled.back": "rollout",
 		"io.flock.event-endpoint.disabled": "", "io.flock.event-endpoint.test": "",
 		"io.flock.build.finished": "", "io.flock.audit.recorded": "",
+		"io.flock.release.created": "release", "io.flock.release.finalized": "release", "io.flock.release.failed": "release",
 	} {
 		ty, ok := byType[typ]
 		if !ok || ty.OrderedBy != ordered {
