@@ -182,19 +182,23 @@ func TestWebhooks(t *testing.T) {
 		}
 	}
 
-	log := must(t, srv, 200, "GET", "/v1/event-endpoints/"+id+"/attempts?limit=500", w.developer, nil)["items"].([]any)
-	var failed, succeeded int
-	for _, it := range log {
-		a := it.(map[string]any)
-		if a["succeeded"] == true {
-			succeeded++
-		} else if a["status_code"].(float64) == 500 && a["response"] == "receiver says no" {
-			failed++
+	// An attempt is logged after its receiver answered: wait for the log.
+	testutil.Eventually(t, "the delivery log of 14 attempts", func() error {
+		log := must(t, srv, 200, "GET", "/v1/event-endpoints/"+id+"/attempts?limit=500", w.developer, nil)["items"].([]any)
+		var failed, succeeded int
+		for _, it := range log {
+			a := it.(map[string]any)
+			if a["succeeded"] == true {
+				succeeded++
+			} else if a["status_code"].(float64) == 500 && a["response"] == "receiver says no" {
+				failed++
+			}
 		}
-	}
-	if failed != 2 || succeeded != 12 {
-		t.Errorf("delivery log: %d failed with 500 and the response's bytes, %d succeeded; want 2 and 12", failed, succeeded)
-	}
+		if failed != 2 || succeeded != 12 {
+			return fmt.Errorf("%d failed with 500 and the response's bytes, %d succeeded; want 2 and 12", failed, succeeded)
+		}
+		return nil
+	})
 
 	// Replay everything since t0: the same ids again.
 	rep := must(t, srv, 202, "POST", "/v1/event-endpoints/"+id+"/replay", w.admin, map[string]any{"since": t0.Add(-time.Second).UTC().Format(time.RFC3339Nano)})

@@ -186,11 +186,12 @@ func TestAllInOne(t *testing.T) {
 	// the replica's own address; the endpoint defaults to the public URL's
 	// host in flock-api.
 	for name, want := range map[string]string{"FLOCK_TUNNEL_LISTEN": ":51820", "FLOCK_PROXY_ADDR": ":8081",
-		"FLOCK_DEVICE_URL_DOMAIN": "devices.example.com", "FLOCK_INTERNAL_URL": "http://$(POD_IP):8080"} {
+		"FLOCK_DEVICE_URL_DOMAIN": "devices.example.com"} {
 		if e, ok := env(c, name); !ok || e.Value != want {
 			t.Errorf("all: %s = %+v, want %q", name, e, want)
 		}
 	}
+	checkFieldEnv(t, c, "FLOCK_INTERNAL_HOST", "status.podIP")
 	if e, ok := env(c, "FLOCK_TUNNEL_ENDPOINT"); ok {
 		t.Errorf("all: FLOCK_TUNNEL_ENDPOINT=%q although tunnel.endpoint is empty", e.Value)
 	}

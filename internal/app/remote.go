@@ -1,6 +1,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -134,11 +135,7 @@ func (a *App) initTunnel(ctx context.Context) (*modules.Service, error) {
 		host, _ := os.Hostname()
 		name = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), uuid.NewString()[:8])
 	}
-	internal := a.cfg.InternalURL
-	if internal == "" {
-		_, port, _ := net.SplitHostPort(a.server.Addr())
-		internal = "http://127.0.0.1:" + port
-	}
+	internal := internalURL(a.cfg.InternalURL, a.cfg.InternalHost, a.server.Addr())
 	rep, err := tunnel.New(ctx, tunnel.Config{Pool: a.pool, Dir: r.dialer.Dir, PrivateKey: key, Listen: a.cfg.TunnelListen,
 		Prefix: r.prefix, Replica: name, InternalURL: internal, Log: a.log, Registerer: a.metrics.Registry})
 	if err != nil {
@@ -155,6 +152,17 @@ func (a *App) initTunnel(ctx context.Context) (*modules.Service, error) {
 	a.log.Info("tunnel replica listening", "replica", name, "udp_port", strconv.Itoa(rep.Server().Port()),
 		"public_key", key.PublicKey().String(), "prefix", r.prefix.String(), "internal_url", internal)
 	return &modules.Service{Run: rep.Run}, nil
+}
+
+// internalURL is how other processes reach this one's HTTP server at
+// listen: the URL set, or http://<host>:<listen's port> (host 127.0.0.1 by
+// default; an IPv6 pod address bracketed, as a URL needs).
+func internalURL(set, host, listen string) string {
+	if set != "" {
+		return set
+	}
+	_, port, _ := net.SplitHostPort(listen)
+	return "http://" + net.JoinHostPort(cmp.Or(host, "127.0.0.1"), port)
 }
 
 // initProxy serves devices' public URLs on their own listener.

@@ -86,6 +86,7 @@ type Config struct {
 	TunnelPrivateKey           string
 	TunnelReplica              string
 	InternalURL                string
+	InternalHost               string
 	InternalToken              string
 	TunnelMaxSessionsPerDevice int
 	TunnelMaxSessionsPerUser   int
@@ -199,7 +200,8 @@ func Register(fs *flag.FlagSet) *Settings {
 	add("tunnel-prefix", "fd66:6c6b:7475:6e00::/64", "the overlay network devices get addresses in (IPv6 ULA, or e.g. 100.64.0.0/10)", (*stringValue)(&c.TunnelPrefix), false)
 	add("tunnel-private-key", "", "the tunnel servers' WireGuard private key (wg genkey), the same on every replica; unset = made once and kept in PostgreSQL", (*stringValue)(&c.TunnelPrivateKey), true)
 	add("tunnel-replica", "", "this tunnel replica's name in the KV store; unset = host name and process id", (*stringValue)(&c.TunnelReplica), false)
-	add("internal-url", "", "how other replicas reach this process's HTTP server (http://pod-ip:8080); unset = http://127.0.0.1:<http port>", (*stringValue)(&c.InternalURL), false)
+	add("internal-url", "", "how other replicas reach this process's HTTP server (http://pod-ip:8080); unset = http://<internal host>:<http port>", (*stringValue)(&c.InternalURL), false)
+	add("internal-host", "", "the address other replicas reach this process at when --internal-url is unset (a pod IP, IPv4 or IPv6); unset = 127.0.0.1", (*stringValue)(&c.InternalHost), false)
 	add("internal-token", "", "shared secret of the internal plane between replicas (tunnel dials); unset = each process reaches only the devices its own tunnel replica holds", (*stringValue)(&c.InternalToken), true)
 	add("tunnel-max-sessions-per-device", "8", "most tunnel sessions open to one device at once", (*intValue)(&c.TunnelMaxSessionsPerDevice), false)
 	add("tunnel-max-sessions-per-user", "16", "most tunnel sessions one user or API key has open at once", (*intValue)(&c.TunnelMaxSessionsPerUser), false)

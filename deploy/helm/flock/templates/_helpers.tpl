@@ -309,12 +309,12 @@ tunnel replica's own name and address (downward API), the listeners.
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
-- name: POD_IP
+# The pod IP, v4 or v6: flock-api makes http://<ip>:<http port> of it
+# (bracketing a v6 address, which $(POD_IP) in a URL here could not).
+- name: FLOCK_INTERNAL_HOST
   valueFrom:
     fieldRef:
       fieldPath: status.podIP
-- name: FLOCK_INTERNAL_URL
-  value: {{ printf "http://$(POD_IP):%v" $v.httpPort | quote }}
 {{- end }}
 {{- if $proxy }}
 - name: FLOCK_PROXY_ADDR
