@@ -17,9 +17,26 @@ import (
 // backoff; Listen returns when ctx ends.
 func Listen(ctx context.Context, pool *pgxpool.Pool, channel string, synced func(context.Context) error,
 	notify func(payload string), log *slog.Logger) {
+	ListenWith(ctx, pool, channel, Listening{Synced: synced, Notify: notify}, log)
+}
+
+// Listening is what ListenWith calls: Synced and Notify as for Listen, and
+// Lost (when set) each time listening stops, so a caller that reports
+// whether it hears notifications (readiness) can say it no longer does.
+type Listening struct {
+	Synced func(context.Context) error
+	Notify func(payload string)
+	Lost   func()
+}
+
+// ListenWith is Listen with a Lost callback.
+func ListenWith(ctx context.Context, pool *pgxpool.Pool, channel string, l Listening, log *slog.Logger) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		err := listenOnce(ctx, pool, channel, synced, notify)
+		err := listenOnce(ctx, pool, channel, l.Synced, l.Notify)
+		if l.Lost != nil {
+			l.Lost()
+		}
 		if ctx.Err() != nil {
 			return
 		}

@@ -14,6 +14,7 @@ import (
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/devicetopic"
 	"github.com/flock-io/flock-api/internal/mqtt/mqttauth"
+	"github.com/flock-io/flock-api/internal/postgres"
 )
 
 // A device's connection lives no longer than its token, and no longer than
@@ -167,52 +168,24 @@ const revocationChannel = "flock_device_revoked"
 // every connected device still exists, so a deletion committed while it was
 // not listening is not missed. It returns when ctx ends.
 func (b *Broker) listenRevocations(ctx context.Context) {
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		err := b.listenOnce(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		b.log.Warn("mqtt broker: listening for device revocations failed; retrying", "error", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 10*time.Second)
-	}
-}
-
-func (b *Broker) listenOnce(ctx context.Context) error {
-	conn, err := b.cfg.Devices.Acquire(ctx)
-	if err != nil {
-		return fmt.Errorf("acquire a connection: %w", err)
-	}
-	// A connection that has listened goes back closed, never to the pool.
-	defer func() {
-		_ = conn.Conn().Close(context.WithoutCancel(ctx))
-		conn.Release()
-	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+revocationChannel); err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	if err := b.sweep(ctx, b.cfg.Devices); err != nil {
-		return err
-	}
-	b.listening.Store(true)
-	defer b.listening.Store(false)
-	for {
-		n, err := conn.Conn().WaitForNotification(ctx)
-		if err != nil {
-			return fmt.Errorf("wait for a notification: %w", err)
-		}
-		id, err := uuid.Parse(n.Payload)
-		if err != nil {
-			b.log.Warn("mqtt broker: revocation of an unreadable device id", "payload", devicetopic.Truncate(n.Payload))
-			continue
-		}
-		b.sessions.revoke(id)
-	}
+	postgres.ListenWith(ctx, b.cfg.Devices, revocationChannel, postgres.Listening{
+		Synced: func(ctx context.Context) error {
+			if err := b.sweep(ctx, b.cfg.Devices); err != nil {
+				return err
+			}
+			b.listening.Store(true)
+			return nil
+		},
+		Notify: func(payload string) {
+			id, err := uuid.Parse(payload)
+			if err != nil {
+				b.log.Warn("mqtt broker: revocation of an unreadable device id", "payload", devicetopic.Truncate(payload))
+				return
+			}
+			b.sessions.revoke(id)
+		},
+		Lost: func() { b.listening.Store(false) },
+	}, b.log.With("component", "mqtt broker"))
 }
 
 // sweep revokes every connected device that no longer exists.
