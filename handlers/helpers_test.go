@@ -231,12 +231,14 @@ func (w *world) buildForReads() string {
 }
 
 // endpoint is an event endpoint of the world's organisation: made once for
-// reads, fresh for writes (a write world is new each time).
+// reads, fresh for writes (a write world is new each time). It takes only
+// test sends, so its delivery log does not grow while a test reads it
+// twice (the world's own changes are audited, and would be delivered).
 func (w *world) endpoint() string {
 	w.t.Helper()
 	if w.readEndpoint == "" {
 		w.readEndpoint = must(w.t, w.srv, 201, "POST", "/v1/orgs/"+w.org+"/event-endpoints", w.owner,
-			map[string]any{"name": "ci", "kind": "webhook", "url": hookURL()})["id"].(string)
+			map[string]any{"name": "ci", "kind": "webhook", "url": hookURL(), "types": []string{"io.flock.event-endpoint.test"}})["id"].(string)
 	}
 	return w.readEndpoint
 }
