@@ -311,3 +311,47 @@ func TestReleaseEvents(t *testing.T) {
 		return nil
 	})
 }
+
+// A delivery whose retries are spent is given up, and the device's later
+// events, which waited behind it, go on in order.
+func TestGivenUpDeliveryLetsTheNextGo(t *testing.T) {
+	srv := apptest.Start(t, "--events-allow-private", "--events-retry-schedule=50ms")
+	w := newWorld(t, srv).withFleet(t)
+	dev := w.device.token(t, srv)
+	rcv := newReceiver(t)
+	ep := must(t, srv, 201, "POST", "/v1/orgs/"+w.org+"/event-endpoints", w.admin, map[string]any{
+		"name": "ops", "kind": "webhook", "url": rcv.srv.URL, "types": []string{"io.flock.device.state.changed"}})
+	id := ep["id"].(string)
+	rcv.mu.Lock()
+	rcv.secrets = []string{ep["secret"].(string)}
+	rcv.fail = func(d delivered) bool { return d.seq == 1 }
+	rcv.mu.Unlock()
+
+	reportStates(t, srv, dev, 1, 3)
+	testutil.Eventually(t, "seqs 2 and 3 after seq 1 was given up", func() error {
+		var seqs []int
+		for _, d := range rcv.snapshot() {
+			seqs = append(seqs, d.seq)
+		}
+		if !slices.Equal(seqs, []int{2, 3}) {
+			return fmt.Errorf("delivered seqs %v", seqs)
+		}
+		return nil
+	})
+	// Seq 1: the first attempt and its one retry, both refused, in the log.
+	testutil.Eventually(t, "the log: 2 refusals, 2 successes", func() error {
+		items := must(t, srv, 200, "GET", "/v1/event-endpoints/"+id+"/attempts?limit=10", w.developer, nil)["items"].([]any)
+		var refused, ok int
+		for _, it := range items {
+			if it.(map[string]any)["succeeded"] == true {
+				ok++
+			} else {
+				refused++
+			}
+		}
+		if refused != 2 || ok != 2 {
+			return fmt.Errorf("%d refused, %d succeeded", refused, ok)
+		}
+		return nil
+	})
+}

@@ -407,12 +407,6 @@ func (g *Gateway) attempt(ctx context.Context, d db.EventDelivery, ep db.EventEn
 		if res.Err == nil {
 			return q.EndpointSucceeded(ctx, ep.ID)
 		}
-		// A delivery that gave up lets the next of its order key go.
-		if status == "failed" {
-			if err := q.DeliveryPromoteNext(ctx, db.DeliveryPromoteNextParams{EndpointID: d.EndpointID, OrderKey: d.OrderKey, EventSeq: d.EventSeq}); err != nil {
-				return err
-			}
-		}
 		f, err := q.EndpointFailing(ctx, ep.ID)
 		if err != nil {
 			return err
@@ -436,6 +430,17 @@ func (g *Gateway) attempt(ctx context.Context, d db.EventDelivery, ep db.EventEn
 	case err != nil:
 		g.log.Error("events-gateway: recording an attempt failed; the lease lapses and the delivery is attempted again", "delivery", d.ID, "error", err)
 	default:
+		// A delivery that gave up lets the next of its order key go: after
+		// the commit, as a success does (writeBatch), so an insert that
+		// raced it is seen and no lock is held while taking another.
+		if status == "failed" && d.OrderKey != "" {
+			if err := db.New(g.cfg.Pool).DeliveryPromoteNext(ctx, db.DeliveryPromoteNextParams{EndpointID: d.EndpointID,
+				OrderKey: d.OrderKey, EventSeq: d.EventSeq}); err != nil {
+				g.log.Error("events-gateway: promoting the next delivery failed; it waits for the sweep", "delivery", d.ID, "error", err)
+			} else {
+				g.Kick()
+			}
+		}
 		if res.Err == nil {
 			g.latency.Observe(time.Since(ev.Time).Seconds())
 		}
