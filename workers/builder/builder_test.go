@@ -192,6 +192,7 @@ func TestBuilds(t *testing.T) {
 		if rel["status"] != "final" || rel["version"] != "1.0" {
 			t.Fatalf("release = %v", rel)
 		}
+		expectReleaseEvents(t, e.srv, b["release_id"].(string), id, "created draft", "finalized final")
 		var app map[string]any
 		for _, s := range rel["services"].([]any) {
 			if s.(map[string]any)["name"] == "app" {
@@ -299,6 +300,7 @@ func TestBuilds(t *testing.T) {
 		if rel["status"] != "failed" {
 			t.Fatalf("release = %v", rel["status"])
 		}
+		expectReleaseEvents(t, e.srv, b["release_id"].(string), b["id"].(string), "created draft", "failed failed")
 	})
 
 	t.Run("cancel", func(t *testing.T) {
@@ -460,4 +462,35 @@ func layerFiles(t *testing.T, img v1.Image) map[string]string {
 		rc.Close()
 	}
 	return files
+}
+
+// expectReleaseEvents checks the organisation's io.flock.release.* events
+// of a build's release, in order, as "<change> <status>", each naming the
+// build (they are written in the upload's and the build's end's
+// transactions, so they exist once the build has ended).
+func expectReleaseEvents(t *testing.T, srv *apptest.Server, release, build string, want ...string) {
+	t.Helper()
+	rows, err := srv.Pool(t).Query(t.Context(), `SELECT type, data->>'status', data->>'build_id' FROM org_events
+		WHERE subject = $1 AND type LIKE 'io.flock.release.%' ORDER BY seq`, release)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var got []string
+	for rows.Next() {
+		var typ, status, b string
+		if err := rows.Scan(&typ, &status, &b); err != nil {
+			t.Fatal(err)
+		}
+		if b != build {
+			t.Errorf("%s of release %s names build %q, want %s", typ, release, b, build)
+		}
+		got = append(got, strings.TrimPrefix(typ, "io.flock.release.")+" "+status)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ", ") != strings.Join(want, ", ") {
+		t.Errorf("release %s events %v, want %v", release, got, want)
+	}
 }
