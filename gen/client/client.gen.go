@@ -4686,8 +4686,13 @@ type ClientInterface interface {
 	//
 	// Returns the new secret, once. Until `previous_expires_at` every
 	// delivery carries two signatures (old and new secret) in
-	// `webhook-signature`, so receivers can switch at their pace; deliveries
-	// in flight when the rotation commits are signed with both.
+	// `webhook-signature`, so receivers can switch at their pace. Each
+	// attempt is signed with the secrets in force when it starts: an attempt
+	// already on the wire when the rotation commits carries only the old
+	// signature, and its retries carry both. With `overlap_seconds: 0` the
+	// old secret stops signing at once; a receiver that switches at the same
+	// moment may refuse an attempt already in flight, which is then retried
+	// under the same `webhook-id`, signed with the new secret only.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -4698,8 +4703,13 @@ type ClientInterface interface {
 	//
 	// Returns the new secret, once. Until `previous_expires_at` every
 	// delivery carries two signatures (old and new secret) in
-	// `webhook-signature`, so receivers can switch at their pace; deliveries
-	// in flight when the rotation commits are signed with both.
+	// `webhook-signature`, so receivers can switch at their pace. Each
+	// attempt is signed with the secrets in force when it starts: an attempt
+	// already on the wire when the rotation commits carries only the old
+	// signature, and its retries carry both. With `overlap_seconds: 0` the
+	// old secret stops signing at once; a receiver that switches at the same
+	// moment may refuse an attempt already in flight, which is then retried
+	// under the same `webhook-id`, signed with the new secret only.
 	//
 	// Takes a body of the `application/json` content type.
 	//
@@ -5173,8 +5183,16 @@ type ClientInterface interface {
 	//
 	// A **kafka** endpoint gets each event produced to its topic in
 	// CloudEvents binary mode (`ce_*` headers, the data as the value, the
-	// device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
-	// configured; its password is stored encrypted.
+	// device, rollout or release id as the key, none for other types), over
+	// SASL PLAIN or SCRAM and TLS as configured; its password is stored
+	// encrypted.
+	//
+	// Delivery is at least once: a retry, a replay or a gateway restarted
+	// mid-attempt sends an event again under the same id (`webhook-id`,
+	// `ce_id`), by which a receiver recognises it. Types whose catalogue
+	// entry has `ordered_by` (`GET /v1/event-types`) reach each endpoint in
+	// order per device, rollout or release: a later event waits until the
+	// earlier one succeeded or was given up.
 	//
 	// `types` empty means every type; `fleet_id` limits it to one fleet's events.
 	//
@@ -5200,8 +5218,16 @@ type ClientInterface interface {
 	//
 	// A **kafka** endpoint gets each event produced to its topic in
 	// CloudEvents binary mode (`ce_*` headers, the data as the value, the
-	// device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
-	// configured; its password is stored encrypted.
+	// device, rollout or release id as the key, none for other types), over
+	// SASL PLAIN or SCRAM and TLS as configured; its password is stored
+	// encrypted.
+	//
+	// Delivery is at least once: a retry, a replay or a gateway restarted
+	// mid-attempt sends an event again under the same id (`webhook-id`,
+	// `ce_id`), by which a receiver recognises it. Types whose catalogue
+	// entry has `ordered_by` (`GET /v1/event-types`) reach each endpoint in
+	// order per device, rollout or release: a later event waits until the
+	// earlier one succeeded or was given up.
 	//
 	// `types` empty means every type; `fleet_id` limits it to one fleet's events.
 	//
@@ -6747,8 +6773,13 @@ func (c *Client) EventEndpointReplay(ctx context.Context, endpointId EventEndpoi
 //
 // Returns the new secret, once. Until `previous_expires_at` every
 // delivery carries two signatures (old and new secret) in
-// `webhook-signature`, so receivers can switch at their pace; deliveries
-// in flight when the rotation commits are signed with both.
+// `webhook-signature`, so receivers can switch at their pace. Each
+// attempt is signed with the secrets in force when it starts: an attempt
+// already on the wire when the rotation commits carries only the old
+// signature, and its retries carry both. With `overlap_seconds: 0` the
+// old secret stops signing at once; a receiver that switches at the same
+// moment may refuse an attempt already in flight, which is then retried
+// under the same `webhook-id`, signed with the new secret only.
 //
 // Takes any type of body and a specified content type.
 //
@@ -6769,8 +6800,13 @@ func (c *Client) EventEndpointRotateSecretWithBody(ctx context.Context, endpoint
 //
 // Returns the new secret, once. Until `previous_expires_at` every
 // delivery carries two signatures (old and new secret) in
-// `webhook-signature`, so receivers can switch at their pace; deliveries
-// in flight when the rotation commits are signed with both.
+// `webhook-signature`, so receivers can switch at their pace. Each
+// attempt is signed with the secrets in force when it starts: an attempt
+// already on the wire when the rotation commits carries only the old
+// signature, and its retries carry both. With `overlap_seconds: 0` the
+// old secret stops signing at once; a receiver that switches at the same
+// moment may refuse an attempt already in flight, which is then retried
+// under the same `webhook-id`, signed with the new secret only.
 //
 // Takes a body of the `application/json` content type.
 //
@@ -7714,8 +7750,16 @@ func (c *Client) EventEndpointList(ctx context.Context, orgId OrgId, params *Eve
 //
 // A **kafka** endpoint gets each event produced to its topic in
 // CloudEvents binary mode (`ce_*` headers, the data as the value, the
-// device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
-// configured; its password is stored encrypted.
+// device, rollout or release id as the key, none for other types), over
+// SASL PLAIN or SCRAM and TLS as configured; its password is stored
+// encrypted.
+//
+// Delivery is at least once: a retry, a replay or a gateway restarted
+// mid-attempt sends an event again under the same id (`webhook-id`,
+// `ce_id`), by which a receiver recognises it. Types whose catalogue
+// entry has `ordered_by` (`GET /v1/event-types`) reach each endpoint in
+// order per device, rollout or release: a later event waits until the
+// earlier one succeeded or was given up.
 //
 // `types` empty means every type; `fleet_id` limits it to one fleet's events.
 //
@@ -7751,8 +7795,16 @@ func (c *Client) EventEndpointCreateWithBody(ctx context.Context, orgId OrgId, c
 //
 // A **kafka** endpoint gets each event produced to its topic in
 // CloudEvents binary mode (`ce_*` headers, the data as the value, the
-// device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
-// configured; its password is stored encrypted.
+// device, rollout or release id as the key, none for other types), over
+// SASL PLAIN or SCRAM and TLS as configured; its password is stored
+// encrypted.
+//
+// Delivery is at least once: a retry, a replay or a gateway restarted
+// mid-attempt sends an event again under the same id (`webhook-id`,
+// `ce_id`), by which a receiver recognises it. Types whose catalogue
+// entry has `ordered_by` (`GET /v1/event-types`) reach each endpoint in
+// order per device, rollout or release: a later event waits until the
+// earlier one succeeded or was given up.
 //
 // `types` empty means every type; `fleet_id` limits it to one fleet's events.
 //
@@ -15536,8 +15588,13 @@ type ClientWithResponsesInterface interface {
 	//
 	// Returns the new secret, once. Until `previous_expires_at` every
 	// delivery carries two signatures (old and new secret) in
-	// `webhook-signature`, so receivers can switch at their pace; deliveries
-	// in flight when the rotation commits are signed with both.
+	// `webhook-signature`, so receivers can switch at their pace. Each
+	// attempt is signed with the secrets in force when it starts: an attempt
+	// already on the wire when the rotation commits carries only the old
+	// signature, and its retries carry both. With `overlap_seconds: 0` the
+	// old secret stops signing at once; a receiver that switches at the same
+	// moment may refuse an attempt already in flight, which is then retried
+	// under the same `webhook-id`, signed with the new secret only.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -15548,8 +15605,13 @@ type ClientWithResponsesInterface interface {
 	//
 	// Returns the new secret, once. Until `previous_expires_at` every
 	// delivery carries two signatures (old and new secret) in
-	// `webhook-signature`, so receivers can switch at their pace; deliveries
-	// in flight when the rotation commits are signed with both.
+	// `webhook-signature`, so receivers can switch at their pace. Each
+	// attempt is signed with the secrets in force when it starts: an attempt
+	// already on the wire when the rotation commits carries only the old
+	// signature, and its retries carry both. With `overlap_seconds: 0` the
+	// old secret stops signing at once; a receiver that switches at the same
+	// moment may refuse an attempt already in flight, which is then retried
+	// under the same `webhook-id`, signed with the new secret only.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -16073,8 +16135,16 @@ type ClientWithResponsesInterface interface {
 	//
 	// A **kafka** endpoint gets each event produced to its topic in
 	// CloudEvents binary mode (`ce_*` headers, the data as the value, the
-	// device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
-	// configured; its password is stored encrypted.
+	// device, rollout or release id as the key, none for other types), over
+	// SASL PLAIN or SCRAM and TLS as configured; its password is stored
+	// encrypted.
+	//
+	// Delivery is at least once: a retry, a replay or a gateway restarted
+	// mid-attempt sends an event again under the same id (`webhook-id`,
+	// `ce_id`), by which a receiver recognises it. Types whose catalogue
+	// entry has `ordered_by` (`GET /v1/event-types`) reach each endpoint in
+	// order per device, rollout or release: a later event waits until the
+	// earlier one succeeded or was given up.
 	//
 	// `types` empty means every type; `fleet_id` limits it to one fleet's events.
 	//
@@ -16100,8 +16170,16 @@ type ClientWithResponsesInterface interface {
 	//
 	// A **kafka** endpoint gets each event produced to its topic in
 	// CloudEvents binary mode (`ce_*` headers, the data as the value, the
-	// device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
-	// configured; its password is stored encrypted.
+	// device, rollout or release id as the key, none for other types), over
+	// SASL PLAIN or SCRAM and TLS as configured; its password is stored
+	// encrypted.
+	//
+	// Delivery is at least once: a retry, a replay or a gateway restarted
+	// mid-attempt sends an event again under the same id (`webhook-id`,
+	// `ce_id`), by which a receiver recognises it. Types whose catalogue
+	// entry has `ordered_by` (`GET /v1/event-types`) reach each endpoint in
+	// order per device, rollout or release: a later event waits until the
+	// earlier one succeeded or was given up.
 	//
 	// `types` empty means every type; `fleet_id` limits it to one fleet's events.
 	//
@@ -22515,8 +22593,13 @@ func (c *ClientWithResponses) EventEndpointReplayWithResponse(ctx context.Contex
 //
 // Returns the new secret, once. Until `previous_expires_at` every
 // delivery carries two signatures (old and new secret) in
-// `webhook-signature`, so receivers can switch at their pace; deliveries
-// in flight when the rotation commits are signed with both.
+// `webhook-signature`, so receivers can switch at their pace. Each
+// attempt is signed with the secrets in force when it starts: an attempt
+// already on the wire when the rotation commits carries only the old
+// signature, and its retries carry both. With `overlap_seconds: 0` the
+// old secret stops signing at once; a receiver that switches at the same
+// moment may refuse an attempt already in flight, which is then retried
+// under the same `webhook-id`, signed with the new secret only.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -22533,8 +22616,13 @@ func (c *ClientWithResponses) EventEndpointRotateSecretWithBodyWithResponse(ctx 
 //
 // Returns the new secret, once. Until `previous_expires_at` every
 // delivery carries two signatures (old and new secret) in
-// `webhook-signature`, so receivers can switch at their pace; deliveries
-// in flight when the rotation commits are signed with both.
+// `webhook-signature`, so receivers can switch at their pace. Each
+// attempt is signed with the secrets in force when it starts: an attempt
+// already on the wire when the rotation commits carries only the old
+// signature, and its retries carry both. With `overlap_seconds: 0` the
+// old secret stops signing at once; a receiver that switches at the same
+// moment may refuse an attempt already in flight, which is then retried
+// under the same `webhook-id`, signed with the new secret only.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -23340,8 +23428,16 @@ func (c *ClientWithResponses) EventEndpointListWithResponse(ctx context.Context,
 //
 // A **kafka** endpoint gets each event produced to its topic in
 // CloudEvents binary mode (`ce_*` headers, the data as the value, the
-// device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
-// configured; its password is stored encrypted.
+// device, rollout or release id as the key, none for other types), over
+// SASL PLAIN or SCRAM and TLS as configured; its password is stored
+// encrypted.
+//
+// Delivery is at least once: a retry, a replay or a gateway restarted
+// mid-attempt sends an event again under the same id (`webhook-id`,
+// `ce_id`), by which a receiver recognises it. Types whose catalogue
+// entry has `ordered_by` (`GET /v1/event-types`) reach each endpoint in
+// order per device, rollout or release: a later event waits until the
+// earlier one succeeded or was given up.
 //
 // `types` empty means every type; `fleet_id` limits it to one fleet's events.
 //
@@ -23373,8 +23469,16 @@ func (c *ClientWithResponses) EventEndpointCreateWithBodyWithResponse(ctx contex
 //
 // A **kafka** endpoint gets each event produced to its topic in
 // CloudEvents binary mode (`ce_*` headers, the data as the value, the
-// device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
-// configured; its password is stored encrypted.
+// device, rollout or release id as the key, none for other types), over
+// SASL PLAIN or SCRAM and TLS as configured; its password is stored
+// encrypted.
+//
+// Delivery is at least once: a retry, a replay or a gateway restarted
+// mid-attempt sends an event again under the same id (`webhook-id`,
+// `ce_id`), by which a receiver recognises it. Types whose catalogue
+// entry has `ordered_by` (`GET /v1/event-types`) reach each endpoint in
+// order per device, rollout or release: a later event waits until the
+// earlier one succeeded or was given up.
 //
 // `types` empty means every type; `fleet_id` limits it to one fleet's events.
 //

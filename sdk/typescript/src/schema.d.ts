@@ -1719,8 +1719,16 @@ export interface paths {
          *
          *     A **kafka** endpoint gets each event produced to its topic in
          *     CloudEvents binary mode (`ce_*` headers, the data as the value, the
-         *     device or rollout id as the key), over SASL PLAIN or SCRAM and TLS as
-         *     configured; its password is stored encrypted.
+         *     device, rollout or release id as the key, none for other types), over
+         *     SASL PLAIN or SCRAM and TLS as configured; its password is stored
+         *     encrypted.
+         *
+         *     Delivery is at least once: a retry, a replay or a gateway restarted
+         *     mid-attempt sends an event again under the same id (`webhook-id`,
+         *     `ce_id`), by which a receiver recognises it. Types whose catalogue
+         *     entry has `ordered_by` (`GET /v1/event-types`) reach each endpoint in
+         *     order per device, rollout or release: a later event waits until the
+         *     earlier one succeeded or was given up.
          *
          *     `types` empty means every type; `fleet_id` limits it to one fleet's events.
          */
@@ -1770,8 +1778,13 @@ export interface paths {
          * Rotate a webhook's signing secret
          * @description Returns the new secret, once. Until `previous_expires_at` every
          *     delivery carries two signatures (old and new secret) in
-         *     `webhook-signature`, so receivers can switch at their pace; deliveries
-         *     in flight when the rotation commits are signed with both.
+         *     `webhook-signature`, so receivers can switch at their pace. Each
+         *     attempt is signed with the secrets in force when it starts: an attempt
+         *     already on the wire when the rotation commits carries only the old
+         *     signature, and its retries carry both. With `overlap_seconds: 0` the
+         *     old secret stops signing at once; a receiver that switches at the same
+         *     moment may refuse an attempt already in flight, which is then retried
+         *     under the same `webhook-id`, signed with the new secret only.
          */
         post: operations["event-endpoint:rotate-secret"];
         delete?: never;
