@@ -12,7 +12,7 @@ RETURNING seq;
 -- One delivery for every enabled endpoint of the organisation that takes
 -- the event's type and fleet. Only the head of an order key is ever due:
 -- a delivery behind another pending one waits (infinity) until that one
--- is done and promotes it (DeliveryPromoteNext), so the claim's index
+-- is done and promotes it (DeliveriesPromoteNext), so the claim's index
 -- range holds only deliveries it may send. The pending deliveries ahead
 -- are locked FOR SHARE: a completion racing this insert either commits
 -- first (this sees nothing pending: due now) or waits for this commit and
@@ -138,9 +138,8 @@ WITH done AS (
 SELECT done.id, done.endpoint_id, done.order_key, done.event_seq FROM done;
 
 -- name: DeliveriesPromoteNext :many
--- Deliveries done make the next of each of their order keys due (the
--- batch form of DeliveryPromoteNext). A next delivery another transaction
--- holds locked (a fan-out's FOR SHARE) is skipped, not waited for, as in
+-- Deliveries done (or given up) make the next of each of their order keys
+-- due. A next delivery another transaction holds locked (a fan-out's FOR SHARE) is skipped, not waited for, as in
 -- DeliveriesSucceeded; it comes back with promoted false and the caller
 -- promotes it with DeliveryPromote.
 WITH i AS (
@@ -183,9 +182,6 @@ WHERE id = @id AND leased_by = @holder::text;
 -- name: AttemptInsert :exec
 INSERT INTO event_delivery_attempts (id, delivery_id, endpoint_id, status_code, duration_ms, response, error, succeeded)
 VALUES (@id, @delivery_id, @endpoint_id, sqlc.narg(status_code), @duration_ms, @response, @error, @succeeded);
-
--- name: EndpointSucceeded :exec
-UPDATE event_endpoints SET failing_since = NULL WHERE id = @id AND failing_since IS NOT NULL;
 
 -- name: EndpointFailing :one
 -- Marks the start of a run of failures (kept while it lasts).
@@ -300,15 +296,6 @@ RETURNING *;
 SELECT coalesce(min(d.next_attempt_at), now() + interval '1 hour')::timestamptz AS due FROM event_deliveries d
 JOIN event_endpoints e ON e.id = d.endpoint_id AND e.enabled
 WHERE d.status = 'pending' AND d.lease_until IS NULL AND d.next_attempt_at < 'infinity';
-
--- name: DeliveryPromoteNext :exec
--- A delivery done (or given up) makes the next of its order key due.
-UPDATE event_deliveries SET next_attempt_at = now()
-WHERE id = (SELECT n.id FROM event_deliveries n
-            WHERE n.endpoint_id = @endpoint_id AND n.order_key = @order_key::text AND @order_key::text <> ''
-              AND n.status = 'pending' AND n.event_seq > @event_seq::bigint
-            ORDER BY n.event_seq LIMIT 1)
-  AND next_attempt_at = 'infinity';
 
 -- name: DeliveriesUnblock :execrows
 -- The safety net of promotion (a promotion that failed after its success

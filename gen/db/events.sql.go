@@ -262,9 +262,8 @@ type DeliveriesPromoteNextRow struct {
 	Promoted bool
 }
 
-// Deliveries done make the next of each of their order keys due (the
-// batch form of DeliveryPromoteNext). A next delivery another transaction
-// holds locked (a fan-out's FOR SHARE) is skipped, not waited for, as in
+// Deliveries done (or given up) make the next of each of their order keys
+// due. A next delivery another transaction holds locked (a fan-out's FOR SHARE) is skipped, not waited for, as in
 // DeliveriesSucceeded; it comes back with promoted false and the caller
 // promotes it with DeliveryPromote.
 func (q *Queries) DeliveriesPromoteNext(ctx context.Context, arg DeliveriesPromoteNextParams) ([]DeliveriesPromoteNextRow, error) {
@@ -483,27 +482,6 @@ func (q *Queries) DeliveryPromote(ctx context.Context, id uuid.UUID) (int64, err
 	return result.RowsAffected(), nil
 }
 
-const deliveryPromoteNext = `-- name: DeliveryPromoteNext :exec
-UPDATE event_deliveries SET next_attempt_at = now()
-WHERE id = (SELECT n.id FROM event_deliveries n
-            WHERE n.endpoint_id = $1 AND n.order_key = $2::text AND $2::text <> ''
-              AND n.status = 'pending' AND n.event_seq > $3::bigint
-            ORDER BY n.event_seq LIMIT 1)
-  AND next_attempt_at = 'infinity'
-`
-
-type DeliveryPromoteNextParams struct {
-	EndpointID uuid.UUID
-	OrderKey   string
-	EventSeq   int64
-}
-
-// A delivery done (or given up) makes the next of its order key due.
-func (q *Queries) DeliveryPromoteNext(ctx context.Context, arg DeliveryPromoteNextParams) error {
-	_, err := q.db.Exec(ctx, deliveryPromoteNext, arg.EndpointID, arg.OrderKey, arg.EventSeq)
-	return err
-}
-
 const deliveryReplay = `-- name: DeliveryReplay :execrows
 UPDATE event_deliveries
 SET status = 'pending', next_attempt_at = now(), attempts = 0, lease_until = NULL, leased_by = NULL
@@ -656,15 +634,6 @@ func (q *Queries) EndpointReplaySince(ctx context.Context, arg EndpointReplaySin
 		return 0, err
 	}
 	return result.RowsAffected(), nil
-}
-
-const endpointSucceeded = `-- name: EndpointSucceeded :exec
-UPDATE event_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL
-`
-
-func (q *Queries) EndpointSucceeded(ctx context.Context, id uuid.UUID) error {
-	_, err := q.db.Exec(ctx, endpointSucceeded, id)
-	return err
 }
 
 const eventDevKey = `-- name: EventDevKey :one
@@ -1038,7 +1007,7 @@ type EventFanOutParams struct {
 // One delivery for every enabled endpoint of the organisation that takes
 // the event's type and fleet. Only the head of an order key is ever due:
 // a delivery behind another pending one waits (infinity) until that one
-// is done and promotes it (DeliveryPromoteNext), so the claim's index
+// is done and promotes it (DeliveriesPromoteNext), so the claim's index
 // range holds only deliveries it may send. The pending deliveries ahead
 // are locked FOR SHARE: a completion racing this insert either commits
 // first (this sees nothing pending: due now) or waits for this commit and

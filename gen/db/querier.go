@@ -123,9 +123,8 @@ type Querier interface {
 	// When the next pending delivery comes due (null when none), so the
 	// dispatcher sleeps no longer than that.
 	DeliveriesNextDue(ctx context.Context) (time.Time, error)
-	// Deliveries done make the next of each of their order keys due (the
-	// batch form of DeliveryPromoteNext). A next delivery another transaction
-	// holds locked (a fan-out's FOR SHARE) is skipped, not waited for, as in
+	// Deliveries done (or given up) make the next of each of their order keys
+	// due. A next delivery another transaction holds locked (a fan-out's FOR SHARE) is skipped, not waited for, as in
 	// DeliveriesSucceeded; it comes back with promoted false and the caller
 	// promotes it with DeliveryPromote.
 	DeliveriesPromoteNext(ctx context.Context, arg DeliveriesPromoteNextParams) ([]DeliveriesPromoteNextRow, error)
@@ -149,8 +148,6 @@ type Querier interface {
 	// A delivery made and attempted at once (event-endpoint:test).
 	DeliveryInsertLeased(ctx context.Context, arg DeliveryInsertLeasedParams) (EventDelivery, error)
 	DeliveryPromote(ctx context.Context, id uuid.UUID) (int64, error)
-	// A delivery done (or given up) makes the next of its order key due.
-	DeliveryPromoteNext(ctx context.Context, arg DeliveryPromoteNextParams) error
 	DeliveryReplay(ctx context.Context, arg DeliveryReplayParams) (int64, error)
 	// One successful attempt (DeliveriesSucceeded skipped it: locked by a
 	// fan-out, which this waits for). No row: the lease lapsed.
@@ -258,7 +255,6 @@ type Querier interface {
 	// replayed event is due (unless one of its deliveries is pending still),
 	// the rest follow it one by one.
 	EndpointReplaySince(ctx context.Context, arg EndpointReplaySinceParams) (int64, error)
-	EndpointSucceeded(ctx context.Context, id uuid.UUID) error
 	EventDevKey(ctx context.Context) ([]byte, error)
 	EventDevKeyInit(ctx context.Context, key []byte) error
 	EventEndpointAccess(ctx context.Context, arg EventEndpointAccessParams) (EventEndpointAccessRow, error)
@@ -272,7 +268,7 @@ type Querier interface {
 	// One delivery for every enabled endpoint of the organisation that takes
 	// the event's type and fleet. Only the head of an order key is ever due:
 	// a delivery behind another pending one waits (infinity) until that one
-	// is done and promotes it (DeliveryPromoteNext), so the claim's index
+	// is done and promotes it (DeliveriesPromoteNext), so the claim's index
 	// range holds only deliveries it may send. The pending deliveries ahead
 	// are locked FOR SHARE: a completion racing this insert either commits
 	// first (this sees nothing pending: due now) or waits for this commit and

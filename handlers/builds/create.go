@@ -236,8 +236,8 @@ func (h *Builds) BuildCreate(ctx context.Context, req api.BuildCreateRequestObje
 	if err != nil {
 		return nil, fmt.Errorf("create the release of build %s: %w", id, err)
 	}
-	if _, _, err := eventdelivery.Emit(ctx, q, eventdelivery.ReleaseChanged("created", rel, uuid.NullUUID{UUID: id, Valid: true}, time.Now())); err != nil {
-		return nil, fmt.Errorf("record the created event of release %s: %w", rel.ID, err)
+	if err := eventdelivery.EmitRelease(ctx, q, rel, uuid.NullUUID{UUID: id, Valid: true}, "created"); err != nil {
+		return nil, err
 	}
 	svcJSON, err := jsonMarshal(services)
 	if err != nil {

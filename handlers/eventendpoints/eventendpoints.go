@@ -424,12 +424,8 @@ func (h *EventEndpoints) EventEndpointTest(ctx context.Context, req api.EventEnd
 		if attemptID, err = eventdelivery.RecordAttempt(ctx, q, d, res); err != nil {
 			return err
 		}
-		code := res.StatusCode()
-		msg := ""
-		if res.Err != nil {
-			msg = res.Err.Error()
-		}
-		_, err = q.DeliveryDone(ctx, db.DeliveryDoneParams{ID: d.ID, Holder: "test-send", Status: status, NextAttemptAt: now, LastStatus: code, LastError: msg})
+		_, err = q.DeliveryDone(ctx, db.DeliveryDoneParams{ID: d.ID, Holder: "test-send", Status: status, NextAttemptAt: now,
+			LastStatus: res.StatusCode(), LastError: res.ErrorText()})
 		return err
 	})
 	if err != nil {

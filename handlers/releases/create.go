@@ -4,14 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/flock-io/flock-api/internal/postgres"
 	"net/http"
+
+	"github.com/google/uuid"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/auth"
 	"github.com/flock-io/flock-api/internal/eventdelivery"
 	"github.com/flock-io/flock-api/internal/http/problem"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"github.com/flock-io/flock-api/internal/tags"
 )
 
@@ -69,7 +71,7 @@ func (h *Releases) ReleaseCreate(ctx context.Context, req api.ReleaseCreateReque
 	if err != nil {
 		return nil, fmt.Errorf("create release in %s: %w", req.FleetId, err)
 	}
-	if err := emitChanges(ctx, q, r, "created", eventdelivery.ReleaseStatusChange(r.Status)); err != nil {
+	if err := eventdelivery.EmitRelease(ctx, q, r, uuid.NullUUID{}, "created", eventdelivery.ReleaseStatusChange(r.Status)); err != nil {
 		return nil, err
 	}
 	if r.Status == "final" {

@@ -6,14 +6,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
-	"github.com/flock-io/flock-api/internal/eventdelivery"
 	"github.com/flock-io/flock-api/internal/registry"
 	"github.com/flock-io/flock-api/internal/targetstate"
 	"github.com/flock-io/flock-api/workers/nudger"
@@ -48,20 +46,6 @@ func Release(r db.Release) (api.Release, error) {
 // Image returns a service's image for an architecture, if the release has
 // one (the same choice the target state makes).
 func Image(s api.ReleaseService, arch string) *api.ServiceImage { return targetstate.Image(s, arch) }
-
-// emitChanges records the organisation's events of changes to r (in the
-// change's transaction, so they exist exactly when it does).
-func emitChanges(ctx context.Context, q *db.Queries, r db.Release, changes ...string) error {
-	for _, c := range changes {
-		if c == "" {
-			continue
-		}
-		if _, _, err := eventdelivery.Emit(ctx, q, eventdelivery.ReleaseChanged(c, r, uuid.NullUUID{}, time.Now())); err != nil {
-			return fmt.Errorf("record the %s event of release %s: %w", c, r.ID, err)
-		}
-	}
-	return nil
-}
 
 // becameFinal is called in the transaction that makes a release of fleet
 // final: the fleet's newest final release is now this one, which is the

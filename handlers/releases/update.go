@@ -4,15 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/flock-io/flock-api/internal/postgres"
 	"net/http"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/flock-io/flock-api/gen/api"
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/eventdelivery"
 	"github.com/flock-io/flock-api/internal/http/problem"
+	"github.com/flock-io/flock-api/internal/postgres"
 	"github.com/flock-io/flock-api/internal/tags"
 )
 
@@ -49,7 +50,7 @@ func (h *Releases) ReleaseUpdate(ctx context.Context, req api.ReleaseUpdateReque
 		return nil, fmt.Errorf("update release %s: %w", req.ReleaseId, err)
 	}
 	if status != was {
-		if err := emitChanges(ctx, q, r, eventdelivery.ReleaseStatusChange(status)); err != nil {
+		if err := eventdelivery.EmitRelease(ctx, q, r, uuid.NullUUID{}, eventdelivery.ReleaseStatusChange(status)); err != nil {
 			return nil, err
 		}
 	}

@@ -153,8 +153,7 @@ func (f *Finisher) Finish(ctx context.Context, id uuid.UUID) (bool, error) {
 		case err != nil:
 			return fmt.Errorf("end release %s of build %s: %w", b.ReleaseID, id, err)
 		default:
-			ev := eventdelivery.ReleaseChanged(eventdelivery.ReleaseStatusChange(r.Status), r, uuid.NullUUID{UUID: id, Valid: true}, time.Now())
-			if _, _, err := eventdelivery.Emit(ctx, q, ev); err != nil {
+			if err := eventdelivery.EmitRelease(ctx, q, r, uuid.NullUUID{UUID: id, Valid: true}, eventdelivery.ReleaseStatusChange(r.Status)); err != nil {
 				return fmt.Errorf("end release %s of build %s: %w", b.ReleaseID, id, err)
 			}
 		}

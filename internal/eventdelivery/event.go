@@ -1,6 +1,7 @@
 package eventdelivery
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -195,6 +196,21 @@ func ReleaseChanged(change string, r db.Release, built uuid.NullUUID, now time.T
 	return &Event{ID: uuid.NewSHA1(idSpace, []byte("release-"+change+"\x00"+r.ID.String())), OrgID: r.OrgID, FleetID: f,
 		OrderKey: r.ID.String(), Type: "io.flock.release." + change, Source: SourceOf(r.OrgID, f), Subject: r.ID.String(),
 		Time: now.UTC(), Data: data}
+}
+
+// EmitRelease records a release's changes (created, finalized, failed;
+// "" is skipped) as the organisation's events, in the change's own
+// transaction q, so they exist exactly when it does.
+func EmitRelease(ctx context.Context, q *db.Queries, r db.Release, built uuid.NullUUID, changes ...string) error {
+	for _, c := range changes {
+		if c == "" {
+			continue
+		}
+		if _, _, err := Emit(ctx, q, ReleaseChanged(c, r, built, time.Now())); err != nil {
+			return fmt.Errorf("record the %s event of release %s: %w", c, r.ID, err)
+		}
+	}
+	return nil
 }
 
 // ReleaseStatusChange is the event type suffix of a release becoming

@@ -33,17 +33,9 @@ func Emit(ctx context.Context, q *db.Queries, ev *Event) (seq int64, stored bool
 
 // RecordAttempt writes an attempt to the delivery log.
 func RecordAttempt(ctx context.Context, q *db.Queries, d db.EventDelivery, res Result) (uuid.UUID, error) {
-	code := res.StatusCode()
-	msg := ""
-	if res.Err != nil {
-		msg = res.Err.Error()
-		if len(msg) > 1000 {
-			msg = msg[:1000]
-		}
-	}
 	id, _ := uuid.NewV7()
-	err := q.AttemptInsert(ctx, db.AttemptInsertParams{ID: id, DeliveryID: d.ID, EndpointID: d.EndpointID, StatusCode: code,
-		DurationMs: int32(res.Duration.Milliseconds()), Response: LogText(res.Response), Error: msg, Succeeded: res.Err == nil})
+	err := q.AttemptInsert(ctx, db.AttemptInsertParams{ID: id, DeliveryID: d.ID, EndpointID: d.EndpointID, StatusCode: res.StatusCode(),
+		DurationMs: int32(res.Duration.Milliseconds()), Response: LogText(res.Response), Error: res.ErrorText(), Succeeded: res.Err == nil})
 	if err != nil {
 		return id, fmt.Errorf("record attempt of delivery %s: %w", d.ID, err)
 	}
@@ -53,9 +45,22 @@ func RecordAttempt(ctx context.Context, q *db.Queries, d db.EventDelivery, res R
 // LogText is the first KB of a response as the delivery log keeps it:
 // text, so a body cut mid-rune (or binary, or with NULs PostgreSQL text
 // refuses) is made valid.
-func LogText(b []byte) string {
-	if len(b) > 1024 {
-		b = b[:1024]
+func LogText(b []byte) string { return Clip(string(b), 1024) }
+
+// ErrorText is an attempt's error as the log and the delivery keep it
+// ("" for a success): its first 1000 bytes, as valid text.
+func (r Result) ErrorText() string {
+	if r.Err == nil {
+		return ""
 	}
-	return strings.ToValidUTF8(strings.ReplaceAll(string(b), "\x00", ""), "\uFFFD")
+	return Clip(r.Err.Error(), 1000)
+}
+
+// Clip is s cut to n bytes and made text PostgreSQL keeps: a rune cut in
+// two, or invalid UTF-8, is replaced, and NULs are dropped.
+func Clip(s string, n int) string {
+	if len(s) > n {
+		s = s[:n]
+	}
+	return strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", ""), "\uFFFD")
 }

@@ -368,44 +368,30 @@ func (g *Gateway) start(ctx context.Context, wg *sync.WaitGroup, ds []db.EventDe
 func (g *Gateway) attempt(ctx context.Context, d db.EventDelivery, ep db.EventEndpoint, ev db.OrgEvent) {
 	now := time.Now()
 	res := g.cfg.Deliverer.Deliver(ctx, ep, ev, now)
-	outcome := "succeeded"
-	status, next := "succeeded", now
-	if res.Err != nil {
-		var ok bool
-		next, ok = eventdelivery.NextAttempt(g.cfg.Schedule, int(d.Attempts)+1, now)
-		switch {
-		case res.Retry && ok:
-			status, outcome = "pending", "retry"
-		default:
-			status, outcome, next = "failed", "failed", now
-		}
-	}
-	g.attempts.WithLabelValues(ep.Kind, outcome).Inc()
 	if res.Err == nil {
+		g.attempts.WithLabelValues(ep.Kind, "succeeded").Inc()
 		g.succeeded <- success{d: d, eventTime: ev.Time, res: res, at: now}
 		return
 	}
+	status, outcome := "pending", "retry"
+	next, ok := eventdelivery.NextAttempt(g.cfg.Schedule, int(d.Attempts)+1, now)
+	if !res.Retry || !ok {
+		status, outcome, next = "failed", "failed", now
+	}
+	g.attempts.WithLabelValues(ep.Kind, outcome).Inc()
 	var disabled *eventdelivery.Event
 	err := postgres.InTx(ctx, g.cfg.Pool, func(q *db.Queries) error {
 		disabled = nil
 		if _, err := eventdelivery.RecordAttempt(ctx, q, d, res); err != nil {
 			return err
 		}
-		lastStatus := res.StatusCode()
-		lastErr := ""
-		if res.Err != nil {
-			lastErr = truncate(res.Err.Error(), 1000)
-		}
 		n, err := q.DeliveryDone(ctx, db.DeliveryDoneParams{ID: d.ID, Holder: g.holder, Status: status, NextAttemptAt: next,
-			LastStatus: lastStatus, LastError: lastErr})
+			LastStatus: res.StatusCode(), LastError: res.ErrorText()})
 		if err != nil {
 			return err
 		}
 		if n == 0 {
 			return errLeaseLost
-		}
-		if res.Err == nil {
-			return q.EndpointSucceeded(ctx, ep.ID)
 		}
 		f, err := q.EndpointFailing(ctx, ep.ID)
 		if err != nil {
@@ -413,7 +399,7 @@ func (g *Gateway) attempt(ctx context.Context, d db.EventDelivery, ep db.EventEn
 		}
 		if f.Enabled && f.FailingSince != nil && now.Sub(*f.FailingSince) >= g.cfg.DisableAfter {
 			reason := fmt.Sprintf("every delivery failed for %s (since %s); the last: %s", now.Sub(*f.FailingSince).Round(time.Second),
-				f.FailingSince.UTC().Format(time.RFC3339), truncate(res.Err.Error(), 300))
+				f.FailingSince.UTC().Format(time.RFC3339), eventdelivery.Clip(res.Err.Error(), 300))
 			if _, err := q.EndpointDisable(ctx, db.EndpointDisableParams{ID: ep.ID, Reason: reason}); err != nil {
 				return err
 			}
@@ -431,18 +417,11 @@ func (g *Gateway) attempt(ctx context.Context, d db.EventDelivery, ep db.EventEn
 		g.log.Error("events-gateway: recording an attempt failed; the lease lapses and the delivery is attempted again", "delivery", d.ID, "error", err)
 	default:
 		// A delivery that gave up lets the next of its order key go: after
-		// the commit, as a success does (writeBatch), so an insert that
-		// raced it is seen and no lock is held while taking another.
+		// the commit, as a success does, so an insert that raced it is seen
+		// and no lock is held while taking another.
 		if status == "failed" && d.OrderKey != "" {
-			if err := db.New(g.cfg.Pool).DeliveryPromoteNext(ctx, db.DeliveryPromoteNextParams{EndpointID: d.EndpointID,
-				OrderKey: d.OrderKey, EventSeq: d.EventSeq}); err != nil {
-				g.log.Error("events-gateway: promoting the next delivery failed; it waits for the sweep", "delivery", d.ID, "error", err)
-			} else {
-				g.Kick()
-			}
-		}
-		if res.Err == nil {
-			g.latency.Observe(time.Since(ev.Time).Seconds())
+			g.promoteNext(ctx, db.DeliveriesPromoteNextParams{EndpointIds: []uuid.UUID{d.EndpointID},
+				OrderKeys: []string{d.OrderKey}, EventSeqs: []int64{d.EventSeq}})
 		}
 		if disabled != nil {
 			g.log.Warn("events-gateway: endpoint disabled after failing too long", "endpoint", ep.ID, "org_id", ep.OrgID, "reason", disabled.Data)
@@ -559,9 +538,17 @@ func (g *Gateway) writeBatch(ctx context.Context, batch []success) {
 			g.latency.Observe(time.Since(s.eventTime).Seconds())
 		}
 	}
-	if len(pp.EndpointIds) == 0 {
-		return
+	if len(pp.EndpointIds) > 0 {
+		g.promoteNext(ctx, pp)
 	}
+}
+
+// promoteNext makes the next delivery of each (endpoint, order key, done
+// event) due, in one statement; one a fan-out held locked is promoted on
+// its own, waiting for that fan-out (which has committed by then).
+// Promotions that fail are left to the sweep.
+func (g *Gateway) promoteNext(ctx context.Context, pp db.DeliveriesPromoteNextParams) {
+	q := db.New(g.cfg.Pool)
 	next, err := q.DeliveriesPromoteNext(ctx, pp)
 	if err != nil {
 		g.log.Error("events-gateway: promoting the next deliveries failed; they wait for the sweep", "count", len(pp.EndpointIds), "error", err)
@@ -570,8 +557,6 @@ func (g *Gateway) writeBatch(ctx context.Context, batch []success) {
 	n := 0
 	for _, r := range next {
 		if !r.Promoted {
-			// Skipped while a fan-out held it; that fan-out has committed
-			// by the time this (waiting) statement gets the row.
 			m, err := q.DeliveryPromote(ctx, r.ID)
 			if err != nil {
 				g.log.Error("events-gateway: promoting the next delivery failed; it waits for the sweep", "delivery", r.ID, "error", err)
@@ -585,13 +570,6 @@ func (g *Gateway) writeBatch(ctx context.Context, batch []success) {
 	if n > 0 {
 		g.Kick()
 	}
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
 }
 
 // pruneEvery is how often old events are deleted; sweepEvery how often
