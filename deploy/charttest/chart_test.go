@@ -74,7 +74,8 @@ func TestDefaultValues(t *testing.T) {
 		t.Errorf("events-gateway replicas %d, want 2", n)
 	}
 	// Split targets share the registry and S3 the defaults name, so only the
-	// delta target has a data volume: its scratch files, on an emptyDir.
+	// delta target (its scratch files) and the registry-proxy (its blob
+	// cache) have a data volume, an emptyDir.
 	for target, d := range deps {
 		c := d.Spec.Template.Spec.Containers[0]
 		for name, v := range map[string]string{"FLOCK_REGISTRY_URL": "http://flock-registry:5000", "FLOCK_S3_ENDPOINT": "http://flock-s3:9000"} {
@@ -82,7 +83,7 @@ func TestDefaultValues(t *testing.T) {
 				t.Errorf("%s: %s = %+v, want %q", target, name, e, v)
 			}
 		}
-		for _, name := range []string{"FLOCK_REGISTRY_USERNAME", "FLOCK_REGISTRY_PASSWORD", "FLOCK_REGISTRY_HOST", "FLOCK_S3_BUCKET",
+		for _, name := range []string{"FLOCK_REGISTRY_USERNAME", "FLOCK_REGISTRY_PASSWORD", "FLOCK_REGISTRY_HOST", "FLOCK_REGISTRY_CACHE_SIZE", "FLOCK_S3_BUCKET",
 			"FLOCK_S3_REGION", "FLOCK_S3_ACCESS_KEY", "FLOCK_S3_SECRET_KEY", "FLOCK_DELTA_MAX_RATIO",
 			"FLOCK_TUNNEL_ENDPOINT", "FLOCK_TUNNEL_PREFIX", "FLOCK_TUNNEL_PRIVATE_KEY", "FLOCK_INTERNAL_TOKEN", "FLOCK_DEVICE_URL_DOMAIN",
 			"FLOCK_PROXY_TLS_CERT", "FLOCK_PROXY_TLS_KEY", "FLOCK_TUNNEL_LISTEN", "FLOCK_PROXY_ADDR", "FLOCK_INTERNAL_URL", "FLOCK_TUNNEL_REPLICA",
@@ -92,7 +93,7 @@ func TestDefaultValues(t *testing.T) {
 				t.Errorf("%s: %s=%+v although its value is empty", target, name, e)
 			}
 		}
-		if target == "delta" || strings.HasPrefix(target, "builder-") {
+		if target == "delta" || target == "registry-proxy" || strings.HasPrefix(target, "builder-") {
 			checkDataDir(t, d, "emptyDir", "10Gi")
 		} else {
 			checkDataDir(t, d, "", "")
@@ -213,6 +214,7 @@ func TestEveryTargetAndEveryStore(t *testing.T) {
 		"clickhouse.url=clickhouse://clickhouse:9000/flock", "loki.url=http://loki:3100/loki/api/v1/push",
 		"registry.url=https://harbor.example.com", "registry.username=robot$flock",
 		"registry.password.existingSecret=flock-registry", "registry.host=registry.example.com",
+		"registry.cacheSize=20GiB",
 		"s3.endpoint=https://s3.eu-west-1.amazonaws.com", "s3.bucket=flock-deltas", "s3.region=eu-west-1",
 		"s3.accessKey=AKIAEXAMPLE", "s3.secretKey.existingSecret=flock-s3", "s3.secretKey.key=secret-access-key",
 		"deltaMaxRatio=0.5",
@@ -286,27 +288,28 @@ func TestEveryTargetAndEveryStore(t *testing.T) {
 	}
 
 	plain := map[string]string{
-		"FLOCK_PUBLIC_URL":        "https://flock.example.com",
-		"FLOCK_KAFKA_BROKERS":     "kafka-0:9092,kafka-1:9092",
-		"FLOCK_CLICKHOUSE_URL":    "clickhouse://clickhouse:9000/flock",
-		"FLOCK_LOKI_URL":          "http://loki:3100/loki/api/v1/push",
-		"FLOCK_REGISTRY_URL":      "https://harbor.example.com",
-		"FLOCK_REGISTRY_USERNAME": "robot$flock",
-		"FLOCK_REGISTRY_HOST":     "registry.example.com",
-		"FLOCK_S3_ENDPOINT":       "https://s3.eu-west-1.amazonaws.com",
-		"FLOCK_S3_BUCKET":         "flock-deltas",
-		"FLOCK_S3_REGION":         "eu-west-1",
-		"FLOCK_S3_ACCESS_KEY":     "AKIAEXAMPLE",
-		"FLOCK_DELTA_MAX_RATIO":   "0.5",
-		"FLOCK_OIDC_ISSUER":       "https://auth.example.com",
-		"FLOCK_OIDC_AUDIENCE":     "flock-project",
-		"FLOCK_MQTT_URL":          "mqtts://emqx:8883",
-		"FLOCK_MQTT_PUBLIC_URL":   "mqtts://mqtt.example.com:8883",
-		"FLOCK_TUNNEL_ENDPOINT":   "tunnel.example.com:51820",
-		"FLOCK_TUNNEL_PREFIX":     "fd00:1234::/64",
-		"FLOCK_DEVICE_URL_DOMAIN": "devices.example.com",
-		"FLOCK_PROXY_TLS_CERT":    "/etc/flock/proxy-tls/tls.crt",
-		"FLOCK_PROXY_TLS_KEY":     "/etc/flock/proxy-tls/tls.key",
+		"FLOCK_PUBLIC_URL":          "https://flock.example.com",
+		"FLOCK_KAFKA_BROKERS":       "kafka-0:9092,kafka-1:9092",
+		"FLOCK_CLICKHOUSE_URL":      "clickhouse://clickhouse:9000/flock",
+		"FLOCK_LOKI_URL":            "http://loki:3100/loki/api/v1/push",
+		"FLOCK_REGISTRY_URL":        "https://harbor.example.com",
+		"FLOCK_REGISTRY_USERNAME":   "robot$flock",
+		"FLOCK_REGISTRY_HOST":       "registry.example.com",
+		"FLOCK_REGISTRY_CACHE_SIZE": "20GiB",
+		"FLOCK_S3_ENDPOINT":         "https://s3.eu-west-1.amazonaws.com",
+		"FLOCK_S3_BUCKET":           "flock-deltas",
+		"FLOCK_S3_REGION":           "eu-west-1",
+		"FLOCK_S3_ACCESS_KEY":       "AKIAEXAMPLE",
+		"FLOCK_DELTA_MAX_RATIO":     "0.5",
+		"FLOCK_OIDC_ISSUER":         "https://auth.example.com",
+		"FLOCK_OIDC_AUDIENCE":       "flock-project",
+		"FLOCK_MQTT_URL":            "mqtts://emqx:8883",
+		"FLOCK_MQTT_PUBLIC_URL":     "mqtts://mqtt.example.com:8883",
+		"FLOCK_TUNNEL_ENDPOINT":     "tunnel.example.com:51820",
+		"FLOCK_TUNNEL_PREFIX":       "fd00:1234::/64",
+		"FLOCK_DEVICE_URL_DOMAIN":   "devices.example.com",
+		"FLOCK_PROXY_TLS_CERT":      "/etc/flock/proxy-tls/tls.crt",
+		"FLOCK_PROXY_TLS_KEY":       "/etc/flock/proxy-tls/tls.key",
 	}
 	secret := map[string][2]string{
 		"FLOCK_DATABASE_URL":      {"flock-database", "database-url"},
@@ -337,7 +340,7 @@ func TestEveryTargetAndEveryStore(t *testing.T) {
 				t.Errorf("%s: %s set; the chart passes FLOCK_S3_ACCESS_KEY and FLOCK_S3_SECRET_KEY", target, name)
 			}
 		}
-		if target == "delta" || strings.HasPrefix(target, "builder-") {
+		if target == "delta" || target == "registry-proxy" || strings.HasPrefix(target, "builder-") {
 			checkDataDir(t, d, "emptyDir", "10Gi")
 		} else {
 			checkDataDir(t, d, "", "")
@@ -390,6 +393,7 @@ func TestRefusedValues(t *testing.T) {
 		{"registry URL without scheme", nil, []string{"registry.url=harbor.example.com"}, "/registry/url"},
 		{"S3 endpoint without scheme", nil, []string{"s3.endpoint=minio:9000"}, "/s3/endpoint"},
 		{"registry host with a scheme", nil, []string{"registry.host=https://registry.example.com"}, "/registry/host"},
+		{"registry cache size in Kubernetes units", nil, []string{"registry.cacheSize=8Gi"}, "/registry/cacheSize"},
 		{"delta ratio zero", nil, []string{"deltaMaxRatio=0"}, "deltaMaxRatio"},
 		{"delta ratio above one", nil, []string{"deltaMaxRatio=1.5"}, "deltaMaxRatio"},
 		{"delta ratio not a number", nil, []string{"deltaMaxRatio=most"}, "deltaMaxRatio"},
@@ -528,10 +532,12 @@ func TestEmbeddedEnginesGetADataDir(t *testing.T) {
 		}
 	}
 	// registry-proxy alone is refused without registry.url (see
-	// TestRefusedValues); with one, neither it nor the api writes files.
+	// TestRefusedValues); with one, the api writes no files and the
+	// registry-proxy keeps its blob cache on its data volume.
 	r = mustRender(t, nil, "dataDir.path=/data")
 	deps = byTarget(t, r)
-	checkDataDir(t, deps["registry-proxy"], "", "")
+	checkDataDir(t, deps["api"], "", "")
+	checkDataDir(t, deps["registry-proxy"], "emptyDir", "10Gi")
 	if e, _ := env(deps["delta"].Spec.Template.Spec.Containers[0], "FLOCK_DATA_DIR"); e.Value != "/data" {
 		t.Errorf("delta FLOCK_DATA_DIR %q, want dataDir.path /data", e.Value)
 	}

@@ -62,7 +62,8 @@ func (a *App) initBlob(ctx context.Context) (*modules.Service, error) {
 // endpoint in front of the registry.
 func (a *App) initRegistryProxy(context.Context) (*modules.Service, error) {
 	p, err := registryproxy.New(registryproxy.Config{Registry: a.registry, Pool: a.pool, Authn: a.authn, Tokens: a.tokens,
-		Realm: RegistryRealm(a.cfg.PublicURL), Service: a.cfg.RegistryPublicHost(), Log: a.log, Registerer: a.metrics.Registry})
+		Realm: RegistryRealm(a.cfg.PublicURL), Service: a.cfg.RegistryPublicHost(),
+		CacheDir: a.cfg.RegistryCacheDir, CacheSize: int64(a.cfg.RegistryCacheSize), Log: a.log, Registerer: a.metrics.Registry})
 	if err != nil {
 		return nil, err
 	}

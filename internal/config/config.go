@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -53,6 +54,10 @@ type Config struct {
 	// RegistryHost is the registry-proxy's host[:port] as devices and users
 	// reach it: image references in target states start with it.
 	RegistryHost string
+	// RegistryCacheDir and RegistryCacheSize are the registry-proxy's disk
+	// cache of pulled layer blobs (an upstream registry only).
+	RegistryCacheDir  string
+	RegistryCacheSize ByteSize
 
 	S3Endpoint  string
 	S3Bucket    string
@@ -181,6 +186,8 @@ func Register(fs *flag.FlagSet) *Settings {
 	add("registry-username", "", "robot account user name for the upstream registry", (*stringValue)(&c.RegistryUsername), false)
 	add("registry-password", "", "robot account secret for the upstream registry", (*stringValue)(&c.RegistryPassword), true)
 	add("registry-host", "", "host[:port] devices and users reach the registry-proxy at (image references start with it); unset = the public URL's host", (*stringValue)(&c.RegistryHost), false)
+	add("registry-cache-size", "8GiB", "disk the registry-proxy may use to keep pulled layer blobs and serve them again without the upstream registry's bandwidth (bytes, or with KiB/MiB/GiB); 0 = no cache; never used with the embedded registry", &c.RegistryCacheSize, false)
+	add("registry-cache-dir", "", "folder of the registry-proxy's blob cache (an emptyDir in Kubernetes); unset = registry-cache under --data-dir", (*stringValue)(&c.RegistryCacheDir), false)
 	add("s3-endpoint", "", "S3-compatible endpoint for deltas and build logs (https://s3.eu-west-1.amazonaws.com, http://minio:9000); unset = embedded store under --data-dir", (*stringValue)(&c.S3Endpoint), false)
 	add("s3-bucket", "flock", "S3 bucket (created when missing)", (*stringValue)(&c.S3Bucket), false)
 	add("s3-region", "us-east-1", "S3 region", (*stringValue)(&c.S3Region), false)
@@ -408,6 +415,12 @@ func (s *Settings) validate() error {
 		if u, err := url.Parse("//" + c.RegistryHost); err != nil || u.Host != c.RegistryHost || u.Host == "" {
 			return &Error{Setting: s.name("registry-host"), Err: fmt.Errorf("%q: want host or host:port", c.RegistryHost)}
 		}
+	}
+	if c.RegistryCacheSize < 0 {
+		return &Error{Setting: s.name("registry-cache-size"), Err: errors.New("must not be negative")}
+	}
+	if c.RegistryCacheDir == "" {
+		c.RegistryCacheDir = filepath.Join(c.DataDir, "registry-cache")
 	}
 	if err := checkHTTPURL(c.S3Endpoint, false); err != nil {
 		return &Error{Setting: s.name("s3-endpoint"), Err: err}

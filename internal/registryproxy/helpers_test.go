@@ -64,6 +64,8 @@ func newEnv(t *testing.T, reg *registry.Registry) *env {
 	e.proxy, err = registryproxy.New(registryproxy.Config{
 		Registry: reg, Pool: e.pool, Authn: e.authn, Tokens: e.tokens,
 		Realm: e.srv.URL + "/registry/token", Service: e.host, Log: log, Registerer: e.metrics,
+		// Every test through Distribution pulls through the cache too.
+		CacheDir: t.TempDir(), CacheSize: 64 << 20,
 	})
 	if err != nil {
 		t.Fatal(err)

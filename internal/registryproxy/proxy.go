@@ -64,7 +64,12 @@ type Config struct {
 	Realm string
 	// Service is the registry's public host[:port], e.g. 127.0.0.1:8080:
 	// the tokens' audience and the challenge's service.
-	Service    string
+	Service string
+	// CacheDir and CacheSize keep pulled layer blobs on local disk (see
+	// blobCache); a size of 0 keeps none. The embedded registry's blobs
+	// are on this disk already, so it is never cached.
+	CacheDir   string
+	CacheSize  int64
 	Log        *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -80,6 +85,7 @@ type Proxy struct {
 	deviceCache *expirable.LRU[uuid.UUID, *deviceAccess]
 	refsCache   *lru.Cache[string, *manifestRefs]
 	flight      singleflight.Group
+	cache       *blobCache // nil: none
 
 	requests *prometheus.CounterVec
 	bytes    *prometheus.CounterVec
@@ -118,8 +124,17 @@ func New(cfg Config) (*Proxy, error) {
 			Help: "Response body bytes the registry proxy served, by operation.",
 		}, []string{"op"}),
 	}
+	collectors := []prometheus.Collector{p.requests, p.bytes}
+	if cfg.CacheSize > 0 && cfg.CacheDir != "" && !cfg.Registry.Embedded() {
+		c, err := openBlobCache(cfg.CacheDir, cfg.CacheSize, cfg.Log)
+		if err != nil {
+			return nil, fmt.Errorf("registryproxy: %w", err)
+		}
+		p.cache = c
+		collectors = append(collectors, c.collectors()...)
+	}
 	if cfg.Registerer != nil {
-		for _, c := range []prometheus.Collector{p.requests, p.bytes} {
+		for _, c := range collectors {
 			if err := cfg.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("registryproxy: register metrics: %w", err)
 			}
@@ -261,6 +276,10 @@ func (p *Proxy) serveV2(w http.ResponseWriter, r *http.Request) {
 	if kind == "manifests" && r.Method == http.MethodPut && !limitManifest(rec, r) {
 		return
 	}
+	if p.cache != nil && kind == "blobs" && (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
+		p.serveCached(rec, r, repo, rest) {
+		return
+	}
 	p.forward.ServeHTTP(rec, r)
 }
 
@@ -354,6 +373,13 @@ func (p *Proxy) fixResponse(resp *http.Response) error {
 			resp.Header.Set("Location", (&url.URL{Path: u.Path, RawPath: u.RawPath, RawQuery: u.RawQuery}).String())
 		}
 	}
+	if req := resp.Request; p.cache != nil && req.Method == http.MethodGet && resp.StatusCode == http.StatusOK && req.Header.Get("Range") == "" {
+		if _, kind, rest, ok := registry.Route(req.URL.Path); ok && kind == "blobs" {
+			if h := sha256Hex(rest); h != "" {
+				resp.Body = p.cache.fill(h, resp.ContentLength, resp.Body)
+			}
+		}
+	}
 	return nil
 }
 
@@ -420,6 +446,22 @@ func (r *recorder) Write(b []byte) (int, error) {
 	}
 	n, err := r.ResponseWriter.Write(b)
 	r.n += int64(n)
+	return n, err
+}
+
+// ReadFrom lets a cached blob reach the connection with sendfile.
+func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	var n int64
+	var err error
+	if rf, ok := r.ResponseWriter.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(src)
+	} else {
+		n, err = io.Copy(struct{ io.Writer }{r.ResponseWriter}, src)
+	}
+	r.n += n
 	return n, err
 }
 

@@ -126,14 +126,14 @@ Service of its own. */}}
 
 {{/* What a target's FLOCK_DATA_DIR lives on: "pvc" (all with
 persistence.enabled), "emptyDir" (delta's scratch files; all without
-persistence; a lone api pod on an embedded registry or S3 store: the
+persistence; registry-proxy's blob cache; a lone api pod on an embedded registry or S3 store: the
 validation refuses the embedded engines for anything else), or nothing: the target writes no files and FLOCK_DATA_DIR stays unset.
 (dict "root" $ "target" "delta") */}}
 {{- define "flock.dataVolume" -}}
 {{- $v := .root.Values -}}
 {{- if eq .target "all" -}}
 {{- if $v.persistence.enabled -}}pvc{{- else -}}emptyDir{{- end -}}
-{{- else if or (eq .target "delta") (hasPrefix "builder" .target) -}}
+{{- else if or (eq .target "delta") (eq .target "registry-proxy") (hasPrefix "builder" .target) -}}
 emptyDir
 {{- else if and (eq .target "api") (or (not $v.registry.url) (not $v.s3.endpoint)) -}}
 emptyDir
@@ -197,6 +197,10 @@ FLOCK_DATA_DIR is a target's own: see deployment.yaml. */}}
 {{- end }}
 {{- if $v.registry.password.existingSecret }}
 {{ include "flock.secretEnv" (dict "name" "FLOCK_REGISTRY_PASSWORD" "secret" $v.registry.password.existingSecret "key" $v.registry.password.key) }}
+{{- end }}
+{{- if $v.registry.cacheSize }}
+- name: FLOCK_REGISTRY_CACHE_SIZE
+  value: {{ $v.registry.cacheSize | quote }}
 {{- end }}
 {{- if $v.registry.host }}
 - name: FLOCK_REGISTRY_HOST

@@ -1,0 +1,99 @@
+package registryproxy_test
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"testing"
+
+	"github.com/flock-io/flock-api/internal/registry/registrytest"
+	"github.com/flock-io/flock-api/internal/testutil"
+	"github.com/flock-io/flock-api/internal/testutil/promtest"
+)
+
+// TestBlobCache pulls a layer through the proxy in front of Distribution
+// twice: the first pull keeps it, the second is served from the cache, and
+// the registry still decides who gets it.
+func TestBlobCache(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, newEnv(t, registrytest.Open(t, registrytest.Distribution(t))))
+	web, other := w.edge.repo("web"), w.other.repo("web")
+	img, _ := w.push(web+":v1", w.devKey)
+	w.push(other+":v1", w.devKey) // the repository exists, without this layer
+	layers, err := img.Layers()
+	must(t, err)
+	ld, err := layers[0].Digest()
+	must(t, err)
+	rc, err := layers[0].Compressed()
+	must(t, err)
+	want, err := io.ReadAll(rc)
+	rc.Close()
+	must(t, err)
+	path := "/v2/" + web + "/blobs/" + ld.String()
+	_, tok := w.token("ci", w.devKey, "repository:"+web+":pull,push,delete")
+	counter := func(name string) float64 { return promtest.Sum(t, w.metrics, "flock_registry_proxy_cache_"+name+"_total") }
+
+	resp, body := w.call(http.MethodGet, path, tok, nil, nil)
+	if resp.StatusCode != http.StatusOK || body != string(want) {
+		t.Fatalf("first pull = %d, %d bytes (want %d)", resp.StatusCode, len(body), len(want))
+	}
+	if counter("hits") != 0 {
+		t.Fatalf("the first pull was a hit")
+	}
+	// The fill is kept when the proxy closes the upstream body, which
+	// may be after the client has read the last byte.
+	testutil.Eventually(t, "the layer to be kept", func() error {
+		if n := counter("fills"); n != 1 {
+			return fmt.Errorf("%v fills", n)
+		}
+		return nil
+	})
+
+	t.Run("served from the cache", func(t *testing.T) {
+		resp, body := w.call(http.MethodGet, path, tok, nil, nil)
+		if resp.StatusCode != http.StatusOK || body != string(want) {
+			t.Fatalf("cached pull = %d, %d bytes (want %d)", resp.StatusCode, len(body), len(want))
+		}
+		if counter("hits") != 1 {
+			t.Errorf("hits = %v, want 1", counter("hits"))
+		}
+		for k, v := range map[string]string{"Docker-Content-Digest": ld.String(), "Content-Length": strconv.Itoa(len(want)),
+			"Docker-Distribution-Api-Version": "registry/2.0"} {
+			if got := resp.Header.Get(k); got != v {
+				t.Errorf("%s = %q, want %q", k, got, v)
+			}
+		}
+		resp, body = w.call(http.MethodGet, path, tok, http.Header{"Range": {"bytes=10-19"}}, nil)
+		if resp.StatusCode != http.StatusPartialContent || body != string(want[10:20]) {
+			t.Errorf("range = %d %q, want 206 %q", resp.StatusCode, body, want[10:20])
+		}
+		resp, body = w.call(http.MethodHead, path, tok, nil, nil)
+		if resp.StatusCode != http.StatusOK || body != "" || resp.ContentLength != int64(len(want)) {
+			t.Errorf("HEAD = %d, length %d, body %q", resp.StatusCode, resp.ContentLength, body)
+		}
+		if counter("hits") != 3 {
+			t.Errorf("hits = %v, want 3", counter("hits"))
+		}
+	})
+
+	t.Run("only where the registry holds it", func(t *testing.T) {
+		_, otherTok := w.token("ci", w.devKey, "repository:"+other+":pull")
+		resp, body := w.call(http.MethodGet, "/v2/"+other+"/blobs/"+ld.String(), otherTok, nil, nil)
+		expect(t, "the cached layer from a repository without it", resp, body, http.StatusNotFound, "BLOB_UNKNOWN")
+		r1 := w.r1.repo("web")
+		_, rivalTok := w.token("ci", w.rivalKy, "repository:"+r1+":pull")
+		resp, body = w.call(http.MethodGet, "/v2/"+r1+"/blobs/"+ld.String(), rivalTok, nil, nil)
+		expect(t, "the cached layer from another organisation", resp, body, http.StatusNotFound, "")
+		_, devTok := w.token(w.dev.id.String(), w.dev.token, "repository:"+web+":pull")
+		resp, body = w.call(http.MethodGet, path, devTok, nil, nil)
+		expect(t, "the cached layer to a device whose releases do not name it", resp, body, http.StatusForbidden, "DENIED")
+	})
+
+	t.Run("not after the registry deleted it", func(t *testing.T) {
+		resp, body := w.call(http.MethodDelete, path, tok, nil, nil)
+		expect(t, "DELETE", resp, body, http.StatusAccepted, "")
+		resp, body = w.call(http.MethodGet, path, tok, nil, nil)
+		expect(t, "the deleted layer", resp, body, http.StatusNotFound, "BLOB_UNKNOWN")
+	})
+}
