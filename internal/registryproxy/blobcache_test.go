@@ -32,7 +32,9 @@ func TestBlobCache(t *testing.T) {
 	must(t, err)
 	path := "/v2/" + web + "/blobs/" + ld.String()
 	_, tok := w.token("ci", w.devKey, "repository:"+web+":pull,push,delete")
-	counter := func(name string) float64 { return promtest.Sum(t, w.metrics, "flock_registry_proxy_cache_"+name+"_total") }
+	counter := func(name string) float64 {
+		return promtest.Sum(t, w.metrics, "flock_registry_proxy_cache_"+name+"_total")
+	}
 
 	resp, body := w.call(http.MethodGet, path, tok, nil, nil)
 	if resp.StatusCode != http.StatusOK || body != string(want) {
