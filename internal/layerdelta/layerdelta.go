@@ -8,9 +8,10 @@
 //   - its non-content bytes (headers, PAX and GNU long-name records, padding,
 //     end-of-archive blocks, trailing zeros, and the data of anything this
 //     package does not look into, such as sparse files) form the header
-//     stream, compressed with zstd using the old layers' own non-content
-//     bytes as a raw dictionary, so that unchanged headers cost next to
-//     nothing;
+//     stream, encoded in chunks of up to 8 MiB against the old layers' own
+//     non-content bytes the way content groups are (below), so that
+//     unchanged headers cost next to nothing and a header whose size or
+//     checksum changed costs a few difference bytes;
 //   - the content of each regular file is one op in the op stream: a
 //     reference to a file of the old layers with the same content (same path,
 //     or the same sha256 under any path, even a shadowed or whited-out one),
@@ -39,14 +40,16 @@
 // supplies it. Both sides decide "this entry's data is file content" with the
 // same rule on the same header bytes (regular, not sparse, non-empty).
 //
-// Wire format (version 3), integers big-endian:
+// Wire format (version 4), integers big-endian:
 //
-//	magic   "FLKLDLT" + version byte (3)
+//	magic   "FLKLDLT" + version byte (4)
 //	[32]    target diffID (sha256 of the new uncompressed tar)
 //	uint64  target size
 //	uint32  number of base layers N
 //	N ×     [32] base diffID, uint64 base size
-//	uint64  length, then the header stream (one zstd frame)
+//	uint64  length, then the header stream: chunks, each its raw length
+//	        (a uvarint, at most 8 MiB) and three streams as in opGroup,
+//	        then a zero length
 //	uint64  length, then the op stream (one zstd frame)
 //	[32]    sha256 of every preceding byte of the patch
 //
@@ -62,8 +65,10 @@
 // two separate chains. A control is three uvarints: bytes to add to the
 // base at the current position (from the difference stream), bytes to copy
 // from the extra stream, and the zigzag-encoded move of the base position.
-// Versions 1 and 2 (a zstd or bsdiff patch per file) are not read: none was
-// ever stored.
+// Version 3, which Apply still reads, differs only in its header stream:
+// one zstd frame with the old non-content bytes as a raw dictionary (3.0
+// against 0.7 KiB on the npm pair's 6.6 MB of headers). Versions 1 and 2 (a
+// zstd or bsdiff patch per file) are not read: none was ever stored.
 //
 // Apply refuses a patch whose magic, version or checksum is wrong, a truncated
 // patch, base layers whose diffIDs differ from those the patch was made
@@ -78,8 +83,10 @@
 // base and new content (at most Options.MaxGroup, or one file's two
 // versions when larger; files over Options.MaxPatchFile are streamed
 // whole, even when unchanged: a known gap), the group matcher's hash table
-// (at most 4 MiB) and chain (2 bytes a byte of base), and three zstd
-// encoders (the header stream's with a window of up to 16 MiB).
+// (at most 4 MiB) and chain (2 bytes a byte of base), two zstd encoders
+// (the op stream's and the groups' streams') and a bzip2 writer, one chunk
+// of the new layer's non-content bytes (up to 8 MiB) and the old layers'
+// last 8 MiB of them.
 // bench/deltas measures it.
 package layerdelta
 
@@ -104,8 +111,8 @@ import (
 )
 
 // Version is the patch format version written by Diff. Apply reads it and
-// every earlier version (version 1 is version 2 without opBsdiff).
-const Version = 3
+// version 3 (whose header stream is one zstd frame).
+const Version = 4
 
 var magic = [7]byte{'F', 'L', 'K', 'L', 'D', 'L', 'T'}
 
@@ -129,11 +136,17 @@ const (
 	// defaultMaxGroup bounds a content group's old and new bytes (unless
 	// one file's versions are larger).
 	defaultMaxGroup = 16 << 20
-	// maxDict bounds the header stream's dictionary (the old layers' last
-	// non-content bytes), and with it that stream's zstd window (≤ 16 MiB).
+	// maxDict bounds the header stream's base (the old layers' last
+	// non-content bytes; in version 3, the zstd dictionary).
 	maxDict = 8 << 20
 	// maxMetaSection bounds the compressed header stream Apply holds.
 	maxMetaSection = 256 << 20
+	// metaChunk bounds one chunk of the header stream: Diff holds one
+	// chunk of non-content bytes before encoding it, Apply one decoded.
+	// Chunks of the npm pair's 6.6 MB of headers: 1 MiB 1.2 KiB in all,
+	// 4 MiB 0.8 KiB, one chunk 0.7 KiB (each chunk pays for its streams'
+	// framing and entropy tables).
+	metaChunk = 8 << 20
 	// binarySniff is how much of a file's start Diff looks at for a NUL
 	// byte to call it binary (a group mostly of binaries is matched with
 	// bsdiff's slack, see slackBinary).
@@ -162,9 +175,9 @@ type Options struct {
 	// zstd.SpeedBetterCompression (SpeedDefault made the Go source pair's
 	// groups 10% larger).
 	Level zstd.EncoderLevel
-	// StreamLevel is the zstd level of the header and op streams. Zero
-	// means zstd.SpeedBetterCompression: a best-level encoder holds ~70 MB
-	// of tables, and on the header stream best gains little.
+	// StreamLevel is the zstd level of the op stream. Zero means
+	// zstd.SpeedBetterCompression: a best-level encoder holds ~70 MB of
+	// tables. (The header stream is encoded like the groups, with Level.)
 	StreamLevel zstd.EncoderLevel
 	// MaxBsdiffFile and BsdiffText are ignored since format version 3:
 	// every group is encoded bsdiff-style (see gdiff.go).
@@ -234,8 +247,8 @@ type baseIndex struct {
 	dict    []byte // raw dictionary of the body's zstd stream
 }
 
-// metaWindow is the header stream's zstd window: it reaches back over the
-// dictionary and as much of the stream again.
+// metaWindow is a version 3 header stream's zstd window: it reaches back
+// over the dictionary and as much of the stream again.
 func metaWindow(dictLen int) int { return windowFor(dictLen, max(dictLen, 1<<20)) }
 
 func cleanName(name string) string {
@@ -343,6 +356,8 @@ func indexBase(ctx context.Context, old []Layer) (*baseIndex, error) {
 		if len(dict) > maxDict {
 			dict = dict[len(dict)-maxDict:]
 		}
+		// Not the buffer, which may be twice as large.
+		dict = bytes.Clone(dict)
 		var d Digest
 		sp.h.Sum(d[:0])
 		ix.layers = append(ix.layers, d)
@@ -373,13 +388,18 @@ func (ix *baseIndex) removeUnder(p string, li int, self bool) {
 // ---------------------------------------------------------------- writing
 
 // splitter sits between a tar stream and tar.Reader: it hashes and counts
-// everything, and keeps in meta the bytes read while not in content mode.
+// everything, and keeps in meta the bytes read while not in content mode;
+// or, with spill set, hands them to spill in chunks of metaChunk bytes.
 type splitter struct {
 	r       io.Reader
 	h       hash.Hash
 	n       int64
 	content bool
 	meta    bytes.Buffer
+
+	spill    func([]byte) error
+	chunk    []byte
+	spillErr error
 }
 
 func (s *splitter) Read(p []byte) (int, error) {
@@ -387,9 +407,45 @@ func (s *splitter) Read(p []byte) (int, error) {
 	s.n += int64(n)
 	s.h.Write(p[:n])
 	if !s.content {
-		s.meta.Write(p[:n])
+		if s.spill == nil {
+			s.meta.Write(p[:n])
+		} else if serr := s.keep(p[:n]); serr != nil {
+			s.spillErr = serr
+			return n, serr
+		}
 	}
 	return n, err
+}
+
+// keep adds b to the chunk, spilling each full one. The chunk grows by
+// doubling up to metaChunk, not past it.
+func (s *splitter) keep(b []byte) error {
+	for len(b) > 0 {
+		k := min(len(b), metaChunk-len(s.chunk))
+		if len(s.chunk)+k > cap(s.chunk) {
+			c := make([]byte, len(s.chunk), min(max(2*cap(s.chunk), len(s.chunk)+k, 64<<10), metaChunk))
+			copy(c, s.chunk)
+			s.chunk = c
+		}
+		s.chunk = append(s.chunk, b[:k]...)
+		b = b[k:]
+		if len(s.chunk) == metaChunk {
+			if err := s.flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// flush spills what the chunk holds.
+func (s *splitter) flush() error {
+	if len(s.chunk) == 0 {
+		return nil
+	}
+	err := s.spill(s.chunk)
+	s.chunk = s.chunk[:0]
+	return err
 }
 
 type opWriter struct {
@@ -528,10 +584,6 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	}
 
 	var metaBuf, opsBuf bytes.Buffer
-	mz, err := newEncoder(&metaBuf, o.StreamLevel, metaWindow(len(ix.dict)), ix.dict)
-	if err != nil {
-		return st, err
-	}
 	// The op stream holds steps and the groups' already compressed
 	// streams: a small window loses nothing.
 	oz, err := newEncoder(&opsBuf, o.StreamLevel, opsWindow, nil)
@@ -553,14 +605,19 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 		ow.names = newNameIndex(ix)
 	}
 
-	sp := &splitter{r: bufio.NewReaderSize(newLayer, 1<<16), h: sha256.New()}
+	// The header stream is encoded a chunk at a time as the splitter
+	// fills one.
+	var metaTmp []byte
+	sp := &splitter{r: bufio.NewReaderSize(newLayer, 1<<16), h: sha256.New(), spill: func(chunk []byte) error {
+		st.MetaBytes += int64(len(chunk))
+		var err error
+		if metaTmp, err = encodeMeta(metaTmp[:0], ix.dict, chunk, ow); err != nil {
+			return err
+		}
+		metaBuf.Write(metaTmp)
+		return nil
+	}}
 	tr := tar.NewReader(sp)
-	flushMeta := func() error {
-		st.MetaBytes += int64(sp.meta.Len())
-		_, err := mz.Write(sp.meta.Bytes())
-		sp.meta.Reset()
-		return err
-	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return st, err
@@ -569,14 +626,14 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 		if err == io.EOF {
 			break
 		}
+		if sp.spillErr != nil {
+			return st, sp.spillErr
+		}
 		if err != nil {
 			return st, fmt.Errorf("%w: %v", ErrTarUnsound, err)
 		}
 		if !isRegular(h) || h.Size == 0 {
 			continue // its data, if any, goes to the header stream
-		}
-		if err := flushMeta(); err != nil {
-			return st, err
 		}
 		sp.content = true
 		start := sp.n
@@ -591,17 +648,16 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	if _, err := io.Copy(io.Discard, sp); err != nil {
 		return st, err
 	}
-	if err := flushMeta(); err != nil {
-		return st, err
-	}
 	if err := ow.flushGroup(&st, len(ow.g.dict), len(ow.g.data)); err != nil {
 		return st, err
 	}
-	ow.g, ow.bufs = group{}, gbufs{}
-	if err := ow.op(opEnd); err != nil {
+	ow.g = group{}
+	if err := sp.flush(); err != nil {
 		return st, err
 	}
-	if err := mz.Close(); err != nil {
+	metaBuf.Write(binary.AppendUvarint(metaTmp[:0], 0))
+	ow.bufs = gbufs{}
+	if err := ow.op(opEnd); err != nil {
 		return st, err
 	}
 	if err := oz.Close(); err != nil {
@@ -636,6 +692,25 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	}
 	st.PatchSize += sha256.Size
 	return st, nil
+}
+
+// encodeMeta appends to dst one chunk of the header stream: its length,
+// then the chunk encoded against the old layers' non-content bytes the way
+// a content group is (see gdiff.go). Tar headers of files that did not
+// change differ from their old versions in a few bytes at fixed places
+// (size, mtime, checksum), which a byte-wise difference turns into zeros:
+// a third or less of what zstd with the same bytes as dictionary makes
+// (npm pair: 3.0 KiB to 0.7 KiB). gdiff writes over chunk.
+func encodeMeta(dst, dict, chunk []byte, ow *opWriter) ([]byte, error) {
+	ctrl, db, eb := gdiff(dict, chunk, slackText, &ow.bufs)
+	dst = binary.AppendUvarint(dst, uint64(len(chunk)))
+	var err error
+	for _, raw := range [][]byte{ctrl, db, eb} {
+		if dst, err = packStream(dst, raw, ow.zs, &ow.bufs); err != nil {
+			return nil, err
+		}
+	}
+	return dst, nil
 }
 
 // extend returns b with n more bytes, reallocating (with room to spare)
@@ -945,8 +1020,8 @@ func readHeader(r io.Reader) (Info, error) {
 	if !bytes.Equal(fixed[:7], magic[:]) {
 		return info, fmt.Errorf("%w: not a layer delta (bad magic)", ErrCorrupt)
 	}
-	if fixed[7] != Version {
-		return info, fmt.Errorf("%w: %d (this build reads %d)", ErrVersion, fixed[7], Version)
+	if fixed[7] != Version && fixed[7] != 3 {
+		return info, fmt.Errorf("%w: %d (this build reads 3 and %d)", ErrVersion, fixed[7], Version)
 	}
 	info.Version = int(fixed[7])
 	copy(info.Target[:], fixed[8:40])
@@ -1058,15 +1133,19 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 	if metaSec.(*io.LimitedReader).N > 0 || int64(len(metaComp)) == 0 {
 		return info, ErrTruncated
 	}
-	dopts := []zstd.DOption{zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(uint64(metaWindow(len(ix.dict))))}
-	if len(ix.dict) > 0 {
-		dopts = append(dopts, zstd.WithDecoderDictRaw(1, ix.dict))
+	var meta io.Reader = &metaReader{r: bytes.NewReader(metaComp), dict: ix.dict}
+	if info.Version == 3 {
+		dopts := []zstd.DOption{zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(uint64(metaWindow(len(ix.dict))))}
+		if len(ix.dict) > 0 {
+			dopts = append(dopts, zstd.WithDecoderDictRaw(1, ix.dict))
+		}
+		mz, err := zstd.NewReader(bytes.NewReader(metaComp), dopts...)
+		if err != nil {
+			return info, err
+		}
+		defer mz.Close()
+		meta = mz
 	}
-	mz, err := zstd.NewReader(bytes.NewReader(metaComp), dopts...)
-	if err != nil {
-		return info, err
-	}
-	defer mz.Close()
 	opsSec, err := section()
 	if err != nil {
 		return info, err
@@ -1080,7 +1159,7 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 
 	oh := sha256.New()
 	bw := bufio.NewWriterSize(io.MultiWriter(w, oh), 1<<16)
-	m := &merger{meta: mz, out: bw}
+	m := &merger{meta: meta, out: bw}
 	tr := tar.NewReader(m)
 	var oldTotal int64
 	for _, f := range ix.files {
@@ -1246,6 +1325,48 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 		return info, fmt.Errorf("%w: rebuilt %s, target %s", ErrMismatch, d, info.Target)
 	}
 	return info, nil
+}
+
+// metaReader decodes a version 4 header stream, a chunk at a time.
+type metaReader struct {
+	r     *bytes.Reader
+	dict  []byte
+	chunk []byte
+	end   bool
+}
+
+func (m *metaReader) Read(p []byte) (int, error) {
+	for len(m.chunk) == 0 {
+		if m.end {
+			return 0, io.EOF
+		}
+		n, err := binary.ReadUvarint(m.r)
+		if err != nil {
+			return 0, streamErr(err)
+		}
+		if n == 0 {
+			if m.r.Len() > 0 {
+				return 0, fmt.Errorf("%w: %d bytes after the header stream's end", ErrCorrupt, m.r.Len())
+			}
+			m.end = true
+			return 0, io.EOF
+		}
+		if n > metaChunk {
+			return 0, fmt.Errorf("%w: header chunk of %d bytes", ErrCorrupt, n)
+		}
+		var streams [3][]byte
+		for i := range streams {
+			if streams[i], err = unpackStream(m.r, m.r, 3*n+3); err != nil {
+				return 0, err
+			}
+		}
+		if m.chunk, err = gpatch(m.dict, streams[0], streams[1], streams[2], int(n)); err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, m.chunk)
+	m.chunk = m.chunk[n:]
+	return n, nil
 }
 
 // streamErr classifies an error reading either stream.

@@ -10,9 +10,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"io/fs"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -732,8 +732,10 @@ func TestVersions(t *testing.T) {
 		patch []byte
 		want  error
 	}{
-		{"version 3, binary", binPatch, nil},
-		{"version 3", textPatch, nil},
+		{"version 4, binary", binPatch, nil},
+		{"version 4", textPatch, nil},
+		// A version 4 patch read as version 3 (a zstd header stream).
+		{"version 4 as 3", rewrite(textPatch, 3), ErrCorrupt},
 		// Versions 1 and 2 (a zstd frame per file) are no longer read:
 		// none was ever stored.
 		{"version 2", rewrite(textPatch, 2), ErrVersion},
@@ -751,6 +753,61 @@ func TestVersions(t *testing.T) {
 				t.Errorf("ReadInfo: %v", err)
 			}
 		})
+	}
+}
+
+// TestManyHeaders diffs layers of so many small files that their headers
+// fill more than one chunk of the header stream, some of them changed,
+// renamed, added or removed.
+func TestManyHeaders(t *testing.T) {
+	const files = 9000 // ~1 KiB of header and padding each: 9 MB, two chunks
+	var oldE, newE []entry
+	for i := range files {
+		body := []byte(fmt.Sprintf("file %d\n", i))
+		oldE = append(oldE, entry{name: fmt.Sprintf("app/node_modules/pkg%03d/lib/f%05d.js", i/100, i), body: body})
+		switch {
+		case i%1000 == 7:
+			continue // removed
+		case i%1000 == 11:
+			body = []byte(fmt.Sprintf("file %d, changed\n", i))
+		case i%1000 == 13:
+			newE = append(newE, entry{name: fmt.Sprintf("app/node_modules/pkg%03d/lib/renamed%05d.js", i/100, i), body: body})
+			continue
+		case i%1000 == 17:
+			newE = append(newE, entry{name: fmt.Sprintf("app/node_modules/pkg%03d/lib/added%05d.js", i/100, i), body: []byte("new\n")})
+		}
+		newE = append(newE, entry{name: fmt.Sprintf("app/node_modules/pkg%03d/lib/f%05d.js", i/100, i), body: body})
+	}
+	oldTar := buildTar(t, layerSpec{entries: oldE})
+	newTar := buildTar(t, layerSpec{entries: newE})
+	st, patch := roundTrip(t, [][]byte{oldTar}, newTar)
+	if st.MetaBytes <= metaChunk {
+		t.Fatalf("%d bytes of headers: the test wants more than one chunk", st.MetaBytes)
+	}
+	// 36 headers differ from their old versions: the header stream costs
+	// about that many headers' worth of bytes, not the 9 MB.
+	if st.MetaSize > 8<<10 || len(patch) > 16<<10 {
+		t.Errorf("headers %d → %d bytes, patch %d bytes", st.MetaBytes, st.MetaSize, len(patch))
+	}
+}
+
+// TestVersion3 applies a version 3 patch (header stream: one zstd frame
+// with the old headers as dictionary) that Diff wrote before version 4:
+// deltas stored then still apply.
+func TestVersion3(t *testing.T) {
+	patch, err := os.ReadFile("testdata/v3.patch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldTar := buildTar(t, layerSpec{entries: []entry{{name: "app", body: elfLike(2, 64<<10, 0, 0)}, {name: "doc", body: text(70, 50_000)}}})
+	newTar := buildTar(t, layerSpec{entries: []entry{{name: "doc", body: edit(text(70, 50_000), 1)}, {name: "app", body: elfLike(2, 64<<10, 0x80, 8)}}})
+	var out bytes.Buffer
+	info, err := Apply(context.Background(), layersOf(oldTar), bytes.NewReader(patch), &out)
+	if err != nil || info.Version != 3 {
+		t.Fatalf("apply version %d: %v", info.Version, err)
+	}
+	if !bytes.Equal(out.Bytes(), newTar) {
+		t.Fatal("rebuilt tar differs")
 	}
 }
 
