@@ -175,9 +175,11 @@ type Options struct {
 	// zstd.SpeedBetterCompression (SpeedDefault made the Go source pair's
 	// groups 10% larger).
 	Level zstd.EncoderLevel
-	// StreamLevel is the zstd level of the op stream. Zero means
-	// zstd.SpeedBetterCompression: a best-level encoder holds ~70 MB of
-	// tables. (The header stream is encoded like the groups, with Level.)
+	// StreamLevel is the zstd level of the op stream (references, and the
+	// groups' streams, compressed already). Zero means zstd.SpeedDefault:
+	// against SpeedBetterCompression it holds 3 MiB less of tables for 0.1
+	// KiB more on the npm pair. (The header stream is encoded like the
+	// groups, with Level.)
 	StreamLevel zstd.EncoderLevel
 	// MaxBsdiffFile and BsdiffText are ignored since format version 3:
 	// every group is encoded bsdiff-style (see gdiff.go).
@@ -278,22 +280,14 @@ func isRegular(h *tar.Header) bool {
 // last maxDict of them. Diff and Apply both build it, the same way.
 func indexBase(ctx context.Context, old []Layer) (*baseIndex, error) {
 	ix := &baseIndex{visible: map[string]fileRef{}, byHash: map[Digest]fileRef{}}
-	var dict []byte
+	meta := &tail{max: maxDict}
 	copyBuf := make([]byte, 32<<10)
 	for li, l := range old {
-		sp := &splitter{r: bufio.NewReaderSize(io.NewSectionReader(l.R, 0, l.Size), 1<<16), h: sha256.New()}
-		sp.meta.Write(dict)
-		dict = nil
+		sp := &splitter{r: bufio.NewReaderSize(io.NewSectionReader(l.R, 0, l.Size), 1<<16), h: sha256.New(), keep: meta.write}
 		tr := tar.NewReader(sp)
 		for {
 			if err := ctx.Err(); err != nil {
 				return nil, err
-			}
-			if sp.meta.Len() > 2*maxDict {
-				b := sp.meta.Bytes()
-				keep := append([]byte(nil), b[len(b)-maxDict:]...)
-				sp.meta.Reset()
-				sp.meta.Write(keep)
 			}
 			h, err := tr.Next()
 			if err == io.EOF {
@@ -352,19 +346,13 @@ func indexBase(ctx context.Context, old []Layer) (*baseIndex, error) {
 		if sp.n != l.Size {
 			return nil, fmt.Errorf("layerdelta: base layer %d: read %d bytes, size says %d", li, sp.n, l.Size)
 		}
-		dict = sp.meta.Bytes()
-		if len(dict) > maxDict {
-			dict = dict[len(dict)-maxDict:]
-		}
-		// Not the buffer, which may be twice as large.
-		dict = bytes.Clone(dict)
 		var d Digest
 		sp.h.Sum(d[:0])
 		ix.layers = append(ix.layers, d)
 		ix.sizes = append(ix.sizes, l.Size)
 		ix.readers = append(ix.readers, l.R)
 	}
-	ix.dict = dict
+	ix.dict = meta.bytes()
 	return ix, nil
 }
 
@@ -388,18 +376,14 @@ func (ix *baseIndex) removeUnder(p string, li int, self bool) {
 // ---------------------------------------------------------------- writing
 
 // splitter sits between a tar stream and tar.Reader: it hashes and counts
-// everything, and keeps in meta the bytes read while not in content mode;
-// or, with spill set, hands them to spill in chunks of metaChunk bytes.
+// everything, and hands keep the bytes read while not in content mode.
 type splitter struct {
 	r       io.Reader
 	h       hash.Hash
 	n       int64
 	content bool
-	meta    bytes.Buffer
-
-	spill    func([]byte) error
-	chunk    []byte
-	spillErr error
+	keep    func([]byte) error
+	keepErr error
 }
 
 func (s *splitter) Read(p []byte) (int, error) {
@@ -407,30 +391,83 @@ func (s *splitter) Read(p []byte) (int, error) {
 	s.n += int64(n)
 	s.h.Write(p[:n])
 	if !s.content {
-		if s.spill == nil {
-			s.meta.Write(p[:n])
-		} else if serr := s.keep(p[:n]); serr != nil {
-			s.spillErr = serr
-			return n, serr
+		if kerr := s.keep(p[:n]); kerr != nil {
+			s.keepErr = kerr
+			return n, kerr
 		}
 	}
 	return n, err
 }
 
-// keep adds b to the chunk, spilling each full one. The chunk grows by
-// doubling up to metaChunk, not past it.
-func (s *splitter) keep(b []byte) error {
-	for len(b) > 0 {
-		k := min(len(b), metaChunk-len(s.chunk))
-		if len(s.chunk)+k > cap(s.chunk) {
-			c := make([]byte, len(s.chunk), min(max(2*cap(s.chunk), len(s.chunk)+k, 64<<10), metaChunk))
-			copy(c, s.chunk)
-			s.chunk = c
+// tail keeps the last max bytes written to it, in blocks: keeping a
+// layer's headers costs what they weigh, not a doubling buffer's spare
+// room and copies.
+type tail struct {
+	max    int
+	blocks [][]byte
+	n      int // bytes in blocks
+}
+
+const tailBlock = 256 << 10
+
+func (t *tail) write(p []byte) error {
+	for len(p) > 0 {
+		if len(t.blocks) == 0 || len(t.blocks[len(t.blocks)-1]) == tailBlock {
+			var b []byte
+			if len(t.blocks) > 0 && t.n-len(t.blocks[0]) >= t.max {
+				// The oldest block is no longer needed: reuse it.
+				t.n -= len(t.blocks[0])
+				b, t.blocks = t.blocks[0][:0], t.blocks[1:]
+			} else {
+				b = make([]byte, 0, tailBlock)
+			}
+			t.blocks = append(t.blocks, b)
 		}
-		s.chunk = append(s.chunk, b[:k]...)
+		last := &t.blocks[len(t.blocks)-1]
+		k := min(len(p), tailBlock-len(*last))
+		*last = append(*last, p[:k]...)
+		t.n += k
+		p = p[k:]
+	}
+	return nil
+}
+
+// bytes returns the last max bytes written, in one exact slice.
+func (t *tail) bytes() []byte {
+	out := make([]byte, 0, min(t.n, t.max))
+	skip := t.n - cap(out)
+	for _, b := range t.blocks {
+		if skip >= len(b) {
+			skip -= len(b)
+			continue
+		}
+		out = append(out, b[skip:]...)
+		skip = 0
+	}
+	return out
+}
+
+// chunker hands spill the bytes written to it in chunks of metaChunk (the
+// last one shorter, on flush). Its buffer starts at a guess of the whole
+// and grows by doubling up to metaChunk, not past it.
+type chunker struct {
+	chunk []byte
+	guess int
+	spill func([]byte) error
+}
+
+func (c *chunker) write(b []byte) error {
+	for len(b) > 0 {
+		k := min(len(b), metaChunk-len(c.chunk))
+		if len(c.chunk)+k > cap(c.chunk) {
+			nc := make([]byte, len(c.chunk), min(max(2*cap(c.chunk), len(c.chunk)+k, c.guess, 64<<10), metaChunk))
+			copy(nc, c.chunk)
+			c.chunk = nc
+		}
+		c.chunk = append(c.chunk, b[:k]...)
 		b = b[k:]
-		if len(s.chunk) == metaChunk {
-			if err := s.flush(); err != nil {
+		if len(c.chunk) == metaChunk {
+			if err := c.flush(); err != nil {
 				return err
 			}
 		}
@@ -439,12 +476,12 @@ func (s *splitter) keep(b []byte) error {
 }
 
 // flush spills what the chunk holds.
-func (s *splitter) flush() error {
-	if len(s.chunk) == 0 {
+func (c *chunker) flush() error {
+	if len(c.chunk) == 0 {
 		return nil
 	}
-	err := s.spill(s.chunk)
-	s.chunk = s.chunk[:0]
+	err := c.spill(c.chunk)
+	c.chunk = c.chunk[:0]
 	return err
 }
 
@@ -572,7 +609,7 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 		o.MaxPatchFile = defaultMaxPatchFile
 	}
 	if o.StreamLevel == 0 {
-		o.StreamLevel = zstd.SpeedBetterCompression
+		o.StreamLevel = zstd.SpeedDefault
 	}
 	if o.MaxGroup <= 0 {
 		o.MaxGroup = defaultMaxGroup
@@ -601,14 +638,12 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	defer zs.Close()
 	ow := &opWriter{z: oz, zs: zs, max: int(min(o.MaxGroup, 1<<40))}
 	ow.g.inDict = map[int]int{}
-	if !o.NoDict {
-		ow.names = newNameIndex(ix)
-	}
 
 	// The header stream is encoded a chunk at a time as the splitter
-	// fills one.
+	// fills one. The new layer's non-content bytes are likely about as
+	// many as the old layers'.
 	var metaTmp []byte
-	sp := &splitter{r: bufio.NewReaderSize(newLayer, 1<<16), h: sha256.New(), spill: func(chunk []byte) error {
+	meta := &chunker{guess: len(ix.dict) + len(ix.dict)/8, spill: func(chunk []byte) error {
 		st.MetaBytes += int64(len(chunk))
 		var err error
 		if metaTmp, err = encodeMeta(metaTmp[:0], ix.dict, chunk, ow); err != nil {
@@ -617,6 +652,7 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 		metaBuf.Write(metaTmp)
 		return nil
 	}}
+	sp := &splitter{r: bufio.NewReaderSize(newLayer, 1<<16), h: sha256.New(), keep: meta.write}
 	tr := tar.NewReader(sp)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -626,8 +662,8 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 		if err == io.EOF {
 			break
 		}
-		if sp.spillErr != nil {
-			return st, sp.spillErr
+		if sp.keepErr != nil {
+			return st, sp.keepErr
 		}
 		if err != nil {
 			return st, fmt.Errorf("%w: %v", ErrTarUnsound, err)
@@ -652,7 +688,7 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 		return st, err
 	}
 	ow.g = group{}
-	if err := sp.flush(); err != nil {
+	if err := meta.flush(); err != nil {
 		return st, err
 	}
 	metaBuf.Write(binary.AppendUvarint(metaTmp[:0], 0))
@@ -717,8 +753,10 @@ func encodeMeta(dst, dict, chunk []byte, ow *opWriter) ([]byte, error) {
 // only when it must.
 func extend(b []byte, n int) []byte {
 	if cap(b)-len(b) < n {
-		// Room for more small files, but not half again a large buffer.
-		nb := make([]byte, len(b), len(b)+n+min(len(b)/2, 4<<20))
+		// Room for more small files, or a somewhat larger next file, but
+		// not half again a large buffer: every buffer outgrown is garbage
+		// that adds to the peak until the collector runs.
+		nb := make([]byte, len(b), len(b)+n+min(max(len(b)/2, n/4), 4<<20))
 		copy(nb, b)
 		b = nb
 	}
@@ -775,7 +813,12 @@ func diffFile(ix *baseIndex, o *Options, ow *opWriter, tr io.Reader, h *tar.Head
 	dict := false
 	if !hasPrev || prev.size == 0 {
 		hasPrev = false
-		if ow.names != nil {
+		if !o.NoDict {
+			if ow.names == nil {
+				// Built at the first new file: most layer updates
+				// have none, and it is as large as the index.
+				ow.names = newNameIndex(ix)
+			}
 			prev, hasPrev = ow.names.candidate(name, h.Size)
 			dict = hasPrev
 		}

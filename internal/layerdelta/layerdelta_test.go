@@ -991,3 +991,39 @@ func TestApplyRefusesBadGroups(t *testing.T) {
 		})
 	}
 }
+
+// TestTail checks that tail keeps exactly the last max bytes written,
+// across block boundaries and block reuse.
+func TestTail(t *testing.T) {
+	tests := []struct {
+		name   string
+		max    int
+		writes []int
+	}{
+		{"nothing", 100, nil},
+		{"less than max", 1000, []int{10, 20, 30}},
+		{"exactly one block", tailBlock, []int{tailBlock}},
+		{"many small writes past max", 3*tailBlock + 7, []int{511, 1, 4096, tailBlock, 3, tailBlock + 1, 2 * tailBlock, 17, 5000}},
+		{"one write of many blocks", tailBlock / 2, []int{5*tailBlock + 3}},
+		{"max not a block multiple, reused blocks", tailBlock + 100, []int{tailBlock - 1, 2, tailBlock, tailBlock, tailBlock, 1}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tl := &tail{max: tt.max}
+			var all []byte
+			for i, n := range tt.writes {
+				b := randBytes(uint64(i+1), n)
+				all = append(all, b...)
+				tl.write(b)
+			}
+			want := all[max(0, len(all)-tt.max):]
+			got := tl.bytes()
+			if !bytes.Equal(got, want) || cap(got) != len(want) {
+				t.Errorf("kept %d bytes (cap %d), want the last %d", len(got), cap(got), len(want))
+			}
+			if held := tl.n; held > tt.max+2*tailBlock {
+				t.Errorf("holds %d bytes for a max of %d", held, tt.max)
+			}
+		})
+	}
+}
