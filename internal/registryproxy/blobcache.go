@@ -147,15 +147,30 @@ func (c *blobCache) open(hexDigest string) (*os.File, int64, bool) {
 	}
 	f, err := os.Open(c.path(hexDigest))
 	if err != nil {
-		// Evicted meanwhile, or removed by hand.
+		// Evicted meanwhile, or removed behind the cache's back: forget
+		// it, so that the next pull fills it again.
+		c.forget(el)
 		return nil, 0, false
 	}
 	info, err := f.Stat()
 	if err != nil || info.Size() != el.Value.(*cacheEntry).size {
 		f.Close()
+		c.forget(el)
 		return nil, 0, false
 	}
 	return f, info.Size(), true
+}
+
+// forget drops el from the index if it is still there.
+func (c *blobCache) forget(el *list.Element) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ce := el.Value.(*cacheEntry)
+	if c.entries[ce.hex] == el {
+		c.lru.Remove(el)
+		delete(c.entries, ce.hex)
+		c.size -= ce.size
+	}
 }
 
 // evictLocked drops the least recently used blobs until the cache fits,

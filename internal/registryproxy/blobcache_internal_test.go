@@ -172,6 +172,22 @@ func TestBlobCacheEviction(t *testing.T) {
 	if left, _ := os.ReadDir(c2.tmpDir()); len(left) != 0 {
 		t.Errorf("temporary files left after a restart: %v", left)
 	}
+	// A blob removed behind the cache's back is forgotten and filled again.
+	os.Remove(c2.path(digests[2]))
+	if has(c2, digests[2]) {
+		t.Error("a removed blob is served")
+	}
+	data, _ := blob(t, 1000)
+	refill := c2.fill(digests[2], 1000, io.NopCloser(bytes.NewReader(data)))
+	if _, ok := refill.(*filler); !ok {
+		t.Error("a removed blob is not filled again")
+	}
+	refill.Close() // other bytes: not kept
+
+	if c2.size != 3000 || len(c2.entries) != 3 {
+		t.Errorf("after a blob was removed, the cache holds %d bytes in %d blobs", c2.size, len(c2.entries))
+	}
+
 	// A smaller cache after the restart sheds blobs to fit.
 	c3 := newCache(t, dir, 2*1000)
 	if c3.size != 2000 || len(c3.entries) != 2 {
