@@ -22,6 +22,7 @@ import (
 	"github.com/flock-io/flock-api/internal/http/reqinfo"
 	"github.com/flock-io/flock-api/internal/netpipe"
 	"github.com/flock-io/flock-api/internal/postgres"
+	"github.com/flock-io/flock-api/internal/textclip"
 	"github.com/flock-io/flock-api/internal/tunnelroute"
 )
 
@@ -130,14 +131,14 @@ func (s *session) run(c *websocket.Conn) {
 			code, reason = websocket.StatusInternalError, "could not record the session"
 			s.log().Error("tunnel: start session", "error", err)
 		}
-		_ = c.Close(code, truncate(reason))
+		_ = c.Close(code, closeReason(reason))
 		return
 	}
 	dc, err := h.Dial(ctx, s.device, s.port)
 	if err != nil {
 		code, outcome := closeFor(err)
 		s.end(outcome)
-		_ = c.Close(code, truncate(fmt.Sprintf("%s (port %d)", err, s.port)))
+		_ = c.Close(code, closeReason(fmt.Sprintf("%s (port %d)", err, s.port)))
 		return
 	}
 	s.log().Info("tunnel: session open", "actor", s.acc.Principal.Label())
@@ -245,13 +246,9 @@ func closeFor(err error) (websocket.StatusCode, string) {
 	return websocket.StatusInternalError, "failed"
 }
 
-// truncate keeps a close reason within the 123 bytes a close frame holds.
-func truncate(s string) string {
-	if len(s) <= 123 {
-		return s
-	}
-	return s[:120] + "..."
-}
+// closeReason keeps a close reason within the 123 bytes a close frame
+// holds, as the valid UTF-8 it must be.
+func closeReason(s string) string { return textclip.Ellipsis(s, 123) }
 
 func (h *Tunnels) track(s *session) bool {
 	h.mu.Lock()

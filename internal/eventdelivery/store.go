@@ -2,15 +2,14 @@ package eventdelivery
 
 import (
 	"context"
-	"strings"
-
 	"errors"
 	"fmt"
-	"github.com/google/uuid"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/flock-io/flock-api/gen/db"
+	"github.com/flock-io/flock-api/internal/textclip"
 )
 
 // Emit stores ev in the organisation's log and queues a delivery for every
@@ -45,7 +44,7 @@ func RecordAttempt(ctx context.Context, q *db.Queries, d db.EventDelivery, res R
 // LogText is the first KB of a response as the delivery log keeps it:
 // text, so a body cut mid-rune (or binary, or with NULs PostgreSQL text
 // refuses) is made valid.
-func LogText(b []byte) string { return Clip(string(b), 1024) }
+func LogText(b []byte) string { return textclip.Clip(string(b), 1024) }
 
 // ErrorText is an attempt's error as the log and the delivery keep it
 // ("" for a success): its first 1000 bytes, as valid text.
@@ -53,14 +52,5 @@ func (r Result) ErrorText() string {
 	if r.Err == nil {
 		return ""
 	}
-	return Clip(r.Err.Error(), 1000)
-}
-
-// Clip is s cut to n bytes and made text PostgreSQL keeps: a rune cut in
-// two, or invalid UTF-8, is replaced, and NULs are dropped.
-func Clip(s string, n int) string {
-	if len(s) > n {
-		s = s[:n]
-	}
-	return strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", ""), "\uFFFD")
+	return textclip.Clip(r.Err.Error(), 1000)
 }

@@ -47,6 +47,7 @@ import (
 	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/imagedelta"
 	"github.com/flock-io/flock-api/internal/registry"
+	"github.com/flock-io/flock-api/internal/textclip"
 )
 
 // Group is the delta workers' consumer group.
@@ -396,7 +397,7 @@ func (w *Worker) record(ctx context.Context, log *slog.Logger, d db.ImageDelta, 
 	case err != nil:
 		var p permanent
 		if errors.As(err, &p) || int(d.Attempts) >= w.cfg.MaxAttempts {
-			ok, ferr := finish(StateFailed, truncate(err.Error()))
+			ok, ferr := finish(StateFailed, errorText(err))
 			if ferr != nil || !ok {
 				log.Warn("record failed delta", "ok", ok, "err", ferr)
 				return outcomeLost
@@ -404,7 +405,7 @@ func (w *Worker) record(ctx context.Context, log *slog.Logger, d db.ImageDelta, 
 			log.Warn("delta failed", "err", err)
 			return outcomeFailed
 		}
-		if _, rerr := q.DeltaRelease(ctx, db.DeltaReleaseParams{ID: d.ID, Holder: holder, Error: truncate(err.Error())}); rerr != nil {
+		if _, rerr := q.DeltaRelease(ctx, db.DeltaReleaseParams{ID: d.ID, Holder: holder, Error: errorText(err)}); rerr != nil {
 			log.Warn("give back delta", "err", rerr)
 		}
 		log.Warn("delta attempt failed; given back to retry", "err", err)
@@ -438,10 +439,5 @@ func (w *Worker) dropBlob(ctx context.Context, key string) {
 	}
 }
 
-func truncate(s string) string {
-	const max = 2000
-	if len(s) > max {
-		return s[:max]
-	}
-	return s
-}
+// errorText is an error as a delta's row keeps it.
+func errorText(err error) string { return textclip.Clip(err.Error(), 2000) }

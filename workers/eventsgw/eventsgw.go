@@ -36,6 +36,7 @@ import (
 	"github.com/flock-io/flock-api/internal/bus"
 	"github.com/flock-io/flock-api/internal/eventdelivery"
 	"github.com/flock-io/flock-api/internal/postgres"
+	"github.com/flock-io/flock-api/internal/textclip"
 )
 
 // Group is the gateway's consumer group.
@@ -399,7 +400,7 @@ func (g *Gateway) attempt(ctx context.Context, d db.EventDelivery, ep db.EventEn
 		}
 		if f.Enabled && f.FailingSince != nil && now.Sub(*f.FailingSince) >= g.cfg.DisableAfter {
 			reason := fmt.Sprintf("every delivery failed for %s (since %s); the last: %s", now.Sub(*f.FailingSince).Round(time.Second),
-				f.FailingSince.UTC().Format(time.RFC3339), eventdelivery.Clip(res.Err.Error(), 300))
+				f.FailingSince.UTC().Format(time.RFC3339), textclip.Clip(res.Err.Error(), 300))
 			if _, err := q.EndpointDisable(ctx, db.EndpointDisableParams{ID: ep.ID, Reason: reason}); err != nil {
 				return err
 			}

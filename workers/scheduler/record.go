@@ -10,6 +10,7 @@ import (
 	"github.com/flock-io/flock-api/gen/db"
 	"github.com/flock-io/flock-api/internal/audit"
 	"github.com/flock-io/flock-api/internal/rollout"
+	"github.com/flock-io/flock-api/internal/textclip"
 )
 
 // Actor is how the scheduler appears in events and the audit log.
@@ -30,7 +31,7 @@ func (s *Scheduler) record(ctx context.Context, q *db.Queries, st *step, event s
 		return fmt.Errorf("event id: %w", err)
 	}
 	ev := rollout.Event{ID: id, RolloutID: st.r.ID, OrgID: st.r.OrgID, FleetID: st.r.FleetID, Event: event,
-		State: st.r.State, Group: &group, Reason: truncate(reason, 2000), Actor: Actor, At: st.now}
+		State: st.r.State, Group: &group, Reason: textclip.Clip(reason, 2000), Actor: Actor, At: st.now}
 	rec := ev.Record()
 	if err := q.RolloutEventAdd(ctx, db.RolloutEventAddParams{ID: id, RolloutID: st.r.ID, Record: json.RawMessage(rec.Value)}); err != nil {
 		return fmt.Errorf("write event %s: %w", event, err)
@@ -65,11 +66,4 @@ func (s *Scheduler) committed(st *step) {
 			s.audit.Committed(*w.audit)
 		}
 	}
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n]
 }
