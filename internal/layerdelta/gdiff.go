@@ -1,6 +1,7 @@
 package layerdelta
 
 import (
+	"bufio"
 	"bytes"
 	"compress/bzip2"
 	"encoding/binary"
@@ -229,42 +230,138 @@ func gdiff(old, nw []byte, slack int, bufs *gbufs) (ctrl, db, eb []byte) {
 	return ctrl, nw[:dbLen], eb
 }
 
-// gpatch rebuilds a group's newLen bytes of content from its old side and
-// streams, checking every length and position against the buffers.
-func gpatch(old, ctrl, db, eb []byte, newLen int) ([]byte, error) {
-	out := make([]byte, 0, newLen)
-	cr := bytes.NewReader(ctrl)
-	oldpos := int64(0)
-	for cr.Len() > 0 {
-		add, err1 := binary.ReadUvarint(cr)
-		extra, err2 := binary.ReadUvarint(cr)
-		zs, err3 := binary.ReadUvarint(cr)
-		if err1 != nil || err2 != nil || err3 != nil {
-			return nil, fmt.Errorf("%w: group controls cut short", ErrCorrupt)
-		}
-		seek := int64(zs>>1) ^ -int64(zs&1)
-		if add > uint64(newLen-len(out)) || add > uint64(len(db)) || oldpos < 0 || uint64(oldpos)+add > uint64(len(old)) {
-			return nil, fmt.Errorf("%w: group control adds %d bytes at %d", ErrCorrupt, add, oldpos)
-		}
-		n := len(out)
-		out = append(out, db[:add]...)
-		for i, b := range old[oldpos : oldpos+int64(add)] {
-			out[n+i] += b
-		}
-		db = db[add:]
-		if extra > uint64(newLen-len(out)) || extra > uint64(len(eb)) {
-			return nil, fmt.Errorf("%w: group control copies %d new bytes", ErrCorrupt, extra)
-		}
-		out = append(out, eb[:extra]...)
-		eb = eb[extra:]
-		oldpos += int64(add)
-		if seek < -(1<<40) || seek > 1<<40 {
-			return nil, fmt.Errorf("%w: group control seeks %d", ErrCorrupt, seek)
-		}
-		oldpos += seek
+// groupReader rebuilds a group's content (or a header chunk) from its old
+// side and its three streams as it is read, checking every length and
+// position: Apply holds the old side, the streams' compressed bytes and
+// their decoders, not the decoded difference and extra bytes or the
+// content. After the last byte, a Read checks that every stream ended
+// there too, and answers io.EOF or the corruption.
+type groupReader struct {
+	old        []byte
+	ctrl       io.ByteReader
+	db, eb     io.Reader
+	streams    []*packed // checked to end with the content
+	left       int64     // content bytes still to come
+	add, extra int64     // of the current control, still to come
+	seek       int64     // the current control's move, after its add
+	oldpos     int64
+	done       bool
+	err        error
+}
+
+func newGroupReader(old []byte, ctrl, db, eb *packed, newLen int64) *groupReader {
+	return &groupReader{old: old, ctrl: bufio.NewReader(ctrl), db: db, eb: eb,
+		streams: []*packed{ctrl, db, eb}, left: newLen}
+}
+
+func (g *groupReader) Read(p []byte) (int, error) {
+	if g.err != nil {
+		return 0, g.err
 	}
-	if len(out) != newLen || len(db) > 0 || len(eb) > 0 {
-		return nil, fmt.Errorf("%w: group rebuilt %d of %d bytes, %d difference and %d extra bytes left", ErrCorrupt, len(out), newLen, len(db), len(eb))
+	if g.left == 0 {
+		if g.err = g.finish(); g.err != nil {
+			return 0, g.err
+		}
+		return 0, io.EOF
+	}
+	for g.add == 0 && g.extra == 0 {
+		if g.err = g.next(); g.err != nil {
+			return 0, g.err
+		}
+	}
+	p = p[:min(int64(len(p)), g.left)]
+	if g.add > 0 {
+		k := int(min(int64(len(p)), g.add))
+		if _, err := io.ReadFull(g.db, p[:k]); err != nil {
+			g.err = fmt.Errorf("%w: group difference bytes end early: %v", ErrCorrupt, err)
+			return 0, g.err
+		}
+		for i, b := range g.old[g.oldpos : g.oldpos+int64(k)] {
+			p[i] += b
+		}
+		g.oldpos += int64(k)
+		g.add -= int64(k)
+		g.left -= int64(k)
+		return k, nil
+	}
+	k := int(min(int64(len(p)), g.extra))
+	if _, err := io.ReadFull(g.eb, p[:k]); err != nil {
+		g.err = fmt.Errorf("%w: group extra bytes end early: %v", ErrCorrupt, err)
+		return 0, g.err
+	}
+	g.extra -= int64(k)
+	g.left -= int64(k)
+	return k, nil
+}
+
+// next reads the next control, after moving by the last one's seek.
+func (g *groupReader) next() error {
+	g.oldpos += g.seek
+	g.seek = 0
+	add, err1 := binary.ReadUvarint(g.ctrl)
+	extra, err2 := binary.ReadUvarint(g.ctrl)
+	zs, err3 := binary.ReadUvarint(g.ctrl)
+	if err1 != nil || err2 != nil || err3 != nil {
+		return fmt.Errorf("%w: group controls end with %d bytes to come", ErrCorrupt, g.left)
+	}
+	seek := int64(zs>>1) ^ -int64(zs&1)
+	if add > uint64(g.left) || g.oldpos < 0 || uint64(g.oldpos)+add > uint64(len(g.old)) {
+		return fmt.Errorf("%w: group control adds %d bytes at %d", ErrCorrupt, add, g.oldpos)
+	}
+	if extra > uint64(g.left)-add {
+		return fmt.Errorf("%w: group control copies %d new bytes", ErrCorrupt, extra)
+	}
+	if seek < -(1<<40) || seek > 1<<40 {
+		return fmt.Errorf("%w: group control seeks %d", ErrCorrupt, seek)
+	}
+	g.add, g.extra, g.seek = int64(add), int64(extra), seek
+	return nil
+}
+
+// finish checks, once the content is complete, that the controls left
+// add nothing and that every stream ends where its length says.
+func (g *groupReader) finish() error {
+	if g.done {
+		return nil
+	}
+	g.done = true
+	for {
+		if _, err := g.ctrl.ReadByte(); err == io.EOF {
+			break
+		} else if err != nil {
+			return err
+		}
+		// Only controls that add and copy nothing may follow the content.
+		if err := g.ctrl.(*bufio.Reader).UnreadByte(); err != nil {
+			return err
+		}
+		g.left = 0
+		if err := g.next(); err != nil {
+			return err
+		}
+		if g.add > 0 || g.extra > 0 {
+			return fmt.Errorf("%w: group controls go past its %d bytes", ErrCorrupt, g.left)
+		}
+	}
+	for _, s := range g.streams {
+		if err := s.finish(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// gpatch rebuilds a group's newLen bytes of content from its old side and
+// decoded streams, checking every length and position against them.
+func gpatch(old, ctrl, db, eb []byte, newLen int) ([]byte, error) {
+	mem := func(b []byte) *packed { return &packed{r: bytes.NewReader(b), raw: uint64(len(b))} }
+	g := newGroupReader(old, mem(ctrl), mem(db), mem(eb), int64(newLen))
+	out := make([]byte, newLen)
+	if _, err := io.ReadFull(g, out); err != nil {
+		return nil, streamErr(err)
+	}
+	if n, err := g.Read(make([]byte, 1)); n > 0 || err != io.EOF {
+		return nil, streamErr(err)
 	}
 	return out, nil
 }
@@ -320,9 +417,55 @@ func packStream(dst, raw []byte, enc *zstd.Encoder, bufs *gbufs) ([]byte, error)
 	return dst, nil
 }
 
-// unpackStream reads one stream written by packStream; its raw length may
-// be at most limit.
-func unpackStream(r io.ByteReader, rd io.Reader, limit uint64) ([]byte, error) {
+// packed is one stream written by packStream, decoded as it is read: it
+// yields exactly its raw length, and finish checks that the decoder ends
+// there.
+type packed struct {
+	r   io.Reader
+	raw uint64
+	n   uint64
+}
+
+func (s *packed) Read(p []byte) (int, error) {
+	if s.n >= s.raw {
+		return 0, io.EOF
+	}
+	p = p[:min(uint64(len(p)), s.raw-s.n)]
+	n, err := s.r.Read(p)
+	s.n += uint64(n)
+	switch {
+	case err == io.EOF && s.n < s.raw:
+		return n, fmt.Errorf("%w: group stream of %d bytes, want %d", ErrCorrupt, s.n, s.raw)
+	case err != nil && err != io.EOF:
+		return n, fmt.Errorf("%w: group stream: %v", ErrCorrupt, err)
+	}
+	return n, nil
+}
+
+func (s *packed) finish() error {
+	if s.n != s.raw {
+		return fmt.Errorf("%w: group stream of %d bytes, %d used", ErrCorrupt, s.raw, s.n)
+	}
+	var one [1]byte
+	for {
+		n, err := s.r.Read(one[:])
+		switch {
+		case n > 0:
+			return fmt.Errorf("%w: group stream longer than it says", ErrCorrupt)
+		case err == io.EOF:
+			return nil
+		case err != nil:
+			return fmt.Errorf("%w: group stream: %v", ErrCorrupt, err)
+		}
+	}
+}
+
+// openStream reads the header and compressed bytes of one stream written
+// by packStream (its raw length may be at most limit) and returns it, to
+// be decoded as it is read. A zstd stream is decoded at once (EncodeAll
+// frames hold their whole content as window anyway); a bzip2 one, the
+// usual choice for difference bytes, streams.
+func openStream(r io.ByteReader, rd io.Reader, limit uint64) (*packed, error) {
 	method, err := r.ReadByte()
 	if err != nil {
 		return nil, streamErr(err)
@@ -338,34 +481,46 @@ func unpackStream(r io.ByteReader, rd io.Reader, limit uint64) ([]byte, error) {
 	if rawLen > limit || clen > rawLen+rawLen>>8+1<<16 {
 		return nil, fmt.Errorf("%w: group stream of %d bytes in %d", ErrCorrupt, rawLen, clen)
 	}
-	comp := make([]byte, clen)
-	if _, err := io.ReadFull(rd, comp); err != nil {
+	// Lengths come from the patch, whose checksum is checked last: memory
+	// grows with the bytes that arrive, not with what a damaged length says.
+	comp, err := io.ReadAll(io.LimitReader(rd, int64(min(clen, 1<<62))))
+	if err != nil {
 		return nil, streamErr(err)
+	}
+	if uint64(len(comp)) < clen {
+		return nil, ErrTruncated
 	}
 	switch method {
 	case streamZstd:
-		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecodeAllCapLimit(true),
-			zstd.WithDecoderMaxWindow(uint64(max(windowFor(0, int(rawLen)), groupStreamWindow))))
+		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(max(rawLen, 1<<20)),
+			zstd.WithDecoderMaxWindow(uint64(max(windowFor(0, int(min(rawLen, 1<<40))), groupStreamWindow))))
 		if err != nil {
 			return nil, err
 		}
 		defer d.Close()
-		out, err := d.DecodeAll(comp, make([]byte, 0, rawLen))
+		out, err := d.DecodeAll(comp, nil)
 		if err != nil || uint64(len(out)) != rawLen {
 			return nil, fmt.Errorf("%w: group stream of %d bytes, want %d: %v", ErrCorrupt, len(out), rawLen, err)
 		}
-		return out, nil
+		return &packed{r: bytes.NewReader(out), raw: rawLen}, nil
 	case streamBzip2:
-		out := make([]byte, rawLen)
-		br := bzip2.NewReader(bytes.NewReader(comp))
-		if _, err := io.ReadFull(br, out); err != nil {
-			return nil, fmt.Errorf("%w: group stream: %v", ErrCorrupt, err)
-		}
-		var one [1]byte
-		if n, _ := br.Read(one[:]); n > 0 {
-			return nil, fmt.Errorf("%w: group stream longer than it says", ErrCorrupt)
-		}
-		return out, nil
+		return &packed{r: bzip2.NewReader(bytes.NewReader(comp)), raw: rawLen}, nil
 	}
 	return nil, fmt.Errorf("%w: group stream method %d", ErrCorrupt, method)
+}
+
+// unpackStream reads and decodes one stream written by packStream whole.
+func unpackStream(r io.ByteReader, rd io.Reader, limit uint64) ([]byte, error) {
+	s, err := openStream(r, rd, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, s.raw)
+	if _, err := io.ReadFull(s, out); err != nil {
+		return nil, streamErr(err)
+	}
+	if err := s.finish(); err != nil {
+		return nil, err
+	}
+	return out, nil
 }

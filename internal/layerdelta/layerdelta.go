@@ -1221,11 +1221,26 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 		*next = int(ord) + 1
 		return ix.files[ord], nil
 	}
-	var grp []byte // the open group's content not yet taken by its files
-	// group reads a group's header and stream and decodes its content.
+	var grp *groupReader // the open group, decoded as its files take its content
+	// endGroup checks that the open group's content was used up and its
+	// streams ended with it.
+	endGroup := func() error {
+		if grp == nil {
+			return nil
+		}
+		if grp.left > 0 {
+			return fmt.Errorf("%w: %d bytes of group content left over", ErrCorrupt, grp.left)
+		}
+		if n, err := grp.Read(make([]byte, 1)); n > 0 || err != io.EOF {
+			return streamErr(err)
+		}
+		grp = nil
+		return nil
+	}
+	// group reads a group's header and streams and opens its content.
 	group := func() error {
-		if len(grp) > 0 {
-			return fmt.Errorf("%w: new group with %d bytes of the last left over", ErrCorrupt, len(grp))
+		if err := endGroup(); err != nil {
+			return err
 		}
 		nb, err := binary.ReadUvarint(ops)
 		if err != nil {
@@ -1254,9 +1269,9 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 		}
 		// Controls take at least 3 bytes each, and each adds or copies a
 		// byte at least; differences and extra bytes are at most newLen.
-		var streams [3][]byte
+		var streams [3]*packed
 		for i := range streams {
-			if streams[i], err = unpackStream(ops, ops, 3*newLen+3); err != nil {
+			if streams[i], err = openStream(ops, ops, 3*newLen+3); err != nil {
 				return err
 			}
 		}
@@ -1267,10 +1282,7 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 				return err
 			}
 		}
-		grp, err = gpatch(dict, streams[0], streams[1], streams[2], int(newLen))
-		if err != nil {
-			return err
-		}
+		grp = newGroupReader(dict, streams[0], streams[1], streams[2], int64(newLen))
 		return nil
 	}
 	for {
@@ -1310,11 +1322,14 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 			}
 			m.content = io.NewSectionReader(ix.readers[f.layer], f.offset, f.size)
 		case opGrouped:
-			if int64(len(grp)) < h.Size {
-				return info, fmt.Errorf("%w: %s: %d bytes, %d left in its group", ErrCorrupt, h.Name, h.Size, len(grp))
+			if grp == nil || grp.left < h.Size {
+				left := int64(0)
+				if grp != nil {
+					left = grp.left
+				}
+				return info, fmt.Errorf("%w: %s: %d bytes, %d left in its group", ErrCorrupt, h.Name, h.Size, left)
 			}
-			m.content = bytes.NewReader(grp[:h.Size])
-			grp = grp[h.Size:]
+			m.content = grp
 		case opRaw:
 			m.content = ops
 		default:
@@ -1329,8 +1344,8 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 	if _, err := io.Copy(io.Discard, m); err != nil {
 		return info, streamErr(err)
 	}
-	if len(grp) > 0 {
-		return info, fmt.Errorf("%w: %d bytes of group content left over", ErrCorrupt, len(grp))
+	if err := endGroup(); err != nil {
+		return info, err
 	}
 	if code, err := ops.ReadByte(); err != nil || code != opEnd {
 		if err != nil {
@@ -1374,12 +1389,23 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 type metaReader struct {
 	r     *bytes.Reader
 	dict  []byte
-	chunk []byte
+	chunk *groupReader // nil between chunks
 	end   bool
 }
 
 func (m *metaReader) Read(p []byte) (int, error) {
-	for len(m.chunk) == 0 {
+	for {
+		if m.chunk != nil {
+			n, err := m.chunk.Read(p)
+			if err == io.EOF {
+				m.chunk = nil
+				if n == 0 {
+					continue
+				}
+				err = nil
+			}
+			return n, err
+		}
 		if m.end {
 			return 0, io.EOF
 		}
@@ -1397,19 +1423,14 @@ func (m *metaReader) Read(p []byte) (int, error) {
 		if n > metaChunk {
 			return 0, fmt.Errorf("%w: header chunk of %d bytes", ErrCorrupt, n)
 		}
-		var streams [3][]byte
+		var streams [3]*packed
 		for i := range streams {
-			if streams[i], err = unpackStream(m.r, m.r, 3*n+3); err != nil {
+			if streams[i], err = openStream(m.r, m.r, 3*n+3); err != nil {
 				return 0, err
 			}
 		}
-		if m.chunk, err = gpatch(m.dict, streams[0], streams[1], streams[2], int(n)); err != nil {
-			return 0, err
-		}
+		m.chunk = newGroupReader(m.dict, streams[0], streams[1], streams[2], int64(n))
 	}
-	n := copy(p, m.chunk)
-	m.chunk = m.chunk[n:]
-	return n, nil
 }
 
 // streamErr classifies an error reading either stream.

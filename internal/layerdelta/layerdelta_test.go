@@ -1027,3 +1027,45 @@ func TestTail(t *testing.T) {
 		})
 	}
 }
+
+// FuzzApply feeds Apply damaged patches: it must refuse them with one of
+// its errors, never panic or hand back a layer that is not the target.
+// `go test -fuzz FuzzApply` explores; plain test runs try the seeds.
+func FuzzApply(f *testing.F) {
+	oldTar := buildTar(f, layerSpec{entries: []entry{{name: "app", body: elfLike(2, 64<<10, 0, 0)}, {name: "doc", body: text(70, 50_000)}}})
+	newTar := buildTar(f, layerSpec{entries: []entry{{name: "doc", body: edit(text(70, 50_000), 1)}, {name: "app", body: elfLike(2, 64<<10, 0x80, 8)},
+		{name: "new.txt", body: text(3, 4000)}}})
+	var patch bytes.Buffer
+	if _, err := Diff(context.Background(), layersOf(oldTar), bytes.NewReader(newTar), &patch, testOptions); err != nil {
+		f.Fatal(err)
+	}
+	good := patch.Bytes()
+	f.Add(good, uint32(0), byte(0), false)
+	f.Add(good, uint32(len(good)/2), byte(1), false)
+	f.Add(good, uint32(100), byte(0x80), true)
+	f.Fuzz(func(t *testing.T, p []byte, at uint32, flip byte, resum bool) {
+		p = slices.Clone(p)
+		if len(p) > 0 {
+			p[int(at)%len(p)] ^= flip
+		}
+		if resum && len(p) > 32 {
+			// Past the checksum, to reach the decoders' own checks.
+			sum := sha256.Sum256(p[:len(p)-32])
+			copy(p[len(p)-32:], sum[:])
+		}
+		var out bytes.Buffer
+		_, err := Apply(context.Background(), layersOf(oldTar), bytes.NewReader(p), &out)
+		if err == nil {
+			if !bytes.Equal(out.Bytes(), newTar) {
+				t.Fatal("Apply accepted a patch and rebuilt something else")
+			}
+			return
+		}
+		for _, want := range []error{ErrCorrupt, ErrTruncated, ErrVersion, ErrWrongBase, ErrMismatch} {
+			if errors.Is(err, want) {
+				return
+			}
+		}
+		t.Fatalf("Apply: %v, not one of its errors", err)
+	})
+}
