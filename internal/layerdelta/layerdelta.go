@@ -75,8 +75,9 @@
 // against, and a result whose sha256 differs from the target diffID; every
 // length and position in a group is checked against its buffers. Apply
 // streams its output: when it returns an error, whatever it wrote to w must be
-// discarded. It holds the compressed header stream in memory, and one group's
-// base and content at a time.
+// discarded. It holds the compressed header stream, the old layers' last
+// 8 MiB of non-content bytes, and one group's base and compressed streams
+// at a time: a group's content is decoded as its files are written.
 //
 // Memory on Diff's side: the index of the old layers' files, the compressed
 // patch (written at the end, when the target diffID is known), one group's
