@@ -92,6 +92,55 @@ func TestBlobCache(t *testing.T) {
 		expect(t, "the cached layer to a device whose releases do not name it", resp, body, http.StatusForbidden, "DENIED")
 	})
 
+	t.Run("many first pulls at once", func(t *testing.T) {
+		// Another layer, pulled by eight clients at once before any
+		// copy is kept: each gets it whole, and it is kept once.
+		l2, err := layers[1].Digest()
+		must(t, err)
+		rc, err := layers[1].Compressed()
+		must(t, err)
+		want2, err := io.ReadAll(rc)
+		rc.Close()
+		must(t, err)
+		fills := counter("fills")
+		path2 := "/v2/" + web + "/blobs/" + l2.String()
+		type got struct {
+			status int
+			body   string
+		}
+		results := make(chan got, 8)
+		for range 8 {
+			go func() {
+				req, _ := http.NewRequest(http.MethodGet, w.srv.URL+path2, nil)
+				req.Header.Set("Authorization", "Bearer "+tok)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					results <- got{status: -1, body: err.Error()}
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				results <- got{resp.StatusCode, string(b)}
+			}()
+		}
+		for range 8 {
+			if g := <-results; g.status != http.StatusOK || g.body != string(want2) {
+				t.Errorf("a concurrent first pull = %d, %d bytes (want %d)", g.status, len(g.body), len(want2))
+			}
+		}
+		testutil.Eventually(t, "the layer to be kept once", func() error {
+			if n := counter("fills") - fills; n != 1 {
+				return fmt.Errorf("%v fills", n)
+			}
+			return nil
+		})
+		hits := counter("hits")
+		resp, body := w.call(http.MethodGet, path2, tok, nil, nil)
+		if resp.StatusCode != http.StatusOK || body != string(want2) || counter("hits") != hits+1 {
+			t.Errorf("the pull after = %d, %d bytes, hits %v -> %v", resp.StatusCode, len(body), hits, counter("hits"))
+		}
+	})
+
 	t.Run("not after the registry deleted it", func(t *testing.T) {
 		resp, body := w.call(http.MethodDelete, path, tok, nil, nil)
 		expect(t, "DELETE", resp, body, http.StatusAccepted, "")
