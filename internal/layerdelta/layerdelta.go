@@ -449,25 +449,38 @@ func (t *tail) bytes() []byte {
 }
 
 // chunker hands spill the bytes written to it in chunks of metaChunk (the
-// last one shorter, on flush). Its buffer starts at a guess of the whole
-// and grows by doubling up to metaChunk, not past it.
+// last one shorter, on flush). Until a chunk is complete it keeps it
+// compressed (zstd, fastest, a small window: tar headers shrink about
+// tenfold), so that the content groups diffed meanwhile do not share memory
+// with up to 8 MiB of pending headers.
 type chunker struct {
-	chunk []byte
-	guess int
 	spill func([]byte) error
+	n     int // bytes in the pending chunk
+	comp  bytes.Buffer
+	enc   *zstd.Encoder
+	dec   *zstd.Decoder
+	buf   []byte // what a chunk is decompressed into, reused
 }
+
+const chunkerWindow = 256 << 10
 
 func (c *chunker) write(b []byte) error {
 	for len(b) > 0 {
-		k := min(len(b), metaChunk-len(c.chunk))
-		if len(c.chunk)+k > cap(c.chunk) {
-			nc := make([]byte, len(c.chunk), min(max(2*cap(c.chunk), len(c.chunk)+k, c.guess, 64<<10), metaChunk))
-			copy(nc, c.chunk)
-			c.chunk = nc
+		if c.enc == nil {
+			var err error
+			c.enc, err = zstd.NewWriter(&c.comp, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1),
+				zstd.WithWindowSize(chunkerWindow), zstd.WithLowerEncoderMem(true), zstd.WithEncoderCRC(false))
+			if err != nil {
+				return err
+			}
 		}
-		c.chunk = append(c.chunk, b[:k]...)
+		k := min(len(b), metaChunk-c.n)
+		if _, err := c.enc.Write(b[:k]); err != nil {
+			return err
+		}
+		c.n += k
 		b = b[k:]
-		if len(c.chunk) == metaChunk {
+		if c.n == metaChunk {
 			if err := c.flush(); err != nil {
 				return err
 			}
@@ -476,14 +489,39 @@ func (c *chunker) write(b []byte) error {
 	return nil
 }
 
-// flush spills what the chunk holds.
+// flush spills what the chunk holds, decompressed into buf (or a buffer
+// of its own when buf is too small).
 func (c *chunker) flush() error {
-	if len(c.chunk) == 0 {
+	if c.n == 0 {
 		return nil
 	}
-	err := c.spill(c.chunk)
-	c.chunk = c.chunk[:0]
-	return err
+	if err := c.enc.Close(); err != nil {
+		return err
+	}
+	if c.dec == nil {
+		var err error
+		if c.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(chunkerWindow)); err != nil {
+			return err
+		}
+	}
+	if cap(c.buf) < c.n {
+		c.buf = make([]byte, 0, c.n)
+	}
+	out, err := c.dec.DecodeAll(c.comp.Bytes(), c.buf[:0])
+	if err != nil || len(out) != c.n {
+		return fmt.Errorf("layerdelta: pending headers: %d of %d bytes back: %v", len(out), c.n, err)
+	}
+	c.n = 0
+	c.comp.Reset()
+	c.enc.Reset(&c.comp)
+	return c.spill(out)
+}
+
+// close releases the decoder.
+func (c *chunker) close() {
+	if c.dec != nil {
+		c.dec.Close()
+	}
 }
 
 type opWriter struct {
@@ -641,10 +679,9 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	ow.g.inDict = map[int]int{}
 
 	// The header stream is encoded a chunk at a time as the splitter
-	// fills one. The new layer's non-content bytes are likely about as
-	// many as the old layers'.
+	// fills one.
 	var metaTmp []byte
-	meta := &chunker{guess: len(ix.dict) + len(ix.dict)/8, spill: func(chunk []byte) error {
+	meta := &chunker{spill: func(chunk []byte) error {
 		st.MetaBytes += int64(len(chunk))
 		var err error
 		if metaTmp, err = encodeMeta(metaTmp[:0], ix.dict, chunk, ow); err != nil {
@@ -653,6 +690,7 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 		metaBuf.Write(metaTmp)
 		return nil
 	}}
+	defer meta.close()
 	sp := &splitter{r: bufio.NewReaderSize(newLayer, 1<<16), h: sha256.New(), keep: meta.write}
 	tr := tar.NewReader(sp)
 	for {
@@ -688,7 +726,10 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 	if err := ow.flushGroup(&st, len(ow.g.dict), len(ow.g.data)); err != nil {
 		return st, err
 	}
-	ow.g = group{}
+	// The last header chunk is decompressed into the group content
+	// buffer, done with: a new buffer would come on top of it until the
+	// collector runs.
+	meta.buf, ow.g = ow.g.data[:0], group{}
 	if err := meta.flush(); err != nil {
 		return st, err
 	}
