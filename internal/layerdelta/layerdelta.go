@@ -86,8 +86,8 @@
 // whole, even when unchanged: a known gap), the group matcher's hash table
 // (at most 4 MiB) and chain (2 bytes a byte of base), two zstd encoders
 // (the op stream's and the groups' streams') and a bzip2 writer, one chunk
-// of the new layer's non-content bytes (up to 8 MiB) and the old layers'
-// last 8 MiB of them.
+// of the new layer's non-content bytes (up to 8 MiB, compressed until it
+// is encoded) and the old layers' last 8 MiB of them.
 // bench/deltas measures it.
 package layerdelta
 
