@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"testing"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/flock-io/flock-api/internal/registry/registrytest"
 	"github.com/flock-io/flock-api/internal/testutil"
 	"github.com/flock-io/flock-api/internal/testutil/promtest"
@@ -23,13 +25,7 @@ func TestBlobCache(t *testing.T) {
 	w.push(other+":v1", w.devKey) // the repository exists, without this layer
 	layers, err := img.Layers()
 	must(t, err)
-	ld, err := layers[0].Digest()
-	must(t, err)
-	rc, err := layers[0].Compressed()
-	must(t, err)
-	want, err := io.ReadAll(rc)
-	rc.Close()
-	must(t, err)
+	ld, want := blobOf(t, layers[0])
 	path := "/v2/" + web + "/blobs/" + ld.String()
 	_, tok := w.token("ci", w.devKey, "repository:"+web+":pull,push,delete")
 	counter := func(name string) float64 {
@@ -95,13 +91,7 @@ func TestBlobCache(t *testing.T) {
 	t.Run("many first pulls at once", func(t *testing.T) {
 		// Another layer, pulled by eight clients at once before any
 		// copy is kept: each gets it whole, and it is kept once.
-		l2, err := layers[1].Digest()
-		must(t, err)
-		rc, err := layers[1].Compressed()
-		must(t, err)
-		want2, err := io.ReadAll(rc)
-		rc.Close()
-		must(t, err)
+		l2, want2 := blobOf(t, layers[1])
 		fills := counter("fills")
 		path2 := "/v2/" + web + "/blobs/" + l2.String()
 		type got struct {
@@ -147,4 +137,17 @@ func TestBlobCache(t *testing.T) {
 		resp, body = w.call(http.MethodGet, path, tok, nil, nil)
 		expect(t, "the deleted layer", resp, body, http.StatusNotFound, "BLOB_UNKNOWN")
 	})
+}
+
+// blobOf is a layer's digest and bytes as the registry holds them.
+func blobOf(t *testing.T, l v1.Layer) (v1.Hash, []byte) {
+	t.Helper()
+	d, err := l.Digest()
+	must(t, err)
+	rc, err := l.Compressed()
+	must(t, err)
+	defer rc.Close()
+	b, err := io.ReadAll(rc)
+	must(t, err)
+	return d, b
 }
