@@ -2023,15 +2023,68 @@ export interface paths {
          *     | `base[]` | `{diff_id, size}` of the `from` image's layers, lowest first: the device must hold these uncompressed tars, and every patch applies to all of them, in this order |
          *     | `layers[]` | the `to` image's layers, lowest first: `{digest, diff_id, size, media_type}` and either `present: true` (the device has a layer with this diff_id) or `patch` (the tar entry holding its patch), `patch_size`, `uncompressed_size` |
          *
-         *     A patch is in the layerdelta format (version 3: a header stream
-         *     compressed against the base layers' headers, an op stream of file
-         *     references, and content groups encoded bsdiff-style against the old
-         *     files; the reference implementation is the `internal/layerdelta`
-         *     package of flock-api, which `flock-api simulate --pull-images` uses).
-         *     Applying it yields the layer's uncompressed tar, whose sha256 must equal
-         *     its `diff_id`; a device registers the layer under that diff_id (and
+         *     Applying a patch yields the layer's uncompressed tar, whose sha256 must
+         *     equal its `diff_id`; a device registers the layer under that diff_id (and
          *     `digest` for the compressed form it replaces) and pulls the layer from
-         *     the registry when it does not match.
+         *     the registry when it does not match. The reference implementation of
+         *     the patch format below is the `internal/layerdelta` package of
+         *     flock-api, which `flock-api simulate --pull-images` uses.
+         *
+         *     **A patch** (layerdelta format version 4; integers big-endian, a
+         *     uvarint as in protobuf, a zigzag value `z` is `(z >> 1) ^ -(z & 1)`):
+         *
+         *     | bytes | meaning |
+         *     |---|---|
+         *     | 8 | `FLKLDLT` and the version byte, 4 (version 3 also occurs, see below) |
+         *     | 32, 8 | the target's diffID and its size |
+         *     | 4, then N × (32, 8) | N, then each base layer's diffID and size, as `base[]` |
+         *     | 8, then that many | the header stream |
+         *     | 8, then that many | the op stream: one zstd frame |
+         *     | 32 | sha256 of every byte before it; refuse the patch when it differs |
+         *
+         *     The target tar is split into *content* (the data of every regular,
+         *     non-sparse, non-empty file) and everything else, its *non-content
+         *     bytes*: headers, PAX and GNU long-name records, padding, end-of-archive
+         *     blocks, trailing bytes, and the data of any other entry. The header
+         *     stream rebuilds the non-content bytes; the op stream supplies each
+         *     file's content in tar order. To rebuild, read the header stream as a
+         *     tar: after each header of a regular, non-sparse, non-empty file, the
+         *     next op supplies its `size` bytes of content.
+         *
+         *     *Old files* are the regular, non-empty files of the base layers in
+         *     order, lowest layer first, shadowed and whited-out ones included; a
+         *     file's ordinal is its place in that list. The *old non-content bytes*
+         *     are the last 8 MiB (8,388,608 bytes) of the base layers' non-content
+         *     bytes, concatenated in order.
+         *
+         *     *Three streams* (controls, difference bytes, extra bytes) rebuild bytes
+         *     from a base the way bsdiff does. Each stream is a method byte (0 zstd,
+         *     1 bzip2), a uvarint raw length, a uvarint compressed length and the
+         *     compressed bytes. A control is three uvarints: `add`, `extra`, and a
+         *     zigzag `seek`. For each control in turn: append `add` bytes, each the
+         *     sum modulo 256 of the next difference byte and the base byte at the
+         *     current position, advancing the position; append the next `extra`
+         *     bytes of the extra stream; move the position by `seek`. Every stream
+         *     must be used up exactly, and the position must stay inside the base.
+         *
+         *     The header stream is chunks: a uvarint length `n` (at most 8 MiB), then
+         *     three streams whose base is the old non-content bytes and which rebuild
+         *     `n` bytes; a length of 0 ends it. (Version 3: the header stream is one
+         *     zstd frame whose raw dictionary is the old non-content bytes.)
+         *
+         *     The op stream is ops, each a byte and uvarints:
+         *
+         *     | op | then | meaning |
+         *     |---|---|---|
+         *     | 1 | a step | the file's content is that old file's |
+         *     | 5 | `n`, `n` base steps, `len`, three streams | opens a content group: its base is those `n` old files concatenated, and the streams rebuild its `len` bytes. It comes just before the op of its first file |
+         *     | 6 | | the file's content is the next `size` bytes of the open group, which its files use up exactly before the next group or the end |
+         *     | 3 | `size` raw bytes | the file's content, as it is |
+         *     | 0 | | the end, after the last file's op |
+         *
+         *     A step is a zigzag difference: the ordinal is the previous step's
+         *     ordinal plus one (0 at the start) plus the value. References (op 1) and
+         *     group bases (op 5) are two separate chains of steps.
          *
          *     **Pulling layers instead**: images are in the platform registry named
          *     by the host of the target state's `image`. Engines log in with the
