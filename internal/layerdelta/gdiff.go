@@ -238,7 +238,7 @@ func gdiff(old, nw []byte, slack int, bufs *gbufs) (ctrl, db, eb []byte) {
 // there too, and answers io.EOF or the corruption.
 type groupReader struct {
 	old        []byte
-	ctrl       io.ByteReader
+	ctrl       *bufio.Reader
 	db, eb     io.Reader
 	streams    []*packed // checked to end with the content
 	left       int64     // content bytes still to come
@@ -332,7 +332,7 @@ func (g *groupReader) finish() error {
 			return err
 		}
 		// Only controls that add and copy nothing may follow the content.
-		if err := g.ctrl.(*bufio.Reader).UnreadByte(); err != nil {
+		if err := g.ctrl.UnreadByte(); err != nil {
 			return err
 		}
 		g.left = 0
@@ -360,8 +360,8 @@ func gpatch(old, ctrl, db, eb []byte, newLen int) ([]byte, error) {
 	if _, err := io.ReadFull(g, out); err != nil {
 		return nil, streamErr(err)
 	}
-	if n, err := g.Read(make([]byte, 1)); n > 0 || err != io.EOF {
-		return nil, streamErr(err)
+	if err := g.finish(); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

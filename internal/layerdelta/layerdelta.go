@@ -1273,8 +1273,8 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 		if grp.left > 0 {
 			return fmt.Errorf("%w: %d bytes of group content left over", ErrCorrupt, grp.left)
 		}
-		if n, err := grp.Read(make([]byte, 1)); n > 0 || err != io.EOF {
-			return streamErr(err)
+		if err := grp.finish(); err != nil {
+			return err
 		}
 		grp = nil
 		return nil

@@ -57,6 +57,20 @@ type cacheEntry struct {
 func openBlobCache(dir string, max int64, log *slog.Logger) (*blobCache, error) {
 	c := &blobCache{dir: dir, max: max, log: log, lru: list.New(),
 		entries: map[string]*list.Element{}, filling: map[string]struct{}{}}
+	c.hits = prometheus.NewCounter(prometheus.CounterOpts{Name: "flock_registry_proxy_cache_hits_total",
+		Help: "Blob pulls the registry proxy served from its disk cache."})
+	c.misses = prometheus.NewCounter(prometheus.CounterOpts{Name: "flock_registry_proxy_cache_misses_total",
+		Help: "Blob pulls the registry proxy forwarded to the registry."})
+	c.fills = prometheus.NewCounter(prometheus.CounterOpts{Name: "flock_registry_proxy_cache_fills_total",
+		Help: "Blobs the registry proxy verified and kept in its disk cache."})
+	c.evictions = prometheus.NewCounter(prometheus.CounterOpts{Name: "flock_registry_proxy_cache_evictions_total",
+		Help: "Blobs the registry proxy dropped from its disk cache to stay within its size."})
+	c.bytes = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flock_registry_proxy_cache_bytes",
+		Help: "Bytes of blobs in the registry proxy's disk cache."}, func() float64 {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return float64(c.size)
+	})
 	// Partial fills of a process that died are garbage.
 	if err := os.RemoveAll(c.tmpDir()); err != nil {
 		return nil, fmt.Errorf("registry cache %s: %w", dir, err)
@@ -93,20 +107,6 @@ func openBlobCache(dir string, max int64, log *slog.Logger) (*blobCache, error) 
 	c.mu.Lock()
 	c.evictLocked("")
 	c.mu.Unlock()
-	c.hits = prometheus.NewCounter(prometheus.CounterOpts{Name: "flock_registry_proxy_cache_hits_total",
-		Help: "Blob pulls the registry proxy served from its disk cache."})
-	c.misses = prometheus.NewCounter(prometheus.CounterOpts{Name: "flock_registry_proxy_cache_misses_total",
-		Help: "Blob pulls the registry proxy forwarded to the registry."})
-	c.fills = prometheus.NewCounter(prometheus.CounterOpts{Name: "flock_registry_proxy_cache_fills_total",
-		Help: "Blobs the registry proxy verified and kept in its disk cache."})
-	c.evictions = prometheus.NewCounter(prometheus.CounterOpts{Name: "flock_registry_proxy_cache_evictions_total",
-		Help: "Blobs the registry proxy dropped from its disk cache to stay within its size."})
-	c.bytes = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flock_registry_proxy_cache_bytes",
-		Help: "Bytes of blobs in the registry proxy's disk cache."}, func() float64 {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return float64(c.size)
-	})
 	return c, nil
 }
 
@@ -195,9 +195,7 @@ func (c *blobCache) evictLocked(keep string) {
 		if err := os.Remove(c.path(ce.hex)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			c.log.Warn("registry cache: evict", "digest", "sha256:"+ce.hex, "error", err.Error())
 		}
-		if c.evictions != nil {
-			c.evictions.Inc()
-		}
+		c.evictions.Inc()
 	}
 }
 
