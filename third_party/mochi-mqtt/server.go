@@ -514,6 +514,17 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 //
 //go:noinline
 func (s *Server) detachClient(cl *Client, listener string, err error) {
+	// Flock's copy (see FLOCK.md, "wills"): Read answers nil when it finds
+	// the client stopped between two packets, whatever stopped it. Only a
+	// normal DISCONNECT (processDisconnect stops the client with
+	// CodeDisconnect) deletes the will; a takeover, the server's own
+	// disconnect or a shutdown that lands between packets sends it, as
+	// when it lands during a read [MQTT-3.1.2-8].
+	if cause := cl.StopCause(); err == nil && cause != nil {
+		if code, ok := cause.(packets.Code); !ok || code.Code != packets.CodeDisconnect.Code {
+			err = cause
+		}
+	}
 	if err != nil {
 		s.sendLWT(cl)
 		cl.Stop(err)

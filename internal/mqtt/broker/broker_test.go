@@ -411,6 +411,14 @@ func TestConnect(t *testing.T) {
 // rawConnect sends a CONNECT of the given protocol version (4 = 3.1.1, 5)
 // and returns the connection and the CONNACK's reason (return) code.
 func rawConnect(addr string, version byte, clientID, username, password string) (net.Conn, byte, error) {
+	return rawConnectWith(addr, version, packets.ConnectParams{
+		ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 300, ClientIdentifier: clientID,
+		UsernameFlag: true, Username: []byte(username), PasswordFlag: true, Password: []byte(password),
+	})
+}
+
+// rawConnectWith is rawConnect with the CONNECT's parameters as given.
+func rawConnectWith(addr string, version byte, params packets.ConnectParams) (net.Conn, byte, error) {
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		return nil, 0, err
@@ -418,10 +426,7 @@ func rawConnect(addr string, version byte, clientID, username, password string) 
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: version,
-		Connect: packets.ConnectParams{
-			ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 300, ClientIdentifier: clientID,
-			UsernameFlag: true, Username: []byte(username), PasswordFlag: true, Password: []byte(password),
-		},
+		Connect:         params,
 	}
 	var buf bytes.Buffer
 	if err := pk.ConnectEncode(&buf); err != nil {
@@ -711,6 +716,55 @@ func TestWillAndRetain(t *testing.T) {
 	}
 	if n := len(e.broker.server.Topics.Messages("flock/#")); n != 0 {
 		t.Errorf("broker retained %d device messages, want none", n)
+	}
+}
+
+// A device that connects again while the broker still holds its old
+// connection (one a network dropped without a word, or a reboot faster
+// than the broker noticed the old socket close) takes its session over.
+// The old connection ended without a normal DISCONNECT, so its will goes
+// out ([MQTT-3.1.2-8]; EMQX fixed the same bug as emqx/emqx#10551): the
+// ingester records that connection's end. Mochi sent it or not depending
+// on where the old connection's reader was: stopped between two packets,
+// it saw the connection closed and ended as if the client had said
+// goodbye (internal/simulate's reboot lost its disconnect that way, once,
+// in CI). The old connection here sends a backlog of QoS 0 publishes, so
+// that its reader is between packets when the takeover stops it.
+func TestWillOnTakeover(t *testing.T) {
+	t.Parallel()
+	e := start(t, nil)
+	svc := e.connectService("ingester-1")
+	if code := svc.subscribe(t, "$share/ingest/flock/v1/devices/+/status"); code != 0x01 {
+		t.Fatalf("SUBACK %#x", code)
+	}
+	for i := range 10 {
+		dev, tok := e.device()
+		status := topic(dev, "status")
+		old, code, err := rawConnectWith(e.broker.Addr(), 5, packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), Keepalive: 300, ClientIdentifier: dev.String(),
+			UsernameFlag: true, Username: []byte(dev.String()), PasswordFlag: true, Password: []byte(tok),
+			WillFlag: true, WillTopic: status, WillQos: 1, WillPayload: wrap(status, "offline"),
+		})
+		if err != nil || code != 0 {
+			t.Fatalf("connection %d: CONNACK %#x, %v", i, code, err)
+		}
+		var backlog bytes.Buffer
+		for range 2000 {
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: 5,
+				TopicName: topic(dev, "telemetry"), Payload: wrap(topic(dev, "telemetry"), "x")}
+			if err := pk.PublishEncode(&backlog); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := old.Write(backlog.Bytes()); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		next := e.connectDevice(dev, tok)
+		if p := svc.next(t); p.Topic != status || string(p.Payload) != "offline" {
+			t.Fatalf("connection %d: service received %q on %s, want the old connection's will", i, p.Payload, p.Topic)
+		}
+		_ = next.Disconnect(&paho.Disconnect{})
+		old.Close()
 	}
 }
 
