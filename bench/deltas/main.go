@@ -390,6 +390,9 @@ func child(args []string) {
 	group := fl.Int64("group", 0, "")
 	memprofile := fl.String("memprofile", "", "")
 	mode, args := args[0], args[1:]
+	if slices.Contains(args, "-memprofile") {
+		runtime.MemProfileRate = 4 << 10
+	}
 	var pos []string
 	for len(args) > 0 && !strings.HasPrefix(args[0], "-") {
 		pos, args = append(pos, args[0]), args[1:]
@@ -430,6 +433,9 @@ func child(args []string) {
 		})
 		stop()
 		if *memprofile != "" {
+			// The profile is as of the last collection: run one so
+			// that it counts every allocation of Diff.
+			runtime.GC()
 			mf, _ := os.Create(*memprofile)
 			pprof.Lookup("allocs").WriteTo(mf, 0)
 			mf.Close()

@@ -84,10 +84,12 @@
 // base and new content (at most Options.MaxGroup, or one file's two
 // versions when larger; files over Options.MaxPatchFile are streamed
 // whole, even when unchanged: a known gap), the group matcher's hash table
-// (at most 4 MiB) and chain (2 bytes a byte of base), two zstd encoders
-// (the op stream's and the groups' streams') and a bzip2 writer, one chunk
-// of the new layer's non-content bytes (up to 8 MiB, compressed until it
-// is encoded) and the old layers' last 8 MiB of them.
+// (at most 4 MiB) and chain (2 bytes a byte of base; a quarter byte for
+// the header stream's, see metaStride), two zstd encoders (the op
+// stream's and the groups' streams') and a bzip2 writer, one chunk of the
+// new layer's non-content bytes (up to 8 MiB, compressed until it is
+// encoded) and the old layers' last 8 MiB of them (read back from the old
+// layers once they are indexed, so held once).
 // bench/deltas measures it.
 package layerdelta
 
@@ -284,7 +286,8 @@ func indexBase(ctx context.Context, old []Layer) (*baseIndex, error) {
 	meta := &tail{max: maxDict}
 	copyBuf := make([]byte, 32<<10)
 	for li, l := range old {
-		sp := &splitter{r: bufio.NewReaderSize(io.NewSectionReader(l.R, 0, l.Size), 1<<16), h: sha256.New(), keep: meta.write}
+		sp := &splitter{r: bufio.NewReaderSize(io.NewSectionReader(l.R, 0, l.Size), 1<<16), h: sha256.New(),
+			keep: func(off int64, p []byte) error { meta.add(li, off, len(p)); return nil }}
 		tr := tar.NewReader(sp)
 		for {
 			if err := ctx.Err(); err != nil {
@@ -353,7 +356,11 @@ func indexBase(ctx context.Context, old []Layer) (*baseIndex, error) {
 		ix.sizes = append(ix.sizes, l.Size)
 		ix.readers = append(ix.readers, l.R)
 	}
-	ix.dict = meta.bytes()
+	dict, err := meta.read(ix.readers)
+	if err != nil {
+		return nil, err
+	}
+	ix.dict = dict
 	return ix, nil
 }
 
@@ -383,7 +390,7 @@ type splitter struct {
 	h       hash.Hash
 	n       int64
 	content bool
-	keep    func([]byte) error
+	keep    func(off int64, p []byte) error // off: p's position in the stream
 	keepErr error
 }
 
@@ -392,7 +399,7 @@ func (s *splitter) Read(p []byte) (int, error) {
 	s.n += int64(n)
 	s.h.Write(p[:n])
 	if !s.content {
-		if kerr := s.keep(p[:n]); kerr != nil {
+		if kerr := s.keep(s.n-int64(n), p[:n]); kerr != nil {
 			s.keepErr = kerr
 			return n, kerr
 		}
@@ -400,52 +407,74 @@ func (s *splitter) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// tail keeps the last max bytes written to it, in blocks: keeping a
-// layer's headers costs what they weigh, not a doubling buffer's spare
-// room and copies.
+// tail keeps where the last max non-content bytes of the old layers are,
+// as spans of the layers, and reads them back once indexBase is done: the
+// bytes are held once, in one exact buffer, rather than gathered as they
+// pass and copied into one at the end (which held them twice).
 type tail struct {
-	max    int
-	blocks [][]byte
-	n      int // bytes in blocks
+	max   int
+	spans []span // spans[head:] cover the last n bytes seen
+	head  int
+	n     int
 }
 
-const tailBlock = 256 << 10
+type span struct {
+	layer int
+	off   int64
+	len   int
+}
 
-func (t *tail) write(p []byte) error {
-	for len(p) > 0 {
-		if len(t.blocks) == 0 || len(t.blocks[len(t.blocks)-1]) == tailBlock {
-			var b []byte
-			if len(t.blocks) > 0 && t.n-len(t.blocks[0]) >= t.max {
-				// The oldest block is no longer needed: reuse it.
-				t.n -= len(t.blocks[0])
-				b, t.blocks = t.blocks[0][:0], t.blocks[1:]
-			} else {
-				b = make([]byte, 0, tailBlock)
-			}
-			t.blocks = append(t.blocks, b)
-		}
-		last := &t.blocks[len(t.blocks)-1]
-		k := min(len(p), tailBlock-len(*last))
-		*last = append(*last, p[:k]...)
-		t.n += k
-		p = p[k:]
+func (t *tail) add(layer int, off int64, n int) {
+	if n == 0 {
+		return
 	}
-	return nil
+	if k := len(t.spans); k > t.head && t.spans[k-1].layer == layer && t.spans[k-1].off+int64(t.spans[k-1].len) == off {
+		t.spans[k-1].len += n
+	} else {
+		t.spans = append(t.spans, span{layer, off, n})
+	}
+	t.n += n
+	for t.n-t.spans[t.head].len >= t.max {
+		t.n -= t.spans[t.head].len
+		t.head++
+	}
+	if t.head > 1024 && t.head > len(t.spans)/2 {
+		t.spans = t.spans[:copy(t.spans, t.spans[t.head:])]
+		t.head = 0
+	}
 }
 
-// bytes returns the last max bytes written, in one exact slice.
-func (t *tail) bytes() []byte {
-	out := make([]byte, 0, min(t.n, t.max))
-	skip := t.n - cap(out)
-	for _, b := range t.blocks {
-		if skip >= len(b) {
-			skip -= len(b)
+// read returns the last max bytes seen, in one exact slice.
+func (t *tail) read(readers []io.ReaderAt) ([]byte, error) {
+	out := make([]byte, min(t.n, t.max))
+	skip, at := t.n-len(out), 0
+	for _, s := range t.spans[t.head:] {
+		off, n := s.off, s.len
+		if skip > 0 {
+			k := min(skip, n)
+			skip -= k
+			off, n = off+int64(k), n-k
+		}
+		if n == 0 {
 			continue
 		}
-		out = append(out, b[skip:]...)
-		skip = 0
+		if _, err := readFullAt(readers[s.layer], off, out[at:at+n]); err != nil {
+			return nil, fmt.Errorf("layerdelta: base layer %d: headers at %d: %w", s.layer, off, err)
+		}
+		at += n
 	}
-	return out
+	return out, nil
+}
+
+func readFullAt(r io.ReaderAt, off int64, p []byte) (int, error) {
+	n, err := r.ReadAt(p, off)
+	if n == len(p) {
+		return n, nil
+	}
+	if err == nil || err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
 }
 
 // chunker hands spill the bytes written to it in chunks of metaChunk (the
@@ -590,7 +619,7 @@ func (o *opWriter) flushGroup(st *Stats, dictLen, dataLen int) error {
 	if g.binBytes*2 > int64(dataLen) {
 		slack = slackBinary
 	}
-	ctrl, db, eb := gdiff(g.dict[:dictLen], g.data[:dataLen], slack, &o.bufs)
+	ctrl, db, eb := gdiff(g.dict[:dictLen], g.data[:dataLen], slack, matchStride, &o.bufs)
 	hdr := append(o.tmp[:0], opGroup)
 	hdr = binary.AppendUvarint(hdr, uint64(len(g.bases)))
 	for _, ord := range g.bases {
@@ -691,7 +720,8 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 		return nil
 	}}
 	defer meta.close()
-	sp := &splitter{r: bufio.NewReaderSize(newLayer, 1<<16), h: sha256.New(), keep: meta.write}
+	sp := &splitter{r: bufio.NewReaderSize(newLayer, 1<<16), h: sha256.New(),
+		keep: func(_ int64, p []byte) error { return meta.write(p) }}
 	tr := tar.NewReader(sp)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -780,7 +810,7 @@ func Diff(ctx context.Context, old []Layer, newLayer io.Reader, w io.Writer, opt
 // a third or less of what zstd with the same bytes as dictionary makes
 // (npm pair: 3.0 KiB to 0.7 KiB). gdiff writes over chunk.
 func encodeMeta(dst, dict, chunk []byte, ow *opWriter) ([]byte, error) {
-	ctrl, db, eb := gdiff(dict, chunk, slackText, &ow.bufs)
+	ctrl, db, eb := gdiff(dict, chunk, slackText, metaStride, &ow.bufs)
 	dst = binary.AppendUvarint(dst, uint64(len(chunk)))
 	var err error
 	for _, raw := range [][]byte{ctrl, db, eb} {

@@ -816,7 +816,7 @@ func TestGpatchRefusesBadControls(t *testing.T) {
 	newer := elfLike(5, 64<<10, 0x40, 16)
 	newer = append(newer, text(6, 2000)...) // extra bytes too
 	nw := append([]byte(nil), newer...)     // gdiff writes over its input
-	ctrl, db, eb := gdiff(old, nw, slackBinary, &gbufs{})
+	ctrl, db, eb := gdiff(old, nw, slackBinary, matchStride, &gbufs{})
 	ctrl, db, eb = slices.Clone(ctrl), slices.Clone(db), slices.Clone(eb)
 	if out, err := gpatch(old, ctrl, db, eb, len(newer)); err != nil || !bytes.Equal(out, newer) {
 		t.Fatalf("gpatch of a good group: %v", err)
@@ -992,40 +992,66 @@ func TestApplyRefusesBadGroups(t *testing.T) {
 	}
 }
 
-// TestTail checks that tail keeps exactly the last max bytes written,
-// across block boundaries and block reuse.
+// TestTail checks that tail reads back exactly the last max non-content
+// bytes seen, across layers, merged and partly dropped spans.
 func TestTail(t *testing.T) {
+	type seen struct {
+		layer int
+		off   int64
+		n     int
+	}
 	tests := []struct {
-		name   string
-		max    int
-		writes []int
+		name string
+		max  int
+		seen []seen
 	}{
 		{"nothing", 100, nil},
-		{"less than max", 1000, []int{10, 20, 30}},
-		{"exactly one block", tailBlock, []int{tailBlock}},
-		{"many small writes past max", 3*tailBlock + 7, []int{511, 1, 4096, tailBlock, 3, tailBlock + 1, 2 * tailBlock, 17, 5000}},
-		{"one write of many blocks", tailBlock / 2, []int{5*tailBlock + 3}},
-		{"max not a block multiple, reused blocks", tailBlock + 100, []int{tailBlock - 1, 2, tailBlock, tailBlock, tailBlock, 1}},
+		{"less than max", 1000, []seen{{0, 0, 10}, {0, 50, 20}, {0, 70, 30}}},
+		{"exactly max", 60, []seen{{0, 0, 10}, {0, 10, 20}, {0, 30, 30}}},
+		{"contiguous, merged, cut in the middle", 25, []seen{{0, 0, 10}, {0, 10, 20}, {0, 30, 10}}},
+		{"across layers", 90, []seen{{0, 0, 100}, {0, 200, 7}, {1, 0, 30}, {1, 30, 3}, {2, 5, 40}}},
+		{"a layer boundary at the same offset does not merge", 1000, []seen{{0, 0, 10}, {1, 10, 10}}},
+		{"many spans dropped", 300, func() []seen {
+			var ss []seen
+			for i := range 5000 {
+				ss = append(ss, seen{i % 3, int64(i * 100), 1 + i%50})
+			}
+			return ss
+		}()},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			layers := make([][]byte, 3)
+			for i := range layers {
+				layers[i] = randBytes(uint64(i+1), 600_000)
+			}
 			tl := &tail{max: tt.max}
 			var all []byte
-			for i, n := range tt.writes {
-				b := randBytes(uint64(i+1), n)
-				all = append(all, b...)
-				tl.write(b)
+			for _, s := range tt.seen {
+				tl.add(s.layer, s.off, s.n)
+				all = append(all, layers[s.layer][s.off:s.off+int64(s.n)]...)
+			}
+			readers := []io.ReaderAt{bytes.NewReader(layers[0]), bytes.NewReader(layers[1]), bytes.NewReader(layers[2])}
+			got, err := tl.read(readers)
+			if err != nil {
+				t.Fatal(err)
 			}
 			want := all[max(0, len(all)-tt.max):]
-			got := tl.bytes()
 			if !bytes.Equal(got, want) || cap(got) != len(want) {
-				t.Errorf("kept %d bytes (cap %d), want the last %d", len(got), cap(got), len(want))
+				t.Errorf("read %d bytes (cap %d), want the last %d", len(got), cap(got), len(want))
 			}
-			if held := tl.n; held > tt.max+2*tailBlock {
-				t.Errorf("holds %d bytes for a max of %d", held, tt.max)
+			if len(tl.spans) > 2100 {
+				t.Errorf("holds %d spans for %d bytes", len(tl.spans), tt.max)
 			}
 		})
 	}
+	t.Run("layer shorter than a span", func(t *testing.T) {
+		tl := &tail{max: 100}
+		tl.add(0, 0, 50)
+		if _, err := tl.read([]io.ReaderAt{bytes.NewReader(make([]byte, 40))}); !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Errorf("read = %v, want io.ErrUnexpectedEOF", err)
+		}
+	})
 }
 
 // FuzzApply feeds Apply damaged patches: it must refuse them with one of
