@@ -75,7 +75,7 @@
 // against, and a result whose sha256 differs from the target diffID; every
 // length and position in a group is checked against its buffers. Apply
 // streams its output: when it returns an error, whatever it wrote to w must be
-// discarded. It holds the compressed header stream, the old layers' last
+// discarded; it never writes more than the target size the patch states. It holds the compressed header stream, the old layers' last
 // 8 MiB of non-content bytes, and one group's base and compressed streams
 // at a time: a group's content is decoded as its files are written.
 //
@@ -1170,6 +1170,7 @@ type merger struct {
 	left    int64 // content bytes still to come
 	out     io.Writer
 	n       int64
+	max     int64 // the target size: a damaged patch writes no further
 }
 
 func (m *merger) Read(p []byte) (int, error) {
@@ -1187,6 +1188,9 @@ func (m *merger) Read(p []byte) (int, error) {
 		}
 	} else {
 		n, err = m.meta.Read(p)
+	}
+	if m.n+int64(n) > m.max {
+		return 0, fmt.Errorf("%w: rebuilds more than the target's %d bytes", ErrCorrupt, m.max)
 	}
 	m.n += int64(n)
 	if _, werr := m.out.Write(p[:n]); werr != nil {
@@ -1274,7 +1278,7 @@ func Apply(ctx context.Context, old []Layer, patch io.Reader, w io.Writer) (Info
 
 	oh := sha256.New()
 	bw := bufio.NewWriterSize(io.MultiWriter(w, oh), 1<<16)
-	m := &merger{meta: meta, out: bw}
+	m := &merger{meta: meta, out: bw, max: info.TargetSize}
 	tr := tar.NewReader(m)
 	var oldTotal int64
 	for _, f := range ix.files {

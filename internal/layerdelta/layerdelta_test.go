@@ -555,6 +555,25 @@ func TestApplyRefusesBadPatches(t *testing.T) {
 			t.Errorf("got %v, want ErrMismatch", err)
 		}
 	})
+	t.Run("target size too small, with a valid checksum", func(t *testing.T) {
+		// The checksum is checked at the end: until then a header that
+		// understates the target must not let Apply write past it (a
+		// group or header chunk may expand a thousandfold).
+		for _, size := range []int{0, 1, 4096, len(newTar) / 2, len(newTar) - 1} {
+			p := append([]byte(nil), patch[:len(patch)-32]...)
+			binary.BigEndian.PutUint64(p[40:48], uint64(size))
+			sum := sha256.Sum256(p)
+			p = append(p, sum[:]...)
+			var out bytes.Buffer
+			_, err := Apply(ctx, layersOf(oldTar), bytes.NewReader(p), &out)
+			if !errors.Is(err, ErrCorrupt) {
+				t.Errorf("target of %d bytes: got %v, want ErrCorrupt", size, err)
+			}
+			if out.Len() > size {
+				t.Errorf("target of %d bytes: Apply wrote %d", size, out.Len())
+			}
+		}
+	})
 	t.Run("version", func(t *testing.T) {
 		p := append([]byte(nil), patch...)
 		p[7] = Version + 1
