@@ -4025,6 +4025,11 @@ type ClientInterface interface {
 	// | 8, then that many | the op stream: one zstd frame |
 	// | 32 | sha256 of every byte before it; refuse the patch when it differs |
 	//
+	// The checksum comes last, so a decoder that streams its output must
+	// not trust the lengths before it: stop, and discard what it wrote, as
+	// soon as the output would pass the target's size, and check the size,
+	// the checksum and the diffID at the end.
+	//
 	// The target tar is split into *content* (the data of every regular,
 	// non-sparse, non-empty file) and everything else, its *non-content
 	// bytes*: headers, PAX and GNU long-name records, padding, end-of-archive
@@ -5604,6 +5609,11 @@ func (c *Client) JwksGet(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 // | 8, then that many | the header stream |
 // | 8, then that many | the op stream: one zstd frame |
 // | 32 | sha256 of every byte before it; refuse the patch when it differs |
+//
+// The checksum comes last, so a decoder that streams its output must
+// not trust the lengths before it: stop, and discard what it wrote, as
+// soon as the output would pass the target's size, and check the size,
+// the checksum and the diffID at the end.
 //
 // The target tar is split into *content* (the data of every regular,
 // non-sparse, non-empty file) and everything else, its *non-content
@@ -14973,6 +14983,11 @@ type ClientWithResponsesInterface interface {
 	// | 8, then that many | the op stream: one zstd frame |
 	// | 32 | sha256 of every byte before it; refuse the patch when it differs |
 	//
+	// The checksum comes last, so a decoder that streams its output must
+	// not trust the lengths before it: stop, and discard what it wrote, as
+	// soon as the output would pass the target's size, and check the size,
+	// the checksum and the diffID at the end.
+	//
 	// The target tar is split into *content* (the data of every regular,
 	// non-sparse, non-empty file) and everything else, its *non-content
 	// bytes*: headers, PAX and GNU long-name records, padding, end-of-archive
@@ -21694,6 +21709,11 @@ func (c *ClientWithResponses) JwksGetWithResponse(ctx context.Context, reqEditor
 // | 8, then that many | the header stream |
 // | 8, then that many | the op stream: one zstd frame |
 // | 32 | sha256 of every byte before it; refuse the patch when it differs |
+//
+// The checksum comes last, so a decoder that streams its output must
+// not trust the lengths before it: stop, and discard what it wrote, as
+// soon as the output would pass the target's size, and check the size,
+// the checksum and the diffID at the end.
 //
 // The target tar is split into *content* (the data of every regular,
 // non-sparse, non-empty file) and everything else, its *non-content

@@ -2042,6 +2042,11 @@ export interface paths {
          *     | 8, then that many | the op stream: one zstd frame |
          *     | 32 | sha256 of every byte before it; refuse the patch when it differs |
          *
+         *     The checksum comes last, so a decoder that streams its output must
+         *     not trust the lengths before it: stop, and discard what it wrote, as
+         *     soon as the output would pass the target's size, and check the size,
+         *     the checksum and the diffID at the end.
+         *
          *     The target tar is split into *content* (the data of every regular,
          *     non-sparse, non-empty file) and everything else, its *non-content
          *     bytes*: headers, PAX and GNU long-name records, padding, end-of-archive
