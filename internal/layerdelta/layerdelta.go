@@ -75,9 +75,10 @@
 // against, and a result whose sha256 differs from the target diffID; every
 // length and position in a group is checked against its buffers. Apply
 // streams its output: when it returns an error, whatever it wrote to w must be
-// discarded; it never writes more than the target size the patch states. It holds the compressed header stream, the old layers' last
-// 8 MiB of non-content bytes, and one group's base and compressed streams
-// at a time: a group's content is decoded as its files are written.
+// discarded; it never writes more than the target size the patch states.
+// It holds the compressed header stream, the old layers' last 8 MiB of
+// non-content bytes, and one group's base and compressed streams at a
+// time: a group's content is decoded as its files are written.
 //
 // Memory on Diff's side: the index of the old layers' files, the compressed
 // patch (written at the end, when the target diffID is known), one group's
@@ -458,23 +459,12 @@ func (t *tail) read(readers []io.ReaderAt) ([]byte, error) {
 		if n == 0 {
 			continue
 		}
-		if _, err := readFullAt(readers[s.layer], off, out[at:at+n]); err != nil {
+		if _, err := io.ReadFull(io.NewSectionReader(readers[s.layer], off, int64(n)), out[at:at+n]); err != nil {
 			return nil, fmt.Errorf("layerdelta: base layer %d: headers at %d: %w", s.layer, off, err)
 		}
 		at += n
 	}
 	return out, nil
-}
-
-func readFullAt(r io.ReaderAt, off int64, p []byte) (int, error) {
-	n, err := r.ReadAt(p, off)
-	if n == len(p) {
-		return n, nil
-	}
-	if err == nil || err == io.EOF {
-		err = io.ErrUnexpectedEOF
-	}
-	return n, err
 }
 
 // chunker hands spill the bytes written to it in chunks of metaChunk (the
